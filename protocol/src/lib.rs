@@ -1,0 +1,24 @@
+//! The tunnel protocol between the gateway and its agents.
+//!
+//! An agent keeps one QUIC connection (ALPN [`ALPN`]) to the gateway. On it:
+//!
+//! - the agent opens one **control stream** and sends [`AgentMessage::Hello`]; the
+//!   gateway answers [`GatewayMessage::Welcome`] or [`GatewayMessage::Reject`], after
+//!   which the agent sends periodic [`AgentMessage::Load`] reports;
+//! - for every customer connection the gateway opens one **relay stream** and sends
+//!   an [`OpenRequest`]; the agent answers one [`OpenReply`] and, if the target was
+//!   dialled, both sides switch to raw bytes (no framing on the byte path).
+//!
+//! Every message is a [`frame`]: a 4-byte big-endian length, then a bincode 2 body.
+//! The length is checked against [`MAX_FRAME_LEN`] before anything is allocated.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod frame;
+pub mod messages;
+
+pub use frame::{decode, encode, FrameError, MAX_FRAME_LEN};
+#[cfg(feature = "tokio")]
+pub use frame::{read_frame, write_frame};
+pub use messages::*;

@@ -1,0 +1,16 @@
+//! exitpool: a residential, rotating exit-node proxy network.
+//!
+//! This package ties the workspace together for applications and for the
+//! end-to-end tests in `tests/` and the programs in `examples/`:
+//!
+//! - [`protocol`]: wire messages and framing between gateway and agent;
+//! - [`geoip`]: IP to country / ASN / city lookups;
+//! - [`gateway`]: the customer-facing proxy, agent registry, routing and stats;
+//! - [`agent`]: the exit node, embeddable in an app as an SDK.
+
+#![forbid(unsafe_code)]
+
+pub use exitpool_agent as agent;
+pub use exitpool_gateway as gateway;
+pub use exitpool_geoip as geoip;
+pub use exitpool_protocol as protocol;
