@@ -22,3 +22,5 @@ pub use frame::{decode, encode, FrameError, MAX_FRAME_LEN};
 #[cfg(feature = "tokio")]
 pub use frame::{read_frame, write_frame};
 pub use messages::*;
+#[cfg(feature = "relay")]
+pub mod relay;

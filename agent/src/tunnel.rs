@@ -1,0 +1,418 @@
+//! The agent's tunnel: connect to the gateway, say `Hello`, serve relay streams,
+//! report load, and reconnect with capped exponential backoff and full jitter after
+//! network failures. A rejected token or a pin mismatch stops the agent instead:
+//! retrying cannot fix them.
+
+use crate::dial::{dial, DialError};
+use crate::{AgentError, SessionInfo, Shared};
+use exitpool_protocol::relay::{relay, LiveCounters};
+use exitpool_protocol::{
+    read_frame, write_frame, AgentMessage, Capacity, FailureCode, GatewayMessage, OpenReply,
+    OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
+    LOAD_REPORT_INTERVAL, PROTOCOL_VERSION,
+};
+use rand::Rng;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// First reconnect delay cap; doubles per failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Longest reconnect delay, so agents are back soon after a gateway restart.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// A tunnel that stayed up this long resets the backoff.
+pub const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// A relay with no bytes either way for this long is closed (the gateway usually
+/// closes idle customers much earlier; this is the agent's own bound).
+pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Name the gateway's certificate carries; the pin is what is checked.
+const GATEWAY_SERVER_NAME: &str = "exitpool-gateway";
+/// QUIC close code for a clean agent shutdown.
+const CLOSE_SHUTDOWN: u32 = 0;
+
+/// Capped exponential backoff with full jitter.
+#[derive(Debug)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    /// A backoff with no failures yet.
+    pub fn new() -> Self {
+        Backoff { failures: 0 }
+    }
+
+    /// The next delay: uniform in [0, min(max, base * 2^failures)).
+    pub fn next_delay(&mut self) -> Duration {
+        let cap = BACKOFF_BASE
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        cap.mul_f64(rand::rng().random::<f64>())
+    }
+
+    /// Forgets past failures.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Transport settings for the tunnel: keep-alive under home NAT timeouts, bounded
+/// receive windows, and exactly as many incoming streams as the agent serves.
+pub fn transport_config(max_streams: u32) -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .max_concurrent_bidi_streams(max_streams.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((4u32 * 1024 * 1024).into())
+        .receive_window((16u32 * 1024 * 1024).into())
+        .send_window(16 * 1024 * 1024);
+    transport
+}
+
+enum SessionEnd {
+    /// Shutdown was asked for and done.
+    Shutdown,
+    /// A failure worth retrying.
+    Retry(String),
+    /// A failure retrying cannot fix.
+    Fatal(AgentError),
+}
+
+/// Runs the agent until shutdown or a fatal error.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let config = &shared.config;
+    let local = SocketAddr::new(config.bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), 0);
+    let endpoint = bind_endpoint(local).map_err(|source| AgentError::Bind {
+        addr: local,
+        source,
+    })?;
+    let (client_config, verifier) =
+        crate::tls::client_config(config.pin, transport_config(config.max_streams))
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+    let mut backoff = Backoff::new();
+    let result = loop {
+        let started = Instant::now();
+        let end = session(&endpoint, &client_config, &shared, &shutdown)
+            .instrument(info_span!("tunnel", gateway = %config.gateway))
+            .await;
+        shared.session.send_replace(None);
+        match end {
+            SessionEnd::Shutdown => break Ok(()),
+            SessionEnd::Fatal(error) => break Err(error),
+            SessionEnd::Retry(_) if verifier.mismatch_seen() => {
+                break Err(AgentError::PinMismatch(config.pin))
+            }
+            SessionEnd::Retry(reason) => {
+                if started.elapsed() >= STABLE_AFTER {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                warn!(%reason, retry_in_ms = delay.as_millis() as u64, "tunnel down; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break Ok(()),
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    result
+}
+
+/// A UDP endpoint on `local`; an unspecified IPv6 address is dual-stack where the
+/// OS allows, falling back to IPv4.
+fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    match quinn::Endpoint::client(local) {
+        Ok(endpoint) => Ok(endpoint),
+        Err(_) if local.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+            quinn::Endpoint::client(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+async fn resolve_gateway(gateway: &str, bind: Option<IpAddr>) -> Result<SocketAddr, String> {
+    let mut addresses = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio::net::lookup_host(gateway))
+        .await
+        .map_err(|_| format!("resolving {gateway} timed out"))?
+        .map_err(|e| format!("resolving {gateway}: {e}"))?;
+    addresses
+        .find(|address| bind.is_none_or(|bind| bind.is_ipv4() == address.is_ipv4()))
+        .ok_or_else(|| format!("{gateway} has no address of the --bind address's family"))
+}
+
+async fn session(
+    endpoint: &quinn::Endpoint,
+    client_config: &quinn::ClientConfig,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let config = &shared.config;
+    let connecting = async {
+        let mut address = resolve_gateway(&config.gateway, config.bind).await?;
+        // A dual-stack socket reaches IPv4 gateways through mapped addresses.
+        if endpoint.local_addr().map(|a| a.is_ipv6()).unwrap_or(false) {
+            if let IpAddr::V4(v4) = address.ip() {
+                address = SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), address.port());
+            }
+        }
+        endpoint
+            .connect_with(client_config.clone(), address, GATEWAY_SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let connection = tokio::select! {
+        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting) => match result {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(reason)) => return SessionEnd::Retry(reason),
+            Err(_) => return SessionEnd::Retry("QUIC handshake timed out".into()),
+        },
+        () = shutdown.cancelled() => return SessionEnd::Shutdown,
+    };
+
+    let (mut control_send, mut control_recv, info) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello(&connection, shared)).await {
+            Ok(Ok(joined)) => joined,
+            Ok(Err(end)) => return end,
+            Err(_) => return SessionEnd::Retry("no answer to Hello".into()),
+        };
+    shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+    info!(exit = %info.exit_id, observed = %info.observed_addr, country = info.country.as_deref().unwrap_or("??"), "connected to the gateway");
+    let policy = config
+        .policy
+        .clone()
+        .with_own_address(info.observed_addr.ip());
+    shared.session.send_replace(Some(info));
+
+    let streams = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(config.max_streams as usize));
+    let mut paused = shared.paused.subscribe();
+    let mut load_timer = tokio::time::interval(LOAD_REPORT_INTERVAL);
+    let end = loop {
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    let accepting = !*paused.borrow();
+                    let stream = StreamContext { shared: shared.clone(), policy: policy.clone(), slots: slots.clone(), accepting };
+                    streams.spawn(serve_stream(stream, send, recv).instrument(info_span!("stream")));
+                }
+                Err(error) => break SessionEnd::Retry(error.to_string()),
+            },
+            _ = load_timer.tick() => {
+                if let Err(error) = send_load(&mut control_send, shared).await {
+                    break SessionEnd::Retry(format!("control stream: {error}"));
+                }
+            }
+            changed = paused.changed() => {
+                if changed.is_err() || send_load(&mut control_send, shared).await.is_err() {
+                    break SessionEnd::Retry("control stream closed".into());
+                }
+            }
+            message = read_frame::<GatewayMessage, _>(&mut control_recv) => {
+                break SessionEnd::Retry(match message {
+                    Ok(message) => format!("unexpected control message {message:?}"),
+                    Err(error) => format!("control stream: {error}"),
+                });
+            }
+            () = shutdown.cancelled() => {
+                drain(&connection, &mut control_send, &streams, config.drain_grace).await;
+                break SessionEnd::Shutdown;
+            }
+        }
+    };
+    streams.close();
+    if !matches!(end, SessionEnd::Shutdown) {
+        connection.close(CLOSE_SHUTDOWN.into(), b"agent reconnecting");
+    }
+    end
+}
+
+async fn hello(
+    connection: &quinn::Connection,
+    shared: &Shared,
+) -> Result<(quinn::SendStream, quinn::RecvStream, SessionInfo), SessionEnd> {
+    let config = &shared.config;
+    let retry =
+        |what: &str, error: &dyn std::fmt::Display| SessionEnd::Retry(format!("{what}: {error}"));
+    let (mut send, mut recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| retry("opening the control stream", &e))?;
+    let hello = AgentMessage::Hello {
+        version: PROTOCOL_VERSION,
+        agent_id: shared.agent_id.clone(),
+        token: config.token.clone(),
+        software: config.software.clone(),
+        capacity: Capacity {
+            max_streams: config.max_streams,
+        },
+    };
+    write_frame(&mut send, &hello)
+        .await
+        .map_err(|e| retry("sending Hello", &e))?;
+    match read_frame::<GatewayMessage, _>(&mut recv).await {
+        Ok(GatewayMessage::Welcome {
+            observed_addr,
+            country,
+            exit_id,
+        }) => Ok((
+            send,
+            recv,
+            SessionInfo {
+                observed_addr,
+                country,
+                exit_id,
+            },
+        )),
+        Ok(GatewayMessage::Reject { reason, message }) => Err(SessionEnd::Fatal(match reason {
+            RejectReason::BadToken => AgentError::BadToken(message),
+            RejectReason::UnsupportedVersion | RejectReason::BadAgentId => {
+                AgentError::Rejected(message)
+            }
+        })),
+        Err(error) => Err(retry("waiting for Welcome", &error)),
+    }
+}
+
+async fn send_load(
+    control: &mut quinn::SendStream,
+    shared: &Shared,
+) -> Result<(), exitpool_protocol::FrameError> {
+    let load = AgentMessage::Load {
+        active_streams: shared.counters.active_streams.load(Ordering::Relaxed),
+        accepting: !*shared.paused.borrow(),
+    };
+    write_frame(control, &load).await
+}
+
+/// Tells the gateway to route nothing new here, lets live streams finish within
+/// `grace`, then closes the tunnel.
+async fn drain(
+    connection: &quinn::Connection,
+    control: &mut quinn::SendStream,
+    streams: &TaskTracker,
+    grace: Duration,
+) {
+    let _ = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        write_frame(control, &AgentMessage::Draining),
+    )
+    .await;
+    streams.close();
+    info!(live = streams.len(), ?grace, "draining");
+    if tokio::time::timeout(grace, streams.wait()).await.is_err() {
+        warn!(
+            live = streams.len(),
+            "grace period over; closing live streams"
+        );
+    }
+    connection.close(CLOSE_SHUTDOWN.into(), b"agent shutting down");
+}
+
+struct StreamContext {
+    shared: Arc<Shared>,
+    policy: crate::ExitPolicy,
+    slots: Arc<Semaphore>,
+    accepting: bool,
+}
+
+/// One relay stream: read `OpenRequest`, dial, answer, relay.
+async fn serve_stream(
+    context: StreamContext,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let request: OpenRequest =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv)).await {
+            Ok(Ok(request)) => request,
+            Ok(Err(error)) => {
+                debug!(%error, "bad open request");
+                let _ = send.reset(exitpool_protocol::relay::RESET_CODE.into());
+                return;
+            }
+            Err(_) => {
+                let _ = send.reset(exitpool_protocol::relay::RESET_CODE.into());
+                return;
+            }
+        };
+    let permit = match context.slots.clone().try_acquire_owned() {
+        Ok(permit) if context.accepting => permit,
+        _ => {
+            let detail = if context.accepting {
+                "the exit is at its stream limit"
+            } else {
+                "the exit is paused"
+            };
+            fail(
+                &mut send,
+                DialError {
+                    code: FailureCode::AgentUnavailable,
+                    detail: detail.into(),
+                },
+            )
+            .await;
+            return;
+        }
+    };
+    let counters = &context.shared.counters;
+    counters.active_streams.fetch_add(1, Ordering::Relaxed);
+    counters.streams_served.fetch_add(1, Ordering::Relaxed);
+    let target = format!("{}:{}", request.host, request.port);
+    match dial(&request, &context.policy, context.shared.config.bind).await {
+        Err(error) => {
+            info!(%target, code = ?error.code, detail = %error.detail, "dial refused or failed");
+            fail(&mut send, error).await;
+        }
+        Ok(mut stream) => {
+            let peer = stream
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            if write_frame(&mut send, &OpenReply::Opened { peer })
+                .await
+                .is_ok()
+            {
+                let live = LiveCounters::default();
+                let (read, write) = stream.split();
+                let (transferred, result) =
+                    relay(read, write, send, recv, RELAY_IDLE_TIMEOUT, &live).await;
+                counters
+                    .bytes_up
+                    .fetch_add(transferred.quic_to_tcp, Ordering::Relaxed);
+                counters
+                    .bytes_down
+                    .fetch_add(transferred.tcp_to_quic, Ordering::Relaxed);
+                debug!(%target, up = transferred.quic_to_tcp, down = transferred.tcp_to_quic, ok = result.is_ok(), "stream done");
+            }
+        }
+    }
+    counters.active_streams.fetch_sub(1, Ordering::Relaxed);
+    drop(permit);
+}
+
+async fn fail(send: &mut quinn::SendStream, error: DialError) {
+    let reply = OpenReply::Failed {
+        code: error.code,
+        detail: error.detail,
+    };
+    if write_frame(send, &reply).await.is_ok() {
+        let _ = send.finish();
+    }
+}

@@ -1,0 +1,57 @@
+//! What an operator configures. The binary fills this from flags; tests and
+//! embedding programs build it directly.
+
+use crate::auth::{AgentTokens, Users};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default customer port (HTTP proxy and SOCKS5).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default QUIC port for agents.
+pub const DEFAULT_TUNNEL: &str = "0.0.0.0:4433";
+/// Default admin port.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Customer port.
+    pub listen: SocketAddr,
+    /// QUIC port for agents.
+    pub tunnel: SocketAddr,
+    /// Admin port; `None` disables it.
+    pub admin: Option<SocketAddr>,
+    /// Where the certificate, key and secrets live.
+    pub state_dir: PathBuf,
+    /// Customer accounts.
+    pub users: Users,
+    /// Accepted agent tokens.
+    pub agent_tokens: AgentTokens,
+    /// Deadline for a customer's request head (and SOCKS5 greeting).
+    pub head_timeout: Duration,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most customer connections open at once.
+    pub max_connections: usize,
+    /// How long live connections may finish after shutdown is asked for.
+    pub shutdown_grace: Duration,
+}
+
+impl GatewayConfig {
+    /// Defaults from DESIGN.md, with `state_dir` and no users or tokens.
+    pub fn new(state_dir: PathBuf) -> Self {
+        GatewayConfig {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            tunnel: DEFAULT_TUNNEL.parse().expect("valid default"),
+            admin: Some(DEFAULT_ADMIN.parse().expect("valid default")),
+            state_dir,
+            users: Users::default(),
+            agent_tokens: AgentTokens::default(),
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Every way a customer request can fail, and the one `match` that maps each to
+//! its HTTP status, RFC 9209 `Proxy-Status` error, stable product code and SOCKS5
+//! reply. The README's error table follows this file.
+
+use exitpool_protocol::FailureCode;
+
+/// A failure answered to a customer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// Missing or wrong credentials (the same answer for an unknown user and a wrong
+    /// password).
+    #[error("proxy authentication required")]
+    AuthRequired,
+    /// The request could not be parsed.
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    /// The target is not a valid `host:port`.
+    #[error("invalid target: {0}")]
+    BadTarget(String),
+    /// A targeting parameter in the credentials is unknown, repeated or invalid.
+    #[error("bad targeting parameter `{key}`: {message}")]
+    BadTargeting {
+        /// The parameter at fault.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The method is not one the proxy serves.
+    #[error("method not supported: {0}")]
+    MethodNotSupported(String),
+    /// No exit matches the customer's filters.
+    #[error("no exit {0}")]
+    NoExit(String),
+    /// Matching exits exist but all are at capacity.
+    #[error("every exit {0} is busy")]
+    ExitsBusy(String),
+    /// The session's pinned exit left and the session is strict.
+    #[error("the exit pinned to session `{0}` is gone (sessmode strict)")]
+    SessionExitGone(String),
+    /// The exit reported a failure for the target.
+    #[error("{detail}")]
+    Exit {
+        /// The agent's code.
+        code: FailureCode,
+        /// The agent's explanation.
+        detail: String,
+    },
+    /// The exit's tunnel failed while opening the stream.
+    #[error("the exit went away: {0}")]
+    ExitLost(String),
+    /// The exit did not answer in time.
+    #[error("the exit did not answer within {0} s")]
+    ExitTimeout(u64),
+}
+
+/// How a [`ProxyError`] is presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presentation {
+    /// HTTP status code.
+    pub status: u16,
+    /// RFC 9209 `Proxy-Status` error type, if one applies.
+    pub proxy_status: Option<&'static str>,
+    /// Stable product code, in `X-Exitpool-Error` and the JSON body.
+    pub code: &'static str,
+    /// SOCKS5 reply code (RFC 1928 section 6).
+    pub socks_reply: u8,
+}
+
+/// SOCKS5 reply codes.
+pub mod socks_reply {
+    /// General SOCKS server failure.
+    pub const GENERAL_FAILURE: u8 = 0x01;
+    /// Connection not allowed by ruleset.
+    pub const NOT_ALLOWED: u8 = 0x02;
+    /// Network unreachable.
+    pub const NETWORK_UNREACHABLE: u8 = 0x03;
+    /// Host unreachable.
+    pub const HOST_UNREACHABLE: u8 = 0x04;
+    /// Connection refused.
+    pub const CONNECTION_REFUSED: u8 = 0x05;
+    /// TTL expired (used for timeouts).
+    pub const TTL_EXPIRED: u8 = 0x06;
+    /// Command not supported.
+    pub const COMMAND_NOT_SUPPORTED: u8 = 0x07;
+    /// Address type not supported.
+    pub const ADDRESS_TYPE_NOT_SUPPORTED: u8 = 0x08;
+}
+
+impl ProxyError {
+    /// The single mapping from failure to status, `Proxy-Status`, code and SOCKS reply.
+    pub fn presentation(&self) -> Presentation {
+        use socks_reply::*;
+        let (status, proxy_status, code, socks_reply) = match self {
+            ProxyError::AuthRequired => (407, None, "auth_required", GENERAL_FAILURE),
+            ProxyError::BadRequest(_) => (
+                400,
+                Some("http_request_error"),
+                "bad_request",
+                GENERAL_FAILURE,
+            ),
+            ProxyError::BadTarget(_) => (
+                400,
+                Some("http_request_error"),
+                "bad_target",
+                ADDRESS_TYPE_NOT_SUPPORTED,
+            ),
+            ProxyError::BadTargeting { .. } => (
+                400,
+                Some("http_request_error"),
+                "bad_targeting",
+                GENERAL_FAILURE,
+            ),
+            ProxyError::MethodNotSupported(_) => (
+                405,
+                Some("http_request_error"),
+                "method_not_supported",
+                COMMAND_NOT_SUPPORTED,
+            ),
+            ProxyError::NoExit(_) => (
+                502,
+                Some("destination_unavailable"),
+                "no_exit",
+                NETWORK_UNREACHABLE,
+            ),
+            ProxyError::ExitsBusy(_) => (
+                502,
+                Some("destination_unavailable"),
+                "exits_busy",
+                GENERAL_FAILURE,
+            ),
+            ProxyError::SessionExitGone(_) => (
+                502,
+                Some("destination_unavailable"),
+                "session_exit_gone",
+                NETWORK_UNREACHABLE,
+            ),
+            ProxyError::ExitLost(_) => (
+                502,
+                Some("destination_unavailable"),
+                "exit_lost",
+                GENERAL_FAILURE,
+            ),
+            ProxyError::ExitTimeout(_) => {
+                (504, Some("connection_timeout"), "exit_timeout", TTL_EXPIRED)
+            }
+            ProxyError::Exit { code, .. } => match code {
+                FailureCode::DnsError => (502, Some("dns_error"), "dns_error", HOST_UNREACHABLE),
+                FailureCode::DestinationIpProhibited => (
+                    403,
+                    Some("destination_ip_prohibited"),
+                    "destination_prohibited",
+                    NOT_ALLOWED,
+                ),
+                FailureCode::DestinationPortProhibited => (
+                    403,
+                    Some("destination_ip_prohibited"),
+                    "port_prohibited",
+                    NOT_ALLOWED,
+                ),
+                FailureCode::ConnectionRefused => (
+                    502,
+                    Some("connection_refused"),
+                    "connection_refused",
+                    CONNECTION_REFUSED,
+                ),
+                FailureCode::ConnectionTimeout => (
+                    504,
+                    Some("connection_timeout"),
+                    "connection_timeout",
+                    TTL_EXPIRED,
+                ),
+                FailureCode::NetworkUnreachable => (
+                    502,
+                    Some("destination_ip_unroutable"),
+                    "network_unreachable",
+                    NETWORK_UNREACHABLE,
+                ),
+                FailureCode::HostUnreachable => (
+                    502,
+                    Some("destination_unavailable"),
+                    "host_unreachable",
+                    HOST_UNREACHABLE,
+                ),
+                FailureCode::AgentUnavailable => (
+                    502,
+                    Some("destination_unavailable"),
+                    "exit_unavailable",
+                    GENERAL_FAILURE,
+                ),
+                FailureCode::BadRequest => (
+                    400,
+                    Some("http_request_error"),
+                    "bad_target",
+                    ADDRESS_TYPE_NOT_SUPPORTED,
+                ),
+                FailureCode::Other => (
+                    502,
+                    Some("proxy_internal_error"),
+                    "exit_error",
+                    GENERAL_FAILURE,
+                ),
+            },
+        };
+        Presentation {
+            status,
+            proxy_status,
+            code,
+            socks_reply,
+        }
+    }
+
+    /// The `Proxy-Status` header value, e.g.
+    /// `exitpool; error=connection_refused; details="..."`.
+    pub fn proxy_status_header(&self) -> Option<String> {
+        let kind = self.presentation().proxy_status?;
+        Some(format!(
+            "exitpool; error={kind}; details={}",
+            quoted_string(&self.to_string())
+        ))
+    }
+
+    /// JSON body for HTTP error responses.
+    pub fn json_body(&self) -> String {
+        let presentation = self.presentation();
+        serde_json::json!({
+            "error": presentation.code,
+            "status": presentation.status,
+            "message": self.to_string(),
+        })
+        .to_string()
+    }
+}
+
+/// An RFC 8941 sf-string: printable ASCII, with `"` and `\` escaped.
+fn quoted_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_status_is_a_valid_structured_field() {
+        let error = ProxyError::Exit {
+            code: FailureCode::ConnectionRefused,
+            detail: "refused \"x\"\n".into(),
+        };
+        assert_eq!(
+            error.proxy_status_header().unwrap(),
+            r#"exitpool; error=connection_refused; details="refused \"x\"?""#
+        );
+        assert_eq!(error.presentation().status, 502);
+    }
+
+    #[test]
+    fn auth_has_no_proxy_status() {
+        assert_eq!(ProxyError::AuthRequired.proxy_status_header(), None);
+        assert_eq!(ProxyError::AuthRequired.presentation().status, 407);
+    }
+}
+
+/// Maps a routing failure to its customer answer.
+pub fn from_pick(error: crate::registry::PickError) -> ProxyError {
+    match error {
+        crate::registry::PickError::NoExit(filter) => ProxyError::NoExit(filter),
+        crate::registry::PickError::AllBusy(filter) => ProxyError::ExitsBusy(filter),
+    }
+}

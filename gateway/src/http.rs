@@ -1,0 +1,211 @@
+//! HTTP proxy protocol on the customer port, served by hyper: `CONNECT` tunnels.
+//!
+//! Per request: authenticate (`Proxy-Authorization: Basic`) -> validate the target
+//! -> choose an exit -> open a relay stream and wait for the exit's answer -> only
+//! then answer `200` (with the exit's id and country) or the mapped error -> relay
+//! bytes until both sides are done.
+
+use crate::error::ProxyError;
+use crate::exit::OpenedExit;
+use crate::registry::Filter;
+use crate::Shared;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::header::{
+    HeaderValue, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpStream;
+use tracing::{debug, info, Instrument};
+
+/// Response body type for every answer on the customer port.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Largest request head hyper buffers; see the README's limits table.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Header naming the exit that served a request.
+pub const EXIT_HEADER: &str = "x-exitpool-exit";
+/// Header naming the serving exit's country.
+pub const COUNTRY_HEADER: &str = "x-exitpool-country";
+/// Header carrying the stable product error code.
+pub const ERROR_HEADER: &str = "x-exitpool-error";
+
+/// Serves HTTP proxy requests on one customer connection.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let service_shared = shared.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let shared = service_shared.clone();
+        async move { Ok::<_, Infallible>(handle(request, peer, shared).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.head_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                debug!(%error, "customer connection ended with an error");
+            }
+        }
+        () = shared.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(shared.config.shutdown_grace, connection).await;
+        }
+    }
+}
+
+async fn handle(
+    request: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let target = request.uri().to_string();
+    let result = if request.method() == Method::CONNECT {
+        connect(request, peer, started, &shared).await
+    } else {
+        Err(ProxyError::MethodNotSupported(format!(
+            "{} (this gateway serves CONNECT tunnels)",
+            request.method()
+        )))
+    };
+    match result {
+        Ok(response) => response,
+        Err(error) => {
+            info!(
+                %target,
+                code = error.presentation().code,
+                status = error.presentation().status,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "refused: {error}"
+            );
+            error_response(&error)
+        }
+    }
+}
+
+/// Decodes `Proxy-Authorization: Basic` into user name and password.
+fn basic_credentials(request: &Request<hyper::body::Incoming>) -> Option<(String, String)> {
+    let value = request.headers().get(PROXY_AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+async fn connect(
+    mut request: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    started: Instant,
+    shared: &Arc<Shared>,
+) -> Result<Response<Body>, ProxyError> {
+    let (user, password) = basic_credentials(&request).ok_or(ProxyError::AuthRequired)?;
+    let customer = shared
+        .config
+        .users
+        .authenticate(&user, &password)
+        .ok_or(ProxyError::AuthRequired)?
+        .clone();
+    tracing::Span::current().record("user", customer.name.as_str());
+    let authority = request
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .ok_or_else(|| ProxyError::BadTarget("CONNECT needs host:port".into()))?;
+    let (host, port) = crate::target::parse_authority(&authority)?;
+    let agent = shared
+        .registry
+        .pick(&Filter::default())
+        .map_err(crate::error::from_pick)?;
+    let opened = crate::exit::open(agent, host, port).await?;
+
+    let mut response = Response::new(empty());
+    add_exit_headers(&mut response, &opened);
+    let upgrade = hyper::upgrade::on(&mut request);
+    let shared = shared.clone();
+    let span = tracing::info_span!("relay", exit = %opened.agent.exit_id, target = %authority);
+    let context = crate::relay::AccessContext {
+        user: customer.name.clone(),
+        peer,
+        target: authority,
+        started,
+    };
+    shared.tasks.clone().spawn(
+        async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    crate::relay::run_upgraded(upgraded, opened, context, &shared).await
+                }
+                Err(error) => debug!(%error, "CONNECT upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+    Ok(response)
+}
+
+fn add_exit_headers(response: &mut Response<Body>, opened: &OpenedExit) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&opened.agent.exit_id) {
+        headers.insert(EXIT_HEADER, value);
+    }
+    let country = opened.agent.location.country.as_deref().unwrap_or("??");
+    if let Ok(value) = HeaderValue::from_str(country) {
+        headers.insert(COUNTRY_HEADER, value);
+    }
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// The HTTP answer for a failure: status, `Proxy-Status`, product code, JSON body,
+/// and `Connection: close` (nothing more is read from a refused connection).
+pub fn error_response(error: &ProxyError) -> Response<Body> {
+    let presentation = error.presentation();
+    let body = error.json_body();
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() =
+        StatusCode::from_u16(presentation.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(presentation.code));
+    if let Some(value) = error
+        .proxy_status_header()
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        headers.insert("proxy-status", value);
+    }
+    if *error == ProxyError::AuthRequired {
+        headers.insert(
+            PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"exitpool\""),
+        );
+    }
+    response
+}

@@ -1,0 +1,239 @@
+//! The `gateway` binary: flags, logging, `gateway pin`, and `--demo`.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use exitpool_gateway::auth::{AgentTokens, Customer, Users};
+use exitpool_gateway::config::{DEFAULT_ADMIN, DEFAULT_LISTEN, DEFAULT_TUNNEL};
+use exitpool_gateway::{Gateway, GatewayConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The exitpool gateway: customers' proxy port, agents' QUIC tunnel, operators'
+/// stats.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Customer port: HTTP proxy and SOCKS5.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// QUIC port (UDP) agents connect to.
+    #[arg(long, default_value = DEFAULT_TUNNEL)]
+    tunnel: SocketAddr,
+    /// Admin port for /stats and /healthz.
+    #[arg(long, default_value = DEFAULT_ADMIN)]
+    admin: SocketAddr,
+    /// Turn the admin port off.
+    #[arg(long)]
+    no_admin: bool,
+    /// Where the certificate, key and secrets live.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// A customer account, NAME:PASSWORD (repeatable).
+    #[arg(
+        long = "user",
+        value_name = "NAME:PASSWORD",
+        env = "EXITPOOL_USERS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    users: Vec<String>,
+    /// A token agents may enrol with (repeatable).
+    #[arg(
+        long = "agent-token",
+        value_name = "TOKEN",
+        env = "EXITPOOL_AGENT_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    agent_tokens: Vec<String>,
+    /// Close a customer tunnel after this many seconds without traffic.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Most customer connections open at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Start with a local agent and a demo user, make one request through them,
+    /// and print how to try it.
+    #[arg(long)]
+    demo: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the certificate pin agents need (sha256:...), creating the certificate
+    /// if needed.
+    Pin {
+        /// Where the certificate lives.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("gateway: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gateway: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Pin { state_dir }) = &args.command {
+        let dir = state_dir
+            .clone()
+            .or(args.state_dir.clone())
+            .unwrap_or_else(exitpool_gateway::state::default_dir);
+        exitpool_gateway::state::ensure_dir(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let identity = exitpool_gateway::tls::Identity::load_or_create(&dir)?;
+        println!("{}", identity.pin());
+        return Ok(());
+    }
+    let mut config = GatewayConfig::new(
+        args.state_dir
+            .clone()
+            .unwrap_or_else(exitpool_gateway::state::default_dir),
+    );
+    config.listen = args.listen;
+    config.tunnel = args.tunnel;
+    config.admin = (!args.no_admin).then_some(args.admin);
+    config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
+    config.max_connections = args.max_connections.max(1);
+    let mut customers = args
+        .users
+        .iter()
+        .map(|spec| Customer::parse(spec).with_context(|| "in --user"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut tokens = args.agent_tokens.clone();
+    let demo = args.demo.then(|| {
+        let password = hex::encode(rand::random::<[u8; 8]>());
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        (password, token)
+    });
+    if let Some((password, token)) = &demo {
+        customers.push(Customer::parse(&format!("demo:{password}")).expect("valid demo user"));
+        tokens.push(token.clone());
+    }
+    if customers.is_empty() {
+        bail!("no customer accounts: add --user NAME:PASSWORD (or try --demo)");
+    }
+    if tokens.is_empty() {
+        bail!("no agent can join: add --agent-token TOKEN (or try --demo)");
+    }
+    config.users = Users::new(customers);
+    config.agent_tokens = AgentTokens::new(tokens);
+    let gateway = Gateway::start(config).await?;
+    println!(
+        "gateway: customers on {}, agents on {} (UDP), pin {}",
+        gateway.listen_addr(),
+        gateway.tunnel_addr(),
+        gateway.pin()
+    );
+    if let Some(admin) = gateway.admin_addr() {
+        println!("gateway: stats on http://{admin}/stats");
+    }
+    let _demo_agent = match &demo {
+        Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
+        None => None,
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// Starts an in-process agent, proves a request goes through it, and prints how
+/// to make one by hand.
+async fn start_demo(
+    gateway: &Gateway,
+    password: &str,
+    token: &str,
+) -> anyhow::Result<exitpool_agent::AgentHandle> {
+    let mut tunnel = gateway.tunnel_addr();
+    if tunnel.ip().is_unspecified() {
+        tunnel.set_ip([127, 0, 0, 1].into());
+    }
+    let agent = exitpool_agent::Agent::builder(tunnel.to_string(), gateway.pin().parse()?, token)
+        .bind([127, 0, 0, 1].into())
+        // The demo's only target is this machine; never use this in production.
+        .allow_private(true)
+        .spawn()?;
+    let joined = tokio::time::timeout(Duration::from_secs(10), agent.connected())
+        .await
+        .context("the demo agent did not connect within 10 s")?;
+    let proxy = gateway.listen_addr();
+    let target = gateway.admin_addr().unwrap_or(proxy);
+    let answer = tokio::time::timeout(Duration::from_secs(10), self_test(proxy, target, password))
+        .await
+        .context("the demo request timed out")??;
+    println!(
+        "demo: agent {} joined; GET http://{target}/healthz through it answered: {answer}",
+        joined.exit_id
+    );
+    println!("demo: try it yourself:");
+    println!("  curl -p -x http://demo:{password}@{proxy} http://{target}/stats");
+    println!("demo: Ctrl-C to stop");
+    Ok(agent)
+}
+
+/// One real request through the proxy: CONNECT, then a GET inside the tunnel.
+async fn self_test(
+    proxy: SocketAddr,
+    target: SocketAddr,
+    password: &str,
+) -> anyhow::Result<String> {
+    use base64::Engine;
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("demo:{password}"));
+    let mut stream = tokio::net::TcpStream::connect(proxy).await?;
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {credentials}\r\n\r\nGET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    stream.take(64 * 1024).read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let mut lines = text.lines();
+    let connect_status = lines.next().unwrap_or_default().to_owned();
+    if !connect_status.contains(" 200") {
+        bail!("the proxy answered {connect_status:?}");
+    }
+    let inner_status = lines
+        .find(|line| line.starts_with("HTTP/1.1"))
+        .unwrap_or_default()
+        .to_owned();
+    Ok(format!("{connect_status} then {inner_status}"))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,115 @@
+//! The gateway's QUIC identity: a self-signed certificate made with rcgen on first
+//! start, kept in the state directory, and the SHA-256 pin agents check it by.
+
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const CERT_FILE: &str = "gateway-cert.der";
+const KEY_FILE: &str = "gateway-key.der";
+
+/// Why the gateway's identity could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Reading or writing a file in the state directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// rcgen could not make a certificate.
+    #[error("generating the gateway certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls or quinn refused the certificate or key.
+    #[error("loading the gateway certificate: {0}")]
+    Tls(String),
+}
+
+/// The gateway's certificate and key.
+pub struct Identity {
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("pin", &self.pin())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Loads the identity from `state_dir`, creating and saving one on first start.
+    pub fn load_or_create(state_dir: &Path) -> Result<Identity, IdentityError> {
+        let cert_path = state_dir.join(CERT_FILE);
+        let key_path = state_dir.join(KEY_FILE);
+        if cert_path.exists() && key_path.exists() {
+            let cert = read(&cert_path)?;
+            let key = read(&key_path)?;
+            return Ok(Identity {
+                cert: CertificateDer::from(cert),
+                key: PrivatePkcs8KeyDer::from(key),
+            });
+        }
+        let generated = rcgen::generate_simple_self_signed(vec!["exitpool-gateway".to_owned()])?;
+        let identity = Identity {
+            cert: generated.cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der()),
+        };
+        crate::state::ensure_dir(state_dir).map_err(|source| IdentityError::Io {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        crate::state::write_private(&key_path, identity.key.secret_pkcs8_der()).map_err(
+            |source| IdentityError::Io {
+                path: key_path.clone(),
+                source,
+            },
+        )?;
+        crate::state::write_private(&cert_path, &identity.cert).map_err(|source| {
+            IdentityError::Io {
+                path: cert_path.clone(),
+                source,
+            }
+        })?;
+        Ok(identity)
+    }
+
+    /// `sha256:<64 hex>` of the certificate, the value agents pass as `--pin`.
+    pub fn pin(&self) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(&self.cert)))
+    }
+
+    /// QUIC server configuration: TLS 1.3 with ALPN `exitpool/1`, plus the
+    /// transport limits in [`crate::tunnel::transport_config`].
+    pub fn quic_server_config(&self) -> Result<quinn::ServerConfig, IdentityError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| IdentityError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.cert.clone()],
+                PrivateKeyDer::Pkcs8(self.key.clone_key()),
+            )
+            .map_err(|e| IdentityError::Tls(e.to_string()))?;
+        tls.alpn_protocols = vec![exitpool_protocol::ALPN.to_vec()];
+        let crypto =
+            QuicServerConfig::try_from(tls).map_err(|e| IdentityError::Tls(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(crate::tunnel::transport_config()));
+        Ok(config)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
+    std::fs::read(path).map_err(|source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,277 @@
+//! The agent side of the gateway: the QUIC endpoint agents dial, their handshake
+//! on the control stream, and their life in the registry.
+//!
+//! Flow per agent: QUIC handshake -> agent opens the control stream -> `Hello`
+//! (version, token, id, capacity) -> `Welcome` or `Reject` -> the agent is in the
+//! registry until its connection ends, sending `Load` and `Draining` on the way.
+
+use crate::registry::Joining;
+use crate::Shared;
+use exitpool_protocol::{
+    read_frame, write_frame, AgentMessage, FrameError, GatewayMessage, RejectReason,
+    HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, MAX_AGENT_ID_LEN, PROTOCOL_VERSION,
+};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Most QUIC handshakes + `Hello`s in progress at once; beyond this new agents are
+/// refused at once (they retry with backoff) instead of queueing without bound.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+/// Largest stream capacity an agent may claim.
+pub const MAX_AGENT_STREAMS: u32 = 4096;
+
+/// QUIC close codes the gateway uses towards agents.
+pub mod close_code {
+    /// The agent was rejected (bad token, version, or id).
+    pub const REJECTED: u32 = 1;
+    /// The agent did not complete its handshake in time or sent garbage.
+    pub const PROTOCOL: u32 = 2;
+    /// A newer connection with the same agent id replaced this one.
+    pub const REPLACED: u32 = 3;
+    /// The gateway is shutting down.
+    pub const SHUTDOWN: u32 = 4;
+}
+
+/// Transport settings for agent tunnels. quinn's defaults allow an unlimited
+/// connection receive window and no keep-alive; both are set here.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        // Agents open exactly one stream (control); relay streams are opened by us.
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        // Per-stream and per-connection windows bound what one agent can make the
+        // gateway buffer: at most 16 MiB in flight towards us per agent.
+        .stream_receive_window((4u32 * 1024 * 1024).into())
+        .receive_window((16u32 * 1024 * 1024).into())
+        .send_window(16 * 1024 * 1024);
+    transport
+}
+
+/// Accepts agent connections until `shared.shutdown` fires.
+pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = shared.shutdown.cancelled() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            warn!(remote = %incoming.remote_address(), "too many pending agent handshakes; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        let span = info_span!("agent", remote = %incoming.remote_address());
+        shared.tasks.clone().spawn(
+            async move {
+                let connection = match handshake(incoming, &shared).await {
+                    Ok(joined) => {
+                        drop(permit);
+                        joined
+                    }
+                    Err(error) => {
+                        info!(%error, "agent handshake failed");
+                        return;
+                    }
+                };
+                serve_agent(connection, shared).await;
+            }
+            .instrument(span),
+        );
+    }
+    endpoint.close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+}
+
+/// Why an agent's handshake failed.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("QUIC handshake: {0}")]
+    Quic(#[from] quinn::ConnectionError),
+    #[error("no valid Hello within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout,
+    #[error("control stream: {0}")]
+    Frame(#[from] FrameError),
+    #[error("first message was not Hello")]
+    NotHello,
+    #[error("rejected: {0}")]
+    Rejected(String),
+    #[error("QUIC accept: {0}")]
+    Accept(String),
+}
+
+struct Joined {
+    connection: quinn::Connection,
+    control_send: quinn::SendStream,
+    control_recv: quinn::RecvStream,
+    agent: Arc<crate::registry::Agent>,
+}
+
+async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined, HandshakeError> {
+    let connecting = incoming
+        .accept()
+        .map_err(|e| HandshakeError::Accept(e.to_string()))?;
+    let connection = timeout(HANDSHAKE_TIMEOUT, connecting)
+        .await
+        .map_err(|_| HandshakeError::Timeout)??;
+    let hello = async {
+        let (send, mut recv) = connection.accept_bi().await?;
+        let hello: AgentMessage = read_frame(&mut recv).await?;
+        Ok::<_, HandshakeError>((send, recv, hello))
+    };
+    let (mut control_send, control_recv, hello) = match timeout(HANDSHAKE_TIMEOUT, hello).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(error)) => {
+            connection.close(close_code::PROTOCOL.into(), b"bad hello");
+            return Err(error);
+        }
+        Err(_) => {
+            connection.close(close_code::PROTOCOL.into(), b"hello timeout");
+            return Err(HandshakeError::Timeout);
+        }
+    };
+    let AgentMessage::Hello {
+        version,
+        agent_id,
+        token,
+        software,
+        capacity,
+    } = hello
+    else {
+        connection.close(close_code::PROTOCOL.into(), b"expected hello");
+        return Err(HandshakeError::NotHello);
+    };
+
+    let refusal = if version != PROTOCOL_VERSION {
+        Some((
+            RejectReason::UnsupportedVersion,
+            format!(
+                "this gateway speaks protocol version {PROTOCOL_VERSION}, the agent {version}; upgrade the agent"
+            ),
+        ))
+    } else if !shared.config.agent_tokens.accepts(token.expose()) {
+        Some((
+            RejectReason::BadToken,
+            "the agent token is not accepted by this gateway; check --token".to_owned(),
+        ))
+    } else if !valid_agent_id(&agent_id) {
+        Some((
+            RejectReason::BadAgentId,
+            format!("agent id must be 1-{MAX_AGENT_ID_LEN} characters of [A-Za-z0-9_-]"),
+        ))
+    } else {
+        None
+    };
+    if let Some((reason, message)) = refusal {
+        let reject = GatewayMessage::Reject {
+            reason,
+            message: message.clone(),
+        };
+        // Best effort: the agent learns why, then the connection closes.
+        let _ = timeout(HANDSHAKE_TIMEOUT, async {
+            write_frame(&mut control_send, &reject).await?;
+            let _ = control_send.finish();
+            let _ = control_send.stopped().await;
+            Ok::<_, FrameError>(())
+        })
+        .await;
+        connection.close(close_code::REJECTED.into(), message.as_bytes());
+        return Err(HandshakeError::Rejected(message));
+    }
+
+    let location = shared.locate(connection.remote_address().ip());
+    let (agent, replaced) = shared.registry.insert(Joining {
+        agent_id,
+        location,
+        software,
+        max_streams: capacity.max_streams.clamp(1, MAX_AGENT_STREAMS),
+        connection: connection.clone(),
+    });
+    if let Some(old) = replaced {
+        old.connection.close(
+            close_code::REPLACED.into(),
+            b"replaced by a newer connection",
+        );
+    }
+    let welcome = GatewayMessage::Welcome {
+        observed_addr: connection.remote_address(),
+        country: agent.location.country.clone(),
+        exit_id: agent.exit_id.clone(),
+    };
+    if let Err(error) = write_frame(&mut control_send, &welcome).await {
+        shared.registry.remove(agent.key);
+        return Err(error.into());
+    }
+    Ok(Joined {
+        connection,
+        control_send,
+        control_recv,
+        agent,
+    })
+}
+
+fn valid_agent_id(id: &str) -> bool {
+    (1..=MAX_AGENT_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Follows a joined agent's control stream until its connection ends, then drops it
+/// from the registry.
+async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
+    let Joined {
+        connection,
+        control_send,
+        mut control_recv,
+        agent,
+    } = joined;
+    let _keep_control_open = control_send;
+    tracing::Span::current().record("exit", agent.exit_id.as_str());
+    info!(
+        exit = %agent.exit_id,
+        country = agent.location.country.as_deref().unwrap_or("??"),
+        capacity = agent.max_streams.load(std::sync::atomic::Ordering::Relaxed),
+        software = %agent.software,
+        "agent joined"
+    );
+    let reason = loop {
+        let message = tokio::select! {
+            message = read_frame::<AgentMessage, _>(&mut control_recv) => message,
+            () = shared.shutdown.cancelled() => {
+                connection.close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+                break "gateway shutting down".to_owned();
+            }
+        };
+        match message {
+            Ok(AgentMessage::Load { accepting, .. }) => {
+                shared.registry.set_accepting(agent.key, accepting);
+            }
+            Ok(AgentMessage::Draining) => {
+                debug!("agent draining");
+                shared.registry.set_accepting(agent.key, false);
+            }
+            Ok(AgentMessage::Hello { .. }) => {
+                connection.close(close_code::PROTOCOL.into(), b"duplicate hello");
+                break "protocol error: second Hello".to_owned();
+            }
+            Err(error) => {
+                // A garbled or oversized message is a protocol error; a closed
+                // connection is an ordinary leave.
+                if let Some(reason) = connection.close_reason() {
+                    break reason.to_string();
+                }
+                connection.close(close_code::PROTOCOL.into(), b"bad control message");
+                break format!("protocol error: {error}");
+            }
+        }
+    };
+    shared.registry.remove(agent.key);
+    info!(exit = %agent.exit_id, %reason, "agent left");
+}

@@ -1,0 +1,175 @@
+//! The byte path: copies one TCP connection to and from one QUIC relay stream.
+//!
+//! Both the gateway (customer socket <-> stream) and the agent (stream <-> target
+//! socket) run this once the `OpenRequest`/`OpenReply` exchange is over. One copy
+//! runs per direction so a half-close travels across: TCP EOF becomes a QUIC
+//! `finish`, and a finished QUIC stream becomes a TCP write shutdown. An error in
+//! either direction stops both, and the caller resets both ends, so an abort never
+//! looks like a clean end of data.
+//!
+//! Reads go into a reusable buffer and are handed to quinn as `Bytes` without a
+//! copy; QUIC chunks are written to TCP as they arrive. Every buffer is bounded by
+//! [`RELAY_CHUNK`], and QUIC flow control bounds what is in flight.
+
+use bytes::BytesMut;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest single read or write on the byte path.
+pub const RELAY_CHUNK: usize = 64 * 1024;
+
+/// QUIC error code sent when a relay stream is reset because the other side failed.
+pub const RESET_CODE: u32 = 1;
+
+/// Byte counts of one finished relay, whether or not it ended cleanly.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    /// Bytes read from TCP and sent into the QUIC stream.
+    pub tcp_to_quic: u64,
+    /// Bytes received from the QUIC stream and written to TCP.
+    pub quic_to_tcp: u64,
+}
+
+/// Why a relay ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The TCP side failed (reset, broken pipe, ...).
+    #[error("tcp side: {0}")]
+    Tcp(io::Error),
+    /// The QUIC stream was reset or its connection was lost.
+    #[error("tunnel side: {0}")]
+    Quic(String),
+    /// Neither direction moved a byte for the idle timeout.
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+}
+
+/// Live byte counters the relay bumps once per chunk, so usage is visible while a
+/// long connection is still open. Counting per chunk (not per byte) keeps this off
+/// the profile.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    /// Mirrors [`Transferred::tcp_to_quic`].
+    pub tcp_to_quic: AtomicU64,
+    /// Mirrors [`Transferred::quic_to_tcp`].
+    pub quic_to_tcp: AtomicU64,
+}
+
+/// Relays until both directions have ended, either one fails, or nothing moves for
+/// `idle_timeout`. On error the QUIC stream is reset here; the caller should close
+/// the TCP side abortively (e.g. `SO_LINGER` 0) so the peer sees an error too.
+pub async fn relay<R, W>(
+    tcp_read: R,
+    tcp_write: W,
+    quic_send: quinn::SendStream,
+    quic_recv: quinn::RecvStream,
+    idle_timeout: Duration,
+    counters: &LiveCounters,
+) -> (Transferred, Result<(), RelayError>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    let mut send = quic_send;
+    let mut recv = quic_recv;
+    let up = tcp_to_quic(tcp_read, &mut send, &counters.tcp_to_quic, &activity);
+    let down = quic_to_tcp(&mut recv, tcp_write, &counters.quic_to_tcp, &activity);
+    let both = async { tokio::try_join!(up, down) };
+    let result = tokio::select! {
+        result = both => result.map(|_| ()),
+        idle = activity.expired(idle_timeout) => Err(RelayError::Idle(idle)),
+    };
+    if result.is_err() {
+        let _ = send.reset(RESET_CODE.into());
+        let _ = recv.stop(RESET_CODE.into());
+    }
+    let transferred = Transferred {
+        tcp_to_quic: counters.tcp_to_quic.load(Ordering::Relaxed),
+        quic_to_tcp: counters.quic_to_tcp.load(Ordering::Relaxed),
+    };
+    (transferred, result)
+}
+
+async fn tcp_to_quic<R: AsyncRead + Unpin>(
+    mut tcp: R,
+    send: &mut quinn::SendStream,
+    counter: &AtomicU64,
+    activity: &Activity,
+) -> Result<(), RelayError> {
+    let mut buf = BytesMut::with_capacity(RELAY_CHUNK);
+    loop {
+        if buf.capacity() < RELAY_CHUNK / 4 {
+            buf.reserve(RELAY_CHUNK);
+        }
+        let n = tcp.read_buf(&mut buf).await.map_err(RelayError::Tcp)?;
+        if n == 0 {
+            // Clean EOF from TCP: carry the half-close across.
+            send.finish().map_err(|e| RelayError::Quic(e.to_string()))?;
+            return Ok(());
+        }
+        activity.touch();
+        let chunk = buf.split().freeze();
+        send.write_chunk(chunk)
+            .await
+            .map_err(|e| RelayError::Quic(e.to_string()))?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+async fn quic_to_tcp<W: AsyncWrite + Unpin>(
+    recv: &mut quinn::RecvStream,
+    mut tcp: W,
+    counter: &AtomicU64,
+    activity: &Activity,
+) -> Result<(), RelayError> {
+    loop {
+        match recv.read_chunk(RELAY_CHUNK, true).await {
+            Ok(Some(chunk)) => {
+                activity.touch();
+                tcp.write_all(&chunk.bytes).await.map_err(RelayError::Tcp)?;
+                counter.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+            }
+            Ok(None) => {
+                // The peer finished its side: half-close TCP, keep the other way open.
+                tcp.shutdown().await.map_err(RelayError::Tcp)?;
+                return Ok(());
+            }
+            Err(e) => return Err(RelayError::Quic(e.to_string())),
+        }
+    }
+}
+
+/// Tracks the last time either direction moved bytes, for the idle timeout.
+struct Activity {
+    started: tokio::time::Instant,
+    last_millis: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            started: tokio::time::Instant::now(),
+            last_millis: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let elapsed = self.started.elapsed().as_millis() as u64;
+        self.last_millis.store(elapsed, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `timeout`.
+    async fn expired(&self, timeout: Duration) -> Duration {
+        loop {
+            let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
+            let deadline = self.started + last + timeout;
+            if tokio::time::Instant::now() >= deadline {
+                return timeout;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
