@@ -101,6 +101,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
         "agents": agents.len(),
         "countries": shared.registry.countries(),
         "live_streams": live_streams,
+        "sessions": shared.sessions.len(),
         "uptime_secs": shared.started.elapsed().as_secs(),
         "per_agent": per_agent,
     })

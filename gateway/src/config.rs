@@ -2,8 +2,10 @@
 //! embedding programs build it directly.
 
 use crate::auth::{AgentTokens, Users};
+use exitpool_geoip::GeoIp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default customer port (HTTP proxy and SOCKS5).
@@ -36,6 +38,9 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// How long live connections may finish after shutdown is asked for.
     pub shutdown_grace: Duration,
+    /// Where agents are: the embedded country database unless `--geoip` files are
+    /// given.
+    pub geoip: Arc<GeoIp>,
 }
 
 impl GatewayConfig {
@@ -52,6 +57,7 @@ impl GatewayConfig {
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(10),
+            geoip: Arc::new(GeoIp::embedded()),
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum ProxyError {
     /// Matching exits exist but all are at capacity.
     #[error("every exit {0} is busy")]
     ExitsBusy(String),
+    /// The gateway holds its maximum number of sticky sessions.
+    #[error("the gateway holds its maximum of {0} sessions; retry later or reuse session ids")]
+    TooManySessions(usize),
     /// The session's pinned exit left and the session is strict.
     #[error("the exit pinned to session `{0}` is gone (sessmode strict)")]
     SessionExitGone(String),
@@ -126,6 +129,12 @@ impl ProxyError {
                 502,
                 Some("destination_unavailable"),
                 "exits_busy",
+                GENERAL_FAILURE,
+            ),
+            ProxyError::TooManySessions(_) => (
+                429,
+                Some("proxy_internal_error"),
+                "session_limit",
                 GENERAL_FAILURE,
             ),
             ProxyError::SessionExitGone(_) => (

@@ -7,7 +7,6 @@
 
 use crate::error::ProxyError;
 use crate::exit::OpenedExit;
-use crate::registry::Filter;
 use crate::Shared;
 use base64::Engine;
 use bytes::Bytes;
@@ -34,6 +33,10 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const EXIT_HEADER: &str = "x-exitpool-exit";
 /// Header naming the serving exit's country.
 pub const COUNTRY_HEADER: &str = "x-exitpool-country";
+/// Header saying whether a sticky session is `new`, `kept` or `moved`.
+pub const SESSION_HEADER: &str = "x-exitpool-session";
+/// Header naming the exit a moved session was pinned to before.
+pub const MOVED_FROM_HEADER: &str = "x-exitpool-moved-from";
 /// Header carrying the stable product error code.
 pub const ERROR_HEADER: &str = "x-exitpool-error";
 
@@ -118,32 +121,22 @@ async fn connect(
     shared: &Arc<Shared>,
 ) -> Result<Response<Body>, ProxyError> {
     let (user, password) = basic_credentials(&request).ok_or(ProxyError::AuthRequired)?;
-    let customer = shared
-        .config
-        .users
-        .authenticate(&user, &password)
-        .ok_or(ProxyError::AuthRequired)?
-        .clone();
-    tracing::Span::current().record("user", customer.name.as_str());
     let authority = request
         .uri()
         .authority()
         .map(|authority| authority.as_str().to_owned())
         .ok_or_else(|| ProxyError::BadTarget("CONNECT needs host:port".into()))?;
     let (host, port) = crate::target::parse_authority(&authority)?;
-    let agent = shared
-        .registry
-        .pick(&Filter::default())
-        .map_err(crate::error::from_pick)?;
-    let opened = crate::exit::open(agent, host, port).await?;
-
+    let grant = crate::connect::authenticate(&user, &password, shared)?;
+    let authorized = crate::connect::open(&grant, host, port, shared).await?;
+    let opened = authorized.opened;
     let mut response = Response::new(empty());
-    add_exit_headers(&mut response, &opened);
+    add_exit_headers(&mut response, &opened, authorized.session.as_ref());
     let upgrade = hyper::upgrade::on(&mut request);
     let shared = shared.clone();
     let span = tracing::info_span!("relay", exit = %opened.agent.exit_id, target = %authority);
     let context = crate::relay::AccessContext {
-        user: customer.name.clone(),
+        user: grant.user,
         peer,
         target: authority,
         started,
@@ -162,8 +155,21 @@ async fn connect(
     Ok(response)
 }
 
-fn add_exit_headers(response: &mut Response<Body>, opened: &OpenedExit) {
+/// Tells the customer which exit served them, and what became of their session.
+pub fn add_exit_headers(
+    response: &mut Response<Body>,
+    opened: &OpenedExit,
+    session: Option<&crate::connect::SessionOutcome>,
+) {
     let headers = response.headers_mut();
+    if let Some(session) = session {
+        headers.insert(SESSION_HEADER, HeaderValue::from_static(session.as_str()));
+        if let crate::connect::SessionOutcome::Moved { from } = session {
+            if let Ok(value) = HeaderValue::from_str(from) {
+                headers.insert(MOVED_FROM_HEADER, value);
+            }
+        }
+    }
     if let Ok(value) = HeaderValue::from_str(&opened.agent.exit_id) {
         headers.insert(EXIT_HEADER, value);
     }

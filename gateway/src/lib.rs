@@ -6,6 +6,9 @@
 //! - [`registry`]: connected agents and per-filter pools for routing;
 //! - [`customer`]: the customer port, which hands connections to [`http`];
 //! - [`target`]: validation of the `host:port` customers ask for;
+//! - [`connect`]: authenticate, route and open: the steps every protocol shares;
+//! - [`credentials`]: the `user-country-us:pass` targeting grammar;
+//! - [`sessions`]: sticky-session pins behind a store interface;
 //! - [`exit`]: opening a relay stream through a chosen exit;
 //! - [`relay`]: the customer half of the byte path, with the access log;
 //! - [`error`]: every customer-visible failure and how it is presented;
@@ -19,12 +22,15 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod connect;
+pub mod credentials;
 pub mod customer;
 pub mod error;
 pub mod exit;
 pub mod http;
 pub mod registry;
 pub mod relay;
+pub mod sessions;
 pub mod state;
 pub mod target;
 pub mod tls;
@@ -48,6 +54,8 @@ pub struct Shared {
     pub config: GatewayConfig,
     /// Connected agents.
     pub registry: Registry,
+    /// Sticky-session pins.
+    pub sessions: Box<dyn sessions::SessionStore>,
     /// Fires when the gateway stops.
     pub shutdown: CancellationToken,
     /// Every spawned task, so shutdown can wait for them.
@@ -58,8 +66,29 @@ pub struct Shared {
 
 impl Shared {
     /// Where an agent at `ip` is.
-    pub fn locate(&self, _ip: IpAddr) -> registry::Location {
-        registry::Location::default()
+    pub fn locate(&self, ip: IpAddr) -> registry::Location {
+        let found = self.config.geoip.lookup(ip);
+        registry::Location {
+            country: found.country,
+            asn: found.asn,
+            city: found.city.as_deref().map(credentials::normalize_city),
+        }
+    }
+}
+
+/// Drops expired session pins every [`sessions::SWEEP_INTERVAL`].
+async fn sweep_sessions(shared: Arc<Shared>) {
+    let mut timer = tokio::time::interval(sessions::SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {
+                let swept = shared.sessions.sweep(Instant::now());
+                if swept > 0 {
+                    tracing::debug!(swept, "expired sessions swept");
+                }
+            }
+            () = shared.shutdown.cancelled() => break,
+        }
     }
 }
 
@@ -142,6 +171,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             config,
             registry: Registry::new(exit_key),
+            sessions: Box::new(sessions::MemorySessions::default()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             started: Instant::now(),
@@ -152,6 +182,10 @@ impl Gateway {
         shared.tasks.spawn(tunnel::serve(endpoint, shared.clone()));
         if let Some(admin) = admin {
             shared.tasks.spawn(admin::serve(admin, shared.clone()));
+        }
+        shared.tasks.spawn(sweep_sessions(shared.clone()));
+        for line in shared.config.geoip.describe() {
+            info!("geoip: {line}");
         }
         let pin = identity.pin();
         info!(%listen_addr, %tunnel_addr, admin = ?admin_addr, %pin, "gateway started");

@@ -98,6 +98,8 @@ pub struct Agent {
     pub agent_id: String,
     /// Opaque, stable id customers see (a keyed hash of the agent id).
     pub exit_id: String,
+    /// Position on the session hash ring, derived from the exit id.
+    ring_point: u64,
     /// Where the exit is.
     pub location: Location,
     /// The agent's address as seen by the gateway.
@@ -186,6 +188,8 @@ struct Pool {
     members: Vec<Arc<Agent>>,
     /// Position of each member (by key) in `members`, for O(1) removal.
     positions: HashMap<u64, usize>,
+    /// The same members ordered by ring point, for sticky sessions.
+    ring: BTreeMap<(u64, u64), Arc<Agent>>,
 }
 
 impl Pool {
@@ -194,18 +198,32 @@ impl Pool {
             return;
         }
         self.positions.insert(agent.key, self.members.len());
+        self.ring
+            .insert((agent.ring_point, agent.key), agent.clone());
         self.members.push(agent);
     }
 
-    fn remove(&mut self, key: u64) {
-        let Some(position) = self.positions.remove(&key) else {
+    fn remove(&mut self, agent: &Agent) {
+        let Some(position) = self.positions.remove(&agent.key) else {
             return;
         };
+        self.ring.remove(&(agent.ring_point, agent.key));
         self.members.swap_remove(position);
         if let Some(moved) = self.members.get(position) {
             self.positions.insert(moved.key, position);
         }
     }
+}
+
+/// How many ring neighbours a sticky pick weighs by rendezvous score.
+const STICKY_CANDIDATES: usize = 8;
+
+/// Mixes two 64-bit values into a well-spread score (splitmix64 finaliser).
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.rotate_left(32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// How many random candidates a pick looks at before deciding every exit is busy.
@@ -218,6 +236,8 @@ pub struct Registry {
     pools: Mutex<HashMap<Filter, Pool>>,
     next_key: AtomicU64,
     exit_id_key: [u8; 32],
+    /// The number of connected agents, for anyone waiting on joins and leaves.
+    count: tokio::sync::watch::Sender<usize>,
 }
 
 impl Registry {
@@ -230,6 +250,7 @@ impl Registry {
             pools: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
             exit_id_key,
+            count: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -245,9 +266,12 @@ impl Registry {
     /// gateway has not noticed yet) is removed and returned so the caller can close it.
     pub fn insert(&self, joining: Joining) -> (Arc<Agent>, Option<Arc<Agent>>) {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let exit_id = self.exit_id(&joining.agent_id);
+        let ring_point = u64::from_str_radix(&exit_id, 16).unwrap_or(key);
         let agent = Arc::new(Agent {
             key,
-            exit_id: self.exit_id(&joining.agent_id),
+            ring_point,
+            exit_id,
             agent_id: joining.agent_id,
             location: joining.location,
             observed: joining.connection.remote_address(),
@@ -267,6 +291,7 @@ impl Registry {
             .and_then(|old_key| self.remove_key(old_key));
         self.agents.insert(key, agent.clone());
         self.add_to_pools(&agent);
+        self.count.send_replace(self.agents.len());
         (agent, replaced)
     }
 
@@ -275,6 +300,7 @@ impl Registry {
         let agent = self.remove_key(key)?;
         self.by_agent_id
             .remove_if(&agent.agent_id, |_, current| *current == key);
+        self.count.send_replace(self.agents.len());
         Some(agent)
     }
 
@@ -312,7 +338,7 @@ impl Registry {
         let mut pools = self.pools.lock().expect("registry pools lock poisoned");
         for key in Filter::pool_keys(&agent.location) {
             if let Some(pool) = pools.get_mut(&key) {
-                pool.remove(agent.key);
+                pool.remove(agent);
                 if pool.members.is_empty() {
                     pools.remove(&key);
                 }
@@ -352,9 +378,59 @@ impl Registry {
             .ok_or_else(|| PickError::AllBusy(filter.describe()))
     }
 
+    /// Sticky choice for a session: the exits following `session_point` on the
+    /// pool's hash ring, weighed by rendezvous (highest random weight) score, so the
+    /// same session maps to the same exit while the pool is stable, and few sessions
+    /// move when exits come and go. O(log n) in the pool size.
+    pub fn pick_sticky(
+        &self,
+        filter: &Filter,
+        session_point: u64,
+    ) -> Result<Arc<Agent>, PickError> {
+        let pools = self.pools.lock().expect("registry pools lock poisoned");
+        let Some(pool) = pools.get(filter).filter(|pool| !pool.members.is_empty()) else {
+            return Err(PickError::NoExit(filter.describe()));
+        };
+        let after = pool.ring.range((session_point, 0)..);
+        let wrapped = pool.ring.range(..(session_point, 0));
+        after
+            .chain(wrapped)
+            .map(|(_, agent)| agent)
+            .take(STICKY_CANDIDATES)
+            .filter(|agent| agent.has_capacity())
+            .max_by_key(|agent| mix(session_point, agent.ring_point))
+            .cloned()
+            .ok_or_else(|| PickError::AllBusy(filter.describe()))
+    }
+
+    /// The connected agent with device id `agent_id`, if any.
+    pub fn by_agent_id(&self, agent_id: &str) -> Option<Arc<Agent>> {
+        let key = *self.by_agent_id.get(agent_id)?;
+        self.get(key)
+    }
+
+    /// A point on the session ring for `text`, keyed like exit ids.
+    pub fn ring_point(&self, text: &str) -> u64 {
+        let mut hasher = Sha256::new();
+        hasher.update(self.exit_id_key);
+        hasher.update(b"session\0");
+        hasher.update(text.as_bytes());
+        u64::from_be_bytes(hasher.finalize()[..8].try_into().expect("8 bytes"))
+    }
+
     /// Number of connected agents (accepting or not).
     pub fn len(&self) -> usize {
         self.agents.len()
+    }
+
+    /// Waits until `predicate` holds for the number of connected agents.
+    pub async fn wait_for_count(&self, predicate: impl FnMut(&usize) -> bool) -> usize {
+        let mut count = self.count.subscribe();
+        let value = *count
+            .wait_for(predicate)
+            .await
+            .expect("the sender lives in the registry");
+        value
     }
 
     /// Whether no agent is connected.

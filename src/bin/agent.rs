@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use exitpool_agent::{Agent, Pin};
+use exitpool::agent::{Agent, Pin};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +31,7 @@ struct Args {
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Most relay streams served at once.
-    #[arg(long, default_value_t = exitpool_agent::DEFAULT_MAX_STREAMS)]
+    #[arg(long, default_value_t = exitpool::agent::DEFAULT_MAX_STREAMS)]
     max_streams: u32,
 }
 
@@ -65,7 +65,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .max_streams(args.max_streams)
         .state_dir(
             args.state_dir
-                .unwrap_or_else(exitpool_agent::state::default_dir),
+                .unwrap_or_else(exitpool::agent::state::default_dir),
         );
     if let Some(bind) = args.bind {
         builder = builder.bind(bind);

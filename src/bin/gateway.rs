@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use exitpool_gateway::auth::{AgentTokens, Customer, Users};
-use exitpool_gateway::config::{DEFAULT_ADMIN, DEFAULT_LISTEN, DEFAULT_TUNNEL};
-use exitpool_gateway::{Gateway, GatewayConfig};
+use exitpool::gateway::auth::{AgentTokens, Customer, Users};
+use exitpool::gateway::config::{DEFAULT_ADMIN, DEFAULT_LISTEN, DEFAULT_TUNNEL};
+use exitpool::gateway::{Gateway, GatewayConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +57,11 @@ struct Args {
     /// Most customer connections open at once.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// A MaxMind-format database (GeoLite2 Country/City/ASN, ip-location-db, ...)
+    /// to locate agents with, instead of the embedded country database
+    /// (repeatable: country + ASN + city).
+    #[arg(long = "geoip", value_name = "FILE")]
+    geoip: Vec<PathBuf>,
     /// Start with a local agent and a demo user, make one request through them,
     /// and print how to try it.
     #[arg(long)]
@@ -103,23 +108,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let dir = state_dir
             .clone()
             .or(args.state_dir.clone())
-            .unwrap_or_else(exitpool_gateway::state::default_dir);
-        exitpool_gateway::state::ensure_dir(&dir)
+            .unwrap_or_else(exitpool::gateway::state::default_dir);
+        exitpool::gateway::state::ensure_dir(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
-        let identity = exitpool_gateway::tls::Identity::load_or_create(&dir)?;
+        let identity = exitpool::gateway::tls::Identity::load_or_create(&dir)?;
         println!("{}", identity.pin());
         return Ok(());
     }
     let mut config = GatewayConfig::new(
         args.state_dir
             .clone()
-            .unwrap_or_else(exitpool_gateway::state::default_dir),
+            .unwrap_or_else(exitpool::gateway::state::default_dir),
     );
     config.listen = args.listen;
     config.tunnel = args.tunnel;
     config.admin = (!args.no_admin).then_some(args.admin);
     config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
     config.max_connections = args.max_connections.max(1);
+    if !args.geoip.is_empty() {
+        config.geoip = std::sync::Arc::new(exitpool::geoip::GeoIp::open(&args.geoip)?);
+    }
     let mut customers = args
         .users
         .iter()
@@ -169,12 +177,12 @@ async fn start_demo(
     gateway: &Gateway,
     password: &str,
     token: &str,
-) -> anyhow::Result<exitpool_agent::AgentHandle> {
+) -> anyhow::Result<exitpool::agent::AgentHandle> {
     let mut tunnel = gateway.tunnel_addr();
     if tunnel.ip().is_unspecified() {
         tunnel.set_ip([127, 0, 0, 1].into());
     }
-    let agent = exitpool_agent::Agent::builder(tunnel.to_string(), gateway.pin().parse()?, token)
+    let agent = exitpool::agent::Agent::builder(tunnel.to_string(), gateway.pin().parse()?, token)
         .bind([127, 0, 0, 1].into())
         // The demo's only target is this machine; never use this in production.
         .allow_private(true)

@@ -1,0 +1,173 @@
+//! Sticky sessions: which exit a (customer, session id) is pinned to, until when.
+//!
+//! Kept behind the [`SessionStore`] trait so that several gateways can later share
+//! pins through Redis/Valkey; [`MemorySessions`] is the in-process store. Pins name
+//! the agent's device id, not its connection, so a session survives an agent's
+//! brief reconnect. Expired pins are swept, and the store has a hard size bound.
+
+use dashmap::DashMap;
+use std::time::{Duration, Instant};
+
+/// Most pins held at once; beyond it new sessions are refused (429) until some
+/// expire.
+pub const MAX_SESSIONS: usize = 1_000_000;
+
+/// How often expired pins are swept.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Identifies one customer's session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// Base user name.
+    pub customer: String,
+    /// The customer's session id.
+    pub session: String,
+}
+
+/// Where a session is pinned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    /// The exit's device id.
+    pub agent_id: String,
+    /// When the pin lapses (fixed at first use: `sesstime` counts from there).
+    pub expires_at: Instant,
+}
+
+/// Why a pin could not be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the gateway holds its maximum of {0} sessions")]
+pub struct SessionsFull(pub usize);
+
+/// Storage for session pins.
+pub trait SessionStore: Send + Sync {
+    /// The live pin for `key`, if any (an expired pin is absent).
+    fn get(&self, key: &SessionKey, now: Instant) -> Option<Pinned>;
+    /// Pins `key`, replacing any earlier pin.
+    fn put(&self, key: SessionKey, pinned: Pinned) -> Result<(), SessionsFull>;
+    /// Drops expired pins; returns how many were dropped.
+    fn sweep(&self, now: Instant) -> usize;
+    /// Pins held (live or not yet swept).
+    fn len(&self) -> usize;
+    /// Whether no pin is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Session pins in this process's memory.
+#[derive(Debug)]
+pub struct MemorySessions {
+    pins: DashMap<SessionKey, Pinned>,
+    capacity: usize,
+}
+
+impl MemorySessions {
+    /// A store holding at most `capacity` pins.
+    pub fn new(capacity: usize) -> Self {
+        MemorySessions {
+            pins: DashMap::new(),
+            capacity,
+        }
+    }
+}
+
+impl Default for MemorySessions {
+    fn default() -> Self {
+        Self::new(MAX_SESSIONS)
+    }
+}
+
+impl SessionStore for MemorySessions {
+    fn get(&self, key: &SessionKey, now: Instant) -> Option<Pinned> {
+        self.pins
+            .get(key)
+            .filter(|pin| pin.expires_at > now)
+            .map(|pin| pin.clone())
+    }
+
+    fn put(&self, key: SessionKey, pinned: Pinned) -> Result<(), SessionsFull> {
+        if self.pins.len() >= self.capacity && !self.pins.contains_key(&key) {
+            self.sweep(Instant::now());
+            if self.pins.len() >= self.capacity {
+                return Err(SessionsFull(self.capacity));
+            }
+        }
+        self.pins.insert(key, pinned);
+        Ok(())
+    }
+
+    fn sweep(&self, now: Instant) -> usize {
+        let before = self.pins.len();
+        self.pins.retain(|_, pin| pin.expires_at > now);
+        before.saturating_sub(self.pins.len())
+    }
+
+    fn len(&self) -> usize {
+        self.pins.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(session: &str) -> SessionKey {
+        SessionKey {
+            customer: "alice".into(),
+            session: session.into(),
+        }
+    }
+
+    #[test]
+    fn pins_expire_and_are_swept() {
+        let store = MemorySessions::new(10);
+        let now = Instant::now();
+        let pin = Pinned {
+            agent_id: "a".into(),
+            expires_at: now + Duration::from_secs(60),
+        };
+        store.put(key("s"), pin.clone()).unwrap();
+        assert_eq!(store.get(&key("s"), now), Some(pin));
+        let later = now + Duration::from_secs(61);
+        assert_eq!(store.get(&key("s"), later), None);
+        assert_eq!(store.sweep(later), 1);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn the_store_is_bounded() {
+        let store = MemorySessions::new(2);
+        let expires_at = Instant::now() + Duration::from_secs(60);
+        for name in ["a", "b"] {
+            store
+                .put(
+                    key(name),
+                    Pinned {
+                        agent_id: name.into(),
+                        expires_at,
+                    },
+                )
+                .unwrap();
+        }
+        assert_eq!(
+            store.put(
+                key("c"),
+                Pinned {
+                    agent_id: "c".into(),
+                    expires_at
+                }
+            ),
+            Err(SessionsFull(2))
+        );
+        // Re-pinning an existing session is always possible.
+        store
+            .put(
+                key("a"),
+                Pinned {
+                    agent_id: "z".into(),
+                    expires_at,
+                },
+            )
+            .unwrap();
+    }
+}

@@ -1,0 +1,262 @@
+//! Test fixtures: a gateway and agents on distinct loopback addresses with a
+//! generated GeoIP database, target servers, and raw proxy clients. Everything
+//! binds port 0 on 127.0.0.0/8, and every wait has a timeout.
+
+#![allow(dead_code)]
+
+pub mod targets;
+
+use exitpool::agent::{Agent, AgentHandle};
+use exitpool::gateway::auth::{AgentTokens, Customer, Users};
+use exitpool::gateway::{Gateway, GatewayConfig};
+use exitpool::geoip::testdb::{self, Layout, TestEntry};
+use exitpool::geoip::GeoIp;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Every await in a test gets this bound, so a bug fails fast instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The agent token every fixture gateway accepts.
+pub const TOKEN: &str = "test-token";
+/// A customer every fixture gateway knows.
+pub const USER: &str = "alice";
+/// Alice's password.
+pub const PASSWORD: &str = "s3cret";
+
+/// Awaits `future` for at most [`WAIT`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {WAIT:?}: {what}"))
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// The test GeoIP database: 127.0.0.2 -> US, .3 -> US, .4 -> DE, .5 -> DE,
+/// .6 -> JP (with ASN and city on all), 127.0.0.1 and others unknown.
+pub fn test_geoip(layout: Layout) -> GeoIp {
+    let entries: Vec<TestEntry> = [
+        ("127.0.0.2", "US", 7922, "New York"),
+        ("127.0.0.3", "US", 7018, "Dallas"),
+        ("127.0.0.4", "DE", 3320, "Berlin"),
+        ("127.0.0.5", "DE", 3320, "Munich"),
+        ("127.0.0.6", "JP", 2516, "Tokyo"),
+    ]
+    .into_iter()
+    .map(|(ip, country, asn, city)| {
+        TestEntry::host(ip.parse().unwrap())
+            .country(country)
+            .asn(asn)
+            .city(city)
+    })
+    .collect();
+    GeoIp::from_bytes(vec![testdb::build(layout, &entries)]).expect("test database loads")
+}
+
+/// A gateway plus its state directory.
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub state: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// A gateway on 127.0.0.1 port 0 everywhere, with alice and the test token.
+    pub async fn start() -> TestGateway {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestGateway::start`], with `adjust` applied to the config first.
+    pub async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestGateway {
+        let state = tempfile::tempdir().expect("temp dir");
+        let config = Self::config(state.path());
+        Self::start_in(state, config, adjust).await
+    }
+
+    /// The fixture configuration for a state directory.
+    pub fn config(state: &std::path::Path) -> GatewayConfig {
+        let mut config = GatewayConfig::new(state.to_owned());
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        config.listen = local;
+        config.tunnel = local;
+        config.admin = Some(local);
+        config.users = Users::new([Customer::parse(&format!("{USER}:{PASSWORD}")).unwrap()]);
+        config.agent_tokens = AgentTokens::new([TOKEN.to_owned()]);
+        config.geoip = Arc::new(test_geoip(Layout::MaxMind));
+        config.shutdown_grace = Duration::from_secs(2);
+        config
+    }
+
+    /// Starts a gateway in an existing state directory.
+    pub async fn start_in(
+        state: tempfile::TempDir,
+        mut config: GatewayConfig,
+        adjust: impl FnOnce(&mut GatewayConfig),
+    ) -> TestGateway {
+        init_tracing();
+        config.state_dir = state.path().to_owned();
+        adjust(&mut config);
+        let gateway = within("gateway start", Gateway::start(config))
+            .await
+            .expect("gateway starts");
+        TestGateway { gateway, state }
+    }
+
+    pub fn proxy(&self) -> SocketAddr {
+        self.gateway.listen_addr()
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.gateway.admin_addr().expect("admin enabled")
+    }
+
+    /// A builder for an agent bound to `ip`, allowed to reach loopback targets.
+    pub fn agent_builder(&self, ip: &str) -> exitpool::agent::AgentBuilder {
+        Agent::builder(
+            self.gateway.tunnel_addr().to_string(),
+            self.gateway.pin().parse().unwrap(),
+            TOKEN,
+        )
+        .bind(ip.parse::<IpAddr>().unwrap())
+        .allow_private(true)
+    }
+
+    /// Starts an agent on `ip` and waits until the gateway has welcomed it.
+    pub async fn agent(&self, ip: &str) -> AgentHandle {
+        let handle = self.agent_builder(ip).spawn().expect("agent spawns");
+        within("agent connects", handle.connected()).await;
+        handle
+    }
+
+    /// `GET /stats` as JSON.
+    pub async fn stats(&self) -> serde_json::Value {
+        let url = format!("http://{}/stats", self.admin());
+        let response = within("GET /stats", reqwest::Client::new().get(url).send())
+            .await
+            .expect("stats answers");
+        within("stats body", response.json())
+            .await
+            .expect("stats is JSON")
+    }
+}
+
+/// Basic credentials for a proxy header.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// The head of an HTTP response read from a raw socket.
+#[derive(Debug)]
+pub struct Head {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Reads an HTTP response head byte by byte (so nothing after it is consumed).
+pub async fn read_head(stream: &mut TcpStream) -> Head {
+    let mut raw = Vec::new();
+    while !raw.ends_with(b"\r\n\r\n") {
+        let byte = within("response head", stream.read_u8())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "head cut short after {:?}: {e}",
+                    String::from_utf8_lossy(&raw)
+                )
+            });
+        raw.push(byte);
+        assert!(raw.len() < 64 * 1024, "head too long");
+    }
+    let text = String::from_utf8(raw).expect("ASCII head");
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let (key, value) = line.split_once(':').expect("header line");
+            (key.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect();
+    Head { status, headers }
+}
+
+/// Sends `CONNECT target` with the given credentials (if any) and reads the head.
+pub async fn connect(
+    proxy: SocketAddr,
+    target: &str,
+    credentials: Option<(&str, &str)>,
+) -> (Head, TcpStream) {
+    let mut stream = within("connect to proxy", TcpStream::connect(proxy))
+        .await
+        .expect("proxy accepts");
+    let auth = credentials
+        .map(|(user, password)| format!("Proxy-Authorization: {}\r\n", basic(user, password)))
+        .unwrap_or_default();
+    let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n");
+    within("send CONNECT", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    (head, stream)
+}
+
+/// `CONNECT` as alice with `params` appended to the user name.
+pub async fn connect_as(proxy: SocketAddr, target: SocketAddr, params: &str) -> (Head, TcpStream) {
+    connect(
+        proxy,
+        &target.to_string(),
+        Some((&format!("{USER}{params}"), PASSWORD)),
+    )
+    .await
+}
+
+/// Sends a minimal HTTP/1.1 GET inside an established tunnel and returns the body.
+pub async fn get_in_tunnel(stream: &mut TcpStream, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: target\r\nConnection: close\r\n\r\n");
+    within("send GET", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    within("read response", stream.read_to_end(&mut response))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (_, body) = text.split_once("\r\n\r\n").expect("complete response");
+    body.to_owned()
+}
+
+/// Which exit address the target saw for one CONNECT with `params`.
+pub async fn exit_ip(proxy: SocketAddr, target: SocketAddr, params: &str) -> (Head, String) {
+    let (head, mut stream) = connect_as(proxy, target, params).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    let body = get_in_tunnel(&mut stream, "/ip").await;
+    (head, body)
+}

@@ -1,0 +1,266 @@
+//! Issue: a customer's HTTPS request travels through an agent's QUIC tunnel, end
+//! to end. Real gateway, real agents on loopback addresses, real QUIC, real clients.
+
+mod common;
+
+use common::targets::{closed_port, echo_target, http_target, pattern};
+use common::*;
+use exitpool::agent::AgentError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn connect_reaches_an_http_target_from_the_agents_bind_address() {
+    let net = TestGateway::start().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let target = http_target("127.0.0.1").await;
+    let (head, body) = exit_ip(net.proxy(), target, "").await;
+    assert_eq!(
+        body, "127.0.0.2",
+        "the target saw the agent's --bind address"
+    );
+    assert_eq!(head.header("x-exitpool-country"), Some("US"));
+    assert_eq!(head.header("x-exitpool-exit").map(str::len), Some(16));
+}
+
+#[tokio::test]
+async fn https_through_the_tunnel_with_reqwest() {
+    let net = TestGateway::start().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let (target, cert) = tls_target().await;
+    let proxy = reqwest::Proxy::all(format!("http://{}", net.proxy()))
+        .unwrap()
+        .basic_auth(USER, PASSWORD);
+    let client = reqwest::Client::builder()
+        .proxy(proxy)
+        .add_root_certificate(reqwest::Certificate::from_der(&cert).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/hello", target.port());
+    let response = within("https GET", client.get(url).send()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        within("body", response.text()).await.unwrap(),
+        "hello over tls"
+    );
+}
+
+/// A TLS target on 127.0.0.1 with a fresh self-signed certificate for `localhost`.
+async fn tls_target() -> (std::net::SocketAddr, Vec<u8>) {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = generated.cert.der().to_vec();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.clone().into()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap_or(0) == 1
+                {
+                    request.push(byte[0]);
+                }
+                let body = "hello over tls";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, cert)
+}
+
+#[tokio::test]
+async fn thirty_two_mib_each_way_arrive_intact() {
+    const SIZE: usize = 32 * 1024 * 1024;
+    let net = TestGateway::start().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let target = echo_target().await;
+    let (head, stream) = connect_as(net.proxy(), target, "").await;
+    assert_eq!(head.status, 200);
+    let (mut read, mut write) = stream.into_split();
+    let sent = pattern(SIZE);
+    let writer = tokio::spawn(async move {
+        write.write_all(&sent).await.unwrap();
+        write.shutdown().await.unwrap();
+    });
+    let mut received = Vec::with_capacity(SIZE + 32);
+    within("echo of 32 MiB", read.read_to_end(&mut received))
+        .await
+        .unwrap();
+    within("writer", writer).await.unwrap();
+    let trailer = format!("\n{SIZE} bytes\n");
+    assert!(
+        received.ends_with(trailer.as_bytes()),
+        "target saw every byte and our EOF"
+    );
+    assert!(
+        received[..SIZE] == pattern(SIZE)[..],
+        "bytes came back unchanged"
+    );
+    assert_eq!(received.len(), SIZE + trailer.len());
+}
+
+#[tokio::test]
+async fn half_close_travels_across_and_the_reply_still_arrives() {
+    let net = TestGateway::start().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let target = echo_target().await;
+    let (head, mut stream) = connect_as(net.proxy(), target, "").await;
+    assert_eq!(head.status, 200);
+    stream.write_all(b"ping").await.unwrap();
+    // Shut our write side only; the target answers after it sees EOF.
+    stream.shutdown().await.unwrap();
+    let mut received = String::new();
+    within(
+        "reply after half-close",
+        stream.read_to_string(&mut received),
+    )
+    .await
+    .unwrap();
+    assert_eq!(received, "ping\n4 bytes\n");
+}
+
+#[tokio::test]
+async fn bad_credentials_get_407_with_a_challenge() {
+    let net = TestGateway::start().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let target = http_target("127.0.0.1").await.to_string();
+    for credentials in [
+        None,
+        Some((USER, "wrong")),
+        Some(("mallory", PASSWORD)),
+        Some((USER, "")),
+    ] {
+        let (head, _) = connect(net.proxy(), &target, credentials).await;
+        assert_eq!(head.status, 407, "{credentials:?}");
+        assert_eq!(
+            head.header("proxy-authenticate"),
+            Some("Basic realm=\"exitpool\"")
+        );
+        assert_eq!(head.header("x-exitpool-error"), Some("auth_required"));
+    }
+}
+
+#[tokio::test]
+async fn a_closed_target_port_is_502_connection_refused() {
+    let net = TestGateway::start().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let (head, _) = connect_as(net.proxy(), closed_port().await, "").await;
+    assert_eq!(head.status, 502);
+    let status = head.header("proxy-status").expect("Proxy-Status header");
+    assert!(
+        status.starts_with("exitpool; error=connection_refused"),
+        "{status}"
+    );
+    assert_eq!(head.header("x-exitpool-error"), Some("connection_refused"));
+}
+
+#[tokio::test]
+async fn without_allow_private_the_agent_refuses_loopback_targets() {
+    let net = TestGateway::start().await;
+    let agent = net
+        .agent_builder("127.0.0.2")
+        .allow_private(false)
+        .spawn()
+        .unwrap();
+    within("agent connects", agent.connected()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    let (head, _) = connect_as(net.proxy(), target, "").await;
+    assert_eq!(head.status, 403);
+    let status = head.header("proxy-status").unwrap();
+    assert!(
+        status.starts_with("exitpool; error=destination_ip_prohibited"),
+        "{status}"
+    );
+    // The target never saw a connection attempt.
+    let accepted =
+        tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept()).await;
+    assert!(accepted.is_err(), "the refused target was dialled anyway");
+}
+
+#[tokio::test]
+async fn a_wrong_pin_stops_the_agent_before_it_sends_its_token() {
+    let net = TestGateway::start().await;
+    let wrong_pin = format!("sha256:{}", "00".repeat(32)).parse().unwrap();
+    let mut agent =
+        exitpool::agent::Agent::builder(net.gateway.tunnel_addr().to_string(), wrong_pin, TOKEN)
+            .bind("127.0.0.2".parse().unwrap())
+            .spawn()
+            .unwrap();
+    let result = within("agent gives up", agent.finished()).await;
+    assert!(
+        matches!(result, Err(AgentError::PinMismatch(_))),
+        "{result:?}"
+    );
+    assert_eq!(net.gateway.registry().len(), 0);
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_rejected_and_the_agent_stops() {
+    let net = TestGateway::start().await;
+    let mut agent = exitpool::agent::Agent::builder(
+        net.gateway.tunnel_addr().to_string(),
+        net.gateway.pin().parse().unwrap(),
+        "not-the-token",
+    )
+    .bind("127.0.0.2".parse().unwrap())
+    .spawn()
+    .unwrap();
+    let result = within("agent gives up", agent.finished()).await;
+    match result {
+        Err(AgentError::BadToken(message)) => assert!(message.contains("token"), "{message}"),
+        other => panic!("expected BadToken, got {other:?}"),
+    }
+    assert_eq!(net.gateway.registry().len(), 0);
+}
+
+#[tokio::test]
+async fn an_agent_that_leaves_is_dropped_from_registry_and_stats() {
+    let net = TestGateway::start().await;
+    let agent = net.agent("127.0.0.2").await;
+    let _other = net.agent("127.0.0.4").await;
+    let stats = net.stats().await;
+    assert_eq!(stats["agents"], 2);
+    assert_eq!(stats["countries"]["US"], 1);
+    assert_eq!(stats["countries"]["DE"], 1);
+    within("agent shutdown", agent.shutdown()).await.unwrap();
+    // The agent closes its connection on shutdown; the gateway drops it at once.
+    within(
+        "registry drops the agent",
+        net.gateway.registry().wait_for_count(|n| *n == 1),
+    )
+    .await;
+    let stats = net.stats().await;
+    assert_eq!(stats["agents"], 1);
+    assert!(stats["countries"].get("US").is_none(), "{stats}");
+}
+
+#[tokio::test]
+async fn the_certificate_and_pin_survive_a_restart() {
+    let net = TestGateway::start().await;
+    let pin = net.gateway.pin().to_owned();
+    let state = net.state;
+    net.gateway.shutdown().await;
+    let config = TestGateway::config(state.path());
+    let again = TestGateway::start_in(state, config, |_| {}).await;
+    assert_eq!(again.gateway.pin(), pin);
+    assert!(pin.starts_with("sha256:") && pin.len() == 7 + 64);
+}
