@@ -21,6 +21,8 @@
 //!   reconnecting with backoff;
 //! - [`dial`]: resolving and dialling targets under the exit policy;
 //! - [`policy`]: which destinations are never dialled;
+//! - [`meter`]: the owner's bandwidth cap and byte quota;
+//! - [`status`]: the periodic summary line and the optional local status endpoint;
 //! - [`tls`]: trusting the gateway by its certificate pin;
 //! - [`state`]: the agent's id, kept on the device.
 
@@ -28,11 +30,14 @@
 #![warn(missing_docs)]
 
 pub mod dial;
+pub mod meter;
 pub mod policy;
 pub mod state;
+pub mod status;
 pub mod tls;
 pub mod tunnel;
 
+pub use meter::{Limits, Period};
 pub use policy::ExitPolicy;
 pub use tls::Pin;
 
@@ -47,6 +52,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Default number of relay streams an agent serves at once.
 pub const DEFAULT_MAX_STREAMS: u32 = 64;
+
+/// Default period of the owner's one-line summary in the log.
+pub const DEFAULT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Default time live streams get to finish after shutdown is asked for.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -108,6 +116,12 @@ pub struct AgentConfig {
     pub drain_grace: Duration,
     /// Software name and version sent in `Hello`.
     pub software: String,
+    /// Bandwidth cap and quota.
+    pub limits: Limits,
+    /// Local address for the JSON status endpoint, if wanted.
+    pub status_listen: Option<SocketAddr>,
+    /// How often the one-line summary is logged.
+    pub summary_interval: Duration,
 }
 
 /// The entry point: [`Agent::builder`].
@@ -128,6 +142,9 @@ impl Agent {
                 max_streams: DEFAULT_MAX_STREAMS,
                 drain_grace: DEFAULT_DRAIN_GRACE,
                 software: format!("exitpool-agent/{}", env!("CARGO_PKG_VERSION")),
+                limits: Limits::default(),
+                status_listen: None,
+                summary_interval: DEFAULT_SUMMARY_INTERVAL,
             },
         }
     }
@@ -182,6 +199,32 @@ impl AgentBuilder {
         self
     }
 
+    /// Caps relayed bandwidth at `bytes_per_second` in each direction.
+    pub fn max_rate(mut self, bytes_per_second: u32) -> Self {
+        self.config.limits.max_rate = std::num::NonZeroU32::new(bytes_per_second);
+        self
+    }
+
+    /// Stops sharing after `bytes` (up + down) per `period`; kept in the state
+    /// directory across restarts.
+    pub fn quota(mut self, bytes: u64, period: Period) -> Self {
+        self.config.limits.quota_bytes = Some(bytes);
+        self.config.limits.period = period;
+        self
+    }
+
+    /// Serves the agent's stats as JSON on `addr` (keep it on loopback).
+    pub fn status_listen(mut self, addr: SocketAddr) -> Self {
+        self.config.status_listen = Some(addr);
+        self
+    }
+
+    /// How often the one-line summary is logged.
+    pub fn summary_interval(mut self, interval: Duration) -> Self {
+        self.config.summary_interval = interval;
+        self
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &AgentConfig {
         &self.config
@@ -190,6 +233,11 @@ impl AgentBuilder {
     /// Starts the agent on the current tokio runtime. It connects, and reconnects
     /// after network failures, until [`AgentHandle::shutdown`] or a fatal error.
     pub fn spawn(self) -> Result<AgentHandle, AgentError> {
+        let meter = meter::Meter::new(self.config.limits, self.config.state_dir.as_deref())
+            .map_err(|source| AgentError::State {
+                path: self.config.state_dir.clone().unwrap_or_default(),
+                source,
+            })?;
         let agent_id = match &self.config.state_dir {
             Some(dir) => {
                 state::load_or_create_agent_id(dir).map_err(|source| AgentError::State {
@@ -208,19 +256,28 @@ impl AgentBuilder {
             paused: watch::Sender::new(false),
             session: watch::Sender::new(None),
             counters: Counters::default(),
+            meter,
         });
         let shutdown = CancellationToken::new();
+        let status_addr = match shared.config.status_listen {
+            Some(addr) => Some(status::start(addr, shared.clone(), shutdown.clone()).map_err(
+                |source| AgentError::Bind { addr, source },
+            )?),
+            None => None,
+        };
+        tokio::spawn(status::summaries(shared.clone(), shutdown.clone()));
         let task = tokio::spawn(tunnel::run(shared.clone(), shutdown.clone()));
         Ok(AgentHandle {
             shared,
             shutdown,
             task: Some(task),
+            status_addr,
         })
     }
 }
 
 /// What the gateway told the agent when it joined.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SessionInfo {
     /// The agent's address as the gateway sees it.
     pub observed_addr: SocketAddr,
@@ -234,8 +291,6 @@ pub struct SessionInfo {
 pub(crate) struct Counters {
     pub streams_served: AtomicU64,
     pub active_streams: AtomicU32,
-    pub bytes_up: AtomicU64,
-    pub bytes_down: AtomicU64,
     pub connects: AtomicU64,
 }
 
@@ -247,10 +302,38 @@ pub(crate) struct Shared {
     pub paused: watch::Sender<bool>,
     pub session: watch::Sender<Option<SessionInfo>>,
     pub counters: Counters,
+    pub meter: meter::Meter,
+}
+
+impl Shared {
+    /// Whether new streams are taken: not paused and not over quota.
+    pub fn accepting(&self) -> bool {
+        !*self.paused.borrow() && !self.meter.is_exhausted()
+    }
+
+    pub fn stats(&self) -> AgentStats {
+        let counters = &self.counters;
+        let limits = self.meter.limits();
+        AgentStats {
+            agent_id: self.agent_id.clone(),
+            session: self.session.borrow().clone(),
+            paused: *self.paused.borrow(),
+            streams_served: counters.streams_served.load(Ordering::Relaxed),
+            active_streams: counters.active_streams.load(Ordering::Relaxed),
+            bytes_up: self.meter.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.meter.bytes_down.load(Ordering::Relaxed),
+            connects: counters.connects.load(Ordering::Relaxed),
+            period: self.meter.period_key(),
+            period_bytes: self.meter.period_bytes(),
+            quota_bytes: limits.quota_bytes,
+            quota_exhausted: self.meter.is_exhausted(),
+            max_rate: limits.max_rate.map(|rate| rate.get()),
+        }
+    }
 }
 
 /// What an agent has done, for the app or the owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AgentStats {
     /// The agent's id (kept on the device).
     pub agent_id: String,
@@ -268,6 +351,16 @@ pub struct AgentStats {
     pub bytes_down: u64,
     /// Successful tunnel connections since start (1 + reconnects).
     pub connects: u64,
+    /// The quota period now (`2026-11-23` or `2026-11`).
+    pub period: String,
+    /// Bytes relayed (up + down) in this period.
+    pub period_bytes: u64,
+    /// The quota per period, if any.
+    pub quota_bytes: Option<u64>,
+    /// Whether the quota is used up (sharing stops until the next period).
+    pub quota_exhausted: bool,
+    /// The bandwidth cap per direction, bytes per second, if any.
+    pub max_rate: Option<u32>,
 }
 
 /// A running agent. Dropping the handle stops the agent.
@@ -276,22 +369,18 @@ pub struct AgentHandle {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<(), AgentError>>>,
+    status_addr: Option<SocketAddr>,
 }
 
 impl AgentHandle {
     /// A snapshot of the agent's counters and connection.
     pub fn stats(&self) -> AgentStats {
-        let counters = &self.shared.counters;
-        AgentStats {
-            agent_id: self.shared.agent_id.clone(),
-            session: self.shared.session.borrow().clone(),
-            paused: *self.shared.paused.borrow(),
-            streams_served: counters.streams_served.load(Ordering::Relaxed),
-            active_streams: counters.active_streams.load(Ordering::Relaxed),
-            bytes_up: counters.bytes_up.load(Ordering::Relaxed),
-            bytes_down: counters.bytes_down.load(Ordering::Relaxed),
-            connects: counters.connects.load(Ordering::Relaxed),
-        }
+        self.shared.stats()
+    }
+
+    /// Where the status endpoint listens, if enabled.
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status_addr
     }
 
     /// Stops taking new streams (live ones continue); the gateway stops routing here.

@@ -205,12 +205,13 @@ async fn session(
     let streams = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(config.max_streams as usize));
     let mut paused = shared.paused.subscribe();
+    let mut exhausted = shared.meter.subscribe_exhausted();
     let mut load_timer = tokio::time::interval(LOAD_REPORT_INTERVAL);
     let end = loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    let accepting = !*paused.borrow();
+                    let accepting = shared.accepting();
                     let stream = StreamContext { shared: shared.clone(), policy: policy.clone(), slots: slots.clone(), accepting };
                     streams.spawn(serve_stream(stream, send, recv).instrument(info_span!("stream")));
                 }
@@ -221,7 +222,14 @@ async fn session(
                     break SessionEnd::Retry(format!("control stream: {error}"));
                 }
             }
+            // Pausing, resuming and the quota running out or renewing are told to
+            // the gateway at once, so it stops (or resumes) routing here.
             changed = paused.changed() => {
+                if changed.is_err() || send_load(&mut control_send, shared).await.is_err() {
+                    break SessionEnd::Retry("control stream closed".into());
+                }
+            }
+            changed = exhausted.changed() => {
                 if changed.is_err() || send_load(&mut control_send, shared).await.is_err() {
                     break SessionEnd::Retry("control stream closed".into());
                 }
@@ -264,6 +272,7 @@ async fn hello(
         capacity: Capacity {
             max_streams: config.max_streams,
         },
+        accepting: shared.accepting(),
     };
     write_frame(&mut send, &hello)
         .await
@@ -298,7 +307,7 @@ async fn send_load(
 ) -> Result<(), exitpool_protocol::FrameError> {
     let load = AgentMessage::Load {
         active_streams: shared.counters.active_streams.load(Ordering::Relaxed),
-        accepting: !*shared.paused.borrow(),
+        accepting: shared.accepting(),
     };
     write_frame(control, &load).await
 }
@@ -359,7 +368,7 @@ async fn serve_stream(
             let detail = if context.accepting {
                 "the exit is at its stream limit"
             } else {
-                "the exit is paused"
+                "the exit is paused or out of quota"
             };
             fail(
                 &mut send,
@@ -391,14 +400,9 @@ async fn serve_stream(
             {
                 let live = LiveCounters::default();
                 let (read, write) = stream.split();
+                let meter = &context.shared.meter;
                 let (transferred, result) =
-                    relay(read, write, send, recv, RELAY_IDLE_TIMEOUT, &live).await;
-                counters
-                    .bytes_up
-                    .fetch_add(transferred.quic_to_tcp, Ordering::Relaxed);
-                counters
-                    .bytes_down
-                    .fetch_add(transferred.tcp_to_quic, Ordering::Relaxed);
+                    relay(read, write, send, recv, RELAY_IDLE_TIMEOUT, &live, meter).await;
                 debug!(%target, up = transferred.quic_to_tcp, down = transferred.tcp_to_quic, ok = result.is_ok(), "stream done");
             }
         }

@@ -1,9 +1,21 @@
-//! The operator's admin listener: `GET /healthz` and `GET /stats` (JSON).
+//! The operator's admin listener:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /healthz` | `ok` |
+//! | `GET /stats` | JSON: pool, live streams, sessions, per-customer and per-agent usage |
+//! | `GET /metrics` | Prometheus (OpenMetrics) text |
+//! | `POST /usage/reset` | zero every usage total; `?customer=NAME` or `?agent=ID` for one |
+//! | `POST /reload` | re-read the accounts files, like SIGHUP (`409` and the reason if invalid) |
+//!
+//! With `--admin-token` set, every request needs `Authorization: Bearer TOKEN`
+//! (`401` otherwise); the gateway refuses to start with the admin port beyond
+//! loopback and no token.
 
 use crate::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -46,7 +58,40 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Whether `authorization` (the header's value, if any) carries the admin token,
+/// when one is configured. Compared in constant time.
+pub fn authorized(token: Option<&exitpool_protocol::Secret>, authorization: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(token) = token.filter(|token| !token.expose().is_empty()) else {
+        return true;
+    };
+    let Some((scheme, given)) = authorization.and_then(|value| value.trim().split_once(' ')) else {
+        return false;
+    };
+    let (expected, given) = (token.expose().as_bytes(), given.trim().as_bytes());
+    scheme.eq_ignore_ascii_case("bearer")
+        && expected.len() == given.len()
+        && bool::from(expected.ct_eq(given))
+}
+
 fn route(request: Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let authorization = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    if !authorized(shared.config.admin_token.as_ref(), authorization) {
+        let mut response = text(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "admin token required: Authorization: Bearer <token>\n".into(),
+        );
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"exitpool-admin\""),
+        );
+        return response;
+    }
+    let query = request.uri().query().unwrap_or("");
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/stats") => text(
@@ -54,16 +99,61 @@ fn route(request: Request<hyper::body::Incoming>, shared: &Shared) -> Response<F
             "application/json",
             serde_json::to_string_pretty(&stats(shared)).unwrap_or_default(),
         ),
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            crate::metrics::CONTENT_TYPE,
+            shared.metrics.render(shared),
+        ),
+        (&Method::POST, "/usage/reset") => reset_usage(query, shared),
+        (&Method::POST, "/reload") => match shared.reload() {
+            Ok(()) => text(StatusCode::OK, "text/plain", "reloaded\n".into()),
+            Err(error) => text(
+                StatusCode::CONFLICT,
+                "text/plain",
+                format!("kept the running accounts: {error}\n"),
+            ),
+        },
         (&Method::GET, _) => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /stats or /healthz\n".into(),
+            "not found; try /stats, /metrics or /healthz\n".into(),
         ),
         _ => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "only GET\n".into(),
+            "GET /stats, /metrics, /healthz; POST /usage/reset, /reload\n".into(),
         ),
+    }
+}
+
+/// `POST /usage/reset[?customer=NAME|?agent=ID]`.
+fn reset_usage(query: &str, shared: &Shared) -> Response<Full<Bytes>> {
+    use crate::usage::ResetScope;
+    let scope = match query.split_once('=') {
+        None if query.is_empty() => ResetScope::All,
+        Some(("customer", name)) if !name.is_empty() => ResetScope::Customer(name.to_owned()),
+        Some(("agent", id)) if !id.is_empty() => ResetScope::Agent(id.to_owned()),
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "use /usage/reset, /usage/reset?customer=NAME or /usage/reset?agent=ID\n".into(),
+            )
+        }
+    };
+    let found = shared.usage.reset(&scope);
+    tracing::info!(?scope, found, "usage reset by the operator");
+    if let Err(error) = shared.save_usage() {
+        tracing::warn!(%error, "writing usage after a reset failed");
+    }
+    if found || scope == ResetScope::All {
+        text(StatusCode::OK, "text/plain", "reset\n".into())
+    } else {
+        text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no usage recorded for that name\n".into(),
+        )
     }
 }
 
@@ -97,6 +187,36 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
             })
         })
         .collect();
+    let usage = shared.usage.snapshot();
+    let accounts = shared.accounts.current();
+    let customers: serde_json::Map<String, serde_json::Value> = accounts
+        .users
+        .iter()
+        .map(|customer| customer.name.clone())
+        .chain(usage.customers.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|name| {
+            let totals = usage.customers.get(&name).cloned().unwrap_or_default();
+            let quota = accounts
+                .users
+                .get(&name)
+                .and_then(|customer| customer.limits.quota_bytes);
+            let entry = serde_json::json!({
+                "bytes_up": totals.bytes_up,
+                "bytes_down": totals.bytes_down,
+                "connections": totals.connections,
+                "errors": totals.errors,
+                "errors_by_code": totals.errors_by_code,
+                "live_connections": shared.limits.live(&name),
+                "quota_bytes": quota,
+                "quota_remaining": quota.map(|quota| quota.saturating_sub(totals.bytes())),
+            });
+            (name, entry)
+        })
+        .collect();
+    let bytes_up: u64 = usage.customers.values().map(|t| t.bytes_up).sum();
+    let bytes_down: u64 = usage.customers.values().map(|t| t.bytes_down).sum();
     serde_json::json!({
         "agents": agents.len(),
         "countries": shared.registry.countries(),
@@ -104,6 +224,10 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
         "sessions": shared.sessions.len(),
         "uptime_secs": shared.started.elapsed().as_secs(),
         "per_agent": per_agent,
+        "bytes_up": bytes_up,
+        "bytes_down": bytes_down,
+        "customers": customers,
+        "agent_usage": usage.agents,
     })
 }
 
@@ -114,4 +238,23 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authorized;
+    use exitpool_protocol::Secret;
+
+    #[test]
+    fn the_admin_token_is_required_when_set() {
+        let token = Secret("adm1n".into());
+        assert!(authorized(None, None));
+        assert!(authorized(Some(&Secret(String::new())), None));
+        assert!(!authorized(Some(&token), None));
+        assert!(!authorized(Some(&token), Some("Bearer wrong")));
+        assert!(!authorized(Some(&token), Some("Basic adm1n")));
+        assert!(!authorized(Some(&token), Some("Bearer adm1")));
+        assert!(authorized(Some(&token), Some("Bearer adm1n")));
+        assert!(authorized(Some(&token), Some("bearer  adm1n ")));
+    }
 }

@@ -1,10 +1,22 @@
 //! Who may use the gateway: customer accounts and agent enrolment tokens.
 //!
+//! A customer's password is either plaintext from `--user NAME:PASSWORD` (quick
+//! starts) or an Argon2 PHC hash from the accounts file (`--users FILE`, parsed in
+//! [`crate::accounts`]). Argon2 is slow on purpose, so a successful verification is
+//! cached: per customer, a keyed SHA-256 of the password that last verified, next
+//! to the hash it verified against. A later connection with the same password
+//! costs one SHA-256 and a constant-time comparison; a changed hash (after a
+//! reload) or another password goes through Argon2 again.
+//!
 //! Secrets are compared in constant time and never printed: `Debug` shows names
 //! only.
 
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use exitpool_protocol::Secret;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use subtle::ConstantTimeEq;
 
 /// Compares two secrets without leaking, through timing, where they differ.
@@ -12,7 +24,7 @@ fn secrets_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Why a `NAME:PASSWORD` argument was refused.
+/// Why a `NAME:PASSWORD` argument (or an account in the file) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {
     /// No colon, or an empty name or password.
@@ -24,6 +36,144 @@ pub enum CredentialError {
     /// Characters that cannot travel in Basic auth or a proxy URL.
     #[error("customer names may only contain letters, digits, '_' and '.'")]
     NameCharacters,
+    /// `password_hash` is not an Argon2 PHC string.
+    #[error("not an Argon2 PHC string such as `gateway hash-password` prints ({0})")]
+    Hash(String),
+    /// The password is empty or has characters that cannot travel in Basic auth.
+    #[error("passwords must be non-empty, without '-', ':', whitespace or control characters")]
+    PasswordCharacters,
+}
+
+/// What a customer may do. `None` means no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// The only exit countries allowed (ISO 3166-1 alpha-2, upper case). An
+    /// untargeted request exits from a random one of these that has exits.
+    pub countries: Option<Vec<String>>,
+    /// Most customer connections (relayed streams) open at once.
+    pub max_connections: Option<u32>,
+    /// New connections (and plain-HTTP requests) per second, with a burst of the
+    /// same size.
+    pub requests_per_second: Option<NonZeroU32>,
+    /// Bytes up + down over the life of the account.
+    pub quota_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// Whether an exit in `country` is allowed.
+    pub fn allows_country(&self, country: &str) -> bool {
+        self.countries
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|c| c.eq_ignore_ascii_case(country)))
+    }
+}
+
+/// How a customer proves who they are.
+#[derive(Clone)]
+enum Password {
+    /// From `--user`: compared in constant time.
+    Plain(Secret),
+    /// From the accounts file: an Argon2 PHC string.
+    Hash(Arc<str>),
+}
+
+/// Checks a customer password's characters (the same rules as `--user`).
+pub fn check_password(password: &str) -> Result<(), CredentialError> {
+    if password.contains('-') {
+        return Err(CredentialError::Dash);
+    }
+    if password.is_empty()
+        || password
+            .chars()
+            .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(CredentialError::PasswordCharacters);
+    }
+    Ok(())
+}
+
+/// Checks a customer name's characters.
+pub fn check_name(name: &str) -> Result<(), CredentialError> {
+    if name.is_empty() {
+        return Err(CredentialError::Shape);
+    }
+    if name.contains('-') {
+        return Err(CredentialError::Dash);
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    {
+        return Err(CredentialError::NameCharacters);
+    }
+    Ok(())
+}
+
+/// Hashes `password` for the accounts file: Argon2id with the crate's default
+/// (OWASP-recommended) cost and a random salt, as a PHC string.
+pub fn hash_password(password: &str) -> Result<String, CredentialError> {
+    check_password(password)?;
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| CredentialError::Hash(e.to_string()))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| CredentialError::Hash(e.to_string()))
+}
+
+/// Successful hash verifications, so Argon2 runs once per customer and password,
+/// not once per connection. See the module docs.
+pub struct VerifyCache {
+    /// Keys the password digests, so the cache holds nothing that could be
+    /// attacked offline. Random per process.
+    key: [u8; 32],
+    /// Per customer: the digest of the password that last verified, and the hash
+    /// it verified against.
+    verified: Mutex<HashMap<String, ([u8; 32], Arc<str>)>>,
+}
+
+impl Default for VerifyCache {
+    fn default() -> Self {
+        VerifyCache {
+            key: rand::random(),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl VerifyCache {
+    fn digest(&self, name: &str, password: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.key);
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(password.as_bytes());
+        hasher.finalize().into()
+    }
+
+    fn verify(&self, name: &str, hash: &Arc<str>, password: &str) -> bool {
+        let digest = self.digest(name, password);
+        {
+            let verified = self.verified.lock().expect("verify cache lock poisoned");
+            if let Some((known, known_hash)) = verified.get(name) {
+                if bool::from(known.ct_eq(&digest)) && known_hash == hash {
+                    return true;
+                }
+            }
+        }
+        let ok = PasswordHash::new(hash).is_ok_and(|parsed| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        });
+        if ok {
+            self.verified
+                .lock()
+                .expect("verify cache lock poisoned")
+                .insert(name.to_owned(), (digest, hash.clone()));
+        }
+        ok
+    }
 }
 
 /// A customer account.
@@ -31,13 +181,16 @@ pub enum CredentialError {
 pub struct Customer {
     /// The base user name: what authenticates, what is logged.
     pub name: String,
-    password: Secret,
+    password: Password,
+    /// What the customer may do.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for Customer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Customer")
             .field("name", &self.name)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -52,23 +205,57 @@ impl Customer {
         if name.contains('-') || password.contains('-') {
             return Err(CredentialError::Dash);
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-        {
-            return Err(CredentialError::NameCharacters);
+        check_name(name)?;
+        Ok(Customer {
+            name: name.to_owned(),
+            password: Password::Plain(Secret(password.to_owned())),
+            limits: Limits::default(),
+        })
+    }
+
+    /// An account whose password is checked against an Argon2 PHC `hash`.
+    pub fn hashed(name: &str, hash: &str) -> Result<Customer, CredentialError> {
+        check_name(name)?;
+        let parsed = PasswordHash::new(hash).map_err(|e| CredentialError::Hash(e.to_string()))?;
+        if !parsed.algorithm.as_str().starts_with("argon2") {
+            return Err(CredentialError::Hash(format!(
+                "algorithm `{}`",
+                parsed.algorithm
+            )));
         }
         Ok(Customer {
             name: name.to_owned(),
-            password: Secret(password.to_owned()),
+            password: Password::Hash(hash.into()),
+            limits: Limits::default(),
         })
+    }
+
+    /// The same account with `limits`.
+    pub fn with_limits(mut self, limits: Limits) -> Customer {
+        self.limits = limits;
+        self
+    }
+
+    fn verify(&self, password: &str, cache: &VerifyCache) -> bool {
+        match &self.password {
+            Password::Plain(secret) => secrets_equal(secret.expose(), password),
+            Password::Hash(hash) => cache.verify(&self.name, hash, password),
+        }
     }
 }
 
 /// All customer accounts.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Users {
-    by_name: HashMap<String, Customer>,
+    by_name: HashMap<String, Arc<Customer>>,
+    /// Shared by the sets a reload replaces, so verifications stay cached.
+    cache: Arc<VerifyCache>,
+}
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.by_name.values()).finish()
+    }
 }
 
 impl Users {
@@ -77,16 +264,46 @@ impl Users {
         Users {
             by_name: customers
                 .into_iter()
-                .map(|customer| (customer.name.clone(), customer))
+                .map(|customer| (customer.name.clone(), Arc::new(customer)))
                 .collect(),
+            cache: Arc::default(),
         }
+    }
+
+    /// These accounts plus `more` (which replace accounts of the same name), with
+    /// a fresh verification cache.
+    pub fn with(&self, more: impl IntoIterator<Item = Customer>) -> Users {
+        let mut by_name = self.by_name.clone();
+        for customer in more {
+            by_name.insert(customer.name.clone(), Arc::new(customer));
+        }
+        Users {
+            by_name,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The same accounts, sharing `other`'s verification cache (for a reload).
+    pub fn with_cache_of(mut self, other: &Users) -> Users {
+        self.cache = other.cache.clone();
+        self
     }
 
     /// The account for `name` if `password` is right; `None` otherwise, with no
     /// hint as to which part was wrong.
-    pub fn authenticate(&self, name: &str, password: &str) -> Option<&Customer> {
+    pub fn authenticate(&self, name: &str, password: &str) -> Option<&Arc<Customer>> {
         let customer = self.by_name.get(name)?;
-        secrets_equal(customer.password.expose(), password).then_some(customer)
+        customer.verify(password, &self.cache).then_some(customer)
+    }
+
+    /// The account named `name`, without checking any password.
+    pub fn get(&self, name: &str) -> Option<&Arc<Customer>> {
+        self.by_name.get(name)
+    }
+
+    /// Every account.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Customer>> {
+        self.by_name.values()
     }
 
     /// Number of accounts.
@@ -132,6 +349,18 @@ impl AgentTokens {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
+
+    /// These tokens plus `more`.
+    pub fn with(&self, more: impl IntoIterator<Item = String>) -> AgentTokens {
+        let mut tokens = self.tokens.clone();
+        tokens.extend(more.into_iter().map(Secret));
+        AgentTokens { tokens }
+    }
+
+    /// Number of accepted tokens.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +389,36 @@ mod tests {
         assert_eq!(users.authenticate("alice", "s3cret").unwrap().name, "alice");
         assert!(users.authenticate("alice", "wrong").is_none());
         assert!(users.authenticate("bob", "s3cret").is_none());
+    }
+
+    #[test]
+    fn hashed_passwords_verify_and_are_cached() {
+        let hash = hash_password("Pw9xQz").unwrap();
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        let users = Users::new([Customer::hashed("bob", &hash).unwrap()]);
+        assert!(users.authenticate("bob", "Pw9xQz").is_some());
+        assert!(users.authenticate("bob", "wrong").is_none());
+        // The second success comes from the cache.
+        assert!(users.cache.verified.lock().unwrap().contains_key("bob"));
+        assert!(users.authenticate("bob", "Pw9xQz").is_some());
+        // A reload with another hash for bob does not reuse the cached success.
+        let other = hash_password("N3w").unwrap();
+        let reloaded = Users::new([Customer::hashed("bob", &other).unwrap()]).with_cache_of(&users);
+        assert!(reloaded.authenticate("bob", "Pw9xQz").is_none());
+        assert!(reloaded.authenticate("bob", "N3w").is_some());
+    }
+
+    #[test]
+    fn bad_hashes_and_passwords_are_refused() {
+        assert!(matches!(
+            Customer::hashed("bob", "plaintext"),
+            Err(CredentialError::Hash(_))
+        ));
+        assert_eq!(hash_password("a-b").unwrap_err(), CredentialError::Dash);
+        assert_eq!(
+            hash_password("").unwrap_err(),
+            CredentialError::PasswordCharacters
+        );
     }
 
     #[test]

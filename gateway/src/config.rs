@@ -30,6 +30,13 @@ pub struct GatewayConfig {
     pub users: Users,
     /// Accepted agent tokens.
     pub agent_tokens: AgentTokens,
+    /// More customers, from a TOML file re-read on reload (see [`crate::accounts`]).
+    pub users_file: Option<PathBuf>,
+    /// More agent tokens, one per line, re-read on reload.
+    pub agent_tokens_file: Option<PathBuf>,
+    /// Bearer token every admin request must carry; required when the admin port
+    /// binds beyond loopback.
+    pub admin_token: Option<exitpool_protocol::Secret>,
     /// Deadline for a customer's request head (and SOCKS5 greeting).
     pub head_timeout: Duration,
     /// A tunnel with no bytes either way for this long is closed.
@@ -53,6 +60,9 @@ impl GatewayConfig {
             state_dir,
             users: Users::default(),
             agent_tokens: AgentTokens::default(),
+            users_file: None,
+            agent_tokens_file: None,
+            admin_token: None,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,

@@ -1,8 +1,12 @@
 //! The steps every customer protocol shares once it has credentials and a target:
 //! authenticate -> parse targeting -> choose an exit (rotation or sticky session)
 //! -> open a relay stream and wait for the exit's answer. HTTP `CONNECT`, plain
-//! HTTP and SOCKS5 all go through here, so they route and fail identically.
+//! HTTP and SOCKS5 all go through here, so they route and fail identically, and
+//! meet the same account limits ([`crate::limits`]): the allowed countries here in
+//! [`authenticate`] and routing, quota, rate and concurrency in [`open`]. Failures
+//! are counted (usage and metrics) here too.
 
+use crate::auth::{Customer, Limits};
 use crate::credentials::{self, SessMode, Targeting};
 use crate::error::ProxyError;
 use crate::exit::OpenedExit;
@@ -20,6 +24,8 @@ pub struct Grant {
     pub user: String,
     /// Targeting parameters from the credentials.
     pub targeting: Targeting,
+    /// The account as it was when the customer authenticated.
+    pub customer: Arc<Customer>,
 }
 
 /// What happened to a sticky session on this request.
@@ -58,44 +64,135 @@ pub struct Authorized {
 /// Checks the base credentials, then the targeting parameters. Unknown users and
 /// wrong passwords get the same [`ProxyError::AuthRequired`]; only an
 /// authenticated customer hears about grammar errors.
+/// A targeted country outside the account's `countries` is refused here.
 pub fn authenticate(user: &str, password: &str, shared: &Shared) -> Result<Grant, ProxyError> {
     let bases = credentials::bases(user, password);
-    let customer = shared
-        .config
+    let accounts = shared.accounts.current();
+    let Some(customer) = accounts
         .users
         .authenticate(bases.user, bases.password)
-        .ok_or(ProxyError::AuthRequired)?;
+        .cloned()
+    else {
+        shared.record_error(None, None, &ProxyError::AuthRequired);
+        return Err(ProxyError::AuthRequired);
+    };
     tracing::Span::current().record("user", customer.name.as_str());
-    let targeting =
-        credentials::parse_targeting(user, password).map_err(|e| ProxyError::BadTargeting {
+    let checked = credentials::parse_targeting(user, password)
+        .map_err(|e| ProxyError::BadTargeting {
             key: e.key,
             message: e.message,
-        })?;
-    Ok(Grant {
-        user: customer.name.clone(),
-        targeting,
-    })
+        })
+        .and_then(|targeting| match (&targeting.country, &customer.limits.countries) {
+            (Some(country), Some(allowed)) if !customer.limits.allows_country(country) => {
+                Err(ProxyError::CountryNotAllowed {
+                    country: country.clone(),
+                    allowed: allowed.join(", "),
+                })
+            }
+            _ => Ok(targeting),
+        });
+    match checked {
+        Ok(targeting) => Ok(Grant {
+            user: customer.name.clone(),
+            targeting,
+            customer,
+        }),
+        Err(error) => {
+            shared.record_error(Some(&customer.name), None, &error);
+            Err(error)
+        }
+    }
 }
 
-/// Chooses an exit for `grant` and opens `host:port` through it.
+/// Checks the account's limits, chooses an exit for `grant` and opens
+/// `host:port` through it. The opened exit holds one of the customer's
+/// concurrent-connection slots until it is dropped.
 pub async fn open(
     grant: &Grant,
     host: TargetHost,
     port: u16,
     shared: &Shared,
 ) -> Result<Authorized, ProxyError> {
-    let (agent, session) = choose_exit(grant, shared)?;
-    let opened = crate::exit::open(agent, host, port).await?;
+    let started = Instant::now();
+    let fail = |agent: Option<&Agent>, error: ProxyError| {
+        shared.record_error(Some(&grant.user), agent, &error);
+        error
+    };
+    // Limits as they are now, so a reload applies to connections already
+    // authenticated (SOCKS5) too; an account removed since then is refused.
+    let customer = shared
+        .accounts
+        .current()
+        .users
+        .get(&grant.user)
+        .cloned()
+        .ok_or_else(|| fail(None, ProxyError::AuthRequired))?;
+    let used = shared.usage.customer_bytes(&grant.user);
+    let slot = shared
+        .limits
+        .admit(&customer, used)
+        .map_err(|e| fail(None, e))?;
+    let (agent, session) =
+        choose_exit(grant, &customer.limits, shared).map_err(|e| fail(None, e))?;
+    let mut opened = crate::exit::open(agent.clone(), host, port)
+        .await
+        .map_err(|e| fail(Some(&agent), e))?;
+    opened.guard.hold(slot);
+    shared
+        .metrics
+        .connect_seconds
+        .observe(started.elapsed().as_secs_f64());
+    shared.metrics.connections.inc();
+    shared.usage.record_connection(&grant.user, &opened.agent);
     Ok(Authorized { opened, session })
 }
 
+/// Routes within the account's countries: a request that names a country was
+/// checked in [`authenticate`]; one that does not, from an account limited to
+/// some countries, exits from one of them that has exits (a random one, or for a
+/// session a stable one, so the session keeps its exit).
 fn choose_exit(
     grant: &Grant,
+    limits: &Limits,
+    shared: &Shared,
+) -> Result<(Arc<Agent>, Option<SessionOutcome>), ProxyError> {
+    let allowed = match (&grant.targeting.country, &limits.countries) {
+        (None, Some(allowed)) => allowed,
+        (country, _) => return choose_in(grant, country.clone(), shared),
+    };
+    let mut order: Vec<&String> = allowed.iter().collect();
+    match &grant.targeting.session {
+        Some(session) => order.sort_by_key(|country| {
+            shared
+                .registry
+                .ring_point(&format!("{}\0{}\0{country}", grant.user, session.id))
+        }),
+        None => rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng()),
+    }
+    let mut busy = false;
+    for country in order {
+        match choose_in(grant, Some(country.clone()), shared) {
+            Err(ProxyError::NoExit(_)) => {}
+            Err(ProxyError::ExitsBusy(_)) => busy = true,
+            chosen => return chosen,
+        }
+    }
+    let described = format!("in the account's countries ({})", allowed.join(", "));
+    Err(if busy {
+        ProxyError::ExitsBusy(described)
+    } else {
+        ProxyError::NoExit(described)
+    })
+}
+
+fn choose_in(
+    grant: &Grant,
+    country: Option<String>,
     shared: &Shared,
 ) -> Result<(Arc<Agent>, Option<SessionOutcome>), ProxyError> {
     let targeting = &grant.targeting;
     let filter = Filter {
-        country: targeting.country.clone(),
+        country,
         asn: targeting.asn,
         city: targeting.city.clone(),
     };

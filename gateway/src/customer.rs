@@ -51,7 +51,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(shared.config.head_timeout, stream.peek(&mut first)).await;
     match peeked {
-        Ok(Ok(1)) if first[0] == SOCKS5_VERSION => crate::http::serve(stream, peer, shared).await,
+        Ok(Ok(1)) if first[0] == SOCKS5_VERSION => crate::socks::serve(stream, peer, shared).await,
         Ok(Ok(1)) => crate::http::serve(stream, peer, shared).await,
         Ok(Ok(_)) => debug!("closed before sending anything"),
         Ok(Err(error)) => debug!(%error, "read failed"),

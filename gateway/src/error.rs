@@ -54,6 +54,28 @@ pub enum ProxyError {
     /// The exit did not answer in time.
     #[error("the exit did not answer within {0} s")]
     ExitTimeout(u64),
+    /// The customer opened connections faster than their `requests_per_second`.
+    #[error("more than {per_second} requests per second; retry in {retry_after} s")]
+    RateLimited {
+        /// The customer's limit.
+        per_second: u32,
+        /// Seconds until a request will be admitted (`Retry-After`).
+        retry_after: u64,
+    },
+    /// The customer already has `max_connections` connections open.
+    #[error("{0} connections already open, the most this account may hold")]
+    TooManyConnections(u32),
+    /// The customer has used up their byte quota.
+    #[error("the account's quota of {0} bytes is used up")]
+    QuotaExhausted(u64),
+    /// The customer asked for a country their account does not allow.
+    #[error("country {country} is not allowed for this account (allowed: {allowed})")]
+    CountryNotAllowed {
+        /// The country asked for.
+        country: String,
+        /// The account's countries, comma-separated.
+        allowed: String,
+    },
 }
 
 /// How a [`ProxyError`] is presented.
@@ -149,6 +171,30 @@ impl ProxyError {
                 "exit_lost",
                 GENERAL_FAILURE,
             ),
+            ProxyError::RateLimited { .. } => (
+                429,
+                Some("http_request_denied"),
+                "rate_limited",
+                GENERAL_FAILURE,
+            ),
+            ProxyError::TooManyConnections(_) => (
+                429,
+                Some("http_request_denied"),
+                "connection_limit",
+                GENERAL_FAILURE,
+            ),
+            ProxyError::QuotaExhausted(_) => (
+                403,
+                Some("http_request_denied"),
+                "quota_exhausted",
+                NOT_ALLOWED,
+            ),
+            ProxyError::CountryNotAllowed { .. } => (
+                403,
+                Some("http_request_denied"),
+                "country_not_allowed",
+                NOT_ALLOWED,
+            ),
             ProxyError::ExitTimeout(_) => {
                 (504, Some("connection_timeout"), "exit_timeout", TTL_EXPIRED)
             }
@@ -218,6 +264,17 @@ impl ProxyError {
         }
     }
 
+    /// Seconds for a `Retry-After` header, for the limits a customer can wait out.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ProxyError::TooManyConnections(_) => {
+                Some(crate::limits::CONNECTION_RETRY_AFTER_SECS)
+            }
+            _ => None,
+        }
+    }
+
     /// The `Proxy-Status` header value, e.g.
     /// `exitpool; error=connection_refused; details="..."`.
     pub fn proxy_status_header(&self) -> Option<String> {
@@ -231,12 +288,15 @@ impl ProxyError {
     /// JSON body for HTTP error responses.
     pub fn json_body(&self) -> String {
         let presentation = self.presentation();
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "error": presentation.code,
             "status": presentation.status,
             "message": self.to_string(),
-        })
-        .to_string()
+        });
+        if let Some(seconds) = self.retry_after() {
+            body["retry_after"] = seconds.into();
+        }
+        body.to_string()
     }
 }
 

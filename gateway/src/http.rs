@@ -1,18 +1,44 @@
-//! HTTP proxy protocol on the customer port, served by hyper: `CONNECT` tunnels.
+//! HTTP proxy protocol on the customer port, served by hyper: `CONNECT` tunnels and
+//! plain HTTP forwarding (absolute-form `GET http://host/path`, any method; see
+//! [`crate::forward`]).
 //!
-//! Per request: authenticate (`Proxy-Authorization: Basic`) -> validate the target
+//! `CONNECT`: authenticate (`Proxy-Authorization: Basic`) -> validate the target
 //! -> choose an exit -> open a relay stream and wait for the exit's answer -> only
 //! then answer `200` (with the exit's id and country) or the mapped error -> relay
-//! bytes until both sides are done.
+//! bytes until both sides are done. Plain HTTP routes every request on its own.
+//!
+//! # Limits on the customer port
+//!
+//! What a client gets for a request head the gateway will not serve:
+//!
+//! | the client sends | it gets |
+//! |---|---|
+//! | a request line (method, URI, version) over 8 KiB ([`MAX_REQUEST_LINE`]) in a head that fits the head limit | `414`, JSON body `uri_too_long`, `Connection: close` |
+//! | 16 KiB ([`MAX_HEAD_BYTES`]) of head without the blank line that ends it (also a request line of 16 KiB or more) | `431` from hyper (empty body), connection closed |
+//! | more than 100 header lines ([`MAX_HEADERS`]) | `431` from hyper (empty body), connection closed |
+//! | a malformed head: bad method token, header or version, or bytes that are not HTTP | `400` from hyper (empty body), connection closed |
+//! | no complete head within `head_timeout` (10 s) of the gateway starting to wait for one; on a kept-alive connection that is also the idle limit between requests | no response; the connection is closed |
+//! | any refused request (`407`, `400`, `403`, `429`, `502`, `504`, ...) | the error with `Proxy-Status`, `X-Exitpool-Error`, a JSON body and `Connection: close`; nothing more is read |
+//!
+//! hyper answers the `431`/`400` cases itself, before our code sees a request, so
+//! those answers carry no product headers. hyper only refuses URIs of 64 KiB and
+//! more with `414`, which the 16 KiB head limit never lets through, so the 8 KiB
+//! request-line check is ours (in `handle`, before credentials are looked at).
+//!
+//! The customer port's first-byte sniff (`customer.rs`) waits up to `head_timeout`
+//! too, so a client that is silent before its first byte can hold a connection for
+//! up to twice `head_timeout` in all.
 
 use crate::error::ProxyError;
 use crate::exit::OpenedExit;
+use crate::registry::Agent;
 use crate::Shared;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::header::{
-    HeaderValue, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    RETRY_AFTER,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -26,8 +52,15 @@ use tracing::{debug, info, Instrument};
 /// Response body type for every answer on the customer port.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// Largest request head hyper buffers; see the README's limits table.
+/// Largest request head (request line and headers) hyper buffers: enough for any
+/// real client's cookies, small enough that idle connections cost little memory.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header lines in a request head; hyper's default, set explicitly so the
+/// limit is ours.
+pub const MAX_HEADERS: usize = 100;
+/// Longest request line served; longer ones get `414`. Matches common servers'
+/// 8 KiB so a URL that works through the gateway works at most targets.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 
 /// Header naming the exit that served a request.
 pub const EXIT_HEADER: &str = "x-exitpool-exit";
@@ -51,6 +84,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.head_timeout)
+        .max_headers(MAX_HEADERS)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -69,6 +104,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     }
 }
 
+/// Answers one request: the request-line limit first (before credentials, so an
+/// oversized line costs nothing), then `CONNECT` or plain forwarding.
 async fn handle(
     request: Request<hyper::body::Incoming>,
     peer: SocketAddr,
@@ -76,13 +113,16 @@ async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let target = request.uri().to_string();
+    // `METHOD SP URI SP HTTP/1.1`, rebuilt from what hyper parsed.
+    let request_line = request.method().as_str().len() + 1 + target.len() + 9;
+    if request_line > MAX_REQUEST_LINE {
+        info!(request_line, "refused: request line too long");
+        return uri_too_long(request_line);
+    }
     let result = if request.method() == Method::CONNECT {
         connect(request, peer, started, &shared).await
     } else {
-        Err(ProxyError::MethodNotSupported(format!(
-            "{} (this gateway serves CONNECT tunnels)",
-            request.method()
-        )))
+        crate::forward::forward(request, peer, started, &shared).await
     };
     match result {
         Ok(response) => response,
@@ -100,7 +140,9 @@ async fn handle(
 }
 
 /// Decodes `Proxy-Authorization: Basic` into user name and password.
-fn basic_credentials(request: &Request<hyper::body::Incoming>) -> Option<(String, String)> {
+pub(crate) fn basic_credentials(
+    request: &Request<hyper::body::Incoming>,
+) -> Option<(String, String)> {
     let value = request.headers().get(PROXY_AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -161,7 +203,14 @@ pub fn add_exit_headers(
     opened: &OpenedExit,
     session: Option<&crate::connect::SessionOutcome>,
 ) {
-    let headers = response.headers_mut();
+    let headers = exit_headers(&opened.agent, session);
+    response.headers_mut().extend(headers);
+}
+
+/// The headers [`add_exit_headers`] adds, for callers that build the response
+/// after the [`OpenedExit`] has been taken apart (plain HTTP forwarding).
+pub fn exit_headers(agent: &Agent, session: Option<&crate::connect::SessionOutcome>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
     if let Some(session) = session {
         headers.insert(SESSION_HEADER, HeaderValue::from_static(session.as_str()));
         if let crate::connect::SessionOutcome::Moved { from } = session {
@@ -170,19 +219,39 @@ pub fn add_exit_headers(
             }
         }
     }
-    if let Ok(value) = HeaderValue::from_str(&opened.agent.exit_id) {
+    if let Ok(value) = HeaderValue::from_str(&agent.exit_id) {
         headers.insert(EXIT_HEADER, value);
     }
-    let country = opened.agent.location.country.as_deref().unwrap_or("??");
+    let country = agent.location.country.as_deref().unwrap_or("??");
     if let Ok(value) = HeaderValue::from_str(country) {
         headers.insert(COUNTRY_HEADER, value);
     }
+    headers
 }
 
 fn empty() -> Body {
-    Full::new(Bytes::new())
+    full(Bytes::new())
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// `414` for a request line over [`MAX_REQUEST_LINE`], shaped like
+/// [`error_response`] (no [`ProxyError`] variant carries 414 yet).
+fn uri_too_long(request_line: usize) -> Response<Body> {
+    let message =
+        format!("the request line is {request_line} bytes; the limit is {MAX_REQUEST_LINE}");
+    let mut response = error_response(&ProxyError::BadRequest(message.clone()));
+    *response.status_mut() = StatusCode::URI_TOO_LONG;
+    response
+        .headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static("uri_too_long"));
+    let body = serde_json::json!({"error": "uri_too_long", "status": 414, "message": message});
+    *response.body_mut() = full(body.to_string());
+    response
 }
 
 /// The HTTP answer for a failure: status, `Proxy-Status`, product code, JSON body,
@@ -190,11 +259,7 @@ fn empty() -> Body {
 pub fn error_response(error: &ProxyError) -> Response<Body> {
     let presentation = error.presentation();
     let body = error.json_body();
-    let mut response = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(full(body));
     *response.status_mut() =
         StatusCode::from_u16(presentation.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = response.headers_mut();
@@ -206,6 +271,9 @@ pub fn error_response(error: &ProxyError) -> Response<Body> {
         .and_then(|v| HeaderValue::from_str(&v).ok())
     {
         headers.insert("proxy-status", value);
+    }
+    if let Some(seconds) = error.retry_after() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     if *error == ProxyError::AuthRequired {
         headers.insert(

@@ -138,16 +138,22 @@ impl Agent {
     }
 }
 
-/// Counts one live relay stream on an agent for as long as it is held.
+/// Counts one live relay stream on an agent for as long as it is held, and
+/// holds the customer's concurrent-connection slot for the same time.
 #[derive(Debug)]
-pub struct StreamGuard(Arc<Agent>);
+pub struct StreamGuard(Arc<Agent>, Option<crate::limits::Slot>);
 
 impl StreamGuard {
     /// Marks one more stream open on `agent`.
     pub fn new(agent: Arc<Agent>) -> Self {
         agent.active_streams.fetch_add(1, Ordering::Relaxed);
         agent.streams_total.fetch_add(1, Ordering::Relaxed);
-        StreamGuard(agent)
+        StreamGuard(agent, None)
+    }
+
+    /// Keeps `slot` until this guard is dropped.
+    pub fn hold(&mut self, slot: crate::limits::Slot) {
+        self.1 = Some(slot);
     }
 }
 
@@ -168,6 +174,15 @@ pub enum PickError {
     AllBusy(String),
 }
 
+/// How many agents are connected, and how many of them take new streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Connected agents.
+    pub agents: usize,
+    /// Agents that take new streams (not paused, draining or over quota).
+    pub accepting: usize,
+}
+
 /// Details an agent joins with.
 #[derive(Debug)]
 pub struct Joining {
@@ -179,6 +194,8 @@ pub struct Joining {
     pub software: String,
     /// Stream capacity from `Hello`.
     pub max_streams: u32,
+    /// Whether it takes streams from the start.
+    pub accepting: bool,
     /// The agent's tunnel.
     pub connection: quinn::Connection,
 }
@@ -236,8 +253,9 @@ pub struct Registry {
     pools: Mutex<HashMap<Filter, Pool>>,
     next_key: AtomicU64,
     exit_id_key: [u8; 32],
-    /// The number of connected agents, for anyone waiting on joins and leaves.
-    count: tokio::sync::watch::Sender<usize>,
+    /// Connected and accepting agents, for anyone waiting on joins, leaves,
+    /// pauses and drains.
+    census: tokio::sync::watch::Sender<Census>,
 }
 
 impl Registry {
@@ -250,7 +268,7 @@ impl Registry {
             pools: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
             exit_id_key,
-            count: tokio::sync::watch::Sender::new(0),
+            census: tokio::sync::watch::Sender::new(Census::default()),
         }
     }
 
@@ -279,7 +297,7 @@ impl Registry {
             connection: joining.connection,
             max_streams: AtomicU32::new(joining.max_streams),
             active_streams: AtomicU32::new(0),
-            accepting: AtomicBool::new(true),
+            accepting: AtomicBool::new(joining.accepting),
             streams_total: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
@@ -291,7 +309,7 @@ impl Registry {
             .and_then(|old_key| self.remove_key(old_key));
         self.agents.insert(key, agent.clone());
         self.add_to_pools(&agent);
-        self.count.send_replace(self.agents.len());
+        self.publish_census();
         (agent, replaced)
     }
 
@@ -300,7 +318,7 @@ impl Registry {
         let agent = self.remove_key(key)?;
         self.by_agent_id
             .remove_if(&agent.agent_id, |_, current| *current == key);
-        self.count.send_replace(self.agents.len());
+        self.publish_census();
         Some(agent)
     }
 
@@ -321,6 +339,7 @@ impl Registry {
         } else {
             self.remove_from_pools(&agent);
         }
+        self.publish_census();
     }
 
     fn add_to_pools(&self, agent: &Arc<Agent>) {
@@ -423,11 +442,30 @@ impl Registry {
         self.agents.len()
     }
 
+    fn publish_census(&self) {
+        // Every pooled agent is in the unfiltered pool.
+        let accepting = self
+            .pools
+            .lock()
+            .expect("registry pools lock poisoned")
+            .get(&Filter::default())
+            .map_or(0, |pool| pool.members.len());
+        self.census.send_replace(Census {
+            agents: self.agents.len(),
+            accepting,
+        });
+    }
+
     /// Waits until `predicate` holds for the number of connected agents.
-    pub async fn wait_for_count(&self, predicate: impl FnMut(&usize) -> bool) -> usize {
-        let mut count = self.count.subscribe();
-        let value = *count
-            .wait_for(predicate)
+    pub async fn wait_for_count(&self, mut predicate: impl FnMut(&usize) -> bool) -> usize {
+        self.wait_for_census(|census| predicate(&census.agents)).await.agents
+    }
+
+    /// Waits until `predicate` holds for the registry's [`Census`].
+    pub async fn wait_for_census(&self, mut predicate: impl FnMut(&Census) -> bool) -> Census {
+        let mut census = self.census.subscribe();
+        let value = *census
+            .wait_for(|census| predicate(census))
             .await
             .expect("the sender lives in the registry");
         value

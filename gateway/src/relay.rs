@@ -1,15 +1,58 @@
 //! The customer half of the byte path: after a successful `CONNECT` (or SOCKS5
 //! reply) the customer's TCP connection is relayed to the exit's stream, usage is
 //! counted, and one access-log line is written.
+//!
+//! Usage: the relay bumps its own [`LiveCounters`] per chunk; every
+//! [`FOLD_INTERVAL`] and at the end, the bytes since the last fold go to
+//! [`Shared::record_transfer`]. A customer whose quota runs out mid-connection is
+//! cut off at the next fold (with a reset, like any abnormal end).
 
 use crate::exit::OpenedExit;
+use crate::registry::Agent;
 use crate::Shared;
 use bytes::Bytes;
-use exitpool_protocol::relay::{relay, LiveCounters};
+use exitpool_protocol::relay::{relay, LiveCounters, Unlimited};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// How often a live relay folds its byte counts into usage and checks the quota.
+pub const FOLD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a relay has already folded into usage.
+#[derive(Default)]
+struct Folded {
+    up: u64,
+    down: u64,
+}
+
+impl Folded {
+    /// Records the bytes counted since the last fold.
+    fn fold(&mut self, counters: &LiveCounters, user: &str, agent: &Agent, shared: &Shared) {
+        let up = counters.tcp_to_quic.load(Ordering::Relaxed);
+        let down = counters.quic_to_tcp.load(Ordering::Relaxed);
+        shared.record_transfer(
+            user,
+            agent,
+            up.saturating_sub(self.up),
+            down.saturating_sub(self.down),
+        );
+        self.up = self.up.max(up);
+        self.down = self.down.max(down);
+    }
+}
+
+/// Whether `user` has used up a byte quota (as the accounts stand now).
+fn over_quota(user: &str, shared: &Shared) -> bool {
+    let quota = shared
+        .accounts
+        .current()
+        .users
+        .get(user)
+        .and_then(|customer| customer.limits.quota_bytes);
+    quota.is_some_and(|quota| shared.usage.customer_bytes(user) >= quota)
+}
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -71,23 +114,45 @@ pub async fn run(
     counters
         .tcp_to_quic
         .fetch_add(already_read.len() as u64, Ordering::Relaxed);
-    let (transferred, result) = match send.write_chunk(already_read).await {
-        Err(error) => (Default::default(), Err(error.to_string())),
+    let mut folded = Folded::default();
+    let result = match send.write_chunk(already_read).await {
+        Err(error) => Err(error.to_string()),
         Ok(()) => {
             let (read, write) = stream.split();
-            let (transferred, result) = relay(
+            let relaying = relay(
                 read,
                 write,
                 send,
                 recv,
                 shared.config.idle_timeout,
                 &counters,
-            )
-            .await;
-            (transferred, result.map_err(|e| e.to_string()))
+                &Unlimited,
+            );
+            tokio::pin!(relaying);
+            let mut fold_timer =
+                tokio::time::interval_at(tokio::time::Instant::now() + FOLD_INTERVAL, FOLD_INTERVAL);
+            loop {
+                tokio::select! {
+                    (_, result) = &mut relaying => break result.map_err(|e| e.to_string()),
+                    _ = fold_timer.tick() => {
+                        folded.fold(&counters, &context.user, &agent, shared);
+                        if over_quota(&context.user, shared) {
+                            break Err("quota exhausted".to_owned());
+                        }
+                    }
+                }
+            }
         }
     };
     drop(guard);
+    folded.fold(&counters, &context.user, &agent, shared);
+    if result.is_err() {
+        shared.record_error_code(Some(&context.user), Some(&agent), "relay_failed");
+    }
+    let transferred = exitpool_protocol::relay::Transferred {
+        tcp_to_quic: counters.tcp_to_quic.load(Ordering::Relaxed),
+        quic_to_tcp: counters.quic_to_tcp.load(Ordering::Relaxed),
+    };
     agent
         .bytes_up
         .fetch_add(transferred.tcp_to_quic, Ordering::Relaxed);

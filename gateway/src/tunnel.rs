@@ -71,8 +71,13 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         let span = info_span!("agent", remote = %incoming.remote_address());
         shared.tasks.clone().spawn(
             async move {
+                let started = std::time::Instant::now();
                 let connection = match handshake(incoming, &shared).await {
                     Ok(joined) => {
+                        shared
+                            .metrics
+                            .tunnel_handshake_seconds
+                            .observe(started.elapsed().as_secs_f64());
                         drop(permit);
                         joined
                     }
@@ -142,6 +147,7 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
         token,
         software,
         capacity,
+        accepting,
     } = hello
     else {
         connection.close(close_code::PROTOCOL.into(), b"expected hello");
@@ -155,7 +161,11 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
                 "this gateway speaks protocol version {PROTOCOL_VERSION}, the agent {version}; upgrade the agent"
             ),
         ))
-    } else if !shared.config.agent_tokens.accepts(token.expose()) {
+    } else if !shared
+        .accounts
+        .current()
+        .agent_tokens
+        .accepts(token.expose()) {
         Some((
             RejectReason::BadToken,
             "the agent token is not accepted by this gateway; check --token".to_owned(),
@@ -191,6 +201,7 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
         location,
         software,
         max_streams: capacity.max_streams.clamp(1, MAX_AGENT_STREAMS),
+        accepting,
         connection: connection.clone(),
     });
     if let Some(old) = replaced {

@@ -131,6 +131,7 @@ mod tests {
             token: "tok".into(),
             software: "test".into(),
             capacity: Capacity { max_streams: 8 },
+            accepting: true,
         }
     }
 

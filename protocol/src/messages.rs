@@ -78,6 +78,9 @@ pub enum AgentMessage {
         software: String,
         /// What the agent offers.
         capacity: Capacity,
+        /// Whether it takes streams right away (false when it starts paused or
+        /// over quota), so the gateway never routes to it in between.
+        accepting: bool,
     },
     /// Periodic report of live load.
     Load {

@@ -46,6 +46,31 @@ pub enum RelayError {
     Idle(Duration),
 }
 
+/// Which way bytes are moving through the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Read from TCP, sent into the QUIC stream.
+    TcpToQuic,
+    /// Received from the QUIC stream, written to TCP.
+    QuicToTcp,
+}
+
+/// Paces and meters the byte path: `pass` is awaited once per chunk before it is
+/// forwarded, so a bandwidth cap holds back reads and QUIC/TCP flow control pushes
+/// back on the sender instead of anything piling up in memory.
+pub trait Throttle: Sync {
+    /// Resolves when `bytes` more may move in `direction`.
+    fn pass(&self, direction: Direction, bytes: usize) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// No cap, no metering.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unlimited;
+
+impl Throttle for Unlimited {
+    async fn pass(&self, _direction: Direction, _bytes: usize) {}
+}
+
 /// Live byte counters the relay bumps once per chunk, so usage is visible while a
 /// long connection is still open. Counting per chunk (not per byte) keeps this off
 /// the profile.
@@ -60,23 +85,25 @@ pub struct LiveCounters {
 /// Relays until both directions have ended, either one fails, or nothing moves for
 /// `idle_timeout`. On error the QUIC stream is reset here; the caller should close
 /// the TCP side abortively (e.g. `SO_LINGER` 0) so the peer sees an error too.
-pub async fn relay<R, W>(
+pub async fn relay<R, W, T>(
     tcp_read: R,
     tcp_write: W,
     quic_send: quinn::SendStream,
     quic_recv: quinn::RecvStream,
     idle_timeout: Duration,
     counters: &LiveCounters,
+    throttle: &T,
 ) -> (Transferred, Result<(), RelayError>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
+    T: Throttle,
 {
     let activity = Activity::new();
     let mut send = quic_send;
     let mut recv = quic_recv;
-    let up = tcp_to_quic(tcp_read, &mut send, &counters.tcp_to_quic, &activity);
-    let down = quic_to_tcp(&mut recv, tcp_write, &counters.quic_to_tcp, &activity);
+    let up = tcp_to_quic(tcp_read, &mut send, &counters.tcp_to_quic, &activity, throttle);
+    let down = quic_to_tcp(&mut recv, tcp_write, &counters.quic_to_tcp, &activity, throttle);
     let both = async { tokio::try_join!(up, down) };
     let result = tokio::select! {
         result = both => result.map(|_| ()),
@@ -93,11 +120,12 @@ where
     (transferred, result)
 }
 
-async fn tcp_to_quic<R: AsyncRead + Unpin>(
+async fn tcp_to_quic<R: AsyncRead + Unpin, T: Throttle>(
     mut tcp: R,
     send: &mut quinn::SendStream,
     counter: &AtomicU64,
     activity: &Activity,
+    throttle: &T,
 ) -> Result<(), RelayError> {
     let mut buf = BytesMut::with_capacity(RELAY_CHUNK);
     loop {
@@ -111,6 +139,7 @@ async fn tcp_to_quic<R: AsyncRead + Unpin>(
             return Ok(());
         }
         activity.touch();
+        throttle.pass(Direction::TcpToQuic, n).await;
         let chunk = buf.split().freeze();
         send.write_chunk(chunk)
             .await
@@ -119,16 +148,18 @@ async fn tcp_to_quic<R: AsyncRead + Unpin>(
     }
 }
 
-async fn quic_to_tcp<W: AsyncWrite + Unpin>(
+async fn quic_to_tcp<W: AsyncWrite + Unpin, T: Throttle>(
     recv: &mut quinn::RecvStream,
     mut tcp: W,
     counter: &AtomicU64,
     activity: &Activity,
+    throttle: &T,
 ) -> Result<(), RelayError> {
     loop {
         match recv.read_chunk(RELAY_CHUNK, true).await {
             Ok(Some(chunk)) => {
                 activity.touch();
+                throttle.pass(Direction::QuicToTcp, chunk.bytes.len()).await;
                 tcp.write_all(&chunk.bytes).await.map_err(RelayError::Tcp)?;
                 counter.fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
             }

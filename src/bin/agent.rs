@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use exitpool::agent::{Agent, Pin};
+use exitpool::agent::policy::PortRange;
+use exitpool::agent::{Agent, ExitPolicy, Period, Pin};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,27 @@ struct Args {
     /// Most relay streams served at once.
     #[arg(long, default_value_t = exitpool::agent::DEFAULT_MAX_STREAMS)]
     max_streams: u32,
+    /// Bandwidth cap in each direction, bytes per second.
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    max_rate: Option<u32>,
+    /// Stop sharing after this many bytes (up + down) per --quota-period.
+    #[arg(long, value_name = "BYTES")]
+    quota_bytes: Option<u64>,
+    /// The quota's period: day or month (UTC).
+    #[arg(long, default_value = "month")]
+    quota_period: Period,
+    /// Ports never dialled (replaces the default 25,465,587), e.g. 25,465,587,6000-6100.
+    #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+    deny_ports: Option<Vec<PortRange>>,
+    /// Only these ports are dialled, e.g. 80,443,8000-8999.
+    #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+    allow_ports: Option<Vec<PortRange>>,
+    /// Serve this agent's stats as JSON here (keep it on loopback), e.g. 127.0.0.1:9091.
+    #[arg(long, value_name = "ADDR")]
+    status_listen: Option<std::net::SocketAddr>,
+    /// Seconds between the one-line status summaries in the log.
+    #[arg(long, default_value_t = 60)]
+    summary_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -60,15 +82,32 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let mut policy = ExitPolicy::new().allow_private(args.allow_private);
+    if let Some(ports) = args.deny_ports {
+        policy = policy.with_denied_ports(ports);
+    }
+    if let Some(ports) = args.allow_ports {
+        policy = policy.with_allowed_ports(ports);
+    }
     let mut builder = Agent::builder(args.gateway, args.pin, args.token)
-        .allow_private(args.allow_private)
+        .policy(policy)
         .max_streams(args.max_streams)
+        .summary_interval(std::time::Duration::from_secs(args.summary_secs.max(1)))
         .state_dir(
             args.state_dir
                 .unwrap_or_else(exitpool::agent::state::default_dir),
         );
     if let Some(bind) = args.bind {
         builder = builder.bind(bind);
+    }
+    if let Some(rate) = args.max_rate {
+        builder = builder.max_rate(rate);
+    }
+    if let Some(bytes) = args.quota_bytes {
+        builder = builder.quota(bytes, args.quota_period);
+    }
+    if let Some(addr) = args.status_listen {
+        builder = builder.status_listen(addr);
     }
     let mut agent = builder.spawn().context("starting the agent")?;
     tokio::select! {

@@ -1,7 +1,8 @@
-//! The `gateway` binary: flags, logging, `gateway pin`, and `--demo`.
+//! The `gateway` binary: flags, logging, `gateway pin`, `gateway hash-password`,
+//! `--demo`, and signals (SIGTERM/Ctrl-C stop, SIGHUP reloads the accounts files).
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use exitpool::gateway::auth::{AgentTokens, Customer, Users};
 use exitpool::gateway::config::{DEFAULT_ADMIN, DEFAULT_LISTEN, DEFAULT_TUNNEL};
 use exitpool::gateway::{Gateway, GatewayConfig};
@@ -42,6 +43,10 @@ struct Args {
         hide_env_values = true
     )]
     users: Vec<String>,
+    /// Customer accounts file (TOML, `[[customer]]` entries with password hashes
+    /// and limits); re-read on SIGHUP.
+    #[arg(long = "users", value_name = "FILE")]
+    users_file: Option<PathBuf>,
     /// A token agents may enrol with (repeatable).
     #[arg(
         long = "agent-token",
@@ -51,6 +56,20 @@ struct Args {
         hide_env_values = true
     )]
     agent_tokens: Vec<String>,
+    /// Agent tokens file, one token per line (`#` comments); re-read on SIGHUP.
+    #[arg(long = "agent-tokens", value_name = "FILE")]
+    agent_tokens_file: Option<PathBuf>,
+    /// Bearer token for the admin port; required when it binds beyond loopback.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "EXITPOOL_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// Log lines as human-readable text or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Close a customer tunnel after this many seconds without traffic.
     #[arg(long, default_value_t = 300)]
     idle_timeout: u64,
@@ -68,8 +87,17 @@ struct Args {
     demo: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Read a customer password on standard input and print its hash for the
+    /// `password_hash` key of the users file.
+    HashPassword,
     /// Print the certificate pin agents need (sha256:...), creating the certificate
     /// if needed.
     Pin {
@@ -80,13 +108,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -103,7 +134,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// `gateway hash-password`: the first line of standard input, hashed.
+fn hash_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    let hash = exitpool::gateway::auth::hash_password(password).context("hashing")?;
+    println!("{hash}");
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::HashPassword) = &args.command {
+        return hash_password();
+    }
     if let Some(Command::Pin { state_dir }) = &args.command {
         let dir = state_dir
             .clone()
@@ -143,14 +189,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         customers.push(Customer::parse(&format!("demo:{password}")).expect("valid demo user"));
         tokens.push(token.clone());
     }
-    if customers.is_empty() {
-        bail!("no customer accounts: add --user NAME:PASSWORD (or try --demo)");
+    if customers.is_empty() && args.users_file.is_none() {
+        bail!("no customer accounts: add --users FILE or --user NAME:PASSWORD (or try --demo)");
     }
-    if tokens.is_empty() {
-        bail!("no agent can join: add --agent-token TOKEN (or try --demo)");
+    if tokens.is_empty() && args.agent_tokens_file.is_none() {
+        bail!("no agent can join: add --agent-token TOKEN or --agent-tokens FILE (or try --demo)");
     }
     config.users = Users::new(customers);
     config.agent_tokens = AgentTokens::new(tokens);
+    config.users_file = args.users_file.clone();
+    config.agent_tokens_file = args.agent_tokens_file.clone();
+    config.admin_token = args
+        .admin_token
+        .clone()
+        .filter(|token| !token.is_empty())
+        .map(exitpool::protocol::Secret);
     let gateway = Gateway::start(config).await?;
     println!(
         "gateway: customers on {}, agents on {} (UDP), pin {}",
@@ -165,7 +218,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
         None => None,
     };
-    shutdown_signal().await;
+    wait_for_shutdown(&gateway).await;
     tracing::info!("shutting down");
     gateway.shutdown().await;
     Ok(())
@@ -232,16 +285,27 @@ async fn self_test(
     Ok(format!("{connect_status} then {inner_status}"))
 }
 
-async fn shutdown_signal() {
+/// Waits for Ctrl-C or SIGTERM, reloading the accounts files on every SIGHUP.
+async fn wait_for_shutdown(gateway: &Gateway) {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hangup.recv() => {
+                    // Success and failure are both logged by reload itself.
+                    let _ = gateway.reload();
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    {
+        let _ = gateway;
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,0 +1,101 @@
+//! What the owner sees: a periodic one-line summary in the log, and optionally
+//! the same as JSON on a local endpoint (`--status-listen`). The same loop rolls
+//! the quota period and saves usage, so a crash loses at most a few seconds of it.
+
+use crate::Shared;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How often usage is saved and the quota period checked.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Saves usage every [`SAVE_INTERVAL`] and logs a summary every
+/// `summary_interval`, until shutdown (when usage is saved once more).
+pub(crate) async fn summaries(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut save = tokio::time::interval(SAVE_INTERVAL);
+    let mut summary = tokio::time::interval(shared.config.summary_interval);
+    summary.tick().await;
+    loop {
+        tokio::select! {
+            _ = save.tick() => {
+                shared.meter.roll_period(SystemTime::now());
+                if let Err(error) = shared.meter.save() {
+                    warn!(%error, "saving usage failed");
+                }
+            }
+            _ = summary.tick() => log_summary(&shared),
+            () = shutdown.cancelled() => break,
+        }
+    }
+    if let Err(error) = shared.meter.save() {
+        warn!(%error, "saving usage failed");
+    }
+}
+
+fn log_summary(shared: &Shared) {
+    let stats = shared.stats();
+    let cap = match (stats.quota_bytes, stats.max_rate) {
+        (None, None) => "none".to_owned(),
+        (quota, rate) => format!(
+            "{}{}",
+            quota.map(|q| format!("{q} bytes/{}", stats.period)).unwrap_or_default(),
+            rate.map(|r| format!(" {r} bytes/s")).unwrap_or_default()
+        ),
+    };
+    info!(
+        connected = stats.session.is_some(),
+        paused = stats.paused,
+        live_streams = stats.active_streams,
+        streams_served = stats.streams_served,
+        bytes_this_period = stats.period_bytes,
+        period = %stats.period,
+        cap = %cap,
+        "status"
+    );
+}
+
+/// Binds the status endpoint and serves `GET /` with the stats as JSON.
+pub(crate) fn start(addr: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.cancelled() => break,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let shared = shared.clone();
+                    async move {
+                        let (status, body) = if request.uri().path() == "/" {
+                            (StatusCode::OK, serde_json::to_string_pretty(&shared.stats()).unwrap_or_default())
+                        } else {
+                            (StatusCode::NOT_FOUND, "{\"error\":\"not found; try /\"}".to_owned())
+                        };
+                        let mut response = Response::new(Full::new(Bytes::from(body)));
+                        *response.status_mut() = status;
+                        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
+            });
+        }
+    });
+    Ok(local)
+}

@@ -1,0 +1,400 @@
+//! The live account set: customers (from `--user` and the `--users` TOML file) and
+//! agent tokens (from `--agent-token` and the `--agent-tokens` file), and their
+//! reload on SIGHUP (or `POST /reload`).
+//!
+//! The set sits behind an [`ArcSwap`]: every connection reads the current one
+//! without a lock, and a reload swaps in a complete new set or nothing. A file
+//! that fails to parse leaves the running set as it was, and the error names the
+//! file, the customer and the field at fault.
+//!
+//! The users file (keys beyond these are refused, so a typo never goes unnoticed):
+//!
+//! ```toml
+//! [[customer]]
+//! name = "alice"
+//! password_hash = "$argon2id$v=19$..."   # printed by `gateway hash-password`
+//! countries = ["US", "DE"]               # optional
+//! max_connections = 100                  # optional
+//! requests_per_second = 50               # optional
+//! quota_bytes = 50_000_000_000           # optional
+//! ```
+//!
+//! The agent tokens file: one token per line; blank lines and lines starting with
+//! `#` are ignored.
+
+use crate::auth::{AgentTokens, Customer, Limits, Users};
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why an accounts file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape (unknown or missing keys,
+    /// wrong types); the message names the key and the line.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation.
+        message: String,
+    },
+    /// One customer entry has a bad value.
+    #[error("{path}: customer `{name}` (entry {index}): {field}: {message}")]
+    Customer {
+        /// The file.
+        path: PathBuf,
+        /// 1-based position of the `[[customer]]` entry.
+        index: usize,
+        /// The customer's name as written.
+        name: String,
+        /// The key at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An agent token line is unusable.
+    #[error("{path}: line {line}: {message}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// One `[[customer]]` entry as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomerEntry {
+    name: String,
+    password_hash: String,
+    countries: Option<Vec<String>>,
+    max_connections: Option<u32>,
+    requests_per_second: Option<u32>,
+    quota_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    customer: Vec<CustomerEntry>,
+}
+
+/// Parses a users file's text; `path` only names the file in errors.
+pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsError> {
+    let file: UsersFile = toml::from_str(text).map_err(|e| AccountsError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let mut seen = HashSet::new();
+    let mut customers = Vec::with_capacity(file.customer.len());
+    for (i, entry) in file.customer.into_iter().enumerate() {
+        let fail = |field: &'static str, message: String| AccountsError::Customer {
+            path: path.to_owned(),
+            index: i + 1,
+            name: entry.name.clone(),
+            field,
+            message,
+        };
+        crate::auth::check_name(&entry.name).map_err(|e| fail("name", e.to_string()))?;
+        if !seen.insert(entry.name.clone()) {
+            return Err(fail("name", "appears twice in the file".into()));
+        }
+        let customer = Customer::hashed(&entry.name, &entry.password_hash)
+            .map_err(|e| fail("password_hash", e.to_string()))?;
+        let countries = match entry.countries {
+            None => None,
+            Some(list) if list.is_empty() => {
+                return Err(fail(
+                    "countries",
+                    "an empty list would allow no exit; leave the key out to allow every country"
+                        .into(),
+                ))
+            }
+            Some(list) => Some(
+                list.iter()
+                    .map(|code| {
+                        if code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+                            Ok(code.to_ascii_uppercase())
+                        } else {
+                            Err(fail(
+                                "countries",
+                                format!("`{code}` is not an ISO 3166-1 alpha-2 code such as \"US\""),
+                            ))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        if entry.max_connections == Some(0) {
+            return Err(fail(
+                "max_connections",
+                "must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        let requests_per_second = match entry.requests_per_second {
+            None => None,
+            Some(n) => Some(NonZeroU32::new(n).ok_or_else(|| {
+                fail(
+                    "requests_per_second",
+                    "must be at least 1 (leave it out for no limit)".into(),
+                )
+            })?),
+        };
+        customers.push(customer.with_limits(Limits {
+            countries,
+            max_connections: entry.max_connections,
+            requests_per_second,
+            quota_bytes: entry.quota_bytes,
+        }));
+    }
+    Ok(customers)
+}
+
+/// Parses an agent tokens file's text: one token per line, `#` comments.
+pub fn parse_agent_tokens(text: &str, path: &Path) -> Result<Vec<String>, AccountsError> {
+    let mut tokens = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let token = line.trim();
+        if token.is_empty() || token.starts_with('#') {
+            continue;
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(AccountsError::Token {
+                path: path.to_owned(),
+                line: i + 1,
+                message: "a token may not contain spaces (one token per line)".into(),
+            });
+        }
+        tokens.push(token.to_owned());
+    }
+    Ok(tokens)
+}
+
+fn read(path: &Path) -> Result<String, AccountsError> {
+    std::fs::read_to_string(path).map_err(|source| AccountsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// One complete account set: what a connection or a handshake checks against.
+#[derive(Debug, Default)]
+pub struct AccountSet {
+    /// Customer accounts.
+    pub users: Users,
+    /// Accepted agent tokens.
+    pub agent_tokens: AgentTokens,
+}
+
+/// Where the account set comes from: fixed entries (flags) plus files re-read on
+/// every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Customers given directly (`--user`, or built by a test).
+    pub users: Users,
+    /// Tokens given directly (`--agent-token`).
+    pub agent_tokens: AgentTokens,
+    /// The `--users` TOML file.
+    pub users_file: Option<PathBuf>,
+    /// The `--agent-tokens` file.
+    pub agent_tokens_file: Option<PathBuf>,
+}
+
+impl Sources {
+    /// Reads the files and builds a complete set. A name given both directly and in
+    /// the file takes the file's entry.
+    pub fn load(&self) -> Result<AccountSet, AccountsError> {
+        let mut users = self.users.clone();
+        if let Some(path) = &self.users_file {
+            users = users.with(parse_users(&read(path)?, path)?);
+        }
+        let mut agent_tokens = self.agent_tokens.clone();
+        if let Some(path) = &self.agent_tokens_file {
+            agent_tokens = agent_tokens.with(parse_agent_tokens(&read(path)?, path)?);
+        }
+        Ok(AccountSet {
+            users,
+            agent_tokens,
+        })
+    }
+}
+
+/// The live account set and where it comes from.
+pub struct Accounts {
+    sources: Sources,
+    current: ArcSwap<AccountSet>,
+}
+
+impl Accounts {
+    /// Loads the set for the first time.
+    pub fn load(sources: Sources) -> Result<Accounts, AccountsError> {
+        let set = sources.load()?;
+        Ok(Accounts {
+            sources,
+            current: ArcSwap::from_pointee(set),
+        })
+    }
+
+    /// The set in force now.
+    pub fn current(&self) -> Arc<AccountSet> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the files. On success the new set replaces the old one (keeping
+    /// cached password verifications); on error nothing changes.
+    pub fn reload(&self) -> Result<Arc<AccountSet>, AccountsError> {
+        let mut set = self.sources.load()?;
+        set.users = set.users.with_cache_of(&self.current.load().users);
+        let set = Arc::new(set);
+        self.current.store(set.clone());
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3S9N3fP3Wb8KpXG5k6jv3m9mM2bCd3p4aCVvU3yYy2E";
+
+    fn parse(text: &str) -> Result<Vec<Customer>, AccountsError> {
+        parse_users(text, Path::new("users.toml"))
+    }
+
+    #[test]
+    fn a_full_entry_parses() {
+        let text = format!(
+            r#"
+[[customer]]
+name = "alice"
+password_hash = "{HASH}"
+countries = ["us", "DE"]
+max_connections = 100
+requests_per_second = 50
+quota_bytes = 50_000_000_000
+
+[[customer]]
+name = "bob"
+password_hash = "{HASH}"
+"#
+        );
+        let customers = parse(&text).unwrap();
+        assert_eq!(customers.len(), 2);
+        let limits = &customers[0].limits;
+        assert_eq!(limits.countries, Some(vec!["US".into(), "DE".into()]));
+        assert_eq!(limits.max_connections, Some(100));
+        assert_eq!(limits.requests_per_second, NonZeroU32::new(50));
+        assert_eq!(limits.quota_bytes, Some(50_000_000_000));
+        assert_eq!(customers[1].limits, Limits::default());
+    }
+
+    fn error_of(entry: &str) -> String {
+        let text = format!("[[customer]]\nname = \"alice\"\n{entry}\n");
+        parse(&text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let hash = format!("password_hash = \"{HASH}\"");
+        for (entry, needle) in [
+            (format!("{hash}\npasword = \"x\""), "pasword"),
+            ("".to_owned(), "password_hash"),
+            ("password_hash = \"hunter2\"".to_owned(), "password_hash"),
+            (format!("{hash}\ncountries = [\"USA\"]"), "countries"),
+            (format!("{hash}\ncountries = []"), "countries"),
+            (format!("{hash}\nmax_connections = 0"), "max_connections"),
+            (format!("{hash}\nmax_connections = -1"), "max_connections"),
+            (format!("{hash}\nrequests_per_second = 0"), "requests_per_second"),
+            (format!("{hash}\nquota_bytes = \"lots\""), "quota_bytes"),
+        ] {
+            let message = error_of(&entry);
+            assert!(message.contains(needle), "{entry:?}: {message}");
+            assert!(message.contains("users.toml"), "{message}");
+        }
+        let message = error_of(&format!("{hash}\ncountries = [\"USA\"]"));
+        assert!(message.contains("customer `alice`"), "{message}");
+    }
+
+    #[test]
+    fn names_are_checked_and_unique() {
+        let dash = parse(&format!(
+            "[[customer]]\nname = \"a-b\"\npassword_hash = \"{HASH}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(dash.contains("name") && dash.contains('-'), "{dash}");
+        let twice = parse(&format!(
+            "[[customer]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n[[customer]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(twice.contains("twice") && twice.contains("entry 2"), "{twice}");
+        let top = parse("[customers]\n").unwrap_err().to_string();
+        assert!(top.contains("customers"), "{top}");
+    }
+
+    #[test]
+    fn token_files_skip_comments() {
+        let path = Path::new("tokens");
+        assert_eq!(
+            parse_agent_tokens("# fleet A\n\n  t0ken  \nsecond\n", path).unwrap(),
+            vec!["t0ken".to_owned(), "second".to_owned()]
+        );
+        let error = parse_agent_tokens("a b\n", path).unwrap_err().to_string();
+        assert!(error.contains("line 1"), "{error}");
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_running_set() {
+        let dir = tempfile_dir();
+        let users = dir.join("users.toml");
+        std::fs::write(
+            &users,
+            format!("[[customer]]\nname = \"alice\"\npassword_hash = \"{HASH}\"\n"),
+        )
+        .unwrap();
+        let accounts = Accounts::load(Sources {
+            users_file: Some(users.clone()),
+            ..Sources::default()
+        })
+        .unwrap();
+        assert!(accounts.current().users.get("alice").is_some());
+        std::fs::write(&users, "[[customer]]\nname = \"bob\"\n").unwrap();
+        assert!(accounts.reload().is_err());
+        assert!(accounts.current().users.get("alice").is_some());
+        std::fs::write(
+            &users,
+            format!("[[customer]]\nname = \"bob\"\npassword_hash = \"{HASH}\"\n"),
+        )
+        .unwrap();
+        accounts.reload().unwrap();
+        assert!(accounts.current().users.get("alice").is_none());
+        assert!(accounts.current().users.get("bob").is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "exitpool-accounts-{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

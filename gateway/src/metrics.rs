@@ -1,0 +1,166 @@
+//! Prometheus metrics for `GET /metrics` (OpenMetrics text, from
+//! `prometheus-client`).
+//!
+//! Counters and histograms are bumped where things happen: bytes when relays fold
+//! their counts in, errors where [`crate::Shared::record_error`] sees them, connect
+//! latency in [`crate::connect::open`], tunnel handshake latency in
+//! [`crate::tunnel`]. Gauges that describe the pool (agents, by country, live
+//! streams, sessions) are read from the registry when a scrape arrives.
+
+use crate::Shared;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
+
+/// `Content-Type` of the `/metrics` answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Label for per-country series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CountryLabel {
+    /// ISO code, or `??`.
+    pub country: String,
+}
+
+/// Label for per-code series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// Product error code (README error table).
+    pub code: String,
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Bytes customers sent towards targets.
+    pub bytes_up: Counter,
+    /// Bytes targets sent towards customers.
+    pub bytes_down: Counter,
+    /// Connections that reached their target.
+    pub connections: Counter,
+    /// Failures by product code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// From a customer's request to the exit's `Opened`.
+    pub connect_seconds: Histogram,
+    /// From an agent's first QUIC packet to its `Welcome`.
+    pub tunnel_handshake_seconds: Histogram,
+    agents: Gauge,
+    agents_by_country: Family<CountryLabel, Gauge>,
+    live_streams: Gauge,
+    sessions: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("exitpool");
+        let metrics = Metrics {
+            bytes_up: Counter::default(),
+            bytes_down: Counter::default(),
+            connections: Counter::default(),
+            errors: Family::default(),
+            // 5 ms .. ~41 s
+            connect_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            tunnel_handshake_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            agents: Gauge::default(),
+            agents_by_country: Family::default(),
+            live_streams: Gauge::default(),
+            sessions: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "agents",
+            "Connected agents",
+            metrics.agents.clone(),
+        );
+        registry.register(
+            "agents_by_country",
+            "Connected agents per country (?? when unknown)",
+            metrics.agents_by_country.clone(),
+        );
+        registry.register(
+            "live_streams",
+            "Relay streams open now",
+            metrics.live_streams.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Sticky sessions pinned now",
+            metrics.sessions.clone(),
+        );
+        registry.register(
+            "bytes_up",
+            "Bytes customers sent towards targets",
+            metrics.bytes_up.clone(),
+        );
+        registry.register(
+            "bytes_down",
+            "Bytes targets sent towards customers",
+            metrics.bytes_down.clone(),
+        );
+        registry.register(
+            "connections",
+            "Customer connections (and plain-HTTP requests) that reached their target",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "errors",
+            "Failed customer requests and relays, by product code",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "connect_seconds",
+            "Time from a customer's request to the exit's Opened",
+            metrics.connect_seconds.clone(),
+        );
+        registry.register(
+            "tunnel_handshake_seconds",
+            "Time from an agent's connection attempt to its Welcome",
+            metrics.tunnel_handshake_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts one failure.
+    pub fn error(&self, code: &str) {
+        self.errors
+            .get_or_create(&CodeLabel { code: code.into() })
+            .inc();
+    }
+
+    /// The exposition text, with pool gauges read from `shared` now.
+    pub fn render(&self, shared: &Shared) -> String {
+        let agents = shared.registry.agents();
+        self.agents.set(agents.len() as i64);
+        let live: u64 = agents
+            .iter()
+            .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
+            .sum();
+        self.live_streams.set(live as i64);
+        self.sessions.set(shared.sessions.len() as i64);
+        self.agents_by_country.clear();
+        for (country, count) in shared.registry.countries() {
+            self.agents_by_country
+                .get_or_create(&CountryLabel { country })
+                .set(count as i64);
+        }
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(%error, "encoding metrics failed");
+        }
+        text
+    }
+}

@@ -1,0 +1,356 @@
+//! Usage accounting: bytes up and down, connections and errors, per customer (for
+//! billing and quotas) and per agent (for payouts).
+//!
+//! The byte path never touches this: relays count into their own live counters
+//! and fold the difference in here about once a second and when they end
+//! ([`crate::relay`]), so one connection costs a few map lookups per second.
+//! [`UsageSink`] is the interface the rest of the gateway uses; [`MemoryUsage`]
+//! keeps it in memory, and the gateway writes a [`UsageSnapshot`] to
+//! `usage.json` in its state directory every [`FLUSH_INTERVAL`] and at shutdown
+//! (atomically: temp file + rename), and loads it at start. A crash loses at most
+//! the last interval; a restart loses nothing. A shared store (Redis/Valkey) for
+//! several gateways would be another `UsageSink`.
+
+use crate::registry::Agent;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How often usage is written to the state directory.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The file in the state directory.
+pub const FILE_NAME: &str = "usage.json";
+
+/// Version of the file's layout.
+const FILE_VERSION: u32 = 1;
+
+/// Totals for one customer or agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Totals {
+    /// Bytes from the customer towards targets.
+    pub bytes_up: u64,
+    /// Bytes from targets towards the customer.
+    pub bytes_down: u64,
+    /// Connections (CONNECT tunnels, SOCKS5 connections, plain-HTTP requests)
+    /// that reached their target.
+    pub connections: u64,
+    /// Failed requests and relays.
+    pub errors: u64,
+    /// The same failures by product code (see the README's error table).
+    pub errors_by_code: BTreeMap<String, u64>,
+}
+
+impl Totals {
+    /// Bytes up + down, what quotas count.
+    pub fn bytes(&self) -> u64 {
+        self.bytes_up.saturating_add(self.bytes_down)
+    }
+}
+
+/// Totals for one agent, keyed by its device id in [`UsageSnapshot::agents`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentTotals {
+    /// The exit id customers see.
+    pub exit_id: String,
+    /// The country it was last seen in.
+    pub country: Option<String>,
+    /// What went through it.
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// Everything counted, as persisted and as shown on `/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UsageSnapshot {
+    /// Layout version.
+    pub version: u32,
+    /// By customer name.
+    pub customers: BTreeMap<String, Totals>,
+    /// By agent id.
+    pub agents: BTreeMap<String, AgentTotals>,
+}
+
+/// What an operator resets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetScope {
+    /// Everything.
+    All,
+    /// One customer's totals.
+    Customer(String),
+    /// One agent's totals (by agent id or exit id).
+    Agent(String),
+}
+
+/// Where usage is counted. Implementations must be cheap: calls come once per
+/// connection and about once a second per long connection.
+pub trait UsageSink: Send + Sync {
+    /// Adds bytes moved for `customer` through `agent`.
+    fn record_transfer(&self, customer: &str, agent: &Agent, up: u64, down: u64);
+    /// Counts one connection that reached its target.
+    fn record_connection(&self, customer: &str, agent: &Agent);
+    /// Counts one failure with product `code`, for whichever of the customer and
+    /// agent are known.
+    fn record_error(&self, customer: Option<&str>, agent: Option<&Agent>, code: &str);
+    /// Bytes up + down `customer` has used (for quotas).
+    fn customer_bytes(&self, customer: &str) -> u64;
+    /// Everything counted so far.
+    fn snapshot(&self) -> UsageSnapshot;
+    /// Sets totals back to zero; returns whether anything matched.
+    fn reset(&self, scope: &ResetScope) -> bool;
+}
+
+#[derive(Default)]
+struct Counters {
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    connections: AtomicU64,
+    errors: AtomicU64,
+    errors_by_code: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    fn from_totals(totals: &Totals) -> Counters {
+        Counters {
+            bytes_up: totals.bytes_up.into(),
+            bytes_down: totals.bytes_down.into(),
+            connections: totals.connections.into(),
+            errors: totals.errors.into(),
+            errors_by_code: Mutex::new(totals.errors_by_code.clone()),
+        }
+    }
+
+    fn totals(&self) -> Totals {
+        Totals {
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            errors_by_code: self
+                .errors_by_code
+                .lock()
+                .expect("usage lock poisoned")
+                .clone(),
+        }
+    }
+
+    fn transfer(&self, up: u64, down: u64) {
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+
+    fn error(&self, code: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self
+            .errors_by_code
+            .lock()
+            .expect("usage lock poisoned")
+            .entry(code.to_owned())
+            .or_default() += 1;
+    }
+}
+
+struct AgentCounters {
+    exit_id: Mutex<String>,
+    country: Mutex<Option<String>>,
+    counters: Counters,
+}
+
+/// Usage kept in memory (and persisted by the gateway through snapshots).
+#[derive(Default)]
+pub struct MemoryUsage {
+    customers: DashMap<String, Counters>,
+    agents: DashMap<String, AgentCounters>,
+}
+
+impl MemoryUsage {
+    /// Starts from a loaded snapshot.
+    pub fn from_snapshot(snapshot: &UsageSnapshot) -> MemoryUsage {
+        let usage = MemoryUsage::default();
+        for (name, totals) in &snapshot.customers {
+            usage
+                .customers
+                .insert(name.clone(), Counters::from_totals(totals));
+        }
+        for (id, agent) in &snapshot.agents {
+            usage.agents.insert(
+                id.clone(),
+                AgentCounters {
+                    exit_id: Mutex::new(agent.exit_id.clone()),
+                    country: Mutex::new(agent.country.clone()),
+                    counters: Counters::from_totals(&agent.totals),
+                },
+            );
+        }
+        usage
+    }
+
+    fn with_customer(&self, name: &str, f: impl FnOnce(&Counters)) {
+        if let Some(counters) = self.customers.get(name) {
+            return f(&counters);
+        }
+        f(&self.customers.entry(name.to_owned()).or_default());
+    }
+
+    fn with_agent(&self, agent: &Agent, f: impl FnOnce(&Counters)) {
+        if let Some(entry) = self.agents.get(&agent.agent_id) {
+            return f(&entry.counters);
+        }
+        let entry = self
+            .agents
+            .entry(agent.agent_id.clone())
+            .or_insert_with(|| AgentCounters {
+                exit_id: Mutex::new(agent.exit_id.clone()),
+                country: Mutex::new(agent.location.country.clone()),
+                counters: Counters::default(),
+            });
+        f(&entry.counters)
+    }
+}
+
+impl UsageSink for MemoryUsage {
+    fn record_transfer(&self, customer: &str, agent: &Agent, up: u64, down: u64) {
+        if up == 0 && down == 0 {
+            return;
+        }
+        self.with_customer(customer, |c| c.transfer(up, down));
+        self.with_agent(agent, |c| c.transfer(up, down));
+    }
+
+    fn record_connection(&self, customer: &str, agent: &Agent) {
+        self.with_customer(customer, |c| {
+            c.connections.fetch_add(1, Ordering::Relaxed);
+        });
+        // An agent's location can change between connections; keep the latest.
+        if let Some(entry) = self.agents.get(&agent.agent_id) {
+            let mut country = entry.country.lock().expect("usage lock poisoned");
+            if *country != agent.location.country {
+                country.clone_from(&agent.location.country);
+            }
+        }
+        self.with_agent(agent, |c| {
+            c.connections.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    fn record_error(&self, customer: Option<&str>, agent: Option<&Agent>, code: &str) {
+        if let Some(customer) = customer {
+            self.with_customer(customer, |c| c.error(code));
+        }
+        if let Some(agent) = agent {
+            self.with_agent(agent, |c| c.error(code));
+        }
+    }
+
+    fn customer_bytes(&self, customer: &str) -> u64 {
+        self.customers.get(customer).map_or(0, |c| {
+            c.bytes_up
+                .load(Ordering::Relaxed)
+                .saturating_add(c.bytes_down.load(Ordering::Relaxed))
+        })
+    }
+
+    fn snapshot(&self) -> UsageSnapshot {
+        UsageSnapshot {
+            version: FILE_VERSION,
+            customers: self
+                .customers
+                .iter()
+                .map(|entry| (entry.key().clone(), entry.value().totals()))
+                .collect(),
+            agents: self
+                .agents
+                .iter()
+                .map(|entry| {
+                    let agent = entry.value();
+                    let totals = AgentTotals {
+                        exit_id: agent.exit_id.lock().expect("usage lock poisoned").clone(),
+                        country: agent.country.lock().expect("usage lock poisoned").clone(),
+                        totals: agent.counters.totals(),
+                    };
+                    (entry.key().clone(), totals)
+                })
+                .collect(),
+        }
+    }
+
+    fn reset(&self, scope: &ResetScope) -> bool {
+        match scope {
+            ResetScope::All => {
+                let any = !self.customers.is_empty() || !self.agents.is_empty();
+                self.customers.clear();
+                self.agents.clear();
+                any
+            }
+            ResetScope::Customer(name) => self.customers.remove(name).is_some(),
+            ResetScope::Agent(id) => {
+                if self.agents.remove(id).is_some() {
+                    return true;
+                }
+                let by_exit = self
+                    .agents
+                    .iter()
+                    .find(|entry| *entry.exit_id.lock().expect("usage lock poisoned") == *id)
+                    .map(|entry| entry.key().clone());
+                by_exit.is_some_and(|key| self.agents.remove(&key).is_some())
+            }
+        }
+    }
+}
+
+/// Where usage lives in `state_dir`.
+pub fn path_in(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}
+
+/// Loads a snapshot; a missing file is an empty one.
+pub fn load(path: &Path) -> std::io::Result<UsageSnapshot> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not a usage file ({e}); move it aside to start from zero"),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsageSnapshot::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a snapshot atomically (temp file + rename).
+pub fn save(path: &Path, snapshot: &UsageSnapshot) -> std::io::Result<()> {
+    /// The periodic writer and the one at shutdown share a temp file name.
+    static WRITING: Mutex<()> = Mutex::new(());
+    let bytes = serde_json::to_vec_pretty(snapshot).map_err(std::io::Error::other)?;
+    let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    crate::state::write_private(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_round_trip_through_the_file_format() {
+        let usage = MemoryUsage::default();
+        usage.record_error(Some("alice"), None, "no_exit");
+        usage.record_error(Some("alice"), None, "no_exit");
+        usage.with_customer("alice", |c| c.transfer(10, 20));
+        let snapshot = usage.snapshot();
+        assert_eq!(snapshot.customers["alice"].errors_by_code["no_exit"], 2);
+        assert_eq!(usage.customer_bytes("alice"), 30);
+        let text = serde_json::to_string(&snapshot).unwrap();
+        let back: UsageSnapshot = serde_json::from_str(&text).unwrap();
+        assert_eq!(MemoryUsage::from_snapshot(&back).snapshot(), snapshot);
+        assert!(usage.reset(&ResetScope::Customer("alice".into())));
+        assert_eq!(usage.customer_bytes("alice"), 0);
+        assert!(!usage.reset(&ResetScope::Customer("alice".into())));
+    }
+}
