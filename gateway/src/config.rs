@@ -41,6 +41,9 @@ pub struct GatewayConfig {
     pub head_timeout: Duration,
     /// A tunnel with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
+    /// An agent tunnel silent for this long is dead (QUIC idle timeout; the
+    /// negotiated value is the smaller of the gateway's and the agent's, 30 s).
+    pub tunnel_idle_timeout: Duration,
     /// Most customer connections open at once.
     pub max_connections: usize,
     /// How long live connections may finish after shutdown is asked for.
@@ -65,6 +68,7 @@ impl GatewayConfig {
             admin_token: None,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            tunnel_idle_timeout: exitpool_protocol::IDLE_TIMEOUT,
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(10),
             geoip: Arc::new(GeoIp::embedded()),

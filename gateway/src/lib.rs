@@ -276,7 +276,10 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(bind("the customer port", config.listen))?;
-        let endpoint = quinn::Endpoint::server(identity.quic_server_config()?, config.tunnel)
+        let endpoint = quinn::Endpoint::server(
+            identity.quic_server_config(tunnel::transport_config(config.tunnel_idle_timeout))?,
+            config.tunnel,
+        )
             .map_err(bind("the tunnel port", config.tunnel))?;
         let admin = match config.admin {
             Some(addr) => Some(
@@ -402,11 +405,8 @@ impl Gateway {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         // Relays cut short by the close fold their last bytes in as they end.
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            self.shared.tasks.wait(),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(1), self.shared.tasks.wait()).await;
         let saver = self.shared.clone();
         match tokio::task::spawn_blocking(move || saver.save_usage()).await {
             Ok(Ok(())) => info!("usage written"),

@@ -87,7 +87,10 @@ impl Identity {
 
     /// QUIC server configuration: TLS 1.3 with ALPN `exitpool/1`, plus the
     /// transport limits in [`crate::tunnel::transport_config`].
-    pub fn quic_server_config(&self) -> Result<quinn::ServerConfig, IdentityError> {
+    pub fn quic_server_config(
+        &self,
+        transport: quinn::TransportConfig,
+    ) -> Result<quinn::ServerConfig, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -102,7 +105,7 @@ impl Identity {
         let crypto =
             QuicServerConfig::try_from(tls).map_err(|e| IdentityError::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(crate::tunnel::transport_config()));
+        config.transport_config(Arc::new(transport));
         Ok(config)
     }
 }

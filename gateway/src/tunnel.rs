@@ -36,12 +36,15 @@ pub mod close_code {
 }
 
 /// Transport settings for agent tunnels. quinn's defaults allow an unlimited
-/// connection receive window and no keep-alive; both are set here.
-pub fn transport_config() -> quinn::TransportConfig {
+/// connection receive window and no keep-alive; both are set here. A tunnel
+/// silent for `idle_timeout` is dead (a vanished agent is noticed within it); the
+/// gateway pings at least twice per idle timeout so live agents never hit it.
+pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportConfig {
+    let idle = idle_timeout.max(std::time::Duration::from_millis(100));
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
-        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .max_idle_timeout(Some(idle.try_into().unwrap_or_else(|_| IDLE_TIMEOUT.try_into().expect("fits"))))
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL.min(idle / 3)))
         // Agents open exactly one stream (control); relay streams are opened by us.
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
@@ -165,7 +168,8 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
         .accounts
         .current()
         .agent_tokens
-        .accepts(token.expose()) {
+        .accepts(token.expose())
+    {
         Some((
             RejectReason::BadToken,
             "the agent token is not accepted by this gateway; check --token".to_owned(),
