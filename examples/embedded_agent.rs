@@ -28,7 +28,9 @@ async fn main() -> anyhow::Result<()> {
         {
             join(gateway, pin.parse()?, token).await
         }
-        _ => anyhow::bail!("usage: embedded_agent [--gateway HOST:PORT --pin sha256:HEX --token TOKEN]"),
+        _ => anyhow::bail!(
+            "usage: embedded_agent [--gateway HOST:PORT --pin sha256:HEX --token TOKEN]"
+        ),
     }
 }
 
@@ -71,21 +73,36 @@ async fn tour() -> anyhow::Result<()> {
     config.agent_tokens = AgentTokens::new(["app-token".to_owned()]);
     let gateway = Gateway::start(config).await?;
 
-    let agent = Agent::builder(gateway.tunnel_addr().to_string(), gateway.pin().parse()?, "app-token")
-        .bind("127.0.0.1".parse()?)
-        // The only target here is this machine; a real app never sets this.
-        .allow_private(true)
-        .max_streams(8)
-        .spawn()?;
+    let agent = Agent::builder(
+        gateway.tunnel_addr().to_string(),
+        gateway.pin().parse()?,
+        "app-token",
+    )
+    .bind("127.0.0.1".parse()?)
+    // The only target here is this machine; a real app never sets this.
+    .allow_private(true)
+    .max_streams(8)
+    .spawn()?;
     let joined = tokio::time::timeout(TIMEOUT, agent.connected()).await?;
-    println!("joined as exit {} (seen from {})", joined.exit_id, joined.observed_addr);
+    println!(
+        "joined as exit {} (seen from {})",
+        joined.exit_id, joined.observed_addr
+    );
 
     // The gateway hears about pause and resume on the control stream at once.
     agent.pause();
-    tokio::time::timeout(TIMEOUT, gateway.registry().wait_for_census(|c| c.accepting == 0)).await?;
+    tokio::time::timeout(
+        TIMEOUT,
+        gateway.registry().wait_for_census(|c| c.accepting == 0),
+    )
+    .await?;
     println!("paused: {}", agent.stats().paused);
     agent.resume();
-    tokio::time::timeout(TIMEOUT, gateway.registry().wait_for_census(|c| c.accepting == 1)).await?;
+    tokio::time::timeout(
+        TIMEOUT,
+        gateway.registry().wait_for_census(|c| c.accepting == 1),
+    )
+    .await?;
     println!("resumed: {}", !agent.stats().paused);
 
     let target = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -99,11 +116,17 @@ async fn tour() -> anyhow::Result<()> {
     use base64::Engine;
     let auth = base64::engine::general_purpose::STANDARD.encode("app:secret");
     customer
-        .write_all(format!("CONNECT {target_addr} HTTP/1.1\r\nProxy-Authorization: Basic {auth}\r\n\r\n").as_bytes())
+        .write_all(
+            format!("CONNECT {target_addr} HTTP/1.1\r\nProxy-Authorization: Basic {auth}\r\n\r\n")
+                .as_bytes(),
+        )
         .await?;
     let mut answer = String::new();
     tokio::time::timeout(TIMEOUT, customer.read_to_string(&mut answer)).await??;
-    println!("through the agent: {:?}", answer.lines().last().unwrap_or_default());
+    println!(
+        "through the agent: {:?}",
+        answer.lines().last().unwrap_or_default()
+    );
     // Closing our side ends the tunnel, so the drain below has nothing to wait for.
     drop(customer);
 

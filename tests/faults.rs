@@ -11,7 +11,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The real `agent` binary, bound to `ip`, against `net`'s gateway.
-fn spawn_agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> tokio::process::Child {
+fn spawn_agent_process(
+    net: &TestGateway,
+    ip: &str,
+    state: &std::path::Path,
+) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_agent"))
         .args(["--gateway", &net.gateway.tunnel_addr().to_string()])
         .args(["--pin", net.gateway.pin()])
@@ -29,10 +33,15 @@ fn spawn_agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> 
 #[tokio::test]
 async fn an_agent_killed_mid_transfer_errors_the_customer_and_leaves_the_pool() {
     // A short tunnel idle timeout stands in for the 30 s default.
-    let net = TestGateway::start_with(|config| config.tunnel_idle_timeout = Duration::from_secs(1)).await;
+    let net =
+        TestGateway::start_with(|config| config.tunnel_idle_timeout = Duration::from_secs(1)).await;
     let state = tempfile::tempdir().unwrap();
     let mut doomed = spawn_agent_process(&net, "127.0.0.2", state.path());
-    within("agent process joins", net.gateway.registry().wait_for_count(|n| *n == 1)).await;
+    within(
+        "agent process joins",
+        net.gateway.registry().wait_for_count(|n| *n == 1),
+    )
+    .await;
     let target = echo_target().await;
 
     // A sticky session lands on the doomed agent (the only one so far).
@@ -49,15 +58,24 @@ async fn an_agent_killed_mid_transfer_errors_the_customer_and_leaves_the_pool() 
     };
     stream.write_all(b"before").await.unwrap();
     let mut echoed = [0u8; 6];
-    within("echo before the kill", stream.read_exact(&mut echoed)).await.unwrap();
+    within("echo before the kill", stream.read_exact(&mut echoed))
+        .await
+        .unwrap();
 
     doomed.kill().await.expect("SIGKILL the agent");
     // The customer sees an error, not a clean end of data.
     let mut rest = Vec::new();
     let ended = within("customer connection ends", stream.read_to_end(&mut rest)).await;
-    assert!(ended.is_err(), "a vanished exit looked like a clean end: {ended:?} {rest:?}");
+    assert!(
+        ended.is_err(),
+        "a vanished exit looked like a clean end: {ended:?} {rest:?}"
+    );
 
-    within("registry drops the dead agent", net.gateway.registry().wait_for_count(|n| *n == 1)).await;
+    within(
+        "registry drops the dead agent",
+        net.gateway.registry().wait_for_count(|n| *n == 1),
+    )
+    .await;
     let stats = net.stats().await;
     assert_eq!(stats["agents"], 1);
     // The next requests go elsewhere, and the session moves and says so.
@@ -65,11 +83,18 @@ async fn an_agent_killed_mid_transfer_errors_the_customer_and_leaves_the_pool() 
     assert_ne!(head.header("x-exitpool-exit"), Some(doomed_exit.as_str()));
     let (head, _) = exit_ip_echo(&net, target, "-session-k1").await;
     assert_eq!(head.header("x-exitpool-session"), Some("moved"));
-    assert_eq!(head.header("x-exitpool-moved-from"), Some(doomed_exit.as_str()));
+    assert_eq!(
+        head.header("x-exitpool-moved-from"),
+        Some(doomed_exit.as_str())
+    );
 }
 
 /// A CONNECT through the gateway to the echo target, checked with one round trip.
-async fn exit_ip_echo(net: &TestGateway, target: std::net::SocketAddr, params: &str) -> (Head, tokio::net::TcpStream) {
+async fn exit_ip_echo(
+    net: &TestGateway,
+    target: std::net::SocketAddr,
+    params: &str,
+) -> (Head, tokio::net::TcpStream) {
     let (head, mut stream) = connect_as(net.proxy(), target, params).await;
     assert_eq!(head.status, 200, "{head:?}");
     stream.write_all(b"x").await.unwrap();
@@ -80,7 +105,8 @@ async fn exit_ip_echo(net: &TestGateway, target: std::net::SocketAddr, params: &
 
 #[tokio::test]
 async fn a_target_that_never_answers_is_closed_at_the_idle_timeout_with_a_reset() {
-    let net = TestGateway::start_with(|config| config.idle_timeout = Duration::from_millis(500)).await;
+    let net =
+        TestGateway::start_with(|config| config.idle_timeout = Duration::from_millis(500)).await;
     let _agent = net.agent("127.0.0.2").await;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = silent.local_addr().unwrap();
@@ -94,7 +120,10 @@ async fn a_target_that_never_answers_is_closed_at_the_idle_timeout_with_a_reset(
     assert_eq!(head.status, 200);
     let mut rest = Vec::new();
     let ended = within("idle tunnel closed", stream.read_to_end(&mut rest)).await;
-    assert!(ended.is_err(), "an idle-timed-out tunnel must end with a reset, got {ended:?}");
+    assert!(
+        ended.is_err(),
+        "an idle-timed-out tunnel must end with a reset, got {ended:?}"
+    );
     accepting.abort();
 }
 
@@ -124,12 +153,18 @@ async fn a_customer_that_never_reads_holds_bounded_memory() {
     within("target is pushed back", async {
         loop {
             let before = *written_rx.borrow_and_update();
-            if tokio::time::timeout(Duration::from_millis(500), written_rx.changed()).await.is_err() {
+            if tokio::time::timeout(Duration::from_millis(500), written_rx.changed())
+                .await
+                .is_err()
+            {
                 return before;
             }
         }
     })
     .await;
     let total = *written_rx.borrow();
-    assert!(total < 64 * 1024 * 1024, "the target wrote {total} bytes into a customer that reads nothing");
+    assert!(
+        total < 64 * 1024 * 1024,
+        "the target wrote {total} bytes into a customer that reads nothing"
+    );
 }

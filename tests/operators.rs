@@ -59,9 +59,13 @@ fn refused_with(head: &Head, status: u16, code: &str) {
 /// A SOCKS5 CONNECT to `target` as alice; returns the reply code.
 async fn socks5_reply(proxy: SocketAddr, target: SocketAddr) -> u8 {
     let mut stream = within("connect", TcpStream::connect(proxy)).await.unwrap();
-    within("greeting", stream.write_all(&[5, 1, 2])).await.unwrap();
+    within("greeting", stream.write_all(&[5, 1, 2]))
+        .await
+        .unwrap();
     let mut choice = [0u8; 2];
-    within("method", stream.read_exact(&mut choice)).await.unwrap();
+    within("method", stream.read_exact(&mut choice))
+        .await
+        .unwrap();
     assert_eq!(choice, [5, 2]);
     let mut auth = vec![1, USER.len() as u8];
     auth.extend_from_slice(USER.as_bytes());
@@ -69,15 +73,21 @@ async fn socks5_reply(proxy: SocketAddr, target: SocketAddr) -> u8 {
     auth.extend_from_slice(PASSWORD.as_bytes());
     within("auth", stream.write_all(&auth)).await.unwrap();
     let mut status = [0u8; 2];
-    within("auth status", stream.read_exact(&mut status)).await.unwrap();
+    within("auth status", stream.read_exact(&mut status))
+        .await
+        .unwrap();
     assert_eq!(status, [1, 0]);
-    let SocketAddr::V4(v4) = target else { panic!("IPv4 target") };
+    let SocketAddr::V4(v4) = target else {
+        panic!("IPv4 target")
+    };
     let mut request = vec![5, 1, 0, 1];
     request.extend_from_slice(&v4.ip().octets());
     request.extend_from_slice(&v4.port().to_be_bytes());
     within("request", stream.write_all(&request)).await.unwrap();
     let mut reply = [0u8; 2];
-    within("reply", stream.read_exact(&mut reply)).await.unwrap();
+    within("reply", stream.read_exact(&mut reply))
+        .await
+        .unwrap();
     reply[1]
 }
 
@@ -96,7 +106,10 @@ async fn requests_per_second_answers_429_with_retry_after() {
     let retry: u64 = second.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
     let stats = net.stats().await;
-    assert_eq!(stats["customers"][USER]["errors_by_code"]["rate_limited"], 1);
+    assert_eq!(
+        stats["customers"][USER]["errors_by_code"]["rate_limited"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -165,7 +178,9 @@ async fn a_quota_refuses_new_connections_and_cuts_a_running_one() {
     let payload = common::targets::pattern(60_000);
     within("send", stream.write_all(&payload)).await.unwrap();
     let mut echoed = vec![0u8; 60_000];
-    within("echo", stream.read_exact(&mut echoed)).await.unwrap();
+    within("echo", stream.read_exact(&mut echoed))
+        .await
+        .unwrap();
     // Not closing our side: only the quota ends this connection.
     let mut rest = Vec::new();
     let _ = within("cut off", stream.read_to_end(&mut rest)).await;
@@ -290,7 +305,8 @@ async fn metrics_parse_and_carry_the_series() {
             .samples
             .iter()
             .find(|s| {
-                s.metric == name && label.is_none_or(|(key, value)| s.labels.get(key) == Some(value))
+                s.metric == name
+                    && label.is_none_or(|(key, value)| s.labels.get(key) == Some(value))
             })
             .unwrap_or_else(|| panic!("no {name} {label:?} in\n{text}"));
         match &sample.value {
@@ -304,13 +320,25 @@ async fn metrics_parse_and_carry_the_series() {
         }
     };
     assert_eq!(value("exitpool_agents", None), 2.0);
-    assert_eq!(value("exitpool_agents_by_country", Some(("country", "US"))), 1.0);
-    assert_eq!(value("exitpool_agents_by_country", Some(("country", "DE"))), 1.0);
+    assert_eq!(
+        value("exitpool_agents_by_country", Some(("country", "US"))),
+        1.0
+    );
+    assert_eq!(
+        value("exitpool_agents_by_country", Some(("country", "DE"))),
+        1.0
+    );
     assert_eq!(value("exitpool_live_streams", None), 1.0);
     assert_eq!(value("exitpool_sessions", None), 0.0);
     assert_eq!(value("exitpool_connections_total", None), 1.0);
-    assert_eq!(value("exitpool_errors_total", Some(("code", "no_exit"))), 1.0);
-    assert_eq!(value("exitpool_errors_total", Some(("code", "auth_required"))), 1.0);
+    assert_eq!(
+        value("exitpool_errors_total", Some(("code", "no_exit"))),
+        1.0
+    );
+    assert_eq!(
+        value("exitpool_errors_total", Some(("code", "auth_required"))),
+        1.0
+    );
     value("exitpool_bytes_up_total", None);
     value("exitpool_bytes_down_total", None);
     assert_eq!(value("exitpool_connect_seconds", None), 1.0);
@@ -374,7 +402,9 @@ fn hash(password: &str) -> String {
 fn write_users(path: &Path, users: &[(&str, &str)]) {
     let text: String = users
         .iter()
-        .map(|(name, hash)| format!("[[customer]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\n\n"))
+        .map(|(name, hash)| {
+            format!("[[customer]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\n\n")
+        })
         .collect();
     std::fs::write(path, text).unwrap();
 }
@@ -511,7 +541,10 @@ async fn the_binary_reloads_on_sighup_and_never_logs_a_password() {
     assert_eq!(head.status, 407);
 
     // SIGHUP with bob added: bob gets in.
-    write_users(&users, &[("alice", &alice_hash), ("bob", &hash(BOB_PASSWORD))]);
+    write_users(
+        &users,
+        &[("alice", &alice_hash), ("bob", &hash(BOB_PASSWORD))],
+    );
     gateway.signal("HUP");
     gateway.line_with("accounts reloaded").await;
     let (head, _) = connect(proxy, &target_text, Some(("bob", BOB_PASSWORD))).await;
@@ -532,7 +565,10 @@ async fn the_binary_reloads_on_sighup_and_never_logs_a_password() {
     for secret in [ALICE_PASSWORD, BOB_PASSWORD, WRONG_PASSWORD] {
         assert!(!everything.contains(secret), "a password reached the log");
         let encoded = base64::engine::general_purpose::STANDARD.encode(format!("alice:{secret}"));
-        assert!(!everything.contains(&encoded), "credentials reached the log");
+        assert!(
+            !everything.contains(&encoded),
+            "credentials reached the log"
+        );
     }
     // Log lines are JSON (the banner on stdout is not), and the access line is
     // there with the base user name.
@@ -540,10 +576,10 @@ async fn the_binary_reloads_on_sighup_and_never_logs_a_password() {
         .iter()
         .filter(|line| line.starts_with('{'))
         .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON log line"))
-        .find(|line| line["message"] == "access")
+        .find(|line| line["fields"]["message"] == "access")
         .expect("an access line");
-    assert_eq!(access["user"], "alice");
-    assert_eq!(access["target"], target_text);
+    assert_eq!(access["fields"]["user"], "alice");
+    assert_eq!(access["fields"]["target"], target_text);
 }
 
 #[tokio::test]
@@ -556,7 +592,14 @@ async fn the_binary_refuses_an_open_admin_port_without_a_token() {
             move || {
                 gateway_binary()
                     .args(["--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
-                    .args(["--admin", "0.0.0.0:0", "--user", "a:b", "--agent-token", "t"])
+                    .args([
+                        "--admin",
+                        "0.0.0.0:0",
+                        "--user",
+                        "a:b",
+                        "--agent-token",
+                        "t",
+                    ])
                     .arg("--state-dir")
                     .arg(state)
                     .env_remove("EXITPOOL_ADMIN_TOKEN")

@@ -260,9 +260,10 @@ impl AgentBuilder {
         });
         let shutdown = CancellationToken::new();
         let status_addr = match shared.config.status_listen {
-            Some(addr) => Some(status::start(addr, shared.clone(), shutdown.clone()).map_err(
-                |source| AgentError::Bind { addr, source },
-            )?),
+            Some(addr) => Some(
+                status::start(addr, shared.clone(), shutdown.clone())
+                    .map_err(|source| AgentError::Bind { addr, source })?,
+            ),
             None => None,
         };
         tokio::spawn(status::summaries(shared.clone(), shutdown.clone()));

@@ -191,7 +191,10 @@ impl Meter {
             bytes: self.period_bytes(),
         };
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&saved).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(tmp, path)
     }
 }
@@ -269,7 +272,10 @@ mod tests {
     }
 
     fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("exitpool-meter-{}", crate::state::random_agent_id()));
+        let dir = std::env::temp_dir().join(format!(
+            "exitpool-meter-{}",
+            crate::state::random_agent_id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

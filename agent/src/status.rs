@@ -47,7 +47,9 @@ fn log_summary(shared: &Shared) {
         (None, None) => "none".to_owned(),
         (quota, rate) => format!(
             "{}{}",
-            quota.map(|q| format!("{q} bytes/{}", stats.period)).unwrap_or_default(),
+            quota
+                .map(|q| format!("{q} bytes/{}", stats.period))
+                .unwrap_or_default(),
             rate.map(|r| format!(" {r} bytes/s")).unwrap_or_default()
         ),
     };
@@ -64,7 +66,11 @@ fn log_summary(shared: &Shared) {
 }
 
 /// Binds the status endpoint and serves `GET /` with the stats as JSON.
-pub(crate) fn start(addr: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+pub(crate) fn start(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
@@ -78,21 +84,33 @@ pub(crate) fn start(addr: SocketAddr, shared: Arc<Shared>, shutdown: Cancellatio
             let Ok((stream, _)) = accepted else { continue };
             let shared = shared.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let shared = shared.clone();
-                    async move {
-                        let (status, body) = if request.uri().path() == "/" {
-                            (StatusCode::OK, serde_json::to_string_pretty(&shared.stats()).unwrap_or_default())
-                        } else {
-                            (StatusCode::NOT_FOUND, "{\"error\":\"not found; try /\"}".to_owned())
-                        };
-                        let mut response = Response::new(Full::new(Bytes::from(body)));
-                        *response.status_mut() = status;
-                        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let shared = shared.clone();
+                        async move {
+                            let (status, body) = if request.uri().path() == "/" {
+                                (
+                                    StatusCode::OK,
+                                    serde_json::to_string_pretty(&shared.stats())
+                                        .unwrap_or_default(),
+                                )
+                            } else {
+                                (
+                                    StatusCode::NOT_FOUND,
+                                    "{\"error\":\"not found; try /\"}".to_owned(),
+                                )
+                            };
+                            let mut response = Response::new(Full::new(Bytes::from(body)));
+                            *response.status_mut() = status;
+                            response
+                                .headers_mut()
+                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                            Ok::<_, Infallible>(response)
+                        }
+                    },
+                );
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
                 let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
             });
         }

@@ -117,30 +117,31 @@ pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsErr
         }
         let customer = Customer::hashed(&entry.name, &entry.password_hash)
             .map_err(|e| fail("password_hash", e.to_string()))?;
-        let countries = match entry.countries {
-            None => None,
-            Some(list) if list.is_empty() => {
-                return Err(fail(
+        let countries =
+            match entry.countries {
+                None => None,
+                Some(list) if list.is_empty() => return Err(fail(
                     "countries",
                     "an empty list would allow no exit; leave the key out to allow every country"
                         .into(),
-                ))
-            }
-            Some(list) => Some(
-                list.iter()
-                    .map(|code| {
-                        if code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
-                            Ok(code.to_ascii_uppercase())
-                        } else {
-                            Err(fail(
-                                "countries",
-                                format!("`{code}` is not an ISO 3166-1 alpha-2 code such as \"US\""),
-                            ))
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-        };
+                )),
+                Some(list) => Some(
+                    list.iter()
+                        .map(|code| {
+                            if code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+                                Ok(code.to_ascii_uppercase())
+                            } else {
+                                Err(fail(
+                                    "countries",
+                                    format!(
+                                        "`{code}` is not an ISO 3166-1 alpha-2 code such as \"US\""
+                                    ),
+                                ))
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
         if entry.max_connections == Some(0) {
             return Err(fail(
                 "max_connections",
@@ -320,7 +321,10 @@ password_hash = "{HASH}"
             (format!("{hash}\ncountries = []"), "countries"),
             (format!("{hash}\nmax_connections = 0"), "max_connections"),
             (format!("{hash}\nmax_connections = -1"), "max_connections"),
-            (format!("{hash}\nrequests_per_second = 0"), "requests_per_second"),
+            (
+                format!("{hash}\nrequests_per_second = 0"),
+                "requests_per_second",
+            ),
             (format!("{hash}\nquota_bytes = \"lots\""), "quota_bytes"),
         ] {
             let message = error_of(&entry);
@@ -344,7 +348,10 @@ password_hash = "{HASH}"
         ))
         .unwrap_err()
         .to_string();
-        assert!(twice.contains("twice") && twice.contains("entry 2"), "{twice}");
+        assert!(
+            twice.contains("twice") && twice.contains("entry 2"),
+            "{twice}"
+        );
         let top = parse("[customers]\n").unwrap_err().to_string();
         assert!(top.contains("customers"), "{top}");
     }

@@ -121,6 +121,9 @@ pub fn hash_password(password: &str) -> Result<String, CredentialError> {
         .map_err(|e| CredentialError::Hash(e.to_string()))
 }
 
+/// The digest of a password that verified, and the hash it verified against.
+type Verified = ([u8; 32], Arc<str>);
+
 /// Successful hash verifications, so Argon2 runs once per customer and password,
 /// not once per connection. See the module docs.
 pub struct VerifyCache {
@@ -129,7 +132,7 @@ pub struct VerifyCache {
     key: [u8; 32],
     /// Per customer: the digest of the password that last verified, and the hash
     /// it verified against.
-    verified: Mutex<HashMap<String, ([u8; 32], Arc<str>)>>,
+    verified: Mutex<HashMap<String, Verified>>,
 }
 
 impl Default for VerifyCache {

@@ -82,15 +82,17 @@ pub fn authenticate(user: &str, password: &str, shared: &Shared) -> Result<Grant
             key: e.key,
             message: e.message,
         })
-        .and_then(|targeting| match (&targeting.country, &customer.limits.countries) {
-            (Some(country), Some(allowed)) if !customer.limits.allows_country(country) => {
-                Err(ProxyError::CountryNotAllowed {
-                    country: country.clone(),
-                    allowed: allowed.join(", "),
-                })
-            }
-            _ => Ok(targeting),
-        });
+        .and_then(
+            |targeting| match (&targeting.country, &customer.limits.countries) {
+                (Some(country), Some(allowed)) if !customer.limits.allows_country(country) => {
+                    Err(ProxyError::CountryNotAllowed {
+                        country: country.clone(),
+                        allowed: allowed.join(", "),
+                    })
+                }
+                _ => Ok(targeting),
+            },
+        );
     match checked {
         Ok(targeting) => Ok(Grant {
             user: customer.name.clone(),

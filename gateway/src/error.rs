@@ -268,9 +268,7 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
-            ProxyError::TooManyConnections(_) => {
-                Some(crate::limits::CONNECTION_RETRY_AFTER_SECS)
-            }
+            ProxyError::TooManyConnections(_) => Some(crate::limits::CONNECTION_RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -318,6 +316,14 @@ fn quoted_string(text: &str) -> String {
     out
 }
 
+/// Maps a routing failure to its customer answer.
+pub fn from_pick(error: crate::registry::PickError) -> ProxyError {
+    match error {
+        crate::registry::PickError::NoExit(filter) => ProxyError::NoExit(filter),
+        crate::registry::PickError::AllBusy(filter) => ProxyError::ExitsBusy(filter),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,13 +345,5 @@ mod tests {
     fn auth_has_no_proxy_status() {
         assert_eq!(ProxyError::AuthRequired.proxy_status_header(), None);
         assert_eq!(ProxyError::AuthRequired.presentation().status, 407);
-    }
-}
-
-/// Maps a routing failure to its customer answer.
-pub fn from_pick(error: crate::registry::PickError) -> ProxyError {
-    match error {
-        crate::registry::PickError::NoExit(filter) => ProxyError::NoExit(filter),
-        crate::registry::PickError::AllBusy(filter) => ProxyError::ExitsBusy(filter),
     }
 }

@@ -96,6 +96,7 @@ pub async fn forward(
         target: target.clone(),
         started,
         idle_timeout: shared.config.idle_timeout,
+        shared: shared.clone(),
     };
     let span = tracing::info_span!("forward", exit = %agent.exit_id, %target);
     shared
@@ -229,6 +230,7 @@ struct Exchange {
     target: String,
     started: Instant,
     idle_timeout: Duration,
+    shared: Arc<Shared>,
 }
 
 /// Drives hyper's client connection to the target until the exchange is over (or
@@ -261,6 +263,9 @@ where
     let agent = &exchange.agent;
     agent.bytes_up.fetch_add(up, Ordering::Relaxed);
     agent.bytes_down.fetch_add(down, Ordering::Relaxed);
+    exchange
+        .shared
+        .record_transfer(&exchange.user, agent, up, down);
     let Ok(status) = exchange.status.await else {
         debug!(
             bytes_up = up,

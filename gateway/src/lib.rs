@@ -280,7 +280,7 @@ impl Gateway {
             identity.quic_server_config(tunnel::transport_config(config.tunnel_idle_timeout))?,
             config.tunnel,
         )
-            .map_err(bind("the tunnel port", config.tunnel))?;
+        .map_err(bind("the tunnel port", config.tunnel))?;
         let admin = match config.admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -314,7 +314,9 @@ impl Gateway {
         shared
             .tasks
             .spawn(customer::serve(listener, shared.clone()));
-        shared.tasks.spawn(tunnel::serve(endpoint.clone(), shared.clone()));
+        shared
+            .tasks
+            .spawn(tunnel::serve(endpoint.clone(), shared.clone()));
         if let Some(admin) = admin {
             shared.tasks.spawn(admin::serve(admin, shared.clone()));
         }
@@ -392,9 +394,12 @@ impl Gateway {
         }
         // Tell every agent, then let go of the UDP socket so the port can be
         // bound again at once (a restart in the same process, or a test).
-        self.endpoint
-            .close(tunnel::close_code::SHUTDOWN.into(), b"gateway shutting down");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.endpoint.wait_idle()).await;
+        self.endpoint.close(
+            tunnel::close_code::SHUTDOWN.into(),
+            b"gateway shutting down",
+        );
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.endpoint.wait_idle())
+            .await;
         drop(self.endpoint);
         // quinn's endpoint driver lets go of the socket on its next poll, with no
         // event to wait on; check (briefly) so the port is free when this returns.

@@ -78,11 +78,7 @@ impl Metrics {
             sessions: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "agents",
-            "Connected agents",
-            metrics.agents.clone(),
-        );
+        registry.register("agents", "Connected agents", metrics.agents.clone());
         registry.register(
             "agents_by_country",
             "Connected agents per country (?? when unknown)",

@@ -458,7 +458,9 @@ impl Registry {
 
     /// Waits until `predicate` holds for the number of connected agents.
     pub async fn wait_for_count(&self, mut predicate: impl FnMut(&usize) -> bool) -> usize {
-        self.wait_for_census(|census| predicate(&census.agents)).await.agents
+        self.wait_for_census(|census| predicate(&census.agents))
+            .await
+            .agents
     }
 
     /// Waits until `predicate` holds for the registry's [`Census`].

@@ -129,8 +129,10 @@ pub async fn run(
                 &Unlimited,
             );
             tokio::pin!(relaying);
-            let mut fold_timer =
-                tokio::time::interval_at(tokio::time::Instant::now() + FOLD_INTERVAL, FOLD_INTERVAL);
+            let mut fold_timer = tokio::time::interval_at(
+                tokio::time::Instant::now() + FOLD_INTERVAL,
+                FOLD_INTERVAL,
+            );
             loop {
                 tokio::select! {
                     (_, result) = &mut relaying => break result.map_err(|e| e.to_string()),

@@ -43,7 +43,10 @@ pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportCo
     let idle = idle_timeout.max(std::time::Duration::from_millis(100));
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_idle_timeout(Some(idle.try_into().unwrap_or_else(|_| IDLE_TIMEOUT.try_into().expect("fits"))))
+        .max_idle_timeout(Some(
+            idle.try_into()
+                .unwrap_or_else(|_| IDLE_TIMEOUT.try_into().expect("fits")),
+        ))
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL.min(idle / 3)))
         // Agents open exactly one stream (control); relay streams are opened by us.
         .max_concurrent_bidi_streams(1u32.into())

@@ -60,7 +60,11 @@ pub enum Direction {
 /// back on the sender instead of anything piling up in memory.
 pub trait Throttle: Sync {
     /// Resolves when `bytes` more may move in `direction`.
-    fn pass(&self, direction: Direction, bytes: usize) -> impl std::future::Future<Output = ()> + Send;
+    fn pass(
+        &self,
+        direction: Direction,
+        bytes: usize,
+    ) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// No cap, no metering.
@@ -102,8 +106,20 @@ where
     let activity = Activity::new();
     let mut send = quic_send;
     let mut recv = quic_recv;
-    let up = tcp_to_quic(tcp_read, &mut send, &counters.tcp_to_quic, &activity, throttle);
-    let down = quic_to_tcp(&mut recv, tcp_write, &counters.quic_to_tcp, &activity, throttle);
+    let up = tcp_to_quic(
+        tcp_read,
+        &mut send,
+        &counters.tcp_to_quic,
+        &activity,
+        throttle,
+    );
+    let down = quic_to_tcp(
+        &mut recv,
+        tcp_write,
+        &counters.quic_to_tcp,
+        &activity,
+        throttle,
+    );
     let both = async { tokio::try_join!(up, down) };
     let result = tokio::select! {
         result = both => result.map(|_| ()),

@@ -116,7 +116,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+        // Event fields stay under "fields", apart from tracing's own "target".
+        LogFormat::Json => logs.json().init(),
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
