@@ -367,3 +367,40 @@ async fn the_real_binaries_serve_curl_as_the_readme_shows() {
         Err(error) => eprintln!("curl is not installed ({error}); skipped the curl half"),
     }
 }
+
+#[tokio::test]
+async fn connect_reaches_an_ipv6_target() {
+    let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+        eprintln!("::1 is unavailable here; skipped");
+        return;
+    };
+    let target = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((mut stream, peer)) = listener.accept().await {
+            let _ = stream.write_all(peer.ip().to_string().as_bytes()).await;
+        }
+    });
+    let net = TestGateway::start().await;
+    // An agent with no --bind address can dial both families.
+    let agent = exitpool::agent::Agent::builder(
+        net.gateway.tunnel_addr().to_string(),
+        net.gateway.pin().parse().unwrap(),
+        TOKEN,
+    )
+    .allow_private(true)
+    .spawn()
+    .unwrap();
+    within("agent connects", agent.connected()).await;
+    let (head, mut stream) = connect(
+        net.proxy(),
+        &format!("[::1]:{}", target.port()),
+        Some((USER, PASSWORD)),
+    )
+    .await;
+    assert_eq!(head.status, 200, "{head:?}");
+    let mut seen = String::new();
+    within("target answers", stream.read_to_string(&mut seen))
+        .await
+        .unwrap();
+    assert_eq!(seen, "::1");
+}
