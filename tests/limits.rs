@@ -186,3 +186,57 @@ async fn nothing_is_served_after_a_refused_connect() {
         String::from_utf8_lossy(&after)
     );
 }
+
+#[tokio::test]
+async fn unauthenticated_connections_per_address_are_capped_with_a_clear_answer() {
+    let net = TestGateway::start_with(|config| config.max_unauthenticated_per_ip = 2).await;
+    let _agent = net.agent("127.0.0.2").await;
+    let target = common::targets::http_target("127.0.0.1").await;
+    // Two connections that have not authenticated hold this address's slots.
+    let _idle = within("connect", TcpStream::connect(net.proxy()))
+        .await
+        .unwrap();
+    let mut first = within("connect", TcpStream::connect(net.proxy()))
+        .await
+        .unwrap();
+    let third = within("connect", TcpStream::connect(net.proxy()))
+        .await
+        .unwrap();
+    let answer = read_raw(third).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("x-exitpool-error: too_many_unauthenticated"),
+        "{answer}"
+    );
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    // A SOCKS5 client over the cap hears "no acceptable method".
+    let mut socks = within("connect", TcpStream::connect(net.proxy()))
+        .await
+        .unwrap();
+    socks.write_all(&[5, 1, 2]).await.unwrap();
+    let mut reply = [0u8; 2];
+    within("socks refusal", socks.read_exact(&mut reply))
+        .await
+        .unwrap();
+    assert_eq!(reply, [5, 0xFF]);
+    // Authenticating frees the slot: once `first` is through, a new connection
+    // is served (and asked for credentials) instead of refused.
+    let request = format!(
+        "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+        basic(USER, PASSWORD)
+    );
+    first.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_head(&mut first).await.status, 200);
+    let (head, _) = connect(net.proxy(), &target.to_string(), None).await;
+    assert_eq!(head.status, 407);
+}
+
+async fn read_raw(mut stream: TcpStream) -> String {
+    stream
+        .write_all(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+        .await
+        .ok();
+    let mut answer = Vec::new();
+    let _ = within("refusal", stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}

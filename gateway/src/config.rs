@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub tunnel_idle_timeout: Duration,
     /// Most customer connections open at once.
     pub max_connections: usize,
+    /// Most connections from one address that have not authenticated yet.
+    pub max_unauthenticated_per_ip: usize,
     /// How long live connections may finish after shutdown is asked for.
     pub shutdown_grace: Duration,
     /// Where agents are: the embedded country database unless `--geoip` files are
@@ -70,6 +72,7 @@ impl GatewayConfig {
             idle_timeout: Duration::from_secs(300),
             tunnel_idle_timeout: exitpool_protocol::IDLE_TIMEOUT,
             max_connections: 10_000,
+            max_unauthenticated_per_ip: 64,
             shutdown_grace: Duration::from_secs(10),
             geoip: Arc::new(GeoIp::embedded()),
         }

@@ -77,6 +77,7 @@ pub fn authenticate(user: &str, password: &str, shared: &Shared) -> Result<Grant
         return Err(ProxyError::AuthRequired);
     };
     tracing::Span::current().record("user", customer.name.as_str());
+    crate::customer::authenticated();
     let checked = credentials::parse_targeting(user, password)
         .map_err(|e| ProxyError::BadTargeting {
             key: e.key,

@@ -54,6 +54,12 @@ pub enum ProxyError {
     /// The exit did not answer in time.
     #[error("the exit did not answer within {0} s")]
     ExitTimeout(u64),
+    /// The gateway is at its global connection cap.
+    #[error("the gateway is at its connection limit")]
+    GatewayBusy,
+    /// Too many connections from one address have not authenticated yet.
+    #[error("more than {0} connections from your address have not authenticated yet")]
+    TooManyUnauthenticated(usize),
     /// The customer opened connections faster than their `requests_per_second`.
     #[error("more than {per_second} requests per second; retry in {retry_after} s")]
     RateLimited {
@@ -198,6 +204,18 @@ impl ProxyError {
             ProxyError::ExitTimeout(_) => {
                 (504, Some("connection_timeout"), "exit_timeout", TTL_EXPIRED)
             }
+            ProxyError::GatewayBusy => (
+                503,
+                Some("proxy_internal_error"),
+                "gateway_busy",
+                GENERAL_FAILURE,
+            ),
+            ProxyError::TooManyUnauthenticated(_) => (
+                429,
+                Some("http_request_denied"),
+                "too_many_unauthenticated",
+                GENERAL_FAILURE,
+            ),
             ProxyError::Exit { code, .. } => match code {
                 FailureCode::DnsError => (502, Some("dns_error"), "dns_error", HOST_UNREACHABLE),
                 FailureCode::DestinationIpProhibited => (
@@ -269,6 +287,7 @@ impl ProxyError {
         match self {
             ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
             ProxyError::TooManyConnections(_) => Some(crate::limits::CONNECTION_RETRY_AFTER_SECS),
+            ProxyError::GatewayBusy | ProxyError::TooManyUnauthenticated(_) => Some(1),
             _ => None,
         }
     }

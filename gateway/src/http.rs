@@ -254,6 +254,27 @@ fn uri_too_long(request_line: usize) -> Response<Body> {
     response
 }
 
+/// The same answer as [`error_response`], as raw HTTP/1.1 bytes, for refusals
+/// written before a connection reaches hyper.
+pub fn raw_error_response(error: &ProxyError) -> Vec<u8> {
+    let response = error_response(error);
+    let status = response.status();
+    let body = error.json_body();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    for (name, value) in response.headers() {
+        head.push_str(&format!(
+            "{name}: {}\r\n",
+            value.to_str().unwrap_or_default()
+        ));
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    head.into_bytes()
+}
+
 /// The HTTP answer for a failure: status, `Proxy-Status`, product code, JSON body,
 /// and `Connection: close` (nothing more is read from a refused connection).
 pub fn error_response(error: &ProxyError) -> Response<Body> {

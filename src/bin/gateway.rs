@@ -76,6 +76,9 @@ struct Args {
     /// Most customer connections open at once.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Most connections from one address that have not authenticated yet.
+    #[arg(long, default_value_t = 64)]
+    max_unauthenticated_per_ip: usize,
     /// A MaxMind-format database (GeoLite2 Country/City/ASN, ip-location-db, ...)
     /// to locate agents with, instead of the embedded country database
     /// (repeatable: country + ASN + city).
@@ -172,6 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.admin = (!args.no_admin).then_some(args.admin);
     config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
     config.max_connections = args.max_connections.max(1);
+    config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
     if !args.geoip.is_empty() {
         config.geoip = std::sync::Arc::new(exitpool::geoip::GeoIp::open(&args.geoip)?);
     }
