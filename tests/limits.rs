@@ -240,3 +240,37 @@ async fn read_raw(mut stream: TcpStream) -> String {
     let _ = within("refusal", stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_credentials_is_rate_limited_per_address() {
+    let net = TestGateway::start().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let target = http_target("127.0.0.1").await.to_string();
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let (head, _) = connect(net.proxy(), &target, Some((USER, "guess"))).await;
+        statuses.push(head.status);
+        if head.status == 429 {
+            assert_eq!(head.header("x-exitpool-error"), Some("auth_rate_limited"));
+            assert!(head.header("retry-after").is_some());
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&429), "never limited: {statuses:?}");
+    assert!(statuses.len() > 10, "limited too early: {statuses:?}");
+    // While limited, even the right password from that address waits.
+    let (head, _) = connect(net.proxy(), &target, Some((USER, PASSWORD))).await;
+    assert_eq!(head.status, 429);
+    // Another address is unaffected.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.5:0".parse().unwrap()).unwrap();
+    let mut other = within("connect", socket.connect(net.proxy()))
+        .await
+        .unwrap();
+    let request = format!(
+        "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
+        basic(USER, PASSWORD)
+    );
+    other.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_head(&mut other).await.status, 200);
+}

@@ -67,12 +67,21 @@ pub struct Authorized {
 /// A targeted country outside the account's `countries` is refused here.
 pub fn authenticate(user: &str, password: &str, shared: &Shared) -> Result<Grant, ProxyError> {
     let bases = credentials::bases(user, password);
+    let peer = crate::customer::peer_ip();
+    if let Some(ip) = peer {
+        shared.auth_failures.check(ip).inspect_err(|error| {
+            shared.record_error(None, None, error);
+        })?;
+    }
     let accounts = shared.accounts.current();
     let Some(customer) = accounts
         .users
         .authenticate(bases.user, bases.password)
         .cloned()
     else {
+        if let Some(ip) = peer {
+            shared.auth_failures.record_failure(ip);
+        }
         shared.record_error(None, None, &ProxyError::AuthRequired);
         return Err(ProxyError::AuthRequired);
     };

@@ -83,6 +83,11 @@ tokio::task_local! {
     static PENDING: Arc<PendingSlot>;
 }
 
+/// The source address of the customer connection the current task serves.
+pub fn peer_ip() -> Option<IpAddr> {
+    PENDING.try_with(|slot| slot.ip).ok()
+}
+
 /// Marks the connection the current task serves as authenticated, freeing its
 /// per-address slot. Called by `connect::authenticate` on success.
 pub fn authenticated() {

@@ -54,6 +54,12 @@ pub enum ProxyError {
     /// The exit did not answer in time.
     #[error("the exit did not answer within {0} s")]
     ExitTimeout(u64),
+    /// Too many failed authentications from this address.
+    #[error("too many failed authentications from your address; retry in {retry_after} s")]
+    AuthRateLimited {
+        /// Seconds until the address may try again.
+        retry_after: u64,
+    },
     /// The gateway is at its global connection cap.
     #[error("the gateway is at its connection limit")]
     GatewayBusy,
@@ -204,6 +210,12 @@ impl ProxyError {
             ProxyError::ExitTimeout(_) => {
                 (504, Some("connection_timeout"), "exit_timeout", TTL_EXPIRED)
             }
+            ProxyError::AuthRateLimited { .. } => (
+                429,
+                Some("http_request_denied"),
+                "auth_rate_limited",
+                GENERAL_FAILURE,
+            ),
             ProxyError::GatewayBusy => (
                 503,
                 Some("proxy_internal_error"),
@@ -288,6 +300,7 @@ impl ProxyError {
             ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
             ProxyError::TooManyConnections(_) => Some(crate::limits::CONNECTION_RETRY_AFTER_SECS),
             ProxyError::GatewayBusy | ProxyError::TooManyUnauthenticated(_) => Some(1),
+            ProxyError::AuthRateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
     }

@@ -14,6 +14,7 @@
 //! - [`relay`]: the customer half of the byte path, with the access log;
 //! - [`forward`]: plain HTTP proxying, each request routed through its own exit;
 //! - [`error`]: every customer-visible failure and how it is presented;
+//! - [`abuse`]: rate limiting failed authentications per source address;
 //! - [`auth`]: customer accounts and agent tokens;
 //! - [`accounts`]: the live account set from flags and files, reloaded on SIGHUP;
 //! - [`limits`]: per-customer quota, rate and concurrency checks;
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod abuse;
 pub mod accounts;
 pub mod admin;
 pub mod auth;
@@ -68,6 +70,8 @@ pub struct Shared {
     pub registry: Registry,
     /// Sticky-session pins.
     pub sessions: Box<dyn sessions::SessionStore>,
+    /// Failed authentications per source address.
+    pub auth_failures: abuse::AuthFailures,
     /// Fires when the gateway stops.
     pub shutdown: CancellationToken,
     /// Every spawned task, so shutdown can wait for them.
@@ -182,6 +186,7 @@ async fn sweep_sessions(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = timer.tick() => {
+                shared.auth_failures.sweep();
                 let swept = shared.sessions.sweep(Instant::now());
                 if swept > 0 {
                     tracing::debug!(swept, "expired sessions swept");
@@ -303,6 +308,7 @@ impl Gateway {
             config,
             registry: Registry::new(exit_key),
             sessions: Box::new(sessions::MemorySessions::default()),
+            auth_failures: abuse::AuthFailures::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             started: Instant::now(),

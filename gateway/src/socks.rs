@@ -18,6 +18,7 @@
 //! | greeting version is not 5, client silent or gone, handshake past `head_timeout` | nothing, close |
 //! | wrong user name or password, or sub-negotiation version not `0x01`, or credentials not UTF-8 | auth status `0x01` |
 //! | bad targeting parameter (`alice-contry-us`), or a country the account may not use | auth status `0x02` |
+//! | too many failed authentications from this address | auth status `0x03` |
 //! | request version not 5, or reserved byte not 0 | reply `0x01` general failure |
 //! | `BIND` (`0x02`), `UDP ASSOCIATE` (`0x03`) or any other command | reply `0x07` command not supported |
 //! | unknown address type, invalid domain name, port 0 | reply `0x08` address type not supported |
@@ -52,6 +53,8 @@ const AUTH_BAD_CREDENTIALS: u8 = 0x01;
 /// Auth status: credentials accepted but their targeting parameters refused
 /// (unknown key or bad value, or a country outside the account's list).
 const AUTH_BAD_TARGETING: u8 = 0x02;
+/// RFC 1929 status: too many failed authentications from this address.
+const AUTH_RATE_LIMITED: u8 = 0x03;
 /// Command: `CONNECT`, the only one served.
 const CMD_CONNECT: u8 = 0x01;
 /// Address type: IPv4.
@@ -125,6 +128,9 @@ impl SocksError {
                 Answer::AuthStatus(AUTH_BAD_CREDENTIALS)
             }
             SocksError::Auth(ProxyError::AuthRequired) => Answer::AuthStatus(AUTH_BAD_CREDENTIALS),
+            SocksError::Auth(ProxyError::AuthRateLimited { .. }) => {
+                Answer::AuthStatus(AUTH_RATE_LIMITED)
+            }
             // Right password, but what the credentials ask for is refused.
             SocksError::Auth(_) => Answer::AuthStatus(AUTH_BAD_TARGETING),
             SocksError::RequestVersion(_) | SocksError::Reserved(_) => {
