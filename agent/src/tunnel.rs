@@ -139,10 +139,13 @@ pub(crate) async fn run(
 /// A UDP endpoint on `local`; an unspecified IPv6 address is dual-stack where the
 /// OS allows, falling back to IPv4.
 fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    match quinn::Endpoint::client(local) {
+    match exitpool_protocol::udp::endpoint(local, None) {
         Ok(endpoint) => Ok(endpoint),
         Err(_) if local.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
-            quinn::Endpoint::client(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+            exitpool_protocol::udp::endpoint(
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                None,
+            )
         }
         Err(error) => Err(error),
     }

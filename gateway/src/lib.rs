@@ -281,9 +281,12 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(bind("the customer port", config.listen))?;
-        let endpoint = quinn::Endpoint::server(
-            identity.quic_server_config(tunnel::transport_config(config.tunnel_idle_timeout))?,
+        let endpoint = exitpool_protocol::udp::endpoint(
             config.tunnel,
+            Some(
+                identity
+                    .quic_server_config(tunnel::transport_config(config.tunnel_idle_timeout))?,
+            ),
         )
         .map_err(bind("the tunnel port", config.tunnel))?;
         let admin = match config.admin {

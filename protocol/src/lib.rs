@@ -24,3 +24,5 @@ pub use frame::{read_frame, write_frame};
 pub use messages::*;
 #[cfg(feature = "relay")]
 pub mod relay;
+#[cfg(feature = "relay")]
+pub mod udp;
