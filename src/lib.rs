@@ -6,7 +6,8 @@
 //! - [`protocol`]: wire messages and framing between gateway and agent;
 //! - [`geoip`]: IP to country / ASN / city lookups;
 //! - [`gateway`]: the customer-facing proxy, agent registry, routing and stats;
-//! - [`agent`]: the exit node, embeddable in an app as an SDK.
+//! - [`agent`]: the exit node, embeddable in an app as an SDK;
+//! - [`shutdown`]: the signals that stop the binaries.
 
 #![forbid(unsafe_code)]
 
@@ -14,3 +15,5 @@ pub use exitpool_agent as agent;
 pub use exitpool_gateway as gateway;
 pub use exitpool_geoip as geoip;
 pub use exitpool_protocol as protocol;
+
+pub mod shutdown;

@@ -12,12 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn a_hostname_resolving_to_loopback_is_refused_and_never_dialled() {
     let net = TestGateway::start().await;
-    let agent = net
-        .agent_builder("127.0.0.2")
-        .allow_private(false)
-        .spawn()
-        .unwrap();
-    within("agent connects", agent.connected()).await;
+    let _agent = net.strict_agent("127.0.0.2").await;
     let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = target.local_addr().unwrap().port();
     let (head, _) = connect(
@@ -55,11 +50,8 @@ async fn the_bandwidth_cap_holds_in_both_directions() {
     const SIZE: usize = 3 * 1024 * 1024;
     let net = TestGateway::start().await;
     let agent = net
-        .agent_builder("127.0.0.2")
-        .max_rate(CAP)
-        .spawn()
-        .unwrap();
-    within("agent connects", agent.connected()).await;
+        .spawn(net.agent_builder("127.0.0.2").max_rate(CAP))
+        .await;
     let target = echo_target().await;
     let (head, stream) = connect_as(net.proxy(), target, "").await;
     assert_eq!(head.status, 200);
@@ -94,11 +86,8 @@ async fn the_bandwidth_cap_holds_in_both_directions() {
 async fn max_streams_is_respected_and_the_gateway_routes_no_more() {
     let net = TestGateway::start().await;
     let agent = net
-        .agent_builder("127.0.0.2")
-        .max_streams(2)
-        .spawn()
-        .unwrap();
-    within("agent connects", agent.connected()).await;
+        .spawn(net.agent_builder("127.0.0.2").max_streams(2))
+        .await;
     let target = echo_target().await;
     let (first, _keep1) = connect_as(net.proxy(), target, "").await;
     let (second, _keep2) = connect_as(net.proxy(), target, "").await;
@@ -246,11 +235,11 @@ async fn pause_and_resume_take_the_agent_out_of_and_back_into_the_pool() {
 async fn the_status_endpoint_shows_what_was_shared() {
     let net = TestGateway::start().await;
     let agent = net
-        .agent_builder("127.0.0.2")
-        .status_listen("127.0.0.1:0".parse().unwrap())
-        .spawn()
-        .unwrap();
-    within("agent connects", agent.connected()).await;
+        .spawn(
+            net.agent_builder("127.0.0.2")
+                .status_listen("127.0.0.1:0".parse().unwrap()),
+        )
+        .await;
     let target = http_target("127.0.0.1").await;
     exit_ip(net.proxy(), target, "").await;
     let url = format!("http://{}/", agent.status_addr().unwrap());

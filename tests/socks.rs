@@ -384,12 +384,7 @@ async fn no_exit_in_the_country_is_network_unreachable() {
 #[tokio::test]
 async fn an_exit_policy_refusal_is_not_allowed_by_ruleset() {
     let net = TestGateway::start().await;
-    let agent = net
-        .agent_builder("127.0.0.2")
-        .allow_private(false)
-        .spawn()
-        .unwrap();
-    within("agent connects", agent.connected()).await;
+    let _agent = net.strict_agent("127.0.0.2").await;
     let target = echo_target().await;
     let message = request(CONNECT, &ip_address(target.ip()), target.port());
     let (stream, code) = request_as(net.proxy(), USER, &message).await;

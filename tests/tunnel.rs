@@ -175,12 +175,7 @@ async fn a_closed_target_port_is_502_connection_refused() {
 #[tokio::test]
 async fn without_allow_private_the_agent_refuses_loopback_targets() {
     let net = TestGateway::start().await;
-    let agent = net
-        .agent_builder("127.0.0.2")
-        .allow_private(false)
-        .spawn()
-        .unwrap();
-    within("agent connects", agent.connected()).await;
+    let _agent = net.strict_agent("127.0.0.2").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap();
     let (head, _) = connect_as(net.proxy(), target, "").await;

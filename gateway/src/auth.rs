@@ -209,6 +209,7 @@ impl Customer {
             return Err(CredentialError::Dash);
         }
         check_name(name)?;
+        check_password(password)?;
         Ok(Customer {
             name: name.to_owned(),
             password: Password::Plain(Secret(password.to_owned())),
@@ -384,6 +385,13 @@ mod tests {
             Customer::parse("a b:x").unwrap_err(),
             CredentialError::NameCharacters
         );
+        for spaced in ["a:p s", "a:p:s", "a:p\ts"] {
+            assert_eq!(
+                Customer::parse(spaced).unwrap_err(),
+                CredentialError::PasswordCharacters,
+                "{spaced:?}"
+            );
+        }
     }
 
     #[test]

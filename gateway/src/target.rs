@@ -24,6 +24,9 @@ pub fn parse_authority(authority: &str) -> Result<(TargetHost, u16), ProxyError>
         let port = after
             .strip_prefix(':')
             .ok_or_else(|| bad("expected host:port"))?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("only IPv6 literals go in brackets"));
+        }
         (host, port)
     } else {
         let (host, port) = authority
@@ -117,6 +120,8 @@ mod tests {
             "example.com:0",
             "example.com:65536",
             "example.com:+1",
+            "[1.2.3.4]:80",
+            "[example.com]:80",
             "::1:80",
             "[::1]80",
             "[::1",

@@ -112,24 +112,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut agent = builder.spawn().context("starting the agent")?;
     tokio::select! {
         result = agent.finished() => result.context("the agent stopped")?,
-        () = shutdown_signal() => {
+        () = exitpool::shutdown::signal() => {
             tracing::info!("shutting down");
             agent.shutdown().await?;
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

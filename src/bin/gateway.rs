@@ -295,12 +295,14 @@ async fn wait_for_shutdown(gateway: &Gateway) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-        let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+        let stop = exitpool::shutdown::signal();
+        tokio::pin!(stop);
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return stop.await;
+        };
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
+                () = &mut stop => break,
                 _ = hangup.recv() => {
                     // Success and failure are both logged by reload itself.
                     let _ = gateway.reload();
@@ -311,6 +313,6 @@ async fn wait_for_shutdown(gateway: &Gateway) {
     #[cfg(not(unix))]
     {
         let _ = gateway;
-        let _ = tokio::signal::ctrl_c().await;
+        exitpool::shutdown::signal().await;
     }
 }

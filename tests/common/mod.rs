@@ -133,7 +133,18 @@ impl TestGateway {
 
     /// Starts an agent on `ip` and waits until the gateway has welcomed it.
     pub async fn agent(&self, ip: &str) -> AgentHandle {
-        let handle = self.agent_builder(ip).spawn().expect("agent spawns");
+        self.spawn(self.agent_builder(ip)).await
+    }
+
+    /// Starts an agent on `ip` with the default (strict) exit policy.
+    pub async fn strict_agent(&self, ip: &str) -> AgentHandle {
+        self.spawn(self.agent_builder(ip).allow_private(false))
+            .await
+    }
+
+    /// Spawns `builder`'s agent and waits until the gateway has welcomed it.
+    pub async fn spawn(&self, builder: exitpool::agent::AgentBuilder) -> AgentHandle {
+        let handle = builder.spawn().expect("agent spawns");
         within("agent connects", handle.connected()).await;
         handle
     }
