@@ -20,6 +20,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// refused at once (they retry with backoff) instead of queueing without bound.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
+/// Most handshakes in progress from one address.
+pub const MAX_PENDING_PER_ADDRESS: usize = 16;
+
 /// Largest stream capacity an agent may claim.
 pub const MAX_AGENT_STREAMS: u32 = 4096;
 
@@ -62,6 +65,7 @@ pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportCo
 /// Accepts agent connections until `shared.shutdown` fires.
 pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending_per_address = crate::customer::PendingAuth::new(MAX_PENDING_PER_ADDRESS);
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -70,6 +74,13 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         let Some(incoming) = incoming else { break };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             warn!(remote = %incoming.remote_address(), "too many pending agent handshakes; refusing");
+            incoming.refuse();
+            continue;
+        };
+        // One address cannot take the whole budget with silent handshakes.
+        let Some(address_slot) = pending_per_address.try_acquire(incoming.remote_address().ip())
+        else {
+            debug!(remote = %incoming.remote_address(), "too many pending handshakes from this address; refusing");
             incoming.refuse();
             continue;
         };
@@ -84,7 +95,7 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                             .metrics
                             .tunnel_handshake_seconds
                             .observe(started.elapsed().as_secs_f64());
-                        drop(permit);
+                        drop((permit, address_slot));
                         joined
                     }
                     Err(error) => {
