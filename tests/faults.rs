@@ -168,3 +168,32 @@ async fn a_customer_that_never_reads_holds_bounded_memory() {
         "the target wrote {total} bytes into a customer that reads nothing"
     );
 }
+
+#[tokio::test]
+async fn a_target_that_never_accepts_is_504_after_the_connect_timeout() {
+    let net = TestGateway::start().await;
+    let _agent = net.agent("127.0.0.2").await;
+    // A listener whose accept queue is full: the kernel drops further SYNs, so
+    // a new connection neither completes nor is refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let target = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        let filler = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_millis(200), filler.connect(target)).await
+        {
+            fillers.push(stream);
+        }
+    }
+    let (head, _) = connect_as(net.proxy(), target, "").await;
+    assert_eq!(head.status, 504, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("connection_timeout"));
+    assert!(head
+        .header("proxy-status")
+        .unwrap()
+        .contains("error=connection_timeout"));
+    drop(listener);
+}
