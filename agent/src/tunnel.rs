@@ -7,8 +7,8 @@ use crate::dial::{dial, DialError};
 use crate::{AgentError, SessionInfo, Shared};
 use exitpool_protocol::relay::{relay, LiveCounters};
 use exitpool_protocol::{
-    read_frame, write_frame, AgentMessage, Capacity, FailureCode, GatewayMessage, OpenReply,
-    OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
+    close_code, read_frame, write_frame, AgentMessage, Capacity, FailureCode, GatewayMessage,
+    OpenReply, OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
     LOAD_REPORT_INTERVAL, PROTOCOL_VERSION,
 };
 use rand::Rng;
@@ -25,6 +25,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Longest reconnect delay, so agents are back soon after a gateway restart.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// Window over which agents spread their reconnects after the gateway says it is
+/// shutting down (a restart): 10,000 agents arrive at about 2,000 per second.
+pub const RESTART_SPREAD: Duration = Duration::from_secs(5);
 /// A tunnel that stayed up this long resets the backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// A relay with no bytes either way for this long is closed (the gateway usually
@@ -86,6 +89,8 @@ pub fn transport_config(max_streams: u32) -> quinn::TransportConfig {
 enum SessionEnd {
     /// Shutdown was asked for and done.
     Shutdown,
+    /// The gateway closed the tunnel because it is shutting down.
+    GatewayStopped,
     /// A failure worth retrying.
     Retry(String),
     /// A failure retrying cannot fix.
@@ -118,6 +123,20 @@ pub(crate) async fn run(
             SessionEnd::Fatal(error) => break Err(error),
             SessionEnd::Retry(_) if verifier.mismatch_seen() => {
                 break Err(AgentError::PinMismatch(config.pin))
+            }
+            SessionEnd::GatewayStopped => {
+                // Every agent hears this at the same moment: spread the reconnects
+                // over RESTART_SPREAD so a restarted gateway is not stampeded.
+                backoff.reset();
+                let delay = RESTART_SPREAD.mul_f64(rand::rng().random::<f64>());
+                warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "the gateway is shutting down; reconnecting"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break Ok(()),
+                }
             }
             SessionEnd::Retry(reason) => {
                 if started.elapsed() >= STABLE_AFTER {
@@ -217,6 +236,11 @@ async fn session(
                     let accepting = shared.accepting();
                     let stream = StreamContext { shared: shared.clone(), policy: policy.clone(), slots: slots.clone(), accepting };
                     streams.spawn(serve_stream(stream, send, recv).instrument(info_span!("stream")));
+                }
+                Err(quinn::ConnectionError::ApplicationClosed(close))
+                    if close.error_code == close_code::SHUTDOWN.into() =>
+                {
+                    break SessionEnd::GatewayStopped;
                 }
                 Err(error) => break SessionEnd::Retry(error.to_string()),
             },

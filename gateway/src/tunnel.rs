@@ -20,23 +20,16 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// refused at once (they retry with backoff) instead of queueing without bound.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
+/// Least time between two "too many pending handshakes" warnings.
+const REFUSAL_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Most handshakes in progress from one address.
 pub const MAX_PENDING_PER_ADDRESS: usize = 16;
 
 /// Largest stream capacity an agent may claim.
 pub const MAX_AGENT_STREAMS: u32 = 4096;
 
-/// QUIC close codes the gateway uses towards agents.
-pub mod close_code {
-    /// The agent was rejected (bad token, version, or id).
-    pub const REJECTED: u32 = 1;
-    /// The agent did not complete its handshake in time or sent garbage.
-    pub const PROTOCOL: u32 = 2;
-    /// A newer connection with the same agent id replaced this one.
-    pub const REPLACED: u32 = 3;
-    /// The gateway is shutting down.
-    pub const SHUTDOWN: u32 = 4;
-}
+pub use exitpool_protocol::close_code;
 
 /// Transport settings for agent tunnels. quinn's defaults allow an unlimited
 /// connection receive window and no keep-alive; both are set here. A tunnel
@@ -66,6 +59,8 @@ pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportCo
 pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     let pending_per_address = crate::customer::PendingAuth::new(MAX_PENDING_PER_ADDRESS);
+    let mut refused_since_warning = 0u64;
+    let mut last_warning = std::time::Instant::now() - REFUSAL_WARNING_INTERVAL;
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -73,7 +68,17 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         };
         let Some(incoming) = incoming else { break };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            warn!(remote = %incoming.remote_address(), "too many pending agent handshakes; refusing");
+            // Under a stampede this fires thousands of times a second: warn once
+            // per interval with a count, not once per refusal.
+            refused_since_warning += 1;
+            if last_warning.elapsed() >= REFUSAL_WARNING_INTERVAL {
+                warn!(
+                    refused = refused_since_warning,
+                    "too many pending agent handshakes; refusing new ones"
+                );
+                refused_since_warning = 0;
+                last_warning = std::time::Instant::now();
+            }
             incoming.refuse();
             continue;
         };

@@ -30,6 +30,19 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a connected agent reports its load on the control stream.
 pub const LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// QUIC application close codes the gateway uses towards agents.
+pub mod close_code {
+    /// The agent was rejected (bad token, version, or id).
+    pub const REJECTED: u32 = 1;
+    /// The agent did not complete its handshake in time or sent garbage.
+    pub const PROTOCOL: u32 = 2;
+    /// A newer connection with the same agent id replaced this one.
+    pub const REPLACED: u32 = 3;
+    /// The gateway is shutting down (and usually restarting): agents spread their
+    /// reconnects out instead of arriving all at once.
+    pub const SHUTDOWN: u32 = 4;
+}
+
 /// Longest hostname accepted in an [`OpenRequest`] (the DNS limit).
 pub const MAX_HOST_LEN: usize = 253;
 

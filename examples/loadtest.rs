@@ -1,0 +1,2503 @@
+//! The load-test program: how fast exitpool moves bytes, opens tunnels and holds
+//! agents, always next to a direct-to-target baseline measured in the same run.
+//!
+//! ```sh
+//! cargo build --release --bins --example loadtest
+//! cargo run --release --example loadtest -- all --json bench.json --chart bench.svg
+//! cargo run --release --example loadtest -- bulk --size 1024
+//! cargo run --example loadtest -- all --quick          # a smoke run
+//! ```
+//!
+//! Scenarios (see `--help`):
+//! - `bulk`: one CONNECT, N MiB down and then up; MB/s and CPU seconds per GiB,
+//!   direct, through exitpool (gateway + one agent in this process) and through
+//!   tinyproxy when it is on PATH;
+//! - `connect`: fresh CONNECT + 1 KiB response, sequential and concurrent, p50/p99/max;
+//! - `fanout`: many concurrent customer connections over many agents, errors must be 0;
+//! - `swarm`: many agents (in this process) on one gateway run as a child process
+//!   (the real `gateway` binary), so its memory and CPU are measured on their own;
+//!   then the gateway restarts and the time for all agents to come back is measured;
+//! - `footprint`: the real `agent` binary, idle, against an in-process gateway.
+//!
+//! CPU time comes from `/proc/PID/stat` (utime + stime, USER_HZ = 100). In `bulk`,
+//! `connect` and `fanout` the client, the target, the gateway and the agent all run
+//! in this process, so their CPU figures cover the whole path (tinyproxy's own
+//! process is added to its column); subtract the direct column for the proxy's
+//! share. Every wait is bounded; a failure exits non-zero with a message.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use exitpool::agent::{Agent, AgentHandle};
+use exitpool::gateway::auth::{AgentTokens, Customer, Users};
+use exitpool::gateway::{Gateway, GatewayConfig};
+use serde_json::{json, Value};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+/// Bound on every single network step (connect, handshake, one small reply).
+const STEP: Duration = Duration::from_secs(20);
+/// The agent token the benchmark gateways accept.
+const TOKEN: &str = "loadtest-token";
+/// The benchmark customer.
+const USER: &str = "bench";
+const PASSWORD: &str = "benchpass";
+/// Size of the buffers the client and target read and write with.
+const CHUNK: usize = 256 * 1024;
+/// Linux reports process CPU time in USER_HZ ticks, 100 per second on every
+/// architecture the kernel exposes to user space.
+const TICKS_PER_SECOND: f64 = 100.0;
+const MIB: u64 = 1024 * 1024;
+const GIB: f64 = (1u64 << 30) as f64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadtest",
+    about = "exitpool load test: throughput, connect latency, fan-out, swarm, footprint"
+)]
+struct Args {
+    /// What to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw throughput and connect latency against the direct baseline (SVG).
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Tiny sizes, for a smoke run.
+    #[arg(long)]
+    quick: bool,
+    /// bulk: MiB per direction.
+    #[arg(long)]
+    size: Option<u64>,
+    /// connect: fresh connections per path (sequential; the same again concurrently).
+    #[arg(long)]
+    connects: Option<usize>,
+    /// connect: concurrent workers in the concurrent round.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// fanout: concurrent customer connections.
+    #[arg(long)]
+    fanout_conns: Option<usize>,
+    /// fanout: agents.
+    #[arg(long)]
+    fanout_agents: Option<usize>,
+    /// fanout: KiB downloaded by each connection.
+    #[arg(long)]
+    fanout_kib: Option<u64>,
+    /// swarm: agents.
+    #[arg(long)]
+    swarm: Option<usize>,
+    /// Where the `gateway` and `agent` binaries are (default: next to this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// bulk and fanout: also measure exitpool with the gateway and the agents each
+    /// on their own runtime (current-thread, and multi-thread with 2 workers),
+    /// apart from the client's, as separate processes would be.
+    #[arg(long)]
+    compare_runtimes: bool,
+    /// Do not run `cargo build --bin gateway --bin agent` before swarm/footprint.
+    #[arg(long)]
+    no_build: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Bulk,
+    Connect,
+    Fanout,
+    Swarm,
+    Footprint,
+    All,
+}
+
+/// The sizes one run uses.
+#[derive(Debug, Clone)]
+struct Sizes {
+    bulk_mib: u64,
+    connects: usize,
+    concurrency: usize,
+    fanout_conns: usize,
+    fanout_agents: usize,
+    fanout_kib: u64,
+    swarm: usize,
+}
+
+impl Sizes {
+    fn from_args(args: &Args) -> Sizes {
+        let mut sizes = if args.quick {
+            Sizes {
+                bulk_mib: 16,
+                connects: 200,
+                concurrency: 8,
+                fanout_conns: 100,
+                fanout_agents: 5,
+                fanout_kib: 64,
+                swarm: 200,
+            }
+        } else if args.scenario == Scenario::All {
+            // Suited to a 2-core machine: the whole run fits in a few minutes.
+            Sizes {
+                bulk_mib: 512,
+                connects: 1000,
+                concurrency: 16,
+                fanout_conns: 2000,
+                fanout_agents: 50,
+                fanout_kib: 128,
+                swarm: 10_000,
+            }
+        } else {
+            Sizes {
+                bulk_mib: 1024,
+                connects: 2000,
+                concurrency: 16,
+                fanout_conns: 2000,
+                fanout_agents: 50,
+                fanout_kib: 256,
+                swarm: 10_000,
+            }
+        };
+        sizes.bulk_mib = args.size.unwrap_or(sizes.bulk_mib).max(1);
+        sizes.connects = args.connects.unwrap_or(sizes.connects).max(1);
+        sizes.concurrency = args.concurrency.unwrap_or(sizes.concurrency).max(1);
+        sizes.fanout_conns = args.fanout_conns.unwrap_or(sizes.fanout_conns).max(1);
+        sizes.fanout_agents = args
+            .fanout_agents
+            .unwrap_or(sizes.fanout_agents)
+            .clamp(1, 250);
+        sizes.fanout_kib = args.fanout_kib.unwrap_or(sizes.fanout_kib).max(1);
+        sizes.swarm = args.swarm.unwrap_or(sizes.swarm).max(1);
+        sizes
+    }
+}
+
+/// One line of the results table.
+#[derive(Debug, Clone)]
+struct Row {
+    scenario: &'static str,
+    metric: String,
+    unit: &'static str,
+    direct: Option<f64>,
+    exitpool: Option<f64>,
+    tinyproxy: Option<f64>,
+}
+
+/// Everything a run found.
+#[derive(Debug, Default)]
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn row(
+        &mut self,
+        scenario: &'static str,
+        metric: impl Into<String>,
+        unit: &'static str,
+        direct: Option<f64>,
+        exitpool: Option<f64>,
+        tinyproxy: Option<f64>,
+    ) {
+        self.rows.push(Row {
+            scenario,
+            metric: metric.into(),
+            unit,
+            direct,
+            exitpool,
+            tinyproxy,
+        });
+    }
+
+    fn find(&self, scenario: &str, metric: &str) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.scenario == scenario && r.metric == metric)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("loadtest: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(args));
+    // Agents and servers still running in the background end with the runtime.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("loadtest: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool> {
+    let sizes = Sizes::from_args(&args);
+    let setup = setup(&args, &sizes);
+    print_setup(&setup);
+    let mut report = Report::default();
+    let tinyproxy = which("tinyproxy");
+    if tinyproxy.is_none()
+        && matches!(
+            args.scenario,
+            Scenario::Bulk | Scenario::Connect | Scenario::All
+        )
+    {
+        report.notes.push(
+            "tinyproxy is not on PATH (apt-get install tinyproxy): its column is skipped".into(),
+        );
+    }
+    let wants = |s: Scenario| args.scenario == s || args.scenario == Scenario::All;
+    let bins = if wants(Scenario::Swarm) || wants(Scenario::Footprint) {
+        Some(binaries(&args).await?)
+    } else {
+        None
+    };
+    let layouts: Vec<Layout> = if args.compare_runtimes {
+        vec![Layout::OwnCurrent, Layout::OwnMulti]
+    } else {
+        vec![]
+    };
+    let started = Instant::now();
+    if wants(Scenario::Bulk) {
+        eprintln!("== bulk: {} MiB each way", sizes.bulk_mib);
+        if let Err(error) = bulk(&sizes, tinyproxy.as_deref(), &layouts, &mut report).await {
+            eprintln!("   bulk failed: {error:#}");
+            report.failures.push(format!("bulk: {error:#}"));
+        }
+    }
+    if wants(Scenario::Connect) {
+        eprintln!("== connect: {} fresh connections per path", sizes.connects);
+        if let Err(error) = connect(&sizes, tinyproxy.as_deref(), &mut report).await {
+            eprintln!("   connect failed: {error:#}");
+            report.failures.push(format!("connect: {error:#}"));
+        }
+    }
+    if wants(Scenario::Fanout) {
+        eprintln!(
+            "== fanout: {} connections over {} agents",
+            sizes.fanout_conns, sizes.fanout_agents
+        );
+        if let Err(error) = fanout(&sizes, &layouts, &mut report).await {
+            eprintln!("   fanout failed: {error:#}");
+            report.failures.push(format!("fanout: {error:#}"));
+        }
+    }
+    if let Some(bins) = &bins {
+        if wants(Scenario::Swarm) {
+            eprintln!("== swarm: {} agents", sizes.swarm);
+            if let Err(error) = swarm(&sizes, bins, &mut report).await {
+                eprintln!("   swarm failed: {error:#}");
+                report.failures.push(format!("swarm: {error:#}"));
+            }
+        }
+        if wants(Scenario::Footprint) {
+            eprintln!("== footprint: one agent process");
+            if let Err(error) = footprint(bins, &mut report).await {
+                eprintln!("   footprint failed: {error:#}");
+                report.failures.push(format!("footprint: {error:#}"));
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    print_table(&report);
+    println!("wall time: {:.1} s", elapsed.as_secs_f64());
+    if let Some(path) = &args.json {
+        let rows: Vec<Value> = report
+            .rows
+            .iter()
+            .map(|r| {
+                json!({"scenario": r.scenario, "metric": r.metric, "unit": r.unit,
+                "direct": r.direct, "exitpool": r.exitpool, "tinyproxy": r.tinyproxy})
+            })
+            .collect();
+        let doc = json!({"setup": setup, "results": rows, "notes": report.notes,
+            "failures": report.failures, "wall_seconds": elapsed.as_secs_f64()});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON written to {}", path.display());
+    }
+    if let Some(path) = &args.chart {
+        chart::draw(path, &report).with_context(|| format!("drawing {}", path.display()))?;
+        println!("chart written to {}", path.display());
+    }
+    for failure in &report.failures {
+        eprintln!("loadtest: FAILED: {failure}");
+    }
+    Ok(report.failures.is_empty())
+}
+
+// ---------------------------------------------------------------------------
+// Setup description
+// ---------------------------------------------------------------------------
+
+fn setup(args: &Args, sizes: &Sizes) -> Value {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let mem = meminfo_kib("MemTotal").map(|k| k / 1024).unwrap_or(0);
+    json!({
+        "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "cores": cores,
+        "cpu": cpu,
+        "kernel": kernel,
+        "memory_mib": mem,
+        "profile": if cfg!(debug_assertions) { "dev (debug assertions on)" } else { "release" },
+        "runtime": "tokio multi-thread (client, target, gateway and agent share it)",
+        "bulk_mib": sizes.bulk_mib,
+        "connects": sizes.connects,
+        "concurrency": sizes.concurrency,
+        "fanout_conns": sizes.fanout_conns,
+        "fanout_agents": sizes.fanout_agents,
+        "fanout_kib": sizes.fanout_kib,
+        "swarm_agents": sizes.swarm,
+        "udp_rmem_max": std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap_or_default().trim(),
+    })
+}
+
+fn print_setup(setup: &Value) {
+    println!("exitpool load test");
+    for key in [
+        "scenario",
+        "cores",
+        "cpu",
+        "kernel",
+        "memory_mib",
+        "profile",
+        "runtime",
+        "udp_rmem_max",
+    ] {
+        println!("  {key:<14} {}", setup[key].to_string().trim_matches('"'));
+    }
+    println!(
+        "  sizes          bulk {} MiB; connect {} x (1 + {} workers); fanout {} conns / {} agents x {} KiB; swarm {} agents",
+        setup["bulk_mib"], setup["connects"], setup["concurrency"], setup["fanout_conns"],
+        setup["fanout_agents"], setup["fanout_kib"], setup["swarm_agents"]
+    );
+    println!("  units          MB/s = 10^6 bytes/s; CPU from /proc/PID/stat utime+stime");
+}
+
+fn fmt_value(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v.abs() >= 1000.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+fn print_table(report: &Report) {
+    println!();
+    println!(
+        "{:<10} {:<44} {:<9} {:>10} {:>10} {:>10}",
+        "scenario", "measurement", "unit", "direct", "exitpool", "tinyproxy"
+    );
+    println!("{}", "-".repeat(98));
+    for r in &report.rows {
+        println!(
+            "{:<10} {:<44} {:<9} {:>10} {:>10} {:>10}",
+            r.scenario,
+            r.metric,
+            r.unit,
+            fmt_value(r.direct),
+            fmt_value(r.exitpool),
+            fmt_value(r.tinyproxy)
+        );
+    }
+    if !report.notes.is_empty() {
+        println!();
+        println!("notes:");
+        for note in &report.notes {
+            println!("  - {note}");
+        }
+    }
+    if !report.failures.is_empty() {
+        println!();
+        println!("FAILURES:");
+        for failure in &report.failures {
+            println!("  - {failure}");
+        }
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------------------
+// /proc readings
+// ---------------------------------------------------------------------------
+
+/// utime + stime of a process (this one with `None`), in seconds.
+fn cpu_seconds(pid: Option<u32>) -> Result<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".into(),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name may contain spaces; fields are counted after its ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is index 0, so utime (14) and stime (15) are 11 and 12.
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    Ok((utime + stime) / TICKS_PER_SECOND)
+}
+
+/// A `VmXxx:` line of /proc/PID/status, in KiB.
+fn status_kib(pid: Option<u32>, key: &str) -> Result<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".into(),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {key} in {path}"))
+}
+
+fn meminfo_kib(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// UDP receive-buffer drops so far (the `RcvbufErrors` of /proc/net/snmp).
+fn udp_rcvbuf_errors() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let i = names.iter().position(|n| *n == "RcvbufErrors")?;
+    values.get(i)?.parse().ok()
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------------------
+// Target server and clients
+// ---------------------------------------------------------------------------
+
+/// A target speaking a tiny request/response protocol: the client sends one
+/// command byte and a big-endian u64 length. `D`: the target sends that many
+/// bytes and closes. `U`: it reads that many bytes and answers with the count.
+async fn start_target() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = serve_target(stream).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn serve_target(mut stream: TcpStream) -> Result<()> {
+    stream.set_nodelay(true)?;
+    let mut head = [0u8; 9];
+    tokio::time::timeout(STEP, stream.read_exact(&mut head)).await??;
+    let len = u64::from_be_bytes(head[1..].try_into().expect("8 bytes"));
+    match head[0] {
+        b'D' => {
+            write_bytes(&mut stream, len).await?;
+            stream.shutdown().await?;
+        }
+        b'U' => {
+            let got = read_bytes(&mut stream, len).await?;
+            stream.write_all(&got.to_be_bytes()).await?;
+            stream.shutdown().await?;
+        }
+        other => bail!("unknown command {other}"),
+    }
+    Ok(())
+}
+
+static PAYLOAD: [u8; CHUNK] = [0x5a; CHUNK];
+
+async fn write_bytes(stream: &mut TcpStream, mut len: u64) -> Result<()> {
+    while len > 0 {
+        let n = len.min(CHUNK as u64) as usize;
+        stream.write_all(&PAYLOAD[..n]).await?;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes (or until EOF, whichever first) and returns how many came.
+async fn read_bytes(stream: &mut TcpStream, len: u64) -> Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0u64;
+    while got < len {
+        let want = (len - got).min(CHUNK as u64) as usize;
+        let n = stream.read(&mut buf[..want]).await?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    Ok(got)
+}
+
+/// How a client reaches the target.
+#[derive(Debug, Clone)]
+enum Route {
+    Direct,
+    /// An HTTP proxy taking CONNECT, with an optional `Proxy-Authorization` value.
+    Proxy {
+        addr: SocketAddr,
+        auth: Option<String>,
+    },
+    /// Like `Proxy`, from a given local address (many customers, many addresses).
+    ProxyFrom {
+        addr: SocketAddr,
+        auth: Option<String>,
+        source: IpAddr,
+    },
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Opens a connection to `target` along `path`, ready for the target protocol.
+async fn open(path: &Route, target: SocketAddr) -> Result<TcpStream> {
+    match path {
+        Route::Direct => {
+            let stream = tokio::time::timeout(STEP, TcpStream::connect(target))
+                .await
+                .context("connect timed out")??;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        }
+        Route::Proxy { .. } | Route::ProxyFrom { .. } => {
+            let (addr, auth, source) = match path {
+                Route::Proxy { addr, auth } => (addr, auth, None),
+                Route::ProxyFrom { addr, auth, source } => (addr, auth, Some(*source)),
+                Route::Direct => unreachable!("matched above"),
+            };
+            let connecting = async {
+                match source {
+                    None => TcpStream::connect(addr).await,
+                    Some(ip) => {
+                        let socket = tokio::net::TcpSocket::new_v4()?;
+                        socket.bind(SocketAddr::new(ip, 0))?;
+                        socket.connect(*addr).await
+                    }
+                }
+            };
+            let mut stream = tokio::time::timeout(STEP, connecting)
+                .await
+                .context("proxy connect timed out")??;
+            stream.set_nodelay(true)?;
+            let auth = auth
+                .as_ref()
+                .map(|a| format!("Proxy-Authorization: {a}\r\n"))
+                .unwrap_or_default();
+            let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n");
+            stream.write_all(request.as_bytes()).await?;
+            let head = tokio::time::timeout(STEP, read_head(&mut stream))
+                .await
+                .context("CONNECT answer timed out")??;
+            let status = head.split(' ').nth(1).unwrap_or("");
+            if status != "200" {
+                bail!("CONNECT answered {:?}", head.lines().next().unwrap_or(""));
+            }
+            Ok(stream)
+        }
+    }
+}
+
+/// Reads a response head. The target never speaks first, so nothing after the
+/// head can arrive before we send a command; reading in chunks is safe.
+async fn read_head(stream: &mut TcpStream) -> Result<String> {
+    let mut raw = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            bail!(
+                "proxy closed before answering: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+            let ok = head.split(' ').nth(1) == Some("200");
+            if ok && end + 4 != raw.len() {
+                bail!("unexpected bytes after the CONNECT answer");
+            }
+            if !ok {
+                // An error answer may carry a body; keep its first line for the report.
+                let body = String::from_utf8_lossy(&raw[end + 4..])
+                    .chars()
+                    .take(160)
+                    .collect::<String>();
+                bail!(
+                    "CONNECT answered {:?} {body:?}",
+                    head.lines().next().unwrap_or("")
+                );
+            }
+            return Ok(String::from_utf8_lossy(&raw).into_owned());
+        }
+        if raw.len() > 64 * 1024 {
+            bail!("CONNECT answer head too long");
+        }
+    }
+}
+
+/// Asks for `len` bytes and reads them all.
+async fn download(stream: &mut TcpStream, len: u64) -> Result<()> {
+    let mut head = [b'D'; 9];
+    head[1..].copy_from_slice(&len.to_be_bytes());
+    stream.write_all(&head).await?;
+    let got = read_bytes(stream, len).await?;
+    if got != len {
+        bail!("download cut short: {got} of {len} bytes");
+    }
+    Ok(())
+}
+
+/// Sends `len` bytes and waits for the target to confirm it got them.
+async fn upload(stream: &mut TcpStream, len: u64) -> Result<()> {
+    let mut head = [b'U'; 9];
+    head[1..].copy_from_slice(&len.to_be_bytes());
+    stream.write_all(&head).await?;
+    write_bytes(stream, len).await?;
+    let mut answer = [0u8; 8];
+    tokio::time::timeout(STEP, stream.read_exact(&mut answer))
+        .await
+        .context("upload ack timed out")??;
+    let got = u64::from_be_bytes(answer);
+    if got != len {
+        bail!("upload cut short: target got {got} of {len} bytes");
+    }
+    Ok(())
+}
+
+/// A generous bound for moving `bytes`: 5 MB/s at least, 60 s minimum.
+fn transfer_bound(bytes: u64) -> Duration {
+    Duration::from_secs(60 + bytes / 5_000_000)
+}
+
+// ---------------------------------------------------------------------------
+// In-process gateway and agents
+// ---------------------------------------------------------------------------
+
+struct Pool {
+    gateway: Gateway,
+    agents: Vec<AgentHandle>,
+    _state: tempfile::TempDir,
+}
+
+impl Pool {
+    /// A gateway on loopback port 0 and `agents` agents on 127.0.1.1, .2, ...
+    async fn start(agents: usize, max_connections: usize, max_streams: u32) -> Result<Pool> {
+        let state = tempfile::tempdir()?;
+        let gateway = Self::start_gateway(state.path(), max_connections).await?;
+        let mut handles = Vec::with_capacity(agents);
+        for i in 0..agents {
+            handles.push(
+                Self::agent_builder(gateway.tunnel_addr(), gateway.pin(), i, max_streams)?
+                    .spawn()?,
+            );
+        }
+        tokio::time::timeout(
+            STEP * 3,
+            gateway
+                .registry()
+                .wait_for_census(|c| c.accepting >= agents),
+        )
+        .await
+        .with_context(|| format!("{agents} agents did not all join within {:?}", STEP * 3))?;
+        Ok(Pool {
+            gateway,
+            agents: handles,
+            _state: state,
+        })
+    }
+
+    async fn start_gateway(state: &Path, max_connections: usize) -> Result<Gateway> {
+        let mut config = GatewayConfig::new(state.to_owned());
+        let local: SocketAddr = "127.0.0.1:0".parse()?;
+        (config.listen, config.tunnel, config.admin) = (local, local, None);
+        config.users = Users::new([Customer::parse(&format!("{USER}:{PASSWORD}"))?]);
+        config.agent_tokens = AgentTokens::new([TOKEN.to_owned()]);
+        config.max_connections = max_connections;
+        config.shutdown_grace = Duration::from_secs(2);
+        Ok(tokio::time::timeout(STEP, Gateway::start(config))
+            .await
+            .context("gateway start timed out")??)
+    }
+
+    /// Agent `i` of a pool: bound to 127.0.1.(i+1), allowed to reach loopback targets.
+    fn agent_builder(
+        tunnel: SocketAddr,
+        pin: &str,
+        i: usize,
+        max_streams: u32,
+    ) -> Result<exitpool::agent::AgentBuilder> {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 1, (i + 1) as u8));
+        Ok(Agent::builder(tunnel.to_string(), pin.parse()?, TOKEN)
+            .bind(ip)
+            .allow_private(true)
+            .max_streams(max_streams))
+    }
+
+    fn path(&self) -> Route {
+        Route::Proxy {
+            addr: self.gateway.listen_addr(),
+            auth: Some(basic(USER, PASSWORD)),
+        }
+    }
+
+    async fn stop(self) {
+        let stops = self.agents.into_iter().map(|a| async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), a.shutdown()).await;
+        });
+        join_all(stops).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.gateway.shutdown()).await;
+    }
+}
+
+/// Which runtimes the in-process gateway and agents run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The gateway and its agents each on a dedicated current-thread runtime.
+    OwnCurrent,
+    /// The gateway and its agents each on a dedicated 2-worker runtime.
+    OwnMulti,
+}
+
+impl Layout {
+    fn label(self) -> &'static str {
+        match self {
+            Layout::OwnCurrent => "own current-thread runtimes",
+            Layout::OwnMulti => "own 2-worker runtimes",
+        }
+    }
+
+    fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Layout::OwnCurrent => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Layout::OwnMulti => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+        }
+    }
+}
+
+/// A gateway and agents each living on a thread with its own runtime, the way
+/// two processes would run them; only addresses cross over.
+struct Hosted {
+    listen: SocketAddr,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hosted {
+    async fn start(
+        layout: Layout,
+        agents: usize,
+        max_connections: usize,
+        max_streams: u32,
+    ) -> Result<Hosted> {
+        let (info_tx, info_rx) =
+            tokio::sync::oneshot::channel::<Result<(SocketAddr, SocketAddr, String)>>();
+        let (stop_gw, stop_gw_rx) = tokio::sync::oneshot::channel::<()>();
+        let gw_thread = std::thread::spawn(move || {
+            let runtime = match layout.runtime() {
+                Ok(r) => r,
+                Err(e) => return drop(info_tx.send(Err(e.into()))),
+            };
+            runtime.block_on(async move {
+                let started = async {
+                    let state = tempfile::tempdir()?;
+                    let gateway = Pool::start_gateway(state.path(), max_connections).await?;
+                    anyhow::Ok((state, gateway))
+                }
+                .await;
+                match started {
+                    Ok((_state, gateway)) => {
+                        let info = (
+                            gateway.listen_addr(),
+                            gateway.tunnel_addr(),
+                            gateway.pin().to_owned(),
+                        );
+                        let _ = info_tx.send(Ok(info));
+                        let _ = stop_gw_rx.await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(10), gateway.shutdown()).await;
+                    }
+                    Err(e) => drop(info_tx.send(Err(e))),
+                }
+            });
+        });
+        let (listen, tunnel, pin) = tokio::time::timeout(STEP, info_rx)
+            .await
+            .context("hosted gateway start timed out")???;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+        let (stop_agents, stop_agents_rx) = tokio::sync::oneshot::channel::<()>();
+        let agents_thread = std::thread::spawn(move || {
+            let runtime = match layout.runtime() {
+                Ok(r) => r,
+                Err(e) => return drop(ready_tx.send(Err(e.into()))),
+            };
+            runtime.block_on(async move {
+                let spawned: Result<Vec<AgentHandle>> = (0..agents)
+                    .map(|i| Ok(Pool::agent_builder(tunnel, &pin, i, max_streams)?.spawn()?))
+                    .collect();
+                let handles = match spawned {
+                    Ok(h) => h,
+                    Err(e) => return drop(ready_tx.send(Err(e))),
+                };
+                let joined = tokio::time::timeout(STEP * 3, async {
+                    for h in &handles {
+                        h.connected().await;
+                    }
+                })
+                .await;
+                let _ = ready_tx.send(joined.map_err(|_| {
+                    anyhow::anyhow!("hosted agents did not join within {:?}", STEP * 3)
+                }));
+                let _ = stop_agents_rx.await;
+                for h in handles {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), h.shutdown()).await;
+                }
+            });
+        });
+        let hosted = Hosted {
+            listen,
+            stops: vec![stop_agents, stop_gw],
+            threads: vec![agents_thread, gw_thread],
+        };
+        tokio::time::timeout(STEP * 4, ready_rx)
+            .await
+            .context("hosted agents start timed out")???;
+        Ok(hosted)
+    }
+
+    fn path(&self) -> Route {
+        Route::Proxy {
+            addr: self.listen,
+            auth: Some(basic(USER, PASSWORD)),
+        }
+    }
+
+    async fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        let threads = self.threads;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::task::spawn_blocking(move || {
+                for t in threads {
+                    let _ = t.join();
+                }
+            }),
+        )
+        .await;
+    }
+}
+
+async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.expect("task does not panic"));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// tinyproxy
+// ---------------------------------------------------------------------------
+
+struct Tinyproxy {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Tinyproxy {
+    async fn start(binary: &Path) -> Result<Tinyproxy> {
+        let dir = tempfile::tempdir()?;
+        let port = free_tcp_port()?;
+        let mut conf = format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 4096\nAllow 127.0.0.1\nLogLevel Critical\nDisableViaHeader Yes\n"
+        );
+        // Run as root, tinyproxy insists on dropping to a named user.
+        if is_root() {
+            conf.push_str("User nobody\nGroup nogroup\n");
+        }
+        let path = dir.path().join("tinyproxy.conf");
+        std::fs::write(&path, conf)?;
+        let child = Command::new(binary)
+            .arg("-d")
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting tinyproxy")?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        wait_until(
+            Duration::from_secs(10),
+            "tinyproxy listens",
+            || async move { TcpStream::connect(addr).await.is_ok() },
+        )
+        .await?;
+        Ok(Tinyproxy {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    fn path(&self) -> Route {
+        Route::Proxy {
+            addr: self.addr,
+            auth: None,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Polls `check` every 50 ms until it holds, at most `bound`.
+async fn wait_until<F, Fut>(bound: Duration, what: &str, mut check: F) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > bound {
+            bail!("timed out after {bound:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// bulk
+// ---------------------------------------------------------------------------
+
+struct Transfer {
+    mb_per_s: f64,
+    cpu_per_gib: f64,
+}
+
+async fn one_transfer(
+    path: &Route,
+    target: SocketAddr,
+    bytes: u64,
+    up: bool,
+    extra_pid: Option<u32>,
+) -> Result<Transfer> {
+    let cpu0 = cpu_seconds(None)?
+        + extra_pid
+            .map(|p| cpu_seconds(Some(p)))
+            .transpose()?
+            .unwrap_or(0.0);
+    let t0 = Instant::now();
+    let mut stream = open(path, target).await?;
+    let work = async {
+        if up {
+            upload(&mut stream, bytes).await
+        } else {
+            download(&mut stream, bytes).await
+        }
+    };
+    tokio::time::timeout(transfer_bound(bytes), work)
+        .await
+        .context("transfer timed out")??;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_seconds(None)?
+        + extra_pid
+            .map(|p| cpu_seconds(Some(p)))
+            .transpose()?
+            .unwrap_or(0.0);
+    Ok(Transfer {
+        mb_per_s: bytes as f64 / secs / 1e6,
+        cpu_per_gib: (cpu1 - cpu0) / (bytes as f64 / GIB),
+    })
+}
+
+async fn bulk(
+    sizes: &Sizes,
+    tinyproxy: Option<&Path>,
+    layouts: &[Layout],
+    report: &mut Report,
+) -> Result<()> {
+    let target = start_target().await?;
+    let pool = Pool::start(1, 1024, 64).await?;
+    let tiny = match tinyproxy {
+        Some(bin) => Some(Tinyproxy::start(bin).await?),
+        None => None,
+    };
+    let bytes = sizes.bulk_mib * MIB;
+    let mut paths: Vec<(&str, Route, Option<u32>)> = vec![
+        ("direct", Route::Direct, None),
+        ("exitpool", pool.path(), None),
+    ];
+    if let Some(t) = &tiny {
+        paths.push(("tinyproxy", t.path(), t.pid()));
+    }
+    let mut results: Vec<(&str, Transfer, Transfer)> = Vec::new();
+    let drops0 = udp_rcvbuf_errors();
+    for (name, path, pid) in &paths {
+        // Warm-up: let caches, windows and the allocator settle.
+        one_transfer(path, target, (8 * MIB).min(bytes), false, *pid)
+            .await
+            .with_context(|| format!("{name} warm-up"))?;
+        let down = one_transfer(path, target, bytes, false, *pid)
+            .await
+            .with_context(|| format!("{name} download"))?;
+        eprintln!(
+            "   {name:<9} down {:>8.1} MB/s  {:.2} CPU-s/GiB",
+            down.mb_per_s, down.cpu_per_gib
+        );
+        let up = one_transfer(path, target, bytes, true, *pid)
+            .await
+            .with_context(|| format!("{name} upload"))?;
+        eprintln!(
+            "   {name:<9} up   {:>8.1} MB/s  {:.2} CPU-s/GiB",
+            up.mb_per_s, up.cpu_per_gib
+        );
+        results.push((name, down, up));
+    }
+    let drops = udp_rcvbuf_errors()
+        .zip(drops0)
+        .map(|(a, b)| a.saturating_sub(b));
+    let get = |name: &str, f: &dyn Fn(&(&str, Transfer, Transfer)) -> f64| {
+        results.iter().find(|r| r.0 == name).map(f)
+    };
+    report.row(
+        "bulk",
+        "download throughput",
+        "MB/s",
+        get("direct", &|r| r.1.mb_per_s),
+        get("exitpool", &|r| r.1.mb_per_s),
+        get("tinyproxy", &|r| r.1.mb_per_s),
+    );
+    report.row(
+        "bulk",
+        "upload throughput",
+        "MB/s",
+        get("direct", &|r| r.2.mb_per_s),
+        get("exitpool", &|r| r.2.mb_per_s),
+        get("tinyproxy", &|r| r.2.mb_per_s),
+    );
+    report.row(
+        "bulk",
+        "download CPU, whole path",
+        "CPU-s/GiB",
+        get("direct", &|r| r.1.cpu_per_gib),
+        get("exitpool", &|r| r.1.cpu_per_gib),
+        get("tinyproxy", &|r| r.1.cpu_per_gib),
+    );
+    report.row(
+        "bulk",
+        "upload CPU, whole path",
+        "CPU-s/GiB",
+        get("direct", &|r| r.2.cpu_per_gib),
+        get("exitpool", &|r| r.2.cpu_per_gib),
+        get("tinyproxy", &|r| r.2.cpu_per_gib),
+    );
+    let minus = |name: &str, up: bool| {
+        let d = get("direct", &|r| {
+            if up {
+                r.2.cpu_per_gib
+            } else {
+                r.1.cpu_per_gib
+            }
+        })?;
+        get(name, &|r| {
+            if up {
+                r.2.cpu_per_gib
+            } else {
+                r.1.cpu_per_gib
+            }
+        })
+        .map(|v| v - d)
+    };
+    report.row(
+        "bulk",
+        "download CPU, proxy share (minus direct)",
+        "CPU-s/GiB",
+        None,
+        minus("exitpool", false),
+        minus("tinyproxy", false),
+    );
+    report.row(
+        "bulk",
+        "upload CPU, proxy share (minus direct)",
+        "CPU-s/GiB",
+        None,
+        minus("exitpool", true),
+        minus("tinyproxy", true),
+    );
+    if let Some(drops) = drops {
+        report.row(
+            "bulk",
+            "UDP receive-buffer drops (all paths)",
+            "packets",
+            None,
+            Some(drops as f64),
+            None,
+        );
+    }
+    for &layout in layouts {
+        let hosted = Hosted::start(layout, 1, 1024, 64)
+            .await
+            .with_context(|| layout.label())?;
+        let path = hosted.path();
+        one_transfer(&path, target, (8 * MIB).min(bytes), false, None)
+            .await
+            .context("warm-up")?;
+        let down = one_transfer(&path, target, bytes, false, None)
+            .await
+            .with_context(|| format!("{} download", layout.label()))?;
+        let up = one_transfer(&path, target, bytes, true, None)
+            .await
+            .with_context(|| format!("{} upload", layout.label()))?;
+        eprintln!(
+            "   {}: down {:.1} MB/s, up {:.1} MB/s",
+            layout.label(),
+            down.mb_per_s,
+            up.mb_per_s
+        );
+        report.row(
+            "bulk",
+            format!("download, {}", layout.label()),
+            "MB/s",
+            None,
+            Some(down.mb_per_s),
+            None,
+        );
+        report.row(
+            "bulk",
+            format!("upload, {}", layout.label()),
+            "MB/s",
+            None,
+            Some(up.mb_per_s),
+            None,
+        );
+        report.row(
+            "bulk",
+            format!("down CPU, {}", layout.label()),
+            "CPU-s/GiB",
+            None,
+            Some(down.cpu_per_gib),
+            None,
+        );
+        report.row(
+            "bulk",
+            format!("up CPU, {}", layout.label()),
+            "CPU-s/GiB",
+            None,
+            Some(up.cpu_per_gib),
+            None,
+        );
+        hosted.stop().await;
+    }
+    report.notes.push(format!(
+        "bulk: one connection, {} MiB each way after an 8 MiB warm-up; exitpool = in-process gateway + 1 agent (QUIC over loopback); CPU 'whole path' includes client and target (and tinyproxy's process)",
+        sizes.bulk_mib
+    ));
+    pool.stop().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// connect
+// ---------------------------------------------------------------------------
+
+/// Fresh connection + 1 KiB answer; returns the time it took.
+async fn one_connect(path: &Route, target: SocketAddr) -> Result<Duration> {
+    let t0 = Instant::now();
+    let mut stream = open(path, target).await?;
+    tokio::time::timeout(STEP, download(&mut stream, 1024))
+        .await
+        .context("1 KiB answer timed out")??;
+    Ok(t0.elapsed())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+struct ConnectStats {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    seq_rate: f64,
+    conc_rate: f64,
+    conc_p50: f64,
+    conc_p99: f64,
+}
+
+async fn connect_path(
+    path: &Route,
+    target: SocketAddr,
+    n: usize,
+    workers: usize,
+) -> Result<ConnectStats> {
+    for _ in 0..20.min(n) {
+        one_connect(path, target).await.context("warm-up")?;
+    }
+    let mut lat = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for _ in 0..n {
+        lat.push(one_connect(path, target).await?);
+    }
+    let seq_rate = n as f64 / t0.elapsed().as_secs_f64();
+    lat.sort();
+    // The same number again from `workers` concurrent clients.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t1 = Instant::now();
+    let jobs = (0..workers).map(|_| {
+        let (path, next) = (path.clone(), next.clone());
+        async move {
+            let mut lat = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                lat.push(one_connect(&path, target).await?);
+            }
+            anyhow::Ok(lat)
+        }
+    });
+    let mut conc = Vec::with_capacity(n);
+    for result in join_all(jobs).await {
+        conc.extend(result?);
+    }
+    let conc_rate = n as f64 / t1.elapsed().as_secs_f64();
+    conc.sort();
+    Ok(ConnectStats {
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        max: percentile(&lat, 1.0),
+        seq_rate,
+        conc_rate,
+        conc_p50: percentile(&conc, 0.5),
+        conc_p99: percentile(&conc, 0.99),
+    })
+}
+
+async fn connect(sizes: &Sizes, tinyproxy: Option<&Path>, report: &mut Report) -> Result<()> {
+    let target = start_target().await?;
+    let pool = Pool::start(1, 4096, 256).await?;
+    let tiny = match tinyproxy {
+        Some(bin) => Some(Tinyproxy::start(bin).await?),
+        None => None,
+    };
+    let direct = connect_path(&Route::Direct, target, sizes.connects, sizes.concurrency)
+        .await
+        .context("direct")?;
+    eprintln!(
+        "   direct    p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
+        direct.p50, direct.seq_rate, direct.conc_rate
+    );
+    let ours = connect_path(&pool.path(), target, sizes.connects, sizes.concurrency)
+        .await
+        .context("exitpool")?;
+    eprintln!(
+        "   exitpool  p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
+        ours.p50, ours.seq_rate, ours.conc_rate
+    );
+    let tiny_stats = match &tiny {
+        Some(t) => {
+            let s = connect_path(&t.path(), target, sizes.connects, sizes.concurrency)
+                .await
+                .context("tinyproxy")?;
+            eprintln!(
+                "   tinyproxy p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
+                s.p50, s.seq_rate, s.conc_rate
+            );
+            Some(s)
+        }
+        None => None,
+    };
+    let t = |f: fn(&ConnectStats) -> f64| tiny_stats.as_ref().map(f);
+    report.row(
+        "connect",
+        "fresh connect + 1 KiB, p50",
+        "ms",
+        Some(direct.p50),
+        Some(ours.p50),
+        t(|s| s.p50),
+    );
+    report.row(
+        "connect",
+        "fresh connect + 1 KiB, p99",
+        "ms",
+        Some(direct.p99),
+        Some(ours.p99),
+        t(|s| s.p99),
+    );
+    report.row(
+        "connect",
+        "fresh connect + 1 KiB, max",
+        "ms",
+        Some(direct.max),
+        Some(ours.max),
+        t(|s| s.max),
+    );
+    report.row(
+        "connect",
+        "sequential rate",
+        "conn/s",
+        Some(direct.seq_rate),
+        Some(ours.seq_rate),
+        t(|s| s.seq_rate),
+    );
+    let label = format!("{} concurrent clients: rate", sizes.concurrency);
+    report.row(
+        "connect",
+        label,
+        "conn/s",
+        Some(direct.conc_rate),
+        Some(ours.conc_rate),
+        t(|s| s.conc_rate),
+    );
+    let label = format!("{} concurrent clients: p50", sizes.concurrency);
+    report.row(
+        "connect",
+        label,
+        "ms",
+        Some(direct.conc_p50),
+        Some(ours.conc_p50),
+        t(|s| s.conc_p50),
+    );
+    let label = format!("{} concurrent clients: p99", sizes.concurrency);
+    report.row(
+        "connect",
+        label,
+        "ms",
+        Some(direct.conc_p99),
+        Some(ours.conc_p99),
+        t(|s| s.conc_p99),
+    );
+    report.row(
+        "connect",
+        "exitpool p50 / direct p50",
+        "ratio",
+        None,
+        Some(ours.p50 / direct.p50),
+        tiny_stats.as_ref().map(|s| s.p50 / direct.p50),
+    );
+    pool.stop().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// fanout
+// ---------------------------------------------------------------------------
+
+struct FanoutRun {
+    errors: usize,
+    first_errors: Vec<String>,
+    secs: f64,
+    p50: f64,
+    p99: f64,
+    cpu: f64,
+}
+
+async fn fanout_run(
+    path: &Route,
+    target: SocketAddr,
+    conns: usize,
+    bytes: u64,
+) -> Result<FanoutRun> {
+    let cpu0 = cpu_seconds(None)?;
+    let start = Arc::new(tokio::sync::Barrier::new(conns + 1));
+    let jobs = (0..conns).map(|i| {
+        // Customers come from 127.0.2.1-250: the gateway rightly caps how many
+        // unauthenticated connections one address may hold.
+        let path = match path {
+            Route::Proxy { addr, auth } => Route::ProxyFrom {
+                addr: *addr,
+                auth: auth.clone(),
+                source: IpAddr::V4(Ipv4Addr::new(127, 0, 2, (i % 250 + 1) as u8)),
+            },
+            other => other.clone(),
+        };
+        let start = start.clone();
+        async move {
+            start.wait().await;
+            let t0 = Instant::now();
+            let work = async {
+                let mut stream = open(&path, target).await?;
+                download(&mut stream, bytes).await
+            };
+            match tokio::time::timeout(transfer_bound(bytes) + STEP, work).await {
+                Ok(Ok(())) => Ok(t0.elapsed()),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(_) => Err("timed out".to_owned()),
+            }
+        }
+    });
+    let handles: Vec<_> = jobs.map(tokio::spawn).collect();
+    start.wait().await;
+    let t0 = Instant::now();
+    let mut lat = Vec::with_capacity(conns);
+    let mut first_errors = Vec::new();
+    let mut errors = 0;
+    for handle in handles {
+        match handle.await? {
+            Ok(d) => lat.push(d),
+            Err(e) => {
+                errors += 1;
+                if first_errors.len() < 3 {
+                    first_errors.push(e);
+                }
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    lat.sort();
+    Ok(FanoutRun {
+        errors,
+        first_errors,
+        secs,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        cpu: cpu_seconds(None)? - cpu0,
+    })
+}
+
+async fn fanout(sizes: &Sizes, layouts: &[Layout], report: &mut Report) -> Result<()> {
+    let (conns, agents) = (sizes.fanout_conns, sizes.fanout_agents);
+    let needed = conns as u64 * 4 + 1000;
+    if let Some(limit) = open_files_limit() {
+        if limit < needed {
+            bail!("fanout needs about {needed} file descriptors, the limit is {limit}: raise it with `ulimit -n {needed}` or lower --fanout-conns");
+        }
+    }
+    let target = start_target().await?;
+    // Routing picks among agents by load, so leave each room for an uneven share.
+    let per_agent = ((conns / agents) * 4).max(64) as u32;
+    let pool = Pool::start(agents, conns + 256, per_agent).await?;
+    let bytes = sizes.fanout_kib * 1024;
+    let direct = fanout_run(&Route::Direct, target, conns, bytes).await?;
+    eprintln!(
+        "   direct    {} errors, {:.2} s",
+        direct.errors, direct.secs
+    );
+    let ours = fanout_run(&pool.path(), target, conns, bytes).await?;
+    eprintln!("   exitpool  {} errors, {:.2} s", ours.errors, ours.secs);
+    let served: Vec<u64> = pool
+        .agents
+        .iter()
+        .map(|a| a.stats().streams_served)
+        .collect();
+    let used = served.iter().filter(|&&n| n > 0).count();
+    let total = conns as f64 * bytes as f64;
+    report.row(
+        "fanout",
+        format!("{conns} concurrent conns over {agents} agents: errors"),
+        "count",
+        Some(direct.errors as f64),
+        Some(ours.errors as f64),
+        None,
+    );
+    report.row(
+        "fanout",
+        "aggregate throughput",
+        "MB/s",
+        Some(total / direct.secs / 1e6),
+        Some(total / ours.secs / 1e6),
+        None,
+    );
+    report.row(
+        "fanout",
+        "wall time, all connections done",
+        "s",
+        Some(direct.secs),
+        Some(ours.secs),
+        None,
+    );
+    report.row(
+        "fanout",
+        "per-connection time, p50",
+        "ms",
+        Some(direct.p50),
+        Some(ours.p50),
+        None,
+    );
+    report.row(
+        "fanout",
+        "per-connection time, p99",
+        "ms",
+        Some(direct.p99),
+        Some(ours.p99),
+        None,
+    );
+    report.row(
+        "fanout",
+        "CPU, whole path",
+        "CPU-s/GiB",
+        Some(direct.cpu / (total / GIB)),
+        Some(ours.cpu / (total / GIB)),
+        None,
+    );
+    report.row(
+        "fanout",
+        "agents that served a stream",
+        "count",
+        None,
+        Some(used as f64),
+        None,
+    );
+    report.row(
+        "fanout",
+        "streams on the busiest agent",
+        "count",
+        None,
+        served.iter().max().map(|&n| n as f64),
+        None,
+    );
+    report.notes.push(format!("fanout: {conns} connections started at once (barrier), each CONNECT + {} KiB download; customers from 127.0.2.1-250, agents on 127.0.1.1-{agents}", sizes.fanout_kib));
+    let mut runs = vec![("direct".to_owned(), direct), ("exitpool".to_owned(), ours)];
+    pool.stop().await;
+    for &layout in layouts {
+        let hosted = Hosted::start(layout, agents, conns + 256, per_agent)
+            .await
+            .with_context(|| layout.label())?;
+        let run = fanout_run(&hosted.path(), target, conns, bytes).await?;
+        eprintln!(
+            "   {}: {} errors, {:.2} s",
+            layout.label(),
+            run.errors,
+            run.secs
+        );
+        report.row(
+            "fanout",
+            format!("errors, {}", layout.label()),
+            "count",
+            None,
+            Some(run.errors as f64),
+            None,
+        );
+        report.row(
+            "fanout",
+            format!("throughput, {}", layout.label()),
+            "MB/s",
+            None,
+            Some(total / run.secs / 1e6),
+            None,
+        );
+        report.row(
+            "fanout",
+            format!("p99, {}", layout.label()),
+            "ms",
+            None,
+            Some(run.p99),
+            None,
+        );
+        report.row(
+            "fanout",
+            format!("CPU, {}", layout.label()),
+            "CPU-s/GiB",
+            None,
+            Some(run.cpu / (total / GIB)),
+            None,
+        );
+        runs.push((layout.label().to_owned(), run));
+        hosted.stop().await;
+    }
+    for (name, run) in &runs {
+        if run.errors > 0 {
+            report.failures.push(format!(
+                "fanout {name}: {} of {conns} connections failed, e.g. {:?}",
+                run.errors, run.first_errors
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The real binaries: a gateway child process, an agent child process
+// ---------------------------------------------------------------------------
+
+struct Binaries {
+    gateway: PathBuf,
+    agent: PathBuf,
+}
+
+async fn binaries(args: &Args) -> Result<Binaries> {
+    let dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            // target/<profile>/examples/loadtest -> target/<profile>
+            let exe = std::env::current_exe()?;
+            exe.parent()
+                .and_then(|p| p.parent())
+                .context("locating target directory")?
+                .to_owned()
+        }
+    };
+    if !args.no_build && args.bin_dir.is_none() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--bin", "gateway", "--bin", "agent"]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        eprintln!(
+            "== building the gateway and agent binaries ({})",
+            if cfg!(debug_assertions) {
+                "dev"
+            } else {
+                "release"
+            }
+        );
+        let status =
+            tokio::time::timeout(Duration::from_secs(1800), cmd.kill_on_drop(true).status())
+                .await
+                .context("cargo build timed out")??;
+        if !status.success() {
+            bail!("cargo build --bin gateway --bin agent failed ({status})");
+        }
+    }
+    let bins = Binaries {
+        gateway: dir.join("gateway"),
+        agent: dir.join("agent"),
+    };
+    for bin in [&bins.gateway, &bins.agent] {
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build it with `cargo build --release --bins` or pass --bin-dir",
+                bin.display()
+            );
+        }
+    }
+    Ok(bins)
+}
+
+/// The real `gateway` binary in a child process.
+struct GatewayProcess {
+    child: Child,
+    listen: SocketAddr,
+    tunnel: SocketAddr,
+    admin: SocketAddr,
+    state: PathBuf,
+    binary: PathBuf,
+    max_connections: usize,
+    log: PathBuf,
+}
+
+impl GatewayProcess {
+    async fn start(binary: &Path, state: &Path, max_connections: usize) -> Result<GatewayProcess> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let tunnel = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        Self::spawn(
+            binary.to_owned(),
+            state.to_owned(),
+            listen,
+            tunnel,
+            admin,
+            max_connections,
+            Duration::from_secs(20),
+        )
+        .await
+    }
+
+    async fn spawn(
+        binary: PathBuf,
+        state: PathBuf,
+        listen: SocketAddr,
+        tunnel: SocketAddr,
+        admin: SocketAddr,
+        max_connections: usize,
+        ready_bound: Duration,
+    ) -> Result<GatewayProcess> {
+        let log = state.join("gateway.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(&binary)
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--tunnel",
+                &tunnel.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--max-connections", &max_connections.to_string()])
+            .env("EXITPOOL_AGENT_TOKEN", TOKEN)
+            .env("EXITPOOL_USERS", format!("{USER}:{PASSWORD}"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut process = GatewayProcess {
+            child,
+            listen,
+            tunnel,
+            admin,
+            state,
+            binary,
+            max_connections,
+            log,
+        };
+        let client = reqwest::Client::new();
+        let url = format!("http://{admin}/healthz");
+        let ready = wait_until(ready_bound, "the gateway answers /healthz", || {
+            let request = client.get(&url).timeout(Duration::from_secs(2)).send();
+            async move {
+                request
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        if let Err(error) = ready {
+            let _ = process.child.start_kill();
+            bail!("{error}; gateway log: {}", tail(&process.log));
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            bail!("gateway exited ({status}); log: {}", tail(&process.log));
+        }
+        Ok(process)
+    }
+
+    fn pid(&self) -> Result<u32> {
+        self.child.id().context("gateway process has exited")
+    }
+
+    async fn agents(&self) -> Result<u64> {
+        let url = format!("http://{}/stats", self.admin);
+        let stats: Value = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .json()
+            .await?;
+        stats["agents"]
+            .as_u64()
+            .context("/stats has no \"agents\" count")
+    }
+
+    /// SIGTERM, then wait for a clean exit (SIGKILL after `grace`).
+    async fn stop(&mut self, grace: Duration) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => {
+                self.child.kill().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops and starts again on the same ports and state (so the same pin);
+    /// returns how long the stop took and when the new process answered.
+    async fn restart(&mut self) -> Result<(Duration, Instant)> {
+        let t0 = Instant::now();
+        self.stop(Duration::from_secs(30)).await?;
+        let stopped = t0.elapsed();
+        let next = Self::spawn(
+            self.binary.clone(),
+            self.state.clone(),
+            self.listen,
+            self.tunnel,
+            self.admin,
+            self.max_connections,
+            // A restart meets every agent reconnecting at once.
+            Duration::from_secs(300),
+        )
+        .await?;
+        *self = next;
+        Ok((stopped, Instant::now()))
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+async fn pin_of(binary: &Path, state: &Path) -> Result<String> {
+    let out = tokio::time::timeout(
+        STEP,
+        Command::new(binary)
+            .arg("pin")
+            .arg("--state-dir")
+            .arg(state)
+            .output(),
+    )
+    .await
+    .context("`gateway pin` timed out")??;
+    if !out.status.success() {
+        bail!(
+            "`gateway pin` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// swarm
+// ---------------------------------------------------------------------------
+
+fn swarm_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        1 + (i / 250 / 250) as u8,
+        ((i / 250) % 250) as u8,
+        (i % 250 + 1) as u8,
+    ))
+}
+
+async fn swarm(sizes: &Sizes, bins: &Binaries, report: &mut Report) -> Result<()> {
+    let mut n = sizes.swarm;
+    if let Some(limit) = open_files_limit() {
+        // One UDP socket per agent, plus headroom.
+        let fit = limit.saturating_sub(500) as usize;
+        if fit < n {
+            report.notes.push(format!("swarm: the open-files limit {limit} fits {fit} agents, not {n}; raise `ulimit -n` for more"));
+            n = fit;
+        }
+    }
+    let state = tempfile::tempdir()?;
+    let pin = pin_of(&bins.gateway, state.path()).await?;
+    let mut gw = GatewayProcess::start(&bins.gateway, state.path(), 10_000).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gw_rss0 = status_kib(Some(gw.pid()?), "VmRSS")?;
+    let self_rss0 = status_kib(None, "VmRSS")?;
+
+    let spawn_agent = |i: usize| {
+        Agent::builder(
+            gw.tunnel.to_string(),
+            pin.parse().expect("pin from `gateway pin` parses"),
+            TOKEN,
+        )
+        .bind(swarm_ip(i))
+        .allow_private(true)
+        .max_streams(8)
+        .spawn()
+    };
+    // The agents live in this process; measure what one costs here on a first
+    // batch and keep the total within half the available memory.
+    let probe = n.min(100);
+    let t0 = Instant::now();
+    let mut agents = Vec::with_capacity(n);
+    for i in 0..probe {
+        agents.push(spawn_agent(i)?);
+    }
+    wait_agents(&gw, probe as u64, Duration::from_secs(60)).await?;
+    let per_agent_here =
+        (status_kib(None, "VmRSS")?.saturating_sub(self_rss0) as f64 / probe as f64).max(1.0);
+    let available = meminfo_kib("MemAvailable").unwrap_or(u64::MAX / 4) as f64;
+    let fit = (available * 0.8 / per_agent_here) as usize;
+    if fit < n {
+        report.notes.push(format!("swarm: in-process agents cost ~{per_agent_here:.0} KiB each here; memory fits {fit}, not {n}"));
+        n = fit.max(probe);
+    }
+    // The rest in batches, so the handshakes arrive at a steady rate.
+    for i in probe..n {
+        agents.push(spawn_agent(i)?);
+        if i % 500 == 499 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let join_bound = Duration::from_secs(120 + n as u64 / 50);
+    wait_agents(&gw, n as u64, join_bound).await?;
+    let join_time = t0.elapsed();
+    eprintln!("   {n} agents joined in {:.1} s", join_time.as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = gw.pid()?;
+    let gw_rss1 = status_kib(Some(pid), "VmRSS")?;
+    let self_rss1 = status_kib(None, "VmRSS")?;
+    // Idle: keep-alives only, for a full keep-alive period.
+    let idle = Duration::from_secs(if n > 1000 { 16 } else { 5 });
+    let (gc0, sc0) = (cpu_seconds(Some(pid))?, cpu_seconds(None)?);
+    tokio::time::sleep(idle).await;
+    let (gc1, sc1) = (cpu_seconds(Some(pid))?, cpu_seconds(None)?);
+    let gw_idle_pct = (gc1 - gc0) / idle.as_secs_f64() * 100.0;
+    let agents_idle_pct = (sc1 - sc0) / idle.as_secs_f64() * 100.0;
+    let still = gw.agents().await?;
+    eprintln!("   gateway RSS {gw_rss0} -> {gw_rss1} KiB; idle CPU {gw_idle_pct:.1} %");
+
+    let restart_start = Instant::now();
+    let bound = Duration::from_secs(120 + n as u64 / 50);
+    let (stop_time, up_at, back) = match gw.restart().await {
+        Ok((stop_time, up_at)) => (
+            stop_time,
+            Some(up_at),
+            wait_agents(&gw, n as u64, bound).await,
+        ),
+        Err(error) => (
+            restart_start.elapsed(),
+            None,
+            Err(error.context("restarting the gateway")),
+        ),
+    };
+    let reconnect = restart_start.elapsed();
+    let after_up = up_at.map(|t| t.elapsed()).unwrap_or_default();
+    report.row(
+        "swarm",
+        format!("agents connected to one gateway ({n} started)"),
+        "count",
+        None,
+        Some(still as f64),
+        None,
+    );
+    report.row(
+        "swarm",
+        "time for all to join (cold start)",
+        "s",
+        None,
+        Some(join_time.as_secs_f64()),
+        None,
+    );
+    report.row(
+        "swarm",
+        "gateway RSS before agents",
+        "MiB",
+        None,
+        Some(gw_rss0 as f64 / 1024.0),
+        None,
+    );
+    report.row(
+        "swarm",
+        "gateway RSS with all agents",
+        "MiB",
+        None,
+        Some(gw_rss1 as f64 / 1024.0),
+        None,
+    );
+    report.row(
+        "swarm",
+        "gateway memory per agent",
+        "KiB",
+        None,
+        Some((gw_rss1 as f64 - gw_rss0 as f64) / n as f64),
+        None,
+    );
+    report.row(
+        "swarm",
+        "gateway idle CPU with all agents",
+        "% core",
+        None,
+        Some(gw_idle_pct),
+        None,
+    );
+    report.row(
+        "swarm",
+        "in-process agents: memory per agent",
+        "KiB",
+        None,
+        Some((self_rss1 as f64 - self_rss0 as f64) / n as f64),
+        None,
+    );
+    report.row(
+        "swarm",
+        "in-process agents: idle CPU, all together",
+        "% core",
+        None,
+        Some(agents_idle_pct),
+        None,
+    );
+    report.row(
+        "swarm",
+        "restart: SIGTERM until the old gateway exited",
+        "s",
+        None,
+        Some(stop_time.as_secs_f64()),
+        None,
+    );
+    match back {
+        Ok(_) => {
+            eprintln!(
+                "   all {n} back {:.1} s after SIGTERM ({:.1} s after the new gateway answered)",
+                reconnect.as_secs_f64(),
+                after_up.as_secs_f64()
+            );
+            report.row(
+                "swarm",
+                "restart: new gateway up to all agents back",
+                "s",
+                None,
+                Some(after_up.as_secs_f64()),
+                None,
+            );
+            report.row(
+                "swarm",
+                "restart: SIGTERM to all agents back",
+                "s",
+                None,
+                Some(reconnect.as_secs_f64()),
+                None,
+            );
+        }
+        Err(e) => {
+            let count = gw.agents().await.unwrap_or(0);
+            report.row(
+                "swarm",
+                "restart: agents back within bound",
+                "count",
+                None,
+                Some(count as f64),
+                None,
+            );
+            report.failures.push(format!(
+                "swarm: after a gateway restart only {count} of {n} agents came back: {e:#}"
+            ));
+        }
+    }
+    report.notes.push(format!(
+        "swarm: gateway = the real `gateway` binary in its own process (RSS/CPU from /proc/PID); {n} agents in this process on 127.1.x.y, one QUIC endpoint each; restart = SIGTERM, then the same ports and state dir"
+    ));
+    let _ = gw.stop(Duration::from_secs(10)).await;
+    let stops = agents.into_iter().map(|a| async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), a.shutdown()).await;
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(60), join_all(stops)).await;
+    Ok(())
+}
+
+async fn wait_agents(gw: &GatewayProcess, n: u64, bound: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let mut last = 0;
+    loop {
+        if let Ok(count) = gw.agents().await {
+            last = count;
+            if count >= n {
+                return Ok(start.elapsed());
+            }
+        }
+        if start.elapsed() > bound {
+            bail!(
+                "only {last} of {n} agents joined within {bound:?}; gateway log: {}",
+                tail(&gw.log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// footprint
+// ---------------------------------------------------------------------------
+
+async fn footprint(bins: &Binaries, report: &mut Report) -> Result<()> {
+    let target = start_target().await?;
+    let pool = Pool::start(0, 1024, 64).await?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("agent.log");
+    let mut child = Command::new(&bins.agent)
+        .args([
+            "--gateway",
+            &pool.gateway.tunnel_addr().to_string(),
+            "--pin",
+            pool.gateway.pin(),
+        ])
+        .args(["--bind", "127.0.0.2", "--allow-private"])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .env("EXITPOOL_AGENT_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bins.agent.display()))?;
+    let joined = tokio::time::timeout(
+        STEP,
+        pool.gateway
+            .registry()
+            .wait_for_census(|c| c.accepting >= 1),
+    )
+    .await;
+    if joined.is_err() {
+        let _ = child.start_kill();
+        bail!(
+            "the agent process did not join within {STEP:?}; log: {}",
+            tail(&log)
+        );
+    }
+    let pid = child.id().context("agent exited")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_idle = status_kib(Some(pid), "VmRSS")?;
+    let idle = Duration::from_secs(10);
+    let c0 = cpu_seconds(Some(pid))?;
+    tokio::time::sleep(idle).await;
+    let idle_pct = (cpu_seconds(Some(pid))? - c0) / idle.as_secs_f64() * 100.0;
+    // Then some traffic through it, and what stays resident afterwards.
+    let path = pool.path();
+    let bytes = 64 * MIB;
+    let c1 = cpu_seconds(Some(pid))?;
+    let down = one_transfer(&path, target, bytes, false, None)
+        .await
+        .context("64 MiB through the agent process")?;
+    let up = one_transfer(&path, target, bytes, true, None)
+        .await
+        .context("64 MiB up through the agent process")?;
+    let agent_cpu = (cpu_seconds(Some(pid))? - c1) / (2.0 * bytes as f64 / GIB);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = status_kib(Some(pid), "VmRSS")?;
+    let hwm = status_kib(Some(pid), "VmHWM")?;
+    let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("Threads:")
+                    .map(|v| v.trim().parse::<f64>().ok())
+            })
+        })
+        .flatten();
+    report.row(
+        "footprint",
+        "agent process idle RSS",
+        "MiB",
+        None,
+        Some(rss_idle as f64 / 1024.0),
+        None,
+    );
+    report.row(
+        "footprint",
+        "agent process idle CPU",
+        "% core",
+        None,
+        Some(idle_pct),
+        None,
+    );
+    report.row(
+        "footprint",
+        "agent RSS after 64 MiB down + up",
+        "MiB",
+        None,
+        Some(rss_after as f64 / 1024.0),
+        None,
+    );
+    report.row(
+        "footprint",
+        "agent peak RSS (VmHWM)",
+        "MiB",
+        None,
+        Some(hwm as f64 / 1024.0),
+        None,
+    );
+    report.row(
+        "footprint",
+        "agent process CPU while relaying",
+        "CPU-s/GiB",
+        None,
+        Some(agent_cpu),
+        None,
+    );
+    report.row(
+        "footprint",
+        "through the agent process: download",
+        "MB/s",
+        None,
+        Some(down.mb_per_s),
+        None,
+    );
+    report.row(
+        "footprint",
+        "through the agent process: upload",
+        "MB/s",
+        None,
+        Some(up.mb_per_s),
+        None,
+    );
+    if let Some(threads) = threads {
+        report.row(
+            "footprint",
+            "agent process threads",
+            "count",
+            None,
+            Some(threads),
+            None,
+        );
+    }
+    report.notes.push("footprint: the real `agent` binary (its default runtime) against an in-process gateway; idle CPU over 10 s".into());
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await;
+    if tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    pool.stop().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// chart
+// ---------------------------------------------------------------------------
+
+mod chart {
+    use super::Report;
+    use plotters::prelude::*;
+    use std::path::Path;
+
+    const COLORS: [RGBColor; 3] = [
+        RGBColor(120, 120, 120),
+        RGBColor(31, 119, 180),
+        RGBColor(230, 130, 30),
+    ];
+    const SERIES: [&str; 3] = ["direct", "exitpool", "tinyproxy"];
+
+    /// Groups of bars: (group label, [direct, exitpool, tinyproxy]).
+    type Groups = Vec<(String, [Option<f64>; 3])>;
+
+    pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
+        let pick = |scenario: &str, metric: &str, label: &str| {
+            report
+                .find(scenario, metric)
+                .map(|r| (label.to_owned(), [r.direct, r.exitpool, r.tinyproxy]))
+        };
+        let throughput: Groups = [
+            pick("bulk", "download throughput", "bulk download"),
+            pick("bulk", "upload throughput", "bulk upload"),
+            pick("fanout", "aggregate throughput", "fan-out aggregate"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let latency: Groups = [
+            pick("connect", "fresh connect + 1 KiB, p50", "p50"),
+            pick("connect", "fresh connect + 1 KiB, p99", "p99"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (left, right) = root.split_horizontally(560);
+        bars(
+            &left,
+            "Throughput (MB/s, higher is better)",
+            "MB/s",
+            &throughput,
+        )?;
+        bars(
+            &right,
+            "Fresh CONNECT + 1 KiB (ms, lower is better)",
+            "ms",
+            &latency,
+        )?;
+        root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(())
+    }
+
+    fn bars(
+        area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+        title: &str,
+        unit: &str,
+        groups: &Groups,
+    ) -> anyhow::Result<()> {
+        let err = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("{e:?}");
+        let max = groups
+            .iter()
+            .flat_map(|(_, v)| v.iter().flatten())
+            .fold(0.0f64, |a, &b| a.max(b));
+        let top = if max > 0.0 { max * 1.25 } else { 1.0 };
+        let n = groups.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(20)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..n, 0f64..top)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc(unit)
+            .draw()
+            .map_err(err)?;
+        for (s, name) in SERIES.iter().enumerate() {
+            let color = COLORS[s];
+            let rects: Vec<_> = groups
+                .iter()
+                .enumerate()
+                .filter_map(|(g, (_, values))| {
+                    values[s].map(|v| {
+                        let x0 = g as f64 + 0.12 + s as f64 * 0.26;
+                        Rectangle::new([(x0, 0.0), (x0 + 0.24, v)], color.filled())
+                    })
+                })
+                .collect();
+            if rects.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(rects)
+                .map_err(err)?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
+            let labels: Vec<_> = groups
+                .iter()
+                .enumerate()
+                .filter_map(|(g, (_, values))| {
+                    values[s].map(|v| {
+                        let x0 = g as f64 + 0.12 + s as f64 * 0.26;
+                        let text = if v >= 100.0 {
+                            format!("{v:.0}")
+                        } else {
+                            format!("{v:.2}")
+                        };
+                        Text::new(text, (x0, v + top * 0.02), ("sans-serif", 12))
+                    })
+                })
+                .collect();
+            chart.draw_series(labels).map_err(err)?;
+        }
+        let names: Vec<_> = groups
+            .iter()
+            .enumerate()
+            .map(|(g, (label, _))| {
+                Text::new(
+                    label.clone(),
+                    (g as f64 + 0.3, top * 0.95),
+                    ("sans-serif", 14),
+                )
+            })
+            .collect();
+        chart.draw_series(names).map_err(err)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+        Ok(())
+    }
+}
