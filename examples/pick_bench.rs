@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
         for n in 0..size {
             registry.insert(Joining {
                 agent_id: format!("agent{n}"),
+                token: "bench".into(),
                 location: Location {
                     country: Some(countries[n % countries.len()].to_owned()),
                     asn: None,

@@ -623,3 +623,30 @@ fn hash_password_output_verifies() {
     assert!(users.authenticate("dave", "S0meSecret").is_some());
     assert!(users.authenticate("dave", "other").is_none());
 }
+
+#[tokio::test]
+async fn revoking_an_agent_token_on_reload_disconnects_its_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("agent-tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let file = tokens.clone();
+    let net = TestGateway::start_with(move |config| {
+        config.agent_tokens = exitpool::gateway::auth::AgentTokens::default();
+        config.agent_tokens_file = Some(file);
+    })
+    .await;
+    let mut agent = net.agent("127.0.0.2").await;
+    std::fs::write(&tokens, "another-token\n").unwrap();
+    net.gateway.reload().unwrap();
+    within(
+        "revoked agent leaves",
+        net.gateway.registry().wait_for_count(|n| *n == 0),
+    )
+    .await;
+    // Trying to come back, it is rejected and stops with a clear error.
+    let result = within("agent stops", agent.finished()).await;
+    assert!(
+        matches!(result, Err(exitpool::agent::AgentError::BadToken(_))),
+        "{result:?}"
+    );
+}

@@ -143,6 +143,17 @@ impl Shared {
                     agent_tokens = set.agent_tokens.len(),
                     "accounts reloaded"
                 );
+                // A revoked token takes its agents out at once; they hear why
+                // when they try to come back (a Reject with BadToken).
+                for agent in self.registry.agents() {
+                    if !set.agent_tokens.accepts(agent.token.expose()) {
+                        info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
+                        self.registry.remove(agent.key);
+                        agent
+                            .connection
+                            .close(tunnel::close_code::REJECTED.into(), b"agent token revoked");
+                    }
+                }
                 Ok(())
             }
             Err(error) => {

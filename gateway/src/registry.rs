@@ -100,6 +100,9 @@ pub struct Agent {
     pub exit_id: String,
     /// Position on the session hash ring, derived from the exit id.
     ring_point: u64,
+    /// The token it enrolled with, so revoking that token (on reload) can
+    /// disconnect it. Never shown: `Secret` hides it from `Debug`.
+    pub token: exitpool_protocol::Secret,
     /// Where the exit is.
     pub location: Location,
     /// The agent's address as seen by the gateway.
@@ -188,6 +191,8 @@ pub struct Census {
 pub struct Joining {
     /// Id from `Hello`.
     pub agent_id: String,
+    /// The token from `Hello`.
+    pub token: exitpool_protocol::Secret,
     /// Where the exit is.
     pub location: Location,
     /// Software string from `Hello`.
@@ -289,6 +294,7 @@ impl Registry {
         let agent = Arc::new(Agent {
             key,
             ring_point,
+            token: joining.token,
             exit_id,
             agent_id: joining.agent_id,
             location: joining.location,

@@ -221,6 +221,7 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
     let location = shared.locate(connection.remote_address().ip());
     let (agent, replaced) = shared.registry.insert(Joining {
         agent_id,
+        token,
         location,
         software,
         max_streams: capacity.max_streams.clamp(1, MAX_AGENT_STREAMS),
