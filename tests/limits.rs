@@ -274,3 +274,27 @@ async fn a_flood_of_bad_credentials_is_rate_limited_per_address() {
     other.write_all(request.as_bytes()).await.unwrap();
     assert_eq!(read_head(&mut other).await.status, 200);
 }
+
+#[tokio::test]
+async fn the_head_deadline_counts_from_accept_not_from_the_first_byte() {
+    let timeout = Duration::from_secs(2);
+    let net = TestGateway::start_with(|config| config.head_timeout = timeout).await;
+    let mut stream = within("connect", TcpStream::connect(net.proxy()))
+        .await
+        .unwrap();
+    let accepted = Instant::now();
+    // Silent for most of the deadline (pacing the client, not waiting for the
+    // gateway), then the start of a head that never ends.
+    tokio::time::sleep(timeout * 3 / 4).await;
+    stream
+        .write_all(b"GET http://example.com/ HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = within("closed", stream.read_to_end(&mut rest)).await;
+    let held = accepted.elapsed();
+    assert!(
+        held < timeout * 3 / 2,
+        "held {held:?}, deadline {timeout:?}"
+    );
+}

@@ -139,11 +139,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    // One deadline from accept for the whole first head (or SOCKS5 negotiation).
+    let deadline = tokio::time::Instant::now() + shared.config.head_timeout;
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(shared.config.head_timeout, stream.peek(&mut first)).await;
+    let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
     match peeked {
-        Ok(Ok(1)) if first[0] == SOCKS5_VERSION => crate::socks::serve(stream, peer, shared).await,
-        Ok(Ok(1)) => crate::http::serve(stream, peer, shared).await,
+        Ok(Ok(1)) if first[0] == SOCKS5_VERSION => {
+            crate::socks::serve(stream, peer, deadline, shared).await
+        }
+        Ok(Ok(1)) => crate::http::serve(stream, peer, deadline, shared).await,
         Ok(Ok(_)) => debug!("closed before sending anything"),
         Ok(Err(error)) => debug!(%error, "read failed"),
         Err(_) => debug!("sent nothing within the head timeout"),

@@ -25,9 +25,8 @@
 //! more with `414`, which the 16 KiB head limit never lets through, so the 8 KiB
 //! request-line check is ours (in `handle`, before credentials are looked at).
 //!
-//! The customer port's first-byte sniff (`customer.rs`) waits up to `head_timeout`
-//! too, so a client that is silent before its first byte can hold a connection for
-//! up to twice `head_timeout` in all.
+//! The first head's deadline counts from accept (the first-byte sniff in
+//! `customer.rs` shares it), so a silent client is closed after `head_timeout`.
 
 use crate::error::ProxyError;
 use crate::exit::OpenedExit;
@@ -74,12 +73,29 @@ pub const MOVED_FROM_HEADER: &str = "x-exitpool-moved-from";
 pub const ERROR_HEADER: &str = "x-exitpool-error";
 
 /// Serves HTTP proxy requests on one customer connection.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+) {
     let service_shared = shared.clone();
+    // hyper's header timer starts when it starts reading; the first head must
+    // also arrive by `deadline`, counted from accept, so time spent before the
+    // first byte is not granted twice.
+    let first_head_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = first_head_seen.clone();
     let service = hyper::service::service_fn(move |request| {
+        seen.store(true, std::sync::atomic::Ordering::Relaxed);
         let shared = service_shared.clone();
         async move { Ok::<_, Infallible>(handle(request, peer, shared).await) }
     });
+    let first_head_deadline = async {
+        tokio::time::sleep_until(deadline).await;
+        if first_head_seen.load(std::sync::atomic::Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -97,6 +113,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 debug!(%error, "customer connection ended with an error");
             }
         }
+        () = first_head_deadline => debug!("no request head by the deadline; closing"),
         () = shared.shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(shared.config.shutdown_grace, connection).await;

@@ -168,11 +168,16 @@ impl fmt::Display for Target {
 }
 
 /// Serves one SOCKS5 customer connection, from greeting to the end of the relay.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+) {
     let started = Instant::now();
     let head_timeout = shared.config.head_timeout;
     let negotiated = tokio::select! {
-        negotiated = tokio::time::timeout(head_timeout, negotiate(&mut stream, &shared)) => negotiated,
+        negotiated = tokio::time::timeout_at(deadline, negotiate(&mut stream, &shared)) => negotiated,
         () = shared.shutdown.cancelled() => return,
     };
     let (grant, target) = match negotiated {
