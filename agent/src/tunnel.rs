@@ -74,15 +74,12 @@ impl Default for Backoff {
 /// Transport settings for the tunnel: keep-alive under home NAT timeouts, bounded
 /// receive windows, and exactly as many incoming streams as the agent serves.
 pub fn transport_config(max_streams: u32) -> quinn::TransportConfig {
-    let mut transport = quinn::TransportConfig::default();
+    let mut transport = exitpool_protocol::udp::base_transport();
     transport
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
         .max_concurrent_bidi_streams(max_streams.into())
-        .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window((4u32 * 1024 * 1024).into())
-        .receive_window((16u32 * 1024 * 1024).into())
-        .send_window(16 * 1024 * 1024);
+        .max_concurrent_uni_streams(0u32.into());
     transport
 }
 

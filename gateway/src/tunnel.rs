@@ -37,7 +37,8 @@ pub use exitpool_protocol::close_code;
 /// gateway pings at least twice per idle timeout so live agents never hit it.
 pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportConfig {
     let idle = idle_timeout.max(std::time::Duration::from_millis(100));
-    let mut transport = quinn::TransportConfig::default();
+    // Windows bound what one agent can make the gateway buffer (16 MiB).
+    let mut transport = exitpool_protocol::udp::base_transport();
     transport
         .max_idle_timeout(Some(
             idle.try_into()
@@ -46,12 +47,7 @@ pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportCo
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL.min(idle / 3)))
         // Agents open exactly one stream (control); relay streams are opened by us.
         .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into())
-        // Per-stream and per-connection windows bound what one agent can make the
-        // gateway buffer: at most 16 MiB in flight towards us per agent.
-        .stream_receive_window((4u32 * 1024 * 1024).into())
-        .receive_window((16u32 * 1024 * 1024).into())
-        .send_window(16 * 1024 * 1024);
+        .max_concurrent_uni_streams(0u32.into());
     transport
 }
 
