@@ -33,8 +33,7 @@ pub use exitpool_protocol::close_code;
 
 /// Transport settings for agent tunnels. quinn's defaults allow an unlimited
 /// connection receive window and no keep-alive; both are set here. A tunnel
-/// silent for `idle_timeout` is dead (a vanished agent is noticed within it); the
-/// gateway pings at least twice per idle timeout so live agents never hit it.
+/// silent for `idle_timeout` is dead (a vanished agent is noticed within it).
 pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportConfig {
     let idle = idle_timeout.max(std::time::Duration::from_millis(100));
     // Windows bound what one agent can make the gateway buffer (16 MiB).
@@ -44,7 +43,10 @@ pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportCo
             idle.try_into()
                 .unwrap_or_else(|_| IDLE_TIMEOUT.try_into().expect("fits")),
         ))
-        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL.min(idle / 3)))
+        // Agents ping every KEEP_ALIVE_INTERVAL (for their NAT); the gateway
+        // pings too only when its idle timeout is shorter than two of those,
+        // so an idle pool costs one ping per agent per interval, not two.
+        .keep_alive_interval((idle < KEEP_ALIVE_INTERVAL * 2).then_some(idle / 3))
         // Agents open exactly one stream (control); relay streams are opened by us.
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into());

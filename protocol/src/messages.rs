@@ -27,8 +27,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`FailureCode::ConnectionTimeout`].
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often a connected agent reports its load on the control stream.
-pub const LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a connected agent restates its load on the control stream. Changes
+/// that matter for routing (pause, resume, quota) are sent at once; this periodic
+/// restatement is cheap insurance, kept rare because a gateway holds many agents.
+pub const LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// QUIC application close codes the gateway uses towards agents.
 pub mod close_code {
