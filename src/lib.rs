@@ -7,7 +7,7 @@
 //! - [`geoip`]: IP to country / ASN / city lookups;
 //! - [`gateway`]: the customer-facing proxy, agent registry, routing and stats;
 //! - [`agent`]: the exit node, embeddable in an app as an SDK;
-//! - [`shutdown`]: the signals that stop the binaries.
+//! - [`cli`]: what the binaries share (runtime, exit codes, stop signals).
 
 #![forbid(unsafe_code)]
 
@@ -16,4 +16,4 @@ pub use exitpool_gateway as gateway;
 pub use exitpool_geoip as geoip;
 pub use exitpool_protocol as protocol;
 
-pub mod shutdown;
+pub mod cli;

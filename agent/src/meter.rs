@@ -190,12 +190,8 @@ impl Meter {
             period: self.period_key(),
             bytes: self.period_bytes(),
         };
-        let tmp = path.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, path)
+        let bytes = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
+        crate::state::write_atomically(path, &bytes)
     }
 }
 

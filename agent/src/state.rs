@@ -40,15 +40,21 @@ pub fn load_or_create_agent_id(dir: &Path) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir)?;
             let id = random_agent_id();
-            let tmp = path.with_extension("tmp");
-            let mut file = std::fs::File::create(&tmp)?;
-            writeln!(file, "{id}")?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            write_atomically(&path, format!("{id}\n").as_bytes())?;
             Ok(id)
         }
         Err(e) => Err(e),
     }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename, so a
+/// crash leaves either the old contents or the new, never half of them.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

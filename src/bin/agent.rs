@@ -65,20 +65,7 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("agent: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("agent: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exitpool::cli::run("agent", run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -112,7 +99,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut agent = builder.spawn().context("starting the agent")?;
     tokio::select! {
         result = agent.finished() => result.context("the agent stopped")?,
-        () = exitpool::shutdown::signal() => {
+        () = exitpool::cli::shutdown_signal() => {
             tracing::info!("shutting down");
             agent.shutdown().await?;
         }

@@ -122,20 +122,7 @@ fn main() -> ExitCode {
         // Event fields stay under "fields", apart from tracing's own "target".
         LogFormat::Json => logs.json().init(),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("gateway: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("gateway: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exitpool::cli::run("gateway", run(args))
 }
 
 /// `gateway hash-password`: the first line of standard input, hashed.
@@ -295,7 +282,7 @@ async fn wait_for_shutdown(gateway: &Gateway) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let stop = exitpool::shutdown::signal();
+        let stop = exitpool::cli::shutdown_signal();
         tokio::pin!(stop);
         let Ok(mut hangup) = signal(SignalKind::hangup()) else {
             return stop.await;
@@ -313,6 +300,6 @@ async fn wait_for_shutdown(gateway: &Gateway) {
     #[cfg(not(unix))]
     {
         let _ = gateway;
-        exitpool::shutdown::signal().await;
+        exitpool::cli::shutdown_signal().await;
     }
 }
