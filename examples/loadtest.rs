@@ -10,20 +10,25 @@
 //!
 //! Scenarios (see `--help`):
 //! - `bulk`: one CONNECT, N MiB down and then up; MB/s and CPU seconds per GiB,
-//!   direct, through exitpool (gateway + one agent in this process) and through
-//!   tinyproxy when it is on PATH;
+//!   direct, through exitpool and through tinyproxy when it is on PATH;
 //! - `connect`: fresh CONNECT + 1 KiB response, sequential and concurrent, p50/p99/max;
 //! - `fanout`: many concurrent customer connections over many agents, errors must be 0;
-//! - `swarm`: many agents (in this process) on one gateway run as a child process
-//!   (the real `gateway` binary), so its memory and CPU are measured on their own;
-//!   then the gateway restarts and the time for all agents to come back is measured;
-//! - `footprint`: the real `agent` binary, idle, against an in-process gateway.
+//! - `swarm`: many agents (in this process) on one gateway process, its memory and
+//!   CPU measured on their own; then the gateway restarts and the time for all
+//!   agents to come back is measured;
+//! - `footprint`: one agent process, idle and after traffic, against an in-process
+//!   gateway.
 //!
-//! CPU time comes from `/proc/PID/stat` (utime + stime, USER_HZ = 100). In `bulk`,
-//! `connect` and `fanout` the client, the target, the gateway and the agent all run
-//! in this process, so their CPU figures cover the whole path (tinyproxy's own
-//! process is added to its column); subtract the direct column for the proxy's
-//! share. Every wait is bounded; a failure exits non-zero with a message.
+//! exitpool is measured as it is deployed: the real `gateway` and `agent` binaries,
+//! each in its own process (built first unless `--no-build`), like tinyproxy's. The
+//! gateway runs with `--threads 1` (`--gateway-threads`), because here the client,
+//! the target, the gateway and the agents share two cores; `--compare-runtimes`
+//! measures `--threads 2` next to it.
+//!
+//! CPU time comes from `/proc/PID/stat` (utime + stime, USER_HZ = 100): this
+//! process (client and target) plus the proxy's processes, so the figures cover the
+//! whole path; subtract the direct column for the proxy's share. Every wait is
+//! bounded; a failure exits non-zero with a message.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
@@ -97,9 +102,12 @@ struct Args {
     /// Where the `gateway` and `agent` binaries are (default: next to this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// bulk and fanout: also measure exitpool with the gateway and the agents each
-    /// on their own runtime (current-thread, and multi-thread with 2 workers),
-    /// apart from the client's, as separate processes would be.
+    /// Worker threads of the gateway process (its `--threads`). One by default:
+    /// here the client, target, gateway and agents share two cores, where each
+    /// would have a machine of its own.
+    #[arg(long, default_value_t = 1)]
+    gateway_threads: usize,
+    /// bulk, connect and fanout: also measure the gateway with `--threads 2`.
     #[arg(long)]
     compare_runtimes: bool,
     /// Do not run `cargo build --bin gateway --bin agent` before swarm/footprint.
@@ -271,27 +279,22 @@ async fn run(args: Args) -> Result<bool> {
         );
     }
     let wants = |s: Scenario| args.scenario == s || args.scenario == Scenario::All;
-    let bins = if wants(Scenario::Swarm) || wants(Scenario::Footprint) {
-        Some(binaries(&args).await?)
-    } else {
-        None
-    };
-    let layouts: Vec<Layout> = if args.compare_runtimes {
-        vec![Layout::OwnCurrent, Layout::OwnMulti]
-    } else {
-        vec![]
+    let bins = binaries(&args).await?;
+    let runs = Runs {
+        gateway_threads: args.gateway_threads,
+        also_threads: args.compare_runtimes.then_some(2),
     };
     let started = Instant::now();
     if wants(Scenario::Bulk) {
         eprintln!("== bulk: {} MiB each way", sizes.bulk_mib);
-        if let Err(error) = bulk(&sizes, tinyproxy.as_deref(), &layouts, &mut report).await {
+        if let Err(error) = bulk(&sizes, &bins, &runs, tinyproxy.as_deref(), &mut report).await {
             eprintln!("   bulk failed: {error:#}");
             report.failures.push(format!("bulk: {error:#}"));
         }
     }
     if wants(Scenario::Connect) {
         eprintln!("== connect: {} fresh connections per path", sizes.connects);
-        if let Err(error) = connect(&sizes, tinyproxy.as_deref(), &mut report).await {
+        if let Err(error) = connect(&sizes, &bins, &runs, tinyproxy.as_deref(), &mut report).await {
             eprintln!("   connect failed: {error:#}");
             report.failures.push(format!("connect: {error:#}"));
         }
@@ -301,25 +304,23 @@ async fn run(args: Args) -> Result<bool> {
             "== fanout: {} connections over {} agents",
             sizes.fanout_conns, sizes.fanout_agents
         );
-        if let Err(error) = fanout(&sizes, &layouts, &mut report).await {
+        if let Err(error) = fanout(&sizes, &bins, &runs, &mut report).await {
             eprintln!("   fanout failed: {error:#}");
             report.failures.push(format!("fanout: {error:#}"));
         }
     }
-    if let Some(bins) = &bins {
-        if wants(Scenario::Swarm) {
-            eprintln!("== swarm: {} agents", sizes.swarm);
-            if let Err(error) = swarm(&sizes, bins, &mut report).await {
-                eprintln!("   swarm failed: {error:#}");
-                report.failures.push(format!("swarm: {error:#}"));
-            }
+    if wants(Scenario::Swarm) {
+        eprintln!("== swarm: {} agents", sizes.swarm);
+        if let Err(error) = swarm(&sizes, &bins, &runs, &mut report).await {
+            eprintln!("   swarm failed: {error:#}");
+            report.failures.push(format!("swarm: {error:#}"));
         }
-        if wants(Scenario::Footprint) {
-            eprintln!("== footprint: one agent process");
-            if let Err(error) = footprint(bins, &mut report).await {
-                eprintln!("   footprint failed: {error:#}");
-                report.failures.push(format!("footprint: {error:#}"));
-            }
+    }
+    if wants(Scenario::Footprint) {
+        eprintln!("== footprint: one agent process");
+        if let Err(error) = footprint(&bins, &mut report).await {
+            eprintln!("   footprint failed: {error:#}");
+            report.failures.push(format!("footprint: {error:#}"));
         }
     }
     let elapsed = started.elapsed();
@@ -379,7 +380,7 @@ fn setup(args: &Args, sizes: &Sizes) -> Value {
         "kernel": kernel,
         "memory_mib": mem,
         "profile": if cfg!(debug_assertions) { "dev (debug assertions on)" } else { "release" },
-        "runtime": "tokio multi-thread (client, target, gateway and agent share it)",
+        "runtime": format!("client and target: tokio multi-thread in this process; gateway process: --threads {}; agent processes: their default (current-thread)", args.gateway_threads),
         "bulk_mib": sizes.bulk_mib,
         "connects": sizes.connects,
         "concurrency": sizes.concurrency,
@@ -821,150 +822,6 @@ impl Pool {
     }
 }
 
-/// Which runtimes the in-process gateway and agents run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    /// The gateway and its agents each on a dedicated current-thread runtime.
-    OwnCurrent,
-    /// The gateway and its agents each on a dedicated 2-worker runtime.
-    OwnMulti,
-}
-
-impl Layout {
-    fn label(self) -> &'static str {
-        match self {
-            Layout::OwnCurrent => "own current-thread runtimes",
-            Layout::OwnMulti => "own 2-worker runtimes",
-        }
-    }
-
-    fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
-        match self {
-            Layout::OwnCurrent => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build(),
-            Layout::OwnMulti => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build(),
-        }
-    }
-}
-
-/// A gateway and agents each living on a thread with its own runtime, the way
-/// two processes would run them; only addresses cross over.
-struct Hosted {
-    listen: SocketAddr,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Hosted {
-    async fn start(
-        layout: Layout,
-        agents: usize,
-        max_connections: usize,
-        max_streams: u32,
-    ) -> Result<Hosted> {
-        let (info_tx, info_rx) =
-            tokio::sync::oneshot::channel::<Result<(SocketAddr, SocketAddr, String)>>();
-        let (stop_gw, stop_gw_rx) = tokio::sync::oneshot::channel::<()>();
-        let gw_thread = std::thread::spawn(move || {
-            let runtime = match layout.runtime() {
-                Ok(r) => r,
-                Err(e) => return drop(info_tx.send(Err(e.into()))),
-            };
-            runtime.block_on(async move {
-                let started = async {
-                    let state = tempfile::tempdir()?;
-                    let gateway = Pool::start_gateway(state.path(), max_connections).await?;
-                    anyhow::Ok((state, gateway))
-                }
-                .await;
-                match started {
-                    Ok((_state, gateway)) => {
-                        let info = (
-                            gateway.listen_addr(),
-                            gateway.tunnel_addr(),
-                            gateway.pin().to_owned(),
-                        );
-                        let _ = info_tx.send(Ok(info));
-                        let _ = stop_gw_rx.await;
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(10), gateway.shutdown()).await;
-                    }
-                    Err(e) => drop(info_tx.send(Err(e))),
-                }
-            });
-        });
-        let (listen, tunnel, pin) = tokio::time::timeout(STEP, info_rx)
-            .await
-            .context("hosted gateway start timed out")???;
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
-        let (stop_agents, stop_agents_rx) = tokio::sync::oneshot::channel::<()>();
-        let agents_thread = std::thread::spawn(move || {
-            let runtime = match layout.runtime() {
-                Ok(r) => r,
-                Err(e) => return drop(ready_tx.send(Err(e.into()))),
-            };
-            runtime.block_on(async move {
-                let spawned: Result<Vec<AgentHandle>> = (0..agents)
-                    .map(|i| Ok(Pool::agent_builder(tunnel, &pin, i, max_streams)?.spawn()?))
-                    .collect();
-                let handles = match spawned {
-                    Ok(h) => h,
-                    Err(e) => return drop(ready_tx.send(Err(e))),
-                };
-                let joined = tokio::time::timeout(STEP * 3, async {
-                    for h in &handles {
-                        h.connected().await;
-                    }
-                })
-                .await;
-                let _ = ready_tx.send(joined.map_err(|_| {
-                    anyhow::anyhow!("hosted agents did not join within {:?}", STEP * 3)
-                }));
-                let _ = stop_agents_rx.await;
-                for h in handles {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), h.shutdown()).await;
-                }
-            });
-        });
-        let hosted = Hosted {
-            listen,
-            stops: vec![stop_agents, stop_gw],
-            threads: vec![agents_thread, gw_thread],
-        };
-        tokio::time::timeout(STEP * 4, ready_rx)
-            .await
-            .context("hosted agents start timed out")???;
-        Ok(hosted)
-    }
-
-    fn path(&self) -> Route {
-        Route::Proxy {
-            addr: self.listen,
-            auth: Some(basic(USER, PASSWORD)),
-        }
-    }
-
-    async fn stop(self) {
-        for stop in self.stops {
-            let _ = stop.send(());
-        }
-        let threads = self.threads;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::task::spawn_blocking(move || {
-                for t in threads {
-                    let _ = t.join();
-                }
-            }),
-        )
-        .await;
-    }
-}
-
 async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,
@@ -1084,7 +941,18 @@ where
 
 struct Transfer {
     mb_per_s: f64,
+    /// This process (client and target) plus every process in `pids`.
     cpu_per_gib: f64,
+    /// Each process of `pids` on its own, in the same order.
+    cpu_per_gib_of: Vec<f64>,
+}
+
+/// CPU seconds used so far by this process, then by each of `pids`.
+fn cpu_of(pids: &[u32]) -> Result<Vec<f64>> {
+    std::iter::once(None)
+        .chain(pids.iter().map(|&p| Some(p)))
+        .map(cpu_seconds)
+        .collect()
 }
 
 async fn one_transfer(
@@ -1092,13 +960,9 @@ async fn one_transfer(
     target: SocketAddr,
     bytes: u64,
     up: bool,
-    extra_pid: Option<u32>,
+    pids: &[u32],
 ) -> Result<Transfer> {
-    let cpu0 = cpu_seconds(None)?
-        + extra_pid
-            .map(|p| cpu_seconds(Some(p)))
-            .transpose()?
-            .unwrap_or(0.0);
+    let cpu0 = cpu_of(pids)?;
     let t0 = Instant::now();
     let mut stream = open(path, target).await?;
     let work = async {
@@ -1112,57 +976,60 @@ async fn one_transfer(
         .await
         .context("transfer timed out")??;
     let secs = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_seconds(None)?
-        + extra_pid
-            .map(|p| cpu_seconds(Some(p)))
-            .transpose()?
-            .unwrap_or(0.0);
+    let cpu1 = cpu_of(pids)?;
+    let per_gib: Vec<f64> = cpu1
+        .iter()
+        .zip(&cpu0)
+        .map(|(after, before)| (after - before) / (bytes as f64 / GIB))
+        .collect();
     Ok(Transfer {
         mb_per_s: bytes as f64 / secs / 1e6,
-        cpu_per_gib: (cpu1 - cpu0) / (bytes as f64 / GIB),
+        cpu_per_gib: per_gib.iter().sum(),
+        cpu_per_gib_of: per_gib[1..].to_vec(),
     })
 }
 
 async fn bulk(
     sizes: &Sizes,
+    bins: &Binaries,
+    runs: &Runs,
     tinyproxy: Option<&Path>,
-    layouts: &[Layout],
     report: &mut Report,
 ) -> Result<()> {
     let target = start_target().await?;
-    let pool = Pool::start(1, 1024, 64).await?;
+    let processes = Processes::start(bins, runs.gateway_threads, 1, 1024, None).await?;
     let tiny = match tinyproxy {
         Some(bin) => Some(Tinyproxy::start(bin).await?),
         None => None,
     };
     let bytes = sizes.bulk_mib * MIB;
-    let mut paths: Vec<(&str, Route, Option<u32>)> = vec![
-        ("direct", Route::Direct, None),
-        ("exitpool", pool.path(), None),
+    let mut paths: Vec<(&str, Route, Vec<u32>)> = vec![
+        ("direct", Route::Direct, vec![]),
+        ("exitpool", processes.path(), processes.pids()),
     ];
     if let Some(t) = &tiny {
-        paths.push(("tinyproxy", t.path(), t.pid()));
+        paths.push(("tinyproxy", t.path(), t.pid().into_iter().collect()));
     }
     let mut results: Vec<(&str, Transfer, Transfer)> = Vec::new();
     let drops0 = udp_rcvbuf_errors();
-    for (name, path, pid) in &paths {
+    for (name, path, pids) in &paths {
         // Warm-up: let caches, windows and the allocator settle.
-        one_transfer(path, target, (8 * MIB).min(bytes), false, *pid)
+        one_transfer(path, target, (8 * MIB).min(bytes), false, pids)
             .await
             .with_context(|| format!("{name} warm-up"))?;
-        let down = one_transfer(path, target, bytes, false, *pid)
+        let down = one_transfer(path, target, bytes, false, pids)
             .await
             .with_context(|| format!("{name} download"))?;
         eprintln!(
-            "   {name:<9} down {:>8.1} MB/s  {:.2} CPU-s/GiB",
-            down.mb_per_s, down.cpu_per_gib
+            "   {name:<9} down {:>8.1} MB/s  {:.2} CPU-s/GiB (proxy processes: {:.2?})",
+            down.mb_per_s, down.cpu_per_gib, down.cpu_per_gib_of
         );
-        let up = one_transfer(path, target, bytes, true, *pid)
+        let up = one_transfer(path, target, bytes, true, pids)
             .await
             .with_context(|| format!("{name} upload"))?;
         eprintln!(
-            "   {name:<9} up   {:>8.1} MB/s  {:.2} CPU-s/GiB",
-            up.mb_per_s, up.cpu_per_gib
+            "   {name:<9} up   {:>8.1} MB/s  {:.2} CPU-s/GiB (proxy processes: {:.2?})",
+            up.mb_per_s, up.cpu_per_gib, up.cpu_per_gib_of
         );
         results.push((name, down, up));
     }
@@ -1237,6 +1104,20 @@ async fn bulk(
         minus("exitpool", true),
         minus("tinyproxy", true),
     );
+    if let Some((_, down, up)) = results.iter().find(|r| r.0 == "exitpool") {
+        for (i, process) in ["gateway", "agent"].iter().enumerate() {
+            for (way, transfer) in [("download", down), ("upload", up)] {
+                report.row(
+                    "bulk",
+                    format!("{way} CPU, {process} process"),
+                    "CPU-s/GiB",
+                    None,
+                    transfer.cpu_per_gib_of.get(i).copied(),
+                    None,
+                );
+            }
+        }
+    }
     if let Some(drops) = drops {
         report.row(
             "bulk",
@@ -1247,65 +1128,44 @@ async fn bulk(
             None,
         );
     }
-    for &layout in layouts {
-        let hosted = Hosted::start(layout, 1, 1024, 64)
-            .await
-            .with_context(|| layout.label())?;
-        let path = hosted.path();
-        one_transfer(&path, target, (8 * MIB).min(bytes), false, None)
+    if let Some(threads) = runs.also_threads {
+        let other = Processes::start(bins, threads, 1, 1024, None).await?;
+        let (path, pids) = (other.path(), other.pids());
+        one_transfer(&path, target, (8 * MIB).min(bytes), false, &pids)
             .await
             .context("warm-up")?;
-        let down = one_transfer(&path, target, bytes, false, None)
+        let down = one_transfer(&path, target, bytes, false, &pids)
             .await
-            .with_context(|| format!("{} download", layout.label()))?;
-        let up = one_transfer(&path, target, bytes, true, None)
+            .with_context(|| format!("gateway --threads {threads}: download"))?;
+        let up = one_transfer(&path, target, bytes, true, &pids)
             .await
-            .with_context(|| format!("{} upload", layout.label()))?;
+            .with_context(|| format!("gateway --threads {threads}: upload"))?;
         eprintln!(
-            "   {}: down {:.1} MB/s, up {:.1} MB/s",
-            layout.label(),
-            down.mb_per_s,
-            up.mb_per_s
+            "   gateway --threads {threads}: down {:.1} MB/s {:.2} CPU-s/GiB, up {:.1} MB/s {:.2} CPU-s/GiB",
+            down.mb_per_s, down.cpu_per_gib, up.mb_per_s, up.cpu_per_gib
         );
-        report.row(
-            "bulk",
-            format!("download, {}", layout.label()),
-            "MB/s",
-            None,
-            Some(down.mb_per_s),
-            None,
-        );
-        report.row(
-            "bulk",
-            format!("upload, {}", layout.label()),
-            "MB/s",
-            None,
-            Some(up.mb_per_s),
-            None,
-        );
-        report.row(
-            "bulk",
-            format!("down CPU, {}", layout.label()),
-            "CPU-s/GiB",
-            None,
-            Some(down.cpu_per_gib),
-            None,
-        );
-        report.row(
-            "bulk",
-            format!("up CPU, {}", layout.label()),
-            "CPU-s/GiB",
-            None,
-            Some(up.cpu_per_gib),
-            None,
-        );
-        hosted.stop().await;
+        for (metric, unit, value) in [
+            ("download", "MB/s", down.mb_per_s),
+            ("upload", "MB/s", up.mb_per_s),
+            ("download CPU, whole path", "CPU-s/GiB", down.cpu_per_gib),
+            ("upload CPU, whole path", "CPU-s/GiB", up.cpu_per_gib),
+        ] {
+            report.row(
+                "bulk",
+                format!("{metric}, gateway --threads {threads}"),
+                unit,
+                None,
+                Some(value),
+                None,
+            );
+        }
+        other.stop().await;
     }
     report.notes.push(format!(
-        "bulk: one connection, {} MiB each way after an 8 MiB warm-up; exitpool = in-process gateway + 1 agent (QUIC over loopback); CPU 'whole path' includes client and target (and tinyproxy's process)",
-        sizes.bulk_mib
+        "bulk: one connection, {} MiB each way after an 8 MiB warm-up; exitpool = the gateway (--threads {}) and agent binaries, each its own process (QUIC over loopback); CPU 'whole path' = this process (client and target) plus the proxy's processes",
+        sizes.bulk_mib, runs.gateway_threads
     ));
-    pool.stop().await;
+    processes.stop().await;
     Ok(())
 }
 
@@ -1387,9 +1247,15 @@ async fn connect_path(
     })
 }
 
-async fn connect(sizes: &Sizes, tinyproxy: Option<&Path>, report: &mut Report) -> Result<()> {
+async fn connect(
+    sizes: &Sizes,
+    bins: &Binaries,
+    runs: &Runs,
+    tinyproxy: Option<&Path>,
+    report: &mut Report,
+) -> Result<()> {
     let target = start_target().await?;
-    let pool = Pool::start(1, 4096, 256).await?;
+    let processes = Processes::start(bins, runs.gateway_threads, 1, 4096, None).await?;
     let tiny = match tinyproxy {
         Some(bin) => Some(Tinyproxy::start(bin).await?),
         None => None,
@@ -1401,7 +1267,7 @@ async fn connect(sizes: &Sizes, tinyproxy: Option<&Path>, report: &mut Report) -
         "   direct    p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
         direct.p50, direct.seq_rate, direct.conc_rate
     );
-    let ours = connect_path(&pool.path(), target, sizes.connects, sizes.concurrency)
+    let ours = connect_path(&processes.path(), target, sizes.connects, sizes.concurrency)
         .await
         .context("exitpool")?;
     eprintln!(
@@ -1489,7 +1355,35 @@ async fn connect(sizes: &Sizes, tinyproxy: Option<&Path>, report: &mut Report) -
         Some(ours.p50 / direct.p50),
         tiny_stats.as_ref().map(|s| s.p50 / direct.p50),
     );
-    pool.stop().await;
+    processes.stop().await;
+    if let Some(threads) = runs.also_threads {
+        let other = Processes::start(bins, threads, 1, 4096, None).await?;
+        let stats = connect_path(&other.path(), target, sizes.connects, sizes.concurrency)
+            .await
+            .with_context(|| format!("gateway --threads {threads}"))?;
+        eprintln!(
+            "   gateway --threads {threads}: p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
+            stats.p50, stats.seq_rate, stats.conc_rate
+        );
+        for (metric, unit, value) in [
+            ("p50", "ms", stats.p50),
+            ("concurrent rate", "conn/s", stats.conc_rate),
+        ] {
+            report.row(
+                "connect",
+                format!("{metric}, gateway --threads {threads}"),
+                unit,
+                None,
+                Some(value),
+                None,
+            );
+        }
+        other.stop().await;
+    }
+    report.notes.push(format!(
+        "connect: exitpool = the gateway (--threads {}) and agent binaries, each its own process",
+        runs.gateway_threads
+    ));
     Ok(())
 }
 
@@ -1503,7 +1397,10 @@ struct FanoutRun {
     secs: f64,
     p50: f64,
     p99: f64,
+    /// This process and every process in `pids`.
     cpu: f64,
+    /// The first process of `pids` (the gateway's) on its own.
+    first_pid_cpu: Option<f64>,
 }
 
 async fn fanout_run(
@@ -1511,8 +1408,9 @@ async fn fanout_run(
     target: SocketAddr,
     conns: usize,
     bytes: u64,
+    pids: &[u32],
 ) -> Result<FanoutRun> {
-    let cpu0 = cpu_seconds(None)?;
+    let cpu0 = cpu_of(pids)?;
     let start = Arc::new(tokio::sync::Barrier::new(conns + 1));
     let jobs = (0..conns).map(|i| {
         // Customers come from 127.0.2.1-250: the gateway rightly caps how many
@@ -1558,6 +1456,7 @@ async fn fanout_run(
         }
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_of(pids)?;
     lat.sort();
     Ok(FanoutRun {
         errors,
@@ -1565,11 +1464,12 @@ async fn fanout_run(
         secs,
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
-        cpu: cpu_seconds(None)? - cpu0,
+        cpu: cpu1.iter().sum::<f64>() - cpu0.iter().sum::<f64>(),
+        first_pid_cpu: cpu1.get(1).zip(cpu0.get(1)).map(|(a, b)| a - b),
     })
 }
 
-async fn fanout(sizes: &Sizes, layouts: &[Layout], report: &mut Report) -> Result<()> {
+async fn fanout(sizes: &Sizes, bins: &Binaries, runs: &Runs, report: &mut Report) -> Result<()> {
     let (conns, agents) = (sizes.fanout_conns, sizes.fanout_agents);
     let needed = conns as u64 * 4 + 1000;
     if let Some(limit) = open_files_limit() {
@@ -1580,20 +1480,23 @@ async fn fanout(sizes: &Sizes, layouts: &[Layout], report: &mut Report) -> Resul
     let target = start_target().await?;
     // Routing picks among agents by load, so leave each room for an uneven share.
     let per_agent = ((conns / agents) * 4).max(64) as u32;
-    let pool = Pool::start(agents, conns + 256, per_agent).await?;
+    let processes = Processes::start(
+        bins,
+        runs.gateway_threads,
+        agents,
+        conns + 256,
+        Some(per_agent),
+    )
+    .await?;
     let bytes = sizes.fanout_kib * 1024;
-    let direct = fanout_run(&Route::Direct, target, conns, bytes).await?;
+    let direct = fanout_run(&Route::Direct, target, conns, bytes, &[]).await?;
     eprintln!(
         "   direct    {} errors, {:.2} s",
         direct.errors, direct.secs
     );
-    let ours = fanout_run(&pool.path(), target, conns, bytes).await?;
+    let ours = fanout_run(&processes.path(), target, conns, bytes, &processes.pids()).await?;
     eprintln!("   exitpool  {} errors, {:.2} s", ours.errors, ours.secs);
-    let served: Vec<u64> = pool
-        .agents
-        .iter()
-        .map(|a| a.stats().streams_served)
-        .collect();
+    let served = processes.gateway.streams_per_agent().await?;
     let used = served.iter().filter(|&&n| n > 0).count();
     let total = conns as f64 * bytes as f64;
     report.row(
@@ -1646,6 +1549,14 @@ async fn fanout(sizes: &Sizes, layouts: &[Layout], report: &mut Report) -> Resul
     );
     report.row(
         "fanout",
+        "CPU, gateway process",
+        "CPU-s/GiB",
+        None,
+        ours.first_pid_cpu.map(|c| c / (total / GIB)),
+        None,
+    );
+    report.row(
+        "fanout",
         "agents that served a stream",
         "count",
         None,
@@ -1660,56 +1571,40 @@ async fn fanout(sizes: &Sizes, layouts: &[Layout], report: &mut Report) -> Resul
         served.iter().max().map(|&n| n as f64),
         None,
     );
-    report.notes.push(format!("fanout: {conns} connections started at once (barrier), each CONNECT + {} KiB download; customers from 127.0.2.1-250, agents on 127.0.1.1-{agents}", sizes.fanout_kib));
-    let mut runs = vec![("direct".to_owned(), direct), ("exitpool".to_owned(), ours)];
-    pool.stop().await;
-    for &layout in layouts {
-        let hosted = Hosted::start(layout, agents, conns + 256, per_agent)
-            .await
-            .with_context(|| layout.label())?;
-        let run = fanout_run(&hosted.path(), target, conns, bytes).await?;
+    report.notes.push(format!("fanout: {conns} connections started at once (barrier), each CONNECT + {} KiB download; customers from 127.0.2.1-250; the gateway (--threads {}) and {agents} agents (on 127.0.1.1-{agents}) are the real binaries, each its own process; CPU = all of them plus this process", sizes.fanout_kib, runs.gateway_threads));
+    let mut results = vec![("direct".to_owned(), direct), ("exitpool".to_owned(), ours)];
+    processes.stop().await;
+    if let Some(threads) = runs.also_threads {
+        let other = Processes::start(bins, threads, agents, conns + 256, Some(per_agent)).await?;
+        let run = fanout_run(&other.path(), target, conns, bytes, &other.pids()).await?;
         eprintln!(
-            "   {}: {} errors, {:.2} s",
-            layout.label(),
-            run.errors,
-            run.secs
+            "   gateway --threads {threads}: {} errors, {:.2} s",
+            run.errors, run.secs
         );
-        report.row(
-            "fanout",
-            format!("errors, {}", layout.label()),
-            "count",
-            None,
-            Some(run.errors as f64),
-            None,
-        );
-        report.row(
-            "fanout",
-            format!("throughput, {}", layout.label()),
-            "MB/s",
-            None,
-            Some(total / run.secs / 1e6),
-            None,
-        );
-        report.row(
-            "fanout",
-            format!("p99, {}", layout.label()),
-            "ms",
-            None,
-            Some(run.p99),
-            None,
-        );
-        report.row(
-            "fanout",
-            format!("CPU, {}", layout.label()),
-            "CPU-s/GiB",
-            None,
-            Some(run.cpu / (total / GIB)),
-            None,
-        );
-        runs.push((layout.label().to_owned(), run));
-        hosted.stop().await;
+        for (metric, unit, value) in [
+            ("errors", "count", run.errors as f64),
+            ("throughput", "MB/s", total / run.secs / 1e6),
+            ("p99", "ms", run.p99),
+            ("CPU, whole path", "CPU-s/GiB", run.cpu / (total / GIB)),
+            (
+                "CPU, gateway process",
+                "CPU-s/GiB",
+                run.first_pid_cpu.unwrap_or(f64::NAN) / (total / GIB),
+            ),
+        ] {
+            report.row(
+                "fanout",
+                format!("{metric}, gateway --threads {threads}"),
+                unit,
+                None,
+                Some(value),
+                None,
+            );
+        }
+        results.push((format!("gateway --threads {threads}"), run));
+        other.stop().await;
     }
-    for (name, run) in &runs {
+    for (name, run) in &results {
         if run.errors > 0 {
             report.failures.push(format!(
                 "fanout {name}: {} of {conns} connections failed, e.g. {:?}",
@@ -1780,50 +1675,60 @@ async fn binaries(args: &Args) -> Result<Binaries> {
     Ok(bins)
 }
 
-/// The real `gateway` binary in a child process.
-struct GatewayProcess {
-    child: Child,
+/// How a `gateway` child process is started; a restart reuses it.
+#[derive(Debug, Clone)]
+struct GatewayLaunch {
+    binary: PathBuf,
+    state: PathBuf,
     listen: SocketAddr,
     tunnel: SocketAddr,
     admin: SocketAddr,
-    state: PathBuf,
-    binary: PathBuf,
     max_connections: usize,
+    threads: usize,
+}
+
+/// The real `gateway` binary in a child process.
+struct GatewayProcess {
+    child: Child,
+    launch: GatewayLaunch,
     log: PathBuf,
 }
 
 impl GatewayProcess {
-    async fn start(binary: &Path, state: &Path, max_connections: usize) -> Result<GatewayProcess> {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
-        let tunnel = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
-        Self::spawn(
-            binary.to_owned(),
-            state.to_owned(),
+    async fn start(
+        binary: &Path,
+        state: &Path,
+        max_connections: usize,
+        threads: usize,
+    ) -> Result<GatewayProcess> {
+        let launch = GatewayLaunch {
+            binary: binary.to_owned(),
+            state: state.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
+            tunnel: SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
+            max_connections,
+            threads,
+        };
+        Self::spawn(launch, Duration::from_secs(20)).await
+    }
+
+    async fn spawn(launch: GatewayLaunch, ready_bound: Duration) -> Result<GatewayProcess> {
+        let GatewayLaunch {
+            binary,
+            state,
             listen,
             tunnel,
             admin,
             max_connections,
-            Duration::from_secs(20),
-        )
-        .await
-    }
-
-    async fn spawn(
-        binary: PathBuf,
-        state: PathBuf,
-        listen: SocketAddr,
-        tunnel: SocketAddr,
-        admin: SocketAddr,
-        max_connections: usize,
-        ready_bound: Duration,
-    ) -> Result<GatewayProcess> {
+            threads,
+        } = &launch;
         let log = state.join("gateway.log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .args([
                 "--listen",
                 &listen.to_string(),
@@ -1833,8 +1738,9 @@ impl GatewayProcess {
                 &admin.to_string(),
             ])
             .arg("--state-dir")
-            .arg(&state)
+            .arg(state)
             .args(["--max-connections", &max_connections.to_string()])
+            .args(["--threads", &threads.to_string()])
             .env("EXITPOOL_AGENT_TOKEN", TOKEN)
             .env("EXITPOOL_USERS", format!("{USER}:{PASSWORD}"))
             .env("RUST_LOG", "warn")
@@ -1844,18 +1750,9 @@ impl GatewayProcess {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut process = GatewayProcess {
-            child,
-            listen,
-            tunnel,
-            admin,
-            state,
-            binary,
-            max_connections,
-            log,
-        };
-        let client = reqwest::Client::new();
         let url = format!("http://{admin}/healthz");
+        let mut process = GatewayProcess { child, launch, log };
+        let client = reqwest::Client::new();
         let ready = wait_until(ready_bound, "the gateway answers /healthz", || {
             let request = client.get(&url).timeout(Duration::from_secs(2)).send();
             async move {
@@ -1881,7 +1778,7 @@ impl GatewayProcess {
     }
 
     async fn agents(&self) -> Result<u64> {
-        let url = format!("http://{}/stats", self.admin);
+        let url = format!("http://{}/stats", self.launch.admin);
         let stats: Value = reqwest::Client::new()
             .get(url)
             .timeout(Duration::from_secs(5))
@@ -1892,6 +1789,24 @@ impl GatewayProcess {
         stats["agents"]
             .as_u64()
             .context("/stats has no \"agents\" count")
+    }
+
+    /// Streams each agent has served, from `/stats`.
+    async fn streams_per_agent(&self) -> Result<Vec<u64>> {
+        let url = format!("http://{}/stats", self.launch.admin);
+        let stats: Value = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .json()
+            .await?;
+        stats["per_agent"]
+            .as_array()
+            .context("/stats has no \"per_agent\" list")?
+            .iter()
+            .map(|a| a["streams_total"].as_u64().context("no streams_total"))
+            .collect()
     }
 
     /// SIGTERM, then wait for a clean exit (SIGKILL after `grace`).
@@ -1919,19 +1834,131 @@ impl GatewayProcess {
         let t0 = Instant::now();
         self.stop(Duration::from_secs(30)).await?;
         let stopped = t0.elapsed();
-        let next = Self::spawn(
-            self.binary.clone(),
-            self.state.clone(),
-            self.listen,
-            self.tunnel,
-            self.admin,
-            self.max_connections,
-            // A restart meets every agent reconnecting at once.
-            Duration::from_secs(300),
-        )
-        .await?;
+        // A restart meets every agent reconnecting at once.
+        let next = Self::spawn(self.launch.clone(), Duration::from_secs(300)).await?;
         *self = next;
         Ok((stopped, Instant::now()))
+    }
+}
+
+/// Starts the real `agent` binary against `tunnel`, bound to `bind`, allowed to
+/// reach loopback targets; its log goes to `dir`/agent.log.
+fn spawn_agent_process(
+    binary: &Path,
+    tunnel: SocketAddr,
+    pin: &str,
+    bind: IpAddr,
+    dir: &Path,
+    max_streams: Option<u32>,
+) -> Result<(Child, PathBuf)> {
+    let log = dir.join("agent.log");
+    let child = Command::new(binary)
+        .args(["--gateway", &tunnel.to_string(), "--pin", pin])
+        .args(["--bind", &bind.to_string(), "--allow-private"])
+        .args(max_streams.map(|n| format!("--max-streams={n}")))
+        .arg("--state-dir")
+        .arg(dir)
+        .env("EXITPOOL_AGENT_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    Ok((child, log))
+}
+
+/// How the gateway process runs: its worker threads for the headline figures,
+/// and another setting to measure next to them.
+struct Runs {
+    gateway_threads: usize,
+    also_threads: Option<usize>,
+}
+
+/// The product as it is deployed: the real `gateway` binary and `agents` real
+/// `agent` binaries (on 127.0.1.1, .2, ...), each in its own process.
+struct Processes {
+    gateway: GatewayProcess,
+    agents: Vec<Child>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Processes {
+    async fn start(
+        bins: &Binaries,
+        gateway_threads: usize,
+        agents: usize,
+        max_connections: usize,
+        max_streams: Option<u32>,
+    ) -> Result<Processes> {
+        let state = tempfile::tempdir()?;
+        let pin = pin_of(&bins.gateway, state.path()).await?;
+        let gateway = GatewayProcess::start(
+            &bins.gateway,
+            state.path(),
+            max_connections,
+            gateway_threads,
+        )
+        .await?;
+        let mut dirs = vec![state];
+        let mut children = Vec::with_capacity(agents);
+        let mut logs = Vec::with_capacity(agents);
+        for i in 0..agents {
+            let dir = tempfile::tempdir()?;
+            let bind = IpAddr::V4(Ipv4Addr::new(127, 0, 1, (i + 1) as u8));
+            let (child, log) = spawn_agent_process(
+                &bins.agent,
+                gateway.launch.tunnel,
+                &pin,
+                bind,
+                dir.path(),
+                max_streams,
+            )?;
+            children.push(child);
+            logs.push(log);
+            dirs.push(dir);
+        }
+        let joined = wait_until(STEP * 3, "every agent process joined", || async {
+            gateway.agents().await.ok() == Some(agents as u64)
+        })
+        .await;
+        if let Err(error) = joined {
+            let logs: Vec<String> = logs.iter().map(|l| tail(l)).collect();
+            bail!(
+                "{error}; gateway log: {}; agent logs: {logs:?}",
+                tail(&gateway.log)
+            );
+        }
+        Ok(Processes {
+            gateway,
+            agents: children,
+            _dirs: dirs,
+        })
+    }
+
+    fn path(&self) -> Route {
+        Route::Proxy {
+            addr: self.gateway.launch.listen,
+            auth: Some(basic(USER, PASSWORD)),
+        }
+    }
+
+    /// The gateway's and the agents' process ids, for CPU accounting.
+    fn pids(&self) -> Vec<u32> {
+        self.gateway
+            .child
+            .id()
+            .into_iter()
+            .chain(self.agents.iter().filter_map(|a| a.id()))
+            .collect()
+    }
+
+    async fn stop(mut self) {
+        for agent in &mut self.agents {
+            let _ = agent.start_kill();
+        }
+        let _ = self.gateway.stop(Duration::from_secs(10)).await;
     }
 }
 
@@ -1974,7 +2001,7 @@ fn swarm_ip(i: usize) -> IpAddr {
     ))
 }
 
-async fn swarm(sizes: &Sizes, bins: &Binaries, report: &mut Report) -> Result<()> {
+async fn swarm(sizes: &Sizes, bins: &Binaries, runs: &Runs, report: &mut Report) -> Result<()> {
     let mut n = sizes.swarm;
     if let Some(limit) = open_files_limit() {
         // One UDP socket per agent, plus headroom.
@@ -1986,14 +2013,15 @@ async fn swarm(sizes: &Sizes, bins: &Binaries, report: &mut Report) -> Result<()
     }
     let state = tempfile::tempdir()?;
     let pin = pin_of(&bins.gateway, state.path()).await?;
-    let mut gw = GatewayProcess::start(&bins.gateway, state.path(), 10_000).await?;
+    let mut gw =
+        GatewayProcess::start(&bins.gateway, state.path(), 10_000, runs.gateway_threads).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let gw_rss0 = status_kib(Some(gw.pid()?), "VmRSS")?;
     let self_rss0 = status_kib(None, "VmRSS")?;
 
     let spawn_agent = |i: usize| {
         Agent::builder(
-            gw.tunnel.to_string(),
+            gw.launch.tunnel.to_string(),
             pin.parse().expect("pin from `gateway pin` parses"),
             TOKEN,
         )
@@ -2210,25 +2238,14 @@ async fn footprint(bins: &Binaries, report: &mut Report) -> Result<()> {
     let target = start_target().await?;
     let pool = Pool::start(0, 1024, 64).await?;
     let dir = tempfile::tempdir()?;
-    let log = dir.path().join("agent.log");
-    let mut child = Command::new(&bins.agent)
-        .args([
-            "--gateway",
-            &pool.gateway.tunnel_addr().to_string(),
-            "--pin",
-            pool.gateway.pin(),
-        ])
-        .args(["--bind", "127.0.0.2", "--allow-private"])
-        .arg("--state-dir")
-        .arg(dir.path())
-        .env("EXITPOOL_AGENT_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", bins.agent.display()))?;
+    let (mut child, log) = spawn_agent_process(
+        &bins.agent,
+        pool.gateway.tunnel_addr(),
+        pool.gateway.pin(),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        dir.path(),
+        None,
+    )?;
     let joined = tokio::time::timeout(
         STEP,
         pool.gateway
@@ -2254,10 +2271,10 @@ async fn footprint(bins: &Binaries, report: &mut Report) -> Result<()> {
     let path = pool.path();
     let bytes = 64 * MIB;
     let c1 = cpu_seconds(Some(pid))?;
-    let down = one_transfer(&path, target, bytes, false, None)
+    let down = one_transfer(&path, target, bytes, false, &[])
         .await
         .context("64 MiB through the agent process")?;
-    let up = one_transfer(&path, target, bytes, true, None)
+    let up = one_transfer(&path, target, bytes, true, &[])
         .await
         .context("64 MiB up through the agent process")?;
     let agent_cpu = (cpu_seconds(Some(pid))? - c1) / (2.0 * bytes as f64 / GIB);

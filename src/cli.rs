@@ -4,10 +4,24 @@
 use std::future::Future;
 use std::process::ExitCode;
 
-/// Runs `main` on a multi-thread runtime; an error is printed as `NAME: error`
-/// (with its causes) and the process exits non-zero.
-pub fn run(name: &str, main: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+/// Runs `main` on a tokio runtime with `threads` workers: 1 is a current-thread
+/// runtime (no cross-thread wake-ups, the fastest for a few flows), 0 is one
+/// worker per core. An error is printed as `NAME: error` (with its causes) and
+/// the process exits non-zero.
+pub fn run(name: &str, threads: usize, main: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let built = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("{name}: cannot start the runtime: {error}");

@@ -55,6 +55,10 @@ struct Args {
     /// Seconds between the one-line status summaries in the log.
     #[arg(long, default_value_t = 60)]
     summary_secs: u64,
+    /// Runtime worker threads. One (the default) moves a home link's traffic with
+    /// the least CPU and memory; 0 is one per core.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 fn main() -> ExitCode {
@@ -65,7 +69,7 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    exitpool::cli::run("agent", run(args))
+    exitpool::cli::run("agent", args.threads, run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

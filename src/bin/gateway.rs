@@ -88,6 +88,9 @@ struct Args {
     /// and print how to try it.
     #[arg(long)]
     demo: bool,
+    /// Runtime worker threads; 0 is one per core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,7 +125,7 @@ fn main() -> ExitCode {
         // Event fields stay under "fields", apart from tracing's own "target".
         LogFormat::Json => logs.json().init(),
     }
-    exitpool::cli::run("gateway", run(args))
+    exitpool::cli::run("gateway", args.threads, run(args))
 }
 
 /// `gateway hash-password`: the first line of standard input, hashed.

@@ -1,0 +1,78 @@
+//! Keeps the load-test program working: one run of every scenario at tiny sizes,
+//! through the real `gateway` and `agent` binaries. It checks that each scenario
+//! produced its figures and that nothing failed; speed is the program's business,
+//! not this test's (no figure here is compared with a threshold).
+
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+#[tokio::test]
+async fn every_loadtest_scenario_runs_at_tiny_sizes() {
+    // `cargo test` builds the examples next to the test binaries, and the
+    // package's binaries for its integration tests.
+    let exe = std::env::current_exe().unwrap();
+    let loadtest = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("loadtest"))
+        .unwrap();
+    assert!(
+        loadtest.exists(),
+        "{} missing: run the suite with `cargo test`",
+        loadtest.display()
+    );
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_gateway")).parent().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("results.json");
+    let chart = out.path().join("chart.svg");
+    let run = tokio::process::Command::new(&loadtest)
+        .args(["all", "--quick", "--no-build"])
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .arg("--json")
+        .arg(&json)
+        .arg("--chart")
+        .arg(&chart)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the quick load test finishes within 5 minutes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "loadtest failed:\n{stderr}");
+
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["failures"], serde_json::json!([]), "{stderr}");
+    let results = doc["results"].as_array().unwrap();
+    let figure = |scenario: &str, metric_start: &str| -> f64 {
+        results
+            .iter()
+            .find(|r| {
+                r["scenario"] == scenario && r["metric"].as_str().unwrap().starts_with(metric_start)
+            })
+            .and_then(|r| r["exitpool"].as_f64())
+            .unwrap_or_else(|| panic!("no exitpool figure for {scenario} / {metric_start}"))
+    };
+    assert!(figure("bulk", "download throughput") > 0.0);
+    assert!(figure("bulk", "upload throughput") > 0.0);
+    assert!(figure("connect", "fresh connect + 1 KiB, p50") > 0.0);
+    assert_eq!(
+        figure("fanout", "100 concurrent conns over 5 agents: errors"),
+        0.0
+    );
+    assert_eq!(figure("fanout", "agents that served a stream"), 5.0);
+    assert_eq!(
+        figure("swarm", "agents connected to one gateway (200 started)"),
+        200.0
+    );
+    assert!(figure("swarm", "restart: new gateway up to all agents back") > 0.0);
+    assert!(figure("footprint", "agent process idle RSS") > 0.0);
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(
+        svg.starts_with("<svg"),
+        "not an SVG: {}",
+        &svg[..80.min(svg.len())]
+    );
+}
