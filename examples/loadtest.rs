@@ -224,6 +224,19 @@ impl Report {
         });
     }
 
+    /// exitpool-only figures measured with the gateway on `threads` workers.
+    fn rows_with_threads(
+        &mut self,
+        scenario: &'static str,
+        threads: usize,
+        figures: &[(&str, &'static str, f64)],
+    ) {
+        for &(metric, unit, value) in figures {
+            let metric = format!("{metric}, gateway --threads {threads}");
+            self.row(scenario, metric, unit, None, Some(value), None);
+        }
+    }
+
     fn find(&self, scenario: &str, metric: &str) -> Option<&Row> {
         self.rows
             .iter()
@@ -1144,21 +1157,16 @@ async fn bulk(
             "   gateway --threads {threads}: down {:.1} MB/s {:.2} CPU-s/GiB, up {:.1} MB/s {:.2} CPU-s/GiB",
             down.mb_per_s, down.cpu_per_gib, up.mb_per_s, up.cpu_per_gib
         );
-        for (metric, unit, value) in [
-            ("download", "MB/s", down.mb_per_s),
-            ("upload", "MB/s", up.mb_per_s),
-            ("download CPU, whole path", "CPU-s/GiB", down.cpu_per_gib),
-            ("upload CPU, whole path", "CPU-s/GiB", up.cpu_per_gib),
-        ] {
-            report.row(
-                "bulk",
-                format!("{metric}, gateway --threads {threads}"),
-                unit,
-                None,
-                Some(value),
-                None,
-            );
-        }
+        report.rows_with_threads(
+            "bulk",
+            threads,
+            &[
+                ("download", "MB/s", down.mb_per_s),
+                ("upload", "MB/s", up.mb_per_s),
+                ("download CPU, whole path", "CPU-s/GiB", down.cpu_per_gib),
+                ("upload CPU, whole path", "CPU-s/GiB", up.cpu_per_gib),
+            ],
+        );
         other.stop().await;
     }
     report.notes.push(format!(
@@ -1365,19 +1373,14 @@ async fn connect(
             "   gateway --threads {threads}: p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
             stats.p50, stats.seq_rate, stats.conc_rate
         );
-        for (metric, unit, value) in [
-            ("p50", "ms", stats.p50),
-            ("concurrent rate", "conn/s", stats.conc_rate),
-        ] {
-            report.row(
-                "connect",
-                format!("{metric}, gateway --threads {threads}"),
-                unit,
-                None,
-                Some(value),
-                None,
-            );
-        }
+        report.rows_with_threads(
+            "connect",
+            threads,
+            &[
+                ("p50", "ms", stats.p50),
+                ("concurrent rate", "conn/s", stats.conc_rate),
+            ],
+        );
         other.stop().await;
     }
     report.notes.push(format!(
@@ -1581,26 +1584,21 @@ async fn fanout(sizes: &Sizes, bins: &Binaries, runs: &Runs, report: &mut Report
             "   gateway --threads {threads}: {} errors, {:.2} s",
             run.errors, run.secs
         );
-        for (metric, unit, value) in [
-            ("errors", "count", run.errors as f64),
-            ("throughput", "MB/s", total / run.secs / 1e6),
-            ("p99", "ms", run.p99),
-            ("CPU, whole path", "CPU-s/GiB", run.cpu / (total / GIB)),
-            (
-                "CPU, gateway process",
-                "CPU-s/GiB",
-                run.first_pid_cpu.unwrap_or(f64::NAN) / (total / GIB),
-            ),
-        ] {
-            report.row(
-                "fanout",
-                format!("{metric}, gateway --threads {threads}"),
-                unit,
-                None,
-                Some(value),
-                None,
-            );
-        }
+        report.rows_with_threads(
+            "fanout",
+            threads,
+            &[
+                ("errors", "count", run.errors as f64),
+                ("throughput", "MB/s", total / run.secs / 1e6),
+                ("p99", "ms", run.p99),
+                ("CPU, whole path", "CPU-s/GiB", run.cpu / (total / GIB)),
+                (
+                    "CPU, gateway process",
+                    "CPU-s/GiB",
+                    run.first_pid_cpu.unwrap_or(f64::NAN) / (total / GIB),
+                ),
+            ],
+        );
         results.push((format!("gateway --threads {threads}"), run));
         other.stop().await;
     }
