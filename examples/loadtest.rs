@@ -1052,38 +1052,25 @@ async fn bulk(
     let get = |name: &str, f: &dyn Fn(&(&str, Transfer, Transfer)) -> f64| {
         results.iter().find(|r| r.0 == name).map(f)
     };
-    report.row(
-        "bulk",
-        "download throughput",
-        "MB/s",
-        get("direct", &|r| r.1.mb_per_s),
-        get("exitpool", &|r| r.1.mb_per_s),
-        get("tinyproxy", &|r| r.1.mb_per_s),
-    );
-    report.row(
-        "bulk",
-        "upload throughput",
-        "MB/s",
-        get("direct", &|r| r.2.mb_per_s),
-        get("exitpool", &|r| r.2.mb_per_s),
-        get("tinyproxy", &|r| r.2.mb_per_s),
-    );
-    report.row(
-        "bulk",
-        "download CPU, whole path",
-        "CPU-s/GiB",
-        get("direct", &|r| r.1.cpu_per_gib),
-        get("exitpool", &|r| r.1.cpu_per_gib),
-        get("tinyproxy", &|r| r.1.cpu_per_gib),
-    );
-    report.row(
-        "bulk",
-        "upload CPU, whole path",
-        "CPU-s/GiB",
-        get("direct", &|r| r.2.cpu_per_gib),
-        get("exitpool", &|r| r.2.cpu_per_gib),
-        get("tinyproxy", &|r| r.2.cpu_per_gib),
-    );
+    type Figure = fn(&Transfer) -> f64;
+    let throughput: Figure = |t| t.mb_per_s;
+    let cpu: Figure = |t| t.cpu_per_gib;
+    for (metric, unit, up, figure) in [
+        ("download throughput", "MB/s", false, throughput),
+        ("upload throughput", "MB/s", true, throughput),
+        ("download CPU, whole path", "CPU-s/GiB", false, cpu),
+        ("upload CPU, whole path", "CPU-s/GiB", true, cpu),
+    ] {
+        let of = |name: &str| get(name, &|r| figure(if up { &r.2 } else { &r.1 }));
+        report.row(
+            "bulk",
+            metric,
+            unit,
+            of("direct"),
+            of("exitpool"),
+            of("tinyproxy"),
+        );
+    }
     let minus = |name: &str, up: bool| {
         let d = get("direct", &|r| {
             if up {

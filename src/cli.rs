@@ -9,18 +9,15 @@ use std::process::ExitCode;
 /// worker per core. An error is printed as `NAME: error` (with its causes) and
 /// the process exits non-zero.
 pub fn run(name: &str, threads: usize, main: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let built = match threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
     };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    let built = builder.enable_all().build();
     let runtime = match built {
         Ok(runtime) => runtime,
         Err(error) => {
