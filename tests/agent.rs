@@ -284,3 +284,66 @@ async fn the_embedded_agent_example_runs() {
     );
     assert!(stdout.contains("streams_served: 1"), "{stdout}");
 }
+
+/// A connection close is sent once and can be lost; a stream's finish is
+/// retransmitted until delivered. So a leaving agent says `Draining`, then
+/// finishes its control stream, and closes only once the gateway has that.
+/// Here a stand-in gateway (the real identity and transport, no routing) reads
+/// what the real agent sends while it shuts down.
+#[tokio::test]
+async fn a_leaving_agent_finishes_its_control_stream_before_it_closes() {
+    use exitpool::protocol::{read_frame, write_frame, AgentMessage, FrameError, GatewayMessage};
+    let state = tempfile::tempdir().unwrap();
+    let identity = exitpool::gateway::tls::Identity::load_or_create(state.path()).unwrap();
+    let server = identity
+        .quic_server_config(exitpool::gateway::tunnel::transport_config(
+            exitpool::protocol::IDLE_TIMEOUT,
+        ))
+        .unwrap();
+    let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let agent = exitpool::agent::Agent::builder(
+        endpoint.local_addr().unwrap().to_string(),
+        identity.pin().parse().unwrap(),
+        TOKEN,
+    )
+    .bind("127.0.0.2".parse().unwrap())
+    .spawn()
+    .unwrap();
+    let incoming = within("agent dials", endpoint.accept()).await.unwrap();
+    let connection = within("QUIC handshake", incoming.accept().unwrap())
+        .await
+        .unwrap();
+    let (mut control_send, mut control_recv) = within("control stream", connection.accept_bi())
+        .await
+        .unwrap();
+    let hello: AgentMessage = within("Hello", read_frame(&mut control_recv))
+        .await
+        .unwrap();
+    assert!(matches!(hello, AgentMessage::Hello { .. }), "{hello:?}");
+    let welcome = GatewayMessage::Welcome {
+        observed_addr: connection.remote_address(),
+        country: None,
+        exit_id: "stand-in".into(),
+    };
+    write_frame(&mut control_send, &welcome).await.unwrap();
+    within("agent welcomed", agent.connected()).await;
+
+    let stopping = tokio::spawn(agent.shutdown());
+    let mut said = Vec::new();
+    let end = loop {
+        match within(
+            "control message",
+            read_frame::<AgentMessage, _>(&mut control_recv),
+        )
+        .await
+        {
+            Ok(message) => said.push(message),
+            Err(end) => break end,
+        }
+    };
+    assert_eq!(said, [AgentMessage::Draining]);
+    assert!(matches!(end, FrameError::Ended), "{end:?}");
+    // The gateway closes on reading that end; the agent's shutdown then completes.
+    connection.close(exitpool::protocol::close_code::LEFT.into(), b"agent left");
+    within("agent stops", stopping).await.unwrap().unwrap();
+}

@@ -19,8 +19,8 @@ use common::*;
 use exitpool::gateway::exit::OPEN_TIMEOUT;
 use exitpool::gateway::tunnel::close_code;
 use exitpool::protocol::{
-    read_frame, write_frame, AgentMessage, Capacity, GatewayMessage, OpenReply, OpenRequest,
-    RejectReason, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
+    read_frame, write_frame, AgentMessage, Capacity, FrameError, GatewayMessage, OpenReply,
+    OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,7 +92,7 @@ struct RawAgent {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     control_send: quinn::SendStream,
-    _control_recv: quinn::RecvStream,
+    control_recv: quinn::RecvStream,
 }
 
 /// Dials from `ip`, says a valid `Hello` as `agent_id`, and waits for `Welcome`.
@@ -112,7 +112,7 @@ async fn join(net: &TestGateway, ip: &str, agent_id: &str) -> RawAgent {
         endpoint,
         connection,
         control_send,
-        _control_recv: control_recv,
+        control_recv,
     }
 }
 
@@ -551,6 +551,69 @@ enum Outcome {
     Refused(u16, String),
     /// The tunnel was cut mid-way and the customer saw a reset, not a clean end.
     Reset,
+}
+
+/// An agent whose connection close is lost still leaves at once: the gateway
+/// acts on its finished control stream (which QUIC retransmits), closes the
+/// tunnel itself and cuts the customers on it, long before the idle timeout.
+#[tokio::test]
+async fn an_agent_that_finishes_its_control_stream_is_closed_and_removed_at_once() {
+    let net = TestGateway::start().await;
+    let mut raw = join(&net, "127.0.0.7", "raw-leaving").await;
+    let _echo = serve_echo_streams(raw.connection.clone());
+    within(
+        "raw agent counted",
+        net.gateway.registry().wait_for_count(|n| *n == 1),
+    )
+    .await;
+    let (head, mut live) = connect_as(net.proxy(), echo_target().await, "").await;
+    assert_eq!(head.status, 200, "{head:?}");
+
+    // Finish the control stream and never close: as if the close were lost.
+    raw.control_send.finish().expect("control stream finishes");
+    assert_closed_with(
+        &raw.connection,
+        close_code::LEFT,
+        "gateway closes on the finish",
+    )
+    .await;
+    within(
+        "raw agent removed",
+        net.gateway.registry().wait_for_count(|n| *n == 0),
+    )
+    .await;
+    let mut rest = Vec::new();
+    let ended = within("customer cut", live.read_to_end(&mut rest)).await;
+    assert!(
+        ended.is_err() || rest.is_empty(),
+        "the live customer connection ends: {ended:?}, {} bytes",
+        rest.len()
+    );
+    raw.endpoint.close(0u32.into(), b"done");
+}
+
+/// A stopping gateway finishes each agent's control stream before it closes, so
+/// an agent hears of the shutdown (and spreads its reconnect) even when the
+/// close itself is lost.
+#[tokio::test]
+async fn a_stopping_gateway_finishes_the_control_stream_before_it_closes() {
+    let net = TestGateway::start().await;
+    let mut raw = join(&net, "127.0.0.7", "raw-staying").await;
+    within(
+        "raw agent counted",
+        net.gateway.registry().wait_for_count(|n| *n == 1),
+    )
+    .await;
+    let stopping = tokio::spawn(net.gateway.shutdown());
+    let end = within(
+        "control stream ends",
+        read_frame::<GatewayMessage, _>(&mut raw.control_recv),
+    )
+    .await;
+    assert!(matches!(end, Err(FrameError::Ended)), "{end:?}");
+    assert_closed_with(&raw.connection, close_code::SHUTDOWN, "gateway closes").await;
+    within("gateway stops", stopping).await.unwrap();
+    raw.endpoint.close(0u32.into(), b"done");
 }
 
 /// One CONNECT through the gateway to the echo target that sends `payload`,

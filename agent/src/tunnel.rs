@@ -5,11 +5,12 @@
 
 use crate::dial::{dial, DialError};
 use crate::{AgentError, SessionInfo, Shared};
+use exitpool_protocol::leave::leave;
 use exitpool_protocol::relay::{relay, LiveCounters};
 use exitpool_protocol::{
-    close_code, read_frame, write_frame, AgentMessage, Capacity, FailureCode, GatewayMessage,
-    OpenReply, OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
-    LOAD_REPORT_INTERVAL, PROTOCOL_VERSION,
+    close_code, read_frame, write_frame, AgentMessage, Capacity, FailureCode, FrameError,
+    GatewayMessage, OpenReply, OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
+    KEEP_ALIVE_INTERVAL, LOAD_REPORT_INTERVAL, PROTOCOL_VERSION,
 };
 use rand::Rng;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -234,11 +235,7 @@ async fn session(
                     let stream = StreamContext { shared: shared.clone(), policy: policy.clone(), slots: slots.clone(), accepting };
                     streams.spawn(serve_stream(stream, send, recv).instrument(info_span!("stream")));
                 }
-                Err(quinn::ConnectionError::ApplicationClosed(close))
-                    if close.error_code == close_code::SHUTDOWN.into() =>
-                {
-                    break SessionEnd::GatewayStopped;
-                }
+                Err(_) if gateway_stopped(&connection) => break SessionEnd::GatewayStopped,
                 Err(error) => break SessionEnd::Retry(error.to_string()),
             },
             _ = load_timer.tick() => {
@@ -259,10 +256,14 @@ async fn session(
                 }
             }
             message = read_frame::<GatewayMessage, _>(&mut control_recv) => {
-                break SessionEnd::Retry(match message {
-                    Ok(message) => format!("unexpected control message {message:?}"),
-                    Err(error) => format!("control stream: {error}"),
-                });
+                break match message {
+                    // A stopping gateway finishes the control stream before it
+                    // closes: QUIC retransmits the finish, not the close.
+                    Err(FrameError::Ended) => SessionEnd::GatewayStopped,
+                    Err(_) if gateway_stopped(&connection) => SessionEnd::GatewayStopped,
+                    Ok(message) => SessionEnd::Retry(format!("unexpected control message {message:?}")),
+                    Err(error) => SessionEnd::Retry(format!("control stream: {error}")),
+                };
             }
             () = shutdown.cancelled() => {
                 drain(&connection, &mut control_send, &streams, config.drain_grace).await;
@@ -275,6 +276,15 @@ async fn session(
         connection.close(CLOSE_SHUTDOWN.into(), b"agent reconnecting");
     }
     end
+}
+
+/// Whether the gateway closed this tunnel because it is shutting down.
+fn gateway_stopped(connection: &quinn::Connection) -> bool {
+    matches!(
+        connection.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == close_code::SHUTDOWN.into()
+    )
 }
 
 async fn hello(
@@ -337,7 +347,8 @@ async fn send_load(
 }
 
 /// Tells the gateway to route nothing new here, lets live streams finish within
-/// `grace`, then closes the tunnel.
+/// `grace`, then [`leave`]s, so a lost close packet cannot leave the gateway
+/// routing to, and customers waiting on, an agent that is gone.
 async fn drain(
     connection: &quinn::Connection,
     control: &mut quinn::SendStream,
@@ -357,7 +368,7 @@ async fn drain(
             "grace period over; closing live streams"
         );
     }
-    connection.close(CLOSE_SHUTDOWN.into(), b"agent shutting down");
+    leave(connection, control, CLOSE_SHUTDOWN, b"agent shutting down").await;
 }
 
 struct StreamContext {

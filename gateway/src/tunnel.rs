@@ -3,10 +3,12 @@
 //!
 //! Flow per agent: QUIC handshake -> agent opens the control stream -> `Hello`
 //! (version, token, id, capacity) -> `Welcome` or `Reject` -> the agent is in the
-//! registry until its connection ends, sending `Load` and `Draining` on the way.
+//! registry until its connection ends or it finishes its control stream, sending
+//! `Load` and `Draining` on the way.
 
 use crate::registry::Joining;
 use crate::Shared;
+use exitpool_protocol::leave::leave;
 use exitpool_protocol::{
     read_frame, write_frame, AgentMessage, FrameError, GatewayMessage, RejectReason,
     HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, MAX_AGENT_ID_LEN, PROTOCOL_VERSION,
@@ -92,7 +94,12 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         shared.tasks.clone().spawn(
             async move {
                 let started = std::time::Instant::now();
-                let connection = match handshake(incoming, &shared).await {
+                let handshake = tokio::select! {
+                    result = handshake(incoming, &shared) => result,
+                    // Not yet an agent: `Gateway::shutdown`'s endpoint close tells it.
+                    () = shared.shutdown.cancelled() => return,
+                };
+                let connection = match handshake {
                     Ok(joined) => {
                         shared
                             .metrics
@@ -111,7 +118,8 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             .instrument(span),
         );
     }
-    endpoint.close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+    // Each agent's task tells it of the shutdown (see `serve_agent`), and
+    // `Gateway::shutdown` closes the endpoint once they have.
 }
 
 /// Why an agent's handshake failed.
@@ -261,11 +269,10 @@ fn valid_agent_id(id: &str) -> bool {
 async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
     let Joined {
         connection,
-        control_send,
+        mut control_send,
         mut control_recv,
         agent,
     } = joined;
-    let _keep_control_open = control_send;
     tracing::Span::current().record("exit", agent.exit_id.as_str());
     info!(
         exit = %agent.exit_id,
@@ -278,7 +285,9 @@ async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
         let message = tokio::select! {
             message = read_frame::<AgentMessage, _>(&mut control_recv) => message,
             () = shared.shutdown.cancelled() => {
-                connection.close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+                // No new customers reach this agent from here on.
+                shared.registry.set_accepting(agent.key, false);
+                leave(&connection, &mut control_send, close_code::SHUTDOWN, b"gateway shutting down").await;
                 break "gateway shutting down".to_owned();
             }
         };
@@ -296,9 +305,13 @@ async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
             }
             Err(error) => {
                 // A garbled or oversized message is a protocol error; a closed
-                // connection is an ordinary leave.
+                // connection or a finished control stream is an ordinary leave.
                 if let Some(reason) = connection.close_reason() {
                     break reason.to_string();
+                }
+                if matches!(error, FrameError::Ended) {
+                    connection.close(close_code::LEFT.into(), b"agent left");
+                    break "agent finished its control stream".to_owned();
                 }
                 connection.close(close_code::PROTOCOL.into(), b"bad control message");
                 break format!("protocol error: {error}");

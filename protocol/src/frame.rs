@@ -29,6 +29,10 @@ pub enum FrameError {
     /// The stream ended before a whole frame arrived.
     #[error("stream ended inside a frame")]
     Truncated,
+    /// The stream ended cleanly where the next frame would start: the peer
+    /// finished its side on purpose.
+    #[error("stream ended")]
+    Ended,
     /// The underlying stream failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -81,7 +85,8 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 }
 
 /// Reads exactly one frame; reads nothing past it, so raw bytes that follow stay in
-/// the stream for the relay.
+/// the stream for the relay. A stream that ends before the frame's first byte is
+/// [`FrameError::Ended`]; one that ends inside it is [`FrameError::Truncated`].
 #[cfg(feature = "tokio")]
 pub async fn read_frame<T, R>(reader: &mut R) -> Result<T, FrameError>
 where
@@ -90,7 +95,10 @@ where
 {
     use tokio::io::AsyncReadExt;
     let mut header = [0u8; HEADER_LEN];
-    read_exact(reader, &mut header).await?;
+    if reader.read(&mut header[..1]).await? == 0 {
+        return Err(FrameError::Ended);
+    }
+    read_exact(reader, &mut header[1..]).await?;
     let mut body = vec![0u8; body_len(header)?];
     read_exact(reader, &mut body).await?;
     return decode_body(&body);

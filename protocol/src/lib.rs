@@ -7,7 +7,10 @@
 //!   which the agent sends periodic [`AgentMessage::Load`] reports;
 //! - for every customer connection the gateway opens one **relay stream** and sends
 //!   an [`OpenRequest`]; the agent answers one [`OpenReply`] and, if the target was
-//!   dialled, both sides switch to raw bytes (no framing on the byte path).
+//!   dialled, both sides switch to raw bytes (no framing on the byte path);
+//! - a side that ends the tunnel on purpose (an agent leaving, a gateway shutting
+//!   down) first finishes its control stream and closes once the peer has it
+//!   ([`leave`]), because a connection close alone can be lost.
 //!
 //! Every message is a [`frame`]: a 4-byte big-endian length, then a bincode 2 body.
 //! The length is checked against [`MAX_FRAME_LEN`] before anything is allocated.
@@ -22,6 +25,8 @@ pub use frame::{decode, encode, FrameError, MAX_FRAME_LEN};
 #[cfg(feature = "tokio")]
 pub use frame::{read_frame, write_frame};
 pub use messages::*;
+#[cfg(feature = "relay")]
+pub mod leave;
 #[cfg(feature = "relay")]
 pub mod relay;
 #[cfg(feature = "relay")]

@@ -43,6 +43,10 @@ pub mod close_code {
     /// The gateway is shutting down (and usually restarting): agents spread their
     /// reconnects out instead of arriving all at once.
     pub const SHUTDOWN: u32 = 4;
+    /// The agent finished its control stream: it is leaving, and the gateway
+    /// closes the tunnel at once. The finish is delivered reliably, so a leave
+    /// is noticed even when the agent's own connection close is lost.
+    pub const LEFT: u32 = 5;
 }
 
 /// Longest hostname accepted in an [`OpenRequest`] (the DNS limit).
