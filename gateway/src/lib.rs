@@ -412,13 +412,17 @@ impl Gateway {
             );
             self.shared.registry.remove(agent.key);
         }
-        // Tell every agent, then let go of the UDP socket so the port can be
-        // bound again at once (a restart in the same process, or a test).
+        // Joined agents have had their finished control stream (see
+        // `tunnel::serve_agent`); this closes what is left, such as handshakes.
+        // quinn holds the port until closed connections have drained (three
+        // probe timeouts, seconds after a reconnect stampede inflated the RTT
+        // estimates); that only repeats closes nobody needs now, so the wait is
+        // short, and the port is free soon after for a restart in this process.
         self.endpoint.close(
             tunnel::close_code::SHUTDOWN.into(),
             b"gateway shutting down",
         );
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.endpoint.wait_idle())
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
             .await;
         drop(self.endpoint);
         // quinn's endpoint driver lets go of the socket on its next poll, with no
