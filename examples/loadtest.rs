@@ -81,6 +81,9 @@ struct Args {
     /// bulk: MiB per direction.
     #[arg(long)]
     size: Option<u64>,
+    /// bulk: rounds, the paths taking turns in each; medians are reported.
+    #[arg(long)]
+    rounds: Option<usize>,
     /// connect: fresh connections per path (sequential; the same again concurrently).
     #[arg(long)]
     connects: Option<usize>,
@@ -129,6 +132,7 @@ enum Scenario {
 #[derive(Debug, Clone)]
 struct Sizes {
     bulk_mib: u64,
+    bulk_rounds: usize,
     connects: usize,
     concurrency: usize,
     fanout_conns: usize,
@@ -142,6 +146,7 @@ impl Sizes {
         let mut sizes = if args.quick {
             Sizes {
                 bulk_mib: 16,
+                bulk_rounds: 1,
                 connects: 200,
                 concurrency: 8,
                 fanout_conns: 100,
@@ -153,6 +158,7 @@ impl Sizes {
             // Suited to a 2-core machine: the whole run fits in a few minutes.
             Sizes {
                 bulk_mib: 512,
+                bulk_rounds: 5,
                 connects: 1000,
                 concurrency: 16,
                 fanout_conns: 2000,
@@ -163,6 +169,7 @@ impl Sizes {
         } else {
             Sizes {
                 bulk_mib: 1024,
+                bulk_rounds: 5,
                 connects: 2000,
                 concurrency: 16,
                 fanout_conns: 2000,
@@ -172,6 +179,7 @@ impl Sizes {
             }
         };
         sizes.bulk_mib = args.size.unwrap_or(sizes.bulk_mib).max(1);
+        sizes.bulk_rounds = args.rounds.unwrap_or(sizes.bulk_rounds).max(1);
         sizes.connects = args.connects.unwrap_or(sizes.connects).max(1);
         sizes.concurrency = args.concurrency.unwrap_or(sizes.concurrency).max(1);
         sizes.fanout_conns = args.fanout_conns.unwrap_or(sizes.fanout_conns).max(1);
@@ -299,7 +307,10 @@ async fn run(args: Args) -> Result<bool> {
     };
     let started = Instant::now();
     if wants(Scenario::Bulk) {
-        eprintln!("== bulk: {} MiB each way", sizes.bulk_mib);
+        eprintln!(
+            "== bulk: {} MiB each way, {} rounds",
+            sizes.bulk_mib, sizes.bulk_rounds
+        );
         if let Err(error) = bulk(&sizes, &bins, &runs, tinyproxy.as_deref(), &mut report).await {
             eprintln!("   bulk failed: {error:#}");
             report.failures.push(format!("bulk: {error:#}"));
@@ -395,6 +406,7 @@ fn setup(args: &Args, sizes: &Sizes) -> Value {
         "profile": if cfg!(debug_assertions) { "dev (debug assertions on)" } else { "release" },
         "runtime": format!("client and target: tokio multi-thread in this process; gateway process: --threads {}; agent processes: their default (current-thread)", args.gateway_threads),
         "bulk_mib": sizes.bulk_mib,
+        "bulk_rounds": sizes.bulk_rounds,
         "connects": sizes.connects,
         "concurrency": sizes.concurrency,
         "fanout_conns": sizes.fanout_conns,
@@ -420,8 +432,8 @@ fn print_setup(setup: &Value) {
         println!("  {key:<14} {}", setup[key].to_string().trim_matches('"'));
     }
     println!(
-        "  sizes          bulk {} MiB; connect {} x (1 + {} workers); fanout {} conns / {} agents x {} KiB; swarm {} agents",
-        setup["bulk_mib"], setup["connects"], setup["concurrency"], setup["fanout_conns"],
+        "  sizes          bulk {} MiB x {} rounds; connect {} x (1 + {} workers); fanout {} conns / {} agents x {} KiB; swarm {} agents",
+        setup["bulk_mib"], setup["bulk_rounds"], setup["connects"], setup["concurrency"], setup["fanout_conns"],
         setup["fanout_agents"], setup["fanout_kib"], setup["swarm_agents"]
     );
     println!("  units          MB/s = 10^6 bytes/s; CPU from /proc/PID/stat utime+stime");
@@ -1002,6 +1014,42 @@ async fn one_transfer(
     })
 }
 
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.into_iter().collect();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Field by field medians of several runs of one transfer.
+fn median_transfer(runs: &[Transfer]) -> Transfer {
+    let processes = runs
+        .iter()
+        .map(|t| t.cpu_per_gib_of.len())
+        .min()
+        .unwrap_or(0);
+    Transfer {
+        mb_per_s: median(runs.iter().map(|t| t.mb_per_s)),
+        cpu_per_gib: median(runs.iter().map(|t| t.cpu_per_gib)),
+        cpu_per_gib_of: (0..processes)
+            .map(|i| median(runs.iter().map(|t| t.cpu_per_gib_of[i])))
+            .collect(),
+    }
+}
+
+/// One path through which bulk moves data, with every round's transfers.
+struct BulkPath {
+    name: String,
+    route: Route,
+    pids: Vec<u32>,
+    down: Vec<Transfer>,
+    up: Vec<Transfer>,
+}
+
 async fn bulk(
     sizes: &Sizes,
     bins: &Binaries,
@@ -1011,46 +1059,83 @@ async fn bulk(
 ) -> Result<()> {
     let target = start_target().await?;
     let processes = Processes::start(bins, runs.gateway_threads, 1, 1024, None).await?;
+    let other = match runs.also_threads {
+        Some(threads) => Some((
+            threads,
+            Processes::start(bins, threads, 1, 1024, None).await?,
+        )),
+        None => None,
+    };
     let tiny = match tinyproxy {
         Some(bin) => Some(Tinyproxy::start(bin).await?),
         None => None,
     };
     let bytes = sizes.bulk_mib * MIB;
-    let mut paths: Vec<(&str, Route, Vec<u32>)> = vec![
-        ("direct", Route::Direct, vec![]),
-        ("exitpool", processes.path(), processes.pids()),
+    let path = |name: &str, route: Route, pids: Vec<u32>| BulkPath {
+        name: name.to_owned(),
+        route,
+        pids,
+        down: Vec::new(),
+        up: Vec::new(),
+    };
+    let mut paths = vec![
+        path("direct", Route::Direct, vec![]),
+        path("exitpool", processes.path(), processes.pids()),
     ];
     if let Some(t) = &tiny {
-        paths.push(("tinyproxy", t.path(), t.pid().into_iter().collect()));
+        paths.push(path("tinyproxy", t.path(), t.pid().into_iter().collect()));
     }
-    let mut results: Vec<(&str, Transfer, Transfer)> = Vec::new();
+    if let Some((threads, other)) = &other {
+        paths.push(path(
+            &format!("gateway --threads {threads}"),
+            other.path(),
+            other.pids(),
+        ));
+    }
     let drops0 = udp_rcvbuf_errors();
-    for (name, path, pids) in &paths {
+    for path in &paths {
         // Warm-up: let caches, windows and the allocator settle.
-        one_transfer(path, target, (8 * MIB).min(bytes), false, pids)
+        one_transfer(&path.route, target, (8 * MIB).min(bytes), false, &path.pids)
             .await
-            .with_context(|| format!("{name} warm-up"))?;
-        let down = one_transfer(path, target, bytes, false, pids)
-            .await
-            .with_context(|| format!("{name} download"))?;
-        eprintln!(
-            "   {name:<9} down {:>8.1} MB/s  {:.2} CPU-s/GiB (proxy processes: {:.2?})",
-            down.mb_per_s, down.cpu_per_gib, down.cpu_per_gib_of
-        );
-        let up = one_transfer(path, target, bytes, true, pids)
-            .await
-            .with_context(|| format!("{name} upload"))?;
-        eprintln!(
-            "   {name:<9} up   {:>8.1} MB/s  {:.2} CPU-s/GiB (proxy processes: {:.2?})",
-            up.mb_per_s, up.cpu_per_gib, up.cpu_per_gib_of
-        );
-        results.push((name, down, up));
+            .with_context(|| format!("{} warm-up", path.name))?;
+    }
+    // Paths take turns, round after round, so a slow spell of a shared machine
+    // hits them alike; the table shows each figure's median over the rounds.
+    for round in 1..=sizes.bulk_rounds {
+        for path in &mut paths {
+            let name = &path.name;
+            let down = one_transfer(&path.route, target, bytes, false, &path.pids)
+                .await
+                .with_context(|| format!("{name} download, round {round}"))?;
+            let up = one_transfer(&path.route, target, bytes, true, &path.pids)
+                .await
+                .with_context(|| format!("{name} upload, round {round}"))?;
+            eprintln!(
+                "   {round}  {name:<9} down {:>7.1} MB/s {:.2} CPU-s/GiB {:.2?}   up {:>7.1} MB/s {:.2} CPU-s/GiB {:.2?}",
+                down.mb_per_s, down.cpu_per_gib, down.cpu_per_gib_of, up.mb_per_s, up.cpu_per_gib, up.cpu_per_gib_of
+            );
+            path.down.push(down);
+            path.up.push(up);
+        }
     }
     let drops = udp_rcvbuf_errors()
         .zip(drops0)
         .map(|(a, b)| a.saturating_sub(b));
-    let get = |name: &str, f: &dyn Fn(&(&str, Transfer, Transfer)) -> f64| {
-        results.iter().find(|r| r.0 == name).map(f)
+    let medians: Vec<(&str, Transfer, Transfer)> = paths
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                median_transfer(&p.down),
+                median_transfer(&p.up),
+            )
+        })
+        .collect();
+    let get = |name: &str, up: bool| {
+        medians
+            .iter()
+            .find(|r| r.0 == name)
+            .map(|r| if up { &r.2 } else { &r.1 })
     };
     type Figure = fn(&Transfer) -> f64;
     let throughput: Figure = |t| t.mb_per_s;
@@ -1061,7 +1146,7 @@ async fn bulk(
         ("download CPU, whole path", "CPU-s/GiB", false, cpu),
         ("upload CPU, whole path", "CPU-s/GiB", true, cpu),
     ] {
-        let of = |name: &str| get(name, &|r| figure(if up { &r.2 } else { &r.1 }));
+        let of = |name: &str| get(name, up).map(figure);
         report.row(
             "bulk",
             metric,
@@ -1071,50 +1156,58 @@ async fn bulk(
             of("tinyproxy"),
         );
     }
-    let minus = |name: &str, up: bool| {
-        let d = get("direct", &|r| {
-            if up {
-                r.2.cpu_per_gib
-            } else {
-                r.1.cpu_per_gib
-            }
-        })?;
-        get(name, &|r| {
-            if up {
-                r.2.cpu_per_gib
-            } else {
-                r.1.cpu_per_gib
-            }
-        })
-        .map(|v| v - d)
-    };
-    report.row(
-        "bulk",
-        "download CPU, proxy share (minus direct)",
-        "CPU-s/GiB",
-        None,
-        minus("exitpool", false),
-        minus("tinyproxy", false),
-    );
-    report.row(
-        "bulk",
-        "upload CPU, proxy share (minus direct)",
-        "CPU-s/GiB",
-        None,
-        minus("exitpool", true),
-        minus("tinyproxy", true),
-    );
-    if let Some((_, down, up)) = results.iter().find(|r| r.0 == "exitpool") {
-        for (i, process) in ["gateway", "agent"].iter().enumerate() {
-            for (way, transfer) in [("download", down), ("upload", up)] {
-                report.row(
-                    "bulk",
-                    format!("{way} CPU, {process} process"),
-                    "CPU-s/GiB",
-                    None,
-                    transfer.cpu_per_gib_of.get(i).copied(),
-                    None,
-                );
+    for (way, up) in [("download", false), ("upload", true)] {
+        let minus = |name: &str| Some(get(name, up)?.cpu_per_gib - get("direct", up)?.cpu_per_gib);
+        report.row(
+            "bulk",
+            format!("{way} CPU, proxy share (minus direct)"),
+            "CPU-s/GiB",
+            None,
+            minus("exitpool"),
+            minus("tinyproxy"),
+        );
+    }
+    for (i, process) in ["gateway", "agent"].iter().enumerate() {
+        for (way, up) in [("download", false), ("upload", true)] {
+            report.row(
+                "bulk",
+                format!("{way} CPU, {process} process"),
+                "CPU-s/GiB",
+                None,
+                get("exitpool", up).and_then(|t| t.cpu_per_gib_of.get(i).copied()),
+                None,
+            );
+        }
+    }
+    // The ratio each round measured, so the spread shows next to the medians.
+    let named = |name: &str| paths.iter().find(|p| p.name == name);
+    if let (Some(ours), Some(tiny)) = (named("exitpool"), named("tinyproxy")) {
+        for (way, of) in [
+            (
+                "download",
+                (|p: &BulkPath| &p.down) as fn(&BulkPath) -> &Vec<Transfer>,
+            ),
+            ("upload", |p: &BulkPath| &p.up),
+        ] {
+            let ratios: Vec<f64> = of(ours)
+                .iter()
+                .zip(of(tiny))
+                .map(|(a, b)| a.mb_per_s / b.mb_per_s)
+                .collect();
+            let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let highest = ratios.iter().copied().fold(0.0, f64::max);
+            for (metric, value) in [
+                (
+                    format!("{way}, exitpool / tinyproxy, median round"),
+                    median(ratios.iter().copied()),
+                ),
+                (format!("{way}, exitpool / tinyproxy, lowest round"), lowest),
+                (
+                    format!("{way}, exitpool / tinyproxy, highest round"),
+                    highest,
+                ),
+            ] {
+                report.row("bulk", metric, "ratio", None, Some(value), None);
             }
         }
     }
@@ -1128,38 +1221,28 @@ async fn bulk(
             None,
         );
     }
-    if let Some(threads) = runs.also_threads {
-        let other = Processes::start(bins, threads, 1, 1024, None).await?;
-        let (path, pids) = (other.path(), other.pids());
-        one_transfer(&path, target, (8 * MIB).min(bytes), false, &pids)
-            .await
-            .context("warm-up")?;
-        let down = one_transfer(&path, target, bytes, false, &pids)
-            .await
-            .with_context(|| format!("gateway --threads {threads}: download"))?;
-        let up = one_transfer(&path, target, bytes, true, &pids)
-            .await
-            .with_context(|| format!("gateway --threads {threads}: upload"))?;
-        eprintln!(
-            "   gateway --threads {threads}: down {:.1} MB/s {:.2} CPU-s/GiB, up {:.1} MB/s {:.2} CPU-s/GiB",
-            down.mb_per_s, down.cpu_per_gib, up.mb_per_s, up.cpu_per_gib
-        );
-        report.rows_with_threads(
-            "bulk",
-            threads,
-            &[
-                ("download", "MB/s", down.mb_per_s),
-                ("upload", "MB/s", up.mb_per_s),
-                ("download CPU, whole path", "CPU-s/GiB", down.cpu_per_gib),
-                ("upload CPU, whole path", "CPU-s/GiB", up.cpu_per_gib),
-            ],
-        );
-        other.stop().await;
+    if let Some((threads, _)) = &other {
+        let name = format!("gateway --threads {threads}");
+        if let (Some(down), Some(up)) = (get(&name, false), get(&name, true)) {
+            report.rows_with_threads(
+                "bulk",
+                *threads,
+                &[
+                    ("download", "MB/s", down.mb_per_s),
+                    ("upload", "MB/s", up.mb_per_s),
+                    ("download CPU, whole path", "CPU-s/GiB", down.cpu_per_gib),
+                    ("upload CPU, whole path", "CPU-s/GiB", up.cpu_per_gib),
+                ],
+            );
+        }
     }
     report.notes.push(format!(
-        "bulk: one connection, {} MiB each way after an 8 MiB warm-up; exitpool = the gateway (--threads {}) and agent binaries, each its own process (QUIC over loopback); CPU 'whole path' = this process (client and target) plus the proxy's processes",
-        sizes.bulk_mib, runs.gateway_threads
+        "bulk: one connection per transfer, {} MiB each way after an 8 MiB warm-up, {} rounds with the paths taking turns, medians shown; exitpool = the gateway (--threads {}) and agent binaries, each its own process (QUIC over loopback); CPU 'whole path' = this process (client and target) plus the proxy's processes",
+        sizes.bulk_mib, sizes.bulk_rounds, runs.gateway_threads
     ));
+    if let Some((_, other)) = other {
+        other.stop().await;
+    }
     processes.stop().await;
     Ok(())
 }
