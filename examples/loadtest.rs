@@ -2509,7 +2509,8 @@ mod chart {
             .iter()
             .flat_map(|(_, v)| v.iter().flatten())
             .fold(0.0f64, |a, &b| a.max(b));
-        let top = if max > 0.0 { max * 1.25 } else { 1.0 };
+        // Headroom above the tallest bar: group names, then the legend above them.
+        let top = if max > 0.0 { max * 1.4 } else { 1.0 };
         let n = groups.len().max(1) as f64;
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 18))
@@ -2570,7 +2571,7 @@ mod chart {
             .map(|(g, (label, _))| {
                 Text::new(
                     label.clone(),
-                    (g as f64 + 0.3, top * 0.95),
+                    (g as f64 + 0.3, top * 0.8),
                     ("sans-serif", 14),
                 )
             })
