@@ -1,5 +1,5 @@
-//! Faults end to end: an agent process killed mid-transfer, a silent target, and
-//! a customer that never reads. Each must end precisely, never hang, and leave
+//! Faults end to end: an agent process killed mid-transfer, a gateway process
+//! killed and restarted, a silent target, and a customer that never reads. Each must end precisely, never hang, and leave
 //! the gateway's registry and sessions consistent.
 
 mod common;
@@ -196,4 +196,74 @@ async fn a_target_that_never_accepts_is_504_after_the_connect_timeout() {
         .unwrap()
         .contains("error=connection_timeout"));
     drop(listener);
+}
+
+/// The real `gateway` binary on `tunnel` with `state`; returns it once it prints
+/// its ready line.
+async fn start_gateway_process(
+    state: &std::path::Path,
+    tunnel: std::net::SocketAddr,
+) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--tunnel", &tunnel.to_string()])
+        .args(["--listen", "127.0.0.1:0", "--no-admin"])
+        .args([
+            "--user",
+            &format!("{USER}:{PASSWORD}"),
+            "--agent-token",
+            TOKEN,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gateway binary starts");
+    let mut out = tokio::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
+    loop {
+        let line = within("gateway ready line", out.next_line()).await;
+        match line {
+            Ok(Some(line)) if line.contains("customers on") => break,
+            Ok(Some(_)) => continue,
+            other => panic!("gateway exited before it was ready: {other:?}"),
+        }
+    }
+    gateway
+}
+
+/// A gateway that crashes sends no shutdown notice. Restarted on the same state
+/// directory, it answers the old tunnel's next packet with a stateless reset
+/// keyed from its identity, so the agent reconnects at once instead of waiting
+/// out its 30 s idle timeout.
+#[tokio::test]
+async fn agents_notice_a_crashed_and_restarted_gateway_before_their_idle_timeout() {
+    let state = tempfile::tempdir().unwrap();
+    let tunnel = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .unwrap();
+    let mut gateway = start_gateway_process(state.path(), tunnel).await;
+    let identity = exitpool::gateway::tls::Identity::load_or_create(state.path()).unwrap();
+    let agent =
+        exitpool::agent::Agent::builder(tunnel.to_string(), identity.pin().parse().unwrap(), TOKEN)
+            .bind("127.0.0.2".parse().unwrap())
+            .spawn()
+            .unwrap();
+    within("agent connects", agent.connected()).await;
+    let mut session = agent.session();
+
+    within("gateway killed", gateway.kill()).await.unwrap();
+    let crashed = std::time::Instant::now();
+    let _restarted = start_gateway_process(state.path(), tunnel).await;
+    within("agent notices the crash", session.wait_for(Option::is_none))
+        .await
+        .unwrap();
+    let noticed = crashed.elapsed();
+    assert!(
+        noticed < exitpool::protocol::IDLE_TIMEOUT,
+        "noticed after {noticed:?}, not before the idle timeout"
+    );
+    within("agent welcomed again", agent.connected()).await;
+    assert_eq!(agent.stats().connects, 2);
 }

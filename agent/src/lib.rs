@@ -394,6 +394,13 @@ impl AgentHandle {
         self.shared.paused.send_replace(false);
     }
 
+    /// The tunnel's state as it changes: `Some` while connected and welcomed,
+    /// `None` from the moment the agent notices the tunnel is gone until it is
+    /// welcomed again (for an app's "connected" indicator, say).
+    pub fn session(&self) -> tokio::sync::watch::Receiver<Option<SessionInfo>> {
+        self.shared.session.subscribe()
+    }
+
     /// Waits until the agent is connected and welcomed, and returns what the
     /// gateway said.
     pub async fn connected(&self) -> SessionInfo {

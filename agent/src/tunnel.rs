@@ -156,13 +156,11 @@ pub(crate) async fn run(
 /// A UDP endpoint on `local`; an unspecified IPv6 address is dual-stack where the
 /// OS allows, falling back to IPv4.
 fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    match exitpool_protocol::udp::endpoint(local, None) {
+    let client = |addr| exitpool_protocol::udp::endpoint(addr, Default::default(), None);
+    match client(local) {
         Ok(endpoint) => Ok(endpoint),
         Err(_) if local.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
-            exitpool_protocol::udp::endpoint(
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-                None,
-            )
+            client(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
         }
         Err(error) => Err(error),
     }

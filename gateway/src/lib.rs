@@ -294,6 +294,7 @@ impl Gateway {
             .map_err(bind("the customer port", config.listen))?;
         let endpoint = exitpool_protocol::udp::endpoint(
             config.tunnel,
+            tunnel::endpoint_config(&identity),
             Some(
                 identity
                     .quic_server_config(tunnel::transport_config(config.tunnel_idle_timeout))?,

@@ -85,6 +85,17 @@ impl Identity {
         format!("sha256:{}", hex::encode(Sha256::digest(&self.cert)))
     }
 
+    /// A secret for `purpose`, derived from the private key: unguessable, and
+    /// the same after a restart on this state directory.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        let mut derived = Sha256::new();
+        derived.update(b"exitpool identity secret v1\0");
+        derived.update(purpose.as_bytes());
+        derived.update(b"\0");
+        derived.update(self.key.secret_pkcs8_der());
+        derived.finalize().into()
+    }
+
     /// QUIC server configuration: TLS 1.3 with ALPN `exitpool/1`, plus the
     /// transport limits in [`crate::tunnel::transport_config`].
     pub fn quic_server_config(

@@ -33,6 +33,32 @@ pub const MAX_AGENT_STREAMS: u32 = 4096;
 
 pub use exitpool_protocol::close_code;
 
+/// Endpoint settings for the tunnel port. quinn keys its stateless resets and
+/// its connection-id check with secrets random per process, so a gateway that
+/// crashed and restarted drops the old tunnels' packets silently and agents
+/// wait out their idle timeout. Keyed from the gateway's identity instead, the
+/// new process recognises those connection ids and answers with a reset the
+/// agent accepts: it reconnects at its next packet (a keep-alive at the
+/// latest). quinn also sends at most one reset per `min_reset_interval` (20 ms
+/// by default), which would take minutes to tell 10,000 agents; a reset is
+/// always smaller than the packet that caused it, so a short interval
+/// amplifies nothing.
+pub fn endpoint_config(identity: &crate::tls::Identity) -> quinn::EndpointConfig {
+    let reset_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &identity.derive_secret("quic stateless reset"),
+    );
+    let cid_secret = identity.derive_secret("quic connection ids");
+    let cid_key = u64::from_le_bytes(cid_secret[..8].try_into().expect("8 of 32 bytes"));
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config
+        .cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        })
+        .min_reset_interval(std::time::Duration::from_micros(100));
+    config
+}
+
 /// Transport settings for agent tunnels. quinn's defaults allow an unlimited
 /// connection receive window and no keep-alive; both are set here. A tunnel
 /// silent for `idle_timeout` is dead (a vanished agent is noticed within it).

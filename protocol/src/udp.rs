@@ -31,10 +31,11 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// `server_config` is given.
 pub fn endpoint(
     addr: SocketAddr,
+    config: quinn::EndpointConfig,
     server_config: Option<quinn::ServerConfig>,
 ) -> std::io::Result<quinn::Endpoint> {
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        config,
         server_config,
         bind(addr)?,
         std::sync::Arc::new(quinn::TokioRuntime),
