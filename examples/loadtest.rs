@@ -1898,9 +1898,13 @@ impl GatewayProcess {
 
     /// Stops and starts again on the same ports and state (so the same pin);
     /// returns how long the stop took and when the new process answered.
-    async fn restart(&mut self) -> Result<(Duration, Instant)> {
+    async fn restart(&mut self, crash: bool) -> Result<(Duration, Instant)> {
         let t0 = Instant::now();
-        self.stop(Duration::from_secs(30)).await?;
+        if crash {
+            self.child.kill().await?;
+        } else {
+            self.stop(Duration::from_secs(30)).await?;
+        }
         let stopped = t0.elapsed();
         // A restart meets every agent reconnecting at once.
         let next = Self::spawn(self.launch.clone(), Duration::from_secs(300)).await?;
@@ -2140,22 +2144,6 @@ async fn swarm(sizes: &Sizes, bins: &Binaries, runs: &Runs, report: &mut Report)
     let still = gw.agents().await?;
     eprintln!("   gateway RSS {gw_rss0} -> {gw_rss1} KiB; idle CPU {gw_idle_pct:.1} %");
 
-    let restart_start = Instant::now();
-    let bound = Duration::from_secs(120 + n as u64 / 50);
-    let (stop_time, up_at, back) = match gw.restart().await {
-        Ok((stop_time, up_at)) => (
-            stop_time,
-            Some(up_at),
-            wait_agents(&gw, n as u64, bound).await,
-        ),
-        Err(error) => (
-            restart_start.elapsed(),
-            None,
-            Err(error.context("restarting the gateway")),
-        ),
-    };
-    let reconnect = restart_start.elapsed();
-    let after_up = up_at.map(|t| t.elapsed()).unwrap_or_default();
     report.row(
         "swarm",
         format!("agents connected to one gateway ({n} started)"),
@@ -2220,55 +2208,10 @@ async fn swarm(sizes: &Sizes, bins: &Binaries, runs: &Runs, report: &mut Report)
         Some(agents_idle_pct),
         None,
     );
-    report.row(
-        "swarm",
-        "restart: SIGTERM until the old gateway exited",
-        "s",
-        None,
-        Some(stop_time.as_secs_f64()),
-        None,
-    );
-    match back {
-        Ok(_) => {
-            eprintln!(
-                "   all {n} back {:.1} s after SIGTERM ({:.1} s after the new gateway answered)",
-                reconnect.as_secs_f64(),
-                after_up.as_secs_f64()
-            );
-            report.row(
-                "swarm",
-                "restart: new gateway up to all agents back",
-                "s",
-                None,
-                Some(after_up.as_secs_f64()),
-                None,
-            );
-            report.row(
-                "swarm",
-                "restart: SIGTERM to all agents back",
-                "s",
-                None,
-                Some(reconnect.as_secs_f64()),
-                None,
-            );
-        }
-        Err(e) => {
-            let count = gw.agents().await.unwrap_or(0);
-            report.row(
-                "swarm",
-                "restart: agents back within bound",
-                "count",
-                None,
-                Some(count as f64),
-                None,
-            );
-            report.failures.push(format!(
-                "swarm: after a gateway restart only {count} of {n} agents came back: {e:#}"
-            ));
-        }
-    }
+    measure_restart(&mut gw, n, false, report).await;
+    measure_restart(&mut gw, n, true, report).await;
     report.notes.push(format!(
-        "swarm: gateway = the real `gateway` binary in its own process (RSS/CPU from /proc/PID); {n} agents in this process on 127.1.x.y, one QUIC endpoint each; restart = SIGTERM, then the same ports and state dir"
+        "swarm: gateway = the real `gateway` binary in its own process (RSS/CPU from /proc/PID); {n} agents in this process on 127.1.x.y, one QUIC endpoint each; restart = SIGTERM, then the same ports and state dir; crash restart = the same after SIGKILL (no shutdown notice)"
     ));
     let _ = gw.stop(Duration::from_secs(10)).await;
     let stops = agents.into_iter().map(|a| async move {
@@ -2276,6 +2219,70 @@ async fn swarm(sizes: &Sizes, bins: &Binaries, runs: &Runs, report: &mut Report)
     });
     let _ = tokio::time::timeout(Duration::from_secs(60), join_all(stops)).await;
     Ok(())
+}
+
+/// Restarts the gateway on the same ports and state, after SIGTERM or, for a
+/// crash, SIGKILL, and reports how long until every agent is back.
+async fn measure_restart(gw: &mut GatewayProcess, n: usize, crash: bool, report: &mut Report) {
+    let (kind, signal) = if crash {
+        ("crash restart", "SIGKILL")
+    } else {
+        ("restart", "SIGTERM")
+    };
+    let started = Instant::now();
+    let bound = Duration::from_secs(120 + n as u64 / 50);
+    let (stop_time, up_at, back) = match gw.restart(crash).await {
+        Ok((stop_time, up_at)) => (
+            stop_time,
+            Some(up_at),
+            wait_agents(gw, n as u64, bound).await,
+        ),
+        Err(error) => (
+            started.elapsed(),
+            None,
+            Err(error.context("restarting the gateway")),
+        ),
+    };
+    let total = started.elapsed();
+    let after_up = up_at.map(|t| t.elapsed()).unwrap_or_default();
+    let mut row = |metric: String, unit: &'static str, value: f64| {
+        report.row("swarm", metric, unit, None, Some(value), None);
+    };
+    row(
+        format!("{kind}: {signal} until the old gateway exited"),
+        "s",
+        stop_time.as_secs_f64(),
+    );
+    match back {
+        Ok(_) => {
+            eprintln!(
+                "   {kind}: all {n} back {:.1} s after {signal} ({:.1} s after the new gateway answered)",
+                total.as_secs_f64(),
+                after_up.as_secs_f64()
+            );
+            row(
+                format!("{kind}: new gateway up to all agents back"),
+                "s",
+                after_up.as_secs_f64(),
+            );
+            row(
+                format!("{kind}: {signal} to all agents back"),
+                "s",
+                total.as_secs_f64(),
+            );
+        }
+        Err(e) => {
+            let count = gw.agents().await.unwrap_or(0);
+            row(
+                format!("{kind}: agents back within bound"),
+                "count",
+                count as f64,
+            );
+            report.failures.push(format!(
+                "swarm: after a gateway {kind} only {count} of {n} agents came back: {e:#}"
+            ));
+        }
+    }
 }
 
 async fn wait_agents(gw: &GatewayProcess, n: u64, bound: Duration) -> Result<Duration> {

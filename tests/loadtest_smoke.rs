@@ -68,6 +68,7 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
         200.0
     );
     assert!(figure("swarm", "restart: new gateway up to all agents back") > 0.0);
+    assert!(figure("swarm", "crash restart: new gateway up to all agents back") > 0.0);
     assert!(figure("footprint", "agent process idle RSS") > 0.0);
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(

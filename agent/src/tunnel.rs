@@ -129,7 +129,7 @@ pub(crate) async fn run(
                 let delay = RESTART_SPREAD.mul_f64(rand::rng().random::<f64>());
                 warn!(
                     retry_in_ms = delay.as_millis() as u64,
-                    "the gateway is shutting down; reconnecting"
+                    "the gateway stopped or restarted; reconnecting"
                 );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -276,13 +276,18 @@ async fn session(
     end
 }
 
-/// Whether the gateway closed this tunnel because it is shutting down.
+/// Whether the gateway closed this tunnel because it is shutting down, or a
+/// gateway that restarted without notice (a crash) reset it: either way every
+/// agent hears it at about the same moment, so reconnects are spread out and
+/// start from a fresh backoff.
 fn gateway_stopped(connection: &quinn::Connection) -> bool {
-    matches!(
-        connection.close_reason(),
-        Some(quinn::ConnectionError::ApplicationClosed(close))
-            if close.error_code == close_code::SHUTDOWN.into()
-    )
+    match connection.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            close.error_code == close_code::SHUTDOWN.into()
+        }
+        Some(quinn::ConnectionError::Reset) => true,
+        _ => false,
+    }
 }
 
 async fn hello(
