@@ -1845,31 +1845,27 @@ impl GatewayProcess {
         self.child.id().context("gateway process has exited")
     }
 
-    async fn agents(&self) -> Result<u64> {
+    /// The gateway's `/stats` document.
+    async fn stats(&self) -> Result<Value> {
         let url = format!("http://{}/stats", self.launch.admin);
-        let stats: Value = reqwest::Client::new()
+        Ok(reqwest::Client::new()
             .get(url)
             .timeout(Duration::from_secs(5))
             .send()
             .await?
             .json()
-            .await?;
-        stats["agents"]
+            .await?)
+    }
+
+    async fn agents(&self) -> Result<u64> {
+        self.stats().await?["agents"]
             .as_u64()
             .context("/stats has no \"agents\" count")
     }
 
     /// Streams each agent has served, from `/stats`.
     async fn streams_per_agent(&self) -> Result<Vec<u64>> {
-        let url = format!("http://{}/stats", self.launch.admin);
-        let stats: Value = reqwest::Client::new()
-            .get(url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?
-            .json()
-            .await?;
-        stats["per_agent"]
+        self.stats().await?["per_agent"]
             .as_array()
             .context("/stats has no \"per_agent\" list")?
             .iter()

@@ -38,8 +38,8 @@ pub use exitpool_protocol::close_code;
 /// crashed and restarted drops the old tunnels' packets silently and agents
 /// wait out their idle timeout. Keyed from the gateway's identity instead, the
 /// new process recognises those connection ids and answers with a reset the
-/// agent accepts: it reconnects at its next packet (a keep-alive at the
-/// latest). quinn also sends at most one reset per `min_reset_interval` (20 ms
+/// agent accepts: it hears of the restart at its next packet (a keep-alive at
+/// the latest) and reconnects as after a shutdown notice. quinn also sends at most one reset per `min_reset_interval` (20 ms
 /// by default), which would take minutes to tell 10,000 agents; a reset is
 /// always smaller than the packet that caused it, so a short interval
 /// amplifies nothing.
