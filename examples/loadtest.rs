@@ -871,6 +871,14 @@ struct Tinyproxy {
 }
 
 impl Tinyproxy {
+    /// Starts tinyproxy when it was found, so its column can be filled.
+    async fn start_if_installed(binary: Option<&Path>) -> Result<Option<Tinyproxy>> {
+        match binary {
+            Some(binary) => Ok(Some(Self::start(binary).await?)),
+            None => Ok(None),
+        }
+    }
+
     async fn start(binary: &Path) -> Result<Tinyproxy> {
         let dir = tempfile::tempdir()?;
         let port = free_tcp_port()?;
@@ -1066,10 +1074,7 @@ async fn bulk(
         )),
         None => None,
     };
-    let tiny = match tinyproxy {
-        Some(bin) => Some(Tinyproxy::start(bin).await?),
-        None => None,
-    };
+    let tiny = Tinyproxy::start_if_installed(tinyproxy).await?;
     let bytes = sizes.bulk_mib * MIB;
     let path = |name: &str, route: Route, pids: Vec<u32>| BulkPath {
         name: name.to_owned(),
@@ -1182,16 +1187,15 @@ async fn bulk(
     // The ratio each round measured, so the spread shows next to the medians.
     let named = |name: &str| paths.iter().find(|p| p.name == name);
     if let (Some(ours), Some(tiny)) = (named("exitpool"), named("tinyproxy")) {
-        for (way, of) in [
-            (
-                "download",
-                (|p: &BulkPath| &p.down) as fn(&BulkPath) -> &Vec<Transfer>,
-            ),
-            ("upload", |p: &BulkPath| &p.up),
-        ] {
-            let ratios: Vec<f64> = of(ours)
+        for (way, up) in [("download", false), ("upload", true)] {
+            let (ours, tiny) = if up {
+                (&ours.up, &tiny.up)
+            } else {
+                (&ours.down, &tiny.down)
+            };
+            let ratios: Vec<f64> = ours
                 .iter()
-                .zip(of(tiny))
+                .zip(tiny)
                 .map(|(a, b)| a.mb_per_s / b.mb_per_s)
                 .collect();
             let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
@@ -1334,10 +1338,7 @@ async fn connect(
 ) -> Result<()> {
     let target = start_target().await?;
     let processes = Processes::start(bins, runs.gateway_threads, 1, 4096, None).await?;
-    let tiny = match tinyproxy {
-        Some(bin) => Some(Tinyproxy::start(bin).await?),
-        None => None,
-    };
+    let tiny = Tinyproxy::start_if_installed(tinyproxy).await?;
     let direct = connect_path(&Route::Direct, target, sizes.connects, sizes.concurrency)
         .await
         .context("direct")?;
