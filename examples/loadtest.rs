@@ -67,8 +67,8 @@ const GIB: f64 = (1u64 << 30) as f64;
 )]
 struct Args {
     /// What to run.
-    #[arg(value_enum)]
-    scenario: Scenario,
+    #[arg(value_enum, required_unless_present_any = ["bare_exit", "bare_entry"])]
+    scenario: Option<Scenario>,
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -116,6 +116,15 @@ struct Args {
     /// Do not run `cargo build --bin gateway --bin agent` before swarm/footprint.
     #[arg(long)]
     no_build: bool,
+    /// Internal: run as the bare relay's exit hop, dialling this target.
+    #[arg(long, hide = true)]
+    bare_exit: Option<SocketAddr>,
+    /// Internal: run as the bare relay's entry hop, towards this exit hop.
+    #[arg(long, hide = true, requires = "bare_cert")]
+    bare_entry: Option<SocketAddr>,
+    /// Internal: the exit hop's certificate (hex DER), for `--bare-entry`.
+    #[arg(long, hide = true)]
+    bare_cert: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -154,7 +163,7 @@ impl Sizes {
                 fanout_kib: 64,
                 swarm: 200,
             }
-        } else if args.scenario == Scenario::All {
+        } else if args.scenario == Some(Scenario::All) {
             // Suited to a 2-core machine: the whole run fits in a few minutes.
             Sizes {
                 bulk_mib: 512,
@@ -202,6 +211,8 @@ struct Row {
     direct: Option<f64>,
     exitpool: Option<f64>,
     tinyproxy: Option<f64>,
+    /// The bare two-hop QUIC relay (see [`bare_relay`]), where measured.
+    bare_relay: Option<f64>,
 }
 
 /// Everything a run found.
@@ -229,7 +240,15 @@ impl Report {
             direct,
             exitpool,
             tinyproxy,
+            bare_relay: None,
         });
+    }
+
+    /// Adds the bare relay's figure to the row added last.
+    fn with_bare_relay(&mut self, value: Option<f64>) {
+        if let Some(row) = self.rows.last_mut() {
+            row.bare_relay = value;
+        }
     }
 
     /// exitpool-only figures measured with the gateway on `threads` workers.
@@ -260,6 +279,9 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
+    if args.bare_exit.is_some() || args.bare_entry.is_some() {
+        return run_bare_relay_hop(&args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -283,23 +305,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs this process as one hop of the bare relay, on one thread like the agent
+/// and the benchmark gateway, until it is killed.
+fn run_bare_relay_hop(args: &Args) -> ExitCode {
+    let hop = async {
+        match (args.bare_exit, args.bare_entry, &args.bare_cert) {
+            (Some(target), _, _) => bare_relay::exit(target).await,
+            (None, Some(exit), Some(cert)) => bare_relay::entry(exit, cert).await,
+            _ => bail!("--bare-entry needs --bare-cert"),
+        }
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(hop));
+    if let Err(error) = result {
+        eprintln!("loadtest bare relay hop: {error:#}");
+    }
+    ExitCode::FAILURE
+}
+
 async fn run(args: Args) -> Result<bool> {
+    let Some(scenario) = args.scenario else {
+        bail!("no scenario given");
+    };
     let sizes = Sizes::from_args(&args);
     let setup = setup(&args, &sizes);
     print_setup(&setup);
     let mut report = Report::default();
     let tinyproxy = which("tinyproxy");
-    if tinyproxy.is_none()
-        && matches!(
-            args.scenario,
-            Scenario::Bulk | Scenario::Connect | Scenario::All
-        )
+    if tinyproxy.is_none() && matches!(scenario, Scenario::Bulk | Scenario::Connect | Scenario::All)
     {
         report.notes.push(
             "tinyproxy is not on PATH (apt-get install tinyproxy): its column is skipped".into(),
         );
     }
-    let wants = |s: Scenario| args.scenario == s || args.scenario == Scenario::All;
+    let wants = |s: Scenario| scenario == s || scenario == Scenario::All;
     let bins = binaries(&args).await?;
     let runs = Runs {
         gateway_threads: args.gateway_threads,
@@ -356,7 +398,8 @@ async fn run(args: Args) -> Result<bool> {
             .iter()
             .map(|r| {
                 json!({"scenario": r.scenario, "metric": r.metric, "unit": r.unit,
-                "direct": r.direct, "exitpool": r.exitpool, "tinyproxy": r.tinyproxy})
+                "direct": r.direct, "exitpool": r.exitpool, "tinyproxy": r.tinyproxy,
+                "bare_quic_relay": r.bare_relay})
             })
             .collect();
         let doc = json!({"setup": setup, "results": rows, "notes": report.notes,
@@ -451,19 +494,20 @@ fn fmt_value(v: Option<f64>) -> String {
 fn print_table(report: &Report) {
     println!();
     println!(
-        "{:<10} {:<44} {:<9} {:>10} {:>10} {:>10}",
-        "scenario", "measurement", "unit", "direct", "exitpool", "tinyproxy"
+        "{:<10} {:<44} {:<9} {:>10} {:>10} {:>10} {:>10}",
+        "scenario", "measurement", "unit", "direct", "exitpool", "tinyproxy", "bare QUIC"
     );
-    println!("{}", "-".repeat(98));
+    println!("{}", "-".repeat(109));
     for r in &report.rows {
         println!(
-            "{:<10} {:<44} {:<9} {:>10} {:>10} {:>10}",
+            "{:<10} {:<44} {:<9} {:>10} {:>10} {:>10} {:>10}",
             r.scenario,
             r.metric,
             r.unit,
             fmt_value(r.direct),
             fmt_value(r.exitpool),
-            fmt_value(r.tinyproxy)
+            fmt_value(r.tinyproxy),
+            fmt_value(r.bare_relay)
         );
     }
     if !report.notes.is_empty() {
@@ -625,6 +669,8 @@ async fn read_bytes(stream: &mut TcpStream, len: u64) -> Result<u64> {
 #[derive(Debug, Clone)]
 enum Route {
     Direct,
+    /// A relay that carries the target protocol as it is (the bare QUIC relay).
+    Relay(SocketAddr),
     /// An HTTP proxy taking CONNECT, with an optional `Proxy-Authorization` value.
     Proxy {
         addr: SocketAddr,
@@ -649,8 +695,12 @@ fn basic(user: &str, password: &str) -> String {
 /// Opens a connection to `target` along `path`, ready for the target protocol.
 async fn open(path: &Route, target: SocketAddr) -> Result<TcpStream> {
     match path {
-        Route::Direct => {
-            let stream = tokio::time::timeout(STEP, TcpStream::connect(target))
+        Route::Direct | Route::Relay(_) => {
+            let to = match path {
+                Route::Relay(relay) => *relay,
+                _ => target,
+            };
+            let stream = tokio::time::timeout(STEP, TcpStream::connect(to))
                 .await
                 .context("connect timed out")??;
             stream.set_nodelay(true)?;
@@ -660,7 +710,7 @@ async fn open(path: &Route, target: SocketAddr) -> Result<TcpStream> {
             let (addr, auth, source) = match path {
                 Route::Proxy { addr, auth } => (addr, auth, None),
                 Route::ProxyFrom { addr, auth, source } => (addr, auth, Some(*source)),
-                Route::Direct => unreachable!("matched above"),
+                Route::Direct | Route::Relay(_) => unreachable!("matched above"),
             };
             let connecting = async {
                 match source {
@@ -1049,6 +1099,10 @@ fn median_transfer(runs: &[Transfer]) -> Transfer {
     }
 }
 
+/// The bare two-hop QUIC relay's path name in bulk and connect.
+const BARE: &str = "bare relay";
+const BARE_NOTE: &str = "bare QUIC = a bare two-hop QUIC relay (entry and exit processes, the same byte path, transport settings and one-thread runtimes as the gateway and agent; no authentication, routing, Open/Opened exchange, accounting or limits): the floor for two QUIC hops on this machine";
+
 /// One path through which bulk moves data, with every round's transfers.
 struct BulkPath {
     name: String,
@@ -1075,6 +1129,7 @@ async fn bulk(
         None => None,
     };
     let tiny = Tinyproxy::start_if_installed(tinyproxy).await?;
+    let bare = BareRelay::start(target).await?;
     let bytes = sizes.bulk_mib * MIB;
     let path = |name: &str, route: Route, pids: Vec<u32>| BulkPath {
         name: name.to_owned(),
@@ -1090,6 +1145,7 @@ async fn bulk(
     if let Some(t) = &tiny {
         paths.push(path("tinyproxy", t.path(), t.pid().into_iter().collect()));
     }
+    paths.push(path(BARE, bare.path(), bare.pids()));
     if let Some((threads, other)) = &other {
         paths.push(path(
             &format!("gateway --threads {threads}"),
@@ -1160,6 +1216,7 @@ async fn bulk(
             of("exitpool"),
             of("tinyproxy"),
         );
+        report.with_bare_relay(of(BARE));
     }
     for (way, up) in [("download", false), ("upload", true)] {
         let minus = |name: &str| Some(get(name, up)?.cpu_per_gib - get("direct", up)?.cpu_per_gib);
@@ -1171,45 +1228,50 @@ async fn bulk(
             minus("exitpool"),
             minus("tinyproxy"),
         );
+        report.with_bare_relay(minus(BARE));
     }
+    // The bare relay's entry hop stands where the gateway does, its exit hop
+    // where the agent does.
     for (i, process) in ["gateway", "agent"].iter().enumerate() {
         for (way, up) in [("download", false), ("upload", true)] {
+            let of = |name: &str| get(name, up).and_then(|t| t.cpu_per_gib_of.get(i).copied());
             report.row(
                 "bulk",
                 format!("{way} CPU, {process} process"),
                 "CPU-s/GiB",
                 None,
-                get("exitpool", up).and_then(|t| t.cpu_per_gib_of.get(i).copied()),
+                of("exitpool"),
                 None,
             );
+            report.with_bare_relay(of(BARE));
         }
     }
     // The ratio each round measured, so the spread shows next to the medians.
     let named = |name: &str| paths.iter().find(|p| p.name == name);
-    if let (Some(ours), Some(tiny)) = (named("exitpool"), named("tinyproxy")) {
+    for other in ["tinyproxy", BARE] {
+        let (Some(ours), Some(theirs)) = (named("exitpool"), named(other)) else {
+            continue;
+        };
         for (way, up) in [("download", false), ("upload", true)] {
-            let (ours, tiny) = if up {
-                (&ours.up, &tiny.up)
+            let (ours, theirs) = if up {
+                (&ours.up, &theirs.up)
             } else {
-                (&ours.down, &tiny.down)
+                (&ours.down, &theirs.down)
             };
             let ratios: Vec<f64> = ours
                 .iter()
-                .zip(tiny)
+                .zip(theirs)
                 .map(|(a, b)| a.mb_per_s / b.mb_per_s)
                 .collect();
             let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
             let highest = ratios.iter().copied().fold(0.0, f64::max);
             for (metric, value) in [
                 (
-                    format!("{way}, exitpool / tinyproxy, median round"),
+                    format!("{way}, exitpool / {other}, median round"),
                     median(ratios.iter().copied()),
                 ),
-                (format!("{way}, exitpool / tinyproxy, lowest round"), lowest),
-                (
-                    format!("{way}, exitpool / tinyproxy, highest round"),
-                    highest,
-                ),
+                (format!("{way}, exitpool / {other}, lowest round"), lowest),
+                (format!("{way}, exitpool / {other}, highest round"), highest),
             ] {
                 report.row("bulk", metric, "ratio", None, Some(value), None);
             }
@@ -1244,6 +1306,7 @@ async fn bulk(
         "bulk: one connection per transfer, {} MiB each way after an 8 MiB warm-up, {} rounds with the paths taking turns, medians shown; exitpool = the gateway (--threads {}) and agent binaries, each its own process (QUIC over loopback); CPU 'whole path' = this process (client and target) plus the proxy's processes",
         sizes.bulk_mib, sizes.bulk_rounds, runs.gateway_threads
     ));
+    report.notes.push(BARE_NOTE.into());
     if let Some((_, other)) = other {
         other.stop().await;
     }
@@ -1366,6 +1429,15 @@ async fn connect(
         }
         None => None,
     };
+    let bare = BareRelay::start(target).await?;
+    let bare_stats = connect_path(&bare.path(), target, sizes.connects, sizes.concurrency)
+        .await
+        .context("bare relay")?;
+    eprintln!(
+        "   bare relay p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
+        bare_stats.p50, bare_stats.seq_rate, bare_stats.conc_rate
+    );
+    drop(bare);
     let t = |f: fn(&ConnectStats) -> f64| tiny_stats.as_ref().map(f);
     report.row(
         "connect",
@@ -1375,6 +1447,7 @@ async fn connect(
         Some(ours.p50),
         t(|s| s.p50),
     );
+    report.with_bare_relay(Some(bare_stats.p50));
     report.row(
         "connect",
         "fresh connect + 1 KiB, p99",
@@ -1383,6 +1456,7 @@ async fn connect(
         Some(ours.p99),
         t(|s| s.p99),
     );
+    report.with_bare_relay(Some(bare_stats.p99));
     report.row(
         "connect",
         "fresh connect + 1 KiB, max",
@@ -1391,6 +1465,7 @@ async fn connect(
         Some(ours.max),
         t(|s| s.max),
     );
+    report.with_bare_relay(Some(bare_stats.max));
     report.row(
         "connect",
         "sequential rate",
@@ -1399,6 +1474,7 @@ async fn connect(
         Some(ours.seq_rate),
         t(|s| s.seq_rate),
     );
+    report.with_bare_relay(Some(bare_stats.seq_rate));
     let label = format!("{} concurrent clients: rate", sizes.concurrency);
     report.row(
         "connect",
@@ -1408,6 +1484,7 @@ async fn connect(
         Some(ours.conc_rate),
         t(|s| s.conc_rate),
     );
+    report.with_bare_relay(Some(bare_stats.conc_rate));
     let label = format!("{} concurrent clients: p50", sizes.concurrency);
     report.row(
         "connect",
@@ -1417,6 +1494,7 @@ async fn connect(
         Some(ours.conc_p50),
         t(|s| s.conc_p50),
     );
+    report.with_bare_relay(Some(bare_stats.conc_p50));
     let label = format!("{} concurrent clients: p99", sizes.concurrency);
     report.row(
         "connect",
@@ -1426,14 +1504,16 @@ async fn connect(
         Some(ours.conc_p99),
         t(|s| s.conc_p99),
     );
+    report.with_bare_relay(Some(bare_stats.conc_p99));
     report.row(
         "connect",
-        "exitpool p50 / direct p50",
+        "p50 / direct p50",
         "ratio",
         None,
         Some(ours.p50 / direct.p50),
         tiny_stats.as_ref().map(|s| s.p50 / direct.p50),
     );
+    report.with_bare_relay(Some(bare_stats.p50 / direct.p50));
     processes.stop().await;
     if let Some(threads) = runs.also_threads {
         let other = Processes::start(bins, threads, 1, 4096, None).await?;
@@ -1455,7 +1535,7 @@ async fn connect(
         other.stop().await;
     }
     report.notes.push(format!(
-        "connect: exitpool = the gateway (--threads {}) and agent binaries, each its own process",
+        "connect: exitpool = the gateway (--threads {}) and agent binaries, each its own process; the bare relay dials its target when the stream arrives, with no Open/Opened round trip",
         runs.gateway_threads
     ));
     Ok(())
@@ -2590,4 +2670,181 @@ mod chart {
             .map_err(err)?;
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------
+// The bare QUIC relay: two hops with nothing of exitpool's protocol
+// ---------------------------------------------------------------------------
+
+/// A bare two-hop QUIC relay, the floor under exitpool's byte path. An entry
+/// process takes TCP and opens one QUIC stream per connection to an exit process,
+/// which dials one fixed target as soon as the stream arrives. Both run the same
+/// byte path (`protocol::relay`), transport windows, UDP buffers, TLS provider and
+/// single-threaded runtime as the gateway and the agent, and nothing else: no
+/// authentication, routing, `Open`/`Opened` exchange, accounting or limits. Its
+/// processes are this program, started with a hidden flag.
+mod bare_relay {
+    use anyhow::{Context, Result};
+    use exitpool::protocol::relay::{relay, LiveCounters, Unlimited};
+    use exitpool::protocol::udp;
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::net::{TcpListener, TcpStream};
+
+    const ALPN: &[u8] = b"bare-relay";
+    const IDLE: Duration = Duration::from_secs(60);
+    /// The name the exit's certificate is issued for.
+    const SERVER_NAME: &str = "localhost";
+
+    fn transport() -> quinn::TransportConfig {
+        let mut transport = udp::base_transport();
+        transport.max_concurrent_bidi_streams(4096u32.into());
+        transport
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// Relays one TCP connection over one QUIC stream until both ends are done.
+    async fn carry(mut tcp: TcpStream, send: quinn::SendStream, recv: quinn::RecvStream) {
+        let _ = tcp.set_nodelay(true);
+        let (read, write) = tcp.split();
+        let counters = LiveCounters::default();
+        let _ = relay(read, write, send, recv, IDLE, &counters, &Unlimited).await;
+    }
+
+    /// The exit hop: prints `ready <udp address> <certificate, hex DER>`, then
+    /// dials `target` for every stream of every connection.
+    pub async fn exit(target: SocketAddr) -> Result<()> {
+        let generated = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
+        let cert = generated.cert.der().clone();
+        let key = PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key.into())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut server =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+        server.transport_config(Arc::new(transport()));
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let endpoint = udp::endpoint(local, quinn::EndpointConfig::default(), Some(server))?;
+        println!("ready {} {}", endpoint.local_addr()?, hex::encode(&cert));
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let Ok(connection) = incoming.await else {
+                    return;
+                };
+                while let Ok((send, recv)) = connection.accept_bi().await {
+                    tokio::spawn(async move {
+                        if let Ok(tcp) = TcpStream::connect(target).await {
+                            carry(tcp, send, recv).await;
+                        }
+                    });
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The entry hop: connects to the exit at `exit`, trusting `cert_hex`, prints
+    /// `ready <tcp address>`, then carries every accepted connection on a stream.
+    pub async fn entry(exit: SocketAddr, cert_hex: &str) -> Result<()> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(
+            hex::decode(cert_hex).context("the exit's certificate is not hex")?,
+        ))?;
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+        client.transport_config(Arc::new(transport()));
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut endpoint = udp::endpoint(local, quinn::EndpointConfig::default(), None)?;
+        endpoint.set_default_client_config(client);
+        let connection = tokio::time::timeout(super::STEP, endpoint.connect(exit, SERVER_NAME)?)
+            .await
+            .context("QUIC handshake with the exit timed out")??;
+        let listener = TcpListener::bind(local).await?;
+        println!("ready {}", listener.local_addr()?);
+        loop {
+            let (tcp, _) = listener.accept().await?;
+            let connection = connection.clone();
+            tokio::spawn(async move {
+                if let Ok((send, recv)) = connection.open_bi().await {
+                    carry(tcp, send, recv).await;
+                }
+            });
+        }
+    }
+}
+
+/// The bare relay's two processes: this program run as its entry and exit hops.
+struct BareRelay {
+    entry: Child,
+    exit: Child,
+    listen: SocketAddr,
+}
+
+impl BareRelay {
+    async fn start(target: SocketAddr) -> Result<BareRelay> {
+        let me = std::env::current_exe()?;
+        let (exit, ready) =
+            spawn_until_ready(Command::new(&me).args(["--bare-exit", &target.to_string()]))
+                .await
+                .context("bare relay exit hop")?;
+        let (exit_addr, cert) = ready
+            .split_once(' ')
+            .context("the exit hop's ready line lacks its certificate")?;
+        let (entry, ready) = spawn_until_ready(
+            Command::new(&me)
+                .args(["--bare-entry", exit_addr])
+                .args(["--bare-cert", cert]),
+        )
+        .await
+        .context("bare relay entry hop")?;
+        Ok(BareRelay {
+            entry,
+            exit,
+            listen: ready.parse().context("the entry hop's address")?,
+        })
+    }
+
+    fn path(&self) -> Route {
+        Route::Relay(self.listen)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        [&self.entry, &self.exit]
+            .iter()
+            .filter_map(|c| c.id())
+            .collect()
+    }
+}
+
+/// Starts a child that prints `ready <rest>` on stdout when it serves; returns
+/// it with `<rest>`.
+async fn spawn_until_ready(command: &mut Command) -> Result<(Child, String)> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut line = String::new();
+    tokio::time::timeout(STEP, tokio::io::BufReader::new(stdout).read_line(&mut line))
+        .await
+        .context("not ready in time")??;
+    let rest = line
+        .trim()
+        .strip_prefix("ready ")
+        .with_context(|| format!("unexpected first line {line:?}"))?;
+    Ok((child, rest.to_owned()))
 }

@@ -46,18 +46,22 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(doc["failures"], serde_json::json!([]), "{stderr}");
     let results = doc["results"].as_array().unwrap();
-    let figure = |scenario: &str, metric_start: &str| -> f64 {
+    let column = |column: &str, scenario: &str, metric_start: &str| -> f64 {
         results
             .iter()
             .find(|r| {
                 r["scenario"] == scenario && r["metric"].as_str().unwrap().starts_with(metric_start)
             })
-            .and_then(|r| r["exitpool"].as_f64())
-            .unwrap_or_else(|| panic!("no exitpool figure for {scenario} / {metric_start}"))
+            .and_then(|r| r[column].as_f64())
+            .unwrap_or_else(|| panic!("no {column} figure for {scenario} / {metric_start}"))
     };
+    let figure = |scenario: &str, metric_start: &str| column("exitpool", scenario, metric_start);
     assert!(figure("bulk", "download throughput") > 0.0);
     assert!(figure("bulk", "upload throughput") > 0.0);
     assert!(figure("connect", "fresh connect + 1 KiB, p50") > 0.0);
+    // The bare two-hop QUIC relay, exitpool's floor, measured in the same run.
+    assert!(column("bare_quic_relay", "bulk", "download throughput") > 0.0);
+    assert!(column("bare_quic_relay", "connect", "fresh connect + 1 KiB, p50") > 0.0);
     assert_eq!(
         figure("fanout", "100 concurrent conns over 5 agents: errors"),
         0.0
