@@ -120,8 +120,10 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         shared.tasks.clone().spawn(
             async move {
                 let started = std::time::Instant::now();
+                // Boxed, and so freed once done: inline, the handshake's state
+                // would size this task for as long as the agent stays.
                 let handshake = tokio::select! {
-                    result = handshake(incoming, &shared) => result,
+                    result = Box::pin(handshake(incoming, &shared)) => result,
                     // Not yet an agent: `Gateway::shutdown`'s endpoint close tells it.
                     () = shared.shutdown.cancelled() => return,
                 };
@@ -313,7 +315,8 @@ async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => {
                 // No new customers reach this agent from here on.
                 shared.registry.set_accepting(agent.key, false);
-                leave(&connection, &mut control_send, close_code::SHUTDOWN, b"gateway shutting down").await;
+                // Boxed for the same reason as the handshake: it runs once, at the end.
+                Box::pin(leave(&connection, &mut control_send, close_code::SHUTDOWN, b"gateway shutting down")).await;
                 break "gateway shutting down".to_owned();
             }
         };
