@@ -119,6 +119,10 @@ struct Args {
     /// Internal: run as the bare relay's exit hop, dialling this target.
     #[arg(long, hide = true)]
     bare_exit: Option<SocketAddr>,
+    /// Internal: streams the bare exit hop lets each connection open at once
+    /// (quinn sets up state for each in advance).
+    #[arg(long, hide = true, default_value_t = exitpool::agent::DEFAULT_MAX_STREAMS)]
+    bare_streams: u32,
     /// Internal: run as the bare relay's entry hop, towards this exit hop.
     #[arg(long, hide = true, requires = "bare_cert")]
     bare_entry: Option<SocketAddr>,
@@ -310,7 +314,7 @@ fn main() -> ExitCode {
 fn run_bare_relay_hop(args: &Args) -> ExitCode {
     let hop = async {
         match (args.bare_exit, args.bare_entry, &args.bare_cert) {
-            (Some(target), _, _) => bare_relay::exit(target).await,
+            (Some(target), _, _) => bare_relay::exit(target, args.bare_streams).await,
             (None, Some(exit), Some(cert)) => bare_relay::entry(exit, cert).await,
             _ => bail!("--bare-entry needs --bare-cert"),
         }
@@ -2295,7 +2299,47 @@ async fn swarm(sizes: &Sizes, bins: &Binaries, runs: &Runs, report: &mut Report)
         let _ = tokio::time::timeout(Duration::from_secs(5), a.shutdown()).await;
     });
     let _ = tokio::time::timeout(Duration::from_secs(60), join_all(stops)).await;
+
+    let (floor_kib, floor_idle_pct) = bare_quic_floor(n, idle).await?;
+    eprintln!(
+        "   bare QUIC server: {floor_kib:.1} KiB per connection; idle CPU {floor_idle_pct:.1} %"
+    );
+    for (metric, value) in [
+        ("gateway memory per agent", floor_kib),
+        ("gateway idle CPU with all agents", floor_idle_pct),
+    ] {
+        if let Some(row) = report
+            .rows
+            .iter_mut()
+            .find(|r| r.scenario == "swarm" && r.metric == metric)
+        {
+            row.bare_relay = Some(value);
+        }
+    }
+    report.notes.push(format!(
+        "swarm, bare QUIC column: the bare relay's exit process holding {n} idle QUIC connections (keep-alives every 15 s, like agents), each from its own endpoint in this process; the floor under the gateway's figures"
+    ));
     Ok(())
+}
+
+/// Memory per connection (KiB) and idle CPU (% of a core) of a bare QUIC server
+/// (the bare relay's exit process) holding `n` idle connections.
+async fn bare_quic_floor(n: usize, idle: Duration) -> Result<(f64, f64)> {
+    let unused_target = SocketAddr::from(([127, 0, 0, 1], 9));
+    // One stream, like the gateway allows each agent (its control stream).
+    let exit = BareExit::start(unused_target, 1).await?;
+    let pid = exit.pid()?;
+    let rss0 = status_kib(Some(pid), "VmRSS")?;
+    let clients = bare_relay::idle_clients(exit.addr, &exit.cert_hex, n, swarm_ip)
+        .await
+        .context("bare QUIC clients")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss1 = status_kib(Some(pid), "VmRSS")?;
+    let cpu0 = cpu_seconds(Some(pid))?;
+    tokio::time::sleep(idle).await;
+    let idle_pct = (cpu_seconds(Some(pid))? - cpu0) / idle.as_secs_f64() * 100.0;
+    drop(clients);
+    Ok(((rss1 as f64 - rss0 as f64) / n as f64, idle_pct))
 }
 
 /// Restarts the gateway on the same ports and state, after SIGTERM or, for a
@@ -2532,21 +2576,27 @@ mod chart {
     use plotters::prelude::*;
     use std::path::Path;
 
-    const COLORS: [RGBColor; 3] = [
+    const COLORS: [RGBColor; 4] = [
         RGBColor(120, 120, 120),
         RGBColor(31, 119, 180),
         RGBColor(230, 130, 30),
+        RGBColor(150, 190, 220),
     ];
-    const SERIES: [&str; 3] = ["direct", "exitpool", "tinyproxy"];
+    const SERIES: [&str; 4] = ["direct", "exitpool", "tinyproxy", "bare QUIC relay"];
+    /// Where a group's first bar starts, and each bar's slot and width.
+    const BAR_START: f64 = 0.1;
+    const BAR_SLOT: f64 = 0.2;
+    const BAR_WIDTH: f64 = 0.18;
 
-    /// Groups of bars: (group label, [direct, exitpool, tinyproxy]).
-    type Groups = Vec<(String, [Option<f64>; 3])>;
+    /// Groups of bars: (group label, one value per series).
+    type Groups = Vec<(String, [Option<f64>; 4])>;
 
     pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
         let pick = |scenario: &str, metric: &str, label: &str| {
-            report
-                .find(scenario, metric)
-                .map(|r| (label.to_owned(), [r.direct, r.exitpool, r.tinyproxy]))
+            report.find(scenario, metric).map(|r| {
+                let values = [r.direct, r.exitpool, r.tinyproxy, r.bare_relay];
+                (label.to_owned(), values)
+            })
         };
         let throughput: Groups = [
             pick("bulk", "download throughput", "bulk download"),
@@ -2617,8 +2667,8 @@ mod chart {
                 .enumerate()
                 .filter_map(|(g, (_, values))| {
                     values[s].map(|v| {
-                        let x0 = g as f64 + 0.12 + s as f64 * 0.26;
-                        Rectangle::new([(x0, 0.0), (x0 + 0.24, v)], color.filled())
+                        let x0 = g as f64 + BAR_START + s as f64 * BAR_SLOT;
+                        Rectangle::new([(x0, 0.0), (x0 + BAR_WIDTH, v)], color.filled())
                     })
                 })
                 .collect();
@@ -2637,7 +2687,7 @@ mod chart {
                 .enumerate()
                 .filter_map(|(g, (_, values))| {
                     values[s].map(|v| {
-                        let x0 = g as f64 + 0.12 + s as f64 * 0.26;
+                        let x0 = g as f64 + BAR_START + s as f64 * BAR_SLOT;
                         let text = if v >= 100.0 {
                             format!("{v:.0}")
                         } else {
@@ -2655,7 +2705,7 @@ mod chart {
             .map(|(g, (label, _))| {
                 Text::new(
                     label.clone(),
-                    (g as f64 + 0.3, top * 0.8),
+                    (g as f64 + 0.3, top * 0.75),
                     ("sans-serif", 14),
                 )
             })
@@ -2689,7 +2739,7 @@ mod bare_relay {
     use exitpool::protocol::udp;
     use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
     use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-    use std::net::SocketAddr;
+    use std::net::{IpAddr, SocketAddr};
     use std::sync::Arc;
     use std::time::Duration;
     use tokio::net::{TcpListener, TcpStream};
@@ -2699,9 +2749,12 @@ mod bare_relay {
     /// The name the exit's certificate is issued for.
     const SERVER_NAME: &str = "localhost";
 
-    fn transport() -> quinn::TransportConfig {
+    /// The shared transport settings, letting the peer open `streams` at once.
+    fn transport(streams: u32) -> quinn::TransportConfig {
         let mut transport = udp::base_transport();
-        transport.max_concurrent_bidi_streams(4096u32.into());
+        transport
+            .max_concurrent_bidi_streams(streams.into())
+            .keep_alive_interval(Some(exitpool::protocol::KEEP_ALIVE_INTERVAL));
         transport
     }
 
@@ -2719,7 +2772,7 @@ mod bare_relay {
 
     /// The exit hop: prints `ready <udp address> <certificate, hex DER>`, then
     /// dials `target` for every stream of every connection.
-    pub async fn exit(target: SocketAddr) -> Result<()> {
+    pub async fn exit(target: SocketAddr, streams: u32) -> Result<()> {
         let generated = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
         let cert = generated.cert.der().clone();
         let key = PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
@@ -2730,7 +2783,7 @@ mod bare_relay {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let mut server =
             quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-        server.transport_config(Arc::new(transport()));
+        server.transport_config(Arc::new(transport(streams)));
         let local = SocketAddr::from(([127, 0, 0, 1], 0));
         let endpoint = udp::endpoint(local, quinn::EndpointConfig::default(), Some(server))?;
         println!("ready {} {}", endpoint.local_addr()?, hex::encode(&cert));
@@ -2751,9 +2804,8 @@ mod bare_relay {
         Ok(())
     }
 
-    /// The entry hop: connects to the exit at `exit`, trusting `cert_hex`, prints
-    /// `ready <tcp address>`, then carries every accepted connection on a stream.
-    pub async fn entry(exit: SocketAddr, cert_hex: &str) -> Result<()> {
+    /// A QUIC client that trusts only the exit's certificate (hex DER).
+    fn client_config(cert_hex: &str) -> Result<quinn::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(
             hex::decode(cert_hex).context("the exit's certificate is not hex")?,
@@ -2764,14 +2816,52 @@ mod bare_relay {
             .with_no_client_auth();
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-        client.transport_config(Arc::new(transport()));
-        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        // The exit never opens streams.
+        client.transport_config(Arc::new(transport(0)));
+        Ok(client)
+    }
+
+    /// One QUIC endpoint on `bind`, connected to the exit at `exit`.
+    async fn connect(
+        exit: SocketAddr,
+        client: quinn::ClientConfig,
+        bind: IpAddr,
+    ) -> Result<(quinn::Endpoint, quinn::Connection)> {
+        let local = SocketAddr::new(bind, 0);
         let mut endpoint = udp::endpoint(local, quinn::EndpointConfig::default(), None)?;
         endpoint.set_default_client_config(client);
         let connection = tokio::time::timeout(super::STEP, endpoint.connect(exit, SERVER_NAME)?)
             .await
             .context("QUIC handshake with the exit timed out")??;
-        let listener = TcpListener::bind(local).await?;
+        Ok((endpoint, connection))
+    }
+
+    /// `n` idle QUIC connections to the exit at `exit`, each from its own
+    /// endpoint on `bind(i)`, as agents hold them to a gateway.
+    pub async fn idle_clients(
+        exit: SocketAddr,
+        cert_hex: &str,
+        n: usize,
+        bind: impl Fn(usize) -> IpAddr,
+    ) -> Result<Vec<(quinn::Endpoint, quinn::Connection)>> {
+        let client = client_config(cert_hex)?;
+        let mut clients = Vec::with_capacity(n);
+        // Handshakes in batches, so they arrive at a steady rate.
+        for first in (0..n).step_by(64) {
+            let batch = (first..n.min(first + 64)).map(|i| connect(exit, client.clone(), bind(i)));
+            for result in super::join_all(batch).await {
+                clients.push(result?);
+            }
+        }
+        Ok(clients)
+    }
+
+    /// The entry hop: connects to the exit at `exit`, trusting `cert_hex`, prints
+    /// `ready <tcp address>`, then carries every accepted connection on a stream.
+    pub async fn entry(exit: SocketAddr, cert_hex: &str) -> Result<()> {
+        let local = IpAddr::from([127, 0, 0, 1]);
+        let (_endpoint, connection) = connect(exit, client_config(cert_hex)?, local).await?;
+        let listener = TcpListener::bind(SocketAddr::new(local, 0)).await?;
         println!("ready {}", listener.local_addr()?);
         loop {
             let (tcp, _) = listener.accept().await?;
@@ -2785,27 +2875,55 @@ mod bare_relay {
     }
 }
 
+/// The bare relay's exit hop: this program run with `--bare-exit`.
+struct BareExit {
+    child: Child,
+    addr: SocketAddr,
+    cert_hex: String,
+}
+
+impl BareExit {
+    /// Starts the exit hop towards `target`, letting each connection open
+    /// `streams` streams at once.
+    async fn start(target: SocketAddr, streams: u32) -> Result<BareExit> {
+        let me = std::env::current_exe()?;
+        let (child, ready) = spawn_until_ready(
+            Command::new(me)
+                .args(["--bare-exit", &target.to_string()])
+                .args(["--bare-streams", &streams.to_string()]),
+        )
+        .await
+        .context("bare relay exit hop")?;
+        let (addr, cert_hex) = ready
+            .split_once(' ')
+            .context("the exit hop's ready line lacks its certificate")?;
+        Ok(BareExit {
+            child,
+            addr: addr.parse().context("the exit hop's address")?,
+            cert_hex: cert_hex.to_owned(),
+        })
+    }
+
+    fn pid(&self) -> Result<u32> {
+        self.child.id().context("the bare exit hop has exited")
+    }
+}
+
 /// The bare relay's two processes: this program run as its entry and exit hops.
 struct BareRelay {
     entry: Child,
-    exit: Child,
+    exit: BareExit,
     listen: SocketAddr,
 }
 
 impl BareRelay {
     async fn start(target: SocketAddr) -> Result<BareRelay> {
-        let me = std::env::current_exe()?;
-        let (exit, ready) =
-            spawn_until_ready(Command::new(&me).args(["--bare-exit", &target.to_string()]))
-                .await
-                .context("bare relay exit hop")?;
-        let (exit_addr, cert) = ready
-            .split_once(' ')
-            .context("the exit hop's ready line lacks its certificate")?;
+        // As many streams as an agent takes by default.
+        let exit = BareExit::start(target, exitpool::agent::DEFAULT_MAX_STREAMS).await?;
         let (entry, ready) = spawn_until_ready(
-            Command::new(&me)
-                .args(["--bare-entry", exit_addr])
-                .args(["--bare-cert", cert]),
+            Command::new(std::env::current_exe()?)
+                .args(["--bare-entry", &exit.addr.to_string()])
+                .args(["--bare-cert", &exit.cert_hex]),
         )
         .await
         .context("bare relay entry hop")?;
@@ -2821,7 +2939,7 @@ impl BareRelay {
     }
 
     fn pids(&self) -> Vec<u32> {
-        [&self.entry, &self.exit]
+        [&self.entry, &self.exit.child]
             .iter()
             .filter_map(|c| c.id())
             .collect()
