@@ -10,12 +10,15 @@
 //!
 //! Scenarios (see `--help`):
 //! - `bulk`: one CONNECT, N MiB down and then up; MB/s and CPU seconds per GiB,
-//!   direct, through exitpool and through tinyproxy when it is on PATH;
-//! - `connect`: fresh CONNECT + 1 KiB response, sequential and concurrent, p50/p99/max;
+//!   direct, through exitpool, through tinyproxy when it is on PATH, and through
+//!   a bare two-hop QUIC relay (see [`bare_relay`]), the floor under exitpool;
+//! - `connect`: fresh CONNECT + 1 KiB response, sequential and concurrent, p50/p99/max,
+//!   on the same paths;
 //! - `fanout`: many concurrent customer connections over many agents, errors must be 0;
 //! - `swarm`: many agents (in this process) on one gateway process, its memory and
-//!   CPU measured on their own; then the gateway restarts and the time for all
-//!   agents to come back is measured;
+//!   CPU measured on their own, next to a bare QUIC server holding as many idle
+//!   connections; then the gateway restarts and the time for all agents to come
+//!   back is measured;
 //! - `footprint`: one agent process, idle and after traffic, against an in-process
 //!   gateway.
 //!
@@ -1396,6 +1399,23 @@ async fn connect_path(
     })
 }
 
+/// `connect_path` on one named path, reported as it finishes.
+async fn measured_connects(
+    name: &str,
+    path: &Route,
+    target: SocketAddr,
+    sizes: &Sizes,
+) -> Result<ConnectStats> {
+    let stats = connect_path(path, target, sizes.connects, sizes.concurrency)
+        .await
+        .context(name.to_owned())?;
+    eprintln!(
+        "   {name:<10} p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
+        stats.p50, stats.seq_rate, stats.conc_rate
+    );
+    Ok(stats)
+}
+
 async fn connect(
     sizes: &Sizes,
     bins: &Binaries,
@@ -1406,41 +1426,14 @@ async fn connect(
     let target = start_target().await?;
     let processes = Processes::start(bins, runs.gateway_threads, 1, 4096, None).await?;
     let tiny = Tinyproxy::start_if_installed(tinyproxy).await?;
-    let direct = connect_path(&Route::Direct, target, sizes.connects, sizes.concurrency)
-        .await
-        .context("direct")?;
-    eprintln!(
-        "   direct    p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
-        direct.p50, direct.seq_rate, direct.conc_rate
-    );
-    let ours = connect_path(&processes.path(), target, sizes.connects, sizes.concurrency)
-        .await
-        .context("exitpool")?;
-    eprintln!(
-        "   exitpool  p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
-        ours.p50, ours.seq_rate, ours.conc_rate
-    );
+    let direct = measured_connects("direct", &Route::Direct, target, sizes).await?;
+    let ours = measured_connects("exitpool", &processes.path(), target, sizes).await?;
     let tiny_stats = match &tiny {
-        Some(t) => {
-            let s = connect_path(&t.path(), target, sizes.connects, sizes.concurrency)
-                .await
-                .context("tinyproxy")?;
-            eprintln!(
-                "   tinyproxy p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
-                s.p50, s.seq_rate, s.conc_rate
-            );
-            Some(s)
-        }
+        Some(t) => Some(measured_connects("tinyproxy", &t.path(), target, sizes).await?),
         None => None,
     };
     let bare = BareRelay::start(target).await?;
-    let bare_stats = connect_path(&bare.path(), target, sizes.connects, sizes.concurrency)
-        .await
-        .context("bare relay")?;
-    eprintln!(
-        "   bare relay p50 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
-        bare_stats.p50, bare_stats.seq_rate, bare_stats.conc_rate
-    );
+    let bare_stats = measured_connects(BARE, &bare.path(), target, sizes).await?;
     drop(bare);
     let t = |f: fn(&ConnectStats) -> f64| tiny_stats.as_ref().map(f);
     report.row(
