@@ -39,10 +39,10 @@ pub use exitpool_protocol::close_code;
 /// wait out their idle timeout. Keyed from the gateway's identity instead, the
 /// new process recognises those connection ids and answers with a reset the
 /// agent accepts: it hears of the restart at its next packet (a keep-alive at
-/// the latest) and reconnects as after a shutdown notice. quinn also sends at most one reset per `min_reset_interval` (20 ms
-/// by default), which would take minutes to tell 10,000 agents; a reset is
-/// always smaller than the packet that caused it, so a short interval
-/// amplifies nothing.
+/// the latest) and reconnects as after a shutdown notice. quinn also sends at
+/// most one reset per `min_reset_interval` (20 ms by default), which would take
+/// minutes to tell 10,000 agents; a reset is always smaller than the packet
+/// that caused it, so a short interval amplifies nothing.
 pub fn endpoint_config(identity: &crate::tls::Identity) -> quinn::EndpointConfig {
     let reset_key = ring::hmac::Key::new(
         ring::hmac::HMAC_SHA256,
@@ -316,7 +316,8 @@ async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
                 // No new customers reach this agent from here on.
                 shared.registry.set_accepting(agent.key, false);
                 // Boxed for the same reason as the handshake: it runs once, at the end.
-                Box::pin(leave(&connection, &mut control_send, close_code::SHUTDOWN, b"gateway shutting down")).await;
+                let code = close_code::SHUTDOWN;
+                Box::pin(leave(&connection, &mut control_send, code, b"gateway shutting down")).await;
                 break "gateway shutting down".to_owned();
             }
         };
