@@ -93,14 +93,14 @@ async fn tour() -> anyhow::Result<()> {
     agent.pause();
     tokio::time::timeout(
         TIMEOUT,
-        gateway.registry().wait_for_census(|c| c.accepting == 0),
+        gateway.directory().wait_for_census(|c| c.accepting == 0),
     )
     .await?;
     println!("paused: {}", agent.stats().paused);
     agent.resume();
     tokio::time::timeout(
         TIMEOUT,
-        gateway.registry().wait_for_census(|c| c.accepting == 1),
+        gateway.directory().wait_for_census(|c| c.accepting == 1),
     )
     .await?;
     println!("resumed: {}", !agent.stats().paused);

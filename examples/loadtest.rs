@@ -849,7 +849,7 @@ impl Pool {
         tokio::time::timeout(
             STEP * 3,
             gateway
-                .registry()
+                .directory()
                 .wait_for_census(|c| c.accepting >= agents),
         )
         .await
@@ -2438,7 +2438,7 @@ async fn footprint(bins: &Binaries, report: &mut Report) -> Result<()> {
     let joined = tokio::time::timeout(
         STEP,
         pool.gateway
-            .registry()
+            .directory()
             .wait_for_census(|c| c.accepting >= 1),
     )
     .await;

@@ -117,7 +117,9 @@ async fn the_quota_stops_sharing_and_survives_an_agent_restart() {
     // The agent tells the gateway at once; it leaves the pool.
     within(
         "gateway stops routing",
-        net.gateway.registry().wait_for_census(|c| c.accepting == 0),
+        net.gateway
+            .directory()
+            .wait_for_census(|c| c.accepting == 0),
     )
     .await;
     let (head, _) = connect_as(net.proxy(), target, "").await;
@@ -125,7 +127,7 @@ async fn the_quota_stops_sharing_and_survives_an_agent_restart() {
     within("agent shutdown", agent.shutdown()).await.unwrap();
     within(
         "agent gone",
-        net.gateway.registry().wait_for_count(|n| *n == 0),
+        net.gateway.directory().wait_for_count(|n| *n == 0),
     )
     .await;
 
@@ -140,7 +142,7 @@ async fn the_quota_stops_sharing_and_survives_an_agent_restart() {
     );
     let census = within(
         "census",
-        net.gateway.registry().wait_for_census(|c| c.agents == 1),
+        net.gateway.directory().wait_for_census(|c| c.agents == 1),
     )
     .await;
     assert_eq!(census.accepting, 0);
@@ -162,7 +164,7 @@ async fn agents_come_back_by_themselves_after_a_gateway_restart() {
     assert_eq!(again.gateway.pin(), pin);
     within(
         "both agents reconnect",
-        again.gateway.registry().wait_for_count(|n| *n == 2),
+        again.gateway.directory().wait_for_count(|n| *n == 2),
     )
     .await;
     for agent in &agents {
@@ -183,7 +185,9 @@ async fn shutdown_drains_live_streams_and_takes_no_new_ones() {
     let stopping = tokio::spawn(agent.shutdown());
     within(
         "gateway hears the drain",
-        net.gateway.registry().wait_for_census(|c| c.accepting == 0),
+        net.gateway
+            .directory()
+            .wait_for_census(|c| c.accepting == 0),
     )
     .await;
     let (refused, _) = connect_as(net.proxy(), target, "").await;
@@ -199,7 +203,7 @@ async fn shutdown_drains_live_streams_and_takes_no_new_ones() {
     within("agent stops", stopping).await.unwrap().unwrap();
     within(
         "agent gone",
-        net.gateway.registry().wait_for_count(|n| *n == 0),
+        net.gateway.directory().wait_for_count(|n| *n == 0),
     )
     .await;
 }
@@ -212,7 +216,9 @@ async fn pause_and_resume_take_the_agent_out_of_and_back_into_the_pool() {
     agent.pause();
     within(
         "paused",
-        net.gateway.registry().wait_for_census(|c| c.accepting == 0),
+        net.gateway
+            .directory()
+            .wait_for_census(|c| c.accepting == 0),
     )
     .await;
     let (head, _) = connect_as(net.proxy(), target, "").await;
@@ -223,7 +229,9 @@ async fn pause_and_resume_take_the_agent_out_of_and_back_into_the_pool() {
     agent.resume();
     within(
         "resumed",
-        net.gateway.registry().wait_for_census(|c| c.accepting == 1),
+        net.gateway
+            .directory()
+            .wait_for_census(|c| c.accepting == 1),
     )
     .await;
     let (_, ip) = exit_ip(net.proxy(), target, "").await;
@@ -296,7 +304,7 @@ async fn a_leaving_agent_finishes_its_control_stream_before_it_closes() {
     let state = tempfile::tempdir().unwrap();
     let identity = exitpool::gateway::tls::Identity::load_or_create(state.path()).unwrap();
     let server = identity
-        .quic_server_config(exitpool::gateway::tunnel::transport_config(
+        .quic_server_config(exitpool::gateway::tunnel::endpoint::transport_config(
             exitpool::protocol::IDLE_TIMEOUT,
         ))
         .unwrap();

@@ -39,7 +39,7 @@ async fn an_agent_killed_mid_transfer_errors_the_customer_and_leaves_the_pool() 
     let mut doomed = spawn_agent_process(&net, "127.0.0.2", state.path());
     within(
         "agent process joins",
-        net.gateway.registry().wait_for_count(|n| *n == 1),
+        net.gateway.directory().wait_for_count(|n| *n == 1),
     )
     .await;
     let target = echo_target().await;
@@ -73,7 +73,7 @@ async fn an_agent_killed_mid_transfer_errors_the_customer_and_leaves_the_pool() 
 
     within(
         "registry drops the dead agent",
-        net.gateway.registry().wait_for_count(|n| *n == 1),
+        net.gateway.directory().wait_for_count(|n| *n == 1),
     )
     .await;
     let stats = net.stats().await;

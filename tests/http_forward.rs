@@ -219,7 +219,7 @@ async fn chunked_bodies_stream_through_both_ways() {
         "download intact"
     );
 
-    let agent = &net.gateway.registry().agents()[0];
+    let agent = &net.gateway.directory().agents()[0];
     let down = agent.bytes_down.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         down as usize >= UP + DOWN,
@@ -394,4 +394,116 @@ async fn a_target_closing_mid_body_aborts_the_customers_response() {
         body.is_err(),
         "a cut-off body must not look complete: {body:?}"
     );
+}
+
+/// A gateway whose only customer is alice with a byte quota of `quota`, and one
+/// US agent.
+async fn with_quota(quota: u64) -> (TestGateway, exitpool::agent::AgentHandle) {
+    use exitpool::gateway::auth::{Customer, Limits, Users};
+    let net = TestGateway::start_with(|config| {
+        config.users = Users::new([Customer::parse(&format!("{USER}:{PASSWORD}"))
+            .unwrap()
+            .with_limits(Limits {
+                quota_bytes: Some(quota),
+                ..Limits::default()
+            })]);
+    })
+    .await;
+    let agent = net.agent("127.0.0.2").await;
+    (net, agent)
+}
+
+/// Reads `response`'s body to its end; returns the bytes received and whether
+/// the body ended cleanly.
+async fn drain(mut response: reqwest::Response) -> (usize, bool) {
+    let mut received = 0;
+    loop {
+        match within("body chunk", response.chunk()).await {
+            Ok(Some(chunk)) => received += chunk.len(),
+            Ok(None) => return (received, true),
+            Err(_) => return (received, false),
+        }
+    }
+}
+
+/// After a cut, the account is over its quota: the next request is refused with
+/// the quota's code, and usage counted at least the quota.
+async fn assert_quota_used_up(net: &TestGateway, target: SocketAddr, quota: u64) {
+    let refused = within(
+        "GET after the cut",
+        client(net.proxy(), USER)
+            .get(format!("http://{target}/ip"))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.headers()["x-exitpool-error"], "quota_exhausted");
+    let stats = net.stats().await;
+    let customer = &stats["customers"][USER];
+    let used = customer["bytes_up"].as_u64().unwrap() + customer["bytes_down"].as_u64().unwrap();
+    assert!(used >= quota, "usage counted {used} of a {quota} quota");
+}
+
+/// The quota for the cut tests, and a body that would take about four seconds at
+/// the paced rate: the quota runs out in the first half second, and the cut must
+/// come at the next per-second fold, long before the body ends.
+const QUOTA: u64 = 1_000_000;
+const PACED_BODY: usize = 4 * common::targets::DRIP_RATE;
+
+#[tokio::test]
+async fn a_plain_http_download_is_cut_within_a_second_of_the_quota() {
+    let (net, _agent) = with_quota(QUOTA).await;
+    let target = http_target("127.0.0.1").await;
+    let response = within(
+        "paced GET",
+        client(net.proxy(), USER)
+            .get(format!("http://{target}/drip/{PACED_BODY}"))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let (received, clean) = drain(response).await;
+    assert!(!clean, "the download ran to its end ({received} bytes)");
+    // Quota at ~0.5 s, cut by the fold at ~1 s: about 2 MB of the 8 MB arrive.
+    // Half the body means the cut came over a second late.
+    assert!(
+        received < PACED_BODY / 2,
+        "{received} of {PACED_BODY} bytes arrived before the cut"
+    );
+    assert_quota_used_up(&net, target, QUOTA).await;
+}
+
+#[tokio::test]
+async fn a_plain_http_upload_is_cut_within_a_second_of_the_quota() {
+    let (net, _agent) = with_quota(QUOTA).await;
+    let target = http_target("127.0.0.1").await;
+    let pieces: Vec<Bytes> = pattern(PACED_BODY)
+        .chunks(common::targets::DRIP_CHUNK)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let sent = client(net.proxy(), USER)
+        .post(format!("http://{target}/echo"))
+        .body(reqwest::Body::wrap_stream(common::targets::paced(pieces)))
+        .send();
+    // The echo answers at once and streams back what arrives, so the cut lands
+    // either before the answer (an error) or in its body (truncated).
+    let echoed = match within("paced POST", sent).await {
+        Ok(response) if response.status() == 200 => {
+            let (received, clean) = drain(response).await;
+            assert!(!clean, "the upload ran to its end ({received} bytes back)");
+            received
+        }
+        Ok(refused) => {
+            assert_eq!(refused.headers()["x-exitpool-error"], "quota_exhausted");
+            0
+        }
+        Err(_) => 0,
+    };
+    assert!(
+        echoed < PACED_BODY / 2,
+        "{echoed} of {PACED_BODY} bytes came back before the cut"
+    );
+    assert_quota_used_up(&net, target, QUOTA).await;
 }

@@ -8,19 +8,18 @@
 //! or a documented failure.
 //!
 //! Where this sits in the flow: the gateway's agent handshake
-//! (`gateway/src/tunnel.rs`: QUIC handshake -> control stream -> `Hello` ->
-//! `Welcome`/`Reject`), its control loop after `Welcome`, and the relay open
-//! (`gateway/src/exit.rs`: `Open` -> `Opened`/`Failed` within `OPEN_TIMEOUT`).
+//! (`gateway/src/tunnel/endpoint.rs`: QUIC handshake -> control stream -> `Hello`
+//! -> `Welcome`/`Reject`), its control loop after `Welcome`, and the relay open
+//! (`gateway/src/tunnel/links.rs`: `Open` -> `Opened`/`Failed` within the
+//! configured open timeout).
 
 mod common;
 
 use common::targets::echo_target;
 use common::*;
-use exitpool::gateway::exit::OPEN_TIMEOUT;
-use exitpool::gateway::tunnel::close_code;
 use exitpool::protocol::{
-    read_frame, write_frame, AgentMessage, Capacity, FrameError, GatewayMessage, OpenReply,
-    OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
+    close_code, read_frame, write_frame, AgentMessage, Capacity, FrameError, GatewayMessage,
+    OpenReply, OpenRequest, RejectReason, PROTOCOL_VERSION,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +33,10 @@ const SERVER_NAME: &str = "exitpool-gateway";
 /// Bound for negative checks ("this does not happen"): long enough for a
 /// loopback round trip many times over.
 const NEVER: Duration = Duration::from_millis(300);
+
+/// The handshake and open timeouts for the tests that wait one out: short, in
+/// whole seconds because the 504's message counts seconds.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A raw QUIC endpoint on `ip` that trusts `net`'s gateway exactly as an agent does.
 fn raw_endpoint(net: &TestGateway, ip: &str) -> (quinn::Endpoint, quinn::ClientConfig) {
@@ -171,24 +174,22 @@ async fn echo_once(net: &TestGateway, target: SocketAddr, params: &str) -> Head 
 
 #[tokio::test]
 async fn a_connection_that_never_sends_hello_is_closed_at_the_handshake_deadline() {
-    // HANDSHAKE_TIMEOUT is a protocol constant (10 s) with no GatewayConfig knob,
-    // so this test pays it once.
-    let net = TestGateway::start().await;
+    let net = TestGateway::start_with(|config| config.handshake_timeout = SHORT_TIMEOUT).await;
     let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
     let started = Instant::now();
     let silent = dial(&net, &endpoint, &config).await;
     assert_closed_with(&silent, close_code::PROTOCOL, "silent connection closed").await;
     let waited = started.elapsed();
     assert!(
-        waited + Duration::from_millis(500) >= HANDSHAKE_TIMEOUT,
-        "closed after {waited:?}, before the {HANDSHAKE_TIMEOUT:?} deadline"
+        waited + Duration::from_millis(500) >= SHORT_TIMEOUT,
+        "closed after {waited:?}, before the {SHORT_TIMEOUT:?} deadline"
     );
-    assert!(net.gateway.registry().is_empty());
+    assert!(net.gateway.directory().is_empty());
 }
 
 #[tokio::test]
 async fn two_hundred_silent_connections_do_not_keep_a_real_agent_out() {
-    use exitpool::gateway::tunnel::MAX_PENDING_PER_ADDRESS;
+    use exitpool::gateway::tunnel::endpoint::MAX_PENDING_PER_ADDRESS;
     let net = TestGateway::start().await;
     // 200 silent handshakes from 16 addresses, each within its per-address cap.
     let mut silent = Vec::new();
@@ -205,7 +206,7 @@ async fn two_hundred_silent_connections_do_not_keep_a_real_agent_out() {
     let _agent = net.agent("127.0.0.2").await;
     let target = echo_target().await;
     echo_once(&net, target, "").await;
-    assert_eq!(net.gateway.registry().len(), 1);
+    assert_eq!(net.gateway.directory().len(), 1);
     let still_pending = silent
         .iter()
         .filter(|connection| connection.close_reason().is_none())
@@ -221,7 +222,7 @@ async fn two_hundred_silent_connections_do_not_keep_a_real_agent_out() {
 
 #[tokio::test]
 async fn past_the_per_address_handshake_cap_new_connections_are_refused_until_it_frees() {
-    use exitpool::gateway::tunnel::MAX_PENDING_PER_ADDRESS;
+    use exitpool::gateway::tunnel::endpoint::MAX_PENDING_PER_ADDRESS;
     let net = TestGateway::start().await;
     let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
     let mut silent = Vec::new();
@@ -266,7 +267,7 @@ async fn an_oversized_first_message_closes_the_connection() {
     // The gateway may close while we are still writing; that is the point.
     let _ = within("send oversized frame", send.write_all(&bytes)).await;
     assert_closed_with(&connection, close_code::PROTOCOL, "oversized Hello").await;
-    assert_eq!(net.gateway.registry().len(), 1, "only the real agent");
+    assert_eq!(net.gateway.directory().len(), 1, "only the real agent");
     echo_once(&net, echo_target().await, "").await;
 }
 
@@ -277,7 +278,7 @@ async fn an_oversized_control_message_after_welcome_closes_and_removes_the_agent
     let mut raw = join(&net, "127.0.0.7", "raw-oversized").await;
     within(
         "raw agent counted",
-        net.gateway.registry().wait_for_count(|n| *n == 2),
+        net.gateway.directory().wait_for_count(|n| *n == 2),
     )
     .await;
     let mut bytes = 1_000_000u32.to_be_bytes().to_vec();
@@ -291,7 +292,7 @@ async fn an_oversized_control_message_after_welcome_closes_and_removes_the_agent
     .await;
     within(
         "raw agent removed",
-        net.gateway.registry().wait_for_count(|n| *n == 1),
+        net.gateway.directory().wait_for_count(|n| *n == 1),
     )
     .await;
     echo_once(&net, echo_target().await, "").await;
@@ -312,7 +313,7 @@ async fn a_garbled_hello_closes_the_connection() {
         .await
         .unwrap();
     assert_closed_with(&connection, close_code::PROTOCOL, "garbled Hello").await;
-    assert!(net.gateway.registry().is_empty());
+    assert!(net.gateway.directory().is_empty());
 }
 
 /// Sends `message` as the first message and returns the gateway's `Reject`
@@ -355,7 +356,7 @@ async fn a_bad_version_or_agent_id_is_rejected_with_a_reason() {
         accepting: true,
     };
     assert_eq!(rejection(&net, &wrong_token).await, RejectReason::BadToken);
-    assert!(net.gateway.registry().is_empty());
+    assert!(net.gateway.directory().is_empty());
 }
 
 #[tokio::test]
@@ -365,7 +366,7 @@ async fn streams_opened_towards_the_gateway_go_nowhere_and_the_agent_stays_usabl
     let serving = serve_echo_streams(raw.connection.clone());
     within(
         "raw agent counted",
-        net.gateway.registry().wait_for_count(|n| *n == 1),
+        net.gateway.directory().wait_for_count(|n| *n == 1),
     )
     .await;
     // The gateway grants one bidi stream (the control stream) and no uni
@@ -383,7 +384,7 @@ async fn streams_opened_towards_the_gateway_go_nowhere_and_the_agent_stays_usabl
         "a second bidi stream towards the gateway was allowed"
     );
     assert!(raw.connection.close_reason().is_none());
-    assert_eq!(net.gateway.registry().len(), 1);
+    assert_eq!(net.gateway.directory().len(), 1);
     // Still in the pool and serving.
     echo_once(&net, echo_target().await, "").await;
     serving.abort();
@@ -392,13 +393,12 @@ async fn streams_opened_towards_the_gateway_go_nowhere_and_the_agent_stays_usabl
 
 #[tokio::test]
 async fn an_exit_that_never_answers_open_gets_the_customer_a_504_after_open_timeout() {
-    // OPEN_TIMEOUT is a 15 s constant with no GatewayConfig knob; this test pays it.
-    let net = TestGateway::start().await;
+    let net = TestGateway::start_with(|config| config.open_timeout = SHORT_TIMEOUT).await;
     let raw = join(&net, "127.0.0.2", "raw-mute").await; // US
     let _real = net.agent("127.0.0.4").await; // DE
     within(
         "both agents counted",
-        net.gateway.registry().wait_for_count(|n| *n == 2),
+        net.gateway.directory().wait_for_count(|n| *n == 2),
     )
     .await;
     // Accept relay streams, never read or answer them.
@@ -424,13 +424,13 @@ async fn an_exit_that_never_answers_open_gets_the_customer_a_504_after_open_time
     };
     let ((head, waited), other_done) = tokio::join!(stuck, other);
     assert!(
-        other_done < OPEN_TIMEOUT,
+        other_done < SHORT_TIMEOUT,
         "the other exit waited {other_done:?}"
     );
     assert_eq!(head.status, 504, "{head:?}");
     assert_eq!(head.header("x-exitpool-error"), Some("exit_timeout"));
     assert!(
-        waited + Duration::from_millis(500) >= OPEN_TIMEOUT,
+        waited + Duration::from_millis(500) >= SHORT_TIMEOUT,
         "answered after {waited:?}"
     );
     let stats = net.stats().await;
@@ -451,7 +451,7 @@ async fn a_second_hello_closes_the_connection_and_removes_the_agent() {
     let mut raw = join(&net, "127.0.0.7", "raw-twice").await;
     within(
         "raw agent counted",
-        net.gateway.registry().wait_for_count(|n| *n == 2),
+        net.gateway.directory().wait_for_count(|n| *n == 2),
     )
     .await;
     within(
@@ -463,7 +463,7 @@ async fn a_second_hello_closes_the_connection_and_removes_the_agent() {
     assert_closed_with(&raw.connection, close_code::PROTOCOL, "second Hello").await;
     within(
         "raw agent removed",
-        net.gateway.registry().wait_for_count(|n| *n == 1),
+        net.gateway.directory().wait_for_count(|n| *n == 1),
     )
     .await;
     echo_once(&net, echo_target().await, "").await;
@@ -477,7 +477,7 @@ async fn an_exit_answering_open_with_garbage_gets_the_customer_a_502() {
     let _real = net.agent("127.0.0.4").await; // DE
     within(
         "both agents counted",
-        net.gateway.registry().wait_for_count(|n| *n == 2),
+        net.gateway.directory().wait_for_count(|n| *n == 2),
     )
     .await;
     let answering = {
@@ -537,7 +537,7 @@ async fn an_exit_that_never_reads_pushes_back_on_the_customer() {
         total < 64 * 1024 * 1024,
         "the customer wrote {total} bytes into an exit that reads nothing"
     );
-    assert_eq!(net.gateway.registry().len(), 1);
+    assert_eq!(net.gateway.directory().len(), 1);
     deaf.abort();
     raw.endpoint.close(0u32.into(), b"done");
 }
@@ -563,7 +563,7 @@ async fn an_agent_that_finishes_its_control_stream_is_closed_and_removed_at_once
     let _echo = serve_echo_streams(raw.connection.clone());
     within(
         "raw agent counted",
-        net.gateway.registry().wait_for_count(|n| *n == 1),
+        net.gateway.directory().wait_for_count(|n| *n == 1),
     )
     .await;
     let (head, mut live) = connect_as(net.proxy(), echo_target().await, "").await;
@@ -579,7 +579,7 @@ async fn an_agent_that_finishes_its_control_stream_is_closed_and_removed_at_once
     .await;
     within(
         "raw agent removed",
-        net.gateway.registry().wait_for_count(|n| *n == 0),
+        net.gateway.directory().wait_for_count(|n| *n == 0),
     )
     .await;
     let mut rest = Vec::new();
@@ -601,7 +601,7 @@ async fn a_stopping_gateway_finishes_the_control_stream_before_it_closes() {
     let mut raw = join(&net, "127.0.0.7", "raw-staying").await;
     within(
         "raw agent counted",
-        net.gateway.registry().wait_for_count(|n| *n == 1),
+        net.gateway.directory().wait_for_count(|n| *n == 1),
     )
     .await;
     let stopping = tokio::spawn(net.gateway.shutdown());
@@ -764,7 +764,7 @@ async fn churn_under_load_every_customer_gets_an_echo_or_a_documented_failure() 
         let expected = agents.len();
         within(
             "registry follows the churn",
-            net.gateway.registry().wait_for_count(|n| *n == expected),
+            net.gateway.directory().wait_for_count(|n| *n == expected),
         )
         .await;
     }
@@ -788,7 +788,7 @@ async fn churn_under_load_every_customer_gets_an_echo_or_a_documented_failure() 
     assert!(tally.get("echoed").copied().unwrap_or(0) > 0, "{tally:?}");
 
     // Every customer connection is closed; the survivors hold no streams.
-    assert_eq!(net.gateway.registry().len(), agents.len());
+    assert_eq!(net.gateway.directory().len(), agents.len());
     let stats = net.stats().await;
     assert_eq!(stats["agents"], agents.len(), "{stats}");
     assert_eq!(stats["live_streams"], 0, "leaked streams: {stats}");

@@ -640,7 +640,7 @@ async fn revoking_an_agent_token_on_reload_disconnects_its_agents() {
     net.gateway.reload().unwrap();
     within(
         "revoked agent leaves",
-        net.gateway.registry().wait_for_count(|n| *n == 0),
+        net.gateway.directory().wait_for_count(|n| *n == 0),
     )
     .await;
     // Trying to come back, it is rejected and stops with a clear error.

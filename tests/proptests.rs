@@ -16,7 +16,7 @@ use exitpool::agent::policy::{self, ExitPolicy, HostLiteral, PortRange, PortRang
 use exitpool::gateway::credentials::{
     bases, parse_targeting, SessMode, SessionRequest, Targeting, DEFAULT_SESSTIME_MINUTES,
 };
-use exitpool::gateway::target::{parse_authority, parse_host, parse_port};
+use exitpool::gateway::customer::target::{parse_authority, parse_host, parse_port};
 use exitpool::protocol::frame::{body_len, decode_body, HEADER_LEN};
 use exitpool::protocol::{
     decode, encode, read_frame, AgentMessage, Capacity, FailureCode, FrameError, GatewayMessage,

@@ -171,7 +171,7 @@ async fn a_session_moves_when_its_exit_leaves_and_fails_in_strict_mode() {
         .unwrap();
     within(
         "registry drops it",
-        net.gateway.registry().wait_for_count(|n| *n == 4),
+        net.gateway.directory().wait_for_count(|n| *n == 4),
     )
     .await;
 
@@ -218,7 +218,7 @@ async fn strict_sessions_fail_when_their_exit_leaves() {
     within("agent shutdown", agent.shutdown()).await.unwrap();
     within(
         "registry drops it",
-        net.gateway.registry().wait_for_count(|n| *n == 1),
+        net.gateway.directory().wait_for_count(|n| *n == 1),
     )
     .await;
     let (head, _) = connect_as(net.proxy(), target, &params).await;

@@ -205,7 +205,7 @@ async fn a_wrong_pin_stops_the_agent_before_it_sends_its_token() {
         matches!(result, Err(AgentError::PinMismatch(_))),
         "{result:?}"
     );
-    assert_eq!(net.gateway.registry().len(), 0);
+    assert_eq!(net.gateway.directory().len(), 0);
 }
 
 #[tokio::test]
@@ -224,7 +224,7 @@ async fn a_wrong_token_is_rejected_and_the_agent_stops() {
         Err(AgentError::BadToken(message)) => assert!(message.contains("token"), "{message}"),
         other => panic!("expected BadToken, got {other:?}"),
     }
-    assert_eq!(net.gateway.registry().len(), 0);
+    assert_eq!(net.gateway.directory().len(), 0);
 }
 
 #[tokio::test]
@@ -240,7 +240,7 @@ async fn an_agent_that_leaves_is_dropped_from_registry_and_stats() {
     // The agent closes its connection on shutdown; the gateway drops it at once.
     within(
         "registry drops the agent",
-        net.gateway.registry().wait_for_count(|n| *n == 1),
+        net.gateway.directory().wait_for_count(|n| *n == 1),
     )
     .await;
     let stats = net.stats().await;

@@ -1,7 +1,12 @@
-//! Per-address defence on the customer port: failed authentications are rate
-//! limited per source address, so a flood of guessed credentials from one place
-//! is refused cheaply (before any password hash runs) instead of burning CPU.
-//! Good credentials never count against the limit.
+//! Per-address defences:
+//!
+//! - [`AuthFailures`]: failed authentications on the customer port are rate
+//!   limited per source address, so a flood of guessed credentials from one place
+//!   is refused cheaply (before any password hash runs) instead of burning CPU.
+//!   Good credentials never count against the limit.
+//! - [`AddressSlots`]: a cap per source address on things not yet trusted
+//!   (unauthenticated customer connections, agent handshakes in progress), so one
+//!   address cannot take a whole shared budget.
 
 use crate::error::ProxyError;
 use dashmap::DashMap;
@@ -9,7 +14,75 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Counts, per source address, what is held and not yet trusted, up to a limit.
+#[derive(Debug)]
+pub struct AddressSlots {
+    counts: DashMap<IpAddr, usize>,
+    limit: usize,
+}
+
+impl AddressSlots {
+    /// At most `limit` held per address.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(AddressSlots {
+            counts: DashMap::new(),
+            limit,
+        })
+    }
+
+    /// A slot for one more from `ip`, unless it is at the limit.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut count = self.counts.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            ip,
+            released: AtomicBool::new(false),
+        })
+    }
+}
+
+/// One place in [`AddressSlots`]; freed by [`AddressSlot::release`] (a customer
+/// connection that authenticated) or on drop.
+#[derive(Debug)]
+pub struct AddressSlot {
+    table: Arc<AddressSlots>,
+    ip: IpAddr,
+    released: AtomicBool,
+}
+
+impl AddressSlot {
+    /// The address this slot counts against.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// Frees the place now (idempotent).
+    pub fn release(&self) {
+        if self.released.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        // Decrement, and drop the entry at zero so the map only holds addresses
+        // with something pending.
+        self.table.counts.remove_if_mut(&self.ip, |_, count| {
+            *count = count.saturating_sub(1);
+            *count == 0
+        });
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
 
 /// Failed authentications allowed per address per second, sustained.
 pub const FAILURES_PER_SECOND: u32 = 5;

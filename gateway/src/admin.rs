@@ -12,7 +12,7 @@
 //! (`401` otherwise); the gateway refuses to start with the admin port beyond
 //! loopback and no token.
 
-use crate::Shared;
+use crate::shared::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -102,7 +102,9 @@ fn route(request: Request<hyper::body::Incoming>, shared: &Shared) -> Response<F
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             crate::metrics::CONTENT_TYPE,
-            shared.metrics.render(shared),
+            shared
+                .metrics
+                .render(&*shared.directory, shared.sessions.len()),
         ),
         (&Method::POST, "/usage/reset") => reset_usage(query, shared),
         (&Method::POST, "/reload") => match shared.reload() {
@@ -159,7 +161,7 @@ fn reset_usage(query: &str, shared: &Shared) -> Response<Full<Bytes>> {
 
 /// The `/stats` document.
 pub fn stats(shared: &Shared) -> serde_json::Value {
-    let agents = shared.registry.agents();
+    let agents = shared.directory.agents();
     let live_streams: u64 = agents
         .iter()
         .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
@@ -219,7 +221,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
     let bytes_down: u64 = usage.customers.values().map(|t| t.bytes_down).sum();
     serde_json::json!({
         "agents": agents.len(),
-        "countries": shared.registry.countries(),
+        "countries": shared.directory.countries(),
         "live_streams": live_streams,
         "sessions": shared.sessions.len(),
         "uptime_secs": shared.started.elapsed().as_secs(),

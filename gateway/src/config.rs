@@ -14,6 +14,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_TUNNEL: &str = "0.0.0.0:4433";
 /// Default admin port.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+/// Default for how long the gateway waits for an agent's `OpenReply`: the agent's
+/// own connect timeout plus a margin for the tunnel round trip, so the agent's
+/// more precise answer normally arrives first.
+pub const DEFAULT_OPEN_TIMEOUT: Duration =
+    Duration::from_secs(exitpool_protocol::CONNECT_TIMEOUT.as_secs() + 5);
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -41,6 +46,11 @@ pub struct GatewayConfig {
     pub head_timeout: Duration,
     /// A tunnel with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
+    /// How long a customer waits for an exit to answer `Open` (the agent's own
+    /// connect timeout plus a margin, so its more precise answer comes first).
+    pub open_timeout: Duration,
+    /// How long an agent has for its QUIC handshake, and again for its `Hello`.
+    pub handshake_timeout: Duration,
     /// An agent tunnel silent for this long is dead (QUIC idle timeout; the
     /// negotiated value is the smaller of the gateway's and the agent's, 30 s).
     pub tunnel_idle_timeout: Duration,
@@ -70,6 +80,8 @@ impl GatewayConfig {
             admin_token: None,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
+            handshake_timeout: exitpool_protocol::HANDSHAKE_TIMEOUT,
             tunnel_idle_timeout: exitpool_protocol::IDLE_TIMEOUT,
             max_connections: 10_000,
             max_unauthenticated_per_ip: 64,

@@ -4,6 +4,10 @@
 
 use exitpool_protocol::FailureCode;
 
+/// `Retry-After` for a refused connection over `max_connections`: connections
+/// end at unknown times, so the customer is told to retry soon.
+pub const CONNECTION_RETRY_AFTER_SECS: u64 = 1;
+
 /// A failure answered to a customer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -25,9 +29,6 @@ pub enum ProxyError {
         /// What is wrong with it.
         message: String,
     },
-    /// The method is not one the proxy serves.
-    #[error("method not supported: {0}")]
-    MethodNotSupported(String),
     /// No exit matches the customer's filters.
     #[error("no exit {0}")]
     NoExit(String),
@@ -146,12 +147,6 @@ impl ProxyError {
                 Some("http_request_error"),
                 "bad_targeting",
                 GENERAL_FAILURE,
-            ),
-            ProxyError::MethodNotSupported(_) => (
-                405,
-                Some("http_request_error"),
-                "method_not_supported",
-                COMMAND_NOT_SUPPORTED,
             ),
             ProxyError::NoExit(_) => (
                 502,
@@ -298,7 +293,7 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
-            ProxyError::TooManyConnections(_) => Some(crate::limits::CONNECTION_RETRY_AFTER_SECS),
+            ProxyError::TooManyConnections(_) => Some(CONNECTION_RETRY_AFTER_SECS),
             ProxyError::GatewayBusy | ProxyError::TooManyUnauthenticated(_) => Some(1),
             ProxyError::AuthRateLimited { retry_after } => Some(*retry_after),
             _ => None,
@@ -346,14 +341,6 @@ fn quoted_string(text: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// Maps a routing failure to its customer answer.
-pub fn from_pick(error: crate::registry::PickError) -> ProxyError {
-    match error {
-        crate::registry::PickError::NoExit(filter) => ProxyError::NoExit(filter),
-        crate::registry::PickError::AllBusy(filter) => ProxyError::ExitsBusy(filter),
-    }
 }
 
 #[cfg(test)]

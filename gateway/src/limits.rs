@@ -1,6 +1,6 @@
 //! Per-customer limits at the moment a connection (or plain-HTTP request) asks
 //! for an exit: byte quota, requests per second, concurrent connections. Called
-//! from [`crate::connect::open`], so every protocol gets the same answers.
+//! from [`crate::customer::session::open`], so every protocol gets the same answers.
 //!
 //! The state here (live connection counts, rate-limiter buckets) is keyed by
 //! customer name and outlives reloads of the accounts file; the limits themselves
@@ -16,10 +16,6 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// `Retry-After` for a refused connection over `max_connections`: connections
-/// end at unknown times, so the customer is told to retry soon.
-pub const CONNECTION_RETRY_AFTER_SECS: u64 = 1;
 
 /// One customer's runtime state.
 #[derive(Default)]

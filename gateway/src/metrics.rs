@@ -2,12 +2,12 @@
 //! `prometheus-client`).
 //!
 //! Counters and histograms are bumped where things happen: bytes when relays fold
-//! their counts in, errors where [`crate::Shared::record_error`] sees them, connect
-//! latency in [`crate::connect::open`], tunnel handshake latency in
+//! their counts in, errors where [`crate::shared::Shared::record_error`] sees them, connect
+//! latency in [`crate::customer::session::open`], tunnel handshake latency in
 //! [`crate::tunnel`]. Gauges that describe the pool (agents, by country, live
-//! streams, sessions) are read from the registry when a scrape arrives.
+//! streams, sessions) are read from the agent directory when a scrape arrives.
 
-use crate::Shared;
+use crate::directory::AgentDirectory;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -137,18 +137,19 @@ impl Metrics {
             .inc();
     }
 
-    /// The exposition text, with pool gauges read from `shared` now.
-    pub fn render(&self, shared: &Shared) -> String {
-        let agents = shared.registry.agents();
+    /// The exposition text, with pool gauges read from `directory` now and the
+    /// number of live sticky sessions.
+    pub fn render(&self, directory: &dyn AgentDirectory, sessions: usize) -> String {
+        let agents = directory.agents();
         self.agents.set(agents.len() as i64);
         let live: u64 = agents
             .iter()
             .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
             .sum();
         self.live_streams.set(live as i64);
-        self.sessions.set(shared.sessions.len() as i64);
+        self.sessions.set(sessions as i64);
         self.agents_by_country.clear();
-        for (country, count) in shared.registry.countries() {
+        for (country, count) in directory.countries() {
             self.agents_by_country
                 .get_or_create(&CountryLabel { country })
                 .set(count as i64);

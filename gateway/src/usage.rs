@@ -3,7 +3,7 @@
 //!
 //! The byte path never touches this: relays count into their own live counters
 //! and fold the difference in here about once a second and when they end
-//! ([`crate::relay`]), so one connection costs a few map lookups per second.
+//! (the customer transfer), so one connection costs a few map lookups per second.
 //! [`UsageSink`] is the interface the rest of the gateway uses; [`MemoryUsage`]
 //! keeps it in memory, and the gateway writes a [`UsageSnapshot`] to
 //! `usage.json` in its state directory every [`FLUSH_INTERVAL`] and at shutdown
@@ -11,7 +11,7 @@
 //! the last interval; a restart loses nothing. A shared store (Redis/Valkey) for
 //! several gateways would be another `UsageSink`.
 
-use crate::registry::Agent;
+use crate::directory::Agent;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

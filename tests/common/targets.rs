@@ -16,6 +16,8 @@ type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 /// An HTTP/1.1 target on `ip`:
 /// - `GET /ip`: the peer IP it saw (the exit's address);
 /// - `GET /bytes/N`: N bytes of a known pattern, chunked;
+/// - `GET /drip/N`: N bytes of the pattern at a steady [`DRIP_RATE`], chunked, so
+///   a download lasts long enough for the gateway's per-second accounting to act;
 /// - `POST /echo`: the request body back, streamed.
 pub async fn http_target(ip: &str) -> SocketAddr {
     let listener = TcpListener::bind((ip, 0)).await.expect("bind target");
@@ -74,6 +76,17 @@ async fn answer(request: Request<hyper::body::Incoming>, peer: SocketAddr) -> Re
         let body = StreamBody::new(futures_stream(chunks));
         return Response::new(BodyExt::boxed(body));
     }
+    if let Some(len) = path
+        .strip_prefix("/drip/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let frames = pattern(len)
+            .chunks(DRIP_CHUNK)
+            .map(|chunk| Frame::data(Bytes::copy_from_slice(chunk)))
+            .collect();
+        let body = StreamBody::new(paced(frames));
+        return Response::new(BodyExt::boxed(body));
+    }
     if path == "/echo" {
         let body = request.into_body().map_err(std::io::Error::other).boxed();
         return Response::new(body);
@@ -81,6 +94,42 @@ async fn answer(request: Request<hyper::body::Incoming>, peer: SocketAddr) -> Re
     let mut response = Response::new(full("not found"));
     *response.status_mut() = hyper::StatusCode::NOT_FOUND;
     response
+}
+
+/// Bytes per piece of a paced body.
+pub const DRIP_CHUNK: usize = 16 * 1024;
+/// How often a paced body sends a piece.
+pub const DRIP_EVERY: std::time::Duration = std::time::Duration::from_millis(8);
+/// The pace of `/drip/N` and [`paced`] bodies in bytes per second (2 MB/s).
+pub const DRIP_RATE: usize = DRIP_CHUNK * 1000 / 8;
+
+/// A stream of `items`, one every [`DRIP_EVERY`], for bodies that must take time
+/// (the pace is the target's or the client's behaviour, not a wait in the test).
+/// It ends early if the consumer goes away.
+pub fn paced<T: Send + 'static>(
+    items: Vec<T>,
+) -> impl futures_core::Stream<Item = Result<T, std::io::Error>> {
+    struct Paced<T>(tokio::sync::mpsc::Receiver<T>);
+    impl<T> futures_core::Stream for Paced<T> {
+        type Item = Result<T, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx).map(|item| item.map(Ok))
+        }
+    }
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(DRIP_EVERY);
+        for item in items {
+            every.tick().await;
+            if sender.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    Paced(receiver)
 }
 
 fn futures_stream<T>(items: Vec<T>) -> impl futures_core::Stream<Item = T> {

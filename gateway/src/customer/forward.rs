@@ -2,21 +2,23 @@
 //! `GET http://example.com/path`, any method.
 //!
 //! Every request is routed on its own: authenticate -> take the target from the
-//! URI -> choose an exit and open a relay stream ([`crate::connect::open`]) -> speak
-//! HTTP/1.1 to the target over that stream with hyper's client -> stream the answer
-//! back with the exit's headers. So a rotating customer gets a new exit per request
+//! URI -> choose an exit and open a relay stream ([`session::open`]) -> speak
+//! HTTP/1.1 to the target over that stream with hyper's client, metered as one
+//! [`Transfer`] (folded each second, cut at quota) -> stream the answer back with
+//! the exit's headers. So a rotating customer gets a new exit per request
 //! even on one kept-alive connection, and a sticky session keeps its exit.
 //!
 //! Hop-by-hop headers are dropped both ways and nothing that reveals the customer is
 //! added. Bodies stream through without being buffered whole; hyper re-frames them
 //! (chunked or `Content-Length`) on each side.
 
-use crate::connect::Authorized;
+use super::response::{basic_credentials, exit_headers, Body};
+use super::session;
+use super::target;
+use super::transfer::{exhausted_quota, AccessContext, MeteredIo, Transfer, QUOTA_CUT};
+use crate::abuse::AddressSlot;
 use crate::error::ProxyError;
-use crate::exit::OpenedExit;
-use crate::http::{basic_credentials, exit_headers, Body};
-use crate::registry::{Agent, StreamGuard};
-use crate::Shared;
+use crate::shared::Shared;
 use exitpool_protocol::{FailureCode, TargetHost};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -24,16 +26,11 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, Instrument};
 
 /// Headers that describe one hop, not the message (RFC 9110 section 7.6.1), plus
 /// `Proxy-Connection` (a legacy client spelling) and `Proxy-Authorization`, which
@@ -56,57 +53,55 @@ const DEFAULT_HTTP_PORT: u16 = 80;
 
 /// Forwards one absolute-form request through its own exit and returns the
 /// target's answer, or the failure to present.
-pub async fn forward(
+pub(crate) async fn forward(
     request: Request<Incoming>,
     peer: SocketAddr,
+    pending: &AddressSlot,
     started: Instant,
     shared: &Arc<Shared>,
 ) -> Result<Response<Body>, ProxyError> {
     let (user, password) = basic_credentials(&request).ok_or(ProxyError::AuthRequired)?;
-    let grant = crate::connect::authenticate(&user, &password, shared)?;
+    let grant = session::authenticate(&user, &password, pending, shared)?;
     let (host, port) = target_of(request.uri())?;
     let target = format!("{host}:{port}");
-    let Authorized { opened, session } = crate::connect::open(&grant, host, port, shared).await?;
-    let mut exit_headers = exit_headers(&opened.agent, session.as_ref());
-    let OpenedExit {
-        agent,
-        send,
-        recv,
-        peer: _,
-        guard,
-    } = opened;
-
-    let meter = Arc::new(Meter::default());
-    let io = Metered {
-        inner: tokio::io::join(recv, send),
-        meter: meter.clone(),
+    let authorized = session::open(&grant, host, port, shared).await?;
+    let mut exit_headers = exit_headers(&authorized.agent, authorized.session.as_ref());
+    let exit_id = authorized.agent.exit_id.clone();
+    let context = AccessContext {
+        user: grant.user,
+        peer,
+        target: target.clone(),
+        started,
     };
+    let user = context.user.clone();
+    let (transfer, exit) = Transfer::start(authorized, context);
+    let io = MeteredIo::new(tokio::io::join(exit.recv, exit.send), &transfer);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(target_failed)?;
     let (status_tx, status_rx) = oneshot::channel();
     let exchange = Exchange {
-        agent: agent.clone(),
-        guard,
-        meter,
+        transfer,
         status: status_rx,
-        user: grant.user,
-        peer,
         method: request.method().clone(),
-        target: target.clone(),
-        started,
         idle_timeout: shared.config.idle_timeout,
         shared: shared.clone(),
     };
-    let span = tracing::info_span!("forward", exit = %agent.exit_id, %target);
+    let span = tracing::info_span!("forward", exit = %exit_id, %target);
     shared
         .tasks
         .spawn(drive(connection, exchange).instrument(span));
 
-    let response = sender
-        .send_request(outbound(request))
-        .await
-        .map_err(target_failed)?;
+    let response = match sender.send_request(outbound(request)).await {
+        Ok(response) => response,
+        // Cut off mid-request by the quota: say so, not "the target failed".
+        Err(_) if exhausted_quota(&user, shared).is_some() => {
+            return Err(ProxyError::QuotaExhausted(
+                exhausted_quota(&user, shared).unwrap_or_default(),
+            ))
+        }
+        Err(error) => return Err(target_failed(error)),
+    };
     // The connection serves this one exchange and closes once it is over.
     drop(sender);
     let _ = status_tx.send(response.status().as_u16());
@@ -154,11 +149,11 @@ fn target_of(uri: &Uri) -> Result<(TargetHost, u16), ProxyError> {
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let host = crate::target::parse_host(bare)
+    let host = target::parse_host(bare)
         .map_err(|why| ProxyError::BadTarget(format!("{why} (got {bare:?})")))?;
     let port = match authority.port() {
         None => DEFAULT_HTTP_PORT,
-        Some(port) => crate::target::parse_port(port.as_str())
+        Some(port) => target::parse_port(port.as_str())
             .ok_or_else(|| ProxyError::BadTarget("port must be 1-65535".into()))?,
     };
     Ok((host, port))
@@ -214,137 +209,73 @@ fn target_failed(error: hyper::Error) -> ProxyError {
     }
 }
 
-/// Everything the driver task needs to finish one exchange: the stream's load
-/// guard, its byte meter and what to write in the access log.
+/// Everything the driver task needs to finish one exchange.
 struct Exchange {
-    agent: Arc<Agent>,
-    /// Keeps the stream counted in the exit's live load until the exchange is over.
-    guard: StreamGuard,
-    meter: Arc<Meter>,
+    /// Meters the exchange and holds the exit's load and the customer's slot
+    /// until it is over.
+    transfer: Transfer,
     /// The status the customer was answered; dropped unanswered if the request
     /// failed (then the customer connection's "refused" line is the log).
     status: oneshot::Receiver<u16>,
-    user: String,
-    peer: SocketAddr,
     method: Method,
-    target: String,
-    started: Instant,
     idle_timeout: Duration,
     shared: Arc<Shared>,
 }
 
-/// Drives hyper's client connection to the target until the exchange is over (or
-/// nothing moved for the idle timeout), then accounts the bytes and logs it.
+/// Drives hyper's client connection to the target until the exchange is over,
+/// nothing moved for the idle timeout, or the quota ran out; then accounts the
+/// bytes and logs the exchange.
 async fn drive<C>(connection: C, exchange: Exchange)
 where
     C: Future<Output = hyper::Result<()>>,
 {
-    // Boxed, not stack-pinned, so it can be dropped before the accounting below.
-    let mut connection = Box::pin(connection);
-    let idle = exchange.idle_timeout;
-    let mut seen = exchange.meter.total();
-    let result = loop {
-        tokio::select! {
-            result = &mut connection => break result.map_err(|e| e.to_string()),
-            () = tokio::time::sleep(idle) => {
-                let now = exchange.meter.total();
-                if now == seen {
-                    break Err(format!("idle for {idle:?}"));
+    let Exchange {
+        mut transfer,
+        status,
+        method,
+        idle_timeout,
+        shared,
+    } = exchange;
+    let idle = idle_timeout;
+    let mut seen = transfer.total();
+    let counters = transfer.counters().clone();
+    let total = move || {
+        counters
+            .tcp_to_quic
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + counters
+                .quic_to_tcp
+                .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Dropping the connection (on idle or at quota) aborts the customer's
+    // response body.
+    let exchanging = async {
+        tokio::pin!(connection);
+        loop {
+            tokio::select! {
+                result = &mut connection => return result.map_err(|e| e.to_string()),
+                () = tokio::time::sleep(idle) => {
+                    let now = total();
+                    if now == seen {
+                        return Err(format!("idle for {idle:?}"));
+                    }
+                    seen = now;
                 }
-                seen = now;
             }
         }
     };
-    // Dropping the connection (on idle) aborts the customer's response body.
-    drop(connection);
-    drop(exchange.guard);
-    let up = exchange.meter.up.load(Ordering::Relaxed);
-    let down = exchange.meter.down.load(Ordering::Relaxed);
-    let agent = &exchange.agent;
-    agent.bytes_up.fetch_add(up, Ordering::Relaxed);
-    agent.bytes_down.fetch_add(down, Ordering::Relaxed);
-    exchange
-        .shared
-        .record_transfer(&exchange.user, agent, up, down);
-    let Ok(status) = exchange.status.await else {
+    let result = transfer.supervise(exchanging, &shared).await;
+    let Ok(status) = status.await else {
         debug!(
-            bytes_up = up,
-            bytes_down = down,
+            total = transfer.total(),
+            cut = result.as_ref().err().is_some_and(|e| e == QUOTA_CUT),
             "exchange ended without an answer"
         );
+        // Accounted all the same; the refusal line is the log.
+        transfer.finish_unlogged(&result, &shared);
         return;
     };
-    info!(
-        user = %exchange.user,
-        peer = %exchange.peer,
-        method = %exchange.method,
-        target = %exchange.target,
-        exit = %agent.exit_id,
-        country = agent.location.country.as_deref().unwrap_or("??"),
-        status,
-        bytes_up = up,
-        bytes_down = down,
-        duration_ms = exchange.started.elapsed().as_millis() as u64,
-        result = result.as_ref().err().map(String::as_str).unwrap_or("ok"),
-        "access"
-    );
-}
-
-/// Bytes through one relay stream: heads and bodies, as a CONNECT tunnel counts.
-#[derive(Debug, Default)]
-struct Meter {
-    /// Towards the target.
-    up: AtomicU64,
-    /// From the target.
-    down: AtomicU64,
-}
-
-impl Meter {
-    fn total(&self) -> u64 {
-        self.up.load(Ordering::Relaxed) + self.down.load(Ordering::Relaxed)
-    }
-}
-
-/// The relay stream as hyper's client sees it, counting bytes per read and write.
-struct Metered<T> {
-    inner: T,
-    meter: Arc<Meter>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        self.meter.down.fetch_add(read as u64, Ordering::Relaxed);
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(written)) = polled {
-            self.meter.up.fetch_add(written as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    transfer.finish(&result, Some((&method, status)), &shared);
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! SOCKS5 on the customer port (RFC 1928, with RFC 1929 username/password), chosen
-//! by [`crate::customer`] when the first byte is `0x05`.
+//! by [`super::listener`] when the first byte is `0x05`.
 //!
 //! Per connection, top to bottom: greeting (method `0x02` must be offered) ->
 //! username/password (the same credentials and targeting parameters as HTTP) ->
@@ -22,12 +22,14 @@
 //! | request version not 5, or reserved byte not 0 | reply `0x01` general failure |
 //! | `BIND` (`0x02`), `UDP ASSOCIATE` (`0x03`) or any other command | reply `0x07` command not supported |
 //! | unknown address type, invalid domain name, port 0 | reply `0x08` address type not supported |
-//! | anything [`crate::connect::open`] refuses | reply from [`ProxyError::presentation`]: no exit for the filters `0x03`, exit policy refusal `0x02`, connection refused `0x05`, DNS failure `0x04`, timeout `0x06`, ... |
+//! | anything [`session::open`] refuses | reply from [`ProxyError::presentation`]: no exit for the filters `0x03`, exit policy refusal `0x02`, connection refused `0x05`, DNS failure `0x04`, timeout `0x06`, ... |
 
-use crate::connect::{Grant, SessionOutcome};
+use super::session::{self, Grant, SessionOutcome};
+use super::target;
+use super::transfer::{self, AccessContext};
+use crate::abuse::AddressSlot;
 use crate::error::{socks_reply, ProxyError};
-use crate::relay::AccessContext;
-use crate::Shared;
+use crate::shared::Shared;
 use bytes::Bytes;
 use exitpool_protocol::TargetHost;
 use std::fmt;
@@ -85,7 +87,7 @@ enum SocksError {
     /// The user name or password is not UTF-8.
     #[error("credentials are not UTF-8")]
     CredentialsNotUtf8,
-    /// [`crate::connect::authenticate`] refused the credentials.
+    /// [`session::authenticate`] refused the credentials.
     #[error("{0}")]
     Auth(ProxyError),
     /// The request is not SOCKS version 5.
@@ -168,16 +170,17 @@ impl fmt::Display for Target {
 }
 
 /// Serves one SOCKS5 customer connection, from greeting to the end of the relay.
-pub async fn serve(
+pub(crate) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
+    pending: Arc<AddressSlot>,
     deadline: tokio::time::Instant,
     shared: Arc<Shared>,
 ) {
     let started = Instant::now();
     let head_timeout = shared.config.head_timeout;
     let negotiated = tokio::select! {
-        negotiated = tokio::time::timeout_at(deadline, negotiate(&mut stream, &shared)) => negotiated,
+        negotiated = tokio::time::timeout_at(deadline, negotiate(&mut stream, &pending, &shared)) => negotiated,
         () = shared.shutdown.cancelled() => return,
     };
     let (grant, target) = match negotiated {
@@ -191,38 +194,40 @@ pub async fn serve(
             return;
         }
     };
-    let authorized =
-        match crate::connect::open(&grant, target.host.clone(), target.port, &shared).await {
-            Ok(authorized) => authorized,
-            Err(error) => {
-                let error = SocksError::Refused(error);
-                return refuse(stream, error, Some(&target), started, &shared).await;
-            }
-        };
+    let authorized = match session::open(&grant, target.host.clone(), target.port, &shared).await {
+        Ok(authorized) => authorized,
+        Err(error) => {
+            let error = SocksError::Refused(error);
+            return refuse(stream, error, Some(&target), started, &shared).await;
+        }
+    };
     if let Some(SessionOutcome::Moved { from }) = &authorized.session {
         // SOCKS5 has no place to say so, unlike HTTP's headers: the log does.
-        info!(%from, to = %authorized.opened.agent.exit_id, "session moved to a new exit");
+        info!(%from, to = %authorized.agent.exit_id, "session moved to a new exit");
     }
-    let opened = authorized.opened;
-    let success = reply(REPLY_SUCCEEDED, opened.peer);
+    let success = reply(REPLY_SUCCEEDED, authorized.stream.peer);
     if let Err(error) = send(&mut stream, &success, head_timeout).await {
         debug!(%error, "SOCKS5 reply could not be sent");
         return;
     }
-    let span = tracing::info_span!("relay", exit = %opened.agent.exit_id, %target);
+    let span = tracing::info_span!("relay", exit = %authorized.agent.exit_id, %target);
     let context = AccessContext {
         user: grant.user,
         peer,
         target: target.to_string(),
         started,
     };
-    crate::relay::run(stream, Bytes::new(), opened, context, &shared)
+    transfer::relay_tcp(stream, Bytes::new(), authorized, context, &shared)
         .instrument(span)
         .await;
 }
 
 /// Greeting, authentication and request; answers each step that succeeds.
-async fn negotiate<S>(stream: &mut S, shared: &Shared) -> Result<(Grant, Target), SocksError>
+async fn negotiate<S>(
+    stream: &mut S,
+    pending: &AddressSlot,
+    shared: &Shared,
+) -> Result<(Grant, Target), SocksError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -232,7 +237,7 @@ where
     }
     stream.write_all(&[VERSION, METHOD_USER_PASSWORD]).await?;
     let credentials = read_credentials(stream).await?;
-    let grant = crate::connect::authenticate(&credentials.user, &credentials.password, shared)
+    let grant = session::authenticate(&credentials.user, &credentials.password, pending, shared)
         .map_err(SocksError::Auth)?;
     stream.write_all(&[AUTH_VERSION, AUTH_OK]).await?;
     let target = read_request(stream).await?;
@@ -350,7 +355,7 @@ async fn read_request<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Target, So
 fn domain(name: &[u8]) -> Result<TargetHost, ProxyError> {
     let name = std::str::from_utf8(name)
         .map_err(|_| ProxyError::BadTarget("host name is not UTF-8".into()))?;
-    crate::target::parse_host(name)
+    target::parse_host(name)
         .map_err(|why| ProxyError::BadTarget(format!("{why} (got {:?})", truncate(name))))
 }
 

@@ -1,18 +1,20 @@
-//! The steps every customer protocol shares once it has credentials and a target:
-//! authenticate -> parse targeting -> choose an exit (rotation or sticky session)
-//! -> open a relay stream and wait for the exit's answer. HTTP `CONNECT`, plain
+//! The customer-session step every protocol shares once it has credentials and a
+//! target: authenticate -> parse targeting -> choose an exit (rotation or sticky
+//! session) -> open a relay stream and wait for the exit's answer. HTTP `CONNECT`, plain
 //! HTTP and SOCKS5 all go through here, so they route and fail identically, and
 //! meet the same account limits ([`crate::limits`]): the allowed countries here in
 //! [`authenticate`] and routing, quota, rate and concurrency in [`open`]. Failures
 //! are counted (usage and metrics) here too.
 
+use crate::abuse::AddressSlot;
 use crate::auth::{Customer, Limits};
 use crate::credentials::{self, SessMode, Targeting};
+use crate::directory::{Agent, Filter, PickError, StreamGuard};
 use crate::error::ProxyError;
-use crate::exit::OpenedExit;
-use crate::registry::{Agent, Filter};
+use crate::limits::Slot;
 use crate::sessions::{Pinned, SessionKey};
-use crate::Shared;
+use crate::shared::Shared;
+use crate::tunnel::ExitStream;
 use exitpool_protocol::TargetHost;
 use std::sync::Arc;
 use std::time::Instant;
@@ -53,10 +55,17 @@ impl SessionOutcome {
     }
 }
 
-/// A request that got through to its target.
+/// A request that got through to its target: the open relay stream and what it
+/// holds until the transfer ends.
 pub struct Authorized {
-    /// The open relay stream.
-    pub opened: OpenedExit,
+    /// The exit serving the stream.
+    pub agent: Arc<Agent>,
+    /// The relay stream, its target dialled.
+    pub stream: ExitStream,
+    /// Keeps the stream counted in the exit's live load.
+    pub load: StreamGuard,
+    /// One of the customer's concurrent connections.
+    pub slot: Slot,
     /// Sticky-session outcome, when the request named a session.
     pub session: Option<SessionOutcome>,
 }
@@ -65,28 +74,31 @@ pub struct Authorized {
 /// wrong passwords get the same [`ProxyError::AuthRequired`]; only an
 /// authenticated customer hears about grammar errors.
 /// A targeted country outside the account's `countries` is refused here.
-pub fn authenticate(user: &str, password: &str, shared: &Shared) -> Result<Grant, ProxyError> {
+/// Success frees the connection's unauthenticated slot (`pending`), whose
+/// address is also what failures are counted against.
+pub fn authenticate(
+    user: &str,
+    password: &str,
+    pending: &AddressSlot,
+    shared: &Shared,
+) -> Result<Grant, ProxyError> {
     let bases = credentials::bases(user, password);
-    let peer = crate::customer::peer_ip();
-    if let Some(ip) = peer {
-        shared.auth_failures.check(ip).inspect_err(|error| {
-            shared.record_error(None, None, error);
-        })?;
-    }
+    let ip = pending.ip();
+    shared.auth_failures.check(ip).inspect_err(|error| {
+        shared.record_error(None, None, error);
+    })?;
     let accounts = shared.accounts.current();
     let Some(customer) = accounts
         .users
         .authenticate(bases.user, bases.password)
         .cloned()
     else {
-        if let Some(ip) = peer {
-            shared.auth_failures.record_failure(ip);
-        }
+        shared.auth_failures.record_failure(ip);
         shared.record_error(None, None, &ProxyError::AuthRequired);
         return Err(ProxyError::AuthRequired);
     };
     tracing::Span::current().record("user", customer.name.as_str());
-    crate::customer::authenticated();
+    pending.release();
     let checked = credentials::parse_targeting(user, password)
         .map_err(|e| ProxyError::BadTargeting {
             key: e.key,
@@ -117,7 +129,7 @@ pub fn authenticate(user: &str, password: &str, shared: &Shared) -> Result<Grant
 }
 
 /// Checks the account's limits, chooses an exit for `grant` and opens
-/// `host:port` through it. The opened exit holds one of the customer's
+/// `host:port` through it. The answer holds one of the customer's
 /// concurrent-connection slots until it is dropped.
 pub async fn open(
     grant: &Grant,
@@ -146,17 +158,25 @@ pub async fn open(
         .map_err(|e| fail(None, e))?;
     let (agent, session) =
         choose_exit(grant, &customer.limits, shared).map_err(|e| fail(None, e))?;
-    let mut opened = crate::exit::open(agent.clone(), host, port)
+    let load = StreamGuard::new(agent.clone());
+    let stream = shared
+        .links
+        .open(agent.key, host, port, shared.config.open_timeout)
         .await
         .map_err(|e| fail(Some(&agent), e))?;
-    opened.guard.hold(slot);
     shared
         .metrics
         .connect_seconds
         .observe(started.elapsed().as_secs_f64());
     shared.metrics.connections.inc();
-    shared.usage.record_connection(&grant.user, &opened.agent);
-    Ok(Authorized { opened, session })
+    shared.usage.record_connection(&grant.user, &agent);
+    Ok(Authorized {
+        agent,
+        stream,
+        load,
+        slot,
+        session,
+    })
 }
 
 /// Routes within the account's countries: a request that names a country was
@@ -176,7 +196,7 @@ fn choose_exit(
     match &grant.targeting.session {
         Some(session) => order.sort_by_key(|country| {
             shared
-                .registry
+                .directory
                 .ring_point(&format!("{}\0{}\0{country}", grant.user, session.id))
         }),
         None => rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng()),
@@ -208,9 +228,9 @@ fn choose_in(
         asn: targeting.asn,
         city: targeting.city.clone(),
     };
-    let registry = &shared.registry;
+    let directory = &shared.directory;
     let Some(session) = &targeting.session else {
-        let agent = registry.pick(&filter).map_err(crate::error::from_pick)?;
+        let agent = directory.pick(&filter).map_err(unavailable)?;
         return Ok((agent, None));
     };
     let key = SessionKey {
@@ -218,11 +238,11 @@ fn choose_in(
         session: session.id.clone(),
     };
     let now = Instant::now();
-    let point = registry.ring_point(&format!("{}\0{}", key.customer, key.session));
+    let point = directory.ring_point(&format!("{}\0{}", key.customer, key.session));
     let pin = shared.sessions.get(&key, now);
     let (expires_at, outcome) = match pin {
         None => (now + session.lifetime, SessionOutcome::New),
-        Some(pin) => match registry.by_agent_id(&pin.agent_id) {
+        Some(pin) => match directory.by_agent_id(&pin.agent_id) {
             Some(agent) if agent.is_accepting() && filter.matches(&agent.location) => {
                 if !agent.has_capacity() {
                     return Err(ProxyError::ExitsBusy(format!(
@@ -242,14 +262,12 @@ fn choose_in(
             _ => (
                 pin.expires_at,
                 SessionOutcome::Moved {
-                    from: registry.exit_id(&pin.agent_id),
+                    from: directory.exit_id(&pin.agent_id),
                 },
             ),
         },
     };
-    let agent = registry
-        .pick_sticky(&filter, point)
-        .map_err(crate::error::from_pick)?;
+    let agent = directory.pick_sticky(&filter, point).map_err(unavailable)?;
     shared
         .sessions
         .put(
@@ -261,4 +279,12 @@ fn choose_in(
         )
         .map_err(|full| ProxyError::TooManySessions(full.0))?;
     Ok((agent, Some(outcome)))
+}
+
+/// The customer's answer when the directory has no exit to give.
+fn unavailable(error: PickError) -> ProxyError {
+    match error {
+        PickError::NoExit(filter) => ProxyError::NoExit(filter),
+        PickError::AllBusy(filter) => ProxyError::ExitsBusy(filter),
+    }
 }

@@ -1,19 +1,22 @@
-//! The agent side of the gateway: the QUIC endpoint agents dial, their handshake
-//! on the control stream, and their life in the registry.
+//! The QUIC endpoint agents dial: the accept loop's cheap decisions, each agent's
+//! handshake on the control stream, and its life in the directory.
 //!
 //! Flow per agent: QUIC handshake -> agent opens the control stream -> `Hello`
 //! (version, token, id, capacity) -> `Welcome` or `Reject` -> the agent is in the
-//! registry until its connection ends or it finishes its control stream, sending
-//! `Load` and `Draining` on the way.
+//! directory (and its tunnel in [`crate::tunnel::Links`]) until its connection
+//! ends or it finishes its control stream, sending `Load` and `Draining` on the way.
 
-use crate::registry::Joining;
-use crate::Shared;
+use crate::abuse::AddressSlots;
+use crate::directory::{Agent, Joining};
+use crate::shared::Shared;
+use exitpool_protocol::close_code;
 use exitpool_protocol::leave::leave;
 use exitpool_protocol::{
-    read_frame, write_frame, AgentMessage, FrameError, GatewayMessage, RejectReason,
-    HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, MAX_AGENT_ID_LEN, PROTOCOL_VERSION,
+    read_frame, write_frame, AgentMessage, FrameError, GatewayMessage, RejectReason, IDLE_TIMEOUT,
+    KEEP_ALIVE_INTERVAL, MAX_AGENT_ID_LEN, PROTOCOL_VERSION,
 };
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -23,15 +26,13 @@ use tracing::{debug, info, info_span, warn, Instrument};
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// Least time between two "too many pending handshakes" warnings.
-const REFUSAL_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Most handshakes in progress from one address.
 pub const MAX_PENDING_PER_ADDRESS: usize = 16;
 
 /// Largest stream capacity an agent may claim.
 pub const MAX_AGENT_STREAMS: u32 = 4096;
-
-pub use exitpool_protocol::close_code;
 
 /// Endpoint settings for the tunnel port. quinn keys its stateless resets and
 /// its connection-id check with secrets random per process, so a gateway that
@@ -55,15 +56,15 @@ pub fn endpoint_config(identity: &crate::tls::Identity) -> quinn::EndpointConfig
         .cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         })
-        .min_reset_interval(std::time::Duration::from_micros(100));
+        .min_reset_interval(Duration::from_micros(100));
     config
 }
 
 /// Transport settings for agent tunnels. quinn's defaults allow an unlimited
 /// connection receive window and no keep-alive; both are set here. A tunnel
 /// silent for `idle_timeout` is dead (a vanished agent is noticed within it).
-pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportConfig {
-    let idle = idle_timeout.max(std::time::Duration::from_millis(100));
+pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
+    let idle = idle_timeout.max(Duration::from_millis(100));
     // Windows bound what one agent can make the gateway buffer (16 MiB).
     let mut transport = exitpool_protocol::udp::base_transport();
     transport
@@ -84,7 +85,7 @@ pub fn transport_config(idle_timeout: std::time::Duration) -> quinn::TransportCo
 /// Accepts agent connections until `shared.shutdown` fires.
 pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    let pending_per_address = crate::customer::PendingAuth::new(MAX_PENDING_PER_ADDRESS);
+    let pending_per_address = AddressSlots::new(MAX_PENDING_PER_ADDRESS);
     let mut refused_since_warning = 0u64;
     let mut last_warning = std::time::Instant::now() - REFUSAL_WARNING_INTERVAL;
     loop {
@@ -155,8 +156,8 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
 enum HandshakeError {
     #[error("QUIC handshake: {0}")]
     Quic(#[from] quinn::ConnectionError),
-    #[error("no valid Hello within {HANDSHAKE_TIMEOUT:?}")]
-    Timeout,
+    #[error("no valid Hello within {0:?}")]
+    Timeout(Duration),
     #[error("control stream: {0}")]
     Frame(#[from] FrameError),
     #[error("first message was not Hello")]
@@ -171,22 +172,23 @@ struct Joined {
     connection: quinn::Connection,
     control_send: quinn::SendStream,
     control_recv: quinn::RecvStream,
-    agent: Arc<crate::registry::Agent>,
+    agent: Arc<Agent>,
 }
 
 async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined, HandshakeError> {
+    let handshake_timeout = shared.config.handshake_timeout;
     let connecting = incoming
         .accept()
         .map_err(|e| HandshakeError::Accept(e.to_string()))?;
-    let connection = timeout(HANDSHAKE_TIMEOUT, connecting)
+    let connection = timeout(handshake_timeout, connecting)
         .await
-        .map_err(|_| HandshakeError::Timeout)??;
+        .map_err(|_| HandshakeError::Timeout(handshake_timeout))??;
     let hello = async {
         let (send, mut recv) = connection.accept_bi().await?;
         let hello: AgentMessage = read_frame(&mut recv).await?;
         Ok::<_, HandshakeError>((send, recv, hello))
     };
-    let (mut control_send, control_recv, hello) = match timeout(HANDSHAKE_TIMEOUT, hello).await {
+    let (mut control_send, control_recv, hello) = match timeout(handshake_timeout, hello).await {
         Ok(Ok(result)) => result,
         Ok(Err(error)) => {
             connection.close(close_code::PROTOCOL.into(), b"bad hello");
@@ -194,7 +196,7 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
         }
         Err(_) => {
             connection.close(close_code::PROTOCOL.into(), b"hello timeout");
-            return Err(HandshakeError::Timeout);
+            return Err(HandshakeError::Timeout(handshake_timeout));
         }
     };
     let AgentMessage::Hello {
@@ -241,7 +243,7 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
             message: message.clone(),
         };
         // Best effort: the agent learns why, then the connection closes.
-        let _ = timeout(HANDSHAKE_TIMEOUT, async {
+        let _ = timeout(handshake_timeout, async {
             write_frame(&mut control_send, &reject).await?;
             let _ = control_send.finish();
             let _ = control_send.stopped().await;
@@ -253,18 +255,24 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
     }
 
     let location = shared.locate(connection.remote_address().ip());
-    let (agent, replaced) = shared.registry.insert(Joining {
-        agent_id,
-        token,
-        location,
-        software,
-        max_streams: capacity.max_streams.clamp(1, MAX_AGENT_STREAMS),
-        accepting,
-        connection: connection.clone(),
-    });
+    // The link first, so an agent routing can see is always reachable.
+    let key = shared.links.add(connection.clone());
+    let (agent, replaced) = shared.directory.insert(
+        key,
+        Joining {
+            agent_id,
+            token,
+            location,
+            software,
+            max_streams: capacity.max_streams.clamp(1, MAX_AGENT_STREAMS),
+            accepting,
+            observed: connection.remote_address(),
+        },
+    );
     if let Some(old) = replaced {
-        old.connection.close(
-            close_code::REPLACED.into(),
+        shared.links.close(
+            old.key,
+            close_code::REPLACED,
             b"replaced by a newer connection",
         );
     }
@@ -274,7 +282,7 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
         exit_id: agent.exit_id.clone(),
     };
     if let Err(error) = write_frame(&mut control_send, &welcome).await {
-        shared.registry.remove(agent.key);
+        shared.forget_agent(agent.key);
         return Err(error.into());
     }
     Ok(Joined {
@@ -293,7 +301,7 @@ fn valid_agent_id(id: &str) -> bool {
 }
 
 /// Follows a joined agent's control stream until its connection ends, then drops it
-/// from the registry.
+/// from the directory.
 async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
     let Joined {
         connection,
@@ -314,7 +322,7 @@ async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
             message = read_frame::<AgentMessage, _>(&mut control_recv) => message,
             () = shared.shutdown.cancelled() => {
                 // No new customers reach this agent from here on.
-                shared.registry.set_accepting(agent.key, false);
+                shared.directory.set_accepting(agent.key, false);
                 // Boxed for the same reason as the handshake: it runs once, at the end.
                 let code = close_code::SHUTDOWN;
                 Box::pin(leave(&connection, &mut control_send, code, b"gateway shutting down")).await;
@@ -323,11 +331,11 @@ async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
         };
         match message {
             Ok(AgentMessage::Load { accepting, .. }) => {
-                shared.registry.set_accepting(agent.key, accepting);
+                shared.directory.set_accepting(agent.key, accepting);
             }
             Ok(AgentMessage::Draining) => {
                 debug!("agent draining");
-                shared.registry.set_accepting(agent.key, false);
+                shared.directory.set_accepting(agent.key, false);
             }
             Ok(AgentMessage::Hello { .. }) => {
                 connection.close(close_code::PROTOCOL.into(), b"duplicate hello");
@@ -348,6 +356,6 @@ async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
             }
         }
     };
-    shared.registry.remove(agent.key);
+    shared.forget_agent(agent.key);
     info!(exit = %agent.exit_id, %reason, "agent left");
 }

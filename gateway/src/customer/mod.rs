@@ -1,0 +1,28 @@
+//! The customer front end. Data flows one way through these files:
+//!
+//! 1. [`listener`]: accept, bound (globally and per address while
+//!    unauthenticated), tell SOCKS5 from HTTP by the first byte;
+//! 2. the protocol: [`socks`] (SOCKS5), or [`http`] (request limits) dispatching to
+//!    [`connect`] (HTTP `CONNECT`) or [`forward`] (plain HTTP); targets are read by
+//!    [`target`];
+//! 3. [`session`]: the customer-session step every protocol shares: authenticate ->
+//!    choose an exit -> open the relay stream;
+//! 4. [`transfer`]: the one metered transfer (usage folded each second, cut at
+//!    quota, one access line).
+//!
+//! [`response`] builds what HTTP answers share (errors, exit headers, Basic
+//! credentials) and imports none of the handlers.
+
+mod connect;
+mod forward;
+mod http;
+mod listener;
+pub mod response;
+pub mod session;
+mod socks;
+pub mod target;
+mod transfer;
+
+pub(crate) use listener::serve;
+pub use session::SessionOutcome;
+pub use transfer::FOLD_INTERVAL;

@@ -1,0 +1,142 @@
+//! What every HTTP answer on the customer port is built from: the error response
+//! for a [`ProxyError`] (status, `Proxy-Status`, product code, JSON body), the
+//! headers naming the exit that served a request, and the customer's Basic
+//! credentials. The handlers use these; this module uses none of them.
+
+use super::session::SessionOutcome;
+use crate::directory::Agent;
+use crate::error::ProxyError;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::header::{
+    HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    RETRY_AFTER,
+};
+use hyper::{Request, Response, StatusCode};
+
+/// Response body type for every answer on the customer port.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Header naming the exit that served a request.
+pub const EXIT_HEADER: &str = "x-exitpool-exit";
+/// Header naming the serving exit's country.
+pub const COUNTRY_HEADER: &str = "x-exitpool-country";
+/// Header saying whether a sticky session is `new`, `kept` or `moved`.
+pub const SESSION_HEADER: &str = "x-exitpool-session";
+/// Header naming the exit a moved session was pinned to before.
+pub const MOVED_FROM_HEADER: &str = "x-exitpool-moved-from";
+/// Header carrying the stable product error code.
+pub const ERROR_HEADER: &str = "x-exitpool-error";
+
+/// Decodes `Proxy-Authorization: Basic` into user name and password.
+pub(crate) fn basic_credentials<B>(request: &Request<B>) -> Option<(String, String)> {
+    let value = request.headers().get(PROXY_AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// Tells the customer which exit served them, and what became of their session.
+pub(crate) fn exit_headers(agent: &Agent, session: Option<&SessionOutcome>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(session) = session {
+        headers.insert(SESSION_HEADER, HeaderValue::from_static(session.as_str()));
+        if let SessionOutcome::Moved { from } = session {
+            if let Ok(value) = HeaderValue::from_str(from) {
+                headers.insert(MOVED_FROM_HEADER, value);
+            }
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&agent.exit_id) {
+        headers.insert(EXIT_HEADER, value);
+    }
+    let country = agent.location.country.as_deref().unwrap_or("??");
+    if let Ok(value) = HeaderValue::from_str(country) {
+        headers.insert(COUNTRY_HEADER, value);
+    }
+    headers
+}
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    full(Bytes::new())
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// `414` for a request line over the limit, shaped like [`error`] (no
+/// [`ProxyError`] variant carries 414).
+pub(crate) fn uri_too_long(request_line: usize, limit: usize) -> Response<Body> {
+    let message = format!("the request line is {request_line} bytes; the limit is {limit}");
+    let mut response = error(&ProxyError::BadRequest(message.clone()));
+    *response.status_mut() = StatusCode::URI_TOO_LONG;
+    response
+        .headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static("uri_too_long"));
+    let body = serde_json::json!({"error": "uri_too_long", "status": 414, "message": message});
+    *response.body_mut() = full(body.to_string());
+    response
+}
+
+/// The same answer as [`error`], as raw HTTP/1.1 bytes, for refusals written
+/// before a connection reaches hyper.
+pub(crate) fn raw_error(failure: &ProxyError) -> Vec<u8> {
+    let response = error(failure);
+    let status = response.status();
+    let body = failure.json_body();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    for (name, value) in response.headers() {
+        head.push_str(&format!(
+            "{name}: {}\r\n",
+            value.to_str().unwrap_or_default()
+        ));
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    head.into_bytes()
+}
+
+/// The HTTP answer for a failure: status, `Proxy-Status`, product code, JSON body,
+/// and `Connection: close` (nothing more is read from a refused connection).
+pub(crate) fn error(failure: &ProxyError) -> Response<Body> {
+    let presentation = failure.presentation();
+    let body = failure.json_body();
+    let mut response = Response::new(full(body));
+    *response.status_mut() =
+        StatusCode::from_u16(presentation.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(presentation.code));
+    if let Some(value) = failure
+        .proxy_status_header()
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        headers.insert("proxy-status", value);
+    }
+    if let Some(seconds) = failure.retry_after() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if *failure == ProxyError::AuthRequired {
+        headers.insert(
+            PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"exitpool\""),
+        );
+    }
+    response
+}

@@ -1,0 +1,321 @@
+//! One metered transfer for every customer protocol: the bytes of a `CONNECT`
+//! tunnel, a SOCKS5 connection or a plain-HTTP exchange through one exit.
+//!
+//! The byte path bumps the transfer's [`LiveCounters`] per chunk (the relay loop
+//! for TCP tunnels, [`MeteredIo`] under hyper's client for plain HTTP). While it
+//! runs, [`Transfer::supervise`] folds the bytes since the last fold into usage
+//! every [`FOLD_INTERVAL`] and cuts the work off, within that interval, once the
+//! account's quota is used up. [`Transfer::finish`] folds the rest, adds the
+//! bytes to the exit's live figures and writes the one access line.
+
+use super::session::Authorized;
+use crate::directory::{Agent, StreamGuard};
+use crate::limits::Slot;
+use crate::shared::Shared;
+use crate::tunnel::ExitStream;
+use bytes::Bytes;
+use exitpool_protocol::relay::{relay, LiveCounters, Unlimited};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+/// How often a live transfer folds its byte counts into usage and checks the quota.
+pub const FOLD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a transfer was cut short by the gateway rather than by either end.
+pub const QUOTA_CUT: &str = "quota exhausted";
+
+/// What the access log says about a transfer besides byte counts.
+#[derive(Debug, Clone)]
+pub(crate) struct AccessContext {
+    /// Base user name (never the password or targeting parameters' secrets).
+    pub user: String,
+    /// Customer address.
+    pub peer: SocketAddr,
+    /// `host:port` as the customer named it.
+    pub target: String,
+    /// When the customer's request arrived.
+    pub started: Instant,
+}
+
+/// One customer transfer through one exit, metered from the first byte to the last.
+pub(crate) struct Transfer {
+    agent: Arc<Agent>,
+    counters: Arc<LiveCounters>,
+    context: AccessContext,
+    /// What has already gone into usage.
+    folded_up: u64,
+    folded_down: u64,
+    /// Held for the life of the transfer: the exit's load and the customer's slot.
+    _load: StreamGuard,
+    _slot: Slot,
+}
+
+impl Transfer {
+    /// Starts metering the exit stream of `authorized`; returns the stream for
+    /// the byte path to use.
+    pub fn start(authorized: Authorized, context: AccessContext) -> (Transfer, ExitStream) {
+        let Authorized {
+            agent,
+            stream,
+            load,
+            slot,
+            session: _,
+        } = authorized;
+        let transfer = Transfer {
+            agent,
+            counters: Arc::default(),
+            context,
+            folded_up: 0,
+            folded_down: 0,
+            _load: load,
+            _slot: slot,
+        };
+        (transfer, stream)
+    }
+
+    /// The counters the byte path bumps.
+    pub fn counters(&self) -> &Arc<LiveCounters> {
+        &self.counters
+    }
+
+    /// Bytes either way so far.
+    pub fn total(&self) -> u64 {
+        self.counters.tcp_to_quic.load(Ordering::Relaxed)
+            + self.counters.quic_to_tcp.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` to its end, folding usage every [`FOLD_INTERVAL`]; once the
+    /// account's quota is used up, drops `work` and answers [`QUOTA_CUT`].
+    pub async fn supervise<T>(
+        &mut self,
+        work: impl Future<Output = Result<T, String>>,
+        shared: &Shared,
+    ) -> Result<T, String> {
+        tokio::pin!(work);
+        let mut fold_timer =
+            tokio::time::interval_at(tokio::time::Instant::now() + FOLD_INTERVAL, FOLD_INTERVAL);
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = fold_timer.tick() => {
+                    self.fold(shared);
+                    if exhausted_quota(&self.context.user, shared).is_some() {
+                        return Err(QUOTA_CUT.to_owned());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the bytes counted since the last fold.
+    fn fold(&mut self, shared: &Shared) {
+        let up = self.counters.tcp_to_quic.load(Ordering::Relaxed);
+        let down = self.counters.quic_to_tcp.load(Ordering::Relaxed);
+        shared.record_transfer(
+            &self.context.user,
+            &self.agent,
+            up.saturating_sub(self.folded_up),
+            down.saturating_sub(self.folded_down),
+        );
+        self.folded_up = self.folded_up.max(up);
+        self.folded_down = self.folded_down.max(down);
+    }
+
+    /// Ends the transfer: folds the last bytes, adds them to the exit's live
+    /// figures, counts an abnormal end, and writes the access line (with the
+    /// plain-HTTP request's method and answered status where there are some).
+    /// Releases the exit's load and the customer's slot.
+    pub fn finish(
+        mut self,
+        result: &Result<(), String>,
+        exchange: Option<(&hyper::Method, u16)>,
+        shared: &Shared,
+    ) {
+        let (up, down) = self.account(result, shared);
+        let agent = &self.agent;
+        let context = &self.context;
+        info!(
+            user = %context.user,
+            peer = %context.peer,
+            method = exchange.map(|(method, _)| tracing::field::display(method)),
+            target = %context.target,
+            exit = %agent.exit_id,
+            country = agent.location.country.as_deref().unwrap_or("??"),
+            status = exchange.map(|(_, status)| status),
+            bytes_up = up,
+            bytes_down = down,
+            duration_ms = context.started.elapsed().as_millis() as u64,
+            result = result.as_ref().err().map(String::as_str).unwrap_or("ok"),
+            "access"
+        );
+    }
+    /// Like [`Transfer::finish`] without the access line, for a plain-HTTP
+    /// exchange that was never answered (the refusal's log line stands for it).
+    pub fn finish_unlogged(mut self, result: &Result<(), String>, shared: &Shared) {
+        self.account(result, shared);
+    }
+
+    /// Folds the last bytes, adds them to the exit's live figures and counts an
+    /// abnormal end; returns the bytes up and down.
+    fn account(&mut self, result: &Result<(), String>, shared: &Shared) -> (u64, u64) {
+        self.fold(shared);
+        let up = self.counters.tcp_to_quic.load(Ordering::Relaxed);
+        let down = self.counters.quic_to_tcp.load(Ordering::Relaxed);
+        self.agent.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.agent.bytes_down.fetch_add(down, Ordering::Relaxed);
+        if result.is_err() {
+            shared.record_error_code(Some(&self.context.user), Some(&self.agent), "relay_failed");
+        }
+        (up, down)
+    }
+}
+
+/// The account's quota, if `user` has used it up (as the accounts stand now).
+pub(crate) fn exhausted_quota(user: &str, shared: &Shared) -> Option<u64> {
+    let quota = shared
+        .accounts
+        .current()
+        .users
+        .get(user)
+        .and_then(|customer| customer.limits.quota_bytes)?;
+    (shared.usage.customer_bytes(user) >= quota).then_some(quota)
+}
+
+/// Relays a hyper-upgraded `CONNECT` connection.
+pub(crate) async fn relay_upgraded(
+    upgraded: hyper::upgrade::Upgraded,
+    authorized: Authorized,
+    context: AccessContext,
+    shared: &Shared,
+) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        // Bytes the client sent right behind its CONNECT head (a TLS ClientHello,
+        // say) are already in hyper's buffer: they go first.
+        Ok(parts) => {
+            relay_tcp(
+                parts.io.into_inner(),
+                parts.read_buf,
+                authorized,
+                context,
+                shared,
+            )
+            .await
+        }
+        Err(_) => warn!("upgraded connection is not a TCP stream; closing"),
+    }
+}
+
+/// Relays the customer's `stream` to the exit, after sending `already_read`
+/// towards the target. On an abnormal end the customer sees a TCP reset, never a
+/// clean end of data.
+pub(crate) async fn relay_tcp(
+    mut stream: TcpStream,
+    already_read: Bytes,
+    authorized: Authorized,
+    context: AccessContext,
+    shared: &Shared,
+) {
+    let (mut transfer, exit) = Transfer::start(authorized, context);
+    let ExitStream {
+        mut send,
+        recv,
+        peer: _,
+    } = exit;
+    let counters = transfer.counters().clone();
+    counters
+        .tcp_to_quic
+        .fetch_add(already_read.len() as u64, Ordering::Relaxed);
+    let result = match send.write_chunk(already_read).await {
+        Err(error) => Err(error.to_string()),
+        Ok(()) => {
+            let (read, write) = stream.split();
+            let relaying = async {
+                let (_, result) = relay(
+                    read,
+                    write,
+                    send,
+                    recv,
+                    shared.config.idle_timeout,
+                    &counters,
+                    &Unlimited,
+                )
+                .await;
+                result.map_err(|e| e.to_string())
+            };
+            transfer.supervise(relaying, shared).await
+        }
+    };
+    if result.is_err() {
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    } else {
+        let _ = stream.shutdown().await;
+    }
+    transfer.finish(&result, None, shared);
+}
+
+/// An exit stream as hyper's client sees it for plain HTTP, counting bytes per
+/// read and write into the transfer's counters, as the relay loop does.
+pub(crate) struct MeteredIo<T> {
+    inner: T,
+    counters: Arc<LiveCounters>,
+}
+
+impl<T> MeteredIo<T> {
+    /// Meters `inner` into `transfer`'s counters.
+    pub fn new(inner: T, transfer: &Transfer) -> Self {
+        MeteredIo {
+            inner,
+            counters: transfer.counters.clone(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.counters
+            .quic_to_tcp
+            .fetch_add(read as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = polled {
+            self.counters
+                .tcp_to_quic
+                .fetch_add(written as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,260 @@
+//! A running gateway: binding its ports, starting its tasks, and stopping them in
+//! two steps (ask, then enforce a deadline).
+
+use crate::abuse::AuthFailures;
+use crate::accounts::{self, Accounts, AccountsError};
+use crate::config::GatewayConfig;
+use crate::directory::{AgentDirectory, LocalDirectory};
+use crate::limits::Limiter;
+use crate::metrics::Metrics;
+use crate::sessions::MemorySessions;
+use crate::shared::Shared;
+use crate::tunnel::{endpoint, Links};
+use crate::usage::{self, MemoryUsage};
+use crate::{admin, customer, housekeeping, state, tls};
+use exitpool_protocol::close_code;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The certificate could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] tls::IdentityError),
+    /// A listener could not be bound.
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// An accounts file is invalid.
+    #[error(transparent)]
+    Accounts(#[from] AccountsError),
+    /// The admin port would be reachable beyond loopback without a token.
+    #[error("the admin port {0} is not on loopback: set --admin-token (EXITPOOL_ADMIN_TOKEN) or bind it to 127.0.0.1")]
+    AdminTokenRequired(SocketAddr),
+    /// The state directory is unusable.
+    #[error("state directory {path}: {source}")]
+    State {
+        /// The path at fault.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
+pub struct Gateway {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    listen_addr: SocketAddr,
+    tunnel_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    pin: String,
+}
+
+impl Gateway {
+    /// Binds every listener and starts serving.
+    pub async fn start(config: GatewayConfig) -> Result<Gateway, StartError> {
+        state::ensure_dir(&config.state_dir).map_err(|source| StartError::State {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+        let identity = tls::Identity::load_or_create(&config.state_dir)?;
+        let exit_key_path = config.state_dir.join("exit-id.key");
+        let exit_key =
+            state::load_or_create_secret(&exit_key_path).map_err(|source| StartError::State {
+                path: exit_key_path.clone(),
+                source,
+            })?;
+
+        if let Some(addr) = config.admin {
+            let has_token = config
+                .admin_token
+                .as_ref()
+                .is_some_and(|token| !token.expose().is_empty());
+            if !addr.ip().is_loopback() && !has_token {
+                return Err(StartError::AdminTokenRequired(addr));
+            }
+        }
+        let accounts = Accounts::load(accounts::Sources {
+            users: config.users.clone(),
+            agent_tokens: config.agent_tokens.clone(),
+            users_file: config.users_file.clone(),
+            agent_tokens_file: config.agent_tokens_file.clone(),
+        })?;
+        let usage_path = usage::path_in(&config.state_dir);
+        let used = usage::load(&usage_path).map_err(|source| StartError::State {
+            path: usage_path.clone(),
+            source,
+        })?;
+
+        let bind = |what: &'static str, addr: SocketAddr| {
+            move |source| StartError::Bind { what, addr, source }
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(bind("the customer port", config.listen))?;
+        let quic = exitpool_protocol::udp::endpoint(
+            config.tunnel,
+            endpoint::endpoint_config(&identity),
+            Some(
+                identity
+                    .quic_server_config(endpoint::transport_config(config.tunnel_idle_timeout))?,
+            ),
+        )
+        .map_err(bind("the tunnel port", config.tunnel))?;
+        let admin = match config.admin {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(bind("the admin port", addr))?,
+            ),
+            None => None,
+        };
+        let listen_addr = listener
+            .local_addr()
+            .map_err(bind("the customer port", config.listen))?;
+        let tunnel_addr = quic
+            .local_addr()
+            .map_err(bind("the tunnel port", config.tunnel))?;
+        let admin_addr = admin
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
+
+        let shared = Arc::new(Shared {
+            config,
+            directory: Box::new(LocalDirectory::new(exit_key)),
+            links: Links::default(),
+            sessions: Box::new(MemorySessions::default()),
+            auth_failures: AuthFailures::default(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            started: Instant::now(),
+            accounts,
+            limits: Limiter::default(),
+            usage: Box::new(MemoryUsage::from_snapshot(&used)),
+            metrics: Metrics::new(),
+        });
+        shared
+            .tasks
+            .spawn(customer::serve(listener, shared.clone()));
+        shared
+            .tasks
+            .spawn(endpoint::serve(quic.clone(), shared.clone()));
+        if let Some(admin) = admin {
+            shared.tasks.spawn(admin::serve(admin, shared.clone()));
+        }
+        shared
+            .tasks
+            .spawn(housekeeping::sweep_sessions(shared.clone()));
+        shared
+            .tasks
+            .spawn(housekeeping::flush_usage(shared.clone()));
+        for line in shared.config.geoip.describe() {
+            info!("geoip: {line}");
+        }
+        let pin = identity.pin();
+        info!(%listen_addr, %tunnel_addr, admin = ?admin_addr, %pin, "gateway started");
+        Ok(Gateway {
+            shared,
+            endpoint: quic,
+            listen_addr,
+            tunnel_addr,
+            admin_addr,
+            pin,
+        })
+    }
+
+    /// The customer port (HTTP proxy and SOCKS5).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The QUIC port agents dial.
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel_addr
+    }
+
+    /// The admin port, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The certificate pin agents pass as `--pin`.
+    pub fn pin(&self) -> &str {
+        &self.pin
+    }
+
+    /// The agent directory.
+    pub fn directory(&self) -> &dyn AgentDirectory {
+        &*self.shared.directory
+    }
+
+    /// Shared state, for the stats document and tests.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Re-reads the accounts files (what SIGHUP does); on error the running set
+    /// stays.
+    pub fn reload(&self) -> Result<(), AccountsError> {
+        self.shared.reload()
+    }
+
+    /// Stops accepting, gives live connections the configured grace period, then
+    /// closes every tunnel and writes usage to the state directory.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        let grace = self.shared.config.shutdown_grace;
+        if tokio::time::timeout(grace, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            info!(?grace, "grace period over; closing what is left");
+        }
+        for agent in self.shared.directory.agents() {
+            self.shared.directory.remove(agent.key);
+            self.shared
+                .links
+                .close(agent.key, close_code::SHUTDOWN, b"gateway shutting down");
+        }
+        // Joined agents have had their finished control stream (see
+        // `endpoint::serve_agent`); this closes what is left, such as handshakes.
+        // quinn holds the port until closed connections have drained (three
+        // probe timeouts, seconds after a reconnect stampede inflated the RTT
+        // estimates); that only repeats closes nobody needs now, so the wait is
+        // short, and the port is free soon after for a restart in this process.
+        self.endpoint
+            .close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        drop(self.endpoint);
+        // quinn's endpoint driver lets go of the socket on its next poll, with no
+        // event to wait on; check (briefly) so the port is free when this returns.
+        for _ in 0..100 {
+            if std::net::UdpSocket::bind(self.tunnel_addr).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Relays cut short by the close fold their last bytes in as they end.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.tasks.wait()).await;
+        let saver = self.shared.clone();
+        match tokio::task::spawn_blocking(move || saver.save_usage()).await {
+            Ok(Ok(())) => info!("usage written"),
+            Ok(Err(error)) => tracing::error!(%error, "writing usage at shutdown failed"),
+            Err(error) => tracing::error!(%error, "usage writer panicked"),
+        }
+    }
+}

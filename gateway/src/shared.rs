@@ -1,0 +1,129 @@
+//! State every task of a running gateway shares, and the few operations on it that
+//! more than one room needs: locating an agent, accounting a transfer or a
+//! failure, reloading accounts, writing usage.
+
+use crate::abuse::AuthFailures;
+use crate::accounts::{Accounts, AccountsError};
+use crate::config::GatewayConfig;
+use crate::directory::{Agent, AgentDirectory, Location};
+use crate::error::ProxyError;
+use crate::limits::Limiter;
+use crate::metrics::Metrics;
+use crate::sessions::SessionStore;
+use crate::tunnel::Links;
+use crate::usage::UsageSink;
+use exitpool_protocol::close_code;
+use std::net::IpAddr;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+/// State every task of a running gateway shares.
+pub struct Shared {
+    /// The configuration it was started with.
+    pub config: GatewayConfig,
+    /// Who is connected, where, with what load.
+    pub directory: Box<dyn AgentDirectory>,
+    /// The tunnels held by this process, to open streams on.
+    pub links: Links,
+    /// Sticky-session pins.
+    pub sessions: Box<dyn SessionStore>,
+    /// Failed authentications per source address.
+    pub auth_failures: AuthFailures,
+    /// Fires when the gateway stops.
+    pub shutdown: CancellationToken,
+    /// Every spawned task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// When the gateway started.
+    pub started: Instant,
+    /// Customers and agent tokens in force (reloadable).
+    pub accounts: Accounts,
+    /// Per-customer limit state.
+    pub limits: Limiter,
+    /// Usage per customer and per agent.
+    pub usage: Box<dyn UsageSink>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// Where an agent at `ip` is.
+    pub fn locate(&self, ip: IpAddr) -> Location {
+        let found = self.config.geoip.lookup(ip);
+        Location {
+            country: found.country,
+            asn: found.asn,
+            city: found
+                .city
+                .as_deref()
+                .map(crate::credentials::normalize_city),
+        }
+    }
+
+    /// Drops a departed agent: its directory entry and its tunnel handle.
+    pub fn forget_agent(&self, key: u64) {
+        self.directory.remove(key);
+        self.links.remove(key);
+    }
+
+    /// Accounts bytes moved for `customer` through `agent`: usage (quotas, billing,
+    /// payouts) and metrics. Called by the customer transfer about once a second
+    /// and when it ends, with the bytes since the last call. (It does not touch
+    /// `agent.bytes_up`/`bytes_down`, the live per-connection figures on `/stats`.)
+    pub fn record_transfer(&self, customer: &str, agent: &Agent, up: u64, down: u64) {
+        self.usage.record_transfer(customer, agent, up, down);
+        self.metrics.bytes_up.inc_by(up);
+        self.metrics.bytes_down.inc_by(down);
+    }
+
+    /// Counts a failure answered to (or suffered by) a customer, by its product
+    /// code, for whichever of the customer and the agent are known.
+    pub fn record_error(&self, customer: Option<&str>, agent: Option<&Agent>, error: &ProxyError) {
+        self.record_error_code(customer, agent, error.presentation().code);
+    }
+
+    /// Like [`Shared::record_error`], for failures that are not a [`ProxyError`]
+    /// (e.g. `relay_failed` for a relay that ended abnormally).
+    pub fn record_error_code(&self, customer: Option<&str>, agent: Option<&Agent>, code: &str) {
+        self.usage.record_error(customer, agent, code);
+        self.metrics.error(code);
+    }
+
+    /// Re-reads the accounts files; on error the running set stays and the error
+    /// is logged and returned.
+    pub fn reload(&self) -> Result<(), AccountsError> {
+        match self.accounts.reload() {
+            Ok(set) => {
+                info!(
+                    customers = set.users.len(),
+                    agent_tokens = set.agent_tokens.len(),
+                    "accounts reloaded"
+                );
+                // A revoked token takes its agents out at once; they hear why
+                // when they try to come back (a Reject with BadToken).
+                for agent in self.directory.agents() {
+                    if !set.agent_tokens.accepts(agent.token.expose()) {
+                        info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
+                        self.directory.remove(agent.key);
+                        self.links
+                            .close(agent.key, close_code::REJECTED, b"agent token revoked");
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "accounts reload failed; keeping the running accounts");
+                Err(error)
+            }
+        }
+    }
+
+    /// Writes usage to the state directory.
+    pub fn save_usage(&self) -> std::io::Result<()> {
+        crate::usage::save(
+            &crate::usage::path_in(&self.config.state_dir),
+            &self.usage.snapshot(),
+        )
+    }
+}

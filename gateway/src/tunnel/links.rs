@@ -1,0 +1,104 @@
+//! The tunnels this gateway holds, by the directory's connection key, and opening a
+//! relay stream through one: `OpenRequest` out, `OpenReply` back, and only then
+//! does the customer get an answer.
+//!
+//! The directory ([`crate::directory`]) says who an agent is and where; this table
+//! says how to reach the ones connected here. The two change together (the tunnel
+//! endpoint adds a link before the directory entry and removes it after).
+
+use crate::error::ProxyError;
+use dashmap::DashMap;
+use exitpool_protocol::{read_frame, write_frame, FrameError, OpenReply, OpenRequest, TargetHost};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A relay stream whose target the exit has dialled.
+#[derive(Debug)]
+pub struct ExitStream {
+    /// Towards the target.
+    pub send: quinn::SendStream,
+    /// From the target.
+    pub recv: quinn::RecvStream,
+    /// The address the exit dialled.
+    pub peer: SocketAddr,
+}
+
+/// The live tunnels, by connection key.
+#[derive(Debug)]
+pub struct Links {
+    tunnels: DashMap<u64, quinn::Connection>,
+    next_key: AtomicU64,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Links {
+            tunnels: DashMap::new(),
+            next_key: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Links {
+    /// Holds `connection` under a new key, unique for the life of the process (a
+    /// reconnecting agent gets a new one).
+    pub fn add(&self, connection: quinn::Connection) -> u64 {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        self.tunnels.insert(key, connection);
+        key
+    }
+
+    /// Forgets the tunnel under `key`.
+    pub fn remove(&self, key: u64) {
+        self.tunnels.remove(&key);
+    }
+
+    /// Closes the tunnel under `key` with `code`, if it is still held.
+    pub fn close(&self, key: u64, code: u32, reason: &[u8]) {
+        if let Some((_, connection)) = self.tunnels.remove(&key) {
+            connection.close(code.into(), reason);
+        }
+    }
+
+    /// Opens a relay stream on tunnel `key` to `host:port` and waits up to
+    /// `timeout` for the exit's answer.
+    pub async fn open(
+        &self,
+        key: u64,
+        host: TargetHost,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<ExitStream, ProxyError> {
+        // Cloned out so no map guard is held across the awaits below.
+        let connection = self
+            .tunnels
+            .get(&key)
+            .map(|entry| entry.value().clone())
+            .ok_or_else(|| ProxyError::ExitLost("the exit's tunnel has closed".into()))?;
+        let request = OpenRequest { host, port };
+        let exchange = async {
+            let (mut send, mut recv) = connection
+                .open_bi()
+                .await
+                .map_err(|e| ProxyError::ExitLost(e.to_string()))?;
+            write_frame(&mut send, &request)
+                .await
+                .map_err(|e| ProxyError::ExitLost(e.to_string()))?;
+            let reply: OpenReply = read_frame(&mut recv).await.map_err(|e| match e {
+                FrameError::TooLong(_) | FrameError::Malformed(_) => {
+                    ProxyError::ExitLost(format!("the exit answered garbage: {e}"))
+                }
+                _ => ProxyError::ExitLost(e.to_string()),
+            })?;
+            Ok((send, recv, reply))
+        };
+        let (send, recv, reply) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ProxyError::ExitTimeout(timeout.as_secs()))??;
+        match reply {
+            OpenReply::Opened { peer } => Ok(ExitStream { send, recv, peer }),
+            OpenReply::Failed { code, detail } => Err(ProxyError::Exit { code, detail }),
+        }
+    }
+}
