@@ -7,7 +7,11 @@
 //! - [`AddressSlots`]: a cap per source address on things not yet trusted
 //!   (unauthenticated customer connections, agent handshakes in progress), so one
 //!   address cannot take a whole shared budget.
+//! - [`PasswordChecks`]: Argon2 runs on blocking threads, a bounded number at a
+//!   time, each waiting at most a deadline for its turn, so a password flood
+//!   slows logins (answered `auth_busy`) and never the relays on the runtime.
 
+use crate::auth::{Customer, HashCheck};
 use crate::error::ProxyError;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
@@ -17,6 +21,42 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Runs Argon2 checks off the async runtime, at most `parallel` at a time.
+#[derive(Debug)]
+pub struct PasswordChecks {
+    permits: Arc<tokio::sync::Semaphore>,
+    queue_timeout: Duration,
+}
+
+impl PasswordChecks {
+    /// At most `parallel` checks at once (about the core count: each is pure CPU);
+    /// a check waits at most `queue_timeout` for its turn.
+    pub fn new(parallel: usize, queue_timeout: Duration) -> Self {
+        PasswordChecks {
+            permits: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
+            queue_timeout,
+        }
+    }
+
+    /// Runs `check` on a blocking thread once a place is free; past the queue
+    /// deadline, [`ProxyError::AuthBusy`].
+    pub async fn run(&self, check: HashCheck) -> Result<Option<Arc<Customer>>, ProxyError> {
+        let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| ProxyError::AuthBusy)?
+            .expect("the semaphore is never closed");
+        // The permit goes with the work: a customer who leaves mid-check does not
+        // free a place while Argon2 still runs.
+        tokio::task::spawn_blocking(move || {
+            let verified = check.run();
+            drop(permit);
+            verified
+        })
+        .await
+        .map_err(|_| ProxyError::AuthBusy)
+    }
+}
 
 /// Counts, per source address, what is held and not yet trusted, up to a limit.
 #[derive(Debug)]

@@ -8,6 +8,12 @@
 //! costs one SHA-256 and a constant-time comparison; a changed hash (after a
 //! reload) or another password goes through Argon2 again.
 //!
+//! Argon2 never runs on the async runtime: [`Users::check`] answers at once when
+//! no hash is needed (a plaintext account, a cached verification) and otherwise
+//! hands back a [`HashCheck`] for a blocking thread (see `crate::abuse`'s
+//! `PasswordChecks`). An unknown name costs the same Argon2 run as a wrong password
+//! (against a dummy hash), so timing does not tell which names exist.
+//!
 //! Secrets are compared in constant time and never printed: `Debug` shows names
 //! only.
 
@@ -16,7 +22,7 @@ use exitpool_protocol::Secret;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use subtle::ConstantTimeEq;
 
 /// Compares two secrets without leaking, through timing, where they differ.
@@ -154,22 +160,23 @@ impl VerifyCache {
         hasher.finalize().into()
     }
 
-    fn verify(&self, name: &str, hash: &Arc<str>, password: &str) -> bool {
+    /// Whether `password` is the one that last verified against `hash` (cheap).
+    fn is_known(&self, name: &str, hash: &Arc<str>, password: &str) -> bool {
         let digest = self.digest(name, password);
-        {
-            let verified = self.verified.lock().expect("verify cache lock poisoned");
-            if let Some((known, known_hash)) = verified.get(name) {
-                if bool::from(known.ct_eq(&digest)) && known_hash == hash {
-                    return true;
-                }
-            }
+        let verified = self.verified.lock().expect("verify cache lock poisoned");
+        verified.get(name).is_some_and(|(known, known_hash)| {
+            bool::from(known.ct_eq(&digest)) && known_hash == hash
+        })
+    }
+
+    /// Verifies with Argon2 unless cached, and caches a success.
+    fn verify(&self, name: &str, hash: &Arc<str>, password: &str) -> bool {
+        if self.is_known(name, hash, password) {
+            return true;
         }
-        let ok = PasswordHash::new(hash).is_ok_and(|parsed| {
-            argon2::Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        });
+        let ok = argon2_verifies(hash, password);
         if ok {
+            let digest = self.digest(name, password);
             self.verified
                 .lock()
                 .expect("verify cache lock poisoned")
@@ -239,21 +246,77 @@ impl Customer {
         self.limits = limits;
         self
     }
-
-    fn verify(&self, password: &str, cache: &VerifyCache) -> bool {
-        match &self.password {
-            Password::Plain(secret) => secrets_equal(secret.expose(), password),
-            Password::Hash(hash) => cache.verify(&self.name, hash, password),
-        }
-    }
 }
 
 /// All customer accounts.
 #[derive(Clone, Default)]
 pub struct Users {
     by_name: HashMap<String, Arc<Customer>>,
+    /// Whether any account has a hashed password: then an unknown name pays a
+    /// dummy Argon2 run, as a wrong password for a real name does.
+    any_hashed: bool,
     /// Shared by the sets a reload replaces, so verifications stay cached.
     cache: Arc<VerifyCache>,
+}
+
+/// The outcome of [`Users::check`].
+#[derive(Debug)]
+pub enum Checked {
+    /// Answered without Argon2: the account, or `None` for wrong credentials.
+    Done(Option<Arc<Customer>>),
+    /// Argon2 must run; [`HashCheck::run`] blocks, so call it off the runtime.
+    NeedsHash(HashCheck),
+}
+
+/// One Argon2 verification, to run on a blocking thread.
+pub struct HashCheck {
+    /// The account, or `None` for an unknown name (checked against a dummy hash).
+    customer: Option<Arc<Customer>>,
+    hash: Option<Arc<str>>,
+    password: Secret,
+    cache: Arc<VerifyCache>,
+}
+
+impl std::fmt::Debug for HashCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashCheck")
+            .field("customer", &self.customer.as_ref().map(|c| &c.name))
+            .finish_non_exhaustive()
+    }
+}
+
+impl HashCheck {
+    /// Runs Argon2 (tens of milliseconds of CPU): the account if the password
+    /// verified, `None` otherwise.
+    pub fn run(self) -> Option<Arc<Customer>> {
+        let (Some(customer), Some(hash)) = (self.customer, self.hash) else {
+            // An unknown name: the same work as a wrong password, then no.
+            let _ = argon2_verifies(dummy_hash(), self.password.expose());
+            return None;
+        };
+        self.cache
+            .verify(&customer.name, &hash, self.password.expose())
+            .then_some(customer)
+    }
+}
+
+/// A hash that no password is known for, made with the same parameters as
+/// [`hash_password`], so checking against it costs what a real check costs.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let password: [u8; 16] = rand::random();
+        hash_password(&hex::encode(password)).expect("hashing random bytes cannot fail")
+    })
+}
+
+/// Whether `password` verifies against the PHC string `hash` (Argon2: slow).
+fn argon2_verifies(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 impl std::fmt::Debug for Users {
@@ -265,11 +328,21 @@ impl std::fmt::Debug for Users {
 impl Users {
     /// Accounts from a list (later entries replace earlier ones with the same name).
     pub fn new(customers: impl IntoIterator<Item = Customer>) -> Users {
-        Users {
-            by_name: customers
+        Users::from_map(
+            customers
                 .into_iter()
                 .map(|customer| (customer.name.clone(), Arc::new(customer)))
                 .collect(),
+        )
+    }
+
+    fn from_map(by_name: HashMap<String, Arc<Customer>>) -> Users {
+        let any_hashed = by_name
+            .values()
+            .any(|customer| matches!(customer.password, Password::Hash(_)));
+        Users {
+            by_name,
+            any_hashed,
             cache: Arc::default(),
         }
     }
@@ -281,10 +354,7 @@ impl Users {
         for customer in more {
             by_name.insert(customer.name.clone(), Arc::new(customer));
         }
-        Users {
-            by_name,
-            cache: Arc::default(),
-        }
+        Users::from_map(by_name)
     }
 
     /// The same accounts, sharing `other`'s verification cache (for a reload).
@@ -294,10 +364,44 @@ impl Users {
     }
 
     /// The account for `name` if `password` is right; `None` otherwise, with no
-    /// hint as to which part was wrong.
-    pub fn authenticate(&self, name: &str, password: &str) -> Option<&Arc<Customer>> {
-        let customer = self.by_name.get(name)?;
-        customer.verify(password, &self.cache).then_some(customer)
+    /// hint as to which part was wrong. Runs Argon2 on this thread when needed:
+    /// async code uses [`Users::check`] instead.
+    pub fn authenticate(&self, name: &str, password: &str) -> Option<Arc<Customer>> {
+        match self.check(name, password) {
+            Checked::Done(result) => result,
+            Checked::NeedsHash(check) => check.run(),
+        }
+    }
+
+    /// Checks `password` for `name` as far as it can without Argon2: a plaintext
+    /// account or a cached verification is answered now; anything else, including
+    /// an unknown name when any account is hashed, needs [`HashCheck::run`].
+    pub fn check(&self, name: &str, password: &str) -> Checked {
+        let Some(customer) = self.by_name.get(name) else {
+            if !self.any_hashed {
+                return Checked::Done(None);
+            }
+            return Checked::NeedsHash(HashCheck {
+                customer: None,
+                hash: None,
+                password: Secret(password.to_owned()),
+                cache: self.cache.clone(),
+            });
+        };
+        match &customer.password {
+            Password::Plain(secret) => {
+                Checked::Done(secrets_equal(secret.expose(), password).then(|| customer.clone()))
+            }
+            Password::Hash(hash) if self.cache.is_known(&customer.name, hash, password) => {
+                Checked::Done(Some(customer.clone()))
+            }
+            Password::Hash(hash) => Checked::NeedsHash(HashCheck {
+                customer: Some(customer.clone()),
+                hash: Some(hash.clone()),
+                password: Secret(password.to_owned()),
+                cache: self.cache.clone(),
+            }),
+        }
     }
 
     /// The account named `name`, without checking any password.

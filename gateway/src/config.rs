@@ -56,6 +56,10 @@ pub struct GatewayConfig {
     pub tunnel_idle_timeout: Duration,
     /// Most customer connections open at once.
     pub max_connections: usize,
+    /// Most Argon2 password checks running at once (each holds a core).
+    pub password_checks: usize,
+    /// Longest a password check waits for its turn before `auth_busy`.
+    pub password_queue_timeout: Duration,
     /// Most connections from one address that have not authenticated yet.
     pub max_unauthenticated_per_ip: usize,
     /// How long live connections may finish after shutdown is asked for.
@@ -85,6 +89,8 @@ impl GatewayConfig {
             tunnel_idle_timeout: exitpool_protocol::IDLE_TIMEOUT,
             max_connections: 10_000,
             max_unauthenticated_per_ip: 64,
+            password_checks: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            password_queue_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             geoip: Arc::new(GeoIp::embedded()),
         }

@@ -64,6 +64,9 @@ pub enum ProxyError {
     /// The gateway is at its global connection cap.
     #[error("the gateway is at its connection limit")]
     GatewayBusy,
+    /// Password checks are queued past their deadline (a flood of logins).
+    #[error("the gateway is checking too many passwords; retry in a second")]
+    AuthBusy,
     /// Too many connections from one address have not authenticated yet.
     #[error("more than {0} connections from your address have not authenticated yet")]
     TooManyUnauthenticated(usize),
@@ -217,6 +220,12 @@ impl ProxyError {
                 "gateway_busy",
                 GENERAL_FAILURE,
             ),
+            ProxyError::AuthBusy => (
+                503,
+                Some("proxy_internal_error"),
+                "auth_busy",
+                GENERAL_FAILURE,
+            ),
             ProxyError::TooManyUnauthenticated(_) => (
                 429,
                 Some("http_request_denied"),
@@ -294,7 +303,9 @@ impl ProxyError {
         match self {
             ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
             ProxyError::TooManyConnections(_) => Some(CONNECTION_RETRY_AFTER_SECS),
-            ProxyError::GatewayBusy | ProxyError::TooManyUnauthenticated(_) => Some(1),
+            ProxyError::GatewayBusy
+            | ProxyError::AuthBusy
+            | ProxyError::TooManyUnauthenticated(_) => Some(1),
             ProxyError::AuthRateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }

@@ -1,7 +1,7 @@
 //! A running gateway: binding its ports, starting its tasks, and stopping them in
 //! two steps (ask, then enforce a deadline).
 
-use crate::abuse::AuthFailures;
+use crate::abuse::{AuthFailures, PasswordChecks};
 use crate::accounts::{self, Accounts, AccountsError};
 use crate::config::GatewayConfig;
 use crate::directory::{AgentDirectory, LocalDirectory};
@@ -132,12 +132,15 @@ impl Gateway {
             .as_ref()
             .and_then(|listener| listener.local_addr().ok());
 
+        let password_checks =
+            PasswordChecks::new(config.password_checks, config.password_queue_timeout);
         let shared = Arc::new(Shared {
             config,
             directory: Box::new(LocalDirectory::new(exit_key)),
             links: Links::default(),
             sessions: Box::new(MemorySessions::default()),
             auth_failures: AuthFailures::default(),
+            password_checks,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             started: Instant::now(),

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub connect_seconds: Histogram,
     /// From an agent's first QUIC packet to its `Welcome`.
     pub tunnel_handshake_seconds: Histogram,
+    /// Argon2 verifications run (a wrong password, a new one, or an unknown name).
+    pub password_hashes: Counter,
     agents: Gauge,
     agents_by_country: Family<CountryLabel, Gauge>,
     live_streams: Gauge,
@@ -72,6 +74,7 @@ impl Metrics {
             // 5 ms .. ~41 s
             connect_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             tunnel_handshake_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            password_hashes: Counter::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
             live_streams: Gauge::default(),
@@ -113,6 +116,11 @@ impl Metrics {
             "errors",
             "Failed customer requests and relays, by product code",
             metrics.errors.clone(),
+        );
+        registry.register(
+            "password_hashes",
+            "Argon2 password verifications run (off the async runtime, bounded)",
+            metrics.password_hashes.clone(),
         );
         registry.register(
             "connect_seconds",

@@ -2,7 +2,7 @@
 //! more than one room needs: locating an agent, accounting a transfer or a
 //! failure, reloading accounts, writing usage.
 
-use crate::abuse::AuthFailures;
+use crate::abuse::{AuthFailures, PasswordChecks};
 use crate::accounts::{Accounts, AccountsError};
 use crate::config::GatewayConfig;
 use crate::directory::{Agent, AgentDirectory, Location};
@@ -31,6 +31,8 @@ pub struct Shared {
     pub sessions: Box<dyn SessionStore>,
     /// Failed authentications per source address.
     pub auth_failures: AuthFailures,
+    /// Where Argon2 runs: off the runtime, bounded.
+    pub password_checks: PasswordChecks,
     /// Fires when the gateway stops.
     pub shutdown: CancellationToken,
     /// Every spawned task, so shutdown can wait for them.

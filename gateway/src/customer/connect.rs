@@ -31,7 +31,7 @@ pub(crate) async fn connect(
         .map(|authority| authority.as_str().to_owned())
         .ok_or_else(|| ProxyError::BadTarget("CONNECT needs host:port".into()))?;
     let (host, port) = target::parse_authority(&authority)?;
-    let grant = session::authenticate(&user, &password, pending, shared)?;
+    let grant = session::authenticate(&user, &password, pending, shared).await?;
     let authorized = session::open(&grant, host, port, shared).await?;
     let mut answer = Response::new(response::empty());
     answer

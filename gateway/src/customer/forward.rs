@@ -61,7 +61,7 @@ pub(crate) async fn forward(
     shared: &Arc<Shared>,
 ) -> Result<Response<Body>, ProxyError> {
     let (user, password) = basic_credentials(&request).ok_or(ProxyError::AuthRequired)?;
-    let grant = session::authenticate(&user, &password, pending, shared)?;
+    let grant = session::authenticate(&user, &password, pending, shared).await?;
     let (host, port) = target_of(request.uri())?;
     let target = format!("{host}:{port}");
     let authorized = session::open(&grant, host, port, shared).await?;

@@ -7,7 +7,7 @@
 //! are counted (usage and metrics) here too.
 
 use crate::abuse::AddressSlot;
-use crate::auth::{Customer, Limits};
+use crate::auth::{Checked, Customer, Limits};
 use crate::credentials::{self, SessMode, Targeting};
 use crate::directory::{Agent, Filter, PickError, StreamGuard};
 use crate::error::ProxyError;
@@ -76,7 +76,7 @@ pub struct Authorized {
 /// A targeted country outside the account's `countries` is refused here.
 /// Success frees the connection's unauthenticated slot (`pending`), whose
 /// address is also what failures are counted against.
-pub fn authenticate(
+pub async fn authenticate(
     user: &str,
     password: &str,
     pending: &AddressSlot,
@@ -87,12 +87,25 @@ pub fn authenticate(
     shared.auth_failures.check(ip).inspect_err(|error| {
         shared.record_error(None, None, error);
     })?;
-    let accounts = shared.accounts.current();
-    let Some(customer) = accounts
+    let checked = shared
+        .accounts
+        .current()
         .users
-        .authenticate(bases.user, bases.password)
-        .cloned()
-    else {
+        .check(bases.user, bases.password);
+    let verified = match checked {
+        Checked::Done(verified) => verified,
+        Checked::NeedsHash(check) => {
+            shared.metrics.password_hashes.inc();
+            shared
+                .password_checks
+                .run(check)
+                .await
+                .inspect_err(|error| {
+                    shared.record_error(None, None, error);
+                })?
+        }
+    };
+    let Some(customer) = verified else {
         shared.auth_failures.record_failure(ip);
         shared.record_error(None, None, &ProxyError::AuthRequired);
         return Err(ProxyError::AuthRequired);

@@ -18,7 +18,7 @@
 //! | greeting version is not 5, client silent or gone, handshake past `head_timeout` | nothing, close |
 //! | wrong user name or password, or sub-negotiation version not `0x01`, or credentials not UTF-8 | auth status `0x01` |
 //! | bad targeting parameter (`alice-contry-us`), or a country the account may not use | auth status `0x02` |
-//! | too many failed authentications from this address | auth status `0x03` |
+//! | too many failed authentications from this address, or password checks queued past their deadline | auth status `0x03` |
 //! | request version not 5, or reserved byte not 0 | reply `0x01` general failure |
 //! | `BIND` (`0x02`), `UDP ASSOCIATE` (`0x03`) or any other command | reply `0x07` command not supported |
 //! | unknown address type, invalid domain name, port 0 | reply `0x08` address type not supported |
@@ -130,7 +130,7 @@ impl SocksError {
                 Answer::AuthStatus(AUTH_BAD_CREDENTIALS)
             }
             SocksError::Auth(ProxyError::AuthRequired) => Answer::AuthStatus(AUTH_BAD_CREDENTIALS),
-            SocksError::Auth(ProxyError::AuthRateLimited { .. }) => {
+            SocksError::Auth(ProxyError::AuthRateLimited { .. } | ProxyError::AuthBusy) => {
                 Answer::AuthStatus(AUTH_RATE_LIMITED)
             }
             // Right password, but what the credentials ask for is refused.
@@ -238,6 +238,7 @@ where
     stream.write_all(&[VERSION, METHOD_USER_PASSWORD]).await?;
     let credentials = read_credentials(stream).await?;
     let grant = session::authenticate(&credentials.user, &credentials.password, pending, shared)
+        .await
         .map_err(SocksError::Auth)?;
     stream.write_all(&[AUTH_VERSION, AUTH_OK]).await?;
     let target = read_request(stream).await?;

@@ -1,0 +1,216 @@
+//! Issue: safe for volunteers, hard to knock over. What a stranger on the
+//! customer port can and cannot do to the gateway: a password flood costs
+//! logins, never relays; timing and work do not tell which user names exist.
+//! Real gateway, real agents, raw sockets from distinct loopback addresses.
+
+mod common;
+
+use common::targets::echo_target;
+use common::*;
+use exitpool::gateway::auth::{hash_password, Customer, Users};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A customer whose password is an Argon2 hash, as the accounts file holds them.
+const HASHED_USER: &str = "bob";
+const HASHED_PASSWORD: &str = "b0bsecret";
+
+/// A gateway with alice (plaintext password) and bob (Argon2 hash).
+async fn with_hashed_account(
+    adjust: impl FnOnce(&mut exitpool::gateway::GatewayConfig),
+) -> TestGateway {
+    let hash = hash_password(HASHED_PASSWORD).unwrap();
+    TestGateway::start_with(|config| {
+        config.users = Users::new([
+            Customer::parse(&format!("{USER}:{PASSWORD}")).unwrap(),
+            Customer::hashed(HASHED_USER, &hash).unwrap(),
+        ]);
+        adjust(config);
+    })
+    .await
+}
+
+/// `CONNECT target` with `user:password` from source address `source`.
+async fn connect_from(
+    source: &str,
+    proxy: SocketAddr,
+    target: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Head {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{source}:0").parse().unwrap())
+        .expect("bind a loopback source address");
+    let mut stream = within("connect to proxy", socket.connect(proxy))
+        .await
+        .expect("proxy accepts");
+    let request = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+        basic(user, password)
+    );
+    within("send CONNECT", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    read_head(&mut stream).await
+}
+
+/// One echo round trip through an open tunnel.
+async fn echo_round_trip(stream: &mut TcpStream) {
+    within("echo out", stream.write_all(b"ping")).await.unwrap();
+    let mut back = [0u8; 4];
+    within("echo back", stream.read_exact(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(&back, b"ping");
+}
+
+/// The value of a counter in the gateway's `/metrics`.
+async fn metric(net: &TestGateway, name: &str) -> u64 {
+    let text = within(
+        "GET /metrics",
+        reqwest::get(format!("http://{}/metrics", net.admin())),
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}")) as u64
+}
+
+#[tokio::test]
+async fn a_password_flood_never_stalls_relays() {
+    // One Argon2 check at a time, so the flood queues behind it.
+    let net = with_hashed_account(|config| config.password_checks = 1).await;
+    let _agent = net.agent("127.0.0.2").await;
+    let echo = echo_target().await;
+    let (head, mut tunnel) = connect_as(net.proxy(), echo, "").await;
+    assert_eq!(head.status, 200, "{head:?}");
+
+    // 30 wrong passwords for a hashed account, from 30 addresses (so the
+    // per-address failure limit stays out of it): 30 Argon2 runs queued.
+    const FLOOD: usize = 30;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut flood = Vec::new();
+    for n in 1..=FLOOD {
+        let answered = answered.clone();
+        let proxy = net.proxy();
+        flood.push(tokio::spawn(async move {
+            let head =
+                connect_from(&format!("127.0.1.{n}"), proxy, echo, HASHED_USER, "wrong").await;
+            answered.fetch_add(1, Ordering::SeqCst);
+            head
+        }));
+    }
+    // Wait until the flood is being hashed.
+    within("the flood reaches Argon2", async {
+        while metric(&net, "exitpool_password_hashes_total").await == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // Relays and the admin port keep going while the hashes queue.
+    for _ in 0..20 {
+        echo_round_trip(&mut tunnel).await;
+    }
+    let health = within(
+        "GET /healthz",
+        reqwest::get(format!("http://{}/healthz", net.admin())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(health.status(), 200);
+    let done_meanwhile = answered.load(Ordering::SeqCst);
+    assert!(
+        done_meanwhile < FLOOD,
+        "the relay waited for all {FLOOD} password checks"
+    );
+    for attempt in flood {
+        let head = within("flood answer", attempt).await.unwrap();
+        assert!(
+            matches!(head.status, 407 | 503),
+            "a wrong password is refused or told to retry: {head:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn password_checks_past_their_queue_deadline_are_told_to_retry() {
+    let net = with_hashed_account(|config| {
+        config.password_checks = 1;
+        config.password_queue_timeout = Duration::from_millis(1);
+    })
+    .await;
+    let _agent = net.agent("127.0.0.2").await;
+    let echo = echo_target().await;
+    let attempts: Vec<_> = (1..=10)
+        .map(|n| {
+            let proxy = net.proxy();
+            tokio::spawn(async move {
+                connect_from(&format!("127.0.2.{n}"), proxy, echo, HASHED_USER, "wrong").await
+            })
+        })
+        .collect();
+    let mut busy = 0;
+    for attempt in attempts {
+        let head = within("answer", attempt).await.unwrap();
+        if head.status == 503 {
+            assert_eq!(
+                head.header("x-exitpool-error"),
+                Some("auth_busy"),
+                "{head:?}"
+            );
+            assert_eq!(head.header("retry-after"), Some("1"), "{head:?}");
+            busy += 1;
+        } else {
+            assert_eq!(head.status, 407, "{head:?}");
+        }
+    }
+    assert!(
+        busy > 0,
+        "ten checks at once on one place, none told to retry"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_name_costs_the_same_hash_as_a_wrong_password() {
+    let net = with_hashed_account(|_| {}).await;
+    let _agent = net.agent("127.0.0.2").await;
+    let echo = echo_target().await;
+    let hashes = "exitpool_password_hashes_total";
+    assert_eq!(metric(&net, hashes).await, 0);
+
+    let wrong = connect_from("127.0.3.1", net.proxy(), echo, HASHED_USER, "wrong").await;
+    assert_eq!(
+        metric(&net, hashes).await,
+        1,
+        "a wrong password runs Argon2"
+    );
+    let unknown = connect_from("127.0.3.2", net.proxy(), echo, "mallory", "wrong").await;
+    assert_eq!(
+        metric(&net, hashes).await,
+        2,
+        "an unknown name runs Argon2 too"
+    );
+    assert_eq!((wrong.status, unknown.status), (407, 407));
+    let without_date = |head: &Head| -> Vec<(String, String)> {
+        let mut headers = head.headers.clone();
+        headers.retain(|(name, _)| name != "date");
+        headers
+    };
+    assert_eq!(without_date(&wrong), without_date(&unknown), "the same answer");
+
+    // The right password runs Argon2 once, then is cached.
+    for _ in 0..2 {
+        let head = connect_from("127.0.3.3", net.proxy(), echo, HASHED_USER, HASHED_PASSWORD).await;
+        assert_eq!(head.status, 200, "{head:?}");
+    }
+    assert_eq!(metric(&net, hashes).await, 3);
+}
