@@ -205,7 +205,11 @@ async fn an_unknown_name_costs_the_same_hash_as_a_wrong_password() {
         headers.retain(|(name, _)| name != "date");
         headers
     };
-    assert_eq!(without_date(&wrong), without_date(&unknown), "the same answer");
+    assert_eq!(
+        without_date(&wrong),
+        without_date(&unknown),
+        "the same answer"
+    );
 
     // The right password runs Argon2 once, then is cached.
     for _ in 0..2 {
@@ -213,4 +217,115 @@ async fn an_unknown_name_costs_the_same_hash_as_a_wrong_password() {
         assert_eq!(head.status, 200, "{head:?}");
     }
     assert_eq!(metric(&net, hashes).await, 3);
+}
+
+#[tokio::test]
+async fn plain_http_sends_the_uri_authority_as_host_not_the_clients() {
+    let net = TestGateway::start().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let target = common::targets::http_target("127.0.0.1").await;
+    let mut stream = within("connect", TcpStream::connect(net.proxy()))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET http://{target}/headers HTTP/1.1\r\nHost: victim.example\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
+        basic(USER, PASSWORD)
+    );
+    within("send", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within("answer", stream.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let hosts: Vec<&str> = answer
+        .lines()
+        .filter(|line| line.starts_with("host:"))
+        .collect();
+    assert_eq!(hosts, [format!("host: {target}")], "{answer}");
+}
+
+#[tokio::test]
+async fn refusals_beyond_their_bound_are_closed_at_once() {
+    use exitpool::gateway::customer::MAX_REFUSALS_IN_FLIGHT;
+    let net = TestGateway::start_with(|config| config.max_unauthenticated_per_ip = 1).await;
+    // The one unauthenticated slot of 127.0.4.1, held by a silent client.
+    let _holder = within("connect", TcpStream::connect(net.proxy()))
+        .await
+        .unwrap();
+    let flood = MAX_REFUSALS_IN_FLIGHT * 3;
+    let mut silent = Vec::new();
+    for _ in 0..flood {
+        silent.push(
+            within("connect", TcpStream::connect(net.proxy()))
+                .await
+                .unwrap(),
+        );
+    }
+    // Each refused client either hears why (while the bound has room) or is
+    // closed at once with nothing said; never held without a bound.
+    let mut answered = 0;
+    let mut closed = 0;
+    for mut stream in silent {
+        let mut buf = Vec::new();
+        let _ = within("refusal", stream.read_to_end(&mut buf)).await;
+        if buf.is_empty() {
+            closed += 1;
+        } else {
+            assert!(
+                String::from_utf8_lossy(&buf).contains("too_many_unauthenticated"),
+                "{}",
+                String::from_utf8_lossy(&buf)
+            );
+            answered += 1;
+        }
+    }
+    assert!(
+        answered <= MAX_REFUSALS_IN_FLIGHT,
+        "{answered} answered at once"
+    );
+    assert!(answered > 0, "the first refusals are answered");
+    assert_eq!(answered + closed, flood);
+}
+
+/// Runs the gateway binary with `args` and returns its exit status and stderr,
+/// for start-ups that must fail before serving anything.
+fn refused_start(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let state = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(args)
+        .args(["--state-dir", state.path().to_str().unwrap()])
+        .args(["--tunnel", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .output()
+        .expect("the gateway binary runs");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_demo_refuses_a_public_customer_port_and_real_accounts() {
+    let (status, stderr) = refused_start(&["--demo", "--listen", "0.0.0.0:0"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--demo keeps its customer port on loopback"),
+        "{stderr}"
+    );
+    let (status, stderr) =
+        refused_start(&["--demo", "--listen", "127.0.0.1:0", "--user", "carol:pw"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--demo runs with its own demo user"),
+        "{stderr}"
+    );
+    let (status, stderr) =
+        refused_start(&["--demo", "--listen", "127.0.0.1:0", "--agent-token", "t"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("drop --user, --users, --agent-token"),
+        "{stderr}"
+    );
 }

@@ -1,4 +1,6 @@
-//! Per-address defences:
+//! Per-address defences. "Address" means the source's network as
+//! [`source_network`] counts it: an IPv4 address, or an IPv6 /64 (one home or
+//! one server's allocation, which its holder can spread over 2^64 addresses).
 //!
 //! - [`AuthFailures`]: failed authentications on the customer port are rate
 //!   limited per source address, so a flood of guessed credentials from one place
@@ -21,6 +23,18 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The network a source address counts against: IPv6 by its /64, IPv4 (and
+/// IPv4-mapped IPv6) by the address itself.
+pub fn source_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
+        },
+    }
+}
 
 /// Runs Argon2 checks off the async runtime, at most `parallel` at a time.
 #[derive(Debug)]
@@ -74,9 +88,9 @@ impl AddressSlots {
         })
     }
 
-    /// A slot for one more from `ip`, unless it is at the limit.
+    /// A slot for one more from `ip`'s network, unless it is at the limit.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        let mut count = self.counts.entry(ip).or_insert(0);
+        let mut count = self.counts.entry(source_network(ip)).or_insert(0);
         if *count >= self.limit {
             return None;
         }
@@ -111,10 +125,12 @@ impl AddressSlot {
         }
         // Decrement, and drop the entry at zero so the map only holds addresses
         // with something pending.
-        self.table.counts.remove_if_mut(&self.ip, |_, count| {
-            *count = count.saturating_sub(1);
-            *count == 0
-        });
+        self.table
+            .counts
+            .remove_if_mut(&source_network(self.ip), |_, count| {
+                *count = count.saturating_sub(1);
+                *count == 0
+            });
     }
 }
 
@@ -156,6 +172,7 @@ impl Default for AuthFailures {
 impl AuthFailures {
     /// Refuses `ip` while it is over its failure budget.
     pub fn check(&self, ip: IpAddr) -> Result<(), ProxyError> {
+        let ip = source_network(ip);
         let Some(until) = self.blocked.get(&ip).map(|until| *until) else {
             return Ok(());
         };
@@ -172,6 +189,7 @@ impl AuthFailures {
     /// Counts one failed authentication from `ip`; past the budget the address
     /// is refused until the bucket has room again.
     pub fn record_failure(&self, ip: IpAddr) {
+        let ip = source_network(ip);
         if let Err(not_until) = self.limiter.check_key(&ip) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             self.blocked
@@ -211,5 +229,36 @@ mod tests {
             failures.check(guesser).is_err(),
             "still blocked after a sweep"
         );
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            source_network(ip("2001:db8:1:2:aaaa::1")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(source_network(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_network(ip("192.0.2.7")), ip("192.0.2.7"));
+
+        // One /64 shares one budget of unauthenticated slots, whatever the address.
+        let slots = AddressSlots::new(2);
+        let first = slots.try_acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _second = slots.try_acquire(ip("2001:db8:1:2::ffff")).unwrap();
+        assert!(slots.try_acquire(ip("2001:db8:1:2:dead::beef")).is_none());
+        assert!(
+            slots.try_acquire(ip("2001:db8:1:3::1")).is_some(),
+            "another /64"
+        );
+        drop(first);
+        assert!(slots.try_acquire(ip("2001:db8:1:2::2")).is_some(), "freed");
+
+        // And one budget of failed logins.
+        let failures = AuthFailures::default();
+        for n in 0..=FAILURE_BURST {
+            failures.record_failure(ip(&format!("2001:db8:9:9::{:x}", n + 1)));
+        }
+        assert!(failures.check(ip("2001:db8:9:9::abcd")).is_err());
+        assert!(failures.check(ip("2001:db8:9:a::1")).is_ok());
     }
 }

@@ -169,6 +169,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !args.geoip.is_empty() {
         config.geoip = std::sync::Arc::new(exitpool::geoip::GeoIp::open(&args.geoip)?);
     }
+    if args.demo {
+        check_demo_alone(&args)?;
+    }
     let mut customers = args
         .users
         .iter()
@@ -199,6 +202,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .filter(|token| !token.is_empty())
         .map(exitpool::protocol::Secret);
+    // Every customer connection and agent tunnel is a descriptor; the usual soft
+    // limit of 1,024 would cap the gateway long before its own limits do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
     let gateway = Gateway::start(config).await?;
     println!(
         "gateway: customers on {}, agents on {} (UDP), pin {}",
@@ -216,6 +225,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     wait_for_shutdown(&gateway).await;
     tracing::info!("shutting down");
     gateway.shutdown().await;
+    Ok(())
+}
+
+/// The demo's agent may reach this machine (`--allow-private`), so the demo never
+/// serves anyone but this machine: its customer port stays on loopback and it
+/// takes no real accounts.
+fn check_demo_alone(args: &Args) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        bail!(
+            "--demo keeps its customer port on loopback (its agent may reach this machine's own networks); got --listen {}",
+            args.listen
+        );
+    }
+    if !args.users.is_empty()
+        || args.users_file.is_some()
+        || !args.agent_tokens.is_empty()
+        || args.agent_tokens_file.is_some()
+    {
+        bail!("--demo runs with its own demo user and agent only; drop --user, --users, --agent-token and --agent-tokens (or drop --demo)");
+    }
     Ok(())
 }
 

@@ -160,18 +160,19 @@ fn target_of(uri: &Uri) -> Result<(TargetHost, u16), ProxyError> {
 }
 
 /// The request as the target should see it: origin-form, no hop-by-hop headers,
-/// a `Host` header (the client's, or the URI's authority when it sent none).
+/// a `Host` header from the URI's authority.
 fn outbound(request: Request<Incoming>) -> Request<Incoming> {
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(HOST) {
-        if let Some(value) = parts
-            .uri
-            .authority()
-            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
-        {
-            parts.headers.insert(HOST, value);
-        }
+    // RFC 9112 section 3.2.2: the absolute-form URI's authority is the host; a
+    // client's `Host` header that disagrees is replaced, never passed on.
+    parts.headers.remove(HOST);
+    if let Some(value) = parts
+        .uri
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    {
+        parts.headers.insert(HOST, value);
     }
     parts.uri = match parts.uri.path_and_query() {
         Some(path) if !path.path().is_empty() => Uri::from(path.clone()),

@@ -17,10 +17,25 @@ use tracing::{debug, info_span, warn, Instrument};
 /// First byte of a SOCKS5 greeting.
 const SOCKS5_VERSION: u8 = 0x05;
 
+/// Most refused connections being answered at once. Each answer may wait up to
+/// 3 s on a silent client; past this bound a refused connection is closed at
+/// once, so a flood of refusals cannot hold descriptors or tasks.
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
 /// Accepts customer connections until shutdown.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let connections = Arc::new(Semaphore::new(shared.config.max_connections));
     let pending = AddressSlots::new(shared.config.max_unauthenticated_per_ip);
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+    let refuse_bounded = |stream: TcpStream, error: ProxyError| {
+        // Beyond the bound the stream is dropped here: closed without an answer.
+        if let Ok(permit) = refusals.clone().try_acquire_owned() {
+            shared.tasks.spawn(async move {
+                refuse(stream, error).await;
+                drop(permit);
+            });
+        }
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -37,14 +52,12 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            shared.tasks.spawn(refuse(stream, ProxyError::GatewayBusy));
+            refuse_bounded(stream, ProxyError::GatewayBusy);
             continue;
         };
         let Some(slot) = pending.try_acquire(peer.ip()) else {
             let limit = shared.config.max_unauthenticated_per_ip;
-            shared
-                .tasks
-                .spawn(refuse(stream, ProxyError::TooManyUnauthenticated(limit)));
+            refuse_bounded(stream, ProxyError::TooManyUnauthenticated(limit));
             continue;
         };
         let _ = stream.set_nodelay(true);

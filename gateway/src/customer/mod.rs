@@ -24,5 +24,6 @@ pub mod target;
 mod transfer;
 
 pub(crate) use listener::serve;
+pub use listener::MAX_REFUSALS_IN_FLIGHT;
 pub use session::SessionOutcome;
 pub use transfer::FOLD_INTERVAL;
