@@ -2,7 +2,8 @@
 //! honest), check every resolved address against the exit policy, and connect to
 //! exactly an address that was checked (no second lookup, so no DNS rebinding).
 
-use crate::policy::{ExitPolicy, HostLiteral, PolicyError};
+use crate::policy::{ExitPolicy, PolicyError};
+use exitpool_protocol::host::parse_host;
 use exitpool_protocol::{FailureCode, OpenRequest, TargetHost, CONNECT_TIMEOUT};
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
@@ -89,9 +90,9 @@ async fn resolve(
     };
     // Strict parsing first: odd numeric spellings must never reach the resolver,
     // which would turn `2130706433` into 127.0.0.1.
-    let name = match crate::policy::parse_host(name) {
-        Ok(HostLiteral::Name(name)) => name,
-        Ok(HostLiteral::Ip(ip)) => return Ok(vec![SocketAddr::new(ip, port)]),
+    let name = match parse_host(name) {
+        Ok(TargetHost::Domain(name)) => name,
+        Ok(TargetHost::Ip(ip)) => return Ok(vec![SocketAddr::new(ip, port)]),
         Err(error) => return Err(DialError::new(FailureCode::BadRequest, error.to_string())),
     };
     let lookup = tokio::net::lookup_host((name.clone(), port));

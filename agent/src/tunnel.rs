@@ -36,8 +36,6 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Name the gateway's certificate carries; the pin is what is checked.
 const GATEWAY_SERVER_NAME: &str = "exitpool-gateway";
-/// QUIC close code for a clean agent shutdown.
-const CLOSE_SHUTDOWN: u32 = 0;
 
 /// Capped exponential backoff with full jitter.
 #[derive(Debug)]
@@ -271,7 +269,7 @@ async fn session(
     };
     streams.close();
     if !matches!(end, SessionEnd::Shutdown) {
-        connection.close(CLOSE_SHUTDOWN.into(), b"agent reconnecting");
+        connection.close(close_code::AGENT_SHUTDOWN.into(), b"agent reconnecting");
     }
     end
 }
@@ -371,7 +369,13 @@ async fn drain(
             "grace period over; closing live streams"
         );
     }
-    leave(connection, control, CLOSE_SHUTDOWN, b"agent shutting down").await;
+    leave(
+        connection,
+        control,
+        close_code::AGENT_SHUTDOWN,
+        b"agent shutting down",
+    )
+    .await;
 }
 
 struct StreamContext {
@@ -392,11 +396,11 @@ async fn serve_stream(
             Ok(Ok(request)) => request,
             Ok(Err(error)) => {
                 debug!(%error, "bad open request");
-                let _ = send.reset(exitpool_protocol::relay::RESET_CODE.into());
+                let _ = send.reset(exitpool_protocol::RESET_CODE.into());
                 return;
             }
             Err(_) => {
-                let _ = send.reset(exitpool_protocol::relay::RESET_CODE.into());
+                let _ = send.reset(exitpool_protocol::RESET_CODE.into());
                 return;
             }
         };

@@ -14,16 +14,21 @@
 //!
 //! Every message is a [`frame`]: a 4-byte big-endian length, then a bincode 2 body.
 //! The length is checked against [`MAX_FRAME_LEN`] before anything is allocated.
+//! The target an `OpenRequest` names follows one grammar, [`host`], which both
+//! the gateway and the agent parse with; [`close_code`] says why a tunnel was
+//! closed, in both directions.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod frame;
+pub mod host;
 pub mod messages;
 
 pub use frame::{decode, encode, FrameError, MAX_FRAME_LEN};
 #[cfg(feature = "tokio")]
 pub use frame::{read_frame, write_frame};
+pub use host::{parse_authority, parse_host, parse_port, AuthorityError, HostError};
 pub use messages::*;
 #[cfg(feature = "relay")]
 pub mod leave;

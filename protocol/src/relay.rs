@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::RESET_CODE;
+
 /// Largest single read or write on the byte path.
 pub const RELAY_CHUNK: usize = 64 * 1024;
-
-/// QUIC error code sent when a relay stream is reset because the other side failed.
-pub const RESET_CODE: u32 = 1;
 
 /// Byte counts of one finished relay, whether or not it ended cleanly.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
