@@ -5,13 +5,13 @@
 
 use crate::dial::{dial, DialError};
 use crate::{AgentError, SessionInfo, Shared};
-use exitpool_protocol::leave::leave;
-use exitpool_protocol::relay::{relay, LiveCounters};
 use exitpool_protocol::{
     close_code, read_frame, write_frame, AgentMessage, Capacity, FailureCode, FrameError,
     GatewayMessage, OpenReply, OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
     KEEP_ALIVE_INTERVAL, LOAD_REPORT_INTERVAL, PROTOCOL_VERSION,
 };
+use exitpool_transport::leave::leave;
+use exitpool_transport::relay::{relay, LiveCounters};
 use rand::Rng;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -73,7 +73,7 @@ impl Default for Backoff {
 /// Transport settings for the tunnel: keep-alive under home NAT timeouts, bounded
 /// receive windows, and exactly as many incoming streams as the agent serves.
 pub fn transport_config(max_streams: u32) -> quinn::TransportConfig {
-    let mut transport = exitpool_protocol::udp::base_transport();
+    let mut transport = exitpool_transport::udp::base_transport();
     transport
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
@@ -154,7 +154,7 @@ pub(crate) async fn run(
 /// A UDP endpoint on `local`; an unspecified IPv6 address is dual-stack where the
 /// OS allows, falling back to IPv4.
 fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    let client = |addr| exitpool_protocol::udp::endpoint(addr, Default::default(), None);
+    let client = |addr| exitpool_transport::udp::endpoint(addr, Default::default(), None);
     match client(local) {
         Ok(endpoint) => Ok(endpoint),
         Err(_) if local.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {

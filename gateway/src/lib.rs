@@ -292,7 +292,7 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(bind("the customer port", config.listen))?;
-        let endpoint = exitpool_protocol::udp::endpoint(
+        let endpoint = exitpool_transport::udp::endpoint(
             config.tunnel,
             tunnel::endpoint_config(&identity),
             Some(

@@ -11,7 +11,7 @@ use crate::exit::OpenedExit;
 use crate::registry::Agent;
 use crate::Shared;
 use bytes::Bytes;
-use exitpool_protocol::relay::{relay, LiveCounters, Unlimited};
+use exitpool_transport::relay::{relay, LiveCounters, Unlimited};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -151,7 +151,7 @@ pub async fn run(
     if result.is_err() {
         shared.record_error_code(Some(&context.user), Some(&agent), "relay_failed");
     }
-    let transferred = exitpool_protocol::relay::Transferred {
+    let transferred = exitpool_transport::relay::Transferred {
         tcp_to_quic: counters.tcp_to_quic.load(Ordering::Relaxed),
         quic_to_tcp: counters.quic_to_tcp.load(Ordering::Relaxed),
     };
