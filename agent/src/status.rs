@@ -2,7 +2,7 @@
 //! the same as JSON on a local endpoint (`--status-listen`). The same loop rolls
 //! the quota period and saves usage, so a crash loses at most a few seconds of it.
 
-use crate::Shared;
+use crate::shared::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};

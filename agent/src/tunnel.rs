@@ -4,7 +4,10 @@
 //! retrying cannot fix them.
 
 use crate::dial::{dial, DialError};
-use crate::{AgentError, SessionInfo, Shared};
+use crate::error::AgentError;
+use crate::policy::ExitPolicy;
+use crate::shared::Shared;
+use crate::stats::SessionInfo;
 use exitpool_protocol::{
     close_code, read_frame, write_frame, AgentMessage, Capacity, FailureCode, FrameError,
     GatewayMessage, OpenReply, OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
@@ -380,7 +383,7 @@ async fn drain(
 
 struct StreamContext {
     shared: Arc<Shared>,
-    policy: crate::ExitPolicy,
+    policy: ExitPolicy,
     slots: Arc<Semaphore>,
     accepting: bool,
 }
