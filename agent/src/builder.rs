@@ -164,8 +164,14 @@ impl AgentBuilder {
             ),
             None => None,
         };
-        tokio::spawn(status::summaries(shared.clone(), shutdown.clone()));
+        let summaries = tokio::spawn(status::summaries(shared.clone(), shutdown.clone()));
         let tunnel = tokio::spawn(tunnel::run(shared.clone(), shutdown.clone()));
-        Ok(AgentHandle::new(shared, shutdown, tunnel, status_addr))
+        Ok(AgentHandle::new(
+            shared,
+            shutdown,
+            tunnel,
+            summaries,
+            status_addr,
+        ))
     }
 }

@@ -16,6 +16,8 @@ pub struct AgentHandle {
     shutdown: CancellationToken,
     /// The tunnel task; `None` once it has been awaited.
     task: Option<JoinHandle<Result<(), AgentError>>>,
+    /// The summaries task, which saves usage one last time on shutdown.
+    summaries: Option<JoinHandle<()>>,
     status_addr: Option<SocketAddr>,
 }
 
@@ -25,12 +27,14 @@ impl AgentHandle {
         shared: Arc<Shared>,
         shutdown: CancellationToken,
         tunnel: JoinHandle<Result<(), AgentError>>,
+        summaries: JoinHandle<()>,
         status_addr: Option<SocketAddr>,
     ) -> Self {
         AgentHandle {
             shared,
             shutdown,
             task: Some(tunnel),
+            summaries: Some(summaries),
             status_addr,
         }
     }
@@ -86,10 +90,16 @@ impl AgentHandle {
     }
 
     /// Drains (tells the gateway, lets live streams finish within the grace
-    /// period) and stops.
+    /// period) and stops, with the period's usage saved.
     pub async fn shutdown(mut self) -> Result<(), AgentError> {
         self.shutdown.cancel();
-        self.finished().await
+        let result = self.finished().await;
+        // The last usage save runs off the runtime; an agent restarted on the
+        // same state directory right after must find it.
+        if let Some(summaries) = self.summaries.take() {
+            let _ = summaries.await;
+        }
+        result
     }
 }
 

@@ -7,7 +7,7 @@ use crate::dial::{dial, DialError};
 use crate::error::AgentError;
 use crate::policy::ExitPolicy;
 use crate::shared::Shared;
-use crate::stats::SessionInfo;
+use crate::stats::{ActiveStream, SessionInfo};
 use exitpool_protocol::{
     close_code, read_frame, write_frame, AgentMessage, Capacity, FailureCode, FrameError,
     GatewayMessage, OpenReply, OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
@@ -426,9 +426,8 @@ async fn serve_stream(
             return;
         }
     };
-    let counters = &context.shared.counters;
-    counters.active_streams.fetch_add(1, Ordering::Relaxed);
-    counters.streams_served.fetch_add(1, Ordering::Relaxed);
+    // Counted live until dropped, whichever way this task ends.
+    let _active = ActiveStream::start(&context.shared.counters);
     let target = format!("{}:{}", request.host, request.port);
     match dial(&request, &context.policy, context.shared.config.bind).await {
         Err(error) => {
@@ -452,7 +451,6 @@ async fn serve_stream(
             }
         }
     }
-    counters.active_streams.fetch_sub(1, Ordering::Relaxed);
     drop(permit);
 }
 
