@@ -13,7 +13,7 @@ use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::tls::Pin;
 use crate::{state, status, tunnel};
-use exitpool_protocol::Secret;
+use exitpool_protocol::{Secret, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +37,8 @@ impl Agent {
                 state_dir: None,
                 max_streams: DEFAULT_MAX_STREAMS,
                 drain_grace: DEFAULT_DRAIN_GRACE,
+                handshake_timeout: HANDSHAKE_TIMEOUT,
+                connect_timeout: CONNECT_TIMEOUT,
                 software: format!("exitpool-agent/{}", env!("CARGO_PKG_VERSION")),
                 limits: Limits::default(),
                 status_listen: None,
@@ -86,6 +88,21 @@ impl AgentBuilder {
     /// How long live streams may finish on shutdown.
     pub fn drain_grace(mut self, grace: Duration) -> Self {
         self.config.drain_grace = grace;
+        self
+    }
+
+    /// How long each handshake step with the gateway may take (see
+    /// [`AgentConfig::handshake_timeout`]); tests set it short.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long resolving and dialling a target may take (see
+    /// [`AgentConfig::connect_timeout`]). Keep it under the gateway's wait for
+    /// the answer, or customers get the gateway's vaguer timeout instead.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
         self
     }
 

@@ -37,6 +37,14 @@ pub struct AgentConfig {
     pub max_streams: u32,
     /// How long live streams may finish on shutdown.
     pub drain_grace: Duration,
+    /// How long each handshake step may take: resolving the gateway, the QUIC
+    /// handshake, the answer to `Hello`, a relay stream's `OpenRequest`, and
+    /// sending `Draining`. Default [`exitpool_protocol::HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// How long resolving and dialling a target may take before the agent
+    /// answers `ConnectionTimeout`. Default [`exitpool_protocol::CONNECT_TIMEOUT`],
+    /// which the gateway's own wait for the answer is sized after.
+    pub connect_timeout: Duration,
     /// Software name and version sent in `Hello`.
     pub software: String,
     /// Bandwidth cap and quota.

@@ -3,6 +3,7 @@
 //! network failures. A rejected token or a pin mismatch stops the agent instead:
 //! retrying cannot fix them.
 
+use crate::config::AgentConfig;
 use crate::dial::{dial, DialError};
 use crate::error::AgentError;
 use crate::policy::ExitPolicy;
@@ -10,8 +11,8 @@ use crate::shared::Shared;
 use crate::stats::{ActiveStream, SessionInfo};
 use exitpool_protocol::{
     close_code, read_frame, write_frame, AgentMessage, Capacity, FailureCode, FrameError,
-    GatewayMessage, OpenReply, OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
-    KEEP_ALIVE_INTERVAL, LOAD_REPORT_INTERVAL, PROTOCOL_VERSION,
+    GatewayMessage, OpenReply, OpenRequest, RejectReason, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
+    LOAD_REPORT_INTERVAL, PROTOCOL_VERSION,
 };
 use exitpool_transport::leave::leave;
 use exitpool_transport::relay::{relay, LiveCounters};
@@ -167,8 +168,12 @@ fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     }
 }
 
-async fn resolve_gateway(gateway: &str, bind: Option<IpAddr>) -> Result<SocketAddr, String> {
-    let mut addresses = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio::net::lookup_host(gateway))
+async fn resolve_gateway(
+    gateway: &str,
+    bind: Option<IpAddr>,
+    within: Duration,
+) -> Result<SocketAddr, String> {
+    let mut addresses = tokio::time::timeout(within, tokio::net::lookup_host(gateway))
         .await
         .map_err(|_| format!("resolving {gateway} timed out"))?
         .map_err(|e| format!("resolving {gateway}: {e}"))?;
@@ -185,7 +190,8 @@ async fn session(
 ) -> SessionEnd {
     let config = &shared.config;
     let connecting = async {
-        let mut address = resolve_gateway(&config.gateway, config.bind).await?;
+        let mut address =
+            resolve_gateway(&config.gateway, config.bind, config.handshake_timeout).await?;
         // A dual-stack socket reaches IPv4 gateways through mapped addresses.
         if endpoint.local_addr().map(|a| a.is_ipv6()).unwrap_or(false) {
             if let IpAddr::V4(v4) = address.ip() {
@@ -199,7 +205,7 @@ async fn session(
             .map_err(|e| e.to_string())
     };
     let connection = tokio::select! {
-        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting) => match result {
+        result = tokio::time::timeout(config.handshake_timeout, connecting) => match result {
             Ok(Ok(connection)) => connection,
             Ok(Err(reason)) => return SessionEnd::Retry(reason),
             Err(_) => return SessionEnd::Retry("QUIC handshake timed out".into()),
@@ -208,7 +214,7 @@ async fn session(
     };
 
     let (mut control_send, mut control_recv, info) =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello(&connection, shared)).await {
+        match tokio::time::timeout(config.handshake_timeout, hello(&connection, shared)).await {
             Ok(Ok(joined)) => joined,
             Ok(Err(end)) => return end,
             Err(_) => return SessionEnd::Retry("no answer to Hello".into()),
@@ -265,7 +271,7 @@ async fn session(
                 };
             }
             () = shutdown.cancelled() => {
-                drain(&connection, &mut control_send, &streams, config.drain_grace).await;
+                drain(&connection, &mut control_send, &streams, config).await;
                 break SessionEnd::Shutdown;
             }
         }
@@ -351,16 +357,17 @@ async fn send_load(
 }
 
 /// Tells the gateway to route nothing new here, lets live streams finish within
-/// `grace`, then [`leave`]s, so a lost close packet cannot leave the gateway
-/// routing to, and customers waiting on, an agent that is gone.
+/// the drain grace, then [`leave`]s, so a lost close packet cannot leave the
+/// gateway routing to, and customers waiting on, an agent that is gone.
 async fn drain(
     connection: &quinn::Connection,
     control: &mut quinn::SendStream,
     streams: &TaskTracker,
-    grace: Duration,
+    config: &AgentConfig,
 ) {
+    let grace = config.drain_grace;
     let _ = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        config.handshake_timeout,
         write_frame(control, &AgentMessage::Draining),
     )
     .await;
@@ -394,8 +401,9 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let config = &context.shared.config;
     let request: OpenRequest =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv)).await {
+        match tokio::time::timeout(config.handshake_timeout, read_frame(&mut recv)).await {
             Ok(Ok(request)) => request,
             Ok(Err(error)) => {
                 debug!(%error, "bad open request");
@@ -429,7 +437,14 @@ async fn serve_stream(
     // Counted live until dropped, whichever way this task ends.
     let _active = ActiveStream::start(&context.shared.counters);
     let target = format!("{}:{}", request.host, request.port);
-    match dial(&request, &context.policy, context.shared.config.bind).await {
+    match dial(
+        &request,
+        &context.policy,
+        config.bind,
+        config.connect_timeout,
+    )
+    .await
+    {
         Err(error) => {
             info!(%target, code = ?error.code, detail = %error.detail, "dial refused or failed");
             fail(&mut send, error).await;
