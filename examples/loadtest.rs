@@ -2722,14 +2722,14 @@ mod chart {
 /// A bare two-hop QUIC relay, the floor under exitpool's byte path. An entry
 /// process takes TCP and opens one QUIC stream per connection to an exit process,
 /// which dials one fixed target as soon as the stream arrives. Both run the same
-/// byte path (`protocol::relay`), transport windows, UDP buffers, TLS provider and
+/// byte path (`transport::relay`), transport windows, UDP buffers, TLS provider and
 /// single-threaded runtime as the gateway and the agent, and nothing else: no
 /// authentication, routing, `Open`/`Opened` exchange, accounting or limits. Its
 /// processes are this program, started with a hidden flag.
 mod bare_relay {
     use anyhow::{Context, Result};
-    use exitpool::protocol::relay::{relay, LiveCounters, Unlimited};
-    use exitpool::protocol::udp;
+    use exitpool::transport::relay::{relay, LiveCounters, Unlimited};
+    use exitpool::transport::udp;
     use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
     use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
     use std::net::{IpAddr, SocketAddr};

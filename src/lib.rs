@@ -3,7 +3,10 @@
 //! This package ties the workspace together for applications and for the
 //! end-to-end tests in `tests/` and the programs in `examples/`:
 //!
-//! - [`protocol`]: wire messages and framing between gateway and agent;
+//! - [`protocol`]: wire messages, framing, close codes and the target-host
+//!   grammar between gateway and agent;
+//! - [`transport`]: what moves bytes: the relay loop over the tunnel stream
+//!   interface, UDP socket set-up, the leave sequence;
 //! - [`geoip`]: IP to country / ASN / city lookups;
 //! - [`gateway`]: the customer-facing proxy, agent registry, routing and stats;
 //! - [`agent`]: the exit node, embeddable in an app as an SDK;
@@ -15,5 +18,6 @@ pub use exitpool_agent as agent;
 pub use exitpool_gateway as gateway;
 pub use exitpool_geoip as geoip;
 pub use exitpool_protocol as protocol;
+pub use exitpool_transport as transport;
 
 pub mod cli;

@@ -172,7 +172,13 @@ async fn a_customer_that_never_reads_holds_bounded_memory() {
 #[tokio::test]
 async fn a_target_that_never_accepts_is_504_after_the_connect_timeout() {
     let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
+    // A short connect timeout stands in for the agent's 10 s default.
+    let _agent = net
+        .spawn(
+            net.agent_builder("127.0.0.2")
+                .connect_timeout(Duration::from_millis(500)),
+        )
+        .await;
     // A listener whose accept queue is full: the kernel drops further SYNs, so
     // a new connection neither completes nor is refused.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

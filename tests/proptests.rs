@@ -4,23 +4,23 @@
 //!
 //! - wire protocol: [`frame`] codec and the messages of both directions;
 //! - credentials: the `-key-value` targeting grammar of user name and password;
-//! - target: the gateway's `host:port` check, and the agent's stricter host parser
-//!   that sees the same names afterwards;
+//! - target: the one host grammar (`exitpool_protocol::host`) that the gateway
+//!   checks `host:port` with and the agent parses the same names with again;
 //! - exit policy: `check_ip` and `PortRange`.
 //!
 //! The SOCKS5 readers (`gateway/src/socks.rs`) are private and the HTTP head is
 //! parsed by hyper, so neither is reached from here. `fuzz/` holds the cargo-fuzz
 //! targets for the same parsers.
 
-use exitpool::agent::policy::{self, ExitPolicy, HostLiteral, PortRange, PortRangeError};
+use exitpool::agent::policy::{self, ExitPolicy, PortRange, PortRangeError};
 use exitpool::gateway::credentials::{
     bases, parse_targeting, SessMode, SessionRequest, Targeting, DEFAULT_SESSTIME_MINUTES,
 };
-use exitpool::gateway::customer::target::{parse_authority, parse_host, parse_port};
 use exitpool::protocol::frame::{body_len, decode_body, HEADER_LEN};
+use exitpool::protocol::host::{parse_authority, parse_host, parse_port};
 use exitpool::protocol::{
     decode, encode, read_frame, AgentMessage, Capacity, FailureCode, FrameError, GatewayMessage,
-    OpenReply, OpenRequest, RejectReason, Secret, TargetHost, MAX_FRAME_LEN,
+    OpenReply, OpenRequest, RejectReason, Secret, TargetHost, MAX_FRAME_LEN, MAX_HOST_LEN,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -624,7 +624,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// Targets: the gateway's `host:port` check and the agent's host parser.
+// Targets: the shared host grammar, as the gateway and the agent use it.
 
 /// A DNS name the gateway accepts, in mixed case. The last label starts with a
 /// letter or `_`, so it is never numeric.
@@ -723,7 +723,6 @@ proptest! {
             }
             let _ = parse_authority(text);
             let _ = parse_host(text);
-            let _ = policy::parse_host(text);
         }
     }
 
@@ -733,7 +732,7 @@ proptest! {
     #[test]
     fn gateway_names_are_agent_names(text in prop_oneof![hostish(), dns_name()]) {
         if let Ok(TargetHost::Domain(name)) = parse_host(&text) {
-            prop_assert_eq!(policy::parse_host(&name), Ok(HostLiteral::Name(name.clone())));
+            prop_assert_eq!(parse_host(&name), Ok(TargetHost::Domain(name.clone())));
         }
     }
 }
@@ -799,16 +798,16 @@ proptest! {
 
     #[test]
     fn agent_parses_ip_literals_as_written(ip in ip()) {
-        prop_assert_eq!(policy::parse_host(&ip.to_string()), Ok(HostLiteral::Ip(ip)));
+        prop_assert_eq!(parse_host(&ip.to_string()), Ok(TargetHost::Ip(ip)));
         if let IpAddr::V6(v6) = ip {
-            prop_assert_eq!(policy::parse_host(&format!("[{v6}]")), Ok(HostLiteral::Ip(ip)));
+            prop_assert_eq!(parse_host(&format!("[{v6}]")), Ok(TargetHost::Ip(ip)));
         }
     }
 
     #[test]
     fn agent_host_results_are_canonical(text in prop_oneof![hostish(), dns_name(), any::<String>()]) {
-        if let Ok(HostLiteral::Name(name)) = policy::parse_host(&text) {
-            prop_assert!(!name.is_empty() && name.len() <= policy::MAX_NAME_LEN);
+        if let Ok(TargetHost::Domain(name)) = parse_host(&text) {
+            prop_assert!(!name.is_empty() && name.len() <= MAX_HOST_LEN);
             prop_assert!(!name.ends_with('.'));
             prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase()
                 || b.is_ascii_digit()

@@ -2,10 +2,12 @@
 //! honest), check every resolved address against the exit policy, and connect to
 //! exactly an address that was checked (no second lookup, so no DNS rebinding).
 
-use crate::policy::{ExitPolicy, HostLiteral, PolicyError};
-use exitpool_protocol::{FailureCode, OpenRequest, TargetHost, CONNECT_TIMEOUT};
+use crate::policy::{ExitPolicy, PolicyError};
+use exitpool_protocol::host::parse_host;
+use exitpool_protocol::{FailureCode, OpenRequest, TargetHost};
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout_at, Instant};
 
@@ -37,16 +39,18 @@ impl From<PolicyError> for DialError {
     }
 }
 
-/// Resolves, checks and connects, within [`CONNECT_TIMEOUT`] overall. `bind` is the
-/// local address for the outgoing socket (`--bind`).
+/// Resolves, checks and connects, within `connect_timeout` overall (the agent's
+/// [`crate::AgentConfig::connect_timeout`]). `bind` is the local address for the
+/// outgoing socket (`--bind`).
 pub async fn dial(
     request: &OpenRequest,
     policy: &ExitPolicy,
     bind: Option<IpAddr>,
+    connect_timeout: Duration,
 ) -> Result<TcpStream, DialError> {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let deadline = Instant::now() + connect_timeout;
     policy.check_port(request.port)?;
-    let addresses = resolve(&request.host, request.port, deadline).await?;
+    let addresses = resolve(&request.host, request.port, deadline, connect_timeout).await?;
     // Every address must pass: a name that resolves to one public and one private
     // address is refused whole, not dialled at its "good" half.
     for address in &addresses {
@@ -70,7 +74,7 @@ pub async fn dial(
             Err(_) => {
                 return Err(DialError::new(
                     FailureCode::ConnectionTimeout,
-                    format!("{address} did not answer within {CONNECT_TIMEOUT:?}"),
+                    format!("{address} did not answer within {connect_timeout:?}"),
                 ))
             }
         }
@@ -82,6 +86,7 @@ async fn resolve(
     host: &TargetHost,
     port: u16,
     deadline: Instant,
+    connect_timeout: Duration,
 ) -> Result<Vec<SocketAddr>, DialError> {
     let name = match host {
         TargetHost::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
@@ -89,9 +94,9 @@ async fn resolve(
     };
     // Strict parsing first: odd numeric spellings must never reach the resolver,
     // which would turn `2130706433` into 127.0.0.1.
-    let name = match crate::policy::parse_host(name) {
-        Ok(HostLiteral::Name(name)) => name,
-        Ok(HostLiteral::Ip(ip)) => return Ok(vec![SocketAddr::new(ip, port)]),
+    let name = match parse_host(name) {
+        Ok(TargetHost::Domain(name)) => name,
+        Ok(TargetHost::Ip(ip)) => return Ok(vec![SocketAddr::new(ip, port)]),
         Err(error) => return Err(DialError::new(FailureCode::BadRequest, error.to_string())),
     };
     let lookup = tokio::net::lookup_host((name.clone(), port));
@@ -113,7 +118,7 @@ async fn resolve(
         )),
         Err(_) => Err(DialError::new(
             FailureCode::ConnectionTimeout,
-            format!("resolving {name} took longer than {CONNECT_TIMEOUT:?}"),
+            format!("resolving {name} took longer than {connect_timeout:?}"),
         )),
     }
 }

@@ -3,7 +3,7 @@
 //! month that survives restarts. Every chunk an agent relays passes through
 //! [`Meter`], which counts it and waits for the cap.
 
-use exitpool_protocol::relay::{Direction, Throttle, RELAY_CHUNK};
+use exitpool_transport::relay::{Direction, Throttle, RELAY_CHUNK};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;

@@ -1,8 +1,10 @@
 //! What the owner sees: a periodic one-line summary in the log, and optionally
 //! the same as JSON on a local endpoint (`--status-listen`). The same loop rolls
-//! the quota period and saves usage, so a crash loses at most a few seconds of it.
+//! the quota period and saves usage, so a crash loses at most a few seconds of it;
+//! the save (a file write and an fsync) runs on tokio's blocking pool, so a slow
+//! disk never stalls the runtime thread that carries the relays.
 
-use crate::Shared;
+use crate::shared::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -28,16 +30,22 @@ pub(crate) async fn summaries(shared: Arc<Shared>, shutdown: CancellationToken) 
         tokio::select! {
             _ = save.tick() => {
                 shared.meter.roll_period(SystemTime::now());
-                if let Err(error) = shared.meter.save() {
-                    warn!(%error, "saving usage failed");
-                }
+                save_usage(&shared).await;
             }
             _ = summary.tick() => log_summary(&shared),
             () = shutdown.cancelled() => break,
         }
     }
-    if let Err(error) = shared.meter.save() {
-        warn!(%error, "saving usage failed");
+    save_usage(&shared).await;
+}
+
+/// Saves the period's usage off the runtime thread, and logs a failure.
+async fn save_usage(shared: &Arc<Shared>) {
+    let saving = shared.clone();
+    match tokio::task::spawn_blocking(move || saving.meter.save()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(%error, "saving usage failed"),
+        Err(error) => warn!(%error, "saving usage did not finish"),
     }
 }
 

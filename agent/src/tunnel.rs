@@ -3,15 +3,19 @@
 //! network failures. A rejected token or a pin mismatch stops the agent instead:
 //! retrying cannot fix them.
 
+use crate::config::AgentConfig;
 use crate::dial::{dial, DialError};
-use crate::{AgentError, SessionInfo, Shared};
-use exitpool_protocol::leave::leave;
-use exitpool_protocol::relay::{relay, LiveCounters};
+use crate::error::AgentError;
+use crate::policy::ExitPolicy;
+use crate::shared::Shared;
+use crate::stats::{ActiveStream, SessionInfo};
 use exitpool_protocol::{
     close_code, read_frame, write_frame, AgentMessage, Capacity, FailureCode, FrameError,
-    GatewayMessage, OpenReply, OpenRequest, RejectReason, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT,
-    KEEP_ALIVE_INTERVAL, LOAD_REPORT_INTERVAL, PROTOCOL_VERSION,
+    GatewayMessage, OpenReply, OpenRequest, RejectReason, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
+    LOAD_REPORT_INTERVAL, PROTOCOL_VERSION,
 };
+use exitpool_transport::leave::leave;
+use exitpool_transport::relay::{relay, LiveCounters};
 use rand::Rng;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -36,8 +40,6 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Name the gateway's certificate carries; the pin is what is checked.
 const GATEWAY_SERVER_NAME: &str = "exitpool-gateway";
-/// QUIC close code for a clean agent shutdown.
-const CLOSE_SHUTDOWN: u32 = 0;
 
 /// Capped exponential backoff with full jitter.
 #[derive(Debug)]
@@ -75,7 +77,7 @@ impl Default for Backoff {
 /// Transport settings for the tunnel: keep-alive under home NAT timeouts, bounded
 /// receive windows, and exactly as many incoming streams as the agent serves.
 pub fn transport_config(max_streams: u32) -> quinn::TransportConfig {
-    let mut transport = exitpool_protocol::udp::base_transport();
+    let mut transport = exitpool_transport::udp::base_transport();
     transport
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
@@ -156,7 +158,7 @@ pub(crate) async fn run(
 /// A UDP endpoint on `local`; an unspecified IPv6 address is dual-stack where the
 /// OS allows, falling back to IPv4.
 fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    let client = |addr| exitpool_protocol::udp::endpoint(addr, Default::default(), None);
+    let client = |addr| exitpool_transport::udp::endpoint(addr, Default::default(), None);
     match client(local) {
         Ok(endpoint) => Ok(endpoint),
         Err(_) if local.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
@@ -166,8 +168,12 @@ fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     }
 }
 
-async fn resolve_gateway(gateway: &str, bind: Option<IpAddr>) -> Result<SocketAddr, String> {
-    let mut addresses = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio::net::lookup_host(gateway))
+async fn resolve_gateway(
+    gateway: &str,
+    bind: Option<IpAddr>,
+    within: Duration,
+) -> Result<SocketAddr, String> {
+    let mut addresses = tokio::time::timeout(within, tokio::net::lookup_host(gateway))
         .await
         .map_err(|_| format!("resolving {gateway} timed out"))?
         .map_err(|e| format!("resolving {gateway}: {e}"))?;
@@ -184,7 +190,8 @@ async fn session(
 ) -> SessionEnd {
     let config = &shared.config;
     let connecting = async {
-        let mut address = resolve_gateway(&config.gateway, config.bind).await?;
+        let mut address =
+            resolve_gateway(&config.gateway, config.bind, config.handshake_timeout).await?;
         // A dual-stack socket reaches IPv4 gateways through mapped addresses.
         if endpoint.local_addr().map(|a| a.is_ipv6()).unwrap_or(false) {
             if let IpAddr::V4(v4) = address.ip() {
@@ -198,7 +205,7 @@ async fn session(
             .map_err(|e| e.to_string())
     };
     let connection = tokio::select! {
-        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting) => match result {
+        result = tokio::time::timeout(config.handshake_timeout, connecting) => match result {
             Ok(Ok(connection)) => connection,
             Ok(Err(reason)) => return SessionEnd::Retry(reason),
             Err(_) => return SessionEnd::Retry("QUIC handshake timed out".into()),
@@ -207,7 +214,7 @@ async fn session(
     };
 
     let (mut control_send, mut control_recv, info) =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello(&connection, shared)).await {
+        match tokio::time::timeout(config.handshake_timeout, hello(&connection, shared)).await {
             Ok(Ok(joined)) => joined,
             Ok(Err(end)) => return end,
             Err(_) => return SessionEnd::Retry("no answer to Hello".into()),
@@ -264,14 +271,14 @@ async fn session(
                 };
             }
             () = shutdown.cancelled() => {
-                drain(&connection, &mut control_send, &streams, config.drain_grace).await;
+                drain(&connection, &mut control_send, &streams, config).await;
                 break SessionEnd::Shutdown;
             }
         }
     };
     streams.close();
     if !matches!(end, SessionEnd::Shutdown) {
-        connection.close(CLOSE_SHUTDOWN.into(), b"agent reconnecting");
+        connection.close(close_code::AGENT_SHUTDOWN.into(), b"agent reconnecting");
     }
     end
 }
@@ -350,16 +357,17 @@ async fn send_load(
 }
 
 /// Tells the gateway to route nothing new here, lets live streams finish within
-/// `grace`, then [`leave`]s, so a lost close packet cannot leave the gateway
-/// routing to, and customers waiting on, an agent that is gone.
+/// the drain grace, then [`leave`]s, so a lost close packet cannot leave the
+/// gateway routing to, and customers waiting on, an agent that is gone.
 async fn drain(
     connection: &quinn::Connection,
     control: &mut quinn::SendStream,
     streams: &TaskTracker,
-    grace: Duration,
+    config: &AgentConfig,
 ) {
+    let grace = config.drain_grace;
     let _ = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        config.handshake_timeout,
         write_frame(control, &AgentMessage::Draining),
     )
     .await;
@@ -371,12 +379,18 @@ async fn drain(
             "grace period over; closing live streams"
         );
     }
-    leave(connection, control, CLOSE_SHUTDOWN, b"agent shutting down").await;
+    leave(
+        connection,
+        control,
+        close_code::AGENT_SHUTDOWN,
+        b"agent shutting down",
+    )
+    .await;
 }
 
 struct StreamContext {
     shared: Arc<Shared>,
-    policy: crate::ExitPolicy,
+    policy: ExitPolicy,
     slots: Arc<Semaphore>,
     accepting: bool,
 }
@@ -387,16 +401,17 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let config = &context.shared.config;
     let request: OpenRequest =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut recv)).await {
+        match tokio::time::timeout(config.handshake_timeout, read_frame(&mut recv)).await {
             Ok(Ok(request)) => request,
             Ok(Err(error)) => {
                 debug!(%error, "bad open request");
-                let _ = send.reset(exitpool_protocol::relay::RESET_CODE.into());
+                let _ = send.reset(exitpool_protocol::RESET_CODE.into());
                 return;
             }
             Err(_) => {
-                let _ = send.reset(exitpool_protocol::relay::RESET_CODE.into());
+                let _ = send.reset(exitpool_protocol::RESET_CODE.into());
                 return;
             }
         };
@@ -419,11 +434,17 @@ async fn serve_stream(
             return;
         }
     };
-    let counters = &context.shared.counters;
-    counters.active_streams.fetch_add(1, Ordering::Relaxed);
-    counters.streams_served.fetch_add(1, Ordering::Relaxed);
+    // Counted live until dropped, whichever way this task ends.
+    let _active = ActiveStream::start(&context.shared.counters);
     let target = format!("{}:{}", request.host, request.port);
-    match dial(&request, &context.policy, context.shared.config.bind).await {
+    match dial(
+        &request,
+        &context.policy,
+        config.bind,
+        config.connect_timeout,
+    )
+    .await
+    {
         Err(error) => {
             info!(%target, code = ?error.code, detail = %error.detail, "dial refused or failed");
             fail(&mut send, error).await;
@@ -445,7 +466,6 @@ async fn serve_stream(
             }
         }
     }
-    counters.active_streams.fetch_sub(1, Ordering::Relaxed);
     drop(permit);
 }
 

@@ -1,8 +1,10 @@
-//! The agent's exit policy: its strict host parser, port ranges, and `check_ip` on
-//! the input's first 4 or 16 bytes.
+//! The agent's side of a target: the shared strict host parser (as the agent
+//! runs it on a name it is sent), its exit policy's port ranges, and `check_ip`
+//! on the input's first 4 or 16 bytes.
 #![no_main]
 
-use exitpool_agent::policy::{parse_host, ExitPolicy, PortRange};
+use exitpool_agent::policy::{ExitPolicy, PortRange};
+use exitpool_protocol::host::parse_host;
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -1,7 +1,8 @@
-//! The gateway's target check: `host:port`, a bare host, a bare port.
+//! The shared target grammar as the gateway checks customers' targets with it:
+//! `host:port`, a bare host, a bare port.
 #![no_main]
 
-use exitpool_gateway::customer::target::{parse_authority, parse_host, parse_port};
+use exitpool_protocol::host::{parse_authority, parse_host, parse_port};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

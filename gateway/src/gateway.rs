@@ -105,7 +105,7 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(bind("the customer port", config.listen))?;
-        let quic = exitpool_protocol::udp::endpoint(
+        let quic = exitpool_transport::udp::endpoint(
             config.tunnel,
             endpoint::endpoint_config(&identity),
             Some(

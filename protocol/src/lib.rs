@@ -10,24 +10,27 @@
 //!   dialled, both sides switch to raw bytes (no framing on the byte path);
 //! - a side that ends the tunnel on purpose (an agent leaving, a gateway shutting
 //!   down) first finishes its control stream and closes once the peer has it
-//!   ([`leave`]), because a connection close alone can be lost.
+//!   (`exitpool_transport::leave`), because a connection close alone can be lost.
 //!
 //! Every message is a [`frame`]: a 4-byte big-endian length, then a bincode 2 body.
 //! The length is checked against [`MAX_FRAME_LEN`] before anything is allocated.
+//! The target an `OpenRequest` names follows one grammar, [`host`], which both
+//! the gateway and the agent parse with; [`close_code`] says why a tunnel was
+//! closed, in both directions.
+//!
+//! This crate is pure: without its `tokio` feature (on by default, for
+//! `read_frame`/`write_frame`) it does no I/O. What moves bytes (the relay,
+//! UDP sockets, leaving a tunnel) is `exitpool_transport`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod frame;
+pub mod host;
 pub mod messages;
 
 pub use frame::{decode, encode, FrameError, MAX_FRAME_LEN};
 #[cfg(feature = "tokio")]
 pub use frame::{read_frame, write_frame};
+pub use host::{parse_authority, parse_host, parse_port, AuthorityError, HostError};
 pub use messages::*;
-#[cfg(feature = "relay")]
-pub mod leave;
-#[cfg(feature = "relay")]
-pub mod relay;
-#[cfg(feature = "relay")]
-pub mod udp;

@@ -32,8 +32,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// restatement is cheap insurance, kept rare because a gateway holds many agents.
 pub const LOAD_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// QUIC application close codes the gateway uses towards agents.
+/// QUIC application close codes, for both directions of a tunnel. A side reads
+/// the peer's code to tell a deliberate end (and its reason) from a failure.
 pub mod close_code {
+    // Sent by the gateway to an agent.
+
     /// The agent was rejected (bad token, version, or id).
     pub const REJECTED: u32 = 1;
     /// The agent did not complete its handshake in time or sent garbage.
@@ -47,7 +50,17 @@ pub mod close_code {
     /// closes the tunnel at once. The finish is delivered reliably, so a leave
     /// is noticed even when the agent's own connection close is lost.
     pub const LEFT: u32 = 5;
+
+    // Sent by an agent to the gateway.
+
+    /// The agent closes its tunnel on purpose: it is shutting down (after
+    /// draining and leaving), or it drops this tunnel to reconnect.
+    pub const AGENT_SHUTDOWN: u32 = 0;
 }
+
+/// QUIC error code with which either side resets (or stops) a relay stream when
+/// its own side failed, so the peer never mistakes an abort for a clean end.
+pub const RESET_CODE: u32 = 1;
 
 /// Longest hostname accepted in an [`OpenRequest`] (the DNS limit).
 pub const MAX_HOST_LEN: usize = 253;

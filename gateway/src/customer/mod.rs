@@ -20,7 +20,7 @@ mod listener;
 pub mod response;
 pub mod session;
 mod socks;
-pub mod target;
+mod target;
 mod transfer;
 
 pub(crate) use listener::serve;

@@ -14,7 +14,7 @@ use crate::limits::Slot;
 use crate::shared::Shared;
 use crate::tunnel::ExitStream;
 use bytes::Bytes;
-use exitpool_protocol::relay::{relay, LiveCounters, Unlimited};
+use exitpool_transport::relay::{relay, LiveCounters, Unlimited};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;

@@ -10,11 +10,11 @@ use crate::abuse::AddressSlots;
 use crate::directory::{Agent, Joining};
 use crate::shared::Shared;
 use exitpool_protocol::close_code;
-use exitpool_protocol::leave::leave;
 use exitpool_protocol::{
     read_frame, write_frame, AgentMessage, FrameError, GatewayMessage, RejectReason, IDLE_TIMEOUT,
     KEEP_ALIVE_INTERVAL, MAX_AGENT_ID_LEN, PROTOCOL_VERSION,
 };
+use exitpool_transport::leave::leave;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -66,7 +66,7 @@ pub fn endpoint_config(identity: &crate::tls::Identity) -> quinn::EndpointConfig
 pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
     let idle = idle_timeout.max(Duration::from_millis(100));
     // Windows bound what one agent can make the gateway buffer (16 MiB).
-    let mut transport = exitpool_protocol::udp::base_transport();
+    let mut transport = exitpool_transport::udp::base_transport();
     transport
         .max_idle_timeout(Some(
             idle.try_into()

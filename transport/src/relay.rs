@@ -1,17 +1,25 @@
-//! The byte path: copies one TCP connection to and from one QUIC relay stream.
+//! The byte path: copies one TCP connection to and from one tunnel stream.
 //!
 //! Both the gateway (customer socket <-> stream) and the agent (stream <-> target
 //! socket) run this once the `OpenRequest`/`OpenReply` exchange is over. One copy
-//! runs per direction so a half-close travels across: TCP EOF becomes a QUIC
-//! `finish`, and a finished QUIC stream becomes a TCP write shutdown. An error in
+//! runs per direction so a half-close travels across: TCP EOF becomes a stream
+//! `finish`, and a finished stream becomes a TCP write shutdown. An error in
 //! either direction stops both, and the caller resets both ends, so an abort never
 //! looks like a clean end of data.
 //!
-//! TCP reads go into a reusable buffer and are handed to quinn as `Bytes` without
-//! a copy; QUIC data is gathered into buffer-sized TCP writes. Every buffer is bounded by
-//! [`RELAY_CHUNK`], and QUIC flow control bounds what is in flight.
+//! The tunnel side is any [`TunnelSend`]/[`TunnelRecv`] pair (QUIC streams today);
+//! the relay is generic over them, so no chunk pays for dynamic dispatch or a
+//! boxed future. "QUIC" in the names below ([`Direction::TcpToQuic`],
+//! [`Transferred::quic_to_tcp`], ...) means that tunnel side.
+//!
+//! TCP reads go into a reusable buffer and are handed to the tunnel as `Bytes`
+//! without a copy; tunnel data is gathered into buffer-sized TCP writes. Every
+//! buffer is bounded by [`RELAY_CHUNK`], and the tunnel's flow control bounds
+//! what is in flight.
 
+use crate::tunnel::{TunnelRecv, TunnelSend};
 use bytes::BytesMut;
+use exitpool_protocol::RESET_CODE;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,9 +27,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest single read or write on the byte path.
 pub const RELAY_CHUNK: usize = 64 * 1024;
-
-/// QUIC error code sent when a relay stream is reset because the other side failed.
-pub const RESET_CODE: u32 = 1;
 
 /// Byte counts of one finished relay, whether or not it ended cleanly.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +43,9 @@ pub enum RelayError {
     /// The TCP side failed (reset, broken pipe, ...).
     #[error("tcp side: {0}")]
     Tcp(io::Error),
-    /// The QUIC stream was reset or its connection was lost.
+    /// The tunnel stream was reset or its connection was lost.
     #[error("tunnel side: {0}")]
-    Quic(String),
+    Tunnel(io::Error),
     /// Neither direction moved a byte for the idle timeout.
     #[error("idle for {0:?}")]
     Idle(Duration),
@@ -49,14 +54,14 @@ pub enum RelayError {
 /// Which way bytes are moving through the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
-    /// Read from TCP, sent into the QUIC stream.
+    /// Read from TCP, sent into the tunnel stream.
     TcpToQuic,
-    /// Received from the QUIC stream, written to TCP.
+    /// Received from the tunnel stream, written to TCP.
     QuicToTcp,
 }
 
 /// Paces and meters the byte path: `pass` is awaited once per chunk before it is
-/// forwarded, so a bandwidth cap holds back reads and QUIC/TCP flow control pushes
+/// forwarded, so a bandwidth cap holds back reads and tunnel/TCP flow control pushes
 /// back on the sender instead of anything piling up in memory.
 pub trait Throttle: Sync {
     /// Resolves when `bytes` more may move in `direction`.
@@ -87,13 +92,13 @@ pub struct LiveCounters {
 }
 
 /// Relays until both directions have ended, either one fails, or nothing moves for
-/// `idle_timeout`. On error the QUIC stream is reset here; the caller should close
+/// `idle_timeout`. On error the tunnel stream is reset here; the caller should close
 /// the TCP side abortively (e.g. `SO_LINGER` 0) so the peer sees an error too.
-pub async fn relay<R, W, T>(
+pub async fn relay<R, W, S, V, T>(
     tcp_read: R,
     tcp_write: W,
-    quic_send: quinn::SendStream,
-    quic_recv: quinn::RecvStream,
+    tunnel_send: S,
+    tunnel_recv: V,
     idle_timeout: Duration,
     counters: &LiveCounters,
     throttle: &T,
@@ -101,11 +106,13 @@ pub async fn relay<R, W, T>(
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
+    S: TunnelSend,
+    V: TunnelRecv,
     T: Throttle,
 {
     let activity = Activity::new();
-    let mut send = quic_send;
-    let mut recv = quic_recv;
+    let mut send = tunnel_send;
+    let mut recv = tunnel_recv;
     let up = tcp_to_quic(
         tcp_read,
         &mut send,
@@ -126,8 +133,8 @@ where
         idle = activity.expired(idle_timeout) => Err(RelayError::Idle(idle)),
     };
     if result.is_err() {
-        let _ = send.reset(RESET_CODE.into());
-        let _ = recv.stop(RESET_CODE.into());
+        send.reset(RESET_CODE);
+        recv.stop(RESET_CODE);
     }
     let transferred = Transferred {
         tcp_to_quic: counters.tcp_to_quic.load(Ordering::Relaxed),
@@ -136,9 +143,9 @@ where
     (transferred, result)
 }
 
-async fn tcp_to_quic<R: AsyncRead + Unpin, T: Throttle>(
+async fn tcp_to_quic<R: AsyncRead + Unpin, S: TunnelSend, T: Throttle>(
     mut tcp: R,
-    send: &mut quinn::SendStream,
+    send: &mut S,
     counter: &AtomicU64,
     activity: &Activity,
     throttle: &T,
@@ -151,29 +158,27 @@ async fn tcp_to_quic<R: AsyncRead + Unpin, T: Throttle>(
         let n = tcp.read_buf(&mut buf).await.map_err(RelayError::Tcp)?;
         if n == 0 {
             // Clean EOF from TCP: carry the half-close across.
-            send.finish().map_err(|e| RelayError::Quic(e.to_string()))?;
+            send.finish().map_err(RelayError::Tunnel)?;
             return Ok(());
         }
         activity.touch();
         throttle.pass(Direction::TcpToQuic, n).await;
         let chunk = buf.split().freeze();
-        send.write_chunk(chunk)
-            .await
-            .map_err(|e| RelayError::Quic(e.to_string()))?;
+        send.write_chunk(chunk).await.map_err(RelayError::Tunnel)?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
-async fn quic_to_tcp<W: AsyncWrite + Unpin, T: Throttle>(
-    recv: &mut quinn::RecvStream,
+async fn quic_to_tcp<V: TunnelRecv, W: AsyncWrite + Unpin, T: Throttle>(
+    recv: &mut V,
     mut tcp: W,
     counter: &AtomicU64,
     activity: &Activity,
     throttle: &T,
 ) -> Result<(), RelayError> {
     // QUIC hands data over about one packet (~1.2 KB) at a time; `read` gathers
-    // everything already received into one buffer, so TCP gets large writes
-    // instead of a syscall per packet.
+    // everything already received into one buffer (see `TunnelRecv::read`), so
+    // TCP gets large writes instead of a syscall per packet.
     let mut buf = vec![0u8; RELAY_CHUNK];
     loop {
         match recv.read(&mut buf).await {
@@ -188,7 +193,7 @@ async fn quic_to_tcp<W: AsyncWrite + Unpin, T: Throttle>(
                 tcp.shutdown().await.map_err(RelayError::Tcp)?;
                 return Ok(());
             }
-            Err(e) => return Err(RelayError::Quic(e.to_string())),
+            Err(e) => return Err(RelayError::Tunnel(e)),
         }
     }
 }

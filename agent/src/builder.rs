@@ -1,0 +1,194 @@
+//! Configuring and starting an agent: [`Agent::builder`] gives an
+//! [`AgentBuilder`] holding today's defaults; [`AgentBuilder::spawn`] loads the
+//! state directory and starts the tunnel, status and summary tasks.
+
+use crate::config::{
+    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_SUMMARY_INTERVAL,
+};
+use crate::error::AgentError;
+use crate::handle::AgentHandle;
+use crate::meter::{Limits, Meter, Period};
+use crate::policy::ExitPolicy;
+use crate::shared::Shared;
+use crate::stats::Counters;
+use crate::tls::Pin;
+use crate::{state, status, tunnel};
+use exitpool_protocol::{Secret, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+/// The entry point: [`Agent::builder`].
+pub struct Agent;
+
+impl Agent {
+    /// Starts configuring an agent for `gateway` (`host:port`), trusting the
+    /// certificate with `pin`, enrolling with `token`.
+    pub fn builder(gateway: impl Into<String>, pin: Pin, token: impl Into<String>) -> AgentBuilder {
+        AgentBuilder {
+            config: AgentConfig {
+                gateway: gateway.into(),
+                pin,
+                token: Secret(token.into()),
+                bind: None,
+                policy: ExitPolicy::new(),
+                state_dir: None,
+                max_streams: DEFAULT_MAX_STREAMS,
+                drain_grace: DEFAULT_DRAIN_GRACE,
+                handshake_timeout: HANDSHAKE_TIMEOUT,
+                connect_timeout: CONNECT_TIMEOUT,
+                software: format!("exitpool-agent/{}", env!("CARGO_PKG_VERSION")),
+                limits: Limits::default(),
+                status_listen: None,
+                summary_interval: DEFAULT_SUMMARY_INTERVAL,
+            },
+        }
+    }
+}
+
+/// Configures and spawns an agent.
+#[derive(Debug, Clone)]
+pub struct AgentBuilder {
+    config: AgentConfig,
+}
+
+impl AgentBuilder {
+    /// Local address for the tunnel and for target connections.
+    pub fn bind(mut self, ip: IpAddr) -> Self {
+        self.config.bind = Some(ip);
+        self
+    }
+
+    /// Permits private and loopback targets. For local testing only.
+    pub fn allow_private(mut self, allow: bool) -> Self {
+        self.config.policy = self.config.policy.allow_private(allow);
+        self
+    }
+
+    /// Replaces the exit policy.
+    pub fn policy(mut self, policy: ExitPolicy) -> Self {
+        self.config.policy = policy;
+        self
+    }
+
+    /// Keeps the agent id in `dir`, stable across restarts.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Most relay streams served at once (at least 1).
+    pub fn max_streams(mut self, streams: u32) -> Self {
+        self.config.max_streams = streams.max(1);
+        self
+    }
+
+    /// How long live streams may finish on shutdown.
+    pub fn drain_grace(mut self, grace: Duration) -> Self {
+        self.config.drain_grace = grace;
+        self
+    }
+
+    /// How long each handshake step with the gateway may take (see
+    /// [`AgentConfig::handshake_timeout`]); tests set it short.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long resolving and dialling a target may take (see
+    /// [`AgentConfig::connect_timeout`]). Keep it under the gateway's wait for
+    /// the answer, or customers get the gateway's vaguer timeout instead.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Software name and version reported to the gateway.
+    pub fn software(mut self, software: impl Into<String>) -> Self {
+        self.config.software = software.into();
+        self
+    }
+
+    /// Caps relayed bandwidth at `bytes_per_second` in each direction.
+    pub fn max_rate(mut self, bytes_per_second: u32) -> Self {
+        self.config.limits.max_rate = std::num::NonZeroU32::new(bytes_per_second);
+        self
+    }
+
+    /// Stops sharing after `bytes` (up + down) per `period`; kept in the state
+    /// directory across restarts.
+    pub fn quota(mut self, bytes: u64, period: Period) -> Self {
+        self.config.limits.quota_bytes = Some(bytes);
+        self.config.limits.period = period;
+        self
+    }
+
+    /// Serves the agent's stats as JSON on `addr` (keep it on loopback).
+    pub fn status_listen(mut self, addr: SocketAddr) -> Self {
+        self.config.status_listen = Some(addr);
+        self
+    }
+
+    /// How often the one-line summary is logged.
+    pub fn summary_interval(mut self, interval: Duration) -> Self {
+        self.config.summary_interval = interval;
+        self
+    }
+
+    /// The configuration so far.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Starts the agent on the current tokio runtime. It connects, and reconnects
+    /// after network failures, until [`AgentHandle::shutdown`] or a fatal error.
+    pub fn spawn(self) -> Result<AgentHandle, AgentError> {
+        let meter =
+            Meter::new(self.config.limits, self.config.state_dir.as_deref()).map_err(|source| {
+                AgentError::State {
+                    path: self.config.state_dir.clone().unwrap_or_default(),
+                    source,
+                }
+            })?;
+        let agent_id = match &self.config.state_dir {
+            Some(dir) => {
+                state::load_or_create_agent_id(dir).map_err(|source| AgentError::State {
+                    path: dir.clone(),
+                    source,
+                })?
+            }
+            None => state::random_agent_id(),
+        };
+        if self.config.policy.allows_private() {
+            tracing::warn!("--allow-private is on: this agent will dial loopback and private networks. Use it for local testing only.");
+        }
+        let shared = Arc::new(Shared {
+            config: self.config,
+            agent_id,
+            paused: watch::Sender::new(false),
+            session: watch::Sender::new(None),
+            counters: Counters::default(),
+            meter,
+        });
+        let shutdown = CancellationToken::new();
+        let status_addr = match shared.config.status_listen {
+            Some(addr) => Some(
+                status::start(addr, shared.clone(), shutdown.clone())
+                    .map_err(|source| AgentError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let summaries = tokio::spawn(status::summaries(shared.clone(), shutdown.clone()));
+        let tunnel = tokio::spawn(tunnel::run(shared.clone(), shutdown.clone()));
+        Ok(AgentHandle::new(
+            shared,
+            shutdown,
+            tunnel,
+            summaries,
+            status_addr,
+        ))
+    }
+}

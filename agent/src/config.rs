@@ -1,0 +1,56 @@
+//! Everything an agent is configured with ([`AgentConfig`]), and the defaults
+//! [`crate::Agent::builder`] starts from.
+
+use crate::meter::Limits;
+use crate::policy::ExitPolicy;
+use crate::tls::Pin;
+use exitpool_protocol::Secret;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default number of relay streams an agent serves at once.
+pub const DEFAULT_MAX_STREAMS: u32 = 64;
+
+/// Default period of the owner's one-line summary in the log.
+pub const DEFAULT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Default time live streams get to finish after shutdown is asked for.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Everything an agent is configured with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Gateway `host:port` (UDP).
+    pub gateway: String,
+    /// Pin of the gateway's certificate.
+    pub pin: Pin,
+    /// Enrolment token.
+    pub token: Secret,
+    /// Local address for the tunnel socket and for target connections.
+    pub bind: Option<IpAddr>,
+    /// Which destinations may be dialled.
+    pub policy: ExitPolicy,
+    /// Where the agent id is kept; without it the id lasts one process.
+    pub state_dir: Option<PathBuf>,
+    /// Most relay streams served at once.
+    pub max_streams: u32,
+    /// How long live streams may finish on shutdown.
+    pub drain_grace: Duration,
+    /// How long each handshake step may take: resolving the gateway, the QUIC
+    /// handshake, the answer to `Hello`, a relay stream's `OpenRequest`, and
+    /// sending `Draining`. Default [`exitpool_protocol::HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// How long resolving and dialling a target may take before the agent
+    /// answers `ConnectionTimeout`. Default [`exitpool_protocol::CONNECT_TIMEOUT`],
+    /// which the gateway's own wait for the answer is sized after.
+    pub connect_timeout: Duration,
+    /// Software name and version sent in `Hello`.
+    pub software: String,
+    /// Bandwidth cap and quota.
+    pub limits: Limits,
+    /// Local address for the JSON status endpoint, if wanted.
+    pub status_listen: Option<SocketAddr>,
+    /// How often the one-line summary is logged.
+    pub summary_interval: Duration,
+}

@@ -1,0 +1,110 @@
+//! A running agent, as the app holds it ([`AgentHandle`]): pause and resume,
+//! stats, the session as it changes, and a shutdown that drains first.
+
+use crate::error::AgentError;
+use crate::shared::Shared;
+use crate::stats::{AgentStats, SessionInfo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running agent. Dropping the handle stops the agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    /// The tunnel task; `None` once it has been awaited.
+    task: Option<JoinHandle<Result<(), AgentError>>>,
+    /// The summaries task, which saves usage one last time on shutdown.
+    summaries: Option<JoinHandle<()>>,
+    status_addr: Option<SocketAddr>,
+}
+
+impl AgentHandle {
+    /// The handle of an agent whose tasks [`crate::AgentBuilder::spawn`] started.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+        tunnel: JoinHandle<Result<(), AgentError>>,
+        summaries: JoinHandle<()>,
+        status_addr: Option<SocketAddr>,
+    ) -> Self {
+        AgentHandle {
+            shared,
+            shutdown,
+            task: Some(tunnel),
+            summaries: Some(summaries),
+            status_addr,
+        }
+    }
+
+    /// A snapshot of the agent's counters and connection.
+    pub fn stats(&self) -> AgentStats {
+        self.shared.stats()
+    }
+
+    /// Where the status endpoint listens, if enabled.
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status_addr
+    }
+
+    /// Stops taking new streams (live ones continue); the gateway stops routing here.
+    pub fn pause(&self) {
+        self.shared.paused.send_replace(true);
+    }
+
+    /// Takes new streams again.
+    pub fn resume(&self) {
+        self.shared.paused.send_replace(false);
+    }
+
+    /// The tunnel's state as it changes: `Some` while connected and welcomed,
+    /// `None` from the moment the agent notices the tunnel is gone until it is
+    /// welcomed again (for an app's "connected" indicator, say).
+    pub fn session(&self) -> tokio::sync::watch::Receiver<Option<SessionInfo>> {
+        self.shared.session.subscribe()
+    }
+
+    /// Waits until the agent is connected and welcomed, and returns what the
+    /// gateway said.
+    pub async fn connected(&self) -> SessionInfo {
+        let mut session = self.shared.session.subscribe();
+        let info = session
+            .wait_for(Option::is_some)
+            .await
+            .expect("the sender lives in the handle");
+        info.clone().expect("waited for Some")
+    }
+
+    /// Waits for the agent to stop by itself (which it only does on a fatal error).
+    pub async fn finished(&mut self) -> Result<(), AgentError> {
+        match self.task.as_mut() {
+            Some(task) => {
+                let result = task.await;
+                self.task = None;
+                result.map_err(|e| AgentError::Task(e.to_string()))?
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Drains (tells the gateway, lets live streams finish within the grace
+    /// period) and stops, with the period's usage saved.
+    pub async fn shutdown(mut self) -> Result<(), AgentError> {
+        self.shutdown.cancel();
+        let result = self.finished().await;
+        // The last usage save runs off the runtime; an agent restarted on the
+        // same state directory right after must find it.
+        if let Some(summaries) = self.summaries.take() {
+            let _ = summaries.await;
+        }
+        result
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,175 @@
+//! Exit policy: which destinations this agent will dial for a customer.
+//!
+//! The agent runs on a volunteer's home device, so the one thing it must never do
+//! is let a customer reach the volunteer's own network (the router, the NAS, the
+//! cloud metadata service of a VPS, ...). The flow for every `Open{host, port}` is:
+//!
+//! 1. [`exitpool_protocol::host::parse_host`] (the grammar the gateway checked
+//!    against too) turns the customer's text into an IP literal or a DNS name,
+//!    strictly: numeric spellings such as `0177.0.0.1`, `127.1` or `0x7f000001`
+//!    are errors, never names that a resolver might turn into an address.
+//! 2. [`ExitPolicy::check_port`] refuses SMTP and anything outside an allow list.
+//! 3. The agent resolves the name itself and runs [`ExitPolicy::check_ip`] on
+//!    EVERY resolved address (a name that resolves to one public and one private
+//!    address is a rebinding attempt, not a reason to pick the good one blindly).
+//! 4. The agent dials exactly the address it checked, never the name again, so a
+//!    second DNS answer cannot swap in a different destination.
+//!
+//! The policy is split by concern, none of it doing I/O or reading a clock:
+//! this file holds [`ExitPolicy`] and its verdicts; `ranges` the special-purpose
+//! address tables and the own-network rule; `ports` port ranges and the ports
+//! refused by default.
+
+mod ports;
+mod ranges;
+
+pub use ports::{PortRange, PortRangeError, DEFAULT_DENIED_PORTS};
+pub use ranges::{special_purpose_range, OWN_IPV6_PREFIX_LEN};
+
+use ranges::{canonical, own_network};
+use std::net::{IpAddr, SocketAddr};
+
+/// Why a destination was refused. Each variant maps to RFC 9209
+/// `destination_ip_prohibited` (address) or a port refusal at the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The address lies in a special-purpose range or the volunteer's own network.
+    #[error("destination {ip} is refused by the exit policy: {range}")]
+    AddressProhibited {
+        /// The address as checked (IPv4-mapped IPv6 already turned into IPv4).
+        ip: IpAddr,
+        /// The refused range, e.g. `"127.0.0.0/8 loopback"`.
+        range: &'static str,
+    },
+    /// The port is on the deny list or missing from the allow list.
+    #[error("destination port {port} is refused by the exit policy")]
+    PortProhibited {
+        /// The refused port.
+        port: u16,
+    },
+}
+
+/// What the agent may dial. Build it once at start-up (and again when the
+/// gateway reports a new observed address); checking is cheap and allocation
+/// free, so it can run for every resolved address of every stream.
+#[derive(Debug, Clone)]
+pub struct ExitPolicy {
+    /// Test-only switch: when true no address rule applies (ports still do).
+    allow_private: bool,
+    /// Ports always refused, even when the allow list names them.
+    denied_ports: Vec<PortRange>,
+    /// When set, only these ports may be dialled. `None` means any port.
+    allowed_ports: Option<Vec<PortRange>>,
+    /// The agent's own public addresses, canonical (mapped IPv6 turned into IPv4).
+    own_addresses: Vec<IpAddr>,
+}
+
+impl Default for ExitPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ExitPolicy {
+    /// The strict policy every real agent runs: every special-purpose range is
+    /// refused (see [`special_purpose_range`]) and so are the ports in
+    /// [`DEFAULT_DENIED_PORTS`].
+    pub fn new() -> Self {
+        Self {
+            allow_private: false,
+            denied_ports: DEFAULT_DENIED_PORTS.to_vec(),
+            allowed_ports: None,
+            own_addresses: Vec::new(),
+        }
+    }
+
+    /// The `--allow-private` switch, for tests on 127.0.0.0/8 only. When `allow`
+    /// is true, NO address rule applies (special-purpose ranges and own
+    /// addresses alike); port rules still do. Never enable it on a volunteer's
+    /// device: it opens their whole network to customers.
+    pub fn allow_private(mut self, allow: bool) -> Self {
+        self.allow_private = allow;
+        self
+    }
+
+    /// Whether the test-only `--allow-private` switch is on, so the agent can
+    /// warn loudly at start-up.
+    pub fn allows_private(&self) -> bool {
+        self.allow_private
+    }
+
+    /// Replaces the default deny list ([`DEFAULT_DENIED_PORTS`]). Pass an empty
+    /// list to deny no port. The deny list wins over the allow list.
+    pub fn with_denied_ports(mut self, ports: impl IntoIterator<Item = PortRange>) -> Self {
+        self.denied_ports = ports.into_iter().collect();
+        self
+    }
+
+    /// Restricts dialling to these ports (e.g. only 80 and 443). The deny list
+    /// still applies on top. An empty list allows no port at all.
+    pub fn with_allowed_ports(mut self, ports: impl IntoIterator<Item = PortRange>) -> Self {
+        self.allowed_ports = Some(ports.into_iter().collect());
+        self
+    }
+
+    /// Refuses the agent's own public address as a target: the address the
+    /// gateway observed (`Welcome{observed address}`). Dialling it would reach
+    /// the volunteer's router through hairpin NAT. For IPv6 the whole
+    /// [`OWN_IPV6_PREFIX_LEN`] prefix around it is refused, because every device
+    /// at home has a global address in that prefix.
+    ///
+    /// May be called more than once; every address given is refused. The agent
+    /// should also pass each global IPv6 address of its own interfaces, since
+    /// the gateway only sees the family the tunnel runs over. An IPv4-mapped
+    /// IPv6 address is stored as its IPv4 address. Has no effect while
+    /// [`allow_private`](Self::allow_private) is on.
+    pub fn with_own_address(mut self, ip: IpAddr) -> Self {
+        let ip = canonical(ip);
+        if !self.own_addresses.contains(&ip) {
+            self.own_addresses.push(ip);
+        }
+        self
+    }
+
+    /// Checks a destination port. Port 0 is always refused: it cannot be dialled.
+    pub fn check_port(&self, port: u16) -> Result<(), PolicyError> {
+        let denied = port == 0 || self.denied_ports.iter().any(|r| r.contains(port));
+        let allowed = match &self.allowed_ports {
+            None => true,
+            Some(list) => list.iter().any(|r| r.contains(port)),
+        };
+        if denied || !allowed {
+            return Err(PolicyError::PortProhibited { port });
+        }
+        Ok(())
+    }
+
+    /// Checks one destination address. Call it for EVERY address DNS returned
+    /// and dial only an address that passed. An IPv4-mapped IPv6 address
+    /// (`::ffff:a.b.c.d`) is checked as the IPv4 address it reaches, and the
+    /// error reports that canonical form; dialling either form reaches the same
+    /// host.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), PolicyError> {
+        if self.allow_private {
+            return Ok(());
+        }
+        let ip = canonical(ip);
+        if let Some(range) = special_purpose_range(ip) {
+            return Err(PolicyError::AddressProhibited { ip, range });
+        }
+        if let Some(range) = own_network(&self.own_addresses, ip) {
+            return Err(PolicyError::AddressProhibited { ip, range });
+        }
+        Ok(())
+    }
+
+    /// Checks the address and then the port of a socket address about to be
+    /// dialled.
+    pub fn check_addr(&self, addr: SocketAddr) -> Result<(), PolicyError> {
+        self.check_ip(addr.ip())?;
+        self.check_port(addr.port())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,104 @@
+//! What an agent has done and where it is: [`AgentStats`] for the app and the
+//! owner, [`SessionInfo`] from the gateway's `Welcome`, and the live counters
+//! behind them, with [`ActiveStream`], the guard that keeps the live-stream
+//! count right.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// What the gateway told the agent when it joined.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionInfo {
+    /// The agent's address as the gateway sees it.
+    pub observed_addr: SocketAddr,
+    /// The country the gateway placed it in.
+    pub country: Option<String>,
+    /// The id customers see for this exit.
+    pub exit_id: String,
+}
+
+/// Live counters the tunnel bumps and [`AgentStats`] reports.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub streams_served: AtomicU64,
+    pub active_streams: AtomicU32,
+    pub connects: AtomicU64,
+}
+
+/// What an agent has done, for the app or the owner.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AgentStats {
+    /// The agent's id (kept on the device).
+    pub agent_id: String,
+    /// The current tunnel, if connected.
+    pub session: Option<SessionInfo>,
+    /// Whether sharing is paused.
+    pub paused: bool,
+    /// Relay streams served since start.
+    pub streams_served: u64,
+    /// Relay streams open now.
+    pub active_streams: u32,
+    /// Bytes sent to targets.
+    pub bytes_up: u64,
+    /// Bytes received from targets.
+    pub bytes_down: u64,
+    /// Successful tunnel connections since start (1 + reconnects).
+    pub connects: u64,
+    /// The quota period now (`2026-11-23` or `2026-11`).
+    pub period: String,
+    /// Bytes relayed (up + down) in this period.
+    pub period_bytes: u64,
+    /// The quota per period, if any.
+    pub quota_bytes: Option<u64>,
+    /// Whether the quota is used up (sharing stops until the next period).
+    pub quota_exhausted: bool,
+    /// The bandwidth cap per direction, bytes per second, if any.
+    pub max_rate: Option<u32>,
+}
+
+/// Counts one relay stream as live for as long as it is held: the count goes up
+/// when it is taken and down when it is dropped, on every path out of the
+/// stream's task, a panic included. The gateway routes on this count (`Load`),
+/// so a leaked increment would keep an agent looking busier than it is.
+#[derive(Debug)]
+pub(crate) struct ActiveStream<'a> {
+    active: &'a AtomicU32,
+}
+
+impl<'a> ActiveStream<'a> {
+    /// Counts a stream in `counters` as live (and as served).
+    pub(crate) fn start(counters: &'a Counters) -> Self {
+        counters.active_streams.fetch_add(1, Ordering::Relaxed);
+        counters.streams_served.fetch_add(1, Ordering::Relaxed);
+        ActiveStream {
+            active: &counters.active_streams,
+        }
+    }
+}
+
+impl Drop for ActiveStream<'_> {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_count_falls_back_even_when_a_stream_panics() {
+        let counters = Counters::default();
+        let first = ActiveStream::start(&counters);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _second = ActiveStream::start(&counters);
+            assert_eq!(counters.active_streams.load(Ordering::Relaxed), 2);
+            panic!("a bug between increment and decrement");
+        }));
+        assert!(result.is_err());
+        assert_eq!(counters.active_streams.load(Ordering::Relaxed), 1);
+        drop(first);
+        assert_eq!(counters.active_streams.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.streams_served.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,22 @@
+//! What moves exitpool's bytes between a TCP socket and the tunnel, below the
+//! wire protocol (`exitpool_protocol`) and above the network.
+//!
+//! - [`tunnel`]: the stream-pair interface a tunnel transport implements, so the
+//!   relay runs over any of them;
+//! - [`quic`]: that interface for quinn's QUIC streams;
+//! - [`relay`]: the byte path, one TCP connection to and from one tunnel stream;
+//! - [`udp`]: the UDP socket under a QUIC endpoint and the transport settings
+//!   both ends share;
+//! - [`leave`]: ending a tunnel so the peer always hears of it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod leave;
+pub mod quic;
+pub mod relay;
+pub mod tunnel;
+pub mod udp;
+
+pub use relay::{relay, Direction, LiveCounters, RelayError, Throttle, Transferred, Unlimited};
+pub use tunnel::{TunnelRecv, TunnelSend};
