@@ -266,6 +266,7 @@ async fn usage_is_exact_and_survives_a_restart() {
     let reset = |query: &str| {
         client
             .post(format!("http://{admin}/usage/reset{query}"))
+            .header("content-type", "application/json")
             .send()
     };
     let answer = within("reset", reset("?customer=alice")).await.unwrap();

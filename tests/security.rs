@@ -329,3 +329,107 @@ fn the_demo_refuses_a_public_customer_port_and_real_accounts() {
         "{stderr}"
     );
 }
+
+/// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) to the admin
+/// port and returns the status code.
+async fn admin_raw(net: &TestGateway, request: &str) -> u16 {
+    let mut stream = within("connect admin", TcpStream::connect(net.admin()))
+        .await
+        .unwrap();
+    within("send", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within("answer", stream.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+#[tokio::test]
+async fn a_web_page_cannot_drive_the_admin_port() {
+    let net =
+        TestGateway::start_with(|config| config.admin_hosts = vec!["gw.internal".into()]).await;
+    let _agent = net.agent("127.0.0.2").await;
+    let echo = echo_target().await;
+    let (head, mut tunnel) = connect_as(net.proxy(), echo, "").await;
+    assert_eq!(head.status, 200);
+    echo_round_trip(&mut tunnel).await;
+    drop(tunnel);
+    let used = || async {
+        net.stats().await["customers"][USER]["bytes_up"]
+            .as_u64()
+            .unwrap()
+    };
+    within("usage folded", async {
+        while used().await == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // What a page on evil.example can make a browser send: a form POST (simple
+    // content type) to a rebound name, or a fetch that carries its Origin.
+    let rebound = "POST /usage/reset HTTP/1.1\r\nHost: evil.example:9090\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(admin_raw(&net, rebound).await, 421);
+    let cross_origin = "POST /usage/reset HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\nContent-Type: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(admin_raw(&net, cross_origin).await, 403);
+    let cross_site = "GET /stats HTTP/1.1\r\nHost: localhost\r\nSec-Fetch-Site: cross-site\r\nConnection: close\r\n\r\n";
+    assert_eq!(admin_raw(&net, cross_site).await, 403);
+    let form_post = "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(admin_raw(&net, form_post).await, 415);
+    let stats_rebound = "GET /stats HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
+    assert_eq!(admin_raw(&net, stats_rebound).await, 421);
+    assert!(used().await > 0, "nothing was reset");
+
+    // The operator's own requests: by IP, localhost, a configured name, JSON POSTs.
+    for host in ["127.0.0.1:9090", "localhost", "[::1]:9090", "GW.internal"] {
+        let get = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        assert_eq!(admin_raw(&net, &get).await, 200, "Host: {host}");
+    }
+    let reset = "POST /usage/reset HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(admin_raw(&net, reset).await, 200);
+    assert_eq!(used().await, 0, "the operator's reset went through");
+}
+
+#[tokio::test]
+async fn sessions_cannot_be_hoarded() {
+    use exitpool::gateway::auth::Limits;
+    let net = TestGateway::start_with(|config| {
+        config.users = Users::new([Customer::parse(&format!("{USER}:{PASSWORD}"))
+            .unwrap()
+            .with_limits(Limits {
+                max_sessions: Some(3),
+                ..Limits::default()
+            })]);
+    })
+    .await;
+    let _agent = net.agent("127.0.0.2").await;
+    // Refused targets leave no pins behind.
+    let closed = common::targets::closed_port().await;
+    for n in 0..50 {
+        let (head, _) = connect_as(net.proxy(), closed, &format!("-session-refused{n}")).await;
+        assert_eq!(head.status, 502, "{head:?}");
+    }
+    assert_eq!(net.stats().await["sessions"], 0, "pins for refused targets");
+
+    // The account holds at most 3; a reused id is always served.
+    let echo = echo_target().await;
+    for n in 0..3 {
+        let (head, _) = connect_as(net.proxy(), echo, &format!("-session-s{n}")).await;
+        assert_eq!(head.status, 200, "{head:?}");
+        assert_eq!(head.header("x-exitpool-session"), Some("new"));
+    }
+    let (head, _) = connect_as(net.proxy(), echo, "-session-s3").await;
+    assert_eq!(head.status, 429, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("session_limit"));
+    let (head, _) = connect_as(net.proxy(), echo, "-session-s0").await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.header("x-exitpool-session"), Some("kept"));
+    assert_eq!(net.stats().await["sessions"], 3);
+}

@@ -15,6 +15,7 @@
 //! password_hash = "$argon2id$v=19$..."   # printed by `gateway hash-password`
 //! countries = ["US", "DE"]               # optional
 //! max_connections = 100                  # optional
+//! max_sessions = 1000                     # optional; default 10,000 sticky sessions
 //! requests_per_second = 50               # optional
 //! quota_bytes = 50_000_000_000           # optional
 //! ```
@@ -86,6 +87,7 @@ struct CustomerEntry {
     max_connections: Option<u32>,
     requests_per_second: Option<u32>,
     quota_bytes: Option<u64>,
+    max_sessions: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,11 +97,57 @@ struct UsersFile {
     customer: Vec<CustomerEntry>,
 }
 
+/// Where and what a TOML error is, without the quoted source line toml's own
+/// `Display` adds: that line may hold a password hash, and the message goes to the
+/// log and to `/reload` answers. Hash-like text in the message itself is hidden too.
+fn describe_syntax_error(text: &str, error: &toml::de::Error) -> String {
+    let message = hide_hashes(error.message().trim_end());
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before.len() - line_start + 1;
+    // The key on that line names the field; its value is never repeated.
+    let source_line = text[line_start..].lines().next().unwrap_or_default();
+    match source_line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && !key.contains('"') => {
+            let key = hide_hashes(key.trim());
+            format!("line {line}, column {column}, key `{key}`: {message}")
+        }
+        _ => format!("line {line}, column {column}: {message}"),
+    }
+}
+
+/// Replaces every `$…` run that could be a PHC hash (`$argon2id$…`, or any other
+/// `$scheme$…` pasted by mistake) in `text` with a placeholder.
+fn hide_hashes(text: &str) -> String {
+    let starts_hash = |rest: &str| {
+        rest.char_indices().find(|&(i, c)| {
+            c == '$' && rest[i + 1..].starts_with(|next: char| next.is_ascii_alphanumeric())
+        })
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((start, _)) = starts_hash(rest) {
+        out.push_str(&rest[..start]);
+        out.push_str("<password hash hidden>");
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Parses a users file's text; `path` only names the file in errors.
 pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsError> {
     let file: UsersFile = toml::from_str(text).map_err(|e| AccountsError::Syntax {
         path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
+        message: describe_syntax_error(text, &e),
     })?;
     let mut seen = HashSet::new();
     let mut customers = Vec::with_capacity(file.customer.len());
@@ -142,6 +190,12 @@ pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsErr
                         .collect::<Result<Vec<_>, _>>()?,
                 ),
             };
+        if entry.max_sessions == Some(0) {
+            return Err(fail(
+                "max_sessions",
+                "must be at least 1 (leave it out for the default of 10,000)".into(),
+            ));
+        }
         if entry.max_connections == Some(0) {
             return Err(fail(
                 "max_connections",
@@ -160,6 +214,7 @@ pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsErr
         customers.push(customer.with_limits(Limits {
             countries,
             max_connections: entry.max_connections,
+            max_sessions: entry.max_sessions,
             requests_per_second,
             quota_bytes: entry.quota_bytes,
         }));
@@ -308,6 +363,26 @@ password_hash = "{HASH}"
     fn error_of(entry: &str) -> String {
         let text = format!("[[customer]]\nname = \"alice\"\n{entry}\n");
         parse(&text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_but_never_echo_a_hash() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+        for text in [
+            // An unterminated string on the hash's own line.
+            format!("[[customer]]\nname = \"bob\"\npassword_hash = \"{hash}\n"),
+            // A hash where a number belongs.
+            format!(
+                "[[customer]]\nname = \"bob\"\npassword_hash = \"x\"\nquota_bytes = \"{hash}\"\n"
+            ),
+            // A stray key next to it.
+            format!("[[customer]]\nname = \"bob\"\npassword_hash = \"{hash}\"\npasword = 1\n"),
+        ] {
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(!error.contains("c29tZXNhbHQ"), "{error}");
+            assert!(!error.contains("$argon2id$v"), "{error}");
+            assert!(error.contains("line "), "{error}");
+        }
     }
 
     #[test]

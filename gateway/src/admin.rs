@@ -11,11 +11,17 @@
 //! With `--admin-token` set, every request needs `Authorization: Bearer TOKEN`
 //! (`401` otherwise); the gateway refuses to start with the admin port beyond
 //! loopback and no token.
+//!
+//! A web page in the operator's browser cannot drive the port: a request whose
+//! `Host` is not an IP literal, `localhost` or a configured `--admin-host` name
+//! (DNS rebinding) is `421`; one that carries `Origin` or
+//! `Sec-Fetch-Site: cross-site` is `403`; a `POST` without the admin token must
+//! carry a content type no HTML form can send (`application/json`), else `415`.
 
 use crate::shared::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -74,6 +80,73 @@ pub fn authorized(token: Option<&exitpool_protocol::Secret>, authorization: Opti
         && bool::from(expected.ct_eq(given))
 }
 
+/// Whether `host` (a `Host` header: name or IP, optional port) names this port:
+/// an IP literal, `localhost`, or one of the operator's `names`.
+fn is_own_host(host: &str, names: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((literal, _)) => return literal.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name))
+}
+
+/// A refusal for requests a browser could have been made to send on a web
+/// page's behalf (see the module docs), or `None` for an operator's request.
+fn refuse_browsers<B>(request: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
+    let headers = request.headers();
+    let host = headers.get(HOST).and_then(|value| value.to_str().ok());
+    if !host.is_some_and(|host| is_own_host(host, &shared.config.admin_hosts)) {
+        return Some(text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "text/plain",
+            "the Host header must be an IP address, localhost or an --admin-host name\n".into(),
+        ));
+    }
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if headers.contains_key(ORIGIN) || cross_site {
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "requests from web pages are refused on the admin port\n".into(),
+        ));
+    }
+    // With a token configured, the request already proved it holds it.
+    let has_token = shared
+        .config
+        .admin_token
+        .as_ref()
+        .is_some_and(|token| !token.expose().is_empty());
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .split(';')
+                .next()
+                .is_some_and(|kind| kind.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if request.method() == Method::POST && !has_token && !json {
+        return Some(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "text/plain",
+            "POST needs Content-Type: application/json (or the admin token)\n".into(),
+        ));
+    }
+    None
+}
+
 fn route(request: Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let authorization = request
         .headers()
@@ -90,6 +163,9 @@ fn route(request: Request<hyper::body::Incoming>, shared: &Shared) -> Response<F
             HeaderValue::from_static("Bearer realm=\"exitpool-admin\""),
         );
         return response;
+    }
+    if let Some(refusal) = refuse_browsers(&request, shared) {
+        return refusal;
     }
     let query = request.uri().query().unwrap_or("");
     match (request.method(), request.uri().path()) {

@@ -63,9 +63,18 @@ pub struct Limits {
     pub requests_per_second: Option<NonZeroU32>,
     /// Bytes up + down over the life of the account.
     pub quota_bytes: Option<u64>,
+    /// Most sticky sessions pinned at once (default
+    /// [`crate::sessions::DEFAULT_MAX_SESSIONS_PER_CUSTOMER`]).
+    pub max_sessions: Option<usize>,
 }
 
 impl Limits {
+    /// Most sticky sessions this account may pin at once.
+    pub fn session_limit(&self) -> usize {
+        self.max_sessions
+            .unwrap_or(crate::sessions::DEFAULT_MAX_SESSIONS_PER_CUSTOMER)
+    }
+
     /// Whether an exit in `country` is allowed.
     pub fn allows_country(&self, country: &str) -> bool {
         self.countries

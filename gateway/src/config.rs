@@ -42,6 +42,9 @@ pub struct GatewayConfig {
     /// Bearer token every admin request must carry; required when the admin port
     /// binds beyond loopback.
     pub admin_token: Option<exitpool_protocol::Secret>,
+    /// Host names the admin port answers to besides IP literals and `localhost`
+    /// (any other `Host` is refused, so DNS rebinding cannot reach it).
+    pub admin_hosts: Vec<String>,
     /// Deadline for a customer's request head (and SOCKS5 greeting).
     pub head_timeout: Duration,
     /// A tunnel with no bytes either way for this long is closed.
@@ -82,6 +85,7 @@ impl GatewayConfig {
             users_file: None,
             agent_tokens_file: None,
             admin_token: None,
+            admin_hosts: Vec::new(),
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             open_timeout: DEFAULT_OPEN_TIMEOUT,

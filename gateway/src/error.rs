@@ -35,9 +35,9 @@ pub enum ProxyError {
     /// Matching exits exist but all are at capacity.
     #[error("every exit {0} is busy")]
     ExitsBusy(String),
-    /// The gateway holds its maximum number of sticky sessions.
-    #[error("the gateway holds its maximum of {0} sessions; retry later or reuse session ids")]
-    TooManySessions(usize),
+    /// The gateway, or this account, holds its maximum number of sticky sessions.
+    #[error("{0}; retry later or reuse session ids")]
+    TooManySessions(String),
     /// The session's pinned exit left and the session is strict.
     #[error("the exit pinned to session `{0}` is gone (sessmode strict)")]
     SessionExitGone(String),

@@ -3,7 +3,9 @@
 //! Kept behind the [`SessionStore`] trait so that several gateways can later share
 //! pins through Redis/Valkey; [`MemorySessions`] is the in-process store. Pins name
 //! the agent's device id, not its connection, so a session survives an agent's
-//! brief reconnect. Expired pins are swept, and the store has a hard size bound.
+//! brief reconnect. Expired pins are swept, and the store has two hard bounds: in
+//! total and per customer, so one customer cannot fill the table for everyone.
+//! A full store refuses new pins at once (no scan); the periodic sweep frees room.
 
 use dashmap::DashMap;
 use std::time::{Duration, Instant};
@@ -11,6 +13,9 @@ use std::time::{Duration, Instant};
 /// Most pins held at once; beyond it new sessions are refused (429) until some
 /// expire.
 pub const MAX_SESSIONS: usize = 1_000_000;
+
+/// Most pins one customer may hold, unless the account sets `max_sessions`.
+pub const DEFAULT_MAX_SESSIONS_PER_CUSTOMER: usize = 10_000;
 
 /// How often expired pins are swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -35,15 +40,25 @@ pub struct Pinned {
 
 /// Why a pin could not be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the gateway holds its maximum of {0} sessions")]
-pub struct SessionsFull(pub usize);
+pub enum SessionsFull {
+    /// The store holds its total maximum.
+    #[error("the gateway holds its maximum of {0} sessions")]
+    Gateway(usize),
+    /// The customer holds their maximum.
+    #[error("the account holds its maximum of {0} sessions")]
+    Customer(usize),
+}
 
 /// Storage for session pins.
 pub trait SessionStore: Send + Sync {
     /// The live pin for `key`, if any (an expired pin is absent).
     fn get(&self, key: &SessionKey, now: Instant) -> Option<Pinned>;
-    /// Pins `key`, replacing any earlier pin.
-    fn put(&self, key: SessionKey, pinned: Pinned) -> Result<(), SessionsFull>;
+    /// Whether `customer` may pin one more session (at most `per_customer`).
+    fn has_room(&self, customer: &str, per_customer: usize) -> Result<(), SessionsFull>;
+    /// Pins `key`, replacing any earlier pin; a new pin counts against the total
+    /// and the customer's `per_customer`.
+    fn put(&self, key: SessionKey, pinned: Pinned, per_customer: usize)
+        -> Result<(), SessionsFull>;
     /// Drops expired pins; returns how many were dropped.
     fn sweep(&self, now: Instant) -> usize;
     /// Pins held (live or not yet swept).
@@ -58,6 +73,8 @@ pub trait SessionStore: Send + Sync {
 #[derive(Debug)]
 pub struct MemorySessions {
     pins: DashMap<SessionKey, Pinned>,
+    /// Pins held per customer (entries at zero are dropped).
+    per_customer: DashMap<String, usize>,
     capacity: usize,
 }
 
@@ -66,8 +83,13 @@ impl MemorySessions {
     pub fn new(capacity: usize) -> Self {
         MemorySessions {
             pins: DashMap::new(),
+            per_customer: DashMap::new(),
             capacity,
         }
+    }
+
+    fn held_by(&self, customer: &str) -> usize {
+        self.per_customer.get(customer).map_or(0, |count| *count)
     }
 }
 
@@ -85,20 +107,44 @@ impl SessionStore for MemorySessions {
             .map(|pin| pin.clone())
     }
 
-    fn put(&self, key: SessionKey, pinned: Pinned) -> Result<(), SessionsFull> {
-        if self.pins.len() >= self.capacity && !self.pins.contains_key(&key) {
-            self.sweep(Instant::now());
-            if self.pins.len() >= self.capacity {
-                return Err(SessionsFull(self.capacity));
-            }
+    fn has_room(&self, customer: &str, per_customer: usize) -> Result<(), SessionsFull> {
+        if self.pins.len() >= self.capacity {
+            return Err(SessionsFull::Gateway(self.capacity));
         }
+        if self.held_by(customer) >= per_customer {
+            return Err(SessionsFull::Customer(per_customer));
+        }
+        Ok(())
+    }
+
+    fn put(
+        &self,
+        key: SessionKey,
+        pinned: Pinned,
+        per_customer: usize,
+    ) -> Result<(), SessionsFull> {
+        if let Some(mut existing) = self.pins.get_mut(&key) {
+            *existing = pinned;
+            return Ok(());
+        }
+        self.has_room(&key.customer, per_customer)?;
+        *self.per_customer.entry(key.customer.clone()).or_insert(0) += 1;
         self.pins.insert(key, pinned);
         Ok(())
     }
 
     fn sweep(&self, now: Instant) -> usize {
         let before = self.pins.len();
-        self.pins.retain(|_, pin| pin.expires_at > now);
+        self.pins.retain(|key, pin| {
+            let live = pin.expires_at > now;
+            if !live {
+                self.per_customer.remove_if_mut(&key.customer, |_, count| {
+                    *count = count.saturating_sub(1);
+                    *count == 0
+                });
+            }
+            live
+        });
         before.saturating_sub(self.pins.len())
     }
 
@@ -126,7 +172,7 @@ mod tests {
             agent_id: "a".into(),
             expires_at: now + Duration::from_secs(60),
         };
-        store.put(key("s"), pin.clone()).unwrap();
+        store.put(key("s"), pin.clone(), 100).unwrap();
         assert_eq!(store.get(&key("s"), now), Some(pin));
         let later = now + Duration::from_secs(61);
         assert_eq!(store.get(&key("s"), later), None);
@@ -146,6 +192,7 @@ mod tests {
                         agent_id: name.into(),
                         expires_at,
                     },
+                    100,
                 )
                 .unwrap();
         }
@@ -155,9 +202,10 @@ mod tests {
                 Pinned {
                     agent_id: "c".into(),
                     expires_at
-                }
+                },
+                100
             ),
-            Err(SessionsFull(2))
+            Err(SessionsFull::Gateway(2))
         );
         // Re-pinning an existing session is always possible.
         store
@@ -167,7 +215,34 @@ mod tests {
                     agent_id: "z".into(),
                     expires_at,
                 },
+                100,
             )
             .unwrap();
+    }
+
+    #[test]
+    fn each_customer_has_a_bound_of_its_own() {
+        let store = MemorySessions::new(100);
+        let expires_at = Instant::now() + Duration::from_secs(60);
+        let pin = |agent: &str| Pinned {
+            agent_id: agent.into(),
+            expires_at,
+        };
+        for name in ["a", "b"] {
+            store.put(key(name), pin(name), 2).unwrap();
+        }
+        assert_eq!(
+            store.put(key("c"), pin("c"), 2),
+            Err(SessionsFull::Customer(2))
+        );
+        assert_eq!(store.has_room("alice", 2), Err(SessionsFull::Customer(2)));
+        let bob = SessionKey {
+            customer: "bob".into(),
+            session: "c".into(),
+        };
+        store.put(bob, pin("c"), 2).unwrap();
+        // Expired pins free the customer's room at the sweep.
+        assert_eq!(store.sweep(expires_at + Duration::from_secs(1)), 3);
+        assert_eq!(store.has_room("alice", 2), Ok(()));
     }
 }

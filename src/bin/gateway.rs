@@ -59,6 +59,10 @@ struct Args {
     /// Agent tokens file, one token per line (`#` comments); re-read on SIGHUP.
     #[arg(long = "agent-tokens", value_name = "FILE")]
     agent_tokens_file: Option<PathBuf>,
+    /// A host name the admin port answers to, besides IP addresses and localhost
+    /// (repeatable); requests naming any other host are refused.
+    #[arg(long = "admin-host", value_name = "NAME")]
+    admin_hosts: Vec<String>,
     /// Bearer token for the admin port; required when it binds beyond loopback.
     #[arg(
         long,
@@ -197,6 +201,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.agent_tokens = AgentTokens::new(tokens);
     config.users_file = args.users_file.clone();
     config.agent_tokens_file = args.agent_tokens_file.clone();
+    config.admin_hosts = args.admin_hosts.clone();
     config.admin_token = args
         .admin_token
         .clone()

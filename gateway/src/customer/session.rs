@@ -169,7 +169,7 @@ pub async fn open(
         .limits
         .admit(&customer, used)
         .map_err(|e| fail(None, e))?;
-    let (agent, session) =
+    let (agent, session, pin) =
         choose_exit(grant, &customer.limits, shared).map_err(|e| fail(None, e))?;
     let load = StreamGuard::new(agent.clone());
     let stream = shared
@@ -177,6 +177,14 @@ pub async fn open(
         .open(agent.key, host, port, shared.config.open_timeout)
         .await
         .map_err(|e| fail(Some(&agent), e))?;
+    // Pinned only once the exit has answered: refused targets leave no pins.
+    if let Some((key, pinned)) = pin {
+        // Room was checked before opening; losing a race for the last places
+        // leaves this connection served, unpinned.
+        let _ = shared
+            .sessions
+            .put(key, pinned, customer.limits.session_limit());
+    }
     shared
         .metrics
         .connect_seconds
@@ -196,14 +204,10 @@ pub async fn open(
 /// checked in [`authenticate`]; one that does not, from an account limited to
 /// some countries, exits from one of them that has exits (a random one, or for a
 /// session a stable one, so the session keeps its exit).
-fn choose_exit(
-    grant: &Grant,
-    limits: &Limits,
-    shared: &Shared,
-) -> Result<(Arc<Agent>, Option<SessionOutcome>), ProxyError> {
+fn choose_exit(grant: &Grant, limits: &Limits, shared: &Shared) -> Result<Chosen, ProxyError> {
     let allowed = match (&grant.targeting.country, &limits.countries) {
         (None, Some(allowed)) => allowed,
-        (country, _) => return choose_in(grant, country.clone(), shared),
+        (country, _) => return choose_in(grant, country.clone(), limits, shared),
     };
     let mut order: Vec<&String> = allowed.iter().collect();
     match &grant.targeting.session {
@@ -216,7 +220,7 @@ fn choose_exit(
     }
     let mut busy = false;
     for country in order {
-        match choose_in(grant, Some(country.clone()), shared) {
+        match choose_in(grant, Some(country.clone()), limits, shared) {
             Err(ProxyError::NoExit(_)) => {}
             Err(ProxyError::ExitsBusy(_)) => busy = true,
             chosen => return chosen,
@@ -230,11 +234,20 @@ fn choose_exit(
     })
 }
 
+/// The exit chosen, what became of the session, and the pin to store once the
+/// exit has opened the stream.
+type Chosen = (
+    Arc<Agent>,
+    Option<SessionOutcome>,
+    Option<(SessionKey, Pinned)>,
+);
+
 fn choose_in(
     grant: &Grant,
     country: Option<String>,
+    limits: &Limits,
     shared: &Shared,
-) -> Result<(Arc<Agent>, Option<SessionOutcome>), ProxyError> {
+) -> Result<Chosen, ProxyError> {
     let targeting = &grant.targeting;
     let filter = Filter {
         country,
@@ -244,7 +257,7 @@ fn choose_in(
     let directory = &shared.directory;
     let Some(session) = &targeting.session else {
         let agent = directory.pick(&filter).map_err(unavailable)?;
-        return Ok((agent, None));
+        return Ok((agent, None, None));
     };
     let key = SessionKey {
         customer: grant.user.clone(),
@@ -253,6 +266,7 @@ fn choose_in(
     let now = Instant::now();
     let point = directory.ring_point(&format!("{}\0{}", key.customer, key.session));
     let pin = shared.sessions.get(&key, now);
+    let fresh = pin.is_none();
     let (expires_at, outcome) = match pin {
         None => (now + session.lifetime, SessionOutcome::New),
         Some(pin) => match directory.by_agent_id(&pin.agent_id) {
@@ -263,7 +277,7 @@ fn choose_in(
                         session.id
                     )));
                 }
-                return Ok((agent, Some(SessionOutcome::Kept)));
+                return Ok((agent, Some(SessionOutcome::Kept), None));
             }
             // Same session id with other targeting: a fresh pin for the new filter.
             Some(agent) if !filter.matches(&agent.location) => {
@@ -280,18 +294,18 @@ fn choose_in(
             ),
         },
     };
+    if fresh {
+        shared
+            .sessions
+            .has_room(&key.customer, limits.session_limit())
+            .map_err(|full| ProxyError::TooManySessions(full.to_string()))?;
+    }
     let agent = directory.pick_sticky(&filter, point).map_err(unavailable)?;
-    shared
-        .sessions
-        .put(
-            key,
-            Pinned {
-                agent_id: agent.agent_id.clone(),
-                expires_at,
-            },
-        )
-        .map_err(|full| ProxyError::TooManySessions(full.0))?;
-    Ok((agent, Some(outcome)))
+    let pinned = Pinned {
+        agent_id: agent.agent_id.clone(),
+        expires_at,
+    };
+    Ok((agent, Some(outcome), Some((key, pinned))))
 }
 
 /// The customer's answer when the directory has no exit to give.
