@@ -10,7 +10,8 @@
 //! - [`geoip`]: IP to country / ASN / city lookups;
 //! - [`gateway`]: the customer-facing proxy, agent registry, routing and stats;
 //! - [`agent`]: the exit node, embeddable in an app as an SDK;
-//! - [`cli`]: what the binaries share (runtime, exit codes, stop signals).
+//! - [`cli`]: what the binaries share (runtime, exit codes, stop signals);
+//! - [`logs`]: their log set-up (text lines cannot be forged by what they quote).
 
 #![forbid(unsafe_code)]
 
@@ -21,3 +22,4 @@ pub use exitpool_protocol as protocol;
 pub use exitpool_transport as transport;
 
 pub mod cli;
+pub mod logs;

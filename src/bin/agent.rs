@@ -62,12 +62,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    exitpool::logs::init(exitpool::logs::LogFormat::Text);
     let args = Args::parse();
     exitpool::cli::run("agent", args.threads, run(args))
 }

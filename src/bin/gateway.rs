@@ -119,16 +119,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => logs.init(),
-        // Event fields stay under "fields", apart from tracing's own "target".
-        LogFormat::Json => logs.json().init(),
-    }
+    exitpool::logs::init(match args.log_format {
+        LogFormat::Text => exitpool::logs::LogFormat::Text,
+        LogFormat::Json => exitpool::logs::LogFormat::Json,
+    });
     exitpool::cli::run("gateway", args.threads, run(args))
 }
 
