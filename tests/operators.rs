@@ -8,7 +8,7 @@ use common::targets::{echo_target, http_target};
 use common::*;
 use exitpool::gateway::auth::{Customer, Limits, Users};
 use exitpool::gateway::{Gateway, StartError};
-use exitpool_launcher::binaries::GATEWAY_READY;
+use exitpool_launcher::binaries::{GATEWAY_ON_LOOPBACK, GATEWAY_READY};
 use exitpool_launcher::{GatewayBanner, Launch, Process, Signal};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -424,13 +424,8 @@ async fn the_binary_reloads_on_sighup_and_never_logs_a_password() {
     std::fs::write(&tokens, format!("# test fleet\n{TOKEN}\n")).unwrap();
     let state = dir.path().join("state");
     let mut gateway = gateway_binary()
+        .args(GATEWAY_ON_LOOPBACK)
         .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--tunnel",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
             "--state-dir",
             state.to_str().unwrap(),
             "--users",

@@ -6,7 +6,7 @@ mod common;
 use common::targets::{closed_port, echo_target, http_target, pattern};
 use common::*;
 use exitpool::agent::AgentError;
-use exitpool_launcher::binaries::{AGENT_CONNECTED, GATEWAY_READY};
+use exitpool_launcher::binaries::{AGENT_CONNECTED, GATEWAY_ON_LOOPBACK, GATEWAY_READY};
 use exitpool_launcher::{GatewayBanner, Launch, Ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -276,16 +276,8 @@ async fn the_real_binaries_serve_curl_as_the_readme_shows() {
     assert!(pin.starts_with("sha256:") && pin.len() == 71, "{pin}");
 
     let mut gateway = Launch::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--state-dir",
-            state_arg,
-            "--listen",
-            "127.0.0.1:0",
-            "--tunnel",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
+        .args(["--state-dir", state_arg])
+        .args(GATEWAY_ON_LOOPBACK)
         .args(["--user", "alice:s3cret", "--agent-token", TOKEN])
         .spawn()
         .expect("gateway starts");

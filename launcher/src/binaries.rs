@@ -11,6 +11,17 @@ pub const GATEWAY_READY: &str = "gateway: customers on";
 /// welcomed it.
 pub const AGENT_CONNECTED: &str = "connected to the gateway";
 
+/// `gateway` flags putting its customer, tunnel and admin ports on loopback,
+/// each on a port the system picks (read them back from [`GatewayBanner`]).
+pub const GATEWAY_ON_LOOPBACK: [&str; 6] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--tunnel",
+    "127.0.0.1:0",
+    "--admin",
+    "127.0.0.1:0",
+];
+
 /// The addresses and pin from the gateway's ready line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayBanner {
