@@ -6,26 +6,20 @@ mod common;
 
 use common::targets::echo_target;
 use common::*;
-use std::process::Stdio;
+use exitpool_launcher::binaries::GATEWAY_READY;
+use exitpool_launcher::{Launch, Process, Ready};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The real `agent` binary, bound to `ip`, against `net`'s gateway.
-fn spawn_agent_process(
-    net: &TestGateway,
-    ip: &str,
-    state: &std::path::Path,
-) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+fn spawn_agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> Process {
+    Launch::new(env!("CARGO_BIN_EXE_agent"))
         .args(["--gateway", &net.gateway.tunnel_addr().to_string()])
         .args(["--pin", net.gateway.pin()])
         .args(["--bind", ip, "--allow-private"])
         .arg("--state-dir")
         .arg(state)
         .env("EXITPOOL_AGENT_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("agent binary starts")
 }
@@ -206,12 +200,8 @@ async fn a_target_that_never_accepts_is_504_after_the_connect_timeout() {
 
 /// The real `gateway` binary on `tunnel` with `state`; returns it once it prints
 /// its ready line.
-async fn start_gateway_process(
-    state: &std::path::Path,
-    tunnel: std::net::SocketAddr,
-) -> tokio::process::Child {
-    use tokio::io::AsyncBufReadExt;
-    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+async fn start_gateway_process(state: &std::path::Path, tunnel: std::net::SocketAddr) -> Process {
+    Launch::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("--state-dir")
         .arg(state)
         .args(["--tunnel", &tunnel.to_string()])
@@ -222,21 +212,9 @@ async fn start_gateway_process(
             "--agent-token",
             TOKEN,
         ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("gateway binary starts");
-    let mut out = tokio::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
-    loop {
-        let line = within("gateway ready line", out.next_line()).await;
-        match line {
-            Ok(Some(line)) if line.contains("customers on") => break,
-            Ok(Some(_)) => continue,
-            other => panic!("gateway exited before it was ready: {other:?}"),
-        }
-    }
-    gateway
+        .start(Ready::line(GATEWAY_READY), WAIT)
+        .await
+        .expect("the gateway binary starts and prints its ready line")
 }
 
 /// A gateway that crashes sends no shutdown notice. Restarted on the same state
@@ -259,7 +237,7 @@ async fn agents_notice_a_crashed_and_restarted_gateway_before_their_idle_timeout
     within("agent connects", agent.connected()).await;
     let mut session = agent.session();
 
-    within("gateway killed", gateway.kill()).await.unwrap();
+    gateway.kill().await.expect("gateway killed");
     let crashed = std::time::Instant::now();
     let _restarted = start_gateway_process(state.path(), tunnel).await;
     within("agent notices the crash", session.wait_for(Option::is_none))

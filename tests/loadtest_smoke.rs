@@ -3,30 +3,26 @@
 //! produced its figures and that nothing failed; speed is the program's business,
 //! not this test's (no figure here is compared with a threshold).
 
+use exitpool_launcher::Launch;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
 #[tokio::test]
 async fn every_loadtest_scenario_runs_at_tiny_sizes() {
-    // `cargo test` builds the examples next to the test binaries, and the
-    // package's binaries for its integration tests.
-    let exe = std::env::current_exe().unwrap();
-    let loadtest = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples").join("loadtest"))
-        .unwrap();
+    // `loadtest` is the `exitpool-bench` package's binary: `cargo test
+    // --workspace` builds it next to this package's binaries.
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_gateway")).parent().unwrap();
+    let loadtest = bin_dir.join("loadtest");
     assert!(
-        loadtest.exists(),
-        "{} missing: run the suite with `cargo test`",
+        loadtest.is_file(),
+        "{} is missing: run the suite with `cargo test --workspace`, or build it first with `cargo build -p exitpool-bench`",
         loadtest.display()
     );
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_gateway")).parent().unwrap();
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("results.json");
     let chart = out.path().join("chart.svg");
-    let run = tokio::process::Command::new(&loadtest)
+    let output = Launch::new(&loadtest)
         .args(["all", "--quick", "--no-build"])
         .arg("--bin-dir")
         .arg(bin_dir)
@@ -34,13 +30,10 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
         .arg(&json)
         .arg("--chart")
         .arg(&chart)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(300), run)
+        .run(Duration::from_secs(300))
         .await
-        .expect("the quick load test finishes within 5 minutes")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        .expect("the quick load test finishes within 5 minutes");
+    let stderr = &output.stderr;
     assert!(output.status.success(), "loadtest failed:\n{stderr}");
 
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -62,6 +55,23 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
     // The bare two-hop QUIC relay, exitpool's floor, measured in the same run.
     assert!(column("bare_quic_relay", "bulk", "download throughput") > 0.0);
     assert!(column("bare_quic_relay", "connect", "fresh connect + 1 KiB, p50") > 0.0);
+    // rate: connections per second on every path, what each costs the proxy,
+    // and the failures counted (by kind in rows of their own).
+    for path in ["direct", "exitpool", "bare_quic_relay"] {
+        assert!(
+            column(path, "rate", "connections per second") > 0.0,
+            "{path}"
+        );
+        assert!(column(path, "rate", "errors") >= 0.0, "{path}");
+    }
+    assert!(figure("rate", "CPU per connection, proxy processes") >= 0.0);
+    assert!(
+        column(
+            "bare_quic_relay",
+            "rate",
+            "CPU per connection, proxy processes"
+        ) >= 0.0
+    );
     assert_eq!(
         figure("fanout", "100 concurrent conns over 5 agents: errors"),
         0.0

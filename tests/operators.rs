@@ -8,12 +8,12 @@ use common::targets::{echo_target, http_target};
 use common::*;
 use exitpool::gateway::auth::{Customer, Limits, Users};
 use exitpool::gateway::{Gateway, StartError};
+use exitpool_launcher::binaries::{GATEWAY_ON_LOOPBACK, GATEWAY_READY};
+use exitpool_launcher::{GatewayBanner, Launch, Process, Signal};
 use std::collections::HashSet;
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -382,22 +382,19 @@ const ALICE_PASSWORD: &str = "Qz7uLp9Xw2";
 const BOB_PASSWORD: &str = "Vh4kRt8Mn1";
 const WRONG_PASSWORD: &str = "Jx3bNc6Yd5";
 
-fn gateway_binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gateway"))
+fn gateway_binary() -> Launch {
+    Launch::new(env!("CARGO_BIN_EXE_gateway"))
 }
 
-fn hash(password: &str) -> String {
-    let mut child = gateway_binary()
+async fn hash(password: &str) -> String {
+    let output = gateway_binary()
         .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let output = child.wait_with_output().unwrap();
+        .input(format!("{password}\n"))
+        .run(WAIT)
+        .await
+        .expect("gateway hash-password runs");
     assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    output.stdout.trim().to_owned()
 }
 
 fn write_users(path: &Path, users: &[(&str, &str)]) {
@@ -410,82 +407,12 @@ fn write_users(path: &Path, users: &[(&str, &str)]) {
     std::fs::write(path, text).unwrap();
 }
 
-/// A running `gateway` binary whose stdout and stderr lines arrive on a channel.
-struct Binary {
-    child: Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Binary {
-    fn spawn(args: &[&str]) -> Binary {
-        let mut child = gateway_binary()
-            .args(args)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (send, lines) = tokio::sync::mpsc::unbounded_channel();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        for pipe in [
-            Box::new(stdout) as Box<dyn std::io::Read + Send>,
-            Box::new(stderr),
-        ] {
-            let send = send.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    if send.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Binary {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle` and returns it.
-    async fn line_with(&mut self, needle: &str) -> String {
-        let seen = &mut self.seen;
-        let lines = &mut self.lines;
-        let found = tokio::time::timeout(WAIT, async {
-            loop {
-                let line = lines.recv().await.expect("the gateway exited");
-                seen.push(line.clone());
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        })
-        .await;
-        found.unwrap_or_else(|_| panic!("no line with {needle:?} in:\n{}", self.seen.join("\n")))
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Stops the binary and returns every line it wrote.
-    async fn stop(mut self) -> Vec<String> {
-        self.signal("TERM");
-        while let Some(line) = within("exit", self.lines.recv()).await {
-            self.seen.push(line);
-        }
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status:?}");
-        self.seen
-    }
+/// Waits for a line of the gateway's output containing `needle` and returns it.
+async fn line_with(gateway: &mut Process, needle: &str) -> String {
+    gateway
+        .line_with(needle, WAIT)
+        .await
+        .unwrap_or_else(|error| panic!("{error}\nall of it:\n{}", gateway.lines().join("\n")))
 }
 
 #[tokio::test]
@@ -493,32 +420,29 @@ async fn the_binary_reloads_on_sighup_and_never_logs_a_password() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users.toml");
     let tokens = dir.path().join("agent-tokens");
-    let alice_hash = hash(ALICE_PASSWORD);
+    let alice_hash = hash(ALICE_PASSWORD).await;
     write_users(&users, &[("alice", &alice_hash)]);
     std::fs::write(&tokens, format!("# test fleet\n{TOKEN}\n")).unwrap();
     let state = dir.path().join("state");
-    let mut gateway = Binary::spawn(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--tunnel",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--users",
-        users.to_str().unwrap(),
-        "--agent-tokens",
-        tokens.to_str().unwrap(),
-        "--log-format",
-        "json",
-    ]);
+    let mut gateway = gateway_binary()
+        .args(GATEWAY_ON_LOOPBACK)
+        .args([
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--users",
+            users.to_str().unwrap(),
+            "--agent-tokens",
+            tokens.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "debug")
+        .spawn()
+        .expect("the gateway binary starts");
     // "gateway: customers on A, agents on B (UDP), pin P"
-    let banner = gateway.line_with("gateway: customers on").await;
-    let words: Vec<&str> = banner.split_whitespace().collect();
-    let proxy: SocketAddr = words[3].trim_end_matches(',').parse().unwrap();
-    let tunnel: SocketAddr = words[6].parse().unwrap();
-    let pin = words[9];
+    let banner = GatewayBanner::parse(&line_with(&mut gateway, GATEWAY_READY).await)
+        .expect("a well-formed ready line");
+    let (proxy, tunnel, pin) = (banner.listen, banner.tunnel, banner.pin.as_str());
     let agent = exitpool::agent::Agent::builder(tunnel.to_string(), pin.parse().unwrap(), TOKEN)
         .bind("127.0.0.2".parse().unwrap())
         .allow_private(true)
@@ -535,7 +459,7 @@ async fn the_binary_reloads_on_sighup_and_never_logs_a_password() {
     assert_eq!(head.status, 200, "{head:?}");
     let _ = get_in_tunnel(&mut stream, "/ip").await;
     drop(stream);
-    gateway.line_with("\"access\"").await;
+    line_with(&mut gateway, "\"access\"").await;
     let (head, _) = connect(proxy, &target_text, Some(("alice", WRONG_PASSWORD))).await;
     assert_eq!(head.status, 407);
     let (head, _) = connect(proxy, &target_text, Some(("bob", BOB_PASSWORD))).await;
@@ -544,22 +468,25 @@ async fn the_binary_reloads_on_sighup_and_never_logs_a_password() {
     // SIGHUP with bob added: bob gets in.
     write_users(
         &users,
-        &[("alice", &alice_hash), ("bob", &hash(BOB_PASSWORD))],
+        &[("alice", &alice_hash), ("bob", &hash(BOB_PASSWORD).await)],
     );
-    gateway.signal("HUP");
-    gateway.line_with("accounts reloaded").await;
+    gateway.signal(Signal::Hup).unwrap();
+    line_with(&mut gateway, "accounts reloaded").await;
     let (head, _) = connect(proxy, &target_text, Some(("bob", BOB_PASSWORD))).await;
     assert_eq!(head.status, 200, "{head:?}");
 
     // An invalid file is refused, the running accounts stay, the log says why.
     std::fs::write(&users, "[[customer]]\nname = \"carol\"\npasword = \"x\"\n").unwrap();
-    gateway.signal("HUP");
-    let why = gateway.line_with("reload failed").await;
+    gateway.signal(Signal::Hup).unwrap();
+    let why = line_with(&mut gateway, "reload failed").await;
     assert!(why.contains("pasword"), "{why}");
     let (head, _) = connect(proxy, &target_text, Some(("bob", BOB_PASSWORD))).await;
     assert_eq!(head.status, 200, "{head:?}");
 
-    let lines = gateway.stop().await;
+    // Stopped with SIGTERM, it exits cleanly; then every line it wrote is read.
+    let status = gateway.stop(WAIT).await.expect("the gateway stops");
+    assert!(status.success(), "{status:?}");
+    let lines = gateway.lines();
     let _ = within("agent stops", agent.shutdown()).await;
     let everything = lines.join("\n");
     use base64::Engine;
@@ -586,39 +513,30 @@ async fn the_binary_reloads_on_sighup_and_never_logs_a_password() {
 #[tokio::test]
 async fn the_binary_refuses_an_open_admin_port_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let output = within(
-        "gateway exits",
-        tokio::task::spawn_blocking({
-            let state = dir.path().to_owned();
-            move || {
-                gateway_binary()
-                    .args(["--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
-                    .args([
-                        "--admin",
-                        "0.0.0.0:0",
-                        "--user",
-                        "a:b",
-                        "--agent-token",
-                        "t",
-                    ])
-                    .arg("--state-dir")
-                    .arg(state)
-                    .env_remove("EXITPOOL_ADMIN_TOKEN")
-                    .output()
-                    .unwrap()
-            }
-        }),
-    )
-    .await
-    .unwrap();
+    let output = gateway_binary()
+        .args(["--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
+        .args([
+            "--admin",
+            "0.0.0.0:0",
+            "--user",
+            "a:b",
+            "--agent-token",
+            "t",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .env_remove("EXITPOOL_ADMIN_TOKEN")
+        .run(WAIT)
+        .await
+        .expect("gateway exits");
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = &output.stderr;
     assert!(stderr.contains("--admin-token"), "{stderr}");
 }
 
-#[test]
-fn hash_password_output_verifies() {
-    let hash = hash("S0meSecret");
+#[tokio::test]
+async fn hash_password_output_verifies() {
+    let hash = hash("S0meSecret").await;
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let users = Users::new([Customer::hashed("dave", &hash).unwrap()]);
     assert!(users.authenticate("dave", "S0meSecret").is_some());

@@ -8,6 +8,8 @@ mod common;
 use common::targets::echo_target;
 use common::*;
 use exitpool::gateway::auth::{hash_password, Customer, Users};
+use exitpool_launcher::binaries::{GATEWAY_ON_LOOPBACK, GATEWAY_READY};
+use exitpool_launcher::{GatewayBanner, Launch, Ready};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -292,37 +294,35 @@ async fn refusals_beyond_their_bound_are_closed_at_once() {
 
 /// Runs the gateway binary with `args` and returns its exit status and stderr,
 /// for start-ups that must fail before serving anything.
-fn refused_start(args: &[&str]) -> (std::process::ExitStatus, String) {
+async fn refused_start(args: &[&str]) -> (std::process::ExitStatus, String) {
     let state = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let finished = Launch::new(env!("CARGO_BIN_EXE_gateway"))
         .args(args)
         .args(["--state-dir", state.path().to_str().unwrap()])
         .args(["--tunnel", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .output()
+        .run(WAIT)
+        .await
         .expect("the gateway binary runs");
-    (
-        output.status,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    (finished.status, finished.stderr)
 }
 
-#[test]
-fn the_demo_refuses_a_public_customer_port_and_real_accounts() {
-    let (status, stderr) = refused_start(&["--demo", "--listen", "0.0.0.0:0"]);
+#[tokio::test]
+async fn the_demo_refuses_a_public_customer_port_and_real_accounts() {
+    let (status, stderr) = refused_start(&["--demo", "--listen", "0.0.0.0:0"]).await;
     assert!(!status.success());
     assert!(
         stderr.contains("--demo keeps its customer port on loopback"),
         "{stderr}"
     );
     let (status, stderr) =
-        refused_start(&["--demo", "--listen", "127.0.0.1:0", "--user", "carol:pw"]);
+        refused_start(&["--demo", "--listen", "127.0.0.1:0", "--user", "carol:pw"]).await;
     assert!(!status.success());
     assert!(
         stderr.contains("--demo runs with its own demo user"),
         "{stderr}"
     );
     let (status, stderr) =
-        refused_start(&["--demo", "--listen", "127.0.0.1:0", "--agent-token", "t"]);
+        refused_start(&["--demo", "--listen", "127.0.0.1:0", "--agent-token", "t"]).await;
     assert!(!status.success());
     assert!(
         stderr.contains("drop --user, --users, --agent-token"),
@@ -432,4 +432,44 @@ async fn sessions_cannot_be_hoarded() {
     assert_eq!(head.status, 200, "{head:?}");
     assert_eq!(head.header("x-exitpool-session"), Some("kept"));
     assert_eq!(net.stats().await["sessions"], 3);
+}
+
+#[tokio::test]
+async fn what_customers_send_cannot_forge_a_log_line() {
+    let state = tempfile::tempdir().unwrap();
+    let mut gateway = Launch::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(GATEWAY_ON_LOOPBACK)
+        .args(["--state-dir", state.path().to_str().unwrap()])
+        .args([
+            "--user",
+            &format!("{USER}:{PASSWORD}"),
+            "--agent-token",
+            TOKEN,
+        ])
+        .env_remove("RUST_LOG")
+        .start(Ready::line(GATEWAY_READY), WAIT)
+        .await
+        .expect("the gateway starts");
+    let banner = gateway
+        .lines()
+        .iter()
+        .find_map(|line| GatewayBanner::parse(line))
+        .expect("the ready line");
+    // A targeting key with a line break and a terminal escape in it (no colon,
+    // where Basic credentials split, and no dash, where targeting keys do).
+    let user = format!("{USER}-contry\nFORGED admin logged in\u{1b}[2K-us");
+    let (head, _) = connect(banner.listen, "127.0.0.1:9", Some((&user, PASSWORD))).await;
+    assert_eq!(head.status, 400, "{head:?}\n{}", gateway.lines().join("\n"));
+    let refused = gateway
+        .line_with("bad targeting parameter", WAIT)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(
+        refused.contains("contry\\nFORGED admin logged in\\u{1b}["),
+        "escaped on the refusal's own line: {refused}"
+    );
+    for line in gateway.lines() {
+        assert!(!line.starts_with("FORGED"), "a forged line: {line}");
+        assert!(!line.contains('\u{1b}'), "a raw escape: {line:?}");
+    }
 }

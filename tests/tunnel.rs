@@ -6,6 +6,8 @@ mod common;
 use common::targets::{closed_port, echo_target, http_target, pattern};
 use common::*;
 use exitpool::agent::AgentError;
+use exitpool_launcher::binaries::{AGENT_CONNECTED, GATEWAY_ON_LOOPBACK, GATEWAY_READY};
+use exitpool_launcher::{GatewayBanner, Launch, Ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -260,68 +262,39 @@ async fn the_certificate_and_pin_survive_a_restart() {
     assert!(pin.starts_with("sha256:") && pin.len() == 7 + 64);
 }
 
-/// Reads lines from a child's output until one contains `needle`; returns it.
-async fn line_containing(
-    lines: &mut tokio::io::Lines<impl tokio::io::AsyncBufRead + Unpin>,
-    needle: &str,
-) -> String {
-    loop {
-        match within(needle, lines.next_line()).await {
-            Ok(Some(line)) if line.contains(needle) => return line,
-            Ok(Some(_)) => continue,
-            other => panic!("output ended before {needle:?}: {other:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_real_binaries_serve_curl_as_the_readme_shows() {
-    use tokio::io::AsyncBufReadExt;
     let state = tempfile::tempdir().unwrap();
     let state_arg = state.path().to_str().unwrap();
     // `gateway pin` prints the pin agents need, creating the certificate.
-    let pin_output = within(
-        "gateway pin",
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["pin", "--state-dir", state_arg])
-            .output(),
-    )
-    .await
-    .unwrap();
-    let pin = String::from_utf8(pin_output.stdout)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let pin_output = Launch::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["pin", "--state-dir", state_arg])
+        .run(WAIT)
+        .await
+        .expect("gateway pin");
+    let pin = pin_output.stdout.trim().to_owned();
     assert!(pin.starts_with("sha256:") && pin.len() == 71, "{pin}");
 
-    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--state-dir",
-            state_arg,
-            "--listen",
-            "127.0.0.1:0",
-            "--tunnel",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
+    let mut gateway = Launch::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--state-dir", state_arg])
+        .args(GATEWAY_ON_LOOPBACK)
         .args(["--user", "alice:s3cret", "--agent-token", TOKEN])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
-        .unwrap();
-    let mut out = tokio::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
-    let started = line_containing(&mut out, "customers on").await;
-    let words: Vec<&str> = started.split_whitespace().collect();
-    let proxy = words[3].trim_end_matches(',').to_owned();
-    let tunnel = words[6].to_owned();
+        .expect("gateway starts");
+    let started = gateway
+        .line_with(GATEWAY_READY, WAIT)
+        .await
+        .expect("the gateway's ready line");
+    let banner = GatewayBanner::parse(&started).expect("a well-formed ready line");
+    let proxy = banner.listen;
+    let tunnel = banner.tunnel.to_string();
     assert!(
         started.ends_with(&pin),
         "the running gateway uses the pinned certificate: {started}"
     );
 
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+    // The agent logs to stdout; its "connected" line is the readiness event.
+    let _agent = Launch::new(env!("CARGO_BIN_EXE_agent"))
         .args([
             "--gateway",
             &tunnel,
@@ -336,14 +309,9 @@ async fn the_real_binaries_serve_curl_as_the_readme_shows() {
         .env("EXITPOOL_AGENT_TOKEN", TOKEN)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The agent logs to stdout; its "connected" line is the readiness event.
-    let mut log = tokio::io::BufReader::new(agent.stdout.take().unwrap()).lines();
-    line_containing(&mut log, "connected to the gateway").await;
+        .start(Ready::line(AGENT_CONNECTED), WAIT)
+        .await
+        .expect("the agent connects");
 
     let target = common::targets::http_target("127.0.0.1").await;
     let curl = tokio::task::spawn_blocking(move || {

@@ -1,0 +1,285 @@
+//! A bare two-hop QUIC relay, the floor under exitpool's byte path. An entry
+//! process takes TCP and opens one QUIC stream per connection to an exit process,
+//! which dials one fixed target as soon as the stream arrives. Both run the same
+//! byte path (`exitpool_transport::relay`), transport windows, UDP buffers, TLS
+//! provider and single-threaded runtime as the gateway and the agent, and nothing
+//! else: no authentication, routing, `Open`/`Opened` exchange, accounting or
+//! limits. Its processes are this program, started with hidden flags
+//! ([`HopArgs`]); [`BareRelay`] and [`BareExit`] start them.
+
+use crate::client::{join_all, Route, STEP};
+use anyhow::{bail, Context, Result};
+use exitpool_launcher::{Launch, Process};
+use exitpool_transport::relay::{relay, LiveCounters, Unlimited};
+use exitpool_transport::udp;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+const ALPN: &[u8] = b"bare-relay";
+const IDLE: Duration = Duration::from_secs(60);
+/// The name the exit's certificate is issued for.
+const SERVER_NAME: &str = "localhost";
+/// The bare relay's path name in the scenarios.
+pub const NAME: &str = "bare relay";
+/// What the bare relay's column means, for the report's notes.
+pub const NOTE: &str = "bare QUIC = a bare two-hop QUIC relay (entry and exit processes, the same byte path, transport settings and one-thread runtimes as the gateway and agent; no authentication, routing, Open/Opened exchange, accounting or limits): the floor for two QUIC hops on this machine";
+/// What a hop prints on stdout once it serves, followed by its address.
+const READY: &str = "ready ";
+
+/// The hidden flags that make this program one hop of the bare relay.
+#[derive(Debug, clap::Args)]
+pub struct HopArgs {
+    /// Internal: run as the bare relay's exit hop, dialling this target.
+    #[arg(long, hide = true)]
+    pub bare_exit: Option<SocketAddr>,
+    /// Internal: streams the bare exit hop lets each connection open at once
+    /// (quinn sets up state for each in advance).
+    #[arg(long, hide = true, default_value_t = exitpool_agent::DEFAULT_MAX_STREAMS)]
+    pub bare_streams: u32,
+    /// Internal: run as the bare relay's entry hop, towards this exit hop.
+    #[arg(long, hide = true, requires = "bare_cert")]
+    pub bare_entry: Option<SocketAddr>,
+    /// Internal: the exit hop's certificate (hex DER), for `--bare-entry`.
+    #[arg(long, hide = true)]
+    pub bare_cert: Option<String>,
+}
+
+impl HopArgs {
+    /// Whether this process is to be a hop rather than the load test.
+    pub fn is_hop(&self) -> bool {
+        self.bare_exit.is_some() || self.bare_entry.is_some()
+    }
+}
+
+/// Runs this process as one hop of the bare relay, on one thread like the agent
+/// and the benchmark gateway, until it is killed.
+pub fn run_hop(args: &HopArgs) -> ExitCode {
+    let hop = async {
+        match (args.bare_exit, args.bare_entry, &args.bare_cert) {
+            (Some(target), _, _) => exit(target, args.bare_streams).await,
+            (None, Some(exit), Some(cert)) => entry(exit, cert).await,
+            _ => bail!("--bare-entry needs --bare-cert"),
+        }
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(hop));
+    if let Err(error) = result {
+        eprintln!("loadtest bare relay hop: {error:#}");
+    }
+    ExitCode::FAILURE
+}
+
+/// The shared transport settings, letting the peer open `streams` at once.
+fn transport(streams: u32) -> quinn::TransportConfig {
+    let mut transport = udp::base_transport();
+    transport
+        .max_concurrent_bidi_streams(streams.into())
+        .keep_alive_interval(Some(exitpool_protocol::KEEP_ALIVE_INTERVAL));
+    transport
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Relays one TCP connection over one QUIC stream until both ends are done.
+async fn carry(mut tcp: TcpStream, send: quinn::SendStream, recv: quinn::RecvStream) {
+    let _ = tcp.set_nodelay(true);
+    let (read, write) = tcp.split();
+    let counters = LiveCounters::default();
+    let _ = relay(read, write, send, recv, IDLE, &counters, &Unlimited).await;
+}
+
+/// The exit hop: prints `ready <udp address> <certificate, hex DER>`, then
+/// dials `target` for every stream of every connection.
+async fn exit(target: SocketAddr, streams: u32) -> Result<()> {
+    let generated = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
+    let cert = generated.cert.der().clone();
+    let key = PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key.into())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    server.transport_config(Arc::new(transport(streams)));
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    let endpoint = udp::endpoint(local, quinn::EndpointConfig::default(), Some(server))?;
+    println!("{READY}{} {}", endpoint.local_addr()?, hex::encode(&cert));
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
+            while let Ok((send, recv)) = connection.accept_bi().await {
+                tokio::spawn(async move {
+                    if let Ok(tcp) = TcpStream::connect(target).await {
+                        carry(tcp, send, recv).await;
+                    }
+                });
+            }
+        });
+    }
+    Ok(())
+}
+
+/// A QUIC client that trusts only the exit's certificate (hex DER).
+fn client_config(cert_hex: &str) -> Result<quinn::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(
+        hex::decode(cert_hex).context("the exit's certificate is not hex")?,
+    ))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    // The exit never opens streams.
+    client.transport_config(Arc::new(transport(0)));
+    Ok(client)
+}
+
+/// One QUIC endpoint on `bind`, connected to the exit at `exit`.
+async fn connect(
+    exit: SocketAddr,
+    client: quinn::ClientConfig,
+    bind: IpAddr,
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let local = SocketAddr::new(bind, 0);
+    let mut endpoint = udp::endpoint(local, quinn::EndpointConfig::default(), None)?;
+    endpoint.set_default_client_config(client);
+    let connection = tokio::time::timeout(STEP, endpoint.connect(exit, SERVER_NAME)?)
+        .await
+        .context("QUIC handshake with the exit timed out")??;
+    Ok((endpoint, connection))
+}
+
+/// `n` idle QUIC connections to the exit at `exit`, each from its own
+/// endpoint on `bind(i)`, as agents hold them to a gateway.
+pub async fn idle_clients(
+    exit: SocketAddr,
+    cert_hex: &str,
+    n: usize,
+    bind: impl Fn(usize) -> IpAddr,
+) -> Result<Vec<(quinn::Endpoint, quinn::Connection)>> {
+    let client = client_config(cert_hex)?;
+    let mut clients = Vec::with_capacity(n);
+    // Handshakes in batches, so they arrive at a steady rate.
+    for first in (0..n).step_by(64) {
+        let batch = (first..n.min(first + 64)).map(|i| connect(exit, client.clone(), bind(i)));
+        for result in join_all(batch).await {
+            clients.push(result?);
+        }
+    }
+    Ok(clients)
+}
+
+/// The entry hop: connects to the exit at `exit`, trusting `cert_hex`, prints
+/// `ready <tcp address>`, then carries every accepted connection on a stream.
+async fn entry(exit: SocketAddr, cert_hex: &str) -> Result<()> {
+    let local = IpAddr::from([127, 0, 0, 1]);
+    let (_endpoint, connection) = connect(exit, client_config(cert_hex)?, local).await?;
+    let listener = TcpListener::bind(SocketAddr::new(local, 0)).await?;
+    println!("{READY}{}", listener.local_addr()?);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            if let Ok((send, recv)) = connection.open_bi().await {
+                carry(tcp, send, recv).await;
+            }
+        });
+    }
+}
+
+/// Starts this program as a hop with `args`; returns it once it prints its
+/// ready line, with the rest of that line.
+async fn start_hop(args: &[&str]) -> Result<(Process, String)> {
+    let mut process = Launch::new(std::env::current_exe()?).args(args).spawn()?;
+    let line = process.line_with(READY, STEP).await?;
+    let rest = line
+        .trim()
+        .strip_prefix(READY.trim_end())
+        .with_context(|| format!("unexpected ready line {line:?}"))?;
+    Ok((process, rest.trim().to_owned()))
+}
+
+/// The bare relay's exit hop: this program run with `--bare-exit`.
+pub struct BareExit {
+    process: Process,
+    pub addr: SocketAddr,
+    pub cert_hex: String,
+}
+
+impl BareExit {
+    /// Starts the exit hop towards `target`, letting each connection open
+    /// `streams` streams at once.
+    pub async fn start(target: SocketAddr, streams: u32) -> Result<BareExit> {
+        let (process, ready) = start_hop(&[
+            "--bare-exit",
+            &target.to_string(),
+            "--bare-streams",
+            &streams.to_string(),
+        ])
+        .await
+        .context("bare relay exit hop")?;
+        let (addr, cert_hex) = ready
+            .split_once(' ')
+            .context("the exit hop's ready line lacks its certificate")?;
+        Ok(BareExit {
+            process,
+            addr: addr.parse().context("the exit hop's address")?,
+            cert_hex: cert_hex.to_owned(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+/// The bare relay's two processes: this program run as its entry and exit hops.
+pub struct BareRelay {
+    entry: Process,
+    exit: BareExit,
+    listen: SocketAddr,
+}
+
+impl BareRelay {
+    pub async fn start(target: SocketAddr) -> Result<BareRelay> {
+        // As many streams as an agent takes by default.
+        let exit = BareExit::start(target, exitpool_agent::DEFAULT_MAX_STREAMS).await?;
+        let (entry, ready) = start_hop(&[
+            "--bare-entry",
+            &exit.addr.to_string(),
+            "--bare-cert",
+            &exit.cert_hex,
+        ])
+        .await
+        .context("bare relay entry hop")?;
+        Ok(BareRelay {
+            entry,
+            exit,
+            listen: ready.parse().context("the entry hop's address")?,
+        })
+    }
+
+    pub fn path(&self) -> Route {
+        Route::Relay(self.listen)
+    }
+
+    /// The entry's and the exit's process ids: the entry stands where the
+    /// gateway does, the exit where the agent does.
+    pub fn pids(&self) -> Vec<u32> {
+        vec![self.entry.pid(), self.exit.pid()]
+    }
+}

@@ -1,0 +1,242 @@
+//! The command line: flags, the scenarios, the sizes a run uses, and [`Bench`],
+//! what every scenario is given.
+
+use crate::bare_relay::HopArgs;
+use crate::launch::{binaries, Binaries, Runs};
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadtest",
+    about = "exitpool load test: throughput, connect latency, connection rate, fan-out, swarm, footprint"
+)]
+pub struct Args {
+    /// What to run.
+    #[arg(value_enum, required_unless_present_any = ["bare_exit", "bare_entry"])]
+    pub scenario: Option<Scenario>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw throughput and connect latency against the direct baseline (SVG).
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+    /// Tiny sizes, for a smoke run.
+    #[arg(long)]
+    pub quick: bool,
+    /// bulk: MiB per direction.
+    #[arg(long)]
+    pub size: Option<u64>,
+    /// bulk: rounds, the paths taking turns in each; medians are reported.
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// connect: fresh connections per path (sequential; the same again concurrently).
+    #[arg(long)]
+    pub connects: Option<usize>,
+    /// connect: concurrent workers in the concurrent round.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// rate: seconds each path is driven for.
+    #[arg(long)]
+    pub rate_secs: Option<f64>,
+    /// rate: concurrent client loops.
+    #[arg(long)]
+    pub rate_clients: Option<usize>,
+    /// rate: the agent's `--max-streams` (default: the agent's own default).
+    #[arg(long)]
+    pub rate_max_streams: Option<u32>,
+    /// fanout: concurrent customer connections.
+    #[arg(long)]
+    pub fanout_conns: Option<usize>,
+    /// fanout: agents.
+    #[arg(long)]
+    pub fanout_agents: Option<usize>,
+    /// fanout: KiB downloaded by each connection.
+    #[arg(long)]
+    pub fanout_kib: Option<u64>,
+    /// swarm: agents.
+    #[arg(long)]
+    pub swarm: Option<usize>,
+    /// Where the `gateway` and `agent` binaries are (default: next to this program).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Worker threads of the gateway process (its `--threads`). One by default:
+    /// here the client, target, gateway and agents share two cores, where each
+    /// would have a machine of its own.
+    #[arg(long, default_value_t = 1)]
+    pub gateway_threads: usize,
+    /// bulk, connect, rate and fanout: also measure the gateway with `--threads 2`.
+    #[arg(long)]
+    pub compare_runtimes: bool,
+    /// Do not run `cargo build --bin gateway --bin agent` first.
+    #[arg(long)]
+    pub no_build: bool,
+    /// The hidden flags that run this program as a hop of the bare relay.
+    #[command(flatten)]
+    pub hop: HopArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    Bulk,
+    Connect,
+    Rate,
+    Fanout,
+    Swarm,
+    Footprint,
+    All,
+}
+
+impl Scenario {
+    /// What `all` runs, in order.
+    pub const EACH: [Scenario; 6] = [
+        Scenario::Bulk,
+        Scenario::Connect,
+        Scenario::Rate,
+        Scenario::Fanout,
+        Scenario::Swarm,
+        Scenario::Footprint,
+    ];
+
+    /// The name on the command line, in the table and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Bulk => "bulk",
+            Scenario::Connect => "connect",
+            Scenario::Rate => "rate",
+            Scenario::Fanout => "fanout",
+            Scenario::Swarm => "swarm",
+            Scenario::Footprint => "footprint",
+            Scenario::All => "all",
+        }
+    }
+
+    /// The heading printed when the scenario starts.
+    pub fn describe(self, sizes: &Sizes) -> String {
+        let what = match self {
+            Scenario::Bulk => format!(
+                "{} MiB each way, {} rounds",
+                sizes.bulk_mib, sizes.bulk_rounds
+            ),
+            Scenario::Connect => format!("{} fresh connections per path", sizes.connects),
+            Scenario::Rate => format!(
+                "{} client loops for {:.0?} per path",
+                sizes.rate_clients, sizes.rate_time
+            ),
+            Scenario::Fanout => format!(
+                "{} connections over {} agents",
+                sizes.fanout_conns, sizes.fanout_agents
+            ),
+            Scenario::Swarm => format!("{} agents", sizes.swarm),
+            Scenario::Footprint => "one agent process".to_owned(),
+            Scenario::All => "everything".to_owned(),
+        };
+        format!("{}: {what}", self.name())
+    }
+}
+
+/// The sizes one run uses.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub bulk_mib: u64,
+    pub bulk_rounds: usize,
+    pub connects: usize,
+    pub concurrency: usize,
+    pub rate_time: Duration,
+    pub rate_clients: usize,
+    /// `None`: the agent's default.
+    pub rate_max_streams: Option<u32>,
+    pub fanout_conns: usize,
+    pub fanout_agents: usize,
+    pub fanout_kib: u64,
+    pub swarm: usize,
+}
+
+impl Sizes {
+    pub fn from_args(args: &Args) -> Sizes {
+        let mut sizes = if args.quick {
+            Sizes {
+                bulk_mib: 16,
+                bulk_rounds: 1,
+                connects: 200,
+                concurrency: 8,
+                rate_time: Duration::from_secs(1),
+                rate_clients: 64,
+                rate_max_streams: None,
+                fanout_conns: 100,
+                fanout_agents: 5,
+                fanout_kib: 64,
+                swarm: 200,
+            }
+        } else {
+            // Suited to a 2-core machine: the whole of `all` fits in a few minutes.
+            let all = Sizes {
+                bulk_mib: 512,
+                bulk_rounds: 5,
+                connects: 1000,
+                concurrency: 16,
+                rate_time: Duration::from_secs(10),
+                rate_clients: 64,
+                rate_max_streams: None,
+                fanout_conns: 2000,
+                fanout_agents: 50,
+                fanout_kib: 128,
+                swarm: 10_000,
+            };
+            if args.scenario == Some(Scenario::All) {
+                all
+            } else {
+                // One scenario alone can afford more.
+                Sizes {
+                    bulk_mib: 1024,
+                    connects: 2000,
+                    fanout_kib: 256,
+                    ..all
+                }
+            }
+        };
+        sizes.bulk_mib = args.size.unwrap_or(sizes.bulk_mib).max(1);
+        sizes.bulk_rounds = args.rounds.unwrap_or(sizes.bulk_rounds).max(1);
+        sizes.connects = args.connects.unwrap_or(sizes.connects).max(1);
+        sizes.concurrency = args.concurrency.unwrap_or(sizes.concurrency).max(1);
+        if let Some(secs) = args.rate_secs {
+            sizes.rate_time = Duration::from_secs_f64(secs.clamp(0.1, 3600.0));
+        }
+        sizes.rate_clients = args.rate_clients.unwrap_or(sizes.rate_clients).max(1);
+        sizes.rate_max_streams = args.rate_max_streams.or(sizes.rate_max_streams);
+        sizes.fanout_conns = args.fanout_conns.unwrap_or(sizes.fanout_conns).max(1);
+        sizes.fanout_agents = args
+            .fanout_agents
+            .unwrap_or(sizes.fanout_agents)
+            .clamp(1, 250);
+        sizes.fanout_kib = args.fanout_kib.unwrap_or(sizes.fanout_kib).max(1);
+        sizes.swarm = args.swarm.unwrap_or(sizes.swarm).max(1);
+        sizes
+    }
+}
+
+/// What every scenario is given.
+pub struct Bench {
+    pub sizes: Sizes,
+    pub bins: Binaries,
+    pub runs: Runs,
+    /// tinyproxy's path, when it is installed.
+    pub tinyproxy: Option<PathBuf>,
+}
+
+impl Bench {
+    /// Finds (and unless `--no-build`, builds) the binaries.
+    pub async fn new(args: &Args, sizes: Sizes) -> Result<Bench> {
+        Ok(Bench {
+            sizes,
+            bins: binaries(args.bin_dir.as_deref(), !args.no_build).await?,
+            runs: Runs {
+                gateway_threads: args.gateway_threads,
+                also_threads: args.compare_runtimes.then_some(2),
+            },
+            tinyproxy: crate::launch::which("tinyproxy"),
+        })
+    }
+}

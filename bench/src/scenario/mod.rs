@@ -1,0 +1,8 @@
+//! The scenarios, one file each; each has `run(&Bench, &mut Report)`.
+
+pub mod bulk;
+pub mod connect;
+pub mod fanout;
+pub mod footprint;
+pub mod rate;
+pub mod swarm;

@@ -1,0 +1,258 @@
+//! rate: how many fresh connections a second each path carries, and what each
+//! costs its proxy in CPU. Client loops (64 by default) each open a fresh TCP
+//! connection, CONNECT where there is a proxy, send a 1 KiB request, read the
+//! 1 KiB answer and start again, for a fixed time per path: direct, exitpool
+//! (the gateway and one agent process), tinyproxy and the bare relay. Failed
+//! connections are counted by kind (an `exits_busy` answer, a reset, …).
+
+use crate::bare_relay::{self, BareRelay};
+use crate::cli::{Bench, Sizes};
+use crate::client::{exchange, join_all, open, start_target, Route, STEP};
+use crate::launch::Processes;
+use crate::measure::{cpu_of, percentile};
+use crate::report::{Figure, Report};
+use crate::tinyproxy::Tinyproxy;
+use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Bytes each way per connection.
+const EXCHANGE: u64 = 1024;
+/// Sequential exchanges before the clock starts, to warm caches and windows.
+const WARM_UP: usize = 20;
+
+/// One path driven for the scenario's time.
+struct RateRun {
+    /// Connections that completed their exchange.
+    done: usize,
+    secs: f64,
+    /// Each completed connection's time, sorted.
+    times: Vec<Duration>,
+    /// CPU seconds of this process (client and target), then of each proxy process.
+    cpu: Vec<f64>,
+    /// Failed connections by kind.
+    errors: BTreeMap<String, usize>,
+}
+
+impl RateRun {
+    fn per_second(&self) -> f64 {
+        self.done as f64 / self.secs
+    }
+
+    /// CPU-µs per completed connection of the CPU figures `cpu[range]`.
+    fn micros(&self, range: std::ops::Range<usize>) -> Option<f64> {
+        let cpu = self.cpu.get(range)?;
+        (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / self.done as f64 * 1e6)
+    }
+
+    /// Every proxy process together.
+    fn proxy_micros(&self) -> Option<f64> {
+        self.micros(1..self.cpu.len())
+    }
+
+    /// Proxy process `i` of a two-process path (0: the gateway or the bare
+    /// entry hop; 1: the agent or the bare exit hop); `None` for other paths.
+    fn process_micros(&self, i: usize) -> Option<f64> {
+        if self.cpu.len() != 3 {
+            return None;
+        }
+        self.micros(i + 1..i + 2)
+    }
+
+    fn error_count(&self) -> usize {
+        self.errors.values().sum()
+    }
+}
+
+/// One fresh connection and exchange; its time, or the kind of its failure.
+async fn one_exchange(route: &Route, target: SocketAddr) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let mut stream = open(route, target).await.map_err(|e| e.kind())?;
+    match tokio::time::timeout(STEP, exchange(&mut stream, EXCHANGE)).await {
+        Ok(Ok(())) => Ok(t0.elapsed()),
+        Ok(Err(error)) => Err(format!("exchange: {}", error.kind())),
+        Err(_) => Err("exchange timeout".into()),
+    }
+}
+
+/// Drives `route` with the scenario's client loops for its time; `pids` are the
+/// proxy's processes.
+async fn drive(
+    name: &str,
+    route: &Route,
+    pids: &[u32],
+    target: SocketAddr,
+    sizes: &Sizes,
+) -> Result<RateRun> {
+    for _ in 0..WARM_UP {
+        if let Err(kind) = one_exchange(route, target).await {
+            bail!("{name} warm-up: {kind}");
+        }
+    }
+    let cpu0 = cpu_of(pids)?;
+    let t0 = Instant::now();
+    let deadline = t0 + sizes.rate_time;
+    let loops = (0..sizes.rate_clients).map(|i| {
+        // Clients from 127.0.3.1-250, as customers come from many addresses.
+        let route = route.with_source(IpAddr::V4(Ipv4Addr::new(127, 0, 3, (i % 250 + 1) as u8)));
+        async move {
+            let mut times = Vec::new();
+            let mut errors = BTreeMap::<String, usize>::new();
+            while Instant::now() < deadline {
+                match one_exchange(&route, target).await {
+                    Ok(time) => times.push(time),
+                    Err(kind) => *errors.entry(kind).or_default() += 1,
+                }
+            }
+            (times, errors)
+        }
+    });
+    let mut run = RateRun {
+        done: 0,
+        secs: 0.0,
+        times: Vec::new(),
+        cpu: Vec::new(),
+        errors: BTreeMap::new(),
+    };
+    for (times, errors) in join_all(loops).await {
+        run.times.extend(times);
+        for (kind, n) in errors {
+            *run.errors.entry(kind).or_default() += n;
+        }
+    }
+    run.secs = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_of(pids)?;
+    run.cpu = cpu1.iter().zip(&cpu0).map(|(a, b)| a - b).collect();
+    run.done = run.times.len();
+    run.times.sort();
+    eprintln!(
+        "   {name:<10} {:.0} conn/s, {:?} CPU-µs per connection in the proxy, {} errors {:?}",
+        run.per_second(),
+        run.proxy_micros(),
+        run.error_count(),
+        run.errors
+    );
+    if run.done == 0 {
+        bail!("{name}: no connection completed; errors: {:?}", run.errors);
+    }
+    Ok(run)
+}
+
+pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
+    let Bench {
+        sizes, bins, runs, ..
+    } = bench;
+    let target = start_target().await?;
+    let processes =
+        Processes::start(bins, runs.gateway_threads, 1, 4096, sizes.rate_max_streams).await?;
+    let tiny = Tinyproxy::start_if_installed(bench.tinyproxy.as_deref()).await?;
+    let bare = BareRelay::start(target).await?;
+    let direct = drive("direct", &Route::Direct, &[], target, sizes).await?;
+    let ours = drive(
+        "exitpool",
+        &processes.path(),
+        &processes.pids(),
+        target,
+        sizes,
+    )
+    .await?;
+    processes.stop().await;
+    let theirs = match &tiny {
+        Some(t) => Some(drive("tinyproxy", &t.path(), &[t.pid()], target, sizes).await?),
+        None => None,
+    };
+    let floor = drive(bare_relay::NAME, &bare.path(), &bare.pids(), target, sizes).await?;
+    drop((tiny, bare));
+
+    let figures: [Figure<RateRun>; 8] = [
+        (
+            format!("connections per second, {} clients", sizes.rate_clients),
+            "conn/s",
+            |r| Some(r.per_second()),
+        ),
+        (
+            "CPU per connection, proxy processes".into(),
+            "CPU-µs",
+            |r| r.proxy_micros(),
+        ),
+        (
+            "CPU per connection, gateway process".into(),
+            "CPU-µs",
+            |r| r.process_micros(0),
+        ),
+        ("CPU per connection, agent process".into(), "CPU-µs", |r| {
+            r.process_micros(1)
+        }),
+        (
+            "CPU per connection, client and target".into(),
+            "CPU-µs",
+            |r| r.micros(0..1),
+        ),
+        ("connection time, p50".into(), "ms", |r| {
+            Some(percentile(&r.times, 0.5))
+        }),
+        ("connection time, p99".into(), "ms", |r| {
+            Some(percentile(&r.times, 0.99))
+        }),
+        ("errors".into(), "count", |r| Some(r.error_count() as f64)),
+    ];
+    let measured = [Some(&direct), Some(&ours), theirs.as_ref(), Some(&floor)];
+    report.rows_per_path("rate", measured, figures);
+    let kinds: std::collections::BTreeSet<&String> = measured
+        .iter()
+        .flatten()
+        .flat_map(|r| r.errors.keys())
+        .collect();
+    for kind in kinds {
+        let count = |r: &RateRun| r.errors.get(kind).copied().unwrap_or(0) as f64;
+        report.row(
+            "rate",
+            format!("errors: {kind}"),
+            "count",
+            Some(count(&direct)),
+            Some(count(&ours)),
+            theirs.as_ref().map(count),
+        );
+        report.with_bare_relay(Some(count(&floor)));
+    }
+    let ratio = |r: &RateRun| r.per_second() / direct.per_second();
+    report.row(
+        "rate",
+        "connections per second / direct",
+        "ratio",
+        None,
+        Some(ratio(&ours)),
+        theirs.as_ref().map(ratio),
+    );
+    report.with_bare_relay(Some(ratio(&floor)));
+    if let Some(threads) = runs.also_threads {
+        let other = Processes::start(bins, threads, 1, 4096, sizes.rate_max_streams).await?;
+        let name = format!("gateway --threads {threads}");
+        let run = drive(&name, &other.path(), &other.pids(), target, sizes).await?;
+        report.rows_with_threads(
+            "rate",
+            threads,
+            &[
+                ("connections per second", "conn/s", run.per_second()),
+                (
+                    "CPU per connection, proxy processes",
+                    "CPU-µs",
+                    run.proxy_micros().unwrap_or(f64::NAN),
+                ),
+                ("errors", "count", run.error_count() as f64),
+            ],
+        );
+        other.stop().await;
+    }
+    let streams = sizes
+        .rate_max_streams
+        .unwrap_or(exitpool_agent::DEFAULT_MAX_STREAMS);
+    report.notes.push(format!(
+        "rate: {} client loops (from 127.0.3.x) for {:.1} s per path, each a fresh TCP connection, CONNECT where there is a proxy, and a {EXCHANGE}-byte request answered with {EXCHANGE} bytes, the target closing first; exitpool = the gateway (--threads {}) and one agent process (--max-streams {streams}); CPU per connection = the proxy processes' CPU time (the bare relay: entry as gateway, exit as agent) over the connections completed; errors by kind: exitpool's X-Exitpool-Error code, another proxy's HTTP status, or the I/O error",
+        sizes.rate_clients,
+        sizes.rate_time.as_secs_f64(),
+        runs.gateway_threads
+    ));
+    Ok(())
+}

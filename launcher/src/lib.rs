@@ -1,0 +1,27 @@
+//! Starts the `gateway` and `agent` binaries (and any other program) for the
+//! end-to-end tests and the load test, the one way both do it:
+//!
+//! - [`Launch`]: the program, its arguments and environment; [`Launch::start`]
+//!   waits for a [`Ready`] event (a line of output or a port that accepts),
+//!   [`Launch::run`] runs a one-shot command to its end.
+//! - [`Process`]: the running child. Its stdout and stderr are captured line by
+//!   line; every wait has a bound; dropping it kills the child and reaps it, so
+//!   no test leaves processes behind.
+//! - [`binaries`]: what the exitpool binaries print when they are ready.
+//! - [`LaunchError`]: each failure names the process and ends with its last output.
+//!
+//! Linux only: a child's exit is awaited on a pidfd.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod binaries;
+mod error;
+mod launch;
+mod output;
+mod process;
+
+pub use binaries::GatewayBanner;
+pub use error::LaunchError;
+pub use launch::{Finished, Launch, Ready};
+pub use process::{Process, Signal};
