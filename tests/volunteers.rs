@@ -42,3 +42,38 @@ async fn a_refusal_names_neither_the_resolved_address_nor_the_range() {
         assert!(!everything.contains(leak), "{leak:?} leaked: {everything}");
     }
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_state_directory_and_its_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let loosen = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let net = TestGateway::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let fresh = root.path().join("fresh");
+    let agent = net
+        .spawn(net.agent_builder("127.0.0.2").state_dir(&fresh))
+        .await;
+    within("agent stops", agent.shutdown()).await.unwrap();
+    assert_eq!(mode(&fresh), 0o700);
+    for file in ["agent-id", "usage.json"] {
+        assert_eq!(mode(&fresh.join(file)), 0o600, "{file}");
+    }
+    // A directory an older agent (or a careless copy) left readable by others
+    // is tightened at the next start.
+    loosen(&fresh, 0o755);
+    loosen(&fresh.join("agent-id"), 0o644);
+    loosen(&fresh.join("usage.json"), 0o666);
+    let agent = net
+        .spawn(net.agent_builder("127.0.0.2").state_dir(&fresh))
+        .await;
+    assert_eq!(mode(&fresh), 0o700);
+    for file in ["agent-id", "usage.json"] {
+        assert_eq!(mode(&fresh.join(file)), 0o600, "{file}");
+    }
+    within("agent stops", agent.shutdown()).await.unwrap();
+}

@@ -146,6 +146,12 @@ impl AgentBuilder {
     /// Starts the agent on the current tokio runtime. It connects, and reconnects
     /// after network failures, until [`AgentHandle::shutdown`] or a fatal error.
     pub fn spawn(self) -> Result<AgentHandle, AgentError> {
+        if let Some(dir) = &self.config.state_dir {
+            state::prepare_dir(dir).map_err(|source| AgentError::State {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let meter =
             Meter::new(self.config.limits, self.config.state_dir.as_deref()).map_err(|source| {
                 AgentError::State {
