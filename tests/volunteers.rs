@@ -8,7 +8,54 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+/// One formatted log event, as the test's subscriber wrote it.
+struct LineSender(mpsc::UnboundedSender<String>);
+
+impl std::io::Write for LineSender {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.send(String::from_utf8_lossy(bytes).into_owned());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures the log of everything on this test's thread (a `#[tokio::test]`
+/// runtime runs the gateway and agent tasks there too), one event per message.
+fn capture_logs() -> (
+    tracing::subscriber::DefaultGuard,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let (lines, receiver) = mpsc::unbounded_channel();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || LineSender(lines.clone()))
+        .finish();
+    (tracing::subscriber::set_default(subscriber), receiver)
+}
+
+/// Waits for the next captured line containing `needle`; returns it with every
+/// line seen on the way.
+async fn next_line_with(
+    logs: &mut mpsc::UnboundedReceiver<String>,
+    needle: &str,
+) -> (String, Vec<String>) {
+    let mut passed = Vec::new();
+    loop {
+        let line = within(needle, logs.recv()).await.expect("logger alive");
+        if line.contains(needle) {
+            return (line, passed);
+        }
+        passed.push(line);
+    }
+}
 
 /// A refused CONNECT's head and body, as one text.
 async fn refused_answer(proxy: std::net::SocketAddr, target: &str) -> (Head, String) {
@@ -76,4 +123,38 @@ async fn the_state_directory_and_its_files_are_owner_only() {
         assert_eq!(mode(&fresh.join(file)), 0o600, "{file}");
     }
     within("agent stops", agent.shutdown()).await.unwrap();
+}
+
+#[tokio::test]
+async fn refusals_are_counted_in_one_summary_line_not_logged_one_by_one() {
+    let (_guard, mut logs) = capture_logs();
+    let net = TestGateway::start().await;
+    let agent = net
+        .spawn(
+            net.agent_builder("127.0.0.2")
+                .allow_private(false)
+                .refusal_summary_interval(Duration::from_secs(2)),
+        )
+        .await;
+    let targets = [
+        "10.9.8.7:80",
+        "192.168.77.1:80",
+        "[fd00:abcd::1]:443",
+        "localhost:8080",
+        "203.0.113.9:25",
+    ];
+    for target in targets {
+        let (head, _) = refused_answer(net.proxy(), target).await;
+        assert_eq!(head.status, 403, "{target}: {head:?}");
+    }
+    assert_eq!(agent.stats().refused_by_policy, 5);
+    let (summary, before) = next_line_with(&mut logs, "refused by the exit policy").await;
+    assert!(summary.contains("refused=5"), "{summary}");
+    assert!(summary.contains("by_address=4 by_port=1"), "{summary}");
+    // The agent wrote nothing about the single refusals: no customer text.
+    for line in before.iter().filter(|line| line.contains("exitpool_agent")) {
+        for target in ["10.9.8.7", "192.168.77.1", "fd00:abcd", "203.0.113.9"] {
+            assert!(!line.contains(target), "{line}");
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! state directory and starts the tunnel, status and summary tasks.
 
 use crate::config::{
-    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_SUMMARY_INTERVAL,
+    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_REFUSAL_SUMMARY_INTERVAL,
+    DEFAULT_SUMMARY_INTERVAL,
 };
 use crate::error::AgentError;
 use crate::handle::AgentHandle;
@@ -43,6 +44,7 @@ impl Agent {
                 limits: Limits::default(),
                 status_listen: None,
                 summary_interval: DEFAULT_SUMMARY_INTERVAL,
+                refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
             },
         }
     }
@@ -138,6 +140,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Shortest time between two log lines counting refused destinations (see
+    /// [`AgentConfig::refusal_summary_interval`]); tests set it short.
+    pub fn refusal_summary_interval(mut self, interval: Duration) -> Self {
+        self.config.refusal_summary_interval = interval;
+        self
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &AgentConfig {
         &self.config
@@ -188,6 +197,8 @@ impl AgentBuilder {
             None => None,
         };
         let summaries = tokio::spawn(status::summaries(shared.clone(), shutdown.clone()));
+        // Ends with the shutdown token; nothing to save, so nothing to await.
+        tokio::spawn(status::refusal_summaries(shared.clone(), shutdown.clone()));
         let tunnel = tokio::spawn(tunnel::run(shared.clone(), shutdown.clone()));
         Ok(AgentHandle::new(
             shared,

@@ -15,6 +15,11 @@ pub const DEFAULT_MAX_STREAMS: u32 = 64;
 /// Default period of the owner's one-line summary in the log.
 pub const DEFAULT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Default shortest time between two log lines summarising refused
+/// destinations: customers choose the targets, so one line per refusal would
+/// let them fill the volunteer's log.
+pub const DEFAULT_REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Default time live streams get to finish after shutdown is asked for.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
@@ -53,4 +58,7 @@ pub struct AgentConfig {
     pub status_listen: Option<SocketAddr>,
     /// How often the one-line summary is logged.
     pub summary_interval: Duration,
+    /// Shortest time between two log lines that count refused destinations;
+    /// default [`DEFAULT_REFUSAL_SUMMARY_INTERVAL`].
+    pub refusal_summary_interval: Duration,
 }

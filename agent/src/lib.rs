@@ -53,7 +53,10 @@ pub mod tls;
 pub mod tunnel;
 
 pub use builder::{Agent, AgentBuilder};
-pub use config::{AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_SUMMARY_INTERVAL};
+pub use config::{
+    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_REFUSAL_SUMMARY_INTERVAL,
+    DEFAULT_SUMMARY_INTERVAL,
+};
 pub use error::AgentError;
 pub use handle::AgentHandle;
 pub use meter::{Limits, Period};

@@ -37,6 +37,10 @@ impl Shared {
             bytes_up: self.meter.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.meter.bytes_down.load(Ordering::Relaxed),
             connects: counters.connects.load(Ordering::Relaxed),
+            refused_by_policy: {
+                let (address, port) = counters.refusals();
+                address + port
+            },
             period: self.meter.period_key(),
             period_bytes: self.meter.period_bytes(),
             quota_bytes: limits.quota_bytes,

@@ -446,7 +446,12 @@ async fn serve_stream(
     .await
     {
         Err(error) => {
-            info!(%target, code = ?error.code, detail = %error.detail, "dial refused or failed");
+            // Refusals are counted and summarised (status::refusal_summaries):
+            // the target is the customer's text, and one line each would let
+            // customers write into the volunteer's log at will.
+            if !context.shared.counters.count_refusal(error.code) {
+                debug!(%target, code = ?error.code, "dial failed");
+            }
             fail(&mut send, error).await;
         }
         Ok(mut stream) => {
