@@ -158,3 +158,90 @@ async fn refusals_are_counted_in_one_summary_line_not_logged_one_by_one() {
         }
     }
 }
+
+/// Stops `net` and starts, on the same tunnel port, a gateway with a fresh
+/// state directory: another certificate, as a forger on the path would show.
+async fn impostor_on_the_port_of(
+    net: TestGateway,
+) -> (TestGateway, tempfile::TempDir, std::net::SocketAddr) {
+    let tunnel = net.gateway.tunnel_addr();
+    let state = net.state;
+    within("gateway stops", net.gateway.shutdown()).await;
+    let other = tempfile::tempdir().unwrap();
+    let mut config = TestGateway::config(other.path());
+    config.tunnel = tunnel;
+    let impostor = TestGateway::start_in(other, config, |_| {}).await;
+    (impostor, state, tunnel)
+}
+
+#[tokio::test]
+async fn a_pin_mismatch_after_a_first_connection_is_retried_not_fatal() {
+    let (_guard, mut logs) = capture_logs();
+    let net = TestGateway::start().await;
+    let pin = net.gateway.pin().to_owned();
+    let home = tempfile::tempdir().unwrap();
+    let builder = net
+        .agent_builder("127.0.0.2")
+        .state_dir(home.path())
+        .pin_mismatch_retry(Duration::from_millis(200));
+    // Welcomed once with the pin: the state directory remembers it.
+    let first = net.spawn(builder.clone()).await;
+    within("agent stops", first.shutdown()).await.unwrap();
+
+    let (impostor, state, tunnel) = impostor_on_the_port_of(net).await;
+    assert_ne!(impostor.gateway.pin(), pin);
+    // A restarted agent meets the other certificate: it warns and tries again
+    // (twice here), and keeps running.
+    let mut agent = builder.spawn().unwrap();
+    for _ in 0..2 {
+        next_line_with(&mut logs, "DOES NOT MATCH THE PIN").await;
+    }
+    assert!(agent.stats().pin_mismatches >= 2);
+    assert_eq!(
+        impostor.gateway.directory().len(),
+        0,
+        "nothing joined the impostor"
+    );
+    let still_running = tokio::time::timeout(Duration::from_millis(1), agent.finished()).await;
+    assert!(
+        still_running.is_err(),
+        "the agent stopped: {still_running:?}"
+    );
+
+    // The real gateway comes back on its port: the agent rejoins by itself.
+    within("impostor stops", impostor.gateway.shutdown()).await;
+    let mut config = TestGateway::config(state.path());
+    config.tunnel = tunnel;
+    let real = TestGateway::start_in(state, config, |_| {}).await;
+    assert_eq!(real.gateway.pin(), pin);
+    within("agent rejoins", agent.connected()).await;
+    within("agent stops", agent.shutdown()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pin_mismatch_on_a_pin_never_connected_with_stops_at_once() {
+    let net = TestGateway::start().await;
+    let pin = net.gateway.pin().to_owned();
+    // This home has connected, but with another gateway's pin.
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = TestGateway::start().await;
+    let other = elsewhere
+        .spawn(elsewhere.agent_builder("127.0.0.3").state_dir(home.path()))
+        .await;
+    within("agent stops", other.shutdown()).await.unwrap();
+
+    let (_impostor, _state, tunnel) = impostor_on_the_port_of(net).await;
+    let mut agent =
+        exitpool::agent::Agent::builder(tunnel.to_string(), pin.parse().unwrap(), TOKEN)
+            .bind("127.0.0.2".parse().unwrap())
+            .state_dir(home.path())
+            .pin_mismatch_retry(Duration::from_millis(200))
+            .spawn()
+            .unwrap();
+    let result = within("agent gives up", agent.finished()).await;
+    assert!(
+        matches!(result, Err(exitpool::agent::AgentError::PinMismatch(_))),
+        "{result:?}"
+    );
+    assert!(result.unwrap_err().to_string().contains("check --pin"));
+}

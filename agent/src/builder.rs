@@ -3,8 +3,8 @@
 //! state directory and starts the tunnel, status and summary tasks.
 
 use crate::config::{
-    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_REFUSAL_SUMMARY_INTERVAL,
-    DEFAULT_SUMMARY_INTERVAL,
+    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_PIN_MISMATCH_RETRY,
+    DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_SUMMARY_INTERVAL,
 };
 use crate::error::AgentError;
 use crate::handle::AgentHandle;
@@ -45,6 +45,7 @@ impl Agent {
                 status_listen: None,
                 summary_interval: DEFAULT_SUMMARY_INTERVAL,
                 refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
+                pin_mismatch_retry: DEFAULT_PIN_MISMATCH_RETRY,
             },
         }
     }
@@ -144,6 +145,13 @@ impl AgentBuilder {
     /// [`AgentConfig::refusal_summary_interval`]); tests set it short.
     pub fn refusal_summary_interval(mut self, interval: Duration) -> Self {
         self.config.refusal_summary_interval = interval;
+        self
+    }
+
+    /// Wait before retrying a pin mismatch on a pin this agent has connected
+    /// with before (see [`AgentConfig::pin_mismatch_retry`]).
+    pub fn pin_mismatch_retry(mut self, wait: Duration) -> Self {
+        self.config.pin_mismatch_retry = wait;
         self
     }
 

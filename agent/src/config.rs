@@ -20,6 +20,12 @@ pub const DEFAULT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// let them fill the volunteer's log.
 pub const DEFAULT_REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Default wait before trying again after the gateway presented a certificate
+/// that does not match a pin this agent has connected with before: long, since
+/// it is likely a forgery on the path (or a replaced certificate needing a new
+/// `--pin`), and short enough that sharing resumes by itself when it passes.
+pub const DEFAULT_PIN_MISMATCH_RETRY: Duration = Duration::from_secs(600);
+
 /// Default time live streams get to finish after shutdown is asked for.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
@@ -61,4 +67,9 @@ pub struct AgentConfig {
     /// Shortest time between two log lines that count refused destinations;
     /// default [`DEFAULT_REFUSAL_SUMMARY_INTERVAL`].
     pub refusal_summary_interval: Duration,
+    /// Wait (with jitter, half to all of it) before retrying after a pin
+    /// mismatch on a pin this agent has connected with before; default
+    /// [`DEFAULT_PIN_MISMATCH_RETRY`]. A mismatch on a pin never connected with
+    /// stops the agent instead.
+    pub pin_mismatch_retry: Duration,
 }

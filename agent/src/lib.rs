@@ -54,8 +54,8 @@ pub mod tunnel;
 
 pub use builder::{Agent, AgentBuilder};
 pub use config::{
-    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_REFUSAL_SUMMARY_INTERVAL,
-    DEFAULT_SUMMARY_INTERVAL,
+    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_PIN_MISMATCH_RETRY,
+    DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_SUMMARY_INTERVAL,
 };
 pub use error::AgentError;
 pub use handle::AgentHandle;

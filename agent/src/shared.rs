@@ -37,6 +37,7 @@ impl Shared {
             bytes_up: self.meter.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.meter.bytes_down.load(Ordering::Relaxed),
             connects: counters.connects.load(Ordering::Relaxed),
+            pin_mismatches: counters.pin_mismatches.load(Ordering::Relaxed),
             refused_by_policy: {
                 let (address, port) = counters.refusals();
                 address + port

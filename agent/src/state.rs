@@ -8,6 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const AGENT_ID_FILE: &str = "agent-id";
+/// The gateway pins this agent has been welcomed with, one per line.
+const PINS_FILE: &str = "connected-pins";
 /// Mode of the state directory: the owner only.
 pub const DIR_MODE: u32 = 0o700;
 /// Mode of every state file: the owner only.
@@ -52,6 +54,33 @@ pub fn load_or_create_agent_id(dir: &Path) -> std::io::Result<String> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether a gateway with `pin` (as `sha256:<hex>`) has once welcomed this
+/// agent. Then a certificate that does not match is more likely a forgery on
+/// the path than a typo in `--pin`, and is retried rather than fatal.
+pub fn has_connected_with(dir: &Path, pin: &str) -> std::io::Result<bool> {
+    match std::fs::read_to_string(dir.join(PINS_FILE)) {
+        Ok(text) => Ok(text.lines().any(|line| line.trim() == pin)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records that a gateway with `pin` has welcomed this agent.
+pub fn remember_pin(dir: &Path, pin: &str) -> std::io::Result<()> {
+    if has_connected_with(dir, pin)? {
+        return Ok(());
+    }
+    let path = dir.join(PINS_FILE);
+    let mut text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    text.push_str(pin);
+    text.push('\n');
+    write_atomically(&path, text.as_bytes())
 }
 
 /// Creates `dir` (and missing parents) owner-only, or tightens an existing one,
@@ -124,6 +153,22 @@ mod tests {
         assert_eq!(load_or_create_agent_id(&dir).unwrap(), first);
         std::fs::write(dir.join(AGENT_ID_FILE), "garbage").unwrap();
         assert!(load_or_create_agent_id(&dir).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn pins_are_remembered_once_each() {
+        let dir = std::env::temp_dir().join(format!("exitpool-agent-pins-{}", random_agent_id()));
+        prepare_dir(&dir).unwrap();
+        let (a, b) = ("sha256:aa", "sha256:bb");
+        assert!(!has_connected_with(&dir, a).unwrap());
+        remember_pin(&dir, a).unwrap();
+        remember_pin(&dir, a).unwrap();
+        assert!(has_connected_with(&dir, a).unwrap());
+        assert!(!has_connected_with(&dir, b).unwrap());
+        remember_pin(&dir, b).unwrap();
+        let text = std::fs::read_to_string(dir.join(PINS_FILE)).unwrap();
+        assert_eq!(text, "sha256:aa\nsha256:bb\n");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

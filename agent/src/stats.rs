@@ -29,6 +29,9 @@ pub(crate) struct Counters {
     pub refused_address: AtomicU64,
     /// Destinations refused for their port, since start.
     pub refused_port: AtomicU64,
+    /// Handshakes refused for a certificate that did not match a pin this
+    /// agent had connected with before, since start.
+    pub pin_mismatches: AtomicU64,
     /// Woken at each refusal, so the summary task sleeps while there are none.
     pub refusal_seen: Notify,
 }
@@ -76,6 +79,9 @@ pub struct AgentStats {
     pub connects: u64,
     /// Destinations refused by the exit policy since start (address or port).
     pub refused_by_policy: u64,
+    /// Gateway certificates that did not match the pin this agent has
+    /// connected with before (each retried later), since start.
+    pub pin_mismatches: u64,
     /// The quota period now (`2026-11-23` or `2026-11`).
     pub period: String,
     /// Bytes relayed (up + down) in this period.

@@ -1,7 +1,10 @@
 //! The agent's tunnel: connect to the gateway, say `Hello`, serve relay streams,
 //! report load, and reconnect with capped exponential backoff and full jitter after
-//! network failures. A rejected token or a pin mismatch stops the agent instead:
-//! retrying cannot fix them.
+//! network failures. A rejected token stops the agent, and so does a pin
+//! mismatch on a pin it has never connected with (a typo in `--pin`): retrying
+//! cannot fix them. A mismatch on a pin it has connected with before is more
+//! likely a forgery on the path, so it is retried after a long wait with a loud
+//! warning: one forged handshake must not end a volunteer's sharing.
 
 use crate::config::AgentConfig;
 use crate::dial::{dial, DialError};
@@ -112,17 +115,44 @@ pub(crate) async fn run(
         crate::tls::client_config(config.pin, transport_config(config.max_streams))
             .map_err(|e| AgentError::Tls(e.to_string()))?;
     let mut backoff = Backoff::new();
+    let mut pin_proven = pin_proven(&shared).await;
     let result = loop {
         let started = Instant::now();
-        let end = session(&endpoint, &client_config, &shared, &shutdown)
-            .instrument(info_span!("tunnel", gateway = %config.gateway))
-            .await;
+        let end = session(
+            &endpoint,
+            &client_config,
+            &shared,
+            &mut pin_proven,
+            &shutdown,
+        )
+        .instrument(info_span!("tunnel", gateway = %config.gateway))
+        .await;
         shared.session.send_replace(None);
         match end {
             SessionEnd::Shutdown => break Ok(()),
             SessionEnd::Fatal(error) => break Err(error),
-            SessionEnd::Retry(_) if verifier.mismatch_seen() => {
-                break Err(AgentError::PinMismatch(config.pin))
+            SessionEnd::Retry(_) if verifier.take_mismatch() => {
+                if !pin_proven {
+                    break Err(AgentError::PinMismatch(config.pin));
+                }
+                shared
+                    .counters
+                    .pin_mismatches
+                    .fetch_add(1, Ordering::Relaxed);
+                let delay = config
+                    .pin_mismatch_retry
+                    .mul_f64(0.5 + rand::rng().random::<f64>() / 2.0);
+                warn!(
+                    pin = %config.pin,
+                    retry_in_secs = delay.as_secs(),
+                    "THE GATEWAY'S CERTIFICATE DOES NOT MATCH THE PIN this agent has connected with before. \
+                     Someone on the network path may be impersonating the gateway (nothing was sent to it), \
+                     or its operator replaced the certificate (then set the new --pin). Retrying later"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break Ok(()),
+                }
             }
             SessionEnd::GatewayStopped => {
                 // Every agent hears this at the same moment: spread the reconnects
@@ -153,6 +183,37 @@ pub(crate) async fn run(
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     result
+}
+
+/// Whether this agent has once been welcomed by a gateway with its pin, as the
+/// state directory remembers (read off the runtime thread); false without one.
+async fn pin_proven(shared: &Arc<Shared>) -> bool {
+    let Some(dir) = shared.config.state_dir.clone() else {
+        return false;
+    };
+    let pin = shared.config.pin.to_string();
+    match tokio::task::spawn_blocking(move || crate::state::has_connected_with(&dir, &pin)).await {
+        Ok(Ok(proven)) => proven,
+        Ok(Err(error)) => {
+            warn!(%error, "reading the pins this agent has connected with");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Remembers in the state directory (off the runtime thread) that a gateway
+/// with the agent's pin has welcomed it.
+async fn remember_pin(shared: &Arc<Shared>) {
+    let Some(dir) = shared.config.state_dir.clone() else {
+        return;
+    };
+    let pin = shared.config.pin.to_string();
+    match tokio::task::spawn_blocking(move || crate::state::remember_pin(&dir, &pin)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(%error, "saving the pin this agent has connected with"),
+        Err(error) => warn!(%error, "saving the pin did not finish"),
+    }
 }
 
 /// A UDP endpoint on `local`; an unspecified IPv6 address is dual-stack where the
@@ -186,6 +247,7 @@ async fn session(
     endpoint: &quinn::Endpoint,
     client_config: &quinn::ClientConfig,
     shared: &Arc<Shared>,
+    pin_proven: &mut bool,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let config = &shared.config;
@@ -220,6 +282,10 @@ async fn session(
             Err(_) => return SessionEnd::Retry("no answer to Hello".into()),
         };
     shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+    if !*pin_proven {
+        remember_pin(shared).await;
+        *pin_proven = true;
+    }
     info!(exit = %info.exit_id, observed = %info.observed_addr, country = info.country.as_deref().unwrap_or("??"), "connected to the gateway");
     let policy = config
         .policy
