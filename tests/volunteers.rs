@@ -245,3 +245,50 @@ async fn a_pin_mismatch_on_a_pin_never_connected_with_stops_at_once() {
     );
     assert!(result.unwrap_err().to_string().contains("check --pin"));
 }
+
+#[tokio::test]
+async fn the_own_addresses_are_read_at_connection_and_again_while_connected() {
+    use std::net::IpAddr;
+    use std::sync::{Arc, Mutex};
+    let net = TestGateway::start().await;
+    // The "interfaces": a public IPv4 on one link and a global IPv6 address.
+    let first: Vec<IpAddr> = vec![
+        "81.2.69.160".parse().unwrap(),
+        "2a02:8071:5c0:1d00::20".parse().unwrap(),
+    ];
+    let current = Arc::new(Mutex::new(first.clone()));
+    let (reads, mut read) = mpsc::unbounded_channel();
+    let source = {
+        let current = current.clone();
+        exitpool::agent::InterfaceSource::from_fn(move || {
+            let _ = reads.send(());
+            Ok(current.lock().unwrap().clone())
+        })
+    };
+    let agent = net
+        .spawn(
+            net.agent_builder("127.0.0.2")
+                .allow_private(false)
+                .interfaces(source)
+                .interface_refresh(Duration::from_millis(100)),
+        )
+        .await;
+    // Read before the agent took its first stream, with the observed address.
+    within("first read", read.recv()).await.unwrap();
+    let own = agent.stats().own_addresses;
+    assert!(own.contains(&"127.0.0.2".parse().unwrap()), "{own:?}");
+    for address in &first {
+        assert!(own.contains(address), "{own:?}");
+    }
+    // The router hands out a new prefix: refused from the next read on.
+    let second: IpAddr = "2a02:8071:77::20".parse().unwrap();
+    *current.lock().unwrap() = vec![second];
+    // Reads run one after another, so once the third has started the second's
+    // answer is in force.
+    within("second read", read.recv()).await.unwrap();
+    within("third read", read.recv()).await.unwrap();
+    let own = agent.stats().own_addresses;
+    assert!(own.contains(&second), "{own:?}");
+    assert!(!own.contains(&first[1]), "{own:?}");
+    assert!(own.contains(&"127.0.0.2".parse().unwrap()), "{own:?}");
+}

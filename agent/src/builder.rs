@@ -3,11 +3,12 @@
 //! state directory and starts the tunnel, status and summary tasks.
 
 use crate::config::{
-    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_PIN_MISMATCH_RETRY,
-    DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_SUMMARY_INTERVAL,
+    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_INTERFACE_REFRESH, DEFAULT_MAX_STREAMS,
+    DEFAULT_PIN_MISMATCH_RETRY, DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_SUMMARY_INTERVAL,
 };
 use crate::error::AgentError;
 use crate::handle::AgentHandle;
+use crate::interfaces::InterfaceSource;
 use crate::meter::{Limits, Meter, Period};
 use crate::policy::ExitPolicy;
 use crate::shared::Shared;
@@ -46,6 +47,8 @@ impl Agent {
                 summary_interval: DEFAULT_SUMMARY_INTERVAL,
                 refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
                 pin_mismatch_retry: DEFAULT_PIN_MISMATCH_RETRY,
+                interfaces: InterfaceSource::system(),
+                interface_refresh: DEFAULT_INTERFACE_REFRESH,
             },
         }
     }
@@ -155,6 +158,20 @@ impl AgentBuilder {
         self
     }
 
+    /// Where the device's interface addresses are read from (see
+    /// [`AgentConfig::interfaces`]).
+    pub fn interfaces(mut self, source: InterfaceSource) -> Self {
+        self.config.interfaces = source;
+        self
+    }
+
+    /// How often the interface addresses are read again while connected (see
+    /// [`AgentConfig::interface_refresh`]).
+    pub fn interface_refresh(mut self, every: Duration) -> Self {
+        self.config.interface_refresh = every;
+        self
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &AgentConfig {
         &self.config
@@ -189,6 +206,7 @@ impl AgentBuilder {
             tracing::warn!("--allow-private is on: this agent will dial loopback and private networks. Use it for local testing only.");
         }
         let shared = Arc::new(Shared {
+            policy: watch::Sender::new(Arc::new(self.config.policy.clone())),
             config: self.config,
             agent_id,
             paused: watch::Sender::new(false),

@@ -4,7 +4,7 @@
 //! count right.
 
 use exitpool_protocol::FailureCode;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use tokio::sync::Notify;
 
@@ -77,6 +77,9 @@ pub struct AgentStats {
     pub bytes_down: u64,
     /// Successful tunnel connections since start (1 + reconnects).
     pub connects: u64,
+    /// The device's own addresses the policy refuses now (the observed public
+    /// one and every interface address; IPv6 ones with their /48).
+    pub own_addresses: Vec<IpAddr>,
     /// Destinations refused by the exit policy since start (address or port).
     pub refused_by_policy: u64,
     /// Gateway certificates that did not match the pin this agent has

@@ -185,6 +185,25 @@ pub(crate) async fn run(
     result
 }
 
+/// Puts the configured policy plus the device's own addresses in force: the
+/// public address the gateway observed and every interface address, read now.
+/// If they cannot be read, the addresses refused so far stay refused.
+async fn refresh_own_addresses(shared: &Shared, observed: IpAddr) {
+    let config = &shared.config;
+    let interfaces = match config.interfaces.read(config.handshake_timeout).await {
+        Ok(addresses) => addresses,
+        Err(error) => {
+            warn!(%error, "reading the interface addresses failed; keeping the ones read before");
+            shared.policy.borrow().own_addresses().to_vec()
+        }
+    };
+    let policy = config
+        .policy
+        .clone()
+        .with_own_addresses(std::iter::once(observed).chain(interfaces));
+    shared.policy.send_replace(Arc::new(policy));
+}
+
 /// Whether this agent has once been welcomed by a gateway with its pin, as the
 /// state directory remembers (read off the runtime thread); false without one.
 async fn pin_proven(shared: &Arc<Shared>) -> bool {
@@ -234,12 +253,16 @@ async fn resolve_gateway(
     bind: Option<IpAddr>,
     within: Duration,
 ) -> Result<SocketAddr, String> {
-    let mut addresses = tokio::time::timeout(within, tokio::net::lookup_host(gateway))
+    let addresses = tokio::time::timeout(within, tokio::net::lookup_host(gateway))
         .await
         .map_err(|_| format!("resolving {gateway} timed out"))?
         .map_err(|e| format!("resolving {gateway}: {e}"))?;
+    // IPv4 first: the gateway then observes the home's public IPv4 address,
+    // which sits on the router, not on any interface of this device; its
+    // public IPv6 addresses are on its interfaces, read by the agent itself.
     addresses
-        .find(|address| bind.is_none_or(|bind| bind.is_ipv4() == address.is_ipv4()))
+        .filter(|address| bind.is_none_or(|bind| bind.is_ipv4() == address.is_ipv4()))
+        .min_by_key(|address| address.is_ipv6())
         .ok_or_else(|| format!("{gateway} has no address of the --bind address's family"))
 }
 
@@ -287,11 +310,12 @@ async fn session(
         *pin_proven = true;
     }
     info!(exit = %info.exit_id, observed = %info.observed_addr, country = info.country.as_deref().unwrap_or("??"), "connected to the gateway");
-    let policy = config
-        .policy
-        .clone()
-        .with_own_address(info.observed_addr.ip());
+    let observed = info.observed_addr.ip();
+    // The own addresses are in the policy before the first stream is taken.
+    refresh_own_addresses(shared, observed).await;
     shared.session.send_replace(Some(info));
+    let mut interface_refresh = tokio::time::interval(config.interface_refresh);
+    interface_refresh.reset();
 
     let streams = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(config.max_streams as usize));
@@ -303,12 +327,14 @@ async fn session(
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     let accepting = shared.accepting();
-                    let stream = StreamContext { shared: shared.clone(), policy: policy.clone(), slots: slots.clone(), accepting };
+                    let policy = shared.policy.borrow().clone();
+                    let stream = StreamContext { shared: shared.clone(), policy, slots: slots.clone(), accepting };
                     streams.spawn(serve_stream(stream, send, recv).instrument(info_span!("stream")));
                 }
                 Err(_) if gateway_stopped(&connection) => break SessionEnd::GatewayStopped,
                 Err(error) => break SessionEnd::Retry(error.to_string()),
             },
+            _ = interface_refresh.tick() => refresh_own_addresses(shared, observed).await,
             _ = load_timer.tick() => {
                 if let Err(error) = send_load(&mut control_send, shared).await {
                     break SessionEnd::Retry(format!("control stream: {error}"));
@@ -456,7 +482,7 @@ async fn drain(
 
 struct StreamContext {
     shared: Arc<Shared>,
-    policy: ExitPolicy,
+    policy: Arc<ExitPolicy>,
     slots: Arc<Semaphore>,
     accepting: bool,
 }

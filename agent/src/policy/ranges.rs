@@ -1,18 +1,20 @@
 //! Address ranges in the exit policy: the special-purpose tables (RFC 6890 and
 //! the IANA registries) every agent refuses, the IPv4-mapped canonical form,
-//! and the own-network rule (the volunteer's public address and IPv6 prefix).
+//! and the own-network rule (the volunteer's addresses and IPv6 prefixes).
 
 use std::net::IpAddr;
 
-/// Prefix length refused around an own IPv6 address. A home gets a whole
-/// prefix (/64 to /48) and every device in it has a global address that the
-/// agent can reach from the inside, so refusing only the one observed address
-/// would leave the rest of the house open. /48 is the largest common delegation
+/// Prefix length refused around an own IPv6 address (observed or on an
+/// interface). A home gets a whole prefix (/64 to /48) and every device in it
+/// has a global address that the agent can reach from the inside, so refusing
+/// only the one address, or only its /64, would leave the rest of the house
+/// (other VLANs, the guest network) open. /48 is the largest common delegation
 /// to one site, so it covers the owner's network and at most a few neighbours.
 pub const OWN_IPV6_PREFIX_LEN: u8 = 48;
 
-/// Range name reported when the target is the agent's own public IPv4 address.
-pub(super) const OWN_V4_NAME: &str = "own public address (the volunteer's network)";
+/// Range name reported when the target is one of the agent's own IPv4
+/// addresses (public, or on one of its interfaces).
+pub(super) const OWN_V4_NAME: &str = "own address (the volunteer's network)";
 /// Range name reported when the target shares the agent's own IPv6 /48.
 pub(super) const OWN_V6_NAME: &str = "own /48 prefix (the volunteer's network)";
 /// Range name for IPv6 addresses outside global unicast that no table names.
@@ -176,7 +178,7 @@ const V6_REFUSED: &[V6Prefix] = &[
 const GLOBAL_UNICAST: V6Prefix = v6([0x2000, 0, 0, 0, 0, 0, 0, 0], 3, "2000::/3");
 
 /// The name of the own-network rule that `ip` (already canonical) hits, if any:
-/// one of the agent's own public IPv4 addresses, or the
+/// one of the agent's own IPv4 addresses, or the
 /// [`OWN_IPV6_PREFIX_LEN`] prefix around one of its own IPv6 addresses.
 /// `own` holds canonical addresses.
 pub(super) fn own_network(own: &[IpAddr], ip: IpAddr) -> Option<&'static str> {

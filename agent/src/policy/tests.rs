@@ -420,3 +420,50 @@ fn mapped_literals_parse_as_written_and_are_checked_as_ipv4() {
     };
     assert!(ExitPolicy::new().check_ip(mapped).is_err());
 }
+
+#[test]
+fn every_interface_address_and_each_ipv6_prefix_is_refused() {
+    // What the agent of a dual-stack home tunnelling over IPv4 passes: the
+    // observed public IPv4, and its interfaces (loopback, the LAN, the global
+    // IPv6 address from the router's prefix, a public IPv4 on a second link).
+    let interfaces = [
+        "127.0.0.1",
+        "::1",
+        "192.168.1.20",
+        "fe80::1c2d:3eff:fe4f:5a6b",
+        "2a02:8071:5c0:1d00:1c2d:3eff:fe4f:5a6b",
+        "81.2.69.160",
+    ];
+    let policy = ExitPolicy::new()
+        .with_own_address(ip("81.2.69.142"))
+        .with_own_addresses(interfaces.iter().map(|a| ip(a)));
+    for refused in [
+        "81.2.69.142",
+        "81.2.69.160",
+        "::ffff:81.2.69.160",
+        // The router, the NAS and a printer share the device's /64 ...
+        "2a02:8071:5c0:1d00::1",
+        "2a02:8071:5c0:1d00:211:32ff:fe01:2345",
+        // ... and the guest network another /64 of the same delegation.
+        "2a02:8071:5c0:1d01::1",
+    ] {
+        assert!(
+            matches!(
+                policy.check_ip(ip(refused)),
+                Err(PolicyError::AddressProhibited { range, .. })
+                    if range == OWN_V4_NAME || range == OWN_V6_NAME
+            ),
+            "{refused}: {:?}",
+            policy.check_ip(ip(refused))
+        );
+    }
+    for allowed in ["81.2.69.141", "81.2.69.161", "2a02:8071:5c1::1", "8.8.8.8"] {
+        assert_eq!(policy.check_ip(ip(allowed)), Ok(()), "{allowed}");
+    }
+    // Stored once each, in canonical form.
+    assert_eq!(policy.own_addresses().len(), interfaces.len() + 1);
+    let again = policy
+        .clone()
+        .with_own_addresses([ip("::ffff:81.2.69.160")]);
+    assert_eq!(again.own_addresses(), policy.own_addresses());
+}
