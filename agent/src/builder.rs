@@ -3,10 +3,12 @@
 //! state directory and starts the tunnel, status and summary tasks.
 
 use crate::config::{
-    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_SUMMARY_INTERVAL,
+    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_INTERFACE_REFRESH, DEFAULT_MAX_STREAMS,
+    DEFAULT_PIN_MISMATCH_RETRY, DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_SUMMARY_INTERVAL,
 };
 use crate::error::AgentError;
 use crate::handle::AgentHandle;
+use crate::interfaces::InterfaceSource;
 use crate::meter::{Limits, Meter, Period};
 use crate::policy::ExitPolicy;
 use crate::shared::Shared;
@@ -43,6 +45,10 @@ impl Agent {
                 limits: Limits::default(),
                 status_listen: None,
                 summary_interval: DEFAULT_SUMMARY_INTERVAL,
+                refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
+                pin_mismatch_retry: DEFAULT_PIN_MISMATCH_RETRY,
+                interfaces: InterfaceSource::system(),
+                interface_refresh: DEFAULT_INTERFACE_REFRESH,
             },
         }
     }
@@ -138,6 +144,34 @@ impl AgentBuilder {
         self
     }
 
+    /// Shortest time between two log lines counting refused destinations (see
+    /// [`AgentConfig::refusal_summary_interval`]); tests set it short.
+    pub fn refusal_summary_interval(mut self, interval: Duration) -> Self {
+        self.config.refusal_summary_interval = interval;
+        self
+    }
+
+    /// Wait before retrying a pin mismatch on a pin this agent has connected
+    /// with before (see [`AgentConfig::pin_mismatch_retry`]).
+    pub fn pin_mismatch_retry(mut self, wait: Duration) -> Self {
+        self.config.pin_mismatch_retry = wait;
+        self
+    }
+
+    /// Where the device's interface addresses are read from (see
+    /// [`AgentConfig::interfaces`]).
+    pub fn interfaces(mut self, source: InterfaceSource) -> Self {
+        self.config.interfaces = source;
+        self
+    }
+
+    /// How often the interface addresses are read again while connected (see
+    /// [`AgentConfig::interface_refresh`]).
+    pub fn interface_refresh(mut self, every: Duration) -> Self {
+        self.config.interface_refresh = every;
+        self
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &AgentConfig {
         &self.config
@@ -146,6 +180,12 @@ impl AgentBuilder {
     /// Starts the agent on the current tokio runtime. It connects, and reconnects
     /// after network failures, until [`AgentHandle::shutdown`] or a fatal error.
     pub fn spawn(self) -> Result<AgentHandle, AgentError> {
+        if let Some(dir) = &self.config.state_dir {
+            state::prepare_dir(dir).map_err(|source| AgentError::State {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let meter =
             Meter::new(self.config.limits, self.config.state_dir.as_deref()).map_err(|source| {
                 AgentError::State {
@@ -166,6 +206,7 @@ impl AgentBuilder {
             tracing::warn!("--allow-private is on: this agent will dial loopback and private networks. Use it for local testing only.");
         }
         let shared = Arc::new(Shared {
+            policy: watch::Sender::new(Arc::new(self.config.policy.clone())),
             config: self.config,
             agent_id,
             paused: watch::Sender::new(false),
@@ -182,6 +223,8 @@ impl AgentBuilder {
             None => None,
         };
         let summaries = tokio::spawn(status::summaries(shared.clone(), shutdown.clone()));
+        // Ends with the shutdown token; nothing to save, so nothing to await.
+        tokio::spawn(status::refusal_summaries(shared.clone(), shutdown.clone()));
         let tunnel = tokio::spawn(tunnel::run(shared.clone(), shutdown.clone()));
         Ok(AgentHandle::new(
             shared,

@@ -1,6 +1,7 @@
 //! Everything an agent is configured with ([`AgentConfig`]), and the defaults
 //! [`crate::Agent::builder`] starts from.
 
+use crate::interfaces::InterfaceSource;
 use crate::meter::Limits;
 use crate::policy::ExitPolicy;
 use crate::tls::Pin;
@@ -14,6 +15,22 @@ pub const DEFAULT_MAX_STREAMS: u32 = 64;
 
 /// Default period of the owner's one-line summary in the log.
 pub const DEFAULT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Default shortest time between two log lines summarising refused
+/// destinations: customers choose the targets, so one line per refusal would
+/// let them fill the volunteer's log.
+pub const DEFAULT_REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Default wait before trying again after the gateway presented a certificate
+/// that does not match a pin this agent has connected with before: long, since
+/// it is likely a forgery on the path (or a replaced certificate needing a new
+/// `--pin`), and short enough that sharing resumes by itself when it passes.
+pub const DEFAULT_PIN_MISMATCH_RETRY: Duration = Duration::from_secs(600);
+
+/// Default period for re-reading the device's interface addresses between
+/// connections: a new IPv6 prefix from the router or a new Wi-Fi network is
+/// refused within a minute.
+pub const DEFAULT_INTERFACE_REFRESH: Duration = Duration::from_secs(60);
 
 /// Default time live streams get to finish after shutdown is asked for.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -53,4 +70,18 @@ pub struct AgentConfig {
     pub status_listen: Option<SocketAddr>,
     /// How often the one-line summary is logged.
     pub summary_interval: Duration,
+    /// Shortest time between two log lines that count refused destinations;
+    /// default [`DEFAULT_REFUSAL_SUMMARY_INTERVAL`].
+    pub refusal_summary_interval: Duration,
+    /// Wait (with jitter, half to all of it) before retrying after a pin
+    /// mismatch on a pin this agent has connected with before; default
+    /// [`DEFAULT_PIN_MISMATCH_RETRY`]. A mismatch on a pin never connected with
+    /// stops the agent instead.
+    pub pin_mismatch_retry: Duration,
+    /// Where the device's interface addresses are read from; each is refused
+    /// as a target (IPv6 with its prefix). Default [`InterfaceSource::system`].
+    pub interfaces: InterfaceSource,
+    /// How often the interface addresses are read again while connected (they
+    /// are also read at every connection); default [`DEFAULT_INTERFACE_REFRESH`].
+    pub interface_refresh: Duration,
 }

@@ -1,6 +1,11 @@
 //! Dialling a target for the gateway: resolve the name here (so targeting is
 //! honest), check every resolved address against the exit policy, and connect to
 //! exactly an address that was checked (no second lookup, so no DNS rebinding).
+//!
+//! A failure's `detail` reaches the customer (the gateway puts it in
+//! `Proxy-Status` and the error body), so it is one of a few fixed texts: never
+//! a resolved address, a refused range or anything else the volunteer's DNS or
+//! network said, which would turn the exit into a probe of the volunteer's home.
 
 use crate::policy::{ExitPolicy, PolicyError};
 use exitpool_protocol::host::parse_host;
@@ -16,26 +21,32 @@ use tokio::time::{timeout_at, Instant};
 pub struct DialError {
     /// The closed-set code the gateway maps to a customer answer.
     pub code: FailureCode,
-    /// A short explanation.
+    /// A short explanation for the customer: a fixed text that names no
+    /// address (see the module doc).
     pub detail: String,
 }
 
 impl DialError {
-    fn new(code: FailureCode, detail: impl Into<String>) -> Self {
+    fn new(code: FailureCode, detail: &str) -> Self {
         DialError {
             code,
-            detail: detail.into(),
+            detail: detail.to_owned(),
         }
     }
 }
 
 impl From<PolicyError> for DialError {
     fn from(error: PolicyError) -> Self {
-        let code = match error {
-            PolicyError::AddressProhibited { .. } => FailureCode::DestinationIpProhibited,
-            PolicyError::PortProhibited { .. } => FailureCode::DestinationPortProhibited,
-        };
-        DialError::new(code, error.to_string())
+        match error {
+            PolicyError::AddressProhibited { .. } => DialError::new(
+                FailureCode::DestinationIpProhibited,
+                "the exit's policy refuses this destination address",
+            ),
+            PolicyError::PortProhibited { .. } => DialError::new(
+                FailureCode::DestinationPortProhibited,
+                "the exit's policy refuses this destination port",
+            ),
+        }
     }
 }
 
@@ -50,7 +61,7 @@ pub async fn dial(
 ) -> Result<TcpStream, DialError> {
     let deadline = Instant::now() + connect_timeout;
     policy.check_port(request.port)?;
-    let addresses = resolve(&request.host, request.port, deadline, connect_timeout).await?;
+    let addresses = resolve(&request.host, request.port, deadline).await?;
     // Every address must pass: a name that resolves to one public and one private
     // address is refused whole, not dialled at its "good" half.
     for address in &addresses {
@@ -63,18 +74,18 @@ pub async fn dial(
     if candidates.is_empty() {
         return Err(DialError::new(
             FailureCode::NetworkUnreachable,
-            format!("{} has no address of this exit's IP family", request.host),
+            "the target has no address of this exit's IP family",
         ));
     }
     let mut last_error = None;
     for address in candidates {
         match timeout_at(deadline, connect(address, bind)).await {
             Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(error)) => last_error = Some(map_io_error(address, &error)),
+            Ok(Err(error)) => last_error = Some(map_io_error(&error)),
             Err(_) => {
                 return Err(DialError::new(
                     FailureCode::ConnectionTimeout,
-                    format!("{address} did not answer within {connect_timeout:?}"),
+                    "the target did not answer in time",
                 ))
             }
         }
@@ -86,7 +97,6 @@ async fn resolve(
     host: &TargetHost,
     port: u16,
     deadline: Instant,
-    connect_timeout: Duration,
 ) -> Result<Vec<SocketAddr>, DialError> {
     let name = match host {
         TargetHost::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
@@ -97,7 +107,12 @@ async fn resolve(
     let name = match parse_host(name) {
         Ok(TargetHost::Domain(name)) => name,
         Ok(TargetHost::Ip(ip)) => return Ok(vec![SocketAddr::new(ip, port)]),
-        Err(error) => return Err(DialError::new(FailureCode::BadRequest, error.to_string())),
+        Err(_) => {
+            return Err(DialError::new(
+                FailureCode::BadRequest,
+                "the target is not a valid host name",
+            ))
+        }
     };
     let lookup = tokio::net::lookup_host((name.clone(), port));
     match timeout_at(deadline, lookup).await {
@@ -106,7 +121,7 @@ async fn resolve(
             if addresses.is_empty() {
                 Err(DialError::new(
                     FailureCode::DnsError,
-                    format!("{name} has no addresses"),
+                    "the target name has no addresses",
                 ))
             } else {
                 Ok(addresses)
@@ -114,11 +129,11 @@ async fn resolve(
         }
         Ok(Err(_)) => Err(DialError::new(
             FailureCode::DnsError,
-            format!("{name} did not resolve"),
+            "the target name did not resolve",
         )),
         Err(_) => Err(DialError::new(
             FailureCode::ConnectionTimeout,
-            format!("resolving {name} took longer than {connect_timeout:?}"),
+            "resolving the target name took too long",
         )),
     }
 }
@@ -137,15 +152,77 @@ async fn connect(address: SocketAddr, bind: Option<IpAddr>) -> std::io::Result<T
     Ok(stream)
 }
 
-fn map_io_error(address: SocketAddr, error: &std::io::Error) -> DialError {
-    let code = match error.kind() {
-        ErrorKind::ConnectionRefused => FailureCode::ConnectionRefused,
-        ErrorKind::TimedOut => FailureCode::ConnectionTimeout,
-        ErrorKind::NetworkUnreachable | ErrorKind::AddrNotAvailable => {
-            FailureCode::NetworkUnreachable
-        }
-        ErrorKind::HostUnreachable => FailureCode::HostUnreachable,
-        _ => FailureCode::Other,
+/// The code and fixed text for a failed connect; the OS's own message is left
+/// out, since it can carry the address.
+fn map_io_error(error: &std::io::Error) -> DialError {
+    let (code, detail) = match error.kind() {
+        ErrorKind::ConnectionRefused => (
+            FailureCode::ConnectionRefused,
+            "the target refused the connection",
+        ),
+        ErrorKind::TimedOut => (
+            FailureCode::ConnectionTimeout,
+            "the target did not answer in time",
+        ),
+        ErrorKind::NetworkUnreachable | ErrorKind::AddrNotAvailable => (
+            FailureCode::NetworkUnreachable,
+            "the exit has no route to the target's network",
+        ),
+        ErrorKind::HostUnreachable => (
+            FailureCode::HostUnreachable,
+            "the target host is unreachable",
+        ),
+        _ => (FailureCode::Other, "connecting to the target failed"),
     };
-    DialError::new(code, format!("{address}: {error}"))
+    DialError::new(code, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every text an address or a range name could show up in.
+    fn assert_names_nothing(detail: &str) {
+        for leak in ["127.", "::1", "loopback", "/8", "localhost"] {
+            assert!(!detail.contains(leak), "{detail:?} names {leak:?}");
+        }
+    }
+
+    #[test]
+    fn a_policy_refusal_names_neither_the_address_nor_the_range() {
+        let refused = ExitPolicy::new().check_ip("127.0.0.1".parse().unwrap());
+        let error = DialError::from(refused.unwrap_err());
+        assert_eq!(error.code, FailureCode::DestinationIpProhibited);
+        assert_names_nothing(&error.detail);
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_a_refused_address_is_answered_without_it() {
+        let request = OpenRequest {
+            host: TargetHost::Domain("localhost".into()),
+            port: 80,
+        };
+        let error = dial(&request, &ExitPolicy::new(), None, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code, FailureCode::DestinationIpProhibited);
+        assert_names_nothing(&error.detail);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_answered_without_the_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let request = OpenRequest {
+            host: TargetHost::Domain("localhost".into()),
+            port,
+        };
+        let policy = ExitPolicy::new().allow_private(true);
+        let error = dial(&request, &policy, None, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code, FailureCode::ConnectionRefused);
+        assert_names_nothing(&error.detail);
+    }
 }

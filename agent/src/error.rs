@@ -14,7 +14,9 @@ pub enum AgentError {
     /// The gateway refused the agent for another reason (version, id).
     #[error("the gateway rejected the agent: {0}")]
     Rejected(String),
-    /// The gateway's certificate does not match `--pin`.
+    /// The gateway's certificate does not match `--pin`, and this agent has
+    /// never connected with that pin (a mismatch on a pin it has connected
+    /// with is retried later instead).
     #[error("the gateway's certificate does not match the pin {0}; check --pin (run `gateway pin` on the gateway)")]
     PinMismatch(Pin),
     /// The local socket could not be bound.

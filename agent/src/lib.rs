@@ -29,6 +29,7 @@
 //!   reconnecting with backoff;
 //! - [`dial`]: resolving and dialling targets under the exit policy;
 //! - [`policy`]: which destinations are never dialled;
+//! - [`interfaces`]: the device's own addresses, which the policy refuses;
 //! - [`meter`]: the owner's bandwidth cap and byte quota;
 //! - [`status`]: the periodic summary line and the optional local status endpoint;
 //! - [`tls`]: trusting the gateway by its certificate pin;
@@ -45,6 +46,7 @@ mod shared;
 mod stats;
 
 pub mod dial;
+pub mod interfaces;
 pub mod meter;
 pub mod policy;
 pub mod state;
@@ -53,9 +55,13 @@ pub mod tls;
 pub mod tunnel;
 
 pub use builder::{Agent, AgentBuilder};
-pub use config::{AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_MAX_STREAMS, DEFAULT_SUMMARY_INTERVAL};
+pub use config::{
+    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_INTERFACE_REFRESH, DEFAULT_MAX_STREAMS,
+    DEFAULT_PIN_MISMATCH_RETRY, DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_SUMMARY_INTERVAL,
+};
 pub use error::AgentError;
 pub use handle::AgentHandle;
+pub use interfaces::InterfaceSource;
 pub use meter::{Limits, Period};
 pub use policy::ExitPolicy;
 pub use stats::{AgentStats, SessionInfo};

@@ -1,11 +1,13 @@
 //! The state an agent's tasks (tunnel, streams, status, summaries) and its
 //! handle share, behind one `Arc`: the configuration, the pause switch, the
-//! current session, the counters and the meter.
+//! current session, the exit policy in force, the counters and the meter.
 
 use crate::config::AgentConfig;
 use crate::meter::Meter;
+use crate::policy::ExitPolicy;
 use crate::stats::{AgentStats, Counters, SessionInfo};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// State the agent's tasks and its handle share.
@@ -15,6 +17,9 @@ pub(crate) struct Shared {
     pub agent_id: String,
     pub paused: watch::Sender<bool>,
     pub session: watch::Sender<Option<SessionInfo>>,
+    /// The configured policy plus the own addresses as last read; each new
+    /// stream takes the one in force when it starts.
+    pub policy: watch::Sender<Arc<ExitPolicy>>,
     pub counters: Counters,
     pub meter: Meter,
 }
@@ -37,6 +42,12 @@ impl Shared {
             bytes_up: self.meter.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.meter.bytes_down.load(Ordering::Relaxed),
             connects: counters.connects.load(Ordering::Relaxed),
+            own_addresses: self.policy.borrow().own_addresses().to_vec(),
+            pin_mismatches: counters.pin_mismatches.load(Ordering::Relaxed),
+            refused_by_policy: {
+                let (address, port) = counters.refusals();
+                address + port
+            },
             period: self.meter.period_key(),
             period_bytes: self.meter.period_bytes(),
             quota_bytes: limits.quota_bytes,

@@ -1,10 +1,19 @@
 //! The agent's state directory: its random id, stable across restarts so the
-//! gateway (and customers' sticky sessions) recognise it.
+//! gateway (and customers' sticky sessions) recognise it, and the other files
+//! kept there (usage, the pins it has connected with). Only the owner may read
+//! them: the directory is 0700 and every file 0600 on Unix, set when created
+//! and tightened at start for a directory an older agent left looser.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const AGENT_ID_FILE: &str = "agent-id";
+/// The gateway pins this agent has been welcomed with, one per line.
+const PINS_FILE: &str = "connected-pins";
+/// Mode of the state directory: the owner only.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every state file: the owner only.
+pub const FILE_MODE: u32 = 0o600;
 
 /// Default state directory: `$XDG_STATE_HOME/exitpool/agent`, else
 /// `$HOME/.local/state/exitpool/agent`, else `./exitpool-agent-state`.
@@ -38,7 +47,7 @@ pub fn load_or_create_agent_id(dir: &Path) -> std::io::Result<String> {
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)?;
+            prepare_dir(dir)?;
             let id = random_agent_id();
             write_atomically(&path, format!("{id}\n").as_bytes())?;
             Ok(id)
@@ -47,11 +56,87 @@ pub fn load_or_create_agent_id(dir: &Path) -> std::io::Result<String> {
     }
 }
 
-/// Writes `bytes` to `path` through a synced temporary file and a rename, so a
-/// crash leaves either the old contents or the new, never half of them.
+/// Whether a gateway with `pin` (as `sha256:<hex>`) has once welcomed this
+/// agent. Then a certificate that does not match is more likely a forgery on
+/// the path than a typo in `--pin`, and is retried rather than fatal.
+pub fn has_connected_with(dir: &Path, pin: &str) -> std::io::Result<bool> {
+    match std::fs::read_to_string(dir.join(PINS_FILE)) {
+        Ok(text) => Ok(text.lines().any(|line| line.trim() == pin)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records that a gateway with `pin` has welcomed this agent.
+pub fn remember_pin(dir: &Path, pin: &str) -> std::io::Result<()> {
+    if has_connected_with(dir, pin)? {
+        return Ok(());
+    }
+    let path = dir.join(PINS_FILE);
+    let mut text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    text.push_str(pin);
+    text.push('\n');
+    write_atomically(&path, text.as_bytes())
+}
+
+/// Creates `dir` (and missing parents) owner-only, or tightens an existing one,
+/// and tightens every file already in it to owner-only. Runs at every start.
+pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            restrict(&entry.path(), FILE_MODE)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    // `create` leaves an existing directory's mode alone.
+    restrict(dir, DIR_MODE)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Sets `path`'s permission bits to `mode` (Unix; elsewhere the platform's
+/// defaults for the user's own directories apply).
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a synced owner-only temporary file and a
+/// rename, so a crash leaves either the old contents or the new, never half of
+/// them, and no other user can read them at any moment.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+    let mut file = options.open(&tmp)?;
+    // A temporary file left over from a crash keeps its old mode otherwise.
+    restrict(&tmp, FILE_MODE)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -69,5 +154,52 @@ mod tests {
         std::fs::write(dir.join(AGENT_ID_FILE), "garbage").unwrap();
         assert!(load_or_create_agent_id(&dir).is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn pins_are_remembered_once_each() {
+        let dir = std::env::temp_dir().join(format!("exitpool-agent-pins-{}", random_agent_id()));
+        prepare_dir(&dir).unwrap();
+        let (a, b) = ("sha256:aa", "sha256:bb");
+        assert!(!has_connected_with(&dir, a).unwrap());
+        remember_pin(&dir, a).unwrap();
+        remember_pin(&dir, a).unwrap();
+        assert!(has_connected_with(&dir, a).unwrap());
+        assert!(!has_connected_with(&dir, b).unwrap());
+        remember_pin(&dir, b).unwrap();
+        let text = std::fs::read_to_string(dir.join(PINS_FILE)).unwrap();
+        assert_eq!(text, "sha256:aa\nsha256:bb\n");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn new_state_is_owner_only_and_loose_state_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("exitpool-agent-mode-{}", random_agent_id()));
+        let dir = root.join("agent");
+        load_or_create_agent_id(&dir).unwrap();
+        write_atomically(&dir.join("usage.json"), b"{}").unwrap();
+        assert_eq!(mode(&dir), DIR_MODE);
+        assert_eq!(mode(&dir.join(AGENT_ID_FILE)), FILE_MODE);
+        assert_eq!(mode(&dir.join("usage.json")), FILE_MODE);
+        // A directory an older agent left world-readable is tightened at start.
+        let loose = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        loose(&dir, 0o755);
+        loose(&dir.join(AGENT_ID_FILE), 0o644);
+        loose(&dir.join("usage.json"), 0o666);
+        prepare_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), DIR_MODE);
+        assert_eq!(mode(&dir.join(AGENT_ID_FILE)), FILE_MODE);
+        assert_eq!(mode(&dir.join("usage.json")), FILE_MODE);
+        std::fs::remove_dir_all(root).unwrap();
     }
 }

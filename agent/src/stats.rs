@@ -3,8 +3,10 @@
 //! behind them, with [`ActiveStream`], the guard that keeps the live-stream
 //! count right.
 
-use std::net::SocketAddr;
+use exitpool_protocol::FailureCode;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use tokio::sync::Notify;
 
 /// What the gateway told the agent when it joined.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -23,6 +25,37 @@ pub(crate) struct Counters {
     pub streams_served: AtomicU64,
     pub active_streams: AtomicU32,
     pub connects: AtomicU64,
+    /// Destinations refused for their address, since start.
+    pub refused_address: AtomicU64,
+    /// Destinations refused for their port, since start.
+    pub refused_port: AtomicU64,
+    /// Handshakes refused for a certificate that did not match a pin this
+    /// agent had connected with before, since start.
+    pub pin_mismatches: AtomicU64,
+    /// Woken at each refusal, so the summary task sleeps while there are none.
+    pub refusal_seen: Notify,
+}
+
+impl Counters {
+    /// Counts `code` if it is a policy refusal; returns whether it was one.
+    pub(crate) fn count_refusal(&self, code: FailureCode) -> bool {
+        let counter = match code {
+            FailureCode::DestinationIpProhibited => &self.refused_address,
+            FailureCode::DestinationPortProhibited => &self.refused_port,
+            _ => return false,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.refusal_seen.notify_one();
+        true
+    }
+
+    /// Refusals since start: (by address, by port).
+    pub(crate) fn refusals(&self) -> (u64, u64) {
+        (
+            self.refused_address.load(Ordering::Relaxed),
+            self.refused_port.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// What an agent has done, for the app or the owner.
@@ -44,6 +77,14 @@ pub struct AgentStats {
     pub bytes_down: u64,
     /// Successful tunnel connections since start (1 + reconnects).
     pub connects: u64,
+    /// The device's own addresses the policy refuses now (the observed public
+    /// one and every interface address; IPv6 ones with their /48).
+    pub own_addresses: Vec<IpAddr>,
+    /// Destinations refused by the exit policy since start (address or port).
+    pub refused_by_policy: u64,
+    /// Gateway certificates that did not match the pin this agent has
+    /// connected with before (each retried later), since start.
+    pub pin_mismatches: u64,
     /// The quota period now (`2026-11-23` or `2026-11`).
     pub period: String,
     /// Bytes relayed (up + down) in this period.

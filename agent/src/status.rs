@@ -1,5 +1,7 @@
-//! What the owner sees: a periodic one-line summary in the log, and optionally
-//! the same as JSON on a local endpoint (`--status-listen`). The same loop rolls
+//! What the owner sees: a periodic one-line summary in the log, a line counting
+//! refused destinations (at most one per interval, never one per refusal, so
+//! customers cannot fill the volunteer's log), and optionally the stats as
+//! JSON on a local endpoint (`--status-listen`). The same loop rolls
 //! the quota period and saves usage, so a crash loses at most a few seconds of it;
 //! the save (a file write and an fsync) runs on tokio's blocking pool, so a slow
 //! disk never stalls the runtime thread that carries the relays.
@@ -71,6 +73,39 @@ fn log_summary(shared: &Shared) {
         cap = %cap,
         "status"
     );
+}
+
+/// Logs how many destinations the exit policy refused: the first refusal after
+/// a quiet spell opens a window of `refusal_summary_interval`, and one line at
+/// its end counts every refusal in it. Runs until shutdown.
+pub(crate) async fn refusal_summaries(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let counters = &shared.counters;
+    let interval = shared.config.refusal_summary_interval;
+    let mut reported = counters.refusals();
+    loop {
+        tokio::select! {
+            () = counters.refusal_seen.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let now = counters.refusals();
+        let (address, port) = (now.0 - reported.0, now.1 - reported.1);
+        reported = now;
+        // A refusal counted just after the last window leaves a wake-up behind
+        // that finds nothing new.
+        if address + port > 0 {
+            info!(
+                refused = address + port,
+                by_address = address,
+                by_port = port,
+                within_secs = interval.as_secs_f64(),
+                "destinations refused by the exit policy"
+            );
+        }
+    }
 }
 
 /// Binds the status endpoint and serves `GET /` with the stats as JSON.

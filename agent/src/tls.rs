@@ -1,6 +1,6 @@
 //! How the agent trusts its gateway: the SHA-256 pin of the gateway's certificate.
 //! A mismatch fails the TLS handshake, so the agent's token is never sent to an
-//! impostor.
+//! impostor; the tunnel then decides whether to stop or retry later.
 
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -43,7 +43,7 @@ impl std::str::FromStr for Pin {
 }
 
 /// Accepts exactly the certificate whose SHA-256 is the pin, and remembers a
-/// mismatch so the agent can stop instead of retrying forever.
+/// mismatch so the tunnel can tell it from a network failure.
 #[derive(Debug)]
 pub struct PinVerifier {
     pin: Pin,
@@ -52,9 +52,10 @@ pub struct PinVerifier {
 }
 
 impl PinVerifier {
-    /// Whether a handshake has failed because the certificate did not match.
-    pub fn mismatch_seen(&self) -> bool {
-        self.mismatch_seen.load(Ordering::Relaxed)
+    /// Whether a handshake has failed because the certificate did not match
+    /// since the last call; clears the mark.
+    pub fn take_mismatch(&self) -> bool {
+        self.mismatch_seen.swap(false, Ordering::Relaxed)
     }
 }
 

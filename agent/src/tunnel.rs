@@ -1,7 +1,10 @@
 //! The agent's tunnel: connect to the gateway, say `Hello`, serve relay streams,
 //! report load, and reconnect with capped exponential backoff and full jitter after
-//! network failures. A rejected token or a pin mismatch stops the agent instead:
-//! retrying cannot fix them.
+//! network failures. A rejected token stops the agent, and so does a pin
+//! mismatch on a pin it has never connected with (a typo in `--pin`): retrying
+//! cannot fix them. A mismatch on a pin it has connected with before is more
+//! likely a forgery on the path, so it is retried after a long wait with a loud
+//! warning: one forged handshake must not end a volunteer's sharing.
 
 use crate::config::AgentConfig;
 use crate::dial::{dial, DialError};
@@ -112,17 +115,44 @@ pub(crate) async fn run(
         crate::tls::client_config(config.pin, transport_config(config.max_streams))
             .map_err(|e| AgentError::Tls(e.to_string()))?;
     let mut backoff = Backoff::new();
+    let mut pin_proven = pin_proven(&shared).await;
     let result = loop {
         let started = Instant::now();
-        let end = session(&endpoint, &client_config, &shared, &shutdown)
-            .instrument(info_span!("tunnel", gateway = %config.gateway))
-            .await;
+        let end = session(
+            &endpoint,
+            &client_config,
+            &shared,
+            &mut pin_proven,
+            &shutdown,
+        )
+        .instrument(info_span!("tunnel", gateway = %config.gateway))
+        .await;
         shared.session.send_replace(None);
         match end {
             SessionEnd::Shutdown => break Ok(()),
             SessionEnd::Fatal(error) => break Err(error),
-            SessionEnd::Retry(_) if verifier.mismatch_seen() => {
-                break Err(AgentError::PinMismatch(config.pin))
+            SessionEnd::Retry(_) if verifier.take_mismatch() => {
+                if !pin_proven {
+                    break Err(AgentError::PinMismatch(config.pin));
+                }
+                shared
+                    .counters
+                    .pin_mismatches
+                    .fetch_add(1, Ordering::Relaxed);
+                let delay = config
+                    .pin_mismatch_retry
+                    .mul_f64(0.5 + rand::rng().random::<f64>() / 2.0);
+                warn!(
+                    pin = %config.pin,
+                    retry_in_secs = delay.as_secs(),
+                    "THE GATEWAY'S CERTIFICATE DOES NOT MATCH THE PIN this agent has connected with before. \
+                     Someone on the network path may be impersonating the gateway (nothing was sent to it), \
+                     or its operator replaced the certificate (then set the new --pin). Retrying later"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break Ok(()),
+                }
             }
             SessionEnd::GatewayStopped => {
                 // Every agent hears this at the same moment: spread the reconnects
@@ -155,6 +185,56 @@ pub(crate) async fn run(
     result
 }
 
+/// Puts the configured policy plus the device's own addresses in force: the
+/// public address the gateway observed and every interface address, read now.
+/// If they cannot be read, the addresses refused so far stay refused.
+async fn refresh_own_addresses(shared: &Shared, observed: IpAddr) {
+    let config = &shared.config;
+    let interfaces = match config.interfaces.read(config.handshake_timeout).await {
+        Ok(addresses) => addresses,
+        Err(error) => {
+            warn!(%error, "reading the interface addresses failed; keeping the ones read before");
+            shared.policy.borrow().own_addresses().to_vec()
+        }
+    };
+    let policy = config
+        .policy
+        .clone()
+        .with_own_addresses(std::iter::once(observed).chain(interfaces));
+    shared.policy.send_replace(Arc::new(policy));
+}
+
+/// Whether this agent has once been welcomed by a gateway with its pin, as the
+/// state directory remembers (read off the runtime thread); false without one.
+async fn pin_proven(shared: &Arc<Shared>) -> bool {
+    let Some(dir) = shared.config.state_dir.clone() else {
+        return false;
+    };
+    let pin = shared.config.pin.to_string();
+    match tokio::task::spawn_blocking(move || crate::state::has_connected_with(&dir, &pin)).await {
+        Ok(Ok(proven)) => proven,
+        Ok(Err(error)) => {
+            warn!(%error, "reading the pins this agent has connected with");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Remembers in the state directory (off the runtime thread) that a gateway
+/// with the agent's pin has welcomed it.
+async fn remember_pin(shared: &Arc<Shared>) {
+    let Some(dir) = shared.config.state_dir.clone() else {
+        return;
+    };
+    let pin = shared.config.pin.to_string();
+    match tokio::task::spawn_blocking(move || crate::state::remember_pin(&dir, &pin)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(%error, "saving the pin this agent has connected with"),
+        Err(error) => warn!(%error, "saving the pin did not finish"),
+    }
+}
+
 /// A UDP endpoint on `local`; an unspecified IPv6 address is dual-stack where the
 /// OS allows, falling back to IPv4.
 fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
@@ -173,12 +253,16 @@ async fn resolve_gateway(
     bind: Option<IpAddr>,
     within: Duration,
 ) -> Result<SocketAddr, String> {
-    let mut addresses = tokio::time::timeout(within, tokio::net::lookup_host(gateway))
+    let addresses = tokio::time::timeout(within, tokio::net::lookup_host(gateway))
         .await
         .map_err(|_| format!("resolving {gateway} timed out"))?
         .map_err(|e| format!("resolving {gateway}: {e}"))?;
+    // IPv4 first: the gateway then observes the home's public IPv4 address,
+    // which sits on the router, not on any interface of this device; its
+    // public IPv6 addresses are on its interfaces, read by the agent itself.
     addresses
-        .find(|address| bind.is_none_or(|bind| bind.is_ipv4() == address.is_ipv4()))
+        .filter(|address| bind.is_none_or(|bind| bind.is_ipv4() == address.is_ipv4()))
+        .min_by_key(|address| address.is_ipv6())
         .ok_or_else(|| format!("{gateway} has no address of the --bind address's family"))
 }
 
@@ -186,6 +270,7 @@ async fn session(
     endpoint: &quinn::Endpoint,
     client_config: &quinn::ClientConfig,
     shared: &Arc<Shared>,
+    pin_proven: &mut bool,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let config = &shared.config;
@@ -220,12 +305,17 @@ async fn session(
             Err(_) => return SessionEnd::Retry("no answer to Hello".into()),
         };
     shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+    if !*pin_proven {
+        remember_pin(shared).await;
+        *pin_proven = true;
+    }
     info!(exit = %info.exit_id, observed = %info.observed_addr, country = info.country.as_deref().unwrap_or("??"), "connected to the gateway");
-    let policy = config
-        .policy
-        .clone()
-        .with_own_address(info.observed_addr.ip());
+    let observed = info.observed_addr.ip();
+    // The own addresses are in the policy before the first stream is taken.
+    refresh_own_addresses(shared, observed).await;
     shared.session.send_replace(Some(info));
+    let mut interface_refresh = tokio::time::interval(config.interface_refresh);
+    interface_refresh.reset();
 
     let streams = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(config.max_streams as usize));
@@ -237,12 +327,14 @@ async fn session(
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     let accepting = shared.accepting();
-                    let stream = StreamContext { shared: shared.clone(), policy: policy.clone(), slots: slots.clone(), accepting };
+                    let policy = shared.policy.borrow().clone();
+                    let stream = StreamContext { shared: shared.clone(), policy, slots: slots.clone(), accepting };
                     streams.spawn(serve_stream(stream, send, recv).instrument(info_span!("stream")));
                 }
                 Err(_) if gateway_stopped(&connection) => break SessionEnd::GatewayStopped,
                 Err(error) => break SessionEnd::Retry(error.to_string()),
             },
+            _ = interface_refresh.tick() => refresh_own_addresses(shared, observed).await,
             _ = load_timer.tick() => {
                 if let Err(error) = send_load(&mut control_send, shared).await {
                     break SessionEnd::Retry(format!("control stream: {error}"));
@@ -390,7 +482,7 @@ async fn drain(
 
 struct StreamContext {
     shared: Arc<Shared>,
-    policy: ExitPolicy,
+    policy: Arc<ExitPolicy>,
     slots: Arc<Semaphore>,
     accepting: bool,
 }
@@ -446,7 +538,12 @@ async fn serve_stream(
     .await
     {
         Err(error) => {
-            info!(%target, code = ?error.code, detail = %error.detail, "dial refused or failed");
+            // Refusals are counted and summarised (status::refusal_summaries):
+            // the target is the customer's text, and one line each would let
+            // customers write into the volunteer's log at will.
+            if !context.shared.counters.count_refusal(error.code) {
+                debug!(%target, code = ?error.code, "dial failed");
+            }
             fail(&mut send, error).await;
         }
         Ok(mut stream) => {

@@ -49,9 +49,10 @@ pub enum PolicyError {
     },
 }
 
-/// What the agent may dial. Build it once at start-up (and again when the
-/// gateway reports a new observed address); checking is cheap and allocation
-/// free, so it can run for every resolved address of every stream.
+/// What the agent may dial. Build it once at start-up; the tunnel adds the
+/// own addresses at every connection and every interface refresh. Checking is
+/// cheap and allocation free, so it can run for every resolved address of
+/// every stream.
 #[derive(Debug, Clone)]
 pub struct ExitPolicy {
     /// Test-only switch: when true no address rule applies (ports still do).
@@ -60,7 +61,8 @@ pub struct ExitPolicy {
     denied_ports: Vec<PortRange>,
     /// When set, only these ports may be dialled. `None` means any port.
     allowed_ports: Option<Vec<PortRange>>,
-    /// The agent's own public addresses, canonical (mapped IPv6 turned into IPv4).
+    /// The agent's own addresses (public and interface), canonical (mapped
+    /// IPv6 turned into IPv4).
     own_addresses: Vec<IpAddr>,
 }
 
@@ -112,23 +114,34 @@ impl ExitPolicy {
         self
     }
 
-    /// Refuses the agent's own public address as a target: the address the
-    /// gateway observed (`Welcome{observed address}`). Dialling it would reach
-    /// the volunteer's router through hairpin NAT. For IPv6 the whole
-    /// [`OWN_IPV6_PREFIX_LEN`] prefix around it is refused, because every device
-    /// at home has a global address in that prefix.
+    /// Refuses one of the agent's own addresses as a target: the public
+    /// address the gateway observed (`Welcome{observed address}`; dialling it
+    /// would reach the volunteer's router through hairpin NAT) or an address
+    /// of one of the device's interfaces. An IPv4 address is refused exactly;
+    /// for IPv6 the whole [`OWN_IPV6_PREFIX_LEN`] prefix around it, because
+    /// every device at home has a global address in that prefix.
     ///
-    /// May be called more than once; every address given is refused. The agent
-    /// should also pass each global IPv6 address of its own interfaces, since
-    /// the gateway only sees the family the tunnel runs over. An IPv4-mapped
-    /// IPv6 address is stored as its IPv4 address. Has no effect while
-    /// [`allow_private`](Self::allow_private) is on.
+    /// May be called more than once; every address given is refused. An
+    /// IPv4-mapped IPv6 address is stored as its IPv4 address. Has no effect
+    /// while [`allow_private`](Self::allow_private) is on.
     pub fn with_own_address(mut self, ip: IpAddr) -> Self {
         let ip = canonical(ip);
         if !self.own_addresses.contains(&ip) {
             self.own_addresses.push(ip);
         }
         self
+    }
+
+    /// [`with_own_address`](Self::with_own_address) for each of `ips`: the
+    /// agent passes the observed public address and every address of its
+    /// interfaces this way.
+    pub fn with_own_addresses(self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        ips.into_iter().fold(self, Self::with_own_address)
+    }
+
+    /// The own addresses refused so far (each IPv6 one with its prefix).
+    pub fn own_addresses(&self) -> &[IpAddr] {
+        &self.own_addresses
     }
 
     /// Checks a destination port. Port 0 is always refused: it cannot be dialled.

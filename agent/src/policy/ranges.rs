@@ -1,18 +1,20 @@
 //! Address ranges in the exit policy: the special-purpose tables (RFC 6890 and
 //! the IANA registries) every agent refuses, the IPv4-mapped canonical form,
-//! and the own-network rule (the volunteer's public address and IPv6 prefix).
+//! and the own-network rule (the volunteer's addresses and IPv6 prefixes).
 
 use std::net::IpAddr;
 
-/// Prefix length refused around an own IPv6 address. A home gets a whole
-/// prefix (/64 to /48) and every device in it has a global address that the
-/// agent can reach from the inside, so refusing only the one observed address
-/// would leave the rest of the house open. /48 is the largest common delegation
+/// Prefix length refused around an own IPv6 address (observed or on an
+/// interface). A home gets a whole prefix (/64 to /48) and every device in it
+/// has a global address that the agent can reach from the inside, so refusing
+/// only the one address, or only its /64, would leave the rest of the house
+/// (other VLANs, the guest network) open. /48 is the largest common delegation
 /// to one site, so it covers the owner's network and at most a few neighbours.
 pub const OWN_IPV6_PREFIX_LEN: u8 = 48;
 
-/// Range name reported when the target is the agent's own public IPv4 address.
-pub(super) const OWN_V4_NAME: &str = "own public address (the volunteer's network)";
+/// Range name reported when the target is one of the agent's own IPv4
+/// addresses (public, or on one of its interfaces).
+pub(super) const OWN_V4_NAME: &str = "own address (the volunteer's network)";
 /// Range name reported when the target shares the agent's own IPv6 /48.
 pub(super) const OWN_V6_NAME: &str = "own /48 prefix (the volunteer's network)";
 /// Range name for IPv6 addresses outside global unicast that no table names.
@@ -133,10 +135,14 @@ const V4_REFUSED: &[V4Prefix] = &[
     v4(240, 0, 0, 0,         4, "240.0.0.0/4 reserved"),
 ];
 
-/// Refused IPv6 ranges (RFC 6890, the IANA special-purpose registry). Anything
-/// outside [`GLOBAL_UNICAST`] is refused as well; the entries outside it are
-/// listed only to give the error a precise name. IPv4-mapped `::ffff:0:0/96`
-/// never reaches this table: it is checked as IPv4.
+/// Refused IPv6 ranges: every entry of the IANA IPv6 Special-Purpose Address
+/// Registry (RFC 6890 and its updates, registry of 2025), whatever its
+/// "globally reachable" flag: anycast services and overlay identifiers are not
+/// what a customer of a residential exit should reach. Anything outside
+/// [`GLOBAL_UNICAST`] is refused as well; the entries outside it are listed only
+/// to give the error a precise name. The first match names the error, so the
+/// entries inside 2001::/23 come before it. IPv4-mapped `::ffff:0:0/96` never
+/// reaches this table: it is checked as IPv4.
 #[rustfmt::skip]
 const V6_REFUSED: &[V6Prefix] = &[
     v6([0, 0, 0, 0, 0, 0, 0, 0],           128, "::/128 unspecified"),
@@ -145,13 +151,23 @@ const V6_REFUSED: &[V6Prefix] = &[
     v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0],    96, "64:ff9b::/96 NAT64"),
     v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0],    48, "64:ff9b:1::/48 local NAT64"),
     v6([0x100, 0, 0, 0, 0, 0, 0, 0],        64, "100::/64 discard-only"),
+    v6([0x100, 0, 0, 1, 0, 0, 0, 0],        64, "100:0:0:1::/64 dummy prefix"),
     v6([0x2001, 0, 0, 0, 0, 0, 0, 0],       32, "2001::/32 Teredo"),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 1],      128, "2001:1::1/128 port control protocol anycast"),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 2],      128, "2001:1::2/128 TURN anycast"),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 3],      128, "2001:1::3/128 DNS-SD service registration anycast"),
     v6([0x2001, 2, 0, 0, 0, 0, 0, 0],       48, "2001:2::/48 benchmarking"),
+    v6([0x2001, 3, 0, 0, 0, 0, 0, 0],       32, "2001:3::/32 AMT"),
+    v6([0x2001, 4, 0x112, 0, 0, 0, 0, 0],   48, "2001:4:112::/48 AS112-v6"),
     v6([0x2001, 0x10, 0, 0, 0, 0, 0, 0],    28, "2001:10::/28 ORCHID (deprecated)"),
     v6([0x2001, 0x20, 0, 0, 0, 0, 0, 0],    28, "2001:20::/28 ORCHIDv2"),
+    v6([0x2001, 0x30, 0, 0, 0, 0, 0, 0],    28, "2001:30::/28 drone remote ID (DET)"),
+    v6([0x2001, 0, 0, 0, 0, 0, 0, 0],       23, "2001::/23 IETF protocol assignments"),
     v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0],   32, "2001:db8::/32 documentation"),
     v6([0x2002, 0, 0, 0, 0, 0, 0, 0],       16, "2002::/16 6to4"),
+    v6([0x2620, 0x4f, 0x8000, 0, 0, 0, 0, 0], 48, "2620:4f:8000::/48 AS112 direct delegation"),
     v6([0x3fff, 0, 0, 0, 0, 0, 0, 0],       20, "3fff::/20 documentation"),
+    v6([0x5f00, 0, 0, 0, 0, 0, 0, 0],       16, "5f00::/16 SRv6 segment identifiers"),
     v6([0xfc00, 0, 0, 0, 0, 0, 0, 0],        7, "fc00::/7 unique local"),
     v6([0xfe80, 0, 0, 0, 0, 0, 0, 0],       10, "fe80::/10 link-local"),
     v6([0xfec0, 0, 0, 0, 0, 0, 0, 0],       10, "fec0::/10 site-local (deprecated)"),
@@ -162,7 +178,7 @@ const V6_REFUSED: &[V6Prefix] = &[
 const GLOBAL_UNICAST: V6Prefix = v6([0x2000, 0, 0, 0, 0, 0, 0, 0], 3, "2000::/3");
 
 /// The name of the own-network rule that `ip` (already canonical) hits, if any:
-/// one of the agent's own public IPv4 addresses, or the
+/// one of the agent's own IPv4 addresses, or the
 /// [`OWN_IPV6_PREFIX_LEN`] prefix around one of its own IPv6 addresses.
 /// `own` holds canonical addresses.
 pub(super) fn own_network(own: &[IpAddr], ip: IpAddr) -> Option<&'static str> {

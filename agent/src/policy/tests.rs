@@ -117,16 +117,32 @@ fn ipv6_ranges_first_last_and_neighbours() {
         ("64:ff9b:2::", outside),
         ("100::", Some("100::/64 ")),
         ("100::ffff:ffff:ffff:ffff", Some("100::/64 ")),
-        ("100:0:0:1::", outside),
+        ("100:0:0:1::", Some("100:0:0:1::/64 dummy")),
+        ("100::1:ffff:ffff:ffff:ffff", Some("100:0:0:1::/64 ")),
+        ("100:0:0:2::", outside),
         ("1fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", outside),
         ("2000::", None),
+        ("2000:ffff:ffff:ffff:ffff:ffff:ffff:ffff", None),
         ("2001::", Some("2001::/32 Teredo")),
         ("2001:0:ffff:ffff:ffff:ffff:ffff:ffff", Some("2001::/32 ")),
-        ("2001:1::1", None),
+        ("2001:1::", Some("2001::/23 IETF")),
+        ("2001:1::1", Some("2001:1::1/128 port control")),
+        ("2001:1::2", Some("2001:1::2/128 TURN")),
+        ("2001:1::3", Some("2001:1::3/128 DNS-SD")),
+        ("2001:1::4", Some("2001::/23 ")),
         ("2001:2::", Some("2001:2::/48 ")),
         ("2001:2:0:ffff:ffff:ffff:ffff:ffff", Some("2001:2::/48 ")),
-        ("2001:2:1::", None),
-        ("2001:f:ffff:ffff:ffff:ffff:ffff:ffff", None),
+        ("2001:2:1::", Some("2001::/23 ")),
+        ("2001:3::", Some("2001:3::/32 AMT")),
+        ("2001:3:ffff:ffff:ffff:ffff:ffff:ffff", Some("2001:3::/32 ")),
+        ("2001:4:111:ffff:ffff:ffff:ffff:ffff", Some("2001::/23 ")),
+        ("2001:4:112::", Some("2001:4:112::/48 AS112")),
+        (
+            "2001:4:112:ffff:ffff:ffff:ffff:ffff",
+            Some("2001:4:112::/48 "),
+        ),
+        ("2001:4:113::", Some("2001::/23 ")),
+        ("2001:f:ffff:ffff:ffff:ffff:ffff:ffff", Some("2001::/23 ")),
         ("2001:10::", Some("2001:10::/28 ")),
         (
             "2001:1f:ffff:ffff:ffff:ffff:ffff:ffff",
@@ -137,7 +153,14 @@ fn ipv6_ranges_first_last_and_neighbours() {
             "2001:2f:ffff:ffff:ffff:ffff:ffff:ffff",
             Some("2001:20::/28 "),
         ),
-        ("2001:30::", None),
+        ("2001:30::", Some("2001:30::/28 drone")),
+        (
+            "2001:3f:ffff:ffff:ffff:ffff:ffff:ffff",
+            Some("2001:30::/28 "),
+        ),
+        ("2001:40::", Some("2001::/23 ")),
+        ("2001:1ff:ffff:ffff:ffff:ffff:ffff:ffff", Some("2001::/23 ")),
+        ("2001:200::", None),
         ("2001:db7:ffff:ffff:ffff:ffff:ffff:ffff", None),
         ("2001:db8::", Some("2001:db8::/32 ")),
         (
@@ -152,12 +175,26 @@ fn ipv6_ranges_first_last_and_neighbours() {
             Some("2002::/16 "),
         ),
         ("2003::", None),
+        ("2620:4f:7fff:ffff:ffff:ffff:ffff:ffff", None),
+        ("2620:4f:8000::", Some("2620:4f:8000::/48 AS112")),
+        (
+            "2620:4f:8000:ffff:ffff:ffff:ffff:ffff",
+            Some("2620:4f:8000::/48 "),
+        ),
+        ("2620:4f:8001::", None),
         ("3ffe:ffff:ffff:ffff:ffff:ffff:ffff:ffff", None),
         ("3fff::", Some("3fff::/20 ")),
         ("3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff", Some("3fff::/20 ")),
         ("3fff:1000::", None),
         ("3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", None),
         ("4000::", outside),
+        ("5eff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", outside),
+        ("5f00::", Some("5f00::/16 SRv6")),
+        (
+            "5f00:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            Some("5f00::/16 "),
+        ),
+        ("5f01::", outside),
         ("fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", outside),
         ("fc00::", Some("fc00::/7 unique local")),
         ("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", Some("fc00::/7 ")),
@@ -382,4 +419,51 @@ fn mapped_literals_parse_as_written_and_are_checked_as_ipv4() {
         panic!("mapped literal did not parse");
     };
     assert!(ExitPolicy::new().check_ip(mapped).is_err());
+}
+
+#[test]
+fn every_interface_address_and_each_ipv6_prefix_is_refused() {
+    // What the agent of a dual-stack home tunnelling over IPv4 passes: the
+    // observed public IPv4, and its interfaces (loopback, the LAN, the global
+    // IPv6 address from the router's prefix, a public IPv4 on a second link).
+    let interfaces = [
+        "127.0.0.1",
+        "::1",
+        "192.168.1.20",
+        "fe80::1c2d:3eff:fe4f:5a6b",
+        "2a02:8071:5c0:1d00:1c2d:3eff:fe4f:5a6b",
+        "81.2.69.160",
+    ];
+    let policy = ExitPolicy::new()
+        .with_own_address(ip("81.2.69.142"))
+        .with_own_addresses(interfaces.iter().map(|a| ip(a)));
+    for refused in [
+        "81.2.69.142",
+        "81.2.69.160",
+        "::ffff:81.2.69.160",
+        // The router, the NAS and a printer share the device's /64 ...
+        "2a02:8071:5c0:1d00::1",
+        "2a02:8071:5c0:1d00:211:32ff:fe01:2345",
+        // ... and the guest network another /64 of the same delegation.
+        "2a02:8071:5c0:1d01::1",
+    ] {
+        assert!(
+            matches!(
+                policy.check_ip(ip(refused)),
+                Err(PolicyError::AddressProhibited { range, .. })
+                    if range == OWN_V4_NAME || range == OWN_V6_NAME
+            ),
+            "{refused}: {:?}",
+            policy.check_ip(ip(refused))
+        );
+    }
+    for allowed in ["81.2.69.141", "81.2.69.161", "2a02:8071:5c1::1", "8.8.8.8"] {
+        assert_eq!(policy.check_ip(ip(allowed)), Ok(()), "{allowed}");
+    }
+    // Stored once each, in canonical form.
+    assert_eq!(policy.own_addresses().len(), interfaces.len() + 1);
+    let again = policy
+        .clone()
+        .with_own_addresses([ip("::ffff:81.2.69.160")]);
+    assert_eq!(again.own_addresses(), policy.own_addresses());
 }
