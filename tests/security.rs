@@ -226,21 +226,11 @@ async fn plain_http_sends_the_uri_authority_as_host_not_the_clients() {
     let net = TestGateway::start().await;
     let _agent = net.agent("127.0.0.2").await;
     let target = common::targets::http_target("127.0.0.1").await;
-    let mut stream = within("connect", TcpStream::connect(net.proxy()))
-        .await
-        .unwrap();
     let request = format!(
         "GET http://{target}/headers HTTP/1.1\r\nHost: victim.example\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
         basic(USER, PASSWORD)
     );
-    within("send", stream.write_all(request.as_bytes()))
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    within("answer", stream.read_to_end(&mut answer))
-        .await
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = exchange(net.proxy(), &request).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let hosts: Vec<&str> = answer
         .lines()
@@ -308,34 +298,30 @@ async fn refused_start(args: &[&str]) -> (std::process::ExitStatus, String) {
 
 #[tokio::test]
 async fn the_demo_refuses_a_public_customer_port_and_real_accounts() {
-    let (status, stderr) = refused_start(&["--demo", "--listen", "0.0.0.0:0"]).await;
-    assert!(!status.success());
-    assert!(
-        stderr.contains("--demo keeps its customer port on loopback"),
-        "{stderr}"
-    );
-    let (status, stderr) =
-        refused_start(&["--demo", "--listen", "127.0.0.1:0", "--user", "carol:pw"]).await;
-    assert!(!status.success());
-    assert!(
-        stderr.contains("--demo runs with its own demo user"),
-        "{stderr}"
-    );
-    let (status, stderr) =
-        refused_start(&["--demo", "--listen", "127.0.0.1:0", "--agent-token", "t"]).await;
-    assert!(!status.success());
-    assert!(
-        stderr.contains("drop --user, --users, --agent-token"),
-        "{stderr}"
-    );
+    for (args, why) in [
+        (
+            &["--demo", "--listen", "0.0.0.0:0"][..],
+            "--demo keeps its customer port on loopback",
+        ),
+        (
+            &["--demo", "--listen", "127.0.0.1:0", "--user", "carol:pw"][..],
+            "--demo runs with its own demo user",
+        ),
+        (
+            &["--demo", "--listen", "127.0.0.1:0", "--agent-token", "t"][..],
+            "drop --user, --users, --agent-token",
+        ),
+    ] {
+        let (status, stderr) = refused_start(args).await;
+        assert!(!status.success(), "{args:?} started");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
 }
 
-/// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) to the admin
-/// port and returns the status code.
-async fn admin_raw(net: &TestGateway, request: &str) -> u16 {
-    let mut stream = within("connect admin", TcpStream::connect(net.admin()))
-        .await
-        .unwrap();
+/// Sends `request` (a whole HTTP/1.1 request with `Connection: close`) to `addr`
+/// and reads the answer to its end.
+async fn exchange(addr: SocketAddr, request: &str) -> String {
+    let mut stream = within("connect", TcpStream::connect(addr)).await.unwrap();
     within("send", stream.write_all(request.as_bytes()))
         .await
         .unwrap();
@@ -343,7 +329,12 @@ async fn admin_raw(net: &TestGateway, request: &str) -> u16 {
     within("answer", stream.read_to_end(&mut answer))
         .await
         .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Sends `request` to the admin port and returns the status code.
+async fn admin_raw(net: &TestGateway, request: &str) -> u16 {
+    let answer = exchange(net.admin(), request).await;
     answer
         .split(' ')
         .nth(1)
