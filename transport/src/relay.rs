@@ -91,6 +91,13 @@ pub struct LiveCounters {
     pub quic_to_tcp: AtomicU64,
 }
 
+impl LiveCounters {
+    /// Bytes either way so far.
+    pub fn total(&self) -> u64 {
+        self.tcp_to_quic.load(Ordering::Relaxed) + self.quic_to_tcp.load(Ordering::Relaxed)
+    }
+}
+
 /// Relays until both directions have ended, either one fails, or nothing moves for
 /// `idle_timeout`. On error the tunnel stream is reset here; the caller should close
 /// the TCP side abortively (e.g. `SO_LINGER` 0) so the peer sees an error too.

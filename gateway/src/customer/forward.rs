@@ -234,20 +234,11 @@ where
         mut transfer,
         status,
         method,
-        idle_timeout,
+        idle_timeout: idle,
         shared,
     } = exchange;
-    let idle = idle_timeout;
     let mut seen = transfer.total();
     let counters = transfer.counters().clone();
-    let total = move || {
-        counters
-            .tcp_to_quic
-            .load(std::sync::atomic::Ordering::Relaxed)
-            + counters
-                .quic_to_tcp
-                .load(std::sync::atomic::Ordering::Relaxed)
-    };
     // Dropping the connection (on idle or at quota) aborts the customer's
     // response body.
     let exchanging = async {
@@ -256,7 +247,7 @@ where
             tokio::select! {
                 result = &mut connection => return result.map_err(|e| e.to_string()),
                 () = tokio::time::sleep(idle) => {
-                    let now = total();
+                    let now = counters.total();
                     if now == seen {
                         return Err(format!("idle for {idle:?}"));
                     }

@@ -90,8 +90,7 @@ impl Transfer {
 
     /// Bytes either way so far.
     pub fn total(&self) -> u64 {
-        self.counters.tcp_to_quic.load(Ordering::Relaxed)
-            + self.counters.quic_to_tcp.load(Ordering::Relaxed)
+        self.counters.total()
     }
 
     /// Runs `work` to its end, folding usage every [`FOLD_INTERVAL`]; once the
