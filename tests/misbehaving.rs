@@ -794,3 +794,27 @@ async fn churn_under_load_every_customer_gets_an_echo_or_a_documented_failure() 
     assert_eq!(stats["live_streams"], 0, "leaked streams: {stats}");
     assert_eq!(stats["sessions"], SESSIONS, "{stats}");
 }
+
+#[tokio::test]
+async fn the_tunnel_offers_no_datagram_frames() {
+    // quinn would otherwise buffer up to 1.25 MB of DATAGRAM frames per
+    // connection, which the tunnel never reads.
+    let net = TestGateway::start().await;
+    let (endpoint, _) = raw_endpoint(&net, "127.0.0.7");
+    // quinn's own defaults, which offer DATAGRAM frames, unlike the agent's.
+    let (config, _verifier) = exitpool::agent::tls::client_config(
+        net.gateway.pin().parse().unwrap(),
+        quinn::TransportConfig::default(),
+    )
+    .expect("client config");
+    let connection = dial(&net, &endpoint, &config).await;
+    assert_eq!(
+        connection.max_datagram_size(),
+        None,
+        "the gateway offers datagrams"
+    );
+    assert!(matches!(
+        connection.send_datagram(bytes::Bytes::from_static(b"x")),
+        Err(quinn::SendDatagramError::UnsupportedByPeer)
+    ));
+}

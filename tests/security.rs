@@ -464,3 +464,16 @@ async fn what_customers_send_cannot_forge_a_log_line() {
         assert!(!line.contains('\u{1b}'), "a raw escape: {line:?}");
     }
 }
+
+#[tokio::test]
+async fn under_handshake_pressure_agents_prove_their_address_first() {
+    // Pressure from the first handshake on: every agent meets a stateless Retry,
+    // which a real agent answers by itself and a spoofed source cannot.
+    let net = TestGateway::start_with(|config| config.handshake_retry_above = 0).await;
+    let _agent = net.agent("127.0.0.2").await;
+    let echo = echo_target().await;
+    let (head, mut tunnel) = connect_as(net.proxy(), echo, "").await;
+    assert_eq!(head.status, 200, "{head:?}");
+    echo_round_trip(&mut tunnel).await;
+    assert!(metric(&net, "exitpool_tunnel_retries_total").await >= 1);
+}

@@ -14,6 +14,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_TUNNEL: &str = "0.0.0.0:4433";
 /// Default admin port.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+/// Default for [`GatewayConfig::handshake_retry_above`]: a quarter of the
+/// pending-handshake budget, so a flood from spoofed sources meets Retry long
+/// before it could fill the budget.
+pub const DEFAULT_HANDSHAKE_RETRY_ABOVE: usize = 256;
 /// Default for how long the gateway waits for an agent's `OpenReply`: the agent's
 /// own connect timeout plus a margin for the tunnel round trip, so the agent's
 /// more precise answer normally arrives first.
@@ -54,6 +58,9 @@ pub struct GatewayConfig {
     pub open_timeout: Duration,
     /// How long an agent has for its QUIC handshake, and again for its `Hello`.
     pub handshake_timeout: Duration,
+    /// Agent handshakes in progress from which a new one must first prove its
+    /// source address with a stateless QUIC Retry (one extra round trip).
+    pub handshake_retry_above: usize,
     /// An agent tunnel silent for this long is dead (QUIC idle timeout; the
     /// negotiated value is the smaller of the gateway's and the agent's, 30 s).
     pub tunnel_idle_timeout: Duration,
@@ -90,6 +97,7 @@ impl GatewayConfig {
             idle_timeout: Duration::from_secs(300),
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             handshake_timeout: exitpool_protocol::HANDSHAKE_TIMEOUT,
+            handshake_retry_above: DEFAULT_HANDSHAKE_RETRY_ABOVE,
             tunnel_idle_timeout: exitpool_protocol::IDLE_TIMEOUT,
             max_connections: 10_000,
             max_unauthenticated_per_ip: 64,

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub tunnel_handshake_seconds: Histogram,
     /// Argon2 verifications run (a wrong password, a new one, or an unknown name).
     pub password_hashes: Counter,
+    /// Agent handshakes answered with a stateless Retry (handshake pressure).
+    pub tunnel_retries: Counter,
     agents: Gauge,
     agents_by_country: Family<CountryLabel, Gauge>,
     live_streams: Gauge,
@@ -75,6 +77,7 @@ impl Metrics {
             connect_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             tunnel_handshake_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             password_hashes: Counter::default(),
+            tunnel_retries: Counter::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
             live_streams: Gauge::default(),
@@ -121,6 +124,11 @@ impl Metrics {
             "password_hashes",
             "Argon2 password verifications run (off the async runtime, bounded)",
             metrics.password_hashes.clone(),
+        );
+        registry.register(
+            "tunnel_retries",
+            "Agent handshakes asked to prove their address with a QUIC Retry",
+            metrics.tunnel_retries.clone(),
         );
         registry.register(
             "connect_seconds",

@@ -48,8 +48,9 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// which bounds the memory a peer can make the other side buffer.
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Transport settings both ends share: bounded windows (quinn's default
-/// connection window is unlimited). Each side adds its own stream limits,
-/// keep-alive and idle timeout. (Raising quinn's MTU-discovery ceiling to 8,952
+/// connection window is unlimited) and no DATAGRAM frames (the tunnel does not
+/// use them, and quinn would buffer up to 1.25 MB of them per connection). Each
+/// side adds its own stream limits, keep-alive and idle timeout. (Raising quinn's MTU-discovery ceiling to 8,952
 /// bytes was measured on loopback with the load test and made no difference,
 /// so quinn's default, safe on internet paths, stays.)
 pub fn base_transport() -> quinn::TransportConfig {
@@ -57,6 +58,7 @@ pub fn base_transport() -> quinn::TransportConfig {
     transport
         .stream_receive_window(STREAM_WINDOW.into())
         .receive_window(CONNECTION_WINDOW.into())
-        .send_window(u64::from(CONNECTION_WINDOW));
+        .send_window(u64::from(CONNECTION_WINDOW))
+        .datagram_receive_buffer_size(None);
     transport
 }

@@ -34,6 +34,12 @@ pub const MAX_PENDING_PER_ADDRESS: usize = 16;
 /// Largest stream capacity an agent may claim.
 pub const MAX_AGENT_STREAMS: u32 = 4096;
 
+/// What a connection may make the gateway buffer before its `Hello` is accepted
+/// (the connection's receive window until then): a `Hello` is at most one 4 KiB
+/// frame, so anything more is a peer trying to pin memory. Raised to the full
+/// window once the agent is in.
+pub const PRE_HELLO_WINDOW: u32 = 64 * 1024;
+
 /// Endpoint settings for the tunnel port. quinn keys its stateless resets and
 /// its connection-id check with secrets random per process, so a gateway that
 /// crashed and restarted drops the old tunnels' packets silently and agents
@@ -76,6 +82,7 @@ pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
         // pings too only when its idle timeout is shorter than two of those,
         // so an idle pool costs one ping per agent per interval, not two.
         .keep_alive_interval((idle < KEEP_ALIVE_INTERVAL * 2).then_some(idle / 3))
+        .receive_window(PRE_HELLO_WINDOW.into())
         // Agents open exactly one stream (control); relay streams are opened by us.
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into());
@@ -94,6 +101,19 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };
+        // Under handshake pressure an unproven source address gets a stateless
+        // Retry first: spoofed sources cannot answer it, so they hold no slot.
+        let in_progress = MAX_PENDING_HANDSHAKES - pending.available_permits();
+        if in_progress >= shared.config.handshake_retry_above
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            shared.metrics.tunnel_retries.inc();
+            if let Err(error) = incoming.retry() {
+                error.into_incoming().refuse();
+            }
+            continue;
+        }
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             // Under a stampede this fires thousands of times a second: warn once
             // per interval with a count, not once per refusal.
@@ -254,6 +274,8 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
         return Err(HandshakeError::Rejected(message));
     }
 
+    // A valid Hello: from here the agent may use the full window.
+    connection.set_receive_window(exitpool_transport::udp::CONNECTION_WINDOW.into());
     let location = shared.locate(connection.remote_address().ip());
     // The link first, so an agent routing can see is always reachable.
     let key = shared.links.add(connection.clone());
