@@ -818,3 +818,29 @@ async fn the_tunnel_offers_no_datagram_frames() {
         Err(quinn::SendDatagramError::UnsupportedByPeer)
     ));
 }
+
+#[tokio::test]
+async fn an_agent_cannot_claim_more_than_the_stream_ceiling() {
+    use exitpool::gateway::tunnel::endpoint::MAX_AGENT_STREAMS;
+    let net = TestGateway::start().await;
+    let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
+    let connection = dial(&net, &endpoint, &config).await;
+    let mut greedy = hello(PROTOCOL_VERSION, "greedy");
+    if let AgentMessage::Hello { capacity, .. } = &mut greedy {
+        capacity.max_streams = u32::MAX;
+    }
+    let (_control_send, mut control_recv) = send_first(&connection, &greedy).await;
+    let answer: GatewayMessage = within("Welcome", read_frame(&mut control_recv))
+        .await
+        .expect("the gateway answers Hello");
+    assert!(
+        matches!(answer, GatewayMessage::Welcome { .. }),
+        "{answer:?}"
+    );
+    let stats = net.stats().await;
+    let claimed = stats["per_agent"]
+        .as_array()
+        .and_then(|agents| agents.first())
+        .map(|agent| agent["max_streams"].clone());
+    assert_eq!(claimed, Some(MAX_AGENT_STREAMS.into()), "{stats}");
+}

@@ -477,3 +477,54 @@ async fn under_handshake_pressure_agents_prove_their_address_first() {
     echo_round_trip(&mut tunnel).await;
     assert!(metric(&net, "exitpool_tunnel_retries_total").await >= 1);
 }
+
+/// Waits until the gateway has turned `n` agents away for a cap.
+async fn turned_away(net: &TestGateway, n: u64) {
+    within("an agent is turned away", async {
+        while metric(net, "exitpool_agents_turned_away_total").await < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_network_holds_a_bounded_number_of_agents() {
+    let net = TestGateway::start_with(|config| config.max_agents_per_address = 2).await;
+    let first = net.agent("127.0.0.2").await;
+    let _second = net.agent("127.0.0.2").await;
+    // A third from the same address is told to come back later, and does.
+    let third = net.agent_builder("127.0.0.2").spawn().unwrap();
+    turned_away(&net, 1).await;
+    assert_eq!(net.gateway.directory().len(), 2);
+    let _other_network = net.agent("127.0.0.3").await;
+    within("first leaves", first.shutdown()).await.unwrap();
+    within("the third joins once there is room", third.connected()).await;
+    assert_eq!(net.gateway.directory().len(), 3);
+}
+
+#[tokio::test]
+async fn an_enrolment_token_holds_at_most_its_max_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("agent-tokens");
+    std::fs::write(&tokens, "# one device only\ncapped max_agents=1\n").unwrap();
+    let net = TestGateway::start_with(|config| config.agent_tokens_file = Some(tokens)).await;
+    let capped = |ip: &str| {
+        exitpool::agent::Agent::builder(
+            net.gateway.tunnel_addr().to_string(),
+            net.gateway.pin().parse().unwrap(),
+            "capped",
+        )
+        .bind(ip.parse::<std::net::IpAddr>().unwrap())
+        .allow_private(true)
+    };
+    let first = net.spawn(capped("127.0.0.2")).await;
+    let second = capped("127.0.0.3").spawn().unwrap();
+    turned_away(&net, 1).await;
+    assert_eq!(net.gateway.directory().len(), 1);
+    // Other tokens are not affected.
+    let _unlimited = net.agent("127.0.0.4").await;
+    within("first leaves", first.shutdown()).await.unwrap();
+    within("the second joins once there is room", second.connected()).await;
+    assert_eq!(net.gateway.directory().len(), 2);
+}

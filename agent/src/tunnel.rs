@@ -427,11 +427,18 @@ async fn hello(
                 exit_id,
             },
         )),
+        // A full enrolment or network frees up as other agents leave: wait, retry.
+        Ok(GatewayMessage::Reject {
+            reason: RejectReason::TooManyAgents,
+            message,
+        }) => Err(SessionEnd::Retry(format!(
+            "the gateway is full for now: {message}"
+        ))),
         Ok(GatewayMessage::Reject { reason, message }) => Err(SessionEnd::Fatal(match reason {
             RejectReason::BadToken => AgentError::BadToken(message),
-            RejectReason::UnsupportedVersion | RejectReason::BadAgentId => {
-                AgentError::Rejected(message)
-            }
+            RejectReason::UnsupportedVersion
+            | RejectReason::BadAgentId
+            | RejectReason::TooManyAgents => AgentError::Rejected(message),
         })),
         Err(error) => Err(retry("waiting for Welcome", &error)),
     }

@@ -23,7 +23,7 @@
 //! The agent tokens file: one token per line; blank lines and lines starting with
 //! `#` are ignored.
 
-use crate::auth::{AgentTokens, Customer, Limits, Users};
+use crate::auth::{AgentToken, AgentTokens, Customer, Limits, Users};
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -223,21 +223,43 @@ pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsErr
 }
 
 /// Parses an agent tokens file's text: one token per line, `#` comments.
-pub fn parse_agent_tokens(text: &str, path: &Path) -> Result<Vec<String>, AccountsError> {
+pub fn parse_agent_tokens(text: &str, path: &Path) -> Result<Vec<AgentToken>, AccountsError> {
     let mut tokens = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let token = line.trim();
-        if token.is_empty() || token.starts_with('#') {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(AccountsError::Token {
-                path: path.to_owned(),
-                line: i + 1,
-                message: "a token may not contain spaces (one token per line)".into(),
-            });
+        let fail = |message: String| AccountsError::Token {
+            path: path.to_owned(),
+            line: i + 1,
+            message,
+        };
+        let mut words = line.split_whitespace();
+        let token = words.next().unwrap_or_default();
+        if token.chars().any(char::is_control) {
+            return Err(fail("a token may not contain control characters".into()));
         }
-        tokens.push(token.to_owned());
+        let mut entry = AgentToken::unlimited(token);
+        for option in words {
+            match option.split_once('=') {
+                Some(("max_agents", n)) => match n.parse::<u32>() {
+                    Ok(n) if n >= 1 => entry.max_agents = Some(n),
+                    _ => {
+                        return Err(fail(
+                            "max_agents must be a whole number of at least 1".into(),
+                        ))
+                    }
+                },
+                _ => {
+                    return Err(fail(
+                        "after the token only `max_agents=N` may follow (one token per line)"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        tokens.push(entry);
     }
     Ok(tokens)
 }
@@ -435,11 +457,19 @@ password_hash = "{HASH}"
     fn token_files_skip_comments() {
         let path = Path::new("tokens");
         assert_eq!(
-            parse_agent_tokens("# fleet A\n\n  t0ken  \nsecond\n", path).unwrap(),
-            vec!["t0ken".to_owned(), "second".to_owned()]
+            parse_agent_tokens("# fleet A\n\n  t0ken  \nsecond max_agents=3\n", path).unwrap(),
+            vec![
+                AgentToken::unlimited("t0ken"),
+                AgentToken {
+                    max_agents: Some(3),
+                    ..AgentToken::unlimited("second")
+                }
+            ]
         );
-        let error = parse_agent_tokens("a b\n", path).unwrap_err().to_string();
-        assert!(error.contains("line 1"), "{error}");
+        for bad in ["a b\n", "a max_agents=0\n", "a max_agents=lots\n"] {
+            let error = parse_agent_tokens(bad, path).unwrap_err().to_string();
+            assert!(error.contains("line 1"), "{error}");
+        }
     }
 
     #[test]

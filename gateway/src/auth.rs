@@ -437,7 +437,7 @@ impl Users {
 /// The tokens agents may enrol with.
 #[derive(Clone, Default)]
 pub struct AgentTokens {
-    tokens: Vec<Secret>,
+    tokens: Vec<AgentToken>,
 }
 
 impl std::fmt::Debug for AgentTokens {
@@ -446,20 +446,56 @@ impl std::fmt::Debug for AgentTokens {
     }
 }
 
+/// One enrolment token and how many agents may use it at once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentToken {
+    /// The token agents present in `Hello`.
+    pub token: Secret,
+    /// Most agents connected with it at once; `None` for no limit.
+    pub max_agents: Option<u32>,
+}
+
+impl std::fmt::Debug for AgentToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentToken")
+            .field("max_agents", &self.max_agents)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentToken {
+    /// `token` with no limit on its agents.
+    pub fn unlimited(token: impl Into<String>) -> AgentToken {
+        AgentToken {
+            token: Secret(token.into()),
+            max_agents: None,
+        }
+    }
+}
+
 impl AgentTokens {
-    /// Accepts exactly `tokens`.
+    /// Accepts exactly `tokens`, with no limit on their agents.
     pub fn new(tokens: impl IntoIterator<Item = String>) -> AgentTokens {
         AgentTokens {
-            tokens: tokens.into_iter().map(Secret).collect(),
+            tokens: tokens.into_iter().map(AgentToken::unlimited).collect(),
         }
     }
 
-    /// Whether `token` is one of the accepted tokens. Every token is compared, so
+    /// The entry for `token`, if it is accepted. Every token is compared, so
     /// timing does not reveal which one nearly matched.
-    pub fn accepts(&self, token: &str) -> bool {
-        self.tokens.iter().fold(false, |found, known| {
-            secrets_equal(known.expose(), token) | found
+    pub fn find(&self, token: &str) -> Option<&AgentToken> {
+        self.tokens.iter().fold(None, |found, known| {
+            if secrets_equal(known.token.expose(), token) {
+                Some(known)
+            } else {
+                found
+            }
         })
+    }
+
+    /// Whether `token` is one of the accepted tokens.
+    pub fn accepts(&self, token: &str) -> bool {
+        self.find(token).is_some()
     }
 
     /// Whether no token is configured (no agent can join).
@@ -468,9 +504,9 @@ impl AgentTokens {
     }
 
     /// These tokens plus `more`.
-    pub fn with(&self, more: impl IntoIterator<Item = String>) -> AgentTokens {
+    pub fn with(&self, more: impl IntoIterator<Item = AgentToken>) -> AgentTokens {
         let mut tokens = self.tokens.clone();
-        tokens.extend(more.into_iter().map(Secret));
+        tokens.extend(more);
         AgentTokens { tokens }
     }
 

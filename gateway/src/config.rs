@@ -14,6 +14,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_TUNNEL: &str = "0.0.0.0:4433";
 /// Default admin port.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+/// Default for [`GatewayConfig::max_agents_per_address`]: a household's devices,
+/// not a server farm behind one address.
+pub const DEFAULT_MAX_AGENTS_PER_ADDRESS: usize = 16;
 /// Default for [`GatewayConfig::handshake_retry_above`]: a quarter of the
 /// pending-handshake budget, so a flood from spoofed sources meets Retry long
 /// before it could fill the budget.
@@ -58,6 +61,8 @@ pub struct GatewayConfig {
     pub open_timeout: Duration,
     /// How long an agent has for its QUIC handshake, and again for its `Hello`.
     pub handshake_timeout: Duration,
+    /// Most agents connected at once from one IPv4 address or IPv6 /64.
+    pub max_agents_per_address: usize,
     /// Agent handshakes in progress from which a new one must first prove its
     /// source address with a stateless QUIC Retry (one extra round trip).
     pub handshake_retry_above: usize,
@@ -98,6 +103,7 @@ impl GatewayConfig {
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             handshake_timeout: exitpool_protocol::HANDSHAKE_TIMEOUT,
             handshake_retry_above: DEFAULT_HANDSHAKE_RETRY_ABOVE,
+            max_agents_per_address: DEFAULT_MAX_AGENTS_PER_ADDRESS,
             tunnel_idle_timeout: exitpool_protocol::IDLE_TIMEOUT,
             max_connections: 10_000,
             max_unauthenticated_per_ip: 64,

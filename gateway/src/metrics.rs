@@ -52,6 +52,8 @@ pub struct Metrics {
     pub password_hashes: Counter,
     /// Agent handshakes answered with a stateless Retry (handshake pressure).
     pub tunnel_retries: Counter,
+    /// Agents told to come back later: their network or token is at its cap.
+    pub agents_turned_away: Counter,
     agents: Gauge,
     agents_by_country: Family<CountryLabel, Gauge>,
     live_streams: Gauge,
@@ -78,6 +80,7 @@ impl Metrics {
             tunnel_handshake_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             password_hashes: Counter::default(),
             tunnel_retries: Counter::default(),
+            agents_turned_away: Counter::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
             live_streams: Gauge::default(),
@@ -129,6 +132,11 @@ impl Metrics {
             "tunnel_retries",
             "Agent handshakes asked to prove their address with a QUIC Retry",
             metrics.tunnel_retries.clone(),
+        );
+        registry.register(
+            "agents_turned_away",
+            "Agents told to try again later: their network or enrolment token holds its maximum",
+            metrics.agents_turned_away.clone(),
         );
         registry.register(
             "connect_seconds",

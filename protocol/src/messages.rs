@@ -155,6 +155,9 @@ pub enum RejectReason {
     UnsupportedVersion,
     /// The agent id is malformed or already connected.
     BadAgentId,
+    /// The enrolment token, or the agent's source network, already has its
+    /// maximum of agents connected; the agent tries again later.
+    TooManyAgents,
 }
 
 /// Longest agent id accepted in `Hello`.

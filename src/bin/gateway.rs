@@ -83,6 +83,9 @@ struct Args {
     /// Most connections from one address that have not authenticated yet.
     #[arg(long, default_value_t = 64)]
     max_unauthenticated_per_ip: usize,
+    /// Most agents connected at once from one IPv4 address or IPv6 /64.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_MAX_AGENTS_PER_ADDRESS)]
+    max_agents_per_address: usize,
     /// A MaxMind-format database (GeoLite2 Country/City/ASN, ip-location-db, ...)
     /// to locate agents with, instead of the embedded country database
     /// (repeatable: country + ASN + city).
@@ -164,6 +167,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
     config.max_connections = args.max_connections.max(1);
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
+    config.max_agents_per_address = args.max_agents_per_address.max(1);
     if !args.geoip.is_empty() {
         config.geoip = std::sync::Arc::new(exitpool::geoip::GeoIp::open(&args.geoip)?);
     }

@@ -11,10 +11,12 @@
 //! `Mutex`, held only for O(1) vector operations and never across an `.await`.
 
 use super::{Agent, AgentDirectory, Census, Filter, Joining, PickError};
+use crate::abuse::source_network;
 use dashmap::DashMap;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -71,6 +73,9 @@ pub struct LocalDirectory {
     agents: DashMap<u64, Arc<Agent>>,
     by_agent_id: DashMap<String, u64>,
     pools: Mutex<HashMap<Filter, Pool>>,
+    /// Agents per enrolment token and per source network, for the caps on both.
+    per_token: DashMap<String, usize>,
+    per_network: DashMap<IpAddr, usize>,
     exit_id_key: [u8; 32],
     /// Connected and accepting agents, for anyone waiting on joins, leaves,
     /// pauses and drains.
@@ -85,6 +90,8 @@ impl LocalDirectory {
             agents: DashMap::new(),
             by_agent_id: DashMap::new(),
             pools: Mutex::new(HashMap::new()),
+            per_token: DashMap::new(),
+            per_network: DashMap::new(),
             exit_id_key,
             census: watch::Sender::new(Census::default()),
         }
@@ -123,6 +130,14 @@ impl AgentDirectory for LocalDirectory {
             .by_agent_id
             .insert(agent.agent_id.clone(), key)
             .and_then(|old_key| self.remove_key(old_key));
+        *self
+            .per_token
+            .entry(agent.token.expose().to_owned())
+            .or_insert(0) += 1;
+        *self
+            .per_network
+            .entry(source_network(agent.observed.ip()))
+            .or_insert(0) += 1;
         self.agents.insert(key, agent.clone());
         self.add_to_pools(&agent);
         self.publish_census();
@@ -233,6 +248,14 @@ impl AgentDirectory for LocalDirectory {
     fn census(&self) -> watch::Receiver<Census> {
         self.census.subscribe()
     }
+
+    fn agents_with_token(&self, token: &str) -> usize {
+        self.per_token.get(token).map_or(0, |count| *count)
+    }
+
+    fn agents_from(&self, network: IpAddr) -> usize {
+        self.per_network.get(&network).map_or(0, |count| *count)
+    }
 }
 
 impl LocalDirectory {
@@ -243,6 +266,12 @@ impl LocalDirectory {
     fn remove_key(&self, key: u64) -> Option<Arc<Agent>> {
         let (_, agent) = self.agents.remove(&key)?;
         self.remove_from_pools(&agent);
+        self.per_token
+            .remove_if_mut(agent.token.expose(), |_, count| uncount(count));
+        self.per_network
+            .remove_if_mut(&source_network(agent.observed.ip()), |_, count| {
+                uncount(count)
+            });
         Some(agent)
     }
 
@@ -282,4 +311,10 @@ impl LocalDirectory {
             accepting,
         });
     }
+}
+
+/// Takes one from a count; true when it reaches zero (drop the entry).
+fn uncount(count: &mut usize) -> bool {
+    *count = count.saturating_sub(1);
+    *count == 0
 }

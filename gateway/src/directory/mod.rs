@@ -14,7 +14,7 @@ mod local;
 pub use local::LocalDirectory;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -47,6 +47,11 @@ pub trait AgentDirectory: Send + Sync {
     fn countries(&self) -> BTreeMap<String, usize>;
     /// Follows the [`Census`] as agents join, leave, pause and drain.
     fn census(&self) -> watch::Receiver<Census>;
+    /// Agents connected with enrolment token `token`.
+    fn agents_with_token(&self, token: &str) -> usize;
+    /// Agents connected from source network `network` (see
+    /// [`crate::abuse::source_network`]).
+    fn agents_from(&self, network: IpAddr) -> usize;
 }
 
 impl dyn AgentDirectory + '_ {

@@ -6,7 +6,7 @@
 //! directory (and its tunnel in [`crate::tunnel::Links`]) until its connection
 //! ends or it finishes its control stream, sending `Load` and `Draining` on the way.
 
-use crate::abuse::AddressSlots;
+use crate::abuse::{source_network, AddressSlots};
 use crate::directory::{Agent, Joining};
 use crate::shared::Shared;
 use exitpool_protocol::close_code;
@@ -255,7 +255,10 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
             format!("agent id must be 1-{MAX_AGENT_ID_LEN} characters of [A-Za-z0-9_-]"),
         ))
     } else {
-        None
+        over_agent_caps(&agent_id, token.expose(), &connection, shared).map(|message| {
+            shared.metrics.agents_turned_away.inc();
+            (RejectReason::TooManyAgents, message)
+        })
     };
     if let Some((reason, message)) = refusal {
         let reject = GatewayMessage::Reject {
@@ -312,6 +315,33 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
         control_send,
         control_recv,
         agent,
+    })
+}
+
+/// Why one more agent may not join now: its source network (an IPv4 address or
+/// an IPv6 /64) or its enrolment token already has its maximum connected. An
+/// agent replacing its own stale connection is not one more. Checked at join, so
+/// handshakes finishing at the same moment may pass a cap by the few in flight.
+fn over_agent_caps(
+    agent_id: &str,
+    token: &str,
+    connection: &quinn::Connection,
+    shared: &Shared,
+) -> Option<String> {
+    if shared.directory.by_agent_id(agent_id).is_some() {
+        return None;
+    }
+    let per_address = shared.config.max_agents_per_address;
+    let network = source_network(connection.remote_address().ip());
+    if shared.directory.agents_from(network) >= per_address {
+        return Some(format!(
+            "{per_address} agents are already connected from this network; this agent will try again later"
+        ));
+    }
+    let accounts = shared.accounts.current();
+    let max = accounts.agent_tokens.find(token)?.max_agents?;
+    (shared.directory.agents_with_token(token) >= max as usize).then(|| {
+        format!("this enrolment token's {max} agents are all connected; this agent will try again later")
     })
 }
 
