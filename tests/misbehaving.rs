@@ -100,10 +100,14 @@ struct RawAgent {
 
 /// Dials from `ip`, says a valid `Hello` as `agent_id`, and waits for `Welcome`.
 async fn join(net: &TestGateway, ip: &str, agent_id: &str) -> RawAgent {
+    join_with(net, ip, &hello(PROTOCOL_VERSION, agent_id)).await
+}
+
+/// Dials from `ip`, says `hello`, and waits for `Welcome`.
+async fn join_with(net: &TestGateway, ip: &str, hello: &AgentMessage) -> RawAgent {
     let (endpoint, config) = raw_endpoint(net, ip);
     let connection = dial(net, &endpoint, &config).await;
-    let (control_send, mut control_recv) =
-        send_first(&connection, &hello(PROTOCOL_VERSION, agent_id)).await;
+    let (control_send, mut control_recv) = send_first(&connection, hello).await;
     let answer: GatewayMessage = within("Welcome", read_frame(&mut control_recv))
         .await
         .expect("the gateway answers Hello");
@@ -823,20 +827,11 @@ async fn the_tunnel_offers_no_datagram_frames() {
 async fn an_agent_cannot_claim_more_than_the_stream_ceiling() {
     use exitpool::gateway::tunnel::endpoint::MAX_AGENT_STREAMS;
     let net = TestGateway::start().await;
-    let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
-    let connection = dial(&net, &endpoint, &config).await;
     let mut greedy = hello(PROTOCOL_VERSION, "greedy");
     if let AgentMessage::Hello { capacity, .. } = &mut greedy {
         capacity.max_streams = u32::MAX;
     }
-    let (_control_send, mut control_recv) = send_first(&connection, &greedy).await;
-    let answer: GatewayMessage = within("Welcome", read_frame(&mut control_recv))
-        .await
-        .expect("the gateway answers Hello");
-    assert!(
-        matches!(answer, GatewayMessage::Welcome { .. }),
-        "{answer:?}"
-    );
+    let _joined = join_with(&net, "127.0.0.7", &greedy).await;
     let stats = net.stats().await;
     let claimed = stats["per_agent"]
         .as_array()
