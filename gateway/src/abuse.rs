@@ -14,6 +14,7 @@
 //!   slows logins (answered `auth_busy`) and never the relays on the runtime.
 
 use crate::auth::{Customer, HashCheck};
+use crate::counts;
 use crate::error::ProxyError;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
@@ -125,12 +126,7 @@ impl AddressSlot {
         }
         // Decrement, and drop the entry at zero so the map only holds addresses
         // with something pending.
-        self.table
-            .counts
-            .remove_if_mut(&source_network(self.ip), |_, count| {
-                *count = count.saturating_sub(1);
-                *count == 0
-            });
+        counts::down(&self.table.counts, &source_network(self.ip));
     }
 }
 

@@ -34,6 +34,7 @@ pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod config;
+mod counts;
 pub mod credentials;
 pub mod customer;
 pub mod directory;

@@ -7,6 +7,7 @@
 //! total and per customer, so one customer cannot fill the table for everyone.
 //! A full store refuses new pins at once (no scan); the periodic sweep frees room.
 
+use crate::counts;
 use dashmap::DashMap;
 use std::time::{Duration, Instant};
 
@@ -128,7 +129,7 @@ impl SessionStore for MemorySessions {
             return Ok(());
         }
         self.has_room(&key.customer, per_customer)?;
-        *self.per_customer.entry(key.customer.clone()).or_insert(0) += 1;
+        counts::up(&self.per_customer, key.customer.clone());
         self.pins.insert(key, pinned);
         Ok(())
     }
@@ -138,10 +139,7 @@ impl SessionStore for MemorySessions {
         self.pins.retain(|key, pin| {
             let live = pin.expires_at > now;
             if !live {
-                self.per_customer.remove_if_mut(&key.customer, |_, count| {
-                    *count = count.saturating_sub(1);
-                    *count == 0
-                });
+                counts::down(&self.per_customer, key.customer.as_str());
             }
             live
         });

@@ -95,12 +95,12 @@ pub(crate) async fn forward(
     let response = match sender.send_request(outbound(request)).await {
         Ok(response) => response,
         // Cut off mid-request by the quota: say so, not "the target failed".
-        Err(_) if exhausted_quota(&user, shared).is_some() => {
-            return Err(ProxyError::QuotaExhausted(
-                exhausted_quota(&user, shared).unwrap_or_default(),
-            ))
+        Err(error) => {
+            return Err(match exhausted_quota(&user, shared) {
+                Some(quota) => ProxyError::QuotaExhausted(quota),
+                None => target_failed(error),
+            })
         }
-        Err(error) => return Err(target_failed(error)),
     };
     // The connection serves this one exchange and closes once it is over.
     drop(sender);

@@ -12,6 +12,7 @@
 
 use super::{Agent, AgentDirectory, Census, Filter, Joining, PickError};
 use crate::abuse::source_network;
+use crate::counts;
 use dashmap::DashMap;
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -130,14 +131,8 @@ impl AgentDirectory for LocalDirectory {
             .by_agent_id
             .insert(agent.agent_id.clone(), key)
             .and_then(|old_key| self.remove_key(old_key));
-        *self
-            .per_token
-            .entry(agent.token.expose().to_owned())
-            .or_insert(0) += 1;
-        *self
-            .per_network
-            .entry(source_network(agent.observed.ip()))
-            .or_insert(0) += 1;
+        counts::up(&self.per_token, agent.token.expose().to_owned());
+        counts::up(&self.per_network, source_network(agent.observed.ip()));
         self.agents.insert(key, agent.clone());
         self.add_to_pools(&agent);
         self.publish_census();
@@ -266,12 +261,8 @@ impl LocalDirectory {
     fn remove_key(&self, key: u64) -> Option<Arc<Agent>> {
         let (_, agent) = self.agents.remove(&key)?;
         self.remove_from_pools(&agent);
-        self.per_token
-            .remove_if_mut(agent.token.expose(), |_, count| uncount(count));
-        self.per_network
-            .remove_if_mut(&source_network(agent.observed.ip()), |_, count| {
-                uncount(count)
-            });
+        counts::down(&self.per_token, agent.token.expose());
+        counts::down(&self.per_network, &source_network(agent.observed.ip()));
         Some(agent)
     }
 
@@ -311,10 +302,4 @@ impl LocalDirectory {
             accepting,
         });
     }
-}
-
-/// Takes one from a count; true when it reaches zero (drop the entry).
-fn uncount(count: &mut usize) -> bool {
-    *count = count.saturating_sub(1);
-    *count == 0
 }
