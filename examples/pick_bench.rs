@@ -47,13 +47,13 @@ fn main() -> anyhow::Result<()> {
         };
         let started = Instant::now();
         for _ in 0..PICKS {
-            std::hint::black_box(directory.pick(&filter)?);
+            std::hint::black_box(directory.pick(&filter, &[])?);
         }
         let rotation = started.elapsed().as_nanos() as f64 / PICKS as f64;
         let started = Instant::now();
         for n in 0..PICKS {
             let point = directory.ring_point(&format!("customer\0session{n}"));
-            std::hint::black_box(directory.pick_sticky(&filter, point)?);
+            std::hint::black_box(directory.pick_sticky(&filter, point, &[])?);
         }
         let sticky = started.elapsed().as_nanos() as f64 / PICKS as f64;
         let (base_rotation, base_sticky) = *baseline.get_or_insert((rotation, sticky));

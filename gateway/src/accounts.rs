@@ -18,6 +18,7 @@
 //! max_sessions = 1000                     # optional; default 10,000 sticky sessions
 //! requests_per_second = 50               # optional
 //! quota_bytes = 50_000_000_000           # optional
+//! allow_ips = ["203.0.113.7", "2001:db8::/48"]  # optional: no credentials needed from these
 //! ```
 //!
 //! The agent tokens file: one token per line; blank lines and lines starting with
@@ -88,6 +89,7 @@ struct CustomerEntry {
     requests_per_second: Option<u32>,
     quota_bytes: Option<u64>,
     max_sessions: Option<usize>,
+    allow_ips: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +152,8 @@ pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsErr
         message: describe_syntax_error(text, &e),
     })?;
     let mut seen = HashSet::new();
+    // Each allow-listed network belongs to one account.
+    let mut networks: std::collections::HashMap<ipnet::IpNet, String> = Default::default();
     let mut customers = Vec::with_capacity(file.customer.len());
     for (i, entry) in file.customer.into_iter().enumerate() {
         let fail = |field: &'static str, message: String| AccountsError::Customer {
@@ -211,7 +215,19 @@ pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsErr
                 )
             })?),
         };
+        let mut allow_ips = Vec::new();
+        for text in entry.allow_ips.iter().flatten() {
+            let network = parse_network(text).map_err(|message| fail("allow_ips", message))?;
+            if let Some(owner) = networks.insert(network, entry.name.clone()) {
+                return Err(fail(
+                    "allow_ips",
+                    format!("{network} is already allowed for customer `{owner}`"),
+                ));
+            }
+            allow_ips.push(network);
+        }
         customers.push(customer.with_limits(Limits {
+            allow_ips,
             countries,
             max_connections: entry.max_connections,
             max_sessions: entry.max_sessions,
@@ -220,6 +236,26 @@ pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsErr
         }));
     }
     Ok(customers)
+}
+
+/// An `allow_ips` entry: an address (`203.0.113.7`, a /32 or /128) or a network
+/// in CIDR form (`2001:db8::/48`) with no host bits set, so a typo such as
+/// `10.0.0.1/8` is not silently widened.
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    if let Ok(address) = text.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(address));
+    }
+    let network: ipnet::IpNet = text.parse().map_err(|_| {
+        format!("`{text}` is not an IP address or a network such as \"198.51.100.0/24\"")
+    })?;
+    if network.trunc() != network {
+        return Err(format!(
+            "`{text}` has host bits set; did you mean {}?",
+            network.trunc()
+        ));
+    }
+    Ok(network)
 }
 
 /// Parses an agent tokens file's text: one token per line, `#` comments.

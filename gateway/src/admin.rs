@@ -242,9 +242,11 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
         .iter()
         .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
         .sum();
+    let now = std::time::Instant::now();
     let per_agent: Vec<_> = agents
         .iter()
         .map(|agent| {
+            let health = agent.health.view(now);
             serde_json::json!({
                 "exit_id": agent.exit_id,
                 "country": agent.location.country,
@@ -262,6 +264,16 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                     .duration_since(agent.connected_at)
                     .unwrap_or_default()
                     .as_secs(),
+                "health": {
+                    "success_rate": (health.success_rate * 1000.0).round() / 1000.0,
+                    "open_latency_ms": health.open_latency.map(|latency| latency.as_millis() as u64),
+                    "consecutive_failures": health.consecutive_failures,
+                    "cooling": health.cooling_left.is_some(),
+                    "cooling_left_ms": health.cooling_left.map(|left| left.as_millis() as u64),
+                    "probation": health.probation,
+                    "coolings": health.coolings_total,
+                    "failures": health.failures_total,
+                },
             })
         })
         .collect();

@@ -21,6 +21,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use exitpool_protocol::Secret;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, OnceLock};
 use subtle::ConstantTimeEq;
@@ -66,6 +67,9 @@ pub struct Limits {
     /// Most sticky sessions pinned at once (default
     /// [`crate::sessions::DEFAULT_MAX_SESSIONS_PER_CUSTOMER`]).
     pub max_sessions: Option<usize>,
+    /// Networks whose connections are this customer's without credentials
+    /// (credentials, when sent, still decide).
+    pub allow_ips: Vec<ipnet::IpNet>,
 }
 
 impl Limits {
@@ -257,10 +261,48 @@ impl Customer {
     }
 }
 
+/// Accounts by allow-listed network: one map per prefix length, so a lookup
+/// costs one hash probe per distinct length (at most 33 + 129), longest first,
+/// whatever the number of networks.
+#[derive(Clone, Default)]
+struct SourceTable {
+    /// Longest prefix first.
+    by_length: Vec<(u8, HashMap<ipnet::IpNet, Arc<Customer>>)>,
+}
+
+impl SourceTable {
+    fn new<'a>(customers: impl Iterator<Item = &'a Arc<Customer>>) -> SourceTable {
+        let mut by_length: std::collections::BTreeMap<u8, HashMap<ipnet::IpNet, Arc<Customer>>> =
+            Default::default();
+        for customer in customers {
+            for network in &customer.limits.allow_ips {
+                by_length
+                    .entry(network.prefix_len())
+                    .or_default()
+                    .insert(network.trunc(), customer.clone());
+            }
+        }
+        SourceTable {
+            by_length: by_length.into_iter().rev().collect(),
+        }
+    }
+
+    fn find(&self, source: IpAddr) -> Option<&Arc<Customer>> {
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let source = source.to_canonical();
+        self.by_length.iter().find_map(|(length, networks)| {
+            let network = ipnet::IpNet::new(source, *length).ok()?.trunc();
+            networks.get(&network)
+        })
+    }
+}
+
 /// All customer accounts.
 #[derive(Clone, Default)]
 pub struct Users {
     by_name: HashMap<String, Arc<Customer>>,
+    /// Accounts by the networks in their `allow_ips`.
+    by_source: SourceTable,
     /// Whether any account has a hashed password: then an unknown name pays a
     /// dummy Argon2 run, as a wrong password for a real name does.
     any_hashed: bool,
@@ -349,11 +391,19 @@ impl Users {
         let any_hashed = by_name
             .values()
             .any(|customer| matches!(customer.password, Password::Hash(_)));
+        let by_source = SourceTable::new(by_name.values());
         Users {
             by_name,
+            by_source,
             any_hashed,
             cache: Arc::default(),
         }
+    }
+
+    /// The account whose `allow_ips` holds `source` (the longest matching
+    /// network), for a connection that sent no credentials.
+    pub fn by_source(&self, source: IpAddr) -> Option<&Arc<Customer>> {
+        self.by_source.find(source)
     }
 
     /// These accounts plus `more` (which replace accounts of the same name), with

@@ -2,6 +2,9 @@
 //! embedding programs build it directly.
 
 use crate::auth::{AgentTokens, Users};
+use crate::customer_tls::TlsFiles;
+use crate::directory::HealthPolicy;
+use crate::entry_ports::EntryPorts;
 use exitpool_geoip::GeoIp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,11 +30,28 @@ pub const DEFAULT_HANDSHAKE_RETRY_ABOVE: usize = 256;
 pub const DEFAULT_OPEN_TIMEOUT: Duration =
     Duration::from_secs(exitpool_protocol::CONNECT_TIMEOUT.as_secs() + 5);
 
+/// Default for [`GatewayConfig::open_attempts`]: the first exit and two more.
+pub const DEFAULT_OPEN_ATTEMPTS: u32 = 3;
+/// Default for [`GatewayConfig::connect_deadline`]: two full open timeouts, so a
+/// request whose first exit never answers still gets a second exit.
+pub const DEFAULT_CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+/// Default for [`GatewayConfig::silence_check`].
+pub const DEFAULT_SILENCE_CHECK: Duration = Duration::from_secs(2);
+/// Default for [`GatewayConfig::liveness_timeout`]: a home link's round trip many
+/// times over (it is stretched to three measured round trips on slower links).
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Gateway settings.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Customer port.
     pub listen: SocketAddr,
+    /// Extra customer ports, on the customer port's address, each selecting
+    /// targeting by its number (port 0 in tests binds any free port).
+    pub entry_ports: EntryPorts,
+    /// TLS on the customer ports (`--tls-cert`, `--tls-key`): a client whose
+    /// first byte starts a TLS handshake speaks HTTP inside it.
+    pub customer_tls: Option<TlsFiles>,
     /// QUIC port for agents.
     pub tunnel: SocketAddr,
     /// Admin port; `None` disables it.
@@ -59,6 +79,20 @@ pub struct GatewayConfig {
     /// How long a customer waits for an exit to answer `Open` (the agent's own
     /// connect timeout plus a margin, so its more precise answer comes first).
     pub open_timeout: Duration,
+    /// Most exits one request tries before it fails, when an exit fails it for
+    /// the exit's own reasons (lost tunnel, no answer, unavailable) and nothing
+    /// has reached the customer yet. 1 turns transparent retry off.
+    pub open_attempts: u32,
+    /// The longest a request waits for an `Opened`, over all its attempts.
+    pub connect_deadline: Duration,
+    /// A customer stream with nothing arriving from its exit for this long
+    /// checks that the exit's tunnel is alive.
+    pub silence_check: Duration,
+    /// How long that check waits for the tunnel to answer before the agent is
+    /// taken for dead and its streams reset.
+    pub liveness_timeout: Duration,
+    /// How exits are scored, and failing ones cooled.
+    pub health: HealthPolicy,
     /// How long an agent has for its QUIC handshake, and again for its `Hello`.
     pub handshake_timeout: Duration,
     /// Most agents connected at once from one IPv4 address or IPv6 /64.
@@ -89,6 +123,8 @@ impl GatewayConfig {
     pub fn new(state_dir: PathBuf) -> Self {
         GatewayConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            entry_ports: EntryPorts::default(),
+            customer_tls: None,
             tunnel: DEFAULT_TUNNEL.parse().expect("valid default"),
             admin: Some(DEFAULT_ADMIN.parse().expect("valid default")),
             state_dir,
@@ -101,6 +137,11 @@ impl GatewayConfig {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             open_timeout: DEFAULT_OPEN_TIMEOUT,
+            open_attempts: DEFAULT_OPEN_ATTEMPTS,
+            connect_deadline: DEFAULT_CONNECT_DEADLINE,
+            silence_check: DEFAULT_SILENCE_CHECK,
+            liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
+            health: HealthPolicy::default(),
             handshake_timeout: exitpool_protocol::HANDSHAKE_TIMEOUT,
             handshake_retry_above: DEFAULT_HANDSHAKE_RETRY_ABOVE,
             max_agents_per_address: DEFAULT_MAX_AGENTS_PER_ADDRESS,

@@ -35,6 +35,9 @@ pub enum ProxyError {
     /// Matching exits exist but all are at capacity.
     #[error("every exit {0} is busy")]
     ExitsBusy(String),
+    /// Matching exits exist but every one is cooled after failing.
+    #[error("every exit {0} is cooling after failures; retry shortly")]
+    ExitsCooling(String),
     /// The gateway, or this account, holds its maximum number of sticky sessions.
     #[error("{0}; retry later or reuse session ids")]
     TooManySessions(String),
@@ -161,6 +164,12 @@ impl ProxyError {
                 502,
                 Some("destination_unavailable"),
                 "exits_busy",
+                GENERAL_FAILURE,
+            ),
+            ProxyError::ExitsCooling(_) => (
+                502,
+                Some("destination_unavailable"),
+                "exits_cooling",
                 GENERAL_FAILURE,
             ),
             ProxyError::TooManySessions(_) => (
@@ -295,6 +304,21 @@ impl ProxyError {
             proxy_status,
             code,
             socks_reply,
+        }
+    }
+
+    /// Why another exit may succeed where this one failed: the failure was the
+    /// exit's own (its tunnel lost, no answer, unavailable), not the target's.
+    /// The label of `exitpool_open_retries_total`.
+    pub fn exit_fault(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::ExitLost(_) => Some("exit_lost"),
+            ProxyError::ExitTimeout(_) => Some("exit_timeout"),
+            ProxyError::Exit {
+                code: FailureCode::AgentUnavailable,
+                ..
+            } => Some("exit_unavailable"),
+            _ => None,
         }
     }
 

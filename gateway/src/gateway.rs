@@ -40,6 +40,9 @@ pub enum StartError {
     /// An accounts file is invalid.
     #[error(transparent)]
     Accounts(#[from] AccountsError),
+    /// The customer ports' certificate or key is unusable.
+    #[error(transparent)]
+    CustomerTls(#[from] crate::customer_tls::CustomerTlsError),
     /// The admin port would be reachable beyond loopback without a token.
     #[error("the admin port {0} is not on loopback: set --admin-token (EXITPOOL_ADMIN_TOKEN) or bind it to 127.0.0.1")]
     AdminTokenRequired(SocketAddr),
@@ -93,6 +96,11 @@ impl Gateway {
             users_file: config.users_file.clone(),
             agent_tokens_file: config.agent_tokens_file.clone(),
         })?;
+        let customer_tls = config
+            .customer_tls
+            .clone()
+            .map(crate::customer_tls::CustomerTls::load)
+            .transpose()?;
         let usage_path = usage::path_in(&config.state_dir);
         let used = usage::load(&usage_path).map_err(|source| StartError::State {
             path: usage_path.clone(),
@@ -105,6 +113,14 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(bind("the customer port", config.listen))?;
+        let mut entrances: Vec<customer::Entrance> = Vec::new();
+        for (port, targeting) in config.entry_ports.iter() {
+            let addr = SocketAddr::new(config.listen.ip(), port);
+            let entry = TcpListener::bind(addr)
+                .await
+                .map_err(bind("an entry port", addr))?;
+            entrances.push((entry, Some(Arc::new(targeting.clone()))));
+        }
         let quic = exitpool_transport::udp::endpoint(
             config.tunnel,
             endpoint::endpoint_config(&identity),
@@ -134,9 +150,10 @@ impl Gateway {
 
         let password_checks =
             PasswordChecks::new(config.password_checks, config.password_queue_timeout);
+        let directory = LocalDirectory::new(exit_key).with_health_policy(config.health);
         let shared = Arc::new(Shared {
             config,
-            directory: Box::new(LocalDirectory::new(exit_key)),
+            directory: Box::new(directory),
             links: Links::default(),
             sessions: Box::new(MemorySessions::default()),
             auth_failures: AuthFailures::default(),
@@ -148,10 +165,13 @@ impl Gateway {
             limits: Limiter::default(),
             usage: Box::new(MemoryUsage::from_snapshot(&used)),
             metrics: Metrics::new(),
+            customer_tls,
+            places: Default::default(),
         });
+        entrances.insert(0, (listener, None));
         shared
             .tasks
-            .spawn(customer::serve(listener, shared.clone()));
+            .spawn(customer::serve(entrances, shared.clone()));
         shared
             .tasks
             .spawn(endpoint::serve(quic.clone(), shared.clone()));

@@ -5,12 +5,14 @@
 //! - [`gateway`]: binding the ports, starting the tasks, stopping ([`Gateway`]);
 //! - [`shared`]: the state every task shares ([`Shared`]);
 //! - [`housekeeping`]: periodic usage writes and session sweeps;
-//! - [`state`]: the state directory; [`tls`]: the certificate and the pin agents check.
+//! - [`state`]: the state directory; [`tls`]: the certificate and the pin agents check;
+//!   [`customer_tls`]: the customer ports' own certificate (an HTTPS proxy).
 //!
 //! Customers (listener -> protocol -> session step -> transfer):
 //! - [`customer`]: the customer port: SOCKS5, HTTP `CONNECT`, plain HTTP, the
 //!   customer-session step and the one metered transfer;
 //! - [`credentials`]: the `user-country-us:pass` targeting grammar;
+//! - [`entry_ports`]: extra customer ports whose number selects targeting;
 //! - [`error`]: every customer-visible failure and how it is presented.
 //!
 //! Exits:
@@ -37,7 +39,9 @@ pub mod config;
 mod counts;
 pub mod credentials;
 pub mod customer;
+pub mod customer_tls;
 pub mod directory;
+pub mod entry_ports;
 pub mod error;
 pub mod gateway;
 mod housekeeping;

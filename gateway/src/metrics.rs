@@ -33,6 +33,21 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// Label for retry causes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    /// The product code of the failure that was retried.
+    pub cause: String,
+}
+
+/// Label for health bands.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BandLabel {
+    /// `healthy` (success rate at least 0.9), `degraded` (0.5 to 0.9), `failing`
+    /// (below 0.5) or `cooling` (out of routing now).
+    pub band: String,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +69,15 @@ pub struct Metrics {
     pub tunnel_retries: Counter,
     /// Agents told to come back later: their network or token is at its cap.
     pub agents_turned_away: Counter,
+    /// Opens tried again on another exit, by the failure's code.
+    pub open_retries: Family<CauseLabel, Counter>,
+    /// Exits taken out of routing after failing.
+    pub exit_coolings: Counter,
+    /// Agents dropped because their tunnel failed a liveness check.
+    pub exits_unresponsive: Counter,
+    /// Liveness checks asked of exits' tunnels (only while customers wait).
+    pub liveness_checks: Counter,
+    exits_by_health: Family<BandLabel, Gauge>,
     agents: Gauge,
     agents_by_country: Family<CountryLabel, Gauge>,
     live_streams: Gauge,
@@ -81,6 +105,11 @@ impl Metrics {
             password_hashes: Counter::default(),
             tunnel_retries: Counter::default(),
             agents_turned_away: Counter::default(),
+            open_retries: Family::default(),
+            exit_coolings: Counter::default(),
+            exits_unresponsive: Counter::default(),
+            liveness_checks: Counter::default(),
+            exits_by_health: Family::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
             live_streams: Gauge::default(),
@@ -139,6 +168,31 @@ impl Metrics {
             metrics.agents_turned_away.clone(),
         );
         registry.register(
+            "open_retries",
+            "Opens tried again on another exit after the exit's own failure, by cause",
+            metrics.open_retries.clone(),
+        );
+        registry.register(
+            "exit_coolings",
+            "Exits taken out of routing for a while after failing several times in a row",
+            metrics.exit_coolings.clone(),
+        );
+        registry.register(
+            "exits_unresponsive",
+            "Agents dropped because their tunnel failed a liveness check while a customer waited",
+            metrics.exits_unresponsive.clone(),
+        );
+        registry.register(
+            "liveness_checks",
+            "Liveness checks of exits' tunnels, asked only while a customer waits on one",
+            metrics.liveness_checks.clone(),
+        );
+        registry.register(
+            "exits_by_health",
+            "Connected exits by health band (healthy, degraded, failing, cooling)",
+            metrics.exits_by_health.clone(),
+        );
+        registry.register(
             "connect_seconds",
             "Time from a customer's request to the exit's Opened",
             metrics.connect_seconds.clone(),
@@ -172,6 +226,31 @@ impl Metrics {
             .sum();
         self.live_streams.set(live as i64);
         self.sessions.set(sessions as i64);
+        let now = std::time::Instant::now();
+        let mut bands = std::collections::BTreeMap::from([
+            ("healthy", 0i64),
+            ("degraded", 0),
+            ("failing", 0),
+            ("cooling", 0),
+        ]);
+        for agent in &agents {
+            let view = agent.health.view(now);
+            let band = if view.cooling_left.is_some() {
+                "cooling"
+            } else if view.success_rate >= 0.9 {
+                "healthy"
+            } else if view.success_rate >= 0.5 {
+                "degraded"
+            } else {
+                "failing"
+            };
+            *bands.entry(band).or_default() += 1;
+        }
+        for (band, count) in bands {
+            self.exits_by_health
+                .get_or_create(&BandLabel { band: band.into() })
+                .set(count);
+        }
         self.agents_by_country.clear();
         for (country, count) in directory.countries() {
             self.agents_by_country

@@ -5,7 +5,9 @@
 use crate::abuse::{AuthFailures, PasswordChecks};
 use crate::accounts::{Accounts, AccountsError};
 use crate::config::GatewayConfig;
-use crate::directory::{Agent, AgentDirectory, Location};
+use crate::customer_tls::CustomerTls;
+use crate::directory::places::PlacesCache;
+use crate::directory::{Agent, AgentDirectory, Location, Outcome};
 use crate::error::ProxyError;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
@@ -14,6 +16,7 @@ use crate::tunnel::Links;
 use crate::usage::UsageSink;
 use exitpool_protocol::close_code;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,6 +50,10 @@ pub struct Shared {
     pub usage: Box<dyn UsageSink>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The customer ports' certificate, when they speak TLS too.
+    pub customer_tls: Option<CustomerTls>,
+    /// The pool as `GET /inventory` shows it, counted at most every few seconds.
+    pub places: PlacesCache,
 }
 
 impl Shared {
@@ -67,6 +74,39 @@ impl Shared {
     pub fn forget_agent(&self, key: u64) {
         self.directory.remove(key);
         self.links.remove(key);
+    }
+
+    /// Records how an open or relay through `agent` went (its health), counting
+    /// a cooling it causes.
+    pub fn report_outcome(&self, agent: &Arc<Agent>, outcome: Outcome) {
+        if self.directory.report(agent, outcome).is_some() {
+            self.metrics.exit_coolings.inc();
+        }
+    }
+
+    /// Asks the tunnel of `agent`, on which a customer is waiting, whether it is
+    /// alive ([`Links::is_alive`] within [`GatewayConfig::liveness_timeout`]).
+    /// A tunnel that does not answer is closed: its agent leaves the directory
+    /// and every stream on it is reset, so waiting customers fail (and their
+    /// opens move to other exits) in seconds rather than at the idle timeout.
+    pub async fn check_exit_alive(&self, agent: &Agent) -> bool {
+        self.metrics.liveness_checks.inc();
+        if self
+            .links
+            .is_alive(agent.key, self.config.liveness_timeout)
+            .await
+        {
+            return true;
+        }
+        tracing::warn!(exit = %agent.exit_id, "exit's tunnel failed a liveness check; dropping it");
+        self.metrics.exits_unresponsive.inc();
+        self.links.close(
+            agent.key,
+            close_code::UNRESPONSIVE,
+            b"no answer to a liveness check",
+        );
+        self.directory.remove(agent.key);
+        false
     }
 
     /// Accounts bytes moved for `customer` through `agent`: usage (quotas, billing,
@@ -92,9 +132,18 @@ impl Shared {
         self.metrics.error(code);
     }
 
-    /// Re-reads the accounts files; on error the running set stays and the error
-    /// is logged and returned.
+    /// Re-reads the accounts files and the customer ports' certificate; on
+    /// error the running ones stay and the error is logged. (The accounts'
+    /// error is returned; a certificate error is logged only.)
     pub fn reload(&self) -> Result<(), AccountsError> {
+        if let Some(tls) = &self.customer_tls {
+            match tls.reload() {
+                Ok(()) => info!("customer TLS certificate reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "customer TLS reload failed; keeping the running certificate")
+                }
+            }
+        }
         match self.accounts.reload() {
             Ok(set) => {
                 info!(

@@ -50,6 +50,9 @@ pub mod close_code {
     /// closes the tunnel at once. The finish is delivered reliably, so a leave
     /// is noticed even when the agent's own connection close is lost.
     pub const LEFT: u32 = 5;
+    /// The agent's tunnel did not answer a liveness check while a customer was
+    /// waiting on it: the gateway took it for dead. A live agent reconnects.
+    pub const UNRESPONSIVE: u32 = 6;
 
     // Sent by an agent to the gateway.
 

@@ -98,6 +98,50 @@ struct Args {
     /// Runtime worker threads; 0 is one per core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Seconds a request waits for an exit to answer `Open`, per exit tried.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_OPEN_TIMEOUT.as_secs())]
+    open_timeout: u64,
+    /// Most exits one request tries when exits fail it for their own reasons
+    /// (lost tunnel, no answer, unavailable) before anything reached the
+    /// customer; 1 turns transparent retry off.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_OPEN_ATTEMPTS)]
+    open_attempts: u32,
+    /// Seconds a request may spend reaching its target over all its attempts.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_CONNECT_DEADLINE.as_secs())]
+    connect_deadline: u64,
+    /// Milliseconds of silence from an exit a waiting customer stream allows
+    /// before the exit's tunnel is checked.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_SILENCE_CHECK.as_millis() as u64)]
+    silence_check_ms: u64,
+    /// Milliseconds that check waits for the tunnel's answer (at least three
+    /// round trips) before the agent is dropped and its streams reset.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_LIVENESS_TIMEOUT.as_millis() as u64)]
+    liveness_timeout_ms: u64,
+    /// Exit failures in a row that cool an exit (take it out of routing for a
+    /// while); 0 never cools.
+    #[arg(long, default_value_t = 3)]
+    cool_after: u32,
+    /// Seconds of an exit's first cooling; each further one doubles, up to
+    /// --max-cooling.
+    #[arg(long, default_value_t = 5)]
+    cooling: u64,
+    /// Longest cooling, in seconds.
+    #[arg(long, default_value_t = 300)]
+    max_cooling: u64,
+    /// Route on live load alone: no health scores, no cooling (for comparison).
+    #[arg(long)]
+    no_health: bool,
+    /// Extra customer ports whose number selects targeting (TOML: `[[ports]]`
+    /// entries with `ports`, `targeting`, `session_per_port`), on --listen's address.
+    #[arg(long, value_name = "FILE")]
+    entry_ports: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the customer ports (an HTTPS proxy,
+    /// told from HTTP and SOCKS5 by its first byte); re-read on SIGHUP.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,11 +212,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.max_connections = args.max_connections.max(1);
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
     config.max_agents_per_address = args.max_agents_per_address.max(1);
+    config.open_timeout = Duration::from_secs(args.open_timeout.max(1));
+    config.open_attempts = args.open_attempts.max(1);
+    config.connect_deadline = Duration::from_secs(args.connect_deadline.max(1));
+    config.silence_check = Duration::from_millis(args.silence_check_ms.max(10));
+    config.liveness_timeout = Duration::from_millis(args.liveness_timeout_ms.max(10));
+    config.health.cool_after = args.cool_after;
+    config.health.cooling = Duration::from_secs(args.cooling.max(1));
+    config.health.max_cooling = Duration::from_secs(args.max_cooling.max(args.cooling).max(1));
+    config.health.enabled = !args.no_health;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.customer_tls = Some(exitpool::gateway::customer_tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
+    if let Some(path) = &args.entry_ports {
+        config.entry_ports = exitpool::gateway::entry_ports::EntryPorts::load(path)?;
+    }
     if !args.geoip.is_empty() {
         config.geoip = std::sync::Arc::new(exitpool::geoip::GeoIp::open(&args.geoip)?);
     }
     if args.demo {
         check_demo_alone(&args)?;
+        config.geoip = std::sync::Arc::new(demo_geoip()?);
     }
     let mut customers = args
         .users
@@ -221,7 +284,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(admin) = gateway.admin_addr() {
         println!("gateway: stats on http://{admin}/stats");
     }
-    let _demo_agent = match &demo {
+    let _demo = match &demo {
         Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
         None => None,
     };
@@ -251,51 +314,135 @@ fn check_demo_alone(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts an in-process agent, proves a request goes through it, and prints how
-/// to make one by hand.
-async fn start_demo(
-    gateway: &Gateway,
-    password: &str,
-    token: &str,
-) -> anyhow::Result<exitpool::agent::AgentHandle> {
+/// Where the demo's three agents are: each on its own loopback address, which
+/// the demo's generated GeoIP database places in a country.
+const DEMO_EXITS: [(&str, &str, &str); 3] = [
+    ("127.0.0.2", "US", "New York"),
+    ("127.0.0.3", "DE", "Berlin"),
+    ("127.0.0.4", "JP", "Tokyo"),
+];
+
+/// The demo's GeoIP database: [`DEMO_EXITS`]' addresses in their countries,
+/// generated in memory (the real lookup path, as the tests use).
+fn demo_geoip() -> anyhow::Result<exitpool::geoip::GeoIp> {
+    use exitpool::geoip::testdb::{build, Layout, TestEntry};
+    let entries: Vec<TestEntry> = DEMO_EXITS
+        .iter()
+        .map(|(ip, country, city)| {
+            TestEntry::host(ip.parse().expect("valid demo address"))
+                .country(*country)
+                .city(*city)
+        })
+        .collect();
+    Ok(exitpool::geoip::GeoIp::from_bytes(vec![build(
+        Layout::MaxMind,
+        &entries,
+    )])?)
+}
+
+/// The demo running: its agents and the little target that tells who called.
+struct Demo {
+    _agents: Vec<exitpool::agent::AgentHandle>,
+    _target: tokio::task::JoinHandle<()>,
+}
+
+/// Starts three in-process agents in three countries and a local target that
+/// answers with the address it was reached from, proves one request per
+/// country, and prints curl lines for a country, a sticky session and SOCKS5.
+async fn start_demo(gateway: &Gateway, password: &str, token: &str) -> anyhow::Result<Demo> {
     let mut tunnel = gateway.tunnel_addr();
     if tunnel.ip().is_unspecified() {
         tunnel.set_ip([127, 0, 0, 1].into());
     }
-    let agent = exitpool::agent::Agent::builder(tunnel.to_string(), gateway.pin().parse()?, token)
-        .bind([127, 0, 0, 1].into())
-        // The demo's only target is this machine; never use this in production.
-        .allow_private(true)
-        .spawn()?;
-    let joined = tokio::time::timeout(Duration::from_secs(10), agent.connected())
-        .await
-        .context("the demo agent did not connect within 10 s")?;
+    let mut agents = Vec::new();
+    for (ip, _, _) in DEMO_EXITS {
+        let ip: std::net::IpAddr = ip.parse()?;
+        std::net::UdpSocket::bind((ip, 0)).with_context(|| {
+            format!(
+                "the demo's agents need the loopback address {ip} (Linux has all of 127.0.0.0/8)"
+            )
+        })?;
+        let agent =
+            exitpool::agent::Agent::builder(tunnel.to_string(), gateway.pin().parse()?, token)
+                .bind(ip)
+                // The demo's only target is this machine; never use this in production.
+                .allow_private(true)
+                .spawn()?;
+        tokio::time::timeout(Duration::from_secs(10), agent.connected())
+            .await
+            .with_context(|| format!("the demo agent on {ip} did not connect within 10 s"))?;
+        agents.push(agent);
+    }
+    let (target, target_task) = whoami_target().await?;
     let proxy = gateway.listen_addr();
-    let target = gateway.admin_addr().unwrap_or(proxy);
-    let answer = tokio::time::timeout(Duration::from_secs(10), self_test(proxy, target, password))
+    for (_, country, _) in DEMO_EXITS {
+        let user = format!("demo-country-{}", country.to_ascii_lowercase());
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            self_test(proxy, target, &user, password),
+        )
         .await
         .context("the demo request timed out")??;
-    println!(
-        "demo: agent {} joined; GET http://{target}/healthz through it answered: {answer}",
-        joined.exit_id
-    );
-    println!("demo: try it yourself:");
-    println!("  curl -p -x http://demo:{password}@{proxy} http://{target}/stats");
+        println!("demo: {user}: {answer}");
+    }
+    println!("demo: three agents joined (US, DE, JP). Try it yourself:");
+    println!("  curl -i -x http://demo-country-de:{password}@{proxy} http://{target}/            # an exit in Germany");
+    println!("  curl -i -x http://demo-session-s1:{password}@{proxy} http://{target}/            # sticky: the same exit on every call");
+    println!("  curl --socks5-hostname {proxy} --proxy-user demo-country-jp:{password} http://{target}/   # SOCKS5, an exit in Japan");
+    println!("  curl -i -x http://demo:{password}@{proxy} http://{target}/                       # rotating: a new exit per request");
+    println!("demo: the target answers with the exit address it saw; X-Exitpool-Exit and X-Exitpool-Country name the exit");
     println!("demo: Ctrl-C to stop");
-    Ok(agent)
+    Ok(Demo {
+        _agents: agents,
+        _target: target_task,
+    })
 }
 
-/// One real request through the proxy: CONNECT, then a GET inside the tunnel.
+/// A local HTTP target that answers every request with the address it came
+/// from (the exit's), then closes.
+async fn whoami_target() -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                // Read the request head (bounded), then answer.
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await
+                    {
+                        Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let body = format!("seen from {}\n", peer.ip());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+/// One real request through the proxy: CONNECT as `user`, then a GET inside
+/// the tunnel; answers the exit's country and what the target saw.
 async fn self_test(
     proxy: SocketAddr,
     target: SocketAddr,
+    user: &str,
     password: &str,
 ) -> anyhow::Result<String> {
     use base64::Engine;
-    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("demo:{password}"));
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let mut stream = tokio::net::TcpStream::connect(proxy).await?;
     stream
-        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {credentials}\r\n\r\nGET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {credentials}\r\n\r\nGET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
     let mut response = Vec::new();
     stream.take(64 * 1024).read_to_end(&mut response).await?;
@@ -305,11 +452,17 @@ async fn self_test(
     if !connect_status.contains(" 200") {
         bail!("the proxy answered {connect_status:?}");
     }
-    let inner_status = lines
-        .find(|line| line.starts_with("HTTP/1.1"))
-        .unwrap_or_default()
+    let country = text
+        .lines()
+        .find_map(|line| line.strip_prefix("x-exitpool-country: "))
+        .unwrap_or("??")
         .to_owned();
-    Ok(format!("{connect_status} then {inner_status}"))
+    let seen = text
+        .lines()
+        .find(|line| line.starts_with("seen from"))
+        .unwrap_or("no answer from the target")
+        .to_owned();
+    Ok(format!("exit in {country}, target {seen}"))
 }
 
 /// Waits for Ctrl-C or SIGTERM, reloading the accounts files on every SIGHUP.

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod flaky;
 pub mod targets;
 
 use exitpool::agent::{Agent, AgentHandle};
@@ -147,6 +148,39 @@ impl TestGateway {
         let handle = builder.spawn().expect("agent spawns");
         within("agent connects", handle.connected()).await;
         handle
+    }
+
+    /// One sample of `GET /metrics` (the first whose labels include `label`),
+    /// parsed as Prometheus does; `None` when the series is absent.
+    pub async fn metric(&self, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+        let url = format!("http://{}/metrics", self.admin());
+        let answer = within("GET /metrics", reqwest::get(url))
+            .await
+            .expect("metrics answer");
+        let text = within("metrics body", answer.text()).await.unwrap();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("valid Prometheus text");
+        let sample = scrape.samples.iter().find(|s| {
+            s.metric == name && label.is_none_or(|(key, value)| s.labels.get(key) == Some(value))
+        })?;
+        match &sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(*v),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    /// The `/stats` entry of the exit with id `exit_id`.
+    pub async fn exit_stats(&self, exit_id: &str) -> serde_json::Value {
+        let stats = self.stats().await;
+        stats["per_agent"]
+            .as_array()
+            .expect("per_agent list")
+            .iter()
+            .find(|agent| agent["exit_id"] == exit_id)
+            .cloned()
+            .unwrap_or_else(|| panic!("exit {exit_id} not in {stats}"))
     }
 
     /// `GET /stats` as JSON.

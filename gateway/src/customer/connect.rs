@@ -4,39 +4,45 @@
 //! mapped error) -> relay bytes until both sides are done ([`transfer`]).
 
 use super::response::{self, basic_credentials, exit_headers, Body};
-use super::transfer::{self, AccessContext};
+use super::session::Arrival;
+use super::transfer::{self, AccessContext, CustomerStream};
 use super::{session, target};
 use crate::abuse::AddressSlot;
 use crate::error::ProxyError;
 use crate::shared::Shared;
 use hyper::{Request, Response};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, Instrument};
 
 /// Answers one `CONNECT`; on success the relay runs in its own task once hyper
 /// hands over the connection.
-pub(crate) async fn connect(
+pub(crate) async fn connect<S: CustomerStream>(
     mut request: Request<hyper::body::Incoming>,
-    peer: SocketAddr,
+    arrival: &Arrival,
     pending: &AddressSlot,
     started: Instant,
     shared: &Arc<Shared>,
 ) -> Result<Response<Body>, ProxyError> {
-    let (user, password) = basic_credentials(&request).ok_or(ProxyError::AuthRequired)?;
+    let credentials = basic_credentials(&request);
     let authority = request
         .uri()
         .authority()
         .map(|authority| authority.as_str().to_owned())
         .ok_or_else(|| ProxyError::BadTarget("CONNECT needs host:port".into()))?;
     let (host, port) = target::parse_authority(&authority)?;
-    let grant = session::authenticate(&user, &password, pending, shared).await?;
+    let credentials = credentials
+        .as_ref()
+        .map(|(user, password)| (user.as_str(), password.as_str()));
+    let grant = session::authenticate_either(credentials, arrival, pending, shared).await?;
+    let peer = arrival.peer;
     let authorized = session::open(&grant, host, port, shared).await?;
     let mut answer = Response::new(response::empty());
-    answer
-        .headers_mut()
-        .extend(exit_headers(&authorized.agent, authorized.session.as_ref()));
+    answer.headers_mut().extend(exit_headers(
+        &authorized.agent,
+        authorized.session.as_ref(),
+        authorized.attempts,
+    ));
     let upgrade = hyper::upgrade::on(&mut request);
     let shared = shared.clone();
     let span = tracing::info_span!("relay", exit = %authorized.agent.exit_id, target = %authority);
@@ -50,7 +56,7 @@ pub(crate) async fn connect(
         async move {
             match upgrade.await {
                 Ok(upgraded) => {
-                    transfer::relay_upgraded(upgraded, authorized, context, &shared).await
+                    transfer::relay_upgraded::<S>(upgraded, authorized, context, &shared).await
                 }
                 Err(error) => debug!(%error, "CONNECT upgrade failed"),
             }

@@ -14,6 +14,7 @@
 
 use super::response::{basic_credentials, exit_headers, Body};
 use super::session;
+use super::session::Arrival;
 use super::target;
 use super::transfer::{exhausted_quota, AccessContext, MeteredIo, Transfer, QUOTA_CUT};
 use crate::abuse::AddressSlot;
@@ -26,7 +27,6 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -55,17 +55,25 @@ const DEFAULT_HTTP_PORT: u16 = 80;
 /// target's answer, or the failure to present.
 pub(crate) async fn forward(
     request: Request<Incoming>,
-    peer: SocketAddr,
+    arrival: &Arrival,
     pending: &AddressSlot,
     started: Instant,
     shared: &Arc<Shared>,
 ) -> Result<Response<Body>, ProxyError> {
-    let (user, password) = basic_credentials(&request).ok_or(ProxyError::AuthRequired)?;
-    let grant = session::authenticate(&user, &password, pending, shared).await?;
+    let credentials = basic_credentials(&request);
+    let credentials = credentials
+        .as_ref()
+        .map(|(user, password)| (user.as_str(), password.as_str()));
+    let grant = session::authenticate_either(credentials, arrival, pending, shared).await?;
+    let peer = arrival.peer;
     let (host, port) = target_of(request.uri())?;
     let target = format!("{host}:{port}");
     let authorized = session::open(&grant, host, port, shared).await?;
-    let mut exit_headers = exit_headers(&authorized.agent, authorized.session.as_ref());
+    let mut exit_headers = exit_headers(
+        &authorized.agent,
+        authorized.session.as_ref(),
+        authorized.attempts,
+    );
     let exit_id = authorized.agent.exit_id.clone();
     let context = AccessContext {
         user: grant.user,

@@ -25,16 +25,16 @@
 //! `listener.rs` shares it), so a silent client is closed after `head_timeout`.
 
 use super::response::{self, Body};
-use super::{connect, forward};
+use super::session::Arrival;
+use super::transfer::CustomerStream;
+use super::{connect, forward, inventory};
 use crate::abuse::AddressSlot;
 use crate::shared::Shared;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 /// Largest request head (request line and headers) hyper buffers: enough for any
@@ -48,9 +48,9 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 
 /// Serves HTTP proxy requests on one customer connection.
-pub(crate) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+pub(crate) async fn serve<S: CustomerStream>(
+    stream: S,
+    arrival: Arrival,
     pending: Arc<AddressSlot>,
     deadline: tokio::time::Instant,
     shared: Arc<Shared>,
@@ -65,7 +65,8 @@ pub(crate) async fn serve(
         seen.store(true, std::sync::atomic::Ordering::Relaxed);
         let shared = service_shared.clone();
         let pending = pending.clone();
-        async move { Ok::<_, Infallible>(handle(request, peer, &pending, shared).await) }
+        let arrival = arrival.clone();
+        async move { Ok::<_, Infallible>(handle::<S>(request, &arrival, &pending, shared).await) }
     });
     let first_head_deadline = async {
         tokio::time::sleep_until(deadline).await;
@@ -100,9 +101,9 @@ pub(crate) async fn serve(
 
 /// Answers one request: the request-line limit first (before credentials, so an
 /// oversized line costs nothing), then `CONNECT` or plain forwarding.
-async fn handle(
+async fn handle<S: CustomerStream>(
     request: Request<hyper::body::Incoming>,
-    peer: SocketAddr,
+    arrival: &Arrival,
     pending: &AddressSlot,
     shared: Arc<Shared>,
 ) -> Response<Body> {
@@ -114,10 +115,16 @@ async fn handle(
         info!(request_line, "refused: request line too long");
         return response::uri_too_long(request_line, MAX_REQUEST_LINE);
     }
-    let result = if request.method() == Method::CONNECT {
-        connect::connect(request, peer, pending, started, &shared).await
+    let origin_form = request.uri().authority().is_none();
+    let result = if origin_form
+        && request.method() == Method::GET
+        && request.uri().path() == inventory::PATH
+    {
+        inventory::inventory(&request, arrival, pending, &shared).await
+    } else if request.method() == Method::CONNECT {
+        connect::connect::<S>(request, arrival, pending, started, &shared).await
     } else {
-        forward::forward(request, peer, pending, started, &shared).await
+        forward::forward(request, arrival, pending, started, &shared).await
     };
     match result {
         Ok(response) => response,

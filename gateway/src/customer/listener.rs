@@ -1,13 +1,15 @@
-//! The customer port: accepts TCP connections, bounds them (globally, and per
-//! source address while unauthenticated), tells SOCKS5 from HTTP by the first
-//! byte, and hands each to its protocol handler with its peer address and its
-//! unauthenticated-connection slot.
+//! The customer ports: accepts TCP connections, bounds them (globally, and per
+//! source address while unauthenticated, across every port), tells SOCKS5 from
+//! HTTP by the first byte, and hands each to its protocol handler with its peer
+//! address, its unauthenticated-connection slot and, on an entry port, the
+//! targeting the port selects.
 
+use super::session::Arrival;
 use super::{http, response, socks};
 use crate::abuse::{AddressSlot, AddressSlots};
+use crate::credentials::Targeting;
 use crate::error::ProxyError;
 use crate::shared::Shared;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -16,17 +18,50 @@ use tracing::{debug, info_span, warn, Instrument};
 
 /// First byte of a SOCKS5 greeting.
 const SOCKS5_VERSION: u8 = 0x05;
+/// First byte of a TLS record carrying a handshake (the ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Most refused connections being answered at once. Each answer may wait up to
 /// 3 s on a silent client; past this bound a refused connection is closed at
 /// once, so a flood of refusals cannot hold descriptors or tasks.
 pub const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
-/// Accepts customer connections until shutdown.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let connections = Arc::new(Semaphore::new(shared.config.max_connections));
-    let pending = AddressSlots::new(shared.config.max_unauthenticated_per_ip);
-    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+/// One customer port: the main one (no targeting of its own) or an entry port.
+pub(crate) type Entrance = (TcpListener, Option<Arc<Targeting>>);
+
+/// The bounds every customer port shares.
+struct Bounds {
+    connections: Arc<Semaphore>,
+    pending: Arc<AddressSlots>,
+    refusals: Arc<Semaphore>,
+}
+
+/// Accepts customer connections on every port until shutdown.
+pub(crate) async fn serve(entrances: Vec<Entrance>, shared: Arc<Shared>) {
+    let bounds = Arc::new(Bounds {
+        connections: Arc::new(Semaphore::new(shared.config.max_connections)),
+        pending: AddressSlots::new(shared.config.max_unauthenticated_per_ip),
+        refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+    });
+    let accepting = tokio_util::task::TaskTracker::new();
+    for (listener, entry) in entrances {
+        accepting.spawn(accept(listener, entry, bounds.clone(), shared.clone()));
+    }
+    accepting.close();
+    accepting.wait().await;
+}
+
+async fn accept(
+    listener: TcpListener,
+    entry: Option<Arc<Targeting>>,
+    bounds: Arc<Bounds>,
+    shared: Arc<Shared>,
+) {
+    let Bounds {
+        connections,
+        pending,
+        refusals,
+    } = &*bounds;
     let refuse_bounded = |stream: TcpStream, error: ProxyError| {
         // Beyond the bound the stream is dropped here: closed without an answer.
         if let Ok(permit) = refusals.clone().try_acquire_owned() {
@@ -63,9 +98,13 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let span = info_span!("customer", %peer, user = tracing::field::Empty);
+        let arrival = Arrival {
+            peer,
+            entry: entry.clone(),
+        };
         shared.tasks.clone().spawn(
             async move {
-                handle(stream, peer, Arc::new(slot), shared).await;
+                handle(stream, arrival, Arc::new(slot), shared).await;
                 drop(permit);
             }
             .instrument(span),
@@ -73,16 +112,27 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, slot: Arc<AddressSlot>, shared: Arc<Shared>) {
+async fn handle(stream: TcpStream, arrival: Arrival, slot: Arc<AddressSlot>, shared: Arc<Shared>) {
     // One deadline from accept for the whole first head (or SOCKS5 negotiation).
     let deadline = tokio::time::Instant::now() + shared.config.head_timeout;
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
     match peeked {
         Ok(Ok(1)) if first[0] == SOCKS5_VERSION => {
-            socks::serve(stream, peer, slot, deadline, shared).await
+            socks::serve(stream, arrival, slot, deadline, shared).await
         }
-        Ok(Ok(1)) => http::serve(stream, peer, slot, deadline, shared).await,
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE && shared.customer_tls.is_some() => {
+            let Some(tls) = &shared.customer_tls else {
+                return;
+            };
+            // The handshake shares the head's deadline, counted from accept.
+            match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
+                Ok(Ok(stream)) => http::serve(stream, arrival, slot, deadline, shared).await,
+                Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
+                Err(_) => debug!("TLS handshake not finished within the head timeout"),
+            }
+        }
+        Ok(Ok(1)) => http::serve(stream, arrival, slot, deadline, shared).await,
         Ok(Ok(_)) => debug!("closed before sending anything"),
         Ok(Err(error)) => debug!(%error, "read failed"),
         Err(_) => debug!("sent nothing within the head timeout"),

@@ -10,12 +10,14 @@
 //! 4. [`transfer`]: the one metered transfer (usage folded each second, cut at
 //!    quota, one access line).
 //!
+//! [`inventory`] answers `GET /inventory` (which places have exits, bucketed).
 //! [`response`] builds what HTTP answers share (errors, exit headers, Basic
 //! credentials) and imports none of the handlers.
 
 mod connect;
 mod forward;
 mod http;
+pub mod inventory;
 mod listener;
 pub mod response;
 pub mod session;
@@ -23,7 +25,7 @@ mod socks;
 mod target;
 mod transfer;
 
-pub(crate) use listener::serve;
 pub use listener::MAX_REFUSALS_IN_FLIGHT;
+pub(crate) use listener::{serve, Entrance};
 pub use session::SessionOutcome;
 pub use transfer::FOLD_INTERVAL;

@@ -10,8 +10,8 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::header::{
-    HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-    RETRY_AFTER,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, RETRY_AFTER,
 };
 use hyper::{Request, Response, StatusCode};
 
@@ -26,12 +26,21 @@ pub const COUNTRY_HEADER: &str = "x-exitpool-country";
 pub const SESSION_HEADER: &str = "x-exitpool-session";
 /// Header naming the exit a moved session was pinned to before.
 pub const MOVED_FROM_HEADER: &str = "x-exitpool-moved-from";
+/// Header saying how many exits a request tried (more than one when an exit
+/// failed and another took over before anything reached the customer).
+pub const ATTEMPTS_HEADER: &str = "x-exitpool-attempts";
 /// Header carrying the stable product error code.
 pub const ERROR_HEADER: &str = "x-exitpool-error";
 
 /// Decodes `Proxy-Authorization: Basic` into user name and password.
 pub(crate) fn basic_credentials<B>(request: &Request<B>) -> Option<(String, String)> {
-    let value = request.headers().get(PROXY_AUTHORIZATION)?.to_str().ok()?;
+    basic_in(request, PROXY_AUTHORIZATION)
+}
+
+/// Decodes Basic credentials from `header` (`Authorization` for requests to
+/// the gateway itself, such as `GET /inventory`).
+pub(crate) fn basic_in<B>(request: &Request<B>, header: HeaderName) -> Option<(String, String)> {
+    let value = request.headers().get(header)?.to_str().ok()?;
     let (scheme, encoded) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -45,8 +54,13 @@ pub(crate) fn basic_credentials<B>(request: &Request<B>) -> Option<(String, Stri
 }
 
 /// Tells the customer which exit served them, and what became of their session.
-pub(crate) fn exit_headers(agent: &Agent, session: Option<&SessionOutcome>) -> HeaderMap {
+pub(crate) fn exit_headers(
+    agent: &Agent,
+    session: Option<&SessionOutcome>,
+    attempts: u32,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
     if let Some(session) = session {
         headers.insert(SESSION_HEADER, HeaderValue::from_static(session.as_str()));
         if let SessionOutcome::Moved { from } = session {

@@ -9,15 +9,27 @@
 use crate::abuse::AddressSlot;
 use crate::auth::{Checked, Customer, Limits};
 use crate::credentials::{self, SessMode, Targeting};
-use crate::directory::{Agent, Filter, PickError, StreamGuard};
+use crate::directory::{Agent, Filter, Outcome, PickError, StreamGuard};
+use crate::entry_ports;
 use crate::error::ProxyError;
 use crate::limits::Slot;
+use crate::metrics::CauseLabel;
 use crate::sessions::{Pinned, SessionKey};
 use crate::shared::Shared;
 use crate::tunnel::ExitStream;
 use exitpool_protocol::TargetHost;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Where a customer connection arrived.
+#[derive(Debug, Clone)]
+pub(crate) struct Arrival {
+    /// The customer's address.
+    pub peer: SocketAddr,
+    /// On an entry port: the targeting its number selects.
+    pub entry: Option<Arc<Targeting>>,
+}
 
 /// An authenticated customer and what they asked for.
 #[derive(Debug, Clone)]
@@ -68,6 +80,8 @@ pub struct Authorized {
     pub slot: Slot,
     /// Sticky-session outcome, when the request named a session.
     pub session: Option<SessionOutcome>,
+    /// Exits tried, this one included (`X-Exitpool-Attempts`).
+    pub attempts: u32,
 }
 
 /// Checks the base credentials, then the targeting parameters. Unknown users and
@@ -117,17 +131,7 @@ pub async fn authenticate(
             key: e.key,
             message: e.message,
         })
-        .and_then(
-            |targeting| match (&targeting.country, &customer.limits.countries) {
-                (Some(country), Some(allowed)) if !customer.limits.allows_country(country) => {
-                    Err(ProxyError::CountryNotAllowed {
-                        country: country.clone(),
-                        allowed: allowed.join(", "),
-                    })
-                }
-                _ => Ok(targeting),
-            },
-        );
+        .and_then(|targeting| allowed_country(targeting, &customer));
     match checked {
         Ok(targeting) => Ok(Grant {
             user: customer.name.clone(),
@@ -141,9 +145,79 @@ pub async fn authenticate(
     }
 }
 
+/// Authenticates by `credentials` when the client sent some, else by where it
+/// comes from ([`authenticate_source`]); on an entry port, the port's targeting
+/// is merged under the credentials' parameters (a conflict is
+/// [`ProxyError::BadTargeting`]).
+pub(crate) async fn authenticate_either(
+    credentials: Option<(&str, &str)>,
+    arrival: &Arrival,
+    pending: &AddressSlot,
+    shared: &Shared,
+) -> Result<Grant, ProxyError> {
+    let mut grant = match credentials {
+        Some((user, password)) => authenticate(user, password, pending, shared).await?,
+        None => authenticate_source(arrival.peer.ip(), pending, shared)?,
+    };
+    if let Some(entry) = &arrival.entry {
+        let targeting = std::mem::take(&mut grant.targeting);
+        grant.targeting = entry_ports::merge(entry, targeting)
+            .map_err(|e| ProxyError::BadTargeting {
+                key: e.key,
+                message: e.message,
+            })
+            .and_then(|targeting| allowed_country(targeting, &grant.customer))
+            .inspect_err(|error| shared.record_error(Some(&grant.user), None, error))?;
+    }
+    Ok(grant)
+}
+
+/// Refuses a targeted country outside the account's `countries`.
+fn allowed_country(targeting: Targeting, customer: &Customer) -> Result<Targeting, ProxyError> {
+    match (&targeting.country, &customer.limits.countries) {
+        (Some(country), Some(allowed)) if !customer.limits.allows_country(country) => {
+            Err(ProxyError::CountryNotAllowed {
+                country: country.clone(),
+                allowed: allowed.join(", "),
+            })
+        }
+        _ => Ok(targeting),
+    }
+}
+
+/// Authenticates a connection that sent no credentials by where it comes from:
+/// the account whose `allow_ips` holds `source`. Anyone else is asked for
+/// credentials ([`ProxyError::AuthRequired`]), as without the allow-list.
+pub fn authenticate_source(
+    source: IpAddr,
+    pending: &AddressSlot,
+    shared: &Shared,
+) -> Result<Grant, ProxyError> {
+    let accounts = shared.accounts.current();
+    let Some(customer) = accounts.users.by_source(source) else {
+        return Err(ProxyError::AuthRequired);
+    };
+    tracing::Span::current().record("user", customer.name.as_str());
+    pending.release();
+    Ok(Grant {
+        user: customer.name.clone(),
+        targeting: Targeting::default(),
+        customer: customer.clone(),
+    })
+}
+
 /// Checks the account's limits, chooses an exit for `grant` and opens
 /// `host:port` through it. The answer holds one of the customer's
 /// concurrent-connection slots until it is dropped.
+///
+/// An exit that fails for its own reasons (its tunnel lost, no answer, it says
+/// it is unavailable) is reported to its health, and the request moves to
+/// another exit: up to [`GatewayConfig::open_attempts`] exits within
+/// [`GatewayConfig::connect_deadline`], nothing having reached the customer
+/// yet. A `strict` session fails at once instead; a `move` session moves.
+///
+/// [`GatewayConfig::open_attempts`]: crate::config::GatewayConfig::open_attempts
+/// [`GatewayConfig::connect_deadline`]: crate::config::GatewayConfig::connect_deadline
 pub async fn open(
     grant: &Grant,
     host: TargetHost,
@@ -169,45 +243,125 @@ pub async fn open(
         .limits
         .admit(&customer, used)
         .map_err(|e| fail(None, e))?;
-    let (agent, session, pin) =
-        choose_exit(grant, &customer.limits, shared).map_err(|e| fail(None, e))?;
-    let load = StreamGuard::new(agent.clone());
-    let stream = shared
-        .links
-        .open(agent.key, host, port, shared.config.open_timeout)
-        .await
-        .map_err(|e| fail(Some(&agent), e))?;
-    // Pinned only once the exit has answered: refused targets leave no pins.
-    if let Some((key, pinned)) = pin {
-        // Room was checked before opening; losing a race for the last places
-        // leaves this connection served, unpinned.
-        let _ = shared
-            .sessions
-            .put(key, pinned, customer.limits.session_limit());
+    let config = &shared.config;
+    let deadline = started + config.connect_deadline;
+    let strict = grant
+        .targeting
+        .session
+        .as_ref()
+        .is_some_and(|session| session.mode == SessMode::Strict);
+    let mut tried: Vec<u64> = Vec::new();
+    // The exit failure that sent this request to another exit.
+    let mut last_failure: Option<(Arc<Agent>, ProxyError)> = None;
+    loop {
+        let chosen = choose_exit(grant, &customer.limits, shared, &tried);
+        let (agent, session, pin) = match (chosen, last_failure) {
+            (Ok(chosen), _) => chosen,
+            (Err(error), None) => return Err(fail(None, error)),
+            // No other exit to move to: the last exit's failure stands.
+            (Err(_), Some((agent, error))) => return Err(fail(Some(&agent), error)),
+        };
+        let attempt_started = Instant::now();
+        let timeout = config
+            .open_timeout
+            .min(deadline.saturating_duration_since(attempt_started));
+        let load = StreamGuard::new(agent.clone());
+        let opened = open_watched(&agent, host.clone(), port, timeout, shared).await;
+        let error = match opened {
+            Ok(stream) => {
+                shared.report_outcome(&agent, Outcome::Opened(attempt_started.elapsed()));
+                // Pinned only once the exit has answered: refused targets leave no pins.
+                if let Some((key, pinned)) = pin {
+                    // Room was checked before opening; losing a race for the last
+                    // places leaves this connection served, unpinned.
+                    let _ = shared
+                        .sessions
+                        .put(key, pinned, customer.limits.session_limit());
+                }
+                shared
+                    .metrics
+                    .connect_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                shared.metrics.connections.inc();
+                shared.usage.record_connection(&grant.user, &agent);
+                return Ok(Authorized {
+                    agent,
+                    stream,
+                    load,
+                    slot,
+                    session,
+                    attempts: tried.len() as u32 + 1,
+                });
+            }
+            Err(error) => error,
+        };
+        drop(load);
+        let Some(cause) = error.exit_fault() else {
+            // The target's answer, relayed by a working exit.
+            if matches!(error, ProxyError::Exit { .. }) {
+                shared.report_outcome(&agent, Outcome::Answered);
+            }
+            return Err(fail(Some(&agent), error));
+        };
+        shared.report_outcome(&agent, Outcome::ExitFailed);
+        tried.push(agent.key);
+        let time_left = deadline.saturating_duration_since(Instant::now());
+        if strict || tried.len() >= config.open_attempts as usize || time_left.is_zero() {
+            return Err(fail(Some(&agent), error));
+        }
+        tracing::debug!(exit = %agent.exit_id, cause, "open failed at the exit; trying another");
+        last_failure = Some((agent, error));
+        shared
+            .metrics
+            .open_retries
+            .get_or_create(&CauseLabel {
+                cause: cause.into(),
+            })
+            .inc();
     }
-    shared
-        .metrics
-        .connect_seconds
-        .observe(started.elapsed().as_secs_f64());
-    shared.metrics.connections.inc();
-    shared.usage.record_connection(&grant.user, &agent);
-    Ok(Authorized {
-        agent,
-        stream,
-        load,
-        slot,
-        session,
-    })
+}
+
+/// Opens a relay stream through `agent`, checking the exit's tunnel is alive
+/// while the answer is slow to come (a vanished exit fails in seconds, as
+/// [`ProxyError::ExitLost`], not at the tunnel's idle timeout).
+async fn open_watched(
+    agent: &Arc<Agent>,
+    host: TargetHost,
+    port: u16,
+    timeout: std::time::Duration,
+    shared: &Shared,
+) -> Result<ExitStream, ProxyError> {
+    let watchdog = async {
+        let every = shared.config.silence_check;
+        loop {
+            tokio::time::sleep(every).await;
+            if !shared.check_exit_alive(agent).await {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        opened = shared.links.open(agent.key, host, port, timeout) => opened,
+        () = watchdog => Err(ProxyError::ExitLost(
+            "the exit's tunnel did not answer a liveness check".into(),
+        )),
+    }
 }
 
 /// Routes within the account's countries: a request that names a country was
 /// checked in [`authenticate`]; one that does not, from an account limited to
 /// some countries, exits from one of them that has exits (a random one, or for a
 /// session a stable one, so the session keeps its exit).
-fn choose_exit(grant: &Grant, limits: &Limits, shared: &Shared) -> Result<Chosen, ProxyError> {
+/// Exits in `avoid` (connection keys) have already failed this request.
+fn choose_exit(
+    grant: &Grant,
+    limits: &Limits,
+    shared: &Shared,
+    avoid: &[u64],
+) -> Result<Chosen, ProxyError> {
     let allowed = match (&grant.targeting.country, &limits.countries) {
         (None, Some(allowed)) => allowed,
-        (country, _) => return choose_in(grant, country.clone(), limits, shared),
+        (country, _) => return choose_in(grant, country.clone(), limits, shared, avoid),
     };
     let mut order: Vec<&String> = allowed.iter().collect();
     match &grant.targeting.session {
@@ -219,16 +373,20 @@ fn choose_exit(grant: &Grant, limits: &Limits, shared: &Shared) -> Result<Chosen
         None => rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng()),
     }
     let mut busy = false;
+    let mut cooling = false;
     for country in order {
-        match choose_in(grant, Some(country.clone()), limits, shared) {
+        match choose_in(grant, Some(country.clone()), limits, shared, avoid) {
             Err(ProxyError::NoExit(_)) => {}
             Err(ProxyError::ExitsBusy(_)) => busy = true,
+            Err(ProxyError::ExitsCooling(_)) => cooling = true,
             chosen => return chosen,
         }
     }
     let described = format!("in the account's countries ({})", allowed.join(", "));
     Err(if busy {
         ProxyError::ExitsBusy(described)
+    } else if cooling {
+        ProxyError::ExitsCooling(described)
     } else {
         ProxyError::NoExit(described)
     })
@@ -247,6 +405,7 @@ fn choose_in(
     country: Option<String>,
     limits: &Limits,
     shared: &Shared,
+    avoid: &[u64],
 ) -> Result<Chosen, ProxyError> {
     let targeting = &grant.targeting;
     let filter = Filter {
@@ -256,7 +415,7 @@ fn choose_in(
     };
     let directory = &shared.directory;
     let Some(session) = &targeting.session else {
-        let agent = directory.pick(&filter).map_err(unavailable)?;
+        let agent = directory.pick(&filter, avoid).map_err(unavailable)?;
         return Ok((agent, None, None));
     };
     let key = SessionKey {
@@ -270,7 +429,14 @@ fn choose_in(
     let (expires_at, outcome) = match pin {
         None => (now + session.lifetime, SessionOutcome::New),
         Some(pin) => match directory.by_agent_id(&pin.agent_id) {
-            Some(agent) if agent.is_accepting() && filter.matches(&agent.location) => {
+            // A strict session keeps even a cooled exit: the customer asked
+            // for that exit or nothing.
+            Some(agent)
+                if (agent.is_routable()
+                    || session.mode == SessMode::Strict && agent.is_accepting())
+                    && filter.matches(&agent.location)
+                    && !avoid.contains(&agent.key) =>
+            {
                 if !agent.has_capacity() {
                     return Err(ProxyError::ExitsBusy(format!(
                         "pinned to session `{}`",
@@ -300,7 +466,9 @@ fn choose_in(
             .has_room(&key.customer, limits.session_limit())
             .map_err(|full| ProxyError::TooManySessions(full.to_string()))?;
     }
-    let agent = directory.pick_sticky(&filter, point).map_err(unavailable)?;
+    let agent = directory
+        .pick_sticky(&filter, point, avoid)
+        .map_err(unavailable)?;
     let pinned = Pinned {
         agent_id: agent.agent_id.clone(),
         expires_at,
@@ -313,5 +481,6 @@ fn unavailable(error: PickError) -> ProxyError {
     match error {
         PickError::NoExit(filter) => ProxyError::NoExit(filter),
         PickError::AllBusy(filter) => ProxyError::ExitsBusy(filter),
+        PickError::AllCooling(filter) => ProxyError::ExitsCooling(filter),
     }
 }

@@ -1,8 +1,9 @@
 //! SOCKS5 on the customer port (RFC 1928, with RFC 1929 username/password), chosen
 //! by [`super::listener`] when the first byte is `0x05`.
 //!
-//! Per connection, top to bottom: greeting (method `0x02` must be offered) ->
-//! username/password (the same credentials and targeting parameters as HTTP) ->
+//! Per connection, top to bottom: greeting (method `0x02` must be offered, or
+//! `0x00` from an allow-listed source) -> username/password (the same
+//! credentials and targeting parameters as HTTP) ->
 //! request (`CONNECT` to an IPv4, domain or IPv6 address; domains are resolved by
 //! the exit, as `socks5h://` expects) -> open through an exit -> reply with the
 //! address the exit dialled -> relay. Greeting, authentication and request must all
@@ -14,7 +15,7 @@
 //!
 //! | condition | answer |
 //! |---|---|
-//! | greeting does not offer method `0x02` (username/password) | method `0xFF` |
+//! | greeting offers neither method `0x02` (username/password) nor, from a source in an account's `allow_ips`, `0x00` (no authentication) | method `0xFF` |
 //! | greeting version is not 5, client silent or gone, handshake past `head_timeout` | nothing, close |
 //! | wrong user name or password, or sub-negotiation version not `0x01`, or credentials not UTF-8 | auth status `0x01` |
 //! | bad targeting parameter (`alice-contry-us`), or a country the account may not use | auth status `0x02` |
@@ -24,6 +25,7 @@
 //! | unknown address type, invalid domain name, port 0 | reply `0x08` address type not supported |
 //! | anything [`session::open`] refuses | reply from [`ProxyError::presentation`]: no exit for the filters `0x03`, exit policy refusal `0x02`, connection refused `0x05`, DNS failure `0x04`, timeout `0x06`, ... |
 
+use super::session::Arrival;
 use super::session::{self, Grant, SessionOutcome};
 use super::target;
 use super::transfer::{self, AccessContext};
@@ -44,8 +46,11 @@ use tracing::{debug, info, Instrument};
 const VERSION: u8 = 0x05;
 /// Version of the username/password sub-negotiation (RFC 1929).
 const AUTH_VERSION: u8 = 0x01;
-/// Method: username/password, the only one served.
+/// Method: username/password.
 const METHOD_USER_PASSWORD: u8 = 0x02;
+/// Method: no authentication, served only to sources in an account's
+/// `allow_ips`.
+const METHOD_NO_AUTH: u8 = 0x00;
 /// Method reply: none of the offered methods is acceptable.
 const METHOD_NONE_ACCEPTABLE: u8 = 0xFF;
 /// Auth status: success.
@@ -172,7 +177,7 @@ impl fmt::Display for Target {
 /// Serves one SOCKS5 customer connection, from greeting to the end of the relay.
 pub(crate) async fn serve(
     mut stream: TcpStream,
-    peer: SocketAddr,
+    arrival: Arrival,
     pending: Arc<AddressSlot>,
     deadline: tokio::time::Instant,
     shared: Arc<Shared>,
@@ -180,7 +185,7 @@ pub(crate) async fn serve(
     let started = Instant::now();
     let head_timeout = shared.config.head_timeout;
     let negotiated = tokio::select! {
-        negotiated = tokio::time::timeout_at(deadline, negotiate(&mut stream, &pending, &shared)) => negotiated,
+        negotiated = tokio::time::timeout_at(deadline, negotiate(&mut stream, &arrival, &pending, &shared)) => negotiated,
         () = shared.shutdown.cancelled() => return,
     };
     let (grant, target) = match negotiated {
@@ -213,7 +218,7 @@ pub(crate) async fn serve(
     let span = tracing::info_span!("relay", exit = %authorized.agent.exit_id, %target);
     let context = AccessContext {
         user: grant.user,
-        peer,
+        peer: arrival.peer,
         target: target.to_string(),
         started,
     };
@@ -223,8 +228,12 @@ pub(crate) async fn serve(
 }
 
 /// Greeting, authentication and request; answers each step that succeeds.
+///
+/// Username/password is chosen whenever the client offers it (credentials
+/// win); "no authentication" only for a source in an account's `allow_ips`.
 async fn negotiate<S>(
     stream: &mut S,
+    arrival: &Arrival,
     pending: &AddressSlot,
     shared: &Shared,
 ) -> Result<(Grant, Target), SocksError>
@@ -232,15 +241,24 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let greeting = read_greeting(stream).await?;
-    if !greeting.methods.contains(&METHOD_USER_PASSWORD) {
+    let grant = if greeting.methods.contains(&METHOD_USER_PASSWORD) {
+        stream.write_all(&[VERSION, METHOD_USER_PASSWORD]).await?;
+        let credentials = read_credentials(stream).await?;
+        let credentials = (credentials.user.as_str(), credentials.password.as_str());
+        let grant = session::authenticate_either(Some(credentials), arrival, pending, shared)
+            .await
+            .map_err(SocksError::Auth)?;
+        stream.write_all(&[AUTH_VERSION, AUTH_OK]).await?;
+        grant
+    } else if greeting.methods.contains(&METHOD_NO_AUTH) {
+        let grant = session::authenticate_either(None, arrival, pending, shared)
+            .await
+            .map_err(|_| SocksError::NoAcceptableMethod(greeting.methods.clone()))?;
+        stream.write_all(&[VERSION, METHOD_NO_AUTH]).await?;
+        grant
+    } else {
         return Err(SocksError::NoAcceptableMethod(greeting.methods));
-    }
-    stream.write_all(&[VERSION, METHOD_USER_PASSWORD]).await?;
-    let credentials = read_credentials(stream).await?;
-    let grant = session::authenticate(&credentials.user, &credentials.password, pending, shared)
-        .await
-        .map_err(SocksError::Auth)?;
-    stream.write_all(&[AUTH_VERSION, AUTH_OK]).await?;
+    };
     let target = read_request(stream).await?;
     Ok((grant, target))
 }

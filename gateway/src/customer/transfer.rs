@@ -9,12 +9,12 @@
 //! bytes to the exit's live figures and writes the one access line.
 
 use super::session::Authorized;
-use crate::directory::{Agent, StreamGuard};
+use crate::directory::{Agent, Outcome, StreamGuard};
 use crate::limits::Slot;
 use crate::shared::Shared;
 use crate::tunnel::ExitStream;
 use bytes::Bytes;
-use exitpool_transport::relay::{relay, LiveCounters, Unlimited};
+use exitpool_transport::relay::{relay, LiveCounters, RelayError, Unlimited};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
@@ -33,6 +33,49 @@ pub const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a transfer was cut short by the gateway rather than by either end.
 pub const QUOTA_CUT: &str = "quota exhausted";
+/// Why a transfer ended when its exit's tunnel failed a liveness check.
+pub const EXIT_DEAD: &str = "the exit's tunnel did not answer a liveness check";
+
+/// Resolves once the exit of a transfer is found dead; never while it lives.
+///
+/// A transfer waits on its exit when the customer has sent bytes the exit has
+/// not answered, or when bytes were flowing from the exit and stopped. After
+/// [`crate::config::GatewayConfig::silence_check`] of that silence the exit's
+/// tunnel is checked: again every period while the customer's bytes stay
+/// unanswered, once for a flow that stopped. A transfer idle on both sides
+/// after a check costs nothing more, so idle agents see no extra traffic.
+async fn watch_exit(agent: &Agent, counters: &LiveCounters, shared: &Shared) {
+    let check_after = shared.config.silence_check;
+    // Looking four times per period bounds how late silence is noticed.
+    let mut tick = tokio::time::interval((check_after / 4).max(Duration::from_millis(5)));
+    let mut up = counters.tcp_to_quic.load(Ordering::Relaxed);
+    let mut down = counters.quic_to_tcp.load(Ordering::Relaxed);
+    let mut changed = Instant::now();
+    let mut expecting = true;
+    let mut unanswered = false;
+    loop {
+        tick.tick().await;
+        let (now_up, now_down) = (
+            counters.tcp_to_quic.load(Ordering::Relaxed),
+            counters.quic_to_tcp.load(Ordering::Relaxed),
+        );
+        if now_down != down {
+            (down, up, changed) = (now_down, now_up, Instant::now());
+            (expecting, unanswered) = (true, false);
+        } else if now_up != up {
+            (up, changed) = (now_up, Instant::now());
+            (expecting, unanswered) = (true, true);
+        }
+        if !expecting || changed.elapsed() < check_after {
+            continue;
+        }
+        if !shared.check_exit_alive(agent).await {
+            return;
+        }
+        changed = Instant::now();
+        expecting = unanswered;
+    }
+}
 
 /// What the access log says about a transfer besides byte counts.
 #[derive(Debug, Clone)]
@@ -70,6 +113,7 @@ impl Transfer {
             load,
             slot,
             session: _,
+            attempts: _,
         } = authorized;
         let transfer = Transfer {
             agent,
@@ -94,18 +138,27 @@ impl Transfer {
     }
 
     /// Runs `work` to its end, folding usage every [`FOLD_INTERVAL`]; once the
-    /// account's quota is used up, drops `work` and answers [`QUOTA_CUT`].
+    /// account's quota is used up, drops `work` and answers [`QUOTA_CUT`]. When
+    /// the exit goes silent on a waiting customer, its tunnel is checked
+    /// ([`watch_exit`]); a dead one ends `work` with [`EXIT_DEAD`].
     pub async fn supervise<T>(
         &mut self,
         work: impl Future<Output = Result<T, String>>,
         shared: &Shared,
     ) -> Result<T, String> {
         tokio::pin!(work);
+        let (agent, counters) = (self.agent.clone(), self.counters.clone());
+        let watchdog = watch_exit(&agent, &counters, shared);
+        tokio::pin!(watchdog);
         let mut fold_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + FOLD_INTERVAL, FOLD_INTERVAL);
         loop {
             tokio::select! {
                 result = &mut work => return result,
+                () = &mut watchdog => {
+                    shared.report_outcome(&self.agent, Outcome::ExitFailed);
+                    return Err(EXIT_DEAD.to_owned());
+                }
                 _ = fold_timer.tick() => {
                     self.fold(shared);
                     if exhausted_quota(&self.context.user, shared).is_some() {
@@ -190,14 +243,52 @@ pub(crate) fn exhausted_quota(user: &str, shared: &Shared) -> Option<u64> {
     (shared.usage.customer_bytes(user) >= quota).then_some(quota)
 }
 
+/// A customer's connection: plain TCP, or TLS over TCP on an HTTPS proxy port.
+pub(crate) trait CustomerStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The reading half, for the relay's upstream copy.
+    type Read<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    /// The writing half, for the relay's downstream copy.
+    type Write<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    /// Both halves, so each direction runs on its own.
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+    /// The TCP connection underneath (to reset it on a failed relay).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl CustomerStream for TcpStream {
+    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl CustomerStream for tokio_rustls::server::TlsStream<TcpStream> {
+    type Read<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut Self>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(self)
+    }
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
 /// Relays a hyper-upgraded `CONNECT` connection.
-pub(crate) async fn relay_upgraded(
+pub(crate) async fn relay_upgraded<S: CustomerStream>(
     upgraded: hyper::upgrade::Upgraded,
     authorized: Authorized,
     context: AccessContext,
     shared: &Shared,
 ) {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
+    match upgraded.downcast::<TokioIo<S>>() {
         // Bytes the client sent right behind its CONNECT head (a TLS ClientHello,
         // say) are already in hyper's buffer: they go first.
         Ok(parts) => {
@@ -210,15 +301,15 @@ pub(crate) async fn relay_upgraded(
             )
             .await
         }
-        Err(_) => warn!("upgraded connection is not a TCP stream; closing"),
+        Err(_) => warn!("upgraded connection is not the customer's stream; closing"),
     }
 }
 
 /// Relays the customer's `stream` to the exit, after sending `already_read`
 /// towards the target. On an abnormal end the customer sees a TCP reset, never a
 /// clean end of data.
-pub(crate) async fn relay_tcp(
-    mut stream: TcpStream,
+pub(crate) async fn relay_tcp<S: CustomerStream>(
+    mut stream: S,
     already_read: Bytes,
     authorized: Authorized,
     context: AccessContext,
@@ -231,13 +322,14 @@ pub(crate) async fn relay_tcp(
         peer: _,
     } = exit;
     let counters = transfer.counters().clone();
+    let agent = transfer.agent.clone();
     counters
         .tcp_to_quic
         .fetch_add(already_read.len() as u64, Ordering::Relaxed);
     let result = match send.write_chunk(already_read).await {
         Err(error) => Err(error.to_string()),
         Ok(()) => {
-            let (read, write) = stream.split();
+            let (read, write) = stream.halves();
             let relaying = async {
                 let (_, result) = relay(
                     read,
@@ -249,13 +341,20 @@ pub(crate) async fn relay_tcp(
                     &Unlimited,
                 )
                 .await;
+                if let Err(RelayError::Tunnel(error)) = &result {
+                    // The tunnel itself went (a stream reset is the exit passing
+                    // on the target's reset, not the exit failing).
+                    if error.kind() == io::ErrorKind::NotConnected {
+                        shared.report_outcome(&agent, Outcome::ExitFailed);
+                    }
+                }
                 result.map_err(|e| e.to_string())
             };
             transfer.supervise(relaying, shared).await
         }
     };
     if result.is_err() {
-        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
     } else {
         let _ = stream.shutdown().await;
     }

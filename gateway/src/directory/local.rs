@@ -9,18 +9,26 @@
 //!
 //! Locking: `agents` is a `DashMap` read on every pick; the pools share one
 //! `Mutex`, held only for O(1) vector operations and never across an `.await`.
+//!
+//! Cooling ([`super::health`]): a cooled agent leaves its pools' member lists
+//! (so picks never meet it) and is counted in each pool's `cooled` instead (so
+//! an empty pool can say its exits are cooling rather than absent). A heap of
+//! cooling ends, looked at on every pick (O(1) when nothing is due), puts agents
+//! back when their period is over.
 
+use super::health::{HealthPolicy, Outcome};
 use super::{Agent, AgentDirectory, Census, Filter, Joining, PickError};
 use crate::abuse::source_network;
 use crate::counts;
 use dashmap::DashMap;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 #[derive(Default)]
@@ -30,6 +38,8 @@ struct Pool {
     positions: HashMap<u64, usize>,
     /// The same members ordered by ring point, for sticky sessions.
     ring: BTreeMap<(u64, u64), Arc<Agent>>,
+    /// Matching agents that are cooled now (not in `members`).
+    cooled: usize,
 }
 
 impl Pool {
@@ -69,11 +79,34 @@ fn mix(a: u64, b: u64) -> u64 {
 /// How many random candidates a pick looks at before deciding every exit is busy.
 const PICK_ATTEMPTS: usize = 8;
 
+/// The pools and what is cooling, under one lock.
+#[derive(Default)]
+struct Pools {
+    by_filter: HashMap<Filter, Pool>,
+    /// Keys of agents counted as cooled in their pools.
+    cooled: HashSet<u64>,
+    /// When each cooled agent may come back, soonest first.
+    cooling_ends: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+/// Where an agent belongs in the pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Not routable: gone, paused, draining or over quota.
+    Out,
+    /// Connected and accepting, but cooled after failures.
+    Cooled,
+    /// In the pools' member lists.
+    In,
+}
+
 /// All agents connected to this gateway. See the module docs for the locking rules.
 pub struct LocalDirectory {
     agents: DashMap<u64, Arc<Agent>>,
     by_agent_id: DashMap<String, u64>,
-    pools: Mutex<HashMap<Filter, Pool>>,
+    pools: Mutex<Pools>,
+    /// How outcomes are scored and failing exits cooled.
+    health: HealthPolicy,
     /// Agents per enrolment token and per source network, for the caps on both.
     per_token: DashMap<String, usize>,
     per_network: DashMap<IpAddr, usize>,
@@ -90,12 +123,19 @@ impl LocalDirectory {
         LocalDirectory {
             agents: DashMap::new(),
             by_agent_id: DashMap::new(),
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::new(Pools::default()),
+            health: HealthPolicy::default(),
             per_token: DashMap::new(),
             per_network: DashMap::new(),
             exit_id_key,
             census: watch::Sender::new(Census::default()),
         }
+    }
+
+    /// Scores exits and cools failing ones by `policy` instead of the default.
+    pub fn with_health_policy(mut self, policy: HealthPolicy) -> Self {
+        self.health = policy;
+        self
     }
 }
 
@@ -126,6 +166,7 @@ impl AgentDirectory for LocalDirectory {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             connected_at: SystemTime::now(),
+            health: Default::default(),
         });
         let replaced = self
             .by_agent_id
@@ -134,7 +175,7 @@ impl AgentDirectory for LocalDirectory {
         counts::up(&self.per_token, agent.token.expose().to_owned());
         counts::up(&self.per_network, source_network(agent.observed.ip()));
         self.agents.insert(key, agent.clone());
-        self.add_to_pools(&agent);
+        self.reconcile(&agent);
         self.publish_census();
         (agent, replaced)
     }
@@ -152,37 +193,39 @@ impl AgentDirectory for LocalDirectory {
         if agent.accepting.swap(accepting, Ordering::Relaxed) == accepting {
             return;
         }
-        if accepting {
-            self.add_to_pools(&agent);
-        } else {
-            self.remove_from_pools(&agent);
-        }
+        self.reconcile(&agent);
         self.publish_census();
     }
 
-    fn pick(&self, filter: &Filter) -> Result<Arc<Agent>, PickError> {
-        let pools = self.pools.lock().expect("directory pools lock poisoned");
-        let Some(pool) = pools.get(filter).filter(|pool| !pool.members.is_empty()) else {
-            return Err(PickError::NoExit(filter.describe()));
+    fn pick(&self, filter: &Filter, avoid: &[u64]) -> Result<Arc<Agent>, PickError> {
+        let mut pools = self.lock_pools();
+        self.readmit_due(&mut pools, Instant::now());
+        let pool = pools.by_filter.get(filter);
+        let Some(pool) = pool.filter(|pool| !pool.members.is_empty()) else {
+            return Err(Self::empty(pool, filter));
         };
         let members = &pool.members;
         let mut rng = rand::rng();
-        let mut best: Option<&Arc<Agent>> = None;
-        // The power of two choices, looking at a few more if both are full.
-        for attempt in 0..PICK_ATTEMPTS.min(members.len().max(2)) {
+        let mut best: Option<(&Arc<Agent>, f64)> = None;
+        let mut looked = 0;
+        // The power of two choices, looking at a few more if both are full
+        // (or already tried by this request).
+        for _ in 0..PICK_ATTEMPTS.min(members.len().max(2) + avoid.len()) {
             let candidate = &members[rng.random_range(0..members.len())];
-            if !candidate.has_capacity() {
+            if !candidate.has_capacity() || avoid.contains(&candidate.key) {
                 continue;
             }
             let load = candidate.active_streams.load(Ordering::Relaxed);
-            if best.is_none_or(|b| load < b.active_streams.load(Ordering::Relaxed)) {
-                best = Some(candidate);
+            let cost = candidate.health.cost(load, &self.health);
+            if best.is_none_or(|(_, best_cost)| cost < best_cost) {
+                best = Some((candidate, cost));
             }
-            if best.is_some() && attempt >= 1 {
+            looked += 1;
+            if looked >= 2 {
                 break;
             }
         }
-        best.cloned()
+        best.map(|(agent, _)| agent.clone())
             .ok_or_else(|| PickError::AllBusy(filter.describe()))
     }
 
@@ -190,21 +233,41 @@ impl AgentDirectory for LocalDirectory {
     /// rendezvous (highest random weight) score, so the same session maps to the
     /// same exit while the pool is stable, and few sessions move when exits come
     /// and go. O(log n) in the pool size.
-    fn pick_sticky(&self, filter: &Filter, session_point: u64) -> Result<Arc<Agent>, PickError> {
-        let pools = self.pools.lock().expect("directory pools lock poisoned");
-        let Some(pool) = pools.get(filter).filter(|pool| !pool.members.is_empty()) else {
-            return Err(PickError::NoExit(filter.describe()));
+    fn pick_sticky(
+        &self,
+        filter: &Filter,
+        session_point: u64,
+        avoid: &[u64],
+    ) -> Result<Arc<Agent>, PickError> {
+        let mut pools = self.lock_pools();
+        self.readmit_due(&mut pools, Instant::now());
+        let pool = pools.by_filter.get(filter);
+        let Some(pool) = pool.filter(|pool| !pool.members.is_empty()) else {
+            return Err(Self::empty(pool, filter));
         };
         let after = pool.ring.range((session_point, 0)..);
         let wrapped = pool.ring.range(..(session_point, 0));
         after
             .chain(wrapped)
             .map(|(_, agent)| agent)
+            .filter(|agent| !avoid.contains(&agent.key))
             .take(STICKY_CANDIDATES)
             .filter(|agent| agent.has_capacity())
             .max_by_key(|agent| mix(session_point, agent.ring_point))
             .cloned()
             .ok_or_else(|| PickError::AllBusy(filter.describe()))
+    }
+
+    fn report(&self, agent: &Arc<Agent>, outcome: Outcome) -> Option<Duration> {
+        let period = agent.health.record(outcome, &self.health, Instant::now())?;
+        tracing::info!(
+            exit = %agent.exit_id,
+            cooling_ms = period.as_millis() as u64,
+            "exit cooled after failures"
+        );
+        self.reconcile(agent);
+        self.publish_census();
+        Some(period)
     }
 
     fn by_agent_id(&self, agent_id: &str) -> Option<Arc<Agent>> {
@@ -260,43 +323,120 @@ impl LocalDirectory {
 
     fn remove_key(&self, key: u64) -> Option<Arc<Agent>> {
         let (_, agent) = self.agents.remove(&key)?;
-        self.remove_from_pools(&agent);
+        self.reconcile(&agent);
         counts::down(&self.per_token, agent.token.expose());
         counts::down(&self.per_network, &source_network(agent.observed.ip()));
         Some(agent)
     }
 
-    fn add_to_pools(&self, agent: &Arc<Agent>) {
-        let mut pools = self.pools.lock().expect("directory pools lock poisoned");
-        // The agent may have left between the caller's check and this lock.
-        if !self.agents.contains_key(&agent.key) || !agent.is_accepting() {
-            return;
-        }
-        for key in Filter::pool_keys(&agent.location) {
-            pools.entry(key).or_default().insert(agent.clone());
+    fn lock_pools(&self) -> std::sync::MutexGuard<'_, Pools> {
+        self.pools.lock().expect("directory pools lock poisoned")
+    }
+
+    /// What an empty (or absent) pool answers: its exits cooling, or none.
+    fn empty(pool: Option<&Pool>, filter: &Filter) -> PickError {
+        match pool {
+            Some(pool) if pool.cooled > 0 => PickError::AllCooling(filter.describe()),
+            _ => PickError::NoExit(filter.describe()),
         }
     }
 
-    fn remove_from_pools(&self, agent: &Agent) {
-        let mut pools = self.pools.lock().expect("directory pools lock poisoned");
-        for key in Filter::pool_keys(&agent.location) {
-            if let Some(pool) = pools.get_mut(&key) {
-                pool.remove(agent);
-                if pool.members.is_empty() {
-                    pools.remove(&key);
-                }
+    /// Puts back every agent whose cooling is over by `now`.
+    fn readmit_due(&self, pools: &mut Pools, now: Instant) {
+        let mut changed = false;
+        while let Some(Reverse((until, key))) = pools.cooling_ends.peek().copied() {
+            if until > now {
+                break;
+            }
+            pools.cooling_ends.pop();
+            if let Some(agent) = self.get(key) {
+                Self::place(pools, &agent, self.desired_place(&agent, now));
+                changed = true;
+            }
+        }
+        if changed {
+            // Outside the pools lock's critical path would be nicer, but the
+            // census read takes the same lock: compute it from here.
+            let accepting = Self::accepting_in(pools);
+            self.census
+                .send_modify(|census| census.accepting = accepting);
+        }
+    }
+
+    fn desired_place(&self, agent: &Agent, now: Instant) -> Place {
+        if !self.agents.contains_key(&agent.key) || !agent.is_accepting() {
+            Place::Out
+        } else if agent.health.is_cooled(now) {
+            Place::Cooled
+        } else {
+            Place::In
+        }
+    }
+
+    /// Moves `agent` to where it belongs now: in the pools, counted as cooled, or
+    /// out. Called after every change to its presence, accepting or cooling.
+    fn reconcile(&self, agent: &Arc<Agent>) {
+        let now = Instant::now();
+        let mut pools = self.lock_pools();
+        // Decided under the lock, so a leave racing this call cannot leave the
+        // agent pooled.
+        let place = self.desired_place(agent, now);
+        Self::place(&mut pools, agent, place);
+        if place == Place::Cooled {
+            if let Some(until) = agent.health.cooled_until() {
+                pools.cooling_ends.push(Reverse((until, agent.key)));
             }
         }
     }
 
-    fn publish_census(&self) {
-        // Every pooled agent is in the unfiltered pool.
-        let accepting = self
-            .pools
-            .lock()
-            .expect("directory pools lock poisoned")
+    fn place(pools: &mut Pools, agent: &Arc<Agent>, place: Place) {
+        let keys = Filter::pool_keys(&agent.location);
+        let was_cooled = pools.cooled.contains(&agent.key);
+        let pooled = pools
+            .by_filter
             .get(&Filter::default())
-            .map_or(0, |pool| pool.members.len());
+            .is_some_and(|pool| pool.positions.contains_key(&agent.key));
+        let current = match (pooled, was_cooled) {
+            (true, _) => Place::In,
+            (false, true) => Place::Cooled,
+            (false, false) => Place::Out,
+        };
+        if current == place {
+            return;
+        }
+        for key in keys {
+            let pool = pools.by_filter.entry(key.clone()).or_default();
+            match current {
+                Place::In => pool.remove(agent),
+                Place::Cooled => pool.cooled -= 1,
+                Place::Out => {}
+            }
+            match place {
+                Place::In => pool.insert(agent.clone()),
+                Place::Cooled => pool.cooled += 1,
+                Place::Out => {}
+            }
+            if pool.members.is_empty() && pool.cooled == 0 {
+                pools.by_filter.remove(&key);
+            }
+        }
+        if place == Place::Cooled {
+            pools.cooled.insert(agent.key);
+        } else {
+            pools.cooled.remove(&agent.key);
+        }
+    }
+
+    /// Agents in the unfiltered pool: every routable agent is in it.
+    fn accepting_in(pools: &Pools) -> usize {
+        pools
+            .by_filter
+            .get(&Filter::default())
+            .map_or(0, |pool| pool.members.len())
+    }
+
+    fn publish_census(&self) {
+        let accepting = Self::accepting_in(&self.lock_pools());
         self.census.send_replace(Census {
             agents: self.agents.len(),
             accepting,

@@ -9,8 +9,11 @@
 //! ([`crate::tunnel::Links`]), so a directory shared by several gateways can list
 //! agents this process has no tunnel to.
 
+pub mod health;
 mod local;
+pub mod places;
 
+pub use health::{Health, HealthPolicy, HealthView, Outcome};
 pub use local::LocalDirectory;
 
 use std::collections::BTreeMap;
@@ -31,10 +34,21 @@ pub trait AgentDirectory: Send + Sync {
     fn remove(&self, key: u64) -> Option<Arc<Agent>>;
     /// Starts or stops routing new streams to an agent (pause, drain, quota).
     fn set_accepting(&self, key: u64, accepting: bool);
-    /// Rotation: a lightly loaded exit matching `filter`.
-    fn pick(&self, filter: &Filter) -> Result<Arc<Agent>, PickError>;
-    /// A sticky choice for the session at `session_point` on the hash ring.
-    fn pick_sticky(&self, filter: &Filter, session_point: u64) -> Result<Arc<Agent>, PickError>;
+    /// Rotation: a lightly loaded, healthy exit matching `filter`, other than the
+    /// connection keys in `avoid` (exits this request has already tried).
+    fn pick(&self, filter: &Filter, avoid: &[u64]) -> Result<Arc<Agent>, PickError>;
+    /// A sticky choice for the session at `session_point` on the hash ring,
+    /// other than the connection keys in `avoid`.
+    fn pick_sticky(
+        &self,
+        filter: &Filter,
+        session_point: u64,
+        avoid: &[u64],
+    ) -> Result<Arc<Agent>, PickError>;
+    /// Records how an open or relay through `agent` went; enough failures in a
+    /// row take it out of routing for a while ([`health`]): the period, when
+    /// this outcome started one.
+    fn report(&self, agent: &Arc<Agent>, outcome: Outcome) -> Option<std::time::Duration>;
     /// The connected agent with device id `agent_id`, if any.
     fn by_agent_id(&self, agent_id: &str) -> Option<Arc<Agent>>;
     /// The exit id customers see for `agent_id`.
@@ -188,6 +202,8 @@ pub struct Agent {
     pub bytes_down: AtomicU64,
     /// When the agent joined.
     pub connected_at: SystemTime,
+    /// Its recent record of opens and relays, and whether it is cooled.
+    pub health: Health,
 }
 
 impl Agent {
@@ -201,6 +217,11 @@ impl Agent {
     /// Whether the agent accepts new streams at all (not paused or draining).
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// Whether routing may send it new streams: accepting and not cooled.
+    pub fn is_routable(&self) -> bool {
+        self.is_accepting() && !self.health.is_cooled(std::time::Instant::now())
     }
 }
 
@@ -233,6 +254,9 @@ pub enum PickError {
     /// Matching agents exist but all are at capacity.
     #[error("every exit {0} is busy")]
     AllBusy(String),
+    /// Matching agents exist but all are cooled after failing.
+    #[error("every exit {0} is cooling after failures")]
+    AllCooling(String),
 }
 
 /// How many agents are connected, and how many of them take new streams.
@@ -240,7 +264,8 @@ pub enum PickError {
 pub struct Census {
     /// Connected agents.
     pub agents: usize,
-    /// Agents that take new streams (not paused, draining or over quota).
+    /// Agents that take new streams (not paused, draining, over quota or
+    /// cooled after failures).
     pub accepting: usize,
 }
 

@@ -13,6 +13,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// How often a liveness check looks at the tunnel's received-packet count.
+const LIVENESS_POLL: Duration = Duration::from_millis(10);
+
 /// A relay stream whose target the exit has dialled.
 #[derive(Debug)]
 pub struct ExitStream {
@@ -58,6 +61,47 @@ impl Links {
     pub fn close(&self, key: u64, code: u32, reason: &[u8]) {
         if let Some((_, connection)) = self.tunnels.remove(&key) {
             connection.close(code.into(), reason);
+        }
+    }
+
+    /// Whether tunnel `key` proves alive within `within`: it is asked for an
+    /// acknowledgement, and anything received from it in that time counts.
+    /// Used only while a customer waits on the tunnel, so idle agents see no
+    /// extra traffic. The wait is stretched to three round trips on slow links.
+    ///
+    /// quinn 0.11 has no public PING; a one-byte bump of the connection's
+    /// receive window sends a MAX_DATA frame, which is ack-eliciting, and a
+    /// live peer acknowledges it within its ack delay (25 ms) plus a round trip.
+    /// (A TCP tunnel would answer the same question with its own ping.)
+    pub async fn is_alive(&self, key: u64, within: Duration) -> bool {
+        let Some(connection) = self.tunnels.get(&key).map(|entry| entry.value().clone()) else {
+            return false;
+        };
+        if connection.close_reason().is_some() {
+            return false;
+        }
+        let received = connection.stats().udp_rx.datagrams;
+        let window = u64::from(exitpool_transport::udp::CONNECTION_WINDOW);
+        if let (Ok(bumped), Ok(restored)) = (
+            quinn::VarInt::from_u64(window + 1),
+            quinn::VarInt::from_u64(window),
+        ) {
+            connection.set_receive_window(bumped);
+            connection.set_receive_window(restored);
+        }
+        let deadline = tokio::time::Instant::now() + within.max(connection.rtt() * 3);
+        let mut poll = tokio::time::interval(LIVENESS_POLL);
+        loop {
+            poll.tick().await;
+            if connection.close_reason().is_some() {
+                return false;
+            }
+            if connection.stats().udp_rx.datagrams > received {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
         }
     }
 

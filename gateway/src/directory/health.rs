@@ -1,0 +1,326 @@
+//! Exit health: each exit's recent record of opens and relays that failed through
+//! its own fault, and the cooling that keeps a failing exit out of routing.
+//!
+//! What counts against an exit: no answer to `Open` within the open timeout, a
+//! tunnel lost while opening or relaying, the exit saying it is unavailable. A
+//! target that refuses, times out or does not resolve is the target's doing: the
+//! exit answered, so that counts as a success for the exit (without a latency
+//! sample, since the time is the target's).
+//!
+//! [`Health`] keeps an exponentially weighted success rate and time to `Opened`,
+//! which rotation weighs with load ([`Health::cost`]); after
+//! [`HealthPolicy::cool_after`] failures in a row the exit is cooled: the
+//! directory takes it out of routing for a period that doubles each time it is
+//! cooled again while it keeps failing. It then comes back on probation: one more
+//! failure cools it again at once, one success clears the record of coolings.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How health is scored and how long failing exits are cooled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthPolicy {
+    /// Weight of the newest outcome in the moving averages (0–1): 0.2 lets the
+    /// last five or so outcomes dominate, so a recovered exit wins traffic back
+    /// within a few requests.
+    pub weight: f64,
+    /// Failures in a row that cool an exit (0 turns cooling off).
+    pub cool_after: u32,
+    /// The first cooling period; each further one while the exit keeps failing
+    /// doubles it.
+    pub cooling: Duration,
+    /// The longest cooling period.
+    pub max_cooling: Duration,
+    /// Whether rotation weighs health and latency at all (off: load alone, as
+    /// before; for comparisons in the load test).
+    pub enabled: bool,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy {
+            weight: 0.2,
+            cool_after: 3,
+            cooling: Duration::from_secs(5),
+            max_cooling: Duration::from_secs(300),
+            enabled: true,
+        }
+    }
+}
+
+/// One outcome of an open or a relay through an exit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// The exit answered `Opened` after this long.
+    Opened(Duration),
+    /// The exit answered for the target (refused, timed out, no such name): not
+    /// the exit's fault.
+    Answered,
+    /// The exit failed: no answer in time, its tunnel lost, or unavailable.
+    ExitFailed,
+}
+
+/// Latency that costs as much as one extra live stream in the pick's comparison.
+const LATENCY_UNIT_MS: f64 = 200.0;
+/// The floor of the success rate in the pick's comparison, so a poor exit is
+/// weighed as very expensive rather than infinitely so.
+const MIN_SUCCESS: f64 = 0.05;
+
+/// An exit's health; every method takes the lock for a few arithmetic steps only.
+#[derive(Debug, Default)]
+pub struct Health {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    success: f64,
+    latency_ms: Option<f64>,
+    streak: u32,
+    cooled_until: Option<Instant>,
+    /// Coolings in the current failing run: sets the next period.
+    level: u32,
+    probation: bool,
+    coolings_total: u64,
+    failures_total: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            success: 1.0,
+            latency_ms: None,
+            streak: 0,
+            cooled_until: None,
+            level: 0,
+            probation: false,
+            coolings_total: 0,
+            failures_total: 0,
+        }
+    }
+}
+
+/// A copy of an exit's health, for stats and metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthView {
+    /// Weighted success rate of recent opens and relays (1.0 = no exit failures).
+    pub success_rate: f64,
+    /// Weighted time to `Opened`, if the exit has opened anything.
+    pub open_latency: Option<Duration>,
+    /// Exit failures in a row.
+    pub consecutive_failures: u32,
+    /// Time left in the current cooling, if cooled now.
+    pub cooling_left: Option<Duration>,
+    /// Back from cooling and not yet proven: one failure cools it again.
+    pub probation: bool,
+    /// How often it has been cooled since it joined.
+    pub coolings_total: u64,
+    /// Exit failures since it joined.
+    pub failures_total: u64,
+}
+
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records `outcome`; answers the cooling period when this outcome cools the
+    /// exit (the caller takes it out of routing until then).
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        policy: &HealthPolicy,
+        now: Instant,
+    ) -> Option<Duration> {
+        let mut state = self.lock();
+        let weight = policy.weight.clamp(0.0, 1.0);
+        let sample = if outcome == Outcome::ExitFailed {
+            0.0
+        } else {
+            1.0
+        };
+        state.success += weight * (sample - state.success);
+        if let Outcome::Opened(latency) = outcome {
+            let ms = latency.as_secs_f64() * 1000.0;
+            state.latency_ms = Some(match state.latency_ms {
+                Some(old) => old + weight * (ms - old),
+                None => ms,
+            });
+        }
+        if outcome != Outcome::ExitFailed {
+            state.streak = 0;
+            if state.probation {
+                state.probation = false;
+                state.level = 0;
+            }
+            return None;
+        }
+        state.failures_total += 1;
+        state.streak += 1;
+        // Already cooled (a failure from an open that started before): no change.
+        if state.cooled_until.is_some_and(|until| until > now) {
+            return None;
+        }
+        let due = policy.enabled
+            && policy.cool_after > 0
+            && (state.probation || state.streak >= policy.cool_after);
+        if !due {
+            return None;
+        }
+        let period = policy
+            .cooling
+            .saturating_mul(1u32 << state.level.min(16))
+            .min(policy.max_cooling);
+        state.level += 1;
+        state.coolings_total += 1;
+        state.cooled_until = Some(now + period);
+        state.probation = true;
+        state.streak = 0;
+        Some(period)
+    }
+
+    /// Whether the exit is cooled at `now`.
+    pub fn is_cooled(&self, now: Instant) -> bool {
+        self.lock().cooled_until.is_some_and(|until| until > now)
+    }
+
+    /// When the current cooling ends, if any.
+    pub fn cooled_until(&self) -> Option<Instant> {
+        self.lock().cooled_until
+    }
+
+    /// The exit's weight against `load` live streams in rotation's two-choice
+    /// comparison: lower is better. Load alone when `policy` is off.
+    pub fn cost(&self, load: u32, policy: &HealthPolicy) -> f64 {
+        let load = f64::from(load) + 1.0;
+        if !policy.enabled {
+            return load;
+        }
+        let state = self.lock();
+        let latency = 1.0 + state.latency_ms.unwrap_or(0.0) / LATENCY_UNIT_MS;
+        load * latency / state.success.max(MIN_SUCCESS)
+    }
+
+    /// A copy for stats.
+    pub fn view(&self, now: Instant) -> HealthView {
+        let state = *self.lock();
+        HealthView {
+            success_rate: state.success,
+            open_latency: state
+                .latency_ms
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+            consecutive_failures: state.streak,
+            cooling_left: state
+                .cooled_until
+                .and_then(|until| until.checked_duration_since(now))
+                .filter(|left| !left.is_zero()),
+            probation: state.probation,
+            coolings_total: state.coolings_total,
+            failures_total: state.failures_total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn failures_in_a_row_cool_with_a_doubling_period_and_probation() {
+        let policy = HealthPolicy::default();
+        let health = Health::default();
+        let now = Instant::now();
+        assert_eq!(health.record(Outcome::ExitFailed, &policy, now), None);
+        assert_eq!(health.record(Outcome::ExitFailed, &policy, now), None);
+        assert_eq!(
+            health.record(Outcome::ExitFailed, &policy, now),
+            Some(Duration::from_secs(5))
+        );
+        assert!(health.is_cooled(now));
+        let later = now + Duration::from_secs(6);
+        assert!(!health.is_cooled(later));
+        // On probation: one failure cools again, for twice as long.
+        assert_eq!(
+            health.record(Outcome::ExitFailed, &policy, later),
+            Some(Duration::from_secs(10))
+        );
+        let much_later = later + Duration::from_secs(11);
+        // A success clears probation and the back-off level.
+        assert_eq!(
+            health.record(Outcome::Opened(MS), &policy, much_later),
+            None
+        );
+        assert!(!health.view(much_later).probation);
+        for _ in 0..2 {
+            assert_eq!(
+                health.record(Outcome::ExitFailed, &policy, much_later),
+                None
+            );
+        }
+        assert_eq!(
+            health.record(Outcome::ExitFailed, &policy, much_later),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(health.view(much_later).coolings_total, 3);
+    }
+
+    #[test]
+    fn the_period_is_capped() {
+        let policy = HealthPolicy {
+            cool_after: 1,
+            ..HealthPolicy::default()
+        };
+        let health = Health::default();
+        let mut now = Instant::now();
+        let mut last = Duration::ZERO;
+        for _ in 0..30 {
+            if let Some(period) = health.record(Outcome::ExitFailed, &policy, now) {
+                last = period;
+                now += period + MS;
+            }
+        }
+        assert_eq!(last, policy.max_cooling);
+    }
+
+    #[test]
+    fn target_failures_do_not_count_against_the_exit() {
+        let policy = HealthPolicy::default();
+        let health = Health::default();
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(health.record(Outcome::Answered, &policy, now), None);
+        }
+        let view = health.view(now);
+        assert_eq!(view.success_rate, 1.0);
+        assert_eq!(view.open_latency, None);
+        assert_eq!(view.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn cost_weighs_load_latency_and_success() {
+        let policy = HealthPolicy::default();
+        let now = Instant::now();
+        let fast = Health::default();
+        fast.record(Outcome::Opened(MS), &policy, now);
+        let slow = Health::default();
+        slow.record(Outcome::Opened(Duration::from_secs(1)), &policy, now);
+        let failing = Health::default();
+        failing.record(Outcome::Opened(MS), &policy, now);
+        failing.record(Outcome::ExitFailed, &policy, now);
+        failing.record(Outcome::ExitFailed, &policy, now);
+        assert!(fast.cost(0, &policy) < slow.cost(0, &policy));
+        assert!(fast.cost(0, &policy) < failing.cost(0, &policy));
+        assert!(fast.cost(0, &policy) < fast.cost(1, &policy));
+        // A slow exit still wins against a much busier fast one.
+        assert!(slow.cost(0, &policy) < fast.cost(10, &policy));
+        let off = HealthPolicy {
+            enabled: false,
+            ..policy
+        };
+        assert_eq!(slow.cost(2, &off), fast.cost(2, &off));
+    }
+}

@@ -1,0 +1,249 @@
+//! Entry ports: extra customer ports whose number selects targeting, for
+//! allow-listed clients and tools that cannot put parameters in a user name
+//! (headless browsers, some scraping frameworks). Read from `--entry-ports FILE`:
+//!
+//! ```toml
+//! [[ports]]
+//! ports = "10000-10999"          # a range, or one port ("20001")
+//! targeting = "country-us"       # the user-name parameter grammar, without the user name
+//! session_per_port = true        # each port its own sticky session (`port10000`, ...)
+//!
+//! [[ports]]
+//! ports = "20001"
+//! targeting = "country-de"       # rotating in Germany
+//! ```
+//!
+//! A port serves the same protocols as the main customer port (HTTP proxy,
+//! SOCKS5, TLS). Parameters in the credentials still apply on top of the port's;
+//! the same key with another value is refused (`400 bad_targeting`).
+
+use crate::credentials::{self, Targeting, TargetingError};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Most ports one file may open, so a typo such as `1-65535` cannot take
+/// every descriptor the gateway has.
+pub const MAX_ENTRY_PORTS: usize = 10_000;
+
+/// Why an entry ports file was refused; every message names the entry.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct EntryPortsError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong, and where.
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    ports: Vec<Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    ports: String,
+    #[serde(default)]
+    targeting: String,
+    #[serde(default)]
+    session_per_port: bool,
+}
+
+/// The targeting every port number selects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryPorts {
+    by_port: BTreeMap<u16, Targeting>,
+}
+
+impl EntryPorts {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<EntryPorts, EntryPortsError> {
+        let fail = |message: String| EntryPortsError {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        Self::parse(&text).map_err(fail)
+    }
+
+    /// Parses a file's text.
+    pub fn parse(text: &str) -> Result<EntryPorts, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        let mut by_port = BTreeMap::new();
+        for (i, entry) in file.ports.iter().enumerate() {
+            let at =
+                |message: String| format!("entry {} (ports {:?}): {message}", i + 1, entry.ports);
+            let (first, last) = parse_range(&entry.ports).map_err(at)?;
+            let mut text = entry.targeting.trim().trim_start_matches('-').to_owned();
+            if entry.session_per_port {
+                text = [text.as_str(), "session-port"]
+                    .iter()
+                    .filter(|part| !part.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("-");
+            }
+            let user = if text.is_empty() {
+                "entry".to_owned()
+            } else {
+                format!("entry-{text}")
+            };
+            let targeting = credentials::parse_targeting(&user, "")
+                .map_err(|e| at(format!("targeting: {e}")))?;
+            for port in first..=last {
+                let mut targeting = targeting.clone();
+                if let Some(session) = &mut targeting.session {
+                    if entry.session_per_port {
+                        session.id = format!("port{port}");
+                    }
+                }
+                if by_port.insert(port, targeting).is_some() {
+                    return Err(at(format!("port {port} is listed twice")));
+                }
+                if by_port.len() > MAX_ENTRY_PORTS {
+                    return Err(at(format!("more than {MAX_ENTRY_PORTS} ports in all")));
+                }
+            }
+        }
+        Ok(EntryPorts { by_port })
+    }
+
+    /// Every port and what it selects.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &Targeting)> {
+        self.by_port
+            .iter()
+            .map(|(port, targeting)| (*port, targeting))
+    }
+
+    /// Whether no port is configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_port.is_empty()
+    }
+}
+
+fn parse_range(text: &str) -> Result<(u16, u16), String> {
+    let port = |part: &str| {
+        part.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port > 0)
+            .ok_or_else(|| format!("`{}` is not a port number from 1 to 65535", part.trim()))
+    };
+    let (first, last) = match text.split_once('-') {
+        Some((first, last)) => (port(first)?, port(last)?),
+        None => (port(text)?, port(text)?),
+    };
+    if first > last {
+        return Err(format!("the range {first}-{last} runs backwards"));
+    }
+    Ok((first, last))
+}
+
+/// The targeting a request gets on an entry port: the port's, with the
+/// credentials' parameters on top. A key both set to different values is a
+/// conflict, reported like any other bad parameter.
+pub fn merge(port: &Targeting, asked: Targeting) -> Result<Targeting, TargetingError> {
+    fn pick<T: PartialEq + Clone + std::fmt::Debug>(
+        key: &str,
+        port: &Option<T>,
+        asked: Option<T>,
+    ) -> Result<Option<T>, TargetingError> {
+        match (port, asked) {
+            (Some(port), Some(asked)) if *port != asked => Err(TargetingError {
+                key: key.to_owned(),
+                message: format!(
+                    "this entry port sets {port:?}; the credentials ask for {asked:?}"
+                ),
+            }),
+            (port, asked) => Ok(asked.or_else(|| port.clone())),
+        }
+    }
+    let session = match (&port.session, asked.session) {
+        (Some(port), Some(asked)) if port.id != asked.id => {
+            return Err(TargetingError {
+                key: "session".to_owned(),
+                message: format!(
+                    "this entry port is session {:?}; the credentials ask for {:?}",
+                    port.id, asked.id
+                ),
+            })
+        }
+        // The credentials may still set the session's lifetime and mode.
+        (_, Some(asked)) => Some(asked),
+        (port, None) => port.clone(),
+    };
+    Ok(Targeting {
+        country: pick("country", &port.country, asked.country)?,
+        asn: pick("asn", &port.asn, asked.asn)?,
+        city: pick("city", &port.city, asked.city)?,
+        session,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_sessions_and_conflicts() {
+        let ports = EntryPorts::parse(
+            r#"
+            [[ports]]
+            ports = "10000-10002"
+            targeting = "country-us"
+            session_per_port = true
+
+            [[ports]]
+            ports = "20001"
+            targeting = "country-de"
+            "#,
+        )
+        .unwrap();
+        let all: Vec<_> = ports.iter().collect();
+        assert_eq!(all.len(), 4);
+        let (port, targeting) = all[1];
+        assert_eq!(port, 10001);
+        assert_eq!(targeting.country.as_deref(), Some("US"));
+        assert_eq!(targeting.session.as_ref().unwrap().id, "port10001");
+        let (_, de) = all[3];
+        assert_eq!(de.session, None);
+
+        let asked = credentials::parse_targeting("alice-country-de", "x").unwrap();
+        let conflict = merge(targeting, asked).unwrap_err();
+        assert_eq!(conflict.key, "country");
+        let asked = credentials::parse_targeting("alice-city-dallas", "x").unwrap();
+        let merged = merge(targeting, asked).unwrap();
+        assert_eq!(merged.country.as_deref(), Some("US"));
+        assert_eq!(merged.city.as_deref(), Some("dallas"));
+        let asked = credentials::parse_targeting("alice-country-US", "x").unwrap();
+        assert!(
+            merge(targeting, asked).is_ok(),
+            "the same value is no conflict"
+        );
+    }
+
+    #[test]
+    fn bad_files_name_the_entry() {
+        for (text, expected) in [
+            ("[[ports]]\nports = \"0\"", "not a port number"),
+            ("[[ports]]\nports = \"5-4\"", "backwards"),
+            (
+                "[[ports]]\nports = \"7\"\n[[ports]]\nports = \"6-8\"",
+                "listed twice",
+            ),
+            (
+                "[[ports]]\nports = \"7\"\ntargeting = \"contry-us\"",
+                "unknown parameter",
+            ),
+            ("[[ports]]\nports = \"1-20000\"", "more than 10000"),
+            ("[[ports]]\nport = \"7\"", "unknown field"),
+        ] {
+            let error = EntryPorts::parse(text).unwrap_err();
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! Exit health, transparent retry and dead-exit detection, end to end: real
+//! agents next to raw QUIC exits that fail opens in each way a home device does
+//! (no answer, a lost tunnel, "unavailable"), real agent processes killed without
+//! a word, and customers on real sockets.
+//!
+//! Where this sits in the flow: the session step (`gateway/src/customer/session.rs`:
+//! choose -> open, retried on another exit for the exit's own failures), the
+//! directory's health and cooling (`gateway/src/directory/health.rs`, `local.rs`),
+//! the liveness check (`gateway/src/tunnel/links.rs`) and the transfer's watch on
+//! a silent exit (`gateway/src/customer/transfer.rs`).
+
+mod common;
+
+use common::flaky::{FailMode, FlakyExit};
+use common::targets::echo_target;
+use common::*;
+use exitpool_launcher::{Launch, Process};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How soon a dead exit must be noticed (the bound), with the test's
+/// short silence check; the tunnel idle timeout stays at its 30 s default.
+const DEAD_WITHIN: Duration = Duration::from_secs(5);
+
+/// A CONNECT with `params` that must succeed, checked with an echo round trip.
+async fn echo_once(net: &TestGateway, target: SocketAddr, params: &str) -> Head {
+    let (head, mut stream) = connect_as(net.proxy(), target, params).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    within("send", stream.write_all(b"ping")).await.unwrap();
+    let mut echoed = [0u8; 4];
+    within("echo", stream.read_exact(&mut echoed))
+        .await
+        .unwrap();
+    assert_eq!(&echoed, b"ping");
+    head
+}
+
+fn attempts(head: &Head) -> u32 {
+    head.header("x-exitpool-attempts")
+        .expect("every answer says how many exits it tried")
+        .parse()
+        .unwrap()
+}
+
+/// A gateway whose exits answer `Open` within 1 s or count as failed.
+async fn gateway() -> TestGateway {
+    TestGateway::start_with(|config| config.open_timeout = Duration::from_secs(1)).await
+}
+
+#[tokio::test]
+async fn exits_that_fail_opens_are_retried_elsewhere_then_cooled() {
+    for (mode, cause) in [
+        (FailMode::NoAnswer, "exit_timeout"),
+        (FailMode::Unavailable, "exit_unavailable"),
+    ] {
+        let net = gateway().await;
+        let target = echo_target().await;
+        let good = net.agent("127.0.0.4").await;
+        let good_exit = good.stats().session.expect("joined").exit_id;
+        let flaky = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-1", 0, mode).await;
+        // Every request succeeds through the good exit, some after a retry,
+        // until the flaky one is cooled (three failures in a row).
+        let mut retried = 0;
+        for _ in 0..200 {
+            let head = echo_once(&net, target, "").await;
+            assert_eq!(head.header("x-exitpool-exit"), Some(good_exit.as_str()));
+            if attempts(&head) == 2 {
+                retried += 1;
+            }
+            if net.exit_stats(&flaky.exit_id).await["health"]["cooling"] == true {
+                break;
+            }
+        }
+        let health = net.exit_stats(&flaky.exit_id).await["health"].clone();
+        assert_eq!(health["cooling"], true, "{mode:?}: {health}");
+        assert_eq!(health["coolings"], 1, "{mode:?}: {health}");
+        assert_eq!(health["probation"], true, "{mode:?}: {health}");
+        assert!(health["success_rate"].as_f64().unwrap() < 0.6, "{health}");
+        assert_eq!(retried, 3, "{mode:?}: one retry per failure");
+        assert_eq!(
+            net.metric("exitpool_open_retries_total", Some(("cause", cause)))
+                .await,
+            Some(3.0),
+            "{mode:?}"
+        );
+        assert_eq!(
+            net.metric("exitpool_exit_coolings_total", None).await,
+            Some(1.0)
+        );
+        assert_eq!(
+            net.metric("exitpool_exits_by_health", Some(("band", "cooling")))
+                .await,
+            Some(1.0)
+        );
+        let good_health = net.exit_stats(&good_exit).await["health"].clone();
+        assert_eq!(good_health["success_rate"], 1.0, "{good_health}");
+        assert!(good_health["open_latency_ms"].is_u64(), "{good_health}");
+        // Cooled: no longer asked at all.
+        let asked = flaky.opens.load(Ordering::Relaxed);
+        for _ in 0..10 {
+            let head = echo_once(&net, target, "").await;
+            assert_eq!(attempts(&head), 1);
+        }
+        assert_eq!(flaky.opens.load(Ordering::Relaxed), asked);
+    }
+}
+
+#[tokio::test]
+async fn an_exit_that_drops_its_tunnel_on_open_is_retried_elsewhere() {
+    let net = gateway().await;
+    let target = echo_target().await;
+    let good = net.agent("127.0.0.4").await;
+    let good_exit = good.stats().session.expect("joined").exit_id;
+    let flaky = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-2", 0, FailMode::DropTunnel).await;
+    loop {
+        let head = echo_once(&net, target, "").await;
+        assert_eq!(head.header("x-exitpool-exit"), Some(good_exit.as_str()));
+        if flaky.opens.load(Ordering::Relaxed) > 0 {
+            assert_eq!(attempts(&head), 2, "{head:?}");
+            break;
+        }
+        assert_eq!(attempts(&head), 1, "{head:?}");
+    }
+    assert_eq!(
+        net.metric("exitpool_open_retries_total", Some(("cause", "exit_lost")))
+            .await,
+        Some(1.0)
+    );
+    within(
+        "the dropped exit leaves",
+        net.gateway.directory().wait_for_count(|n| *n == 1),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn when_every_matching_exit_is_cooling_the_answer_says_so() {
+    let net = gateway().await;
+    let target = echo_target().await;
+    let flaky = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-3", 0, FailMode::Unavailable).await;
+    // With no other exit to move to, each failure is the customer's answer.
+    for _ in 0..3 {
+        let (head, _) = connect_as(net.proxy(), target, "").await;
+        assert_eq!(head.status, 502);
+        assert_eq!(head.header("x-exitpool-error"), Some("exit_unavailable"));
+    }
+    let (head, _) = connect_as(net.proxy(), target, "-country-de").await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("exits_cooling"));
+    assert!(head
+        .header("proxy-status")
+        .unwrap()
+        .contains("destination_unavailable"));
+    assert_eq!(flaky.opens.load(Ordering::Relaxed), 3);
+    // A country with no exits at all is still `no_exit`.
+    let (head, _) = connect_as(net.proxy(), target, "-country-jp").await;
+    assert_eq!(head.header("x-exitpool-error"), Some("no_exit"));
+}
+
+#[tokio::test]
+async fn a_target_that_refuses_does_not_count_against_the_exit() {
+    let net = gateway().await;
+    let target = echo_target().await;
+    let _good = net.agent("127.0.0.4").await;
+    let exit = FlakyExit::join(
+        &net,
+        "127.0.0.5",
+        "flaky-exit-4",
+        0,
+        FailMode::TargetRefused,
+    )
+    .await;
+    let mut refused = 0;
+    while refused < 5 {
+        let (head, _) = connect_as(net.proxy(), target, "").await;
+        if head.status == 502 {
+            assert_eq!(head.header("x-exitpool-error"), Some("connection_refused"));
+            refused += 1;
+        } else {
+            assert_eq!(head.status, 200);
+        }
+    }
+    let health = net.exit_stats(&exit.exit_id).await["health"].clone();
+    assert_eq!(health["success_rate"], 1.0, "{health}");
+    assert_eq!(health["cooling"], false, "{health}");
+    assert_eq!(health["failures"], 0, "{health}");
+    assert_eq!(
+        net.metric(
+            "exitpool_open_retries_total",
+            Some(("cause", "exit_unavailable"))
+        )
+        .await,
+        None,
+        "a target's refusal is the customer's answer, never retried"
+    );
+}
+
+#[tokio::test]
+async fn a_strict_session_fails_as_before_and_a_move_session_moves() {
+    let net = gateway().await;
+    let target = echo_target().await;
+    // Both sessions pin the flaky exit while it is the only one and still works.
+    let flaky = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-5", 2, FailMode::Unavailable).await;
+    let head = echo_once(&net, target, "-session-strict1-sessmode-strict").await;
+    assert_eq!(head.header("x-exitpool-exit"), Some(flaky.exit_id.as_str()));
+    let head = echo_once(&net, target, "-session-moving1").await;
+    assert_eq!(head.header("x-exitpool-exit"), Some(flaky.exit_id.as_str()));
+    let good = net.agent("127.0.0.4").await;
+    let good_exit = good.stats().session.expect("joined").exit_id;
+
+    let (head, _) = connect_as(net.proxy(), target, "-session-strict1-sessmode-strict").await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("exit_unavailable"));
+
+    let head = echo_once(&net, target, "-session-moving1").await;
+    assert_eq!(head.header("x-exitpool-exit"), Some(good_exit.as_str()));
+    assert_eq!(head.header("x-exitpool-session"), Some("moved"));
+    assert_eq!(
+        head.header("x-exitpool-moved-from"),
+        Some(flaky.exit_id.as_str())
+    );
+    assert_eq!(attempts(&head), 2);
+    // And it stays moved.
+    let head = echo_once(&net, target, "-session-moving1").await;
+    assert_eq!(head.header("x-exitpool-exit"), Some(good_exit.as_str()));
+    assert_eq!(head.header("x-exitpool-session"), Some("kept"));
+}
+
+#[tokio::test]
+async fn retry_can_be_turned_off() {
+    let net = TestGateway::start_with(|config| config.open_attempts = 1).await;
+    let target = echo_target().await;
+    let _good = net.agent("127.0.0.4").await;
+    let flaky = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-6", 0, FailMode::Unavailable).await;
+    loop {
+        let (head, _) = connect_as(net.proxy(), target, "").await;
+        if flaky.opens.load(Ordering::Relaxed) > 0 {
+            assert_eq!(head.status, 502, "{head:?}");
+            assert_eq!(head.header("x-exitpool-error"), Some("exit_unavailable"));
+            break;
+        }
+        assert_eq!(attempts(&head), 1);
+    }
+}
+
+/// The real `agent` binary on `ip`, against `net`'s gateway.
+fn agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> Process {
+    Launch::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["--gateway", &net.gateway.tunnel_addr().to_string()])
+        .args(["--pin", net.gateway.pin()])
+        .args(["--bind", ip, "--allow-private"])
+        .arg("--state-dir")
+        .arg(state)
+        .env("EXITPOOL_AGENT_TOKEN", TOKEN)
+        .spawn()
+        .expect("agent binary starts")
+}
+
+/// A gateway that checks a silent exit after 1 s and waits 0.5 s for its
+/// answer; the tunnel idle timeout stays at its 30 s default.
+async fn watchful_gateway() -> TestGateway {
+    TestGateway::start_with(|config| {
+        config.silence_check = Duration::from_secs(1);
+        config.liveness_timeout = Duration::from_millis(500);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_exit_killed_mid_transfer_resets_its_customer_within_seconds() {
+    let net = watchful_gateway().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut doomed = agent_process(&net, "127.0.0.2", state.path());
+    within(
+        "agent process joins",
+        net.gateway.directory().wait_for_count(|n| *n == 1),
+    )
+    .await;
+    let target = echo_target().await;
+    let (head, mut stream) = connect_as(net.proxy(), target, "").await;
+    assert_eq!(head.status, 200, "{head:?}");
+    stream.write_all(b"before").await.unwrap();
+    let mut echoed = [0u8; 6];
+    within("echo before the kill", stream.read_exact(&mut echoed))
+        .await
+        .unwrap();
+
+    doomed.kill().await.expect("SIGKILL the agent");
+    // The customer asks for more and waits on a dead exit: reset within 5 s,
+    // not at the 30 s idle timeout.
+    stream.write_all(b"after").await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(DEAD_WITHIN, stream.read_to_end(&mut rest))
+        .await
+        .expect("the dead exit is noticed within 5 s");
+    assert!(
+        ended.is_err(),
+        "a dead exit looked like a clean end: {ended:?}"
+    );
+    within(
+        "the directory drops the dead agent",
+        net.gateway.directory().wait_for_count(|n| *n == 0),
+    )
+    .await;
+    assert_eq!(
+        net.metric("exitpool_exits_unresponsive_total", None).await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn an_open_on_a_silently_dead_exit_moves_to_another_within_seconds() {
+    let net = watchful_gateway().await;
+    let state = tempfile::tempdir().unwrap();
+    let mut doomed = agent_process(&net, "127.0.0.2", state.path());
+    within(
+        "agent process joins",
+        net.gateway.directory().wait_for_count(|n| *n == 1),
+    )
+    .await;
+    let target = echo_target().await;
+    let head = echo_once(&net, target, "-session-k9").await;
+    let doomed_exit = head.header("x-exitpool-exit").unwrap().to_owned();
+    let survivor = net.agent("127.0.0.3").await;
+    let survivor_exit = survivor.stats().session.expect("joined").exit_id;
+
+    doomed.kill().await.expect("SIGKILL the agent");
+    // The gateway has not noticed; the session's next open waits on the dead
+    // exit, which fails its liveness check, and the open moves.
+    let head = tokio::time::timeout(DEAD_WITHIN, echo_once(&net, target, "-session-k9"))
+        .await
+        .expect("answered within 5 s");
+    assert_eq!(head.header("x-exitpool-exit"), Some(survivor_exit.as_str()));
+    assert_eq!(head.header("x-exitpool-session"), Some("moved"));
+    assert_eq!(
+        head.header("x-exitpool-moved-from"),
+        Some(doomed_exit.as_str())
+    );
+    assert_eq!(attempts(&head), 2);
+}
+
+async fn liveness_checks(net: &TestGateway) -> f64 {
+    net.metric("exitpool_liveness_checks_total", None)
+        .await
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn idle_exits_are_never_checked() {
+    let net = TestGateway::start_with(|config| {
+        config.silence_check = Duration::from_millis(100);
+    })
+    .await;
+    let _agent = net.agent("127.0.0.2").await;
+    let target = echo_target().await;
+    // An exchange that answers at once needs no check; a tunnel both sides
+    // leave quiet is checked once, then left alone.
+    let (head, mut stream) = connect_as(net.proxy(), target, "").await;
+    assert_eq!(head.status, 200);
+    stream.write_all(b"x").await.unwrap();
+    let mut byte = [0u8; 1];
+    within("echo", stream.read_exact(&mut byte)).await.unwrap();
+    // Ten silence periods of an idle tunnel.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_idle = liveness_checks(&net).await;
+    assert!(
+        after_idle <= 1.0,
+        "an idle tunnel was checked {after_idle} times"
+    );
+    drop(stream);
+    // An agent with no streams at all: never checked.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(liveness_checks(&net).await, after_idle);
+}
