@@ -872,3 +872,31 @@ async fn an_agent_cannot_claim_more_than_the_stream_ceiling() {
         .map(|agent| agent["max_streams"].clone());
     assert_eq!(claimed, Some(MAX_AGENT_STREAMS.into()), "{stats}");
 }
+
+#[tokio::test]
+async fn before_a_valid_hello_an_agent_gets_at_most_the_small_window() {
+    use exitpool::gateway::tunnel::endpoint::PRE_HELLO_WINDOW;
+    let net = TestGateway::start().await;
+    let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
+    let connection = dial(&net, &endpoint, &config).await;
+    let (mut send, _recv) = within("open control stream", connection.open_bi())
+        .await
+        .unwrap();
+    // The credit the gateway grants before any Hello bounds what a sender can
+    // put in flight (and so what the gateway may have to buffer). quinn takes
+    // writes at once up to that credit, well before the gateway can read or
+    // answer, so the first stall (or the gateway's close) marks its size.
+    let chunk = vec![0u8; 4 * 1024];
+    let mut written = 0;
+    while let Ok(Ok(accepted)) = tokio::time::timeout(NEVER, send.write(&chunk)).await {
+        written += accepted;
+        assert!(
+            written < 4 * 1024 * 1024,
+            "no window holds this sender back"
+        );
+    }
+    assert!(
+        (4 * 1024..=PRE_HELLO_WINDOW as usize).contains(&written),
+        "{written} bytes accepted before a valid Hello"
+    );
+}
