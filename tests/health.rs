@@ -80,17 +80,17 @@ async fn exits_that_fail_opens_are_retried_elsewhere_then_cooled() {
         assert!(health["success_rate"].as_f64().unwrap() < 0.6, "{health}");
         assert_eq!(retried, 3, "{mode:?}: one retry per failure");
         assert_eq!(
-            net.metric("exitpool_open_retries_total", Some(("cause", cause)))
+            net.metric_with("exitpool_open_retries_total", Some(("cause", cause)))
                 .await,
             Some(3.0),
             "{mode:?}"
         );
         assert_eq!(
-            net.metric("exitpool_exit_coolings_total", None).await,
+            net.metric_with("exitpool_exit_coolings_total", None).await,
             Some(1.0)
         );
         assert_eq!(
-            net.metric("exitpool_exits_by_health", Some(("band", "cooling")))
+            net.metric_with("exitpool_exits_by_health", Some(("band", "cooling")))
                 .await,
             Some(1.0)
         );
@@ -124,7 +124,7 @@ async fn an_exit_that_drops_its_tunnel_on_open_is_retried_elsewhere() {
         assert_eq!(attempts(&head), 1, "{head:?}");
     }
     assert_eq!(
-        net.metric("exitpool_open_retries_total", Some(("cause", "exit_lost")))
+        net.metric_with("exitpool_open_retries_total", Some(("cause", "exit_lost")))
             .await,
         Some(1.0)
     );
@@ -187,7 +187,7 @@ async fn a_target_that_refuses_does_not_count_against_the_exit() {
     assert_eq!(health["cooling"], false, "{health}");
     assert_eq!(health["failures"], 0, "{health}");
     assert_eq!(
-        net.metric(
+        net.metric_with(
             "exitpool_open_retries_total",
             Some(("cause", "exit_unavailable"))
         )
@@ -305,7 +305,8 @@ async fn an_exit_killed_mid_transfer_resets_its_customer_within_seconds() {
     )
     .await;
     assert_eq!(
-        net.metric("exitpool_exits_unresponsive_total", None).await,
+        net.metric_with("exitpool_exits_unresponsive_total", None)
+            .await,
         Some(1.0)
     );
 }
@@ -342,7 +343,7 @@ async fn an_open_on_a_silently_dead_exit_moves_to_another_within_seconds() {
 }
 
 async fn liveness_checks(net: &TestGateway) -> f64 {
-    net.metric("exitpool_liveness_checks_total", None)
+    net.metric_with("exitpool_liveness_checks_total", None)
         .await
         .unwrap_or(0.0)
 }
@@ -373,4 +374,83 @@ async fn idle_exits_are_never_checked() {
     // An agent with no streams at all: never checked.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(liveness_checks(&net).await, after_idle);
+}
+
+#[tokio::test]
+async fn a_cooled_exit_stays_cooled_when_it_reconnects() {
+    let net = gateway().await;
+    let target = echo_target().await;
+    let flaky = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-7", 0, FailMode::Unavailable).await;
+    for _ in 0..3 {
+        let (head, _) = connect_as(net.proxy(), target, "").await;
+        assert_eq!(head.header("x-exitpool-error"), Some("exit_unavailable"));
+    }
+    assert_eq!(
+        net.exit_stats(&flaky.exit_id).await["health"]["cooling"],
+        true
+    );
+    // The same device leaves and comes back on a new connection.
+    flaky.connection.close(0u32.into(), b"reconnecting");
+    within(
+        "the exit leaves",
+        net.gateway.directory().wait_for_count(|n| *n == 0),
+    )
+    .await;
+    let back = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-7", 0, FailMode::Unavailable).await;
+    assert_eq!(back.exit_id, flaky.exit_id);
+    let health = net.exit_stats(&back.exit_id).await["health"].clone();
+    assert_eq!(health["cooling"], true, "{health}");
+    assert_eq!(health["coolings"], 1, "{health}");
+    let (head, _) = connect_as(net.proxy(), target, "").await;
+    assert_eq!(head.header("x-exitpool-error"), Some("exits_cooling"));
+}
+
+#[tokio::test]
+async fn an_exit_sitting_on_opens_is_passed_over_before_its_opens_time_out() {
+    // Opens wait up to 10 s; the silent exit is suspect after 1 s unanswered.
+    let net = TestGateway::start_with(|config| config.open_timeout = Duration::from_secs(10)).await;
+    let target = echo_target().await;
+    let good = net.agent("127.0.0.4").await;
+    let good_exit = good.stats().session.expect("joined").exit_id;
+    let silent = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-8", 0, FailMode::NoAnswer).await;
+    // Land one open on the silent exit and leave it waiting; tunnels through
+    // the good exit stay open meanwhile, so rotation turns to the silent one.
+    let mut held = Vec::new();
+    let _waiting = loop {
+        let proxy = net.proxy();
+        let mut task = tokio::spawn(async move { connect_as(proxy, target, "").await });
+        let landed_silent = within("an answer, or an open at the silent exit", async {
+            loop {
+                tokio::select! {
+                    answered = &mut task => {
+                        held.push(answered.expect("the CONNECT task"));
+                        return false;
+                    }
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {
+                        if silent.opens.load(Ordering::Relaxed) > 0 {
+                            return true;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        if landed_silent {
+            break task;
+        }
+    };
+    drop(held);
+    within("the silent exit becomes suspect", async {
+        while net.exit_stats(&silent.exit_id).await["health"]["suspect"] != true {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // From now on it is passed over, long before its first open times out.
+    let asked = silent.opens.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        let head = echo_once(&net, target, "").await;
+        assert_eq!(head.header("x-exitpool-exit"), Some(good_exit.as_str()));
+    }
+    assert_eq!(silent.opens.load(Ordering::Relaxed), asked);
 }

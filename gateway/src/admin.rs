@@ -178,9 +178,11 @@ fn route(request: Request<hyper::body::Incoming>, shared: &Shared) -> Response<F
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             crate::metrics::CONTENT_TYPE,
-            shared
-                .metrics
-                .render(&*shared.directory, shared.sessions.len()),
+            shared.metrics.render(
+                &*shared.directory,
+                shared.sessions.len(),
+                &shared.config.health,
+            ),
         ),
         (&Method::POST, "/usage/reset") => reset_usage(query, shared),
         (&Method::POST, "/reload") => match shared.reload() {
@@ -246,7 +248,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
     let per_agent: Vec<_> = agents
         .iter()
         .map(|agent| {
-            let health = agent.health.view(now);
+            let health = agent.health.view(now, &shared.config.health);
             serde_json::json!({
                 "exit_id": agent.exit_id,
                 "country": agent.location.country,
@@ -273,6 +275,8 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                     "probation": health.probation,
                     "coolings": health.coolings_total,
                     "failures": health.failures_total,
+                    "waiting_opens": health.waiting,
+                    "suspect": health.suspect,
                 },
             })
         })
@@ -317,7 +321,23 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
         "customers": customers,
-        "agent_usage": usage.agents,
+        // By exit id: the device ids stay with the gateway, so /stats cannot
+        // help anyone claim an agent's identity or link exits to devices.
+        "agent_usage": usage
+            .agents
+            .into_values()
+            .map(|agent| {
+                let entry = serde_json::json!({
+                    "country": agent.country,
+                    "bytes_up": agent.totals.bytes_up,
+                    "bytes_down": agent.totals.bytes_down,
+                    "connections": agent.totals.connections,
+                    "errors": agent.totals.errors,
+                    "errors_by_code": agent.totals.errors_by_code,
+                });
+                (agent.exit_id, entry)
+            })
+            .collect::<serde_json::Map<_, _>>(),
     })
 }
 

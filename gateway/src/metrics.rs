@@ -78,6 +78,9 @@ pub struct Metrics {
     /// Liveness checks asked of exits' tunnels (only while customers wait).
     pub liveness_checks: Counter,
     exits_by_health: Family<BandLabel, Gauge>,
+    /// Agents refused because their identity proof did not verify (impostors,
+    /// replayed or malformed proofs).
+    pub agent_identity_refusals: Counter,
     agents: Gauge,
     agents_by_country: Family<CountryLabel, Gauge>,
     live_streams: Gauge,
@@ -110,6 +113,7 @@ impl Metrics {
             exits_unresponsive: Counter::default(),
             liveness_checks: Counter::default(),
             exits_by_health: Family::default(),
+            agent_identity_refusals: Counter::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
             live_streams: Gauge::default(),
@@ -193,6 +197,11 @@ impl Metrics {
             metrics.exits_by_health.clone(),
         );
         registry.register(
+            "agent_identity_refusals",
+            "Agents refused because their device-key proof did not verify for the connection",
+            metrics.agent_identity_refusals.clone(),
+        );
+        registry.register(
             "connect_seconds",
             "Time from a customer's request to the exit's Opened",
             metrics.connect_seconds.clone(),
@@ -217,7 +226,12 @@ impl Metrics {
 
     /// The exposition text, with pool gauges read from `directory` now and the
     /// number of live sticky sessions.
-    pub fn render(&self, directory: &dyn AgentDirectory, sessions: usize) -> String {
+    pub fn render(
+        &self,
+        directory: &dyn AgentDirectory,
+        sessions: usize,
+        health: &crate::directory::HealthPolicy,
+    ) -> String {
         let agents = directory.agents();
         self.agents.set(agents.len() as i64);
         let live: u64 = agents
@@ -234,7 +248,7 @@ impl Metrics {
             ("cooling", 0),
         ]);
         for agent in &agents {
-            let view = agent.health.view(now);
+            let view = agent.health.view(now, health);
             let band = if view.cooling_left.is_some() {
                 "cooling"
             } else if view.success_rate >= 0.9 {

@@ -9,9 +9,10 @@
 
 use super::{within, TestGateway, TOKEN};
 use exitpool::protocol::{
-    read_frame, write_frame, AgentMessage, Capacity, FailureCode, GatewayMessage, OpenReply,
-    OpenRequest, PROTOCOL_VERSION,
+    read_frame, write_frame, AgentMessage, Capacity, DeviceKey, FailureCode, GatewayMessage,
+    OpenReply, OpenRequest, PROTOCOL_VERSION,
 };
+use exitpool::transport::quic::identity_material;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -46,7 +47,7 @@ pub struct FlakyExit {
 }
 
 impl FlakyExit {
-    /// Joins `net`'s gateway from `ip` as `agent_id`; echoes its first
+    /// Joins `net`'s gateway from `ip` with the device key named `agent_id`; echoes its first
     /// `good_opens` streams, then fails each open by `mode`.
     pub async fn join(
         net: &TestGateway,
@@ -71,9 +72,15 @@ impl FlakyExit {
         let (mut send, mut recv) = within("control stream", connection.open_bi())
             .await
             .expect("control stream opens");
+        // A stable device key per name, proved on this connection.
+        let mut seed = [0u8; 32];
+        for (slot, byte) in seed.iter_mut().zip(agent_id.bytes()) {
+            *slot = byte;
+        }
+        let material = identity_material(&connection).expect("keying material");
         let hello = AgentMessage::Hello {
             version: PROTOCOL_VERSION,
-            agent_id: agent_id.to_owned(),
+            identity: DeviceKey::from_seed(&seed).prove(&material),
             token: TOKEN.into(),
             software: "flaky-test-exit".into(),
             capacity: Capacity { max_streams: 64 },

@@ -150,9 +150,17 @@ impl TestGateway {
         handle
     }
 
+    /// The value of a counter or gauge in the gateway's `/metrics` (which must
+    /// carry it).
+    pub async fn metric(&self, name: &str) -> u64 {
+        self.metric_with(name, None)
+            .await
+            .unwrap_or_else(|| panic!("{name} not in /metrics")) as u64
+    }
+
     /// One sample of `GET /metrics` (the first whose labels include `label`),
     /// parsed as Prometheus does; `None` when the series is absent.
-    pub async fn metric(&self, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    pub async fn metric_with(&self, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
         let url = format!("http://{}/metrics", self.admin());
         let answer = within("GET /metrics", reqwest::get(url))
             .await

@@ -266,7 +266,9 @@ pub async fn open(
             .open_timeout
             .min(deadline.saturating_duration_since(attempt_started));
         let load = StreamGuard::new(agent.clone());
+        let waiting = agent.health.open_started(attempt_started);
         let opened = open_watched(&agent, host.clone(), port, timeout, shared).await;
+        drop(waiting);
         let error = match opened {
             Ok(stream) => {
                 shared.report_outcome(&agent, Outcome::Opened(attempt_started.elapsed()));

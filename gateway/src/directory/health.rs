@@ -14,7 +14,7 @@
 //! cooled again while it keeps failing. It then comes back on probation: one more
 //! failure cools it again at once, one success clears the record of coolings.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How health is scored and how long failing exits are cooled.
@@ -34,6 +34,11 @@ pub struct HealthPolicy {
     /// Whether rotation weighs health and latency at all (off: load alone, as
     /// before; for comparisons in the load test).
     pub enabled: bool,
+    /// An exit that has had opens waiting this long without answering any is
+    /// suspect: rotation all but avoids it until it answers. It catches an exit
+    /// that went silent long before its failures are counted (an open fails
+    /// only at its timeout), while a slow but answering exit keeps its turn.
+    pub suspect_after: Duration,
 }
 
 impl Default for HealthPolicy {
@@ -44,6 +49,7 @@ impl Default for HealthPolicy {
             cooling: Duration::from_secs(5),
             max_cooling: Duration::from_secs(300),
             enabled: true,
+            suspect_after: Duration::from_secs(1),
         }
     }
 }
@@ -65,6 +71,9 @@ const LATENCY_UNIT_MS: f64 = 200.0;
 /// The floor of the success rate in the pick's comparison, so a poor exit is
 /// weighed as very expensive rather than infinitely so.
 const MIN_SUCCESS: f64 = 0.05;
+/// How much more a suspect exit costs in the pick's comparison: chosen only
+/// when the other candidate is as bad.
+const SUSPECT_PENALTY: f64 = 1000.0;
 
 /// An exit's health; every method takes the lock for a few arithmetic steps only.
 #[derive(Debug, Default)]
@@ -83,6 +92,10 @@ struct State {
     probation: bool,
     coolings_total: u64,
     failures_total: u64,
+    /// Opens waiting for this exit's answer now.
+    waiting: u32,
+    /// Since when the waiting opens have had no answer (reset by every answer).
+    waiting_since: Option<Instant>,
 }
 
 impl Default for State {
@@ -96,7 +109,22 @@ impl Default for State {
             probation: false,
             coolings_total: 0,
             failures_total: 0,
+            waiting: 0,
+            waiting_since: None,
         }
+    }
+}
+
+/// One open waiting for an exit's answer; dropping it ends the wait.
+#[derive(Debug)]
+pub struct WaitingOpen(Arc<Health>);
+
+impl Drop for WaitingOpen {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.waiting = state.waiting.saturating_sub(1);
+        // Any answer is progress: the remaining waits count from now.
+        state.waiting_since = (state.waiting > 0).then(Instant::now);
     }
 }
 
@@ -117,6 +145,10 @@ pub struct HealthView {
     pub coolings_total: u64,
     /// Exit failures since it joined.
     pub failures_total: u64,
+    /// Opens waiting for its answer now.
+    pub waiting: u32,
+    /// Whether those have waited past [`HealthPolicy::suspect_after`].
+    pub suspect: bool,
 }
 
 impl Health {
@@ -181,6 +213,26 @@ impl Health {
         Some(period)
     }
 
+    /// Counts an open waiting for this exit's answer until the returned guard is
+    /// dropped (answered, failed or abandoned).
+    pub fn open_started(self: &Arc<Self>, now: Instant) -> WaitingOpen {
+        let mut state = self.lock();
+        if state.waiting == 0 {
+            state.waiting_since = Some(now);
+        }
+        state.waiting += 1;
+        WaitingOpen(self.clone())
+    }
+
+    /// Whether the exit has left opens unanswered for `policy.suspect_after`.
+    pub fn is_suspect(&self, now: Instant, policy: &HealthPolicy) -> bool {
+        let state = self.lock();
+        state.waiting > 0
+            && state
+                .waiting_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= policy.suspect_after)
+    }
+
     /// Whether the exit is cooled at `now`.
     pub fn is_cooled(&self, now: Instant) -> bool {
         self.lock().cooled_until.is_some_and(|until| until > now)
@@ -198,13 +250,16 @@ impl Health {
         if !policy.enabled {
             return load;
         }
+        let suspect = self.is_suspect(Instant::now(), policy);
         let state = self.lock();
         let latency = 1.0 + state.latency_ms.unwrap_or(0.0) / LATENCY_UNIT_MS;
-        load * latency / state.success.max(MIN_SUCCESS)
+        let penalty = if suspect { SUSPECT_PENALTY } else { 1.0 };
+        penalty * load * latency / state.success.max(MIN_SUCCESS)
     }
 
     /// A copy for stats.
-    pub fn view(&self, now: Instant) -> HealthView {
+    pub fn view(&self, now: Instant, policy: &HealthPolicy) -> HealthView {
+        let suspect = self.is_suspect(now, policy);
         let state = *self.lock();
         HealthView {
             success_rate: state.success,
@@ -219,6 +274,8 @@ impl Health {
             probation: state.probation,
             coolings_total: state.coolings_total,
             failures_total: state.failures_total,
+            waiting: state.waiting,
+            suspect,
         }
     }
 }
@@ -254,7 +311,7 @@ mod tests {
             health.record(Outcome::Opened(MS), &policy, much_later),
             None
         );
-        assert!(!health.view(much_later).probation);
+        assert!(!health.view(much_later, &policy).probation);
         for _ in 0..2 {
             assert_eq!(
                 health.record(Outcome::ExitFailed, &policy, much_later),
@@ -265,7 +322,23 @@ mod tests {
             health.record(Outcome::ExitFailed, &policy, much_later),
             Some(Duration::from_secs(5))
         );
-        assert_eq!(health.view(much_later).coolings_total, 3);
+        assert_eq!(health.view(much_later, &policy).coolings_total, 3);
+    }
+
+    #[test]
+    fn an_exit_sitting_on_opens_is_suspect_until_it_answers() {
+        let policy = HealthPolicy::default();
+        let health = Arc::new(Health::default());
+        let start = Instant::now();
+        let first = health.open_started(start);
+        let _second = health.open_started(start);
+        assert!(!health.is_suspect(start, &policy));
+        let later = start + policy.suspect_after;
+        assert!(health.is_suspect(later, &policy));
+        assert!(health.cost(0, &policy) > Health::default().cost(50, &policy));
+        // One answer is progress; the other wait counts from then.
+        drop(first);
+        assert!(!health.is_suspect(Instant::now(), &policy));
     }
 
     #[test]
@@ -294,7 +367,7 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(health.record(Outcome::Answered, &policy, now), None);
         }
-        let view = health.view(now);
+        let view = health.view(now, &policy);
         assert_eq!(view.success_rate, 1.0);
         assert_eq!(view.open_latency, None);
         assert_eq!(view.consecutive_failures, 0);

@@ -16,7 +16,7 @@
 //! cooling ends, looked at on every pick (O(1) when nothing is due), puts agents
 //! back when their period is over.
 
-use super::health::{HealthPolicy, Outcome};
+use super::health::{Health, HealthPolicy, Outcome};
 use super::{Agent, AgentDirectory, Census, Filter, Joining, PickError};
 use crate::abuse::source_network;
 use crate::counts;
@@ -78,6 +78,9 @@ fn mix(a: u64, b: u64) -> u64 {
 
 /// How many random candidates a pick looks at before deciding every exit is busy.
 const PICK_ATTEMPTS: usize = 8;
+/// Pools up to this size are looked through whole when sampling found no
+/// usable exit (all sampled ones busy or already tried by the request).
+const SCAN_BELOW: usize = 32;
 
 /// The pools and what is cooling, under one lock.
 #[derive(Default)]
@@ -87,6 +90,50 @@ struct Pools {
     cooled: HashSet<u64>,
     /// When each cooled agent may come back, soonest first.
     cooling_ends: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+/// Most departed devices whose health is remembered.
+const DEPARTED_CAP: usize = 100_000;
+/// How long a departed device's health is remembered.
+const DEPARTED_MEMORY: Duration = Duration::from_secs(600);
+
+/// Health records of devices that left, by agent id: bounded in number and age.
+#[derive(Default)]
+struct Departed {
+    inner: Mutex<DepartedInner>,
+}
+
+#[derive(Default)]
+struct DepartedInner {
+    by_id: HashMap<String, (Instant, Arc<Health>)>,
+    /// Departures, oldest first (an id may appear again after a later leave;
+    /// only the entry whose time matches is removed).
+    order: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl Departed {
+    fn keep(&self, agent_id: &str, health: Arc<Health>) {
+        let mut inner = self.inner.lock().expect("departed lock poisoned");
+        let now = Instant::now();
+        inner.by_id.insert(agent_id.to_owned(), (now, health));
+        inner.order.push_back((now, agent_id.to_owned()));
+        while let Some((left, id)) = inner.order.front().cloned() {
+            let expired = now.saturating_duration_since(left) > DEPARTED_MEMORY;
+            if !expired && inner.order.len() <= DEPARTED_CAP {
+                break;
+            }
+            inner.order.pop_front();
+            if inner.by_id.get(&id).is_some_and(|(at, _)| *at == left) {
+                inner.by_id.remove(&id);
+            }
+        }
+    }
+
+    fn take(&self, agent_id: &str) -> Option<Arc<Health>> {
+        let mut inner = self.inner.lock().expect("departed lock poisoned");
+        let (left, health) = inner.by_id.remove(agent_id)?;
+        (left.elapsed() <= DEPARTED_MEMORY).then_some(health)
+    }
 }
 
 /// Where an agent belongs in the pools.
@@ -107,6 +154,8 @@ pub struct LocalDirectory {
     pools: Mutex<Pools>,
     /// How outcomes are scored and failing exits cooled.
     health: HealthPolicy,
+    /// The health records of devices that left lately, for when they return.
+    departed: Departed,
     /// Agents per enrolment token and per source network, for the caps on both.
     per_token: DashMap<String, usize>,
     per_network: DashMap<IpAddr, usize>,
@@ -125,6 +174,7 @@ impl LocalDirectory {
             by_agent_id: DashMap::new(),
             pools: Mutex::new(Pools::default()),
             health: HealthPolicy::default(),
+            departed: Departed::default(),
             per_token: DashMap::new(),
             per_network: DashMap::new(),
             exit_id_key,
@@ -148,6 +198,15 @@ impl AgentDirectory for LocalDirectory {
     }
 
     fn insert(&self, key: u64, joining: Joining) -> (Arc<Agent>, Option<Arc<Agent>>) {
+        // The device's record carries over a reconnect: failing and
+        // reconnecting must not wipe it.
+        let health = self
+            .by_agent_id
+            .get(&joining.agent_id)
+            .and_then(|old_key| self.get(*old_key))
+            .map(|old| old.health.clone())
+            .or_else(|| self.departed.take(&joining.agent_id))
+            .unwrap_or_default();
         let exit_id = self.exit_id(&joining.agent_id);
         let ring_point = u64::from_str_radix(&exit_id, 16).unwrap_or(key);
         let agent = Arc::new(Agent {
@@ -166,7 +225,7 @@ impl AgentDirectory for LocalDirectory {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             connected_at: SystemTime::now(),
-            health: Default::default(),
+            health,
         });
         let replaced = self
             .by_agent_id
@@ -205,25 +264,44 @@ impl AgentDirectory for LocalDirectory {
             return Err(Self::empty(pool, filter));
         };
         let members = &pool.members;
+        let usable = |agent: &Arc<Agent>| agent.has_capacity() && !avoid.contains(&agent.key);
+        let cost = |agent: &Arc<Agent>| {
+            let load = agent.active_streams.load(Ordering::Relaxed);
+            agent.health.cost(load, &self.health)
+        };
+        let now = Instant::now();
+        let suspect =
+            |agent: &Arc<Agent>| self.health.enabled && agent.health.is_suspect(now, &self.health);
         let mut rng = rand::rng();
         let mut best: Option<(&Arc<Agent>, f64)> = None;
         let mut looked = 0;
-        // The power of two choices, looking at a few more if both are full
-        // (or already tried by this request).
-        for _ in 0..PICK_ATTEMPTS.min(members.len().max(2) + avoid.len()) {
+        // The power of two choices, looking at a few more if both are full,
+        // already tried by this request, or sitting on unanswered opens.
+        for _ in 0..PICK_ATTEMPTS {
             let candidate = &members[rng.random_range(0..members.len())];
-            if !candidate.has_capacity() || avoid.contains(&candidate.key) {
+            if !usable(candidate) {
                 continue;
             }
-            let load = candidate.active_streams.load(Ordering::Relaxed);
-            let cost = candidate.health.cost(load, &self.health);
+            let cost = cost(candidate);
             if best.is_none_or(|(_, best_cost)| cost < best_cost) {
                 best = Some((candidate, cost));
             }
-            looked += 1;
+            if !suspect(candidate) {
+                looked += 1;
+            }
             if looked >= 2 {
                 break;
             }
+        }
+        // Sampling can miss the one usable (or unsuspected) exit of a small
+        // pool; a small pool is cheap to look through whole.
+        let settled = best.is_some_and(|(agent, _)| !suspect(agent));
+        if !settled && members.len() <= SCAN_BELOW {
+            best = members
+                .iter()
+                .filter(|agent| usable(agent))
+                .map(|agent| (agent, cost(agent)))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
         }
         best.map(|(agent, _)| agent.clone())
             .ok_or_else(|| PickError::AllBusy(filter.describe()))
@@ -324,6 +402,7 @@ impl LocalDirectory {
     fn remove_key(&self, key: u64) -> Option<Arc<Agent>> {
         let (_, agent) = self.agents.remove(&key)?;
         self.reconcile(&agent);
+        self.departed.keep(&agent.agent_id, agent.health.clone());
         counts::down(&self.per_token, agent.token.expose());
         counts::down(&self.per_network, &source_network(agent.observed.ip()));
         Some(agent)

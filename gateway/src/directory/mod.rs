@@ -13,7 +13,7 @@ pub mod health;
 mod local;
 pub mod places;
 
-pub use health::{Health, HealthPolicy, HealthView, Outcome};
+pub use health::{Health, HealthPolicy, HealthView, Outcome, WaitingOpen};
 pub use local::LocalDirectory;
 
 use std::collections::BTreeMap;
@@ -203,7 +203,7 @@ pub struct Agent {
     /// When the agent joined.
     pub connected_at: SystemTime,
     /// Its recent record of opens and relays, and whether it is cooled.
-    pub health: Health,
+    pub health: Arc<Health>,
 }
 
 impl Agent {
