@@ -337,3 +337,37 @@ async fn an_agent_the_database_does_not_know_serves_only_untargeted_requests() {
     assert_eq!(head.status, 502);
     assert_eq!(net.stats().await["countries"]["??"], 1);
 }
+
+#[tokio::test]
+async fn a_country_list_and_a_continent_exit_only_in_their_countries() {
+    let (net, _agents) = pool().await;
+    let target = http_target("127.0.0.1").await;
+    // US (.2, .3) or JP (.6): never Germany.
+    let seen = exits_seen(&net, target, "-country-us,jp", 60).await;
+    let expected: HashSet<String> = ["127.0.0.2", "127.0.0.3", "127.0.0.6"]
+        .map(str::to_owned)
+        .into();
+    assert_eq!(seen, expected);
+    // Europe: the two German exits.
+    let seen = exits_seen(&net, target, "-continent-eu", 20).await;
+    let expected: HashSet<String> = ["127.0.0.4", "127.0.0.5"].map(str::to_owned).into();
+    assert_eq!(seen, expected);
+    // A session over a list keeps its exit.
+    let (first, ip) = exit_ip(net.proxy(), target, "-country-de,jp-session-l1").await;
+    assert_eq!(first.header("x-exitpool-session"), Some("new"));
+    for _ in 0..5 {
+        let (again, same) = exit_ip(net.proxy(), target, "-country-de,jp-session-l1").await;
+        assert_eq!(again.header("x-exitpool-session"), Some("kept"));
+        assert_eq!(same, ip);
+    }
+    // Nothing in South America; an unknown continent is a bad parameter.
+    let (head, _) = connect_as(net.proxy(), target, "-continent-sa").await;
+    assert_eq!(head.header("x-exitpool-error"), Some("no_exit"));
+    assert!(head
+        .header("proxy-status")
+        .unwrap()
+        .contains("continent sa"));
+    let (head, _) = connect_as(net.proxy(), target, "-continent-atlantis").await;
+    assert_eq!(head.status, 400);
+    assert_eq!(head.header("x-exitpool-error"), Some("bad_targeting"));
+}

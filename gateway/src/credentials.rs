@@ -39,8 +39,12 @@ pub struct SessionRequest {
 /// Everything a customer asked for in their credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Targeting {
-    /// Exit country, upper case ISO 3166-1 alpha-2.
-    pub country: Option<String>,
+    /// Exit countries, upper case ISO 3166-1 alpha-2: one (`-country-us`), a
+    /// list (`-country-us,ca`) or a continent's (`-continent-eu`); empty for any.
+    pub countries: Vec<String>,
+    /// The continent the countries came from, when they came from one (they are
+    /// then narrowed to the account's countries rather than refused).
+    pub continent: Option<String>,
     /// Exit ASN.
     pub asn: Option<u32>,
     /// Exit city, normalised with [`normalize_city`].
@@ -116,17 +120,26 @@ pub fn parse_targeting(user: &str, password: &str) -> Result<Targeting, Targetin
             let key_lower = key.to_ascii_lowercase();
             let canonical =
                 match key_lower.as_str() {
-                    "country" | "session" | "sesstime" | "sessmode" | "asn" | "city" => key_lower,
+                    "country" | "continent" | "session" | "sesstime" | "sessmode" | "asn"
+                    | "city" => key_lower,
                     _ => return Err(error(
                         key,
-                        "unknown parameter; known: country, session, sesstime, sessmode, asn, city",
+                        "unknown parameter; known: country, continent, session, sesstime, sessmode, asn, city",
                     )),
                 };
             if seen.contains(&canonical) {
                 return Err(error(key, "given twice"));
             }
             match canonical.as_str() {
-                "country" => targeting.country = Some(parse_country(value)?),
+                "country" | "continent" if !targeting.countries.is_empty() => {
+                    return Err(error(key, "give country or continent, not both"))
+                }
+                "country" => targeting.countries = parse_countries(value)?,
+                "continent" => {
+                    let (continent, countries) = parse_continent(value)?;
+                    targeting.continent = Some(continent);
+                    targeting.countries = countries;
+                }
                 "session" => session_id = Some(parse_session(value)?),
                 "sesstime" => sesstime = Some(parse_sesstime(value)?),
                 "sessmode" => sessmode = Some(parse_sessmode(value)?),
@@ -156,6 +169,43 @@ pub fn parse_targeting(user: &str, password: &str) -> Result<Targeting, Targetin
         None => {}
     }
     Ok(targeting)
+}
+
+/// Most countries one `-country-` list may name.
+pub const MAX_COUNTRIES: usize = 32;
+
+/// `us`, or `us,ca,mx`: each an ISO code, each once, at most [`MAX_COUNTRIES`].
+fn parse_countries(value: &str) -> Result<Vec<String>, TargetingError> {
+    let mut countries: Vec<String> = Vec::new();
+    for code in value.split(',') {
+        let country = parse_country(code)?;
+        if countries.contains(&country) {
+            return Err(error("country", format!("{country} is listed twice")));
+        }
+        countries.push(country);
+    }
+    if countries.len() > MAX_COUNTRIES {
+        return Err(error(
+            "country",
+            format!("at most {MAX_COUNTRIES} countries in one list"),
+        ));
+    }
+    Ok(countries)
+}
+
+/// `eu` and the countries in it.
+fn parse_continent(value: &str) -> Result<(String, Vec<String>), TargetingError> {
+    use exitpool_geoip::continent::{countries_of, CONTINENT_CODES};
+    let countries = countries_of(value).ok_or_else(|| {
+        error(
+            "continent",
+            format!(
+                "{value:?} is not a continent; known: {}",
+                CONTINENT_CODES.join(", ")
+            ),
+        )
+    })?;
+    Ok((value.to_ascii_lowercase(), countries))
 }
 
 fn parse_country(value: &str) -> Result<String, TargetingError> {
@@ -242,7 +292,7 @@ mod tests {
         let on_user = parse_targeting("alice-country-us-session-a1", "pw").unwrap();
         let on_password = parse_targeting("alice", "pw-country-US-session-a1").unwrap();
         assert_eq!(on_user, on_password);
-        assert_eq!(on_user.country.as_deref(), Some("US"));
+        assert_eq!(on_user.countries, ["US"]);
         let session = on_user.session.unwrap();
         assert_eq!(session.id, "a1");
         assert_eq!(session.lifetime, Duration::from_secs(600));
@@ -266,6 +316,28 @@ mod tests {
             (geo.asn, geo.city.as_deref()),
             (Some(3320), Some("new_york"))
         );
+    }
+
+    #[test]
+    fn country_lists_and_continents() {
+        let list = parse_targeting("alice-country-us,CA,mx", "pw").unwrap();
+        assert_eq!(list.countries, ["US", "CA", "MX"]);
+        assert_eq!(list.continent, None);
+        let europe = parse_targeting("alice-continent-EU", "pw").unwrap();
+        assert_eq!(europe.continent.as_deref(), Some("eu"));
+        assert!(europe.countries.contains(&"DE".to_owned()));
+        for (user, key) in [
+            ("alice-country-us,us", "country"),
+            ("alice-country-us,", "country"),
+            ("alice-continent-xx", "continent"),
+            ("alice-country-de-continent-eu", "continent"),
+            ("alice-continent-eu-country-de", "country"),
+        ] {
+            let error = parse_targeting(user, "pw").unwrap_err();
+            assert_eq!(error.key, key, "{user}: {error}");
+        }
+        let many = vec!["us"; 33].join(",");
+        assert!(parse_targeting(&format!("alice-country-{many}"), "pw").is_err());
     }
 
     #[test]

@@ -176,8 +176,21 @@ pub fn merge(port: &Targeting, asked: Targeting) -> Result<Targeting, TargetingE
         (_, Some(asked)) => Some(asked),
         (port, None) => port.clone(),
     };
+    let as_option = |countries: Vec<String>| (!countries.is_empty()).then_some(countries);
+    let countries = pick(
+        "country",
+        &as_option(port.countries.clone()),
+        as_option(asked.countries.clone()),
+    )?
+    .unwrap_or_default();
+    let continent = if asked.countries.is_empty() {
+        port.continent.clone()
+    } else {
+        asked.continent
+    };
     Ok(Targeting {
-        country: pick("country", &port.country, asked.country)?,
+        countries,
+        continent,
         asn: pick("asn", &port.asn, asked.asn)?,
         city: pick("city", &port.city, asked.city)?,
         session,
@@ -207,7 +220,7 @@ mod tests {
         assert_eq!(all.len(), 4);
         let (port, targeting) = all[1];
         assert_eq!(port, 10001);
-        assert_eq!(targeting.country.as_deref(), Some("US"));
+        assert_eq!(targeting.countries, ["US"]);
         assert_eq!(targeting.session.as_ref().unwrap().id, "port10001");
         let (_, de) = all[3];
         assert_eq!(de.session, None);
@@ -217,7 +230,7 @@ mod tests {
         assert_eq!(conflict.key, "country");
         let asked = credentials::parse_targeting("alice-city-dallas", "x").unwrap();
         let merged = merge(targeting, asked).unwrap();
-        assert_eq!(merged.country.as_deref(), Some("US"));
+        assert_eq!(merged.countries, ["US"]);
         assert_eq!(merged.city.as_deref(), Some("dallas"));
         let asked = credentials::parse_targeting("alice-country-US", "x").unwrap();
         assert!(

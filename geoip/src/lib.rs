@@ -8,12 +8,14 @@
 //! - [`Location`] (`location.rs`): what a lookup answers.
 //! - [`GeoIpError`] (`error.rs`): why a database could not be loaded, naming it.
 //! - `record.rs`: the one serde shape that reads the MaxMind and ip-location-db layouts.
+//! - [`continent`]: continents by country, for `-continent-eu` targeting.
 //! - `embedded.rs`: the bundled CC0/CC BY country database (see `data/README.md`).
 //! - [`testdb`] (feature `test-db`): builds small databases in memory for tests.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod continent;
 mod embedded;
 mod error;
 mod geoip;

@@ -173,15 +173,38 @@ pub(crate) async fn authenticate_either(
 }
 
 /// Refuses a targeted country outside the account's `countries`.
+/// A named country outside them is refused; a continent is narrowed to them.
 fn allowed_country(targeting: Targeting, customer: &Customer) -> Result<Targeting, ProxyError> {
-    match (&targeting.country, &customer.limits.countries) {
-        (Some(country), Some(allowed)) if !customer.limits.allows_country(country) => {
-            Err(ProxyError::CountryNotAllowed {
-                country: country.clone(),
-                allowed: allowed.join(", "),
-            })
+    let limits = &customer.limits;
+    let Some(allowed) = &limits.countries else {
+        return Ok(targeting);
+    };
+    let refused = |country: String| ProxyError::CountryNotAllowed {
+        country,
+        allowed: allowed.join(", "),
+    };
+    if let Some(continent) = &targeting.continent {
+        let countries: Vec<String> = targeting
+            .countries
+            .iter()
+            .filter(|country| limits.allows_country(country))
+            .cloned()
+            .collect();
+        if countries.is_empty() {
+            return Err(refused(format!("continent {continent}")));
         }
-        _ => Ok(targeting),
+        return Ok(Targeting {
+            countries,
+            ..targeting
+        });
+    }
+    match targeting
+        .countries
+        .iter()
+        .find(|country| !limits.allows_country(country))
+    {
+        Some(country) => Err(refused(country.clone())),
+        None => Ok(targeting),
     }
 }
 
@@ -350,10 +373,10 @@ async fn open_watched(
     }
 }
 
-/// Routes within the account's countries: a request that names a country was
-/// checked in [`authenticate`]; one that does not, from an account limited to
-/// some countries, exits from one of them that has exits (a random one, or for a
-/// session a stable one, so the session keeps its exit).
+/// Routes within the countries asked for (one, a list or a continent's, already
+/// narrowed to the account's in [`authenticate`]), else within the account's
+/// countries: a list exits from one of its countries that has exits (a random
+/// one, or for a session a stable one, so the session keeps its exit).
 /// Exits in `avoid` (connection keys) have already failed this request.
 fn choose_exit(
     grant: &Grant,
@@ -361,11 +384,23 @@ fn choose_exit(
     shared: &Shared,
     avoid: &[u64],
 ) -> Result<Chosen, ProxyError> {
-    let allowed = match (&grant.targeting.country, &limits.countries) {
-        (None, Some(allowed)) => allowed,
-        (country, _) => return choose_in(grant, country.clone(), limits, shared, avoid),
+    let targeting = &grant.targeting;
+    let (list, described) = match (targeting.countries.as_slice(), &limits.countries) {
+        ([], None) => return choose_in(grant, None, limits, shared, avoid),
+        ([one], _) => return choose_in(grant, Some(one.clone()), limits, shared, avoid),
+        ([], Some(allowed)) => (
+            allowed.as_slice(),
+            format!("in the account's countries ({})", allowed.join(", ")),
+        ),
+        (list, _) => (
+            list,
+            match &targeting.continent {
+                Some(continent) => format!("in continent {continent}"),
+                None => format!("in countries {}", list.join(", ")),
+            },
+        ),
     };
-    let mut order: Vec<&String> = allowed.iter().collect();
+    let mut order: Vec<&String> = list.iter().collect();
     match &grant.targeting.session {
         Some(session) => order.sort_by_key(|country| {
             shared
@@ -384,7 +419,6 @@ fn choose_exit(
             chosen => return chosen,
         }
     }
-    let described = format!("in the account's countries ({})", allowed.join(", "));
     Err(if busy {
         ProxyError::ExitsBusy(described)
     } else if cooling {
