@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(
     name = "loadtest",
-    about = "exitpool load test: throughput, connect latency, connection rate, fan-out, swarm, footprint"
+    about = "exitpool load test: throughput, connect latency, connection rate, fan-out, a flaky pool, swarm, footprint"
 )]
 pub struct Args {
     /// What to run.
@@ -59,6 +59,9 @@ pub struct Args {
     /// swarm: agents.
     #[arg(long)]
     pub swarm: Option<usize>,
+    /// flaky: rotating requests per pool.
+    #[arg(long)]
+    pub flaky_requests: Option<usize>,
     /// Where the `gateway` and `agent` binaries are (default: next to this program).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -84,6 +87,7 @@ pub enum Scenario {
     Connect,
     Rate,
     Fanout,
+    Flaky,
     Swarm,
     Footprint,
     All,
@@ -91,11 +95,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// What `all` runs, in order.
-    pub const EACH: [Scenario; 6] = [
+    pub const EACH: [Scenario; 7] = [
         Scenario::Bulk,
         Scenario::Connect,
         Scenario::Rate,
         Scenario::Fanout,
+        Scenario::Flaky,
         Scenario::Swarm,
         Scenario::Footprint,
     ];
@@ -107,6 +112,7 @@ impl Scenario {
             Scenario::Connect => "connect",
             Scenario::Rate => "rate",
             Scenario::Fanout => "fanout",
+            Scenario::Flaky => "flaky",
             Scenario::Swarm => "swarm",
             Scenario::Footprint => "footprint",
             Scenario::All => "all",
@@ -128,6 +134,10 @@ impl Scenario {
             Scenario::Fanout => format!(
                 "{} connections over {} agents",
                 sizes.fanout_conns, sizes.fanout_agents
+            ),
+            Scenario::Flaky => format!(
+                "{} rotating requests per pool of 50 agents, healthy and flaky",
+                sizes.flaky_requests
             ),
             Scenario::Swarm => format!("{} agents", sizes.swarm),
             Scenario::Footprint => "one agent process".to_owned(),
@@ -152,6 +162,7 @@ pub struct Sizes {
     pub fanout_agents: usize,
     pub fanout_kib: u64,
     pub swarm: usize,
+    pub flaky_requests: usize,
 }
 
 impl Sizes {
@@ -169,6 +180,7 @@ impl Sizes {
                 fanout_agents: 5,
                 fanout_kib: 64,
                 swarm: 200,
+                flaky_requests: 500,
             }
         } else {
             // Suited to a 2-core machine: the whole of `all` fits in a few minutes.
@@ -184,6 +196,7 @@ impl Sizes {
                 fanout_agents: 50,
                 fanout_kib: 128,
                 swarm: 10_000,
+                flaky_requests: 10_000,
             };
             if args.scenario == Some(Scenario::All) {
                 all
@@ -213,6 +226,7 @@ impl Sizes {
             .clamp(1, 250);
         sizes.fanout_kib = args.fanout_kib.unwrap_or(sizes.fanout_kib).max(1);
         sizes.swarm = args.swarm.unwrap_or(sizes.swarm).max(1);
+        sizes.flaky_requests = args.flaky_requests.unwrap_or(sizes.flaky_requests).max(1);
         sizes
     }
 }

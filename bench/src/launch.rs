@@ -138,6 +138,8 @@ struct GatewayLaunch {
     admin: SocketAddr,
     max_connections: usize,
     threads: usize,
+    /// More flags, as given.
+    extra: Vec<String>,
 }
 
 /// The real `gateway` binary in a child process.
@@ -153,7 +155,19 @@ impl GatewayProcess {
         max_connections: usize,
         threads: usize,
     ) -> Result<GatewayProcess> {
+        Self::start_with(binary, state, max_connections, threads, &[]).await
+    }
+
+    /// Like [`GatewayProcess::start`], with `extra` flags.
+    pub async fn start_with(
+        binary: &Path,
+        state: &Path,
+        max_connections: usize,
+        threads: usize,
+        extra: &[&str],
+    ) -> Result<GatewayProcess> {
         let launch = GatewayLaunch {
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
             binary: binary.to_owned(),
             state: state.to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
@@ -176,6 +190,7 @@ impl GatewayProcess {
             admin,
             max_connections,
             threads,
+            extra,
         } = &launch;
         let process = Launch::new(binary)
             .args(["--listen", &listen.to_string()])
@@ -185,6 +200,7 @@ impl GatewayProcess {
             .arg(state)
             .args(["--max-connections", &max_connections.to_string()])
             .args(["--threads", &threads.to_string()])
+            .args(extra)
             .env("EXITPOOL_AGENT_TOKEN", TOKEN)
             .env("EXITPOOL_USERS", format!("{USER}:{PASSWORD}"))
             .env("RUST_LOG", "warn")

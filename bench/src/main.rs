@@ -113,6 +113,7 @@ async fn run(args: Args) -> Result<bool> {
             Scenario::Connect => scenario::connect::run(&bench, &mut report).await,
             Scenario::Rate => scenario::rate::run(&bench, &mut report).await,
             Scenario::Fanout => scenario::fanout::run(&bench, &mut report).await,
+            Scenario::Flaky => scenario::flaky::run(&bench, &mut report).await,
             Scenario::Swarm => scenario::swarm::run(&bench, &mut report).await,
             Scenario::Footprint => scenario::footprint::run(&bench, &mut report).await,
             Scenario::All => unreachable!("not in Scenario::EACH"),

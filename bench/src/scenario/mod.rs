@@ -3,6 +3,7 @@
 pub mod bulk;
 pub mod connect;
 pub mod fanout;
+pub mod flaky;
 pub mod footprint;
 pub mod rate;
 pub mod swarm;

@@ -245,12 +245,12 @@ impl Health {
 
     /// The exit's weight against `load` live streams in rotation's two-choice
     /// comparison: lower is better. Load alone when `policy` is off.
-    pub fn cost(&self, load: u32, policy: &HealthPolicy) -> f64 {
+    pub fn cost(&self, load: u32, policy: &HealthPolicy, now: Instant) -> f64 {
         let load = f64::from(load) + 1.0;
         if !policy.enabled {
             return load;
         }
-        let suspect = self.is_suspect(Instant::now(), policy);
+        let suspect = self.is_suspect(now, policy);
         let state = self.lock();
         let latency = 1.0 + state.latency_ms.unwrap_or(0.0) / LATENCY_UNIT_MS;
         let penalty = if suspect { SUSPECT_PENALTY } else { 1.0 };
@@ -335,7 +335,7 @@ mod tests {
         assert!(!health.is_suspect(start, &policy));
         let later = start + policy.suspect_after;
         assert!(health.is_suspect(later, &policy));
-        assert!(health.cost(0, &policy) > Health::default().cost(50, &policy));
+        assert!(health.cost(0, &policy, later) > Health::default().cost(50, &policy, later));
         // One answer is progress; the other wait counts from then.
         drop(first);
         assert!(!health.is_suspect(Instant::now(), &policy));
@@ -385,15 +385,15 @@ mod tests {
         failing.record(Outcome::Opened(MS), &policy, now);
         failing.record(Outcome::ExitFailed, &policy, now);
         failing.record(Outcome::ExitFailed, &policy, now);
-        assert!(fast.cost(0, &policy) < slow.cost(0, &policy));
-        assert!(fast.cost(0, &policy) < failing.cost(0, &policy));
-        assert!(fast.cost(0, &policy) < fast.cost(1, &policy));
+        assert!(fast.cost(0, &policy, now) < slow.cost(0, &policy, now));
+        assert!(fast.cost(0, &policy, now) < failing.cost(0, &policy, now));
+        assert!(fast.cost(0, &policy, now) < fast.cost(1, &policy, now));
         // A slow exit still wins against a much busier fast one.
-        assert!(slow.cost(0, &policy) < fast.cost(10, &policy));
+        assert!(slow.cost(0, &policy, now) < fast.cost(10, &policy, now));
         let off = HealthPolicy {
             enabled: false,
             ..policy
         };
-        assert_eq!(slow.cost(2, &off), fast.cost(2, &off));
+        assert_eq!(slow.cost(2, &off, now), fast.cost(2, &off, now));
     }
 }

@@ -264,12 +264,12 @@ impl AgentDirectory for LocalDirectory {
             return Err(Self::empty(pool, filter));
         };
         let members = &pool.members;
+        let now = Instant::now();
         let usable = |agent: &Arc<Agent>| agent.has_capacity() && !avoid.contains(&agent.key);
         let cost = |agent: &Arc<Agent>| {
             let load = agent.active_streams.load(Ordering::Relaxed);
-            agent.health.cost(load, &self.health)
+            agent.health.cost(load, &self.health, now)
         };
-        let now = Instant::now();
         let suspect =
             |agent: &Arc<Agent>| self.health.enabled && agent.health.is_suspect(now, &self.health);
         let mut rng = rand::rng();
