@@ -66,8 +66,10 @@ pub enum Outcome {
     ExitFailed,
 }
 
-/// Latency that costs as much as one extra live stream in the pick's comparison.
-const LATENCY_UNIT_MS: f64 = 200.0;
+/// Latency that costs as much as one extra live stream in the pick's comparison:
+/// customers judge a network by time to first byte, so an exit 150 ms slower
+/// than another is weighed like four more streams on it.
+const LATENCY_UNIT_MS: f64 = 50.0;
 /// The floor of the success rate in the pick's comparison, so a poor exit is
 /// weighed as very expensive rather than infinitely so.
 const MIN_SUCCESS: f64 = 0.05;
@@ -389,7 +391,7 @@ mod tests {
         assert!(fast.cost(0, &policy, now) < failing.cost(0, &policy, now));
         assert!(fast.cost(0, &policy, now) < fast.cost(1, &policy, now));
         // A slow exit still wins against a much busier fast one.
-        assert!(slow.cost(0, &policy, now) < fast.cost(10, &policy, now));
+        assert!(slow.cost(0, &policy, now) < fast.cost(30, &policy, now));
         let off = HealthPolicy {
             enabled: false,
             ..policy
