@@ -3,6 +3,7 @@
 //! failure, reloading accounts, writing usage.
 
 use crate::abuse::{AuthFailures, PasswordChecks};
+use crate::access::AccessLog;
 use crate::accounts::{Accounts, AccountsError};
 use crate::config::GatewayConfig;
 use crate::customer_tls::CustomerTls;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub customer_tls: Option<CustomerTls>,
     /// The pool as `GET /inventory` shows it, counted at most every few seconds.
     pub places: PlacesCache,
+    /// One line per transfer, written off the runtime.
+    pub access_log: AccessLog,
 }
 
 impl Shared {

@@ -20,7 +20,12 @@ use crate::tunnel::ExitStream;
 use exitpool_protocol::TargetHost;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Longest a request waits for a slot when every matching exit is busy, before
+/// it is answered `exits_busy`: a moment for streams that are ending to end,
+/// not a queue.
+pub const EXITS_BUSY_GRACE: Duration = Duration::from_millis(100);
 
 /// Where a customer connection arrived.
 #[derive(Debug, Clone)]
@@ -277,7 +282,7 @@ pub async fn open(
     // The exit failure that sent this request to another exit.
     let mut last_failure: Option<(Arc<Agent>, ProxyError)> = None;
     loop {
-        let chosen = choose_exit(grant, &customer.limits, shared, &tried);
+        let chosen = choose_exit_or_wait(grant, &customer.limits, shared, &tried).await;
         let (agent, session, pin) = match (chosen, last_failure) {
             (Ok(chosen), _) => chosen,
             (Err(error), None) => return Err(fail(None, error)),
@@ -370,6 +375,33 @@ async fn open_watched(
         () = watchdog => Err(ProxyError::ExitLost(
             "the exit's tunnel did not answer a liveness check".into(),
         )),
+    }
+}
+
+/// [`choose_exit`], waiting up to [`EXITS_BUSY_GRACE`] for a stream to end
+/// when every matching exit is busy. A customer that closes a connection and
+/// opens the next at once can otherwise arrive a moment before the gateway has
+/// seen its old stream end, and find its own slot still taken.
+async fn choose_exit_or_wait(
+    grant: &Grant,
+    limits: &Limits,
+    shared: &Shared,
+    avoid: &[u64],
+) -> Result<Chosen, ProxyError> {
+    let deadline = tokio::time::Instant::now() + EXITS_BUSY_GRACE;
+    loop {
+        // Registered before the pick, so a slot freed in between is not missed.
+        let freed = shared.directory.slot_freed().notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        match choose_exit(grant, limits, shared, avoid) {
+            Err(ProxyError::ExitsBusy(described)) => {
+                if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                    return Err(ProxyError::ExitsBusy(described));
+                }
+            }
+            chosen => return chosen,
+        }
     }
 }
 
