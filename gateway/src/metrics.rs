@@ -26,6 +26,13 @@ pub struct CountryLabel {
     pub country: String,
 }
 
+/// Label for per-transport series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// `quic` or `tcp`.
+    pub transport: &'static str,
+}
+
 /// Label for per-code series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
@@ -56,6 +63,7 @@ pub struct Metrics {
     pub agents_turned_away: Counter,
     agents: Gauge,
     agents_by_country: Family<CountryLabel, Gauge>,
+    agents_by_transport: Family<TransportLabel, Gauge>,
     live_streams: Gauge,
     sessions: Gauge,
 }
@@ -83,11 +91,17 @@ impl Metrics {
             agents_turned_away: Counter::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
+            agents_by_transport: Family::default(),
             live_streams: Gauge::default(),
             sessions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("agents", "Connected agents", metrics.agents.clone());
+        registry.register(
+            "agents_by_transport",
+            "Agent tunnels held, per transport (quic, tcp)",
+            metrics.agents_by_transport.clone(),
+        );
         registry.register(
             "agents_by_country",
             "Connected agents per country (?? when unknown)",
@@ -163,7 +177,17 @@ impl Metrics {
 
     /// The exposition text, with pool gauges read from `directory` now and the
     /// number of live sticky sessions.
-    pub fn render(&self, directory: &dyn AgentDirectory, sessions: usize) -> String {
+    pub fn render(
+        &self,
+        directory: &dyn AgentDirectory,
+        sessions: usize,
+        (quic, tcp): (usize, usize),
+    ) -> String {
+        for (transport, count) in [("quic", quic), ("tcp", tcp)] {
+            self.agents_by_transport
+                .get_or_create(&TransportLabel { transport })
+                .set(count as i64);
+        }
         let agents = directory.agents();
         self.agents.set(agents.len() as i64);
         let live: u64 = agents
