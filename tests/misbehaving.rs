@@ -42,11 +42,12 @@ const SHORT_TIMEOUT: Duration = Duration::from_secs(2);
 fn raw_endpoint(net: &TestGateway, ip: &str) -> (quinn::Endpoint, quinn::ClientConfig) {
     let endpoint =
         quinn::Endpoint::client(format!("{ip}:0").parse().unwrap()).expect("client endpoint binds");
-    let (config, _verifier) = exitpool::agent::tls::client_config(
+    let config = exitpool::agent::tls::client_configs(
         net.gateway.pin().parse().unwrap(),
-        exitpool::agent::tunnel::transport_config(8),
+        exitpool::agent::tunnel::transport_config(8, exitpool::protocol::KEEP_ALIVE_INTERVAL),
     )
-    .expect("client config");
+    .expect("client config")
+    .quic;
     (endpoint, config)
 }
 
@@ -806,11 +807,12 @@ async fn the_tunnel_offers_no_datagram_frames() {
     let net = TestGateway::start().await;
     let (endpoint, _) = raw_endpoint(&net, "127.0.0.7");
     // quinn's own defaults, which offer DATAGRAM frames, unlike the agent's.
-    let (config, _verifier) = exitpool::agent::tls::client_config(
+    let config = exitpool::agent::tls::client_configs(
         net.gateway.pin().parse().unwrap(),
         quinn::TransportConfig::default(),
     )
-    .expect("client config");
+    .expect("client config")
+    .quic;
     let connection = dial(&net, &endpoint, &config).await;
     assert_eq!(
         connection.max_datagram_size(),

@@ -178,13 +178,11 @@ fn route(request: Request<hyper::body::Incoming>, shared: &Shared) -> Response<F
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             crate::metrics::CONTENT_TYPE,
-            shared
-                .metrics
-                .render(
-                    &*shared.directory,
-                    shared.sessions.len(),
-                    shared.links.count_by_transport(),
-                ),
+            shared.metrics.render(
+                &*shared.directory,
+                shared.sessions.len(),
+                shared.links.count_by_transport(),
+            ),
         ),
         (&Method::POST, "/usage/reset") => reset_usage(query, shared),
         (&Method::POST, "/reload") => match shared.reload() {

@@ -287,8 +287,8 @@ async fn bind_tunnels(
     identity: &tls::Identity,
 ) -> Result<(quinn::Endpoint, Option<TcpListener>), StartError> {
     let quic = |addr| -> Result<quinn::Endpoint, StartError> {
-        let server = identity
-            .quic_server_config(endpoint::transport_config(config.tunnel_idle_timeout))?;
+        let server =
+            identity.quic_server_config(endpoint::transport_config(config.tunnel_idle_timeout))?;
         exitpool_transport::udp::endpoint(addr, endpoint::endpoint_config(identity), Some(server))
             .map_err(|source| StartError::Bind {
                 what: "the tunnel port",
@@ -310,7 +310,11 @@ async fn bind_tunnels(
         TunnelTcp::At(addr) => Ok((quic(config.tunnel)?, Some(tcp(addr).await?))),
         TunnelTcp::SamePort => {
             // An ephemeral UDP port's number may be taken on TCP: draw again.
-            let attempts = if config.tunnel.port() == 0 { SAME_PORT_ATTEMPTS } else { 1 };
+            let attempts = if config.tunnel.port() == 0 {
+                SAME_PORT_ATTEMPTS
+            } else {
+                1
+            };
             let mut attempt = 0;
             loop {
                 attempt += 1;

@@ -5,7 +5,9 @@
 //! generic, so no chunk pays for a boxed future.
 
 use crate::tcp::{TcpRecv, TcpSend, TcpTunnel};
-use crate::tunnel::{CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend};
+use crate::tunnel::{
+    CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend,
+};
 use bytes::Bytes;
 use std::io;
 use std::net::SocketAddr;

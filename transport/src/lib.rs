@@ -18,11 +18,11 @@
 pub mod any;
 pub mod leave;
 pub mod quic;
-pub mod tcp;
 pub mod relay;
+pub mod tcp;
 pub mod tunnel;
 pub mod udp;
 
-pub use relay::{relay, Direction, LiveCounters, RelayError, Throttle, Transferred, Unlimited};
 pub use any::{StreamRecv, StreamSend, Tunnel};
+pub use relay::{relay, Direction, LiveCounters, RelayError, Throttle, Transferred, Unlimited};
 pub use tunnel::{CloseReason, Transport, TunnelConnection, TunnelRecv, TunnelSend};

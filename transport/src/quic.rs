@@ -2,7 +2,9 @@
 //! stream per customer connection, on one quinn connection per tunnel. Thin forwarding; quinn's errors become
 //! `io::Error`s through quinn's own conversions, so their text is unchanged.
 
-use crate::tunnel::{CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend};
+use crate::tunnel::{
+    CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend,
+};
 use bytes::Bytes;
 use std::io;
 use std::net::SocketAddr;

@@ -25,7 +25,9 @@
 //! connection; what an agent must tell apart, a gateway shutting down, arrives as
 //! the finished control stream before that, as it does over QUIC.
 
-use crate::tunnel::{CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend};
+use crate::tunnel::{
+    CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend,
+};
 use bytes::Bytes;
 use h2::Reason;
 use std::future::{poll_fn, Future};
@@ -156,7 +158,9 @@ impl Inner {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// h2's I/O: the TLS stream behind a mutex that only keying-material export
@@ -345,7 +349,9 @@ fn connection_end(result: Result<(), h2::Error>) -> CloseReason {
 /// says so with its code.
 fn h2_to_io(error: h2::Error) -> io::Error {
     if error.is_io() {
-        return error.into_io().unwrap_or_else(|| io::Error::other("h2 i/o"));
+        return error
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 i/o"));
     }
     match error.reason() {
         Some(reason) if error.is_reset() => io::Error::new(

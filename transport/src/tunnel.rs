@@ -136,22 +136,16 @@ pub trait TunnelConnection: Clone + Send + Sync + 'static {
     fn transport(&self) -> Transport;
 
     /// Gateway: a new relay stream, once the agent's stream limit allows one.
-    fn open_stream(&self)
-        -> impl Future<Output = io::Result<(Self::Send, Self::Recv)>> + Send;
+    fn open_stream(&self) -> impl Future<Output = io::Result<(Self::Send, Self::Recv)>> + Send;
 
     /// Agent: the next relay stream the gateway opened.
-    fn accept_stream(
-        &self,
-    ) -> impl Future<Output = io::Result<(Self::Send, Self::Recv)>> + Send;
+    fn accept_stream(&self) -> impl Future<Output = io::Result<(Self::Send, Self::Recv)>> + Send;
 
     /// Agent: the control stream, on which it sends `Hello`.
-    fn open_control(&self)
-        -> impl Future<Output = io::Result<(Self::Send, Self::Recv)>> + Send;
+    fn open_control(&self) -> impl Future<Output = io::Result<(Self::Send, Self::Recv)>> + Send;
 
     /// Gateway: the control stream, on which it reads `Hello`.
-    fn accept_control(
-        &self,
-    ) -> impl Future<Output = io::Result<(Self::Send, Self::Recv)>> + Send;
+    fn accept_control(&self) -> impl Future<Output = io::Result<(Self::Send, Self::Recv)>> + Send;
 
     /// The peer's address as this side sees it.
     fn remote_address(&self) -> SocketAddr;

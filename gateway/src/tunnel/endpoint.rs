@@ -173,7 +173,12 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             continue;
         };
         let span = info_span!("agent", remote = %incoming.remote_address(), transport = "quic");
-        spawn_agent(shared.clone(), slot, span, quic_handshake(incoming, shared.clone()));
+        spawn_agent(
+            shared.clone(),
+            slot,
+            span,
+            quic_handshake(incoming, shared.clone()),
+        );
     }
     // Each agent's task tells it of the shutdown (see `serve_agent`), and
     // `Gateway::shutdown` closes the endpoint once they have.

@@ -64,17 +64,19 @@ impl Links {
 
     /// The transport of the tunnel under `key`, while it is held.
     pub fn transport(&self, key: u64) -> Option<Transport> {
-        self.tunnels.get(&key).map(|entry| entry.value().transport())
+        self.tunnels
+            .get(&key)
+            .map(|entry| entry.value().transport())
     }
 
     /// How many tunnels are held on each transport: (QUIC, TCP).
     pub fn count_by_transport(&self) -> (usize, usize) {
-        self.tunnels
-            .iter()
-            .fold((0, 0), |(quic, tcp), entry| match entry.value().transport() {
+        self.tunnels.iter().fold((0, 0), |(quic, tcp), entry| {
+            match entry.value().transport() {
                 Transport::Quic => (quic + 1, tcp),
                 Transport::Tcp => (quic, tcp + 1),
-            })
+            }
+        })
     }
 
     /// Opens a relay stream on tunnel `key` to `host:port` and waits up to
