@@ -18,9 +18,10 @@ mod common;
 use common::targets::echo_target;
 use common::*;
 use exitpool::protocol::{
-    close_code, read_frame, write_frame, AgentMessage, Capacity, FrameError, GatewayMessage,
-    OpenReply, OpenRequest, RejectReason, PROTOCOL_VERSION,
+    close_code, read_frame, write_frame, AgentMessage, Capacity, DeviceKey, FrameError,
+    GatewayMessage, IdentityProof, OpenReply, OpenRequest, RejectReason, Secret, PROTOCOL_VERSION,
 };
+use exitpool::transport::tunnel::identity_material;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,11 +66,22 @@ async fn dial(
         .expect("QUIC handshake succeeds")
 }
 
-/// A well-formed `Hello` with the fixture token.
-fn hello(version: u16, agent_id: &str) -> AgentMessage {
+/// The device key of the raw agent called `name`: the same key for the same
+/// name, so a test can play a device and an impostor of it.
+fn device_key(name: &str) -> DeviceKey {
+    let mut seed = [0u8; 32];
+    for (slot, byte) in seed.iter_mut().zip(name.bytes()) {
+        *slot = byte;
+    }
+    DeviceKey::from_seed(&seed)
+}
+
+/// A well-formed `Hello` with the fixture token, proving `key` on `connection`.
+fn hello(connection: &quinn::Connection, key: &DeviceKey) -> AgentMessage {
+    let material = identity_material(connection).expect("keying material");
     AgentMessage::Hello {
-        version,
-        agent_id: agent_id.to_owned(),
+        version: PROTOCOL_VERSION,
+        identity: key.prove(&material),
         token: TOKEN.into(),
         software: "misbehaving-test".into(),
         capacity: Capacity { max_streams: 8 },
@@ -80,7 +92,7 @@ fn hello(version: u16, agent_id: &str) -> AgentMessage {
 /// Opens the control stream and sends `message` on it.
 async fn send_first(
     connection: &quinn::Connection,
-    message: &AgentMessage,
+    message: &impl serde::Serialize,
 ) -> (quinn::SendStream, quinn::RecvStream) {
     let (mut send, recv) = within("open control stream", connection.open_bi())
         .await
@@ -99,16 +111,24 @@ struct RawAgent {
     control_recv: quinn::RecvStream,
 }
 
-/// Dials from `ip`, says a valid `Hello` as `agent_id`, and waits for `Welcome`.
-async fn join(net: &TestGateway, ip: &str, agent_id: &str) -> RawAgent {
-    join_with(net, ip, &hello(PROTOCOL_VERSION, agent_id)).await
+/// Dials from `ip`, says a valid `Hello` as the device `name`, and waits for
+/// `Welcome`.
+async fn join(net: &TestGateway, ip: &str, name: &str) -> RawAgent {
+    join_with(net, ip, name, |_| {}).await
 }
 
-/// Dials from `ip`, says `hello`, and waits for `Welcome`.
-async fn join_with(net: &TestGateway, ip: &str, hello: &AgentMessage) -> RawAgent {
+/// As [`join`], with the `Hello` changed by `adjust` before it is sent.
+async fn join_with(
+    net: &TestGateway,
+    ip: &str,
+    name: &str,
+    adjust: impl FnOnce(&mut AgentMessage),
+) -> RawAgent {
     let (endpoint, config) = raw_endpoint(net, ip);
     let connection = dial(net, &endpoint, &config).await;
-    let (control_send, mut control_recv) = send_first(&connection, hello).await;
+    let mut hello = hello(&connection, &device_key(name));
+    adjust(&mut hello);
+    let (control_send, mut control_recv) = send_first(&connection, &hello).await;
     let answer: GatewayMessage = within("Welcome", read_frame(&mut control_recv))
         .await
         .expect("the gateway answers Hello");
@@ -321,12 +341,17 @@ async fn a_garbled_hello_closes_the_connection() {
     assert!(net.gateway.directory().is_empty());
 }
 
-/// Sends `message` as the first message and returns the gateway's `Reject`
-/// reason, after checking the connection is then closed as rejected.
-async fn rejection(net: &TestGateway, message: &AgentMessage) -> RejectReason {
-    let (endpoint, config) = raw_endpoint(net, "127.0.0.7");
+/// Dials from `ip`, sends what `first` makes for the connection as the first
+/// message, and returns the gateway's `Reject` reason, after checking the
+/// connection is then closed as rejected.
+async fn rejection<M: serde::Serialize>(
+    net: &TestGateway,
+    ip: &str,
+    first: impl FnOnce(&quinn::Connection) -> M,
+) -> RejectReason {
+    let (endpoint, config) = raw_endpoint(net, ip);
     let connection = dial(net, &endpoint, &config).await;
-    let (_send, mut recv) = send_first(&connection, message).await;
+    let (_send, mut recv) = send_first(&connection, &first(&connection)).await;
     let answer: GatewayMessage = within("gateway answers", read_frame(&mut recv))
         .await
         .expect("a Reject arrives before the close");
@@ -338,115 +363,119 @@ async fn rejection(net: &TestGateway, message: &AgentMessage) -> RejectReason {
     reason
 }
 
-#[tokio::test]
-async fn a_bad_version_or_agent_id_is_rejected_with_a_reason() {
-    let net = TestGateway::start().await;
-    assert_eq!(
-        rejection(&net, &hello(PROTOCOL_VERSION + 1, "good-id")).await,
-        RejectReason::UnsupportedVersion
-    );
-    for bad_id in ["x".repeat(200), "a/b".to_owned(), String::new()] {
-        assert_eq!(
-            rejection(&net, &hello(PROTOCOL_VERSION, &bad_id)).await,
-            RejectReason::BadAgentId,
-            "agent id {bad_id:?}"
-        );
+/// A `Hello` changed by `adjust`.
+fn hello_with(
+    connection: &quinn::Connection,
+    key: &DeviceKey,
+    adjust: impl FnOnce(&mut u16, &mut IdentityProof, &mut Secret),
+) -> AgentMessage {
+    let mut hello = hello(connection, key);
+    if let AgentMessage::Hello {
+        version,
+        identity,
+        token,
+        ..
+    } = &mut hello
+    {
+        adjust(version, identity, token);
     }
-    let wrong_token = AgentMessage::Hello {
-        version: PROTOCOL_VERSION,
-        agent_id: "good-id".into(),
-        token: "not-the-token".into(),
-        software: "misbehaving-test".into(),
+    hello
+}
+
+#[tokio::test]
+async fn a_bad_version_identity_or_token_is_rejected_with_a_reason() {
+    let net = TestGateway::start().await;
+    let key = device_key("good");
+    let ip = "127.0.0.7";
+    let newer = rejection(&net, ip, |c| {
+        hello_with(c, &key, |version, _, _| *version += 1)
+    });
+    assert_eq!(newer.await, RejectReason::UnsupportedVersion);
+    // A version 1 agent's Hello does not even decode as today's; its version
+    // still earns the clear refusal, not a protocol error.
+    #[derive(serde::Serialize)]
+    enum HelloV1 {
+        Hello {
+            version: u16,
+            agent_id: String,
+            token: Secret,
+            software: String,
+            capacity: Capacity,
+            accepting: bool,
+        },
+    }
+    let older = rejection(&net, ip, |_| HelloV1::Hello {
+        version: 1,
+        agent_id: "0123456789abcdef0123456789abcdef".into(),
+        token: TOKEN.into(),
+        software: "agent 0.1".into(),
         capacity: Capacity { max_streams: 8 },
         accepting: true,
-    };
-    assert_eq!(rejection(&net, &wrong_token).await, RejectReason::BadToken);
+    });
+    assert_eq!(older.await, RejectReason::UnsupportedVersion);
+    let no_key = rejection(&net, ip, |c| {
+        hello_with(c, &key, |_, identity, _| identity.public_key = [0xff; 32])
+    });
+    assert_eq!(no_key.await, RejectReason::BadAgentId);
+    let garbled = rejection(&net, ip, |c| {
+        hello_with(c, &key, |_, identity, _| identity.signature[0][0] ^= 1)
+    });
+    assert_eq!(garbled.await, RejectReason::BadAgentId);
+    let wrong_token = rejection(&net, ip, |c| {
+        hello_with(c, &key, |_, _, token| *token = "not-the-token".into())
+    });
+    assert_eq!(wrong_token.await, RejectReason::BadToken);
     assert!(net.gateway.directory().is_empty());
+    assert_eq!(
+        net.metric("exitpool_agent_identity_refusals_total").await,
+        2
+    );
 }
 
 #[tokio::test]
-async fn streams_opened_towards_the_gateway_go_nowhere_and_the_agent_stays_usable() {
+async fn an_impostor_cannot_take_over_a_live_agent() {
     let net = TestGateway::start().await;
-    let raw = join(&net, "127.0.0.2", "raw-opener").await;
-    let serving = serve_echo_streams(raw.connection.clone());
-    within(
-        "raw agent counted",
-        net.gateway.directory().wait_for_count(|n| *n == 1),
-    )
-    .await;
-    // The gateway grants one bidi stream (the control stream) and no uni
-    // streams, so quinn never lets these opens complete.
-    assert!(
-        tokio::time::timeout(NEVER, raw.connection.open_uni())
-            .await
-            .is_err(),
-        "a uni stream towards the gateway was allowed"
-    );
-    assert!(
-        tokio::time::timeout(NEVER, raw.connection.open_bi())
-            .await
-            .is_err(),
-        "a second bidi stream towards the gateway was allowed"
-    );
-    assert!(raw.connection.close_reason().is_none());
-    assert_eq!(net.gateway.directory().len(), 1);
-    // Still in the pool and serving.
-    echo_once(&net, echo_target().await, "").await;
-    serving.abort();
-    raw.endpoint.close(0u32.into(), b"done");
-}
-
-#[tokio::test]
-async fn an_exit_that_never_answers_open_gets_the_customer_a_504_after_open_timeout() {
-    let net = TestGateway::start_with(|config| config.open_timeout = SHORT_TIMEOUT).await;
-    let raw = join(&net, "127.0.0.2", "raw-mute").await; // US
-    let _real = net.agent("127.0.0.4").await; // DE
-    within(
-        "both agents counted",
-        net.gateway.directory().wait_for_count(|n| *n == 2),
-    )
-    .await;
-    // Accept relay streams, never read or answer them.
-    let holder = {
-        let connection = raw.connection.clone();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok(streams) = connection.accept_bi().await {
-                held.push(streams);
+    let victim = join(&net, "127.0.0.7", "victim").await;
+    let _serving = serve_echo_streams(victim.connection.clone());
+    let victim_key = device_key("victim");
+    // What an impostor could have: the victim's public key and a proof the
+    // victim made on its own connection (say, captured from an old one).
+    let captured = victim_key.prove(&identity_material(&victim.connection).unwrap());
+    let replayed = rejection(&net, "127.0.0.8", |c| {
+        hello_with(c, &device_key("impostor"), |_, identity, _| {
+            *identity = captured.clone()
+        })
+    });
+    assert_eq!(replayed.await, RejectReason::BadAgentId);
+    // The victim's key with the impostor's own signature for this connection.
+    let forged = rejection(&net, "127.0.0.8", |c| {
+        let own = device_key("impostor").prove(&identity_material(c).unwrap());
+        hello_with(c, &device_key("impostor"), |_, identity, _| {
+            *identity = IdentityProof {
+                public_key: captured.public_key,
+                signature: own.signature,
             }
         })
-    };
-    let target = echo_target().await;
-    let started = Instant::now();
-    let stuck = async {
-        let (head, _stream) = connect_as(net.proxy(), target, "-country-us").await;
-        (head, started.elapsed())
-    };
-    // Meanwhile the other exit is unaffected.
-    let other = async {
-        echo_once(&net, target, "-country-de").await;
-        started.elapsed()
-    };
-    let ((head, waited), other_done) = tokio::join!(stuck, other);
-    assert!(
-        other_done < SHORT_TIMEOUT,
-        "the other exit waited {other_done:?}"
-    );
-    assert_eq!(head.status, 504, "{head:?}");
-    assert_eq!(head.header("x-exitpool-error"), Some("exit_timeout"));
-    assert!(
-        waited + Duration::from_millis(500) >= SHORT_TIMEOUT,
-        "answered after {waited:?}"
-    );
+    });
+    assert_eq!(forged.await, RejectReason::BadAgentId);
+    // The live agent noticed nothing and still serves.
+    assert!(victim.connection.close_reason().is_none());
+    assert_eq!(net.gateway.directory().len(), 1);
+    echo_once(&net, echo_target().await, "").await;
+}
+
+#[tokio::test]
+async fn the_device_itself_reconnecting_replaces_its_old_tunnel() {
+    let net = TestGateway::start().await;
+    let old = join(&net, "127.0.0.7", "device").await;
+    let exit_before = net.stats().await["per_agent"][0]["exit_id"].clone();
+    // Same key, new connection (a new network, say): the old tunnel goes.
+    let new = join(&net, "127.0.0.8", "device").await;
+    assert_closed_with(&old.connection, close_code::REPLACED, "replaced tunnel").await;
+    assert!(new.connection.close_reason().is_none());
     let stats = net.stats().await;
-    assert_eq!(stats["live_streams"], 0, "{stats}");
-    assert_eq!(
-        stats["agents"], 2,
-        "a mute exit is slow, not a protocol error"
-    );
-    echo_once(&net, target, "-country-de").await;
-    holder.abort();
-    raw.endpoint.close(0u32.into(), b"done");
+    assert_eq!(stats["agents"], 1, "{stats}");
+    assert_eq!(stats["per_agent"][0]["exit_id"], exit_before);
 }
 
 #[tokio::test]
@@ -461,7 +490,10 @@ async fn a_second_hello_closes_the_connection_and_removes_the_agent() {
     .await;
     within(
         "send second Hello",
-        write_frame(&mut raw.control_send, &hello(PROTOCOL_VERSION, "raw-twice")),
+        write_frame(
+            &mut raw.control_send,
+            &hello(&raw.connection, &device_key("raw-twice")),
+        ),
     )
     .await
     .expect("second Hello is sent");
@@ -829,15 +861,44 @@ async fn the_tunnel_offers_no_datagram_frames() {
 async fn an_agent_cannot_claim_more_than_the_stream_ceiling() {
     use exitpool::gateway::tunnel::endpoint::MAX_AGENT_STREAMS;
     let net = TestGateway::start().await;
-    let mut greedy = hello(PROTOCOL_VERSION, "greedy");
-    if let AgentMessage::Hello { capacity, .. } = &mut greedy {
-        capacity.max_streams = u32::MAX;
-    }
-    let _joined = join_with(&net, "127.0.0.7", &greedy).await;
+    let _joined = join_with(&net, "127.0.0.7", "greedy", |hello| {
+        if let AgentMessage::Hello { capacity, .. } = hello {
+            capacity.max_streams = u32::MAX;
+        }
+    })
+    .await;
     let stats = net.stats().await;
     let claimed = stats["per_agent"]
         .as_array()
         .and_then(|agents| agents.first())
         .map(|agent| agent["max_streams"].clone());
     assert_eq!(claimed, Some(MAX_AGENT_STREAMS.into()), "{stats}");
+}
+
+#[tokio::test]
+async fn before_a_valid_hello_an_agent_gets_at_most_the_small_window() {
+    use exitpool::gateway::tunnel::endpoint::PRE_HELLO_WINDOW;
+    let net = TestGateway::start().await;
+    let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
+    let connection = dial(&net, &endpoint, &config).await;
+    let (mut send, _recv) = within("open control stream", connection.open_bi())
+        .await
+        .unwrap();
+    // The credit the gateway grants before any Hello bounds what a sender can
+    // put in flight (and so what the gateway may have to buffer). quinn takes
+    // writes at once up to that credit, well before the gateway can read or
+    // answer, so the first stall (or the gateway's close) marks its size.
+    let chunk = vec![0u8; 4 * 1024];
+    let mut written = 0;
+    while let Ok(Ok(accepted)) = tokio::time::timeout(NEVER, send.write(&chunk)).await {
+        written += accepted;
+        assert!(
+            written < 4 * 1024 * 1024,
+            "no window holds this sender back"
+        );
+    }
+    assert!(
+        (4 * 1024..=PRE_HELLO_WINDOW as usize).contains(&written),
+        "{written} bytes accepted before a valid Hello"
+    );
 }

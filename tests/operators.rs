@@ -224,7 +224,7 @@ async fn allowed_countries_bound_targeted_and_untargeted_requests() {
 
 #[tokio::test]
 async fn usage_is_exact_and_survives_a_restart() {
-    let (net, _agent) = limited(Limits::default(), &["127.0.0.2"]).await;
+    let (net, agents) = limited(Limits::default(), &["127.0.0.2"]).await;
     let echo = echo_target().await;
     let (head, mut stream) = connect_as(net.proxy(), echo, "").await;
     assert_eq!(head.status, 200, "{head:?}");
@@ -242,9 +242,13 @@ async fn usage_is_exact_and_survives_a_restart() {
     assert_eq!(alice["bytes_up"], 100_000);
     assert_eq!(alice["connections"], 1);
     assert_eq!(alice["errors_by_code"]["no_exit"], 1);
-    let agents = stats["agent_usage"].as_object().unwrap();
-    assert_eq!(agents.len(), 1);
-    let (agent_id, agent) = agents.iter().next().unwrap();
+    let usage = stats["agent_usage"].as_object().unwrap();
+    assert_eq!(usage.len(), 1);
+    // Keyed by the exit id customers see; the device's own id never shows.
+    let (exit_id, agent) = usage.iter().next().unwrap();
+    assert_eq!(*exit_id, stats["per_agent"][0]["exit_id"]);
+    let device_id = agents[0].stats().agent_id;
+    assert!(!stats.to_string().contains(&device_id), "{stats}");
     assert_eq!(agent["bytes_up"], 100_000);
     assert_eq!(agent["bytes_down"], down);
     assert_eq!(agent["country"], "US");
@@ -258,7 +262,7 @@ async fn usage_is_exact_and_survives_a_restart() {
     let stats = net.stats().await;
     assert_eq!(stats["customers"][USER]["bytes_up"], 100_000);
     assert_eq!(stats["customers"][USER]["bytes_down"], down);
-    assert_eq!(stats["agent_usage"][agent_id]["bytes_down"], down);
+    assert_eq!(stats["agent_usage"][exit_id]["bytes_down"], down);
 
     // The operator resets one customer, then everything.
     let client = reqwest::Client::new();
@@ -273,7 +277,7 @@ async fn usage_is_exact_and_survives_a_restart() {
     assert_eq!(answer.status(), 200);
     let stats = net.stats().await;
     assert_eq!(stats["customers"][USER]["bytes_up"], 0);
-    assert_eq!(stats["agent_usage"][agent_id]["bytes_up"], 100_000);
+    assert_eq!(stats["agent_usage"][exit_id]["bytes_up"], 100_000);
     let answer = within("reset", reset("?customer=nobody")).await.unwrap();
     assert_eq!(answer.status(), 404);
     let answer = within("reset", reset("")).await.unwrap();

@@ -20,7 +20,8 @@ use exitpool::protocol::frame::{body_len, decode_body, HEADER_LEN};
 use exitpool::protocol::host::{parse_authority, parse_host, parse_port};
 use exitpool::protocol::{
     decode, encode, read_frame, AgentMessage, Capacity, FailureCode, FrameError, GatewayMessage,
-    OpenReply, OpenRequest, RejectReason, Secret, TargetHost, MAX_FRAME_LEN, MAX_HOST_LEN,
+    IdentityProof, OpenReply, OpenRequest, RejectReason, Secret, TargetHost, MAX_FRAME_LEN,
+    MAX_HOST_LEN,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -151,17 +152,20 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
     prop_oneof![
         (
             any::<u16>(),
-            text(),
+            (any::<[u8; 32]>(), any::<[[u8; 32]; 2]>()),
             text(),
             text(),
             any::<u32>(),
             any::<bool>()
         )
             .prop_map(
-                |(version, agent_id, token, software, max_streams, accepting)| {
+                |(version, (public_key, signature), token, software, max_streams, accepting)| {
                     AgentMessage::Hello {
                         version,
-                        agent_id,
+                        identity: IdentityProof {
+                            public_key,
+                            signature,
+                        },
                         token: Secret(token),
                         software,
                         capacity: Capacity { max_streams },
@@ -375,8 +379,12 @@ proptest! {
         claim in prop_oneof![any::<u64>(), (MAX_FRAME_LEN as u64)..(1 << 32)],
         tail in vec(any::<u8>(), 0..16),
     ) {
-        // bincode varint: 253 = u64 follows. Hello's second field is a String.
+        // bincode varint: 253 = u64 follows, as a length where a String starts:
+        // Hello's token comes after its version and its fixed-size identity proof.
         let mut body = vec![variant, 1];
+        if variant == 0 {
+            body.extend_from_slice(&[0; 32 + 64]);
+        }
         body.push(253);
         body.extend_from_slice(&claim.to_le_bytes());
         body.extend_from_slice(&tail);

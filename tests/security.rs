@@ -71,22 +71,6 @@ async fn echo_round_trip(stream: &mut TcpStream) {
     assert_eq!(&back, b"ping");
 }
 
-/// The value of a counter in the gateway's `/metrics`.
-async fn metric(net: &TestGateway, name: &str) -> u64 {
-    let text = within(
-        "GET /metrics",
-        reqwest::get(format!("http://{}/metrics", net.admin())),
-    )
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}")) as u64
-}
-
 #[tokio::test]
 async fn a_password_flood_never_stalls_relays() {
     // One Argon2 check at a time, so the flood queues behind it.
@@ -113,7 +97,7 @@ async fn a_password_flood_never_stalls_relays() {
     }
     // Wait until the flood is being hashed.
     within("the flood reaches Argon2", async {
-        while metric(&net, "exitpool_password_hashes_total").await == 0 {
+        while net.metric("exitpool_password_hashes_total").await == 0 {
             tokio::task::yield_now().await;
         }
     })
@@ -187,17 +171,13 @@ async fn an_unknown_name_costs_the_same_hash_as_a_wrong_password() {
     let _agent = net.agent("127.0.0.2").await;
     let echo = echo_target().await;
     let hashes = "exitpool_password_hashes_total";
-    assert_eq!(metric(&net, hashes).await, 0);
+    assert_eq!(net.metric(hashes).await, 0);
 
     let wrong = connect_from("127.0.3.1", net.proxy(), echo, HASHED_USER, "wrong").await;
-    assert_eq!(
-        metric(&net, hashes).await,
-        1,
-        "a wrong password runs Argon2"
-    );
+    assert_eq!(net.metric(hashes).await, 1, "a wrong password runs Argon2");
     let unknown = connect_from("127.0.3.2", net.proxy(), echo, "mallory", "wrong").await;
     assert_eq!(
-        metric(&net, hashes).await,
+        net.metric(hashes).await,
         2,
         "an unknown name runs Argon2 too"
     );
@@ -218,7 +198,7 @@ async fn an_unknown_name_costs_the_same_hash_as_a_wrong_password() {
         let head = connect_from("127.0.3.3", net.proxy(), echo, HASHED_USER, HASHED_PASSWORD).await;
         assert_eq!(head.status, 200, "{head:?}");
     }
-    assert_eq!(metric(&net, hashes).await, 3);
+    assert_eq!(net.metric(hashes).await, 3);
 }
 
 #[tokio::test]
@@ -475,13 +455,13 @@ async fn under_handshake_pressure_agents_prove_their_address_first() {
     let (head, mut tunnel) = connect_as(net.proxy(), echo, "").await;
     assert_eq!(head.status, 200, "{head:?}");
     echo_round_trip(&mut tunnel).await;
-    assert!(metric(&net, "exitpool_tunnel_retries_total").await >= 1);
+    assert!(net.metric("exitpool_tunnel_retries_total").await >= 1);
 }
 
 /// Waits until the gateway has turned `n` agents away for a cap.
 async fn turned_away(net: &TestGateway, n: u64) {
     within("an agent is turned away", async {
-        while metric(net, "exitpool_agents_turned_away_total").await < n {
+        while net.metric("exitpool_agents_turned_away_total").await < n {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

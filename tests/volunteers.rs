@@ -107,19 +107,19 @@ async fn the_state_directory_and_its_files_are_owner_only() {
         .await;
     within("agent stops", agent.shutdown()).await.unwrap();
     assert_eq!(mode(&fresh), 0o700);
-    for file in ["agent-id", "usage.json"] {
+    for file in ["device-key", "usage.json"] {
         assert_eq!(mode(&fresh.join(file)), 0o600, "{file}");
     }
     // A directory an older agent (or a careless copy) left readable by others
     // is tightened at the next start.
     loosen(&fresh, 0o755);
-    loosen(&fresh.join("agent-id"), 0o644);
+    loosen(&fresh.join("device-key"), 0o644);
     loosen(&fresh.join("usage.json"), 0o666);
     let agent = net
         .spawn(net.agent_builder("127.0.0.2").state_dir(&fresh))
         .await;
     assert_eq!(mode(&fresh), 0o700);
-    for file in ["agent-id", "usage.json"] {
+    for file in ["device-key", "usage.json"] {
         assert_eq!(mode(&fresh.join(file)), 0o600, "{file}");
     }
     within("agent stops", agent.shutdown()).await.unwrap();

@@ -217,22 +217,22 @@ impl AgentBuilder {
                     source,
                 }
             })?;
-        let agent_id = match &self.config.state_dir {
-            Some(dir) => {
-                state::load_or_create_agent_id(dir).map_err(|source| AgentError::State {
-                    path: dir.clone(),
-                    source,
-                })?
-            }
-            None => state::random_agent_id(),
-        };
+        let device_key = match &self.config.state_dir {
+            Some(dir) => state::load_or_create_device_key(dir),
+            None => state::ephemeral_device_key(),
+        }
+        .map_err(|source| AgentError::State {
+            path: self.config.state_dir.clone().unwrap_or_default(),
+            source,
+        })?;
         if self.config.policy.allows_private() {
             tracing::warn!("--allow-private is on: this agent will dial loopback and private networks. Use it for local testing only.");
         }
         let shared = Arc::new(Shared {
             policy: watch::Sender::new(Arc::new(self.config.policy.clone())),
             config: self.config,
-            agent_id,
+            agent_id: device_key.agent_id(),
+            device_key,
             paused: watch::Sender::new(false),
             session: watch::Sender::new(None),
             counters: Counters::default(),

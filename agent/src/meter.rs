@@ -268,10 +268,7 @@ mod tests {
     }
 
     fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "exitpool-meter-{}",
-            crate::state::random_agent_id()
-        ));
+        let dir = std::env::temp_dir().join(format!("exitpool-meter-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

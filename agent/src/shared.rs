@@ -14,7 +14,10 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub config: AgentConfig,
+    /// Derived from `device_key`; kept for stats and logs.
     pub agent_id: String,
+    /// Proves `agent_id` to the gateway at every connection.
+    pub device_key: exitpool_protocol::DeviceKey,
     pub paused: watch::Sender<bool>,
     pub session: watch::Sender<Option<SessionInfo>>,
     /// The configured policy plus the own addresses as last read; each new

@@ -1,13 +1,20 @@
-//! The agent's state directory: its random id, stable across restarts so the
-//! gateway (and customers' sticky sessions) recognise it, and the other files
-//! kept there (usage, the pins it has connected with). Only the owner may read
-//! them: the directory is 0700 and every file 0600 on Unix, set when created
-//! and tightened at start for a directory an older agent left looser.
+//! The agent's state directory: its device key, whose public half its id is
+//! derived from (stable across restarts, so the gateway and customers' sticky
+//! sessions recognise it, and unforgeable, since only this device can sign with
+//! it), and the other files kept there (usage, the pins it has connected with).
+//! Only the owner may read them: the directory is 0700 and every file 0600 on
+//! Unix, set when created and tightened at start for a directory an older agent
+//! left looser.
 
+use exitpool_protocol::DeviceKey;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const AGENT_ID_FILE: &str = "agent-id";
+/// The device key, as a PKCS#8 document.
+const DEVICE_KEY_FILE: &str = "device-key";
+/// Where protocol version 1 agents kept a self-declared id, now replaced by the
+/// key's.
+const OLD_AGENT_ID_FILE: &str = "agent-id";
 /// The gateway pins this agent has been welcomed with, one per line.
 const PINS_FILE: &str = "connected-pins";
 /// Mode of the state directory: the owner only.
@@ -27,31 +34,51 @@ pub fn default_dir() -> PathBuf {
     }
 }
 
-/// A new random id: 32 hex digits.
-pub fn random_agent_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+/// A new device key, kept in memory only: an agent without a state directory
+/// has a new id every run.
+pub fn ephemeral_device_key() -> std::io::Result<DeviceKey> {
+    DeviceKey::generate()
+        .map(|(key, _)| key)
+        .map_err(std::io::Error::other)
 }
 
-/// Reads the id from `dir`, creating the directory and the id on first start.
-pub fn load_or_create_agent_id(dir: &Path) -> std::io::Result<String> {
-    let path = dir.join(AGENT_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let id = text.trim();
-            if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Ok(id.to_owned());
-            }
-            Err(std::io::Error::new(
+/// Reads the device key from `dir`, creating the directory and the key on first
+/// start. A file that is there but is not a key is an error, never silently
+/// replaced: the id, and the usage the gateway counted for it, hang on it.
+pub fn load_or_create_device_key(dir: &Path) -> std::io::Result<DeviceKey> {
+    let path = dir.join(DEVICE_KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(document) => DeviceKey::from_pkcs8(&document).map_err(|error| {
+            std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("{} does not hold a 32-hex-digit agent id", path.display()),
-            ))
-        }
+                format!("{}: {error}", path.display()),
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             prepare_dir(dir)?;
-            let id = random_agent_id();
-            write_atomically(&path, format!("{id}\n").as_bytes())?;
-            Ok(id)
+            let (key, document) = DeviceKey::generate().map_err(std::io::Error::other)?;
+            write_atomically(&path, &document)?;
+            retire_old_id(dir, &key)?;
+            Ok(key)
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a version 1 agent's self-declared id, saying what replaces it, so
+/// the volunteer can tell the operator (payouts are counted per id).
+fn retire_old_id(dir: &Path, key: &DeviceKey) -> std::io::Result<()> {
+    let path = dir.join(OLD_AGENT_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(old) => {
+            tracing::warn!(
+                old_id = old.trim(),
+                new_id = %key.agent_id(),
+                "agent ids are now bound to a device key: this agent has a new id"
+            );
+            std::fs::remove_file(path)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -169,19 +196,43 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A fresh directory name under the system's temporary directory.
+    fn temp_dir(purpose: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "exitpool-agent-{purpose}-{}",
+            rand::random::<u64>()
+        ))
+    }
+
     #[test]
-    fn id_is_created_once_and_kept() {
-        let dir = std::env::temp_dir().join(format!("exitpool-agent-id-{}", random_agent_id()));
-        let first = load_or_create_agent_id(&dir).unwrap();
-        assert_eq!(load_or_create_agent_id(&dir).unwrap(), first);
-        std::fs::write(dir.join(AGENT_ID_FILE), "garbage").unwrap();
-        assert!(load_or_create_agent_id(&dir).is_err());
+    fn the_key_is_created_once_and_kept() {
+        let dir = temp_dir("key");
+        let first = load_or_create_device_key(&dir).unwrap().agent_id();
+        assert_eq!(load_or_create_device_key(&dir).unwrap().agent_id(), first);
+        std::fs::write(dir.join(DEVICE_KEY_FILE), "garbage").unwrap();
+        let error = load_or_create_device_key(&dir).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains(DEVICE_KEY_FILE), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_id_is_retired_for_the_key() {
+        let dir = temp_dir("old-id");
+        prepare_dir(&dir).unwrap();
+        std::fs::write(
+            dir.join(OLD_AGENT_ID_FILE),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
+        load_or_create_device_key(&dir).unwrap();
+        assert!(!dir.join(OLD_AGENT_ID_FILE).exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn pins_are_remembered_once_each() {
-        let dir = std::env::temp_dir().join(format!("exitpool-agent-pins-{}", random_agent_id()));
+        let dir = temp_dir("pins");
         prepare_dir(&dir).unwrap();
         let (a, b) = ("sha256:aa", "sha256:bb");
         assert!(!has_connected_with(&dir, a).unwrap());
@@ -205,23 +256,23 @@ mod tests {
     #[test]
     fn new_state_is_owner_only_and_loose_state_is_tightened() {
         use std::os::unix::fs::PermissionsExt;
-        let root = std::env::temp_dir().join(format!("exitpool-agent-mode-{}", random_agent_id()));
+        let root = temp_dir("mode");
         let dir = root.join("agent");
-        load_or_create_agent_id(&dir).unwrap();
+        load_or_create_device_key(&dir).unwrap();
         write_atomically(&dir.join("usage.json"), b"{}").unwrap();
         assert_eq!(mode(&dir), DIR_MODE);
-        assert_eq!(mode(&dir.join(AGENT_ID_FILE)), FILE_MODE);
+        assert_eq!(mode(&dir.join(DEVICE_KEY_FILE)), FILE_MODE);
         assert_eq!(mode(&dir.join("usage.json")), FILE_MODE);
         // A directory an older agent left world-readable is tightened at start.
         let loose = |path: &Path, mode| {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
         };
         loose(&dir, 0o755);
-        loose(&dir.join(AGENT_ID_FILE), 0o644);
+        loose(&dir.join(DEVICE_KEY_FILE), 0o644);
         loose(&dir.join("usage.json"), 0o666);
         prepare_dir(&dir).unwrap();
         assert_eq!(mode(&dir), DIR_MODE);
-        assert_eq!(mode(&dir.join(AGENT_ID_FILE)), FILE_MODE);
+        assert_eq!(mode(&dir.join(DEVICE_KEY_FILE)), FILE_MODE);
         assert_eq!(mode(&dir.join("usage.json")), FILE_MODE);
         std::fs::remove_dir_all(root).unwrap();
     }

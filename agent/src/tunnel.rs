@@ -508,9 +508,11 @@ async fn hello(
         .open_control()
         .await
         .map_err(|e| retry("opening the control stream", &e))?;
+    let material = exitpool_transport::tunnel::identity_material(connection)
+        .map_err(|e| retry("proving the device key", &e))?;
     let hello = AgentMessage::Hello {
         version: PROTOCOL_VERSION,
-        agent_id: shared.agent_id.clone(),
+        identity: shared.device_key.prove(&material),
         token: config.token.clone(),
         software: config.software.clone(),
         capacity: Capacity {

@@ -310,7 +310,23 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
         "customers": customers,
-        "agent_usage": usage.agents,
+        // By exit id: the device ids stay with the gateway, so /stats cannot
+        // help anyone claim an agent's identity or link exits to devices.
+        "agent_usage": usage
+            .agents
+            .into_values()
+            .map(|agent| {
+                let entry = serde_json::json!({
+                    "country": agent.country,
+                    "bytes_up": agent.totals.bytes_up,
+                    "bytes_down": agent.totals.bytes_down,
+                    "connections": agent.totals.connections,
+                    "errors": agent.totals.errors,
+                    "errors_by_code": agent.totals.errors_by_code,
+                });
+                (agent.exit_id, entry)
+            })
+            .collect::<serde_json::Map<_, _>>(),
     })
 }
 

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub tunnel_retries: Counter,
     /// Agents told to come back later: their network or token is at its cap.
     pub agents_turned_away: Counter,
+    /// Agents refused because their identity proof did not verify (impostors,
+    /// replayed or malformed proofs).
+    pub agent_identity_refusals: Counter,
     agents: Gauge,
     agents_by_country: Family<CountryLabel, Gauge>,
     agents_by_transport: Family<TransportLabel, Gauge>,
@@ -89,6 +92,7 @@ impl Metrics {
             password_hashes: Counter::default(),
             tunnel_retries: Counter::default(),
             agents_turned_away: Counter::default(),
+            agent_identity_refusals: Counter::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
             agents_by_transport: Family::default(),
@@ -151,6 +155,11 @@ impl Metrics {
             "agents_turned_away",
             "Agents told to try again later: their network or enrolment token holds its maximum",
             metrics.agents_turned_away.clone(),
+        );
+        registry.register(
+            "agent_identity_refusals",
+            "Agents refused because their device-key proof did not verify for the connection",
+            metrics.agent_identity_refusals.clone(),
         );
         registry.register(
             "connect_seconds",

@@ -84,6 +84,22 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(message)
 }
 
+/// The version a `Hello` body declares, read from its first fields alone, so a
+/// gateway can answer an agent of another protocol version with a clear refusal
+/// even when the rest of its `Hello` no longer decodes. `None` when the body is
+/// not a `Hello` at all.
+pub fn hello_version(body: &[u8]) -> Option<u16> {
+    /// `AgentMessage::Hello`'s variant index and first field: the part of the
+    /// layout every version keeps.
+    #[derive(serde::Deserialize)]
+    enum HelloPrefix {
+        Hello { version: u16 },
+    }
+    let (HelloPrefix::Hello { version }, _) =
+        bincode::serde::decode_from_slice::<HelloPrefix, _>(body, config()).ok()?;
+    Some(version)
+}
+
 /// Reads exactly one frame; reads nothing past it, so raw bytes that follow stay in
 /// the stream for the relay. A stream that ends before the frame's first byte is
 /// [`FrameError::Ended`]; one that ends inside it is [`FrameError::Truncated`].
@@ -91,6 +107,16 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 pub async fn read_frame<T, R>(reader: &mut R) -> Result<T, FrameError>
 where
     T: DeserializeOwned,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    decode_body(&read_frame_body(reader).await?)
+}
+
+/// Reads exactly one frame and returns its body undecoded, for a reader that
+/// looks at it before decoding (the gateway checking a `Hello`'s version).
+#[cfg(feature = "tokio")]
+pub async fn read_frame_body<R>(reader: &mut R) -> Result<Vec<u8>, FrameError>
+where
     R: tokio::io::AsyncRead + Unpin,
 {
     use tokio::io::AsyncReadExt;
@@ -101,7 +127,7 @@ where
     read_exact(reader, &mut header[1..]).await?;
     let mut body = vec![0u8; body_len(header)?];
     read_exact(reader, &mut body).await?;
-    return decode_body(&body);
+    return Ok(body);
 
     async fn read_exact<R: tokio::io::AsyncRead + Unpin>(
         reader: &mut R,
@@ -135,7 +161,7 @@ mod tests {
     fn hello() -> AgentMessage {
         AgentMessage::Hello {
             version: PROTOCOL_VERSION,
-            agent_id: "a1b2".into(),
+            identity: crate::DeviceKey::from_seed(&[3; 32]).prove(&[4; 32]),
             token: "tok".into(),
             software: "test".into(),
             capacity: Capacity { max_streams: 8 },
@@ -163,6 +189,32 @@ mod tests {
             decode::<OpenReply>(&encode(&reply).unwrap()).unwrap(),
             reply
         );
+    }
+
+    #[test]
+    fn a_hello_of_any_version_shows_its_version() {
+        let body = &encode(&hello()).unwrap()[HEADER_LEN..];
+        assert_eq!(hello_version(body), Some(PROTOCOL_VERSION));
+        /// Version 1's layout: a declared id where version 2 has its proof.
+        #[derive(serde::Serialize)]
+        enum HelloV1 {
+            Hello {
+                version: u16,
+                agent_id: String,
+                token: String,
+            },
+        }
+        let old = encode(&HelloV1::Hello {
+            version: 1,
+            agent_id: "a1b2".into(),
+            token: "tok".into(),
+        })
+        .unwrap();
+        assert!(decode::<AgentMessage>(&old).is_err());
+        assert_eq!(hello_version(&old[HEADER_LEN..]), Some(1));
+        let load = encode(&AgentMessage::Draining).unwrap();
+        assert_eq!(hello_version(&load[HEADER_LEN..]), None);
+        assert_eq!(hello_version(&[]), None);
     }
 
     #[test]

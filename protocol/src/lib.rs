@@ -16,7 +16,8 @@
 //! The length is checked against [`MAX_FRAME_LEN`] before anything is allocated.
 //! The target an `OpenRequest` names follows one grammar, [`host`], which both
 //! the gateway and the agent parse with; [`close_code`] says why a tunnel was
-//! closed, in both directions.
+//! closed, in both directions. An agent's id is not declared but proven:
+//! [`identity`] derives it from a device key that signs each connection.
 //!
 //! This crate is pure: without its `tokio` feature (on by default, for
 //! `read_frame`/`write_frame`) it does no I/O. What moves bytes (the relay,
@@ -27,10 +28,12 @@
 
 pub mod frame;
 pub mod host;
+pub mod identity;
 pub mod messages;
 
-pub use frame::{decode, encode, FrameError, MAX_FRAME_LEN};
+pub use frame::{decode, decode_body, encode, hello_version, FrameError, MAX_FRAME_LEN};
 #[cfg(feature = "tokio")]
-pub use frame::{read_frame, write_frame};
+pub use frame::{read_frame, read_frame_body, write_frame};
 pub use host::{parse_authority, parse_host, parse_port, AuthorityError, HostError};
+pub use identity::{DeviceKey, IdentityError, IdentityProof};
 pub use messages::*;

@@ -1,6 +1,7 @@
 //! The messages of the tunnel protocol, one enum per direction and stream kind,
 //! with the limits and timeouts that belong to them.
 
+use crate::identity::IdentityProof;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +11,8 @@ use std::time::Duration;
 pub const ALPN: &[u8] = b"exitpool/1";
 
 /// Version carried in [`AgentMessage::Hello`]; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: agents prove their id with a device key ([`crate::identity`]).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// How long an agent has, after its QUIC handshake, to send a valid `Hello`, and how
 /// long either side waits for the answer to a handshake message.
@@ -102,8 +104,9 @@ pub enum AgentMessage {
     Hello {
         /// Must equal [`PROTOCOL_VERSION`]; checked before anything else.
         version: u16,
-        /// Random id kept on the device, stable across restarts.
-        agent_id: String,
+        /// The device key and its proof for this connection; the agent's id is
+        /// derived from the key, never declared.
+        identity: IdentityProof,
         /// Enrolment token the operator handed out.
         token: Secret,
         /// Free-form software name and version, for the operator's stats.
@@ -153,15 +156,12 @@ pub enum RejectReason {
     BadToken,
     /// The agent speaks another protocol version.
     UnsupportedVersion,
-    /// The agent id is malformed or already connected.
+    /// The identity proof is malformed or does not verify for this connection.
     BadAgentId,
     /// The enrolment token, or the agent's source network, already has its
     /// maximum of agents connected; the agent tries again later.
     TooManyAgents,
 }
-
-/// Longest agent id accepted in `Hello`.
-pub const MAX_AGENT_ID_LEN: usize = 64;
 
 /// A destination the gateway asks an agent to dial.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -199,6 +199,20 @@ impl TestGateway {
         handle
     }
 
+    /// The value of a counter or gauge in the gateway's `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let url = format!("http://{}/metrics", self.admin());
+        let response = within("GET /metrics", reqwest::get(url))
+            .await
+            .expect("metrics answers");
+        let text = within("metrics body", response.text())
+            .await
+            .expect("metrics is text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}")) as u64
+    }
+
     /// `GET /stats` as JSON.
     pub async fn stats(&self) -> serde_json::Value {
         let url = format!("http://{}/stats", self.admin());

@@ -173,3 +173,17 @@ pub trait TunnelConnection: Clone + Send + Sync + 'static {
     /// Resolves once the tunnel has ended.
     fn closed(&self) -> impl Future<Output = ()> + Send;
 }
+
+/// This tunnel's TLS keying material for the agent's identity proof
+/// ([`exitpool_protocol::identity`]): the same on both ends of one connection,
+/// different on every other, on either transport.
+pub fn identity_material<C: TunnelConnection>(
+    connection: &C,
+) -> io::Result<[u8; exitpool_protocol::identity::EXPORTER_LEN]> {
+    use exitpool_protocol::identity::{EXPORTER_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN};
+    let mut material = [0u8; EXPORTER_LEN];
+    connection
+        .export_keying_material(&mut material, EXPORTER_LABEL, EXPORTER_CONTEXT)
+        .map_err(|_| io::Error::other("TLS keying material export failed"))?;
+    Ok(material)
+}
