@@ -287,7 +287,8 @@ impl GatewayProcess {
 }
 
 /// Starts the real `agent` binary against `tunnel`, bound to `bind`, allowed to
-/// reach loopback targets, with its state in `dir`.
+/// reach loopback targets, with its state in `dir`, on `transport` (`quic`,
+/// `tcp` or `auto`).
 pub fn spawn_agent_process(
     binary: &Path,
     tunnel: SocketAddr,
@@ -295,9 +296,11 @@ pub fn spawn_agent_process(
     bind: IpAddr,
     dir: &Path,
     max_streams: Option<u32>,
+    transport: &str,
 ) -> Result<Process> {
     Ok(Launch::new(binary)
         .args(["--gateway", &tunnel.to_string(), "--pin", pin])
+        .args(["--transport", transport])
         .args(["--bind", &bind.to_string(), "--allow-private"])
         .args(max_streams.map(|n| format!("--max-streams={n}")))
         .arg("--state-dir")
@@ -329,6 +332,7 @@ impl Processes {
         agents: usize,
         max_connections: usize,
         max_streams: Option<u32>,
+        transport: &str,
     ) -> Result<Processes> {
         let state = tempfile::tempdir()?;
         let pin = pin_of(&bins.gateway, state.path()).await?;
@@ -351,6 +355,7 @@ impl Processes {
                 bind,
                 dir.path(),
                 max_streams,
+                transport,
             )?);
             dirs.push(dir);
         }
