@@ -165,6 +165,11 @@ async fn a_quic_capable_agent_that_started_on_tcp_moves_to_quic_without_breaking
     )
     .await;
     assert_eq!(transport_in_stats(&net).await, "quic");
+    // The TCP tunnel is still held for the transfer on it, not closed as a
+    // replaced one: the agent drains it.
+    let stats = net.stats().await;
+    assert_eq!(stats["transports"]["tcp"], 1, "{stats}");
+    assert_eq!(stats["transports"]["quic"], 1, "{stats}");
 
     // The transfer on the old tunnel still runs, both ways, to a clean end.
     stream.write_all(b"after").await.unwrap();
@@ -189,6 +194,91 @@ async fn a_quic_capable_agent_that_started_on_tcp_moves_to_quic_without_breaking
         exitpool::agent::state::remembered_transport(state.path()).as_deref(),
         Some("quic")
     );
+}
+
+/// A UDP forwarder on 127.0.0.9 towards `gateway`'s QUIC port that the test
+/// can make drop everything, as a network that throttles UDP after the
+/// handshake does. Returns its address and the switch.
+async fn udp_forwarder(
+    gateway: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let outside = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.9:0").await.unwrap());
+    let inside = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.9:0").await.unwrap());
+    let address = outside.local_addr().unwrap();
+    let dropping = std::sync::Arc::new(AtomicBool::new(false));
+    let (client_tx, client_rx) = tokio::sync::watch::channel(None::<SocketAddr>);
+    let (o, i, d) = (outside.clone(), inside.clone(), dropping.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = o.recv_from(&mut buf).await {
+            client_tx.send_replace(Some(from));
+            if !d.load(Ordering::Relaxed) {
+                let _ = i.send_to(&buf[..n], gateway).await;
+            }
+        }
+    });
+    let d = dropping.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, _)) = inside.recv_from(&mut buf).await {
+            let client = *client_rx.borrow();
+            if let (Some(client), false) = (client, d.load(Ordering::Relaxed)) {
+                let _ = outside.send_to(&buf[..n], client).await;
+            }
+        }
+    });
+    (address, dropping)
+}
+
+#[tokio::test]
+async fn a_quic_tunnel_that_goes_silent_counts_as_blocked_and_the_agent_falls_back_to_tcp() {
+    let gateway_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let quic_port = gateway_udp.local_addr().unwrap();
+    drop(gateway_udp);
+    let (forwarder, dropping) = udp_forwarder(quic_port).await;
+    // The TCP port has the forwarder's port number on 127.0.0.9, so the agent
+    // needs one HOST:PORT for both, as in production.
+    let net = TestGateway::start_with(|config| {
+        config.tunnel = quic_port;
+        config.tunnel_tcp = TunnelTcp::At(forwarder);
+    })
+    .await;
+    let keep_alive = Duration::from_millis(300);
+    let agent = Agent::builder(
+        forwarder.to_string(),
+        net.gateway.pin().parse().unwrap(),
+        TOKEN,
+    )
+    .bind("127.0.0.2".parse().unwrap())
+    .allow_private(true)
+    .transport(TransportChoice::Auto)
+    .keep_alive(keep_alive)
+    // QUIC surely wins the first race, however busy the machine.
+    .race_delay(Duration::from_secs(5))
+    .spawn()
+    .unwrap();
+    let mut session = agent.session();
+    let joined = within("agent joins over QUIC", agent.connected()).await;
+    assert_eq!(joined.transport, "quic");
+    // UDP goes quiet after the handshake: no error, just nothing.
+    dropping.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fell_back = std::time::Instant::now();
+    within(
+        "agent falls back to TCP",
+        session.wait_for(|info| info.as_ref().is_some_and(|info| info.transport == "tcp")),
+    )
+    .await
+    .unwrap();
+    assert!(
+        fell_back.elapsed() < exitpool::protocol::IDLE_TIMEOUT,
+        "fell back after {:?}, not within a few keep-alives",
+        fell_back.elapsed()
+    );
+    let target = http_target("127.0.0.1").await;
+    let (head, body) = exit_ip(net.proxy(), target, "").await;
+    assert_eq!(head.status, 200);
+    assert_eq!(body, "127.0.0.2");
 }
 
 #[tokio::test]

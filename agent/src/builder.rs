@@ -190,6 +190,12 @@ impl AgentBuilder {
         self
     }
 
+    /// QUIC's head start in the race (see [`AgentConfig::race_delay`]).
+    pub fn race_delay(mut self, delay: Duration) -> Self {
+        self.config.race_delay = delay;
+        self
+    }
+
     /// How often QUIC is tried again while on TCP (see [`AgentConfig::quic_retry`]).
     pub fn quic_retry(mut self, every: Duration) -> Self {
         self.config.quic_retry = every;

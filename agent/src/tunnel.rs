@@ -322,6 +322,8 @@ async fn session(
     tokio::pin!(probe);
     let mut silence = Silence::new(&connection);
     let mut degraded_check = tokio::time::interval(config.keep_alive);
+    // The first check one interval from now, not at once.
+    degraded_check.reset();
     let end = loop {
         tokio::select! {
             accepted = connection.accept_stream() => match accepted {

@@ -32,10 +32,19 @@ pub fn free_tcp_port() -> Result<u16> {
         .port())
 }
 
-fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A tunnel port number free on both UDP (QUIC) and TCP (the TLS fallback,
+/// which the gateway binds on the same number), with both sockets held so the
+/// caller can pick its other ports without drawing this one; drop them just
+/// before the gateway starts.
+fn free_tunnel_port() -> Result<(u16, std::net::UdpSocket, std::net::TcpListener)> {
+    for _ in 0..64 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok((port, udp, tcp));
+        }
+    }
+    bail!("no port number free on both UDP and TCP after 64 tries")
 }
 
 /// Polls `check` every 50 ms until it holds, at most `bound`.
@@ -153,15 +162,17 @@ impl GatewayProcess {
         max_connections: usize,
         threads: usize,
     ) -> Result<GatewayProcess> {
+        let (tunnel, held_udp, held_tcp) = free_tunnel_port()?;
         let launch = GatewayLaunch {
             binary: binary.to_owned(),
             state: state.to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
-            tunnel: SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)),
+            tunnel: SocketAddr::from(([127, 0, 0, 1], tunnel)),
             admin: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
             max_connections,
             threads,
         };
+        drop((held_udp, held_tcp));
         Self::spawn(launch, Duration::from_secs(20)).await
     }
 

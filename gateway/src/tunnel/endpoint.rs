@@ -363,11 +363,16 @@ pub(crate) async fn join(connection: Tunnel, shared: &Shared) -> Result<Joined, 
         },
     );
     if let Some(old) = replaced {
-        shared.links.close(
-            old.key,
-            close_code::REPLACED,
-            b"replaced by a newer connection",
-        );
+        // An agent moving from TLS/TCP back to QUIC keeps its old tunnel until
+        // the customers on it are done, then leaves it itself; the directory
+        // already routes to the new one. Same transport: a stale tunnel.
+        if shared.links.transport(old.key) == Some(connection.transport()) {
+            shared.links.close(
+                old.key,
+                close_code::REPLACED,
+                b"replaced by a newer connection",
+            );
+        }
     }
     let welcome = GatewayMessage::Welcome {
         observed_addr: connection.remote_address(),
