@@ -1,5 +1,6 @@
 //! Log set-up for both binaries: `RUST_LOG` filtering, text or JSON lines on
-//! stderr. Text lines escape control characters in every field and message, so
+//! stderr, written by a logging thread so a slow terminal or pipe never stalls
+//! the runtime (the gateway logs one access line per connection). Text lines escape control characters in every field and message, so
 //! nothing that came off the network (a user name, a targeting key, an agent's
 //! software string, a failure detail) can start a forged line or move the
 //! terminal's cursor. JSON strings are escaped by the format itself.
@@ -18,20 +19,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// Keeps the logging thread running; dropping it writes out what is queued.
+/// Hold it for the life of `main`.
+#[must_use = "dropping the guard stops the logging thread"]
+pub struct LogGuard {
+    _thread: tracing_appender::non_blocking::WorkerGuard,
+}
+
 /// Installs the global subscriber: level from `RUST_LOG` (default `info`).
-pub fn init(format: LogFormat) {
+/// Lines queue for the logging thread; a full queue (128,000 lines) makes the
+/// logging task wait rather than drop lines, so no line is ever lost.
+pub fn init(format: LogFormat) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("exitpool-logs")
+        .finish(std::io::stderr());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => logs
             .fmt_fields(debug_fn(escaped_field).delimited(" "))
             .init(),
         LogFormat::Json => logs.json().init(),
     }
+    LogGuard { _thread: guard }
 }
 
 /// Formats one field as the default text format does (`name=value`, the

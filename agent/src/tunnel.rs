@@ -46,6 +46,11 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// closes idle customers much earlier; this is the agent's own bound).
 pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Longest a new stream waits for a stream slot before the agent answers that it
+/// is at its limit: long enough for a finishing stream's task to let go of its
+/// slot, short enough that a customer of a truly full exit hears it at once.
+const SLOT_GRACE: Duration = Duration::from_millis(100);
+
 /// Capped exponential backoff with full jitter.
 #[derive(Debug)]
 pub struct Backoff {
@@ -623,9 +628,19 @@ async fn serve_stream(context: StreamContext, mut send: StreamSend, mut recv: St
                 return;
             }
         };
-    let permit = match context.slots.clone().try_acquire_owned() {
-        Ok(permit) if context.accepting => permit,
-        _ => {
+    // A finished stream's QUIC credit reaches the gateway a moment before its
+    // task here drops its slot, so the gateway may open the next stream just
+    // before the slot is free: that moment is waited out, not refused.
+    let permit = match context.accepting {
+        true => tokio::time::timeout(SLOT_GRACE, context.slots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok),
+        false => None,
+    };
+    let permit = match permit {
+        Some(permit) => permit,
+        None => {
             let detail = if context.accepting {
                 "the exit is at its stream limit"
             } else {
@@ -644,7 +659,6 @@ async fn serve_stream(context: StreamContext, mut send: StreamSend, mut recv: St
     };
     // Counted live until dropped, whichever way this task ends.
     let _active = ActiveStream::start(&context.shared.counters);
-    let target = format!("{}:{}", request.host, request.port);
     match dial(
         &request,
         &context.policy,
@@ -658,7 +672,7 @@ async fn serve_stream(context: StreamContext, mut send: StreamSend, mut recv: St
             // the target is the customer's text, and one line each would let
             // customers write into the volunteer's log at will.
             if !context.shared.counters.count_refusal(error.code) {
-                debug!(%target, code = ?error.code, "dial failed");
+                debug!(host = %request.host, port = request.port, code = ?error.code, "dial failed");
             }
             fail(&mut send, error).await;
         }
@@ -675,7 +689,7 @@ async fn serve_stream(context: StreamContext, mut send: StreamSend, mut recv: St
                 let meter = &context.shared.meter;
                 let (transferred, result) =
                     relay(read, write, send, recv, RELAY_IDLE_TIMEOUT, &live, meter).await;
-                debug!(%target, up = transferred.quic_to_tcp, down = transferred.tcp_to_quic, ok = result.is_ok(), "stream done");
+                debug!(host = %request.host, port = request.port, up = transferred.quic_to_tcp, down = transferred.tcp_to_quic, ok = result.is_ok(), "stream done");
             }
         }
     }

@@ -67,6 +67,10 @@ pub struct Args {
     /// would have a machine of its own.
     #[arg(long, default_value_t = 1)]
     pub gateway_threads: usize,
+    /// The gateway's `RUST_LOG`. `info`, its default, writes the access line of
+    /// every connection; `warn` measures it without.
+    #[arg(long, default_value = "info")]
+    pub gateway_log: String,
     /// bulk, connect, rate and fanout: also measure the gateway with `--threads 2`.
     #[arg(long)]
     pub compare_runtimes: bool,

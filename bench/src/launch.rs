@@ -17,6 +17,14 @@ pub const TOKEN: &str = "loadtest-token";
 pub const USER: &str = "bench";
 pub const PASSWORD: &str = "benchpass";
 
+/// The gateways' `RUST_LOG`, set once from `--gateway-log`.
+static GATEWAY_LOG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the `RUST_LOG` every gateway of this run starts with.
+pub fn set_gateway_log(level: &str) {
+    let _ = GATEWAY_LOG.set(level.to_owned());
+}
+
 /// A program on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
@@ -198,7 +206,7 @@ impl GatewayProcess {
             .args(["--threads", &threads.to_string()])
             .env("EXITPOOL_AGENT_TOKEN", TOKEN)
             .env("EXITPOOL_USERS", format!("{USER}:{PASSWORD}"))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", GATEWAY_LOG.get().map_or("info", String::as_str))
             .start(Ready::line(GATEWAY_READY), ready_bound)
             .await?;
         Ok(GatewayProcess { process, launch })

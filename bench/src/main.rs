@@ -56,6 +56,7 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
+    launch::set_gateway_log(&args.gateway_log);
     if args.hop.is_hop() {
         return bare_relay::run_hop(&args.hop);
     }

@@ -122,7 +122,7 @@ pub fn setup(args: &Args, sizes: &Sizes) -> Value {
         "kernel": kernel,
         "memory_mib": mem,
         "profile": if cfg!(debug_assertions) { "dev (debug assertions on)" } else { "release" },
-        "runtime": format!("client and target: tokio multi-thread in this process; gateway process: --threads {}; agent processes: their default (current-thread)", args.gateway_threads),
+        "runtime": format!("client and target: tokio multi-thread in this process; gateway process: --threads {}, RUST_LOG={} (info: an access line per connection); agent processes: their default (current-thread)", args.gateway_threads, args.gateway_log),
         "bulk_mib": sizes.bulk_mib,
         "bulk_rounds": sizes.bulk_rounds,
         "connects": sizes.connects,

@@ -2,6 +2,7 @@
 //! two steps (ask, then enforce a deadline).
 
 use crate::abuse::{AuthFailures, PasswordChecks};
+use crate::access::AccessLog;
 use crate::accounts::{self, Accounts, AccountsError};
 use crate::config::{GatewayConfig, TunnelTcp};
 use crate::directory::{AgentDirectory, LocalDirectory};
@@ -43,6 +44,9 @@ pub enum StartError {
     /// The admin port would be reachable beyond loopback without a token.
     #[error("the admin port {0} is not on loopback: set --admin-token (EXITPOOL_ADMIN_TOKEN) or bind it to 127.0.0.1")]
     AdminTokenRequired(SocketAddr),
+    /// The access-log thread could not be started.
+    #[error("starting the access-log thread: {0}")]
+    AccessLog(std::io::Error),
     /// The state directory is unusable.
     #[error("state directory {path}: {source}")]
     State {
@@ -151,6 +155,7 @@ impl Gateway {
             limits: Limiter::default(),
             usage: Box::new(MemoryUsage::from_snapshot(&used)),
             metrics: Metrics::new(),
+            access_log: AccessLog::start().map_err(StartError::AccessLog)?,
         });
         shared
             .tasks
@@ -241,6 +246,7 @@ impl Gateway {
         {
             info!(?grace, "grace period over; closing what is left");
         }
+        self.shared.access_log.flush(grace).await;
         for agent in self.shared.directory.agents() {
             self.shared.directory.remove(agent.key);
             self.shared

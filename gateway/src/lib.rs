@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod abuse;
+pub mod access;
 pub mod accounts;
 pub mod admin;
 pub mod auth;

@@ -3,6 +3,7 @@
 //! failure, reloading accounts, writing usage.
 
 use crate::abuse::{AuthFailures, PasswordChecks};
+use crate::access::AccessLog;
 use crate::accounts::{Accounts, AccountsError};
 use crate::config::GatewayConfig;
 use crate::directory::{Agent, AgentDirectory, Location};
@@ -49,6 +50,8 @@ pub struct Shared {
     pub usage: Box<dyn UsageSink>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// One line per transfer, written off the runtime.
+    pub access_log: AccessLog,
 }
 
 impl Shared {

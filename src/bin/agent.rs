@@ -67,7 +67,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    exitpool::logs::init(exitpool::logs::LogFormat::Text);
+    let _logs = exitpool::logs::init(exitpool::logs::LogFormat::Text);
     let args = Args::parse();
     exitpool::cli::run("agent", args.threads, run(args))
 }

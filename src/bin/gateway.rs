@@ -129,7 +129,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    exitpool::logs::init(match args.log_format {
+    let _logs = exitpool::logs::init(match args.log_format {
         LogFormat::Text => exitpool::logs::LogFormat::Text,
         LogFormat::Json => exitpool::logs::LogFormat::Json,
     });

@@ -28,6 +28,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Largest single read or write on the byte path.
 pub const RELAY_CHUNK: usize = 64 * 1024;
 
+/// The tunnel-to-TCP buffer a relay starts with, before its first full read.
+const FIRST_CHUNK: usize = 4 * 1024;
+
 /// Byte counts of one finished relay, whether or not it ended cleanly.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transferred {
@@ -185,8 +188,11 @@ async fn quic_to_tcp<V: TunnelRecv, W: AsyncWrite + Unpin, T: Throttle>(
 ) -> Result<(), RelayError> {
     // QUIC hands data over about one packet (~1.2 KB) at a time; `read` gathers
     // everything already received into one buffer (see `TunnelRecv::read`), so
-    // TCP gets large writes instead of a syscall per packet.
-    let mut buf = vec![0u8; RELAY_CHUNK];
+    // TCP gets large writes instead of a syscall per packet. The buffer starts
+    // small, because most connections carry a page or two and zeroing a full
+    // chunk for each was a measurable share of a short connection's cost, and
+    // grows to a full chunk the first time a read fills it.
+    let mut buf = vec![0u8; FIRST_CHUNK];
     loop {
         match recv.read(&mut buf).await {
             Ok(Some(n)) => {
@@ -194,6 +200,9 @@ async fn quic_to_tcp<V: TunnelRecv, W: AsyncWrite + Unpin, T: Throttle>(
                 throttle.pass(Direction::QuicToTcp, n).await;
                 tcp.write_all(&buf[..n]).await.map_err(RelayError::Tcp)?;
                 counter.fetch_add(n as u64, Ordering::Relaxed);
+                if n == buf.len() && buf.len() < RELAY_CHUNK {
+                    buf.resize(RELAY_CHUNK, 0);
+                }
             }
             Ok(None) => {
                 // The peer finished its side: half-close TCP, keep the other way open.

@@ -39,7 +39,6 @@ pub(crate) async fn connect(
         .extend(exit_headers(&authorized.agent, authorized.session.as_ref()));
     let upgrade = hyper::upgrade::on(&mut request);
     let shared = shared.clone();
-    let span = tracing::info_span!("relay", exit = %authorized.agent.exit_id, target = %authority);
     let context = AccessContext {
         user: grant.user,
         peer,
@@ -55,7 +54,9 @@ pub(crate) async fn connect(
                 Err(error) => debug!(%error, "CONNECT upgrade failed"),
             }
         }
-        .instrument(span),
+        // In the customer's span (peer, user): the access line names the exit
+        // and target itself, so a span of its own per relay would be pure cost.
+        .in_current_span(),
     );
     Ok(answer)
 }

@@ -17,7 +17,12 @@ use crate::shared::Shared;
 use crate::tunnel::ExitStream;
 use exitpool_protocol::TargetHost;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Longest a request waits for a slot when every matching exit is busy, before
+/// it is answered `exits_busy`: a moment for streams that are ending to end,
+/// not a queue.
+pub const EXITS_BUSY_GRACE: Duration = Duration::from_millis(100);
 
 /// An authenticated customer and what they asked for.
 #[derive(Debug, Clone)]
@@ -169,8 +174,9 @@ pub async fn open(
         .limits
         .admit(&customer, used)
         .map_err(|e| fail(None, e))?;
-    let (agent, session, pin) =
-        choose_exit(grant, &customer.limits, shared).map_err(|e| fail(None, e))?;
+    let (agent, session, pin) = choose_exit_or_wait(grant, &customer.limits, shared)
+        .await
+        .map_err(|e| fail(None, e))?;
     let load = StreamGuard::new(agent.clone());
     let stream = shared
         .links
@@ -198,6 +204,32 @@ pub async fn open(
         slot,
         session,
     })
+}
+
+/// [`choose_exit`], waiting up to [`EXITS_BUSY_GRACE`] for a stream to end
+/// when every matching exit is busy. A customer that closes a connection and
+/// opens the next at once can otherwise arrive a moment before the gateway has
+/// seen its old stream end, and find its own slot still taken.
+async fn choose_exit_or_wait(
+    grant: &Grant,
+    limits: &Limits,
+    shared: &Shared,
+) -> Result<Chosen, ProxyError> {
+    let deadline = tokio::time::Instant::now() + EXITS_BUSY_GRACE;
+    loop {
+        // Registered before the pick, so a slot freed in between is not missed.
+        let freed = shared.directory.slot_freed().notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        match choose_exit(grant, limits, shared) {
+            Err(ProxyError::ExitsBusy(described)) => {
+                if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                    return Err(ProxyError::ExitsBusy(described));
+                }
+            }
+            chosen => return chosen,
+        }
+    }
 }
 
 /// Routes within the account's countries: a request that names a country was

@@ -9,6 +9,7 @@
 //! bytes to the exit's live figures and writes the one access line.
 
 use super::session::Authorized;
+use crate::access::{AccessLog, AccessRecord};
 use crate::directory::{Agent, StreamGuard};
 use crate::limits::Slot;
 use crate::shared::Shared;
@@ -27,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// How often a live transfer folds its byte counts into usage and checks the quota.
 pub const FOLD_INTERVAL: Duration = Duration::from_secs(1);
@@ -142,22 +143,22 @@ impl Transfer {
         shared: &Shared,
     ) {
         let (up, down) = self.account(result, shared);
-        let agent = &self.agent;
-        let context = &self.context;
-        info!(
-            user = %context.user,
-            peer = %context.peer,
-            method = exchange.map(|(method, _)| tracing::field::display(method)),
-            target = %context.target,
-            exit = %agent.exit_id,
-            country = agent.location.country.as_deref().unwrap_or("??"),
-            status = exchange.map(|(_, status)| status),
-            bytes_up = up,
-            bytes_down = down,
-            duration_ms = context.started.elapsed().as_millis() as u64,
-            result = result.as_ref().err().map(String::as_str).unwrap_or("ok"),
-            "access"
-        );
+        if !AccessLog::enabled() {
+            return;
+        }
+        let context = self.context;
+        shared.access_log.write(AccessRecord {
+            user: context.user,
+            peer: context.peer,
+            method: exchange.map(|(method, _)| method.clone()),
+            target: context.target,
+            exit: self.agent,
+            status: exchange.map(|(_, status)| status),
+            bytes_up: up,
+            bytes_down: down,
+            duration: context.started.elapsed(),
+            failure: result.as_ref().err().cloned(),
+        });
     }
     /// Like [`Transfer::finish`] without the access line, for a plain-HTTP
     /// exchange that was never answered (the refusal's log line stands for it).

@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 #[derive(Default)]
 struct Pool {
@@ -81,6 +81,7 @@ pub struct LocalDirectory {
     /// Connected and accepting agents, for anyone waiting on joins, leaves,
     /// pauses and drains.
     census: watch::Sender<Census>,
+    slot_freed: Arc<Notify>,
 }
 
 impl LocalDirectory {
@@ -95,6 +96,7 @@ impl LocalDirectory {
             per_network: DashMap::new(),
             exit_id_key,
             census: watch::Sender::new(Census::default()),
+            slot_freed: Arc::default(),
         }
     }
 }
@@ -126,6 +128,7 @@ impl AgentDirectory for LocalDirectory {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             connected_at: SystemTime::now(),
+            slot_freed: self.slot_freed.clone(),
         });
         let replaced = self
             .by_agent_id
@@ -250,6 +253,10 @@ impl AgentDirectory for LocalDirectory {
 
     fn agents_from(&self, network: IpAddr) -> usize {
         self.per_network.get(&network).map_or(0, |count| *count)
+    }
+
+    fn slot_freed(&self) -> &Notify {
+        &self.slot_freed
     }
 }
 

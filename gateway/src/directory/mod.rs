@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// Who is connected and where: everything routing, sessions and stats ask about
 /// agents. Implementations never block and never hold a lock across an `.await`.
@@ -52,6 +52,9 @@ pub trait AgentDirectory: Send + Sync {
     /// Agents connected from source network `network` (see
     /// [`crate::abuse::source_network`]).
     fn agents_from(&self, network: IpAddr) -> usize;
+    /// Notified whenever a stream ends on any agent, for a pick that found every
+    /// matching exit busy and waits a moment for a slot.
+    fn slot_freed(&self) -> &Notify;
 }
 
 impl dyn AgentDirectory + '_ {
@@ -188,6 +191,8 @@ pub struct Agent {
     pub bytes_down: AtomicU64,
     /// When the agent joined.
     pub connected_at: SystemTime,
+    /// The directory's [`AgentDirectory::slot_freed`], told when a stream ends.
+    pub slot_freed: Arc<Notify>,
 }
 
 impl Agent {
@@ -221,6 +226,7 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.active_streams.fetch_sub(1, Ordering::Relaxed);
+        self.0.slot_freed.notify_waiters();
     }
 }
 
