@@ -1,4 +1,5 @@
-//! Faults end to end: an agent process killed mid-transfer, a gateway process
+//! Faults end to end, each over both tunnel transports (QUIC and TLS over
+//! TCP): an agent process killed mid-transfer, a gateway process
 //! killed and restarted, a silent target, and a customer that never reads. Each must end precisely, never hang, and leave
 //! the gateway's registry and sessions consistent.
 
@@ -17,6 +18,7 @@ fn spawn_agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> 
         .args(["--gateway", &net.gateway.tunnel_addr().to_string()])
         .args(["--pin", net.gateway.pin()])
         .args(["--bind", ip, "--allow-private"])
+        .args(["--transport", net.transport_flag()])
         .arg("--state-dir")
         .arg(state)
         .env("EXITPOOL_AGENT_TOKEN", TOKEN)
@@ -24,11 +26,13 @@ fn spawn_agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> 
         .expect("agent binary starts")
 }
 
-#[tokio::test]
-async fn an_agent_killed_mid_transfer_errors_the_customer_and_leaves_the_pool() {
+over_both_transports! {
+async fn an_agent_killed_mid_transfer_errors_the_customer_and_leaves_the_pool(transport) {
     // A short tunnel idle timeout stands in for the 30 s default.
     let net =
-        TestGateway::start_with(|config| config.tunnel_idle_timeout = Duration::from_secs(1)).await;
+        TestGateway::start_with(|config| config.tunnel_idle_timeout = Duration::from_secs(1))
+            .await
+            .over(transport);
     let state = tempfile::tempdir().unwrap();
     let mut doomed = spawn_agent_process(&net, "127.0.0.2", state.path());
     within(
@@ -82,6 +86,7 @@ async fn an_agent_killed_mid_transfer_errors_the_customer_and_leaves_the_pool() 
         Some(doomed_exit.as_str())
     );
 }
+}
 
 /// A CONNECT through the gateway to the echo target, checked with one round trip.
 async fn exit_ip_echo(
@@ -97,10 +102,12 @@ async fn exit_ip_echo(
     (head, stream)
 }
 
-#[tokio::test]
-async fn a_target_that_never_answers_is_closed_at_the_idle_timeout_with_a_reset() {
+over_both_transports! {
+async fn a_target_that_never_answers_is_closed_at_the_idle_timeout_with_a_reset(transport) {
     let net =
-        TestGateway::start_with(|config| config.idle_timeout = Duration::from_millis(500)).await;
+        TestGateway::start_with(|config| config.idle_timeout = Duration::from_millis(500))
+            .await
+            .over(transport);
     let _agent = net.agent("127.0.0.2").await;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = silent.local_addr().unwrap();
@@ -120,13 +127,14 @@ async fn a_target_that_never_answers_is_closed_at_the_idle_timeout_with_a_reset(
     );
     accepting.abort();
 }
+}
 
-#[tokio::test]
-async fn a_customer_that_never_reads_holds_bounded_memory() {
+over_both_transports! {
+async fn a_customer_that_never_reads_holds_bounded_memory(transport) {
     // The target sends as fast as it can; the customer reads nothing. QUIC and
     // TCP flow control must stop the target instead of buffering in the gateway
     // or the agent: the target manages to write only a bounded amount.
-    let net = TestGateway::start().await;
+    let net = TestGateway::start().await.over(transport);
     let _agent = net.agent("127.0.0.2").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap();
@@ -162,10 +170,11 @@ async fn a_customer_that_never_reads_holds_bounded_memory() {
         "the target wrote {total} bytes into a customer that reads nothing"
     );
 }
+}
 
-#[tokio::test]
-async fn a_target_that_never_accepts_is_504_after_the_connect_timeout() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn a_target_that_never_accepts_is_504_after_the_connect_timeout(transport) {
+    let net = TestGateway::start().await.over(transport);
     // A short connect timeout stands in for the agent's 10 s default.
     let _agent = net
         .spawn(
@@ -197,6 +206,19 @@ async fn a_target_that_never_accepts_is_504_after_the_connect_timeout() {
         .contains("error=connection_timeout"));
     drop(listener);
 }
+}
+
+/// A port number free on both UDP and TCP, for a gateway process whose QUIC
+/// and TLS/TCP tunnels share it (and keep it across a restart).
+fn free_tunnel_port() -> std::net::SocketAddr {
+    (0..64)
+        .find_map(|_| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            let addr = udp.local_addr().ok()?;
+            std::net::TcpListener::bind(addr).ok().map(|_| addr)
+        })
+        .expect("a port free on UDP and TCP")
+}
 
 /// The real `gateway` binary on `tunnel` with `state`; returns it once it prints
 /// its ready line.
@@ -217,21 +239,21 @@ async fn start_gateway_process(state: &std::path::Path, tunnel: std::net::Socket
         .expect("the gateway binary starts and prints its ready line")
 }
 
+over_both_transports! {
 /// A gateway that crashes sends no shutdown notice. Restarted on the same state
-/// directory, it answers the old tunnel's next packet with a stateless reset
-/// keyed from its identity, so the agent reconnects at once instead of waiting
-/// out its 30 s idle timeout.
-#[tokio::test]
-async fn agents_notice_a_crashed_and_restarted_gateway_before_their_idle_timeout() {
+/// directory, it answers the old QUIC tunnel's next packet with a stateless
+/// reset keyed from its identity (a TCP tunnel is reset by the host as the
+/// process dies), so the agent reconnects at once instead of waiting out its
+/// 30 s idle timeout.
+async fn agents_notice_a_crashed_and_restarted_gateway_before_their_idle_timeout(transport) {
     let state = tempfile::tempdir().unwrap();
-    let tunnel = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .unwrap();
+    let tunnel = free_tunnel_port();
     let mut gateway = start_gateway_process(state.path(), tunnel).await;
     let identity = exitpool::gateway::tls::Identity::load_or_create(state.path()).unwrap();
     let agent =
         exitpool::agent::Agent::builder(tunnel.to_string(), identity.pin().parse().unwrap(), TOKEN)
             .bind("127.0.0.2".parse().unwrap())
+            .transport(transport)
             .spawn()
             .unwrap();
     within("agent connects", agent.connected()).await;
@@ -250,4 +272,5 @@ async fn agents_notice_a_crashed_and_restarted_gateway_before_their_idle_timeout
     );
     within("agent welcomed again", agent.connected()).await;
     assert_eq!(agent.stats().connects, 2);
+}
 }

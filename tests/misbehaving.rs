@@ -1,5 +1,6 @@
-//! Misbehaving peers on the tunnel port, end to end: raw QUIC clients built from
-//! the agent's own TLS config (so they pass the pin check and ALPN) that stay
+//! Misbehaving peers on the tunnel port, end to end: raw QUIC clients (and,
+//! for every test that is not about QUIC itself, raw TLS/TCP ones: those run
+//! over both transports) built from the agent's own TLS config (so they pass the pin check and ALPN) that stay
 //! silent, flood the handshake, send oversized, garbled or repeated control
 //! messages, open streams the gateway does not allow, or never answer relay
 //! streams. Each is refused or closed precisely and never disturbs the real
@@ -21,7 +22,11 @@ use exitpool::protocol::{
     close_code, read_frame, write_frame, AgentMessage, Capacity, DeviceKey, FrameError,
     GatewayMessage, IdentityProof, OpenReply, OpenRequest, RejectReason, Secret, PROTOCOL_VERSION,
 };
-use exitpool::transport::quic::identity_material;
+use exitpool::transport::tcp::{self, TcpSettings};
+use exitpool::transport::tunnel::identity_material;
+use exitpool::transport::{
+    CloseReason, StreamRecv, StreamSend, Transport, Tunnel, TunnelConnection, TunnelSend,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,11 +48,12 @@ const SHORT_TIMEOUT: Duration = Duration::from_secs(2);
 fn raw_endpoint(net: &TestGateway, ip: &str) -> (quinn::Endpoint, quinn::ClientConfig) {
     let endpoint =
         quinn::Endpoint::client(format!("{ip}:0").parse().unwrap()).expect("client endpoint binds");
-    let (config, _verifier) = exitpool::agent::tls::client_config(
+    let config = exitpool::agent::tls::client_configs(
         net.gateway.pin().parse().unwrap(),
-        exitpool::agent::tunnel::transport_config(8),
+        exitpool::agent::tunnel::transport_config(8, exitpool::protocol::KEEP_ALIVE_INTERVAL),
     )
-    .expect("client config");
+    .expect("client config")
+    .quic;
     (endpoint, config)
 }
 
@@ -76,7 +82,7 @@ fn device_key(name: &str) -> DeviceKey {
 }
 
 /// A well-formed `Hello` with the fixture token, proving `key` on `connection`.
-fn hello(connection: &quinn::Connection, key: &DeviceKey) -> AgentMessage {
+fn hello<C: TunnelConnection>(connection: &C, key: &DeviceKey) -> AgentMessage {
     let material = identity_material(connection).expect("keying material");
     AgentMessage::Hello {
         version: PROTOCOL_VERSION,
@@ -89,11 +95,11 @@ fn hello(connection: &quinn::Connection, key: &DeviceKey) -> AgentMessage {
 }
 
 /// Opens the control stream and sends `message` on it.
-async fn send_first(
-    connection: &quinn::Connection,
+async fn send_first<C: TunnelConnection>(
+    connection: &C,
     message: &impl serde::Serialize,
-) -> (quinn::SendStream, quinn::RecvStream) {
-    let (mut send, recv) = within("open control stream", connection.open_bi())
+) -> (C::Send, C::Recv) {
+    let (mut send, recv) = within("open control stream", connection.open_control())
         .await
         .expect("control stream opens");
     within("send first message", write_frame(&mut send, message))
@@ -102,18 +108,82 @@ async fn send_first(
     (send, recv)
 }
 
+/// A raw tunnel from `ip` over `transport` that has said nothing yet (its QUIC
+/// endpoint too, to close at the end), built from the agent's own TLS config.
+async fn raw_tunnel(
+    net: &TestGateway,
+    ip: &str,
+    transport: TransportChoice,
+) -> (Option<quinn::Endpoint>, Tunnel) {
+    if transport != TransportChoice::Tcp {
+        let (endpoint, config) = raw_endpoint(net, ip);
+        let connection = dial(net, &endpoint, &config).await;
+        return (Some(endpoint), Tunnel::Quic(connection));
+    }
+    let configs = exitpool::agent::tls::client_configs(
+        net.gateway.pin().parse().unwrap(),
+        quinn::TransportConfig::default(),
+    )
+    .expect("client configs");
+    let gateway = net.gateway.tunnel_tcp_addr().expect("TCP tunnel port");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    let stream = within("TCP connect", socket.connect(gateway))
+        .await
+        .expect("TCP connects");
+    let tls = within(
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(configs.tcp).connect(
+            rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap(),
+            stream,
+        ),
+    )
+    .await
+    .expect("TLS handshake succeeds");
+    let settings = TcpSettings {
+        max_incoming_streams: 9,
+        keep_alive: exitpool::protocol::KEEP_ALIVE_INTERVAL,
+        idle_timeout: exitpool::protocol::IDLE_TIMEOUT,
+        initial_connection_window: exitpool::transport::udp::CONNECTION_WINDOW,
+    };
+    let tunnel = within("HTTP/2 handshake", tcp::agent_side(tls, settings))
+        .await
+        .expect("HTTP/2 handshake succeeds");
+    (None, Tunnel::Tcp(tunnel))
+}
+
 /// A raw agent that has joined: its connection and control stream.
 struct RawAgent {
-    endpoint: quinn::Endpoint,
-    connection: quinn::Connection,
-    control_send: quinn::SendStream,
-    control_recv: quinn::RecvStream,
+    endpoint: Option<quinn::Endpoint>,
+    connection: Tunnel,
+    control_send: StreamSend,
+    control_recv: StreamRecv,
+}
+
+impl RawAgent {
+    /// Lets go of the tunnel (and the QUIC endpoint under it).
+    fn close(&self) {
+        self.connection.close(0, b"done");
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.close(0u32.into(), b"done");
+        }
+    }
 }
 
 /// Dials from `ip`, says a valid `Hello` as the device `name`, and waits for
 /// `Welcome`.
 async fn join(net: &TestGateway, ip: &str, name: &str) -> RawAgent {
     join_with(net, ip, name, |_| {}).await
+}
+
+/// As [`join`], over `transport`.
+async fn join_over(
+    net: &TestGateway,
+    ip: &str,
+    name: &str,
+    transport: TransportChoice,
+) -> RawAgent {
+    join_over_with(net, ip, name, transport, |_| {}).await
 }
 
 /// As [`join`], with the `Hello` changed by `adjust` before it is sent.
@@ -123,8 +193,18 @@ async fn join_with(
     name: &str,
     adjust: impl FnOnce(&mut AgentMessage),
 ) -> RawAgent {
-    let (endpoint, config) = raw_endpoint(net, ip);
-    let connection = dial(net, &endpoint, &config).await;
+    join_over_with(net, ip, name, TransportChoice::Quic, adjust).await
+}
+
+/// As [`join_with`], over `transport`.
+async fn join_over_with(
+    net: &TestGateway,
+    ip: &str,
+    name: &str,
+    transport: TransportChoice,
+    adjust: impl FnOnce(&mut AgentMessage),
+) -> RawAgent {
+    let (endpoint, connection) = raw_tunnel(net, ip, transport).await;
     let mut hello = hello(&connection, &device_key(name));
     adjust(&mut hello);
     let (control_send, mut control_recv) = send_first(&connection, &hello).await;
@@ -145,9 +225,9 @@ async fn join_with(
 
 /// Serves every relay stream the gateway opens as a plain echo: reads `Open`,
 /// answers `Opened` without dialling anything, then copies bytes back.
-fn serve_echo_streams(connection: quinn::Connection) -> tokio::task::JoinHandle<()> {
+fn serve_echo_streams(connection: Tunnel) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        while let Ok((mut send, mut recv)) = connection.accept_stream().await {
             tokio::spawn(async move {
                 let Ok(_open) = read_frame::<OpenRequest, _>(&mut recv).await else {
                     return;
@@ -166,18 +246,22 @@ fn serve_echo_streams(connection: quinn::Connection) -> tokio::task::JoinHandle<
     })
 }
 
-/// Asserts the gateway closed `connection` with `code`, within [`WAIT`].
-async fn assert_closed_with(connection: &quinn::Connection, code: u32, what: &str) {
-    let error = within(what, connection.closed()).await;
-    match error {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(
-                close.error_code,
-                code.into(),
-                "{what}: closed with {close:?}"
-            );
-        }
-        other => panic!("{what}: expected an application close, got {other:?}"),
+/// Asserts the gateway closed `connection`, within [`WAIT`]: with `code` over
+/// QUIC; over TCP (where the gateway, an HTTP/2 client, has no GOAWAY to send
+/// a code in) by ending the connection.
+async fn assert_closed_with<C: TunnelConnection>(connection: &C, code: u32, what: &str) {
+    within(what, connection.closed()).await;
+    let reason = connection.close_reason();
+    match connection.transport() {
+        Transport::Quic => assert_eq!(
+            reason,
+            Some(CloseReason::Peer(Some(code))),
+            "{what}: expected an application close"
+        ),
+        Transport::Tcp => assert!(
+            matches!(reason, Some(CloseReason::Peer(_) | CloseReason::Lost(_))),
+            "{what}: expected the gateway to end the connection, got {reason:?}"
+        ),
     }
 }
 
@@ -277,13 +361,12 @@ async fn past_the_per_address_handshake_cap_new_connections_are_refused_until_it
     let _again = net.agent("127.0.0.7").await;
 }
 
-#[tokio::test]
-async fn an_oversized_first_message_closes_the_connection() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn an_oversized_first_message_closes_the_connection(transport) {
+    let net = TestGateway::start().await.over(transport);
     let _agent = net.agent("127.0.0.2").await;
-    let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
-    let connection = dial(&net, &endpoint, &config).await;
-    let (mut send, _recv) = within("open control stream", connection.open_bi())
+    let (_endpoint, connection) = raw_tunnel(&net, "127.0.0.7", transport).await;
+    let (mut send, _recv) = within("open control stream", connection.open_control())
         .await
         .unwrap();
     let mut bytes = 1_000_000u32.to_be_bytes().to_vec();
@@ -294,12 +377,13 @@ async fn an_oversized_first_message_closes_the_connection() {
     assert_eq!(net.gateway.directory().len(), 1, "only the real agent");
     echo_once(&net, echo_target().await, "").await;
 }
+}
 
-#[tokio::test]
-async fn an_oversized_control_message_after_welcome_closes_and_removes_the_agent() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn an_oversized_control_message_after_welcome_closes_and_removes_the_agent(transport) {
+    let net = TestGateway::start().await.over(transport);
     let _agent = net.agent("127.0.0.2").await;
-    let mut raw = join(&net, "127.0.0.7", "raw-oversized").await;
+    let mut raw = join_over(&net, "127.0.0.7", "raw-oversized", transport).await;
     within(
         "raw agent counted",
         net.gateway.directory().wait_for_count(|n| *n == 2),
@@ -320,15 +404,15 @@ async fn an_oversized_control_message_after_welcome_closes_and_removes_the_agent
     )
     .await;
     echo_once(&net, echo_target().await, "").await;
-    raw.endpoint.close(0u32.into(), b"done");
+    raw.close();
+}
 }
 
-#[tokio::test]
-async fn a_garbled_hello_closes_the_connection() {
-    let net = TestGateway::start().await;
-    let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
-    let connection = dial(&net, &endpoint, &config).await;
-    let (mut send, _recv) = within("open control stream", connection.open_bi())
+over_both_transports! {
+async fn a_garbled_hello_closes_the_connection(transport) {
+    let net = TestGateway::start().await.over(transport);
+    let (_endpoint, connection) = raw_tunnel(&net, "127.0.0.7", transport).await;
+    let (mut send, _recv) = within("open control stream", connection.open_control())
         .await
         .unwrap();
     let mut bytes = 16u32.to_be_bytes().to_vec();
@@ -338,6 +422,7 @@ async fn a_garbled_hello_closes_the_connection() {
         .unwrap();
     assert_closed_with(&connection, close_code::PROTOCOL, "garbled Hello").await;
     assert!(net.gateway.directory().is_empty());
+}
 }
 
 /// Dials from `ip`, sends what `first` makes for the connection as the first
@@ -477,11 +562,11 @@ async fn the_device_itself_reconnecting_replaces_its_old_tunnel() {
     assert_eq!(stats["per_agent"][0]["exit_id"], exit_before);
 }
 
-#[tokio::test]
-async fn a_second_hello_closes_the_connection_and_removes_the_agent() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn a_second_hello_closes_the_connection_and_removes_the_agent(transport) {
+    let net = TestGateway::start().await.over(transport);
     let _agent = net.agent("127.0.0.2").await;
-    let mut raw = join(&net, "127.0.0.7", "raw-twice").await;
+    let mut raw = join_over(&net, "127.0.0.7", "raw-twice", transport).await;
     within(
         "raw agent counted",
         net.gateway.directory().wait_for_count(|n| *n == 2),
@@ -503,13 +588,14 @@ async fn a_second_hello_closes_the_connection_and_removes_the_agent() {
     )
     .await;
     echo_once(&net, echo_target().await, "").await;
-    raw.endpoint.close(0u32.into(), b"done");
+    raw.close();
+}
 }
 
-#[tokio::test]
-async fn an_exit_answering_open_with_garbage_gets_the_customer_a_502() {
-    let net = TestGateway::start().await;
-    let raw = join(&net, "127.0.0.2", "raw-garbage").await; // US
+over_both_transports! {
+async fn an_exit_answering_open_with_garbage_gets_the_customer_a_502(transport) {
+    let net = TestGateway::start().await.over(transport);
+    let raw = join_over(&net, "127.0.0.2", "raw-garbage", transport).await; // US
     let _real = net.agent("127.0.0.4").await; // DE
     within(
         "both agents counted",
@@ -519,7 +605,7 @@ async fn an_exit_answering_open_with_garbage_gets_the_customer_a_502() {
     let answering = {
         let connection = raw.connection.clone();
         tokio::spawn(async move {
-            while let Ok((mut send, _recv)) = connection.accept_bi().await {
+            while let Ok((mut send, _recv)) = connection.accept_stream().await {
                 // An oversized length prefix, then junk.
                 let mut bytes = 1_000_000u32.to_be_bytes().to_vec();
                 bytes.extend_from_slice(&[0x5a; 1024]);
@@ -533,21 +619,22 @@ async fn an_exit_answering_open_with_garbage_gets_the_customer_a_502() {
     assert_eq!(head.header("x-exitpool-error"), Some("exit_lost"));
     echo_once(&net, target, "-country-de").await;
     answering.abort();
-    raw.endpoint.close(0u32.into(), b"done");
+    raw.close();
+}
 }
 
-#[tokio::test]
-async fn an_exit_that_never_reads_pushes_back_on_the_customer() {
+over_both_transports! {
+async fn an_exit_that_never_reads_pushes_back_on_the_customer(transport) {
     // The raw exit answers `Opened` and then reads nothing: QUIC flow control
     // (4 MiB per stream, 16 MiB per tunnel) must stop the customer's upload
     // instead of letting the gateway buffer it.
-    let net = TestGateway::start().await;
-    let raw = join(&net, "127.0.0.2", "raw-deaf").await;
+    let net = TestGateway::start().await.over(transport);
+    let raw = join_over(&net, "127.0.0.2", "raw-deaf", transport).await;
     let deaf = {
         let connection = raw.connection.clone();
         tokio::spawn(async move {
             let mut held = Vec::new();
-            while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+            while let Ok((mut send, mut recv)) = connection.accept_stream().await {
                 let Ok(_open) = read_frame::<OpenRequest, _>(&mut recv).await else {
                     continue;
                 };
@@ -575,7 +662,8 @@ async fn an_exit_that_never_reads_pushes_back_on_the_customer() {
     );
     assert_eq!(net.gateway.directory().len(), 1);
     deaf.abort();
-    raw.endpoint.close(0u32.into(), b"done");
+    raw.close();
+}
 }
 
 /// What one customer connection in the churn test ended with.
@@ -589,13 +677,13 @@ enum Outcome {
     Reset,
 }
 
+over_both_transports! {
 /// An agent whose connection close is lost still leaves at once: the gateway
 /// acts on its finished control stream (which QUIC retransmits), closes the
 /// tunnel itself and cuts the customers on it, long before the idle timeout.
-#[tokio::test]
-async fn an_agent_that_finishes_its_control_stream_is_closed_and_removed_at_once() {
-    let net = TestGateway::start().await;
-    let mut raw = join(&net, "127.0.0.7", "raw-leaving").await;
+async fn an_agent_that_finishes_its_control_stream_is_closed_and_removed_at_once(transport) {
+    let net = TestGateway::start().await.over(transport);
+    let mut raw = join_over(&net, "127.0.0.7", "raw-leaving", transport).await;
     let _echo = serve_echo_streams(raw.connection.clone());
     within(
         "raw agent counted",
@@ -625,16 +713,17 @@ async fn an_agent_that_finishes_its_control_stream_is_closed_and_removed_at_once
         "the live customer connection ends: {ended:?}, {} bytes",
         rest.len()
     );
-    raw.endpoint.close(0u32.into(), b"done");
+    raw.close();
+}
 }
 
+over_both_transports! {
 /// A stopping gateway finishes each agent's control stream before it closes, so
 /// an agent hears of the shutdown (and spreads its reconnect) even when the
 /// close itself is lost.
-#[tokio::test]
-async fn a_stopping_gateway_finishes_the_control_stream_before_it_closes() {
-    let net = TestGateway::start().await;
-    let mut raw = join(&net, "127.0.0.7", "raw-staying").await;
+async fn a_stopping_gateway_finishes_the_control_stream_before_it_closes(transport) {
+    let net = TestGateway::start().await.over(transport);
+    let mut raw = join_over(&net, "127.0.0.7", "raw-staying", transport).await;
     within(
         "raw agent counted",
         net.gateway.directory().wait_for_count(|n| *n == 1),
@@ -649,7 +738,8 @@ async fn a_stopping_gateway_finishes_the_control_stream_before_it_closes() {
     assert!(matches!(end, Err(FrameError::Ended)), "{end:?}");
     assert_closed_with(&raw.connection, close_code::SHUTDOWN, "gateway closes").await;
     within("gateway stops", stopping).await.unwrap();
-    raw.endpoint.close(0u32.into(), b"done");
+    raw.close();
+}
 }
 
 /// One CONNECT through the gateway to the echo target that sends `payload`,
@@ -838,11 +928,12 @@ async fn the_tunnel_offers_no_datagram_frames() {
     let net = TestGateway::start().await;
     let (endpoint, _) = raw_endpoint(&net, "127.0.0.7");
     // quinn's own defaults, which offer DATAGRAM frames, unlike the agent's.
-    let (config, _verifier) = exitpool::agent::tls::client_config(
+    let config = exitpool::agent::tls::client_configs(
         net.gateway.pin().parse().unwrap(),
         quinn::TransportConfig::default(),
     )
-    .expect("client config");
+    .expect("client config")
+    .quic;
     let connection = dial(&net, &endpoint, &config).await;
     assert_eq!(
         connection.max_datagram_size(),

@@ -255,7 +255,7 @@ async fn usage_is_exact_and_survives_a_restart() {
     assert_eq!(stats["bytes_up"], 100_000);
 
     // Restart on the same state directory: nothing is lost.
-    let TestGateway { gateway, state } = net;
+    let TestGateway { gateway, state, .. } = net;
     within("shutdown", gateway.shutdown()).await;
     let config = TestGateway::config(state.path());
     let net = TestGateway::start_in(state, config, |_| {}).await;

@@ -1,5 +1,6 @@
-//! Issue: a customer's HTTPS request travels through an agent's QUIC tunnel, end
-//! to end. Real gateway, real agents on loopback addresses, real QUIC, real clients.
+//! Issue: a customer's HTTPS request travels through an agent's tunnel, end to
+//! end, over QUIC and over TLS/TCP (the byte-path tests run on both). Real
+//! gateway, real agents on loopback addresses, real QUIC and TCP, real clients.
 
 mod common;
 
@@ -10,9 +11,9 @@ use exitpool_launcher::binaries::{AGENT_CONNECTED, GATEWAY_ON_LOOPBACK, GATEWAY_
 use exitpool_launcher::{GatewayBanner, Launch, Ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::test]
-async fn connect_reaches_an_http_target_from_the_agents_bind_address() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn connect_reaches_an_http_target_from_the_agents_bind_address(transport) {
+    let net = TestGateway::start().await.over(transport);
     let _agent = net.agent("127.0.0.2").await;
     let target = http_target("127.0.0.1").await;
     let (head, body) = exit_ip(net.proxy(), target, "").await;
@@ -23,10 +24,11 @@ async fn connect_reaches_an_http_target_from_the_agents_bind_address() {
     assert_eq!(head.header("x-exitpool-country"), Some("US"));
     assert_eq!(head.header("x-exitpool-exit").map(str::len), Some(16));
 }
+}
 
-#[tokio::test]
-async fn https_through_the_tunnel_with_reqwest() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn https_through_the_tunnel_with_reqwest(transport) {
+    let net = TestGateway::start().await.over(transport);
     let _agent = net.agent("127.0.0.2").await;
     let (target, cert) = tls_target().await;
     let proxy = reqwest::Proxy::all(format!("http://{}", net.proxy()))
@@ -44,6 +46,7 @@ async fn https_through_the_tunnel_with_reqwest() {
         within("body", response.text()).await.unwrap(),
         "hello over tls"
     );
+}
 }
 
 /// A TLS target on 127.0.0.1 with a fresh self-signed certificate for `localhost`.
@@ -88,10 +91,10 @@ async fn tls_target() -> (std::net::SocketAddr, Vec<u8>) {
     (addr, cert)
 }
 
-#[tokio::test]
-async fn thirty_two_mib_each_way_arrive_intact() {
+over_both_transports! {
+async fn thirty_two_mib_each_way_arrive_intact(transport) {
     const SIZE: usize = 32 * 1024 * 1024;
-    let net = TestGateway::start().await;
+    let net = TestGateway::start().await.over(transport);
     let _agent = net.agent("127.0.0.2").await;
     let target = echo_target().await;
     let (head, stream) = connect_as(net.proxy(), target, "").await;
@@ -118,10 +121,11 @@ async fn thirty_two_mib_each_way_arrive_intact() {
     );
     assert_eq!(received.len(), SIZE + trailer.len());
 }
+}
 
-#[tokio::test]
-async fn half_close_travels_across_and_the_reply_still_arrives() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn half_close_travels_across_and_the_reply_still_arrives(transport) {
+    let net = TestGateway::start().await.over(transport);
     let _agent = net.agent("127.0.0.2").await;
     let target = echo_target().await;
     let (head, mut stream) = connect_as(net.proxy(), target, "").await;
@@ -137,6 +141,7 @@ async fn half_close_travels_across_and_the_reply_still_arrives() {
     .await
     .unwrap();
     assert_eq!(received, "ping\n4 bytes\n");
+}
 }
 
 #[tokio::test]
@@ -193,13 +198,14 @@ async fn without_allow_private_the_agent_refuses_loopback_targets() {
     assert!(accepted.is_err(), "the refused target was dialled anyway");
 }
 
-#[tokio::test]
-async fn a_wrong_pin_stops_the_agent_before_it_sends_its_token() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn a_wrong_pin_stops_the_agent_before_it_sends_its_token(transport) {
+    let net = TestGateway::start().await.over(transport);
     let wrong_pin = format!("sha256:{}", "00".repeat(32)).parse().unwrap();
     let mut agent =
         exitpool::agent::Agent::builder(net.gateway.tunnel_addr().to_string(), wrong_pin, TOKEN)
             .bind("127.0.0.2".parse().unwrap())
+            .transport(transport)
             .spawn()
             .unwrap();
     let result = within("agent gives up", agent.finished()).await;
@@ -209,16 +215,18 @@ async fn a_wrong_pin_stops_the_agent_before_it_sends_its_token() {
     );
     assert_eq!(net.gateway.directory().len(), 0);
 }
+}
 
-#[tokio::test]
-async fn a_wrong_token_is_rejected_and_the_agent_stops() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn a_wrong_token_is_rejected_and_the_agent_stops(transport) {
+    let net = TestGateway::start().await.over(transport);
     let mut agent = exitpool::agent::Agent::builder(
         net.gateway.tunnel_addr().to_string(),
         net.gateway.pin().parse().unwrap(),
         "not-the-token",
     )
     .bind("127.0.0.2".parse().unwrap())
+    .transport(transport)
     .spawn()
     .unwrap();
     let result = within("agent gives up", agent.finished()).await;
@@ -228,10 +236,11 @@ async fn a_wrong_token_is_rejected_and_the_agent_stops() {
     }
     assert_eq!(net.gateway.directory().len(), 0);
 }
+}
 
-#[tokio::test]
-async fn an_agent_that_leaves_is_dropped_from_registry_and_stats() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn an_agent_that_leaves_is_dropped_from_registry_and_stats(transport) {
+    let net = TestGateway::start().await.over(transport);
     let agent = net.agent("127.0.0.2").await;
     let _other = net.agent("127.0.0.4").await;
     let stats = net.stats().await;
@@ -248,6 +257,7 @@ async fn an_agent_that_leaves_is_dropped_from_registry_and_stats() {
     let stats = net.stats().await;
     assert_eq!(stats["agents"], 1);
     assert!(stats["countries"].get("US").is_none(), "{stats}");
+}
 }
 
 #[tokio::test]

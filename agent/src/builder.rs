@@ -3,8 +3,9 @@
 //! state directory and starts the tunnel, status and summary tasks.
 
 use crate::config::{
-    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_INTERFACE_REFRESH, DEFAULT_MAX_STREAMS,
-    DEFAULT_PIN_MISMATCH_RETRY, DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_SUMMARY_INTERVAL,
+    AgentConfig, TransportChoice, DEFAULT_DRAIN_GRACE, DEFAULT_INTERFACE_REFRESH,
+    DEFAULT_MAX_STREAMS, DEFAULT_MOVE_DRAIN, DEFAULT_PIN_MISMATCH_RETRY, DEFAULT_QUIC_RETRY,
+    DEFAULT_RACE_DELAY, DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_SUMMARY_INTERVAL,
 };
 use crate::error::AgentError;
 use crate::handle::AgentHandle;
@@ -49,6 +50,11 @@ impl Agent {
                 pin_mismatch_retry: DEFAULT_PIN_MISMATCH_RETRY,
                 interfaces: InterfaceSource::system(),
                 interface_refresh: DEFAULT_INTERFACE_REFRESH,
+                transport: TransportChoice::Auto,
+                keep_alive: exitpool_protocol::KEEP_ALIVE_INTERVAL,
+                race_delay: DEFAULT_RACE_DELAY,
+                quic_retry: DEFAULT_QUIC_RETRY,
+                move_drain: DEFAULT_MOVE_DRAIN,
             },
         }
     }
@@ -169,6 +175,30 @@ impl AgentBuilder {
     /// [`AgentConfig::interface_refresh`]).
     pub fn interface_refresh(mut self, every: Duration) -> Self {
         self.config.interface_refresh = every;
+        self
+    }
+
+    /// Which tunnel transport to use (see [`AgentConfig::transport`]).
+    pub fn transport(mut self, transport: TransportChoice) -> Self {
+        self.config.transport = transport;
+        self
+    }
+
+    /// Keep-alive period and degraded-QUIC unit (see [`AgentConfig::keep_alive`]).
+    pub fn keep_alive(mut self, every: Duration) -> Self {
+        self.config.keep_alive = every;
+        self
+    }
+
+    /// QUIC's head start in the race (see [`AgentConfig::race_delay`]).
+    pub fn race_delay(mut self, delay: Duration) -> Self {
+        self.config.race_delay = delay;
+        self
+    }
+
+    /// How often QUIC is tried again while on TCP (see [`AgentConfig::quic_retry`]).
+    pub fn quic_retry(mut self, every: Duration) -> Self {
+        self.config.quic_retry = every;
         self
     }
 

@@ -32,6 +32,46 @@ pub const DEFAULT_PIN_MISMATCH_RETRY: Duration = Duration::from_secs(600);
 /// refused within a minute.
 pub const DEFAULT_INTERFACE_REFRESH: Duration = Duration::from_secs(60);
 
+/// Default wait between two background tries of QUIC while the tunnel runs
+/// over TCP: a network that unblocks UDP is back on QUIC within minutes, and
+/// one that does not pays one failed handshake per interval.
+pub const DEFAULT_QUIC_RETRY: Duration = Duration::from_secs(300);
+
+/// Default head start QUIC gets before TLS over TCP joins the race.
+pub const DEFAULT_RACE_DELAY: Duration = Duration::from_millis(250);
+
+/// Default longest time a tunnel left behind by a move to QUIC keeps serving
+/// its live streams (the relay's own idle bound).
+pub const DEFAULT_MOVE_DRAIN: Duration = Duration::from_secs(600);
+
+/// Which tunnel transport an agent uses (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChoice {
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+    /// Race them (QUIC first, TCP a moment later), remember the winner, and
+    /// move back to QUIC when it works again. The default.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for TransportChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "quic" => Ok(TransportChoice::Quic),
+            "tcp" => Ok(TransportChoice::Tcp),
+            "auto" => Ok(TransportChoice::Auto),
+            other => Err(format!(
+                "unknown transport {other:?}; use quic, tcp or auto"
+            )),
+        }
+    }
+}
+
 /// Default time live streams get to finish after shutdown is asked for.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
@@ -84,4 +124,19 @@ pub struct AgentConfig {
     /// How often the interface addresses are read again while connected (they
     /// are also read at every connection); default [`DEFAULT_INTERFACE_REFRESH`].
     pub interface_refresh: Duration,
+    /// Which tunnel transport to use; default [`TransportChoice::Auto`].
+    pub transport: TransportChoice,
+    /// Keep-alive period on either transport (NAT bindings), and the unit of
+    /// the degraded-QUIC check: a QUIC tunnel that receives nothing for two of
+    /// these in a row counts as blocked. Default
+    /// [`exitpool_protocol::KEEP_ALIVE_INTERVAL`].
+    pub keep_alive: Duration,
+    /// Head start QUIC gets in the race; default [`DEFAULT_RACE_DELAY`].
+    pub race_delay: Duration,
+    /// With `Auto` on TCP, how often QUIC is tried again in the background;
+    /// default [`DEFAULT_QUIC_RETRY`].
+    pub quic_retry: Duration,
+    /// Longest a TCP tunnel left for QUIC keeps serving its live streams;
+    /// default [`DEFAULT_MOVE_DRAIN`].
+    pub move_drain: Duration,
 }

@@ -1,5 +1,5 @@
-//! The exitpool agent: an exit node that keeps an outbound QUIC tunnel to a
-//! gateway and dials targets for the gateway's customers.
+//! The exitpool agent: an exit node that keeps an outbound tunnel (QUIC, or
+//! TLS over TCP where UDP is blocked) to a gateway and dials targets for the gateway's customers.
 //!
 //! Apps embed it as an SDK:
 //!
@@ -25,8 +25,10 @@
 //! - `stats`: [`AgentStats`] and [`SessionInfo`], what the agent has done and
 //!   what the gateway told it;
 //! - `shared`: the state the agent's tasks and its handle share;
-//! - [`tunnel`]: connecting, the `Hello` handshake, serving relay streams, and
-//!   reconnecting with backoff;
+//! - [`tunnel`]: the `Hello` handshake, serving relay streams, falling back
+//!   from degraded QUIC, and reconnecting with backoff;
+//! - `connect`: reaching the gateway over QUIC, TLS over TCP, or a race of
+//!   the two, and remembering the winner;
 //! - [`dial`]: resolving and dialling targets under the exit policy;
 //! - [`policy`]: which destinations are never dialled;
 //! - [`interfaces`]: the device's own addresses, which the policy refuses;
@@ -40,6 +42,7 @@
 
 mod builder;
 mod config;
+mod connect;
 mod error;
 mod handle;
 mod shared;
@@ -56,8 +59,9 @@ pub mod tunnel;
 
 pub use builder::{Agent, AgentBuilder};
 pub use config::{
-    AgentConfig, DEFAULT_DRAIN_GRACE, DEFAULT_INTERFACE_REFRESH, DEFAULT_MAX_STREAMS,
-    DEFAULT_PIN_MISMATCH_RETRY, DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_SUMMARY_INTERVAL,
+    AgentConfig, TransportChoice, DEFAULT_DRAIN_GRACE, DEFAULT_INTERFACE_REFRESH,
+    DEFAULT_MAX_STREAMS, DEFAULT_PIN_MISMATCH_RETRY, DEFAULT_QUIC_RETRY, DEFAULT_RACE_DELAY,
+    DEFAULT_REFUSAL_SUMMARY_INTERVAL, DEFAULT_SUMMARY_INTERVAL,
 };
 pub use error::AgentError;
 pub use handle::AgentHandle;

@@ -110,6 +110,29 @@ pub fn remember_pin(dir: &Path, pin: &str) -> std::io::Result<()> {
     write_atomically(&path, text.as_bytes())
 }
 
+/// The tunnel transport that last won the race (`quic` or `tcp`), so a
+/// restarted agent on a network without UDP goes straight to TCP.
+const TRANSPORT_FILE: &str = "transport";
+
+/// The transport remembered in `dir`, if any (anything unreadable counts as none).
+pub fn remembered_transport(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(TRANSPORT_FILE)).ok()?;
+    let name = text.trim();
+    matches!(name, "quic" | "tcp").then(|| name.to_owned())
+}
+
+/// Remembers `transport` (`quic` or `tcp`) in `dir`.
+pub fn remember_transport(dir: &Path, transport: &str) -> std::io::Result<()> {
+    if remembered_transport(dir).as_deref() == Some(transport) {
+        return Ok(());
+    }
+    prepare_dir(dir)?;
+    write_atomically(
+        &dir.join(TRANSPORT_FILE),
+        format!("{transport}\n").as_bytes(),
+    )
+}
+
 /// Creates `dir` (and missing parents) owner-only, or tightens an existing one,
 /// and tightens every file already in it to owner-only. Runs at every start.
 pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {

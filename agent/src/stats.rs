@@ -17,6 +17,8 @@ pub struct SessionInfo {
     pub country: Option<String>,
     /// The id customers see for this exit.
     pub exit_id: String,
+    /// The tunnel's transport: `quic` or `tcp`.
+    pub transport: String,
 }
 
 /// Live counters the tunnel bumps and [`AgentStats`] reports.

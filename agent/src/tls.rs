@@ -114,29 +114,47 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
-/// QUIC client configuration that trusts only `pin`; returns the verifier too so
-/// the caller can tell a pin mismatch from a network failure.
-pub fn client_config(
+/// Client configurations for both tunnel transports that trust only `pin`,
+/// through one verifier, returned too so the caller can tell a pin mismatch
+/// from a network failure on either.
+pub struct ClientConfigs {
+    /// QUIC, ALPN `exitpool/1`.
+    pub quic: quinn::ClientConfig,
+    /// TLS over TCP, ALPN `exitpool-tcp/1`.
+    pub tcp: Arc<rustls::ClientConfig>,
+    /// The pin check both use.
+    pub verifier: Arc<PinVerifier>,
+}
+
+/// Builds [`ClientConfigs`] for `pin`, QUIC with `transport`'s settings.
+pub fn client_configs(
     pin: Pin,
     transport: quinn::TransportConfig,
-) -> Result<(quinn::ClientConfig, Arc<PinVerifier>), rustls::Error> {
+) -> Result<ClientConfigs, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinVerifier {
         pin,
         provider: provider.clone(),
         mismatch_seen: AtomicBool::new(false),
     });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![exitpool_protocol::ALPN.to_vec()];
-    let crypto =
-        QuicClientConfig::try_from(tls).map_err(|e| rustls::Error::General(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport));
-    Ok((config, verifier))
+    let tls = |alpn: &[u8]| -> Result<rustls::ClientConfig, rustls::Error> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        Ok(tls)
+    };
+    let crypto = QuicClientConfig::try_from(tls(exitpool_protocol::ALPN)?)
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
+    quic.transport_config(Arc::new(transport));
+    Ok(ClientConfigs {
+        quic,
+        tcp: Arc::new(tls(exitpool_transport::tcp::ALPN)?),
+        verifier,
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! warning: one forged handshake must not end a volunteer's sharing.
 
 use crate::config::AgentConfig;
+use crate::connect::{quic_probe, Dialer};
 use crate::dial::{dial, DialError};
 use crate::error::AgentError;
 use crate::policy::ExitPolicy;
@@ -14,13 +15,16 @@ use crate::shared::Shared;
 use crate::stats::{ActiveStream, SessionInfo};
 use exitpool_protocol::{
     close_code, read_frame, write_frame, AgentMessage, Capacity, FailureCode, FrameError,
-    GatewayMessage, OpenReply, OpenRequest, RejectReason, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
-    LOAD_REPORT_INTERVAL, PROTOCOL_VERSION,
+    GatewayMessage, OpenReply, OpenRequest, RejectReason, IDLE_TIMEOUT, LOAD_REPORT_INTERVAL,
+    PROTOCOL_VERSION,
 };
 use exitpool_transport::leave::leave;
 use exitpool_transport::relay::{relay, LiveCounters};
+use exitpool_transport::{
+    CloseReason, StreamRecv, StreamSend, Transport, Tunnel, TunnelConnection, TunnelSend,
+};
 use rand::Rng;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,8 +45,6 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// A relay with no bytes either way for this long is closed (the gateway usually
 /// closes idle customers much earlier; this is the agent's own bound).
 pub const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Name the gateway's certificate carries; the pin is what is checked.
-const GATEWAY_SERVER_NAME: &str = "exitpool-gateway";
 
 /// Longest a new stream waits for a stream slot before the agent answers that it
 /// is at its limit: long enough for a finishing stream's task to let go of its
@@ -84,11 +86,17 @@ impl Default for Backoff {
 
 /// Transport settings for the tunnel: keep-alive under home NAT timeouts, bounded
 /// receive windows, and exactly as many incoming streams as the agent serves.
-pub fn transport_config(max_streams: u32) -> quinn::TransportConfig {
+pub fn transport_config(max_streams: u32, keep_alive: Duration) -> quinn::TransportConfig {
     let mut transport = exitpool_transport::udp::base_transport();
+    // The idle timeout stays above two keep-alives, so a silent tunnel is
+    // first seen as degraded (and the agent falls back to TCP).
+    let idle = IDLE_TIMEOUT.max(keep_alive * 2 + keep_alive / 2);
     transport
-        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
-        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .max_idle_timeout(Some(
+            idle.try_into()
+                .unwrap_or_else(|_| IDLE_TIMEOUT.try_into().expect("idle timeout fits")),
+        ))
+        .keep_alive_interval(Some(keep_alive))
         .max_concurrent_bidi_streams(max_streams.into())
         .max_concurrent_uni_streams(0u32.into());
     transport
@@ -103,6 +111,12 @@ enum SessionEnd {
     Retry(String),
     /// A failure retrying cannot fix.
     Fatal(AgentError),
+    /// The QUIC tunnel carried nothing for two keep-alive intervals: UDP is
+    /// degraded here, so the agent falls back as if the handshake had failed.
+    Degraded,
+    /// QUIC works again: the TCP tunnel drains in the background and the
+    /// agent continues on this connection.
+    Moved(quinn::Connection),
 }
 
 /// Runs the agent until shutdown or a fatal error.
@@ -112,20 +126,27 @@ pub(crate) async fn run(
 ) -> Result<(), AgentError> {
     let config = &shared.config;
     let local = SocketAddr::new(config.bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), 0);
-    let endpoint = bind_endpoint(local).map_err(|source| AgentError::Bind {
+    let endpoint = crate::connect::bind_endpoint(local).map_err(|source| AgentError::Bind {
         addr: local,
         source,
     })?;
-    let (client_config, verifier) =
-        crate::tls::client_config(config.pin, transport_config(config.max_streams))
-            .map_err(|e| AgentError::Tls(e.to_string()))?;
+    let configs = crate::tls::client_configs(
+        config.pin,
+        transport_config(config.max_streams, config.keep_alive),
+    )
+    .map_err(|e| AgentError::Tls(e.to_string()))?;
+    let verifier = configs.verifier.clone();
+    let dialer = Dialer { endpoint, configs };
     let mut backoff = Backoff::new();
     let mut pin_proven = pin_proven(&shared).await;
+    let mut prefer_tcp = crate::connect::remembered_tcp(&shared).await;
+    let mut moved_to = None;
     let result = loop {
         let started = Instant::now();
         let end = session(
-            &endpoint,
-            &client_config,
+            &dialer,
+            moved_to.take(),
+            &mut prefer_tcp,
             &shared,
             &mut pin_proven,
             &shutdown,
@@ -135,6 +156,16 @@ pub(crate) async fn run(
         shared.session.send_replace(None);
         match end {
             SessionEnd::Shutdown => break Ok(()),
+            SessionEnd::Moved(connection) => {
+                info!("QUIC works again: moving the tunnel over, the TLS/TCP one drains");
+                backoff.reset();
+                moved_to = Some(connection);
+            }
+            SessionEnd::Degraded => {
+                warn!("the QUIC tunnel carried nothing for two keep-alive intervals; falling back to TLS/TCP");
+                prefer_tcp = true;
+                crate::connect::remember(&shared, Transport::Tcp).await;
+            }
             SessionEnd::Fatal(error) => break Err(error),
             SessionEnd::Retry(_) if verifier.take_mismatch() => {
                 if !pin_proven {
@@ -186,7 +217,7 @@ pub(crate) async fn run(
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), dialer.endpoint.wait_idle()).await;
     result
 }
 
@@ -240,68 +271,26 @@ async fn remember_pin(shared: &Arc<Shared>) {
     }
 }
 
-/// A UDP endpoint on `local`; an unspecified IPv6 address is dual-stack where the
-/// OS allows, falling back to IPv4.
-fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    let client = |addr| exitpool_transport::udp::endpoint(addr, Default::default(), None);
-    match client(local) {
-        Ok(endpoint) => Ok(endpoint),
-        Err(_) if local.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
-            client(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
-        }
-        Err(error) => Err(error),
-    }
-}
-
-async fn resolve_gateway(
-    gateway: &str,
-    bind: Option<IpAddr>,
-    within: Duration,
-) -> Result<SocketAddr, String> {
-    let addresses = tokio::time::timeout(within, tokio::net::lookup_host(gateway))
-        .await
-        .map_err(|_| format!("resolving {gateway} timed out"))?
-        .map_err(|e| format!("resolving {gateway}: {e}"))?;
-    // IPv4 first: the gateway then observes the home's public IPv4 address,
-    // which sits on the router, not on any interface of this device; its
-    // public IPv6 addresses are on its interfaces, read by the agent itself.
-    addresses
-        .filter(|address| bind.is_none_or(|bind| bind.is_ipv4() == address.is_ipv4()))
-        .min_by_key(|address| address.is_ipv6())
-        .ok_or_else(|| format!("{gateway} has no address of the --bind address's family"))
-}
-
 async fn session(
-    endpoint: &quinn::Endpoint,
-    client_config: &quinn::ClientConfig,
+    dialer: &Dialer,
+    moved_to: Option<quinn::Connection>,
+    prefer_tcp: &mut bool,
     shared: &Arc<Shared>,
     pin_proven: &mut bool,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let config = &shared.config;
-    let connecting = async {
-        let mut address =
-            resolve_gateway(&config.gateway, config.bind, config.handshake_timeout).await?;
-        // A dual-stack socket reaches IPv4 gateways through mapped addresses.
-        if endpoint.local_addr().map(|a| a.is_ipv6()).unwrap_or(false) {
-            if let IpAddr::V4(v4) = address.ip() {
-                address = SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), address.port());
-            }
-        }
-        endpoint
-            .connect_with(client_config.clone(), address, GATEWAY_SERVER_NAME)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let connection = tokio::select! {
-        result = tokio::time::timeout(config.handshake_timeout, connecting) => match result {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(reason)) => return SessionEnd::Retry(reason),
-            Err(_) => return SessionEnd::Retry("QUIC handshake timed out".into()),
+    let connection = match moved_to {
+        Some(connection) => Tunnel::Quic(connection),
+        None => tokio::select! {
+            result = dialer.connect(config, *prefer_tcp) => match result {
+                Ok(tunnel) => tunnel,
+                Err(reason) => return SessionEnd::Retry(reason),
+            },
+            () = shutdown.cancelled() => return SessionEnd::Shutdown,
         },
-        () = shutdown.cancelled() => return SessionEnd::Shutdown,
     };
+    let transport = connection.transport();
 
     let (mut control_send, mut control_recv, info) =
         match tokio::time::timeout(config.handshake_timeout, hello(&connection, shared)).await {
@@ -314,7 +303,11 @@ async fn session(
         remember_pin(shared).await;
         *pin_proven = true;
     }
-    info!(exit = %info.exit_id, observed = %info.observed_addr, country = info.country.as_deref().unwrap_or("??"), "connected to the gateway");
+    if config.transport == crate::config::TransportChoice::Auto {
+        *prefer_tcp = transport == Transport::Tcp;
+        crate::connect::remember(shared, transport).await;
+    }
+    info!(exit = %info.exit_id, %transport, observed = %info.observed_addr, country = info.country.as_deref().unwrap_or("??"), "connected to the gateway");
     let observed = info.observed_addr.ip();
     // The own addresses are in the policy before the first stream is taken.
     refresh_own_addresses(shared, observed).await;
@@ -327,9 +320,18 @@ async fn session(
     let mut paused = shared.paused.subscribe();
     let mut exhausted = shared.meter.subscribe_exhausted();
     let mut load_timer = tokio::time::interval(LOAD_REPORT_INTERVAL);
+    // Over TCP under `auto`, QUIC is tried again in the background.
+    let probing =
+        transport == Transport::Tcp && config.transport == crate::config::TransportChoice::Auto;
+    let probe = quic_probe(dialer, config);
+    tokio::pin!(probe);
+    let mut silence = Silence::new(&connection);
+    let mut degraded_check = tokio::time::interval(config.keep_alive);
+    // The first check one interval from now, not at once.
+    degraded_check.reset();
     let end = loop {
         tokio::select! {
-            accepted = connection.accept_bi() => match accepted {
+            accepted = connection.accept_stream() => match accepted {
                 Ok((send, recv)) => {
                     let accepting = shared.accepting();
                     let policy = shared.policy.borrow().clone();
@@ -337,8 +339,22 @@ async fn session(
                     streams.spawn(serve_stream(stream, send, recv).instrument(info_span!("stream")));
                 }
                 Err(_) if gateway_stopped(&connection) => break SessionEnd::GatewayStopped,
+                Err(_) if transport == Transport::Quic
+                    && connection.close_reason() == Some(CloseReason::TimedOut)
+                    && config.transport == crate::config::TransportChoice::Auto =>
+                {
+                    break SessionEnd::Degraded
+                }
                 Err(error) => break SessionEnd::Retry(error.to_string()),
             },
+            _ = degraded_check.tick(), if transport == Transport::Quic
+                && config.transport == crate::config::TransportChoice::Auto =>
+            {
+                if silence.degraded(&connection) {
+                    break SessionEnd::Degraded;
+                }
+            }
+            quic = &mut probe, if probing => break SessionEnd::Moved(quic),
             _ = interface_refresh.tick() => refresh_own_addresses(shared, observed).await,
             _ = load_timer.tick() => {
                 if let Err(error) = send_load(&mut control_send, shared).await {
@@ -374,17 +390,111 @@ async fn session(
         }
     };
     streams.close();
-    if !matches!(end, SessionEnd::Shutdown) {
-        connection.close(close_code::AGENT_SHUTDOWN.into(), b"agent reconnecting");
+    match &end {
+        SessionEnd::Shutdown => {}
+        SessionEnd::Moved(_) => {
+            tokio::spawn(
+                drain_left_behind(
+                    connection,
+                    control_send,
+                    streams,
+                    shared.clone(),
+                    shutdown.clone(),
+                )
+                .in_current_span(),
+            );
+        }
+        _ => connection.close(close_code::AGENT_SHUTDOWN, b"agent reconnecting"),
     }
     end
+}
+
+/// Counts keep-alive intervals in which a QUIC tunnel received nothing: its
+/// own keep-alives are acknowledged, so a working path always brings
+/// something back.
+struct Silence {
+    received: u64,
+    silent_intervals: u32,
+}
+
+impl Silence {
+    fn new(connection: &Tunnel) -> Silence {
+        Silence {
+            received: Self::datagrams(connection),
+            silent_intervals: 0,
+        }
+    }
+
+    fn datagrams(connection: &Tunnel) -> u64 {
+        match connection {
+            Tunnel::Quic(quic) => quic.stats().udp_rx.datagrams,
+            Tunnel::Tcp(_) => 0,
+        }
+    }
+
+    /// Called once per keep-alive interval: whether this is the second
+    /// silent interval in a row.
+    fn degraded(&mut self, connection: &Tunnel) -> bool {
+        let received = Self::datagrams(connection);
+        if received == self.received {
+            self.silent_intervals += 1;
+        } else {
+            self.silent_intervals = 0;
+            self.received = received;
+        }
+        self.silent_intervals >= 2
+    }
+}
+
+/// The TCP tunnel an agent left for QUIC: routes nothing new (`Draining`),
+/// lets its live streams finish within [`AgentConfig::move_drain`], then
+/// [`leave`]s. Customers' transfers on it are not cut.
+async fn drain_left_behind(
+    connection: Tunnel,
+    mut control: StreamSend,
+    streams: TaskTracker,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let config = &shared.config;
+    let _ = tokio::time::timeout(
+        config.handshake_timeout,
+        write_frame(&mut control, &AgentMessage::Draining),
+    )
+    .await;
+    debug!(live = streams.len(), "the TLS/TCP tunnel drains");
+    tokio::select! {
+        _ = tokio::time::timeout(config.move_drain, streams.wait()) => {}
+        () = shutdown.cancelled() => {
+            let _ = tokio::time::timeout(config.drain_grace, streams.wait()).await;
+        }
+    }
+    leave(
+        &connection,
+        &mut control,
+        close_code::AGENT_SHUTDOWN,
+        b"agent moved to QUIC",
+    )
+    .await;
 }
 
 /// Whether the gateway closed this tunnel because it is shutting down, or a
 /// gateway that restarted without notice (a crash) reset it: either way every
 /// agent hears it at about the same moment, so reconnects are spread out and
 /// start from a fresh backoff.
-fn gateway_stopped(connection: &quinn::Connection) -> bool {
+fn gateway_stopped(connection: &Tunnel) -> bool {
+    let connection = match connection {
+        Tunnel::Quic(quic) => quic,
+        // A gateway that stops or crashes ends every TCP tunnel at once (a
+        // FIN or a reset from its host), the same moment for every agent.
+        Tunnel::Tcp(tcp) => {
+            return match tcp.close_reason() {
+                Some(CloseReason::Peer(_)) => true,
+                Some(CloseReason::Lost(why)) => why.contains("reset"),
+                _ => false,
+            }
+        }
+    };
     match connection.close_reason() {
         Some(quinn::ConnectionError::ApplicationClosed(close)) => {
             close.error_code == close_code::SHUTDOWN.into()
@@ -395,17 +505,17 @@ fn gateway_stopped(connection: &quinn::Connection) -> bool {
 }
 
 async fn hello(
-    connection: &quinn::Connection,
+    connection: &Tunnel,
     shared: &Shared,
-) -> Result<(quinn::SendStream, quinn::RecvStream, SessionInfo), SessionEnd> {
+) -> Result<(StreamSend, StreamRecv, SessionInfo), SessionEnd> {
     let config = &shared.config;
     let retry =
         |what: &str, error: &dyn std::fmt::Display| SessionEnd::Retry(format!("{what}: {error}"));
     let (mut send, mut recv) = connection
-        .open_bi()
+        .open_control()
         .await
         .map_err(|e| retry("opening the control stream", &e))?;
-    let material = exitpool_transport::quic::identity_material(connection)
+    let material = exitpool_transport::tunnel::identity_material(connection)
         .map_err(|e| retry("proving the device key", &e))?;
     let hello = AgentMessage::Hello {
         version: PROTOCOL_VERSION,
@@ -432,6 +542,7 @@ async fn hello(
                 observed_addr,
                 country,
                 exit_id,
+                transport: connection.transport().to_string(),
             },
         )),
         // A full enrolment or network frees up as other agents leave: wait, retry.
@@ -452,7 +563,7 @@ async fn hello(
 }
 
 async fn send_load(
-    control: &mut quinn::SendStream,
+    control: &mut StreamSend,
     shared: &Shared,
 ) -> Result<(), exitpool_protocol::FrameError> {
     let load = AgentMessage::Load {
@@ -466,8 +577,8 @@ async fn send_load(
 /// the drain grace, then [`leave`]s, so a lost close packet cannot leave the
 /// gateway routing to, and customers waiting on, an agent that is gone.
 async fn drain(
-    connection: &quinn::Connection,
-    control: &mut quinn::SendStream,
+    connection: &Tunnel,
+    control: &mut StreamSend,
     streams: &TaskTracker,
     config: &AgentConfig,
 ) {
@@ -502,22 +613,18 @@ struct StreamContext {
 }
 
 /// One relay stream: read `OpenRequest`, dial, answer, relay.
-async fn serve_stream(
-    context: StreamContext,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
+async fn serve_stream(context: StreamContext, mut send: StreamSend, mut recv: StreamRecv) {
     let config = &context.shared.config;
     let request: OpenRequest =
         match tokio::time::timeout(config.handshake_timeout, read_frame(&mut recv)).await {
             Ok(Ok(request)) => request,
             Ok(Err(error)) => {
                 debug!(%error, "bad open request");
-                let _ = send.reset(exitpool_protocol::RESET_CODE.into());
+                send.reset(exitpool_protocol::RESET_CODE);
                 return;
             }
             Err(_) => {
-                let _ = send.reset(exitpool_protocol::RESET_CODE.into());
+                send.reset(exitpool_protocol::RESET_CODE);
                 return;
             }
         };
@@ -589,7 +696,7 @@ async fn serve_stream(
     drop(permit);
 }
 
-async fn fail(send: &mut quinn::SendStream, error: DialError) {
+async fn fail(send: &mut StreamSend, error: DialError) {
     let reply = OpenReply::Failed {
         code: error.code,
         detail: error.detail,

@@ -40,10 +40,19 @@ pub fn free_tcp_port() -> Result<u16> {
         .port())
 }
 
-fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A tunnel port number free on both UDP (QUIC) and TCP (the TLS fallback,
+/// which the gateway binds on the same number), with both sockets held so the
+/// caller can pick its other ports without drawing this one; drop them just
+/// before the gateway starts.
+fn free_tunnel_port() -> Result<(u16, std::net::UdpSocket, std::net::TcpListener)> {
+    for _ in 0..64 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok((port, udp, tcp));
+        }
+    }
+    bail!("no port number free on both UDP and TCP after 64 tries")
 }
 
 /// Polls `check` every 50 ms until it holds, at most `bound`.
@@ -174,16 +183,18 @@ impl GatewayProcess {
         threads: usize,
         extra: &[&str],
     ) -> Result<GatewayProcess> {
+        let (tunnel, held_udp, held_tcp) = free_tunnel_port()?;
         let launch = GatewayLaunch {
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
             binary: binary.to_owned(),
             state: state.to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
-            tunnel: SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)),
+            tunnel: SocketAddr::from(([127, 0, 0, 1], tunnel)),
             admin: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
             max_connections,
             threads,
         };
+        drop((held_udp, held_tcp));
         Self::spawn(launch, Duration::from_secs(20)).await
     }
 
@@ -311,7 +322,8 @@ impl GatewayProcess {
 }
 
 /// Starts the real `agent` binary against `tunnel`, bound to `bind`, allowed to
-/// reach loopback targets, with its state in `dir`.
+/// reach loopback targets, with its state in `dir`, on `transport` (`quic`,
+/// `tcp` or `auto`).
 pub fn spawn_agent_process(
     binary: &Path,
     tunnel: SocketAddr,
@@ -319,9 +331,11 @@ pub fn spawn_agent_process(
     bind: IpAddr,
     dir: &Path,
     max_streams: Option<u32>,
+    transport: &str,
 ) -> Result<Process> {
     Ok(Launch::new(binary)
         .args(["--gateway", &tunnel.to_string(), "--pin", pin])
+        .args(["--transport", transport])
         .args(["--bind", &bind.to_string(), "--allow-private"])
         .args(max_streams.map(|n| format!("--max-streams={n}")))
         .arg("--state-dir")
@@ -353,6 +367,7 @@ impl Processes {
         agents: usize,
         max_connections: usize,
         max_streams: Option<u32>,
+        transport: &str,
     ) -> Result<Processes> {
         let state = tempfile::tempdir()?;
         let pin = pin_of(&bins.gateway, state.path()).await?;
@@ -375,6 +390,7 @@ impl Processes {
                 bind,
                 dir.path(),
                 max_streams,
+                transport,
             )?);
             dirs.push(dir);
         }

@@ -182,6 +182,7 @@ fn route(request: Request<hyper::body::Incoming>, shared: &Shared) -> Response<F
                 &*shared.directory,
                 shared.sessions.len(),
                 &shared.config.health,
+                shared.links.count_by_transport(),
             ),
         ),
         (&Method::POST, "/usage/reset") => reset_usage(query, shared),
@@ -256,6 +257,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                 "city": agent.location.city,
                 "observed_addr": agent.observed.to_string(),
                 "software": agent.software,
+                "transport": shared.links.transport(agent.key).map(|t| t.as_str()),
                 "accepting": agent.is_accepting(),
                 "max_streams": agent.max_streams.load(Ordering::Relaxed),
                 "live_streams": agent.active_streams.load(Ordering::Relaxed),
@@ -281,6 +283,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
             })
         })
         .collect();
+    let (quic_agents, tcp_agents) = shared.links.count_by_transport();
     let usage = shared.usage.snapshot();
     let accounts = shared.accounts.current();
     let customers: serde_json::Map<String, serde_json::Value> = accounts
@@ -314,6 +317,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
     serde_json::json!({
         "agents": agents.len(),
         "countries": shared.directory.countries(),
+        "transports": {"quic": quic_agents, "tcp": tcp_agents},
         "live_streams": live_streams,
         "sessions": shared.sessions.len(),
         "uptime_secs": shared.started.elapsed().as_secs(),

@@ -74,6 +74,8 @@ pub struct GatewayConfig {
     pub admin_hosts: Vec<String>,
     /// Deadline for a customer's request head (and SOCKS5 greeting).
     pub head_timeout: Duration,
+    /// Where agents' TLS-over-TCP tunnels are accepted.
+    pub tunnel_tcp: TunnelTcp,
     /// A tunnel with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
     /// How long a customer waits for an exit to answer `Open` (the agent's own
@@ -118,6 +120,18 @@ pub struct GatewayConfig {
     pub geoip: Arc<GeoIp>,
 }
 
+/// Where the TLS-over-TCP tunnel port listens (`--tunnel-tcp`, `--no-tunnel-tcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelTcp {
+    /// The QUIC tunnel's address and port number, on TCP (the default): agents
+    /// need one `--gateway HOST:PORT` for both transports.
+    SamePort,
+    /// This address.
+    At(SocketAddr),
+    /// No TCP tunnel: agents on networks without UDP cannot join.
+    Off,
+}
+
 impl GatewayConfig {
     /// Defaults from DESIGN.md, with `state_dir` and no users or tokens.
     pub fn new(state_dir: PathBuf) -> Self {
@@ -126,6 +140,7 @@ impl GatewayConfig {
             entry_ports: EntryPorts::default(),
             customer_tls: None,
             tunnel: DEFAULT_TUNNEL.parse().expect("valid default"),
+            tunnel_tcp: TunnelTcp::SamePort,
             admin: Some(DEFAULT_ADMIN.parse().expect("valid default")),
             state_dir,
             users: Users::default(),

@@ -4,13 +4,13 @@
 use crate::abuse::{AuthFailures, PasswordChecks};
 use crate::access::AccessLog;
 use crate::accounts::{self, Accounts, AccountsError};
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, TunnelTcp};
 use crate::directory::{AgentDirectory, LocalDirectory};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::sessions::MemorySessions;
 use crate::shared::Shared;
-use crate::tunnel::{endpoint, Links};
+use crate::tunnel::{endpoint, tcp, Links};
 use crate::usage::{self, MemoryUsage};
 use crate::{admin, customer, housekeeping, state, tls};
 use exitpool_protocol::close_code;
@@ -66,6 +66,7 @@ pub struct Gateway {
     endpoint: quinn::Endpoint,
     listen_addr: SocketAddr,
     tunnel_addr: SocketAddr,
+    tunnel_tcp_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     pin: String,
 }
@@ -125,15 +126,7 @@ impl Gateway {
                 .map_err(bind("an entry port", addr))?;
             entrances.push((entry, Some(Arc::new(targeting.clone()))));
         }
-        let quic = exitpool_transport::udp::endpoint(
-            config.tunnel,
-            endpoint::endpoint_config(&identity),
-            Some(
-                identity
-                    .quic_server_config(endpoint::transport_config(config.tunnel_idle_timeout))?,
-            ),
-        )
-        .map_err(bind("the tunnel port", config.tunnel))?;
+        let (quic, tunnel_tcp) = bind_tunnels(&config, &identity).await?;
         let admin = match config.admin {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -148,6 +141,15 @@ impl Gateway {
         let tunnel_addr = quic
             .local_addr()
             .map_err(bind("the tunnel port", config.tunnel))?;
+        let tunnel_tcp_addr = match &tunnel_tcp {
+            Some(listener) => Some(
+                listener
+                    .local_addr()
+                    .map_err(bind("the TCP tunnel port", config.tunnel))?,
+            ),
+            None => None,
+        };
+        let tcp_tls = identity.tcp_server_config()?;
         let admin_addr = admin
             .as_ref()
             .and_then(|listener| listener.local_addr().ok());
@@ -159,6 +161,7 @@ impl Gateway {
             config,
             directory: Box::new(directory),
             links: Links::default(),
+            pending_handshakes: Default::default(),
             sessions: Box::new(MemorySessions::default()),
             auth_failures: AuthFailures::default(),
             password_checks,
@@ -180,6 +183,11 @@ impl Gateway {
         shared
             .tasks
             .spawn(endpoint::serve(quic.clone(), shared.clone()));
+        if let Some(listener) = tunnel_tcp {
+            shared
+                .tasks
+                .spawn(tcp::serve(listener, tcp_tls, shared.clone()));
+        }
         if let Some(admin) = admin {
             shared.tasks.spawn(admin::serve(admin, shared.clone()));
         }
@@ -193,15 +201,21 @@ impl Gateway {
             info!("geoip: {line}");
         }
         let pin = identity.pin();
-        info!(%listen_addr, %tunnel_addr, admin = ?admin_addr, %pin, "gateway started");
+        info!(%listen_addr, %tunnel_addr, tunnel_tcp = ?tunnel_tcp_addr, admin = ?admin_addr, %pin, "gateway started");
         Ok(Gateway {
             shared,
             endpoint: quic,
             listen_addr,
             tunnel_addr,
+            tunnel_tcp_addr,
             admin_addr,
             pin,
         })
+    }
+
+    /// The TCP port agents dial where UDP is blocked, if enabled.
+    pub fn tunnel_tcp_addr(&self) -> Option<SocketAddr> {
+        self.tunnel_tcp_addr
     }
 
     /// The customer port (HTTP proxy and SOCKS5).
@@ -284,6 +298,69 @@ impl Gateway {
             Ok(Ok(())) => info!("usage written"),
             Ok(Err(error)) => tracing::error!(%error, "writing usage at shutdown failed"),
             Err(error) => tracing::error!(%error, "usage writer panicked"),
+        }
+    }
+}
+
+/// How many times an ephemeral tunnel port (port 0) is drawn again when its
+/// number is taken on TCP.
+const SAME_PORT_ATTEMPTS: usize = 16;
+
+/// The QUIC endpoint and, unless turned off, the TCP tunnel listener: by default
+/// on the same port number, so one `--gateway HOST:PORT` serves both.
+async fn bind_tunnels(
+    config: &GatewayConfig,
+    identity: &tls::Identity,
+) -> Result<(quinn::Endpoint, Option<TcpListener>), StartError> {
+    let quic = |addr| -> Result<quinn::Endpoint, StartError> {
+        let server =
+            identity.quic_server_config(endpoint::transport_config(config.tunnel_idle_timeout))?;
+        exitpool_transport::udp::endpoint(addr, endpoint::endpoint_config(identity), Some(server))
+            .map_err(|source| StartError::Bind {
+                what: "the tunnel port",
+                addr,
+                source,
+            })
+    };
+    let tcp = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "the TCP tunnel port",
+                addr,
+                source,
+            })
+    };
+    match config.tunnel_tcp {
+        TunnelTcp::Off => Ok((quic(config.tunnel)?, None)),
+        TunnelTcp::At(addr) => Ok((quic(config.tunnel)?, Some(tcp(addr).await?))),
+        TunnelTcp::SamePort => {
+            // An ephemeral UDP port's number may be taken on TCP: draw again.
+            let attempts = if config.tunnel.port() == 0 {
+                SAME_PORT_ATTEMPTS
+            } else {
+                1
+            };
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let endpoint = quic(config.tunnel)?;
+                let port = endpoint
+                    .local_addr()
+                    .map_err(|source| StartError::Bind {
+                        what: "the tunnel port",
+                        addr: config.tunnel,
+                        source,
+                    })?
+                    .port();
+                let mut addr = config.tunnel;
+                addr.set_port(port);
+                match tcp(addr).await {
+                    Ok(listener) => return Ok((endpoint, Some(listener))),
+                    Err(error) if attempt >= attempts => return Err(error),
+                    Err(_) => endpoint.close(0u32.into(), b""),
+                }
+            }
         }
     }
 }

@@ -55,7 +55,7 @@ pub mod tls;
 pub mod tunnel;
 pub mod usage;
 
-pub use config::GatewayConfig;
+pub use config::{GatewayConfig, TunnelTcp};
 pub use directory::AgentDirectory;
 pub use error::ProxyError;
 pub use gateway::{Gateway, StartError};

@@ -26,6 +26,13 @@ pub struct CountryLabel {
     pub country: String,
 }
 
+/// Label for per-transport series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// `quic` or `tcp`.
+    pub transport: &'static str,
+}
+
 /// Label for per-code series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
@@ -83,6 +90,7 @@ pub struct Metrics {
     pub agent_identity_refusals: Counter,
     agents: Gauge,
     agents_by_country: Family<CountryLabel, Gauge>,
+    agents_by_transport: Family<TransportLabel, Gauge>,
     live_streams: Gauge,
     sessions: Gauge,
 }
@@ -116,11 +124,17 @@ impl Metrics {
             agent_identity_refusals: Counter::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
+            agents_by_transport: Family::default(),
             live_streams: Gauge::default(),
             sessions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("agents", "Connected agents", metrics.agents.clone());
+        registry.register(
+            "agents_by_transport",
+            "Agent tunnels held, per transport (quic, tcp)",
+            metrics.agents_by_transport.clone(),
+        );
         registry.register(
             "agents_by_country",
             "Connected agents per country (?? when unknown)",
@@ -231,7 +245,13 @@ impl Metrics {
         directory: &dyn AgentDirectory,
         sessions: usize,
         health: &crate::directory::HealthPolicy,
+        (quic, tcp): (usize, usize),
     ) -> String {
+        for (transport, count) in [("quic", quic), ("tcp", tcp)] {
+            self.agents_by_transport
+                .get_or_create(&TransportLabel { transport })
+                .set(count as i64);
+        }
         let agents = directory.agents();
         self.agents.set(agents.len() as i64);
         let live: u64 = agents

@@ -31,6 +31,8 @@ pub struct Shared {
     pub directory: Box<dyn AgentDirectory>,
     /// The tunnels held by this process, to open streams on.
     pub links: Links,
+    /// Agent handshakes in progress on both tunnel transports.
+    pub pending_handshakes: std::sync::Arc<crate::tunnel::pending::PendingHandshakes>,
     /// Sticky-session pins.
     pub sessions: Box<dyn SessionStore>,
     /// Failed authentications per source address.

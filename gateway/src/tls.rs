@@ -96,12 +96,9 @@ impl Identity {
         derived.finalize().into()
     }
 
-    /// QUIC server configuration: TLS 1.3 with ALPN `exitpool/1`, plus the
-    /// transport limits in [`crate::tunnel::transport_config`].
-    pub fn quic_server_config(
-        &self,
-        transport: quinn::TransportConfig,
-    ) -> Result<quinn::ServerConfig, IdentityError> {
+    /// TLS 1.3 with this certificate and `alpn`: one certificate for both
+    /// tunnel transports, so an agent's pin holds on either.
+    fn tls_server_config(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -112,7 +109,24 @@ impl Identity {
                 PrivateKeyDer::Pkcs8(self.key.clone_key()),
             )
             .map_err(|e| IdentityError::Tls(e.to_string()))?;
-        tls.alpn_protocols = vec![exitpool_protocol::ALPN.to_vec()];
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        Ok(tls)
+    }
+
+    /// TLS-over-TCP tunnel configuration: ALPN `exitpool-tcp/1`.
+    pub fn tcp_server_config(&self) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
+        Ok(Arc::new(
+            self.tls_server_config(exitpool_transport::tcp::ALPN)?,
+        ))
+    }
+
+    /// QUIC server configuration: TLS 1.3 with ALPN `exitpool/1`, plus the
+    /// transport limits in [`crate::tunnel::transport_config`].
+    pub fn quic_server_config(
+        &self,
+        transport: quinn::TransportConfig,
+    ) -> Result<quinn::ServerConfig, IdentityError> {
+        let tls = self.tls_server_config(exitpool_protocol::ALPN)?;
         let crypto =
             QuicServerConfig::try_from(tls).map_err(|e| IdentityError::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -13,9 +13,14 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "agent", version)]
 struct Args {
-    /// Gateway tunnel address, HOST:PORT (UDP).
+    /// Gateway tunnel address, HOST:PORT (UDP for QUIC, the same port number on
+    /// TCP for the TLS fallback).
     #[arg(long)]
     gateway: String,
+    /// Tunnel transport: quic, tcp (TLS over TCP, where UDP is blocked), or
+    /// auto (race them, QUIC first; remember the winner; move back to QUIC).
+    #[arg(long, default_value = "auto", value_name = "quic|tcp|auto")]
+    transport: exitpool::agent::TransportChoice,
     /// The gateway's certificate pin, as printed by `gateway pin`.
     #[arg(long)]
     pin: Pin,
@@ -78,6 +83,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut builder = Agent::builder(args.gateway, args.pin, args.token)
         .policy(policy)
         .max_streams(args.max_streams)
+        .transport(args.transport)
         .summary_interval(std::time::Duration::from_secs(args.summary_secs.max(1)))
         .state_dir(
             args.state_dir

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use exitpool::gateway::auth::{AgentTokens, Customer, Users};
 use exitpool::gateway::config::{DEFAULT_ADMIN, DEFAULT_LISTEN, DEFAULT_TUNNEL};
-use exitpool::gateway::{Gateway, GatewayConfig};
+use exitpool::gateway::{Gateway, GatewayConfig, TunnelTcp};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +25,13 @@ struct Args {
     /// QUIC port (UDP) agents connect to.
     #[arg(long, default_value = DEFAULT_TUNNEL)]
     tunnel: SocketAddr,
+    /// TLS-over-TCP tunnel port for agents whose networks block UDP
+    /// [default: the --tunnel address and port number, on TCP].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_tunnel_tcp")]
+    tunnel_tcp: Option<SocketAddr>,
+    /// Turn the TLS-over-TCP tunnel port off (agents then need UDP).
+    #[arg(long)]
+    no_tunnel_tcp: bool,
     /// Admin port for /stats and /healthz.
     #[arg(long, default_value = DEFAULT_ADMIN)]
     admin: SocketAddr,
@@ -207,6 +214,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     config.listen = args.listen;
     config.tunnel = args.tunnel;
+    config.tunnel_tcp = match (args.no_tunnel_tcp, args.tunnel_tcp) {
+        (true, _) => TunnelTcp::Off,
+        (false, Some(addr)) => TunnelTcp::At(addr),
+        (false, None) => TunnelTcp::SamePort,
+    };
     config.admin = (!args.no_admin).then_some(args.admin);
     config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
     config.max_connections = args.max_connections.max(1);
@@ -281,6 +293,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         gateway.tunnel_addr(),
         gateway.pin()
     );
+    if let Some(tcp) = gateway.tunnel_tcp_addr() {
+        println!("gateway: agents also on {tcp} (TLS over TCP, where UDP is blocked)");
+    }
     if let Some(admin) = gateway.admin_addr() {
         println!("gateway: stats on http://{admin}/stats");
     }

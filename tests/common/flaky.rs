@@ -12,7 +12,7 @@ use exitpool::protocol::{
     read_frame, write_frame, AgentMessage, Capacity, DeviceKey, FailureCode, GatewayMessage,
     OpenReply, OpenRequest, PROTOCOL_VERSION,
 };
-use exitpool::transport::quic::identity_material;
+use exitpool::transport::tunnel::identity_material;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -58,11 +58,12 @@ impl FlakyExit {
     ) -> FlakyExit {
         let endpoint = quinn::Endpoint::client(format!("{ip}:0").parse().unwrap())
             .expect("client endpoint binds");
-        let (config, _verifier) = exitpool::agent::tls::client_config(
+        let config = exitpool::agent::tls::client_configs(
             net.gateway.pin().parse().unwrap(),
-            exitpool::agent::tunnel::transport_config(64),
+            exitpool::agent::tunnel::transport_config(64, exitpool::protocol::KEEP_ALIVE_INTERVAL),
         )
-        .expect("client config");
+        .expect("client config")
+        .quic;
         let connecting = endpoint
             .connect_with(config, net.gateway.tunnel_addr(), SERVER_NAME)
             .expect("connect starts");

@@ -7,6 +7,7 @@
 pub mod flaky;
 pub mod targets;
 
+pub use exitpool::agent::TransportChoice;
 use exitpool::agent::{Agent, AgentHandle};
 use exitpool::gateway::auth::{AgentTokens, Customer, Users};
 use exitpool::gateway::{Gateway, GatewayConfig};
@@ -65,10 +66,39 @@ pub fn test_geoip(layout: Layout) -> GeoIp {
     GeoIp::from_bytes(vec![testdb::build(layout, &entries)]).expect("test database loads")
 }
 
+/// Defines a test once per tunnel transport: `over_both_transports! { async fn
+/// name(transport) { ... } }` becomes `name::quic` and `name::tcp`, each
+/// running the body with that [`TransportChoice`] (set it on the fixture with
+/// [`TestGateway::over`]). Parametrised, so the fault tests are never copied.
+#[macro_export]
+macro_rules! over_both_transports {
+    ($(#[$meta:meta])* async fn $name:ident($transport:ident) $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn quic() {
+                run(TransportChoice::Quic).await
+            }
+
+            #[tokio::test]
+            async fn tcp() {
+                run(TransportChoice::Tcp).await
+            }
+
+            $(#[$meta])*
+            async fn run($transport: TransportChoice) $body
+        }
+    };
+}
+
 /// A gateway plus its state directory.
 pub struct TestGateway {
     pub gateway: Gateway,
     pub state: tempfile::TempDir,
+    /// The transport [`TestGateway::agent_builder`]'s agents use: QUIC unless
+    /// a test says otherwise, so a slow machine never turns a race into TCP.
+    pub transport: TransportChoice,
 }
 
 impl TestGateway {
@@ -110,7 +140,26 @@ impl TestGateway {
         let gateway = within("gateway start", Gateway::start(config))
             .await
             .expect("gateway starts");
-        TestGateway { gateway, state }
+        TestGateway {
+            gateway,
+            state,
+            transport: TransportChoice::Quic,
+        }
+    }
+
+    /// The same fixture, its agents on `transport`.
+    pub fn over(mut self, transport: TransportChoice) -> TestGateway {
+        self.transport = transport;
+        self
+    }
+
+    /// The `--transport` value for agent processes.
+    pub fn transport_flag(&self) -> &'static str {
+        match self.transport {
+            TransportChoice::Quic => "quic",
+            TransportChoice::Tcp => "tcp",
+            TransportChoice::Auto => "auto",
+        }
     }
 
     pub fn proxy(&self) -> SocketAddr {
@@ -130,6 +179,7 @@ impl TestGateway {
         )
         .bind(ip.parse::<IpAddr>().unwrap())
         .allow_private(true)
+        .transport(self.transport)
     }
 
     /// Starts an agent on `ip` and waits until the gateway has welcomed it.

@@ -3,7 +3,10 @@
 //!
 //! - [`tunnel`]: the stream-pair interface a tunnel transport implements, so the
 //!   relay runs over any of them;
-//! - [`quic`]: that interface for quinn's QUIC streams;
+//! - [`quic`]: that interface for quinn's QUIC connections and streams;
+//! - [`tcp`]: that interface for TLS 1.3 over TCP, with HTTP/2 (h2) as the
+//!   stream multiplexer, where UDP is blocked;
+//! - [`any`]: either transport behind one type, for the layers above;
 //! - [`relay`]: the byte path, one TCP connection to and from one tunnel stream;
 //! - [`udp`]: the UDP socket under a QUIC endpoint and the transport settings
 //!   both ends share;
@@ -12,11 +15,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod any;
 pub mod leave;
 pub mod quic;
 pub mod relay;
+pub mod tcp;
 pub mod tunnel;
 pub mod udp;
 
+pub use any::{StreamRecv, StreamSend, Tunnel};
 pub use relay::{relay, Direction, LiveCounters, RelayError, Throttle, Transferred, Unlimited};
-pub use tunnel::{TunnelRecv, TunnelSend};
+pub use tunnel::{CloseReason, Transport, TunnelConnection, TunnelRecv, TunnelSend};

@@ -1,10 +1,13 @@
 //! The tunnel interface ([`crate::tunnel`]) for QUIC: one bidirectional quinn
-//! stream per customer connection. Thin forwarding; quinn's errors become
+//! stream per customer connection, on one quinn connection per tunnel. Thin forwarding; quinn's errors become
 //! `io::Error`s through quinn's own conversions, so their text is unchanged.
 
-use crate::tunnel::{TunnelRecv, TunnelSend};
+use crate::tunnel::{
+    CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend,
+};
 use bytes::Bytes;
 use std::io;
+use std::net::SocketAddr;
 
 impl TunnelSend for quinn::SendStream {
     async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
@@ -19,6 +22,10 @@ impl TunnelSend for quinn::SendStream {
 
     fn reset(&mut self, code: u32) {
         let _ = quinn::SendStream::reset(self, code.into());
+    }
+
+    async fn stopped(&mut self) {
+        let _ = quinn::SendStream::stopped(self).await;
     }
 }
 
@@ -36,16 +43,65 @@ impl TunnelRecv for quinn::RecvStream {
     }
 }
 
-/// This connection's TLS keying material for the agent's identity proof
-/// ([`exitpool_protocol::identity`]): the same on both ends of one connection,
-/// different on every other.
-pub fn identity_material(
-    connection: &quinn::Connection,
-) -> io::Result<[u8; exitpool_protocol::identity::EXPORTER_LEN]> {
-    use exitpool_protocol::identity::{EXPORTER_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN};
-    let mut material = [0u8; EXPORTER_LEN];
-    connection
-        .export_keying_material(&mut material, EXPORTER_LABEL, EXPORTER_CONTEXT)
-        .map_err(|_| io::Error::other("TLS keying material export failed"))?;
-    Ok(material)
+impl TunnelConnection for quinn::Connection {
+    type Send = quinn::SendStream;
+    type Recv = quinn::RecvStream;
+
+    fn transport(&self) -> Transport {
+        Transport::Quic
+    }
+
+    async fn open_stream(&self) -> io::Result<(quinn::SendStream, quinn::RecvStream)> {
+        self.open_bi().await.map_err(io::Error::from)
+    }
+
+    async fn accept_stream(&self) -> io::Result<(quinn::SendStream, quinn::RecvStream)> {
+        self.accept_bi().await.map_err(io::Error::from)
+    }
+
+    async fn open_control(&self) -> io::Result<(quinn::SendStream, quinn::RecvStream)> {
+        self.open_bi().await.map_err(io::Error::from)
+    }
+
+    async fn accept_control(&self) -> io::Result<(quinn::SendStream, quinn::RecvStream)> {
+        self.accept_bi().await.map_err(io::Error::from)
+    }
+
+    fn remote_address(&self) -> SocketAddr {
+        quinn::Connection::remote_address(self)
+    }
+
+    fn export_keying_material(
+        &self,
+        output: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), ExportError> {
+        quinn::Connection::export_keying_material(self, output, label, context)
+            .map_err(|_| ExportError("the TLS session refused the request".into()))
+    }
+
+    fn admitted(&self) {
+        self.set_receive_window(crate::udp::CONNECTION_WINDOW.into());
+    }
+
+    fn close(&self, code: u32, reason: &[u8]) {
+        quinn::Connection::close(self, code.into(), reason);
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        use quinn::ConnectionError as E;
+        Some(match quinn::Connection::close_reason(self)? {
+            E::LocallyClosed => CloseReason::Local(0),
+            E::ApplicationClosed(close) => {
+                CloseReason::Peer(u32::try_from(close.error_code.into_inner()).ok())
+            }
+            E::TimedOut => CloseReason::TimedOut,
+            other => CloseReason::Lost(other.to_string()),
+        })
+    }
+
+    async fn closed(&self) {
+        quinn::Connection::closed(self).await;
+    }
 }

@@ -12,6 +12,9 @@ use crate::report::Report;
 use crate::tinyproxy::Tinyproxy;
 use anyhow::{Context, Result};
 
+/// The bulk path through exitpool with the agent's tunnel on TLS over TCP.
+const OVER_TCP: &str = "exitpool-tcp";
+
 /// One path through which bulk moves data, with every round's transfers.
 struct BulkPath {
     name: String,
@@ -26,11 +29,13 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         sizes, bins, runs, ..
     } = bench;
     let target = start_target().await?;
-    let processes = Processes::start(bins, runs.gateway_threads, 1, 1024, None).await?;
+    let processes = Processes::start(bins, runs.gateway_threads, 1, 1024, None, "quic").await?;
+    // The same binaries with the agent on the TLS-over-TCP tunnel.
+    let over_tcp = Processes::start(bins, runs.gateway_threads, 1, 1024, None, "tcp").await?;
     let other = match runs.also_threads {
         Some(threads) => Some((
             threads,
-            Processes::start(bins, threads, 1, 1024, None).await?,
+            Processes::start(bins, threads, 1, 1024, None, "quic").await?,
         )),
         None => None,
     };
@@ -47,6 +52,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let mut paths = vec![
         path("direct", Route::Direct, vec![]),
         path("exitpool", processes.path(), processes.pids()),
+        path(OVER_TCP, over_tcp.path(), over_tcp.pids()),
     ];
     if let Some(t) = &tiny {
         paths.push(path("tinyproxy", t.path(), vec![t.pid()]));
@@ -152,6 +158,51 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
             report.with_bare_relay(of(bare_relay::NAME));
         }
     }
+    // The TLS/TCP tunnel against the QUIC one and the bare relay, same run.
+    for (way, up) in [("download", false), ("upload", true)] {
+        let (Some(tcp), Some(quic)) = (get(OVER_TCP, up), get("exitpool", up)) else {
+            continue;
+        };
+        let bare = get(bare_relay::NAME, up);
+        report.row(
+            "bulk",
+            format!("{way} throughput, TLS/TCP tunnel"),
+            "MB/s",
+            None,
+            Some(tcp.mb_per_s),
+            None,
+        );
+        report.with_bare_relay(bare.map(|b| b.mb_per_s));
+        report.row(
+            "bulk",
+            format!("{way} CPU, whole path, TLS/TCP tunnel"),
+            "CPU-s/GiB",
+            None,
+            Some(tcp.cpu_per_gib),
+            None,
+        );
+        report.with_bare_relay(bare.map(|b| b.cpu_per_gib));
+        for (metric, value) in [
+            (
+                format!("{way} throughput, TLS/TCP tunnel / QUIC tunnel"),
+                Some(tcp.mb_per_s / quic.mb_per_s),
+            ),
+            (
+                format!("{way} CPU, TLS/TCP tunnel / QUIC tunnel"),
+                Some(tcp.cpu_per_gib / quic.cpu_per_gib),
+            ),
+            (
+                format!("{way} throughput, TLS/TCP tunnel / bare relay"),
+                bare.map(|b| tcp.mb_per_s / b.mb_per_s),
+            ),
+            (
+                format!("{way} CPU, TLS/TCP tunnel / bare relay"),
+                bare.map(|b| tcp.cpu_per_gib / b.cpu_per_gib),
+            ),
+        ] {
+            report.row("bulk", metric, "ratio", None, value, None);
+        }
+    }
     // The ratio each round measured, so the spread shows next to the medians.
     let named = |name: &str| paths.iter().find(|p| p.name == name);
     for other in ["tinyproxy", bare_relay::NAME] {
@@ -209,7 +260,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         }
     }
     report.notes.push(format!(
-        "bulk: one connection per transfer, {} MiB each way after an 8 MiB warm-up, {} rounds with the paths taking turns, medians shown; exitpool = the gateway (--threads {}) and agent binaries, each its own process (QUIC over loopback); CPU 'whole path' = this process (client and target) plus the proxy's processes",
+        "bulk: one connection per transfer, {} MiB each way after an 8 MiB warm-up, {} rounds with the paths taking turns, medians shown; exitpool = the gateway (--threads {}) and agent binaries, each its own process (QUIC over loopback; exitpool-tcp: the same with the agent on --transport tcp); CPU 'whole path' = this process (client and target) plus the proxy's processes",
         sizes.bulk_mib, sizes.bulk_rounds, runs.gateway_threads
     ));
     report.notes.push(bare_relay::NOTE.into());
@@ -217,6 +268,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         other.stop().await;
     }
     processes.stop().await;
+    over_tcp.stop().await;
     Ok(())
 }
 

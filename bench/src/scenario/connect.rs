@@ -101,10 +101,14 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         sizes, bins, runs, ..
     } = bench;
     let target = start_target().await?;
-    let processes = Processes::start(bins, runs.gateway_threads, 1, 4096, None).await?;
+    let processes = Processes::start(bins, runs.gateway_threads, 1, 4096, None, "quic").await?;
     let tiny = Tinyproxy::start_if_installed(bench.tinyproxy.as_deref()).await?;
     let direct = measured_connects("direct", &Route::Direct, target, sizes).await?;
     let ours = measured_connects("exitpool", &processes.path(), target, sizes).await?;
+    processes.stop().await;
+    let over_tcp = Processes::start(bins, runs.gateway_threads, 1, 4096, None, "tcp").await?;
+    let ours_tcp = measured_connects("exitpool-tcp", &over_tcp.path(), target, sizes).await?;
+    over_tcp.stop().await;
     let tiny_stats = match &tiny {
         Some(t) => Some(measured_connects("tinyproxy", &t.path(), target, sizes).await?),
         None => None,
@@ -139,9 +143,44 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         tiny_stats.as_ref().map(ratio),
     );
     report.with_bare_relay(Some(ratio(&bare_stats)));
-    processes.stop().await;
+    for (metric, unit, tcp, quic) in [
+        (
+            "TLS/TCP tunnel: fresh connect + 1 KiB, p50",
+            "ms",
+            ours_tcp.p50,
+            ours.p50,
+        ),
+        (
+            "TLS/TCP tunnel: fresh connect + 1 KiB, p99",
+            "ms",
+            ours_tcp.p99,
+            ours.p99,
+        ),
+        (
+            "TLS/TCP tunnel: sequential rate",
+            "conn/s",
+            ours_tcp.seq_rate,
+            ours.seq_rate,
+        ),
+        (
+            "TLS/TCP tunnel: concurrent rate",
+            "conn/s",
+            ours_tcp.conc_rate,
+            ours.conc_rate,
+        ),
+    ] {
+        report.row("connect", metric, unit, None, Some(tcp), None);
+        report.row(
+            "connect",
+            format!("{metric}, TLS/TCP / QUIC"),
+            "ratio",
+            None,
+            Some(tcp / quic),
+            None,
+        );
+    }
     if let Some(threads) = runs.also_threads {
-        let other = Processes::start(bins, threads, 1, 4096, None).await?;
+        let other = Processes::start(bins, threads, 1, 4096, None, "quic").await?;
         let stats = connect_path(&other.path(), target, sizes.connects, sizes.concurrency)
             .await
             .with_context(|| format!("gateway --threads {threads}"))?;

@@ -102,6 +102,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         agents,
         conns + 256,
         Some(per_agent),
+        "quic",
     )
     .await?;
     let bytes = sizes.fanout_kib * 1024;
@@ -191,7 +192,8 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let mut results = vec![("direct".to_owned(), direct), ("exitpool".to_owned(), ours)];
     processes.stop().await;
     if let Some(threads) = runs.also_threads {
-        let other = Processes::start(bins, threads, agents, conns + 256, Some(per_agent)).await?;
+        let other =
+            Processes::start(bins, threads, agents, conns + 256, Some(per_agent), "quic").await?;
         let run = fanout_run(&other.path(), target, conns, bytes, &other.pids()).await?;
         eprintln!(
             "   gateway --threads {threads}: {} errors, {:.2} s",

@@ -25,6 +25,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
         dir.path(),
         None,
+        "quic",
     )?;
     let joined = tokio::time::timeout(
         STEP,

@@ -144,8 +144,15 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         sizes, bins, runs, ..
     } = bench;
     let target = start_target().await?;
-    let processes =
-        Processes::start(bins, runs.gateway_threads, 1, 4096, sizes.rate_max_streams).await?;
+    let processes = Processes::start(
+        bins,
+        runs.gateway_threads,
+        1,
+        4096,
+        sizes.rate_max_streams,
+        "quic",
+    )
+    .await?;
     let tiny = Tinyproxy::start_if_installed(bench.tinyproxy.as_deref()).await?;
     let bare = BareRelay::start(target).await?;
     let direct = drive("direct", &Route::Direct, &[], target, sizes).await?;
@@ -227,7 +234,8 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     );
     report.with_bare_relay(Some(ratio(&floor)));
     if let Some(threads) = runs.also_threads {
-        let other = Processes::start(bins, threads, 1, 4096, sizes.rate_max_streams).await?;
+        let other =
+            Processes::start(bins, threads, 1, 4096, sizes.rate_max_streams, "quic").await?;
         let name = format!("gateway --threads {threads}");
         let run = drive(&name, &other.path(), &other.pids(), target, sizes).await?;
         report.rows_with_threads(

@@ -10,7 +10,7 @@ use crate::launch::{pin_of, GatewayProcess, TOKEN};
 use crate::measure::{cpu_seconds, meminfo_kib, open_files_limit, status_kib};
 use crate::report::Report;
 use anyhow::{Context, Result};
-use exitpool_agent::Agent;
+use exitpool_agent::{Agent, TransportChoice};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -173,6 +173,26 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     });
     let _ = tokio::time::timeout(Duration::from_secs(60), join_all(stops)).await;
 
+    // The same pool on the TLS/TCP tunnel: gateway memory per idle agent.
+    let (tcp_kib, tcp_idle_pct) = tcp_swarm(bench, n, idle).await?;
+    let quic_kib = (gw_rss1 as f64 - gw_rss0 as f64) / n as f64;
+    eprintln!("   TLS/TCP agents: gateway {tcp_kib:.1} KiB per agent (QUIC {quic_kib:.1}); idle CPU {tcp_idle_pct:.1} %");
+    for (metric, unit, value) in [
+        ("gateway memory per agent, TLS/TCP tunnel", "KiB", tcp_kib),
+        (
+            "gateway memory per agent, TLS/TCP / QUIC",
+            "ratio",
+            tcp_kib / quic_kib,
+        ),
+        (
+            "gateway idle CPU with all agents, TLS/TCP tunnel",
+            "% core",
+            tcp_idle_pct,
+        ),
+    ] {
+        report.row("swarm", metric, unit, None, Some(value), None);
+    }
+
     let (floor_kib, floor_idle_pct) = bare_quic_floor(n, idle).await?;
     eprintln!(
         "   bare QUIC server: {floor_kib:.1} KiB per connection; idle CPU {floor_idle_pct:.1} %"
@@ -193,6 +213,50 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         "swarm, bare QUIC column: the bare relay's exit process holding {n} idle QUIC connections (keep-alives every 15 s, like agents), each from its own endpoint in this process; the floor under the gateway's figures"
     ));
     Ok(())
+}
+
+/// Gateway memory per agent (KiB) and idle CPU (% of a core) with `n` idle
+/// agents on the TLS/TCP tunnel, on a fresh gateway process.
+async fn tcp_swarm(bench: &Bench, n: usize, idle: Duration) -> Result<(f64, f64)> {
+    let Bench { bins, runs, .. } = bench;
+    let state = tempfile::tempdir()?;
+    let pin = pin_of(&bins.gateway, state.path()).await?;
+    let mut gw =
+        GatewayProcess::start(&bins.gateway, state.path(), 10_000, runs.gateway_threads).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss0 = status_kib(Some(gw.pid()), "VmRSS")?;
+    let mut agents = Vec::with_capacity(n);
+    for i in 0..n {
+        agents.push(
+            Agent::builder(
+                gw.tunnel().to_string(),
+                pin.parse().expect("pin from `gateway pin` parses"),
+                TOKEN,
+            )
+            .bind(swarm_ip(i))
+            .allow_private(true)
+            .max_streams(8)
+            .transport(TransportChoice::Tcp)
+            .spawn()?,
+        );
+        if i % 500 == 499 {
+            tokio::task::yield_now().await;
+        }
+    }
+    gw.wait_agents(n as u64, Duration::from_secs(120 + n as u64 / 50))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = gw.pid();
+    let rss1 = status_kib(Some(pid), "VmRSS")?;
+    let cpu0 = cpu_seconds(Some(pid))?;
+    tokio::time::sleep(idle).await;
+    let idle_pct = (cpu_seconds(Some(pid))? - cpu0) / idle.as_secs_f64() * 100.0;
+    let _ = gw.stop(Duration::from_secs(10)).await;
+    let stops = agents.into_iter().map(|a| async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), a.shutdown()).await;
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(60), join_all(stops)).await;
+    Ok(((rss1 as f64 - rss0 as f64) / n as f64, idle_pct))
 }
 
 /// Memory per connection (KiB) and idle CPU (% of a core) of a bare QUIC server

@@ -16,6 +16,7 @@ use crate::shared::Shared;
 use crate::tunnel::ExitStream;
 use bytes::Bytes;
 use exitpool_transport::relay::{relay, LiveCounters, RelayError, Unlimited};
+use exitpool_transport::TunnelSend;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;

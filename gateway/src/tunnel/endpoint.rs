@@ -1,12 +1,17 @@
-//! The QUIC endpoint agents dial: the accept loop's cheap decisions, each agent's
-//! handshake on the control stream, and its life in the directory.
+//! The QUIC endpoint agents dial: the accept loop's cheap decisions, and, for
+//! either transport (QUIC here, TLS over TCP in [`crate::tunnel::tcp`]), each
+//! agent's handshake on the control stream and its life in the directory.
 //!
-//! Flow per agent: QUIC handshake -> agent opens the control stream -> `Hello`
+//! Flow per agent: QUIC (or TLS + HTTP/2) handshake -> control stream -> `Hello`
 //! (version, token, identity proof, capacity) -> `Welcome` or `Reject` -> the agent is in the
 //! directory (and its tunnel in [`crate::tunnel::Links`]) until its connection
 //! ends or it finishes its control stream, sending `Load` and `Draining` on the way.
+//! Nothing after the transport's own handshake knows which transport it is.
 
-use crate::abuse::{source_network, AddressSlots};
+pub use super::pending::{
+    PendingHandshakes, PendingSlot, MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS,
+};
+use crate::abuse::source_network;
 use crate::directory::{Agent, Joining};
 use crate::shared::Shared;
 use exitpool_protocol::close_code;
@@ -16,21 +21,11 @@ use exitpool_protocol::{
     PROTOCOL_VERSION,
 };
 use exitpool_transport::leave::leave;
+use exitpool_transport::{StreamRecv, StreamSend, Tunnel, TunnelConnection, TunnelSend};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio::time::timeout;
-use tracing::{debug, info, info_span, warn, Instrument};
-
-/// Most QUIC handshakes + `Hello`s in progress at once; beyond this new agents are
-/// refused at once (they retry with backoff) instead of queueing without bound.
-pub const MAX_PENDING_HANDSHAKES: usize = 1024;
-
-/// Least time between two "too many pending handshakes" warnings.
-const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Most handshakes in progress from one address.
-pub const MAX_PENDING_PER_ADDRESS: usize = 16;
+use tracing::{debug, info, info_span, Instrument};
 
 /// Largest stream capacity an agent may claim.
 pub const MAX_AGENT_STREAMS: u32 = 4096;
@@ -92,10 +87,7 @@ pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
 
 /// Accepts agent connections until `shared.shutdown` fires.
 pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    let pending_per_address = AddressSlots::new(MAX_PENDING_PER_ADDRESS);
-    let mut refused_since_warning = 0u64;
-    let mut last_warning = std::time::Instant::now() - REFUSAL_WARNING_INTERVAL;
+    let pending = shared.pending_handshakes.clone();
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
@@ -104,8 +96,7 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
         let Some(incoming) = incoming else { break };
         // Under handshake pressure an unproven source address gets a stateless
         // Retry first: spoofed sources cannot answer it, so they hold no slot.
-        let in_progress = MAX_PENDING_HANDSHAKES - pending.available_permits();
-        if in_progress >= shared.config.handshake_retry_above
+        if pending.in_progress() >= shared.config.handshake_retry_above
             && !incoming.remote_address_validated()
             && incoming.may_retry()
         {
@@ -115,68 +106,69 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             }
             continue;
         }
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            // Under a stampede this fires thousands of times a second: warn once
-            // per interval with a count, not once per refusal.
-            refused_since_warning += 1;
-            if last_warning.elapsed() >= REFUSAL_WARNING_INTERVAL {
-                warn!(
-                    refused = refused_since_warning,
-                    "too many pending agent handshakes; refusing new ones"
-                );
-                refused_since_warning = 0;
-                last_warning = std::time::Instant::now();
-            }
+        let Some(slot) = pending.try_admit(incoming.remote_address().ip()) else {
             incoming.refuse();
             continue;
         };
-        // One address cannot take the whole budget with silent handshakes.
-        let Some(address_slot) = pending_per_address.try_acquire(incoming.remote_address().ip())
-        else {
-            debug!(remote = %incoming.remote_address(), "too many pending handshakes from this address; refusing");
-            incoming.refuse();
-            continue;
-        };
-        let shared = shared.clone();
-        let span = info_span!("agent", remote = %incoming.remote_address());
-        shared.tasks.clone().spawn(
-            async move {
-                let started = std::time::Instant::now();
-                // Boxed, and so freed once done: inline, the handshake's state
-                // would size this task for as long as the agent stays.
-                let handshake = tokio::select! {
-                    result = Box::pin(handshake(incoming, &shared)) => result,
-                    // Not yet an agent: `Gateway::shutdown`'s endpoint close tells it.
-                    () = shared.shutdown.cancelled() => return,
-                };
-                let connection = match handshake {
-                    Ok(joined) => {
-                        shared
-                            .metrics
-                            .tunnel_handshake_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                        drop((permit, address_slot));
-                        joined
-                    }
-                    Err(error) => {
-                        info!(%error, "agent handshake failed");
-                        return;
-                    }
-                };
-                serve_agent(connection, shared).await;
-            }
-            .instrument(span),
+        let span = info_span!("agent", remote = %incoming.remote_address(), transport = "quic");
+        spawn_agent(
+            shared.clone(),
+            slot,
+            span,
+            quic_handshake(incoming, shared.clone()),
         );
     }
     // Each agent's task tells it of the shutdown (see `serve_agent`), and
     // `Gateway::shutdown` closes the endpoint once they have.
 }
 
+/// Runs one agent's handshake (`handshake`, which ends in [`join`]) and then its
+/// life, holding its pending `slot` until the handshake is over.
+pub(crate) fn spawn_agent<F>(
+    shared: Arc<Shared>,
+    slot: PendingSlot,
+    span: tracing::Span,
+    handshake: F,
+) where
+    F: std::future::Future<Output = Result<Joined, HandshakeError>> + Send + 'static,
+{
+    shared.tasks.clone().spawn(
+        async move {
+            let started = std::time::Instant::now();
+            // Boxed, and so freed once done: inline, the handshake's state
+            // would size this task for as long as the agent stays.
+            let handshake = tokio::select! {
+                result = Box::pin(handshake) => result,
+                // Not yet an agent: `Gateway::shutdown`'s endpoint close tells it.
+                () = shared.shutdown.cancelled() => return,
+            };
+            let joined = match handshake {
+                Ok(joined) => {
+                    shared
+                        .metrics
+                        .tunnel_handshake_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    drop(slot);
+                    joined
+                }
+                Err(error) => {
+                    info!(%error, "agent handshake failed");
+                    return;
+                }
+            };
+            serve_agent(joined, shared).await;
+        }
+        .instrument(span),
+    );
+}
+
 /// Why an agent's handshake failed.
 #[derive(Debug, thiserror::Error)]
-enum HandshakeError {
+pub(crate) enum HandshakeError {
     #[error("QUIC handshake: {0}")]
     Quic(#[from] quinn::ConnectionError),
+    #[error("TLS/TCP handshake: {0}")]
+    Tcp(std::io::Error),
     #[error("no valid Hello within {0:?}")]
     Timeout(Duration),
     #[error("control stream: {0}")]
@@ -189,14 +181,17 @@ enum HandshakeError {
     Accept(String),
 }
 
-struct Joined {
-    connection: quinn::Connection,
-    control_send: quinn::SendStream,
-    control_recv: quinn::RecvStream,
+pub(crate) struct Joined {
+    connection: Tunnel,
+    control_send: StreamSend,
+    control_recv: StreamRecv,
     agent: Arc<Agent>,
 }
 
-async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined, HandshakeError> {
+async fn quic_handshake(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+) -> Result<Joined, HandshakeError> {
     let handshake_timeout = shared.config.handshake_timeout;
     let connecting = incoming
         .accept()
@@ -204,19 +199,29 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
     let connection = timeout(handshake_timeout, connecting)
         .await
         .map_err(|_| HandshakeError::Timeout(handshake_timeout))??;
+    join(Tunnel::Quic(connection), &shared).await
+}
+
+/// The transport-independent part of a handshake: `Hello` on the control
+/// stream, the checks, and the agent in the directory with a `Welcome`.
+pub(crate) async fn join(connection: Tunnel, shared: &Shared) -> Result<Joined, HandshakeError> {
+    let handshake_timeout = shared.config.handshake_timeout;
     let hello = async {
-        let (send, mut recv) = connection.accept_bi().await?;
+        let (send, mut recv) = connection
+            .accept_control()
+            .await
+            .map_err(|e| HandshakeError::Frame(e.into()))?;
         let body = read_frame_body(&mut recv).await?;
         Ok::<_, HandshakeError>((send, recv, body))
     };
     let (mut control_send, control_recv, body) = match timeout(handshake_timeout, hello).await {
         Ok(Ok(result)) => result,
         Ok(Err(error)) => {
-            connection.close(close_code::PROTOCOL.into(), b"bad hello");
+            connection.close(close_code::PROTOCOL, b"bad hello");
             return Err(error);
         }
         Err(_) => {
-            connection.close(close_code::PROTOCOL.into(), b"hello timeout");
+            connection.close(close_code::PROTOCOL, b"hello timeout");
             return Err(HandshakeError::Timeout(handshake_timeout));
         }
     };
@@ -242,12 +247,12 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
         Err(error) => match hello_version(&body) {
             Some(version) if version != PROTOCOL_VERSION => Err(unsupported_version(version)),
             _ => {
-                connection.close(close_code::PROTOCOL.into(), b"bad hello");
+                connection.close(close_code::PROTOCOL, b"bad hello");
                 return Err(error.into());
             }
         },
         Ok(_) => {
-            connection.close(close_code::PROTOCOL.into(), b"expected hello");
+            connection.close(close_code::PROTOCOL, b"expected hello");
             return Err(HandshakeError::NotHello);
         }
     };
@@ -268,17 +273,17 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
             let _ = timeout(handshake_timeout, async {
                 write_frame(&mut control_send, &reject).await?;
                 let _ = control_send.finish();
-                let _ = control_send.stopped().await;
+                control_send.stopped().await;
                 Ok::<_, FrameError>(())
             })
             .await;
-            connection.close(close_code::REJECTED.into(), message.as_bytes());
+            connection.close(close_code::REJECTED, message.as_bytes());
             return Err(HandshakeError::Rejected(message));
         }
     };
 
     // A valid Hello: from here the agent may use the full window.
-    connection.set_receive_window(exitpool_transport::udp::CONNECTION_WINDOW.into());
+    connection.admitted();
     let location = shared.locate(connection.remote_address().ip());
     // The link first, so an agent routing can see is always reachable.
     let key = shared.links.add(connection.clone());
@@ -295,11 +300,16 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<Joined,
         },
     );
     if let Some(old) = replaced {
-        shared.links.close(
-            old.key,
-            close_code::REPLACED,
-            b"replaced by a newer connection",
-        );
+        // An agent moving from TLS/TCP back to QUIC keeps its old tunnel until
+        // the customers on it are done, then leaves it itself; the directory
+        // already routes to the new one. Same transport: a stale tunnel.
+        if shared.links.transport(old.key) == Some(connection.transport()) {
+            shared.links.close(
+                old.key,
+                close_code::REPLACED,
+                b"replaced by a newer connection",
+            );
+        }
     }
     let welcome = GatewayMessage::Welcome {
         observed_addr: connection.remote_address(),
@@ -339,7 +349,7 @@ fn check_hello(
     version: u16,
     identity: &IdentityProof,
     token: &exitpool_protocol::Secret,
-    connection: &quinn::Connection,
+    connection: &Tunnel,
     shared: &Shared,
 ) -> Result<String, Refusal> {
     if version != PROTOCOL_VERSION {
@@ -356,7 +366,7 @@ fn check_hello(
             "the agent token is not accepted by this gateway; check --token".to_owned(),
         ));
     }
-    let agent_id = exitpool_transport::quic::identity_material(connection)
+    let agent_id = exitpool_transport::tunnel::identity_material(connection)
         .map_err(|error| error.to_string())
         .and_then(|material| {
             identity
@@ -392,7 +402,7 @@ fn unsupported_version(version: u16) -> Refusal {
 fn over_agent_caps(
     agent_id: &str,
     token: &str,
-    connection: &quinn::Connection,
+    connection: &Tunnel,
     shared: &Shared,
 ) -> Option<String> {
     if shared.directory.by_agent_id(agent_id).is_some() {
@@ -424,6 +434,7 @@ async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
     tracing::Span::current().record("exit", agent.exit_id.as_str());
     info!(
         exit = %agent.exit_id,
+        transport = %connection.transport(),
         country = agent.location.country.as_deref().unwrap_or("??"),
         capacity = agent.max_streams.load(std::sync::atomic::Ordering::Relaxed),
         software = %agent.software,
@@ -450,7 +461,7 @@ async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
                 shared.directory.set_accepting(agent.key, false);
             }
             Ok(AgentMessage::Hello { .. }) => {
-                connection.close(close_code::PROTOCOL.into(), b"duplicate hello");
+                connection.close(close_code::PROTOCOL, b"duplicate hello");
                 break "protocol error: second Hello".to_owned();
             }
             Err(error) => {
@@ -460,10 +471,10 @@ async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
                     break reason.to_string();
                 }
                 if matches!(error, FrameError::Ended) {
-                    connection.close(close_code::LEFT.into(), b"agent left");
+                    connection.close(close_code::LEFT, b"agent left");
                     break "agent finished its control stream".to_owned();
                 }
-                connection.close(close_code::PROTOCOL.into(), b"bad control message");
+                connection.close(close_code::PROTOCOL, b"bad control message");
                 break format!("protocol error: {error}");
             }
         }

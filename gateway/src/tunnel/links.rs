@@ -9,6 +9,7 @@
 use crate::error::ProxyError;
 use dashmap::DashMap;
 use exitpool_protocol::{read_frame, write_frame, FrameError, OpenReply, OpenRequest, TargetHost};
+use exitpool_transport::{StreamRecv, StreamSend, Transport, Tunnel, TunnelConnection};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,9 +21,9 @@ const LIVENESS_POLL: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub struct ExitStream {
     /// Towards the target.
-    pub send: quinn::SendStream,
+    pub send: StreamSend,
     /// From the target.
-    pub recv: quinn::RecvStream,
+    pub recv: StreamRecv,
     /// The address the exit dialled.
     pub peer: SocketAddr,
 }
@@ -30,7 +31,7 @@ pub struct ExitStream {
 /// The live tunnels, by connection key.
 #[derive(Debug)]
 pub struct Links {
-    tunnels: DashMap<u64, quinn::Connection>,
+    tunnels: DashMap<u64, Tunnel>,
     next_key: AtomicU64,
 }
 
@@ -46,7 +47,7 @@ impl Default for Links {
 impl Links {
     /// Holds `connection` under a new key, unique for the life of the process (a
     /// reconnecting agent gets a new one).
-    pub fn add(&self, connection: quinn::Connection) -> u64 {
+    pub fn add(&self, connection: Tunnel) -> u64 {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         self.tunnels.insert(key, connection);
         key
@@ -60,7 +61,7 @@ impl Links {
     /// Closes the tunnel under `key` with `code`, if it is still held.
     pub fn close(&self, key: u64, code: u32, reason: &[u8]) {
         if let Some((_, connection)) = self.tunnels.remove(&key) {
-            connection.close(code.into(), reason);
+            connection.close(code, reason);
         }
     }
 
@@ -72,10 +73,17 @@ impl Links {
     /// quinn 0.11 has no public PING; a one-byte bump of the connection's
     /// receive window sends a MAX_DATA frame, which is ack-eliciting, and a
     /// live peer acknowledges it within its ack delay (25 ms) plus a round trip.
-    /// (A TCP tunnel would answer the same question with its own ping.)
+    ///
+    /// A TLS/TCP tunnel cannot be asked on demand yet (its HTTP/2 pings belong
+    /// to its keep-alive task): it counts as alive until that task, or TCP
+    /// itself, has closed it.
     pub async fn is_alive(&self, key: u64, within: Duration) -> bool {
-        let Some(connection) = self.tunnels.get(&key).map(|entry| entry.value().clone()) else {
+        let Some(tunnel) = self.tunnels.get(&key).map(|entry| entry.value().clone()) else {
             return false;
+        };
+        let connection = match tunnel {
+            Tunnel::Quic(connection) => connection,
+            tcp @ Tunnel::Tcp(_) => return tcp.close_reason().is_none(),
         };
         if connection.close_reason().is_some() {
             return false;
@@ -105,6 +113,23 @@ impl Links {
         }
     }
 
+    /// The transport of the tunnel under `key`, while it is held.
+    pub fn transport(&self, key: u64) -> Option<Transport> {
+        self.tunnels
+            .get(&key)
+            .map(|entry| entry.value().transport())
+    }
+
+    /// How many tunnels are held on each transport: (QUIC, TCP).
+    pub fn count_by_transport(&self) -> (usize, usize) {
+        self.tunnels.iter().fold((0, 0), |(quic, tcp), entry| {
+            match entry.value().transport() {
+                Transport::Quic => (quic + 1, tcp),
+                Transport::Tcp => (quic, tcp + 1),
+            }
+        })
+    }
+
     /// Opens a relay stream on tunnel `key` to `host:port` and waits up to
     /// `timeout` for the exit's answer.
     pub async fn open(
@@ -123,7 +148,7 @@ impl Links {
         let request = OpenRequest { host, port };
         let exchange = async {
             let (mut send, mut recv) = connection
-                .open_bi()
+                .open_stream()
                 .await
                 .map_err(|e| ProxyError::ExitLost(e.to_string()))?;
             write_frame(&mut send, &request)

@@ -1,0 +1,238 @@
+//! Reaching the gateway over either tunnel transport: QUIC, TLS over TCP, or
+//! a race of the two (`--transport auto`, the default).
+//!
+//! The race is happy-eyeballs style: QUIC starts at once, TLS over TCP
+//! [`AgentConfig::race_delay`] later unless QUIC has finished its handshake by
+//! then, and the first tunnel up wins (the other attempt is dropped). The
+//! winner is remembered in the state directory; an agent that last won over
+//! TCP goes straight to TCP, and [`crate::tunnel`] tries QUIC again in the
+//! background ([`quic_probe`]) and moves over when it works.
+
+use crate::config::{AgentConfig, TransportChoice};
+use crate::shared::Shared;
+use crate::tls::ClientConfigs;
+use exitpool_transport::tcp::{self, TcpSettings};
+use exitpool_transport::{Transport, Tunnel};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpSocket;
+use tracing::{debug, info, warn};
+
+/// Name the gateway's certificate carries; the pin is what is checked.
+const GATEWAY_SERVER_NAME: &str = "exitpool-gateway";
+
+/// What the agent dials with: its UDP endpoint and the TLS settings of both
+/// transports.
+pub(crate) struct Dialer {
+    pub endpoint: quinn::Endpoint,
+    pub configs: ClientConfigs,
+}
+
+impl Dialer {
+    /// A tunnel to the gateway by `choice`; `prefer_tcp` (the remembered
+    /// winner) skips the race under `Auto`. Each attempt is bounded by the
+    /// handshake timeout.
+    pub async fn connect(&self, config: &AgentConfig, prefer_tcp: bool) -> Result<Tunnel, String> {
+        let address =
+            resolve_gateway(&config.gateway, config.bind, config.handshake_timeout).await?;
+        match config.transport {
+            TransportChoice::Quic => self.quic(config, address).await.map(Tunnel::Quic),
+            TransportChoice::Tcp => self.tcp(config, address).await.map(Tunnel::Tcp),
+            TransportChoice::Auto if prefer_tcp => self.tcp(config, address).await.map(Tunnel::Tcp),
+            TransportChoice::Auto => self.race(config, address).await,
+        }
+    }
+
+    /// QUIC first, TCP after the race delay, the first tunnel up wins.
+    async fn race(&self, config: &AgentConfig, address: SocketAddr) -> Result<Tunnel, String> {
+        let quic = self.quic(config, address);
+        let tcp = async {
+            tokio::time::sleep(config.race_delay).await;
+            self.tcp(config, address).await
+        };
+        tokio::pin!(quic, tcp);
+        let (mut quic_failed, mut tcp_failed) = (None, None);
+        loop {
+            tokio::select! {
+                result = &mut quic, if quic_failed.is_none() => match result {
+                    Ok(connection) => return Ok(Tunnel::Quic(connection)),
+                    Err(error) => {
+                        debug!(%error, "QUIC lost the race");
+                        quic_failed = Some(error);
+                    }
+                },
+                result = &mut tcp, if tcp_failed.is_none() => match result {
+                    Ok(tunnel) => {
+                        info!("QUIC did not answer in time; the tunnel runs over TLS/TCP");
+                        return Ok(Tunnel::Tcp(tunnel));
+                    }
+                    Err(error) => {
+                        debug!(%error, "TLS/TCP lost the race");
+                        tcp_failed = Some(error);
+                    }
+                },
+            }
+            if let (Some(quic), Some(tcp)) = (&quic_failed, &tcp_failed) {
+                return Err(format!("QUIC: {quic}; TLS/TCP: {tcp}"));
+            }
+        }
+    }
+
+    /// A QUIC connection whose handshake is done.
+    pub async fn quic(
+        &self,
+        config: &AgentConfig,
+        mut address: SocketAddr,
+    ) -> Result<quinn::Connection, String> {
+        // A dual-stack socket reaches IPv4 gateways through mapped addresses.
+        if self
+            .endpoint
+            .local_addr()
+            .map(|a| a.is_ipv6())
+            .unwrap_or(false)
+        {
+            if let IpAddr::V4(v4) = address.ip() {
+                address = SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), address.port());
+            }
+        }
+        let connecting = async {
+            self.endpoint
+                .connect_with(self.configs.quic.clone(), address, GATEWAY_SERVER_NAME)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(config.handshake_timeout, connecting)
+            .await
+            .map_err(|_| "QUIC handshake timed out".to_owned())?
+    }
+
+    /// A TLS-over-TCP tunnel whose TLS and HTTP/2 handshakes are done.
+    async fn tcp(
+        &self,
+        config: &AgentConfig,
+        address: SocketAddr,
+    ) -> Result<tcp::TcpTunnel, String> {
+        let connecting = async {
+            let socket = if address.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(|e| format!("TCP socket: {e}"))?;
+            if let Some(bind) = config.bind {
+                socket
+                    .bind(SocketAddr::new(bind, 0))
+                    .map_err(|e| format!("binding {bind}: {e}"))?;
+            }
+            let stream = socket
+                .connect(address)
+                .await
+                .map_err(|e| format!("TCP connect to {address}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let name =
+                rustls::pki_types::ServerName::try_from(GATEWAY_SERVER_NAME).expect("valid name");
+            let tls = tokio_rustls::TlsConnector::from(self.configs.tcp.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            tcp::agent_side(tls, tcp_settings(config))
+                .await
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))
+        };
+        tokio::time::timeout(config.handshake_timeout, connecting)
+            .await
+            .map_err(|_| "TLS/TCP handshake timed out".to_owned())?
+    }
+}
+
+/// The agent's TCP tunnel settings: the gateway may open as many relay
+/// streams as the agent serves, plus the control stream; the agent pings at
+/// its keep-alive period and gives up on an unanswered ping after the
+/// protocol's idle timeout.
+pub fn tcp_settings(config: &AgentConfig) -> TcpSettings {
+    TcpSettings {
+        max_incoming_streams: config.max_streams.saturating_add(1),
+        keep_alive: config.keep_alive,
+        idle_timeout: exitpool_protocol::IDLE_TIMEOUT.max(config.keep_alive * 2),
+        initial_connection_window: exitpool_transport::udp::CONNECTION_WINDOW,
+    }
+}
+
+/// Under `Auto` on TCP: tries QUIC every [`AgentConfig::quic_retry`] until a
+/// handshake succeeds, and returns that connection for the tunnel to move to.
+pub(crate) async fn quic_probe(dialer: &Dialer, config: &AgentConfig) -> quinn::Connection {
+    loop {
+        tokio::time::sleep(config.quic_retry).await;
+        let address =
+            match resolve_gateway(&config.gateway, config.bind, config.handshake_timeout).await {
+                Ok(address) => address,
+                Err(error) => {
+                    debug!(%error, "QUIC retry: resolving failed");
+                    continue;
+                }
+            };
+        match dialer.quic(config, address).await {
+            Ok(connection) => return connection,
+            Err(error) => debug!(%error, "QUIC still unavailable; staying on TLS/TCP"),
+        }
+    }
+}
+
+/// Whether the state directory says TCP won last time (read off the runtime).
+pub(crate) async fn remembered_tcp(shared: &Arc<Shared>) -> bool {
+    let Some(dir) = shared.config.state_dir.clone() else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || crate::state::remembered_transport(&dir))
+        .await
+        .ok()
+        .flatten()
+        .as_deref()
+        == Some("tcp")
+}
+
+/// Remembers the transport that won (off the runtime thread).
+pub(crate) async fn remember(shared: &Arc<Shared>, transport: Transport) {
+    let Some(dir) = shared.config.state_dir.clone() else {
+        return;
+    };
+    let name = transport.as_str();
+    match tokio::task::spawn_blocking(move || crate::state::remember_transport(&dir, name)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(%error, "saving the tunnel transport"),
+        Err(error) => warn!(%error, "saving the tunnel transport did not finish"),
+    }
+}
+
+/// A UDP endpoint on `local`; an unspecified IPv6 address is dual-stack where the
+/// OS allows, falling back to IPv4.
+pub(crate) fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let client = |addr| exitpool_transport::udp::endpoint(addr, Default::default(), None);
+    match client(local) {
+        Ok(endpoint) => Ok(endpoint),
+        Err(_) if local.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+            client(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+async fn resolve_gateway(
+    gateway: &str,
+    bind: Option<IpAddr>,
+    within: Duration,
+) -> Result<SocketAddr, String> {
+    let addresses = tokio::time::timeout(within, tokio::net::lookup_host(gateway))
+        .await
+        .map_err(|_| format!("resolving {gateway} timed out"))?
+        .map_err(|e| format!("resolving {gateway}: {e}"))?;
+    // IPv4 first: the gateway then observes the home's public IPv4 address,
+    // which sits on the router, not on any interface of this device; its
+    // public IPv6 addresses are on its interfaces, read by the agent itself.
+    addresses
+        .filter(|address| bind.is_none_or(|bind| bind.is_ipv4() == address.is_ipv4()))
+        .min_by_key(|address| address.is_ipv6())
+        .ok_or_else(|| format!("{gateway} has no address of the --bind address's family"))
+}

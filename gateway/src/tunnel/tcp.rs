@@ -1,0 +1,82 @@
+//! The TCP tunnel port, for agents whose networks block or throttle UDP: TLS 1.3
+//! with the gateway's one certificate (so an agent's `--pin` holds on both
+//! transports), then HTTP/2 streams ([`exitpool_transport::tcp`]). The accept
+//! loop takes the same pending-handshake places as the QUIC endpoint; the TLS
+//! and HTTP/2 handshakes run inside each agent's task under the handshake
+//! deadline, and from the control stream on the agent goes the way a QUIC one
+//! does ([`super::endpoint::join`]).
+
+use super::endpoint::{join, spawn_agent, HandshakeError, Joined, PRE_HELLO_WINDOW};
+use crate::shared::Shared;
+use exitpool_transport::tcp::{self, TcpSettings};
+use exitpool_transport::Tunnel;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info_span};
+
+/// Least time between two warnings about a failing accept.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Accepts agents' TCP tunnels until `shared.shutdown` fires.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
+    let acceptor = TlsAcceptor::from(tls);
+    let pending = shared.pending_handshakes.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.shutdown.cancelled() => break,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors, usually: wait a moment rather than spin.
+                debug!(%error, "accepting a TCP tunnel failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Some(slot) = pending.try_admit(remote.ip()) else {
+            drop(stream);
+            continue;
+        };
+        let span = info_span!("agent", %remote, transport = "tcp");
+        let handshake = handshake(stream, acceptor.clone(), shared.clone());
+        spawn_agent(shared.clone(), slot, span, handshake);
+    }
+}
+
+/// TLS, then HTTP/2, within the handshake deadline; then the common join.
+async fn handshake(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+) -> Result<Joined, HandshakeError> {
+    let handshake_timeout = shared.config.handshake_timeout;
+    let _ = stream.set_nodelay(true);
+    let settings = settings(shared.config.tunnel_idle_timeout);
+    let tunnel = timeout(handshake_timeout, async {
+        let tls = acceptor.accept(stream).await?;
+        tcp::gateway_side(tls, settings).await
+    })
+    .await
+    .map_err(|_| HandshakeError::Timeout(handshake_timeout))?
+    .map_err(HandshakeError::Tcp)?;
+    join(Tunnel::Tcp(tunnel), &shared).await
+}
+
+/// The gateway's TCP tunnel settings: it pings every half idle timeout and
+/// gives up on a ping after the other half, so a vanished agent is gone
+/// within the idle timeout, as over QUIC. Agents open no streams, so none
+/// are allowed beyond h2's minimum.
+pub fn settings(idle_timeout: Duration) -> TcpSettings {
+    let half = (idle_timeout / 2).max(Duration::from_millis(50));
+    TcpSettings {
+        max_incoming_streams: 1,
+        keep_alive: half,
+        idle_timeout: half,
+        initial_connection_window: PRE_HELLO_WINDOW,
+    }
+}

@@ -1,0 +1,671 @@
+//! The tunnel interface ([`crate::tunnel`]) over one TLS 1.3 connection on TCP,
+//! for networks that block or throttle UDP: HTTP/2 frames (the `h2` crate) carry
+//! the control stream and one stream per customer connection. Never QUIC inside
+//! TCP: two reliable layers retransmitting over each other melt down under loss.
+//!
+//! Roles: the agent dials and is the TLS client, but it is the HTTP/2 *server*
+//! on that connection, because the gateway opens the streams (as with QUIC,
+//! where it opens every relay stream). The gateway's first stream is the control
+//! stream; each later one is a relay stream, answered at once with headers so
+//! both directions carry raw bytes. No HTTP semantics ride on it beyond that.
+//!
+//! What HTTP/2 gives, and why h2 rather than yamux (see the README): flow
+//! control per stream *and* per connection, with the window released only when
+//! the relay has taken the bytes (so a never-reading customer pushes back to the
+//! exit instead of filling memory); half-close as END_STREAM; resets with a code
+//! as RST_STREAM; a bounded send buffer per stream; a stream limit the receiver
+//! sets; and PING for keep-alives.
+//!
+//! A tunnel is driven by one task (see [`gateway_side`] and [`agent_side`]),
+//! which also pings every keep-alive interval and closes the tunnel when a ping
+//! is not answered within the idle timeout, like QUIC's idle timeout.
+//!
+//! Close codes: the agent, as HTTP/2 server, sends its code in GOAWAY. The
+//! gateway (a client in h2, which has no GOAWAY to send) just ends the
+//! connection; what an agent must tell apart, a gateway shutting down, arrives as
+//! the finished control stream before that, as it does over QUIC.
+
+use crate::tunnel::{
+    CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend,
+};
+use bytes::Bytes;
+use h2::Reason;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// ALPN of the TCP tunnel: the same messages as QUIC's `exitpool/1`, framed
+/// in HTTP/2 streams.
+pub const ALPN: &[u8] = b"exitpool-tcp/1";
+
+/// Largest HTTP/2 frame either side accepts: one relay chunk
+/// ([`crate::relay::RELAY_CHUNK`]) per frame, and a bound on what one frame
+/// makes the reader buffer.
+pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
+
+/// Largest header block accepted; ours are a few dozen bytes.
+pub const MAX_HEADER_LIST_SIZE: u32 = 4 * 1024;
+
+/// Most unsent bytes one stream may hold in h2's send buffer beyond the
+/// peer's window.
+pub const MAX_SEND_BUFFER: usize = 256 * 1024;
+
+/// How long a closing side keeps driving the connection so what it queued last
+/// (a `Reject`, a GOAWAY) reaches the peer, unless the peer closes first.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// What a TCP tunnel is configured with; windows are [`crate::udp`]'s, shared
+/// with QUIC.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpSettings {
+    /// Most streams the peer may open towards us at once (the agent: its
+    /// capacity plus the control stream; the gateway: none are opened to it).
+    pub max_incoming_streams: u32,
+    /// Period of this side's PINGs.
+    pub keep_alive: Duration,
+    /// A PING unanswered this long ends the tunnel.
+    pub idle_timeout: Duration,
+    /// Connection receive window until [`TunnelConnection::admitted`]: what a
+    /// peer not yet known may make us buffer.
+    pub initial_connection_window: u32,
+}
+
+type Io = tokio_rustls::TlsStream<TcpStream>;
+
+/// One TCP tunnel, either end. Cheap to clone; the tunnel lives while its
+/// driver task does.
+#[derive(Clone)]
+pub struct TcpTunnel {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TcpTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTunnel")
+            .field("remote", &self.inner.remote)
+            .field("closed", &self.inner.reason.get())
+            .finish()
+    }
+}
+
+struct Inner {
+    remote: SocketAddr,
+    /// The TLS connection, shared with h2's I/O only for keying-material export.
+    tls: Arc<Mutex<Io>>,
+    role: Role,
+    /// Fires once the driver has ended.
+    closed: CancellationToken,
+    reason: OnceLock<CloseReason>,
+    /// A local close asked for (code), picked up by the driver.
+    close_request: Mutex<Option<u32>>,
+    close_notify: Notify,
+    /// Asks the driver to open the connection window to the full size.
+    admit: Notify,
+}
+
+enum Role {
+    /// HTTP/2 client: opens the control stream and every relay stream.
+    Gateway {
+        requests: h2::client::SendRequest<Bytes>,
+    },
+    /// HTTP/2 server: streams the gateway opened, in order.
+    Agent {
+        incoming: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
+    },
+}
+
+type Incoming = (
+    http::Request<h2::RecvStream>,
+    h2::server::SendResponse<Bytes>,
+);
+
+impl Inner {
+    fn new(remote: SocketAddr, tls: Arc<Mutex<Io>>, role: Role) -> Arc<Inner> {
+        Arc::new(Inner {
+            remote,
+            tls,
+            role,
+            closed: CancellationToken::new(),
+            reason: OnceLock::new(),
+            close_request: Mutex::new(None),
+            close_notify: Notify::new(),
+            admit: Notify::new(),
+        })
+    }
+
+    fn end(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.closed.cancel();
+    }
+
+    async fn close_requested(&self) -> u32 {
+        loop {
+            let notified = self.close_notify.notified();
+            if let Some(code) = *lock(&self.close_request) {
+                return code;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// h2's I/O: the TLS stream behind a mutex that only keying-material export
+/// contends for, so export works while h2 owns the connection.
+struct SharedIo(Arc<Mutex<Io>>);
+
+impl AsyncRead for SharedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *lock(&self.0)).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *lock(&self.0)).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        lock(&self.0).is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *lock(&self.0)).poll_shutdown(cx)
+    }
+}
+
+fn remote_of(io: &Io) -> io::Result<SocketAddr> {
+    io.get_ref().0.peer_addr()
+}
+
+/// The gateway's end of a TCP tunnel whose TLS handshake is done: the HTTP/2
+/// handshake, then a driver task spawned on `tasks`.
+pub async fn gateway_side(
+    io: tokio_rustls::server::TlsStream<TcpStream>,
+    settings: TcpSettings,
+) -> io::Result<TcpTunnel> {
+    let io = Io::Server(io);
+    let remote = remote_of(&io)?;
+    let tls = Arc::new(Mutex::new(io));
+    let (requests, mut connection) = h2::client::Builder::new()
+        .initial_window_size(crate::udp::STREAM_WINDOW)
+        .initial_connection_window_size(settings.initial_connection_window)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(settings.max_incoming_streams)
+        .enable_push(false)
+        .handshake(SharedIo(tls.clone()))
+        .await
+        .map_err(h2_to_io)?;
+    let ping = connection.ping_pong();
+    let inner = Inner::new(remote, tls, Role::Gateway { requests });
+    let driver = inner.clone();
+    tokio::spawn(async move {
+        let keep_alive = keep_alive(ping, settings);
+        tokio::pin!(keep_alive);
+        let reason = loop {
+            tokio::select! {
+                result = &mut connection => break connection_end(result),
+                reason = &mut keep_alive => break reason,
+                () = driver.admit.notified() => {
+                    connection.set_target_window_size(crate::udp::CONNECTION_WINDOW);
+                }
+                code = driver.close_requested() => {
+                    let _ = tokio::time::timeout(CLOSE_LINGER, &mut connection).await;
+                    break CloseReason::Local(code);
+                }
+            }
+        };
+        driver.end(reason);
+    });
+    Ok(TcpTunnel { inner })
+}
+
+/// The agent's end of a TCP tunnel whose TLS handshake is done: the HTTP/2
+/// handshake (the agent answers as server), then a driver task.
+pub async fn agent_side(
+    io: tokio_rustls::client::TlsStream<TcpStream>,
+    settings: TcpSettings,
+) -> io::Result<TcpTunnel> {
+    let io = Io::Client(io);
+    let remote = remote_of(&io)?;
+    let tls = Arc::new(Mutex::new(io));
+    let mut connection = h2::server::Builder::new()
+        .initial_window_size(crate::udp::STREAM_WINDOW)
+        .initial_connection_window_size(settings.initial_connection_window)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(settings.max_incoming_streams)
+        .handshake::<_, Bytes>(SharedIo(tls.clone()))
+        .await
+        .map_err(h2_to_io)?;
+    let ping = connection.ping_pong();
+    // h2 admits no more than `max_incoming_streams` at once, so this bound is
+    // never what refuses one.
+    let (queue, incoming) = mpsc::channel(settings.max_incoming_streams.max(1) as usize);
+    let inner = Inner::new(
+        remote,
+        tls,
+        Role::Agent {
+            incoming: tokio::sync::Mutex::new(incoming),
+        },
+    );
+    let driver = inner.clone();
+    tokio::spawn(async move {
+        let keep_alive = keep_alive(ping, settings);
+        tokio::pin!(keep_alive);
+        let reason = loop {
+            tokio::select! {
+                accepted = connection.accept() => match accepted {
+                    Some(Ok(stream)) => {
+                        if let Err(mpsc::error::TrySendError::Full((_, mut respond))) = queue.try_send(stream) {
+                            respond.send_reset(Reason::REFUSED_STREAM);
+                        }
+                    }
+                    Some(Err(error)) => break connection_end(Err(error)),
+                    None => break CloseReason::Peer(None),
+                },
+                reason = &mut keep_alive => break reason,
+                () = driver.admit.notified() => {
+                    connection.set_target_window_size(crate::udp::CONNECTION_WINDOW);
+                }
+                code = driver.close_requested() => {
+                    connection.abrupt_shutdown(Reason::from(code));
+                    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                        while let Some(Ok(_)) = connection.accept().await {}
+                    })
+                    .await;
+                    break CloseReason::Local(code);
+                }
+            }
+        };
+        driver.end(reason);
+    });
+    Ok(TcpTunnel { inner })
+}
+
+/// Pings every `keep_alive`; resolves when a ping goes unanswered for the
+/// idle timeout (or pings can no longer be sent).
+async fn keep_alive(ping: Option<h2::PingPong>, settings: TcpSettings) -> CloseReason {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(settings.keep_alive).await;
+        match tokio::time::timeout(settings.idle_timeout, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(error)) => return connection_end(Err(error)),
+            Err(_) => return CloseReason::TimedOut,
+        }
+    }
+}
+
+fn connection_end(result: Result<(), h2::Error>) -> CloseReason {
+    match result {
+        Ok(()) => CloseReason::Peer(None),
+        Err(error) if error.is_go_away() && error.is_remote() => {
+            CloseReason::Peer(error.reason().map(u32::from))
+        }
+        Err(error) => CloseReason::Lost(error.to_string()),
+    }
+}
+
+/// An h2 error as the `io::Error` the relay and the framing expect; a reset
+/// says so with its code.
+fn h2_to_io(error: h2::Error) -> io::Error {
+    if error.is_io() {
+        return error
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 i/o"));
+    }
+    match error.reason() {
+        Some(reason) if error.is_reset() => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("stream reset by peer (code {})", u32::from(reason)),
+        ),
+        _ => io::Error::new(io::ErrorKind::BrokenPipe, error.to_string()),
+    }
+}
+
+fn relay_request() -> http::Request<()> {
+    http::Request::builder()
+        .method(http::Method::POST)
+        .uri("https://exitpool/")
+        .body(())
+        .expect("static request")
+}
+
+impl TcpTunnel {
+    async fn open(&self) -> io::Result<(TcpSend, TcpRecv)> {
+        let Role::Gateway { requests } = &self.inner.role else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "only the gateway opens streams",
+            ));
+        };
+        let mut requests = requests.clone().ready().await.map_err(h2_to_io)?;
+        let (response, send) = requests
+            .send_request(relay_request(), false)
+            .map_err(h2_to_io)?;
+        Ok((
+            TcpSend { stream: send },
+            TcpRecv {
+                state: RecvState::Response(response),
+                pending: Bytes::new(),
+            },
+        ))
+    }
+
+    async fn accept(&self) -> io::Result<(TcpSend, TcpRecv)> {
+        let Role::Agent { incoming } = &self.inner.role else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "only the agent accepts streams",
+            ));
+        };
+        let next = tokio::select! {
+            next = async { incoming.lock().await.recv().await } => next,
+            () = self.inner.closed.cancelled() => None,
+        };
+        let Some((request, mut respond)) = next else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                self.close_reason()
+                    .map_or_else(|| "tunnel closed".to_owned(), |r| r.to_string()),
+            ));
+        };
+        let send = respond
+            .send_response(http::Response::new(()), false)
+            .map_err(h2_to_io)?;
+        Ok((
+            TcpSend { stream: send },
+            TcpRecv {
+                state: RecvState::Body(request.into_body()),
+                pending: Bytes::new(),
+            },
+        ))
+    }
+}
+
+impl TunnelConnection for TcpTunnel {
+    type Send = TcpSend;
+    type Recv = TcpRecv;
+
+    fn transport(&self) -> Transport {
+        Transport::Tcp
+    }
+
+    async fn open_stream(&self) -> io::Result<(TcpSend, TcpRecv)> {
+        self.open().await
+    }
+
+    async fn accept_stream(&self) -> io::Result<(TcpSend, TcpRecv)> {
+        self.accept().await
+    }
+
+    /// The gateway's first stream.
+    async fn open_control(&self) -> io::Result<(TcpSend, TcpRecv)> {
+        self.accept().await
+    }
+
+    async fn accept_control(&self) -> io::Result<(TcpSend, TcpRecv)> {
+        self.open().await
+    }
+
+    fn remote_address(&self) -> SocketAddr {
+        self.inner.remote
+    }
+
+    fn export_keying_material(
+        &self,
+        output: &mut [u8],
+        label: &[u8],
+        context: &[u8],
+    ) -> Result<(), ExportError> {
+        let tls = lock(&self.inner.tls);
+        let result = match &*tls {
+            Io::Client(stream) => {
+                stream
+                    .get_ref()
+                    .1
+                    .export_keying_material(&mut *output, label, Some(context))
+            }
+            Io::Server(stream) => {
+                stream
+                    .get_ref()
+                    .1
+                    .export_keying_material(&mut *output, label, Some(context))
+            }
+        };
+        result.map(|_| ()).map_err(|e| ExportError(e.to_string()))
+    }
+
+    fn admitted(&self) {
+        self.inner.admit.notify_one();
+    }
+
+    fn close(&self, code: u32, _reason: &[u8]) {
+        lock(&self.inner.close_request).get_or_insert(code);
+        self.inner.close_notify.notify_one();
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        self.inner.reason.get().cloned()
+    }
+
+    async fn closed(&self) {
+        self.inner.closed.cancelled().await
+    }
+}
+
+/// Sending half of a TCP tunnel stream.
+#[derive(Debug)]
+pub struct TcpSend {
+    stream: h2::SendStream<Bytes>,
+}
+
+impl TcpSend {
+    /// Waits until the peer's windows let some bytes go: the capacity h2 has
+    /// assigned, at most `wanted`.
+    fn poll_capacity(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<usize>> {
+        loop {
+            let available = self.stream.capacity();
+            if available > 0 {
+                return Poll::Ready(Ok(available.min(wanted)));
+            }
+            // h2 counts what is still buffered in the reservation: ask for a
+            // send buffer's worth so chunks pipeline instead of taking turns.
+            self.stream.reserve_capacity(wanted.max(MAX_SEND_BUFFER));
+            match ready!(self.stream.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Poll::Ready(Err(h2_to_io(error))),
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "stream closed",
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl TunnelSend for TcpSend {
+    async fn write_chunk(&mut self, mut chunk: Bytes) -> io::Result<()> {
+        while !chunk.is_empty() {
+            let len = chunk.len();
+            let n = poll_fn(|cx| self.poll_capacity(cx, len)).await?;
+            self.stream
+                .send_data(chunk.split_to(n), false)
+                .map_err(h2_to_io)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.stream.send_data(Bytes::new(), true).map_err(h2_to_io)
+    }
+
+    fn reset(&mut self, code: u32) {
+        self.stream.send_reset(Reason::from(code));
+    }
+
+    async fn stopped(&mut self) {
+        let _ = poll_fn(|cx| self.stream.poll_reset(cx)).await;
+    }
+}
+
+impl AsyncWrite for TcpSend {
+    /// For the framed control messages: copies `buf` (a few bytes at a time).
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(this.poll_capacity(cx, buf.len()))?;
+        this.stream
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// h2's connection task writes out what is queued by itself.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(TunnelSend::finish(self.get_mut()))
+    }
+}
+
+/// Receiving half of a TCP tunnel stream.
+#[derive(Debug)]
+pub struct TcpRecv {
+    state: RecvState,
+    /// The part of the last DATA frame that did not fit the caller's buffer.
+    pending: Bytes,
+}
+
+#[derive(Debug)]
+enum RecvState {
+    /// Gateway side: the agent's answer (headers) is on its way.
+    Response(h2::client::ResponseFuture),
+    Body(h2::RecvStream),
+    /// Stopped by us; nothing more will be read.
+    Stopped,
+}
+
+impl TcpRecv {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<Option<usize>>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.len());
+                buf[..n].copy_from_slice(&self.pending.split_to(n));
+                return Poll::Ready(Ok(Some(n)));
+            }
+            match &mut self.state {
+                RecvState::Response(response) => {
+                    let response = ready!(Pin::new(response).poll(cx)).map_err(h2_to_io)?;
+                    if response.status() != http::StatusCode::OK {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("peer answered the stream with {}", response.status()),
+                        )));
+                    }
+                    self.state = RecvState::Body(response.into_body());
+                }
+                RecvState::Body(body) => match ready!(body.poll_data(cx)) {
+                    Some(Ok(data)) => {
+                        // Released as soon as it is ours: the caller's buffer
+                        // (or `pending`, one frame at most) holds it, so the
+                        // window tracks what the relay has taken.
+                        let _ = body.flow_control().release_capacity(data.len());
+                        self.pending = data;
+                    }
+                    Some(Err(error)) => return Poll::Ready(Err(h2_to_io(error))),
+                    None => return Poll::Ready(Ok(None)),
+                },
+                RecvState::Stopped => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "stream stopped",
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl TunnelRecv for TcpRecv {
+    /// Cancel-safe: a frame taken from h2 but not yet copied stays in `pending`.
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        if buf.is_empty() {
+            return Ok(Some(0));
+        }
+        poll_fn(|cx| self.poll_read_into(cx, buf)).await
+    }
+
+    /// Dropping the body gives its buffered bytes back to the connection
+    /// window; the reset the caller sends on the other half tells the peer.
+    fn stop(&mut self, _code: u32) {
+        self.pending = Bytes::new();
+        self.state = RecvState::Stopped;
+    }
+}
+
+impl AsyncRead for TcpRecv {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let n = ready!(this.poll_read_into(cx, buf.initialize_unfilled()))?.unwrap_or(0);
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
