@@ -368,16 +368,15 @@ async fn the_inventory_shows_bucketed_places_within_the_account_countries() {
         ]);
     })
     .await;
-    let mut agents = Vec::new();
-    for ip in [
-        "127.0.0.2",
-        "127.0.0.3",
-        "127.0.0.4",
-        "127.0.0.5",
-        "127.0.0.6",
-    ] {
-        agents.push(net.agent(ip).await);
-    }
+    let _agents = net
+        .agents(&[
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.4",
+            "127.0.0.5",
+            "127.0.0.6",
+        ])
+        .await;
     let answer = inventory(net.proxy(), Some((USER, PASSWORD))).await;
     assert_eq!(answer.status(), 200);
     let body: serde_json::Value = answer.json().await.unwrap();

@@ -258,6 +258,19 @@ fn agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> Proces
         .expect("agent binary starts")
 }
 
+/// An agent process on `ip` (with a state directory of its own, kept alive by
+/// the returned guard), once the gateway counts it.
+async fn joined_agent_process(net: &TestGateway, ip: &str) -> (Process, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let process = agent_process(net, ip, state.path());
+    within(
+        "agent process joins",
+        net.gateway.directory().wait_for_count(|n| *n == 1),
+    )
+    .await;
+    (process, state)
+}
+
 /// A gateway that checks a silent exit after 1 s and waits 0.5 s for its
 /// answer; the tunnel idle timeout stays at its 30 s default.
 async fn watchful_gateway() -> TestGateway {
@@ -271,13 +284,7 @@ async fn watchful_gateway() -> TestGateway {
 #[tokio::test]
 async fn an_exit_killed_mid_transfer_resets_its_customer_within_seconds() {
     let net = watchful_gateway().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut doomed = agent_process(&net, "127.0.0.2", state.path());
-    within(
-        "agent process joins",
-        net.gateway.directory().wait_for_count(|n| *n == 1),
-    )
-    .await;
+    let (mut doomed, _state) = joined_agent_process(&net, "127.0.0.2").await;
     let target = echo_target().await;
     let (head, mut stream) = connect_as(net.proxy(), target, "").await;
     assert_eq!(head.status, 200, "{head:?}");
@@ -314,13 +321,7 @@ async fn an_exit_killed_mid_transfer_resets_its_customer_within_seconds() {
 #[tokio::test]
 async fn an_open_on_a_silently_dead_exit_moves_to_another_within_seconds() {
     let net = watchful_gateway().await;
-    let state = tempfile::tempdir().unwrap();
-    let mut doomed = agent_process(&net, "127.0.0.2", state.path());
-    within(
-        "agent process joins",
-        net.gateway.directory().wait_for_count(|n| *n == 1),
-    )
-    .await;
+    let (mut doomed, _state) = joined_agent_process(&net, "127.0.0.2").await;
     let target = echo_target().await;
     let head = echo_once(&net, target, "-session-k9").await;
     let doomed_exit = head.header("x-exitpool-exit").unwrap().to_owned();

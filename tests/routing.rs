@@ -14,16 +14,15 @@ use std::time::{Duration, Instant};
 /// A gateway with agents on 127.0.0.2 (US) .3 (US) .4 (DE) .5 (DE) .6 (JP).
 async fn pool() -> (TestGateway, Vec<AgentHandle>) {
     let net = TestGateway::start().await;
-    let mut agents = Vec::new();
-    for ip in [
-        "127.0.0.2",
-        "127.0.0.3",
-        "127.0.0.4",
-        "127.0.0.5",
-        "127.0.0.6",
-    ] {
-        agents.push(net.agent(ip).await);
-    }
+    let agents = net
+        .agents(&[
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.4",
+            "127.0.0.5",
+            "127.0.0.6",
+        ])
+        .await;
     (net, agents)
 }
 

@@ -187,6 +187,15 @@ impl TestGateway {
         self.spawn(self.agent_builder(ip)).await
     }
 
+    /// Starts an agent on each of `ips`, in order, each welcomed before the next.
+    pub async fn agents(&self, ips: &[&str]) -> Vec<AgentHandle> {
+        let mut agents = Vec::with_capacity(ips.len());
+        for ip in ips {
+            agents.push(self.agent(ip).await);
+        }
+        agents
+    }
+
     /// Starts an agent on `ip` with the default (strict) exit policy.
     pub async fn strict_agent(&self, ip: &str) -> AgentHandle {
         self.spawn(self.agent_builder(ip).allow_private(false))
