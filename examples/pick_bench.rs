@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
                     max_streams: 64,
                     accepting: true,
                     observed: "127.0.0.1:1".parse()?,
+                    home: None,
                 },
             );
         }

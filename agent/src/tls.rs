@@ -3,116 +3,9 @@
 //! impostor; the tunnel then decides whether to stop or retry later.
 
 use quinn::crypto::rustls::QuicClientConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// A certificate pin, `sha256:<64 hex>`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Pin([u8; 32]);
-
-impl std::fmt::Debug for Pin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl std::fmt::Display for Pin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
-}
-
-/// Why a pin string was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a pin looks like sha256:<64 hex digits>, as printed by `gateway pin`")]
-pub struct PinError;
-
-impl std::str::FromStr for Pin {
-    type Err = PinError;
-
-    fn from_str(text: &str) -> Result<Pin, PinError> {
-        let hex_digits = text.trim().strip_prefix("sha256:").ok_or(PinError)?;
-        let bytes = hex::decode(hex_digits).map_err(|_| PinError)?;
-        Ok(Pin(bytes.try_into().map_err(|_| PinError)?))
-    }
-}
-
-/// Accepts exactly the certificate whose SHA-256 is the pin, and remembers a
-/// mismatch so the tunnel can tell it from a network failure.
-#[derive(Debug)]
-pub struct PinVerifier {
-    pin: Pin,
-    provider: Arc<CryptoProvider>,
-    mismatch_seen: AtomicBool,
-}
-
-impl PinVerifier {
-    /// Whether a handshake has failed because the certificate did not match
-    /// since the last call; clears the mark.
-    pub fn take_mismatch(&self) -> bool {
-        self.mismatch_seen.swap(false, Ordering::Relaxed)
-    }
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let digest: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if digest == self.pin.0 {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            self.mismatch_seen.store(true, Ordering::Relaxed);
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
+pub use exitpool_transport::pin::{Pin, PinError, PinVerifier};
 
 /// Client configurations for both tunnel transports that trust only `pin`,
 /// through one verifier, returned too so the caller can tell a pin mismatch
@@ -132,11 +25,7 @@ pub fn client_configs(
     transport: quinn::TransportConfig,
 ) -> Result<ClientConfigs, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinVerifier {
-        pin,
-        provider: provider.clone(),
-        mismatch_seen: AtomicBool::new(false),
-    });
+    let verifier = Arc::new(PinVerifier::new(pin, provider.clone()));
     let tls = |alpn: &[u8]| -> Result<rustls::ClientConfig, rustls::Error> {
         let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -155,25 +44,4 @@ pub fn client_configs(
         tcp: Arc::new(tls(exitpool_transport::tcp::ALPN)?),
         verifier,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pins_parse_strictly() {
-        let good = format!("sha256:{}", "ab".repeat(32));
-        assert_eq!(good.parse::<Pin>().unwrap().to_string(), good);
-        for bad in [
-            "",
-            "sha256:",
-            "ab".repeat(32).as_str(),
-            "sha256:zz",
-            &format!("sha1:{}", "ab".repeat(32)),
-            &format!("sha256:{}", "ab".repeat(31)),
-        ] {
-            assert!(bad.parse::<Pin>().is_err(), "{bad:?}");
-        }
-    }
 }

@@ -2,7 +2,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /healthz` | `ok` |
+//! | `GET /healthz` | `ok`, or in a fleet out of touch with Redis, `degraded: …` and why |
 //! | `GET /stats` | JSON: pool, live streams, sessions, per-customer and per-agent usage |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text |
 //! | `POST /usage/reset` | zero every usage total; `?customer=NAME` or `?agent=ID` for one |
@@ -169,7 +169,7 @@ fn route(request: Request<hyper::body::Incoming>, shared: &Shared) -> Response<F
     }
     let query = request.uri().query().unwrap_or("");
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", health(shared)),
         (&Method::GET, "/stats") => text(
             StatusCode::OK,
             "application/json",
@@ -238,6 +238,66 @@ fn reset_usage(query: &str, shared: &Shared) -> Response<Full<Bytes>> {
     }
 }
 
+/// `/healthz`: `ok`, or in a fleet whose Redis is out of reach, `degraded`
+/// and why (still 200: the gateway serves with its own agents and state, so
+/// a balancer must keep sending it customers).
+fn health(shared: &Shared) -> String {
+    match shared.fleet.as_ref().and_then(|fleet| fleet.degraded()) {
+        None => "ok\n".into(),
+        Some((reason, since)) => format!(
+            "degraded: the fleet's shared state is out of reach for {} s ({reason}); serving with this gateway's own agents, sessions and usage journal\n",
+            since.as_secs()
+        ),
+    }
+}
+
+/// The fleet section of `/stats`: every gateway as of its last heartbeat,
+/// their totals, and where this gateway's pool comes from.
+fn fleet_stats(
+    fleet: &crate::fleet::Fleet,
+    agents: &[std::sync::Arc<crate::directory::Agent>],
+) -> serde_json::Value {
+    let gateways = fleet.gateways();
+    let sum = |field: fn(&crate::fleet::GatewayRecord) -> u64| -> u64 {
+        gateways.iter().map(field).sum()
+    };
+    let counters = &fleet.counters;
+    serde_json::json!({
+        "gateway_id": &*fleet.id,
+        "redis": match fleet.degraded() {
+            None => serde_json::json!({"reachable": true}),
+            Some((reason, since)) => serde_json::json!({
+                "reachable": false,
+                "reason": reason,
+                "since_secs": since.as_secs(),
+            }),
+        },
+        "local_agents": agents.iter().filter(|agent| agent.is_local()).count(),
+        "gateways": gateways.iter().map(|record| (record.id.clone(), serde_json::json!({
+            "peer": record.peer,
+            "agents": record.agents,
+            "live_streams": record.streams,
+            "live_connections": record.connections,
+            "bytes_up": record.bytes_up,
+            "bytes_down": record.bytes_down,
+        }))).collect::<serde_json::Map<_, _>>(),
+        "totals": {
+            "gateways": gateways.len(),
+            "agents": sum(|record| record.agents as u64),
+            "live_streams": sum(|record| record.streams),
+            "live_connections": sum(|record| record.connections),
+            "bytes_up": sum(|record| record.bytes_up),
+            "bytes_down": sum(|record| record.bytes_down),
+        },
+        "customer_bytes": fleet.quota_snapshot(),
+        "redis_round_trips": counters.redis_round_trips.load(Ordering::Relaxed),
+        "redis_errors": counters.redis_errors.load(Ordering::Relaxed),
+        "session_round_trips": counters.session_round_trips.load(Ordering::Relaxed),
+        "peer_streams_out": counters.peer_streams_out.load(Ordering::Relaxed),
+        "peer_streams_in": counters.peer_streams_in.load(Ordering::Relaxed),
+    })
+}
+
 /// The `/stats` document.
 pub fn stats(shared: &Shared) -> serde_json::Value {
     let agents = shared.directory.agents();
@@ -255,7 +315,8 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                 "country": agent.location.country,
                 "asn": agent.location.asn,
                 "city": agent.location.city,
-                "observed_addr": agent.observed.to_string(),
+                "observed_addr": agent.home.is_none().then(|| agent.observed.to_string()),
+                "gateway": agent.home.as_deref().or(shared.fleet.as_ref().map(|fleet| &*fleet.id)),
                 "software": agent.software,
                 "transport": shared.links.transport(agent.key).map(|t| t.as_str()),
                 "accepting": agent.is_accepting(),
@@ -321,6 +382,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
         "live_streams": live_streams,
         "sessions": shared.sessions.len(),
         "uptime_secs": shared.started.elapsed().as_secs(),
+        "fleet": shared.fleet.as_ref().map(|fleet| fleet_stats(fleet, &agents)),
         "per_agent": per_agent,
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,

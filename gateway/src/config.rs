@@ -118,7 +118,67 @@ pub struct GatewayConfig {
     /// Where agents are: the embedded country database unless `--geoip` files are
     /// given.
     pub geoip: Arc<GeoIp>,
+    /// Fleet mode (`--redis`): several gateways sharing one pool; `None` is
+    /// the embedded single-process gateway.
+    pub fleet: Option<FleetConfig>,
 }
+
+/// Default for [`FleetConfig::heartbeat`].
+pub const DEFAULT_FLEET_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Default for [`FleetConfig::gateway_timeout`]: three missed heartbeats.
+pub const DEFAULT_FLEET_GATEWAY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default for [`FleetConfig::resync_interval`].
+pub const DEFAULT_FLEET_RESYNC: Duration = Duration::from_secs(5);
+/// Default for [`FleetConfig::redis_timeout`].
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Fleet mode: gateways sharing one pool through Redis (or Valkey), carrying
+/// customers to each other's exits over authenticated peer links.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…`. Never logged:
+    /// it may carry a password.
+    pub redis_url: exitpool_protocol::Secret,
+    /// This gateway's id in the fleet, stable across restarts; default: the
+    /// host name and a hash of the state directory's path.
+    pub gateway_id: Option<String>,
+    /// Where other gateways' peer links are accepted (QUIC, UDP).
+    pub peer_listen: SocketAddr,
+    /// The address other gateways dial for this one's peer link; default:
+    /// `peer_listen` as bound, which must then name a specific address.
+    pub peer_advertise: Option<SocketAddr>,
+    /// How often this gateway tells the fleet it is alive, publishes its load
+    /// and flushes usage.
+    pub heartbeat: Duration,
+    /// A gateway not heard from for this long is gone: its agents leave every
+    /// other gateway's directory.
+    pub gateway_timeout: Duration,
+    /// How long a gateway's agent list may disagree with what its changes
+    /// said before it is read again whole (repairs a lost change).
+    pub resync_interval: Duration,
+    /// Longest one Redis command may take; past it the gateway carries on
+    /// with what it holds and reports itself degraded.
+    pub redis_timeout: Duration,
+}
+
+impl FleetConfig {
+    /// Fleet mode on `redis_url` with the defaults.
+    pub fn new(redis_url: &str) -> FleetConfig {
+        FleetConfig {
+            redis_url: exitpool_protocol::Secret(redis_url.to_owned()),
+            gateway_id: None,
+            peer_listen: DEFAULT_PEER_LISTEN.parse().expect("valid default"),
+            peer_advertise: None,
+            heartbeat: DEFAULT_FLEET_HEARTBEAT,
+            gateway_timeout: DEFAULT_FLEET_GATEWAY_TIMEOUT,
+            resync_interval: DEFAULT_FLEET_RESYNC,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
+        }
+    }
+}
+
+/// Default for [`FleetConfig::peer_listen`].
+pub const DEFAULT_PEER_LISTEN: &str = "0.0.0.0:4434";
 
 /// Where the TLS-over-TCP tunnel port listens (`--tunnel-tcp`, `--no-tunnel-tcp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +227,7 @@ impl GatewayConfig {
             password_queue_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             geoip: Arc::new(GeoIp::embedded()),
+            fleet: None,
         }
     }
 }

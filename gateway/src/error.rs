@@ -58,6 +58,10 @@ pub enum ProxyError {
     /// The exit did not answer in time.
     #[error("the exit did not answer within {0} s")]
     ExitTimeout(u64),
+    /// The fleet gateway holding the exit's tunnel could not be reached over
+    /// the peer link.
+    #[error("the gateway holding the exit could not be reached: {0}")]
+    PeerUnavailable(String),
     /// Too many failed authentications from this address.
     #[error("too many failed authentications from your address; retry in {retry_after} s")]
     AuthRateLimited {
@@ -190,6 +194,12 @@ impl ProxyError {
                 "exit_lost",
                 GENERAL_FAILURE,
             ),
+            ProxyError::PeerUnavailable(_) => (
+                502,
+                Some("destination_unavailable"),
+                "peer_unavailable",
+                GENERAL_FAILURE,
+            ),
             ProxyError::RateLimited { .. } => (
                 429,
                 Some("http_request_denied"),
@@ -314,6 +324,7 @@ impl ProxyError {
         match self {
             ProxyError::ExitLost(_) => Some("exit_lost"),
             ProxyError::ExitTimeout(_) => Some("exit_timeout"),
+            ProxyError::PeerUnavailable(_) => Some("peer_unavailable"),
             ProxyError::Exit {
                 code: FailureCode::AgentUnavailable,
                 ..

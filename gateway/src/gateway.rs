@@ -6,6 +6,7 @@ use crate::access::AccessLog;
 use crate::accounts::{self, Accounts, AccountsError};
 use crate::config::{GatewayConfig, TunnelTcp};
 use crate::directory::{AgentDirectory, LocalDirectory};
+use crate::fleet::{self, Fleet};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::sessions::MemorySessions;
@@ -50,6 +51,9 @@ pub enum StartError {
     /// The access-log thread could not be started.
     #[error("starting the access-log thread: {0}")]
     AccessLog(std::io::Error),
+    /// Fleet mode could not be set up.
+    #[error("fleet: {0}")]
+    Fleet(String),
     /// The state directory is unusable.
     #[error("state directory {path}: {source}")]
     State {
@@ -156,9 +160,27 @@ impl Gateway {
 
         let password_checks =
             PasswordChecks::new(config.password_checks, config.password_queue_timeout);
-        let directory = LocalDirectory::new(exit_key).with_health_policy(config.health);
+        let mut directory = LocalDirectory::new(exit_key).with_health_policy(config.health);
+        let fleet = match &config.fleet {
+            Some(fleet_config) => Some(join_fleet(&config, fleet_config, &identity)?),
+            None => None,
+        };
+        let mut fleet_tasks = None;
+        let usage: Box<dyn usage::UsageSink> = match &fleet {
+            Some((fleet, journal)) => {
+                let (changes, feed) = tokio::sync::mpsc::channel(fleet::replica::FEED_CAPACITY);
+                directory = directory.with_change_feed(changes);
+                fleet_tasks = Some((fleet.clone(), feed, journal.clone()));
+                Box::new(usage::Tee {
+                    own: MemoryUsage::from_snapshot(&used),
+                    unflushed: fleet.unflushed.clone(),
+                })
+            }
+            None => Box::new(MemoryUsage::from_snapshot(&used)),
+        };
         let shared = Arc::new(Shared {
             config,
+            fleet: fleet.map(|(fleet, _)| fleet),
             directory: Box::new(directory),
             links: Links::default(),
             pending_handshakes: Default::default(),
@@ -170,7 +192,7 @@ impl Gateway {
             started: Instant::now(),
             accounts,
             limits: Limiter::default(),
-            usage: Box::new(MemoryUsage::from_snapshot(&used)),
+            usage,
             metrics: Metrics::new(),
             customer_tls,
             places: Default::default(),
@@ -197,6 +219,18 @@ impl Gateway {
         shared
             .tasks
             .spawn(housekeeping::flush_usage(shared.clone()));
+        if let Some((fleet, feed, journal)) = fleet_tasks {
+            info!(gateway_id = %fleet.id, peer = %fleet.advertise, "fleet mode: sharing the pool through redis");
+            shared
+                .tasks
+                .spawn(fleet::replica::run(shared.clone(), fleet.clone(), feed));
+            shared
+                .tasks
+                .spawn(fleet::serve::serve(shared.clone(), fleet.clone()));
+            shared
+                .tasks
+                .spawn(fleet::usage::run(shared.clone(), fleet, journal));
+        }
         for line in shared.config.geoip.describe() {
             info!("geoip: {line}");
         }
@@ -281,6 +315,12 @@ impl Gateway {
         // short, and the port is free soon after for a restart in this process.
         self.endpoint
             .close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+        if let Some(fleet) = &self.shared.fleet {
+            fleet
+                .peers
+                .endpoint()
+                .close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         drop(self.endpoint);
         // quinn's endpoint driver lets go of the socket on its next poll, with no
@@ -300,6 +340,59 @@ impl Gateway {
             Err(error) => tracing::error!(%error, "usage writer panicked"),
         }
     }
+}
+
+/// Sets up fleet membership: the peer port, the fleet key (derived from the
+/// certificate's key, which every gateway of a fleet shares), the Redis
+/// connections (made on first use), and the usage journal of an earlier run.
+fn join_fleet(
+    config: &GatewayConfig,
+    fleet_config: &crate::config::FleetConfig,
+    identity: &tls::Identity,
+) -> Result<(Arc<Fleet>, fleet::usage::Journal), StartError> {
+    let id: Arc<str> = fleet_config
+        .gateway_id
+        .clone()
+        .unwrap_or_else(|| Fleet::default_id(&config.state_dir))
+        .into();
+    let addr = fleet_config.peer_listen;
+    let server = identity.quic_server_config_for(
+        exitpool_protocol::peer::PEER_ALPN,
+        fleet::peer::transport_config(fleet_config.gateway_timeout),
+    )?;
+    let endpoint =
+        exitpool_transport::udp::endpoint(addr, endpoint::endpoint_config(identity), Some(server))
+            .map_err(|source| StartError::Bind {
+                what: "the peer port",
+                addr,
+                source,
+            })?;
+    let bound = endpoint.local_addr().map_err(|source| StartError::Bind {
+        what: "the peer port",
+        addr,
+        source,
+    })?;
+    let advertise = fleet_config.peer_advertise.unwrap_or(bound);
+    if advertise.ip().is_unspecified() {
+        return Err(StartError::Fleet(format!(
+            "--peer-listen {addr} binds every address; set --peer-advertise to the address the other gateways dial"
+        )));
+    }
+    let peers = fleet::peer::Peers::new(
+        endpoint,
+        id.clone(),
+        &identity.derive_secret("fleet peer link"),
+        fleet_config.gateway_timeout,
+        fleet_config.gateway_timeout,
+    );
+    let fleet = Fleet::new(fleet_config.clone(), id, advertise, identity.pin(), peers)
+        .map_err(|error| StartError::Fleet(error.to_string()))?;
+    let journal_path = fleet::usage::path_in(&config.state_dir);
+    let journal = fleet::usage::load(&journal_path).map_err(|source| StartError::State {
+        path: journal_path,
+        source,
+    })?;
+    Ok((Arc::new(fleet), journal))
 }
 
 /// How many times an ephemeral tunnel port (port 0) is drawn again when its

@@ -18,7 +18,9 @@
 //! Exits:
 //! - [`directory`]: who is connected, where, with what load ([`AgentDirectory`]);
 //! - [`tunnel`]: the QUIC endpoint agents dial and the tunnels held here;
-//! - [`sessions`]: sticky-session pins behind a store interface.
+//! - [`sessions`]: sticky-session pins behind a store interface;
+//! - [`fleet`]: several gateways sharing one pool through Redis (`--redis`):
+//!   the shared directory, peer links, fleet-wide sessions, usage and limits.
 //!
 //! Accounts and operators:
 //! - [`auth`]: customer accounts and agent tokens; [`accounts`]: the live set,
@@ -44,6 +46,7 @@ pub mod customer_tls;
 pub mod directory;
 pub mod entry_ports;
 pub mod error;
+pub mod fleet;
 pub mod gateway;
 mod housekeeping;
 pub mod limits;

@@ -7,6 +7,12 @@
 //! are read from the account on every check, so a reload takes effect at once.
 //! Locking: one `DashMap` lookup per check, and a per-customer mutex held only to
 //! swap a rate limiter whose rate changed.
+//!
+//! In a fleet ([`crate::fleet`]) each gateway is told, once a heartbeat, what the
+//! rest of the fleet used ([`Elsewhere`]): its connections count against
+//! `max_connections`, and this gateway's rate is what the account's rate leaves
+//! after the others' last heartbeat. So the fleet-wide figures can overshoot by
+//! what changed within one heartbeat, and no check waits for Redis.
 
 use crate::auth::Customer;
 use crate::error::ProxyError;
@@ -14,14 +20,26 @@ use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// What the rest of the fleet used of one customer's limits, as of its last
+/// heartbeat; zero for a gateway on its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// Connections open on the other gateways.
+    pub connections: u32,
+    /// Requests the other gateways admitted per second, lately.
+    pub requests_per_second: u32,
+}
 
 /// One customer's runtime state.
 #[derive(Default)]
 struct Gate {
     /// Customer connections open now.
     live: AtomicU32,
+    /// Requests admitted since the fleet last asked ([`Limiter::drain_admitted`]).
+    admitted: AtomicU64,
     /// The rate limiter and the rate it was built for.
     rate: Mutex<Option<(NonZeroU32, Arc<DefaultDirectRateLimiter>)>>,
 }
@@ -73,7 +91,13 @@ impl Limiter {
     /// account has used so far, in the order quota -> rate -> concurrency (a
     /// refused request does not use up a rate token or a slot). The returned slot
     /// must be held for the life of the connection.
-    pub fn admit(&self, customer: &Customer, used_bytes: u64) -> Result<Slot, ProxyError> {
+    /// `elsewhere` is what the rest of the fleet used (zero on a lone gateway).
+    pub fn admit(
+        &self,
+        customer: &Customer,
+        used_bytes: u64,
+        elsewhere: Elsewhere,
+    ) -> Result<Slot, ProxyError> {
         let limits = &customer.limits;
         if let Some(quota) = limits.quota_bytes {
             if used_bytes >= quota {
@@ -82,7 +106,10 @@ impl Limiter {
         }
         let gate = self.gate(&customer.name);
         if let Some(rate) = limits.requests_per_second {
-            if let Err(not_until) = gate.limiter(rate).check() {
+            // This gateway's share: what the others left, at least one a second.
+            let share = NonZeroU32::new(rate.get().saturating_sub(elsewhere.requests_per_second))
+                .unwrap_or(NonZeroU32::MIN);
+            if let Err(not_until) = gate.limiter(share).check() {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 return Err(ProxyError::RateLimited {
@@ -94,12 +121,36 @@ impl Limiter {
         let before = gate.live.fetch_add(1, Ordering::Relaxed);
         let slot = Slot(gate);
         if let Some(max) = limits.max_connections {
-            if before >= max {
+            if before.saturating_add(elsewhere.connections) >= max {
                 drop(slot);
                 return Err(ProxyError::TooManyConnections(max));
             }
         }
+        slot.0.admitted.fetch_add(1, Ordering::Relaxed);
         Ok(slot)
+    }
+
+    /// Each customer with connections open or requests admitted since the last
+    /// call: (name, connections open, requests admitted since then), for the
+    /// fleet's heartbeat. Resets the admitted counts.
+    pub fn drain_admitted(&self) -> Vec<(String, u32, u64)> {
+        let mut busy = Vec::new();
+        for gate in self.gates.iter() {
+            let live = gate.live.load(Ordering::Relaxed);
+            let admitted = gate.admitted.swap(0, Ordering::Relaxed);
+            if live > 0 || admitted > 0 {
+                busy.push((gate.key().clone(), live, admitted));
+            }
+        }
+        busy
+    }
+
+    /// Customer connections open now, all customers together.
+    pub fn live_total(&self) -> u32 {
+        self.gates
+            .iter()
+            .map(|gate| gate.live.load(Ordering::Relaxed))
+            .fold(0, u32::saturating_add)
     }
 
     /// Connections `name` has open now.
@@ -126,15 +177,15 @@ mod tests {
             max_connections: Some(2),
             ..Limits::default()
         });
-        let a = limiter.admit(&alice, 0).unwrap();
-        let _b = limiter.admit(&alice, 0).unwrap();
+        let a = limiter.admit(&alice, 0, Elsewhere::default()).unwrap();
+        let _b = limiter.admit(&alice, 0, Elsewhere::default()).unwrap();
         assert_eq!(
-            limiter.admit(&alice, 0).unwrap_err(),
+            limiter.admit(&alice, 0, Elsewhere::default()).unwrap_err(),
             ProxyError::TooManyConnections(2)
         );
         assert_eq!(limiter.live("alice"), 2);
         drop(a);
-        assert!(limiter.admit(&alice, 0).is_ok());
+        assert!(limiter.admit(&alice, 0, Elsewhere::default()).is_ok());
     }
 
     #[test]
@@ -145,14 +196,16 @@ mod tests {
             quota_bytes: Some(100),
             ..Limits::default()
         });
-        assert!(limiter.admit(&alice, 0).is_ok());
-        assert!(limiter.admit(&alice, 0).is_ok());
-        match limiter.admit(&alice, 0).unwrap_err() {
+        assert!(limiter.admit(&alice, 0, Elsewhere::default()).is_ok());
+        assert!(limiter.admit(&alice, 0, Elsewhere::default()).is_ok());
+        match limiter.admit(&alice, 0, Elsewhere::default()).unwrap_err() {
             ProxyError::RateLimited { retry_after, .. } => assert_eq!(retry_after, 1),
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            limiter.admit(&alice, 100).unwrap_err(),
+            limiter
+                .admit(&alice, 100, Elsewhere::default())
+                .unwrap_err(),
             ProxyError::QuotaExhausted(100)
         );
     }

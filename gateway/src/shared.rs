@@ -10,6 +10,7 @@ use crate::customer_tls::CustomerTls;
 use crate::directory::places::PlacesCache;
 use crate::directory::{Agent, AgentDirectory, Location, Outcome};
 use crate::error::ProxyError;
+use crate::fleet::Fleet;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::sessions::SessionStore;
@@ -27,6 +28,8 @@ use tracing::info;
 pub struct Shared {
     /// The configuration it was started with.
     pub config: GatewayConfig,
+    /// Fleet membership (`--redis`); `None` for a gateway on its own.
+    pub fleet: Option<Arc<Fleet>>,
     /// Who is connected, where, with what load.
     pub directory: Box<dyn AgentDirectory>,
     /// The tunnels held by this process, to open streams on.
@@ -94,7 +97,11 @@ impl Shared {
     /// A tunnel that does not answer is closed: its agent leaves the directory
     /// and every stream on it is reset, so waiting customers fail (and their
     /// opens move to other exits) in seconds rather than at the idle timeout.
+    /// An exit of another fleet gateway is that gateway's to watch.
     pub async fn check_exit_alive(&self, agent: &Agent) -> bool {
+        if !agent.is_local() {
+            return true;
+        }
         self.metrics.liveness_checks.inc();
         if self
             .links
@@ -118,7 +125,9 @@ impl Shared {
     /// payouts) and metrics. Called by the customer transfer about once a second
     /// and when it ends, with the bytes since the last call. (It does not touch
     /// `agent.bytes_up`/`bytes_down`, the live per-connection figures on `/stats`.)
-    pub fn record_transfer(&self, customer: &str, agent: &Agent, up: u64, down: u64) {
+    /// `customer` is `None` for a stream another fleet gateway carried here:
+    /// that gateway counts its customer.
+    pub fn record_transfer(&self, customer: Option<&str>, agent: &Agent, up: u64, down: u64) {
         self.usage.record_transfer(customer, agent, up, down);
         self.metrics.bytes_up.inc_by(up);
         self.metrics.bytes_down.inc_by(down);

@@ -7,8 +7,10 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const CERT_FILE: &str = "gateway-cert.der";
-const KEY_FILE: &str = "gateway-key.der";
+/// The certificate, in the state directory (DER).
+pub const CERT_FILE: &str = "gateway-cert.der";
+/// Its private key, in the state directory (PKCS#8 DER, mode 0600).
+pub const KEY_FILE: &str = "gateway-key.der";
 
 /// Why the gateway's identity could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +128,17 @@ impl Identity {
         &self,
         transport: quinn::TransportConfig,
     ) -> Result<quinn::ServerConfig, IdentityError> {
-        let tls = self.tls_server_config(exitpool_protocol::ALPN)?;
+        self.quic_server_config_for(exitpool_protocol::ALPN, transport)
+    }
+
+    /// QUIC server configuration with this certificate for `alpn` (the agent
+    /// tunnel's, or the fleet's peer link's) and `transport`.
+    pub fn quic_server_config_for(
+        &self,
+        alpn: &[u8],
+        transport: quinn::TransportConfig,
+    ) -> Result<quinn::ServerConfig, IdentityError> {
+        let tls = self.tls_server_config(alpn)?;
         let crypto =
             QuicServerConfig::try_from(tls).map_err(|e| IdentityError::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -92,10 +92,13 @@ pub enum ResetScope {
 /// Where usage is counted. Implementations must be cheap: calls come once per
 /// connection and about once a second per long connection.
 pub trait UsageSink: Send + Sync {
-    /// Adds bytes moved for `customer` through `agent`.
-    fn record_transfer(&self, customer: &str, agent: &Agent, up: u64, down: u64);
-    /// Counts one connection that reached its target.
-    fn record_connection(&self, customer: &str, agent: &Agent);
+    /// Adds bytes moved for `customer` through `agent`. In a fleet each side
+    /// counts its own: the gateway the customer reached counts the customer (and
+    /// not an agent of another gateway), the gateway holding the agent's tunnel
+    /// counts the agent (with no customer), so no byte is counted twice.
+    fn record_transfer(&self, customer: Option<&str>, agent: &Agent, up: u64, down: u64);
+    /// Counts one connection that reached its target, likewise.
+    fn record_connection(&self, customer: Option<&str>, agent: &Agent);
     /// Counts one failure with product `code`, for whichever of the customer and
     /// agent are known.
     fn record_error(&self, customer: Option<&str>, agent: Option<&Agent>, code: &str);
@@ -138,6 +141,19 @@ impl Counters {
                 .lock()
                 .expect("usage lock poisoned")
                 .clone(),
+        }
+    }
+
+    /// The totals, leaving zero behind: nothing counted meanwhile is lost.
+    fn drain(&self) -> Totals {
+        Totals {
+            bytes_up: self.bytes_up.swap(0, Ordering::Relaxed),
+            bytes_down: self.bytes_down.swap(0, Ordering::Relaxed),
+            connections: self.connections.swap(0, Ordering::Relaxed),
+            errors: self.errors.swap(0, Ordering::Relaxed),
+            errors_by_code: std::mem::take(
+                &mut *self.errors_by_code.lock().expect("usage lock poisoned"),
+            ),
         }
     }
 
@@ -192,6 +208,37 @@ impl MemoryUsage {
         usage
     }
 
+    /// Everything counted since the last drain, leaving zero behind (the
+    /// fleet's per-heartbeat flush): each counter is taken atomically, so a
+    /// byte counted meanwhile lands in this drain or the next, never in none.
+    pub fn drain(&self) -> UsageSnapshot {
+        let customers = self
+            .customers
+            .iter()
+            .map(|entry| (entry.key().clone(), entry.value().drain()))
+            .filter(|(_, totals)| *totals != Totals::default())
+            .collect();
+        let agents = self
+            .agents
+            .iter()
+            .map(|entry| {
+                let agent = entry.value();
+                let totals = AgentTotals {
+                    exit_id: agent.exit_id.lock().expect("usage lock poisoned").clone(),
+                    country: agent.country.lock().expect("usage lock poisoned").clone(),
+                    totals: agent.counters.drain(),
+                };
+                (entry.key().clone(), totals)
+            })
+            .filter(|(_, agent)| agent.totals != Totals::default())
+            .collect();
+        UsageSnapshot {
+            version: FILE_VERSION,
+            customers,
+            agents,
+        }
+    }
+
     fn with_customer(&self, name: &str, f: impl FnOnce(&Counters)) {
         if let Some(counters) = self.customers.get(name) {
             return f(&counters);
@@ -216,18 +263,27 @@ impl MemoryUsage {
 }
 
 impl UsageSink for MemoryUsage {
-    fn record_transfer(&self, customer: &str, agent: &Agent, up: u64, down: u64) {
+    fn record_transfer(&self, customer: Option<&str>, agent: &Agent, up: u64, down: u64) {
         if up == 0 && down == 0 {
             return;
         }
-        self.with_customer(customer, |c| c.transfer(up, down));
-        self.with_agent(agent, |c| c.transfer(up, down));
+        if let Some(customer) = customer {
+            self.with_customer(customer, |c| c.transfer(up, down));
+        }
+        if agent.is_local() {
+            self.with_agent(agent, |c| c.transfer(up, down));
+        }
     }
 
-    fn record_connection(&self, customer: &str, agent: &Agent) {
-        self.with_customer(customer, |c| {
-            c.connections.fetch_add(1, Ordering::Relaxed);
-        });
+    fn record_connection(&self, customer: Option<&str>, agent: &Agent) {
+        if let Some(customer) = customer {
+            self.with_customer(customer, |c| {
+                c.connections.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        if !agent.is_local() {
+            return;
+        }
         // An agent's location can change between connections; keep the latest.
         if let Some(entry) = self.agents.get(&agent.agent_id) {
             let mut country = entry.country.lock().expect("usage lock poisoned");
@@ -244,7 +300,7 @@ impl UsageSink for MemoryUsage {
         if let Some(customer) = customer {
             self.with_customer(customer, |c| c.error(code));
         }
-        if let Some(agent) = agent {
+        if let Some(agent) = agent.filter(|agent| agent.is_local()) {
             self.with_agent(agent, |c| c.error(code));
         }
     }
@@ -302,6 +358,44 @@ impl UsageSink for MemoryUsage {
                 by_exit.is_some_and(|key| self.agents.remove(&key).is_some())
             }
         }
+    }
+}
+
+/// Counts into two sinks: this gateway's own totals, and (in a fleet) what is
+/// still to be flushed to the fleet's. Everything else reads the first.
+pub struct Tee {
+    /// This gateway's totals: `/stats`, quotas, `usage.json`.
+    pub own: MemoryUsage,
+    /// Counted since the last flush to the fleet (drained by it).
+    pub unflushed: std::sync::Arc<MemoryUsage>,
+}
+
+impl UsageSink for Tee {
+    fn record_transfer(&self, customer: Option<&str>, agent: &Agent, up: u64, down: u64) {
+        self.own.record_transfer(customer, agent, up, down);
+        self.unflushed.record_transfer(customer, agent, up, down);
+    }
+
+    fn record_connection(&self, customer: Option<&str>, agent: &Agent) {
+        self.own.record_connection(customer, agent);
+        self.unflushed.record_connection(customer, agent);
+    }
+
+    fn record_error(&self, customer: Option<&str>, agent: Option<&Agent>, code: &str) {
+        self.own.record_error(customer, agent, code);
+        self.unflushed.record_error(customer, agent, code);
+    }
+
+    fn customer_bytes(&self, customer: &str) -> u64 {
+        self.own.customer_bytes(customer)
+    }
+
+    fn snapshot(&self) -> UsageSnapshot {
+        self.own.snapshot()
+    }
+
+    fn reset(&self, scope: &ResetScope) -> bool {
+        self.own.reset(scope)
     }
 }
 

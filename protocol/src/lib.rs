@@ -18,6 +18,8 @@
 //! the gateway and the agent parse with; [`close_code`] says why a tunnel was
 //! closed, in both directions. An agent's id is not declared but proven:
 //! [`identity`] derives it from a device key that signs each connection.
+//! Gateways of one fleet carry customers to each other's exits over the
+//! [`peer`] link, with the same `OpenReply` and raw bytes after it.
 //!
 //! This crate is pure: without its `tokio` feature (on by default, for
 //! `read_frame`/`write_frame`) it does no I/O. What moves bytes (the relay,
@@ -30,6 +32,7 @@ pub mod frame;
 pub mod host;
 pub mod identity;
 pub mod messages;
+pub mod peer;
 
 pub use frame::{decode, decode_body, encode, hello_version, FrameError, MAX_FRAME_LEN};
 #[cfg(feature = "tokio")]

@@ -149,6 +149,43 @@ struct Args {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Join a fleet: share the pool, sessions, usage and limits with other
+    /// gateways through Redis or Valkey (redis://[user:password@]host:port[/db],
+    /// rediss://…, or unix:///path/to/socket). Without it the gateway stands
+    /// alone with its state in memory.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "EXITPOOL_REDIS_URL",
+        hide_env_values = true
+    )]
+    redis: Option<String>,
+    /// This gateway's id in the fleet; default: the host name and a hash of
+    /// the state directory's path.
+    #[arg(long, value_name = "ID", requires = "redis")]
+    gateway_id: Option<String>,
+    /// Where other gateways of the fleet dial this one (QUIC, UDP).
+    #[arg(long, value_name = "ADDR", default_value = exitpool::gateway::config::DEFAULT_PEER_LISTEN)]
+    peer_listen: SocketAddr,
+    /// The address other gateways dial for --peer-listen; needed when that
+    /// binds every address (0.0.0.0).
+    #[arg(long, value_name = "ADDR", requires = "redis")]
+    peer_advertise: Option<SocketAddr>,
+    /// Milliseconds between fleet heartbeats (liveness, load, usage flush).
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_FLEET_HEARTBEAT.as_millis() as u64)]
+    fleet_heartbeat_ms: u64,
+    /// Milliseconds without a heartbeat after which a gateway's agents leave
+    /// the others' pools.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_FLEET_GATEWAY_TIMEOUT.as_millis() as u64)]
+    fleet_gateway_timeout_ms: u64,
+    /// Milliseconds a gateway's agent list may disagree with its changes
+    /// before it is read whole.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_FLEET_RESYNC.as_millis() as u64)]
+    fleet_resync_ms: u64,
+    /// Milliseconds one Redis command may take before the gateway carries on
+    /// without it (and reports itself degraded).
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_REDIS_TIMEOUT.as_millis() as u64)]
+    redis_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -238,6 +275,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cert: cert.clone(),
             key: key.clone(),
         });
+    }
+    if let Some(url) = &args.redis {
+        let mut fleet = exitpool::gateway::config::FleetConfig::new(url);
+        fleet.gateway_id = args.gateway_id.clone();
+        fleet.peer_listen = args.peer_listen;
+        fleet.peer_advertise = args.peer_advertise;
+        fleet.heartbeat = Duration::from_millis(args.fleet_heartbeat_ms.max(10));
+        fleet.gateway_timeout = Duration::from_millis(
+            args.fleet_gateway_timeout_ms
+                .max(args.fleet_heartbeat_ms * 2),
+        );
+        fleet.resync_interval = Duration::from_millis(args.fleet_resync_ms.max(10));
+        fleet.redis_timeout = Duration::from_millis(args.redis_timeout_ms.max(10));
+        config.fleet = Some(fleet);
     }
     if let Some(path) = &args.entry_ports {
         config.entry_ports = exitpool::gateway::entry_ports::EntryPorts::load(path)?;

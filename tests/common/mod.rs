@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod flaky;
+pub mod fleet;
 pub mod targets;
 
 pub use exitpool::agent::TransportChoice;

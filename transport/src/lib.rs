@@ -10,13 +10,15 @@
 //! - [`relay`]: the byte path, one TCP connection to and from one tunnel stream;
 //! - [`udp`]: the UDP socket under a QUIC endpoint and the transport settings
 //!   both ends share;
-//! - [`leave`]: ending a tunnel so the peer always hears of it.
+//! - [`leave`]: ending a tunnel so the peer always hears of it;
+//! - [`pin`]: trusting a peer by the SHA-256 pin of its certificate.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod any;
 pub mod leave;
+pub mod pin;
 pub mod quic;
 pub mod relay;
 pub mod tcp;

@@ -267,9 +267,16 @@ pub async fn open(
         .cloned()
         .ok_or_else(|| fail(None, ProxyError::AuthRequired))?;
     let used = shared.usage.customer_bytes(&grant.user);
+    let (used, elsewhere) = match &shared.fleet {
+        Some(fleet) => (
+            fleet.customer_bytes(&grant.user, used),
+            fleet.elsewhere(&grant.user),
+        ),
+        None => (used, Default::default()),
+    };
     let slot = shared
         .limits
-        .admit(&customer, used)
+        .admit(&customer, used, elsewhere)
         .map_err(|e| fail(None, e))?;
     let config = &shared.config;
     let deadline = started + config.connect_deadline;
@@ -281,14 +288,32 @@ pub async fn open(
     let mut tried: Vec<u64> = Vec::new();
     // The exit failure that sent this request to another exit.
     let mut last_failure: Option<(Arc<Agent>, ProxyError)> = None;
+    // Pins settled with the fleet for this request (a new pin, then perhaps a move).
+    let mut settles = 0;
     loop {
         let chosen = choose_exit_or_wait(grant, &customer.limits, shared, &tried).await;
-        let (agent, session, pin) = match (chosen, last_failure) {
-            (Ok(chosen), _) => chosen,
+        let (agent, mut session, mut pin) = match (chosen, last_failure.take()) {
+            (Ok(chosen), failure) => {
+                last_failure = failure;
+                chosen
+            }
             (Err(error), None) => return Err(fail(None, error)),
             // No other exit to move to: the last exit's failure stands.
             (Err(_), Some((agent, error))) => return Err(fail(Some(&agent), error)),
         };
+        if let (Some(fleet), Some((key, pinned))) = (&shared.fleet, &mut pin) {
+            if settles < 2 {
+                settles += 1;
+                match settle_with_fleet(fleet, key, pinned, shared).await {
+                    Settle::Ours => {}
+                    // Another gateway pinned it to this very exit first.
+                    Settle::Found => session = Some(SessionOutcome::Kept),
+                    // The fleet had pinned the session elsewhere: route again
+                    // with that pin, now held here too.
+                    Settle::Elsewhere => continue,
+                }
+            }
+        }
         let attempt_started = Instant::now();
         let timeout = config
             .open_timeout
@@ -313,7 +338,7 @@ pub async fn open(
                     .connect_seconds
                     .observe(started.elapsed().as_secs_f64());
                 shared.metrics.connections.inc();
-                shared.usage.record_connection(&grant.user, &agent);
+                shared.usage.record_connection(Some(&grant.user), &agent);
                 return Ok(Authorized {
                     agent,
                     stream,
@@ -351,6 +376,66 @@ pub async fn open(
     }
 }
 
+/// What the fleet said of a pin this gateway chose.
+enum Settle {
+    /// It is the fleet's pin now (or the fleet is out of reach: the local
+    /// choice stands).
+    Ours,
+    /// The fleet already had the session pinned to the same exit.
+    Found,
+    /// The fleet has the session pinned to another exit, now cached here:
+    /// route again.
+    Elsewhere,
+}
+
+/// Settles a new or moved pin with the fleet before the exit is opened: one
+/// Redis round trip.
+async fn settle_with_fleet(
+    fleet: &crate::fleet::Fleet,
+    key: &SessionKey,
+    pinned: &mut Pinned,
+    shared: &Shared,
+) -> Settle {
+    let now = Instant::now();
+    let seen = shared.sessions.get(key, now).map(|pin| pin.agent_id);
+    let lifetime = pinned.expires_at.saturating_duration_since(now);
+    match fleet
+        .settle_session(
+            &key.customer,
+            &key.session,
+            seen.as_deref(),
+            &pinned.agent_id,
+            lifetime,
+        )
+        .await
+    {
+        Ok(settled) if settled.agent_id == pinned.agent_id => {
+            pinned.expires_at = now + settled.expires_in;
+            if settled.set_here {
+                Settle::Ours
+            } else {
+                Settle::Found
+            }
+        }
+        Ok(settled) => {
+            let adopted = Pinned {
+                agent_id: settled.agent_id,
+                expires_at: now + settled.expires_in,
+            };
+            // Room was checked when the pin was chosen; a full store leaves
+            // this request to the local choice.
+            match shared.sessions.put(key.clone(), adopted, usize::MAX) {
+                Ok(()) => Settle::Elsewhere,
+                Err(_) => Settle::Ours,
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, "session pinned here only: the fleet is out of reach");
+            Settle::Ours
+        }
+    }
+}
+
 /// Opens a relay stream through `agent`, checking the exit's tunnel is alive
 /// while the answer is slow to come (a vanished exit fails in seconds, as
 /// [`ProxyError::ExitLost`], not at the tunnel's idle timeout).
@@ -370,6 +455,16 @@ async fn open_watched(
             }
         }
     };
+    if let (Some(home), Some(fleet)) = (&agent.home, &shared.fleet) {
+        fleet
+            .counters
+            .peer_streams_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return fleet
+            .peers
+            .open(home, &agent.agent_id, host, port, timeout)
+            .await;
+    }
     tokio::select! {
         opened = shared.links.open(agent.key, host, port, timeout) => opened,
         () = watchdog => Err(ProxyError::ExitLost(

@@ -176,7 +176,7 @@ impl Transfer {
         let up = self.counters.tcp_to_quic.load(Ordering::Relaxed);
         let down = self.counters.quic_to_tcp.load(Ordering::Relaxed);
         shared.record_transfer(
-            &self.context.user,
+            Some(&self.context.user),
             &self.agent,
             up.saturating_sub(self.folded_up),
             down.saturating_sub(self.folded_down),

@@ -17,7 +17,7 @@
 //! back when their period is over.
 
 use super::health::{Health, HealthPolicy, Outcome};
-use super::{Agent, AgentDirectory, Census, Filter, Joining, PickError};
+use super::{Agent, AgentDirectory, Census, Change, Filter, Joining, PickError};
 use crate::abuse::source_network;
 use crate::counts;
 use dashmap::DashMap;
@@ -164,6 +164,11 @@ pub struct LocalDirectory {
     /// pauses and drains.
     census: watch::Sender<Census>,
     slot_freed: Arc<Notify>,
+    /// In fleet mode: this gateway's own joins, leaves and pauses, for the
+    /// shared directory. Bounded; a change that does not fit sets `feed_lost`
+    /// and the fleet republishes everything instead.
+    feed: Option<tokio::sync::mpsc::Sender<Change>>,
+    feed_lost: AtomicBool,
 }
 
 impl LocalDirectory {
@@ -181,6 +186,21 @@ impl LocalDirectory {
             exit_id_key,
             census: watch::Sender::new(Census::default()),
             slot_freed: Arc::default(),
+            feed: None,
+            feed_lost: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends every change to this gateway's own agents to `feed` (fleet mode).
+    pub fn with_change_feed(mut self, feed: tokio::sync::mpsc::Sender<Change>) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    fn announce(&self, agent: &Arc<Agent>, change: impl FnOnce(Arc<Agent>) -> Change) {
+        let Some(feed) = &self.feed else { return };
+        if agent.is_local() && feed.try_send(change(agent.clone())).is_err() {
+            self.feed_lost.store(true, Ordering::Relaxed);
         }
     }
 
@@ -219,6 +239,7 @@ impl AgentDirectory for LocalDirectory {
             agent_id: joining.agent_id,
             location: joining.location,
             observed: joining.observed,
+            home: joining.home,
             software: joining.software,
             max_streams: AtomicU32::new(joining.max_streams),
             active_streams: AtomicU32::new(0),
@@ -234,11 +255,14 @@ impl AgentDirectory for LocalDirectory {
             .by_agent_id
             .insert(agent.agent_id.clone(), key)
             .and_then(|old_key| self.remove_key(old_key));
-        counts::up(&self.per_token, agent.token.expose().to_owned());
-        counts::up(&self.per_network, source_network(agent.observed.ip()));
+        if agent.is_local() {
+            counts::up(&self.per_token, agent.token.expose().to_owned());
+            counts::up(&self.per_network, source_network(agent.observed.ip()));
+        }
         self.agents.insert(key, agent.clone());
         self.reconcile(&agent);
         self.publish_census();
+        self.announce(&agent, Change::Joined);
         (agent, replaced)
     }
 
@@ -257,6 +281,7 @@ impl AgentDirectory for LocalDirectory {
         }
         self.reconcile(&agent);
         self.publish_census();
+        self.announce(&agent, Change::Accepting);
     }
 
     fn pick(&self, filter: &Filter, avoid: &[u64]) -> Result<Arc<Agent>, PickError> {
@@ -399,6 +424,10 @@ impl AgentDirectory for LocalDirectory {
     fn slot_freed(&self) -> &Notify {
         &self.slot_freed
     }
+
+    fn take_feed_lost(&self) -> bool {
+        self.feed_lost.swap(false, Ordering::Relaxed)
+    }
 }
 
 impl LocalDirectory {
@@ -410,8 +439,11 @@ impl LocalDirectory {
         let (_, agent) = self.agents.remove(&key)?;
         self.reconcile(&agent);
         self.departed.keep(&agent.agent_id, agent.health.clone());
-        counts::down(&self.per_token, agent.token.expose());
-        counts::down(&self.per_network, &source_network(agent.observed.ip()));
+        if agent.is_local() {
+            counts::down(&self.per_token, agent.token.expose());
+            counts::down(&self.per_network, &source_network(agent.observed.ip()));
+        }
+        self.announce(&agent, Change::Left);
         Some(agent)
     }
 

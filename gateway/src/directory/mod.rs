@@ -69,6 +69,10 @@ pub trait AgentDirectory: Send + Sync {
     /// Notified whenever a stream ends on any agent, for a pick that found every
     /// matching exit busy and waits a moment for a slot.
     fn slot_freed(&self) -> &Notify;
+    /// Whether a change to this gateway's agents was dropped from the fleet's
+    /// change feed since the last call (the feed was full): the fleet then
+    /// publishes the whole list again.
+    fn take_feed_lost(&self) -> bool;
 }
 
 impl dyn AgentDirectory + '_ {
@@ -187,8 +191,12 @@ pub struct Agent {
     pub token: exitpool_protocol::Secret,
     /// Where the exit is.
     pub location: Location,
-    /// The agent's address as seen by the gateway.
+    /// The agent's address as seen by the gateway (unspecified for an agent
+    /// held by another gateway of the fleet: addresses stay where they were seen).
     pub observed: SocketAddr,
+    /// The fleet gateway that holds this agent's tunnel, when it is not this
+    /// one: streams to it go over the peer link ([`crate::fleet`]).
+    pub home: Option<Arc<str>>,
     /// Software string from `Hello`.
     pub software: String,
     /// Most concurrent relay streams the agent accepts.
@@ -217,6 +225,11 @@ impl Agent {
         self.accepting.load(Ordering::Relaxed)
             && self.active_streams.load(Ordering::Relaxed)
                 < self.max_streams.load(Ordering::Relaxed)
+    }
+
+    /// Whether its tunnel is held by this gateway (not another of the fleet).
+    pub fn is_local(&self) -> bool {
+        self.home.is_none()
     }
 
     /// Whether the agent accepts new streams at all (not paused or draining).
@@ -292,4 +305,17 @@ pub struct Joining {
     pub accepting: bool,
     /// The agent's address as seen by the gateway.
     pub observed: SocketAddr,
+    /// The fleet gateway holding its tunnel, for an agent of another gateway.
+    pub home: Option<Arc<str>>,
+}
+
+/// A change to this gateway's own agents, for the fleet's shared directory.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// An agent joined here.
+    Joined(Arc<Agent>),
+    /// An agent connected here left.
+    Left(Arc<Agent>),
+    /// An agent here started or stopped taking new streams.
+    Accepting(Arc<Agent>),
 }

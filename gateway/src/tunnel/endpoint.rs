@@ -297,6 +297,7 @@ pub(crate) async fn join(connection: Tunnel, shared: &Shared) -> Result<Joined, 
             max_streams: capacity.max_streams.clamp(1, MAX_AGENT_STREAMS),
             accepting,
             observed: connection.remote_address(),
+            home: None,
         },
     );
     if let Some(old) = replaced {

@@ -53,6 +53,12 @@ impl Links {
         key
     }
 
+    /// A key no tunnel here will ever have, for a directory entry of an agent
+    /// whose tunnel another fleet gateway holds.
+    pub fn reserve_key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Forgets the tunnel under `key`.
     pub fn remove(&self, key: u64) {
         self.tunnels.remove(&key);

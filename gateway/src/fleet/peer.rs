@@ -1,0 +1,247 @@
+//! Peer links between the gateways of a fleet ([`exitpool_protocol::peer`]):
+//! the dialling side, the endpoint both sides use, and the fleet proof.
+//!
+//! One QUIC connection per pair of gateways, made on the first customer that
+//! needs it and kept (keep-alives; a link silent for the fleet's gateway
+//! timeout is dead, so a killed peer is noticed in seconds). Each customer
+//! connection is one stream, with QUIC's per-stream flow control and
+//! half-close, exactly like a stream on an agent tunnel: the customer transfer
+//! on this side cannot tell the difference. The answering side is [`super::serve`].
+
+use crate::error::ProxyError;
+use crate::tunnel::ExitStream;
+use dashmap::DashMap;
+use exitpool_protocol::peer::{
+    PeerAnswer, PeerHello, PeerOpen, PEER_ALPN, PEER_EXPORTER_LABEL, PEER_EXPORTER_LEN,
+    PEER_VERSION,
+};
+use exitpool_protocol::{read_frame, write_frame, OpenReply, TargetHost};
+use exitpool_transport::pin::{Pin, PinVerifier};
+use exitpool_transport::{StreamRecv, StreamSend};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most customer streams one peer link carries at once.
+pub const MAX_PEER_STREAMS: u32 = 16_384;
+
+/// Where another gateway's peer link is, and the certificate it must present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddress {
+    /// Its advertised peer address.
+    pub addr: SocketAddr,
+    /// Its certificate pin, as it published it.
+    pub pin: Pin,
+}
+
+/// A link to one gateway: dialled once, shared by every customer stream.
+type LinkSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+
+/// This gateway's peer endpoint and its links to the others.
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    own_id: Arc<str>,
+    key: ring::hmac::Key,
+    addresses: DashMap<Arc<str>, PeerAddress>,
+    links: DashMap<Arc<str>, LinkSlot>,
+    /// Longest a dial plus the fleet handshake may take.
+    dial_timeout: Duration,
+    /// Keep-alive and idle timeout of peer links.
+    transport: Arc<quinn::TransportConfig>,
+}
+
+/// QUIC settings of peer links, both directions: many streams (one per
+/// customer connection), the same bounded windows as agent tunnels, and
+/// keep-alives so a dead peer is noticed within `idle`.
+pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
+    let idle = idle.max(Duration::from_millis(300));
+    let mut transport = exitpool_transport::udp::base_transport();
+    transport
+        .max_idle_timeout(idle.try_into().ok())
+        .keep_alive_interval(Some(idle / 3))
+        .max_concurrent_bidi_streams(MAX_PEER_STREAMS.into())
+        .max_concurrent_uni_streams(0u32.into());
+    transport
+}
+
+impl Peers {
+    /// Peer links from `endpoint` (bound to the peer port, serving
+    /// [`PEER_ALPN`]) as gateway `own_id`, proving membership with `fleet_key`.
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        own_id: Arc<str>,
+        fleet_key: &[u8; 32],
+        idle: Duration,
+        dial_timeout: Duration,
+    ) -> Peers {
+        Peers {
+            endpoint,
+            own_id,
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, fleet_key),
+            addresses: DashMap::new(),
+            links: DashMap::new(),
+            dial_timeout,
+            transport: Arc::new(transport_config(idle)),
+        }
+    }
+
+    /// The peer endpoint (to accept on, and to close at shutdown).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// Notes where gateway `id` accepts peer links; a changed address or pin
+    /// drops the old link.
+    pub fn set_address(&self, id: &Arc<str>, address: PeerAddress) {
+        let previous = self.addresses.insert(id.clone(), address.clone());
+        if previous.is_some_and(|previous| previous != address) {
+            self.forget_link(id);
+        }
+    }
+
+    /// Forgets gateway `id` (it left the fleet or stopped answering).
+    pub fn forget(&self, id: &str) {
+        self.addresses.remove(id);
+        self.forget_link(id);
+    }
+
+    fn forget_link(&self, id: &str) {
+        if let Some((_, slot)) = self.links.remove(id) {
+            if let Ok(link) = slot.try_lock() {
+                if let Some(connection) = link.as_ref() {
+                    connection.close(0u32.into(), b"peer left the fleet");
+                }
+            }
+        }
+    }
+
+    /// The fleet proof for a connection whose exported material is `material`.
+    pub fn prove(&self, material: &[u8; PEER_EXPORTER_LEN]) -> [u8; 32] {
+        let tag = ring::hmac::sign(&self.key, material);
+        tag.as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
+    }
+
+    /// Whether `proof` is the fleet proof for `material` (constant time).
+    pub fn verify(&self, material: &[u8; PEER_EXPORTER_LEN], proof: &[u8; 32]) -> bool {
+        ring::hmac::verify(&self.key, material, proof).is_ok()
+    }
+
+    /// Opens a relay stream through gateway `home` to its exit `agent_id`,
+    /// dialling `host:port`, and waits up to `timeout` for the exit's answer.
+    pub async fn open(
+        &self,
+        home: &Arc<str>,
+        agent_id: &str,
+        host: TargetHost,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<ExitStream, ProxyError> {
+        let link = self.link(home).await?;
+        let request = PeerOpen {
+            agent_id: agent_id.to_owned(),
+            host,
+            port,
+        };
+        let lost =
+            |e: &dyn std::fmt::Display| ProxyError::PeerUnavailable(format!("gateway {home}: {e}"));
+        let exchange = async {
+            let (mut send, mut recv) = link.open_bi().await.map_err(|e| lost(&e))?;
+            write_frame(&mut send, &request)
+                .await
+                .map_err(|e| lost(&e))?;
+            let reply: OpenReply = read_frame(&mut recv).await.map_err(|e| lost(&e))?;
+            Ok::<_, ProxyError>((send, recv, reply))
+        };
+        let (send, recv, reply) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ProxyError::ExitTimeout(timeout.as_secs()))??;
+        match reply {
+            OpenReply::Opened { peer } => Ok(ExitStream {
+                send: StreamSend::Quic(send),
+                recv: StreamRecv::Quic(recv),
+                peer,
+            }),
+            OpenReply::Failed { code, detail } => Err(ProxyError::Exit { code, detail }),
+        }
+    }
+
+    /// The live link to `home`, dialling it if there is none. Customers
+    /// arriving together wait for one dial.
+    async fn link(&self, home: &Arc<str>) -> Result<quinn::Connection, ProxyError> {
+        let slot = self.links.entry(home.clone()).or_default().clone();
+        let mut link = slot.lock().await;
+        if let Some(connection) = link.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(connection.clone());
+        }
+        let address = self
+            .addresses
+            .get(home)
+            .map(|entry| entry.value().clone())
+            .ok_or_else(|| {
+                ProxyError::PeerUnavailable(format!("gateway {home} is not in the fleet now"))
+            })?;
+        let connection = tokio::time::timeout(self.dial_timeout, self.dial(&address))
+            .await
+            .map_err(|_| {
+                ProxyError::PeerUnavailable(format!(
+                    "gateway {home} at {} did not answer within {:?}",
+                    address.addr, self.dial_timeout
+                ))
+            })?
+            .map_err(|reason| {
+                ProxyError::PeerUnavailable(format!("gateway {home} at {}: {reason}", address.addr))
+            })?;
+        tracing::info!(peer = %home, addr = %address.addr, "peer link up");
+        *link = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Dials `address`, checks its pin, and proves this gateway's membership.
+    async fn dial(&self, address: &PeerAddress) -> Result<quinn::Connection, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(PinVerifier::new(address.pin, provider.clone()));
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(self.transport.clone());
+        let connection = self
+            .endpoint
+            .connect_with(config, address.addr, "exitpool-gateway")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let material = material(&connection)?;
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = PeerHello {
+            version: PEER_VERSION,
+            gateway_id: self.own_id.to_string(),
+            proof: self.prove(&material),
+        };
+        write_frame(&mut send, &hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        match read_frame::<PeerAnswer, _>(&mut recv)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            PeerAnswer::Welcome => Ok(connection),
+            PeerAnswer::Refused(reason) => Err(format!("refused: {reason}")),
+        }
+    }
+}
+
+/// The TLS keying material of `connection` the fleet proof covers.
+pub fn material(connection: &quinn::Connection) -> Result<[u8; PEER_EXPORTER_LEN], String> {
+    let mut material = [0u8; PEER_EXPORTER_LEN];
+    connection
+        .export_keying_material(&mut material, PEER_EXPORTER_LABEL, b"")
+        .map_err(|_| "TLS keying material export failed".to_owned())?;
+    Ok(material)
+}

@@ -1,0 +1,81 @@
+//! Sticky sessions that agree across the fleet: the pin lives in Redis with
+//! its expiry, and each gateway caches it in its own session store.
+//!
+//! A session's first connection on a gateway settles the pin in one round trip
+//! (a script, so two gateways pinning the same new session at the same moment
+//! end up with one pin: whoever comes second is told the first one's exit).
+//! Later connections on that gateway use the cached pin: no round trip. A move
+//! (the pinned exit left) is settled the same way, so two gateways moving one
+//! session agree on where it went.
+
+use super::{keys, Fleet, FleetError};
+use std::sync::atomic::Ordering;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// Sets the pin to `ARGV[2]` when it is still what the caller last saw
+/// (`ARGV[1]`: an exit id, or empty for "no pin"), keeping a pin's expiry on a
+/// move and giving a new pin `ARGV[3]` ms; otherwise leaves it. Answers the
+/// pin in force, its milliseconds to live, and 1 if this call set it.
+const SETTLE: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == false then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return {ARGV[2], tonumber(ARGV[3]), 1}
+end
+if current == ARGV[1] and current ~= ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return {ARGV[2], redis.call('PTTL', KEYS[1]), 1}
+end
+return {current, redis.call('PTTL', KEYS[1]), 0}
+";
+
+static SETTLE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SETTLE));
+
+/// The pin in force after settling, and how long it has left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The exit's device id.
+    pub agent_id: String,
+    /// Time left before the pin lapses.
+    pub expires_in: Duration,
+    /// Whether this call set it (a new pin or a move), rather than finding it.
+    pub set_here: bool,
+}
+
+impl Fleet {
+    /// Pins `customer`'s `session` to `candidate` unless the fleet already
+    /// pinned it elsewhere: `seen` is the pin this gateway last knew (`None`
+    /// for a session it has not seen), `lifetime` a new pin's expiry. One
+    /// round trip.
+    pub async fn settle_session(
+        &self,
+        customer: &str,
+        session: &str,
+        seen: Option<&str>,
+        candidate: &str,
+        lifetime: Duration,
+    ) -> Result<Settled, FleetError> {
+        self.counters
+            .session_round_trips
+            .fetch_add(1, Ordering::Relaxed);
+        let mut invocation = SETTLE_SCRIPT.key(keys::session(customer, session));
+        invocation
+            .arg(seen.unwrap_or(""))
+            .arg(candidate)
+            .arg(lifetime.as_millis().max(1) as u64);
+        let mut connection = self.redis.clone();
+        let (agent_id, millis, set_here): (String, i64, i64) = self
+            .finish(
+                "session pin",
+                self.config.redis_timeout,
+                invocation.invoke_async(&mut connection),
+            )
+            .await?;
+        Ok(Settled {
+            agent_id,
+            expires_in: Duration::from_millis(millis.max(0) as u64),
+            set_here: set_here == 1,
+        })
+    }
+}

@@ -1,0 +1,128 @@
+//! Fleet fixtures: a real `redis-server` (no persistence, on a Unix socket in a
+//! temp directory, so it can be stopped and started again at the same
+//! address), and gateways that share it and one certificate.
+
+use super::{within, TestGateway, WAIT};
+use exitpool::gateway::config::FleetConfig;
+use exitpool_launcher::{Launch, Process, Ready};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Files a gateway's state directory shares with the rest of its fleet: the
+/// certificate and key (one `--pin` for every gateway) and the exit-id key
+/// (the same exit ids everywhere).
+pub const SHARED_STATE: [&str; 3] = ["gateway-cert.der", "gateway-key.der", "exit-id.key"];
+
+/// A `redis-server` of the tests' own.
+pub struct RedisServer {
+    process: Option<Process>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it accepts connections.
+    pub async fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer { process: None, dir };
+        server.start_again().await;
+        server
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// The URL gateways use.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// Starts it again after [`RedisServer::stop`] (empty: no persistence).
+    pub async fn start_again(&mut self) {
+        let process = Launch::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(self.socket())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .start(Ready::line("ready to accept connections"), WAIT)
+            .await
+            .expect("redis-server starts (scripts/test installs it)");
+        self.process = Some(process);
+    }
+
+    /// Stops it (SIGKILL: nothing is saved, connections drop).
+    pub async fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            within("redis stops", process.kill()).await.expect("kill");
+        }
+    }
+
+    /// A connection for the test's own reads.
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        within(
+            "redis connection",
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .expect("redis connects")
+    }
+}
+
+/// Fleet settings with short heartbeats, so the tests wait on events of a
+/// few hundred milliseconds rather than the seconds of the defaults.
+pub fn fleet_config(redis: &RedisServer, id: &str) -> FleetConfig {
+    let mut fleet = FleetConfig::new(&redis.url());
+    fleet.gateway_id = Some(id.to_owned());
+    fleet.peer_listen = "127.0.0.1:0".parse().unwrap();
+    fleet.heartbeat = Duration::from_millis(100);
+    fleet.gateway_timeout = Duration::from_millis(800);
+    fleet.resync_interval = Duration::from_millis(500);
+    fleet.redis_timeout = Duration::from_millis(500);
+    fleet
+}
+
+/// `ids.len()` gateways in one fleet on `redis`, sharing the first one's
+/// certificate, key and exit-id key as an operator would (copied files).
+pub async fn fleet(redis: &RedisServer, ids: &[&str]) -> Vec<TestGateway> {
+    let mut gateways: Vec<TestGateway> = Vec::new();
+    for id in ids {
+        let state = tempfile::tempdir().expect("temp dir");
+        if let Some(first) = gateways.first() {
+            for name in SHARED_STATE {
+                std::fs::copy(first.state.path().join(name), state.path().join(name))
+                    .expect("copy shared state");
+            }
+        }
+        let config = TestGateway::config(state.path());
+        let fleet = fleet_config(redis, id);
+        gateways
+            .push(TestGateway::start_in(state, config, |config| config.fleet = Some(fleet)).await);
+    }
+    gateways
+}
+
+/// Waits until `gateway`'s directory lists `count` agents (its own and the
+/// fleet's).
+pub async fn wait_for_pool(gateway: &TestGateway, count: usize) {
+    within(
+        "the fleet's agents reach this gateway's directory",
+        gateway.gateway.directory().wait_for_count(|n| *n == count),
+    )
+    .await;
+}
+
+/// Waits until `gateway` has heard from `count` gateways of its fleet
+/// (itself included) in their heartbeats.
+pub async fn wait_for_gateways(gateway: &TestGateway, count: u64) {
+    within("every gateway's heartbeat reaches this one", async {
+        loop {
+            if gateway.stats().await["fleet"]["totals"]["gateways"] == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

@@ -1,0 +1,299 @@
+//! A fleet of gateways sharing one pool through a real Redis: an exit on
+//! another gateway serves a customer over the peer link, sessions agree across
+//! gateways (even when two pin one at the same moment), usage is counted once,
+//! and a Redis outage loses nothing.
+
+mod common;
+
+use common::fleet::{fleet, wait_for_gateways, wait_for_pool, RedisServer};
+use common::targets::{echo_target, http_target};
+use common::*;
+use redis::AsyncCommands;
+use std::collections::HashMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn an_exit_held_by_another_gateway_serves_the_customer() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a", "gw-b", "gw-c"]).await;
+    let (a, b, c) = (&gateways[0], &gateways[1], &gateways[2]);
+    // The US only on B, Germany only on C; customers reach A.
+    let _us = b.agent("127.0.0.2").await;
+    let _de = c.agent("127.0.0.4").await;
+    for gateway in &gateways {
+        wait_for_pool(gateway, 2).await;
+    }
+    let target = http_target("127.0.0.1").await;
+    let (head, seen) = exit_ip(a.proxy(), target, "-country-us").await;
+    assert_eq!(seen, "127.0.0.2", "{head:?}");
+    let (_, seen) = exit_ip(a.proxy(), target, "-country-de").await;
+    assert_eq!(seen, "127.0.0.4");
+    // A country no gateway serves is the usual answer.
+    let (head, _) = connect_as(a.proxy(), target, "-country-jp").await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("no_exit"));
+
+    wait_for_gateways(a, 3).await;
+    let stats = a.stats().await;
+    assert_eq!(stats["agents"], 2, "{stats}");
+    let fleet_stats = &stats["fleet"];
+    assert_eq!(fleet_stats["local_agents"], 0, "{fleet_stats}");
+    assert_eq!(fleet_stats["totals"]["gateways"], 3, "{fleet_stats}");
+    assert_eq!(fleet_stats["totals"]["agents"], 2, "{fleet_stats}");
+    assert_eq!(fleet_stats["peer_streams_out"], 2, "{fleet_stats}");
+    assert_eq!(b.stats().await["fleet"]["peer_streams_in"], 1);
+    // No Redis round trip for a rotation request: two opens cost none
+    // beyond the heartbeat's own.
+    assert_eq!(fleet_stats["session_round_trips"], 0);
+}
+
+#[tokio::test]
+async fn a_session_keeps_its_exit_on_every_gateway() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a", "gw-b", "gw-c"]).await;
+    let _agents = [
+        gateways[1].agent("127.0.0.2").await,
+        gateways[1].agent("127.0.0.3").await,
+        gateways[2].agent("127.0.0.4").await,
+        gateways[2].agent("127.0.0.5").await,
+    ];
+    for gateway in &gateways {
+        wait_for_pool(gateway, 4).await;
+    }
+    let target = http_target("127.0.0.1").await;
+    let (head, first) = exit_ip(gateways[0].proxy(), target, "-session-s1").await;
+    assert_eq!(head.header("x-exitpool-session"), Some("new"));
+    for gateway in gateways.iter().cycle().take(6) {
+        let (head, seen) = exit_ip(gateway.proxy(), target, "-session-s1").await;
+        assert_eq!(seen, first, "{head:?}");
+        assert_eq!(head.header("x-exitpool-session"), Some("kept"), "{head:?}");
+    }
+    // One round trip per gateway for the session's first connection there,
+    // none after.
+    for gateway in &gateways {
+        let trips = gateway.stats().await["fleet"]["session_round_trips"].clone();
+        assert_eq!(trips, 1, "{}", gateway.stats().await["fleet"]);
+    }
+}
+
+#[tokio::test]
+async fn two_gateways_pinning_one_new_session_at_once_agree() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a", "gw-b"]).await;
+    let _agents = [
+        gateways[0].agent("127.0.0.2").await,
+        gateways[0].agent("127.0.0.3").await,
+        gateways[1].agent("127.0.0.4").await,
+        gateways[1].agent("127.0.0.5").await,
+    ];
+    for gateway in &gateways {
+        wait_for_pool(gateway, 4).await;
+    }
+    let target = http_target("127.0.0.1").await;
+    // Many new sessions, each opened on both gateways at the same moment.
+    for n in 0..12 {
+        let params = format!("-session-race{n}");
+        let (on_a, on_b) = tokio::join!(
+            exit_ip(gateways[0].proxy(), target, &params),
+            exit_ip(gateways[1].proxy(), target, &params),
+        );
+        assert_eq!(
+            on_a.1, on_b.1,
+            "session race{n}: {:?} / {:?}",
+            on_a.0, on_b.0
+        );
+        let mut redis = redis.client().await;
+        let pin: String = redis
+            .get(format!("exitpool:session:5:alice:race{n}"))
+            .await
+            .unwrap();
+        assert!(!pin.is_empty());
+    }
+}
+
+/// Sends `len` bytes through the echo target over `proxy` and reads them back.
+async fn echo_through(
+    proxy: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+    params: &str,
+    len: usize,
+) {
+    let (head, mut stream) = connect_as(proxy, target, params).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    let payload = common::targets::pattern(len);
+    within("send", stream.write_all(&payload)).await.unwrap();
+    within("half-close", stream.shutdown()).await.unwrap();
+    let mut back = Vec::new();
+    within("read back", stream.read_to_end(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(&back[..len], &payload[..], "echoed intact");
+}
+
+/// A usage hash in Redis, as numbers.
+async fn usage_in_redis(redis: &RedisServer, key: &str) -> HashMap<String, u64> {
+    let mut connection = redis.client().await;
+    let fields: HashMap<String, String> = connection.hgetall(key).await.unwrap();
+    fields
+        .into_iter()
+        .filter_map(|(field, value)| Some((field, value.parse().ok()?)))
+        .collect()
+}
+
+/// Waits until Redis holds `up` bytes up for alice.
+async fn wait_for_customer_usage(redis: &RedisServer, up: u64) -> HashMap<String, u64> {
+    within("usage reaches redis", async {
+        loop {
+            let usage = usage_in_redis(redis, "exitpool:usage:customer:alice").await;
+            if usage.get("bytes_up").copied().unwrap_or(0) >= up {
+                return usage;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn usage_is_counted_once_across_the_fleet() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a", "gw-b"]).await;
+    let (a, b) = (&gateways[0], &gateways[1]);
+    let _agent = b.agent("127.0.0.2").await;
+    wait_for_pool(a, 1).await;
+    let echo = echo_target().await;
+    let sizes = [10_000usize, 200_000, 1_000_000];
+    for size in sizes {
+        echo_through(a.proxy(), echo, "", size).await;
+    }
+    let sent: u64 = sizes.iter().map(|size| *size as u64).sum();
+    let customer = wait_for_customer_usage(&redis, sent).await;
+    assert_eq!(customer["bytes_up"], sent, "{customer:?}");
+    assert_eq!(customer["connections"], 3, "{customer:?}");
+    // The echo answers every byte plus its `\n<count> bytes\n` trailers.
+    let trailers: u64 = sizes
+        .iter()
+        .map(|size| format!("\n{size} bytes\n").len() as u64)
+        .sum();
+    assert_eq!(customer["bytes_down"], sent + trailers, "{customer:?}");
+    // The agent's side is B's to count, once.
+    let exit_id = b.stats().await["per_agent"][0]["exit_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent_key = within("agent usage reaches redis", async {
+        loop {
+            let mut connection = redis.client().await;
+            let keys: Vec<String> = connection.keys("exitpool:usage:agent:*").await.unwrap();
+            if let Some(key) = keys.first() {
+                let usage = usage_in_redis(&redis, key).await;
+                if usage.get("bytes_up").copied().unwrap_or(0) >= sent {
+                    return key.clone();
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let agent = usage_in_redis(&redis, &agent_key).await;
+    assert_eq!(agent["bytes_up"], sent, "{agent:?}");
+    assert_eq!(agent["bytes_down"], sent + trailers, "{agent:?}");
+    // Locally too: A counted the customer and not B's agent, B the agent
+    // and no customer.
+    let a_stats = a.stats().await;
+    assert_eq!(a_stats["customers"][USER]["bytes_up"], sent);
+    assert!(
+        a_stats["agent_usage"].as_object().unwrap().is_empty(),
+        "{a_stats}"
+    );
+    let b_stats = b.stats().await;
+    assert_eq!(b_stats["customers"][USER]["bytes_up"], 0, "{b_stats}");
+    assert_eq!(b_stats["agent_usage"][&exit_id]["bytes_up"], sent);
+}
+
+#[tokio::test]
+async fn a_redis_outage_keeps_gateways_serving_and_loses_no_usage() {
+    let mut redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a", "gw-b"]).await;
+    let (a, b) = (&gateways[0], &gateways[1]);
+    let _on_a = a.agent("127.0.0.2").await;
+    let _on_b = b.agent("127.0.0.4").await;
+    wait_for_pool(a, 2).await;
+    wait_for_pool(b, 2).await;
+    let echo = echo_target().await;
+
+    redis.stop().await;
+    let health = within("healthz says degraded", async {
+        loop {
+            let text = reqwest::get(format!("http://{}/healthz", a.admin()))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.starts_with("degraded") {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(health.contains("redis"), "{health}");
+    // Redis stays away for 30 s, and each gateway keeps serving its own
+    // agents all the while.
+    let outage = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut sent = 0u64;
+    while std::time::Instant::now() < outage {
+        echo_through(a.proxy(), echo, "-country-us", 30_000).await;
+        echo_through(b.proxy(), echo, "-country-de", 20_000).await;
+        sent += 50_000;
+    }
+    let journal = a.state.path().join("fleet-usage.json");
+    within("usage journalled", async {
+        while !std::fs::read_to_string(&journal).is_ok_and(|text| text.contains("alice")) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // Redis comes back empty (no persistence): the journals land whole, and
+    // the fleet's directory is published again.
+    redis.start_again().await;
+    let customer = wait_for_customer_usage(&redis, sent).await;
+    assert_eq!(customer["bytes_up"], sent, "{customer:?}");
+    let ok = within("healthz ok again", async {
+        loop {
+            let text = reqwest::get(format!("http://{}/healthz", a.admin()))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text == "ok\n" {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(ok, "ok\n");
+    within("agent lists republished", async {
+        loop {
+            let mut connection = redis.client().await;
+            let a_list: HashMap<String, String> =
+                connection.hgetall("exitpool:agents:gw-a").await.unwrap();
+            let b_list: HashMap<String, String> =
+                connection.hgetall("exitpool:agents:gw-b").await.unwrap();
+            // One agent each, plus the list's sequence number.
+            if a_list.len() == 2 && b_list.len() == 2 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // And the peer path works again: A reaches B's German exit.
+    let target = http_target("127.0.0.1").await;
+    let (_, seen) = exit_ip(a.proxy(), target, "-country-de").await;
+    assert_eq!(seen, "127.0.0.4");
+}
