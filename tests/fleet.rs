@@ -5,9 +5,12 @@
 
 mod common;
 
-use common::fleet::{fleet, wait_for_gateways, wait_for_pool, RedisServer};
+use common::fleet::{
+    fleet, fleet_with, wait_for_customer, wait_for_gateways, wait_for_pool, RedisServer,
+};
 use common::targets::{echo_target, http_target};
 use common::*;
+use exitpool::gateway::auth::{Customer, Limits, Users};
 use redis::AsyncCommands;
 use std::collections::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -296,4 +299,69 @@ async fn a_redis_outage_keeps_gateways_serving_and_loses_no_usage() {
     let target = http_target("127.0.0.1").await;
     let (_, seen) = exit_ip(a.proxy(), target, "-country-de").await;
     assert_eq!(seen, "127.0.0.4");
+}
+
+#[tokio::test]
+async fn connection_and_quota_limits_hold_across_the_fleet() {
+    let redis = RedisServer::start().await;
+    let limited = Customer::parse(&format!("{USER}:{PASSWORD}"))
+        .unwrap()
+        .with_limits(Limits {
+            max_connections: Some(2),
+            quota_bytes: Some(400_000),
+            ..Limits::default()
+        });
+    let gateways = fleet_with(&redis, &["gw-a", "gw-b"], |config| {
+        config.users = Users::new([limited.clone()]);
+    })
+    .await;
+    let (a, b) = (&gateways[0], &gateways[1]);
+    let _us = a.agent("127.0.0.2").await;
+    let _de = b.agent("127.0.0.4").await;
+    wait_for_pool(a, 2).await;
+    wait_for_pool(b, 2).await;
+    let echo = echo_target().await;
+
+    // One connection held on each gateway: the account's two.
+    let (head, held_a) = connect_as(a.proxy(), echo, "").await;
+    assert_eq!(head.status, 200, "{head:?}");
+    let (head, held_b) = connect_as(b.proxy(), echo, "").await;
+    assert_eq!(head.status, 200, "{head:?}");
+    for gateway in [a, b] {
+        wait_for_customer(
+            gateway,
+            USER,
+            "the other gateway's connection is known",
+            |entry| entry["fleet"]["connections_elsewhere"] == 1,
+        )
+        .await;
+        let (head, _) = connect_as(gateway.proxy(), echo, "").await;
+        assert_eq!(head.status, 429, "{head:?}");
+        assert_eq!(head.header("x-exitpool-error"), Some("connection_limit"));
+    }
+    drop((held_a, held_b));
+    for gateway in [a, b] {
+        wait_for_customer(gateway, USER, "the held connections are gone", |entry| {
+            entry["fleet"]["connections_elsewhere"] == 0 && entry["live_connections"] == 0
+        })
+        .await;
+    }
+
+    // 300,000 bytes through A (up and down), 120,000 through B once B knows
+    // of A's: the fleet's 420,000 are past the quota on both.
+    echo_through(a.proxy(), echo, "", 150_000).await;
+    wait_for_customer(b, USER, "A's bytes reach B", |entry| {
+        entry["fleet"]["bytes"].as_u64().unwrap_or(0) >= 300_000
+    })
+    .await;
+    echo_through(b.proxy(), echo, "", 60_000).await;
+    wait_for_customer(a, USER, "B's bytes reach A", |entry| {
+        entry["fleet"]["bytes"].as_u64().unwrap_or(0) >= 400_000
+    })
+    .await;
+    for gateway in [a, b] {
+        let (head, _) = connect_as(gateway.proxy(), echo, "").await;
+        assert_eq!(head.status, 403, "{head:?}");
+        assert_eq!(head.header("x-exitpool-error"), Some("quota_exhausted"));
+    }
 }

@@ -224,6 +224,28 @@ fn reset_usage(query: &str, shared: &Shared) -> Response<Full<Bytes>> {
     };
     let found = shared.usage.reset(&scope);
     tracing::info!(?scope, found, "usage reset by the operator");
+    if let Some(fleet) = &shared.fleet {
+        // The fleet's totals in Redis too; the other gateways' own figures
+        // on their /stats stay as they are.
+        let agent_id = match &scope {
+            ResetScope::Agent(id) => Some(
+                shared
+                    .directory
+                    .agents()
+                    .into_iter()
+                    .find(|agent| agent.exit_id == *id)
+                    .map_or_else(|| id.clone(), |agent| agent.agent_id.clone()),
+            ),
+            _ => None,
+        };
+        let fleet = fleet.clone();
+        let scope = scope.clone();
+        shared.tasks.spawn(async move {
+            if let Err(error) = fleet.reset_usage(&scope, agent_id.as_deref()).await {
+                tracing::warn!(%error, "the fleet's usage totals were not reset");
+            }
+        });
+    }
     if let Err(error) = shared.save_usage() {
         tracing::warn!(%error, "writing usage after a reset failed");
     }
@@ -290,11 +312,11 @@ fn fleet_stats(
             "bytes_down": sum(|record| record.bytes_down),
         },
         "customer_bytes": fleet.quota_snapshot(),
-        "redis_round_trips": counters.redis_round_trips.load(Ordering::Relaxed),
-        "redis_errors": counters.redis_errors.load(Ordering::Relaxed),
-        "session_round_trips": counters.session_round_trips.load(Ordering::Relaxed),
-        "peer_streams_out": counters.peer_streams_out.load(Ordering::Relaxed),
-        "peer_streams_in": counters.peer_streams_in.load(Ordering::Relaxed),
+        "redis_round_trips": counters.redis_round_trips.get(),
+        "redis_errors": counters.redis_errors.get(),
+        "session_round_trips": counters.session_round_trips.get(),
+        "peer_streams_out": counters.peer_streams_out.get(),
+        "peer_streams_in": counters.peer_streams_in.get(),
     })
 }
 
@@ -367,8 +389,16 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                 "errors": totals.errors,
                 "errors_by_code": totals.errors_by_code,
                 "live_connections": shared.limits.live(&name),
+                "fleet": shared.fleet.as_ref().map(|fleet| {
+                    let elsewhere = fleet.elsewhere(&name);
+                    serde_json::json!({
+                        "bytes": shared.customer_bytes(&name),
+                        "connections_elsewhere": elsewhere.connections,
+                        "requests_per_second_elsewhere": elsewhere.requests_per_second,
+                    })
+                }),
                 "quota_bytes": quota,
-                "quota_remaining": quota.map(|quota| quota.saturating_sub(totals.bytes())),
+                "quota_remaining": quota.map(|quota| quota.saturating_sub(shared.customer_bytes(&name))),
             });
             (name, entry)
         })

@@ -161,8 +161,14 @@ impl Gateway {
         let password_checks =
             PasswordChecks::new(config.password_checks, config.password_queue_timeout);
         let mut directory = LocalDirectory::new(exit_key).with_health_policy(config.health);
+        let metrics = Metrics::new();
         let fleet = match &config.fleet {
-            Some(fleet_config) => Some(join_fleet(&config, fleet_config, &identity)?),
+            Some(fleet_config) => Some(join_fleet(
+                &config,
+                fleet_config,
+                &identity,
+                metrics.fleet.clone(),
+            )?),
             None => None,
         };
         let mut fleet_tasks = None;
@@ -193,7 +199,7 @@ impl Gateway {
             accounts,
             limits: Limiter::default(),
             usage,
-            metrics: Metrics::new(),
+            metrics,
             customer_tls,
             places: Default::default(),
             access_log: AccessLog::start().map_err(StartError::AccessLog)?,
@@ -349,6 +355,7 @@ fn join_fleet(
     config: &GatewayConfig,
     fleet_config: &crate::config::FleetConfig,
     identity: &tls::Identity,
+    counters: crate::metrics::FleetCounters,
 ) -> Result<(Arc<Fleet>, fleet::usage::Journal), StartError> {
     let id: Arc<str> = fleet_config
         .gateway_id
@@ -385,8 +392,15 @@ fn join_fleet(
         fleet_config.gateway_timeout,
         fleet_config.gateway_timeout,
     );
-    let fleet = Fleet::new(fleet_config.clone(), id, advertise, identity.pin(), peers)
-        .map_err(|error| StartError::Fleet(error.to_string()))?;
+    let fleet = Fleet::new(
+        fleet_config.clone(),
+        id,
+        advertise,
+        identity.pin(),
+        peers,
+        counters,
+    )
+    .map_err(|error| StartError::Fleet(error.to_string()))?;
     let journal_path = fleet::usage::path_in(&config.state_dir);
     let journal = fleet::usage::load(&journal_path).map_err(|source| StartError::State {
         path: journal_path,

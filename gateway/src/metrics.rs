@@ -55,6 +55,23 @@ pub struct BandLabel {
     pub band: String,
 }
 
+/// What fleet mode asks of Redis and of the other gateways (all zero on a
+/// gateway on its own).
+#[derive(Debug, Clone, Default)]
+pub struct FleetCounters {
+    /// Redis commands, pipelines and scripts sent (each one round trip).
+    pub redis_round_trips: Counter,
+    /// Of those, the ones that failed or timed out.
+    pub redis_errors: Counter,
+    /// Round trips for sticky sessions (at most one per session's first
+    /// connection on this gateway, and one per move).
+    pub session_round_trips: Counter,
+    /// Customer streams carried to another gateway's exit.
+    pub peer_streams_out: Counter,
+    /// Streams other gateways carried to this one's exits.
+    pub peer_streams_in: Counter,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -88,6 +105,8 @@ pub struct Metrics {
     /// Agents refused because their identity proof did not verify (impostors,
     /// replayed or malformed proofs).
     pub agent_identity_refusals: Counter,
+    /// Fleet mode's Redis round trips and peer streams.
+    pub fleet: FleetCounters,
     agents: Gauge,
     agents_by_country: Family<CountryLabel, Gauge>,
     agents_by_transport: Family<TransportLabel, Gauge>,
@@ -122,6 +141,7 @@ impl Metrics {
             liveness_checks: Counter::default(),
             exits_by_health: Family::default(),
             agent_identity_refusals: Counter::default(),
+            fleet: FleetCounters::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
             agents_by_transport: Family::default(),
@@ -215,6 +235,35 @@ impl Metrics {
             "Agents refused because their device-key proof did not verify for the connection",
             metrics.agent_identity_refusals.clone(),
         );
+        for (name, help, counter) in [
+            (
+                "fleet_redis_round_trips",
+                "Redis commands, pipelines and scripts sent (fleet mode)",
+                &metrics.fleet.redis_round_trips,
+            ),
+            (
+                "fleet_redis_errors",
+                "Redis round trips that failed or timed out (fleet mode)",
+                &metrics.fleet.redis_errors,
+            ),
+            (
+                "fleet_session_round_trips",
+                "Redis round trips for sticky sessions (first connection of a session on this gateway, moves)",
+                &metrics.fleet.session_round_trips,
+            ),
+            (
+                "fleet_peer_streams_out",
+                "Customer streams carried to exits on other gateways",
+                &metrics.fleet.peer_streams_out,
+            ),
+            (
+                "fleet_peer_streams_in",
+                "Streams other gateways carried to this gateway's exits",
+                &metrics.fleet.peer_streams_in,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "connect_seconds",
             "Time from a customer's request to the exit's Opened",

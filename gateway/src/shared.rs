@@ -133,6 +133,17 @@ impl Shared {
         self.metrics.bytes_down.inc_by(down);
     }
 
+    /// Bytes `customer` has used, for quotas: this gateway's count, or in a
+    /// fleet the fleet's as of its last heartbeat plus what this gateway
+    /// counted since.
+    pub fn customer_bytes(&self, customer: &str) -> u64 {
+        let here = self.usage.customer_bytes(customer);
+        match &self.fleet {
+            Some(fleet) => fleet.customer_bytes(customer, here),
+            None => here,
+        }
+    }
+
     /// Counts a failure answered to (or suffered by) a customer, by its product
     /// code, for whichever of the customer and the agent are known.
     pub fn record_error(&self, customer: Option<&str>, agent: Option<&Agent>, error: &ProxyError) {

@@ -86,6 +86,15 @@ pub fn fleet_config(redis: &RedisServer, id: &str) -> FleetConfig {
 /// `ids.len()` gateways in one fleet on `redis`, sharing the first one's
 /// certificate, key and exit-id key as an operator would (copied files).
 pub async fn fleet(redis: &RedisServer, ids: &[&str]) -> Vec<TestGateway> {
+    fleet_with(redis, ids, |_| {}).await
+}
+
+/// Like [`fleet`], with `adjust` applied to every gateway's configuration.
+pub async fn fleet_with(
+    redis: &RedisServer,
+    ids: &[&str],
+    adjust: impl Fn(&mut exitpool::gateway::GatewayConfig),
+) -> Vec<TestGateway> {
     let mut gateways: Vec<TestGateway> = Vec::new();
     for id in ids {
         let state = tempfile::tempdir().expect("temp dir");
@@ -97,8 +106,13 @@ pub async fn fleet(redis: &RedisServer, ids: &[&str]) -> Vec<TestGateway> {
         }
         let config = TestGateway::config(state.path());
         let fleet = fleet_config(redis, id);
-        gateways
-            .push(TestGateway::start_in(state, config, |config| config.fleet = Some(fleet)).await);
+        gateways.push(
+            TestGateway::start_in(state, config, |config| {
+                config.fleet = Some(fleet);
+                adjust(config);
+            })
+            .await,
+        );
     }
     gateways
 }
@@ -119,6 +133,25 @@ pub async fn wait_for_gateways(gateway: &TestGateway, count: u64) {
     within("every gateway's heartbeat reaches this one", async {
         loop {
             if gateway.stats().await["fleet"]["totals"]["gateways"] == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Waits until `gateway`'s `/stats` says `check` of the customer `name`'s
+/// entry.
+pub async fn wait_for_customer(
+    gateway: &TestGateway,
+    name: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    within(what, async {
+        loop {
+            if check(&gateway.stats().await["customers"][name]) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -266,14 +266,12 @@ pub async fn open(
         .get(&grant.user)
         .cloned()
         .ok_or_else(|| fail(None, ProxyError::AuthRequired))?;
-    let used = shared.usage.customer_bytes(&grant.user);
-    let (used, elsewhere) = match &shared.fleet {
-        Some(fleet) => (
-            fleet.customer_bytes(&grant.user, used),
-            fleet.elsewhere(&grant.user),
-        ),
-        None => (used, Default::default()),
-    };
+    let used = shared.customer_bytes(&grant.user);
+    let elsewhere = shared
+        .fleet
+        .as_ref()
+        .map(|fleet| fleet.elsewhere(&grant.user))
+        .unwrap_or_default();
     let slot = shared
         .limits
         .admit(&customer, used, elsewhere)
@@ -456,10 +454,7 @@ async fn open_watched(
         }
     };
     if let (Some(home), Some(fleet)) = (&agent.home, &shared.fleet) {
-        fleet
-            .counters
-            .peer_streams_out
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fleet.counters.peer_streams_out.inc();
         return fleet
             .peers
             .open(home, &agent.agent_id, host, port, timeout)

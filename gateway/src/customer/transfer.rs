@@ -242,7 +242,7 @@ pub(crate) fn exhausted_quota(user: &str, shared: &Shared) -> Option<u64> {
         .users
         .get(user)
         .and_then(|customer| customer.limits.quota_bytes)?;
-    (shared.usage.customer_bytes(user) >= quota).then_some(quota)
+    (shared.customer_bytes(user) >= quota).then_some(quota)
 }
 
 /// A customer's connection: plain TCP, or TLS over TCP on an HTTPS proxy port.

@@ -24,12 +24,12 @@ pub mod usage;
 
 use crate::config::FleetConfig;
 use crate::limits::Elsewhere;
+use crate::metrics::FleetCounters;
 use crate::usage::MemoryUsage;
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,22 +112,6 @@ pub struct GatewayRecord {
     pub bytes_down: u64,
 }
 
-/// Counts of what the fleet asked of Redis and of its peers (for `/metrics`).
-#[derive(Debug, Default)]
-pub struct FleetCounters {
-    /// Redis commands and pipelines sent.
-    pub redis_round_trips: AtomicU64,
-    /// Of those, the ones that failed or timed out.
-    pub redis_errors: AtomicU64,
-    /// Round trips made for sticky sessions (at most one per session's first
-    /// connection on this gateway).
-    pub session_round_trips: AtomicU64,
-    /// Customer streams carried to another gateway's exit.
-    pub peer_streams_out: AtomicU64,
-    /// Streams other gateways carried to this one's exits.
-    pub peer_streams_in: AtomicU64,
-}
-
 /// Why the fleet's shared state is out of reach, and since when.
 #[derive(Debug, Clone)]
 struct Degraded {
@@ -162,7 +146,7 @@ pub struct Fleet {
     gateways: Mutex<Vec<GatewayRecord>>,
     /// Usage counted here since the last flush ([`usage`]).
     pub unflushed: Arc<MemoryUsage>,
-    /// What was asked of Redis and of peers.
+    /// What was asked of Redis and of peers (shared with `/metrics`).
     pub counters: FleetCounters,
 }
 
@@ -176,6 +160,7 @@ impl Fleet {
         advertise: SocketAddr,
         pin: String,
         peers: peer::Peers,
+        counters: FleetCounters,
     ) -> Result<Fleet, FleetError> {
         let client = redis::Client::open(config.redis_url.expose()).map_err(|e| FleetError {
             what: "url",
@@ -210,7 +195,7 @@ impl Fleet {
             quota_bytes: DashMap::new(),
             gateways: Mutex::new(Vec::new()),
             unflushed: Arc::default(),
-            counters: FleetCounters::default(),
+            counters,
             config,
         })
     }
@@ -280,9 +265,7 @@ impl Fleet {
         deadline: Duration,
         sent: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, FleetError> {
-        self.counters
-            .redis_round_trips
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.redis_round_trips.inc();
         let outcome = match tokio::time::timeout(deadline, sent).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(FleetError {
@@ -312,7 +295,7 @@ impl Fleet {
     }
 
     fn mark_degraded(&self, error: &FleetError) {
-        self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.redis_errors.inc();
         let mut degraded = self.degraded.lock().expect("fleet status lock poisoned");
         match &mut *degraded {
             Some(current) => current.reason = error.to_string(),

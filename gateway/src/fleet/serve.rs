@@ -102,10 +102,7 @@ async fn serve_link(
             () = shared.shutdown.cancelled() => break,
         };
         let Ok((send, recv)) = stream else { break };
-        fleet
-            .counters
-            .peer_streams_in
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fleet.counters.peer_streams_in.inc();
         shared.tasks.spawn(serve_stream(send, recv, shared.clone()));
     }
     tracing::info!(%peer, "peer link closed");

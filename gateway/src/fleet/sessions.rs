@@ -9,7 +9,6 @@
 //! session agree on where it went.
 
 use super::{keys, Fleet, FleetError};
-use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -56,9 +55,7 @@ impl Fleet {
         candidate: &str,
         lifetime: Duration,
     ) -> Result<Settled, FleetError> {
-        self.counters
-            .session_round_trips
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.session_round_trips.inc();
         let mut invocation = SETTLE_SCRIPT.key(keys::session(customer, session));
         invocation
             .arg(seen.unwrap_or(""))

@@ -253,6 +253,54 @@ async fn send(fleet: &Fleet, seq: u64, delta: &UsageSnapshot) -> Result<(), Flee
         .map(|_| ())
 }
 
+impl Fleet {
+    /// Sets the fleet's usage totals in Redis back to zero for `scope`
+    /// (`agent_id`: the device id an agent scope names).
+    pub async fn reset_usage(
+        &self,
+        scope: &crate::usage::ResetScope,
+        agent_id: Option<&str>,
+    ) -> Result<(), FleetError> {
+        use crate::usage::ResetScope;
+        let mut pipe = redis::pipe();
+        match scope {
+            ResetScope::All => {
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, found): (u64, Vec<String>) = self
+                        .query(
+                            "find usage keys",
+                            redis::cmd("SCAN")
+                                .arg(cursor)
+                                .arg("MATCH")
+                                .arg("exitpool:usage:*")
+                                .arg("COUNT")
+                                .arg(1000),
+                        )
+                        .await?;
+                    for key in found.iter().filter(|key| key.as_str() != keys::FLUSHED) {
+                        pipe.del(key).ignore();
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+            ResetScope::Customer(name) => {
+                pipe.del(keys::customer_usage(name)).ignore();
+                pipe.hdel(keys::CUSTOMER_BYTES, name).ignore();
+            }
+            ResetScope::Agent(_) => {
+                if let Some(agent_id) = agent_id {
+                    pipe.del(keys::agent_usage(agent_id)).ignore();
+                }
+            }
+        }
+        self.query_pipe::<()>("reset usage", &pipe).await
+    }
+}
+
 /// Publishes this gateway's live load per customer and reads the others' and
 /// the fleet's bytes per customer, in one round trip.
 async fn trade_load(shared: &Shared, fleet: &Fleet, journal: &Journal) -> Result<(), FleetError> {
