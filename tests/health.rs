@@ -1,7 +1,7 @@
-//! Exit health, transparent retry and dead-exit detection, end to end: real
-//! agents next to raw QUIC exits that fail opens in each way a home device does
-//! (no answer, a lost tunnel, "unavailable"), real agent processes killed without
-//! a word, and customers on real sockets.
+//! Exit health, transparent retry and dead-exit detection, end to end, each
+//! over both tunnel transports: real agents next to raw exits that fail opens
+//! in each way a home device does (no answer, a lost tunnel, "unavailable"),
+//! real agent processes frozen without a word, and customers on real sockets.
 //!
 //! Where this sits in the flow: the session step (`gateway/src/customer/session.rs`:
 //! choose -> open, retried on another exit for the exit's own failures), the
@@ -14,7 +14,7 @@ mod common;
 use common::flaky::{FailMode, FlakyExit};
 use common::targets::echo_target;
 use common::*;
-use exitpool_launcher::{Launch, Process};
+use exitpool_launcher::{Launch, Process, Signal};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -44,18 +44,21 @@ fn attempts(head: &Head) -> u32 {
         .unwrap()
 }
 
-/// A gateway whose exits answer `Open` within 1 s or count as failed.
-async fn gateway() -> TestGateway {
-    TestGateway::start_with(|config| config.open_timeout = Duration::from_secs(1)).await
+/// A gateway whose exits answer `Open` within 1 s or count as failed, its
+/// agents on `transport`.
+async fn gateway(transport: TransportChoice) -> TestGateway {
+    TestGateway::start_with(|config| config.open_timeout = Duration::from_secs(1))
+        .await
+        .over(transport)
 }
 
-#[tokio::test]
-async fn exits_that_fail_opens_are_retried_elsewhere_then_cooled() {
+over_both_transports! {
+async fn exits_that_fail_opens_are_retried_elsewhere_then_cooled(transport) {
     for (mode, cause) in [
         (FailMode::NoAnswer, "exit_timeout"),
         (FailMode::Unavailable, "exit_unavailable"),
     ] {
-        let net = gateway().await;
+        let net = gateway(transport).await;
         let target = echo_target().await;
         let good = net.agent("127.0.0.4").await;
         let good_exit = good.stats().session.expect("joined").exit_id;
@@ -106,10 +109,11 @@ async fn exits_that_fail_opens_are_retried_elsewhere_then_cooled() {
         assert_eq!(flaky.opens.load(Ordering::Relaxed), asked);
     }
 }
+}
 
-#[tokio::test]
-async fn an_exit_that_drops_its_tunnel_on_open_is_retried_elsewhere() {
-    let net = gateway().await;
+over_both_transports! {
+async fn an_exit_that_drops_its_tunnel_on_open_is_retried_elsewhere(transport) {
+    let net = gateway(transport).await;
     let target = echo_target().await;
     let good = net.agent("127.0.0.4").await;
     let good_exit = good.stats().session.expect("joined").exit_id;
@@ -134,10 +138,11 @@ async fn an_exit_that_drops_its_tunnel_on_open_is_retried_elsewhere() {
     )
     .await;
 }
+}
 
-#[tokio::test]
-async fn when_every_matching_exit_is_cooling_the_answer_says_so() {
-    let net = gateway().await;
+over_both_transports! {
+async fn when_every_matching_exit_is_cooling_the_answer_says_so(transport) {
+    let net = gateway(transport).await;
     let target = echo_target().await;
     let flaky = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-3", 0, FailMode::Unavailable).await;
     // With no other exit to move to, each failure is the customer's answer.
@@ -158,10 +163,11 @@ async fn when_every_matching_exit_is_cooling_the_answer_says_so() {
     let (head, _) = connect_as(net.proxy(), target, "-country-jp").await;
     assert_eq!(head.header("x-exitpool-error"), Some("no_exit"));
 }
+}
 
-#[tokio::test]
-async fn a_target_that_refuses_does_not_count_against_the_exit() {
-    let net = gateway().await;
+over_both_transports! {
+async fn a_target_that_refuses_does_not_count_against_the_exit(transport) {
+    let net = gateway(transport).await;
     let target = echo_target().await;
     let _good = net.agent("127.0.0.4").await;
     let exit = FlakyExit::join(
@@ -196,10 +202,11 @@ async fn a_target_that_refuses_does_not_count_against_the_exit() {
         "a target's refusal is the customer's answer, never retried"
     );
 }
+}
 
-#[tokio::test]
-async fn a_strict_session_fails_as_before_and_a_move_session_moves() {
-    let net = gateway().await;
+over_both_transports! {
+async fn a_strict_session_fails_as_before_and_a_move_session_moves(transport) {
+    let net = gateway(transport).await;
     let target = echo_target().await;
     // Both sessions pin the flaky exit while it is the only one and still works.
     let flaky = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-5", 2, FailMode::Unavailable).await;
@@ -227,10 +234,13 @@ async fn a_strict_session_fails_as_before_and_a_move_session_moves() {
     assert_eq!(head.header("x-exitpool-exit"), Some(good_exit.as_str()));
     assert_eq!(head.header("x-exitpool-session"), Some("kept"));
 }
+}
 
-#[tokio::test]
-async fn retry_can_be_turned_off() {
-    let net = TestGateway::start_with(|config| config.open_attempts = 1).await;
+over_both_transports! {
+async fn retry_can_be_turned_off(transport) {
+    let net = TestGateway::start_with(|config| config.open_attempts = 1)
+        .await
+        .over(transport);
     let target = echo_target().await;
     let _good = net.agent("127.0.0.4").await;
     let flaky = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-6", 0, FailMode::Unavailable).await;
@@ -244,6 +254,7 @@ async fn retry_can_be_turned_off() {
         assert_eq!(attempts(&head), 1);
     }
 }
+}
 
 /// The real `agent` binary on `ip`, against `net`'s gateway.
 fn agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> Process {
@@ -251,6 +262,7 @@ fn agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> Proces
         .args(["--gateway", &net.gateway.tunnel_addr().to_string()])
         .args(["--pin", net.gateway.pin()])
         .args(["--bind", ip, "--allow-private"])
+        .args(["--transport", net.transport_flag()])
         .arg("--state-dir")
         .arg(state)
         .env("EXITPOOL_AGENT_TOKEN", TOKEN)
@@ -272,29 +284,35 @@ async fn joined_agent_process(net: &TestGateway, ip: &str) -> (Process, tempfile
 }
 
 /// A gateway that checks a silent exit after 1 s and waits 0.5 s for its
-/// answer; the tunnel idle timeout stays at its 30 s default.
-async fn watchful_gateway() -> TestGateway {
+/// answer, its agents on `transport`; the tunnel idle timeout stays at its
+/// 30 s default.
+async fn watchful_gateway(transport: TransportChoice) -> TestGateway {
     TestGateway::start_with(|config| {
         config.silence_check = Duration::from_secs(1);
         config.liveness_timeout = Duration::from_millis(500);
     })
     .await
+    .over(transport)
 }
 
-#[tokio::test]
-async fn an_exit_killed_mid_transfer_resets_its_customer_within_seconds() {
-    let net = watchful_gateway().await;
-    let (mut doomed, _state) = joined_agent_process(&net, "127.0.0.2").await;
+over_both_transports! {
+/// Frozen (SIGSTOP), not killed: a killed process's host ends its TCP tunnel
+/// at once, while a frozen one leaves both tunnels open and silent, so only
+/// the liveness check (an ack-eliciting frame over QUIC, an HTTP/2 PING over
+/// TCP) can find it.
+async fn an_exit_frozen_mid_transfer_resets_its_customer_within_seconds(transport) {
+    let net = watchful_gateway(transport).await;
+    let (doomed, _state) = joined_agent_process(&net, "127.0.0.2").await;
     let target = echo_target().await;
     let (head, mut stream) = connect_as(net.proxy(), target, "").await;
     assert_eq!(head.status, 200, "{head:?}");
     stream.write_all(b"before").await.unwrap();
     let mut echoed = [0u8; 6];
-    within("echo before the kill", stream.read_exact(&mut echoed))
+    within("echo before the freeze", stream.read_exact(&mut echoed))
         .await
         .unwrap();
 
-    doomed.kill().await.expect("SIGKILL the agent");
+    doomed.signal(Signal::Stop).expect("SIGSTOP the agent");
     // The customer asks for more and waits on a dead exit: reset within 5 s,
     // not at the 30 s idle timeout.
     stream.write_all(b"after").await.unwrap();
@@ -317,19 +335,20 @@ async fn an_exit_killed_mid_transfer_resets_its_customer_within_seconds() {
         Some(1.0)
     );
 }
+}
 
-#[tokio::test]
-async fn an_open_on_a_silently_dead_exit_moves_to_another_within_seconds() {
-    let net = watchful_gateway().await;
-    let (mut doomed, _state) = joined_agent_process(&net, "127.0.0.2").await;
+over_both_transports! {
+async fn an_open_on_a_silently_dead_exit_moves_to_another_within_seconds(transport) {
+    let net = watchful_gateway(transport).await;
+    let (doomed, _state) = joined_agent_process(&net, "127.0.0.2").await;
     let target = echo_target().await;
     let head = echo_once(&net, target, "-session-k9").await;
     let doomed_exit = head.header("x-exitpool-exit").unwrap().to_owned();
     let survivor = net.agent("127.0.0.3").await;
     let survivor_exit = survivor.stats().session.expect("joined").exit_id;
 
-    doomed.kill().await.expect("SIGKILL the agent");
-    // The gateway has not noticed; the session's next open waits on the dead
+    doomed.signal(Signal::Stop).expect("SIGSTOP the agent");
+    // The gateway has not noticed (the tunnel is open, just silent); the session's next open waits on the dead
     // exit, which fails its liveness check, and the open moves.
     let head = tokio::time::timeout(DEAD_WITHIN, echo_once(&net, target, "-session-k9"))
         .await
@@ -342,6 +361,7 @@ async fn an_open_on_a_silently_dead_exit_moves_to_another_within_seconds() {
     );
     assert_eq!(attempts(&head), 2);
 }
+}
 
 async fn liveness_checks(net: &TestGateway) -> f64 {
     net.metric_with("exitpool_liveness_checks_total", None)
@@ -349,12 +369,13 @@ async fn liveness_checks(net: &TestGateway) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test]
-async fn idle_exits_are_never_checked() {
+over_both_transports! {
+async fn idle_exits_are_never_checked(transport) {
     let net = TestGateway::start_with(|config| {
         config.silence_check = Duration::from_millis(100);
     })
-    .await;
+    .await
+    .over(transport);
     let _agent = net.agent("127.0.0.2").await;
     let target = echo_target().await;
     // An exchange that answers at once needs no check; a tunnel both sides
@@ -376,10 +397,11 @@ async fn idle_exits_are_never_checked() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(liveness_checks(&net).await, after_idle);
 }
+}
 
-#[tokio::test]
-async fn a_cooled_exit_stays_cooled_when_it_reconnects() {
-    let net = gateway().await;
+over_both_transports! {
+async fn a_cooled_exit_stays_cooled_when_it_reconnects(transport) {
+    let net = gateway(transport).await;
     let target = echo_target().await;
     let flaky = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-7", 0, FailMode::Unavailable).await;
     for _ in 0..3 {
@@ -391,7 +413,7 @@ async fn a_cooled_exit_stays_cooled_when_it_reconnects() {
         true
     );
     // The same device leaves and comes back on a new connection.
-    flaky.connection.close(0u32.into(), b"reconnecting");
+    flaky.leave();
     within(
         "the exit leaves",
         net.gateway.directory().wait_for_count(|n| *n == 0),
@@ -405,11 +427,14 @@ async fn a_cooled_exit_stays_cooled_when_it_reconnects() {
     let (head, _) = connect_as(net.proxy(), target, "").await;
     assert_eq!(head.header("x-exitpool-error"), Some("exits_cooling"));
 }
+}
 
-#[tokio::test]
-async fn an_exit_sitting_on_opens_is_passed_over_before_its_opens_time_out() {
+over_both_transports! {
+async fn an_exit_sitting_on_opens_is_passed_over_before_its_opens_time_out(transport) {
     // Opens wait up to 10 s; the silent exit is suspect after 1 s unanswered.
-    let net = TestGateway::start_with(|config| config.open_timeout = Duration::from_secs(10)).await;
+    let net = TestGateway::start_with(|config| config.open_timeout = Duration::from_secs(10))
+        .await
+        .over(transport);
     let target = echo_target().await;
     let good = net.agent("127.0.0.4").await;
     let good_exit = good.stats().session.expect("joined").exit_id;
@@ -454,4 +479,5 @@ async fn an_exit_sitting_on_opens_is_passed_over_before_its_opens_time_out() {
         assert_eq!(head.header("x-exitpool-exit"), Some(good_exit.as_str()));
     }
     assert_eq!(silent.opens.load(Ordering::Relaxed), asked);
+}
 }

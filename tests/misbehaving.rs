@@ -1,12 +1,13 @@
-//! Misbehaving peers on the tunnel port, end to end: raw QUIC clients (and,
-//! for every test that is not about QUIC itself, raw TLS/TCP ones: those run
-//! over both transports) built from the agent's own TLS config (so they pass the pin check and ALPN) that stay
-//! silent, flood the handshake, send oversized, garbled or repeated control
-//! messages, open streams the gateway does not allow, or never answer relay
-//! streams. Each is refused or closed precisely and never disturbs the real
-//! agents next to it. The last test is churn under load: customers keep
-//! streaming while agents leave and join, and every customer gets a whole echo
-//! or a documented failure.
+//! Misbehaving peers on the tunnel port, end to end, each over both tunnel
+//! transports unless it is about QUIC itself: raw agents ([`common::raw`],
+//! built from the agent's own TLS config, so they pass the pin check and
+//! ALPN) that stay silent, flood the handshake, send oversized, garbled or
+//! repeated control messages, open streams the gateway does not allow, or
+//! never answer relay streams. Each is refused or closed precisely, with the
+//! close code on either transport, and never disturbs the real agents next to
+//! it. The last test is churn under load: customers keep streaming while
+//! agents leave and join, and every customer gets a whole echo or a
+//! documented failure.
 //!
 //! Where this sits in the flow: the gateway's agent handshake
 //! (`gateway/src/tunnel/endpoint.rs`: QUIC handshake -> control stream -> `Hello`
@@ -16,25 +17,20 @@
 
 mod common;
 
+use common::raw::{device_key, hello, send_first, DialError, Dialer, RawAgent};
 use common::targets::echo_target;
 use common::*;
 use exitpool::protocol::{
     close_code, read_frame, write_frame, AgentMessage, Capacity, DeviceKey, FrameError,
-    GatewayMessage, IdentityProof, OpenReply, OpenRequest, RejectReason, Secret, PROTOCOL_VERSION,
+    GatewayMessage, IdentityProof, OpenReply, OpenRequest, RejectReason, Secret,
 };
-use exitpool::transport::tcp::{self, TcpSettings};
 use exitpool::transport::tunnel::identity_material;
-use exitpool::transport::{
-    CloseReason, StreamRecv, StreamSend, Transport, Tunnel, TunnelConnection, TunnelSend,
-};
+use exitpool::transport::{CloseReason, Tunnel, TunnelConnection, TunnelSend};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The name the gateway's certificate carries; the pin is what is checked.
-const SERVER_NAME: &str = "exitpool-gateway";
 
 /// Bound for negative checks ("this does not happen"): long enough for a
 /// loopback round trip many times over.
@@ -44,183 +40,23 @@ const NEVER: Duration = Duration::from_millis(300);
 /// whole seconds because the 504's message counts seconds.
 const SHORT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A raw QUIC endpoint on `ip` that trusts `net`'s gateway exactly as an agent does.
-fn raw_endpoint(net: &TestGateway, ip: &str) -> (quinn::Endpoint, quinn::ClientConfig) {
-    let endpoint =
-        quinn::Endpoint::client(format!("{ip}:0").parse().unwrap()).expect("client endpoint binds");
-    let config = exitpool::agent::tls::client_configs(
-        net.gateway.pin().parse().unwrap(),
-        exitpool::agent::tunnel::transport_config(8, exitpool::protocol::KEEP_ALIVE_INTERVAL),
-    )
-    .expect("client config")
-    .quic;
-    (endpoint, config)
+/// A raw tunnel from `ip` over `transport` that has said nothing yet, with
+/// its dialer (keep it: over QUIC it holds the endpoint).
+async fn raw_tunnel(net: &TestGateway, ip: &str, transport: TransportChoice) -> (Dialer, Tunnel) {
+    let dialer = Dialer::new(net, ip, transport);
+    let tunnel = dialer.dial().await;
+    (dialer, tunnel)
 }
 
-/// A QUIC connection to the gateway's tunnel port that has said nothing yet.
-async fn dial(
-    net: &TestGateway,
-    endpoint: &quinn::Endpoint,
-    config: &quinn::ClientConfig,
-) -> quinn::Connection {
-    let connecting = endpoint
-        .connect_with(config.clone(), net.gateway.tunnel_addr(), SERVER_NAME)
-        .expect("connect starts");
-    within("QUIC handshake", connecting)
-        .await
-        .expect("QUIC handshake succeeds")
-}
-
-/// The device key of the raw agent called `name`: the same key for the same
-/// name, so a test can play a device and an impostor of it.
-fn device_key(name: &str) -> DeviceKey {
-    let mut seed = [0u8; 32];
-    for (slot, byte) in seed.iter_mut().zip(name.bytes()) {
-        *slot = byte;
-    }
-    DeviceKey::from_seed(&seed)
-}
-
-/// A well-formed `Hello` with the fixture token, proving `key` on `connection`.
-fn hello<C: TunnelConnection>(connection: &C, key: &DeviceKey) -> AgentMessage {
-    let material = identity_material(connection).expect("keying material");
-    AgentMessage::Hello {
-        version: PROTOCOL_VERSION,
-        identity: key.prove(&material),
-        token: TOKEN.into(),
-        software: "misbehaving-test".into(),
-        capacity: Capacity { max_streams: 8 },
-        accepting: true,
-    }
-}
-
-/// Opens the control stream and sends `message` on it.
-async fn send_first<C: TunnelConnection>(
-    connection: &C,
-    message: &impl serde::Serialize,
-) -> (C::Send, C::Recv) {
-    let (mut send, recv) = within("open control stream", connection.open_control())
-        .await
-        .expect("control stream opens");
-    within("send first message", write_frame(&mut send, message))
-        .await
-        .expect("first message is sent");
-    (send, recv)
-}
-
-/// A raw tunnel from `ip` over `transport` that has said nothing yet (its QUIC
-/// endpoint too, to close at the end), built from the agent's own TLS config.
-async fn raw_tunnel(
-    net: &TestGateway,
-    ip: &str,
-    transport: TransportChoice,
-) -> (Option<quinn::Endpoint>, Tunnel) {
-    if transport != TransportChoice::Tcp {
-        let (endpoint, config) = raw_endpoint(net, ip);
-        let connection = dial(net, &endpoint, &config).await;
-        return (Some(endpoint), Tunnel::Quic(connection));
-    }
-    let configs = exitpool::agent::tls::client_configs(
-        net.gateway.pin().parse().unwrap(),
-        quinn::TransportConfig::default(),
-    )
-    .expect("client configs");
-    let gateway = net.gateway.tunnel_tcp_addr().expect("TCP tunnel port");
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-    let stream = within("TCP connect", socket.connect(gateway))
-        .await
-        .expect("TCP connects");
-    let tls = within(
-        "TLS handshake",
-        tokio_rustls::TlsConnector::from(configs.tcp).connect(
-            rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap(),
-            stream,
-        ),
-    )
-    .await
-    .expect("TLS handshake succeeds");
-    let settings = TcpSettings {
-        max_incoming_streams: 9,
-        keep_alive: exitpool::protocol::KEEP_ALIVE_INTERVAL,
-        idle_timeout: exitpool::protocol::IDLE_TIMEOUT,
-        initial_connection_window: exitpool::transport::udp::CONNECTION_WINDOW,
-    };
-    let tunnel = within("HTTP/2 handshake", tcp::agent_side(tls, settings))
-        .await
-        .expect("HTTP/2 handshake succeeds");
-    (None, Tunnel::Tcp(tunnel))
-}
-
-/// A raw agent that has joined: its connection and control stream.
-struct RawAgent {
-    endpoint: Option<quinn::Endpoint>,
-    connection: Tunnel,
-    control_send: StreamSend,
-    control_recv: StreamRecv,
-}
-
-impl RawAgent {
-    /// Lets go of the tunnel (and the QUIC endpoint under it).
-    fn close(&self) {
-        self.connection.close(0, b"done");
-        if let Some(endpoint) = &self.endpoint {
-            endpoint.close(0u32.into(), b"done");
-        }
-    }
-}
-
-/// Dials from `ip`, says a valid `Hello` as the device `name`, and waits for
-/// `Welcome`.
-async fn join(net: &TestGateway, ip: &str, name: &str) -> RawAgent {
-    join_with(net, ip, name, |_| {}).await
-}
-
-/// As [`join`], over `transport`.
+/// Dials from `ip` over `transport`, says a valid `Hello` as the device
+/// `name`, and waits for `Welcome`.
 async fn join_over(
     net: &TestGateway,
     ip: &str,
     name: &str,
     transport: TransportChoice,
 ) -> RawAgent {
-    join_over_with(net, ip, name, transport, |_| {}).await
-}
-
-/// As [`join`], with the `Hello` changed by `adjust` before it is sent.
-async fn join_with(
-    net: &TestGateway,
-    ip: &str,
-    name: &str,
-    adjust: impl FnOnce(&mut AgentMessage),
-) -> RawAgent {
-    join_over_with(net, ip, name, TransportChoice::Quic, adjust).await
-}
-
-/// As [`join_with`], over `transport`.
-async fn join_over_with(
-    net: &TestGateway,
-    ip: &str,
-    name: &str,
-    transport: TransportChoice,
-    adjust: impl FnOnce(&mut AgentMessage),
-) -> RawAgent {
-    let (endpoint, connection) = raw_tunnel(net, ip, transport).await;
-    let mut hello = hello(&connection, &device_key(name));
-    adjust(&mut hello);
-    let (control_send, mut control_recv) = send_first(&connection, &hello).await;
-    let answer: GatewayMessage = within("Welcome", read_frame(&mut control_recv))
-        .await
-        .expect("the gateway answers Hello");
-    assert!(
-        matches!(answer, GatewayMessage::Welcome { .. }),
-        "{answer:?}"
-    );
-    RawAgent {
-        endpoint,
-        connection,
-        control_send,
-        control_recv,
-    }
+    RawAgent::join(net, ip, name, transport, |_| {}).await
 }
 
 /// Serves every relay stream the gateway opens as a plain echo: reads `Open`,
@@ -246,23 +82,16 @@ fn serve_echo_streams(connection: Tunnel) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Asserts the gateway closed `connection`, within [`WAIT`]: with `code` over
-/// QUIC; over TCP (where the gateway, an HTTP/2 client, has no GOAWAY to send
-/// a code in) by ending the connection.
+/// Asserts the gateway closed `connection` with `code`, within [`WAIT`]: an
+/// application close over QUIC, the close stream's code over TCP.
 async fn assert_closed_with<C: TunnelConnection>(connection: &C, code: u32, what: &str) {
     within(what, connection.closed()).await;
-    let reason = connection.close_reason();
-    match connection.transport() {
-        Transport::Quic => assert_eq!(
-            reason,
-            Some(CloseReason::Peer(Some(code))),
-            "{what}: expected an application close"
-        ),
-        Transport::Tcp => assert!(
-            matches!(reason, Some(CloseReason::Peer(_) | CloseReason::Lost(_))),
-            "{what}: expected the gateway to end the connection, got {reason:?}"
-        ),
-    }
+    assert_eq!(
+        connection.close_reason(),
+        Some(CloseReason::Peer(Some(code))),
+        "{what}: expected the gateway's close code over {}",
+        connection.transport()
+    );
 }
 
 /// One CONNECT through the gateway with `params`, checked with a round trip.
@@ -280,12 +109,11 @@ async fn echo_once(net: &TestGateway, target: SocketAddr, params: &str) -> Head 
     head
 }
 
-#[tokio::test]
-async fn a_connection_that_never_sends_hello_is_closed_at_the_handshake_deadline() {
+over_both_transports! {
+async fn a_connection_that_never_sends_hello_is_closed_at_the_handshake_deadline(transport) {
     let net = TestGateway::start_with(|config| config.handshake_timeout = SHORT_TIMEOUT).await;
-    let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
     let started = Instant::now();
-    let silent = dial(&net, &endpoint, &config).await;
+    let (_dialer, silent) = raw_tunnel(&net, "127.0.0.7", transport).await;
     assert_closed_with(&silent, close_code::PROTOCOL, "silent connection closed").await;
     let waited = started.elapsed();
     assert!(
@@ -294,20 +122,23 @@ async fn a_connection_that_never_sends_hello_is_closed_at_the_handshake_deadline
     );
     assert!(net.gateway.directory().is_empty());
 }
+}
 
-#[tokio::test]
-async fn two_hundred_silent_connections_do_not_keep_a_real_agent_out() {
+over_both_transports! {
+async fn two_hundred_silent_connections_do_not_keep_a_real_agent_out(transport) {
     use exitpool::gateway::tunnel::endpoint::MAX_PENDING_PER_ADDRESS;
-    let net = TestGateway::start().await;
+    let net = TestGateway::start().await.over(transport);
     // 200 silent handshakes from 16 addresses, each within its per-address cap.
+    let mut dialers = Vec::new();
     let mut silent = Vec::new();
     for host in 0..16 {
-        let (endpoint, config) = raw_endpoint(&net, &format!("127.0.1.{}", host + 1));
+        let dialer = Dialer::new(&net, &format!("127.0.1.{}", host + 1), transport);
         for _ in 0..MAX_PENDING_PER_ADDRESS.min(13) {
             if silent.len() < 200 {
-                silent.push(dial(&net, &endpoint, &config).await);
+                silent.push(dialer.dial().await);
             }
         }
+        dialers.push(dialer);
     }
     assert_eq!(silent.len(), 200);
     // While all of them are pending, a real agent joins and serves.
@@ -324,41 +155,41 @@ async fn two_hundred_silent_connections_do_not_keep_a_real_agent_out() {
         "the silent connections were still pending during the check"
     );
     for connection in &silent {
-        connection.close(0u32.into(), b"done");
+        connection.close(0, b"done");
     }
+    dialers.iter().for_each(Dialer::close);
+}
 }
 
-#[tokio::test]
-async fn past_the_per_address_handshake_cap_new_connections_are_refused_until_it_frees() {
+over_both_transports! {
+async fn past_the_per_address_handshake_cap_new_connections_are_refused_until_it_frees(transport) {
     use exitpool::gateway::tunnel::endpoint::MAX_PENDING_PER_ADDRESS;
-    let net = TestGateway::start().await;
-    let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
+    let net = TestGateway::start().await.over(transport);
+    let dialer = Dialer::new(&net, "127.0.0.7", transport);
     let mut silent = Vec::new();
     for _ in 0..MAX_PENDING_PER_ADDRESS {
-        silent.push(dial(&net, &endpoint, &config).await);
+        silent.push(dialer.dial().await);
     }
-    // One more from the same address is refused at once rather than queued.
-    let connecting = endpoint
-        .connect_with(config.clone(), net.gateway.tunnel_addr(), SERVER_NAME)
-        .unwrap();
-    let refused = within("excess connection answered", connecting).await;
-    assert!(
-        matches!(
-            &refused,
-            Err(quinn::ConnectionError::ConnectionClosed(close))
-                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
-        ),
-        "{refused:?}"
-    );
+    // One more from the same address is refused at once rather than queued:
+    // QUIC answers CONNECTION_REFUSED, the TCP port drops the connection
+    // before TLS.
+    let refused = dialer.try_dial().await;
+    match &refused {
+        Err(DialError::Quic(quinn::ConnectionError::ConnectionClosed(close)))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {}
+        Err(DialError::Tcp(_)) if transport == TransportChoice::Tcp => {}
+        other => panic!("the excess connection was not refused: {:?}", other.as_ref().map(|_| ())),
+    }
     // Another address is unaffected while they are pending.
     let _agent = net.agent("127.0.0.2").await;
     echo_once(&net, echo_target().await, "").await;
     // Once the silent ones go, an agent from that address gets in (a real
     // agent retries by itself until the gateway has let go of the slots).
     for connection in &silent {
-        connection.close(0u32.into(), b"done");
+        connection.close(0, b"done");
     }
     let _again = net.agent("127.0.0.7").await;
+}
 }
 
 over_both_transports! {
@@ -431,10 +262,9 @@ async fn a_garbled_hello_closes_the_connection(transport) {
 async fn rejection<M: serde::Serialize>(
     net: &TestGateway,
     ip: &str,
-    first: impl FnOnce(&quinn::Connection) -> M,
+    first: impl FnOnce(&Tunnel) -> M,
 ) -> RejectReason {
-    let (endpoint, config) = raw_endpoint(net, ip);
-    let connection = dial(net, &endpoint, &config).await;
+    let (_dialer, connection) = raw_tunnel(net, ip, net.transport).await;
     let (_send, mut recv) = send_first(&connection, &first(&connection)).await;
     let answer: GatewayMessage = within("gateway answers", read_frame(&mut recv))
         .await
@@ -449,7 +279,7 @@ async fn rejection<M: serde::Serialize>(
 
 /// A `Hello` changed by `adjust`.
 fn hello_with(
-    connection: &quinn::Connection,
+    connection: &Tunnel,
     key: &DeviceKey,
     adjust: impl FnOnce(&mut u16, &mut IdentityProof, &mut Secret),
 ) -> AgentMessage {
@@ -466,9 +296,9 @@ fn hello_with(
     hello
 }
 
-#[tokio::test]
-async fn a_bad_version_identity_or_token_is_rejected_with_a_reason() {
-    let net = TestGateway::start().await;
+over_both_transports! {
+async fn a_bad_version_identity_or_token_is_rejected_with_a_reason(transport) {
+    let net = TestGateway::start().await.over(transport);
     let key = device_key("good");
     let ip = "127.0.0.7";
     let newer = rejection(&net, ip, |c| {
@@ -515,11 +345,12 @@ async fn a_bad_version_identity_or_token_is_rejected_with_a_reason() {
         2
     );
 }
+}
 
-#[tokio::test]
-async fn an_impostor_cannot_take_over_a_live_agent() {
-    let net = TestGateway::start().await;
-    let victim = join(&net, "127.0.0.7", "victim").await;
+over_both_transports! {
+async fn an_impostor_cannot_take_over_a_live_agent(transport) {
+    let net = TestGateway::start().await.over(transport);
+    let victim = join_over(&net, "127.0.0.7", "victim", transport).await;
     let _serving = serve_echo_streams(victim.connection.clone());
     let victim_key = device_key("victim");
     // What an impostor could have: the victim's public key and a proof the
@@ -547,19 +378,21 @@ async fn an_impostor_cannot_take_over_a_live_agent() {
     assert_eq!(net.gateway.directory().len(), 1);
     echo_once(&net, echo_target().await, "").await;
 }
+}
 
-#[tokio::test]
-async fn the_device_itself_reconnecting_replaces_its_old_tunnel() {
-    let net = TestGateway::start().await;
-    let old = join(&net, "127.0.0.7", "device").await;
+over_both_transports! {
+async fn the_device_itself_reconnecting_replaces_its_old_tunnel(transport) {
+    let net = TestGateway::start().await.over(transport);
+    let old = join_over(&net, "127.0.0.7", "device", transport).await;
     let exit_before = net.stats().await["per_agent"][0]["exit_id"].clone();
     // Same key, new connection (a new network, say): the old tunnel goes.
-    let new = join(&net, "127.0.0.8", "device").await;
+    let new = join_over(&net, "127.0.0.8", "device", transport).await;
     assert_closed_with(&old.connection, close_code::REPLACED, "replaced tunnel").await;
     assert!(new.connection.close_reason().is_none());
     let stats = net.stats().await;
     assert_eq!(stats["agents"], 1, "{stats}");
     assert_eq!(stats["per_agent"][0]["exit_id"], exit_before);
+}
 }
 
 over_both_transports! {
@@ -817,12 +650,13 @@ async fn churn_customer(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn churn_under_load_every_customer_gets_an_echo_or_a_documented_failure() {
+over_both_transports! {
+#[runtime(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_under_load_every_customer_gets_an_echo_or_a_documented_failure(transport) {
     const CUSTOMERS: usize = 50;
     const ROUNDS: usize = 6;
     const SESSIONS: usize = 10;
-    let net = Arc::new(TestGateway::start().await);
+    let net = Arc::new(TestGateway::start().await.over(transport));
     let target = echo_target().await;
     let spawn_agent = |ip: &'static str| {
         let net = net.clone();
@@ -920,13 +754,14 @@ async fn churn_under_load_every_customer_gets_an_echo_or_a_documented_failure() 
     assert_eq!(stats["live_streams"], 0, "leaked streams: {stats}");
     assert_eq!(stats["sessions"], SESSIONS, "{stats}");
 }
+}
 
+/// QUIC only: DATAGRAM frames are QUIC's; the TCP tunnel has nothing like them.
 #[tokio::test]
 async fn the_tunnel_offers_no_datagram_frames() {
     // quinn would otherwise buffer up to 1.25 MB of DATAGRAM frames per
     // connection, which the tunnel never reads.
     let net = TestGateway::start().await;
-    let (endpoint, _) = raw_endpoint(&net, "127.0.0.7");
     // quinn's own defaults, which offer DATAGRAM frames, unlike the agent's.
     let config = exitpool::agent::tls::client_configs(
         net.gateway.pin().parse().unwrap(),
@@ -934,7 +769,10 @@ async fn the_tunnel_offers_no_datagram_frames() {
     )
     .expect("client config")
     .quic;
-    let connection = dial(&net, &endpoint, &config).await;
+    let dialer = Dialer::new(&net, "127.0.0.7", TransportChoice::Quic).with_quic_config(config);
+    let Tunnel::Quic(connection) = dialer.dial().await else {
+        unreachable!("a QUIC dialer dials QUIC");
+    };
     assert_eq!(
         connection.max_datagram_size(),
         None,
@@ -946,11 +784,11 @@ async fn the_tunnel_offers_no_datagram_frames() {
     ));
 }
 
-#[tokio::test]
-async fn an_agent_cannot_claim_more_than_the_stream_ceiling() {
+over_both_transports! {
+async fn an_agent_cannot_claim_more_than_the_stream_ceiling(transport) {
     use exitpool::gateway::tunnel::endpoint::MAX_AGENT_STREAMS;
     let net = TestGateway::start().await;
-    let _joined = join_with(&net, "127.0.0.7", "greedy", |hello| {
+    let _joined = RawAgent::join(&net, "127.0.0.7", "greedy", transport, |hello| {
         if let AgentMessage::Hello { capacity, .. } = hello {
             capacity.max_streams = u32::MAX;
         }
@@ -963,20 +801,21 @@ async fn an_agent_cannot_claim_more_than_the_stream_ceiling() {
         .map(|agent| agent["max_streams"].clone());
     assert_eq!(claimed, Some(MAX_AGENT_STREAMS.into()), "{stats}");
 }
+}
 
-#[tokio::test]
-async fn before_a_valid_hello_an_agent_gets_at_most_the_small_window() {
+over_both_transports! {
+async fn before_a_valid_hello_an_agent_gets_at_most_the_small_window(transport) {
     use exitpool::gateway::tunnel::endpoint::PRE_HELLO_WINDOW;
     let net = TestGateway::start().await;
-    let (endpoint, config) = raw_endpoint(&net, "127.0.0.7");
-    let connection = dial(&net, &endpoint, &config).await;
-    let (mut send, _recv) = within("open control stream", connection.open_bi())
+    let (_dialer, connection) = raw_tunnel(&net, "127.0.0.7", transport).await;
+    let (mut send, _recv) = within("open control stream", connection.open_control())
         .await
         .unwrap();
     // The credit the gateway grants before any Hello bounds what a sender can
-    // put in flight (and so what the gateway may have to buffer). quinn takes
-    // writes at once up to that credit, well before the gateway can read or
-    // answer, so the first stall (or the gateway's close) marks its size.
+    // put in flight (and so what the gateway may have to buffer). Both
+    // transports take writes at once up to that credit, well before the
+    // gateway can read or answer, so the first stall (or the gateway's close)
+    // marks its size.
     let chunk = vec![0u8; 4 * 1024];
     let mut written = 0;
     while let Ok(Ok(accepted)) = tokio::time::timeout(NEVER, send.write(&chunk)).await {
@@ -990,4 +829,5 @@ async fn before_a_valid_hello_an_agent_gets_at_most_the_small_window() {
         (4 * 1024..=PRE_HELLO_WINDOW as usize).contains(&written),
         "{written} bytes accepted before a valid Hello"
     );
+}
 }

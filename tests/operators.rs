@@ -547,8 +547,11 @@ async fn hash_password_output_verifies() {
     assert!(users.authenticate("dave", "other").is_none());
 }
 
-#[tokio::test]
-async fn revoking_an_agent_token_on_reload_disconnects_its_agents() {
+over_both_transports! {
+/// The gateway closes the agent's tunnel with `REJECTED` ("agent token
+/// revoked"); on either transport the agent takes it as a failure to retry,
+/// is refused on its way back, and stops.
+async fn revoking_an_agent_token_on_reload_disconnects_its_agents(transport) {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("agent-tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
@@ -557,7 +560,8 @@ async fn revoking_an_agent_token_on_reload_disconnects_its_agents() {
         config.agent_tokens = exitpool::gateway::auth::AgentTokens::default();
         config.agent_tokens_file = Some(file);
     })
-    .await;
+    .await
+    .over(transport);
     let mut agent = net.agent("127.0.0.2").await;
     std::fs::write(&tokens, "another-token\n").unwrap();
     net.gateway.reload().unwrap();
@@ -572,4 +576,5 @@ async fn revoking_an_agent_token_on_reload_disconnects_its_agents() {
         matches!(result, Err(exitpool::agent::AgentError::BadToken(_))),
         "{result:?}"
     );
+}
 }

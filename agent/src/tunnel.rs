@@ -485,11 +485,14 @@ async fn drain_left_behind(
 fn gateway_stopped(connection: &Tunnel) -> bool {
     let connection = match connection {
         Tunnel::Quic(quic) => quic,
-        // A gateway that stops or crashes ends every TCP tunnel at once (a
-        // FIN or a reset from its host), the same moment for every agent.
+        // A stopping gateway's close stream says SHUTDOWN, as QUIC's close
+        // does; any other code (replaced, unresponsive, rejected) is an
+        // ordinary retry. One that crashes ends every TCP tunnel with no code
+        // (a FIN or a reset from its host), the same moment for every agent.
         Tunnel::Tcp(tcp) => {
             return match tcp.close_reason() {
-                Some(CloseReason::Peer(_)) => true,
+                Some(CloseReason::Peer(Some(code))) => code == close_code::SHUTDOWN,
+                Some(CloseReason::Peer(None)) => true,
                 Some(CloseReason::Lost(why)) => why.contains("reset"),
                 _ => false,
             }

@@ -23,6 +23,9 @@ pub enum Signal {
     Hup,
     /// SIGKILL: a crash.
     Kill,
+    /// SIGSTOP: a frozen device. Its sockets stay open and nothing answers on
+    /// them, so only a liveness check can tell it from a quiet one.
+    Stop,
 }
 
 /// A running child. Dropping it kills the child (SIGKILL) and reaps it.
@@ -118,6 +121,7 @@ impl Process {
             Signal::Term => rustix::process::Signal::TERM,
             Signal::Hup => rustix::process::Signal::HUP,
             Signal::Kill => rustix::process::Signal::KILL,
+            Signal::Stop => rustix::process::Signal::STOP,
         };
         rustix::process::kill_process(Pid::from_child(&self.child), signal)
             .map_err(|errno| self.io(errno.into()))

@@ -1,24 +1,20 @@
 //! Exits that fail in the ways home devices do, for the health, retry and
-//! dead-exit tests: raw QUIC agents built from the agent's own TLS and transport
-//! configuration (so they pass the pin check and ALPN, over real QUIC on
-//! loopback) that join with a valid `Hello`, then serve relay streams as an echo
-//! for their first `good_opens`, and fail every later one as `mode` says.
+//! dead-exit tests: raw agents ([`super::raw`], over the fixture's transport)
+//! that join with a valid `Hello`, then serve relay streams as an echo for
+//! their first `good_opens`, and fail every later one as `mode` says.
 //!
-//! (tests/misbehaving.rs has raw agents of its own that break the handshake; this
+//! (tests/misbehaving.rs uses the same raw agents to break the handshake; this
 //! one joins properly and breaks the relay opens.)
 
-use super::{within, TestGateway, TOKEN};
+use super::raw::RawAgent;
+use super::TestGateway;
 use exitpool::protocol::{
-    read_frame, write_frame, AgentMessage, Capacity, DeviceKey, FailureCode, GatewayMessage,
-    OpenReply, OpenRequest, PROTOCOL_VERSION,
+    read_frame, write_frame, AgentMessage, Capacity, FailureCode, OpenReply, OpenRequest,
 };
-use exitpool::transport::tunnel::identity_material;
+use exitpool::transport::{Tunnel, TunnelConnection};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-
-/// The name the gateway's certificate carries; the pin is what is checked.
-const SERVER_NAME: &str = "exitpool-gateway";
 
 /// How a flaky exit fails an open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,22 +29,21 @@ pub enum FailMode {
     TargetRefused,
 }
 
-/// A joined raw agent; dropping it leaves abruptly (its endpoint goes).
+/// A joined raw agent; dropping it leaves abruptly (its tunnel goes).
 pub struct FlakyExit {
     /// The id customers see for it.
     pub exit_id: String,
-    pub endpoint: quinn::Endpoint,
-    pub connection: quinn::Connection,
     /// Opens it has been asked for so far.
     pub opens: Arc<AtomicU32>,
-    /// Its control stream, held so the gateway keeps it joined.
-    _control: (quinn::SendStream, quinn::RecvStream),
+    /// Its tunnel and control stream, held so the gateway keeps it joined.
+    raw: RawAgent,
     _serving: tokio::task::JoinHandle<()>,
 }
 
 impl FlakyExit {
-    /// Joins `net`'s gateway from `ip` with the device key named `agent_id`; echoes its first
-    /// `good_opens` streams, then fails each open by `mode`.
+    /// Joins `net`'s gateway from `ip` over `net`'s transport with the device
+    /// key named `agent_id`; echoes its first `good_opens` streams, then fails
+    /// each open by `mode`.
     pub async fn join(
         net: &TestGateway,
         ip: &str,
@@ -56,61 +51,39 @@ impl FlakyExit {
         good_opens: u32,
         mode: FailMode,
     ) -> FlakyExit {
-        let endpoint = quinn::Endpoint::client(format!("{ip}:0").parse().unwrap())
-            .expect("client endpoint binds");
-        let config = exitpool::agent::tls::client_configs(
-            net.gateway.pin().parse().unwrap(),
-            exitpool::agent::tunnel::transport_config(64, exitpool::protocol::KEEP_ALIVE_INTERVAL),
-        )
-        .expect("client config")
-        .quic;
-        let connecting = endpoint
-            .connect_with(config, net.gateway.tunnel_addr(), SERVER_NAME)
-            .expect("connect starts");
-        let connection = within("QUIC handshake", connecting)
-            .await
-            .expect("QUIC handshake succeeds");
-        let (mut send, mut recv) = within("control stream", connection.open_bi())
-            .await
-            .expect("control stream opens");
-        // A stable device key per name, proved on this connection.
-        let mut seed = [0u8; 32];
-        for (slot, byte) in seed.iter_mut().zip(agent_id.bytes()) {
-            *slot = byte;
-        }
-        let material = identity_material(&connection).expect("keying material");
-        let hello = AgentMessage::Hello {
-            version: PROTOCOL_VERSION,
-            identity: DeviceKey::from_seed(&seed).prove(&material),
-            token: TOKEN.into(),
-            software: "flaky-test-exit".into(),
-            capacity: Capacity { max_streams: 64 },
-            accepting: true,
-        };
-        within("send Hello", write_frame(&mut send, &hello))
-            .await
-            .expect("Hello is sent");
-        let answer: GatewayMessage = within("Welcome", read_frame(&mut recv))
-            .await
-            .expect("the gateway answers Hello");
-        let GatewayMessage::Welcome { exit_id, .. } = answer else {
-            panic!("expected Welcome, got {answer:?}");
-        };
+        let raw = RawAgent::join(net, ip, agent_id, net.transport, |hello| {
+            if let AgentMessage::Hello {
+                software, capacity, ..
+            } = hello
+            {
+                *software = "flaky-test-exit".into();
+                *capacity = Capacity { max_streams: 64 };
+            }
+        })
+        .await;
         let opens = Arc::new(AtomicU32::new(0));
-        let serving = tokio::spawn(serve(connection.clone(), opens.clone(), good_opens, mode));
+        let serving = tokio::spawn(serve(
+            raw.connection.clone(),
+            opens.clone(),
+            good_opens,
+            mode,
+        ));
         FlakyExit {
-            exit_id,
-            endpoint,
-            connection,
+            exit_id: raw.exit_id.clone(),
             opens,
-            _control: (send, recv),
+            raw,
             _serving: serving,
         }
     }
+
+    /// Closes its tunnel, as a device does before it reconnects.
+    pub fn leave(&self) {
+        self.raw.close();
+    }
 }
 
-async fn serve(connection: quinn::Connection, opens: Arc<AtomicU32>, good: u32, mode: FailMode) {
-    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+async fn serve(connection: Tunnel, opens: Arc<AtomicU32>, good: u32, mode: FailMode) {
+    while let Ok((mut send, mut recv)) = connection.accept_stream().await {
         let connection = connection.clone();
         let opens = opens.clone();
         tokio::spawn(async move {
@@ -125,18 +98,18 @@ async fn serve(connection: quinn::Connection, opens: Arc<AtomicU32>, good: u32, 
                     .is_ok()
                 {
                     let _ = tokio::io::copy(&mut recv, &mut send).await;
-                    let _ = send.finish();
+                    let _ = exitpool::transport::TunnelSend::finish(&mut send);
                 }
                 return;
             }
             let code = match mode {
                 FailMode::NoAnswer => {
                     // Hold the stream open and silent until the gateway gives up.
-                    let _ = recv.read_to_end(1024).await;
+                    let _ = tokio::io::copy(&mut recv, &mut tokio::io::sink()).await;
                     return;
                 }
                 FailMode::DropTunnel => {
-                    connection.close(0u32.into(), b"gone");
+                    connection.close(0, b"gone");
                     return;
                 }
                 FailMode::Unavailable => FailureCode::AgentUnavailable,
@@ -147,7 +120,7 @@ async fn serve(connection: quinn::Connection, opens: Arc<AtomicU32>, good: u32, 
                 detail: "flaky test exit".into(),
             };
             let _ = write_frame(&mut send, &reply).await;
-            let _ = send.finish();
+            let _ = exitpool::transport::TunnelSend::finish(&mut send);
         });
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod flaky;
 pub mod fleet;
+pub mod raw;
 pub mod targets;
 
 pub use exitpool::agent::TransportChoice;
@@ -71,24 +72,31 @@ pub fn test_geoip(layout: Layout) -> GeoIp {
 /// name(transport) { ... } }` becomes `name::quic` and `name::tcp`, each
 /// running the body with that [`TransportChoice`] (set it on the fixture with
 /// [`TestGateway::over`]). Parametrised, so the fault tests are never copied.
+/// A first `#[runtime(...)]` passes its arguments to `#[tokio::test]`, e.g.
+/// `#[runtime(flavor = "multi_thread", worker_threads = 2)]`.
 #[macro_export]
 macro_rules! over_both_transports {
-    ($(#[$meta:meta])* async fn $name:ident($transport:ident) $body:block) => {
+    (#[runtime($($runtime:tt)*)] $(#[$meta:meta])* async fn $name:ident($transport:ident) $body:block) => {
         mod $name {
             use super::*;
 
-            #[tokio::test]
+            #[tokio::test($($runtime)*)]
             async fn quic() {
                 run(TransportChoice::Quic).await
             }
 
-            #[tokio::test]
+            #[tokio::test($($runtime)*)]
             async fn tcp() {
                 run(TransportChoice::Tcp).await
             }
 
             $(#[$meta])*
             async fn run($transport: TransportChoice) $body
+        }
+    };
+    ($(#[$meta:meta])* async fn $name:ident($transport:ident) $body:block) => {
+        $crate::over_both_transports! {
+            #[runtime()] $(#[$meta])* async fn $name($transport) $body
         }
     };
 }

@@ -18,12 +18,18 @@
 //!
 //! A tunnel is driven by one task (see [`gateway_side`] and [`agent_side`]),
 //! which also pings every keep-alive interval and closes the tunnel when a ping
-//! is not answered within the idle timeout, like QUIC's idle timeout.
+//! is not answered within the idle timeout, like QUIC's idle timeout. The same
+//! task sends the PINGs asked for on demand ([`TcpTunnel::ping`]): h2 allows
+//! one in flight, so one task owns its `PingPong`.
 //!
-//! Close codes: the agent, as HTTP/2 server, sends its code in GOAWAY. The
-//! gateway (a client in h2, which has no GOAWAY to send) just ends the
-//! connection; what an agent must tell apart, a gateway shutting down, arrives as
-//! the finished control stream before that, as it does over QUIC.
+//! Close codes: the agent, as HTTP/2 server, sends its code in GOAWAY. h2's
+//! client has no GOAWAY to send, so the gateway opens a *close stream* first
+//! (path [`CLOSE_PATH`], before the control stream) and, when it closes the
+//! tunnel, ends that stream with trailers carrying the code and reason
+//! ([`CLOSE_CODE_HEADER`], [`CLOSE_REASON_HEADER`]). HEADERS frames are not
+//! flow-controlled, so the code goes out even when every window is full. The
+//! agent's driver keeps that stream to itself and reports the code as
+//! [`CloseReason::Peer`], exactly as QUIC's application close does.
 
 use crate::tunnel::{
     CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend,
@@ -39,7 +45,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// ALPN of the TCP tunnel: the same messages as QUIC's `exitpool/1`, framed
@@ -62,12 +68,29 @@ pub const MAX_SEND_BUFFER: usize = 256 * 1024;
 /// (a `Reject`, a GOAWAY) reaches the peer, unless the peer closes first.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
+/// Path of the gateway's close stream (see the module doc); relay and control
+/// streams use `/`.
+pub const CLOSE_PATH: &str = "/close";
+
+/// Trailer of the close stream with the gateway's close code, in decimal.
+pub const CLOSE_CODE_HEADER: &str = "exitpool-close-code";
+
+/// Trailer of the close stream with the close reason, printable ASCII.
+pub const CLOSE_REASON_HEADER: &str = "exitpool-close-reason";
+
+/// Longest close reason sent or kept; ours are a few words.
+pub const MAX_CLOSE_REASON: usize = 256;
+
+/// On-demand pings waiting for the driver; callers beyond this wait their turn.
+const PING_QUEUE: usize = 64;
+
 /// What a TCP tunnel is configured with; windows are [`crate::udp`]'s, shared
 /// with QUIC.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpSettings {
     /// Most streams the peer may open towards us at once (the agent: its
-    /// capacity plus the control stream; the gateway: none are opened to it).
+    /// capacity plus the control stream, to which the agent's side adds the
+    /// close stream; the gateway: none are opened to it).
     pub max_incoming_streams: u32,
     /// Period of this side's PINGs.
     pub keep_alive: Duration,
@@ -104,11 +127,15 @@ struct Inner {
     /// Fires once the driver has ended.
     closed: CancellationToken,
     reason: OnceLock<CloseReason>,
-    /// A local close asked for (code), picked up by the driver.
-    close_request: Mutex<Option<u32>>,
+    /// The peer's close reason text, when its close said one (agent side).
+    peer_reason: OnceLock<String>,
+    /// A local close asked for (code, reason), picked up by the driver.
+    close_request: Mutex<Option<(u32, Bytes)>>,
     close_notify: Notify,
     /// Asks the driver to open the connection window to the full size.
     admit: Notify,
+    /// On-demand pings for the driver, each answered once a PONG is back.
+    pings: mpsc::Sender<oneshot::Sender<()>>,
 }
 
 enum Role {
@@ -127,18 +154,24 @@ type Incoming = (
     h2::server::SendResponse<Bytes>,
 );
 
+type PingAsks = mpsc::Receiver<oneshot::Sender<()>>;
+
 impl Inner {
-    fn new(remote: SocketAddr, tls: Arc<Mutex<Io>>, role: Role) -> Arc<Inner> {
-        Arc::new(Inner {
+    fn new(remote: SocketAddr, tls: Arc<Mutex<Io>>, role: Role) -> (Arc<Inner>, PingAsks) {
+        let (pings, asks) = mpsc::channel(PING_QUEUE);
+        let inner = Arc::new(Inner {
             remote,
             tls,
             role,
             closed: CancellationToken::new(),
             reason: OnceLock::new(),
+            peer_reason: OnceLock::new(),
             close_request: Mutex::new(None),
             close_notify: Notify::new(),
             admit: Notify::new(),
-        })
+            pings,
+        });
+        (inner, asks)
     }
 
     fn end(&self, reason: CloseReason) {
@@ -146,11 +179,11 @@ impl Inner {
         self.closed.cancel();
     }
 
-    async fn close_requested(&self) -> u32 {
+    async fn close_requested(&self) -> (u32, Bytes) {
         loop {
             let notified = self.close_notify.notified();
-            if let Some(code) = *lock(&self.close_request) {
-                return code;
+            if let Some(request) = lock(&self.close_request).clone() {
+                return request;
             }
             notified.await;
         }
@@ -232,10 +265,18 @@ pub async fn gateway_side(
         .await
         .map_err(h2_to_io)?;
     let ping = connection.ping_pong();
-    let inner = Inner::new(remote, tls, Role::Gateway { requests });
+    // The close stream, first; its response is never needed.
+    let mut close_stream = {
+        let mut ready = requests.clone().ready().await.map_err(h2_to_io)?;
+        let (_response, send) = ready
+            .send_request(stream_request(CLOSE_PATH), false)
+            .map_err(h2_to_io)?;
+        send
+    };
+    let (inner, asks) = Inner::new(remote, tls, Role::Gateway { requests });
     let driver = inner.clone();
     tokio::spawn(async move {
-        let keep_alive = keep_alive(ping, settings);
+        let keep_alive = keep_alive(ping, settings, asks);
         tokio::pin!(keep_alive);
         let reason = loop {
             tokio::select! {
@@ -244,7 +285,9 @@ pub async fn gateway_side(
                 () = driver.admit.notified() => {
                     connection.set_target_window_size(crate::udp::CONNECTION_WINDOW);
                 }
-                code = driver.close_requested() => {
+                (code, reason) = driver.close_requested() => {
+                    // Best effort: a peer already gone has no use for it.
+                    let _ = close_stream.send_trailers(close_trailers(code, &reason));
                     let _ = tokio::time::timeout(CLOSE_LINGER, &mut connection).await;
                     break CloseReason::Local(code);
                 }
@@ -253,6 +296,57 @@ pub async fn gateway_side(
         driver.end(reason);
     });
     Ok(TcpTunnel { inner })
+}
+
+/// The close stream's trailers: `code`, and `reason` cut to printable ASCII.
+fn close_trailers(code: u32, reason: &[u8]) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(CLOSE_CODE_HEADER, http::HeaderValue::from(code));
+    let printable: Vec<u8> = reason
+        .iter()
+        .take(MAX_CLOSE_REASON)
+        .map(|&byte| {
+            if (b' '..=b'~').contains(&byte) {
+                byte
+            } else {
+                b'?'
+            }
+        })
+        .collect();
+    if let Ok(value) = http::HeaderValue::from_bytes(&printable) {
+        trailers.insert(CLOSE_REASON_HEADER, value);
+    }
+    trailers
+}
+
+/// The code and reason in a close stream's trailers; `None` for anything else
+/// (a garbled code is no close code).
+fn parse_close(trailers: &http::HeaderMap) -> Option<(u32, String)> {
+    let code = trailers
+        .get(CLOSE_CODE_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let reason = trailers
+        .get(CLOSE_REASON_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(MAX_CLOSE_REASON)
+        .collect();
+    Some((code, reason))
+}
+
+/// Resolves with the gateway's close once the close stream's trailers arrive;
+/// `None` when the stream ends without one (it is then no longer watched).
+/// Cancel-safe: it only polls.
+async fn close_from(body: &mut Option<h2::RecvStream>) -> Option<(u32, String)> {
+    let stream = body.as_mut()?;
+    match poll_fn(|cx| stream.poll_trailers(cx)).await {
+        Ok(Some(trailers)) => parse_close(&trailers),
+        _ => None,
+    }
 }
 
 /// The agent's end of a TCP tunnel whose TLS handshake is done: the HTTP/2
@@ -270,7 +364,8 @@ pub async fn agent_side(
         .max_frame_size(MAX_FRAME_SIZE)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .max_send_buffer_size(MAX_SEND_BUFFER)
-        .max_concurrent_streams(settings.max_incoming_streams)
+        // One more for the gateway's close stream.
+        .max_concurrent_streams(settings.max_incoming_streams.saturating_add(1))
         .handshake::<_, Bytes>(SharedIo(tls.clone()))
         .await
         .map_err(h2_to_io)?;
@@ -278,7 +373,7 @@ pub async fn agent_side(
     // h2 admits no more than `max_incoming_streams` at once, so this bound is
     // never what refuses one.
     let (queue, incoming) = mpsc::channel(settings.max_incoming_streams.max(1) as usize);
-    let inner = Inner::new(
+    let (inner, asks) = Inner::new(
         remote,
         tls,
         Role::Agent {
@@ -287,11 +382,21 @@ pub async fn agent_side(
     );
     let driver = inner.clone();
     tokio::spawn(async move {
-        let keep_alive = keep_alive(ping, settings);
+        let keep_alive = keep_alive(ping, settings, asks);
         tokio::pin!(keep_alive);
+        // The gateway's close stream, once it has arrived: its trailers carry
+        // the close code. (Its answer half is held so h2 keeps it open.)
+        let mut close_stream: Option<h2::RecvStream> = None;
+        let mut _close_respond = None;
         let reason = loop {
             tokio::select! {
                 accepted = connection.accept() => match accepted {
+                    Some(Ok((request, respond))) if request.uri().path() == CLOSE_PATH => {
+                        if close_stream.is_none() {
+                            close_stream = Some(request.into_body());
+                            _close_respond = Some(respond);
+                        }
+                    }
                     Some(Ok(stream)) => {
                         if let Err(mpsc::error::TrySendError::Full((_, mut respond))) = queue.try_send(stream) {
                             respond.send_reset(Reason::REFUSED_STREAM);
@@ -300,11 +405,24 @@ pub async fn agent_side(
                     Some(Err(error)) => break connection_end(Err(error)),
                     None => break CloseReason::Peer(None),
                 },
+                closing = close_from(&mut close_stream), if close_stream.is_some() => {
+                    close_stream = None;
+                    let Some((code, reason)) = closing else { continue };
+                    // The gateway waits for this side to end the connection;
+                    // what it sent before (a `Reject`) stays readable.
+                    let _ = driver.peer_reason.set(reason);
+                    connection.abrupt_shutdown(Reason::NO_ERROR);
+                    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+                        while let Some(Ok(_)) = connection.accept().await {}
+                    })
+                    .await;
+                    break CloseReason::Peer(Some(code));
+                }
                 reason = &mut keep_alive => break reason,
                 () = driver.admit.notified() => {
                     connection.set_target_window_size(crate::udp::CONNECTION_WINDOW);
                 }
-                code = driver.close_requested() => {
+                (code, _) = driver.close_requested() => {
                     connection.abrupt_shutdown(Reason::from(code));
                     let _ = tokio::time::timeout(CLOSE_LINGER, async {
                         while let Some(Ok(_)) = connection.accept().await {}
@@ -319,16 +437,41 @@ pub async fn agent_side(
     Ok(TcpTunnel { inner })
 }
 
-/// Pings every `keep_alive`; resolves when a ping goes unanswered for the
-/// idle timeout (or pings can no longer be sent).
-async fn keep_alive(ping: Option<h2::PingPong>, settings: TcpSettings) -> CloseReason {
+/// Pings every `keep_alive`, and at once when asked through `asks`; resolves
+/// when a ping goes unanswered for the idle timeout (or pings can no longer be
+/// sent). h2 allows one PING in flight, so asks that come while one is out
+/// share its PONG.
+async fn keep_alive(
+    ping: Option<h2::PingPong>,
+    settings: TcpSettings,
+    mut asks: PingAsks,
+) -> CloseReason {
     let Some(mut ping) = ping else {
         return std::future::pending().await;
     };
+    let mut waiting = Vec::new();
     loop {
-        tokio::time::sleep(settings.keep_alive).await;
-        match tokio::time::timeout(settings.idle_timeout, ping.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
+        tokio::select! {
+            () = tokio::time::sleep(settings.keep_alive) => {}
+            Some(ask) = asks.recv() => waiting.push(ask),
+        }
+        let answered = tokio::time::timeout(settings.idle_timeout, async {
+            let pong = ping.ping(h2::Ping::opaque());
+            tokio::pin!(pong);
+            loop {
+                tokio::select! {
+                    result = &mut pong => return result,
+                    Some(ask) = asks.recv() => waiting.push(ask),
+                }
+            }
+        })
+        .await;
+        match answered {
+            Ok(Ok(_pong)) => {
+                for ask in waiting.drain(..) {
+                    let _ = ask.send(());
+                }
+            }
             Ok(Err(error)) => return connection_end(Err(error)),
             Err(_) => return CloseReason::TimedOut,
         }
@@ -362,10 +505,12 @@ fn h2_to_io(error: h2::Error) -> io::Error {
     }
 }
 
-fn relay_request() -> http::Request<()> {
+/// A stream's request: `/` for control and relay streams, [`CLOSE_PATH`] for
+/// the close stream.
+fn stream_request(path: &str) -> http::Request<()> {
     http::Request::builder()
         .method(http::Method::POST)
-        .uri("https://exitpool/")
+        .uri(format!("https://exitpool{path}"))
         .body(())
         .expect("static request")
 }
@@ -380,7 +525,7 @@ impl TcpTunnel {
         };
         let mut requests = requests.clone().ready().await.map_err(h2_to_io)?;
         let (response, send) = requests
-            .send_request(relay_request(), false)
+            .send_request(stream_request("/"), false)
             .map_err(h2_to_io)?;
         Ok((
             TcpSend { stream: send },
@@ -403,11 +548,16 @@ impl TcpTunnel {
             () = self.inner.closed.cancelled() => None,
         };
         let Some((request, mut respond)) = next else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                self.close_reason()
-                    .map_or_else(|| "tunnel closed".to_owned(), |r| r.to_string()),
-            ));
+            // Worded as quinn words an application close, so agent logs read
+            // the same on both transports.
+            let message = match (self.close_reason(), self.inner.peer_reason.get()) {
+                (Some(CloseReason::Peer(Some(code))), Some(why)) if !why.is_empty() => {
+                    format!("closed by peer: {why} (code {code})")
+                }
+                (Some(reason), _) => reason.to_string(),
+                (None, _) => "tunnel closed".to_owned(),
+            };
+            return Err(io::Error::new(io::ErrorKind::NotConnected, message));
         };
         let send = respond
             .send_response(http::Response::new(()), false)
@@ -419,6 +569,25 @@ impl TcpTunnel {
                 pending: Bytes::new(),
             },
         ))
+    }
+}
+
+impl TcpTunnel {
+    /// Whether the peer answers an HTTP/2 PING: for a liveness check while a
+    /// customer waits, since a frozen peer's kernel still acknowledges TCP.
+    /// `false` once the tunnel has ended; the caller bounds the wait.
+    pub async fn ping(&self) -> bool {
+        let (answer, answered) = oneshot::channel();
+        tokio::select! {
+            asked = self.inner.pings.send(answer) => if asked.is_err() {
+                return false;
+            },
+            () = self.inner.closed.cancelled() => return false,
+        }
+        tokio::select! {
+            pong = answered => pong.is_ok(),
+            () = self.inner.closed.cancelled() => false,
+        }
     }
 }
 
@@ -479,8 +648,9 @@ impl TunnelConnection for TcpTunnel {
         self.inner.admit.notify_one();
     }
 
-    fn close(&self, code: u32, _reason: &[u8]) {
-        lock(&self.inner.close_request).get_or_insert(code);
+    fn close(&self, code: u32, reason: &[u8]) {
+        lock(&self.inner.close_request)
+            .get_or_insert_with(|| (code, Bytes::copy_from_slice(reason)));
         self.inner.close_notify.notify_one();
     }
 

@@ -74,22 +74,27 @@ impl Links {
     /// Whether tunnel `key` proves alive within `within`: it is asked for an
     /// acknowledgement, and anything received from it in that time counts.
     /// Used only while a customer waits on the tunnel, so idle agents see no
-    /// extra traffic. The wait is stretched to three round trips on slow links.
+    /// extra traffic.
     ///
-    /// quinn 0.11 has no public PING; a one-byte bump of the connection's
+    /// QUIC: quinn 0.11 has no public PING; a one-byte bump of the connection's
     /// receive window sends a MAX_DATA frame, which is ack-eliciting, and a
-    /// live peer acknowledges it within its ack delay (25 ms) plus a round trip.
+    /// live peer acknowledges it within its ack delay (25 ms) plus a round
+    /// trip. The wait is stretched to three round trips on slow links.
     ///
-    /// A TLS/TCP tunnel cannot be asked on demand yet (its HTTP/2 pings belong
-    /// to its keep-alive task): it counts as alive until that task, or TCP
-    /// itself, has closed it.
+    /// TLS/TCP: an HTTP/2 PING, which only the agent process answers (a frozen
+    /// one's kernel still acknowledges TCP segments).
     pub async fn is_alive(&self, key: u64, within: Duration) -> bool {
         let Some(tunnel) = self.tunnels.get(&key).map(|entry| entry.value().clone()) else {
             return false;
         };
         let connection = match tunnel {
             Tunnel::Quic(connection) => connection,
-            tcp @ Tunnel::Tcp(_) => return tcp.close_reason().is_none(),
+            Tunnel::Tcp(tcp) => {
+                return tcp.close_reason().is_none()
+                    && tokio::time::timeout(within, tcp.ping())
+                        .await
+                        .unwrap_or(false);
+            }
         };
         if connection.close_reason().is_some() {
             return false;
