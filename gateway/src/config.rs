@@ -118,6 +118,12 @@ pub struct GatewayConfig {
     /// Where agents are: the embedded country database unless `--geoip` files are
     /// given.
     pub geoip: Arc<GeoIp>,
+    // Behind a balancer (issue 17).
+    /// Balancers trusted to send a PROXY protocol v2 header
+    /// (`--proxy-protocol-from CIDR`): a customer connection from one of these
+    /// networks must begin with one, and its source address is then the
+    /// customer's. Empty (the default): no header is ever believed.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 /// Where the TLS-over-TCP tunnel port listens (`--tunnel-tcp`, `--no-tunnel-tcp`).
@@ -167,6 +173,7 @@ impl GatewayConfig {
             password_queue_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             geoip: Arc::new(GeoIp::embedded()),
+            proxy_protocol_from: Vec::new(),
         }
     }
 }

@@ -149,6 +149,12 @@ struct Args {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    // Behind a balancer (issue 17).
+    /// A balancer's network (CIDR) or address trusted to send a PROXY protocol
+    /// v2 header on the customer ports (repeatable): its connections must begin
+    /// with one, whose source address is then the customer's.
+    #[arg(long = "proxy-protocol-from", value_name = "CIDR", value_parser = exitpool::cli::network)]
+    proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -239,6 +245,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             key: key.clone(),
         });
     }
+    config.proxy_protocol_from = args.proxy_protocol_from.clone();
     if let Some(path) = &args.entry_ports {
         config.entry_ports = exitpool::gateway::entry_ports::EntryPorts::load(path)?;
     }
