@@ -111,7 +111,9 @@ pub async fn servers_up(
 
 /// Servers of `backend` whose `status` column reads `UP`.
 fn count_up(csv: &str, backend: &str) -> usize {
-    let mut lines = csv.lines();
+    // The page may come chunked: chunk sizes are lines of their own, before
+    // the header line and matching no backend after it.
+    let mut lines = csv.lines().skip_while(|line| !line.starts_with("# "));
     let Some(header) = lines.next() else {
         return 0;
     };
@@ -173,7 +175,7 @@ mod tests {
 
     #[test]
     fn counts_servers_up() {
-        let csv = "# pxname,svname,status,\ngateways,gw1,UP,\ngateways,gw2,DOWN,\ngateways,BACKEND,UP,\nother,x,UP,\n";
+        let csv = "1A8\r\n# pxname,svname,status,\ngateways,gw1,UP,\ngateways,gw2,DOWN,\ngateways,BACKEND,UP,\nother,x,UP,\n";
         assert_eq!(count_up(csv, "gateways"), 1);
     }
 }
