@@ -1,5 +1,6 @@
 //! What the `gateway` and `agent` binaries share: running their async main on a
-//! tokio runtime with one way of reporting failure, and the signals that stop them.
+//! tokio runtime with one way of reporting failure, the signals that stop them,
+//! and flag values parsed the same way the library parses them in files.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -52,4 +53,10 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A network flag value (`--proxy-protocol-from`): an address or a network in
+/// CIDR form with no host bits set, as `allow_ips` in the users file.
+pub fn network(text: &str) -> Result<ipnet::IpNet, String> {
+    exitpool_gateway::accounts::parse_network(text)
 }

@@ -28,11 +28,12 @@ pub struct Agent;
 
 impl Agent {
     /// Starts configuring an agent for `gateway` (`host:port`), trusting the
-    /// certificate with `pin`, enrolling with `token`.
+    /// certificate with `pin`, enrolling with `token`. More gateways of the same
+    /// fleet: [`AgentBuilder::gateway`].
     pub fn builder(gateway: impl Into<String>, pin: Pin, token: impl Into<String>) -> AgentBuilder {
         AgentBuilder {
             config: AgentConfig {
-                gateway: gateway.into(),
+                gateways: vec![gateway.into()],
                 pin,
                 token: Secret(token.into()),
                 bind: None,
@@ -67,6 +68,13 @@ pub struct AgentBuilder {
 }
 
 impl AgentBuilder {
+    /// One more gateway (`host:port`) of the same fleet, trusted with the same
+    /// pin: the agent prefers one of them by its id and fails over to the others.
+    pub fn gateway(mut self, gateway: impl Into<String>) -> Self {
+        self.config.gateways.push(gateway.into());
+        self
+    }
+
     /// Local address for the tunnel and for target connections.
     pub fn bind(mut self, ip: IpAddr) -> Self {
         self.config.bind = Some(ip);
@@ -104,7 +112,8 @@ impl AgentBuilder {
     }
 
     /// How long each handshake step with the gateway may take (see
-    /// [`AgentConfig::handshake_timeout`]); tests set it short.
+    /// [`AgentConfig::handshake_timeout`]); also how long an unreachable
+    /// gateway holds up failing over to the next. Tests set it short.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self

@@ -72,14 +72,21 @@ impl std::str::FromStr for TransportChoice {
     }
 }
 
+/// Most gateway addresses an agent considers (all `--gateway` values and
+/// every address they resolve to): one failover cycle tries each once.
+pub const MAX_GATEWAYS: usize = 64;
+
 /// Default time live streams get to finish after shutdown is asked for.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything an agent is configured with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Gateway `host:port` (UDP).
-    pub gateway: String,
+    /// Gateways, each `host:port` (UDP for QUIC, the same port number on TCP),
+    /// never empty. A name resolving to several addresses counts as several
+    /// gateways; the agent prefers one by its id and fails over along the
+    /// rest (see `connect::gateway_order`).
+    pub gateways: Vec<String>,
     /// Pin of the gateway's certificate.
     pub pin: Pin,
     /// Enrolment token.

@@ -7,12 +7,21 @@
 //! winner is remembered in the state directory; an agent that last won over
 //! TCP goes straight to TCP, and [`crate::tunnel`] tries QUIC again in the
 //! background ([`quic_probe`]) and moves over when it works.
+//!
+//! Several gateways (`--gateway` repeated, or a name with several addresses)
+//! are tried in the agent's own order ([`gateway_order`]): rendezvous hashing of
+//! the agent id with each address, so every agent prefers one gateway, agents
+//! spread evenly, and a gateway added or removed moves only the agents that
+//! prefer it. Every connection cycle resolves the names again (a gateway added
+//! to a DNS name is used without new configuration) and starts at the
+//! preferred gateway, failing over along the order.
 
-use crate::config::{AgentConfig, TransportChoice};
+use crate::config::{AgentConfig, TransportChoice, MAX_GATEWAYS};
 use crate::shared::Shared;
 use crate::tls::ClientConfigs;
 use exitpool_transport::tcp::{self, TcpSettings};
 use exitpool_transport::{Transport, Tunnel};
+use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,20 +31,64 @@ use tracing::{debug, info, warn};
 /// Name the gateway's certificate carries; the pin is what is checked.
 const GATEWAY_SERVER_NAME: &str = "exitpool-gateway";
 
-/// What the agent dials with: its UDP endpoint and the TLS settings of both
-/// transports.
+/// What the agent dials with: its UDP endpoint, the TLS settings of both
+/// transports, and the id its gateway order hangs on.
 pub(crate) struct Dialer {
     pub endpoint: quinn::Endpoint,
     pub configs: ClientConfigs,
+    pub agent_id: String,
+}
+
+/// A tunnel up, and where to.
+pub(crate) struct Joined {
+    pub tunnel: Tunnel,
+    /// The gateway address it reached.
+    pub address: SocketAddr,
+    /// How many gateway addresses there were to choose from.
+    pub candidates: usize,
 }
 
 impl Dialer {
-    /// A tunnel to the gateway by `choice`; `prefer_tcp` (the remembered
-    /// winner) skips the race under `Auto`. Each attempt is bounded by the
-    /// handshake timeout.
-    pub async fn connect(&self, config: &AgentConfig, prefer_tcp: bool) -> Result<Tunnel, String> {
-        let address =
-            resolve_gateway(&config.gateway, config.bind, config.handshake_timeout).await?;
+    /// A tunnel to the first gateway that answers, in [`gateway_order`];
+    /// `prefer_tcp` (the remembered winner) skips the race under `Auto`. Each
+    /// attempt is bounded by the handshake timeout.
+    pub async fn connect(&self, config: &AgentConfig, prefer_tcp: bool) -> Result<Joined, String> {
+        let candidates =
+            resolve_gateways(&config.gateways, config.bind, config.handshake_timeout).await?;
+        let ordered = gateway_order(&self.agent_id, candidates);
+        let mut failures = Vec::new();
+        for &address in &ordered {
+            match self.connect_to(config, address, prefer_tcp).await {
+                Ok(tunnel) => {
+                    // A gateway skipped for a wrong certificate is worth a line,
+                    // but must not count as a mismatch of this good connection.
+                    if self.configs.verifier.take_mismatch() {
+                        warn!(joined = %address, "a gateway tried before this one presented a certificate that does not match the pin");
+                    }
+                    return Ok(Joined {
+                        tunnel,
+                        address,
+                        candidates: ordered.len(),
+                    });
+                }
+                Err(error) => {
+                    if ordered.len() > 1 {
+                        info!(gateway = %address, %error, "gateway unreachable; trying the next");
+                    }
+                    failures.push(format!("{address}: {error}"));
+                }
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    /// A tunnel to `address` by the configured transport.
+    async fn connect_to(
+        &self,
+        config: &AgentConfig,
+        address: SocketAddr,
+        prefer_tcp: bool,
+    ) -> Result<Tunnel, String> {
         match config.transport {
             TransportChoice::Quic => self.quic(config, address).await.map(Tunnel::Quic),
             TransportChoice::Tcp => self.tcp(config, address).await.map(Tunnel::Tcp),
@@ -160,19 +213,16 @@ pub fn tcp_settings(config: &AgentConfig) -> TcpSettings {
     }
 }
 
-/// Under `Auto` on TCP: tries QUIC every [`AgentConfig::quic_retry`] until a
-/// handshake succeeds, and returns that connection for the tunnel to move to.
-pub(crate) async fn quic_probe(dialer: &Dialer, config: &AgentConfig) -> quinn::Connection {
+/// Under `Auto` on TCP: tries QUIC to the same gateway (`address`) every
+/// [`AgentConfig::quic_retry`] until a handshake succeeds, and returns that
+/// connection for the tunnel to move to.
+pub(crate) async fn quic_probe(
+    dialer: &Dialer,
+    config: &AgentConfig,
+    address: SocketAddr,
+) -> quinn::Connection {
     loop {
         tokio::time::sleep(config.quic_retry).await;
-        let address =
-            match resolve_gateway(&config.gateway, config.bind, config.handshake_timeout).await {
-                Ok(address) => address,
-                Err(error) => {
-                    debug!(%error, "QUIC retry: resolving failed");
-                    continue;
-                }
-            };
         match dialer.quic(config, address).await {
             Ok(connection) => return connection,
             Err(error) => debug!(%error, "QUIC still unavailable; staying on TLS/TCP"),
@@ -219,20 +269,118 @@ pub(crate) fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoin
     }
 }
 
-async fn resolve_gateway(
-    gateway: &str,
+/// Every address of every gateway name, of the `--bind` address's family,
+/// without repeats, at most [`MAX_GATEWAYS`]. A name that does not resolve is
+/// skipped while another does.
+async fn resolve_gateways(
+    gateways: &[String],
     bind: Option<IpAddr>,
     within: Duration,
-) -> Result<SocketAddr, String> {
-    let addresses = tokio::time::timeout(within, tokio::net::lookup_host(gateway))
-        .await
-        .map_err(|_| format!("resolving {gateway} timed out"))?
-        .map_err(|e| format!("resolving {gateway}: {e}"))?;
-    // IPv4 first: the gateway then observes the home's public IPv4 address,
-    // which sits on the router, not on any interface of this device; its
-    // public IPv6 addresses are on its interfaces, read by the agent itself.
+) -> Result<Vec<SocketAddr>, String> {
+    let mut found: Vec<SocketAddr> = Vec::new();
+    let mut failures = Vec::new();
+    for gateway in gateways {
+        let resolved = tokio::time::timeout(within, tokio::net::lookup_host(gateway.as_str()))
+            .await
+            .map_err(|_| format!("resolving {gateway} timed out"))
+            .and_then(|found| found.map_err(|e| format!("resolving {gateway}: {e}")));
+        match resolved {
+            Ok(addresses) => {
+                for address in addresses
+                    .filter(|address| bind.is_none_or(|bind| bind.is_ipv4() == address.is_ipv4()))
+                {
+                    if !found.contains(&address) && found.len() < MAX_GATEWAYS {
+                        found.push(address);
+                    }
+                }
+            }
+            Err(error) => failures.push(error),
+        }
+    }
+    if found.is_empty() {
+        failures.push(format!(
+            "{} has no address of the --bind address's family",
+            gateways.join(", ")
+        ));
+        return Err(failures.join("; "));
+    }
+    for error in failures {
+        debug!(%error, "a gateway name did not resolve; using the others");
+    }
+    Ok(found)
+}
+
+/// The order an agent tries `addresses` in: IPv4 first (the gateway then
+/// observes the home's public IPv4 address, which sits on the router, not on
+/// any interface of this device; its public IPv6 addresses are on its
+/// interfaces, read by the agent itself), then by rendezvous
+/// (highest-random-weight) hashing: the highest SHA-256 of agent id and address
+/// first. Stable across restarts and independent of the order given, and a
+/// gateway joining or leaving changes the preference only of agents that rank
+/// it first.
+pub fn gateway_order(agent_id: &str, mut addresses: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let weight = |address: &SocketAddr| {
+        let digest = Sha256::new()
+            .chain_update(agent_id.as_bytes())
+            .chain_update([0u8])
+            .chain_update(address.to_string().as_bytes())
+            .finalize();
+        u64::from_be_bytes(digest[..8].try_into().expect("8 of 32 bytes"))
+    };
+    addresses.sort_by_cached_key(|address| (address.is_ipv6(), std::cmp::Reverse(weight(address))));
     addresses
-        .filter(|address| bind.is_none_or(|bind| bind.is_ipv4() == address.is_ipv4()))
-        .min_by_key(|address| address.is_ipv6())
-        .ok_or_else(|| format!("{gateway} has no address of the --bind address's family"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gateway_order;
+    use std::net::SocketAddr;
+
+    fn gateways(n: usize) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([192, 0, 2, i as u8 + 1], 4433)))
+            .collect()
+    }
+
+    #[test]
+    fn the_order_is_stable_and_ignores_the_given_order() {
+        let mut reversed = gateways(5);
+        reversed.reverse();
+        assert_eq!(
+            gateway_order("agent-1", gateways(5)),
+            gateway_order("agent-1", reversed)
+        );
+    }
+
+    #[test]
+    fn agents_spread_and_a_new_gateway_moves_few() {
+        let agents: Vec<String> = (0..1000).map(|i| format!("agent-{i}")).collect();
+        let before: Vec<SocketAddr> = agents
+            .iter()
+            .map(|a| gateway_order(a, gateways(4))[0])
+            .collect();
+        for gateway in gateways(4) {
+            let share = before.iter().filter(|&&g| g == gateway).count();
+            assert!((150..350).contains(&share), "{gateway}: {share} of 1000");
+        }
+        let after: Vec<SocketAddr> = agents
+            .iter()
+            .map(|a| gateway_order(a, gateways(5))[0])
+            .collect();
+        let fifth = gateways(5)[4];
+        for (old, new) in before.iter().zip(&after) {
+            assert!(old == new || *new == fifth, "moved between old gateways");
+        }
+        let moved = after.iter().filter(|&&g| g == fifth).count();
+        assert!((120..280).contains(&moved), "{moved} of 1000 moved");
+    }
+
+    #[test]
+    fn ipv4_comes_first() {
+        let v6: SocketAddr = "[2001:db8::1]:4433".parse().unwrap();
+        let mut addresses = gateways(3);
+        addresses.insert(0, v6);
+        let ordered = gateway_order("agent-1", addresses);
+        assert_eq!(ordered[3], v6);
+    }
 }

@@ -136,7 +136,11 @@ pub(crate) async fn run(
     )
     .map_err(|e| AgentError::Tls(e.to_string()))?;
     let verifier = configs.verifier.clone();
-    let dialer = Dialer { endpoint, configs };
+    let dialer = Dialer {
+        endpoint,
+        configs,
+        agent_id: shared.agent_id.clone(),
+    };
     let mut backoff = Backoff::new();
     let mut pin_proven = pin_proven(&shared).await;
     let mut prefer_tcp = crate::connect::remembered_tcp(&shared).await;
@@ -151,7 +155,7 @@ pub(crate) async fn run(
             &mut pin_proven,
             &shutdown,
         )
-        .instrument(info_span!("tunnel", gateway = %config.gateway))
+        .instrument(info_span!("tunnel", gateways = %config.gateways.join(",")))
         .await;
         shared.session.send_replace(None);
         match end {
@@ -280,11 +284,14 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let config = &shared.config;
-    let connection = match moved_to {
-        Some(connection) => Tunnel::Quic(connection),
+    let (connection, gateway, several) = match moved_to {
+        Some(connection) => {
+            let address = connection.remote_address();
+            (Tunnel::Quic(connection), address, config.gateways.len() > 1)
+        }
         None => tokio::select! {
             result = dialer.connect(config, *prefer_tcp) => match result {
-                Ok(tunnel) => tunnel,
+                Ok(joined) => (joined.tunnel, joined.address, joined.candidates > 1),
                 Err(reason) => return SessionEnd::Retry(reason),
             },
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -307,7 +314,7 @@ async fn session(
         *prefer_tcp = transport == Transport::Tcp;
         crate::connect::remember(shared, transport).await;
     }
-    info!(exit = %info.exit_id, %transport, observed = %info.observed_addr, country = info.country.as_deref().unwrap_or("??"), "connected to the gateway");
+    info!(exit = %info.exit_id, %gateway, %transport, observed = %info.observed_addr, country = info.country.as_deref().unwrap_or("??"), "connected to the gateway");
     let observed = info.observed_addr.ip();
     // The own addresses are in the policy before the first stream is taken.
     refresh_own_addresses(shared, observed).await;
@@ -323,9 +330,14 @@ async fn session(
     // Over TCP under `auto`, QUIC is tried again in the background.
     let probing =
         transport == Transport::Tcp && config.transport == crate::config::TransportChoice::Auto;
-    let probe = quic_probe(dialer, config);
+    let probe = quic_probe(dialer, config, gateway);
     tokio::pin!(probe);
     let mut silence = Silence::new(&connection);
+    // A silent QUIC tunnel means UDP is degraded under `auto`; with other
+    // gateways to go to, it may as well mean this one died (a crash sends no
+    // close): either way, move on long before the idle timeout.
+    let watch_silence = transport == Transport::Quic
+        && (config.transport == crate::config::TransportChoice::Auto || several);
     let mut degraded_check = tokio::time::interval(config.keep_alive);
     // The first check one interval from now, not at once.
     degraded_check.reset();
@@ -347,11 +359,12 @@ async fn session(
                 }
                 Err(error) => break SessionEnd::Retry(error.to_string()),
             },
-            _ = degraded_check.tick(), if transport == Transport::Quic
-                && config.transport == crate::config::TransportChoice::Auto =>
-            {
+            _ = degraded_check.tick(), if watch_silence => {
                 if silence.degraded(&connection) {
-                    break SessionEnd::Degraded;
+                    if config.transport == crate::config::TransportChoice::Auto {
+                        break SessionEnd::Degraded;
+                    }
+                    break SessionEnd::Retry("the gateway sent nothing for two keep-alive intervals".into());
                 }
             }
             quic = &mut probe, if probing => break SessionEnd::Moved(quic),

@@ -240,8 +240,8 @@ pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsErr
 
 /// An `allow_ips` entry: an address (`203.0.113.7`, a /32 or /128) or a network
 /// in CIDR form (`2001:db8::/48`) with no host bits set, so a typo such as
-/// `10.0.0.1/8` is not silently widened.
-fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+/// `10.0.0.1/8` is not silently widened. `--proxy-protocol-from` reads the same.
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
     let text = text.trim();
     if let Ok(address) = text.parse::<std::net::IpAddr>() {
         return Ok(ipnet::IpNet::from(address));

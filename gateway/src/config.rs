@@ -121,6 +121,11 @@ pub struct GatewayConfig {
     /// Fleet mode (`--redis`): several gateways sharing one pool; `None` is
     /// the embedded single-process gateway.
     pub fleet: Option<FleetConfig>,
+    /// Balancers trusted to send a PROXY protocol v2 header
+    /// (`--proxy-protocol-from CIDR`): a customer connection from one of these
+    /// networks must begin with one, and its source address is then the
+    /// customer's. Empty (the default): no header is ever believed.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 /// Default for [`FleetConfig::heartbeat`].
@@ -228,6 +233,7 @@ impl GatewayConfig {
             shutdown_grace: Duration::from_secs(10),
             geoip: Arc::new(GeoIp::embedded()),
             fleet: None,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }

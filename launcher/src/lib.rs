@@ -8,6 +8,7 @@
 //!   line; every wait has a bound; dropping it kills the child and reaps it, so
 //!   no test leaves processes behind.
 //! - [`binaries`]: what the exitpool binaries print when they are ready.
+//! - [`haproxy`]: HAProxy on the `deploy/` configuration, for the balancer tests.
 //! - [`LaunchError`]: each failure names the process and ends with its last output.
 //!
 //! Linux only: a child's exit is awaited on a pidfd.
@@ -17,6 +18,7 @@
 
 pub mod binaries;
 mod error;
+pub mod haproxy;
 mod launch;
 mod output;
 mod process;

@@ -14,9 +14,11 @@ use std::process::ExitCode;
 #[command(name = "agent", version)]
 struct Args {
     /// Gateway tunnel address, HOST:PORT (UDP for QUIC, the same port number on
-    /// TCP for the TLS fallback).
-    #[arg(long)]
-    gateway: String,
+    /// TCP for the TLS fallback). Repeatable, and a name with several addresses
+    /// counts as several: the agent prefers one by its id and fails over to
+    /// the others (all must present the same certificate, for one --pin).
+    #[arg(long, required = true, value_name = "HOST:PORT")]
+    gateway: Vec<String>,
     /// Tunnel transport: quic, tcp (TLS over TCP, where UDP is blocked), or
     /// auto (race them, QUIC first; remember the winner; move back to QUIC).
     #[arg(long, default_value = "auto", value_name = "quic|tcp|auto")]
@@ -60,6 +62,14 @@ struct Args {
     /// Seconds between the one-line status summaries in the log.
     #[arg(long, default_value_t = 60)]
     summary_secs: u64,
+    /// Milliseconds between keep-alives on the tunnel; two silent ones in a
+    /// row end a QUIC tunnel (degraded UDP, or a gateway gone when there are others).
+    #[arg(long, default_value_t = exitpool::protocol::KEEP_ALIVE_INTERVAL.as_millis() as u64)]
+    keep_alive_ms: u64,
+    /// Milliseconds each handshake step with a gateway may take; also how long
+    /// an unreachable gateway holds up failing over to the next.
+    #[arg(long, default_value_t = exitpool::protocol::HANDSHAKE_TIMEOUT.as_millis() as u64)]
+    handshake_timeout_ms: u64,
     /// Runtime worker threads. One (the default) moves a home link's traffic with
     /// the least CPU and memory; 0 is one per core.
     #[arg(long, default_value_t = 1)]
@@ -80,8 +90,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(ports) = args.allow_ports {
         policy = policy.with_allowed_ports(ports);
     }
-    let mut builder = Agent::builder(args.gateway, args.pin, args.token)
+    let mut gateways = args.gateway.into_iter();
+    let first = gateways.next().context("--gateway HOST:PORT is required")?;
+    let mut builder = Agent::builder(first, args.pin, args.token);
+    for gateway in gateways {
+        builder = builder.gateway(gateway);
+    }
+    let mut builder = builder
         .policy(policy)
+        .keep_alive(std::time::Duration::from_millis(
+            args.keep_alive_ms.max(100),
+        ))
+        .handshake_timeout(std::time::Duration::from_millis(
+            args.handshake_timeout_ms.max(100),
+        ))
         .max_streams(args.max_streams)
         .transport(args.transport)
         .summary_interval(std::time::Duration::from_secs(args.summary_secs.max(1)))

@@ -186,6 +186,11 @@ struct Args {
     /// without it (and reports itself degraded).
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_REDIS_TIMEOUT.as_millis() as u64)]
     redis_timeout_ms: u64,
+    /// A balancer's network (CIDR) or address trusted to send a PROXY protocol
+    /// v2 header on the customer ports (repeatable): its connections must begin
+    /// with one, whose source address is then the customer's.
+    #[arg(long = "proxy-protocol-from", value_name = "CIDR", value_parser = exitpool::cli::network)]
+    proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -290,6 +295,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         fleet.redis_timeout = Duration::from_millis(args.redis_timeout_ms.max(10));
         config.fleet = Some(fleet);
     }
+    config.proxy_protocol_from = args.proxy_protocol_from.clone();
     if let Some(path) = &args.entry_ports {
         config.entry_ports = exitpool::gateway::entry_ports::EntryPorts::load(path)?;
     }

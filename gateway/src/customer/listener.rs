@@ -2,8 +2,11 @@
 //! source address while unauthenticated, across every port), tells SOCKS5 from
 //! HTTP by the first byte, and hands each to its protocol handler with its peer
 //! address, its unauthenticated-connection slot and, on an entry port, the
-//! targeting the port selects.
+//! targeting the port selects. A connection from a trusted balancer first
+//! gives its PROXY v2 header ([`super::proxy_protocol`]), whose source address
+//! is then the peer for all of that.
 
+use super::proxy_protocol::{self, Proxied};
 use super::session::Arrival;
 use super::{http, response, socks};
 use crate::abuse::{AddressSlot, AddressSlots};
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tracing::{debug, info_span, warn, Instrument};
 
 /// First byte of a SOCKS5 greeting.
@@ -90,6 +94,27 @@ async fn accept(
             refuse_bounded(stream, ProxyError::GatewayBusy);
             continue;
         };
+        let deadline = Instant::now() + shared.config.head_timeout;
+        if is_trusted(&shared.config.proxy_protocol_from, peer) {
+            // The balancer's own address is not capped: the header names the
+            // customer, whose address the caps then count.
+            let _ = stream.set_nodelay(true);
+            let span = info_span!(
+                "customer",
+                peer = tracing::field::Empty,
+                balancer = %peer,
+                user = tracing::field::Empty
+            );
+            let (bounds, shared, entry) = (bounds.clone(), shared.clone(), entry.clone());
+            shared.tasks.clone().spawn(
+                async move {
+                    proxied(stream, entry, deadline, &bounds, shared).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+            continue;
+        }
         let Some(slot) = pending.try_acquire(peer.ip()) else {
             let limit = shared.config.max_unauthenticated_per_ip;
             refuse_bounded(stream, ProxyError::TooManyUnauthenticated(limit));
@@ -104,7 +129,7 @@ async fn accept(
         };
         shared.tasks.clone().spawn(
             async move {
-                handle(stream, arrival, Arc::new(slot), shared).await;
+                handle(stream, arrival, Arc::new(slot), deadline, shared).await;
                 drop(permit);
             }
             .instrument(span),
@@ -112,9 +137,58 @@ async fn accept(
     }
 }
 
-async fn handle(stream: TcpStream, arrival: Arrival, slot: Arc<AddressSlot>, shared: Arc<Shared>) {
-    // One deadline from accept for the whole first head (or SOCKS5 negotiation).
-    let deadline = tokio::time::Instant::now() + shared.config.head_timeout;
+/// Whether `peer` is a balancer trusted to send a PROXY v2 header.
+fn is_trusted(trusted: &[ipnet::IpNet], peer: std::net::SocketAddr) -> bool {
+    // An IPv4 balancer reaching a dual-stack listener arrives IPv4-mapped.
+    let ip = peer.ip().to_canonical();
+    trusted.iter().any(|network| network.contains(&ip))
+}
+
+/// A trusted balancer's connection: its PROXY v2 header first (within the
+/// head's deadline), then the customer it names is served like any other,
+/// counted against the customer's own address.
+async fn proxied(
+    mut stream: TcpStream,
+    entry: Option<Arc<Targeting>>,
+    deadline: Instant,
+    bounds: &Bounds,
+    shared: Arc<Shared>,
+) {
+    let read = tokio::time::timeout_at(deadline, proxy_protocol::read_header(&mut stream)).await;
+    let peer = match read {
+        Ok(Ok(Proxied::Customer(peer))) => peer,
+        Ok(Ok(Proxied::Local)) => {
+            debug!("the balancer's own connection (PROXY LOCAL, a health check); closed");
+            return;
+        }
+        Ok(Err(error)) => {
+            warn!(%error, "closed a connection from a trusted balancer: no valid PROXY v2 header");
+            return;
+        }
+        Err(_) => {
+            warn!("closed a connection from a trusted balancer: no PROXY v2 header within the head timeout");
+            return;
+        }
+    };
+    tracing::Span::current().record("peer", tracing::field::display(peer));
+    let Some(slot) = bounds.pending.try_acquire(peer.ip()) else {
+        let limit = shared.config.max_unauthenticated_per_ip;
+        refuse(stream, ProxyError::TooManyUnauthenticated(limit)).await;
+        return;
+    };
+    let arrival = Arrival { peer, entry };
+    handle(stream, arrival, Arc::new(slot), deadline, shared).await;
+}
+
+/// Serves one customer connection; `deadline` (from accept) bounds the whole
+/// first head (or SOCKS5 negotiation).
+async fn handle(
+    stream: TcpStream,
+    arrival: Arrival,
+    slot: Arc<AddressSlot>,
+    deadline: Instant,
+    shared: Arc<Shared>,
+) {
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
     match peeked {

@@ -1,6 +1,7 @@
 //! The customer front end. Data flows one way through these files:
 //!
-//! 1. [`listener`]: accept, bound (globally and per address while
+//! 1. [`listener`]: accept, read a trusted balancer's PROXY v2 header
+//!    ([`proxy_protocol`]), bound (globally and per address while
 //!    unauthenticated), tell SOCKS5 from HTTP by the first byte;
 //! 2. the protocol: [`socks`] (SOCKS5), or [`http`] (request limits) dispatching to
 //!    [`connect`] (HTTP `CONNECT`) or [`forward`] (plain HTTP); targets are read by
@@ -19,6 +20,7 @@ mod forward;
 mod http;
 pub mod inventory;
 mod listener;
+pub mod proxy_protocol;
 pub mod response;
 pub mod session;
 mod socks;

@@ -1,0 +1,181 @@
+//! HAProxy for the balancer tests: the operator's own `deploy/haproxy.cfg`
+//! rendered with the test's addresses ([`render`]), started in the foreground
+//! ([`start`]), and ready once its stats say every gateway is up
+//! ([`servers_up`], also how a test waits for a gateway to be marked down).
+
+use crate::{Launch, LaunchError, Process, Ready};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Where Debian's `haproxy` package installs it (`scripts/test` installs it).
+pub const HAPROXY: &str = "/usr/sbin/haproxy";
+
+/// Between two reads of the stats page while servers change state.
+const STATS_RETRY: Duration = Duration::from_millis(50);
+/// Most bytes of a stats page read: a few servers' CSV rows are far smaller.
+const STATS_LIMIT: u64 = 1024 * 1024;
+
+/// `template` with every `@NAME@` replaced by its value; an unknown or
+/// leftover placeholder is an error naming it.
+pub fn render(template: &str, values: &[(&str, String)]) -> Result<String, String> {
+    let mut text = template.to_owned();
+    for (name, value) in values {
+        let placeholder = format!("@{name}@");
+        if !text.contains(&placeholder) {
+            return Err(format!("the template has no {placeholder}"));
+        }
+        text = text.replace(&placeholder, value);
+    }
+    let leftover = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .find_map(|line| {
+            let start = line.find('@')?;
+            let end = line[start + 1..].find('@')?;
+            Some(line[start..start + end + 2].to_owned())
+        });
+    match leftover {
+        Some(placeholder) => Err(format!("no value for {placeholder}")),
+        None => Ok(text),
+    }
+}
+
+/// Checks `config` (`haproxy -c`), then starts HAProxy on it in the
+/// foreground, ready when its stats listener on `stats` accepts.
+pub async fn start(
+    config: &Path,
+    stats: SocketAddr,
+    bound: Duration,
+) -> Result<Process, LaunchError> {
+    let checked = Launch::new(HAPROXY)
+        .arg("-c")
+        .arg("-f")
+        .arg(config)
+        .run(bound)
+        .await?;
+    if !checked.status.success() {
+        return Err(LaunchError::Ended {
+            name: "haproxy".into(),
+            what: format!("accepting {} ({})", config.display(), checked.status),
+            tail: format!("{}\n{}", checked.stdout, checked.stderr),
+        });
+    }
+    Launch::new(HAPROXY)
+        .arg("-db")
+        .arg("-f")
+        .arg(config)
+        .start(Ready::Listening(stats), bound)
+        .await
+}
+
+/// Waits at most `bound` until exactly `up` servers of `backend` are `UP` in
+/// the CSV of the stats page on `stats` (HAProxy's `/stats;csv`).
+pub async fn servers_up(
+    process: &mut Process,
+    stats: SocketAddr,
+    backend: &str,
+    up: usize,
+    bound: Duration,
+) -> Result<(), LaunchError> {
+    let deadline = Instant::now() + bound;
+    let mut last = String::new();
+    loop {
+        if let Ok(Ok(csv)) = tokio::time::timeout_at(deadline.into(), stats_csv(stats)).await {
+            if count_up(&csv, backend) == up {
+                return Ok(());
+            }
+            last = csv;
+        }
+        if let Some(status) = process.exit_status() {
+            return Err(LaunchError::Ended {
+                name: process.name().to_owned(),
+                what: format!("{up} servers up ({status})"),
+                tail: process.tail(),
+            });
+        }
+        if tokio::time::timeout_at(deadline.into(), tokio::time::sleep(STATS_RETRY))
+            .await
+            .is_err()
+        {
+            return Err(LaunchError::Timeout {
+                name: process.name().to_owned(),
+                what: format!("{up} servers of {backend} up; last stats:\n{last}"),
+                bound,
+                tail: process.tail(),
+            });
+        }
+    }
+}
+
+/// Servers of `backend` whose `status` column reads `UP`.
+fn count_up(csv: &str, backend: &str) -> usize {
+    // The page may come chunked: chunk sizes are lines of their own, before
+    // the header line and matching no backend after it.
+    let mut lines = csv.lines().skip_while(|line| !line.starts_with("# "));
+    let Some(header) = lines.next() else {
+        return 0;
+    };
+    let columns: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
+    let at = |name: &str| columns.iter().position(|column| *column == name);
+    let (Some(proxy), Some(server), Some(status)) = (at("pxname"), at("svname"), at("status"))
+    else {
+        return 0;
+    };
+    lines
+        .map(|line| line.split(',').collect::<Vec<_>>())
+        .filter(|row| {
+            row.get(proxy) == Some(&backend)
+                && !matches!(row.get(server), Some(&"FRONTEND") | Some(&"BACKEND"))
+                && row.get(status) == Some(&"UP")
+        })
+        .count()
+}
+
+/// One read of the stats page as CSV.
+async fn stats_csv(stats: SocketAddr) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(stats).await?;
+    stream
+        .write_all(b"GET /stats;csv HTTP/1.0\r\nHost: haproxy\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    (&mut stream)
+        .take(STATS_LIMIT)
+        .read_to_end(&mut answer)
+        .await?;
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_names_what_is_missing() {
+        let template = "# @COMMENT@ is fine\nbind @LISTEN@\nserver a @GATEWAY_1@\n";
+        let values = [("LISTEN", "127.0.0.1:1".to_owned())];
+        assert_eq!(
+            render(template, &values).unwrap_err(),
+            "no value for @GATEWAY_1@"
+        );
+        let values = [
+            ("LISTEN", "127.0.0.1:1".to_owned()),
+            ("GATEWAY_1", "127.0.0.1:2".to_owned()),
+        ];
+        assert!(render(template, &values)
+            .unwrap()
+            .contains("server a 127.0.0.1:2"));
+        assert!(render(template, &[("NOPE", String::new())]).is_err());
+    }
+
+    #[test]
+    fn counts_servers_up() {
+        let csv = "1A8\r\n# pxname,svname,status,\ngateways,gw1,UP,\ngateways,gw2,DOWN,\ngateways,BACKEND,UP,\nother,x,UP,\n";
+        assert_eq!(count_up(csv, "gateways"), 1);
+    }
+}
