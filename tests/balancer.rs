@@ -7,13 +7,14 @@
 
 mod common;
 
+use common::processes::{customer, exit_of, free_port, GatewayProcess};
 use common::targets::http_target;
 use common::*;
 use exitpool::agent::AgentHandle;
 use exitpool::gateway::abuse::FAILURE_BURST;
-use exitpool_launcher::binaries::{AGENT_CONNECTED, GATEWAY_ON_LOOPBACK, GATEWAY_READY};
-use exitpool_launcher::{haproxy, GatewayBanner, Launch, Process, Ready};
-use std::net::{IpAddr, SocketAddr};
+use exitpool_launcher::binaries::AGENT_CONNECTED;
+use exitpool_launcher::{haproxy, Launch, Process, Ready};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,21 +33,6 @@ const OTHER_IP: &str = "127.0.0.11";
 const GUESSER_IP: &str = "127.0.0.12";
 /// The backend's name in deploy/haproxy.cfg.
 const BACKEND: &str = "gateways";
-
-/// One gateway process and what its output said.
-struct GatewayProcess {
-    process: Process,
-    banner: GatewayBanner,
-    admin: SocketAddr,
-}
-
-impl GatewayProcess {
-    async fn stats(&self) -> serde_json::Value {
-        let url = format!("http://{}/stats", self.admin);
-        let answer = within("GET /stats", reqwest::get(url)).await.unwrap();
-        within("stats body", answer.json()).await.unwrap()
-    }
-}
 
 /// Two gateways sharing one certificate and key, and their state directories.
 struct Fleet {
@@ -70,36 +56,9 @@ fn write_users(dir: &Path) -> std::path::PathBuf {
 }
 
 async fn start_gateway(state: &Path, users: &Path) -> GatewayProcess {
-    let mut process = Launch::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(GATEWAY_ON_LOOPBACK)
-        .arg("--users")
-        .arg(users)
-        .args(["--agent-token", TOKEN])
-        .args(["--proxy-protocol-from", BALANCER])
-        .start(Ready::line(GATEWAY_READY), WAIT)
-        .await
-        .expect("the gateway binary starts");
-    let stats_line = process
-        .line_with("gateway: stats on http://", WAIT)
-        .await
-        .unwrap();
-    let admin = stats_line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.trim_end_matches("/stats").parse().ok())
-        .unwrap_or_else(|| panic!("admin address in {stats_line:?}"));
-    let banner = process
-        .lines()
-        .iter()
-        .find_map(|line| GatewayBanner::parse(line))
-        .expect("the ready line");
-    GatewayProcess {
-        process,
-        banner,
-        admin,
-    }
+    let mut args = vec!["--users".to_owned(), users.display().to_string()];
+    args.extend(["--agent-token", TOKEN, "--proxy-protocol-from", BALANCER].map(String::from));
+    GatewayProcess::start(state, &args).await
 }
 
 impl Fleet {
@@ -154,11 +113,6 @@ impl Fleet {
     }
 }
 
-fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
 /// HAProxy on deploy/haproxy.cfg in front of `fleet`, once both gateways are up.
 struct Balancer {
     process: Process,
@@ -197,31 +151,6 @@ async fn balancer(fleet: &Fleet) -> Balancer {
         stats,
         _dir: dir,
     }
-}
-
-/// A customer's HTTP client on `from`, through `proxy`.
-fn customer(from: &str, proxy: SocketAddr, credentials: Option<(&str, &str)>) -> reqwest::Client {
-    let mut through = reqwest::Proxy::http(format!("http://{proxy}")).unwrap();
-    if let Some((user, password)) = credentials {
-        through = through.basic_auth(user, password);
-    }
-    reqwest::Client::builder()
-        .proxy(through)
-        .local_address(from.parse::<IpAddr>().unwrap())
-        .build()
-        .unwrap()
-}
-
-/// `GET /ip` on `target` through `client`: the status and the exit's address.
-async fn exit_of(client: &reqwest::Client, target: SocketAddr) -> (u16, String) {
-    let answer = within(
-        "GET through the balancer",
-        client.get(format!("http://{target}/ip")).send(),
-    )
-    .await
-    .expect("an answer");
-    let status = answer.status().as_u16();
-    (status, within("body", answer.text()).await.unwrap())
 }
 
 /// A raw TCP connection from `from` to `to`.

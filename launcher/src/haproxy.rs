@@ -42,6 +42,41 @@ pub fn render(template: &str, values: &[(&str, String)]) -> Result<String, Strin
     }
 }
 
+/// `template` (deploy/haproxy.cfg) for any number of gateways: its
+/// `server gwN @GATEWAY_N@` lines become one line per address in `gateways`,
+/// then `@LISTEN@` and `@STATS@` are filled in as by [`render`].
+pub fn render_for(
+    template: &str,
+    listen: SocketAddr,
+    stats: SocketAddr,
+    gateways: &[SocketAddr],
+) -> Result<String, String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut placed = false;
+    for line in template.lines() {
+        let is_server = line.trim_start().starts_with("server gw") && line.contains("@GATEWAY_");
+        if !is_server {
+            lines.push(line.to_owned());
+            continue;
+        }
+        if !placed {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            for (n, addr) in gateways.iter().enumerate() {
+                lines.push(format!("{indent}server gw{} {addr}", n + 1));
+            }
+            placed = true;
+        }
+    }
+    if !placed {
+        return Err("the template has no `server gwN @GATEWAY_N@` line".into());
+    }
+    lines.push(String::new());
+    render(
+        &lines.join("\n"),
+        &[("LISTEN", listen.to_string()), ("STATS", stats.to_string())],
+    )
+}
+
 /// Checks `config` (`haproxy -c`), then starts HAProxy on it in the
 /// foreground, ready when its stats listener on `stats` accepts.
 pub async fn start(

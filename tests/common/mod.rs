@@ -6,6 +6,7 @@
 
 pub mod flaky;
 pub mod fleet;
+pub mod processes;
 pub mod raw;
 pub mod targets;
 
@@ -335,9 +336,35 @@ pub async fn connect(
     target: &str,
     credentials: Option<(&str, &str)>,
 ) -> (Head, TcpStream) {
-    let mut stream = within("connect to proxy", TcpStream::connect(proxy))
+    let stream = within("connect to proxy", TcpStream::connect(proxy))
         .await
         .expect("proxy accepts");
+    connect_on(stream, target, credentials).await
+}
+
+/// [`connect`] from the loopback address `from` (not 127.0.0.1, which the
+/// balancer tests' gateways trust to send PROXY headers).
+pub async fn connect_from_ip(
+    from: &str,
+    proxy: SocketAddr,
+    target: &str,
+    credentials: Option<(&str, &str)>,
+) -> (Head, TcpStream) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    let stream = within("connect to proxy", socket.connect(proxy))
+        .await
+        .expect("proxy accepts");
+    connect_on(stream, target, credentials).await
+}
+
+async fn connect_on(
+    mut stream: TcpStream,
+    target: &str,
+    credentials: Option<(&str, &str)>,
+) -> (Head, TcpStream) {
     let auth = credentials
         .map(|(user, password)| format!("Proxy-Authorization: {}\r\n", basic(user, password)))
         .unwrap_or_default();
