@@ -48,6 +48,9 @@ async fn an_exit_held_by_another_gateway_serves_the_customer() {
     // No Redis round trip for a rotation request: two opens cost none
     // beyond the heartbeat's own.
     assert_eq!(fleet_stats["session_round_trips"], 0);
+    // A reload checks this gateway's own agents' tokens, not the fleet's.
+    a.gateway.reload().unwrap();
+    assert_eq!(a.gateway.directory().len(), 2);
 }
 
 #[tokio::test]

@@ -178,8 +178,9 @@ impl Shared {
                 );
                 // A revoked token takes its agents out at once; they hear why
                 // when they try to come back (a Reject with BadToken).
+                // Agents of other fleet gateways are theirs to check.
                 for agent in self.directory.agents() {
-                    if !set.agent_tokens.accepts(agent.token.expose()) {
+                    if agent.is_local() && !set.agent_tokens.accepts(agent.token.expose()) {
                         info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
                         self.directory.remove(agent.key);
                         self.links
