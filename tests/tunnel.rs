@@ -377,3 +377,46 @@ async fn connect_reaches_an_ipv6_target() {
         .unwrap();
     assert_eq!(seen, "::1");
 }
+
+/// A `CONNECT` is served the same whichever way in it takes: a short head
+/// already whole in the socket is answered straight from it, a head of many
+/// header lines by hyper. Either way, bytes sent right behind the head (in
+/// the same write) reach the target first and intact.
+#[tokio::test]
+async fn connect_is_served_alike_from_a_short_or_a_long_head() {
+    let net = TestGateway::start().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let echo = echo_target().await;
+    for filler_headers in [0usize, 40] {
+        let mut stream = within("connect", tokio::net::TcpStream::connect(net.proxy()))
+            .await
+            .unwrap();
+        let mut head = format!(
+            "CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\nProxy-Authorization: {}\r\n",
+            basic(USER, PASSWORD)
+        );
+        for n in 0..filler_headers {
+            head.push_str(&format!("X-Filler-{n}: {n}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(b"early bytes");
+        within("send", stream.write_all(&bytes)).await.unwrap();
+        let answer = read_head(&mut stream).await;
+        assert_eq!(
+            answer.status, 200,
+            "{filler_headers} filler headers: {answer:?}"
+        );
+        assert!(answer.header("x-exitpool-exit").is_some(), "{answer:?}");
+        within("half-close", stream.shutdown()).await.unwrap();
+        let mut echoed = Vec::new();
+        within("echo", stream.read_to_end(&mut echoed))
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&echoed),
+            "early bytes\n11 bytes\n",
+            "{filler_headers} filler headers"
+        );
+    }
+}

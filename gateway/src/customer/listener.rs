@@ -8,7 +8,7 @@
 
 use super::proxy_protocol::{self, Proxied};
 use super::session::Arrival;
-use super::{http, response, socks};
+use super::{connect, http, response, socks};
 use crate::abuse::{AddressSlot, AddressSlots};
 use crate::credentials::Targeting;
 use crate::error::ProxyError;
@@ -206,7 +206,11 @@ async fn handle(
                 Err(_) => debug!("TLS handshake not finished within the head timeout"),
             }
         }
-        Ok(Ok(1)) => http::serve(stream, arrival, slot, deadline, shared).await,
+        Ok(Ok(1)) => {
+            if let Some(stream) = connect::serve_head(stream, &arrival, &slot, &shared).await {
+                http::serve(stream, arrival, slot, deadline, shared).await
+            }
+        }
         Ok(Ok(_)) => debug!("closed before sending anything"),
         Ok(Err(error)) => debug!(%error, "read failed"),
         Err(_) => debug!("sent nothing within the head timeout"),

@@ -40,7 +40,12 @@ pub(crate) fn basic_credentials<B>(request: &Request<B>) -> Option<(String, Stri
 /// Decodes Basic credentials from `header` (`Authorization` for requests to
 /// the gateway itself, such as `GET /inventory`).
 pub(crate) fn basic_in<B>(request: &Request<B>, header: HeaderName) -> Option<(String, String)> {
-    let value = request.headers().get(header)?.to_str().ok()?;
+    decode_basic(request.headers().get(header)?.as_bytes())
+}
+
+/// Decodes a `Basic` credentials header value into user and password.
+pub(crate) fn decode_basic(value: &[u8]) -> Option<(String, String)> {
+    let value = std::str::from_utf8(value).ok()?;
     let (scheme, encoded) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -77,6 +82,20 @@ pub(crate) fn exit_headers(
         headers.insert(COUNTRY_HEADER, value);
     }
     headers
+}
+
+/// The head of a `200` to `CONNECT` carrying `headers`, as raw HTTP/1.1
+/// bytes, for tunnels answered before a connection reaches hyper.
+pub(crate) fn raw_connected(headers: &HeaderMap) -> Vec<u8> {
+    let mut head = b"HTTP/1.1 200 Connection established\r\n".to_vec();
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 /// An empty body.
