@@ -368,3 +368,39 @@ async fn connection_and_quota_limits_hold_across_the_fleet() {
         assert_eq!(head.header("x-exitpool-error"), Some("quota_exhausted"));
     }
 }
+
+#[tokio::test]
+async fn an_exit_busy_on_its_own_gateway_is_seen_busy_by_the_others() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a", "gw-b"]).await;
+    let (a, b) = (&gateways[0], &gateways[1]);
+    let _agent = b.spawn(b.agent_builder("127.0.0.2").max_streams(4)).await;
+    wait_for_pool(a, 1).await;
+    let echo = echo_target().await;
+    // Its four streams taken by customers on its own gateway.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (head, stream) = connect_as(b.proxy(), echo, "").await;
+        assert_eq!(head.status, 200, "{head:?}");
+        held.push(stream);
+    }
+    within("B's report of the load reaches A", async {
+        while a.stats().await["per_agent"][0]["load"] != 4 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // A knows the exit is full without asking B.
+    let (head, _) = connect_as(a.proxy(), echo, "").await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("exits_busy"));
+    assert_eq!(b.stats().await["fleet"]["peer_streams_in"], 0);
+    drop(held);
+    within("the freed load reaches A", async {
+        while a.stats().await["per_agent"][0]["load"] != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    echo_through(a.proxy(), echo, "", 1000).await;
+}

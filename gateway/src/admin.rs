@@ -344,6 +344,8 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                 "accepting": agent.is_accepting(),
                 "max_streams": agent.max_streams.load(Ordering::Relaxed),
                 "live_streams": agent.active_streams.load(Ordering::Relaxed),
+                // In a fleet, what routing here takes the exit's load to be.
+                "load": agent.load(),
                 "streams_total": agent.streams_total.load(Ordering::Relaxed),
                 "bytes_up": agent.bytes_up.load(Ordering::Relaxed),
                 "bytes_down": agent.bytes_down.load(Ordering::Relaxed),

@@ -243,6 +243,7 @@ impl AgentDirectory for LocalDirectory {
             software: joining.software,
             max_streams: AtomicU32::new(joining.max_streams),
             active_streams: AtomicU32::new(0),
+            reported_streams: AtomicU32::new(0),
             accepting: AtomicBool::new(joining.accepting),
             streams_total: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
@@ -295,7 +296,7 @@ impl AgentDirectory for LocalDirectory {
         let now = Instant::now();
         let usable = |agent: &Arc<Agent>| agent.has_capacity() && !avoid.contains(&agent.key);
         let cost = |agent: &Arc<Agent>| {
-            let load = agent.active_streams.load(Ordering::Relaxed);
+            let load = agent.load();
             agent.health.cost(load, &self.health, now)
         };
         let suspect =

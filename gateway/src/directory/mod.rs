@@ -203,6 +203,9 @@ pub struct Agent {
     pub max_streams: AtomicU32,
     /// Relay streams open now (counted by the gateway).
     pub active_streams: AtomicU32,
+    /// For an agent of another fleet gateway: the streams open on it there,
+    /// as that gateway last reported (every stream, this gateway's included).
+    pub reported_streams: AtomicU32,
     /// False while the agent is paused, draining or over quota.
     accepting: AtomicBool,
     /// Relay streams opened over the connection's life.
@@ -220,11 +223,19 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Streams open on the agent as far as this gateway knows: its own count,
+    /// or for an agent of another fleet gateway the larger of that and what
+    /// the agent's gateway last reported.
+    pub fn load(&self) -> u32 {
+        self.active_streams
+            .load(Ordering::Relaxed)
+            .max(self.reported_streams.load(Ordering::Relaxed))
+    }
+
     /// Whether the agent can take one more stream now.
     pub fn has_capacity(&self) -> bool {
         self.accepting.load(Ordering::Relaxed)
-            && self.active_streams.load(Ordering::Relaxed)
-                < self.max_streams.load(Ordering::Relaxed)
+            && self.load() < self.max_streams.load(Ordering::Relaxed)
     }
 
     /// Whether its tunnel is held by this gateway (not another of the fleet).

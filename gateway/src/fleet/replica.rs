@@ -16,6 +16,11 @@
 //! the resync interval (a change lost, a stream trimmed, Redis restarted) has
 //! its hash read whole.
 //!
+//! **Load.** Each heartbeat a gateway reports the agents whose load moved to
+//! another quarter of their capacity (streams open on them now), so the
+//! others' picks see roughly how busy an exit is elsewhere without an entry
+//! per stream.
+//!
 //! **Staleness.** A join or leave reaches the other gateways within one
 //! stream read (milliseconds); if that is lost, within the resync interval
 //! plus a heartbeat; a gateway that dies silently takes its agents out of
@@ -76,6 +81,9 @@ enum Event {
     Join { id: String, agent: AgentRecord },
     /// An agent left.
     Leave { id: String },
+    /// An agent's load moved to another quarter of its capacity: the streams
+    /// open on it now.
+    Load { id: String, streams: u32 },
     /// The gateway published its whole list again: read it whole.
     Reset,
     /// The gateway stopped: its agents are gone.
@@ -108,6 +116,7 @@ pub async fn run(shared: Arc<Shared>, fleet: Arc<Fleet>, changes: mpsc::Receiver
             .map_or(1, |since| since.as_micros() as u64),
         shared: shared.clone(),
         fleet: fleet.clone(),
+        reported: HashMap::new(),
     };
     let follower = Follower {
         shared: shared.clone(),
@@ -123,6 +132,14 @@ struct Publisher {
     shared: Arc<Shared>,
     fleet: Arc<Fleet>,
     seq: u64,
+    /// The quarter of its capacity each local agent's load was last reported
+    /// in, by agent id.
+    reported: HashMap<String, u32>,
+}
+
+/// Which quarter of `max` `streams` is in (0 idle .. 4 full).
+fn load_quarter(streams: u32, max: u32) -> u32 {
+    (streams.saturating_mul(4) / max.max(1)).min(4)
 }
 
 impl Publisher {
@@ -155,6 +172,9 @@ impl Publisher {
                     // A heartbeat that fails may mean Redis restarted empty:
                     // the list goes out whole once it answers again.
                     whole_needed |= self.heartbeat().await.is_err();
+                    if !whole_needed && self.publish_loads().await.is_err() {
+                        whole_needed = true;
+                    }
                 }
                 () = self.shared.shutdown.cancelled() => break,
             }
@@ -241,6 +261,39 @@ impl Publisher {
             .await?;
         tracing::info!(agents = agents.len(), "agent list published to the fleet");
         Ok(())
+    }
+
+    /// Reports the agents whose load moved to another quarter of capacity.
+    async fn publish_loads(&mut self) -> Result<(), FleetError> {
+        let mut moved = Vec::new();
+        let mut present = HashSet::new();
+        for agent in self.shared.directory.agents() {
+            if !agent.is_local() {
+                continue;
+            }
+            let streams = agent.active_streams.load(Ordering::Relaxed);
+            let quarter = load_quarter(streams, agent.max_streams.load(Ordering::Relaxed));
+            present.insert(agent.agent_id.clone());
+            if self.reported.get(&agent.agent_id).copied().unwrap_or(0) != quarter {
+                self.reported.insert(agent.agent_id.clone(), quarter);
+                moved.push(Event::Load {
+                    id: agent.agent_id.clone(),
+                    streams,
+                });
+            }
+        }
+        self.reported.retain(|id, _| present.contains(id));
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for event in &moved {
+            self.stream_entry(&mut pipe, event);
+        }
+        pipe.hset(keys::agents(&self.fleet.id), keys::SEQ_FIELD, self.seq)
+            .ignore();
+        self.fleet.query_pipe::<()>("publish loads", &pipe).await
     }
 
     async fn heartbeat(&self) -> Result<(), FleetError> {
@@ -398,6 +451,13 @@ impl Follower {
         match event {
             Event::Join { id, agent } => self.upsert(gateway, &id, &agent).await,
             Event::Leave { id } => self.remove(gateway, &id),
+            Event::Load { id, streams } => {
+                if let Some(agent) = self.shared.directory.by_agent_id(&id) {
+                    if agent.home.as_deref() == Some(gateway) {
+                        agent.reported_streams.store(streams, Ordering::Relaxed);
+                    }
+                }
+            }
             Event::Reset => return self.reload(gateway).await,
             Event::Gone => self.drop_gateway(gateway),
         }
