@@ -6,7 +6,8 @@
 mod common;
 
 use common::fleet::{
-    fleet, fleet_with, wait_for_customer, wait_for_gateways, wait_for_pool, RedisServer,
+    fleet, fleet_with, place_agents, wait_for_customer, wait_for_gateways, wait_for_pool,
+    RedisServer,
 };
 use common::targets::{echo_target, http_target};
 use common::*;
@@ -19,13 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn an_exit_held_by_another_gateway_serves_the_customer() {
     let redis = RedisServer::start().await;
     let gateways = fleet(&redis, &["gw-a", "gw-b", "gw-c"]).await;
-    let (a, b, c) = (&gateways[0], &gateways[1], &gateways[2]);
+    let (a, b) = (&gateways[0], &gateways[1]);
     // The US only on B, Germany only on C; customers reach A.
-    let _us = b.agent("127.0.0.2").await;
-    let _de = c.agent("127.0.0.4").await;
-    for gateway in &gateways {
-        wait_for_pool(gateway, 2).await;
-    }
+    let _agents = place_agents(&gateways, &[(1, "127.0.0.2"), (2, "127.0.0.4")]).await;
     let target = http_target("127.0.0.1").await;
     let (head, seen) = exit_ip(a.proxy(), target, "-country-us").await;
     assert_eq!(seen, "127.0.0.2", "{head:?}");
@@ -57,15 +54,16 @@ async fn an_exit_held_by_another_gateway_serves_the_customer() {
 async fn a_session_keeps_its_exit_on_every_gateway() {
     let redis = RedisServer::start().await;
     let gateways = fleet(&redis, &["gw-a", "gw-b", "gw-c"]).await;
-    let _agents = [
-        gateways[1].agent("127.0.0.2").await,
-        gateways[1].agent("127.0.0.3").await,
-        gateways[2].agent("127.0.0.4").await,
-        gateways[2].agent("127.0.0.5").await,
-    ];
-    for gateway in &gateways {
-        wait_for_pool(gateway, 4).await;
-    }
+    let _agents = place_agents(
+        &gateways,
+        &[
+            (1, "127.0.0.2"),
+            (1, "127.0.0.3"),
+            (2, "127.0.0.4"),
+            (2, "127.0.0.5"),
+        ],
+    )
+    .await;
     let target = http_target("127.0.0.1").await;
     let (head, first) = exit_ip(gateways[0].proxy(), target, "-session-s1").await;
     assert_eq!(head.header("x-exitpool-session"), Some("new"));
@@ -86,15 +84,16 @@ async fn a_session_keeps_its_exit_on_every_gateway() {
 async fn two_gateways_pinning_one_new_session_at_once_agree() {
     let redis = RedisServer::start().await;
     let gateways = fleet(&redis, &["gw-a", "gw-b"]).await;
-    let _agents = [
-        gateways[0].agent("127.0.0.2").await,
-        gateways[0].agent("127.0.0.3").await,
-        gateways[1].agent("127.0.0.4").await,
-        gateways[1].agent("127.0.0.5").await,
-    ];
-    for gateway in &gateways {
-        wait_for_pool(gateway, 4).await;
-    }
+    let _agents = place_agents(
+        &gateways,
+        &[
+            (0, "127.0.0.2"),
+            (0, "127.0.0.3"),
+            (1, "127.0.0.4"),
+            (1, "127.0.0.5"),
+        ],
+    )
+    .await;
     let target = http_target("127.0.0.1").await;
     // Many new sessions, each opened on both gateways at the same moment.
     for n in 0..12 {
@@ -222,10 +221,7 @@ async fn a_redis_outage_keeps_gateways_serving_and_loses_no_usage() {
     let mut redis = RedisServer::start().await;
     let gateways = fleet(&redis, &["gw-a", "gw-b"]).await;
     let (a, b) = (&gateways[0], &gateways[1]);
-    let _on_a = a.agent("127.0.0.2").await;
-    let _on_b = b.agent("127.0.0.4").await;
-    wait_for_pool(a, 2).await;
-    wait_for_pool(b, 2).await;
+    let _agents = place_agents(&gateways, &[(0, "127.0.0.2"), (1, "127.0.0.4")]).await;
     let echo = echo_target().await;
 
     redis.stop().await;
@@ -319,10 +315,7 @@ async fn connection_and_quota_limits_hold_across_the_fleet() {
     })
     .await;
     let (a, b) = (&gateways[0], &gateways[1]);
-    let _us = a.agent("127.0.0.2").await;
-    let _de = b.agent("127.0.0.4").await;
-    wait_for_pool(a, 2).await;
-    wait_for_pool(b, 2).await;
+    let _agents = place_agents(&gateways, &[(0, "127.0.0.2"), (1, "127.0.0.4")]).await;
     let echo = echo_target().await;
 
     // One connection held on each gateway: the account's two.

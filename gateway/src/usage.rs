@@ -212,30 +212,38 @@ impl MemoryUsage {
     /// fleet's per-heartbeat flush): each counter is taken atomically, so a
     /// byte counted meanwhile lands in this drain or the next, never in none.
     pub fn drain(&self) -> UsageSnapshot {
-        let customers = self
+        let mut drained = self.collect(Counters::drain);
+        drained
             .customers
-            .iter()
-            .map(|entry| (entry.key().clone(), entry.value().drain()))
-            .filter(|(_, totals)| *totals != Totals::default())
-            .collect();
-        let agents = self
+            .retain(|_, totals| *totals != Totals::default());
+        drained
             .agents
-            .iter()
-            .map(|entry| {
-                let agent = entry.value();
-                let totals = AgentTotals {
-                    exit_id: agent.exit_id.lock().expect("usage lock poisoned").clone(),
-                    country: agent.country.lock().expect("usage lock poisoned").clone(),
-                    totals: agent.counters.drain(),
-                };
-                (entry.key().clone(), totals)
-            })
-            .filter(|(_, agent)| agent.totals != Totals::default())
-            .collect();
+            .retain(|_, agent| agent.totals != Totals::default());
+        drained
+    }
+
+    /// Every customer's and agent's totals, read by `read`.
+    fn collect(&self, read: impl Fn(&Counters) -> Totals) -> UsageSnapshot {
         UsageSnapshot {
             version: FILE_VERSION,
-            customers,
-            agents,
+            customers: self
+                .customers
+                .iter()
+                .map(|entry| (entry.key().clone(), read(entry.value())))
+                .collect(),
+            agents: self
+                .agents
+                .iter()
+                .map(|entry| {
+                    let agent = entry.value();
+                    let totals = AgentTotals {
+                        exit_id: agent.exit_id.lock().expect("usage lock poisoned").clone(),
+                        country: agent.country.lock().expect("usage lock poisoned").clone(),
+                        totals: read(&agent.counters),
+                    };
+                    (entry.key().clone(), totals)
+                })
+                .collect(),
         }
     }
 
@@ -314,27 +322,7 @@ impl UsageSink for MemoryUsage {
     }
 
     fn snapshot(&self) -> UsageSnapshot {
-        UsageSnapshot {
-            version: FILE_VERSION,
-            customers: self
-                .customers
-                .iter()
-                .map(|entry| (entry.key().clone(), entry.value().totals()))
-                .collect(),
-            agents: self
-                .agents
-                .iter()
-                .map(|entry| {
-                    let agent = entry.value();
-                    let totals = AgentTotals {
-                        exit_id: agent.exit_id.lock().expect("usage lock poisoned").clone(),
-                        country: agent.country.lock().expect("usage lock poisoned").clone(),
-                        totals: agent.counters.totals(),
-                    };
-                    (entry.key().clone(), totals)
-                })
-                .collect(),
-        }
+        self.collect(Counters::totals)
     }
 
     fn reset(&self, scope: &ResetScope) -> bool {

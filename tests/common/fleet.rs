@@ -159,3 +159,19 @@ pub async fn wait_for_customer(
     })
     .await;
 }
+
+/// Starts an agent on each `(gateway index, ip)` of `placement`, then waits
+/// until every gateway's directory lists them all.
+pub async fn place_agents(
+    gateways: &[TestGateway],
+    placement: &[(usize, &str)],
+) -> Vec<exitpool::agent::AgentHandle> {
+    let mut agents = Vec::new();
+    for (index, ip) in placement {
+        agents.push(gateways[*index].agent(ip).await);
+    }
+    for gateway in gateways {
+        wait_for_pool(gateway, placement.len()).await;
+    }
+    agents
+}

@@ -240,13 +240,7 @@ impl Publisher {
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.del(&hash).ignore();
-        let agents: Vec<_> = self
-            .shared
-            .directory
-            .agents()
-            .into_iter()
-            .filter(|agent| agent.is_local())
-            .collect();
+        let agents = self.local_agents();
         for chunk in agents.chunks(BATCH) {
             let fields: Vec<(String, String)> = chunk
                 .iter()
@@ -267,10 +261,7 @@ impl Publisher {
     async fn publish_loads(&mut self) -> Result<(), FleetError> {
         let mut moved = Vec::new();
         let mut present = HashSet::new();
-        for agent in self.shared.directory.agents() {
-            if !agent.is_local() {
-                continue;
-            }
+        for agent in self.local_agents() {
             let streams = agent.active_streams.load(Ordering::Relaxed);
             let quarter = load_quarter(streams, agent.max_streams.load(Ordering::Relaxed));
             present.insert(agent.agent_id.clone());
@@ -296,14 +287,15 @@ impl Publisher {
         self.fleet.query_pipe::<()>("publish loads", &pipe).await
     }
 
+    /// The agents whose tunnels this gateway holds.
+    fn local_agents(&self) -> Vec<Arc<crate::directory::Agent>> {
+        let mut agents = self.shared.directory.agents();
+        agents.retain(|agent| agent.is_local());
+        agents
+    }
+
     async fn heartbeat(&self) -> Result<(), FleetError> {
-        let local: Vec<_> = self
-            .shared
-            .directory
-            .agents()
-            .into_iter()
-            .filter(|agent| agent.is_local())
-            .collect();
+        let local = self.local_agents();
         let record = GatewayRecord {
             id: self.fleet.id.to_string(),
             peer: Some(self.fleet.advertise),
