@@ -209,4 +209,46 @@ mod tests {
             ProxyError::QuotaExhausted(100)
         );
     }
+
+    #[test]
+    fn the_rest_of_the_fleet_counts_against_the_account() {
+        let limiter = Limiter::default();
+        let alice = customer(Limits {
+            max_connections: Some(3),
+            requests_per_second: NonZeroU32::new(10),
+            ..Limits::default()
+        });
+        let elsewhere = Elsewhere {
+            connections: 2,
+            requests_per_second: 9,
+        };
+        // Two open elsewhere leave one here; nine a second elsewhere leave one.
+        let _held = limiter.admit(&alice, 0, elsewhere).unwrap();
+        assert!(matches!(
+            limiter.admit(
+                &alice,
+                0,
+                Elsewhere {
+                    connections: 0,
+                    ..elsewhere
+                }
+            ),
+            Err(ProxyError::RateLimited { .. })
+        ));
+        assert_eq!(
+            limiter
+                .admit(
+                    &alice,
+                    0,
+                    Elsewhere {
+                        requests_per_second: 0,
+                        ..elsewhere
+                    }
+                )
+                .unwrap_err(),
+            ProxyError::TooManyConnections(3)
+        );
+        assert_eq!(limiter.drain_admitted(), vec![("alice".to_owned(), 1, 1)]);
+        assert_eq!(limiter.drain_admitted(), vec![("alice".to_owned(), 1, 0)]);
+    }
 }

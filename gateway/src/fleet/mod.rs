@@ -361,3 +361,14 @@ impl Fleet {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::keys;
+
+    #[test]
+    fn no_customer_and_session_spell_another_pair_s_key() {
+        assert_ne!(keys::session("a:b", "c"), keys::session("a", "b:c"));
+        assert_eq!(keys::session("alice", "s1"), "exitpool:session:5:alice:s1");
+    }
+}

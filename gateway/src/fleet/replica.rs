@@ -691,3 +691,29 @@ impl Follower {
             .any(|agent| agent.home.as_deref() == Some(gateway))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_is_reported_by_quarters_of_capacity() {
+        assert_eq!(load_quarter(0, 64), 0);
+        assert_eq!(load_quarter(15, 64), 0);
+        assert_eq!(load_quarter(16, 64), 1);
+        assert_eq!(load_quarter(64, 64), 4);
+        assert_eq!(load_quarter(100, 64), 4);
+        assert_eq!(load_quarter(3, 0), 4);
+    }
+
+    #[test]
+    fn stream_entries_round_trip() {
+        let event = Event::Load {
+            id: "abc".into(),
+            streams: 7,
+        };
+        let text = json(&event);
+        assert_eq!(text, r#"{"op":"load","id":"abc","streams":7}"#);
+        assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), event);
+    }
+}

@@ -370,3 +370,53 @@ async fn trade_load(shared: &Shared, fleet: &Fleet, journal: &Journal) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(up: u64, errors: &[(&str, u64)]) -> Totals {
+        Totals {
+            bytes_up: up,
+            bytes_down: up * 2,
+            connections: 1,
+            errors: errors.iter().map(|(_, n)| n).sum(),
+            errors_by_code: errors.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect(),
+        }
+    }
+
+    #[test]
+    fn journalled_counts_add_up_and_become_increments() {
+        let mut journal = Journal::default();
+        let mut first = UsageSnapshot::default();
+        first
+            .customers
+            .insert("alice".into(), totals(10, &[("no_exit", 1)]));
+        let mut second = UsageSnapshot::default();
+        second
+            .customers
+            .insert("alice".into(), totals(5, &[("no_exit", 2)]));
+        merge(&mut journal.next, first);
+        merge(&mut journal.next, second);
+        let alice = &journal.next.customers["alice"];
+        assert_eq!(
+            (alice.bytes_up, alice.bytes_down, alice.connections),
+            (15, 30, 2)
+        );
+        assert_eq!(alice.errors_by_code["no_exit"], 3);
+        assert_eq!(journal.customer_bytes("alice"), 45);
+        let ops = operations(&journal.next).to_string();
+        assert!(
+            ops.contains(r#"["i","exitpool:usage:customer:alice","bytes_up",15]"#),
+            "{ops}"
+        );
+        assert!(
+            ops.contains(r#"["i","exitpool:usage:customer-bytes","alice",45]"#),
+            "{ops}"
+        );
+        assert!(ops.contains(r#""error:no_exit",3]"#), "{ops}");
+        // The journal's file format round-trips.
+        let text = serde_json::to_string(&journal).unwrap();
+        assert_eq!(serde_json::from_str::<Journal>(&text).unwrap(), journal);
+    }
+}
