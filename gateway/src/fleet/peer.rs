@@ -44,6 +44,9 @@ pub struct Peers {
     key: ring::hmac::Key,
     addresses: DashMap<Arc<str>, PeerAddress>,
     links: DashMap<Arc<str>, LinkSlot>,
+    /// Gateways whose last dial failed, until when: customers meeting their
+    /// exits move on at once instead of each waiting out a dial.
+    down_until: DashMap<Arc<str>, std::time::Instant>,
     /// Longest a dial plus the fleet handshake may take.
     dial_timeout: Duration,
     /// Keep-alive and idle timeout of peer links.
@@ -80,6 +83,7 @@ impl Peers {
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, fleet_key),
             addresses: DashMap::new(),
             links: DashMap::new(),
+            down_until: DashMap::new(),
             dial_timeout,
             transport: Arc::new(transport_config(idle)),
         }
@@ -102,6 +106,7 @@ impl Peers {
     /// Forgets gateway `id` (it left the fleet or stopped answering).
     pub fn forget(&self, id: &str) {
         self.addresses.remove(id);
+        self.down_until.remove(id);
         self.forget_link(id);
     }
 
@@ -173,6 +178,13 @@ impl Peers {
         if let Some(connection) = link.as_ref().filter(|c| c.close_reason().is_none()) {
             return Ok(connection.clone());
         }
+        if let Some(until) = self.down_until.get(home).map(|entry| *entry) {
+            if until > std::time::Instant::now() {
+                return Err(ProxyError::PeerUnavailable(format!(
+                    "gateway {home} did not answer its last dial"
+                )));
+            }
+        }
         let address = self
             .addresses
             .get(home)
@@ -180,17 +192,24 @@ impl Peers {
             .ok_or_else(|| {
                 ProxyError::PeerUnavailable(format!("gateway {home} is not in the fleet now"))
             })?;
-        let connection = tokio::time::timeout(self.dial_timeout, self.dial(&address))
+        let dialled = tokio::time::timeout(self.dial_timeout, self.dial(&address))
             .await
-            .map_err(|_| {
-                ProxyError::PeerUnavailable(format!(
-                    "gateway {home} at {} did not answer within {:?}",
-                    address.addr, self.dial_timeout
-                ))
-            })?
-            .map_err(|reason| {
-                ProxyError::PeerUnavailable(format!("gateway {home} at {}: {reason}", address.addr))
-            })?;
+            .map_err(|_| format!("no answer within {:?}", self.dial_timeout))
+            .and_then(|dialled| dialled);
+        let connection = match dialled {
+            Ok(connection) => connection,
+            Err(reason) => {
+                // Until the gateway would count as gone anyway.
+                self.down_until
+                    .insert(home.clone(), std::time::Instant::now() + self.dial_timeout);
+                tracing::warn!(peer = %home, addr = %address.addr, %reason, "peer link could not be made");
+                return Err(ProxyError::PeerUnavailable(format!(
+                    "gateway {home} at {}: {reason}",
+                    address.addr
+                )));
+            }
+        };
+        self.down_until.remove(home);
         tracing::info!(peer = %home, addr = %address.addr, "peer link up");
         *link = Some(connection.clone());
         Ok(connection)
