@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(
     name = "loadtest",
-    about = "exitpool load test: throughput, connect latency, connection rate, fan-out, a flaky pool, swarm, footprint"
+    about = "exitpool load test: throughput, connect latency, connection rate, fan-out, a flaky pool, swarm, footprint, a fleet of gateways"
 )]
 pub struct Args {
     /// What to run.
@@ -59,6 +59,9 @@ pub struct Args {
     /// swarm: agents.
     #[arg(long)]
     pub swarm: Option<usize>,
+    /// fleet: agents in the mass join over three gateways.
+    #[arg(long)]
+    pub fleet_agents: Option<usize>,
     /// flaky: rotating requests per pool.
     #[arg(long)]
     pub flaky_requests: Option<usize>,
@@ -94,12 +97,13 @@ pub enum Scenario {
     Flaky,
     Swarm,
     Footprint,
+    Fleet,
     All,
 }
 
 impl Scenario {
     /// What `all` runs, in order.
-    pub const EACH: [Scenario; 7] = [
+    pub const EACH: [Scenario; 8] = [
         Scenario::Bulk,
         Scenario::Connect,
         Scenario::Rate,
@@ -107,6 +111,7 @@ impl Scenario {
         Scenario::Flaky,
         Scenario::Swarm,
         Scenario::Footprint,
+        Scenario::Fleet,
     ];
 
     /// The name on the command line, in the table and in the JSON.
@@ -119,6 +124,7 @@ impl Scenario {
             Scenario::Flaky => "flaky",
             Scenario::Swarm => "swarm",
             Scenario::Footprint => "footprint",
+            Scenario::Fleet => "fleet",
             Scenario::All => "all",
         }
     }
@@ -145,6 +151,10 @@ impl Scenario {
             ),
             Scenario::Swarm => format!("{} agents", sizes.swarm),
             Scenario::Footprint => "one agent process".to_owned(),
+            Scenario::Fleet => format!(
+                "three gateways on one Redis: forwarded against local path, Redis commands per connection, {} agents joining",
+                sizes.fleet_agents
+            ),
             Scenario::All => "everything".to_owned(),
         };
         format!("{}: {what}", self.name())
@@ -167,6 +177,7 @@ pub struct Sizes {
     pub fanout_kib: u64,
     pub swarm: usize,
     pub flaky_requests: usize,
+    pub fleet_agents: usize,
 }
 
 impl Sizes {
@@ -185,6 +196,7 @@ impl Sizes {
                 fanout_kib: 64,
                 swarm: 200,
                 flaky_requests: 500,
+                fleet_agents: 300,
             }
         } else {
             // Suited to a 2-core machine: the whole of `all` fits in a few minutes.
@@ -201,6 +213,7 @@ impl Sizes {
                 fanout_kib: 128,
                 swarm: 10_000,
                 flaky_requests: 10_000,
+                fleet_agents: 10_000,
             };
             if args.scenario == Some(Scenario::All) {
                 all
@@ -231,6 +244,7 @@ impl Sizes {
         sizes.fanout_kib = args.fanout_kib.unwrap_or(sizes.fanout_kib).max(1);
         sizes.swarm = args.swarm.unwrap_or(sizes.swarm).max(1);
         sizes.flaky_requests = args.flaky_requests.unwrap_or(sizes.flaky_requests).max(1);
+        sizes.fleet_agents = args.fleet_agents.unwrap_or(sizes.fleet_agents).max(1);
         sizes
     }
 }

@@ -250,7 +250,7 @@ impl GatewayProcess {
     }
 
     /// The gateway's `/stats` document.
-    async fn stats(&self) -> Result<Value> {
+    pub async fn stats(&self) -> Result<Value> {
         let url = format!("http://{}/stats", self.launch.admin);
         Ok(reqwest::Client::new()
             .get(url)
@@ -259,6 +259,24 @@ impl GatewayProcess {
             .await?
             .json()
             .await?)
+    }
+
+    /// Agents in the gateway's directory, from the `exitpool_agents` gauge of
+    /// `/metrics`: the same count as `/stats`, without a document that lists
+    /// every agent (megabytes at 10,000, too heavy to poll).
+    pub async fn directory_size(&self) -> Result<u64> {
+        let url = format!("http://{}/metrics", self.launch.admin);
+        let text = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("exitpool_agents "))
+            .and_then(|value| value.trim().parse().ok())
+            .context("/metrics has no exitpool_agents gauge")
     }
 
     pub async fn agents(&self) -> Result<u64> {
@@ -427,5 +445,46 @@ impl Processes {
         // Dropping an agent process kills and reaps it.
         self.agents.clear();
         let _ = self.gateway.stop(Duration::from_secs(10)).await;
+    }
+}
+
+/// A `redis-server` of the run's own: no persistence, no TCP port, a Unix
+/// socket in a temporary directory.
+pub struct RedisServer {
+    process: Process,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it accepts connections.
+    pub async fn start() -> Result<RedisServer> {
+        let binary = which("redis-server").context(
+            "redis-server is not on PATH (apt-get install redis-server; scripts/test installs it)",
+        )?;
+        let dir = tempfile::tempdir()?;
+        let process = Launch::new(binary)
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(dir.path().join("redis.sock"))
+            .arg("--dir")
+            .arg(dir.path())
+            .start(Ready::line("ready to accept connections"), STEP)
+            .await?;
+        Ok(RedisServer { process, dir })
+    }
+
+    /// The URL gateways are given.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.dir.path().join("redis.sock").display())
+    }
+
+    /// A connection for the run's own reads (`INFO` and the like).
+    pub async fn client(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url())?;
+        Ok(tokio::time::timeout(STEP, client.get_multiplexed_async_connection()).await??)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.process.stop(Duration::from_secs(10)).await;
     }
 }

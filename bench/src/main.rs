@@ -6,6 +6,7 @@
 //! cargo build --release --workspace --bins
 //! ./target/release/loadtest all --json bench.json --chart bench.svg
 //! ./target/release/loadtest bulk --size 1024
+//! ./target/release/loadtest fleet --no-build     # three gateways on a redis-server
 //! cargo run -p exitpool-bench -- all --quick      # a smoke run
 //! ```
 //!
@@ -22,7 +23,7 @@
 //! The program, file by file:
 //! - [`cli`]: flags, scenarios, the sizes a run uses;
 //! - [`scenario`]: one file per scenario (bulk, connect, rate, fanout, swarm,
-//!   footprint);
+//!   footprint, fleet);
 //! - [`client`]: the target server and the clients (direct, via a proxy, via a relay);
 //! - [`launch`]: the gateway and agent processes (through `exitpool-launcher`);
 //! - [`tinyproxy`]: tinyproxy, the one-hop baseline;
@@ -117,6 +118,7 @@ async fn run(args: Args) -> Result<bool> {
             Scenario::Flaky => scenario::flaky::run(&bench, &mut report).await,
             Scenario::Swarm => scenario::swarm::run(&bench, &mut report).await,
             Scenario::Footprint => scenario::footprint::run(&bench, &mut report).await,
+            Scenario::Fleet => scenario::fleet::run(&bench, &mut report).await,
             Scenario::All => unreachable!("not in Scenario::EACH"),
         };
         if let Err(error) = result {

@@ -134,6 +134,7 @@ pub fn setup(args: &Args, sizes: &Sizes) -> Value {
         "fanout_agents": sizes.fanout_agents,
         "fanout_kib": sizes.fanout_kib,
         "swarm_agents": sizes.swarm,
+        "fleet_agents": sizes.fleet_agents,
         "udp_rmem_max": std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap_or_default().trim(),
     })
 }
@@ -153,10 +154,10 @@ pub fn print_setup(setup: &Value) {
         println!("  {key:<14} {}", setup[key].to_string().trim_matches('"'));
     }
     println!(
-        "  sizes          bulk {} MiB x {} rounds; connect {} x (1 + {} workers); rate {} clients x {} s, agent --max-streams {}; fanout {} conns / {} agents x {} KiB; swarm {} agents",
+        "  sizes          bulk {} MiB x {} rounds; connect {} x (1 + {} workers); rate {} clients x {} s, agent --max-streams {}; fanout {} conns / {} agents x {} KiB; swarm {} agents; fleet {} agents",
         setup["bulk_mib"], setup["bulk_rounds"], setup["connects"], setup["concurrency"],
         setup["rate_clients"], setup["rate_seconds"], setup["rate_agent_max_streams"], setup["fanout_conns"],
-        setup["fanout_agents"], setup["fanout_kib"], setup["swarm_agents"]
+        setup["fanout_agents"], setup["fanout_kib"], setup["swarm_agents"], setup["fleet_agents"]
     );
     println!("  units          MB/s = 10^6 bytes/s; CPU from /proc/PID/stat utime+stime");
 }

@@ -273,7 +273,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
 }
 
 /// Field by field medians of several runs of one transfer.
-fn median_transfer(runs: &[Transfer]) -> Transfer {
+pub(crate) fn median_transfer(runs: &[Transfer]) -> Transfer {
     let processes = runs
         .iter()
         .map(|t| t.cpu_per_gib_of.len())

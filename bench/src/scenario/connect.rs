@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Fresh connection + 1 KiB answer; returns the time it took.
-async fn one_connect(path: &Route, target: SocketAddr) -> Result<Duration> {
+pub(crate) async fn one_connect(path: &Route, target: SocketAddr) -> Result<Duration> {
     let t0 = Instant::now();
     let mut stream = open(path, target).await?;
     tokio::time::timeout(STEP, download(&mut stream, 1024))
@@ -23,17 +23,17 @@ async fn one_connect(path: &Route, target: SocketAddr) -> Result<Duration> {
     Ok(t0.elapsed())
 }
 
-struct ConnectStats {
-    p50: f64,
-    p99: f64,
-    max: f64,
-    seq_rate: f64,
-    conc_rate: f64,
-    conc_p50: f64,
-    conc_p99: f64,
+pub(crate) struct ConnectStats {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub seq_rate: f64,
+    pub conc_rate: f64,
+    pub conc_p50: f64,
+    pub conc_p99: f64,
 }
 
-async fn connect_path(
+pub(crate) async fn connect_path(
     path: &Route,
     target: SocketAddr,
     n: usize,

@@ -4,6 +4,7 @@ pub mod bulk;
 pub mod connect;
 pub mod fanout;
 pub mod flaky;
+pub mod fleet;
 pub mod footprint;
 pub mod rate;
 pub mod swarm;

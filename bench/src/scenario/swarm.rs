@@ -14,7 +14,8 @@ use exitpool_agent::{Agent, TransportChoice};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-fn swarm_ip(i: usize) -> IpAddr {
+/// The address of the `i`th in-process agent: 127.1.0.1, 127.1.0.2, ...
+pub(crate) fn swarm_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(
         127,
         1 + (i / 250 / 250) as u8,
