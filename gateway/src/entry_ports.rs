@@ -193,6 +193,7 @@ pub fn merge(port: &Targeting, asked: Targeting) -> Result<Targeting, TargetingE
         continent,
         asn: pick("asn", &port.asn, asked.asn)?,
         city: pick("city", &port.city, asked.city)?,
+        region: pick("region", &port.region, asked.region)?,
         session,
     })
 }
@@ -237,6 +238,12 @@ mod tests {
             merge(targeting, asked).is_ok(),
             "the same value is no conflict"
         );
+        // A region within the port's country narrows it; elsewhere it conflicts.
+        let asked = credentials::parse_targeting("alice-region-us-tx", "x").unwrap();
+        let merged = merge(targeting, asked).unwrap();
+        assert_eq!(merged.region.as_deref(), Some("US-TX"));
+        let asked = credentials::parse_targeting("alice-region-de-by", "x").unwrap();
+        assert_eq!(merge(targeting, asked).unwrap_err().key, "country");
     }
 
     #[test]

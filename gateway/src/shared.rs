@@ -75,6 +75,7 @@ impl Shared {
                 .city
                 .as_deref()
                 .map(crate::credentials::normalize_city),
+            region: found.region,
         }
     }
 
