@@ -363,6 +363,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                     "failures": health.failures_total,
                     "waiting_opens": health.waiting,
                     "suspect": health.suspect,
+                    "slow": health.slow,
                 },
             })
         })
