@@ -228,6 +228,49 @@ async fn entry_ports_select_targeting_and_credentials_apply_on_top() {
     assert_eq!(head.status, 200);
 }
 
+#[tokio::test]
+async fn entry_ports_take_new_targeting_on_reload_but_keep_their_ports() {
+    let (port, other) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("entry-ports.toml");
+    let write = |text: String| std::fs::write(&file, text).unwrap();
+    write(format!(
+        "[[ports]]\nports = \"{port}\"\ntargeting = \"country-de\"\n"
+    ));
+    let entry_ports = EntryPorts::load(&file).unwrap();
+    let net = TestGateway::start_with(|config| {
+        config.entry_ports = entry_ports;
+        config.entry_ports_file = Some(file.clone());
+    })
+    .await;
+    let _us = net.agent("127.0.0.2").await;
+    let _de = net.agent("127.0.0.4").await;
+    let target = http_target("127.0.0.1").await;
+    let entry = SocketAddr::from(([127, 0, 0, 1], port));
+    let country = move || async move {
+        let (head, _) = connect(entry, &target.to_string(), Some((USER, PASSWORD))).await;
+        assert_eq!(head.status, 200, "{head:?}");
+        head.header("x-exitpool-country").map(str::to_owned)
+    };
+    assert_eq!(country().await.as_deref(), Some("DE"));
+
+    write(format!(
+        "[[ports]]\nports = \"{port}\"\ntargeting = \"country-us\"\n"
+    ));
+    net.gateway.reload().expect("accounts reload");
+    assert_eq!(country().await.as_deref(), Some("US"));
+    // Another port, or a broken file: the running table stays.
+    write(format!(
+        "[[ports]]\nports = \"{port}\"\ntargeting = \"country-de\"\n\n\
+         [[ports]]\nports = \"{other}\"\n"
+    ));
+    net.gateway.reload().expect("accounts reload");
+    assert_eq!(country().await.as_deref(), Some("US"));
+    write("[[ports]]\nports = \"nope\"\n".to_owned());
+    net.gateway.reload().expect("accounts reload");
+    assert_eq!(country().await.as_deref(), Some("US"));
+}
+
 /// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
 fn certificate(dir: &std::path::Path, name: &str) -> (TlsFiles, std::path::PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -328,32 +371,6 @@ async fn the_customer_port_speaks_tls_to_curl_and_reloads_its_certificate() {
         curl_https_proxy(net.proxy(), &second_ca, USER, &url, true).await,
         Ok("127.0.0.2".to_owned())
     );
-}
-
-#[tokio::test]
-async fn a_gateway_refuses_to_start_with_an_unusable_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let files = TlsFiles {
-        cert: dir.path().join("missing.pem"),
-        key: dir.path().join("missing-key.pem"),
-    };
-    let state = tempfile::tempdir().unwrap();
-    let mut config = TestGateway::config(state.path());
-    config.customer_tls = Some(files);
-    let error = exitpool::gateway::Gateway::start(config)
-        .await
-        .err()
-        .expect("refused");
-    assert!(error.to_string().contains("missing.pem"), "{error}");
-}
-
-/// `GET /inventory` on the customer port with Basic `credentials`.
-async fn inventory(proxy: SocketAddr, credentials: Option<(&str, &str)>) -> reqwest::Response {
-    let mut request = reqwest::Client::new().get(format!("http://{proxy}/inventory"));
-    if let Some((user, password)) = credentials {
-        request = request.basic_auth(user, Some(password));
-    }
-    within("GET /inventory", request.send()).await.unwrap()
 }
 
 /// The base64 SHA-256 of the certificate's public key (SubjectPublicKeyInfo),
@@ -472,6 +489,32 @@ async fn headless_chromium_uses_the_https_proxy_port_from_an_allow_listed_addres
             .is_err_and(|e| e.contains("ERR_PROXY_CERTIFICATE_INVALID")),
         "{refused:?}"
     );
+}
+
+#[tokio::test]
+async fn a_gateway_refuses_to_start_with_an_unusable_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = TlsFiles {
+        cert: dir.path().join("missing.pem"),
+        key: dir.path().join("missing-key.pem"),
+    };
+    let state = tempfile::tempdir().unwrap();
+    let mut config = TestGateway::config(state.path());
+    config.customer_tls = Some(files);
+    let error = exitpool::gateway::Gateway::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("missing.pem"), "{error}");
+}
+
+/// `GET /inventory` on the customer port with Basic `credentials`.
+async fn inventory(proxy: SocketAddr, credentials: Option<(&str, &str)>) -> reqwest::Response {
+    let mut request = reqwest::Client::new().get(format!("http://{proxy}/inventory"));
+    if let Some((user, password)) = credentials {
+        request = request.basic_auth(user, Some(password));
+    }
+    within("GET /inventory", request.send()).await.unwrap()
 }
 
 #[tokio::test]
