@@ -31,8 +31,7 @@ fn main() -> anyhow::Result<()> {
                     token: "bench".into(),
                     location: Location {
                         country: Some(countries[n % countries.len()].to_owned()),
-                        asn: None,
-                        city: None,
+                        ..Location::default()
                     },
                     software: "bench".into(),
                     max_streams: 64,

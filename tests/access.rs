@@ -1,7 +1,8 @@
 //! How customers get in besides a user name with parameters, end to end: an
 //! account's `allow_ips` (no credentials from a listed network), entry ports
 //! whose number selects targeting, TLS on the customer port (an HTTPS proxy,
-//! with real curl), and the `GET /inventory` a customer can ask.
+//! with real curl and headless Chromium), and the `GET /inventory` a customer
+//! can ask.
 //!
 //! Where this sits in the flow: `gateway/src/customer/listener.rs` (ports, the
 //! first-byte sniff, the TLS handshake), `customer/session.rs`
@@ -227,6 +228,49 @@ async fn entry_ports_select_targeting_and_credentials_apply_on_top() {
     assert_eq!(head.status, 200);
 }
 
+#[tokio::test]
+async fn entry_ports_take_new_targeting_on_reload_but_keep_their_ports() {
+    let (port, other) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("entry-ports.toml");
+    let write = |text: String| std::fs::write(&file, text).unwrap();
+    write(format!(
+        "[[ports]]\nports = \"{port}\"\ntargeting = \"country-de\"\n"
+    ));
+    let entry_ports = EntryPorts::load(&file).unwrap();
+    let net = TestGateway::start_with(|config| {
+        config.entry_ports = entry_ports;
+        config.entry_ports_file = Some(file.clone());
+    })
+    .await;
+    let _us = net.agent("127.0.0.2").await;
+    let _de = net.agent("127.0.0.4").await;
+    let target = http_target("127.0.0.1").await;
+    let entry = SocketAddr::from(([127, 0, 0, 1], port));
+    let country = move || async move {
+        let (head, _) = connect(entry, &target.to_string(), Some((USER, PASSWORD))).await;
+        assert_eq!(head.status, 200, "{head:?}");
+        head.header("x-exitpool-country").map(str::to_owned)
+    };
+    assert_eq!(country().await.as_deref(), Some("DE"));
+
+    write(format!(
+        "[[ports]]\nports = \"{port}\"\ntargeting = \"country-us\"\n"
+    ));
+    net.gateway.reload().expect("accounts reload");
+    assert_eq!(country().await.as_deref(), Some("US"));
+    // Another port, or a broken file: the running table stays.
+    write(format!(
+        "[[ports]]\nports = \"{port}\"\ntargeting = \"country-de\"\n\n\
+         [[ports]]\nports = \"{other}\"\n"
+    ));
+    net.gateway.reload().expect("accounts reload");
+    assert_eq!(country().await.as_deref(), Some("US"));
+    write("[[ports]]\nports = \"nope\"\n".to_owned());
+    net.gateway.reload().expect("accounts reload");
+    assert_eq!(country().await.as_deref(), Some("US"));
+}
+
 /// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
 fn certificate(dir: &std::path::Path, name: &str) -> (TlsFiles, std::path::PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -326,6 +370,124 @@ async fn the_customer_port_speaks_tls_to_curl_and_reloads_its_certificate() {
     assert_eq!(
         curl_https_proxy(net.proxy(), &second_ca, USER, &url, true).await,
         Ok("127.0.0.2".to_owned())
+    );
+}
+
+/// The base64 SHA-256 of the certificate's public key (SubjectPublicKeyInfo),
+/// as Chromium's `--ignore-certificate-errors-spki-list` takes it.
+fn spki_pin(files: &TlsFiles) -> String {
+    use base64::Engine;
+    use rcgen::PublicKeyData;
+    use sha2::Digest;
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&files.key).unwrap()).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .encode(sha2::Sha256::digest(key.subject_public_key_info()))
+}
+
+/// Longest a headless Chromium run may take (a cold start on a busy machine
+/// takes seconds; only a failure waits this out).
+const CHROMIUM_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Headless Chromium (Debian's `chromium`) loading `url` through the HTTPS
+/// proxy at `proxy`, trusting its certificate by `pin` if given: the text of
+/// the page (a plain-text answer is shown in a `<pre>`), or what went wrong.
+async fn chromium_through(
+    proxy: SocketAddr,
+    pin: Option<&str>,
+    url: &str,
+) -> Result<String, String> {
+    let profile = tempfile::tempdir().unwrap();
+    let mut launch = Launch::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--proxy-server=https://{proxy}"))
+        // Chromium sends loopback targets around any proxy unless told not to.
+        .arg("--proxy-bypass-list=<-loopback>");
+    if let Some(pin) = pin {
+        // Applies to the proxy's certificate too, and only to this key
+        // (unlike --ignore-certificate-errors, which trusts anything).
+        launch = launch.arg(format!("--ignore-certificate-errors-spki-list={pin}"));
+    }
+    let finished = launch
+        .args(["--dump-dom", url])
+        .run(CHROMIUM_BOUND)
+        .await
+        .expect("chromium runs (scripts/test installs Debian's chromium)");
+    // Chromium exits 0 even when the page failed: judge by the DOM.
+    let dom = finished.stdout;
+    let text = dom
+        .split_once("<pre")
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(text, _)| text.to_owned());
+    text.ok_or_else(|| {
+        let failure = finished
+            .stderr
+            .lines()
+            .filter(|line| line.contains("net::ERR_"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("no page ({}); stdout: {dom}; {failure}", finished.status)
+    })
+}
+
+#[tokio::test]
+async fn headless_chromium_uses_the_https_proxy_port_from_an_allow_listed_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _ca) = certificate(dir.path(), "chromium");
+    let germany = free_port();
+    let entry_ports = EntryPorts::parse(&format!(
+        "[[ports]]\nports = \"{germany}\"\ntargeting = \"country-de\"\n"
+    ))
+    .unwrap();
+    // Chromium connects from 127.0.0.1 and sends no credentials.
+    let alice = Customer::parse(&format!("{USER}:{PASSWORD}"))
+        .unwrap()
+        .with_limits(Limits {
+            allow_ips: vec!["127.0.0.1/32".parse().unwrap()],
+            ..Limits::default()
+        });
+    let net = TestGateway::start_with(|config| {
+        config.users = Users::new([alice]);
+        config.customer_tls = Some(files.clone());
+        config.entry_ports = entry_ports;
+    })
+    .await;
+    let _us = net.agent("127.0.0.2").await;
+    let _de = net.agent("127.0.0.4").await;
+    let target = http_target("127.0.0.1").await;
+    let url = format!("http://{target}/ip");
+    let pin = spki_pin(&files);
+
+    // The main port: the page came through one of the exits (a page fetched
+    // around the proxy would show 127.0.0.1).
+    let page = chromium_through(net.proxy(), Some(&pin), &url).await;
+    assert!(
+        matches!(page.as_deref(), Ok("127.0.0.2" | "127.0.0.4")),
+        "{page:?}"
+    );
+    // The entry port selects Germany.
+    let entry = SocketAddr::from(([127, 0, 0, 1], germany));
+    assert_eq!(
+        chromium_through(entry, Some(&pin), &url).await,
+        Ok("127.0.0.4".to_owned())
+    );
+    // Without the pin Chromium refuses the proxy's certificate.
+    let refused = chromium_through(net.proxy(), None, &url).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("ERR_PROXY_CERTIFICATE_INVALID")),
+        "{refused:?}"
     );
 }
 

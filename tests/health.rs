@@ -429,6 +429,43 @@ async fn a_cooled_exit_stays_cooled_when_it_reconnects(transport) {
 }
 }
 
+#[tokio::test]
+async fn an_exit_far_slower_than_the_pool_is_passed_over() {
+    let net = TestGateway::start().await;
+    let target = echo_target().await;
+    let _fast = net.agents(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]).await;
+    // The pool's typical open, from the fast exits.
+    for _ in 0..20 {
+        echo_once(&net, target, "").await;
+    }
+    let slow = FlakyExit::join(
+        &net,
+        "127.0.0.5",
+        "slow-exit",
+        0,
+        FailMode::Slow(Duration::from_millis(300)),
+    )
+    .await;
+    // A newcomer has no record yet, so rotation soon tries it; after one
+    // slow open it still serves when both candidates drawn are it. Two slow
+    // opens in a row mark it.
+    within("two opens at the slow exit", async {
+        while slow.opens.load(Ordering::Relaxed) < 2 {
+            echo_once(&net, target, "").await;
+        }
+    })
+    .await;
+    let health = &net.exit_stats(&slow.exit_id).await["health"];
+    assert_eq!(health["slow"], true, "{health}");
+    // Marked slow, it is passed over while the fast exits are free.
+    let asked = slow.opens.load(Ordering::Relaxed);
+    for _ in 0..50 {
+        let head = echo_once(&net, target, "").await;
+        assert_ne!(head.header("x-exitpool-exit"), Some(slow.exit_id.as_str()));
+    }
+    assert_eq!(slow.opens.load(Ordering::Relaxed), asked);
+}
+
 over_both_transports! {
 async fn an_exit_sitting_on_opens_is_passed_over_before_its_opens_time_out(transport) {
     // Opens wait up to 10 s; the silent exit is suspect after 1 s unanswered.

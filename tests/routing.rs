@@ -117,6 +117,103 @@ async fn asn_and_city_targeting_use_the_loaded_database() {
 }
 
 #[tokio::test]
+async fn region_targeting_exits_only_in_that_region() {
+    let (net, _agents) = pool().await;
+    let target = http_target("127.0.0.1").await;
+    // Two US regions, one exit in each.
+    assert_eq!(
+        exits_seen(&net, target, "-region-us-tx", 5).await,
+        set(&["127.0.0.3"])
+    );
+    assert_eq!(
+        exits_seen(&net, target, "-region-US-ny", 5).await,
+        set(&["127.0.0.2"])
+    );
+    assert_eq!(
+        exits_seen(&net, target, "-country-us,de-region-de-by", 5).await,
+        set(&["127.0.0.5"])
+    );
+    // A session within a region keeps its exit there.
+    let (first, _) = connect_as(net.proxy(), target, "-region-de-be-session-r1").await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.header("x-exitpool-country"), Some("DE"));
+    let (again, mut stream) = connect_as(net.proxy(), target, "-region-de-be-session-r1").await;
+    assert_eq!(again.header("x-exitpool-session"), Some("kept"));
+    assert_eq!(get_in_tunnel(&mut stream, "/ip").await, "127.0.0.4");
+    // A region without exits fails fast; one outside the country asked is a 400.
+    let (head, _) = connect_as(net.proxy(), target, "-region-us-ca").await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("no_exit"));
+    let (head, _) = connect_as(net.proxy(), target, "-country-de-region-us-tx").await;
+    assert_eq!(head.status, 400, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("bad_targeting"));
+
+    // The inventory lists the regions.
+    let inventory: serde_json::Value = within(
+        "GET /inventory",
+        reqwest::Client::new()
+            .get(format!("http://{}/inventory", net.proxy()))
+            .basic_auth(USER, Some(PASSWORD))
+            .send(),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let regions = &inventory["countries"]["US"]["regions"];
+    assert_eq!(regions["US-NY"], "1+", "{inventory}");
+    assert_eq!(regions["US-TX"], "1+", "{inventory}");
+    assert_eq!(inventory["countries"]["JP"]["regions"]["JP-13"], "1+");
+}
+
+#[tokio::test]
+async fn region_targeting_is_refused_where_no_database_carries_regions() {
+    // ip-location-db databases carry countries, ASNs and cities, not regions.
+    let net = TestGateway::start_with(|config| {
+        config.geoip = Arc::new(test_geoip(Layout::IpLocationDb));
+    })
+    .await;
+    let _us = net.agent("127.0.0.3").await;
+    let target = http_target("127.0.0.1").await;
+    let (head, mut stream) = connect_as(net.proxy(), target, "-region-us-tx").await;
+    assert_eq!(head.status, 400, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("bad_targeting"));
+    let mut body = String::new();
+    let _ = within(
+        "error body",
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut body),
+    )
+    .await;
+    assert!(
+        body.contains("`region`") && body.contains("carry no regions"),
+        "{body}"
+    );
+    // What the database does carry still works.
+    assert_eq!(
+        exits_seen(&net, target, "-city-dallas", 2).await,
+        set(&["127.0.0.3"])
+    );
+    // The embedded database carries countries only.
+    let plain = TestGateway::start_with(|config| {
+        config.geoip = Arc::new(exitpool::geoip::GeoIp::embedded());
+    })
+    .await;
+    let _agent = plain.agent("127.0.0.2").await;
+    for (params, key) in [("-city-dallas", "`city`"), ("-asn-7018", "`asn`")] {
+        let (head, mut stream) = connect_as(plain.proxy(), target, params).await;
+        assert_eq!(head.status, 400, "{params}: {head:?}");
+        let mut body = String::new();
+        let _ = within(
+            "error body",
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut body),
+        )
+        .await;
+        assert!(body.contains(key), "{params}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn a_session_keeps_its_exit_and_says_so() {
     let (net, _agents) = pool().await;
     let target = http_target("127.0.0.1").await;
@@ -273,6 +370,9 @@ async fn every_grammar_error_is_a_400_naming_the_key() {
         ("-session-a-sessmode-sticky", "sessmode"),
         ("-asn-x", "asn"),
         ("-city-new.york", "city"),
+        ("-region-us", "region"),
+        ("-region-usa-ca", "region"),
+        ("-country-de-region-us-ca", "region"),
     ] {
         let (head, mut stream) = connect_as(net.proxy(), target, params).await;
         assert_eq!(head.status, 400, "{params}");

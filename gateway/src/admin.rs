@@ -337,6 +337,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                 "country": agent.location.country,
                 "asn": agent.location.asn,
                 "city": agent.location.city,
+                "region": agent.location.region,
                 "observed_addr": agent.home.is_none().then(|| agent.observed.to_string()),
                 "gateway": agent.home.as_deref().or(shared.fleet.as_ref().map(|fleet| &*fleet.id)),
                 "software": agent.software,
@@ -364,6 +365,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                     "failures": health.failures_total,
                     "waiting_opens": health.waiting,
                     "suspect": health.suspect,
+                    "slow": health.slow,
                 },
             })
         })

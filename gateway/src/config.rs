@@ -49,6 +49,8 @@ pub struct GatewayConfig {
     /// Extra customer ports, on the customer port's address, each selecting
     /// targeting by its number (port 0 in tests binds any free port).
     pub entry_ports: EntryPorts,
+    /// The file `entry_ports` came from, re-read on SIGHUP.
+    pub entry_ports_file: Option<PathBuf>,
     /// TLS on the customer ports (`--tls-cert`, `--tls-key`): a client whose
     /// first byte starts a TLS handshake speaks HTTP inside it.
     pub customer_tls: Option<TlsFiles>,
@@ -203,6 +205,7 @@ impl GatewayConfig {
         GatewayConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
             entry_ports: EntryPorts::default(),
+            entry_ports_file: None,
             customer_tls: None,
             tunnel: DEFAULT_TUNNEL.parse().expect("valid default"),
             tunnel_tcp: TunnelTcp::SamePort,

@@ -5,6 +5,10 @@
 //! base names and passwords never contain one. An unknown key, a bad value, a key
 //! without a value or a key given twice is an error naming the key: a typo such as
 //! `-contry-us` must never silently exit from a random country.
+//!
+//! `region` is the one key whose value spans two `-` tokens: an ISO 3166-2 code
+//! is the country, `-`, and the subdivision (`-region-us-ca`), written as the
+//! standard writes it.
 
 use std::time::Duration;
 
@@ -49,6 +53,9 @@ pub struct Targeting {
     pub asn: Option<u32>,
     /// Exit city, normalised with [`normalize_city`].
     pub city: Option<String>,
+    /// Exit region, ISO 3166-2 upper case (`US-CA`). `countries` is then that
+    /// region's country alone.
+    pub region: Option<String>,
     /// Sticky session, if any.
     pub session: Option<SessionRequest>,
 }
@@ -120,11 +127,11 @@ pub fn parse_targeting(user: &str, password: &str) -> Result<Targeting, Targetin
             let key_lower = key.to_ascii_lowercase();
             let canonical =
                 match key_lower.as_str() {
-                    "country" | "continent" | "session" | "sesstime" | "sessmode" | "asn"
-                    | "city" => key_lower,
+                    "country" | "continent" | "region" | "session" | "sesstime" | "sessmode"
+                    | "asn" | "city" => key_lower,
                     _ => return Err(error(
                         key,
-                        "unknown parameter; known: country, continent, session, sesstime, sessmode, asn, city",
+                        "unknown parameter; known: country, continent, region, session, sesstime, sessmode, asn, city",
                     )),
                 };
             if seen.contains(&canonical) {
@@ -145,10 +152,14 @@ pub fn parse_targeting(user: &str, password: &str) -> Result<Targeting, Targetin
                 "sessmode" => sessmode = Some(parse_sessmode(value)?),
                 "asn" => targeting.asn = Some(parse_asn(value)?),
                 "city" => targeting.city = Some(parse_city(value)?),
+                "region" => targeting.region = Some(parse_region(value, tokens.next())?),
                 _ => unreachable!("canonical keys are listed above"),
             }
             seen.push(canonical);
         }
+    }
+    if let Some(region) = &targeting.region {
+        targeting.countries = region_countries(region, &targeting)?;
     }
     match session_id {
         Some(id) => {
@@ -217,6 +228,42 @@ fn parse_country(value: &str) -> Result<String, TargetingError> {
             format!("{value:?} is not an ISO 3166-1 alpha-2 code such as us or de"),
         ))
     }
+}
+
+/// `us` and `ca` (the tokens of `region-us-ca`) → `US-CA`.
+fn parse_region(country: &str, subdivision: Option<&str>) -> Result<String, TargetingError> {
+    let country_ok = country.len() == 2 && country.bytes().all(|b| b.is_ascii_alphabetic());
+    let subdivision = subdivision.filter(|code| {
+        (1..=3).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    match subdivision {
+        Some(code) if country_ok => Ok(format!(
+            "{}-{}",
+            country.to_ascii_uppercase(),
+            code.to_ascii_uppercase()
+        )),
+        _ => Err(error(
+            "region",
+            "must be an ISO 3166-2 code, the country then the subdivision: region-us-ca",
+        )),
+    }
+}
+
+/// The countries a region leaves: its own, which must be among the countries
+/// (or the continent's) asked for, if any.
+fn region_countries(region: &str, targeting: &Targeting) -> Result<Vec<String>, TargetingError> {
+    let country = &region[..2];
+    if targeting.countries.is_empty() || targeting.countries.iter().any(|c| c == country) {
+        return Ok(vec![country.to_owned()]);
+    }
+    let asked = match &targeting.continent {
+        Some(continent) => format!("continent {continent}"),
+        None => targeting.countries.join(","),
+    };
+    Err(error(
+        "region",
+        format!("{region} is not in {asked}, also asked for"),
+    ))
 }
 
 fn parse_session(value: &str) -> Result<String, TargetingError> {
@@ -338,6 +385,39 @@ mod tests {
         }
         let many = vec!["us"; 33].join(",");
         assert!(parse_targeting(&format!("alice-country-{many}"), "pw").is_err());
+    }
+
+    #[test]
+    fn regions_are_iso_3166_2_codes_and_narrow_the_countries() {
+        let region = parse_targeting("alice-region-us-ca-session-s1", "pw").unwrap();
+        assert_eq!(region.region.as_deref(), Some("US-CA"));
+        assert_eq!(region.countries, ["US"]);
+        assert_eq!(region.session.unwrap().id, "s1");
+        let on_password = parse_targeting("alice", "pw-region-DE-by").unwrap();
+        assert_eq!(on_password.region.as_deref(), Some("DE-BY"));
+        // Numeric subdivisions exist (FR-75, JP-13).
+        let tokyo = parse_targeting("alice-region-jp-13", "pw").unwrap();
+        assert_eq!(tokyo.region.as_deref(), Some("JP-13"));
+        // A list or continent holding the region's country narrows to it.
+        let list = parse_targeting("alice-country-ca,us-region-us-ny", "pw").unwrap();
+        assert_eq!(list.countries, ["US"]);
+        let continent = parse_targeting("alice-continent-na-region-us-ny", "pw").unwrap();
+        assert_eq!(continent.countries, ["US"]);
+        for user in [
+            "alice-region-ca",
+            "alice-region-us-",
+            "alice-region-usa-ca",
+            "alice-region-us-cali",
+            "alice-region-u1-ca",
+            "alice-region-us-c_a",
+            "alice-country-de-region-us-ca",
+            "alice-continent-eu-region-us-ca",
+            "alice-region-us-ca-region-us-ny",
+            "alice-region-ca-session-x",
+        ] {
+            let error = parse_targeting(user, "pw").unwrap_err();
+            assert_eq!(error.key, "region", "{user}: {error}");
+        }
     }
 
     #[test]

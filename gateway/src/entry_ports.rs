@@ -16,11 +16,17 @@
 //! A port serves the same protocols as the main customer port (HTTP proxy,
 //! SOCKS5, TLS). Parameters in the credentials still apply on top of the port's;
 //! the same key with another value is refused (`400 bad_targeting`).
+//!
+//! SIGHUP re-reads the file ([`LiveEntryPorts::reload`]): new targeting for
+//! the ports already listening applies to the next connection. Ports are bound
+//! at start, so a file that adds or removes ports is refused at reload (the
+//! running table stays) and needs a restart.
 
 use crate::credentials::{self, Targeting, TargetingError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 /// Most ports one file may open, so a typo such as `1-65535` cannot take
 /// every descriptor the gateway has.
@@ -123,6 +129,67 @@ impl EntryPorts {
     pub fn is_empty(&self) -> bool {
         self.by_port.is_empty()
     }
+
+    /// What `port` selects, if it is an entry port.
+    pub fn get(&self, port: u16) -> Option<&Targeting> {
+        self.by_port.get(&port)
+    }
+
+    fn same_ports(&self, other: &EntryPorts) -> bool {
+        self.by_port.keys().eq(other.by_port.keys())
+    }
+}
+
+/// The entry ports in force, and the file SIGHUP re-reads them from.
+#[derive(Debug)]
+pub struct LiveEntryPorts {
+    file: Option<PathBuf>,
+    current: RwLock<Arc<EntryPorts>>,
+}
+
+impl LiveEntryPorts {
+    /// `ports` as read at start from `file` (none: nothing to reload).
+    pub fn new(ports: EntryPorts, file: Option<PathBuf>) -> LiveEntryPorts {
+        LiveEntryPorts {
+            file,
+            current: RwLock::new(Arc::new(ports)),
+        }
+    }
+
+    /// What `port` selects now, for one new connection.
+    pub fn targeting(&self, port: u16) -> Option<Arc<Targeting>> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        current.get(port).cloned().map(Arc::new)
+    }
+
+    /// Re-reads the file: the number of ports now in force, or `None` when
+    /// there is no file. A file that cannot be used, or lists other ports
+    /// than those listening, leaves the running table in force.
+    pub fn reload(&self) -> Result<Option<usize>, EntryPortsError> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let fresh = EntryPorts::load(file)?;
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !current.same_ports(&fresh) {
+            return Err(EntryPortsError {
+                path: file.clone(),
+                message: "lists other ports than those listening; ports are bound at start, \
+                          so adding or removing one needs a restart"
+                    .to_owned(),
+            });
+        }
+        let count = fresh.by_port.len();
+        *current = Arc::new(fresh);
+        Ok(Some(count))
+    }
 }
 
 fn parse_range(text: &str) -> Result<(u16, u16), String> {
@@ -193,6 +260,7 @@ pub fn merge(port: &Targeting, asked: Targeting) -> Result<Targeting, TargetingE
         continent,
         asn: pick("asn", &port.asn, asked.asn)?,
         city: pick("city", &port.city, asked.city)?,
+        region: pick("region", &port.region, asked.region)?,
         session,
     })
 }
@@ -237,6 +305,12 @@ mod tests {
             merge(targeting, asked).is_ok(),
             "the same value is no conflict"
         );
+        // A region within the port's country narrows it; elsewhere it conflicts.
+        let asked = credentials::parse_targeting("alice-region-us-tx", "x").unwrap();
+        let merged = merge(targeting, asked).unwrap();
+        assert_eq!(merged.region.as_deref(), Some("US-TX"));
+        let asked = credentials::parse_targeting("alice-region-de-by", "x").unwrap();
+        assert_eq!(merge(targeting, asked).unwrap_err().key, "country");
     }
 
     #[test]

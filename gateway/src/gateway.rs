@@ -6,6 +6,7 @@ use crate::access::AccessLog;
 use crate::accounts::{self, Accounts, AccountsError};
 use crate::config::{GatewayConfig, TunnelTcp};
 use crate::directory::{AgentDirectory, LocalDirectory};
+use crate::entry_ports::LiveEntryPorts;
 use crate::fleet::{self, Fleet};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
@@ -123,12 +124,12 @@ impl Gateway {
             .await
             .map_err(bind("the customer port", config.listen))?;
         let mut entrances: Vec<customer::Entrance> = Vec::new();
-        for (port, targeting) in config.entry_ports.iter() {
+        for (port, _) in config.entry_ports.iter() {
             let addr = SocketAddr::new(config.listen.ip(), port);
             let entry = TcpListener::bind(addr)
                 .await
                 .map_err(bind("an entry port", addr))?;
-            entrances.push((entry, Some(Arc::new(targeting.clone()))));
+            entrances.push((entry, Some(port)));
         }
         let (quic, tunnel_tcp) = bind_tunnels(&config, &identity).await?;
         let admin = match config.admin {
@@ -184,6 +185,8 @@ impl Gateway {
             }
             None => Box::new(MemoryUsage::from_snapshot(&used)),
         };
+        let entry_ports =
+            LiveEntryPorts::new(config.entry_ports.clone(), config.entry_ports_file.clone());
         let shared = Arc::new(Shared {
             config,
             fleet: fleet.map(|(fleet, _)| fleet),
@@ -201,6 +204,7 @@ impl Gateway {
             usage,
             metrics,
             customer_tls,
+            entry_ports,
             places: Default::default(),
             access_log: AccessLog::start().map_err(StartError::AccessLog)?,
         });

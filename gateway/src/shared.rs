@@ -9,6 +9,7 @@ use crate::config::GatewayConfig;
 use crate::customer_tls::CustomerTls;
 use crate::directory::places::PlacesCache;
 use crate::directory::{Agent, AgentDirectory, Location, Outcome};
+use crate::entry_ports::LiveEntryPorts;
 use crate::error::ProxyError;
 use crate::fleet::Fleet;
 use crate::limits::Limiter;
@@ -56,6 +57,8 @@ pub struct Shared {
     pub usage: Box<dyn UsageSink>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// What each entry port selects (reloadable).
+    pub entry_ports: LiveEntryPorts,
     /// The customer ports' certificate, when they speak TLS too.
     pub customer_tls: Option<CustomerTls>,
     /// The pool as `GET /inventory` shows it, counted at most every few seconds.
@@ -75,6 +78,7 @@ impl Shared {
                 .city
                 .as_deref()
                 .map(crate::credentials::normalize_city),
+            region: found.region,
         }
     }
 
@@ -157,10 +161,17 @@ impl Shared {
         self.metrics.error(code);
     }
 
-    /// Re-reads the accounts files and the customer ports' certificate; on
-    /// error the running ones stay and the error is logged. (The accounts'
-    /// error is returned; a certificate error is logged only.)
+    /// Re-reads the accounts files, the customer ports' certificate and the
+    /// entry ports file; on error the running ones stay and the error is
+    /// logged. (The accounts' error is returned; the others are logged only.)
     pub fn reload(&self) -> Result<(), AccountsError> {
+        match self.entry_ports.reload() {
+            Ok(None) => {}
+            Ok(Some(ports)) => info!(ports, "entry ports reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "entry ports reload failed; keeping the running ones")
+            }
+        }
         if let Some(tls) = &self.customer_tls {
             match tls.reload() {
                 Ok(()) => info!("customer TLS certificate reloaded"),

@@ -43,6 +43,7 @@ struct Fields {
     country: bool,
     asn: bool,
     city: bool,
+    region: bool,
 }
 
 impl GeoIp {
@@ -147,6 +148,12 @@ impl GeoIp {
         self.databases.iter().any(|db| db.fields.city)
     }
 
+    /// Whether any loaded database carries regions (ISO 3166-2 subdivisions);
+    /// see [`has_country`](Self::has_country) for how this is decided.
+    pub fn has_region(&self) -> bool {
+        self.databases.iter().any(|db| db.fields.region)
+    }
+
     /// One line per database for the startup log: name, type, build date, size, IP
     /// version and the fields it supplies.
     pub fn describe(&self) -> Vec<String> {
@@ -208,6 +215,9 @@ impl Database {
         if location.city.is_none() {
             location.city = record.city();
         }
+        if location.region.is_none() {
+            location.region = record.region();
+        }
     }
 }
 
@@ -216,6 +226,7 @@ impl Fields {
         country: true,
         asn: true,
         city: true,
+        region: true,
     };
 
     /// What a MaxMind (`GeoIP2-*`, `GeoLite2-*`) or DB-IP (`DBIP-*`) product name
@@ -235,6 +246,7 @@ impl Fields {
             "City" => Fields {
                 country: true,
                 city: true,
+                region: true,
                 asn: false,
             },
             "Enterprise" => Fields::ALL,
@@ -259,6 +271,7 @@ impl Fields {
             found.country |= record.country().is_some();
             found.asn |= record.asn().is_some();
             found.city |= record.city().is_some();
+            found.region |= record.region().is_some();
             if found == Fields::ALL {
                 break;
             }
@@ -275,6 +288,7 @@ impl std::ops::BitOr for Fields {
             country: self.country || other.country,
             asn: self.asn || other.asn,
             city: self.city || other.city,
+            region: self.region || other.region,
         }
     }
 }
@@ -285,6 +299,7 @@ impl fmt::Display for Fields {
             (self.country, "country"),
             (self.asn, "asn"),
             (self.city, "city"),
+            (self.region, "region"),
         ]
         .into_iter()
         .filter_map(|(has, name)| has.then_some(name))
@@ -334,7 +349,7 @@ mod tests {
     #[test]
     fn product_names() {
         let city = Fields::from_type("GeoLite2-City");
-        assert!(city.country && city.city && !city.asn);
+        assert!(city.country && city.city && city.region && !city.asn);
         assert_eq!(Fields::from_type("GeoIP2-Enterprise"), Fields::ALL);
         assert!(Fields::from_type("GeoLite2-ASN").asn);
         assert!(Fields::from_type("DBIP-Country-Lite").country);
@@ -345,6 +360,6 @@ mod tests {
     #[test]
     fn fields_display() {
         assert_eq!(Fields::default().to_string(), "none");
-        assert_eq!(Fields::ALL.to_string(), "country, asn, city");
+        assert_eq!(Fields::ALL.to_string(), "country, asn, city, region");
     }
 }

@@ -1,8 +1,8 @@
-//! IP address → country / ASN / city, read from MaxMind-format (`.mmdb`) databases.
+//! IP address → country / ASN / city / region, read from MaxMind-format (`.mmdb`) databases.
 //!
 //! The gateway looks up each agent's observed address once, when the agent connects,
-//! and files the agent under that country (and ASN / city where the loaded databases
-//! carry them) so customers can target exits with `-country-us` and friends.
+//! and files the agent under that country (and ASN / city / region where the loaded
+//! databases carry them) so customers can target exits with `-country-us` and friends.
 //!
 //! - [`GeoIp`] (`geoip.rs`): one or more loaded databases and the merged [`GeoIp::lookup`].
 //! - [`Location`] (`location.rs`): what a lookup answers.

@@ -13,11 +13,16 @@ pub struct Location {
     pub asn: Option<u32>,
     /// City name in English, as the database spells it.
     pub city: Option<String>,
+    /// ISO 3166-2 subdivision (state, province, region) as a full code, upper
+    /// case: `"US-CA"`, `"DE-BY"`. From MaxMind's first (largest) entry of
+    /// `subdivisions`, joined to the same record's country; ip-location-db
+    /// databases carry only subdivision names, so never this.
+    pub region: Option<String>,
 }
 
 impl Location {
     /// Whether every field is known, so later databases have nothing to add.
     pub(crate) fn is_complete(&self) -> bool {
-        self.country.is_some() && self.asn.is_some() && self.city.is_some()
+        self.country.is_some() && self.asn.is_some() && self.city.is_some() && self.region.is_some()
     }
 }

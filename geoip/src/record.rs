@@ -6,6 +6,7 @@
 //! | country | `country.iso_code`, else `registered_country.iso_code` | `country_code` |
 //! | ASN | `autonomous_system_number` (ASN databases) | `autonomous_system_number` (`*-asn-mmdb`) |
 //! | city | `city.names.en` (City databases) | `city`, a plain string (`*-city-mmdb`) |
+//! | region | `country.iso_code` + `-` + `subdivisions[0].iso_code` (City databases) | — (names only, no codes) |
 //!
 //! Every field is optional and unknown keys are skipped without being expanded, so a
 //! record carrying only some of them (or many more) decodes cheaply.
@@ -31,6 +32,28 @@ pub(crate) struct Record<'a> {
     /// Both layouts' ASN databases.
     #[serde(default)]
     autonomous_system_number: Option<u32>,
+    /// MaxMind: the subdivisions, largest first.
+    #[serde(default)]
+    subdivisions: Option<Subdivisions>,
+}
+
+/// MaxMind's `subdivisions`; any other shape is skipped rather than failing
+/// the record.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Subdivisions {
+    /// `[{"iso_code": "CA", "names": {...}}, ...]`.
+    List(Vec<Subdivision>),
+    /// Anything else.
+    #[allow(dead_code)]
+    Other(IgnoredAny),
+}
+
+/// One entry of `subdivisions` (other keys skipped).
+#[derive(Debug, Deserialize)]
+struct Subdivision {
+    #[serde(default)]
+    iso_code: Option<String>,
 }
 
 /// MaxMind's `country` / `registered_country` maps (other keys skipped).
@@ -89,6 +112,29 @@ impl Record<'_> {
         let name = name.trim();
         (!name.is_empty()).then(|| name.to_owned())
     }
+
+    /// The ISO 3166-2 code of the largest subdivision, `"US-CA"`: only from a
+    /// record that also has its geolocated country, so the two always agree.
+    pub(crate) fn region(&self) -> Option<String> {
+        let Some(Subdivisions::List(list)) = &self.subdivisions else {
+            return None;
+        };
+        let country = self
+            .country
+            .as_ref()?
+            .iso_code
+            .and_then(normalize_country)?;
+        let code = normalize_subdivision(list.first()?.iso_code.as_deref()?)?;
+        Some(format!("{country}-{code}"))
+    }
+}
+
+/// `"ca"` → `"CA"`: ISO 3166-2 subdivision codes are 1–3 letters or digits
+/// after the country; anything else → `None`.
+pub(crate) fn normalize_subdivision(code: &str) -> Option<String> {
+    let code = code.trim();
+    ((1..=3).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| code.to_ascii_uppercase())
 }
 
 /// `"us"` / `" US "` → `"US"`; anything but two ASCII letters → `None`.
@@ -100,7 +146,7 @@ fn normalize_country(code: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_country;
+    use super::{normalize_country, normalize_subdivision};
 
     #[test]
     fn country_codes_are_normalized() {
@@ -109,5 +155,14 @@ mod tests {
         assert_eq!(normalize_country(""), None);
         assert_eq!(normalize_country("USA"), None);
         assert_eq!(normalize_country("1A"), None);
+    }
+
+    #[test]
+    fn subdivision_codes_are_normalized() {
+        assert_eq!(normalize_subdivision("ca").as_deref(), Some("CA"));
+        assert_eq!(normalize_subdivision("13").as_deref(), Some("13"));
+        assert_eq!(normalize_subdivision("").as_deref(), None);
+        assert_eq!(normalize_subdivision("CAL1"), None);
+        assert_eq!(normalize_subdivision("C-A"), None);
     }
 }

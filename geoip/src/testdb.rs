@@ -33,7 +33,7 @@ use mmdb_writer::{IpVersion, Value, Writer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     /// MaxMind GeoIP2 / GeoLite2: `country.iso_code`, `registered_country.iso_code`,
-    /// `city.names.en`, `autonomous_system_number`.
+    /// `city.names.en`, `subdivisions[0].iso_code`, `autonomous_system_number`.
     MaxMind,
     /// ip-location-db: top-level `country_code`, `city` (a string) and
     /// `autonomous_system_number`. It has no registered country, so
@@ -54,6 +54,9 @@ pub struct TestEntry {
     pub asn: Option<u32>,
     /// City name (MaxMind: the English name).
     pub city: Option<String>,
+    /// MaxMind's `subdivisions[0].iso_code`, the part after the country
+    /// (`"CA"` for US-CA), written as given; ignored for [`Layout::IpLocationDb`].
+    pub subdivision: Option<String>,
 }
 
 impl TestEntry {
@@ -65,6 +68,7 @@ impl TestEntry {
             registered_country: None,
             asn: None,
             city: None,
+            subdivision: None,
         }
     }
 
@@ -95,6 +99,13 @@ impl TestEntry {
     /// Sets the city name.
     pub fn city(mut self, name: impl Into<String>) -> TestEntry {
         self.city = Some(name.into());
+        self
+    }
+
+    /// Sets MaxMind's subdivision code (`"CA"`; the lookup answers `US-CA`
+    /// with the entry's country).
+    pub fn subdivision(mut self, code: impl Into<String>) -> TestEntry {
+        self.subdivision = Some(code.into());
         self
     }
 
@@ -165,6 +176,10 @@ impl Layout {
                 if let Some(city) = &entry.city {
                     let names = Value::map([("en", city.as_str())]);
                     put("city", Value::map([("names", names)]));
+                }
+                if let Some(code) = &entry.subdivision {
+                    let subdivision = Value::map([("iso_code", code.as_str())]);
+                    put("subdivisions", Value::Array(vec![subdivision]));
                 }
             }
             Layout::IpLocationDb => {

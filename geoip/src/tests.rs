@@ -40,7 +40,8 @@ fn sample_entries() -> Vec<TestEntry> {
         TestEntry::host(ip("127.0.0.2"))
             .country("US")
             .asn(64_500)
-            .city("Springfield"),
+            .city("Springfield")
+            .subdivision("il"),
         TestEntry::host(ip("127.0.0.3")).country("de"), // normalized to upper case
         // Listed before the /8 it sits in: the more specific network still wins.
         TestEntry::new(ip("10.1.0.0"), 16).country("GB"),
@@ -113,6 +114,8 @@ fn both_layouts_round_trip() {
                 country: Some("US".into()),
                 asn: Some(64_500),
                 city: Some("Springfield".into()),
+                // ip-location-db carries no subdivision codes.
+                region: (layout == Layout::MaxMind).then(|| "US-IL".into()),
             },
             "{layout:?}"
         );
@@ -195,6 +198,7 @@ fn databases_merge_field_by_field_first_wins() {
             country: Some("US".into()),
             asn: Some(64_496),
             city: Some("Toronto".into()),
+            region: None,
         }
     );
     // Only some databases cover 127.1.0.1.
@@ -211,6 +215,59 @@ fn databases_merge_field_by_field_first_wins() {
     let geoip = GeoIp::from_bytes(vec![cities, asns, countries]).unwrap();
     assert_eq!(country(&geoip, "127.0.0.2").as_deref(), Some("CA"));
     assert_eq!(country(&geoip, "127.0.0.3").as_deref(), Some("US"));
+}
+
+#[test]
+fn regions_come_from_the_first_subdivision_and_its_country() {
+    let geoip = GeoIp::from_bytes(vec![build(
+        Layout::MaxMind,
+        &[
+            TestEntry::host(ip("127.0.0.2"))
+                .country("us")
+                .subdivision("ca"),
+            TestEntry::host(ip("127.0.0.3"))
+                .country("DE")
+                .subdivision("BY"),
+            // No geolocated country of its own: no region either.
+            TestEntry::host(ip("127.0.0.4"))
+                .registered_country("FR")
+                .subdivision("IDF"),
+            // Not a subdivision code: skipped, the rest of the record kept.
+            TestEntry::host(ip("127.0.0.5"))
+                .country("GB")
+                .subdivision("ENG-X"),
+        ],
+    )])
+    .unwrap();
+    let region = |addr: &str| geoip.lookup(ip(addr)).region;
+    assert_eq!(region("127.0.0.2").as_deref(), Some("US-CA"));
+    assert_eq!(region("127.0.0.3").as_deref(), Some("DE-BY"));
+    assert_eq!(region("127.0.0.4"), None);
+    assert_eq!(region("127.0.0.5"), None);
+    assert_eq!(country(&geoip, "127.0.0.5").as_deref(), Some("GB"));
+    assert!(geoip.has_region());
+    assert!(
+        geoip.describe()[0].contains("region"),
+        "{:?}",
+        geoip.describe()
+    );
+
+    // A MaxMind record whose `subdivisions` has another shape still decodes.
+    let mut writer = mmdb_writer::Writer::new("exitpool-test-odd");
+    let record = mmdb_writer::Value::map([
+        ("country", mmdb_writer::Value::map([("iso_code", "IT")])),
+        ("subdivisions", mmdb_writer::Value::from("not a list")),
+    ]);
+    writer
+        .insert_value(
+            "127.0.0.2/32".parse::<mmdb_writer::ipnet::IpNet>().unwrap(),
+            record,
+        )
+        .unwrap();
+    let odd = GeoIp::from_bytes(vec![writer.to_bytes().unwrap()]).unwrap();
+    let found = odd.lookup(ip("127.0.0.2"));
+    assert_eq!((found.country.as_deref(), found.region), (Some("IT"), None));
+    assert!(!odd.has_region());
 }
 
 #[test]

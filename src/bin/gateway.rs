@@ -298,6 +298,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.proxy_protocol_from = args.proxy_protocol_from.clone();
     if let Some(path) = &args.entry_ports {
         config.entry_ports = exitpool::gateway::entry_ports::EntryPorts::load(path)?;
+        config.entry_ports_file = Some(path.clone());
     }
     if !args.geoip.is_empty() {
         config.geoip = std::sync::Arc::new(exitpool::geoip::GeoIp::open(&args.geoip)?);

@@ -27,6 +27,8 @@ pub enum FailMode {
     Unavailable,
     /// Answers `Failed` with `ConnectionRefused`: the target's fault, not its own.
     TargetRefused,
+    /// Answers `Opened` only after this long, then echoes: slow, not failing.
+    Slow(std::time::Duration),
 }
 
 /// A joined raw agent; dropping it leaves abruptly (its tunnel goes).
@@ -82,6 +84,21 @@ impl FlakyExit {
     }
 }
 
+/// Answers `Opened` and echoes the stream.
+async fn echo(
+    mut send: exitpool::transport::StreamSend,
+    mut recv: exitpool::transport::StreamRecv,
+) {
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    if write_frame(&mut send, &OpenReply::Opened { peer })
+        .await
+        .is_ok()
+    {
+        let _ = tokio::io::copy(&mut recv, &mut send).await;
+        let _ = exitpool::transport::TunnelSend::finish(&mut send);
+    }
+}
+
 async fn serve(connection: Tunnel, opens: Arc<AtomicU32>, good: u32, mode: FailMode) {
     while let Ok((mut send, mut recv)) = connection.accept_stream().await {
         let connection = connection.clone();
@@ -92,17 +109,15 @@ async fn serve(connection: Tunnel, opens: Arc<AtomicU32>, good: u32, mode: FailM
             };
             let n = opens.fetch_add(1, Ordering::Relaxed);
             if n < good {
-                let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-                if write_frame(&mut send, &OpenReply::Opened { peer })
-                    .await
-                    .is_ok()
-                {
-                    let _ = tokio::io::copy(&mut recv, &mut send).await;
-                    let _ = exitpool::transport::TunnelSend::finish(&mut send);
-                }
+                echo(send, recv).await;
                 return;
             }
             let code = match mode {
+                FailMode::Slow(delay) => {
+                    tokio::time::sleep(delay).await;
+                    echo(send, recv).await;
+                    return;
+                }
                 FailMode::NoAnswer => {
                     // Hold the stream open and silent until the gateway gives up.
                     let _ = tokio::io::copy(&mut recv, &mut tokio::io::sink()).await;

@@ -48,20 +48,22 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// The test GeoIP database: 127.0.0.2 -> US, .3 -> US, .4 -> DE, .5 -> DE,
-/// .6 -> JP (with ASN and city on all), 127.0.0.1 and others unknown.
+/// The test GeoIP database: 127.0.0.2 -> US-NY, .3 -> US-TX, .4 -> DE-BE,
+/// .5 -> DE-BY, .6 -> JP-13 (with ASN and city on all; regions only in the
+/// MaxMind layout, as in real databases), 127.0.0.1 and others unknown.
 pub fn test_geoip(layout: Layout) -> GeoIp {
     let entries: Vec<TestEntry> = [
-        ("127.0.0.2", "US", 7922, "New York"),
-        ("127.0.0.3", "US", 7018, "Dallas"),
-        ("127.0.0.4", "DE", 3320, "Berlin"),
-        ("127.0.0.5", "DE", 3320, "Munich"),
-        ("127.0.0.6", "JP", 2516, "Tokyo"),
+        ("127.0.0.2", "US", "NY", 7922, "New York"),
+        ("127.0.0.3", "US", "TX", 7018, "Dallas"),
+        ("127.0.0.4", "DE", "BE", 3320, "Berlin"),
+        ("127.0.0.5", "DE", "BY", 3320, "Munich"),
+        ("127.0.0.6", "JP", "13", 2516, "Tokyo"),
     ]
     .into_iter()
-    .map(|(ip, country, asn, city)| {
+    .map(|(ip, country, subdivision, asn, city)| {
         TestEntry::host(ip.parse().unwrap())
             .country(country)
+            .subdivision(subdivision)
             .asn(asn)
             .city(city)
     })

@@ -62,6 +62,7 @@ pub(crate) async fn inventory(
             };
             let entry = serde_json::json!({
                 "exits": bucket(counts.exits),
+                "regions": buckets(counts.regions.iter().map(|(k, v)| (k.clone(), *v)).collect()),
                 "cities": buckets(counts.cities.iter().map(|(k, v)| (k.clone(), *v)).collect()),
                 "asns": buckets(counts.asns.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
             });

@@ -30,8 +30,9 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// once, so a flood of refusals cannot hold descriptors or tasks.
 pub const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
-/// One customer port: the main one (no targeting of its own) or an entry port.
-pub(crate) type Entrance = (TcpListener, Option<Arc<Targeting>>);
+/// One customer port: the main one (no targeting of its own) or an entry port,
+/// by its number in the entry ports file.
+pub(crate) type Entrance = (TcpListener, Option<u16>);
 
 /// The bounds every customer port shares.
 struct Bounds {
@@ -57,7 +58,7 @@ pub(crate) async fn serve(entrances: Vec<Entrance>, shared: Arc<Shared>) {
 
 async fn accept(
     listener: TcpListener,
-    entry: Option<Arc<Targeting>>,
+    entry_port: Option<u16>,
     bounds: Arc<Bounds>,
     shared: Arc<Shared>,
 ) {
@@ -95,6 +96,8 @@ async fn accept(
             continue;
         };
         let deadline = Instant::now() + shared.config.head_timeout;
+        // Looked up per connection, so a reload applies to the next one.
+        let entry = entry_port.and_then(|port| shared.entry_ports.targeting(port));
         if is_trusted(&shared.config.proxy_protocol_from, peer) {
             // The balancer's own address is not capped: the header names the
             // customer, whose address the caps then count.
@@ -105,7 +108,7 @@ async fn accept(
                 balancer = %peer,
                 user = tracing::field::Empty
             );
-            let (bounds, shared, entry) = (bounds.clone(), shared.clone(), entry.clone());
+            let (bounds, shared) = (bounds.clone(), shared.clone());
             shared.tasks.clone().spawn(
                 async move {
                     proxied(stream, entry, deadline, &bounds, shared).await;
@@ -123,10 +126,7 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let span = info_span!("customer", %peer, user = tracing::field::Empty);
-        let arrival = Arrival {
-            peer,
-            entry: entry.clone(),
-        };
+        let arrival = Arrival { peer, entry };
         shared.tasks.clone().spawn(
             async move {
                 handle(stream, arrival, Arc::new(slot), deadline, shared).await;

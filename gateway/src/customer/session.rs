@@ -174,7 +174,37 @@ pub(crate) async fn authenticate_either(
             .and_then(|targeting| allowed_country(targeting, &grant.customer))
             .inspect_err(|error| shared.record_error(Some(&grant.user), None, error))?;
     }
+    servable(&grant.targeting, &shared.config.geoip)
+        .inspect_err(|error| shared.record_error(Some(&grant.user), None, error))?;
     Ok(grant)
+}
+
+/// Refuses targeting by a field no loaded GeoIP database carries: no exit
+/// could ever match it, and the customer should hear why rather than
+/// `no_exit`.
+fn servable(targeting: &Targeting, geoip: &exitpool_geoip::GeoIp) -> Result<(), ProxyError> {
+    let missing = [
+        (
+            targeting.region.is_some() && !geoip.has_region(),
+            "region",
+            "regions (ISO 3166-2 subdivisions; a MaxMind City database has them)",
+        ),
+        (
+            targeting.city.is_some() && !geoip.has_city(),
+            "city",
+            "cities",
+        ),
+        (targeting.asn.is_some() && !geoip.has_asn(), "asn", "ASNs"),
+    ]
+    .into_iter()
+    .find(|(missing, _, _)| *missing);
+    match missing {
+        Some((_, key, what)) => Err(ProxyError::BadTargeting {
+            key: key.to_owned(),
+            message: format!("this gateway's GeoIP databases carry no {what}"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Refuses a targeted country outside the account's `countries`.
@@ -570,6 +600,7 @@ fn choose_in(
         country,
         asn: targeting.asn,
         city: targeting.city.clone(),
+        region: targeting.region.clone(),
     };
     let directory = &shared.directory;
     let Some(session) = &targeting.session else {

@@ -13,6 +13,16 @@
 //! directory takes it out of routing for a period that doubles each time it is
 //! cooled again while it keeps failing. It then comes back on probation: one more
 //! failure cools it again at once, one success clears the record of coolings.
+//!
+//! An exit whose last [`SLOW_AFTER`] opens were all far slower than the pool's
+//! typical open ([`TypicalLatency`], a running median over every exit's opens)
+//! is marked slow for [`HealthPolicy::slow_memory`]: rotation passes it over
+//! like a suspect one while faster exits are free. (One slow open is a hiccup,
+//! or a device's first; two in a row are the device.) Weighing latency against load in
+//! the two-choice comparison is not enough on its own: when both candidates
+//! are slow (1 % of picks with a tenth of the pool slow) one of them must win,
+//! and those requests are the p99. Once the mark lapses the exit competes on
+//! cost again, so an exit that got faster is noticed at its next open.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +49,15 @@ pub struct HealthPolicy {
     /// that went silent long before its failures are counted (an open fails
     /// only at its timeout), while a slow but answering exit keeps its turn.
     pub suspect_after: Duration,
+    /// An open that takes this many times the pool's typical time to `Opened`
+    /// (and more by [`slow_margin`](Self::slow_margin)) is a slow one; 0 never
+    /// marks exits slow.
+    pub slow_factor: f64,
+    /// How far above the typical time to `Opened` an exit must also be to be
+    /// slow, so a few milliseconds on a fast local pool are not "4× slower".
+    pub slow_margin: Duration,
+    /// How long a slow mark lasts after the sample that set it.
+    pub slow_memory: Duration,
 }
 
 impl Default for HealthPolicy {
@@ -50,6 +69,9 @@ impl Default for HealthPolicy {
             max_cooling: Duration::from_secs(300),
             enabled: true,
             suspect_after: Duration::from_secs(1),
+            slow_factor: 4.0,
+            slow_margin: Duration::from_millis(100),
+            slow_memory: Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +98,48 @@ const MIN_SUCCESS: f64 = 0.05;
 /// How much more a suspect exit costs in the pick's comparison: chosen only
 /// when the other candidate is as bad.
 const SUSPECT_PENALTY: f64 = 1000.0;
+/// How much more a slow exit costs: below a suspect one (a slow exit answers).
+const SLOW_PENALTY: f64 = 30.0;
+/// Slow opens in a row that mark an exit slow.
+pub const SLOW_AFTER: u32 = 2;
+/// The typical latency's step per sample, in natural-log units: about 5 %,
+/// so it follows a change in the pool within a hundred opens.
+const TYPICAL_STEP: f64 = 0.05;
+
+/// The pool's typical time to `Opened`: a running median over every exit's
+/// opens (each sample moves the estimate a small step towards it, in log
+/// space), so the slow tenth of a pool does not drag it up the way it would an
+/// average. Shared by every exit of a directory.
+#[derive(Debug, Default)]
+pub struct TypicalLatency {
+    log_ms: Mutex<Option<f64>>,
+}
+
+impl TypicalLatency {
+    /// Takes one open's latency into the estimate.
+    pub fn record(&self, latency: Duration) {
+        let sample = (latency.as_secs_f64() * 1000.0).max(0.01).ln();
+        let mut estimate = self
+            .log_ms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *estimate = Some(match *estimate {
+            None => sample,
+            Some(old) if sample > old => old + TYPICAL_STEP,
+            Some(old) if sample < old => old - TYPICAL_STEP,
+            Some(old) => old,
+        });
+    }
+
+    /// The estimate, once there is one.
+    pub fn get(&self) -> Option<Duration> {
+        let log_ms = (*self
+            .log_ms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))?;
+        Some(Duration::from_secs_f64(log_ms.exp() / 1000.0))
+    }
+}
 
 /// An exit's health; every method takes the lock for a few arithmetic steps only.
 #[derive(Debug, Default)]
@@ -98,6 +162,10 @@ struct State {
     waiting: u32,
     /// Since when the waiting opens have had no answer (reset by every answer).
     waiting_since: Option<Instant>,
+    /// Until when it counts as slow, from its last opens' latency.
+    slow_until: Option<Instant>,
+    /// Slow opens in a row.
+    slow_opens: u32,
 }
 
 impl Default for State {
@@ -113,6 +181,8 @@ impl Default for State {
             failures_total: 0,
             waiting: 0,
             waiting_since: None,
+            slow_until: None,
+            slow_opens: 0,
         }
     }
 }
@@ -151,6 +221,8 @@ pub struct HealthView {
     pub waiting: u32,
     /// Whether those have waited past [`HealthPolicy::suspect_after`].
     pub suspect: bool,
+    /// Whether its opens are far slower than the pool's typical ones.
+    pub slow: bool,
 }
 
 impl Health {
@@ -160,13 +232,15 @@ impl Health {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records `outcome`; answers the cooling period when this outcome cools the
-    /// exit (the caller takes it out of routing until then).
+    /// Records `outcome`, judging its latency against the pool's `typical`
+    /// one; answers the cooling period when this outcome cools the exit (the
+    /// caller takes it out of routing until then).
     pub fn record(
         &self,
         outcome: Outcome,
         policy: &HealthPolicy,
         now: Instant,
+        typical: Option<Duration>,
     ) -> Option<Duration> {
         let mut state = self.lock();
         let weight = policy.weight.clamp(0.0, 1.0);
@@ -182,6 +256,15 @@ impl Health {
                 Some(old) => old + weight * (ms - old),
                 None => ms,
             });
+            let slow = typical.is_some_and(|typical| {
+                let typical_ms = typical.as_secs_f64() * 1000.0;
+                let margin_ms = policy.slow_margin.as_secs_f64() * 1000.0;
+                policy.slow_factor > 0.0
+                    && ms > typical_ms * policy.slow_factor
+                    && ms > typical_ms + margin_ms
+            });
+            state.slow_opens = if slow { state.slow_opens + 1 } else { 0 };
+            state.slow_until = (state.slow_opens >= SLOW_AFTER).then(|| now + policy.slow_memory);
         }
         if outcome != Outcome::ExitFailed {
             state.streak = 0;
@@ -235,6 +318,11 @@ impl Health {
                 .is_some_and(|since| now.saturating_duration_since(since) >= policy.suspect_after)
     }
 
+    /// Whether the exit's recent opens were far slower than the pool's.
+    pub fn is_slow(&self, now: Instant) -> bool {
+        self.lock().slow_until.is_some_and(|until| until > now)
+    }
+
     /// Whether the exit is cooled at `now`.
     pub fn is_cooled(&self, now: Instant) -> bool {
         self.lock().cooled_until.is_some_and(|until| until > now)
@@ -255,7 +343,12 @@ impl Health {
         let suspect = self.is_suspect(now, policy);
         let state = self.lock();
         let latency = 1.0 + state.latency_ms.unwrap_or(0.0) / LATENCY_UNIT_MS;
-        let penalty = if suspect { SUSPECT_PENALTY } else { 1.0 };
+        let slow = state.slow_until.is_some_and(|until| until > now);
+        let penalty = match (suspect, slow) {
+            (true, _) => SUSPECT_PENALTY,
+            (false, true) => SLOW_PENALTY,
+            (false, false) => 1.0,
+        };
         penalty * load * latency / state.success.max(MIN_SUCCESS)
     }
 
@@ -278,6 +371,7 @@ impl Health {
             failures_total: state.failures_total,
             waiting: state.waiting,
             suspect,
+            slow: state.slow_until.is_some_and(|until| until > now),
         }
     }
 }
@@ -293,10 +387,10 @@ mod tests {
         let policy = HealthPolicy::default();
         let health = Health::default();
         let now = Instant::now();
-        assert_eq!(health.record(Outcome::ExitFailed, &policy, now), None);
-        assert_eq!(health.record(Outcome::ExitFailed, &policy, now), None);
+        assert_eq!(health.record(Outcome::ExitFailed, &policy, now, None), None);
+        assert_eq!(health.record(Outcome::ExitFailed, &policy, now, None), None);
         assert_eq!(
-            health.record(Outcome::ExitFailed, &policy, now),
+            health.record(Outcome::ExitFailed, &policy, now, None),
             Some(Duration::from_secs(5))
         );
         assert!(health.is_cooled(now));
@@ -304,24 +398,24 @@ mod tests {
         assert!(!health.is_cooled(later));
         // On probation: one failure cools again, for twice as long.
         assert_eq!(
-            health.record(Outcome::ExitFailed, &policy, later),
+            health.record(Outcome::ExitFailed, &policy, later, None),
             Some(Duration::from_secs(10))
         );
         let much_later = later + Duration::from_secs(11);
         // A success clears probation and the back-off level.
         assert_eq!(
-            health.record(Outcome::Opened(MS), &policy, much_later),
+            health.record(Outcome::Opened(MS), &policy, much_later, None),
             None
         );
         assert!(!health.view(much_later, &policy).probation);
         for _ in 0..2 {
             assert_eq!(
-                health.record(Outcome::ExitFailed, &policy, much_later),
+                health.record(Outcome::ExitFailed, &policy, much_later, None),
                 None
             );
         }
         assert_eq!(
-            health.record(Outcome::ExitFailed, &policy, much_later),
+            health.record(Outcome::ExitFailed, &policy, much_later, None),
             Some(Duration::from_secs(5))
         );
         assert_eq!(health.view(much_later, &policy).coolings_total, 3);
@@ -353,7 +447,7 @@ mod tests {
         let mut now = Instant::now();
         let mut last = Duration::ZERO;
         for _ in 0..30 {
-            if let Some(period) = health.record(Outcome::ExitFailed, &policy, now) {
+            if let Some(period) = health.record(Outcome::ExitFailed, &policy, now, None) {
                 last = period;
                 now += period + MS;
             }
@@ -367,7 +461,7 @@ mod tests {
         let health = Health::default();
         let now = Instant::now();
         for _ in 0..10 {
-            assert_eq!(health.record(Outcome::Answered, &policy, now), None);
+            assert_eq!(health.record(Outcome::Answered, &policy, now, None), None);
         }
         let view = health.view(now, &policy);
         assert_eq!(view.success_rate, 1.0);
@@ -376,17 +470,86 @@ mod tests {
     }
 
     #[test]
+    fn the_typical_latency_is_a_median_the_slow_tenth_does_not_move() {
+        let typical = TypicalLatency::default();
+        assert_eq!(typical.get(), None);
+        for n in 0..2_000 {
+            let ms = if n % 10 == 0 { 300 } else { 4 + n % 3 };
+            typical.record(Duration::from_millis(ms));
+        }
+        let estimate = typical.get().unwrap();
+        assert!(
+            (Duration::from_millis(4)..Duration::from_millis(7)).contains(&estimate),
+            "{estimate:?}"
+        );
+    }
+
+    #[test]
+    fn an_exit_far_slower_than_typical_twice_in_a_row_is_slow_for_a_while() {
+        let policy = HealthPolicy::default();
+        let now = Instant::now();
+        let typical = Some(Duration::from_millis(5));
+        let opened = |health: &Health, ms: u64| {
+            health.record(
+                Outcome::Opened(Duration::from_millis(ms)),
+                &policy,
+                now,
+                typical,
+            )
+        };
+        let slow = Health::default();
+        opened(&slow, 300);
+        assert!(!slow.is_slow(now), "one slow open is a hiccup");
+        opened(&slow, 300);
+        assert!(slow.is_slow(now) && slow.view(now, &policy).slow);
+        let fast = Health::default();
+        opened(&fast, 300);
+        opened(&fast, 6);
+        opened(&fast, 300);
+        assert!(!fast.is_slow(now), "not in a row");
+        // Slow costs more than a busy fast exit, less than a suspect one.
+        assert!(slow.cost(0, &policy, now) > fast.cost(30, &policy, now));
+        let sitting = Arc::new(Health::default());
+        let _wait = sitting.open_started(now);
+        let later = now + policy.suspect_after;
+        assert!(slow.cost(0, &policy, later) < sitting.cost(0, &policy, later));
+        // 90 ms over a 5 ms pool is within the margin: not slow.
+        let near = Health::default();
+        opened(&near, 95);
+        opened(&near, 95);
+        assert!(!near.is_slow(now));
+        // The mark lapses; the next slow open renews it, a fast one clears it.
+        let lapsed = now + policy.slow_memory;
+        assert!(!slow.is_slow(lapsed));
+        slow.record(
+            Outcome::Opened(Duration::from_millis(300)),
+            &policy,
+            lapsed,
+            typical,
+        );
+        assert!(slow.is_slow(lapsed));
+        opened(&slow, 1);
+        assert!(!slow.is_slow(now));
+        // Nothing is slow before the pool has a typical latency.
+        let early = Health::default();
+        for _ in 0..3 {
+            early.record(Outcome::Opened(Duration::from_secs(1)), &policy, now, None);
+        }
+        assert!(!early.is_slow(now));
+    }
+
+    #[test]
     fn cost_weighs_load_latency_and_success() {
         let policy = HealthPolicy::default();
         let now = Instant::now();
         let fast = Health::default();
-        fast.record(Outcome::Opened(MS), &policy, now);
+        fast.record(Outcome::Opened(MS), &policy, now, None);
         let slow = Health::default();
-        slow.record(Outcome::Opened(Duration::from_secs(1)), &policy, now);
+        slow.record(Outcome::Opened(Duration::from_secs(1)), &policy, now, None);
         let failing = Health::default();
-        failing.record(Outcome::Opened(MS), &policy, now);
-        failing.record(Outcome::ExitFailed, &policy, now);
-        failing.record(Outcome::ExitFailed, &policy, now);
+        failing.record(Outcome::Opened(MS), &policy, now, None);
+        failing.record(Outcome::ExitFailed, &policy, now, None);
+        failing.record(Outcome::ExitFailed, &policy, now, None);
         assert!(fast.cost(0, &policy, now) < slow.cost(0, &policy, now));
         assert!(fast.cost(0, &policy, now) < failing.cost(0, &policy, now));
         assert!(fast.cost(0, &policy, now) < fast.cost(1, &policy, now));

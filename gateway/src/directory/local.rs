@@ -16,7 +16,7 @@
 //! cooling ends, looked at on every pick (O(1) when nothing is due), puts agents
 //! back when their period is over.
 
-use super::health::{Health, HealthPolicy, Outcome};
+use super::health::{Health, HealthPolicy, Outcome, TypicalLatency};
 use super::{Agent, AgentDirectory, Census, Change, Filter, Joining, PickError};
 use crate::abuse::source_network;
 use crate::counts;
@@ -154,6 +154,8 @@ pub struct LocalDirectory {
     pools: Mutex<Pools>,
     /// How outcomes are scored and failing exits cooled.
     health: HealthPolicy,
+    /// Every exit's opens together: what a slow exit is slow against.
+    typical: TypicalLatency,
     /// The health records of devices that left lately, for when they return.
     departed: Departed,
     /// Agents per enrolment token and per source network, for the caps on both.
@@ -180,6 +182,7 @@ impl LocalDirectory {
             by_agent_id: DashMap::new(),
             pools: Mutex::new(Pools::default()),
             health: HealthPolicy::default(),
+            typical: TypicalLatency::default(),
             departed: Departed::default(),
             per_token: DashMap::new(),
             per_network: DashMap::new(),
@@ -299,39 +302,63 @@ impl AgentDirectory for LocalDirectory {
             let load = agent.load();
             agent.health.cost(load, &self.health, now)
         };
-        let suspect =
-            |agent: &Arc<Agent>| self.health.enabled && agent.health.is_suspect(now, &self.health);
+        // Suspect (sitting on opens) or slow (opens far slower than the pool's):
+        // chosen only when the other candidates are as bad.
+        let avoided = |agent: &Arc<Agent>| {
+            self.health.enabled
+                && (agent.health.is_suspect(now, &self.health) || agent.health.is_slow(now))
+        };
         let mut rng = rand::rng();
+        // The better of two exits neither avoided, looking at a few more if
+        // one is full, already tried by this request, suspect or slow.
         let mut best: Option<(&Arc<Agent>, f64)> = None;
         let mut looked = 0;
-        // The power of two choices, looking at a few more if both are full,
-        // already tried by this request, or sitting on unanswered opens.
+        // The plain two-choice pick, for when every exit seen is avoided: the
+        // best of all eight would send a whole slow pool's load to one exit.
+        let mut fallback: Option<(&Arc<Agent>, f64)> = None;
+        let mut seen = 0;
+        let better = |best: Option<(&Arc<Agent>, f64)>, cost: f64| {
+            best.is_none_or(|(_, best_cost)| cost < best_cost)
+        };
         for _ in 0..PICK_ATTEMPTS {
             let candidate = &members[rng.random_range(0..members.len())];
             if !usable(candidate) {
                 continue;
             }
             let cost = cost(candidate);
-            if best.is_none_or(|(_, best_cost)| cost < best_cost) {
+            if seen < 2 {
+                seen += 1;
+                if better(fallback, cost) {
+                    fallback = Some((candidate, cost));
+                }
+            }
+            if avoided(candidate) {
+                continue;
+            }
+            if better(best, cost) {
                 best = Some((candidate, cost));
             }
-            if !suspect(candidate) {
-                looked += 1;
-            }
+            looked += 1;
             if looked >= 2 {
                 break;
             }
         }
-        // Sampling can miss the one usable (or unsuspected) exit of a small
+        // Sampling can miss the one usable (or unavoided) exit of a small
         // pool; a small pool is cheap to look through whole.
-        let settled = best.is_some_and(|(agent, _)| !suspect(agent));
-        if !settled && members.len() <= SCAN_BELOW {
+        if best.is_none() && members.len() <= SCAN_BELOW {
             best = members
                 .iter()
-                .filter(|agent| usable(agent))
+                .filter(|agent| usable(agent) && !avoided(agent))
                 .map(|agent| (agent, cost(agent)))
                 .min_by(|a, b| a.1.total_cmp(&b.1));
+            if best.is_none() && fallback.is_none() {
+                fallback = members
+                    .iter()
+                    .find(|agent| usable(agent))
+                    .map(|agent| (agent, cost(agent)));
+            }
         }
+        let best = best.or(fallback);
         best.map(|(agent, _)| agent.clone())
             .ok_or_else(|| PickError::AllBusy(filter.describe()))
     }
@@ -366,7 +393,13 @@ impl AgentDirectory for LocalDirectory {
     }
 
     fn report(&self, agent: &Arc<Agent>, outcome: Outcome) -> Option<Duration> {
-        let period = agent.health.record(outcome, &self.health, Instant::now())?;
+        let typical = self.typical.get();
+        if let Outcome::Opened(latency) = outcome {
+            self.typical.record(latency);
+        }
+        let period = agent
+            .health
+            .record(outcome, &self.health, Instant::now(), typical)?;
         tracing::info!(
             exit = %agent.exit_id,
             cooling_ms = period.as_millis() as u64,

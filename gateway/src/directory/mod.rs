@@ -113,6 +113,8 @@ pub struct Location {
     pub asn: Option<u32>,
     /// City name (lower case, for matching).
     pub city: Option<String>,
+    /// ISO 3166-2 subdivision, upper case (`US-CA`); always within `country`.
+    pub region: Option<String>,
 }
 
 /// What a customer asked for; `None` fields match anything.
@@ -124,6 +126,9 @@ pub struct Filter {
     pub asn: Option<u32>,
     /// Required city (lower case).
     pub city: Option<String>,
+    /// Required region (ISO 3166-2, upper case). A filter with a region also
+    /// names the region's country, so regions ride on the country's pool keys.
+    pub region: Option<String>,
 }
 
 impl Filter {
@@ -132,17 +137,22 @@ impl Filter {
         (self.country.is_none() || self.country == location.country)
             && (self.asn.is_none() || self.asn == location.asn)
             && (self.city.is_none() || self.city == location.city)
+            && (self.region.is_none() || self.region == location.region)
     }
 
-    /// The 8 pool keys an exit at `location` belongs to (fields it lacks are only
-    /// ever wildcards).
+    /// The pool keys an exit at `location` belongs to (fields it lacks are only
+    /// ever wildcards): every combination of country, ASN and city (8), plus
+    /// those with the country narrowed to its region (4 more). A region never
+    /// appears without its country, since a region filter always names it; that
+    /// keeps an exit in 12 pools rather than 16.
     fn pool_keys(location: &Location) -> Vec<Filter> {
-        let mut keys = Vec::with_capacity(8);
-        for mask in 0u8..8 {
+        let mut keys = Vec::with_capacity(12);
+        for mask in 0u8..16 {
             let pick = |bit: u8| mask & bit != 0;
             if (pick(1) && location.country.is_none())
                 || (pick(2) && location.asn.is_none())
                 || (pick(4) && location.city.is_none())
+                || (pick(8) && (location.region.is_none() || !pick(1)))
             {
                 continue;
             }
@@ -150,6 +160,7 @@ impl Filter {
                 country: location.country.clone().filter(|_| pick(1)),
                 asn: location.asn.filter(|_| pick(2)),
                 city: location.city.clone().filter(|_| pick(4)),
+                region: location.region.clone().filter(|_| pick(8)),
             });
         }
         keys
@@ -158,8 +169,10 @@ impl Filter {
     /// Human description for error messages, e.g. `in country US`.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if let Some(country) = &self.country {
-            parts.push(format!("country {country}"));
+        match (&self.region, &self.country) {
+            (Some(region), _) => parts.push(format!("region {region}")),
+            (None, Some(country)) => parts.push(format!("country {country}")),
+            (None, None) => {}
         }
         if let Some(asn) = self.asn {
             parts.push(format!("ASN {asn}"));

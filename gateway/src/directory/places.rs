@@ -1,4 +1,5 @@
-//! Where routable exits are, counted per country (and city and ASN within it),
+//! Where routable exits are, counted per country (and region, city and ASN
+//! within it),
 //! for `GET /inventory`. Counting scans the directory, so a count is kept and
 //! served for up to [`MAX_AGE`] before the next scan.
 
@@ -15,6 +16,8 @@ pub const MAX_AGE: Duration = Duration::from_secs(5);
 pub struct Counts {
     /// Routable exits in the country.
     pub exits: usize,
+    /// By region (ISO 3166-2, `US-CA`).
+    pub regions: BTreeMap<String, usize>,
     /// By city (normalised name).
     pub cities: BTreeMap<String, usize>,
     /// By autonomous system.
@@ -53,6 +56,9 @@ impl PlacesCache {
             };
             let counts = by_country.entry(country.clone()).or_default();
             counts.exits += 1;
+            if let Some(region) = &location.region {
+                *counts.regions.entry(region.clone()).or_default() += 1;
+            }
             if let Some(city) = &location.city {
                 *counts.cities.entry(city.clone()).or_default() += 1;
             }

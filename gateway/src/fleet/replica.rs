@@ -65,6 +65,10 @@ pub struct AgentRecord {
     pub asn: Option<u32>,
     /// City (lower case).
     pub city: Option<String>,
+    /// ISO 3166-2 region (`US-CA`); absent from records of gateways without
+    /// regions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Stream capacity.
     pub max_streams: u32,
     /// Whether it takes new streams.
@@ -95,6 +99,7 @@ fn record_of(agent: &crate::directory::Agent) -> AgentRecord {
         country: agent.location.country.clone(),
         asn: agent.location.asn,
         city: agent.location.city.clone(),
+        region: agent.location.region.clone(),
         max_streams: agent.max_streams.load(Ordering::Relaxed),
         accepting: agent.is_accepting(),
         software: agent.software.clone(),
@@ -474,7 +479,8 @@ impl Follower {
                         .store(record.max_streams, Ordering::Relaxed);
                     let location_same = current.location.country == record.country
                         && current.location.asn == record.asn
-                        && current.location.city == record.city;
+                        && current.location.city == record.city
+                        && current.location.region == record.region;
                     if location_same {
                         directory.set_accepting(current.key, record.accepting);
                         return;
@@ -513,6 +519,7 @@ impl Follower {
                     country: record.country.clone(),
                     asn: record.asn,
                     city: record.city.clone(),
+                    region: record.region.clone(),
                 },
                 software: record.software.clone(),
                 max_streams: record.max_streams,
