@@ -129,19 +129,8 @@ async fn handle<S: CustomerStream>(
     match result {
         Ok(response) => response,
         Err(error) => {
-            log_refusal(&target, &error, started);
+            response::log_refusal(&target, &error, started);
             response::error(&error)
         }
     }
-}
-
-/// The log line of a refused request.
-pub(crate) fn log_refusal(target: &str, error: &crate::error::ProxyError, started: Instant) {
-    info!(
-        %target,
-        code = error.presentation().code,
-        status = error.presentation().status,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "refused: {error}"
-    );
 }

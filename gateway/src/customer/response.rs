@@ -173,3 +173,18 @@ pub(crate) fn error(failure: &ProxyError) -> Response<Body> {
     }
     response
 }
+
+/// The log line of a refused request.
+pub(crate) fn log_refusal(
+    target: &str,
+    error: &crate::error::ProxyError,
+    started: std::time::Instant,
+) {
+    tracing::info!(
+        %target,
+        code = error.presentation().code,
+        status = error.presentation().status,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "refused: {error}"
+    );
+}
