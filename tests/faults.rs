@@ -12,20 +12,6 @@ use exitpool_launcher::{Launch, Process, Ready};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The real `agent` binary, bound to `ip`, against `net`'s gateway.
-fn spawn_agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> Process {
-    Launch::new(env!("CARGO_BIN_EXE_agent"))
-        .args(["--gateway", &net.gateway.tunnel_addr().to_string()])
-        .args(["--pin", net.gateway.pin()])
-        .args(["--bind", ip, "--allow-private"])
-        .args(["--transport", net.transport_flag()])
-        .arg("--state-dir")
-        .arg(state)
-        .env("EXITPOOL_AGENT_TOKEN", TOKEN)
-        .spawn()
-        .expect("agent binary starts")
-}
-
 over_both_transports! {
 async fn an_agent_killed_mid_transfer_errors_the_customer_and_leaves_the_pool(transport) {
     // A short tunnel idle timeout stands in for the 30 s default.
@@ -34,7 +20,7 @@ async fn an_agent_killed_mid_transfer_errors_the_customer_and_leaves_the_pool(tr
             .await
             .over(transport);
     let state = tempfile::tempdir().unwrap();
-    let mut doomed = spawn_agent_process(&net, "127.0.0.2", state.path());
+    let mut doomed = net.agent_process("127.0.0.2", state.path());
     within(
         "agent process joins",
         net.gateway.directory().wait_for_count(|n| *n == 1),

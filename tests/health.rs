@@ -14,7 +14,7 @@ mod common;
 use common::flaky::{FailMode, FlakyExit};
 use common::targets::echo_target;
 use common::*;
-use exitpool_launcher::{Launch, Process, Signal};
+use exitpool_launcher::{Process, Signal};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -256,25 +256,11 @@ async fn retry_can_be_turned_off(transport) {
 }
 }
 
-/// The real `agent` binary on `ip`, against `net`'s gateway.
-fn agent_process(net: &TestGateway, ip: &str, state: &std::path::Path) -> Process {
-    Launch::new(env!("CARGO_BIN_EXE_agent"))
-        .args(["--gateway", &net.gateway.tunnel_addr().to_string()])
-        .args(["--pin", net.gateway.pin()])
-        .args(["--bind", ip, "--allow-private"])
-        .args(["--transport", net.transport_flag()])
-        .arg("--state-dir")
-        .arg(state)
-        .env("EXITPOOL_AGENT_TOKEN", TOKEN)
-        .spawn()
-        .expect("agent binary starts")
-}
-
 /// An agent process on `ip` (with a state directory of its own, kept alive by
 /// the returned guard), once the gateway counts it.
 async fn joined_agent_process(net: &TestGateway, ip: &str) -> (Process, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
-    let process = agent_process(net, ip, state.path());
+    let process = net.agent_process(ip, state.path());
     within(
         "agent process joins",
         net.gateway.directory().wait_for_count(|n| *n == 1),

@@ -208,6 +208,21 @@ impl TestGateway {
         agents
     }
 
+    /// The real `agent` binary bound to `ip` against this gateway, keeping its
+    /// state (device key) in `state`.
+    pub fn agent_process(&self, ip: &str, state: &std::path::Path) -> exitpool_launcher::Process {
+        exitpool_launcher::Launch::new(env!("CARGO_BIN_EXE_agent"))
+            .args(["--gateway", &self.gateway.tunnel_addr().to_string()])
+            .args(["--pin", self.gateway.pin()])
+            .args(["--bind", ip, "--allow-private"])
+            .args(["--transport", self.transport_flag()])
+            .arg("--state-dir")
+            .arg(state)
+            .env("EXITPOOL_AGENT_TOKEN", TOKEN)
+            .spawn()
+            .expect("agent binary starts")
+    }
+
     /// Starts an agent on `ip` with the default (strict) exit policy.
     pub async fn strict_agent(&self, ip: &str) -> AgentHandle {
         self.spawn(self.agent_builder(ip).allow_private(false))
