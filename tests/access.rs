@@ -159,11 +159,7 @@ async fn socks5_without_authentication_is_served_only_to_allow_listed_sources() 
 /// A free port on 127.0.0.1 for an entry port (entry ports have fixed numbers;
 /// the gateway binds them at start).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::processes::free_port().port()
 }
 
 #[tokio::test]
