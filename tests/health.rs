@@ -150,10 +150,12 @@ async fn when_every_matching_exit_is_cooling_the_answer_says_so(transport) {
         let (head, _) = connect_as(net.proxy(), target, "").await;
         assert_eq!(head.status, 502);
         assert_eq!(head.header("x-exitpool-error"), Some("exit_unavailable"));
+        assert_eq!(attempts(&head), 1, "{head:?}");
     }
     let (head, _) = connect_as(net.proxy(), target, "-country-de").await;
     assert_eq!(head.status, 502, "{head:?}");
     assert_eq!(head.header("x-exitpool-error"), Some("exits_cooling"));
+    assert_eq!(attempts(&head), 0, "no exit was tried: {head:?}");
     assert!(head
         .header("proxy-status")
         .unwrap()
@@ -162,6 +164,98 @@ async fn when_every_matching_exit_is_cooling_the_answer_says_so(transport) {
     // A country with no exits at all is still `no_exit`.
     let (head, _) = connect_as(net.proxy(), target, "-country-jp").await;
     assert_eq!(head.header("x-exitpool-error"), Some("no_exit"));
+}
+}
+
+/// Sends a plain-HTTP `GET` for `target` through the proxy as alice and
+/// reads the answer's head, the connection left open.
+async fn plain_get(net: &TestGateway, target: SocketAddr) -> (Head, tokio::net::TcpStream) {
+    let mut stream = within(
+        "connect to proxy",
+        tokio::net::TcpStream::connect(net.proxy()),
+    )
+    .await
+    .unwrap();
+    let request = format!(
+        "GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+        basic(USER, PASSWORD)
+    );
+    within("send GET", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    (read_head(&mut stream).await, stream)
+}
+
+over_both_transports! {
+async fn failure_answers_say_how_many_exits_were_tried(transport) {
+    let net = gateway(transport).await;
+    let target = echo_target().await;
+    let _first = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-a1", 0, FailMode::Unavailable).await;
+    let _second = FlakyExit::join(&net, "127.0.0.6", "flaky-exit-a2", 0, FailMode::Unavailable).await;
+    // Both exits fail the one request, CONNECT and plain HTTP alike.
+    let (head, _) = connect_as(net.proxy(), target, "").await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert_eq!(attempts(&head), 2, "{head:?}");
+    let (head, _) = plain_get(&net, target).await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert_eq!(attempts(&head), 2, "{head:?}");
+    // Refused before any exit was looked for: nothing to count.
+    let (head, _) = connect(net.proxy(), &target.to_string(), Some((USER, "wrong"))).await;
+    assert_eq!(head.status, 407, "{head:?}");
+    assert_eq!(head.header("x-exitpool-attempts"), None, "{head:?}");
+}
+}
+
+/// Waits until `net`'s directory is empty again.
+async fn wait_empty(net: &TestGateway) {
+    within(
+        "the exit leaves",
+        net.gateway.directory().wait_for_count(|n| *n == 0),
+    )
+    .await;
+}
+
+over_both_transports! {
+async fn an_exit_lost_mid_relay_is_scored_for_it_and_a_passed_on_reset_is_not(transport) {
+    let net = gateway(transport).await;
+    let target = echo_target().await;
+    for (round, plain) in [(1, false), (2, true)] {
+        let _flaky =
+            FlakyExit::join(&net, "127.0.0.5", "flaky-exit-m", 0, FailMode::DropTunnelMidRelay)
+                .await;
+        if plain {
+            // The exit takes the request and goes: the answer says the
+            // target's HTTP answer never came.
+            let (head, _) = plain_get(&net, target).await;
+            assert_eq!(head.status, 502, "{head:?}");
+        } else {
+            let (head, mut stream) = connect_as(net.proxy(), target, "").await;
+            assert_eq!(head.status, 200, "{head:?}");
+            within("send", stream.write_all(b"ping")).await.unwrap();
+            let mut rest = Vec::new();
+            let ended = within("the relay ends", stream.read_to_end(&mut rest)).await;
+            assert!(ended.is_err() || rest.is_empty(), "{ended:?} {rest:?}");
+        }
+        wait_empty(&net).await;
+        // The same device back: its health remembers the lost relay.
+        let back = FlakyExit::join(&net, "127.0.0.5", "flaky-exit-m", 0, FailMode::Unavailable).await;
+        let health = net.exit_stats(&back.exit_id).await["health"].clone();
+        assert_eq!(health["failures"], round, "plain HTTP {plain}: {health}");
+        back.leave();
+        wait_empty(&net).await;
+    }
+    // An exit passing on its target's reset mid-relay is not at fault.
+    let resetting = FlakyExit::join(&net, "127.0.0.6", "flaky-exit-r", 0, FailMode::ResetMidRelay).await;
+    let (head, mut stream) = connect_as(net.proxy(), target, "").await;
+    assert_eq!(head.status, 200, "{head:?}");
+    within("send", stream.write_all(b"ping")).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = within("the relay ends", stream.read_to_end(&mut rest)).await;
+    let (head, _) = plain_get(&net, target).await;
+    assert_eq!(head.status, 502, "{head:?}");
+    let health = net.exit_stats(&resetting.exit_id).await["health"].clone();
+    assert_eq!(health["failures"], 0, "{health}");
+    assert_eq!(resetting.opens.load(Ordering::Relaxed), 2);
 }
 }
 

@@ -96,6 +96,20 @@ impl Shared {
         }
     }
 
+    /// Scores a relay stream through `agent` that failed on the exit's side
+    /// after it opened: the exit is to blame when its tunnel went
+    /// (`NotConnected` on either transport, or the tunnel no longer open), not
+    /// when it passed on the target's reset (`ConnectionReset`).
+    pub fn report_relay_failure(&self, agent: &Arc<Agent>, error: &std::io::Error) {
+        if !agent.is_local() {
+            return;
+        }
+        if error.kind() == std::io::ErrorKind::NotConnected || !self.links.is_open(agent.key) {
+            tracing::debug!(exit = %agent.exit_id, %error, "relay lost with the exit's tunnel");
+            self.report_outcome(agent, Outcome::ExitFailed);
+        }
+    }
+
     /// Asks the tunnel of `agent`, on which a customer is waiting, whether it is
     /// alive ([`Links::is_alive`] within [`GatewayConfig::liveness_timeout`]).
     /// A tunnel that does not answer is closed: its agent leaves the directory

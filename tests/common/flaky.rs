@@ -29,6 +29,12 @@ pub enum FailMode {
     TargetRefused,
     /// Answers `Opened` only after this long, then echoes: slow, not failing.
     Slow(std::time::Duration),
+    /// Answers `Opened`, takes the customer's first bytes, then closes its
+    /// whole tunnel: an exit lost mid-relay.
+    DropTunnelMidRelay,
+    /// Answers `Opened`, takes the customer's first bytes, then resets the
+    /// stream: passing on the target's reset, the exit itself fine.
+    ResetMidRelay,
 }
 
 /// A joined raw agent; dropping it leaves abruptly (its tunnel goes).
@@ -113,6 +119,29 @@ async fn serve(connection: Tunnel, opens: Arc<AtomicU32>, good: u32, mode: FailM
                 return;
             }
             let code = match mode {
+                FailMode::DropTunnelMidRelay | FailMode::ResetMidRelay => {
+                    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+                    if write_frame(&mut send, &OpenReply::Opened { peer })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut first = [0u8; 1];
+                    if tokio::io::AsyncReadExt::read_exact(&mut recv, &mut first)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if mode == FailMode::DropTunnelMidRelay {
+                        connection.close(0, b"gone");
+                    } else {
+                        exitpool::transport::TunnelSend::reset(&mut send, 0);
+                        exitpool::transport::TunnelRecv::stop(&mut recv, 0);
+                    }
+                    return;
+                }
                 FailMode::Slow(delay) => {
                     tokio::time::sleep(delay).await;
                     echo(send, recv).await;

@@ -488,13 +488,14 @@ fn connection_end(result: Result<(), h2::Error>) -> CloseReason {
     }
 }
 
-/// An h2 error as the `io::Error` the relay and the framing expect; a reset
-/// says so with its code.
+/// An h2 error as the `io::Error` the relay and the framing expect, with
+/// quinn's kinds: a stream reset is `ConnectionReset` (with its code), the
+/// tunnel itself gone (its TCP connection failed, or GOAWAY) `NotConnected`,
+/// so the gateway tells an exit passing on a target's reset from a lost exit
+/// alike on both transports.
 fn h2_to_io(error: h2::Error) -> io::Error {
-    if error.is_io() {
-        return error
-            .into_io()
-            .unwrap_or_else(|| io::Error::other("h2 i/o"));
+    if error.is_io() || error.is_go_away() {
+        return io::Error::new(io::ErrorKind::NotConnected, error.to_string());
     }
     match error.reason() {
         Some(reason) if error.is_reset() => io::Error::new(

@@ -12,7 +12,7 @@
 //! Both run the same steps below.
 
 use super::response::{self, basic_credentials, exit_headers, Body};
-use super::session::Arrival;
+use super::session::{Arrival, Refusal};
 use super::transfer::{self, AccessContext, CustomerStream};
 use super::{session, target};
 use crate::abuse::AddressSlot;
@@ -103,7 +103,7 @@ async fn open_tunnel(
     arrival: &Arrival,
     pending: &AddressSlot,
     shared: &Arc<Shared>,
-) -> Result<(session::Authorized, String), ProxyError> {
+) -> Result<(session::Authorized, String), Refusal> {
     let (host, port) = target::parse_authority(authority)?;
     let credentials = credentials
         .as_ref()
@@ -121,7 +121,7 @@ pub(crate) async fn connect<S: CustomerStream>(
     pending: &AddressSlot,
     started: Instant,
     shared: &Arc<Shared>,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<Body>, Refusal> {
     let authority = request
         .uri()
         .authority()

@@ -14,10 +14,11 @@
 
 use super::response::{basic_credentials, exit_headers, Body};
 use super::session;
-use super::session::Arrival;
+use super::session::{Arrival, Refusal};
 use super::target;
 use super::transfer::{exhausted_quota, AccessContext, MeteredIo, Transfer, QUOTA_CUT};
 use crate::abuse::AddressSlot;
+use crate::directory::Agent;
 use crate::error::ProxyError;
 use crate::shared::Shared;
 use exitpool_protocol::{FailureCode, TargetHost};
@@ -27,7 +28,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{debug, Instrument};
@@ -59,7 +60,7 @@ pub(crate) async fn forward(
     pending: &AddressSlot,
     started: Instant,
     shared: &Arc<Shared>,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<Body>, Refusal> {
     let credentials = basic_credentials(&request);
     let credentials = credentials
         .as_ref()
@@ -69,12 +70,19 @@ pub(crate) async fn forward(
     let (host, port) = target_of(request.uri())?;
     let target = format!("{host}:{port}");
     let authorized = session::open(&grant, host, port, shared).await?;
+    // From here on a failure is the target's (or the quota's), after these exits.
+    let attempts = authorized.attempts;
+    let refused = |error: ProxyError| Refusal::from(error).tried(attempts as usize);
     let mut exit_headers = exit_headers(
         &authorized.agent,
         authorized.session.as_ref(),
         authorized.attempts,
     );
     let exit_id = authorized.agent.exit_id.clone();
+    let lost = Arc::new(LostExchange {
+        agent: authorized.agent.clone(),
+        scored: Once::new(),
+    });
     let context = AccessContext {
         user: grant.user,
         peer,
@@ -86,13 +94,14 @@ pub(crate) async fn forward(
     let io = MeteredIo::new(tokio::io::join(exit.recv, exit.send), &transfer);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(target_failed)?;
+        .map_err(|error| refused(target_failed(error)))?;
     let (status_tx, status_rx) = oneshot::channel();
     let exchange = Exchange {
         transfer,
         status: status_rx,
         method: request.method().clone(),
         idle_timeout: shared.config.idle_timeout,
+        lost: lost.clone(),
         shared: shared.clone(),
     };
     let span = tracing::info_span!("forward", exit = %exit_id, %target);
@@ -104,10 +113,11 @@ pub(crate) async fn forward(
         Ok(response) => response,
         // Cut off mid-request by the quota: say so, not "the target failed".
         Err(error) => {
-            return Err(match exhausted_quota(&user, shared) {
+            lost.score(&error, shared);
+            return Err(refused(match exhausted_quota(&user, shared) {
                 Some(quota) => ProxyError::QuotaExhausted(quota),
                 None => target_failed(error),
-            })
+            }));
         }
     };
     // The connection serves this one exchange and closes once it is over.
@@ -218,6 +228,35 @@ fn target_failed(error: hyper::Error) -> ProxyError {
     }
 }
 
+/// Scores the exit once for an exchange lost on its side, whichever hears of
+/// it first: hyper hands a failure to the waiting request, to the
+/// connection's driver, or (on some paths) to both.
+struct LostExchange {
+    agent: Arc<Agent>,
+    scored: Once,
+}
+
+impl LostExchange {
+    fn score(&self, error: &hyper::Error, shared: &Shared) {
+        if let Some(cause) = io_cause(error) {
+            self.scored
+                .call_once(|| shared.report_relay_failure(&self.agent, cause));
+        }
+    }
+}
+
+/// The exit stream's own failure under a hyper error, if that is what it was.
+fn io_cause(error: &hyper::Error) -> Option<&std::io::Error> {
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cause = error.source();
+    }
+    None
+}
+
 /// Everything the driver task needs to finish one exchange.
 struct Exchange {
     /// Meters the exchange and holds the exit's load and the customer's slot
@@ -228,6 +267,7 @@ struct Exchange {
     status: oneshot::Receiver<u16>,
     method: Method,
     idle_timeout: Duration,
+    lost: Arc<LostExchange>,
     shared: Arc<Shared>,
 }
 
@@ -243,6 +283,7 @@ where
         status,
         method,
         idle_timeout: idle,
+        lost,
         shared,
     } = exchange;
     let mut seen = transfer.total();
@@ -253,7 +294,12 @@ where
         tokio::pin!(connection);
         loop {
             tokio::select! {
-                result = &mut connection => return result.map_err(|e| e.to_string()),
+                result = &mut connection => {
+                    return result.map_err(|error| {
+                        lost.score(&error, &shared);
+                        error.to_string()
+                    })
+                }
                 () = tokio::time::sleep(idle) => {
                     let now = counters.total();
                     if now == seen {

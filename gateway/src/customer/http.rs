@@ -25,7 +25,7 @@
 //! `listener.rs` shares it), so a silent client is closed after `head_timeout`.
 
 use super::response::{self, Body};
-use super::session::Arrival;
+use super::session::{Arrival, Refusal};
 use super::transfer::CustomerStream;
 use super::{connect, forward, inventory};
 use crate::abuse::AddressSlot;
@@ -120,7 +120,9 @@ async fn handle<S: CustomerStream>(
         && request.method() == Method::GET
         && request.uri().path() == inventory::PATH
     {
-        inventory::inventory(&request, arrival, pending, &shared).await
+        inventory::inventory(&request, arrival, pending, &shared)
+            .await
+            .map_err(Refusal::from)
     } else if request.method() == Method::CONNECT {
         connect::connect::<S>(request, arrival, pending, started, &shared).await
     } else {
@@ -130,7 +132,7 @@ async fn handle<S: CustomerStream>(
         Ok(response) => response,
         Err(error) => {
             response::log_refusal(&target, &error, started);
-            response::error(&error)
+            response::refused(&error)
         }
     }
 }

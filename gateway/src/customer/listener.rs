@@ -231,7 +231,7 @@ async fn refuse(mut stream: TcpStream, error: ProxyError) {
     let answer = if socks {
         vec![SOCKS5_VERSION, 0xFF]
     } else {
-        response::raw_error(&error)
+        response::raw_error(&error.into())
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&answer)).await;
 }

@@ -3,7 +3,7 @@
 //! headers naming the exit that served a request, and the customer's Basic
 //! credentials. The handlers use these; this module uses none of them.
 
-use super::session::SessionOutcome;
+use super::session::{Refusal, SessionOutcome};
 use crate::directory::Agent;
 use crate::error::ProxyError;
 use base64::Engine;
@@ -123,12 +123,12 @@ pub(crate) fn uri_too_long(request_line: usize, limit: usize) -> Response<Body> 
     response
 }
 
-/// The same answer as [`error`], as raw HTTP/1.1 bytes, for refusals written
+/// The same answer as [`refused`], as raw HTTP/1.1 bytes, for refusals written
 /// before a connection reaches hyper.
-pub(crate) fn raw_error(failure: &ProxyError) -> Vec<u8> {
-    let response = error(failure);
+pub(crate) fn raw_error(refusal: &Refusal) -> Vec<u8> {
+    let response = refused(refusal);
     let status = response.status();
-    let body = failure.json_body();
+    let body = refusal.error.json_body();
     let mut head = format!(
         "HTTP/1.1 {} {}\r\n",
         status.as_u16(),
@@ -142,6 +142,18 @@ pub(crate) fn raw_error(failure: &ProxyError) -> Vec<u8> {
     }
     head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
     head.into_bytes()
+}
+
+/// The answer to a refused request: [`error`], plus how many exits it tried
+/// when it got as far as looking for one.
+pub(crate) fn refused(refusal: &Refusal) -> Response<Body> {
+    let mut response = error(&refusal.error);
+    if let Some(attempts) = refusal.attempts {
+        response
+            .headers_mut()
+            .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    }
+    response
 }
 
 /// The HTTP answer for a failure: status, `Proxy-Status`, product code, JSON body,
@@ -175,15 +187,13 @@ pub(crate) fn error(failure: &ProxyError) -> Response<Body> {
 }
 
 /// The log line of a refused request.
-pub(crate) fn log_refusal(
-    target: &str,
-    error: &crate::error::ProxyError,
-    started: std::time::Instant,
-) {
+pub(crate) fn log_refusal(target: &str, refusal: &Refusal, started: std::time::Instant) {
+    let error = &refusal.error;
     tracing::info!(
         %target,
         code = error.presentation().code,
         status = error.presentation().status,
+        attempts = refusal.attempts,
         duration_ms = started.elapsed().as_millis() as u64,
         "refused: {error}"
     );

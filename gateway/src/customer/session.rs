@@ -89,6 +89,36 @@ pub struct Authorized {
     pub attempts: u32,
 }
 
+/// A refused request, with how many exits it tried before the refusal
+/// (`X-Exitpool-Attempts`); `None` when it was refused before any exit was
+/// looked for (credentials, targeting, limits).
+#[derive(Debug)]
+pub struct Refusal {
+    /// Why it was refused.
+    pub error: ProxyError,
+    /// Exits tried: 0 when none matched, more than one after retries.
+    pub attempts: Option<u32>,
+}
+
+impl Refusal {
+    /// The same refusal, after `exits` exits were tried.
+    pub fn tried(self, exits: usize) -> Refusal {
+        Refusal {
+            attempts: Some(exits as u32),
+            ..self
+        }
+    }
+}
+
+impl From<ProxyError> for Refusal {
+    fn from(error: ProxyError) -> Self {
+        Refusal {
+            error,
+            attempts: None,
+        }
+    }
+}
+
 /// Checks the base credentials, then the targeting parameters. Unknown users and
 /// wrong passwords get the same [`ProxyError::AuthRequired`]; only an
 /// authenticated customer hears about grammar errors.
@@ -281,11 +311,11 @@ pub async fn open(
     host: TargetHost,
     port: u16,
     shared: &Shared,
-) -> Result<Authorized, ProxyError> {
+) -> Result<Authorized, Refusal> {
     let started = Instant::now();
     let fail = |agent: Option<&Agent>, error: ProxyError| {
         shared.record_error(Some(&grant.user), agent, &error);
-        error
+        Refusal::from(error)
     };
     // Limits as they are now, so a reload applies to connections already
     // authenticated (SOCKS5) too; an account removed since then is refused.
@@ -325,9 +355,11 @@ pub async fn open(
                 last_failure = failure;
                 chosen
             }
-            (Err(error), None) => return Err(fail(None, error)),
+            (Err(error), None) => return Err(fail(None, error).tried(tried.len())),
             // No other exit to move to: the last exit's failure stands.
-            (Err(_), Some((agent, error))) => return Err(fail(Some(&agent), error)),
+            (Err(_), Some((agent, error))) => {
+                return Err(fail(Some(&agent), error).tried(tried.len()))
+            }
         };
         if let (Some(fleet), Some((key, pinned))) = (&shared.fleet, &mut pin) {
             if settles < 2 {
@@ -384,13 +416,13 @@ pub async fn open(
             if matches!(error, ProxyError::Exit { .. }) {
                 shared.report_outcome(&agent, Outcome::Answered);
             }
-            return Err(fail(Some(&agent), error));
+            return Err(fail(Some(&agent), error).tried(tried.len() + 1));
         };
         shared.report_outcome(&agent, Outcome::ExitFailed);
         tried.push(agent.key);
         let time_left = deadline.saturating_duration_since(Instant::now());
         if strict || tried.len() >= config.open_attempts as usize || time_left.is_zero() {
-            return Err(fail(Some(&agent), error));
+            return Err(fail(Some(&agent), error).tried(tried.len()));
         }
         tracing::debug!(exit = %agent.exit_id, cause, "open failed at the exit; trying another");
         last_failure = Some((agent, error));

@@ -202,7 +202,9 @@ pub(crate) async fn serve(
     let authorized = match session::open(&grant, target.host.clone(), target.port, &shared).await {
         Ok(authorized) => authorized,
         Err(error) => {
-            let error = SocksError::Refused(error);
+            // SOCKS5 replies have no room for the attempts: the log has them.
+            debug!(attempts = error.attempts, "SOCKS5 request refused");
+            let error = SocksError::Refused(error.error);
             return refuse(stream, error, Some(&target), started, &shared).await;
         }
     };

@@ -344,11 +344,7 @@ pub(crate) async fn relay_tcp<S: CustomerStream>(
                 )
                 .await;
                 if let Err(RelayError::Tunnel(error)) = &result {
-                    // The tunnel itself went (a stream reset is the exit passing
-                    // on the target's reset, not the exit failing).
-                    if error.kind() == io::ErrorKind::NotConnected {
-                        shared.report_outcome(&agent, Outcome::ExitFailed);
-                    }
+                    shared.report_relay_failure(&agent, error);
                 }
                 result.map_err(|e| e.to_string())
             };

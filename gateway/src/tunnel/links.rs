@@ -124,6 +124,13 @@ impl Links {
         }
     }
 
+    /// Whether the tunnel under `key` is still held and not closing.
+    pub fn is_open(&self, key: u64) -> bool {
+        self.tunnels
+            .get(&key)
+            .is_some_and(|entry| entry.value().close_reason().is_none())
+    }
+
     /// The transport of the tunnel under `key`, while it is held.
     pub fn transport(&self, key: u64) -> Option<Transport> {
         self.tunnels
