@@ -160,12 +160,21 @@ async fn tcp_to_quic<R: AsyncRead + Unpin, S: TunnelSend, T: Throttle>(
     activity: &Activity,
     throttle: &T,
 ) -> Result<(), RelayError> {
-    let mut buf = BytesMut::with_capacity(RELAY_CHUNK);
+    // Starts small for the same reason as `quic_to_tcp`, and because a
+    // full-chunk allocation per connection, freed when it ends, made the
+    // allocator consolidate its free lists every time (glibc does so for any
+    // free of 64 KiB or more); grows to full chunks once a read fills it.
+    let mut chunk = FIRST_CHUNK;
+    let mut buf = BytesMut::with_capacity(chunk);
     loop {
-        if buf.capacity() < RELAY_CHUNK / 4 {
-            buf.reserve(RELAY_CHUNK);
+        if buf.capacity() < chunk / 4 {
+            buf.reserve(chunk);
         }
+        let room = buf.capacity() - buf.len();
         let n = tcp.read_buf(&mut buf).await.map_err(RelayError::Tcp)?;
+        if n == room {
+            chunk = RELAY_CHUNK;
+        }
         if n == 0 {
             // Clean EOF from TCP: carry the half-close across.
             send.finish().map_err(RelayError::Tunnel)?;

@@ -28,27 +28,28 @@ use tracing::{debug, Instrument};
 
 /// Bytes of the first head looked at by [`serve_head`]; a longer head (rare
 /// for `CONNECT`) is hyper's.
-const HEAD_PEEK: usize = 2048;
+pub(crate) const HEAD_PEEK: usize = 2048;
 /// Header lines [`serve_head`] parses; more is hyper's (which allows
 /// [`super::http::MAX_HEADERS`]).
 const HEAD_HEADERS: usize = 24;
 
-/// Serves `stream` if its first head, already received whole, is a `CONNECT`:
+/// Serves `stream` if its first head, already received whole in `peeked`
+/// (what the listener peeked, at most [`HEAD_PEEK`] bytes), is a `CONNECT`:
 /// answers it and relays the tunnel on this task. Otherwise (or if the head is
 /// not all there yet) nothing has been read, and the stream is handed back for
 /// hyper to serve.
 pub(crate) async fn serve_head(
     mut stream: TcpStream,
+    peeked: Vec<u8>,
     arrival: &Arrival,
     pending: &AddressSlot,
     shared: &Arc<Shared>,
 ) -> Option<TcpStream> {
     let started = Instant::now();
-    let mut buf = vec![0u8; HEAD_PEEK];
-    let peeked = stream.peek(&mut buf).await.ok()?;
+    let buf = peeked;
     let mut headers = [httparse::EMPTY_HEADER; HEAD_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(head_len)) = request.parse(&buf[..peeked]) else {
+    let Ok(httparse::Status::Complete(head_len)) = request.parse(&buf) else {
         return Some(stream);
     };
     if request.method != Some("CONNECT") {
@@ -63,10 +64,11 @@ pub(crate) async fn serve_head(
         .and_then(|header| response::decode_basic(header.value));
     // The head is ours now: take exactly its bytes, leaving what follows it
     // (a TLS ClientHello, say) for the relay.
-    if stream.read_exact(&mut buf[..head_len]).await.is_err() {
+    let mut head = buf;
+    if stream.read_exact(&mut head[..head_len]).await.is_err() {
         return None;
     }
-    drop(buf);
+    drop(head);
     let opened = open_tunnel(credentials, &authority, arrival, pending, shared).await;
     let (authorized, user) = match opened {
         Ok(opened) => opened,

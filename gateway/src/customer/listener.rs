@@ -189,13 +189,20 @@ async fn handle(
     deadline: Instant,
     shared: Arc<Shared>,
 ) {
-    let mut first = [0u8; 1];
+    // One peek serves both the protocol's first byte and, for the common
+    // plain `CONNECT`, its whole head (see `connect::serve_head`).
+    let mut first = vec![0u8; connect::HEAD_PEEK];
     let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
+    if let Ok(Ok(n)) = peeked {
+        first.truncate(n);
+    }
     match peeked {
-        Ok(Ok(1)) if first[0] == SOCKS5_VERSION => {
+        Ok(Ok(1..)) if first[0] == SOCKS5_VERSION => {
+            drop(first);
             socks::serve(stream, arrival, slot, deadline, shared).await
         }
-        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE && shared.customer_tls.is_some() => {
+        Ok(Ok(1..)) if first[0] == TLS_HANDSHAKE && shared.customer_tls.is_some() => {
+            drop(first);
             let Some(tls) = &shared.customer_tls else {
                 return;
             };
@@ -206,8 +213,10 @@ async fn handle(
                 Err(_) => debug!("TLS handshake not finished within the head timeout"),
             }
         }
-        Ok(Ok(1)) => {
-            if let Some(stream) = connect::serve_head(stream, &arrival, &slot, &shared).await {
+        Ok(Ok(1..)) => {
+            if let Some(stream) =
+                connect::serve_head(stream, first, &arrival, &slot, &shared).await
+            {
                 http::serve(stream, arrival, slot, deadline, shared).await
             }
         }

@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::warn;
 
@@ -351,10 +351,10 @@ pub(crate) async fn relay_tcp<S: CustomerStream>(
             transfer.supervise(relaying, shared).await
         }
     };
+    // A clean end has already shut the customer's side down (the relay
+    // carries the exit's end of data across); only a failure needs more.
     if result.is_err() {
         let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
-    } else {
-        let _ = stream.shutdown().await;
     }
     transfer.finish(&result, None, shared);
 }
