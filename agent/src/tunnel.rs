@@ -348,7 +348,9 @@ async fn session(
                     let accepting = shared.accepting();
                     let policy = shared.policy.borrow().clone();
                     let stream = StreamContext { shared: shared.clone(), policy, slots: slots.clone(), accepting };
-                    streams.spawn(serve_stream(stream, send, recv).instrument(info_span!("stream")));
+                    // Boxed so the wrappers on the way into the task move a
+                    // pointer, not the stream's whole (KiB-sized) state.
+                    streams.spawn(Box::pin(serve_stream(stream, send, recv)).instrument(info_span!("stream")));
                 }
                 Err(_) if gateway_stopped(&connection) => break SessionEnd::GatewayStopped,
                 Err(_) if transport == Transport::Quic

@@ -111,7 +111,7 @@ async fn accept(
             let (bounds, shared) = (bounds.clone(), shared.clone());
             shared.tasks.clone().spawn(
                 async move {
-                    proxied(stream, entry, deadline, &bounds, shared).await;
+                    Box::pin(proxied(stream, entry, deadline, &bounds, shared)).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -127,9 +127,11 @@ async fn accept(
         let shared = shared.clone();
         let span = info_span!("customer", %peer, user = tracing::field::Empty);
         let arrival = Arrival { peer, entry };
+        // Boxed: a connection's future holds every protocol's state (several
+        // KiB), and each wrapper on the way into the task would copy it whole.
         shared.tasks.clone().spawn(
             async move {
-                handle(stream, arrival, Arc::new(slot), deadline, shared).await;
+                Box::pin(handle(stream, arrival, Arc::new(slot), deadline, shared)).await;
                 drop(permit);
             }
             .instrument(span),
@@ -214,8 +216,7 @@ async fn handle(
             }
         }
         Ok(Ok(1..)) => {
-            if let Some(stream) =
-                connect::serve_head(stream, first, &arrival, &slot, &shared).await
+            if let Some(stream) = connect::serve_head(stream, first, &arrival, &slot, &shared).await
             {
                 http::serve(stream, arrival, slot, deadline, shared).await
             }
