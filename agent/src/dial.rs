@@ -52,13 +52,14 @@ impl From<PolicyError> for DialError {
 
 /// Resolves, checks and connects, within `connect_timeout` overall (the agent's
 /// [`crate::AgentConfig::connect_timeout`]). `bind` is the local address for the
-/// outgoing socket (`--bind`).
+/// outgoing socket (`--bind`). Returns the connection and the address it
+/// reached (for `Opened`, without asking the socket again).
 pub async fn dial(
     request: &OpenRequest,
     policy: &ExitPolicy,
     bind: Option<IpAddr>,
     connect_timeout: Duration,
-) -> Result<TcpStream, DialError> {
+) -> Result<(TcpStream, SocketAddr), DialError> {
     let deadline = Instant::now() + connect_timeout;
     policy.check_port(request.port)?;
     let addresses = resolve(&request.host, request.port, deadline).await?;
@@ -80,7 +81,7 @@ pub async fn dial(
     let mut last_error = None;
     for address in candidates {
         match timeout_at(deadline, connect(address, bind)).await {
-            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Ok(stream)) => return Ok((stream, address)),
             Ok(Err(error)) => last_error = Some(map_io_error(&error)),
             Err(_) => {
                 return Err(DialError::new(

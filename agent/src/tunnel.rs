@@ -349,8 +349,9 @@ async fn session(
                     let policy = shared.policy.borrow().clone();
                     let stream = StreamContext { shared: shared.clone(), policy, slots: slots.clone(), accepting };
                     // Boxed so the wrappers on the way into the task move a
-                    // pointer, not the stream's whole (KiB-sized) state.
-                    streams.spawn(Box::pin(serve_stream(stream, send, recv)).instrument(info_span!("stream")));
+                    // pointer, not the stream's whole (KiB-sized) state; in the
+                    // tunnel's span, as a span per stream would name nothing more.
+                    streams.spawn(Box::pin(serve_stream(stream, send, recv)).in_current_span());
                 }
                 Err(_) if gateway_stopped(&connection) => break SessionEnd::GatewayStopped,
                 Err(_) if transport == Transport::Quic
@@ -694,10 +695,7 @@ async fn serve_stream(context: StreamContext, mut send: StreamSend, mut recv: St
             }
             fail(&mut send, error).await;
         }
-        Ok(mut stream) => {
-            let peer = stream
-                .peer_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Ok((mut stream, peer)) => {
             if write_frame(&mut send, &OpenReply::Opened { peer })
                 .await
                 .is_ok()
