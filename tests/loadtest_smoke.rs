@@ -65,6 +65,13 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
         assert!(column(path, "rate", "errors") >= 0.0, "{path}");
     }
     assert!(figure("rate", "CPU per connection, proxy processes") >= 0.0);
+    // Each round's ratio against the bare relay, next to the totals.
+    assert!(
+        figure(
+            "rate",
+            "connections per second, exitpool / bare relay, median round"
+        ) > 0.0
+    );
     assert!(
         column(
             "bare_quic_relay",

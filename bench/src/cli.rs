@@ -29,7 +29,8 @@ pub struct Args {
     /// bulk: MiB per direction.
     #[arg(long)]
     pub size: Option<u64>,
-    /// bulk: rounds, the paths taking turns in each; medians are reported.
+    /// bulk and rate: rounds, the paths taking turns in each; bulk reports
+    /// medians, rate totals, and both each round's ratios.
     #[arg(long)]
     pub rounds: Option<usize>,
     /// connect: fresh connections per path (sequential; the same again concurrently).
@@ -38,7 +39,7 @@ pub struct Args {
     /// connect: concurrent workers in the concurrent round.
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// rate: seconds each path is driven for.
+    /// rate: seconds each path is driven for in each round.
     #[arg(long)]
     pub rate_secs: Option<f64>,
     /// rate: concurrent client loops.
@@ -138,8 +139,8 @@ impl Scenario {
             ),
             Scenario::Connect => format!("{} fresh connections per path", sizes.connects),
             Scenario::Rate => format!(
-                "{} client loops for {:.0?} per path",
-                sizes.rate_clients, sizes.rate_time
+                "{} client loops for {:.0?} per path, {} rounds",
+                sizes.rate_clients, sizes.rate_time, sizes.rate_rounds
             ),
             Scenario::Fanout => format!(
                 "{} connections over {} agents",
@@ -169,6 +170,7 @@ pub struct Sizes {
     pub connects: usize,
     pub concurrency: usize,
     pub rate_time: Duration,
+    pub rate_rounds: usize,
     pub rate_clients: usize,
     /// `None`: the agent's default.
     pub rate_max_streams: Option<u32>,
@@ -189,6 +191,7 @@ impl Sizes {
                 connects: 200,
                 concurrency: 8,
                 rate_time: Duration::from_secs(1),
+                rate_rounds: 1,
                 rate_clients: 64,
                 rate_max_streams: None,
                 fanout_conns: 100,
@@ -206,6 +209,7 @@ impl Sizes {
                 connects: 1000,
                 concurrency: 16,
                 rate_time: Duration::from_secs(10),
+                rate_rounds: 3,
                 rate_clients: 64,
                 rate_max_streams: None,
                 fanout_conns: 2000,
@@ -229,6 +233,7 @@ impl Sizes {
         };
         sizes.bulk_mib = args.size.unwrap_or(sizes.bulk_mib).max(1);
         sizes.bulk_rounds = args.rounds.unwrap_or(sizes.bulk_rounds).max(1);
+        sizes.rate_rounds = args.rounds.unwrap_or(sizes.rate_rounds).max(1);
         sizes.connects = args.connects.unwrap_or(sizes.connects).max(1);
         sizes.concurrency = args.concurrency.unwrap_or(sizes.concurrency).max(1);
         if let Some(secs) = args.rate_secs {

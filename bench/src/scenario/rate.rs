@@ -2,14 +2,17 @@
 //! costs its proxy in CPU. Client loops (64 by default) each open a fresh TCP
 //! connection, CONNECT where there is a proxy, send a 1 KiB request, read the
 //! 1 KiB answer and start again, for a fixed time per path: direct, exitpool
-//! (the gateway and one agent process), tinyproxy and the bare relay. Failed
-//! connections are counted by kind (an `exits_busy` answer, a reset, …).
+//! (the gateway and one agent process), tinyproxy and the bare relay. The paths
+//! take turns, round after round, so a slow spell of a shared machine hits them
+//! alike: the table shows each path's totals over the rounds, and each round's
+//! exitpool-to-bare-relay ratios are listed too (median, lowest, highest).
+//! Failed connections are counted by kind (an `exits_busy` answer, a reset, …).
 
 use crate::bare_relay::{self, BareRelay};
 use crate::cli::{Bench, Sizes};
 use crate::client::{exchange, join_all, open, start_target, Route, STEP};
 use crate::launch::Processes;
-use crate::measure::{cpu_of, percentile};
+use crate::measure::{cpu_of, median, percentile};
 use crate::report::{Figure, Report};
 use crate::tinyproxy::Tinyproxy;
 use anyhow::{bail, Result};
@@ -21,6 +24,9 @@ use std::time::{Duration, Instant};
 const EXCHANGE: u64 = 1024;
 /// Sequential exchanges before the clock starts, to warm caches and windows.
 const WARM_UP: usize = 20;
+
+/// One figure of a run, where the path has it.
+type RunFigure = fn(&RateRun) -> Option<f64>;
 
 /// One path driven for the scenario's time.
 struct RateRun {
@@ -62,6 +68,31 @@ impl RateRun {
 
     fn error_count(&self) -> usize {
         self.errors.values().sum()
+    }
+
+    /// One path's rounds as one run: their connections, time and CPU added up.
+    fn total(rounds: &[RateRun]) -> RateRun {
+        let mut total = RateRun {
+            done: 0,
+            secs: 0.0,
+            times: Vec::new(),
+            cpu: Vec::new(),
+            errors: BTreeMap::new(),
+        };
+        for round in rounds {
+            total.done += round.done;
+            total.secs += round.secs;
+            total.times.extend(&round.times);
+            total.cpu.resize(round.cpu.len(), 0.0);
+            for (sum, cpu) in total.cpu.iter_mut().zip(&round.cpu) {
+                *sum += cpu;
+            }
+            for (kind, n) in &round.errors {
+                *total.errors.entry(kind.clone()).or_default() += n;
+            }
+        }
+        total.times.sort();
+        total
     }
 }
 
@@ -155,22 +186,34 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     .await?;
     let tiny = Tinyproxy::start_if_installed(bench.tinyproxy.as_deref()).await?;
     let bare = BareRelay::start(target).await?;
-    let direct = drive("direct", &Route::Direct, &[], target, sizes).await?;
-    let ours = drive(
-        "exitpool",
-        &processes.path(),
-        &processes.pids(),
-        target,
-        sizes,
-    )
-    .await?;
+    // Every path's processes stay up for all rounds; an idle one costs nothing
+    // measurable next to the path being driven.
+    let (mut directs, mut ourses, mut theirses, mut floors) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=sizes.rate_rounds {
+        eprintln!("   round {round}");
+        directs.push(drive("direct", &Route::Direct, &[], target, sizes).await?);
+        ourses.push(
+            drive(
+                "exitpool",
+                &processes.path(),
+                &processes.pids(),
+                target,
+                sizes,
+            )
+            .await?,
+        );
+        if let Some(t) = &tiny {
+            theirses.push(drive("tinyproxy", &t.path(), &[t.pid()], target, sizes).await?);
+        }
+        floors.push(drive(bare_relay::NAME, &bare.path(), &bare.pids(), target, sizes).await?);
+    }
     processes.stop().await;
-    let theirs = match &tiny {
-        Some(t) => Some(drive("tinyproxy", &t.path(), &[t.pid()], target, sizes).await?),
-        None => None,
-    };
-    let floor = drive(bare_relay::NAME, &bare.path(), &bare.pids(), target, sizes).await?;
     drop((tiny, bare));
+    let direct = RateRun::total(&directs);
+    let ours = RateRun::total(&ourses);
+    let theirs = (!theirses.is_empty()).then(|| RateRun::total(&theirses));
+    let floor = RateRun::total(&floors);
 
     let figures: [Figure<RateRun>; 8] = [
         (
@@ -233,6 +276,38 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         theirs.as_ref().map(ratio),
     );
     report.with_bare_relay(Some(ratio(&floor)));
+    // Each round's exitpool-to-bare-relay ratios: the spread says how far the
+    // totals can be trusted on this machine.
+    let per_round: [(&str, RunFigure); 2] = [
+        ("connections per second", |r| Some(r.per_second())),
+        ("CPU per connection, proxy processes", |r| r.proxy_micros()),
+    ];
+    for (metric, figure) in per_round {
+        let ratios: Vec<f64> = ourses
+            .iter()
+            .zip(&floors)
+            .filter_map(|(ours, floor)| Some(figure(ours)? / figure(floor)?))
+            .collect();
+        if ratios.is_empty() {
+            continue;
+        }
+        let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = ratios.iter().copied().fold(0.0, f64::max);
+        for (which, value) in [
+            ("median round", median(ratios.iter().copied())),
+            ("lowest round", lowest),
+            ("highest round", highest),
+        ] {
+            report.row(
+                "rate",
+                format!("{metric}, exitpool / {}, {which}", bare_relay::NAME),
+                "ratio",
+                None,
+                Some(value),
+                None,
+            );
+        }
+    }
     if let Some(threads) = runs.also_threads {
         let other =
             Processes::start(bins, threads, 1, 4096, sizes.rate_max_streams, "quic").await?;
@@ -257,9 +332,10 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         .rate_max_streams
         .unwrap_or(exitpool_agent::DEFAULT_MAX_STREAMS);
     report.notes.push(format!(
-        "rate: {} client loops (from 127.0.3.x) for {:.1} s per path, each a fresh TCP connection, CONNECT where there is a proxy, and a {EXCHANGE}-byte request answered with {EXCHANGE} bytes, the target closing first; exitpool = the gateway (--threads {}) and one agent process (--max-streams {streams}); CPU per connection = the proxy processes' CPU time (the bare relay: entry as gateway, exit as agent) over the connections completed; errors by kind: exitpool's X-Exitpool-Error code, another proxy's HTTP status, or the I/O error",
+        "rate: {} client loops (from 127.0.3.x) for {:.1} s per path in each of {} rounds (the paths taking turns; figures are totals over the rounds), each a fresh TCP connection, CONNECT where there is a proxy, and a {EXCHANGE}-byte request answered with {EXCHANGE} bytes, the target closing first; exitpool = the gateway (--threads {}) and one agent process (--max-streams {streams}); CPU per connection = the proxy processes' CPU time (the bare relay: entry as gateway, exit as agent) over the connections completed; errors by kind: exitpool's X-Exitpool-Error code, another proxy's HTTP status, or the I/O error",
         sizes.rate_clients,
         sizes.rate_time.as_secs_f64(),
+        sizes.rate_rounds,
         runs.gateway_threads
     ));
     Ok(())
