@@ -40,16 +40,15 @@ const HEAD_HEADERS: usize = 24;
 /// hyper to serve.
 pub(crate) async fn serve_head(
     mut stream: TcpStream,
-    peeked: Vec<u8>,
+    mut peeked: Vec<u8>,
     arrival: &Arrival,
     pending: &AddressSlot,
     shared: &Arc<Shared>,
 ) -> Option<TcpStream> {
     let started = Instant::now();
-    let buf = peeked;
     let mut headers = [httparse::EMPTY_HEADER; HEAD_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(head_len)) = request.parse(&buf) else {
+    let Ok(httparse::Status::Complete(head_len)) = request.parse(&peeked) else {
         return Some(stream);
     };
     if request.method != Some("CONNECT") {
@@ -64,11 +63,10 @@ pub(crate) async fn serve_head(
         .and_then(|header| response::decode_basic(header.value));
     // The head is ours now: take exactly its bytes, leaving what follows it
     // (a TLS ClientHello, say) for the relay.
-    let mut head = buf;
-    if stream.read_exact(&mut head[..head_len]).await.is_err() {
+    if stream.read_exact(&mut peeked[..head_len]).await.is_err() {
         return None;
     }
-    drop(head);
+    drop(peeked);
     let opened = open_tunnel(credentials, &authority, arrival, pending, shared).await;
     let (authorized, user) = match opened {
         Ok(opened) => opened,
