@@ -176,14 +176,13 @@ async fn plain_get(net: &TestGateway, target: SocketAddr) -> (Head, tokio::net::
     )
     .await
     .unwrap();
-    let request = format!(
-        "GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
-        basic(USER, PASSWORD)
-    );
-    within("send GET", stream.write_all(request.as_bytes()))
-        .await
-        .unwrap();
-    (read_head(&mut stream).await, stream)
+    let head = absolute_get(
+        &mut stream,
+        &format!("http://{target}/"),
+        &target.to_string(),
+    )
+    .await;
+    (head, stream)
 }
 
 over_both_transports! {

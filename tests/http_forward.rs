@@ -24,14 +24,12 @@ fn client(proxy: SocketAddr, user: &str) -> reqwest::Client {
 /// Sends `GET http://target/path` on an open connection and reads the whole answer
 /// (the target's bodies here all carry `Content-Length`).
 async fn get_absolute(stream: &mut TcpStream, target: SocketAddr, path: &str) -> (Head, String) {
-    let request = format!(
-        "GET http://{target}{path} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
-        basic(USER, PASSWORD)
-    );
-    within("send GET", stream.write_all(request.as_bytes()))
-        .await
-        .unwrap();
-    let head = read_head(stream).await;
+    let head = absolute_get(
+        stream,
+        &format!("http://{target}{path}"),
+        &target.to_string(),
+    )
+    .await;
     let length: usize = head
         .header("content-length")
         .unwrap_or_else(|| panic!("no content-length in {head:?}"))
@@ -235,14 +233,12 @@ async fn https_in_absolute_form_is_told_to_use_connect() {
     let mut stream = within("connect", TcpStream::connect(net.proxy()))
         .await
         .unwrap();
-    let request = format!(
-        "GET https://{target}/ip HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
-        basic(USER, PASSWORD)
-    );
-    within("send", stream.write_all(request.as_bytes()))
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await;
+    let head = absolute_get(
+        &mut stream,
+        &format!("https://{target}/ip"),
+        &target.to_string(),
+    )
+    .await;
     assert_eq!(head.status, 400);
     assert_eq!(head.header("x-exitpool-error"), Some("bad_request"));
     assert!(

@@ -403,6 +403,19 @@ pub async fn connect_as(proxy: SocketAddr, target: SocketAddr, params: &str) -> 
     .await
 }
 
+/// Sends an absolute-form `GET url` (plain-HTTP proxying) as alice on an open
+/// proxy connection, `Host: host`, and reads the answer's head.
+pub async fn absolute_get(stream: &mut TcpStream, url: &str, host: &str) -> Head {
+    let request = format!(
+        "GET {url} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {}\r\n\r\n",
+        basic(USER, PASSWORD)
+    );
+    within("send GET", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    read_head(stream).await
+}
+
 /// Sends a minimal HTTP/1.1 GET inside an established tunnel and returns the body.
 pub async fn get_in_tunnel(stream: &mut TcpStream, path: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: target\r\nConnection: close\r\n\r\n");
