@@ -9,7 +9,9 @@
 //! The directory holds no tunnels (those live in the tunnel endpoint's links), so
 //! the entries here are directory records only: exactly what routing reads.
 
-use exitpool::gateway::directory::{AgentDirectory, Filter, Joining, LocalDirectory, Location};
+use exitpool::gateway::directory::{
+    AgentDirectory, Avoid, Filter, Joining, LocalDirectory, Location,
+};
 use std::time::Instant;
 
 const PICKS: usize = 200_000;
@@ -47,13 +49,13 @@ fn main() -> anyhow::Result<()> {
         };
         let started = Instant::now();
         for _ in 0..PICKS {
-            std::hint::black_box(directory.pick(&filter, &[])?);
+            std::hint::black_box(directory.pick(&filter, &Avoid::default())?);
         }
         let rotation = started.elapsed().as_nanos() as f64 / PICKS as f64;
         let started = Instant::now();
         for n in 0..PICKS {
             let point = directory.ring_point(&format!("customer\0session{n}"));
-            std::hint::black_box(directory.pick_sticky(&filter, point, &[])?);
+            std::hint::black_box(directory.pick_sticky(&filter, point, &Avoid::default())?);
         }
         let sticky = started.elapsed().as_nanos() as f64 / PICKS as f64;
         let (base_rotation, base_sticky) = *baseline.get_or_insert((rotation, sticky));

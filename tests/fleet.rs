@@ -12,6 +12,9 @@ use common::fleet::{
 use common::targets::{echo_target, http_target};
 use common::*;
 use exitpool::gateway::auth::{Customer, Limits, Users};
+use exitpool::gateway::config::PeerTransport;
+use exitpool::gateway::error::ProxyError;
+use exitpool::gateway::fleet::peer::{PeerAddress, Peers};
 use redis::AsyncCommands;
 use std::collections::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,12 +45,120 @@ async fn an_exit_held_by_another_gateway_serves_the_customer() {
     assert_eq!(fleet_stats["totals"]["agents"], 2, "{fleet_stats}");
     assert_eq!(fleet_stats["peer_streams_out"], 2, "{fleet_stats}");
     assert_eq!(b.stats().await["fleet"]["peer_streams_in"], 1);
+    // Peer links are TLS over TCP unless a gateway asks for QUIC.
+    for linked in ["gw-b", "gw-c"] {
+        assert_eq!(
+            fleet_stats["gateways"][linked]["peer_link"], "tcp",
+            "{fleet_stats}"
+        );
+    }
+    assert_eq!(
+        fleet_stats["gateways"]["gw-a"]["peer_link"],
+        serde_json::Value::Null
+    );
     // No Redis round trip for a rotation request: two opens cost none
     // beyond the heartbeat's own.
     assert_eq!(fleet_stats["session_round_trips"], 0);
     // A reload checks this gateway's own agents' tokens, not the fleet's.
     a.gateway.reload().unwrap();
     assert_eq!(a.gateway.directory().len(), 2);
+}
+
+#[tokio::test]
+async fn a_gateway_dialling_over_quic_carries_its_customers_as_well() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet_with(&redis, &["gw-a", "gw-b"], |config| {
+        config.fleet.as_mut().unwrap().peer_transport = PeerTransport::Quic;
+    })
+    .await;
+    let a = &gateways[0];
+    let _agents = place_agents(&gateways, &[(1, "127.0.0.2")]).await;
+    let target = echo_target().await;
+    // Both directions and the half-close, a megabyte each way.
+    echo_through(a.proxy(), target, "", 1 << 20).await;
+    wait_for_gateways(a, 2).await;
+    let stats = a.stats().await["fleet"].clone();
+    assert_eq!(stats["peer_streams_out"], 1, "{stats}");
+    assert_eq!(stats["gateways"]["gw-b"]["peer_link"], "quic", "{stats}");
+}
+
+/// Dials gateway `to`'s peer port as gateway `own_id` proving membership with
+/// `key`, and opens a stream to its exit `agent_id`.
+async fn open_peer_stream(
+    to: &TestGateway,
+    transport: PeerTransport,
+    key: &[u8; 32],
+    agent_id: &str,
+    target: std::net::SocketAddr,
+) -> Result<(), ProxyError> {
+    let endpoint = exitpool::transport::udp::endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        quinn::EndpointConfig::default(),
+        None,
+    )
+    .unwrap();
+    let timeout = std::time::Duration::from_secs(5);
+    let peers = Peers::new(
+        endpoint,
+        transport,
+        "stranger".into(),
+        key,
+        timeout,
+        timeout,
+    );
+    let stats = to.stats().await["fleet"].clone();
+    let id: std::sync::Arc<str> = stats["gateway_id"].as_str().unwrap().into();
+    let addr = stats["gateways"][&*id]["peer"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pin = to.gateway.pin().parse().unwrap();
+    peers.set_address(
+        &id,
+        PeerAddress {
+            addr,
+            tcp: true,
+            pin,
+        },
+    );
+    let host = exitpool::protocol::TargetHost::Ip(target.ip());
+    within(
+        "peer stream",
+        peers.open(&id, agent_id, host, target.port(), timeout),
+    )
+    .await
+    .map(drop)
+}
+
+#[tokio::test]
+async fn a_peer_link_without_the_fleet_key_is_refused_on_both_transports() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a", "gw-b"]).await;
+    let b = &gateways[1];
+    let _agents = place_agents(&gateways, &[(1, "127.0.0.2")]).await;
+    wait_for_gateways(b, 2).await;
+    let agent_id = b.gateway.directory().agents()[0].agent_id.clone();
+    let target = echo_target().await;
+    let fleet_key = exitpool::gateway::fleet::peer::fleet_key(
+        &exitpool::gateway::tls::Identity::load_or_create(b.state.path()).unwrap(),
+    );
+    for transport in [PeerTransport::Tcp, PeerTransport::Quic] {
+        // Same certificate pin, so TLS succeeds; only the proof is wrong.
+        let refused = open_peer_stream(b, transport, &[7; 32], &agent_id, target).await;
+        let Err(ProxyError::PeerUnavailable(reason)) = refused else {
+            panic!("{transport:?}: a stranger's link was not refused: {refused:?}");
+        };
+        assert!(
+            reason.contains("the fleet proof does not verify"),
+            "{transport:?}: {reason}"
+        );
+        // With the fleet's key the same dial is a peer link.
+        open_peer_stream(b, transport, &fleet_key, &agent_id, target)
+            .await
+            .unwrap_or_else(|e| panic!("{transport:?}: {e}"));
+    }
+    assert_eq!(b.stats().await["fleet"]["peer_streams_in"], 2);
 }
 
 #[tokio::test]

@@ -91,13 +91,16 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
     assert!(figure("swarm", "restart: new gateway up to all agents back") > 0.0);
     assert!(figure("swarm", "crash restart: new gateway up to all agents back") > 0.0);
     assert!(figure("footprint", "agent process idle RSS") > 0.0);
-    // fleet: both paths moved data and opened connections, the forwarded one
-    // over the peer link; Redis saw one script per first connection of a
+    // fleet: every path moved data and opened connections, the forwarded ones
+    // over their peer links (TLS/TCP from A, QUIC from C); Redis saw one script per first connection of a
     // session on a gateway and none for rotation or repeats; the whole quick
     // pool reached every gateway's directory.
     assert!(figure("fleet", "bulk download, forwarded path") > 0.0);
     assert!(figure("fleet", "connect + 1 KiB p50, forwarded path") > 0.0);
+    assert!(figure("fleet", "bulk upload, forwarded-quic path") > 0.0);
+    assert!(figure("fleet", "connect + 1 KiB p50, forwarded-quic path") > 0.0);
     assert!(figure("fleet", "peer streams A -> B per forwarded conn") >= 1.0);
+    assert!(figure("fleet", "peer streams C -> B per forwarded conn") >= 1.0);
     assert_eq!(figure("fleet", "rotation: scripts (EVALSHA) / conn"), 0.0);
     let first = figure("fleet", "new session on A: scripts (EVALSHA) / conn");
     assert!(first > 0.0 && first <= 1.0, "{first}");

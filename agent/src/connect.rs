@@ -190,7 +190,7 @@ impl Dialer {
                 .connect(name, stream)
                 .await
                 .map_err(|e| format!("TLS handshake: {e}"))?;
-            tcp::agent_side(tls, tcp_settings(config))
+            tcp::answering_end(tls, tcp_settings(config))
                 .await
                 .map_err(|e| format!("HTTP/2 handshake: {e}"))
         };

@@ -297,6 +297,7 @@ fn fleet_stats(
         "local_agents": agents.iter().filter(|agent| agent.is_local()).count(),
         "gateways": gateways.iter().map(|record| (record.id.clone(), serde_json::json!({
             "peer": record.peer,
+            "peer_link": fleet.peers.link_transport(&record.id).map(|transport| transport.as_str()),
             "agents": record.agents,
             "live_streams": record.streams,
             "live_connections": record.connections,

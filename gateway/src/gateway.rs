@@ -164,32 +164,34 @@ impl Gateway {
         let mut directory = LocalDirectory::new(exit_key).with_health_policy(config.health);
         let metrics = Metrics::new();
         let fleet = match &config.fleet {
-            Some(fleet_config) => Some(join_fleet(
-                &config,
-                fleet_config,
-                &identity,
-                metrics.fleet.clone(),
-            )?),
+            Some(fleet_config) => {
+                Some(join_fleet(&config, fleet_config, &identity, metrics.fleet.clone()).await?)
+            }
             None => None,
         };
         let mut fleet_tasks = None;
         let usage: Box<dyn usage::UsageSink> = match &fleet {
-            Some((fleet, journal)) => {
+            Some(joined) => Box::new(usage::Tee {
+                own: MemoryUsage::from_snapshot(&used),
+                unflushed: joined.fleet.unflushed.clone(),
+            }),
+            None => Box::new(MemoryUsage::from_snapshot(&used)),
+        };
+        let fleet = match fleet {
+            Some(joined) => {
                 let (changes, feed) = tokio::sync::mpsc::channel(fleet::replica::FEED_CAPACITY);
                 directory = directory.with_change_feed(changes);
-                fleet_tasks = Some((fleet.clone(), feed, journal.clone()));
-                Box::new(usage::Tee {
-                    own: MemoryUsage::from_snapshot(&used),
-                    unflushed: fleet.unflushed.clone(),
-                })
+                let fleet = joined.fleet.clone();
+                fleet_tasks = Some((joined, feed));
+                Some(fleet)
             }
-            None => Box::new(MemoryUsage::from_snapshot(&used)),
+            None => None,
         };
         let entry_ports =
             LiveEntryPorts::new(config.entry_ports.clone(), config.entry_ports_file.clone());
         let shared = Arc::new(Shared {
             config,
-            fleet: fleet.map(|(fleet, _)| fleet),
+            fleet,
             directory: Box::new(directory),
             links: Links::default(),
             pending_handshakes: Default::default(),
@@ -229,14 +231,23 @@ impl Gateway {
         shared
             .tasks
             .spawn(housekeeping::flush_usage(shared.clone()));
-        if let Some((fleet, feed, journal)) = fleet_tasks {
+        if let Some((joined, feed)) = fleet_tasks {
+            let Joined {
+                fleet,
+                journal,
+                peer_tcp,
+                peer_tls,
+            } = joined;
             info!(gateway_id = %fleet.id, peer = %fleet.advertise, "fleet mode: sharing the pool through redis");
             shared
                 .tasks
                 .spawn(fleet::replica::run(shared.clone(), fleet.clone(), feed));
-            shared
-                .tasks
-                .spawn(fleet::serve::serve(shared.clone(), fleet.clone()));
+            shared.tasks.spawn(fleet::serve::serve(
+                shared.clone(),
+                fleet.clone(),
+                peer_tcp,
+                peer_tls,
+            ));
             shared
                 .tasks
                 .spawn(fleet::usage::run(shared.clone(), fleet, journal));
@@ -352,32 +363,46 @@ impl Gateway {
     }
 }
 
-/// Sets up fleet membership: the peer port, the fleet key (derived from the
-/// certificate's key, which every gateway of a fleet shares), the Redis
-/// connections (made on first use), and the usage journal of an earlier run.
-fn join_fleet(
+/// What joining a fleet gives the gateway's start.
+struct Joined {
+    fleet: Arc<Fleet>,
+    /// Usage an earlier run could not flush.
+    journal: fleet::usage::Journal,
+    /// TLS-over-TCP peer links, on the QUIC peer port's number, and their
+    /// TLS settings.
+    peer_tcp: TcpListener,
+    peer_tls: Arc<rustls::ServerConfig>,
+}
+
+/// Sets up fleet membership: the peer port (QUIC and TCP), the fleet key
+/// (derived from the certificate's key, which every gateway of a fleet
+/// shares), the Redis connections (made on first use), and the usage journal
+/// of an earlier run.
+async fn join_fleet(
     config: &GatewayConfig,
     fleet_config: &crate::config::FleetConfig,
     identity: &tls::Identity,
     counters: crate::metrics::FleetCounters,
-) -> Result<(Arc<Fleet>, fleet::usage::Journal), StartError> {
+) -> Result<Joined, StartError> {
     let id: Arc<str> = fleet_config
         .gateway_id
         .clone()
         .unwrap_or_else(|| Fleet::default_id(&config.state_dir))
         .into();
     let addr = fleet_config.peer_listen;
-    let server = identity.quic_server_config_for(
-        exitpool_protocol::peer::PEER_ALPN,
-        fleet::peer::transport_config(fleet_config.gateway_timeout),
-    )?;
-    let endpoint =
+    let quic = |addr| -> Result<quinn::Endpoint, StartError> {
+        let server = identity.quic_server_config_for(
+            exitpool_protocol::peer::PEER_ALPN,
+            fleet::peer::transport_config(fleet_config.gateway_timeout, true),
+        )?;
         exitpool_transport::udp::endpoint(addr, endpoint::endpoint_config(identity), Some(server))
             .map_err(|source| StartError::Bind {
                 what: "the peer port",
                 addr,
                 source,
-            })?;
+            })
+    };
+    let (endpoint, tcp_listener) = bind_same_port(addr, quic, "the TCP peer port").await?;
     let bound = endpoint.local_addr().map_err(|source| StartError::Bind {
         what: "the peer port",
         addr,
@@ -391,8 +416,9 @@ fn join_fleet(
     }
     let peers = fleet::peer::Peers::new(
         endpoint,
+        fleet_config.peer_transport,
         id.clone(),
-        &identity.derive_secret("fleet peer link"),
+        &fleet::peer::fleet_key(identity),
         fleet_config.gateway_timeout,
         fleet_config.gateway_timeout,
     );
@@ -410,11 +436,16 @@ fn join_fleet(
         path: journal_path,
         source,
     })?;
-    Ok((Arc::new(fleet), journal))
+    Ok(Joined {
+        fleet: Arc::new(fleet),
+        journal,
+        peer_tcp: tcp_listener,
+        peer_tls: identity.tcp_server_config_for(exitpool_protocol::peer::PEER_TCP_ALPN)?,
+    })
 }
 
-/// How many times an ephemeral tunnel port (port 0) is drawn again when its
-/// number is taken on TCP.
+/// How many times an ephemeral port (port 0) of the tunnel or the peer link is
+/// drawn again when its number is taken on TCP.
 const SAME_PORT_ATTEMPTS: usize = 16;
 
 /// The QUIC endpoint and, unless turned off, the TCP tunnel listener: by default
@@ -446,32 +477,50 @@ async fn bind_tunnels(
         TunnelTcp::Off => Ok((quic(config.tunnel)?, None)),
         TunnelTcp::At(addr) => Ok((quic(config.tunnel)?, Some(tcp(addr).await?))),
         TunnelTcp::SamePort => {
-            // An ephemeral UDP port's number may be taken on TCP: draw again.
-            let attempts = if config.tunnel.port() == 0 {
-                SAME_PORT_ATTEMPTS
-            } else {
-                1
-            };
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let endpoint = quic(config.tunnel)?;
-                let port = endpoint
-                    .local_addr()
-                    .map_err(|source| StartError::Bind {
-                        what: "the tunnel port",
-                        addr: config.tunnel,
-                        source,
-                    })?
-                    .port();
-                let mut addr = config.tunnel;
-                addr.set_port(port);
-                match tcp(addr).await {
-                    Ok(listener) => return Ok((endpoint, Some(listener))),
-                    Err(error) if attempt >= attempts => return Err(error),
-                    Err(_) => endpoint.close(0u32.into(), b""),
-                }
+            let (endpoint, listener) =
+                bind_same_port(config.tunnel, quic, "the TCP tunnel port").await?;
+            Ok((endpoint, Some(listener)))
+        }
+    }
+}
+
+/// A QUIC endpoint from `quic` on `addr` and a TCP listener on the port of the
+/// same number, so one address serves both transports. An ephemeral UDP
+/// port's number may be taken on TCP: port 0 draws again.
+async fn bind_same_port(
+    addr: SocketAddr,
+    quic: impl Fn(SocketAddr) -> Result<quinn::Endpoint, StartError>,
+    what_tcp: &'static str,
+) -> Result<(quinn::Endpoint, TcpListener), StartError> {
+    let attempts = if addr.port() == 0 {
+        SAME_PORT_ATTEMPTS
+    } else {
+        1
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let endpoint = quic(addr)?;
+        let port = endpoint
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: what_tcp,
+                addr,
+                source,
+            })?
+            .port();
+        let mut tcp_addr = addr;
+        tcp_addr.set_port(port);
+        match TcpListener::bind(tcp_addr).await {
+            Ok(listener) => return Ok((endpoint, listener)),
+            Err(source) if attempt >= attempts => {
+                return Err(StartError::Bind {
+                    what: what_tcp,
+                    addr: tcp_addr,
+                    source,
+                })
             }
+            Err(_) => endpoint.close(0u32.into(), b""),
         }
     }
 }

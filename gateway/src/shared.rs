@@ -67,7 +67,34 @@ pub struct Shared {
     pub access_log: AccessLog,
 }
 
+/// How long a listener rests after a failed accept (out of descriptors,
+/// usually) before trying again, rather than spinning.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Shared {
+    /// The next connection on `listener` (the `what` port, for the log), or
+    /// `None` once the gateway stops. A failed accept is logged and retried
+    /// after a pause; the listener stays up.
+    pub async fn accept(
+        &self,
+        listener: &tokio::net::TcpListener,
+        what: &'static str,
+    ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = self.shutdown.cancelled() => return None,
+            };
+            match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(error) => {
+                    tracing::warn!(%error, port = what, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+    }
+
     /// Where an agent at `ip` is.
     pub fn locate(&self, ip: IpAddr) -> Location {
         let found = self.config.geoip.lookup(ip);

@@ -117,9 +117,15 @@ impl Identity {
 
     /// TLS-over-TCP tunnel configuration: ALPN `exitpool-tcp/1`.
     pub fn tcp_server_config(&self) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
-        Ok(Arc::new(
-            self.tls_server_config(exitpool_transport::tcp::ALPN)?,
-        ))
+        self.tcp_server_config_for(exitpool_transport::tcp::ALPN)
+    }
+
+    /// TLS over TCP with `alpn` (the peer links use their own).
+    pub fn tcp_server_config_for(
+        &self,
+        alpn: &[u8],
+    ) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
+        Ok(Arc::new(self.tls_server_config(alpn)?))
     }
 
     /// QUIC server configuration: TLS 1.3 with ALPN `exitpool/1`, plus the

@@ -1,6 +1,7 @@
-//! The peer link between gateways of one fleet: a QUIC connection from the
-//! gateway a customer reached to the gateway holding the chosen exit's tunnel,
-//! one stream per customer connection.
+//! The peer link between gateways of one fleet: a connection (TLS over TCP
+//! with HTTP/2 streams, or QUIC) from the gateway a customer reached to the
+//! gateway holding the chosen exit's tunnel, one stream per customer
+//! connection.
 //!
 //! The dialling gateway proves it belongs to the fleet in [`PeerHello`]: an
 //! HMAC, under the fleet key, of TLS keying material exported from this very
@@ -12,8 +13,12 @@
 use crate::TargetHost;
 use serde::{Deserialize, Serialize};
 
-/// ALPN of the peer link.
+/// ALPN of the peer link over QUIC.
 pub const PEER_ALPN: &[u8] = b"exitpool-peer/1";
+
+/// ALPN of the peer link over TLS on TCP: the same messages, framed in
+/// HTTP/2 streams as on the TCP agent tunnel.
+pub const PEER_TCP_ALPN: &[u8] = b"exitpool-peer-tcp/1";
 
 /// Version of the peer-link messages.
 pub const PEER_VERSION: u16 = 1;

@@ -130,7 +130,7 @@ impl Dialer {
             idle_timeout: exitpool::protocol::IDLE_TIMEOUT,
             initial_connection_window: exitpool::transport::udp::CONNECTION_WINDOW,
         };
-        within("HTTP/2 handshake", tcp::agent_side(tls, settings))
+        within("HTTP/2 handshake", tcp::answering_end(tls, settings))
             .await
             .map(Tunnel::Tcp)
             .map_err(DialError::Tcp)

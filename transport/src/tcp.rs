@@ -3,11 +3,14 @@
 //! the control stream and one stream per customer connection. Never QUIC inside
 //! TCP: two reliable layers retransmitting over each other melt down under loss.
 //!
-//! Roles: the agent dials and is the TLS client, but it is the HTTP/2 *server*
-//! on that connection, because the gateway opens the streams (as with QUIC,
-//! where it opens every relay stream). The gateway's first stream is the control
-//! stream; each later one is a relay stream, answered at once with headers so
-//! both directions carry raw bytes. No HTTP semantics ride on it beyond that.
+//! Roles: one end opens the streams and is the HTTP/2 client ([`opening_end`]),
+//! the other answers them as the HTTP/2 server ([`answering_end`]), whichever
+//! end dialled. On an agent tunnel the agent dials and is the TLS client, but
+//! the gateway opens the streams (as with QUIC, where it opens every relay
+//! stream); on a peer link between gateways the dialling gateway opens them.
+//! The opener's first stream is the control stream; each later one is a relay
+//! stream, answered at once with headers so both directions carry raw bytes.
+//! No HTTP semantics ride on it beyond that.
 //!
 //! What HTTP/2 gives, and why h2 rather than yamux (see the README): flow
 //! control per stream *and* per connection, with the window released only when
@@ -16,13 +19,14 @@
 //! as RST_STREAM; a bounded send buffer per stream; a stream limit the receiver
 //! sets; and PING for keep-alives.
 //!
-//! A tunnel is driven by one task (see [`gateway_side`] and [`agent_side`]),
+//! A tunnel is driven by one task (see [`opening_end`] and [`answering_end`]),
 //! which also pings every keep-alive interval and closes the tunnel when a ping
 //! is not answered within the idle timeout, like QUIC's idle timeout. The same
 //! task sends the PINGs asked for on demand ([`TcpTunnel::ping`]): h2 allows
 //! one in flight, so one task owns its `PingPong`.
 //!
-//! Close codes: the agent, as HTTP/2 server, sends its code in GOAWAY. h2's
+//! Close codes (said here of an agent tunnel; a peer link's ends do the same):
+//! the agent, as HTTP/2 server, sends its code in GOAWAY. h2's
 //! client has no GOAWAY to send, so the gateway opens a *close stream* first
 //! (path [`CLOSE_PATH`], before the control stream) and, when it closes the
 //! tunnel, ends that stream with trailers carrying the code and reason
@@ -101,13 +105,35 @@ pub struct TcpSettings {
     pub initial_connection_window: u32,
 }
 
-type Io = tokio_rustls::TlsStream<TcpStream>;
+/// A TLS connection over TCP, either side of the handshake.
+pub type Io = tokio_rustls::TlsStream<TcpStream>;
 
 /// One TCP tunnel, either end. Cheap to clone; the tunnel lives while its
-/// driver task does.
+/// driver task does, and is closed (code 0) when the last clone is dropped,
+/// as a QUIC connection is: a tunnel nobody holds must not live on answering
+/// pings.
 #[derive(Clone)]
 pub struct TcpTunnel {
     inner: Arc<Inner>,
+    _held: Arc<CloseWhenDropped>,
+}
+
+/// Dropped with the last [`TcpTunnel`] handle: asks the driver to close.
+struct CloseWhenDropped(Arc<Inner>);
+
+impl Drop for CloseWhenDropped {
+    fn drop(&mut self) {
+        self.0.request_close(0, b"");
+    }
+}
+
+impl TcpTunnel {
+    fn new(inner: Arc<Inner>) -> TcpTunnel {
+        TcpTunnel {
+            _held: Arc::new(CloseWhenDropped(inner.clone())),
+            inner,
+        }
+    }
 }
 
 impl std::fmt::Debug for TcpTunnel {
@@ -140,11 +166,11 @@ struct Inner {
 
 enum Role {
     /// HTTP/2 client: opens the control stream and every relay stream.
-    Gateway {
+    Opener {
         requests: h2::client::SendRequest<Bytes>,
     },
-    /// HTTP/2 server: streams the gateway opened, in order.
-    Agent {
+    /// HTTP/2 server: streams the opener opened, in order.
+    Answerer {
         incoming: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
     },
 }
@@ -177,6 +203,12 @@ impl Inner {
     fn end(&self, reason: CloseReason) {
         let _ = self.reason.set(reason);
         self.closed.cancel();
+    }
+
+    /// Asks the driver to close with `code` and `reason`; the first ask wins.
+    fn request_close(&self, code: u32, reason: &[u8]) {
+        lock(&self.close_request).get_or_insert_with(|| (code, Bytes::copy_from_slice(reason)));
+        self.close_notify.notify_one();
     }
 
     async fn close_requested(&self) -> (u32, Bytes) {
@@ -244,13 +276,11 @@ fn remote_of(io: &Io) -> io::Result<SocketAddr> {
     io.get_ref().0.peer_addr()
 }
 
-/// The gateway's end of a TCP tunnel whose TLS handshake is done: the HTTP/2
-/// handshake, then a driver task spawned on `tasks`.
-pub async fn gateway_side(
-    io: tokio_rustls::server::TlsStream<TcpStream>,
-    settings: TcpSettings,
-) -> io::Result<TcpTunnel> {
-    let io = Io::Server(io);
+/// The end that opens the streams (the gateway of an agent tunnel, the dialling
+/// gateway of a peer link), once the TLS handshake is done: the HTTP/2
+/// handshake as client, then a driver task.
+pub async fn opening_end(io: impl Into<Io>, settings: TcpSettings) -> io::Result<TcpTunnel> {
+    let io = io.into();
     let remote = remote_of(&io)?;
     let tls = Arc::new(Mutex::new(io));
     let (requests, mut connection) = h2::client::Builder::new()
@@ -273,7 +303,7 @@ pub async fn gateway_side(
             .map_err(h2_to_io)?;
         send
     };
-    let (inner, asks) = Inner::new(remote, tls, Role::Gateway { requests });
+    let (inner, asks) = Inner::new(remote, tls, Role::Opener { requests });
     let driver = inner.clone();
     tokio::spawn(async move {
         let keep_alive = keep_alive(ping, settings, asks);
@@ -295,7 +325,7 @@ pub async fn gateway_side(
         };
         driver.end(reason);
     });
-    Ok(TcpTunnel { inner })
+    Ok(TcpTunnel::new(inner))
 }
 
 /// The close stream's trailers: `code`, and `reason` cut to printable ASCII.
@@ -349,13 +379,11 @@ async fn close_from(body: &mut Option<h2::RecvStream>) -> Option<(u32, String)> 
     }
 }
 
-/// The agent's end of a TCP tunnel whose TLS handshake is done: the HTTP/2
-/// handshake (the agent answers as server), then a driver task.
-pub async fn agent_side(
-    io: tokio_rustls::client::TlsStream<TcpStream>,
-    settings: TcpSettings,
-) -> io::Result<TcpTunnel> {
-    let io = Io::Client(io);
+/// The end that answers the streams (the agent of an agent tunnel, the dialled
+/// gateway of a peer link), once the TLS handshake is done: the HTTP/2
+/// handshake as server, then a driver task.
+pub async fn answering_end(io: impl Into<Io>, settings: TcpSettings) -> io::Result<TcpTunnel> {
+    let io = io.into();
     let remote = remote_of(&io)?;
     let tls = Arc::new(Mutex::new(io));
     let mut connection = h2::server::Builder::new()
@@ -376,7 +404,7 @@ pub async fn agent_side(
     let (inner, asks) = Inner::new(
         remote,
         tls,
-        Role::Agent {
+        Role::Answerer {
             incoming: tokio::sync::Mutex::new(incoming),
         },
     );
@@ -434,7 +462,7 @@ pub async fn agent_side(
         };
         driver.end(reason);
     });
-    Ok(TcpTunnel { inner })
+    Ok(TcpTunnel::new(inner))
 }
 
 /// Pings every `keep_alive`, and at once when asked through `asks`; resolves
@@ -518,10 +546,10 @@ fn stream_request(path: &str) -> http::Request<()> {
 
 impl TcpTunnel {
     async fn open(&self) -> io::Result<(TcpSend, TcpRecv)> {
-        let Role::Gateway { requests } = &self.inner.role else {
+        let Role::Opener { requests } = &self.inner.role else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "only the gateway opens streams",
+                "only the opening end opens streams",
             ));
         };
         let mut requests = requests.clone().ready().await.map_err(h2_to_io)?;
@@ -538,10 +566,10 @@ impl TcpTunnel {
     }
 
     async fn accept(&self) -> io::Result<(TcpSend, TcpRecv)> {
-        let Role::Agent { incoming } = &self.inner.role else {
+        let Role::Answerer { incoming } = &self.inner.role else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "only the agent accepts streams",
+                "only the answering end accepts streams",
             ));
         };
         let next = tokio::select! {
@@ -650,9 +678,7 @@ impl TunnelConnection for TcpTunnel {
     }
 
     fn close(&self, code: u32, reason: &[u8]) {
-        lock(&self.inner.close_request)
-            .get_or_insert_with(|| (code, Bytes::copy_from_slice(reason)));
-        self.inner.close_notify.notify_one();
+        self.inner.request_close(code, reason);
     }
 
     fn close_reason(&self) -> Option<CloseReason> {

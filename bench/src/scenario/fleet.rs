@@ -2,9 +2,10 @@
 //! run's own, sharing one certificate as operators do (copied files). In one
 //! run:
 //! - bulk and connect latency on the **forwarded path** (customer on gateway A,
-//!   the exit's tunnel on gateway B: A -> B -> agent) against the **local
-//!   path** (customer on B), through the same agent process, with bulk's and
-//!   connect's own client code;
+//!   the exit's tunnel on gateway B: A -> B -> agent, over a TLS/TCP peer link)
+//!   and over a QUIC peer link (customer on gateway C, which dials QUIC) against
+//!   the **local path** (customer on B), through the same agent process, with
+//!   bulk's and connect's own client code;
 //! - **Redis commands per customer connection** for rotation, a new session, a
 //!   session already pinned by another gateway and a repeated session, from
 //!   Redis's `INFO commandstats` before and after each batch;
@@ -65,7 +66,11 @@ impl Fleet {
                         .with_context(|| format!("copying {name} from the first gateway"))?;
                 }
             }
+            // C dials its peer links over QUIC, A over TLS/TCP (the default):
+            // both forwarded paths are measured in the same run.
+            let transport = if id == "gw-c" { "quic" } else { "tcp" };
             let flags = [
+                format!("--peer-transport={transport}"),
                 "--redis".to_owned(),
                 url.clone(),
                 "--gateway-id".to_owned(),
@@ -119,6 +124,10 @@ impl Fleet {
 
     fn b(&self) -> &GatewayProcess {
         &self.gateways[1]
+    }
+
+    fn c(&self) -> &GatewayProcess {
+        &self.gateways[2]
     }
 
     fn tunnels(&self) -> Vec<SocketAddr> {
@@ -203,28 +212,39 @@ async fn measure(
     if let Err(error) = fleet.wait_directories(1, Duration::from_secs(20)).await {
         bail!("{error:#}; agent log: {}", agent.tail());
     }
-    let pids = [fleet.a().pid(), fleet.b().pid(), agent.pid()];
-    let peer_out0 = fleet.a().stats().await?["fleet"]["peer_streams_out"]
-        .as_u64()
-        .unwrap_or(0);
+    let pids = [
+        fleet.a().pid(),
+        fleet.b().pid(),
+        fleet.c().pid(),
+        agent.pid(),
+    ];
+    let streams_out = |stats: serde_json::Value| stats["fleet"]["peer_streams_out"].as_u64();
+    let out_before = [
+        streams_out(fleet.a().stats().await?).unwrap_or(0),
+        streams_out(fleet.c().stats().await?).unwrap_or(0),
+    ];
     let forwarded_conns = paths(bench, fleet, target, &pids, report).await?;
-    let peer_out = fleet.a().stats().await?["fleet"]["peer_streams_out"]
-        .as_u64()
-        .unwrap_or(0)
-        - peer_out0;
-    // Proof that the forwarded path went over the peer link, once each.
-    report.row(
-        SCENARIO,
-        "peer streams A -> B per forwarded conn",
-        "ratio",
-        None,
-        Some(peer_out as f64 / forwarded_conns as f64),
-        None,
-    );
-    if peer_out < forwarded_conns {
-        report.failures.push(format!(
-            "fleet: {forwarded_conns} forwarded connections but only {peer_out} peer streams out of A"
-        ));
+    // Proof that each forwarded path went over its peer link, once each.
+    for ((from, gateway, transport), before) in [("A", fleet.a(), "tcp"), ("C", fleet.c(), "quic")]
+        .into_iter()
+        .zip(out_before)
+    {
+        let stats = gateway.stats().await?;
+        let link = stats["fleet"]["gateways"]["gw-b"]["peer_link"].clone();
+        let out = streams_out(stats).unwrap_or(0) - before;
+        report.row(
+            SCENARIO,
+            format!("peer streams {from} -> B per forwarded conn"),
+            "ratio",
+            None,
+            Some(out as f64 / forwarded_conns as f64),
+            None,
+        );
+        if out < forwarded_conns || link != transport {
+            report.failures.push(format!(
+                "fleet: {forwarded_conns} forwarded connections but {out} peer streams out of {from}, over {link} (expected {transport})"
+            ));
+        }
     }
 
     commands_per_connection(bench, fleet, &mut conn, target, report).await?;
@@ -234,7 +254,7 @@ async fn measure(
     fleet.wait_directories(0, Duration::from_secs(30)).await?;
     mass_join(bench, fleet, &mut conn, report).await?;
     report.notes.push(format!(
-        "fleet: three gateway processes (--threads {}) on one redis-server (Unix socket, no persistence), sharing the first one's gateway-cert.der, gateway-key.der and exit-id.key; --fleet-heartbeat-ms {HEARTBEAT_MS} --fleet-gateway-timeout-ms {GATEWAY_TIMEOUT_MS} --fleet-resync-ms {RESYNC_MS} --redis-timeout-ms {REDIS_TIMEOUT_MS} (the defaults); local path = customer on gateway B, whose tunnel the agent process holds; forwarded = customer on gateway A, carried A -> B -> agent over the peer link; bulk and connect as in those scenarios ({} MiB each way x {} rounds, paths taking turns, medians; {} fresh connections sequential, then {} workers)",
+        "fleet: three gateway processes (--threads {}) on one redis-server (Unix socket, no persistence), sharing the first one's gateway-cert.der, gateway-key.der and exit-id.key; --fleet-heartbeat-ms {HEARTBEAT_MS} --fleet-gateway-timeout-ms {GATEWAY_TIMEOUT_MS} --fleet-resync-ms {RESYNC_MS} --redis-timeout-ms {REDIS_TIMEOUT_MS} (the defaults); local path = customer on gateway B, whose tunnel the agent process holds; forwarded = customer on gateway A, carried A -> B -> agent over a TLS/TCP peer link (the default), forwarded-quic = customer on gateway C (--peer-transport quic), carried C -> B -> agent over a QUIC one; bulk and connect as in those scenarios ({} MiB each way x {} rounds, paths taking turns, medians; {} fresh connections sequential, then {} workers)",
         bench.runs.gateway_threads,
         bench.sizes.bulk_mib,
         bench.sizes.bulk_rounds,
@@ -244,8 +264,8 @@ async fn measure(
     Ok(())
 }
 
-/// Bulk and connect on the local and the forwarded path; returns how many
-/// connections the forwarded path opened.
+/// Bulk and connect on the local path and the two forwarded ones (TLS/TCP and
+/// QUIC peer links); returns how many connections each forwarded path opened.
 async fn paths(
     bench: &Bench,
     fleet: &Fleet,
@@ -255,8 +275,12 @@ async fn paths(
 ) -> Result<u64> {
     let sizes = &bench.sizes;
     let bytes = sizes.bulk_mib * MIB;
-    let named = [("local", fleet.b().path()), ("forwarded", fleet.a().path())];
-    let mut transfers: [(Vec<Transfer>, Vec<Transfer>); 2] = Default::default();
+    let named = [
+        ("local", fleet.b().path()),
+        ("forwarded", fleet.a().path()),
+        ("forwarded-quic", fleet.c().path()),
+    ];
+    let mut transfers: [(Vec<Transfer>, Vec<Transfer>); 3] = Default::default();
     for (name, route) in &named {
         one_transfer(route, target, (8 * MIB).min(bytes), false, pids)
             .await
@@ -271,48 +295,83 @@ async fn paths(
                 .await
                 .with_context(|| format!("{name} upload, round {round}"))?;
             eprintln!(
-                "   {round}  {name:<9} down {:>7.1} MB/s {:.2} CPU-s/GiB   up {:>7.1} MB/s {:.2} CPU-s/GiB",
-                d.mb_per_s, d.cpu_per_gib, u.mb_per_s, u.cpu_per_gib
+                "   {round}  {name:<14} down {:>7.1} MB/s {:.2} CPU-s/GiB {}   up {:>7.1} MB/s {:.2} CPU-s/GiB {}",
+                d.mb_per_s,
+                d.cpu_per_gib,
+                per_process(&d),
+                u.mb_per_s,
+                u.cpu_per_gib,
+                per_process(&u)
             );
             down.push(d);
             up.push(u);
         }
     }
-    let [(local_down, local_up), (fwd_down, fwd_up)] = &transfers;
-    for (way, local, forwarded) in [
-        ("download", local_down, fwd_down),
-        ("upload", local_up, fwd_up),
-    ] {
-        let (l, f) = (median_transfer(local), median_transfer(forwarded));
-        let ratios = forwarded
-            .iter()
-            .zip(local)
-            .map(|(f, l)| f.mb_per_s / l.mb_per_s);
-        for (metric, unit, value) in [
-            (format!("bulk {way}, local path"), "MB/s", l.mb_per_s),
-            (format!("bulk {way}, forwarded path"), "MB/s", f.mb_per_s),
-            (
-                format!("bulk {way}, forwarded / local (>= 0.8)"),
-                "ratio",
-                f.mb_per_s / l.mb_per_s,
-            ),
-            (
-                format!("bulk {way}, forwarded / local, median round"),
-                "ratio",
-                median(ratios),
-            ),
-            (
-                format!("bulk {way} CPU, local, all processes"),
-                "CPU-s/GiB",
-                l.cpu_per_gib,
-            ),
-            (
-                format!("bulk {way} CPU, forwarded, all processes"),
-                "CPU-s/GiB",
-                f.cpu_per_gib,
-            ),
+    let [(local_down, local_up), forwarded @ ..] = &transfers;
+    for ((name, _), (fwd_down, fwd_up)) in named[1..].iter().zip(forwarded) {
+        // The target applies to the default peer link (TLS/TCP).
+        let target = if *name == "forwarded" {
+            " (>= 0.8)"
+        } else {
+            ""
+        };
+        for (way, local, forwarded) in [
+            ("download", local_down, fwd_down),
+            ("upload", local_up, fwd_up),
         ] {
-            report.row(SCENARIO, metric, unit, None, Some(value), None);
+            let (l, f) = (median_transfer(local), median_transfer(forwarded));
+            let ratios = forwarded
+                .iter()
+                .zip(local)
+                .map(|(f, l)| f.mb_per_s / l.mb_per_s);
+            if *name == "forwarded" {
+                report.row(
+                    SCENARIO,
+                    format!("bulk {way}, local path"),
+                    "MB/s",
+                    None,
+                    Some(l.mb_per_s),
+                    None,
+                );
+                report.row(
+                    SCENARIO,
+                    format!("bulk {way} CPU, local, all processes"),
+                    "CPU-s/GiB",
+                    None,
+                    Some(l.cpu_per_gib),
+                    None,
+                );
+                cpu_rows(report, way, "local", &l);
+            }
+            cpu_rows(report, way, name, &f);
+            report.row(
+                SCENARIO,
+                format!("bulk {way}, {name} / local, busiest process on its own core (estimate)"),
+                "ratio",
+                None,
+                Some(busiest(&l) / busiest(&f)),
+                None,
+            );
+            for (metric, unit, value) in [
+                (format!("bulk {way}, {name} path"), "MB/s", f.mb_per_s),
+                (
+                    format!("bulk {way}, {name} / local{target}"),
+                    "ratio",
+                    f.mb_per_s / l.mb_per_s,
+                ),
+                (
+                    format!("bulk {way}, {name} / local, median round"),
+                    "ratio",
+                    median(ratios),
+                ),
+                (
+                    format!("bulk {way} CPU, {name}, all processes"),
+                    "CPU-s/GiB",
+                    f.cpu_per_gib,
+                ),
+            ] {
+                report.row(SCENARIO, metric, unit, None, Some(value), None);
+            }
         }
     }
 
@@ -323,48 +382,111 @@ async fn paths(
             .await
             .with_context(|| format!("{name} connects"))?;
         eprintln!(
-            "   {name:<9} connect p50 {:.3} ms p99 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
+            "   {name:<14} connect p50 {:.3} ms p99 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
             s.p50, s.p99, s.seq_rate, s.conc_rate
         );
         stats.push(s);
     }
-    let (local, forwarded) = (&stats[0], &stats[1]);
+    let local = &stats[0];
     for (metric, unit, value) in [
         ("connect + 1 KiB p50, local path", "ms", local.p50),
         ("connect + 1 KiB p99, local path", "ms", local.p99),
-        ("connect + 1 KiB p50, forwarded path", "ms", forwarded.p50),
-        ("connect + 1 KiB p99, forwarded path", "ms", forwarded.p99),
-        (
-            "connect p50, forwarded / local (<= 1.5)",
-            "ratio",
-            forwarded.p50 / local.p50,
-        ),
-        (
-            "connect p99, forwarded / local",
-            "ratio",
-            forwarded.p99 / local.p99,
-        ),
         (
             "connect, concurrent rate, local path",
             "conn/s",
             local.conc_rate,
         ),
-        (
-            "connect, concurrent rate, forwarded path",
-            "conn/s",
-            forwarded.conc_rate,
-        ),
-        (
-            "connect, concurrent p50, forwarded / local",
-            "ratio",
-            forwarded.conc_p50 / local.conc_p50,
-        ),
     ] {
         report.row(SCENARIO, metric, unit, None, Some(value), None);
+    }
+    for ((name, _), forwarded) in named[1..].iter().zip(&stats[1..]) {
+        let target = if *name == "forwarded" {
+            " (<= 1.5)"
+        } else {
+            ""
+        };
+        for (metric, unit, value) in [
+            (
+                format!("connect + 1 KiB p50, {name} path"),
+                "ms",
+                forwarded.p50,
+            ),
+            (
+                format!("connect + 1 KiB p99, {name} path"),
+                "ms",
+                forwarded.p99,
+            ),
+            (
+                format!("connect p50, {name} / local{target}"),
+                "ratio",
+                forwarded.p50 / local.p50,
+            ),
+            (
+                format!("connect p99, {name} / local"),
+                "ratio",
+                forwarded.p99 / local.p99,
+            ),
+            (
+                format!("connect, concurrent rate, {name} path"),
+                "conn/s",
+                forwarded.conc_rate,
+            ),
+            (
+                format!("connect, concurrent p50, {name} / local"),
+                "ratio",
+                forwarded.conc_p50 / local.conc_p50,
+            ),
+        ] {
+            report.row(SCENARIO, metric, unit, None, Some(value), None);
+        }
     }
     // Warm-ups, rounds and both connect passes (connect_path warms up with 20).
     let transfers = 1 + 2 * sizes.bulk_rounds;
     Ok((transfers + 20.min(n) + 2 * n) as u64)
+}
+
+/// The processes whose CPU a transfer counts, in `pids`' order, after the
+/// load test's own (client and target).
+const PROCESSES: [&str; 4] = ["gateway A", "gateway B", "gateway C", "agent"];
+
+/// A transfer's CPU per process, for the per-round lines.
+fn per_process(transfer: &Transfer) -> String {
+    let parts: Vec<String> = PROCESSES
+        .iter()
+        .zip(&transfer.cpu_per_gib_of)
+        .map(|(name, cpu)| format!("{name} {cpu:.2}"))
+        .collect();
+    format!("({})", parts.join(", "))
+}
+
+/// Rows of each process's median CPU per GiB on one path (idle ones left out).
+fn cpu_rows(report: &mut Report, way: &str, path: &str, transfer: &Transfer) {
+    for (name, cpu) in PROCESSES.iter().zip(&transfer.cpu_per_gib_of) {
+        if *cpu >= IDLE_CPU_PER_GIB {
+            report.row(
+                SCENARIO,
+                format!("bulk {way} CPU, {path}, {name}"),
+                "CPU-s/GiB",
+                None,
+                Some(*cpu),
+                None,
+            );
+        }
+    }
+}
+
+/// Below this a process is not on the path (heartbeats only).
+const IDLE_CPU_PER_GIB: f64 = 0.05;
+
+/// The CPU per GiB of a path's busiest process: with every process on a
+/// core of its own (gateways on their own machines), the path moves at most
+/// one GiB per that many seconds.
+fn busiest(transfer: &Transfer) -> f64 {
+    transfer
+        .cpu_per_gib_of
+        .iter()
+        .copied()
+        .fold(f64::MIN_POSITIVE, f64::max)
 }
 
 /// `INFO commandstats` as command -> calls. Commands run inside a script

@@ -76,21 +76,7 @@ async fn accept(
             });
         }
     };
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: back off briefly instead of
-                // spinning; the listener itself stays up.
-                warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = shared.accept(&listener, "customer").await {
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             refuse_bounded(stream, ProxyError::GatewayBusy);
             continue;

@@ -9,7 +9,7 @@
 use crate::abuse::AddressSlot;
 use crate::auth::{Checked, Customer, Limits};
 use crate::credentials::{self, SessMode, Targeting};
-use crate::directory::{Agent, Filter, Outcome, PickError, StreamGuard};
+use crate::directory::{Agent, Avoid, Filter, Outcome, PickError, StreamGuard};
 use crate::entry_ports;
 use crate::error::ProxyError;
 use crate::limits::Slot;
@@ -344,12 +344,13 @@ pub async fn open(
         .as_ref()
         .is_some_and(|session| session.mode == SessMode::Strict);
     let mut tried: Vec<u64> = Vec::new();
+    let mut avoid = Avoid::default();
     // The exit failure that sent this request to another exit.
     let mut last_failure: Option<(Arc<Agent>, ProxyError)> = None;
     // Pins settled with the fleet for this request (a new pin, then perhaps a move).
     let mut settles = 0;
     loop {
-        let chosen = choose_exit_or_wait(grant, &customer.limits, shared, &tried).await;
+        let chosen = choose_exit_or_wait(grant, &customer.limits, shared, &avoid).await;
         let (agent, mut session, mut pin) = match (chosen, last_failure.take()) {
             (Ok(chosen), failure) => {
                 last_failure = failure;
@@ -420,6 +421,10 @@ pub async fn open(
         };
         shared.report_outcome(&agent, Outcome::ExitFailed);
         tried.push(agent.key);
+        avoid.exits.push(agent.key);
+        if let (ProxyError::PeerUnavailable(_), Some(home)) = (&error, &agent.home) {
+            avoid.homes.push(home.clone());
+        }
         let time_left = deadline.saturating_duration_since(Instant::now());
         if strict || tried.len() >= config.open_attempts as usize || time_left.is_zero() {
             return Err(fail(Some(&agent), error).tried(tried.len()));
@@ -538,7 +543,7 @@ async fn choose_exit_or_wait(
     grant: &Grant,
     limits: &Limits,
     shared: &Shared,
-    avoid: &[u64],
+    avoid: &Avoid,
 ) -> Result<Chosen, ProxyError> {
     let deadline = tokio::time::Instant::now() + EXITS_BUSY_GRACE;
     loop {
@@ -561,12 +566,12 @@ async fn choose_exit_or_wait(
 /// narrowed to the account's in [`authenticate`]), else within the account's
 /// countries: a list exits from one of its countries that has exits (a random
 /// one, or for a session a stable one, so the session keeps its exit).
-/// Exits in `avoid` (connection keys) have already failed this request.
+/// Exits `avoid` covers have already failed this request, or would.
 fn choose_exit(
     grant: &Grant,
     limits: &Limits,
     shared: &Shared,
-    avoid: &[u64],
+    avoid: &Avoid,
 ) -> Result<Chosen, ProxyError> {
     let targeting = &grant.targeting;
     let (list, described) = match (targeting.countries.as_slice(), &limits.countries) {
@@ -625,7 +630,7 @@ fn choose_in(
     country: Option<String>,
     limits: &Limits,
     shared: &Shared,
-    avoid: &[u64],
+    avoid: &Avoid,
 ) -> Result<Chosen, ProxyError> {
     let targeting = &grant.targeting;
     let filter = Filter {
@@ -656,7 +661,7 @@ fn choose_in(
                 if (agent.is_routable()
                     || session.mode == SessMode::Strict && agent.is_accepting())
                     && filter.matches(&agent.location)
-                    && !avoid.contains(&agent.key) =>
+                    && !avoid.covers(&agent) =>
             {
                 if !agent.has_capacity() {
                     return Err(ProxyError::ExitsBusy(format!(

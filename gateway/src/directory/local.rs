@@ -17,7 +17,7 @@
 //! back when their period is over.
 
 use super::health::{Health, HealthPolicy, Outcome, TypicalLatency};
-use super::{Agent, AgentDirectory, Census, Change, Filter, Joining, PickError};
+use super::{Agent, AgentDirectory, Avoid, Census, Change, Filter, Joining, PickError};
 use crate::abuse::source_network;
 use crate::counts;
 use dashmap::DashMap;
@@ -288,7 +288,7 @@ impl AgentDirectory for LocalDirectory {
         self.announce(&agent, Change::Accepting);
     }
 
-    fn pick(&self, filter: &Filter, avoid: &[u64]) -> Result<Arc<Agent>, PickError> {
+    fn pick(&self, filter: &Filter, avoid: &Avoid) -> Result<Arc<Agent>, PickError> {
         let mut pools = self.lock_pools();
         self.readmit_due(&mut pools, Instant::now());
         let pool = pools.by_filter.get(filter);
@@ -297,7 +297,7 @@ impl AgentDirectory for LocalDirectory {
         };
         let members = &pool.members;
         let now = Instant::now();
-        let usable = |agent: &Arc<Agent>| agent.has_capacity() && !avoid.contains(&agent.key);
+        let usable = |agent: &Arc<Agent>| agent.has_capacity() && !avoid.covers(agent);
         let cost = |agent: &Arc<Agent>| {
             let load = agent.load();
             agent.health.cost(load, &self.health, now)
@@ -371,7 +371,7 @@ impl AgentDirectory for LocalDirectory {
         &self,
         filter: &Filter,
         session_point: u64,
-        avoid: &[u64],
+        avoid: &Avoid,
     ) -> Result<Arc<Agent>, PickError> {
         let mut pools = self.lock_pools();
         self.readmit_due(&mut pools, Instant::now());
@@ -384,7 +384,7 @@ impl AgentDirectory for LocalDirectory {
         after
             .chain(wrapped)
             .map(|(_, agent)| agent)
-            .filter(|agent| !avoid.contains(&agent.key))
+            .filter(|agent| !avoid.covers(agent))
             .take(STICKY_CANDIDATES)
             .filter(|agent| agent.has_capacity())
             .max_by_key(|agent| mix(session_point, agent.ring_point))

@@ -34,16 +34,16 @@ pub trait AgentDirectory: Send + Sync {
     fn remove(&self, key: u64) -> Option<Arc<Agent>>;
     /// Starts or stops routing new streams to an agent (pause, drain, quota).
     fn set_accepting(&self, key: u64, accepting: bool);
-    /// Rotation: a lightly loaded, healthy exit matching `filter`, other than the
-    /// connection keys in `avoid` (exits this request has already tried).
-    fn pick(&self, filter: &Filter, avoid: &[u64]) -> Result<Arc<Agent>, PickError>;
+    /// Rotation: a lightly loaded, healthy exit matching `filter`, none that
+    /// `avoid` covers.
+    fn pick(&self, filter: &Filter, avoid: &Avoid) -> Result<Arc<Agent>, PickError>;
     /// A sticky choice for the session at `session_point` on the hash ring,
-    /// other than the connection keys in `avoid`.
+    /// none that `avoid` covers.
     fn pick_sticky(
         &self,
         filter: &Filter,
         session_point: u64,
-        avoid: &[u64],
+        avoid: &Avoid,
     ) -> Result<Arc<Agent>, PickError>;
     /// Records how an open or relay through `agent` went; enough failures in a
     /// row take it out of routing for a while ([`health`]): the period, when
@@ -115,6 +115,28 @@ pub struct Location {
     pub city: Option<String>,
     /// ISO 3166-2 subdivision, upper case (`US-CA`); always within `country`.
     pub region: Option<String>,
+}
+
+/// Exits one request's pick passes over: those it has already tried, and
+/// every exit held by a fleet gateway its peer link could not reach (they
+/// would fail the same way, at once).
+#[derive(Debug, Default)]
+pub struct Avoid {
+    /// Connection keys of exits tried.
+    pub exits: Vec<u64>,
+    /// Fleet gateways found unreachable.
+    pub homes: Vec<Arc<str>>,
+}
+
+impl Avoid {
+    /// Whether a pick must pass over `agent`.
+    pub fn covers(&self, agent: &Agent) -> bool {
+        self.exits.contains(&agent.key)
+            || agent
+                .home
+                .as_ref()
+                .is_some_and(|home| self.homes.contains(home))
+    }
 }
 
 /// What a customer asked for; `None` fields match anything.

@@ -96,6 +96,10 @@ pub struct GatewayRecord {
     pub id: String,
     /// Where its peer link is accepted.
     pub peer: Option<SocketAddr>,
+    /// Whether it takes peer links over TLS on TCP at `peer`'s port number
+    /// too (absent from records of gateways that take only QUIC).
+    #[serde(default)]
+    pub peer_tcp: bool,
     /// Its certificate pin, which peer links check.
     pub pin: String,
     /// The sequence number of its agent list's last change.

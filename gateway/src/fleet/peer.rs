@@ -1,26 +1,31 @@
 //! Peer links between the gateways of a fleet ([`exitpool_protocol::peer`]):
 //! the dialling side, the endpoint both sides use, and the fleet proof.
 //!
-//! One QUIC connection per pair of gateways, made on the first customer that
-//! needs it and kept (keep-alives; a link silent for the fleet's gateway
-//! timeout is dead, so a killed peer is noticed in seconds). Each customer
-//! connection is one stream, with QUIC's per-stream flow control and
-//! half-close, exactly like a stream on an agent tunnel: the customer transfer
-//! on this side cannot tell the difference. The answering side is [`super::serve`].
+//! One connection per pair of gateways, made on the first customer that needs
+//! it and kept (keep-alives; a link silent for the fleet's gateway timeout is
+//! dead, so a killed peer is noticed in seconds). It is TLS over TCP with
+//! HTTP/2 streams by default, or QUIC ([`PeerTransport`]): the transport
+//! crate's [`Tunnel`], as on agent tunnels. Each customer connection is one
+//! stream, with per-stream flow control and half-close, exactly like a stream
+//! on an agent tunnel: the customer transfer on this side cannot tell the
+//! difference. The answering side is [`super::serve`].
 
+use crate::config::PeerTransport;
 use crate::error::ProxyError;
 use crate::tunnel::ExitStream;
 use dashmap::DashMap;
 use exitpool_protocol::peer::{
     PeerAnswer, PeerHello, PeerOpen, PEER_ALPN, PEER_EXPORTER_LABEL, PEER_EXPORTER_LEN,
-    PEER_VERSION,
+    PEER_TCP_ALPN, PEER_VERSION,
 };
 use exitpool_protocol::{read_frame, write_frame, OpenReply, TargetHost};
 use exitpool_transport::pin::{Pin, PinVerifier};
-use exitpool_transport::{StreamRecv, StreamSend};
+use exitpool_transport::tcp::{self, TcpSettings};
+use exitpool_transport::{Tunnel, TunnelConnection};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// Most customer streams one peer link carries at once.
 pub const MAX_PEER_STREAMS: u32 = 16_384;
@@ -30,16 +35,21 @@ pub const MAX_PEER_STREAMS: u32 = 16_384;
 pub struct PeerAddress {
     /// Its advertised peer address.
     pub addr: SocketAddr,
+    /// Whether it takes TLS-over-TCP links on the TCP port of that number
+    /// (every gateway since they were added; QUIC otherwise).
+    pub tcp: bool,
     /// Its certificate pin, as it published it.
     pub pin: Pin,
 }
 
 /// A link to one gateway: dialled once, shared by every customer stream.
-type LinkSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+type LinkSlot = Arc<tokio::sync::Mutex<Option<Tunnel>>>;
 
 /// This gateway's peer endpoint and its links to the others.
 pub struct Peers {
     endpoint: quinn::Endpoint,
+    /// The transport of the links this gateway dials.
+    transport_choice: PeerTransport,
     own_id: Arc<str>,
     key: ring::hmac::Key,
     addresses: DashMap<Arc<str>, PeerAddress>,
@@ -50,28 +60,73 @@ pub struct Peers {
     /// Longest a dial plus the fleet handshake may take.
     dial_timeout: Duration,
     /// Keep-alive and idle timeout of peer links.
+    idle: Duration,
+    /// QUIC settings of the links dialled over QUIC.
     transport: Arc<quinn::TransportConfig>,
 }
 
-/// QUIC settings of peer links, both directions: many streams (one per
-/// customer connection), the same bounded windows as agent tunnels, and
-/// keep-alives so a dead peer is noticed within `idle`.
-pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
-    let idle = idle.max(Duration::from_millis(300));
+/// The fleet key that peer links prove membership with: derived from the
+/// certificate's key, which every gateway of a fleet shares.
+pub fn fleet_key(identity: &crate::tls::Identity) -> [u8; 32] {
+    identity.derive_secret("fleet peer link")
+}
+
+/// Shortest idle timeout of a peer link: a few keep-alives must fit in it.
+const MIN_PEER_IDLE: Duration = Duration::from_millis(300);
+
+/// QUIC settings of peer links: the same bounded windows as agent tunnels,
+/// and keep-alives so a dead peer is noticed within `idle`. The answering
+/// side takes many streams (one per customer connection) but holds back its
+/// connection window until the link has proved itself
+/// ([`TunnelConnection::admitted`]); the dialling side takes none.
+pub fn transport_config(idle: Duration, answering: bool) -> quinn::TransportConfig {
+    let idle = idle.max(MIN_PEER_IDLE);
     let mut transport = exitpool_transport::udp::base_transport();
     transport
         .max_idle_timeout(idle.try_into().ok())
         .keep_alive_interval(Some(idle / 3))
-        .max_concurrent_bidi_streams(MAX_PEER_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into());
+    if answering {
+        transport
+            .max_concurrent_bidi_streams(MAX_PEER_STREAMS.into())
+            .receive_window(PRE_PROOF_WINDOW.into());
+    } else {
+        transport.max_concurrent_bidi_streams(0u32.into());
+    }
     transport
 }
 
+/// TLS-over-TCP settings of peer links: a ping every half `idle`, given the
+/// other half to be answered, so a dead peer is noticed within `idle` as over
+/// QUIC. The dialling side opens every stream and accepts none; the answering
+/// side holds back its connection window until the link has proved itself
+/// ([`TunnelConnection::admitted`]).
+pub fn tcp_settings(idle: Duration, answering: bool) -> TcpSettings {
+    let half = idle.max(MIN_PEER_IDLE) / 2;
+    TcpSettings {
+        max_incoming_streams: if answering { MAX_PEER_STREAMS } else { 1 },
+        keep_alive: half,
+        idle_timeout: half,
+        initial_connection_window: if answering {
+            PRE_PROOF_WINDOW
+        } else {
+            exitpool_transport::udp::CONNECTION_WINDOW
+        },
+    }
+}
+
+/// What a peer link not yet proven may make the answering side buffer: its
+/// hello is a few dozen bytes.
+const PRE_PROOF_WINDOW: u32 = 64 * 1024;
+
 impl Peers {
     /// Peer links from `endpoint` (bound to the peer port, serving
-    /// [`PEER_ALPN`]) as gateway `own_id`, proving membership with `fleet_key`.
+    /// [`PEER_ALPN`]) as gateway `own_id`, proving membership with `fleet_key`;
+    /// links this gateway dials go over `transport_choice` where the other end
+    /// takes it.
     pub fn new(
         endpoint: quinn::Endpoint,
+        transport_choice: PeerTransport,
         own_id: Arc<str>,
         fleet_key: &[u8; 32],
         idle: Duration,
@@ -79,13 +134,15 @@ impl Peers {
     ) -> Peers {
         Peers {
             endpoint,
+            transport_choice,
             own_id,
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, fleet_key),
             addresses: DashMap::new(),
             links: DashMap::new(),
             down_until: DashMap::new(),
             dial_timeout,
-            transport: Arc::new(transport_config(idle)),
+            idle,
+            transport: Arc::new(transport_config(idle, false)),
         }
     }
 
@@ -113,11 +170,21 @@ impl Peers {
     fn forget_link(&self, id: &str) {
         if let Some((_, slot)) = self.links.remove(id) {
             if let Ok(link) = slot.try_lock() {
-                if let Some(connection) = link.as_ref() {
-                    connection.close(0u32.into(), b"peer left the fleet");
+                if let Some(link) = link.as_ref() {
+                    link.close(0, b"peer left the fleet");
                 }
             }
         }
+    }
+
+    /// The transport of this gateway's live link to gateway `id`, if it has
+    /// one (for `/stats`; a link being dialled right now counts as none).
+    pub fn link_transport(&self, id: &str) -> Option<exitpool_transport::Transport> {
+        let slot = self.links.get(id)?.clone();
+        let link = slot.try_lock().ok()?;
+        link.as_ref()
+            .filter(|link| link.close_reason().is_none())
+            .map(|link| link.transport())
     }
 
     /// The fleet proof for a connection whose exported material is `material`.
@@ -150,7 +217,7 @@ impl Peers {
         let lost =
             |e: &dyn std::fmt::Display| ProxyError::PeerUnavailable(format!("gateway {home}: {e}"));
         let exchange = async {
-            let (mut send, mut recv) = link.open_bi().await.map_err(|e| lost(&e))?;
+            let (mut send, mut recv) = link.open_stream().await.map_err(|e| lost(&e))?;
             write_frame(&mut send, &request)
                 .await
                 .map_err(|e| lost(&e))?;
@@ -161,22 +228,18 @@ impl Peers {
             .await
             .map_err(|_| ProxyError::ExitTimeout(timeout.as_secs()))??;
         match reply {
-            OpenReply::Opened { peer } => Ok(ExitStream {
-                send: StreamSend::Quic(send),
-                recv: StreamRecv::Quic(recv),
-                peer,
-            }),
+            OpenReply::Opened { peer } => Ok(ExitStream { send, recv, peer }),
             OpenReply::Failed { code, detail } => Err(ProxyError::Exit { code, detail }),
         }
     }
 
     /// The live link to `home`, dialling it if there is none. Customers
     /// arriving together wait for one dial.
-    async fn link(&self, home: &Arc<str>) -> Result<quinn::Connection, ProxyError> {
+    async fn link(&self, home: &Arc<str>) -> Result<Tunnel, ProxyError> {
         let slot = self.links.entry(home.clone()).or_default().clone();
         let mut link = slot.lock().await;
-        if let Some(connection) = link.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(connection.clone());
+        if let Some(live) = link.as_ref().filter(|link| link.close_reason().is_none()) {
+            return Ok(live.clone());
         }
         if let Some(until) = self.down_until.get(home).map(|entry| *entry) {
             if until > std::time::Instant::now() {
@@ -197,7 +260,7 @@ impl Peers {
             .map_err(|_| format!("no answer within {:?}", self.dial_timeout))
             .and_then(|dialled| dialled);
         let connection = match dialled {
-            Ok(connection) => connection,
+            Ok(dialled) => dialled,
             Err(reason) => {
                 // Until the gateway would count as gone anyway.
                 self.down_until
@@ -210,13 +273,15 @@ impl Peers {
             }
         };
         self.down_until.remove(home);
-        tracing::info!(peer = %home, addr = %address.addr, "peer link up");
+        let transport = connection.transport();
+        tracing::info!(peer = %home, addr = %address.addr, %transport, "peer link up");
         *link = Some(connection.clone());
         Ok(connection)
     }
 
     /// Dials `address`, checks its pin, and proves this gateway's membership.
-    async fn dial(&self, address: &PeerAddress) -> Result<quinn::Connection, String> {
+    async fn dial(&self, address: &PeerAddress) -> Result<Tunnel, String> {
+        let tcp = self.transport_choice == PeerTransport::Tcp && address.tcp;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = Arc::new(PinVerifier::new(address.pin, provider.clone()));
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -225,19 +290,48 @@ impl Peers {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
-        let crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(self.transport.clone());
-        let connection = self
-            .endpoint
-            .connect_with(config, address.addr, "exitpool-gateway")
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        let material = material(&connection)?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let link: Tunnel = if tcp {
+            tls.alpn_protocols = vec![PEER_TCP_ALPN.to_vec()];
+            let stream = TcpStream::connect(address.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = stream.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from("exitpool-gateway")
+                .expect("a valid DNS name");
+            let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+                .connect(name, stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            tcp::opening_end(stream, tcp_settings(self.idle, false))
+                .await
+                .map_err(|e| e.to_string())?
+                .into()
+        } else {
+            tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+                .map_err(|e| e.to_string())?;
+            let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+            config.transport_config(self.transport.clone());
+            self.endpoint
+                .connect_with(config, address.addr, "exitpool-gateway")
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?
+                .into()
+        };
+        let proved = self.prove_membership(&link).await;
+        if let Err(reason) = &proved {
+            // A TCP link lives while its driver does, not while it is held.
+            link.close(0, reason.as_bytes());
+        }
+        proved.map(|()| link)
+    }
+
+    /// Sends this gateway's fleet proof on a new link's first stream and
+    /// reads the answer.
+    async fn prove_membership(&self, link: &Tunnel) -> Result<(), String> {
+        let material = material(link)?;
+        let (mut send, mut recv) = link.open_stream().await.map_err(|e| e.to_string())?;
         let hello = PeerHello {
             version: PEER_VERSION,
             gateway_id: self.own_id.to_string(),
@@ -250,17 +344,16 @@ impl Peers {
             .await
             .map_err(|e| e.to_string())?
         {
-            PeerAnswer::Welcome => Ok(connection),
+            PeerAnswer::Welcome => Ok(()),
             PeerAnswer::Refused(reason) => Err(format!("refused: {reason}")),
         }
     }
 }
 
-/// The TLS keying material of `connection` the fleet proof covers.
-pub fn material(connection: &quinn::Connection) -> Result<[u8; PEER_EXPORTER_LEN], String> {
+/// The TLS keying material of `link` the fleet proof covers.
+pub fn material(link: &Tunnel) -> Result<[u8; PEER_EXPORTER_LEN], String> {
     let mut material = [0u8; PEER_EXPORTER_LEN];
-    connection
-        .export_keying_material(&mut material, PEER_EXPORTER_LABEL, b"")
+    link.export_keying_material(&mut material, PEER_EXPORTER_LABEL, b"")
         .map_err(|_| "TLS keying material export failed".to_owned())?;
     Ok(material)
 }

@@ -304,6 +304,7 @@ impl Publisher {
         let record = GatewayRecord {
             id: self.fleet.id.to_string(),
             peer: Some(self.fleet.advertise),
+            peer_tcp: true,
             pin: self.fleet.pin.clone(),
             seq: self.seq,
             agents: local.len(),
@@ -684,9 +685,10 @@ impl Follower {
     fn note_address(&mut self, record: &GatewayRecord) {
         let home = self.home(&record.id);
         if let (Some(addr), Ok(pin)) = (record.peer, record.pin.parse()) {
+            let tcp = record.peer_tcp;
             self.fleet
                 .peers
-                .set_address(&home, PeerAddress { addr, pin });
+                .set_address(&home, PeerAddress { addr, tcp, pin });
         }
     }
 

@@ -2,67 +2,155 @@
 //! customer here, to an exit whose tunnel this gateway holds.
 //!
 //! A link must prove fleet membership on its first stream within the handshake
-//! timeout (at most [`MAX_PEER_HANDSHAKES`] at once, so strangers cannot hold
-//! memory); each later stream names an exit and a target, gets the exit's own
-//! answer, and is relayed to the exit's stream. This gateway counts the bytes
-//! against the agent; the dialling gateway counts them against its customer.
+//! timeout (at most [`MAX_PEER_HANDSHAKES`] at once and
+//! [`MAX_PEER_HANDSHAKES_PER_NETWORK`] from one source network, so strangers
+//! cannot hold memory or keep the fleet's own links out); each later stream
+//! names an exit and a target, gets the exit's own answer, and is relayed to
+//! the exit's stream. This gateway counts the bytes against the agent; the
+//! dialling gateway counts them against its customer.
 
 use super::Fleet;
+use crate::abuse::{AddressSlot, AddressSlots};
 use crate::directory::{Outcome, StreamGuard};
 use crate::error::ProxyError;
 use crate::shared::Shared;
 use exitpool_protocol::peer::{PeerAnswer, PeerHello, PeerOpen, PEER_VERSION};
 use exitpool_protocol::{read_frame, write_frame, FailureCode, OpenReply, RESET_CODE};
 use exitpool_transport::relay::{relay, LiveCounters, Unlimited};
+use exitpool_transport::{
+    tcp, StreamRecv, StreamSend, Tunnel, TunnelConnection, TunnelRecv, TunnelSend,
+};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::Semaphore;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
-/// Most peer links proving their membership at once.
+/// Most peer links proving their membership at once, over both transports.
 pub const MAX_PEER_HANDSHAKES: usize = 64;
 
-/// Accepts peer links until the gateway stops.
-pub async fn serve(shared: Arc<Shared>, fleet: Arc<Fleet>) {
+/// Most of those from one source network: a gateway dials one link to each
+/// other gateway, so a stranger's silent dials cannot take every place.
+pub const MAX_PEER_HANDSHAKES_PER_NETWORK: usize = 4;
+
+/// The places of unproven peer links, in total and per source network.
+struct Handshakes {
+    total: Arc<Semaphore>,
+    per_network: Arc<AddressSlots>,
+}
+
+/// One unproven link's place in [`Handshakes`], given back on drop.
+type HandshakeSlot = (OwnedSemaphorePermit, AddressSlot);
+
+impl Handshakes {
+    fn new() -> Arc<Handshakes> {
+        Arc::new(Handshakes {
+            total: Arc::new(Semaphore::new(MAX_PEER_HANDSHAKES)),
+            per_network: AddressSlots::new(MAX_PEER_HANDSHAKES_PER_NETWORK),
+        })
+    }
+
+    fn try_admit(&self, ip: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let network = self.per_network.try_acquire(ip)?;
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        Some((total, network))
+    }
+}
+
+/// How long a refused link is kept for its refusal to reach the dialler.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Accepts peer links, QUIC on the peer endpoint and TLS over TCP on
+/// `tcp_listener` with `tcp_tls`, until the gateway stops.
+pub async fn serve(
+    shared: Arc<Shared>,
+    fleet: Arc<Fleet>,
+    tcp_listener: TcpListener,
+    tcp_tls: Arc<rustls::ServerConfig>,
+) {
+    let handshakes = Handshakes::new();
+    tokio::join!(
+        serve_quic(shared.clone(), fleet.clone(), handshakes.clone()),
+        serve_tcp(shared, fleet, handshakes, tcp_listener, tcp_tls),
+    );
+}
+
+async fn serve_quic(shared: Arc<Shared>, fleet: Arc<Fleet>, handshakes: Arc<Handshakes>) {
     let endpoint = fleet.peers.endpoint().clone();
-    let handshakes = Arc::new(Semaphore::new(MAX_PEER_HANDSHAKES));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             () = shared.shutdown.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+        let Some(permit) = handshakes.try_admit(incoming.remote_address().ip()) else {
             incoming.refuse();
             continue;
         };
-        let shared = shared.clone();
-        let fleet = fleet.clone();
-        shared.tasks.clone().spawn(async move {
-            let deadline = shared.config.handshake_timeout;
-            let admitted = tokio::time::timeout(deadline, admit(incoming, &fleet)).await;
-            drop(permit);
-            match admitted {
-                Ok(Ok((connection, peer))) => serve_link(connection, peer, shared, fleet).await,
-                Ok(Err(reason)) => tracing::warn!(%reason, "peer link refused"),
-                Err(_) => tracing::warn!(?deadline, "peer link did not prove itself in time"),
-            }
-        });
+        let connected = async move { incoming.await.map(Tunnel::from).map_err(|e| e.to_string()) };
+        spawn_link(&shared, &fleet, permit, connected);
     }
 }
 
-/// Completes the handshake and checks the fleet proof; returns the link and
-/// the peer's fleet id.
-async fn admit(
-    incoming: quinn::Incoming,
-    fleet: &Fleet,
-) -> Result<(quinn::Connection, String), String> {
-    let connection = incoming.await.map_err(|e| e.to_string())?;
-    let remote = connection.remote_address();
-    let (mut send, mut recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    fleet: Arc<Fleet>,
+    handshakes: Arc<Handshakes>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let settings = super::peer::tcp_settings(fleet.config.gateway_timeout, true);
+    while let Some((stream, remote)) = shared.accept(&listener, "tcp peer").await {
+        let Some(permit) = handshakes.try_admit(remote.ip()) else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let connected = async move {
+            let _ = stream.set_nodelay(true);
+            let tls = acceptor.accept(stream).await.map_err(|e| e.to_string())?;
+            tcp::answering_end(tls, settings)
+                .await
+                .map(Tunnel::from)
+                .map_err(|e| e.to_string())
+        };
+        spawn_link(&shared, &fleet, permit, connected);
+    }
+}
+
+/// Runs one incoming link: its handshake, its proof within the handshake
+/// timeout (holding `permit` until then), then its streams.
+fn spawn_link(
+    shared: &Arc<Shared>,
+    fleet: &Arc<Fleet>,
+    permit: HandshakeSlot,
+    connected: impl Future<Output = Result<Tunnel, String>> + Send + 'static,
+) {
+    let shared = shared.clone();
+    let fleet = fleet.clone();
+    shared.tasks.clone().spawn(async move {
+        let deadline = shared.config.handshake_timeout;
+        let admitted =
+            tokio::time::timeout(deadline, async { admit(connected.await?, &fleet).await }).await;
+        drop(permit);
+        match admitted {
+            Ok(Ok((link, peer))) => serve_link(link, peer, shared, fleet).await,
+            Ok(Err(reason)) => tracing::warn!(%reason, "peer link refused"),
+            Err(_) => tracing::warn!(?deadline, "peer link did not prove itself in time"),
+        }
+    });
+}
+
+/// Checks the fleet proof of a connected link; returns the link and the
+/// peer's fleet id.
+async fn admit(link: Tunnel, fleet: &Fleet) -> Result<(Tunnel, String), String> {
+    let remote = link.remote_address();
+    let (mut send, mut recv) = link.accept_stream().await.map_err(|e| e.to_string())?;
     let hello: PeerHello = read_frame(&mut recv)
         .await
         .map_err(|e| format!("{remote}: {e}"))?;
-    let material = super::peer::material(&connection)?;
+    let material = super::peer::material(&link)?;
     let refusal = if hello.version != PEER_VERSION {
         Some(format!(
             "peer-link version {} (this gateway speaks {PEER_VERSION})",
@@ -80,25 +168,25 @@ async fn admit(
     write_frame(&mut send, &answer)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = send.finish();
+    let _ = TunnelSend::finish(&mut send);
     if let Some(reason) = refusal {
-        connection.close(0u32.into(), reason.as_bytes());
+        // The dialler closes the link once it has read the answer; closing
+        // first could discard the answer before it left.
+        let _ = tokio::time::timeout(REFUSAL_LINGER, link.closed()).await;
+        link.close(0, reason.as_bytes());
         return Err(format!("{remote} ({}): {reason}", hello.gateway_id));
     }
-    tracing::info!(peer = %hello.gateway_id, %remote, "peer link accepted");
-    Ok((connection, hello.gateway_id))
+    link.admitted();
+    let transport = link.transport();
+    tracing::info!(peer = %hello.gateway_id, %remote, %transport, "peer link accepted");
+    Ok((link, hello.gateway_id))
 }
 
 /// Serves the streams of one admitted link until it closes.
-async fn serve_link(
-    connection: quinn::Connection,
-    peer: String,
-    shared: Arc<Shared>,
-    fleet: Arc<Fleet>,
-) {
+async fn serve_link(link: Tunnel, peer: String, shared: Arc<Shared>, fleet: Arc<Fleet>) {
     loop {
         let stream = tokio::select! {
-            stream = connection.accept_bi() => stream,
+            stream = link.accept_stream() => stream,
             () = shared.shutdown.cancelled() => break,
         };
         let Ok((send, recv)) = stream else { break };
@@ -109,18 +197,14 @@ async fn serve_link(
 }
 
 /// One customer stream from a peer: open the exit's stream, answer, relay.
-async fn serve_stream(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    shared: Arc<Shared>,
-) {
+async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Shared>) {
     let request = tokio::time::timeout(
         shared.config.handshake_timeout,
         read_frame::<PeerOpen, _>(&mut recv),
     )
     .await;
     let Ok(Ok(request)) = request else {
-        let _ = send.reset(RESET_CODE.into());
+        send.reset(RESET_CODE);
         return;
     };
     let agent = shared
@@ -133,7 +217,7 @@ async fn serve_stream(
             detail: "the exit is no longer on this gateway".into(),
         };
         let _ = write_frame(&mut send, &reply).await;
-        let _ = send.finish();
+        let _ = TunnelSend::finish(&mut send);
         return;
     };
     let load = StreamGuard::new(agent.clone());
@@ -165,7 +249,7 @@ async fn serve_stream(
                 },
             };
             let _ = write_frame(&mut send, &reply).await;
-            let _ = send.finish();
+            let _ = TunnelSend::finish(&mut send);
             return;
         }
     };
@@ -190,8 +274,8 @@ async fn serve_stream(
     shared.record_transfer(None, &agent, moved.tcp_to_quic, moved.quic_to_tcp);
     if result.is_err() {
         // The customer's side must see an abort, not a clean end.
-        let _ = send.reset(RESET_CODE.into());
-        let _ = recv.stop(RESET_CODE.into());
+        send.reset(RESET_CODE);
+        recv.stop(RESET_CODE);
     }
     drop(load);
 }

@@ -15,29 +15,13 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info_span};
-
-/// Least time between two warnings about a failing accept.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+use tracing::info_span;
 
 /// Accepts agents' TCP tunnels until `shared.shutdown` fires.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
     let acceptor = TlsAcceptor::from(tls);
     let pending = shared.pending_handshakes.clone();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.shutdown.cancelled() => break,
-        };
-        let (stream, remote) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of descriptors, usually: wait a moment rather than spin.
-                debug!(%error, "accepting a TCP tunnel failed");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
+    while let Some((stream, remote)) = shared.accept(&listener, "tcp tunnel").await {
         let Some(slot) = pending.try_admit(remote.ip()) else {
             drop(stream);
             continue;
@@ -59,7 +43,7 @@ async fn handshake(
     let settings = settings(shared.config.tunnel_idle_timeout);
     let tunnel = timeout(handshake_timeout, async {
         let tls = acceptor.accept(stream).await?;
-        tcp::gateway_side(tls, settings).await
+        tcp::opening_end(tls, settings).await
     })
     .await
     .map_err(|_| HandshakeError::Timeout(handshake_timeout))?
