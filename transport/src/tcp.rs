@@ -557,7 +557,9 @@ impl TcpTunnel {
             .send_request(stream_request("/"), false)
             .map_err(h2_to_io)?;
         Ok((
-            TcpSend { stream: send },
+            TcpSend {
+                state: SendState::Open(send),
+            },
             TcpRecv {
                 state: RecvState::Response(response),
                 pending: Bytes::new(),
@@ -576,7 +578,7 @@ impl TcpTunnel {
             next = async { incoming.lock().await.recv().await } => next,
             () = self.inner.closed.cancelled() => None,
         };
-        let Some((request, mut respond)) = next else {
+        let Some((request, respond)) = next else {
             // Worded as quinn words an application close, so agent logs read
             // the same on both transports.
             let message = match (self.close_reason(), self.inner.peer_reason.get()) {
@@ -588,11 +590,10 @@ impl TcpTunnel {
             };
             return Err(io::Error::new(io::ErrorKind::NotConnected, message));
         };
-        let send = respond
-            .send_response(http::Response::new(()), false)
-            .map_err(h2_to_io)?;
         Ok((
-            TcpSend { stream: send },
+            TcpSend {
+                state: SendState::Unanswered(respond),
+            },
             TcpRecv {
                 state: RecvState::Body(request.into_body()),
                 pending: Bytes::new(),
@@ -693,22 +694,53 @@ impl TunnelConnection for TcpTunnel {
 /// Sending half of a TCP tunnel stream.
 #[derive(Debug)]
 pub struct TcpSend {
-    stream: h2::SendStream<Bytes>,
+    state: SendState,
+}
+
+#[derive(Debug)]
+enum SendState {
+    /// Answering end: the stream's response headers wait for its first frame
+    /// (the exit's `Opened`, usually), so both leave in one write and the
+    /// opener wakes once, not twice.
+    Unanswered(h2::server::SendResponse<Bytes>),
+    Open(h2::SendStream<Bytes>),
+    /// Answering failed, and said so.
+    Failed,
 }
 
 impl TcpSend {
+    /// The stream, answering it first if that is still to do.
+    fn stream(&mut self) -> io::Result<&mut h2::SendStream<Bytes>> {
+        if matches!(self.state, SendState::Unanswered(_)) {
+            let SendState::Unanswered(mut respond) =
+                std::mem::replace(&mut self.state, SendState::Failed)
+            else {
+                unreachable!("checked above");
+            };
+            let stream = respond
+                .send_response(http::Response::new(()), false)
+                .map_err(h2_to_io)?;
+            self.state = SendState::Open(stream);
+        }
+        match &mut self.state {
+            SendState::Open(stream) => Ok(stream),
+            _ => Err(io::Error::new(io::ErrorKind::BrokenPipe, "stream closed")),
+        }
+    }
+
     /// Waits until the peer's windows let some bytes go: the capacity h2 has
     /// assigned, at most `wanted`.
     fn poll_capacity(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<usize>> {
+        let stream = self.stream()?;
         loop {
-            let available = self.stream.capacity();
+            let available = stream.capacity();
             if available > 0 {
                 return Poll::Ready(Ok(available.min(wanted)));
             }
             // h2 counts what is still buffered in the reservation: ask for a
             // send buffer's worth so chunks pipeline instead of taking turns.
-            self.stream.reserve_capacity(wanted.max(MAX_SEND_BUFFER));
-            match ready!(self.stream.poll_capacity(cx)) {
+            stream.reserve_capacity(wanted.max(MAX_SEND_BUFFER));
+            match ready!(stream.poll_capacity(cx)) {
                 Some(Ok(_)) => continue,
                 Some(Err(error)) => return Poll::Ready(Err(h2_to_io(error))),
                 None => {
@@ -727,7 +759,7 @@ impl TunnelSend for TcpSend {
         while !chunk.is_empty() {
             let len = chunk.len();
             let n = poll_fn(|cx| self.poll_capacity(cx, len)).await?;
-            self.stream
+            self.stream()?
                 .send_data(chunk.split_to(n), false)
                 .map_err(h2_to_io)?;
         }
@@ -735,15 +767,26 @@ impl TunnelSend for TcpSend {
     }
 
     fn finish(&mut self) -> io::Result<()> {
-        self.stream.send_data(Bytes::new(), true).map_err(h2_to_io)
+        self.stream()?
+            .send_data(Bytes::new(), true)
+            .map_err(h2_to_io)
     }
 
     fn reset(&mut self, code: u32) {
-        self.stream.send_reset(Reason::from(code));
+        match &mut self.state {
+            SendState::Unanswered(respond) => respond.send_reset(Reason::from(code)),
+            SendState::Open(stream) => stream.send_reset(Reason::from(code)),
+            SendState::Failed => {}
+        }
     }
 
     async fn stopped(&mut self) {
-        let _ = poll_fn(|cx| self.stream.poll_reset(cx)).await;
+        let _ = poll_fn(|cx| match &mut self.state {
+            SendState::Unanswered(respond) => respond.poll_reset(cx),
+            SendState::Open(stream) => stream.poll_reset(cx),
+            SendState::Failed => Poll::Ready(Ok(Reason::CANCEL)),
+        })
+        .await;
     }
 }
 
@@ -759,7 +802,7 @@ impl AsyncWrite for TcpSend {
             return Poll::Ready(Ok(0));
         }
         let n = ready!(this.poll_capacity(cx, buf.len()))?;
-        this.stream
+        this.stream()?
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)
             .map_err(h2_to_io)?;
         Poll::Ready(Ok(n))
