@@ -15,6 +15,9 @@ use exitpool::gateway::auth::{Customer, Limits, Users};
 use exitpool::gateway::config::PeerTransport;
 use exitpool::gateway::error::ProxyError;
 use exitpool::gateway::fleet::peer::{PeerAddress, Peers};
+use exitpool::protocol::peer::{PEER_ALPN, PEER_TCP_ALPN};
+use exitpool::transport::pin::PinVerifier;
+use exitpool::transport::{tcp, TunnelConnection, TunnelRecv};
 use redis::AsyncCommands;
 use std::collections::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,6 +162,76 @@ async fn a_peer_link_without_the_fleet_key_is_refused_on_both_transports() {
             .unwrap_or_else(|e| panic!("{transport:?}: {e}"));
     }
     assert_eq!(b.stats().await["fleet"]["peer_streams_in"], 2);
+}
+
+/// Whether `future` is ready at its first poll.
+fn ready_at_once<F: std::future::Future>(future: F) -> bool {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    future.as_mut().poll(&mut context).is_ready()
+}
+
+#[tokio::test]
+async fn a_peer_link_not_yet_proved_may_open_one_stream_only() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a"]).await;
+    let a = &gateways[0];
+    wait_for_gateways(a, 1).await;
+    let stats = a.stats().await["fleet"].clone();
+    let addr: std::net::SocketAddr = stats["gateways"]["gw-a"]["peer"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let verifier = PinVerifier::ring(a.gateway.pin().parse().unwrap());
+    let name = rustls::pki_types::ServerName::try_from("exitpool-gateway").unwrap();
+
+    // TLS/TCP: the first stream is taken, the next refused.
+    let tls = verifier.client_config(PEER_TCP_ALPN).unwrap();
+    let tcp = within("TCP connect", tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let tls = within(
+        "TLS handshake",
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name.clone(), tcp),
+    )
+    .await
+    .unwrap();
+    let settings =
+        exitpool::gateway::fleet::peer::tcp_settings(std::time::Duration::from_secs(5), false);
+    let link = within("HTTP/2 handshake", tcp::opening_end(tls, settings))
+        .await
+        .unwrap();
+    let (_proof_send, _proof_recv) = within("first stream", link.open_stream()).await.unwrap();
+    let (mut send, mut recv) = within("second stream", link.open_stream()).await.unwrap();
+    let _ = within("write", send.write_all(b"x")).await;
+    let refused = within("refusal", TunnelRecv::read(&mut recv, &mut [0; 16])).await;
+    let error = refused.expect_err("a second stream before the proof was taken");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+
+    // QUIC: the link allows one stream until it has proved itself.
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
+        verifier.client_config(PEER_ALPN).unwrap(),
+    )
+    .unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = within(
+        "QUIC handshake",
+        endpoint
+            .connect_with(
+                quinn::ClientConfig::new(std::sync::Arc::new(crypto)),
+                addr,
+                "exitpool-gateway",
+            )
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let _first = within("first stream", connection.open_bi()).await.unwrap();
+    assert!(
+        !ready_at_once(connection.open_bi()),
+        "a second stream before the proof was allowed"
+    );
 }
 
 #[tokio::test]

@@ -210,6 +210,7 @@ pub fn tcp_settings(config: &AgentConfig) -> TcpSettings {
         keep_alive: config.keep_alive,
         idle_timeout: exitpool_protocol::IDLE_TIMEOUT.max(config.keep_alive * 2),
         initial_connection_window: exitpool_transport::udp::CONNECTION_WINDOW,
+        streams_before_admitted: None,
     }
 }
 

@@ -24,24 +24,14 @@ pub fn client_configs(
     pin: Pin,
     transport: quinn::TransportConfig,
 ) -> Result<ClientConfigs, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinVerifier::new(pin, provider.clone()));
-    let tls = |alpn: &[u8]| -> Result<rustls::ClientConfig, rustls::Error> {
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![alpn.to_vec()];
-        Ok(tls)
-    };
-    let crypto = QuicClientConfig::try_from(tls(exitpool_protocol::ALPN)?)
+    let verifier = PinVerifier::ring(pin);
+    let crypto = QuicClientConfig::try_from(verifier.client_config(exitpool_protocol::ALPN)?)
         .map_err(|e| rustls::Error::General(e.to_string()))?;
     let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
     quic.transport_config(Arc::new(transport));
     Ok(ClientConfigs {
         quic,
-        tcp: Arc::new(tls(exitpool_transport::tcp::ALPN)?),
+        tcp: Arc::new(verifier.client_config(exitpool_transport::tcp::ALPN)?),
         verifier,
     })
 }

@@ -129,6 +129,7 @@ impl Dialer {
             keep_alive: exitpool::protocol::KEEP_ALIVE_INTERVAL,
             idle_timeout: exitpool::protocol::IDLE_TIMEOUT,
             initial_connection_window: exitpool::transport::udp::CONNECTION_WINDOW,
+            streams_before_admitted: None,
         };
         within("HTTP/2 handshake", tcp::answering_end(tls, settings))
             .await

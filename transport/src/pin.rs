@@ -60,6 +60,30 @@ impl PinVerifier {
         }
     }
 
+    /// A verifier for `pin` with ring's cryptography, as every exitpool
+    /// client uses.
+    pub fn ring(pin: Pin) -> Arc<PinVerifier> {
+        Arc::new(PinVerifier::new(
+            pin,
+            Arc::new(rustls::crypto::ring::default_provider()),
+        ))
+    }
+
+    /// A TLS 1.3 client configuration that trusts only this verifier's pin
+    /// and offers `alpn`.
+    pub fn client_config(
+        self: &Arc<Self>,
+        alpn: &[u8],
+    ) -> Result<rustls::ClientConfig, rustls::Error> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(self.clone())
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        Ok(tls)
+    }
+
     /// Whether a handshake has failed because the certificate did not match
     /// since the last call; clears the mark.
     pub fn take_mismatch(&self) -> bool {

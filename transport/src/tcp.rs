@@ -103,6 +103,10 @@ pub struct TcpSettings {
     /// Connection receive window until [`TunnelConnection::admitted`]: what a
     /// peer not yet known may make us buffer.
     pub initial_connection_window: u32,
+    /// Answering end: most streams a peer not yet admitted may open (more are
+    /// refused, so it cannot hold h2 state for thousands); `None` for no limit
+    /// but `max_incoming_streams` (an end that never calls `admitted`).
+    pub streams_before_admitted: Option<u32>,
 }
 
 /// A TLS connection over TCP, either side of the handshake.
@@ -416,6 +420,8 @@ pub async fn answering_end(io: impl Into<Io>, settings: TcpSettings) -> io::Resu
         // the close code. (Its answer half is held so h2 keeps it open.)
         let mut close_stream: Option<h2::RecvStream> = None;
         let mut _close_respond = None;
+        // Streams the peer may still open before it is admitted.
+        let mut unadmitted_room = settings.streams_before_admitted;
         let reason = loop {
             tokio::select! {
                 accepted = connection.accept() => match accepted {
@@ -425,7 +431,13 @@ pub async fn answering_end(io: impl Into<Io>, settings: TcpSettings) -> io::Resu
                             _close_respond = Some(respond);
                         }
                     }
+                    Some(Ok((_, mut respond))) if unadmitted_room == Some(0) => {
+                        respond.send_reset(Reason::REFUSED_STREAM);
+                    }
                     Some(Ok(stream)) => {
+                        if let Some(room) = &mut unadmitted_room {
+                            *room -= 1;
+                        }
                         if let Err(mpsc::error::TrySendError::Full((_, mut respond))) = queue.try_send(stream) {
                             respond.send_reset(Reason::REFUSED_STREAM);
                         }
@@ -449,6 +461,7 @@ pub async fn answering_end(io: impl Into<Io>, settings: TcpSettings) -> io::Resu
                 reason = &mut keep_alive => break reason,
                 () = driver.admit.notified() => {
                     connection.set_target_window_size(crate::udp::CONNECTION_WINDOW);
+                    unadmitted_room = None;
                 }
                 (code, _) = driver.close_requested() => {
                     connection.abrupt_shutdown(Reason::from(code));

@@ -76,9 +76,9 @@ const MIN_PEER_IDLE: Duration = Duration::from_millis(300);
 
 /// QUIC settings of peer links: the same bounded windows as agent tunnels,
 /// and keep-alives so a dead peer is noticed within `idle`. The answering
-/// side takes many streams (one per customer connection) but holds back its
-/// connection window until the link has proved itself
-/// ([`TunnelConnection::admitted`]); the dialling side takes none.
+/// side takes one stream and a small connection window until the link has
+/// proved itself, then many streams (one per customer connection) and the
+/// full window ([`open_to_streams`]); the dialling side takes none.
 pub fn transport_config(idle: Duration, answering: bool) -> quinn::TransportConfig {
     let idle = idle.max(MIN_PEER_IDLE);
     let mut transport = exitpool_transport::udp::base_transport();
@@ -87,8 +87,9 @@ pub fn transport_config(idle: Duration, answering: bool) -> quinn::TransportConf
         .keep_alive_interval(Some(idle / 3))
         .max_concurrent_uni_streams(0u32.into());
     if answering {
+        // The proof's own stream; [`open_to_streams`] raises it once proved.
         transport
-            .max_concurrent_bidi_streams(MAX_PEER_STREAMS.into())
+            .max_concurrent_bidi_streams(1u32.into())
             .receive_window(PRE_PROOF_WINDOW.into());
     } else {
         transport.max_concurrent_bidi_streams(0u32.into());
@@ -112,12 +113,24 @@ pub fn tcp_settings(idle: Duration, answering: bool) -> TcpSettings {
         } else {
             exitpool_transport::udp::CONNECTION_WINDOW
         },
+        // The proof's own stream.
+        streams_before_admitted: answering.then_some(1),
     }
 }
 
 /// What a peer link not yet proven may make the answering side buffer: its
 /// hello is a few dozen bytes.
 const PRE_PROOF_WINDOW: u32 = 64 * 1024;
+
+/// Opens a link that has proved itself to its customers' streams: the full
+/// connection window and, over QUIC, [`MAX_PEER_STREAMS`] (a TLS/TCP link's
+/// answering end stops refusing streams beyond the first by itself).
+pub fn open_to_streams(link: &Tunnel) {
+    link.admitted();
+    if let Tunnel::Quic(connection) = link {
+        connection.set_max_concurrent_bi_streams(MAX_PEER_STREAMS.into());
+    }
+}
 
 impl Peers {
     /// Peer links from `endpoint` (bound to the peer port, serving
@@ -282,16 +295,11 @@ impl Peers {
     /// Dials `address`, checks its pin, and proves this gateway's membership.
     async fn dial(&self, address: &PeerAddress) -> Result<Tunnel, String> {
         let tcp = self.transport_choice == PeerTransport::Tcp && address.tcp;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(PinVerifier::new(address.pin, provider.clone()));
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+        let verifier = PinVerifier::ring(address.pin);
         let link: Tunnel = if tcp {
-            tls.alpn_protocols = vec![PEER_TCP_ALPN.to_vec()];
+            let tls = verifier
+                .client_config(PEER_TCP_ALPN)
+                .map_err(|e| e.to_string())?;
             let stream = TcpStream::connect(address.addr)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -307,7 +315,9 @@ impl Peers {
                 .map_err(|e| e.to_string())?
                 .into()
         } else {
-            tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+            let tls = verifier
+                .client_config(PEER_ALPN)
+                .map_err(|e| e.to_string())?;
             let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
                 .map_err(|e| e.to_string())?;
             let mut config = quinn::ClientConfig::new(Arc::new(crypto));

@@ -176,7 +176,7 @@ async fn admit(link: Tunnel, fleet: &Fleet) -> Result<(Tunnel, String), String> 
         link.close(0, reason.as_bytes());
         return Err(format!("{remote} ({}): {reason}", hello.gateway_id));
     }
-    link.admitted();
+    super::peer::open_to_streams(&link);
     let transport = link.transport();
     tracing::info!(peer = %hello.gateway_id, %remote, %transport, "peer link accepted");
     Ok((link, hello.gateway_id))

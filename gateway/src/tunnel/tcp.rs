@@ -62,5 +62,6 @@ pub fn settings(idle_timeout: Duration) -> TcpSettings {
         keep_alive: half,
         idle_timeout: half,
         initial_connection_window: PRE_HELLO_WINDOW,
+        streams_before_admitted: None,
     }
 }
