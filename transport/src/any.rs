@@ -8,7 +8,7 @@ use crate::tcp::{TcpRecv, TcpSend, TcpTunnel};
 use crate::tunnel::{
     CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -184,6 +184,13 @@ impl TunnelRecv for StreamRecv {
         match self {
             StreamRecv::Quic(s) => TunnelRecv::read(s, buf).await,
             StreamRecv::Tcp(s) => s.read(buf).await,
+        }
+    }
+
+    async fn read_chunk(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        match self {
+            StreamRecv::Quic(s) => TunnelRecv::read_chunk(s, buf).await,
+            StreamRecv::Tcp(s) => s.read_chunk(buf).await,
         }
     }
 

@@ -5,7 +5,7 @@
 use crate::tunnel::{
     CloseReason, ExportError, Transport, TunnelConnection, TunnelRecv, TunnelSend,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::io;
 use std::net::SocketAddr;
 
@@ -36,6 +36,14 @@ impl TunnelRecv for quinn::RecvStream {
         quinn::RecvStream::read(self, buf)
             .await
             .map_err(io::Error::from)
+    }
+
+    /// Gathers into `buf` like `read` (quinn's `AsyncRead` is the same call).
+    async fn read_chunk(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        match tokio::io::AsyncReadExt::read_buf(self, buf).await? {
+            0 => Ok(None),
+            _ => Ok(Some(buf.split().freeze())),
+        }
     }
 
     fn stop(&mut self, code: u32) {

@@ -13,13 +13,15 @@
 //! [`Transferred::quic_to_tcp`], ...) means that tunnel side.
 //!
 //! TCP reads go into a reusable buffer and are handed to the tunnel as `Bytes`
-//! without a copy; tunnel data is gathered into buffer-sized TCP writes. Every
-//! buffer is bounded by [`RELAY_CHUNK`], and the tunnel's flow control bounds
-//! what is in flight.
+//! without a copy; QUIC data is gathered into buffer-sized TCP writes, and an
+//! HTTP/2 frame is written as it came. Every buffer is bounded by
+//! [`RELAY_CHUNK`], and the tunnel's flow control bounds what is in flight.
+//! [`relay_streams`] joins two tunnel streams the same way.
 
 use crate::tunnel::{TunnelRecv, TunnelSend};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use exitpool_protocol::RESET_CODE;
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -114,25 +116,155 @@ pub async fn relay<R, W, S, V, T>(
     throttle: &T,
 ) -> (Transferred, Result<(), RelayError>)
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
     S: TunnelSend,
     V: TunnelRecv,
     T: Throttle,
 {
+    relay_sides(
+        TcpSource(tcp_read),
+        TcpSink(tcp_write),
+        tunnel_send,
+        tunnel_recv,
+        idle_timeout,
+        counters,
+        throttle,
+    )
+    .await
+}
+
+/// [`relay`] between two tunnel streams, as a gateway does that carries another
+/// gateway's customer to its exit: the first pair stands where a TCP
+/// connection does (`tcp_to_quic` counts what it sent). Chunks pass from one
+/// stream to the other as the transports hold them, without another copy. On
+/// error both streams are reset here.
+pub async fn relay_streams<S1, V1, S2, V2>(
+    near_send: S1,
+    near_recv: V1,
+    far_send: S2,
+    far_recv: V2,
+    idle_timeout: Duration,
+    counters: &LiveCounters,
+) -> (Transferred, Result<(), RelayError>)
+where
+    S1: TunnelSend,
+    V1: TunnelRecv,
+    S2: TunnelSend,
+    V2: TunnelRecv,
+{
+    relay_sides(
+        near_recv,
+        near_send,
+        far_send,
+        far_recv,
+        idle_timeout,
+        counters,
+        &Unlimited,
+    )
+    .await
+}
+
+/// Where a direction's bytes come from: a TCP read half or a tunnel stream.
+trait Source: Send {
+    /// The next bytes, as one chunk: read into `buf` (whose room the caller
+    /// keeps), or a chunk the source already holds; `None` at the end.
+    fn next(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> impl Future<Output = io::Result<Option<Bytes>>> + Send;
+
+    /// Gives the source up after a failure.
+    fn abort(&mut self) {}
+}
+
+/// Where a direction's bytes go: a TCP write half or a tunnel stream.
+trait Sink: Send {
+    fn put(&mut self, chunk: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// The half-close: the source ended cleanly.
+    fn end(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Gives the sink up after a failure, so its peer sees an abort.
+    fn abort(&mut self) {}
+}
+
+struct TcpSource<R>(R);
+
+impl<R: AsyncRead + Unpin + Send> Source for TcpSource<R> {
+    async fn next(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        match self.0.read_buf(buf).await? {
+            0 => Ok(None),
+            _ => Ok(Some(buf.split().freeze())),
+        }
+    }
+}
+
+struct TcpSink<W>(W);
+
+impl<W: AsyncWrite + Unpin + Send> Sink for TcpSink<W> {
+    async fn put(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.0.write_all(&chunk).await
+    }
+
+    async fn end(&mut self) -> io::Result<()> {
+        self.0.shutdown().await
+    }
+}
+
+impl<V: TunnelRecv> Source for V {
+    async fn next(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        self.read_chunk(buf).await
+    }
+
+    fn abort(&mut self) {
+        self.stop(RESET_CODE);
+    }
+}
+
+impl<S: TunnelSend> Sink for S {
+    async fn put(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.write_chunk(chunk).await
+    }
+
+    async fn end(&mut self) -> io::Result<()> {
+        self.finish()
+    }
+
+    fn abort(&mut self) {
+        self.reset(RESET_CODE);
+    }
+}
+
+async fn relay_sides<R, W, S, V, T>(
+    mut near_read: R,
+    mut near_write: W,
+    mut tunnel_send: S,
+    mut tunnel_recv: V,
+    idle_timeout: Duration,
+    counters: &LiveCounters,
+    throttle: &T,
+) -> (Transferred, Result<(), RelayError>)
+where
+    R: Source,
+    W: Sink,
+    S: Sink,
+    V: Source,
+    T: Throttle,
+{
     let activity = Activity::new();
-    let mut send = tunnel_send;
-    let mut recv = tunnel_recv;
-    let up = tcp_to_quic(
-        tcp_read,
-        &mut send,
+    let up = pump(
+        &mut near_read,
+        &mut tunnel_send,
+        Direction::TcpToQuic,
         &counters.tcp_to_quic,
         &activity,
         throttle,
     );
-    let down = quic_to_tcp(
-        &mut recv,
-        tcp_write,
+    let down = pump(
+        &mut tunnel_recv,
+        &mut near_write,
+        Direction::QuicToTcp,
         &counters.quic_to_tcp,
         &activity,
         throttle,
@@ -143,8 +275,10 @@ where
         idle = activity.expired(idle_timeout) => Err(RelayError::Idle(idle)),
     };
     if result.is_err() {
-        send.reset(RESET_CODE);
-        recv.stop(RESET_CODE);
+        tunnel_send.abort();
+        tunnel_recv.abort();
+        near_write.abort();
+        near_read.abort();
     }
     let transferred = Transferred {
         tcp_to_quic: counters.tcp_to_quic.load(Ordering::Relaxed),
@@ -153,17 +287,33 @@ where
     (transferred, result)
 }
 
-async fn tcp_to_quic<R: AsyncRead + Unpin, S: TunnelSend, T: Throttle>(
-    mut tcp: R,
-    send: &mut S,
+/// One direction: chunks from `source` to `sink` until the source ends (then
+/// the sink is half-closed) or either fails.
+async fn pump<R: Source, W: Sink, T: Throttle>(
+    source: &mut R,
+    sink: &mut W,
+    direction: Direction,
     counter: &AtomicU64,
     activity: &Activity,
     throttle: &T,
 ) -> Result<(), RelayError> {
-    // Starts small for the same reason as `quic_to_tcp`, and because a
-    // full-chunk allocation per connection, freed when it ends, made the
+    let failed = |side_is_tcp: bool| -> fn(io::Error) -> RelayError {
+        if side_is_tcp {
+            RelayError::Tcp
+        } else {
+            RelayError::Tunnel
+        }
+    };
+    let source_is_tcp = direction == Direction::TcpToQuic;
+    let (source_failed, sink_failed) = (failed(source_is_tcp), failed(!source_is_tcp));
+    // The buffer starts small, because most connections carry a page or two
+    // and a full-chunk allocation per connection, freed when it ends, made the
     // allocator consolidate its free lists every time (glibc does so for any
-    // free of 64 KiB or more); grows to full chunks once a read fills it.
+    // free of 64 KiB or more); it grows to full chunks once a read fills it.
+    // A chunk handed on is split off, and its room reclaimed once the sink is
+    // done with it. QUIC hands data over about one packet (~1.2 KB) at a time,
+    // so its reads gather everything already received into the buffer;
+    // HTTP/2 frames and TCP reads arrive large already.
     let mut chunk = FIRST_CHUNK;
     let mut buf = BytesMut::with_capacity(chunk);
     loop {
@@ -171,55 +321,19 @@ async fn tcp_to_quic<R: AsyncRead + Unpin, S: TunnelSend, T: Throttle>(
             buf.reserve(chunk);
         }
         let room = buf.capacity() - buf.len();
-        let n = tcp.read_buf(&mut buf).await.map_err(RelayError::Tcp)?;
+        let Some(bytes) = source.next(&mut buf).await.map_err(source_failed)? else {
+            // Clean end: carry the half-close across.
+            sink.end().await.map_err(sink_failed)?;
+            return Ok(());
+        };
+        let n = bytes.len();
         if n == room {
             chunk = RELAY_CHUNK;
         }
-        if n == 0 {
-            // Clean EOF from TCP: carry the half-close across.
-            send.finish().map_err(RelayError::Tunnel)?;
-            return Ok(());
-        }
         activity.touch();
-        throttle.pass(Direction::TcpToQuic, n).await;
-        let chunk = buf.split().freeze();
-        send.write_chunk(chunk).await.map_err(RelayError::Tunnel)?;
+        throttle.pass(direction, n).await;
+        sink.put(bytes).await.map_err(sink_failed)?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
-async fn quic_to_tcp<V: TunnelRecv, W: AsyncWrite + Unpin, T: Throttle>(
-    recv: &mut V,
-    mut tcp: W,
-    counter: &AtomicU64,
-    activity: &Activity,
-    throttle: &T,
-) -> Result<(), RelayError> {
-    // QUIC hands data over about one packet (~1.2 KB) at a time; `read` gathers
-    // everything already received into one buffer (see `TunnelRecv::read`), so
-    // TCP gets large writes instead of a syscall per packet. The buffer starts
-    // small, because most connections carry a page or two and zeroing a full
-    // chunk for each was a measurable share of a short connection's cost, and
-    // grows to a full chunk the first time a read fills it.
-    let mut buf = vec![0u8; FIRST_CHUNK];
-    loop {
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => {
-                activity.touch();
-                throttle.pass(Direction::QuicToTcp, n).await;
-                tcp.write_all(&buf[..n]).await.map_err(RelayError::Tcp)?;
-                counter.fetch_add(n as u64, Ordering::Relaxed);
-                if n == buf.len() && buf.len() < RELAY_CHUNK {
-                    buf.resize(RELAY_CHUNK, 0);
-                }
-            }
-            Ok(None) => {
-                // The peer finished its side: half-close TCP, keep the other way open.
-                tcp.shutdown().await.map_err(RelayError::Tcp)?;
-                return Ok(());
-            }
-            Err(e) => return Err(RelayError::Tunnel(e)),
-        }
     }
 }
 

@@ -10,15 +10,15 @@
 //! only when it gives the whole stream up (idle timeout, the other direction
 //! failed, the caller stopped it) and then resets and stops it, so:
 //!
-//! - [`TunnelRecv::read`] must be cancel-safe: a dropped read loses no data
-//!   (callers may `select!` on it).
+//! - [`TunnelRecv::read`] and [`TunnelRecv::read_chunk`] must be
+//!   cancel-safe: a dropped read loses no data (callers may `select!` on it).
 //! - [`TunnelSend::write_chunk`] need not be: a dropped write may have sent part
 //!   of its chunk. Dropping it must still leave the stream usable for
 //!   [`TunnelSend::reset`].
 //! - [`TunnelSend::finish`], [`TunnelSend::reset`] and [`TunnelRecv::stop`] are
 //!   not `async` and so are never cancelled.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -50,6 +50,16 @@ pub trait TunnelRecv: Send {
     /// `n > 0`, or `None` once the peer has finished the stream. Fails when the
     /// peer reset it or the tunnel is gone. Must be cancel-safe.
     fn read(&mut self, buf: &mut [u8]) -> impl Future<Output = io::Result<Option<usize>>> + Send;
+
+    /// The next bytes that have arrived, as one chunk: a frame the transport
+    /// already holds, handed over without a copy (HTTP/2), or what has arrived
+    /// gathered into `buf`'s spare room and split off it (QUIC's ~1.2 KB
+    /// packets). `None` once the peer has finished the stream; the caller
+    /// keeps room in `buf`. Must be cancel-safe.
+    fn read_chunk(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> impl Future<Output = io::Result<Option<Bytes>>> + Send;
 
     /// Tells the peer to stop sending, with `code`. Best effort.
     fn stop(&mut self, code: u32);

@@ -16,10 +16,8 @@ use crate::error::ProxyError;
 use crate::shared::Shared;
 use exitpool_protocol::peer::{PeerAnswer, PeerHello, PeerOpen, PEER_VERSION};
 use exitpool_protocol::{read_frame, write_frame, FailureCode, OpenReply, RESET_CODE};
-use exitpool_transport::relay::{relay, LiveCounters, Unlimited};
-use exitpool_transport::{
-    tcp, StreamRecv, StreamSend, Tunnel, TunnelConnection, TunnelRecv, TunnelSend,
-};
+use exitpool_transport::relay::{relay_streams, LiveCounters};
+use exitpool_transport::{tcp, StreamRecv, StreamSend, Tunnel, TunnelConnection, TunnelSend};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -261,21 +259,15 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
     }
     shared.usage.record_connection(None, &agent);
     let counters = LiveCounters::default();
-    let (moved, result) = relay(
-        &mut recv,
-        &mut send,
+    let (moved, _) = relay_streams(
+        send,
+        recv,
         stream.send,
         stream.recv,
         shared.config.idle_timeout,
         &counters,
-        &Unlimited,
     )
     .await;
     shared.record_transfer(None, &agent, moved.tcp_to_quic, moved.quic_to_tcp);
-    if result.is_err() {
-        // The customer's side must see an abort, not a clean end.
-        send.reset(RESET_CODE);
-        recv.stop(RESET_CODE);
-    }
     drop(load);
 }
