@@ -171,32 +171,68 @@ fn ready_at_once<F: std::future::Future>(future: F) -> bool {
     future.as_mut().poll(&mut context).is_ready()
 }
 
+/// A stranger's raw way onto gateway `to`'s peer port: TLS/TCP or QUIC
+/// handshakes with the fleet's pin, and nothing more.
+struct PeerPort {
+    addr: std::net::SocketAddr,
+    verifier: std::sync::Arc<PinVerifier>,
+    endpoint: quinn::Endpoint,
+}
+
+impl PeerPort {
+    async fn of(to: &TestGateway) -> PeerPort {
+        let id = to.stats().await["fleet"]["gateway_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        wait_for_gateways(to, 1).await;
+        let stats = to.stats().await["fleet"].clone();
+        PeerPort {
+            addr: stats["gateways"][&id]["peer"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+            verifier: PinVerifier::ring(to.gateway.pin().parse().unwrap()),
+            endpoint: quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap(),
+        }
+    }
+
+    /// A TLS handshake on the TCP peer port.
+    async fn tls(&self) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tls = self.verifier.client_config(PEER_TCP_ALPN).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("exitpool-gateway").unwrap();
+        let tcp = within("TCP connect", tokio::net::TcpStream::connect(self.addr)).await?;
+        within(
+            "TLS handshake",
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp),
+        )
+        .await
+    }
+
+    /// A QUIC handshake on the UDP peer port.
+    async fn quic(&self) -> Result<quinn::Connection, quinn::ConnectionError> {
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
+            self.verifier.client_config(PEER_ALPN).unwrap(),
+        )
+        .unwrap();
+        let config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+        let connecting = self
+            .endpoint
+            .connect_with(config, self.addr, "exitpool-gateway")
+            .unwrap();
+        within("QUIC handshake", connecting).await
+    }
+}
+
 #[tokio::test]
 async fn a_peer_link_not_yet_proved_may_open_one_stream_only() {
     let redis = RedisServer::start().await;
     let gateways = fleet(&redis, &["gw-a"]).await;
-    let a = &gateways[0];
-    wait_for_gateways(a, 1).await;
-    let stats = a.stats().await["fleet"].clone();
-    let addr: std::net::SocketAddr = stats["gateways"]["gw-a"]["peer"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let verifier = PinVerifier::ring(a.gateway.pin().parse().unwrap());
-    let name = rustls::pki_types::ServerName::try_from("exitpool-gateway").unwrap();
+    let port = PeerPort::of(&gateways[0]).await;
 
     // TLS/TCP: the first stream is taken, the next refused.
-    let tls = verifier.client_config(PEER_TCP_ALPN).unwrap();
-    let tcp = within("TCP connect", tokio::net::TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let tls = within(
-        "TLS handshake",
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name.clone(), tcp),
-    )
-    .await
-    .unwrap();
+    let tls = port.tls().await.unwrap();
     let settings =
         exitpool::gateway::fleet::peer::tcp_settings(std::time::Duration::from_secs(5), false);
     let link = within("HTTP/2 handshake", tcp::opening_end(tls, settings))
@@ -210,28 +246,52 @@ async fn a_peer_link_not_yet_proved_may_open_one_stream_only() {
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
 
     // QUIC: the link allows one stream until it has proved itself.
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
-        verifier.client_config(PEER_ALPN).unwrap(),
-    )
-    .unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = within(
-        "QUIC handshake",
-        endpoint
-            .connect_with(
-                quinn::ClientConfig::new(std::sync::Arc::new(crypto)),
-                addr,
-                "exitpool-gateway",
-            )
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let connection = port.quic().await.unwrap();
     let _first = within("first stream", connection.open_bi()).await.unwrap();
     assert!(
         !ready_at_once(connection.open_bi()),
         "a second stream before the proof was allowed"
     );
+}
+
+#[tokio::test]
+async fn unproved_peer_links_from_one_network_take_four_places_on_both_transports() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a"]).await;
+    let port = PeerPort::of(&gateways[0]).await;
+    // Four silent links from 127.0.0.1 take its places for the handshake
+    // timeout; the gateway takes them, one transport or the other.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(port.tls().await.expect("a place"));
+    }
+    let quic_held = port.quic().await.expect("the fourth place");
+    // A fifth, on either transport, is turned away at once.
+    let tls_refused = port.tls().await;
+    assert!(
+        tls_refused.is_err(),
+        "a fifth link over TLS/TCP got a place"
+    );
+    let quic_refused = port.quic().await;
+    assert!(
+        matches!(
+            quic_refused,
+            Err(quinn::ConnectionError::ConnectionClosed(_))
+        ),
+        "{quic_refused:?}"
+    );
+    // Their places come back as they go.
+    drop(held);
+    quic_held.close(0u32.into(), b"");
+    within("a place comes back", async {
+        loop {
+            if port.tls().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -318,3 +318,54 @@ async fn no_tunnel_tcp_turns_the_tcp_port_off() {
     let refused = tokio::net::TcpStream::connect(net.gateway.tunnel_addr()).await;
     assert!(refused.is_err(), "nothing listens on TCP");
 }
+
+#[tokio::test]
+async fn a_tcp_tunnel_is_closed_when_its_last_handle_is_dropped() {
+    use exitpool::transport::pin::PinVerifier;
+    use exitpool::transport::tcp::{self, TcpSettings};
+    use exitpool::transport::tunnel::CloseReason;
+    use exitpool::transport::TunnelConnection;
+    use std::sync::Arc;
+
+    let state = tempfile::tempdir().unwrap();
+    let identity = exitpool::gateway::tls::Identity::load_or_create(state.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.tcp_server_config().unwrap());
+    let verifier = PinVerifier::ring(identity.pin().parse().unwrap());
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(verifier.client_config(tcp::ALPN).unwrap()));
+    let name = rustls::pki_types::ServerName::try_from("exitpool-gateway").unwrap();
+    // Keep-alives far beyond the test: only a close can end the tunnel.
+    let settings = TcpSettings {
+        max_incoming_streams: 4,
+        keep_alive: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        initial_connection_window: exitpool::transport::udp::CONNECTION_WINDOW,
+        streams_before_admitted: None,
+    };
+    let dialled = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        tcp::opening_end(tls, settings).await.unwrap()
+    };
+    let accepted = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        tcp::answering_end(tls, settings).await.unwrap()
+    };
+    let (opener, answerer) =
+        within("both handshakes", async { tokio::join!(dialled, accepted) }).await;
+
+    // One handle dropped while a clone lives: the tunnel stays up.
+    let clone = opener.clone();
+    drop(opener);
+    assert!(
+        within("a ping", answerer.ping()).await,
+        "the tunnel closed with a clone alive"
+    );
+    // The last one dropped: the other end hears a close, as from QUIC.
+    drop(clone);
+    within("the other end sees the close", answerer.closed()).await;
+    assert_eq!(answerer.close_reason(), Some(CloseReason::Peer(Some(0))));
+}
