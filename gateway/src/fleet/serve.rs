@@ -10,10 +10,10 @@
 //! dialling gateway counts them against its customer.
 
 use super::Fleet;
-use crate::abuse::{AddressSlot, AddressSlots};
 use crate::directory::{Outcome, StreamGuard};
 use crate::error::ProxyError;
 use crate::shared::Shared;
+use crate::tunnel::pending::{PendingHandshakes, PendingSlot};
 use exitpool_protocol::peer::{PeerAnswer, PeerHello, PeerOpen, PEER_VERSION};
 use exitpool_protocol::{read_frame, write_frame, FailureCode, OpenReply, RESET_CODE};
 use exitpool_transport::relay::{relay_streams, LiveCounters};
@@ -22,7 +22,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// Most peer links proving their membership at once, over both transports.
@@ -31,30 +30,6 @@ pub const MAX_PEER_HANDSHAKES: usize = 64;
 /// Most of those from one source network: a gateway dials one link to each
 /// other gateway, so a stranger's silent dials cannot take every place.
 pub const MAX_PEER_HANDSHAKES_PER_NETWORK: usize = 4;
-
-/// The places of unproven peer links, in total and per source network.
-struct Handshakes {
-    total: Arc<Semaphore>,
-    per_network: Arc<AddressSlots>,
-}
-
-/// One unproven link's place in [`Handshakes`], given back on drop.
-type HandshakeSlot = (OwnedSemaphorePermit, AddressSlot);
-
-impl Handshakes {
-    fn new() -> Arc<Handshakes> {
-        Arc::new(Handshakes {
-            total: Arc::new(Semaphore::new(MAX_PEER_HANDSHAKES)),
-            per_network: AddressSlots::new(MAX_PEER_HANDSHAKES_PER_NETWORK),
-        })
-    }
-
-    fn try_admit(&self, ip: std::net::IpAddr) -> Option<HandshakeSlot> {
-        let network = self.per_network.try_acquire(ip)?;
-        let total = self.total.clone().try_acquire_owned().ok()?;
-        Some((total, network))
-    }
-}
 
 /// How long a refused link is kept for its refusal to reach the dialler.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
@@ -67,14 +42,18 @@ pub async fn serve(
     tcp_listener: TcpListener,
     tcp_tls: Arc<rustls::ServerConfig>,
 ) {
-    let handshakes = Handshakes::new();
+    let handshakes = Arc::new(PendingHandshakes::new(
+        "peer-link",
+        MAX_PEER_HANDSHAKES,
+        MAX_PEER_HANDSHAKES_PER_NETWORK,
+    ));
     tokio::join!(
         serve_quic(shared.clone(), fleet.clone(), handshakes.clone()),
         serve_tcp(shared, fleet, handshakes, tcp_listener, tcp_tls),
     );
 }
 
-async fn serve_quic(shared: Arc<Shared>, fleet: Arc<Fleet>, handshakes: Arc<Handshakes>) {
+async fn serve_quic(shared: Arc<Shared>, fleet: Arc<Fleet>, handshakes: Arc<PendingHandshakes>) {
     let endpoint = fleet.peers.endpoint().clone();
     loop {
         let incoming = tokio::select! {
@@ -94,7 +73,7 @@ async fn serve_quic(shared: Arc<Shared>, fleet: Arc<Fleet>, handshakes: Arc<Hand
 async fn serve_tcp(
     shared: Arc<Shared>,
     fleet: Arc<Fleet>,
-    handshakes: Arc<Handshakes>,
+    handshakes: Arc<PendingHandshakes>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
 ) {
@@ -122,7 +101,7 @@ async fn serve_tcp(
 fn spawn_link(
     shared: &Arc<Shared>,
     fleet: &Arc<Fleet>,
-    permit: HandshakeSlot,
+    permit: PendingSlot,
     connected: impl Future<Output = Result<Tunnel, String>> + Send + 'static,
 ) {
     let shared = shared.clone();

@@ -22,8 +22,12 @@ pub const MAX_PENDING_PER_ADDRESS: usize = 16;
 
 /// The handshakes in progress on both transports, bounded in total and per
 /// source network: one budget, so an agent cannot double it by using both.
+/// (The fleet's peer port keeps one of its own, [`PendingHandshakes::new`].)
 #[derive(Debug)]
 pub struct PendingHandshakes {
+    /// Whose handshakes, for the refusal warning.
+    what: &'static str,
+    total: usize,
     permits: Arc<Semaphore>,
     per_address: Arc<AddressSlots>,
     /// Refusals since the last warning, and when that was.
@@ -35,18 +39,26 @@ pub type PendingSlot = (OwnedSemaphorePermit, AddressSlot);
 
 impl Default for PendingHandshakes {
     fn default() -> Self {
-        PendingHandshakes {
-            permits: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
-            per_address: AddressSlots::new(MAX_PENDING_PER_ADDRESS),
-            refusals: Mutex::new((0, std::time::Instant::now() - REFUSAL_WARNING_INTERVAL)),
-        }
+        PendingHandshakes::new("agent", MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS)
     }
 }
 
 impl PendingHandshakes {
+    /// At most `total` of `what`'s handshakes at once, `per_address` from one
+    /// source network.
+    pub fn new(what: &'static str, total: usize, per_address: usize) -> PendingHandshakes {
+        PendingHandshakes {
+            what,
+            total,
+            permits: Arc::new(Semaphore::new(total)),
+            per_address: AddressSlots::new(per_address),
+            refusals: Mutex::new((0, std::time::Instant::now() - REFUSAL_WARNING_INTERVAL)),
+        }
+    }
+
     /// Handshakes in progress now.
     pub fn in_progress(&self) -> usize {
-        MAX_PENDING_HANDSHAKES - self.permits.available_permits()
+        self.total - self.permits.available_permits()
     }
 
     /// A place for one more handshake from `ip`, or `None` (refuse it).
@@ -59,7 +71,7 @@ impl PendingHandshakes {
             if refusals.1.elapsed() >= REFUSAL_WARNING_INTERVAL {
                 warn!(
                     refused = refusals.0,
-                    "too many pending agent handshakes; refusing new ones"
+                    "too many pending {} handshakes; refusing new ones", self.what
                 );
                 *refusals = (0, std::time::Instant::now());
             }
