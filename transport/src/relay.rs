@@ -7,7 +7,7 @@
 //! either direction stops both, and the caller resets both ends, so an abort never
 //! looks like a clean end of data.
 //!
-//! The tunnel side is any [`TunnelSend`]/[`TunnelRecv`] pair (QUIC streams today);
+//! The tunnel side is any [`TunnelSend`]/[`TunnelRecv`] pair (QUIC or HTTP/2 streams);
 //! the relay is generic over them, so no chunk pays for dynamic dispatch or a
 //! boxed future. "QUIC" in the names below ([`Direction::TcpToQuic`],
 //! [`Transferred::quic_to_tcp`], ...) means that tunnel side.
