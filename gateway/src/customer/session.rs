@@ -343,7 +343,6 @@ pub async fn open(
         .session
         .as_ref()
         .is_some_and(|session| session.mode == SessMode::Strict);
-    let mut tried: Vec<u64> = Vec::new();
     let mut avoid = Avoid::default();
     // The exit failure that sent this request to another exit.
     let mut last_failure: Option<(Arc<Agent>, ProxyError)> = None;
@@ -356,10 +355,10 @@ pub async fn open(
                 last_failure = failure;
                 chosen
             }
-            (Err(error), None) => return Err(fail(None, error).tried(tried.len())),
+            (Err(error), None) => return Err(fail(None, error).tried(avoid.exits.len())),
             // No other exit to move to: the last exit's failure stands.
             (Err(_), Some((agent, error))) => {
-                return Err(fail(Some(&agent), error).tried(tried.len()))
+                return Err(fail(Some(&agent), error).tried(avoid.exits.len()))
             }
         };
         if let (Some(fleet), Some((key, pinned))) = (&shared.fleet, &mut pin) {
@@ -406,7 +405,7 @@ pub async fn open(
                     load,
                     slot,
                     session,
-                    attempts: tried.len() as u32 + 1,
+                    attempts: avoid.exits.len() as u32 + 1,
                 });
             }
             Err(error) => error,
@@ -417,17 +416,16 @@ pub async fn open(
             if matches!(error, ProxyError::Exit { .. }) {
                 shared.report_outcome(&agent, Outcome::Answered);
             }
-            return Err(fail(Some(&agent), error).tried(tried.len() + 1));
+            return Err(fail(Some(&agent), error).tried(avoid.exits.len() + 1));
         };
         shared.report_outcome(&agent, Outcome::ExitFailed);
-        tried.push(agent.key);
         avoid.exits.push(agent.key);
         if let (ProxyError::PeerUnavailable(_), Some(home)) = (&error, &agent.home) {
             avoid.homes.push(home.clone());
         }
         let time_left = deadline.saturating_duration_since(Instant::now());
-        if strict || tried.len() >= config.open_attempts as usize || time_left.is_zero() {
-            return Err(fail(Some(&agent), error).tried(tried.len()));
+        if strict || avoid.exits.len() >= config.open_attempts as usize || time_left.is_zero() {
+            return Err(fail(Some(&agent), error).tried(avoid.exits.len()));
         }
         tracing::debug!(exit = %agent.exit_id, cause, "open failed at the exit; trying another");
         last_failure = Some((agent, error));
