@@ -26,6 +26,11 @@ pub struct LogGuard {
     _thread: tracing_appender::non_blocking::WorkerGuard,
 }
 
+/// What the logging thread gathers lines in: it flushes once it has taken
+/// every queued line, so a burst of lines (a batch of access lines) is one
+/// `write` rather than one per line, and no line waits for a later one.
+const LOG_BUFFER: usize = 64 * 1024;
+
 /// Installs the global subscriber: level from `RUST_LOG` (default `info`).
 /// Lines queue for the logging thread; a full queue (128,000 lines) makes the
 /// logging task wait rather than drop lines, so no line is ever lost.
@@ -35,7 +40,10 @@ pub fn init(format: LogFormat) -> LogGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("exitpool-logs")
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_BUFFER,
+            std::io::stderr(),
+        ));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -319,24 +319,39 @@ async fn no_tunnel_tcp_turns_the_tcp_port_off() {
     assert!(refused.is_err(), "nothing listens on TCP");
 }
 
-#[tokio::test]
-async fn a_tcp_tunnel_is_closed_when_its_last_handle_is_dropped() {
+/// The two ends of a TCP tunnel made in this process, over 127.0.0.1. With
+/// `records`, the opening end dials through [`count_tls_records`], which
+/// counts the TLS records it sends there.
+async fn tcp_tunnel_pair(
+    records: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+) -> (
+    exitpool::transport::tcp::TcpTunnel,
+    exitpool::transport::tcp::TcpTunnel,
+) {
     use exitpool::transport::pin::PinVerifier;
     use exitpool::transport::tcp::{self, TcpSettings};
-    use exitpool::transport::tunnel::CloseReason;
-    use exitpool::transport::TunnelConnection;
     use std::sync::Arc;
 
     let state = tempfile::tempdir().unwrap();
     let identity = exitpool::gateway::tls::Identity::load_or_create(state.path()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let dial = match records {
+        Some(records) => {
+            let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let relay_addr = relay.local_addr().unwrap();
+            tokio::spawn(count_tls_records(relay, addr, records));
+            relay_addr
+        }
+        None => addr,
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.tcp_server_config().unwrap());
     let verifier = PinVerifier::ring(identity.pin().parse().unwrap());
     let connector =
         tokio_rustls::TlsConnector::from(Arc::new(verifier.client_config(tcp::ALPN).unwrap()));
     let name = rustls::pki_types::ServerName::try_from("exitpool-gateway").unwrap();
-    // Keep-alives far beyond the test: only a close can end the tunnel.
+    // Keep-alives far beyond the test: only a close can end the tunnel, and
+    // no ping is sent unasked.
     let settings = TcpSettings {
         max_incoming_streams: 4,
         keep_alive: Duration::from_secs(60),
@@ -345,17 +360,24 @@ async fn a_tcp_tunnel_is_closed_when_its_last_handle_is_dropped() {
         streams_before_admitted: None,
     };
     let dialled = async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
+        let stream = tokio::net::TcpStream::connect(dial).await.unwrap();
+        let tls = connector.connect(name, stream).await.unwrap();
         tcp::opening_end(tls, settings).await.unwrap()
     };
     let accepted = async {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let tls = acceptor.accept(tcp).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(stream).await.unwrap();
         tcp::answering_end(tls, settings).await.unwrap()
     };
-    let (opener, answerer) =
-        within("both handshakes", async { tokio::join!(dialled, accepted) }).await;
+    within("both handshakes", async { tokio::join!(dialled, accepted) }).await
+}
+
+#[tokio::test]
+async fn a_tcp_tunnel_is_closed_when_its_last_handle_is_dropped() {
+    use exitpool::transport::tunnel::CloseReason;
+    use exitpool::transport::TunnelConnection;
+
+    let (opener, answerer) = tcp_tunnel_pair(None).await;
 
     // One handle dropped while a clone lives: the tunnel stays up.
     let clone = opener.clone();
@@ -368,4 +390,74 @@ async fn a_tcp_tunnel_is_closed_when_its_last_handle_is_dropped() {
     drop(clone);
     within("the other end sees the close", answerer.closed()).await;
     assert_eq!(answerer.close_reason(), Some(CloseReason::Peer(Some(0))));
+}
+
+/// Relays one TCP connection from `listener` to `upstream` both ways, counting
+/// the TLS records (5-byte headers, RFC 8446 section 5.1) the dialling side sends.
+async fn count_tls_records(
+    listener: tokio::net::TcpListener,
+    upstream: SocketAddr,
+    records: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let (mut from_dialler, _) = listener.accept().await.unwrap();
+    let mut to_upstream = tokio::net::TcpStream::connect(upstream).await.unwrap();
+    let (mut down_read, mut down_write) = to_upstream.split();
+    let (mut up_read, mut up_write) = from_dialler.split();
+    let upward = async {
+        let (mut chunk, mut unparsed) = (vec![0u8; 16 * 1024], Vec::new());
+        while let Ok(n @ 1..) = up_read.read(&mut chunk).await {
+            unparsed.extend_from_slice(&chunk[..n]);
+            while unparsed.len() >= 5 {
+                let length = u16::from_be_bytes([unparsed[3], unparsed[4]]) as usize;
+                if unparsed.len() < 5 + length {
+                    break;
+                }
+                unparsed.drain(..5 + length);
+                records.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            if down_write.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = down_write.shutdown().await;
+    };
+    let downward = async {
+        let _ = tokio::io::copy(&mut down_read, &mut up_write).await;
+        let _ = up_write.shutdown().await;
+    };
+    tokio::join!(upward, downward);
+}
+
+#[tokio::test]
+async fn a_new_streams_headers_and_first_frame_leave_in_one_tls_record() {
+    use exitpool::transport::{TunnelConnection, TunnelRecv};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let records = Arc::new(AtomicUsize::new(0));
+    let (opener, answerer) = tcp_tunnel_pair(Some(records.clone())).await;
+    // Two round trips settle the handshake's frames (SETTINGS and their
+    // acknowledgements) before counting starts.
+    for _ in 0..2 {
+        assert!(within("a ping", opener.ping()).await);
+    }
+    let before = records.load(Ordering::SeqCst);
+
+    let (mut send, _recv) = within("open", opener.open_stream()).await.unwrap();
+    within("first frame", send.write_all(b"open: exit 7, port 443"))
+        .await
+        .unwrap();
+    let (_send, mut recv) = within("accept", answerer.accept_stream()).await.unwrap();
+    let mut frame = [0u8; 64];
+    let n = within("read", TunnelRecv::read(&mut recv, &mut frame))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&frame[..n], b"open: exit 7, port 443");
+    // The answering end has the frame, so every record carrying it has passed.
+    assert_eq!(
+        records.load(Ordering::SeqCst) - before,
+        1,
+        "the stream's HEADERS and its first DATA frame took separate writes"
+    );
 }

@@ -9,7 +9,8 @@
 //! the gateway opens the streams (as with QUIC, where it opens every relay
 //! stream); on a peer link between gateways the dialling gateway opens them.
 //! The opener's first stream is the control stream; each later one is a relay
-//! stream, answered at once with headers so both directions carry raw bytes.
+//! stream, answered with headers (which leave with its first frame) so both
+//! directions carry raw bytes.
 //! No HTTP semantics ride on it beyond that.
 //!
 //! What HTTP/2 gives, and why h2 rather than yamux (see the README): flow
@@ -67,6 +68,12 @@ pub const MAX_HEADER_LIST_SIZE: u32 = 4 * 1024;
 /// Most unsent bytes one stream may hold in h2's send buffer beyond the
 /// peer's window.
 pub const MAX_SEND_BUFFER: usize = 256 * 1024;
+
+/// Largest first frame a new stream queues without send capacity. h2 grants
+/// none until the stream's HEADERS are out, so waiting for it would send a
+/// stream's opening message (`Open`, a few dozen bytes) in a write, a TLS
+/// record and a wake-up of the peer of its own.
+const FIRST_FRAME_UNRESERVED: usize = 4 * 1024;
 
 /// How long a closing side keeps driving the connection so what it queued last
 /// (a `Reject`, a GOAWAY) reaches the peer, unless the peer closes first.
@@ -572,6 +579,7 @@ impl TcpTunnel {
         Ok((
             TcpSend {
                 state: SendState::Open(send),
+                fresh: true,
             },
             TcpRecv {
                 state: RecvState::Response(response),
@@ -606,6 +614,7 @@ impl TcpTunnel {
         Ok((
             TcpSend {
                 state: SendState::Unanswered(respond),
+                fresh: false,
             },
             TcpRecv {
                 state: RecvState::Body(request.into_body()),
@@ -708,6 +717,9 @@ impl TunnelConnection for TcpTunnel {
 #[derive(Debug)]
 pub struct TcpSend {
     state: SendState,
+    /// A stream this end opened, nothing sent on it yet
+    /// ([`FIRST_FRAME_UNRESERVED`]).
+    fresh: bool,
 }
 
 #[derive(Debug)]
@@ -744,6 +756,9 @@ impl TcpSend {
     /// Waits until the peer's windows let some bytes go: the capacity h2 has
     /// assigned, at most `wanted`.
     fn poll_capacity(&mut self, cx: &mut Context<'_>, wanted: usize) -> Poll<io::Result<usize>> {
+        if std::mem::take(&mut self.fresh) && wanted <= FIRST_FRAME_UNRESERVED {
+            return Poll::Ready(Ok(wanted));
+        }
         let stream = self.stream()?;
         loop {
             let available = stream.capacity();

@@ -48,8 +48,12 @@ pub const EXIT_DEAD: &str = "the exit's tunnel did not answer a liveness check";
 /// after a check costs nothing more, so idle agents see no extra traffic.
 async fn watch_exit(agent: &Agent, counters: &LiveCounters, shared: &Shared) {
     let check_after = shared.config.silence_check;
-    // Looking four times per period bounds how late silence is noticed.
-    let mut tick = tokio::time::interval((check_after / 4).max(Duration::from_millis(5)));
+    // Looking four times per period bounds how late silence is noticed. The
+    // first look is one period in: an interval's immediate first tick is a
+    // timer the runtime must be woken for, once per connection, to learn
+    // nothing (the counters were read just now).
+    let period = (check_after / 4).max(Duration::from_millis(5));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut up = counters.tcp_to_quic.load(Ordering::Relaxed);
     let mut down = counters.quic_to_tcp.load(Ordering::Relaxed);
     let mut changed = Instant::now();
