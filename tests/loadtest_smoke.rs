@@ -3,15 +3,15 @@
 //! produced its figures and that nothing failed; speed is the program's business,
 //! not this test's (no figure here is compared with a threshold).
 
-use exitpool_launcher::Launch;
+use exitpool_launcher::{Launch, Ready, Signal};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[tokio::test]
-async fn every_loadtest_scenario_runs_at_tiny_sizes() {
-    // `loadtest` is the `exitpool-bench` package's binary: `cargo test
-    // --workspace` builds it next to this package's binaries.
+/// The directory of the binaries under test, and the `loadtest` in it (the
+/// `exitpool-bench` package's binary: `cargo test --workspace` builds it next
+/// to this package's binaries).
+fn loadtest_binary() -> (&'static Path, PathBuf) {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_gateway")).parent().unwrap();
     let loadtest = bin_dir.join("loadtest");
     assert!(
@@ -19,6 +19,12 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
         "{} is missing: run the suite with `cargo test --workspace`, or build it first with `cargo build -p exitpool-bench`",
         loadtest.display()
     );
+    (bin_dir, loadtest)
+}
+
+#[tokio::test]
+async fn every_loadtest_scenario_runs_at_tiny_sizes() {
+    let (bin_dir, loadtest) = loadtest_binary();
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("results.json");
     let chart = out.path().join("chart.svg");
@@ -121,5 +127,69 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
         svg.starts_with("<svg"),
         "not an SVG: {}",
         &svg[..80.min(svg.len())]
+    );
+}
+
+/// The processes whose parent is `pid`, from `/proc/*/stat`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let parent = pid.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // `pid (name) state ppid ...`; the name may hold spaces.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            ppid == Some(parent.as_str())
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_loadtest_stopped_by_a_signal_stops_the_processes_it_started() {
+    let (bin_dir, loadtest) = loadtest_binary();
+    // Far more rounds than the test waits for: it is stopped in the first.
+    let mut run = Launch::new(&loadtest)
+        .args(["bulk", "--no-build", "--size", "64", "--rounds", "100"])
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .start(Ready::line("exitpool  down"), Duration::from_secs(120))
+        .await
+        .expect("the first exitpool round within 2 minutes");
+    let started = children_of(run.pid());
+    assert!(
+        started.len() >= 2,
+        "a gateway and an agent at least: {started:?}\n{}",
+        run.tail()
+    );
+
+    run.signal(Signal::Term).unwrap();
+    let status = run
+        .exited(Duration::from_secs(30))
+        .await
+        .expect("loadtest ends on SIGTERM");
+    assert!(!status.success(), "a stopped run is not a success");
+    assert!(
+        run.stderr().contains("stopped by a signal"),
+        "{}",
+        run.tail()
+    );
+    let left: Vec<u32> = started.into_iter().filter(|pid| running(*pid)).collect();
+    assert!(
+        left.is_empty(),
+        "still running after loadtest stopped: {left:?}"
     );
 }

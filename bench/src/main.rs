@@ -71,7 +71,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args));
+    // A stop signal drops the run, and with it every process it started (each
+    // is killed when dropped); exiting straight away would leave them running.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = run(args) => result,
+            () = exitpool::cli::shutdown_signal() => {
+                Err(anyhow::anyhow!("stopped by a signal; the processes it started are stopped"))
+            }
+        }
+    });
     // Agents and servers still running in the background end with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(5));
     match result {
