@@ -130,32 +130,27 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
     );
 }
 
-/// The processes whose parent is `pid`, from `/proc/*/stat`.
+/// The fields of `/proc/PID/stat` after the process name (which may hold
+/// spaces): state, parent pid, ...
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
     let parent = pid.to_string();
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| {
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            // `pid (name) state ppid ...`; the name may hold spaces.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
-            ppid == Some(parent.as_str())
-        })
+        .filter(|child| stat_fields(*child).is_some_and(|fields| fields.get(1) == Some(&parent)))
         .collect()
 }
 
 /// Whether `pid` runs (exists and is not a zombie).
 fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().next().map(|state| state != "Z")
-        })
-        .unwrap_or(false)
+    stat_fields(pid).is_some_and(|fields| fields.first().is_some_and(|state| state != "Z"))
 }
 
 #[tokio::test]
