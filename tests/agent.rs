@@ -349,7 +349,12 @@ async fn a_leaving_agent_finishes_its_control_stream_before_it_closes() {
             Err(end) => break end,
         }
     };
-    assert_eq!(said, [AgentMessage::Draining]);
+    // Its load, said once on joining, then the notice.
+    let joined = AgentMessage::Load {
+        active_streams: 0,
+        accepting: true,
+    };
+    assert_eq!(said, [joined, AgentMessage::Draining]);
     assert!(matches!(end, FrameError::Ended), "{end:?}");
     // The gateway closes on reading that end; the agent's shutdown then completes.
     connection.close(exitpool::protocol::close_code::LEFT.into(), b"agent left");
