@@ -315,6 +315,16 @@ async fn session(
         crate::connect::remember(shared, transport).await;
     }
     info!(exit = %info.exit_id, %gateway, %transport, observed = %info.observed_addr, country = info.country.as_deref().unwrap_or("??"), "connected to the gateway");
+    let mut paused = shared.paused.subscribe();
+    let mut exhausted = shared.meter.subscribe_exhausted();
+    // The load once now, first on the control stream after the Hello, so a
+    // pause or a quota change since the Hello reaches the gateway (the
+    // watches see changes from here on); then restated every interval.
+    if let Err(error) = send_load(&mut control_send, shared).await {
+        return SessionEnd::Retry(format!("control stream: {error}"));
+    }
+    let mut load_timer = tokio::time::interval(LOAD_REPORT_INTERVAL);
+    load_timer.reset();
     let observed = info.observed_addr.ip();
     // The own addresses are in the policy before the first stream is taken.
     refresh_own_addresses(shared, observed).await;
@@ -324,14 +334,6 @@ async fn session(
 
     let streams = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(config.max_streams as usize));
-    let mut paused = shared.paused.subscribe();
-    let mut exhausted = shared.meter.subscribe_exhausted();
-    // Restated every interval; the first report goes out just before the
-    // loop below.
-    let mut load_timer = tokio::time::interval_at(
-        tokio::time::Instant::now() + LOAD_REPORT_INTERVAL,
-        LOAD_REPORT_INTERVAL,
-    );
     // Over TCP under `auto`, QUIC is tried again in the background.
     let probing =
         transport == Transport::Tcp && config.transport == crate::config::TransportChoice::Auto;
@@ -346,76 +348,69 @@ async fn session(
     let mut degraded_check = tokio::time::interval(config.keep_alive);
     // The first check one interval from now, not at once.
     degraded_check.reset();
-    // The load once now, in order, before anything else on the control
-    // stream: a pause or a quota change since the Hello reaches the gateway
-    // (the watches above only see changes from here on).
-    let told = send_load(&mut control_send, shared).await;
-    let end = match told {
-        Err(error) => SessionEnd::Retry(format!("control stream: {error}")),
-        Ok(()) => loop {
-            tokio::select! {
-                accepted = connection.accept_stream() => match accepted {
-                    Ok((send, recv)) => {
-                        let accepting = shared.accepting();
-                        let policy = shared.policy.borrow().clone();
-                        let stream = StreamContext { shared: shared.clone(), policy, slots: slots.clone(), accepting };
-                        // Boxed so the wrappers on the way into the task move a
-                        // pointer, not the stream's whole (KiB-sized) state; in the
-                        // tunnel's span, as a span per stream would name nothing more.
-                        streams.spawn(Box::pin(serve_stream(stream, send, recv)).in_current_span());
-                    }
-                    Err(_) if gateway_stopped(&connection) => break SessionEnd::GatewayStopped,
-                    Err(_) if transport == Transport::Quic
-                        && connection.close_reason() == Some(CloseReason::TimedOut)
-                        && config.transport == crate::config::TransportChoice::Auto =>
-                    {
-                        break SessionEnd::Degraded
-                    }
-                    Err(error) => break SessionEnd::Retry(error.to_string()),
-                },
-                _ = degraded_check.tick(), if watch_silence => {
-                    if silence.degraded(&connection) {
-                        if config.transport == crate::config::TransportChoice::Auto {
-                            break SessionEnd::Degraded;
-                        }
-                        break SessionEnd::Retry("the gateway sent nothing for two keep-alive intervals".into());
-                    }
+    let end = loop {
+        tokio::select! {
+            accepted = connection.accept_stream() => match accepted {
+                Ok((send, recv)) => {
+                    let accepting = shared.accepting();
+                    let policy = shared.policy.borrow().clone();
+                    let stream = StreamContext { shared: shared.clone(), policy, slots: slots.clone(), accepting };
+                    // Boxed so the wrappers on the way into the task move a
+                    // pointer, not the stream's whole (KiB-sized) state; in the
+                    // tunnel's span, as a span per stream would name nothing more.
+                    streams.spawn(Box::pin(serve_stream(stream, send, recv)).in_current_span());
                 }
-                quic = &mut probe, if probing => break SessionEnd::Moved(quic),
-                _ = interface_refresh.tick() => refresh_own_addresses(shared, observed).await,
-                _ = load_timer.tick() => {
-                    if let Err(error) = send_load(&mut control_send, shared).await {
-                        break SessionEnd::Retry(format!("control stream: {error}"));
+                Err(_) if gateway_stopped(&connection) => break SessionEnd::GatewayStopped,
+                Err(_) if transport == Transport::Quic
+                    && connection.close_reason() == Some(CloseReason::TimedOut)
+                    && config.transport == crate::config::TransportChoice::Auto =>
+                {
+                    break SessionEnd::Degraded
+                }
+                Err(error) => break SessionEnd::Retry(error.to_string()),
+            },
+            _ = degraded_check.tick(), if watch_silence => {
+                if silence.degraded(&connection) {
+                    if config.transport == crate::config::TransportChoice::Auto {
+                        break SessionEnd::Degraded;
                     }
-                }
-                // Pausing, resuming and the quota running out or renewing are told to
-                // the gateway at once, so it stops (or resumes) routing here.
-                changed = paused.changed() => {
-                    if changed.is_err() || send_load(&mut control_send, shared).await.is_err() {
-                        break SessionEnd::Retry("control stream closed".into());
-                    }
-                }
-                changed = exhausted.changed() => {
-                    if changed.is_err() || send_load(&mut control_send, shared).await.is_err() {
-                        break SessionEnd::Retry("control stream closed".into());
-                    }
-                }
-                message = read_frame::<GatewayMessage, _>(&mut control_recv) => {
-                    break match message {
-                        // A stopping gateway finishes the control stream before it
-                        // closes: QUIC retransmits the finish, not the close.
-                        Err(FrameError::Ended) => SessionEnd::GatewayStopped,
-                        Err(_) if gateway_stopped(&connection) => SessionEnd::GatewayStopped,
-                        Ok(message) => SessionEnd::Retry(format!("unexpected control message {message:?}")),
-                        Err(error) => SessionEnd::Retry(format!("control stream: {error}")),
-                    };
-                }
-                () = shutdown.cancelled() => {
-                    drain(&connection, &mut control_send, &streams, config).await;
-                    break SessionEnd::Shutdown;
+                    break SessionEnd::Retry("the gateway sent nothing for two keep-alive intervals".into());
                 }
             }
-        },
+            quic = &mut probe, if probing => break SessionEnd::Moved(quic),
+            _ = interface_refresh.tick() => refresh_own_addresses(shared, observed).await,
+            _ = load_timer.tick() => {
+                if let Err(error) = send_load(&mut control_send, shared).await {
+                    break SessionEnd::Retry(format!("control stream: {error}"));
+                }
+            }
+            // Pausing, resuming and the quota running out or renewing are told to
+            // the gateway at once, so it stops (or resumes) routing here.
+            changed = paused.changed() => {
+                if changed.is_err() || send_load(&mut control_send, shared).await.is_err() {
+                    break SessionEnd::Retry("control stream closed".into());
+                }
+            }
+            changed = exhausted.changed() => {
+                if changed.is_err() || send_load(&mut control_send, shared).await.is_err() {
+                    break SessionEnd::Retry("control stream closed".into());
+                }
+            }
+            message = read_frame::<GatewayMessage, _>(&mut control_recv) => {
+                break match message {
+                    // A stopping gateway finishes the control stream before it
+                    // closes: QUIC retransmits the finish, not the close.
+                    Err(FrameError::Ended) => SessionEnd::GatewayStopped,
+                    Err(_) if gateway_stopped(&connection) => SessionEnd::GatewayStopped,
+                    Ok(message) => SessionEnd::Retry(format!("unexpected control message {message:?}")),
+                    Err(error) => SessionEnd::Retry(format!("control stream: {error}")),
+                };
+            }
+            () = shutdown.cancelled() => {
+                drain(&connection, &mut control_send, &streams, config).await;
+                break SessionEnd::Shutdown;
+            }
+        }
     };
     streams.close();
     match &end {
