@@ -85,6 +85,33 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
             "CPU per connection, proxy processes"
         ) >= 0.0
     );
+    // The bare relay with a CONNECT exchange: the floor for exitpool's protocol,
+    // in rows of its own, with exitpool's ratio to it.
+    let with_connect = |metric: &str| format!("{metric}, bare relay with CONNECT");
+    assert!(
+        column(
+            "bare_quic_relay",
+            "rate",
+            &with_connect("connections per second, 64 clients")
+        ) > 0.0
+    );
+    assert!(
+        column(
+            "bare_quic_relay",
+            "rate",
+            &with_connect("CPU per connection, proxy processes")
+        ) >= 0.0
+    );
+    assert_eq!(
+        column("bare_quic_relay", "rate", &with_connect("errors")),
+        0.0
+    );
+    assert!(
+        figure(
+            "rate",
+            "connections per second, exitpool / bare relay with CONNECT, median round"
+        ) > 0.0
+    );
     assert_eq!(
         figure("fanout", "100 concurrent conns over 5 agents: errors"),
         0.0

@@ -6,6 +6,13 @@
 //! else: no authentication, routing, `Open`/`Opened` exchange, accounting or
 //! limits. Its processes are this program, started with hidden flags
 //! ([`HopArgs`]); [`BareRelay`] and [`BareExit`] start them.
+//!
+//! Started with [`BareRelay::speaking_connect`], the two hops do the least a
+//! CONNECT proxy must on top of that, and nothing more: the entry reads the
+//! client's CONNECT head and names its target in an Open on the stream, the
+//! exit dials it and answers one status byte, and only then does the entry
+//! answer `200`. The rate scenario measures both, so what exitpool's
+//! connection costs beyond the protocol it speaks is a figure of its own.
 
 use crate::client::{join_all, Route, STEP};
 use anyhow::{bail, Context, Result};
@@ -18,6 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const ALPN: &[u8] = b"bare-relay";
@@ -28,8 +36,20 @@ const SERVER_NAME: &str = "localhost";
 pub const NAME: &str = "bare relay";
 /// What the bare relay's column means, for the report's notes.
 pub const NOTE: &str = "bare QUIC = a bare two-hop QUIC relay (entry and exit processes, the same byte path, transport settings and one-thread runtimes as the gateway and agent; no authentication, routing, Open/Opened exchange, accounting or limits): the floor for two QUIC hops on this machine";
+/// What the CONNECT variant's rows mean, for the report's notes.
+pub const CONNECT_NOTE: &str = "the same two hops, doing the least a CONNECT proxy must and nothing more: the entry reads the CONNECT head and sends the target's address on the stream, the exit dials it and answers one byte, and the entry then answers 200: exitpool's protocol without authentication, routing, accounting, limits or logs";
 /// What a hop prints on stdout once it serves, followed by its address.
 const READY: &str = "ready ";
+/// The bare relay speaking CONNECT, in the rate scenario's rows.
+pub const CONNECT_NAME: &str = "bare relay with CONNECT";
+/// The exit's answer to an Open: dialled, or not.
+const OPENED: u8 = 0;
+const REFUSED: u8 = 1;
+/// The longest CONNECT head the entry takes.
+const HEAD_MAX: usize = 4096;
+const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+const BAD_GATEWAY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n";
 
 /// The hidden flags that make this program one hop of the bare relay.
 #[derive(Debug, clap::Args)]
@@ -47,6 +67,9 @@ pub struct HopArgs {
     /// Internal: the exit hop's certificate (hex DER), for `--bare-entry`.
     #[arg(long, hide = true)]
     pub bare_cert: Option<String>,
+    /// Internal: the hops speak a CONNECT exchange (see the module's notes).
+    #[arg(long, hide = true)]
+    pub bare_connect: bool,
 }
 
 impl HopArgs {
@@ -61,8 +84,8 @@ impl HopArgs {
 pub fn run_hop(args: &HopArgs) -> ExitCode {
     let hop = async {
         match (args.bare_exit, args.bare_entry, &args.bare_cert) {
-            (Some(target), _, _) => exit(target, args.bare_streams).await,
-            (None, Some(exit), Some(cert)) => entry(exit, cert).await,
+            (Some(target), _, _) => exit(target, args.bare_streams, args.bare_connect).await,
+            (None, Some(exit), Some(cert)) => entry(exit, cert, args.bare_connect).await,
             _ => bail!("--bare-entry needs --bare-cert"),
         }
     };
@@ -98,9 +121,80 @@ async fn carry(mut tcp: TcpStream, send: quinn::SendStream, recv: quinn::RecvStr
     let _ = relay(read, write, send, recv, IDLE, &counters, &Unlimited).await;
 }
 
+/// The exit's side of a CONNECT exchange: reads the stream's Open (a length
+/// byte and the target's address), dials it if it is this hop's one target,
+/// and answers whether that worked.
+async fn dial_as_asked(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    target: SocketAddr,
+) -> Option<TcpStream> {
+    let mut len = [0u8; 1];
+    recv.read_exact(&mut len).await.ok()?;
+    let mut name = vec![0u8; len[0].into()];
+    recv.read_exact(&mut name).await.ok()?;
+    let asked = std::str::from_utf8(&name).ok()?.parse::<SocketAddr>().ok();
+    let tcp = match asked {
+        Some(asked) if asked == target => TcpStream::connect(asked).await.ok(),
+        _ => None,
+    };
+    let answer = if tcp.is_some() { OPENED } else { REFUSED };
+    send.write_all(&[answer]).await.ok()?;
+    tcp
+}
+
+/// The entry's side of a CONNECT exchange: reads the client's head, opens a
+/// stream whose Open names the target, and answers `200` once the exit has
+/// dialled it (`502` if it could not, `400` if the head is not a CONNECT).
+async fn connect_exchange(
+    tcp: &mut TcpStream,
+    connection: &quinn::Connection,
+) -> Option<(quinn::SendStream, quinn::RecvStream)> {
+    let mut head = [0u8; HEAD_MAX];
+    let mut filled = 0;
+    let end = loop {
+        let n = tcp.read(&mut head[filled..]).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        filled += n;
+        if let Some(end) = head[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if filled == HEAD_MAX {
+            return None;
+        }
+    };
+    let target = std::str::from_utf8(&head[..end])
+        .ok()
+        .and_then(|text| text.strip_prefix("CONNECT "))
+        .and_then(|rest| rest.split(' ').next())
+        .filter(|target| target.len() <= usize::from(u8::MAX));
+    let Some(target) = target else {
+        let _ = tcp.write_all(BAD_REQUEST).await;
+        return None;
+    };
+    let (mut send, mut recv) = connection.open_bi().await.ok()?;
+    let mut open = Vec::with_capacity(1 + target.len() + filled - end);
+    open.push(target.len() as u8);
+    open.extend_from_slice(target.as_bytes());
+    // Whatever the client sent after its head goes on behind the Open.
+    open.extend_from_slice(&head[end..filled]);
+    send.write_all(&open).await.ok()?;
+    let mut answer = [REFUSED];
+    let _ = recv.read_exact(&mut answer).await;
+    if answer[0] != OPENED {
+        let _ = tcp.write_all(BAD_GATEWAY).await;
+        return None;
+    }
+    tcp.write_all(ESTABLISHED).await.ok()?;
+    Some((send, recv))
+}
+
 /// The exit hop: prints `ready <udp address> <certificate, hex DER>`, then
-/// dials `target` for every stream of every connection.
-async fn exit(target: SocketAddr, streams: u32) -> Result<()> {
+/// dials `target` for every stream of every connection, after its Open when
+/// the hops speak CONNECT.
+async fn exit(target: SocketAddr, streams: u32, connect: bool) -> Result<()> {
     let generated = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
     let cert = generated.cert.der().clone();
     let key = PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
@@ -119,9 +213,15 @@ async fn exit(target: SocketAddr, streams: u32) -> Result<()> {
             let Ok(connection) = incoming.await else {
                 return;
             };
-            while let Ok((send, recv)) = connection.accept_bi().await {
+            while let Ok((mut send, mut recv)) = connection.accept_bi().await {
                 tokio::spawn(async move {
-                    if let Ok(tcp) = TcpStream::connect(target).await {
+                    let tcp = if connect {
+                        let exchange = dial_as_asked(&mut send, &mut recv, target);
+                        tokio::time::timeout(STEP, exchange).await.ok().flatten()
+                    } else {
+                        TcpStream::connect(target).await.ok()
+                    };
+                    if let Some(tcp) = tcp {
                         carry(tcp, send, recv).await;
                     }
                 });
@@ -184,17 +284,24 @@ pub async fn idle_clients(
 }
 
 /// The entry hop: connects to the exit at `exit`, trusting `cert_hex`, prints
-/// `ready <tcp address>`, then carries every accepted connection on a stream.
-async fn entry(exit: SocketAddr, cert_hex: &str) -> Result<()> {
+/// `ready <tcp address>`, then carries every accepted connection on a stream,
+/// after a CONNECT exchange when `speak_connect` is set.
+async fn entry(exit: SocketAddr, cert_hex: &str, speak_connect: bool) -> Result<()> {
     let local = IpAddr::from([127, 0, 0, 1]);
     let (_endpoint, connection) = connect(exit, client_config(cert_hex)?, local).await?;
     let listener = TcpListener::bind(SocketAddr::new(local, 0)).await?;
     println!("{READY}{}", listener.local_addr()?);
     loop {
-        let (tcp, _) = listener.accept().await?;
+        let (mut tcp, _) = listener.accept().await?;
         let connection = connection.clone();
         tokio::spawn(async move {
-            if let Ok((send, recv)) = connection.open_bi().await {
+            let stream = if speak_connect {
+                let exchange = connect_exchange(&mut tcp, &connection);
+                tokio::time::timeout(STEP, exchange).await.ok().flatten()
+            } else {
+                connection.open_bi().await.ok()
+            };
+            if let Some((send, recv)) = stream {
                 carry(tcp, send, recv).await;
             }
         });
@@ -224,14 +331,14 @@ impl BareExit {
     /// Starts the exit hop towards `target`, letting each connection open
     /// `streams` streams at once.
     pub async fn start(target: SocketAddr, streams: u32) -> Result<BareExit> {
-        let (process, ready) = start_hop(&[
-            "--bare-exit",
-            &target.to_string(),
-            "--bare-streams",
-            &streams.to_string(),
-        ])
-        .await
-        .context("bare relay exit hop")?;
+        Self::start_with(target, streams, &[]).await
+    }
+
+    async fn start_with(target: SocketAddr, streams: u32, extra: &[&str]) -> Result<BareExit> {
+        let (target, streams) = (target.to_string(), streams.to_string());
+        let mut args = vec!["--bare-exit", &target, "--bare-streams", &streams];
+        args.extend_from_slice(extra);
+        let (process, ready) = start_hop(&args).await.context("bare relay exit hop")?;
         let (addr, cert_hex) = ready
             .split_once(' ')
             .context("the exit hop's ready line lacks its certificate")?;
@@ -252,29 +359,44 @@ pub struct BareRelay {
     entry: Process,
     exit: BareExit,
     listen: SocketAddr,
+    connect: bool,
 }
 
 impl BareRelay {
     pub async fn start(target: SocketAddr) -> Result<BareRelay> {
+        Self::start_with(target, false).await
+    }
+
+    /// The bare relay with a CONNECT exchange (see the module's notes).
+    pub async fn speaking_connect(target: SocketAddr) -> Result<BareRelay> {
+        Self::start_with(target, true).await
+    }
+
+    async fn start_with(target: SocketAddr, connect: bool) -> Result<BareRelay> {
+        let extra: &[&str] = if connect { &["--bare-connect"] } else { &[] };
         // As many streams as an agent takes by default.
-        let exit = BareExit::start(target, exitpool_agent::DEFAULT_MAX_STREAMS).await?;
-        let (entry, ready) = start_hop(&[
-            "--bare-entry",
-            &exit.addr.to_string(),
-            "--bare-cert",
-            &exit.cert_hex,
-        ])
-        .await
-        .context("bare relay entry hop")?;
+        let streams = exitpool_agent::DEFAULT_MAX_STREAMS;
+        let exit = BareExit::start_with(target, streams, extra).await?;
+        let exit_addr = exit.addr.to_string();
+        let mut args = vec!["--bare-entry", &exit_addr, "--bare-cert", &exit.cert_hex];
+        args.extend_from_slice(extra);
+        let (entry, ready) = start_hop(&args).await.context("bare relay entry hop")?;
         Ok(BareRelay {
             entry,
             exit,
             listen: ready.parse().context("the entry hop's address")?,
+            connect,
         })
     }
 
     pub fn path(&self) -> Route {
-        Route::Relay(self.listen)
+        match self.connect {
+            true => Route::Proxy {
+                addr: self.listen,
+                auth: None,
+            },
+            false => Route::Relay(self.listen),
+        }
     }
 
     /// The entry's and the exit's process ids: the entry stands where the

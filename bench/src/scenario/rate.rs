@@ -2,10 +2,12 @@
 //! costs its proxy in CPU. Client loops (64 by default) each open a fresh TCP
 //! connection, CONNECT where there is a proxy, send a 1 KiB request, read the
 //! 1 KiB answer and start again, for a fixed time per path: direct, exitpool
-//! (the gateway and one agent process), tinyproxy and the bare relay. The paths
+//! (the gateway and one agent process), tinyproxy, the bare relay and the bare
+//! relay with a CONNECT exchange (the floor for the protocol exitpool speaks;
+//! its figures are rows of their own, in the bare relay's column). The paths
 //! take turns, round after round, so a slow spell of a shared machine hits them
 //! alike: the table shows each path's totals over the rounds, and each round's
-//! exitpool-to-bare-relay ratios are listed too (median, lowest, highest).
+//! exitpool-to-floor ratios are listed too (median, lowest, highest).
 //! Failed connections are counted by kind (an `exits_busy` answer, a reset, …).
 
 use crate::bare_relay::{self, BareRelay};
@@ -186,10 +188,11 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     .await?;
     let tiny = Tinyproxy::start_if_installed(bench.tinyproxy.as_deref()).await?;
     let bare = BareRelay::start(target).await?;
+    let bare_connect = BareRelay::speaking_connect(target).await?;
     // Every path's processes stay up for all rounds; an idle one costs nothing
     // measurable next to the path being driven.
-    let (mut directs, mut ourses, mut theirses, mut floors) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut directs, mut ourses, mut theirses, mut floors, mut connect_floors) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=sizes.rate_rounds {
         eprintln!("   round {round}");
         directs.push(drive("direct", &Route::Direct, &[], target, sizes).await?);
@@ -207,13 +210,16 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
             theirses.push(drive("tinyproxy", &t.path(), &[t.pid()], target, sizes).await?);
         }
         floors.push(drive(bare_relay::NAME, &bare.path(), &bare.pids(), target, sizes).await?);
+        let (name, path) = (bare_relay::CONNECT_NAME, bare_connect.path());
+        connect_floors.push(drive(name, &path, &bare_connect.pids(), target, sizes).await?);
     }
     processes.stop().await;
-    drop((tiny, bare));
+    drop((tiny, bare, bare_connect));
     let direct = RateRun::total(&directs);
     let ours = RateRun::total(&ourses);
     let theirs = (!theirses.is_empty()).then(|| RateRun::total(&theirses));
     let floor = RateRun::total(&floors);
+    let connect_floor = RateRun::total(&connect_floors);
 
     let figures: [Figure<RateRun>; 8] = [
         (
@@ -248,7 +254,12 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         ("errors".into(), "count", |r| Some(r.error_count() as f64)),
     ];
     let measured = [Some(&direct), Some(&ours), theirs.as_ref(), Some(&floor)];
-    report.rows_per_path("rate", measured, figures);
+    report.rows_per_path("rate", measured, figures.clone());
+    for (metric, unit, figure) in figures {
+        let metric = format!("{metric}, {}", bare_relay::CONNECT_NAME);
+        report.row("rate", metric, unit, None, None, None);
+        report.with_bare_relay(figure(&connect_floor));
+    }
     let kinds: std::collections::BTreeSet<&String> = measured
         .iter()
         .flatten()
@@ -266,6 +277,11 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         );
         report.with_bare_relay(Some(count(&floor)));
     }
+    for (kind, &n) in &connect_floor.errors {
+        let metric = format!("errors: {kind}, {}", bare_relay::CONNECT_NAME);
+        report.row("rate", metric, "count", None, None, None);
+        report.with_bare_relay(Some(n as f64));
+    }
     let ratio = |r: &RateRun| r.per_second() / direct.per_second();
     report.row(
         "rate",
@@ -276,16 +292,29 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         theirs.as_ref().map(ratio),
     );
     report.with_bare_relay(Some(ratio(&floor)));
-    // Each round's exitpool-to-bare-relay ratios: the spread says how far the
+    let metric = format!(
+        "connections per second / direct, {}",
+        bare_relay::CONNECT_NAME
+    );
+    report.row("rate", metric, "ratio", None, None, None);
+    report.with_bare_relay(Some(ratio(&connect_floor)));
+    // Each round's exitpool-to-floor ratios: the spread says how far the
     // totals can be trusted on this machine.
     let per_round: [(&str, RunFigure); 2] = [
         ("connections per second", |r| Some(r.per_second())),
         ("CPU per connection, proxy processes", |r| r.proxy_micros()),
     ];
-    for (metric, figure) in per_round {
+    let floors_by_name = [
+        (bare_relay::NAME, &floors),
+        (bare_relay::CONNECT_NAME, &connect_floors),
+    ];
+    for ((metric, figure), (floor_name, floors)) in per_round
+        .into_iter()
+        .flat_map(|m| floors_by_name.map(|f| (m, f)))
+    {
         let ratios: Vec<f64> = ourses
             .iter()
-            .zip(&floors)
+            .zip(floors)
             .filter_map(|(ours, floor)| Some(figure(ours)? / figure(floor)?))
             .collect();
         if ratios.is_empty() {
@@ -300,7 +329,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         ] {
             report.row(
                 "rate",
-                format!("{metric}, exitpool / {}, {which}", bare_relay::NAME),
+                format!("{metric}, exitpool / {floor_name}, {which}"),
                 "ratio",
                 None,
                 Some(value),
@@ -337,6 +366,11 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         sizes.rate_time.as_secs_f64(),
         sizes.rate_rounds,
         runs.gateway_threads
+    ));
+    report.notes.push(format!(
+        "rate: {} = {}",
+        bare_relay::CONNECT_NAME,
+        bare_relay::CONNECT_NOTE
     ));
     Ok(())
 }
