@@ -14,7 +14,7 @@
 //! answer `200`. The rate scenario measures both, so what exitpool's
 //! connection costs beyond the protocol it speaks is a figure of its own.
 
-use crate::client::{join_all, Route, STEP};
+use crate::client::{head_end, join_all, Route, STEP};
 use anyhow::{bail, Context, Result};
 use exitpool_launcher::{Launch, Process};
 use exitpool_transport::relay::{relay, LiveCounters, Unlimited};
@@ -158,8 +158,8 @@ async fn connect_exchange(
             return None;
         }
         filled += n;
-        if let Some(end) = head[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
+        if let Some(end) = head_end(&head[..filled]) {
+            break end;
         }
         if filled == HEAD_MAX {
             return None;

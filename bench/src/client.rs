@@ -221,6 +221,15 @@ pub async fn open(path: &Route, target: SocketAddr) -> Result<TcpStream, OpenErr
     Ok(stream)
 }
 
+/// Where an HTTP head that `bytes` starts with ends: the index just past its
+/// blank line, once it has arrived.
+pub fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
 /// Reads a CONNECT answer's head and fails unless it is a 200. The target never
 /// speaks first, so nothing after the head can arrive before we send a command;
 /// reading in chunks is safe.
@@ -235,11 +244,11 @@ async fn read_head(stream: &mut TcpStream) -> Result<(), OpenError> {
             ));
         }
         raw.extend_from_slice(&buf[..n]);
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        if let Some(end) = head_end(&raw) {
             let head = String::from_utf8_lossy(&raw[..end]).into_owned();
             let line = head.lines().next().unwrap_or("").to_owned();
             if line.split(' ').nth(1) == Some("200") {
-                if end + 4 != raw.len() {
+                if end != raw.len() {
                     return Err(OpenError::Protocol(
                         "unexpected bytes after the CONNECT answer",
                     ));
@@ -247,7 +256,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<(), OpenError> {
                 return Ok(());
             }
             // An error answer may carry a body; keep its start for the report.
-            let body = String::from_utf8_lossy(&raw[end + 4..])
+            let body = String::from_utf8_lossy(&raw[end..])
                 .chars()
                 .take(160)
                 .collect();
