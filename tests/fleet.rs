@@ -181,14 +181,12 @@ struct PeerPort {
 
 impl PeerPort {
     async fn of(to: &TestGateway) -> PeerPort {
-        let id = to.stats().await["fleet"]["gateway_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        // Its own record (with the peer port) is there once it has heard itself.
         wait_for_gateways(to, 1).await;
         let stats = to.stats().await["fleet"].clone();
+        let id = stats["gateway_id"].as_str().unwrap();
         PeerPort {
-            addr: stats["gateways"][&id]["peer"]
+            addr: stats["gateways"][id]["peer"]
                 .as_str()
                 .unwrap()
                 .parse()
