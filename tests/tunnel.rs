@@ -420,3 +420,92 @@ async fn connect_is_served_alike_from_a_short_or_a_long_head() {
         );
     }
 }
+
+/// An agent on a CPU without AES instructions offers ChaCha20-Poly1305 first,
+/// and the gateway's TLS answers in the client's order: that agent's tunnel
+/// runs ChaCha20, one with AES instructions AES-GCM (ring's first). Over TLS/TCP
+/// the negotiated suite is read on both ends; over QUIC, which quinn does not
+/// report, the ChaCha20-first offer must still carry a stream both ways.
+#[tokio::test]
+async fn the_tunnel_cipher_follows_the_agents_hardware() {
+    use exitpool::transport::pin::{client_provider_for, PinVerifier};
+    use exitpool::transport::{tcp, udp};
+    use rustls::CipherSuite::{TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256};
+    use std::sync::Arc;
+
+    let state = tempfile::tempdir().unwrap();
+    let identity = exitpool::gateway::tls::Identity::load_or_create(state.path()).unwrap();
+    let pin = identity.pin().parse().unwrap();
+    let name = || rustls::pki_types::ServerName::try_from("exitpool-gateway").unwrap();
+    let verifier_for = |aes| Arc::new(PinVerifier::new(pin, Arc::new(client_provider_for(aes))));
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.tcp_server_config().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    for (aes_in_hardware, expected) in [
+        (true, TLS13_AES_256_GCM_SHA384),
+        (false, TLS13_CHACHA20_POLY1305_SHA256),
+    ] {
+        let client = verifier_for(aes_in_hardware)
+            .client_config(tcp::ALPN)
+            .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let dialled = async {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            connector.connect(name(), stream).await.unwrap()
+        };
+        let accepted = async {
+            let (stream, _) = listener.accept().await.unwrap();
+            acceptor.accept(stream).await.unwrap()
+        };
+        let (dialled, accepted) =
+            within("TLS handshake", async { tokio::join!(dialled, accepted) }).await;
+        let agent_side = dialled.get_ref().1.negotiated_cipher_suite();
+        let gateway_side = accepted.get_ref().1.negotiated_cipher_suite();
+        assert_eq!(agent_side.map(|suite| suite.suite()), Some(expected));
+        assert_eq!(gateway_side.map(|suite| suite.suite()), Some(expected));
+    }
+
+    let server = identity.quic_server_config(udp::base_transport()).unwrap();
+    let gateway = udp::endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        quinn::EndpointConfig::default(),
+        Some(server),
+    )
+    .unwrap();
+    let gateway_addr = gateway.local_addr().unwrap();
+    let client = verifier_for(false)
+        .client_config(exitpool_protocol::ALPN)
+        .unwrap();
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+    let mut agent = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    agent.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
+    let echoed = async {
+        let connection = agent
+            .connect(gateway_addr, "exitpool-gateway")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(b"chacha").await.unwrap();
+        send.finish().unwrap();
+        recv.read_to_end(64).await.unwrap()
+    };
+    let echoing = async {
+        let connection = gateway.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+        let got = recv.read_to_end(64).await.unwrap();
+        send.write_all(&got).await.unwrap();
+        send.finish().unwrap();
+        // Held until the agent has read the answer.
+        connection.closed().await;
+    };
+    let echoed = within("a QUIC stream both ways", async {
+        tokio::select! {
+            echoed = echoed => echoed,
+            () = echoing => unreachable!("the agent closes first"),
+        }
+    })
+    .await;
+    assert_eq!(echoed, b"chacha");
+}

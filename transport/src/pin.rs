@@ -41,6 +41,58 @@ impl std::str::FromStr for Pin {
     }
 }
 
+/// ring's cryptography for a client, offering its cipher suites in the order
+/// this CPU runs fastest: ring's own (AES-GCM first) where the CPU has AES
+/// instructions, ChaCha20-Poly1305 first where it has not (a Raspberry Pi 4,
+/// many routers, any 32-bit ARM), where AES in software is much slower than
+/// ChaCha20, as Go, BoringSSL and LibreSSL order them. The
+/// gateway answers in the client's order (rustls's default), so each agent
+/// gets the cipher its own device is fast at.
+pub fn client_provider() -> CryptoProvider {
+    client_provider_for(aes_in_hardware())
+}
+
+/// [`client_provider`] for a CPU with or without AES instructions.
+pub fn client_provider_for(aes_in_hardware: bool) -> CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !aes_in_hardware {
+        // A stable sort: ChaCha20 first, the rest in ring's order.
+        provider
+            .cipher_suites
+            .sort_by_key(|suite| !is_chacha20(suite.suite()));
+    }
+    provider
+}
+
+fn is_chacha20(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite::*;
+    matches!(
+        suite,
+        TLS13_CHACHA20_POLY1305_SHA256
+            | TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+    )
+}
+
+/// Whether ring runs AES-GCM in hardware here: AES and carry-less multiply
+/// instructions, which it needs both of.
+fn aes_in_hardware() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 /// Accepts exactly the certificate whose SHA-256 is the pin, and remembers a
 /// mismatch so the tunnel can tell it from a network failure.
 #[derive(Debug)]
@@ -60,13 +112,11 @@ impl PinVerifier {
         }
     }
 
-    /// A verifier for `pin` with ring's cryptography, as every exitpool
-    /// client uses.
+    /// A verifier for `pin` with ring's cryptography, its cipher suites in
+    /// the order this machine runs fastest ([`client_provider`]), as every
+    /// exitpool client uses.
     pub fn ring(pin: Pin) -> Arc<PinVerifier> {
-        Arc::new(PinVerifier::new(
-            pin,
-            Arc::new(rustls::crypto::ring::default_provider()),
-        ))
+        Arc::new(PinVerifier::new(pin, Arc::new(client_provider())))
     }
 
     /// A TLS 1.3 client configuration that trusts only this verifier's pin
