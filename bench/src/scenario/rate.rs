@@ -98,6 +98,42 @@ impl RateRun {
     }
 }
 
+/// Rows of exitpool's ratio to the floor `floor_name` in `metric`, round by
+/// round: the median, lowest and highest round.
+fn round_ratio_rows(
+    report: &mut Report,
+    metric: &str,
+    figure: RunFigure,
+    ourses: &[RateRun],
+    floor_name: &str,
+    floors: &[RateRun],
+) {
+    let ratios: Vec<f64> = ourses
+        .iter()
+        .zip(floors)
+        .filter_map(|(ours, floor)| Some(figure(ours)? / figure(floor)?))
+        .collect();
+    if ratios.is_empty() {
+        return;
+    }
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = ratios.iter().copied().fold(0.0, f64::max);
+    for (which, value) in [
+        ("median round", median(ratios.iter().copied())),
+        ("lowest round", lowest),
+        ("highest round", highest),
+    ] {
+        report.row(
+            "rate",
+            format!("{metric}, exitpool / {floor_name}, {which}"),
+            "ratio",
+            None,
+            Some(value),
+            None,
+        );
+    }
+}
+
 /// One fresh connection and exchange; its time, or the kind of its failure.
 async fn one_exchange(route: &Route, target: SocketAddr) -> Result<Duration, String> {
     let t0 = Instant::now();
@@ -304,37 +340,12 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         ("connections per second", |r| Some(r.per_second())),
         ("CPU per connection, proxy processes", |r| r.proxy_micros()),
     ];
-    let floors_by_name = [
-        (bare_relay::NAME, &floors),
-        (bare_relay::CONNECT_NAME, &connect_floors),
-    ];
-    for ((metric, figure), (floor_name, floors)) in per_round
-        .into_iter()
-        .flat_map(|m| floors_by_name.map(|f| (m, f)))
-    {
-        let ratios: Vec<f64> = ourses
-            .iter()
-            .zip(floors)
-            .filter_map(|(ours, floor)| Some(figure(ours)? / figure(floor)?))
-            .collect();
-        if ratios.is_empty() {
-            continue;
-        }
-        let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let highest = ratios.iter().copied().fold(0.0, f64::max);
-        for (which, value) in [
-            ("median round", median(ratios.iter().copied())),
-            ("lowest round", lowest),
-            ("highest round", highest),
+    for (metric, figure) in per_round {
+        for (floor_name, floors) in [
+            (bare_relay::NAME, &floors),
+            (bare_relay::CONNECT_NAME, &connect_floors),
         ] {
-            report.row(
-                "rate",
-                format!("{metric}, exitpool / {floor_name}, {which}"),
-                "ratio",
-                None,
-                Some(value),
-                None,
-            );
+            round_ratio_rows(report, metric, figure, &ourses, floor_name, floors);
         }
     }
     if let Some(threads) = runs.also_threads {
