@@ -194,7 +194,7 @@ async fn connect_exchange(
 /// The exit hop: prints `ready <udp address> <certificate, hex DER>`, then
 /// dials `target` for every stream of every connection, after its Open when
 /// the hops speak CONNECT.
-async fn exit(target: SocketAddr, streams: u32, connect: bool) -> Result<()> {
+async fn exit(target: SocketAddr, streams: u32, speak_connect: bool) -> Result<()> {
     let generated = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
     let cert = generated.cert.der().clone();
     let key = PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
@@ -215,7 +215,7 @@ async fn exit(target: SocketAddr, streams: u32, connect: bool) -> Result<()> {
             };
             while let Ok((mut send, mut recv)) = connection.accept_bi().await {
                 tokio::spawn(async move {
-                    let tcp = if connect {
+                    let tcp = if speak_connect {
                         let exchange = dial_as_asked(&mut send, &mut recv, target);
                         tokio::time::timeout(STEP, exchange).await.ok().flatten()
                     } else {
