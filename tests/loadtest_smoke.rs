@@ -149,6 +149,41 @@ async fn every_loadtest_scenario_runs_at_tiny_sizes() {
         300.0
     );
     assert!(figure("fleet", "Redis used_memory per agent") > 0.0);
+    // The bulk pass with every process at an equal CPU share ran where cgroup
+    // quotas can be set (root), or a note says why it did not; either way no
+    // group of the run is left behind.
+    let capped = results.iter().find(|r| {
+        r["scenario"] == "fleet"
+            && r["metric"]
+                .as_str()
+                .unwrap()
+                .starts_with("bulk upload, forwarded / local, each process at")
+    });
+    match capped {
+        Some(row) => assert!(row["exitpool"].as_f64().unwrap() > 0.0, "{row}"),
+        None => assert!(
+            doc["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|note| note.as_str().unwrap().contains("CPU was not run")),
+            "neither the capped bulk pass's rows nor a note on why it did not run"
+        ),
+    }
+    for hierarchy in ["/sys/fs/cgroup", "/sys/fs/cgroup/cpu"] {
+        let left: Vec<_> = std::fs::read_dir(hierarchy)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("exitpool-loadtest-")
+            })
+            .collect();
+        assert!(left.is_empty(), "cgroups left behind: {left:?}");
+    }
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(
         svg.starts_with("<svg"),

@@ -78,6 +78,13 @@ pub struct Args {
     /// every connection; `warn` measures it without.
     #[arg(long, default_value = "info")]
     pub gateway_log: String,
+    /// fleet: after the bulk rounds on shared cores, run them again with every
+    /// process (this program, each gateway, the agent) capped at this share of
+    /// one core, as if each had a machine of its own (cgroup `cpu` quotas;
+    /// needs root). Default: 90 % of the cores over the four processes of the
+    /// forwarded path, at most one core each; 0 leaves the pass out.
+    #[arg(long)]
+    pub fleet_cpu_share: Option<f64>,
     /// bulk, connect, rate and fanout: also measure the gateway with `--threads 2`.
     #[arg(long)]
     pub compare_runtimes: bool,
@@ -272,6 +279,9 @@ impl Bench {
             runs: Runs {
                 gateway_threads: args.gateway_threads,
                 also_threads: args.compare_runtimes.then_some(2),
+                fleet_cpu_share: args
+                    .fleet_cpu_share
+                    .unwrap_or_else(|| crate::cpu_share::default_share(4)),
             },
             tinyproxy: crate::launch::which("tinyproxy"),
         })

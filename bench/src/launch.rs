@@ -368,6 +368,8 @@ pub fn spawn_agent_process(
 pub struct Runs {
     pub gateway_threads: usize,
     pub also_threads: Option<usize>,
+    /// fleet: each process's CPU share in the capped bulk pass; 0 for none.
+    pub fleet_cpu_share: f64,
 }
 
 /// The product as it is deployed: the real `gateway` binary and `agents` real

@@ -36,6 +36,7 @@ mod bare_relay;
 mod chart;
 mod cli;
 mod client;
+mod cpu_share;
 mod launch;
 mod measure;
 mod report;

@@ -5,7 +5,9 @@
 //!   the exit's tunnel on gateway B: A -> B -> agent, over a TLS/TCP peer link)
 //!   and over a QUIC peer link (customer on gateway C, which dials QUIC) against
 //!   the **local path** (customer on B), through the same agent process, with
-//!   bulk's and connect's own client code;
+//!   bulk's and connect's own client code; bulk a second time with every
+//!   process at an equal CPU share ([`CpuShares`]), where a path moves as fast
+//!   as its busiest process, as across machines;
 //! - **Redis commands per customer connection** for rotation, a new session, a
 //!   session already pinned by another gateway and a repeated session, from
 //!   Redis's `INFO commandstats` before and after each batch;
@@ -18,6 +20,7 @@ use super::connect::{connect_path, one_connect, ConnectStats};
 use super::swarm::swarm_ip;
 use crate::cli::Bench;
 use crate::client::{basic, join_all, one_transfer, start_target, Route, Transfer};
+use crate::cpu_share::CpuShares;
 use crate::launch::{
     pin_of, spawn_agent_process, GatewayProcess, RedisServer, PASSWORD, TOKEN, USER,
 };
@@ -280,97 +283,31 @@ async fn paths(
         ("forwarded", fleet.a().path()),
         ("forwarded-quic", fleet.c().path()),
     ];
-    let mut transfers: [(Vec<Transfer>, Vec<Transfer>); 3] = Default::default();
     for (name, route) in &named {
         one_transfer(route, target, (8 * MIB).min(bytes), false, pids)
             .await
             .with_context(|| format!("{name} warm-up"))?;
     }
-    for round in 1..=sizes.bulk_rounds {
-        for ((name, route), (down, up)) in named.iter().zip(&mut transfers) {
-            let d = one_transfer(route, target, bytes, false, pids)
-                .await
-                .with_context(|| format!("{name} download, round {round}"))?;
-            let u = one_transfer(route, target, bytes, true, pids)
-                .await
-                .with_context(|| format!("{name} upload, round {round}"))?;
-            eprintln!(
-                "   {round}  {name:<14} down {:>7.1} MB/s {:.2} CPU-s/GiB {}   up {:>7.1} MB/s {:.2} CPU-s/GiB {}",
-                d.mb_per_s,
-                d.cpu_per_gib,
-                per_process(&d),
-                u.mb_per_s,
-                u.cpu_per_gib,
-                per_process(&u)
-            );
-            down.push(d);
-            up.push(u);
-        }
-    }
-    let [(local_down, local_up), forwarded @ ..] = &transfers;
-    for ((name, _), (fwd_down, fwd_up)) in named[1..].iter().zip(forwarded) {
-        // The target applies to the default peer link (TLS/TCP).
-        let target = if *name == "forwarded" {
-            " (>= 0.8)"
-        } else {
-            ""
-        };
-        for (way, local, forwarded) in [
-            ("download", local_down, fwd_down),
-            ("upload", local_up, fwd_up),
-        ] {
-            let (l, f) = (median_transfer(local), median_transfer(forwarded));
-            let ratios = forwarded
-                .iter()
-                .zip(local)
-                .map(|(f, l)| f.mb_per_s / l.mb_per_s);
-            if *name == "forwarded" {
-                report.row(
-                    SCENARIO,
-                    format!("bulk {way}, local path"),
-                    "MB/s",
-                    None,
-                    Some(l.mb_per_s),
-                    None,
-                );
-                report.row(
-                    SCENARIO,
-                    format!("bulk {way} CPU, local, all processes"),
-                    "CPU-s/GiB",
-                    None,
-                    Some(l.cpu_per_gib),
-                    None,
-                );
-                cpu_rows(report, way, "local", &l);
+    bulk_pass(bench, &named, target, pids, None, report).await?;
+    let mut bulk_passes = 1;
+    let share = bench.runs.fleet_cpu_share;
+    if share > 0.0 {
+        // The load test itself (client and target) and every process on a path.
+        let capped: Vec<u32> = std::iter::once(std::process::id())
+            .chain(pids.iter().copied())
+            .collect();
+        match CpuShares::apply(share, &capped) {
+            Ok(shares) => {
+                let result = bulk_pass(bench, &named, target, pids, Some(share), report).await;
+                drop(shares);
+                result?;
+                bulk_passes += 1;
             }
-            cpu_rows(report, way, name, &f);
-            report.row(
-                SCENARIO,
-                format!("bulk {way}, {name} / local, busiest process on its own core (estimate)"),
-                "ratio",
-                None,
-                Some(busiest(&l) / busiest(&f)),
-                None,
-            );
-            for (metric, unit, value) in [
-                (format!("bulk {way}, {name} path"), "MB/s", f.mb_per_s),
-                (
-                    format!("bulk {way}, {name} / local{target}"),
-                    "ratio",
-                    f.mb_per_s / l.mb_per_s,
-                ),
-                (
-                    format!("bulk {way}, {name} / local, median round"),
-                    "ratio",
-                    median(ratios),
-                ),
-                (
-                    format!("bulk {way} CPU, {name}, all processes"),
-                    "CPU-s/GiB",
-                    f.cpu_per_gib,
-                ),
-            ] {
-                report.row(SCENARIO, metric, unit, None, Some(value), None);
+            Err(error) => {
+                eprintln!("   equal CPU shares not applied: {error:#}");
+                report.notes.push(format!(
+                    "fleet: the bulk pass with each process at {share:.2} CPU was not run: {error:#} (it needs root and the cgroup `cpu` controller)"
+                ));
             }
         }
     }
@@ -441,8 +378,126 @@ async fn paths(
         }
     }
     // Warm-ups, rounds and both connect passes (connect_path warms up with 20).
-    let transfers = 1 + 2 * sizes.bulk_rounds;
+    let transfers = 1 + bulk_passes * 2 * sizes.bulk_rounds;
     Ok((transfers + 20.min(n) + 2 * n) as u64)
+}
+
+/// One bulk pass: `bench.sizes.bulk_rounds` rounds of a download and an upload
+/// on each path in turn, then their rows. `cpu_share`: every process was
+/// capped at that share of a core ([`CpuShares`]), which the rows' names say.
+async fn bulk_pass(
+    bench: &Bench,
+    named: &[(&str, Route); 3],
+    target: SocketAddr,
+    pids: &[u32],
+    cpu_share: Option<f64>,
+    report: &mut Report,
+) -> Result<()> {
+    let bytes = bench.sizes.bulk_mib * MIB;
+    let pass = match cpu_share {
+        Some(share) => format!(", each process at {share:.2} CPU"),
+        None => String::new(),
+    };
+    // Marks a capped pass's round lines.
+    let capped = if cpu_share.is_some() { "*" } else { " " };
+    let mut transfers: [(Vec<Transfer>, Vec<Transfer>); 3] = Default::default();
+    for round in 1..=bench.sizes.bulk_rounds {
+        for ((name, route), (down, up)) in named.iter().zip(&mut transfers) {
+            let d = one_transfer(route, target, bytes, false, pids)
+                .await
+                .with_context(|| format!("{name} download, round {round}"))?;
+            let u = one_transfer(route, target, bytes, true, pids)
+                .await
+                .with_context(|| format!("{name} upload, round {round}"))?;
+            eprintln!(
+                "   {round}{capped} {name:<14} down {:>7.1} MB/s {:.2} CPU-s/GiB {}   up {:>7.1} MB/s {:.2} CPU-s/GiB {}",
+                d.mb_per_s,
+                d.cpu_per_gib,
+                per_process(&d),
+                u.mb_per_s,
+                u.cpu_per_gib,
+                per_process(&u)
+            );
+            down.push(d);
+            up.push(u);
+        }
+    }
+    let [(local_down, local_up), forwarded @ ..] = &transfers;
+    for ((name, _), (fwd_down, fwd_up)) in named[1..].iter().zip(forwarded) {
+        // The target applies to the default peer link (TLS/TCP).
+        let target = if *name == "forwarded" {
+            " (>= 0.8)"
+        } else {
+            ""
+        };
+        for (way, local, forwarded) in [
+            ("download", local_down, fwd_down),
+            ("upload", local_up, fwd_up),
+        ] {
+            let (l, f) = (median_transfer(local), median_transfer(forwarded));
+            let ratios = forwarded
+                .iter()
+                .zip(local)
+                .map(|(f, l)| f.mb_per_s / l.mb_per_s);
+            if *name == "forwarded" {
+                report.row(
+                    SCENARIO,
+                    format!("bulk {way}, local path{pass}"),
+                    "MB/s",
+                    None,
+                    Some(l.mb_per_s),
+                    None,
+                );
+                report.row(
+                    SCENARIO,
+                    format!("bulk {way} CPU, local, all processes{pass}"),
+                    "CPU-s/GiB",
+                    None,
+                    Some(l.cpu_per_gib),
+                    None,
+                );
+            }
+            for (metric, unit, value) in [
+                (format!("bulk {way}, {name} path{pass}"), "MB/s", f.mb_per_s),
+                (
+                    format!("bulk {way}, {name} / local{pass}{target}"),
+                    "ratio",
+                    f.mb_per_s / l.mb_per_s,
+                ),
+                (
+                    format!("bulk {way}, {name} / local, median round{pass}"),
+                    "ratio",
+                    median(ratios),
+                ),
+                (
+                    format!("bulk {way} CPU, {name}, all processes{pass}"),
+                    "CPU-s/GiB",
+                    f.cpu_per_gib,
+                ),
+            ] {
+                report.row(SCENARIO, metric, unit, None, Some(value), None);
+            }
+            // Where the CPU goes, and what it predicts across machines: the
+            // shared pass's (a capped pass measures the latter).
+            if cpu_share.is_none() {
+                if *name == "forwarded" {
+                    cpu_rows(report, way, "local", &l);
+                }
+                cpu_rows(report, way, name, &f);
+                report.row(
+                    SCENARIO,
+                    format!(
+                        "bulk {way}, {name} / local, busiest process on its own core (estimate)"
+                    ),
+                    "ratio",
+                    None,
+                    Some(busiest(&l) / busiest(&f)),
+                    None,
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The processes whose CPU a transfer counts, in `pids`' order, after the
