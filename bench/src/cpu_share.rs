@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// process for tens of milliseconds at a time, longer than its socket buffers
 /// cover at hundreds of MB/s, so the pipeline would stall on the quota's
 /// rhythm rather than on CPU; 10 ms keeps each pause short.
-const PERIOD_US: u64 = 10_000;
+pub const PERIOD_US: u64 = 10_000;
 
 /// Where the `cpu` controller is mounted, and how it takes a quota.
 #[derive(Debug, Clone)]

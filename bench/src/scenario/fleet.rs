@@ -302,6 +302,10 @@ async fn paths(
                 drop(shares);
                 result?;
                 bulk_passes += 1;
+                report.notes.push(format!(
+                    "fleet, rows marked 'each process at {share:.2} CPU': the bulk rounds again with this program (client and target), each gateway and the agent in a cgroup of its own, its `cpu` quota {share:.2} of a core in {} ms periods, so a path moves as fast as its busiest process, as across machines",
+                    crate::cpu_share::PERIOD_US / 1000
+                ));
             }
             Err(error) => {
                 eprintln!("   equal CPU shares not applied: {error:#}");
