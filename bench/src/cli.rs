@@ -83,7 +83,7 @@ pub struct Args {
     /// one core, as if each had a machine of its own (cgroup `cpu` quotas;
     /// needs root). Default: 90 % of the cores over the four processes of the
     /// forwarded path, at most one core each; 0 leaves the pass out.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cpu_share::parse_share)]
     pub fleet_cpu_share: Option<f64>,
     /// bulk, connect, rate and fanout: also measure the gateway with `--threads 2`.
     #[arg(long)]

@@ -98,13 +98,19 @@ pub struct CpuShares {
 impl CpuShares {
     /// Caps each of `pids` (every thread of it) at `share` of one core.
     pub fn apply(share: f64, pids: &[u32]) -> Result<CpuShares> {
-        if !(share > 0.0 && share <= 64.0) {
-            bail!("a CPU share must be above 0 and at most 64 cores, not {share}");
-        }
+        anyhow::ensure!(
+            share > 0.0 && share <= MAX_SHARE,
+            "a CPU share is above 0 and at most {MAX_SHARE} cores, not {share}"
+        );
+        CpuShares::cap(share, pids).context("CPU quotas need root and the cgroup `cpu` controller")
+    }
+
+    fn cap(share: f64, pids: &[u32]) -> Result<CpuShares> {
         let hierarchy = Hierarchy::find()?;
         if let Hierarchy::Unified(root) = &hierarchy {
             write(&root.join("cgroup.subtree_control"), "+cpu")?;
         }
+        // The kernel takes no quota under 1 ms.
         let quota_us = ((share * PERIOD_US as f64) as u64).max(1_000);
         let mut shares = CpuShares {
             hierarchy,
@@ -135,6 +141,19 @@ impl Drop for CpuShares {
                 eprintln!("loadtest: could not remove {}: {error}", group.display());
             }
         }
+    }
+}
+
+/// Most cores one process may be given; more is a typo.
+const MAX_SHARE: f64 = 64.0;
+
+/// `--fleet-cpu-share`: 0 (no capped pass) up to [`MAX_SHARE`] cores.
+pub fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=MAX_SHARE).contains(&share) => Ok(share),
+        _ => Err(format!(
+            "a CPU share is a number of cores from 0 to {MAX_SHARE}, not {text:?}"
+        )),
     }
 }
 

@@ -310,7 +310,7 @@ async fn paths(
             Err(error) => {
                 eprintln!("   equal CPU shares not applied: {error:#}");
                 report.notes.push(format!(
-                    "fleet: the bulk pass with each process at {share:.2} CPU was not run: {error:#} (it needs root and the cgroup `cpu` controller)"
+                    "fleet: the bulk pass with each process at {share:.2} CPU was not run: {error:#}"
                 ));
             }
         }
