@@ -279,6 +279,8 @@ impl Bench {
             runs: Runs {
                 gateway_threads: args.gateway_threads,
                 also_threads: args.compare_runtimes.then_some(2),
+                // Four busy processes on the forwarded path: this program
+                // (client and target), gateways A and B, the agent.
                 fleet_cpu_share: args
                     .fleet_cpu_share
                     .unwrap_or_else(|| crate::cpu_share::default_share(4)),
