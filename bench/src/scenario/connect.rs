@@ -39,17 +39,64 @@ pub(crate) async fn connect_path(
     n: usize,
     workers: usize,
 ) -> Result<ConnectStats> {
-    for _ in 0..20.min(n) {
-        one_connect(path, target).await.context("warm-up")?;
+    let mut stats = connect_paths_in_turn(&[path], target, n, workers, 1).await?;
+    Ok(stats.remove(0))
+}
+
+/// `n` sequential connects on each of `paths`, the paths taking turns in
+/// `rounds` batches so that drift over the run falls on every path alike; then
+/// `n` again from `workers` concurrent clients, one path after another.
+pub(crate) async fn connect_paths_in_turn(
+    paths: &[&Route],
+    target: SocketAddr,
+    n: usize,
+    workers: usize,
+    rounds: usize,
+) -> Result<Vec<ConnectStats>> {
+    for path in paths {
+        for _ in 0..20.min(n) {
+            one_connect(path, target).await.context("warm-up")?;
+        }
     }
-    let mut lat = Vec::with_capacity(n);
-    let t0 = Instant::now();
-    for _ in 0..n {
-        lat.push(one_connect(path, target).await?);
+    let rounds = rounds.clamp(1, n.max(1));
+    let mut sequential: Vec<(Vec<Duration>, Duration)> =
+        vec![(Vec::with_capacity(n), Duration::ZERO); paths.len()];
+    for round in 0..rounds {
+        // Round `round` makes the connections numbered from its share of `n`.
+        let batch = n * (round + 1) / rounds - n * round / rounds;
+        for (path, (lat, spent)) in paths.iter().zip(&mut sequential) {
+            let t0 = Instant::now();
+            for _ in 0..batch {
+                lat.push(one_connect(path, target).await?);
+            }
+            *spent += t0.elapsed();
+        }
     }
-    let seq_rate = n as f64 / t0.elapsed().as_secs_f64();
-    lat.sort();
-    // The same number again from `workers` concurrent clients.
+    let mut stats = Vec::with_capacity(paths.len());
+    for (path, (mut lat, spent)) in paths.iter().zip(sequential) {
+        lat.sort();
+        let (conc_rate, conc) = concurrent_connects(path, target, n, workers).await?;
+        stats.push(ConnectStats {
+            p50: percentile(&lat, 0.5),
+            p99: percentile(&lat, 0.99),
+            max: percentile(&lat, 1.0),
+            seq_rate: n as f64 / spent.as_secs_f64(),
+            conc_rate,
+            conc_p50: percentile(&conc, 0.5),
+            conc_p99: percentile(&conc, 0.99),
+        });
+    }
+    Ok(stats)
+}
+
+/// `n` connects from `workers` concurrent clients: the rate, and each
+/// connection's time, sorted.
+async fn concurrent_connects(
+    path: &Route,
+    target: SocketAddr,
+    n: usize,
+    workers: usize,
+) -> Result<(f64, Vec<Duration>)> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t1 = Instant::now();
     let jobs = (0..workers).map(|_| {
@@ -66,17 +113,9 @@ pub(crate) async fn connect_path(
     for result in join_all(jobs).await {
         conc.extend(result?);
     }
-    let conc_rate = n as f64 / t1.elapsed().as_secs_f64();
+    let rate = n as f64 / t1.elapsed().as_secs_f64();
     conc.sort();
-    Ok(ConnectStats {
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-        max: percentile(&lat, 1.0),
-        seq_rate,
-        conc_rate,
-        conc_p50: percentile(&conc, 0.5),
-        conc_p99: percentile(&conc, 0.99),
-    })
+    Ok((rate, conc))
 }
 
 /// `connect_path` on one named path, reported as it finishes.

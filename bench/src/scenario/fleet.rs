@@ -16,7 +16,7 @@
 //!   per agent (`INFO memory`).
 
 use super::bulk::median_transfer;
-use super::connect::{connect_path, one_connect, ConnectStats};
+use super::connect::{connect_paths_in_turn, one_connect, ConnectStats};
 use super::swarm::swarm_ip;
 use crate::cli::Bench;
 use crate::client::{basic, join_all, one_transfer, start_target, Route, Transfer};
@@ -45,6 +45,10 @@ const REDIS_TIMEOUT_MS: u64 = 1000;
 /// What a gateway's state directory shares with the rest of its fleet: one
 /// certificate (one `--pin` for every gateway) and one exit-id key.
 const SHARED_STATE: [&str; 3] = ["gateway-cert.der", "gateway-key.der", "exit-id.key"];
+
+/// The sequential connects come in this many batches per path, the paths
+/// taking turns, as bulk's rounds do.
+const CONNECT_BATCHES: usize = 10;
 
 /// Commands this program sends itself, left out of every count.
 const OWN_COMMANDS: [&str; 4] = ["info", "hmget", "xlen", "hlen"];
@@ -257,7 +261,7 @@ async fn measure(
     fleet.wait_directories(0, Duration::from_secs(30)).await?;
     mass_join(bench, fleet, &mut conn, report).await?;
     report.notes.push(format!(
-        "fleet: three gateway processes (--threads {}) on one redis-server (Unix socket, no persistence), sharing the first one's gateway-cert.der, gateway-key.der and exit-id.key; --fleet-heartbeat-ms {HEARTBEAT_MS} --fleet-gateway-timeout-ms {GATEWAY_TIMEOUT_MS} --fleet-resync-ms {RESYNC_MS} --redis-timeout-ms {REDIS_TIMEOUT_MS} (the defaults); local path = customer on gateway B, whose tunnel the agent process holds; forwarded = customer on gateway A, carried A -> B -> agent over a TLS/TCP peer link (the default), forwarded-quic = customer on gateway C (--peer-transport quic), carried C -> B -> agent over a QUIC one; bulk and connect as in those scenarios ({} MiB each way x {} rounds, paths taking turns, medians; {} fresh connections sequential, then {} workers)",
+        "fleet: three gateway processes (--threads {}) on one redis-server (Unix socket, no persistence), sharing the first one's gateway-cert.der, gateway-key.der and exit-id.key; --fleet-heartbeat-ms {HEARTBEAT_MS} --fleet-gateway-timeout-ms {GATEWAY_TIMEOUT_MS} --fleet-resync-ms {RESYNC_MS} --redis-timeout-ms {REDIS_TIMEOUT_MS} (the defaults); local path = customer on gateway B, whose tunnel the agent process holds; forwarded = customer on gateway A, carried A -> B -> agent over a TLS/TCP peer link (the default), forwarded-quic = customer on gateway C (--peer-transport quic), carried C -> B -> agent over a QUIC one; bulk and connect as in those scenarios ({} MiB each way x {} rounds, paths taking turns, medians; {} fresh connections sequential, in {CONNECT_BATCHES} batches per path taking turns, then {} workers per path)",
         bench.runs.gateway_threads,
         bench.sizes.bulk_mib,
         bench.sizes.bulk_rounds,
@@ -317,16 +321,16 @@ async fn paths(
     }
 
     let (n, workers) = (sizes.connects, sizes.concurrency);
-    let mut stats: Vec<ConnectStats> = Vec::new();
-    for (name, route) in &named {
-        let s = connect_path(route, target, n, workers)
+    let routes: Vec<&Route> = named.iter().map(|(_, route)| route).collect();
+    let stats: Vec<ConnectStats> =
+        connect_paths_in_turn(&routes, target, n, workers, CONNECT_BATCHES)
             .await
-            .with_context(|| format!("{name} connects"))?;
+            .context("connects")?;
+    for ((name, _), s) in named.iter().zip(&stats) {
         eprintln!(
             "   {name:<14} connect p50 {:.3} ms p99 {:.3} ms  {:.0}/s sequential  {:.0}/s concurrent",
             s.p50, s.p99, s.seq_rate, s.conc_rate
         );
-        stats.push(s);
     }
     let local = &stats[0];
     for (metric, unit, value) in [
