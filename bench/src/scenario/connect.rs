@@ -62,7 +62,7 @@ pub(crate) async fn connect_paths_in_turn(
     let mut sequential: Vec<(Vec<Duration>, Duration)> =
         vec![(Vec::with_capacity(n), Duration::ZERO); paths.len()];
     for round in 0..rounds {
-        // Round `round` makes the connections numbered from its share of `n`.
+        // An even split of `n` whose batches add up to exactly `n`.
         let batch = n * (round + 1) / rounds - n * round / rounds;
         for (path, (lat, spent)) in paths.iter().zip(&mut sequential) {
             let t0 = Instant::now();

@@ -293,32 +293,7 @@ async fn paths(
             .with_context(|| format!("{name} warm-up"))?;
     }
     bulk_pass(bench, &named, target, pids, None, report).await?;
-    let mut bulk_passes = 1;
-    let share = bench.runs.fleet_cpu_share;
-    if share > 0.0 {
-        // The load test itself (client and target) and every process on a path.
-        let capped: Vec<u32> = std::iter::once(std::process::id())
-            .chain(pids.iter().copied())
-            .collect();
-        match CpuShares::apply(share, &capped) {
-            Ok(shares) => {
-                let result = bulk_pass(bench, &named, target, pids, Some(share), report).await;
-                drop(shares);
-                result?;
-                bulk_passes += 1;
-                report.notes.push(format!(
-                    "fleet, rows marked 'each process at {share:.2} CPU': the bulk rounds again with this program (client and target), each gateway and the agent in a cgroup of its own, its `cpu` quota {share:.2} of a core in {} ms periods, so a path moves as fast as its busiest process, as across machines",
-                    crate::cpu_share::PERIOD_US / 1000
-                ));
-            }
-            Err(error) => {
-                eprintln!("   equal CPU shares not applied: {error:#}");
-                report.notes.push(format!(
-                    "fleet: the bulk pass with each process at {share:.2} CPU was not run: {error:#}"
-                ));
-            }
-        }
-    }
+    let capped_pass = bulk_pass_at_equal_shares(bench, &named, target, pids, report).await?;
 
     let (n, workers) = (sizes.connects, sizes.concurrency);
     let routes: Vec<&Route> = named.iter().map(|(_, route)| route).collect();
@@ -385,9 +360,48 @@ async fn paths(
             report.row(SCENARIO, metric, unit, None, Some(value), None);
         }
     }
-    // Warm-ups, rounds and both connect passes (connect_path warms up with 20).
+    // Warm-ups, rounds and both connect passes (connect_paths_in_turn warms up
+    // with 20).
+    let bulk_passes = 1 + usize::from(capped_pass);
     let transfers = 1 + bulk_passes * 2 * sizes.bulk_rounds;
     Ok((transfers + 20.min(n) + 2 * n) as u64)
+}
+
+/// The bulk pass again with this program (client and target) and every
+/// process of `pids` at `--fleet-cpu-share` of a core; whether it ran. Where
+/// the quotas cannot be set, a note says why and the run goes on.
+async fn bulk_pass_at_equal_shares(
+    bench: &Bench,
+    named: &[(&str, Route); 3],
+    target: SocketAddr,
+    pids: &[u32],
+    report: &mut Report,
+) -> Result<bool> {
+    let share = bench.runs.fleet_cpu_share;
+    if share <= 0.0 {
+        return Ok(false);
+    }
+    let capped: Vec<u32> = std::iter::once(std::process::id())
+        .chain(pids.iter().copied())
+        .collect();
+    let shares = match CpuShares::apply(share, &capped) {
+        Ok(shares) => shares,
+        Err(error) => {
+            eprintln!("   equal CPU shares not applied: {error:#}");
+            report.notes.push(format!(
+                "fleet: the bulk pass with each process at {share:.2} CPU was not run: {error:#}"
+            ));
+            return Ok(false);
+        }
+    };
+    let result = bulk_pass(bench, named, target, pids, Some(share), report).await;
+    drop(shares);
+    result?;
+    report.notes.push(format!(
+        "fleet, rows marked 'each process at {share:.2} CPU': the bulk rounds again with this program (client and target), each gateway and the agent in a cgroup of its own, its `cpu` quota {share:.2} of a core in {} ms periods, so a path moves as fast as its busiest process, as across machines",
+        crate::cpu_share::PERIOD_US / 1000
+    ));
+    Ok(true)
 }
 
 /// One bulk pass: `bench.sizes.bulk_rounds` rounds of a download and an upload
