@@ -1,6 +1,7 @@
 //! Every way a customer request can fail, and the one `match` that maps each to
 //! its HTTP status, RFC 9209 `Proxy-Status` error, stable product code and SOCKS5
-//! reply. The README's error table follows this file.
+//! reply. The manual's error table (`docs/errors.md`) follows this file, and
+//! `tests/docs.rs` checks it against [`ProxyError::examples`].
 
 use exitpool_protocol::FailureCode;
 
@@ -371,6 +372,66 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// One value of every variant, and of [`ProxyError::Exit`] with every exit
+    /// [`FailureCode`]: what a check over every presentation iterates (the
+    /// manual's error table, `tests/docs.rs`). A test below stops compiling
+    /// when a variant is added without a place here.
+    pub fn examples() -> Vec<ProxyError> {
+        let text = || String::from("example");
+        let mut all = vec![
+            ProxyError::AuthRequired,
+            ProxyError::BadRequest(text()),
+            ProxyError::BadTarget(text()),
+            ProxyError::BadTargeting {
+                key: text(),
+                message: text(),
+            },
+            ProxyError::NoExit(text()),
+            ProxyError::ExitsBusy(text()),
+            ProxyError::ExitsCooling(text()),
+            ProxyError::TooManySessions(text()),
+            ProxyError::SessionExitGone(text()),
+            ProxyError::ExitLost(text()),
+            ProxyError::ExitTimeout(15),
+            ProxyError::PeerUnavailable(text()),
+            ProxyError::AuthRateLimited { retry_after: 1 },
+            ProxyError::GatewayBusy,
+            ProxyError::AuthBusy,
+            ProxyError::TooManyUnauthenticated(64),
+            ProxyError::RateLimited {
+                per_second: 1,
+                retry_after: 1,
+            },
+            ProxyError::TooManyConnections(1),
+            ProxyError::QuotaExhausted(1),
+            ProxyError::CountryNotAllowed {
+                country: text(),
+                allowed: text(),
+            },
+        ];
+        all.extend(
+            [
+                FailureCode::DnsError,
+                FailureCode::DestinationIpProhibited,
+                FailureCode::DestinationPortProhibited,
+                FailureCode::ConnectionRefused,
+                FailureCode::ConnectionTimeout,
+                FailureCode::NetworkUnreachable,
+                FailureCode::HostUnreachable,
+                FailureCode::AgentUnavailable,
+                FailureCode::BadRequest,
+                FailureCode::Other,
+            ]
+            .map(|code| ProxyError::Exit {
+                code,
+                detail: text(),
+            }),
+        );
+        all
+    }
+}
+
 /// An RFC 8941 sf-string: printable ASCII, with `"` and `\` escaped.
 fn quoted_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
@@ -404,6 +465,54 @@ mod tests {
             r#"exitpool; error=connection_refused; details="refused \"x\"?""#
         );
         assert_eq!(error.presentation().status, 502);
+    }
+
+    #[test]
+    fn examples_hold_every_variant_and_exit_code_once() {
+        // No wildcard arm: a new variant (or exit failure code) stops this
+        // compiling until it has a place here. Give it the next number, raise
+        // PLACES and add a value to `examples()` in the same order.
+        const PLACES: usize = 30;
+        fn place(error: &ProxyError) -> usize {
+            match error {
+                ProxyError::AuthRequired => 0,
+                ProxyError::BadRequest(_) => 1,
+                ProxyError::BadTarget(_) => 2,
+                ProxyError::BadTargeting { .. } => 3,
+                ProxyError::NoExit(_) => 4,
+                ProxyError::ExitsBusy(_) => 5,
+                ProxyError::ExitsCooling(_) => 6,
+                ProxyError::TooManySessions(_) => 7,
+                ProxyError::SessionExitGone(_) => 8,
+                ProxyError::ExitLost(_) => 9,
+                ProxyError::ExitTimeout(_) => 10,
+                ProxyError::PeerUnavailable(_) => 11,
+                ProxyError::AuthRateLimited { .. } => 12,
+                ProxyError::GatewayBusy => 13,
+                ProxyError::AuthBusy => 14,
+                ProxyError::TooManyUnauthenticated(_) => 15,
+                ProxyError::RateLimited { .. } => 16,
+                ProxyError::TooManyConnections(_) => 17,
+                ProxyError::QuotaExhausted(_) => 18,
+                ProxyError::CountryNotAllowed { .. } => 19,
+                ProxyError::Exit { code, .. } => {
+                    20 + match code {
+                        FailureCode::DnsError => 0,
+                        FailureCode::DestinationIpProhibited => 1,
+                        FailureCode::DestinationPortProhibited => 2,
+                        FailureCode::ConnectionRefused => 3,
+                        FailureCode::ConnectionTimeout => 4,
+                        FailureCode::NetworkUnreachable => 5,
+                        FailureCode::HostUnreachable => 6,
+                        FailureCode::AgentUnavailable => 7,
+                        FailureCode::BadRequest => 8,
+                        FailureCode::Other => 9,
+                    }
+                }
+            }
+        }
+        let places: Vec<usize> = ProxyError::examples().iter().map(place).collect();
+        assert_eq!(places, (0..PLACES).collect::<Vec<_>>());
     }
 
     #[test]
