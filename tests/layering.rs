@@ -1,16 +1,133 @@
 //! The crates' imports run one way: no module imports, directly or through
-//! others, a module that imports it. Each library's `src/` is read as text; every
-//! `crate::` and `super::` path (in `use` lines and inline, grouped or not) is an
-//! edge to the longest module it names; comments and `#[cfg(test)] mod tests`
-//! blocks are left out. A cycle fails the test with its path.
+//! others, a module that imports it. Each library's `src/` is read as text:
+//! every file is a module, and so is every inline `mod name { ... }` block in
+//! it. Every path (in `use` lines and inline, grouped or nested) that starts at
+//! `crate::`, `super::`, `self::` or the name of a child module (`replica::X`
+//! inside `fleet/mod.rs` is `fleet::replica`) is an edge to the longest module
+//! it names. A re-export (`pub use child::X`) is a table-of-contents entry, not
+//! an edge of its own: a path naming `X` through the re-exporting module is
+//! followed to the module that defines `X`. Comments and string literals are
+//! left out; edges into the crate root (`lib.rs`, the table of contents) are
+//! not counted. A cycle fails the test with its path.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A module: its path segments below the crate root (`[]` is `lib.rs`).
 type Module = Vec<String>;
 
-fn modules(root: &Path) -> BTreeMap<Module, PathBuf> {
+/// One token of Rust source, as far as paths need: an identifier (keywords
+/// included), `::`, or one punctuation character.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Ident(String),
+    PathSep,
+    Punct(char),
+}
+
+/// The tokens of `text`, without comments, string and character literals.
+fn tokens(text: &str) -> Vec<Token> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            // Block comments nest in Rust.
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if c == '"' {
+            i = skip_string(&chars, i + 1);
+        } else if c == 'r' && matches!(next, Some('"' | '#')) && raw_string_start(&chars, i) {
+            // r"..." or r#"..."#: ends at a quote followed by as many hashes.
+            let hashes = chars[i + 1..].iter().take_while(|c| **c == '#').count();
+            i += 2 + hashes;
+            while i < chars.len() {
+                if chars[i] == '"' && chars[i + 1..].iter().take(hashes).all(|c| *c == '#') {
+                    i += 1 + hashes;
+                    break;
+                }
+                i += 1;
+            }
+        } else if c == 'b' && next == Some('"') {
+            i = skip_string(&chars, i + 2);
+        } else if c == '\'' {
+            // A character literal ('x', '\n', '\u{..}') or a lifetime ('a).
+            if next == Some('\\') {
+                i += 2;
+                while i < chars.len() && chars[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+            } else if chars.get(i + 2) == Some(&'\'') {
+                i += 3;
+            } else {
+                i += 1;
+            }
+        } else if c.is_alphanumeric() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            out.push(Token::Ident(chars[start..i].iter().collect()));
+        } else if c == ':' && next == Some(':') {
+            out.push(Token::PathSep);
+            i += 2;
+        } else {
+            out.push(Token::Punct(c));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Whether the `r` at `at` opens a raw string rather than ending a name.
+fn raw_string_start(chars: &[char], at: usize) -> bool {
+    let after_name = at > 0 && (chars[at - 1].is_alphanumeric() || chars[at - 1] == '_');
+    let hashes = chars[at + 1..].iter().take_while(|c| **c == '#').count();
+    !after_name && chars.get(at + 1 + hashes) == Some(&'"')
+}
+
+/// The index just past the string whose body starts at `at`.
+fn skip_string(chars: &[char], mut at: usize) -> usize {
+    while at < chars.len() {
+        match chars[at] {
+            '\\' => at += 2,
+            '"' => return at + 1,
+            _ => at += 1,
+        }
+    }
+    at
+}
+
+/// One module's code: its own tokens, inline child modules cut out.
+struct Source {
+    tokens: Vec<Token>,
+}
+
+/// Every module of the crate under `root`: one per file, one per inline
+/// `mod name { ... }` block (nested ones too).
+fn modules(root: &Path) -> BTreeMap<Module, Source> {
     let mut found = BTreeMap::new();
     let mut folders = vec![root.to_path_buf()];
     while let Some(folder) = folders.pop() {
@@ -34,76 +151,239 @@ fn modules(root: &Path) -> BTreeMap<Module, PathBuf> {
             ) {
                 module.pop();
             }
-            found.insert(module, path);
+            let text = std::fs::read_to_string(&path).expect("source reads");
+            split_inline(module, tokens(&text), &mut found);
         }
     }
     found
 }
 
-/// The source without comments and without its unit-test module.
-fn code_of(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).expect("source reads");
-    let text = text
-        .split("#[cfg(test)]\nmod tests")
-        .next()
-        .unwrap_or_default();
-    text.lines()
-        .map(|line| line.split("//").next().unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Files `tokens` under `module`, each inline `mod name { ... }` as a module
+/// of its own.
+fn split_inline(module: Module, tokens: Vec<Token>, found: &mut BTreeMap<Module, Source>) {
+    let mut own = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let opens_module = tokens[i] == Token::Ident("mod".into())
+            && matches!(tokens.get(i + 1), Some(Token::Ident(_)))
+            && tokens.get(i + 2) == Some(&Token::Punct('{'));
+        if !opens_module {
+            own.push(tokens[i].clone());
+            i += 1;
+            continue;
+        }
+        let Token::Ident(name) = &tokens[i + 1] else {
+            unreachable!()
+        };
+        let body_start = i + 3;
+        let mut depth = 1;
+        let mut end = body_start;
+        while end < tokens.len() && depth > 0 {
+            match tokens[end] {
+                Token::Punct('{') => depth += 1,
+                Token::Punct('}') => depth -= 1,
+                _ => {}
+            }
+            end += 1;
+        }
+        let body = tokens[body_start..end.saturating_sub(1)].to_vec();
+        let child: Module = module.iter().cloned().chain([name.clone()]).collect();
+        split_inline(child, body, found);
+        i = end;
+    }
+    found.insert(module, Source { tokens: own });
 }
 
-/// Every path that follows `prefix` (`crate::` or `super::`), as segments;
-/// `prefix{a, b::c}` gives one path per item.
-fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
-    let segments = |text: &str| -> Vec<String> {
-        text.split("::")
-            .map(|segment| {
-                segment
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect::<String>()
-            })
-            .take_while(|segment| !segment.is_empty())
-            .collect()
+/// One path read from the source: its segments as written, whether it sits in
+/// a `pub use` (a re-export), and the name it is imported as.
+#[derive(Debug)]
+struct PathRef {
+    segments: Vec<String>,
+    reexport: bool,
+    alias: Option<String>,
+}
+
+/// Every path in `tokens` that starts with a name followed by `::`; `use`
+/// trees (`a::{b, c::{d, e as f}}`) give one path per leaf.
+fn paths(tokens: &[Token]) -> Vec<PathRef> {
+    let ident = |at: usize| match tokens.get(at) {
+        Some(Token::Ident(name)) => Some(name.as_str()),
+        _ => None,
     };
-    let mut paths = Vec::new();
-    for (at, _) in code.match_indices(prefix) {
-        let rest = &code[at + prefix.len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let group = group.split('}').next().unwrap_or_default();
-            paths.extend(group.split(',').map(|item| segments(item.trim())));
-        } else {
-            let end = rest
-                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-                .unwrap_or(rest.len());
-            paths.push(segments(&rest[..end]));
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let starts = ident(i).is_some()
+            && tokens.get(i + 1) == Some(&Token::PathSep)
+            && (i == 0 || tokens[i - 1] != Token::PathSep);
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let in_use = i > 0 && ident(i - 1) == Some("use");
+        let reexport =
+            in_use && (ident(i.wrapping_sub(2)) == Some("pub") || pub_restricted(tokens, i - 1));
+        let mut leaves = Vec::new();
+        i = use_tree(tokens, i, Vec::new(), &mut leaves);
+        out.extend(leaves.into_iter().map(|(segments, alias)| PathRef {
+            segments,
+            reexport,
+            alias,
+        }));
+    }
+    out
+}
+
+/// Whether the `use` at `at` follows `pub(...)`.
+fn pub_restricted(tokens: &[Token], at: usize) -> bool {
+    if at == 0 || tokens[at - 1] != Token::Punct(')') {
+        return false;
+    }
+    let open = tokens[..at - 1]
+        .iter()
+        .rposition(|token| *token == Token::Punct('('));
+    open.is_some_and(|open| open > 0 && tokens[open - 1] == Token::Ident("pub".into()))
+}
+
+/// Reads one path or `use` tree from `at` below `prefix`, pushing its leaves
+/// (segments, `as` name); returns the index just past it.
+fn use_tree(
+    tokens: &[Token],
+    mut at: usize,
+    mut prefix: Vec<String>,
+    leaves: &mut Vec<(Vec<String>, Option<String>)>,
+) -> usize {
+    loop {
+        match tokens.get(at) {
+            Some(Token::Ident(name)) => {
+                prefix.push(name.clone());
+                at += 1;
+                if tokens.get(at) == Some(&Token::PathSep) {
+                    at += 1;
+                    continue;
+                }
+                let mut alias = None;
+                if tokens.get(at) == Some(&Token::Ident("as".into())) {
+                    if let Some(Token::Ident(name)) = tokens.get(at + 1) {
+                        alias = Some(name.clone());
+                    }
+                    at += 2;
+                }
+                if prefix.last().is_some_and(|last| last == "self") {
+                    prefix.pop();
+                }
+                leaves.push((prefix, alias));
+                return at;
+            }
+            Some(Token::Punct('{')) => {
+                at += 1;
+                while at < tokens.len() && tokens[at] != Token::Punct('}') {
+                    if tokens[at] == Token::Punct(',') {
+                        at += 1;
+                        continue;
+                    }
+                    let before = at;
+                    at = use_tree(tokens, at, prefix.clone(), leaves);
+                    if at == before {
+                        at += 1;
+                    }
+                }
+                return at + 1;
+            }
+            // `a::*`, `a::<T>` and the like: the path so far.
+            _ => {
+                if !prefix.is_empty() {
+                    leaves.push((prefix, None));
+                }
+                return at;
+            }
         }
     }
-    paths
+}
+
+/// Where a path written in `module` points, as absolute segments, if it starts
+/// at the crate, a parent, this module or a child module.
+fn absolute(
+    module: &Module,
+    segments: &[String],
+    modules: &BTreeMap<Module, Source>,
+) -> Option<Vec<String>> {
+    let first = segments.first()?.as_str();
+    let mut base = module.clone();
+    let mut rest = segments;
+    match first {
+        "crate" => {
+            base.clear();
+            rest = &segments[1..];
+        }
+        "self" => rest = &segments[1..],
+        "super" => {
+            while rest.first().is_some_and(|segment| segment == "super") {
+                base.pop()?;
+                rest = &rest[1..];
+            }
+        }
+        child => {
+            let mut candidate = module.clone();
+            candidate.push(child.to_owned());
+            if !modules.contains_key(&candidate) {
+                return None;
+            }
+        }
+    }
+    Some(base.into_iter().chain(rest.iter().cloned()).collect())
 }
 
 /// The module graph of the crate whose sources are under `root`.
 fn graph(root: &Path) -> BTreeMap<Module, BTreeSet<Module>> {
     let modules = modules(root);
+    // (module, name) -> the absolute path `pub use` gives that name.
+    let mut reexports: BTreeMap<(Module, String), Vec<String>> = BTreeMap::new();
+    let mut uses: BTreeMap<Module, Vec<Vec<String>>> = BTreeMap::new();
+    for (module, source) in &modules {
+        for path in paths(&source.tokens) {
+            let Some(target) = absolute(module, &path.segments, &modules) else {
+                continue;
+            };
+            if path.reexport {
+                let name = path.alias.or_else(|| target.last().cloned());
+                if let Some(name) = name {
+                    reexports.insert((module.clone(), name), target);
+                }
+            } else {
+                uses.entry(module.clone()).or_default().push(target);
+            }
+        }
+    }
     let resolve = |path: &[String]| -> Option<Module> {
-        (1..=path.len())
-            .rev()
-            .map(|n| path[..n].to_vec())
-            .find(|candidate| modules.contains_key(candidate))
+        let mut path = path.to_vec();
+        // Follow re-exports to the defining module; the bound stops a loop.
+        for _ in 0..16 {
+            let module = (0..=path.len())
+                .rev()
+                .map(|n| path[..n].to_vec())
+                .find(|candidate| modules.contains_key(candidate))?;
+            let Some(name) = path.get(module.len()) else {
+                return Some(module);
+            };
+            match reexports.get(&(module.clone(), name.clone())) {
+                Some(target) if target.as_slice() != path.as_slice() => {
+                    path = target
+                        .iter()
+                        .chain(&path[module.len() + 1..])
+                        .cloned()
+                        .collect();
+                }
+                _ => return Some(module),
+            }
+        }
+        None
     };
     let mut edges = BTreeMap::new();
-    for (module, path) in &modules {
-        let code = code_of(path);
+    for module in modules.keys() {
         let mut to = BTreeSet::new();
-        for target in paths_after(&code, "crate::") {
-            to.extend(resolve(&target));
-        }
-        // `super::` is relative to the parent module of this one.
-        let parent = &module[..module.len().saturating_sub(1)];
-        for target in paths_after(&code, "super::") {
-            let absolute: Vec<String> = parent.iter().cloned().chain(target).collect();
-            to.extend(resolve(&absolute));
+        for target in uses.get(module).into_iter().flatten() {
+            to.extend(resolve(target));
         }
         to.remove(module);
         to.remove(&Vec::new());
@@ -144,9 +424,40 @@ fn find_cycle(edges: &BTreeMap<Module, BTreeSet<Module>>) -> Option<Vec<Module>>
         .find_map(|module| visit(module, edges, &mut done, &mut Vec::new()))
 }
 
+/// Every module that `start` reaches and that reaches `start` back.
+fn circle_of(start: &Module, edges: &BTreeMap<Module, BTreeSet<Module>>) -> BTreeSet<Module> {
+    let reach = |from: &Module, forward: bool| {
+        let mut seen = BTreeSet::from([from.clone()]);
+        let mut todo = vec![from.clone()];
+        while let Some(module) = todo.pop() {
+            let next: Vec<&Module> = if forward {
+                edges.get(&module).into_iter().flatten().collect()
+            } else {
+                edges
+                    .iter()
+                    .filter(|(_, to)| to.contains(&module))
+                    .map(|(from, _)| from)
+                    .collect()
+            };
+            for next in next {
+                if seen.insert(next.clone()) {
+                    todo.push(next.clone());
+                }
+            }
+        }
+        seen
+    };
+    let forward = reach(start, true);
+    reach(start, false)
+        .intersection(&forward)
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn no_crate_has_an_import_cycle() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cycles = Vec::new();
     for crate_dir in [
         "gateway",
         "agent",
@@ -162,28 +473,131 @@ fn no_crate_has_an_import_cycle() {
             "{crate_dir}: no modules read"
         );
         if let Some(cycle) = find_cycle(&edges) {
-            let names: Vec<String> = cycle
-                .iter()
-                .map(|module| format!("{crate_dir}::{}", module.join("::")))
-                .collect();
-            panic!("import cycle: {}", names.join(" -> "));
+            let name = |module: &Module| format!("{crate_dir}::{}", module.join("::"));
+            let names: Vec<String> = cycle.iter().map(name).collect();
+            let circle: Vec<String> = circle_of(&cycle[0], &edges).iter().map(name).collect();
+            cycles.push(format!(
+                "{} (every module on a circle with the first: {})",
+                names.join(" -> "),
+                circle.join(", ")
+            ));
         }
     }
+    assert!(cycles.is_empty(), "import cycle: {}", cycles.join("; "));
+}
+
+/// Writes `files` (path below `src/`, text) into a fresh folder and returns
+/// its module graph's cycle.
+fn cycle_in(files: &[(&str, &str)]) -> Option<Vec<Module>> {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    find_cycle(&graph(dir.path()))
 }
 
 #[test]
 fn the_checker_finds_a_cycle_it_is_shown() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path();
-    std::fs::write(src.join("lib.rs"), "mod a;\nmod b;\n").unwrap();
-    std::fs::write(src.join("a.rs"), "use crate::b::Thing;\n").unwrap();
-    std::fs::write(
-        src.join("b.rs"),
-        "// crate::a in a comment is no import\npub struct Thing;\n",
-    )
-    .unwrap();
-    assert_eq!(find_cycle(&graph(src)), None);
-    std::fs::write(src.join("b.rs"), "pub struct Thing(crate::a::Other);\n").unwrap();
-    let cycle = find_cycle(&graph(src)).expect("a <-> b");
+    let lib = ("lib.rs", "mod a;\nmod b;\n");
+    let a = ("a.rs", "use crate::b::Thing;\n");
+    assert_eq!(
+        cycle_in(&[
+            lib,
+            a,
+            ("b.rs", "// crate::a in a comment is no import\npub struct Thing;\nconst S: &str = \"crate::a::X\";\n"),
+        ]),
+        None
+    );
+    let cycle =
+        cycle_in(&[lib, a, ("b.rs", "pub struct Thing(crate::a::Other);\n")]).expect("a <-> b");
     assert_eq!(cycle.len(), 3, "{cycle:?}");
+}
+
+#[test]
+fn child_paths_are_edges() {
+    // Today's fleet circle in miniature: mod.rs names a child's constant, the
+    // child uses `shared`, and `shared` uses the parent.
+    let files = [
+        ("lib.rs", "mod fleet;\nmod shared;\n"),
+        (
+            "fleet/mod.rs",
+            "mod replica;\npub struct Fleet;\nconst T: u32 = replica::BLOCK;\n",
+        ),
+        (
+            "fleet/replica.rs",
+            "use crate::shared::Shared;\npub const BLOCK: u32 = 1;\n",
+        ),
+        (
+            "shared.rs",
+            "use crate::fleet::Fleet;\npub struct Shared(Fleet);\n",
+        ),
+    ];
+    let cycle = cycle_in(&files).expect("fleet -> replica -> shared -> fleet");
+    assert_eq!(cycle.len(), 4, "{cycle:?}");
+    // `self::replica::BLOCK` and a grouped nested `use` are the same edge.
+    let mut with_self = files;
+    with_self[1].1 = "mod replica;\npub struct Fleet;\nuse self::{replica::{BLOCK}};\n";
+    assert!(cycle_in(&with_self).is_some());
+    // Moving the constant to the parent breaks the circle.
+    let mut moved = files;
+    moved[1].1 = "mod replica;\npub struct Fleet;\npub const BLOCK: u32 = 1;\n";
+    moved[2].1 = "use crate::shared::Shared;\nconst T: u32 = super::BLOCK;\n";
+    assert_eq!(cycle_in(&moved), None);
+}
+
+#[test]
+fn inline_modules_are_modules_of_their_own() {
+    // `a::inner` uses `b`, which uses `a`'s inline module (not `a` itself).
+    let files = [
+        ("lib.rs", "mod a;\nmod b;\n"),
+        (
+            "a.rs",
+            "pub mod inner {\n    pub fn f() { crate::b::g() }\n}\n",
+        ),
+        (
+            "b.rs",
+            "pub fn g() {}\npub fn h() { crate::a::inner::f() }\n",
+        ),
+    ];
+    let cycle = cycle_in(&files).expect("a::inner <-> b");
+    assert_eq!(cycle.len(), 3, "{cycle:?}");
+    assert!(
+        cycle.contains(&vec!["a".to_owned(), "inner".to_owned()]),
+        "{cycle:?}"
+    );
+    // A nested inline module reaching its grandparent with `super::super`.
+    let nested = [
+        ("lib.rs", "mod a;\n"),
+        ("a.rs", "pub fn x() { outer::inner::y() }\nmod outer {\n    pub mod inner {\n        pub fn y() { super::super::x() }\n    }\n}\n"),
+    ];
+    assert!(cycle_in(&nested).is_some());
+}
+
+#[test]
+fn a_reexport_is_followed_to_the_defining_module() {
+    // `t/mod.rs` re-exports `links::Links`; `other` names it through `t`, and
+    // `links` uses `other`: a circle through `t::links`, not through `t`.
+    let files = [
+        ("lib.rs", "mod t;\nmod other;\n"),
+        (
+            "t/mod.rs",
+            "mod links;\npub use links::Links;\npub struct Pending;\n",
+        ),
+        (
+            "t/links.rs",
+            "use super::Pending;\nuse crate::other::O;\npub struct Links;\n",
+        ),
+        ("other.rs", "pub struct O;\nfn f(_: crate::t::Links) {}\n"),
+    ];
+    let cycle = cycle_in(&files).expect("t::links <-> other");
+    assert!(
+        cycle.contains(&vec!["t".to_owned(), "links".to_owned()]),
+        "{cycle:?}"
+    );
+    // The re-export alone, with the child using its parent, is no circle.
+    let mut table_only = files;
+    table_only[3].1 = "pub struct O;\n";
+    assert_eq!(cycle_in(&table_only), None);
 }

@@ -33,6 +33,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long one read of the change stream blocks in Redis. [`replica`] follows
+/// the stream with such reads; the connection they use ([`Fleet`]'s `feed`)
+/// answers within the Redis timeout plus this.
+pub const FEED_BLOCK: Duration = Duration::from_millis(500);
+
 /// Every Redis key the fleet uses, in one place.
 pub mod keys {
     /// Set of every gateway id that has joined the fleet.
@@ -186,7 +191,7 @@ impl Fleet {
             })
         };
         let redis = manager(config.redis_timeout)?;
-        let feed = manager(config.redis_timeout + replica::FEED_BLOCK)?;
+        let feed = manager(config.redis_timeout + FEED_BLOCK)?;
         Ok(Fleet {
             id,
             advertise,
@@ -251,14 +256,14 @@ impl Fleet {
     }
 
     /// Like [`Fleet::query`] on the change-stream connection, whose reads block
-    /// up to [`replica::FEED_BLOCK`].
+    /// up to [`FEED_BLOCK`].
     async fn query_feed<T: redis::FromRedisValue>(
         &self,
         what: &'static str,
         command: &redis::Cmd,
     ) -> Result<T, FleetError> {
         let mut connection = self.feed.clone();
-        let deadline = self.config.redis_timeout + replica::FEED_BLOCK;
+        let deadline = self.config.redis_timeout + FEED_BLOCK;
         self.finish(what, deadline, command.query_async(&mut connection))
             .await
     }

@@ -29,7 +29,7 @@
 //! peer link, and the request moves to another exit (transparent retry).
 
 use super::peer::PeerAddress;
-use super::{keys, Fleet, FleetError, GatewayRecord};
+use super::{keys, Fleet, FleetError, GatewayRecord, FEED_BLOCK};
 use crate::directory::{Change, Joining, Location};
 use crate::shared::Shared;
 use exitpool_protocol::Secret;
@@ -40,9 +40,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
-
-/// How long one read of the change stream blocks in Redis.
-pub const FEED_BLOCK: Duration = Duration::from_millis(500);
 
 /// Most changes published or read in one round trip.
 const BATCH: usize = 512;
