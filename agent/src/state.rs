@@ -7,8 +7,12 @@
 //! left looser.
 
 use exitpool_protocol::DeviceKey;
-use std::io::Write;
+use exitpool_transport::state_dir;
 use std::path::{Path, PathBuf};
+
+// The directory itself (modes, creating it, atomic writes) is the transport
+// crate's, shared with the gateway.
+pub use state_dir::{prepare_dir, write_atomically, DIR_MODE, FILE_MODE};
 
 /// The device key, as a PKCS#8 document.
 const DEVICE_KEY_FILE: &str = "device-key";
@@ -17,21 +21,11 @@ const DEVICE_KEY_FILE: &str = "device-key";
 const OLD_AGENT_ID_FILE: &str = "agent-id";
 /// The gateway pins this agent has been welcomed with, one per line.
 const PINS_FILE: &str = "connected-pins";
-/// Mode of the state directory: the owner only.
-pub const DIR_MODE: u32 = 0o700;
-/// Mode of every state file: the owner only.
-pub const FILE_MODE: u32 = 0o600;
 
 /// Default state directory: `$XDG_STATE_HOME/exitpool/agent`, else
 /// `$HOME/.local/state/exitpool/agent`, else `./exitpool-agent-state`.
 pub fn default_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")));
-    match base {
-        Some(base) => base.join("exitpool").join("agent"),
-        None => PathBuf::from("exitpool-agent-state"),
-    }
+    state_dir::default_dir("agent")
 }
 
 /// A new device key, kept in memory only: an agent without a state directory
@@ -131,65 +125,6 @@ pub fn remember_transport(dir: &Path, transport: &str) -> std::io::Result<()> {
         &dir.join(TRANSPORT_FILE),
         format!("{transport}\n").as_bytes(),
     )
-}
-
-/// Creates `dir` (and missing parents) owner-only, or tightens an existing one,
-/// and tightens every file already in it to owner-only. Runs at every start.
-pub fn prepare_dir(dir: &Path) -> std::io::Result<()> {
-    create_private_dir(dir)?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            restrict(&entry.path(), FILE_MODE)?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(unix)]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)?;
-    // `create` leaves an existing directory's mode alone.
-    restrict(dir, DIR_MODE)
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)
-}
-
-/// Sets `path`'s permission bits to `mode` (Unix; elsewhere the platform's
-/// defaults for the user's own directories apply).
-#[cfg(unix)]
-fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-#[cfg(not(unix))]
-fn restrict(_path: &Path, _mode: u32) -> std::io::Result<()> {
-    Ok(())
-}
-
-/// Writes `bytes` to `path` through a synced owner-only temporary file and a
-/// rename, so a crash leaves either the old contents or the new, never half of
-/// them, and no other user can read them at any moment.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
-    let mut file = options.open(&tmp)?;
-    // A temporary file left over from a crash keeps its old mode otherwise.
-    restrict(&tmp, FILE_MODE)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! - [`udp`]: the UDP socket under a QUIC endpoint and the transport settings
 //!   both ends share;
 //! - [`leave`]: ending a tunnel so the peer always hears of it;
-//! - [`pin`]: trusting a peer by the SHA-256 pin of its certificate.
+//! - [`pin`]: trusting a peer by the SHA-256 pin of its certificate;
+//! - [`state_dir`]: the owner-only state directory both ends keep on disk.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -21,6 +22,7 @@ pub mod leave;
 pub mod pin;
 pub mod quic;
 pub mod relay;
+pub mod state_dir;
 pub mod tcp;
 pub mod tunnel;
 pub mod udp;
