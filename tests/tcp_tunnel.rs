@@ -358,6 +358,7 @@ async fn tcp_tunnel_pair(
         idle_timeout: Duration::from_secs(60),
         initial_connection_window: exitpool::transport::udp::CONNECTION_WINDOW,
         streams_before_admitted: None,
+        frames_before_admitted: None,
     };
     let dialled = async {
         let stream = tokio::net::TcpStream::connect(dial).await.unwrap();

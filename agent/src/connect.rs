@@ -211,6 +211,7 @@ pub fn tcp_settings(config: &AgentConfig) -> TcpSettings {
         idle_timeout: exitpool_protocol::IDLE_TIMEOUT.max(config.keep_alive * 2),
         initial_connection_window: exitpool_transport::udp::CONNECTION_WINDOW,
         streams_before_admitted: None,
+        frames_before_admitted: None,
     }
 }
 

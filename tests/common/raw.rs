@@ -130,6 +130,7 @@ impl Dialer {
             idle_timeout: exitpool::protocol::IDLE_TIMEOUT,
             initial_connection_window: exitpool::transport::udp::CONNECTION_WINDOW,
             streams_before_admitted: None,
+            frames_before_admitted: None,
         };
         within("HTTP/2 handshake", tcp::answering_end(tls, settings))
             .await

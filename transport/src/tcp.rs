@@ -45,6 +45,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -114,6 +115,12 @@ pub struct TcpSettings {
     /// refused, so it cannot hold h2 state for thousands); `None` for no limit
     /// but `max_incoming_streams` (an end that never calls `admitted`).
     pub streams_before_admitted: Option<u32>,
+    /// Most HTTP/2 frames a peer not yet admitted may send before the
+    /// connection is closed, which also closes at the first PING
+    /// acknowledgement it was not asked for (see [`FrameGate`]); `None` for an
+    /// end that trusts its peer already (an agent, which checked the
+    /// gateway's pin) and never calls `admitted`.
+    pub frames_before_admitted: Option<u32>,
 }
 
 /// A TLS connection over TCP, either side of the handshake.
@@ -171,6 +178,8 @@ struct Inner {
     close_notify: Notify,
     /// Asks the driver to open the connection window to the full size.
     admit: Notify,
+    /// Shared with the read side's [`FrameGate`].
+    admission: Arc<Admission>,
     /// On-demand pings for the driver, each answered once a PONG is back.
     pings: mpsc::Sender<oneshot::Sender<()>>,
 }
@@ -194,7 +203,12 @@ type Incoming = (
 type PingAsks = mpsc::Receiver<oneshot::Sender<()>>;
 
 impl Inner {
-    fn new(remote: SocketAddr, tls: Arc<Mutex<Io>>, role: Role) -> (Arc<Inner>, PingAsks) {
+    fn new(
+        remote: SocketAddr,
+        tls: Arc<Mutex<Io>>,
+        admission: Arc<Admission>,
+        role: Role,
+    ) -> (Arc<Inner>, PingAsks) {
         let (pings, asks) = mpsc::channel(PING_QUEUE);
         let inner = Arc::new(Inner {
             remote,
@@ -206,6 +220,7 @@ impl Inner {
             close_request: Mutex::new(None),
             close_notify: Notify::new(),
             admit: Notify::new(),
+            admission,
             pings,
         });
         (inner, asks)
@@ -240,16 +255,29 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// h2's I/O: the TLS stream behind a mutex that only keying-material export
-/// contends for, so export works while h2 owns the connection.
-struct SharedIo(Arc<Mutex<Io>>);
+/// contends for, so export works while h2 owns the connection; until the peer
+/// is admitted, its bytes pass a [`FrameGate`] first.
+struct SharedIo {
+    tls: Arc<Mutex<Io>>,
+    gate: Option<FrameGate>,
+}
 
 impl AsyncRead for SharedIo {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *lock(&self.0)).poll_read(cx, buf)
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut *lock(&self.tls)).poll_read(cx, buf))?;
+        if let Some(gate) = &mut self.gate {
+            if gate.ended() {
+                self.gate = None;
+            } else if let Err(abuse) = gate.inspect(&buf.filled()[before..]) {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, abuse)));
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -259,7 +287,7 @@ impl AsyncWrite for SharedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *lock(&self.0)).poll_write(cx, buf)
+        Pin::new(&mut *lock(&self.tls)).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -267,20 +295,133 @@ impl AsyncWrite for SharedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *lock(&self.0)).poll_write_vectored(cx, bufs)
+        Pin::new(&mut *lock(&self.tls)).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        lock(&self.0).is_write_vectored()
+        lock(&self.tls).is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *lock(&self.0)).poll_flush(cx)
+        Pin::new(&mut *lock(&self.tls)).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *lock(&self.0)).poll_shutdown(cx)
+        Pin::new(&mut *lock(&self.tls)).poll_shutdown(cx)
     }
+}
+
+/// What a gated end and its driver share: whether the peer has been admitted,
+/// and how many PINGs this end has sent (each may be acknowledged once).
+#[derive(Debug, Default)]
+struct Admission {
+    admitted: AtomicBool,
+    pings_sent: AtomicU32,
+}
+
+/// Reads the HTTP/2 frame headers a peer sends before it is admitted, as the
+/// bytes pass on to h2, and refuses what an honest peer never sends there:
+/// more than its frame budget (a WINDOW_UPDATE or stream-open flood costs CPU
+/// per frame) or a PING acknowledgement this end did not ask for (h2 would log
+/// each one). A refusal is a read error, so h2 never sees the frame and the
+/// connection ends. Once the peer is admitted the gate steps aside.
+#[derive(Debug)]
+struct FrameGate {
+    admission: Arc<Admission>,
+    /// Bytes of the client connection preface still to pass (answering end).
+    preface_left: usize,
+    header: [u8; FRAME_HEADER],
+    header_len: usize,
+    payload_left: usize,
+    frames_left: u32,
+    acks_seen: u32,
+}
+
+/// An HTTP/2 frame header: length (3), type, flags, stream id (4).
+const FRAME_HEADER: usize = 9;
+/// RFC 9113 §3.4: the client's 24-byte preface before its first frame.
+const CLIENT_PREFACE: usize = 24;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
+
+impl FrameGate {
+    fn new(admission: Arc<Admission>, frames: u32, answering: bool) -> FrameGate {
+        FrameGate {
+            admission,
+            preface_left: if answering { CLIENT_PREFACE } else { 0 },
+            header: [0; FRAME_HEADER],
+            header_len: 0,
+            payload_left: 0,
+            frames_left: frames,
+            acks_seen: 0,
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.admission.admitted.load(Ordering::Relaxed)
+    }
+
+    /// Follows the frame boundaries through `bytes`.
+    fn inspect(&mut self, mut bytes: &[u8]) -> Result<(), &'static str> {
+        while !bytes.is_empty() {
+            if self.preface_left > 0 || self.payload_left > 0 {
+                let skipped = if self.preface_left > 0 {
+                    let n = self.preface_left.min(bytes.len());
+                    self.preface_left -= n;
+                    n
+                } else {
+                    let n = self.payload_left.min(bytes.len());
+                    self.payload_left -= n;
+                    n
+                };
+                bytes = &bytes[skipped..];
+                continue;
+            }
+            let n = (FRAME_HEADER - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+            self.header_len += n;
+            bytes = &bytes[n..];
+            if self.header_len == FRAME_HEADER {
+                self.header_len = 0;
+                self.frame()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One whole frame header.
+    fn frame(&mut self) -> Result<(), &'static str> {
+        let [l0, l1, l2, kind, flags, ..] = self.header;
+        self.payload_left = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+        self.frames_left = self
+            .frames_left
+            .checked_sub(1)
+            .ok_or("too many HTTP/2 frames before the peer proved itself")?;
+        if kind == PING && flags & ACK != 0 {
+            self.acks_seen += 1;
+            if self.acks_seen > self.admission.pings_sent.load(Ordering::Relaxed) {
+                return Err("a PING acknowledgement that was never asked for");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// h2's I/O for `tls`, behind a [`FrameGate`] when `settings` ask for one.
+fn gated(
+    tls: &Arc<Mutex<Io>>,
+    settings: &TcpSettings,
+    answering: bool,
+) -> (SharedIo, Arc<Admission>) {
+    let admission = Arc::new(Admission::default());
+    let gate = settings
+        .frames_before_admitted
+        .map(|frames| FrameGate::new(admission.clone(), frames, answering));
+    let io = SharedIo {
+        tls: tls.clone(),
+        gate,
+    };
+    (io, admission)
 }
 
 fn remote_of(io: &Io) -> io::Result<SocketAddr> {
@@ -294,6 +435,7 @@ pub async fn opening_end(io: impl Into<Io>, settings: TcpSettings) -> io::Result
     let io = io.into();
     let remote = remote_of(&io)?;
     let tls = Arc::new(Mutex::new(io));
+    let (io, admission) = gated(&tls, &settings, false);
     let (requests, mut connection) = h2::client::Builder::new()
         .initial_window_size(crate::udp::STREAM_WINDOW)
         .initial_connection_window_size(settings.initial_connection_window)
@@ -302,7 +444,7 @@ pub async fn opening_end(io: impl Into<Io>, settings: TcpSettings) -> io::Result
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_concurrent_streams(settings.max_incoming_streams)
         .enable_push(false)
-        .handshake(SharedIo(tls.clone()))
+        .handshake(io)
         .await
         .map_err(h2_to_io)?;
     let ping = connection.ping_pong();
@@ -314,10 +456,10 @@ pub async fn opening_end(io: impl Into<Io>, settings: TcpSettings) -> io::Result
             .map_err(h2_to_io)?;
         send
     };
-    let (inner, asks) = Inner::new(remote, tls, Role::Opener { requests });
+    let (inner, asks) = Inner::new(remote, tls, admission, Role::Opener { requests });
     let driver = inner.clone();
     tokio::spawn(async move {
-        let keep_alive = keep_alive(ping, settings, asks);
+        let keep_alive = keep_alive(ping, settings, asks, driver.admission.clone());
         tokio::pin!(keep_alive);
         let reason = loop {
             tokio::select! {
@@ -397,6 +539,7 @@ pub async fn answering_end(io: impl Into<Io>, settings: TcpSettings) -> io::Resu
     let io = io.into();
     let remote = remote_of(&io)?;
     let tls = Arc::new(Mutex::new(io));
+    let (io, admission) = gated(&tls, &settings, true);
     let mut connection = h2::server::Builder::new()
         .initial_window_size(crate::udp::STREAM_WINDOW)
         .initial_connection_window_size(settings.initial_connection_window)
@@ -405,7 +548,7 @@ pub async fn answering_end(io: impl Into<Io>, settings: TcpSettings) -> io::Resu
         .max_send_buffer_size(MAX_SEND_BUFFER)
         // One more for the gateway's close stream.
         .max_concurrent_streams(settings.max_incoming_streams.saturating_add(1))
-        .handshake::<_, Bytes>(SharedIo(tls.clone()))
+        .handshake::<_, Bytes>(io)
         .await
         .map_err(h2_to_io)?;
     let ping = connection.ping_pong();
@@ -415,13 +558,14 @@ pub async fn answering_end(io: impl Into<Io>, settings: TcpSettings) -> io::Resu
     let (inner, asks) = Inner::new(
         remote,
         tls,
+        admission,
         Role::Answerer {
             incoming: tokio::sync::Mutex::new(incoming),
         },
     );
     let driver = inner.clone();
     tokio::spawn(async move {
-        let keep_alive = keep_alive(ping, settings, asks);
+        let keep_alive = keep_alive(ping, settings, asks, driver.admission.clone());
         tokio::pin!(keep_alive);
         // The gateway's close stream, once it has arrived: its trailers carry
         // the close code. (Its answer half is held so h2 keeps it open.)
@@ -493,6 +637,7 @@ async fn keep_alive(
     ping: Option<h2::PingPong>,
     settings: TcpSettings,
     mut asks: PingAsks,
+    admission: Arc<Admission>,
 ) -> CloseReason {
     let Some(mut ping) = ping else {
         return std::future::pending().await;
@@ -503,6 +648,8 @@ async fn keep_alive(
             () = tokio::time::sleep(settings.keep_alive) => {}
             Some(ask) = asks.recv() => waiting.push(ask),
         }
+        // Counted before it leaves: its acknowledgement may be read first.
+        admission.pings_sent.fetch_add(1, Ordering::Relaxed);
         let answered = tokio::time::timeout(settings.idle_timeout, async {
             let pong = ping.ping(h2::Ping::opaque());
             tokio::pin!(pong);
@@ -697,6 +844,7 @@ impl TunnelConnection for TcpTunnel {
     }
 
     fn admitted(&self) {
+        self.inner.admission.admitted.store(true, Ordering::Relaxed);
         self.inner.admit.notify_one();
     }
 

@@ -115,8 +115,14 @@ pub fn tcp_settings(idle: Duration, answering: bool) -> TcpSettings {
         },
         // The proof's own stream.
         streams_before_admitted: answering.then_some(1),
+        frames_before_admitted: answering.then_some(FRAMES_BEFORE_PROOF),
     }
 }
+
+/// HTTP/2 frames a dialling peer may send before its proof is checked: an
+/// honest one sends a handful (SETTINGS, ACK, a window update, the proof's
+/// headers and data); a flood ends at this many.
+const FRAMES_BEFORE_PROOF: u32 = 64;
 
 /// What a peer link not yet proven may make the answering side buffer: its
 /// hello is a few dozen bytes.

@@ -51,6 +51,11 @@ async fn handshake(
     join(Tunnel::Tcp(tunnel), &shared).await
 }
 
+/// HTTP/2 frames an agent may send before its `Hello` is accepted: an honest
+/// one sends about six (SETTINGS and its ACK, a window update, the control
+/// stream's headers and `Hello`); a flood ends at this many.
+pub const FRAMES_BEFORE_HELLO: u32 = 64;
+
 /// The gateway's TCP tunnel settings: it pings every half idle timeout and
 /// gives up on a ping after the other half, so a vanished agent is gone
 /// within the idle timeout, as over QUIC. Agents open no streams, so none
@@ -63,5 +68,6 @@ pub fn settings(idle_timeout: Duration) -> TcpSettings {
         idle_timeout: half,
         initial_connection_window: PRE_HELLO_WINDOW,
         streams_before_admitted: None,
+        frames_before_admitted: Some(FRAMES_BEFORE_HELLO),
     }
 }
