@@ -125,6 +125,7 @@ pub(crate) async fn forward(
     let _ = status_tx.send(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    strip_our_headers(&mut parts.headers);
     parts.headers.extend(exit_headers.drain());
     // Whatever the target spoke, the customer's connection stays HTTP/1.1 keep-alive.
     parts.version = Version::HTTP_11;
@@ -217,6 +218,71 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(*name);
     }
+}
+
+/// Drops what a target may have sent in our name, so every `x-exitpool-*`
+/// header and `Proxy-Status` member named `exitpool` the customer reads is the
+/// gateway's: a target could otherwise claim another exit, session or error.
+/// Other proxies' `Proxy-Status` members stay (RFC 9209 lists every hop).
+fn strip_our_headers(headers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(OUR_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
+    let kept: Vec<String> = headers
+        .get_all(PROXY_STATUS)
+        .iter()
+        .flat_map(|value| list_members(value.as_bytes()))
+        .filter(|member| member_name(member) != OUR_PROXY_STATUS_NAME)
+        .map(|member| String::from_utf8_lossy(member).into_owned())
+        .collect();
+    headers.remove(PROXY_STATUS);
+    if !kept.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&kept.join(", ")) {
+            headers.insert(PROXY_STATUS, value);
+        }
+    }
+}
+
+/// Every header the gateway adds to a customer's answer starts so.
+const OUR_HEADER_PREFIX: &str = "x-exitpool-";
+/// The `Proxy-Status` member name the gateway's errors carry.
+const OUR_PROXY_STATUS_NAME: &[u8] = b"exitpool";
+const PROXY_STATUS: &str = "proxy-status";
+
+/// The members of a structured-field list (RFC 8941 §3.1), trimmed: split at
+/// commas outside quoted strings.
+fn list_members(value: &[u8]) -> Vec<&[u8]> {
+    let mut members = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (at, &byte) in value.iter().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                members.push(value[start..at].trim_ascii());
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    members.push(value[start..].trim_ascii());
+    members.retain(|member| !member.is_empty());
+    members
+}
+
+/// A list member's name: what stands before its first parameter.
+fn member_name(member: &[u8]) -> &[u8] {
+    let end = member
+        .iter()
+        .position(|&b| b == b';')
+        .unwrap_or(member.len());
+    member[..end].trim_ascii()
 }
 
 /// A failure talking HTTP to the target after the exit connected: it closed the
@@ -345,6 +411,37 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn a_targets_own_exitpool_headers_and_proxy_status_member_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-exitpool-exit",
+            HeaderValue::from_static("0000000000000000"),
+        );
+        headers.insert("X-Exitpool-Country", HeaderValue::from_static("ZZ"));
+        headers.insert("x-exitpoolish", HeaderValue::from_static("kept"));
+        headers.append(
+            "proxy-status",
+            HeaderValue::from_static(
+                r#"exitpool; error=dns_error; details="a, b", cdn; error=http_request_error"#,
+            ),
+        );
+        headers.append("proxy-status", HeaderValue::from_static("exitpool"));
+        strip_our_headers(&mut headers);
+        assert!(headers.get("x-exitpool-exit").is_none());
+        assert!(headers.get("x-exitpool-country").is_none());
+        assert_eq!(headers["x-exitpoolish"], "kept");
+        assert_eq!(headers["proxy-status"], "cdn; error=http_request_error");
+
+        let mut only_ours = HeaderMap::new();
+        only_ours.insert(
+            "proxy-status",
+            HeaderValue::from_static("exitpool; error=x"),
+        );
+        strip_our_headers(&mut only_ours);
+        assert!(only_ours.get("proxy-status").is_none());
     }
 
     #[test]
