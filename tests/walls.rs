@@ -240,3 +240,40 @@ async fn a_ping_ack_flood_on_the_tunnel_port_costs_no_log_and_no_customer_time()
     );
     agent.shutdown().await.unwrap();
 }
+
+/// Item 4: with a hashed account loaded (a users file) beside a plaintext one
+/// (a `--user`), a wrong password for the plaintext account runs Argon2 as
+/// every other refusal does, so its answer is not the fast one that told the
+/// `--user` names apart (0.4 ms against 21 ms in the audit).
+#[tokio::test]
+async fn a_plaintext_accounts_refusal_costs_what_every_refusal_costs() {
+    let hash = exitpool::gateway::auth::hash_password("b0bsecret").unwrap();
+    let net = TestGateway::start_with(|config| {
+        config.users = exitpool::gateway::auth::Users::new([
+            exitpool::gateway::auth::Customer::parse(&format!("{USER}:{PASSWORD}")).unwrap(),
+            exitpool::gateway::auth::Customer::hashed("bob", &hash).unwrap(),
+        ]);
+    })
+    .await;
+    let target = "127.0.0.1:9";
+    let hashes = "exitpool_password_hashes_total";
+    let before = net.metric(hashes).await;
+    let (plain_wrong, _) = connect(net.proxy(), target, Some((USER, "wrong"))).await;
+    let (unknown, _) = connect(net.proxy(), target, Some(("mallory", "wrong"))).await;
+    let (hashed_wrong, _) = connect(net.proxy(), target, Some(("bob", "wrong"))).await;
+    assert_eq!(
+        (plain_wrong.status, unknown.status, hashed_wrong.status),
+        (407, 407, 407)
+    );
+    assert_eq!(
+        net.metric(hashes).await - before,
+        3,
+        "each of the three refusals ran Argon2"
+    );
+    // The right plaintext password is still answered without Argon2.
+    let _agent = net.agent("127.0.0.2").await;
+    let echo = targets::echo_target().await;
+    let (right, _) = connect(net.proxy(), &echo.to_string(), Some((USER, PASSWORD))).await;
+    assert_eq!(right.status, 200, "{right:?}");
+    assert_eq!(net.metric(hashes).await - before, 3);
+}

@@ -15,7 +15,8 @@ use crate::policy::ExitPolicy;
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::tls::Pin;
-use crate::{state, status, tunnel};
+use crate::report::Report;
+use crate::{consent, state, status, tunnel};
 use exitpool_protocol::{Secret, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -57,6 +58,7 @@ impl Agent {
                 quic_retry: DEFAULT_QUIC_RETRY,
                 move_drain: DEFAULT_MOVE_DRAIN,
             },
+            require_consent: false,
         }
     }
 }
@@ -65,6 +67,8 @@ impl Agent {
 #[derive(Debug, Clone)]
 pub struct AgentBuilder {
     config: AgentConfig,
+    /// See [`AgentBuilder::require_consent`].
+    require_consent: bool,
 }
 
 impl AgentBuilder {
@@ -211,6 +215,15 @@ impl AgentBuilder {
         self
     }
 
+    /// Connects only once the owner's consent is recorded in the state
+    /// directory (see [`crate::consent`]; [`AgentHandle::record_consent`]), and
+    /// needs a state directory to keep it in. Every agent an app starts
+    /// through the SDK sets this.
+    pub fn require_consent(mut self, require: bool) -> Self {
+        self.require_consent = require;
+        self
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &AgentConfig {
         &self.config
@@ -240,6 +253,27 @@ impl AgentBuilder {
             path: self.config.state_dir.clone().unwrap_or_default(),
             source,
         })?;
+        let consent = match &self.config.state_dir {
+            Some(dir) => consent::load(dir).map_err(|error| AgentError::State {
+                path: dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+            })?,
+            None if self.require_consent => {
+                return Err(AgentError::State {
+                    path: PathBuf::new(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "an agent that needs consent needs a state directory to keep it in",
+                    ),
+                })
+            }
+            None => None,
+        };
+        let report =
+            Report::new(self.config.state_dir.as_deref()).map_err(|source| AgentError::State {
+                path: self.config.state_dir.clone().unwrap_or_default(),
+                source,
+            })?;
         if self.config.policy.allows_private() {
             tracing::warn!("--allow-private is on: this agent will dial loopback and private networks. Use it for local testing only.");
         }
@@ -252,6 +286,10 @@ impl AgentBuilder {
             session: watch::Sender::new(None),
             counters: Counters::default(),
             meter,
+            consent: watch::Sender::new(consent),
+            require_consent: self.require_consent,
+            stopped: watch::Sender::new(None),
+            report,
         });
         let shutdown = CancellationToken::new();
         let status_addr = match shared.config.status_listen {
@@ -264,7 +302,7 @@ impl AgentBuilder {
         let summaries = tokio::spawn(status::summaries(shared.clone(), shutdown.clone()));
         // Ends with the shutdown token; nothing to save, so nothing to await.
         tokio::spawn(status::refusal_summaries(shared.clone(), shutdown.clone()));
-        let tunnel = tokio::spawn(tunnel::run(shared.clone(), shutdown.clone()));
+        let tunnel = tokio::spawn(run(shared.clone(), shutdown.clone()));
         Ok(AgentHandle::new(
             shared,
             shutdown,
@@ -273,4 +311,41 @@ impl AgentBuilder {
             status_addr,
         ))
     }
+}
+
+/// The agent's main task: waits for consent where it is required, runs the
+/// tunnel, and records why the agent stopped.
+async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), AgentError> {
+    if shared.require_consent {
+        let mut consent = shared.consent.subscribe();
+        tokio::select! {
+            // The sender lives in `shared`, which this task holds.
+            _ = consent.wait_for(Option::is_some) => {}
+            () = shutdown.cancelled() => {
+                stopped_because(&shared, "shut down".to_owned());
+                return Ok(());
+            }
+        }
+    }
+    let result = tunnel::run(shared.clone(), shutdown).await;
+    stopped_because(
+        &shared,
+        match &result {
+            Ok(()) => "shut down".to_owned(),
+            Err(error) => error.to_string(),
+        },
+    );
+    result
+}
+
+/// Records why the agent stopped, unless a reason (a revoked consent, say)
+/// was recorded first.
+fn stopped_because(shared: &Shared, reason: String) {
+    shared.stopped.send_if_modified(|stopped| {
+        let first = stopped.is_none();
+        if first {
+            *stopped = Some(reason);
+        }
+        first
+    });
 }

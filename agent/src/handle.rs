@@ -1,5 +1,6 @@
 //! A running agent, as the app holds it ([`AgentHandle`]): pause and resume,
-//! stats, the session as it changes, and a shutdown that drains first.
+//! stats, the session as it changes, the owner's consent, and a shutdown that
+//! drains first.
 
 use crate::error::AgentError;
 use crate::shared::Shared;
@@ -75,6 +76,71 @@ impl AgentHandle {
             .await
             .expect("the sender lives in the handle");
         info.clone().expect("waited for Some")
+    }
+
+    /// Records the owner's consent in the state directory (see
+    /// [`crate::consent::record`]); an agent built with
+    /// [`crate::AgentBuilder::require_consent`] connects from then on. A small
+    /// file write: call it where blocking for a moment is fine (not on the
+    /// runtime's threads; the SDK calls it from the app's thread).
+    pub fn record_consent(
+        &self,
+        text: Option<&str>,
+    ) -> Result<crate::consent::Consent, crate::consent::ConsentError> {
+        let dir = self.consent_dir()?;
+        let consent = crate::consent::record(dir, text)?;
+        self.shared.consent.send_replace(Some(consent.clone()));
+        Ok(consent)
+    }
+
+    /// Revokes the owner's consent: the agent stops at once (the gateway is
+    /// told it is leaving and routes no new streams here; live ones get the
+    /// drain grace), and with `forget_identity` the device key is deleted, so a
+    /// later consent starts as a new exit. Await [`AgentHandle::shutdown`]
+    /// afterwards for the last usage save. A small file removal, as
+    /// [`AgentHandle::record_consent`].
+    pub fn revoke_consent(
+        &self,
+        forget_identity: bool,
+    ) -> Result<(), crate::consent::ConsentError> {
+        self.shared
+            .stopped
+            .send_if_modified(|stopped| match stopped {
+                Some(_) => false,
+                None => {
+                    *stopped = Some("consent revoked".to_owned());
+                    true
+                }
+            });
+        self.shared.consent.send_replace(None);
+        self.shutdown.cancel();
+        let dir = self.consent_dir()?;
+        crate::consent::revoke(dir, forget_identity)
+    }
+
+    fn consent_dir(&self) -> Result<&std::path::Path, crate::consent::ConsentError> {
+        self.shared
+            .config
+            .state_dir
+            .as_deref()
+            .ok_or_else(|| crate::consent::ConsentError::Io {
+                path: String::new(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "this agent has no state directory to keep consent in",
+                ),
+            })
+    }
+
+    /// Why the agent stopped, as it changes: `None` while it runs, then
+    /// `shut down`, `consent revoked` or the fatal error.
+    pub fn stopped(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.shared.stopped.subscribe()
+    }
+
+    /// Whether sharing is paused, as it changes.
+    pub fn paused(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.paused.subscribe()
     }
 
     /// Waits for the agent to stop by itself (which it only does on a fatal error).

@@ -35,7 +35,9 @@
 //! - [`meter`]: the owner's bandwidth cap and byte quota;
 //! - [`status`]: the periodic summary line and the optional local status endpoint;
 //! - [`tls`]: trusting the gateway by its certificate pin;
-//! - [`state`]: the agent's id, kept on the device.
+//! - [`state`]: the agent's id, kept on the device;
+//! - [`consent`]: the owner's consent, kept in the state directory;
+//! - [`report`]: the host report, what was shared per day for 90 days.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -48,10 +50,12 @@ mod handle;
 mod shared;
 mod stats;
 
+pub mod consent;
 pub mod dial;
 pub mod interfaces;
 pub mod meter;
 pub mod policy;
+pub mod report;
 pub mod state;
 pub mod status;
 pub mod tls;

@@ -1,10 +1,13 @@
 //! The state an agent's tasks (tunnel, streams, status, summaries) and its
 //! handle share, behind one `Arc`: the configuration, the pause switch, the
-//! current session, the exit policy in force, the counters and the meter.
+//! current session, the exit policy in force, the counters and the meter, the
+//! owner's consent, why the agent stopped, and the host report.
 
 use crate::config::AgentConfig;
+use crate::consent::Consent;
 use crate::meter::Meter;
 use crate::policy::ExitPolicy;
+use crate::report::Report;
 use crate::stats::{AgentStats, Counters, SessionInfo};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,6 +28,14 @@ pub(crate) struct Shared {
     pub policy: watch::Sender<Arc<ExitPolicy>>,
     pub counters: Counters,
     pub meter: Meter,
+    /// The owner's consent as recorded (see `consent`); the handle updates it.
+    pub consent: watch::Sender<Option<Consent>>,
+    /// Whether the tunnel waits for consent before it connects.
+    pub require_consent: bool,
+    /// Why the agent stopped, once it has (see [`AgentStats::stopped`]).
+    pub stopped: watch::Sender<Option<String>>,
+    /// What was shared per day (see `report`).
+    pub report: Report,
 }
 
 impl Shared {
@@ -33,7 +44,19 @@ impl Shared {
         !*self.paused.borrow() && !self.meter.is_exhausted()
     }
 
+    /// Folds the counters into the host report's day (cheap; see `report`).
+    pub fn fold_report(&self) {
+        self.report.fold(
+            std::time::SystemTime::now(),
+            self.meter.bytes_up.load(Ordering::Relaxed)
+                + self.meter.bytes_down.load(Ordering::Relaxed),
+            self.counters.streams_served.load(Ordering::Relaxed),
+            self.session.borrow().is_some(),
+        );
+    }
+
     pub fn stats(&self) -> AgentStats {
+        self.fold_report();
         let counters = &self.counters;
         let limits = self.meter.limits();
         AgentStats {
@@ -56,6 +79,10 @@ impl Shared {
             quota_bytes: limits.quota_bytes,
             quota_exhausted: self.meter.is_exhausted(),
             max_rate: limits.max_rate.map(|rate| rate.get()),
+            consent_required: self.require_consent,
+            consent: self.consent.borrow().clone(),
+            stopped: self.stopped.borrow().clone(),
+            report: self.report.days(),
         }
     }
 }

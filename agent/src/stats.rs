@@ -97,6 +97,17 @@ pub struct AgentStats {
     pub quota_exhausted: bool,
     /// The bandwidth cap per direction, bytes per second, if any.
     pub max_rate: Option<u32>,
+    /// Whether this agent waits for the owner's consent before it connects
+    /// (every agent started through the SDK does).
+    pub consent_required: bool,
+    /// The owner's consent as recorded in the state directory, if any.
+    pub consent: Option<crate::consent::Consent>,
+    /// Why the agent stopped (`shut down`, `consent revoked`, or the fatal
+    /// error), once it has; `None` while it runs.
+    pub stopped: Option<String>,
+    /// The host report: what was shared per UTC day, oldest first, the last
+    /// [`crate::report::REPORT_DAYS`] days.
+    pub report: Vec<crate::report::ReportDay>,
 }
 
 /// Counts one relay stream as live for as long as it is held: the count goes up

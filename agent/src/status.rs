@@ -1,8 +1,9 @@
 //! What the owner sees: a periodic one-line summary in the log, a line counting
 //! refused destinations (at most one per interval, never one per refusal, so
 //! customers cannot fill the volunteer's log), and optionally the stats as
-//! JSON on a local endpoint (`--status-listen`). The same loop rolls
-//! the quota period and saves usage, so a crash loses at most a few seconds of it;
+//! JSON on a local endpoint (`--status-listen`; `/report` has the host report
+//! alone). The same loop rolls the quota period and saves usage and the host
+//! report, so a crash loses at most a few seconds of it;
 //! the save (a file write and an fsync) runs on tokio's blocking pool, so a slow
 //! disk never stalls the runtime thread that carries the relays.
 
@@ -44,7 +45,13 @@ pub(crate) async fn summaries(shared: Arc<Shared>, shutdown: CancellationToken) 
 /// Saves the period's usage off the runtime thread, and logs a failure.
 async fn save_usage(shared: &Arc<Shared>) {
     let saving = shared.clone();
-    match tokio::task::spawn_blocking(move || saving.meter.save()).await {
+    shared.fold_report();
+    match tokio::task::spawn_blocking(move || {
+        saving.meter.save()?;
+        saving.report.save()
+    })
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(error)) => warn!(%error, "saving usage failed"),
         Err(error) => warn!(%error, "saving usage did not finish"),
@@ -131,17 +138,21 @@ pub(crate) fn start(
                     move |request: hyper::Request<hyper::body::Incoming>| {
                         let shared = shared.clone();
                         async move {
-                            let (status, body) = if request.uri().path() == "/" {
-                                (
+                            let (status, body) = match request.uri().path() {
+                                "/" => (
                                     StatusCode::OK,
                                     serde_json::to_string_pretty(&shared.stats())
                                         .unwrap_or_default(),
-                                )
-                            } else {
-                                (
+                                ),
+                                "/report" => (
+                                    StatusCode::OK,
+                                    serde_json::to_string_pretty(&shared.stats().report)
+                                        .unwrap_or_default(),
+                                ),
+                                _ => (
                                     StatusCode::NOT_FOUND,
-                                    "{\"error\":\"not found; try /\"}".to_owned(),
-                                )
+                                    "{\"error\":\"not found; try / or /report\"}".to_owned(),
+                                ),
                             };
                             let mut response = Response::new(Full::new(Bytes::from(body)));
                             *response.status_mut() = status;

@@ -437,20 +437,16 @@ impl Users {
     /// an unknown name when any account is hashed, needs [`HashCheck::run`].
     pub fn check(&self, name: &str, password: &str) -> Checked {
         let Some(customer) = self.by_name.get(name) else {
-            if !self.any_hashed {
-                return Checked::Done(None);
-            }
-            return Checked::NeedsHash(HashCheck {
-                customer: None,
-                hash: None,
-                password: Secret(password.to_owned()),
-                cache: self.cache.clone(),
-            });
+            return self.refusal(password);
         };
         match &customer.password {
-            Password::Plain(secret) => {
-                Checked::Done(secrets_equal(secret.expose(), password).then(|| customer.clone()))
+            Password::Plain(secret) if secrets_equal(secret.expose(), password) => {
+                Checked::Done(Some(customer.clone()))
             }
+            // A wrong password for a plaintext account (a `--user` beside a
+            // users file) costs what any other refusal costs, so timing does
+            // not tell which names are plaintext accounts.
+            Password::Plain(_) => self.refusal(password),
             Password::Hash(hash) if self.cache.is_known(&customer.name, hash, password) => {
                 Checked::Done(Some(customer.clone()))
             }
@@ -461,6 +457,20 @@ impl Users {
                 cache: self.cache.clone(),
             }),
         }
+    }
+
+    /// A refusal that costs what refusing a hashed account's wrong password
+    /// costs: a dummy Argon2 run when any account is hashed, nothing otherwise.
+    fn refusal(&self, password: &str) -> Checked {
+        if !self.any_hashed {
+            return Checked::Done(None);
+        }
+        Checked::NeedsHash(HashCheck {
+            customer: None,
+            hash: None,
+            password: Secret(password.to_owned()),
+            cache: self.cache.clone(),
+        })
     }
 
     /// The account named `name`, without checking any password.
