@@ -395,6 +395,9 @@ struct Watched {
 async fn watch(mut watched: Watched, events: Arc<Events>) {
     let mut last = STATE_CREATED;
     let mut joined_once = false;
+    // Whether the agent's state is gone (it is dropped only after it stopped,
+    // so the reason is read before this counts).
+    let mut closed = false;
     loop {
         let stopped = watched.stopped.borrow_and_update().clone();
         let paused = *watched.paused.borrow_and_update();
@@ -402,6 +405,8 @@ async fn watch(mut watched: Watched, events: Arc<Events>) {
         joined_once |= session.is_some();
         let (state, reason) = if let Some(reason) = stopped {
             (STATE_STOPPED, reason)
+        } else if closed {
+            (STATE_STOPPED, "stopped".to_owned())
         } else if !watched.consented.load(Ordering::SeqCst) {
             (
                 STATE_WAITING_FOR_CONSENT,
@@ -435,14 +440,10 @@ async fn watch(mut watched: Watched, events: Arc<Events>) {
             return;
         }
         tokio::select! {
-            changed = watched.stopped.changed() => if changed.is_err() { break },
-            changed = watched.paused.changed() => if changed.is_err() { break },
-            changed = watched.session.changed() => if changed.is_err() { break },
+            changed = watched.stopped.changed() => closed |= changed.is_err(),
+            changed = watched.paused.changed() => closed |= changed.is_err(),
+            changed = watched.session.changed() => closed |= changed.is_err(),
             () = watched.poke.notified() => {}
         }
-    }
-    // The agent is gone without saying why (it cannot, but never go silent).
-    if !watched.quiet.load(Ordering::SeqCst) && last != STATE_STOPPED {
-        events.emit(STATE_STOPPED, "stopped");
     }
 }

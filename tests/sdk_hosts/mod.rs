@@ -3,6 +3,9 @@
 //! against a fixture gateway, and a host program (the C example, a Python or
 //! Java script) run as a child whose output lines the test waits on.
 
+// Each test file uses some of these.
+#![allow(dead_code)]
+
 use crate::common::{within, TestGateway, TOKEN};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -111,4 +114,61 @@ impl Host {
             .expect("the host's status");
         assert!(status.success(), "{status}; it printed {:?}", self.seen);
     }
+}
+
+/// The customer's side of `serve_pause_resume` (the Python and Java hosts
+/// run the same script): `host` runs an agent on 127.0.0.2 against `net`
+/// with its state in `state`; this makes the customer's requests to `target`
+/// and checks what the gateway does at each step.
+pub async fn serve_pause_resume(
+    mut host: Host,
+    net: &TestGateway,
+    target: std::net::SocketAddr,
+    state: &Path,
+) {
+    use crate::common::processes::{customer, exit_of};
+    use crate::common::{PASSWORD, USER};
+    host.expect("bad config refused").await;
+    let joined = host.expect("joined ").await;
+    assert!(joined.contains("in US"), "{joined}");
+    let client = customer("127.0.0.1", net.proxy(), Some((USER, PASSWORD)));
+    assert_eq!(
+        exit_of(&client, target).await,
+        (200, "127.0.0.2".to_owned())
+    );
+
+    host.say("served").await;
+    host.expect("paused").await;
+    let directory = net.gateway.directory();
+    within(
+        "the gateway stops routing to the paused agent",
+        directory.wait_for_census(|c| c.agents == 1 && c.accepting == 0),
+    )
+    .await;
+    let (status, _) = exit_of(&client, target).await;
+    assert_eq!(status, 502, "the only agent is paused");
+
+    host.say("resume").await;
+    host.expect("resumed").await;
+    within(
+        "the gateway routes to it again",
+        directory.wait_for_census(|c| c.accepting == 1),
+    )
+    .await;
+    assert_eq!(
+        exit_of(&client, target).await,
+        (200, "127.0.0.2".to_owned())
+    );
+
+    host.say("stop").await;
+    assert_eq!(host.expect("stopped ").await, "shut down");
+    within("the agent leaves", directory.wait_for_count(|n| *n == 0)).await;
+    host.expect("done").await;
+    host.succeeds().await;
+
+    // Consent and key are gone; what was shared is still there to show.
+    assert!(!state.join(exitpool::agent::consent::CONSENT_FILE).exists());
+    assert!(!state.join("device-key").exists());
+    let report = exitpool::agent::report::load(state).unwrap();
+    assert_eq!(report.iter().map(|day| day.streams).sum::<u64>(), 2);
 }
