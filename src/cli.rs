@@ -29,9 +29,56 @@ pub fn run(name: &str, threads: usize, main: impl Future<Output = anyhow::Result
     match runtime.block_on(main) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{name}: {error:#}");
+            eprintln!("{name}: {}", cause_chain(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes, `: `-separated, each said once: many errors
+/// repeat their source in their own message (`binding 127.0.0.1:8080: Address
+/// already in use`), and printing the chain as well said the OS's words twice.
+pub fn cause_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("binding {addr}: {source}")]
+    struct Bind {
+        addr: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let os = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let error = anyhow::Error::new(Bind {
+            addr: "127.0.0.1:8080",
+            source: os,
+        })
+        .context("starting the gateway");
+        let text = cause_chain(&error);
+        assert_eq!(text.matches("address in use").count(), 1, "{text}");
+        assert!(
+            text.starts_with("starting the gateway: binding 127.0.0.1:8080"),
+            "{text}"
+        );
     }
 }
 

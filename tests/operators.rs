@@ -525,7 +525,7 @@ async fn the_binary_refuses_an_open_admin_port_without_a_token() {
             "--user",
             "a:b",
             "--agent-token",
-            "t",
+            TOKEN,
         ])
         .arg("--state-dir")
         .arg(dir.path())

@@ -483,17 +483,24 @@ async fn one_network_holds_a_bounded_number_of_agents() {
     assert_eq!(net.gateway.directory().len(), 3);
 }
 
+/// An enrolment token for one device at a time.
+const CAPPED: &str = "capped-token-0b7e3d9f2a4c6e8b1d3f5a7c9e2b4d6f";
+
 #[tokio::test]
 async fn an_enrolment_token_holds_at_most_its_max_agents() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("agent-tokens");
-    std::fs::write(&tokens, "# one device only\ncapped max_agents=1\n").unwrap();
+    std::fs::write(
+        &tokens,
+        format!("# one device only\n{CAPPED} max_agents=1\n"),
+    )
+    .unwrap();
     let net = TestGateway::start_with(|config| config.agent_tokens_file = Some(tokens)).await;
     let capped = |ip: &str| {
         exitpool::agent::Agent::builder(
             net.gateway.tunnel_addr().to_string(),
             net.gateway.pin().parse().unwrap(),
-            "capped",
+            CAPPED,
         )
         .bind(ip.parse::<std::net::IpAddr>().unwrap())
         .allow_private(true)

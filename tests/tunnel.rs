@@ -276,12 +276,29 @@ async fn the_certificate_and_pin_survive_a_restart() {
 async fn the_real_binaries_serve_curl_as_the_readme_shows() {
     let state = tempfile::tempdir().unwrap();
     let state_arg = state.path().to_str().unwrap();
-    // `gateway pin` prints the pin agents need, creating the certificate.
-    let pin_output = Launch::new(env!("CARGO_BIN_EXE_gateway"))
+    // `gateway pin` on a directory without an identity refuses to make one up…
+    let refused = Launch::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["pin", "--state-dir", state_arg])
         .run(WAIT)
         .await
         .expect("gateway pin");
+    assert!(!refused.status.success(), "{}", refused.stdout);
+    assert!(
+        refused.stdout.is_empty(),
+        "no pin printed: {}",
+        refused.stdout
+    );
+    assert!(
+        refused.stderr.contains("no gateway identity") && refused.stderr.contains("--init"),
+        "{}",
+        refused.stderr
+    );
+    // … and with --init prints the pin agents need, creating the certificate.
+    let pin_output = Launch::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["pin", "--init", "--state-dir", state_arg])
+        .run(WAIT)
+        .await
+        .expect("gateway pin --init");
     let pin = pin_output.stdout.trim().to_owned();
     assert!(pin.starts_with("sha256:") && pin.len() == 71, "{pin}");
 

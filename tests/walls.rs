@@ -277,3 +277,148 @@ async fn a_plaintext_accounts_refusal_costs_what_every_refusal_costs() {
     assert_eq!(right.status, 200, "{right:?}");
     assert_eq!(net.metric(hashes).await - before, 3);
 }
+
+/// Runs the gateway binary with `args` to its end.
+async fn gateway_run(args: &[&str]) -> exitpool_launcher::Finished {
+    exitpool_launcher::Launch::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(args)
+        .run(WAIT)
+        .await
+        .expect("the gateway binary runs")
+}
+
+/// Item 18: `gateway token new` prints a fresh 256-bit token; a token that
+/// cannot hold 128 bits is refused at start, naming the flag and the remedy.
+#[tokio::test]
+async fn agent_tokens_are_made_strong_and_weak_ones_refused() {
+    let first = gateway_run(&["token", "new"]).await;
+    let second = gateway_run(&["token", "new"]).await;
+    assert!(first.status.success(), "{}", first.stderr);
+    let (first, second) = (first.stdout.trim(), second.stdout.trim());
+    assert_eq!(first.len(), 64, "{first}");
+    assert!(first.chars().all(|c| c.is_ascii_hexdigit()), "{first}");
+    assert_ne!(first, second);
+
+    let state = tempfile::tempdir().unwrap();
+    let weak = gateway_run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tunnel",
+        "127.0.0.1:0",
+        "--no-admin",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "--user",
+        "alice:s3cret",
+        "--agent-token",
+        "test-token",
+    ])
+    .await;
+    assert!(!weak.status.success());
+    for said in ["--agent-token", "at least 128 bits", "gateway token new"] {
+        assert!(
+            weak.stderr.contains(said),
+            "{said:?} not in {}",
+            weak.stderr
+        );
+    }
+    assert!(
+        !weak.stderr.contains("test-token"),
+        "the token itself is never printed"
+    );
+
+    let tokens = state.path().join("tokens");
+    std::fs::write(&tokens, "# a weak one\nguessable\n").unwrap();
+    let weak_file = gateway_run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tunnel",
+        "127.0.0.1:0",
+        "--no-admin",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "--user",
+        "alice:s3cret",
+        "--agent-tokens",
+        tokens.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!weak_file.status.success());
+    assert!(
+        weak_file.stderr.contains("line 2") && weak_file.stderr.contains("128 bits"),
+        "{}",
+        weak_file.stderr
+    );
+}
+
+/// Item 17: an OS error is said once, not once by our message and again by
+/// its cause.
+#[tokio::test]
+async fn an_os_error_is_said_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let failed = gateway_run(&[
+        "--listen",
+        &addr,
+        "--tunnel",
+        "127.0.0.1:0",
+        "--no-admin",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "--user",
+        "alice:s3cret",
+        "--agent-token",
+        TOKEN,
+    ])
+    .await;
+    assert!(!failed.status.success());
+    let said = failed.stderr.to_lowercase().matches("in use").count();
+    assert_eq!(said, 1, "{}", failed.stderr);
+    assert!(failed.stderr.contains(&addr), "{}", failed.stderr);
+}
+
+/// Item 16: the demo keeps its certificate and usage in a temporary
+/// directory of its own, never in the default state directory a real gateway
+/// started later would inherit, and removes it on exit.
+#[tokio::test]
+async fn the_demo_leaves_the_default_state_directory_alone() {
+    let home = tempfile::tempdir().unwrap();
+    let mut demo = exitpool_launcher::Launch::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--tunnel",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin", "127.0.0.1:0"])
+        .env("XDG_STATE_HOME", home.path())
+        .env("HOME", home.path())
+        .start(exitpool_launcher::Ready::line("demo: Ctrl-C to stop"), WAIT)
+        .await
+        .expect("the demo starts");
+    // Said before the ready line.
+    let out = demo.stdout();
+    let line = out
+        .lines()
+        .find(|line| line.starts_with("demo: state in "))
+        .unwrap_or_else(|| panic!("the demo says where its state is:\n{out}"));
+    let dir = line
+        .split("demo: state in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (").next())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("a directory in {line:?}"));
+    assert!(dir.join("gateway-cert.der").exists(), "{}", dir.display());
+    assert!(!dir.starts_with(home.path()));
+    let default_state = std::fs::read_dir(home.path()).unwrap().count();
+    assert_eq!(
+        default_state, 0,
+        "nothing written under the default state home"
+    );
+    demo.signal(exitpool_launcher::Signal::Term).unwrap();
+    let status = demo.exited(WAIT).await.expect("the demo stops");
+    assert!(status.success(), "{}", demo.tail());
+    assert!(!dir.exists(), "{} removed on exit", dir.display());
+}

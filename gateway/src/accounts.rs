@@ -276,6 +276,7 @@ pub fn parse_agent_tokens(text: &str, path: &Path) -> Result<Vec<AgentToken>, Ac
         if token.chars().any(char::is_control) {
             return Err(fail("a token may not contain control characters".into()));
         }
+        crate::auth::check_token_strength(token).map_err(fail)?;
         let mut entry = AgentToken::unlimited(token);
         for option in words {
             match option.split_once('=') {
@@ -492,20 +493,46 @@ password_hash = "{HASH}"
     #[test]
     fn token_files_skip_comments() {
         let path = Path::new("tokens");
+        let (first, second) = (crate::auth::generate_token(), crate::auth::generate_token());
+        let text = format!("# fleet A\n\n  {first}  \n{second} max_agents=3\n");
         assert_eq!(
-            parse_agent_tokens("# fleet A\n\n  t0ken  \nsecond max_agents=3\n", path).unwrap(),
+            parse_agent_tokens(&text, path).unwrap(),
             vec![
-                AgentToken::unlimited("t0ken"),
+                AgentToken::unlimited(first.clone()),
                 AgentToken {
                     max_agents: Some(3),
-                    ..AgentToken::unlimited("second")
+                    ..AgentToken::unlimited(second)
                 }
             ]
         );
-        for bad in ["a b\n", "a max_agents=0\n", "a max_agents=lots\n"] {
-            let error = parse_agent_tokens(bad, path).unwrap_err().to_string();
+        for bad in [
+            format!("{first} b\n"),
+            format!("{first} max_agents=0\n"),
+            format!("{first} max_agents=lots\n"),
+            "t0ken\n".to_owned(),
+        ] {
+            let error = parse_agent_tokens(&bad, path).unwrap_err().to_string();
             assert!(error.contains("line 1"), "{error}");
         }
+    }
+
+    #[test]
+    fn weak_tokens_are_refused_and_generated_ones_pass() {
+        use crate::auth::check_token_strength;
+        for weak in [
+            "",
+            "t",
+            "test-token",
+            "capped",
+            "0123456789abcdef0123456789abcde",
+        ] {
+            let error = check_token_strength(weak).unwrap_err();
+            assert!(error.contains("gateway token new"), "{error}");
+        }
+        // 32 hex digits are 128 bits; 22 characters of base64url hold 132.
+        check_token_strength("0123456789abcdef0123456789abcdef").unwrap();
+        check_token_strength("Zq3_x9-LmP0aB7cD2eF4gH").unwrap();
+        check_token_strength(&crate::auth::generate_token()).unwrap();
     }
 
     #[test]

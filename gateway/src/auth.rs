@@ -506,6 +506,46 @@ impl std::fmt::Debug for AgentTokens {
     }
 }
 
+/// Least randomness an agent token must carry, in bits: a token is a
+/// password anyone on the internet may guess at the tunnel port.
+pub const MIN_TOKEN_BITS: u32 = 128;
+
+/// A new agent token: 32 random bytes in hex (256 bits).
+pub fn generate_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// Refuses a token that cannot hold [`MIN_TOKEN_BITS`]: its length times the
+/// bits per character of the smallest alphabet it is written in (hex digits,
+/// or the classes it uses: lower case, upper case, digits, other printable).
+/// An estimate from above, so a refusal is certain and a pass is not a proof.
+pub fn check_token_strength(token: &str) -> Result<(), String> {
+    let alphabet: u32 = if !token.is_empty() && token.chars().all(|c| c.is_ascii_hexdigit()) {
+        16
+    } else {
+        let classes: [(fn(&char) -> bool, u32); 4] = [
+            (char::is_ascii_lowercase, 26),
+            (char::is_ascii_uppercase, 26),
+            (char::is_ascii_digit, 10),
+            (|c: &char| !c.is_ascii_alphanumeric(), 33),
+        ];
+        classes
+            .iter()
+            .filter(|(class, _)| token.chars().any(|c| class(&c)))
+            .map(|(_, size)| size)
+            .sum()
+    };
+    let bits = token.chars().count() as f64 * f64::from(alphabet.max(1)).log2();
+    if bits < f64::from(MIN_TOKEN_BITS) {
+        return Err(format!(
+            "an agent token must carry at least {MIN_TOKEN_BITS} bits of randomness; \
+             this one ({} characters) holds at most {bits:.0}: make one with `gateway token new`",
+            token.chars().count()
+        ));
+    }
+    Ok(())
+}
+
 /// One enrolment token and how many agents may use it at once.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AgentToken {

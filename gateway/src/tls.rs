@@ -46,18 +46,26 @@ impl std::fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// Loads the identity from `state_dir`, creating and saving one on first start.
-    pub fn load_or_create(state_dir: &Path) -> Result<Identity, IdentityError> {
+    /// Loads the identity from `state_dir`; `None` when it holds none.
+    pub fn load(state_dir: &Path) -> Result<Option<Identity>, IdentityError> {
         let cert_path = state_dir.join(CERT_FILE);
         let key_path = state_dir.join(KEY_FILE);
-        if cert_path.exists() && key_path.exists() {
-            let cert = read(&cert_path)?;
-            let key = read(&key_path)?;
-            return Ok(Identity {
-                cert: CertificateDer::from(cert),
-                key: PrivatePkcs8KeyDer::from(key),
-            });
+        if !(cert_path.exists() && key_path.exists()) {
+            return Ok(None);
         }
+        Ok(Some(Identity {
+            cert: CertificateDer::from(read(&cert_path)?),
+            key: PrivatePkcs8KeyDer::from(read(&key_path)?),
+        }))
+    }
+
+    /// Loads the identity from `state_dir`, creating and saving one on first start.
+    pub fn load_or_create(state_dir: &Path) -> Result<Identity, IdentityError> {
+        if let Some(identity) = Identity::load(state_dir)? {
+            return Ok(identity);
+        }
+        let cert_path = state_dir.join(CERT_FILE);
+        let key_path = state_dir.join(KEY_FILE);
         let generated = rcgen::generate_simple_self_signed(vec!["exitpool-gateway".to_owned()])?;
         let identity = Identity {
             cert: generated.cert.der().clone(),

@@ -99,7 +99,8 @@ struct Args {
     #[arg(long = "geoip", value_name = "FILE")]
     geoip: Vec<PathBuf>,
     /// Start with a local agent and a demo user, make one request through them,
-    /// and print how to try it.
+    /// and print how to try it; state goes to a temporary directory unless
+    /// --state-dir is given.
     #[arg(long)]
     demo: bool,
     /// Runtime worker threads; 0 is one per core.
@@ -216,13 +217,28 @@ enum Command {
     /// Read a customer password on standard input and print its hash for the
     /// `password_hash` key of the users file.
     HashPassword,
-    /// Print the certificate pin agents need (sha256:...), creating the certificate
-    /// if needed.
+    /// Print the certificate pin agents need (sha256:...) from the state
+    /// directory's identity; with --init, create the identity if there is none.
     Pin {
         /// Where the certificate lives.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Create the identity (certificate and key) if the directory holds none.
+        #[arg(long)]
+        init: bool,
     },
+    /// Agent enrolment tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Print a new random agent token (256 bits) for --agent-token or a line
+    /// of the --agent-tokens file.
+    New,
 }
 
 fn main() -> ExitCode {
@@ -232,6 +248,27 @@ fn main() -> ExitCode {
         LogFormat::Json => exitpool::logs::LogFormat::Json,
     });
     exitpool::cli::run("gateway", args.threads, run(args))
+}
+
+/// `gateway pin`: the pin of `dir`'s identity. Without `init`, a directory
+/// holding none is an error: a pin made up on the spot would match no gateway.
+fn print_pin(dir: &std::path::Path, init: bool) -> anyhow::Result<()> {
+    use exitpool::gateway::tls::Identity;
+    let identity = match Identity::load(dir)? {
+        Some(identity) => identity,
+        None if init => {
+            exitpool::gateway::state::ensure_dir(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            Identity::load_or_create(dir)?
+        }
+        None => bail!(
+            "{} holds no gateway identity (no certificate and key): point --state-dir at the \
+             gateway's state directory, or add --init to create a new identity there",
+            dir.display()
+        ),
+    };
+    println!("{}", identity.pin());
+    Ok(())
 }
 
 /// `gateway hash-password`: the first line of standard input, hashed.
@@ -250,22 +287,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::HashPassword) = &args.command {
         return hash_password();
     }
-    if let Some(Command::Pin { state_dir }) = &args.command {
+    if let Some(Command::Token {
+        action: TokenAction::New,
+    }) = &args.command
+    {
+        println!("{}", exitpool::gateway::auth::generate_token());
+        return Ok(());
+    }
+    if let Some(Command::Pin { state_dir, init }) = &args.command {
         let dir = state_dir
             .clone()
             .or(args.state_dir.clone())
             .unwrap_or_else(exitpool::gateway::state::default_dir);
-        exitpool::gateway::state::ensure_dir(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let identity = exitpool::gateway::tls::Identity::load_or_create(&dir)?;
-        println!("{}", identity.pin());
-        return Ok(());
+        return print_pin(&dir, *init);
     }
-    let mut config = GatewayConfig::new(
-        args.state_dir
-            .clone()
-            .unwrap_or_else(exitpool::gateway::state::default_dir),
-    );
+    // The demo keeps its certificate and usage out of the default state
+    // directory, where a real gateway started later would inherit them: in a
+    // temporary directory removed on exit, unless --state-dir names one.
+    let demo_state = match (args.demo, &args.state_dir) {
+        (true, None) => Some(
+            tempfile::Builder::new()
+                .prefix("exitpool-demo-")
+                .tempdir()
+                .context("creating the demo's temporary state directory")?,
+        ),
+        _ => None,
+    };
+    let state_dir = match (&demo_state, &args.state_dir) {
+        (Some(temporary), _) => temporary.path().to_owned(),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => exitpool::gateway::state::default_dir(),
+    };
+    let mut config = GatewayConfig::new(state_dir);
     config.listen = args.listen;
     config.tunnel = args.tunnel;
     config.tunnel_tcp = match (args.no_tunnel_tcp, args.tunnel_tcp) {
@@ -328,6 +381,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|spec| Customer::parse(spec).with_context(|| "in --user"))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for token in &args.agent_tokens {
+        exitpool::gateway::auth::check_token_strength(token)
+            .map_err(|weak| anyhow::anyhow!("in --agent-token: {weak}"))?;
+    }
     let mut tokens = args.agent_tokens.clone();
     let demo = args.demo.then(|| {
         let password = hex::encode(rand::random::<[u8; 8]>());
@@ -372,6 +429,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(admin) = gateway.admin_addr() {
         println!("gateway: stats on http://{admin}/stats");
+    }
+    if let Some(temporary) = &demo_state {
+        println!(
+            "demo: state in {} (removed on exit; --state-dir keeps it)",
+            temporary.path().display()
+        );
     }
     let _demo = match &demo {
         Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
