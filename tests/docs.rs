@@ -2,8 +2,9 @@
 //! the error table in `docs/errors.md` against `ProxyError::presentation` for
 //! every variant; every flag `gateway --help` and `agent --help` print against
 //! the operators and volunteers chapters; every relative link and `#anchor`
-//! between `README.md` and `docs/` against the files and their headings; and the
-//! README's size and first screen.
+//! between `README.md` and `docs/` against the files and their headings; every
+//! dependency of every manifest against the README's "Dependencies and why"; and
+//! the README's size and first screen.
 
 use exitpool::gateway::error::ProxyError;
 use exitpool_launcher::Launch;
@@ -610,6 +611,98 @@ fn the_link_checker_knows_githubs_anchors() {
         Some("README.md")
     );
     assert_eq!(resolve("README.md", "../outside.md"), None);
+}
+
+// ---------------------------------------------------------------------------
+// Dependencies
+
+/// The dependencies a `Cargo.toml` names in its `[*dependencies]` sections
+/// (`name = ...` and `name.workspace = true`), the workspace's own crates left out.
+fn dependencies(manifest: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut in_dependencies = false;
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_dependencies = line.trim_end_matches(']').ends_with("dependencies");
+            continue;
+        }
+        if !in_dependencies || line.starts_with('#') {
+            continue;
+        }
+        let name: String = line
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            .collect();
+        if !name.is_empty() && !name.starts_with("exitpool") {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+/// Every manifest of the workspace: the root, each member, and `fuzz/` (a
+/// workspace of its own).
+fn manifests() -> Vec<String> {
+    let root_manifest = read("Cargo.toml");
+    let members = root_manifest
+        .split_once("members")
+        .and_then(|(_, rest)| rest.split_once('['))
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(list, _)| list)
+        .expect("the workspace lists its members");
+    let mut out = vec!["Cargo.toml".to_owned(), "fuzz/Cargo.toml".to_owned()];
+    out.extend(
+        members
+            .split(',')
+            .map(|member| member.trim().trim_matches('"'))
+            .filter(|member| !member.is_empty())
+            .map(|member| format!("{member}/Cargo.toml")),
+    );
+    out
+}
+
+#[test]
+fn the_readme_says_why_each_dependency_is_there() {
+    let readme = read("README.md");
+    let section = readme
+        .split_once("## Dependencies and why")
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
+        .expect("README.md has a `## Dependencies and why` section");
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for manifest in manifests() {
+        for dependency in dependencies(&read(&manifest)) {
+            seen += 1;
+            let named = section.match_indices(dependency.as_str()).any(|(at, _)| {
+                let before = section[..at].chars().next_back();
+                let after = section[at + dependency.len()..].chars().next();
+                let part = |c: Option<char>| {
+                    c.is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+                };
+                !part(before) && !part(after)
+            });
+            if !named {
+                problems.push(format!(
+                    "{manifest}: `{dependency}` is not in the README's \"Dependencies and why\""
+                ));
+            }
+        }
+    }
+    assert!(
+        seen > 30,
+        "only {seen} dependencies read: the manifest reader is broken"
+    );
+    assert_none(&problems, "README.md's dependency list");
+}
+
+#[test]
+fn the_manifest_reader_reads_every_dependency_form() {
+    let manifest = "[package]\nname = \"x\"\n[dependencies]\n# a comment\ntokio.workspace = true\nring = \"0.17\"\nexitpool-agent = { path = \"agent\" }\n[dev-dependencies]\nproptest = \"1\"\n[profile.dev]\nopt-level = 3\n";
+    assert_eq!(
+        dependencies(manifest),
+        BTreeSet::from(["proptest".to_owned(), "ring".to_owned(), "tokio".to_owned()])
+    );
 }
 
 // ---------------------------------------------------------------------------
