@@ -12,10 +12,11 @@ use crate::handle::AgentHandle;
 use crate::interfaces::InterfaceSource;
 use crate::meter::{Limits, Meter, Period};
 use crate::policy::ExitPolicy;
+use crate::report::Report;
+use crate::schedule::{self, Clock, Schedule, ScheduleState};
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::tls::Pin;
-use crate::report::Report;
 use crate::{consent, state, status, tunnel};
 use exitpool_protocol::{Secret, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
 use std::net::{IpAddr, SocketAddr};
@@ -57,6 +58,8 @@ impl Agent {
                 race_delay: DEFAULT_RACE_DELAY,
                 quic_retry: DEFAULT_QUIC_RETRY,
                 move_drain: DEFAULT_MOVE_DRAIN,
+                schedule: None,
+                clock: Clock::System,
             },
             require_consent: false,
         }
@@ -224,6 +227,21 @@ impl AgentBuilder {
         self
     }
 
+    /// Shares by `schedule` (windows, rate caps, a monthly cap); see
+    /// [`crate::schedule`].
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.config.schedule = Some(schedule);
+        self
+    }
+
+    /// Reads the schedule's time from `time` instead of the system clock:
+    /// every change is applied at once (tests; apps with a time source of
+    /// their own).
+    pub fn clock(mut self, time: watch::Receiver<std::time::SystemTime>) -> Self {
+        self.config.clock = Clock::Manual(time);
+        self
+    }
+
     /// The configuration so far.
     pub fn config(&self) -> &AgentConfig {
         &self.config
@@ -274,6 +292,14 @@ impl AgentBuilder {
                 path: self.config.state_dir.clone().unwrap_or_default(),
                 source,
             })?;
+        let schedule = ScheduleState::load(
+            self.config.schedule.as_ref(),
+            self.config.state_dir.as_deref(),
+        )
+        .map_err(|source| AgentError::State {
+            path: self.config.state_dir.clone().unwrap_or_default(),
+            source,
+        })?;
         if self.config.policy.allows_private() {
             tracing::warn!("--allow-private is on: this agent will dial loopback and private networks. Use it for local testing only.");
         }
@@ -283,6 +309,8 @@ impl AgentBuilder {
             agent_id: device_key.agent_id(),
             device_key,
             paused: watch::Sender::new(false),
+            pause_reasons: Default::default(),
+            schedule,
             session: watch::Sender::new(None),
             counters: Counters::default(),
             meter,
@@ -300,6 +328,8 @@ impl AgentBuilder {
             None => None,
         };
         let summaries = tokio::spawn(status::summaries(shared.clone(), shutdown.clone()));
+        // Ends with the shutdown token; its ledger is saved with the usage.
+        tokio::spawn(schedule::run(shared.clone(), shutdown.clone()));
         // Ends with the shutdown token; nothing to save, so nothing to await.
         tokio::spawn(status::refusal_summaries(shared.clone(), shutdown.clone()));
         let tunnel = tokio::spawn(run(shared.clone(), shutdown.clone()));

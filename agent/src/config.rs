@@ -4,6 +4,7 @@
 use crate::interfaces::InterfaceSource;
 use crate::meter::Limits;
 use crate::policy::ExitPolicy;
+use crate::schedule::{Clock, Schedule};
 use crate::tls::Pin;
 use exitpool_protocol::Secret;
 use std::net::{IpAddr, SocketAddr};
@@ -146,4 +147,9 @@ pub struct AgentConfig {
     /// Longest a TCP tunnel left for QUIC keeps serving its live streams;
     /// default [`DEFAULT_MOVE_DRAIN`].
     pub move_drain: Duration,
+    /// When to share and how fast, and the monthly byte cap; `None` shares
+    /// all the time.
+    pub schedule: Option<Schedule>,
+    /// Where the schedule reads the time; default the system clock.
+    pub clock: Clock,
 }

@@ -3,7 +3,7 @@
 //! drains first.
 
 use crate::error::AgentError;
-use crate::shared::Shared;
+use crate::shared::{PauseReason, Shared};
 use crate::stats::{AgentStats, SessionInfo};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,12 +52,12 @@ impl AgentHandle {
 
     /// Stops taking new streams (live ones continue); the gateway stops routing here.
     pub fn pause(&self) {
-        self.shared.paused.send_replace(true);
+        self.shared.set_paused(PauseReason::User, true);
     }
 
-    /// Takes new streams again.
+    /// Takes new streams again, unless the schedule pauses sharing now.
     pub fn resume(&self) {
-        self.shared.paused.send_replace(false);
+        self.shared.set_paused(PauseReason::User, false);
     }
 
     /// The tunnel's state as it changes: `Some` while connected and welcomed,
@@ -65,6 +65,14 @@ impl AgentHandle {
     /// welcomed again (for an app's "connected" indicator, say).
     pub fn session(&self) -> tokio::sync::watch::Receiver<Option<SessionInfo>> {
         self.shared.session.subscribe()
+    }
+
+    /// The schedule's window in force and what is left of its monthly cap,
+    /// as they change (`None` without a schedule).
+    pub fn schedule(
+        &self,
+    ) -> tokio::sync::watch::Receiver<Option<crate::schedule::ScheduleStatus>> {
+        self.shared.schedule.status.subscribe()
     }
 
     /// Waits until the agent is connected and welcomed, and returns what the

@@ -33,6 +33,9 @@
 //! - [`policy`]: which destinations are never dialled;
 //! - [`interfaces`]: the device's own addresses, which the policy refuses;
 //! - [`meter`]: the owner's bandwidth cap and byte quota;
+//! - [`schedule`]: windows of local time with their own rate caps or a pause,
+//!   and a monthly byte cap;
+//! - [`file_config`]: `agent.toml`, the volunteer's configuration file;
 //! - [`status`]: the periodic summary line and the optional local status endpoint;
 //! - [`tls`]: trusting the gateway by its certificate pin;
 //! - [`state`]: the agent's id, kept on the device;
@@ -52,10 +55,12 @@ mod stats;
 
 pub mod consent;
 pub mod dial;
+pub mod file_config;
 pub mod interfaces;
 pub mod meter;
 pub mod policy;
 pub mod report;
+pub mod schedule;
 pub mod state;
 pub mod status;
 pub mod tls;

@@ -8,8 +8,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
@@ -85,8 +85,12 @@ struct SavedUsage {
 #[derive(Debug)]
 pub struct Meter {
     limits: Limits,
-    to_targets: Option<DefaultDirectRateLimiter>,
-    from_targets: Option<DefaultDirectRateLimiter>,
+    /// The buckets of the cap in force; replaced whole when the schedule
+    /// changes the cap ([`Meter::set_max_rate`]), so a chunk waits on the
+    /// bucket it took.
+    buckets: RwLock<Option<Buckets>>,
+    /// The cap in force, bytes per second; 0 is uncapped.
+    max_rate: AtomicU32,
     /// Bytes sent to targets since start.
     pub bytes_up: AtomicU64,
     /// Bytes received from targets since start.
@@ -100,14 +104,6 @@ pub struct Meter {
 impl Meter {
     /// A meter with `limits`, resuming the period's usage from `state_dir`.
     pub fn new(limits: Limits, state_dir: Option<&Path>) -> std::io::Result<Meter> {
-        let bucket = |rate: NonZeroU32| {
-            // A quarter second of burst keeps the cap tight over short transfers;
-            // at least one relay chunk, so any single chunk can pass.
-            let burst = NonZeroU32::new(rate.get() / 4)
-                .unwrap_or(rate)
-                .max(NonZeroU32::new(RELAY_CHUNK as u32).expect("non-zero"));
-            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
-        };
         let state_file = state_dir.map(|dir| dir.join(USAGE_FILE));
         let key = limits.period.key(SystemTime::now());
         let saved = match &state_file {
@@ -119,8 +115,8 @@ impl Meter {
             .map_or(0, |saved| saved.bytes);
         let meter = Meter {
             limits,
-            to_targets: limits.max_rate.map(bucket),
-            from_targets: limits.max_rate.map(bucket),
+            buckets: RwLock::new(limits.max_rate.map(Buckets::new)),
+            max_rate: AtomicU32::new(limits.max_rate.map_or(0, NonZeroU32::get)),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             period_bytes: AtomicU64::new(period_bytes),
@@ -135,6 +131,23 @@ impl Meter {
     /// The configured limits.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The bandwidth cap in force now (the configured one unless the
+    /// schedule changed it).
+    pub fn max_rate(&self) -> Option<NonZeroU32> {
+        NonZeroU32::new(self.max_rate.load(Ordering::Relaxed))
+    }
+
+    /// Replaces the bandwidth cap in force (for all streams, from their next
+    /// chunk); a cap equal to the one in force changes nothing.
+    pub fn set_max_rate(&self, rate: Option<NonZeroU32>) {
+        let mut buckets = self.buckets.write().expect("buckets lock");
+        if self.max_rate() != rate {
+            *buckets = rate.map(Buckets::new);
+            self.max_rate
+                .store(rate.map_or(0, NonZeroU32::get), Ordering::Relaxed);
+        }
     }
 
     /// Bytes relayed in the current period.
@@ -195,6 +208,32 @@ impl Meter {
     }
 }
 
+/// One token bucket per direction for a cap.
+#[derive(Debug)]
+struct Buckets {
+    to_targets: Arc<DefaultDirectRateLimiter>,
+    from_targets: Arc<DefaultDirectRateLimiter>,
+}
+
+impl Buckets {
+    fn new(rate: NonZeroU32) -> Buckets {
+        // A quarter second of burst keeps the cap tight over short transfers;
+        // at least one relay chunk, so any single chunk can pass.
+        let burst = NonZeroU32::new(rate.get() / 4)
+            .unwrap_or(rate)
+            .max(NonZeroU32::new(RELAY_CHUNK as u32).expect("non-zero"));
+        let bucket = || {
+            Arc::new(RateLimiter::direct(
+                Quota::per_second(rate).allow_burst(burst),
+            ))
+        };
+        Buckets {
+            to_targets: bucket(),
+            from_targets: bucket(),
+        }
+    }
+}
+
 fn load(path: &Path) -> std::io::Result<Option<SavedUsage>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
@@ -210,10 +249,10 @@ fn load(path: &Path) -> std::io::Result<Option<SavedUsage>> {
 
 impl Throttle for Meter {
     async fn pass(&self, direction: Direction, bytes: usize) {
-        let (counter, bucket) = match direction {
+        let counter = match direction {
             // The agent's QUIC side faces the gateway: QUIC -> TCP goes to targets.
-            Direction::QuicToTcp => (&self.bytes_up, &self.to_targets),
-            Direction::TcpToQuic => (&self.bytes_down, &self.from_targets),
+            Direction::QuicToTcp => &self.bytes_up,
+            Direction::TcpToQuic => &self.bytes_down,
         };
         counter.fetch_add(bytes as u64, Ordering::Relaxed);
         let before = self.period_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -224,6 +263,15 @@ impl Throttle for Meter {
         {
             self.update_exhausted();
         }
+        let bucket = self
+            .buckets
+            .read()
+            .expect("buckets lock")
+            .as_ref()
+            .map(|buckets| match direction {
+                Direction::QuicToTcp => buckets.to_targets.clone(),
+                Direction::TcpToQuic => buckets.from_targets.clone(),
+            });
         if let (Some(bucket), Some(cells)) = (bucket, NonZeroU32::new(bytes as u32)) {
             // Chunks never exceed the burst (see `new`), so this cannot fail.
             let _ = bucket.until_n_ready(cells).await;

@@ -9,9 +9,19 @@ use crate::meter::Meter;
 use crate::policy::ExitPolicy;
 use crate::report::Report;
 use crate::stats::{AgentStats, Counters, SessionInfo};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
+
+/// Why sharing is paused; `Shared::paused` holds while any reason does, so
+/// the owner's pause and the schedule's never undo each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PauseReason {
+    /// [`crate::AgentHandle::pause`].
+    User = 1,
+    /// The schedule: outside its windows, or the monthly cap spent.
+    Schedule = 2,
+}
 
 /// State the agent's tasks and its handle share.
 #[derive(Debug)]
@@ -21,7 +31,13 @@ pub(crate) struct Shared {
     pub agent_id: String,
     /// Proves `agent_id` to the gateway at every connection.
     pub device_key: exitpool_protocol::DeviceKey,
+    /// What the tunnel sees: whether any [`PauseReason`] holds. Set it with
+    /// [`Shared::set_paused`].
     pub paused: watch::Sender<bool>,
+    /// The [`PauseReason`]s that hold, as bits.
+    pub pause_reasons: AtomicU8,
+    /// The schedule's status and monthly-cap ledger (see `schedule`).
+    pub schedule: crate::schedule::ScheduleState,
     pub session: watch::Sender<Option<SessionInfo>>,
     /// The configured policy plus the own addresses as last read; each new
     /// stream takes the one in force when it starts.
@@ -39,6 +55,24 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Sets or clears one reason to pause, and `paused` to whether any holds.
+    pub fn set_paused(&self, reason: PauseReason, on: bool) {
+        let bit = reason as u8;
+        if on {
+            self.pause_reasons.fetch_or(bit, Ordering::SeqCst);
+        } else {
+            self.pause_reasons.fetch_and(!bit, Ordering::SeqCst);
+        }
+        // Read under the watch's lock, so of two racing setters the last
+        // one to take it publishes both reasons.
+        self.paused.send_if_modified(|paused| {
+            let any = self.pause_reasons.load(Ordering::SeqCst) != 0;
+            let changed = *paused != any;
+            *paused = any;
+            changed
+        });
+    }
+
     /// Whether new streams are taken: not paused and not over quota.
     pub fn accepting(&self) -> bool {
         !*self.paused.borrow() && !self.meter.is_exhausted()
@@ -78,7 +112,10 @@ impl Shared {
             period_bytes: self.meter.period_bytes(),
             quota_bytes: limits.quota_bytes,
             quota_exhausted: self.meter.is_exhausted(),
-            max_rate: limits.max_rate.map(|rate| rate.get()),
+            max_rate: self.meter.max_rate().map(|rate| rate.get()),
+            paused_by_owner: self.pause_reasons.load(Ordering::SeqCst) & PauseReason::User as u8
+                != 0,
+            schedule: self.schedule.status.borrow().clone(),
             consent_required: self.require_consent,
             consent: self.consent.borrow().clone(),
             stopped: self.stopped.borrow().clone(),

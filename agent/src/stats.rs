@@ -95,8 +95,15 @@ pub struct AgentStats {
     pub quota_bytes: Option<u64>,
     /// Whether the quota is used up (sharing stops until the next period).
     pub quota_exhausted: bool,
-    /// The bandwidth cap per direction, bytes per second, if any.
+    /// The bandwidth cap per direction in force now, bytes per second, if
+    /// any: the owner's, or the schedule window's where that is lower.
     pub max_rate: Option<u32>,
+    /// Whether the owner paused sharing ([`crate::AgentHandle::pause`]);
+    /// `paused` also holds while the schedule pauses it.
+    pub paused_by_owner: bool,
+    /// The schedule in force and what is left of its monthly cap, if the
+    /// agent has a schedule.
+    pub schedule: Option<crate::schedule::ScheduleStatus>,
     /// Whether this agent waits for the owner's consent before it connects
     /// (every agent started through the SDK does).
     pub consent_required: bool,

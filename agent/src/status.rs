@@ -48,6 +48,7 @@ async fn save_usage(shared: &Arc<Shared>) {
     shared.fold_report();
     match tokio::task::spawn_blocking(move || {
         saving.meter.save()?;
+        saving.schedule.save()?;
         saving.report.save()
     })
     .await
