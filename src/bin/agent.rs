@@ -1,55 +1,71 @@
-//! The `agent` binary: flags, logging, and the agent library until Ctrl-C/SIGTERM.
+//! The `agent` binary: flags laid over `agent.toml` (`--config`), `agent
+//! check-config FILE`, logging, and the agent library until Ctrl-C/SIGTERM.
+//! The file model is the library's (`exitpool_agent::file_config`).
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use exitpool::agent::file_config::{self, Settings, TOKEN_ENV};
 use exitpool::agent::policy::PortRange;
-use exitpool::agent::{Agent, ExitPolicy, Period, Pin};
-use std::net::IpAddr;
-use std::path::PathBuf;
+use exitpool::agent::{consent, Period, Pin, TransportChoice};
+use exitpool::protocol::Secret;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// An exitpool exit node: shares this device's connection with the gateway's
-/// customers, never towards its own network.
+/// customers, never towards its own network. Every flag has a key in the
+/// `--config` file (docs/install.md); a flag overrides the file.
 #[derive(Debug, Parser)]
-#[command(name = "agent", version)]
+#[command(name = "agent", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Read the settings from this agent.toml; flags override it. With a
+    /// file, the agent starts only if it says `consent = true`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Gateway tunnel address, HOST:PORT (UDP for QUIC, the same port number on
     /// TCP for the TLS fallback). Repeatable, and a name with several addresses
     /// counts as several: the agent prefers one by its id and fails over to
     /// the others (all must present the same certificate, for one --pin).
-    #[arg(long, required = true, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT")]
     gateway: Vec<String>,
     /// Tunnel transport: quic, tcp (TLS over TCP, where UDP is blocked), or
     /// auto (race them, QUIC first; remember the winner; move back to QUIC).
-    #[arg(long, default_value = "auto", value_name = "quic|tcp|auto")]
-    transport: exitpool::agent::TransportChoice,
+    /// Default auto.
+    #[arg(long, value_name = "quic|tcp|auto")]
+    transport: Option<TransportChoice>,
     /// The gateway's certificate pin, as printed by `gateway pin`.
     #[arg(long)]
-    pin: Pin,
+    pin: Option<Pin>,
     /// Enrolment token from the operator.
-    #[arg(long, env = "EXITPOOL_AGENT_TOKEN", hide_env_values = true)]
-    token: String,
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
+    token: Option<String>,
     /// Local IP for the tunnel socket and for target connections.
     #[arg(long)]
     bind: Option<IpAddr>,
     /// Allow loopback and private targets. For local testing only.
     #[arg(long)]
     allow_private: bool,
-    /// Where the agent keeps its id.
+    /// Where the agent keeps its id (default $STATE_DIRECTORY under systemd,
+    /// else ~/.local/state/exitpool/agent).
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Most relay streams served at once.
-    #[arg(long, default_value_t = exitpool::agent::DEFAULT_MAX_STREAMS)]
-    max_streams: u32,
-    /// Bandwidth cap in each direction, bytes per second.
-    #[arg(long, value_name = "BYTES_PER_SEC")]
-    max_rate: Option<u32>,
-    /// Stop sharing after this many bytes (up + down) per --quota-period.
-    #[arg(long, value_name = "BYTES")]
+    /// Most relay streams served at once (default 64).
+    #[arg(long)]
+    max_streams: Option<u32>,
+    /// Bandwidth cap in each direction: bytes per second, or e.g. 2MB/s.
+    #[arg(long, value_name = "RATE", value_parser = file_config::parse_rate)]
+    max_rate: Option<NonZeroU32>,
+    /// Stop sharing after this many bytes (up + down) per --quota-period: a
+    /// number, or e.g. 10GB.
+    #[arg(long, value_name = "BYTES", value_parser = file_config::parse_size)]
     quota_bytes: Option<u64>,
-    /// The quota's period: day or month (UTC).
-    #[arg(long, default_value = "month")]
-    quota_period: Period,
+    /// The quota's period: day or month (UTC; default month).
+    #[arg(long)]
+    quota_period: Option<Period>,
     /// Ports never dialled (replaces the default 25,465,587), e.g. 25,465,587,6000-6100.
     #[arg(long, value_delimiter = ',', value_name = "PORTS")]
     deny_ports: Option<Vec<PortRange>>,
@@ -58,72 +74,145 @@ struct Args {
     allow_ports: Option<Vec<PortRange>>,
     /// Serve this agent's stats as JSON here (keep it on loopback), e.g. 127.0.0.1:9091.
     #[arg(long, value_name = "ADDR")]
-    status_listen: Option<std::net::SocketAddr>,
-    /// Seconds between the one-line status summaries in the log.
-    #[arg(long, default_value_t = 60)]
-    summary_secs: u64,
-    /// Milliseconds between keep-alives on the tunnel; two silent ones in a
-    /// row end a QUIC tunnel (degraded UDP, or a gateway gone when there are others).
-    #[arg(long, default_value_t = exitpool::protocol::KEEP_ALIVE_INTERVAL.as_millis() as u64)]
-    keep_alive_ms: u64,
-    /// Milliseconds each handshake step with a gateway may take; also how long
-    /// an unreachable gateway holds up failing over to the next.
-    #[arg(long, default_value_t = exitpool::protocol::HANDSHAKE_TIMEOUT.as_millis() as u64)]
-    handshake_timeout_ms: u64,
+    status_listen: Option<SocketAddr>,
+    /// Seconds between the one-line status summaries in the log (default 60).
+    #[arg(long)]
+    summary_secs: Option<u64>,
+    /// Milliseconds between keep-alives on the tunnel (default 15000); two
+    /// silent ones in a row end a QUIC tunnel (degraded UDP, or a gateway
+    /// gone when there are others).
+    #[arg(long)]
+    keep_alive_ms: Option<u64>,
+    /// Milliseconds each handshake step with a gateway may take (default
+    /// 10000); also how long an unreachable gateway holds up failing over.
+    #[arg(long)]
+    handshake_timeout_ms: Option<u64>,
     /// Runtime worker threads. One (the default) moves a home link's traffic with
     /// the least CPU and memory; 0 is one per core.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Checks an agent.toml as `--config` would read it: prints every problem
+    /// (file, line, key) and exits non-zero, or prints `ok`.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let _logs = exitpool::logs::init(exitpool::logs::LogFormat::Text);
-    let args = Args::parse();
-    exitpool::cli::run("agent", args.threads, run(args))
+    let mut args = Args::parse();
+    if let Some(Command::CheckConfig { file }) = &args.command {
+        return check_config(file);
+    }
+    let (settings, from_file) = match settings(&mut args) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("agent: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let threads = settings.threads.unwrap_or(1);
+    exitpool::cli::run("agent", threads, run(settings, from_file))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let mut policy = ExitPolicy::new().allow_private(args.allow_private);
-    if let Some(ports) = args.deny_ports {
-        policy = policy.with_denied_ports(ports);
+/// `agent check-config FILE`.
+fn check_config(file: &Path) -> ExitCode {
+    let token_in_env = std::env::var_os(TOKEN_ENV).is_some();
+    match file_config::load_complete(file, token_in_env) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
     }
-    if let Some(ports) = args.allow_ports {
-        policy = policy.with_allowed_ports(ports);
+}
+
+/// The flags laid over the `--config` file; whether there was a file.
+fn settings(args: &mut Args) -> anyhow::Result<(Settings, bool)> {
+    let ms = |ms: u64| Duration::from_millis(ms);
+    let flags = Settings {
+        gateways: std::mem::take(&mut args.gateway),
+        transport: args.transport,
+        pin: args.pin,
+        token: args.token.take().map(Secret),
+        bind: args.bind,
+        allow_private: args.allow_private.then_some(true),
+        state_dir: args.state_dir.take(),
+        max_streams: args.max_streams,
+        max_rate: args.max_rate,
+        quota_bytes: args.quota_bytes,
+        quota_period: args.quota_period,
+        deny_ports: args.deny_ports.take(),
+        allow_ports: args.allow_ports.take(),
+        status_listen: args.status_listen,
+        summary_interval: args.summary_secs.map(Duration::from_secs),
+        keep_alive: args.keep_alive_ms.map(ms),
+        handshake_timeout: args.handshake_timeout_ms.map(ms),
+        threads: args.threads,
+        consent: None,
+        schedule: None,
+    };
+    let Some(path) = &args.config else {
+        return Ok((flags, false));
+    };
+    let loaded = file_config::load(path)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
     }
-    let mut gateways = args.gateway.into_iter();
-    let first = gateways.next().context("--gateway HOST:PORT is required")?;
-    let mut builder = Agent::builder(first, args.pin, args.token);
-    for gateway in gateways {
-        builder = builder.gateway(gateway);
+    let mut settings = flags.or(loaded.settings);
+    if settings.state_dir.is_none() {
+        settings.state_dir = Some(default_state_dir());
     }
-    let mut builder = builder
-        .policy(policy)
-        .keep_alive(std::time::Duration::from_millis(
-            args.keep_alive_ms.max(100),
-        ))
-        .handshake_timeout(std::time::Duration::from_millis(
-            args.handshake_timeout_ms.max(100),
-        ))
-        .max_streams(args.max_streams)
-        .transport(args.transport)
-        .summary_interval(std::time::Duration::from_secs(args.summary_secs.max(1)))
-        .state_dir(
-            args.state_dir
-                .unwrap_or_else(exitpool::agent::state::default_dir),
+    let dir = settings.state_dir.clone().expect("set above");
+    // Consent is the owner's, in the file; recorded in the state directory
+    // (with its time, shown in stats), and withdrawn there when it is taken back.
+    if settings.consent != Some(true) {
+        consent::revoke(&dir, false).context("withdrawing the recorded consent")?;
+        anyhow::bail!(
+            "{}: key `consent`: {}",
+            path.display(),
+            file_config::CONSENT_MISSING
         );
-    if let Some(bind) = args.bind {
-        builder = builder.bind(bind);
     }
-    if let Some(rate) = args.max_rate {
-        builder = builder.max_rate(rate);
+    if consent::load(&dir)?.is_none() {
+        consent::record(&dir, Some(&format!("consent = true in {}", path.display())))?;
     }
-    if let Some(bytes) = args.quota_bytes {
-        builder = builder.quota(bytes, args.quota_period);
+    Ok((settings, true))
+}
+
+/// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else the library's default.
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(exitpool::agent::state::default_dir)
+}
+
+async fn run(mut settings: Settings, from_file: bool) -> anyhow::Result<()> {
+    if settings.state_dir.is_none() {
+        settings.state_dir = Some(default_state_dir());
     }
-    if let Some(addr) = args.status_listen {
-        builder = builder.status_listen(addr);
-    }
-    let mut agent = builder.spawn().context("starting the agent")?;
+    let builder = settings.builder().map_err(|missing| {
+        anyhow::anyhow!(
+            "missing {}: give --{} or put them in agent.toml (--config); the token may also be in {TOKEN_ENV}",
+            missing.join(", "),
+            missing.join(", --")
+        )
+    })?;
+    let mut agent = builder
+        .require_consent(from_file)
+        .spawn()
+        .context("starting the agent")?;
     tokio::select! {
         result = agent.finished() => result.context("the agent stopped")?,
         () = exitpool::cli::shutdown_signal() => {
