@@ -194,18 +194,6 @@ async fn a_target_that_never_accepts_is_504_after_the_connect_timeout(transport)
 }
 }
 
-/// A port number free on both UDP and TCP, for a gateway process whose QUIC
-/// and TLS/TCP tunnels share it (and keep it across a restart).
-fn free_tunnel_port() -> std::net::SocketAddr {
-    (0..64)
-        .find_map(|_| {
-            let udp = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
-            let addr = udp.local_addr().ok()?;
-            std::net::TcpListener::bind(addr).ok().map(|_| addr)
-        })
-        .expect("a port free on UDP and TCP")
-}
-
 /// The real `gateway` binary on `tunnel` with `state`; returns it once it prints
 /// its ready line.
 async fn start_gateway_process(state: &std::path::Path, tunnel: std::net::SocketAddr) -> Process {
@@ -233,7 +221,10 @@ over_both_transports! {
 /// 30 s idle timeout.
 async fn agents_notice_a_crashed_and_restarted_gateway_before_their_idle_timeout(transport) {
     let state = tempfile::tempdir().unwrap();
-    let tunnel = free_tunnel_port();
+    // One number for the QUIC and TLS/TCP tunnels, kept across the restart.
+    let tunnel = exitpool_launcher::ports::TunnelPort::hold()
+        .expect("a port free on UDP and TCP")
+        .release();
     let mut gateway = start_gateway_process(state.path(), tunnel).await;
     let identity = exitpool::gateway::tls::Identity::load_or_create(state.path()).unwrap();
     let agent =

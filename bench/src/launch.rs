@@ -5,6 +5,7 @@
 use crate::client::{basic, Route, STEP};
 use anyhow::{bail, Context, Result};
 use exitpool_launcher::binaries::GATEWAY_READY;
+use exitpool_launcher::ports::{free_port, TunnelPort};
 use exitpool_launcher::{Launch, Process, Ready};
 use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The agent token the benchmark gateways accept.
-pub const TOKEN: &str = "loadtest-token";
+pub const TOKEN: &str = "loadtest-token-5e9a2c7f1b3d8e4a6c0f2b7d9e1a3c5f";
 /// The benchmark customer.
 pub const USER: &str = "bench";
 pub const PASSWORD: &str = "benchpass";
@@ -32,27 +33,6 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|dir| Path::new(dir).join(name))
         .find(|p| p.is_file())
-}
-
-pub fn free_tcp_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A tunnel port number free on both UDP (QUIC) and TCP (the TLS fallback,
-/// which the gateway binds on the same number), with both sockets held so the
-/// caller can pick its other ports without drawing this one; drop them just
-/// before the gateway starts.
-fn free_tunnel_port() -> Result<(u16, std::net::UdpSocket, std::net::TcpListener)> {
-    for _ in 0..64 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            return Ok((port, udp, tcp));
-        }
-    }
-    bail!("no port number free on both UDP and TCP after 64 tries")
 }
 
 /// Polls `check` every 50 ms until it holds, at most `bound`.
@@ -131,10 +111,11 @@ pub async fn binaries(bin_dir: Option<&Path>, build: bool) -> Result<Binaries> {
     Ok(bins)
 }
 
-/// `gateway pin`: the pin agents of a gateway on `state` need.
+/// `gateway pin --init`: the pin agents of a gateway on `state` need (the
+/// identity made now if the directory is new).
 pub async fn pin_of(binary: &Path, state: &Path) -> Result<String> {
     let out = Launch::new(binary)
-        .arg("pin")
+        .args(["pin", "--init"])
         .arg("--state-dir")
         .arg(state)
         .run(STEP)
@@ -183,18 +164,19 @@ impl GatewayProcess {
         threads: usize,
         extra: &[&str],
     ) -> Result<GatewayProcess> {
-        let (tunnel, held_udp, held_tcp) = free_tunnel_port()?;
+        // Held while the other ports are drawn, let go just before the start.
+        let tunnel = TunnelPort::hold()?;
         let launch = GatewayLaunch {
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
             binary: binary.to_owned(),
             state: state.to_owned(),
-            listen: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
-            tunnel: SocketAddr::from(([127, 0, 0, 1], tunnel)),
-            admin: SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?)),
+            listen: free_port()?,
+            tunnel: tunnel.addr(),
+            admin: free_port()?,
             max_connections,
             threads,
         };
-        drop((held_udp, held_tcp));
+        tunnel.release();
         Self::spawn(launch, Duration::from_secs(20)).await
     }
 
@@ -447,46 +429,5 @@ impl Processes {
         // Dropping an agent process kills and reaps it.
         self.agents.clear();
         let _ = self.gateway.stop(Duration::from_secs(10)).await;
-    }
-}
-
-/// A `redis-server` of the run's own: no persistence, no TCP port, a Unix
-/// socket in a temporary directory.
-pub struct RedisServer {
-    process: Process,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    /// Starts one and waits until it accepts connections.
-    pub async fn start() -> Result<RedisServer> {
-        let binary = which("redis-server").context(
-            "redis-server is not on PATH (apt-get install redis-server; scripts/test installs it)",
-        )?;
-        let dir = tempfile::tempdir()?;
-        let process = Launch::new(binary)
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
-            .arg("--unixsocket")
-            .arg(dir.path().join("redis.sock"))
-            .arg("--dir")
-            .arg(dir.path())
-            .start(Ready::line("ready to accept connections"), STEP)
-            .await?;
-        Ok(RedisServer { process, dir })
-    }
-
-    /// The URL gateways are given.
-    pub fn url(&self) -> String {
-        format!("unix://{}", self.dir.path().join("redis.sock").display())
-    }
-
-    /// A connection for the run's own reads (`INFO` and the like).
-    pub async fn client(&self) -> Result<redis::aio::MultiplexedConnection> {
-        let client = redis::Client::open(self.url())?;
-        Ok(tokio::time::timeout(STEP, client.get_multiplexed_async_connection()).await??)
-    }
-
-    pub async fn stop(mut self) {
-        let _ = self.process.stop(Duration::from_secs(10)).await;
     }
 }

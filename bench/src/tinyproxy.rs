@@ -2,9 +2,9 @@
 //! installed: a throwaway configuration and one child process.
 
 use crate::client::Route;
-use crate::launch::free_tcp_port;
 use crate::measure::is_root;
 use anyhow::{Context, Result};
+use exitpool_launcher::ports::free_port;
 use exitpool_launcher::{Launch, Process, Ready};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,7 +27,7 @@ impl Tinyproxy {
 
     async fn start(binary: &Path) -> Result<Tinyproxy> {
         let dir = tempfile::tempdir()?;
-        let port = free_tcp_port()?;
+        let port = free_port()?.port();
         // Clients may come from anywhere on 127.0.0.0/8 (see `Route::with_source`).
         let mut conf = format!(
             "Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 4096\nAllow 127.0.0.0/8\nLogLevel Critical\nDisableViaHeader Yes\n"

@@ -9,6 +9,8 @@
 //!   no test leaves processes behind.
 //! - [`binaries`]: what the exitpool binaries print when they are ready.
 //! - [`haproxy`]: HAProxy on the `deploy/` configuration, for the balancer tests.
+//! - [`redis`]: a `redis-server` of the caller's own, for fleet mode.
+//! - [`ports`]: free port numbers for programs that cannot be given port 0.
 //! - [`LaunchError`]: each failure names the process and ends with its last output.
 //!
 //! Linux only: a child's exit is awaited on a pidfd.
@@ -21,7 +23,9 @@ mod error;
 pub mod haproxy;
 mod launch;
 mod output;
+pub mod ports;
 mod process;
+pub mod redis;
 
 pub use binaries::GatewayBanner;
 pub use error::LaunchError;

@@ -1,11 +1,10 @@
-//! Fleet fixtures: a real `redis-server` (no persistence, on a Unix socket in a
-//! temp directory, so it can be stopped and started again at the same
-//! address), and gateways that share it and one certificate.
+//! Fleet fixtures: a real `redis-server` (the launcher's: no persistence, on a
+//! Unix socket in a temp directory, so it can be stopped and started again at
+//! the same address), and gateways that share it and one certificate.
 
 use super::{within, TestGateway, WAIT};
 use exitpool::gateway::config::FleetConfig;
-use exitpool_launcher::{Launch, Process, Ready};
-use std::path::PathBuf;
+use exitpool_launcher::redis as redis_server;
 use std::time::Duration;
 
 /// Files a gateway's state directory shares with the rest of its fleet: the
@@ -13,49 +12,35 @@ use std::time::Duration;
 /// (the same exit ids everywhere).
 pub const SHARED_STATE: [&str; 3] = ["gateway-cert.der", "gateway-key.der", "exit-id.key"];
 
-/// A `redis-server` of the tests' own.
-pub struct RedisServer {
-    process: Option<Process>,
-    dir: tempfile::TempDir,
-}
+/// A `redis-server` of the tests' own ([`exitpool_launcher::redis`]), with
+/// the tests' bound on every wait.
+pub struct RedisServer(redis_server::RedisServer);
 
 impl RedisServer {
     /// Starts one and waits until it accepts connections.
     pub async fn start() -> RedisServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = RedisServer { process: None, dir };
-        server.start_again().await;
-        server
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("redis.sock")
+        let server = redis_server::RedisServer::start(WAIT)
+            .await
+            .expect("redis-server starts (scripts/test installs it)");
+        RedisServer(server)
     }
 
     /// The URL gateways use.
     pub fn url(&self) -> String {
-        format!("unix://{}", self.socket().display())
+        self.0.url()
     }
 
     /// Starts it again after [`RedisServer::stop`] (empty: no persistence).
     pub async fn start_again(&mut self) {
-        let process = Launch::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
-            .arg("--unixsocket")
-            .arg(self.socket())
-            .arg("--dir")
-            .arg(self.dir.path())
-            .start(Ready::line("ready to accept connections"), WAIT)
+        self.0
+            .start_again(WAIT)
             .await
-            .expect("redis-server starts (scripts/test installs it)");
-        self.process = Some(process);
+            .expect("redis-server starts again");
     }
 
     /// Stops it (SIGKILL: nothing is saved, connections drop).
     pub async fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            within("redis stops", process.kill()).await.expect("kill");
-        }
+        within("redis stops", self.0.kill()).await.expect("kill");
     }
 
     /// A connection for the test's own reads.

@@ -56,16 +56,9 @@ impl GatewayProcess {
 }
 
 /// A free loopback TCP port for a listener that cannot be given port 0
-/// (HAProxy's, a gateway's entry ports). Drawn below the kernel's ephemeral
-/// range (32768 and up by default), so no other test's port-0 listener or
-/// outgoing connection can take it between this check and the real bind.
+/// (HAProxy's, a gateway's entry ports): [`exitpool_launcher::ports::free_port`].
 pub fn free_port() -> SocketAddr {
-    loop {
-        let port = rand::random_range(20_000..32_000);
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().unwrap();
-        }
-    }
+    exitpool_launcher::ports::free_port().expect("a free loopback port")
 }
 
 /// A customer's HTTP client on `from`, through `proxy`.

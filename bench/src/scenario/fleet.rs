@@ -19,21 +19,23 @@ use super::bulk::median_transfer;
 use super::connect::{connect_paths_in_turn, one_connect, ConnectStats};
 use super::swarm::swarm_ip;
 use crate::cli::Bench;
-use crate::client::{basic, join_all, one_transfer, start_target, Route, Transfer};
+use crate::client::{basic, join_all, one_transfer, start_target, Route, Transfer, STEP};
 use crate::cpu_share::CpuShares;
-use crate::launch::{
-    pin_of, spawn_agent_process, GatewayProcess, RedisServer, PASSWORD, TOKEN, USER,
-};
+use crate::launch::{pin_of, spawn_agent_process, GatewayProcess, PASSWORD, TOKEN, USER};
 use crate::measure::{median, open_files_limit, MIB};
 use crate::report::Report;
 use anyhow::{bail, Context, Result};
 use exitpool_agent::Agent;
+use exitpool_launcher::redis::RedisServer;
 use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = "fleet";
+
+/// How long Redis may take to stop cleanly at the end of the run.
+const REDIS_GRACE: Duration = Duration::from_secs(10);
 
 /// The gateway's fleet defaults, passed explicitly so the report names what
 /// the Redis figures were measured at.
@@ -182,17 +184,17 @@ impl Fleet {
 }
 
 pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
-    let redis = RedisServer::start().await?;
+    let mut redis = RedisServer::start(STEP).await?;
     let fleet = match Fleet::start(bench, &redis).await {
         Ok(fleet) => fleet,
         Err(error) => {
-            redis.stop().await;
+            let _ = redis.stop(REDIS_GRACE).await;
             return Err(error);
         }
     };
     let result = measure(bench, &fleet, &redis, report).await;
     fleet.stop().await;
-    redis.stop().await;
+    let _ = redis.stop(REDIS_GRACE).await;
     result
 }
 
@@ -202,7 +204,8 @@ async fn measure(
     redis: &RedisServer,
     report: &mut Report,
 ) -> Result<()> {
-    let mut conn = redis.client().await?;
+    let client = redis::Client::open(redis.url())?;
+    let mut conn = tokio::time::timeout(STEP, client.get_multiplexed_async_connection()).await??;
     let target = start_target().await?;
     // One agent process whose only gateway is B: a customer on B reaches it
     // locally, one on A over the peer link.
