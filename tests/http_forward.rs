@@ -21,6 +21,55 @@ fn client(proxy: SocketAddr, user: &str) -> reqwest::Client {
     reqwest::Client::builder().proxy(proxy).build().unwrap()
 }
 
+/// What most tests here start from: a gateway, exits on 127.0.0.x (placed in
+/// the US by the test GeoIP file) and an HTTP target on 127.0.0.1. It derefs to
+/// the gateway; the exits run as long as it lives.
+struct Forwarding {
+    net: TestGateway,
+    _exits: Vec<exitpool::agent::AgentHandle>,
+    target: SocketAddr,
+}
+
+impl Forwarding {
+    /// A gateway with an exit on each address of `exits`, and the target.
+    async fn start(exits: &[&str]) -> Forwarding {
+        let net = TestGateway::start().await;
+        let mut agents = Vec::new();
+        for ip in exits {
+            agents.push(net.agent(ip).await);
+        }
+        let target = http_target("127.0.0.1").await;
+        Forwarding {
+            net,
+            _exits: agents,
+            target,
+        }
+    }
+
+    /// One exit, on 127.0.0.2.
+    async fn one_exit() -> Forwarding {
+        Forwarding::start(&["127.0.0.2"]).await
+    }
+}
+
+impl std::ops::Deref for Forwarding {
+    type Target = TestGateway;
+
+    fn deref(&self) -> &TestGateway {
+        &self.net
+    }
+}
+
+/// Sends `request` and returns the answer's head, within the tests' bound.
+async fn send(what: &str, request: reqwest::RequestBuilder) -> reqwest::Response {
+    within(what, request.send()).await.unwrap()
+}
+
+/// `GET url` through the gateway at `proxy` as the test customer.
+async fn get(proxy: SocketAddr, url: String) -> reqwest::Response {
+    send(&format!("GET {url}"), client(proxy, USER).get(url)).await
+}
+
 /// Sends `GET http://target/path` on an open connection and reads the whole answer
 /// (the target's bodies here all carry `Content-Length`).
 async fn get_absolute(stream: &mut TcpStream, target: SocketAddr, path: &str) -> (Head, String) {
@@ -44,17 +93,9 @@ async fn get_absolute(stream: &mut TcpStream, target: SocketAddr, path: &str) ->
 
 #[tokio::test]
 async fn a_plain_get_goes_out_through_the_exit() {
-    let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
-    let target = http_target("127.0.0.1").await;
-    let response = within(
-        "GET /ip",
-        client(net.proxy(), USER)
-            .get(format!("http://{target}/ip"))
-            .send(),
-    )
-    .await
-    .unwrap();
+    let net = Forwarding::one_exit().await;
+    let target = net.target;
+    let response = get(net.proxy(), format!("http://{target}/ip")).await;
     assert_eq!(response.status(), 200);
     let exit = response.headers().get("x-exitpool-exit").unwrap();
     assert_eq!(exit.len(), 16);
@@ -64,10 +105,8 @@ async fn a_plain_get_goes_out_through_the_exit() {
 
 #[tokio::test]
 async fn every_request_on_one_kept_alive_connection_is_routed_anew() {
-    let net = TestGateway::start().await;
-    let _us1 = net.agent("127.0.0.2").await;
-    let _us2 = net.agent("127.0.0.3").await;
-    let target = http_target("127.0.0.1").await;
+    let net = Forwarding::start(&["127.0.0.2", "127.0.0.3"]).await;
+    let target = net.target;
     let mut stream = within("connect", TcpStream::connect(net.proxy()))
         .await
         .unwrap();
@@ -93,17 +132,13 @@ async fn every_request_on_one_kept_alive_connection_is_routed_anew() {
 
 #[tokio::test]
 async fn a_session_keeps_its_exit_over_plain_http() {
-    let net = TestGateway::start().await;
-    let _us1 = net.agent("127.0.0.2").await;
-    let _us2 = net.agent("127.0.0.3").await;
-    let target = http_target("127.0.0.1").await;
+    let net = Forwarding::start(&["127.0.0.2", "127.0.0.3"]).await;
+    let target = net.target;
     let client = client(net.proxy(), &format!("{USER}-session-s1"));
     let mut seen = HashSet::new();
     let mut outcomes = Vec::new();
     for _ in 0..8 {
-        let response = within("GET /ip", client.get(format!("http://{target}/ip")).send())
-            .await
-            .unwrap();
+        let response = send("GET /ip", client.get(format!("http://{target}/ip"))).await;
         assert_eq!(response.status(), 200);
         let session = response.headers()["x-exitpool-session"].to_str().unwrap();
         outcomes.push(session.to_owned());
@@ -116,21 +151,18 @@ async fn a_session_keeps_its_exit_over_plain_http() {
 
 #[tokio::test]
 async fn the_target_sees_nothing_about_the_customer() {
-    let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
-    let target = http_target("127.0.0.1").await;
-    let response = within(
+    let net = Forwarding::one_exit().await;
+    let target = net.target;
+    let response = send(
         "GET /headers",
         client(net.proxy(), USER)
             .get(format!("http://{target}/headers"))
             .header("Connection", "x-hop")
             .header("X-Hop", "1")
             .header("Proxy-Connection", "keep-alive")
-            .header("X-Kept", "yes")
-            .send(),
+            .header("X-Kept", "yes"),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(response.status(), 200);
     let seen = within("body", response.text()).await.unwrap();
     let names: Vec<&str> = seen
@@ -182,20 +214,17 @@ fn streamed(data: Vec<u8>) -> reqwest::Body {
 async fn chunked_bodies_stream_through_both_ways() {
     const UP: usize = 3_000_000;
     const DOWN: usize = 5_000_000;
-    let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
-    let target = http_target("127.0.0.1").await;
+    let net = Forwarding::one_exit().await;
+    let target = net.target;
     let client = client(net.proxy(), USER);
 
-    let echoed = within(
+    let echoed = send(
         "chunked POST",
         client
             .post(format!("http://{target}/echo"))
-            .body(streamed(pattern(UP)))
-            .send(),
+            .body(streamed(pattern(UP))),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(echoed.status(), 200);
     let body = within("echo body", echoed.bytes()).await.unwrap();
     assert!(
@@ -203,12 +232,11 @@ async fn chunked_bodies_stream_through_both_ways() {
         "upload intact"
     );
 
-    let download = within(
+    let download = send(
         "chunked GET",
-        client.get(format!("http://{target}/bytes/{DOWN}")).send(),
+        client.get(format!("http://{target}/bytes/{DOWN}")),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(download.status(), 200);
     assert_eq!(download.headers()["transfer-encoding"], "chunked");
     let body = within("download body", download.bytes()).await.unwrap();
@@ -227,9 +255,8 @@ async fn chunked_bodies_stream_through_both_ways() {
 
 #[tokio::test]
 async fn https_in_absolute_form_is_told_to_use_connect() {
-    let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
-    let target = http_target("127.0.0.1").await;
+    let net = Forwarding::one_exit().await;
+    let target = net.target;
     let mut stream = within("connect", TcpStream::connect(net.proxy()))
         .await
         .unwrap();
@@ -250,14 +277,11 @@ async fn https_in_absolute_form_is_told_to_use_connect() {
 
 #[tokio::test]
 async fn no_credentials_get_407() {
-    let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
-    let target = http_target("127.0.0.1").await;
+    let net = Forwarding::one_exit().await;
+    let target = net.target;
     let proxy = reqwest::Proxy::http(format!("http://{}", net.proxy())).unwrap();
     let client = reqwest::Client::builder().proxy(proxy).build().unwrap();
-    let response = within("GET", client.get(format!("http://{target}/ip")).send())
-        .await
-        .unwrap();
+    let response = send("GET", client.get(format!("http://{target}/ip"))).await;
     assert_eq!(response.status(), 407);
     assert_eq!(
         response.headers()["proxy-authenticate"],
@@ -268,26 +292,17 @@ async fn no_credentials_get_407() {
 
 #[tokio::test]
 async fn a_closed_target_is_502_connection_refused() {
-    let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
+    let net = Forwarding::one_exit().await;
     let closed = common::targets::closed_port().await;
-    let response = within(
-        "GET",
-        client(net.proxy(), USER)
-            .get(format!("http://{closed}/"))
-            .send(),
-    )
-    .await
-    .unwrap();
+    let response = get(net.proxy(), format!("http://{closed}/")).await;
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-exitpool-error"], "connection_refused");
 }
 
 #[tokio::test]
 async fn curl_fetches_plain_http_through_the_gateway() {
-    let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
-    let target = http_target("127.0.0.1").await;
+    let net = Forwarding::one_exit().await;
+    let target = net.target;
     let proxy = format!("http://{USER}:{PASSWORD}@{}", net.proxy());
     let url = format!("http://{target}/ip");
     let output = within(
@@ -313,17 +328,13 @@ async fn curl_fetches_plain_http_through_the_gateway() {
 
 #[tokio::test]
 async fn head_requests_keep_the_targets_length_and_have_no_body() {
-    let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
-    let target = http_target("127.0.0.1").await;
-    let response = within(
+    let net = Forwarding::one_exit().await;
+    let target = net.target;
+    let response = send(
         "HEAD /ip",
-        client(net.proxy(), USER)
-            .head(format!("http://{target}/ip"))
-            .send(),
+        client(net.proxy(), USER).head(format!("http://{target}/ip")),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-length"],
@@ -355,17 +366,9 @@ async fn scripted_target(reply: &'static [u8]) -> SocketAddr {
 
 #[tokio::test]
 async fn a_target_closing_before_its_answer_is_502() {
-    let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
+    let net = Forwarding::one_exit().await;
     let target = scripted_target(b"").await;
-    let response = within(
-        "GET",
-        client(net.proxy(), USER)
-            .get(format!("http://{target}/"))
-            .send(),
-    )
-    .await
-    .unwrap();
+    let response = get(net.proxy(), format!("http://{target}/")).await;
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-exitpool-error"], "exit_error");
     assert_eq!(response.headers()["connection"], "close");
@@ -373,17 +376,9 @@ async fn a_target_closing_before_its_answer_is_502() {
 
 #[tokio::test]
 async fn a_target_closing_mid_body_aborts_the_customers_response() {
-    let net = TestGateway::start().await;
-    let _agent = net.agent("127.0.0.2").await;
+    let net = Forwarding::one_exit().await;
     let target = scripted_target(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort").await;
-    let response = within(
-        "GET",
-        client(net.proxy(), USER)
-            .get(format!("http://{target}/"))
-            .send(),
-    )
-    .await
-    .unwrap();
+    let response = get(net.proxy(), format!("http://{target}/")).await;
     assert_eq!(response.status(), 200);
     let body = within("truncated body", response.bytes()).await;
     assert!(
@@ -425,14 +420,7 @@ async fn drain(mut response: reqwest::Response) -> (usize, bool) {
 /// After a cut, the account is over its quota: the next request is refused with
 /// the quota's code, and usage counted at least the quota.
 async fn assert_quota_used_up(net: &TestGateway, target: SocketAddr, quota: u64) {
-    let refused = within(
-        "GET after the cut",
-        client(net.proxy(), USER)
-            .get(format!("http://{target}/ip"))
-            .send(),
-    )
-    .await
-    .unwrap();
+    let refused = get(net.proxy(), format!("http://{target}/ip")).await;
     assert_eq!(refused.status(), 403);
     assert_eq!(refused.headers()["x-exitpool-error"], "quota_exhausted");
     let stats = net.stats().await;
@@ -451,14 +439,7 @@ const PACED_BODY: usize = 4 * common::targets::DRIP_RATE;
 async fn a_plain_http_download_is_cut_within_a_second_of_the_quota() {
     let (net, _agent) = with_quota(QUOTA).await;
     let target = http_target("127.0.0.1").await;
-    let response = within(
-        "paced GET",
-        client(net.proxy(), USER)
-            .get(format!("http://{target}/drip/{PACED_BODY}"))
-            .send(),
-    )
-    .await
-    .unwrap();
+    let response = get(net.proxy(), format!("http://{target}/drip/{PACED_BODY}")).await;
     assert_eq!(response.status(), 200);
     let (received, clean) = drain(response).await;
     assert!(!clean, "the download ran to its end ({received} bytes)");
