@@ -422,3 +422,59 @@ async fn the_demo_leaves_the_default_state_directory_alone() {
     assert!(status.success(), "{}", demo.tail());
     assert!(!dir.exists(), "{} removed on exit", dir.display());
 }
+
+/// Item 6: strangers holding idle connections to the admin port, from ten
+/// addresses (more than the port's 64 places), do not keep the operator out:
+/// the operator with the right token is served, and an address past its share
+/// is closed at once.
+#[tokio::test]
+async fn idle_strangers_cannot_lock_the_operator_out_of_the_admin_port() {
+    let admin_token = "0p3rator-admin-t0ken-4c1e9a7b";
+    let net = TestGateway::start_with(|config| {
+        config.admin_token = Some(exitpool::protocol::Secret(admin_token.to_owned()));
+    })
+    .await;
+    let share = exitpool::gateway::admin::MAX_ADMIN_CONNECTIONS_PER_SOURCE;
+    let mut held = Vec::new();
+    for address in 10..20 {
+        for _ in 0..share {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(format!("127.0.0.{address}:0").parse().unwrap())
+                .unwrap();
+            held.push(
+                within("stranger connects", socket.connect(net.admin()))
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    assert!(held.len() > exitpool::gateway::admin::MAX_ADMIN_CONNECTIONS);
+    // One more from an address that holds its share (the last one, whose
+    // connections are the newest) is closed unanswered.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.19:0".parse().unwrap()).unwrap();
+    let mut over = within("connect", socket.connect(net.admin()))
+        .await
+        .unwrap();
+    let _ = over
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = within("closed", over.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+
+    for _ in 0..3 {
+        let answer = within(
+            "the operator's request",
+            reqwest::Client::new()
+                .get(format!("http://{}/stats", net.admin()))
+                .bearer_auth(admin_token)
+                .send(),
+        )
+        .await
+        .expect("served");
+        assert_eq!(answer.status(), 200);
+    }
+    drop(held);
+}

@@ -17,6 +17,14 @@
 //! (DNS rebinding) is `421`; one that carries `Origin` or
 //! `Sec-Fetch-Site: cross-site` is `403`; a `POST` without the admin token must
 //! carry a content type no HTML form can send (`application/json`), else `415`.
+//!
+//! Strangers cannot keep the operator out by holding connections open: each
+//! source network holds at most a share of the places, an idle connection must
+//! send its request head within [`HEAD_DEADLINE`], and a full port gives a
+//! newcomer the place of the oldest connection that has not yet made an
+//! authorized request ([`slots`]).
+
+mod slots;
 
 use crate::shared::Shared;
 use bytes::Bytes;
@@ -25,41 +33,56 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tracing::debug;
 
-/// Most admin connections served at once.
-const MAX_ADMIN_CONNECTIONS: usize = 64;
+pub use slots::{MAX_ADMIN_CONNECTIONS, PER_SOURCE as MAX_ADMIN_CONNECTIONS_PER_SOURCE};
+
+/// How long a connection may take to send a request head: an operator's
+/// client sends it at once.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Longest an admin connection lives.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves the admin API until shutdown.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let slots = Arc::new(slots::Slots::default());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shared.shutdown.cancelled() => break,
         };
-        let Ok((stream, _)) = accepted else { continue };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        let Some(slot) = slots.take(peer.ip()) else {
             continue;
         };
         let shared = shared.clone();
         shared.tasks.clone().spawn(async move {
+            let proven = slot.proven.clone();
             let service = hyper::service::service_fn(|request| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(request, &shared)) }
+                let proven = proven.clone();
+                async move { Ok::<_, Infallible>(route(request, &shared, &proven)) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEAD_DEADLINE)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = tokio::time::timeout(Duration::from_secs(60), connection).await {
-                debug!(%error, "admin connection timed out");
+            tokio::select! {
+                served = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {
+                    if let Err(error) = served {
+                        debug!(%error, "admin connection timed out");
+                    }
+                }
+                () = slot.evicted.cancelled() => debug!("admin connection gave its place to a newer one"),
             }
-            drop(permit);
+            drop(slot);
         });
     }
 }
@@ -147,12 +170,18 @@ fn refuse_browsers<B>(request: &Request<B>, shared: &Shared) -> Option<Response<
     None
 }
 
-fn route(request: Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+fn route(
+    request: Request<hyper::body::Incoming>,
+    shared: &Shared,
+    proven: &AtomicBool,
+) -> Response<Full<Bytes>> {
     let authorization = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    if !authorized(shared.config.admin_token.as_ref(), authorization) {
+    if authorized(shared.config.admin_token.as_ref(), authorization) {
+        proven.store(true, Ordering::Relaxed);
+    } else {
         let mut response = text(
             StatusCode::UNAUTHORIZED,
             "text/plain",
