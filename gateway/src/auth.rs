@@ -523,17 +523,17 @@ pub fn check_token_strength(token: &str) -> Result<(), String> {
     let alphabet: u32 = if !token.is_empty() && token.chars().all(|c| c.is_ascii_hexdigit()) {
         16
     } else {
-        let classes: [(fn(&char) -> bool, u32); 4] = [
-            (char::is_ascii_lowercase, 26),
-            (char::is_ascii_uppercase, 26),
-            (char::is_ascii_digit, 10),
-            (|c: &char| !c.is_ascii_alphanumeric(), 33),
-        ];
-        classes
-            .iter()
-            .filter(|(class, _)| token.chars().any(|c| class(&c)))
-            .map(|(_, size)| size)
-            .sum()
+        let uses = |class: fn(&char) -> bool| token.chars().any(|c| class(&c));
+        [
+            (uses(char::is_ascii_lowercase), 26),
+            (uses(char::is_ascii_uppercase), 26),
+            (uses(char::is_ascii_digit), 10),
+            (uses(|c| !c.is_ascii_alphanumeric()), 33),
+        ]
+        .iter()
+        .filter(|(used, _)| *used)
+        .map(|(_, size)| size)
+        .sum()
     };
     let bits = token.chars().count() as f64 * f64::from(alphabet.max(1)).log2();
     if bits < f64::from(MIN_TOKEN_BITS) {
