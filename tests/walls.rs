@@ -478,3 +478,60 @@ async fn idle_strangers_cannot_lock_the_operator_out_of_the_admin_port() {
     }
     drop(held);
 }
+
+/// Item 10: connections that have not authenticated hold at most their own
+/// cap, a share of `max_connections`: past it a stranger gets `503` at once
+/// while the gateway still has places for authenticated customers.
+#[tokio::test]
+async fn strangers_cannot_fill_max_connections() {
+    let net = TestGateway::start_with(|config| {
+        config.max_connections = 16;
+        config.max_unauthenticated = 4;
+    })
+    .await;
+    let _agent = net.agent("127.0.0.2").await;
+    let echo = targets::echo_target().await;
+    // Authenticated customers' tunnels, held open: not counted as strangers.
+    let mut customers = Vec::new();
+    for _ in 0..6 {
+        let (head, stream) = connect(net.proxy(), &echo.to_string(), Some((USER, PASSWORD))).await;
+        assert_eq!(head.status, 200, "{head:?}");
+        customers.push(stream);
+    }
+    // Four strangers from four addresses, silent.
+    let mut strangers = Vec::new();
+    for address in 30..34 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("127.0.0.{address}:0").parse().unwrap())
+            .unwrap();
+        strangers.push(
+            within("stranger", socket.connect(net.proxy()))
+                .await
+                .unwrap(),
+        );
+    }
+    // The fifth, from yet another address, is told the gateway is busy.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.34:0".parse().unwrap()).unwrap();
+    let mut fifth = within("stranger", socket.connect(net.proxy()))
+        .await
+        .unwrap();
+    let head = read_head(&mut fifth).await;
+    assert_eq!(head.status, 503, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("gateway_busy"));
+    // Once a stranger leaves, a customer gets in again.
+    drop(strangers.pop());
+    let customer = async {
+        loop {
+            let (head, stream) =
+                connect(net.proxy(), &echo.to_string(), Some((USER, PASSWORD))).await;
+            if head.status == 200 {
+                return stream;
+            }
+            assert_eq!(head.status, 503, "{head:?}");
+            tokio::task::yield_now().await;
+        }
+    };
+    customers.push(within("a place is free again", customer).await);
+}

@@ -21,7 +21,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,30 +73,58 @@ impl PasswordChecks {
     }
 }
 
-/// Counts, per source address, what is held and not yet trusted, up to a limit.
+/// Counts, per source address and in all, what is held and not yet trusted,
+/// up to a limit for each.
 #[derive(Debug)]
 pub struct AddressSlots {
     counts: DashMap<IpAddr, usize>,
     limit: usize,
+    held: AtomicUsize,
+    total_limit: usize,
+}
+
+/// Why [`AddressSlots::acquire`] found no place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefusal {
+    /// The address's network holds its limit.
+    Address,
+    /// Every place is held.
+    Total,
 }
 
 impl AddressSlots {
-    /// At most `limit` held per address.
+    /// At most `limit` held per address, with no bound in all.
     pub fn new(limit: usize) -> Arc<Self> {
+        Self::with_total(limit, usize::MAX)
+    }
+
+    /// At most `limit` held per address and `total_limit` in all.
+    pub fn with_total(limit: usize, total_limit: usize) -> Arc<Self> {
         Arc::new(AddressSlots {
             counts: DashMap::new(),
             limit,
+            held: AtomicUsize::new(0),
+            total_limit,
         })
     }
 
     /// A slot for one more from `ip`'s network, unless it is at the limit.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        self.acquire(ip).ok()
+    }
+
+    /// A slot for one more from `ip`'s network, or which limit refused it.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<AddressSlot, SlotRefusal> {
         let mut count = self.counts.entry(source_network(ip)).or_insert(0);
         if *count >= self.limit {
-            return None;
+            return Err(SlotRefusal::Address);
+        }
+        if self.held.fetch_add(1, Ordering::Relaxed) >= self.total_limit {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            return Err(SlotRefusal::Total);
         }
         *count += 1;
-        Some(AddressSlot {
+        Ok(AddressSlot {
             table: self.clone(),
             ip,
             released: AtomicBool::new(false),
@@ -127,6 +155,7 @@ impl AddressSlot {
         // Decrement, and drop the entry at zero so the map only holds addresses
         // with something pending.
         counts::down(&self.table.counts, &source_network(self.ip));
+        self.table.held.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

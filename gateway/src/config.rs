@@ -11,6 +11,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Default of [`GatewayConfig::max_unauthenticated`]: a quarter of the
+/// default `max_connections`.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 2_500;
+
 /// Default customer port (HTTP proxy and SOCKS5).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default QUIC port for agents.
@@ -115,6 +119,9 @@ pub struct GatewayConfig {
     pub password_queue_timeout: Duration,
     /// Most connections from one address that have not authenticated yet.
     pub max_unauthenticated_per_ip: usize,
+    /// Most connections in all that have not authenticated yet: a smaller
+    /// share of `max_connections`, so strangers cannot take every place.
+    pub max_unauthenticated: usize,
     /// How long live connections may finish after shutdown is asked for.
     pub shutdown_grace: Duration,
     /// Where agents are: the embedded country database unless `--geoip` files are
@@ -250,6 +257,7 @@ impl GatewayConfig {
             tunnel_idle_timeout: exitpool_protocol::IDLE_TIMEOUT,
             max_connections: 10_000,
             max_unauthenticated_per_ip: 64,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             password_checks: std::thread::available_parallelism().map_or(2, |n| n.get()),
             password_queue_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),

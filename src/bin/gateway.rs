@@ -90,6 +90,10 @@ struct Args {
     /// Most connections from one address that have not authenticated yet.
     #[arg(long, default_value_t = 64)]
     max_unauthenticated_per_ip: usize,
+    /// Most connections in all that have not authenticated yet (past it:
+    /// `503 gateway_busy`), so strangers never fill --max-connections.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_MAX_UNAUTHENTICATED)]
+    max_unauthenticated: usize,
     /// Most agents connected at once from one IPv4 address or IPv6 /64.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_MAX_AGENTS_PER_ADDRESS)]
     max_agents_per_address: usize,
@@ -330,6 +334,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
     config.max_connections = args.max_connections.max(1);
     config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
+    config.max_unauthenticated = args.max_unauthenticated.max(1);
     config.max_agents_per_address = args.max_agents_per_address.max(1);
     config.open_timeout = Duration::from_secs(args.open_timeout.max(1));
     config.open_attempts = args.open_attempts.max(1);

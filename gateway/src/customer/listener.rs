@@ -9,7 +9,7 @@
 use super::proxy_protocol::{self, Proxied};
 use super::session::Arrival;
 use super::{connect, http, response, socks};
-use crate::abuse::{AddressSlot, AddressSlots};
+use crate::abuse::{AddressSlot, AddressSlots, SlotRefusal};
 use crate::credentials::Targeting;
 use crate::error::ProxyError;
 use crate::shared::Shared;
@@ -45,7 +45,10 @@ struct Bounds {
 pub(crate) async fn serve(entrances: Vec<Entrance>, shared: Arc<Shared>) {
     let bounds = Arc::new(Bounds {
         connections: Arc::new(Semaphore::new(shared.config.max_connections)),
-        pending: AddressSlots::new(shared.config.max_unauthenticated_per_ip),
+        pending: AddressSlots::with_total(
+            shared.config.max_unauthenticated_per_ip,
+            shared.config.max_unauthenticated,
+        ),
         refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
     });
     let accepting = tokio_util::task::TaskTracker::new();
@@ -104,10 +107,12 @@ async fn accept(
             );
             continue;
         }
-        let Some(slot) = pending.try_acquire(peer.ip()) else {
-            let limit = shared.config.max_unauthenticated_per_ip;
-            refuse_bounded(stream, ProxyError::TooManyUnauthenticated(limit));
-            continue;
+        let slot = match pending.acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                refuse_bounded(stream, unauthenticated_refusal(refusal, &shared));
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
@@ -122,6 +127,18 @@ async fn accept(
             }
             .instrument(span),
         );
+    }
+}
+
+/// The answer to a connection with no place among the unauthenticated: its
+/// address's share is taken (`429`), or every place is (`503`, as for a full
+/// gateway: strangers never fill `--max-connections`).
+fn unauthenticated_refusal(refusal: SlotRefusal, shared: &Shared) -> ProxyError {
+    match refusal {
+        SlotRefusal::Address => {
+            ProxyError::TooManyUnauthenticated(shared.config.max_unauthenticated_per_ip)
+        }
+        SlotRefusal::Total => ProxyError::GatewayBusy,
     }
 }
 
@@ -159,10 +176,12 @@ async fn proxied(
         }
     };
     tracing::Span::current().record("peer", tracing::field::display(peer));
-    let Some(slot) = bounds.pending.try_acquire(peer.ip()) else {
-        let limit = shared.config.max_unauthenticated_per_ip;
-        refuse(stream, ProxyError::TooManyUnauthenticated(limit)).await;
-        return;
+    let slot = match bounds.pending.acquire(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            refuse(stream, unauthenticated_refusal(refusal, &shared)).await;
+            return;
+        }
     };
     let arrival = Arrival { peer, entry };
     handle(stream, arrival, Arc::new(slot), deadline, shared).await;
