@@ -27,6 +27,11 @@ const MAX_REPORT_FILE: u64 = 64 * 1024;
 /// for a while is not credited with the whole gap.
 const MAX_FOLD_GAP: Duration = Duration::from_secs(60);
 
+/// Longest an unsaved change of online time alone waits: the report is
+/// folded every few seconds, but a device that only sits online should not
+/// write and fsync a file that often.
+const ONLINE_SAVE_EVERY: Duration = Duration::from_secs(60);
+
 /// One UTC day of sharing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +51,8 @@ pub struct ReportDay {
 pub struct Report {
     inner: Mutex<Folded>,
     state_file: Option<PathBuf>,
+    /// When the report was last written, and what.
+    saved: Mutex<Option<(Instant, Vec<ReportDay>)>>,
 }
 
 #[derive(Debug)]
@@ -74,6 +81,7 @@ impl Report {
                 last_fold: Instant::now(),
             }),
             state_file,
+            saved: Mutex::new(None),
         })
     }
 
@@ -125,14 +133,29 @@ impl Report {
             .collect()
     }
 
-    /// Writes the report to the state directory (atomically); a file write and
-    /// an fsync, so call it off the runtime's threads.
+    /// Writes the report to the state directory (atomically) if it changed:
+    /// at once for new bytes, streams or days, within [`ONLINE_SAVE_EVERY`]
+    /// for online time alone. A file write and an fsync, so call it off the
+    /// runtime's threads.
     pub fn save(&self) -> std::io::Result<()> {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
-        let bytes = serde_json::to_vec(&self.days()).map_err(std::io::Error::other)?;
-        crate::state::write_atomically(path, &bytes)
+        let days = self.days();
+        let mut saved = self.saved.lock().expect("report save lock");
+        if let Some((at, last)) = &*saved {
+            let same_counts = last.len() == days.len()
+                && last.iter().zip(&days).all(|(a, b)| {
+                    (&a.day, a.bytes, a.streams) == (&b.day, b.bytes, b.streams)
+                });
+            if same_counts && (*last == days || at.elapsed() < ONLINE_SAVE_EVERY) {
+                return Ok(());
+            }
+        }
+        let bytes = serde_json::to_vec(&days).map_err(std::io::Error::other)?;
+        crate::state::write_atomically(path, &bytes)?;
+        *saved = Some((Instant::now(), days));
+        Ok(())
     }
 }
 
@@ -204,6 +227,23 @@ mod tests {
         let again = Report::new(Some(&dir)).unwrap();
         again.fold(day(1), 50, 1, false);
         assert_eq!(again.days()[1].bytes, 150);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn online_time_alone_is_saved_at_most_once_a_minute() {
+        let dir = temp_dir();
+        let report = Report::new(Some(&dir)).unwrap();
+        report.fold(day(0), 10, 1, true);
+        report.save().unwrap();
+        let path = dir.join(REPORT_FILE);
+        std::fs::remove_file(&path).unwrap();
+        report.fold(day(0), 10, 1, true);
+        report.save().unwrap();
+        assert!(!path.exists(), "online time alone waits");
+        report.fold(day(0), 11, 1, true);
+        report.save().unwrap();
+        assert_eq!(load(&dir).unwrap()[0].bytes, 11, "new bytes are saved at once");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
