@@ -145,9 +145,10 @@ impl Report {
         let mut saved = self.saved.lock().expect("report save lock");
         if let Some((at, last)) = &*saved {
             let same_counts = last.len() == days.len()
-                && last.iter().zip(&days).all(|(a, b)| {
-                    (&a.day, a.bytes, a.streams) == (&b.day, b.bytes, b.streams)
-                });
+                && last
+                    .iter()
+                    .zip(&days)
+                    .all(|(a, b)| (&a.day, a.bytes, a.streams) == (&b.day, b.bytes, b.streams));
             if same_counts && (*last == days || at.elapsed() < ONLINE_SAVE_EVERY) {
                 return Ok(());
             }
@@ -243,7 +244,11 @@ mod tests {
         assert!(!path.exists(), "online time alone waits");
         report.fold(day(0), 11, 1, true);
         report.save().unwrap();
-        assert_eq!(load(&dir).unwrap()[0].bytes, 11, "new bytes are saved at once");
+        assert_eq!(
+            load(&dir).unwrap()[0].bytes,
+            11,
+            "new bytes are saved at once"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
