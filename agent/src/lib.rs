@@ -25,10 +25,9 @@
 //! - `stats`: [`AgentStats`] and [`SessionInfo`], what the agent has done and
 //!   what the gateway told it;
 //! - `shared`: the state the agent's tasks and its handle share;
-//! - [`tunnel`]: the `Hello` handshake, serving relay streams, falling back
-//!   from degraded QUIC, and reconnecting with backoff;
-//! - `connect`: reaching the gateway over QUIC, TLS over TCP, or a race of
-//!   the two, and remembering the winner;
+//! - [`tunnel`]: reaching the gateway over QUIC, TLS over TCP or a race of
+//!   the two, the `Hello` handshake, serving relay streams, falling back from
+//!   degraded QUIC, and reconnecting with backoff;
 //! - [`dial`]: resolving and dialling targets under the exit policy;
 //! - [`policy`]: which destinations are never dialled;
 //! - [`interfaces`]: the device's own addresses, which the policy refuses;
@@ -47,7 +46,6 @@
 
 mod builder;
 mod config;
-mod connect;
 mod error;
 mod handle;
 mod shared;

@@ -1,11 +1,12 @@
-//! Reaching the gateway over either tunnel transport: QUIC, TLS over TCP, or
-//! a race of the two (`--transport auto`, the default).
+//! Reaching the gateway (not to be confused with dialling targets,
+//! [`crate::dial`]) over either tunnel transport: QUIC, TLS over TCP, or a
+//! race of the two (`--transport auto`, the default).
 //!
 //! The race is happy-eyeballs style: QUIC starts at once, TLS over TCP
 //! [`AgentConfig::race_delay`] later unless QUIC has finished its handshake by
 //! then, and the first tunnel up wins (the other attempt is dropped). The
 //! winner is remembered in the state directory; an agent that last won over
-//! TCP goes straight to TCP, and [`crate::tunnel`] tries QUIC again in the
+//! TCP goes straight to TCP, and [`super::session`] tries QUIC again in the
 //! background ([`quic_probe`]) and moves over when it works.
 //!
 //! Several gateways (`--gateway` repeated, or a name with several addresses)
@@ -17,8 +18,10 @@
 //! preferred gateway, failing over along the order.
 
 use crate::config::{AgentConfig, TransportChoice, MAX_GATEWAYS};
+use crate::error::AgentError;
 use crate::shared::Shared;
 use crate::tls::ClientConfigs;
+use exitpool_protocol::IDLE_TIMEOUT;
 use exitpool_transport::tcp::{self, TcpSettings};
 use exitpool_transport::{Transport, Tunnel};
 use sha2::{Digest, Sha256};
@@ -31,16 +34,38 @@ use tracing::{debug, info, warn};
 /// Name the gateway's certificate carries; the pin is what is checked.
 const GATEWAY_SERVER_NAME: &str = "exitpool-gateway";
 
-/// What the agent dials with: its UDP endpoint, the TLS settings of both
-/// transports, and the id its gateway order hangs on.
-pub(crate) struct Dialer {
+/// How long the UDP endpoint may take to send its last closes when the agent
+/// stops.
+const ENDPOINT_IDLE_WAIT: Duration = Duration::from_secs(2);
+
+/// Transport settings for the tunnel: keep-alive under home NAT timeouts, bounded
+/// receive windows, and exactly as many incoming streams as the agent serves.
+pub fn transport_config(max_streams: u32, keep_alive: Duration) -> quinn::TransportConfig {
+    let mut transport = exitpool_transport::udp::base_transport();
+    // The idle timeout stays above two keep-alives, so a silent tunnel is
+    // first seen as degraded (and the agent falls back to TCP).
+    let idle = IDLE_TIMEOUT.max(keep_alive * 2 + keep_alive / 2);
+    transport
+        .max_idle_timeout(Some(
+            idle.try_into()
+                .unwrap_or_else(|_| IDLE_TIMEOUT.try_into().expect("idle timeout fits")),
+        ))
+        .keep_alive_interval(Some(keep_alive))
+        .max_concurrent_bidi_streams(max_streams.into())
+        .max_concurrent_uni_streams(0u32.into());
+    transport
+}
+
+/// What the agent reaches its gateway with: its UDP endpoint, the TLS
+/// settings of both transports, and the id its gateway order hangs on.
+pub(super) struct GatewayDialer {
     pub endpoint: quinn::Endpoint,
     pub configs: ClientConfigs,
     pub agent_id: String,
 }
 
 /// A tunnel up, and where to.
-pub(crate) struct Joined {
+pub(super) struct Reached {
     pub tunnel: Tunnel,
     /// The gateway address it reached.
     pub address: SocketAddr,
@@ -48,24 +73,50 @@ pub(crate) struct Joined {
     pub candidates: usize,
 }
 
-impl Dialer {
+impl GatewayDialer {
+    /// The UDP endpoint on the `--bind` address (dual-stack by default) and the
+    /// TLS settings that check the gateway's pin.
+    pub fn new(shared: &Shared) -> Result<GatewayDialer, AgentError> {
+        let config = &shared.config;
+        let local = SocketAddr::new(config.bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), 0);
+        let endpoint = bind_endpoint(local).map_err(|source| AgentError::Bind {
+            addr: local,
+            source,
+        })?;
+        let configs = crate::tls::client_configs(
+            config.pin,
+            transport_config(config.max_streams, config.keep_alive),
+        )
+        .map_err(|e| AgentError::Tls(e.to_string()))?;
+        Ok(GatewayDialer {
+            endpoint,
+            configs,
+            agent_id: shared.agent_id.clone(),
+        })
+    }
+
+    /// Lets the endpoint send its last closes, for at most a moment.
+    pub async fn wait_idle(&self) {
+        let _ = tokio::time::timeout(ENDPOINT_IDLE_WAIT, self.endpoint.wait_idle()).await;
+    }
+
     /// A tunnel to the first gateway that answers, in [`gateway_order`];
     /// `prefer_tcp` (the remembered winner) skips the race under `Auto`. Each
     /// attempt is bounded by the handshake timeout.
-    pub async fn connect(&self, config: &AgentConfig, prefer_tcp: bool) -> Result<Joined, String> {
+    pub async fn reach(&self, config: &AgentConfig, prefer_tcp: bool) -> Result<Reached, String> {
         let candidates =
             resolve_gateways(&config.gateways, config.bind, config.handshake_timeout).await?;
         let ordered = gateway_order(&self.agent_id, candidates);
         let mut failures = Vec::new();
         for &address in &ordered {
-            match self.connect_to(config, address, prefer_tcp).await {
+            match self.reach_address(config, address, prefer_tcp).await {
                 Ok(tunnel) => {
                     // A gateway skipped for a wrong certificate is worth a line,
                     // but must not count as a mismatch of this good connection.
                     if self.configs.verifier.take_mismatch() {
                         warn!(joined = %address, "a gateway tried before this one presented a certificate that does not match the pin");
                     }
-                    return Ok(Joined {
+                    return Ok(Reached {
                         tunnel,
                         address,
                         candidates: ordered.len(),
@@ -83,7 +134,7 @@ impl Dialer {
     }
 
     /// A tunnel to `address` by the configured transport.
-    async fn connect_to(
+    async fn reach_address(
         &self,
         config: &AgentConfig,
         address: SocketAddr,
@@ -217,23 +268,23 @@ pub fn tcp_settings(config: &AgentConfig) -> TcpSettings {
 
 /// Under `Auto` on TCP: tries QUIC to the same gateway (`address`) every
 /// [`AgentConfig::quic_retry`] until a handshake succeeds, and returns that
-/// connection for the tunnel to move to.
-pub(crate) async fn quic_probe(
-    dialer: &Dialer,
+/// tunnel for the session to move to.
+pub(super) async fn quic_probe(
+    dialer: &GatewayDialer,
     config: &AgentConfig,
     address: SocketAddr,
-) -> quinn::Connection {
+) -> Tunnel {
     loop {
         tokio::time::sleep(config.quic_retry).await;
         match dialer.quic(config, address).await {
-            Ok(connection) => return connection,
+            Ok(connection) => return Tunnel::Quic(connection),
             Err(error) => debug!(%error, "QUIC still unavailable; staying on TLS/TCP"),
         }
     }
 }
 
 /// Whether the state directory says TCP won last time (read off the runtime).
-pub(crate) async fn remembered_tcp(shared: &Arc<Shared>) -> bool {
+pub(super) async fn remembered_tcp(shared: &Arc<Shared>) -> bool {
     let Some(dir) = shared.config.state_dir.clone() else {
         return false;
     };
@@ -246,7 +297,7 @@ pub(crate) async fn remembered_tcp(shared: &Arc<Shared>) -> bool {
 }
 
 /// Remembers the transport that won (off the runtime thread).
-pub(crate) async fn remember(shared: &Arc<Shared>, transport: Transport) {
+pub(super) async fn remember_transport(shared: &Arc<Shared>, transport: Transport) {
     let Some(dir) = shared.config.state_dir.clone() else {
         return;
     };
@@ -260,7 +311,7 @@ pub(crate) async fn remember(shared: &Arc<Shared>, transport: Transport) {
 
 /// A UDP endpoint on `local`; an unspecified IPv6 address is dual-stack where the
 /// OS allows, falling back to IPv4.
-pub(crate) fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+fn bind_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let client = |addr| exitpool_transport::udp::endpoint(addr, Default::default(), None);
     match client(local) {
         Ok(endpoint) => Ok(endpoint),
