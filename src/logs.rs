@@ -73,20 +73,33 @@ pub const SUMMARY_TARGET: &str = "exitpool::logs";
 /// `write` rather than one per line, and no line waits for a later one.
 const LOG_BUFFER: usize = 64 * 1024;
 
+/// Lines each logging queue holds by default (tracing-appender's default):
+/// room for the gateway's bursts of access lines. Every slot costs 32 bytes
+/// up front, so two such queues hold 8 MiB.
+pub const QUEUE_LINES: usize = 128_000;
+
 /// Installs the global subscriber: level from `RUST_LOG` (default
-/// [`DEFAULT_FILTER`]). Access lines queue for a thread of their own (128,000
-/// lines; a full queue makes the logging task wait rather than drop one);
-/// other lines for another, which drops them when full.
+/// [`DEFAULT_FILTER`]). Access lines queue for a thread of their own
+/// ([`QUEUE_LINES`]; a full queue makes the logging task wait rather than
+/// drop one); other lines for another, which drops them when full.
 pub fn init(format: LogFormat) -> LogGuard {
+    init_with_queue(format, QUEUE_LINES)
+}
+
+/// As [`init`], with queues of `queue_lines` lines: the agent, which writes
+/// a few lines a minute and no access lines, keeps its memory for relaying.
+pub fn init_with_queue(format: LogFormat, queue_lines: usize) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let json = format == LogFormat::Json;
     let (access, access_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(queue_lines)
         .thread_name("exitpool-access")
         .finish(StderrLines::new(json));
     let (other, other_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
+        .buffered_lines_limit(queue_lines)
         .thread_name("exitpool-logs")
         .finish(StderrLines::new(json));
     let writer = access

@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Log lines queued for the logging thread: the agent writes a few a minute
+/// (the queue drops when full), and the library's default would cost 8 MiB,
+/// most of an idle agent's memory.
+const LOG_QUEUE_LINES: usize = 1024;
+
 /// An exitpool exit node: shares this device's connection with the gateway's
 /// customers, never towards its own network. Every flag has a key in the
 /// `--config` file (docs/install.md); a flag overrides the file.
@@ -104,7 +109,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let _logs = exitpool::logs::init(exitpool::logs::LogFormat::Text);
+    let _logs = exitpool::logs::init_with_queue(exitpool::logs::LogFormat::Text, LOG_QUEUE_LINES);
     let mut args = Args::parse();
     if let Some(Command::CheckConfig { file }) = &args.command {
         return check_config(file);
