@@ -187,28 +187,19 @@ mod tests {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
+    /// The modes themselves, and tightening loose state, are tested with
+    /// [`exitpool_transport::state_dir`]; here, that the agent's own files
+    /// go through it.
     #[cfg(unix)]
     #[test]
-    fn new_state_is_owner_only_and_loose_state_is_tightened() {
-        use std::os::unix::fs::PermissionsExt;
+    fn the_device_key_and_its_directory_are_owner_only() {
         let root = temp_dir("mode");
         let dir = root.join("agent");
         load_or_create_device_key(&dir).unwrap();
-        write_atomically(&dir.join("usage.json"), b"{}").unwrap();
+        remember_transport(&dir, "tcp").unwrap();
         assert_eq!(mode(&dir), DIR_MODE);
         assert_eq!(mode(&dir.join(DEVICE_KEY_FILE)), FILE_MODE);
-        assert_eq!(mode(&dir.join("usage.json")), FILE_MODE);
-        // A directory an older agent left world-readable is tightened at start.
-        let loose = |path: &Path, mode| {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
-        };
-        loose(&dir, 0o755);
-        loose(&dir.join(DEVICE_KEY_FILE), 0o644);
-        loose(&dir.join("usage.json"), 0o666);
-        prepare_dir(&dir).unwrap();
-        assert_eq!(mode(&dir), DIR_MODE);
-        assert_eq!(mode(&dir.join(DEVICE_KEY_FILE)), FILE_MODE);
-        assert_eq!(mode(&dir.join("usage.json")), FILE_MODE);
+        assert_eq!(mode(&dir.join(TRANSPORT_FILE)), FILE_MODE);
         std::fs::remove_dir_all(root).unwrap();
     }
 }
