@@ -7,7 +7,7 @@
 //! warning: one forged handshake must not end a volunteer's sharing.
 //!
 //! In the order a tunnel lives:
-//! - `reconnect`: [`run`](reconnect::run), one session after another, and the
+//! - `reconnect`: `run`, one session after another, and the
 //!   pause before the next ([`RESTART_SPREAD`], [`STABLE_AFTER`]);
 //! - `backoff`: [`Backoff`], capped exponential backoff with full jitter;
 //! - `reach_gateway`: reaching the gateway over QUIC, TLS over TCP or a race
