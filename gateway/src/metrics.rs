@@ -70,6 +70,9 @@ pub struct FleetCounters {
     pub peer_streams_out: Counter,
     /// Streams other gateways carried to this one's exits.
     pub peer_streams_in: Counter,
+    /// Records read from Redis that were ignored because they are not signed
+    /// with the fleet's key.
+    pub records_refused: Counter,
 }
 
 /// Every metric the gateway exports.
@@ -260,6 +263,11 @@ impl Metrics {
                 "fleet_peer_streams_in",
                 "Streams other gateways carried to this gateway's exits",
                 &metrics.fleet.peer_streams_in,
+            ),
+            (
+                "redis_records_refused",
+                "Records read from Redis and ignored: not signed with the fleet's key",
+                &metrics.fleet.records_refused,
             ),
         ] {
             registry.register(name, help, counter.clone());

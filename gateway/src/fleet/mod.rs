@@ -11,6 +11,11 @@
 //!   never waits for Redis; a customer whose exit sits elsewhere is carried over
 //!   a [`peer`] link to the gateway holding its tunnel ([`serve`] answers them).
 //!
+//! Redis is not trusted with membership: every record a gateway publishes is
+//! signed with a key derived from the fleet key ([`signed`]), and both ends of
+//! a peer link prove membership ([`peer`]), so a Redis writer can disturb the
+//! pool's view and the accounting but cannot add a gateway or an exit.
+//!
 //! Redis may go away: every command has a deadline ([`FleetConfig::redis_timeout`]),
 //! the gateway keeps serving with what it holds, `/healthz` says `degraded` and
 //! why, usage not yet flushed is journalled in the state directory, and
@@ -20,6 +25,7 @@ pub mod peer;
 pub mod replica;
 pub mod serve;
 pub mod sessions;
+pub mod signed;
 pub mod usage;
 
 use crate::config::FleetConfig;
@@ -146,6 +152,8 @@ pub struct Fleet {
     degraded: Mutex<Option<Degraded>>,
     /// Links to the other gateways.
     pub peers: peer::Peers,
+    /// The key of the records this fleet's gateways publish.
+    records: signed::RecordKey,
     /// What the rest of the fleet uses of each busy customer's limits.
     elsewhere: DashMap<String, Elsewhere>,
     /// Per customer: fleet-wide bytes as of the last flush, and this gateway's
@@ -199,6 +207,7 @@ impl Fleet {
             redis,
             feed,
             degraded: Mutex::new(None),
+            records: peers.record_key().clone(),
             peers,
             elsewhere: DashMap::new(),
             quota_bytes: DashMap::new(),
@@ -316,6 +325,33 @@ impl Fleet {
                 });
             }
         }
+    }
+
+    /// Counts and logs a record read from Redis that is not signed with the
+    /// fleet's key (written by someone else, or by a gateway of another
+    /// fleet): it is ignored.
+    fn refuse_record(&self, what: &'static str, gateway: &str) {
+        self.counters.records_refused.inc();
+        // Repeats of this line are summarised by the log layer (per call site).
+        tracing::warn!(
+            what,
+            gateway = ?gateway,
+            "a fleet record in Redis is not signed with this fleet's key; ignored"
+        );
+    }
+
+    /// Gateway `id`'s record from its sealed text, if its signature verifies
+    /// and it names `id`.
+    fn open_gateway_record(&self, id: &str, sealed: &str) -> Option<GatewayRecord> {
+        let record = self
+            .records
+            .open(&replica::gateway_scope(id), sealed)
+            .and_then(|text| serde_json::from_str::<GatewayRecord>(text).ok())
+            .filter(|record| record.id == id);
+        if record.is_none() {
+            self.refuse_record("gateway record", id);
+        }
+        record
     }
 
     /// Why the fleet's shared state is out of reach, if it is: the reason and

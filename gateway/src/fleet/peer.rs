@@ -9,6 +9,14 @@
 //! stream, with per-stream flow control and half-close, exactly like a stream
 //! on an agent tunnel: the customer transfer on this side cannot tell the
 //! difference. The answering side is [`super::serve`].
+//!
+//! Membership is proved both ways on the link's first stream: the dialling
+//! end sends [`PeerHello`] (an HMAC under the fleet key of the connection's
+//! exported keying material), and the answering end, having checked it,
+//! answers [`PeerAnswer::Welcome`] followed by [`AnswerProof`], an HMAC of the
+//! same material under another label (so the dialler's own proof cannot be
+//! echoed back). A link whose answering end cannot prove membership carries
+//! no customer: a record in Redis naming some address and pin is not enough.
 
 use crate::config::PeerTransport;
 use crate::error::ProxyError;
@@ -22,10 +30,24 @@ use exitpool_protocol::{read_frame, write_frame, OpenReply, TargetHost};
 use exitpool_transport::pin::{Pin, PinVerifier};
 use exitpool_transport::tcp::{self, TcpSettings};
 use exitpool_transport::{Tunnel, TunnelConnection};
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+
+/// What the answering end of a peer link sends after
+/// [`PeerAnswer::Welcome`]: its own fleet proof for the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerProof {
+    /// HMAC-SHA256 under the fleet key of [`ANSWER_PROOF_LABEL`] and the
+    /// connection's exported material.
+    pub proof: [u8; 32],
+}
+
+/// Prefix of what the answering end's proof covers, so it differs from the
+/// dialling end's proof of the same connection.
+const ANSWER_PROOF_LABEL: &[u8] = b"exitpool peer link: answering end\0";
 
 /// Most customer streams one peer link carries at once.
 pub const MAX_PEER_STREAMS: u32 = 16_384;
@@ -52,6 +74,9 @@ pub struct Peers {
     transport_choice: PeerTransport,
     own_id: Arc<str>,
     key: ring::hmac::Key,
+    /// The key of the records gateways publish in Redis
+    /// ([`super::signed`]), derived from the same fleet key.
+    records: super::signed::RecordKey,
     addresses: DashMap<Arc<str>, PeerAddress>,
     links: DashMap<Arc<str>, LinkSlot>,
     /// Gateways whose last dial failed, until when: customers meeting their
@@ -156,6 +181,7 @@ impl Peers {
             transport_choice,
             own_id,
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, fleet_key),
+            records: super::signed::RecordKey::new(fleet_key),
             addresses: DashMap::new(),
             links: DashMap::new(),
             down_until: DashMap::new(),
@@ -215,6 +241,24 @@ impl Peers {
     /// Whether `proof` is the fleet proof for `material` (constant time).
     pub fn verify(&self, material: &[u8; PEER_EXPORTER_LEN], proof: &[u8; 32]) -> bool {
         ring::hmac::verify(&self.key, material, proof).is_ok()
+    }
+
+    /// The answering end's fleet proof for a connection whose exported
+    /// material is `material`.
+    pub fn prove_answer(&self, material: &[u8; PEER_EXPORTER_LEN]) -> [u8; 32] {
+        let tag = ring::hmac::sign(&self.key, &answer_message(material));
+        tag.as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
+    }
+
+    /// Whether `proof` is the answering end's fleet proof for `material`
+    /// (constant time).
+    pub fn verify_answer(&self, material: &[u8; PEER_EXPORTER_LEN], proof: &[u8; 32]) -> bool {
+        ring::hmac::verify(&self.key, &answer_message(material), proof).is_ok()
+    }
+
+    /// The key the fleet's records in Redis are signed with.
+    pub fn record_key(&self) -> &super::signed::RecordKey {
+        &self.records
     }
 
     /// Opens a relay stream through gateway `home` to its exit `agent_id`,
@@ -360,10 +404,23 @@ impl Peers {
             .await
             .map_err(|e| e.to_string())?
         {
-            PeerAnswer::Welcome => Ok(()),
-            PeerAnswer::Refused(reason) => Err(format!("refused: {reason}")),
+            PeerAnswer::Welcome => {}
+            PeerAnswer::Refused(reason) => return Err(format!("refused: {reason}")),
         }
+        // The answering end proves membership too: whoever merely holds the
+        // address and pin a record named is not the fleet.
+        let answer = read_frame::<AnswerProof, _>(&mut recv)
+            .await
+            .map_err(|e| format!("the answering end sent no fleet proof ({e})"))?;
+        if !self.verify_answer(&material, &answer.proof) {
+            return Err("the answering end's fleet proof does not verify (not this fleet)".into());
+        }
+        Ok(())
     }
+}
+
+fn answer_message(material: &[u8; PEER_EXPORTER_LEN]) -> Vec<u8> {
+    [ANSWER_PROOF_LABEL, material.as_slice()].concat()
 }
 
 /// The TLS keying material of `link` the fleet proof covers.

@@ -8,6 +8,12 @@
 //! gateway timeout) says it is alive and carries its peer address, its pin and
 //! the sequence number of its last change.
 //!
+//! **Signatures.** Every value a gateway publishes here (its record, each
+//! agent entry, the list's sequence number, each change on the stream) is
+//! signed with the fleet's record key ([`super::signed`]); a follower drops
+//! and counts whatever does not verify, so writing to Redis alone announces no
+//! gateway and no exit.
+//!
 //! **Following.** Every other gateway reads the stream (blocking reads on a
 //! connection of their own) and applies each change to its directory as an
 //! agent with a `home`. Once a heartbeat it reads every gateway's record: a
@@ -107,6 +113,31 @@ fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("fleet records serialise")
 }
 
+/// The signature scope of gateway `id`'s record.
+pub(super) fn gateway_scope(id: &str) -> [&str; 2] {
+    ["gateway", id]
+}
+
+/// The signature scope of `gateway`'s entry for agent `agent_id`.
+fn agent_scope<'a>(gateway: &'a str, agent_id: &'a str) -> [&'a str; 3] {
+    ["agent", gateway, agent_id]
+}
+
+/// The signature scope of `gateway`'s list's sequence number.
+fn seq_scope(gateway: &str) -> [&str; 2] {
+    ["seq", gateway]
+}
+
+/// The tag of a change on the stream: its gateway, sequence number and event.
+fn change_parts<'a>(gateway: &'a str, seq: &'a str, event: &'a str) -> [&'a [u8]; 4] {
+    [
+        b"change",
+        gateway.as_bytes(),
+        seq.as_bytes(),
+        event.as_bytes(),
+    ]
+}
+
 /// Publishes this gateway's agents and follows everyone else's, until the
 /// gateway stops (when it takes its agents out of the fleet at once).
 pub async fn run(shared: Arc<Shared>, fleet: Arc<Fleet>, changes: mpsc::Receiver<Change>) {
@@ -186,6 +217,12 @@ impl Publisher {
 
     fn stream_entry(&mut self, pipe: &mut redis::Pipeline, event: &Event) {
         self.seq += 1;
+        let event = json(event);
+        let seq = self.seq.to_string();
+        let tag = self
+            .fleet
+            .records
+            .tag(&change_parts(&self.fleet.id, &seq, &event));
         pipe.cmd("XADD")
             .arg(keys::DIRECTORY)
             .arg("MAXLEN")
@@ -195,9 +232,11 @@ impl Publisher {
             .arg("g")
             .arg(&*self.fleet.id)
             .arg("s")
-            .arg(self.seq)
+            .arg(seq)
             .arg("e")
-            .arg(json(event))
+            .arg(event)
+            .arg("m")
+            .arg(tag)
             .ignore();
     }
 
@@ -209,7 +248,8 @@ impl Publisher {
             let event = match change {
                 Change::Joined(agent) | Change::Accepting(agent) => {
                     let record = record_of(agent);
-                    pipe.hset(&hash, &agent.agent_id, json(&record)).ignore();
+                    pipe.hset(&hash, &agent.agent_id, self.sealed(agent, &record))
+                        .ignore();
                     Event::Join {
                         id: agent.agent_id.clone(),
                         agent: record,
@@ -233,7 +273,8 @@ impl Publisher {
             };
             self.stream_entry(&mut pipe, &event);
         }
-        pipe.hset(&hash, keys::SEQ_FIELD, self.seq).ignore();
+        pipe.hset(&hash, keys::SEQ_FIELD, self.sealed_seq())
+            .ignore();
         self.fleet.query_pipe::<()>("publish agents", &pipe).await
     }
 
@@ -246,12 +287,18 @@ impl Publisher {
         for chunk in agents.chunks(BATCH) {
             let fields: Vec<(String, String)> = chunk
                 .iter()
-                .map(|agent| (agent.agent_id.clone(), json(&record_of(agent))))
+                .map(|agent| {
+                    (
+                        agent.agent_id.clone(),
+                        self.sealed(agent, &record_of(agent)),
+                    )
+                })
                 .collect();
             pipe.hset_multiple(&hash, &fields).ignore();
         }
         self.stream_entry(&mut pipe, &Event::Reset);
-        pipe.hset(&hash, keys::SEQ_FIELD, self.seq).ignore();
+        pipe.hset(&hash, keys::SEQ_FIELD, self.sealed_seq())
+            .ignore();
         self.fleet
             .query_pipe::<()>("publish agent list", &pipe)
             .await?;
@@ -284,9 +331,27 @@ impl Publisher {
         for event in &moved {
             self.stream_entry(&mut pipe, event);
         }
-        pipe.hset(keys::agents(&self.fleet.id), keys::SEQ_FIELD, self.seq)
-            .ignore();
+        pipe.hset(
+            keys::agents(&self.fleet.id),
+            keys::SEQ_FIELD,
+            self.sealed_seq(),
+        )
+        .ignore();
         self.fleet.query_pipe::<()>("publish loads", &pipe).await
+    }
+
+    /// `agent`'s entry in this gateway's list, signed.
+    fn sealed(&self, agent: &crate::directory::Agent, record: &AgentRecord) -> String {
+        self.fleet
+            .records
+            .seal(&agent_scope(&self.fleet.id, &agent.agent_id), &json(record))
+    }
+
+    /// The list's sequence number, signed.
+    fn sealed_seq(&self) -> String {
+        self.fleet
+            .records
+            .seal(&seq_scope(&self.fleet.id), &self.seq.to_string())
     }
 
     /// The agents whose tunnels this gateway holds.
@@ -316,7 +381,11 @@ impl Publisher {
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(keys::gateway(&self.fleet.id))
-            .arg(json(&record))
+            .arg(
+                self.fleet
+                    .records
+                    .seal(&gateway_scope(&self.fleet.id), &json(&record)),
+            )
             .arg("PX")
             .arg(self.fleet.config.gateway_timeout.as_millis() as u64)
             .ignore();
@@ -412,16 +481,26 @@ impl Follower {
             .flat_map(|key| key.ids)
         {
             self.stream_position = Some(entry.id.clone());
-            let (Some(gateway), Some(seq), Some(event)) = (
+            let (Some(gateway), Some(seq_text), Some(event)) = (
                 entry.get::<String>("g"),
-                entry.get::<u64>("s"),
+                entry.get::<String>("s"),
                 entry.get::<String>("e"),
             ) else {
+                self.fleet.refuse_record("directory change", "?");
                 continue;
             };
             if gateway == *self.fleet.id {
                 continue;
             }
+            let signed = entry.get::<String>("m").is_some_and(|tag| {
+                self.fleet
+                    .records
+                    .verify(&change_parts(&gateway, &seq_text, &event), &tag)
+            });
+            let (true, Ok(seq)) = (signed, seq_text.parse::<u64>()) else {
+                self.fleet.refuse_record("directory change", &gateway);
+                continue;
+            };
             match serde_json::from_str::<Event>(&event) {
                 Ok(event) => self.apply(&gateway, seq, event).await?,
                 Err(error) => {
@@ -561,18 +640,27 @@ impl Follower {
             .get(keys::gateway(gateway));
         let (listed, record): (HashMap<String, String>, Option<String>) =
             self.fleet.query_pipe("read agent list", &pipe).await?;
-        if let Some(record) =
-            record.and_then(|text| serde_json::from_str::<GatewayRecord>(&text).ok())
+        if let Some(record) = record.and_then(|text| self.fleet.open_gateway_record(gateway, &text))
         {
             self.note_address(&record);
         }
         let mut present = HashSet::new();
         let mut seq = 0;
+        let records = self.fleet.records.clone();
         for (field, value) in &listed {
             if field == keys::SEQ_FIELD {
-                seq = value.parse().unwrap_or(0);
+                match records.open(&seq_scope(gateway), value) {
+                    Some(text) => seq = text.parse().unwrap_or(0),
+                    None => self
+                        .fleet
+                        .refuse_record("agent list sequence number", gateway),
+                }
                 continue;
             }
+            let Some(value) = records.open(&agent_scope(gateway, field), value) else {
+                self.fleet.refuse_record("agent entry", gateway);
+                continue;
+            };
             match serde_json::from_str::<AgentRecord>(value) {
                 Ok(record) => {
                     present.insert(field.clone());
@@ -633,7 +721,7 @@ impl Follower {
         };
         let mut alive = Vec::new();
         for (id, record) in ids.iter().zip(records) {
-            let record = record.and_then(|text| serde_json::from_str::<GatewayRecord>(&text).ok());
+            let record = record.and_then(|text| self.fleet.open_gateway_record(id, &text));
             match record {
                 Some(record) => alive.push(record),
                 // Its record expired: it stopped without a word.

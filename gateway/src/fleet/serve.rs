@@ -6,8 +6,10 @@
 //! [`MAX_PEER_HANDSHAKES_PER_NETWORK`] from one source network, so strangers
 //! cannot hold memory or keep the fleet's own links out); each later stream
 //! names an exit and a target, gets the exit's own answer, and is relayed to
-//! the exit's stream. This gateway counts the bytes against the agent; the
-//! dialling gateway counts them against its customer.
+//! the exit's stream. Once the dialler has proved itself, this end answers
+//! with its own proof ([`super::peer::AnswerProof`]). This gateway counts the
+//! bytes against the agent; the dialling gateway counts them against its
+//! customer.
 
 use super::Fleet;
 use crate::directory::{Outcome, StreamGuard};
@@ -145,6 +147,15 @@ async fn admit(link: Tunnel, fleet: &Fleet) -> Result<(Tunnel, String), String> 
     write_frame(&mut send, &answer)
         .await
         .map_err(|e| e.to_string())?;
+    if refusal.is_none() {
+        // This end proves membership too ([`super::peer::AnswerProof`]).
+        let proof = super::peer::AnswerProof {
+            proof: fleet.peers.prove_answer(&material),
+        };
+        write_frame(&mut send, &proof)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let _ = TunnelSend::finish(&mut send);
     if let Some(reason) = refusal {
         // The dialler closes the link once it has read the answer; closing

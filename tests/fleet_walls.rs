@@ -1,0 +1,328 @@
+//! Fleet walls: Redis is not the fleet's membership list. Records written
+//! into Redis by someone without the fleet's key (a fake gateway with its own
+//! peer address and pin, and an exit in it) carry no customer and are
+//! counted; a peer link whose answering end cannot prove membership carries
+//! nothing; a gateway with another fleet's certificate refuses to start; and
+//! no customer answer names an internal gateway id or address.
+
+mod common;
+
+use common::fleet::{fleet, wait_for_gateways, wait_for_pool, RedisServer};
+use common::targets::{echo_target, http_target};
+use common::*;
+use exitpool::gateway::config::PeerTransport;
+use exitpool::gateway::error::ProxyError;
+use exitpool::gateway::fleet::peer::{self, PeerAddress, Peers};
+use exitpool::protocol::peer::{PeerAnswer, PeerHello, PeerOpen, PEER_TCP_ALPN};
+use exitpool::protocol::{read_frame, write_frame, OpenReply};
+use exitpool::transport::{tcp, Tunnel, TunnelConnection, TunnelSend};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A cookie only the customer and its target may see.
+const COOKIE: &str = "session=customer-secret-4711";
+
+/// A stranger's gateway: a TLS/TCP peer port with a certificate of its own,
+/// answering as the fleet's gateways did before the answering end had to
+/// prove membership (it welcomes any dialler), taking every stream and keeping
+/// what customers send through it.
+struct FakeGateway {
+    addr: SocketAddr,
+    pin: String,
+    /// TLS connections accepted.
+    links: Arc<AtomicUsize>,
+    /// Relay streams opened on it after the hello.
+    streams: Arc<AtomicUsize>,
+    /// Every byte customers sent through it.
+    received: Arc<Mutex<Vec<u8>>>,
+    _state: tempfile::TempDir,
+}
+
+impl FakeGateway {
+    async fn start() -> FakeGateway {
+        let state = tempfile::tempdir().unwrap();
+        let identity = exitpool::gateway::tls::Identity::load_or_create(state.path()).unwrap();
+        let tls =
+            tokio_rustls::TlsAcceptor::from(identity.tcp_server_config_for(PEER_TCP_ALPN).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = FakeGateway {
+            addr: listener.local_addr().unwrap(),
+            pin: identity.pin(),
+            links: Arc::default(),
+            streams: Arc::default(),
+            received: Arc::default(),
+            _state: state,
+        };
+        let (links, streams, received) = (
+            fake.links.clone(),
+            fake.streams.clone(),
+            fake.received.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                links.fetch_add(1, Ordering::SeqCst);
+                let (tls, streams, received) = (tls.clone(), streams.clone(), received.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = tls.accept(stream).await else {
+                        return;
+                    };
+                    let settings = peer::tcp_settings(Duration::from_secs(5), true);
+                    let Ok(link) = tcp::answering_end(tls, settings).await else {
+                        return;
+                    };
+                    let link = Tunnel::from(link);
+                    let Ok((mut send, mut recv)) = link.accept_stream().await else {
+                        return;
+                    };
+                    if read_frame::<PeerHello, _>(&mut recv).await.is_err() {
+                        return;
+                    }
+                    let _ = write_frame(&mut send, &PeerAnswer::Welcome).await;
+                    let _ = TunnelSend::finish(&mut send);
+                    peer::open_to_streams(&link);
+                    while let Ok((mut send, mut recv)) = link.accept_stream().await {
+                        streams.fetch_add(1, Ordering::SeqCst);
+                        let received = received.clone();
+                        tokio::spawn(async move {
+                            if read_frame::<PeerOpen, _>(&mut recv).await.is_err() {
+                                return;
+                            }
+                            let opened = OpenReply::Opened {
+                                peer: "192.0.2.1:80".parse().unwrap(),
+                            };
+                            let _ = write_frame(&mut send, &opened).await;
+                            // Keep the customer's request head, then answer it.
+                            let mut head = Vec::new();
+                            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                                let mut byte = [0u8; 1];
+                                match recv.read(&mut byte).await {
+                                    Ok(1) => head.push(byte[0]),
+                                    _ => break,
+                                }
+                            }
+                            received.lock().unwrap().extend_from_slice(&head);
+                            let _ = send
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nowned!")
+                                .await;
+                            let _ = TunnelSend::finish(&mut send);
+                        });
+                    }
+                    // Keep the link open while the test may use it.
+                    let _ = link.closed().await;
+                });
+            }
+        });
+        fake
+    }
+
+    fn received(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
+
+/// An exit's entry as a gateway publishes it.
+fn agent_entry(country: &str) -> String {
+    serde_json::json!({
+        "country": country, "asn": null, "city": null,
+        "max_streams": 64, "accepting": true, "software": "exitpool-agent/0",
+    })
+    .to_string()
+}
+
+/// A plain-HTTP request through `proxy` as alice with `params`, carrying
+/// [`COOKIE`]; the answer's head.
+async fn get_with_cookie(proxy: SocketAddr, target: SocketAddr, params: &str) -> Head {
+    let mut stream = within("connect to proxy", TcpStream::connect(proxy))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET http://{target}/ip HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\nCookie: {COOKIE}\r\n\r\n",
+        basic(&format!("{USER}{params}"), PASSWORD)
+    );
+    within("send GET", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    read_head(&mut stream).await
+}
+
+#[tokio::test]
+async fn a_gateway_written_into_redis_without_the_fleet_key_never_gets_a_customer() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a"]).await;
+    let a = &gateways[0];
+    let _agent = a.agent("127.0.0.2").await;
+    wait_for_pool(a, 1).await;
+    wait_for_gateways(a, 1).await;
+    let fake = FakeGateway::start().await;
+
+    // What an attacker with write access to Redis does: four writes announce
+    // a gateway (its own peer address and pin) holding one exit in France.
+    let mut attacker = redis.client().await;
+    let record = serde_json::json!({
+        "id": "gw-evil", "peer": fake.addr.to_string(), "peer_tcp": true,
+        "pin": fake.pin, "seq": 2, "agents": 1, "streams": 0, "connections": 0,
+        "bytes_up": 0, "bytes_down": 0,
+    })
+    .to_string();
+    let join = serde_json::json!({
+        "op": "join", "id": "evil-exit",
+        "agent": serde_json::from_str::<serde_json::Value>(&agent_entry("FR")).unwrap(),
+    })
+    .to_string();
+    let () = redis::pipe()
+        .cmd("SADD")
+        .arg("exitpool:gateways")
+        .arg("gw-evil")
+        .ignore()
+        .cmd("SET")
+        .arg("exitpool:gateway:gw-evil")
+        .arg(&record)
+        .arg("PX")
+        .arg(600_000)
+        .ignore()
+        .cmd("HSET")
+        .arg("exitpool:agents:gw-evil")
+        .arg("evil-exit")
+        .arg(agent_entry("FR"))
+        .arg("~seq")
+        .arg(2)
+        .ignore()
+        .cmd("XADD")
+        .arg("exitpool:directory")
+        .arg("*")
+        .arg("g")
+        .arg("gw-evil")
+        .arg("s")
+        .arg(2)
+        .arg("e")
+        .arg(&join)
+        .ignore()
+        .query_async(&mut attacker)
+        .await
+        .unwrap();
+
+    // The gateway reads them (several heartbeats) and refuses them; were they
+    // taken, its directory would list the fake exit.
+    within("the gateway reads the attacker's records", async {
+        loop {
+            let refused = a
+                .metric_with("exitpool_redis_records_refused_total", None)
+                .await
+                .unwrap_or(0.0);
+            if refused >= 3.0 || a.gateway.directory().len() > 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // A customer asks for France, then rotates: nothing reaches the fake.
+    let target = http_target("127.0.0.1").await;
+    let head = get_with_cookie(a.proxy(), target, "-country-fr").await;
+    assert_eq!(
+        fake.received(),
+        "",
+        "the attacker's gateway received a customer's request ({head:?})"
+    );
+    for _ in 0..5 {
+        let (_, seen) = exit_ip(a.proxy(), target, "").await;
+        assert_eq!(seen, "127.0.0.2");
+    }
+    assert_eq!(fake.links.load(Ordering::SeqCst), 0, "the fake was dialled");
+    assert_eq!(head.status, 502, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("no_exit"), "{head:?}");
+    assert_eq!(a.gateway.directory().len(), 1);
+    assert_eq!(a.stats().await["fleet"]["totals"]["gateways"], 1);
+    assert!(a.metric("exitpool_redis_records_refused_total").await >= 3);
+}
+
+/// Dials `address` as a gateway of the fleet whose key is `key`, and opens a
+/// stream to its exit `agent_id` towards `target`.
+async fn dial_peer(
+    key: &[u8; 32],
+    address: PeerAddress,
+    agent_id: &str,
+    target: SocketAddr,
+) -> Result<(), ProxyError> {
+    let endpoint = exitpool::transport::udp::endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        quinn::EndpointConfig::default(),
+        None,
+    )
+    .unwrap();
+    let timeout = Duration::from_secs(5);
+    let peers = Peers::new(
+        endpoint,
+        PeerTransport::Tcp,
+        "gw-test".into(),
+        key,
+        timeout,
+        timeout,
+    );
+    let home: Arc<str> = "gw-other".into();
+    peers.set_address(&home, address);
+    let host = exitpool::protocol::TargetHost::Ip(target.ip());
+    within(
+        "peer stream",
+        peers.open(&home, agent_id, host, target.port(), timeout),
+    )
+    .await
+    .map(drop)
+}
+
+#[tokio::test]
+async fn a_peer_that_cannot_prove_membership_when_answering_carries_nothing() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a"]).await;
+    let a = &gateways[0];
+    let _agent = a.agent("127.0.0.2").await;
+    wait_for_pool(a, 1).await;
+    let agent_id = a.gateway.directory().agents()[0].agent_id.clone();
+    let fleet_key =
+        peer::fleet_key(&exitpool::gateway::tls::Identity::load_or_create(a.state.path()).unwrap());
+    let target = echo_target().await;
+
+    // A dialler of the fleet reaches the stranger (its address and pin as a
+    // record would name them): the stranger welcomes it but cannot prove
+    // membership, so the link is dropped before any customer stream.
+    let fake = FakeGateway::start().await;
+    let stranger = PeerAddress {
+        addr: fake.addr,
+        tcp: true,
+        pin: fake.pin.parse().unwrap(),
+    };
+    let refused = dial_peer(&fleet_key, stranger, &agent_id, target).await;
+    assert_eq!(fake.links.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        fake.streams.load(Ordering::SeqCst),
+        0,
+        "a customer stream went to a peer that did not prove membership"
+    );
+    let Err(ProxyError::PeerUnavailable(reason)) = refused else {
+        panic!("a peer that did not prove membership was used: {refused:?}");
+    };
+    assert!(reason.contains("answering end"), "{reason}");
+
+    // The fleet's own gateway proves itself when answering: the same dial to
+    // it carries the stream.
+    wait_for_gateways(a, 1).await;
+    let stats = a.stats().await["fleet"].clone();
+    let member = PeerAddress {
+        addr: stats["gateways"]["gw-a"]["peer"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        tcp: true,
+        pin: a.gateway.pin().parse().unwrap(),
+    };
+    dial_peer(&fleet_key, member, &agent_id, target)
+        .await
+        .unwrap();
+    assert_eq!(a.stats().await["fleet"]["peer_streams_in"], 1);
+}
