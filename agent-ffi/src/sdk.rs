@@ -191,16 +191,48 @@ impl SdkAgent {
         }
     }
 
-    /// Starts the agent (it connects once consent is recorded); returns at once.
+    /// Starts the agent (it connects once consent is recorded); returns at
+    /// once. An agent that stopped by itself (a fatal error) starts afresh.
     pub fn start(&self) -> Result<(), SdkError> {
         let mut inner = lock(&self.inner);
         Self::busy(&inner)?;
-        if inner.running.is_some() {
-            return Ok(());
-        }
         let builder = inner.limits.apply(self.config.builder.clone());
-        let running = spawn(builder, inner.paused, self.events.clone())?;
-        inner.running = Some(running);
+        match inner.running.take() {
+            Some(running) if running.handle.stopped().borrow().is_some() => {
+                self.replace(&mut inner, running, builder)
+            }
+            Some(running) => {
+                inner.running = Some(running);
+                Ok(())
+            }
+            None => {
+                inner.running = Some(spawn(builder, inner.paused, self.events.clone())?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops `old` and then starts `builder`'s agent, in the background (the
+    /// two must not share the state directory at once).
+    fn replace(
+        &self,
+        inner: &mut Inner,
+        old: Running,
+        builder: exitpool_agent::AgentBuilder,
+    ) -> Result<(), SdkError> {
+        old.quiet.store(true, Ordering::SeqCst);
+        let (shared, events) = (self.inner.clone(), self.events.clone());
+        inner.transition = Some(runtime()?.spawn(async move {
+            let _ = old.handle.shutdown().await;
+            let mut inner = lock(&shared);
+            match spawn(builder, inner.paused, events.clone()) {
+                Ok(running) => inner.running = Some(running),
+                Err(error) => {
+                    drop(inner);
+                    events.emit(STATE_STOPPED, &error.message);
+                }
+            }
+        }));
         Ok(())
     }
 
@@ -228,21 +260,8 @@ impl SdkAgent {
         let Some(old) = inner.running.take() else {
             return Ok(());
         };
-        old.quiet.store(true, Ordering::SeqCst);
         let builder = limits.apply(self.config.builder.clone());
-        let (shared, events) = (self.inner.clone(), self.events.clone());
-        inner.transition = Some(runtime()?.spawn(async move {
-            let _ = old.handle.shutdown().await;
-            let mut inner = lock(&shared);
-            match spawn(builder, inner.paused, events.clone()) {
-                Ok(running) => inner.running = Some(running),
-                Err(error) => {
-                    drop(inner);
-                    events.emit(STATE_STOPPED, &error.message);
-                }
-            }
-        }));
-        Ok(())
+        self.replace(&mut inner, old, builder)
     }
 
     /// Stops the agent in the background; the stopped callback follows.

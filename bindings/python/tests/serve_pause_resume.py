@@ -77,6 +77,10 @@ def main():
     expect_word("resume")
     agent.resume()
     wait_for(State.JOINED)
+    # New limits restart the agent in the background; it joins again.
+    agent.set_limits({"max_rate": 1000000})
+    wait_for(State.JOINED)
+    assert agent.stats()["max_rate"] == 1000000, agent.stats()
     say("resumed")
 
     expect_word("stop")
@@ -93,6 +97,22 @@ def main():
     assert agent.consent() is None
     assert agent.stats()["state"] == "stopped"
     agent.close()
+
+    # A token the gateway refuses stops the agent with the reason; starting
+    # it again tries afresh and stops the same way.
+    rejected = Agent(
+        dict(config, token="not-the-token", state_dir=os.path.join(config["state_dir"], "rejected")),
+        on_state=lambda state, reason: states.put((State(state), reason)),
+    )
+    rejected.record_consent("python terms v1")
+    for _ in range(2):
+        rejected.start()
+        while True:
+            state, reason = states.get(timeout=WAIT)
+            if state == State.STOPPED:
+                break
+        assert "token" in reason, reason
+    rejected.close()
     say("done")
 
 
