@@ -134,7 +134,7 @@ impl Report {
     }
 
     /// Writes the report to the state directory (atomically) if it changed:
-    /// at once for new bytes, streams or days, within [`ONLINE_SAVE_EVERY`]
+    /// at once for new bytes, streams or days, within `ONLINE_SAVE_EVERY`
     /// for online time alone. A file write and an fsync, so call it off the
     /// runtime's threads.
     pub fn save(&self) -> std::io::Result<()> {
