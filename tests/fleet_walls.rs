@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::fleet::{fleet, wait_for_gateways, wait_for_pool, RedisServer};
+use common::fleet::{fleet, fleet_config, wait_for_gateways, wait_for_pool, RedisServer};
 use common::targets::{echo_target, http_target};
 use common::*;
 use exitpool::gateway::config::PeerTransport;
@@ -325,4 +325,112 @@ async fn a_peer_that_cannot_prove_membership_when_answering_carries_nothing() {
         .await
         .unwrap();
     assert_eq!(a.stats().await["fleet"]["peer_streams_in"], 1);
+}
+
+#[tokio::test]
+async fn a_gateway_with_another_certificate_refuses_to_join_the_fleet() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a"]).await;
+    wait_for_gateways(&gateways[0], 1).await;
+    // A state directory of its own: a certificate that is not the fleet's.
+    let state = tempfile::tempdir().unwrap();
+    let mut config = TestGateway::config(state.path());
+    config.state_dir = state.path().to_owned();
+    config.fleet = Some(fleet_config(&redis, "gw-stranger"));
+    let started = within(
+        "a foreign gateway's start",
+        exitpool::gateway::Gateway::start(config),
+    )
+    .await;
+    let Err(error) = started else {
+        panic!("a gateway with another certificate joined the fleet");
+    };
+    let message = error.to_string();
+    for needle in [
+        "certificate is not the fleet's",
+        "gw-a",
+        &gateways[0].gateway.pin(),
+        "gateway-key.der",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message}");
+    }
+    // The fleet's own files make the same start a member.
+    let state = tempfile::tempdir().unwrap();
+    for name in common::fleet::SHARED_STATE {
+        std::fs::copy(gateways[0].state.path().join(name), state.path().join(name)).unwrap();
+    }
+    let config = TestGateway::config(state.path());
+    let member = TestGateway::start_in(state, config, |config| {
+        config.fleet = Some(fleet_config(&redis, "gw-b"));
+    })
+    .await;
+    wait_for_gateways(&member, 2).await;
+}
+
+#[tokio::test]
+async fn no_customer_answer_names_a_gateway_of_the_fleet_or_its_address() {
+    let redis = RedisServer::start().await;
+    // Gateway B advertises a peer address where nothing listens: the link
+    // to it fails, and the customer gets the fleet's 502.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let a = fleet(&redis, &["gw-a"]).await.remove(0);
+    let state = tempfile::tempdir().unwrap();
+    for name in common::fleet::SHARED_STATE {
+        std::fs::copy(a.state.path().join(name), state.path().join(name)).unwrap();
+    }
+    let config = TestGateway::config(state.path());
+    let b = TestGateway::start_in(state, config, |config| {
+        let mut fleet = fleet_config(&redis, "gw-b-internal");
+        fleet.peer_advertise = Some(dead);
+        config.fleet = Some(fleet);
+    })
+    .await;
+    let _agent = b.agent("127.0.0.2").await;
+    wait_for_pool(&a, 1).await;
+    let target = http_target("127.0.0.1").await;
+
+    // Plain HTTP and CONNECT, the whole answer (head and body) each time.
+    let mut stream = within("connect", TcpStream::connect(a.proxy()))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET http://{target}/ip HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
+        basic(&format!("{USER}-country-us"), PASSWORD)
+    );
+    within("send", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    let mut plain = Vec::new();
+    within("answer", stream.read_to_end(&mut plain))
+        .await
+        .unwrap();
+    let mut stream = within("connect", TcpStream::connect(a.proxy()))
+        .await
+        .unwrap();
+    let request = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+        basic(&format!("{USER}-country-us"), PASSWORD)
+    );
+    within("send", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    let mut tunnel = Vec::new();
+    within("answer", stream.read_to_end(&mut tunnel))
+        .await
+        .unwrap();
+    for answer in [plain, tunnel] {
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+        assert!(
+            answer.contains("X-Exitpool-Error: peer_unavailable")
+                || answer.contains("x-exitpool-error: peer_unavailable"),
+            "{answer}"
+        );
+        for secret in ["gw-b-internal", &dead.to_string(), "gw-a"] {
+            assert!(!answer.contains(secret), "{secret:?} in {answer}");
+        }
+    }
 }

@@ -60,8 +60,9 @@ pub enum ProxyError {
     #[error("the exit did not answer within {0} s")]
     ExitTimeout(u64),
     /// The fleet gateway holding the exit's tunnel could not be reached over
-    /// the peer link.
-    #[error("the gateway holding the exit could not be reached: {0}")]
+    /// the peer link. The text says why, for the log and tests only: the
+    /// customer's answer never names the fleet's gateways or addresses.
+    #[error("the gateway holding the exit could not be reached")]
     PeerUnavailable(String),
     /// Too many failed authentications from this address.
     #[error("too many failed authentications from your address; retry in {retry_after} s")]

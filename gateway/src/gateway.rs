@@ -431,6 +431,7 @@ async fn join_fleet(
         counters,
     )
     .map_err(|error| StartError::Fleet(error.to_string()))?;
+    fleet.check_membership().await.map_err(StartError::Fleet)?;
     let journal_path = fleet::usage::path_in(&config.state_dir);
     let journal = fleet::usage::load(&journal_path).map_err(|source| StartError::State {
         path: journal_path,

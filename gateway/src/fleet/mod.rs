@@ -327,6 +327,73 @@ impl Fleet {
         }
     }
 
+    /// Refuses to join a fleet whose gateways use another certificate: when
+    /// Redis lists live gateways, none of them signs with this gateway's key,
+    /// and some publish another pin, this gateway's identity is not the
+    /// fleet's (its state directory lacks the fleet's shared files), and it
+    /// would only serve alone while the others ignore it. Redis out of reach
+    /// (or a wrong password) is no refusal: the gateway starts degraded and
+    /// checks nothing more.
+    pub async fn check_membership(&self) -> Result<(), String> {
+        let others = match self.read_records().await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(%error, "could not check this gateway's certificate against the fleet's at start");
+                return Ok(());
+            }
+        };
+        let others: Vec<(String, String)> = others
+            .into_iter()
+            .filter(|(id, _)| id.as_str() != &*self.id)
+            .collect();
+        if others.iter().any(|(id, sealed)| {
+            self.records
+                .open(&replica::gateway_scope(id), sealed)
+                .is_some()
+        }) {
+            return Ok(());
+        }
+        let mut foreign: Vec<(String, String)> = others
+            .iter()
+            .filter_map(|(id, sealed)| {
+                let text = sealed.split_once('.')?.1;
+                let record = serde_json::from_str::<GatewayRecord>(text).ok()?;
+                (record.pin != self.pin).then(|| (id.clone(), record.pin))
+            })
+            .collect();
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        foreign.sort();
+        let names: Vec<&str> = foreign.iter().map(|(id, _)| id.as_str()).collect();
+        Err(format!(
+            "this gateway's certificate is not the fleet's: its pin is {}, while the fleet's gateways in Redis ({}) use {}. Copy gateway-cert.der, gateway-key.der and exit-id.key from a gateway of the fleet into this gateway's --state-dir (or point --redis at this gateway's own fleet)",
+            self.pin,
+            names.join(", "),
+            foreign[0].1,
+        ))
+    }
+
+    /// Every live gateway record in Redis, as stored: (id, sealed text).
+    async fn read_records(&self) -> Result<Vec<(String, String)>, FleetError> {
+        let ids: Vec<String> = self
+            .query("list gateways", redis::cmd("SMEMBERS").arg(keys::GATEWAYS))
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut get = redis::cmd("MGET");
+        for id in &ids {
+            get.arg(keys::gateway(id));
+        }
+        let records: Vec<Option<String>> = self.query("read gateways", &get).await?;
+        Ok(ids
+            .into_iter()
+            .zip(records)
+            .filter_map(|(id, record)| Some((id, record?)))
+            .collect())
+    }
+
     /// Counts and logs a record read from Redis that is not signed with the
     /// fleet's key (written by someone else, or by a gateway of another
     /// fleet): it is ignored.
