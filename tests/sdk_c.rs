@@ -11,30 +11,20 @@ mod sdk_hosts;
 use common::processes::{customer, exit_of};
 use common::targets::http_target;
 use common::*;
-use sdk_hosts::{config_json, library_dir, workspace, Host};
+use sdk_hosts::{compile, config_json, library_dir, workspace, Host};
 use tokio::process::Command;
 
 /// Compiles the C example against the static library into `dir`.
 async fn compile_example(dir: &std::path::Path) -> std::path::PathBuf {
     let program = dir.join("embedded_agent");
-    let output = within(
-        "cc compiles the C example",
-        Command::new("cc")
-            .arg(workspace().join("examples/embedded_agent.c"))
-            .arg("-I")
-            .arg(workspace().join("agent-ffi/include"))
-            .arg(library_dir().join("libexitpool_agent_ffi.a"))
-            .args(["-lpthread", "-ldl", "-lm", "-Wall", "-Werror", "-o"])
-            .arg(&program)
-            .output(),
-    )
-    .await
-    .expect("cc runs");
-    assert!(
-        output.status.success(),
-        "cc failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut cc = Command::new("cc");
+    cc.arg(workspace().join("examples/embedded_agent.c"))
+        .arg("-I")
+        .arg(workspace().join("agent-ffi/include"))
+        .arg(library_dir().join("libexitpool_agent_ffi.a"))
+        .args(["-lpthread", "-ldl", "-lm", "-Wall", "-Werror", "-o"])
+        .arg(&program);
+    compile("cc compiling the C example", cc).await;
     program
 }
 

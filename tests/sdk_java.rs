@@ -9,7 +9,7 @@ mod sdk_hosts;
 
 use common::targets::http_target;
 use common::*;
-use sdk_hosts::{config_json, library_dir, serve_pause_resume, workspace, Host};
+use sdk_hosts::{compile, config_json, library_dir, serve_pause_resume, workspace, Host};
 use tokio::process::Command;
 
 /// Debian's JNA (package libjna-java).
@@ -23,22 +23,13 @@ async fn the_java_wrapper_serves_pauses_resumes_and_stops() {
     );
     let classes = tempfile::tempdir().unwrap();
     let java = workspace().join("bindings/java");
-    let compiled = within(
-        "javac compiles the wrapper and its test",
-        Command::new("javac")
-            .args(["-Xlint:all", "-Werror", "-cp", JNA, "-d"])
-            .arg(classes.path())
-            .arg(java.join("src/net/exitpool/agent/Agent.java"))
-            .arg(java.join("tests/ServePauseResume.java"))
-            .output(),
-    )
-    .await
-    .expect("javac runs");
-    assert!(
-        compiled.status.success(),
-        "javac failed: {}",
-        String::from_utf8_lossy(&compiled.stderr)
-    );
+    let mut javac = Command::new("javac");
+    javac
+        .args(["-Xlint:all", "-Werror", "-cp", JNA, "-d"])
+        .arg(classes.path())
+        .arg(java.join("src/net/exitpool/agent/Agent.java"))
+        .arg(java.join("tests/ServePauseResume.java"));
+    compile("javac compiling the wrapper and its test", javac).await;
 
     let net = TestGateway::start().await;
     let target = http_target("127.0.0.1").await;

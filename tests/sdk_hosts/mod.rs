@@ -12,6 +12,25 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+/// Longest a compiler (`cc` linking the 300 MB debug static library, `javac`)
+/// may take on a busy machine: longer than [`crate::common::WAIT`], which
+/// bounds network events.
+pub const COMPILE_BOUND: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Runs `command` to completion within [`COMPILE_BOUND`] and fails with its
+/// error output unless it succeeds.
+pub async fn compile(what: &str, mut command: Command) {
+    let output = tokio::time::timeout(COMPILE_BOUND, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} took more than {COMPILE_BOUND:?}"))
+        .unwrap_or_else(|error| panic!("{what} did not run: {error}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Where cargo put the SDK's C library (`libexitpool_agent_ffi.so` and `.a`):
 /// it is a dev-dependency, so it is built beside this test's executable.
 pub fn library_dir() -> PathBuf {
