@@ -535,3 +535,85 @@ async fn strangers_cannot_fill_max_connections() {
     };
     customers.push(within("a place is free again", customer).await);
 }
+
+/// Item 2: 16 idle TCP connections to the tunnel port from each of 64
+/// addresses, re-opened as soon as the gateway closes one, take every pending
+/// handshake place (the audit's flood kept a real agent out for over 40 s).
+/// A returning agent's address and a new one each join within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tunnel_connections_cannot_keep_agents_out() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    // The flood's 1,024 sockets and the gateway's 1,024 in this one process.
+    rlimit::increase_nofile_limit(8192).expect("a higher open-file limit");
+    // Long enough for 1,024 connections from one test process to fill the
+    // places before the first of them times out.
+    let net = TestGateway::start_with(|config| {
+        config.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let returning = net.agent("127.0.0.2").await;
+    within("the agent leaves", returning.shutdown())
+        .await
+        .unwrap();
+
+    let tunnel_tcp = net.gateway.tunnel_tcp_addr().expect("a TCP tunnel port");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let per_address = exitpool::gateway::tunnel::endpoint::MAX_PENDING_PER_ADDRESS;
+    let mut flood = Vec::new();
+    for address in 1..=64 {
+        for connection in 0..per_address {
+            let stop = stop.clone();
+            // The first connects spread over a second: a burst of 1,024 SYNs
+            // overflows the listen queue, and the kernel then leaves some
+            // client-side "connected" sockets the gateway never sees.
+            let start = Duration::from_micros(1000 * (address * per_address + connection) as u64);
+            flood.push(tokio::spawn(async move {
+                tokio::time::sleep(start).await;
+                while !stop.load(Relaxed) {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket
+                        .bind(format!("127.0.1.{address}:0").parse().unwrap())
+                        .unwrap();
+                    let Ok(Ok(mut idle)) =
+                        tokio::time::timeout(WAIT, socket.connect(tunnel_tcp)).await
+                    else {
+                        continue;
+                    };
+                    // Silent until the gateway hangs up, then at it again.
+                    let mut byte = [0u8; 1];
+                    let _ = tokio::time::timeout(WAIT, idle.read(&mut byte)).await;
+                }
+            }));
+        }
+    }
+    let pending = &net.gateway.shared().pending_handshakes;
+    let full = exitpool::gateway::tunnel::endpoint::MAX_PENDING_HANDSHAKES;
+    // Polled: the table has no event to wait on, and spinning would starve
+    // the flood and the gateway of this runtime's two threads.
+    within("the flood takes every place", async {
+        let mut poll = tokio::time::interval(Duration::from_millis(10));
+        while pending.in_progress() < full {
+            poll.tick().await;
+        }
+    })
+    .await;
+
+    let five_seconds = Duration::from_secs(5);
+    let back = net.agent_builder("127.0.0.2").spawn().unwrap();
+    tokio::time::timeout(five_seconds, back.connected())
+        .await
+        .expect("the returning agent joins within 5 s under the flood");
+    let new = net
+        .agent_builder("127.0.0.3")
+        .transport(TransportChoice::Tcp)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(five_seconds, new.connected())
+        .await
+        .expect("a new agent (over TCP) joins within 5 s under the flood");
+    assert!(pending.in_progress() <= full);
+    stop.store(true, Relaxed);
+    for attacker in flood {
+        attacker.abort();
+    }
+}

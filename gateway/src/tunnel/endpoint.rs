@@ -106,7 +106,7 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             }
             continue;
         }
-        let Some(slot) = pending.try_admit(incoming.remote_address().ip()) else {
+        let Some(slot) = pending.admit(incoming.remote_address().ip()) else {
             incoming.refuse();
             continue;
         };
@@ -141,6 +141,11 @@ pub(crate) fn spawn_agent<F>(
                 result = Box::pin(handshake) => result,
                 // Not yet an agent: `Gateway::shutdown`'s endpoint close tells it.
                 () = shared.shutdown.cancelled() => return,
+                // Another source's handshake took this place (see `pending`).
+                () = slot.evicted.cancelled() => {
+                    debug!("handshake gave its place to one from a network holding fewer");
+                    return;
+                }
             };
             let joined = match handshake {
                 Ok(joined) => {

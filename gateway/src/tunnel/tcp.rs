@@ -22,7 +22,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared
     let acceptor = TlsAcceptor::from(tls);
     let pending = shared.pending_handshakes.clone();
     while let Some((stream, remote)) = shared.accept(&listener, "tcp tunnel").await {
-        let Some(slot) = pending.try_admit(remote.ip()) else {
+        let Some(slot) = pending.admit(remote.ip()) else {
             drop(stream);
             continue;
         };
