@@ -156,6 +156,8 @@ async fn the_package_builds_installs_verifies_and_purges() {
         ("CapabilityBoundingSet", ""),
         ("SystemCallFilter", "@system-service"),
         ("UMask", "0077"),
+        ("Restart", "on-failure"),
+        ("RestartPreventExitStatus", "78"),
     ] {
         assert_eq!(one(key), value, "{key}");
     }

@@ -171,6 +171,7 @@ async fn windows_pause_and_cap_the_agent_as_the_clock_moves() {
     clock.send_replace(utc(date(2026, 12, 12).at(12, 0, 0, 0)));
     let status = schedule_shows(&agent, "the weekend", |s| s.window.is_none()).await;
     assert!(status.paused);
+    drop((stream, open));
     within("agent shutdown", agent.shutdown()).await.unwrap();
 }
 
@@ -216,6 +217,8 @@ async fn the_monthly_cap_pauses_the_agent_until_its_reset_day_across_a_restart()
     refused_for_no_exit(&net, target).await;
 
     // Restarted on the same state directory, still spent, it joins paused.
+    // (The customer's side closed first, or the shutdown waits out the grace.)
+    drop(stream);
     within("agent shutdown", agent.shutdown()).await.unwrap();
     within(
         "agent gone",

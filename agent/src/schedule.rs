@@ -404,10 +404,11 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut counted = relayed(&shared);
     let mut last: Option<(Option<String>, bool)> = None;
+    let mut until = Until::default();
     loop {
         let now = clock.now();
         let total = relayed(&shared);
-        let status = apply(&shared, &schedule, now, total - counted);
+        let status = apply(&shared, &schedule, now, total - counted, &mut until);
         counted = total;
         let shown = (status.window.clone(), status.paused);
         if last.as_ref() != Some(&shown) {
@@ -438,14 +439,14 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             }
         };
         tokio::select! {
+            // Shutdown first: a stopping agent's pause is never lifted by a
+            // last look at the schedule.
+            biased;
+            () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
             () = moved => {}
-            () = shutdown.cancelled() => break,
         }
     }
-    // The pause was the schedule's; the agent is leaving anyway, but a handle
-    // kept alive should not report a stale reason.
-    shared.set_paused(PauseReason::Schedule, false);
 }
 
 /// Bytes relayed since start, up and down.
@@ -454,8 +455,51 @@ fn relayed(shared: &Shared) -> u64 {
     shared.meter.bytes_up.load(Relaxed) + shared.meter.bytes_down.load(Relaxed)
 }
 
+/// The next change of window, kept until it passes, the window changes or
+/// the clock goes back (it is a search over every window's start and end for
+/// eight days, too much for every tick).
+#[derive(Default)]
+struct Until {
+    found: Option<Found>,
+}
+
+struct Found {
+    window: Option<String>,
+    action: Action,
+    /// When it was searched for.
+    at: DateTime,
+    next: Option<DateTime>,
+}
+
+impl Until {
+    fn at(&mut self, schedule: &Schedule, local: DateTime, now: &InForce<'_>) -> Option<DateTime> {
+        let window = now.window.map(|w| w.name.clone());
+        let valid = self.found.as_ref().is_some_and(|found| {
+            found.window == window
+                && found.action == now.action
+                && found.at <= local
+                && found.next.is_none_or(|next| local < next)
+        });
+        if !valid {
+            self.found = Some(Found {
+                window,
+                action: now.action,
+                at: local,
+                next: schedule.next_change(local),
+            });
+        }
+        self.found.as_ref().and_then(|found| found.next)
+    }
+}
+
 /// One look at the schedule at `now`, with `bytes` relayed since the last.
-fn apply(shared: &Shared, schedule: &Schedule, now: SystemTime, bytes: u64) -> ScheduleStatus {
+fn apply(
+    shared: &Shared,
+    schedule: &Schedule,
+    now: SystemTime,
+    bytes: u64,
+    until: &mut Until,
+) -> ScheduleStatus {
     let local = schedule.local(now);
     let in_force = schedule.in_force(local);
     let monthly_cap = schedule.monthly_cap.map(|cap| {
@@ -495,8 +539,8 @@ fn apply(shared: &Shared, schedule: &Schedule, now: SystemTime, bytes: u64) -> S
         window: in_force.window.map(|w| w.name.clone()),
         paused,
         window_max_rate: window_max_rate.map(NonZeroU32::get),
-        until: schedule
-            .next_change(local)
+        until: until
+            .at(schedule, local, &in_force)
             .map(|at| at.strftime("%Y-%m-%d %H:%M").to_string()),
         monthly_cap,
     }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use exitpool::agent::file_config::{self, Settings, TOKEN_ENV};
 use exitpool::agent::policy::PortRange;
-use exitpool::agent::{consent, Period, Pin, TransportChoice};
+use exitpool::agent::{consent, AgentBuilder, Period, Pin, TransportChoice};
 use exitpool::protocol::Secret;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -18,6 +18,12 @@ use std::time::Duration;
 /// (the queue drops when full), and the library's default would cost 8 MiB,
 /// most of an idle agent's memory.
 const LOG_QUEUE_LINES: usize = 1024;
+
+/// Exit status when the flags and file describe no agent that can start
+/// (sysexits' `EX_CONFIG`): the unit does not restart on it
+/// (`RestartPreventExitStatus=78`), as a file still waiting for its owner's
+/// consent would only fail again every 5 s.
+const EXIT_CONFIG: u8 = 78;
 
 /// An exitpool exit node: shares this device's connection with the gateway's
 /// customers, never towards its own network. Every flag has a key in the
@@ -114,15 +120,14 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig { file }) = &args.command {
         return check_config(file);
     }
-    let (settings, from_file) = match settings(&mut args) {
-        Ok(settings) => settings,
+    let (builder, threads) = match configure(&mut args) {
+        Ok(configured) => configured,
         Err(error) => {
             eprintln!("agent: {error:#}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let threads = settings.threads.unwrap_or(1);
-    exitpool::cli::run("agent", threads, run(settings, from_file))
+    exitpool::cli::run("agent", threads, run(builder))
 }
 
 /// `agent check-config FILE`.
@@ -141,6 +146,23 @@ fn check_config(file: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The agent the flags and the `--config` file describe, and its runtime threads.
+fn configure(args: &mut Args) -> anyhow::Result<(AgentBuilder, usize)> {
+    let (mut settings, from_file) = settings(args)?;
+    if settings.state_dir.is_none() {
+        settings.state_dir = Some(default_state_dir());
+    }
+    let threads = settings.threads.unwrap_or(1);
+    let builder = settings.builder().map_err(|missing| {
+        anyhow::anyhow!(
+            "missing {}: give --{} or put them in agent.toml (--config); the token may also be in {TOKEN_ENV}",
+            missing.join(", "),
+            missing.join(", --")
+        )
+    })?;
+    Ok((builder.require_consent(from_file), threads))
 }
 
 /// The flags laid over the `--config` file; whether there was a file.
@@ -203,21 +225,8 @@ fn default_state_dir() -> PathBuf {
         .unwrap_or_else(exitpool::agent::state::default_dir)
 }
 
-async fn run(mut settings: Settings, from_file: bool) -> anyhow::Result<()> {
-    if settings.state_dir.is_none() {
-        settings.state_dir = Some(default_state_dir());
-    }
-    let builder = settings.builder().map_err(|missing| {
-        anyhow::anyhow!(
-            "missing {}: give --{} or put them in agent.toml (--config); the token may also be in {TOKEN_ENV}",
-            missing.join(", "),
-            missing.join(", --")
-        )
-    })?;
-    let mut agent = builder
-        .require_consent(from_file)
-        .spawn()
-        .context("starting the agent")?;
+async fn run(builder: AgentBuilder) -> anyhow::Result<()> {
+    let mut agent = builder.spawn().context("starting the agent")?;
     tokio::select! {
         result = agent.finished() => result.context("the agent stopped")?,
         () = exitpool::cli::shutdown_signal() => {
