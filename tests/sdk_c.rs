@@ -1,9 +1,10 @@
 //! Issue 34, the SDK for apps: the C example (examples/embedded_agent.c),
 //! compiled with the system's C compiler against the SDK's static library,
 //! joins a real gateway only after it records consent, serves a customer's
-//! request (made here, through the proxy, to a loopback target), reports it
-//! in its stats and host report, turns bad input into an error code and a
-//! message, and stops. Real processes and sockets on 127.0.0.0/8.
+//! request (made here, through the proxy, to a loopback target), says it is
+//! reconnecting when the gateway goes away, reports the request in its stats
+//! and host report, turns bad input into an error code and a message, and
+//! stops. Real processes and sockets on 127.0.0.0/8.
 
 mod common;
 mod sdk_hosts;
@@ -51,9 +52,14 @@ async fn the_c_example_serves_a_request_after_consent() {
         (200, "127.0.0.2".to_owned())
     );
 
+    // The gateway goes away: the agent says it is reconnecting.
+    within("gateway shutdown", net.gateway.shutdown()).await;
+    host.expect("state 4: ").await;
+
     host.say("stop").await;
     let stats: serde_json::Value = serde_json::from_str(&host.expect("stats: ").await).unwrap();
-    assert_eq!(stats["state"], "joined", "{stats}");
+    assert_eq!(stats["state"], "reconnecting", "{stats}");
+    assert_eq!(stats["session"], serde_json::Value::Null, "{stats}");
     assert_eq!(stats["streams_served"], 1, "{stats}");
     assert_eq!(stats["consent"]["text"], "example terms v1", "{stats}");
     let today = &stats["report"][0];

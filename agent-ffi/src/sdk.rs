@@ -143,6 +143,12 @@ struct Running {
     poke: Arc<Notify>,
     /// Set to keep the watcher from reporting a restart's stop.
     quiet: Arc<AtomicBool>,
+    /// Set when the app stops the agent: the stop is reported once the agent
+    /// has finished (usage and report saved), not when its tunnel ends.
+    stopping: Arc<AtomicBool>,
+    /// Whether `stopped` has been reported, by the watcher or by the stop:
+    /// whichever comes first reports it, once.
+    stop_reported: Arc<AtomicBool>,
 }
 
 struct Inner {
@@ -273,8 +279,22 @@ impl SdkAgent {
                 "the agent is not running",
             ));
         };
+        self.wind_down(&mut inner, running)
+    }
+
+    /// Stops `running` in the background and reports `stopped` once it has
+    /// finished (live streams drained, usage and report saved), so an app
+    /// that exits on that callback loses nothing.
+    fn wind_down(&self, inner: &mut Inner, running: Running) -> Result<(), SdkError> {
+        running.stopping.store(true, Ordering::SeqCst);
+        let events = self.events.clone();
         inner.transition = Some(runtime()?.spawn(async move {
+            let reason = running.handle.stopped();
             let _ = running.handle.shutdown().await;
+            if !running.stop_reported.swap(true, Ordering::SeqCst) {
+                let reason = reason.borrow().clone();
+                events.emit(STATE_STOPPED, reason.as_deref().unwrap_or("shut down"));
+            }
         }));
         Ok(())
     }
@@ -304,12 +324,11 @@ impl SdkAgent {
         let Some(running) = inner.running.take() else {
             return consent::revoke(&self.config.state_dir, forget).map_err(consent_error);
         };
+        running.stopping.store(true, Ordering::SeqCst);
         let revoked = running.handle.revoke_consent(forget);
         running.consented.store(false, Ordering::SeqCst);
         running.poke.notify_one();
-        inner.transition = Some(runtime()?.spawn(async move {
-            let _ = running.handle.shutdown().await;
-        }));
+        self.wind_down(&mut inner, running)?;
         revoked.map_err(consent_error)
     }
 
@@ -382,6 +401,8 @@ fn spawn(
     let consented = Arc::new(AtomicBool::new(handle.stats().consent.is_some()));
     let poke = Arc::new(Notify::new());
     let quiet = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let stop_reported = Arc::new(AtomicBool::new(false));
     runtime.spawn(watch(
         Watched {
             session: handle.session(),
@@ -390,6 +411,8 @@ fn spawn(
             consented: consented.clone(),
             poke: poke.clone(),
             quiet: quiet.clone(),
+            stopping: stopping.clone(),
+            stop_reported: stop_reported.clone(),
         },
         events,
     ));
@@ -398,6 +421,8 @@ fn spawn(
         consented,
         poke,
         quiet,
+        stopping,
+        stop_reported,
     })
 }
 
@@ -408,6 +433,8 @@ struct Watched {
     consented: Arc<AtomicBool>,
     poke: Arc<Notify>,
     quiet: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+    stop_reported: Arc<AtomicBool>,
 }
 
 /// Reports each change of the agent's state to the app, until it stops.
@@ -448,15 +475,22 @@ async fn watch(mut watched: Watched, events: Arc<Events>) {
         } else {
             (STATE_CONNECTING, "connecting to the gateway".to_owned())
         };
-        if watched.quiet.load(Ordering::SeqCst) {
+        // A restart is not reported; a stop the app asked for is reported
+        // when it has finished (see `SdkAgent::wind_down`), with nothing in
+        // between (the tunnel closing on the way is no `reconnecting`).
+        if watched.quiet.load(Ordering::SeqCst) || watched.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if state == STATE_STOPPED {
+            // The agent stopped by itself (a fatal error): reported now.
+            if !watched.stop_reported.swap(true, Ordering::SeqCst) {
+                events.emit(state, &reason);
+            }
             return;
         }
         if state != last {
             last = state;
             events.emit(state, &reason);
-        }
-        if state == STATE_STOPPED {
-            return;
         }
         tokio::select! {
             changed = watched.stopped.changed() => closed |= changed.is_err(),

@@ -85,7 +85,11 @@ def main():
 
     expect_word("stop")
     agent.stop()
-    say("stopped " + wait_for(State.STOPPED))
+    # Stopped comes next, with nothing in between, once usage and the report
+    # are saved.
+    state, reason = states.get(timeout=WAIT)
+    assert state == State.STOPPED, (state, reason)
+    say("stopped " + reason)
     try:
         agent.stop()
         sys.exit("a second stop was taken")
