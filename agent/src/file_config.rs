@@ -935,6 +935,27 @@ paused = true
     }
 
     #[test]
+    fn the_bounds_hold_against_huge_files() {
+        let mut text = String::from("[schedule]\n");
+        for _ in 0..=schedule::MAX_WINDOWS {
+            text.push_str("[[schedule.window]]\nstart = \"09:00\"\nend = \"17:00\"\n");
+        }
+        let found = errors(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key.as_deref(), Some("schedule.window"));
+        // One unknown key per line: the report stops at MAX_ERRORS.
+        let text: String = (0..200).map(|i| format!("unknown_{i} = 1\n")).collect();
+        assert_eq!(errors(&text).len(), MAX_ERRORS);
+        let dir = std::env::temp_dir().join(format!("exitpool-config-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("agent.toml");
+        std::fs::write(&big, "#".repeat(MAX_FILE_BYTES as usize + 1)).unwrap();
+        let refused = load(&big).unwrap_err();
+        assert!(refused.errors[0].message.contains("more than"), "{refused}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn sizes_and_rates_read_as_written() {
         assert_eq!(parse_size("500KB"), Ok(500_000));
         assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
