@@ -113,7 +113,7 @@ impl Fleet {
     }
 }
 
-/// HAProxy on deploy/haproxy.cfg in front of `fleet`, once both gateways are up.
+/// HAProxy on deploy/haproxy.cfg in front of `fleet`.
 struct Balancer {
     process: Process,
     listen: SocketAddr,
@@ -121,30 +121,34 @@ struct Balancer {
     _dir: tempfile::TempDir,
 }
 
+/// Like [`balancer`], once `ready` gateways are up in the main backend.
 async fn balancer(fleet: &Fleet) -> Balancer {
+    balancer_with(fleet, 2).await
+}
+
+async fn balancer_with(fleet: &Fleet, ready: usize) -> Balancer {
     let template =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg"))
             .unwrap();
     let (listen, stats) = (free_port(), free_port());
-    let config = haproxy::render(
-        &template,
-        &[
-            ("LISTEN", listen.to_string()),
-            ("STATS", stats.to_string()),
-            ("GATEWAY_1", fleet.gateways[0].banner.listen.to_string()),
-            ("GATEWAY_2", fleet.gateways[1].banner.listen.to_string()),
-        ],
-    )
-    .unwrap();
+    let backends: Vec<_> = fleet
+        .gateways
+        .iter()
+        .map(|gateway| haproxy::Backend {
+            listen: gateway.banner.listen,
+            admin: gateway.admin,
+        })
+        .collect();
+    let config = haproxy::render_for(&template, listen, stats, &backends).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
     let mut process = haproxy::start(&path, stats, WAIT)
         .await
         .expect("haproxy starts");
-    haproxy::servers_up(&mut process, stats, BACKEND, 2, WAIT)
+    haproxy::servers_up(&mut process, stats, BACKEND, ready, WAIT)
         .await
-        .expect("both gateways up");
+        .expect("the ready gateways up");
     Balancer {
         process,
         listen,
@@ -362,4 +366,112 @@ async fn an_agent_prefers_one_gateway_and_fails_over_to_the_other(transport) {
     assert_eq!(stats["agents"], 1, "{stats}");
     assert!(killed.elapsed() < Duration::from_secs(10));
 }
+}
+
+/// Like [`start_gateway`], in a fleet on `redis_url` as `id`.
+async fn start_fleet_gateway(
+    state: &Path,
+    users: &Path,
+    redis_url: String,
+    id: &str,
+) -> GatewayProcess {
+    let mut args = vec!["--users".to_owned(), users.display().to_string()];
+    args.extend(["--agent-token", TOKEN, "--proxy-protocol-from", BALANCER].map(String::from));
+    args.extend(["--redis".to_owned(), redis_url]);
+    args.extend(["--gateway-id", id, "--peer-listen", "127.0.0.1:0"].map(String::from));
+    GatewayProcess::start(state, &args).await
+}
+
+/// `GET /readyz` on `gateway`'s admin port: status and body.
+async fn readyz(gateway: &GatewayProcess) -> (u16, String) {
+    let url = format!("http://{}/readyz", gateway.admin);
+    let answer = within("GET /readyz", reqwest::get(url)).await.unwrap();
+    let status = answer.status().as_u16();
+    (status, within("readyz body", answer.text()).await.unwrap())
+}
+
+#[tokio::test]
+async fn a_gateway_that_cannot_do_its_fleet_work_is_not_ready_and_gets_no_customers() {
+    use common::fleet::RedisServer;
+    use exitpool_launcher::redis::RedisOptions;
+    init_tracing();
+    let redis = RedisServer::start_with(RedisOptions {
+        password: Some("right-password-5c1e9a".into()),
+        tls: None,
+    })
+    .await;
+    let users_dir = tempfile::tempdir().unwrap();
+    let users = write_users(users_dir.path());
+    let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    // Gateway 1 has the right password; gateway 2, on the fleet's certificate,
+    // a wrong one: it runs, degraded.
+    let good = start_fleet_gateway(states[0].path(), &users, redis.url(), "gw-good").await;
+    for file in common::fleet::SHARED_STATE {
+        std::fs::copy(states[0].path().join(file), states[1].path().join(file)).unwrap();
+    }
+    let bad = start_fleet_gateway(
+        states[1].path(),
+        &users,
+        redis.url_with(Some("wrong-password")),
+        "gw-bad",
+    )
+    .await;
+    let (status, body) = readyz(&bad).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready"), "{body}");
+    within("the good gateway is ready", async {
+        while readyz(&good).await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(readyz(&good).await.1, "ready\n");
+
+    let fleet = Fleet {
+        gateways: vec![good, bad],
+        _states: states.into(),
+        _users: users_dir,
+    };
+    let _agent_good = fleet.agent(0, "127.0.0.2").await;
+    let _agent_bad = fleet.agent(1, "127.0.0.3").await;
+    // HAProxy on deploy/haproxy.cfg takes only the ready gateway: every new
+    // customer lands there (its exit), none on the degraded one.
+    let mut balancer = balancer_with(&fleet, 1).await;
+    haproxy::servers_in(
+        &mut balancer.process,
+        balancer.stats,
+        BACKEND,
+        "DOWN",
+        1,
+        WAIT,
+    )
+    .await
+    .expect("the degraded gateway is out");
+    let target = http_target("127.0.0.1").await;
+    let fresh = || customer(CUSTOMER_IP, balancer.listen, Some((USER, PASSWORD)));
+    for _ in 0..6 {
+        assert_eq!(
+            exit_of(&fresh(), target).await,
+            (200, "127.0.0.2".to_owned())
+        );
+    }
+
+    // Redis away for the whole fleet: no gateway is ready, and the live ones
+    // serve degraded rather than nobody.
+    let mut redis = redis;
+    redis.stop().await;
+    haproxy::servers_in(
+        &mut balancer.process,
+        balancer.stats,
+        BACKEND,
+        "DOWN",
+        2,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(readyz(&fleet.gateways[0]).await.0, 503);
+    for _ in 0..4 {
+        assert_eq!(exit_of(&fresh(), target).await.0, 200);
+    }
 }

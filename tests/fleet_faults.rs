@@ -122,8 +122,14 @@ async fn a_gateway_killed_under_load_costs_only_its_own_connections() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg"))
             .unwrap();
     let (listen, stats) = (free_port(), free_port());
-    let listens: Vec<_> = gateways.iter().map(|g| g.banner.listen).collect();
-    let config = haproxy::render_for(&template, listen, stats, &listens).unwrap();
+    let backends: Vec<_> = gateways
+        .iter()
+        .map(|g| haproxy::Backend {
+            listen: g.banner.listen,
+            admin: g.admin,
+        })
+        .collect();
+    let config = haproxy::render_for(&template, listen, stats, &backends).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();

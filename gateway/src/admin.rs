@@ -3,6 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /healthz` | `ok`, or in a fleet out of touch with Redis, `degraded: …` and why |
+//! | `GET /readyz` | for balancers: `200 ready`, or `503` and why while a fleet gateway cannot do its fleet work |
 //! | `GET /stats` | JSON: pool, live streams, sessions, per-customer and per-agent usage |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text |
 //! | `POST /usage/reset` | zero every usage total; `?customer=NAME` or `?agent=ID` for one |
@@ -199,6 +200,10 @@ fn route(
     let query = request.uri().query().unwrap_or("");
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", health(shared)),
+        (&Method::GET, "/readyz") => match shared.fleet.as_ref().and_then(|f| f.not_ready()) {
+            None => text(StatusCode::OK, "text/plain", "ready\n".into()),
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
+        },
         (&Method::GET, "/stats") => text(
             StatusCode::OK,
             "application/json",
@@ -226,12 +231,12 @@ fn route(
         (&Method::GET, _) => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /stats, /metrics or /healthz\n".into(),
+            "not found; try /stats, /metrics, /healthz or /readyz\n".into(),
         ),
         _ => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET /stats, /metrics, /healthz; POST /usage/reset, /reload\n".into(),
+            "GET /stats, /metrics, /healthz, /readyz; POST /usage/reset, /reload\n".into(),
         ),
     }
 }

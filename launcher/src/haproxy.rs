@@ -1,5 +1,5 @@
 //! HAProxy for the balancer tests: the operator's own `deploy/haproxy.cfg`
-//! rendered with the test's addresses ([`render`]), started in the foreground
+//! rendered with the test's addresses ([`render`], [`render_for`]), started in the foreground
 //! ([`start`]), and ready once its stats say every gateway is up
 //! ([`servers_up`], also how a test waits for a gateway to be marked down).
 
@@ -42,14 +42,26 @@ pub fn render(template: &str, values: &[(&str, String)]) -> Result<String, Strin
     }
 }
 
-/// `template` (deploy/haproxy.cfg) for any number of gateways: its
-/// `server gwN @GATEWAY_N@` lines become one line per address in `gateways`,
-/// then `@LISTEN@` and `@STATS@` are filled in as by [`render`].
+/// One gateway as the balancer sees it: where customers connect, and its
+/// admin port, whose `GET /readyz` the health checks ask.
+#[derive(Debug, Clone, Copy)]
+pub struct Backend {
+    /// Its customer port.
+    pub listen: SocketAddr,
+    /// Its admin port.
+    pub admin: SocketAddr,
+}
+
+/// `template` (deploy/haproxy.cfg) for any number of gateways: each
+/// `server gw1 … @GATEWAY_1@ …` line becomes one line per gateway (`gwN`,
+/// its customer port, and its admin port's `@ADMIN_ADDR_1@` and
+/// `@ADMIN_PORT_1@`), other gateways' lines are dropped, then `@LISTEN@` and
+/// `@STATS@` are filled in as by [`render`].
 pub fn render_for(
     template: &str,
     listen: SocketAddr,
     stats: SocketAddr,
-    gateways: &[SocketAddr],
+    gateways: &[Backend],
 ) -> Result<String, String> {
     let mut lines: Vec<String> = Vec::new();
     let mut placed = false;
@@ -59,16 +71,22 @@ pub fn render_for(
             lines.push(line.to_owned());
             continue;
         }
-        if !placed {
-            let indent = &line[..line.len() - line.trim_start().len()];
-            for (n, addr) in gateways.iter().enumerate() {
-                lines.push(format!("{indent}server gw{} {addr}", n + 1));
-            }
-            placed = true;
+        if !line.contains("@GATEWAY_1@") {
+            continue;
         }
+        for (n, gateway) in gateways.iter().enumerate() {
+            let n = n + 1;
+            lines.push(
+                line.replacen("server gw1 ", &format!("server gw{n} "), 1)
+                    .replace("@GATEWAY_1@", &gateway.listen.to_string())
+                    .replace("@ADMIN_ADDR_1@", &gateway.admin.ip().to_string())
+                    .replace("@ADMIN_PORT_1@", &gateway.admin.port().to_string()),
+            );
+        }
+        placed = true;
     }
     if !placed {
-        return Err("the template has no `server gwN @GATEWAY_N@` line".into());
+        return Err("the template has no `server gw1 @GATEWAY_1@` line".into());
     }
     lines.push(String::new());
     render(
@@ -114,19 +132,33 @@ pub async fn servers_up(
     up: usize,
     bound: Duration,
 ) -> Result<(), LaunchError> {
+    servers_in(process, stats, backend, "UP", up, bound).await
+}
+
+/// Waits at most `bound` until exactly `count` servers of `backend` have the
+/// status `status` (`UP`, `DOWN`; a server on its way reads `UP 1/2` or
+/// `DOWN 1/2`, neither).
+pub async fn servers_in(
+    process: &mut Process,
+    stats: SocketAddr,
+    backend: &str,
+    status: &str,
+    count: usize,
+    bound: Duration,
+) -> Result<(), LaunchError> {
     let deadline = Instant::now() + bound;
     let mut last = String::new();
     loop {
         if let Ok(Ok(csv)) = tokio::time::timeout_at(deadline.into(), stats_csv(stats)).await {
-            if count_up(&csv, backend) == up {
+            if count_in(&csv, backend, status) == count {
                 return Ok(());
             }
             last = csv;
         }
-        if let Some(status) = process.exit_status() {
+        if let Some(ended) = process.exit_status() {
             return Err(LaunchError::Ended {
                 name: process.name().to_owned(),
-                what: format!("{up} servers up ({status})"),
+                what: format!("{count} servers {status} ({ended})"),
                 tail: process.tail(),
             });
         }
@@ -136,7 +168,7 @@ pub async fn servers_up(
         {
             return Err(LaunchError::Timeout {
                 name: process.name().to_owned(),
-                what: format!("{up} servers of {backend} up; last stats:\n{last}"),
+                what: format!("{count} servers of {backend} {status}; last stats:\n{last}"),
                 bound,
                 tail: process.tail(),
             });
@@ -144,8 +176,8 @@ pub async fn servers_up(
     }
 }
 
-/// Servers of `backend` whose `status` column reads `UP`.
-fn count_up(csv: &str, backend: &str) -> usize {
+/// Servers of `backend` whose `status` column reads `status`.
+fn count_in(csv: &str, backend: &str, status: &str) -> usize {
     // The page may come chunked: chunk sizes are lines of their own, before
     // the header line and matching no backend after it.
     let mut lines = csv.lines().skip_while(|line| !line.starts_with("# "));
@@ -154,7 +186,7 @@ fn count_up(csv: &str, backend: &str) -> usize {
     };
     let columns: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
     let at = |name: &str| columns.iter().position(|column| *column == name);
-    let (Some(proxy), Some(server), Some(status)) = (at("pxname"), at("svname"), at("status"))
+    let (Some(proxy), Some(server), Some(column)) = (at("pxname"), at("svname"), at("status"))
     else {
         return 0;
     };
@@ -163,7 +195,7 @@ fn count_up(csv: &str, backend: &str) -> usize {
         .filter(|row| {
             row.get(proxy) == Some(&backend)
                 && !matches!(row.get(server), Some(&"FRONTEND") | Some(&"BACKEND"))
-                && row.get(status) == Some(&"UP")
+                && row.get(column) == Some(&status)
         })
         .count()
 }
@@ -209,8 +241,23 @@ mod tests {
     }
 
     #[test]
+    fn renders_a_server_line_per_gateway_in_every_backend() {
+        let template = "bind @LISTEN@\nstats @STATS@\nbackend a\n    server gw1 @GATEWAY_1@ addr @ADMIN_ADDR_1@ port @ADMIN_PORT_1@\n    server gw2 @GATEWAY_2@ addr @ADMIN_ADDR_2@ port @ADMIN_PORT_2@\nbackend b\n    server gw1 @GATEWAY_1@ backup\n    server gw2 @GATEWAY_2@ backup\n";
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let gateways = [1, 2, 3].map(|n| Backend {
+            listen: addr(8000 + n),
+            admin: addr(9000 + n),
+        });
+        let text = render_for(template, addr(1), addr(2), &gateways).unwrap();
+        assert!(text.contains("    server gw3 127.0.0.1:8003 addr 127.0.0.1 port 9003\n"));
+        assert!(text.contains("    server gw3 127.0.0.1:8003 backup\n"));
+        assert_eq!(text.matches("server gw").count(), 6, "{text}");
+    }
+
+    #[test]
     fn counts_servers_up() {
         let csv = "1A8\r\n# pxname,svname,status,\ngateways,gw1,UP,\ngateways,gw2,DOWN,\ngateways,BACKEND,UP,\nother,x,UP,\n";
-        assert_eq!(count_up(csv, "gateways"), 1);
+        assert_eq!(count_in(csv, "gateways", "UP"), 1);
+        assert_eq!(count_in(csv, "gateways", "DOWN"), 1);
     }
 }

@@ -19,7 +19,12 @@ pub struct RedisServer(redis_server::RedisServer);
 impl RedisServer {
     /// Starts one and waits until it accepts connections.
     pub async fn start() -> RedisServer {
-        let server = redis_server::RedisServer::start(WAIT)
+        Self::start_with(redis_server::RedisOptions::default()).await
+    }
+
+    /// Like [`RedisServer::start`], with a password or TLS.
+    pub async fn start_with(options: redis_server::RedisOptions) -> RedisServer {
+        let server = redis_server::RedisServer::start_with(options, WAIT)
             .await
             .expect("redis-server starts (scripts/test installs it)");
         RedisServer(server)
@@ -28,6 +33,11 @@ impl RedisServer {
     /// The URL gateways use.
     pub fn url(&self) -> String {
         self.0.url()
+    }
+
+    /// Its URL with `password` in place of its own.
+    pub fn url_with(&self, password: Option<&str>) -> String {
+        self.0.url_with(password)
     }
 
     /// Starts it again after [`RedisServer::stop`] (empty: no persistence).

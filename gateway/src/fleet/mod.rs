@@ -150,6 +150,8 @@ pub struct Fleet {
     /// never hold up other commands.
     feed: ConnectionManager,
     degraded: Mutex<Option<Degraded>>,
+    /// Whether Redis has answered since this gateway started.
+    reached: std::sync::atomic::AtomicBool,
     /// Links to the other gateways.
     pub peers: peer::Peers,
     /// The key of the records this fleet's gateways publish.
@@ -207,6 +209,7 @@ impl Fleet {
             redis,
             feed,
             degraded: Mutex::new(None),
+            reached: std::sync::atomic::AtomicBool::new(false),
             records: peers.record_key().clone(),
             peers,
             elsewhere: DashMap::new(),
@@ -303,6 +306,8 @@ impl Fleet {
     }
 
     fn mark_reachable(&self) {
+        self.reached
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut degraded = self.degraded.lock().expect("fleet status lock poisoned");
         if let Some(was) = degraded.take() {
             tracing::info!(
@@ -429,6 +434,22 @@ impl Fleet {
             .expect("fleet status lock poisoned")
             .as_ref()
             .map(|state| (state.reason.clone(), state.since.elapsed()))
+    }
+
+    /// Why this gateway cannot do its fleet work now (`/readyz` answers
+    /// `503` with it): Redis has not answered yet, or its last command failed
+    /// (out of reach, a wrong password). `None` when it can.
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some((reason, since)) = self.degraded() {
+            return Some(format!(
+                "not ready: the fleet's shared state is out of reach for {} s ({reason})\n",
+                since.as_secs()
+            ));
+        }
+        if !self.reached.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some("not ready: Redis has not answered yet\n".into());
+        }
+        None
     }
 
     /// Whether Redis answered the last command.
