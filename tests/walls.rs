@@ -617,3 +617,34 @@ async fn idle_tunnel_connections_cannot_keep_agents_out() {
         attacker.abort();
     }
 }
+
+/// Item 11: an agent on a public IPv4 subnet refuses its whole on-link
+/// network, not only its own address. (Refused before any dial: nothing
+/// leaves the machine. The old code would have dialled the neighbour, so this
+/// test was not run against it.)
+#[tokio::test]
+async fn an_agent_refuses_its_interfaces_whole_ipv4_subnet() {
+    let net = TestGateway::start().await;
+    let source = exitpool::agent::InterfaceSource::from_fn_with_prefixes(|| {
+        Ok(vec![("81.2.69.162".parse().unwrap(), 28)])
+    });
+    let agent = net
+        .spawn(
+            net.agent_builder("127.0.0.2")
+                .allow_private(false)
+                .interfaces(source),
+        )
+        .await;
+    let (head, _) = connect(net.proxy(), "81.2.69.170:443", Some((USER, PASSWORD))).await;
+    assert_eq!(head.status, 403, "{head:?}");
+    assert_eq!(
+        head.header("x-exitpool-error"),
+        Some("destination_prohibited")
+    );
+    let networks: Vec<_> = agent.stats().own_addresses;
+    assert!(
+        networks.contains(&"81.2.69.162".parse().unwrap()),
+        "{networks:?}"
+    );
+    within("agent stops", agent.shutdown()).await.unwrap();
+}

@@ -11,8 +11,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A reader of the device's interface addresses.
-type Reader = dyn Fn() -> io::Result<Vec<IpAddr>> + Send + Sync;
+/// A reader of the device's interface addresses, each with its on-link
+/// prefix length.
+type Reader = dyn Fn() -> io::Result<Vec<(IpAddr, u8)>> + Send + Sync;
 
 /// Where the agent reads its own interface addresses from.
 #[derive(Clone)]
@@ -20,24 +21,43 @@ pub struct InterfaceSource(Arc<Reader>);
 
 impl InterfaceSource {
     /// The operating system's interfaces (`getifaddrs` on Unix), every
-    /// address of every interface, loopback included.
+    /// address of every interface, loopback included, with its on-link prefix
+    /// (so a device on a public IPv4 subnet refuses its neighbours too).
     pub fn system() -> Self {
         InterfaceSource(Arc::new(|| {
             Ok(if_addrs::get_if_addrs()?
                 .into_iter()
-                .map(|interface| interface.ip())
+                .map(|interface| match interface.addr {
+                    if_addrs::IfAddr::V4(v4) => (IpAddr::V4(v4.ip), v4.prefixlen),
+                    if_addrs::IfAddr::V6(v6) => (IpAddr::V6(v6.ip), v6.prefixlen),
+                })
                 .collect())
         }))
     }
 
     /// A reader of the caller's choosing: an app that knows its addresses
-    /// better, or a test injecting addresses.
+    /// better, or a test injecting addresses (each refused alone for IPv4;
+    /// [`from_fn_with_prefixes`](Self::from_fn_with_prefixes) gives subnets).
     pub fn from_fn(read: impl Fn() -> io::Result<Vec<IpAddr>> + Send + Sync + 'static) -> Self {
+        InterfaceSource(Arc::new(move || {
+            Ok(read()?
+                .into_iter()
+                .map(|ip| (ip, full_length(ip)))
+                .collect())
+        }))
+    }
+
+    /// Like [`from_fn`](Self::from_fn), each address with its on-link prefix
+    /// length (`(203.0.113.5, 24)`).
+    pub fn from_fn_with_prefixes(
+        read: impl Fn() -> io::Result<Vec<(IpAddr, u8)>> + Send + Sync + 'static,
+    ) -> Self {
         InterfaceSource(Arc::new(read))
     }
 
-    /// Reads the addresses on the blocking pool, giving up after `within`.
-    pub async fn read(&self, within: Duration) -> io::Result<Vec<IpAddr>> {
+    /// Reads the addresses and their prefix lengths on the blocking pool,
+    /// giving up after `within`.
+    pub async fn read(&self, within: Duration) -> io::Result<Vec<(IpAddr, u8)>> {
         let read = self.0.clone();
         match tokio::time::timeout(within, tokio::task::spawn_blocking(move || read())).await {
             Ok(Ok(result)) => result,
@@ -47,6 +67,14 @@ impl InterfaceSource {
                 "reading the interface addresses timed out",
             )),
         }
+    }
+}
+
+/// The prefix length of one address alone.
+fn full_length(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
     }
 }
 
@@ -73,8 +101,8 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            addresses.contains(&IpAddr::from([127, 0, 0, 1])),
-            "{addresses:?}"
+            addresses.contains(&(IpAddr::from([127, 0, 0, 1]), 8)),
+            "loopback with its /8: {addresses:?}"
         );
     }
 }

@@ -26,7 +26,7 @@ mod ranges;
 pub use ports::{PortRange, PortRangeError, DEFAULT_DENIED_PORTS};
 pub use ranges::{special_purpose_range, OWN_IPV6_PREFIX_LEN};
 
-use ranges::{canonical, own_network};
+use ranges::{canonical, own_network, own_v4_network};
 use std::net::{IpAddr, SocketAddr};
 
 /// Why a destination was refused. Each variant maps to RFC 9209
@@ -64,6 +64,9 @@ pub struct ExitPolicy {
     /// The agent's own addresses (public and interface), canonical (mapped
     /// IPv6 turned into IPv4).
     own_addresses: Vec<IpAddr>,
+    /// The on-link IPv4 networks of its interfaces (network address, prefix
+    /// length), beyond the addresses themselves.
+    own_v4_networks: Vec<(u32, u8)>,
 }
 
 impl Default for ExitPolicy {
@@ -82,6 +85,7 @@ impl ExitPolicy {
             denied_ports: DEFAULT_DENIED_PORTS.to_vec(),
             allowed_ports: None,
             own_addresses: Vec::new(),
+            own_v4_networks: Vec::new(),
         }
     }
 
@@ -139,9 +143,36 @@ impl ExitPolicy {
         ips.into_iter().fold(self, Self::with_own_address)
     }
 
+    /// Refuses an interface's address and its whole on-link network
+    /// (`prefix_len` from the interface): a device on a public IPv4 subnet
+    /// reaches its neighbours directly, past any router. An IPv6 address keeps
+    /// the wider [`OWN_IPV6_PREFIX_LEN`] rule.
+    pub fn with_own_network(mut self, ip: IpAddr, prefix_len: u8) -> Self {
+        let ip = canonical(ip);
+        if let IpAddr::V4(v4) = ip {
+            let len = prefix_len.min(32);
+            // A /0 or /1 "subnet" is a misread, not a network to refuse whole.
+            if (8..32).contains(&len) {
+                let mask = u32::MAX << (32 - u32::from(len));
+                let network = (u32::from(v4) & mask, len);
+                if !self.own_v4_networks.contains(&network) {
+                    self.own_v4_networks.push(network);
+                }
+            }
+        }
+        self.with_own_address(ip)
+    }
+
     /// The own addresses refused so far (each IPv6 one with its prefix).
     pub fn own_addresses(&self) -> &[IpAddr] {
         &self.own_addresses
+    }
+
+    /// The on-link IPv4 networks refused so far, as (address, prefix length).
+    pub fn own_v4_networks(&self) -> impl Iterator<Item = (IpAddr, u8)> + '_ {
+        self.own_v4_networks
+            .iter()
+            .map(|&(net, len)| (IpAddr::V4(net.into()), len))
     }
 
     /// Checks a destination port. Port 0 is always refused: it cannot be dialled.
@@ -171,6 +202,9 @@ impl ExitPolicy {
             return Err(PolicyError::AddressProhibited { ip, range });
         }
         if let Some(range) = own_network(&self.own_addresses, ip) {
+            return Err(PolicyError::AddressProhibited { ip, range });
+        }
+        if let Some(range) = own_v4_network(&self.own_v4_networks, ip) {
             return Err(PolicyError::AddressProhibited { ip, range });
         }
         Ok(())

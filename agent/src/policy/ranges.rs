@@ -17,6 +17,9 @@ pub const OWN_IPV6_PREFIX_LEN: u8 = 48;
 pub(super) const OWN_V4_NAME: &str = "own address (the volunteer's network)";
 /// Range name reported when the target shares the agent's own IPv6 /48.
 pub(super) const OWN_V6_NAME: &str = "own /48 prefix (the volunteer's network)";
+/// Range name reported when the target is on one of the agent's own IPv4
+/// interfaces' on-link networks.
+pub(super) const OWN_V4_NETWORK_NAME: &str = "own on-link network (the volunteer's network)";
 /// Range name for IPv6 addresses outside global unicast that no table names.
 pub(super) const OUTSIDE_GLOBAL_UNICAST: &str = "outside 2000::/3 global unicast";
 
@@ -191,6 +194,16 @@ pub(super) fn own_network(own: &[IpAddr], ip: IpAddr) -> Option<&'static str> {
         }
         _ => None,
     })
+}
+
+/// [`OWN_V4_NETWORK_NAME`] if `ip` lies in one of `networks` (address,
+/// prefix length).
+pub(super) fn own_v4_network(networks: &[(u32, u8)], ip: IpAddr) -> Option<&'static str> {
+    let IpAddr::V4(ip) = ip else { return None };
+    networks
+        .iter()
+        .any(|&(net, len)| v4_in(u32::from(ip), net, len))
+        .then_some(OWN_V4_NETWORK_NAME)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! table and [`ExitPolicy::check_ip`] must agree), the own-network rule, the
 //! test switch, and the port rules.
 
-use super::ranges::{OUTSIDE_GLOBAL_UNICAST, OWN_V4_NAME, OWN_V6_NAME};
+use super::ranges::{OUTSIDE_GLOBAL_UNICAST, OWN_V4_NAME, OWN_V4_NETWORK_NAME, OWN_V6_NAME};
 use super::*;
 use exitpool_protocol::host::parse_host;
 use exitpool_protocol::TargetHost;
@@ -466,4 +466,40 @@ fn every_interface_address_and_each_ipv6_prefix_is_refused() {
         .clone()
         .with_own_addresses([ip("::ffff:81.2.69.160")]);
     assert_eq!(again.own_addresses(), policy.own_addresses());
+}
+
+#[test]
+fn an_interfaces_whole_ipv4_subnet_is_refused() {
+    // A device on a public /28 reaches its 15 neighbours directly.
+    let policy = ExitPolicy::new()
+        .with_own_network(ip("81.2.69.162"), 28)
+        .with_own_network(ip("127.0.0.1"), 8)
+        // A misread /0 refuses the address, not the internet.
+        .with_own_network(ip("93.184.216.34"), 0);
+    for refused in [
+        "81.2.69.160",
+        "81.2.69.162",
+        "81.2.69.175",
+        "::ffff:81.2.69.170",
+    ] {
+        assert!(
+            matches!(
+                policy.check_ip(ip(refused)),
+                Err(PolicyError::AddressProhibited { range, .. })
+                    if range == OWN_V4_NETWORK_NAME || range == OWN_V4_NAME
+            ),
+            "{refused}: {:?}",
+            policy.check_ip(ip(refused))
+        );
+    }
+    assert!(policy.check_ip(ip("93.184.216.34")).is_err());
+    for allowed in ["81.2.69.159", "81.2.69.176", "93.184.216.35", "8.8.8.8"] {
+        assert_eq!(policy.check_ip(ip(allowed)), Ok(()), "{allowed}");
+    }
+    let networks: Vec<(IpAddr, u8)> = policy.own_v4_networks().collect();
+    assert_eq!(
+        networks,
+        [(ip("81.2.69.160"), 28), (ip("127.0.0.0"), 8)],
+        "network addresses, each once"
+    );
 }

@@ -277,21 +277,25 @@ fn spawn_stream(
 }
 
 /// Puts the configured policy plus the device's own addresses in force: the
-/// public address the gateway observed and every interface address, read now.
-/// If they cannot be read, the addresses refused so far stay refused.
+/// public address the gateway observed and every interface address with its
+/// on-link network, read now. If they cannot be read, what was refused so far
+/// stays refused.
 async fn refresh_own_addresses(shared: &Shared, observed: IpAddr) {
     let config = &shared.config;
-    let interfaces = match config.interfaces.read(config.handshake_timeout).await {
+    let interfaces: Vec<(IpAddr, u8)> = match config.interfaces.read(config.handshake_timeout).await
+    {
         Ok(addresses) => addresses,
         Err(error) => {
             warn!(%error, "reading the interface addresses failed; keeping the ones read before");
-            shared.policy.borrow().own_addresses().to_vec()
+            let before = shared.policy.borrow();
+            let alone = before.own_addresses().iter().map(|&ip| (ip, 128));
+            before.own_v4_networks().chain(alone).collect()
         }
     };
-    let policy = config
-        .policy
-        .clone()
-        .with_own_addresses(std::iter::once(observed).chain(interfaces));
+    let policy = interfaces.into_iter().fold(
+        config.policy.clone().with_own_address(observed),
+        |policy, (ip, prefix_len)| policy.with_own_network(ip, prefix_len),
+    );
     shared.policy.send_replace(Arc::new(policy));
 }
 
