@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// The agent token every fixture gateway accepts.
-pub const TOKEN: &str = "test-token";
+pub const TOKEN: &str = "test-token-8d3f1c7a9e2b4d60f5a1c3e7b9d2f4a6";
 /// A customer every fixture gateway knows.
 pub const USER: &str = "alice";
 /// Alice's password.
