@@ -648,3 +648,104 @@ async fn an_agent_refuses_its_interfaces_whole_ipv4_subnet() {
     );
     within("agent stops", agent.shutdown()).await.unwrap();
 }
+
+/// A raw `GET` to `addr` with `headers`; the status and the body.
+async fn raw_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let mut stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n");
+    within("send", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within("read", stream.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("a status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Item 7: the agent's status port keeps the admin port's rules against web
+/// pages, caps its connections, and shows the device id and addresses only
+/// with the status token.
+#[tokio::test]
+async fn the_agents_status_port_keeps_web_pages_and_strangers_out() {
+    let net = TestGateway::start().await;
+    let status_token = "st4tus-t0ken-9b2e7c41";
+    let agent = net
+        .spawn(
+            net.agent_builder("127.0.0.2")
+                .status_listen("127.0.0.1:0".parse().unwrap())
+                .status_token(status_token),
+        )
+        .await;
+    let status = agent.status_addr().unwrap();
+    let host = format!("Host: {status}\r\n");
+
+    let (code, _) = raw_get(status, "/", "Host: evil.example\r\n").await;
+    assert_eq!(code, 421, "DNS rebinding: a page's own name");
+    let (code, _) = raw_get(
+        status,
+        "/",
+        &format!("{host}Origin: https://evil.example\r\n"),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let (code, _) = raw_get(
+        status,
+        "/",
+        &format!("{host}Sec-Fetch-Site: cross-site\r\n"),
+    )
+    .await;
+    assert_eq!(code, 403);
+
+    let (code, body) = raw_get(status, "/", &host).await;
+    assert_eq!(code, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(stats.get("agent_id").is_none(), "{body}");
+    assert!(stats.get("own_addresses").is_none(), "{body}");
+    assert!(stats["session"].get("observed_addr").is_none(), "{body}");
+    assert!(
+        !body.contains("127.0.0.2"),
+        "no address of the device: {body}"
+    );
+    assert!(stats["streams_served"].is_u64());
+
+    let (code, body) = raw_get(
+        status,
+        "/",
+        &format!("{host}Authorization: Bearer wrong\r\n"),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(!body.contains("agent_id"), "{body}");
+    let bearer = format!("{host}Authorization: Bearer {status_token}\r\n");
+    let (code, body) = raw_get(status, "/", &bearer).await;
+    assert_eq!(code, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["agent_id"], agent.stats().agent_id);
+    assert!(body.contains("127.0.0.2"), "{body}");
+
+    // Idle connections past the cap are closed unanswered.
+    let mut idle = Vec::new();
+    for _ in 0..exitpool::agent::status::MAX_STATUS_CONNECTIONS {
+        idle.push(within("connect", TcpStream::connect(status)).await.unwrap());
+    }
+    let mut over = within("connect", TcpStream::connect(status)).await.unwrap();
+    let _ = over
+        .write_all(format!("GET / HTTP/1.1\r\n{host}\r\n").as_bytes())
+        .await;
+    let mut answer = Vec::new();
+    let _ = within("closed", over.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    drop(idle);
+    within("agent stops", agent.shutdown()).await.unwrap();
+}

@@ -48,6 +48,7 @@ impl Agent {
                 software: format!("exitpool-agent/{}", env!("CARGO_PKG_VERSION")),
                 limits: Limits::default(),
                 status_listen: None,
+                status_token: None,
                 summary_interval: DEFAULT_SUMMARY_INTERVAL,
                 refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
                 pin_mismatch_retry: DEFAULT_PIN_MISMATCH_RETRY,
@@ -157,6 +158,13 @@ impl AgentBuilder {
     /// Serves the agent's stats as JSON on `addr` (keep it on loopback).
     pub fn status_listen(mut self, addr: SocketAddr) -> Self {
         self.config.status_listen = Some(addr);
+        self
+    }
+
+    /// The bearer token that shows the device's id and addresses on the
+    /// status endpoint (see [`status`](crate::status)).
+    pub fn status_token(mut self, token: impl Into<String>) -> Self {
+        self.config.status_token = Some(Secret(token.into()));
         self
     }
 

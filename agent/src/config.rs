@@ -116,6 +116,9 @@ pub struct AgentConfig {
     pub limits: Limits,
     /// Local address for the JSON status endpoint, if wanted.
     pub status_listen: Option<SocketAddr>,
+    /// Bearer token that shows the device's id and addresses on the status
+    /// endpoint; without it (or when none is set) they are left out.
+    pub status_token: Option<exitpool_protocol::Secret>,
     /// How often the one-line summary is logged.
     pub summary_interval: Duration,
     /// Shortest time between two log lines that count refused destinations;

@@ -72,6 +72,9 @@ pub struct Settings {
     pub allow_ports: Option<Vec<PortRange>>,
     /// `status_listen`: where the JSON status endpoint listens.
     pub status_listen: Option<SocketAddr>,
+    /// `status_token`: shows the device's id and addresses on the status
+    /// endpoint to a request carrying it.
+    pub status_token: Option<Secret>,
     /// `summary_interval` (flag `--summary-secs`): between log summaries.
     pub summary_interval: Option<Duration>,
     /// `keep_alive` (flag `--keep-alive-ms`): between tunnel keep-alives.
@@ -276,6 +279,7 @@ impl Settings {
             deny_ports: self.deny_ports.or(fallback.deny_ports),
             allow_ports: self.allow_ports.or(fallback.allow_ports),
             status_listen: self.status_listen.or(fallback.status_listen),
+            status_token: self.status_token.or(fallback.status_token),
             summary_interval: self.summary_interval.or(fallback.summary_interval),
             keep_alive: self.keep_alive.or(fallback.keep_alive),
             handshake_timeout: self.handshake_timeout.or(fallback.handshake_timeout),
@@ -343,6 +347,9 @@ impl Settings {
         }
         if let Some(addr) = self.status_listen {
             builder = builder.status_listen(addr);
+        }
+        if let Some(token) = self.status_token {
+            builder = builder.status_token(token.0);
         }
         if let Some(every) = self.summary_interval {
             builder = builder.summary_interval(every.max(Duration::from_secs(1)));
@@ -449,6 +456,7 @@ fn deserialize_all(text: &str, lines: &Lines<'_>) -> (Option<FileModel>, Vec<Con
         let message = match key.rsplit(['.', ']']).next() {
             // A type error quotes the value; the token's never is.
             Some("token") => "expected the token as a string".to_owned(),
+            Some("status_token") => "expected the status token as a string".to_owned(),
             _ => plain(error.message()),
         };
         errors.push(error_at(lines, span.as_ref(), &key, message));
@@ -532,6 +540,7 @@ struct FileModel {
     deny_ports: Option<Spanned<Ports>>,
     allow_ports: Option<Spanned<Ports>>,
     status_listen: Option<Spanned<String>>,
+    status_token: Option<Spanned<String>>,
     summary_interval: Option<Spanned<String>>,
     keep_alive: Option<Spanned<String>>,
     handshake_timeout: Option<Spanned<String>>,
@@ -689,6 +698,13 @@ impl Check<'_> {
             quota_period: self.value("quota_period", model.quota_period, |p| p.parse()),
             deny_ports: self.value("deny_ports", model.deny_ports, ports),
             allow_ports: self.value("allow_ports", model.allow_ports, ports),
+            status_token: self.value("status_token", model.status_token, |token| {
+                if token.trim().is_empty() {
+                    Err("the status token is empty".to_owned())
+                } else {
+                    Ok(Secret(token.clone()))
+                }
+            }),
             status_listen: self.value("status_listen", model.status_listen, |addr| {
                 addr.parse()
                     .map_err(|_| format!("{addr:?} is not IP:PORT, e.g. 127.0.0.1:9091"))

@@ -9,8 +9,9 @@
 
 use crate::shared::Shared;
 use bytes::Bytes;
+use exitpool_protocol::local_http::{from_a_web_page, is_own_host};
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
@@ -116,7 +117,23 @@ pub(crate) async fn refusal_summaries(shared: Arc<Shared>, shutdown: Cancellatio
     }
 }
 
-/// Binds the status endpoint and serves `GET /` with the stats as JSON.
+/// Most status connections served at once; more are closed unanswered.
+pub const MAX_STATUS_CONNECTIONS: usize = 16;
+
+/// How long a status connection may take to send its request head, and live.
+const STATUS_HEAD_DEADLINE: Duration = Duration::from_secs(5);
+const STATUS_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// What the stats show only to a request with the status token: the device's
+/// id, its addresses (interface and observed public ones).
+const PRIVATE_FIELDS: [&str; 2] = ["agent_id", "own_addresses"];
+
+/// Binds the status endpoint and serves `GET /` (the stats) and `GET /report`
+/// (the host report) as JSON. A web page in the owner's browser cannot read
+/// it (the admin port's rules: a foreign `Host` is `421`, `Origin` or a
+/// cross-site fetch `403`); at most [`MAX_STATUS_CONNECTIONS`] at once; and
+/// the device's id and addresses appear only with `Authorization: Bearer`
+/// and the configured status token.
 pub(crate) fn start(
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -126,6 +143,7 @@ pub(crate) fn start(
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     let local = listener.local_addr()?;
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_STATUS_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -133,42 +151,103 @@ pub(crate) fn start(
                 () = shutdown.cancelled() => break,
             };
             let Ok((stream, _)) = accepted else { continue };
+            let Ok(place) = places.clone().try_acquire_owned() else {
+                continue;
+            };
             let shared = shared.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |request: hyper::Request<hyper::body::Incoming>| {
                         let shared = shared.clone();
-                        async move {
-                            let (status, body) = match request.uri().path() {
-                                "/" => (
-                                    StatusCode::OK,
-                                    serde_json::to_string_pretty(&shared.stats())
-                                        .unwrap_or_default(),
-                                ),
-                                "/report" => (
-                                    StatusCode::OK,
-                                    serde_json::to_string_pretty(&shared.stats().report)
-                                        .unwrap_or_default(),
-                                ),
-                                _ => (
-                                    StatusCode::NOT_FOUND,
-                                    "{\"error\":\"not found; try / or /report\"}".to_owned(),
-                                ),
-                            };
-                            let mut response = Response::new(Full::new(Bytes::from(body)));
-                            *response.status_mut() = status;
-                            response
-                                .headers_mut()
-                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                            Ok::<_, Infallible>(response)
-                        }
+                        async move { Ok::<_, Infallible>(answer(&request, &shared)) }
                     },
                 );
                 let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(STATUS_HEAD_DEADLINE)
                     .serve_connection(TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
+                let _ = tokio::time::timeout(STATUS_CONNECTION_LIFETIME, connection).await;
+                drop(place);
             });
         }
     });
     Ok(local)
+}
+
+/// One status request's answer.
+fn answer<B>(request: &hyper::Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
+    let headers = request.headers();
+    let host = headers.get(HOST).and_then(|value| value.to_str().ok());
+    if !host.is_some_and(|host| is_own_host(host, &[])) {
+        return json(
+            StatusCode::MISDIRECTED_REQUEST,
+            "{\"error\":\"the Host header must be an IP address or localhost\"}".to_owned(),
+        );
+    }
+    let site = headers.get("sec-fetch-site").map(|value| value.as_bytes());
+    if from_a_web_page(headers.contains_key(ORIGIN), site) {
+        return json(
+            StatusCode::FORBIDDEN,
+            "{\"error\":\"requests from web pages are refused\"}".to_owned(),
+        );
+    }
+    let shown_whole = shared.config.status_token.as_ref().is_some_and(|token| {
+        let presented = headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        presented.is_some_and(|presented| {
+            use subtle::ConstantTimeEq;
+            bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes()))
+        })
+    });
+    match request.uri().path() {
+        "/" => {
+            let mut stats = serde_json::to_value(shared.stats()).unwrap_or_default();
+            if !shown_whole {
+                redact(&mut stats);
+            }
+            json(
+                StatusCode::OK,
+                serde_json::to_string_pretty(&stats).unwrap_or_default(),
+            )
+        }
+        "/report" => json(
+            StatusCode::OK,
+            serde_json::to_string_pretty(&shared.stats().report).unwrap_or_default(),
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            "{\"error\":\"not found; try / or /report\"}".to_owned(),
+        ),
+    }
+}
+
+/// Leaves out what identifies the device or its networks: its id, its
+/// addresses and the public address the gateway observed.
+fn redact(stats: &mut serde_json::Value) {
+    let Some(fields) = stats.as_object_mut() else {
+        return;
+    };
+    for private in PRIVATE_FIELDS {
+        fields.remove(private);
+    }
+    if let Some(session) = fields.get_mut("session").and_then(|s| s.as_object_mut()) {
+        session.remove("observed_addr");
+    }
+    fields.insert(
+        "redacted".to_owned(),
+        serde_json::json!(
+            "the device id and addresses need the status token (Authorization: Bearer)"
+        ),
+    );
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }

@@ -29,6 +29,7 @@ mod slots;
 
 use crate::shared::Shared;
 use bytes::Bytes;
+use exitpool_protocol::local_http::{from_a_web_page, is_own_host};
 use http_body_util::Full;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -104,26 +105,6 @@ pub fn authorized(token: Option<&exitpool_protocol::Secret>, authorization: Opti
         && bool::from(expected.ct_eq(given))
 }
 
-/// Whether `host` (a `Host` header: name or IP, optional port) names this port:
-/// an IP literal, `localhost`, or one of the operator's `names`.
-fn is_own_host(host: &str, names: &[String]) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(bracketed) => match bracketed.split_once(']') {
-            Some((literal, _)) => return literal.parse::<std::net::Ipv6Addr>().is_ok(),
-            None => return false,
-        },
-        None => match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        },
-    };
-    name.parse::<std::net::Ipv4Addr>().is_ok()
-        || name.eq_ignore_ascii_case("localhost")
-        || names
-            .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(name))
-}
-
 /// A refusal for requests a browser could have been made to send on a web
 /// page's behalf (see the module docs), or `None` for an operator's request.
 fn refuse_browsers<B>(request: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
@@ -136,10 +117,8 @@ fn refuse_browsers<B>(request: &Request<B>, shared: &Shared) -> Option<Response<
             "the Host header must be an IP address, localhost or an --admin-host name\n".into(),
         ));
     }
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-    if headers.contains_key(ORIGIN) || cross_site {
+    let site = headers.get("sec-fetch-site").map(|value| value.as_bytes());
+    if from_a_web_page(headers.contains_key(ORIGIN), site) {
         return Some(text(
             StatusCode::FORBIDDEN,
             "text/plain",

@@ -19,7 +19,8 @@
 //! closed, in both directions. An agent's id is not declared but proven:
 //! [`identity`] derives it from a device key that signs each connection.
 //! Gateways of one fleet carry customers to each other's exits over the
-//! [`peer`] link, with the same `OpenReply` and raw bytes after it.
+//! [`peer`] link, with the same `OpenReply` and raw bytes after it. Both local
+//! HTTP endpoints (admin, agent status) refuse web pages by [`local_http`].
 //!
 //! This crate is pure: without its `tokio` feature (on by default, for
 //! `read_frame`/`write_frame`) it does no I/O. What moves bytes (the relay,
@@ -31,6 +32,7 @@
 pub mod frame;
 pub mod host;
 pub mod identity;
+pub mod local_http;
 pub mod messages;
 pub mod peer;
 

@@ -86,6 +86,10 @@ struct Args {
     /// Serve this agent's stats as JSON here (keep it on loopback), e.g. 127.0.0.1:9091.
     #[arg(long, value_name = "ADDR")]
     status_listen: Option<SocketAddr>,
+    /// Bearer token that shows this device's id and addresses on the status
+    /// endpoint (without it they are left out of its JSON).
+    #[arg(long, env = "EXITPOOL_STATUS_TOKEN", hide_env_values = true)]
+    status_token: Option<String>,
     /// Seconds between the one-line status summaries in the log (default 60).
     #[arg(long)]
     summary_secs: Option<u64>,
@@ -183,6 +187,7 @@ fn settings(args: &mut Args) -> anyhow::Result<(Settings, bool)> {
         deny_ports: args.deny_ports.take(),
         allow_ports: args.allow_ports.take(),
         status_listen: args.status_listen,
+        status_token: args.status_token.take().map(Secret),
         summary_interval: args.summary_secs.map(Duration::from_secs),
         keep_alive: args.keep_alive_ms.map(ms),
         handshake_timeout: args.handshake_timeout_ms.map(ms),
