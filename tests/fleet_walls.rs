@@ -434,3 +434,75 @@ async fn no_customer_answer_names_a_gateway_of_the_fleet_or_its_address() {
         }
     }
 }
+
+/// A CA, and a certificate for 127.0.0.1 signed by it with its key, as PEM
+/// files in `dir`: (cert, key, ca).
+fn redis_certificate(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "redis test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = params
+        .signed_by(&key, &rcgen::Issuer::new(ca_params, ca_key))
+        .unwrap();
+    let files = ["redis-cert.pem", "redis-key.pem", "redis-ca.pem"].map(|name| dir.join(name));
+    std::fs::write(&files[0], cert.pem()).unwrap();
+    std::fs::write(&files[1], key.serialize_pem()).unwrap();
+    std::fs::write(&files[2], ca.pem()).unwrap();
+    files
+}
+
+#[tokio::test]
+async fn a_fleet_shares_its_pool_over_redis_with_tls() {
+    use exitpool_launcher::redis::{RedisOptions, RedisTls};
+    let dir = tempfile::tempdir().unwrap();
+    let [cert, key, ca] = redis_certificate(dir.path());
+    // TLS only (no plain TCP port), with a password that now crosses in TLS.
+    let redis = RedisServer::start_with(RedisOptions {
+        password: Some("over-tls-3b7d1e".into()),
+        tls: Some(RedisTls {
+            cert,
+            key,
+            ca: ca.clone(),
+            addr: exitpool_launcher::ports::free_port().unwrap(),
+        }),
+    })
+    .await;
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+    let gateways = common::fleet::fleet_with(&redis, &["gw-a", "gw-b"], |config| {
+        config.fleet.as_mut().unwrap().redis_ca = Some(ca.clone());
+    })
+    .await;
+    let (a, b) = (&gateways[0], &gateways[1]);
+    // B's exit reaches A's directory through Redis, and serves A's customer.
+    let _agent = b.agent("127.0.0.2").await;
+    wait_for_pool(a, 1).await;
+    wait_for_gateways(a, 2).await;
+    let target = http_target("127.0.0.1").await;
+    let (_, seen) = exit_ip(a.proxy(), target, "").await;
+    assert_eq!(seen, "127.0.0.2");
+    assert_eq!(a.stats().await["fleet"]["redis"]["reachable"], true);
+
+    // Without the CA (the system's roots) the server is not trusted: the
+    // gateway starts, degraded, and says why.
+    let stranger = common::fleet::fleet_with(&redis, &["gw-c"], |_| {})
+        .await
+        .remove(0);
+    let reason = within("the untrusted Redis is reported", async {
+        loop {
+            let redis = stranger.stats().await["fleet"]["redis"].clone();
+            if redis["reachable"] == false {
+                return redis["reason"].as_str().unwrap_or_default().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(reason.to_lowercase().contains("certificate"), "{reason}");
+    assert!(!reason.contains("over-tls-3b7d1e"), "{reason}");
+}

@@ -176,6 +176,9 @@ pub struct FleetConfig {
     /// Longest one Redis command may take; past it the gateway carries on
     /// with what it holds and reports itself degraded.
     pub redis_timeout: Duration,
+    /// PEM certificates a `rediss://` server's chain must lead to (instead
+    /// of the system's roots).
+    pub redis_ca: Option<std::path::PathBuf>,
 }
 
 impl FleetConfig {
@@ -191,6 +194,7 @@ impl FleetConfig {
             gateway_timeout: DEFAULT_FLEET_GATEWAY_TIMEOUT,
             resync_interval: DEFAULT_FLEET_RESYNC,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            redis_ca: None,
         }
     }
 }

@@ -165,6 +165,10 @@ struct Args {
         hide_env_values = true
     )]
     redis: Option<String>,
+    /// PEM certificates (a CA) that a rediss:// server's certificate must
+    /// chain to; default: the system's roots.
+    #[arg(long, value_name = "PEM", requires = "redis")]
+    redis_ca: Option<PathBuf>,
     /// This gateway's id in the fleet; default: the host name and a hash of
     /// the state directory's path.
     #[arg(long, value_name = "ID", requires = "redis")]
@@ -354,6 +358,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(url) = &args.redis {
         let mut fleet = exitpool::gateway::config::FleetConfig::new(url);
         fleet.gateway_id = args.gateway_id.clone();
+        fleet.redis_ca = args.redis_ca.clone();
         fleet.peer_listen = args.peer_listen;
         fleet.peer_advertise = args.peer_advertise;
         fleet.peer_transport = match args.peer_transport {

@@ -89,6 +89,42 @@ pub mod keys {
     }
 }
 
+/// The Redis client for `config`'s URL: over TLS for `rediss://` (rustls
+/// with ring), trusting `redis_ca` when given, else the system's roots.
+fn redis_client(config: &FleetConfig) -> Result<redis::Client, FleetError> {
+    let url = config.redis_url.expose();
+    let error = |what: &'static str| {
+        move |e: redis::RedisError| FleetError {
+            what,
+            reason: e.to_string(),
+        }
+    };
+    let tls = url.starts_with("rediss://");
+    if tls {
+        // The redis crate builds its rustls configuration from the process's
+        // provider: ours (ring), whatever else is linked in.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let Some(ca) = &config.redis_ca else {
+        return redis::Client::open(url).map_err(error("url"));
+    };
+    if !tls {
+        return Err(FleetError {
+            what: "ca",
+            reason: "--redis-ca needs a rediss:// URL".into(),
+        });
+    }
+    let pem = std::fs::read(ca).map_err(|e| FleetError {
+        what: "ca",
+        reason: format!("reading {}: {e}", ca.display()),
+    })?;
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(url, certificates).map_err(error("ca"))
+}
+
 /// A Redis command that failed or did not answer in time.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("redis {what}: {reason}")]
@@ -181,10 +217,7 @@ impl Fleet {
         peers: peer::Peers,
         counters: FleetCounters,
     ) -> Result<Fleet, FleetError> {
-        let client = redis::Client::open(config.redis_url.expose()).map_err(|e| FleetError {
-            what: "url",
-            reason: e.to_string(),
-        })?;
+        let client = redis_client(&config)?;
         let manager = |response_timeout: Duration| {
             let settings = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.redis_timeout))
