@@ -251,8 +251,8 @@ impl Throttle for Meter {
     async fn pass(&self, direction: Direction, bytes: usize) {
         let counter = match direction {
             // The agent's QUIC side faces the gateway: QUIC -> TCP goes to targets.
-            Direction::QuicToTcp => &self.bytes_up,
-            Direction::TcpToQuic => &self.bytes_down,
+            Direction::FromTunnel => &self.bytes_up,
+            Direction::ToTunnel => &self.bytes_down,
         };
         counter.fetch_add(bytes as u64, Ordering::Relaxed);
         let before = self.period_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -269,8 +269,8 @@ impl Throttle for Meter {
             .expect("buckets lock")
             .as_ref()
             .map(|buckets| match direction {
-                Direction::QuicToTcp => buckets.to_targets.clone(),
-                Direction::TcpToQuic => buckets.from_targets.clone(),
+                Direction::FromTunnel => buckets.to_targets.clone(),
+                Direction::ToTunnel => buckets.from_targets.clone(),
             });
         if let (Some(bucket), Some(cells)) = (bucket, NonZeroU32::new(bytes as u32)) {
             // Chunks never exceed the burst (see `new`), so this cannot fail.
@@ -302,9 +302,9 @@ mod tests {
             ..Limits::default()
         };
         let meter = Meter::new(limits, Some(&dir)).unwrap();
-        meter.pass(Direction::QuicToTcp, 600).await;
+        meter.pass(Direction::FromTunnel, 600).await;
         assert!(!meter.is_exhausted());
-        meter.pass(Direction::TcpToQuic, 400).await;
+        meter.pass(Direction::ToTunnel, 400).await;
         assert!(meter.is_exhausted());
         meter.save().unwrap();
         let again = Meter::new(limits, Some(&dir)).unwrap();

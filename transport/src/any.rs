@@ -13,6 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A tunnel over either transport.
@@ -124,6 +125,20 @@ impl TunnelConnection for Tunnel {
         match self {
             Tunnel::Quic(c) => c.admitted(),
             Tunnel::Tcp(c) => c.admitted(),
+        }
+    }
+
+    fn packets_received(&self) -> u64 {
+        match self {
+            Tunnel::Quic(c) => c.packets_received(),
+            Tunnel::Tcp(c) => c.packets_received(),
+        }
+    }
+
+    async fn probe(&self, within: Duration) -> bool {
+        match self {
+            Tunnel::Quic(c) => c.probe(within).await,
+            Tunnel::Tcp(c) => c.probe(within).await,
         }
     }
 

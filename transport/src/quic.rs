@@ -8,6 +8,10 @@ use crate::tunnel::{
 use bytes::{Bytes, BytesMut};
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How often a liveness probe looks at the received-datagram count.
+const PROBE_POLL: Duration = Duration::from_millis(10);
 
 impl TunnelSend for quinn::SendStream {
     async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
@@ -93,6 +97,43 @@ impl TunnelConnection for quinn::Connection {
         self.set_receive_window(crate::udp::CONNECTION_WINDOW.into());
     }
 
+    fn packets_received(&self) -> u64 {
+        self.stats().udp_rx.datagrams
+    }
+
+    /// quinn 0.11 has no public PING; a one-byte bump of the connection's
+    /// receive window sends a MAX_DATA frame, which is ack-eliciting, and a
+    /// live peer acknowledges it within its ack delay (25 ms) plus a round
+    /// trip. The wait is stretched to three round trips on slow links.
+    async fn probe(&self, within: Duration) -> bool {
+        if quinn::Connection::close_reason(self).is_some() {
+            return false;
+        }
+        let received = self.packets_received();
+        let window = u64::from(crate::udp::CONNECTION_WINDOW);
+        if let (Ok(bumped), Ok(restored)) = (
+            quinn::VarInt::from_u64(window + 1),
+            quinn::VarInt::from_u64(window),
+        ) {
+            self.set_receive_window(bumped);
+            self.set_receive_window(restored);
+        }
+        let deadline = tokio::time::Instant::now() + within.max(self.rtt() * 3);
+        let mut poll = tokio::time::interval(PROBE_POLL);
+        loop {
+            poll.tick().await;
+            if quinn::Connection::close_reason(self).is_some() {
+                return false;
+            }
+            if self.packets_received() > received {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
     fn close(&self, code: u32, reason: &[u8]) {
         quinn::Connection::close(self, code.into(), reason);
     }
@@ -105,6 +146,7 @@ impl TunnelConnection for quinn::Connection {
                 CloseReason::Peer(u32::try_from(close.error_code.into_inner()).ok())
             }
             E::TimedOut => CloseReason::TimedOut,
+            reset @ E::Reset => CloseReason::Reset(reset.to_string()),
             other => CloseReason::Lost(other.to_string()),
         })
     }

@@ -9,8 +9,10 @@
 //!
 //! The tunnel side is any [`TunnelSend`]/[`TunnelRecv`] pair (QUIC or HTTP/2 streams);
 //! the relay is generic over them, so no chunk pays for dynamic dispatch or a
-//! boxed future. "QUIC" in the names below ([`Direction::TcpToQuic`],
-//! [`Transferred::quic_to_tcp`], ...) means that tunnel side.
+//! boxed future. The names below ([`Direction::ToTunnel`],
+//! [`Transferred::from_tunnel`], ...) say which way bytes move relative to the
+//! tunnel, true for both transports and both ends: on the gateway, to the
+//! tunnel is the customer's upload; on the agent, its download from the target.
 //!
 //! TCP reads go into a reusable buffer and are handed to the tunnel as `Bytes`
 //! without a copy; QUIC data is gathered into buffer-sized TCP writes, and an
@@ -36,10 +38,10 @@ const FIRST_CHUNK: usize = 4 * 1024;
 /// Byte counts of one finished relay, whether or not it ended cleanly.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transferred {
-    /// Bytes read from TCP and sent into the QUIC stream.
-    pub tcp_to_quic: u64,
-    /// Bytes received from the QUIC stream and written to TCP.
-    pub quic_to_tcp: u64,
+    /// Bytes read from TCP and sent into the tunnel stream.
+    pub to_tunnel: u64,
+    /// Bytes received from the tunnel stream and written to TCP.
+    pub from_tunnel: u64,
 }
 
 /// Why a relay ended abnormally.
@@ -60,9 +62,9 @@ pub enum RelayError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// Read from TCP, sent into the tunnel stream.
-    TcpToQuic,
+    ToTunnel,
     /// Received from the tunnel stream, written to TCP.
-    QuicToTcp,
+    FromTunnel,
 }
 
 /// Paces and meters the byte path: `pass` is awaited once per chunk before it is
@@ -90,16 +92,16 @@ impl Throttle for Unlimited {
 /// the profile.
 #[derive(Debug, Default)]
 pub struct LiveCounters {
-    /// Mirrors [`Transferred::tcp_to_quic`].
-    pub tcp_to_quic: AtomicU64,
-    /// Mirrors [`Transferred::quic_to_tcp`].
-    pub quic_to_tcp: AtomicU64,
+    /// Mirrors [`Transferred::to_tunnel`].
+    pub to_tunnel: AtomicU64,
+    /// Mirrors [`Transferred::from_tunnel`].
+    pub from_tunnel: AtomicU64,
 }
 
 impl LiveCounters {
     /// Bytes either way so far.
     pub fn total(&self) -> u64 {
-        self.tcp_to_quic.load(Ordering::Relaxed) + self.quic_to_tcp.load(Ordering::Relaxed)
+        self.to_tunnel.load(Ordering::Relaxed) + self.from_tunnel.load(Ordering::Relaxed)
     }
 }
 
@@ -136,7 +138,7 @@ where
 
 /// [`relay`] between two tunnel streams, as a gateway does that carries another
 /// gateway's customer to its exit: the first pair stands where a TCP
-/// connection does (`tcp_to_quic` counts what it sent). Chunks pass from one
+/// connection does (`to_tunnel` counts what it sent). Chunks pass from one
 /// stream to the other as the transports hold them, without another copy. On
 /// error both streams are reset here.
 pub async fn relay_streams<S1, V1, S2, V2>(
@@ -256,16 +258,16 @@ where
     let up = pump(
         &mut near_read,
         &mut tunnel_send,
-        Direction::TcpToQuic,
-        &counters.tcp_to_quic,
+        Direction::ToTunnel,
+        &counters.to_tunnel,
         &activity,
         throttle,
     );
     let down = pump(
         &mut tunnel_recv,
         &mut near_write,
-        Direction::QuicToTcp,
-        &counters.quic_to_tcp,
+        Direction::FromTunnel,
+        &counters.from_tunnel,
         &activity,
         throttle,
     );
@@ -281,8 +283,8 @@ where
         near_read.abort();
     }
     let transferred = Transferred {
-        tcp_to_quic: counters.tcp_to_quic.load(Ordering::Relaxed),
-        quic_to_tcp: counters.quic_to_tcp.load(Ordering::Relaxed),
+        to_tunnel: counters.to_tunnel.load(Ordering::Relaxed),
+        from_tunnel: counters.from_tunnel.load(Ordering::Relaxed),
     };
     (transferred, result)
 }
@@ -304,7 +306,7 @@ async fn pump<R: Source, W: Sink, T: Throttle>(
             RelayError::Tunnel
         }
     };
-    let source_is_tcp = direction == Direction::TcpToQuic;
+    let source_is_tcp = direction == Direction::ToTunnel;
     let (source_failed, sink_failed) = (failed(source_is_tcp), failed(!source_is_tcp));
     // The buffer starts small, because most connections carry a page or two
     // and a full-chunk allocation per connection, freed when it ends, made the

@@ -45,7 +45,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -260,6 +260,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct SharedIo {
     tls: Arc<Mutex<Io>>,
     gate: Option<FrameGate>,
+    /// Where reads that brought bytes are counted.
+    admission: Arc<Admission>,
 }
 
 impl AsyncRead for SharedIo {
@@ -270,6 +272,9 @@ impl AsyncRead for SharedIo {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut *lock(&self.tls)).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.admission.received.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(gate) = &mut self.gate {
             if gate.ended() {
                 self.gate = None;
@@ -312,11 +317,14 @@ impl AsyncWrite for SharedIo {
 }
 
 /// What a gated end and its driver share: whether the peer has been admitted,
-/// and how many PINGs this end has sent (each may be acknowledged once).
+/// and how many PINGs this end has sent (each may be acknowledged once); and
+/// how many reads brought bytes from the peer (the tunnel's
+/// `packets_received`).
 #[derive(Debug, Default)]
 struct Admission {
     admitted: AtomicBool,
     pings_sent: AtomicU32,
+    received: AtomicU64,
 }
 
 /// Reads the HTTP/2 frame headers a peer sends before it is admitted, as the
@@ -420,6 +428,7 @@ fn gated(
     let io = SharedIo {
         tls: tls.clone(),
         gate,
+        admission: admission.clone(),
     };
     (io, admission)
 }
@@ -679,6 +688,13 @@ fn connection_end(result: Result<(), h2::Error>) -> CloseReason {
         Err(error) if error.is_go_away() && error.is_remote() => {
             CloseReason::Peer(error.reason().map(u32::from))
         }
+        Err(error)
+            if error
+                .get_io()
+                .is_some_and(|cause| cause.kind() == io::ErrorKind::ConnectionReset) =>
+        {
+            CloseReason::Reset(error.to_string())
+        }
         Err(error) => CloseReason::Lost(error.to_string()),
     }
 }
@@ -846,6 +862,19 @@ impl TunnelConnection for TcpTunnel {
     fn admitted(&self) {
         self.inner.admission.admitted.store(true, Ordering::Relaxed);
         self.inner.admit.notify_one();
+    }
+
+    fn packets_received(&self) -> u64 {
+        self.inner.admission.received.load(Ordering::Relaxed)
+    }
+
+    /// An HTTP/2 PING, which only the peer process answers (a frozen one's
+    /// kernel still acknowledges TCP segments).
+    async fn probe(&self, within: Duration) -> bool {
+        self.close_reason().is_none()
+            && tokio::time::timeout(within, self.ping())
+                .await
+                .unwrap_or(false)
     }
 
     fn close(&self, code: u32, reason: &[u8]) {

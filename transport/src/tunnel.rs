@@ -22,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// The sending half of a tunnel stream: bytes towards the peer.
 pub trait TunnelSend: Send {
@@ -100,7 +101,11 @@ pub enum CloseReason {
     Peer(Option<u32>),
     /// Nothing came back within the idle timeout.
     TimedOut,
-    /// The connection failed (reset, broken pipe, protocol error, ...).
+    /// The peer's end reset it: a QUIC stateless reset, or a TCP reset (a
+    /// peer that restarted or crashed without a close), with the transport's
+    /// words for it.
+    Reset(String),
+    /// The connection failed otherwise (broken pipe, protocol error, ...).
     Lost(String),
 }
 
@@ -111,7 +116,9 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Peer(Some(code)) => write!(f, "closed by peer (code {code})"),
             CloseReason::Peer(None) => f.write_str("closed by peer"),
             CloseReason::TimedOut => f.write_str("timed out"),
-            CloseReason::Lost(why) => write!(f, "connection lost: {why}"),
+            CloseReason::Reset(why) | CloseReason::Lost(why) => {
+                write!(f, "connection lost: {why}")
+            }
         }
     }
 }
@@ -173,6 +180,19 @@ pub trait TunnelConnection: Clone + Send + Sync + 'static {
     /// The peer proved itself (a valid `Hello`): lift the small receive window
     /// it had until then to the full one.
     fn admitted(&self);
+
+    /// A count that grows whenever something arrives from the peer (QUIC: UDP
+    /// datagrams; TLS/TCP: reads that brought bytes): a tunnel whose count
+    /// stands still over a keep-alive interval heard nothing, not even the
+    /// acknowledgement of its own keep-alive.
+    fn packets_received(&self) -> u64;
+
+    /// Whether the peer proves alive within `within` (stretched on slow
+    /// links): it is asked for an acknowledgement now, and anything received
+    /// from it in that time counts. `false` once the tunnel has ended. For a
+    /// liveness check while a customer waits, so idle peers see no extra
+    /// traffic.
+    fn probe(&self, within: Duration) -> impl Future<Output = bool> + Send;
 
     /// Closes the tunnel with `code`; streams end with it. Idempotent.
     fn close(&self, code: u32, reason: &[u8]);

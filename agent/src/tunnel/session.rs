@@ -313,10 +313,7 @@ fn gateway_stopped(connection: &Tunnel) -> bool {
     match connection.close_reason() {
         Some(CloseReason::Peer(Some(code))) => code == close_code::SHUTDOWN,
         Some(CloseReason::Peer(None)) => true,
-        // `CloseReason` has no variant of its own for a reset yet: quinn words
-        // a stateless reset "reset by peer", the TLS/TCP tunnel names the
-        // socket's reset.
-        Some(CloseReason::Lost(why)) => why.contains("reset"),
+        Some(CloseReason::Reset(_)) => true,
         _ => false,
     }
 }

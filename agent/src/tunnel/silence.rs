@@ -3,12 +3,11 @@
 //! Two silent intervals in a row mean UDP is degraded here (under `auto` the
 //! agent falls back to TLS/TCP) or the gateway died without a close.
 //!
-//! This is the one place above the transport interface that reads a QUIC
-//! counter: `TunnelConnection` does not carry a packets-received figure yet.
+//! The count is the transport's ([`TunnelConnection::packets_received`]).
 
-use exitpool_transport::Tunnel;
+use exitpool_transport::{Tunnel, TunnelConnection};
 
-/// Counts keep-alive intervals in which a QUIC tunnel received nothing.
+/// Counts keep-alive intervals in which a tunnel received nothing.
 pub(super) struct Silence {
     received: u64,
     silent_intervals: u32,
@@ -17,22 +16,15 @@ pub(super) struct Silence {
 impl Silence {
     pub(super) fn new(connection: &Tunnel) -> Silence {
         Silence {
-            received: Self::datagrams(connection),
+            received: connection.packets_received(),
             silent_intervals: 0,
-        }
-    }
-
-    fn datagrams(connection: &Tunnel) -> u64 {
-        match connection {
-            Tunnel::Quic(quic) => quic.stats().udp_rx.datagrams,
-            Tunnel::Tcp(_) => 0,
         }
     }
 
     /// Called once per keep-alive interval: whether this is the second
     /// silent interval in a row.
     pub(super) fn degraded(&mut self, connection: &Tunnel) -> bool {
-        let received = Self::datagrams(connection);
+        let received = connection.packets_received();
         if received == self.received {
             self.silent_intervals += 1;
         } else {

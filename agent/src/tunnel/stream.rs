@@ -90,7 +90,7 @@ pub(super) async fn serve_stream(
                 let meter = &context.shared.meter;
                 let (transferred, result) =
                     relay(read, write, send, recv, RELAY_IDLE_TIMEOUT, &live, meter).await;
-                debug!(host = %request.host, port = request.port, up = transferred.quic_to_tcp, down = transferred.tcp_to_quic, ok = result.is_ok(), "stream done");
+                debug!(host = %request.host, port = request.port, up = transferred.from_tunnel, down = transferred.to_tunnel, ok = result.is_ok(), "stream done");
             }
         }
     }

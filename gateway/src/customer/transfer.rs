@@ -54,16 +54,16 @@ async fn watch_exit(agent: &Agent, counters: &LiveCounters, shared: &Shared) {
     // nothing (the counters were read just now).
     let period = (check_after / 4).max(Duration::from_millis(5));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let mut up = counters.tcp_to_quic.load(Ordering::Relaxed);
-    let mut down = counters.quic_to_tcp.load(Ordering::Relaxed);
+    let mut up = counters.to_tunnel.load(Ordering::Relaxed);
+    let mut down = counters.from_tunnel.load(Ordering::Relaxed);
     let mut changed = Instant::now();
     let mut expecting = true;
     let mut unanswered = false;
     loop {
         tick.tick().await;
         let (now_up, now_down) = (
-            counters.tcp_to_quic.load(Ordering::Relaxed),
-            counters.quic_to_tcp.load(Ordering::Relaxed),
+            counters.to_tunnel.load(Ordering::Relaxed),
+            counters.from_tunnel.load(Ordering::Relaxed),
         );
         if now_down != down {
             (down, up, changed) = (now_down, now_up, Instant::now());
@@ -177,8 +177,8 @@ impl Transfer {
 
     /// Records the bytes counted since the last fold.
     fn fold(&mut self, shared: &Shared) {
-        let up = self.counters.tcp_to_quic.load(Ordering::Relaxed);
-        let down = self.counters.quic_to_tcp.load(Ordering::Relaxed);
+        let up = self.counters.to_tunnel.load(Ordering::Relaxed);
+        let down = self.counters.from_tunnel.load(Ordering::Relaxed);
         shared.record_transfer(
             Some(&self.context.user),
             &self.agent,
@@ -227,8 +227,8 @@ impl Transfer {
     /// abnormal end; returns the bytes up and down.
     fn account(&mut self, result: &Result<(), String>, shared: &Shared) -> (u64, u64) {
         self.fold(shared);
-        let up = self.counters.tcp_to_quic.load(Ordering::Relaxed);
-        let down = self.counters.quic_to_tcp.load(Ordering::Relaxed);
+        let up = self.counters.to_tunnel.load(Ordering::Relaxed);
+        let down = self.counters.from_tunnel.load(Ordering::Relaxed);
         self.agent.bytes_up.fetch_add(up, Ordering::Relaxed);
         self.agent.bytes_down.fetch_add(down, Ordering::Relaxed);
         if result.is_err() {
@@ -330,7 +330,7 @@ pub(crate) async fn relay_tcp<S: CustomerStream>(
     let counters = transfer.counters().clone();
     let agent = transfer.agent.clone();
     counters
-        .tcp_to_quic
+        .to_tunnel
         .fetch_add(already_read.len() as u64, Ordering::Relaxed);
     let result = match send.write_chunk(already_read).await {
         Err(error) => Err(error.to_string()),
@@ -390,7 +390,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len() - before;
         self.counters
-            .quic_to_tcp
+            .from_tunnel
             .fetch_add(read as u64, Ordering::Relaxed);
         polled
     }
@@ -405,7 +405,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(written)) = polled {
             self.counters
-                .tcp_to_quic
+                .to_tunnel
                 .fetch_add(written as u64, Ordering::Relaxed);
         }
         polled

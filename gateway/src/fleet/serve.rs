@@ -258,6 +258,6 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
         &counters,
     )
     .await;
-    shared.record_transfer(None, &agent, moved.tcp_to_quic, moved.quic_to_tcp);
+    shared.record_transfer(None, &agent, moved.to_tunnel, moved.from_tunnel);
     drop(load);
 }

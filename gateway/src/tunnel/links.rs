@@ -14,9 +14,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How often a liveness check looks at the tunnel's received-packet count.
-const LIVENESS_POLL: Duration = Duration::from_millis(10);
-
 /// A relay stream whose target the exit has dialled.
 #[derive(Debug)]
 pub struct ExitStream {
@@ -71,57 +68,14 @@ impl Links {
         }
     }
 
-    /// Whether tunnel `key` proves alive within `within`: it is asked for an
-    /// acknowledgement, and anything received from it in that time counts.
-    /// Used only while a customer waits on the tunnel, so idle agents see no
-    /// extra traffic.
-    ///
-    /// QUIC: quinn 0.11 has no public PING; a one-byte bump of the connection's
-    /// receive window sends a MAX_DATA frame, which is ack-eliciting, and a
-    /// live peer acknowledges it within its ack delay (25 ms) plus a round
-    /// trip. The wait is stretched to three round trips on slow links.
-    ///
-    /// TLS/TCP: an HTTP/2 PING, which only the agent process answers (a frozen
-    /// one's kernel still acknowledges TCP segments).
+    /// Whether tunnel `key` proves alive within `within`: the transport's
+    /// probe ([`TunnelConnection::probe`]). Used only while a customer waits
+    /// on the tunnel, so idle agents see no extra traffic.
     pub async fn is_alive(&self, key: u64, within: Duration) -> bool {
         let Some(tunnel) = self.tunnels.get(&key).map(|entry| entry.value().clone()) else {
             return false;
         };
-        let connection = match tunnel {
-            Tunnel::Quic(connection) => connection,
-            Tunnel::Tcp(tcp) => {
-                return tcp.close_reason().is_none()
-                    && tokio::time::timeout(within, tcp.ping())
-                        .await
-                        .unwrap_or(false);
-            }
-        };
-        if connection.close_reason().is_some() {
-            return false;
-        }
-        let received = connection.stats().udp_rx.datagrams;
-        let window = u64::from(exitpool_transport::udp::CONNECTION_WINDOW);
-        if let (Ok(bumped), Ok(restored)) = (
-            quinn::VarInt::from_u64(window + 1),
-            quinn::VarInt::from_u64(window),
-        ) {
-            connection.set_receive_window(bumped);
-            connection.set_receive_window(restored);
-        }
-        let deadline = tokio::time::Instant::now() + within.max(connection.rtt() * 3);
-        let mut poll = tokio::time::interval(LIVENESS_POLL);
-        loop {
-            poll.tick().await;
-            if connection.close_reason().is_some() {
-                return false;
-            }
-            if connection.stats().udp_rx.datagrams > received {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-        }
+        tunnel.probe(within).await
     }
 
     /// Whether the tunnel under `key` is still held and not closing.
