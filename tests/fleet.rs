@@ -639,3 +639,113 @@ async fn an_exit_busy_on_its_own_gateway_is_seen_busy_by_the_others() {
     .await;
     echo_through(a.proxy(), echo, "", 1000).await;
 }
+
+/// The metric families `gateway`'s `/metrics` exposes (from `# TYPE` lines).
+async fn metric_families(gateway: &TestGateway) -> Vec<String> {
+    let url = format!("http://{}/metrics", gateway.admin());
+    let answer = within("GET /metrics", reqwest::get(url)).await.unwrap();
+    let text = within("metrics body", answer.text()).await.unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn fleet_wide_series_say_so_and_the_others_add_up_over_the_gateways() {
+    let redis = RedisServer::start().await;
+    let gateways = fleet(&redis, &["gw-a", "gw-b"]).await;
+    let (a, b) = (&gateways[0], &gateways[1]);
+    // Two exits on A (both in the US), one on B (Germany).
+    let _agents = place_agents(
+        &gateways,
+        &[(0, "127.0.0.2"), (0, "127.0.0.3"), (1, "127.0.0.4")],
+    )
+    .await;
+    // A peer stream from A's customer to B's exit counts on B only (B's
+    // record, with its peer address, is out before its agents are).
+    let target = echo_target().await;
+    let (head, _stream) = connect_as(a.proxy(), target, "-country-de").await;
+    assert_eq!(head.status, 200, "{head:?}");
+
+    let us = Some(("country", "US"));
+    let de = Some(("country", "DE"));
+    for (gateway, own, own_us, own_de, streams) in [
+        (a, 2.0, Some(2.0), None, 0.0),
+        (b, 1.0, None, Some(1.0), 1.0),
+    ] {
+        // Per gateway: what it holds, which adds up over the fleet.
+        assert_eq!(
+            gateway.metric_with("exitpool_agents", None).await,
+            Some(own)
+        );
+        assert_eq!(
+            gateway.metric_with("exitpool_agents_by_country", us).await,
+            own_us
+        );
+        assert_eq!(
+            gateway.metric_with("exitpool_agents_by_country", de).await,
+            own_de
+        );
+        assert_eq!(
+            gateway.metric_with("exitpool_live_streams", None).await,
+            Some(streams)
+        );
+        // Fleet-wide: the whole pool, the same on every gateway.
+        assert_eq!(
+            gateway.metric_with("exitpool_fleet_agents", None).await,
+            Some(3.0)
+        );
+        assert_eq!(
+            gateway
+                .metric_with("exitpool_fleet_agents_by_country", us)
+                .await,
+            Some(2.0)
+        );
+        assert_eq!(
+            gateway
+                .metric_with("exitpool_fleet_agents_by_country", de)
+                .await,
+            Some(1.0)
+        );
+    }
+
+    // Every family that mentions the fleet is a fleet-wide one; the manual
+    // names every family, and lists exactly the fleet-wide ones as such.
+    let families = metric_families(a).await;
+    assert!(families.len() > 20, "{families:?}");
+    let manual =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operators.md")).unwrap();
+    let named = |name: &str| {
+        ["`", "_total`", "{", "_total{"]
+            .iter()
+            .any(|after| manual.contains(&format!("`{name}{after}")))
+    };
+    for family in &families {
+        assert!(named(family), "{family} is not in docs/operators.md");
+        if family.contains("fleet") {
+            assert!(family.starts_with("exitpool_fleet_"), "{family}");
+        }
+    }
+    let fleet_wide = manual
+        .split("**Fleet-wide series**")
+        .nth(1)
+        .and_then(|rest| rest.split("**Per-gateway series**").next())
+        .expect("docs/operators.md lists the fleet-wide series");
+    let listed: Vec<&str> = fleet_wide
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|name| name.split('{').next().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = families
+        .iter()
+        .map(String::as_str)
+        .filter(|family| family.starts_with("exitpool_fleet_"))
+        .collect();
+    expected.sort();
+    let mut listed_sorted = listed.clone();
+    listed_sorted.sort();
+    assert_eq!(listed_sorted, expected);
+}

@@ -6,6 +6,11 @@
 //! latency in [`crate::customer::session::open`], tunnel handshake latency in
 //! [`crate::tunnel`]. Gauges that describe the pool (agents, by country, live
 //! streams, sessions) are read from the agent directory when a scrape arrives.
+//!
+//! Every series covers this gateway alone, so a fleet's figures add up over its
+//! gateways, except those named `exitpool_fleet_*`, which cover the whole pool
+//! this gateway picks from (the same on every gateway of a fleet; never add
+//! them up). On a gateway without a fleet both read the same.
 
 use crate::directory::AgentDirectory;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -105,6 +110,8 @@ pub struct Metrics {
     /// Liveness checks asked of exits' tunnels (only while customers wait).
     pub liveness_checks: Counter,
     exits_by_health: Family<BandLabel, Gauge>,
+    fleet_agents: Gauge,
+    fleet_agents_by_country: Family<CountryLabel, Gauge>,
     /// Agents refused because their identity proof did not verify (impostors,
     /// replayed or malformed proofs).
     pub agent_identity_refusals: Counter,
@@ -143,6 +150,8 @@ impl Metrics {
             exits_unresponsive: Counter::default(),
             liveness_checks: Counter::default(),
             exits_by_health: Family::default(),
+            fleet_agents: Gauge::default(),
+            fleet_agents_by_country: Family::default(),
             agent_identity_refusals: Counter::default(),
             fleet: FleetCounters::default(),
             agents: Gauge::default(),
@@ -152,7 +161,21 @@ impl Metrics {
             sessions: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("agents", "Connected agents", metrics.agents.clone());
+        registry.register(
+            "agents",
+            "Agents whose tunnels this gateway holds",
+            metrics.agents.clone(),
+        );
+        registry.register(
+            "fleet_agents",
+            "Fleet-wide: agents in the pool this gateway picks from (its own and the fleet's)",
+            metrics.fleet_agents.clone(),
+        );
+        registry.register(
+            "fleet_agents_by_country",
+            "Fleet-wide: agents in the pool per country (?? when unknown)",
+            metrics.fleet_agents_by_country.clone(),
+        );
         registry.register(
             "agents_by_transport",
             "Agent tunnels held, per transport (quic, tcp)",
@@ -160,12 +183,12 @@ impl Metrics {
         );
         registry.register(
             "agents_by_country",
-            "Connected agents per country (?? when unknown)",
+            "Agents whose tunnels this gateway holds, per country (?? when unknown)",
             metrics.agents_by_country.clone(),
         );
         registry.register(
             "live_streams",
-            "Relay streams open now",
+            "Relay streams open now on the tunnels this gateway holds (its customers' and those other gateways carried in)",
             metrics.live_streams.clone(),
         );
         registry.register(
@@ -230,7 +253,7 @@ impl Metrics {
         );
         registry.register(
             "exits_by_health",
-            "Connected exits by health band (healthy, degraded, failing, cooling)",
+            "Exits whose tunnels this gateway holds, by health band (healthy, degraded, failing, cooling)",
             metrics.exits_by_health.clone(),
         );
         registry.register(
@@ -240,27 +263,27 @@ impl Metrics {
         );
         for (name, help, counter) in [
             (
-                "fleet_redis_round_trips",
+                "redis_round_trips",
                 "Redis commands, pipelines and scripts sent (fleet mode)",
                 &metrics.fleet.redis_round_trips,
             ),
             (
-                "fleet_redis_errors",
+                "redis_errors",
                 "Redis round trips that failed or timed out (fleet mode)",
                 &metrics.fleet.redis_errors,
             ),
             (
-                "fleet_session_round_trips",
+                "redis_session_round_trips",
                 "Redis round trips for sticky sessions (first connection of a session on this gateway, moves)",
                 &metrics.fleet.session_round_trips,
             ),
             (
-                "fleet_peer_streams_out",
+                "peer_streams_out",
                 "Customer streams carried to exits on other gateways",
                 &metrics.fleet.peer_streams_out,
             ),
             (
-                "fleet_peer_streams_in",
+                "peer_streams_in",
                 "Streams other gateways carried to this gateway's exits",
                 &metrics.fleet.peer_streams_in,
             ),
@@ -309,8 +332,12 @@ impl Metrics {
                 .get_or_create(&TransportLabel { transport })
                 .set(count as i64);
         }
-        let agents = directory.agents();
+        let pool = directory.agents();
+        self.fleet_agents.set(pool.len() as i64);
+        let agents: Vec<_> = pool.iter().filter(|agent| agent.is_local()).collect();
         self.agents.set(agents.len() as i64);
+        // Streams on the tunnels held here, whoever's customers they carry: a
+        // stream carried in from another gateway counts here only.
         let live: u64 = agents
             .iter()
             .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
@@ -324,7 +351,7 @@ impl Metrics {
             ("failing", 0),
             ("cooling", 0),
         ]);
-        for agent in &agents {
+        for agent in agents.iter().copied() {
             let view = agent.health.view(now, health);
             let band = if view.cooling_left.is_some() {
                 "cooling"
@@ -342,11 +369,22 @@ impl Metrics {
                 .get_or_create(&BandLabel { band: band.into() })
                 .set(count);
         }
-        self.agents_by_country.clear();
+        self.fleet_agents_by_country.clear();
         for (country, count) in directory.countries() {
-            self.agents_by_country
+            self.fleet_agents_by_country
                 .get_or_create(&CountryLabel { country })
                 .set(count as i64);
+        }
+        let mut countries = std::collections::BTreeMap::<String, i64>::new();
+        for agent in &agents {
+            let country = agent.location.country.as_deref().unwrap_or("??");
+            *countries.entry(country.to_owned()).or_default() += 1;
+        }
+        self.agents_by_country.clear();
+        for (country, count) in countries {
+            self.agents_by_country
+                .get_or_create(&CountryLabel { country })
+                .set(count);
         }
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
