@@ -199,12 +199,15 @@ impl Publisher {
                 }
                 _ = heartbeat.tick() => {
                     whole_needed |= self.shared.directory.take_feed_lost();
+                    // The record (with the peer address) first, so a follower
+                    // that learns of the agents can already reach them.
+                    let beat = self.heartbeat().await;
                     if whole_needed {
                         whole_needed = self.publish_whole().await.is_err();
                     }
                     // A heartbeat that fails may mean Redis restarted empty:
                     // the list goes out whole once it answers again.
-                    whole_needed |= self.heartbeat().await.is_err();
+                    whole_needed |= beat.is_err();
                     if !whole_needed && self.publish_loads().await.is_err() {
                         whole_needed = true;
                     }
