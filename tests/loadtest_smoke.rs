@@ -250,3 +250,115 @@ async fn a_loadtest_stopped_by_a_signal_stops_the_processes_it_started() {
         "still running after loadtest stopped: {left:?}"
     );
 }
+
+/// The soak at 25 s (the real run is minutes; see docs/performance.md): every
+/// customer protocol moved bytes, the gateway restarted once, no process
+/// panicked, every byte the targets saw was counted in usage, and each
+/// process's RSS, descriptors and threads were read at the warm-up and at the
+/// end. Growth over 25 s is noise, not a leak, so only its figures are
+/// required here; a growth FAIL is the one failure this run may report.
+#[tokio::test]
+async fn a_short_soak_counts_every_byte_and_reports_growth() {
+    let (bin_dir, loadtest) = loadtest_binary();
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("soak.json");
+    let output = Launch::new(&loadtest)
+        .args(["soak", "--soak-duration", "25", "--no-build"])
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .arg("--json")
+        .arg(&json)
+        .run(Duration::from_secs(240))
+        .await
+        .expect("the short soak finishes within 4 minutes");
+    let stderr = &output.stderr;
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(&json)
+            .unwrap_or_else(|error| panic!("no JSON report ({error}); loadtest said:\n{stderr}")),
+    )
+    .unwrap();
+    let failures: Vec<&str> = doc["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    let others: Vec<&&str> = failures
+        .iter()
+        .filter(|f| !f.starts_with("soak: growth:"))
+        .collect();
+    assert!(others.is_empty(), "{others:?}\n{stderr}");
+    // A growth failure, and only that, makes the run exit non-zero.
+    assert_eq!(output.status.success(), failures.is_empty(), "{stderr}");
+
+    let results = doc["results"].as_array().unwrap();
+    let figure = |metric: &str| -> f64 {
+        results
+            .iter()
+            .find(|r| r["scenario"] == "soak" && r["metric"] == metric)
+            .and_then(|r| r["exitpool"].as_f64())
+            .unwrap_or_else(|| panic!("no soak figure {metric:?}"))
+    };
+    assert_eq!(figure("panics in any process's output"), 0.0);
+    let moved = figure("bench: bytes up, moved (read by the targets)")
+        + figure("bench: bytes down, moved (written by the targets)");
+    assert!(moved > 0.0);
+    assert_eq!(figure("bench: bytes counted - moved"), 0.0);
+    assert_eq!(
+        figure("bench: bytes up, counted in usage (/stats)"),
+        figure("bench: bytes up, moved (read by the targets)")
+    );
+    assert_eq!(
+        figure("bench: bytes down, counted in usage (/stats)"),
+        figure("bench: bytes down, moved (written by the targets)")
+    );
+    assert_eq!(
+        figure("bench: usage before gateway restart 1"),
+        figure("bench: usage after gateway restart 1")
+    );
+    assert_eq!(figure("events: gateway restarts"), 1.0);
+    assert!(figure("events: agent joins") > 4.0);
+    for protocol in [
+        "HTTP CONNECT",
+        "plain HTTP",
+        "SOCKS5",
+        "HTTPS proxy CONNECT",
+    ] {
+        assert!(
+            figure(&format!("{protocol}: exchanges")) > 0.0,
+            "{protocol}"
+        );
+        assert!(
+            figure(&format!(
+                "{protocol}: refused target answered with an error"
+            )) > 0.0,
+            "{protocol}"
+        );
+    }
+    for protocol in ["HTTP CONNECT", "SOCKS5", "HTTPS proxy CONNECT"] {
+        assert!(
+            figure(&format!(
+                "{protocol}: reset mid-transfer, seen by the client"
+            )) > 0.0,
+            "{protocol}"
+        );
+    }
+    for process in ["gateway", "agent 1 (quic)", "agent 2 (tcp)"] {
+        for measure in ["RSS", "open fds", "threads"] {
+            let metric = format!("{process}: {measure}");
+            assert!(figure(&format!("{metric} at warm-up")) > 0.0, "{metric}");
+            assert!(figure(&format!("{metric} at end")) > 0.0, "{metric}");
+            assert!(
+                figure(&format!("{metric} growth (<= 5 %)")).is_finite(),
+                "{metric}"
+            );
+        }
+    }
+    // The table printed PASS or FAIL beside every growth figure.
+    let verdicts = output
+        .stdout
+        .lines()
+        .filter(|line| line.ends_with(" PASS") || line.ends_with(" FAIL"))
+        .count();
+    assert!(verdicts >= 3 * 5, "{}", output.stdout);
+}

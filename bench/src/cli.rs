@@ -66,6 +66,13 @@ pub struct Args {
     /// flaky: rotating requests per pool.
     #[arg(long)]
     pub flaky_requests: Option<usize>,
+    /// soak: how long it runs, in seconds (at least 20).
+    #[arg(long, default_value_t = 600.0)]
+    pub soak_duration: f64,
+    /// soak: two gateways sharing a Redis (and one Redis restart) instead of
+    /// one gateway.
+    #[arg(long)]
+    pub fleet: bool,
     /// Where the `gateway` and `agent` binaries are (default: next to this program).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -106,6 +113,8 @@ pub enum Scenario {
     Swarm,
     Footprint,
     Fleet,
+    /// Not part of `all`: it runs for minutes.
+    Soak,
     All,
 }
 
@@ -133,6 +142,7 @@ impl Scenario {
             Scenario::Swarm => "swarm",
             Scenario::Footprint => "footprint",
             Scenario::Fleet => "fleet",
+            Scenario::Soak => "soak",
             Scenario::All => "all",
         }
     }
@@ -163,6 +173,15 @@ impl Scenario {
                 "three gateways on one Redis: forwarded against local path, Redis commands per connection, {} agents joining",
                 sizes.fleet_agents
             ),
+            Scenario::Soak => format!(
+                "{:.0?} of customers on every protocol, agents joining and leaving, failing targets, a gateway restart{}",
+                sizes.soak_duration,
+                if sizes.soak_fleet {
+                    ", two gateways on one Redis and a Redis restart"
+                } else {
+                    ""
+                }
+            ),
             Scenario::All => "everything".to_owned(),
         };
         format!("{}: {what}", self.name())
@@ -187,6 +206,9 @@ pub struct Sizes {
     pub swarm: usize,
     pub flaky_requests: usize,
     pub fleet_agents: usize,
+    pub soak_duration: Duration,
+    /// soak: the fleet variant.
+    pub soak_fleet: bool,
 }
 
 impl Sizes {
@@ -207,6 +229,8 @@ impl Sizes {
                 swarm: 200,
                 flaky_requests: 500,
                 fleet_agents: 300,
+                soak_duration: Duration::from_secs(600),
+                soak_fleet: false,
             }
         } else {
             // Suited to a 2-core machine: the whole of `all` fits in a few minutes.
@@ -225,6 +249,8 @@ impl Sizes {
                 swarm: 10_000,
                 flaky_requests: 10_000,
                 fleet_agents: 10_000,
+                soak_duration: Duration::from_secs(600),
+                soak_fleet: false,
             };
             if args.scenario == Some(Scenario::All) {
                 all
@@ -257,6 +283,8 @@ impl Sizes {
         sizes.swarm = args.swarm.unwrap_or(sizes.swarm).max(1);
         sizes.flaky_requests = args.flaky_requests.unwrap_or(sizes.flaky_requests).max(1);
         sizes.fleet_agents = args.fleet_agents.unwrap_or(sizes.fleet_agents).max(1);
+        sizes.soak_duration = Duration::from_secs_f64(args.soak_duration.clamp(20.0, 86_400.0));
+        sizes.soak_fleet = args.fleet;
         sizes
     }
 }

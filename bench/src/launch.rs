@@ -223,6 +223,16 @@ impl GatewayProcess {
         self.process.tail()
     }
 
+    /// Every line of output kept so far (the soak scans them for panics).
+    pub fn lines(&self) -> Vec<String> {
+        self.process.lines()
+    }
+
+    /// The admin port (`/stats`, `/metrics`).
+    pub fn admin(&self) -> SocketAddr {
+        self.launch.admin
+    }
+
     /// The customer port, with the benchmark customer's credentials.
     pub fn path(&self) -> Route {
         Route::Proxy {

@@ -7,6 +7,7 @@
 //! ./target/release/loadtest all --json bench.json --chart bench.svg
 //! ./target/release/loadtest bulk --size 1024
 //! ./target/release/loadtest fleet --no-build     # three gateways on a redis-server
+//! ./target/release/loadtest soak --soak-duration 300 --fleet --no-build
 //! cargo run -p exitpool-bench -- all --quick      # a smoke run
 //! ```
 //!
@@ -23,7 +24,7 @@
 //! The program, file by file:
 //! - [`cli`]: flags, scenarios, the sizes a run uses;
 //! - [`scenario`]: one file per scenario (bulk, connect, rate, fanout, swarm,
-//!   footprint, fleet);
+//!   footprint, fleet; soak, not part of `all`);
 //! - [`client`]: the target server and the clients (direct, via a proxy, via a relay);
 //! - [`launch`]: the gateway and agent processes (through `exitpool-launcher`);
 //! - [`tinyproxy`]: tinyproxy, the one-hop baseline;
@@ -115,10 +116,11 @@ async fn run(args: Args) -> Result<bool> {
         );
     }
     let started = Instant::now();
-    for each in Scenario::EACH {
-        if chosen != each && chosen != Scenario::All {
-            continue;
-        }
+    let chosen_ones = match chosen {
+        Scenario::All => Scenario::EACH.to_vec(),
+        one => vec![one],
+    };
+    for each in chosen_ones {
         eprintln!("== {}", each.describe(&bench.sizes));
         let result = match each {
             Scenario::Bulk => scenario::bulk::run(&bench, &mut report).await,
@@ -129,6 +131,7 @@ async fn run(args: Args) -> Result<bool> {
             Scenario::Swarm => scenario::swarm::run(&bench, &mut report).await,
             Scenario::Footprint => scenario::footprint::run(&bench, &mut report).await,
             Scenario::Fleet => scenario::fleet::run(&bench, &mut report).await,
+            Scenario::Soak => scenario::soak::run(&bench, &mut report).await,
             Scenario::All => unreachable!("not in Scenario::EACH"),
         };
         if let Err(error) = result {

@@ -50,6 +50,14 @@ pub fn status_kib(pid: Option<u32>, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in {path}"))
 }
 
+/// Entries of a directory under /proc/PID: `fd` (open descriptors) or
+/// `task` (threads).
+pub fn proc_entries(pid: u32, dir: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/{dir}");
+    let entries = std::fs::read_dir(&path).with_context(|| format!("reading {path}"))?;
+    Ok(entries.filter(|entry| entry.is_ok()).count() as u64)
+}
+
 pub fn meminfo_kib(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     text.lines()

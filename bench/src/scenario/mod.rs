@@ -7,4 +7,5 @@ pub mod flaky;
 pub mod fleet;
 pub mod footprint;
 pub mod rate;
+pub mod soak;
 pub mod swarm;
