@@ -749,3 +749,87 @@ async fn the_agents_status_port_keeps_web_pages_and_strangers_out() {
     drop(idle);
     within("agent stops", agent.shutdown()).await.unwrap();
 }
+
+/// Which gateway (its id) `stats` lists the one agent on, if any.
+fn agent_home(stats: &serde_json::Value) -> Option<String> {
+    stats["per_agent"]
+        .as_array()?
+        .first()?
+        .get("gateway")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Item 20: at the volunteer binary's defaults, the agents of a SIGKILLed
+/// gateway are back in the pool through another gateway within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_agent_is_back_through_another_within_ten_seconds_at_defaults() {
+    use common::fleet::{RedisServer, SHARED_STATE};
+    let redis = RedisServer::start().await;
+    let mut gateways = Vec::new();
+    let mut states: Vec<tempfile::TempDir> = Vec::new();
+    for n in 1..=2 {
+        let state = tempfile::tempdir().unwrap();
+        if let Some(first) = states.first() {
+            for name in SHARED_STATE {
+                std::fs::copy(first.path().join(name), state.path().join(name)).unwrap();
+            }
+        }
+        let args: Vec<String> = [
+            "--user",
+            &format!("{USER}:{PASSWORD}"),
+            "--agent-token",
+            TOKEN,
+            "--redis",
+            &redis.url(),
+            "--gateway-id",
+            &format!("gw-{n}"),
+            "--peer-listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec();
+        gateways.push(GatewayProcess::start(state.path(), &args).await);
+        states.push(state);
+    }
+    let agent_state = tempfile::tempdir().unwrap();
+    // The binary at its defaults: only what loopback needs is set.
+    let _agent = exitpool_launcher::Launch::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["--gateway", &gateways[0].banner.tunnel.to_string()])
+        .args(["--gateway", &gateways[1].banner.tunnel.to_string()])
+        .args(["--pin", &gateways[0].banner.pin])
+        .args(["--bind", "127.0.0.2", "--allow-private"])
+        .arg("--state-dir")
+        .arg(agent_state.path())
+        .env("EXITPOOL_AGENT_TOKEN", TOKEN)
+        .spawn()
+        .expect("the agent binary starts");
+    let home = within("the agent joins a gateway", async {
+        loop {
+            for gateway in &gateways {
+                if let Some(home) = agent_home(&gateway.stats().await) {
+                    return home;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let killed = if home == "gw-1" { 0 } else { 1 };
+    let survivor_id = format!("gw-{}", 2 - killed);
+    gateways[killed].process.kill().await.unwrap();
+    let killed_at = Instant::now();
+    let survivor = &gateways[1 - killed];
+    within("the agent is back through the survivor", async {
+        while agent_home(&survivor.stats().await).as_deref() != Some(survivor_id.as_str()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let back_after = killed_at.elapsed();
+    eprintln!("back in the pool {back_after:?} after the SIGKILL");
+    assert!(
+        back_after < Duration::from_secs(10),
+        "back after {back_after:?}"
+    );
+}

@@ -93,9 +93,10 @@ struct Args {
     /// Seconds between the one-line status summaries in the log (default 60).
     #[arg(long)]
     summary_secs: Option<u64>,
-    /// Milliseconds between keep-alives on the tunnel (default 15000); two
-    /// silent ones in a row end a QUIC tunnel (degraded UDP, or a gateway
-    /// gone when there are others).
+    /// Milliseconds between keep-alives on the tunnel (default 3000 for this
+    /// binary, so a dead gateway is left for another within about 6 s; the
+    /// SDK's default is 15000); two silent ones in a row end a QUIC tunnel
+    /// (degraded UDP, or a gateway gone when there are others).
     #[arg(long)]
     keep_alive_ms: Option<u64>,
     /// Milliseconds each handshake step with a gateway may take (default
@@ -134,6 +135,14 @@ fn main() -> ExitCode {
     exitpool::cli::run("agent", threads, run(builder))
 }
 
+/// The volunteer binary's keep-alive: two silent intervals (6 s) end a tunnel
+/// to a gateway that died without a word, so its agents are back through
+/// another gateway within 10 s at the defaults. An app embedding the agent on
+/// a battery keeps the SDK's 15 s; a volunteer's always-on machine can afford
+/// a ping every 3 s (about 2,400 packets and 130 KB an hour with the answers,
+/// see docs/volunteers.md).
+const VOLUNTEER_KEEP_ALIVE: Duration = Duration::from_secs(3);
+
 /// `agent check-config FILE`.
 fn check_config(file: &Path) -> ExitCode {
     let token_in_env = std::env::var_os(TOKEN_ENV).is_some();
@@ -159,6 +168,7 @@ fn configure(args: &mut Args) -> anyhow::Result<(AgentBuilder, usize)> {
         settings.state_dir = Some(default_state_dir());
     }
     let threads = settings.threads.unwrap_or(1);
+    settings.keep_alive = settings.keep_alive.or(Some(VOLUNTEER_KEEP_ALIVE));
     let builder = settings.builder().map_err(|missing| {
         anyhow::anyhow!(
             "missing {}: give --{} or put them in agent.toml (--config); the token may also be in {TOKEN_ENV}",
