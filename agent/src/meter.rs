@@ -250,7 +250,7 @@ fn load(path: &Path) -> std::io::Result<Option<SavedUsage>> {
 impl Throttle for Meter {
     async fn pass(&self, direction: Direction, bytes: usize) {
         let counter = match direction {
-            // The agent's QUIC side faces the gateway: QUIC -> TCP goes to targets.
+            // The tunnel faces the gateway: what comes from it goes to targets.
             Direction::FromTunnel => &self.bytes_up,
             Direction::ToTunnel => &self.bytes_down,
         };

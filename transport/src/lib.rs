@@ -7,7 +7,7 @@
 //! - [`tcp`]: that interface for TLS 1.3 over TCP, with HTTP/2 (h2) as the
 //!   stream multiplexer, where UDP is blocked;
 //! - [`any`]: either transport behind one type, for the layers above;
-//! - [`relay`]: the byte path, one TCP connection to and from one tunnel stream;
+//! - [`relay`](mod@relay): the byte path, one TCP connection to and from one tunnel stream;
 //! - [`udp`]: the UDP socket under a QUIC endpoint and the transport settings
 //!   both ends share;
 //! - [`leave`]: ending a tunnel so the peer always hears of it;
