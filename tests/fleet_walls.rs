@@ -349,7 +349,7 @@ async fn a_gateway_with_another_certificate_refuses_to_join_the_fleet() {
     for needle in [
         "certificate is not the fleet's",
         "gw-a",
-        &gateways[0].gateway.pin(),
+        gateways[0].gateway.pin(),
         "gateway-key.der",
     ] {
         assert!(message.contains(needle), "{needle:?} not in {message}");

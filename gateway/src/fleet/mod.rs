@@ -394,7 +394,12 @@ impl Fleet {
         let mut foreign: Vec<(String, String)> = others
             .iter()
             .filter_map(|(id, sealed)| {
-                let text = sealed.split_once('.')?.1;
+                // Signed (`<tag>.<json>`) by another key, or unsigned (an
+                // older gateway).
+                let text = match sealed.split_once('.') {
+                    Some((tag, text)) if !tag.starts_with('{') => text,
+                    _ => sealed,
+                };
                 let record = serde_json::from_str::<GatewayRecord>(text).ok()?;
                 (record.pin != self.pin).then(|| (id.clone(), record.pin))
             })
