@@ -26,7 +26,7 @@
 //! - [`auth`]: customer accounts and agent tokens; [`accounts`]: the live set,
 //!   reloaded on SIGHUP;
 //! - [`abuse`]: per-address defences; [`limits`]: per-customer quota, rate and
-//!   concurrency;
+//!   concurrency; [`quota`]: byte leases that hold a transfer to its quota;
 //! - [`usage`]: usage per customer and per agent, persisted; [`metrics`]:
 //!   Prometheus; [`admin`]: `/healthz`, `/stats`, `/metrics`, reset and reload.
 
@@ -51,6 +51,7 @@ pub mod gateway;
 mod housekeeping;
 pub mod limits;
 pub mod metrics;
+pub mod quota;
 pub mod sessions;
 pub mod shared;
 pub mod state;
