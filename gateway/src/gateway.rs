@@ -79,183 +79,28 @@ pub struct Gateway {
 impl Gateway {
     /// Binds every listener and starts serving.
     pub async fn start(config: GatewayConfig) -> Result<Gateway, StartError> {
-        state::ensure_dir(&config.state_dir).map_err(|source| StartError::State {
-            path: config.state_dir.clone(),
-            source,
-        })?;
-        let identity = tls::Identity::load_or_create(&config.state_dir)?;
-        let exit_key_path = config.state_dir.join("exit-id.key");
-        let exit_key =
-            state::load_or_create_secret(&exit_key_path).map_err(|source| StartError::State {
-                path: exit_key_path.clone(),
-                source,
-            })?;
-
-        if let Some(addr) = config.admin {
-            let has_token = config
-                .admin_token
-                .as_ref()
-                .is_some_and(|token| !token.expose().is_empty());
-            if !addr.ip().is_loopback() && !has_token {
-                return Err(StartError::AdminTokenRequired(addr));
-            }
-        }
-        let accounts = Accounts::load(accounts::Sources {
-            users: config.users.clone(),
-            agent_tokens: config.agent_tokens.clone(),
-            users_file: config.users_file.clone(),
-            agent_tokens_file: config.agent_tokens_file.clone(),
-        })?;
-        let customer_tls = config
-            .customer_tls
-            .clone()
-            .map(crate::customer_tls::CustomerTls::load)
-            .transpose()?;
-        let usage_path = usage::path_in(&config.state_dir);
-        let used = usage::load(&usage_path).map_err(|source| StartError::State {
-            path: usage_path.clone(),
-            source,
-        })?;
-
-        let bind = |what: &'static str, addr: SocketAddr| {
-            move |source| StartError::Bind { what, addr, source }
-        };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(bind("the customer port", config.listen))?;
-        let mut entrances: Vec<customer::Entrance> = Vec::new();
-        for (port, _) in config.entry_ports.iter() {
-            let addr = SocketAddr::new(config.listen.ip(), port);
-            let entry = TcpListener::bind(addr)
-                .await
-                .map_err(bind("an entry port", addr))?;
-            entrances.push((entry, Some(port)));
-        }
-        let (quic, tunnel_tcp) = bind_tunnels(&config, &identity).await?;
-        let admin = match config.admin {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(bind("the admin port", addr))?,
-            ),
-            None => None,
-        };
-        let listen_addr = listener
-            .local_addr()
-            .map_err(bind("the customer port", config.listen))?;
-        let tunnel_addr = quic
-            .local_addr()
-            .map_err(bind("the tunnel port", config.tunnel))?;
-        let tunnel_tcp_addr = match &tunnel_tcp {
-            Some(listener) => Some(
-                listener
-                    .local_addr()
-                    .map_err(bind("the TCP tunnel port", config.tunnel))?,
-            ),
-            None => None,
-        };
-        let tcp_tls = identity.tcp_server_config()?;
-        let admin_addr = admin
-            .as_ref()
-            .and_then(|listener| listener.local_addr().ok());
-
-        let password_checks =
-            PasswordChecks::new(config.password_checks, config.password_queue_timeout);
-        let mut directory = LocalDirectory::new(exit_key).with_health_policy(config.health);
-        let metrics = Metrics::new();
-        let fleet = match &config.fleet {
-            Some(fleet_config) => {
-                Some(join_fleet(&config, fleet_config, &identity, metrics.fleet.clone()).await?)
-            }
-            None => None,
-        };
-        let mut fleet_tasks = None;
-        let usage: Box<dyn usage::UsageSink> = match &fleet {
-            Some(joined) => Box::new(usage::Tee {
-                own: MemoryUsage::from_snapshot(&used),
-                unflushed: joined.fleet.unflushed.clone(),
-            }),
-            None => Box::new(MemoryUsage::from_snapshot(&used)),
-        };
-        let fleet = match fleet {
-            Some(joined) => {
-                let (changes, feed) = tokio::sync::mpsc::channel(fleet::replica::FEED_CAPACITY);
-                directory = directory.with_change_feed(changes);
-                let fleet = joined.fleet.clone();
-                fleet_tasks = Some((joined, feed));
-                Some(fleet)
-            }
-            None => None,
-        };
-        let entry_ports =
-            LiveEntryPorts::new(config.entry_ports.clone(), config.entry_ports_file.clone());
-        let shared = Arc::new(Shared {
-            config,
-            fleet,
-            directory: Box::new(directory),
-            links: Links::default(),
-            pending_handshakes: Default::default(),
-            sessions: Box::new(MemorySessions::default()),
-            auth_failures: AuthFailures::default(),
-            password_checks,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            started: Instant::now(),
-            accounts,
-            limits: Limiter::default(),
-            usage,
-            metrics,
-            customer_tls,
-            entry_ports,
-            places: Default::default(),
-            access_log: AccessLog::start().map_err(StartError::AccessLog)?,
-        });
-        entrances.insert(0, (listener, None));
-        shared
-            .tasks
-            .spawn(customer::serve(entrances, shared.clone()));
-        shared
-            .tasks
-            .spawn(endpoint::serve(quic.clone(), shared.clone()));
-        if let Some(listener) = tunnel_tcp {
-            shared
-                .tasks
-                .spawn(tcp::serve(listener, tcp_tls, shared.clone()));
-        }
-        if let Some(admin) = admin {
-            shared.tasks.spawn(admin::serve(admin, shared.clone()));
-        }
-        shared
-            .tasks
-            .spawn(housekeeping::sweep_sessions(shared.clone()));
-        shared
-            .tasks
-            .spawn(housekeeping::flush_usage(shared.clone()));
+        let loaded = load_state(&config)?;
+        let bound = bind_ports(&config, &loaded.identity).await?;
+        let pin = loaded.identity.pin();
+        let (shared, fleet_tasks) = assemble(config, loaded).await?;
+        let Bound {
+            entrances,
+            quic,
+            tunnel_tcp,
+            tcp_tls,
+            admin,
+            listen_addr,
+            tunnel_addr,
+            tunnel_tcp_addr,
+            admin_addr,
+        } = bound;
+        spawn_tasks(&shared, entrances, &quic, tunnel_tcp, tcp_tls, admin);
         if let Some((joined, feed)) = fleet_tasks {
-            let Joined {
-                fleet,
-                journal,
-                peer_tcp,
-                peer_tls,
-            } = joined;
-            info!(gateway_id = %fleet.id, peer = %fleet.advertise, "fleet mode: sharing the pool through redis");
-            shared
-                .tasks
-                .spawn(fleet::replica::run(shared.clone(), fleet.clone(), feed));
-            shared.tasks.spawn(fleet::serve::serve(
-                shared.clone(),
-                fleet.clone(),
-                peer_tcp,
-                peer_tls,
-            ));
-            shared
-                .tasks
-                .spawn(fleet::usage::run(shared.clone(), fleet, journal));
+            spawn_fleet_tasks(&shared, joined, feed);
         }
         for line in shared.config.geoip.describe() {
             info!("geoip: {line}");
         }
-        let pin = identity.pin();
         info!(%listen_addr, %tunnel_addr, tunnel_tcp = ?tunnel_tcp_addr, admin = ?admin_addr, %pin, "gateway started");
         Ok(Gateway {
             shared,
@@ -361,6 +206,269 @@ impl Gateway {
             Err(error) => tracing::error!(%error, "usage writer panicked"),
         }
     }
+}
+
+/// What the gateway keeps on disk and in its accounts, loaded before any
+/// port is bound.
+struct Loaded {
+    identity: tls::Identity,
+    exit_key: [u8; 32],
+    accounts: Accounts,
+    customer_tls: Option<crate::customer_tls::CustomerTls>,
+    used: usage::UsageSnapshot,
+}
+
+/// The state directory (created if missing), the certificate, the exit-id
+/// key, the accounts, the customer TLS files and the usage of an earlier
+/// run; and the admin port refused beyond loopback without a token.
+fn load_state(config: &GatewayConfig) -> Result<Loaded, StartError> {
+    state::ensure_dir(&config.state_dir).map_err(|source| StartError::State {
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let identity = tls::Identity::load_or_create(&config.state_dir)?;
+    let exit_key_path = config.state_dir.join("exit-id.key");
+    let exit_key =
+        state::load_or_create_secret(&exit_key_path).map_err(|source| StartError::State {
+            path: exit_key_path.clone(),
+            source,
+        })?;
+
+    if let Some(addr) = config.admin {
+        let has_token = config
+            .admin_token
+            .as_ref()
+            .is_some_and(|token| !token.expose().is_empty());
+        if !addr.ip().is_loopback() && !has_token {
+            return Err(StartError::AdminTokenRequired(addr));
+        }
+    }
+    let accounts = Accounts::load(accounts::Sources {
+        users: config.users.clone(),
+        agent_tokens: config.agent_tokens.clone(),
+        users_file: config.users_file.clone(),
+        agent_tokens_file: config.agent_tokens_file.clone(),
+    })?;
+    let customer_tls = config
+        .customer_tls
+        .clone()
+        .map(crate::customer_tls::CustomerTls::load)
+        .transpose()?;
+    let usage_path = usage::path_in(&config.state_dir);
+    let used = usage::load(&usage_path).map_err(|source| StartError::State {
+        path: usage_path.clone(),
+        source,
+    })?;
+    Ok(Loaded {
+        identity,
+        exit_key,
+        accounts,
+        customer_tls,
+        used,
+    })
+}
+
+/// Every listener, bound, and the addresses they got.
+struct Bound {
+    /// The customer port first, then the entry ports.
+    entrances: Vec<customer::Entrance>,
+    quic: quinn::Endpoint,
+    tunnel_tcp: Option<TcpListener>,
+    tcp_tls: Arc<rustls::ServerConfig>,
+    admin: Option<TcpListener>,
+    listen_addr: SocketAddr,
+    tunnel_addr: SocketAddr,
+    tunnel_tcp_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+}
+
+/// Binds the customer port, the entry ports, the tunnel ports and the admin
+/// port.
+async fn bind_ports(config: &GatewayConfig, identity: &tls::Identity) -> Result<Bound, StartError> {
+    let bind = |what: &'static str, addr: SocketAddr| {
+        move |source| StartError::Bind { what, addr, source }
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(bind("the customer port", config.listen))?;
+    let mut entrances: Vec<customer::Entrance> = Vec::new();
+    for (port, _) in config.entry_ports.iter() {
+        let addr = SocketAddr::new(config.listen.ip(), port);
+        let entry = TcpListener::bind(addr)
+            .await
+            .map_err(bind("an entry port", addr))?;
+        entrances.push((entry, Some(port)));
+    }
+    let (quic, tunnel_tcp) = bind_tunnels(config, identity).await?;
+    let admin = match config.admin {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(bind("the admin port", addr))?,
+        ),
+        None => None,
+    };
+    let listen_addr = listener
+        .local_addr()
+        .map_err(bind("the customer port", config.listen))?;
+    let tunnel_addr = quic
+        .local_addr()
+        .map_err(bind("the tunnel port", config.tunnel))?;
+    let tunnel_tcp_addr = match &tunnel_tcp {
+        Some(listener) => Some(
+            listener
+                .local_addr()
+                .map_err(bind("the TCP tunnel port", config.tunnel))?,
+        ),
+        None => None,
+    };
+    let tcp_tls = identity.tcp_server_config()?;
+    let admin_addr = admin
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
+    entrances.insert(0, (listener, None));
+    Ok(Bound {
+        entrances,
+        quic,
+        tunnel_tcp,
+        tcp_tls,
+        admin,
+        listen_addr,
+        tunnel_addr,
+        tunnel_tcp_addr,
+        admin_addr,
+    })
+}
+
+/// What joining the fleet leaves for the tasks to start: the membership and
+/// the directory's change feed.
+type FleetTasks = (
+    Joined,
+    tokio::sync::mpsc::Receiver<crate::directory::Change>,
+);
+
+/// The state every task shares, with the fleet joined when configured.
+async fn assemble(
+    config: GatewayConfig,
+    loaded: Loaded,
+) -> Result<(Arc<Shared>, Option<FleetTasks>), StartError> {
+    let Loaded {
+        identity,
+        exit_key,
+        accounts,
+        customer_tls,
+        used,
+    } = loaded;
+    let password_checks =
+        PasswordChecks::new(config.password_checks, config.password_queue_timeout);
+    let mut directory = LocalDirectory::new(exit_key).with_health_policy(config.health);
+    let metrics = Metrics::new();
+    let fleet = match &config.fleet {
+        Some(fleet_config) => {
+            Some(join_fleet(&config, fleet_config, &identity, metrics.fleet.clone()).await?)
+        }
+        None => None,
+    };
+    let mut fleet_tasks = None;
+    let usage: Box<dyn usage::UsageSink> = match &fleet {
+        Some(joined) => Box::new(usage::Tee {
+            own: MemoryUsage::from_snapshot(&used),
+            unflushed: joined.fleet.unflushed.clone(),
+        }),
+        None => Box::new(MemoryUsage::from_snapshot(&used)),
+    };
+    let fleet = match fleet {
+        Some(joined) => {
+            let (changes, feed) = tokio::sync::mpsc::channel(fleet::replica::FEED_CAPACITY);
+            directory = directory.with_change_feed(changes);
+            let fleet = joined.fleet.clone();
+            fleet_tasks = Some((joined, feed));
+            Some(fleet)
+        }
+        None => None,
+    };
+    let entry_ports =
+        LiveEntryPorts::new(config.entry_ports.clone(), config.entry_ports_file.clone());
+    let shared = Arc::new(Shared {
+        config,
+        fleet,
+        directory: Box::new(directory),
+        links: Links::default(),
+        pending_handshakes: Default::default(),
+        sessions: Box::new(MemorySessions::default()),
+        auth_failures: AuthFailures::default(),
+        password_checks,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        started: Instant::now(),
+        accounts,
+        limits: Limiter::default(),
+        usage,
+        metrics,
+        customer_tls,
+        entry_ports,
+        places: Default::default(),
+        access_log: AccessLog::start().map_err(StartError::AccessLog)?,
+    });
+    Ok((shared, fleet_tasks))
+}
+
+/// The customer, tunnel, admin and housekeeping tasks.
+fn spawn_tasks(
+    shared: &Arc<Shared>,
+    entrances: Vec<customer::Entrance>,
+    quic: &quinn::Endpoint,
+    tunnel_tcp: Option<TcpListener>,
+    tcp_tls: Arc<rustls::ServerConfig>,
+    admin: Option<TcpListener>,
+) {
+    shared
+        .tasks
+        .spawn(customer::serve(entrances, shared.clone()));
+    shared
+        .tasks
+        .spawn(endpoint::serve(quic.clone(), shared.clone()));
+    if let Some(listener) = tunnel_tcp {
+        shared
+            .tasks
+            .spawn(tcp::serve(listener, tcp_tls, shared.clone()));
+    }
+    if let Some(admin) = admin {
+        shared.tasks.spawn(admin::serve(admin, shared.clone()));
+    }
+    shared
+        .tasks
+        .spawn(housekeeping::sweep_sessions(shared.clone()));
+    shared
+        .tasks
+        .spawn(housekeeping::flush_usage(shared.clone()));
+}
+
+/// The fleet's replica, peer-link and usage tasks.
+fn spawn_fleet_tasks(
+    shared: &Arc<Shared>,
+    joined: Joined,
+    feed: tokio::sync::mpsc::Receiver<crate::directory::Change>,
+) {
+    let Joined {
+        fleet,
+        journal,
+        peer_tcp,
+        peer_tls,
+    } = joined;
+    info!(gateway_id = %fleet.id, peer = %fleet.advertise, "fleet mode: sharing the pool through redis");
+    shared
+        .tasks
+        .spawn(fleet::replica::run(shared.clone(), fleet.clone(), feed));
+    shared.tasks.spawn(fleet::serve::serve(
+        shared.clone(),
+        fleet.clone(),
+        peer_tcp,
+        peer_tls,
+    ));
+    shared
+        .tasks
+        .spawn(fleet::usage::run(shared.clone(), fleet, journal));
 }
 
 /// What joining a fleet gives the gateway's start.

@@ -317,25 +317,7 @@ pub async fn open(
         shared.record_error(Some(&grant.user), agent, &error);
         Refusal::from(error)
     };
-    // Limits as they are now, so a reload applies to connections already
-    // authenticated (SOCKS5) too; an account removed since then is refused.
-    let customer = shared
-        .accounts
-        .current()
-        .users
-        .get(&grant.user)
-        .cloned()
-        .ok_or_else(|| fail(None, ProxyError::AuthRequired))?;
-    let used = shared.customer_bytes(&grant.user);
-    let elsewhere = shared
-        .fleet
-        .as_ref()
-        .map(|fleet| fleet.elsewhere(&grant.user))
-        .unwrap_or_default();
-    let slot = shared
-        .limits
-        .admit(&customer, used, elsewhere)
-        .map_err(|e| fail(None, e))?;
+    let (customer, slot) = within_limits(grant, shared).map_err(|e| fail(None, e))?;
     let config = &shared.config;
     let deadline = started + config.connect_deadline;
     let strict = grant
@@ -385,20 +367,7 @@ pub async fn open(
         let error = match opened {
             Ok(stream) => {
                 shared.report_outcome(&agent, Outcome::Opened(attempt_started.elapsed()));
-                // Pinned only once the exit has answered: refused targets leave no pins.
-                if let Some((key, pinned)) = pin {
-                    // Room was checked before opening; losing a race for the last
-                    // places leaves this connection served, unpinned.
-                    let _ = shared
-                        .sessions
-                        .put(key, pinned, customer.limits.session_limit());
-                }
-                shared
-                    .metrics
-                    .connect_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                shared.metrics.connections.inc();
-                shared.usage.record_connection(Some(&grant.user), &agent);
+                record_opened(grant, &customer, pin, &agent, started, shared);
                 return Ok(Authorized {
                     agent,
                     stream,
@@ -411,32 +380,103 @@ pub async fn open(
             Err(error) => error,
         };
         drop(load);
-        let Some(cause) = error.exit_fault() else {
-            // The target's answer, relayed by a working exit.
-            if matches!(error, ProxyError::Exit { .. }) {
-                shared.report_outcome(&agent, Outcome::Answered);
-            }
-            return Err(fail(Some(&agent), error).tried(avoid.exits.len() + 1));
+        // A `strict` session tries no other exit.
+        let attempts = if strict {
+            0
+        } else {
+            config.open_attempts as usize
         };
-        shared.report_outcome(&agent, Outcome::ExitFailed);
-        avoid.exits.push(agent.key);
-        if let (ProxyError::PeerUnavailable(_), Some(home)) = (&error, &agent.home) {
-            avoid.homes.push(home.clone());
+        match next_exit(&agent, error, &mut avoid, attempts, deadline, shared) {
+            Ok(failure) => last_failure = Some((agent, failure)),
+            Err((error, tried)) => return Err(fail(Some(&agent), error).tried(tried)),
         }
-        let time_left = deadline.saturating_duration_since(Instant::now());
-        if strict || avoid.exits.len() >= config.open_attempts as usize || time_left.is_zero() {
-            return Err(fail(Some(&agent), error).tried(avoid.exits.len()));
-        }
-        tracing::debug!(exit = %agent.exit_id, cause, "open failed at the exit; trying another");
-        last_failure = Some((agent, error));
-        shared
-            .metrics
-            .open_retries
-            .get_or_create(&CauseLabel {
-                cause: cause.into(),
-            })
-            .inc();
     }
+}
+
+/// The account's limits as they are now, so a reload applies to connections
+/// already authenticated (SOCKS5) too; an account removed since then is
+/// refused. The customer and one of its concurrent-connection slots.
+fn within_limits(grant: &Grant, shared: &Shared) -> Result<(Arc<Customer>, Slot), ProxyError> {
+    let customer = shared
+        .accounts
+        .current()
+        .users
+        .get(&grant.user)
+        .cloned()
+        .ok_or(ProxyError::AuthRequired)?;
+    let used = shared.customer_bytes(&grant.user);
+    let elsewhere = shared
+        .fleet
+        .as_ref()
+        .map(|fleet| fleet.elsewhere(&grant.user))
+        .unwrap_or_default();
+    let slot = shared.limits.admit(&customer, used, elsewhere)?;
+    Ok((customer, slot))
+}
+
+/// A stream opened through `agent`: the session pinned (only once the exit
+/// has answered, so refused targets leave no pins), and the connection
+/// counted.
+fn record_opened(
+    grant: &Grant,
+    customer: &Customer,
+    pin: Option<(SessionKey, Pinned)>,
+    agent: &Agent,
+    started: Instant,
+    shared: &Shared,
+) {
+    if let Some((key, pinned)) = pin {
+        // Room was checked before opening; losing a race for the last
+        // places leaves this connection served, unpinned.
+        let _ = shared
+            .sessions
+            .put(key, pinned, customer.limits.session_limit());
+    }
+    shared
+        .metrics
+        .connect_seconds
+        .observe(started.elapsed().as_secs_f64());
+    shared.metrics.connections.inc();
+    shared.usage.record_connection(Some(&grant.user), agent);
+}
+
+/// After `agent` failed to open: `Ok` with the failure when the request
+/// moves to another exit (the exit's own fault, fewer than `attempts` exits
+/// tried, time left before `deadline`), else `Err` with the error that
+/// stands and how many exits were tried.
+fn next_exit(
+    agent: &Arc<Agent>,
+    error: ProxyError,
+    avoid: &mut Avoid,
+    attempts: usize,
+    deadline: Instant,
+    shared: &Shared,
+) -> Result<ProxyError, (ProxyError, usize)> {
+    let Some(cause) = error.exit_fault() else {
+        // The target's answer, relayed by a working exit.
+        if matches!(error, ProxyError::Exit { .. }) {
+            shared.report_outcome(agent, Outcome::Answered);
+        }
+        return Err((error, avoid.exits.len() + 1));
+    };
+    shared.report_outcome(agent, Outcome::ExitFailed);
+    avoid.exits.push(agent.key);
+    if let (ProxyError::PeerUnavailable(_), Some(home)) = (&error, &agent.home) {
+        avoid.homes.push(home.clone());
+    }
+    let time_left = deadline.saturating_duration_since(Instant::now());
+    if avoid.exits.len() >= attempts || time_left.is_zero() {
+        return Err((error, avoid.exits.len()));
+    }
+    tracing::debug!(exit = %agent.exit_id, cause, "open failed at the exit; trying another");
+    shared
+        .metrics
+        .open_retries
+        .get_or_create(&CauseLabel {
+            cause: cause.into(),
+        })
+        .inc();
+    Ok(error)
 }
 
 /// What the fleet said of a pin this gateway chose.

@@ -210,6 +210,37 @@ async fn quic_handshake(
 /// The transport-independent part of a handshake: `Hello` on the control
 /// stream, the checks, and the agent in the directory with a `Welcome`.
 pub(crate) async fn join(connection: Tunnel, shared: &Shared) -> Result<Joined, HandshakeError> {
+    let (mut control_send, control_recv, body) = read_hello(&connection, shared).await?;
+    let hello = match check_hello_body(&body, &connection, shared)? {
+        Ok(hello) => hello,
+        Err(refusal) => return Err(refuse(&connection, &mut control_send, refusal, shared).await),
+    };
+    // A valid Hello: from here the agent may use the full window.
+    connection.admitted();
+    let agent = enter_directory(&connection, hello, shared);
+    let welcome = GatewayMessage::Welcome {
+        observed_addr: connection.remote_address(),
+        country: agent.location.country.clone(),
+        exit_id: agent.exit_id.clone(),
+    };
+    if let Err(error) = write_frame(&mut control_send, &welcome).await {
+        shared.forget_agent(agent.key);
+        return Err(error.into());
+    }
+    Ok(Joined {
+        connection,
+        control_send,
+        control_recv,
+        agent,
+    })
+}
+
+/// The control stream and the body of its first frame, within the handshake
+/// deadline; the connection is closed when either does not come.
+async fn read_hello(
+    connection: &Tunnel,
+    shared: &Shared,
+) -> Result<(StreamSend, StreamRecv, Vec<u8>), HandshakeError> {
     let handshake_timeout = shared.config.handshake_timeout;
     let hello = async {
         let (send, mut recv) = connection
@@ -219,18 +250,28 @@ pub(crate) async fn join(connection: Tunnel, shared: &Shared) -> Result<Joined, 
         let body = read_frame_body(&mut recv).await?;
         Ok::<_, HandshakeError>((send, recv, body))
     };
-    let (mut control_send, control_recv, body) = match timeout(handshake_timeout, hello).await {
-        Ok(Ok(result)) => result,
+    match timeout(handshake_timeout, hello).await {
+        Ok(Ok(result)) => Ok(result),
         Ok(Err(error)) => {
             connection.close(close_code::PROTOCOL, b"bad hello");
-            return Err(error);
+            Err(error)
         }
         Err(_) => {
             connection.close(close_code::PROTOCOL, b"hello timeout");
-            return Err(HandshakeError::Timeout(handshake_timeout));
+            Err(HandshakeError::Timeout(handshake_timeout))
         }
-    };
-    let checked = match decode_body::<AgentMessage>(&body) {
+    }
+}
+
+/// Decodes the first frame and checks it: `Err` (the connection closed) for
+/// one that is no `Hello`, `Ok(Err)` for a `Hello` the agent is told it may
+/// not join with.
+fn check_hello_body(
+    body: &[u8],
+    connection: &Tunnel,
+    shared: &Shared,
+) -> Result<Result<CheckedHello, Refusal>, HandshakeError> {
+    match decode_body::<AgentMessage>(body) {
         Ok(AgentMessage::Hello {
             version,
             identity,
@@ -238,57 +279,66 @@ pub(crate) async fn join(connection: Tunnel, shared: &Shared) -> Result<Joined, 
             software,
             capacity,
             accepting,
-        }) => check_hello(version, &identity, &token, &connection, shared).map(|agent_id| {
-            CheckedHello {
-                agent_id,
-                token,
-                software,
-                capacity,
-                accepting,
-            }
-        }),
+        }) => Ok(
+            check_hello(version, &identity, &token, connection, shared).map(|agent_id| {
+                CheckedHello {
+                    agent_id,
+                    token,
+                    software,
+                    capacity,
+                    accepting,
+                }
+            }),
+        ),
         // An agent of another protocol version may not decode at all: its
         // version alone earns it the clear refusal.
-        Err(error) => match hello_version(&body) {
-            Some(version) if version != PROTOCOL_VERSION => Err(unsupported_version(version)),
+        Err(error) => match hello_version(body) {
+            Some(version) if version != PROTOCOL_VERSION => Ok(Err(unsupported_version(version))),
             _ => {
                 connection.close(close_code::PROTOCOL, b"bad hello");
-                return Err(error.into());
+                Err(error.into())
             }
         },
         Ok(_) => {
             connection.close(close_code::PROTOCOL, b"expected hello");
-            return Err(HandshakeError::NotHello);
+            Err(HandshakeError::NotHello)
         }
+    }
+}
+
+/// Tells the agent why it may not join (best effort, within the handshake
+/// deadline), then closes the connection.
+async fn refuse(
+    connection: &Tunnel,
+    control_send: &mut StreamSend,
+    (reason, message): Refusal,
+    shared: &Shared,
+) -> HandshakeError {
+    let reject = GatewayMessage::Reject {
+        reason,
+        message: message.clone(),
     };
+    let _ = timeout(shared.config.handshake_timeout, async {
+        write_frame(control_send, &reject).await?;
+        let _ = control_send.finish();
+        control_send.stopped().await;
+        Ok::<_, FrameError>(())
+    })
+    .await;
+    connection.close(close_code::REJECTED, message.as_bytes());
+    HandshakeError::Rejected(message)
+}
+
+/// The admitted agent's tunnel in the tunnel table and the agent in the
+/// directory, replacing (and closing) a stale tunnel of the same agent.
+fn enter_directory(connection: &Tunnel, hello: CheckedHello, shared: &Shared) -> Arc<Agent> {
     let CheckedHello {
         agent_id,
         token,
         software,
         capacity,
         accepting,
-    } = match checked {
-        Ok(hello) => hello,
-        Err((reason, message)) => {
-            let reject = GatewayMessage::Reject {
-                reason,
-                message: message.clone(),
-            };
-            // Best effort: the agent learns why, then the connection closes.
-            let _ = timeout(handshake_timeout, async {
-                write_frame(&mut control_send, &reject).await?;
-                let _ = control_send.finish();
-                control_send.stopped().await;
-                Ok::<_, FrameError>(())
-            })
-            .await;
-            connection.close(close_code::REJECTED, message.as_bytes());
-            return Err(HandshakeError::Rejected(message));
-        }
-    };
-
-    // A valid Hello: from here the agent may use the full window.
-    connection.admitted();
+    } = hello;
     let location = shared.locate(connection.remote_address().ip());
     // The link first, so an agent routing can see is always reachable.
     let key = shared.links.add(connection.clone());
@@ -317,21 +367,7 @@ pub(crate) async fn join(connection: Tunnel, shared: &Shared) -> Result<Joined, 
             );
         }
     }
-    let welcome = GatewayMessage::Welcome {
-        observed_addr: connection.remote_address(),
-        country: agent.location.country.clone(),
-        exit_id: agent.exit_id.clone(),
-    };
-    if let Err(error) = write_frame(&mut control_send, &welcome).await {
-        shared.forget_agent(agent.key);
-        return Err(error.into());
-    }
-    Ok(Joined {
-        connection,
-        control_send,
-        control_recv,
-        agent,
-    })
+    agent
 }
 
 /// What a `Hello` that passed every check brings: the id it proved.
