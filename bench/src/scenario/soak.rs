@@ -21,7 +21,10 @@
 //! At the end of the warm-up and at the end, with traffic paused, every churn
 //! slot up and no stream open, it reads RSS, open descriptors and threads
 //! (`/proc/PID/fd`, `/proc/PID/task`) of every gateway, every agent that lives
-//! through and Redis; each may grow by at most [`GROWTH_LIMIT`] percent. The
+//! through and Redis; each may grow by at most [`GROWTH_LIMIT`] percent. A
+//! restarted process (the gateway, and Redis in a fleet) has two windows: the
+//! first process from the warm-up to just before its restart, the new one
+//! from one warm-up after its restart to the end. The
 //! gateway exposes no live task count of its own (neither `/stats` nor
 //! `/metrics`), so threads are what is counted.
 
@@ -71,6 +74,8 @@ const MAX_EXCHANGE: u64 = 64 * 1024;
 const REQUEST_BOUND: Duration = Duration::from_secs(45);
 /// Longest the quiet points and faults wait for what they wait on.
 const SETTLE_BOUND: Duration = Duration::from_secs(90);
+/// The Redis server's name in the readings.
+const REDIS: &str = "redis-server";
 /// What a gateway's state directory shares with its fleet (as in `fleet`).
 const SHARED_STATE: [&str; 3] = ["gateway-cert.der", "gateway-key.der", "exit-id.key"];
 
@@ -738,6 +743,7 @@ impl AgentSlot {
 #[derive(Debug, Clone)]
 struct Reading {
     name: String,
+    at: Instant,
     pid: u32,
     rss_kib: u64,
     fds: u64,
@@ -747,6 +753,7 @@ struct Reading {
 fn read_process(name: &str, pid: u32) -> Result<Reading> {
     Ok(Reading {
         name: name.to_owned(),
+        at: Instant::now(),
         pid,
         rss_kib: status_kib(Some(pid), "VmRSS")?,
         fds: proc_entries(pid, "fd")?,
@@ -1024,17 +1031,20 @@ impl Rig {
         Ok((up, down))
     }
 
+    /// "gateway", or "gateway A", "gateway B" in a fleet.
+    fn gateway_name(&self, i: usize) -> String {
+        if self.gateways.len() > 1 {
+            format!("gateway {}", (b'A' + i as u8) as char)
+        } else {
+            "gateway".to_owned()
+        }
+    }
+
     /// Every measured process's figures now.
     fn readings(&self) -> Result<Vec<Reading>> {
         let mut out = Vec::new();
-        let fleet = self.gateways.len() > 1;
         for (i, gateway) in self.gateways.iter().enumerate() {
-            let name = if fleet {
-                format!("gateway {}", (b'A' + i as u8) as char)
-            } else {
-                "gateway".to_owned()
-            };
-            out.push(read_process(&name, gateway.pid())?);
+            out.push(read_process(&self.gateway_name(i), gateway.pid())?);
         }
         for slot in &self.stable {
             let process = slot
@@ -1045,7 +1055,7 @@ impl Rig {
         }
         if let Some(redis) = &self.redis {
             let pid = redis_pid(&redis.socket()).context("redis-server's pid not found")?;
-            out.push(read_process("redis-server", pid)?);
+            out.push(read_process(REDIS, pid)?);
         }
         Ok(out)
     }
@@ -1064,6 +1074,22 @@ impl Rig {
         if let Some(redis) = &mut self.redis {
             let _ = redis.stop(Duration::from_secs(10)).await;
         }
+    }
+}
+
+/// Ends the growth window of process `name` with its reading in `readings`.
+fn close_window(
+    open: &mut Vec<(String, Reading)>,
+    windows: &mut Vec<(String, Reading, Reading)>,
+    readings: &[Reading],
+    name: &str,
+) {
+    let Some(at) = open.iter().position(|(_, start)| start.name == name) else {
+        return;
+    };
+    let (label, start) = open.remove(at);
+    if let Some(end) = readings.iter().find(|r| r.name == name) {
+        windows.push((label, start, end.clone()));
     }
 }
 
@@ -1185,38 +1211,60 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
 
     let t0 = Instant::now();
     let warmup = (duration / 5).max(Duration::from_secs(5));
-    let restart_at = warmup + (duration - warmup) * 2 / 5;
-    let redis_at = warmup + (duration - warmup) * 7 / 10;
-    let mut warm: Option<Vec<Reading>> = None;
+    // Both restarts early enough that a restarted process gets a warm-up of
+    // its own and then a window as long as the first one's.
+    let restart_at = warmup + (duration - warmup) / 4;
+    let redis_at = warmup + (duration - warmup) * 9 / 20;
+    let gateway_name = rig.gateway_name(rig.gateways.len() - 1);
+    let mut warmed = false;
     let mut restarted = false;
     let mut redis_restarted = !fleet;
     let mut churned = 0usize;
     let mut next_churn = CHURN_EVERY;
     let mut usage_kept = Vec::new();
+    // Growth windows: open ones (label, starting reading), closed ones, and
+    // restarted processes waiting for their own warm-up (when, process, label).
+    let mut open: Vec<(String, Reading)> = Vec::new();
+    let mut windows: Vec<(String, Reading, Reading)> = Vec::new();
+    let mut rewarm: Vec<(Duration, String, String)> = Vec::new();
     let both = [&*tunnel_counted, &*http_counted];
     loop {
         let now = t0.elapsed();
         if now >= duration {
             break;
         }
-        if warm.is_none() && now >= warmup {
+        if !warmed && now >= warmup {
             let (quiet, readings) = quiet_point(rig, &customers)
                 .await
                 .context("warm-up reading")?;
             drop(quiet);
             eprintln!("   warm-up reading at {:.0} s", t0.elapsed().as_secs_f64());
-            warm = Some(readings);
+            open.extend(readings.into_iter().map(|r| (r.name.clone(), r)));
+            warmed = true;
+            continue;
+        }
+        if let Some(at) = rewarm.iter().position(|(when, _, _)| now >= *when) {
+            let (_, name, label) = rewarm.remove(at);
+            let (quiet, readings) = quiet_point(rig, &customers)
+                .await
+                .with_context(|| format!("{label}: warm-up reading"))?;
+            drop(quiet);
+            let reading = readings
+                .into_iter()
+                .find(|r| r.name == name)
+                .with_context(|| format!("no reading of {name}"))?;
+            open.push((label, reading));
             continue;
         }
         if !restarted && now >= restart_at {
-            let quiet = pause(&customers, false).await?;
+            let (quiet, readings) = quiet_point(rig, &customers)
+                .await
+                .context("reading before the gateway restart")?;
+            close_window(&mut open, &mut windows, &readings, &gateway_name);
             let (_, _, before) = settle_usage(rig, &both).await;
             let which = rig.gateways.len() - 1;
             *rig.panics
-                .entry(format!(
-                    "gateway (before its restart, pid {})",
-                    rig.gateways[which].pid()
-                ))
+                .entry(format!("{gateway_name} (before its restart)"))
                 .or_default() += panics_in(&rig.gateways[which].lines());
             rig.gateways[which]
                 .restart(false)
@@ -1228,16 +1276,22 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
                 .await
                 .context("agents back after the gateway restart")?;
             drop(quiet);
-            eprintln!(
-                "   gateway restarted at {:.0} s",
-                t0.elapsed().as_secs_f64()
-            );
+            let now = t0.elapsed();
+            eprintln!("   {gateway_name} restarted at {:.0} s", now.as_secs_f64());
+            rewarm.push((
+                now + warmup,
+                gateway_name.clone(),
+                format!("{gateway_name} (after its restart)"),
+            ));
             *rig.events.entry("gateway restarts").or_default() += 1;
             restarted = true;
             continue;
         }
         if !redis_restarted && now >= redis_at {
-            let quiet = pause(&customers, false).await?;
+            let (quiet, readings) = quiet_point(rig, &customers)
+                .await
+                .context("reading before the Redis restart")?;
+            close_window(&mut open, &mut windows, &readings, REDIS);
             let redis = rig.redis.as_mut().expect("fleet");
             redis.kill().await?;
             redis.start_again(STEP).await?;
@@ -1248,7 +1302,13 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
                 .await
                 .context("agents listed after the Redis restart")?;
             drop(quiet);
-            eprintln!("   Redis restarted at {:.0} s", t0.elapsed().as_secs_f64());
+            let now = t0.elapsed();
+            eprintln!("   Redis restarted at {:.0} s", now.as_secs_f64());
+            rewarm.push((
+                now + warmup,
+                REDIS.to_owned(),
+                format!("{REDIS} (after its restart)"),
+            ));
             *rig.events.entry("Redis restarts").or_default() += 1;
             redis_restarted = true;
             continue;
@@ -1268,7 +1328,7 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
         }
         // The schedule's next event (not a readiness wait).
         let mut next = next_churn.min(duration);
-        if warm.is_none() {
+        if !warmed {
             next = next.min(warmup);
         }
         if !restarted {
@@ -1277,10 +1337,28 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
         if !redis_restarted {
             next = next.min(redis_at);
         }
+        for (when, _, _) in &rewarm {
+            next = next.min(*when);
+        }
         tokio::time::sleep_until((t0 + next).into()).await;
     }
-    let warm = warm.context("the run ended before its warm-up reading")?;
+    if !warmed {
+        bail!("the run ended before its warm-up reading");
+    }
     let (quiet, end) = quiet_point(rig, &customers).await.context("end reading")?;
+    for (label, start) in open {
+        match end.iter().find(|r| r.name == start.name) {
+            Some(reading) => windows.push((label, start, reading.clone())),
+            None => report
+                .failures
+                .push(format!("soak: {label} has no end reading")),
+        }
+    }
+    for (_, _, label) in &rewarm {
+        report.notes.push(format!(
+            "soak: {label}: the run ended before its own warm-up was over, so it has no growth window"
+        ));
+    }
     customers.stop.store(true, Ordering::SeqCst);
     drop(quiet);
     for handle in loops {
@@ -1288,9 +1366,7 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
     }
     let wall = t0.elapsed();
     for (i, gateway) in rig.gateways.iter().enumerate() {
-        *rig.panics
-            .entry(format!("gateway {i} (pid {})", gateway.pid()))
-            .or_default() += panics_in(&gateway.lines());
+        *rig.panics.entry(rig.gateway_name(i)).or_default() += panics_in(&gateway.lines());
     }
     for slot in rig.stable.iter().chain(&rig.churn) {
         if let Some(process) = &slot.process {
@@ -1306,24 +1382,30 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
 
     // The growth checks.
     println!();
-    println!("soak: every process, at the end of the warm-up and at the end (growth at most {GROWTH_LIMIT} %)");
+    println!("soak: every process, at the end of its warm-up and at the end of its window (growth at most {GROWTH_LIMIT} %)");
     println!(
-        "   {:<24} {:<10} {:>12} {:>12} {:>9}",
-        "process", "figure", "warm-up", "end", "growth"
+        "   {:<34} {:<9} {:>7} {:>7} {:>10} {:>10} {:>9}",
+        "process", "figure", "from s", "to s", "warm-up", "end", "growth"
     );
-    for before in &warm {
-        let Some(after) = end.iter().find(|r| r.name == before.name) else {
-            report
-                .failures
-                .push(format!("soak: {} has no end reading", before.name));
-            continue;
-        };
+    for (label, before, after) in &windows {
         if after.pid != before.pid {
-            report.notes.push(format!(
-                "soak: {}'s end reading is of its restarted process (pid {} at warm-up, {} at the end)",
-                before.name, before.pid, after.pid
+            report.failures.push(format!(
+                "soak: {label}: pid {} at the start of its window, {} at its end",
+                before.pid, after.pid
             ));
         }
+        let (from, to) = (
+            before.at.duration_since(t0).as_secs_f64(),
+            after.at.duration_since(t0).as_secs_f64(),
+        );
+        report.row(
+            SCENARIO,
+            format!("{label}: window"),
+            "s",
+            None,
+            Some(to - from),
+            None,
+        );
         for (figure, unit, a, b) in [
             ("RSS", "KiB", before.rss_kib, after.rss_kib),
             ("open fds", "count", before.fds, after.fds),
@@ -1332,15 +1414,10 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
             let growth = (b as f64 - a as f64) / (a.max(1) as f64) * 100.0;
             let pass = growth <= GROWTH_LIMIT;
             println!(
-                "   {:<24} {:<10} {:>12} {:>12} {:>+8.1}% {}",
-                before.name,
-                figure,
-                a,
-                b,
-                growth,
+                "   {label:<34} {figure:<9} {from:>7.0} {to:>7.0} {a:>10} {b:>10} {growth:>+8.1}% {}",
                 if pass { "PASS" } else { "FAIL" }
             );
-            let metric = format!("{}: {figure}", before.name);
+            let metric = format!("{label}: {figure}");
             report.row(
                 SCENARIO,
                 format!("{metric} at warm-up"),
@@ -1555,7 +1632,7 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
         None,
     );
     report.notes.push(format!(
-        "soak: {:.0} s{}; {} gateway process(es) (--threads {}), {STABLE_AGENTS} agent processes throughout (QUIC and TLS/TCP), {CHURN_SLOTS} more joining and leaving in turn every {} s (every {KILL_EVERY}rd leave a SIGKILL), one graceful gateway restart{}; customer `bench`: {LOOPS_PER_PROTOCOL} loops on each of HTTP CONNECT, plain HTTP, SOCKS5 and CONNECT over TLS (HTTPS proxy), echoes of 1 B to {} KiB, a tenth to a refused port, on tunnels a tenth to a target that resets after half; its connections take turns with the faults, so its bytes are compared exactly: the targets' reads and writes against the gateways' /stats (usage survives a restart in the state directory's usage.json); customer `cut`: {CUT_LOOPS} loops of {} MiB downloads cut by the faults, shown not compared; readings with traffic paused, every agent joined and no stream open; threads are /proc/PID/task (the gateway exposes no task count)",
+        "soak: {:.0} s{}; {} gateway process(es) (--threads {}), {STABLE_AGENTS} agent processes throughout (QUIC and TLS/TCP), {CHURN_SLOTS} more joining and leaving in turn every {} s (every {KILL_EVERY}rd leave a SIGKILL), one graceful gateway restart{}; customer `bench`: {LOOPS_PER_PROTOCOL} loops on each of HTTP CONNECT, plain HTTP, SOCKS5 and CONNECT over TLS (HTTPS proxy), echoes of 1 B to {} KiB, a tenth to a refused port, on tunnels a tenth to a target that resets after half; its connections take turns with the faults, so its bytes are compared exactly: the targets' reads and writes against the gateways' /stats (usage survives a restart in the state directory's usage.json); customer `cut`: {CUT_LOOPS} loops of {} MiB downloads cut by the faults, shown not compared; readings with traffic paused, every agent joined and no stream open, from the end of the first fifth (the warm-up) to the end, a restarted process's first one until its restart and its new one from one warm-up after the restart; threads are /proc/PID/task (the gateway exposes no task count)",
         wall.as_secs_f64(),
         if fleet { ", fleet: two gateways on one redis-server" } else { "" },
         rig.gateways.len(),
