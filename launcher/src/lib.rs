@@ -10,6 +10,7 @@
 //! - [`binaries`]: what the exitpool binaries print when they are ready.
 //! - [`haproxy`]: HAProxy on the `deploy/` configuration, for the balancer tests.
 //! - [`redis`]: a `redis-server` of the caller's own, for fleet mode.
+//! - [`postgres`]: a throwaway PostgreSQL cluster, for the control plane's store.
 //! - [`ports`]: free port numbers for programs that cannot be given port 0.
 //! - [`LaunchError`]: each failure names the process and ends with its last output.
 //!
@@ -24,6 +25,7 @@ pub mod haproxy;
 mod launch;
 mod output;
 pub mod ports;
+pub mod postgres;
 mod process;
 pub mod redis;
 
