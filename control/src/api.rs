@@ -178,12 +178,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             .map(Body)
             .map_err(|e| {
                 let path = e.path().to_string();
-                let message = e.into_inner().to_string();
-                match path.as_str() {
-                    "." | "" => Error::BadRequest { message },
-                    _ => Error::Invalid {
+                let inner = e.into_inner();
+                // A value of the wrong type or an unknown key names its field;
+                // text that is not JSON at all does not.
+                match inner.classify() {
+                    serde_json::error::Category::Data if path != "." => Error::Invalid {
                         field: path,
-                        message,
+                        message: inner.to_string(),
+                    },
+                    _ => Error::BadRequest {
+                        message: format!("the body is not the JSON expected: {inner}"),
                     },
                 }
             })

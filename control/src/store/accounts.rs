@@ -314,10 +314,9 @@ impl Store {
                         Error::Invalid { field, message } => Error::Invalid {
                             field,
                             message: format!(
-                                "sub-user {:?} has {message}; lower the sub-user's first",
+                                "sub-user {:?} would not fit: {message}; change the sub-user first",
                                 child.account.name
-                            )
-                            .replace("is above the customer's", "above the new"),
+                            ),
                         },
                         other => other,
                     })?;
