@@ -4,8 +4,9 @@
 //! on the API.
 
 use crate::error::{Error, Result};
-use time::format_description::well_known::Rfc3339;
-use time::{Date, Month, OffsetDateTime, Time};
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan};
 
 /// Seconds in an hour and a day.
 pub const HOUR: i64 = 3600;
@@ -22,79 +23,68 @@ pub fn day_start(t: i64) -> i64 {
     t.div_euclid(DAY) * DAY
 }
 
-fn datetime(t: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(t).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+fn timestamp(t: i64) -> Timestamp {
+    Timestamp::from_second(t).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn utc_date(t: i64) -> Date {
+    TimeZone::UTC.to_datetime(timestamp(t)).date()
+}
+
+fn midnight(date: Date) -> Option<i64> {
+    TimeZone::UTC
+        .to_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
+        .ok()
+        .map(|t| t.as_second())
 }
 
 /// The start of the UTC month `t` falls in.
 pub fn month_start(t: i64) -> i64 {
-    let d = datetime(t).date();
-    Date::from_calendar_date(d.year(), d.month(), 1)
-        .map(|first| {
-            first
-                .with_time(Time::MIDNIGHT)
-                .assume_utc()
-                .unix_timestamp()
-        })
-        .unwrap_or(0)
+    midnight(utc_date(t).first_of_month()).unwrap_or(0)
 }
 
 /// The start of the UTC month after the one `t` falls in.
 pub fn next_month_start(t: i64) -> i64 {
-    let d = datetime(t).date();
-    let (year, month) = match d.month() {
-        Month::December => (d.year() + 1, Month::January),
-        m => (d.year(), m.next()),
-    };
-    Date::from_calendar_date(year, month, 1)
-        .map(|first| {
-            first
-                .with_time(Time::MIDNIGHT)
-                .assume_utc()
-                .unix_timestamp()
-        })
+    utc_date(t)
+        .first_of_month()
+        .checked_add(1.month())
+        .ok()
+        .and_then(midnight)
         .unwrap_or(i64::MAX)
 }
 
 /// `t` as RFC 3339 in UTC (`2026-12-07T09:00:00Z`).
 pub fn rfc3339(t: i64) -> String {
-    datetime(t)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
+    timestamp(t).to_string()
 }
 
 /// `t`'s UTC date (`2026-12-07`).
 pub fn date(t: i64) -> String {
-    datetime(t).date().to_string()
+    utc_date(t).to_string()
 }
 
 /// The current time, Unix seconds.
 pub fn now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
+    Timestamp::now().as_second()
 }
 
 /// Parses a time a client gave: RFC 3339 (`2026-12-07T09:00:00Z`) or a UTC
 /// date (`2026-12-07`, its midnight).
 pub fn parse_time(field: &str, text: &str) -> Result<i64> {
-    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(t.unix_timestamp());
+    match text.parse::<Timestamp>() {
+        Ok(t) => Ok(t.as_second()),
+        Err(_) => parse_day(field, text),
     }
-    parse_day(field, text)
 }
 
 /// Parses a UTC date (`2026-12-07`) to its midnight.
 pub fn parse_day(field: &str, text: &str) -> Result<i64> {
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    Date::parse(text, &format)
-        .map(|d| d.with_time(Time::MIDNIGHT).assume_utc().unix_timestamp())
-        .map_err(|_| {
-            Error::invalid(
-                field,
-                format!(
-                    "{text:?} is neither RFC 3339 (2026-12-07T09:00:00Z) nor a date (2026-12-07)"
-                ),
-            )
-        })
+    text.parse::<Date>().ok().and_then(midnight).ok_or_else(|| {
+        Error::invalid(
+            field,
+            format!("{text:?} is neither RFC 3339 (2026-12-07T09:00:00Z) nor a date (2026-12-07)"),
+        )
+    })
 }
 
 #[cfg(test)]
