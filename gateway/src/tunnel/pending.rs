@@ -70,14 +70,15 @@ impl Places {
         Some(evicted)
     }
 
-    /// The oldest place of the network holding the most, if it holds more
-    /// than `than`.
+    /// The oldest place of the network holding the most (of equals, the one
+    /// whose oldest place is oldest), if it holds more than `than`.
     fn heaviest_above(&self, than: usize) -> Option<u64> {
         self.by_source
             .values()
             .filter(|held| held.len() > than)
-            .max_by_key(|held| held.len())
-            .and_then(|held| held.first().copied())
+            .filter_map(|held| Some((held.len(), std::cmp::Reverse(*held.first()?))))
+            .max()
+            .map(|(_, std::cmp::Reverse(oldest))| oldest)
     }
 }
 
