@@ -304,7 +304,7 @@ async fn a_leaving_agent_finishes_its_control_stream_before_it_closes() {
     let state = tempfile::tempdir().unwrap();
     let identity = exitpool::gateway::tls::Identity::load_or_create(state.path()).unwrap();
     let server = identity
-        .quic_server_config(exitpool::gateway::tunnel::endpoint::transport_config(
+        .quic_server_config(exitpool::gateway::tunnel::quic::transport_config(
             exitpool::protocol::IDLE_TIMEOUT,
         ))
         .unwrap();

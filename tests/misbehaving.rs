@@ -126,7 +126,7 @@ async fn a_connection_that_never_sends_hello_is_closed_at_the_handshake_deadline
 
 over_both_transports! {
 async fn two_hundred_silent_connections_do_not_keep_a_real_agent_out(transport) {
-    use exitpool::gateway::tunnel::endpoint::MAX_PENDING_PER_ADDRESS;
+    use exitpool::gateway::tunnel::pending::MAX_PENDING_PER_ADDRESS;
     let net = TestGateway::start().await.over(transport);
     // 200 silent handshakes from 16 addresses, each within its per-address cap.
     let mut dialers = Vec::new();
@@ -163,7 +163,7 @@ async fn two_hundred_silent_connections_do_not_keep_a_real_agent_out(transport) 
 
 over_both_transports! {
 async fn past_the_per_address_handshake_cap_new_connections_are_refused_until_it_frees(transport) {
-    use exitpool::gateway::tunnel::endpoint::MAX_PENDING_PER_ADDRESS;
+    use exitpool::gateway::tunnel::pending::MAX_PENDING_PER_ADDRESS;
     let net = TestGateway::start().await.over(transport);
     let dialer = Dialer::new(&net, "127.0.0.7", transport);
     let mut silent = Vec::new();
@@ -786,7 +786,7 @@ async fn the_tunnel_offers_no_datagram_frames() {
 
 over_both_transports! {
 async fn an_agent_cannot_claim_more_than_the_stream_ceiling(transport) {
-    use exitpool::gateway::tunnel::endpoint::MAX_AGENT_STREAMS;
+    use exitpool::gateway::tunnel::join::MAX_AGENT_STREAMS;
     let net = TestGateway::start().await;
     let _joined = RawAgent::join(&net, "127.0.0.7", "greedy", transport, |hello| {
         if let AgentMessage::Hello { capacity, .. } = hello {
@@ -805,7 +805,7 @@ async fn an_agent_cannot_claim_more_than_the_stream_ceiling(transport) {
 
 over_both_transports! {
 async fn before_a_valid_hello_an_agent_gets_at_most_the_small_window(transport) {
-    use exitpool::gateway::tunnel::endpoint::PRE_HELLO_WINDOW;
+    use exitpool::gateway::tunnel::join::PRE_HELLO_WINDOW;
     let net = TestGateway::start().await;
     let (_dialer, connection) = raw_tunnel(&net, "127.0.0.7", transport).await;
     let (mut send, _recv) = within("open control stream", connection.open_control())

@@ -558,7 +558,7 @@ async fn idle_tunnel_connections_cannot_keep_agents_out() {
 
     let tunnel_tcp = net.gateway.tunnel_tcp_addr().expect("a TCP tunnel port");
     let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let per_address = exitpool::gateway::tunnel::endpoint::MAX_PENDING_PER_ADDRESS;
+    let per_address = exitpool::gateway::tunnel::pending::MAX_PENDING_PER_ADDRESS;
     let mut flood = Vec::new();
     for address in 1..=64 {
         for connection in 0..per_address {
@@ -587,7 +587,7 @@ async fn idle_tunnel_connections_cannot_keep_agents_out() {
         }
     }
     let pending = &net.gateway.shared().pending_handshakes;
-    let full = exitpool::gateway::tunnel::endpoint::MAX_PENDING_HANDSHAKES;
+    let full = exitpool::gateway::tunnel::pending::MAX_PENDING_HANDSHAKES;
     // Polled: the table has no event to wait on, and spinning would starve
     // the flood and the gateway of this runtime's two threads.
     within("the flood takes every place", async {

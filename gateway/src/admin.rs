@@ -195,7 +195,7 @@ fn route(
                 &*shared.directory,
                 shared.sessions.len(),
                 &shared.config.health,
-                shared.links.count_by_transport(),
+                shared.tunnels.count_by_transport(),
             ),
         ),
         (&Method::POST, "/usage/reset") => reset_usage(query, shared),
@@ -355,7 +355,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                 "observed_addr": agent.home.is_none().then(|| agent.observed.to_string()),
                 "gateway": agent.home.as_deref().or(shared.fleet.as_ref().map(|fleet| &*fleet.id)),
                 "software": agent.software,
-                "transport": shared.links.transport(agent.key).map(|t| t.as_str()),
+                "transport": shared.tunnels.transport(agent.key).map(|t| t.as_str()),
                 "accepting": agent.is_accepting(),
                 "max_streams": agent.max_streams.load(Ordering::Relaxed),
                 "live_streams": agent.active_streams.load(Ordering::Relaxed),
@@ -384,7 +384,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
             })
         })
         .collect();
-    let (quic_agents, tcp_agents) = shared.links.count_by_transport();
+    let (quic_agents, tcp_agents) = shared.tunnels.count_by_transport();
     let usage = shared.usage.snapshot();
     let accounts = shared.accounts.current();
     let customers: serde_json::Map<String, serde_json::Value> = accounts

@@ -12,7 +12,7 @@ use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::sessions::MemorySessions;
 use crate::shared::Shared;
-use crate::tunnel::{endpoint, tcp, Links};
+use crate::tunnel::{self, tcp, Tunnels};
 use crate::usage::{self, MemoryUsage};
 use crate::{admin, customer, housekeeping, state, tls};
 use exitpool_protocol::close_code;
@@ -170,11 +170,11 @@ impl Gateway {
         for agent in self.shared.directory.agents() {
             self.shared.directory.remove(agent.key);
             self.shared
-                .links
+                .tunnels
                 .close(agent.key, close_code::SHUTDOWN, b"gateway shutting down");
         }
         // Joined agents have had their finished control stream (see
-        // `endpoint::serve_agent`); this closes what is left, such as handshakes.
+        // `tunnel::join::serve_agent`); this closes what is left, such as handshakes.
         // quinn holds the port until closed connections have drained (three
         // probe timeouts, seconds after a reconnect stampede inflated the RTT
         // estimates); that only repeats closes nobody needs now, so the wait is
@@ -343,7 +343,7 @@ async fn bind_ports(config: &GatewayConfig, identity: &tls::Identity) -> Result<
 /// What joining the fleet leaves for the tasks to start: the membership and
 /// the directory's change feed.
 type FleetTasks = (
-    Joined,
+    FleetMembership,
     tokio::sync::mpsc::Receiver<crate::directory::Change>,
 );
 
@@ -393,7 +393,7 @@ async fn assemble(
         config,
         fleet,
         directory: Box::new(directory),
-        links: Links::default(),
+        tunnels: Tunnels::default(),
         pending_handshakes: Default::default(),
         sessions: Box::new(MemorySessions::default()),
         auth_failures: AuthFailures::default(),
@@ -427,7 +427,7 @@ fn spawn_tasks(
         .spawn(customer::serve(entrances, shared.clone()));
     shared
         .tasks
-        .spawn(endpoint::serve(quic.clone(), shared.clone()));
+        .spawn(tunnel::quic::serve(quic.clone(), shared.clone()));
     if let Some(listener) = tunnel_tcp {
         shared
             .tasks
@@ -447,10 +447,10 @@ fn spawn_tasks(
 /// The fleet's replica, peer-link and usage tasks.
 fn spawn_fleet_tasks(
     shared: &Arc<Shared>,
-    joined: Joined,
+    joined: FleetMembership,
     feed: tokio::sync::mpsc::Receiver<crate::directory::Change>,
 ) {
-    let Joined {
+    let FleetMembership {
         fleet,
         journal,
         peer_tcp,
@@ -471,8 +471,9 @@ fn spawn_fleet_tasks(
         .spawn(fleet::usage::run(shared.clone(), fleet, journal));
 }
 
-/// What joining a fleet gives the gateway's start.
-struct Joined {
+/// What joining a fleet gives the gateway's start: the membership, the usage
+/// an earlier run left, and the TLS/TCP peer port.
+struct FleetMembership {
     fleet: Arc<Fleet>,
     /// Usage an earlier run could not flush.
     journal: fleet::usage::Journal,
@@ -491,7 +492,7 @@ async fn join_fleet(
     fleet_config: &crate::config::FleetConfig,
     identity: &tls::Identity,
     counters: crate::metrics::FleetCounters,
-) -> Result<Joined, StartError> {
+) -> Result<FleetMembership, StartError> {
     let id: Arc<str> = fleet_config
         .gateway_id
         .clone()
@@ -503,12 +504,16 @@ async fn join_fleet(
             exitpool_protocol::peer::PEER_ALPN,
             fleet::peer::transport_config(fleet_config.gateway_timeout, true),
         )?;
-        exitpool_transport::udp::endpoint(addr, endpoint::endpoint_config(identity), Some(server))
-            .map_err(|source| StartError::Bind {
-                what: "the peer port",
-                addr,
-                source,
-            })
+        exitpool_transport::udp::endpoint(
+            addr,
+            tunnel::quic::endpoint_config(identity),
+            Some(server),
+        )
+        .map_err(|source| StartError::Bind {
+            what: "the peer port",
+            addr,
+            source,
+        })
     };
     let (endpoint, tcp_listener) = bind_same_port(addr, quic, "the TCP peer port").await?;
     let bound = endpoint.local_addr().map_err(|source| StartError::Bind {
@@ -545,7 +550,7 @@ async fn join_fleet(
         path: journal_path,
         source,
     })?;
-    Ok(Joined {
+    Ok(FleetMembership {
         fleet: Arc::new(fleet),
         journal,
         peer_tcp: tcp_listener,
@@ -564,14 +569,18 @@ async fn bind_tunnels(
     identity: &tls::Identity,
 ) -> Result<(quinn::Endpoint, Option<TcpListener>), StartError> {
     let quic = |addr| -> Result<quinn::Endpoint, StartError> {
-        let server =
-            identity.quic_server_config(endpoint::transport_config(config.tunnel_idle_timeout))?;
-        exitpool_transport::udp::endpoint(addr, endpoint::endpoint_config(identity), Some(server))
-            .map_err(|source| StartError::Bind {
-                what: "the tunnel port",
-                addr,
-                source,
-            })
+        let server = identity
+            .quic_server_config(tunnel::quic::transport_config(config.tunnel_idle_timeout))?;
+        exitpool_transport::udp::endpoint(
+            addr,
+            tunnel::quic::endpoint_config(identity),
+            Some(server),
+        )
+        .map_err(|source| StartError::Bind {
+            what: "the tunnel port",
+            addr,
+            source,
+        })
     };
     let tcp = |addr: SocketAddr| async move {
         TcpListener::bind(addr)

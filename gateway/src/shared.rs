@@ -15,7 +15,7 @@ use crate::fleet::Fleet;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::sessions::SessionStore;
-use crate::tunnel::Links;
+use crate::tunnel::Tunnels;
 use crate::usage::UsageSink;
 use exitpool_protocol::close_code;
 use std::net::IpAddr;
@@ -34,7 +34,7 @@ pub struct Shared {
     /// Who is connected, where, with what load.
     pub directory: Box<dyn AgentDirectory>,
     /// The tunnels held by this process, to open streams on.
-    pub links: Links,
+    pub tunnels: Tunnels,
     /// Agent handshakes in progress on both tunnel transports.
     pub pending_handshakes: std::sync::Arc<crate::tunnel::pending::PendingHandshakes>,
     /// Sticky-session pins.
@@ -112,7 +112,7 @@ impl Shared {
     /// Drops a departed agent: its directory entry and its tunnel handle.
     pub fn forget_agent(&self, key: u64) {
         self.directory.remove(key);
-        self.links.remove(key);
+        self.tunnels.remove(key);
     }
 
     /// Records how an open or relay through `agent` went (its health), counting
@@ -131,14 +131,14 @@ impl Shared {
         if !agent.is_local() {
             return;
         }
-        if error.kind() == std::io::ErrorKind::NotConnected || !self.links.is_open(agent.key) {
+        if error.kind() == std::io::ErrorKind::NotConnected || !self.tunnels.is_open(agent.key) {
             tracing::debug!(exit = %agent.exit_id, %error, "relay lost with the exit's tunnel");
             self.report_outcome(agent, Outcome::ExitFailed);
         }
     }
 
     /// Asks the tunnel of `agent`, on which a customer is waiting, whether it is
-    /// alive ([`Links::is_alive`] within [`GatewayConfig::liveness_timeout`]).
+    /// alive ([`Tunnels::is_alive`] within [`GatewayConfig::liveness_timeout`]).
     /// A tunnel that does not answer is closed: its agent leaves the directory
     /// and every stream on it is reset, so waiting customers fail (and their
     /// opens move to other exits) in seconds rather than at the idle timeout.
@@ -149,7 +149,7 @@ impl Shared {
         }
         self.metrics.liveness_checks.inc();
         if self
-            .links
+            .tunnels
             .is_alive(agent.key, self.config.liveness_timeout)
             .await
         {
@@ -157,7 +157,7 @@ impl Shared {
         }
         tracing::warn!(exit = %agent.exit_id, "exit's tunnel failed a liveness check; dropping it");
         self.metrics.exits_unresponsive.inc();
-        self.links.close(
+        self.tunnels.close(
             agent.key,
             close_code::UNRESPONSIVE,
             b"no answer to a liveness check",
@@ -235,7 +235,7 @@ impl Shared {
                     if agent.is_local() && !set.agent_tokens.accepts(agent.token.expose()) {
                         info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
                         self.directory.remove(agent.key);
-                        self.links
+                        self.tunnels
                             .close(agent.key, close_code::REJECTED, b"agent token revoked");
                     }
                 }

@@ -1,5 +1,5 @@
 //! HTTP proxy protocol on the customer port, served by hyper: each request head is
-//! checked against the limits below, then `CONNECT` goes to [`super::connect`]
+//! checked against the limits below, then `CONNECT` goes to [`super::http_connect`]
 //! and anything else (absolute-form `GET http://host/path`, any method) to
 //! [`super::forward`]. Plain HTTP routes every request on its own.
 //!
@@ -27,7 +27,7 @@
 use super::response::{self, Body};
 use super::session::{Arrival, Refusal};
 use super::transfer::CustomerStream;
-use super::{connect, forward, inventory};
+use super::{forward, http_connect, inventory};
 use crate::abuse::AddressSlot;
 use crate::shared::Shared;
 use hyper::{Method, Request, Response};
@@ -124,7 +124,7 @@ async fn handle<S: CustomerStream>(
             .await
             .map_err(Refusal::from)
     } else if request.method() == Method::CONNECT {
-        connect::connect::<S>(request, arrival, pending, started, &shared).await
+        http_connect::connect::<S>(request, arrival, pending, started, &shared).await
     } else {
         forward::forward(request, arrival, pending, started, &shared).await
     };

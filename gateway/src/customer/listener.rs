@@ -8,7 +8,7 @@
 
 use super::proxy_protocol::{self, Proxied};
 use super::session::Arrival;
-use super::{connect, http, response, socks};
+use super::{http, http_connect, response, socks};
 use crate::abuse::{AddressSlot, AddressSlots, SlotRefusal};
 use crate::credentials::Targeting;
 use crate::error::ProxyError;
@@ -197,8 +197,8 @@ async fn handle(
     shared: Arc<Shared>,
 ) {
     // One peek serves both the protocol's first byte and, for the common
-    // plain `CONNECT`, its whole head (see `connect::serve_head`).
-    let mut first = vec![0u8; connect::HEAD_PEEK];
+    // plain `CONNECT`, its whole head (see `http_connect::serve_head`).
+    let mut first = vec![0u8; http_connect::HEAD_PEEK];
     let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
     if let Ok(Ok(n)) = peeked {
         first.truncate(n);
@@ -221,7 +221,8 @@ async fn handle(
             }
         }
         Ok(Ok(1..)) => {
-            if let Some(stream) = connect::serve_head(stream, first, &arrival, &slot, &shared).await
+            if let Some(stream) =
+                http_connect::serve_head(stream, first, &arrival, &slot, &shared).await
             {
                 http::serve(stream, arrival, slot, deadline, shared).await
             }

@@ -4,7 +4,7 @@
 //!    ([`proxy_protocol`]), bound (globally and per address while
 //!    unauthenticated), tell SOCKS5 from HTTP by the first byte;
 //! 2. the protocol: [`socks`] (SOCKS5), or [`http`] (request limits) dispatching to
-//!    [`connect`] (HTTP `CONNECT`) or [`forward`] (plain HTTP); targets are read by
+//!    [`http_connect`] (HTTP `CONNECT`) or [`forward`] (plain HTTP); targets are read by
 //!    [`target`];
 //! 3. [`session`]: the customer-session step every protocol shares: authenticate ->
 //!    choose an exit -> open the relay stream;
@@ -15,9 +15,9 @@
 //! [`response`] builds what HTTP answers share (errors, exit headers, Basic
 //! credentials) and imports none of the handlers.
 
-mod connect;
 mod forward;
 mod http;
+mod http_connect;
 pub mod inventory;
 mod listener;
 pub mod proxy_protocol;

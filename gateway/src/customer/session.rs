@@ -566,7 +566,7 @@ async fn open_watched(
             .await;
     }
     tokio::select! {
-        opened = shared.links.open(agent.key, host, port, timeout) => opened,
+        opened = shared.tunnels.open(agent.key, host, port, timeout) => opened,
         () = watchdog => Err(ProxyError::ExitLost(
             "the exit's tunnel did not answer a liveness check".into(),
         )),

@@ -6,7 +6,7 @@
 //! [`AgentDirectory`] is the interface; [`LocalDirectory`] is the one-process
 //! implementation (per-filter pools, O(1) picks). The directory holds no tunnel
 //! handles: how to reach an agent is the tunnel endpoint's business
-//! ([`crate::tunnel::Links`]), so a directory shared by several gateways can list
+//! ([`crate::tunnel::Tunnels`]), so a directory shared by several gateways can list
 //! agents this process has no tunnel to.
 
 pub mod health;

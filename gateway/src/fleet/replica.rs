@@ -573,13 +573,13 @@ impl Follower {
                     // end); if not, the device has moved there.
                     if self
                         .shared
-                        .links
+                        .tunnels
                         .is_alive(current.key, self.shared.config.liveness_timeout)
                         .await
                     {
                         return;
                     }
-                    self.shared.links.close(
+                    self.shared.tunnels.close(
                         current.key,
                         exitpool_protocol::close_code::REPLACED,
                         b"the agent joined another gateway of the fleet",
@@ -589,7 +589,7 @@ impl Follower {
             }
         }
         let home = self.home(gateway);
-        let key = self.shared.links.reserve_key();
+        let key = self.shared.tunnels.reserve_key();
         self.shared.directory.insert(
             key,
             Joining {

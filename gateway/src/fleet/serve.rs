@@ -211,7 +211,7 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
     let load = StreamGuard::new(agent.clone());
     let started = Instant::now();
     let opened = shared
-        .links
+        .tunnels
         .open(
             agent.key,
             request.host,

@@ -1,31 +1,28 @@
-//! The QUIC endpoint agents dial: the accept loop's cheap decisions, and, for
-//! either transport (QUIC here, TLS over TCP in [`crate::tunnel::tcp`]), each
-//! agent's handshake on the control stream and its life in the directory.
+//! An agent joining, for either transport (QUIC in [`super::quic`], TLS over
+//! TCP in [`super::tcp`]): its handshake on the control stream, its place in
+//! the directory and the tunnel table, and its life until it leaves.
 //!
 //! Flow per agent: QUIC (or TLS + HTTP/2) handshake -> control stream -> `Hello`
 //! (version, token, identity proof, capacity) -> `Welcome` or `Reject` -> the agent is in the
-//! directory (and its tunnel in [`crate::tunnel::Links`]) until its connection
+//! directory (and its tunnel in [`crate::tunnel::Tunnels`]) until its connection
 //! ends or it finishes its control stream, sending `Load` and `Draining` on the way.
 //! Nothing after the transport's own handshake knows which transport it is.
 
-pub use super::pending::{
-    PendingHandshakes, PendingSlot, MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS,
-};
+use super::pending::PendingSlot;
 use crate::abuse::source_network;
 use crate::directory::{Agent, Joining};
 use crate::shared::Shared;
 use exitpool_protocol::close_code;
 use exitpool_protocol::{
     decode_body, hello_version, read_frame, read_frame_body, write_frame, AgentMessage, FrameError,
-    GatewayMessage, IdentityProof, RejectReason, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
-    PROTOCOL_VERSION,
+    GatewayMessage, IdentityProof, RejectReason, PROTOCOL_VERSION,
 };
 use exitpool_transport::leave::leave;
 use exitpool_transport::{StreamRecv, StreamSend, Tunnel, TunnelConnection, TunnelSend};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::timeout;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, Instrument};
 
 /// Largest stream capacity an agent may claim.
 pub const MAX_AGENT_STREAMS: u32 = 4096;
@@ -36,92 +33,6 @@ pub const MAX_AGENT_STREAMS: u32 = 4096;
 /// window once the agent is in.
 pub const PRE_HELLO_WINDOW: u32 = 64 * 1024;
 
-/// Endpoint settings for the tunnel port. quinn keys its stateless resets and
-/// its connection-id check with secrets random per process, so a gateway that
-/// crashed and restarted drops the old tunnels' packets silently and agents
-/// wait out their idle timeout. Keyed from the gateway's identity instead, the
-/// new process recognises those connection ids and answers with a reset the
-/// agent accepts: it hears of the restart at its next packet (a keep-alive at
-/// the latest) and reconnects as after a shutdown notice. quinn also sends at
-/// most one reset per `min_reset_interval` (20 ms by default), which would take
-/// minutes to tell 10,000 agents; a reset is always smaller than the packet
-/// that caused it, so a short interval amplifies nothing.
-pub fn endpoint_config(identity: &crate::tls::Identity) -> quinn::EndpointConfig {
-    let reset_key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        &identity.derive_secret("quic stateless reset"),
-    );
-    let cid_secret = identity.derive_secret("quic connection ids");
-    let cid_key = u64::from_le_bytes(cid_secret[..8].try_into().expect("8 of 32 bytes"));
-    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    config
-        .cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-        })
-        .min_reset_interval(Duration::from_micros(100));
-    config
-}
-
-/// Transport settings for agent tunnels. quinn's defaults allow an unlimited
-/// connection receive window and no keep-alive; both are set here. A tunnel
-/// silent for `idle_timeout` is dead (a vanished agent is noticed within it).
-pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
-    let idle = idle_timeout.max(Duration::from_millis(100));
-    // Windows bound what one agent can make the gateway buffer (16 MiB).
-    let mut transport = exitpool_transport::udp::base_transport();
-    transport
-        .max_idle_timeout(Some(
-            idle.try_into()
-                .unwrap_or_else(|_| IDLE_TIMEOUT.try_into().expect("fits")),
-        ))
-        // Agents ping every KEEP_ALIVE_INTERVAL (for their NAT); the gateway
-        // pings too only when its idle timeout is shorter than two of those,
-        // so an idle pool costs one ping per agent per interval, not two.
-        .keep_alive_interval((idle < KEEP_ALIVE_INTERVAL * 2).then_some(idle / 3))
-        .receive_window(PRE_HELLO_WINDOW.into())
-        // Agents open exactly one stream (control); relay streams are opened by us.
-        .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into());
-    transport
-}
-
-/// Accepts agent connections until `shared.shutdown` fires.
-pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
-    let pending = shared.pending_handshakes.clone();
-    loop {
-        let incoming = tokio::select! {
-            incoming = endpoint.accept() => incoming,
-            () = shared.shutdown.cancelled() => break,
-        };
-        let Some(incoming) = incoming else { break };
-        // Under handshake pressure an unproven source address gets a stateless
-        // Retry first: spoofed sources cannot answer it, so they hold no slot.
-        if pending.in_progress() >= shared.config.handshake_retry_above
-            && !incoming.remote_address_validated()
-            && incoming.may_retry()
-        {
-            shared.metrics.tunnel_retries.inc();
-            if let Err(error) = incoming.retry() {
-                error.into_incoming().refuse();
-            }
-            continue;
-        }
-        let Some(slot) = pending.admit(incoming.remote_address().ip()) else {
-            incoming.refuse();
-            continue;
-        };
-        let span = info_span!("agent", remote = %incoming.remote_address(), transport = "quic");
-        spawn_agent(
-            shared.clone(),
-            slot,
-            span,
-            quic_handshake(incoming, shared.clone()),
-        );
-    }
-    // Each agent's task tells it of the shutdown (see `serve_agent`), and
-    // `Gateway::shutdown` closes the endpoint once they have.
-}
-
 /// Runs one agent's handshake (`handshake`, which ends in [`join`]) and then its
 /// life, holding its pending `slot` until the handshake is over.
 pub(crate) fn spawn_agent<F>(
@@ -130,7 +41,7 @@ pub(crate) fn spawn_agent<F>(
     span: tracing::Span,
     handshake: F,
 ) where
-    F: std::future::Future<Output = Result<Joined, HandshakeError>> + Send + 'static,
+    F: std::future::Future<Output = Result<AdmittedAgent, HandshakeError>> + Send + 'static,
 {
     shared.tasks.clone().spawn(
         async move {
@@ -170,8 +81,9 @@ pub(crate) fn spawn_agent<F>(
 /// Why an agent's handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HandshakeError {
+    /// quinn's error, as its `io::Error` (same text).
     #[error("QUIC handshake: {0}")]
-    Quic(#[from] quinn::ConnectionError),
+    Quic(std::io::Error),
     #[error("TLS/TCP handshake: {0}")]
     Tcp(std::io::Error),
     #[error("no valid Hello within {0:?}")]
@@ -186,30 +98,21 @@ pub(crate) enum HandshakeError {
     Accept(String),
 }
 
-pub(crate) struct Joined {
+/// An agent through its handshake: its tunnel, its control stream, and its
+/// directory entry.
+pub(crate) struct AdmittedAgent {
     connection: Tunnel,
     control_send: StreamSend,
     control_recv: StreamRecv,
     agent: Arc<Agent>,
 }
 
-async fn quic_handshake(
-    incoming: quinn::Incoming,
-    shared: Arc<Shared>,
-) -> Result<Joined, HandshakeError> {
-    let handshake_timeout = shared.config.handshake_timeout;
-    let connecting = incoming
-        .accept()
-        .map_err(|e| HandshakeError::Accept(e.to_string()))?;
-    let connection = timeout(handshake_timeout, connecting)
-        .await
-        .map_err(|_| HandshakeError::Timeout(handshake_timeout))??;
-    join(Tunnel::Quic(connection), &shared).await
-}
-
 /// The transport-independent part of a handshake: `Hello` on the control
 /// stream, the checks, and the agent in the directory with a `Welcome`.
-pub(crate) async fn join(connection: Tunnel, shared: &Shared) -> Result<Joined, HandshakeError> {
+pub(crate) async fn join(
+    connection: Tunnel,
+    shared: &Shared,
+) -> Result<AdmittedAgent, HandshakeError> {
     let (mut control_send, control_recv, body) = read_hello(&connection, shared).await?;
     let hello = match check_hello_body(&body, &connection, shared)? {
         Ok(hello) => hello,
@@ -227,7 +130,7 @@ pub(crate) async fn join(connection: Tunnel, shared: &Shared) -> Result<Joined, 
         shared.forget_agent(agent.key);
         return Err(error.into());
     }
-    Ok(Joined {
+    Ok(AdmittedAgent {
         connection,
         control_send,
         control_recv,
@@ -341,7 +244,7 @@ fn enter_directory(connection: &Tunnel, hello: CheckedHello, shared: &Shared) ->
     } = hello;
     let location = shared.locate(connection.remote_address().ip());
     // The link first, so an agent routing can see is always reachable.
-    let key = shared.links.add(connection.clone());
+    let key = shared.tunnels.add(connection.clone());
     let (agent, replaced) = shared.directory.insert(
         key,
         Joining {
@@ -359,8 +262,8 @@ fn enter_directory(connection: &Tunnel, hello: CheckedHello, shared: &Shared) ->
         // An agent moving from TLS/TCP back to QUIC keeps its old tunnel until
         // the customers on it are done, then leaves it itself; the directory
         // already routes to the new one. Same transport: a stale tunnel.
-        if shared.links.transport(old.key) == Some(connection.transport()) {
-            shared.links.close(
+        if shared.tunnels.transport(old.key) == Some(connection.transport()) {
+            shared.tunnels.close(
                 old.key,
                 close_code::REPLACED,
                 b"replaced by a newer connection",
@@ -466,13 +369,13 @@ fn over_agent_caps(
 
 /// Follows a joined agent's control stream until its connection ends, then drops it
 /// from the directory.
-async fn serve_agent(joined: Joined, shared: Arc<Shared>) {
-    let Joined {
+async fn serve_agent(admitted: AdmittedAgent, shared: Arc<Shared>) {
+    let AdmittedAgent {
         connection,
         mut control_send,
         mut control_recv,
         agent,
-    } = joined;
+    } = admitted;
     tracing::Span::current().record("exit", agent.exit_id.as_str());
     info!(
         exit = %agent.exit_id,

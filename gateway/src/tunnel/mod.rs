@@ -1,12 +1,13 @@
-//! The agent side of the gateway: the QUIC endpoint agents dial
-//! ([`endpoint`]: handshakes, control streams, joins and leaves, for both
-//! transports), the TLS-over-TCP port beside it ([`tcp`]), the handshake budget
-//! they share ([`pending`]), and the tunnels
-//! held here ([`Links`]: opening a relay stream through one).
+//! The agent side of the gateway: the QUIC listener agents dial ([`quic`]),
+//! the TLS-over-TCP port beside it ([`tcp`]), an agent's join and life for
+//! both transports ([`join`]: handshake on the control stream, directory
+//! entry, leave), the handshake budget they share ([`pending`]), and the
+//! tunnels held here ([`Tunnels`]: opening a relay stream through one).
 
-pub mod endpoint;
-mod links;
+pub mod join;
 pub mod pending;
+pub mod quic;
 pub mod tcp;
+mod tunnels;
 
-pub use links::{ExitStream, Links};
+pub use tunnels::{ExitStream, Tunnels};

@@ -1,12 +1,12 @@
 //! The TCP tunnel port, for agents whose networks block or throttle UDP: TLS 1.3
 //! with the gateway's one certificate (so an agent's `--pin` holds on both
 //! transports), then HTTP/2 streams ([`exitpool_transport::tcp`]). The accept
-//! loop takes the same pending-handshake places as the QUIC endpoint; the TLS
+//! loop takes the same pending-handshake places as the QUIC listener; the TLS
 //! and HTTP/2 handshakes run inside each agent's task under the handshake
 //! deadline, and from the control stream on the agent goes the way a QUIC one
-//! does ([`super::endpoint::join`]).
+//! does ([`super::join::join`]).
 
-use super::endpoint::{join, spawn_agent, HandshakeError, Joined, PRE_HELLO_WINDOW};
+use super::join::{join, spawn_agent, AdmittedAgent, HandshakeError, PRE_HELLO_WINDOW};
 use crate::shared::Shared;
 use exitpool_transport::tcp::{self, TcpSettings};
 use exitpool_transport::Tunnel;
@@ -37,7 +37,7 @@ async fn handshake(
     stream: TcpStream,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
-) -> Result<Joined, HandshakeError> {
+) -> Result<AdmittedAgent, HandshakeError> {
     let handshake_timeout = shared.config.handshake_timeout;
     let _ = stream.set_nodelay(true);
     let settings = settings(shared.config.tunnel_idle_timeout);

@@ -3,8 +3,8 @@
 //! does the customer get an answer.
 //!
 //! The directory ([`crate::directory`]) says who an agent is and where; this table
-//! says how to reach the ones connected here. The two change together (the tunnel
-//! endpoint adds a link before the directory entry and removes it after).
+//! says how to reach the ones connected here. The two change together (a join
+//! adds the tunnel before the directory entry, and a leave removes it after).
 
 use crate::error::ProxyError;
 use dashmap::DashMap;
@@ -27,21 +27,21 @@ pub struct ExitStream {
 
 /// The live tunnels, by connection key.
 #[derive(Debug)]
-pub struct Links {
+pub struct Tunnels {
     tunnels: DashMap<u64, Tunnel>,
     next_key: AtomicU64,
 }
 
-impl Default for Links {
+impl Default for Tunnels {
     fn default() -> Self {
-        Links {
+        Tunnels {
             tunnels: DashMap::new(),
             next_key: AtomicU64::new(1),
         }
     }
 }
 
-impl Links {
+impl Tunnels {
     /// Holds `connection` under a new key, unique for the life of the process (a
     /// reconnecting agent gets a new one).
     pub fn add(&self, connection: Tunnel) -> u64 {
