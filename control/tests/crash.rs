@@ -1,8 +1,9 @@
 //! A SQLite store survives its process being killed: this test's binary runs
 //! again as a writer (the same test, told by [`WRITER_DB`] to write) that
-//! creates accounts, each with usage, in a loop and reports each commit; it
-//! is SIGKILLed mid-way, and every account it reported is in the file when
-//! the store is opened again, whole (its usage too).
+//! creates accounts, each with a batch of usage, in a loop and reports each
+//! commit; it is SIGKILLed mid-way, and every account it reported is in the
+//! file when the store is opened again, whole (its usage too), and the
+//! file's integrity check passes.
 
 mod common;
 
@@ -22,6 +23,9 @@ const TEST_NAME: &str = "sqlite_file_survives_sigkill_mid_write";
 const MAX_ACCOUNTS: usize = 100_000;
 /// When the writer's usage is recorded (2027-01-15T08:00:00Z).
 const USAGE_AT: i64 = 1_800_000_000;
+/// Usage records per account, each to its own domain: a batch long enough
+/// in SQL that the kill is likely to land inside a transaction.
+const RECORDS: u64 = 300;
 
 /// The writer's side: accounts `c0`, `c1`, ... each with 3 bytes of usage,
 /// `committed N` printed after each commit returns.
@@ -35,15 +39,18 @@ async fn write_until_killed(db: &str) {
             ..NewAccount::default()
         };
         store.create(None, new).await.expect("create");
-        let usage = UsageRecord {
-            at: USAGE_AT,
-            account: name,
-            bytes_up: 1,
-            bytes_down: 2,
-            connections: 1,
-            ..UsageRecord::default()
-        };
-        store.record_batch(&[usage]).await.expect("record");
+        let usage: Vec<_> = (0..RECORDS)
+            .map(|d| UsageRecord {
+                at: USAGE_AT,
+                account: name.clone(),
+                target: Some(format!("site{d}.example")),
+                bytes_up: 1,
+                bytes_down: 2,
+                connections: 1,
+                ..UsageRecord::default()
+            })
+            .collect();
+        store.record_batch(&usage).await.expect("record");
         println!("committed {i}");
     }
 }
@@ -87,7 +94,7 @@ async fn sqlite_file_survives_sigkill_mid_write() {
                 .period_usage(AccountRef::Customer(&name), day)
                 .await
                 .unwrap();
-            assert_eq!(usage.lifetime, 3, "{name}'s usage");
+            assert_eq!(usage.lifetime, 3 * RECORDS, "{name}'s usage");
         }
         println!(
             "writer killed after {last} reported commits; {} accounts in the file",
@@ -100,6 +107,15 @@ async fn sqlite_file_survives_sigkill_mid_write() {
             snapshot.accounts.len()
         );
         store.close().await;
+        let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(check, "ok");
+        pool.close().await;
     })
     .await
     .expect("the test finishes in time");

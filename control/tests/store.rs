@@ -31,6 +31,40 @@ async fn suite_on_postgres() {
     fresh.stop().await;
 }
 
+/// The default location is a file in the state directory; a location that is
+/// neither a path nor a known URL is refused, and a password in a URL never
+/// reaches the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locations() {
+    tokio::time::timeout(TEST_BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_state_dir(dir.path()).await.unwrap();
+        store.create(None, new("alice")).await.unwrap();
+        store.close().await;
+        assert!(dir
+            .path()
+            .join(exitpool_control::store::SQLITE_FILE)
+            .exists());
+        let again = Store::open_state_dir(dir.path()).await.unwrap();
+        assert_eq!(again.account(C("alice")).await.unwrap().name, "alice");
+        again.close().await;
+
+        let err = Store::open("mysql://u:hunter2@127.0.0.1/x", Retention::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Location { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // Nothing listens on port 1: the connection is refused, the password unsaid.
+        let err = Store::open("postgres://u:hunter2@127.0.0.1:1/x", Retention::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Location { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    })
+    .await
+    .expect("in time");
+}
+
 async fn suite(fresh: &mut Fresh) {
     customers(fresh.store().await).await;
     sub_users(fresh.store().await).await;

@@ -327,3 +327,24 @@ pub fn page_limit(limit: Option<u32>) -> Result<i64> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redact("postgres://gw:hunter2@db.example:5432/exitpool"),
+            "postgres://gw:***@db.example:5432/exitpool"
+        );
+        assert_eq!(
+            redact("postgres://gw@db/exitpool"),
+            "postgres://gw@db/exitpool"
+        );
+        assert_eq!(
+            redact("/var/lib/exitpool/control.sqlite3"),
+            "/var/lib/exitpool/control.sqlite3"
+        );
+    }
+}

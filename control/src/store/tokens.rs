@@ -153,6 +153,12 @@ impl Store {
     /// Records that agents presented these tokens at `at` (a gateway batches
     /// these; `last_used_at` only moves forward).
     pub async fn mark_tokens_used(&self, ids: &[String], at: i64) -> Result<()> {
+        if ids.len() > super::MAX_BATCH {
+            return Err(Error::invalid(
+                "ids",
+                format!("at most {} a batch", super::MAX_BATCH),
+            ));
+        }
         let mut tx = self.begin().await?;
         for id in ids {
             sqlx::query(
