@@ -12,6 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+// Flags come in groups, one per area (a help heading each, the same areas as
+// docs/operators.md's tables), each filling its part of `GatewayConfig`.
+
 /// The exitpool gateway: customers' proxy port, agents' QUIC tunnel, operators'
 /// stats.
 #[derive(Debug, Parser)]
@@ -19,6 +22,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    ports: PortArgs,
+    #[command(flatten)]
+    accounts: AccountArgs,
+    #[command(flatten)]
+    customer_ports: CustomerPortArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    routing: RoutingArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// The ports and the state directory.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Ports")]
+struct PortArgs {
     /// Customer port: HTTP proxy and SOCKS5.
     #[arg(long, default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -41,6 +66,12 @@ struct Args {
     /// Where the certificate, key and secrets live.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+}
+
+/// Customer accounts and the tokens agents enrol with.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Customer accounts and agent tokens")]
+struct AccountArgs {
     /// A customer account, NAME:PASSWORD (repeatable).
     #[arg(
         long = "user",
@@ -66,24 +97,34 @@ struct Args {
     /// Agent tokens file, one token per line (`#` comments); re-read on SIGHUP.
     #[arg(long = "agent-tokens", value_name = "FILE")]
     agent_tokens_file: Option<PathBuf>,
-    /// A host name the admin port answers to, besides IP addresses and localhost
-    /// (repeatable); requests naming any other host are refused.
-    #[arg(long = "admin-host", value_name = "NAME")]
-    admin_hosts: Vec<String>,
-    /// Bearer token for the admin port; required when it binds beyond loopback.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "EXITPOOL_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
-    admin_token: Option<String>,
-    /// Log lines as human-readable text or as one JSON object per line.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Close a customer tunnel after this many seconds without traffic.
-    #[arg(long, default_value_t = 300)]
-    idle_timeout: u64,
+}
+
+/// What the customer ports speak besides the plain HTTP proxy and SOCKS5, and whom they trust.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Customer ports: TLS, entry ports, balancers")]
+struct CustomerPortArgs {
+    /// PEM certificate chain for TLS on the customer ports (an HTTPS proxy,
+    /// told from HTTP and SOCKS5 by its first byte); re-read on SIGHUP.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Extra customer ports whose number selects targeting (TOML: `[[ports]]`
+    /// entries with `ports`, `targeting`, `session_per_port`), on --listen's address.
+    #[arg(long, value_name = "FILE")]
+    entry_ports: Option<PathBuf>,
+    /// A balancer's network (CIDR) or address trusted to send a PROXY protocol
+    /// v2 header on the customer ports (repeatable): its connections must begin
+    /// with one, whose source address is then the customer's.
+    #[arg(long = "proxy-protocol-from", value_name = "CIDR", value_parser = exitpool::cli::network)]
+    proxy_protocol_from: Vec<ipnet::IpNet>,
+}
+
+/// Bounds on customer connections and agents.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Limits")]
+struct LimitArgs {
     /// Most customer connections open at once.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -94,22 +135,18 @@ struct Args {
     /// `503 gateway_busy`), so strangers never fill --max-connections.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_MAX_UNAUTHENTICATED)]
     max_unauthenticated: usize,
+    /// Close a customer tunnel after this many seconds without traffic.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
     /// Most agents connected at once from one IPv4 address or IPv6 /64.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_MAX_AGENTS_PER_ADDRESS)]
     max_agents_per_address: usize,
-    /// A MaxMind-format database (GeoLite2 Country/City/ASN, ip-location-db, ...)
-    /// to locate agents with, instead of the embedded country database
-    /// (repeatable: country + ASN + city).
-    #[arg(long = "geoip", value_name = "FILE")]
-    geoip: Vec<PathBuf>,
-    /// Start with a local agent and a demo user, make one request through them,
-    /// and print how to try it; state goes to a temporary directory unless
-    /// --state-dir is given.
-    #[arg(long)]
-    demo: bool,
-    /// Runtime worker threads; 0 is one per core.
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+}
+
+/// How an exit is chosen, waited for and cooled, and where agents are located.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Routing, exit health and retries")]
+struct RoutingArgs {
     /// Seconds a request waits for an exit to answer `Open`, per exit tried.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_OPEN_TIMEOUT.as_secs())]
     open_timeout: u64,
@@ -143,17 +180,38 @@ struct Args {
     /// Route on live load alone: no health scores, no cooling (for comparison).
     #[arg(long)]
     no_health: bool,
-    /// Extra customer ports whose number selects targeting (TOML: `[[ports]]`
-    /// entries with `ports`, `targeting`, `session_per_port`), on --listen's address.
-    #[arg(long, value_name = "FILE")]
-    entry_ports: Option<PathBuf>,
-    /// PEM certificate chain for TLS on the customer ports (an HTTPS proxy,
-    /// told from HTTP and SOCKS5 by its first byte); re-read on SIGHUP.
-    #[arg(long, value_name = "PEM", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, value_name = "PEM", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    /// A MaxMind-format database (GeoLite2 Country/City/ASN, ip-location-db, ...)
+    /// to locate agents with, instead of the embedded country database
+    /// (repeatable: country + ASN + city).
+    #[arg(long = "geoip", value_name = "FILE")]
+    geoip: Vec<PathBuf>,
+}
+
+/// Who may use the admin port, and how logs are written.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Admin port and logs")]
+struct AdminArgs {
+    /// Bearer token for the admin port; required when it binds beyond loopback.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "EXITPOOL_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// A host name the admin port answers to, besides IP addresses and localhost
+    /// (repeatable); requests naming any other host are refused.
+    #[arg(long = "admin-host", value_name = "NAME")]
+    admin_hosts: Vec<String>,
+    /// Log lines as human-readable text or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// Fleet membership through Redis, and the peer links.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "A fleet (--redis)")]
+struct FleetArgs {
     /// Join a fleet: share the pool, sessions, usage and limits with other
     /// gateways through Redis or Valkey (redis://[user:password@]host:port[/db],
     /// rediss://…, or unix:///path/to/socket). Without it the gateway stands
@@ -201,11 +259,20 @@ struct Args {
     /// without it (and reports itself degraded).
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_REDIS_TIMEOUT.as_millis() as u64)]
     redis_timeout_ms: u64,
-    /// A balancer's network (CIDR) or address trusted to send a PROXY protocol
-    /// v2 header on the customer ports (repeatable): its connections must begin
-    /// with one, whose source address is then the customer's.
-    #[arg(long = "proxy-protocol-from", value_name = "CIDR", value_parser = exitpool::cli::network)]
-    proxy_protocol_from: Vec<ipnet::IpNet>,
+}
+
+/// The runtime, and the demo.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Runtime and demo")]
+struct RuntimeArgs {
+    /// Runtime worker threads; 0 is one per core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Start with a local agent and a demo user, make one request through them,
+    /// and print how to try it; state goes to a temporary directory unless
+    /// --state-dir is given.
+    #[arg(long)]
+    demo: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -251,11 +318,11 @@ enum TokenAction {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _logs = exitpool::logs::init(match args.log_format {
+    let _logs = exitpool::logs::init(match args.admin.log_format {
         LogFormat::Text => exitpool::logs::LogFormat::Text,
         LogFormat::Json => exitpool::logs::LogFormat::Json,
     });
-    exitpool::cli::run("gateway", args.threads, run(args))
+    exitpool::cli::run("gateway", args.runtime.threads, run(args))
 }
 
 /// `gateway pin`: the pin of `dir`'s identity. Without `init`, a directory
@@ -292,27 +359,13 @@ fn hash_password() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(Command::HashPassword) = &args.command {
-        return hash_password();
-    }
-    if let Some(Command::Token {
-        action: TokenAction::New,
-    }) = &args.command
-    {
-        println!("{}", exitpool::gateway::auth::generate_token());
-        return Ok(());
-    }
-    if let Some(Command::Pin { state_dir, init }) = &args.command {
-        let dir = state_dir
-            .clone()
-            .or(args.state_dir.clone())
-            .unwrap_or_else(exitpool::gateway::state::default_dir);
-        return print_pin(&dir, *init);
+    if let Some(command) = &args.command {
+        return run_command(command, &args);
     }
     // The demo keeps its certificate and usage out of the default state
     // directory, where a real gateway started later would inherit them: in a
     // temporary directory removed on exit, unless --state-dir names one.
-    let demo_state = match (args.demo, &args.state_dir) {
+    let demo_state = match (args.runtime.demo, &args.ports.state_dir) {
         (true, None) => Some(
             tempfile::Builder::new()
                 .prefix("exitpool-demo-")
@@ -321,106 +374,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    let state_dir = match (&demo_state, &args.state_dir) {
+    let state_dir = match (&demo_state, &args.ports.state_dir) {
         (Some(temporary), _) => temporary.path().to_owned(),
         (None, Some(dir)) => dir.clone(),
         (None, None) => exitpool::gateway::state::default_dir(),
     };
-    let mut config = GatewayConfig::new(state_dir);
-    config.listen = args.listen;
-    config.tunnel = args.tunnel;
-    config.tunnel_tcp = match (args.no_tunnel_tcp, args.tunnel_tcp) {
-        (true, _) => TunnelTcp::Off,
-        (false, Some(addr)) => TunnelTcp::At(addr),
-        (false, None) => TunnelTcp::SamePort,
-    };
-    config.admin = (!args.no_admin).then_some(args.admin);
-    config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
-    config.max_connections = args.max_connections.max(1);
-    config.max_unauthenticated_per_ip = args.max_unauthenticated_per_ip.max(1);
-    config.max_unauthenticated = args.max_unauthenticated.max(1);
-    config.max_agents_per_address = args.max_agents_per_address.max(1);
-    config.open_timeout = Duration::from_secs(args.open_timeout.max(1));
-    config.open_attempts = args.open_attempts.max(1);
-    config.connect_deadline = Duration::from_secs(args.connect_deadline.max(1));
-    config.silence_check = Duration::from_millis(args.silence_check_ms.max(10));
-    config.liveness_timeout = Duration::from_millis(args.liveness_timeout_ms.max(10));
-    config.health.cool_after = args.cool_after;
-    config.health.cooling = Duration::from_secs(args.cooling.max(1));
-    config.health.max_cooling = Duration::from_secs(args.max_cooling.max(args.cooling).max(1));
-    config.health.enabled = !args.no_health;
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config.customer_tls = Some(exitpool::gateway::customer_tls::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-        });
-    }
-    if let Some(url) = &args.redis {
-        let mut fleet = exitpool::gateway::config::FleetConfig::new(url);
-        fleet.gateway_id = args.gateway_id.clone();
-        fleet.redis_ca = args.redis_ca.clone();
-        fleet.peer_listen = args.peer_listen;
-        fleet.peer_advertise = args.peer_advertise;
-        fleet.peer_transport = match args.peer_transport {
-            PeerTransportArg::Tcp => exitpool::gateway::config::PeerTransport::Tcp,
-            PeerTransportArg::Quic => exitpool::gateway::config::PeerTransport::Quic,
-        };
-        fleet.heartbeat = Duration::from_millis(args.fleet_heartbeat_ms.max(10));
-        fleet.gateway_timeout = Duration::from_millis(
-            args.fleet_gateway_timeout_ms
-                .max(args.fleet_heartbeat_ms * 2),
-        );
-        fleet.resync_interval = Duration::from_millis(args.fleet_resync_ms.max(10));
-        fleet.redis_timeout = Duration::from_millis(args.redis_timeout_ms.max(10));
-        config.fleet = Some(fleet);
-    }
-    config.proxy_protocol_from = args.proxy_protocol_from.clone();
-    if let Some(path) = &args.entry_ports {
-        config.entry_ports = exitpool::gateway::entry_ports::EntryPorts::load(path)?;
-        config.entry_ports_file = Some(path.clone());
-    }
-    if !args.geoip.is_empty() {
-        config.geoip = std::sync::Arc::new(exitpool::geoip::GeoIp::open(&args.geoip)?);
-    }
-    if args.demo {
-        check_demo_alone(&args)?;
-        config.geoip = std::sync::Arc::new(demo_geoip()?);
-    }
-    let mut customers = args
-        .users
-        .iter()
-        .map(|spec| Customer::parse(spec).with_context(|| "in --user"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for token in &args.agent_tokens {
-        exitpool::gateway::auth::check_token_strength(token)
-            .map_err(|weak| anyhow::anyhow!("in --agent-token: {weak}"))?;
-    }
-    let mut tokens = args.agent_tokens.clone();
-    let demo = args.demo.then(|| {
+    let demo = args.runtime.demo.then(|| {
         let password = hex::encode(rand::random::<[u8; 8]>());
         let token = hex::encode(rand::random::<[u8; 16]>());
         (password, token)
     });
-    if let Some((password, token)) = &demo {
-        customers.push(Customer::parse(&format!("demo:{password}")).expect("valid demo user"));
-        tokens.push(token.clone());
-    }
-    if customers.is_empty() && args.users_file.is_none() {
-        bail!("no customer accounts: add --users FILE or --user NAME:PASSWORD (or try --demo)");
-    }
-    if tokens.is_empty() && args.agent_tokens_file.is_none() {
-        bail!("no agent can join: add --agent-token TOKEN or --agent-tokens FILE (or try --demo)");
-    }
-    config.users = Users::new(customers);
-    config.agent_tokens = AgentTokens::new(tokens);
-    config.users_file = args.users_file.clone();
-    config.agent_tokens_file = args.agent_tokens_file.clone();
-    config.admin_hosts = args.admin_hosts.clone();
-    config.admin_token = args
-        .admin_token
-        .clone()
-        .filter(|token| !token.is_empty())
-        .map(exitpool::protocol::Secret);
+    let config = gateway_config(&args, state_dir, demo.as_ref())?;
     // Every customer connection and agent tunnel is a descriptor; the usual soft
     // limit of 1,024 would cap the gateway long before its own limits do.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -428,6 +392,62 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
     }
     let gateway = Gateway::start(config).await?;
+    print_started(&gateway, demo_state.as_ref());
+    let _demo = match &demo {
+        Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
+        None => None,
+    };
+    wait_for_shutdown(&gateway).await;
+    tracing::info!("shutting down");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// The subcommands: `hash-password`, `token new`, `pin`.
+fn run_command(command: &Command, args: &Args) -> anyhow::Result<()> {
+    match command {
+        Command::HashPassword => hash_password(),
+        Command::Token {
+            action: TokenAction::New,
+        } => {
+            println!("{}", exitpool::gateway::auth::generate_token());
+            Ok(())
+        }
+        Command::Pin { state_dir, init } => {
+            let dir = state_dir
+                .clone()
+                .or(args.ports.state_dir.clone())
+                .unwrap_or_else(exitpool::gateway::state::default_dir);
+            print_pin(&dir, *init)
+        }
+    }
+}
+
+/// The configuration the flags give, each group filling its part, in the
+/// order their errors are reported; `demo` is the demo's user password and
+/// agent token.
+fn gateway_config(
+    args: &Args,
+    state_dir: PathBuf,
+    demo: Option<&(String, String)>,
+) -> anyhow::Result<GatewayConfig> {
+    let mut config = GatewayConfig::new(state_dir);
+    args.ports.apply(&mut config);
+    args.limits.apply(&mut config);
+    args.customer_ports.apply(&mut config)?;
+    args.routing.apply(&mut config)?;
+    config.fleet = args.fleet.config();
+    if args.runtime.demo {
+        check_demo_alone(args)?;
+        config.geoip = std::sync::Arc::new(demo_geoip()?);
+    }
+    args.accounts.apply(&mut config, demo)?;
+    args.admin.apply(&mut config);
+    Ok(config)
+}
+
+/// Where the gateway listens, as the operator reads it on start.
+fn print_started(gateway: &Gateway, demo_state: Option<&tempfile::TempDir>) {
     println!(
         "gateway: customers on {}, agents on {} (UDP), pin {}",
         gateway.listen_addr(),
@@ -440,36 +460,167 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(admin) = gateway.admin_addr() {
         println!("gateway: stats on http://{admin}/stats");
     }
-    if let Some(temporary) = &demo_state {
+    if let Some(temporary) = demo_state {
         println!(
             "demo: state in {} (removed on exit; --state-dir keeps it)",
             temporary.path().display()
         );
     }
-    let _demo = match &demo {
-        Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
-        None => None,
-    };
-    wait_for_shutdown(&gateway).await;
-    tracing::info!("shutting down");
-    gateway.shutdown().await;
-    Ok(())
+}
+
+impl PortArgs {
+    /// The customer, tunnel and admin ports.
+    fn apply(&self, config: &mut GatewayConfig) {
+        config.listen = self.listen;
+        config.tunnel = self.tunnel;
+        config.tunnel_tcp = match (self.no_tunnel_tcp, self.tunnel_tcp) {
+            (true, _) => TunnelTcp::Off,
+            (false, Some(addr)) => TunnelTcp::At(addr),
+            (false, None) => TunnelTcp::SamePort,
+        };
+        config.admin = (!self.no_admin).then_some(self.admin);
+    }
+}
+
+impl LimitArgs {
+    /// The connection and agent caps, each at least 1.
+    fn apply(&self, config: &mut GatewayConfig) {
+        config.idle_timeout = Duration::from_secs(self.idle_timeout.max(1));
+        config.max_connections = self.max_connections.max(1);
+        config.max_unauthenticated_per_ip = self.max_unauthenticated_per_ip.max(1);
+        config.max_unauthenticated = self.max_unauthenticated.max(1);
+        config.max_agents_per_address = self.max_agents_per_address.max(1);
+    }
+}
+
+impl CustomerPortArgs {
+    /// TLS, the balancers trusted, and the entry ports (whose file is read
+    /// here).
+    fn apply(&self, config: &mut GatewayConfig) -> anyhow::Result<()> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.customer_tls = Some(exitpool::gateway::customer_tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        config.proxy_protocol_from = self.proxy_protocol_from.clone();
+        if let Some(path) = &self.entry_ports {
+            config.entry_ports = exitpool::gateway::entry_ports::EntryPorts::load(path)?;
+            config.entry_ports_file = Some(path.clone());
+        }
+        Ok(())
+    }
+}
+
+impl RoutingArgs {
+    /// Open timeouts and retries, the silence check, exit health, and the
+    /// GeoIP databases (opened here).
+    fn apply(&self, config: &mut GatewayConfig) -> anyhow::Result<()> {
+        config.open_timeout = Duration::from_secs(self.open_timeout.max(1));
+        config.open_attempts = self.open_attempts.max(1);
+        config.connect_deadline = Duration::from_secs(self.connect_deadline.max(1));
+        config.silence_check = Duration::from_millis(self.silence_check_ms.max(10));
+        config.liveness_timeout = Duration::from_millis(self.liveness_timeout_ms.max(10));
+        config.health.cool_after = self.cool_after;
+        config.health.cooling = Duration::from_secs(self.cooling.max(1));
+        config.health.max_cooling = Duration::from_secs(self.max_cooling.max(self.cooling).max(1));
+        config.health.enabled = !self.no_health;
+        if !self.geoip.is_empty() {
+            config.geoip = std::sync::Arc::new(exitpool::geoip::GeoIp::open(&self.geoip)?);
+        }
+        Ok(())
+    }
+}
+
+impl FleetArgs {
+    /// The fleet's part, with `--redis`.
+    fn config(&self) -> Option<exitpool::gateway::config::FleetConfig> {
+        let url = self.redis.as_ref()?;
+        let mut fleet = exitpool::gateway::config::FleetConfig::new(url);
+        fleet.gateway_id = self.gateway_id.clone();
+        fleet.redis_ca = self.redis_ca.clone();
+        fleet.peer_listen = self.peer_listen;
+        fleet.peer_advertise = self.peer_advertise;
+        fleet.peer_transport = match self.peer_transport {
+            PeerTransportArg::Tcp => exitpool::gateway::config::PeerTransport::Tcp,
+            PeerTransportArg::Quic => exitpool::gateway::config::PeerTransport::Quic,
+        };
+        fleet.heartbeat = Duration::from_millis(self.fleet_heartbeat_ms.max(10));
+        fleet.gateway_timeout = Duration::from_millis(
+            self.fleet_gateway_timeout_ms
+                .max(self.fleet_heartbeat_ms * 2),
+        );
+        fleet.resync_interval = Duration::from_millis(self.fleet_resync_ms.max(10));
+        fleet.redis_timeout = Duration::from_millis(self.redis_timeout_ms.max(10));
+        Some(fleet)
+    }
+}
+
+impl AccountArgs {
+    /// Customers and agent tokens, with the demo's user and token when
+    /// `demo` holds them; a gateway nobody could use or join is refused.
+    fn apply(
+        &self,
+        config: &mut GatewayConfig,
+        demo: Option<&(String, String)>,
+    ) -> anyhow::Result<()> {
+        let mut customers = self
+            .users
+            .iter()
+            .map(|spec| Customer::parse(spec).with_context(|| "in --user"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for token in &self.agent_tokens {
+            exitpool::gateway::auth::check_token_strength(token)
+                .map_err(|weak| anyhow::anyhow!("in --agent-token: {weak}"))?;
+        }
+        let mut tokens = self.agent_tokens.clone();
+        if let Some((password, token)) = demo {
+            customers.push(Customer::parse(&format!("demo:{password}")).expect("valid demo user"));
+            tokens.push(token.clone());
+        }
+        if customers.is_empty() && self.users_file.is_none() {
+            bail!("no customer accounts: add --users FILE or --user NAME:PASSWORD (or try --demo)");
+        }
+        if tokens.is_empty() && self.agent_tokens_file.is_none() {
+            bail!(
+                "no agent can join: add --agent-token TOKEN or --agent-tokens FILE (or try --demo)"
+            );
+        }
+        config.users = Users::new(customers);
+        config.agent_tokens = AgentTokens::new(tokens);
+        config.users_file = self.users_file.clone();
+        config.agent_tokens_file = self.agent_tokens_file.clone();
+        Ok(())
+    }
+}
+
+impl AdminArgs {
+    /// The admin port's host names and token (an empty token is none).
+    fn apply(&self, config: &mut GatewayConfig) {
+        config.admin_hosts = self.admin_hosts.clone();
+        config.admin_token = self
+            .admin_token
+            .clone()
+            .filter(|token| !token.is_empty())
+            .map(exitpool::protocol::Secret);
+    }
 }
 
 /// The demo's agent may reach this machine (`--allow-private`), so the demo never
 /// serves anyone but this machine: its customer port stays on loopback and it
 /// takes no real accounts.
 fn check_demo_alone(args: &Args) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() {
+    if !args.ports.listen.ip().is_loopback() {
         bail!(
             "--demo keeps its customer port on loopback (its agent may reach this machine's own networks); got --listen {}",
-            args.listen
+            args.ports.listen
         );
     }
-    if !args.users.is_empty()
-        || args.users_file.is_some()
-        || !args.agent_tokens.is_empty()
-        || args.agent_tokens_file.is_some()
+    let accounts = &args.accounts;
+    if !accounts.users.is_empty()
+        || accounts.users_file.is_some()
+        || !accounts.agent_tokens.is_empty()
+        || accounts.agent_tokens_file.is_some()
     {
         bail!("--demo runs with its own demo user and agent only; drop --user, --users, --agent-token and --agent-tokens (or drop --demo)");
     }
