@@ -2,7 +2,7 @@
 //! device key proven over this connection's keying material) and the
 //! gateway's `Welcome` or `Reject`, then load reports for the tunnel's life.
 
-use super::end::SessionEnd;
+use super::end::{RetryReason, SessionEnd};
 use crate::error::AgentError;
 use crate::shared::Shared;
 use crate::stats::SessionInfo;
@@ -21,8 +21,9 @@ pub(super) async fn hello(
     shared: &Shared,
 ) -> Result<(StreamSend, StreamRecv, SessionInfo), SessionEnd> {
     let config = &shared.config;
-    let retry =
-        |what: &str, error: &dyn std::fmt::Display| SessionEnd::Retry(format!("{what}: {error}"));
+    let retry = |step: &'static str, error: &dyn std::fmt::Display| {
+        SessionEnd::Retry(RetryReason::control(step, error))
+    };
     let (mut send, mut recv) = connection
         .open_control()
         .await
@@ -61,9 +62,7 @@ pub(super) async fn hello(
         Ok(GatewayMessage::Reject {
             reason: RejectReason::TooManyAgents,
             message,
-        }) => Err(SessionEnd::Retry(format!(
-            "the gateway is full for now: {message}"
-        ))),
+        }) => Err(SessionEnd::Retry(RetryReason::GatewayFull(message))),
         Ok(GatewayMessage::Reject { reason, message }) => Err(SessionEnd::Fatal(match reason {
             RejectReason::BadToken => AgentError::BadToken(message),
             RejectReason::UnsupportedVersion

@@ -6,7 +6,7 @@
 
 use super::control::{hello, send_load};
 use super::drain::{drain, drain_left_behind};
-use super::end::SessionEnd;
+use super::end::{RetryReason, SessionEnd};
 use super::pins::remember_pin;
 use super::reach_gateway::{quic_probe, remember_transport, GatewayDialer};
 use super::silence::Silence;
@@ -66,7 +66,7 @@ pub(super) async fn session(
         None => tokio::select! {
             result = dialer.reach(config, *prefer_tcp) => match result {
                 Ok(reached) => (reached.tunnel, reached.address, reached.candidates > 1),
-                Err(reason) => return SessionEnd::Retry(reason),
+                Err(reason) => return SessionEnd::Retry(RetryReason::Unreachable(reason)),
             },
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
         },
@@ -117,7 +117,7 @@ async fn join(
         match tokio::time::timeout(config.handshake_timeout, hello(&connection, shared)).await {
             Ok(Ok(joined)) => joined,
             Ok(Err(end)) => return Err(end),
-            Err(_) => return Err(SessionEnd::Retry("no answer to Hello".into())),
+            Err(_) => return Err(SessionEnd::Retry(RetryReason::NoWelcome)),
         };
     shared.counters.connects.fetch_add(1, Ordering::Relaxed);
     if !*pin_proven {
@@ -135,7 +135,10 @@ async fn join(
     // pause or a quota change since the Hello reaches the gateway (the
     // watches see changes from here on); then restated every interval.
     if let Err(error) = send_load(&mut control_send, shared).await {
-        return Err(SessionEnd::Retry(format!("control stream: {error}")));
+        return Err(SessionEnd::Retry(RetryReason::control(
+            "control stream",
+            &error,
+        )));
     }
     let mut load_timer = tokio::time::interval(LOAD_REPORT_INTERVAL);
     load_timer.reset();
@@ -208,33 +211,33 @@ async fn serve(
                 {
                     break SessionEnd::Degraded
                 }
-                Err(error) => break SessionEnd::Retry(error.to_string()),
+                Err(error) => break SessionEnd::Retry(RetryReason::TunnelLost(error.to_string())),
             },
             _ = degraded_check.tick(), if watch_silence => {
                 if silence.degraded(connection) {
                     if auto {
                         break SessionEnd::Degraded;
                     }
-                    break SessionEnd::Retry("the gateway sent nothing for two keep-alive intervals".into());
+                    break SessionEnd::Retry(RetryReason::Silent);
                 }
             }
             quic = &mut probe, if probing => break SessionEnd::Moved(quic),
             _ = interface_refresh.tick() => refresh_own_addresses(shared, *observed).await,
             _ = load_timer.tick() => {
                 if let Err(error) = send_load(control_send, shared).await {
-                    break SessionEnd::Retry(format!("control stream: {error}"));
+                    break SessionEnd::Retry(RetryReason::control("control stream", &error));
                 }
             }
             // Pausing, resuming and the quota running out or renewing are told to
             // the gateway at once, so it stops (or resumes) routing here.
             changed = paused.changed() => {
                 if changed.is_err() || send_load(control_send, shared).await.is_err() {
-                    break SessionEnd::Retry("control stream closed".into());
+                    break SessionEnd::Retry(RetryReason::ControlClosed);
                 }
             }
             changed = exhausted.changed() => {
                 if changed.is_err() || send_load(control_send, shared).await.is_err() {
-                    break SessionEnd::Retry("control stream closed".into());
+                    break SessionEnd::Retry(RetryReason::ControlClosed);
                 }
             }
             message = read_frame::<GatewayMessage, _>(control_recv) => {
@@ -243,8 +246,8 @@ async fn serve(
                     // closes: QUIC retransmits the finish, not the close.
                     Err(FrameError::Ended) => SessionEnd::GatewayStopped,
                     Err(_) if gateway_stopped(connection) => SessionEnd::GatewayStopped,
-                    Ok(message) => SessionEnd::Retry(format!("unexpected control message {message:?}")),
-                    Err(error) => SessionEnd::Retry(format!("control stream: {error}")),
+                    Ok(message) => SessionEnd::Retry(RetryReason::UnexpectedMessage(format!("{message:?}"))),
+                    Err(error) => SessionEnd::Retry(RetryReason::control("control stream", &error)),
                 };
             }
             () = shutdown.cancelled() => {
