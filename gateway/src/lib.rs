@@ -17,7 +17,8 @@
 //!
 //! Exits:
 //! - [`directory`]: who is connected, where, with what load ([`AgentDirectory`]);
-//! - [`tunnel`]: the QUIC endpoint agents dial and the tunnels held here;
+//! - [`tunnel`]: the QUIC and TLS/TCP listeners agents dial, their join, and
+//!   the tunnels held here;
 //! - [`sessions`]: sticky-session pins behind a store interface;
 //! - [`fleet`]: several gateways sharing one pool through Redis (`--redis`):
 //!   the shared directory, peer links, fleet-wide sessions, usage and limits.
