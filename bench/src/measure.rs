@@ -58,6 +58,26 @@ pub fn proc_entries(pid: u32, dir: &str) -> Result<u64> {
     Ok(entries.filter(|entry| entry.is_ok()).count() as u64)
 }
 
+/// A process's open descriptors by kind (`socket`, `pipe`,
+/// `anon_inode:[eventpoll]`, or the file's path), to tell what a change in
+/// their number is made of.
+pub fn fd_kinds(pid: u32) -> Result<std::collections::BTreeMap<String, u64>> {
+    let path = format!("/proc/{pid}/fd");
+    let mut kinds = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&path).with_context(|| format!("reading {path}"))? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        let kind = match target.split_once(':') {
+            Some((kind @ ("socket" | "pipe"), _)) => kind.to_owned(),
+            _ => target,
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    Ok(kinds)
+}
+
 pub fn meminfo_kib(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     text.lines()

@@ -31,7 +31,7 @@
 use crate::cli::Bench;
 use crate::client::{basic, head_end, start_target, STEP};
 use crate::launch::{pin_of, spawn_agent_process, wait_until, GatewayProcess, PASSWORD, USER};
-use crate::measure::{proc_entries, status_kib, MIB};
+use crate::measure::{fd_kinds, proc_entries, status_kib, MIB};
 use crate::report::Report;
 use anyhow::{bail, Context, Result};
 use exitpool_launcher::redis::RedisServer;
@@ -747,6 +747,8 @@ struct Reading {
     pid: u32,
     rss_kib: u64,
     fds: u64,
+    /// The descriptors by kind, shown when their number changed.
+    fd_kinds: BTreeMap<String, u64>,
     threads: u64,
 }
 
@@ -757,6 +759,7 @@ fn read_process(name: &str, pid: u32) -> Result<Reading> {
         pid,
         rss_kib: status_kib(Some(pid), "VmRSS")?,
         fds: proc_entries(pid, "fd")?,
+        fd_kinds: fd_kinds(pid)?,
         threads: proc_entries(pid, "task")?,
     })
 }
@@ -1243,7 +1246,12 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
             warmed = true;
             continue;
         }
-        if let Some(at) = rewarm.iter().position(|(when, _, _)| now >= *when) {
+        // A restarted process gets a window of its own only if half a
+        // warm-up is left after its own warm-up.
+        if let Some(at) = rewarm
+            .iter()
+            .position(|(when, _, _)| now >= *when && *when + warmup / 2 <= duration)
+        {
             let (_, name, label) = rewarm.remove(at);
             let (quiet, readings) = quiet_point(rig, &customers)
                 .await
@@ -1338,7 +1346,9 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
             next = next.min(redis_at);
         }
         for (when, _, _) in &rewarm {
-            next = next.min(*when);
+            if *when + warmup / 2 <= duration {
+                next = next.min(*when);
+            }
         }
         tokio::time::sleep_until((t0 + next).into()).await;
     }
@@ -1356,7 +1366,7 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
     }
     for (_, _, label) in &rewarm {
         report.notes.push(format!(
-            "soak: {label}: the run ended before its own warm-up was over, so it has no growth window"
+            "soak: {label}: the run ended too soon after its own warm-up, so it has no growth window"
         ));
     }
     customers.stop.store(true, Ordering::SeqCst);
@@ -1442,6 +1452,22 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
                 Some(growth),
                 None,
             );
+            if figure == "open fds" && a != b {
+                let kinds = |r: &Reading| {
+                    r.fd_kinds
+                        .iter()
+                        .map(|(kind, n)| format!("{kind} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let what = format!(
+                    "soak: {label}'s descriptors by kind at {from:.0} s: {}; at {to:.0} s: {}",
+                    kinds(before),
+                    kinds(after)
+                );
+                println!("   {what}");
+                report.notes.push(what);
+            }
             if !pass {
                 report.failures.push(format!(
                     "soak: growth: {metric} grew {growth:.1} % ({a} -> {b} {unit}), more than {GROWTH_LIMIT} %"
