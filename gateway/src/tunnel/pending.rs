@@ -1,7 +1,7 @@
 //! The agent handshakes in progress on both tunnel transports, bounded in
 //! total and per source network, so silent or slow handshakes cannot take the
-//! gateway's memory or keep real agents out. The QUIC endpoint and the TCP
-//! tunnel port ([`super::endpoint`], [`super::tcp`]) draw from one budget.
+//! gateway's memory or keep real agents out. The QUIC listener and the TCP
+//! tunnel port ([`super::quic`], [`super::tcp`]) draw from one budget.
 //!
 //! When every place is taken, an agent's handshake takes the place of the
 //! oldest handshake of the source network holding the most places, if that

@@ -4,7 +4,7 @@
 //! loop takes the same pending-handshake places as the QUIC listener; the TLS
 //! and HTTP/2 handshakes run inside each agent's task under the handshake
 //! deadline, and from the control stream on the agent goes the way a QUIC one
-//! does ([`super::join::join`]).
+//! does ([`super::join`]).
 
 use super::join::{join, spawn_agent, AdmittedAgent, HandshakeError, PRE_HELLO_WINDOW};
 use crate::shared::Shared;
