@@ -31,7 +31,7 @@
 use crate::cli::Bench;
 use crate::client::{basic, head_end, start_target, STEP};
 use crate::launch::{pin_of, spawn_agent_process, wait_until, GatewayProcess, PASSWORD, USER};
-use crate::measure::{fd_kinds, proc_entries, status_kib, MIB};
+use crate::measure::{fd_kinds, proc_entries, sockets, status_kib, MIB};
 use crate::report::Report;
 use anyhow::{bail, Context, Result};
 use exitpool_launcher::redis::RedisServer;
@@ -749,6 +749,8 @@ struct Reading {
     fds: u64,
     /// The descriptors by kind, shown when their number changed.
     fd_kinds: BTreeMap<String, u64>,
+    /// Its sockets by inode, described.
+    sockets: BTreeMap<u64, String>,
     threads: u64,
 }
 
@@ -760,6 +762,7 @@ fn read_process(name: &str, pid: u32) -> Result<Reading> {
         rss_kib: status_kib(Some(pid), "VmRSS")?,
         fds: proc_entries(pid, "fd")?,
         fd_kinds: fd_kinds(pid)?,
+        sockets: sockets(pid),
         threads: proc_entries(pid, "task")?,
     })
 }
@@ -1464,6 +1467,23 @@ async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
                     "soak: {label}'s descriptors by kind at {from:.0} s: {}; at {to:.0} s: {}",
                     kinds(before),
                     kinds(after)
+                );
+                println!("   {what}");
+                report.notes.push(what);
+                // Which sockets came and went: a tunnel of an agent that
+                // rejoined is new, so the one too many is among the new ones.
+                let differ = |a: &Reading, b: &Reading| {
+                    a.sockets
+                        .iter()
+                        .filter(|(inode, _)| !b.sockets.contains_key(inode))
+                        .map(|(_, what)| what.clone())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                let what = format!(
+                    "soak: {label}'s sockets gone by {to:.0} s: {}; new since {from:.0} s: {}",
+                    differ(before, after),
+                    differ(after, before)
                 );
                 println!("   {what}");
                 report.notes.push(what);
