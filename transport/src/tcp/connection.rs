@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::gate::Admission;
-use super::{Io, TcpRecv, TcpSend};
+use super::{h2_to_io, lock, Io, TcpRecv, TcpSend};
 
 /// On-demand pings waiting for the driver; callers beyond this wait their turn.
 const PING_QUEUE: usize = 64;
@@ -137,30 +137,6 @@ impl Inner {
             }
             notified.await;
         }
-    }
-}
-
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// An h2 error as the `io::Error` the relay and the framing expect, with
-/// quinn's kinds: a stream reset is `ConnectionReset` (with its code), the
-/// tunnel itself gone (its TCP connection failed, or GOAWAY) `NotConnected`,
-/// so the gateway tells an exit passing on a target's reset from a lost exit
-/// alike on both transports.
-pub(super) fn h2_to_io(error: h2::Error) -> io::Error {
-    if error.is_io() || error.is_go_away() {
-        return io::Error::new(io::ErrorKind::NotConnected, error.to_string());
-    }
-    match error.reason() {
-        Some(reason) if error.is_reset() => io::Error::new(
-            io::ErrorKind::ConnectionReset,
-            format!("stream reset by peer (code {})", u32::from(reason)),
-        ),
-        _ => io::Error::new(io::ErrorKind::BrokenPipe, error.to_string()),
     }
 }
 

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use super::close::{close_from, close_trailers, CLOSE_PATH};
-use super::connection::{h2_to_io, stream_request, Inner, PingAsks, Role, TcpTunnel};
+use super::connection::{stream_request, Inner, PingAsks, Role, TcpTunnel};
 use super::gate::{gated, Admission};
+use super::h2_to_io;
 use super::{Io, TcpSettings, CLOSE_LINGER, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER};
 
 pub(super) fn remote_of(io: &Io) -> io::Result<SocketAddr> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::connection::lock;
+use super::lock;
 use super::{Io, TcpSettings};
 
 /// h2's I/O: the TLS stream behind a mutex that only keying-material export

@@ -41,6 +41,8 @@
 //! `stream.rs` the stream halves ([`TcpSend`], [`TcpRecv`]); `gate.rs` the
 //! frame gate a peer's HTTP/2 frames pass before it is admitted.
 
+use std::io;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -99,6 +101,32 @@ pub struct TcpSettings {
 
 /// A TLS connection over TCP, either side of the handshake.
 pub type Io = tokio_rustls::TlsStream<TcpStream>;
+
+/// The mutex's value even if a holder panicked: the TLS stream and the close
+/// request stay usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An h2 error as the `io::Error` the relay and the framing expect, with
+/// quinn's kinds: a stream reset is `ConnectionReset` (with its code), the
+/// tunnel itself gone (its TCP connection failed, or GOAWAY) `NotConnected`,
+/// so the gateway tells an exit passing on a target's reset from a lost exit
+/// alike on both transports.
+fn h2_to_io(error: h2::Error) -> io::Error {
+    if error.is_io() || error.is_go_away() {
+        return io::Error::new(io::ErrorKind::NotConnected, error.to_string());
+    }
+    match error.reason() {
+        Some(reason) if error.is_reset() => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("stream reset by peer (code {})", u32::from(reason)),
+        ),
+        _ => io::Error::new(io::ErrorKind::BrokenPipe, error.to_string()),
+    }
+}
 
 mod close;
 mod connection;

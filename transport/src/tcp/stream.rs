@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::connection::h2_to_io;
+use super::h2_to_io;
 use super::{FIRST_FRAME_UNRESERVED, MAX_SEND_BUFFER};
 
 /// Sending half of a TCP tunnel stream.
