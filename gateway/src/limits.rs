@@ -16,6 +16,7 @@
 
 use crate::auth::Customer;
 use crate::error::ProxyError;
+use crate::quota::QuotaLedger;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -77,9 +78,17 @@ impl Drop for Slot {
 #[derive(Default)]
 pub struct Limiter {
     gates: DashMap<String, Arc<Gate>>,
+    /// The byte leases of customers with a quota ([`crate::quota`]).
+    leases: Arc<QuotaLedger>,
 }
 
 impl Limiter {
+    /// The byte leases transfers of customers with a quota move their bytes
+    /// out of.
+    pub fn quota_leases(&self) -> &Arc<QuotaLedger> {
+        &self.leases
+    }
+
     fn gate(&self, name: &str) -> Arc<Gate> {
         if let Some(gate) = self.gates.get(name) {
             return gate.clone();

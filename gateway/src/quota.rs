@@ -98,20 +98,31 @@ impl Lease {
         if self.cut.is_cancelled() {
             return 0;
         }
-        if self.take_held(bytes) {
+        // What the lease still holds goes first, all of it if need be, so
+        // no leased byte is left unused when the quota runs out.
+        let from_held = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(bytes))
+            })
+            .map_or(0, |held| held.min(bytes));
+        let need = bytes - from_held;
+        if need == 0 {
             return bytes;
         }
-        let wanted = bytes.max(LEASE_BYTES);
+        let wanted = need.max(LEASE_BYTES);
         let mut outstanding = self.outstanding.load(Ordering::Relaxed);
         loop {
-            let left = self.quota.saturating_sub(used().saturating_add(outstanding));
+            let left = self
+                .quota
+                .saturating_sub(used().saturating_add(outstanding));
             if left == 0 {
                 self.cut.cancel();
-                return 0;
+                return from_held;
             }
-            // Whatever is left, even short of the chunk: a chunk that cannot
-            // be split then moves past the quota by less than its own size,
-            // one that can moves only this much, and the next is cut.
+            // Whatever is left, even short of what is needed: a chunk that
+            // cannot be split then moves past the quota by less than its own
+            // size, one that can moves only this much, and the next is cut.
             let grant = wanted.min(left);
             match self.outstanding.compare_exchange_weak(
                 outstanding,
@@ -121,22 +132,13 @@ impl Lease {
             ) {
                 Ok(_) => {
                     self.granted.fetch_add(grant, Ordering::Relaxed);
-                    // This chunk's share now; the rest stays held.
-                    let rest = grant.saturating_sub(bytes);
-                    self.held.fetch_add(rest, Ordering::Relaxed);
-                    return grant.min(bytes);
+                    self.held
+                        .fetch_add(grant.saturating_sub(need), Ordering::Relaxed);
+                    return from_held + grant.min(need);
                 }
                 Err(now) => outstanding = now,
             }
         }
-    }
-
-    fn take_held(&self, bytes: u64) -> bool {
-        self.held
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                held.checked_sub(bytes)
-            })
-            .is_ok()
     }
 
     /// Records that `folded` more bytes of this transfer are now in the
@@ -205,7 +207,10 @@ mod tests {
         let lease = ledger.open("alice", quota);
         let moved = drain(&lease, &used);
         assert!(moved <= quota + CHUNK, "{moved}");
-        assert!(moved + CHUNK > quota, "{moved}: the quota's bytes may all move");
+        assert!(
+            moved + CHUNK > quota,
+            "{moved}: the quota's bytes may all move"
+        );
         assert!(lease.is_cut());
         assert!(!lease.take(1, || 0), "stays cut");
     }

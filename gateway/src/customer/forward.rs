@@ -90,8 +90,8 @@ pub(crate) async fn forward(
         started,
     };
     let user = context.user.clone();
-    let (transfer, exit) = Transfer::start(authorized, context);
-    let io = MeteredIo::new(tokio::io::join(exit.recv, exit.send), &transfer);
+    let (transfer, exit) = Transfer::start(authorized, context, shared);
+    let io = MeteredIo::new(tokio::io::join(exit.recv, exit.send), &transfer, shared);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|error| refused(target_failed(error)))?;

@@ -55,6 +55,14 @@ pub(crate) async fn serve<S: CustomerStream>(
     deadline: tokio::time::Instant,
     shared: Arc<Shared>,
 ) {
+    // An answer cut short (the quota spent, the exit lost mid-body) must end
+    // in a reset, never a clean end the customer could take for the whole
+    // body. The socket itself is inside hyper by then; a duplicate of its
+    // descriptor sets the option on the same socket, and is dropped after
+    // hyper's, so the last close is the one that resets.
+    let reset_on_cut = std::os::fd::AsFd::as_fd(stream.tcp())
+        .try_clone_to_owned()
+        .ok();
     let service_shared = shared.clone();
     // hyper's header timer starts when it starts reading; the first head must
     // also arrive by `deadline`, counted from accept, so time spent before the
@@ -89,6 +97,14 @@ pub(crate) async fn serve<S: CustomerStream>(
         result = connection.as_mut() => {
             if let Err(error) = result {
                 debug!(%error, "customer connection ended with an error");
+                // A body that failed while being sent (not a malformed head,
+                // whose answer must still be read).
+                if error.is_user() {
+                    if let Some(socket) = &reset_on_cut {
+                        let _ = socket2::SockRef::from(socket)
+                            .set_linger(Some(std::time::Duration::ZERO));
+                    }
+                }
             }
         }
         () = first_head_deadline => debug!("no request head by the deadline; closing"),

@@ -12,10 +12,11 @@ use super::session::Authorized;
 use crate::access::{AccessLog, AccessRecord};
 use crate::directory::{Agent, Outcome, StreamGuard};
 use crate::limits::Slot;
+use crate::quota::Lease;
 use crate::shared::Shared;
 use crate::tunnel::ExitStream;
 use bytes::Bytes;
-use exitpool_transport::relay::{relay, LiveCounters, RelayError, Unlimited};
+use exitpool_transport::relay::{relay, Direction, LiveCounters, RelayError, Throttle};
 use exitpool_transport::TunnelSend;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -104,15 +105,23 @@ pub(crate) struct Transfer {
     /// What has already gone into usage.
     folded_up: u64,
     folded_down: u64,
+    /// The bytes the quota still allows, for a customer with one: the byte
+    /// path moves nothing it has not taken from here ([`crate::quota`]).
+    lease: Option<Arc<Lease>>,
     /// Held for the life of the transfer: the exit's load and the customer's slot.
     _load: StreamGuard,
     _slot: Slot,
 }
 
 impl Transfer {
-    /// Starts metering the exit stream of `authorized`; returns the stream for
-    /// the byte path to use.
-    pub fn start(authorized: Authorized, context: AccessContext) -> (Transfer, ExitStream) {
+    /// Starts metering the exit stream of `authorized` (with a quota lease
+    /// when its account has a quota); returns the stream for the byte path
+    /// to use.
+    pub fn start(
+        authorized: Authorized,
+        context: AccessContext,
+        shared: &Shared,
+    ) -> (Transfer, ExitStream) {
         let Authorized {
             agent,
             stream,
@@ -121,12 +130,21 @@ impl Transfer {
             session: _,
             attempts: _,
         } = authorized;
+        let quota = shared
+            .accounts
+            .current()
+            .users
+            .get(&context.user)
+            .and_then(|customer| customer.limits.quota_bytes);
+        let lease =
+            quota.map(|quota| Arc::new(shared.limits.quota_leases().open(&context.user, quota)));
         let transfer = Transfer {
             agent,
             counters: Arc::default(),
             context,
             folded_up: 0,
             folded_down: 0,
+            lease,
             _load: load,
             _slot: slot,
         };
@@ -143,8 +161,21 @@ impl Transfer {
         self.counters.total()
     }
 
+    /// The byte path's gate for this transfer: takes each chunk from the
+    /// quota lease, if there is one.
+    pub fn quota_gate<'a>(&self, shared: &'a Shared) -> QuotaGate<'a> {
+        QuotaGate {
+            lease: self
+                .lease
+                .clone()
+                .map(|lease| (lease, self.context.user.clone())),
+            shared,
+        }
+    }
+
     /// Runs `work` to its end, folding usage every [`FOLD_INTERVAL`]; once the
-    /// account's quota is used up, drops `work` and answers [`QUOTA_CUT`]. When
+    /// quota lease is cut (nothing left of the quota), or the account's quota
+    /// is used up at a fold, drops `work` and answers [`QUOTA_CUT`]. When
     /// the exit goes silent on a waiting customer, its tunnel is checked
     /// ([`watch_exit`]); a dead one ends `work` with [`EXIT_DEAD`].
     pub async fn supervise<T>(
@@ -158,9 +189,18 @@ impl Transfer {
         tokio::pin!(watchdog);
         let mut fold_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + FOLD_INTERVAL, FOLD_INTERVAL);
+        let lease = self.lease.clone();
+        let cut = async {
+            match &lease {
+                Some(lease) => lease.cut().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(cut);
         loop {
             tokio::select! {
                 result = &mut work => return result,
+                () = &mut cut => return Err(QUOTA_CUT.to_owned()),
                 () = &mut watchdog => {
                     shared.report_outcome(&self.agent, Outcome::ExitFailed);
                     return Err(EXIT_DEAD.to_owned());
@@ -175,16 +215,19 @@ impl Transfer {
         }
     }
 
-    /// Records the bytes counted since the last fold.
+    /// Records the bytes counted since the last fold (and settles them
+    /// against the quota lease, now that usage counts them).
     fn fold(&mut self, shared: &Shared) {
         let up = self.counters.to_tunnel.load(Ordering::Relaxed);
         let down = self.counters.from_tunnel.load(Ordering::Relaxed);
-        shared.record_transfer(
-            Some(&self.context.user),
-            &self.agent,
+        let (new_up, new_down) = (
             up.saturating_sub(self.folded_up),
             down.saturating_sub(self.folded_down),
         );
+        shared.record_transfer(Some(&self.context.user), &self.agent, new_up, new_down);
+        if let Some(lease) = &self.lease {
+            lease.settle(new_up + new_down);
+        }
         self.folded_up = self.folded_up.max(up);
         self.folded_down = self.folded_down.max(down);
     }
@@ -235,6 +278,26 @@ impl Transfer {
             shared.record_error_code(Some(&self.context.user), Some(&self.agent), "relay_failed");
         }
         (up, down)
+    }
+}
+
+/// The relay's [`Throttle`] for one transfer: each chunk is taken from the
+/// transfer's quota lease first; a chunk the quota has no room for waits
+/// forever, and [`Transfer::supervise`] ends the relay as the lease is cut.
+pub(crate) struct QuotaGate<'a> {
+    /// The lease and whose it is, for a customer with a quota.
+    lease: Option<(Arc<Lease>, String)>,
+    shared: &'a Shared,
+}
+
+impl Throttle for QuotaGate<'_> {
+    async fn pass(&self, _direction: Direction, bytes: usize) {
+        let Some((lease, user)) = &self.lease else {
+            return;
+        };
+        if !lease.take(bytes as u64, || self.shared.customer_bytes(user)) {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -321,7 +384,7 @@ pub(crate) async fn relay_tcp<S: CustomerStream>(
     context: AccessContext,
     shared: &Shared,
 ) {
-    let (mut transfer, exit) = Transfer::start(authorized, context);
+    let (mut transfer, exit) = Transfer::start(authorized, context, shared);
     let ExitStream {
         mut send,
         recv,
@@ -329,6 +392,9 @@ pub(crate) async fn relay_tcp<S: CustomerStream>(
     } = exit;
     let counters = transfer.counters().clone();
     let agent = transfer.agent.clone();
+    let gate = transfer.quota_gate(shared);
+    // Bytes that came with the request (a ClientHello) are counted, not
+    // leased: the quota was checked a moment ago, and they are few.
     counters
         .to_tunnel
         .fetch_add(already_read.len() as u64, Ordering::Relaxed);
@@ -344,7 +410,7 @@ pub(crate) async fn relay_tcp<S: CustomerStream>(
                     recv,
                     shared.config.idle_timeout,
                     &counters,
-                    &Unlimited,
+                    &gate,
                 )
                 .await;
                 if let Err(RelayError::Tunnel(error)) = &result {
@@ -368,19 +434,43 @@ pub(crate) async fn relay_tcp<S: CustomerStream>(
 pub(crate) struct MeteredIo<T> {
     inner: T,
     counters: Arc<LiveCounters>,
+    /// The transfer's quota lease, whose it is, and where usage is read.
+    lease: Option<(Arc<Lease>, String, Arc<Shared>)>,
 }
 
 impl<T> MeteredIo<T> {
-    /// Meters `inner` into `transfer`'s counters.
-    pub fn new(inner: T, transfer: &Transfer) -> Self {
+    /// Meters `inner` into `transfer`'s counters, taking every byte from its
+    /// quota lease if it has one.
+    pub fn new(inner: T, transfer: &Transfer, shared: &Arc<Shared>) -> Self {
         MeteredIo {
             inner,
             counters: transfer.counters.clone(),
+            lease: transfer
+                .lease
+                .clone()
+                .map(|lease| (lease, transfer.context.user.clone(), shared.clone())),
+        }
+    }
+
+    /// How many of `bytes` the quota lets move now (all without a quota).
+    fn allowed(&self, bytes: usize) -> usize {
+        match &self.lease {
+            None => bytes,
+            Some((lease, user, shared)) => {
+                lease.take_up_to(bytes as u64, || shared.customer_bytes(user)) as usize
+            }
         }
     }
 }
 
+/// What a plain-HTTP exchange's byte path answers once the quota is spent.
+fn quota_spent() -> io::Error {
+    io::Error::other(QUOTA_CUT)
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
+    /// Bytes beyond what the quota allows are dropped here, and the read
+    /// after them fails: the customer gets no byte past the quota.
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -389,20 +479,36 @@ impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len() - before;
+        let allowed = if read == 0 { 0 } else { self.allowed(read) };
+        if allowed < read {
+            buf.set_filled(before + allowed);
+        }
         self.counters
             .from_tunnel
-            .fetch_add(read as u64, Ordering::Relaxed);
+            .fetch_add(allowed as u64, Ordering::Relaxed);
+        if read > 0 && allowed == 0 {
+            return Poll::Ready(Err(quota_spent()));
+        }
         polled
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
+    /// Writes at most what the quota allows; once it is spent, fails.
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let allowed = match self.lease {
+            None => buf.len(),
+            Some(_) if buf.is_empty() => 0,
+            Some(_) => match self.allowed(buf.len()) {
+                0 => return Poll::Ready(Err(quota_spent())),
+                allowed => allowed,
+            },
+        };
+        let polled = Pin::new(&mut self.inner).poll_write(cx, &buf[..allowed]);
         if let Poll::Ready(Ok(written)) = polled {
             self.counters
                 .to_tunnel
