@@ -253,9 +253,10 @@ impl GatewayProcess {
             .await?)
     }
 
-    /// Agents in the gateway's directory, from the `exitpool_agents` gauge of
-    /// `/metrics`: the same count as `/stats`, without a document that lists
-    /// every agent (megabytes at 10,000, too heavy to poll).
+    /// Agents in the gateway's directory, from `/metrics`: the fleet's pool
+    /// (`exitpool_fleet_agents`) in a fleet, else the gateway's own
+    /// (`exitpool_agents`); the same count as `/stats`, without a document
+    /// that lists every agent (megabytes at 10,000, too heavy to poll).
     pub async fn directory_size(&self) -> Result<u64> {
         let url = format!("http://{}/metrics", self.launch.admin);
         let text = reqwest::Client::new()
@@ -265,9 +266,13 @@ impl GatewayProcess {
             .await?
             .text()
             .await?;
-        text.lines()
-            .find_map(|line| line.strip_prefix("exitpool_agents "))
-            .and_then(|value| value.trim().parse().ok())
+        let gauge = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|value| value.trim().parse().ok())
+        };
+        gauge("exitpool_fleet_agents")
+            .or_else(|| gauge("exitpool_agents"))
             .context("/metrics has no exitpool_agents gauge")
     }
 

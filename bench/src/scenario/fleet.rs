@@ -946,7 +946,7 @@ async fn mass_join(
         report.row(SCENARIO, metric, unit, None, Some(value), None);
     }
     report.notes.push(format!(
-        "fleet, mass join: {n} agents in this process (127.1.x.y, one QUIC endpoint each), each given all three gateways (it prefers one by rendezvous hash of its id), spawned at once; 'welcomed' = every agent's tunnel up, 'converged' = every gateway's directory (the exitpool_agents gauge of /metrics, polled every 200 ms, confirmed with /stats) at {n}; Redis memory = used_memory after less before, over {n}: the agent hashes and the directory stream's entries (split {split:?})"
+        "fleet, mass join: {n} agents in this process (127.1.x.y, one QUIC endpoint each), each given all three gateways (it prefers one by rendezvous hash of its id), spawned at once; 'welcomed' = every agent's tunnel up, 'converged' = every gateway's directory (the exitpool_fleet_agents gauge of /metrics, polled every 200 ms, confirmed with /stats) at {n}; Redis memory = used_memory after less before, over {n}: the agent hashes and the directory stream's entries (split {split:?})"
     ));
     let stops = agents.into_iter().map(|agent| async move {
         let _ = tokio::time::timeout(Duration::from_secs(5), agent.shutdown()).await;
