@@ -13,11 +13,11 @@ use crate::interfaces::InterfaceSource;
 use crate::meter::{Limits, Meter, Period};
 use crate::policy::ExitPolicy;
 use crate::report::Report;
-use crate::schedule::{self, Clock, Schedule, ScheduleState};
+use crate::schedule::{Clock, Schedule, ScheduleState};
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::tls::Pin;
-use crate::{consent, state, status, tunnel};
+use crate::{consent, scheduler, state, status, tunnel};
 use exitpool_protocol::{Secret, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -337,7 +337,7 @@ impl AgentBuilder {
         };
         let summaries = tokio::spawn(status::summaries(shared.clone(), shutdown.clone()));
         // Ends with the shutdown token; its ledger is saved with the usage.
-        tokio::spawn(schedule::run(shared.clone(), shutdown.clone()));
+        tokio::spawn(scheduler::run(shared.clone(), shutdown.clone()));
         // Ends with the shutdown token; nothing to save, so nothing to await.
         tokio::spawn(status::refusal_summaries(shared.clone(), shutdown.clone()));
         let tunnel = tokio::spawn(run(shared.clone(), shutdown.clone()));

@@ -34,6 +34,7 @@
 //! - [`meter`]: the owner's bandwidth cap and byte quota;
 //! - [`schedule`]: windows of local time with their own rate caps or a pause,
 //!   and a monthly byte cap;
+//! - `scheduler`: the task that applies the schedule (pauses, rate caps);
 //! - [`file_config`]: `agent.toml`, the volunteer's configuration file;
 //! - [`status`]: the periodic summary line and the optional local status endpoint;
 //! - [`tls`]: trusting the gateway by its certificate pin;
@@ -59,6 +60,7 @@ pub mod meter;
 pub mod policy;
 pub mod report;
 pub mod schedule;
+mod scheduler;
 pub mod state;
 pub mod status;
 pub mod tls;

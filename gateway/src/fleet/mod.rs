@@ -386,7 +386,7 @@ impl Fleet {
             .collect();
         if others.iter().any(|(id, sealed)| {
             self.records
-                .open(&replica::gateway_scope(id), sealed)
+                .open(&signed::gateway_scope(id), sealed)
                 .is_some()
         }) {
             return Ok(());
@@ -455,7 +455,7 @@ impl Fleet {
     fn open_gateway_record(&self, id: &str, sealed: &str) -> Option<GatewayRecord> {
         let record = self
             .records
-            .open(&replica::gateway_scope(id), sealed)
+            .open(&signed::gateway_scope(id), sealed)
             .and_then(|text| serde_json::from_str::<GatewayRecord>(text).ok())
             .filter(|record| record.id == id);
         if record.is_none() {

@@ -113,11 +113,6 @@ fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("fleet records serialise")
 }
 
-/// The signature scope of gateway `id`'s record.
-pub(super) fn gateway_scope(id: &str) -> [&str; 2] {
-    ["gateway", id]
-}
-
 /// The signature scope of `gateway`'s entry for agent `agent_id`.
 fn agent_scope<'a>(gateway: &'a str, agent_id: &'a str) -> [&'a str; 3] {
     ["agent", gateway, agent_id]
@@ -384,11 +379,10 @@ impl Publisher {
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(keys::gateway(&self.fleet.id))
-            .arg(
-                self.fleet
-                    .records
-                    .seal(&gateway_scope(&self.fleet.id), &json(&record)),
-            )
+            .arg(self.fleet.records.seal(
+                &super::signed::gateway_scope(&self.fleet.id),
+                &json(&record),
+            ))
             .arg("PX")
             .arg(self.fleet.config.gateway_timeout.as_millis() as u64)
             .ignore();

@@ -70,6 +70,12 @@ impl RecordKey {
     }
 }
 
+/// The signature scope of gateway `id`'s record: here, beside the key, so
+/// the fleet's start-up check and the replica read it from one place.
+pub(super) fn gateway_scope(id: &str) -> [&str; 2] {
+    ["gateway", id]
+}
+
 fn parts<'a>(scope: &[&'a str], text: &'a str) -> Vec<&'a [u8]> {
     scope
         .iter()
