@@ -387,23 +387,6 @@ async fn a_target_closing_mid_body_aborts_the_customers_response() {
     );
 }
 
-/// A gateway whose only customer is alice with a byte quota of `quota`, and one
-/// US agent.
-async fn with_quota(quota: u64) -> (TestGateway, exitpool::agent::AgentHandle) {
-    use exitpool::gateway::auth::{Customer, Limits, Users};
-    let net = TestGateway::start_with(|config| {
-        config.users = Users::new([Customer::parse(&format!("{USER}:{PASSWORD}"))
-            .unwrap()
-            .with_limits(Limits {
-                quota_bytes: Some(quota),
-                ..Limits::default()
-            })]);
-    })
-    .await;
-    let agent = net.agent("127.0.0.2").await;
-    (net, agent)
-}
-
 /// Reads `response`'s body to its end; returns the bytes received and whether
 /// the body ended cleanly.
 async fn drain(mut response: reqwest::Response) -> (usize, bool) {
@@ -437,7 +420,7 @@ const PACED_BODY: usize = 4 * common::targets::DRIP_RATE;
 
 #[tokio::test]
 async fn a_plain_http_download_is_cut_within_a_second_of_the_quota() {
-    let (net, _agent) = with_quota(QUOTA).await;
+    let (net, _agent) = TestGateway::with_quota(QUOTA).await;
     let target = http_target("127.0.0.1").await;
     let response = get(net.proxy(), format!("http://{target}/drip/{PACED_BODY}")).await;
     assert_eq!(response.status(), 200);
@@ -454,7 +437,7 @@ async fn a_plain_http_download_is_cut_within_a_second_of_the_quota() {
 
 #[tokio::test]
 async fn a_plain_http_upload_is_cut_within_a_second_of_the_quota() {
-    let (net, _agent) = with_quota(QUOTA).await;
+    let (net, _agent) = TestGateway::with_quota(QUOTA).await;
     let target = http_target("127.0.0.1").await;
     let pieces: Vec<Bytes> = pattern(PACED_BODY)
         .chunks(common::targets::DRIP_CHUNK)

@@ -834,22 +834,6 @@ async fn a_killed_gateways_agent_is_back_through_another_within_ten_seconds_at_d
     );
 }
 
-/// A gateway with alice limited to `quota` bytes, and one agent.
-async fn with_quota(quota: u64) -> (TestGateway, exitpool::agent::AgentHandle) {
-    use exitpool::gateway::auth::{Customer, Limits, Users};
-    let net = TestGateway::start_with(|config| {
-        config.users = Users::new([Customer::parse(&format!("{USER}:{PASSWORD}"))
-            .unwrap()
-            .with_limits(Limits {
-                quota_bytes: Some(quota),
-                ..Limits::default()
-            })]);
-    })
-    .await;
-    let agent = net.agent("127.0.0.2").await;
-    (net, agent)
-}
-
 /// One `CONNECT` download of `len` bytes from `target`: the body bytes that
 /// arrived, and how the connection ended.
 async fn tunnel_download(
@@ -921,7 +905,7 @@ const CHUNK: u64 = 64 * 1024;
 async fn a_quota_holds_at_any_link_speed_and_cuts_with_a_reset() {
     const QUOTA: u64 = 1_000_000;
     const BIG: usize = 50_000_000;
-    let (net, _agent) = with_quota(QUOTA).await;
+    let (net, _agent) = TestGateway::with_quota(QUOTA).await;
     let target = fast_target(BIG).await;
     let downloads: Vec<_> = (0..4)
         .map(|_| tokio::spawn(tunnel_download(net.proxy(), target, BIG)))
@@ -945,7 +929,7 @@ async fn a_quota_holds_at_any_link_speed_and_cuts_with_a_reset() {
 
     // Plain HTTP, on a fresh quota: no byte past it reaches the customer,
     // and the connection is reset.
-    let (net, _agent) = with_quota(QUOTA).await;
+    let (net, _agent) = TestGateway::with_quota(QUOTA).await;
     let mut stream = within("connect", TcpStream::connect(net.proxy()))
         .await
         .unwrap();

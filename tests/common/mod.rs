@@ -182,6 +182,22 @@ impl TestGateway {
         self.gateway.admin_addr().expect("admin enabled")
     }
 
+    /// A gateway whose only customer is alice with a byte quota of `quota`,
+    /// and one US agent.
+    pub async fn with_quota(quota: u64) -> (TestGateway, AgentHandle) {
+        let net = TestGateway::start_with(|config| {
+            config.users = Users::new([Customer::parse(&format!("{USER}:{PASSWORD}"))
+                .unwrap()
+                .with_limits(exitpool::gateway::auth::Limits {
+                    quota_bytes: Some(quota),
+                    ..Default::default()
+                })]);
+        })
+        .await;
+        let agent = net.agent("127.0.0.2").await;
+        (net, agent)
+    }
+
     /// A builder for an agent bound to `ip`, allowed to reach loopback targets.
     pub fn agent_builder(&self, ip: &str) -> exitpool::agent::AgentBuilder {
         Agent::builder(
