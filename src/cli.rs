@@ -53,6 +53,32 @@ pub fn cause_chain(error: &anyhow::Error) -> String {
     text
 }
 
+/// Resolves on Ctrl-C or (on Unix) SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A network flag value (`--proxy-protocol-from`): an address or a network in
+/// CIDR form with no host bits set, as `allow_ips` in the users file.
+pub fn network(text: &str) -> Result<ipnet::IpNet, String> {
+    exitpool_gateway::accounts::parse_network(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,30 +106,4 @@ mod tests {
             "{text}"
         );
     }
-}
-
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-/// A network flag value (`--proxy-protocol-from`): an address or a network in
-/// CIDR form with no host bits set, as `allow_ips` in the users file.
-pub fn network(text: &str) -> Result<ipnet::IpNet, String> {
-    exitpool_gateway::accounts::parse_network(text)
 }
