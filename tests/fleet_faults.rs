@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fleet::{RedisServer, SHARED_STATE};
+use common::fleet::RedisServer;
 use common::processes::{customer, exit_of, free_port, get_ip, GatewayProcess};
 use common::targets::{echo_target, http_target};
 use common::*;
@@ -21,31 +21,15 @@ const BACKEND: &str = "gateways";
 /// How soon the issue asks a dead gateway's agents to be back in the pool.
 const REJOIN_BOUND: Duration = Duration::from_secs(10);
 
-/// `count` gateway processes in one fleet, the first's certificate, key and
-/// exit-id key copied to the others.
+/// `count` gateway processes in one fleet behind HAProxy, with heartbeats
+/// and timeouts short enough to see a death in under a second.
 async fn fleet(redis: &RedisServer, count: usize) -> (Vec<GatewayProcess>, Vec<tempfile::TempDir>) {
-    let mut gateways = Vec::new();
-    let mut states: Vec<tempfile::TempDir> = Vec::new();
-    for n in 1..=count {
-        let state = tempfile::tempdir().unwrap();
-        if let Some(first) = states.first() {
-            for name in SHARED_STATE {
-                std::fs::copy(first.path().join(name), state.path().join(name)).unwrap();
-            }
-        }
-        let args: Vec<String> = [
-            "--user",
-            &format!("{USER}:{PASSWORD}"),
-            "--agent-token",
-            TOKEN,
+    common::fleet::gateway_processes(
+        redis,
+        count,
+        &[
             "--proxy-protocol-from",
             "127.0.0.1/32",
-            "--redis",
-            &redis.url(),
-            "--gateway-id",
-            &format!("gw-{n}"),
-            "--peer-listen",
-            "127.0.0.1:0",
             "--fleet-heartbeat-ms",
             "100",
             "--fleet-gateway-timeout-ms",
@@ -54,13 +38,9 @@ async fn fleet(redis: &RedisServer, count: usize) -> (Vec<GatewayProcess>, Vec<t
             "500",
             "--redis-timeout-ms",
             "500",
-        ]
-        .map(String::from)
-        .to_vec();
-        gateways.push(GatewayProcess::start(state.path(), &args).await);
-        states.push(state);
-    }
-    (gateways, states)
+        ],
+    )
+    .await
 }
 
 /// An agent on `ip` that knows every gateway, with keep-alives short enough

@@ -287,6 +287,22 @@ async fn gateway_run(args: &[&str]) -> exitpool_launcher::Finished {
         .expect("the gateway binary runs")
 }
 
+/// Runs a lone gateway on `listen` and `state` (customer alice, no admin
+/// port) with `tokens` (its agent-token flags), which must fail to start.
+async fn gateway_start_fails(
+    listen: &str,
+    state: &std::path::Path,
+    tokens: &[&str],
+) -> exitpool_launcher::Finished {
+    let state = state.to_str().unwrap();
+    let mut args = vec!["--listen", listen, "--tunnel", "127.0.0.1:0", "--no-admin"];
+    args.extend(["--state-dir", state, "--user", "alice:s3cret"]);
+    args.extend_from_slice(tokens);
+    let finished = gateway_run(&args).await;
+    assert!(!finished.status.success(), "{}", finished.stdout);
+    finished
+}
+
 /// Item 18: `gateway token new` prints a fresh 256-bit token; a token that
 /// cannot hold 128 bits is refused at start, naming the flag and the remedy.
 #[tokio::test]
@@ -300,21 +316,12 @@ async fn agent_tokens_are_made_strong_and_weak_ones_refused() {
     assert_ne!(first, second);
 
     let state = tempfile::tempdir().unwrap();
-    let weak = gateway_run(&[
-        "--listen",
+    let weak = gateway_start_fails(
         "127.0.0.1:0",
-        "--tunnel",
-        "127.0.0.1:0",
-        "--no-admin",
-        "--state-dir",
-        state.path().to_str().unwrap(),
-        "--user",
-        "alice:s3cret",
-        "--agent-token",
-        "test-token",
-    ])
+        state.path(),
+        &["--agent-token", "test-token"],
+    )
     .await;
-    assert!(!weak.status.success());
     for said in ["--agent-token", "at least 128 bits", "gateway token new"] {
         assert!(
             weak.stderr.contains(said),
@@ -329,21 +336,12 @@ async fn agent_tokens_are_made_strong_and_weak_ones_refused() {
 
     let tokens = state.path().join("tokens");
     std::fs::write(&tokens, "# a weak one\nguessable\n").unwrap();
-    let weak_file = gateway_run(&[
-        "--listen",
+    let weak_file = gateway_start_fails(
         "127.0.0.1:0",
-        "--tunnel",
-        "127.0.0.1:0",
-        "--no-admin",
-        "--state-dir",
-        state.path().to_str().unwrap(),
-        "--user",
-        "alice:s3cret",
-        "--agent-tokens",
-        tokens.to_str().unwrap(),
-    ])
+        state.path(),
+        &["--agent-tokens", tokens.to_str().unwrap()],
+    )
     .await;
-    assert!(!weak_file.status.success());
     assert!(
         weak_file.stderr.contains("line 2") && weak_file.stderr.contains("128 bits"),
         "{}",
@@ -358,21 +356,7 @@ async fn an_os_error_is_said_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let state = tempfile::tempdir().unwrap();
-    let failed = gateway_run(&[
-        "--listen",
-        &addr,
-        "--tunnel",
-        "127.0.0.1:0",
-        "--no-admin",
-        "--state-dir",
-        state.path().to_str().unwrap(),
-        "--user",
-        "alice:s3cret",
-        "--agent-token",
-        TOKEN,
-    ])
-    .await;
-    assert!(!failed.status.success());
+    let failed = gateway_start_fails(&addr, state.path(), &["--agent-token", TOKEN]).await;
     let said = failed.stderr.to_lowercase().matches("in use").count();
     assert_eq!(said, 1, "{}", failed.stderr);
     assert!(failed.stderr.contains(&addr), "{}", failed.stderr);
@@ -764,34 +748,9 @@ fn agent_home(stats: &serde_json::Value) -> Option<String> {
 /// gateway are back in the pool through another gateway within 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateways_agent_is_back_through_another_within_ten_seconds_at_defaults() {
-    use common::fleet::{RedisServer, SHARED_STATE};
-    let redis = RedisServer::start().await;
-    let mut gateways = Vec::new();
-    let mut states: Vec<tempfile::TempDir> = Vec::new();
-    for n in 1..=2 {
-        let state = tempfile::tempdir().unwrap();
-        if let Some(first) = states.first() {
-            for name in SHARED_STATE {
-                std::fs::copy(first.path().join(name), state.path().join(name)).unwrap();
-            }
-        }
-        let args: Vec<String> = [
-            "--user",
-            &format!("{USER}:{PASSWORD}"),
-            "--agent-token",
-            TOKEN,
-            "--redis",
-            &redis.url(),
-            "--gateway-id",
-            &format!("gw-{n}"),
-            "--peer-listen",
-            "127.0.0.1:0",
-        ]
-        .map(String::from)
-        .to_vec();
-        gateways.push(GatewayProcess::start(state.path(), &args).await);
-        states.push(state);
-    }
+    let redis = common::fleet::RedisServer::start().await;
+    // The gateways at their defaults too, but for loopback and the fleet.
+    let (mut gateways, _states) = common::fleet::gateway_processes(&redis, 2, &[]).await;
     let agent_state = tempfile::tempdir().unwrap();
     // The binary at its defaults: only what loopback needs is set.
     let _agent = exitpool_launcher::Launch::new(env!("CARGO_BIN_EXE_agent"))

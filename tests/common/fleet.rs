@@ -170,3 +170,44 @@ pub async fn place_agents(
     }
     agents
 }
+
+/// `count` gateway processes (`gw-1`, `gw-2`, ...) in one fleet on `redis`,
+/// customers alice and the fixture token, the first's certificate, key and
+/// exit-id key copied to the others; `extra` flags go to each.
+pub async fn gateway_processes(
+    redis: &RedisServer,
+    count: usize,
+    extra: &[&str],
+) -> (
+    Vec<super::processes::GatewayProcess>,
+    Vec<tempfile::TempDir>,
+) {
+    let mut gateways = Vec::new();
+    let mut states: Vec<tempfile::TempDir> = Vec::new();
+    for n in 1..=count {
+        let state = tempfile::tempdir().unwrap();
+        if let Some(first) = states.first() {
+            for name in SHARED_STATE {
+                std::fs::copy(first.path().join(name), state.path().join(name)).unwrap();
+            }
+        }
+        let mut args: Vec<String> = [
+            "--user",
+            &format!("{}:{}", super::USER, super::PASSWORD),
+            "--agent-token",
+            super::TOKEN,
+            "--redis",
+            &redis.url(),
+            "--gateway-id",
+            &format!("gw-{n}"),
+            "--peer-listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        gateways.push(super::processes::GatewayProcess::start(state.path(), &args).await);
+        states.push(state);
+    }
+    (gateways, states)
+}
