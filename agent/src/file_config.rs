@@ -15,27 +15,25 @@
 //! removed and the rest is deserialized again, until it goes through. Values
 //! serde cannot judge (a duration, a pin, a day name) are checked afterwards,
 //! each with its own line. Messages never repeat a source line or the token.
+//! That machinery (errors, the span-removal loop, units, the bounds) is the
+//! `exitpool-config` crate's, shared with the gateway's `gateway.toml`.
 
 use crate::meter::Period;
 use crate::policy::PortRange;
 use crate::schedule::{self, Action, Days, MonthlyCap, Schedule, Window};
 use crate::{Agent, AgentBuilder, ExitPolicy, Pin, TransportChoice};
+use exitpool_config::{deserialize_all, read, sorted, Lines};
+pub use exitpool_config::{
+    parse_duration, parse_rate, parse_size, ConfigError, ConfigErrors, MAX_ERRORS, MAX_FILE_BYTES,
+};
 use exitpool_protocol::Secret;
 use serde::Deserialize;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use toml::de::{DeTable, DeValue};
 use toml::Spanned;
-
-/// Most errors reported for one file; past this the rest is left unread.
-pub const MAX_ERRORS: usize = 64;
-
-/// Largest `agent.toml` read, in bytes: a configuration, not a data file.
-pub const MAX_FILE_BYTES: u64 = 256 * 1024;
 
 /// The environment variable that may hold the token instead of the file.
 pub const TOKEN_ENV: &str = "EXITPOOL_AGENT_TOKEN";
@@ -88,48 +86,6 @@ pub struct Settings {
     /// `[schedule]`: windows, their rate caps, the monthly cap.
     pub schedule: Option<Schedule>,
 }
-
-/// One problem in a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// 1-based line, where the problem has a place in the file.
-    pub line: Option<usize>,
-    /// The key at fault (`schedule.window[2].start`), if one is.
-    pub key: Option<String>,
-    /// What is wrong, never quoting the token.
-    pub message: String,
-}
-
-/// Every problem found in one configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors {
-    /// The file.
-    pub path: PathBuf,
-    /// The problems, in the order of the file where they have a line.
-    pub errors: Vec<ConfigError>,
-}
-
-impl fmt::Display for ConfigErrors {
-    /// One line per problem: `FILE:LINE: key `KEY`: MESSAGE`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.errors.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{}", self.path.display())?;
-            if let Some(line) = error.line {
-                write!(f, ":{line}")?;
-            }
-            if let Some(key) = &error.key {
-                write!(f, ": key `{key}`")?;
-            }
-            write!(f, ": {}", error.message)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
 
 /// A file as read: its settings and what deserves a warning.
 #[derive(Debug, Clone)]
@@ -197,39 +153,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigErrors> {
 /// whole) and every error.
 fn parse_partly(text: &str) -> (Option<Settings>, Vec<ConfigError>) {
     let lines = Lines(text);
-    let (model, errors) = deserialize_all(text, &lines);
+    // A type error quotes the value; the tokens' never are.
+    let (model, errors) = deserialize_all::<FileModel>(text, &lines, |key| match key {
+        "token" => Some("expected the token as a string".to_owned()),
+        "status_token" => Some("expected the status token as a string".to_owned()),
+        _ => None,
+    });
     let mut check = Check { lines, errors };
     // What serde let through is checked too, so one run reports everything.
     let settings = model.map(|model| check.settings(model));
     (settings, check.errors)
-}
-
-/// Errors in the file's order, those without a line last.
-fn sorted(path: &Path, mut errors: Vec<ConfigError>) -> ConfigErrors {
-    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
-    ConfigErrors {
-        path: path.to_owned(),
-        errors,
-    }
-}
-
-fn read(path: &Path) -> Result<String, ConfigErrors> {
-    let fail = |message: String| ConfigErrors {
-        path: path.to_owned(),
-        errors: vec![ConfigError {
-            line: None,
-            key: None,
-            message,
-        }],
-    };
-    let metadata = std::fs::metadata(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    if metadata.len() > MAX_FILE_BYTES {
-        return Err(fail(format!(
-            "{} bytes is more than a configuration file holds (at most {MAX_FILE_BYTES})",
-            metadata.len()
-        )));
-    }
-    std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))
 }
 
 /// The settings and their warnings, or every error.
@@ -367,160 +300,6 @@ impl Settings {
     }
 }
 
-/// A duration as people write it: `15s`, `500ms`, `2m`, `1h 30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 15s, 500ms or 2m"))
-}
-
-/// A size: `10GB`, `500KB`, `1GiB`, or a plain number of bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    text.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|size| size.as_u64())
-        .map_err(|_| format!("{text:?} is not a size; write e.g. 10GB, 500MB or 1GiB"))
-}
-
-/// A rate per direction: `2MB/s`, `500KB/s`, or a plain number of bytes per
-/// second; `0` is refused (leave the key out for no cap). At most 4 GB/s.
-pub fn parse_rate(text: &str) -> Result<NonZeroU32, String> {
-    let size = text.trim().strip_suffix("/s").unwrap_or(text);
-    let bytes = parse_size(size)
-        .map_err(|_| format!("{text:?} is not a rate; write e.g. 2MB/s or 500KB/s"))?;
-    let bytes = u32::try_from(bytes)
-        .map_err(|_| format!("{text:?} is more than the largest cap, 4GB/s"))?;
-    NonZeroU32::new(bytes).ok_or_else(|| {
-        format!("{text:?} would stop all traffic; leave the cap out for none, or pause")
-    })
-}
-
-/// Byte offsets to 1-based line numbers.
-struct Lines<'a>(&'a str);
-
-impl Lines<'_> {
-    fn of(&self, span: &Range<usize>) -> usize {
-        let end = span.start.min(self.0.len());
-        self.0.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
-    }
-}
-
-fn error_at(
-    lines: &Lines<'_>,
-    span: Option<&Range<usize>>,
-    key: &str,
-    message: String,
-) -> ConfigError {
-    ConfigError {
-        line: span.map(|span| lines.of(span)),
-        key: (!key.is_empty()).then(|| key.to_owned()),
-        message,
-    }
-}
-
-/// Deserializes `text` into the file model, collecting every serde error by
-/// removing the entry each one names and trying again.
-fn deserialize_all(text: &str, lines: &Lines<'_>) -> (Option<FileModel>, Vec<ConfigError>) {
-    let (mut root, syntax) = DeTable::parse_recoverable(text);
-    if !syntax.is_empty() {
-        let errors = syntax
-            .iter()
-            .take(MAX_ERRORS)
-            .map(|e| {
-                let span = e.span();
-                error_at(
-                    lines,
-                    span.as_ref(),
-                    "",
-                    format!("not valid TOML: {}", e.message().trim()),
-                )
-            })
-            .collect();
-        return (None, errors);
-    }
-    let mut errors = Vec::new();
-    while errors.len() < MAX_ERRORS {
-        let attempt = FileModel::deserialize(toml::de::Deserializer::from(root.clone()));
-        let error = match attempt {
-            Ok(model) => return (Some(model), errors),
-            Err(error) => error,
-        };
-        let span = error.span();
-        let removed = span
-            .as_ref()
-            .and_then(|span| remove_at(root.get_mut(), span, ""));
-        let key = removed.clone().unwrap_or_default();
-        let message = match key.rsplit(['.', ']']).next() {
-            // A type error quotes the value; the token's never is.
-            Some("token") => "expected the token as a string".to_owned(),
-            Some("status_token") => "expected the status token as a string".to_owned(),
-            _ => plain(error.message()),
-        };
-        errors.push(error_at(lines, span.as_ref(), &key, message));
-        if removed.is_none() {
-            break;
-        }
-    }
-    (None, errors)
-}
-
-/// serde's message in the file's words.
-fn plain(message: &str) -> String {
-    let mut message = message.trim().replace("unknown field", "unknown key");
-    for (rust, words) in [
-        ("expected i64", "expected an integer"),
-        ("expected u64", "expected an integer"),
-        ("expected a boolean", "expected true or false"),
-    ] {
-        message = message.replace(rust, words);
-    }
-    message
-}
-
-/// Removes the innermost entry of `table` whose key or value holds `span`,
-/// and returns its key path.
-fn remove_at(table: &mut DeTable<'_>, span: &Range<usize>, prefix: &str) -> Option<String> {
-    let holds = |outer: Range<usize>| outer.start <= span.start && span.end <= outer.end;
-    let mut found = None;
-    for (key, value) in table.iter_mut() {
-        // A table's span need not cover its keys (`[schedule]` and its lines
-        // are apart), so tables are searched whether or not they hold it.
-        let here = holds(key.span()) || holds(value.span());
-        if !here && !matches!(value.get_ref(), DeValue::Table(_) | DeValue::Array(_)) {
-            continue;
-        }
-        let path = if prefix.is_empty() {
-            key.get_ref().to_string()
-        } else {
-            format!("{prefix}.{}", key.get_ref())
-        };
-        let inner = match value.get_mut() {
-            DeValue::Table(inner) => remove_at(inner, span, &path),
-            DeValue::Array(items) => items.iter_mut().enumerate().find_map(|(i, item)| match item
-                .get_mut()
-            {
-                DeValue::Table(inner) => remove_at(inner, span, &format!("{path}[{}]", i + 1)),
-                _ => None,
-            }),
-            _ => None,
-        };
-        if inner.is_some() {
-            return inner;
-        }
-        if !here {
-            continue;
-        }
-        found = Some((key.get_ref().to_string(), path));
-        break;
-    }
-    let (key, path) = found?;
-    table.remove(key.as_str());
-    Some(path)
-}
-
 /// The file as written: every key optional, values still text where the
 /// checks below give better errors than serde would.
 #[derive(Debug, Deserialize)]
@@ -611,7 +390,7 @@ struct Check<'a> {
 
 impl Check<'_> {
     fn fail(&mut self, span: &Range<usize>, key: &str, message: impl Into<String>) {
-        let error = error_at(&self.lines, Some(span), key, message.into());
+        let error = ConfigError::at(&self.lines, Some(span), key, message.into());
         self.errors.push(error);
     }
 
