@@ -25,6 +25,7 @@
 //! newcomer the place of the oldest connection that has not yet made an
 //! authorized request ([`slots`]).
 
+pub mod dashboard;
 mod slots;
 
 use crate::shared::Shared;
@@ -53,6 +54,8 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Serves the admin API until shutdown.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(slots::Slots::default());
+    // The web dashboard (/dashboard/); the admin port speaks plain HTTP.
+    let dashboard = dashboard::Dashboard::start(&shared, None, false);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -65,12 +68,20 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         };
         let shared = shared.clone();
+        let dashboard = dashboard.clone();
         shared.tasks.clone().spawn(async move {
             let proven = slot.proven.clone();
             let service = hyper::service::service_fn(|request| {
                 let shared = shared.clone();
                 let proven = proven.clone();
-                async move { Ok::<_, Infallible>(route(request, &shared, &proven)) }
+                let dashboard = dashboard.clone();
+                async move {
+                    let request = match dashboard.front(request).await {
+                        dashboard::Front::Answer(answer) => return Ok(answer),
+                        dashboard::Front::Pass(request) => request,
+                    };
+                    Ok::<_, Infallible>(route(request, &shared, &proven))
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -266,6 +266,10 @@ async fn start_demo(gateway: &Gateway, password: &str, token: &str) -> anyhow::R
     println!("  curl --socks5-hostname {proxy} --proxy-user demo-country-jp:{password} http://{target}/   # SOCKS5, an exit in Japan");
     println!("  curl -i -x http://demo:{password}@{proxy} http://{target}/                       # rotating: a new exit per request");
     println!("demo: the target answers with the exit address it saw; X-Exitpool-Exit and X-Exitpool-Country name the exit");
+    if let Some(admin) = gateway.admin_addr() {
+        let code = exitpool::gateway::admin::dashboard::mint_code();
+        println!("demo: dashboard on http://{admin}/dashboard/ ; sign in once (within 15 min) with http://{admin}/dashboard/signin?once={code}");
+    }
     println!("demo: Ctrl-C to stop");
     Ok(Demo {
         _agents: agents,
