@@ -12,6 +12,7 @@
 mod common;
 
 use common::targets::http_target;
+use common::tls::certificate;
 use common::*;
 use exitpool::gateway::auth::{Customer, Limits, Users};
 use exitpool::gateway::customer_tls::TlsFiles;
@@ -265,32 +266,6 @@ async fn entry_ports_take_new_targeting_on_reload_but_keep_their_ports() {
     write("[[ports]]\nports = \"nope\"\n".to_owned());
     net.gateway.reload().expect("accounts reload");
     assert_eq!(country().await.as_deref(), Some("US"));
-}
-
-/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
-fn certificate(dir: &std::path::Path, name: &str) -> (TlsFiles, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let files = TlsFiles {
-        cert: dir.join(format!("{name}-cert.pem")),
-        key: dir.join(format!("{name}-key.pem")),
-    };
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
-    let ca_file = dir.join(format!("{name}-ca.pem"));
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    (files, ca_file)
 }
 
 /// curl through the HTTPS proxy at `proxy`, trusting `ca` for it; stdout, or

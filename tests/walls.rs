@@ -520,6 +520,71 @@ async fn strangers_cannot_fill_max_connections() {
     customers.push(within("a place is free again", customer).await);
 }
 
+/// A TLS handshake with the HTTPS proxy port from the loopback address
+/// `from`: `Ok` once the session is up, or the client's error.
+async fn proxy_handshake(
+    from: &str,
+    proxy: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<(), String> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    let tcp = within("connect", socket.connect(proxy)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let handshake = tokio_rustls::TlsConnector::from(tls).connect(name, tcp);
+    match within("TLS handshake", handshake).await {
+        Ok(_) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Item 10: each address has a budget of TLS handshakes on the HTTPS proxy
+/// port (here 2 a second, bursts of 4). One address's flood is answered with a
+/// fatal alert before any cryptography, counted, and costs another address
+/// nothing. Against the old code all 40 handshakes completed.
+#[tokio::test]
+async fn tls_handshakes_on_the_proxy_port_have_a_budget_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, ca) = common::tls::certificate(dir.path(), "handshakes");
+    let net = TestGateway::start_with(|config| {
+        config.customer_tls = Some(files.clone());
+        config.tls_handshakes_per_ip = std::num::NonZeroU32::new(2).unwrap();
+    })
+    .await;
+    let tls = common::tls::client_config(&ca, &[b"http/1.1"]);
+    let started = Instant::now();
+    let mut refusals = Vec::new();
+    for _ in 0..40 {
+        if let Err(error) = proxy_handshake("127.0.0.41", net.proxy(), tls.clone()).await {
+            refusals.push(error);
+        }
+    }
+    // The burst, plus what the budget refilled while the flood ran.
+    let allowed = 4 + 2 * started.elapsed().as_secs() as usize + 1;
+    assert!(
+        40 - refusals.len() <= allowed,
+        "{} of 40 handshakes completed in {:?}",
+        40 - refusals.len(),
+        started.elapsed()
+    );
+    assert!(
+        refusals.iter().all(|error| error.contains("InternalError")),
+        "{refusals:?}"
+    );
+    assert_eq!(
+        net.metric("exitpool_customer_tls_handshakes_refused_total")
+            .await,
+        refusals.len() as u64
+    );
+    // Another address still gets its handshake.
+    assert_eq!(
+        proxy_handshake("127.0.0.42", net.proxy(), tls.clone()).await,
+        Ok(())
+    );
+}
+
 /// Item 2: 16 idle TCP connections to the tunnel port from each of 64
 /// addresses, re-opened as soon as the gateway closes one, take every pending
 /// handshake place (the audit's flood kept a real agent out for over 40 s).
@@ -630,6 +695,67 @@ async fn an_agent_refuses_its_interfaces_whole_ipv4_subnet() {
         networks.contains(&"81.2.69.162".parse().unwrap()),
         "{networks:?}"
     );
+    within("agent stops", agent.shutdown()).await.unwrap();
+}
+
+/// Item 11: an agent on an IPv6-only network with DNS64 refuses the
+/// network's own NAT64 prefix (RFC 7050: found in the synthesized AAAA answer
+/// for ipv4only.arpa, here the resolver's answer injected), through which a
+/// customer would reach any IPv4 host the network reaches, its private ones
+/// included. (Refused before any dial: the old code would have dialled it, so
+/// this test was not run against it.)
+#[tokio::test]
+async fn an_agent_refuses_its_networks_nat64_prefix() {
+    let net = TestGateway::start().await;
+    let dns64 = exitpool::agent::Nat64Source::from_fn(|| {
+        Ok(vec!["2a01:4f8:64:1::c000:aa".parse().unwrap()])
+    });
+    let agent = net
+        .spawn(
+            net.agent_builder("127.0.0.2")
+                .allow_private(false)
+                .nat64(dns64),
+        )
+        .await;
+    // 192.168.1.1 behind the operator's NAT64.
+    for target in [
+        "[2a01:4f8:64:1::c0a8:101]:80",
+        "[2a01:4f8:64:1::808:808]:443",
+    ] {
+        let (head, _) = connect(net.proxy(), target, Some((USER, PASSWORD))).await;
+        assert_eq!(head.status, 403, "{target}: {head:?}");
+        assert_eq!(
+            head.header("x-exitpool-error"),
+            Some("destination_prohibited")
+        );
+    }
+    let stats = agent.stats();
+    assert_eq!(stats.nat64_prefixes, ["2a01:4f8:64:1::/96"]);
+    assert_eq!(stats.refused_by_policy, 2);
+    within("agent stops", agent.shutdown()).await.unwrap();
+}
+
+/// Item 2: an agent never dials the gateway it is connected to (a customer
+/// would loop through the pool, or open the gateway's tunnel port from an
+/// address the gateway trusts as an agent's). The gateway's address is in
+/// the policy in force and refused on every port, before the loopback rule.
+#[tokio::test]
+async fn an_agent_refuses_to_dial_its_own_gateway() {
+    let net = TestGateway::start().await;
+    let agent = net.strict_agent("127.0.0.2").await;
+    let tunnel_port = net.gateway.tunnel_addr();
+    let (head, _) = connect(
+        net.proxy(),
+        &tunnel_port.to_string(),
+        Some((USER, PASSWORD)),
+    )
+    .await;
+    assert_eq!(head.status, 403, "{head:?}");
+    assert_eq!(
+        head.header("x-exitpool-error"),
+        Some("destination_prohibited")
+    );
+    assert_eq!(agent.stats().gateway_addresses, [tunnel_port.ip()]);
     within("agent stops", agent.shutdown()).await.unwrap();
 }
 

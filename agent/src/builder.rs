@@ -11,6 +11,7 @@ use crate::error::AgentError;
 use crate::handle::AgentHandle;
 use crate::interfaces::InterfaceSource;
 use crate::meter::{Limits, Meter, Period};
+use crate::nat64::Nat64Source;
 use crate::policy::ExitPolicy;
 use crate::report::Report;
 use crate::schedule::{Clock, Schedule, ScheduleState};
@@ -53,6 +54,7 @@ impl Agent {
                 refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
                 pin_mismatch_retry: DEFAULT_PIN_MISMATCH_RETRY,
                 interfaces: InterfaceSource::system(),
+                nat64: Nat64Source::system(),
                 interface_refresh: DEFAULT_INTERFACE_REFRESH,
                 transport: TransportChoice::Auto,
                 keep_alive: exitpool_protocol::KEEP_ALIVE_INTERVAL,
@@ -192,6 +194,13 @@ impl AgentBuilder {
     /// [`AgentConfig::interfaces`]).
     pub fn interfaces(mut self, source: InterfaceSource) -> Self {
         self.config.interfaces = source;
+        self
+    }
+
+    /// Where the network's NAT64 prefix is discovered (see
+    /// [`AgentConfig::nat64`]).
+    pub fn nat64(mut self, source: Nat64Source) -> Self {
+        self.config.nat64 = source;
         self
     }
 

@@ -3,6 +3,7 @@
 
 use crate::interfaces::InterfaceSource;
 use crate::meter::Limits;
+use crate::nat64::Nat64Source;
 use crate::policy::ExitPolicy;
 use crate::schedule::{Clock, Schedule};
 use crate::tls::Pin;
@@ -132,6 +133,10 @@ pub struct AgentConfig {
     /// Where the device's interface addresses are read from; each is refused
     /// as a target (IPv6 with its prefix). Default [`InterfaceSource::system`].
     pub interfaces: InterfaceSource,
+    /// Where the network's NAT64 prefix is discovered (RFC 7050), refused as
+    /// a target; default [`Nat64Source::system`]. Not asked while
+    /// `allow_private` is on, since no address rule applies then.
+    pub nat64: Nat64Source,
     /// How often the interface addresses are read again while connected (they
     /// are also read at every connection); default [`DEFAULT_INTERFACE_REFRESH`].
     pub interface_refresh: Duration,

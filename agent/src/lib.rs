@@ -31,6 +31,7 @@
 //! - [`dial`]: resolving and dialling targets under the exit policy;
 //! - [`policy`]: which destinations are never dialled;
 //! - [`interfaces`]: the device's own addresses, which the policy refuses;
+//! - [`nat64`]: the network's own NAT64 prefix (RFC 7050), refused likewise;
 //! - [`meter`]: the owner's bandwidth cap and byte quota;
 //! - [`schedule`]: windows of local time with their own rate caps or a pause,
 //!   and a monthly byte cap;
@@ -57,6 +58,7 @@ pub mod dial;
 pub mod file_config;
 pub mod interfaces;
 pub mod meter;
+pub mod nat64;
 pub mod policy;
 pub mod report;
 pub mod schedule;
@@ -76,6 +78,7 @@ pub use error::AgentError;
 pub use handle::AgentHandle;
 pub use interfaces::InterfaceSource;
 pub use meter::{Limits, Period};
+pub use nat64::Nat64Source;
 pub use policy::ExitPolicy;
 pub use stats::{AgentStats, SessionInfo};
 pub use tls::Pin;

@@ -103,6 +103,10 @@ impl Shared {
             bytes_down: self.meter.bytes_down.load(Ordering::Relaxed),
             connects: counters.connects.load(Ordering::Relaxed),
             own_addresses: self.policy.borrow().own_addresses().to_vec(),
+            nat64_prefixes: (self.policy.borrow().nat64_prefixes())
+                .map(|(prefix, length)| format!("{prefix}/{length}"))
+                .collect(),
+            gateway_addresses: self.policy.borrow().gateway_addresses().to_vec(),
             pin_mismatches: counters.pin_mismatches.load(Ordering::Relaxed),
             refused_by_policy: {
                 let (address, port) = counters.refusals();

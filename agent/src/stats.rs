@@ -82,6 +82,11 @@ pub struct AgentStats {
     /// The device's own addresses the policy refuses now (the observed public
     /// one and every interface address; IPv6 ones with their /48).
     pub own_addresses: Vec<IpAddr>,
+    /// The network's own NAT64 prefixes found by RFC 7050 discovery
+    /// (`prefix/length`), refused like the well-known ones.
+    pub nat64_prefixes: Vec<String>,
+    /// The gateway the agent is connected to, whose address it refuses to dial.
+    pub gateway_addresses: Vec<IpAddr>,
     /// Destinations refused by the exit policy since start (address or port).
     pub refused_by_policy: u64,
     /// Gateway certificates that did not match the pin this agent has

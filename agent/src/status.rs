@@ -125,8 +125,14 @@ const STATUS_HEAD_DEADLINE: Duration = Duration::from_secs(5);
 const STATUS_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// What the stats show only to a request with the status token: the device's
-/// id, its addresses (interface and observed public ones).
-const PRIVATE_FIELDS: [&str; 2] = ["agent_id", "own_addresses"];
+/// id, its addresses (interface and observed public ones) and what they reveal
+/// of its network.
+const PRIVATE_FIELDS: [&str; 4] = [
+    "agent_id",
+    "own_addresses",
+    "nat64_prefixes",
+    "gateway_addresses",
+];
 
 /// Binds the status endpoint and serves `GET /` (the stats) and `GET /report`
 /// (the host report) as JSON. A web page in the owner's browser cannot read

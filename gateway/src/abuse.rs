@@ -9,6 +9,9 @@
 //! - [`AddressSlots`]: a cap per source address on things not yet trusted
 //!   (unauthenticated customer connections, agent handshakes in progress), so one
 //!   address cannot take a whole shared budget.
+//! - [`TlsHandshakes`]: TLS handshakes on the HTTPS proxy port are rate limited
+//!   per source address before any cryptography runs, since a handshake is the
+//!   most expensive thing a stranger can ask of that port.
 //! - [`PasswordChecks`]: Argon2 runs on blocking threads, a bounded number at a
 //!   time, each waiting at most a deadline for its turn, so a password flood
 //!   slows logins (answered `auth_busy`) and never the relays on the runtime.
@@ -230,9 +233,68 @@ impl AuthFailures {
     }
 }
 
+/// Most source addresses whose handshake buckets are kept between sweeps. A
+/// flood from more networks than this in one sweep interval has its newcomers
+/// refused until the sweep: the table, not the memory, is what gives way.
+pub const MAX_HANDSHAKE_SOURCES: usize = 65_536;
+
+/// A per-address budget of TLS handshakes on the customer ports.
+pub struct TlsHandshakes {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl std::fmt::Debug for TlsHandshakes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsHandshakes({} sources)", self.limiter.len())
+    }
+}
+
+impl TlsHandshakes {
+    /// `per_second` handshakes per address, sustained, with bursts of twice that
+    /// (a browser opening its connection pool at once).
+    pub fn new(per_second: NonZeroU32) -> Self {
+        let burst = per_second.saturating_mul(NonZeroU32::new(2).expect("non-zero"));
+        TlsHandshakes {
+            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+        }
+    }
+
+    /// Takes one handshake from `ip`'s budget; false when it is spent (or the
+    /// table of sources is full and `ip` is new to it).
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        let ip = source_network(ip);
+        if self.limiter.len() >= MAX_HANDSHAKE_SOURCES {
+            self.limiter.retain_recent();
+            if self.limiter.len() >= MAX_HANDSHAKE_SOURCES {
+                return false;
+            }
+        }
+        self.limiter.check_key(&ip).is_ok()
+    }
+
+    /// Forgets addresses whose budget is whole again, so memory stays bounded.
+    pub fn sweep(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handshake_burst_is_refused_for_its_network_only() {
+        let handshakes = TlsHandshakes::new(NonZeroU32::new(3).unwrap());
+        let busy: IpAddr = "2001:db8:1:2::7".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8:1:2::8".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::7".parse().unwrap();
+        // A burst of twice the rate, then refusals, for the whole /64.
+        assert_eq!((0..6).filter(|_| handshakes.allow(busy)).count(), 6);
+        assert!(!handshakes.allow(busy));
+        assert!(!handshakes.allow(neighbour));
+        assert!(handshakes.allow(other));
+    }
 
     #[test]
     fn a_burst_of_failures_blocks_the_address_only() {

@@ -11,6 +11,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Default of [`GatewayConfig::tls_handshakes_per_ip`]: a browser's or a
+/// scraper's connection pool filling at once passes; one address cannot make
+/// the HTTPS port spend more than a few percent of a core on handshakes.
+pub const DEFAULT_TLS_HANDSHAKES_PER_IP: std::num::NonZeroU32 =
+    std::num::NonZeroU32::new(100).expect("non-zero");
+/// Default of [`GatewayConfig::h2_max_streams`]: Chromium's and curl's
+/// parallel requests to one proxy fit, and one connection holds at most this
+/// many relays.
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
 /// Default of [`GatewayConfig::max_unauthenticated`]: a quarter of the
 /// default `max_connections`.
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 2_500;
@@ -122,6 +131,12 @@ pub struct GatewayConfig {
     /// Most connections in all that have not authenticated yet: a smaller
     /// share of `max_connections`, so strangers cannot take every place.
     pub max_unauthenticated: usize,
+    /// TLS handshakes each source address (IPv4, or IPv6 /64) may start per
+    /// second on the customer ports, sustained; bursts of twice that pass.
+    pub tls_handshakes_per_ip: std::num::NonZeroU32,
+    /// Most streams one HTTP/2 customer connection (the HTTPS proxy port,
+    /// ALPN `h2`) may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub h2_max_streams: u32,
     /// How long live connections may finish after shutdown is asked for.
     pub shutdown_grace: Duration,
     /// Where agents are: the embedded country database unless `--geoip` files are
@@ -262,6 +277,8 @@ impl GatewayConfig {
             max_connections: 10_000,
             max_unauthenticated_per_ip: 64,
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            tls_handshakes_per_ip: DEFAULT_TLS_HANDSHAKES_PER_IP,
+            h2_max_streams: DEFAULT_H2_MAX_STREAMS,
             password_checks: std::thread::available_parallelism().map_or(2, |n| n.get()),
             password_queue_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),

@@ -1,7 +1,7 @@
 //! A running gateway: binding its ports, starting its tasks, and stopping them in
 //! two steps (ask, then enforce a deadline).
 
-use crate::abuse::{AuthFailures, PasswordChecks};
+use crate::abuse::{AuthFailures, PasswordChecks, TlsHandshakes};
 use crate::access::AccessLog;
 use crate::accounts::{self, Accounts, AccountsError};
 use crate::config::{GatewayConfig, TunnelTcp};
@@ -425,6 +425,7 @@ fn spawn_tasks(
     shared
         .tasks
         .spawn(customer::serve(entrances, shared.clone()));
+    let tls_handshakes = TlsHandshakes::new(config.tls_handshakes_per_ip);
     shared
         .tasks
         .spawn(tunnel::quic::serve(quic.clone(), shared.clone()));
@@ -437,6 +438,7 @@ fn spawn_tasks(
         shared.tasks.spawn(admin::serve(admin, shared.clone()));
     }
     shared
+        tls_handshakes,
         .tasks
         .spawn(housekeeping::sweep_sessions(shared.clone()));
     shared

@@ -34,6 +34,7 @@ pub(crate) async fn sweep_sessions(shared: Arc<Shared>) {
         tokio::select! {
             _ = timer.tick() => {
                 shared.auth_failures.sweep();
+                shared.tls_handshakes.sweep();
                 let swept = shared.sessions.sweep(Instant::now());
                 if swept > 0 {
                     tracing::debug!(swept, "expired sessions swept");

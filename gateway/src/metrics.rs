@@ -115,6 +115,15 @@ pub struct Metrics {
     /// Agents refused because their identity proof did not verify (impostors,
     /// replayed or malformed proofs).
     pub agent_identity_refusals: Counter,
+    /// TLS handshakes on the customer ports refused because their source
+    /// address was over its handshake budget.
+    pub customer_tls_handshakes_refused: Counter,
+    /// TLS handshakes completed on the customer ports (HTTPS proxy
+    /// connections), whichever protocol ALPN chose.
+    pub customer_tls_connections: Counter,
+    /// Streams HTTP/2 customers opened on the HTTPS proxy port; each is a
+    /// customer connection of its own.
+    pub customer_h2_streams: Counter,
     /// Fleet mode's Redis round trips and peer streams.
     pub fleet: FleetCounters,
     agents: Gauge,
@@ -153,6 +162,9 @@ impl Metrics {
             fleet_agents: Gauge::default(),
             fleet_agents_by_country: Family::default(),
             agent_identity_refusals: Counter::default(),
+            customer_tls_handshakes_refused: Counter::default(),
+            customer_tls_connections: Counter::default(),
+            customer_h2_streams: Counter::default(),
             fleet: FleetCounters::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
@@ -260,6 +272,21 @@ impl Metrics {
             "agent_identity_refusals",
             "Agents refused because their device-key proof did not verify for the connection",
             metrics.agent_identity_refusals.clone(),
+        );
+        registry.register(
+            "customer_tls_handshakes_refused",
+            "TLS handshakes on the customer ports refused: their source address was over --max-tls-handshakes-per-ip",
+            metrics.customer_tls_handshakes_refused.clone(),
+        );
+        registry.register(
+            "customer_tls_connections",
+            "TLS handshakes completed on the customer ports (HTTPS proxy connections, HTTP/1.1 or HTTP/2)",
+            metrics.customer_tls_connections.clone(),
+        );
+        registry.register(
+            "customer_h2_streams",
+            "Streams opened by HTTP/2 customers on the HTTPS proxy port, each a customer connection",
+            metrics.customer_h2_streams.clone(),
         );
         for (name, help, counter) in [
             (

@@ -2,7 +2,7 @@
 //! more than one room needs: locating an agent, accounting a transfer or a
 //! failure, reloading accounts, writing usage.
 
-use crate::abuse::{AuthFailures, PasswordChecks};
+use crate::abuse::{AuthFailures, PasswordChecks, TlsHandshakes};
 use crate::access::AccessLog;
 use crate::accounts::{Accounts, AccountsError};
 use crate::config::GatewayConfig;
@@ -41,6 +41,8 @@ pub struct Shared {
     pub sessions: Box<dyn SessionStore>,
     /// Failed authentications per source address.
     pub auth_failures: AuthFailures,
+    /// Per-address budget of TLS handshakes on the customer ports.
+    pub tls_handshakes: TlsHandshakes,
     /// Where Argon2 runs: off the runtime, bounded.
     pub password_checks: PasswordChecks,
     /// Fires when the gateway stops.

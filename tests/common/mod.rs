@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod processes;
 pub mod raw;
 pub mod targets;
+pub mod tls;
 
 pub use exitpool::agent::TransportChoice;
 use exitpool::agent::{Agent, AgentHandle};
@@ -208,6 +209,9 @@ impl TestGateway {
         .bind(ip.parse::<IpAddr>().unwrap())
         .allow_private(true)
         .transport(self.transport)
+        // A strict agent would ask the system resolver for ipv4only.arpa:
+        // traffic off loopback. Tests that need a NAT64 prefix inject one.
+        .nat64(exitpool::agent::Nat64Source::none())
     }
 
     /// Starts an agent on `ip` and waits until the gateway has welcomed it.

@@ -67,6 +67,13 @@ pub struct ExitPolicy {
     /// The on-link IPv4 networks of its interfaces (network address, prefix
     /// length), beyond the addresses themselves.
     own_v4_networks: Vec<(u32, u8)>,
+    /// The network's own NAT64 prefixes (RFC 7050 discovery), as (network,
+    /// length).
+    nat64_prefixes: Vec<(u128, u8)>,
+    /// The gateways this agent is connected to: a customer must not make the
+    /// agent connect to them (a loop through the pool, or a stranger's
+    /// handshakes arriving from an address the gateway trusts as an agent's).
+    gateway_addresses: Vec<IpAddr>,
 }
 
 impl Default for ExitPolicy {
@@ -86,6 +93,8 @@ impl ExitPolicy {
             allowed_ports: None,
             own_addresses: Vec::new(),
             own_v4_networks: Vec::new(),
+            nat64_prefixes: Vec::new(),
+            gateway_addresses: Vec::new(),
         }
     }
 
@@ -163,6 +172,40 @@ impl ExitPolicy {
         self.with_own_address(ip)
     }
 
+    /// Refuses the network's own NAT64 prefix (`prefix/length`, found by
+    /// [`crate::nat64`]), beside the well-known ones every policy refuses.
+    pub fn with_nat64_prefix(mut self, prefix: std::net::Ipv6Addr, length: u8) -> Self {
+        let length = length.min(128);
+        let mask = u128::MAX.checked_shl(128 - u32::from(length)).unwrap_or(0);
+        let network = (u128::from(prefix) & mask, length);
+        if length > 0 && !self.nat64_prefixes.contains(&network) {
+            self.nat64_prefixes.push(network);
+        }
+        self
+    }
+
+    /// Refuses a gateway's address, every port: the agent never dials the
+    /// gateways it is connected to.
+    pub fn with_gateway_address(mut self, ip: IpAddr) -> Self {
+        let ip = canonical(ip);
+        if !self.gateway_addresses.contains(&ip) {
+            self.gateway_addresses.push(ip);
+        }
+        self
+    }
+
+    /// The NAT64 prefixes refused beyond the well-known ones.
+    pub fn nat64_prefixes(&self) -> impl Iterator<Item = (std::net::Ipv6Addr, u8)> + '_ {
+        self.nat64_prefixes
+            .iter()
+            .map(|&(network, length)| (network.into(), length))
+    }
+
+    /// The gateways' addresses refused.
+    pub fn gateway_addresses(&self) -> &[IpAddr] {
+        &self.gateway_addresses
+    }
+
     /// The own addresses refused so far (each IPv6 one with its prefix).
     pub fn own_addresses(&self) -> &[IpAddr] {
         &self.own_addresses
@@ -198,6 +241,12 @@ impl ExitPolicy {
             return Ok(());
         }
         let ip = canonical(ip);
+        if self.gateway_addresses.contains(&ip) {
+            return Err(PolicyError::AddressProhibited {
+                ip,
+                range: "a gateway this agent is connected to",
+            });
+        }
         if let Some(range) = special_purpose_range(ip) {
             return Err(PolicyError::AddressProhibited { ip, range });
         }
@@ -206,6 +255,18 @@ impl ExitPolicy {
         }
         if let Some(range) = own_v4_network(&self.own_v4_networks, ip) {
             return Err(PolicyError::AddressProhibited { ip, range });
+        }
+        if let IpAddr::V6(v6) = ip {
+            let bits = u128::from(v6);
+            let inside = |&(network, length): &(u128, u8)| {
+                bits & (u128::MAX << (128 - u32::from(length))) == network
+            };
+            if self.nat64_prefixes.iter().any(inside) {
+                return Err(PolicyError::AddressProhibited {
+                    ip,
+                    range: "the network's NAT64 prefix (RFC 7050)",
+                });
+            }
         }
         Ok(())
     }

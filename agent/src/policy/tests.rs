@@ -503,3 +503,40 @@ fn an_interfaces_whole_ipv4_subnet_is_refused() {
         "network addresses, each once"
     );
 }
+
+#[test]
+fn a_discovered_nat64_prefix_is_refused_whole() {
+    let policy = ExitPolicy::new().with_nat64_prefix("2a01:4f8:64::".parse().unwrap(), 96);
+    for refused in ["2a01:4f8:64::c0a8:101", "2a01:4f8:64::808:808"] {
+        assert!(
+            matches!(
+                policy.check_ip(ip(refused)),
+                Err(PolicyError::AddressProhibited { range, .. }) if range.contains("NAT64")
+            ),
+            "{refused}"
+        );
+    }
+    assert_eq!(policy.check_ip(ip("2a01:4f8:65::808:808")), Ok(()));
+    assert_eq!(
+        policy.nat64_prefixes().collect::<Vec<_>>(),
+        [("2a01:4f8:64::".parse().unwrap(), 96)]
+    );
+}
+
+#[test]
+fn the_gateways_address_is_refused_on_every_port_before_any_other_rule() {
+    let policy = ExitPolicy::new()
+        .with_gateway_address(ip("81.2.69.7"))
+        .with_gateway_address(ip("::ffff:127.0.0.1"));
+    for refused in ["81.2.69.7", "::ffff:81.2.69.7", "127.0.0.1"] {
+        assert!(
+            matches!(
+                policy.check_ip(ip(refused)),
+                Err(PolicyError::AddressProhibited { range, .. }) if range.contains("gateway")
+            ),
+            "{refused}"
+        );
+    }
+    assert_eq!(policy.check_ip(ip("81.2.69.8")), Ok(()));
+    assert_eq!(policy.gateway_addresses().len(), 2);
+}

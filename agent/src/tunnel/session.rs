@@ -144,7 +144,7 @@ async fn join(
     load_timer.reset();
     let observed = info.observed_addr.ip();
     // The own addresses are in the policy before the first stream is taken.
-    refresh_own_addresses(shared, observed).await;
+    refresh_own_addresses(shared, observed, gateway.ip()).await;
     shared.session.send_replace(Some(info));
     let mut interface_refresh = tokio::time::interval(config.interface_refresh);
     interface_refresh.reset();
@@ -222,7 +222,7 @@ async fn serve(
                 }
             }
             quic = &mut probe, if probing => break SessionEnd::Moved(quic),
-            _ = interface_refresh.tick() => refresh_own_addresses(shared, *observed).await,
+            _ = interface_refresh.tick() => refresh_own_addresses(shared, *observed, gateway.ip()).await,
             _ = load_timer.tick() => {
                 if let Err(error) = send_load(control_send, shared).await {
                     break SessionEnd::Retry(RetryReason::control("control stream", &error));
@@ -280,25 +280,46 @@ fn spawn_stream(
 }
 
 /// Puts the configured policy plus the device's own addresses in force: the
-/// public address the gateway observed and every interface address with its
-/// on-link network, read now. If they cannot be read, what was refused so far
-/// stays refused.
-async fn refresh_own_addresses(shared: &Shared, observed: IpAddr) {
+/// gateway it is connected to, the public address the gateway observed, every
+/// interface address with its on-link network, and the network's NAT64 prefix,
+/// read now. What cannot be read keeps what was refused before.
+async fn refresh_own_addresses(shared: &Shared, observed: IpAddr, gateway: IpAddr) {
     let config = &shared.config;
+    let before = shared.policy.borrow().clone();
     let interfaces: Vec<(IpAddr, u8)> = match config.interfaces.read(config.handshake_timeout).await
     {
         Ok(addresses) => addresses,
         Err(error) => {
             warn!(%error, "reading the interface addresses failed; keeping the ones read before");
-            let before = shared.policy.borrow();
             let alone = before.own_addresses().iter().map(|&ip| (ip, 128));
             before.own_v4_networks().chain(alone).collect()
         }
     };
-    let policy = interfaces.into_iter().fold(
-        config.policy.clone().with_own_address(observed),
-        |policy, (ip, prefix_len)| policy.with_own_network(ip, prefix_len),
-    );
+    // Without address rules (the tests' --allow-private) nothing is asked.
+    let nat64 = if config.policy.allows_private() {
+        Vec::new()
+    } else {
+        match config.nat64.discover(config.handshake_timeout).await {
+            Ok(prefixes) => prefixes,
+            Err(error) => {
+                warn!(%error, "looking for the network's NAT64 prefix failed; keeping the ones found before");
+                before.nat64_prefixes().collect()
+            }
+        }
+    };
+    let policy = config
+        .policy
+        .clone()
+        .with_gateway_address(gateway)
+        .with_own_address(observed);
+    let policy = interfaces
+        .into_iter()
+        .fold(policy, |policy, (ip, prefix_len)| {
+            policy.with_own_network(ip, prefix_len)
+        });
+    let policy = nat64.into_iter().fold(policy, |policy, (prefix, length)| {
+        policy.with_nat64_prefix(prefix, length)
+    });
     shared.policy.send_replace(Arc::new(policy));
 }
 

@@ -218,6 +218,11 @@ async fn handle(
                 Ok(Ok(stream)) => http::serve(stream, arrival, slot, deadline, shared).await,
                 Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
                 Err(_) => debug!("TLS handshake not finished within the head timeout"),
+            if !shared.tls_handshakes.allow(arrival.peer.ip()) {
+                shared.metrics.customer_tls_handshakes_refused.inc();
+                refuse_handshake(stream).await;
+                return;
+            }
             }
         }
         Ok(Ok(1..)) => {
@@ -245,6 +250,27 @@ async fn refuse(mut stream: TcpStream, error: ProxyError) {
         Ok(Ok(1)) if first[0] == SOCKS5_VERSION
     );
     let answer = if socks {
+/// A TLS record holding a fatal `internal_error` alert (RFC 8446 §6): what a
+/// client over its handshake budget hears instead of a handshake, so it fails
+/// at once rather than on a timeout. docs/errors.md says what it means.
+const HANDSHAKE_REFUSED_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+
+/// Answers a ClientHello over its address's handshake budget with a fatal
+/// alert and closes, before any cryptography runs.
+async fn refuse_handshake(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    debug!("TLS handshake refused: the address is over its handshake budget");
+    // The ClientHello is read first (it is already here: it was peeked), so
+    // closing does not turn into a reset that could overtake the alert.
+    let mut hello = [0u8; 2048];
+    let answer = async {
+        let _ = stream.read(&mut hello).await;
+        stream.write_all(&HANDSHAKE_REFUSED_ALERT).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
         vec![SOCKS5_VERSION, 0xFF]
     } else {
         response::raw_error(&error.into())

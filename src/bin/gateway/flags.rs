@@ -153,6 +153,11 @@ pub(crate) struct RoutingArgs {
     /// customer; 1 turns transparent retry off.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_OPEN_ATTEMPTS)]
     pub(crate) open_attempts: u32,
+    /// TLS handshakes one address (IPv4, or IPv6 /64) may start per second on
+    /// the HTTPS proxy port, with bursts of twice that; past it the ClientHello
+    /// is answered with a TLS `internal_error` alert before any cryptography.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_TLS_HANDSHAKES_PER_IP)]
+    pub(crate) max_tls_handshakes_per_ip: std::num::NonZeroU32,
     /// Seconds a request may spend reaching its target over all its attempts.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_CONNECT_DEADLINE.as_secs())]
     pub(crate) connect_deadline: u64,
@@ -377,6 +382,7 @@ impl RoutingArgs {
         Ok(())
     }
 }
+        config.tls_handshakes_per_ip = self.max_tls_handshakes_per_ip;
 
 impl FleetArgs {
     /// The fleet's part, with `--redis`.
