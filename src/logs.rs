@@ -45,11 +45,33 @@ pub enum LogFormat {
 }
 
 /// Keeps the logging threads running; dropping it writes out what is queued.
-/// Hold it for the life of `main`.
+/// Hold it for the life of `main`. It also changes the filter while running
+/// ([`LogGuard::set_filter`], the gateway's SIGHUP).
 #[must_use = "dropping the guard stops the logging threads"]
 pub struct LogGuard {
     _access: tracing_appender::non_blocking::WorkerGuard,
     _other: tracing_appender::non_blocking::WorkerGuard,
+    filter: FilterHandle,
+}
+
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+impl LogGuard {
+    /// Replaces the filter (`RUST_LOG` syntax) for every line from now on.
+    pub fn set_filter(&self, filter: &str) -> Result<(), String> {
+        let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        self.filter.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+/// Checks a filter written in `RUST_LOG` syntax (a flag's value parser).
+pub fn check_filter(filter: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| filter.to_owned())
+        .map_err(|e| {
+            format!("not a log filter ({e}); write e.g. info or warn,exitpool_gateway=debug")
+        })
 }
 
 /// The filter when `RUST_LOG` is not set: our own `info` lines, and only
@@ -91,6 +113,23 @@ pub fn init(format: LogFormat) -> LogGuard {
 pub fn init_with_queue(format: LogFormat, queue_lines: usize) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    install(format, queue_lines, filter)
+}
+
+/// As [`init`], with `filter` (checked by [`check_filter`]; an invalid one
+/// falls back to [`DEFAULT_FILTER`]) instead of `RUST_LOG`.
+pub fn init_with_filter(format: LogFormat, filter: &str) -> LogGuard {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    install(format, QUEUE_LINES, filter)
+}
+
+fn install(
+    format: LogFormat,
+    queue_lines: usize,
+    filter: tracing_subscriber::EnvFilter,
+) -> LogGuard {
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
     let json = format == LogFormat::Json;
     let (access, access_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
@@ -123,6 +162,7 @@ pub fn init_with_queue(format: LogFormat, queue_lines: usize) -> LogGuard {
     LogGuard {
         _access: access_guard,
         _other: other_guard,
+        filter: filter_handle,
     }
 }
 

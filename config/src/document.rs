@@ -205,8 +205,13 @@ mod tests {
         let text = "a = \nsecret = \"s3cret\n";
         let errors = all(text);
         assert!(!errors.is_empty());
-        assert!(errors.iter().all(|e| !e.message.contains("s3cret")), "{errors:?}");
-        assert!(errors.iter().all(|e| e.message.starts_with("not valid TOML")));
+        assert!(
+            errors.iter().all(|e| !e.message.contains("s3cret")),
+            "{errors:?}"
+        );
+        assert!(errors
+            .iter()
+            .all(|e| e.message.starts_with("not valid TOML")));
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The `gateway` binary: flags, logging, `gateway pin`, `gateway hash-password`,
-//! `--demo`, and signals (SIGTERM/Ctrl-C stop, SIGHUP reloads the accounts files);
-//! the flags themselves are in `gateway/flags.rs`.
+//! `--demo`, and signals (SIGTERM/Ctrl-C stop, SIGHUP reloads the accounts files
+//! and the `--config` file); the flags themselves are in `gateway/flags.rs`,
+//! the config file that gives them in `gateway/config_file.rs`.
 
 use anyhow::{bail, Context};
-use clap::Parser;
 use exitpool::gateway::{Gateway, GatewayConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,18 +11,56 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "gateway/config_file.rs"]
+mod config_file;
 #[path = "gateway/flags.rs"]
 mod flags;
 
 use flags::{Args, Command, LogFormat, TokenAction};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let _logs = exitpool::logs::init(match args.admin.log_format {
-        LogFormat::Text => exitpool::logs::LogFormat::Text,
-        LogFormat::Json => exitpool::logs::LogFormat::Json,
-    });
-    exitpool::cli::run("gateway", args.runtime.threads, run(args))
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (args, config_file) = match config_file::args_with_file(&argv) {
+        Ok(read) => read,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "gateway: not started: {} error(s) in {}",
+                errors.errors.len(),
+                errors.path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let logs = exitpool::logs::init_with_filter(
+        match args.admin.log_format {
+            LogFormat::Text => exitpool::logs::LogFormat::Text,
+            LogFormat::Json => exitpool::logs::LogFormat::Json,
+        },
+        &args.admin.log_filter,
+    );
+    exitpool::cli::run(
+        "gateway",
+        args.runtime.threads,
+        run(args, &logs, config_file),
+    )
+}
+
+/// `gateway check-config FILE`: every error of the file, or a summary.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut command = Args::command();
+    command.build();
+    match config_file::load(&command, file) {
+        Ok(read) => {
+            println!("{}", read.summary());
+            Ok(())
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            bail!("{} error(s) in {}", errors.errors.len(), file.display())
+        }
+    }
 }
 
 /// `gateway pin`: the pin of `dir`'s identity. Without `init`, a directory
@@ -58,7 +96,11 @@ fn hash_password() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    logs: &exitpool::logs::LogGuard,
+    config_file: Option<config_file::Reloader>,
+) -> anyhow::Result<()> {
     if let Some(command) = &args.command {
         return run_command(command, &args);
     }
@@ -97,7 +139,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
         None => None,
     };
-    wait_for_shutdown(&gateway).await;
+    wait_for_shutdown(&gateway, logs, config_file).await;
     tracing::info!("shutting down");
     gateway.shutdown().await;
     Ok(())
@@ -107,6 +149,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn run_command(command: &Command, args: &Args) -> anyhow::Result<()> {
     match command {
         Command::HashPassword => hash_password(),
+        Command::CheckConfig { file } => check_config(file),
         Command::Token {
             action: TokenAction::New,
         } => {
@@ -344,8 +387,13 @@ async fn self_test(
     Ok(format!("exit in {country}, target {seen}"))
 }
 
-/// Waits for Ctrl-C or SIGTERM, reloading the accounts files on every SIGHUP.
-async fn wait_for_shutdown(gateway: &Gateway) {
+/// Waits for Ctrl-C or SIGTERM, reloading the config file (if any) and the
+/// accounts files on every SIGHUP.
+async fn wait_for_shutdown(
+    gateway: &Gateway,
+    logs: &exitpool::logs::LogGuard,
+    mut config_file: Option<config_file::Reloader>,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -358,6 +406,9 @@ async fn wait_for_shutdown(gateway: &Gateway) {
             tokio::select! {
                 () = &mut stop => break,
                 _ = hangup.recv() => {
+                    if let Some(file) = &mut config_file {
+                        file.reload(logs).await;
+                    }
                     // Success and failure are both logged by reload itself.
                     let _ = gateway.reload();
                 }
@@ -366,7 +417,7 @@ async fn wait_for_shutdown(gateway: &Gateway) {
     }
     #[cfg(not(unix))]
     {
-        let _ = gateway;
+        let _ = (gateway, logs, config_file);
         exitpool::cli::shutdown_signal().await;
     }
 }

@@ -1,6 +1,12 @@
-//! The gateway's flags: one clap argument group per area (a help heading
-//! each, the same areas as docs/operators.md's tables), each filling its part
-//! of [`GatewayConfig`]; and the subcommands.
+//! The gateway's flags: clap argument groups, each filling its part of
+//! [`GatewayConfig`]; and the subcommands.
+//!
+//! Every flag is also a key of the `--config` file (config_file.rs reads
+//! them from clap's `Command`, so a flag added here has its key at once): the
+//! first word of its help heading ([`heading`]) is the file's section, its
+//! long name with `_` for `-` the key. A flag whose value name is `SECONDS` or
+//! `MS` is a duration there (`"15s"`, `"500ms"`), `BYTES` a size and `RATE` a
+//! rate (`"10GB"`, `"2MB/s"`). A secret (`hide_env_values`) is never echoed.
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -10,8 +16,21 @@ use exitpool::gateway::{GatewayConfig, TunnelTcp};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-// Flags come in groups, one per area (a help heading each, the same areas as
-// docs/operators.md's tables), each filling its part of `GatewayConfig`.
+
+/// The help headings, one per section of the config file (its first word, in
+/// lower case): a flag goes under the heading of its area whatever struct
+/// holds it.
+pub(crate) mod heading {
+    pub(crate) const CUSTOMERS: &str = "Customers (port, accounts, TLS, balancers)";
+    pub(crate) const TUNNEL: &str = "Tunnel (agents' ports and tokens)";
+    pub(crate) const ADMIN: &str = "Admin (port and token)";
+    pub(crate) const LIMITS: &str = "Limits";
+    pub(crate) const ROUTING: &str = "Routing (timeouts, retries, GeoIP)";
+    pub(crate) const HEALTH: &str = "Health (silence checks, cooling)";
+    pub(crate) const LOGGING: &str = "Logging";
+    pub(crate) const FLEET: &str = "Fleet (--redis)";
+    pub(crate) const RUNTIME: &str = "Runtime (state, threads, config file, demo)";
+}
 
 /// The exitpool gateway: customers' proxy port, agents' QUIC tunnel, operators'
 /// stats.
@@ -40,10 +59,10 @@ pub(crate) struct Args {
 
 /// The ports and the state directory.
 #[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Ports")]
+#[command(next_help_heading = heading::TUNNEL)]
 pub(crate) struct PortArgs {
     /// Customer port: HTTP proxy and SOCKS5.
-    #[arg(long, default_value = DEFAULT_LISTEN)]
+    #[arg(long, default_value = DEFAULT_LISTEN, help_heading = heading::CUSTOMERS)]
     pub(crate) listen: SocketAddr,
     /// QUIC port (UDP) agents connect to.
     #[arg(long, default_value = DEFAULT_TUNNEL)]
@@ -56,19 +75,19 @@ pub(crate) struct PortArgs {
     #[arg(long)]
     pub(crate) no_tunnel_tcp: bool,
     /// Admin port for /stats and /healthz.
-    #[arg(long, default_value = DEFAULT_ADMIN)]
+    #[arg(long, default_value = DEFAULT_ADMIN, help_heading = heading::ADMIN)]
     pub(crate) admin: SocketAddr,
     /// Turn the admin port off.
-    #[arg(long)]
+    #[arg(long, help_heading = heading::ADMIN)]
     pub(crate) no_admin: bool,
     /// Where the certificate, key and secrets live.
-    #[arg(long)]
+    #[arg(long, help_heading = heading::RUNTIME)]
     pub(crate) state_dir: Option<PathBuf>,
 }
 
 /// Customer accounts and the tokens agents enrol with.
 #[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Customer accounts and agent tokens")]
+#[command(next_help_heading = heading::CUSTOMERS)]
 pub(crate) struct AccountArgs {
     /// A customer account, NAME:PASSWORD (repeatable).
     #[arg(
@@ -89,17 +108,18 @@ pub(crate) struct AccountArgs {
         value_name = "TOKEN",
         env = "EXITPOOL_AGENT_TOKEN",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = heading::TUNNEL
     )]
     pub(crate) agent_tokens: Vec<String>,
     /// Agent tokens file, one token per line (`#` comments); re-read on SIGHUP.
-    #[arg(long = "agent-tokens", value_name = "FILE")]
+    #[arg(long = "agent-tokens", value_name = "FILE", help_heading = heading::TUNNEL)]
     pub(crate) agent_tokens_file: Option<PathBuf>,
 }
 
 /// What the customer ports speak besides the plain HTTP proxy and SOCKS5, and whom they trust.
 #[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Customer ports: TLS, entry ports, balancers")]
+#[command(next_help_heading = heading::CUSTOMERS)]
 pub(crate) struct CustomerPortArgs {
     /// PEM certificate chain for TLS on the customer ports (an HTTPS proxy,
     /// told from HTTP and SOCKS5 by its first byte); re-read on SIGHUP.
@@ -121,7 +141,7 @@ pub(crate) struct CustomerPortArgs {
 
 /// Bounds on customer connections and agents.
 #[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Limits")]
+#[command(next_help_heading = heading::LIMITS)]
 pub(crate) struct LimitArgs {
     /// Most customer connections open at once.
     #[arg(long, default_value_t = 10_000)]
@@ -134,7 +154,7 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_MAX_UNAUTHENTICATED)]
     pub(crate) max_unauthenticated: usize,
     /// Close a customer tunnel after this many seconds without traffic.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub(crate) idle_timeout: u64,
     /// Most agents connected at once from one IPv4 address or IPv6 /64.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_MAX_AGENTS_PER_ADDRESS)]
@@ -143,10 +163,10 @@ pub(crate) struct LimitArgs {
 
 /// How an exit is chosen, waited for and cooled, and where agents are located.
 #[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Routing, exit health and retries")]
+#[command(next_help_heading = heading::ROUTING)]
 pub(crate) struct RoutingArgs {
     /// Seconds a request waits for an exit to answer `Open`, per exit tried.
-    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_OPEN_TIMEOUT.as_secs())]
+    #[arg(long, value_name = "SECONDS", default_value_t = exitpool::gateway::config::DEFAULT_OPEN_TIMEOUT.as_secs())]
     pub(crate) open_timeout: u64,
     /// Most exits one request tries when exits fail it for their own reasons
     /// (lost tunnel, no answer, unavailable) before anything reached the
@@ -159,29 +179,29 @@ pub(crate) struct RoutingArgs {
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_TLS_HANDSHAKES_PER_IP)]
     pub(crate) max_tls_handshakes_per_ip: std::num::NonZeroU32,
     /// Seconds a request may spend reaching its target over all its attempts.
-    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_CONNECT_DEADLINE.as_secs())]
+    #[arg(long, value_name = "SECONDS", default_value_t = exitpool::gateway::config::DEFAULT_CONNECT_DEADLINE.as_secs())]
     pub(crate) connect_deadline: u64,
     /// Milliseconds of silence from an exit a waiting customer stream allows
     /// before the exit's tunnel is checked.
-    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_SILENCE_CHECK.as_millis() as u64)]
+    #[arg(long, value_name = "MS", help_heading = heading::HEALTH, default_value_t = exitpool::gateway::config::DEFAULT_SILENCE_CHECK.as_millis() as u64)]
     pub(crate) silence_check_ms: u64,
     /// Milliseconds that check waits for the tunnel's answer (at least three
     /// round trips) before the agent is dropped and its streams reset.
-    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_LIVENESS_TIMEOUT.as_millis() as u64)]
+    #[arg(long, value_name = "MS", help_heading = heading::HEALTH, default_value_t = exitpool::gateway::config::DEFAULT_LIVENESS_TIMEOUT.as_millis() as u64)]
     pub(crate) liveness_timeout_ms: u64,
     /// Exit failures in a row that cool an exit (take it out of routing for a
     /// while); 0 never cools.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, help_heading = heading::HEALTH)]
     pub(crate) cool_after: u32,
     /// Seconds of an exit's first cooling; each further one doubles, up to
     /// --max-cooling.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, help_heading = heading::HEALTH)]
     pub(crate) cooling: u64,
     /// Longest cooling, in seconds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, help_heading = heading::HEALTH)]
     pub(crate) max_cooling: u64,
     /// Route on live load alone: no health scores, no cooling (for comparison).
-    #[arg(long)]
+    #[arg(long, help_heading = heading::HEALTH)]
     pub(crate) no_health: bool,
     /// A MaxMind-format database (GeoLite2 Country/City/ASN, ip-location-db, ...)
     /// to locate agents with, instead of the embedded country database
@@ -192,7 +212,7 @@ pub(crate) struct RoutingArgs {
 
 /// Who may use the admin port, and how logs are written.
 #[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Admin port and logs")]
+#[command(next_help_heading = heading::ADMIN)]
 pub(crate) struct AdminArgs {
     /// Bearer token for the admin port; required when it binds beyond loopback.
     #[arg(
@@ -207,13 +227,25 @@ pub(crate) struct AdminArgs {
     #[arg(long = "admin-host", value_name = "NAME")]
     pub(crate) admin_hosts: Vec<String>,
     /// Log lines as human-readable text or as one JSON object per line.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = heading::LOGGING)]
     pub(crate) log_format: LogFormat,
+    /// Which lines are written (`RUST_LOG` syntax: `info`,
+    /// `warn,exitpool_gateway=debug`); re-read from the config file on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "RUST_LOG",
+        default_value = exitpool::logs::DEFAULT_FILTER,
+        hide_default_value = true,
+        value_parser = exitpool::logs::check_filter,
+        help_heading = heading::LOGGING
+    )]
+    pub(crate) log_filter: String,
 }
 
 /// Fleet membership through Redis, and the peer links.
 #[derive(Debug, clap::Args)]
-#[command(next_help_heading = "A fleet (--redis)")]
+#[command(next_help_heading = heading::FLEET)]
 pub(crate) struct FleetArgs {
     /// Join a fleet: share the pool, sessions, usage and limits with other
     /// gateways through Redis or Valkey (redis://[user:password@]host:port[/db],
@@ -248,26 +280,31 @@ pub(crate) struct FleetArgs {
     #[arg(long, value_name = "ADDR", requires = "redis")]
     pub(crate) peer_advertise: Option<SocketAddr>,
     /// Milliseconds between fleet heartbeats (liveness, load, usage flush).
-    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_FLEET_HEARTBEAT.as_millis() as u64)]
+    #[arg(long, value_name = "MS", default_value_t = exitpool::gateway::config::DEFAULT_FLEET_HEARTBEAT.as_millis() as u64)]
     pub(crate) fleet_heartbeat_ms: u64,
     /// Milliseconds without a heartbeat after which a gateway's agents leave
     /// the others' pools.
-    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_FLEET_GATEWAY_TIMEOUT.as_millis() as u64)]
+    #[arg(long, value_name = "MS", default_value_t = exitpool::gateway::config::DEFAULT_FLEET_GATEWAY_TIMEOUT.as_millis() as u64)]
     pub(crate) fleet_gateway_timeout_ms: u64,
     /// Milliseconds a gateway's agent list may disagree with its changes
     /// before it is read whole.
-    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_FLEET_RESYNC.as_millis() as u64)]
+    #[arg(long, value_name = "MS", default_value_t = exitpool::gateway::config::DEFAULT_FLEET_RESYNC.as_millis() as u64)]
     pub(crate) fleet_resync_ms: u64,
     /// Milliseconds one Redis command may take before the gateway carries on
     /// without it (and reports itself degraded).
-    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_REDIS_TIMEOUT.as_millis() as u64)]
+    #[arg(long, value_name = "MS", default_value_t = exitpool::gateway::config::DEFAULT_REDIS_TIMEOUT.as_millis() as u64)]
     pub(crate) redis_timeout_ms: u64,
 }
 
 /// The runtime, and the demo.
 #[derive(Debug, clap::Args)]
-#[command(next_help_heading = "Runtime and demo")]
+#[command(next_help_heading = heading::RUNTIME)]
 pub(crate) struct RuntimeArgs {
+    /// Read flags from this TOML file: a section per help heading, a key per
+    /// flag (`open_timeout = "15s"` in `[routing]`); flags and environment
+    /// variables override it. SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// Runtime worker threads; 0 is one per core.
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
@@ -304,6 +341,12 @@ pub(crate) enum Command {
         /// Create the identity (certificate and key) if the directory holds none.
         #[arg(long)]
         init: bool,
+    },
+    /// Check a config file (as --config reads it): print every error with
+    /// its line and key and exit non-zero, or a summary and exit 0.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
     },
     /// Agent enrolment tokens.
     Token {
