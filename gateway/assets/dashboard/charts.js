@@ -54,9 +54,9 @@ export function quotaBar(used, quota, format) {
   return wrap;
 }
 
-const W = 720;
-const H = 180;
-const PAD = { left: 64, right: 12, top: 10, bottom: 24 };
+const W = 480;
+const H = 170;
+const PAD = { left: 62, right: 10, top: 10, bottom: 22 };
 
 function frame(max, format, ticks) {
   const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img" });

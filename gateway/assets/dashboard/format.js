@@ -19,6 +19,7 @@ export const rate = (perSecond) => `${bytes(perSecond)}/s`;
 export function percent(part, whole) {
   if (!whole) return "–";
   const p = (100 * part) / whole;
+  if (p === 0 || p === 100) return `${p} %`;
   return `${p < 10 ? p.toFixed(1) : Math.round(p)} %`;
 }
 

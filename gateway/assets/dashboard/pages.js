@@ -165,16 +165,17 @@ export function exits(view) {
     let list;
     try {
       list = await get("/v1/exits?banned=true");
-    } catch {
-      fill(banned);
+    } catch (error) {
+      fill(banned, card("Banned exits", failure(error)));
       return;
     }
-    const items = (list.items || list.exits || list || []).filter((x) => x.banned);
-    fill(banned, card("Banned exits", table(["exit", "banned", ""], items.map((x) => h("tr", {},
-      h("td", {}, x.exit_id || x.id), h("td", {}, x.banned_at ? fmt.time(x.banned_at) : "yes"),
+    const items = list.banned || [];
+    fill(banned, card("Banned exits", table(["exit", "banned", "reason", "connected", ""], items.map((x) => h("tr", {},
+      h("td", {}, x.id), h("td", {}, fmt.time(x.since, { relative: true })), h("td", {}, x.reason || "–"),
+      h("td", {}, x.connected ? "held by another gateway" : "no"),
       h("td", {}, writeOnly(h("button", { type: "button", class: "small", onclick: async () => {
-        try { await post(`/v1/exits/${seg(x.exit_id || x.id)}/unban`); fill(message, h("p", { class: "ok" }, `Exit ${x.exit_id || x.id} may join again.`)); await refresh(); } catch (error) { fill(message, failure(error)); }
-      } }, "Unban"))))), "No exit is banned.")));
+        try { await post(`/v1/exits/${seg(x.id)}/unban`); fill(message, h("p", { class: "ok" }, `Exit ${x.id} may join again.`)); await refresh(); } catch (error) { fill(message, failure(error)); }
+      } }, "Unban"))))), "No exit is banned. A banned exit's device is refused until it is unbanned here.")));
   }
   return refresh;
 }

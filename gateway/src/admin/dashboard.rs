@@ -469,7 +469,8 @@ impl Dashboard {
     /// `/dashboard/api/v1/…` → `/api/v1/…` with the session's token in place
     /// of the browser's cookie, CSRF token and origin headers.
     fn forward(&self, mut request: Request<hyper::body::Incoming>, role: Role) -> Front {
-        let rest = &request.uri().path()["/dashboard/api".len()..];
+        // "/dashboard/api/v1/…" → "/api/v1/…".
+        let rest = &request.uri().path()["/dashboard".len()..];
         let target = match request.uri().query() {
             Some(query) => format!("{rest}?{query}"),
             None => rest.to_owned(),
