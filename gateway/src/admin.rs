@@ -26,6 +26,8 @@
 //! authorized request ([`slots`]).
 
 pub mod dashboard;
+mod exits;
+pub mod live;
 mod slots;
 
 use crate::shared::Shared;
@@ -80,6 +82,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                         dashboard::Front::Answer(answer) => return Ok(answer),
                         dashboard::Front::Pass(request) => request,
                     };
+                    // Live connections and exits answer from this gateway's memory.
+                    if live::owns(request.uri().path()) {
+                        return Ok::<_, Infallible>(live::serve(request, &shared).await);
+                    }
                     Ok::<_, Infallible>(route(request, &shared, &proven))
                 }
             });

@@ -389,6 +389,10 @@ async fn assemble(
     };
     let entry_ports =
         LiveEntryPorts::new(config.entry_ports.clone(), config.entry_ports_file.clone());
+    let bans = crate::bans::Bans::load(&config.state_dir).map_err(|source| StartError::State {
+        path: config.state_dir.join(crate::bans::FILE_NAME),
+        source,
+    })?;
     let shared = Arc::new(Shared {
         config,
         fleet,
@@ -409,6 +413,8 @@ async fn assemble(
         entry_ports,
         places: Default::default(),
         access_log: AccessLog::start().map_err(StartError::AccessLog)?,
+        live: Default::default(),
+        bans,
     });
     Ok((shared, fleet_tasks))
 }

@@ -29,7 +29,9 @@
 //! - [`abuse`]: per-address defences; [`limits`]: per-customer quota, rate and
 //!   concurrency; [`quota`]: byte leases that hold a transfer to its quota;
 //! - [`usage`]: usage per customer and per agent, persisted; [`metrics`]:
-//!   Prometheus; [`admin`]: `/healthz`, `/stats`, `/metrics`, reset and reload.
+//!   Prometheus; [`admin`]: `/healthz`, `/stats`, `/metrics`, reset and reload;
+//! - [`live`]: the customer transfers carried now (list, close); [`bans`]:
+//!   exits refused at join.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -41,6 +43,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 mod counts;
+pub mod bans;
 pub mod credentials;
 pub mod customer;
 pub mod customer_tls;
@@ -54,6 +57,7 @@ pub mod limits;
 pub mod metrics;
 pub mod quota;
 pub mod sessions;
+pub mod live;
 pub mod shared;
 pub mod state;
 pub mod tls;

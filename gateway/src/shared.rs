@@ -67,6 +67,10 @@ pub struct Shared {
     pub places: PlacesCache,
     /// One line per transfer, written off the runtime.
     pub access_log: AccessLog,
+    /// The customer transfers carried now, to list and close.
+    pub live: crate::live::LiveConnections,
+    /// Exits refused at join until unbanned.
+    pub bans: crate::bans::Bans,
 }
 
 /// How long a listener rests after a failed accept (out of descriptors,

@@ -93,6 +93,7 @@ pub(crate) async fn forward(
     let (transfer, exit) = Transfer::start(authorized, context, shared);
     let io = MeteredIo::new(tokio::io::join(exit.recv, exit.send), &transfer, shared);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        protocol: "http",
         .await
         .map_err(|error| refused(target_failed(error)))?;
     let (status_tx, status_rx) = oneshot::channel();

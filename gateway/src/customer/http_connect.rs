@@ -90,6 +90,7 @@ pub(crate) async fn serve_head(
         peer: arrival.peer,
         target: authority,
         started,
+        protocol: "connect",
     };
     transfer::relay_tcp(stream, Bytes::new(), authorized, context, shared).await;
     None
@@ -149,6 +150,7 @@ pub(crate) async fn connect<S: CustomerStream>(
         peer,
         target: authority,
         started,
+        protocol: "connect",
     };
     shared.tasks.clone().spawn(
         async move {

@@ -223,6 +223,7 @@ pub(crate) async fn serve(
         peer: arrival.peer,
         target: target.to_string(),
         started,
+        protocol: "socks5",
     };
     transfer::relay_tcp(stream, Bytes::new(), authorized, context, &shared)
         .instrument(span)

@@ -6,7 +6,9 @@
 //! runs, [`Transfer::supervise`] folds the bytes since the last fold into usage
 //! every [`FOLD_INTERVAL`] and cuts the work off, within that interval, once the
 //! account's quota is used up. [`Transfer::finish`] folds the rest, adds the
-//! bytes to the exit's live figures and writes the one access line.
+//! bytes to the exit's live figures and writes the one access line. From start
+//! to end the transfer is in the live list ([`crate::live`]), where an operator
+//! may close it.
 
 use super::session::Authorized;
 use crate::access::{AccessLog, AccessRecord};
@@ -36,6 +38,8 @@ pub const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a transfer was cut short by the gateway rather than by either end.
 pub const QUOTA_CUT: &str = "quota exhausted";
+/// Why a transfer ended when an operator closed it (`DELETE /api/v1/connections/...`).
+pub const CLOSED_BY_OPERATOR: &str = "closed by the operator";
 /// Why a transfer ended when its exit's tunnel failed a liveness check.
 pub const EXIT_DEAD: &str = "the exit's tunnel did not answer a liveness check";
 
@@ -95,6 +99,8 @@ pub(crate) struct AccessContext {
     pub target: String,
     /// When the customer's request arrived.
     pub started: Instant,
+    /// How the customer asked: `connect`, `socks5` or `http` (the live list shows it).
+    pub protocol: &'static str,
 }
 
 /// One customer transfer through one exit, metered from the first byte to the last.
@@ -108,6 +114,8 @@ pub(crate) struct Transfer {
     /// The bytes the quota still allows, for a customer with one: the byte
     /// path moves nothing it has not taken from here ([`crate::quota`]).
     lease: Option<Arc<Lease>>,
+    /// Its place in the live list ([`crate::live`]), left when dropped.
+    live: Option<crate::live::Registration>,
     /// Held for the life of the transfer: the exit's load and the customer's slot.
     _load: StreamGuard,
     _slot: Slot,
@@ -133,6 +141,18 @@ impl Transfer {
         let quota = shared
             .accounts
             .current()
+        let counters: Arc<LiveCounters> = Arc::default();
+        let live = shared.live.register(
+            crate::live::NewLive {
+                user: context.user.clone(),
+                peer: context.peer,
+                target: context.target.clone(),
+                exit_id: agent.exit_id.clone(),
+                country: agent.location.country.clone(),
+                protocol: context.protocol,
+            },
+            counters.clone(),
+        );
             .users
             .get(&context.user)
             .and_then(|customer| customer.limits.quota_bytes);
@@ -140,7 +160,8 @@ impl Transfer {
             quota.map(|quota| Arc::new(shared.limits.quota_leases().open(&context.user, quota)));
         let transfer = Transfer {
             agent,
-            counters: Arc::default(),
+            live,
+            counters,
             context,
             folded_up: 0,
             folded_down: 0,
@@ -177,7 +198,8 @@ impl Transfer {
     /// quota lease is cut (nothing left of the quota), or the account's quota
     /// is used up at a fold, drops `work` and answers [`QUOTA_CUT`]. When
     /// the exit goes silent on a waiting customer, its tunnel is checked
-    /// ([`watch_exit`]); a dead one ends `work` with [`EXIT_DEAD`].
+    /// ([`watch_exit`]); a dead one ends `work` with [`EXIT_DEAD`]. An
+    /// operator's close ([`crate::live`]) ends it with [`CLOSED_BY_OPERATOR`].
     pub async fn supervise<T>(
         &mut self,
         work: impl Future<Output = Result<T, String>>,
@@ -192,6 +214,14 @@ impl Transfer {
         let lease = self.lease.clone();
         let cut = async {
             match &lease {
+        let closing = self.live.as_ref().map(|live| live.closing());
+        let closed = async {
+            match closing {
+                Some(closing) => closing.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(closed);
                 Some(lease) => lease.cut().await,
                 None => std::future::pending().await,
             }
@@ -199,16 +229,17 @@ impl Transfer {
         tokio::pin!(cut);
         loop {
             tokio::select! {
-                result = &mut work => return result,
-                () = &mut cut => return Err(QUOTA_CUT.to_owned()),
+                result = &mut work => break result,
+                () = &mut cut => break Err(QUOTA_CUT.to_owned()),
+                () = &mut closed => break Err(CLOSED_BY_OPERATOR.to_owned()),
                 () = &mut watchdog => {
                     shared.report_outcome(&self.agent, Outcome::ExitFailed);
-                    return Err(EXIT_DEAD.to_owned());
+                    break Err(EXIT_DEAD.to_owned());
                 }
                 _ = fold_timer.tick() => {
                     self.fold(shared);
                     if exhausted_quota(&self.context.user, shared).is_some() {
-                        return Err(QUOTA_CUT.to_owned());
+                        break Err(QUOTA_CUT.to_owned());
                     }
                 }
             }

@@ -285,7 +285,7 @@ struct CheckedHello {
 /// A refusal for the agent: why, and what to tell it.
 type Refusal = (RejectReason, String);
 
-/// Checks a `Hello` in order (version, token, identity, caps) and returns the
+/// Checks a `Hello` in order (version, token, identity, ban, caps) and returns the
 /// agent id its identity proof proves, or why it may not join. An impostor
 /// claiming a connected agent's key fails here, before the directory is
 /// touched, so the live agent never notices. (One Ed25519 verification, tens of
@@ -322,6 +322,15 @@ fn check_hello(
             shared.metrics.agent_identity_refusals.inc();
             (RejectReason::BadAgentId, error)
         })?;
+    // A banned device (crate::bans) is told so; the agent logs the message
+    // and stops. (The protocol has no reason of its own for it.)
+    let exit_id = shared.directory.exit_id(&agent_id);
+    if shared.bans.is_banned(&exit_id) {
+        return Err((
+            RejectReason::BadAgentId,
+            format!("this device (exit {exit_id}) is banned by the gateway's operator; it may not join until unbanned"),
+        ));
+    }
     match over_agent_caps(&agent_id, token.expose(), connection, shared) {
         Some(message) => {
             shared.metrics.agents_turned_away.inc();

@@ -1,0 +1,365 @@
+//! The part of `/api/v1` that answers from this gateway's own memory rather
+//! than from the control plane's store: live connections ([`crate::live`]) and
+//! exits with their bans ([`super::exits`]). It works with or without a store
+//! (`--users` and `--redis` gateways have these too).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /api/v1/connections?customer=NAME&limit=N` | this gateway's live customer connections, oldest first |
+//! | `DELETE /api/v1/connections/{id}` | closes one: its customer's transfer ends at once (a reset) |
+//! | `DELETE /api/v1/connections?customer=NAME` | closes all of a customer's (and its sub-users') |
+//! | `GET /api/v1/exits`, `POST /api/v1/exits/{id}/ban`, `.../unban` | see [`super::exits`] |
+//!
+//! [`serve`] takes the requests for these paths off the admin port before the
+//! control plane's router ([`super::api`]) and answers with the same JSON
+//! error shape (`{"error","field","message"}`, [`exitpool_control::Error`]).
+//! The admin token is required (read-only tokens belong to the store's
+//! router and are not accepted here yet). `GET /api/v1/openapi.json` is
+//! answered here too: the control plane's document with these paths merged in.
+
+use super::exits;
+use crate::live::Live;
+use crate::shared::Shared;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use exitpool_control::Error;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Most connections one list answers (`limit`'s ceiling and default).
+pub const MAX_LIST: usize = 10_000;
+
+/// Longest request body these routes read (a ban's reason).
+const MAX_BODY: usize = 16 * 1024;
+
+/// Whether `path` is one of the paths this module answers.
+pub fn owns(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/api/v1") else {
+        return false;
+    };
+    rest == "/openapi.json"
+        || rest == "/connections"
+        || rest.starts_with("/connections/")
+        || rest == "/exits"
+        // An exit's usage history is the store's (`/exits/{id}/usage`).
+        || (rest.starts_with("/exits/") && !rest.ends_with("/usage"))
+}
+
+fn split() -> (axum::Router<Arc<Shared>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::new()
+        .routes(routes!(list_connections, close_connections))
+        .routes(routes!(close_connection))
+        .routes(routes!(exits::list_exits))
+        .routes(routes!(exits::ban_exit))
+        .routes(routes!(exits::unban_exit))
+        .split_for_parts()
+}
+
+/// The OpenAPI paths of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    split().1
+}
+
+/// The whole `/api/v1` document: the control plane's and these paths.
+pub fn full_openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = exitpool_control::api::openapi();
+    doc.merge(openapi());
+    doc
+}
+
+/// Answers a request for one of [`owns`]'s paths, after the admin port's
+/// browser defences and with the admin token.
+pub(super) async fn serve(
+    request: hyper::Request<hyper::body::Incoming>,
+    shared: &Arc<Shared>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    if let Some(refusal) = super::refuse_browsers(&request, shared) {
+        return refusal;
+    }
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let answer = if !super::authorized(shared.config.admin_token.as_ref(), authorization) {
+        Error::Unauthorized.into_response()
+    } else if request.uri().path() == "/api/v1/openapi.json" {
+        let doc = full_openapi().to_json().unwrap_or_else(|_| "{}".into());
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            doc,
+        )
+            .into_response()
+    } else {
+        let (router, _) = split();
+        let router = router
+            .fallback(no_route)
+            .method_not_allowed_fallback(wrong_method)
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .with_state(shared.clone());
+        let request = request.map(axum::body::Body::new);
+        match tower::ServiceExt::oneshot(router, request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    };
+    let (parts, body) = answer.into_parts();
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => hyper::Response::from_parts(parts, http_body_util::Full::new(bytes)),
+        Err(error) => super::text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("the answer could not be read: {error}\n"),
+        ),
+    }
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let body = exitpool_control::error::ErrorBody {
+        error: "method_not_allowed".into(),
+        field: None,
+        message: format!("{} takes no {method}; see /api/v1/openapi.json", uri.path()),
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+async fn no_route(method: axum::http::Method) -> Response {
+    let body = exitpool_control::error::ErrorBody {
+        error: "no_route".into(),
+        field: None,
+        message: format!("no {method} route here; see /api/v1/openapi.json"),
+    };
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// `?customer=&limit=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// A customer (its own and its sub-users' connections) or a sub-user
+    /// (`sub.customer`); all when absent.
+    customer: Option<String>,
+    /// At most this many, oldest first (1 to 10000, default 10000).
+    limit: Option<usize>,
+}
+
+/// `?customer=` for closing all of a customer's.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CloseQuery {
+    /// The customer (or `sub.customer`) whose connections to close.
+    customer: Option<String>,
+}
+
+/// One live customer connection.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Connection {
+    /// Its id on this gateway (for `DELETE /api/v1/connections/{id}`).
+    id: u64,
+    /// The customer it counts for.
+    customer: String,
+    /// The sub-user, when a sub-user (`ops` of `ops.alice`) connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub_user: Option<String>,
+    /// The customer's address.
+    source: String,
+    /// `host:port` as the customer named it.
+    target: String,
+    /// The exit's id.
+    exit: String,
+    /// The exit's country.
+    country: Option<String>,
+    /// `connect`, `socks5` or `http`.
+    protocol: String,
+    /// Bytes sent towards the target so far.
+    bytes_up: u64,
+    /// Bytes received from the target so far.
+    bytes_down: u64,
+    /// When it started (Unix seconds).
+    started: u64,
+    /// Seconds since it started.
+    age_secs: u64,
+}
+
+impl From<&Live> for Connection {
+    fn from(live: &Live) -> Self {
+        let sub_user = live
+            .what
+            .user
+            .split_once('.')
+            .map(|(sub, _)| sub.to_owned());
+        Connection {
+            id: live.id,
+            customer: live.customer().to_owned(),
+            sub_user,
+            source: live.what.peer.to_string(),
+            target: live.what.target.clone(),
+            exit: live.what.exit_id.clone(),
+            country: live.what.country.clone(),
+            protocol: live.what.protocol.to_owned(),
+            bytes_up: live
+                .counters
+                .to_tunnel
+                .load(std::sync::atomic::Ordering::Relaxed),
+            bytes_down: live
+                .counters
+                .from_tunnel
+                .load(std::sync::atomic::Ordering::Relaxed),
+            started: live
+                .since
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            age_secs: live.started.elapsed().as_secs(),
+        }
+    }
+}
+
+/// A list of connections.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ConnectionList {
+    /// The connections, oldest first.
+    items: Vec<Connection>,
+    /// How many matched (`items` may hold fewer, up to `limit`).
+    total: usize,
+    /// Which gateway answered, in a fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<String>,
+    /// What the list covers.
+    scope: &'static str,
+}
+
+/// What closing did.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Closed {
+    /// How many connections were closed.
+    closed: usize,
+    /// What the close covered.
+    scope: &'static str,
+}
+
+/// What a list or close covers: in a fleet, only the answering gateway.
+const SCOPE: &str = "this gateway's connections; in a fleet, ask each gateway's admin port";
+
+/// A query string; one that does not parse is a `400`.
+fn query<T: serde::de::DeserializeOwned>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Error> {
+    query
+        .map(|Query(value)| value)
+        .map_err(|rejection| Error::BadRequest {
+            message: rejection.body_text(),
+        })
+}
+
+/// A customer name as given: a user name's characters (a sub-user's `.`).
+fn customer_name(name: &str) -> Result<&str, Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 130
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'.');
+    if ok {
+        Ok(name)
+    } else {
+        Err(Error::invalid(
+            "customer",
+            "a customer name (or sub.customer): letters, digits, `_`, at most 130 characters",
+        ))
+    }
+}
+
+/// List this gateway's live customer connections.
+#[utoipa::path(get, path = "/api/v1/connections", tag = "connections", params(ListQuery),
+    responses((status = 200, body = ConnectionList), (status = 400, body = exitpool_control::error::ErrorBody),
+        (status = 422, body = exitpool_control::error::ErrorBody)))]
+pub(super) async fn list_connections(
+    State(shared): State<Arc<Shared>>,
+    params: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ConnectionList>, Error> {
+    let params = query(params)?;
+    let customer = params.customer.as_deref().map(customer_name).transpose()?;
+    let limit = match params.limit {
+        None => MAX_LIST,
+        Some(limit @ 1..=MAX_LIST) => limit,
+        Some(_) => return Err(Error::invalid("limit", format!("1 to {MAX_LIST}"))),
+    };
+    let (found, total) = shared.live.list(customer, limit);
+    Ok(Json(ConnectionList {
+        items: found.iter().map(|live| Connection::from(&**live)).collect(),
+        total,
+        gateway: shared.fleet.as_ref().map(|fleet| fleet.id.to_string()),
+        scope: SCOPE,
+    }))
+}
+
+/// Close one live connection: the customer's transfer ends at once.
+#[utoipa::path(delete, path = "/api/v1/connections/{id}", tag = "connections",
+    params(("id" = u64, Path, description = "The connection's id")),
+    responses((status = 200, body = Closed), (status = 404, body = exitpool_control::error::ErrorBody)))]
+pub(super) async fn close_connection(
+    State(shared): State<Arc<Shared>>,
+    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<Closed>, Error> {
+    let Path(id) = id.map_err(|_| Error::invalid("id", "a connection id is a number"))?;
+    if !shared.live.close(id) {
+        return Err(Error::not_found(format!(
+            "connection {id} (it ended, or it is another gateway's)"
+        )));
+    }
+    tracing::info!(connection = id, "connection closed by the operator");
+    Ok(Json(Closed {
+        closed: 1,
+        scope: SCOPE,
+    }))
+}
+
+/// Close every live connection of a customer (`?customer=NAME`, required).
+#[utoipa::path(delete, path = "/api/v1/connections", tag = "connections", params(CloseQuery),
+    responses((status = 200, body = Closed), (status = 422, body = exitpool_control::error::ErrorBody)))]
+pub(super) async fn close_connections(
+    State(shared): State<Arc<Shared>>,
+    params: Result<Query<CloseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Closed>, Error> {
+    let params = query(params)?;
+    let Some(customer) = params.customer.as_deref() else {
+        return Err(Error::invalid(
+            "customer",
+            "required: whose connections to close (closing every customer's at once is not offered)",
+        ));
+    };
+    let customer = customer_name(customer)?;
+    let closed = shared.live.close_customer(customer);
+    tracing::info!(
+        customer,
+        closed,
+        "a customer's connections closed by the operator"
+    );
+    Ok(Json(Closed {
+        closed,
+        scope: SCOPE,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owns;
+
+    #[test]
+    fn owns_its_paths_and_leaves_the_stores() {
+        assert!(owns("/api/v1/connections"));
+        assert!(owns("/api/v1/connections/7"));
+        assert!(owns("/api/v1/exits"));
+        assert!(owns("/api/v1/exits/0a1b/ban"));
+        assert!(owns("/api/v1/openapi.json"));
+        assert!(!owns("/api/v1/exits/0a1b/usage"));
+        assert!(!owns("/api/v1/customers"));
+        assert!(!owns("/api/v1/connectionsx"));
+        assert!(!owns("/stats"));
+    }
+}
