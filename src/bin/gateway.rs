@@ -134,12 +134,17 @@ async fn run(
         Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
     }
     let gateway = Gateway::start(config).await?;
+    // SIGHUP's default ends the process: listen for it before saying we serve.
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hangup = None::<()>;
     print_started(&gateway, demo_state.as_ref());
     let _demo = match &demo {
         Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
         None => None,
     };
-    wait_for_shutdown(&gateway, logs, config_file).await;
+    wait_for_shutdown(&gateway, logs, config_file, hangup).await;
     tracing::info!("shutting down");
     gateway.shutdown().await;
     Ok(())
@@ -393,13 +398,14 @@ async fn wait_for_shutdown(
     gateway: &Gateway,
     logs: &exitpool::logs::LogGuard,
     mut config_file: Option<config_file::Reloader>,
+    #[cfg(unix)] hangup: Option<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] hangup: Option<()>,
 ) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
         let stop = exitpool::cli::shutdown_signal();
         tokio::pin!(stop);
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        let Some(mut hangup) = hangup else {
             return stop.await;
         };
         loop {
@@ -417,7 +423,7 @@ async fn wait_for_shutdown(
     }
     #[cfg(not(unix))]
     {
-        let _ = (gateway, logs, config_file);
+        let _ = (gateway, logs, config_file, hangup);
         exitpool::cli::shutdown_signal().await;
     }
 }

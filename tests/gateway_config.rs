@@ -1,0 +1,388 @@
+//! Issue 32, `gateway.toml`: the real `gateway` binary reading its `--config`
+//! file. A gateway started from a file serves a customer through an agent,
+//! with a flag overriding a key of the file; `check-config` lists every error
+//! with file, line and key and exits non-zero, and the gateway refuses to
+//! start with the same lines; SIGHUP applies a changed log filter and names a
+//! changed restart-only key with its old and new value; a secret in the file
+//! never appears in any output; and the shipped example passes `check-config`
+//! and has a key for every flag of `gateway --help`, in its heading's section.
+
+mod common;
+
+use common::*;
+use exitpool_launcher::binaries::GATEWAY_READY;
+use exitpool_launcher::{GatewayBanner, Launch, Process, Ready, Signal};
+use std::path::{Path, PathBuf};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+
+/// A secret the files below hold: it must never be printed.
+const ADMIN_SECRET: &str = "adm1n-secret-never-shown-7f3a";
+
+/// The environment variables that would win over the file.
+const OVERRIDING_ENV: [&str; 5] = [
+    "RUST_LOG",
+    "EXITPOOL_USERS",
+    "EXITPOOL_AGENT_TOKEN",
+    "EXITPOOL_ADMIN_TOKEN",
+    "EXITPOOL_REDIS_URL",
+];
+
+fn gateway() -> Launch {
+    OVERRIDING_ENV
+        .iter()
+        .fold(Launch::new(GATEWAY), |launch, name| launch.env_remove(name))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A complete file: every port on loopback, one customer, one agent token.
+fn good_file(state: &Path, extra_routing: &str, log_filter: &str) -> String {
+    format!(
+        "[customers]\n\
+         listen = \"127.0.0.1:0\"\n\
+         user = [\"{USER}:{PASSWORD}\"]\n\
+         [tunnel]\n\
+         tunnel = \"127.0.0.1:0\"\n\
+         agent_token = [\"{TOKEN}\"]\n\
+         [admin]\n\
+         admin = \"127.0.0.1:0\"\n\
+         admin_token = \"{ADMIN_SECRET}\"\n\
+         [routing]\n\
+         {extra_routing}\n\
+         [health]\n\
+         silence_check_ms = \"1500ms\"\n\
+         [logging]\n\
+         log_filter = \"{log_filter}\"\n\
+         [runtime]\n\
+         state_dir = \"{}\"\n",
+        state.display()
+    )
+}
+
+fn banner(process: &Process) -> GatewayBanner {
+    process
+        .lines()
+        .iter()
+        .find_map(|line| GatewayBanner::parse(line))
+        .expect("the ready line")
+}
+
+fn assert_no_secret(output: &str) {
+    assert!(
+        !output.contains(ADMIN_SECRET),
+        "a secret was printed: {output}"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_from_its_file_serves_a_customer_and_a_flag_wins_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file's customer port is taken; the flag's port 0 must win, or the
+    // gateway could not start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = good_file(&dir.path().join("state"), "open_timeout = \"10s\"", "info").replace(
+        "127.0.0.1:0\"\nuser",
+        &format!("{}\"\nuser", taken.local_addr().unwrap()),
+    );
+    assert!(text.contains(&taken.local_addr().unwrap().to_string()));
+    let file = write(dir.path(), "gateway.toml", &text);
+    let mut process = gateway()
+        .arg("--config")
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0"])
+        .start(Ready::line(GATEWAY_READY), WAIT)
+        .await
+        .expect("the gateway starts from its file");
+    let banner = banner(&process);
+    assert_ne!(banner.listen, taken.local_addr().unwrap(), "the flag wins");
+    // An agent joins with the file's token; a customer of the file's gets
+    // through it.
+    let agent = exitpool::agent::Agent::builder(
+        banner.tunnel.to_string(),
+        banner.pin.parse().unwrap(),
+        TOKEN,
+    )
+    .bind("127.0.0.2".parse().unwrap())
+    .allow_private(true)
+    .spawn()
+    .unwrap();
+    within("the agent joins", agent.connected()).await;
+    let target = common::targets::http_target("127.0.0.1").await;
+    let (head, ip) = exit_ip(banner.listen, target, "").await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(ip, "127.0.0.2");
+    process.stop(WAIT).await.unwrap();
+    assert_no_secret(&process.stdout());
+    assert_no_secret(&process.stderr());
+}
+
+#[tokio::test]
+async fn every_error_is_listed_by_check_config_and_refuses_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "gateway.toml",
+        &format!(
+            "[customers]\n\
+             listen = \"127.0.0.1:0\"\n\
+             [routing]\n\
+             open_timeout = \"soon\"\n\
+             open_timout = \"15s\"\n\
+             [limits]\n\
+             max_connections = \"many\"\n\
+             [admin]\n\
+             admin_token = \"{ADMIN_SECRET}\"\n\
+             no_admin = \"yes\"\n\
+             admin_host = [1, {{ a = 1 }}]\n\
+             [health]\n\
+             cooling = 5\n"
+        ),
+    );
+    let name = file.display().to_string();
+    let expected = [
+        (4, "routing.open_timeout"),
+        (5, "routing.open_timout"),
+        (7, "limits.max_connections"),
+        (10, "admin.no_admin"),
+        (11, "admin.admin_host"),
+        (13, "health.cooling"),
+    ];
+    let check = gateway()
+        .arg("check-config")
+        .arg(&file)
+        .run(WAIT)
+        .await
+        .unwrap();
+    assert!(!check.status.success(), "{check:?}");
+    let errors: Vec<&str> = check
+        .stderr
+        .lines()
+        .filter(|line| line.starts_with(&name))
+        .collect();
+    assert_eq!(errors.len(), expected.len(), "{}", check.stderr);
+    for (line, (number, key)) in errors.iter().zip(expected) {
+        let prefix = format!("{name}:{number}: key `{key}`: ");
+        assert!(
+            line.starts_with(&prefix),
+            "{line:?} should start {prefix:?}"
+        );
+    }
+    assert!(errors[0].contains("not a duration"), "{}", errors[0]);
+    assert!(errors[1].contains("unknown key"), "{}", errors[1]);
+    assert!(errors[5].contains("\"5s\""), "{}", errors[5]);
+    assert_no_secret(&check.stdout);
+    assert_no_secret(&check.stderr);
+    // The gateway itself refuses the file with the same lines.
+    let start = gateway()
+        .arg("--config")
+        .arg(&file)
+        .run(WAIT)
+        .await
+        .unwrap();
+    assert!(!start.status.success(), "{start:?}");
+    let refused: Vec<&str> = start
+        .stderr
+        .lines()
+        .filter(|line| line.starts_with(&name))
+        .collect();
+    assert_eq!(refused, errors, "{}", start.stderr);
+    assert!(!start.stdout.contains(GATEWAY_READY), "{start:?}");
+    assert_no_secret(&start.stdout);
+    assert_no_secret(&start.stderr);
+}
+
+#[tokio::test]
+async fn a_secret_of_the_wrong_shape_or_in_a_rule_is_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A secret where a list is wanted, a secret that is not a string, and a
+    // rule between flags (tls_cert needs tls_key) beside a secret.
+    for text in [
+        format!("[admin]\nadmin_token = [\"{ADMIN_SECRET}\"]\n"),
+        "[admin]\nadmin_token = 98765432123456789\n".to_owned(),
+        format!(
+            "[customers]\ntls_cert = \"/nonexistent.pem\"\nuser = [\"alice:{ADMIN_SECRET}\"]\n"
+        ),
+        format!("[admin]\nadmin_token = \"{ADMIN_SECRET}\"\n[admin]\n"),
+        format!("[admin]\nadmin_token = \"{ADMIN_SECRET}\n"),
+    ] {
+        let file = write(dir.path(), "gateway.toml", &text);
+        let check = gateway()
+            .arg("check-config")
+            .arg(&file)
+            .run(WAIT)
+            .await
+            .unwrap();
+        assert!(!check.status.success(), "{text}: {check:?}");
+        assert!(
+            check.stderr.contains(&file.display().to_string()),
+            "{check:?}"
+        );
+        assert_no_secret(&check.stderr);
+        assert!(!check.stderr.contains("98765432123456789"), "{check:?}");
+    }
+}
+
+#[tokio::test]
+async fn sighup_applies_the_log_filter_and_names_keys_that_need_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = write(
+        dir.path(),
+        "gateway.toml",
+        &good_file(&state, "open_timeout = \"15s\"", "warn"),
+    );
+    let mut process = gateway()
+        .arg("--config")
+        .arg(&file)
+        .start(Ready::line(GATEWAY_READY), WAIT)
+        .await
+        .expect("the gateway starts from its file");
+    // A broken file changes nothing: every error is logged, the gateway
+    // runs on (at `warn`, errors are written).
+    write(
+        dir.path(),
+        "gateway.toml",
+        "[routing]\nopen_timeout = \"later\"\n",
+    );
+    process.signal(Signal::Hup).unwrap();
+    process
+        .line_with("config file refused; running on as before", WAIT)
+        .await
+        .unwrap();
+    // The live key (warn -> info) and a restart-only key (open_timeout), and
+    // a changed secret.
+    write(
+        dir.path(),
+        "gateway.toml",
+        &good_file(&state, "open_timeout = \"20s\"", "info")
+            .replace(ADMIN_SECRET, "another-secret-value-9c1e"),
+    );
+    process.signal(Signal::Hup).unwrap();
+    // An `info` line written only once the new filter is in force.
+    process
+        .line_with("config file re-read", WAIT)
+        .await
+        .expect("the new filter lets info lines through");
+    let stderr = process.stderr();
+    let before_reload = stderr.split("config key").next().unwrap();
+    assert!(
+        !before_reload.contains("gateway started"),
+        "at `warn`, the start's info line is not written: {stderr}"
+    );
+    let line_of = |key: &str| {
+        stderr
+            .lines()
+            .find(|line| {
+                line.contains(&format!("key=\"{key}\"")) || line.contains(&format!("key={key}"))
+            })
+            .unwrap_or_else(|| panic!("no line names {key}: {stderr}"))
+            .to_owned()
+    };
+    let open_timeout = line_of("routing.open_timeout");
+    assert!(
+        open_timeout.contains("next restart")
+            && open_timeout.contains("15s")
+            && open_timeout.contains("20s"),
+        "{open_timeout}"
+    );
+    let filter = line_of("logging.log_filter");
+    assert!(filter.contains("applied"), "{filter}");
+    let secret = line_of("admin.admin_token");
+    assert!(
+        secret.contains("next restart") && secret.contains("<hidden>"),
+        "{secret}"
+    );
+    // Untouched keys are not named.
+    assert!(!stderr.contains("health.silence_check_ms"), "{stderr}");
+    process.stop(WAIT).await.unwrap();
+    for output in [process.stdout(), process.stderr()] {
+        assert_no_secret(&output);
+        assert!(!output.contains("another-secret-value-9c1e"), "{output}");
+    }
+}
+
+/// The sections of `gateway --help` (each heading's first word, in lower
+/// case) and the keys of the flags under each.
+fn help_keys(help: &str) -> Vec<(String, String)> {
+    let mut section = None;
+    let mut keys = Vec::new();
+    for line in help.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            let first = line
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .find(|word| !word.is_empty())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            section = Some(first);
+            continue;
+        }
+        let trimmed = line.trim_start();
+        if !trimmed.starts_with('-') {
+            continue;
+        }
+        let Some(flag) = trimmed
+            .split([' ', ','])
+            .find(|word| word.starts_with("--") && word.len() > 2)
+        else {
+            continue;
+        };
+        let flag = &flag[2..];
+        if ["help", "version", "config"].contains(&flag) {
+            continue;
+        }
+        let section = section.clone().expect("a heading before every flag");
+        keys.push((section, flag.replace('-', "_")));
+    }
+    keys
+}
+
+#[tokio::test]
+async fn the_shipped_example_passes_and_names_every_flag_in_its_section() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example_path = root.join("deploy/gateway.toml");
+    let check = gateway()
+        .arg("check-config")
+        .arg(&example_path)
+        .run(WAIT)
+        .await
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert!(check.stdout.contains("OK"), "{check:?}");
+    let help = gateway().arg("--help").run(WAIT).await.unwrap();
+    assert!(help.status.success());
+    let keys = help_keys(&help.stdout);
+    assert!(keys.len() >= 40, "read {} flags from --help", keys.len());
+    // Each key of the example, set or commented out, under its section.
+    let example = std::fs::read_to_string(&example_path).unwrap();
+    let mut written = Vec::new();
+    let mut section = String::new();
+    for line in example.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        } else if let Some((key, _)) = line.trim_start_matches(['#', ' ']).split_once(" = ") {
+            written.push((section.clone(), key.trim().to_owned()));
+        }
+    }
+    let manual = std::fs::read_to_string(root.join("docs/operators.md")).unwrap();
+    for (section, key) in &keys {
+        assert!(
+            written.contains(&(section.clone(), key.clone())),
+            "deploy/gateway.toml has no `{key}` in [{section}]"
+        );
+        assert!(
+            manual.contains(&format!("[{section}]")),
+            "docs/operators.md does not name the [{section}] section"
+        );
+    }
+    // The unit runs from the file.
+    let unit = std::fs::read_to_string(root.join("deploy/exitpool-gateway.service")).unwrap();
+    assert!(
+        unit.contains("--config /etc/exitpool/gateway.toml"),
+        "{unit}"
+    );
+}
