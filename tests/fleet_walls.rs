@@ -506,3 +506,118 @@ async fn a_fleet_shares_its_pool_over_redis_with_tls() {
     assert!(reason.to_lowercase().contains("certificate"), "{reason}");
     assert!(!reason.contains("over-tls-3b7d1e"), "{reason}");
 }
+
+/// An HTTP/2 frame on `stream`: length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut bytes = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    bytes.extend_from_slice(&stream.to_be_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// Issue 30 items 1 and 5 on the fleet's peer port: before a dialling peer
+/// has proved membership, a flood of unsolicited PING acknowledgements, of
+/// window updates or of stream opens (each refused) ends its connection at the
+/// frame budget, and costs the log nothing per frame. Against a gate-less
+/// answering end the window updates and refused streams were served for as
+/// long as they came (the audit: 90 % CPU, up to 155 MiB).
+#[tokio::test]
+async fn floods_before_the_proof_on_the_peer_port_end_at_the_frame_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start().await;
+    let (mut gateways, _states) = common::fleet::gateway_processes(&redis, 1, &[]).await;
+    let gateway = &gateways[0];
+    // Said before the gateway's ready banner, which start() waited for.
+    let announced = gateway
+        .process
+        .lines()
+        .into_iter()
+        .find(|line| line.contains("fleet mode"))
+        .expect("the gateway says where its peer port is");
+    let peer: SocketAddr = announced
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("peer="))
+        .unwrap_or_else(|| panic!("no peer address in {announced:?}"))
+        .parse()
+        .unwrap();
+    let tcp_tls = exitpool::agent::tls::client_configs(
+        gateway.banner.pin.parse().unwrap(),
+        exitpool::agent::tunnel::transport_config(8, exitpool::protocol::KEEP_ALIVE_INTERVAL),
+    )
+    .expect("client configs")
+    .tcp;
+    let mut tls = (*tcp_tls).clone();
+    tls.alpn_protocols = vec![PEER_TCP_ALPN.to_vec()];
+    let tls = Arc::new(tls);
+    // A HEADERS frame that opens stream `id` (":method GET" and ":path /",
+    // both from the static table), ended at once.
+    let open = |id: u32| h2_frame(0x1, 0x4 | 0x1, id, &[0x82, 0x84]);
+    let floods: [(&str, Vec<u8>); 3] = [
+        (
+            "PING acknowledgements",
+            (0..10_000)
+                .flat_map(|_| h2_frame(0x6, 0x1, 0, &[0; 8]))
+                .collect(),
+        ),
+        (
+            "window updates",
+            (0..10_000)
+                .flat_map(|_| h2_frame(0x8, 0, 0, &1u32.to_be_bytes()))
+                .collect(),
+        ),
+        (
+            "stream opens",
+            (0..10_000).flat_map(|n| open(2 * n + 1)).collect(),
+        ),
+    ];
+    let log_before = gateway.process.lines().len();
+    for (what, flood) in floods {
+        let tcp = within("connect", TcpStream::connect(peer)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(common::raw::SERVER_NAME).unwrap();
+        let mut link = within(
+            "TLS to the peer port",
+            tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp),
+        )
+        .await
+        .expect("the peer port's TLS");
+        let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        start.extend(h2_frame(0x4, 0, 0, &[]));
+        link.write_all(&start).await.unwrap();
+        // The gateway may hang up while the flood is still being written.
+        let _ = within("the flood is written", link.write_all(&flood)).await;
+        // Whatever the gateway sent before it hung up, then the end.
+        let mut sink = vec![0u8; 64 * 1024];
+        let ending = format!("the gateway ends a link flooding {what}");
+        within(&ending, async {
+            loop {
+                match link.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+    let after = &gateway.process.lines()[log_before..];
+    let grew: usize = after.iter().map(|line| line.len() + 1).sum();
+    // Each link was refused at the gate, none left to the proof's deadline.
+    let refused_at_the_gate = |reason: &str| {
+        after
+            .iter()
+            .any(|line| line.contains("peer link refused") && line.contains(reason))
+    };
+    assert!(
+        refused_at_the_gate("never asked for")
+            && refused_at_the_gate("too many HTTP/2 frames before the peer proved itself"),
+        "{after:#?}"
+    );
+    assert!(
+        !after.iter().any(|line| line.contains("in time")),
+        "{after:#?}"
+    );
+    assert!(
+        grew < 10 * 1024,
+        "30,000 frames grew the log by {grew} bytes"
+    );
+}
