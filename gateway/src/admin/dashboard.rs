@@ -237,7 +237,8 @@ impl Dashboard {
                             "this change needs the session's X-CSRF-Token",
                         ));
                     }
-                    if session.1.role == Role::ReadOnly {
+                    // A read-only session changes nothing but may sign itself out.
+                    if session.1.role == Role::ReadOnly && api != "/dashboard/api/session" {
                         return Front::Answer(json_error(
                             StatusCode::FORBIDDEN,
                             "read_only",
