@@ -15,6 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod config_file;
 #[path = "gateway/flags.rs"]
 mod flags;
+#[path = "gateway/operators.rs"]
+mod operators;
 
 use flags::{Args, Command, LogFormat, TokenAction};
 
@@ -51,7 +53,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     use clap::CommandFactory;
     let mut command = Args::command();
     command.build();
-    match config_file::load(&command, file) {
+    match config_file::check(&command, file) {
         Ok(read) => {
             println!("{}", read.summary());
             Ok(())
@@ -102,7 +104,7 @@ async fn run(
     config_file: Option<config_file::Reloader>,
 ) -> anyhow::Result<()> {
     if let Some(command) = &args.command {
-        return run_command(command, &args);
+        return run_command(command, &args).await;
     }
     // The demo keeps its certificate and usage out of the default state
     // directory, where a real gateway started later would inherit them: in a
@@ -150,8 +152,9 @@ async fn run(
     Ok(())
 }
 
-/// The subcommands: `hash-password`, `token new`, `pin`.
-fn run_command(command: &Command, args: &Args) -> anyhow::Result<()> {
+/// The subcommands: `hash-password`, `check-config`, `token new`, `pin`, and
+/// the operators' (clients of a running gateway's API, [`operators`]).
+async fn run_command(command: &Command, args: &Args) -> anyhow::Result<()> {
     match command {
         Command::HashPassword => hash_password(),
         Command::CheckConfig { file } => check_config(file),
@@ -160,6 +163,21 @@ fn run_command(command: &Command, args: &Args) -> anyhow::Result<()> {
         } => {
             println!("{}", exitpool::gateway::auth::generate_token());
             Ok(())
+        }
+        Command::Customers { action, api } => {
+            operators::run(operators::Operation::Customers(action), api).await
+        }
+        Command::Tokens { action, api } => {
+            operators::run(operators::Operation::Tokens(action), api).await
+        }
+        Command::Connections { action, api } => {
+            operators::run(operators::Operation::Connections(action), api).await
+        }
+        Command::Exits { action, api } => {
+            operators::run(operators::Operation::Exits(action), api).await
+        }
+        Command::Accounts { action, api } => {
+            operators::run(operators::Operation::Accounts(action), api).await
         }
         Command::Pin { state_dir, init } => {
             let dir = state_dir

@@ -14,8 +14,10 @@
 //!
 //! [`load`] reads a file into [`FileArgs`], checking each value with the
 //! flag's own clap value parser and reporting every error at once with file,
-//! line and key; then the file alone is parsed as a command line, so a rule
-//! between flags (`tls_cert` needs `tls_key`) is reported too. [`merged_argv`]
+//! line and key; [`check`] (`gateway check-config`) also parses the file alone
+//! as a command line, so a rule between flags (`tls_cert` needs `tls_key`) is
+//! reported too (at start-up clap judges those on the whole command line,
+//! where a flag or an environment variable may complete the file). [`merged_argv`]
 //! lays the file under the command line: the file's words come first and a
 //! key is left out when its flag was given on the command line or in its
 //! environment variable (flags, then environment, then the file, then the
@@ -317,29 +319,32 @@ impl Reloader {
 
 /// Reads and checks the file at `path` against `command` (built): every
 /// error at once, each with its line and key.
+/// The rules between flags (one needs another, two conflict) are left to
+/// clap's parse of the whole command line, where a flag or an environment
+/// variable may complete the file; [`check`] also judges the file by them.
 pub(crate) fn load(command: &Command, path: &Path) -> Result<FileArgs, ConfigErrors> {
     let text = exitpool_config::read(path)?;
-    let (entries, mut errors) = parse(command, &text);
-    if errors.is_empty() {
-        // The rules between flags (one needs another, two conflict), as clap
-        // judges the file's words alone.
-        let file = FileArgs {
-            path: path.to_owned(),
-            entries: entries.clone(),
-        };
-        let mut argv = vec![OsString::from("gateway")];
-        argv.extend(file.words(|_| true));
-        if let Err(error) = command.clone().try_get_matches_from(argv) {
-            errors.push(ConfigError::whole(None, clap_rule(&error, &entries)));
-        }
-    }
-    if errors.is_empty() {
-        Ok(FileArgs {
+    match parse(command, &text) {
+        (entries, errors) if errors.is_empty() => Ok(FileArgs {
             path: path.to_owned(),
             entries,
-        })
-    } else {
-        Err(sorted(path, errors))
+        }),
+        (_, errors) => Err(sorted(path, errors)),
+    }
+}
+
+/// As [`load`], and the rules between flags as clap judges the file's words
+/// with this process's environment (`gateway check-config`).
+pub(crate) fn check(command: &Command, path: &Path) -> Result<FileArgs, ConfigErrors> {
+    let file = load(command, path)?;
+    let mut argv = vec![OsString::from("gateway")];
+    argv.extend(file.words(|_| true));
+    match command.clone().try_get_matches_from(argv) {
+        Ok(_) => Ok(file),
+        Err(error) => Err(sorted(
+            path,
+            vec![ConfigError::whole(None, clap_rule(&error, &file.entries))],
+        )),
     }
 }
 
@@ -599,7 +604,8 @@ fn invalid(error: &clap::Error, arg: &Arg, written: &str) -> String {
 /// A rule between flags that clap refused, in the file's words: the flags
 /// named as keys, any secret value scrubbed.
 fn clap_rule(error: &clap::Error, entries: &[Entry]) -> String {
-    // clap's first paragraph (what is wrong, and the flags it names).
+    // clap's first paragraph (what is wrong, and the flags it names); a
+    // flag or environment variable at start-up may settle it.
     let rendered = error.render().to_string();
     let mut message = rendered
         .lines()
@@ -617,7 +623,7 @@ fn clap_rule(error: &clap::Error, entries: &[Entry]) -> String {
             }
         }
     }
-    message
+    format!("{message} (unless a flag or an environment variable gives it at start-up)")
 }
 
 fn first_line(text: &StyledStr) -> String {
