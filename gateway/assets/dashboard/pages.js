@@ -99,8 +99,8 @@ export function overview(view) {
         : empty("No errors so far. The README's error table explains each code when one appears."));
     if (o.fleet) {
       const f = o.fleet;
-      const rows = Object.entries(f.gateways).map(([id, g]) => h("tr", {},
-        h("td", {}, id, id === f.gateway_id ? h("span", { class: "badge" }, "this one") : null),
+      const rows = f.gateways.map((g) => h("tr", {},
+        h("td", {}, g.id, g.this ? h("span", { class: "badge" }, "this one") : null),
         h("td", {}, fmt.count(g.agents)), h("td", {}, fmt.count(g.live_connections)), h("td", {}, fmt.count(g.live_streams)),
         h("td", {}, fmt.bytes(g.bytes_up + g.bytes_down)), h("td", {}, g.peer_link || "–")));
       fill(fleet, h("h2", {}, "Fleet"),

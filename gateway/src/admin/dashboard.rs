@@ -384,14 +384,18 @@ impl Dashboard {
     /// without one: the port itself is then open to this machine) or the
     /// read-only token.
     fn role_of(&self, token: &str) -> Option<Role> {
-        let bearer = format!("Bearer {token}");
-        let admin = self.shared.config.admin_token.as_ref();
-        if super::authorized(admin, Some(&bearer)) {
-            return Some(Role::Admin);
+        let configured = |secret: Option<&Secret>| {
+            secret
+                .map(|secret| secret.expose().to_owned())
+                .filter(|secret| !secret.is_empty())
+        };
+        match configured(self.shared.config.admin_token.as_ref()) {
+            None => return Some(Role::Admin),
+            Some(admin) if sessions::same_secret(&admin, token) => return Some(Role::Admin),
+            Some(_) => {}
         }
-        self.read_only
-            .as_ref()
-            .filter(|read_only| super::authorized(Some(read_only), Some(&bearer)))
+        configured(self.read_only.as_ref())
+            .filter(|read_only| sessions::same_secret(read_only, token))
             .map(|_| Role::ReadOnly)
     }
 

@@ -76,8 +76,36 @@ pub fn overview(shared: &Shared, samples: &Samples) -> Value {
         "errors": errors,
         "rates": samples.rates(),
         "ready": shared.fleet.as_ref().and_then(|fleet| fleet.not_ready()),
-        "fleet": shared.fleet.as_ref().map(|fleet| super::super::fleet_stats(fleet, &agents)),
+        "fleet": shared.fleet.as_deref().map(fleet),
     })
+}
+
+/// The fleet as the overview shows it: every gateway as of its last
+/// heartbeat, and whether Redis is in reach.
+fn fleet(fleet: &crate::fleet::Fleet) -> Value {
+    let gateways: Vec<Value> = fleet
+        .gateways()
+        .into_iter()
+        .map(|record| {
+            json!({
+                "id": record.id,
+                "this": record.id == *fleet.id,
+                "agents": record.agents,
+                "live_streams": record.streams,
+                "live_connections": record.connections,
+                "bytes_up": record.bytes_up,
+                "bytes_down": record.bytes_down,
+                "peer_link": fleet.peers.link_transport(&record.id).map(|t| t.as_str()),
+            })
+        })
+        .collect();
+    let redis = match fleet.degraded() {
+        None => json!({"reachable": true}),
+        Some((reason, since)) => {
+            json!({"reachable": false, "reason": reason, "since_secs": since.as_secs()})
+        }
+    };
+    json!({"gateway_id": &*fleet.id, "redis": redis, "gateways": gateways})
 }
 
 /// The exits table's query: `?country=&transport=&health=&q=&offset=&limit=`.
