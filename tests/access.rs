@@ -12,7 +12,7 @@
 mod common;
 
 use common::targets::http_target;
-use common::tls::certificate;
+use common::tls::{certificate, spki_pin};
 use common::*;
 use exitpool::gateway::auth::{Customer, Limits, Users};
 use exitpool::gateway::customer_tls::TlsFiles;
@@ -342,17 +342,6 @@ async fn the_customer_port_speaks_tls_to_curl_and_reloads_its_certificate() {
         curl_https_proxy(net.proxy(), &second_ca, USER, &url, true).await,
         Ok("127.0.0.2".to_owned())
     );
-}
-
-/// The base64 SHA-256 of the certificate's public key (SubjectPublicKeyInfo),
-/// as Chromium's `--ignore-certificate-errors-spki-list` takes it.
-fn spki_pin(files: &TlsFiles) -> String {
-    use base64::Engine;
-    use rcgen::PublicKeyData;
-    use sha2::Digest;
-    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&files.key).unwrap()).unwrap();
-    base64::engine::general_purpose::STANDARD
-        .encode(sha2::Sha256::digest(key.subject_public_key_info()))
 }
 
 /// Longest a headless Chromium run may take (a cold start on a busy machine

@@ -184,7 +184,16 @@ pub fn meminfo_kib(key: &str) -> Option<u64> {
 }
 
 pub fn open_files_limit() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    limits_open_files("/proc/self/limits")
+}
+
+/// Another process's soft limit on open descriptors (RLIMIT_NOFILE).
+pub fn open_files_limit_of(pid: u32) -> Option<u64> {
+    limits_open_files(&format!("/proc/{pid}/limits"))
+}
+
+fn limits_open_files(path: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
 }

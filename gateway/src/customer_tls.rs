@@ -5,14 +5,19 @@
 //!
 //! The certificate and key are PEM files (`--tls-cert`, `--tls-key`), read at
 //! start and again on every reload (SIGHUP): a bad pair at reload keeps the
-//! running one and says why. Only HTTP/1.1 is offered inside TLS (ALPN), as on
-//! the plain port.
+//! running one and says why. ALPN offers `h2` (served by
+//! [`crate::customer`]'s HTTP/2 module: one customer connection per stream)
+//! and `http/1.1`; a client that names neither gets HTTP/1.1, as on the plain
+//! port.
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The ALPN protocol id of HTTP/2 over TLS (RFC 9113 §3.2).
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// Why a certificate and key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +99,8 @@ fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, CustomerTlsEr
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .map_err(|e| CustomerTlsError::Pair(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // h2 first: rustls takes the server's order when the client offers both,
+    // and a browser's page then shares one connection.
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

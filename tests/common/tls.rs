@@ -51,3 +51,14 @@ pub fn client_config(ca_file: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
+
+/// The base64 SHA-256 of the certificate's public key (SubjectPublicKeyInfo),
+/// as Chromium's `--ignore-certificate-errors-spki-list` takes it.
+pub fn spki_pin(files: &TlsFiles) -> String {
+    use base64::Engine;
+    use rcgen::PublicKeyData;
+    use sha2::Digest;
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&files.key).unwrap()).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .encode(sha2::Sha256::digest(key.subject_public_key_info()))
+}

@@ -23,7 +23,6 @@ use crate::error::ProxyError;
 use crate::shared::Shared;
 use exitpool_protocol::{FailureCode, TargetHost};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
@@ -53,14 +52,20 @@ const HOP_BY_HOP: &[&str] = &[
 const DEFAULT_HTTP_PORT: u16 = 80;
 
 /// Forwards one absolute-form request through its own exit and returns the
-/// target's answer, or the failure to present.
-pub(crate) async fn forward(
-    request: Request<Incoming>,
+/// target's answer, or the failure to present. The request's body is
+/// hyper's (HTTP/1.1) or an HTTP/2 stream's ([`super::http2`]).
+pub(crate) async fn forward<B>(
+    request: Request<B>,
     arrival: &Arrival,
     pending: &AddressSlot,
     started: Instant,
     shared: &Arc<Shared>,
-) -> Result<Response<Body>, Refusal> {
+) -> Result<Response<Body>, Refusal>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let credentials = basic_credentials(&request);
     let credentials = credentials
         .as_ref()
@@ -88,12 +93,12 @@ pub(crate) async fn forward(
         peer,
         target: target.clone(),
         started,
+        protocol: "http",
     };
     let user = context.user.clone();
     let (transfer, exit) = Transfer::start(authorized, context, shared);
     let io = MeteredIo::new(tokio::io::join(exit.recv, exit.send), &transfer, shared);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        protocol: "http",
         .await
         .map_err(|error| refused(target_failed(error)))?;
     let (status_tx, status_rx) = oneshot::channel();
@@ -181,7 +186,7 @@ fn target_of(uri: &Uri) -> Result<(TargetHost, u16), ProxyError> {
 
 /// The request as the target should see it: origin-form, no hop-by-hop headers,
 /// a `Host` header from the URI's authority.
-fn outbound(request: Request<Incoming>) -> Request<Incoming> {
+fn outbound<B>(request: Request<B>) -> Request<B> {
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // RFC 9112 section 3.2.2: the absolute-form URI's authority is the host; a

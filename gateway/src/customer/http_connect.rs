@@ -98,7 +98,7 @@ pub(crate) async fn serve_head(
 
 /// What both ways in share: credentials (or the source's `allow_ips`) ->
 /// the target -> an exit with the stream open. Returns it with the user.
-async fn open_tunnel(
+pub(crate) async fn open_tunnel(
     credentials: Option<(String, String)>,
     authority: &str,
     arrival: &Arrival,

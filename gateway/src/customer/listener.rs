@@ -8,7 +8,7 @@
 
 use super::proxy_protocol::{self, Proxied};
 use super::session::Arrival;
-use super::{http, http_connect, response, socks};
+use super::{http, http2, http_connect, response, socks};
 use crate::abuse::{AddressSlot, AddressSlots, SlotRefusal};
 use crate::credentials::Targeting;
 use crate::error::ProxyError;
@@ -118,11 +118,13 @@ async fn accept(
         let shared = shared.clone();
         let span = info_span!("customer", %peer, user = tracing::field::Empty);
         let arrival = Arrival { peer, entry };
+        let places = connections.clone();
         // Boxed: a connection's future holds every protocol's state (several
         // KiB), and each wrapper on the way into the task would copy it whole.
         shared.tasks.clone().spawn(
             async move {
-                Box::pin(handle(stream, arrival, Arc::new(slot), deadline, shared)).await;
+                let slot = Arc::new(slot);
+                Box::pin(handle(stream, arrival, slot, deadline, places, shared)).await;
                 drop(permit);
             }
             .instrument(span),
@@ -184,16 +186,19 @@ async fn proxied(
         }
     };
     let arrival = Arrival { peer, entry };
-    handle(stream, arrival, Arc::new(slot), deadline, shared).await;
+    let places = bounds.connections.clone();
+    handle(stream, arrival, Arc::new(slot), deadline, places, shared).await;
 }
 
 /// Serves one customer connection; `deadline` (from accept) bounds the whole
-/// first head (or SOCKS5 negotiation).
+/// first head (or SOCKS5 negotiation). `places` is `--max-connections`, from
+/// which each HTTP/2 stream also takes a place of its own.
 async fn handle(
     stream: TcpStream,
     arrival: Arrival,
     slot: Arc<AddressSlot>,
     deadline: Instant,
+    places: Arc<Semaphore>,
     shared: Arc<Shared>,
 ) {
     // One peek serves both the protocol's first byte and, for the common
@@ -213,16 +218,23 @@ async fn handle(
             let Some(tls) = &shared.customer_tls else {
                 return;
             };
-            // The handshake shares the head's deadline, counted from accept.
-            match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
-                Ok(Ok(stream)) => http::serve(stream, arrival, slot, deadline, shared).await,
-                Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
-                Err(_) => debug!("TLS handshake not finished within the head timeout"),
             if !shared.tls_handshakes.allow(arrival.peer.ip()) {
                 shared.metrics.customer_tls_handshakes_refused.inc();
                 refuse_handshake(stream).await;
                 return;
             }
+            // The handshake shares the head's deadline, counted from accept.
+            match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    shared.metrics.customer_tls_connections.inc();
+                    if http2::negotiated(&stream) {
+                        http2::serve(stream, arrival, slot, deadline, places, shared).await
+                    } else {
+                        http::serve(stream, arrival, slot, deadline, shared).await
+                    }
+                }
+                Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
+                Err(_) => debug!("TLS handshake not finished within the head timeout"),
             }
         }
         Ok(Ok(1..)) => {
@@ -238,18 +250,6 @@ async fn handle(
     }
 }
 
-/// Refuses a connection before serving it, in its own protocol: a SOCKS5 client
-/// hears "no acceptable method" (RFC 1928 has no "busy"), anyone else the HTTP
-/// answer for `error`. Never a silent drop.
-async fn refuse(mut stream: TcpStream, error: ProxyError) {
-    use tokio::io::AsyncWriteExt;
-    debug!(%error, "refused before serving");
-    let mut first = [0u8; 1];
-    let socks = matches!(
-        tokio::time::timeout(Duration::from_secs(1), stream.peek(&mut first)).await,
-        Ok(Ok(1)) if first[0] == SOCKS5_VERSION
-    );
-    let answer = if socks {
 /// A TLS record holding a fatal `internal_error` alert (RFC 8446 §6): what a
 /// client over its handshake budget hears instead of a handshake, so it fails
 /// at once rather than on a timeout. docs/errors.md says what it means.
@@ -271,6 +271,18 @@ async fn refuse_handshake(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
+/// Refuses a connection before serving it, in its own protocol: a SOCKS5 client
+/// hears "no acceptable method" (RFC 1928 has no "busy"), anyone else the HTTP
+/// answer for `error`. Never a silent drop.
+async fn refuse(mut stream: TcpStream, error: ProxyError) {
+    use tokio::io::AsyncWriteExt;
+    debug!(%error, "refused before serving");
+    let mut first = [0u8; 1];
+    let socks = matches!(
+        tokio::time::timeout(Duration::from_secs(1), stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == SOCKS5_VERSION
+    );
+    let answer = if socks {
         vec![SOCKS5_VERSION, 0xFF]
     } else {
         response::raw_error(&error.into())

@@ -5,7 +5,8 @@
 //!    unauthenticated), tell SOCKS5 from HTTP by the first byte;
 //! 2. the protocol: [`socks`] (SOCKS5), or [`http`] (request limits) dispatching to
 //!    [`http_connect`] (HTTP `CONNECT`) or [`forward`] (plain HTTP); targets are read by
-//!    [`target`];
+//!    [`target`]; on the HTTPS proxy port with ALPN `h2`, [`http2`] serves each
+//!    stream the same way;
 //! 3. [`session`]: the customer-session step every protocol shares: authenticate ->
 //!    choose an exit -> open the relay stream;
 //! 4. [`transfer`]: the one metered transfer (usage folded each second, cut at
@@ -17,6 +18,7 @@
 
 mod forward;
 mod http;
+mod http2;
 mod http_connect;
 pub mod inventory;
 mod listener;

@@ -415,6 +415,33 @@ pub(crate) async fn relay_tcp<S: CustomerStream>(
     context: AccessContext,
     shared: &Shared,
 ) {
+    let (read, write) = stream.halves();
+    let result = relay_halves(read, write, already_read, authorized, context, shared).await;
+    // A clean end has already shut the customer's side down (the relay
+    // carries the exit's end of data across); only a failure needs more.
+    if result.is_err() {
+        let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// The one metered relay under every customer tunnel: a TCP (or TLS)
+/// connection's halves, or an HTTP/2 `CONNECT` stream's
+/// ([`super::http2`]). Sends `already_read` towards the target first, relays
+/// until both sides are done, and accounts the transfer. On `Err` the exit
+/// stream has been reset; the caller makes the customer's side end in an
+/// error too (a TCP reset, an HTTP/2 `RST_STREAM`).
+pub(crate) async fn relay_halves<R, W>(
+    read: R,
+    write: W,
+    already_read: Bytes,
+    authorized: Authorized,
+    context: AccessContext,
+    shared: &Shared,
+) -> Result<(), String>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
     let (mut transfer, exit) = Transfer::start(authorized, context, shared);
     let ExitStream {
         mut send,
@@ -432,7 +459,6 @@ pub(crate) async fn relay_tcp<S: CustomerStream>(
     let result = match send.write_chunk(already_read).await {
         Err(error) => Err(error.to_string()),
         Ok(()) => {
-            let (read, write) = stream.halves();
             let relaying = async {
                 let (_, result) = relay(
                     read,
@@ -452,12 +478,8 @@ pub(crate) async fn relay_tcp<S: CustomerStream>(
             transfer.supervise(relaying, shared).await
         }
     };
-    // A clean end has already shut the customer's side down (the relay
-    // carries the exit's end of data across); only a failure needs more.
-    if result.is_err() {
-        let _ = socket2::SockRef::from(stream.tcp()).set_linger(Some(Duration::ZERO));
-    }
     transfer.finish(&result, None, shared);
+    result
 }
 
 /// An exit stream as hyper's client sees it for plain HTTP, counting bytes per

@@ -153,6 +153,11 @@ pub(crate) struct LimitArgs {
     /// `503 gateway_busy`), so strangers never fill --max-connections.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_MAX_UNAUTHENTICATED)]
     pub(crate) max_unauthenticated: usize,
+    /// TLS handshakes one address (IPv4, or IPv6 /64) may start per second on
+    /// the HTTPS proxy port, with bursts of twice that; past it the ClientHello
+    /// is answered with a TLS `internal_error` alert before any cryptography.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_TLS_HANDSHAKES_PER_IP)]
+    pub(crate) max_tls_handshakes_per_ip: std::num::NonZeroU32,
     /// Close a customer tunnel after this many seconds without traffic.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub(crate) idle_timeout: u64,
@@ -173,11 +178,6 @@ pub(crate) struct RoutingArgs {
     /// customer; 1 turns transparent retry off.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_OPEN_ATTEMPTS)]
     pub(crate) open_attempts: u32,
-    /// TLS handshakes one address (IPv4, or IPv6 /64) may start per second on
-    /// the HTTPS proxy port, with bursts of twice that; past it the ClientHello
-    /// is answered with a TLS `internal_error` alert before any cryptography.
-    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_TLS_HANDSHAKES_PER_IP)]
-    pub(crate) max_tls_handshakes_per_ip: std::num::NonZeroU32,
     /// Seconds a request may spend reaching its target over all its attempts.
     #[arg(long, value_name = "SECONDS", default_value_t = exitpool::gateway::config::DEFAULT_CONNECT_DEADLINE.as_secs())]
     pub(crate) connect_deadline: u64,
@@ -383,6 +383,7 @@ impl LimitArgs {
         config.max_connections = self.max_connections.max(1);
         config.max_unauthenticated_per_ip = self.max_unauthenticated_per_ip.max(1);
         config.max_unauthenticated = self.max_unauthenticated.max(1);
+        config.tls_handshakes_per_ip = self.max_tls_handshakes_per_ip;
         config.max_agents_per_address = self.max_agents_per_address.max(1);
     }
 }
@@ -425,7 +426,6 @@ impl RoutingArgs {
         Ok(())
     }
 }
-        config.tls_handshakes_per_ip = self.max_tls_handshakes_per_ip;
 
 impl FleetArgs {
     /// The fleet's part, with `--redis`.

@@ -34,8 +34,9 @@ enum SendState {
 }
 
 impl TcpSend {
-    /// A stream this end opened: its headers leave with its first frame.
-    pub(super) fn opened(send: h2::SendStream<Bytes>) -> TcpSend {
+    /// A stream this end opened (its headers leave with its first frame),
+    /// or one already answered (the HTTPS proxy's HTTP/2 `CONNECT` streams).
+    pub fn opened(send: h2::SendStream<Bytes>) -> TcpSend {
         TcpSend {
             state: SendState::Open(send),
             fresh: true,
@@ -189,7 +190,7 @@ impl TcpRecv {
     }
 
     /// A stream the peer opened.
-    pub(super) fn body(body: h2::RecvStream) -> TcpRecv {
+    pub fn body(body: h2::RecvStream) -> TcpRecv {
         TcpRecv {
             state: RecvState::Body(body),
             pending: Bytes::new(),
