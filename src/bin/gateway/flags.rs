@@ -357,6 +357,41 @@ pub(crate) enum Command {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenAction {
+    /// Customers and sub-users of a running gateway (through its /api/v1).
+    Customers {
+        #[command(subcommand)]
+        action: crate::operators::Customers,
+        #[command(flatten)]
+        api: crate::operators::Api,
+    },
+    /// Agent tokens in a running gateway's database (through its /api/v1).
+    Tokens {
+        #[command(subcommand)]
+        action: crate::operators::Tokens,
+        #[command(flatten)]
+        api: crate::operators::Api,
+    },
+    /// A running gateway's live customer connections: list, close.
+    Connections {
+        #[command(subcommand)]
+        action: crate::operators::Connections,
+        #[command(flatten)]
+        api: crate::operators::Api,
+    },
+    /// The exits in a running gateway's pool: list, ban, unban.
+    Exits {
+        #[command(subcommand)]
+        action: crate::operators::Exits,
+        #[command(flatten)]
+        api: crate::operators::Api,
+    },
+    /// Move a --users file's accounts into a running gateway's database.
+    Accounts {
+        #[command(subcommand)]
+        action: crate::operators::Accounts,
+        #[command(flatten)]
+        api: crate::operators::Api,
+    },
     /// Print a new random agent token (256 bits) for --agent-token or a line
     /// of the --agent-tokens file.
     New,
