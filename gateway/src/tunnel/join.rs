@@ -43,13 +43,15 @@ pub(crate) fn spawn_agent<F>(
 ) where
     F: std::future::Future<Output = Result<AdmittedAgent, HandshakeError>> + Send + 'static,
 {
+    // Boxed before the task takes it, and freed once done: captured inline,
+    // even the handshake's unstarted state (a QUIC `Incoming`) would size the
+    // task for as long as the agent stays.
+    let handshake = Box::pin(handshake);
     shared.tasks.clone().spawn(
         async move {
             let started = std::time::Instant::now();
-            // Boxed, and so freed once done: inline, the handshake's state
-            // would size this task for as long as the agent stays.
             let handshake = tokio::select! {
-                result = Box::pin(handshake) => result,
+                result = handshake => result,
                 // Not yet an agent: `Gateway::shutdown`'s endpoint close tells it.
                 () = shared.shutdown.cancelled() => return,
                 // Another source's handshake took this place (see `pending`).
