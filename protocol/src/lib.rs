@@ -19,7 +19,8 @@
 //! closed, in both directions. An agent's id is not declared but proven:
 //! [`identity`] derives it from a device key that signs each connection.
 //! Gateways of one fleet carry customers to each other's exits over the
-//! [`peer`] link, with the same `OpenReply` and raw bytes after it. Both local
+//! [`peer`] link, with the same `OpenReply` and raw bytes after it. A relay
+//! stream may instead carry a UDP flow ([`udp`]). Both local
 //! HTTP endpoints (admin, agent status) refuse web pages by [`local_http`].
 //!
 //! This crate is pure: without its `tokio` feature (on by default, for
@@ -35,6 +36,7 @@ pub mod identity;
 pub mod local_http;
 pub mod messages;
 pub mod peer;
+pub mod udp;
 
 pub use frame::{decode, decode_body, encode, hello_version, FrameError, MAX_FRAME_LEN};
 #[cfg(feature = "tokio")]

@@ -141,6 +141,11 @@ impl Transfer {
         let quota = shared
             .accounts
             .current()
+            .users
+            .get(&context.user)
+            .and_then(|customer| customer.limits.quota_bytes);
+        let lease =
+            quota.map(|quota| Arc::new(shared.limits.quota_leases().open(&context.user, quota)));
         let counters: Arc<LiveCounters> = Arc::default();
         let live = shared.live.register(
             crate::live::NewLive {
@@ -153,11 +158,6 @@ impl Transfer {
             },
             counters.clone(),
         );
-            .users
-            .get(&context.user)
-            .and_then(|customer| customer.limits.quota_bytes);
-        let lease =
-            quota.map(|quota| Arc::new(shared.limits.quota_leases().open(&context.user, quota)));
         let transfer = Transfer {
             agent,
             live,
@@ -214,6 +214,11 @@ impl Transfer {
         let lease = self.lease.clone();
         let cut = async {
             match &lease {
+                Some(lease) => lease.cut().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(cut);
         let closing = self.live.as_ref().map(|live| live.closing());
         let closed = async {
             match closing {
@@ -222,11 +227,6 @@ impl Transfer {
             }
         };
         tokio::pin!(closed);
-                Some(lease) => lease.cut().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(cut);
         loop {
             tokio::select! {
                 result = &mut work => break result,
