@@ -49,7 +49,8 @@ export function quotaBar(used, quota, format) {
   track.append(fill);
   const text = document.createElement("div");
   text.className = "quota-text";
-  text.textContent = quota ? `${format(used)} of ${format(quota)} (${Math.round(100 * share)} %)` : `${format(used)} · no quota`;
+  const shown = share > 0 && share < 0.01 ? "<1" : Math.round(100 * share);
+  text.textContent = quota ? `${format(used)} of ${format(quota)} (${shown} %)` : `${format(used)} · no quota`;
   wrap.append(track, text);
   return wrap;
 }
@@ -66,9 +67,12 @@ function frame(max, format, ticks) {
     svg.append(el("line", { x1: PAD.left, x2: W - PAD.right, y1: y, y2: y, class: "grid" }));
     svg.append(el("text", { x: PAD.left - 6, y: y + 4, class: "axis", "text-anchor": "end" }, format((max * i) / 2)));
   }
-  for (const [x, label] of ticks) {
-    svg.append(el("text", { x, y: H - 6, class: "axis", "text-anchor": "middle" }, label));
-  }
+  ticks.forEach(([x, label], i) => {
+    // The outer labels keep inside the frame.
+    const anchor = i === 0 ? "start" : i === ticks.length - 1 ? "end" : "middle";
+    const at = i === 0 ? Math.max(x, PAD.left) : i === ticks.length - 1 ? Math.min(x, W - PAD.right) : x;
+    svg.append(el("text", { x: at, y: H - 6, class: "axis", "text-anchor": anchor }, label));
+  });
   return svg;
 }
 

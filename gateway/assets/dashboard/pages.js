@@ -39,7 +39,8 @@ function failure(error) {
 
 function table(head, rows, emptyText) {
   if (rows.length === 0) return empty(emptyText);
-  return h("table", {}, h("thead", {}, h("tr", {}, head.map((title) => h("th", {}, title)))), h("tbody", {}, rows));
+  return h("div", { class: "table-wrap" },
+    h("table", {}, h("thead", {}, h("tr", {}, head.map((title) => h("th", {}, title)))), h("tbody", {}, rows)));
 }
 
 /** A secret shown once, with a copy button. */
@@ -316,6 +317,7 @@ export function customer(view, name) {
   const daily = card("Last 30 days, by day");
   const domains = card("Top domains today");
   const live = card("Live connections");
+  live.classList.add("wide");
   const subs = card("Sub-users");
   const limits = card("Limits");
   fill(view, h("p", {}, h("a", { href: "#/customers" }, "← Customers")), h("h1", {}, name), message, head,
