@@ -136,12 +136,23 @@ async fn the_list_shows_a_running_transfer_and_closing_it_resets_the_customer() 
     let (status, error) = api(&net, "DELETE", &format!("/connections/{id}")).await;
     assert_eq!(status, 404, "{error}");
     assert_eq!(error["error"], "not_found");
-    // The exit is not blamed for the operator's close.
+    // Neither the exit nor the relay is blamed for the operator's close.
     let (_, exits) = api(&net, "GET", "/exits").await;
     assert_eq!(
         exits["items"][0]["health"]["consecutive_failures"], 0,
         "{exits}"
     );
+    let stats = reqwest::Client::new()
+        .get(format!("http://{}/stats", net.admin()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(stats["customers"][USER]["errors"], 0, "{stats}");
+    assert!(stats["customers"][USER]["bytes_up"].as_u64() >= Some(100_000), "{stats}");
 }
 
 #[tokio::test]

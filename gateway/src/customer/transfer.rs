@@ -305,7 +305,8 @@ impl Transfer {
         let down = self.counters.from_tunnel.load(Ordering::Relaxed);
         self.agent.bytes_up.fetch_add(up, Ordering::Relaxed);
         self.agent.bytes_down.fetch_add(down, Ordering::Relaxed);
-        if result.is_err() {
+        // An operator's close is no failure of the relay or the exit.
+        if result.as_ref().is_err_and(|why| why != CLOSED_BY_OPERATOR) {
             shared.record_error_code(Some(&self.context.user), Some(&self.agent), "relay_failed");
         }
         (up, down)
