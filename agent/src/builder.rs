@@ -44,6 +44,7 @@ impl Agent {
                 state_dir: None,
                 max_streams: DEFAULT_MAX_STREAMS,
                 drain_grace: DEFAULT_DRAIN_GRACE,
+                udp: crate::udp::UdpLimits::default(),
                 handshake_timeout: HANDSHAKE_TIMEOUT,
                 connect_timeout: CONNECT_TIMEOUT,
                 software: format!("exitpool-agent/{}", env!("CARGO_PKG_VERSION")),
@@ -112,6 +113,13 @@ impl AgentBuilder {
     /// Most relay streams served at once (at least 1).
     pub fn max_streams(mut self, streams: u32) -> Self {
         self.config.max_streams = streams.max(1);
+        self
+    }
+
+    /// Bounds on UDP flows: flows per tunnel, packets per second per flow,
+    /// idle timeout ([`crate::udp::UdpLimits`]).
+    pub fn udp_limits(mut self, limits: crate::udp::UdpLimits) -> Self {
+        self.config.udp = limits;
         self
     }
 

@@ -103,6 +103,8 @@ pub struct AgentConfig {
     pub max_streams: u32,
     /// How long live streams may finish on shutdown.
     pub drain_grace: Duration,
+    /// Bounds on UDP flows ([`crate::udp`]).
+    pub udp: crate::udp::UdpLimits,
     /// How long each handshake step may take: resolving the gateway, the QUIC
     /// handshake, the answer to `Hello`, a relay stream's `OpenRequest`, and
     /// sending `Draining`. Default [`exitpool_protocol::HANDSHAKE_TIMEOUT`].

@@ -94,7 +94,7 @@ pub async fn dial(
     Err(last_error.expect("at least one candidate was tried"))
 }
 
-async fn resolve(
+pub(crate) async fn resolve(
     host: &TargetHost,
     port: u16,
     deadline: Instant,

@@ -67,6 +67,7 @@ pub mod state;
 pub mod status;
 pub mod tls;
 pub mod tunnel;
+pub mod udp;
 
 pub use builder::{Agent, AgentBuilder};
 pub use config::{

@@ -188,6 +188,8 @@ async fn serve(
     let transport = connection.transport();
     let auto = config.transport == TransportChoice::Auto;
     let slots = Arc::new(Semaphore::new(config.max_streams as usize));
+    // UDP flows per tunnel (crate::udp), on top of their stream slots.
+    let flows = Arc::new(Semaphore::new(config.udp.max_flows as usize));
     // Over TCP under `auto`, QUIC is tried again in the background.
     let probing = transport == Transport::Tcp && auto;
     let probe = quic_probe(dialer, config, *gateway);
@@ -203,7 +205,7 @@ async fn serve(
     loop {
         tokio::select! {
             accepted = connection.accept_stream() => match accepted {
-                Ok((send, recv)) => spawn_stream(streams, shared, &slots, send, recv),
+                Ok((send, recv)) => spawn_stream(streams, shared, (&slots, &flows), send, recv),
                 Err(_) if gateway_stopped(connection) => break SessionEnd::GatewayStopped,
                 Err(_) if transport == Transport::Quic
                     && connection.close_reason() == Some(CloseReason::TimedOut)
@@ -263,7 +265,7 @@ async fn serve(
 fn spawn_stream(
     streams: &TaskTracker,
     shared: &Arc<Shared>,
-    slots: &Arc<Semaphore>,
+    (slots, flows): (&Arc<Semaphore>, &Arc<Semaphore>),
     send: StreamSend,
     recv: StreamRecv,
 ) {
@@ -271,6 +273,7 @@ fn spawn_stream(
         shared: shared.clone(),
         policy: shared.policy.borrow().clone(),
         slots: slots.clone(),
+        flows: flows.clone(),
         accepting: shared.accepting(),
     };
     // Boxed so the wrappers on the way into the task move a pointer, not the

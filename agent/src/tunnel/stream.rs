@@ -1,4 +1,5 @@
-//! One relay stream the gateway opened: read its `OpenRequest`, take a stream
+//! One relay stream the gateway opened: read its `OpenRequest` (or a UDP flow
+//! request, served by `crate::udp`), take a stream
 //! slot, dial the target under the exit policy, answer `Opened` or `Failed`,
 //! then relay bytes both ways until either side ends.
 
@@ -6,7 +7,8 @@ use crate::dial::{dial, DialError};
 use crate::policy::ExitPolicy;
 use crate::shared::Shared;
 use crate::stats::ActiveStream;
-use exitpool_protocol::{read_frame, write_frame, FailureCode, OpenReply, OpenRequest};
+use exitpool_protocol::udp::{Relay, RelayOpen};
+use exitpool_protocol::{read_frame, write_frame, FailureCode, OpenReply};
 use exitpool_transport::relay::{relay, LiveCounters};
 use exitpool_transport::{StreamRecv, StreamSend, TunnelSend};
 use std::sync::Arc;
@@ -30,6 +32,8 @@ pub(super) struct StreamContext {
     pub policy: Arc<ExitPolicy>,
     /// One permit per stream served at once (`max_streams`).
     pub slots: Arc<Semaphore>,
+    /// One permit per UDP flow open at once on this tunnel.
+    pub flows: Arc<Semaphore>,
     /// Whether the agent took new streams when this one arrived.
     pub accepting: bool,
 }
@@ -41,7 +45,8 @@ pub(super) async fn serve_stream(
     mut recv: StreamRecv,
 ) {
     let config = &context.shared.config;
-    let request: OpenRequest =
+    // A TCP open or a UDP flow ([`exitpool_protocol::udp`]).
+    let request: RelayOpen =
         match tokio::time::timeout(config.handshake_timeout, read_frame(&mut recv)).await {
             Ok(Ok(request)) => request,
             Ok(Err(error)) => {
@@ -63,6 +68,15 @@ pub(super) async fn serve_stream(
     };
     // Counted live until dropped, whichever way this task ends.
     let _active = ActiveStream::start(&context.shared.counters);
+    let request = match Relay::from(request) {
+        Relay::Tcp(request) => request,
+        Relay::Udp(open) => {
+            let (shared, policy) = (&context.shared, &context.policy);
+            crate::udp::serve_flow(shared, policy, &context.flows, open, send, recv).await;
+            drop(permit);
+            return;
+        }
+    };
     match dial(
         &request,
         &context.policy,

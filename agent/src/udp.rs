@@ -1,0 +1,366 @@
+//! UDP flows at the exit: a relay stream whose first frame asked for UDP
+//! ([`exitpool_protocol::udp`]) gets one UDP socket connected to its target,
+//! dialled under the same exit policy as TCP, and datagrams move between the
+//! socket and the stream (2-byte length prefix) until either side ends, or
+//! nothing moves for the idle timeout.
+//!
+//! Bounds: flows per tunnel ([`UdpLimits::max_flows`], a semaphore the
+//! session holds), packets per second per flow, one datagram queue of
+//! [`FLOW_QUEUE`] towards the gateway per flow. UDP is lossy by contract, so a
+//! full queue or a packet over the rate is dropped and counted, never queued.
+//! The stream handling in [`crate::tunnel`] dispatches here.
+
+use crate::dial::{resolve, DialError};
+use crate::policy::ExitPolicy;
+use crate::shared::Shared;
+use bytes::{BufMut, Bytes, BytesMut};
+use exitpool_protocol::udp::{datagram_header, read_datagram, UdpOpen, MAX_DATAGRAM_LEN};
+use exitpool_protocol::{write_frame, FailureCode, OpenReply};
+use exitpool_transport::relay::{Direction, Throttle};
+use exitpool_transport::{StreamRecv, StreamSend, TunnelRecv, TunnelSend};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use tracing::debug;
+
+/// Default most UDP flows open at once on one tunnel.
+pub const DEFAULT_MAX_FLOWS: u32 = 64;
+/// Default most datagrams per second one flow carries (both ways together).
+pub const DEFAULT_PACKETS_PER_SECOND: u32 = 2_000;
+/// Default idle timeout of a flow: the common NAT binding lifetime for UDP.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Datagrams from the target waiting for the stream towards the gateway, per
+/// flow; more are dropped.
+pub const FLOW_QUEUE: usize = 64;
+
+/// The agent's bounds on UDP flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpLimits {
+    /// Most flows open at once on one tunnel; more are answered
+    /// `AgentUnavailable`. 0 turns UDP off.
+    pub max_flows: u32,
+    /// Most datagrams per second per flow, both ways together; more are
+    /// dropped and counted.
+    pub packets_per_second: u32,
+    /// A flow with no datagram either way for this long ends.
+    pub idle_timeout: Duration,
+}
+
+impl Default for UdpLimits {
+    fn default() -> Self {
+        UdpLimits {
+            max_flows: DEFAULT_MAX_FLOWS,
+            packets_per_second: DEFAULT_PACKETS_PER_SECOND,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Serves one UDP flow: a flow slot, the policy-checked dial, `Opened`, then
+/// datagrams both ways. Refusals are answered with the same codes as TCP.
+pub(crate) async fn serve_flow(
+    shared: &Arc<Shared>,
+    policy: &ExitPolicy,
+    flows: &Arc<Semaphore>,
+    open: UdpOpen,
+    mut send: StreamSend,
+    recv: StreamRecv,
+) {
+    let config = &shared.config;
+    let Ok(_flow) = flows.clone().try_acquire_owned() else {
+        let refusal = DialError {
+            code: FailureCode::AgentUnavailable,
+            detail: "the exit is at its UDP flow limit".into(),
+        };
+        return refuse(&mut send, refusal).await;
+    };
+    let (socket, peer) = match connect(&open, policy, config.bind, config.connect_timeout).await {
+        Ok(connected) => connected,
+        Err(error) => {
+            // Counted and summarised like TCP refusals (the target is the
+            // customer's text, so no line each).
+            if !shared.counters.count_refusal(error.code) {
+                debug!(host = %open.host, port = open.port, code = ?error.code, "UDP flow refused");
+            }
+            return refuse(&mut send, error).await;
+        }
+    };
+    if write_frame(&mut send, &OpenReply::Opened { peer })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let limits = config.udp;
+    let counts = relay_flow(socket, send, recv, limits, &shared.meter).await;
+    debug!(
+        flow = open.flow,
+        up = counts.up,
+        down = counts.down,
+        dropped = counts.dropped,
+        "UDP flow done"
+    );
+}
+
+/// Answers `Failed` and finishes the stream.
+async fn refuse(send: &mut StreamSend, error: DialError) {
+    let reply = OpenReply::Failed {
+        code: error.code,
+        detail: error.detail,
+    };
+    if write_frame(send, &reply).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// Resolves and checks like a TCP dial (the port rule, then EVERY resolved
+/// address), and connects a UDP socket to the first checked address of the
+/// bind address's family, so the socket hears only its target.
+async fn connect(
+    open: &UdpOpen,
+    policy: &ExitPolicy,
+    bind: Option<IpAddr>,
+    connect_timeout: Duration,
+) -> Result<(UdpSocket, SocketAddr), DialError> {
+    let deadline = Instant::now() + connect_timeout;
+    policy.check_port(open.port)?;
+    let addresses = resolve(&open.host, open.port, deadline).await?;
+    for address in &addresses {
+        policy.check_ip(address.ip())?;
+    }
+    let target = addresses
+        .into_iter()
+        .find(|address| bind.is_none_or(|bind| bind.is_ipv4() == address.is_ipv4()))
+        .ok_or_else(|| DialError {
+            code: FailureCode::NetworkUnreachable,
+            detail: "the target has no address of this exit's IP family".into(),
+        })?;
+    let local = bind.unwrap_or(match target {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    });
+    let unreachable = |_| DialError {
+        code: FailureCode::NetworkUnreachable,
+        detail: "the exit has no route to the target's network".into(),
+    };
+    let socket = UdpSocket::bind(SocketAddr::new(local, 0))
+        .await
+        .map_err(unreachable)?;
+    socket.connect(target).await.map_err(unreachable)?;
+    Ok((socket, target))
+}
+
+/// Datagrams moved and dropped by one flow.
+#[derive(Debug, Default, Clone, Copy)]
+struct FlowCounts {
+    up: u64,
+    down: u64,
+    dropped: u64,
+}
+
+/// A per-flow packet budget per one-second window.
+struct Rate {
+    per_second: u32,
+    window: std::sync::Mutex<(Instant, u32)>,
+}
+
+impl Rate {
+    fn new(per_second: u32) -> Rate {
+        Rate {
+            per_second,
+            window: std::sync::Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Whether one more packet fits this second's budget.
+    fn admit(&self) -> bool {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if now.duration_since(window.0) >= Duration::from_secs(1) {
+            *window = (now, 0);
+        }
+        if window.1 >= self.per_second {
+            return false;
+        }
+        window.1 += 1;
+        true
+    }
+}
+
+/// Moves datagrams until the gateway finishes the stream, either side fails,
+/// or the flow is idle for `limits.idle_timeout`.
+async fn relay_flow(
+    socket: UdpSocket,
+    mut send: StreamSend,
+    mut recv: StreamRecv,
+    limits: UdpLimits,
+    meter: &impl Throttle,
+) -> FlowCounts {
+    let started = Instant::now();
+    // Milliseconds since `started` at the last datagram either way.
+    let last = AtomicU64::new(0);
+    let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let rate = Rate::new(limits.packets_per_second);
+    let (up, down, dropped) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (queue, mut queued) = mpsc::channel::<Bytes>(FLOW_QUEUE);
+
+    let from_gateway = async {
+        let mut buf = Vec::with_capacity(2048);
+        loop {
+            match read_datagram(&mut recv, &mut buf).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    debug!(%error, "UDP flow stream failed");
+                    return;
+                }
+            }
+            touch();
+            if !rate.admit() {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            meter.pass(Direction::FromTunnel, buf.len()).await;
+            // A refused send (ICMP unreachable from an earlier datagram) loses
+            // this datagram only: UDP's own contract.
+            match socket.send(&buf).await {
+                Ok(_) => up.fetch_add(1, Ordering::Relaxed),
+                Err(_) => dropped.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    };
+    let from_target = async {
+        let mut buf = vec![0u8; MAX_DATAGRAM_LEN];
+        loop {
+            let len = match socket.recv(&mut buf).await {
+                Ok(len) => len,
+                // The kernel reports an earlier ICMP unreachable here.
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(error) => {
+                    debug!(%error, "UDP flow socket failed");
+                    return;
+                }
+            };
+            touch();
+            if !rate.admit() {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let mut framed = BytesMut::with_capacity(len + 2);
+            // `len` fits: the buffer is MAX_DATAGRAM_LEN long.
+            framed.put_slice(&datagram_header(len).unwrap_or_default());
+            framed.put_slice(&buf[..len]);
+            if queue.try_send(framed.freeze()).is_err() {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    let to_gateway = async {
+        while let Some(datagram) = queued.recv().await {
+            meter
+                .pass(Direction::ToTunnel, datagram.len().saturating_sub(2))
+                .await;
+            if send.write_chunk(datagram).await.is_err() {
+                return false;
+            }
+            down.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    };
+    let idle = async {
+        loop {
+            let seen = Duration::from_millis(last.load(Ordering::Relaxed));
+            let until = started + seen + limits.idle_timeout;
+            if Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    };
+    let clean = tokio::select! {
+        () = from_gateway => true,
+        () = from_target => false,
+        ok = to_gateway => ok,
+        () = idle => true,
+    };
+    if clean {
+        let _ = send.finish();
+    } else {
+        send.reset(exitpool_protocol::RESET_CODE);
+    }
+    recv.stop(exitpool_protocol::RESET_CODE);
+    FlowCounts {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        dropped: dropped.load(Ordering::Relaxed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exitpool_protocol::TargetHost;
+
+    fn open(host: &str, port: u16) -> UdpOpen {
+        UdpOpen {
+            host: TargetHost::Domain(host.into()),
+            port,
+            flow: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flow_to_a_refused_address_is_refused_by_the_policy() {
+        let error = connect(
+            &open("127.0.0.1", 5353),
+            &ExitPolicy::new(),
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.code, FailureCode::DestinationIpProhibited);
+    }
+
+    #[tokio::test]
+    async fn a_flow_to_a_refused_port_is_refused_by_the_policy() {
+        let policy = ExitPolicy::new().allow_private(true);
+        let error = connect(
+            &open("127.0.0.1", 25),
+            &policy,
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.code, FailureCode::DestinationPortProhibited);
+    }
+
+    #[tokio::test]
+    async fn an_allowed_flow_is_connected_to_its_target() {
+        let target = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = target.local_addr().unwrap().port();
+        let policy = ExitPolicy::new().allow_private(true);
+        let (socket, peer) = connect(
+            &open("127.0.0.1", port),
+            &policy,
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(peer, target.local_addr().unwrap());
+        assert_eq!(socket.peer_addr().unwrap(), peer);
+    }
+
+    #[test]
+    fn the_rate_admits_its_budget_and_no_more_per_second() {
+        let rate = Rate::new(3);
+        assert!((0..3).all(|_| rate.admit()));
+        assert!(!rate.admit());
+    }
+}
