@@ -84,7 +84,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     };
                     // Live connections and exits answer from this gateway's memory.
                     if live::owns(request.uri().path()) {
-                        return Ok::<_, Infallible>(live::serve(request, &shared).await);
+                        return Ok::<_, Infallible>(live::serve(request, &shared, &proven).await);
                     }
                     Ok::<_, Infallible>(route(request, &shared, &proven))
                 }

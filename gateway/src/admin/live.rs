@@ -78,6 +78,7 @@ pub fn full_openapi() -> utoipa::openapi::OpenApi {
 pub(super) async fn serve(
     request: hyper::Request<hyper::body::Incoming>,
     shared: &Arc<Shared>,
+    proven: &std::sync::atomic::AtomicBool,
 ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
     if let Some(refusal) = super::refuse_browsers(&request, shared) {
         return refusal;
@@ -88,7 +89,25 @@ pub(super) async fn serve(
         .and_then(|value| value.to_str().ok());
     let answer = if !super::authorized(shared.config.admin_token.as_ref(), authorization) {
         Error::Unauthorized.into_response()
-    } else if request.uri().path() == "/api/v1/openapi.json" {
+    } else {
+        // An operator's connection: it keeps its place on a busy port (`slots`).
+        proven.store(true, std::sync::atomic::Ordering::Relaxed);
+        answer(request, shared).await
+    };
+    let (parts, body) = answer.into_parts();
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => hyper::Response::from_parts(parts, http_body_util::Full::new(bytes)),
+        Err(error) => super::text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("the answer could not be read: {error}\n"),
+        ),
+    }
+}
+
+/// The answer to an authorized request for one of [`owns`]'s paths.
+async fn answer(request: hyper::Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response {
+    if request.uri().path() == "/api/v1/openapi.json" {
         let doc = full_openapi().to_json().unwrap_or_else(|_| "{}".into());
         (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -107,15 +126,6 @@ pub(super) async fn serve(
             Ok(response) => response,
             Err(never) => match never {},
         }
-    };
-    let (parts, body) = answer.into_parts();
-    match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(bytes) => hyper::Response::from_parts(parts, http_body_util::Full::new(bytes)),
-        Err(error) => super::text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            format!("the answer could not be read: {error}\n"),
-        ),
     }
 }
 
