@@ -196,7 +196,7 @@ def main():
         step("signed in with the one-time link; it does not work twice")
 
         # Overview: the demo's three countries.
-        bars = page.locator("section.card", has_text="Agents online by country").locator(".bar-label")
+        bars = page.locator("section[data-card='Agents online by country']").locator(".bar-label")
         expect(bars).to_have_count(3)
         assert sorted(bars.all_inner_texts()) == ["DE", "JP", "US"], bars.all_inner_texts()
         step("the overview shows the demo's three countries")
@@ -231,10 +231,10 @@ def main():
         # Its page: usage and the live connection appear.
         page.goto(f"{ADMIN}/dashboard/#/customers/acme")
         loaded(page, "customer")
-        live_rows = page.locator("section.card", has_text="Live connections").locator("tbody tr")
+        live_rows = page.locator("section[data-card='Live connections']").locator("tbody tr")
         expect(live_rows).to_have_count(1, timeout=WAIT_MS)
         expect(live_rows.first).to_contain_text("acme")
-        hourly = page.locator("section.card", has_text="Last 24 hours").locator("rect.column")
+        hourly = page.locator("section[data-card^='Last 24 hours']").locator("rect.column")
         expect(hourly.first).to_be_attached(timeout=WAIT_MS)
         today = page.locator(".quota-text").first
         wait_js(page, "acme's usage today",
@@ -257,6 +257,39 @@ def main():
         assert slow.returncode != 0, f"curl finished normally ({out}) instead of being cut"
         step(f"closed from the UI: curl ended after {time.monotonic() - started:.1f} s ({err.strip()})")
 
+        # The customer's page changes its limits, its password and its sub-users.
+        page.goto(f"{ADMIN}/dashboard/#/customers/acme")
+        loaded(page, "customer")
+        limits = page.locator("section[data-card='Limits']").locator("form")
+        limits.locator("input[name=max_connections]").fill("7")
+        limits.locator("button[type=submit]").click()
+        expect(page.locator("p.ok", has_text="Limits saved")).to_be_visible()
+        status, account = api("GET", "/api/v1/customers/acme")
+        assert status == 200 and account["limits"]["max_connections"] == 7, account
+        assert account["limits"]["quota_daily"] == 5_000_000_000, account
+        page.locator("button", has_text="Rotate password").click()
+        rotated = page.locator(".once code.secret")
+        expect(rotated).to_be_visible()
+        new_password = rotated.inner_text().strip()
+        assert new_password != password
+
+        def answers(user, secret, code):
+            done = curl(user, secret, f"{target_url}/small")
+            out, _ = done.communicate(timeout=30)
+            return out == code
+        eventually("the new password to work", lambda: answers("acme", new_password, "200"), timeout=10)
+        assert answers("acme", password, "407"), "the old password still works"
+        subs = page.locator("section[data-card='Sub-users']")
+        subs.locator("input[name=sub]").fill("team1")
+        subs.locator("button[type=submit]").click()
+        sub_secret = page.locator(".once", has_text="team1.acme").locator("code.secret")
+        expect(sub_secret).to_be_visible()
+        expect(subs.locator("tbody tr", has_text="team1")).to_have_count(1)
+        sub_password = sub_secret.inner_text().strip()
+        eventually("the sub-user's password to work",
+                   lambda: answers("team1.acme", sub_password, "200"), timeout=10)
+        step("limits saved, the password rotated (shown once, the old one refused), a sub-user added")
+
         # Agent tokens: created, its secret shown once.
         goto(page, "/tokens", "tokens")
         page.locator("input[name=label]").fill("volunteers")
@@ -274,6 +307,11 @@ def main():
         expect(page.locator("table").first.locator("tbody tr")).to_have_count(3)
         shot(page, "exits")
         exit_id = rows.first.locator("td").first.inner_text().strip()
+        goto(page, f"/exits/{exit_id}", "exit")
+        expect(page.locator(".stat-value", has_text="DE")).to_be_visible()
+        shot(page, "exit")
+        goto(page, "/exits", "exits")
+        rows = page.locator("tbody tr", has_text="DE")
         rows.first.locator("button", has_text="Ban").click()
         expect(page.locator("p.ok", has_text="banned")).to_be_visible()
         def left_pool():

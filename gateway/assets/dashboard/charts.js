@@ -84,15 +84,15 @@ export function lineChart(series, { format = String, label = (t) => t, empty = "
   const all = series.flatMap((s) => s.points);
   const wrap = document.createElement("figure");
   wrap.className = "chart-wrap";
-  if (all.length < 2) {
+  const t0 = Math.min(...all.map((p) => p[0]));
+  const t1 = Math.max(...all.map((p) => p[0]));
+  if (all.length < 2 || t0 === t1) {
     const p = document.createElement("p");
     p.className = "empty";
     p.textContent = empty;
     wrap.append(p);
     return wrap;
   }
-  const t0 = Math.min(...all.map((p) => p[0]));
-  const t1 = Math.max(...all.map((p) => p[0]));
   const max = Math.max(1, ...all.map((p) => p[1])) * 1.1;
   const x = (t) => PAD.left + ((t - t0) / Math.max(1, t1 - t0)) * (W - PAD.left - PAD.right);
   const y = (v) => PAD.top + (1 - v / max) * (H - PAD.top - PAD.bottom);

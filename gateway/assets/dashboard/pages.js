@@ -21,7 +21,7 @@ export function h(tag, attrs = {}, ...children) {
   return node;
 }
 
-const card = (title, ...body) => h("section", { class: "card" }, h("h2", {}, title), ...body);
+const card = (title, ...body) => h("section", { class: "card", "data-card": title }, h("h2", {}, title), ...body);
 const empty = (...text) => h("p", { class: "empty" }, ...text);
 const stat = (label, value, note) => h("div", { class: "stat" }, h("div", { class: "stat-value" }, value), h("div", { class: "stat-label" }, label), note ? h("div", { class: "stat-note" }, note) : null);
 const writeOnly = (node) => (canWrite() ? node : null);
@@ -87,7 +87,7 @@ export function overview(view) {
       lineChart([
         { name: "down", cls: "down", points: rates.map((r) => [r.at, r.down_per_sec]) },
         { name: "up", cls: "up", points: rates.map((r) => [r.at, r.up_per_sec]) },
-      ], { format: fmt.rate, label: fmt.clock, empty: "The first samples arrive within 20 seconds of start (one every 10 s)." }));
+      ], { format: fmt.rate, label: fmt.clock, empty: "Traffic appears here a few seconds after start (a sample every 10 s, the hour kept in the gateway)." }));
     fill(health, h("h2", {}, "Exit health"),
       o.agents
         ? rankedBars(BAND_ORDER.map((band) => ({ label: band, value: o.health[band] || 0, cls: band })), (n) => `${fmt.count(n)} · ${fmt.percent(n, o.agents)}`)
@@ -200,10 +200,10 @@ export function exit(view, id) {
         stat("streams", `${x.live_streams} / ${x.max_streams}`, `${fmt.count(x.streams_total)} in all`),
         stat("moved since join", fmt.bytes(x.bytes_up + x.bytes_down)),
         stat("joined", fmt.time(x.connected_at, { relative: true }), x.software)),
-        writeOnly(h("button", { type: "button", class: "danger", onclick: async () => {
+        writeOnly(h("p", { class: "actions" }, h("button", { type: "button", class: "danger", onclick: async () => {
           if (!confirm(`Ban exit ${id}?`)) return;
           try { await post(`/v1/exits/${seg(id)}/ban`); fill(message, h("p", { class: "ok" }, `Exit ${id} is banned.`)); } catch (error) { fill(message, failure(error)); }
-        } }, "Ban this exit")));
+        } }, "Ban this exit"))));
     }
     try {
       const report = await get(`/v1/exits/${seg(id)}/usage`);

@@ -168,26 +168,7 @@ impl Dashboard {
     }
 
     fn sample(&self) {
-        let shared = &self.shared;
-        let live_streams = shared
-            .directory
-            .agents()
-            .iter()
-            .map(|agent| {
-                u64::from(
-                    agent
-                        .active_streams
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                )
-            })
-            .sum();
-        self.samples.push(samples::Sample {
-            at: views::unix_now(),
-            bytes_up: shared.metrics.bytes_up.get(),
-            bytes_down: shared.metrics.bytes_down.get(),
-            connections: shared.metrics.connections.get(),
-            live_streams,
-        });
+        self.samples.push(views::sample_now(&self.shared));
         self.sessions.purge(Instant::now());
     }
 

@@ -60,12 +60,18 @@ impl Samples {
         ring.push_back(sample);
     }
 
-    /// Rates between consecutive samples, oldest first. A counter that went
-    /// down (a usage reset) gives a zero rate for that interval, not a negative one.
-    pub fn rates(&self) -> Vec<Rate> {
+    /// Rates between consecutive samples, oldest first, and from the last
+    /// sample to `now` (the counters as they are) when a second or more has
+    /// passed since, so the chart moves before the next sample. A counter
+    /// that went down (a usage reset) gives a zero rate for that interval,
+    /// not a negative one.
+    pub fn rates(&self, now: Sample) -> Vec<Rate> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.iter()
-            .zip(ring.iter().skip(1))
+        let tail = ring.back().filter(|last| now.at > last.at).map(|_| now);
+        let points: Vec<&Sample> = ring.iter().chain(tail.as_ref()).collect();
+        points
+            .iter()
+            .zip(points.iter().skip(1))
             .map(|(before, after)| {
                 let seconds = after.at.saturating_sub(before.at).max(1) as f64;
                 let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / seconds;
@@ -88,7 +94,7 @@ mod tests {
     #[test]
     fn rates_come_from_consecutive_samples_and_the_ring_is_bounded() {
         let samples = Samples::default();
-        assert!(samples.rates().is_empty());
+        assert!(samples.rates(Sample::default()).is_empty());
         for i in 0..(SAMPLES as u64 + 50) {
             samples.push(Sample {
                 at: 1000 + i * 10,
@@ -98,14 +104,31 @@ mod tests {
                 live_streams: 3,
             });
         }
-        let rates = samples.rates();
+        let rates = samples.rates(Sample::default());
         assert_eq!(rates.len(), SAMPLES);
         assert_eq!(rates[0].up_per_sec, 10.0);
         assert_eq!(rates[0].down_per_sec, 100.0);
         assert_eq!(rates[0].connections_per_sec, 0.1);
         assert_eq!(rates.last().unwrap().at, 1000 + (SAMPLES as u64 + 49) * 10);
+        // The counters now, 5 s after the last sample: one more point.
+        let last_at = 1000 + (SAMPLES as u64 + 49) * 10;
+        let now = Sample {
+            at: last_at + 5,
+            bytes_up: (SAMPLES as u64 + 49) * 100 + 50,
+            bytes_down: (SAMPLES as u64 + 49) * 1000,
+            connections: SAMPLES as u64 + 49,
+            live_streams: 4,
+        };
+        let with_now = samples.rates(now);
+        assert_eq!(with_now.len(), SAMPLES + 1);
+        assert_eq!(with_now.last().unwrap().up_per_sec, 10.0);
+        assert_eq!(with_now.last().unwrap().live_streams, 4);
         // A reset: the counters fall; the rate is zero, not negative.
-        samples.push(Sample::default());
-        assert_eq!(samples.rates().last().unwrap().down_per_sec, 0.0);
+        samples.push(Sample {
+            at: last_at + 10,
+            ..Sample::default()
+        });
+        let after_reset = samples.rates(Sample::default());
+        assert_eq!(after_reset.last().unwrap().down_per_sec, 0.0);
     }
 }

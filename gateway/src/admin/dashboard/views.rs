@@ -3,7 +3,7 @@
 //! stays small with 10,000 agents, and the exits table, filtered and paged
 //! here for the same reason.
 
-use super::samples::Samples;
+use super::samples::{Sample, Samples};
 use crate::directory::Agent;
 use crate::shared::Shared;
 use serde_json::{json, Value};
@@ -74,10 +74,32 @@ pub fn overview(shared: &Shared, samples: &Samples) -> Value {
         "bytes_down": shared.metrics.bytes_down.get(),
         "connections": shared.metrics.connections.get(),
         "errors": errors,
-        "rates": samples.rates(),
+        "rates": samples.rates(counters(shared, live_streams)),
         "ready": shared.fleet.as_ref().and_then(|fleet| fleet.not_ready()),
         "fleet": shared.fleet.as_deref().map(fleet),
     })
+}
+
+/// The traffic counters as they are now.
+pub fn sample_now(shared: &Shared) -> Sample {
+    let live_streams = shared
+        .directory
+        .agents()
+        .iter()
+        .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
+        .sum();
+    counters(shared, live_streams)
+}
+
+/// The counters now, with `live_streams` already summed.
+fn counters(shared: &Shared, live_streams: u64) -> Sample {
+    Sample {
+        at: unix_now(),
+        bytes_up: shared.metrics.bytes_up.get(),
+        bytes_down: shared.metrics.bytes_down.get(),
+        connections: shared.metrics.connections.get(),
+        live_streams,
+    }
 }
 
 /// The fleet as the overview shows it: every gateway as of its last
