@@ -54,6 +54,9 @@ pub const DEFAULT_SILENCE_CHECK: Duration = Duration::from_secs(2);
 /// times over (it is stretched to three measured round trips on slower links).
 pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Default for [`GatewayConfig::socks_udp_max_flows`].
+pub const DEFAULT_SOCKS_UDP_MAX_FLOWS: u32 = 64;
+
 /// Gateway settings.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -89,6 +92,12 @@ pub struct GatewayConfig {
     pub admin_hosts: Vec<String>,
     /// Deadline for a customer's request head (and SOCKS5 greeting).
     pub head_timeout: Duration,
+    /// Ports a SOCKS5 UDP association's relay socket is bound in
+    /// (`--socks-udp-ports`); `None`: an ephemeral port.
+    pub socks_udp_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Most destinations (UDP flows) one SOCKS5 UDP association reaches at
+    /// once; datagrams to more are dropped.
+    pub socks_udp_max_flows: u32,
     /// Where agents' TLS-over-TCP tunnels are accepted.
     pub tunnel_tcp: TunnelTcp,
     /// A tunnel with no bytes either way for this long is closed.
@@ -263,6 +272,8 @@ impl GatewayConfig {
             admin_token: None,
             admin_hosts: Vec::new(),
             head_timeout: Duration::from_secs(10),
+            socks_udp_ports: None,
+            socks_udp_max_flows: DEFAULT_SOCKS_UDP_MAX_FLOWS,
             idle_timeout: Duration::from_secs(300),
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             open_attempts: DEFAULT_OPEN_ATTEMPTS,

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub agents_turned_away: Counter,
     /// Opens tried again on another exit, by the failure's code.
     pub open_retries: Family<CauseLabel, Counter>,
+    /// SOCKS5 UDP datagrams dropped, by cause (`crate::customer` `socks_udp`).
+    pub udp_dropped: Family<CauseLabel, Counter>,
     /// Exits taken out of routing after failing.
     pub exit_coolings: Counter,
     /// Agents dropped because their tunnel failed a liveness check.
@@ -155,6 +157,7 @@ impl Metrics {
             tunnel_retries: Counter::default(),
             agents_turned_away: Counter::default(),
             open_retries: Family::default(),
+            udp_dropped: Family::default(),
             exit_coolings: Counter::default(),
             exits_unresponsive: Counter::default(),
             liveness_checks: Counter::default(),
@@ -247,6 +250,11 @@ impl Metrics {
             "open_retries",
             "Opens tried again on another exit after the exit's own failure, by cause",
             metrics.open_retries.clone(),
+        );
+        registry.register(
+            "udp_datagrams_dropped",
+            "SOCKS5 UDP datagrams dropped, by cause (foreign_source, malformed, flow_cap, refused, queue_full)",
+            metrics.udp_dropped.clone(),
         );
         registry.register(
             "exit_coolings",

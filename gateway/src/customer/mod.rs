@@ -3,7 +3,7 @@
 //! 1. [`listener`]: accept, read a trusted balancer's PROXY v2 header
 //!    ([`proxy_protocol`]), bound (globally and per address while
 //!    unauthenticated), tell SOCKS5 from HTTP by the first byte;
-//! 2. the protocol: [`socks`] (SOCKS5), or [`http`] (request limits) dispatching to
+//! 2. the protocol: [`socks`] (SOCKS5, with [`socks_udp`] for `UDP ASSOCIATE`), or [`http`] (request limits) dispatching to
 //!    [`http_connect`] (HTTP `CONNECT`) or [`forward`] (plain HTTP); targets are read by
 //!    [`target`]; on the HTTPS proxy port with ALPN `h2`, [`http2`] serves each
 //!    stream the same way;
@@ -26,6 +26,7 @@ pub mod proxy_protocol;
 pub mod response;
 pub mod session;
 mod socks;
+mod socks_udp;
 mod target;
 mod transfer;
 

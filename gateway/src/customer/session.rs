@@ -393,6 +393,35 @@ pub async fn open(
     }
 }
 
+/// The exit for a SOCKS5 UDP association ([`super::socks_udp`]): the
+/// account's limits and routing as for [`open`] (one of the customer's
+/// connection slots, the exit's load while the association lasts), chosen once
+/// for the association's life. Nothing is dialled here: each UDP flow is opened
+/// on the exit's tunnel later. Only exits whose tunnel this gateway holds
+/// qualify (UDP flows do not cross the fleet's peer links).
+pub(crate) async fn choose_for_flows(
+    grant: &Grant,
+    shared: &Shared,
+) -> Result<(Arc<Agent>, StreamGuard, Slot), Refusal> {
+    let started = Instant::now();
+    let fail = |error: ProxyError| {
+        shared.record_error(Some(&grant.user), None, &error);
+        Refusal::from(error)
+    };
+    let (customer, slot) = within_limits(grant, shared).map_err(fail)?;
+    let (agent, _session, pin) =
+        choose_exit_or_wait(grant, &customer.limits, shared, &Avoid::default())
+            .await
+            .map_err(fail)?;
+    if agent.home.is_some() {
+        return Err(fail(ProxyError::NoExit(
+            "UDP is carried only through exits connected to this gateway".into(),
+        )));
+    }
+    record_opened(grant, &customer, pin, &agent, started, shared);
+    Ok((agent.clone(), StreamGuard::new(agent), slot))
+}
+
 /// The account's limits as they are now, so a reload applies to connections
 /// already authenticated (SOCKS5) too; an account removed since then is
 /// refused. The customer and one of its concurrent-connection slots.

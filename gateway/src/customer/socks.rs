@@ -9,7 +9,8 @@
 //! address the exit dialled -> relay. Greeting, authentication and request must all
 //! arrive within `head_timeout`; every field is read with its exact length (all
 //! bounded by `u8` lengths), so bytes a client pipelines behind its request reach
-//! the target untouched.
+//! the target untouched. `UDP ASSOCIATE` is authenticated the same way and then
+//! served by [`super::socks_udp`].
 //!
 //! What the client hears when something fails (each answer is followed by a close):
 //!
@@ -21,7 +22,7 @@
 //! | bad targeting parameter (`alice-contry-us`), or a country the account may not use | auth status `0x02` |
 //! | too many failed authentications from this address, or password checks queued past their deadline | auth status `0x03` |
 //! | request version not 5, or reserved byte not 0 | reply `0x01` general failure |
-//! | `BIND` (`0x02`), `UDP ASSOCIATE` (`0x03`) or any other command | reply `0x07` command not supported |
+//! | `BIND` (`0x02`) or any other command | reply `0x07` command not supported |
 //! | unknown address type, invalid domain name, port 0 | reply `0x08` address type not supported |
 //! | anything [`session::open`] refuses | reply from [`ProxyError::presentation`]: no exit for the filters `0x03`, exit policy refusal `0x02`, connection refused `0x05`, DNS failure `0x04`, timeout `0x06`, ... |
 
@@ -64,6 +65,8 @@ const AUTH_BAD_TARGETING: u8 = 0x02;
 const AUTH_RATE_LIMITED: u8 = 0x03;
 /// Command: `CONNECT`, the only one served.
 const CMD_CONNECT: u8 = 0x01;
+/// Command: UDP ASSOCIATE (RFC 1928 §7), served by [`super::socks_udp`].
+const CMD_UDP_ASSOCIATE: u8 = 0x03;
 /// Address type: IPv4.
 const ATYP_IPV4: u8 = 0x01;
 /// Address type: domain name, resolved by the exit.
@@ -161,11 +164,13 @@ struct Credentials {
     password: String,
 }
 
-/// A `CONNECT` target.
+/// A `CONNECT` target, or a `UDP ASSOCIATE`'s client address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
     host: TargetHost,
     port: u16,
+    /// `UDP ASSOCIATE` rather than `CONNECT`.
+    associate: bool,
 }
 
 impl fmt::Display for Target {
@@ -199,6 +204,10 @@ pub(crate) async fn serve(
             return;
         }
     };
+    if target.associate {
+        let declared = (target.host, target.port);
+        return super::socks_udp::serve(stream, grant, arrival, declared, started, shared).await;
+    }
     let authorized = match session::open(&grant, target.host.clone(), target.port, &shared).await {
         Ok(authorized) => authorized,
         Err(error) => {
@@ -299,7 +308,11 @@ async fn refuse(
 }
 
 /// Writes `bytes`, giving up after `limit` (a client that never reads).
-async fn send(stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+pub(super) async fn send(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
     tokio::time::timeout(limit, stream.write_all(bytes))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?
@@ -357,24 +370,30 @@ async fn read_request<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Target, So
         other => return Err(SocksError::AddressType(other)),
     };
     let port = reader.read_u16().await?;
-    if command != CMD_CONNECT {
+    if command != CMD_CONNECT && command != CMD_UDP_ASSOCIATE {
         return Err(SocksError::Command(command));
     }
     if reserved != 0 {
         return Err(SocksError::Reserved(reserved));
     }
     let host = host.map_err(SocksError::Refused)?;
-    if port == 0 {
+    let associate = command == CMD_UDP_ASSOCIATE;
+    // An association's address may be all zeros: the client does not know yet.
+    if port == 0 && !associate {
         return Err(SocksError::Refused(ProxyError::BadTarget(format!(
             "port 0 (target {host})"
         ))));
     }
-    Ok(Target { host, port })
+    Ok(Target {
+        host,
+        port,
+        associate,
+    })
 }
 
 /// Validates a domain name from a request; dotted quads and IPv6 literals sent as
 /// names become addresses.
-fn domain(name: &[u8]) -> Result<TargetHost, ProxyError> {
+pub(super) fn domain(name: &[u8]) -> Result<TargetHost, ProxyError> {
     let name = std::str::from_utf8(name)
         .map_err(|_| ProxyError::BadTarget("host name is not UTF-8".into()))?;
     target::parse_host(name)
@@ -395,7 +414,7 @@ async fn read_short<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Vec
 }
 
 /// A request reply: `VER REP RSV ATYP BND.ADDR BND.PORT`.
-fn reply(code: u8, bound: SocketAddr) -> Vec<u8> {
+pub(super) fn reply(code: u8, bound: SocketAddr) -> Vec<u8> {
     let mut out = Vec::with_capacity(22);
     out.extend_from_slice(&[VERSION, code, 0x00]);
     match bound.ip() {
@@ -615,7 +634,15 @@ mod tests {
         for (mut input, host, port) in cases {
             input.extend_from_slice(b"GET / HTTP/1.1\r\n");
             let (parsed, rest) = request(&input).await;
-            assert_eq!(parsed.unwrap(), Target { host, port });
+            let associate = false;
+            assert_eq!(
+                parsed.unwrap(),
+                Target {
+                    host,
+                    port,
+                    associate
+                }
+            );
             assert_eq!(rest, b"GET / HTTP/1.1\r\n", "bytes after the request stay");
         }
     }
@@ -651,7 +678,6 @@ mod tests {
         };
         let cases: Vec<(&str, Vec<u8>, u8)> = vec![
             ("BIND", with(0x02, 0, &ipv4, 80), 0x07),
-            ("UDP ASSOCIATE", with(0x03, 0, &ipv4, 80), 0x07),
             ("unknown command", with(0x09, 0, &ipv4, 80), 0x07),
             ("reserved byte", with(CMD_CONNECT, 1, &ipv4, 80), 0x01),
             ("address type", vec![VERSION, CMD_CONNECT, 0, 0x09], 0x08),
@@ -685,6 +711,11 @@ mod tests {
             assert_eq!(error.answer(), Answer::Reply(code), "{what}: {error}");
             assert!(rest.is_empty(), "{what}: request not read whole");
         }
+        let (parsed, _) = request(&with(CMD_UDP_ASSOCIATE, 0, &[ATYP_IPV4, 0, 0, 0, 0], 0)).await;
+        assert!(
+            parsed.unwrap().associate,
+            "UDP ASSOCIATE from an unknown address"
+        );
         let (parsed, _) = request(&[0x04, CMD_CONNECT, 0, ATYP_IPV4, 127, 0, 0, 1, 0, 80]).await;
         let error = parsed.err().unwrap();
         assert!(matches!(error, SocksError::RequestVersion(0x04)), "{error}");

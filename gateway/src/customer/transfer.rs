@@ -138,6 +138,21 @@ impl Transfer {
             session: _,
             attempts: _,
         } = authorized;
+        let transfer = Transfer::start_flows(agent, load, slot, context, shared);
+        (transfer, stream)
+    }
+
+    /// Starts metering a SOCKS5 UDP association (`socks_udp`) through
+    /// `agent`: [`Transfer::start`] without a stream, as each UDP flow opens
+    /// its own; the byte path bumps [`Transfer::counters`] with datagram
+    /// payload bytes.
+    pub fn start_flows(
+        agent: Arc<Agent>,
+        load: StreamGuard,
+        slot: Slot,
+        context: AccessContext,
+        shared: &Shared,
+    ) -> Transfer {
         let quota = shared
             .accounts
             .current()
@@ -158,7 +173,7 @@ impl Transfer {
             },
             counters.clone(),
         );
-        let transfer = Transfer {
+        Transfer {
             agent,
             live,
             counters,
@@ -168,8 +183,7 @@ impl Transfer {
             lease,
             _load: load,
             _slot: slot,
-        };
-        (transfer, stream)
+        }
     }
 
     /// The counters the byte path bumps.

@@ -8,6 +8,7 @@
 
 use crate::error::ProxyError;
 use dashmap::DashMap;
+use exitpool_protocol::udp::{RelayOpen, UdpOpen};
 use exitpool_protocol::{read_frame, write_frame, FrameError, OpenReply, OpenRequest, TargetHost};
 use exitpool_transport::{StreamRecv, StreamSend, Transport, Tunnel, TunnelConnection};
 use std::net::SocketAddr;
@@ -111,19 +112,42 @@ impl Tunnels {
         port: u16,
         timeout: Duration,
     ) -> Result<ExitStream, ProxyError> {
+        self.exchange(key, &OpenRequest { host, port }, timeout)
+            .await
+    }
+
+    /// Opens a UDP flow on tunnel `key` ([`exitpool_protocol::udp`]): the same
+    /// exchange as [`Tunnels::open`], with the same answers; datagrams follow
+    /// on the stream.
+    pub async fn open_udp(
+        &self,
+        key: u64,
+        open: UdpOpen,
+        timeout: Duration,
+    ) -> Result<ExitStream, ProxyError> {
+        self.exchange(key, &RelayOpen::Udp(open), timeout).await
+    }
+
+    /// A relay stream on tunnel `key` opened with `request`, once the exit has
+    /// answered within `timeout`.
+    async fn exchange<T: serde::Serialize + Sync>(
+        &self,
+        key: u64,
+        request: &T,
+        timeout: Duration,
+    ) -> Result<ExitStream, ProxyError> {
         // Cloned out so no map guard is held across the awaits below.
         let connection = self
             .tunnels
             .get(&key)
             .map(|entry| entry.value().clone())
             .ok_or_else(|| ProxyError::ExitLost("the exit's tunnel has closed".into()))?;
-        let request = OpenRequest { host, port };
         let exchange = async {
             let (mut send, mut recv) = connection
                 .open_stream()
                 .await
                 .map_err(|e| ProxyError::ExitLost(e.to_string()))?;
-            write_frame(&mut send, &request)
+            write_frame(&mut send, request)
                 .await
                 .map_err(|e| ProxyError::ExitLost(e.to_string()))?;
             let reply: OpenReply = read_frame(&mut recv).await.map_err(|e| match e {

@@ -161,6 +161,14 @@ pub(crate) struct LimitArgs {
     /// Close a customer tunnel after this many seconds without traffic.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub(crate) idle_timeout: u64,
+    /// Ports a SOCKS5 UDP association's relay socket is bound in, as LOW-HIGH
+    /// (for a firewall that opens only these); default: an ephemeral port.
+    #[arg(long, value_name = "LOW-HIGH", value_parser = parse_port_range)]
+    pub(crate) socks_udp_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Most destinations one SOCKS5 UDP association reaches at once;
+    /// datagrams to more are dropped.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_SOCKS_UDP_MAX_FLOWS)]
+    pub(crate) socks_udp_max_flows: u32,
     /// Most agents connected at once from one IPv4 address or IPv6 /64.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_MAX_AGENTS_PER_ADDRESS)]
     pub(crate) max_agents_per_address: usize,
@@ -411,10 +419,28 @@ impl PortArgs {
     }
 }
 
+/// `LOW-HIGH`, two non-zero ports with LOW <= HIGH (for `--socks-udp-ports`).
+fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("expected LOW-HIGH, got {text:?}"))?;
+    let port = |part: &str| match part.trim().parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!("{part:?} is not a port from 1 to 65535")),
+    };
+    let (low, high) = (port(low)?, port(high)?);
+    if low > high {
+        return Err(format!("{low} is above {high}"));
+    }
+    Ok(low..=high)
+}
+
 impl LimitArgs {
     /// The connection and agent caps, each at least 1.
     pub(crate) fn apply(&self, config: &mut GatewayConfig) {
         config.idle_timeout = Duration::from_secs(self.idle_timeout.max(1));
+        config.socks_udp_ports = self.socks_udp_ports.clone();
+        config.socks_udp_max_flows = self.socks_udp_max_flows.max(1);
         config.max_connections = self.max_connections.max(1);
         config.max_unauthenticated_per_ip = self.max_unauthenticated_per_ip.max(1);
         config.max_unauthenticated = self.max_unauthenticated.max(1);
