@@ -119,7 +119,22 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The `/api/v1` router over `store`, accepting `tokens`. Serve it with
 /// `axum::serve` (or nest it in a larger router).
 pub fn router(store: Store, tokens: ApiTokens) -> axum::Router {
+    router_with(store, tokens, None)
+}
+
+/// [`router`], with the accounts owned by a file (`--users FILE`) when
+/// `accounts_file` names one: every write to customers or sub-users then
+/// answers `409` naming the file (reads, history and tokens work as usual),
+/// since the file, not the database, is what the gateway serves.
+pub fn router_with(store: Store, tokens: ApiTokens, accounts_file: Option<String>) -> axum::Router {
     let (router, doc) = split();
+    let router = match accounts_file {
+        Some(file) => router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(file),
+            refuse_account_writes,
+        )),
+        None => router,
+    };
     let openapi = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
     let digests = TokenDigests {
         admin: digest(&tokens.admin),
@@ -138,6 +153,26 @@ async fn no_route(method: Method) -> Response {
         message: format!("no {method} route here; see /api/v1/openapi.json"),
     };
     (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// `409` for a write to customers or sub-users while a file owns the accounts.
+async fn refuse_account_writes(
+    State(file): State<Arc<String>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let write = !matches!(*request.method(), Method::GET | Method::HEAD);
+    if write && request.uri().path().starts_with("/api/v1/customers") {
+        return Error::Conflict {
+            field: None,
+            message: format!(
+                "accounts come from the file {file} (--users): change the file and reload (SIGHUP); \
+                 start without --users to manage accounts through this API"
+            ),
+        }
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn authorize(State(digests): State<TokenDigests>, request: Request, next: Next) -> Response {

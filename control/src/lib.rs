@@ -29,6 +29,6 @@ pub mod period;
 pub mod secret;
 pub mod store;
 
-pub use api::{router, ApiTokens};
+pub use api::{router, router_with, ApiTokens};
 pub use error::{Error, Result};
 pub use store::{AccountRef, Backend, Retention, Store};

@@ -23,8 +23,13 @@
 //!
 //! The agent tokens file: one token per line; blank lines and lines starting with
 //! `#` are ignored.
+//!
+//! With a control-plane store that owns the accounts (no `--users` file), its
+//! customers join the set too, swapped in whole whenever the store's revision
+//! moves ([`Accounts::store_changed`], driven by [`crate::control_link`]).
 
 use crate::auth::{AgentToken, AgentTokens, Customer, Limits, Users};
+use crate::control_link::ControlLink;
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -354,6 +359,9 @@ impl Sources {
 pub struct Accounts {
     sources: Sources,
     current: ArcSwap<AccountSet>,
+    /// The control plane's store, when the gateway has one: it adds its
+    /// customers to the set (unless a `--users` file owns the accounts).
+    control: Option<Arc<ControlLink>>,
 }
 
 impl Accounts {
@@ -363,7 +371,21 @@ impl Accounts {
         Ok(Accounts {
             sources,
             current: ArcSwap::from_pointee(set),
+            control: None,
         })
+    }
+
+    /// The same accounts, with the store's customers (when it owns them)
+    /// added, and kept in step with it ([`Accounts::store_changed`]).
+    pub fn with_control(mut self, link: Option<Arc<ControlLink>>) -> Accounts {
+        self.control = link;
+        self.store_changed();
+        self
+    }
+
+    /// The control-plane link, if the gateway has a store.
+    pub fn control(&self) -> Option<&Arc<ControlLink>> {
+        self.control.as_ref()
     }
 
     /// The set in force now.
@@ -371,11 +393,38 @@ impl Accounts {
         self.current.load_full()
     }
 
+    /// `users` with the store's customers when the store owns the accounts
+    /// (a name given by `--user` too takes the store's entry).
+    fn with_store(&self, users: Users) -> Users {
+        match &self.control {
+            Some(link) if link.serves_accounts() => {
+                users.with(link.users().iter().map(|customer| (**customer).clone()))
+            }
+            _ => users,
+        }
+    }
+
+    /// Swaps in the store's latest customers (called by the control link
+    /// after it loaded a new snapshot), keeping agent tokens and cached
+    /// password verifications.
+    pub fn store_changed(&self) {
+        let current = self.current.load_full();
+        let users = self
+            .with_store(self.sources.users.clone())
+            .with_cache_of(&current.users);
+        self.current.store(Arc::new(AccountSet {
+            users,
+            agent_tokens: current.agent_tokens.clone(),
+        }));
+    }
+
     /// Re-reads the files. On success the new set replaces the old one (keeping
     /// cached password verifications); on error nothing changes.
     pub fn reload(&self) -> Result<Arc<AccountSet>, AccountsError> {
         let mut set = self.sources.load()?;
-        set.users = set.users.with_cache_of(&self.current.load().users);
+        set.users = self
+            .with_store(set.users)
+            .with_cache_of(&self.current.load().users);
         let set = Arc::new(set);
         self.current.store(set.clone());
         Ok(set)

@@ -9,6 +9,10 @@
 //! | `POST /usage/reset` | zero every usage total; `?customer=NAME` or `?agent=ID` for one |
 //! | `POST /reload` | re-read the accounts files, like SIGHUP (`409` and the reason if invalid) |
 //!
+//! `/api/v1/...` is the control plane's API ([`api`], docs/control.md), with
+//! a store (`--database`, SQLite in the state directory by default) and
+//! `--admin-token`.
+//!
 //! With `--admin-token` set, every request needs `Authorization: Bearer TOKEN`
 //! (`401` otherwise); the gateway refuses to start with the admin port beyond
 //! loopback and no token.
@@ -85,6 +89,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     // Live connections and exits answer from this gateway's memory.
                     if live::owns(request.uri().path()) {
                         return Ok::<_, Infallible>(live::serve(request, &shared, &proven).await);
+                    }
+                    if request.uri().path().starts_with(API_PREFIX) {
+                        return Ok::<_, Infallible>(api(request, &shared, &proven).await);
                     }
                     Ok::<_, Infallible>(route(request, &shared, &proven))
                 }
@@ -197,7 +204,11 @@ fn route(
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", health(shared)),
         (&Method::GET, "/readyz") => match shared.fleet.as_ref().and_then(|f| f.not_ready()) {
-            None => text(StatusCode::OK, "text/plain", "ready\n".into()),
+            None => text(
+                StatusCode::OK,
+                "text/plain",
+                crate::control_link::ready_text(shared),
+            ),
             Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
         },
         (&Method::GET, "/stats") => text(
@@ -208,11 +219,14 @@ fn route(
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             crate::metrics::CONTENT_TYPE,
-            shared.metrics.render(
-                &*shared.directory,
-                shared.sessions.len(),
-                &shared.config.health,
-                shared.tunnels.count_by_transport(),
+            crate::control_link::add_metrics(
+                shared,
+                shared.metrics.render(
+                    &*shared.directory,
+                    shared.sessions.len(),
+                    &shared.config.health,
+                    shared.tunnels.count_by_transport(),
+                ),
             ),
         ),
         (&Method::POST, "/usage/reset") => reset_usage(query, shared),
@@ -233,6 +247,59 @@ fn route(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "GET /stats, /metrics, /healthz, /readyz; POST /usage/reset, /reload\n".into(),
+        ),
+    }
+}
+
+/// Where the control plane's API lives on the admin port.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// Longest answer the API may give through the admin port.
+const MAX_API_ANSWER: usize = 64 << 20;
+
+/// `/api/v1/...`: the control plane's axum router ([`exitpool_control::router`],
+/// built by [`crate::control_link`]), called as a tower service behind the
+/// same browser defences as every admin path. The router checks the bearer
+/// token itself: the admin token reads and writes, `--admin-readonly-token`
+/// only reads. Other routers for `/api/v1` merge into the one this serves.
+async fn api(
+    request: Request<hyper::body::Incoming>,
+    shared: &Shared,
+    proven: &AtomicBool,
+) -> Response<Full<Bytes>> {
+    if let Some(refusal) = refuse_browsers(&request, shared) {
+        return refusal;
+    }
+    let Some(router) = shared
+        .accounts
+        .control()
+        .and_then(|link| link.router().cloned())
+    else {
+        let why = match shared.accounts.control() {
+            None => "this gateway has no control-plane store (--database); with --users FILE or --redis it starts without one",
+            Some(_) => "the API needs --admin-token (EXITPOOL_ADMIN_TOKEN)",
+        };
+        return text(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            serde_json::json!({"error": "no_api", "message": why}).to_string(),
+        );
+    };
+    let request = request.map(axum::body::Body::new);
+    let response = match tower::ServiceExt::oneshot(router, request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    if response.status() != StatusCode::UNAUTHORIZED {
+        proven.store(true, Ordering::Relaxed);
+    }
+    let (parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, MAX_API_ANSWER).await {
+        Ok(bytes) => Response::from_parts(parts, Full::new(bytes)),
+        Err(error) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("the answer could not be read: {error}\n"),
         ),
     }
 }

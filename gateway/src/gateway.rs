@@ -5,6 +5,7 @@ use crate::abuse::{AuthFailures, PasswordChecks, TlsHandshakes};
 use crate::access::AccessLog;
 use crate::accounts::{self, Accounts, AccountsError};
 use crate::config::{GatewayConfig, TunnelTcp};
+use crate::control_link::{ControlLink, ControlOptions};
 use crate::directory::{AgentDirectory, LocalDirectory};
 use crate::entry_ports::LiveEntryPorts;
 use crate::fleet::{self, Fleet};
@@ -55,6 +56,10 @@ pub enum StartError {
     /// Fleet mode could not be set up.
     #[error("fleet: {0}")]
     Fleet(String),
+    /// The control plane's store could not be opened, or does not fit the
+    /// configuration (a SQLite store beside `--redis`).
+    #[error("{0}")]
+    Control(String),
     /// The state directory is unusable.
     #[error("state directory {path}: {source}")]
     State {
@@ -77,9 +82,22 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds every listener and starts serving.
+    /// Binds every listener and starts serving, without a control-plane store.
     pub async fn start(config: GatewayConfig) -> Result<Gateway, StartError> {
-        let loaded = load_state(&config)?;
+        Gateway::start_with_control(config, ControlOptions::default()).await
+    }
+
+    /// Binds every listener and starts serving, with the control plane's
+    /// store when `control` names one ([`crate::control_link`]).
+    pub async fn start_with_control(
+        config: GatewayConfig,
+        control: ControlOptions,
+    ) -> Result<Gateway, StartError> {
+        let mut loaded = load_state(&config)?;
+        let link = ControlLink::open(&config, &control)
+            .await
+            .map_err(StartError::Control)?;
+        loaded.accounts = loaded.accounts.with_control(link.clone());
         let bound = bind_ports(&config, &loaded.identity).await?;
         let pin = loaded.identity.pin();
         let (shared, fleet_tasks) = assemble(config, loaded).await?;
@@ -95,6 +113,11 @@ impl Gateway {
             admin_addr,
         } = bound;
         spawn_tasks(&shared, entrances, &quic, tunnel_tcp, tcp_tls, admin);
+        if let Some(link) = link {
+            shared
+                .tasks
+                .spawn(crate::control_link::run(link, shared.clone()));
+        }
         if let Some((joined, feed)) = fleet_tasks {
             spawn_fleet_tasks(&shared, joined, feed);
         }
@@ -204,6 +227,12 @@ impl Gateway {
             Ok(Ok(())) => info!("usage written"),
             Ok(Err(error)) => tracing::error!(%error, "writing usage at shutdown failed"),
             Err(error) => tracing::error!(%error, "usage writer panicked"),
+        }
+        if let Some(link) = self.shared.accounts.control() {
+            match link.flush(exitpool_control::period::now()).await {
+                Ok(()) => info!("usage history written"),
+                Err(error) => tracing::error!(%error, "writing usage history at shutdown failed"),
+            }
         }
     }
 }
@@ -376,6 +405,13 @@ async fn assemble(
             unflushed: joined.fleet.unflushed.clone(),
         }),
         None => Box::new(MemoryUsage::from_snapshot(&used)),
+    };
+    let usage: Box<dyn usage::UsageSink> = match accounts.control() {
+        Some(link) => Box::new(usage::WithHistory {
+            inner: usage,
+            history: link.history.clone(),
+        }),
+        None => usage,
     };
     let fleet = match fleet {
         Some(joined) => {

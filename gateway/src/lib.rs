@@ -28,6 +28,8 @@
 //!   reloaded on SIGHUP;
 //! - [`abuse`]: per-address defences; [`limits`]: per-customer quota, rate and
 //!   concurrency; [`quota`]: byte leases that hold a transfer to its quota;
+//! - [`control_link`]: the control plane's store (accounts, usage history,
+//!   period quotas, `/api/v1`), off the hot path; [`webhooks`]: quota notices;
 //! - [`usage`]: usage per customer and per agent, persisted; [`metrics`]:
 //!   Prometheus; [`admin`]: `/healthz`, `/stats`, `/metrics`, reset and reload;
 //! - [`live`]: the customer transfers carried now (list, close); [`bans`]:
@@ -42,6 +44,7 @@ pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod control_link;
 mod counts;
 pub mod bans;
 pub mod credentials;
@@ -63,6 +66,7 @@ pub mod state;
 pub mod tls;
 pub mod tunnel;
 pub mod usage;
+pub mod webhooks;
 
 pub use config::{GatewayConfig, TunnelTcp};
 pub use directory::AgentDirectory;

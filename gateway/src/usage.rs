@@ -9,7 +9,9 @@
 //! `usage.json` in its state directory every [`FLUSH_INTERVAL`] and at shutdown
 //! (atomically: temp file + rename), and loads it at start. A crash loses at most
 //! the last interval; a restart loses nothing. A shared store (Redis/Valkey) for
-//! several gateways would be another `UsageSink`.
+//! several gateways would be another `UsageSink`. With a control-plane store,
+//! [`History`] collects the same usage by exit and target host for its
+//! history (see [`crate::control_link`]).
 
 use crate::directory::Agent;
 use dashmap::DashMap;
@@ -387,6 +389,232 @@ impl UsageSink for Tee {
     }
 }
 
+/// Most distinct (account, exit, target, error) keys held between two
+/// history flushes; past it new keys lose their target (bytes still count,
+/// only the domain attribution is lost).
+pub const MAX_HISTORY_KEYS: usize = 100_000;
+
+/// What one history record is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct HistoryKey {
+    account: String,
+    exit: Option<String>,
+    target: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct HistoryCounts {
+    up: AtomicU64,
+    down: AtomicU64,
+    connections: AtomicU64,
+}
+
+/// Usage on its way to the control plane's history
+/// ([`crate::control_link`]): per account, exit, target host and error
+/// code, drained into `UsageRecord`s once a second. Bytes come from the
+/// transfers' once-a-second folds (which know the target), connections and
+/// errors through [`WithHistory`]. It also keeps each account's bytes
+/// counted on this gateway since start ([`History::local_bytes`]; a
+/// customer's include its sub-users'), which period quotas lease against.
+#[derive(Debug, Default)]
+pub struct History {
+    pending: DashMap<HistoryKey, HistoryCounts>,
+    local: DashMap<String, AtomicU64>,
+}
+
+impl History {
+    fn add(&self, key: HistoryKey, up: u64, down: u64, connections: u64) {
+        if let Some(counts) = self.pending.get(&key) {
+            counts.up.fetch_add(up, Ordering::Relaxed);
+            counts.down.fetch_add(down, Ordering::Relaxed);
+            counts.connections.fetch_add(connections, Ordering::Relaxed);
+            return;
+        }
+        let key = if self.pending.len() >= MAX_HISTORY_KEYS {
+            HistoryKey {
+                target: None,
+                ..key
+            }
+        } else {
+            key
+        };
+        let counts = self.pending.entry(key).or_default();
+        counts.up.fetch_add(up, Ordering::Relaxed);
+        counts.down.fetch_add(down, Ordering::Relaxed);
+        counts.connections.fetch_add(connections, Ordering::Relaxed);
+    }
+
+    fn count_local(&self, account: &str, bytes: u64) {
+        let add = |name: &str| {
+            if let Some(total) = self.local.get(name) {
+                total.fetch_add(bytes, Ordering::Relaxed);
+                return;
+            }
+            self.local
+                .entry(name.to_owned())
+                .or_default()
+                .fetch_add(bytes, Ordering::Relaxed);
+        };
+        add(account);
+        // `sub.customer`: the customer's quotas count its sub-users' bytes.
+        if let Some((_, customer)) = account.split_once('.') {
+            add(customer);
+        }
+    }
+
+    /// Bytes `account` moved through a transfer to `target` (`host:port`
+    /// as the client named it) through `exit`.
+    pub fn transfer(&self, account: &str, exit: &Agent, target: &str, up: u64, down: u64) {
+        if up == 0 && down == 0 {
+            return;
+        }
+        self.count_local(account, up.saturating_add(down));
+        self.add(
+            HistoryKey {
+                account: account.to_owned(),
+                exit: Some(exit.exit_id.clone()),
+                target: Some(target_host(target).to_owned()),
+                error: None,
+            },
+            up,
+            down,
+            0,
+        );
+    }
+
+    /// Bytes up + down `account` (and, for a customer, its sub-users) moved
+    /// on this gateway since it started.
+    pub fn local_bytes(&self, account: &str) -> u64 {
+        self.local
+            .get(account)
+            .map_or(0, |total| total.load(Ordering::Relaxed))
+    }
+
+    /// Accounts with usage waiting: whose quotas the next tick recounts.
+    pub fn active_accounts(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .pending
+            .iter()
+            .map(|entry| entry.key().account.clone())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Everything counted since the last drain as records at `at`, leaving
+    /// zero behind; a count landing meanwhile goes into this drain or the next.
+    pub fn drain(&self, at: i64) -> Vec<exitpool_control::store::UsageRecord> {
+        let mut records = Vec::new();
+        let keys: Vec<HistoryKey> = self.pending.iter().map(|e| e.key().clone()).collect();
+        for key in keys {
+            let Some(counts) = self.pending.get(&key) else {
+                continue;
+            };
+            let (up, down, connections) = (
+                counts.up.swap(0, Ordering::Relaxed),
+                counts.down.swap(0, Ordering::Relaxed),
+                counts.connections.swap(0, Ordering::Relaxed),
+            );
+            drop(counts);
+            self.pending.remove_if(&key, |_, c| {
+                c.up.load(Ordering::Relaxed) == 0
+                    && c.down.load(Ordering::Relaxed) == 0
+                    && c.connections.load(Ordering::Relaxed) == 0
+            });
+            if up == 0 && down == 0 && connections == 0 {
+                continue;
+            }
+            records.push(exitpool_control::store::UsageRecord {
+                at,
+                account: key.account,
+                exit: key.exit,
+                target: key.target,
+                bytes_up: up,
+                bytes_down: down,
+                connections,
+                error: key.error,
+            });
+        }
+        records
+    }
+}
+
+/// The host of `host:port` (`[v6]:port` too).
+fn target_host(target: &str) -> &str {
+    if let Some(rest) = target.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match target.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => target,
+    }
+}
+
+/// A [`UsageSink`] that also counts connections and errors into a
+/// [`History`] (bytes reach it from the transfers' folds, with the target).
+pub struct WithHistory {
+    /// The gateway's own sink.
+    pub inner: Box<dyn UsageSink>,
+    /// The control plane's.
+    pub history: std::sync::Arc<History>,
+}
+
+impl UsageSink for WithHistory {
+    fn record_transfer(&self, customer: Option<&str>, agent: &Agent, up: u64, down: u64) {
+        self.inner.record_transfer(customer, agent, up, down);
+    }
+
+    fn record_connection(&self, customer: Option<&str>, agent: &Agent) {
+        self.inner.record_connection(customer, agent);
+        if let Some(customer) = customer {
+            self.history.add(
+                HistoryKey {
+                    account: customer.to_owned(),
+                    exit: Some(agent.exit_id.clone()),
+                    target: None,
+                    error: None,
+                },
+                0,
+                0,
+                1,
+            );
+        }
+    }
+
+    fn record_error(&self, customer: Option<&str>, agent: Option<&Agent>, code: &str) {
+        self.inner.record_error(customer, agent, code);
+        if let Some(customer) = customer {
+            self.history.add(
+                HistoryKey {
+                    account: customer.to_owned(),
+                    exit: agent.map(|agent| agent.exit_id.clone()),
+                    target: None,
+                    error: Some(code.to_owned()),
+                },
+                0,
+                0,
+                1,
+            );
+        }
+    }
+
+    fn customer_bytes(&self, customer: &str) -> u64 {
+        self.inner.customer_bytes(customer)
+    }
+
+    fn snapshot(&self) -> UsageSnapshot {
+        self.inner.snapshot()
+    }
+
+    fn reset(&self, scope: &ResetScope) -> bool {
+        self.inner.reset(scope)
+    }
+}
+
 /// Where usage lives in `state_dir`.
 pub fn path_in(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
@@ -418,6 +646,14 @@ pub fn save(path: &Path, snapshot: &UsageSnapshot) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_hosts_lose_their_port() {
+        assert_eq!(target_host("example.com:443"), "example.com");
+        assert_eq!(target_host("[2001:db8::1]:80"), "2001:db8::1");
+        assert_eq!(target_host("example.com"), "example.com");
+        assert_eq!(target_host("2001:db8::1"), "2001:db8::1");
+    }
 
     #[test]
     fn snapshots_round_trip_through_the_file_format() {

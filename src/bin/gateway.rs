@@ -135,7 +135,8 @@ async fn run(
         Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
         Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
     }
-    let gateway = Gateway::start(config).await?;
+    let control = args.database.options(&config);
+    let gateway = Gateway::start_with_control(config, control).await?;
     // SIGHUP's default ends the process: listen for it before saying we serve.
     #[cfg(unix)]
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -207,7 +208,13 @@ fn gateway_config(
         check_demo_alone(args)?;
         config.geoip = std::sync::Arc::new(demo_geoip()?);
     }
-    args.accounts.apply(&mut config, demo)?;
+    let store_serves_accounts = args.accounts.users_file.is_none()
+        && args
+            .database
+            .location(&config.state_dir, false, config.fleet.is_some())
+            .is_some();
+    args.accounts
+        .apply(&mut config, demo, store_serves_accounts)?;
     args.admin.apply(&mut config);
     Ok(config)
 }

@@ -153,12 +153,7 @@ impl Transfer {
         context: AccessContext,
         shared: &Shared,
     ) -> Transfer {
-        let quota = shared
-            .accounts
-            .current()
-            .users
-            .get(&context.user)
-            .and_then(|customer| customer.limits.quota_bytes);
+        let quota = crate::quota::quota_of(shared, &context.user);
         let lease =
             quota.map(|quota| Arc::new(shared.limits.quota_leases().open(&context.user, quota)));
         let counters: Arc<LiveCounters> = Arc::default();
@@ -270,6 +265,16 @@ impl Transfer {
             down.saturating_sub(self.folded_down),
         );
         shared.record_transfer(Some(&self.context.user), &self.agent, new_up, new_down);
+        if let Some(link) = shared.accounts.control() {
+            let context = &self.context;
+            link.history.transfer(
+                &context.user,
+                &self.agent,
+                &context.target,
+                new_up,
+                new_down,
+            );
+        }
         if let Some(lease) = &self.lease {
             lease.settle(new_up + new_down);
         }
@@ -341,7 +346,7 @@ impl Throttle for QuotaGate<'_> {
         let Some((lease, user)) = &self.lease else {
             return;
         };
-        if !lease.take(bytes as u64, || self.shared.customer_bytes(user)) {
+        if !lease.take(bytes as u64, || crate::quota::used_by(self.shared, user)) {
             std::future::pending::<()>().await;
         }
     }
@@ -349,13 +354,8 @@ impl Throttle for QuotaGate<'_> {
 
 /// The account's quota, if `user` has used it up (as the accounts stand now).
 pub(crate) fn exhausted_quota(user: &str, shared: &Shared) -> Option<u64> {
-    let quota = shared
-        .accounts
-        .current()
-        .users
-        .get(user)
-        .and_then(|customer| customer.limits.quota_bytes)?;
-    (shared.customer_bytes(user) >= quota).then_some(quota)
+    let quota = crate::quota::quota_of(shared, user)?;
+    (crate::quota::used_by(shared, user) >= quota).then_some(quota)
 }
 
 /// A customer's connection: plain TCP, or TLS over TCP on an HTTPS proxy port.
@@ -525,7 +525,7 @@ impl<T> MeteredIo<T> {
         match &self.lease {
             None => bytes,
             Some((lease, user, shared)) => {
-                lease.take_up_to(bytes as u64, || shared.customer_bytes(user)) as usize
+                lease.take_up_to(bytes as u64, || crate::quota::used_by(shared, user)) as usize
             }
         }
     }

@@ -54,6 +54,8 @@ pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) fleet: FleetArgs,
     #[command(flatten)]
+    pub(crate) database: DatabaseArgs,
+    #[command(flatten)]
     pub(crate) runtime: RuntimeArgs,
 }
 
@@ -304,6 +306,101 @@ pub(crate) struct FleetArgs {
     pub(crate) redis_timeout_ms: u64,
 }
 
+/// The control plane's store: accounts, usage history, the `/api/v1` API
+/// and its notices (docs/control.md).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Database and control plane")]
+pub(crate) struct DatabaseArgs {
+    /// Where accounts and usage history live: a SQLite file, a sqlite: URL,
+    /// or postgres://USER:PASSWORD@HOST/DB (one for a whole fleet)
+    /// [default: control.sqlite3 in the state directory, unless --users or
+    /// --redis is given].
+    #[arg(
+        long,
+        value_name = "LOCATION",
+        env = "EXITPOOL_DATABASE",
+        hide_env_values = true
+    )]
+    pub(crate) database: Option<String>,
+    /// Days hourly usage history is kept.
+    #[arg(long, value_name = "DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) history_hourly_days: u32,
+    /// Days daily usage history (accounts and exits) is kept.
+    #[arg(long, value_name = "DAYS", default_value_t = 730, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) history_daily_days: u32,
+    /// A bearer token that may only read /api/v1 (GET), for monitoring.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "EXITPOOL_ADMIN_READONLY_TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) admin_readonly_token: Option<String>,
+    /// An http:// URL that gets a signed JSON POST when an account passes
+    /// 80 % and 100 % of a quota.
+    #[arg(long, value_name = "URL", requires = "webhook_secret")]
+    pub(crate) webhook_url: Option<String>,
+    /// The HMAC-SHA256 key of --webhook-url's X-Exitpool-Signature header.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "EXITPOOL_WEBHOOK_SECRET",
+        hide_env_values = true,
+        requires = "webhook_url"
+    )]
+    pub(crate) webhook_secret: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// The store's location: --database, else the state directory's SQLite
+    /// file unless a --users file or --redis says accounts come from flags.
+    pub(crate) fn location(
+        &self,
+        state_dir: &std::path::Path,
+        users_file: bool,
+        redis: bool,
+    ) -> Option<String> {
+        match &self.database {
+            Some(location) => Some(location.clone()),
+            None if users_file || redis => None,
+            None => Some(
+                state_dir
+                    .join(exitpool::gateway::control_link::SQLITE_FILE)
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        }
+    }
+
+    /// The control plane's part of the start.
+    pub(crate) fn options(
+        &self,
+        config: &GatewayConfig,
+    ) -> exitpool::gateway::control_link::ControlOptions {
+        use exitpool::gateway::control_link::{ControlOptions, Retention};
+        ControlOptions {
+            database: self.location(
+                &config.state_dir,
+                config.users_file.is_some(),
+                config.fleet.is_some(),
+            ),
+            retention: Retention {
+                hourly_days: self.history_hourly_days,
+                daily_days: self.history_daily_days,
+                ..Retention::default()
+            },
+            read_only_token: self.admin_readonly_token.clone().filter(|t| !t.is_empty()),
+            webhook: match (&self.webhook_url, &self.webhook_secret) {
+                (Some(url), Some(secret)) => Some(exitpool::gateway::webhooks::WebhookConfig {
+                    url: url.clone(),
+                    secret: secret.clone(),
+                }),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The runtime, and the demo.
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = heading::RUNTIME)]
@@ -519,6 +616,7 @@ impl AccountArgs {
         &self,
         config: &mut GatewayConfig,
         demo: Option<&(String, String)>,
+        store_serves_accounts: bool,
     ) -> anyhow::Result<()> {
         let mut customers = self
             .users
@@ -534,8 +632,8 @@ impl AccountArgs {
             customers.push(Customer::parse(&format!("demo:{password}")).expect("valid demo user"));
             tokens.push(token.clone());
         }
-        if customers.is_empty() && self.users_file.is_none() {
-            bail!("no customer accounts: add --users FILE or --user NAME:PASSWORD (or try --demo)");
+        if customers.is_empty() && self.users_file.is_none() && !store_serves_accounts {
+            bail!("no customer accounts: add --users FILE, --user NAME:PASSWORD or --database (or try --demo)");
         }
         if tokens.is_empty() && self.agent_tokens_file.is_none() {
             bail!(

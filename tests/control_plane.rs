@@ -1,0 +1,621 @@
+//! The control plane wired into the gateway (docs/control.md), end to end with
+//! real `gateway` processes, real SQLite files and a throwaway PostgreSQL
+//! cluster: accounts made through `/api/v1` work through the proxy within a
+//! second of their creation and stop when disabled, the usage history holds
+//! exactly the bytes a client moved, a daily quota cuts a transfer, a SQLite
+//! store survives `kill -9`, two gateways on one PostgreSQL see each other's
+//! changes, the refusals (`--redis` with SQLite, writes beside `--users`), the
+//! read-only token, and the threshold webhooks.
+
+mod common;
+
+use common::processes::GatewayProcess;
+use common::{connect, targets, within, TransportChoice, TOKEN, WAIT};
+use exitpool::gateway::control_link::exitpool_control::period;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The admin token of every gateway here.
+const ADMIN: &str = "admin-token-for-control-plane-tests-5b1e";
+/// The read-only token.
+const READER: &str = "reader-token-for-control-plane-tests-77c2";
+/// How long a change may take to reach a connection: one poll of the
+/// revision (1 s) and the snapshot's load.
+const CHANGE_BOUND: Duration = Duration::from_millis(1500);
+
+/// Starts a gateway process on `state` with the fixture agent token, the
+/// admin tokens and `extra`.
+async fn gateway(state: &std::path::Path, extra: &[&str]) -> GatewayProcess {
+    let mut args: Vec<String> = [
+        "--agent-token",
+        TOKEN,
+        "--admin-token",
+        ADMIN,
+        "--admin-readonly-token",
+        READER,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    GatewayProcess::start(state, &args).await
+}
+
+/// An agent on `ip` joined to `gateway`.
+async fn agent(gateway: &GatewayProcess, ip: &str) -> exitpool::agent::AgentHandle {
+    let agent = exitpool::agent::Agent::builder(
+        gateway.banner.tunnel.to_string(),
+        gateway.banner.pin.parse().unwrap(),
+        TOKEN,
+    )
+    .bind(ip.parse().unwrap())
+    .allow_private(true)
+    .transport(TransportChoice::Quic)
+    .spawn()
+    .expect("agent spawns");
+    within("agent joins", agent.connected()).await;
+    agent
+}
+
+/// `method path` on `admin`'s API with `token` and an optional JSON body:
+/// the status and the JSON answer.
+async fn api(
+    admin: SocketAddr,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("http://{admin}/api/v1{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let answer = within("an API call", request.send()).await.expect("answer");
+    let status = answer.status().as_u16();
+    let text = within("an API answer", answer.text()).await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Creates customer `name` with `password` and `limits` through `admin`.
+async fn create(admin: SocketAddr, name: &str, password: &str, limits: Value) {
+    let (status, body) = api(
+        admin,
+        ADMIN,
+        reqwest::Method::POST,
+        "/customers",
+        Some(json!({"name": name, "password": password, "limits": limits})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// One `CONNECT` as `user` to `target`: its status.
+async fn connect_status(proxy: SocketAddr, target: SocketAddr, user: &str, password: &str) -> u16 {
+    connect(proxy, &target.to_string(), Some((user, password)))
+        .await
+        .0
+        .status
+}
+
+/// How long until a `CONNECT` as `user` answers `want` (tried every 100 ms,
+/// so as not to run into the failed-login budget), failing after [`WAIT`].
+async fn until_status(
+    proxy: SocketAddr,
+    target: SocketAddr,
+    user: &str,
+    password: &str,
+    want: u16,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let status = connect_status(proxy, target, user, password).await;
+        if status == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{user} still gets {status}, not {want}, after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /bytes/N` on `target` through a `CONNECT` tunnel as `user`: the
+/// bytes the client sent and received (the whole answer), and how the
+/// connection ended.
+async fn tunnel_get(
+    proxy: SocketAddr,
+    target: SocketAddr,
+    user: &str,
+    password: &str,
+    bytes: usize,
+) -> (u64, u64, std::io::Result<()>) {
+    let (head, mut stream) = connect(proxy, &target.to_string(), Some((user, password))).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    let request =
+        format!("GET /bytes/{bytes} HTTP/1.1\r\nHost: target\r\nConnection: close\r\n\r\n");
+    within("send GET", stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    let mut received = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        match within("read the answer", stream.read(&mut buf)).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => received += n as u64,
+            Err(error) => break Err(error),
+        }
+    };
+    (request.len() as u64, received, end)
+}
+
+/// Today's usage of `name` in the history: bytes up and down.
+async fn history_today(admin: SocketAddr, name: &str) -> (u64, u64) {
+    let now = period::now();
+    let (from, to) = (
+        period::date(period::day_start(now)),
+        period::date(period::day_start(now) + period::DAY),
+    );
+    let (status, body) = api(
+        admin,
+        READER,
+        reqwest::Method::GET,
+        &format!("/customers/{name}/usage?from={from}&to={to}&step=day"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let buckets = body["buckets"].as_array().expect("a list of buckets");
+    buckets.iter().fold((0, 0), |(up, down), bucket| {
+        (
+            up + bucket["bytes_up"].as_u64().unwrap(),
+            down + bucket["bytes_down"].as_u64().unwrap(),
+        )
+    })
+}
+
+/// Waits until the history shows `want` for `name`; fails with what it shows.
+async fn until_history(admin: SocketAddr, name: &str, want: (u64, u64)) {
+    let start = Instant::now();
+    loop {
+        let seen = history_today(admin, name).await;
+        if seen == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "history of {name}: {seen:?}, the client moved {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The default store (SQLite in the state directory): a customer created
+/// through the API works through the proxy within a second, without SIGHUP;
+/// the history holds exactly the bytes the client moved; disabling it
+/// refuses it within a second; the read-only token reads and may not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_accounts_are_live_within_a_second_and_their_bytes_are_in_the_history() {
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(state.path(), &[]).await;
+    assert!(
+        state.path().join("control.sqlite3").exists(),
+        "the default store is in the state directory"
+    );
+    let _agent = agent(&gw, "127.0.0.2").await;
+    let target = targets::http_target("127.0.0.1").await;
+    let proxy = gw.banner.listen;
+
+    assert_eq!(connect_status(proxy, target, "bob", "pw1").await, 407);
+    create(gw.admin, "bob", "pw1", json!({})).await;
+    let took = until_status(proxy, target, "bob", "pw1", 200).await;
+    eprintln!("a new customer worked through the proxy {took:?} after its 201");
+    assert!(took <= CHANGE_BOUND, "{took:?}");
+
+    let (up, down, end) = tunnel_get(proxy, target, "bob", "pw1", 300_000).await;
+    end.expect("a clean end");
+    assert!(down > 300_000, "{down}");
+    // Also the connections counted by `until_status`: each moved nothing.
+    until_history(gw.admin, "bob", (up, down)).await;
+    eprintln!("history of bob: {up} bytes up, {down} down, as the client counted");
+
+    // The read-only token reads, and may not write.
+    let (status, body) = api(gw.admin, READER, reqwest::Method::GET, "/customers", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["name"], "bob", "{body}");
+    let (status, body) = api(
+        gw.admin,
+        READER,
+        reqwest::Method::POST,
+        "/customers/bob/disable",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = api(gw.admin, "wrong", reqwest::Method::GET, "/customers", None).await;
+    assert_eq!(status, 401);
+
+    let (status, body) = api(
+        gw.admin,
+        ADMIN,
+        reqwest::Method::POST,
+        "/customers/bob/disable",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let took = until_status(proxy, target, "bob", "pw1", 407).await;
+    eprintln!("a disabled customer was refused {took:?} after the change");
+    assert!(took <= CHANGE_BOUND, "{took:?}");
+
+    let metrics = metrics_text(gw.admin).await;
+    assert!(
+        metrics.contains("exitpool_control_records_written_total")
+            && metrics.trim_end().ends_with("# EOF"),
+        "{metrics}"
+    );
+}
+
+/// A daily quota cuts a transfer (with a reset) within a relay chunk of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_quota_cuts_a_transfer() {
+    const QUOTA: u64 = 1_000_000;
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(state.path(), &[]).await;
+    let _agent = agent(&gw, "127.0.0.2").await;
+    let target = targets::http_target("127.0.0.1").await;
+    let proxy = gw.banner.listen;
+    create(gw.admin, "carol", "pw2", json!({"quota_daily": QUOTA})).await;
+    until_status(proxy, target, "carol", "pw2", 200).await;
+    let (_, received, end) = tunnel_get(proxy, target, "carol", "pw2", 20_000_000).await;
+    let error = end.expect_err("a cut, not the whole 20 MB");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    eprintln!("a {QUOTA}-byte daily quota let {received} bytes through");
+    // One relay read past it at most: 64 KiB, or a little more when the
+    // relay's buffer had room left over from an earlier read.
+    assert!(received <= QUOTA + 2 * 64 * 1024, "{received}");
+    assert!(
+        received >= QUOTA / 2,
+        "{received}: the quota's bytes may move"
+    );
+    // The store knows the period ran out, and when it resets.
+    let start = Instant::now();
+    loop {
+        let (status, body) = api(
+            gw.admin,
+            ADMIN,
+            reqwest::Method::GET,
+            "/customers/carol/quota",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        if body["exhausted"]["period"] == "daily" {
+            assert!(body["exhausted"]["resets_at"].is_string(), "{body}");
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A new transfer moves nothing.
+    let (_, received, _) = tunnel_get(proxy, target, "carol", "pw2", 1_000_000).await;
+    assert_eq!(received, 0);
+}
+
+/// Accounts written to the SQLite store survive `kill -9` of the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_store_survives_kill_9() {
+    let state = tempfile::tempdir().unwrap();
+    let mut gw = gateway(state.path(), &[]).await;
+    for n in 0..5 {
+        create(gw.admin, &format!("user{n}"), "pw", json!({})).await;
+    }
+    gw.process.kill().await.expect("SIGKILL");
+    let gw = gateway(state.path(), &[]).await;
+    let _agent = agent(&gw, "127.0.0.2").await;
+    let target = targets::http_target("127.0.0.1").await;
+    for n in 0..5 {
+        assert_eq!(
+            connect_status(gw.banner.listen, target, &format!("user{n}"), "pw").await,
+            200
+        );
+    }
+}
+
+/// `gateway` with `args` must fail to start; its output.
+async fn start_fails(state: &std::path::Path, args: &[&str]) -> String {
+    let finished = exitpool_launcher::Launch::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(exitpool_launcher::binaries::GATEWAY_ON_LOOPBACK)
+        .args(["--agent-token", TOKEN])
+        .args(args)
+        .run(WAIT)
+        .await
+        .expect("the gateway runs");
+    let output = format!("{}\n{}", finished.stdout, finished.stderr);
+    assert!(!finished.status.success(), "{output}");
+    output
+}
+
+/// `--redis` beside a SQLite store is refused, saying why; `--users FILE`
+/// makes account writes through the API `409`, naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_beside_redis_is_refused_and_a_users_file_owns_the_accounts() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("store.sqlite3");
+    let output = start_fails(
+        state.path(),
+        &[
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--database",
+            &file.to_string_lossy(),
+        ],
+    )
+    .await;
+    assert!(
+        output.contains("--redis with a SQLite store") && output.contains("postgres://"),
+        "{output}"
+    );
+
+    let users = state.path().join("users.toml");
+    std::fs::write(&users, "").unwrap();
+    let gw = gateway(
+        state.path(),
+        &[
+            "--users",
+            &users.to_string_lossy(),
+            "--database",
+            &file.to_string_lossy(),
+        ],
+    )
+    .await;
+    let (status, body) = api(
+        gw.admin,
+        ADMIN,
+        reqwest::Method::POST,
+        "/customers",
+        Some(json!({"name": "dave"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("users.toml"), "{body}");
+    let (status, body) = api(gw.admin, ADMIN, reqwest::Method::GET, "/customers", None).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Two gateways of one fleet (Redis) on one PostgreSQL: a customer created
+/// through one works through the other within a second, and a disable
+/// through the other is in force on the first as fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_postgres_see_each_others_changes_within_a_second() {
+    let mut postgres = exitpool_launcher::postgres::PostgresServer::start(Duration::from_secs(60))
+        .await
+        .expect("PostgreSQL starts (scripts/test installs Debian's postgresql)");
+    let url = postgres.create_database("fleet").await.expect("createdb");
+    let redis = common::fleet::RedisServer::start().await;
+    let (gateways, _states) = common::fleet::gateway_processes(
+        &redis,
+        2,
+        &[
+            "--database",
+            &url,
+            "--admin-token",
+            ADMIN,
+            "--admin-readonly-token",
+            READER,
+        ],
+    )
+    .await;
+    let _agents = [
+        agent(&gateways[0], "127.0.0.2").await,
+        agent(&gateways[1], "127.0.0.3").await,
+    ];
+    let target = targets::http_target("127.0.0.1").await;
+    let (one, two) = (&gateways[0], &gateways[1]);
+    create(one.admin, "erin", "pw3", json!({})).await;
+    let took = until_status(two.banner.listen, target, "erin", "pw3", 200).await;
+    eprintln!("created through gw-1, working through gw-2 after {took:?}");
+    assert!(took <= CHANGE_BOUND, "{took:?}");
+    let (status, body) = api(
+        two.admin,
+        ADMIN,
+        reqwest::Method::POST,
+        "/customers/erin/disable",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let took = until_status(one.banner.listen, target, "erin", "pw3", 407).await;
+    eprintln!("disabled through gw-2, refused by gw-1 after {took:?}");
+    assert!(took <= CHANGE_BOUND, "{took:?}");
+    drop(gateways);
+    postgres.stop().await.expect("PostgreSQL stops");
+}
+
+/// `admin`'s `/metrics` text.
+async fn metrics_text(admin: SocketAddr) -> String {
+    within("GET /metrics", async {
+        reqwest::Client::new()
+            .get(format!("http://{admin}/metrics"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await
+}
+
+/// A counter or gauge on `admin`'s `/metrics`.
+async fn metric(admin: SocketAddr, name: &str) -> u64 {
+    metrics_text(admin)
+        .await
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+/// What a local webhook receiver got: (signature header, timestamp header, body).
+type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A webhook receiver on 127.0.0.1 that answers 500 to the first post (to
+/// see the retry) and 200 after.
+async fn receiver() -> (SocketAddr, Received) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received: Received = Arc::default();
+    let seen = received.clone();
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            let failed_once = failed_once.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        let failed_once = failed_once.clone();
+                        async move {
+                            let header = |name: &str| {
+                                request
+                                    .headers()
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            };
+                            let (signature, timestamp) = (
+                                header("x-exitpool-signature"),
+                                header("x-exitpool-timestamp"),
+                            );
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            let status = if failed_once
+                                .swap(true, std::sync::atomic::Ordering::SeqCst)
+                            {
+                                seen.lock()
+                                    .unwrap()
+                                    .push((signature, timestamp, body.to_vec()));
+                                200
+                            } else {
+                                500
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// The webhook receiver gets a signed notice at 80 % and at 100 % of a
+/// daily quota, once each, after a failed first post is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_hears_of_80_and_100_percent_once_each() {
+    const QUOTA: u64 = 1_000_000;
+    const SECRET: &str = "webhook-secret-for-tests";
+    let (hook, received) = receiver().await;
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        state.path(),
+        &[
+            "--webhook-url",
+            &format!("http://{hook}/notices"),
+            "--webhook-secret",
+            SECRET,
+        ],
+    )
+    .await;
+    let _agent = agent(&gw, "127.0.0.2").await;
+    let target = targets::http_target("127.0.0.1").await;
+    let proxy = gw.banner.listen;
+    create(gw.admin, "frank", "pw4", json!({"quota_daily": QUOTA})).await;
+    until_status(proxy, target, "frank", "pw4", 200).await;
+    // 85 %: the 80 % notice.
+    let (_, _, end) = tunnel_get(proxy, target, "frank", "pw4", 850_000).await;
+    end.expect("within the quota");
+    let notices = |received: &Received| -> Vec<Value> {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(signature, timestamp, body)| {
+                let expected = exitpool::gateway::webhooks::signature(
+                    SECRET,
+                    timestamp.parse().expect("a timestamp header"),
+                    body,
+                );
+                assert_eq!(*signature, expected, "a signed notice");
+                serde_json::from_slice(body).unwrap()
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    while notices(&received).is_empty() {
+        assert!(start.elapsed() < WAIT, "no 80 % notice");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the quota: the 100 % notice.
+    let _ = tunnel_get(proxy, target, "frank", "pw4", 850_000).await;
+    let start = Instant::now();
+    while notices(&received).len() < 2 {
+        assert!(
+            start.elapsed() < WAIT,
+            "no 100 % notice: {:?}",
+            notices(&received)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two more ticks that recount the quota (each writes a refused
+    // connection's record first) bring no repeat.
+    for _ in 0..2 {
+        let written = metric(gw.admin, "exitpool_control_records_written_total").await;
+        let _ = tunnel_get(proxy, target, "frank", "pw4", 10_000).await;
+        let start = Instant::now();
+        while metric(gw.admin, "exitpool_control_records_written_total").await == written {
+            assert!(start.elapsed() < WAIT, "no usage written");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let all = notices(&received);
+    eprintln!("notices: {all:?}");
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0]["threshold_percent"], 80, "{all:?}");
+    assert_eq!(all[1]["threshold_percent"], 100, "{all:?}");
+    for notice in &all {
+        assert_eq!(notice["account"], "frank");
+        assert_eq!(notice["period"], "daily");
+        assert_eq!(notice["quota"], QUOTA);
+    }
+}
