@@ -98,7 +98,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         "{}",
         finished.stdout
     );
-    for page in ["overview", "exits", "customer", "live", "tokens", "signin"] {
+    for page in ["overview", "exits", "exit", "customer", "live", "tokens", "signin"] {
         let file = shots.join(format!("{page}.png"));
         let size = std::fs::metadata(&file)
             .unwrap_or_else(|error| panic!("{}: {error}", file.display()))
