@@ -55,4 +55,6 @@ export function time(when, { relative = false } = {}) {
   return element;
 }
 
-export const clock = (when) => toDate(when).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+/** A time of day; with seconds when a chart spans only minutes. */
+export const clock = (when, seconds = false) =>
+  toDate(when).toLocaleTimeString([], seconds ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" });

@@ -83,11 +83,12 @@ export function overview(view) {
         ? rankedBars(o.countries.map(([country, n]) => ({ label: country, value: n, note: `${n} agents in ${country}` })), fmt.count)
         : empty("No agent is connected. Start one with ", h("code", {}, "agent --gateway HOST:4433 --pin PIN --token TOKEN"), " (docs/agents.md) or run ", h("code", {}, "gateway --demo"), "."));
     const rates = o.rates || [];
+    const span = rates.length ? rates[rates.length - 1].at - rates[0].at : 0;
     fill(traffic, h("h2", {}, "Traffic, the last hour"),
       lineChart([
         { name: "down", cls: "down", points: rates.map((r) => [r.at, r.down_per_sec]) },
         { name: "up", cls: "up", points: rates.map((r) => [r.at, r.up_per_sec]) },
-      ], { format: fmt.rate, label: fmt.clock, empty: "Traffic appears here a few seconds after start (a sample every 10 s, the hour kept in the gateway)." }));
+      ], { format: fmt.rate, label: (t) => fmt.clock(t, span < 600), empty: "Traffic appears here a few seconds after start (a sample every 10 s, the hour kept in the gateway)." }));
     fill(health, h("h2", {}, "Exit health"),
       o.agents
         ? rankedBars(BAND_ORDER.map((band) => ({ label: band, value: o.health[band] || 0, cls: band })), (n) => `${fmt.count(n)} · ${fmt.percent(n, o.agents)}`)
