@@ -7,7 +7,7 @@ use crate::measure::{cpu_of, GIB};
 use anyhow::{bail, Context, Result};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Bound on every single network step (connect, handshake, one small reply).
@@ -61,7 +61,10 @@ async fn serve_target(mut stream: TcpStream) -> Result<()> {
 
 static PAYLOAD: [u8; CHUNK] = [0x5a; CHUNK];
 
-async fn write_bytes(stream: &mut TcpStream, mut len: u64) -> std::io::Result<()> {
+async fn write_bytes(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    mut len: u64,
+) -> std::io::Result<()> {
     while len > 0 {
         let n = len.min(CHUNK as u64) as usize;
         stream.write_all(&PAYLOAD[..n]).await?;
@@ -71,7 +74,10 @@ async fn write_bytes(stream: &mut TcpStream, mut len: u64) -> std::io::Result<()
 }
 
 /// Reads `len` bytes (or until EOF, whichever first) and returns how many came.
-async fn read_bytes(stream: &mut TcpStream, len: u64) -> std::io::Result<u64> {
+async fn read_bytes(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    len: u64,
+) -> std::io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut got = 0u64;
     while got < len {
@@ -86,7 +92,11 @@ async fn read_bytes(stream: &mut TcpStream, len: u64) -> std::io::Result<u64> {
 }
 
 /// Sends one command head.
-async fn command(stream: &mut TcpStream, command: u8, len: u64) -> std::io::Result<()> {
+async fn command(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    command: u8,
+    len: u64,
+) -> std::io::Result<()> {
     let mut head = [command; 9];
     head[1..].copy_from_slice(&len.to_be_bytes());
     stream.write_all(&head).await
@@ -233,7 +243,9 @@ pub fn head_end(bytes: &[u8]) -> Option<usize> {
 /// Reads a CONNECT answer's head and fails unless it is a 200. The target never
 /// speaks first, so nothing after the head can arrive before we send a command;
 /// reading in chunks is safe.
-async fn read_head(stream: &mut TcpStream) -> Result<(), OpenError> {
+pub(crate) async fn read_head(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+) -> Result<(), OpenError> {
     let mut raw = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     loop {
@@ -300,7 +312,10 @@ pub async fn upload(stream: &mut TcpStream, len: u64) -> Result<()> {
 
 /// Sends a `len`-byte request, reads the `len`-byte answer, then waits for the
 /// target to close, so the connection ends from the target's side.
-pub async fn exchange(stream: &mut TcpStream, len: u64) -> std::io::Result<()> {
+pub async fn exchange(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    len: u64,
+) -> std::io::Result<()> {
     command(stream, b'E', len).await?;
     write_bytes(stream, len).await?;
     let got = read_bytes(stream, len + 1).await?;

@@ -388,13 +388,37 @@ impl Processes {
         max_streams: Option<u32>,
         transport: &str,
     ) -> Result<Processes> {
+        let (threads, connections) = (gateway_threads, max_connections);
+        Self::start_with(
+            bins,
+            threads,
+            agents,
+            connections,
+            max_streams,
+            transport,
+            &[],
+        )
+        .await
+    }
+
+    /// Like [`Processes::start`], with `extra` flags for the gateway.
+    pub async fn start_with(
+        bins: &Binaries,
+        gateway_threads: usize,
+        agents: usize,
+        max_connections: usize,
+        max_streams: Option<u32>,
+        transport: &str,
+        extra: &[&str],
+    ) -> Result<Processes> {
         let state = tempfile::tempdir()?;
         let pin = pin_of(&bins.gateway, state.path()).await?;
-        let gateway = GatewayProcess::start(
+        let gateway = GatewayProcess::start_with(
             &bins.gateway,
             state.path(),
             max_connections,
             gateway_threads,
+            extra,
         )
         .await?;
         let mut dirs = vec![state];

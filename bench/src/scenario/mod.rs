@@ -7,5 +7,6 @@ pub mod flaky;
 pub mod fleet;
 pub mod footprint;
 pub mod rate;
+pub mod rate_h2;
 pub mod soak;
 pub mod swarm;

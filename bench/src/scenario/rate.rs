@@ -383,5 +383,6 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         bare_relay::CONNECT_NAME,
         bare_relay::CONNECT_NOTE
     ));
-    Ok(())
+    // The HTTPS proxy port over HTTP/1.1 and HTTP/2, in the same run.
+    super::rate_h2::run(bench, report).await
 }
