@@ -152,7 +152,10 @@ async fn the_list_shows_a_running_transfer_and_closing_it_resets_the_customer() 
         .await
         .unwrap();
     assert_eq!(stats["customers"][USER]["errors"], 0, "{stats}");
-    assert!(stats["customers"][USER]["bytes_up"].as_u64() >= Some(100_000), "{stats}");
+    assert!(
+        stats["customers"][USER]["bytes_up"].as_u64() >= Some(100_000),
+        "{stats}"
+    );
 }
 
 #[tokio::test]

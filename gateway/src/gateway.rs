@@ -425,6 +425,7 @@ async fn assemble(
     };
     let entry_ports =
         LiveEntryPorts::new(config.entry_ports.clone(), config.entry_ports_file.clone());
+    let tls_handshakes = TlsHandshakes::new(config.tls_handshakes_per_ip);
     let bans = crate::bans::Bans::load(&config.state_dir).map_err(|source| StartError::State {
         path: config.state_dir.join(crate::bans::FILE_NAME),
         source,
@@ -437,6 +438,7 @@ async fn assemble(
         pending_handshakes: Default::default(),
         sessions: Box::new(MemorySessions::default()),
         auth_failures: AuthFailures::default(),
+        tls_handshakes,
         password_checks,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -451,6 +453,7 @@ async fn assemble(
         access_log: AccessLog::start().map_err(StartError::AccessLog)?,
         live: Default::default(),
         bans,
+        agent_tokens: Default::default(),
     });
     Ok((shared, fleet_tasks))
 }
@@ -467,7 +470,7 @@ fn spawn_tasks(
     shared
         .tasks
         .spawn(customer::serve(entrances, shared.clone()));
-    let tls_handshakes = TlsHandshakes::new(config.tls_handshakes_per_ip);
+    shared.tasks.spawn(crate::agent_tokens::run(shared.clone()));
     shared
         .tasks
         .spawn(tunnel::quic::serve(quic.clone(), shared.clone()));
@@ -480,7 +483,6 @@ fn spawn_tasks(
         shared.tasks.spawn(admin::serve(admin, shared.clone()));
     }
     shared
-        tls_handshakes,
         .tasks
         .spawn(housekeeping::sweep_sessions(shared.clone()));
     shared

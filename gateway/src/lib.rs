@@ -25,7 +25,7 @@
 //!
 //! Accounts and operators:
 //! - [`auth`]: customer accounts and agent tokens; [`accounts`]: the live set,
-//!   reloaded on SIGHUP;
+//!   reloaded on SIGHUP; [`agent_tokens`]: agent tokens from the store;
 //! - [`abuse`]: per-address defences; [`limits`]: per-customer quota, rate and
 //!   concurrency; [`quota`]: byte leases that hold a transfer to its quota;
 //! - [`control_link`]: the control plane's store (accounts, usage history,
@@ -42,11 +42,12 @@ pub mod abuse;
 pub mod access;
 pub mod accounts;
 pub mod admin;
+pub mod agent_tokens;
 pub mod auth;
+pub mod bans;
 pub mod config;
 pub mod control_link;
 mod counts;
-pub mod bans;
 pub mod credentials;
 pub mod customer;
 pub mod customer_tls;
@@ -57,10 +58,10 @@ pub mod fleet;
 pub mod gateway;
 mod housekeeping;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod quota;
 pub mod sessions;
-pub mod live;
 pub mod shared;
 pub mod state;
 pub mod tls;

@@ -71,6 +71,8 @@ pub struct Shared {
     pub live: crate::live::LiveConnections,
     /// Exits refused at join until unbanned.
     pub bans: crate::bans::Bans,
+    /// Agent tokens from the control plane's store, as last looked up.
+    pub agent_tokens: crate::agent_tokens::StoreTokens,
 }
 
 /// How long a listener rests after a failed accept (out of descriptors,
@@ -238,7 +240,10 @@ impl Shared {
                 // when they try to come back (a Reject with BadToken).
                 // Agents of other fleet gateways are theirs to check.
                 for agent in self.directory.agents() {
-                    if agent.is_local() && !set.agent_tokens.accepts(agent.token.expose()) {
+                    if agent.is_local()
+                        && !set.agent_tokens.accepts(agent.token.expose())
+                        && !self.agent_tokens.from_store(agent.token.expose())
+                    {
                         info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
                         self.directory.remove(agent.key);
                         self.tunnels

@@ -170,12 +170,12 @@ impl Transfer {
         );
         Transfer {
             agent,
-            live,
             counters,
             context,
             folded_up: 0,
             folded_down: 0,
             lease,
+            live,
             _load: load,
             _slot: slot,
         }

@@ -10,6 +10,7 @@
 
 use super::pending::PendingSlot;
 use crate::abuse::source_network;
+use crate::agent_tokens::Verdict;
 use crate::directory::{Agent, Joining};
 use crate::shared::Shared;
 use exitpool_protocol::close_code;
@@ -116,7 +117,9 @@ pub(crate) async fn join(
     shared: &Shared,
 ) -> Result<AdmittedAgent, HandshakeError> {
     let (mut control_send, control_recv, body) = read_hello(&connection, shared).await?;
-    let hello = match check_hello_body(&body, &connection, shared)? {
+    // A token from the control plane's store is looked up (cached) first.
+    let from_store = crate::agent_tokens::verdict_for_hello(&body, shared).await;
+    let hello = match check_hello_body(&body, &connection, shared, from_store.as_ref())? {
         Ok(hello) => hello,
         Err(refusal) => return Err(refuse(&connection, &mut control_send, refusal, shared).await),
     };
@@ -175,6 +178,7 @@ fn check_hello_body(
     body: &[u8],
     connection: &Tunnel,
     shared: &Shared,
+    from_store: Option<&Verdict>,
 ) -> Result<Result<CheckedHello, Refusal>, HandshakeError> {
     match decode_body::<AgentMessage>(body) {
         Ok(AgentMessage::Hello {
@@ -185,15 +189,15 @@ fn check_hello_body(
             capacity,
             accepting,
         }) => Ok(
-            check_hello(version, &identity, &token, connection, shared).map(|agent_id| {
-                CheckedHello {
+            check_hello(version, &identity, &token, connection, shared, from_store).map(
+                |agent_id| CheckedHello {
                     agent_id,
                     token,
                     software,
                     capacity,
                     accepting,
-                }
-            }),
+                },
+            ),
         ),
         // An agent of another protocol version may not decode at all: its
         // version alone earns it the clear refusal.
@@ -298,16 +302,37 @@ fn check_hello(
     token: &exitpool_protocol::Secret,
     connection: &Tunnel,
     shared: &Shared,
+    from_store: Option<&Verdict>,
 ) -> Result<String, Refusal> {
     if version != PROTOCOL_VERSION {
         return Err(unsupported_version(version));
     }
-    if !shared
-        .accounts
-        .current()
-        .agent_tokens
-        .accepts(token.expose())
-    {
+    let accepted = match from_store {
+        // No lookup: the flags or file hold it, or there is no store.
+        None => shared
+            .accounts
+            .current()
+            .agent_tokens
+            .accepts(token.expose()),
+        Some(Verdict::Accepted { .. }) => true,
+        Some(Verdict::Unknown) => false,
+        Some(Verdict::Revoked) => {
+            return Err((
+                RejectReason::BadToken,
+                "the agent token was revoked by the gateway's operator; ask for a new one"
+                    .to_owned(),
+            ))
+        }
+        Some(Verdict::Unavailable(why)) => {
+            debug!(%why, "the store could not check an agent token");
+            return Err((
+                RejectReason::TooManyAgents,
+                "the gateway cannot check agent tokens now; this agent will try again later"
+                    .to_owned(),
+            ));
+        }
+    };
+    if !accepted {
         return Err((
             RejectReason::BadToken,
             "the agent token is not accepted by this gateway; check --token".to_owned(),
@@ -333,7 +358,7 @@ fn check_hello(
             format!("this device (exit {exit_id}) is banned by the gateway's operator; it may not join until unbanned"),
         ));
     }
-    match over_agent_caps(&agent_id, token.expose(), connection, shared) {
+    match over_agent_caps(&agent_id, token.expose(), connection, shared, from_store) {
         Some(message) => {
             shared.metrics.agents_turned_away.inc();
             Err((RejectReason::TooManyAgents, message))
@@ -360,6 +385,7 @@ fn over_agent_caps(
     token: &str,
     connection: &Tunnel,
     shared: &Shared,
+    from_store: Option<&Verdict>,
 ) -> Option<String> {
     if shared.directory.by_agent_id(agent_id).is_some() {
         return None;
@@ -371,8 +397,17 @@ fn over_agent_caps(
             "{per_address} agents are already connected from this network; this agent will try again later"
         ));
     }
-    let accounts = shared.accounts.current();
-    let max = accounts.agent_tokens.find(token)?.max_agents?;
+    let max = match from_store {
+        Some(Verdict::Accepted { max_agents, .. }) => (*max_agents)?,
+        _ => u64::from(
+            shared
+                .accounts
+                .current()
+                .agent_tokens
+                .find(token)?
+                .max_agents?,
+        ),
+    };
     (shared.directory.agents_with_token(token) >= max as usize).then(|| {
         format!("this enrolment token's {max} agents are all connected; this agent will try again later")
     })
