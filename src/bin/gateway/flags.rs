@@ -458,10 +458,6 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum TokenAction {
     /// Customers and sub-users of a running gateway (through its /api/v1).
     Customers {
         #[command(subcommand)]
@@ -497,6 +493,10 @@ pub(crate) enum TokenAction {
         #[command(flatten)]
         api: crate::operators::Api,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenAction {
     /// Print a new random agent token (256 bits) for --agent-token or a line
     /// of the --agent-tokens file.
     New,
