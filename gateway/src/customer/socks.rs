@@ -376,8 +376,14 @@ async fn read_request<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Target, So
     if reserved != 0 {
         return Err(SocksError::Reserved(reserved));
     }
-    let host = host.map_err(SocksError::Refused)?;
     let associate = command == CMD_UDP_ASSOCIATE;
+    // An association's address is only a hint of where the client will send
+    // from (PySocks sends the name "0"): one that is no valid host is taken
+    // as unknown, and the first datagram from the client's IP tells its port.
+    let host = match host {
+        Err(_) if associate => TargetHost::Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        host => host.map_err(SocksError::Refused)?,
+    };
     // An association's address may be all zeros: the client does not know yet.
     if port == 0 && !associate {
         return Err(SocksError::Refused(ProxyError::BadTarget(format!(
