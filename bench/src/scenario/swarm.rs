@@ -234,9 +234,9 @@ async fn tcp_swarm(
 ) -> Result<(f64, f64)> {
     let Bench { bins, runs, .. } = bench;
     // A TLS/TCP agent holds two descriptors here: its TCP connection and the
-    // UDP socket of the QUIC endpoint every agent keeps. (At 10,000 agents
-    // under a 20,000 limit the last few could not connect: EMFILE here, not
-    // the gateway.)
+    // UDP socket of the QUIC endpoint every agent keeps. (10,000 of them
+    // under a 20,000 limit, beside sockets the QUIC phase had not yet let go
+    // of, could not all connect: EMFILE here, not at the gateway.)
     let mut n = n;
     if let (Some(limit), Ok(open)) = (open_files_limit(), proc_entries(std::process::id(), "fd")) {
         let fit = (limit.saturating_sub(open + 64) / 2) as usize;
