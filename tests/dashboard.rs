@@ -5,7 +5,8 @@
 //! sees the three countries, creates a customer in the UI and proxies with
 //! it, sees its usage and live connection, closes that connection (curl's
 //! transfer ends), creates an agent token, bans an exit (it leaves the pool),
-//! shows that a page on another origin changes nothing, and signs out.
+//! shows that a page on another origin changes nothing, signs out, and signs
+//! in with the read-only token (no write control shown, writes refused).
 //! Screenshots of every page land in target/test-artifacts/dashboard/.
 //!
 //! Beside it, without a browser: the dashboard's sessions, CSRF token and
@@ -26,6 +27,9 @@ const DEMO_READY: &str = "demo: Ctrl-C to stop";
 
 /// The admin token the test gateway runs with.
 const ADMIN_TOKEN: &str = "dashboard-test-admin-token-0123456789";
+
+/// The read-only token it runs with.
+const READ_ONLY_TOKEN: &str = "dashboard-test-read-only-token-0123456789";
 
 /// How long the browser script may take in all (it bounds each wait itself).
 const BROWSER_BOUND: Duration = Duration::from_secs(180);
@@ -50,6 +54,7 @@ async fn the_dashboard_works_in_a_real_browser() {
             "127.0.0.1:0",
         ])
         .args(["--admin", "127.0.0.1:0", "--admin-token", ADMIN_TOKEN])
+        .args(["--admin-readonly-token", READ_ONLY_TOKEN])
         .arg("--state-dir")
         .arg(state.path())
         .env("NO_COLOR", "1")
@@ -80,6 +85,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("DASHBOARD_SIGNIN", &link)
         .env("DASHBOARD_ADMIN", &admin)
         .env("DASHBOARD_TOKEN", ADMIN_TOKEN)
+        .env("DASHBOARD_READONLY", READ_ONLY_TOKEN)
         .env("DASHBOARD_PROXY", &proxy)
         .env("DASHBOARD_SHOTS", &shots)
         .run(BROWSER_BOUND)
@@ -98,7 +104,9 @@ async fn the_dashboard_works_in_a_real_browser() {
         "{}",
         finished.stdout
     );
-    for page in ["overview", "exits", "exit", "customer", "live", "tokens", "signin"] {
+    for page in [
+        "overview", "exits", "exit", "customer", "live", "tokens", "signin",
+    ] {
         let file = shots.join(format!("{page}.png"));
         let size = std::fs::metadata(&file)
             .unwrap_or_else(|error| panic!("{}: {error}", file.display()))

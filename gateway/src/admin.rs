@@ -61,7 +61,7 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(slots::Slots::default());
     // The web dashboard (/dashboard/); the admin port speaks plain HTTP.
-    let dashboard = dashboard::Dashboard::start(&shared, None, false);
+    let dashboard = dashboard::Dashboard::start(&shared, false);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

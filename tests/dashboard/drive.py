@@ -7,6 +7,7 @@ token and hands over, in the environment:
   DASHBOARD_SIGNIN  the one-time sign-in link the demo printed
   DASHBOARD_ADMIN   http://HOST:PORT of the admin port
   DASHBOARD_TOKEN   the admin token (for checks made beside the browser)
+  DASHBOARD_READONLY  the read-only token
   DASHBOARD_PROXY   HOST:PORT of the customer port
   DASHBOARD_SHOTS   where the screenshots go
   CHROMIUM          the browser to drive (default /usr/bin/chromium)
@@ -31,6 +32,7 @@ from playwright.sync_api import expect, sync_playwright
 SIGNIN = os.environ["DASHBOARD_SIGNIN"]
 ADMIN = os.environ["DASHBOARD_ADMIN"].rstrip("/")
 TOKEN = os.environ["DASHBOARD_TOKEN"]
+READ_ONLY = os.environ["DASHBOARD_READONLY"]
 PROXY = os.environ["DASHBOARD_PROXY"]
 SHOTS = Path(os.environ["DASHBOARD_SHOTS"])
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -199,7 +201,8 @@ def main():
         bars = page.locator("section[data-card='Agents online by country']").locator(".bar-label")
         expect(bars).to_have_count(3)
         assert sorted(bars.all_inner_texts()) == ["DE", "JP", "US"], bars.all_inner_texts()
-        step("the overview shows the demo's three countries")
+        expect(page.locator("section[data-card='Fleet and database']")).to_contain_text("Database: SQLite")
+        step("the overview shows the demo's three countries and its SQLite store")
 
         # Create a customer in the UI; its password is shown once.
         goto(page, "/customers", "customers")
@@ -370,6 +373,33 @@ def main():
         expect(page).to_have_url(f"{ADMIN}/dashboard/")
         loaded(page, "overview")
         step("a wrong token is refused; the admin token signs in")
+
+        # A read-only session sees everything and can change nothing.
+        page.locator("#signout").click()
+        expect(page).to_have_url(f"{ADMIN}/dashboard/signin")
+        page.locator("#token").fill(READ_ONLY)
+        page.locator("button[type=submit]").click()
+        expect(page).to_have_url(f"{ADMIN}/dashboard/")
+        loaded(page, "overview")
+        expect(page.locator("#role")).to_have_text("read-only")
+        goto(page, "/customers", "customers")
+        expect(page.locator("table a", has_text="acme")).to_be_visible()
+        expect(page.locator("form")).to_have_count(0)
+        goto(page, "/customers/acme", "customer")
+        expect(page.locator("button", has_text="Rotate password")).to_have_count(0)
+        expect(page.locator("button", has_text="Save limits")).to_have_count(0)
+        goto(page, "/exits", "exits")
+        expect(page.locator("button", has_text="Ban")).to_have_count(0)
+        shot(page, "read-only")
+        cookie = next(c for c in context.cookies() if c["name"] == "exitpool_session")
+        status, session = api("GET", "/dashboard/api/session", headers={"Cookie": f"exitpool_session={cookie['value']}"})
+        assert status == 200 and session["role"] == "read-only", (status, session)
+        status, answer = api("POST", "/dashboard/api/v1/customers", {"name": "ro"}, headers={
+            "Cookie": f"exitpool_session={cookie['value']}", "X-CSRF-Token": session["csrf"]})
+        assert status == 403 and answer["error"] == "read_only", (status, answer)
+        status, _ = api("GET", "/api/v1/customers/ro")
+        assert status == 404, status
+        step("the read-only token signs in: no write control shown, a forged write refused")
 
         assert not outside, f"requests left for other origins: {outside}"
         browser.close()

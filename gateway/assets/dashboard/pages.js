@@ -67,7 +67,7 @@ export function overview(view) {
   const health = card("Exit health");
   const transports = card("Transports");
   const errors = card("Errors by code");
-  const fleet = card("Fleet");
+  const fleet = card("Fleet and database");
   fill(view, h("h1", {}, "Overview"), head, h("div", { class: "grid two" }, countries, traffic, health, transports, errors, fleet));
   return async () => {
     const o = await get("/overview");
@@ -99,18 +99,24 @@ export function overview(view) {
       o.errors.length
         ? rankedBars(o.errors.map(([code, n]) => ({ label: code, value: n, cls: "failing" })), fmt.count)
         : empty("No errors so far. The README's error table explains each code when one appears."));
+    const db = o.database;
+    const database = db
+      ? h("p", {}, "Database: ", db.backend, db.accounts_from_store ? " (accounts and usage history)" : " (usage history; accounts come from the --users file)", " · ",
+        db.stalled ? h("span", { class: "bad" }, db.stalled) : h("span", { class: "ok" }, "in reach"))
+      : h("p", {}, "No database: accounts come from flags and files, and no usage history is kept (", h("code", {}, "--database"), ", docs/control.md).");
     if (o.fleet) {
       const f = o.fleet;
       const rows = f.gateways.map((g) => h("tr", {},
         h("td", {}, g.id, g.this ? h("span", { class: "badge" }, "this one") : null),
         h("td", {}, fmt.count(g.agents)), h("td", {}, fmt.count(g.live_connections)), h("td", {}, fmt.count(g.live_streams)),
         h("td", {}, fmt.bytes(g.bytes_up + g.bytes_down)), h("td", {}, g.peer_link || "–")));
-      fill(fleet, h("h2", {}, "Fleet"),
-        h("p", {}, "Redis: ", f.redis.reachable ? h("span", { class: "ok" }, "reachable") : h("span", { class: "bad" }, `out of reach for ${fmt.duration(f.redis.since_secs)}: ${f.redis.reason}`)),
+      fill(fleet, h("h2", {}, "Fleet and database"), database,
+        h("p", {}, "Redis: ", f.redis.reachable ? h("span", { class: "ok" }, "in reach") : h("span", { class: "bad" }, `out of reach for ${fmt.duration(f.redis.since_secs)}: ${f.redis.reason}`)),
         o.ready ? h("p", { class: "bad" }, o.ready) : null,
         table(["gateway", "agents", "connections", "streams", "moved", "peer link"], rows, "No gateway has sent a heartbeat yet."));
     } else {
-      fill(fleet, h("h2", {}, "Fleet"), empty("This gateway runs alone. Start several with ", h("code", {}, "--redis URL"), " to share one pool (docs/fleet.md)."));
+      fill(fleet, h("h2", {}, "Fleet and database"), database,
+        empty("This gateway runs alone. Start several with ", h("code", {}, "--redis URL"), " to share one pool (docs/fleet.md)."));
     }
   };
 }

@@ -52,6 +52,10 @@ const COOKIE_NAME: &str = "exitpool_session";
 /// The header every write carries the session's CSRF token in.
 const CSRF_HEADER: &str = "x-csrf-token";
 
+/// What a sign-in with a token other than the admin token asks the API,
+/// to learn whether it is the read-only token.
+const READ_PROBE: &str = "/api/v1/customers?limit=1";
+
 /// Largest sign-in body read.
 const MAX_SIGN_IN_BODY: usize = 4096;
 
@@ -122,8 +126,6 @@ pub struct Dashboard {
     shared: Arc<Shared>,
     sessions: sessions::Sessions,
     samples: samples::Samples,
-    /// The token of read-only sessions, when the gateway has one.
-    read_only: Option<Secret>,
     /// Whether the admin port speaks TLS (the cookie is then `Secure`).
     tls: bool,
 }
@@ -139,14 +141,12 @@ pub enum Front {
 
 impl Dashboard {
     /// The dashboard for `shared`'s admin port; starts its sampler, which
-    /// stops with the gateway. `read_only` is the read-only token's value, if
-    /// any; `tls` whether the admin port speaks TLS.
-    pub fn start(shared: &Arc<Shared>, read_only: Option<Secret>, tls: bool) -> Arc<Dashboard> {
+    /// stops with the gateway. `tls`: whether the admin port speaks TLS.
+    pub fn start(shared: &Arc<Shared>, tls: bool) -> Arc<Dashboard> {
         let dashboard = Arc::new(Dashboard {
             shared: shared.clone(),
             sessions: sessions::Sessions::default(),
             samples: samples::Samples::default(),
-            read_only: read_only.filter(|token| !token.expose().is_empty()),
             tls,
         });
         let weak = Arc::downgrade(&dashboard);
@@ -252,7 +252,7 @@ impl Dashboard {
                         }
                     }
                     (_, forwarded) if forwarded.starts_with("/dashboard/api/v1/") => {
-                        return self.forward(request, session.1.role);
+                        return self.forward(request, &session.1);
                     }
                     _ => json_error(
                         StatusCode::NOT_FOUND,
@@ -334,7 +334,7 @@ impl Dashboard {
 
     /// Opens a session for `role` and answers with `answer` carrying its cookie.
     fn open(&self, role: Role, mut answer: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
-        let (id, _) = self.sessions.open(role, Instant::now());
+        let (id, _) = self.sessions.open(role, None, Instant::now());
         answer
             .headers_mut()
             .insert(SET_COOKIE, self.cookie(&id, SESSION_LIFETIME));
@@ -362,22 +362,38 @@ impl Dashboard {
     }
 
     /// The role `token` signs in as: the admin token (or any, on a port
-    /// without one: the port itself is then open to this machine) or the
-    /// read-only token.
-    fn role_of(&self, token: &str) -> Option<Role> {
-        let configured = |secret: Option<&Secret>| {
-            secret
-                .map(|secret| secret.expose().to_owned())
-                .filter(|secret| !secret.is_empty())
-        };
-        match configured(self.shared.config.admin_token.as_ref()) {
+    /// without one: the port itself is then open to this machine), or a
+    /// token the control plane's API takes for reading (the read-only token,
+    /// which the API alone holds: it is asked, once per sign-in).
+    async fn role_of(&self, token: &str) -> Option<Role> {
+        let admin = self
+            .shared
+            .config
+            .admin_token
+            .as_ref()
+            .filter(|admin| !admin.expose().is_empty());
+        match admin {
             None => return Some(Role::Admin),
-            Some(admin) if sessions::same_secret(&admin, token) => return Some(Role::Admin),
+            Some(admin) if sessions::same_secret(admin.expose(), token) => {
+                return Some(Role::Admin)
+            }
             Some(_) => {}
         }
-        configured(self.read_only.as_ref())
-            .filter(|read_only| sessions::same_secret(read_only, token))
-            .map(|_| Role::ReadOnly)
+        let router = self
+            .shared
+            .accounts
+            .control()
+            .and_then(|link| link.router().cloned())?;
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+        let probe = Request::get(READ_PROBE)
+            .header(AUTHORIZATION, bearer)
+            .body(axum::body::Body::empty())
+            .ok()?;
+        let answer = tokio::time::timeout(BODY_DEADLINE, tower::ServiceExt::oneshot(router, probe));
+        match answer.await {
+            Ok(Ok(response)) if response.status().is_success() => Some(Role::ReadOnly),
+            _ => None,
+        }
     }
 
     /// `POST /dashboard/api/session` with `{"token": "…"}`.
@@ -431,9 +447,11 @@ impl Dashboard {
                 )
             }
         };
-        match self.role_of(token.trim()) {
+        let token = token.trim();
+        match self.role_of(token).await {
             Some(role) => {
-                let (id, session) = self.sessions.open(role, Instant::now());
+                let bearer = (role == Role::ReadOnly).then(|| Secret(token.to_owned()));
+                let (id, session) = self.sessions.open(role, bearer, Instant::now());
                 let mut answer = session_body(&session, StatusCode::OK);
                 answer
                     .headers_mut()
@@ -454,7 +472,11 @@ impl Dashboard {
 
     /// `/dashboard/api/v1/…` → `/api/v1/…` with the session's token in place
     /// of the browser's cookie, CSRF token and origin headers.
-    fn forward(&self, mut request: Request<hyper::body::Incoming>, role: Role) -> Front {
+    fn forward(
+        &self,
+        mut request: Request<hyper::body::Incoming>,
+        session: &sessions::Session,
+    ) -> Front {
         // "/dashboard/api/v1/…" → "/api/v1/…".
         let rest = &request.uri().path()["/dashboard".len()..];
         let target = match request.uri().query() {
@@ -481,9 +503,9 @@ impl Dashboard {
         ] {
             headers.remove(name);
         }
-        let token = match role {
+        let token = match session.role {
             Role::Admin => self.shared.config.admin_token.as_ref(),
-            Role::ReadOnly => self.read_only.as_ref(),
+            Role::ReadOnly => session.bearer.as_ref(),
         };
         match token.filter(|token| !token.expose().is_empty()) {
             Some(token) => match HeaderValue::from_str(&format!("Bearer {}", token.expose())) {

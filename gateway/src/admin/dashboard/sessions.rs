@@ -57,6 +57,9 @@ pub struct Session {
     pub csrf: String,
     /// When it ends.
     pub expires: Instant,
+    /// The token its API calls carry, when not the admin token (a
+    /// read-only session's, as the operator gave it at sign-in).
+    pub bearer: Option<exitpool_protocol::Secret>,
 }
 
 impl Session {
@@ -89,13 +92,20 @@ fn digest(id: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    /// Opens a session for `role`; returns its id (for the cookie) and the session.
-    pub fn open(&self, role: Role, now: Instant) -> (String, Session) {
+    /// Opens a session for `role` whose API calls carry `bearer` (or the
+    /// admin token); returns its id (for the cookie) and the session.
+    pub fn open(
+        &self,
+        role: Role,
+        bearer: Option<exitpool_protocol::Secret>,
+        now: Instant,
+    ) -> (String, Session) {
         let id = random_token();
         let session = Session {
             role,
             csrf: random_token(),
             expires: now + SESSION_LIFETIME,
+            bearer,
         };
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         table.retain(|_, session| session.expires > now);
@@ -193,7 +203,7 @@ mod tests {
     fn sessions_expire_are_bounded_and_close() {
         let sessions = Sessions::default();
         let now = Instant::now();
-        let (id, session) = sessions.open(Role::Admin, now);
+        let (id, session) = sessions.open(Role::Admin, None, now);
         assert!(sessions.get(&id, now).is_some());
         assert!(session.csrf_matches(&session.csrf));
         assert!(!session.csrf_matches("nope"));
@@ -203,7 +213,7 @@ mod tests {
         let ids: Vec<String> = (0..MAX_SESSIONS + 5)
             .map(|i| {
                 sessions
-                    .open(Role::ReadOnly, now + Duration::from_secs(i as u64))
+                    .open(Role::ReadOnly, None, now + Duration::from_secs(i as u64))
                     .0
             })
             .collect();

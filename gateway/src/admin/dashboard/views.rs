@@ -76,6 +76,14 @@ pub fn overview(shared: &Shared, samples: &Samples) -> Value {
         "errors": errors,
         "rates": samples.rates(counters(shared, live_streams)),
         "ready": shared.fleet.as_ref().and_then(|fleet| fleet.not_ready()),
+        "database": shared.accounts.control().map(|link| json!({
+            "backend": match link.store().backend() {
+                exitpool_control::Backend::Sqlite => "SQLite",
+                exitpool_control::Backend::Postgres => "PostgreSQL",
+            },
+            "accounts_from_store": link.serves_accounts(),
+            "stalled": link.stalled(),
+        })),
         "fleet": shared.fleet.as_deref().map(fleet),
     })
 }
