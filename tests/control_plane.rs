@@ -619,3 +619,112 @@ async fn the_webhook_hears_of_80_and_100_percent_once_each() {
         assert_eq!(notice["quota"], QUOTA);
     }
 }
+
+/// A sub-user's bytes count toward its customer's quota: a sub-user without
+/// a quota of its own is cut at its customer's daily quota, and after that
+/// the customer itself moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_users_bytes_count_toward_its_customers_quota() {
+    const QUOTA: u64 = 1_000_000;
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(state.path(), &[]).await;
+    let _agent = agent(&gw, "127.0.0.2").await;
+    let target = targets::http_target("127.0.0.1").await;
+    let proxy = gw.banner.listen;
+    create(gw.admin, "gina", "pw5", json!({"quota_daily": QUOTA})).await;
+    let (status, body) = api(
+        gw.admin,
+        ADMIN,
+        reqwest::Method::POST,
+        "/customers/gina/sub-users",
+        Some(json!({"name": "ops", "password": "pw6"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    until_status(proxy, target, "ops.gina", "pw6", 200).await;
+    let (_, received, end) = tunnel_get(proxy, target, "ops.gina", "pw6", 20_000_000).await;
+    end.expect_err("the customer's quota cuts its sub-user");
+    eprintln!("the sub-user moved {received} bytes through its customer's {QUOTA}-byte quota");
+    assert!(received <= QUOTA + 2 * 64 * 1024, "{received}");
+    // Once the history holds the sub-user's bytes, the customer has nothing left.
+    let start = Instant::now();
+    loop {
+        let (status, body) = api(
+            gw.admin,
+            ADMIN,
+            reqwest::Method::GET,
+            "/customers/gina/quota",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        if body["exhausted"]["period"] == "daily" {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, received, _) = tunnel_get(proxy, target, "gina", "pw5", 1_000_000).await;
+    assert_eq!(received, 0, "the customer's quota is spent by its sub-user");
+}
+
+/// A database that goes away keeps the last accounts view in force (a
+/// connection never waits on it), and the gateway says so on `/readyz` and
+/// `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_keeps_the_last_view_and_says_so() {
+    let mut postgres = exitpool_launcher::postgres::PostgresServer::start(Duration::from_secs(60))
+        .await
+        .expect("PostgreSQL starts (scripts/test installs Debian's postgresql)");
+    let url = postgres.create_database("away").await.expect("createdb");
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(state.path(), &["--database", &url]).await;
+    let _agent = agent(&gw, "127.0.0.2").await;
+    let target = targets::http_target("127.0.0.1").await;
+    let proxy = gw.banner.listen;
+    create(gw.admin, "hank", "pw7", json!({})).await;
+    until_status(proxy, target, "hank", "pw7", 200).await;
+    postgres.stop().await.expect("PostgreSQL stops");
+    let readyz = || async {
+        within("GET /readyz", async {
+            let answer = reqwest::Client::new()
+                .get(format!("http://{}/readyz", gw.admin))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap();
+            (answer.status().as_u16(), answer.text().await.unwrap())
+        })
+        .await
+    };
+    let start = Instant::now();
+    loop {
+        let (status, text) = readyz().await;
+        if text.contains("database unreachable") {
+            assert_eq!(status, 200, "{text}");
+            eprintln!("/readyz with the database away: {}", text.trim());
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{status} {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(gw.admin, "exitpool_control_stalled").await, 1);
+    assert!(metric(gw.admin, "exitpool_control_failures_total").await >= 1);
+    // The customer still works, and its usage waits in memory.
+    let started = Instant::now();
+    let (_, down, end) = tunnel_get(proxy, target, "hank", "pw7", 100_000).await;
+    end.expect("a clean end");
+    assert!(down > 100_000);
+    eprintln!(
+        "a transfer with the database away took {:?}",
+        started.elapsed()
+    );
+    let start = Instant::now();
+    while metric(gw.admin, "exitpool_control_pending_records").await == 0 {
+        assert!(
+            start.elapsed() < WAIT,
+            "usage not held while the database is away"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -585,24 +585,39 @@ async fn tick_once(link: &ControlLink, shared: &Shared, now: i64) -> Result<(), 
     // Accounts first: a change is in force within a tick, whatever the
     // usage write takes.
     let mut refresh = Vec::new();
-    if link.serves_accounts() {
-        let revision = bounded("polling the revision", link.store.revision()).await?;
-        if revision != link.revision.load(Ordering::Relaxed) {
-            let snapshot = bounded("loading the accounts", link.store.snapshot()).await?;
-            link.adopt(snapshot);
-            shared.accounts.store_changed();
-            refresh = link.entries.load().keys().cloned().collect();
-        }
+    let accounts = if link.serves_accounts() {
+        reload_accounts(link, shared).await
+    } else {
+        Ok(false)
+    };
+    if accounts == Ok(true) {
+        refresh = link.entries.load().keys().cloned().collect();
     }
-    // Quotas are recounted only once the store holds every byte counted here.
+    // The usage is written even when the accounts could not be read: it
+    // then waits in memory, counted, until the database takes it.
     link.flush(now).await?;
+    accounts?;
     if refresh.is_empty() {
         refresh = active;
     }
+    // Quotas are recounted only once the store holds every byte counted here.
     if !refresh.is_empty() && link.serves_accounts() {
         link.refresh_quotas(&refresh, now).await?;
     }
     Ok(())
+}
+
+/// Polls the revision and, when it moved, swaps the new snapshot in:
+/// whether it did.
+async fn reload_accounts(link: &ControlLink, shared: &Shared) -> Result<bool, String> {
+    let revision = bounded("polling the revision", link.store.revision()).await?;
+    if revision == link.revision.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let snapshot = bounded("loading the accounts", link.store.snapshot()).await?;
+    link.adopt(snapshot);
+    shared.accounts.store_changed();
+    Ok(true)
 }
 
 /// `/readyz`'s text: `ready`, and when the database is unreachable, that
