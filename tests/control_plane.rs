@@ -728,3 +728,46 @@ async fn an_unreachable_database_keeps_the_last_view_and_says_so() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `GET /usage` on the customer port, with the customer's own credentials:
+/// today, this month, lifetime, the quotas left, live connections; wrong
+/// credentials are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_read_their_own_usage_on_the_customer_port() {
+    const QUOTA: u64 = 5_000_000;
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(state.path(), &[]).await;
+    let _agent = agent(&gw, "127.0.0.2").await;
+    let target = targets::http_target("127.0.0.1").await;
+    let proxy = gw.banner.listen;
+    create(gw.admin, "ivy", "pw8", json!({"quota_daily": QUOTA})).await;
+    until_status(proxy, target, "ivy", "pw8", 200).await;
+    let (up, down, end) = tunnel_get(proxy, target, "ivy", "pw8", 200_000).await;
+    end.expect("a clean end");
+    until_history(gw.admin, "ivy", (up, down)).await;
+    let usage = |password: &'static str| async move {
+        let answer = within(
+            "GET /usage",
+            reqwest::Client::new()
+                .get(format!("http://{proxy}/usage"))
+                .basic_auth("ivy", Some(password))
+                .send(),
+        )
+        .await
+        .unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (status, body) = usage("pw8").await;
+    assert_eq!(status, 200, "{body}");
+    eprintln!("GET /usage: {body}");
+    assert_eq!(body["today"], up + down, "{body}");
+    assert_eq!(body["lifetime"], up + down, "{body}");
+    let daily = &body["quotas"][0];
+    assert_eq!(daily["period"], "daily", "{body}");
+    assert_eq!(daily["left"], QUOTA - up - down, "{body}");
+    assert!(daily["resets_at"].is_string(), "{body}");
+    assert_eq!(body["live_connections"], 0, "{body}");
+    let (status, _) = usage("wrong").await;
+    assert_eq!(status, 407);
+}

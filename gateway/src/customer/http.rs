@@ -134,7 +134,7 @@ async fn handle<S: CustomerStream>(
     let origin_form = request.uri().authority().is_none();
     let result = if origin_form
         && request.method() == Method::GET
-        && request.uri().path() == inventory::PATH
+        && inventory::PATHS.contains(&request.uri().path())
     {
         inventory::inventory(&request, arrival, pending, &shared)
             .await

@@ -2,6 +2,8 @@
 //! ASNs have exits right now, and roughly how many, for an authenticated
 //! customer (Basic credentials in `Authorization`, or `Proxy-Authorization`, or
 //! an allow-listed source), restricted to the account's allowed countries.
+//! `GET /usage`, with the same credentials, answers the account's own usage
+//! and quotas from the control plane's history ([`usage`]).
 //!
 //! Counts are bucketed (`"1+"`, `"5+"`, `"10+"`, ...: the bucket's lower bound),
 //! never exact, so the answer is no census of volunteers; and the pool is
@@ -20,6 +22,10 @@ use hyper::{Request, Response};
 
 /// The path customers ask.
 pub const PATH: &str = "/inventory";
+/// Their own usage and quotas ([`usage`]).
+pub const USAGE_PATH: &str = "/usage";
+/// Every path answered here.
+pub const PATHS: [&str; 2] = [PATH, USAGE_PATH];
 /// Bucket lower bounds: a count is shown as the largest bound it reaches.
 const BUCKETS: &[usize] = &[1, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 10_000];
 
@@ -47,6 +53,9 @@ pub(crate) async fn inventory(
         .as_ref()
         .map(|(user, password)| (user.as_str(), password.as_str()));
     let grant = session::authenticate_either(credentials, arrival, pending, shared).await?;
+    if request.uri().path() == USAGE_PATH {
+        return usage(&grant.user, shared).await;
+    }
     let counts = shared.places.counts(&*shared.directory);
     let limits = &grant.customer.limits;
     let countries: serde_json::Map<String, serde_json::Value> = counts
@@ -85,6 +94,121 @@ pub(crate) async fn inventory(
         HeaderValue::from_static("private, max-age=5"),
     );
     Ok(answer)
+}
+
+/// A JSON answer that no shared cache keeps.
+fn json_answer(status: hyper::StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut answer = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *answer.status_mut() = status;
+    let headers = answer.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    answer
+}
+
+/// `GET /usage`: the authenticated account's bytes today, this month and
+/// over its life (UTC calendar periods, from the control plane's history;
+/// a customer's include its sub-users'), each quota of it (and, for a
+/// sub-user, of its customer) with what is left and when it resets, and
+/// its live connections. The last second or so not yet written to the
+/// history is not in the figures. One store query, bounded by
+/// [`crate::control_link::DB_TIMEOUT`]: this is the customer's own
+/// question, not a proxied connection.
+async fn usage(user: &str, shared: &Shared) -> Result<Response<Body>, ProxyError> {
+    use exitpool_control::period::{day_start, next_month_start, now, rfc3339, DAY};
+    use exitpool_control::AccountRef;
+    use hyper::StatusCode;
+    let Some(link) = shared.accounts.control() else {
+        return Ok(json_answer(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "no_history", "message": "this gateway keeps no usage history (it has no control-plane store)"}),
+        ));
+    };
+    let who = match user.split_once('.') {
+        Some((sub, customer)) => AccountRef::SubUser { customer, sub },
+        None => AccountRef::Customer(user),
+    };
+    let at = now();
+    let counted = async {
+        let usage = link.store().period_usage(who, at).await?;
+        let parent = match who {
+            AccountRef::SubUser { customer, .. } => Some((
+                customer,
+                link.store()
+                    .period_usage(AccountRef::Customer(customer), at)
+                    .await?,
+            )),
+            AccountRef::Customer(_) => None,
+        };
+        Ok::<_, exitpool_control::Error>((usage, parent))
+    };
+    let (own, parent) = match tokio::time::timeout(crate::control_link::DB_TIMEOUT, counted).await {
+        Ok(Ok(counted)) => counted,
+        Ok(Err(exitpool_control::Error::NotFound { .. })) => {
+            return Ok(json_answer(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "no_history", "message": "this account has no usage history (its accounts come from a file)"}),
+            ))
+        }
+        Ok(Err(_)) | Err(_) => {
+            return Ok(json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "history_unavailable", "message": "the usage history cannot be read right now; try again shortly"}),
+            ))
+        }
+    };
+    let mut quotas = Vec::new();
+    let accounts = std::iter::once((user, own)).chain(parent);
+    for (name, used) in accounts {
+        let Some(entry) = link.entry(name) else {
+            continue;
+        };
+        let limits = &entry.limits;
+        for (period, quota, used, resets) in [
+            (
+                "daily",
+                limits.quota_daily,
+                used.today,
+                Some(day_start(at) + DAY),
+            ),
+            (
+                "monthly",
+                limits.quota_monthly,
+                used.month,
+                Some(next_month_start(at)),
+            ),
+            ("lifetime", limits.quota_lifetime, used.lifetime, None),
+        ] {
+            let Some(quota) = quota else { continue };
+            quotas.push(serde_json::json!({
+                "account": name,
+                "period": period,
+                "quota": quota,
+                "used": used,
+                "left": quota.saturating_sub(used),
+                "resets_at": resets.map(rfc3339),
+            }));
+        }
+    }
+    let elsewhere = shared
+        .fleet
+        .as_ref()
+        .map(|fleet| fleet.elsewhere(user).connections)
+        .unwrap_or_default();
+    let body = serde_json::json!({
+        "account": user,
+        "today": own.today,
+        "month": own.month,
+        "lifetime": own.lifetime,
+        "bytes": "up plus down; UTC calendar periods; the last second or so is not counted yet",
+        "quotas": quotas,
+        "live_connections": u64::from(shared.limits.live(user)) + u64::from(elsewhere),
+    });
+    Ok(json_answer(StatusCode::OK, &body))
 }
 
 #[cfg(test)]
