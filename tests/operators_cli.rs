@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ADMIN: &str = "cli-test-admin-t0ken-5e8a13f0";
+const READER: &str = "cli-test-read-only-t0ken-9b27c6d4";
 
 /// A gateway with the admin token and a SQLite store in its state directory.
 async fn gateway() -> TestGateway {
@@ -22,6 +23,7 @@ async fn gateway() -> TestGateway {
     config.admin_token = Some(exitpool::protocol::Secret(ADMIN.into()));
     let control = ControlOptions {
         database: Some(state.path().join("control.sqlite3").display().to_string()),
+        read_only_token: Some(READER.into()),
         ..Default::default()
     };
     let gateway = within(
@@ -385,4 +387,46 @@ async fn the_cli_lists_and_closes_connections_and_bans_exits() {
         .unwrap();
     assert!(!done.status.success());
     assert!(done.stderr.contains("401 unauthorized"), "{}", done.stderr);
+}
+
+#[tokio::test]
+async fn the_read_only_token_lists_but_changes_nothing() {
+    let net = gateway().await;
+    let agent = net.agent("127.0.0.2").await;
+    let exit_id = within("session", agent.connected()).await.exit_id;
+    let call = |method: &str, path: &str, token: &str| {
+        reqwest::Client::new()
+            .request(
+                method.parse().unwrap(),
+                format!("http://{}/api/v1{path}", net.admin()),
+            )
+            .bearer_auth(token)
+            .send()
+    };
+    for path in [
+        "/connections",
+        "/exits",
+        "/exits?banned=true",
+        "/openapi.json",
+    ] {
+        let answer = within("GET", call("GET", path, READER)).await.unwrap();
+        assert_eq!(answer.status(), 200, "GET {path}");
+    }
+    let ban = format!("/exits/{exit_id}/ban");
+    for (method, path) in [
+        ("POST", ban.as_str()),
+        ("DELETE", "/connections?customer=alice"),
+    ] {
+        let answer = within("write", call(method, path, READER)).await.unwrap();
+        assert_eq!(answer.status(), 403, "{method} {path}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error"], "forbidden", "{body}");
+    }
+    let answer = within("GET", call("GET", "/exits", "not-a-token"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    // The exit was not banned by the refused call.
+    let exits = json(&net, &["exits", "list"]).await;
+    assert_eq!(exits["items"][0]["banned"], false, "{exits}");
 }

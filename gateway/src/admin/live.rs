@@ -13,9 +13,10 @@
 //! [`serve`] takes the requests for these paths off the admin port before the
 //! control plane's router ([`super::api`]) and answers with the same JSON
 //! error shape (`{"error","field","message"}`, [`exitpool_control::Error`]).
-//! The admin token is required (read-only tokens belong to the store's
-//! router and are not accepted here yet). `GET /api/v1/openapi.json` is
-//! answered here too: the control plane's document with these paths merged in.
+//! The admin token may do all; the read-only token (`--admin-readonly-token`,
+//! which the control plane's router holds and is asked about) only `GET`s.
+//! `GET /api/v1/openapi.json` is answered here too: the control plane's
+//! document with these paths merged in.
 
 use super::exits;
 use crate::live::Live;
@@ -87,10 +88,19 @@ pub(super) async fn serve(
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    let answer = if !super::authorized(shared.config.admin_token.as_ref(), authorization) {
-        Error::Unauthorized.into_response()
-    } else {
+    let reads = matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD);
+    let answer = if super::authorized(shared.config.admin_token.as_ref(), authorization) {
         // An operator's connection: it keeps its place on a busy port (`slots`).
+        proven.store(true, std::sync::atomic::Ordering::Relaxed);
+        answer(request, shared).await
+    } else if !read_only(shared, authorization).await {
+        Error::Unauthorized.into_response()
+    } else if !reads {
+        Error::Forbidden {
+            message: "this token may only read (GET)".into(),
+        }
+        .into_response()
+    } else {
         proven.store(true, std::sync::atomic::Ordering::Relaxed);
         answer(request, shared).await
     };
@@ -104,6 +114,34 @@ pub(super) async fn serve(
         ),
     }
 }
+
+/// Whether `authorization` carries the read-only token. The control plane's
+/// router alone holds it: it is asked whether the token may read its
+/// OpenAPI document (no database query), as a `GET` of ours would be.
+async fn read_only(shared: &Shared, authorization: Option<&str>) -> bool {
+    let (Some(router), Some(authorization)) = (
+        shared
+            .accounts
+            .control()
+            .and_then(|link| link.router().cloned()),
+        authorization,
+    ) else {
+        return false;
+    };
+    let probe = axum::http::Request::get("/api/v1/openapi.json")
+        .header(hyper::header::AUTHORIZATION, authorization)
+        .body(axum::body::Body::empty());
+    let Ok(probe) = probe else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(READ_PROBE_TIMEOUT, tower::ServiceExt::oneshot(router, probe)).await,
+        Ok(Ok(answer)) if answer.status().is_success()
+    )
+}
+
+/// Longest the read-only token's check may take (it touches no database).
+const READ_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The answer to an authorized request for one of [`owns`]'s paths.
 async fn answer(request: hyper::Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response {
