@@ -13,6 +13,10 @@
 //! a store (`--database`, SQLite in the state directory by default) and
 //! `--admin-token`.
 //!
+//! `/dashboard/...` is the operators' web dashboard ([`dashboard`],
+//! docs/dashboard.md): its own cookie sessions and same-origin rules, its
+//! writes forwarded to `/api/v1` with the session's token.
+//!
 //! With `--admin-token` set, every request needs `Authorization: Bearer TOKEN`
 //! (`401` otherwise); the gateway refuses to start with the admin port beyond
 //! loopback and no token.
