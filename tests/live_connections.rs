@@ -396,3 +396,105 @@ async fn every_route_is_in_the_openapi_document() {
         }
     }
 }
+
+/// A SOCKS5 `CONNECT` to `target` as `user:password` (RFC 1928/1929), its
+/// success reply read.
+async fn socks5(proxy: SocketAddr, target: SocketAddr, user: &str, password: &str) -> TcpStream {
+    let mut stream = within("connect", TcpStream::connect(proxy)).await.unwrap();
+    let mut reply = [0u8; 2];
+    within("greet", stream.write_all(&[5, 1, 2])).await.unwrap();
+    within("method", stream.read_exact(&mut reply))
+        .await
+        .unwrap();
+    assert_eq!(reply, [5, 2]);
+    let mut login = vec![1, user.len() as u8];
+    login.extend_from_slice(user.as_bytes());
+    login.push(password.len() as u8);
+    login.extend_from_slice(password.as_bytes());
+    within("login", stream.write_all(&login)).await.unwrap();
+    within("login reply", stream.read_exact(&mut reply))
+        .await
+        .unwrap();
+    assert_eq!(reply, [1, 0]);
+    let SocketAddr::V4(target) = target else {
+        panic!("an IPv4 target")
+    };
+    let mut request = vec![5, 1, 0, 1];
+    request.extend_from_slice(&target.ip().octets());
+    request.extend_from_slice(&target.port().to_be_bytes());
+    within("request", stream.write_all(&request)).await.unwrap();
+    let mut answer = [0u8; 10];
+    within("reply", stream.read_exact(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(answer[..2], [5, 0], "{answer:?}");
+    stream
+}
+
+#[tokio::test]
+async fn socks5_and_plain_http_are_listed_as_they_came() {
+    let net = gateway().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let target = echo_target().await;
+    let mut socks = socks5(net.proxy(), target, USER, PASSWORD).await;
+    echo(&mut socks, 2000).await;
+    // A target that takes the request and never answers keeps the plain-HTTP
+    // exchange in flight.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut http = within("connect", TcpStream::connect(net.proxy()))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET http://{silent_addr}/slow HTTP/1.1\r\nHost: {silent_addr}\r\nProxy-Authorization: {}\r\n\r\n",
+        common::basic(USER, PASSWORD)
+    );
+    within("send GET", http.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+
+    let listed = until(&net, "/connections?customer=alice", |json| {
+        json["total"] == 2
+    })
+    .await;
+    let by_protocol: std::collections::BTreeMap<String, String> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            (
+                item["protocol"].as_str().unwrap().to_owned(),
+                item["target"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_protocol.get("socks5"),
+        Some(&target.to_string()),
+        "{listed}"
+    );
+    assert_eq!(
+        by_protocol.get("http"),
+        Some(&silent_addr.to_string()),
+        "{listed}"
+    );
+
+    let (status, closed) = api(&net, "DELETE", "/connections?customer=alice").await;
+    assert_eq!(
+        (status, &closed["closed"]),
+        (200, &Value::from(2)),
+        "{closed}"
+    );
+    ends_with_reset(&mut socks).await;
+    // The plain-HTTP exchange ends too: no answer but a failure (never a 200).
+    let mut answer = Vec::new();
+    let _ = within("the exchange ends", http.read_to_end(&mut answer)).await;
+    assert!(!String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    until(&net, "/connections", |json| json["total"] == 0).await;
+}
