@@ -44,7 +44,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use sessions::{mint_code, Role, MAX_SESSIONS, SESSION_LIFETIME};
+pub use sessions::{mint_code, Role, CODE_LIFETIME, MAX_SESSIONS, SESSION_LIFETIME};
 
 /// The cookie that carries the session id.
 const COOKIE_NAME: &str = "exitpool_session";
