@@ -526,7 +526,7 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 async fn floods_before_the_proof_on_the_peer_port_end_at_the_frame_budget() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = RedisServer::start().await;
-    let (mut gateways, _states) = common::fleet::gateway_processes(&redis, 1, &[]).await;
+    let (gateways, _states) = common::fleet::gateway_processes(&redis, 1, &[]).await;
     let gateway = &gateways[0];
     // Said before the gateway's ready banner, which start() waited for.
     let announced = gateway
