@@ -42,9 +42,14 @@ async fn gateway() -> TestGateway {
 /// `gateway ARGS` against `net`'s admin port (address and token from the
 /// environment, as an operator's shell has them).
 async fn cli(net: &TestGateway, args: &[&str]) -> Finished {
+    cli_at(net.admin(), args).await
+}
+
+/// [`cli`] against the admin port at `admin`.
+async fn cli_at(admin: std::net::SocketAddr, args: &[&str]) -> Finished {
     Launch::new(env!("CARGO_BIN_EXE_gateway"))
         .args(args)
-        .env("EXITPOOL_ADMIN_URL", format!("http://{}", net.admin()))
+        .env("EXITPOOL_ADMIN_URL", format!("http://{admin}"))
         .env("EXITPOOL_ADMIN_TOKEN", ADMIN)
         .run(WAIT)
         .await
@@ -429,4 +434,44 @@ async fn the_read_only_token_lists_but_changes_nothing() {
     // The exit was not banned by the refused call.
     let exits = json(&net, &["exits", "list"]).await;
     assert_eq!(exits["items"][0]["banned"], false, "{exits}");
+}
+
+#[tokio::test]
+async fn a_gateway_process_takes_agents_with_the_tokens_its_cli_makes() {
+    use exitpool_launcher::binaries::AGENT_CONNECTED;
+    use exitpool_launcher::Ready;
+    // No --agent-token and no --users: the database (SQLite in the state
+    // directory) holds accounts and tokens.
+    let state = tempfile::tempdir().unwrap();
+    let mut gateway = common::processes::GatewayProcess::start(
+        state.path(),
+        &["--admin-token".to_owned(), ADMIN.to_owned()],
+    )
+    .await;
+    let made = cli_at(gateway.admin, &["tokens", "new", "--label", "process"]).await;
+    assert!(made.status.success(), "{}", made.stderr);
+    let (id, secret) = (field(&made.stdout, "id"), field(&made.stdout, "secret"));
+
+    let device = tempfile::tempdir().unwrap();
+    let mut agent = Launch::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["--gateway", &gateway.banner.tunnel.to_string()])
+        .args(["--pin", &gateway.banner.pin])
+        .args(["--bind", "127.0.0.2", "--allow-private"])
+        .arg("--state-dir")
+        .arg(device.path())
+        .env("EXITPOOL_AGENT_TOKEN", &secret)
+        .env("RUST_LOG", "info")
+        .start(Ready::line(AGENT_CONNECTED), WAIT)
+        .await
+        .expect("the agent joins with the database's token");
+    let exits = cli_at(gateway.admin, &["exits", "list", "--json"]).await;
+    let exits: Value = serde_json::from_str(&exits.stdout).unwrap();
+    assert_eq!(exits["items"].as_array().unwrap().len(), 1, "{exits}");
+
+    let revoked = cli_at(gateway.admin, &["tokens", "revoke", &id]).await;
+    assert!(revoked.status.success(), "{}", revoked.stderr);
+    let status = agent.exited(WAIT).await.expect("the agent stops");
+    assert!(!status.success());
+    assert!(agent.tail().contains("revoked"), "{}", agent.tail());
+    gateway.process.stop(WAIT).await.unwrap();
 }

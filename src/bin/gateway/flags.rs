@@ -635,7 +635,9 @@ impl AccountArgs {
         if customers.is_empty() && self.users_file.is_none() && !store_serves_accounts {
             bail!("no customer accounts: add --users FILE, --user NAME:PASSWORD or --database (or try --demo)");
         }
-        if tokens.is_empty() && self.agent_tokens_file.is_none() {
+        // With the database owning the accounts, agents may join with its
+        // tokens (`gateway tokens new`), made once the gateway runs.
+        if tokens.is_empty() && self.agent_tokens_file.is_none() && !store_serves_accounts {
             bail!(
                 "no agent can join: add --agent-token TOKEN or --agent-tokens FILE (or try --demo)"
             );
