@@ -68,7 +68,7 @@ proxy_port, user, password, echo_port, dns_port = sys.argv[1], sys.argv[2], sys.
 s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
 s.set_proxy(socks.SOCKS5, "127.0.0.1", int(proxy_port), username=user, password=password)
 s.settimeout(10)
-for payload in [b"first", b"second datagram", b"x" * 1200]:
+for payload in [b"first", b"second datagram", b"x" * 3000]:
     s.sendto(payload, ("127.0.0.1", echo_port))
     data, source = s.recvfrom(65535)
     assert data == payload, (data, payload)
@@ -113,12 +113,12 @@ over_both_transports! {
         );
         assert_eq!(
             stdout.lines().collect::<Vec<_>>(),
-            ["echo 5 True", "echo 15 True", "echo 1200 True", "dns 192.0.2.53"],
+            ["echo 5 True", "echo 15 True", "echo 3000 True", "dns 192.0.2.53"],
         );
         assert_eq!(echoed.load(Ordering::SeqCst), 3);
         // Usage counts datagram payload bytes, both ways, once the
         // association has ended with its control connection.
-        let payload = 5 + 15 + 1200 + 27;
+        let payload = 5 + 15 + 3000 + 27;
         within("usage folded", async {
             while net.metric("exitpool_bytes_up_total").await < payload {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -126,6 +126,16 @@ over_both_transports! {
         })
         .await;
         assert_eq!(net.metric("exitpool_bytes_up_total").await, payload);
+        // Over QUIC the small datagrams ride DATAGRAM frames and the
+        // 3,000-byte one (too large for any QUIC packet) its stream, both ways; over
+        // TLS/TCP every one is on its stream. 4 datagrams each way.
+        let frames = net.metric("exitpool_udp_frames_total").await;
+        let streamed = net.metric("exitpool_udp_stream_datagrams_total").await;
+        assert_eq!(frames + streamed, 8);
+        match transport {
+            TransportChoice::Quic => assert_eq!((frames, streamed), (6, 2)),
+            _ => assert_eq!((frames, streamed), (0, 8)),
+        }
     }
 }
 

@@ -1,26 +1,35 @@
 //! UDP flows at the exit: a relay stream whose first frame asked for UDP
 //! ([`exitpool_protocol::udp`]) gets one UDP socket connected to its target,
 //! dialled under the same exit policy as TCP, and datagrams move between the
-//! socket and the stream (2-byte length prefix) until either side ends, or
-//! nothing moves for the idle timeout.
+//! socket and the gateway until either side ends, or nothing moves for the
+//! idle timeout: as QUIC DATAGRAM frames with the flow id when the gateway
+//! asked and the tunnel carries them (each tunnel's [`Flows`] routes arriving
+//! frames to their flow), else (and for datagrams too large for a frame) on
+//! the flow's stream with a 2-byte length.
 //!
-//! Bounds: flows per tunnel ([`UdpLimits::max_flows`], a semaphore the
-//! session holds), packets per second per flow, one datagram queue of
-//! [`FLOW_QUEUE`] towards the gateway per flow. UDP is lossy by contract, so a
-//! full queue or a packet over the rate is dropped and counted, never queued.
-//! The stream handling in [`crate::tunnel`] dispatches here.
+//! Bounds: flows per tunnel ([`UdpLimits::max_flows`]), packets per second
+//! per flow, one queue of [`FLOW_QUEUE`] datagrams each way per flow. UDP is
+//! lossy by contract, so a full queue, a packet over the rate or a frame for
+//! no known flow is dropped and counted, never queued. The stream handling in
+//! [`crate::tunnel`] dispatches here.
 
 use crate::dial::{resolve, DialError};
 use crate::policy::ExitPolicy;
 use crate::shared::Shared;
 use bytes::{BufMut, Bytes, BytesMut};
-use exitpool_protocol::udp::{datagram_header, read_datagram, UdpOpen, MAX_DATAGRAM_LEN};
+use exitpool_protocol::udp::{
+    datagram_header, flow_prefix, read_datagram, split_flow_datagram, UdpOpen, FLOW_ID_LEN,
+    MAX_DATAGRAM_LEN,
+};
 use exitpool_protocol::{write_frame, FailureCode, OpenReply};
 use exitpool_transport::relay::{Direction, Throttle};
-use exitpool_transport::{StreamRecv, StreamSend, TunnelRecv, TunnelSend};
+use exitpool_transport::{
+    StreamRecv, StreamSend, Tunnel, TunnelConnection, TunnelRecv, TunnelSend,
+};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Semaphore};
@@ -60,18 +69,109 @@ impl Default for UdpLimits {
     }
 }
 
+/// One tunnel's UDP flows: the cap on how many are open, and where each
+/// arriving DATAGRAM frame goes ([`Flows::route_datagrams`]).
+#[derive(Debug)]
+pub(crate) struct Flows {
+    slots: Arc<Semaphore>,
+    routes: Mutex<HashMap<u32, mpsc::Sender<Bytes>>>,
+    tunnel: Tunnel,
+    /// Frames for no known flow, or for a flow whose queue was full.
+    unrouted: AtomicU64,
+}
+
+impl Flows {
+    /// The flows of `tunnel`, at most `limits.max_flows` at once.
+    pub(crate) fn new(limits: &UdpLimits, tunnel: Tunnel) -> Arc<Flows> {
+        Arc::new(Flows {
+            slots: Arc::new(Semaphore::new(limits.max_flows as usize)),
+            routes: Mutex::default(),
+            tunnel,
+            unrouted: AtomicU64::new(0),
+        })
+    }
+
+    /// Hands each DATAGRAM frame from the gateway to its flow until the
+    /// tunnel ends; a frame no flow takes is dropped and counted.
+    pub(crate) async fn route_datagrams(self: Arc<Self>) {
+        while let Ok(frame) = self.tunnel.read_datagram().await {
+            let routed = split_flow_datagram(&frame).and_then(|(flow, _)| {
+                let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+                let route = routes.get(&flow)?;
+                route.try_send(frame.slice(FLOW_ID_LEN..)).ok()
+            });
+            if routed.is_none() {
+                self.unrouted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let unrouted = self.unrouted.load(Ordering::Relaxed);
+        debug!(unrouted, "UDP datagram routing ended with the tunnel");
+    }
+
+    /// A route for `flow`'s DATAGRAM frames and the queue they arrive on,
+    /// when the tunnel carries them and the id is free.
+    fn route(self: &Arc<Self>, flow: u32) -> Option<(Route, mpsc::Receiver<Bytes>)> {
+        self.tunnel.max_datagram_size()?;
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if routes.contains_key(&flow) {
+            return None;
+        }
+        let (queue, queued) = mpsc::channel(FLOW_QUEUE);
+        routes.insert(flow, queue);
+        let route = Route {
+            flow,
+            flows: self.clone(),
+        };
+        Some((route, queued))
+    }
+}
+
+/// One flow's place in its tunnel's routing table, and the tunnel to send its
+/// DATAGRAM frames on. Leaves the table when dropped.
+struct Route {
+    flow: u32,
+    flows: Arc<Flows>,
+}
+
+impl Route {
+    /// Sends `payload` as a DATAGRAM frame if it fits one; `false` if not
+    /// (the caller puts it on the stream).
+    fn send(&self, payload: &[u8]) -> Result<bool, ()> {
+        let tunnel = &self.flows.tunnel;
+        match tunnel.max_datagram_size() {
+            Some(max) if FLOW_ID_LEN + payload.len() <= max => {
+                let mut frame = BytesMut::with_capacity(FLOW_ID_LEN + payload.len());
+                frame.put_slice(&flow_prefix(self.flow));
+                frame.put_slice(payload);
+                tunnel
+                    .send_datagram(frame.freeze())
+                    .map(|()| true)
+                    .map_err(|_| ())
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        let mut routes = self.flows.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.remove(&self.flow);
+    }
+}
+
 /// Serves one UDP flow: a flow slot, the policy-checked dial, `Opened`, then
 /// datagrams both ways. Refusals are answered with the same codes as TCP.
 pub(crate) async fn serve_flow(
     shared: &Arc<Shared>,
     policy: &ExitPolicy,
-    flows: &Arc<Semaphore>,
+    flows: &Arc<Flows>,
     open: UdpOpen,
     mut send: StreamSend,
     recv: StreamRecv,
 ) {
     let config = &shared.config;
-    let Ok(_flow) = flows.clone().try_acquire_owned() else {
+    let Ok(_flow) = flows.slots.clone().try_acquire_owned() else {
         let refusal = DialError {
             code: FailureCode::AgentUnavailable,
             detail: "the exit is at its UDP flow limit".into(),
@@ -89,6 +189,9 @@ pub(crate) async fn serve_flow(
             return refuse(&mut send, error).await;
         }
     };
+    // In the routing table before `Opened`: the gateway's first frame may
+    // arrive right after it.
+    let route = open.datagrams.then(|| flows.route(open.flow)).flatten();
     if write_frame(&mut send, &OpenReply::Opened { peer })
         .await
         .is_err()
@@ -96,7 +199,7 @@ pub(crate) async fn serve_flow(
         return;
     }
     let limits = config.udp;
-    let counts = relay_flow(socket, send, recv, limits, &shared.meter).await;
+    let counts = relay_flow(socket, (send, recv), route, limits, &shared.meter).await;
     debug!(
         flow = open.flow,
         up = counts.up,
@@ -192,11 +295,12 @@ impl Rate {
 }
 
 /// Moves datagrams until the gateway finishes the stream, either side fails,
-/// or the flow is idle for `limits.idle_timeout`.
+/// or the flow is idle for `limits.idle_timeout`. With a `route`, datagrams
+/// also arrive as DATAGRAM frames, and go back as frames when they fit one.
 async fn relay_flow(
     socket: UdpSocket,
-    mut send: StreamSend,
-    mut recv: StreamRecv,
+    (mut send, mut recv): (StreamSend, StreamRecv),
+    route: Option<(Route, mpsc::Receiver<Bytes>)>,
     limits: UdpLimits,
     meter: &impl Throttle,
 ) -> FlowCounts {
@@ -207,30 +311,49 @@ async fn relay_flow(
     let rate = Rate::new(limits.packets_per_second);
     let (up, down, dropped) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let (queue, mut queued) = mpsc::channel::<Bytes>(FLOW_QUEUE);
+    let (route, mut arriving) = route.unzip();
 
-    let from_gateway = async {
+    // One datagram from the gateway (stream or frame) towards the target.
+    let to_target = |payload: Bytes| {
+        let (socket, rate, up, dropped) = (&socket, &rate, &up, &dropped);
+        touch();
+        async move {
+            if !rate.admit() {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            meter.pass(Direction::FromTunnel, payload.len()).await;
+            // A refused send (ICMP unreachable from an earlier datagram) loses
+            // this datagram only: UDP's own contract.
+            match socket.send(&payload).await {
+                Ok(_) => up.fetch_add(1, Ordering::Relaxed),
+                Err(_) => dropped.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    };
+    let from_stream = async {
         let mut buf = Vec::with_capacity(2048);
         loop {
             match read_datagram(&mut recv, &mut buf).await {
-                Ok(true) => {}
+                Ok(true) => to_target(Bytes::copy_from_slice(&buf)).await,
                 Ok(false) => return,
                 Err(error) => {
                     debug!(%error, "UDP flow stream failed");
                     return;
                 }
             }
-            touch();
-            if !rate.admit() {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
+        }
+    };
+    let from_frames = async {
+        match &mut arriving {
+            Some(arriving) => {
+                while let Some(payload) = arriving.recv().await {
+                    to_target(payload).await;
+                }
+                // The routing ended with the tunnel; the stream ends too.
+                std::future::pending::<()>().await
             }
-            meter.pass(Direction::FromTunnel, buf.len()).await;
-            // A refused send (ICMP unreachable from an earlier datagram) loses
-            // this datagram only: UDP's own contract.
-            match socket.send(&buf).await {
-                Ok(_) => up.fetch_add(1, Ordering::Relaxed),
-                Err(_) => dropped.fetch_add(1, Ordering::Relaxed),
-            };
+            None => std::future::pending::<()>().await,
         }
     };
     let from_target = async {
@@ -249,6 +372,18 @@ async fn relay_flow(
             if !rate.admit() {
                 dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
+            }
+            match route.as_ref().map(|route| route.send(&buf[..len])) {
+                Some(Ok(true)) => {
+                    down.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Some(Err(())) => {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // Too large for a frame, or no frames: on the stream.
+                Some(Ok(false)) | None => {}
             }
             let mut framed = BytesMut::with_capacity(len + 2);
             // `len` fits: the buffer is MAX_DATAGRAM_LEN long.
@@ -282,7 +417,8 @@ async fn relay_flow(
         }
     };
     let clean = tokio::select! {
-        () = from_gateway => true,
+        () = from_stream => true,
+        () = from_frames => true,
         () = from_target => false,
         ok = to_gateway => ok,
         () = idle => true,
@@ -310,6 +446,7 @@ mod tests {
             host: TargetHost::Domain(host.into()),
             port,
             flow: 1,
+            datagrams: false,
         }
     }
 

@@ -105,6 +105,11 @@ pub struct Metrics {
     pub open_retries: Family<CauseLabel, Counter>,
     /// SOCKS5 UDP datagrams dropped, by cause (`crate::customer` `socks_udp`).
     pub udp_dropped: Family<CauseLabel, Counter>,
+    /// SOCKS5 UDP datagrams carried through a tunnel as QUIC DATAGRAM frames.
+    pub udp_frames: Counter,
+    /// SOCKS5 UDP datagrams carried on their flow's stream (TLS/TCP, or too
+    /// large for a frame).
+    pub udp_stream_datagrams: Counter,
     /// Exits taken out of routing after failing.
     pub exit_coolings: Counter,
     /// Agents dropped because their tunnel failed a liveness check.
@@ -158,6 +163,8 @@ impl Metrics {
             agents_turned_away: Counter::default(),
             open_retries: Family::default(),
             udp_dropped: Family::default(),
+            udp_frames: Counter::default(),
+            udp_stream_datagrams: Counter::default(),
             exit_coolings: Counter::default(),
             exits_unresponsive: Counter::default(),
             liveness_checks: Counter::default(),
@@ -255,6 +262,16 @@ impl Metrics {
             "udp_datagrams_dropped",
             "SOCKS5 UDP datagrams dropped, by cause (foreign_source, malformed, flow_cap, refused, queue_full)",
             metrics.udp_dropped.clone(),
+        );
+        registry.register(
+            "udp_frames",
+            "SOCKS5 UDP datagrams carried through a tunnel as QUIC DATAGRAM frames, both ways",
+            metrics.udp_frames.clone(),
+        );
+        registry.register(
+            "udp_stream_datagrams",
+            "SOCKS5 UDP datagrams carried on their flow's tunnel stream (TLS/TCP, or too large for a frame), both ways",
+            metrics.udp_stream_datagrams.clone(),
         );
         registry.register(
             "exit_coolings",

@@ -11,8 +11,17 @@
 //! the stream, which the gateway reports as a refused flow.
 //!
 //! The answer is the same [`OpenReply`] as for TCP (same refusal codes). After
-//! `Opened`, each datagram is a 2-byte big-endian length and its payload, in
-//! both directions; the stream's finish ends the flow.
+//! `Opened`, each datagram travels one of two ways, in both directions:
+//!
+//! - on the flow's stream, as a 2-byte big-endian length and its payload:
+//!   always over TLS/TCP, and over QUIC for a datagram too large for a
+//!   DATAGRAM frame;
+//! - over QUIC, when the open asked for it ([`UdpOpen::datagrams`]) and the
+//!   peer takes DATAGRAM frames (RFC 9221): one frame per datagram, the flow
+//!   id as 4 big-endian bytes ([`FLOW_ID_LEN`]) then the payload. A frame for
+//!   a flow the receiver does not know is dropped.
+//!
+//! The stream's finish ends the flow.
 //!
 //! [`OpenReply`]: crate::OpenReply
 
@@ -34,8 +43,27 @@ pub struct UdpOpen {
     pub host: TargetHost,
     /// UDP port.
     pub port: u16,
-    /// The gateway's id for this flow within its tunnel, for logs on both ends.
+    /// The gateway's id for this flow, unique within its tunnel: the prefix
+    /// of its DATAGRAM frames.
     pub flow: u32,
+    /// Whether the gateway sends and takes this flow's datagrams as QUIC
+    /// DATAGRAM frames (it does when its tunnel carries them).
+    pub datagrams: bool,
+}
+
+/// Length of the flow id that starts a DATAGRAM frame's payload.
+pub const FLOW_ID_LEN: usize = 4;
+
+/// The start of a DATAGRAM frame for `flow`; the payload follows.
+pub fn flow_prefix(flow: u32) -> [u8; FLOW_ID_LEN] {
+    flow.to_be_bytes()
+}
+
+/// A DATAGRAM frame's flow id and payload; `None` when it is too short to
+/// carry an id.
+pub fn split_flow_datagram(frame: &[u8]) -> Option<(u32, &[u8])> {
+    let (id, payload) = frame.split_first_chunk::<FLOW_ID_LEN>()?;
+    Some((u32::from_be_bytes(*id), payload))
 }
 
 /// The first frame of any relay stream (see the module doc for why its TCP
@@ -146,11 +174,27 @@ mod tests {
             host: TargetHost::Domain("dns.example".into()),
             port: 53,
             flow: 7,
+            datagrams: true,
         });
         let bytes = encode(&open).unwrap();
         assert!(decode_body::<OpenRequest>(&bytes[HEADER_LEN..]).is_err());
         let back: RelayOpen = decode_body(&bytes[HEADER_LEN..]).unwrap();
         assert_eq!(back, open);
+    }
+
+    #[test]
+    fn datagram_frames_carry_their_flow_id() {
+        let mut frame = flow_prefix(0x0102_0304).to_vec();
+        frame.extend_from_slice(b"payload");
+        assert_eq!(
+            split_flow_datagram(&frame),
+            Some((0x0102_0304, &b"payload"[..]))
+        );
+        assert_eq!(
+            split_flow_datagram(&frame[..4]),
+            Some((0x0102_0304, &b""[..]))
+        );
+        assert_eq!(split_flow_datagram(&frame[..3]), None);
     }
 
     #[test]

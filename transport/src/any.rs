@@ -162,6 +162,27 @@ impl TunnelConnection for Tunnel {
             Tunnel::Tcp(c) => c.closed().await,
         }
     }
+
+    fn max_datagram_size(&self) -> Option<usize> {
+        match self {
+            Tunnel::Quic(c) => TunnelConnection::max_datagram_size(c),
+            Tunnel::Tcp(c) => c.max_datagram_size(),
+        }
+    }
+
+    fn send_datagram(&self, datagram: Bytes) -> io::Result<()> {
+        match self {
+            Tunnel::Quic(c) => TunnelConnection::send_datagram(c, datagram),
+            Tunnel::Tcp(c) => c.send_datagram(datagram),
+        }
+    }
+
+    async fn read_datagram(&self) -> io::Result<Bytes> {
+        match self {
+            Tunnel::Quic(c) => TunnelConnection::read_datagram(c).await,
+            Tunnel::Tcp(c) => c.read_datagram().await,
+        }
+    }
 }
 
 impl TunnelSend for StreamSend {

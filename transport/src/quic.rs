@@ -154,4 +154,19 @@ impl TunnelConnection for quinn::Connection {
     async fn closed(&self) {
         quinn::Connection::closed(self).await;
     }
+
+    fn max_datagram_size(&self) -> Option<usize> {
+        quinn::Connection::max_datagram_size(self)
+    }
+
+    /// quinn drops the oldest unsent datagrams when its buffer is full.
+    fn send_datagram(&self, datagram: Bytes) -> io::Result<()> {
+        quinn::Connection::send_datagram(self, datagram).map_err(io::Error::other)
+    }
+
+    async fn read_datagram(&self) -> io::Result<Bytes> {
+        quinn::Connection::read_datagram(self)
+            .await
+            .map_err(io::Error::from)
+    }
 }

@@ -202,6 +202,36 @@ pub trait TunnelConnection: Clone + Send + Sync + 'static {
 
     /// Resolves once the tunnel has ended.
     fn closed(&self) -> impl Future<Output = ()> + Send;
+
+    /// The largest unreliable datagram (RFC 9221) the peer takes now, or
+    /// `None` when this tunnel carries none (TLS/TCP, or a peer without
+    /// DATAGRAM support): UDP flows then put every datagram on their stream.
+    fn max_datagram_size(&self) -> Option<usize> {
+        None
+    }
+
+    /// Sends one unreliable datagram. Never waits: when the send buffer is
+    /// full the oldest unsent datagrams are dropped. Fails when datagrams are
+    /// not carried or `datagram` is larger than [`Self::max_datagram_size`].
+    fn send_datagram(&self, datagram: Bytes) -> io::Result<()> {
+        let _ = datagram;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this tunnel carries no datagrams",
+        ))
+    }
+
+    /// The next unreliable datagram from the peer; fails once the tunnel has
+    /// ended. Cancel-safe. A tunnel without datagrams never yields one.
+    fn read_datagram(&self) -> impl Future<Output = io::Result<Bytes>> + Send {
+        async {
+            self.closed().await;
+            Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the tunnel has ended",
+            ))
+        }
+    }
 }
 
 /// This tunnel's TLS keying material for the agent's identity proof

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{info, warn, Instrument};
 
 /// A tunnel the gateway has welcomed, and what its serving loop works with.
@@ -188,8 +188,10 @@ async fn serve(
     let transport = connection.transport();
     let auto = config.transport == TransportChoice::Auto;
     let slots = Arc::new(Semaphore::new(config.max_streams as usize));
-    // UDP flows per tunnel (crate::udp), on top of their stream slots.
-    let flows = Arc::new(Semaphore::new(config.udp.max_flows as usize));
+    // UDP flows per tunnel (crate::udp), on top of their stream slots, and the
+    // routing of their DATAGRAM frames, which ends with the session.
+    let flows = crate::udp::Flows::new(&config.udp, connection.clone());
+    let _routing = AbortOnDropHandle::new(tokio::spawn(flows.clone().route_datagrams()));
     // Over TCP under `auto`, QUIC is tried again in the background.
     let probing = transport == Transport::Tcp && auto;
     let probe = quic_probe(dialer, config, *gateway);
@@ -265,7 +267,7 @@ async fn serve(
 fn spawn_stream(
     streams: &TaskTracker,
     shared: &Arc<Shared>,
-    (slots, flows): (&Arc<Semaphore>, &Arc<Semaphore>),
+    (slots, flows): (&Arc<Semaphore>, &Arc<crate::udp::Flows>),
     send: StreamSend,
     recv: StreamRecv,
 ) {

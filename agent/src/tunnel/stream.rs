@@ -32,8 +32,8 @@ pub(super) struct StreamContext {
     pub policy: Arc<ExitPolicy>,
     /// One permit per stream served at once (`max_streams`).
     pub slots: Arc<Semaphore>,
-    /// One permit per UDP flow open at once on this tunnel.
-    pub flows: Arc<Semaphore>,
+    /// This tunnel's UDP flows.
+    pub flows: Arc<crate::udp::Flows>,
     /// Whether the agent took new streams when this one arrived.
     pub accepting: bool,
 }

@@ -7,9 +7,11 @@
 //! told to the client in the reply; it lives as long as its TCP control
 //! connection. Each datagram names its own destination: the first datagram to
 //! a destination opens a UDP flow to it on the exit's tunnel
-//! ([`exitpool_protocol::udp`]), later ones reuse it. Datagrams coming back are
-//! sent to the client with the SOCKS5 UDP header naming the address the exit
-//! reached.
+//! ([`exitpool_protocol::udp`]), later ones reuse it. Over QUIC a flow's
+//! datagrams travel as DATAGRAM frames with its flow id ([`TunnelFrames`]
+//! routes those arriving to their flow), over TLS/TCP (and when too large for
+//! a frame) on the flow's stream. Datagrams coming back are sent to the client
+//! with the SOCKS5 UDP header naming the address the exit reached.
 //!
 //! Bounds and drops (UDP is lossy by contract, so nothing here queues without
 //! a bound; every drop is counted in `exitpool_udp_datagrams_dropped_total`
@@ -22,6 +24,7 @@
 //! | to a new destination past [`GatewayConfig::socks_udp_max_flows`] | dropped (`flow_cap`) |
 //! | to a destination the exit refused (policy, DNS, its own flow cap) | dropped (`refused`) |
 //! | while its flow's queue of [`FLOW_QUEUE`] is full | dropped (`queue_full`) |
+//! | a DATAGRAM frame from the exit for no flow open here | dropped (`unknown_flow`) |
 //!
 //! Associations are bounded per customer ([`MAX_PER_CUSTOMER`], and each holds
 //! one of the account's concurrent-connection slots) and per source network
@@ -37,12 +40,15 @@ use super::transfer::{AccessContext, Transfer};
 use crate::error::{socks_reply, ProxyError};
 use crate::shared::Shared;
 use bytes::{BufMut, Bytes, BytesMut};
-use exitpool_protocol::udp::{datagram_header, read_datagram, UdpOpen, MAX_DATAGRAM_LEN};
+use exitpool_protocol::udp::{
+    datagram_header, flow_prefix, read_datagram, split_flow_datagram, UdpOpen, FLOW_ID_LEN,
+    MAX_DATAGRAM_LEN,
+};
 use exitpool_protocol::TargetHost;
-use exitpool_transport::{TunnelRecv, TunnelSend};
+use exitpool_transport::{Tunnel, TunnelConnection, TunnelRecv, TunnelSend};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio::io::AsyncReadExt;
@@ -70,15 +76,17 @@ enum Drop {
     FlowCap,
     Refused,
     QueueFull,
+    UnknownFlow,
 }
 
 impl Drop {
-    const ALL: [Drop; 5] = [
+    const ALL: [Drop; 6] = [
         Drop::ForeignSource,
         Drop::Malformed,
         Drop::FlowCap,
         Drop::Refused,
         Drop::QueueFull,
+        Drop::UnknownFlow,
     ];
 
     fn as_str(self) -> &'static str {
@@ -88,6 +96,149 @@ impl Drop {
             Drop::FlowCap => "flow_cap",
             Drop::Refused => "refused",
             Drop::QueueFull => "queue_full",
+            Drop::UnknownFlow => "unknown_flow",
+        }
+    }
+
+    /// Counts `count` drops in the gateway's metrics.
+    fn count(self, count: u64, shared: &Shared) {
+        shared
+            .metrics
+            .udp_dropped
+            .get_or_create(&crate::metrics::CauseLabel {
+                cause: self.as_str().into(),
+            })
+            .inc_by(count);
+    }
+}
+
+/// Flow ids, unique on every tunnel because unique in the process.
+static NEXT_FLOW: AtomicU32 = AtomicU32::new(1);
+
+/// A tunnel of one gateway in this process: its `Shared` (tests run several
+/// gateways in one process) and its key in that gateway's tunnel table.
+type TunnelId = (usize, u64);
+
+/// The tunnels whose DATAGRAM frames are routed to flows now; an entry lives
+/// as long as a flow on it (see [`FrameRoute`]'s drop).
+fn framed_tunnels() -> &'static Mutex<HashMap<TunnelId, Arc<TunnelFrames>>> {
+    static TUNNELS: OnceLock<Mutex<HashMap<TunnelId, Arc<TunnelFrames>>>> = OnceLock::new();
+    TUNNELS.get_or_init(Mutex::default)
+}
+
+/// One tunnel's arriving DATAGRAM frames, routed to its flows by flow id by a
+/// reader task that ends when the tunnel's last flow here does.
+struct TunnelFrames {
+    id: TunnelId,
+    tunnel: Tunnel,
+    routes: Mutex<HashMap<u32, mpsc::Sender<Bytes>>>,
+    reader: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl TunnelFrames {
+    /// A route for `flow` on tunnel `key`, when the tunnel carries frames.
+    fn route(
+        key: u64,
+        flow: u32,
+        shared: &Arc<Shared>,
+    ) -> Option<(FrameRoute, mpsc::Receiver<Bytes>)> {
+        let tunnel = shared.tunnels.get(key)?;
+        tunnel.max_datagram_size()?;
+        let id = (Arc::as_ptr(shared) as usize, key);
+        let mut tunnels = framed_tunnels().lock().unwrap_or_else(|e| e.into_inner());
+        let frames = tunnels
+            .entry(id)
+            .or_insert_with(|| {
+                let frames = Arc::new(TunnelFrames {
+                    id,
+                    tunnel,
+                    routes: Mutex::default(),
+                    reader: Mutex::default(),
+                });
+                let reader = tokio::spawn(frames.clone().read(shared.clone()));
+                *frames.reader.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(reader.abort_handle());
+                frames
+            })
+            .clone();
+        let (queue, queued) = mpsc::channel(FLOW_QUEUE);
+        frames
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(flow, queue);
+        Some((FrameRoute { flow, frames }, queued))
+    }
+
+    /// Routes frames until the tunnel ends (or the task is aborted).
+    async fn read(self: Arc<Self>, shared: Arc<Shared>) {
+        while let Ok(frame) = self.tunnel.read_datagram().await {
+            let routed = split_flow_datagram(&frame).and_then(|(flow, _)| {
+                let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+                Some(routes.get(&flow)?.try_send(frame.slice(FLOW_ID_LEN..)))
+            });
+            match routed {
+                Some(Ok(())) => {}
+                Some(Err(_)) => Drop::QueueFull.count(1, &shared),
+                None => Drop::UnknownFlow.count(1, &shared),
+            }
+        }
+        let mut tunnels = framed_tunnels().lock().unwrap_or_else(|e| e.into_inner());
+        if tunnels.get(&self.id).is_some_and(|t| Arc::ptr_eq(t, &self)) {
+            tunnels.remove(&self.id);
+        }
+    }
+}
+
+/// One flow's place in its tunnel's frame routing; the last one to go stops
+/// the tunnel's reader.
+struct FrameRoute {
+    flow: u32,
+    frames: Arc<TunnelFrames>,
+}
+
+impl FrameRoute {
+    /// Sends `payload` as a DATAGRAM frame if it fits one: `Ok(false)` if not
+    /// (it goes on the stream), `Err` if the tunnel refused it.
+    fn send(&self, payload: &[u8]) -> Result<bool, ()> {
+        let tunnel = &self.frames.tunnel;
+        match tunnel.max_datagram_size() {
+            Some(max) if FLOW_ID_LEN + payload.len() <= max => {
+                let mut frame = BytesMut::with_capacity(FLOW_ID_LEN + payload.len());
+                frame.put_slice(&flow_prefix(self.flow));
+                frame.put_slice(payload);
+                tunnel
+                    .send_datagram(frame.freeze())
+                    .map(|()| true)
+                    .map_err(|_| ())
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+impl std::ops::Drop for FrameRoute {
+    fn drop(&mut self) {
+        let mut tunnels = framed_tunnels().lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = self.frames.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.remove(&self.flow);
+        if routes.is_empty() {
+            if let Some(reader) = self
+                .frames
+                .reader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                reader.abort();
+            }
+            let id = self.frames.id;
+            if tunnels
+                .get(&id)
+                .is_some_and(|t| Arc::ptr_eq(t, &self.frames))
+            {
+                tunnels.remove(&id);
+            }
         }
     }
 }
@@ -398,13 +549,7 @@ impl Association {
             return;
         }
         *self.drops.entry(cause.as_str()).or_insert(0) += count;
-        self.shared
-            .metrics
-            .udp_dropped
-            .get_or_create(&crate::metrics::CauseLabel {
-                cause: cause.as_str().into(),
-            })
-            .inc_by(count);
+        cause.count(count, &self.shared);
     }
 
     /// Relays until the control connection closes (the association's end) or
@@ -414,7 +559,6 @@ impl Association {
         let mut flows: HashMap<String, Flow> = HashMap::new();
         let mut tasks = JoinSet::new();
         let (events, mut event_rx) = mpsc::channel::<FlowEvent>(max_flows.max(1));
-        let mut next_flow = 0u32;
         let mut control_buf = [0u8; 512];
         let mut buf = vec![0u8; MAX_DATAGRAM_LEN + 512];
         // Zero on purpose: the metric family shows every cause from the start.
@@ -450,11 +594,17 @@ impl Association {
                             self.drop_one(Drop::FlowCap);
                             continue;
                         }
-                        next_flow = next_flow.wrapping_add(1);
                         let (queue, queued) = mpsc::channel(FLOW_QUEUE);
+                        let flow = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
+                        // Frames when the exit's tunnel carries them (QUIC).
+                        let datagrams = self
+                            .shared
+                            .tunnels
+                            .get(self.tunnel)
+                            .is_some_and(|tunnel| tunnel.max_datagram_size().is_some());
                         let flow = FlowTask {
                             key: key.clone(),
-                            open: UdpOpen { host, port, flow: next_flow },
+                            open: UdpOpen { host, port, flow, datagrams },
                             tunnel: self.tunnel,
                             socket: self.socket.clone(),
                             client: SocketAddr::new(self.client.ip, from.port()),
@@ -504,6 +654,11 @@ struct FlowTask {
 impl FlowTask {
     async fn run(self, mut queued: mpsc::Receiver<Bytes>) {
         let timeout = self.shared.config.open_timeout;
+        // Routed before the exit answers, so no early frame finds no flow.
+        let routed = match self.open.datagrams {
+            true => TunnelFrames::route(self.tunnel, self.open.flow, &self.shared),
+            false => None,
+        };
         let opened = self
             .shared
             .tunnels
@@ -528,12 +683,26 @@ impl FlowTask {
             }
         };
         let (mut send, mut recv, peer) = (stream.send, stream.recv, stream.peer);
+        let (route, mut arriving) = routed.unzip();
         let up = async {
             while let Some(payload) = queued.recv().await {
+                let len = payload.len() as u64;
+                match route.as_ref().map(|route| route.send(&payload)) {
+                    Some(Ok(true)) => {
+                        self.counters.to_tunnel.fetch_add(len, Ordering::Relaxed);
+                        self.shared.metrics.udp_frames.inc();
+                        continue;
+                    }
+                    Some(Err(())) => {
+                        Drop::QueueFull.count(1, &self.shared);
+                        continue;
+                    }
+                    // Too large for a frame, or no frames: on the stream.
+                    Some(Ok(false)) | None => {}
+                }
                 let Ok(header) = datagram_header(payload.len()) else {
                     continue;
                 };
-                let len = payload.len() as u64;
                 let mut framed = BytesMut::with_capacity(payload.len() + 2);
                 framed.put_slice(&header);
                 framed.put_slice(&payload);
@@ -541,23 +710,49 @@ impl FlowTask {
                     return;
                 }
                 self.counters.to_tunnel.fetch_add(len, Ordering::Relaxed);
+                self.shared.metrics.udp_stream_datagrams.inc();
             }
         };
+        // A datagram from the exit, to the client (one that cannot take it
+        // loses it).
+        let (socket, client, counters) = (&self.socket, self.client, &self.counters);
+        let to_client = |payload: &[u8]| {
+            let wrapped = wrap(peer, payload);
+            let len = payload.len() as u64;
+            async move {
+                if socket.send_to(&wrapped, client).await.is_ok() {
+                    counters.from_tunnel.fetch_add(len, Ordering::Relaxed);
+                }
+            }
+        };
+        let to_client = &to_client;
+        let metrics = &self.shared.metrics;
         let down = async {
             let mut buf = Vec::with_capacity(2048);
             while let Ok(true) = read_datagram(&mut recv, &mut buf).await {
-                let wrapped = wrap(peer, &buf);
-                // A client socket that cannot take it loses the datagram.
-                if self.socket.send_to(&wrapped, self.client).await.is_ok() {
-                    let len = buf.len() as u64;
-                    self.counters.from_tunnel.fetch_add(len, Ordering::Relaxed);
+                metrics.udp_stream_datagrams.inc();
+                to_client(&buf).await;
+            }
+        };
+        let down_frames = async {
+            match &mut arriving {
+                Some(arriving) => {
+                    while let Some(payload) = arriving.recv().await {
+                        metrics.udp_frames.inc();
+                        to_client(&payload).await;
+                    }
+                    // The tunnel's frames ended; its stream ends too.
+                    std::future::pending::<()>().await
                 }
+                None => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
             () = up => {}
             () = down => {}
+            () = down_frames => {}
         }
+        drop(route);
         let _ = send.finish();
         recv.stop(exitpool_protocol::RESET_CODE);
         let _ = self.events.send(FlowEvent::Ended { key: self.key }).await;

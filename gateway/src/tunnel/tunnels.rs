@@ -79,6 +79,12 @@ impl Tunnels {
         tunnel.probe(within).await
     }
 
+    /// The tunnel under `key`, while it is held: for UDP flows' DATAGRAM
+    /// frames (`customer::socks_udp`), held no longer than their flows.
+    pub fn get(&self, key: u64) -> Option<Tunnel> {
+        self.tunnels.get(&key).map(|entry| entry.value().clone())
+    }
+
     /// Whether the tunnel under `key` is still held and not closing.
     pub fn is_open(&self, key: u64) -> bool {
         self.tunnels
