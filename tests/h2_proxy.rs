@@ -486,3 +486,70 @@ async fn headless_chromium_fetches_48_urls_from_8_sites_over_one_http2_connectio
     let connections = net.metric("exitpool_customer_tls_connections_total").await;
     assert!(connections <= 3, "{connections} TLS connections in all");
 }
+
+#[tokio::test]
+async fn account_limits_hold_per_stream_connections_and_quota() {
+    const QUOTA: u64 = 256 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let (files, ca) = certificate(dir.path(), "limits");
+    // alice: two connections at once; bob: a byte quota.
+    let alice = Customer::parse(&format!("{USER}:{PASSWORD}"))
+        .unwrap()
+        .with_limits(Limits {
+            max_connections: Some(2),
+            ..Limits::default()
+        });
+    let bob = Customer::parse("bob:b0bpass").unwrap().with_limits(Limits {
+        quota_bytes: Some(QUOTA),
+        ..Limits::default()
+    });
+    let net = TestGateway::start_with(|config| {
+        config.users = Users::new([alice, bob]);
+        config.customer_tls = Some(files);
+    })
+    .await;
+    let _agent = net.agent("127.0.0.2").await;
+    let echo = echo_target().await;
+    let web = http_target("127.0.0.1").await;
+    let (mut client, _driver) = h2_connect(net.proxy(), &ca).await;
+
+    // Two tunnels open on one connection are alice's two connections: a
+    // third stream is refused on its own, and the two carry on.
+    let (first, mut first_up) = open(&mut client, connect_request(echo, PASSWORD)).await;
+    let (second, mut second_up) = open(&mut client, connect_request(echo, PASSWORD)).await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let (third, _) = open(&mut client, connect_request(echo, PASSWORD)).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(third.headers()["x-exitpool-error"], "connection_limit");
+    for (up, answer) in [(&mut first_up, first), (&mut second_up, second)] {
+        up.send_data(Bytes::from_static(b"still"), true).unwrap();
+        let (echoed, ended) = read_to_end(&mut answer.into_body()).await;
+        ended.unwrap();
+        assert_eq!(echoed, b"still\n5 bytes\n");
+    }
+
+    // bob's plain-HTTP download over a stream is cut at his quota: the
+    // stream is reset, never ended as if the body were whole.
+    let get = Request::builder()
+        .uri(format!("http://{web}/bytes/{}", 4 * QUOTA))
+        .header("proxy-authorization", basic("bob", "b0bpass"))
+        .body(())
+        .unwrap();
+    let mut ready = within("stream slot", client.clone().ready()).await.unwrap();
+    let (answer, _) = ready.send_request(get, true).unwrap();
+    let answer = within("plain answer", answer).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let (body, ended) = read_to_end(&mut answer.into_body()).await;
+    let error = ended.expect_err("a download cut at the quota ends in a reset");
+    assert!(error.is_reset(), "{error}");
+    // The download went on up to the quota, and no further (the request
+    // and the answer's head count too).
+    let got = body.len() as u64;
+    assert!(
+        QUOTA / 2 < got && got <= QUOTA,
+        "{got} bytes of a {QUOTA}-byte quota"
+    );
+}
