@@ -1,7 +1,8 @@
 //! HTTP/2 to the HTTPS proxy port, end to end with the h2 crate's client over
 //! TLS (ALPN `h2`) and a real agent: `CONNECT` streams and plain-HTTP
 //! requests on one connection, a refusal on one stream beside a tunnel on
-//! another, resets carried both ways, and a rapid-reset client losing its
+//! another, resets carried both ways, an account's connection limit and
+//! quota holding per stream, and a rapid-reset client losing its
 //! connection while the gateway goes on serving; and headless Chromium
 //! (Playwright, tests/browser_h2/page.py) loading a page that fetches 48 URLs
 //! from 8 sites at once over one HTTP/2 connection to the proxy.
