@@ -160,6 +160,10 @@ pub(crate) struct LimitArgs {
     /// is answered with a TLS `internal_error` alert before any cryptography.
     #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_TLS_HANDSHAKES_PER_IP)]
     pub(crate) max_tls_handshakes_per_ip: std::num::NonZeroU32,
+    /// Most streams at once on one HTTP/2 connection to the HTTPS proxy port
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS); each stream is a customer connection.
+    #[arg(long, default_value_t = exitpool::gateway::config::DEFAULT_H2_MAX_STREAMS)]
+    pub(crate) h2_max_streams: u32,
     /// Close a customer tunnel after this many seconds without traffic.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub(crate) idle_timeout: u64,
@@ -542,6 +546,7 @@ impl LimitArgs {
         config.max_unauthenticated_per_ip = self.max_unauthenticated_per_ip.max(1);
         config.max_unauthenticated = self.max_unauthenticated.max(1);
         config.tls_handshakes_per_ip = self.max_tls_handshakes_per_ip;
+        config.h2_max_streams = self.h2_max_streams.max(1);
         config.max_agents_per_address = self.max_agents_per_address.max(1);
     }
 }
