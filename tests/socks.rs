@@ -339,11 +339,12 @@ async fn a_greeting_without_username_password_gets_no_acceptable_method() {
 }
 
 #[tokio::test]
-async fn bind_and_udp_associate_are_command_not_supported() {
+async fn bind_and_unknown_commands_are_not_supported() {
+    // UDP ASSOCIATE (0x03) is served: tests/udp.rs.
     let net = TestGateway::start().await;
     let _agent = net.agent("127.0.0.2").await;
     let target = echo_target().await;
-    for command in [0x02, 0x03] {
+    for command in [0x02, 0x09] {
         let message = request(command, &ip_address(target.ip()), target.port());
         let (stream, code) = request_as(net.proxy(), USER, &message).await;
         assert_eq!(code, 0x07, "command {command:#04x}");
