@@ -207,7 +207,7 @@ impl ControlLink {
             let snapshot = bounded("loading the accounts", link.store.snapshot()).await?;
             link.adopt(snapshot);
             let names: Vec<String> = link.entries.load().keys().cloned().collect();
-            link.refresh_quotas(&names, exitpool_control::period::now())
+            link.refresh_quotas(&names, &HashMap::new(), exitpool_control::period::now())
                 .await?;
         }
         info!(
@@ -333,8 +333,14 @@ impl ControlLink {
 
     /// Recounts the period quotas of `names` from the store (which, when
     /// called after a flush, holds every byte [`History::local_bytes`] counted
-    /// before it).
-    async fn refresh_quotas(&self, names: &[String], now: i64) -> Result<(), String> {
+    /// before it); `bases` holds what [`History::local_bytes`] said before
+    /// that flush (an account not in it reads it now).
+    async fn refresh_quotas(
+        &self,
+        names: &[String],
+        bases: &HashMap<String, u64>,
+        now: i64,
+    ) -> Result<(), String> {
         let entries = self.entries.load_full();
         let mut quotas = (**self.quotas.load()).clone();
         // Accounts gone from the snapshot lose their entry.
@@ -355,9 +361,10 @@ impl ControlLink {
                 quotas.remove(name);
                 continue;
             }
-            // Read before the usage: bytes counted in between count twice,
-            // which errs towards cutting early, never late.
-            let base = self.history.local_bytes(name);
+            let base = bases
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| self.history.local_bytes(name));
             let mut best: Option<(u64, &'static str, Option<i64>)> = None;
             for account in std::iter::once(entry).chain(parent) {
                 if !has_quota(account) {
@@ -578,46 +585,38 @@ pub async fn run(link: Arc<ControlLink>, shared: Arc<Shared>) {
     }
 }
 
-/// One tick (see [`run`]). Usage is drained first, so it is in `pending`
-/// whatever fails later.
+/// One tick (see [`run`]): write the usage, then (when the store owns the
+/// accounts) poll the revision and recount the quotas. A new snapshot's
+/// customers are swapped into the gateway's view only once their quotas are
+/// counted, so no connection of theirs runs without its lease.
 async fn tick_once(link: &ControlLink, shared: &Shared, now: i64) -> Result<(), String> {
     let active = link.history.active_accounts();
-    // Accounts first: a change is in force within a tick, whatever the
-    // usage write takes.
-    let mut refresh = Vec::new();
-    let accounts = if link.serves_accounts() {
-        reload_accounts(link, shared).await
-    } else {
-        Ok(false)
-    };
-    if accounts == Ok(true) {
-        refresh = link.entries.load().keys().cloned().collect();
+    // Read before the write: bytes counted in between are then in the
+    // store's count and in what this gateway counts after `base`, twice,
+    // which errs towards cutting early, never late.
+    let bases: HashMap<String, u64> = active
+        .iter()
+        .map(|name| (name.clone(), link.history.local_bytes(name)))
+        .collect();
+    // The usage is written even when the accounts cannot be read: it then
+    // waits in memory, counted, until the database takes it.
+    let flushed = link.flush(now).await;
+    if !link.serves_accounts() {
+        return flushed;
     }
-    // The usage is written even when the accounts could not be read: it
-    // then waits in memory, counted, until the database takes it.
-    link.flush(now).await?;
-    accounts?;
-    if refresh.is_empty() {
-        refresh = active;
-    }
-    // Quotas are recounted only once the store holds every byte counted here.
-    if !refresh.is_empty() && link.serves_accounts() {
-        link.refresh_quotas(&refresh, now).await?;
-    }
-    Ok(())
-}
-
-/// Polls the revision and, when it moved, swaps the new snapshot in:
-/// whether it did.
-async fn reload_accounts(link: &ControlLink, shared: &Shared) -> Result<bool, String> {
     let revision = bounded("polling the revision", link.store.revision()).await?;
-    if revision == link.revision.load(Ordering::Relaxed) {
-        return Ok(false);
+    if revision != link.revision.load(Ordering::Relaxed) {
+        let snapshot = bounded("loading the accounts", link.store.snapshot()).await?;
+        link.adopt(snapshot);
+        let names: Vec<String> = link.entries.load().keys().cloned().collect();
+        let counted = link.refresh_quotas(&names, &bases, now).await;
+        shared.accounts.store_changed();
+        counted?;
+    } else if flushed.is_ok() && !active.is_empty() {
+        // Quotas are recounted only once the store holds every byte counted here.
+        link.refresh_quotas(&active, &bases, now).await?;
     }
-    let snapshot = bounded("loading the accounts", link.store.snapshot()).await?;
-    link.adopt(snapshot);
-    shared.accounts.store_changed();
-    Ok(true)
+    flushed
 }
 
 /// `/readyz`'s text: `ready`, and when the database is unreachable, that
