@@ -3,8 +3,8 @@
 //! A real SOCKS5 client (Python's PySocks, installed by scripts/test) sends
 //! datagrams to a local UDP echo and a DNS query to a local DNS responder;
 //! a hand-rolled Rust client (the bytes of RFC 1928 §7) drives the bad input:
-//! a refused destination, a foreign source, a flow past its cap, and the
-//! control connection closing. Everything stays on 127.0.0.0/8.
+//! a refused destination, a foreign source, flows past the association's cap
+//! and past the agent's, and the control connection closing. Everything stays on 127.0.0.0/8.
 
 mod common;
 
@@ -310,4 +310,30 @@ async fn the_association_ends_with_its_control_connection() {
     let live = net.metric("exitpool_connections_total").await;
     assert_eq!(live, 1, "one association, counted as one connection");
     assert!(echoed.load(Ordering::SeqCst) >= 1);
+}
+
+over_both_transports! {
+    async fn flows_past_the_agents_cap_are_refused(transport) {
+        // One UDP flow at a time on the agent's tunnel.
+        let net = TestGateway::start().await.over(transport);
+        let limits = exitpool::agent::udp::UdpLimits {
+            max_flows: 1,
+            ..Default::default()
+        };
+        let _agent = net.spawn(net.agent_builder("127.0.0.2").udp_limits(limits)).await;
+        let (first, _) = udp_echo().await;
+        let (second, second_echoed) = udp_echo().await;
+        let (_control, relay) = associate(net.proxy()).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        echo_through(&client, relay, first, b"one").await;
+        client
+            .send_to(&datagram(second, b"two"), relay)
+            .await
+            .unwrap();
+        // The exit answered the second flow AgentUnavailable: its datagram is
+        // dropped as refused, and the first flow carries on.
+        dropped(&net, "refused", 1.0).await;
+        echo_through(&client, relay, first, b"one again").await;
+        assert_eq!(second_echoed.load(Ordering::SeqCst), 0);
+    }
 }
