@@ -104,7 +104,7 @@ pub struct AgentConfig {
     /// How long live streams may finish on shutdown.
     pub drain_grace: Duration,
     /// Bounds on UDP flows ([`crate::udp`]).
-    pub udp: crate::udp::UdpLimits,
+    pub udp: UdpLimits,
     /// How long each handshake step may take: resolving the gateway, the QUIC
     /// handshake, the answer to `Hello`, a relay stream's `OpenRequest`, and
     /// sending `Draining`. Default [`exitpool_protocol::HANDSHAKE_TIMEOUT`].
@@ -162,4 +162,38 @@ pub struct AgentConfig {
     pub schedule: Option<Schedule>,
     /// Where the schedule reads the time; default the system clock.
     pub clock: Clock,
+}
+
+// Bounds on UDP flows ([`crate::udp`]) live here with the rest of the
+// agent's settings, so the flows' module depends on the settings and not the
+// other way round.
+
+/// Default most UDP flows open at once on one tunnel.
+pub const DEFAULT_MAX_FLOWS: u32 = 64;
+/// Default most datagrams per second one flow carries (both ways together).
+pub const DEFAULT_PACKETS_PER_SECOND: u32 = 2_000;
+/// Default idle timeout of a flow: the common NAT binding lifetime for UDP.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The agent's bounds on UDP flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpLimits {
+    /// Most flows open at once on one tunnel; more are answered
+    /// `AgentUnavailable`. 0 turns UDP off.
+    pub max_flows: u32,
+    /// Most datagrams per second per flow, both ways together; more are
+    /// dropped and counted.
+    pub packets_per_second: u32,
+    /// A flow with no datagram either way for this long ends.
+    pub idle_timeout: Duration,
+}
+
+impl Default for UdpLimits {
+    fn default() -> Self {
+        UdpLimits {
+            max_flows: DEFAULT_MAX_FLOWS,
+            packets_per_second: DEFAULT_PACKETS_PER_SECOND,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
 }

@@ -36,38 +36,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
-/// Default most UDP flows open at once on one tunnel.
-pub const DEFAULT_MAX_FLOWS: u32 = 64;
-/// Default most datagrams per second one flow carries (both ways together).
-pub const DEFAULT_PACKETS_PER_SECOND: u32 = 2_000;
-/// Default idle timeout of a flow: the common NAT binding lifetime for UDP.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::config::{
+    UdpLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, DEFAULT_PACKETS_PER_SECOND,
+};
+
 /// Datagrams from the target waiting for the stream towards the gateway, per
 /// flow; more are dropped.
 pub const FLOW_QUEUE: usize = 64;
-
-/// The agent's bounds on UDP flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UdpLimits {
-    /// Most flows open at once on one tunnel; more are answered
-    /// `AgentUnavailable`. 0 turns UDP off.
-    pub max_flows: u32,
-    /// Most datagrams per second per flow, both ways together; more are
-    /// dropped and counted.
-    pub packets_per_second: u32,
-    /// A flow with no datagram either way for this long ends.
-    pub idle_timeout: Duration,
-}
-
-impl Default for UdpLimits {
-    fn default() -> Self {
-        UdpLimits {
-            max_flows: DEFAULT_MAX_FLOWS,
-            packets_per_second: DEFAULT_PACKETS_PER_SECOND,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-        }
-    }
-}
 
 /// One tunnel's UDP flows: the cap on how many are open, and where each
 /// arriving DATAGRAM frame goes ([`Flows::route_datagrams`]).
