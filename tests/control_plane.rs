@@ -281,10 +281,9 @@ async fn a_daily_quota_cuts_a_transfer() {
     // One relay read past it at most: 64 KiB, or a little more when the
     // relay's buffer had room left over from an earlier read.
     assert!(received <= QUOTA + 2 * 64 * 1024, "{received}");
-    assert!(
-        received >= QUOTA / 2,
-        "{received}: the quota's bytes may move"
-    );
+    // No lower bound on what the client read: the cut is a reset, which
+    // drops what was still in the gateway's send buffer. The store's count
+    // below shows the quota's bytes did move.
     // The store knows the period ran out, and when it resets.
     let start = Instant::now();
     loop {
@@ -644,14 +643,11 @@ async fn a_sub_users_bytes_count_toward_its_customers_quota() {
     until_status(proxy, target, "ops.gina", "pw6", 200).await;
     let (_, received, end) = tunnel_get(proxy, target, "ops.gina", "pw6", 20_000_000).await;
     end.expect_err("the customer's quota cuts its sub-user");
-    assert!(
-        received >= QUOTA / 2,
-        "cut early at {received} bytes; the gateway said:\n{}",
-        gw.process.tail()
-    );
     eprintln!("the sub-user moved {received} bytes through its customer's {QUOTA}-byte quota");
     assert!(received <= QUOTA + 2 * 64 * 1024, "{received}");
-    // Once the history holds the sub-user's bytes, the customer has nothing left.
+    // Once the history holds the sub-user's bytes, the customer has nothing
+    // left (the gateway moved the whole quota; the client may read less, as
+    // the reset drops what was still in the gateway's send buffer).
     let start = Instant::now();
     loop {
         let (status, body) = api(
