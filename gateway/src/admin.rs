@@ -92,7 +92,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     };
                     // Live connections and exits answer from this gateway's memory.
                     if live::owns(request.uri().path()) {
-                        return Ok::<_, Infallible>(live::serve(request, &shared, &proven).await);
+                        return Ok::<_, Infallible>(serve_live(request, &shared, &proven).await);
                     }
                     if request.uri().path().starts_with(API_PREFIX) {
                         return Ok::<_, Infallible>(api(request, &shared, &proven).await);
@@ -211,7 +211,7 @@ fn route(
             None => text(
                 StatusCode::OK,
                 "text/plain",
-                crate::control_link::ready_text(shared),
+                crate::control_link::ready_text(shared.accounts.control().map(|link| &**link)),
             ),
             Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
         },
@@ -224,7 +224,7 @@ fn route(
             StatusCode::OK,
             crate::metrics::CONTENT_TYPE,
             crate::control_link::add_metrics(
-                shared,
+                shared.accounts.control().map(|link| &**link),
                 shared.metrics.render(
                     &*shared.directory,
                     shared.sessions.len(),
@@ -541,6 +541,42 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
             })
             .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// A request for live connections or exits ([`live`]): the port's browser
+/// defences, then who is asking (an operator's connection keeps its place on
+/// a busy port, `slots`), then [`live::serve`]'s answer as the port's body.
+async fn serve_live(
+    request: Request<hyper::body::Incoming>,
+    shared: &Arc<Shared>,
+    proven: &std::sync::atomic::AtomicBool,
+) -> Response<Full<Bytes>> {
+    if let Some(refusal) = refuse_browsers(&request, shared) {
+        return refusal;
+    }
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let access = if authorized(shared.config.admin_token.as_ref(), authorization) {
+        live::Access::Admin
+    } else if live::read_only(shared, authorization).await {
+        live::Access::ReadOnly
+    } else {
+        live::Access::None
+    };
+    if access != live::Access::None {
+        proven.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let (parts, body) = live::serve(request, shared, access).await.into_parts();
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => Response::from_parts(parts, Full::new(bytes)),
+        Err(error) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("the answer could not be read: {error}\n"),
+        ),
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -6,20 +6,20 @@
 //! looked up with [`exitpool_control::Store::token_by_secret`] through a small
 //! cache ([`CACHE_TTL`], at most [`MAX_CACHED`] secrets), so a reconnect
 //! storm costs one query per token, not per agent; customers never wait on
-//! it. Once a second [`run`] marks the tokens used since the last round
-//! (`Store::mark_tokens_used`, one batch) and looks up again the store tokens
-//! that connected agents hold: an agent whose token was revoked (through any
-//! gateway of the fleet) is disconnected, and refused when it comes back.
+//! it. Once a second `crate::tunnel::revocations` marks the tokens used
+//! since the last round (`Store::mark_tokens_used`, one batch) and looks up
+//! again the store tokens that connected agents hold: an agent whose token
+//! was revoked (through any gateway of the fleet) is disconnected, and refused
+//! when it comes back. This module holds the cache and the lookups; that one
+//! the rounds over the gateway's agents.
 
-use crate::shared::Shared;
+use crate::control_link::ControlLink;
 use dashmap::DashMap;
 use exitpool_control::store::TokenEntry;
-use exitpool_protocol::close_code;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
 
 /// How long a lookup's answer is reused at join.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
@@ -56,7 +56,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn of(entry: Option<TokenEntry>) -> Verdict {
+    /// The verdict on a store lookup's answer.
+    pub fn of(entry: Option<TokenEntry>) -> Verdict {
         match entry {
             None => Verdict::Unknown,
             Some(entry) if entry.revoked => Verdict::Revoked,
@@ -80,10 +81,10 @@ fn digest(secret: &str) -> [u8; 32] {
 }
 
 impl StoreTokens {
-    /// What the store says of `secret`, from the cache when fresh; `None`
-    /// when the gateway has no store.
-    pub async fn check(&self, shared: &Shared, secret: &str) -> Option<Verdict> {
-        let link = shared.accounts.control()?;
+    /// What `link`'s store says of `secret`, from the cache when fresh;
+    /// `None` when the gateway has no store.
+    pub async fn check(&self, link: Option<&ControlLink>, secret: &str) -> Option<Verdict> {
+        let link = link?;
         let key = digest(secret);
         let cached = self
             .cache
@@ -93,20 +94,9 @@ impl StoreTokens {
         let verdict = match cached {
             Some(verdict) => verdict,
             None => {
-                let lookup = link.store().token_by_secret(secret);
-                let verdict = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
-                    Ok(Ok(entry)) => Verdict::of(entry),
-                    Ok(Err(error)) => Verdict::Unavailable(error.to_string()),
-                    Err(_) => Verdict::Unavailable(format!(
-                        "no answer within {} s",
-                        LOOKUP_TIMEOUT.as_secs()
-                    )),
-                };
+                let verdict = lookup(link, secret).await;
                 if !matches!(verdict, Verdict::Unavailable(_)) {
-                    if self.cache.len() >= MAX_CACHED {
-                        self.cache.clear();
-                    }
-                    self.cache.insert(key, (verdict.clone(), Instant::now()));
+                    self.remember(secret, verdict.clone());
                 }
                 verdict
             }
@@ -120,6 +110,21 @@ impl StoreTokens {
         Some(verdict)
     }
 
+    /// Keeps the store's word on `secret` for [`CACHE_TTL`].
+    pub fn remember(&self, secret: &str, verdict: Verdict) {
+        if self.cache.len() >= MAX_CACHED {
+            self.cache.clear();
+        }
+        self.cache.insert(digest(secret), (verdict, Instant::now()));
+    }
+
+    /// The ids of the tokens used since the last call.
+    pub fn take_used(&self) -> Vec<String> {
+        std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .collect()
+    }
+
     /// Whether the store's last word on `secret` was yes (its agents are the
     /// store's to keep or drop, not the tokens file's on a reload).
     pub fn from_store(&self, secret: &str) -> bool {
@@ -127,91 +132,13 @@ impl StoreTokens {
             .get(&digest(secret))
             .is_some_and(|entry| matches!(entry.value().0, Verdict::Accepted { .. }))
     }
-
-    /// One round: marks the tokens used since the last one, and disconnects
-    /// the local agents whose store token is revoked now.
-    async fn round(&self, shared: &Shared) {
-        let Some(link) = shared.accounts.control() else {
-            return;
-        };
-        let used: Vec<String> =
-            std::mem::take(&mut *self.used.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .collect();
-        if !used.is_empty() {
-            let now = exitpool_control::period::now();
-            let marked =
-                tokio::time::timeout(LOOKUP_TIMEOUT, link.store().mark_tokens_used(&used, now));
-            match marked.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => warn!(%error, "marking agent tokens used failed"),
-                Err(_) => warn!("marking agent tokens used: no answer in time"),
-            }
-        }
-        // The store tokens connected agents hold, each looked up once.
-        let accounts = shared.accounts.current();
-        let mut holders: HashMap<String, Vec<Arc<crate::directory::Agent>>> = HashMap::new();
-        for agent in shared.directory.agents() {
-            let secret = agent.token.expose();
-            if agent.is_local() && !accounts.agent_tokens.accepts(secret) {
-                holders.entry(secret.to_owned()).or_default().push(agent);
-            }
-        }
-        for (secret, agents) in holders {
-            let lookup = link.store().token_by_secret(&secret);
-            let verdict = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
-                Ok(Ok(entry)) => Verdict::of(entry),
-                // Out of reach: the agents stay (the last word was yes).
-                _ => continue,
-            };
-            self.cache
-                .insert(digest(&secret), (verdict.clone(), Instant::now()));
-            if matches!(verdict, Verdict::Accepted { .. }) {
-                continue;
-            }
-            for agent in agents {
-                info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
-                shared.directory.remove(agent.key);
-                shared
-                    .tunnels
-                    .close(agent.key, close_code::REJECTED, b"agent token revoked");
-            }
-        }
-    }
 }
 
-/// What the store says of the token in a `Hello`'s `body`, when the flags
-/// and file do not hold it and the gateway has a store; `None` otherwise (and
-/// for a body that is no `Hello`, which the join refuses on its own).
-pub async fn verdict_for_hello(body: &[u8], shared: &Shared) -> Option<Verdict> {
-    let Ok(exitpool_protocol::AgentMessage::Hello { token, .. }) =
-        exitpool_protocol::decode_body::<exitpool_protocol::AgentMessage>(body)
-    else {
-        return None;
-    };
-    if shared
-        .accounts
-        .current()
-        .agent_tokens
-        .accepts(token.expose())
-    {
-        return None;
-    }
-    shared.agent_tokens.check(shared, token.expose()).await
-}
-
-/// Every [`ROUND`] until shutdown: [`StoreTokens`]' marking and rechecking,
-/// for a gateway with a store.
-pub async fn run(shared: Arc<Shared>) {
-    if shared.accounts.control().is_none() {
-        return;
-    }
-    let mut tick = tokio::time::interval(ROUND);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => shared.agent_tokens.round(&shared).await,
-            () = shared.shutdown.cancelled() => return,
-        }
+/// One lookup of `secret` in `link`'s store, within [`LOOKUP_TIMEOUT`].
+pub async fn lookup(link: &ControlLink, secret: &str) -> Verdict {
+    match tokio::time::timeout(LOOKUP_TIMEOUT, link.store().token_by_secret(secret)).await {
+        Ok(Ok(entry)) => Verdict::of(entry),
+        Ok(Err(error)) => Verdict::Unavailable(error.to_string()),
+        Err(_) => Verdict::Unavailable(format!("no answer within {} s", LOOKUP_TIMEOUT.as_secs())),
     }
 }

@@ -18,7 +18,6 @@
 
 use crate::auth::{Customer, Limits, Users};
 use crate::config::GatewayConfig;
-use crate::shared::Shared;
 use crate::usage::History;
 use arc_swap::ArcSwap;
 use exitpool_control::store::{AccountEntry, Snapshot, UsageRecord};
@@ -551,14 +550,22 @@ fn customer_of(entry: &AccountEntry, all: &HashMap<String, AccountEntry>) -> Opt
 }
 
 /// The link's task: poll, swap, write usage, refresh quotas, once a
-/// [`TICK`], until shutdown; then one last write of the usage counted.
-pub async fn run(link: Arc<ControlLink>, shared: Arc<Shared>) {
+/// [`TICK`], until `shutdown`; then one last write of the usage counted.
+/// `accounts_changed` tells the gateway's accounts view that a new snapshot
+/// is in; the webhooks' sender runs in `tasks`. (The link is handed these
+/// rather than the gateway's shared state, which holds the link.)
+pub async fn run(
+    link: Arc<ControlLink>,
+    tasks: tokio_util::task::TaskTracker,
+    shutdown: tokio_util::sync::CancellationToken,
+    accounts_changed: impl Fn() + Send,
+) {
     if let Some(webhooks) = &link.webhooks {
         if let Some(notices) = webhooks.take_receiver() {
-            shared.tasks.spawn(crate::webhooks::send_all(
+            tasks.spawn(crate::webhooks::send_all(
                 webhooks.config().clone(),
                 notices,
-                shared.shutdown.clone(),
+                shutdown.clone(),
             ));
         }
     }
@@ -568,10 +575,10 @@ pub async fn run(link: Arc<ControlLink>, shared: Arc<Shared>) {
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
-            () = shared.shutdown.cancelled() => true,
+            () = shutdown.cancelled() => true,
         };
         let now = exitpool_control::period::now();
-        let result = tick_once(&link, &shared, now).await;
+        let result = tick_once(&link, &accounts_changed, now).await;
         link.set_stalled(result.err());
         if stopping {
             break;
@@ -589,7 +596,11 @@ pub async fn run(link: Arc<ControlLink>, shared: Arc<Shared>) {
 /// accounts) poll the revision and recount the quotas. A new snapshot's
 /// customers are swapped into the gateway's view only once their quotas are
 /// counted, so no connection of theirs runs without its lease.
-async fn tick_once(link: &ControlLink, shared: &Shared, now: i64) -> Result<(), String> {
+async fn tick_once(
+    link: &ControlLink,
+    accounts_changed: &(impl Fn() + Send),
+    now: i64,
+) -> Result<(), String> {
     let active = link.history.active_accounts();
     // Read before the write: bytes counted in between are then in the
     // store's count and in what this gateway counts after `base`, twice,
@@ -610,7 +621,7 @@ async fn tick_once(link: &ControlLink, shared: &Shared, now: i64) -> Result<(), 
         link.adopt(snapshot);
         let names: Vec<String> = link.entries.load().keys().cloned().collect();
         let counted = link.refresh_quotas(&names, &bases, now).await;
-        shared.accounts.store_changed();
+        accounts_changed();
         counted?;
     } else if flushed.is_ok() && !active.is_empty() {
         // Quotas are recounted only once the store holds every byte counted here.
@@ -622,8 +633,8 @@ async fn tick_once(link: &ControlLink, shared: &Shared, now: i64) -> Result<(), 
 /// `/readyz`'s text: `ready`, and when the database is unreachable, that
 /// the gateway serves the last accounts view (still ready: a connection
 /// never waits on the database).
-pub fn ready_text(shared: &Shared) -> String {
-    match shared.accounts.control().and_then(|link| link.stalled()) {
+pub fn ready_text(link: Option<&ControlLink>) -> String {
+    match link.and_then(|link| link.stalled()) {
         None => "ready\n".into(),
         Some(why) => format!("ready; {why}\n"),
     }
@@ -631,8 +642,8 @@ pub fn ready_text(shared: &Shared) -> String {
 
 /// The Prometheus text of `/metrics` with the link's figures added before
 /// its closing `# EOF`.
-pub fn add_metrics(shared: &Shared, mut text: String) -> String {
-    let Some(link) = shared.accounts.control() else {
+pub fn add_metrics(link: Option<&ControlLink>, mut text: String) -> String {
+    let Some(link) = link else {
         return text;
     };
     let ours = link.render_metrics();

@@ -114,9 +114,13 @@ impl Gateway {
         } = bound;
         spawn_tasks(&shared, entrances, &quic, tunnel_tcp, tcp_tls, admin);
         if let Some(link) = link {
-            shared
-                .tasks
-                .spawn(crate::control_link::run(link, shared.clone()));
+            let accounts = shared.clone();
+            shared.tasks.spawn(crate::control_link::run(
+                link,
+                shared.tasks.clone(),
+                shared.shutdown.clone(),
+                move || accounts.accounts.store_changed(),
+            ));
         }
         if let Some((joined, feed)) = fleet_tasks {
             spawn_fleet_tasks(&shared, joined, feed);
@@ -470,7 +474,9 @@ fn spawn_tasks(
     shared
         .tasks
         .spawn(customer::serve(entrances, shared.clone()));
-    shared.tasks.spawn(crate::agent_tokens::run(shared.clone()));
+    shared
+        .tasks
+        .spawn(crate::tunnel::revocations::run(shared.clone()));
     shared
         .tasks
         .spawn(tunnel::quic::serve(quic.clone(), shared.clone()));

@@ -21,7 +21,6 @@
 //! sub-user) has left ([`quota_of`], [`used_by`]); the control link recounts
 //! it from the store every second while the account moves bytes.
 
-use crate::shared::Shared;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -185,37 +184,6 @@ impl Drop for Lease {
                 .outstanding
                 .remove_if(&self.customer, |_, held| Arc::strong_count(held) <= 2);
         }
-    }
-}
-
-/// The quota a transfer of `user` leases against, if it has one: the
-/// period quotas the control plane counted ([`crate::control_link`]: the
-/// least any daily, monthly or lifetime period of the account or its
-/// customer has left, as bytes this gateway may count), else the accounts
-/// file's lifetime `quota_bytes`. Read with [`used_by`].
-pub fn quota_of(shared: &Shared, user: &str) -> Option<u64> {
-    if let Some(period) = shared
-        .accounts
-        .control()
-        .and_then(|link| link.period_quota(user))
-    {
-        return Some(period.effective());
-    }
-    shared
-        .accounts
-        .current()
-        .users
-        .get(user)
-        .and_then(|customer| customer.limits.quota_bytes)
-}
-
-/// What counts against [`quota_of`]: for period quotas the bytes this
-/// gateway counted for `user` since it started (the store's count is in the
-/// quota already), else the account's usage total.
-pub fn used_by(shared: &Shared, user: &str) -> u64 {
-    match shared.accounts.control() {
-        Some(link) if link.period_quota(user).is_some() => link.history.local_bytes(user),
-        _ => shared.customer_bytes(user),
     }
 }
 

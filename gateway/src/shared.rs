@@ -197,6 +197,36 @@ impl Shared {
         }
     }
 
+    /// The quota a transfer of `user` leases against, if it has one: the
+    /// period quotas the control plane counted ([`crate::control_link`]: the
+    /// least any daily, monthly or lifetime period of the account or its
+    /// customer has left, as bytes this gateway may count), else the accounts
+    /// file's lifetime `quota_bytes`. Read with [`Shared::used_by`].
+    pub fn quota_of(&self, user: &str) -> Option<u64> {
+        if let Some(period) = self
+            .accounts
+            .control()
+            .and_then(|link| link.period_quota(user))
+        {
+            return Some(period.effective());
+        }
+        self.accounts
+            .current()
+            .users
+            .get(user)
+            .and_then(|customer| customer.limits.quota_bytes)
+    }
+
+    /// What counts against [`Shared::quota_of`]: for period quotas the bytes this
+    /// gateway counted for `user` since it started (the store's count is in the
+    /// quota already), else the account's usage total.
+    pub fn used_by(&self, user: &str) -> u64 {
+        match self.accounts.control() {
+            Some(link) if link.period_quota(user).is_some() => link.history.local_bytes(user),
+            _ => self.customer_bytes(user),
+        }
+    }
+
     /// Counts a failure answered to (or suffered by) a customer, by its product
     /// code, for whichever of the customer and the agent are known.
     pub fn record_error(&self, customer: Option<&str>, agent: Option<&Agent>, error: &ProxyError) {

@@ -10,8 +10,8 @@
 //! | `DELETE /api/v1/connections?customer=NAME` | closes all of a customer's (and its sub-users') |
 //! | `GET /api/v1/exits`, `POST /api/v1/exits/{id}/ban`, `.../unban` | see [`super::exits`] |
 //!
-//! [`serve`] takes the requests for these paths off the admin port before the
-//! control plane's router ([`super::api`]) and answers with the same JSON
+//! [`serve`] answers the requests for these paths, which the admin port takes
+//! off before the control plane's router and answers with the same JSON
 //! error shape (`{"error","field","message"}`, [`exitpool_control::Error`]).
 //! The admin token may do all; the read-only token (`--admin-readonly-token`,
 //! which the control plane's router holds and is asked about) only `GET`s.
@@ -74,51 +74,41 @@ pub fn full_openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// Answers a request for one of [`owns`]'s paths, after the admin port's
-/// browser defences and with the admin token.
+/// Who may ask: the admin token may do all, the read-only token only read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// The admin token.
+    Admin,
+    /// The read-only token.
+    ReadOnly,
+    /// Neither.
+    None,
+}
+
+/// Answers a request for one of [`owns`]'s paths, once the admin port
+/// (`super::serve_live`) has applied its browser defences and told who is
+/// asking.
 pub(super) async fn serve(
     request: hyper::Request<hyper::body::Incoming>,
     shared: &Arc<Shared>,
-    proven: &std::sync::atomic::AtomicBool,
-) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
-    if let Some(refusal) = super::refuse_browsers(&request, shared) {
-        return refusal;
-    }
-    let authorization = request
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok());
+    access: Access,
+) -> Response {
     let reads = matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD);
-    let answer = if super::authorized(shared.config.admin_token.as_ref(), authorization) {
-        // An operator's connection: it keeps its place on a busy port (`slots`).
-        proven.store(true, std::sync::atomic::Ordering::Relaxed);
-        answer(request, shared).await
-    } else if !read_only(shared, authorization).await {
-        Error::Unauthorized.into_response()
-    } else if !reads {
-        Error::Forbidden {
+    match access {
+        Access::Admin => answer(request, shared).await,
+        Access::ReadOnly if reads => answer(request, shared).await,
+        Access::ReadOnly => Error::Forbidden {
             message: "this token may only read (GET)".into(),
         }
-        .into_response()
-    } else {
-        proven.store(true, std::sync::atomic::Ordering::Relaxed);
-        answer(request, shared).await
-    };
-    let (parts, body) = answer.into_parts();
-    match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(bytes) => hyper::Response::from_parts(parts, http_body_util::Full::new(bytes)),
-        Err(error) => super::text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            format!("the answer could not be read: {error}\n"),
-        ),
+        .into_response(),
+        Access::None => Error::Unauthorized.into_response(),
     }
 }
 
 /// Whether `authorization` carries the read-only token. The control plane's
 /// router alone holds it: it is asked whether the token may read its
 /// OpenAPI document (no database query), as a `GET` of ours would be.
-async fn read_only(shared: &Shared, authorization: Option<&str>) -> bool {
+pub(super) async fn read_only(shared: &Shared, authorization: Option<&str>) -> bool {
     let (Some(router), Some(authorization)) = (
         shared
             .accounts

@@ -27,6 +27,7 @@ pub mod response;
 pub mod session;
 mod socks;
 mod socks_udp;
+mod socks_wire;
 mod target;
 mod transfer;
 

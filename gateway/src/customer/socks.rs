@@ -28,7 +28,7 @@
 
 use super::session::Arrival;
 use super::session::{self, Grant, SessionOutcome};
-use super::target;
+use super::socks_wire::{domain, reply, send, ATYP_DOMAIN, ATYP_IPV4, ATYP_IPV6, VERSION};
 use super::transfer::{self, AccessContext};
 use crate::abuse::AddressSlot;
 use crate::error::{socks_reply, ProxyError};
@@ -38,13 +38,11 @@ use exitpool_protocol::TargetHost;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, Instrument};
 
-/// Protocol version in the greeting and the request (RFC 1928).
-const VERSION: u8 = 0x05;
 /// Version of the username/password sub-negotiation (RFC 1929).
 const AUTH_VERSION: u8 = 0x01;
 /// Method: username/password.
@@ -67,12 +65,6 @@ const AUTH_RATE_LIMITED: u8 = 0x03;
 const CMD_CONNECT: u8 = 0x01;
 /// Command: UDP ASSOCIATE (RFC 1928 §7), served by [`super::socks_udp`].
 const CMD_UDP_ASSOCIATE: u8 = 0x03;
-/// Address type: IPv4.
-const ATYP_IPV4: u8 = 0x01;
-/// Address type: domain name, resolved by the exit.
-const ATYP_DOMAIN: u8 = 0x03;
-/// Address type: IPv6.
-const ATYP_IPV6: u8 = 0x04;
 /// Reply: succeeded.
 const REPLY_SUCCEEDED: u8 = 0x00;
 
@@ -307,17 +299,6 @@ async fn refuse(
     }
 }
 
-/// Writes `bytes`, giving up after `limit` (a client that never reads).
-pub(super) async fn send(
-    stream: &mut TcpStream,
-    bytes: &[u8],
-    limit: Duration,
-) -> std::io::Result<()> {
-    tokio::time::timeout(limit, stream.write_all(bytes))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?
-}
-
 /// Reads `VER NMETHODS METHODS`.
 async fn read_greeting<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Greeting, SocksError> {
     let version = reader.read_u8().await?;
@@ -397,19 +378,6 @@ async fn read_request<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Target, So
     })
 }
 
-/// Validates a domain name from a request; dotted quads and IPv6 literals sent as
-/// names become addresses.
-pub(super) fn domain(name: &[u8]) -> Result<TargetHost, ProxyError> {
-    let name = std::str::from_utf8(name)
-        .map_err(|_| ProxyError::BadTarget("host name is not UTF-8".into()))?;
-    target::parse_host(name)
-        .map_err(|why| ProxyError::BadTarget(format!("{why} (got {:?})", truncate(name))))
-}
-
-fn truncate(text: &str) -> String {
-    text.chars().take(80).collect()
-}
-
 /// Reads a `u8` length and that many bytes: at most 255, by construction.
 async fn read_short<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Vec<u8>> {
     let len = reader.read_u8().await?;
@@ -417,24 +385,6 @@ async fn read_short<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Vec
     let field = &mut buf[..usize::from(len)];
     reader.read_exact(field).await?;
     Ok(field.to_vec())
-}
-
-/// A request reply: `VER REP RSV ATYP BND.ADDR BND.PORT`.
-pub(super) fn reply(code: u8, bound: SocketAddr) -> Vec<u8> {
-    let mut out = Vec::with_capacity(22);
-    out.extend_from_slice(&[VERSION, code, 0x00]);
-    match bound.ip() {
-        IpAddr::V4(ip) => {
-            out.push(ATYP_IPV4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(ATYP_IPV6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&bound.port().to_be_bytes());
-    out
 }
 
 #[cfg(test)]

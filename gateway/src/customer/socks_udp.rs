@@ -35,7 +35,7 @@
 //! [`GatewayConfig::socks_udp_max_flows`]: crate::config::GatewayConfig::socks_udp_max_flows
 
 use super::session::{self, Arrival, Grant};
-use super::socks::{domain, reply, send};
+use super::socks_wire::{domain, reply, send, ATYP_DOMAIN, ATYP_IPV4, ATYP_IPV6};
 use super::transfer::{AccessContext, Transfer};
 use crate::error::{socks_reply, ProxyError};
 use crate::shared::Shared;
@@ -63,10 +63,6 @@ pub const MAX_PER_CUSTOMER: u32 = 64;
 pub const MAX_PER_NETWORK: u32 = 32;
 /// Datagrams waiting for one flow's stream; more are dropped.
 pub const FLOW_QUEUE: usize = 64;
-
-const ATYP_IPV4: u8 = 0x01;
-const ATYP_DOMAIN: u8 = 0x03;
-const ATYP_IPV6: u8 = 0x04;
 
 /// Why a datagram was dropped: the `cause` label of the drop counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

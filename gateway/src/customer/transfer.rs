@@ -153,7 +153,7 @@ impl Transfer {
         context: AccessContext,
         shared: &Shared,
     ) -> Transfer {
-        let quota = crate::quota::quota_of(shared, &context.user);
+        let quota = shared.quota_of(&context.user);
         let lease =
             quota.map(|quota| Arc::new(shared.limits.quota_leases().open(&context.user, quota)));
         let counters: Arc<LiveCounters> = Arc::default();
@@ -346,7 +346,7 @@ impl Throttle for QuotaGate<'_> {
         let Some((lease, user)) = &self.lease else {
             return;
         };
-        if !lease.take(bytes as u64, || crate::quota::used_by(self.shared, user)) {
+        if !lease.take(bytes as u64, || self.shared.used_by(user)) {
             std::future::pending::<()>().await;
         }
     }
@@ -354,8 +354,8 @@ impl Throttle for QuotaGate<'_> {
 
 /// The account's quota, if `user` has used it up (as the accounts stand now).
 pub(crate) fn exhausted_quota(user: &str, shared: &Shared) -> Option<u64> {
-    let quota = crate::quota::quota_of(shared, user)?;
-    (crate::quota::used_by(shared, user) >= quota).then_some(quota)
+    let quota = shared.quota_of(user)?;
+    (shared.used_by(user) >= quota).then_some(quota)
 }
 
 /// A customer's connection: plain TCP, or TLS over TCP on an HTTPS proxy port.
@@ -525,7 +525,7 @@ impl<T> MeteredIo<T> {
         match &self.lease {
             None => bytes,
             Some((lease, user, shared)) => {
-                lease.take_up_to(bytes as u64, || crate::quota::used_by(shared, user)) as usize
+                lease.take_up_to(bytes as u64, || shared.used_by(user)) as usize
             }
         }
     }

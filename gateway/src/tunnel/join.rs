@@ -118,7 +118,7 @@ pub(crate) async fn join(
 ) -> Result<AdmittedAgent, HandshakeError> {
     let (mut control_send, control_recv, body) = read_hello(&connection, shared).await?;
     // A token from the control plane's store is looked up (cached) first.
-    let from_store = crate::agent_tokens::verdict_for_hello(&body, shared).await;
+    let from_store = crate::tunnel::revocations::verdict_for_hello(&body, shared).await;
     let hello = match check_hello_body(&body, &connection, shared, from_store.as_ref())? {
         Ok(hello) => hello,
         Err(refusal) => return Err(refuse(&connection, &mut control_send, refusal, shared).await),

@@ -1,12 +1,14 @@
 //! The agent side of the gateway: the QUIC listener agents dial ([`quic`]),
 //! the TLS-over-TCP port beside it ([`tcp`]), an agent's join and life for
 //! both transports ([`join`]: handshake on the control stream, directory
-//! entry, leave), the handshake budget they share ([`pending`]), and the
+//! entry, leave), agents' store tokens rechecked while they are connected
+//! ([`revocations`]), the handshake budget they share ([`pending`]), and the
 //! tunnels held here ([`Tunnels`]: opening a relay stream through one).
 
 pub mod join;
 pub mod pending;
 pub mod quic;
+pub mod revocations;
 pub mod tcp;
 mod tunnels;
 

@@ -1,7 +1,7 @@
 //! Following: the other gateways' changes from the stream, their records
 //! every heartbeat, and their whole lists when a replica falls behind.
 
-use super::{agent_scope, change_parts, seq_scope, AgentRecord, Event, BATCH};
+use super::records::{agent_scope, change_parts, seq_scope, AgentRecord, Event, BATCH};
 use crate::directory::{Joining, Location};
 use crate::fleet::peer::PeerAddress;
 use crate::fleet::{keys, Fleet, FleetError, GatewayRecord, FEED_BLOCK};

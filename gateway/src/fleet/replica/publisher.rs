@@ -1,7 +1,7 @@
 //! Publishing: this gateway's agents into its Redis hash and the change
 //! stream, its record every heartbeat, and its agents' load by quarters.
 
-use super::{
+use super::records::{
     agent_scope, change_parts, json, record_of, seq_scope, AgentRecord, Event, BATCH, STREAM_LENGTH,
 };
 use crate::directory::Change;
