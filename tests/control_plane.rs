@@ -138,6 +138,11 @@ async fn tunnel_get(
     bytes: usize,
 ) -> (u64, u64, std::io::Result<()>) {
     let (head, mut stream) = connect(proxy, &target.to_string(), Some((user, password))).await;
+    // A spent quota refuses the tunnel before it opens: nothing moves.
+    if head.status == 403 && head.header("x-exitpool-error") == Some("quota_exhausted") {
+        let refused = std::io::Error::other("refused: quota_exhausted");
+        return (0, 0, Err(refused));
+    }
     assert_eq!(head.status, 200, "{head:?}");
     let request =
         format!("GET /bytes/{bytes} HTTP/1.1\r\nHost: target\r\nConnection: close\r\n\r\n");
@@ -303,9 +308,23 @@ async fn a_daily_quota_cuts_a_transfer() {
         assert!(start.elapsed() < WAIT, "{body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // A new transfer moves nothing.
-    let (_, received, _) = tunnel_get(proxy, target, "carol", "pw2", 1_000_000).await;
-    assert_eq!(received, 0);
+    // A new transfer moves nothing: it is refused before it opens, saying
+    // which period ran out and when it resets (once the gateway's view of
+    // the quota has caught up with the store's: within its next tick).
+    until_status(proxy, target, "carol", "pw2", 403).await;
+    let (head, _) = connect(proxy, &target.to_string(), Some(("carol", "pw2"))).await;
+    assert_eq!(head.status, 403, "{head:?}");
+    assert_eq!(head.header("x-exitpool-error"), Some("quota_exhausted"));
+    let details = head.header("proxy-status").unwrap_or_default();
+    assert!(
+        details.contains("daily quota is used up; it resets at"),
+        "{details}"
+    );
+    let retry_after: u64 = head
+        .header("retry-after")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {head:?}"));
+    assert!((1..=86_400).contains(&retry_after), "{retry_after}");
 }
 
 /// Accounts written to the SQLite store survive `kill -9` of the gateway.

@@ -526,15 +526,23 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 async fn floods_before_the_proof_on_the_peer_port_end_at_the_frame_budget() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = RedisServer::start().await;
-    let (gateways, _states) = common::fleet::gateway_processes(&redis, 1, &[]).await;
-    let gateway = &gateways[0];
-    // Said before the gateway's ready banner, which start() waited for.
-    let announced = gateway
+    let (mut gateways, _states) = common::fleet::gateway_processes(&redis, 1, &[]).await;
+    let gateway = &mut gateways[0];
+    // Said around the gateway's ready banner, which start() waited for.
+    let said = gateway
         .process
         .lines()
         .into_iter()
-        .find(|line| line.contains("fleet mode"))
-        .expect("the gateway says where its peer port is");
+        .find(|line| line.contains("fleet mode"));
+    let announced = match said {
+        Some(line) => line,
+        None => gateway
+            .process
+            .line_with("fleet mode", WAIT)
+            .await
+            .expect("the gateway says where its peer port is"),
+    };
+    let gateway = &gateways[0];
     let peer: SocketAddr = announced
         .split_whitespace()
         .find_map(|word| word.strip_prefix("peer="))

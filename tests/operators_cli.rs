@@ -475,3 +475,48 @@ async fn a_gateway_process_takes_agents_with_the_tokens_its_cli_makes() {
     assert!(agent.tail().contains("revoked"), "{}", agent.tail());
     gateway.process.stop(WAIT).await.unwrap();
 }
+
+/// `gateway accounts import FILE` moves a `--users` file's accounts into the
+/// database with their password hashes as they are: the customer logs in
+/// with the password the file's hash was made from, never sent anywhere; a
+/// name already taken is named in the summary and the rest still land.
+#[tokio::test]
+async fn the_cli_imports_a_users_files_accounts_with_their_hashes() {
+    let net = gateway().await;
+    let _agent = net.agent("127.0.0.2").await;
+    let target = common::targets::echo_target().await.to_string();
+    ok(&net, &["customers", "add", "taken"]).await;
+    let hash = exitpool::gateway::auth::hash_password("fil3dPass9").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[customer]]\nname = \"filed\"\npassword_hash = \"{hash}\"\nmax_connections = 3\n\n\
+             [[customer]]\nname = \"taken\"\npassword_hash = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let done = cli(&net, &["accounts", "import", file.to_str().unwrap()]).await;
+    let said = format!("{}\n{}", done.stdout, done.stderr);
+    assert!(said.contains("taken"), "{said}");
+    // The gateway's view takes the store's accounts once a second; tried
+    // every 250 ms so as not to spend the address's failed-login budget.
+    within("the imported customer logs in", async {
+        while status_as(&net, &target, "filed", "fil3dPass9").await != 200 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert_eq!(status_as(&net, &target, "filed", "wrong-pass").await, 407);
+    // A hash that is no Argon2id PHC string is refused by the API, naming the field.
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/customers", net.admin()))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"name": "odd", "password_hash": "md5:abc"}))
+        .send();
+    let refused = within("POST /api/v1/customers", refused).await.unwrap();
+    assert_eq!(refused.status(), 422);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["field"], "password_hash", "{body}");
+}

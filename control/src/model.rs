@@ -54,6 +54,24 @@ pub fn sub_user_name(sub: &str, customer: &str) -> String {
     format!("{sub}.{customer}")
 }
 
+/// Checks a password hash given instead of a password: an Argon2id PHC
+/// string (`$argon2id$v=19$m=...`), as `gateway hash-password` prints.
+pub fn check_password_hash(hash: &str) -> Result<()> {
+    let parsed = argon2::PasswordHash::new(hash).map_err(|_| {
+        Error::invalid(
+            "password_hash",
+            "not a PHC string (`$argon2id$v=19$m=...`, as `gateway hash-password` prints)",
+        )
+    })?;
+    if parsed.algorithm.as_str() != "argon2id" {
+        return Err(Error::invalid(
+            "password_hash",
+            format!("an Argon2id hash is needed, not {}", parsed.algorithm),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a password a client chose: the gateway's rules (no `-`, `:`,
 /// white space or control characters; not empty) and a length bound.
 pub fn check_password(password: &str) -> Result<()> {
@@ -294,6 +312,11 @@ pub struct NewAccount {
     /// answered once.
     #[serde(default)]
     pub password: Option<String>,
+    /// An Argon2id hash (PHC string) to keep as it is instead of a password:
+    /// how `gateway accounts import` moves a `--users` file's accounts, whose
+    /// passwords it never knew. Not with `password`.
+    #[serde(default)]
+    pub password_hash: Option<String>,
     /// Whether it may connect (default true).
     #[serde(default)]
     pub enabled: Option<bool>,

@@ -408,6 +408,15 @@ impl Accounts {
     /// after it loaded a new snapshot), keeping agent tokens and cached
     /// password verifications.
     pub fn store_changed(&self) {
+        // With a `--users` file (or no store) the files own the accounts, and
+        // the set loaded from them stays as it is.
+        if !self
+            .control
+            .as_ref()
+            .is_some_and(|link| link.serves_accounts())
+        {
+            return;
+        }
         let current = self.current.load_full();
         let users = self
             .with_store(self.sources.users.clone())

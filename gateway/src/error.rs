@@ -93,6 +93,16 @@ pub enum ProxyError {
     /// The customer has used up their byte quota.
     #[error("the account's quota of {0} bytes is used up")]
     QuotaExhausted(u64),
+    /// One of the control plane's quota periods of the account (or of its
+    /// customer) is used up: `period` is `daily`, `monthly` or `lifetime`,
+    /// `resets_at` when it renews (Unix seconds; `None` for lifetime).
+    #[error("the account's {period} quota is used up; {}", quota_renewal(*.resets_at))]
+    QuotaPeriodExhausted {
+        /// Which period ran out.
+        period: &'static str,
+        /// When it resets; `None` for a lifetime quota.
+        resets_at: Option<i64>,
+    },
     /// The customer asked for a country their account does not allow.
     #[error("country {country} is not allowed for this account (allowed: {allowed})")]
     CountryNotAllowed {
@@ -214,7 +224,7 @@ impl ProxyError {
                 "connection_limit",
                 GENERAL_FAILURE,
             ),
-            ProxyError::QuotaExhausted(_) => (
+            ProxyError::QuotaExhausted(_) | ProxyError::QuotaPeriodExhausted { .. } => (
                 403,
                 Some("http_request_denied"),
                 "quota_exhausted",
@@ -344,6 +354,10 @@ impl ProxyError {
             | ProxyError::AuthBusy
             | ProxyError::TooManyUnauthenticated(_) => Some(1),
             ProxyError::AuthRateLimited { retry_after } => Some(*retry_after),
+            ProxyError::QuotaPeriodExhausted {
+                resets_at: Some(at),
+                ..
+            } => Some((at - exitpool_control::period::now()).max(1) as u64),
             _ => None,
         }
     }
@@ -370,6 +384,14 @@ impl ProxyError {
             body["retry_after"] = seconds.into();
         }
         body.to_string()
+    }
+}
+
+/// The end of a quota-period refusal's message: when the period renews.
+fn quota_renewal(resets_at: Option<i64>) -> String {
+    match resets_at {
+        Some(at) => format!("it resets at {}", exitpool_control::period::rfc3339(at)),
+        None => "a lifetime quota does not reset".into(),
     }
 }
 
@@ -406,6 +428,10 @@ impl ProxyError {
             },
             ProxyError::TooManyConnections(1),
             ProxyError::QuotaExhausted(1),
+            ProxyError::QuotaPeriodExhausted {
+                period: "lifetime",
+                resets_at: None,
+            },
             ProxyError::CountryNotAllowed {
                 country: text(),
                 allowed: text(),
@@ -473,7 +499,7 @@ mod tests {
         // No wildcard arm: a new variant (or exit failure code) stops this
         // compiling until it has a place here. Give it the next number, raise
         // PLACES and add a value to `examples()` in the same order.
-        const PLACES: usize = 30;
+        const PLACES: usize = 31;
         fn place(error: &ProxyError) -> usize {
             match error {
                 ProxyError::AuthRequired => 0,
@@ -495,9 +521,10 @@ mod tests {
                 ProxyError::RateLimited { .. } => 16,
                 ProxyError::TooManyConnections(_) => 17,
                 ProxyError::QuotaExhausted(_) => 18,
-                ProxyError::CountryNotAllowed { .. } => 19,
+                ProxyError::QuotaPeriodExhausted { .. } => 19,
+                ProxyError::CountryNotAllowed { .. } => 20,
                 ProxyError::Exit { code, .. } => {
-                    20 + match code {
+                    21 + match code {
                         FailureCode::DnsError => 0,
                         FailureCode::DestinationIpProhibited => 1,
                         FailureCode::DestinationPortProhibited => 2,

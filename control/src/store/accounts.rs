@@ -6,8 +6,8 @@
 use super::{api_amount, bump_revision, db_amount, list, list_text, unique_violation, Store};
 use crate::error::{Error, Result};
 use crate::model::{
-    check_name, check_password, sub_user_name, Account, AccountPatch, Created, Limits, NewAccount,
-    NewPassword, Page,
+    check_name, check_password, check_password_hash, sub_user_name, Account, AccountPatch, Created,
+    Limits, NewAccount, NewPassword, Page,
 };
 use crate::period::{now, rfc3339};
 use crate::secret::{generate_password, hash_password_blocking};
@@ -148,13 +148,27 @@ impl Store {
         if let Some(password) = &new.password {
             check_password(password)?;
         }
+        if let Some(hash) = &new.password_hash {
+            if new.password.is_some() {
+                return Err(Error::invalid(
+                    "password_hash",
+                    "give a password or a password hash, not both",
+                ));
+            }
+            check_password_hash(hash)?;
+        }
         let limits = new.limits.checked()?;
-        let generated = new.password.is_none().then(generate_password);
-        let password = new
-            .password
-            .or_else(|| generated.clone())
-            .unwrap_or_default();
-        let hash = hash_password_blocking(password).await?;
+        let (hash, generated) = match new.password_hash {
+            Some(hash) => (hash, None),
+            None => {
+                let generated = new.password.is_none().then(generate_password);
+                let password = new
+                    .password
+                    .or_else(|| generated.clone())
+                    .unwrap_or_default();
+                (hash_password_blocking(password).await?, generated)
+            }
+        };
         let mut tx = self.begin().await?;
         let (name, customer_id) = match customer {
             None => (new.name.clone(), None),

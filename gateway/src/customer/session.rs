@@ -433,6 +433,20 @@ fn within_limits(grant: &Grant, shared: &Shared) -> Result<(Arc<Customer>, Slot)
         .get(&grant.user)
         .cloned()
         .ok_or(ProxyError::AuthRequired)?;
+    // A spent quota period is refused here, saying which and when it resets,
+    // rather than found at the first byte.
+    if let Some(period) = shared
+        .accounts
+        .control()
+        .and_then(|link| link.period_quota(&grant.user))
+    {
+        if shared.used_by(&grant.user) >= period.effective() {
+            return Err(ProxyError::QuotaPeriodExhausted {
+                period: period.period,
+                resets_at: period.resets_at,
+            });
+        }
+    }
     let used = shared.customer_bytes(&grant.user);
     let elsewhere = shared
         .fleet
