@@ -751,20 +751,6 @@ paused = true
     }
 
     #[test]
-    fn sizes_and_rates_read_as_written() {
-        assert_eq!(parse_size("500KB"), Ok(500_000));
-        assert_eq!(parse_size("1 MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("123"), Ok(123));
-        assert!(parse_size("lots").is_err());
-        assert_eq!(parse_rate("2MB/s").map(NonZeroU32::get), Ok(2_000_000));
-        assert_eq!(parse_rate("1000").map(NonZeroU32::get), Ok(1000));
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("5GB/s").is_err());
-        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
-        assert!(parse_duration("15").is_err());
-    }
-
-    #[test]
     fn flags_override_the_file() {
         let file = parse(
             &format!("gateway = \"a:1\"\npin = \"{PIN}\"\nmax_streams = 5\nthreads = 2\n"),

@@ -18,8 +18,7 @@ use crate::policy::ExitPolicy;
 use crate::shared::Shared;
 use bytes::{BufMut, Bytes, BytesMut};
 use exitpool_protocol::udp::{
-    datagram_header, flow_prefix, read_datagram, split_flow_datagram, UdpOpen, FLOW_ID_LEN,
-    MAX_DATAGRAM_LEN,
+    datagram_header, read_datagram, split_flow_datagram, UdpOpen, FLOW_ID_LEN, MAX_DATAGRAM_LEN,
 };
 use exitpool_protocol::{write_frame, FailureCode, OpenReply};
 use exitpool_transport::relay::{Direction, Throttle};
@@ -112,19 +111,8 @@ impl Route {
     /// Sends `payload` as a DATAGRAM frame if it fits one; `false` if not
     /// (the caller puts it on the stream).
     fn send(&self, payload: &[u8]) -> Result<bool, ()> {
-        let tunnel = &self.flows.tunnel;
-        match tunnel.max_datagram_size() {
-            Some(max) if FLOW_ID_LEN + payload.len() <= max => {
-                let mut frame = BytesMut::with_capacity(FLOW_ID_LEN + payload.len());
-                frame.put_slice(&flow_prefix(self.flow));
-                frame.put_slice(payload);
-                tunnel
-                    .send_datagram(frame.freeze())
-                    .map(|()| true)
-                    .map_err(|_| ())
-            }
-            _ => Ok(false),
-        }
+        exitpool_transport::flows::send_frame(&self.flows.tunnel, self.flow, payload)
+            .map_err(|_| ())
     }
 }
 

@@ -380,7 +380,9 @@ impl ControlLink {
                         usage
                     }
                 };
-                for (period, quota, used, resets) in periods(&account.limits, usage, now) {
+                for (period, quota, used, resets) in
+                    exitpool_control::store::quota_periods(&account.limits, usage, now)
+                {
                     let Some(quota) = quota else { continue };
                     let left = quota.saturating_sub(used);
                     if best.is_none_or(|(least, _, _)| left < least) {
@@ -476,30 +478,6 @@ fn account_ref(entry: &AccountEntry) -> AccountRef<'_> {
         (Some(customer), Some((sub, _))) => AccountRef::SubUser { customer, sub },
         _ => AccountRef::Customer(&entry.name),
     }
-}
-
-/// An account's quota periods: name, quota, used, when it resets.
-fn periods(
-    limits: &exitpool_control::model::Limits,
-    usage: exitpool_control::store::PeriodUsage,
-    now: i64,
-) -> [(&'static str, Option<u64>, u64, Option<i64>); 3] {
-    use exitpool_control::period::{day_start, next_month_start, DAY};
-    [
-        (
-            "daily",
-            limits.quota_daily,
-            usage.today,
-            Some(day_start(now) + DAY),
-        ),
-        (
-            "monthly",
-            limits.quota_monthly,
-            usage.month,
-            Some(next_month_start(now)),
-        ),
-        ("lifetime", limits.quota_lifetime, usage.lifetime, None),
-    ]
 }
 
 /// The gateway's customer for a snapshot entry: `None` for a disabled

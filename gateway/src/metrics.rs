@@ -404,16 +404,7 @@ impl Metrics {
             ("cooling", 0),
         ]);
         for agent in agents.iter().copied() {
-            let view = agent.health.view(now, health);
-            let band = if view.cooling_left.is_some() {
-                "cooling"
-            } else if view.success_rate >= 0.9 {
-                "healthy"
-            } else if view.success_rate >= 0.5 {
-                "degraded"
-            } else {
-                "failing"
-            };
+            let band = agent.health.view(now, health).band();
             *bands.entry(band).or_default() += 1;
         }
         for (band, count) in bands {

@@ -135,29 +135,19 @@ impl Webhooks {
         usage: &HashMap<String, PeriodUsage>,
         now: i64,
     ) {
-        use exitpool_control::period::{day_start, month_start, next_month_start, rfc3339, DAY};
+        use exitpool_control::period::{day_start, month_start, rfc3339};
         for account in std::iter::once(entry).chain(parent) {
             let Some(used) = usage.get(&account.name) else {
                 continue;
             };
-            let limits = &account.limits;
-            for (period, quota, used, start, resets) in [
-                (
-                    "daily",
-                    limits.quota_daily,
-                    used.today,
-                    Some(day_start(now)),
-                    Some(day_start(now) + DAY),
-                ),
-                (
-                    "monthly",
-                    limits.quota_monthly,
-                    used.month,
-                    Some(month_start(now)),
-                    Some(next_month_start(now)),
-                ),
-                ("lifetime", limits.quota_lifetime, used.lifetime, None, None),
-            ] {
+            let periods = exitpool_control::store::quota_periods(&account.limits, *used, now);
+            for (period, quota, used, resets) in periods {
+                // Each notice is sent once per period: the period's start names it.
+                let start = match period {
+                    "daily" => Some(day_start(now)),
+                    "monthly" => Some(month_start(now)),
+                    _ => None,
+                };
                 let Some(quota) = quota.filter(|q| *q > 0) else {
                     continue;
                 };

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod any;
+pub mod flows;
 pub mod leave;
 pub mod pin;
 pub mod quic;

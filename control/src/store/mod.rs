@@ -32,8 +32,8 @@ mod usage;
 pub use accounts::{AccountEntry, AccountRef, Snapshot, MAX_PAGE, MAX_SUB_USERS};
 pub use tokens::TokenEntry;
 pub use usage::{
-    BatchOutcome, DomainUsage, Exhausted, ExitDay, PeriodUsage, PruneOutcome, QuotaStatus, Step,
-    UsageBucket, UsageRecord, MAX_BATCH, MAX_BUCKETS, TOP_DOMAINS,
+    quota_periods, BatchOutcome, DomainUsage, Exhausted, ExitDay, PeriodUsage, PruneOutcome,
+    QuotaStatus, Step, UsageBucket, UsageRecord, MAX_BATCH, MAX_BUCKETS, TOP_DOMAINS,
 };
 
 use crate::error::{Error, Result};

@@ -620,13 +620,14 @@ impl Store {
     }
 }
 
-/// The first of `limits`' quotas that `usage` reached.
-fn first_exhausted(
-    account: &str,
+/// An account's quota periods at `now`: for `daily`, `monthly` and
+/// `lifetime`, the quota (if any), the bytes `usage` counted in it, and when
+/// it resets (Unix seconds; `None` for lifetime).
+pub fn quota_periods(
     limits: &crate::model::Limits,
     usage: PeriodUsage,
     now: i64,
-) -> Option<Exhausted> {
+) -> [(&'static str, Option<u64>, u64, Option<i64>); 3] {
     [
         (
             "daily",
@@ -642,18 +643,28 @@ fn first_exhausted(
         ),
         ("lifetime", limits.quota_lifetime, usage.lifetime, None),
     ]
-    .into_iter()
-    .find_map(|(period, quota, used, resets)| {
-        let quota = quota?;
-        (used >= quota).then(|| Exhausted {
-            account: account.to_owned(),
-            period: period.into(),
-            quota,
-            used,
-            resets_at: resets.map(rfc3339),
-            resets_at_unix: resets,
+}
+
+/// The first of `limits`' quotas that `usage` reached.
+fn first_exhausted(
+    account: &str,
+    limits: &crate::model::Limits,
+    usage: PeriodUsage,
+    now: i64,
+) -> Option<Exhausted> {
+    quota_periods(limits, usage, now)
+        .into_iter()
+        .find_map(|(period, quota, used, resets)| {
+            let quota = quota?;
+            (used >= quota).then(|| Exhausted {
+                account: account.to_owned(),
+                period: period.into(),
+                quota,
+                used,
+                resets_at: resets.map(rfc3339),
+                resets_at_unix: resets,
+            })
         })
-    })
 }
 
 /// The number of `width` buckets from `from` to `to`, checked.

@@ -41,8 +41,7 @@ use crate::error::{socks_reply, ProxyError};
 use crate::shared::Shared;
 use bytes::{BufMut, Bytes, BytesMut};
 use exitpool_protocol::udp::{
-    datagram_header, flow_prefix, read_datagram, split_flow_datagram, UdpOpen, FLOW_ID_LEN,
-    MAX_DATAGRAM_LEN,
+    datagram_header, read_datagram, split_flow_datagram, UdpOpen, FLOW_ID_LEN, MAX_DATAGRAM_LEN,
 };
 use exitpool_protocol::TargetHost;
 use exitpool_transport::{Tunnel, TunnelConnection, TunnelRecv, TunnelSend};
@@ -197,19 +196,8 @@ impl FrameRoute {
     /// Sends `payload` as a DATAGRAM frame if it fits one: `Ok(false)` if not
     /// (it goes on the stream), `Err` if the tunnel refused it.
     fn send(&self, payload: &[u8]) -> Result<bool, ()> {
-        let tunnel = &self.frames.tunnel;
-        match tunnel.max_datagram_size() {
-            Some(max) if FLOW_ID_LEN + payload.len() <= max => {
-                let mut frame = BytesMut::with_capacity(FLOW_ID_LEN + payload.len());
-                frame.put_slice(&flow_prefix(self.flow));
-                frame.put_slice(payload);
-                tunnel
-                    .send_datagram(frame.freeze())
-                    .map(|()| true)
-                    .map_err(|_| ())
-            }
-            _ => Ok(false),
-        }
+        exitpool_transport::flows::send_frame(&self.frames.tunnel, self.flow, payload)
+            .map_err(|_| ())
     }
 }
 

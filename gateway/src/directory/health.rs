@@ -225,6 +225,23 @@ pub struct HealthView {
     pub slow: bool,
 }
 
+impl HealthView {
+    /// The band `/metrics` (`exitpool_exits_by_health`) and the dashboard
+    /// count the exit in: `cooling`, else `healthy` (success rate ≥ 0.9),
+    /// `degraded` (≥ 0.5) or `failing`.
+    pub fn band(&self) -> &'static str {
+        if self.cooling_left.is_some() {
+            "cooling"
+        } else if self.success_rate >= 0.9 {
+            "healthy"
+        } else if self.success_rate >= 0.5 {
+            "degraded"
+        } else {
+            "failing"
+        }
+    }
+}
+
 impl Health {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state

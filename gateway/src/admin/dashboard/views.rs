@@ -18,16 +18,7 @@ pub const MAX_EXITS_PAGE: usize = 500;
 /// The health band of an exit, as the `exits_by_health` metric counts them.
 fn band(agent: &Agent, now: Instant, shared: &Shared) -> (&'static str, f64) {
     let view = agent.health.view(now, &shared.config.health);
-    let band = if view.cooling_left.is_some() {
-        "cooling"
-    } else if view.success_rate >= 0.9 {
-        "healthy"
-    } else if view.success_rate >= 0.5 {
-        "degraded"
-    } else {
-        "failing"
-    };
-    (band, view.success_rate)
+    (view.band(), view.success_rate)
 }
 
 /// `GET /dashboard/api/overview`.
