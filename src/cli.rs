@@ -53,24 +53,40 @@ pub fn cause_chain(error: &anyhow::Error) -> String {
     text
 }
 
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-pub async fn shutdown_signal() {
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. On Unix both are listened for
+/// from the moment this is called, not from the future's first poll, so a
+/// signal sent right after a process says it is ready cannot meet the
+/// default action (the process killed, exit status "signal").
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (terminate, interrupt) {
+                (Some(mut terminate), Some(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut terminate), None) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                (None, _) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// A network flag value (`--proxy-protocol-from`): an address or a network in

@@ -241,10 +241,12 @@ fn default_state_dir() -> PathBuf {
 }
 
 async fn run(builder: AgentBuilder) -> anyhow::Result<()> {
+    // Listened for before the agent says anything, so an early stop is clean.
+    let stop = exitpool::cli::shutdown_signal();
     let mut agent = builder.spawn().context("starting the agent")?;
     tokio::select! {
         result = agent.finished() => result.context("the agent stopped")?,
-        () = exitpool::cli::shutdown_signal() => {
+        () = stop => {
             tracing::info!("shutting down");
             agent.shutdown().await?;
         }

@@ -142,12 +142,15 @@ async fn run(
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     #[cfg(not(unix))]
     let hangup = None::<()>;
+    // SIGTERM's and Ctrl-C's too: a stop sent right after the ready line stops
+    // the gateway cleanly.
+    let stop = exitpool::cli::shutdown_signal();
     print_started(&gateway, demo_state.as_ref());
     let _demo = match &demo {
         Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
         None => None,
     };
-    wait_for_shutdown(&gateway, logs, config_file, hangup).await;
+    wait_for_shutdown(&gateway, logs, config_file, stop, hangup).await;
     tracing::info!("shutting down");
     gateway.shutdown().await;
     Ok(())
@@ -423,12 +426,12 @@ async fn wait_for_shutdown(
     gateway: &Gateway,
     logs: &exitpool::logs::LogGuard,
     mut config_file: Option<config_file::Reloader>,
+    stop: impl std::future::Future<Output = ()>,
     #[cfg(unix)] hangup: Option<tokio::signal::unix::Signal>,
     #[cfg(not(unix))] hangup: Option<()>,
 ) {
     #[cfg(unix)]
     {
-        let stop = exitpool::cli::shutdown_signal();
         tokio::pin!(stop);
         let Some(mut hangup) = hangup else {
             return stop.await;
@@ -449,6 +452,6 @@ async fn wait_for_shutdown(
     #[cfg(not(unix))]
     {
         let _ = (gateway, logs, config_file, hangup);
-        exitpool::cli::shutdown_signal().await;
+        stop.await;
     }
 }
