@@ -161,6 +161,22 @@ async fn tunnel_get(
     (request.len() as u64, received, end)
 }
 
+/// Waits (polling every 200 ms, within [`WAIT`]) until the store says
+/// `name`'s daily quota ran out; the store's `exhausted` answer.
+async fn daily_exhausted(admin: SocketAddr, name: &str) -> serde_json::Value {
+    let path = format!("/customers/{name}/quota");
+    let start = Instant::now();
+    loop {
+        let (status, body) = api(admin, ADMIN, reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{body}");
+        if body["exhausted"]["period"] == "daily" {
+            return body["exhausted"].clone();
+        }
+        assert!(start.elapsed() < WAIT, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Today's usage of `name` in the history: bytes up and down.
 async fn history_today(admin: SocketAddr, name: &str) -> (u64, u64) {
     let now = period::now();
@@ -290,24 +306,8 @@ async fn a_daily_quota_cuts_a_transfer() {
     // drops what was still in the gateway's send buffer. The store's count
     // below shows the quota's bytes did move.
     // The store knows the period ran out, and when it resets.
-    let start = Instant::now();
-    loop {
-        let (status, body) = api(
-            gw.admin,
-            ADMIN,
-            reqwest::Method::GET,
-            "/customers/carol/quota",
-            None,
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-        if body["exhausted"]["period"] == "daily" {
-            assert!(body["exhausted"]["resets_at"].is_string(), "{body}");
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "{body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let exhausted = daily_exhausted(gw.admin, "carol").await;
+    assert!(exhausted["resets_at"].is_string(), "{exhausted}");
     // A new transfer moves nothing: it is refused before it opens, saying
     // which period ran out and when it resets (once the gateway's view of
     // the quota has caught up with the store's: within its next tick).
@@ -667,23 +667,7 @@ async fn a_sub_users_bytes_count_toward_its_customers_quota() {
     // Once the history holds the sub-user's bytes, the customer has nothing
     // left (the gateway moved the whole quota; the client may read less, as
     // the reset drops what was still in the gateway's send buffer).
-    let start = Instant::now();
-    loop {
-        let (status, body) = api(
-            gw.admin,
-            ADMIN,
-            reqwest::Method::GET,
-            "/customers/gina/quota",
-            None,
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-        if body["exhausted"]["period"] == "daily" {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "{body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    daily_exhausted(gw.admin, "gina").await;
     let (_, received, _) = tunnel_get(proxy, target, "gina", "pw5", 1_000_000).await;
     assert_eq!(received, 0, "the customer's quota is spent by its sub-user");
 }

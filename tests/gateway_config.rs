@@ -34,6 +34,21 @@ fn gateway() -> Launch {
         .fold(Launch::new(GATEWAY), |launch, name| launch.env_remove(name))
 }
 
+/// `gateway FLAG FILE` (`check-config` or `--config`), which must fail; its
+/// output and its error lines, the ones naming the file.
+async fn refused(flag: &str, file: &Path) -> (exitpool_launcher::Finished, Vec<String>) {
+    let done = gateway().arg(flag).arg(file).run(WAIT).await.unwrap();
+    assert!(!done.status.success(), "{done:?}");
+    let name = file.display().to_string();
+    let errors = done
+        .stderr
+        .lines()
+        .filter(|line| line.starts_with(&name))
+        .map(str::to_owned)
+        .collect();
+    (done, errors)
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -152,18 +167,7 @@ async fn every_error_is_listed_by_check_config_and_refuses_the_start() {
         (11, "admin.admin_host"),
         (13, "health.cooling"),
     ];
-    let check = gateway()
-        .arg("check-config")
-        .arg(&file)
-        .run(WAIT)
-        .await
-        .unwrap();
-    assert!(!check.status.success(), "{check:?}");
-    let errors: Vec<&str> = check
-        .stderr
-        .lines()
-        .filter(|line| line.starts_with(&name))
-        .collect();
+    let (check, errors) = refused("check-config", &file).await;
     assert_eq!(errors.len(), expected.len(), "{}", check.stderr);
     for (line, (number, key)) in errors.iter().zip(expected) {
         let prefix = format!("{name}:{number}: key `{key}`: ");
@@ -178,19 +182,8 @@ async fn every_error_is_listed_by_check_config_and_refuses_the_start() {
     assert_no_secret(&check.stdout);
     assert_no_secret(&check.stderr);
     // The gateway itself refuses the file with the same lines.
-    let start = gateway()
-        .arg("--config")
-        .arg(&file)
-        .run(WAIT)
-        .await
-        .unwrap();
-    assert!(!start.status.success(), "{start:?}");
-    let refused: Vec<&str> = start
-        .stderr
-        .lines()
-        .filter(|line| line.starts_with(&name))
-        .collect();
-    assert_eq!(refused, errors, "{}", start.stderr);
+    let (start, start_errors) = refused("--config", &file).await;
+    assert_eq!(start_errors, errors, "{}", start.stderr);
     assert!(!start.stdout.contains(GATEWAY_READY), "{start:?}");
     assert_no_secret(&start.stdout);
     assert_no_secret(&start.stderr);
