@@ -82,22 +82,24 @@ pub(crate) async fn inventory(
         "countries": countries,
         "counts": "bucketed: each figure is the lower bound of its bucket (1+, 5+, 10+, 25+, ...)",
     });
-    let mut answer = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    let headers = answer.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(
-        CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=5"),
-    );
-    Ok(answer)
+    Ok(json_answer_cached(
+        hyper::StatusCode::OK,
+        &body,
+        "private, max-age=5",
+    ))
 }
 
 /// A JSON answer that no shared cache keeps.
 fn json_answer(status: hyper::StatusCode, body: &serde_json::Value) -> Response<Body> {
+    json_answer_cached(status, body, "private, no-store")
+}
+
+/// A JSON answer with `cache_control` as its `Cache-Control`.
+fn json_answer_cached(
+    status: hyper::StatusCode,
+    body: &serde_json::Value,
+    cache_control: &'static str,
+) -> Response<Body> {
     let mut answer = Response::new(
         Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})
@@ -106,7 +108,7 @@ fn json_answer(status: hyper::StatusCode, body: &serde_json::Value) -> Response<
     *answer.status_mut() = status;
     let headers = answer.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache_control));
     answer
 }
 
