@@ -30,6 +30,7 @@ mod socks_udp;
 mod socks_wire;
 mod target;
 mod transfer;
+mod udp_flow;
 
 pub use listener::MAX_REFUSALS_IN_FLIGHT;
 pub(crate) use listener::{serve, Entrance};
