@@ -201,6 +201,76 @@ impl Sums {
     }
 }
 
+/// A batch folded into its buckets, keyed by user name (resolved to account
+/// ids inside the transaction).
+#[derive(Default)]
+struct Folded<'a> {
+    hourly: HashMap<(&'a str, i64), Sums>,
+    daily: HashMap<(&'a str, i64), Sums>,
+    errors: HashMap<(&'a str, i64, &'a str), i64>,
+    domains: HashMap<(&'a str, i64, String), i64>,
+    exits: HashMap<(&'a str, i64), Sums>,
+}
+
+impl<'a> Folded<'a> {
+    /// Checks each record and adds it to its buckets; a bad record fails the
+    /// whole batch, naming its index and field.
+    fn fold(records: &'a [UsageRecord]) -> Result<Folded<'a>> {
+        let mut folded = Folded::default();
+        for (i, r) in records.iter().enumerate() {
+            folded.add(i, r)?;
+        }
+        Ok(folded)
+    }
+
+    fn add(&mut self, i: usize, r: &'a UsageRecord) -> Result<()> {
+        let (up, down) = (
+            amount("bytes_up", i, r.bytes_up)?,
+            amount("bytes_down", i, r.bytes_down)?,
+        );
+        let connections = amount("connections", i, r.connections)?;
+        for (field, key) in [("exit", &r.exit), ("error", &r.error)] {
+            if key
+                .as_ref()
+                .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LEN)
+            {
+                return Err(Error::invalid(
+                    format!("records[{i}].{field}"),
+                    format!("1 to {MAX_KEY_LEN} bytes"),
+                ));
+            }
+        }
+        let (hour, day) = (hour_start(r.at), day_start(r.at));
+        let account = r.account.as_str();
+        self.hourly
+            .entry((account, hour))
+            .or_default()
+            .add(up, down, connections);
+        self.daily
+            .entry((account, day))
+            .or_default()
+            .add(up, down, connections);
+        if let Some(code) = &r.error {
+            *self.errors.entry((account, hour, code)).or_default() += connections;
+        }
+        if let Some(target) = r.target.as_deref().filter(|t| !t.is_empty()) {
+            let domain = registrable_domain(target);
+            if domain.len() <= 253 {
+                *self.domains.entry((account, day, domain)).or_default() += up.saturating_add(down);
+            }
+        }
+        if let Some(exit) = &r.exit {
+            self.exits
+                .entry((exit, day))
+                .or_default()
+                .add(up, down, connections);
+        }
+        Ok(())
+    }
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
 impl Store {
     /// Folds a batch into the history in one transaction. Records of user
     /// names no account has are left out and named in the outcome.
@@ -211,176 +281,13 @@ impl Store {
                 format!("at most {MAX_BATCH} records a batch"),
             ));
         }
-        let mut hourly: HashMap<(&str, i64), Sums> = HashMap::new();
-        let mut daily: HashMap<(&str, i64), Sums> = HashMap::new();
-        let mut errors: HashMap<(&str, i64, &str), i64> = HashMap::new();
-        let mut domains: HashMap<(&str, i64, String), i64> = HashMap::new();
-        let mut exits: HashMap<(&str, i64), Sums> = HashMap::new();
-        for (i, r) in records.iter().enumerate() {
-            let (up, down) = (
-                amount("bytes_up", i, r.bytes_up)?,
-                amount("bytes_down", i, r.bytes_down)?,
-            );
-            let connections = amount("connections", i, r.connections)?;
-            for (field, key) in [("exit", &r.exit), ("error", &r.error)] {
-                if key
-                    .as_ref()
-                    .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LEN)
-                {
-                    return Err(Error::invalid(
-                        format!("records[{i}].{field}"),
-                        format!("1 to {MAX_KEY_LEN} bytes"),
-                    ));
-                }
-            }
-            let (hour, day) = (hour_start(r.at), day_start(r.at));
-            hourly
-                .entry((&r.account, hour))
-                .or_default()
-                .add(up, down, connections);
-            daily
-                .entry((&r.account, day))
-                .or_default()
-                .add(up, down, connections);
-            if let Some(code) = &r.error {
-                *errors.entry((&r.account, hour, code)).or_default() += connections;
-            }
-            if let Some(target) = r.target.as_deref().filter(|t| !t.is_empty()) {
-                let domain = registrable_domain(target);
-                if domain.len() <= 253 {
-                    *domains.entry((&r.account, day, domain)).or_default() +=
-                        up.saturating_add(down);
-                }
-            }
-            if let Some(exit) = &r.exit {
-                exits
-                    .entry((exit, day))
-                    .or_default()
-                    .add(up, down, connections);
-            }
-        }
-
+        let folded = Folded::fold(records)?;
         let mut tx = self.begin().await?;
-        let mut ids: HashMap<&str, i64> = HashMap::new();
-        let mut unknown = Vec::new();
-        for r in records {
-            if ids.contains_key(r.account.as_str()) || unknown.contains(&r.account) {
-                continue;
-            }
-            match self.account_id(&mut tx, &r.account).await? {
-                Some((id, _)) => {
-                    ids.insert(&r.account, id);
-                }
-                None => unknown.push(r.account.clone()),
-            }
-        }
-        for ((account, hour), s) in &hourly {
-            let Some(id) = ids.get(account) else { continue };
-            sqlx::query(
-                "INSERT INTO usage_hourly (account_id, hour, bytes_up, bytes_down, connections) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, hour) DO UPDATE SET \
-                 bytes_up = usage_hourly.bytes_up + excluded.bytes_up, \
-                 bytes_down = usage_hourly.bytes_down + excluded.bytes_down, \
-                 connections = usage_hourly.connections + excluded.connections",
-            )
-            .bind(id)
-            .bind(hour)
-            .bind(s.up)
-            .bind(s.down)
-            .bind(s.connections)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut lifetime: HashMap<i64, Sums> = HashMap::new();
-        for ((account, day), s) in &daily {
-            let Some(id) = ids.get(account) else { continue };
-            lifetime.entry(*id).or_default().add(s.up, s.down, 0);
-            sqlx::query(
-                "INSERT INTO usage_daily (account_id, day, bytes_up, bytes_down, connections) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, day) DO UPDATE SET \
-                 bytes_up = usage_daily.bytes_up + excluded.bytes_up, \
-                 bytes_down = usage_daily.bytes_down + excluded.bytes_down, \
-                 connections = usage_daily.connections + excluded.connections",
-            )
-            .bind(id)
-            .bind(day)
-            .bind(s.up)
-            .bind(s.down)
-            .bind(s.connections)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (id, s) in &lifetime {
-            sqlx::query(
-                "INSERT INTO usage_lifetime (account_id, bytes_up, bytes_down) VALUES ($1, $2, $3) \
-                 ON CONFLICT (account_id) DO UPDATE SET \
-                 bytes_up = usage_lifetime.bytes_up + excluded.bytes_up, \
-                 bytes_down = usage_lifetime.bytes_down + excluded.bytes_down",
-            )
-            .bind(id)
-            .bind(s.up)
-            .bind(s.down)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for ((account, hour, code), count) in &errors {
-            let Some(id) = ids.get(account) else { continue };
-            sqlx::query(
-                "INSERT INTO usage_errors_hourly (account_id, hour, code, count) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, hour, code) DO UPDATE SET \
-                 count = usage_errors_hourly.count + excluded.count",
-            )
-            .bind(id)
-            .bind(hour)
-            .bind(*code)
-            .bind(count)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut trimmed: Vec<(i64, i64)> = Vec::new();
-        for ((account, day, domain), bytes) in &domains {
-            let Some(id) = ids.get(account) else { continue };
-            sqlx::query(
-                "INSERT INTO domain_usage_daily (account_id, day, domain, bytes) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, day, domain) DO UPDATE SET \
-                 bytes = domain_usage_daily.bytes + excluded.bytes",
-            )
-            .bind(id)
-            .bind(day)
-            .bind(domain)
-            .bind(bytes)
-            .execute(&mut *tx)
-            .await?;
-            if !trimmed.contains(&(*id, *day)) {
-                trimmed.push((*id, *day));
-            }
-        }
-        for (id, day) in trimmed {
-            sqlx::query(
-                "DELETE FROM domain_usage_daily WHERE account_id = $1 AND day = $2 AND domain NOT IN \
-                 (SELECT domain FROM domain_usage_daily WHERE account_id = $1 AND day = $2 \
-                  ORDER BY bytes DESC, domain LIMIT $3)",
-            )
-            .bind(id)
-            .bind(day)
-            .bind(KEPT_DOMAINS)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for ((exit, day), s) in &exits {
-            sqlx::query(
-                "INSERT INTO exit_usage_daily (exit_id, day, bytes, streams) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (exit_id, day) DO UPDATE SET \
-                 bytes = exit_usage_daily.bytes + excluded.bytes, \
-                 streams = exit_usage_daily.streams + excluded.streams",
-            )
-            .bind(*exit)
-            .bind(day)
-            .bind(s.up.saturating_add(s.down))
-            .bind(s.connections)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let (ids, unknown) = self.account_ids(&mut tx, records).await?;
+        write_account_sums(&mut tx, &folded, &ids).await?;
+        write_errors(&mut tx, &folded, &ids).await?;
+        write_domains(&mut tx, &folded, &ids).await?;
+        write_exits(&mut tx, &folded).await?;
         tx.commit().await?;
         let recorded = records
             .iter()
@@ -390,6 +297,29 @@ impl Store {
             recorded,
             unknown_accounts: unknown,
         })
+    }
+
+    /// The account id of each user name in the batch, and the names no
+    /// account has.
+    async fn account_ids<'a>(
+        &self,
+        tx: &mut Tx,
+        records: &'a [UsageRecord],
+    ) -> Result<(HashMap<&'a str, i64>, Vec<String>)> {
+        let mut ids: HashMap<&str, i64> = HashMap::new();
+        let mut unknown = Vec::new();
+        for r in records {
+            if ids.contains_key(r.account.as_str()) || unknown.contains(&r.account) {
+                continue;
+            }
+            match self.account_id(tx, &r.account).await? {
+                Some((id, _)) => {
+                    ids.insert(&r.account, id);
+                }
+                None => unknown.push(r.account.clone()),
+            }
+        }
+        Ok((ids, unknown))
     }
 
     /// Removes history older than the retention, counted back from `now`
@@ -618,6 +548,138 @@ impl Store {
         }
         Ok(QuotaStatus { usage, exhausted })
     }
+}
+
+/// Upserts the hourly and daily account buckets and the lifetime totals.
+async fn write_account_sums(
+    tx: &mut Tx,
+    folded: &Folded<'_>,
+    ids: &HashMap<&str, i64>,
+) -> Result<()> {
+    for ((account, hour), s) in &folded.hourly {
+        let Some(id) = ids.get(account) else { continue };
+        sqlx::query(
+            "INSERT INTO usage_hourly (account_id, hour, bytes_up, bytes_down, connections) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, hour) DO UPDATE SET \
+             bytes_up = usage_hourly.bytes_up + excluded.bytes_up, \
+             bytes_down = usage_hourly.bytes_down + excluded.bytes_down, \
+             connections = usage_hourly.connections + excluded.connections",
+        )
+        .bind(id)
+        .bind(hour)
+        .bind(s.up)
+        .bind(s.down)
+        .bind(s.connections)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let mut lifetime: HashMap<i64, Sums> = HashMap::new();
+    for ((account, day), s) in &folded.daily {
+        let Some(id) = ids.get(account) else { continue };
+        lifetime.entry(*id).or_default().add(s.up, s.down, 0);
+        sqlx::query(
+            "INSERT INTO usage_daily (account_id, day, bytes_up, bytes_down, connections) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, day) DO UPDATE SET \
+             bytes_up = usage_daily.bytes_up + excluded.bytes_up, \
+             bytes_down = usage_daily.bytes_down + excluded.bytes_down, \
+             connections = usage_daily.connections + excluded.connections",
+        )
+        .bind(id)
+        .bind(day)
+        .bind(s.up)
+        .bind(s.down)
+        .bind(s.connections)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (id, s) in &lifetime {
+        sqlx::query(
+            "INSERT INTO usage_lifetime (account_id, bytes_up, bytes_down) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id) DO UPDATE SET \
+             bytes_up = usage_lifetime.bytes_up + excluded.bytes_up, \
+             bytes_down = usage_lifetime.bytes_down + excluded.bytes_down",
+        )
+        .bind(id)
+        .bind(s.up)
+        .bind(s.down)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Upserts the failed connections by account, hour and error code.
+async fn write_errors(tx: &mut Tx, folded: &Folded<'_>, ids: &HashMap<&str, i64>) -> Result<()> {
+    for ((account, hour, code), count) in &folded.errors {
+        let Some(id) = ids.get(account) else { continue };
+        sqlx::query(
+            "INSERT INTO usage_errors_hourly (account_id, hour, code, count) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, hour, code) DO UPDATE SET \
+             count = usage_errors_hourly.count + excluded.count",
+        )
+        .bind(id)
+        .bind(hour)
+        .bind(*code)
+        .bind(count)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Upserts the domains' daily bytes, then keeps only the largest
+/// [`KEPT_DOMAINS`] of each account and day touched.
+async fn write_domains(tx: &mut Tx, folded: &Folded<'_>, ids: &HashMap<&str, i64>) -> Result<()> {
+    let mut trimmed: Vec<(i64, i64)> = Vec::new();
+    for ((account, day, domain), bytes) in &folded.domains {
+        let Some(id) = ids.get(account) else { continue };
+        sqlx::query(
+            "INSERT INTO domain_usage_daily (account_id, day, domain, bytes) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, day, domain) DO UPDATE SET \
+             bytes = domain_usage_daily.bytes + excluded.bytes",
+        )
+        .bind(id)
+        .bind(day)
+        .bind(domain)
+        .bind(bytes)
+        .execute(&mut **tx)
+        .await?;
+        if !trimmed.contains(&(*id, *day)) {
+            trimmed.push((*id, *day));
+        }
+    }
+    for (id, day) in trimmed {
+        sqlx::query(
+            "DELETE FROM domain_usage_daily WHERE account_id = $1 AND day = $2 AND domain NOT IN \
+             (SELECT domain FROM domain_usage_daily WHERE account_id = $1 AND day = $2 \
+              ORDER BY bytes DESC, domain LIMIT $3)",
+        )
+        .bind(id)
+        .bind(day)
+        .bind(KEPT_DOMAINS)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Upserts the exits' daily bytes and streams (for payouts).
+async fn write_exits(tx: &mut Tx, folded: &Folded<'_>) -> Result<()> {
+    for ((exit, day), s) in &folded.exits {
+        sqlx::query(
+            "INSERT INTO exit_usage_daily (exit_id, day, bytes, streams) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (exit_id, day) DO UPDATE SET \
+             bytes = exit_usage_daily.bytes + excluded.bytes, \
+             streams = exit_usage_daily.streams + excluded.streams",
+        )
+        .bind(*exit)
+        .bind(day)
+        .bind(s.up.saturating_add(s.down))
+        .bind(s.connections)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// An account's quota periods at `now`: for `daily`, `monthly` and
