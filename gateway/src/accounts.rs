@@ -238,6 +238,7 @@ pub fn parse_users(text: &str, path: &Path) -> Result<Vec<Customer>, AccountsErr
             max_sessions: entry.max_sessions,
             requests_per_second,
             quota_bytes: entry.quota_bytes,
+            ..Limits::default()
         }));
     }
     Ok(customers)

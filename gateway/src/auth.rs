@@ -17,10 +17,11 @@
 //! Secrets are compared in constant time and never printed: `Debug` shows names
 //! only.
 
+use crate::error::ProxyError;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use exitpool_protocol::Secret;
+use exitpool_protocol::{Secret, TargetHost};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -70,6 +71,14 @@ pub struct Limits {
     /// Networks whose connections are this customer's without credentials
     /// (credentials, when sent, still decide).
     pub allow_ips: Vec<ipnet::IpNet>,
+    /// The control plane's `allow_ips`: the only networks this account may
+    /// connect from, a restriction that never stands in for credentials.
+    /// Every list must hold the source (a sub-user carries its own and its
+    /// customer's); no list for anywhere.
+    pub connect_from: Vec<Vec<ipnet::IpNet>>,
+    /// Target domains refused, each with its subdomains (lower case, no
+    /// trailing dot); a sub-user's include its customer's.
+    pub blocked_domains: BTreeSet<String>,
 }
 
 impl Limits {
@@ -84,6 +93,40 @@ impl Limits {
         self.countries
             .as_ref()
             .is_none_or(|allowed| allowed.iter().any(|c| c.eq_ignore_ascii_case(country)))
+    }
+
+    /// Refuses a connection from `source` outside any of the account's
+    /// `connect_from` lists (an IPv4-mapped IPv6 source counts as its IPv4).
+    pub fn admits_source(&self, source: IpAddr) -> Result<(), ProxyError> {
+        let source = source.to_canonical();
+        let inside = |list: &Vec<ipnet::IpNet>| list.iter().any(|net| net.contains(&source));
+        match self.connect_from.iter().all(inside) {
+            true => Ok(()),
+            false => Err(ProxyError::SourceNotAllowed(source)),
+        }
+    }
+
+    /// Refuses a target named by a blocked domain or one of its subdomains.
+    /// An address is not a name and passes: the list blocks names.
+    pub fn admits_target(&self, host: &TargetHost) -> Result<(), ProxyError> {
+        let TargetHost::Domain(name) = host else {
+            return Ok(());
+        };
+        if self.blocked_domains.is_empty() {
+            return Ok(());
+        }
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        // The name itself, then each parent: `a.b.example.com`, `b.example.com`, ...
+        let mut suffix = name.as_str();
+        loop {
+            if let Some(blocked) = self.blocked_domains.get(suffix) {
+                return Err(ProxyError::DomainBlocked(blocked.clone()));
+            }
+            match suffix.split_once('.') {
+                Some((_, parent)) if !parent.is_empty() => suffix = parent,
+                _ => return Ok(()),
+            }
+        }
     }
 }
 
@@ -690,5 +733,50 @@ mod tests {
             !text.contains("s3cret") && !text.contains("t0ken"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn sources_must_be_in_every_list() {
+        let net = |text: &str| text.parse::<ipnet::IpNet>().unwrap();
+        let limits = Limits {
+            connect_from: vec![
+                vec![net("10.0.0.0/8"), net("2001:db8::/32")],
+                vec![net("10.1.0.0/16")],
+            ],
+            ..Limits::default()
+        };
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert!(limits.admits_source(ip("10.1.2.3")).is_ok());
+        assert!(limits.admits_source(ip("::ffff:10.1.2.3")).is_ok());
+        for outside in ["10.2.0.1", "2001:db8::1", "192.0.2.1"] {
+            let error = limits.admits_source(ip(outside)).unwrap_err();
+            assert_eq!(error.presentation().code, "source_not_allowed");
+            assert!(error.to_string().contains(outside), "{error}");
+        }
+        assert!(Limits::default().admits_source(ip("192.0.2.1")).is_ok());
+    }
+
+    #[test]
+    fn blocked_domains_take_their_subdomains_but_not_lookalikes() {
+        let limits = Limits {
+            blocked_domains: ["example.com".to_owned(), "b.test".to_owned()].into(),
+            ..Limits::default()
+        };
+        let domain = |name: &str| TargetHost::Domain(name.to_owned());
+        for blocked in ["example.com", "A.Example.COM", "x.y.example.com.", "b.test"] {
+            let error = limits.admits_target(&domain(blocked)).unwrap_err();
+            assert_eq!(error.presentation().code, "domain_blocked", "{blocked}");
+        }
+        for allowed in [
+            "notexample.com",
+            "example.com.au",
+            "com",
+            "test",
+            "ab.test2",
+        ] {
+            assert!(limits.admits_target(&domain(allowed)).is_ok(), "{allowed}");
+        }
+        let address = TargetHost::Ip("192.0.2.1".parse().unwrap());
+        assert!(limits.admits_target(&address).is_ok());
     }
 }

@@ -482,9 +482,11 @@ fn account_ref(entry: &AccountEntry) -> AccountRef<'_> {
 
 /// The gateway's customer for a snapshot entry: `None` for a disabled
 /// account (or a sub-user of a disabled customer), which then cannot log in.
-/// A sub-user gets the stricter of its own and its customer's limits.
-/// `allow_ips` (a restriction in the store's model) and `blocked_domains`
-/// are not enforced by the gateway yet (docs/control.md).
+/// A sub-user gets the stricter of its own and its customer's limits: its
+/// source must be in both `allow_ips` lists, and both `blocked_domains` lists
+/// apply. (The store's `allow_ips` restricts where an account connects from,
+/// so it maps onto `connect_from`, not onto the users file's credential-free
+/// `allow_ips`.)
 fn customer_of(entry: &AccountEntry, all: &HashMap<String, AccountEntry>) -> Option<Customer> {
     if !entry.enabled {
         return None;
@@ -513,11 +515,21 @@ fn customer_of(entry: &AccountEntry, all: &HashMap<String, AccountEntry>) -> Opt
         theirs.and_then(|l| l.requests_per_second),
     )
     .and_then(|n| NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)));
+    let with_parent = || std::iter::once(own).chain(theirs);
+    let connect_from = with_parent()
+        .map(|limits| limits.networks())
+        .filter(|networks| !networks.is_empty())
+        .collect();
+    let blocked_domains = with_parent()
+        .flat_map(|limits| limits.blocked_domains.iter().cloned())
+        .collect();
     match Customer::hashed(&entry.name, &entry.password_hash) {
         Ok(customer) => Some(customer.with_limits(Limits {
             countries,
             max_connections,
             requests_per_second,
+            connect_from,
+            blocked_domains,
             ..Limits::default()
         })),
         Err(error) => {
