@@ -196,11 +196,7 @@ impl ControlLink {
             router,
             counters: LinkCounters::default(),
             pending: Default::default(),
-            webhooks: options
-                .webhook
-                .clone()
-                .map(crate::webhooks::Webhooks::new)
-                .transpose()?,
+            webhooks: webhooks_for(options).await?,
         };
         if link.serves_accounts() {
             let snapshot = bounded("loading the accounts", link.store.snapshot()).await?;
@@ -472,6 +468,21 @@ impl ControlLink {
     }
 }
 
+/// The threshold notices' queue when `--webhook-url` is given; its
+/// destination (an `https://` URL's roots are files) is made off the runtime.
+async fn webhooks_for(
+    options: &ControlOptions,
+) -> Result<Option<crate::webhooks::Webhooks>, String> {
+    let Some(config) = options.webhook.clone() else {
+        return Ok(None);
+    };
+    let destination =
+        tokio::task::spawn_blocking(move || crate::webhooks::Destination::new(config))
+            .await
+            .map_err(|e| format!("--webhook-url: {e}"))??;
+    Ok(Some(crate::webhooks::Webhooks::new(destination)))
+}
+
 /// Which account `entry` is, for the store's calls.
 fn account_ref(entry: &AccountEntry) -> AccountRef<'_> {
     match (&entry.customer, entry.name.split_once('.')) {
@@ -553,7 +564,7 @@ pub async fn run(
     if let Some(webhooks) = &link.webhooks {
         if let Some(notices) = webhooks.take_receiver() {
             tasks.spawn(crate::webhooks::send_all(
-                webhooks.config().clone(),
+                webhooks.destination().clone(),
                 notices,
                 shutdown.clone(),
             ));

@@ -9,8 +9,10 @@
 //! backoff ([`ATTEMPTS`] in all). The body is signed with HMAC-SHA256 over
 //! `TIMESTAMP.BODY` under `--webhook-secret`, sent as
 //! `X-Exitpool-Signature: sha256=HEX` beside `X-Exitpool-Timestamp`, so a
-//! receiver can check the sender and refuse a replay. Only `http://` URLs
-//! are supported so far.
+//! receiver can check the sender and refuse a replay. An `https://` URL is
+//! posted over rustls, checked against the system's root certificates or,
+//! with `--webhook-ca FILE`, only against the PEM certificates in that file
+//! (a private CA); the roots are read once, at start, off the runtime.
 
 use bytes::Bytes;
 use exitpool_control::store::{AccountEntry, PeriodUsage};
@@ -20,7 +22,8 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -39,13 +42,94 @@ const MAX_SENT: usize = 100_000;
 /// The thresholds, in percent of a quota.
 pub const THRESHOLDS: [u64; 2] = [80, 100];
 
-/// `--webhook-url` and `--webhook-secret`.
+/// `--webhook-url`, `--webhook-secret` and `--webhook-ca`.
 #[derive(Clone)]
 pub struct WebhookConfig {
-    /// Where notices go (`http://host:port/path`).
+    /// Where notices go (`http://host:port/path` or `https://...`).
     pub url: String,
     /// The HMAC key.
     pub secret: String,
+    /// PEM certificates to trust for an `https://` URL instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where one gateway posts: the checked URL and, for `https://`, the TLS
+/// client configuration with its roots.
+#[derive(Clone)]
+pub struct Destination {
+    config: WebhookConfig,
+    uri: hyper::Uri,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Destination {
+    /// Checks `config`'s URL and secret and, for `https://`, loads the roots
+    /// (`--webhook-ca`, else the system's). Reads files: call it off the
+    /// async runtime.
+    pub fn new(config: WebhookConfig) -> Result<Destination, String> {
+        let uri: hyper::Uri = config
+            .url
+            .parse()
+            .map_err(|e| format!("--webhook-url {}: {e}", config.url))?;
+        let tls = match (uri.scheme_str(), uri.host()) {
+            (Some("http"), Some(_)) => None,
+            (Some("https"), Some(_)) => Some(Arc::new(client_tls(config.ca_file.as_deref())?)),
+            _ => {
+                return Err(format!(
+                    "--webhook-url {}: write http://HOST[:PORT]/PATH or https://HOST[:PORT]/PATH",
+                    config.url
+                ))
+            }
+        };
+        if config.ca_file.is_some() && tls.is_none() {
+            return Err("--webhook-ca applies to an https:// --webhook-url only".into());
+        }
+        if config.secret.is_empty() {
+            return Err("--webhook-url needs --webhook-secret (the HMAC key)".into());
+        }
+        Ok(Destination { config, uri, tls })
+    }
+}
+
+/// A TLS client trusting `ca_file`'s certificates, or the system's roots.
+fn client_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certificates = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--webhook-ca {}: {e}", path.display()))?;
+            if certificates.is_empty() {
+                return Err(format!(
+                    "--webhook-ca {}: no PEM certificate in it",
+                    path.display()
+                ));
+            }
+            for certificate in certificates {
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("--webhook-ca {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!(
+                    "an https:// --webhook-url needs root certificates: none found on this system ({} errors); give --webhook-ca FILE",
+                    found.errors.len()
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -81,7 +165,7 @@ pub struct Notice {
 
 /// The notices due and the queue to the sender.
 pub struct Webhooks {
-    config: WebhookConfig,
+    destination: Destination,
     /// (account, period, threshold, period start) already queued.
     sent: Mutex<HashSet<(String, &'static str, u64, i64)>>,
     queue: mpsc::Sender<Notice>,
@@ -89,28 +173,15 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Checks `config` (an `http://` URL, a secret) and makes the queue.
-    pub fn new(config: WebhookConfig) -> Result<Webhooks, String> {
-        let uri: hyper::Uri = config
-            .url
-            .parse()
-            .map_err(|e| format!("--webhook-url {}: {e}", config.url))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(format!(
-                "--webhook-url {}: only http://HOST[:PORT]/PATH is supported",
-                config.url
-            ));
-        }
-        if config.secret.is_empty() {
-            return Err("--webhook-url needs --webhook-secret (the HMAC key)".into());
-        }
+    /// Makes the queue to `destination` ([`Destination::new`]).
+    pub fn new(destination: Destination) -> Webhooks {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        Ok(Webhooks {
-            config,
+        Webhooks {
+            destination,
             sent: Mutex::new(HashSet::new()),
             queue,
             receiver: Mutex::new(Some(receiver)),
-        })
+        }
     }
 
     /// The queue's receiving end, once (for [`send_all`]).
@@ -121,9 +192,9 @@ impl Webhooks {
             .take()
     }
 
-    /// The config.
-    pub fn config(&self) -> &WebhookConfig {
-        &self.config
+    /// Where notices go.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
     }
 
     /// Queues the notices `entry` (and its customer `parent`) are due, given
@@ -197,7 +268,7 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
 
 /// Posts every queued notice, retrying each with backoff, until `stop`.
 pub async fn send_all(
-    config: WebhookConfig,
+    destination: Destination,
     mut notices: mpsc::Receiver<Notice>,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -209,7 +280,7 @@ pub async fn send_all(
         let body = serde_json::to_vec(&notice).unwrap_or_default();
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
-            match tokio::time::timeout(POST_TIMEOUT, post(&config, &body)).await {
+            match tokio::time::timeout(POST_TIMEOUT, post(&destination, &body)).await {
                 Ok(Ok(())) => {
                     info!(account = %notice.account, period = notice.period, threshold = notice.threshold_percent, "quota threshold notice sent");
                     break;
@@ -235,17 +306,29 @@ pub async fn send_all(
 }
 
 /// One post; a status other than 2xx is an error.
-async fn post(config: &WebhookConfig, body: &[u8]) -> Result<(), String> {
-    let uri: hyper::Uri = config.url.parse().map_err(|e| format!("{e}"))?;
+async fn post(destination: &Destination, body: &[u8]) -> Result<(), String> {
+    let (config, uri) = (&destination.config, &destination.uri);
     let host = uri.host().unwrap_or_default().to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+    let bare_host = host.trim_matches(['[', ']']);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if destination.tls.is_some() { 443 } else { 80 });
+    let stream = tokio::net::TcpStream::connect((bare_host, port))
         .await
         .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(connection);
+    let driver = match &destination.tls {
+        None => start_http1(stream).await?,
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from(bare_host.to_owned())
+                .map_err(|e| format!("{host}: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+            start_http1(stream).await?
+        }
+    };
+    let (mut sender, driver) = driver;
     let timestamp = exitpool_control::period::now();
     let authority = uri
         .authority()
@@ -264,7 +347,8 @@ async fn post(config: &WebhookConfig, body: &[u8]) -> Result<(), String> {
     let answer = sender
         .send_request(request)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string());
+    let answer = answer.inspect_err(|_| driver.abort())?;
     let status = answer.status();
     let _ = answer.into_body().collect().await;
     driver.abort();
@@ -273,6 +357,25 @@ async fn post(config: &WebhookConfig, body: &[u8]) -> Result<(), String> {
     } else {
         Err(format!("the receiver answered {status}"))
     }
+}
+
+/// An HTTP/1.1 client connection over `io`: its sender and the task driving it.
+async fn start_http1<T>(
+    io: T,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    String,
+>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((sender, tokio::spawn(connection)))
 }
 
 #[cfg(test)]
