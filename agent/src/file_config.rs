@@ -21,6 +21,7 @@
 use crate::meter::Period;
 use crate::policy::PortRange;
 use crate::schedule::{self, Action, Days, MonthlyCap, Schedule, Window};
+use crate::udp::UdpLimits;
 use crate::{Agent, AgentBuilder, ExitPolicy, Pin, TransportChoice};
 use exitpool_config::{deserialize_all, read, sorted, Lines};
 pub use exitpool_config::{
@@ -60,6 +61,12 @@ pub struct Settings {
     pub max_streams: Option<u32>,
     /// `max_rate`: bandwidth cap per direction, bytes per second.
     pub max_rate: Option<NonZeroU32>,
+    /// `udp_max_flows`: most UDP flows at once per tunnel (0 turns UDP off).
+    pub udp_max_flows: Option<u32>,
+    /// `udp_packets_per_second`: most datagrams per second per UDP flow.
+    pub udp_packets_per_second: Option<u32>,
+    /// `udp_idle_timeout`: a UDP flow silent this long ends.
+    pub udp_idle_timeout: Option<Duration>,
     /// `quota_bytes`: bytes (up + down) per `quota_period`.
     pub quota_bytes: Option<u64>,
     /// `quota_period`: day or month.
@@ -207,6 +214,11 @@ impl Settings {
             state_dir: self.state_dir.or(fallback.state_dir),
             max_streams: self.max_streams.or(fallback.max_streams),
             max_rate: self.max_rate.or(fallback.max_rate),
+            udp_max_flows: self.udp_max_flows.or(fallback.udp_max_flows),
+            udp_packets_per_second: self
+                .udp_packets_per_second
+                .or(fallback.udp_packets_per_second),
+            udp_idle_timeout: self.udp_idle_timeout.or(fallback.udp_idle_timeout),
             quota_bytes: self.quota_bytes.or(fallback.quota_bytes),
             quota_period: self.quota_period.or(fallback.quota_period),
             deny_ports: self.deny_ports.or(fallback.deny_ports),
@@ -219,6 +231,19 @@ impl Settings {
             threads: self.threads.or(fallback.threads),
             consent: self.consent.or(fallback.consent),
             schedule: self.schedule.or(fallback.schedule),
+        }
+    }
+
+    /// The UDP flow limits these settings give, the library's defaults
+    /// where they say nothing.
+    pub fn udp_limits(&self) -> UdpLimits {
+        let defaults = UdpLimits::default();
+        UdpLimits {
+            max_flows: self.udp_max_flows.unwrap_or(defaults.max_flows),
+            packets_per_second: self
+                .udp_packets_per_second
+                .unwrap_or(defaults.packets_per_second),
+            idle_timeout: self.udp_idle_timeout.unwrap_or(defaults.idle_timeout),
         }
     }
 
@@ -242,6 +267,7 @@ impl Settings {
     /// The state directory is used as given (the binary supplies its default).
     pub fn builder(self) -> Result<AgentBuilder, Vec<&'static str>> {
         let missing = self.missing();
+        let udp = self.udp_limits();
         let (Some(pin), Some(token), false) = (self.pin, self.token, self.gateways.is_empty())
         else {
             return Err(missing);
@@ -275,6 +301,7 @@ impl Settings {
         if let Some(rate) = self.max_rate {
             builder = builder.max_rate(rate.get());
         }
+        builder = builder.udp_limits(udp);
         if let Some(bytes) = self.quota_bytes {
             builder = builder.quota(bytes, self.quota_period.unwrap_or(Period::Month));
         }
@@ -314,6 +341,9 @@ struct FileModel {
     state_dir: Option<PathBuf>,
     max_streams: Option<Spanned<i64>>,
     max_rate: Option<Spanned<NumberOrText>>,
+    udp_max_flows: Option<Spanned<i64>>,
+    udp_packets_per_second: Option<Spanned<i64>>,
+    udp_idle_timeout: Option<Spanned<String>>,
     quota_bytes: Option<Spanned<NumberOrText>>,
     quota_period: Option<Spanned<String>>,
     deny_ports: Option<Spanned<Ports>>,
@@ -473,6 +503,27 @@ impl Check<'_> {
                     .ok_or_else(|| format!("{n} is not a number of streams (1 or more)"))
             }),
             max_rate: self.value("max_rate", model.max_rate, rate),
+            udp_max_flows: self.value("udp_max_flows", model.udp_max_flows, |n| {
+                u32::try_from(*n)
+                    .ok()
+                    .filter(|n| *n <= MAX_UDP_FLOWS)
+                    .ok_or_else(|| {
+                        format!("{n} is not a number of UDP flows (0 turns UDP off, at most {MAX_UDP_FLOWS})")
+                    })
+            }),
+            udp_packets_per_second: self.value(
+                "udp_packets_per_second",
+                model.udp_packets_per_second,
+                |n| {
+                    u32::try_from(*n)
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("{n} is not a number of datagrams a second (1 or more)"))
+                },
+            ),
+            udp_idle_timeout: self.value("udp_idle_timeout", model.udp_idle_timeout, |d| {
+                parse_udp_idle_timeout(d)
+            }),
             quota_bytes,
             quota_period: self.value("quota_period", model.quota_period, |p| p.parse()),
             deny_ports: self.value("deny_ports", model.deny_ports, ports),
@@ -591,6 +642,22 @@ impl Check<'_> {
             action,
         })
     }
+}
+
+/// Most UDP flows per tunnel a file or flag may ask for: each holds a socket
+/// and two small queues at the exit.
+pub const MAX_UDP_FLOWS: u32 = 65_536;
+
+/// A UDP flow's idle timeout, as written (`30s`, `2m`): at least one second,
+/// at most a day, so a flow's socket is always given back.
+pub fn parse_udp_idle_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&timeout) {
+        return Err(format!(
+            "{text:?}: a UDP idle timeout is between 1s and 24h"
+        ));
+    }
+    Ok(timeout)
 }
 
 fn rate(value: &NumberOrText) -> Result<NonZeroU32, String> {
@@ -748,6 +815,30 @@ paused = true
         let refused = load(&big).unwrap_err();
         assert!(refused.errors[0].message.contains("more than"), "{refused}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_udp_limits_are_read_and_checked() {
+        let text = "udp_max_flows = 0\nudp_packets_per_second = 50\nudp_idle_timeout = \"2m\"\n";
+        let settings = parse(text, Path::new("agent.toml")).unwrap();
+        let limits = settings.udp_limits();
+        assert_eq!(limits.max_flows, 0);
+        assert_eq!(limits.packets_per_second, 50);
+        assert_eq!(limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(Settings::default().udp_limits(), UdpLimits::default());
+        let text = "udp_max_flows = -1\nudp_packets_per_second = 0\nudp_idle_timeout = \"10ms\"\n";
+        let found: Vec<_> = errors(text)
+            .into_iter()
+            .map(|e| (e.line, e.key.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (Some(1), "udp_max_flows".to_owned()),
+                (Some(2), "udp_packets_per_second".to_owned()),
+                (Some(3), "udp_idle_timeout".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -260,6 +260,7 @@ impl Rate {
 /// Moves datagrams until the gateway finishes the stream, either side fails,
 /// or the flow is idle for `limits.idle_timeout`. With a `route`, datagrams
 /// also arrive as DATAGRAM frames, and go back as frames when they fit one.
+/// Each direction is one step of [`Flow`]; the first to end ends the flow.
 async fn relay_flow(
     socket: UdpSocket,
     (mut send, mut recv): (StreamSend, StreamRecv),
@@ -267,38 +268,86 @@ async fn relay_flow(
     limits: UdpLimits,
     meter: &impl Throttle,
 ) -> FlowCounts {
-    let started = Instant::now();
-    // Milliseconds since `started` at the last datagram either way.
-    let last = AtomicU64::new(0);
-    let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let rate = Rate::new(limits.packets_per_second);
-    let (up, down, dropped) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let flow = Flow::new(socket, limits.packets_per_second, meter);
+    // The target's datagrams that go on the stream, towards the gateway.
     let (queue, mut queued) = mpsc::channel::<Bytes>(FLOW_QUEUE);
     let (route, mut arriving) = route.unzip();
-
-    // One datagram from the gateway (stream or frame) towards the target.
-    let to_target = |payload: Bytes| {
-        let (socket, rate, up, dropped) = (&socket, &rate, &up, &dropped);
-        touch();
-        async move {
-            if !rate.admit() {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            meter.pass(Direction::FromTunnel, payload.len()).await;
-            // A refused send (ICMP unreachable from an earlier datagram) loses
-            // this datagram only: UDP's own contract.
-            match socket.send(&payload).await {
-                Ok(_) => up.fetch_add(1, Ordering::Relaxed),
-                Err(_) => dropped.fetch_add(1, Ordering::Relaxed),
-            };
-        }
+    let clean = tokio::select! {
+        () = flow.up_from_stream(&mut recv) => true,
+        () = flow.up_from_frames(arriving.as_mut()) => true,
+        () = flow.down_from_target(route.as_ref(), &queue) => false,
+        ok = flow.down_on_stream(&mut send, &mut queued) => ok,
+        () = flow.idle(limits.idle_timeout) => true,
     };
-    let from_stream = async {
+    if clean {
+        let _ = send.finish();
+    } else {
+        send.reset(exitpool_protocol::RESET_CODE);
+    }
+    recv.stop(exitpool_protocol::RESET_CODE);
+    flow.counts()
+}
+
+/// One flow while it relays: its socket, its packet budget, its counters and
+/// when a datagram last moved, shared by the steps of [`relay_flow`].
+struct Flow<'a, M> {
+    socket: UdpSocket,
+    rate: Rate,
+    meter: &'a M,
+    started: Instant,
+    /// Milliseconds since `started` at the last datagram either way.
+    last: AtomicU64,
+    up: AtomicU64,
+    down: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl<'a, M: Throttle> Flow<'a, M> {
+    fn new(socket: UdpSocket, packets_per_second: u32, meter: &'a M) -> Self {
+        Flow {
+            socket,
+            rate: Rate::new(packets_per_second),
+            meter,
+            started: Instant::now(),
+            last: AtomicU64::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes that a datagram moved, for the idle timeout.
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One datagram from the gateway (stream or frame) towards the target.
+    async fn to_target(&self, payload: Bytes) {
+        self.touch();
+        if !self.rate.admit() {
+            return self.drop_one();
+        }
+        self.meter.pass(Direction::FromTunnel, payload.len()).await;
+        // A refused send (ICMP unreachable from an earlier datagram) loses
+        // this datagram only: UDP's own contract.
+        match self.socket.send(&payload).await {
+            Ok(_) => self.up.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// The gateway's length-prefixed datagrams on the flow's stream, until
+    /// the gateway finishes it or it fails.
+    async fn up_from_stream(&self, recv: &mut StreamRecv) {
         let mut buf = Vec::with_capacity(2048);
         loop {
-            match read_datagram(&mut recv, &mut buf).await {
-                Ok(true) => to_target(Bytes::copy_from_slice(&buf)).await,
+            match read_datagram(recv, &mut buf).await {
+                Ok(true) => self.to_target(Bytes::copy_from_slice(&buf)).await,
                 Ok(false) => return,
                 Err(error) => {
                     debug!(%error, "UDP flow stream failed");
@@ -306,23 +355,25 @@ async fn relay_flow(
                 }
             }
         }
-    };
-    let from_frames = async {
-        match &mut arriving {
-            Some(arriving) => {
-                while let Some(payload) = arriving.recv().await {
-                    to_target(payload).await;
-                }
-                // The routing ended with the tunnel; the stream ends too.
-                std::future::pending::<()>().await
+    }
+
+    /// The gateway's DATAGRAM frames routed to this flow, if it has a route.
+    /// Never ends: when the tunnel's routing ends, the stream ends too.
+    async fn up_from_frames(&self, arriving: Option<&mut mpsc::Receiver<Bytes>>) {
+        if let Some(arriving) = arriving {
+            while let Some(payload) = arriving.recv().await {
+                self.to_target(payload).await;
             }
-            None => std::future::pending::<()>().await,
         }
-    };
-    let from_target = async {
+        std::future::pending::<()>().await
+    }
+
+    /// The target's datagrams, each as a DATAGRAM frame when the route
+    /// carries it, else onto `queue` for the stream; ends if the socket fails.
+    async fn down_from_target(&self, route: Option<&Route>, queue: &mpsc::Sender<Bytes>) {
         let mut buf = vec![0u8; MAX_DATAGRAM_LEN];
         loop {
-            let len = match socket.recv(&mut buf).await {
+            let len = match self.socket.recv(&mut buf).await {
                 Ok(len) => len,
                 // The kernel reports an earlier ICMP unreachable here.
                 Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => continue,
@@ -331,18 +382,18 @@ async fn relay_flow(
                     return;
                 }
             };
-            touch();
-            if !rate.admit() {
-                dropped.fetch_add(1, Ordering::Relaxed);
+            self.touch();
+            if !self.rate.admit() {
+                self.drop_one();
                 continue;
             }
-            match route.as_ref().map(|route| route.send(&buf[..len])) {
+            match route.map(|route| route.send(&buf[..len])) {
                 Some(Ok(true)) => {
-                    down.fetch_add(1, Ordering::Relaxed);
+                    self.down.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 Some(Err(())) => {
-                    dropped.fetch_add(1, Ordering::Relaxed);
+                    self.drop_one();
                     continue;
                 }
                 // Too large for a frame, or no frames: on the stream.
@@ -353,49 +404,46 @@ async fn relay_flow(
             framed.put_slice(&datagram_header(len).unwrap_or_default());
             framed.put_slice(&buf[..len]);
             if queue.try_send(framed.freeze()).is_err() {
-                dropped.fetch_add(1, Ordering::Relaxed);
+                self.drop_one();
             }
         }
-    };
-    let to_gateway = async {
+    }
+
+    /// Writes the queued datagrams on the stream; `false` if it failed.
+    async fn down_on_stream(
+        &self,
+        send: &mut StreamSend,
+        queued: &mut mpsc::Receiver<Bytes>,
+    ) -> bool {
         while let Some(datagram) = queued.recv().await {
-            meter
-                .pass(Direction::ToTunnel, datagram.len().saturating_sub(2))
-                .await;
+            let payload = datagram.len().saturating_sub(2);
+            self.meter.pass(Direction::ToTunnel, payload).await;
             if send.write_chunk(datagram).await.is_err() {
                 return false;
             }
-            down.fetch_add(1, Ordering::Relaxed);
+            self.down.fetch_add(1, Ordering::Relaxed);
         }
         true
-    };
-    let idle = async {
+    }
+
+    /// Returns once no datagram has moved either way for `timeout`.
+    async fn idle(&self, timeout: Duration) {
         loop {
-            let seen = Duration::from_millis(last.load(Ordering::Relaxed));
-            let until = started + seen + limits.idle_timeout;
+            let seen = Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let until = self.started + seen + timeout;
             if Instant::now() >= until {
                 return;
             }
             tokio::time::sleep_until(until).await;
         }
-    };
-    let clean = tokio::select! {
-        () = from_stream => true,
-        () = from_frames => true,
-        () = from_target => false,
-        ok = to_gateway => ok,
-        () = idle => true,
-    };
-    if clean {
-        let _ = send.finish();
-    } else {
-        send.reset(exitpool_protocol::RESET_CODE);
     }
-    recv.stop(exitpool_protocol::RESET_CODE);
-    FlowCounts {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
-        dropped: dropped.load(Ordering::Relaxed),
+
+    fn counts(&self) -> FlowCounts {
+        FlowCounts {
+            up: self.up.load(Ordering::Relaxed),
+            down: self.down.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -70,6 +70,18 @@ struct Args {
     /// Bandwidth cap in each direction: bytes per second, or e.g. 2MB/s.
     #[arg(long, value_name = "RATE", value_parser = file_config::parse_rate)]
     max_rate: Option<NonZeroU32>,
+    /// Most UDP flows (customers' UDP destinations) at once on the tunnel;
+    /// more are refused. 0 turns UDP off (default 64).
+    #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(0..=file_config::MAX_UDP_FLOWS as i64))]
+    udp_max_flows: Option<u32>,
+    /// Most datagrams per second one UDP flow carries, both ways together;
+    /// more are dropped (default 2000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    udp_packets_per_second: Option<u32>,
+    /// A UDP flow with no datagram either way for this long ends, e.g. 30s
+    /// (the default) or 2m.
+    #[arg(long, value_name = "DURATION", value_parser = file_config::parse_udp_idle_timeout)]
+    udp_idle_timeout: Option<Duration>,
     /// Stop sharing after this many bytes (up + down) per --quota-period: a
     /// number, or e.g. 10GB.
     #[arg(long, value_name = "BYTES", value_parser = file_config::parse_size)]
@@ -192,6 +204,9 @@ fn settings(args: &mut Args) -> anyhow::Result<(Settings, bool)> {
         state_dir: args.state_dir.take(),
         max_streams: args.max_streams,
         max_rate: args.max_rate,
+        udp_max_flows: args.udp_max_flows,
+        udp_packets_per_second: args.udp_packets_per_second,
+        udp_idle_timeout: args.udp_idle_timeout,
         quota_bytes: args.quota_bytes,
         quota_period: args.quota_period,
         deny_ports: args.deny_ports.take(),

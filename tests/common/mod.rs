@@ -10,6 +10,7 @@ pub mod processes;
 pub mod raw;
 pub mod targets;
 pub mod tls;
+pub mod udp;
 
 pub use exitpool::agent::TransportChoice;
 use exitpool::agent::{Agent, AgentHandle};
