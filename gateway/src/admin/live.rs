@@ -186,6 +186,15 @@ pub(super) struct ListQuery {
     limit: Option<usize>,
 }
 
+/// `?gateway=` for closing one connection: the gateway its row named.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CloseOneQuery {
+    /// The `gateway` of the connection's row (in a fleet): a close sent to
+    /// another gateway is refused naming the one that holds it.
+    gateway: Option<String>,
+}
+
 /// `?customer=` for closing all of a customer's.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -199,6 +208,9 @@ pub(super) struct CloseQuery {
 pub(super) struct Connection {
     /// Its id on this gateway (for `DELETE /api/v1/connections/{id}`).
     id: u64,
+    /// The gateway that holds it (in a fleet: its id; close it there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<String>,
     /// The customer it counts for.
     customer: String,
     /// The sub-user, when a sub-user (`ops` of `ops.alice`) connected.
@@ -224,8 +236,8 @@ pub(super) struct Connection {
     age_secs: u64,
 }
 
-impl From<&Live> for Connection {
-    fn from(live: &Live) -> Self {
+impl Connection {
+    fn new(live: &Live, gateway: Option<&String>) -> Self {
         let sub_user = live
             .what
             .user
@@ -233,6 +245,7 @@ impl From<&Live> for Connection {
             .map(|(sub, _)| sub.to_owned());
         Connection {
             id: live.id,
+            gateway: gateway.cloned(),
             customer: live.customer().to_owned(),
             sub_user,
             source: live.what.peer.to_string(),
@@ -284,6 +297,11 @@ pub(super) struct Closed {
 /// What a list or close covers: in a fleet, only the answering gateway.
 const SCOPE: &str = "this gateway's connections; in a fleet, ask each gateway's admin port";
 
+/// This gateway's fleet id, when it is in a fleet.
+fn this_gateway(shared: &Shared) -> Option<String> {
+    shared.fleet.as_ref().map(|fleet| fleet.id.to_string())
+}
+
 /// A query string; one that does not parse is a `400`.
 fn query<T: serde::de::DeserializeOwned>(
     query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
@@ -328,27 +346,49 @@ pub(super) async fn list_connections(
         Some(_) => return Err(Error::invalid("limit", format!("1 to {MAX_LIST}"))),
     };
     let (found, total) = shared.live.list(customer, limit);
+    let gateway = this_gateway(&shared);
     Ok(Json(ConnectionList {
-        items: found.iter().map(|live| Connection::from(&**live)).collect(),
+        items: found
+            .iter()
+            .map(|live| Connection::new(live, gateway.as_ref()))
+            .collect(),
         total,
-        gateway: shared.fleet.as_ref().map(|fleet| fleet.id.to_string()),
+        gateway,
         scope: SCOPE,
     }))
 }
 
 /// Close one live connection: the customer's transfer ends at once.
 #[utoipa::path(delete, path = "/api/v1/connections/{id}", tag = "connections",
-    params(("id" = u64, Path, description = "The connection's id")),
-    responses((status = 200, body = Closed), (status = 404, body = exitpool_control::error::ErrorBody)))]
+    params(("id" = u64, Path, description = "The connection's id"), CloseOneQuery),
+    responses((status = 200, body = Closed), (status = 404, body = exitpool_control::error::ErrorBody),
+        (status = 409, body = exitpool_control::error::ErrorBody)))]
 pub(super) async fn close_connection(
     State(shared): State<Arc<Shared>>,
     id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+    params: Result<Query<CloseOneQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Closed>, Error> {
     let Path(id) = id.map_err(|_| Error::invalid("id", "a connection id is a number"))?;
+    let holder = query(params)?.gateway;
+    let here = this_gateway(&shared);
+    if let Some(holder) = holder.filter(|holder| Some(holder) != here.as_ref()) {
+        // Ids are per gateway: this one's connection `id` is another one.
+        return Err(Error::Conflict {
+            field: Some("gateway".into()),
+            message: format!(
+                "connection {id} is on gateway {holder}; close it through that gateway's admin port (this is {})",
+                here.as_deref().unwrap_or("a gateway outside any fleet")
+            ),
+        });
+    }
     if !shared.live.close(id) {
-        return Err(Error::not_found(format!(
-            "connection {id} (it ended, or it is another gateway's)"
-        )));
+        let scope = match &here {
+            Some(here) => format!(
+                "on this gateway ({here}): it ended, or it is another gateway's (each listed connection's `gateway` names the one that holds it)"
+            ),
+            None => "on this gateway: it ended".to_owned(),
+        };
+        return Err(Error::not_found(format!("connection {id} {scope}")));
     }
     tracing::info!(connection = id, "connection closed by the operator");
     Ok(Json(Closed {
