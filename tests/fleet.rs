@@ -40,6 +40,13 @@ async fn an_exit_held_by_another_gateway_serves_the_customer() {
     assert_eq!(head.header("x-exitpool-error"), Some("no_exit"));
 
     wait_for_gateways(a, 3).await;
+    // A gateway's record counts its agents from its next heartbeat on.
+    within("every record counts its agents", async {
+        while a.stats().await["fleet"]["totals"]["agents"] != 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     let stats = a.stats().await;
     assert_eq!(stats["agents"], 2, "{stats}");
     let fleet_stats = &stats["fleet"];

@@ -226,3 +226,42 @@ async fn a_gateway_killed_under_load_costs_only_its_own_connections() {
     drop(agents);
     balancer.kill().await.unwrap();
 }
+
+/// A request that arrives just after a gateway died, at a gateway whose only
+/// exits were the dead one's, waits for those agents to come back through the
+/// survivor instead of failing with `peer_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_a_dead_gateways_agents_to_rejoin() {
+    init_tracing();
+    let redis = RedisServer::start().await;
+    let (mut gateways, _states) = fleet(&redis, 2).await;
+    let victim_id = gateways[0].stats().await["fleet"]["gateway_id"].clone();
+    // An agent whose preferred gateway is the first: agents prefer one by
+    // their id, so new ones are made until one does (half of them do).
+    let mut exit = None;
+    for _ in 0..20 {
+        let candidate = agent(&gateways, "127.0.0.2").await;
+        wait_for_pool(&gateways.iter().collect::<Vec<_>>(), 1, None).await;
+        let stats = gateways[1].stats().await;
+        if stats["per_agent"][0]["gateway"] == victim_id {
+            exit = Some(candidate);
+            break;
+        }
+        candidate.shutdown().await.expect("the agent stops");
+        wait_for_pool(&gateways.iter().collect::<Vec<_>>(), 0, None).await;
+    }
+    let _exit = exit.expect("one of 20 agents prefers the first gateway");
+    let target = http_target("127.0.0.1").await;
+
+    gateways[0].process.kill().await.unwrap();
+    // At once, before the survivor has noticed: its only exit is the dead
+    // gateway's.
+    let survivor = customer(
+        CUSTOMER_IP,
+        gateways[1].banner.listen,
+        Some((USER, PASSWORD)),
+    );
+    let (status, answer) = exit_of(&survivor, target).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, "127.0.0.2");
+}

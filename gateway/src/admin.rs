@@ -226,10 +226,10 @@ fn route(
             crate::control_link::add_metrics(
                 shared.accounts.control().map(|link| &**link),
                 shared.metrics.render(
-                    &*shared.directory,
+                    &*shared.exits.directory(),
                     shared.sessions.len(),
                     &shared.config.health,
-                    shared.tunnels.count_by_transport(),
+                    shared.exits.tunnels().count_by_transport(),
                 ),
             ),
         ),
@@ -331,7 +331,8 @@ fn reset_usage(query: &str, shared: &Shared) -> Response<Full<Bytes>> {
         let agent_id = match &scope {
             ResetScope::Agent(id) => Some(
                 shared
-                    .directory
+                    .exits
+                    .directory()
                     .agents()
                     .into_iter()
                     .find(|agent| agent.exit_id == *id)
@@ -424,7 +425,7 @@ fn fleet_stats(
 
 /// The `/stats` document.
 pub fn stats(shared: &Shared) -> serde_json::Value {
-    let agents = shared.directory.agents();
+    let agents = shared.exits.directory().agents();
     let live_streams: u64 = agents
         .iter()
         .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
@@ -443,7 +444,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
                 "observed_addr": agent.home.is_none().then(|| agent.observed.to_string()),
                 "gateway": agent.home.as_deref().or(shared.fleet.as_ref().map(|fleet| &*fleet.id)),
                 "software": agent.software,
-                "transport": shared.tunnels.transport(agent.key).map(|t| t.as_str()),
+                "transport": shared.exits.tunnels().transport(agent.key).map(|t| t.as_str()),
                 "accepting": agent.is_accepting(),
                 "max_streams": agent.max_streams.load(Ordering::Relaxed),
                 "live_streams": agent.active_streams.load(Ordering::Relaxed),
@@ -472,7 +473,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
             })
         })
         .collect();
-    let (quic_agents, tcp_agents) = shared.tunnels.count_by_transport();
+    let (quic_agents, tcp_agents) = shared.exits.tunnels().count_by_transport();
     let usage = shared.usage.snapshot();
     let accounts = shared.accounts.current();
     let customers: serde_json::Map<String, serde_json::Value> = accounts
@@ -513,7 +514,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
     let bytes_down: u64 = usage.customers.values().map(|t| t.bytes_down).sum();
     serde_json::json!({
         "agents": agents.len(),
-        "countries": shared.directory.countries(),
+        "countries": shared.exits.directory().countries(),
         "transports": {"quic": quic_agents, "tcp": tcp_agents},
         "live_streams": live_streams,
         "sessions": shared.sessions.len(),

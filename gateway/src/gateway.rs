@@ -8,12 +8,13 @@ use crate::config::{GatewayConfig, TunnelTcp};
 use crate::control_link::{ControlLink, ControlOptions};
 use crate::directory::{AgentDirectory, LocalDirectory};
 use crate::entry_ports::LiveEntryPorts;
+use crate::fleet::sessions::FleetSessions;
 use crate::fleet::{self, Fleet};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
-use crate::sessions::MemorySessions;
+use crate::sessions::{MemorySessions, SessionStore};
 use crate::shared::Shared;
-use crate::tunnel::{self, tcp, Tunnels};
+use crate::tunnel::{self, tcp, Exits, Liveness};
 use crate::usage::{self, MemoryUsage};
 use crate::{admin, customer, housekeeping, state, tls};
 use exitpool_protocol::close_code;
@@ -167,7 +168,7 @@ impl Gateway {
 
     /// The agent directory.
     pub fn directory(&self) -> &dyn AgentDirectory {
-        &*self.shared.directory
+        &*self.shared.exits.directory()
     }
 
     /// Shared state, for the stats document and tests.
@@ -194,11 +195,10 @@ impl Gateway {
             info!(?grace, "grace period over; closing what is left");
         }
         self.shared.access_log.flush(grace).await;
-        for agent in self.shared.directory.agents() {
-            self.shared.directory.remove(agent.key);
+        for agent in self.shared.exits.directory().agents() {
             self.shared
-                .tunnels
-                .close(agent.key, close_code::SHUTDOWN, b"gateway shutting down");
+                .exits
+                .disconnect(agent.key, close_code::SHUTDOWN, b"gateway shutting down");
         }
         // Joined agents have had their finished control stream (see
         // `tunnel::join::serve_agent`); this closes what is left, such as handshakes.
@@ -434,13 +434,33 @@ async fn assemble(
         path: config.state_dir.join(crate::bans::FILE_NAME),
         source,
     })?;
+    let liveness = Liveness {
+        every: config.silence_check,
+        within: config.liveness_timeout,
+        checks: metrics.liveness_checks.clone(),
+        unresponsive: metrics.exits_unresponsive.clone(),
+    };
+    let exits = Exits::new(Box::new(directory), liveness);
+    let limits = Limiter::default();
+    // The fleet stands behind the exits, the session store and the limits:
+    // nothing past start-up asks whether there is one.
+    let sessions: Box<dyn SessionStore> = match &fleet {
+        Some(fleet) => {
+            exits.serve_remote(fleet.clone());
+            limits.count_others(fleet.clone());
+            Box::new(FleetSessions {
+                local: MemorySessions::default(),
+                fleet: fleet.clone(),
+            })
+        }
+        None => Box::new(MemorySessions::default()),
+    };
     let shared = Arc::new(Shared {
         config,
         fleet,
-        directory: Box::new(directory),
-        tunnels: Tunnels::default(),
+        exits,
         pending_handshakes: Default::default(),
-        sessions: Box::new(MemorySessions::default()),
+        sessions,
         auth_failures: AuthFailures::default(),
         tls_handshakes,
         password_checks,
@@ -448,7 +468,7 @@ async fn assemble(
         tasks: TaskTracker::new(),
         started: Instant::now(),
         accounts,
-        limits: Limiter::default(),
+        limits,
         usage,
         metrics,
         customer_tls,

@@ -34,6 +34,17 @@ pub struct Elsewhere {
     pub requests_per_second: u32,
 }
 
+/// The other gateways of a fleet, as the limits see them: what they used of
+/// each customer's limits as of their last heartbeat. The fleet registers one
+/// ([`Limiter::count_others`]); a lone gateway has none.
+pub trait OtherGateways: Send + Sync {
+    /// What the others used of `customer`'s connections and rate.
+    fn elsewhere(&self, customer: &str) -> Elsewhere;
+    /// `customer`'s bytes over the whole fleet, given this gateway's own
+    /// count `here`.
+    fn customer_bytes(&self, customer: &str, here: u64) -> u64;
+}
+
 /// One customer's runtime state.
 #[derive(Default)]
 struct Gate {
@@ -80,6 +91,8 @@ pub struct Limiter {
     gates: DashMap<String, Arc<Gate>>,
     /// The byte leases of customers with a quota ([`crate::quota`]).
     leases: Arc<QuotaLedger>,
+    /// The rest of the fleet, once registered.
+    others: std::sync::OnceLock<Arc<dyn OtherGateways>>,
 }
 
 impl Limiter {
@@ -87,6 +100,31 @@ impl Limiter {
     /// out of.
     pub fn quota_leases(&self) -> &Arc<QuotaLedger> {
         &self.leases
+    }
+
+    /// Counts what `others` used against every limit from now on (set once,
+    /// at start-up, by the fleet).
+    pub fn count_others(&self, others: Arc<dyn OtherGateways>) {
+        let _ = self.others.set(others);
+    }
+
+    /// What the rest of the fleet used of `customer`'s limits (zero on a
+    /// lone gateway).
+    pub fn elsewhere(&self, customer: &str) -> Elsewhere {
+        self.others
+            .get()
+            .map(|others| others.elsewhere(customer))
+            .unwrap_or_default()
+    }
+
+    /// `customer`'s bytes for its quota: this gateway's count `here`, or in a
+    /// fleet the fleet's as of its last heartbeat plus what this gateway
+    /// counted since.
+    pub fn customer_bytes(&self, customer: &str, here: u64) -> u64 {
+        match self.others.get() {
+            Some(others) => others.customer_bytes(customer, here),
+            None => here,
+        }
     }
 
     fn gate(&self, name: &str) -> Arc<Gate> {
@@ -100,8 +138,13 @@ impl Limiter {
     /// account has used so far, in the order quota -> rate -> concurrency (a
     /// refused request does not use up a rate token or a slot). The returned slot
     /// must be held for the life of the connection.
-    /// `elsewhere` is what the rest of the fleet used (zero on a lone gateway).
-    pub fn admit(
+    /// What the rest of the fleet used counts too ([`Limiter::elsewhere`]).
+    pub fn admit(&self, customer: &Customer, used_bytes: u64) -> Result<Slot, ProxyError> {
+        self.admit_given(customer, used_bytes, self.elsewhere(&customer.name))
+    }
+
+    /// [`Limiter::admit`], given what the rest of the fleet used.
+    fn admit_given(
         &self,
         customer: &Customer,
         used_bytes: u64,
@@ -186,15 +229,15 @@ mod tests {
             max_connections: Some(2),
             ..Limits::default()
         });
-        let a = limiter.admit(&alice, 0, Elsewhere::default()).unwrap();
-        let _b = limiter.admit(&alice, 0, Elsewhere::default()).unwrap();
+        let a = limiter.admit(&alice, 0).unwrap();
+        let _b = limiter.admit(&alice, 0).unwrap();
         assert_eq!(
-            limiter.admit(&alice, 0, Elsewhere::default()).unwrap_err(),
+            limiter.admit(&alice, 0).unwrap_err(),
             ProxyError::TooManyConnections(2)
         );
         assert_eq!(limiter.live("alice"), 2);
         drop(a);
-        assert!(limiter.admit(&alice, 0, Elsewhere::default()).is_ok());
+        assert!(limiter.admit(&alice, 0).is_ok());
     }
 
     #[test]
@@ -205,16 +248,14 @@ mod tests {
             quota_bytes: Some(100),
             ..Limits::default()
         });
-        assert!(limiter.admit(&alice, 0, Elsewhere::default()).is_ok());
-        assert!(limiter.admit(&alice, 0, Elsewhere::default()).is_ok());
-        match limiter.admit(&alice, 0, Elsewhere::default()).unwrap_err() {
+        assert!(limiter.admit(&alice, 0).is_ok());
+        assert!(limiter.admit(&alice, 0).is_ok());
+        match limiter.admit(&alice, 0).unwrap_err() {
             ProxyError::RateLimited { retry_after, .. } => assert_eq!(retry_after, 1),
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            limiter
-                .admit(&alice, 100, Elsewhere::default())
-                .unwrap_err(),
+            limiter.admit(&alice, 100).unwrap_err(),
             ProxyError::QuotaExhausted(100)
         );
     }
@@ -232,9 +273,9 @@ mod tests {
             requests_per_second: 9,
         };
         // Two open elsewhere leave one here; nine a second elsewhere leave one.
-        let _held = limiter.admit(&alice, 0, elsewhere).unwrap();
+        let _held = limiter.admit_given(&alice, 0, elsewhere).unwrap();
         assert!(matches!(
-            limiter.admit(
+            limiter.admit_given(
                 &alice,
                 0,
                 Elsewhere {
@@ -246,7 +287,7 @@ mod tests {
         ));
         assert_eq!(
             limiter
-                .admit(
+                .admit_given(
                     &alice,
                     0,
                     Elsewhere {

@@ -68,6 +68,28 @@ pub trait SessionStore: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Agrees a new or moved pin with whoever else pins sessions (the other
+    /// gateways of a fleet) before its exit is opened; may change `pinned`'s
+    /// expiry or, answering [`Settle::Elsewhere`], store another pin. Pins kept
+    /// in this process alone settle at once.
+    fn settle<'a>(&'a self, _key: &'a SessionKey, _pinned: &'a mut Pinned) -> Settling<'a> {
+        Box::pin(std::future::ready(Settle::Ours))
+    }
+}
+
+/// A pin being settled ([`SessionStore::settle`]).
+pub type Settling<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Settle> + Send + 'a>>;
+
+/// What settling a pin this gateway chose came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// It is the pin now (or nobody else could be asked: the local choice
+    /// stands).
+    Ours,
+    /// The session was already pinned to the same exit.
+    Found,
+    /// The session is pinned to another exit, now stored here: route again.
+    Elsewhere,
 }
 
 /// Session pins in this process's memory.

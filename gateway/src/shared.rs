@@ -8,14 +8,14 @@ use crate::accounts::{Accounts, AccountsError};
 use crate::config::GatewayConfig;
 use crate::customer_tls::CustomerTls;
 use crate::directory::places::PlacesCache;
-use crate::directory::{Agent, AgentDirectory, Location, Outcome};
+use crate::directory::{Agent, Location, Outcome};
 use crate::entry_ports::LiveEntryPorts;
 use crate::error::ProxyError;
 use crate::fleet::Fleet;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::sessions::SessionStore;
-use crate::tunnel::Tunnels;
+use crate::tunnel::Exits;
 use crate::usage::UsageSink;
 use exitpool_protocol::close_code;
 use std::net::IpAddr;
@@ -31,10 +31,9 @@ pub struct Shared {
     pub config: GatewayConfig,
     /// Fleet membership (`--redis`); `None` for a gateway on its own.
     pub fleet: Option<Arc<Fleet>>,
-    /// Who is connected, where, with what load.
-    pub directory: Box<dyn AgentDirectory>,
-    /// The tunnels held by this process, to open streams on.
-    pub tunnels: Tunnels,
+    /// The exits: who is connected, where, with what load, and the one way
+    /// to open a stream to any of them.
+    pub exits: Exits,
     /// Agent handshakes in progress on both tunnel transports.
     pub pending_handshakes: std::sync::Arc<crate::tunnel::pending::PendingHandshakes>,
     /// Sticky-session pins.
@@ -117,16 +116,10 @@ impl Shared {
         }
     }
 
-    /// Drops a departed agent: its directory entry and its tunnel handle.
-    pub fn forget_agent(&self, key: u64) {
-        self.directory.remove(key);
-        self.tunnels.remove(key);
-    }
-
     /// Records how an open or relay through `agent` went (its health), counting
     /// a cooling it causes.
     pub fn report_outcome(&self, agent: &Arc<Agent>, outcome: Outcome) {
-        if self.directory.report(agent, outcome).is_some() {
+        if self.exits.directory().report(agent, outcome).is_some() {
             self.metrics.exit_coolings.inc();
         }
     }
@@ -139,39 +132,12 @@ impl Shared {
         if !agent.is_local() {
             return;
         }
-        if error.kind() == std::io::ErrorKind::NotConnected || !self.tunnels.is_open(agent.key) {
+        if error.kind() == std::io::ErrorKind::NotConnected
+            || !self.exits.tunnels().is_open(agent.key)
+        {
             tracing::debug!(exit = %agent.exit_id, %error, "relay lost with the exit's tunnel");
             self.report_outcome(agent, Outcome::ExitFailed);
         }
-    }
-
-    /// Asks the tunnel of `agent`, on which a customer is waiting, whether it is
-    /// alive ([`Tunnels::is_alive`] within [`GatewayConfig::liveness_timeout`]).
-    /// A tunnel that does not answer is closed: its agent leaves the directory
-    /// and every stream on it is reset, so waiting customers fail (and their
-    /// opens move to other exits) in seconds rather than at the idle timeout.
-    /// An exit of another fleet gateway is that gateway's to watch.
-    pub async fn check_exit_alive(&self, agent: &Agent) -> bool {
-        if !agent.is_local() {
-            return true;
-        }
-        self.metrics.liveness_checks.inc();
-        if self
-            .tunnels
-            .is_alive(agent.key, self.config.liveness_timeout)
-            .await
-        {
-            return true;
-        }
-        tracing::warn!(exit = %agent.exit_id, "exit's tunnel failed a liveness check; dropping it");
-        self.metrics.exits_unresponsive.inc();
-        self.tunnels.close(
-            agent.key,
-            close_code::UNRESPONSIVE,
-            b"no answer to a liveness check",
-        );
-        self.directory.remove(agent.key);
-        false
     }
 
     /// Accounts bytes moved for `customer` through `agent`: usage (quotas, billing,
@@ -190,11 +156,8 @@ impl Shared {
     /// fleet the fleet's as of its last heartbeat plus what this gateway
     /// counted since.
     pub fn customer_bytes(&self, customer: &str) -> u64 {
-        let here = self.usage.customer_bytes(customer);
-        match &self.fleet {
-            Some(fleet) => fleet.customer_bytes(customer, here),
-            None => here,
-        }
+        self.limits
+            .customer_bytes(customer, self.usage.customer_bytes(customer))
     }
 
     /// The quota a transfer of `user` leases against, if it has one: the
@@ -269,15 +232,17 @@ impl Shared {
                 // A revoked token takes its agents out at once; they hear why
                 // when they try to come back (a Reject with BadToken).
                 // Agents of other fleet gateways are theirs to check.
-                for agent in self.directory.agents() {
+                for agent in self.exits.directory().agents() {
                     if agent.is_local()
                         && !set.agent_tokens.accepts(agent.token.expose())
                         && !self.agent_tokens.from_store(agent.token.expose())
                     {
                         info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
-                        self.directory.remove(agent.key);
-                        self.tunnels
-                            .close(agent.key, close_code::REJECTED, b"agent token revoked");
+                        self.exits.disconnect(
+                            agent.key,
+                            close_code::REJECTED,
+                            b"agent token revoked",
+                        );
                     }
                 }
                 Ok(())

@@ -141,7 +141,11 @@ fn exit(agent: &Agent, shared: &Shared, now: std::time::Instant) -> Exit {
         region: agent.location.region.clone(),
         city: agent.location.city.clone(),
         asn: agent.location.asn,
-        transport: shared.tunnels.transport(agent.key).map(|t| t.as_str()),
+        transport: shared
+            .exits
+            .tunnels()
+            .transport(agent.key)
+            .map(|t| t.as_str()),
         gateway: agent.home.as_deref().map(str::to_owned),
         accepting: agent.is_accepting(),
         load: agent.load(),
@@ -181,7 +185,7 @@ pub(super) async fn list_exits(
     let Query(params) = params.map_err(|rejection| Error::BadRequest {
         message: rejection.body_text(),
     })?;
-    let agents = shared.directory.agents();
+    let agents = shared.exits.directory().agents();
     if params.banned == Some(true) {
         let banned = shared
             .bans
@@ -253,15 +257,14 @@ pub(super) async fn ban_exit(
     };
     let mut disconnected = false;
     let mut held_by = None;
-    for agent in shared.directory.agents() {
+    for agent in shared.exits.directory().agents() {
         if agent.exit_id != id {
             continue;
         }
         if agent.is_local() {
-            shared.directory.remove(agent.key);
             shared
-                .tunnels
-                .close(agent.key, close_code::REJECTED, b"banned by the operator");
+                .exits
+                .disconnect(agent.key, close_code::REJECTED, b"banned by the operator");
             disconnected = true;
         } else {
             held_by = agent.home.as_deref().map(str::to_owned);

@@ -56,7 +56,7 @@ pub(crate) async fn inventory(
     if request.uri().path() == USAGE_PATH {
         return usage(&grant.user, shared).await;
     }
-    let counts = shared.places.counts(&*shared.directory);
+    let counts = shared.places.counts(&*shared.exits.directory());
     let limits = &grant.customer.limits;
     let countries: serde_json::Map<String, serde_json::Value> = counts
         .iter()
@@ -196,11 +196,7 @@ async fn usage(user: &str, shared: &Shared) -> Result<Response<Body>, ProxyError
             }));
         }
     }
-    let elsewhere = shared
-        .fleet
-        .as_ref()
-        .map(|fleet| fleet.elsewhere(user).connections)
-        .unwrap_or_default();
+    let elsewhere = shared.limits.elsewhere(user).connections;
     let body = serde_json::json!({
         "account": user,
         "today": own.today,

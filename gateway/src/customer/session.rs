@@ -14,7 +14,7 @@ use crate::entry_ports;
 use crate::error::ProxyError;
 use crate::limits::Slot;
 use crate::metrics::CauseLabel;
-use crate::sessions::{Pinned, SessionKey};
+use crate::sessions::{Pinned, SessionKey, Settle};
 use crate::shared::Shared;
 use crate::tunnel::ExitStream;
 use exitpool_protocol::TargetHost;
@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 /// it is answered `exits_busy`: a moment for streams that are ending to end,
 /// not a queue.
 pub const EXITS_BUSY_GRACE: Duration = Duration::from_millis(100);
+
+/// Longest a request waits for exits to come back when every exit it could
+/// use was on another gateway that stopped answering: that gateway's agents
+/// rejoin the others within a few keep-alives (seconds at the defaults).
+pub const FAILOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a customer connection arrived.
 #[derive(Debug, Clone)]
@@ -328,9 +333,11 @@ pub async fn open(
     let mut avoid = Avoid::default();
     // The exit failure that sent this request to another exit.
     let mut last_failure: Option<(Arc<Agent>, ProxyError)> = None;
-    // Pins settled with the fleet for this request (a new pin, then perhaps a move).
+    // Pins settled for this request (a new pin, then perhaps a move).
     let mut settles = 0;
     loop {
+        // Subscribed before choosing, so a join in between is not missed.
+        let mut pool_changed = shared.exits.directory().census();
         let chosen = choose_exit_or_wait(grant, &customer.limits, shared, &avoid).await;
         let (agent, mut session, mut pin) = match (chosen, last_failure.take()) {
             (Ok(chosen), failure) => {
@@ -338,20 +345,34 @@ pub async fn open(
                 chosen
             }
             (Err(error), None) => return Err(fail(None, error).tried(avoid.exits.len())),
+            // Every exit left was on another gateway that has gone: its agents
+            // are on their way to the others (within a few keep-alives), so
+            // the request waits for the pool to change rather than failing.
+            (Err(_), Some((agent, error)))
+                if matches!(error, ProxyError::PeerUnavailable(_))
+                    && Instant::now() < deadline.min(started + FAILOVER_WAIT) =>
+            {
+                let until = tokio::time::Instant::from_std(deadline.min(started + FAILOVER_WAIT));
+                if let Ok(Err(_)) = tokio::time::timeout_at(until, pool_changed.changed()).await {
+                    return Err(fail(Some(&agent), error).tried(avoid.exits.len()));
+                }
+                last_failure = Some((agent, error));
+                continue;
+            }
             // No other exit to move to: the last exit's failure stands.
             (Err(_), Some((agent, error))) => {
                 return Err(fail(Some(&agent), error).tried(avoid.exits.len()))
             }
         };
-        if let (Some(fleet), Some((key, pinned))) = (&shared.fleet, &mut pin) {
+        if let Some((key, pinned)) = &mut pin {
             if settles < 2 {
                 settles += 1;
-                match settle_with_fleet(fleet, key, pinned, shared).await {
+                match shared.sessions.settle(key, pinned).await {
                     Settle::Ours => {}
                     // Another gateway pinned it to this very exit first.
                     Settle::Found => session = Some(SessionOutcome::Kept),
-                    // The fleet had pinned the session elsewhere: route again
-                    // with that pin, now held here too.
+                    // It was pinned elsewhere: route again with that pin,
+                    // now held here too.
                     Settle::Elsewhere => continue,
                 }
             }
@@ -362,7 +383,7 @@ pub async fn open(
             .min(deadline.saturating_duration_since(attempt_started));
         let load = StreamGuard::new(agent.clone());
         let waiting = agent.health.open_started(attempt_started);
-        let opened = open_watched(&agent, host.clone(), port, timeout, shared).await;
+        let opened = shared.exits.open(&agent, host.clone(), port, timeout).await;
         drop(waiting);
         let error = match opened {
             Ok(stream) => {
@@ -398,7 +419,7 @@ pub async fn open(
 /// connection slots, the exit's load while the association lasts), chosen once
 /// for the association's life. Nothing is dialled here: each UDP flow is opened
 /// on the exit's tunnel later. Only exits whose tunnel this gateway holds
-/// qualify (UDP flows do not cross the fleet's peer links).
+/// qualify (UDP flows do not cross to other gateways).
 pub(crate) async fn choose_for_flows(
     grant: &Grant,
     shared: &Shared,
@@ -448,12 +469,7 @@ fn within_limits(grant: &Grant, shared: &Shared) -> Result<(Arc<Customer>, Slot)
         }
     }
     let used = shared.customer_bytes(&grant.user);
-    let elsewhere = shared
-        .fleet
-        .as_ref()
-        .map(|fleet| fleet.elsewhere(&grant.user))
-        .unwrap_or_default();
-    let slot = shared.limits.admit(&customer, used, elsewhere)?;
+    let slot = shared.limits.admit(&customer, used)?;
     Ok((customer, slot))
 }
 
@@ -522,100 +538,6 @@ fn next_exit(
     Ok(error)
 }
 
-/// What the fleet said of a pin this gateway chose.
-enum Settle {
-    /// It is the fleet's pin now (or the fleet is out of reach: the local
-    /// choice stands).
-    Ours,
-    /// The fleet already had the session pinned to the same exit.
-    Found,
-    /// The fleet has the session pinned to another exit, now cached here:
-    /// route again.
-    Elsewhere,
-}
-
-/// Settles a new or moved pin with the fleet before the exit is opened: one
-/// Redis round trip.
-async fn settle_with_fleet(
-    fleet: &crate::fleet::Fleet,
-    key: &SessionKey,
-    pinned: &mut Pinned,
-    shared: &Shared,
-) -> Settle {
-    let now = Instant::now();
-    let seen = shared.sessions.get(key, now).map(|pin| pin.agent_id);
-    let lifetime = pinned.expires_at.saturating_duration_since(now);
-    match fleet
-        .settle_session(
-            &key.customer,
-            &key.session,
-            seen.as_deref(),
-            &pinned.agent_id,
-            lifetime,
-        )
-        .await
-    {
-        Ok(settled) if settled.agent_id == pinned.agent_id => {
-            pinned.expires_at = now + settled.expires_in;
-            if settled.set_here {
-                Settle::Ours
-            } else {
-                Settle::Found
-            }
-        }
-        Ok(settled) => {
-            let adopted = Pinned {
-                agent_id: settled.agent_id,
-                expires_at: now + settled.expires_in,
-            };
-            // Room was checked when the pin was chosen; a full store leaves
-            // this request to the local choice.
-            match shared.sessions.put(key.clone(), adopted, usize::MAX) {
-                Ok(()) => Settle::Elsewhere,
-                Err(_) => Settle::Ours,
-            }
-        }
-        Err(error) => {
-            tracing::debug!(%error, "session pinned here only: the fleet is out of reach");
-            Settle::Ours
-        }
-    }
-}
-
-/// Opens a relay stream through `agent`, checking the exit's tunnel is alive
-/// while the answer is slow to come (a vanished exit fails in seconds, as
-/// [`ProxyError::ExitLost`], not at the tunnel's idle timeout).
-async fn open_watched(
-    agent: &Arc<Agent>,
-    host: TargetHost,
-    port: u16,
-    timeout: std::time::Duration,
-    shared: &Shared,
-) -> Result<ExitStream, ProxyError> {
-    let watchdog = async {
-        let every = shared.config.silence_check;
-        loop {
-            tokio::time::sleep(every).await;
-            if !shared.check_exit_alive(agent).await {
-                return;
-            }
-        }
-    };
-    if let (Some(home), Some(fleet)) = (&agent.home, &shared.fleet) {
-        fleet.counters.peer_streams_out.inc();
-        return fleet
-            .peers
-            .open(home, &agent.agent_id, host, port, timeout)
-            .await;
-    }
-    tokio::select! {
-        opened = shared.tunnels.open(agent.key, host, port, timeout) => opened,
-        () = watchdog => Err(ProxyError::ExitLost(
-            "the exit's tunnel did not answer a liveness check".into(),
-        )),
-    }
-}
-
 /// [`choose_exit`], waiting up to [`EXITS_BUSY_GRACE`] for a stream to end
 /// when every matching exit is busy. A customer that closes a connection and
 /// opens the next at once can otherwise arrive a moment before the gateway has
@@ -629,7 +551,7 @@ async fn choose_exit_or_wait(
     let deadline = tokio::time::Instant::now() + EXITS_BUSY_GRACE;
     loop {
         // Registered before the pick, so a slot freed in between is not missed.
-        let freed = shared.directory.slot_freed().notified();
+        let freed = shared.exits.directory().slot_freed().notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
         match choose_exit(grant, limits, shared, avoid) {
@@ -674,7 +596,8 @@ fn choose_exit(
     match &grant.targeting.session {
         Some(session) => order.sort_by_key(|country| {
             shared
-                .directory
+                .exits
+                .directory()
                 .ring_point(&format!("{}\0{}\0{country}", grant.user, session.id))
         }),
         None => rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng()),
@@ -720,7 +643,7 @@ fn choose_in(
         city: targeting.city.clone(),
         region: targeting.region.clone(),
     };
-    let directory = &shared.directory;
+    let directory = &shared.exits.directory();
     let Some(session) = &targeting.session else {
         let agent = directory.pick(&filter, avoid).map_err(unavailable)?;
         return Ok((agent, None, None));

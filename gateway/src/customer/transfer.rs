@@ -80,7 +80,7 @@ async fn watch_exit(agent: &Agent, counters: &LiveCounters, shared: &Shared) {
         if !expecting || changed.elapsed() < check_after {
             continue;
         }
-        if !shared.check_exit_alive(agent).await {
+        if !shared.exits.check_alive(agent).await {
             return;
         }
         changed = Instant::now();

@@ -162,7 +162,7 @@ impl TunnelFrames {
         flow: u32,
         shared: &Arc<Shared>,
     ) -> Option<(FrameRoute, mpsc::Receiver<Bytes>)> {
-        let tunnel = shared.tunnels.get(key)?;
+        let tunnel = shared.exits.tunnels().get(key)?;
         tunnel.max_datagram_size()?;
         let id = (Arc::as_ptr(shared) as usize, key);
         let mut tunnels = framed_tunnels().lock().unwrap_or_else(|e| e.into_inner());
@@ -329,7 +329,7 @@ pub(super) async fn open_flow(
         datagrams: route.is_some(),
     };
     let timeout = shared.config.open_timeout;
-    match shared.tunnels.open_udp(tunnel, open, timeout).await {
+    match shared.exits.tunnels().open_udp(tunnel, open, timeout).await {
         Ok(stream) => Ok(OpenFlow {
             flow,
             stream,

@@ -533,6 +533,34 @@ impl Fleet {
     }
 }
 
+/// The limits count what the rest of the fleet used ([`Fleet::elsewhere`],
+/// [`Fleet::customer_bytes`]).
+impl crate::limits::OtherGateways for Fleet {
+    fn elsewhere(&self, customer: &str) -> Elsewhere {
+        Fleet::elsewhere(self, customer)
+    }
+
+    fn customer_bytes(&self, customer: &str, here: u64) -> u64 {
+        Fleet::customer_bytes(self, customer, here)
+    }
+}
+
+/// Streams to exits of other gateways go over the peer link to the gateway
+/// holding each ([`peer::Peers::open`]).
+impl crate::tunnel::RemoteExits for Fleet {
+    fn open<'a>(
+        &'a self,
+        home: &'a Arc<str>,
+        agent_id: &'a str,
+        host: exitpool_protocol::TargetHost,
+        port: u16,
+        timeout: Duration,
+    ) -> crate::tunnel::RemoteOpen<'a> {
+        self.counters.peer_streams_out.inc();
+        Box::pin(self.peers.open(home, agent_id, host, port, timeout))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::keys;

@@ -26,7 +26,7 @@ use exitpool_protocol::peer::{
     PeerAnswer, PeerHello, PeerOpen, PEER_ALPN, PEER_EXPORTER_LABEL, PEER_EXPORTER_LEN,
     PEER_TCP_ALPN, PEER_VERSION,
 };
-use exitpool_protocol::{read_frame, write_frame, OpenReply, TargetHost};
+use exitpool_protocol::{read_frame, write_frame, TargetHost};
 use exitpool_transport::pin::{Pin, PinVerifier};
 use exitpool_transport::tcp::{self, TcpSettings};
 use exitpool_transport::{Tunnel, TunnelConnection};
@@ -277,23 +277,10 @@ impl Peers {
             host,
             port,
         };
-        let lost =
-            |e: &dyn std::fmt::Display| ProxyError::PeerUnavailable(format!("gateway {home}: {e}"));
-        let exchange = async {
-            let (mut send, mut recv) = link.open_stream().await.map_err(|e| lost(&e))?;
-            write_frame(&mut send, &request)
-                .await
-                .map_err(|e| lost(&e))?;
-            let reply: OpenReply = read_frame(&mut recv).await.map_err(|e| lost(&e))?;
-            Ok::<_, ProxyError>((send, recv, reply))
-        };
-        let (send, recv, reply) = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| ProxyError::ExitTimeout(timeout.as_secs()))??;
-        match reply {
-            OpenReply::Opened { peer } => Ok(ExitStream { send, recv, peer }),
-            OpenReply::Failed { code, detail } => Err(ProxyError::Exit { code, detail }),
-        }
+        crate::tunnel::open_exchange(&link, &request, timeout, |e| {
+            ProxyError::PeerUnavailable(format!("gateway {home}: {e}"))
+        })
+        .await
     }
 
     /// The live link to `home`, dialling it if there is none. Customers

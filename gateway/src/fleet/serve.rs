@@ -196,7 +196,8 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
         return;
     };
     let agent = shared
-        .directory
+        .exits
+        .directory()
         .by_agent_id(&request.agent_id)
         .filter(|agent| agent.is_local());
     let Some(agent) = agent else {
@@ -211,7 +212,8 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
     let load = StreamGuard::new(agent.clone());
     let started = Instant::now();
     let opened = shared
-        .tunnels
+        .exits
+        .tunnels()
         .open(
             agent.key,
             request.host,

@@ -9,8 +9,11 @@
 //! session agree on where it went.
 
 use super::{keys, Fleet, FleetError};
-use std::sync::LazyLock;
-use std::time::Duration;
+use crate::sessions::{
+    MemorySessions, Pinned, SessionKey, SessionStore, SessionsFull, Settle, Settling,
+};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 /// Sets the pin to `ARGV[2]` when it is still what the caller last saw
 /// (`ARGV[1]`: an exit id, or empty for "no pin"), keeping a pin's expiry on a
@@ -73,6 +76,87 @@ impl Fleet {
             agent_id,
             expires_in: Duration::from_millis(millis.max(0) as u64),
             set_here: set_here == 1,
+        })
+    }
+}
+
+/// The session store of a fleet gateway: pins cached in this process, each
+/// new or moved pin settled with the fleet first ([`Fleet::settle_session`]).
+pub struct FleetSessions {
+    /// The pins this gateway has seen.
+    pub local: MemorySessions,
+    /// Where pins are agreed.
+    pub fleet: Arc<Fleet>,
+}
+
+impl SessionStore for FleetSessions {
+    fn get(&self, key: &SessionKey, now: Instant) -> Option<Pinned> {
+        self.local.get(key, now)
+    }
+
+    fn has_room(&self, customer: &str, per_customer: usize) -> Result<(), SessionsFull> {
+        self.local.has_room(customer, per_customer)
+    }
+
+    fn put(
+        &self,
+        key: SessionKey,
+        pinned: Pinned,
+        per_customer: usize,
+    ) -> Result<(), SessionsFull> {
+        self.local.put(key, pinned, per_customer)
+    }
+
+    fn sweep(&self, now: Instant) -> usize {
+        self.local.sweep(now)
+    }
+
+    fn len(&self) -> usize {
+        self.local.len()
+    }
+
+    /// One Redis round trip; the fleet out of reach leaves the local choice.
+    fn settle<'a>(&'a self, key: &'a SessionKey, pinned: &'a mut Pinned) -> Settling<'a> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let seen = self.local.get(key, now).map(|pin| pin.agent_id);
+            let lifetime = pinned.expires_at.saturating_duration_since(now);
+            let settled = self
+                .fleet
+                .settle_session(
+                    &key.customer,
+                    &key.session,
+                    seen.as_deref(),
+                    &pinned.agent_id,
+                    lifetime,
+                )
+                .await;
+            match settled {
+                Ok(settled) if settled.agent_id == pinned.agent_id => {
+                    pinned.expires_at = now + settled.expires_in;
+                    if settled.set_here {
+                        Settle::Ours
+                    } else {
+                        Settle::Found
+                    }
+                }
+                Ok(settled) => {
+                    let adopted = Pinned {
+                        agent_id: settled.agent_id,
+                        expires_at: now + settled.expires_in,
+                    };
+                    // Room was checked when the pin was chosen; a full store
+                    // leaves this request to the local choice.
+                    match self.local.put(key.clone(), adopted, usize::MAX) {
+                        Ok(()) => Settle::Elsewhere,
+                        Err(_) => Settle::Ours,
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "session pinned here only: the fleet is out of reach");
+                    Settle::Ours
+                }
+            }
         })
     }
 }

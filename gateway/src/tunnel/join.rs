@@ -132,7 +132,7 @@ pub(crate) async fn join(
         exit_id: agent.exit_id.clone(),
     };
     if let Err(error) = write_frame(&mut control_send, &welcome).await {
-        shared.forget_agent(agent.key);
+        shared.exits.forget(agent.key);
         return Err(error.into());
     }
     Ok(AdmittedAgent {
@@ -249,10 +249,8 @@ fn enter_directory(connection: &Tunnel, hello: CheckedHello, shared: &Shared) ->
         accepting,
     } = hello;
     let location = shared.locate(connection.remote_address().ip());
-    // The link first, so an agent routing can see is always reachable.
-    let key = shared.tunnels.add(connection.clone());
-    let (agent, replaced) = shared.directory.insert(
-        key,
+    let (agent, replaced) = shared.exits.admit(
+        connection,
         Joining {
             agent_id,
             token,
@@ -268,8 +266,8 @@ fn enter_directory(connection: &Tunnel, hello: CheckedHello, shared: &Shared) ->
         // An agent moving from TLS/TCP back to QUIC keeps its old tunnel until
         // the customers on it are done, then leaves it itself; the directory
         // already routes to the new one. Same transport: a stale tunnel.
-        if shared.tunnels.transport(old.key) == Some(connection.transport()) {
-            shared.tunnels.close(
+        if shared.exits.tunnels().transport(old.key) == Some(connection.transport()) {
+            shared.exits.tunnels().close(
                 old.key,
                 close_code::REPLACED,
                 b"replaced by a newer connection",
@@ -351,7 +349,7 @@ fn check_hello(
         })?;
     // A banned device (crate::bans) is told so; the agent logs the message
     // and stops. (The protocol has no reason of its own for it.)
-    let exit_id = shared.directory.exit_id(&agent_id);
+    let exit_id = shared.exits.directory().exit_id(&agent_id);
     if shared.bans.is_banned(&exit_id) {
         return Err((
             RejectReason::BadAgentId,
@@ -387,12 +385,12 @@ fn over_agent_caps(
     shared: &Shared,
     from_store: Option<&Verdict>,
 ) -> Option<String> {
-    if shared.directory.by_agent_id(agent_id).is_some() {
+    if shared.exits.directory().by_agent_id(agent_id).is_some() {
         return None;
     }
     let per_address = shared.config.max_agents_per_address;
     let network = source_network(connection.remote_address().ip());
-    if shared.directory.agents_from(network) >= per_address {
+    if shared.exits.directory().agents_from(network) >= per_address {
         return Some(format!(
             "{per_address} agents are already connected from this network; this agent will try again later"
         ));
@@ -408,7 +406,7 @@ fn over_agent_caps(
                 .max_agents?,
         ),
     };
-    (shared.directory.agents_with_token(token) >= max as usize).then(|| {
+    (shared.exits.directory().agents_with_token(token) >= max as usize).then(|| {
         format!("this enrolment token's {max} agents are all connected; this agent will try again later")
     })
 }
@@ -436,7 +434,7 @@ async fn serve_agent(admitted: AdmittedAgent, shared: Arc<Shared>) {
             message = read_frame::<AgentMessage, _>(&mut control_recv) => message,
             () = shared.shutdown.cancelled() => {
                 // No new customers reach this agent from here on.
-                shared.directory.set_accepting(agent.key, false);
+                shared.exits.directory().set_accepting(agent.key, false);
                 // Boxed for the same reason as the handshake: it runs once, at the end.
                 let code = close_code::SHUTDOWN;
                 Box::pin(leave(&connection, &mut control_send, code, b"gateway shutting down")).await;
@@ -445,11 +443,11 @@ async fn serve_agent(admitted: AdmittedAgent, shared: Arc<Shared>) {
         };
         match message {
             Ok(AgentMessage::Load { accepting, .. }) => {
-                shared.directory.set_accepting(agent.key, accepting);
+                shared.exits.directory().set_accepting(agent.key, accepting);
             }
             Ok(AgentMessage::Draining) => {
                 debug!("agent draining");
-                shared.directory.set_accepting(agent.key, false);
+                shared.exits.directory().set_accepting(agent.key, false);
             }
             Ok(AgentMessage::Hello { .. }) => {
                 connection.close(close_code::PROTOCOL, b"duplicate hello");
@@ -470,6 +468,6 @@ async fn serve_agent(admitted: AdmittedAgent, shared: Arc<Shared>) {
             }
         }
     };
-    shared.forget_agent(agent.key);
+    shared.exits.forget(agent.key);
     info!(exit = %agent.exit_id, %reason, "agent left");
 }

@@ -3,8 +3,10 @@
 //! both transports ([`join`]: handshake on the control stream, directory
 //! entry, leave), agents' store tokens rechecked while they are connected
 //! ([`revocations`]), the handshake budget they share ([`pending`]), and the
-//! tunnels held here ([`Tunnels`]: opening a relay stream through one).
+//! tunnels held here ([`Tunnels`]: opening a relay stream through one), and
+//! [`Exits`], the one way to reach an exit, here or on another gateway.
 
+mod exits;
 pub mod join;
 pub mod pending;
 pub mod quic;
@@ -12,4 +14,5 @@ pub mod revocations;
 pub mod tcp;
 mod tunnels;
 
+pub use exits::{open_exchange, Exits, Liveness, RemoteExits, RemoteOpen};
 pub use tunnels::{ExitStream, Tunnels};

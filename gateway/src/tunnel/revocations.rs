@@ -69,7 +69,7 @@ async fn round(shared: &Shared) {
     // The store tokens connected agents hold, each looked up once.
     let accounts = shared.accounts.current();
     let mut holders: HashMap<String, Vec<Arc<crate::directory::Agent>>> = HashMap::new();
-    for agent in shared.directory.agents() {
+    for agent in shared.exits.directory().agents() {
         let secret = agent.token.expose();
         if agent.is_local() && !accounts.agent_tokens.accepts(secret) {
             holders.entry(secret.to_owned()).or_default().push(agent);
@@ -87,10 +87,9 @@ async fn round(shared: &Shared) {
         }
         for agent in agents {
             info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
-            shared.directory.remove(agent.key);
             shared
-                .tunnels
-                .close(agent.key, close_code::REJECTED, b"agent token revoked");
+                .exits
+                .disconnect(agent.key, close_code::REJECTED, b"agent token revoked");
         }
     }
 }

@@ -9,7 +9,7 @@
 use crate::error::ProxyError;
 use dashmap::DashMap;
 use exitpool_protocol::udp::{RelayOpen, UdpOpen};
-use exitpool_protocol::{read_frame, write_frame, FrameError, OpenReply, OpenRequest, TargetHost};
+use exitpool_protocol::{OpenRequest, TargetHost};
 use exitpool_transport::{StreamRecv, StreamSend, Transport, Tunnel, TunnelConnection};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,28 +148,6 @@ impl Tunnels {
             .get(&key)
             .map(|entry| entry.value().clone())
             .ok_or_else(|| ProxyError::ExitLost("the exit's tunnel has closed".into()))?;
-        let exchange = async {
-            let (mut send, mut recv) = connection
-                .open_stream()
-                .await
-                .map_err(|e| ProxyError::ExitLost(e.to_string()))?;
-            write_frame(&mut send, request)
-                .await
-                .map_err(|e| ProxyError::ExitLost(e.to_string()))?;
-            let reply: OpenReply = read_frame(&mut recv).await.map_err(|e| match e {
-                FrameError::TooLong(_) | FrameError::Malformed(_) => {
-                    ProxyError::ExitLost(format!("the exit answered garbage: {e}"))
-                }
-                _ => ProxyError::ExitLost(e.to_string()),
-            })?;
-            Ok((send, recv, reply))
-        };
-        let (send, recv, reply) = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| ProxyError::ExitTimeout(timeout.as_secs()))??;
-        match reply {
-            OpenReply::Opened { peer } => Ok(ExitStream { send, recv, peer }),
-            OpenReply::Failed { code, detail } => Err(ProxyError::Exit { code, detail }),
-        }
+        super::exits::open_exchange(&connection, request, timeout, ProxyError::ExitLost).await
     }
 }

@@ -23,7 +23,7 @@ fn band(agent: &Agent, now: Instant, shared: &Shared) -> (&'static str, f64) {
 
 /// `GET /dashboard/api/overview`.
 pub fn overview(shared: &Shared, samples: &Samples) -> Value {
-    let agents = shared.directory.agents();
+    let agents = shared.exits.directory().agents();
     let now = Instant::now();
     let mut bands = BTreeMap::from([
         ("healthy", 0u64),
@@ -34,7 +34,8 @@ pub fn overview(shared: &Shared, samples: &Samples) -> Value {
     for agent in &agents {
         *bands.entry(band(agent, now, shared).0).or_default() += 1;
     }
-    let mut countries: Vec<(String, usize)> = shared.directory.countries().into_iter().collect();
+    let mut countries: Vec<(String, usize)> =
+        shared.exits.directory().countries().into_iter().collect();
     countries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let live_streams: u64 = agents
         .iter()
@@ -49,7 +50,7 @@ pub fn overview(shared: &Shared, samples: &Samples) -> Value {
     }
     let mut errors: Vec<(String, u64)> = errors.into_iter().collect();
     errors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let (quic, tcp) = shared.tunnels.count_by_transport();
+    let (quic, tcp) = shared.exits.tunnels().count_by_transport();
     json!({
         "now": unix_now(),
         "agents": agents.len(),
@@ -82,7 +83,8 @@ pub fn overview(shared: &Shared, samples: &Samples) -> Value {
 /// The traffic counters as they are now.
 pub fn sample_now(shared: &Shared) -> Sample {
     let live_streams = shared
-        .directory
+        .exits
+        .directory()
         .agents()
         .iter()
         .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
@@ -184,12 +186,17 @@ impl ExitQuery {
 pub fn exits(shared: &Shared, query: &ExitQuery) -> Value {
     let now = Instant::now();
     let mut rows: Vec<(Arc<Agent>, &'static str, f64, Option<&'static str>)> = shared
-        .directory
+        .exits
+        .directory()
         .agents()
         .into_iter()
         .filter_map(|agent| {
             let (band, rate) = band(&agent, now, shared);
-            let transport = shared.tunnels.transport(agent.key).map(|t| t.as_str());
+            let transport = shared
+                .exits
+                .tunnels()
+                .transport(agent.key)
+                .map(|t| t.as_str());
             let keep = query
                 .country
                 .as_ref()

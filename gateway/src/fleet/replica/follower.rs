@@ -140,7 +140,7 @@ impl Follower {
             Event::Join { id, agent } => self.upsert(gateway, &id, &agent).await,
             Event::Leave { id } => self.remove(gateway, &id),
             Event::Load { id, streams } => {
-                if let Some(agent) = self.shared.directory.by_agent_id(&id) {
+                if let Some(agent) = self.shared.exits.directory().by_agent_id(&id) {
                     if agent.home.as_deref() == Some(gateway) {
                         agent.reported_streams.store(streams, Ordering::Relaxed);
                     }
@@ -161,7 +161,7 @@ impl Follower {
 
     /// Adds or updates an agent of `gateway`.
     async fn upsert(&mut self, gateway: &str, agent_id: &str, record: &AgentRecord) {
-        let directory = &self.shared.directory;
+        let directory = self.shared.exits.directory();
         if let Some(current) = directory.by_agent_id(agent_id) {
             match current.home.as_deref() {
                 Some(home) if home == gateway => {
@@ -184,60 +184,56 @@ impl Follower {
                     // end); if not, the device has moved there.
                     if self
                         .shared
-                        .tunnels
+                        .exits
+                        .tunnels()
                         .is_alive(current.key, self.shared.config.liveness_timeout)
                         .await
                     {
                         return;
                     }
-                    self.shared.tunnels.close(
+                    self.shared.exits.disconnect(
                         current.key,
                         exitpool_protocol::close_code::REPLACED,
                         b"the agent joined another gateway of the fleet",
                     );
-                    directory.remove(current.key);
                 }
             }
         }
         let home = self.home(gateway);
-        let key = self.shared.tunnels.reserve_key();
-        self.shared.directory.insert(
-            key,
-            Joining {
-                agent_id: agent_id.to_owned(),
-                token: Secret(String::new()),
-                location: Location {
-                    country: record.country.clone(),
-                    asn: record.asn,
-                    city: record.city.clone(),
-                    region: record.region.clone(),
-                },
-                software: record.software.clone(),
-                max_streams: record.max_streams,
-                accepting: record.accepting,
-                observed: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                home: Some(home),
+        self.shared.exits.admit_remote(Joining {
+            agent_id: agent_id.to_owned(),
+            token: Secret(String::new()),
+            location: Location {
+                country: record.country.clone(),
+                asn: record.asn,
+                city: record.city.clone(),
+                region: record.region.clone(),
             },
-        );
+            software: record.software.clone(),
+            max_streams: record.max_streams,
+            accepting: record.accepting,
+            observed: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            home: Some(home),
+        });
     }
 
     /// Removes `gateway`'s agent `agent_id`, if it is still listed as there.
     fn remove(&self, gateway: &str, agent_id: &str) {
-        let directory = &self.shared.directory;
+        let directory = self.shared.exits.directory();
         if let Some(current) = directory.by_agent_id(agent_id) {
             if current.home.as_deref() == Some(gateway) {
-                directory.remove(current.key);
+                self.shared.exits.forget(current.key);
             }
         }
     }
 
     /// Takes every agent of `gateway` out: it stopped or stopped answering.
     fn drop_gateway(&mut self, gateway: &str) {
-        let directory = &self.shared.directory;
+        let directory = self.shared.exits.directory();
         let mut dropped = 0;
         for agent in directory.agents() {
             if agent.home.as_deref() == Some(gateway) {
-                directory.remove(agent.key);
+                self.shared.exits.forget(agent.key);
                 dropped += 1;
             }
         }
@@ -283,9 +279,9 @@ impl Follower {
                 Err(error) => tracing::warn!(%gateway, %error, "unreadable agent record; skipped"),
             }
         }
-        for agent in self.shared.directory.agents() {
+        for agent in self.shared.exits.directory().agents() {
             if agent.home.as_deref() == Some(gateway) && !present.contains(&agent.agent_id) {
-                self.shared.directory.remove(agent.key);
+                self.shared.exits.forget(agent.key);
             }
         }
         let known = self.known.entry(gateway.to_owned()).or_default();
@@ -393,7 +389,8 @@ impl Follower {
 
     fn has_agents_of(&self, gateway: &str) -> bool {
         self.shared
-            .directory
+            .exits
+            .directory()
             .agents()
             .iter()
             .any(|agent| agent.home.as_deref() == Some(gateway))

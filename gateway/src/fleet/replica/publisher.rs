@@ -64,7 +64,7 @@ impl Publisher {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    whole_needed |= self.shared.directory.take_feed_lost();
+                    whole_needed |= self.shared.exits.directory().take_feed_lost();
                     // The record (with the peer address) first, so a follower
                     // that learns of the agents can already reach them.
                     let beat = self.heartbeat().await;
@@ -128,7 +128,8 @@ impl Publisher {
                     // A device that reconnected here at once is still here.
                     if self
                         .shared
-                        .directory
+                        .exits
+                        .directory()
                         .by_agent_id(&agent.agent_id)
                         .is_some_and(|current| current.is_local())
                     {
@@ -225,7 +226,7 @@ impl Publisher {
 
     /// The agents whose tunnels this gateway holds.
     fn local_agents(&self) -> Vec<Arc<crate::directory::Agent>> {
-        let mut agents = self.shared.directory.agents();
+        let mut agents = self.shared.exits.directory().agents();
         agents.retain(|agent| agent.is_local());
         agents
     }
