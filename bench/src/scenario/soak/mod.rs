@@ -1,0 +1,242 @@
+//! soak: minutes of mixed traffic and faults against the real binaries, and
+//! whether anything grows, panics or goes uncounted.
+//!
+//! For `--soak-duration` (10 minutes by default): customer loops on every
+//! protocol the customer port serves (HTTP `CONNECT`, plain-HTTP forwarding,
+//! SOCKS5, and `CONNECT` inside TLS, the HTTPS proxy), a tenth of their
+//! requests to a target that refuses and, on the tunnel protocols, a tenth to
+//! one that resets mid-transfer; agent processes joining and leaving every
+//! [`CHURN_EVERY`] (every [`KILL_EVERY`]th leave a SIGKILL); one graceful
+//! gateway restart; with `--fleet`, two gateways on one `redis-server` and
+//! one Redis restart (SIGKILL, back empty).
+//!
+//! Two customers. `bench` is accounted exactly: its connections take turns
+//! with the faults (a read guard per connection, a write guard per fault), so
+//! no byte of it is in flight when a process stops, and every byte the target
+//! servers (in this process) read or wrote for it must equal what the
+//! gateways' `/stats` counted. `cut` downloads 4 MiB at a time through every
+//! fault, so stops, kills and restarts cut its transfers: its bytes are shown,
+//! not compared.
+//!
+//! Growth is judged per window: for every gateway, every agent that lives
+//! through and Redis, from the end of the warm-up (the first fifth) to the
+//! end; a restarted process (the gateway, and Redis in a fleet) has two, the
+//! first process's until its restart and the new one's from one warm-up after
+//! its restart to the end. Descriptors and threads (`/proc/PID/fd`, `task`) are
+//! read at both ends of a window at a quiet point (traffic paused, every churn
+//! slot up, no stream open); the gateway exposes no live task count of its
+//! own, so threads are what is counted. Memory is sampled every two seconds
+//! through the whole run, traffic flowing ([`sampling`]); a window's start and
+//! end are the medians of its first and last fifth's samples, and its trend is
+//! the least-squares slope over its second half. Each figure may grow by at
+//! most [`GROWTH_LIMIT`] percent ([`verdict`] says how memory is judged).
+//!
+//! The files: [`targets`] (the servers, counting bytes), [`drivers`] (the
+//! client side of each protocol), [`customers`] (the two customers' loops),
+//! [`rig`] (the processes), [`faults`] (restarts, churn, quiet points),
+//! [`sampling`] (what is read from /proc, and the statistics), [`verdict`]
+//! (the checks and the report); this file runs the schedule.
+
+mod customers;
+mod drivers;
+mod faults;
+mod rig;
+mod sampling;
+mod targets;
+mod verdict;
+
+use crate::cli::Bench;
+use crate::measure::MIB;
+use crate::report::Report;
+use anyhow::{bail, Context, Result};
+use customers::Customers;
+use rig::Rig;
+use sampling::{Reading, Sampler};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SCENARIO: &str = "soak";
+/// Most a process's memory, descriptors or threads may grow over its window,
+/// in percent.
+const GROWTH_LIMIT: f64 = 5.0;
+/// Agent processes that run from start to end (measured).
+const STABLE_AGENTS: usize = 4;
+/// Agent processes that join and leave.
+const CHURN_SLOTS: usize = 4;
+/// How often one churn slot changes (joins or leaves).
+const CHURN_EVERY: Duration = Duration::from_secs(3);
+/// Every this many leaves is a SIGKILL rather than a SIGTERM.
+const KILL_EVERY: usize = 3;
+/// Accounted customer loops per protocol.
+const LOOPS_PER_PROTOCOL: usize = 2;
+/// Customer loops of the `cut` customer.
+const CUT_LOOPS: usize = 2;
+/// The customer whose transfers faults cut.
+const CUT_USER: &str = "cut";
+const CUT_PASSWORD: &str = "cutpass";
+/// Each cut-customer transfer.
+const CUT_DOWNLOAD: u64 = 4 * MIB;
+/// Largest accounted exchange, each way.
+const MAX_EXCHANGE: u64 = 64 * 1024;
+/// Longest one customer request may take: a SIGKILLed QUIC agent is only
+/// found out when an open sent to it times out, then the open is retried.
+const REQUEST_BOUND: Duration = Duration::from_secs(45);
+/// Longest the quiet points and faults wait for what they wait on.
+const SETTLE_BOUND: Duration = Duration::from_secs(90);
+/// The Redis server's name in the readings.
+const REDIS: &str = "redis-server";
+/// What a gateway's state directory shares with its fleet (as in `fleet`).
+const SHARED_STATE: [&str; 3] = ["gateway-cert.der", "gateway-key.der", "exit-id.key"];
+
+/// One process's growth window: its quiet-point readings at both ends (the
+/// memory samples between them are in the sampler's).
+pub struct Window {
+    pub label: String,
+    pub start: Reading,
+    pub end: Reading,
+}
+
+/// The run in progress: the rig, the customers, and the schedule's state.
+pub struct Run<'a> {
+    rig: &'a mut Rig,
+    customers: Arc<Customers>,
+    sampler: Sampler,
+    t0: Instant,
+    duration: Duration,
+    warmup: Duration,
+    churned: usize,
+    next_churn: Duration,
+    /// `bench`'s usage (up, down) before and after each gateway restart.
+    usage_kept: Vec<((u64, u64), (u64, u64))>,
+    /// Growth windows opened (label, starting reading) and closed.
+    open: Vec<(String, Reading)>,
+    windows: Vec<Window>,
+    /// Restarted processes waiting for their own warm-up (when, process, label).
+    rewarm: Vec<(Duration, String, String)>,
+}
+
+pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
+    let fleet = bench.sizes.soak_fleet;
+    let mut rig = Rig::start(bench, fleet).await?;
+    let result = soak(bench, &mut rig, report).await;
+    rig.stop().await;
+    result
+}
+
+async fn soak(bench: &Bench, rig: &mut Rig, report: &mut Report) -> Result<()> {
+    let duration = bench.sizes.soak_duration;
+    let customers = Customers::start(rig.proxies(), &rig.tls_roots).await?;
+    let loops = customers.spawn_loops();
+    let t0 = Instant::now();
+    let sampler = Sampler::start(t0, duration, rig.measured()?);
+    let mut run = Run {
+        rig,
+        customers,
+        sampler,
+        t0,
+        duration,
+        warmup: (duration / 5).max(Duration::from_secs(5)),
+        churned: 0,
+        next_churn: CHURN_EVERY,
+        usage_kept: Vec::new(),
+        open: Vec::new(),
+        windows: Vec::new(),
+        rewarm: Vec::new(),
+    };
+    run.schedule().await?;
+    let (quiet, end) = faults::quiet_point(run.rig, &run.customers)
+        .await
+        .context("end reading")?;
+    run.close_all(&end, report);
+    run.customers.stop();
+    drop(quiet);
+    for handle in loops {
+        let _ = tokio::time::timeout(2 * REQUEST_BOUND, handle).await;
+    }
+    verdict::judge(run, bench, report).await
+}
+
+impl Run<'_> {
+    /// Runs the events in their order until the duration is over: the
+    /// warm-up reading, the restarts (early enough that a restarted process
+    /// gets a warm-up of its own and then a window as long as the first
+    /// one's), the restarted processes' own warm-ups, and the churn.
+    async fn schedule(&mut self) -> Result<()> {
+        let (duration, warmup) = (self.duration, self.warmup);
+        let restart_at = warmup + (duration - warmup) / 4;
+        let redis_at = warmup + (duration - warmup) * 9 / 20;
+        let mut warmed = false;
+        let mut restarted = false;
+        let mut redis_restarted = self.rig.redis.is_none();
+        loop {
+            let now = self.t0.elapsed();
+            if now >= duration {
+                break;
+            }
+            // A restarted process gets a window of its own only if half a
+            // warm-up is left after its own warm-up.
+            let rewarm = self
+                .rewarm
+                .iter()
+                .position(|(when, _, _)| now >= *when && *when + warmup / 2 <= duration);
+            if !warmed && now >= warmup {
+                self.warm_up().await?;
+                warmed = true;
+            } else if let Some(at) = rewarm {
+                let (_, name, label) = self.rewarm.remove(at);
+                self.rewarm(&name, label).await?;
+            } else if !restarted && now >= restart_at {
+                self.restart_gateway().await?;
+                restarted = true;
+            } else if !redis_restarted && now >= redis_at {
+                self.restart_redis().await?;
+                redis_restarted = true;
+            } else if now >= self.next_churn {
+                self.churn().await?;
+            } else {
+                // The schedule's next event (not a readiness wait).
+                let mut next = self.next_churn.min(duration);
+                for (pending, at) in [
+                    (!warmed, warmup),
+                    (!restarted, restart_at),
+                    (!redis_restarted, redis_at),
+                ] {
+                    if pending {
+                        next = next.min(at);
+                    }
+                }
+                for (when, _, _) in &self.rewarm {
+                    if *when + warmup / 2 <= duration {
+                        next = next.min(*when);
+                    }
+                }
+                tokio::time::sleep_until((self.t0 + next).into()).await;
+            }
+        }
+        if !warmed {
+            bail!("the run ended before its warm-up reading");
+        }
+        Ok(())
+    }
+
+    /// Closes every window still open with the end readings.
+    fn close_all(&mut self, end: &[Reading], report: &mut Report) {
+        for (label, start) in std::mem::take(&mut self.open) {
+            match end.iter().find(|r| r.name == start.name) {
+                Some(reading) => self.windows.push(Window {
+                    label,
+                    start,
+                    end: reading.clone(),
+                }),
+                None => report
+                    .failures
+                    .push(format!("soak: {label} has no end reading")),
+            }
+        }
+        for (_, _, label) in &self.rewarm {
+            report.notes.push(format!(
+                "soak: {label}: the run ended too soon after its own warm-up, so it has no growth window"
+            ));
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! The soak's checks and what it reports: growth of every window (memory
+//! from the samples, descriptors and threads from the quiet points), panics
+//! in any process's output, `bench`'s bytes against usage, and what the
+//! customers and the faults did.
+//!
+//! Memory: a window's start and end are the medians of its first and last
+//! fifth's samples, so one sample caught mid-burst (the customers' buffers in
+//! flight) neither passes nor fails a run; its trend is the least-squares
+//! slope over its second half, in KiB a minute, also shown carried over the
+//! whole window as a percentage of the start. RSS fails when both exceed
+//! [`GROWTH_LIMIT`]: it grew, and it was still growing at the end. A leak
+//! does both. Memory a burst took and the allocator then kept shows as growth
+//! with a flat trend (a step of the heap between two levels, see
+//! docs/performance.md, "Soak"), and passes, named as held; a step late in the
+//! window looks like a leak and fails. Anonymous memory (the heap's pages, no
+//! file pages) is shown beside RSS, not judged: a TLS/TCP agent has about
+//! 1 MiB of it, where one burst is tens of percent.
+
+use super::customers::{Customers, Protocol};
+use super::faults::settle_usage;
+use super::rig::{panics_in, Rig};
+use super::sampling::{trend, Reading, Sample, Samples, Trend};
+use super::{
+    Run, Window, CHURN_EVERY, CHURN_SLOTS, CUT_DOWNLOAD, CUT_LOOPS, CUT_USER, GROWTH_LIMIT,
+    KILL_EVERY, LOOPS_PER_PROTOCOL, MAX_EXCHANGE, SCENARIO, STABLE_AGENTS,
+};
+use crate::cli::Bench;
+use crate::client::STEP;
+use crate::launch::USER;
+use crate::measure::MIB;
+use crate::report::Report;
+use anyhow::Result;
+use std::time::{Duration, Instant};
+
+/// Counts the panics, compares the bytes and judges every window.
+pub async fn judge(run: Run<'_>, bench: &Bench, report: &mut Report) -> Result<()> {
+    let wall = run.t0.elapsed();
+    let Run {
+        rig,
+        customers,
+        sampler,
+        t0,
+        usage_kept,
+        windows,
+        ..
+    } = run;
+    for (i, gateway) in rig.gateways.iter().enumerate() {
+        *rig.panics.entry(rig.gateway_name(i)).or_default() += panics_in(&gateway.lines());
+    }
+    for slot in rig.stable.iter().chain(&rig.churn) {
+        if let Some(process) = &slot.process {
+            *rig.panics.entry(slot.name.clone()).or_default() += panics_in(&process.lines());
+        }
+    }
+    let (moved_up, moved_down, counted) = settle_usage(rig, &customers).await;
+    let cut_counted = rig.counted(CUT_USER).await?;
+    let redis_usage = match &rig.redis {
+        Some(redis) => Some(redis_usage(&redis.url()).await?),
+        None => None,
+    };
+    let every = sampler.every;
+    let samples = sampler.finish().await;
+    growth(&windows, &samples, t0, every, report);
+    panics(&rig.panics, report);
+    bytes(
+        &customers,
+        &usage_kept,
+        (moved_up, moved_down),
+        counted,
+        report,
+    );
+    if let Some((up, down)) = redis_usage {
+        report.row(
+            SCENARIO,
+            "bench: bytes in Redis's fleet totals (since the Redis restart)",
+            "bytes",
+            None,
+            Some((up + down) as f64),
+            None,
+        );
+    }
+    tally(&customers, cut_counted, report);
+    for (event, n) in &rig.events {
+        report.row(
+            SCENARIO,
+            format!("events: {event}"),
+            "count",
+            None,
+            Some(*n as f64),
+            None,
+        );
+    }
+    report.row(
+        SCENARIO,
+        "run time",
+        "s",
+        None,
+        Some(wall.as_secs_f64()),
+        None,
+    );
+    note(rig, bench, wall, every, report);
+    Ok(())
+}
+
+/// The growth table: memory from the samples, descriptors and threads from
+/// the quiet points.
+fn growth(
+    windows: &[Window],
+    samples: &Samples,
+    t0: Instant,
+    every: Duration,
+    report: &mut Report,
+) {
+    println!();
+    println!(
+        "soak: every process over its window (growth at most {GROWTH_LIMIT} %); memory: medians of the first and last fifth of samples every {} s, trend = least-squares slope over the second half",
+        every.as_secs()
+    );
+    println!(
+        "   {:<34} {:<9} {:>7} {:>7} {:>10} {:>10} {:>9} {:>11} {:>8}",
+        "process", "figure", "from s", "to s", "start", "end", "growth", "KiB/min", "trend"
+    );
+    for window in windows {
+        let (start, end) = (&window.start, &window.end);
+        let label = &window.label;
+        if end.pid != start.pid {
+            report.failures.push(format!(
+                "soak: {label}: pid {} at the start of its window, {} at its end",
+                start.pid, end.pid
+            ));
+        }
+        let (from, to) = (start.at.duration_since(t0), end.at.duration_since(t0));
+        let window_s = (to - from).as_secs_f64();
+        report.row(
+            SCENARIO,
+            format!("{label}: window"),
+            "s",
+            None,
+            Some(window_s),
+            None,
+        );
+        let of = samples.get(&start.name).map(Vec::as_slice).unwrap_or(&[]);
+        let figures: [(&str, fn(&Sample) -> u64); 2] =
+            [("RSS", |s| s.rss_kib), ("anon", |s| s.anon_kib)];
+        for (figure, pick) in figures {
+            match trend(of, start.pid, from, to, pick) {
+                Some(t) => memory(label, figure, (from, to), &t, report),
+                None => report.failures.push(format!(
+                    "soak: {label}: fewer than ten {figure} samples in its window"
+                )),
+            }
+        }
+        for (figure, a, b) in [
+            ("open fds", start.fds, end.fds),
+            ("threads", start.threads, end.threads),
+        ] {
+            counts(label, figure, (from, to), (a, b), report);
+            if figure == "open fds" && a != b {
+                fd_change(label, start, end, (from, to), report);
+            }
+        }
+    }
+}
+
+/// One memory figure of one window: printed, reported and judged.
+fn memory(
+    label: &str,
+    figure: &str,
+    (from, to): (Duration, Duration),
+    t: &Trend,
+    report: &mut Report,
+) {
+    // Only RSS is judged; anonymous memory is shown to explain it.
+    let judged = figure == "RSS";
+    let grew = t.growth > GROWTH_LIMIT;
+    let growing = t.slope_growth > GROWTH_LIMIT;
+    let pass = !judged || !(grew && growing);
+    println!(
+        "   {label:<34} {figure:<9} {:>7.0} {:>7.0} {:>10.0} {:>10.0} {:>+8.1}% {:>+11.1} {:>+7.1}% {}",
+        from.as_secs_f64(),
+        to.as_secs_f64(),
+        t.start,
+        t.end,
+        t.growth,
+        t.slope,
+        t.slope_growth,
+        match (judged, grew, pass) {
+            (false, _, _) => "",
+            (true, false, _) => "PASS",
+            (true, true, true) => "PASS (held: flat trend)",
+            (true, true, false) => "FAIL",
+        }
+    );
+    let metric = format!("{label}: {figure}");
+    for (what, unit, value) in [
+        ("samples in the window", "count", t.samples as f64),
+        ("at warm-up (median of the first fifth)", "KiB", t.start),
+        ("at end (median of the last fifth)", "KiB", t.end),
+        ("trend over the second half", "KiB/min", t.slope),
+    ] {
+        report.row(
+            SCENARIO,
+            format!("{metric} {what}"),
+            unit,
+            None,
+            Some(value),
+            None,
+        );
+    }
+    let limit = if judged {
+        format!(" (fails above {GROWTH_LIMIT} % with the trend)")
+    } else {
+        String::new()
+    };
+    report.row(
+        SCENARIO,
+        format!("{metric} growth{limit}"),
+        "%",
+        None,
+        Some(t.growth),
+        None,
+    );
+    report.row(
+        SCENARIO,
+        format!("{metric} trend carried over the window{limit}"),
+        "%",
+        None,
+        Some(t.slope_growth),
+        None,
+    );
+    if judged && grew && pass {
+        report.notes.push(format!(
+            "soak: {metric} grew {:+.1} % ({:.0} -> {:.0} KiB) but its trend over the second half is {:+.1} KiB/min ({:+.1} % carried over the window): memory taken and then held, not growing",
+            t.growth, t.start, t.end, t.slope, t.slope_growth
+        ));
+    }
+    if !pass {
+        report.failures.push(format!(
+            "soak: growth: {metric} {:.0} -> {:.0} KiB ({:+.1} %, medians of the window's first and last fifth) and still growing: {:+.1} KiB/min over its second half ({:+.1} % carried over the window), both more than {GROWTH_LIMIT} %",
+            t.start, t.end, t.growth, t.slope, t.slope_growth
+        ));
+    }
+}
+
+/// Descriptors or threads at the two quiet points of one window.
+fn counts(
+    label: &str,
+    figure: &str,
+    (from, to): (Duration, Duration),
+    (a, b): (u64, u64),
+    report: &mut Report,
+) {
+    let growth = (b as f64 - a as f64) / (a.max(1) as f64) * 100.0;
+    let pass = growth <= GROWTH_LIMIT;
+    println!(
+        "   {label:<34} {figure:<9} {:>7.0} {:>7.0} {a:>10} {b:>10} {growth:>+8.1}% {:>11} {:>8} {}",
+        from.as_secs_f64(),
+        to.as_secs_f64(),
+        "",
+        "",
+        if pass { "PASS" } else { "FAIL" }
+    );
+    let metric = format!("{label}: {figure}");
+    for (what, value) in [("at warm-up", a as f64), ("at end", b as f64)] {
+        report.row(
+            SCENARIO,
+            format!("{metric} {what}"),
+            "count",
+            None,
+            Some(value),
+            None,
+        );
+    }
+    report.row(
+        SCENARIO,
+        format!("{metric} growth (<= {GROWTH_LIMIT} %)"),
+        "%",
+        None,
+        Some(growth),
+        None,
+    );
+    if !pass {
+        report.failures.push(format!(
+            "soak: growth: {metric} grew {growth:.1} % ({a} -> {b}), more than {GROWTH_LIMIT} %"
+        ));
+    }
+}
+
+/// Which descriptors and sockets came and went in a window.
+fn fd_change(
+    label: &str,
+    start: &Reading,
+    end: &Reading,
+    (from, to): (Duration, Duration),
+    report: &mut Report,
+) {
+    let (from, to) = (from.as_secs_f64(), to.as_secs_f64());
+    let kinds = |r: &Reading| {
+        r.fd_kinds
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let what = format!(
+        "soak: {label}'s descriptors by kind at {from:.0} s: {}; at {to:.0} s: {}",
+        kinds(start),
+        kinds(end)
+    );
+    println!("   {what}");
+    report.notes.push(what);
+    // Which sockets came and went: a tunnel of an agent that rejoined is
+    // new, so the one too many is among the new ones.
+    let differ = |a: &Reading, b: &Reading| {
+        a.sockets
+            .iter()
+            .filter(|(inode, _)| !b.sockets.contains_key(inode))
+            .map(|(_, what)| what.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let what = format!(
+        "soak: {label}'s sockets gone by {to:.0} s: {}; new since {from:.0} s: {}",
+        differ(start, end),
+        differ(end, start)
+    );
+    println!("   {what}");
+    report.notes.push(what);
+}
+
+/// Panic lines in any process's output: none may be.
+fn panics(by_process: &std::collections::BTreeMap<String, usize>, report: &mut Report) {
+    let panics: usize = by_process.values().sum();
+    println!(
+        "   panics in any process's output: {panics} {}",
+        if panics == 0 { "PASS" } else { "FAIL" }
+    );
+    report.row(
+        SCENARIO,
+        "panics in any process's output",
+        "count",
+        None,
+        Some(panics as f64),
+        None,
+    );
+    if panics > 0 {
+        let by: Vec<String> = by_process
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(p, n)| format!("{p}: {n}"))
+            .collect();
+        report
+            .failures
+            .push(format!("soak: panics: {}", by.join(", ")));
+    }
+}
+
+/// `bench`'s bytes: at the targets against usage, the tunnel clients' count
+/// against the tunnel target's, and usage across each gateway restart.
+fn bytes(
+    customers: &Customers,
+    usage_kept: &[((u64, u64), (u64, u64))],
+    (moved_up, moved_down): (u64, u64),
+    counted: (u64, u64),
+    report: &mut Report,
+) {
+    let equal = counted == (moved_up, moved_down);
+    println!(
+        "   bench bytes moved (at the targets) up {moved_up} down {moved_down}; counted (/stats) up {} down {}: {}",
+        counted.0,
+        counted.1,
+        if equal { "equal PASS" } else { "FAIL" }
+    );
+    for (metric, value) in [
+        ("bench: bytes up, moved (read by the targets)", moved_up),
+        ("bench: bytes up, counted in usage (/stats)", counted.0),
+        (
+            "bench: bytes down, moved (written by the targets)",
+            moved_down,
+        ),
+        ("bench: bytes down, counted in usage (/stats)", counted.1),
+    ] {
+        report.row(SCENARIO, metric, "bytes", None, Some(value as f64), None);
+    }
+    let difference = (counted.0 + counted.1) as f64 - (moved_up + moved_down) as f64;
+    report.row(
+        SCENARIO,
+        "bench: bytes counted - moved",
+        "bytes",
+        None,
+        Some(difference),
+        None,
+    );
+    if !equal {
+        report.failures.push(format!(
+            "soak: bytes: bench moved up {moved_up} down {moved_down}, usage counted up {} down {}",
+            counted.0, counted.1
+        ));
+    }
+    let tunnel_target = customers.tunnel_counted.get();
+    let tally = customers.tally.lock().expect("tally lock");
+    let clients = (tally.tunnel_moved.up, tally.tunnel_moved.down);
+    report.row(
+        SCENARIO,
+        "bench: tunnel bytes up, clients' count",
+        "bytes",
+        None,
+        Some(clients.0 as f64),
+        None,
+    );
+    report.row(
+        SCENARIO,
+        "bench: tunnel bytes down, clients' count",
+        "bytes",
+        None,
+        Some(clients.1 as f64),
+        None,
+    );
+    if clients != tunnel_target {
+        report.failures.push(format!(
+            "soak: bytes: the tunnel clients counted {clients:?} (up, down), the tunnel target {tunnel_target:?}"
+        ));
+    }
+    for (i, (before, after)) in usage_kept.iter().enumerate() {
+        for (when, usage) in [("before", before), ("after", after)] {
+            report.row(
+                SCENARIO,
+                format!("bench: usage {when} gateway restart {}", i + 1),
+                "bytes",
+                None,
+                Some((usage.0 + usage.1) as f64),
+                None,
+            );
+        }
+        if before != after {
+            report.failures.push(format!(
+                "soak: bytes: usage {before:?} before the gateway restart, {after:?} after"
+            ));
+        }
+    }
+}
+
+/// What the customers did: requests by protocol and outcome, and `cut`'s
+/// downloads.
+fn tally(customers: &Customers, cut_counted: (u64, u64), report: &mut Report) {
+    let tally = customers.tally.lock().expect("tally lock");
+    for ((protocol, what), n) in &tally.ok {
+        report.row(
+            SCENARIO,
+            format!("{}: {what}", protocol.name()),
+            "count",
+            None,
+            Some(*n as f64),
+            None,
+        );
+    }
+    for ((protocol, why), n) in &tally.failed {
+        report.row(
+            SCENARIO,
+            format!("{}: failed, {why}", protocol.name()),
+            "count",
+            None,
+            Some(*n as f64),
+            None,
+        );
+    }
+    for protocol in Protocol::ALL {
+        if !tally.ok.contains_key(&(protocol, "exchanges")) {
+            report
+                .failures
+                .push(format!("soak: no {} exchange succeeded", protocol.name()));
+        }
+    }
+    for (metric, unit, value) in [
+        ("cut: downloads completed", "count", tally.cut_completed),
+        ("cut: downloads cut by a fault", "count", tally.cut_cut),
+        (
+            "cut: downloads that did not open",
+            "count",
+            tally.cut_failed_to_open,
+        ),
+        (
+            "cut: bytes down, clients' count",
+            "bytes",
+            tally.cut_bytes_down,
+        ),
+        ("cut: bytes down, counted in usage", "bytes", cut_counted.1),
+    ] {
+        report.row(SCENARIO, metric, unit, None, Some(value as f64), None);
+    }
+}
+
+/// The run described, for the report's notes.
+fn note(rig: &Rig, bench: &Bench, wall: Duration, every: Duration, report: &mut Report) {
+    let fleet = rig.redis.is_some();
+    report.notes.push(format!(
+        "soak: {:.0} s{}; {} gateway process(es) (--threads {}), {STABLE_AGENTS} agent processes throughout (QUIC and TLS/TCP), {CHURN_SLOTS} more joining and leaving in turn every {} s (every {KILL_EVERY}rd leave a SIGKILL), one graceful gateway restart{}; customer `bench`: {LOOPS_PER_PROTOCOL} loops on each of HTTP CONNECT, plain HTTP, SOCKS5 and CONNECT over TLS (HTTPS proxy), echoes of 1 B to {} KiB, a tenth to a refused port, on tunnels a tenth to a target that resets after half; its connections take turns with the faults, so its bytes are compared exactly: the targets' reads and writes against the gateways' /stats (usage survives a restart in the state directory's usage.json); customer `cut`: {CUT_LOOPS} loops of {} MiB downloads cut by the faults, shown not compared; growth windows from the end of the first fifth (the warm-up) to the end, a restarted process's first one until its restart and its new one from one warm-up after the restart; memory (Rss and Anonymous of /proc/PID/smaps_rollup) sampled every {} s with traffic flowing, RSS failing when both the growth between the medians of each window's first and last fifth and the least-squares trend of its second half (carried over the window) exceed the limit; descriptors and threads (/proc/PID/task; the gateway exposes no task count) read with traffic paused, every agent joined and no stream open",
+        wall.as_secs_f64(),
+        if fleet { ", fleet: two gateways on one redis-server" } else { "" },
+        rig.gateways.len(),
+        bench.runs.gateway_threads,
+        CHURN_EVERY.as_secs(),
+        if fleet { ", one Redis restart (SIGKILL, back empty: its fleet totals start again from zero; each gateway's own totals, which /stats shows, are in its state directory)" } else { "" },
+        MAX_EXCHANGE / 1024,
+        CUT_DOWNLOAD / MIB,
+        every.as_secs(),
+    ));
+}
+
+/// `bench`'s bytes up and down in the fleet's Redis totals.
+async fn redis_usage(url: &str) -> Result<(u64, u64)> {
+    let client = redis::Client::open(url)?;
+    let mut conn = tokio::time::timeout(STEP, client.get_multiplexed_async_connection()).await??;
+    let (up, down): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        .arg(format!("exitpool:usage:customer:{USER}"))
+        .arg("bytes_up")
+        .arg("bytes_down")
+        .query_async(&mut conn)
+        .await?;
+    Ok((up.unwrap_or(0), down.unwrap_or(0)))
+}
