@@ -73,7 +73,32 @@ async fn suite(fresh: &mut Fresh) {
     top_domains(fresh.store().await).await;
     retention(fresh).await;
     snapshot_and_revision(fresh.store().await).await;
+    exit_bans(fresh.store().await).await;
     newer_schema_refused(fresh).await;
+}
+
+/// A ban and an unban move the revision and travel in the snapshot; a
+/// second ban keeps the first one's reason; bad input names its field.
+async fn exit_bans(store: Store) {
+    let before = store.revision().await.unwrap();
+    assert!(store.ban_exit("e1", "abuse report 17", 100).await.unwrap());
+    assert!(!store.ban_exit("e1", "again", 200).await.unwrap());
+    let moved = store.revision().await.unwrap();
+    assert!(moved > before, "{moved} after {before}");
+    let snapshot = store.snapshot().await.unwrap();
+    assert_eq!(snapshot.bans.len(), 1);
+    assert_eq!(
+        (snapshot.bans[0].exit_id.as_str(), snapshot.bans[0].since),
+        ("e1", 100)
+    );
+    assert_eq!(snapshot.bans[0].reason, "abuse report 17");
+    let long = "x".repeat(exitpool_control::store::MAX_BAN_REASON + 1);
+    let error = store.ban_exit("e2", &long, 1).await.unwrap_err();
+    assert_eq!(field(error).1.as_deref(), Some("reason"));
+    assert!(store.unban_exit("e1").await.unwrap());
+    assert!(!store.unban_exit("e1").await.unwrap());
+    assert!(store.revision().await.unwrap() > moved);
+    assert!(store.exit_bans().await.unwrap().is_empty());
 }
 
 fn new(name: &str) -> NewAccount {
@@ -799,7 +824,7 @@ async fn newer_schema_refused(fresh: &mut Fresh) {
             err,
             Error::SchemaTooNew {
                 found: 9999,
-                known: 1
+                known: 2
             }
         ),
         "{err}"

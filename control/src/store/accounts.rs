@@ -75,6 +75,8 @@ pub struct Snapshot {
     pub revision: i64,
     /// Customers and sub-users, by name.
     pub accounts: Vec<AccountEntry>,
+    /// Banned exits, fleet-wide.
+    pub bans: Vec<super::ExitBan>,
 }
 
 /// A stored account row.
@@ -418,6 +420,7 @@ impl Store {
         let rows = sqlx::query(&format!("{SELECT} ORDER BY a.name"))
             .fetch_all(&mut *tx)
             .await?;
+        let bans = super::bans::exit_bans_in(&mut tx).await?;
         tx.commit().await?;
         let accounts = rows
             .iter()
@@ -433,7 +436,11 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Snapshot { revision, accounts })
+        Ok(Snapshot {
+            revision,
+            accounts,
+            bans,
+        })
     }
 
     /// The account id of a user name (a customer or `sub.customer`).

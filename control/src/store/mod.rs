@@ -26,10 +26,12 @@
 //! `usage` (history, retention, quota periods).
 
 mod accounts;
+mod bans;
 mod tokens;
 mod usage;
 
 pub use accounts::{AccountEntry, AccountRef, Snapshot, MAX_PAGE, MAX_SUB_USERS};
+pub use bans::{ExitBan, MAX_BAN_REASON, MAX_EXIT_BANS};
 pub use tokens::TokenEntry;
 pub use usage::{
     quota_periods, BatchOutcome, DomainUsage, Exhausted, ExitDay, PeriodUsage, PruneOutcome,
@@ -55,12 +57,20 @@ const BUSY_TIMEOUT_MS: u32 = 5000;
 const POSTGRES_CONNECTIONS: u32 = 8;
 
 /// The migrations, per dialect: (version, description, SQLite, PostgreSQL).
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "accounts tokens usage",
-    include_str!("../../migrations/sqlite/0001_accounts_tokens_usage.sql"),
-    include_str!("../../migrations/postgres/0001_accounts_tokens_usage.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "accounts tokens usage",
+        include_str!("../../migrations/sqlite/0001_accounts_tokens_usage.sql"),
+        include_str!("../../migrations/postgres/0001_accounts_tokens_usage.sql"),
+    ),
+    (
+        2,
+        "exit bans",
+        include_str!("../../migrations/sqlite/0002_exit_bans.sql"),
+        include_str!("../../migrations/postgres/0002_exit_bans.sql"),
+    ),
+];
 
 /// Which database a store is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,7 +261,7 @@ impl Store {
         })
     }
 
-    /// The revision of accounts and tokens: it moves on every change, so a
+    /// The revision of accounts, tokens and exit bans: it moves on every change, so a
     /// gateway polls it (one tiny query) and reloads [`Store::snapshot`]
     /// only when it moved.
     pub async fn revision(&self) -> Result<i64> {
