@@ -14,6 +14,8 @@
 //! answer `200`. The rate scenario measures both, so what exitpool's
 //! connection costs beyond the protocol it speaks is a figure of its own.
 
+pub mod datagrams;
+
 use crate::client::{head_end, join_all, Route, STEP};
 use anyhow::{bail, Context, Result};
 use exitpool_launcher::{Launch, Process};
@@ -70,6 +72,9 @@ pub struct HopArgs {
     /// Internal: the hops speak a CONNECT exchange (see the module's notes).
     #[arg(long, hide = true)]
     pub bare_connect: bool,
+    /// Internal: the hops carry UDP datagrams ([`datagrams`]).
+    #[arg(long, hide = true)]
+    pub bare_udp: bool,
 }
 
 impl HopArgs {
@@ -84,7 +89,8 @@ impl HopArgs {
 pub fn run_hop(args: &HopArgs) -> ExitCode {
     let hop = async {
         match (args.bare_exit, args.bare_entry, &args.bare_cert) {
-            (Some(target), _, _) => exit(target, args.bare_streams, args.bare_connect).await,
+            (Some(target), _, _) => exit(target, args.bare_streams, args).await,
+            (None, Some(exit), Some(cert)) if args.bare_udp => datagrams::entry(exit, cert).await,
             (None, Some(exit), Some(cert)) => entry(exit, cert, args.bare_connect).await,
             _ => bail!("--bare-entry needs --bare-cert"),
         }
@@ -193,8 +199,10 @@ async fn connect_exchange(
 
 /// The exit hop: prints `ready <udp address> <certificate, hex DER>`, then
 /// dials `target` for every stream of every connection, after its Open when
-/// the hops speak CONNECT.
-async fn exit(target: SocketAddr, streams: u32, speak_connect: bool) -> Result<()> {
+/// the hops speak CONNECT; or, carrying datagrams, relays each connection's
+/// DATAGRAM frames to `target` ([`datagrams`]).
+async fn exit(target: SocketAddr, streams: u32, args: &HopArgs) -> Result<()> {
+    let (speak_connect, carry_datagrams) = (args.bare_connect, args.bare_udp);
     let generated = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
     let cert = generated.cert.der().clone();
     let key = PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
@@ -213,6 +221,9 @@ async fn exit(target: SocketAddr, streams: u32, speak_connect: bool) -> Result<(
             let Ok(connection) = incoming.await else {
                 return;
             };
+            if carry_datagrams {
+                return datagrams::exit_connection(connection, target).await;
+            }
             while let Ok((mut send, mut recv)) = connection.accept_bi().await {
                 tokio::spawn(async move {
                     let tcp = if speak_connect {

@@ -113,6 +113,8 @@ pub enum Scenario {
     Swarm,
     Footprint,
     Fleet,
+    /// UDP through SOCKS5 against the echo directly and a bare relay.
+    Udp,
     /// Not part of `all`: it runs for minutes.
     Soak,
     All,
@@ -120,7 +122,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// What `all` runs, in order.
-    pub const EACH: [Scenario; 8] = [
+    pub const EACH: [Scenario; 9] = [
         Scenario::Bulk,
         Scenario::Connect,
         Scenario::Rate,
@@ -129,6 +131,7 @@ impl Scenario {
         Scenario::Swarm,
         Scenario::Footprint,
         Scenario::Fleet,
+        Scenario::Udp,
     ];
 
     /// The name on the command line, in the table and in the JSON.
@@ -142,6 +145,7 @@ impl Scenario {
             Scenario::Swarm => "swarm",
             Scenario::Footprint => "footprint",
             Scenario::Fleet => "fleet",
+            Scenario::Udp => "udp",
             Scenario::Soak => "soak",
             Scenario::All => "all",
         }
@@ -172,6 +176,12 @@ impl Scenario {
             Scenario::Fleet => format!(
                 "three gateways on one Redis: forwarded against local path, Redis commands per connection, {} agents joining",
                 sizes.fleet_agents
+            ),
+            Scenario::Udp => format!(
+                "round trips to a UDP echo, {} in flight for {:.0?} per path, and an overload of {}",
+                crate::scenario::udp::WINDOW,
+                sizes.rate_time,
+                crate::scenario::udp::BURST
             ),
             Scenario::Soak => format!(
                 "{:.0?} of customers on every protocol, agents joining and leaving, failing targets, a gateway restart{}",

@@ -24,7 +24,7 @@
 //! The program, file by file:
 //! - [`cli`]: flags, scenarios, the sizes a run uses;
 //! - [`scenario`]: one file per scenario (bulk, connect, rate, fanout, swarm,
-//!   footprint, fleet; soak, not part of `all`);
+//!   footprint, fleet, udp; soak, not part of `all`);
 //! - [`client`]: the target server and the clients (direct, via a proxy, via a relay);
 //! - [`launch`]: the gateway and agent processes (through `exitpool-launcher`);
 //! - [`tinyproxy`]: tinyproxy, the one-hop baseline;
@@ -132,6 +132,7 @@ async fn run(args: Args) -> Result<bool> {
             Scenario::Footprint => scenario::footprint::run(&bench, &mut report).await,
             Scenario::Fleet => scenario::fleet::run(&bench, &mut report).await,
             Scenario::Soak => scenario::soak::run(&bench, &mut report).await,
+            Scenario::Udp => scenario::udp::run(&bench, &mut report).await,
             Scenario::All => unreachable!("not in Scenario::EACH"),
         };
         if let Err(error) = result {

@@ -10,3 +10,4 @@ pub mod rate;
 pub mod rate_h2;
 pub mod soak;
 pub mod swarm;
+pub mod udp;
