@@ -6,8 +6,13 @@
 //! Bans are by exit id, the public id the gateway derives from the device's
 //! key (so a ban holds however the device reconnects, and an operator can ban
 //! an exit id it saw in a log while the device is away). They persist in the
-//! state directory (`bans.json`, written atomically), so a restart keeps them;
-//! in a fleet each gateway keeps its own (see docs/control.md).
+//! state directory (`bans.json`, written atomically), so a restart keeps them.
+//!
+//! With a control-plane store the bans live in the database instead (fleet-wide
+//! on PostgreSQL): the API writes them there, and every gateway swaps the
+//! store's list in with each snapshot ([`Bans::adopt_store`]), disconnecting
+//! the banned exits it holds (`crate::admin::exits::enforce_store_bans`);
+//! `bans.json` is then neither read for joins nor written.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -69,6 +74,8 @@ pub struct Bans {
     exits: RwLock<BTreeMap<String, Ban>>,
     /// One writer of the file at a time, in the order of the changes.
     writing: Mutex<()>,
+    /// Set once the store's list is in force: the file is left alone.
+    from_store: std::sync::atomic::AtomicBool,
 }
 
 impl Bans {
@@ -92,7 +99,32 @@ impl Bans {
             path: Some(path),
             exits: RwLock::new(exits),
             writing: Mutex::new(()),
+            from_store: Default::default(),
         })
+    }
+
+    /// Puts the store's list in force (the whole list, at one revision); from
+    /// now on `bans.json` is not written.
+    pub fn adopt_store(&self, exits: BTreeMap<String, Ban>) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.from_store
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        *self.exits.write().unwrap_or_else(|e| e.into_inner()) = exits;
+    }
+
+    /// One change the store has taken, in force here at once (the next
+    /// snapshot brings the same).
+    pub fn store_changed(&self, exit_id: &str, ban: Option<Ban>) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut exits = self.exits.write().unwrap_or_else(|e| e.into_inner());
+        match ban {
+            Some(ban) => {
+                exits.entry(exit_id.to_owned()).or_insert(ban);
+            }
+            None => {
+                exits.remove(exit_id);
+            }
+        }
     }
 
     /// Whether `exit_id` is banned.
@@ -156,7 +188,8 @@ impl Bans {
         if !edit(&mut exits)? {
             return Ok(false);
         }
-        if let Some(path) = &self.path {
+        let from_store = self.from_store.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(path) = self.path.as_ref().filter(|_| !from_store) {
             let file = BansFile { exits };
             let bytes = serde_json::to_vec_pretty(&file).map_err(|error| BanError::Write {
                 path: path.clone(),

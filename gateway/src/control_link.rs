@@ -100,6 +100,8 @@ pub struct ControlLink {
     users_file: Option<PathBuf>,
     /// Customers built from the last snapshot.
     users: ArcSwap<Users>,
+    /// Banned exits from the last snapshot (fleet-wide).
+    exit_bans: ArcSwap<Vec<exitpool_control::store::ExitBan>>,
     /// The snapshot's accounts by name (limits, parent), for quotas.
     entries: ArcSwap<HashMap<String, AccountEntry>>,
     revision: AtomicI64,
@@ -188,6 +190,7 @@ impl ControlLink {
             store,
             users_file,
             users: ArcSwap::from_pointee(Users::default()),
+            exit_bans: ArcSwap::from_pointee(Vec::new()),
             entries: ArcSwap::from_pointee(HashMap::new()),
             revision: AtomicI64::new(-1),
             stalled: Mutex::new(None),
@@ -227,6 +230,11 @@ impl ControlLink {
     /// Customers from the last snapshot.
     pub fn users(&self) -> Arc<Users> {
         self.users.load_full()
+    }
+
+    /// Banned exits from the last snapshot; `None` before the first one.
+    pub fn exit_bans(&self) -> Option<Arc<Vec<exitpool_control::store::ExitBan>>> {
+        (self.revision.load(Ordering::Relaxed) >= 0).then(|| self.exit_bans.load_full())
     }
 
     /// The `/api/v1` router, when the admin port has a token.
@@ -309,6 +317,12 @@ impl ControlLink {
 
     /// Takes `snapshot` as the accounts in force (the customers the view swaps in).
     fn adopt(&self, snapshot: Snapshot) {
+        self.exit_bans.store(Arc::new(snapshot.bans));
+        if !self.serves_accounts() {
+            // A `--users` file owns the accounts; the store still owns bans.
+            self.revision.store(snapshot.revision, Ordering::Relaxed);
+            return;
+        }
         let entries: HashMap<String, AccountEntry> = snapshot
             .accounts
             .into_iter()
@@ -552,8 +566,8 @@ fn customer_of(entry: &AccountEntry, all: &HashMap<String, AccountEntry>) -> Opt
 
 /// The link's task: poll, swap, write usage, refresh quotas, once a
 /// [`TICK`], until `shutdown`; then one last write of the usage counted.
-/// `accounts_changed` tells the gateway's accounts view that a new snapshot
-/// is in; the webhooks' sender runs in `tasks`. (The link is handed these
+/// `accounts_changed` tells the gateway that a new snapshot (accounts and
+/// exit bans) is in; the webhooks' sender runs in `tasks`. (The link is handed these
 /// rather than the gateway's shared state, which holds the link.)
 pub async fn run(
     link: Arc<ControlLink>,
@@ -569,6 +583,10 @@ pub async fn run(
                 shutdown.clone(),
             ));
         }
+    }
+    if link.exit_bans().is_some() {
+        // The snapshot loaded at start (its exit bans) reaches the gateway.
+        accounts_changed();
     }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -613,10 +631,15 @@ async fn tick_once(
     // The usage is written even when the accounts cannot be read: it then
     // waits in memory, counted, until the database takes it.
     let flushed = link.flush(now).await;
+    let revision = bounded("polling the revision", link.store.revision()).await?;
     if !link.serves_accounts() {
+        // Only the exit bans come from the store.
+        if revision != link.revision.load(Ordering::Relaxed) {
+            link.adopt(bounded("loading the exit bans", link.store.snapshot()).await?);
+            accounts_changed();
+        }
         return flushed;
     }
-    let revision = bounded("polling the revision", link.store.revision()).await?;
     if revision != link.revision.load(Ordering::Relaxed) {
         let snapshot = bounded("loading the accounts", link.store.snapshot()).await?;
         link.adopt(snapshot);

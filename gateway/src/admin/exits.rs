@@ -4,9 +4,12 @@
 //! join until unbanned. Served by [`super::live::serve`].
 //!
 //! In a fleet the list shows every exit of the pool (each with the gateway
-//! that holds it); a ban is this gateway's (kept in its state directory): an
-//! exit another gateway holds stays there, and is refused here when it
-//! next joins this gateway.
+//! that holds it). With a control-plane store a ban is the store's: every
+//! gateway on it takes the ban with its next snapshot (within a second) and
+//! disconnects the exit if it holds it ([`enforce_store_bans`]). Without a
+//! store a ban is this gateway's (kept in its state directory): an exit
+//! another gateway holds stays there, and is refused here when it next joins
+//! this gateway.
 
 use crate::bans::{Ban, BanError};
 use crate::directory::Agent;
@@ -227,6 +230,49 @@ fn ban_failed(error: BanError) -> Error {
     }
 }
 
+/// Longest a ban or unban waits for the store.
+const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A store call within [`STORE_TIMEOUT`].
+async fn store_bound<T>(
+    call: impl std::future::Future<Output = exitpool_control::Result<T>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(STORE_TIMEOUT, call)
+        .await
+        .map_err(|_| {
+            Error::Internal(format!(
+                "the database did not answer within {} s; nothing changed",
+                STORE_TIMEOUT.as_secs()
+            ))
+        })?
+}
+
+/// Puts the store's exit bans (the control link's last snapshot) in force
+/// and disconnects the banned exits whose tunnel this gateway holds: a ban
+/// made through any gateway of the fleet. Called with each new snapshot.
+pub(crate) fn enforce_store_bans(shared: &Shared) {
+    let Some(bans) = shared.accounts.control().and_then(|link| link.exit_bans()) else {
+        return;
+    };
+    let list = bans
+        .iter()
+        .map(|ban| {
+            let since = u64::try_from(ban.since).unwrap_or(0);
+            let reason = ban.reason.clone();
+            (ban.exit_id.clone(), Ban { since, reason })
+        })
+        .collect();
+    shared.bans.adopt_store(list);
+    for agent in shared.exits.directory().agents() {
+        if agent.is_local() && shared.bans.is_banned(&agent.exit_id) {
+            shared
+                .exits
+                .disconnect(agent.key, close_code::REJECTED, b"banned by the operator");
+            tracing::info!(exit = %agent.exit_id, "banned exit disconnected (a ban in the store)");
+        }
+    }
+}
+
 /// Ban an exit: disconnected at once if connected here, refused at join until unbanned.
 #[utoipa::path(post, path = "/api/v1/exits/{id}/ban", tag = "exits", request_body(content = BanRequest, description = "optional"),
     params(("id" = String, Path, description = "The exit's id")),
@@ -247,13 +293,26 @@ pub(super) async fn ban_exit(
             )
         })?
     };
-    let changed = {
-        let shared = shared.clone();
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || shared.bans.ban(&id, &request.reason))
-            .await
-            .map_err(|error| Error::Internal(error.to_string()))?
-            .map_err(ban_failed)?
+    let changed = match shared.accounts.control() {
+        Some(link) => {
+            let since = exitpool_control::period::now();
+            let banned = link.store().ban_exit(&id, &request.reason, since);
+            let changed = store_bound(banned).await?;
+            let ban = Ban {
+                since: u64::try_from(since).unwrap_or(0),
+                reason: request.reason,
+            };
+            shared.bans.store_changed(&id, Some(ban));
+            changed
+        }
+        None => {
+            let shared = shared.clone();
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || shared.bans.ban(&id, &request.reason))
+                .await
+                .map_err(|error| Error::Internal(error.to_string()))?
+                .map_err(ban_failed)?
+        }
     };
     let mut disconnected = false;
     let mut held_by = None;
@@ -289,13 +348,20 @@ pub(super) async fn unban_exit(
     Path(id): Path<String>,
 ) -> Result<Json<BanOutcome>, Error> {
     let id = exit_id(&id)?;
-    let changed = {
-        let shared = shared.clone();
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || shared.bans.unban(&id))
-            .await
-            .map_err(|error| Error::Internal(error.to_string()))?
-            .map_err(ban_failed)?
+    let changed = match shared.accounts.control() {
+        Some(link) => {
+            let changed = store_bound(link.store().unban_exit(&id)).await?;
+            shared.bans.store_changed(&id, None);
+            changed
+        }
+        None => {
+            let shared = shared.clone();
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || shared.bans.unban(&id))
+                .await
+                .map_err(|error| Error::Internal(error.to_string()))?
+                .map_err(ban_failed)?
+        }
     };
     tracing::info!(exit = %id, changed, "exit unbanned by the operator");
     Ok(Json(BanOutcome {

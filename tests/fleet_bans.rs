@@ -1,0 +1,124 @@
+//! Exit bans fleet-wide (docs/control.md): two `gateway` processes of one
+//! fleet (a real `redis-server`) on one throwaway PostgreSQL. A ban made
+//! through one gateway disconnects the exit connected to the other within a
+//! second, the other refuses it at join and lists the ban, and an unban
+//! through the other lifts it everywhere.
+
+mod common;
+
+use common::processes::GatewayProcess;
+use common::{within, TransportChoice, TOKEN};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "admin-token-for-fleet-ban-tests-4a8c02";
+/// One poll of the store's revision (1 s) and the snapshot's load.
+const CHANGE_BOUND: Duration = Duration::from_millis(1500);
+
+/// An agent on `ip` with its device key in `device`, joined to `gateway`.
+fn agent_on(
+    gateway: &GatewayProcess,
+    ip: &str,
+    device: &std::path::Path,
+) -> exitpool::agent::AgentHandle {
+    exitpool::agent::Agent::builder(
+        gateway.banner.tunnel.to_string(),
+        gateway.banner.pin.parse().unwrap(),
+        TOKEN,
+    )
+    .bind(ip.parse().unwrap())
+    .state_dir(device)
+    .allow_private(true)
+    .transport(TransportChoice::Quic)
+    .spawn()
+    .expect("agent spawns")
+}
+
+/// `method path` on `admin`'s API: status and JSON.
+async fn api(admin: SocketAddr, method: reqwest::Method, path: &str) -> (u16, Value) {
+    let request = reqwest::Client::new()
+        .request(method, format!("http://{admin}/api/v1{path}"))
+        .bearer_auth(ADMIN);
+    let answer = within("an API call", request.send()).await.unwrap();
+    let status = answer.status().as_u16();
+    (status, within("its JSON", answer.json()).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_through_one_gateway_disconnects_the_exit_on_the_other_within_a_second() {
+    let mut postgres = exitpool_launcher::postgres::PostgresServer::start(Duration::from_secs(60))
+        .await
+        .expect("PostgreSQL starts (scripts/test installs Debian's postgresql)");
+    let url = postgres.create_database("bans").await.expect("createdb");
+    let redis = common::fleet::RedisServer::start().await;
+    let (gateways, _states) =
+        common::fleet::gateway_processes(&redis, 2, &["--database", &url, "--admin-token", ADMIN])
+            .await;
+    let (one, two) = (&gateways[0], &gateways[1]);
+    let device = tempfile::tempdir().unwrap();
+    let mut banned = agent_on(two, "127.0.0.3", device.path());
+    let exit_id = within("the agent joins gw-2", banned.connected())
+        .await
+        .exit_id;
+
+    let (status, outcome) = api(
+        one.admin,
+        reqwest::Method::POST,
+        &format!("/exits/{exit_id}/ban"),
+    )
+    .await;
+    let banned_at = Instant::now();
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["changed"], true, "{outcome}");
+    // gw-1 does not hold the tunnel; gw-2 drops it with the next snapshot.
+    assert_eq!(outcome["disconnected"], false, "{outcome}");
+    let ended = within("the banned agent is dropped", banned.finished()).await;
+    let took = banned_at.elapsed();
+    eprintln!("banned through gw-1, disconnected by gw-2 after {took:?}");
+    let why = ended.expect_err("a banned agent is refused").to_string();
+    assert!(why.contains("banned"), "{why}");
+    assert!(took <= CHANGE_BOUND, "{took:?}");
+
+    // gw-2 lists the ban and refuses the device at join.
+    let (_, bans) = api(two.admin, reqwest::Method::GET, "/exits?banned=true").await;
+    assert_eq!(bans["banned"][0]["id"], exit_id, "{bans}");
+    let mut again = agent_on(two, "127.0.0.3", device.path());
+    let why = within("refused again", again.finished())
+        .await
+        .expect_err("still banned")
+        .to_string();
+    assert!(why.contains("banned"), "{why}");
+
+    // An unban through gw-2 lifts it on gw-1 too.
+    let (status, lifted) = api(
+        two.admin,
+        reqwest::Method::POST,
+        &format!("/exits/{exit_id}/unban"),
+    )
+    .await;
+    assert_eq!(
+        (status, &lifted["changed"]),
+        (200, &Value::from(true)),
+        "{lifted}"
+    );
+    let start = Instant::now();
+    loop {
+        let (_, bans) = api(one.admin, reqwest::Method::GET, "/exits?banned=true").await;
+        if bans["banned"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            start.elapsed() <= CHANGE_BOUND,
+            "still banned on gw-1: {bans}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = agent_on(one, "127.0.0.3", device.path());
+    assert_eq!(
+        within("rejoins gw-1", back.connected()).await.exit_id,
+        exit_id
+    );
+    drop(gateways);
+    postgres.stop().await.expect("PostgreSQL stops");
+}
