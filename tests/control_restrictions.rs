@@ -54,7 +54,9 @@ async fn api(admin: SocketAddr, method: reqwest::Method, path: &str, body: Value
         .json(&body);
     let answer = within("an API call", request.send()).await.unwrap();
     let status = answer.status().as_u16();
-    let body = within("an API answer", answer.json::<Value>()).await.unwrap();
+    let body = within("an API answer", answer.json::<Value>())
+        .await
+        .unwrap();
     (status, body)
 }
 
@@ -70,7 +72,9 @@ async fn patch(admin: SocketAddr, path: &str, body: Value) {
 
 /// One `CONNECT target` from `from` as `user`: the answer's head.
 async fn connect_head(from: &str, proxy: SocketAddr, target: &str, user: &str) -> Head {
-    connect_from_ip(from, proxy, target, Some((user, "pw1"))).await.0
+    connect_from_ip(from, proxy, target, Some((user, "pw1")))
+        .await
+        .0
 }
 
 /// The product code of a refusal (`X-Exitpool-Error`), or the status.
@@ -90,21 +94,34 @@ async fn until(from: &str, proxy: SocketAddr, target: &str, user: &str, want: &s
         if got == want {
             return start.elapsed();
         }
-        assert!(start.elapsed() < WAIT, "{user} from {from} to {target}: {got}, not {want}");
+        assert!(
+            start.elapsed() < WAIT,
+            "{user} from {from} to {target}: {got}, not {want}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// A SOCKS5 login from `from` as `user` (`pw1`) asking for `host:port` by
 /// name: the auth status, then (when that was 0) the request's reply code.
-async fn socks5(from: &str, proxy: SocketAddr, user: &str, host: &str, port: u16) -> (u8, Option<u8>) {
+async fn socks5(
+    from: &str,
+    proxy: SocketAddr,
+    user: &str,
+    host: &str,
+    port: u16,
+) -> (u8, Option<u8>) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
     let mut stream: TcpStream = within("connect", socket.connect(proxy)).await.unwrap();
     let mut login = vec![0x05, 0x01, 0x02, 0x01, user.len() as u8];
     login.extend_from_slice(user.as_bytes());
     login.extend_from_slice(&[3, b'p', b'w', b'1']);
-    within("greet and log in", stream.write_all(&login)).await.unwrap();
+    within("greet and log in", stream.write_all(&login))
+        .await
+        .unwrap();
     let mut answers = [0u8; 4];
     within("method and auth status", stream.read_exact(&mut answers))
         .await
@@ -118,7 +135,9 @@ async fn socks5(from: &str, proxy: SocketAddr, user: &str, host: &str, port: u16
     request.extend_from_slice(&port.to_be_bytes());
     within("request", stream.write_all(&request)).await.unwrap();
     let mut reply = [0u8; 2];
-    within("reply", stream.read_exact(&mut reply)).await.unwrap();
+    within("reply", stream.read_exact(&mut reply))
+        .await
+        .unwrap();
     (0, Some(reply[1]))
 }
 
@@ -130,7 +149,9 @@ async fn plain_get(from: &str, proxy: SocketAddr, user: &str, url: &str) -> Stri
         .local_address(Some(from.parse().unwrap()))
         .build()
         .unwrap();
-    let answer = within("a plain-HTTP GET", client.get(url).send()).await.unwrap();
+    let answer = within("a plain-HTTP GET", client.get(url).send())
+        .await
+        .unwrap();
     match answer.headers().get("x-exitpool-error") {
         Some(code) => format!("{} {}", answer.status().as_u16(), code.to_str().unwrap()),
         None => answer.status().as_u16().to_string(),
@@ -145,9 +166,19 @@ async fn allow_ips_refuse_other_sources_on_every_protocol_within_a_second() {
     let target = targets::http_target("127.0.0.1").await;
     let (proxy, admin, to) = (gw.banner.listen, gw.admin, target.to_string());
 
-    post(admin, "/customers", json!({"name": "alice", "password": "pw1"})).await;
+    post(
+        admin,
+        "/customers",
+        json!({"name": "alice", "password": "pw1"}),
+    )
+    .await;
     until(OTHER, proxy, &to, "alice", "200").await;
-    patch(admin, "/customers/alice", json!({"limits": {"allow_ips": [ALLOWED]}})).await;
+    patch(
+        admin,
+        "/customers/alice",
+        json!({"limits": {"allow_ips": [ALLOWED]}}),
+    )
+    .await;
     let took = until(OTHER, proxy, &to, "alice", "403 source_not_allowed").await;
     eprintln!("allow_ips was in force {took:?} after the PATCH's answer");
     assert!(took <= CHANGE_BOUND, "{took:?}");
@@ -155,27 +186,46 @@ async fn allow_ips_refuse_other_sources_on_every_protocol_within_a_second() {
     let details = refused.header("proxy-status").unwrap_or_default();
     assert!(details.contains(OTHER), "{refused:?}");
     assert_eq!(refused.header("x-exitpool-attempts"), None, "{refused:?}");
-    assert_eq!(outcome(&connect_head(ALLOWED, proxy, &to, "alice").await), "200");
+    assert_eq!(
+        outcome(&connect_head(ALLOWED, proxy, &to, "alice").await),
+        "200"
+    );
 
-    let url = format!("http://{target}/");
-    assert_eq!(plain_get(OTHER, proxy, "alice", &url).await, "403 source_not_allowed");
+    let url = format!("http://{target}/ip");
+    assert_eq!(
+        plain_get(OTHER, proxy, "alice", &url).await,
+        "403 source_not_allowed"
+    );
     assert_eq!(plain_get(ALLOWED, proxy, "alice", &url).await, "200");
     // SOCKS5 hears it at the login: auth status 2 (not allowed).
-    assert_eq!(socks5(OTHER, proxy, "alice", "localhost", target.port()).await, (2, None));
+    assert_eq!(
+        socks5(OTHER, proxy, "alice", "localhost", target.port()).await,
+        (2, None)
+    );
     assert_eq!(
         socks5(ALLOWED, proxy, "alice", "localhost", target.port()).await,
         (0, Some(0))
     );
 
     // A sub-user with no list of its own is held to its customer's.
-    post(admin, "/customers/alice/sub-users", json!({"name": "ops", "password": "pw1"})).await;
+    post(
+        admin,
+        "/customers/alice/sub-users",
+        json!({"name": "ops", "password": "pw1"}),
+    )
+    .await;
     until(ALLOWED, proxy, &to, "ops.alice", "200").await;
     assert_eq!(
         outcome(&connect_head(OTHER, proxy, &to, "ops.alice").await),
         "403 source_not_allowed"
     );
     // Lifting the customer's list frees the sub-user too.
-    patch(admin, "/customers/alice", json!({"limits": {"allow_ips": []}})).await;
+    patch(
+        admin,
+        "/customers/alice",
+        json!({"limits": {"allow_ips": []}}),
+    )
+    .await;
     let took = until(OTHER, proxy, &to, "ops.alice", "200").await;
     assert!(took <= CHANGE_BOUND, "{took:?}");
 }
@@ -189,7 +239,12 @@ async fn blocked_domains_are_refused_before_an_exit_within_a_second() {
     let (proxy, admin) = (gw.banner.listen, gw.admin);
     let by_name = format!("localhost:{}", target.port());
 
-    post(admin, "/customers", json!({"name": "bob", "password": "pw1"})).await;
+    post(
+        admin,
+        "/customers",
+        json!({"name": "bob", "password": "pw1"}),
+    )
+    .await;
     post(
         admin,
         "/customers/bob/sub-users",
@@ -198,12 +253,21 @@ async fn blocked_domains_are_refused_before_an_exit_within_a_second() {
     .await;
     until(ALLOWED, proxy, &by_name, "bob", "200").await;
     until(ALLOWED, proxy, &by_name, "ops.bob", "200").await;
-    patch(admin, "/customers/bob", json!({"limits": {"blocked_domains": ["LocalHost"]}})).await;
+    patch(
+        admin,
+        "/customers/bob",
+        json!({"limits": {"blocked_domains": ["LocalHost"]}}),
+    )
+    .await;
     let took = until(ALLOWED, proxy, &by_name, "bob", "403 domain_blocked").await;
     eprintln!("blocked_domains was in force {took:?} after the PATCH's answer");
     assert!(took <= CHANGE_BOUND, "{took:?}");
     let refused = connect_head(ALLOWED, proxy, &by_name, "bob").await;
-    assert_eq!(refused.header("x-exitpool-attempts"), None, "no exit chosen: {refused:?}");
+    assert_eq!(
+        refused.header("x-exitpool-attempts"),
+        None,
+        "no exit chosen: {refused:?}"
+    );
     // The sub-user is held to its customer's list beside its own.
     assert_eq!(
         outcome(&connect_head(ALLOWED, proxy, &by_name, "ops.bob").await),
@@ -214,15 +278,23 @@ async fn blocked_domains_are_refused_before_an_exit_within_a_second() {
         outcome(&connect_head(ALLOWED, proxy, &target.to_string(), "bob").await),
         "200"
     );
-    let url = format!("http://localhost:{}/", target.port());
-    assert_eq!(plain_get(ALLOWED, proxy, "bob", &url).await, "403 domain_blocked");
+    let url = format!("http://localhost:{}/ip", target.port());
+    assert_eq!(
+        plain_get(ALLOWED, proxy, "bob", &url).await,
+        "403 domain_blocked"
+    );
     // SOCKS5: the login passes, the request is refused, reply 2 (not allowed).
     assert_eq!(
         socks5(ALLOWED, proxy, "bob", "localhost", target.port()).await,
         (0, Some(2))
     );
     // Unblocked again: the name works.
-    patch(admin, "/customers/bob", json!({"limits": {"blocked_domains": []}})).await;
+    patch(
+        admin,
+        "/customers/bob",
+        json!({"limits": {"blocked_domains": []}}),
+    )
+    .await;
     let took = until(ALLOWED, proxy, &by_name, "bob", "200").await;
     assert!(took <= CHANGE_BOUND, "{took:?}");
 }
