@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod config_file;
 #[path = "gateway/flags.rs"]
 mod flags;
-#[path = "gateway/operators.rs"]
+#[path = "gateway/operators/mod.rs"]
 mod operators;
 
 use flags::{Args, Command, LogFormat, TokenAction};
