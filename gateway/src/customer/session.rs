@@ -209,7 +209,12 @@ pub(crate) async fn authenticate_either(
             .and_then(|targeting| allowed_country(targeting, &grant.customer))
             .inspect_err(|error| shared.record_error(Some(&grant.user), None, error))?;
     }
-    servable(&grant.targeting, &shared.config.geoip)
+    // Where the account may connect from (the control plane's `allow_ips`).
+    grant
+        .customer
+        .limits
+        .admits_source(arrival.peer.ip())
+        .and_then(|()| servable(&grant.targeting, &shared.config.geoip))
         .inspect_err(|error| shared.record_error(Some(&grant.user), None, error))?;
     Ok(grant)
 }
@@ -322,7 +327,7 @@ pub async fn open(
         shared.record_error(Some(&grant.user), agent, &error);
         Refusal::from(error)
     };
-    let (customer, slot) = within_limits(grant, shared).map_err(|e| fail(None, e))?;
+    let (customer, slot) = within_limits(grant, Some(&host), shared).map_err(|e| fail(None, e))?;
     let config = &shared.config;
     let deadline = started + config.connect_deadline;
     let strict = grant
@@ -429,7 +434,7 @@ pub(crate) async fn choose_for_flows(
         shared.record_error(Some(&grant.user), None, &error);
         Refusal::from(error)
     };
-    let (customer, slot) = within_limits(grant, shared).map_err(fail)?;
+    let (customer, slot) = within_limits(grant, None, shared).map_err(fail)?;
     let (agent, _session, pin) =
         choose_exit_or_wait(grant, &customer.limits, shared, &Avoid::default())
             .await
@@ -445,8 +450,13 @@ pub(crate) async fn choose_for_flows(
 
 /// The account's limits as they are now, so a reload applies to connections
 /// already authenticated (SOCKS5) too; an account removed since then is
-/// refused. The customer and one of its concurrent-connection slots.
-fn within_limits(grant: &Grant, shared: &Shared) -> Result<(Arc<Customer>, Slot), ProxyError> {
+/// refused, and so is a `target` among its blocked domains. The customer and
+/// one of its concurrent-connection slots.
+fn within_limits(
+    grant: &Grant,
+    target: Option<&TargetHost>,
+    shared: &Shared,
+) -> Result<(Arc<Customer>, Slot), ProxyError> {
     let customer = shared
         .accounts
         .current()
@@ -454,6 +464,9 @@ fn within_limits(grant: &Grant, shared: &Shared) -> Result<(Arc<Customer>, Slot)
         .get(&grant.user)
         .cloned()
         .ok_or(ProxyError::AuthRequired)?;
+    if let Some(target) = target {
+        customer.limits.admits_target(target)?;
+    }
     // A spent quota period is refused here, saying which and when it resets,
     // rather than found at the first byte.
     if let Some(period) = shared
