@@ -9,6 +9,8 @@
 //!   no test leaves processes behind.
 //! - [`binaries`]: what the exitpool binaries print when they are ready.
 //! - [`haproxy`]: HAProxy on the `deploy/` configuration, for the balancer tests.
+//! - [`masque`]: a MASQUE CONNECT-UDP client (HTTP/3), for the gateway's
+//!   `--listen-h3` in the tests and the load test.
 //! - [`redis`]: a `redis-server` of the caller's own, for fleet mode.
 //! - [`postgres`]: a throwaway PostgreSQL cluster, for the control plane's store.
 //! - [`ports`]: free port numbers for programs that cannot be given port 0.
@@ -23,6 +25,7 @@ pub mod binaries;
 mod error;
 pub mod haproxy;
 mod launch;
+pub mod masque;
 mod output;
 pub mod ports;
 pub mod postgres;
