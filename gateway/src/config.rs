@@ -70,6 +70,9 @@ pub struct GatewayConfig {
     /// TLS on the customer ports (`--tls-cert`, `--tls-key`): a client whose
     /// first byte starts a TLS handshake speaks HTTP inside it.
     pub customer_tls: Option<TlsFiles>,
+    /// MASQUE CONNECT-UDP over HTTP/3 (`--listen-h3`, a UDP port), with the
+    /// customer ports' certificate; needs `customer_tls`.
+    pub listen_h3: Option<SocketAddr>,
     /// QUIC port for agents.
     pub tunnel: SocketAddr,
     /// Admin port; `None` disables it.
@@ -290,6 +293,7 @@ impl GatewayConfig {
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             tls_handshakes_per_ip: DEFAULT_TLS_HANDSHAKES_PER_IP,
             h2_max_streams: DEFAULT_H2_MAX_STREAMS,
+            listen_h3: None,
             password_checks: std::thread::available_parallelism().map_or(2, |n| n.get()),
             password_queue_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),

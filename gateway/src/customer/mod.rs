@@ -22,6 +22,7 @@ mod http2;
 mod http_connect;
 pub mod inventory;
 mod listener;
+pub(crate) mod masque;
 pub mod proxy_protocol;
 pub mod response;
 pub mod session;

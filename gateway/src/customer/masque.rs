@@ -1,0 +1,651 @@
+//! MASQUE CONNECT-UDP (RFC 9298) over HTTP/3 on `--listen-h3`, a UDP port
+//! with the customer ports' certificate (ALPN `h3`): UDP, and so QUIC and
+//! HTTP/3, through an exit.
+//!
+//! One request is one UDP flow to one target through one exit:
+//!
+//! 1. an extended CONNECT (RFC 9220; the gateway's SETTINGS enable it and
+//!    HTTP Datagrams) with `:protocol connect-udp` and the path
+//!    `/.well-known/masque/udp/{target_host}/{target_port}/`;
+//! 2. `Proxy-Authorization` on the request ([`session::authenticate_either`]:
+//!    the credentials' targeting and sessions, as for HTTP CONNECT), a place
+//!    under the UDP caps ([`Place`]), an exit ([`session::choose_for_flows`]),
+//!    and the flow opened on the exit's tunnel ([`open_flow`]) before the
+//!    answer: a refused target is answered as HTTP CONNECT answers it;
+//! 3. `200` with the exit's headers and `Capsule-Protocol: ?1`, then HTTP
+//!    Datagrams (RFC 9297: the request's quarter stream id, then context id
+//!    0 and the UDP payload) both ways, relayed by [`OpenFlow::relay`];
+//! 4. the flow ends when the client closes (or resets) the request stream,
+//!    or the exit ends it (its idle timeout): then the gateway finishes the
+//!    stream.
+//!
+//! Every refusal is an HTTP status with `Proxy-Status`, built by
+//! [`response::refused`] as on the HTTP/1.1 and h2 paths. Usage counts
+//! datagram payload bytes; quota, the live list and one access line per
+//! request work as for a connection ([`Transfer`]).
+//!
+//! # Bounds
+//!
+//! | what | bound |
+//! |---|---|
+//! | QUIC handshakes per source address | `--max-tls-handshakes-per-ip` per second, shared with the HTTPS proxy port; past it the Initial is refused |
+//! | QUIC connections open | `--max-connections` (this port's own count) |
+//! | connections that have not authenticated | `--max-unauthenticated-per-ip` and `--max-unauthenticated` |
+//! | handshake and first request | the head timeout from accept; a connection with no request for that long is closed |
+//! | requests at once on one connection | [`MAX_REQUESTS`] (QUIC's bidirectional stream limit) |
+//! | requests at once per customer and per source network | [`super::udp_flow::MAX_PER_CUSTOMER`], [`super::udp_flow::MAX_PER_NETWORK`] (with SOCKS5 associations); each also holds one of the account's `max_connections` |
+//! | request head | [`http::MAX_HEAD_BYTES`] (`SETTINGS_MAX_FIELD_SECTION_SIZE`) |
+//! | bytes in flight from the client | [`STREAM_WINDOW`] per stream, [`CONNECTION_WINDOW`] per connection, [`DATAGRAM_BUFFER`] of datagrams |
+//!
+//! Dropped datagrams are counted in `exitpool_udp_datagrams_dropped_total`:
+//! context ids other than 0 (`unknown_context`), datagrams for no open
+//! request (`unknown_flow`), a request's full queue (`queue_full`), and
+//! datagrams from the exit too large for the customer's QUIC path
+//! (`too_large`; RFC 9298 forbids fragmenting them).
+//!
+//! [`http::MAX_HEAD_BYTES`]: super::http::MAX_HEAD_BYTES
+
+use super::response::{self, basic_credentials, exit_headers};
+use super::session::{self, Arrival, Refusal};
+use super::target;
+use super::transfer::{AccessContext, Transfer};
+use super::udp_flow::{open_flow, Drop, OpenFlow, Place, FLOW_QUEUE};
+use crate::abuse::{AddressSlot, AddressSlots};
+use crate::error::ProxyError;
+use crate::shared::Shared;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use exitpool_protocol::TargetHost;
+use h3_datagram::datagram_handler::HandleDatagramsExt;
+use http_body_util::BodyExt;
+use hyper::header::HeaderValue;
+use quinn_proto::coding::Codec;
+use quinn_proto::VarInt;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, info_span, Instrument};
+
+/// The ALPN protocol id of HTTP/3 (RFC 9114 §3.1).
+pub const ALPN_H3: &[u8] = b"h3";
+/// The URI template's path prefix (RFC 9298 §3, the default template).
+pub const PATH_PREFIX: &str = "/.well-known/masque/udp/";
+/// CONNECT-UDP requests open at once on one QUIC connection.
+pub const MAX_REQUESTS: u32 = 16;
+/// Bytes a client may send on one request stream before the gateway read
+/// them (capsules, which are read and ignored).
+pub const STREAM_WINDOW: u32 = 64 * 1024;
+/// Bytes a client may have in flight on all its streams together.
+pub const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// HTTP Datagrams buffered per connection each way; past it the oldest are
+/// dropped, which UDP allows.
+pub const DATAGRAM_BUFFER: usize = 256 * 1024;
+/// The first UDP payload size the gateway's QUIC packets may use. 1,452
+/// (a 1,500-byte Ethernet path less IPv6 and UDP headers) lets an HTTP
+/// Datagram carry a 1,200-byte QUIC Initial, so QUIC fits inside MASQUE;
+/// quinn falls back to 1,200 on a path that loses such packets.
+pub const INITIAL_MTU: u16 = 1452;
+/// A connection idle this long (no packet either way) is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The context id of UDP payloads (RFC 9298 §4).
+const UDP_CONTEXT: u64 = 0;
+
+/// The h3 connection type served here.
+type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
+/// A request stream's type.
+type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+/// The open requests of one connection, by stream id: where their datagrams go.
+type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Bytes>>>>;
+
+/// Binds `--listen-h3` and serves it until shutdown; `None` when it is not
+/// configured. Needs the customer ports' TLS.
+pub(crate) fn start(shared: &Arc<Shared>) -> std::io::Result<Option<SocketAddr>> {
+    let Some(addr) = shared.config.listen_h3 else {
+        return Ok(None);
+    };
+    if shared.customer_tls.is_none() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--listen-h3 needs --tls-cert and --tls-key",
+        ));
+    }
+    // quinn ignores Initials on an endpoint without server settings; each
+    // connection is then accepted with the certificate in force.
+    let mut configs = ServerConfigs { current: None };
+    let first = configs.get(shared).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the customer certificate cannot serve QUIC (TLS 1.3)",
+        )
+    })?;
+    let endpoint =
+        exitpool_transport::udp::endpoint(addr, quinn::EndpointConfig::default(), Some(first))?;
+    let bound = endpoint.local_addr()?;
+    shared.tasks.spawn(serve(endpoint, configs, shared.clone()));
+    info!(%bound, "MASQUE CONNECT-UDP over HTTP/3");
+    Ok(Some(bound))
+}
+
+/// The listener's QUIC server settings for the customer certificate in force,
+/// rebuilt only when a reload changed it.
+struct ServerConfigs {
+    current: Option<(Arc<rustls::ServerConfig>, quinn::ServerConfig)>,
+}
+
+impl ServerConfigs {
+    fn get(&mut self, shared: &Shared) -> Option<quinn::ServerConfig> {
+        let tls = shared.customer_tls.as_ref()?.acceptor().config().clone();
+        if let Some((seen, config)) = &self.current {
+            if Arc::ptr_eq(seen, &tls) {
+                return Some(config.clone());
+            }
+        }
+        let mut crypto = (*tls).clone();
+        crypto.alpn_protocols = vec![ALPN_H3.to_vec()];
+        let crypto = match quinn::crypto::rustls::QuicServerConfig::try_from(crypto) {
+            Ok(crypto) => crypto,
+            Err(error) => {
+                tracing::error!(%error, "the customer certificate cannot serve QUIC");
+                return None;
+            }
+        };
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config()));
+        self.current = Some((tls, config.clone()));
+        Some(config)
+    }
+}
+
+/// Bounded windows and buffers, few streams, HTTP Datagrams on.
+fn transport_config() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(MAX_REQUESTS.into())
+        // The client's control and QPACK streams, and a grease stream.
+        .max_concurrent_uni_streams(8u32.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .send_window(u64::from(CONNECTION_WINDOW))
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
+        .initial_mtu(INITIAL_MTU)
+        .max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
+    transport
+}
+
+/// Accepts QUIC connections until shutdown.
+async fn serve(endpoint: quinn::Endpoint, mut configs: ServerConfigs, shared: Arc<Shared>) {
+    let connections = Arc::new(Semaphore::new(shared.config.max_connections));
+    let pending = AddressSlots::with_total(
+        shared.config.max_unauthenticated_per_ip,
+        shared.config.max_unauthenticated,
+    );
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            () = shared.shutdown.cancelled() => break,
+        };
+        let peer = incoming.remote_address();
+        // Cheap checks first: no cryptography for a source over its budget.
+        if !shared.tls_handshakes.allow(peer.ip()) {
+            shared.metrics.customer_tls_handshakes_refused.inc();
+            incoming.refuse();
+            continue;
+        }
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            debug!(%peer, "HTTP/3 connection refused: at --max-connections");
+            incoming.refuse();
+            continue;
+        };
+        let Ok(slot) = pending.acquire(peer.ip()) else {
+            debug!(%peer, "HTTP/3 connection refused: too many unauthenticated");
+            incoming.refuse();
+            continue;
+        };
+        let Some(config) = configs.get(&shared) else {
+            incoming.refuse();
+            continue;
+        };
+        let connecting = match incoming.accept_with(Arc::new(config)) {
+            Ok(connecting) => connecting,
+            Err(error) => {
+                debug!(%peer, %error, "HTTP/3 handshake failed");
+                continue;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + shared.config.head_timeout;
+        let span = info_span!("h3", %peer, user = tracing::field::Empty);
+        let task_shared = shared.clone();
+        shared.tasks.spawn(
+            async move {
+                let connection = match tokio::time::timeout_at(deadline, connecting).await {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(error)) => return debug!(%error, "HTTP/3 handshake failed"),
+                    Err(_) => return debug!("HTTP/3 handshake past the head timeout"),
+                };
+                task_shared.metrics.customer_h3_connections.inc();
+                let arrival = Arrival { peer, entry: None };
+                serve_connection(connection, arrival, Arc::new(slot), deadline, task_shared).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    endpoint.close(0u32.into(), b"gateway shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Serves one HTTP/3 connection: its requests, each in a task, and its
+/// datagrams, routed to them; closed when idle, at shutdown (after the
+/// grace period), or when the client leaves.
+async fn serve_connection(
+    connection: quinn::Connection,
+    arrival: Arrival,
+    pending: Arc<AddressSlot>,
+    deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+) {
+    let mut builder = h3::server::builder();
+    let built = builder
+        .enable_extended_connect(true)
+        .enable_datagram(true)
+        .send_grease(false)
+        .max_field_section_size(super::http::MAX_HEAD_BYTES as u64)
+        .build(h3_quinn::Connection::new(connection.clone()));
+    let mut h3: H3Connection = match tokio::time::timeout_at(deadline, built).await {
+        Ok(Ok(h3)) => h3,
+        Ok(Err(error)) => return debug!(%error, "HTTP/3 setup failed"),
+        Err(_) => return debug!("no HTTP/3 SETTINGS within the head timeout"),
+    };
+    let routes: Routes = Arc::default();
+    let reader = h3.get_datagram_reader();
+    let datagrams = route_datagrams(reader, routes.clone(), shared.clone());
+    tokio::pin!(datagrams);
+    let live = tokio_util::task::TaskTracker::new();
+    let idle_after = shared.config.head_timeout;
+    // The first request is due by the head's deadline.
+    let mut idle_check = deadline;
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        let cut_off = async {
+            match closing {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    shared.metrics.customer_masque_requests.inc();
+                    let task = serve_request(
+                        resolver,
+                        connection.clone(),
+                        routes.clone(),
+                        arrival.clone(),
+                        pending.clone(),
+                        shared.clone(),
+                    );
+                    shared.tasks.spawn(live.track_future(task.in_current_span()));
+                }
+                Ok(None) => break debug!("HTTP/3 connection closed"),
+                Err(error) => break debug!(%error, "HTTP/3 connection ended"),
+            },
+            () = &mut datagrams => break debug!("HTTP/3 connection's datagrams ended"),
+            () = tokio::time::sleep_until(idle_check), if closing.is_none() => {
+                let now = tokio::time::Instant::now();
+                if !live.is_empty() {
+                    quiet_since = now;
+                    idle_check = now + idle_after / 4;
+                } else if quiet_since + idle_after <= now {
+                    debug!("HTTP/3 connection without requests; closing");
+                    break connection.close(h3_code(H3_NO_ERROR), b"idle");
+                } else {
+                    idle_check = quiet_since + idle_after;
+                }
+            }
+            () = shared.shutdown.cancelled(), if closing.is_none() => {
+                let _ = h3.shutdown(0).await;
+                closing = Some(tokio::time::Instant::now() + shared.config.shutdown_grace);
+            }
+            () = cut_off => {
+                break connection.close(h3_code(H3_NO_ERROR), b"gateway shutting down");
+            }
+        }
+    }
+    live.close();
+    // The requests end with the connection; wait for their access lines.
+    let _ = tokio::time::timeout(shared.config.shutdown_grace, live.wait()).await;
+}
+
+/// HTTP/3's "no error" (RFC 9114 §8.1): a connection closed on purpose.
+const H3_NO_ERROR: u64 = 0x100;
+
+fn h3_code(code: u64) -> quinn::VarInt {
+    quinn::VarInt::from_u64(code).unwrap_or_default()
+}
+
+/// Routes the connection's HTTP Datagrams to their requests' flows until the
+/// connection ends; drops (and counts) what no flow takes.
+async fn route_datagrams(
+    mut reader: h3_datagram::datagram_handler::DatagramReader<
+        h3_quinn::datagram::RecvDatagramHandler,
+    >,
+    routes: Routes,
+    shared: Arc<Shared>,
+) {
+    while let Ok(datagram) = reader.read_datagram().await {
+        let stream = datagram.stream_id().into_inner();
+        let mut payload = datagram.payload().clone();
+        let Ok(context) = VarInt::decode(&mut payload) else {
+            Drop::Malformed.count(1, &shared);
+            continue;
+        };
+        if context.into_inner() != UDP_CONTEXT {
+            Drop::UnknownContext.count(1, &shared);
+            continue;
+        }
+        let routed = routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&stream)
+            .map(|queue| queue.try_send(payload.copy_to_bytes(payload.remaining())));
+        match routed {
+            Some(Ok(())) => {}
+            Some(Err(_)) => Drop::QueueFull.count(1, &shared),
+            None => Drop::UnknownFlow.count(1, &shared),
+        }
+    }
+}
+
+/// One CONNECT-UDP request: its head, then the refusal or the flow.
+async fn serve_request(
+    resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    connection: quinn::Connection,
+    routes: Routes,
+    arrival: Arrival,
+    pending: Arc<AddressSlot>,
+    shared: Arc<Shared>,
+) {
+    let started = Instant::now();
+    let head_timeout = shared.config.head_timeout;
+    let (request, mut stream) =
+        match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
+            Ok(Ok(resolved)) => resolved,
+            Ok(Err(error)) => return debug!(%error, "HTTP/3 request unreadable"),
+            Err(_) => return debug!("HTTP/3 request head past the head timeout"),
+        };
+    let path = request.uri().path().to_owned();
+    let opened = open(&request, &arrival, &pending, &shared).await;
+    let (request_flow, user, target) = match opened {
+        Ok(opened) => opened,
+        Err(refusal) => {
+            response::log_refusal(&path, &refusal, started);
+            return answer_refusal(&mut stream, &refusal, head_timeout).await;
+        }
+    };
+    let RequestFlow {
+        flow,
+        agent,
+        load,
+        slot,
+        place,
+    } = request_flow;
+    let mut head = http::Response::new(());
+    head.headers_mut().extend(exit_headers(&agent, None, 1));
+    head.headers_mut()
+        .insert("capsule-protocol", HeaderValue::from_static("?1"));
+    match tokio::time::timeout(head_timeout, stream.send_response(head)).await {
+        Ok(Ok(())) => {}
+        _ => return debug!("client gone before the CONNECT-UDP answer"),
+    }
+    let id = stream.id().into_inner();
+    let (queue, queued) = mpsc::channel(FLOW_QUEUE);
+    routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, queue);
+    let context = AccessContext {
+        user: user.clone(),
+        peer: arrival.peer,
+        target: target.clone(),
+        started,
+        protocol: "masque",
+    };
+    let mut transfer = Transfer::start_flows(agent.clone(), load, slot, context, &shared);
+    let counters = transfer.counters().clone();
+    let prefix = datagram_prefix(id);
+    let deliver = |payload: Bytes| {
+        let mut datagram = BytesMut::with_capacity(prefix.len() + payload.len());
+        datagram.put_slice(&prefix);
+        datagram.put_slice(&payload);
+        let sent = match connection.send_datagram(datagram.freeze()) {
+            Ok(()) => true,
+            Err(quinn::SendDatagramError::TooLarge) => {
+                Drop::TooLarge.count(1, &shared);
+                false
+            }
+            Err(_) => false,
+        };
+        std::future::ready(sent)
+    };
+    let work = async {
+        let relay = flow.relay(queued, deliver, &counters, &shared);
+        let closed = async {
+            // The client's end of the request stream is the flow's end;
+            // capsules on it are read and ignored (RFC 9297 §3.2).
+            loop {
+                match stream.recv_data().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            // The last sender goes: the relay ends once its queue is empty.
+            routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            () = relay => {}
+            () = closed => {}
+        }
+        Ok::<(), String>(())
+    };
+    let span = info_span!("masque", exit = %agent.exit_id, %target);
+    let result = transfer.supervise(work.instrument(span), &shared).await;
+    routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    match &result {
+        Ok(()) => {
+            let _ = tokio::time::timeout(head_timeout, stream.finish()).await;
+        }
+        Err(_) => stream.stop_stream(h3::error::Code::H3_CONNECT_ERROR),
+    }
+    info!(
+        %user,
+        peer = %arrival.peer,
+        %target,
+        bytes = transfer.total(),
+        "MASQUE CONNECT-UDP request ended"
+    );
+    transfer.finish(&result, None, &shared);
+    drop(place);
+}
+
+/// What an accepted request holds while its flow lasts.
+struct RequestFlow {
+    flow: OpenFlow,
+    agent: Arc<crate::directory::Agent>,
+    load: crate::directory::StreamGuard,
+    slot: crate::limits::Slot,
+    place: Place,
+}
+
+/// The request checked, its customer authenticated, an exit chosen and the
+/// flow opened on it; with the user and the target as `host:port`.
+async fn open(
+    request: &http::Request<()>,
+    arrival: &Arrival,
+    pending: &AddressSlot,
+    shared: &Arc<Shared>,
+) -> Result<(RequestFlow, String, String), Refusal> {
+    let (host, port) = connect_udp_target(request)?;
+    let target = match &host {
+        TargetHost::Ip(ip) => SocketAddr::new(*ip, port).to_string(),
+        TargetHost::Domain(name) => format!("{name}:{port}"),
+    };
+    let credentials = basic_credentials(request);
+    let credentials = credentials
+        .as_ref()
+        .map(|(user, password)| (user.as_str(), password.as_str()));
+    let grant = session::authenticate_either(credentials, arrival, pending, shared).await?;
+    let Some(place) = Place::take(&grant.user, arrival.peer.ip()) else {
+        let error = ProxyError::TooManyConnections(super::udp_flow::MAX_PER_CUSTOMER);
+        shared.record_error(Some(&grant.user), None, &error);
+        return Err(error.into());
+    };
+    let (agent, load, slot) = session::choose_for_flows(&grant, shared).await?;
+    let flow = open_flow(agent.key, host, port, shared)
+        .await
+        .map_err(|error| Refusal::from(error).tried(1))?;
+    let opened = RequestFlow {
+        flow,
+        agent,
+        load,
+        slot,
+        place,
+    };
+    Ok((opened, grant.user, target))
+}
+
+/// The target of a CONNECT-UDP request (RFC 9298 §3), or why it is not one.
+fn connect_udp_target(request: &http::Request<()>) -> Result<(TargetHost, u16), ProxyError> {
+    let protocol = request.extensions().get::<h3::ext::Protocol>();
+    if request.method() != http::Method::CONNECT
+        || protocol != Some(&h3::ext::Protocol::CONNECT_UDP)
+    {
+        return Err(ProxyError::BadRequest(
+            "this port serves only MASQUE CONNECT-UDP (extended CONNECT, :protocol connect-udp)"
+                .into(),
+        ));
+    }
+    parse_path(request.uri().path())
+}
+
+/// `/.well-known/masque/udp/{target_host}/{target_port}/`, percent-decoded.
+fn parse_path(path: &str) -> Result<(TargetHost, u16), ProxyError> {
+    let bad = |why: &str| {
+        let shown: String = path.chars().take(120).collect();
+        ProxyError::BadTarget(format!(
+            "{why}: expected {PATH_PREFIX}{{target_host}}/{{target_port}}/ (got {shown:?})"
+        ))
+    };
+    let rest = path
+        .strip_prefix(PATH_PREFIX)
+        .ok_or_else(|| bad("not the CONNECT-UDP path"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest.split_once('/').ok_or_else(|| bad("no target port"))?;
+    let host = percent_decode(host).ok_or_else(|| bad("bad percent-encoding"))?;
+    let host = target::parse_host(&host).map_err(|why| bad(&why.to_string()))?;
+    let port = target::parse_port(port).ok_or_else(|| bad("bad target port"))?;
+    Ok((host, port))
+}
+
+/// Decodes `%XX` escapes (an IPv6 literal's colons are sent as `%3A`).
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The bytes before every UDP payload sent for request stream `id`: its
+/// quarter stream id (RFC 9297 §2.1) and context id 0.
+fn datagram_prefix(id: u64) -> Bytes {
+    let mut prefix = BytesMut::with_capacity(9);
+    let quarter = VarInt::from_u64(id / 4).unwrap_or_default();
+    quarter.encode(&mut prefix);
+    VarInt::from_u32(UDP_CONTEXT as u32).encode(&mut prefix);
+    prefix.freeze()
+}
+
+/// Sends the refusal's status and headers (less HTTP/1.1's connection-level
+/// ones, which HTTP/3 forbids) and its JSON body, and ends the stream.
+async fn answer_refusal(stream: &mut RequestStream, refusal: &Refusal, limit: Duration) {
+    let (mut parts, body) = response::refused(refusal).into_parts();
+    parts.headers.remove(hyper::header::CONNECTION);
+    parts.version = http::Version::HTTP_3;
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let sent = async {
+        stream
+            .send_response(http::Response::from_parts(parts, ()))
+            .await?;
+        stream.send_data(body).await?;
+        stream.finish().await
+    };
+    if let Ok(Err(error)) = tokio::time::timeout(limit, sent).await {
+        debug!(%error, "refusal not sent: the stream is gone");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_host_and_port() {
+        let (host, port) = parse_path("/.well-known/masque/udp/192.0.2.6/443/").unwrap();
+        assert_eq!(
+            (host, port),
+            (TargetHost::Ip("192.0.2.6".parse().unwrap()), 443)
+        );
+        let (host, port) = parse_path("/.well-known/masque/udp/2001%3Adb8%3A%3A42/53/").unwrap();
+        assert_eq!(
+            (host, port),
+            (TargetHost::Ip("2001:db8::42".parse().unwrap()), 53)
+        );
+        let (host, _) = parse_path("/.well-known/masque/udp/example.com/53/").unwrap();
+        assert_eq!(host, TargetHost::Domain("example.com".into()));
+    }
+
+    #[test]
+    fn bad_paths_are_bad_targets() {
+        for bad in [
+            "/",
+            "/.well-known/masque/udp/",
+            "/.well-known/masque/udp/example.com/",
+            "/.well-known/masque/udp/example.com/0/",
+            "/.well-known/masque/udp/example.com/70000/",
+            "/.well-known/masque/udp/exa%2/53/",
+            "/.well-known/masque/ip/example.com/53/",
+        ] {
+            assert!(
+                matches!(parse_path(bad), Err(ProxyError::BadTarget(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_prefix_is_the_quarter_stream_id_then_context_zero() {
+        assert_eq!(&datagram_prefix(0)[..], &[0, 0]);
+        assert_eq!(&datagram_prefix(8)[..], &[2, 0]);
+        // 400 / 4 = 100: a two-byte varint.
+        assert_eq!(&datagram_prefix(400)[..], &[0x40, 100, 0]);
+    }
+}
