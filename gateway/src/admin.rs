@@ -34,7 +34,7 @@
 //! authorized request ([`slots`]).
 
 pub mod dashboard;
-mod exits;
+pub(crate) mod exits;
 pub mod live;
 mod slots;
 
@@ -226,7 +226,7 @@ fn route(
             crate::control_link::add_metrics(
                 shared.accounts.control().map(|link| &**link),
                 shared.metrics.render(
-                    &*shared.exits.directory(),
+                    shared.exits.directory(),
                     shared.sessions.len(),
                     &shared.config.health,
                     shared.exits.tunnels().count_by_transport(),
@@ -433,58 +433,107 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
     let now = std::time::Instant::now();
     let per_agent: Vec<_> = agents
         .iter()
-        .map(|agent| {
-            let health = agent.health.view(now, &shared.config.health);
-            serde_json::json!({
-                "exit_id": agent.exit_id,
-                "country": agent.location.country,
-                "asn": agent.location.asn,
-                "city": agent.location.city,
-                "region": agent.location.region,
-                "observed_addr": agent.home.is_none().then(|| agent.observed.to_string()),
-                "gateway": agent.home.as_deref().or(shared.fleet.as_ref().map(|fleet| &*fleet.id)),
-                "software": agent.software,
-                "transport": shared.exits.tunnels().transport(agent.key).map(|t| t.as_str()),
-                "accepting": agent.is_accepting(),
-                "max_streams": agent.max_streams.load(Ordering::Relaxed),
-                "live_streams": agent.active_streams.load(Ordering::Relaxed),
-                // In a fleet, what routing here takes the exit's load to be.
-                "load": agent.load(),
-                "streams_total": agent.streams_total.load(Ordering::Relaxed),
-                "bytes_up": agent.bytes_up.load(Ordering::Relaxed),
-                "bytes_down": agent.bytes_down.load(Ordering::Relaxed),
-                "connected_secs": SystemTime::now()
-                    .duration_since(agent.connected_at)
-                    .unwrap_or_default()
-                    .as_secs(),
-                "health": {
-                    "success_rate": (health.success_rate * 1000.0).round() / 1000.0,
-                    "open_latency_ms": health.open_latency.map(|latency| latency.as_millis() as u64),
-                    "consecutive_failures": health.consecutive_failures,
-                    "cooling": health.cooling_left.is_some(),
-                    "cooling_left_ms": health.cooling_left.map(|left| left.as_millis() as u64),
-                    "probation": health.probation,
-                    "coolings": health.coolings_total,
-                    "failures": health.failures_total,
-                    "waiting_opens": health.waiting,
-                    "suspect": health.suspect,
-                    "slow": health.slow,
-                },
-            })
-        })
+        .map(|agent| exit_stats(agent, now, shared))
         .collect();
     let (quic_agents, tcp_agents) = shared.exits.tunnels().count_by_transport();
     let usage = shared.usage.snapshot();
+    let bytes_up: u64 = usage.customers.values().map(|t| t.bytes_up).sum();
+    let bytes_down: u64 = usage.customers.values().map(|t| t.bytes_down).sum();
+    serde_json::json!({
+        "agents": agents.len(),
+        "countries": shared.exits.directory().countries(),
+        "transports": {"quic": quic_agents, "tcp": tcp_agents},
+        "live_streams": live_streams,
+        "sessions": shared.sessions.len(),
+        "uptime_secs": shared.started.elapsed().as_secs(),
+        "fleet": shared.fleet.as_ref().map(|fleet| fleet_stats(fleet, &agents)),
+        "per_agent": per_agent,
+        "bytes_up": bytes_up,
+        "bytes_down": bytes_down,
+        "customers": customer_stats(&usage.customers, shared),
+        // By exit id: the device ids stay with the gateway, so /stats cannot
+        // help anyone claim an agent's identity or link exits to devices.
+        "agent_usage": usage
+            .agents
+            .into_values()
+            .map(|agent| {
+                let entry = serde_json::json!({
+                    "country": agent.country,
+                    "bytes_up": agent.totals.bytes_up,
+                    "bytes_down": agent.totals.bytes_down,
+                    "connections": agent.totals.connections,
+                    "errors": agent.totals.errors,
+                    "errors_by_code": agent.totals.errors_by_code,
+                });
+                (agent.exit_id, entry)
+            })
+            .collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+/// One exit's entry in `/stats`' `per_agent`: where it is, its load, its
+/// bytes and its health as of `now`.
+fn exit_stats(
+    agent: &crate::directory::Agent,
+    now: std::time::Instant,
+    shared: &Shared,
+) -> serde_json::Value {
+    let health = agent.health.view(now, &shared.config.health);
+    serde_json::json!({
+        "exit_id": agent.exit_id,
+        "country": agent.location.country,
+        "asn": agent.location.asn,
+        "city": agent.location.city,
+        "region": agent.location.region,
+        "observed_addr": agent.home.is_none().then(|| agent.observed.to_string()),
+        "gateway": agent.home.as_deref().or(shared.fleet.as_ref().map(|fleet| &*fleet.id)),
+        "software": agent.software,
+        "transport": shared.exits.tunnels().transport(agent.key).map(|t| t.as_str()),
+        "accepting": agent.is_accepting(),
+        "max_streams": agent.max_streams.load(Ordering::Relaxed),
+        "live_streams": agent.active_streams.load(Ordering::Relaxed),
+        // In a fleet, what routing here takes the exit's load to be.
+        "load": agent.load(),
+        "streams_total": agent.streams_total.load(Ordering::Relaxed),
+        "bytes_up": agent.bytes_up.load(Ordering::Relaxed),
+        "bytes_down": agent.bytes_down.load(Ordering::Relaxed),
+        "connected_secs": SystemTime::now()
+            .duration_since(agent.connected_at)
+            .unwrap_or_default()
+            .as_secs(),
+        "health": {
+            "success_rate": (health.success_rate * 1000.0).round() / 1000.0,
+            "open_latency_ms": health.open_latency.map(|latency| latency.as_millis() as u64),
+            "consecutive_failures": health.consecutive_failures,
+            "cooling": health.cooling_left.is_some(),
+            "cooling_left_ms": health.cooling_left.map(|left| left.as_millis() as u64),
+            "probation": health.probation,
+            "coolings": health.coolings_total,
+            "failures": health.failures_total,
+            "waiting_opens": health.waiting,
+            "suspect": health.suspect,
+            "slow": health.slow,
+        },
+    })
+}
+
+/// `/stats`' `customers`: every account and every customer with usage, by
+/// name, with its totals, live connections, quota and (in a fleet) what the
+/// other gateways carry.
+fn customer_stats(
+    usage: &std::collections::BTreeMap<String, crate::usage::Totals>,
+    shared: &Shared,
+) -> serde_json::Map<String, serde_json::Value> {
     let accounts = shared.accounts.current();
-    let customers: serde_json::Map<String, serde_json::Value> = accounts
+    accounts
         .users
         .iter()
         .map(|customer| customer.name.clone())
-        .chain(usage.customers.keys().cloned())
+        .chain(usage.keys().cloned())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .map(|name| {
-            let totals = usage.customers.get(&name).cloned().unwrap_or_default();
+            let totals = usage.get(&name).cloned().unwrap_or_default();
             let quota = accounts
                 .users
                 .get(&name)
@@ -509,39 +558,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
             });
             (name, entry)
         })
-        .collect();
-    let bytes_up: u64 = usage.customers.values().map(|t| t.bytes_up).sum();
-    let bytes_down: u64 = usage.customers.values().map(|t| t.bytes_down).sum();
-    serde_json::json!({
-        "agents": agents.len(),
-        "countries": shared.exits.directory().countries(),
-        "transports": {"quic": quic_agents, "tcp": tcp_agents},
-        "live_streams": live_streams,
-        "sessions": shared.sessions.len(),
-        "uptime_secs": shared.started.elapsed().as_secs(),
-        "fleet": shared.fleet.as_ref().map(|fleet| fleet_stats(fleet, &agents)),
-        "per_agent": per_agent,
-        "bytes_up": bytes_up,
-        "bytes_down": bytes_down,
-        "customers": customers,
-        // By exit id: the device ids stay with the gateway, so /stats cannot
-        // help anyone claim an agent's identity or link exits to devices.
-        "agent_usage": usage
-            .agents
-            .into_values()
-            .map(|agent| {
-                let entry = serde_json::json!({
-                    "country": agent.country,
-                    "bytes_up": agent.totals.bytes_up,
-                    "bytes_down": agent.totals.bytes_down,
-                    "connections": agent.totals.connections,
-                    "errors": agent.totals.errors,
-                    "errors_by_code": agent.totals.errors_by_code,
-                });
-                (agent.exit_id, entry)
-            })
-            .collect::<serde_json::Map<_, _>>(),
-    })
+        .collect()
 }
 
 /// A request for live connections or exits ([`live`]): the port's browser

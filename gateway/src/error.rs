@@ -111,6 +111,13 @@ pub enum ProxyError {
         /// The account's countries, comma-separated.
         allowed: String,
     },
+    /// The account may not connect from this address (the control plane's
+    /// `allow_ips`): credentials were right, the place is not.
+    #[error("this account may not connect from {0}")]
+    SourceNotAllowed(std::net::IpAddr),
+    /// The target is one of the account's blocked domains or under one.
+    #[error("{0} and its subdomains are blocked for this account")]
+    DomainBlocked(String),
 }
 
 /// How a [`ProxyError`] is presented.
@@ -146,186 +153,148 @@ pub mod socks_reply {
     pub const ADDRESS_TYPE_NOT_SUPPORTED: u8 = 0x08;
 }
 
+/// One row of [`PRESENTATIONS`].
+const fn row(
+    status: u16,
+    proxy_status: &'static str,
+    code: &'static str,
+    socks: u8,
+) -> Presentation {
+    Presentation {
+        status,
+        proxy_status: if proxy_status.is_empty() {
+            None
+        } else {
+            Some(proxy_status)
+        },
+        code,
+        socks_reply: socks,
+    }
+}
+
+/// Every product code with its HTTP status, RFC 9209 `Proxy-Status` error
+/// (empty: none) and SOCKS5 reply: the table `docs/errors.md` shows.
+pub const PRESENTATIONS: &[Presentation] = {
+    use socks_reply::*;
+    const REQUEST_ERROR: &str = "http_request_error";
+    const DENIED: &str = "http_request_denied";
+    const UNAVAILABLE: &str = "destination_unavailable";
+    const INTERNAL: &str = "proxy_internal_error";
+    &[
+        row(407, "", "auth_required", GENERAL_FAILURE),
+        row(400, REQUEST_ERROR, "bad_request", GENERAL_FAILURE),
+        row(400, REQUEST_ERROR, "bad_target", ADDRESS_TYPE_NOT_SUPPORTED),
+        row(400, REQUEST_ERROR, "bad_targeting", GENERAL_FAILURE),
+        row(502, UNAVAILABLE, "no_exit", NETWORK_UNREACHABLE),
+        row(502, UNAVAILABLE, "exits_busy", GENERAL_FAILURE),
+        row(502, UNAVAILABLE, "exits_cooling", GENERAL_FAILURE),
+        row(429, INTERNAL, "session_limit", GENERAL_FAILURE),
+        row(502, UNAVAILABLE, "session_exit_gone", NETWORK_UNREACHABLE),
+        row(502, UNAVAILABLE, "exit_lost", GENERAL_FAILURE),
+        row(502, UNAVAILABLE, "peer_unavailable", GENERAL_FAILURE),
+        row(429, DENIED, "rate_limited", GENERAL_FAILURE),
+        row(429, DENIED, "connection_limit", GENERAL_FAILURE),
+        row(403, DENIED, "quota_exhausted", NOT_ALLOWED),
+        row(403, DENIED, "country_not_allowed", NOT_ALLOWED),
+        row(403, DENIED, "source_not_allowed", NOT_ALLOWED),
+        row(403, DENIED, "domain_blocked", NOT_ALLOWED),
+        row(504, "connection_timeout", "exit_timeout", TTL_EXPIRED),
+        row(429, DENIED, "auth_rate_limited", GENERAL_FAILURE),
+        row(503, INTERNAL, "gateway_busy", GENERAL_FAILURE),
+        row(503, INTERNAL, "auth_busy", GENERAL_FAILURE),
+        row(429, DENIED, "too_many_unauthenticated", GENERAL_FAILURE),
+        // What the exit answered (`Failed{code}`).
+        row(502, "dns_error", "dns_error", HOST_UNREACHABLE),
+        row(
+            403,
+            "destination_ip_prohibited",
+            "destination_prohibited",
+            NOT_ALLOWED,
+        ),
+        row(
+            403,
+            "destination_ip_prohibited",
+            "port_prohibited",
+            NOT_ALLOWED,
+        ),
+        row(
+            502,
+            "connection_refused",
+            "connection_refused",
+            CONNECTION_REFUSED,
+        ),
+        row(504, "connection_timeout", "connection_timeout", TTL_EXPIRED),
+        row(
+            502,
+            "destination_ip_unroutable",
+            "network_unreachable",
+            NETWORK_UNREACHABLE,
+        ),
+        row(502, UNAVAILABLE, "host_unreachable", HOST_UNREACHABLE),
+        row(502, UNAVAILABLE, "exit_unavailable", GENERAL_FAILURE),
+        row(502, INTERNAL, "exit_error", GENERAL_FAILURE),
+    ]
+};
+
 impl ProxyError {
-    /// The single mapping from failure to status, `Proxy-Status`, code and SOCKS reply.
+    /// The single mapping from failure to status, `Proxy-Status`, code and
+    /// SOCKS reply: the failure's product code ([`ProxyError::code`]), looked
+    /// up in [`PRESENTATIONS`].
     pub fn presentation(&self) -> Presentation {
-        use socks_reply::*;
-        let (status, proxy_status, code, socks_reply) = match self {
-            ProxyError::AuthRequired => (407, None, "auth_required", GENERAL_FAILURE),
-            ProxyError::BadRequest(_) => (
-                400,
-                Some("http_request_error"),
-                "bad_request",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::BadTarget(_) => (
-                400,
-                Some("http_request_error"),
-                "bad_target",
-                ADDRESS_TYPE_NOT_SUPPORTED,
-            ),
-            ProxyError::BadTargeting { .. } => (
-                400,
-                Some("http_request_error"),
-                "bad_targeting",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::NoExit(_) => (
-                502,
-                Some("destination_unavailable"),
-                "no_exit",
-                NETWORK_UNREACHABLE,
-            ),
-            ProxyError::ExitsBusy(_) => (
-                502,
-                Some("destination_unavailable"),
-                "exits_busy",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::ExitsCooling(_) => (
-                502,
-                Some("destination_unavailable"),
-                "exits_cooling",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::TooManySessions(_) => (
-                429,
-                Some("proxy_internal_error"),
-                "session_limit",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::SessionExitGone(_) => (
-                502,
-                Some("destination_unavailable"),
-                "session_exit_gone",
-                NETWORK_UNREACHABLE,
-            ),
-            ProxyError::ExitLost(_) => (
-                502,
-                Some("destination_unavailable"),
-                "exit_lost",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::PeerUnavailable(_) => (
-                502,
-                Some("destination_unavailable"),
-                "peer_unavailable",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::RateLimited { .. } => (
-                429,
-                Some("http_request_denied"),
-                "rate_limited",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::TooManyConnections(_) => (
-                429,
-                Some("http_request_denied"),
-                "connection_limit",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::QuotaExhausted(_) | ProxyError::QuotaPeriodExhausted { .. } => (
-                403,
-                Some("http_request_denied"),
-                "quota_exhausted",
-                NOT_ALLOWED,
-            ),
-            ProxyError::CountryNotAllowed { .. } => (
-                403,
-                Some("http_request_denied"),
-                "country_not_allowed",
-                NOT_ALLOWED,
-            ),
-            ProxyError::ExitTimeout(_) => {
-                (504, Some("connection_timeout"), "exit_timeout", TTL_EXPIRED)
+        let code = self.code();
+        PRESENTATIONS
+            .iter()
+            .find(|row| row.code == code)
+            .copied()
+            // Unreachable: a test checks every example's code has a row.
+            .unwrap_or(Presentation {
+                status: 502,
+                proxy_status: Some("proxy_internal_error"),
+                code,
+                socks_reply: socks_reply::GENERAL_FAILURE,
+            })
+    }
+
+    /// The stable product code, in `X-Exitpool-Error`, the JSON body and the
+    /// access line.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::AuthRequired => "auth_required",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadTarget(_) => "bad_target",
+            ProxyError::BadTargeting { .. } => "bad_targeting",
+            ProxyError::NoExit(_) => "no_exit",
+            ProxyError::ExitsBusy(_) => "exits_busy",
+            ProxyError::ExitsCooling(_) => "exits_cooling",
+            ProxyError::TooManySessions(_) => "session_limit",
+            ProxyError::SessionExitGone(_) => "session_exit_gone",
+            ProxyError::ExitLost(_) => "exit_lost",
+            ProxyError::PeerUnavailable(_) => "peer_unavailable",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::TooManyConnections(_) => "connection_limit",
+            ProxyError::QuotaExhausted(_) | ProxyError::QuotaPeriodExhausted { .. } => {
+                "quota_exhausted"
             }
-            ProxyError::AuthRateLimited { .. } => (
-                429,
-                Some("http_request_denied"),
-                "auth_rate_limited",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::GatewayBusy => (
-                503,
-                Some("proxy_internal_error"),
-                "gateway_busy",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::AuthBusy => (
-                503,
-                Some("proxy_internal_error"),
-                "auth_busy",
-                GENERAL_FAILURE,
-            ),
-            ProxyError::TooManyUnauthenticated(_) => (
-                429,
-                Some("http_request_denied"),
-                "too_many_unauthenticated",
-                GENERAL_FAILURE,
-            ),
+            ProxyError::CountryNotAllowed { .. } => "country_not_allowed",
+            ProxyError::SourceNotAllowed(_) => "source_not_allowed",
+            ProxyError::DomainBlocked(_) => "domain_blocked",
+            ProxyError::ExitTimeout(_) => "exit_timeout",
+            ProxyError::AuthRateLimited { .. } => "auth_rate_limited",
+            ProxyError::GatewayBusy => "gateway_busy",
+            ProxyError::AuthBusy => "auth_busy",
+            ProxyError::TooManyUnauthenticated(_) => "too_many_unauthenticated",
             ProxyError::Exit { code, .. } => match code {
-                FailureCode::DnsError => (502, Some("dns_error"), "dns_error", HOST_UNREACHABLE),
-                FailureCode::DestinationIpProhibited => (
-                    403,
-                    Some("destination_ip_prohibited"),
-                    "destination_prohibited",
-                    NOT_ALLOWED,
-                ),
-                FailureCode::DestinationPortProhibited => (
-                    403,
-                    Some("destination_ip_prohibited"),
-                    "port_prohibited",
-                    NOT_ALLOWED,
-                ),
-                FailureCode::ConnectionRefused => (
-                    502,
-                    Some("connection_refused"),
-                    "connection_refused",
-                    CONNECTION_REFUSED,
-                ),
-                FailureCode::ConnectionTimeout => (
-                    504,
-                    Some("connection_timeout"),
-                    "connection_timeout",
-                    TTL_EXPIRED,
-                ),
-                FailureCode::NetworkUnreachable => (
-                    502,
-                    Some("destination_ip_unroutable"),
-                    "network_unreachable",
-                    NETWORK_UNREACHABLE,
-                ),
-                FailureCode::HostUnreachable => (
-                    502,
-                    Some("destination_unavailable"),
-                    "host_unreachable",
-                    HOST_UNREACHABLE,
-                ),
-                FailureCode::AgentUnavailable => (
-                    502,
-                    Some("destination_unavailable"),
-                    "exit_unavailable",
-                    GENERAL_FAILURE,
-                ),
-                FailureCode::BadRequest => (
-                    400,
-                    Some("http_request_error"),
-                    "bad_target",
-                    ADDRESS_TYPE_NOT_SUPPORTED,
-                ),
-                FailureCode::Other => (
-                    502,
-                    Some("proxy_internal_error"),
-                    "exit_error",
-                    GENERAL_FAILURE,
-                ),
+                FailureCode::DnsError => "dns_error",
+                FailureCode::DestinationIpProhibited => "destination_prohibited",
+                FailureCode::DestinationPortProhibited => "port_prohibited",
+                FailureCode::ConnectionRefused => "connection_refused",
+                FailureCode::ConnectionTimeout => "connection_timeout",
+                FailureCode::NetworkUnreachable => "network_unreachable",
+                FailureCode::HostUnreachable => "host_unreachable",
+                FailureCode::AgentUnavailable => "exit_unavailable",
+                FailureCode::BadRequest => "bad_target",
+                FailureCode::Other => "exit_error",
             },
-        };
-        Presentation {
-            status,
-            proxy_status,
-            code,
-            socks_reply,
         }
     }
 
@@ -436,6 +405,8 @@ impl ProxyError {
                 country: text(),
                 allowed: text(),
             },
+            ProxyError::SourceNotAllowed(std::net::Ipv4Addr::LOCALHOST.into()),
+            ProxyError::DomainBlocked(text()),
         ];
         all.extend(
             [
@@ -499,7 +470,7 @@ mod tests {
         // No wildcard arm: a new variant (or exit failure code) stops this
         // compiling until it has a place here. Give it the next number, raise
         // PLACES and add a value to `examples()` in the same order.
-        const PLACES: usize = 31;
+        const PLACES: usize = 33;
         fn place(error: &ProxyError) -> usize {
             match error {
                 ProxyError::AuthRequired => 0,
@@ -523,8 +494,10 @@ mod tests {
                 ProxyError::QuotaExhausted(_) => 18,
                 ProxyError::QuotaPeriodExhausted { .. } => 19,
                 ProxyError::CountryNotAllowed { .. } => 20,
+                ProxyError::SourceNotAllowed(_) => 21,
+                ProxyError::DomainBlocked(_) => 22,
                 ProxyError::Exit { code, .. } => {
-                    21 + match code {
+                    23 + match code {
                         FailureCode::DnsError => 0,
                         FailureCode::DestinationIpProhibited => 1,
                         FailureCode::DestinationPortProhibited => 2,
@@ -541,6 +514,22 @@ mod tests {
         }
         let places: Vec<usize> = ProxyError::examples().iter().map(place).collect();
         assert_eq!(places, (0..PLACES).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_code_has_one_row_and_every_row_a_failure() {
+        for (index, row) in PRESENTATIONS.iter().enumerate() {
+            let rows = PRESENTATIONS.iter().filter(|other| other.code == row.code);
+            assert_eq!(rows.count(), 1, "{} has more than one row", row.code);
+            let shown = ProxyError::examples()
+                .iter()
+                .any(|error| error.code() == row.code);
+            assert!(shown, "row {index} ({}) is no failure's", row.code);
+        }
+        for error in ProxyError::examples() {
+            let found = PRESENTATIONS.iter().find(|row| row.code == error.code());
+            assert_eq!(found, Some(&error.presentation()), "{error:?}");
+        }
     }
 
     #[test]

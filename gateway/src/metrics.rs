@@ -131,6 +131,10 @@ pub struct Metrics {
     /// Streams HTTP/2 customers opened on the HTTPS proxy port; each is a
     /// customer connection of its own.
     pub customer_h2_streams: Counter,
+    /// QUIC connections completed on `--listen-h3` (MASQUE over HTTP/3).
+    pub customer_h3_connections: Counter,
+    /// CONNECT-UDP requests (streams) MASQUE customers opened over HTTP/3.
+    pub customer_masque_requests: Counter,
     /// Fleet mode's Redis round trips and peer streams.
     pub fleet: FleetCounters,
     agents: Gauge,
@@ -175,6 +179,8 @@ impl Metrics {
             customer_tls_handshakes_refused: Counter::default(),
             customer_tls_connections: Counter::default(),
             customer_h2_streams: Counter::default(),
+            customer_h3_connections: Counter::default(),
+            customer_masque_requests: Counter::default(),
             fleet: FleetCounters::default(),
             agents: Gauge::default(),
             agents_by_country: Family::default(),
@@ -183,183 +189,234 @@ impl Metrics {
             sessions: Gauge::default(),
             registry: Registry::default(),
         };
+        metrics.register_pool(&mut registry);
+        metrics.register_traffic(&mut registry);
+        metrics.register_defences(&mut registry);
+        metrics.register_exits(&mut registry);
+        metrics.register_customer_ports(&mut registry);
+        metrics.register_udp(&mut registry);
+        metrics.register_fleet(&mut registry);
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Registers the pool's gauges: agents here and fleet-wide, by country,
+    /// transport and health band; live streams and sessions.
+    fn register_pool(&self, registry: &mut Registry) {
         registry.register(
             "agents",
             "Agents whose tunnels this gateway holds",
-            metrics.agents.clone(),
+            self.agents.clone(),
         );
         registry.register(
             "fleet_agents",
             "Fleet-wide: agents in the pool this gateway picks from (its own and the fleet's)",
-            metrics.fleet_agents.clone(),
+            self.fleet_agents.clone(),
         );
         registry.register(
             "fleet_agents_by_country",
             "Fleet-wide: agents in the pool per country (?? when unknown)",
-            metrics.fleet_agents_by_country.clone(),
+            self.fleet_agents_by_country.clone(),
         );
         registry.register(
             "agents_by_transport",
             "Agent tunnels held, per transport (quic, tcp)",
-            metrics.agents_by_transport.clone(),
+            self.agents_by_transport.clone(),
         );
         registry.register(
             "agents_by_country",
             "Agents whose tunnels this gateway holds, per country (?? when unknown)",
-            metrics.agents_by_country.clone(),
+            self.agents_by_country.clone(),
         );
         registry.register(
             "live_streams",
             "Relay streams open now on the tunnels this gateway holds (its customers' and those other gateways carried in)",
-            metrics.live_streams.clone(),
+            self.live_streams.clone(),
         );
         registry.register(
             "sessions",
             "Sticky sessions pinned now",
-            metrics.sessions.clone(),
-        );
-        registry.register(
-            "bytes_up",
-            "Bytes customers sent towards targets",
-            metrics.bytes_up.clone(),
-        );
-        registry.register(
-            "bytes_down",
-            "Bytes targets sent towards customers",
-            metrics.bytes_down.clone(),
-        );
-        registry.register(
-            "connections",
-            "Customer connections (and plain-HTTP requests) that reached their target",
-            metrics.connections.clone(),
-        );
-        registry.register(
-            "errors",
-            "Failed customer requests and relays, by product code",
-            metrics.errors.clone(),
-        );
-        registry.register(
-            "password_hashes",
-            "Argon2 password verifications run (off the async runtime, bounded)",
-            metrics.password_hashes.clone(),
-        );
-        registry.register(
-            "tunnel_retries",
-            "Agent handshakes asked to prove their address with a QUIC Retry",
-            metrics.tunnel_retries.clone(),
-        );
-        registry.register(
-            "agents_turned_away",
-            "Agents told to try again later: their network or enrolment token holds its maximum",
-            metrics.agents_turned_away.clone(),
-        );
-        registry.register(
-            "open_retries",
-            "Opens tried again on another exit after the exit's own failure, by cause",
-            metrics.open_retries.clone(),
-        );
-        registry.register(
-            "udp_datagrams_dropped",
-            "SOCKS5 UDP datagrams dropped, by cause (foreign_source, malformed, flow_cap, refused, queue_full)",
-            metrics.udp_dropped.clone(),
-        );
-        registry.register(
-            "udp_frames",
-            "SOCKS5 UDP datagrams carried through a tunnel as QUIC DATAGRAM frames, both ways",
-            metrics.udp_frames.clone(),
-        );
-        registry.register(
-            "udp_stream_datagrams",
-            "SOCKS5 UDP datagrams carried on their flow's tunnel stream (TLS/TCP, or too large for a frame), both ways",
-            metrics.udp_stream_datagrams.clone(),
-        );
-        registry.register(
-            "exit_coolings",
-            "Exits taken out of routing for a while after failing several times in a row",
-            metrics.exit_coolings.clone(),
-        );
-        registry.register(
-            "exits_unresponsive",
-            "Agents dropped because their tunnel failed a liveness check while a customer waited",
-            metrics.exits_unresponsive.clone(),
-        );
-        registry.register(
-            "liveness_checks",
-            "Liveness checks of exits' tunnels, asked only while a customer waits on one",
-            metrics.liveness_checks.clone(),
+            self.sessions.clone(),
         );
         registry.register(
             "exits_by_health",
             "Exits whose tunnels this gateway holds, by health band (healthy, degraded, failing, cooling)",
-            metrics.exits_by_health.clone(),
+            self.exits_by_health.clone(),
+        );
+    }
+
+    /// Registers customer traffic: bytes, connections, failures by code,
+    /// retried opens and connect latency.
+    fn register_traffic(&self, registry: &mut Registry) {
+        registry.register(
+            "bytes_up",
+            "Bytes customers sent towards targets",
+            self.bytes_up.clone(),
+        );
+        registry.register(
+            "bytes_down",
+            "Bytes targets sent towards customers",
+            self.bytes_down.clone(),
+        );
+        registry.register(
+            "connections",
+            "Customer connections (and plain-HTTP requests) that reached their target",
+            self.connections.clone(),
+        );
+        registry.register(
+            "errors",
+            "Failed customer requests and relays, by product code",
+            self.errors.clone(),
+        );
+        registry.register(
+            "open_retries",
+            "Opens tried again on another exit after the exit's own failure, by cause",
+            self.open_retries.clone(),
+        );
+        registry.register(
+            "connect_seconds",
+            "Time from a customer's request to the exit's Opened",
+            self.connect_seconds.clone(),
+        );
+    }
+
+    /// Registers what the gateway rations or refuses: password checks,
+    /// handshakes, agents turned away or not proven.
+    fn register_defences(&self, registry: &mut Registry) {
+        registry.register(
+            "password_hashes",
+            "Argon2 password verifications run (off the async runtime, bounded)",
+            self.password_hashes.clone(),
+        );
+        registry.register(
+            "tunnel_retries",
+            "Agent handshakes asked to prove their address with a QUIC Retry",
+            self.tunnel_retries.clone(),
+        );
+        registry.register(
+            "agents_turned_away",
+            "Agents told to try again later: their network or enrolment token holds its maximum",
+            self.agents_turned_away.clone(),
         );
         registry.register(
             "agent_identity_refusals",
             "Agents refused because their device-key proof did not verify for the connection",
-            metrics.agent_identity_refusals.clone(),
+            self.agent_identity_refusals.clone(),
         );
         registry.register(
             "customer_tls_handshakes_refused",
             "TLS handshakes on the customer ports refused: their source address was over --max-tls-handshakes-per-ip",
-            metrics.customer_tls_handshakes_refused.clone(),
-        );
-        registry.register(
-            "customer_tls_connections",
-            "TLS handshakes completed on the customer ports (HTTPS proxy connections, HTTP/1.1 or HTTP/2)",
-            metrics.customer_tls_connections.clone(),
-        );
-        registry.register(
-            "customer_h2_streams",
-            "Streams opened by HTTP/2 customers on the HTTPS proxy port, each a customer connection",
-            metrics.customer_h2_streams.clone(),
-        );
-        for (name, help, counter) in [
-            (
-                "redis_round_trips",
-                "Redis commands, pipelines and scripts sent (fleet mode)",
-                &metrics.fleet.redis_round_trips,
-            ),
-            (
-                "redis_errors",
-                "Redis round trips that failed or timed out (fleet mode)",
-                &metrics.fleet.redis_errors,
-            ),
-            (
-                "redis_session_round_trips",
-                "Redis round trips for sticky sessions (first connection of a session on this gateway, moves)",
-                &metrics.fleet.session_round_trips,
-            ),
-            (
-                "peer_streams_out",
-                "Customer streams carried to exits on other gateways",
-                &metrics.fleet.peer_streams_out,
-            ),
-            (
-                "peer_streams_in",
-                "Streams other gateways carried to this gateway's exits",
-                &metrics.fleet.peer_streams_in,
-            ),
-            (
-                "redis_records_refused",
-                "Records read from Redis and ignored: not signed with the fleet's key",
-                &metrics.fleet.records_refused,
-            ),
-        ] {
-            registry.register(name, help, counter.clone());
-        }
-        registry.register(
-            "connect_seconds",
-            "Time from a customer's request to the exit's Opened",
-            metrics.connect_seconds.clone(),
+            self.customer_tls_handshakes_refused.clone(),
         );
         registry.register(
             "tunnel_handshake_seconds",
             "Time from an agent's connection attempt to its Welcome",
-            metrics.tunnel_handshake_seconds.clone(),
+            self.tunnel_handshake_seconds.clone(),
         );
-        Metrics {
-            registry,
-            ..metrics
+    }
+
+    /// Registers exits found failing: coolings, unresponsive tunnels and the
+    /// liveness checks asked.
+    fn register_exits(&self, registry: &mut Registry) {
+        registry.register(
+            "exit_coolings",
+            "Exits taken out of routing for a while after failing several times in a row",
+            self.exit_coolings.clone(),
+        );
+        registry.register(
+            "exits_unresponsive",
+            "Agents dropped because their tunnel failed a liveness check while a customer waited",
+            self.exits_unresponsive.clone(),
+        );
+        registry.register(
+            "liveness_checks",
+            "Liveness checks of exits' tunnels, asked only while a customer waits on one",
+            self.liveness_checks.clone(),
+        );
+    }
+
+    /// Registers the customer ports beside plain HTTP and SOCKS5: TLS,
+    /// HTTP/2 and HTTP/3.
+    fn register_customer_ports(&self, registry: &mut Registry) {
+        registry.register(
+            "customer_tls_connections",
+            "TLS handshakes completed on the customer ports (HTTPS proxy connections, HTTP/1.1 or HTTP/2)",
+            self.customer_tls_connections.clone(),
+        );
+        registry.register(
+            "customer_h2_streams",
+            "Streams opened by HTTP/2 customers on the HTTPS proxy port, each a customer connection",
+            self.customer_h2_streams.clone(),
+        );
+        registry.register(
+            "customer_h3_connections",
+            "QUIC connections completed on the MASQUE port (--listen-h3, HTTP/3)",
+            self.customer_h3_connections.clone(),
+        );
+        registry.register(
+            "customer_masque_requests",
+            "CONNECT-UDP requests MASQUE customers opened over HTTP/3, each a UDP flow through an exit",
+            self.customer_masque_requests.clone(),
+        );
+    }
+
+    /// Registers SOCKS5 UDP: datagrams dropped, carried as frames or on
+    /// streams.
+    fn register_udp(&self, registry: &mut Registry) {
+        registry.register(
+            "udp_datagrams_dropped",
+            "SOCKS5 UDP datagrams dropped, by cause (foreign_source, malformed, flow_cap, refused, queue_full)",
+            self.udp_dropped.clone(),
+        );
+        registry.register(
+            "udp_frames",
+            "SOCKS5 UDP datagrams carried through a tunnel as QUIC DATAGRAM frames, both ways",
+            self.udp_frames.clone(),
+        );
+        registry.register(
+            "udp_stream_datagrams",
+            "SOCKS5 UDP datagrams carried on their flow's tunnel stream (TLS/TCP, or too large for a frame), both ways",
+            self.udp_stream_datagrams.clone(),
+        );
+    }
+
+    /// Registers fleet mode's Redis round trips, peer streams and refused records.
+    fn register_fleet(&self, registry: &mut Registry) {
+        for (name, help, counter) in [
+            (
+                "redis_round_trips",
+                "Redis commands, pipelines and scripts sent (fleet mode)",
+                &self.fleet.redis_round_trips,
+            ),
+            (
+                "redis_errors",
+                "Redis round trips that failed or timed out (fleet mode)",
+                &self.fleet.redis_errors,
+            ),
+            (
+                "redis_session_round_trips",
+                "Redis round trips for sticky sessions (first connection of a session on this gateway, moves)",
+                &self.fleet.session_round_trips,
+            ),
+            (
+                "peer_streams_out",
+                "Customer streams carried to exits on other gateways",
+                &self.fleet.peer_streams_out,
+            ),
+            (
+                "peer_streams_in",
+                "Streams other gateways carried to this gateway's exits",
+                &self.fleet.peer_streams_in,
+            ),
+            (
+                "redis_records_refused",
+                "Records read from Redis and ignored: not signed with the fleet's key",
+                &self.fleet.records_refused,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
         }
     }
 
