@@ -96,6 +96,9 @@ pub struct Window {
     pub end: Reading,
 }
 
+/// `bench`'s usage (up, down) before and after a gateway restart.
+pub type UsageKept = ((u64, u64), (u64, u64));
+
 /// The run in progress: the rig, the customers, and the schedule's state.
 pub struct Run<'a> {
     rig: &'a mut Rig,
@@ -106,8 +109,7 @@ pub struct Run<'a> {
     warmup: Duration,
     churned: usize,
     next_churn: Duration,
-    /// `bench`'s usage (up, down) before and after each gateway restart.
-    usage_kept: Vec<((u64, u64), (u64, u64))>,
+    usage_kept: Vec<UsageKept>,
     /// Growth windows opened (label, starting reading) and closed.
     open: Vec<(String, Reading)>,
     windows: Vec<Window>,

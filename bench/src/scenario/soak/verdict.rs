@@ -21,8 +21,8 @@ use super::faults::settle_usage;
 use super::rig::{panics_in, Rig};
 use super::sampling::{trend, Reading, Sample, Samples, Trend};
 use super::{
-    Run, Window, CHURN_EVERY, CHURN_SLOTS, CUT_DOWNLOAD, CUT_LOOPS, CUT_USER, GROWTH_LIMIT,
-    KILL_EVERY, LOOPS_PER_PROTOCOL, MAX_EXCHANGE, SCENARIO, STABLE_AGENTS,
+    Run, UsageKept, Window, CHURN_EVERY, CHURN_SLOTS, CUT_DOWNLOAD, CUT_LOOPS, CUT_USER,
+    GROWTH_LIMIT, KILL_EVERY, LOOPS_PER_PROTOCOL, MAX_EXCHANGE, SCENARIO, STABLE_AGENTS,
 };
 use crate::cli::Bench;
 use crate::client::STEP;
@@ -31,6 +31,9 @@ use crate::measure::MIB;
 use crate::report::Report;
 use anyhow::Result;
 use std::time::{Duration, Instant};
+
+/// Picks one memory figure of a sample.
+type Figure = fn(&Sample) -> u64;
 
 /// Counts the panics, compares the bytes and judges every window.
 pub async fn judge(run: Run<'_>, bench: &Bench, report: &mut Report) -> Result<()> {
@@ -140,8 +143,7 @@ fn growth(
             None,
         );
         let of = samples.get(&start.name).map(Vec::as_slice).unwrap_or(&[]);
-        let figures: [(&str, fn(&Sample) -> u64); 2] =
-            [("RSS", |s| s.rss_kib), ("anon", |s| s.anon_kib)];
+        let figures: [(&str, Figure); 2] = [("RSS", |s| s.rss_kib), ("anon", |s| s.anon_kib)];
         for (figure, pick) in figures {
             match trend(of, start.pid, from, to, pick) {
                 Some(t) => memory(label, figure, (from, to), &t, report),
@@ -174,7 +176,7 @@ fn memory(
     let judged = figure == "RSS";
     let grew = t.growth > GROWTH_LIMIT;
     let growing = t.slope_growth > GROWTH_LIMIT;
-    let pass = !judged || !(grew && growing);
+    let pass = !(judged && grew && growing);
     println!(
         "   {label:<34} {figure:<9} {:>7.0} {:>7.0} {:>10.0} {:>10.0} {:>+8.1}% {:>+11.1} {:>+7.1}% {}",
         from.as_secs_f64(),
@@ -359,7 +361,7 @@ fn panics(by_process: &std::collections::BTreeMap<String, usize>, report: &mut R
 /// against the tunnel target's, and usage across each gateway restart.
 fn bytes(
     customers: &Customers,
-    usage_kept: &[((u64, u64), (u64, u64))],
+    usage_kept: &[UsageKept],
     (moved_up, moved_down): (u64, u64),
     counted: (u64, u64),
     report: &mut Report,
