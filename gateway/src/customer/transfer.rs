@@ -43,6 +43,76 @@ pub const CLOSED_BY_OPERATOR: &str = "closed by the operator";
 /// Why a transfer ended when its exit's tunnel failed a liveness check.
 pub const EXIT_DEAD: &str = "the exit's tunnel did not answer a liveness check";
 
+/// How a transfer ended other than cleanly: the access line's `result` (its
+/// [`Display`](std::fmt::Display)) and, unless an operator closed it, one
+/// `relay_failed` in the errors metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferEnd {
+    /// The account's quota ran out ([`QUOTA_CUT`]).
+    QuotaCut,
+    /// An operator closed it ([`CLOSED_BY_OPERATOR`]): no failure of anyone's.
+    ClosedByOperator,
+    /// Its exit's tunnel failed a liveness check ([`EXIT_DEAD`]).
+    ExitDead,
+    /// The relay or exchange failed: the customer's side, the exit stream or
+    /// the target, in the byte path's words.
+    Failed(String),
+}
+
+impl TransferEnd {
+    /// The errors metric's code for an abnormal end (the operators chapter
+    /// documents it).
+    pub const ERROR_CODE: &'static str = "relay_failed";
+
+    /// A stable code for the end: `quota_exhausted`, `closed_by_operator`,
+    /// `exit_dead` or `relay_failed`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TransferEnd::QuotaCut => "quota_exhausted",
+            TransferEnd::ClosedByOperator => "closed_by_operator",
+            TransferEnd::ExitDead => "exit_dead",
+            TransferEnd::Failed(_) => Self::ERROR_CODE,
+        }
+    }
+
+    /// Whether the end counts as a failure in the errors metric (an
+    /// operator's close is no failure of the relay or the exit).
+    pub fn is_failure(&self) -> bool {
+        *self != TransferEnd::ClosedByOperator
+    }
+}
+
+impl std::fmt::Display for TransferEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransferEnd::QuotaCut => QUOTA_CUT,
+            TransferEnd::ClosedByOperator => CLOSED_BY_OPERATOR,
+            TransferEnd::ExitDead => EXIT_DEAD,
+            TransferEnd::Failed(why) => why,
+        })
+    }
+}
+
+/// The words of an end, for byte paths that still carry a `String`.
+impl From<TransferEnd> for String {
+    fn from(end: TransferEnd) -> String {
+        end.to_string()
+    }
+}
+
+/// An end told as words (a byte path's `String` error): the gateway's own
+/// ends by their text, anything else a [`TransferEnd::Failed`].
+impl From<String> for TransferEnd {
+    fn from(why: String) -> TransferEnd {
+        match why.as_str() {
+            QUOTA_CUT => TransferEnd::QuotaCut,
+            CLOSED_BY_OPERATOR => TransferEnd::ClosedByOperator,
+            EXIT_DEAD => TransferEnd::ExitDead,
+            _ => TransferEnd::Failed(why),
+        }
+    }
+}
+
 /// Resolves once the exit of a transfer is found dead; never while it lives.
 ///
 /// A transfer waits on its exit when the customer has sent bytes the exit has
@@ -205,10 +275,13 @@ impl Transfer {
 
     /// Runs `work` to its end, folding usage every [`FOLD_INTERVAL`]; once the
     /// quota lease is cut (nothing left of the quota), or the account's quota
-    /// is used up at a fold, drops `work` and answers [`QUOTA_CUT`]. When
-    /// the exit goes silent on a waiting customer, its tunnel is checked
-    /// ([`watch_exit`]); a dead one ends `work` with [`EXIT_DEAD`]. An
-    /// operator's close ([`crate::live`]) ends it with [`CLOSED_BY_OPERATOR`].
+    /// is used up at a fold, drops `work` and answers
+    /// [`TransferEnd::QuotaCut`]. When the exit goes silent on a waiting
+    /// customer, its tunnel is checked ([`watch_exit`]); a dead one ends
+    /// `work` with [`TransferEnd::ExitDead`]. An operator's close
+    /// ([`crate::live`]) ends it with [`TransferEnd::ClosedByOperator`].
+    /// Ends travel as their words here, as the byte paths' errors are words;
+    /// [`TransferEnd::from`] reads them back.
     pub async fn supervise<T>(
         &mut self,
         work: impl Future<Output = Result<T, String>>,
@@ -239,16 +312,16 @@ impl Transfer {
         loop {
             tokio::select! {
                 result = &mut work => break result,
-                () = &mut cut => break Err(QUOTA_CUT.to_owned()),
-                () = &mut closed => break Err(CLOSED_BY_OPERATOR.to_owned()),
+                () = &mut cut => break Err(TransferEnd::QuotaCut.into()),
+                () = &mut closed => break Err(TransferEnd::ClosedByOperator.into()),
                 () = &mut watchdog => {
                     shared.report_outcome(&self.agent, Outcome::ExitFailed);
-                    break Err(EXIT_DEAD.to_owned());
+                    break Err(TransferEnd::ExitDead.into());
                 }
                 _ = fold_timer.tick() => {
                     self.fold(shared);
                     if exhausted_quota(&self.context.user, shared).is_some() {
-                        break Err(QUOTA_CUT.to_owned());
+                        break Err(TransferEnd::QuotaCut.into());
                     }
                 }
             }
@@ -286,13 +359,14 @@ impl Transfer {
     /// figures, counts an abnormal end, and writes the access line (with the
     /// plain-HTTP request's method and answered status where there are some).
     /// Releases the exit's load and the customer's slot.
-    pub fn finish(
+    pub fn finish<E: Clone + Into<TransferEnd>>(
         mut self,
-        result: &Result<(), String>,
+        result: &Result<(), E>,
         exchange: Option<(&hyper::Method, u16)>,
         shared: &Shared,
     ) {
-        let (up, down) = self.account(result, shared);
+        let end = ended(result);
+        let (up, down) = self.account(end.as_ref(), shared);
         if !AccessLog::enabled() {
             return;
         }
@@ -307,29 +381,38 @@ impl Transfer {
             bytes_up: up,
             bytes_down: down,
             duration: context.started.elapsed(),
-            failure: result.as_ref().err().cloned(),
+            failure: end.map(|end| end.to_string()),
         });
     }
     /// Like [`Transfer::finish`] without the access line, for a plain-HTTP
     /// exchange that was never answered (the refusal's log line stands for it).
-    pub fn finish_unlogged(mut self, result: &Result<(), String>, shared: &Shared) {
-        self.account(result, shared);
+    pub fn finish_unlogged<E: Clone + Into<TransferEnd>>(
+        mut self,
+        result: &Result<(), E>,
+        shared: &Shared,
+    ) {
+        self.account(ended(result).as_ref(), shared);
     }
 
     /// Folds the last bytes, adds them to the exit's live figures and counts an
-    /// abnormal end; returns the bytes up and down.
-    fn account(&mut self, result: &Result<(), String>, shared: &Shared) -> (u64, u64) {
+    /// abnormal `end`; returns the bytes up and down.
+    fn account(&mut self, end: Option<&TransferEnd>, shared: &Shared) -> (u64, u64) {
         self.fold(shared);
         let up = self.counters.to_tunnel.load(Ordering::Relaxed);
         let down = self.counters.from_tunnel.load(Ordering::Relaxed);
         self.agent.bytes_up.fetch_add(up, Ordering::Relaxed);
         self.agent.bytes_down.fetch_add(down, Ordering::Relaxed);
-        // An operator's close is no failure of the relay or the exit.
-        if result.as_ref().is_err_and(|why| why != CLOSED_BY_OPERATOR) {
-            shared.record_error_code(Some(&self.context.user), Some(&self.agent), "relay_failed");
+        if end.is_some_and(TransferEnd::is_failure) {
+            let user = Some(self.context.user.as_str());
+            shared.record_error_code(user, Some(&self.agent), TransferEnd::ERROR_CODE);
         }
         (up, down)
     }
+}
+
+/// How `result` ended, if not cleanly.
+fn ended<E: Clone + Into<TransferEnd>>(result: &Result<(), E>) -> Option<TransferEnd> {
+    result.as_ref().err().map(|end| end.clone().into())
 }
 
 /// The relay's [`Throttle`] for one transfer: each chunk is taken from the
@@ -452,7 +535,7 @@ pub(crate) async fn relay_halves<R, W>(
     authorized: Authorized,
     context: AccessContext,
     shared: &Shared,
-) -> Result<(), String>
+) -> Result<(), TransferEnd>
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
@@ -472,7 +555,7 @@ where
         .to_tunnel
         .fetch_add(already_read.len() as u64, Ordering::Relaxed);
     let result = match send.write_chunk(already_read).await {
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(TransferEnd::Failed(error.to_string())),
         Ok(()) => {
             let relaying = async {
                 let (_, result) = relay(
@@ -490,7 +573,10 @@ where
                 }
                 result.map_err(|e| e.to_string())
             };
-            transfer.supervise(relaying, shared).await
+            transfer
+                .supervise(relaying, shared)
+                .await
+                .map_err(TransferEnd::from)
         }
     };
     transfer.finish(&result, None, shared);
@@ -591,5 +677,31 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_keep_their_words_and_codes_both_ways() {
+        let ends = [
+            (TransferEnd::QuotaCut, "quota_exhausted", true),
+            (TransferEnd::ClosedByOperator, "closed_by_operator", false),
+            (TransferEnd::ExitDead, "exit_dead", true),
+            (
+                TransferEnd::Failed("reset by peer".into()),
+                "relay_failed",
+                true,
+            ),
+        ];
+        for (end, code, failure) in ends {
+            assert_eq!(end.code(), code);
+            assert_eq!(end.is_failure(), failure, "{end:?}");
+            // A byte path that carries words gets the same end back.
+            assert_eq!(TransferEnd::from(String::from(end.clone())), end);
+        }
+        assert_eq!(TransferEnd::QuotaCut.to_string(), QUOTA_CUT);
     }
 }
