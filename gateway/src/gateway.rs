@@ -79,6 +79,7 @@ pub struct Gateway {
     tunnel_addr: SocketAddr,
     tunnel_tcp_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
+    h3_addr: Option<SocketAddr>,
     pin: String,
 }
 
@@ -114,6 +115,11 @@ impl Gateway {
             admin_addr,
         } = bound;
         spawn_tasks(&shared, entrances, &quic, tunnel_tcp, tcp_tls, admin);
+        let h3_addr = customer::masque::start(&shared).map_err(|source| StartError::Bind {
+            what: "the MASQUE port (--listen-h3)",
+            addr: shared.config.listen_h3.unwrap_or(listen_addr),
+            source,
+        })?;
         if let Some(link) = link {
             let accounts = shared.clone();
             shared.tasks.spawn(crate::control_link::run(
@@ -137,8 +143,14 @@ impl Gateway {
             tunnel_addr,
             tunnel_tcp_addr,
             admin_addr,
+            h3_addr,
             pin,
         })
+    }
+
+    /// The MASQUE CONNECT-UDP port (`--listen-h3`, UDP), if enabled.
+    pub fn h3_addr(&self) -> Option<SocketAddr> {
+        self.h3_addr
     }
 
     /// The TCP port agents dial where UDP is blocked, if enabled.

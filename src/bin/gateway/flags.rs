@@ -130,6 +130,10 @@ pub(crate) struct CustomerPortArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// A UDP address for MASQUE CONNECT-UDP over HTTP/3 (RFC 9298: UDP and
+    /// HTTP/3 through an exit), with --tls-cert's certificate (ALPN `h3`).
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub(crate) listen_h3: Option<std::net::SocketAddr>,
     /// Extra customer ports whose number selects targeting (TOML: `[[ports]]`
     /// entries with `ports`, `targeting`, `session_per_port`), on --listen's address.
     #[arg(long, value_name = "FILE")]
@@ -561,6 +565,7 @@ impl CustomerPortArgs {
                 key: key.clone(),
             });
         }
+        config.listen_h3 = self.listen_h3;
         config.proxy_protocol_from = self.proxy_protocol_from.clone();
         if let Some(path) = &self.entry_ports {
             config.entry_ports = exitpool::gateway::entry_ports::EntryPorts::load(path)?;
