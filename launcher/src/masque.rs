@@ -188,9 +188,10 @@ impl MasqueClient {
             let response = stream.recv_response().await.map_err(failed)?;
             Ok::<_, MasqueError>((stream, id, arriving, response))
         };
-        let (mut stream, id, arriving, response) = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| MasqueError::Timeout(timeout, "the CONNECT-UDP answer"))??;
+        let (mut stream, id, arriving, response) =
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| MasqueError::Timeout(timeout, "the CONNECT-UDP answer"))??;
         if !response.status().is_success() {
             self.routes
                 .lock()
@@ -255,21 +256,16 @@ fn basic(user: &str, password: &str) -> String {
 /// (context id 0) to its tunnel; others are dropped.
 async fn route_datagrams(connection: quinn::Connection, routes: Routes) {
     while let Ok(mut datagram) = connection.read_datagram().await {
-        let (Ok(quarter), Ok(context)) = (
-            VarInt::decode(&mut datagram),
-            VarInt::decode(&mut datagram),
-        ) else {
+        let (Ok(quarter), Ok(context)) =
+            (VarInt::decode(&mut datagram), VarInt::decode(&mut datagram))
+        else {
             continue;
         };
         if context.into_inner() != 0 {
             continue;
         }
         let id = quarter.into_inner() * 4;
-        if let Some(queue) = routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-        {
+        if let Some(queue) = routes.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
             let _ = queue.try_send(datagram);
         }
     }
@@ -341,14 +337,7 @@ impl UdpTunnel {
     /// Waits (at most the timeout) for the proxy to end the request stream;
     /// whether it did.
     pub async fn ended(&mut self) -> bool {
-        let ended = async {
-            loop {
-                match self.stream.recv_data().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => return,
-                }
-            }
-        };
+        let ended = async { while let Ok(Some(_)) = self.stream.recv_data().await {} };
         tokio::time::timeout(self.timeout, ended).await.is_ok()
     }
 

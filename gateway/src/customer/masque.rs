@@ -438,12 +438,7 @@ async fn serve_request(
         let closed = async {
             // The client's end of the request stream is the flow's end;
             // capsules on it are read and ignored (RFC 9297 §3.2).
-            loop {
-                match stream.recv_data().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = stream.recv_data().await {}
             // The last sender goes: the relay ends once its queue is empty.
             routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             std::future::pending::<()>().await
