@@ -242,6 +242,25 @@ impl Limits {
                 ));
             }
         }
+        // A sub-user's networks lie within its customer's (the gateway also
+        // holds a sub-user to both lists, should the customer's change later).
+        let theirs = parent.networks();
+        if !theirs.is_empty() {
+            let outside = self
+                .networks()
+                .into_iter()
+                .enumerate()
+                .find(|(_, own)| !theirs.iter().any(|net| net.contains(own)));
+            if let Some((i, own)) = outside {
+                return Err(Error::invalid(
+                    format!("limits.allow_ips[{i}]"),
+                    format!(
+                        "{own} is outside the customer's allow_ips ({})",
+                        parent.allow_ips.join(", ")
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -518,6 +537,24 @@ mod tests {
         .checked()
         .unwrap_err();
         assert_eq!(err.field(), Some("limits.quota_daily"));
+    }
+
+    #[test]
+    fn a_sub_users_networks_lie_within_its_customers() {
+        let nets = |list: &[&str]| Limits {
+            allow_ips: list.iter().map(|n| n.to_string()).collect(),
+            ..Limits::default()
+        };
+        let parent = nets(&["10.0.0.0/8", "2001:db8::/32"]);
+        assert!(nets(&["10.1.0.0/16", "2001:db8::1/128"])
+            .within(&parent)
+            .is_ok());
+        assert!(nets(&[]).within(&parent).is_ok());
+        let err = nets(&["10.1.0.0/16", "192.0.2.0/24"])
+            .within(&parent)
+            .unwrap_err();
+        assert_eq!(err.field(), Some("limits.allow_ips[1]"));
+        assert!(nets(&["192.0.2.0/24"]).within(&nets(&[])).is_ok());
     }
 
     #[test]
