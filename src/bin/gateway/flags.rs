@@ -344,8 +344,8 @@ pub(crate) struct DatabaseArgs {
         hide_env_values = true
     )]
     pub(crate) admin_readonly_token: Option<String>,
-    /// An http:// URL that gets a signed JSON POST when an account passes
-    /// 80 % and 100 % of a quota.
+    /// An http:// or https:// URL that gets a signed JSON POST when an
+    /// account passes 80 % and 100 % of a quota.
     #[arg(long, value_name = "URL", requires = "webhook_secret")]
     pub(crate) webhook_url: Option<String>,
     /// The HMAC-SHA256 key of --webhook-url's X-Exitpool-Signature header.
@@ -357,6 +357,10 @@ pub(crate) struct DatabaseArgs {
         requires = "webhook_url"
     )]
     pub(crate) webhook_secret: Option<String>,
+    /// PEM certificates (a private CA) to trust for an https:// --webhook-url,
+    /// instead of the system's roots.
+    #[arg(long, value_name = "FILE", requires = "webhook_url")]
+    pub(crate) webhook_ca: Option<PathBuf>,
 }
 
 impl DatabaseArgs {
@@ -402,6 +406,7 @@ impl DatabaseArgs {
                 (Some(url), Some(secret)) => Some(exitpool::gateway::webhooks::WebhookConfig {
                     url: url.clone(),
                     secret: secret.clone(),
+                    ca_file: self.webhook_ca.clone(),
                 }),
                 _ => None,
             },
