@@ -602,3 +602,75 @@ fn a_reexport_is_followed_to_the_defining_module() {
     table_only[3].1 = "pub struct O;\n";
     assert_eq!(cycle_in(&table_only), None);
 }
+
+/// Where quinn may be named above the transport crate: the gateway's QUIC
+/// listener and the agent's QUIC dialer (with the client settings it dials
+/// with). Everything else holds `exitpool_transport::Tunnel` and
+/// `exitpool_transport::endpoint::QuicEndpoint`.
+const QUINN_ALLOWED: &[&str] = &[
+    "gateway/src/tunnel/quic.rs",
+    "agent/src/tunnel/reach_gateway.rs",
+    "agent/src/tls.rs",
+    // Still to move behind the transport interface (issue 31): the fleet's
+    // peer links dial and answer on their own quinn endpoint; MASQUE is a
+    // QUIC listener of its own for HTTP/3 customers.
+    "gateway/src/fleet/peer.rs",
+    "gateway/src/customer/masque.rs",
+];
+
+/// The files under `folder` (relative to the workspace) whose code, comments
+/// and strings left out, names the crate `name` in a path.
+fn files_naming(folder: &str, name: &str) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    let mut folders = vec![root.join(folder)];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("source folder reads") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                let text = std::fs::read_to_string(&path).expect("source reads");
+                let tokens = tokens(&text);
+                let names = tokens
+                    .windows(2)
+                    .any(|pair| pair[0] == Token::Ident(name.into()) && pair[1] == Token::PathSep);
+                if names {
+                    let relative = path.strip_prefix(root).unwrap();
+                    found.push(relative.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn quinn_is_named_only_in_the_quic_listener_and_dialer() {
+    let mut strays = Vec::new();
+    for folder in ["gateway/src", "agent/src", "agent-ffi/src", "src"] {
+        for name in ["quinn", "quinn_proto"] {
+            for file in files_naming(folder, name) {
+                if !QUINN_ALLOWED.contains(&file.as_str()) && !strays.contains(&file) {
+                    strays.push(file);
+                }
+            }
+        }
+    }
+    assert!(
+        strays.is_empty(),
+        "these files name quinn above the transport interface; use \
+         exitpool_transport's Tunnel, endpoint::QuicEndpoint and its settings: {strays:?}"
+    );
+}
+
+#[test]
+fn the_quinn_check_sees_a_path_and_not_a_comment() {
+    let named = tokens("let e: quinn::Endpoint = x; // quinn::VarInt");
+    let paths = named
+        .windows(2)
+        .filter(|pair| pair[0] == Token::Ident("quinn".into()) && pair[1] == Token::PathSep)
+        .count();
+    assert_eq!(paths, 1);
+}

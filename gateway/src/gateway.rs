@@ -18,6 +18,7 @@ use crate::tunnel::{self, tcp, Exits, Liveness};
 use crate::usage::{self, MemoryUsage};
 use crate::{admin, customer, housekeeping, state, tls};
 use exitpool_protocol::close_code;
+use exitpool_transport::endpoint::QuicEndpoint;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,7 +75,7 @@ pub enum StartError {
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
 pub struct Gateway {
     shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
+    endpoint: QuicEndpoint,
     listen_addr: SocketAddr,
     tunnel_addr: SocketAddr,
     tunnel_tcp_addr: Option<SocketAddr>,
@@ -180,7 +181,7 @@ impl Gateway {
 
     /// The agent directory.
     pub fn directory(&self) -> &dyn AgentDirectory {
-        &*self.shared.exits.directory()
+        self.shared.exits.directory()
     }
 
     /// Shared state, for the stats document and tests.
@@ -219,7 +220,7 @@ impl Gateway {
         // estimates); that only repeats closes nobody needs now, so the wait is
         // short, and the port is free soon after for a restart in this process.
         self.endpoint
-            .close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+            .close(close_code::SHUTDOWN, b"gateway shutting down");
         if let Some(fleet) = &self.shared.fleet {
             fleet
                 .peers
@@ -317,7 +318,7 @@ fn load_state(config: &GatewayConfig) -> Result<Loaded, StartError> {
 struct Bound {
     /// The customer port first, then the entry ports.
     entrances: Vec<customer::Entrance>,
-    quic: quinn::Endpoint,
+    quic: QuicEndpoint,
     tunnel_tcp: Option<TcpListener>,
     tcp_tls: Arc<rustls::ServerConfig>,
     admin: Option<TcpListener>,
@@ -498,7 +499,7 @@ async fn assemble(
 fn spawn_tasks(
     shared: &Arc<Shared>,
     entrances: Vec<customer::Entrance>,
-    quic: &quinn::Endpoint,
+    quic: &QuicEndpoint,
     tunnel_tcp: Option<TcpListener>,
     tcp_tls: Arc<rustls::ServerConfig>,
     admin: Option<TcpListener>,
@@ -511,7 +512,7 @@ fn spawn_tasks(
         .spawn(crate::tunnel::revocations::run(shared.clone()));
     shared
         .tasks
-        .spawn(tunnel::quic::serve(quic.clone(), shared.clone()));
+        .spawn(tunnel::quic::serve(quic.quinn().clone(), shared.clone()));
     if let Some(listener) = tunnel_tcp {
         shared
             .tasks
@@ -583,21 +584,18 @@ async fn join_fleet(
         .unwrap_or_else(|| Fleet::default_id(&config.state_dir))
         .into();
     let addr = fleet_config.peer_listen;
-    let quic = |addr| -> Result<quinn::Endpoint, StartError> {
+    let quic = |addr| -> Result<QuicEndpoint, StartError> {
         let server = identity.quic_server_config_for(
             exitpool_protocol::peer::PEER_ALPN,
             fleet::peer::transport_config(fleet_config.gateway_timeout, true),
         )?;
-        exitpool_transport::udp::endpoint(
-            addr,
-            tunnel::quic::endpoint_config(identity),
-            Some(server),
+        QuicEndpoint::serve(addr, tunnel::quic::endpoint_config(identity), server).map_err(
+            |source| StartError::Bind {
+                what: "the peer port",
+                addr,
+                source,
+            },
         )
-        .map_err(|source| StartError::Bind {
-            what: "the peer port",
-            addr,
-            source,
-        })
     };
     let (endpoint, tcp_listener) = bind_same_port(addr, quic, "the TCP peer port").await?;
     let bound = endpoint.local_addr().map_err(|source| StartError::Bind {
@@ -612,7 +610,7 @@ async fn join_fleet(
         )));
     }
     let peers = fleet::peer::Peers::new(
-        endpoint,
+        endpoint.into_quinn(),
         fleet_config.peer_transport,
         id.clone(),
         &fleet::peer::fleet_key(identity),
@@ -651,20 +649,17 @@ const SAME_PORT_ATTEMPTS: usize = 16;
 async fn bind_tunnels(
     config: &GatewayConfig,
     identity: &tls::Identity,
-) -> Result<(quinn::Endpoint, Option<TcpListener>), StartError> {
-    let quic = |addr| -> Result<quinn::Endpoint, StartError> {
+) -> Result<(QuicEndpoint, Option<TcpListener>), StartError> {
+    let quic = |addr| -> Result<QuicEndpoint, StartError> {
         let server = identity
             .quic_server_config(tunnel::quic::transport_config(config.tunnel_idle_timeout))?;
-        exitpool_transport::udp::endpoint(
-            addr,
-            tunnel::quic::endpoint_config(identity),
-            Some(server),
+        QuicEndpoint::serve(addr, tunnel::quic::endpoint_config(identity), server).map_err(
+            |source| StartError::Bind {
+                what: "the tunnel port",
+                addr,
+                source,
+            },
         )
-        .map_err(|source| StartError::Bind {
-            what: "the tunnel port",
-            addr,
-            source,
-        })
     };
     let tcp = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -691,9 +686,9 @@ async fn bind_tunnels(
 /// port's number may be taken on TCP: port 0 draws again.
 async fn bind_same_port(
     addr: SocketAddr,
-    quic: impl Fn(SocketAddr) -> Result<quinn::Endpoint, StartError>,
+    quic: impl Fn(SocketAddr) -> Result<QuicEndpoint, StartError>,
     what_tcp: &'static str,
-) -> Result<(quinn::Endpoint, TcpListener), StartError> {
+) -> Result<(QuicEndpoint, TcpListener), StartError> {
     let attempts = if addr.port() == 0 {
         SAME_PORT_ATTEMPTS
     } else {
@@ -722,7 +717,7 @@ async fn bind_same_port(
                     source,
                 })
             }
-            Err(_) => endpoint.close(0u32.into(), b""),
+            Err(_) => endpoint.close(0, b""),
         }
     }
 }

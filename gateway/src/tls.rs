@@ -1,7 +1,7 @@
 //! The gateway's QUIC identity: a self-signed certificate made with rcgen on first
 //! start, kept in the state directory, and the SHA-256 pin agents check it by.
 
-use quinn::crypto::rustls::QuicServerConfig;
+use exitpool_transport::endpoint::{server_settings, ServerSettings, TransportSettings};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -140,8 +140,8 @@ impl Identity {
     /// transport limits in [`crate::tunnel::transport_config`].
     pub fn quic_server_config(
         &self,
-        transport: quinn::TransportConfig,
-    ) -> Result<quinn::ServerConfig, IdentityError> {
+        transport: TransportSettings,
+    ) -> Result<ServerSettings, IdentityError> {
         self.quic_server_config_for(exitpool_protocol::ALPN, transport)
     }
 
@@ -150,14 +150,9 @@ impl Identity {
     pub fn quic_server_config_for(
         &self,
         alpn: &[u8],
-        transport: quinn::TransportConfig,
-    ) -> Result<quinn::ServerConfig, IdentityError> {
-        let tls = self.tls_server_config(alpn)?;
-        let crypto =
-            QuicServerConfig::try_from(tls).map_err(|e| IdentityError::Tls(e.to_string()))?;
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(transport));
-        Ok(config)
+        transport: TransportSettings,
+    ) -> Result<ServerSettings, IdentityError> {
+        server_settings(self.tls_server_config(alpn)?, transport).map_err(IdentityError::Tls)
     }
 }
 

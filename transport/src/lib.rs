@@ -10,6 +10,8 @@
 //! - [`relay`](mod@relay): the byte path, one TCP connection to and from one tunnel stream;
 //! - [`udp`]: the UDP socket under a QUIC endpoint and the transport settings
 //!   both ends share;
+//! - [`endpoint`]: a QUIC server endpoint and its settings, as the layers above
+//!   hold them without naming quinn;
 //! - [`leave`]: ending a tunnel so the peer always hears of it;
 //! - [`pin`]: trusting a peer by the SHA-256 pin of its certificate;
 //! - [`state_dir`]: the owner-only state directory both ends keep on disk.
@@ -18,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod any;
+pub mod endpoint;
 pub mod flows;
 pub mod leave;
 pub mod pin;
