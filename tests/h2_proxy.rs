@@ -481,9 +481,14 @@ async fn headless_chromium_fetches_48_urls_from_8_sites_over_one_http2_connectio
         streams as usize > PAGE_FETCHES,
         "{streams} HTTP/2 streams for the page and its {PAGE_FETCHES} fetches"
     );
-    // And over the whole run: Chromium's first contact with a proxy it has
-    // not yet seen speak HTTP/2 races a few connections (one carries the
-    // warm-up; the others stay idle and are closed).
+    // And over the whole run, three: Chromium keys its HTTP/2 sessions to a
+    // proxy by privacy mode and the top-frame site (network anonymization
+    // key), so requests of different keys cannot share one. Its net log
+    // (--log-net-log, 2026-12-07) shows the three, each ALPN h2 (no failed
+    // h2 attempt, nothing the gateway could change): Chromium's own
+    // component-updater request (https://update.googleapis.com, privacy mode
+    // on), its account check (https://accounts.google.com/ListAccounts), and
+    // the warm-up page's, which the page's 48 fetches then share.
     let connections = net.metric("exitpool_customer_tls_connections_total").await;
     assert!(connections <= 3, "{connections} TLS connections in all");
 }
