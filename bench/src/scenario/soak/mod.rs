@@ -25,11 +25,12 @@
 //! its restart to the end. Descriptors and threads (`/proc/PID/fd`, `task`) are
 //! read at both ends of a window at a quiet point (traffic paused, every churn
 //! slot up, no stream open); the gateway exposes no live task count of its
-//! own, so threads are what is counted. Memory is sampled every two seconds
-//! through the whole run, traffic flowing ([`sampling`]); a window's start and
-//! end are the medians of its first and last fifth's samples, and its trend is
-//! the least-squares slope over its second half. Each figure may grow by at
-//! most [`GROWTH_LIMIT`] percent ([`verdict`] says how memory is judged).
+//! own, so threads are what is counted. Memory is sampled through the whole
+//! run (every 2 s at the default 600 s), traffic flowing ([`sampling`]); a
+//! window's start and end are the medians of its first and last fifth's
+//! samples, and its trend is the least-squares slope over its second half.
+//! Each figure may grow by at most [`GROWTH_LIMIT`] percent ([`verdict`] says
+//! how memory is judged).
 //!
 //! The files: [`targets`] (the servers, counting bytes), [`drivers`] (the
 //! client side of each protocol), [`customers`] (the two customers' loops),

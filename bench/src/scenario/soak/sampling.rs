@@ -19,10 +19,12 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Least time between two memory samples of one process.
-const SAMPLE_EVERY: Duration = Duration::from_secs(2);
-/// Samples per process a run takes at most: a longer run samples less often.
+/// Samples per process a run takes: every 2 s in the default 600 s run,
+/// less often in a longer one, so the samples are bounded.
 const SAMPLES_PER_PROCESS: u32 = 300;
+/// Least time between two memory samples of one process: a short run still
+/// has ten samples in a window of a second.
+const MIN_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// The share of a window whose samples' median is its start (and its end).
 const END_SHARE: f64 = 0.2;
 
@@ -98,7 +100,7 @@ pub struct Sampler {
 impl Sampler {
     /// Starts sampling `watched` from `t0` for a run of `duration`.
     pub fn start(t0: Instant, duration: Duration, watched: Vec<(String, u32)>) -> Sampler {
-        let every = SAMPLE_EVERY.max(duration / SAMPLES_PER_PROCESS);
+        let every = (duration / SAMPLES_PER_PROCESS).max(MIN_SAMPLE_EVERY);
         // The bound: every process's share of the run, with room for the
         // quiet points and restarts that make a run longer than asked.
         let bound = 2 * SAMPLES_PER_PROCESS as usize;

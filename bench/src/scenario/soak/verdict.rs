@@ -116,8 +116,8 @@ fn growth(
 ) {
     println!();
     println!(
-        "soak: every process over its window (growth at most {GROWTH_LIMIT} %); memory: medians of the first and last fifth of samples every {} s, trend = least-squares slope over the second half",
-        every.as_secs()
+        "soak: every process over its window (growth at most {GROWTH_LIMIT} %); memory: medians of the first and last fifth of samples every {:.1} s, trend = least-squares slope over the second half",
+        every.as_secs_f64()
     );
     println!(
         "   {:<34} {:<9} {:>7} {:>7} {:>10} {:>10} {:>9} {:>11} {:>8}",
@@ -496,7 +496,7 @@ fn tally(customers: &Customers, cut_counted: (u64, u64), report: &mut Report) {
 fn note(rig: &Rig, bench: &Bench, wall: Duration, every: Duration, report: &mut Report) {
     let fleet = rig.redis.is_some();
     report.notes.push(format!(
-        "soak: {:.0} s{}; {} gateway process(es) (--threads {}), {STABLE_AGENTS} agent processes throughout (QUIC and TLS/TCP), {CHURN_SLOTS} more joining and leaving in turn every {} s (every {KILL_EVERY}rd leave a SIGKILL), one graceful gateway restart{}; customer `bench`: {LOOPS_PER_PROTOCOL} loops on each of HTTP CONNECT, plain HTTP, SOCKS5 and CONNECT over TLS (HTTPS proxy), echoes of 1 B to {} KiB, a tenth to a refused port, on tunnels a tenth to a target that resets after half; its connections take turns with the faults, so its bytes are compared exactly: the targets' reads and writes against the gateways' /stats (usage survives a restart in the state directory's usage.json); customer `cut`: {CUT_LOOPS} loops of {} MiB downloads cut by the faults, shown not compared; growth windows from the end of the first fifth (the warm-up) to the end, a restarted process's first one until its restart and its new one from one warm-up after the restart; memory (Rss and Anonymous of /proc/PID/smaps_rollup) sampled every {} s with traffic flowing, RSS failing when both the growth between the medians of each window's first and last fifth and the least-squares trend of its second half (carried over the window) exceed the limit; descriptors and threads (/proc/PID/task; the gateway exposes no task count) read with traffic paused, every agent joined and no stream open",
+        "soak: {:.0} s{}; {} gateway process(es) (--threads {}), {STABLE_AGENTS} agent processes throughout (QUIC and TLS/TCP), {CHURN_SLOTS} more joining and leaving in turn every {} s (every {KILL_EVERY}rd leave a SIGKILL), one graceful gateway restart{}; customer `bench`: {LOOPS_PER_PROTOCOL} loops on each of HTTP CONNECT, plain HTTP, SOCKS5 and CONNECT over TLS (HTTPS proxy), echoes of 1 B to {} KiB, a tenth to a refused port, on tunnels a tenth to a target that resets after half; its connections take turns with the faults, so its bytes are compared exactly: the targets' reads and writes against the gateways' /stats (usage survives a restart in the state directory's usage.json); customer `cut`: {CUT_LOOPS} loops of {} MiB downloads cut by the faults, shown not compared; growth windows from the end of the first fifth (the warm-up) to the end, a restarted process's first one until its restart and its new one from one warm-up after the restart; memory (Rss and Anonymous of /proc/PID/smaps_rollup) sampled every {:.1} s with traffic flowing, RSS failing when both the growth between the medians of each window's first and last fifth and the least-squares trend of its second half (carried over the window) exceed the limit; descriptors and threads (/proc/PID/task; the gateway exposes no task count) read with traffic paused, every agent joined and no stream open",
         wall.as_secs_f64(),
         if fleet { ", fleet: two gateways on one redis-server" } else { "" },
         rig.gateways.len(),
@@ -505,7 +505,7 @@ fn note(rig: &Rig, bench: &Bench, wall: Duration, every: Duration, report: &mut 
         if fleet { ", one Redis restart (SIGKILL, back empty: its fleet totals start again from zero; each gateway's own totals, which /stats shows, are in its state directory)" } else { "" },
         MAX_EXCHANGE / 1024,
         CUT_DOWNLOAD / MIB,
-        every.as_secs(),
+        every.as_secs_f64(),
     ));
 }
 
