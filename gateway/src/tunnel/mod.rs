@@ -14,5 +14,5 @@ pub mod revocations;
 pub mod tcp;
 mod tunnels;
 
-pub use exits::{open_exchange, Exits, Liveness, RemoteExits, RemoteOpen};
-pub use tunnels::{ExitStream, Tunnels};
+pub use exits::{Exits, Liveness, RemoteExits, RemoteOpen};
+pub use tunnels::{open_exchange, ExitStream, Tunnels};

@@ -148,6 +148,42 @@ impl Tunnels {
             .get(&key)
             .map(|entry| entry.value().clone())
             .ok_or_else(|| ProxyError::ExitLost("the exit's tunnel has closed".into()))?;
-        super::exits::open_exchange(&connection, request, timeout, ProxyError::ExitLost).await
+        open_exchange(&connection, request, timeout, ProxyError::ExitLost).await
+    }
+}
+
+/// The exchange that opens a relay stream on `connection`, an agent's tunnel
+/// or a peer link alike: `request` out, an `OpenReply` back within
+/// `timeout`. A tunnel that fails on the way is `lost` (the caller says
+/// which kind of loss that is for the customer).
+pub async fn open_exchange<T: serde::Serialize + Sync>(
+    connection: &Tunnel,
+    request: &T,
+    timeout: Duration,
+    lost: impl Fn(String) -> ProxyError + Sync,
+) -> Result<ExitStream, ProxyError> {
+    use exitpool_protocol::{read_frame, write_frame, FrameError, OpenReply};
+    let exchange = async {
+        let (mut send, mut recv) = connection
+            .open_stream()
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        write_frame(&mut send, request)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        let reply: OpenReply = read_frame(&mut recv).await.map_err(|e| match e {
+            FrameError::TooLong(_) | FrameError::Malformed(_) => {
+                lost(format!("answered garbage: {e}"))
+            }
+            _ => lost(e.to_string()),
+        })?;
+        Ok((send, recv, reply))
+    };
+    let (send, recv, reply) = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProxyError::ExitTimeout(timeout.as_secs()))??;
+    match reply {
+        OpenReply::Opened { peer } => Ok(ExitStream { send, recv, peer }),
+        OpenReply::Failed { code, detail } => Err(ProxyError::Exit { code, detail }),
     }
 }
