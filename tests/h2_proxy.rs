@@ -488,7 +488,11 @@ async fn headless_chromium_fetches_48_urls_from_8_sites_over_one_http2_connectio
     // h2 attempt, nothing the gateway could change): Chromium's own
     // component-updater request (https://update.googleapis.com, privacy mode
     // on), its account check (https://accounts.google.com/ListAccounts), and
-    // the warm-up page's, which the page's 48 fetches then share.
+    // the warm-up page's, which the page's 48 fetches then share. Both
+    // background requests come despite --disable-background-networking and
+    // --disable-component-update (Playwright's), and without Debian's
+    // wrapper flags too; sent to a dead proxy over https, the updater's is
+    // retried over plain http. The gateway answers both dns_error.
     let connections = net.metric("exitpool_customer_tls_connections_total").await;
     assert!(connections <= 3, "{connections} TLS connections in all");
 }
