@@ -1,6 +1,7 @@
 //! How a tunnel session ended ([`super::session`] says, [`super::reconnect`]
 //! decides what follows).
 
+use super::reach_error::ReachError;
 use crate::error::AgentError;
 use exitpool_transport::Tunnel;
 
@@ -28,7 +29,7 @@ pub(super) enum SessionEnd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum RetryReason {
     /// No gateway could be reached: the dialer's account of each attempt.
-    Unreachable(String),
+    Unreachable(ReachError),
     /// The gateway did not answer `Hello` within the handshake timeout.
     NoWelcome,
     /// A step on the control stream failed: which step, and the error.
@@ -63,7 +64,8 @@ impl RetryReason {
 impl std::fmt::Display for RetryReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RetryReason::Unreachable(why) | RetryReason::TunnelLost(why) => f.write_str(why),
+            RetryReason::Unreachable(why) => write!(f, "{why}"),
+            RetryReason::TunnelLost(why) => f.write_str(why),
             RetryReason::NoWelcome => f.write_str("no answer to Hello"),
             RetryReason::Control { step, error } => write!(f, "{step}: {error}"),
             RetryReason::GatewayFull(message) => {

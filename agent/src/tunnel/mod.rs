@@ -13,6 +13,7 @@
 //! - `reach_gateway`: reaching the gateway over QUIC, TLS over TCP or a race
 //!   of the two, trying gateways in the agent's own order, remembering the
 //!   winner, and probing QUIC again from TCP ([`transport_config`]);
+//! - `reach_error`: why reaching a gateway failed, typed;
 //! - `session`: one session, from reaching the gateway to its end, and the
 //!   loop that serves it;
 //! - `end`: how a session ended, which decides what follows;
@@ -29,6 +30,7 @@ mod control;
 mod drain;
 mod end;
 mod pins;
+mod reach_error;
 mod reach_gateway;
 mod reconnect;
 mod session;

@@ -17,6 +17,7 @@
 //! to a DNS name is used without new configuration) and starts at the
 //! preferred gateway, failing over along the order.
 
+use super::reach_error::ReachError;
 use crate::config::{AgentConfig, TransportChoice, MAX_GATEWAYS};
 use crate::error::AgentError;
 use crate::shared::Shared;
@@ -103,7 +104,11 @@ impl GatewayDialer {
     /// A tunnel to the first gateway that answers, in [`gateway_order`];
     /// `prefer_tcp` (the remembered winner) skips the race under `Auto`. Each
     /// attempt is bounded by the handshake timeout.
-    pub async fn reach(&self, config: &AgentConfig, prefer_tcp: bool) -> Result<Reached, String> {
+    pub async fn reach(
+        &self,
+        config: &AgentConfig,
+        prefer_tcp: bool,
+    ) -> Result<Reached, ReachError> {
         let candidates =
             resolve_gateways(&config.gateways, config.bind, config.handshake_timeout).await?;
         let ordered = gateway_order(&self.agent_id, candidates);
@@ -126,11 +131,11 @@ impl GatewayDialer {
                     if ordered.len() > 1 {
                         info!(gateway = %address, %error, "gateway unreachable; trying the next");
                     }
-                    failures.push(format!("{address}: {error}"));
+                    failures.push((address, error));
                 }
             }
         }
-        Err(failures.join("; "))
+        Err(ReachError::Every(failures))
     }
 
     /// A tunnel to `address` by the configured transport.
@@ -139,7 +144,7 @@ impl GatewayDialer {
         config: &AgentConfig,
         address: SocketAddr,
         prefer_tcp: bool,
-    ) -> Result<Tunnel, String> {
+    ) -> Result<Tunnel, ReachError> {
         match config.transport {
             TransportChoice::Quic => self.quic(config, address).await.map(Tunnel::Quic),
             TransportChoice::Tcp => self.tcp(config, address).await.map(Tunnel::Tcp),
@@ -149,7 +154,7 @@ impl GatewayDialer {
     }
 
     /// QUIC first, TCP after the race delay, the first tunnel up wins.
-    async fn race(&self, config: &AgentConfig, address: SocketAddr) -> Result<Tunnel, String> {
+    async fn race(&self, config: &AgentConfig, address: SocketAddr) -> Result<Tunnel, ReachError> {
         let quic = self.quic(config, address);
         let tcp = async {
             tokio::time::sleep(config.race_delay).await;
@@ -178,7 +183,10 @@ impl GatewayDialer {
                 },
             }
             if let (Some(quic), Some(tcp)) = (&quic_failed, &tcp_failed) {
-                return Err(format!("QUIC: {quic}; TLS/TCP: {tcp}"));
+                return Err(ReachError::Race {
+                    quic: Box::new(quic.clone()),
+                    tcp: Box::new(tcp.clone()),
+                });
             }
         }
     }
@@ -188,7 +196,7 @@ impl GatewayDialer {
         &self,
         config: &AgentConfig,
         mut address: SocketAddr,
-    ) -> Result<quinn::Connection, String> {
+    ) -> Result<quinn::Connection, ReachError> {
         // A dual-stack socket reaches IPv4 gateways through mapped addresses.
         if self
             .endpoint
@@ -203,13 +211,13 @@ impl GatewayDialer {
         let connecting = async {
             self.endpoint
                 .connect_with(self.configs.quic.clone(), address, GATEWAY_SERVER_NAME)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| ReachError::Quic(e.to_string()))?
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| ReachError::Quic(e.to_string()))
         };
         tokio::time::timeout(config.handshake_timeout, connecting)
             .await
-            .map_err(|_| "QUIC handshake timed out".to_owned())?
+            .map_err(|_| ReachError::TimedOut("QUIC"))?
     }
 
     /// A TLS-over-TCP tunnel whose TLS and HTTP/2 handshakes are done.
@@ -217,37 +225,37 @@ impl GatewayDialer {
         &self,
         config: &AgentConfig,
         address: SocketAddr,
-    ) -> Result<tcp::TcpTunnel, String> {
+    ) -> Result<tcp::TcpTunnel, ReachError> {
         let connecting = async {
             let socket = if address.is_ipv4() {
                 TcpSocket::new_v4()
             } else {
                 TcpSocket::new_v6()
             }
-            .map_err(|e| format!("TCP socket: {e}"))?;
+            .map_err(|e| ReachError::tcp("TCP socket", &e))?;
             if let Some(bind) = config.bind {
                 socket
                     .bind(SocketAddr::new(bind, 0))
-                    .map_err(|e| format!("binding {bind}: {e}"))?;
+                    .map_err(|e| ReachError::tcp(format!("binding {bind}"), &e))?;
             }
             let stream = socket
                 .connect(address)
                 .await
-                .map_err(|e| format!("TCP connect to {address}: {e}"))?;
+                .map_err(|e| ReachError::tcp(format!("TCP connect to {address}"), &e))?;
             let _ = stream.set_nodelay(true);
             let name =
                 rustls::pki_types::ServerName::try_from(GATEWAY_SERVER_NAME).expect("valid name");
             let tls = tokio_rustls::TlsConnector::from(self.configs.tcp.clone())
                 .connect(name, stream)
                 .await
-                .map_err(|e| format!("TLS handshake: {e}"))?;
+                .map_err(|e| ReachError::tcp("TLS handshake", &e))?;
             tcp::answering_end(tls, tcp_settings(config))
                 .await
-                .map_err(|e| format!("HTTP/2 handshake: {e}"))
+                .map_err(|e| ReachError::tcp("HTTP/2 handshake", &e))
         };
         tokio::time::timeout(config.handshake_timeout, connecting)
             .await
-            .map_err(|_| "TLS/TCP handshake timed out".to_owned())?
+            .map_err(|_| ReachError::TimedOut("TLS/TCP"))?
     }
 }
 
@@ -329,7 +337,7 @@ async fn resolve_gateways(
     gateways: &[String],
     bind: Option<IpAddr>,
     within: Duration,
-) -> Result<Vec<SocketAddr>, String> {
+) -> Result<Vec<SocketAddr>, ReachError> {
     let mut found: Vec<SocketAddr> = Vec::new();
     let mut failures = Vec::new();
     for gateway in gateways {
@@ -355,7 +363,7 @@ async fn resolve_gateways(
             "{} has no address of the --bind address's family",
             gateways.join(", ")
         ));
-        return Err(failures.join("; "));
+        return Err(ReachError::Resolve(failures));
     }
     for error in failures {
         debug!(%error, "a gateway name did not resolve; using the others");
