@@ -10,7 +10,7 @@
 mod common;
 
 use common::processes::GatewayProcess;
-use common::{connect, targets, within, TransportChoice, TOKEN, WAIT};
+use common::{connect, targets, within, TOKEN, WAIT};
 use exitpool::gateway::control_link::exitpool_control::period;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -45,18 +45,7 @@ async fn gateway(state: &std::path::Path, extra: &[&str]) -> GatewayProcess {
 
 /// An agent on `ip` joined to `gateway`.
 async fn agent(gateway: &GatewayProcess, ip: &str) -> exitpool::agent::AgentHandle {
-    let agent = exitpool::agent::Agent::builder(
-        gateway.banner.tunnel.to_string(),
-        gateway.banner.pin.parse().unwrap(),
-        TOKEN,
-    )
-    .bind(ip.parse().unwrap())
-    .allow_private(true)
-    .transport(TransportChoice::Quic)
-    .spawn()
-    .expect("agent spawns");
-    within("agent joins", agent.connected()).await;
-    agent
+    gateway.agent(ip).await
 }
 
 /// `method path` on `admin`'s API with `token` and an optional JSON body:

@@ -11,7 +11,7 @@
 mod common;
 
 use common::processes::GatewayProcess;
-use common::{connect_from_ip, targets, within, Head, TransportChoice, TOKEN, WAIT};
+use common::{connect_from_ip, targets, within, Head, TOKEN, WAIT};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -32,18 +32,7 @@ async fn gateway(state: &std::path::Path) -> GatewayProcess {
 }
 
 async fn agent(gateway: &GatewayProcess) -> exitpool::agent::AgentHandle {
-    let agent = exitpool::agent::Agent::builder(
-        gateway.banner.tunnel.to_string(),
-        gateway.banner.pin.parse().unwrap(),
-        TOKEN,
-    )
-    .bind("127.0.0.2".parse().unwrap())
-    .allow_private(true)
-    .transport(TransportChoice::Quic)
-    .spawn()
-    .expect("agent spawns");
-    within("agent joins", agent.connected()).await;
-    agent
+    gateway.agent("127.0.0.2").await
 }
 
 /// `method path` with `body` on the admin API: status and JSON answer.

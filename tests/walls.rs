@@ -179,17 +179,7 @@ async fn tunnel_port_flood(one_frame: Vec<u8>) {
     .map(|s| s.to_string())
     .collect();
     let gateway = GatewayProcess::start(state.path(), &args).await;
-    let agent = exitpool::agent::Agent::builder(
-        gateway.banner.tunnel.to_string(),
-        gateway.banner.pin.parse().unwrap(),
-        TOKEN,
-    )
-    .bind("127.0.0.2".parse().unwrap())
-    .allow_private(true)
-    .transport(TransportChoice::Quic)
-    .spawn()
-    .expect("agent spawns");
-    within("agent joins", agent.connected()).await;
+    let agent = gateway.agent("127.0.0.2").await;
     let target = targets::echo_target().await;
     let proxy = gateway.banner.listen;
     let baseline = median(connect_times(proxy, target, 30).await);

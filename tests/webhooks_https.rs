@@ -6,7 +6,7 @@
 mod common;
 
 use common::processes::GatewayProcess;
-use common::{connect, targets, tls, within, TransportChoice, TOKEN, WAIT};
+use common::{connect, targets, tls, within, TOKEN, WAIT};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -82,18 +82,7 @@ async fn https_receiver(
 }
 
 async fn agent(gateway: &GatewayProcess) -> exitpool::agent::AgentHandle {
-    let agent = exitpool::agent::Agent::builder(
-        gateway.banner.tunnel.to_string(),
-        gateway.banner.pin.parse().unwrap(),
-        TOKEN,
-    )
-    .bind("127.0.0.2".parse().unwrap())
-    .allow_private(true)
-    .transport(TransportChoice::Quic)
-    .spawn()
-    .expect("agent spawns");
-    within("agent joins", agent.connected()).await;
-    agent
+    gateway.agent("127.0.0.2").await
 }
 
 /// Moves `bytes` down through a `CONNECT` tunnel as `user`; the status.

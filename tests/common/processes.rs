@@ -53,6 +53,23 @@ impl GatewayProcess {
         let answer = within("GET /stats", reqwest::get(url)).await.unwrap();
         within("stats body", answer.json()).await.unwrap()
     }
+
+    /// An agent of this gateway on `ip` over QUIC with the tests' token,
+    /// allowed loopback targets, once it has joined.
+    pub async fn agent(&self, ip: &str) -> exitpool::agent::AgentHandle {
+        let agent = exitpool::agent::Agent::builder(
+            self.banner.tunnel.to_string(),
+            self.banner.pin.parse().unwrap(),
+            super::TOKEN,
+        )
+        .bind(ip.parse().unwrap())
+        .allow_private(true)
+        .transport(super::TransportChoice::Quic)
+        .spawn()
+        .expect("agent spawns");
+        within("agent joins", agent.connected()).await;
+        agent
+    }
 }
 
 /// A free loopback TCP port for a listener that cannot be given port 0
