@@ -127,7 +127,10 @@ impl Gateway {
                 link,
                 shared.tasks.clone(),
                 shared.shutdown.clone(),
-                move || accounts.accounts.store_changed(),
+                move || {
+                    accounts.accounts.store_changed();
+                    crate::admin::exits::enforce_store_bans(&accounts);
+                },
             ));
         }
         if let Some((joined, feed)) = fleet_tasks {
