@@ -275,14 +275,19 @@ async fn connect(
 }
 
 /// `n` idle QUIC connections to the exit at `exit`, each from its own
-/// endpoint on `bind(i)`, as agents hold them to a gateway.
+/// endpoint on `bind(i)`, keeping alive every `keep_alive`, as agents hold
+/// them to a gateway.
 pub async fn idle_clients(
     exit: SocketAddr,
     cert_hex: &str,
     n: usize,
     bind: impl Fn(usize) -> IpAddr,
+    keep_alive: Duration,
 ) -> Result<Vec<(quinn::Endpoint, quinn::Connection)>> {
-    let client = client_config(cert_hex)?;
+    let mut client = client_config(cert_hex)?;
+    let mut transport = transport(0);
+    transport.keep_alive_interval(Some(keep_alive));
+    client.transport_config(Arc::new(transport));
     let mut clients = Vec::with_capacity(n);
     // Handshakes in batches, so they arrive at a steady rate.
     for first in (0..n).step_by(64) {

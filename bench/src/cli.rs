@@ -101,6 +101,9 @@ pub struct Args {
     /// The hidden flags that run this program as a hop of the bare relay.
     #[command(flatten)]
     pub hop: HopArgs,
+    /// swarm's own flags.
+    #[command(flatten)]
+    pub swarm_args: crate::scenario::swarm::SwarmArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -306,6 +309,8 @@ pub struct Bench {
     pub runs: Runs,
     /// tinyproxy's path, when it is installed.
     pub tinyproxy: Option<PathBuf>,
+    /// swarm's own flags.
+    pub swarm: crate::scenario::swarm::SwarmArgs,
 }
 
 impl Bench {
@@ -324,6 +329,7 @@ impl Bench {
                     .unwrap_or_else(|| crate::cpu_share::default_share(4)),
             },
             tinyproxy: crate::launch::which("tinyproxy"),
+            swarm: args.swarm_args.clone(),
         })
     }
 }
