@@ -42,9 +42,12 @@ async fn masque_gateway(
 async fn client(net: &TestGateway, ca: &std::path::Path) -> MasqueClient {
     let addr = net.gateway.h3_addr().expect("--listen-h3 bound");
     let tls = (*tls::client_config(ca, &[])).clone();
-    within("MASQUE connect", MasqueClient::connect(addr, "127.0.0.1", tls, WAIT))
-        .await
-        .expect("the HTTP/3 connection")
+    within(
+        "MASQUE connect",
+        MasqueClient::connect(addr, "127.0.0.1", tls, WAIT),
+    )
+    .await
+    .expect("the HTTP/3 connection")
 }
 
 /// A UDP echo on 127.0.0.1 that counts what it received; each answer is
@@ -69,7 +72,11 @@ async fn udp_echo(times: usize) -> (SocketAddr, Arc<AtomicU64>) {
 async fn tunnel_to(client: &MasqueClient, target: SocketAddr) -> UdpTunnel {
     within(
         "CONNECT-UDP",
-        client.connect_udp(&target.ip().to_string(), target.port(), Some((USER, PASSWORD))),
+        client.connect_udp(
+            &target.ip().to_string(),
+            target.port(),
+            Some((USER, PASSWORD)),
+        ),
     )
     .await
     .expect("CONNECT-UDP accepted")
@@ -271,7 +278,11 @@ async fn wrong_or_missing_credentials_are_407_with_proxy_status() {
     let port = target.port();
     for credentials in [None, Some((USER, "wrong")), Some(("nobody", PASSWORD))] {
         let (status, headers) = refused(
-            within("CONNECT-UDP", client.connect_udp("127.0.0.1", port, credentials)).await,
+            within(
+                "CONNECT-UDP",
+                client.connect_udp("127.0.0.1", port, credentials),
+            )
+            .await,
         );
         // As the HTTP/1.1 and h2 paths answer it: RFC 9209 has no
         // Proxy-Status error type for credentials, so 407 carries none.
@@ -282,7 +293,11 @@ async fn wrong_or_missing_credentials_are_407_with_proxy_status() {
     }
     // A path that is not the template, and a target port of 0.
     let (status, headers) = refused(
-        within("bad path", client.request("/elsewhere/", Some((USER, PASSWORD)))).await,
+        within(
+            "bad path",
+            client.request("/elsewhere/", Some((USER, PASSWORD))),
+        )
+        .await,
     );
     assert_eq!(status, 400);
     assert_eq!(headers["x-exitpool-error"], "bad_target");
@@ -292,7 +307,11 @@ async fn wrong_or_missing_credentials_are_407_with_proxy_status() {
         "{proxy_status}"
     );
     let (status, _) = refused(
-        within("port 0", client.connect_udp("127.0.0.1", 0, Some((USER, PASSWORD)))).await,
+        within(
+            "port 0",
+            client.connect_udp("127.0.0.1", 0, Some((USER, PASSWORD))),
+        )
+        .await,
     );
     assert_eq!(status, 400);
     // The connection still serves good requests.
@@ -357,14 +376,15 @@ async fn unknown_contexts_and_oversize_datagrams_are_dropped_and_counted() {
 #[tokio::test]
 async fn requests_past_the_accounts_connection_cap_are_429() {
     let (net, _dir, ca) = masque_gateway(|config| {
-        config.users = exitpool::gateway::auth::Users::new([
-            exitpool::gateway::auth::Customer::parse(&format!("{USER}:{PASSWORD}"))
-                .unwrap()
-                .with_limits(exitpool::gateway::auth::Limits {
-                    max_connections: Some(2),
-                    ..Default::default()
-                }),
-        ]);
+        config.users =
+            exitpool::gateway::auth::Users::new([exitpool::gateway::auth::Customer::parse(
+                &format!("{USER}:{PASSWORD}"),
+            )
+            .unwrap()
+            .with_limits(exitpool::gateway::auth::Limits {
+                max_connections: Some(2),
+                ..Default::default()
+            })]);
     })
     .await;
     let _agent = net.agent("127.0.0.2").await;
@@ -425,4 +445,44 @@ over_both_transports! {
         .await;
         echo(&mut second, b"two").await;
     }
+}
+
+/// Known bug, left for the next session: the 17th request never reaches
+/// the gateway after one of the 16 ended (quinn's trace shows no MAX_STREAMS
+/// frame): a finished request's QUIC stream credit is not given back, so a
+/// connection serves at most 16 requests in its life.
+#[tokio::test]
+#[ignore = "known bug: an ended request's stream credit is not given back"]
+async fn a_connection_holds_at_most_sixteen_requests() {
+    use exitpool::gateway::customer::masque::MAX_REQUESTS;
+    let (net, _dir, ca) = masque_gateway(|_| {}).await;
+    let _agent = net.agent("127.0.0.2").await;
+    let (target, _) = udp_echo(1).await;
+    let client = Arc::new(client(&net, &ca).await);
+    let mut open = Vec::new();
+    for _ in 0..MAX_REQUESTS {
+        open.push(tunnel_to(&client, target).await);
+    }
+    // One more waits for QUIC stream credit: the gateway never sees it.
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .connect_udp("127.0.0.1", target.port(), Some((USER, PASSWORD)))
+                .await
+        }
+    });
+    // A round trip on an open tunnel: the connection is live meanwhile.
+    echo(&mut open[0], b"live").await;
+    let requests = "exitpool_customer_masque_requests_total";
+    assert_eq!(net.metric(requests).await, u64::from(MAX_REQUESTS));
+    assert!(!waiting.is_finished());
+    // Closing one lets it through.
+    open.pop().unwrap().close().await;
+    let mut last = within("the waiting request", waiting)
+        .await
+        .unwrap()
+        .expect("accepted once a request ended");
+    echo(&mut last, b"seventeenth").await;
+    assert_eq!(net.metric(requests).await, u64::from(MAX_REQUESTS) + 1);
 }

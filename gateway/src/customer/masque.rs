@@ -218,7 +218,7 @@ async fn serve(endpoint: quinn::Endpoint, mut configs: ServerConfigs, shared: Ar
             }
         };
         let deadline = tokio::time::Instant::now() + shared.config.head_timeout;
-        let span = info_span!("h3", %peer, user = tracing::field::Empty);
+        let span = info_span!("h3", %peer);
         let task_shared = shared.clone();
         shared.tasks.spawn(
             async move {
@@ -290,7 +290,9 @@ async fn serve_connection(
                         pending.clone(),
                         shared.clone(),
                     );
-                    shared.tasks.spawn(live.track_future(task.in_current_span()));
+                    // A span per request: each authenticates on its own.
+                    let span = info_span!("request", user = tracing::field::Empty);
+                    shared.tasks.spawn(live.track_future(task.instrument(span)));
                 }
                 Ok(None) => break debug!("HTTP/3 connection closed"),
                 Err(error) => break debug!(%error, "HTTP/3 connection ended"),

@@ -12,6 +12,9 @@
 //! 4. [`transfer`]: the one metered transfer (usage folded each second, cut at
 //!    quota, one access line).
 //!
+//! On `--listen-h3` (UDP), [`masque`] serves MASQUE CONNECT-UDP over HTTP/3;
+//! it and [`socks_udp`] carry UDP flows through an exit with [`udp_flow`].
+//!
 //! [`inventory`] answers `GET /inventory` (which places have exits, bucketed).
 //! [`response`] builds what HTTP answers share (errors, exit headers, Basic
 //! credentials) and imports none of the handlers.
@@ -22,7 +25,7 @@ mod http2;
 mod http_connect;
 pub mod inventory;
 mod listener;
-pub(crate) mod masque;
+pub mod masque;
 pub mod proxy_protocol;
 pub mod response;
 pub mod session;
