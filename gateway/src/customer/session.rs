@@ -340,6 +340,7 @@ pub async fn open(
     let mut last_failure: Option<(Arc<Agent>, ProxyError)> = None;
     // Pins settled for this request (a new pin, then perhaps a move).
     let mut settles = 0;
+    let failover_until = deadline.min(started + FAILOVER_WAIT);
     loop {
         // Subscribed before choosing, so a join in between is not missed.
         let mut pool_changed = shared.exits.directory().census();
@@ -350,23 +351,18 @@ pub async fn open(
                 chosen
             }
             (Err(error), None) => return Err(fail(None, error).tried(avoid.exits.len())),
-            // Every exit left was on another gateway that has gone: its agents
-            // are on their way to the others (within a few keep-alives), so
-            // the request waits for the pool to change rather than failing.
-            (Err(_), Some((agent, error)))
-                if matches!(error, ProxyError::PeerUnavailable(_))
-                    && Instant::now() < deadline.min(started + FAILOVER_WAIT) =>
-            {
-                let until = tokio::time::Instant::from_std(deadline.min(started + FAILOVER_WAIT));
-                if let Ok(Err(_)) = tokio::time::timeout_at(until, pool_changed.changed()).await {
+            (Err(_), Some((agent, error))) => {
+                // Every exit left was on another gateway that has gone: its
+                // agents are on their way to the others (within a few
+                // keep-alives), so the request waits for the pool to change.
+                // Otherwise there is no other exit: the last failure stands.
+                let moving = matches!(error, ProxyError::PeerUnavailable(_))
+                    && Instant::now() < failover_until;
+                if !moving || !pool_changes(&mut pool_changed, failover_until).await {
                     return Err(fail(Some(&agent), error).tried(avoid.exits.len()));
                 }
                 last_failure = Some((agent, error));
                 continue;
-            }
-            // No other exit to move to: the last exit's failure stands.
-            (Err(_), Some((agent, error))) => {
-                return Err(fail(Some(&agent), error).tried(avoid.exits.len()))
             }
         };
         if let Some((key, pinned)) = &mut pin {
@@ -549,6 +545,19 @@ fn next_exit(
         })
         .inc();
     Ok(error)
+}
+
+/// Waits until the pool changes (an agent joins or leaves) or `until`;
+/// `false` when there is no pool to watch any more.
+async fn pool_changes(
+    pool: &mut tokio::sync::watch::Receiver<crate::directory::Census>,
+    until: Instant,
+) -> bool {
+    let until = tokio::time::Instant::from_std(until);
+    !matches!(
+        tokio::time::timeout_at(until, pool.changed()).await,
+        Ok(Err(_))
+    )
 }
 
 /// [`choose_exit`], waiting up to [`EXITS_BUSY_GRACE`] for a stream to end
