@@ -61,8 +61,27 @@ pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest an admin connection lives.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
+/// What the admin port answers from: the gateway's shared state and, in a
+/// fleet, the fleet itself (its records, Redis, peer links). Only start-up and
+/// this port hold the fleet; everything else reaches it through the interfaces
+/// it stands behind (exits, session pins, limits).
+pub struct AdminView {
+    /// The gateway's shared state.
+    pub shared: Arc<Shared>,
+    /// Fleet membership (`--redis`); `None` for a gateway on its own.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
+}
+
+impl std::ops::Deref for AdminView {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
 /// Serves the admin API until shutdown.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, shared: Arc<AdminView>) {
     let slots = Arc::new(slots::Slots::default());
     // The web dashboard (/dashboard/); the admin port speaks plain HTTP.
     let dashboard = dashboard::Dashboard::start(&shared, false);
@@ -135,7 +154,7 @@ pub fn authorized(token: Option<&exitpool_protocol::Secret>, authorization: Opti
 
 /// A refusal for requests a browser could have been made to send on a web
 /// page's behalf (see the module docs), or `None` for an operator's request.
-fn refuse_browsers<B>(request: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
+fn refuse_browsers<B>(request: &Request<B>, shared: &AdminView) -> Option<Response<Full<Bytes>>> {
     let headers = request.headers();
     let host = headers.get(HOST).and_then(|value| value.to_str().ok());
     if !host.is_some_and(|host| is_own_host(host, &shared.config.admin_hosts)) {
@@ -180,7 +199,7 @@ fn refuse_browsers<B>(request: &Request<B>, shared: &Shared) -> Option<Response<
 
 fn route(
     request: Request<hyper::body::Incoming>,
-    shared: &Shared,
+    shared: &AdminView,
     proven: &AtomicBool,
 ) -> Response<Full<Bytes>> {
     let authorization = request
@@ -268,7 +287,7 @@ const MAX_API_ANSWER: usize = 64 << 20;
 /// only reads. Other routers for `/api/v1` merge into the one this serves.
 async fn api(
     request: Request<hyper::body::Incoming>,
-    shared: &Shared,
+    shared: &AdminView,
     proven: &AtomicBool,
 ) -> Response<Full<Bytes>> {
     if let Some(refusal) = refuse_browsers(&request, shared) {
@@ -309,7 +328,7 @@ async fn api(
 }
 
 /// `POST /usage/reset[?customer=NAME|?agent=ID]`.
-fn reset_usage(query: &str, shared: &Shared) -> Response<Full<Bytes>> {
+fn reset_usage(query: &str, shared: &AdminView) -> Response<Full<Bytes>> {
     use crate::usage::ResetScope;
     let scope = match query.split_once('=') {
         None if query.is_empty() => ResetScope::All,
@@ -365,7 +384,7 @@ fn reset_usage(query: &str, shared: &Shared) -> Response<Full<Bytes>> {
 /// `/healthz`: `ok`, or in a fleet whose Redis is out of reach, `degraded`
 /// and why (still 200: the gateway serves with its own agents and state, so
 /// a balancer must keep sending it customers).
-fn health(shared: &Shared) -> String {
+fn health(shared: &AdminView) -> String {
     match shared.fleet.as_ref().and_then(|fleet| fleet.degraded()) {
         None => "ok\n".into(),
         Some((reason, since)) => format!(
@@ -424,7 +443,7 @@ fn fleet_stats(
 }
 
 /// The `/stats` document.
-pub fn stats(shared: &Shared) -> serde_json::Value {
+pub fn stats(shared: &AdminView) -> serde_json::Value {
     let agents = shared.exits.directory().agents();
     let live_streams: u64 = agents
         .iter()
@@ -476,7 +495,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
 fn exit_stats(
     agent: &crate::directory::Agent,
     now: std::time::Instant,
-    shared: &Shared,
+    shared: &AdminView,
 ) -> serde_json::Value {
     let health = agent.health.view(now, &shared.config.health);
     serde_json::json!({
@@ -522,7 +541,7 @@ fn exit_stats(
 /// other gateways carry.
 fn customer_stats(
     usage: &std::collections::BTreeMap<String, crate::usage::Totals>,
-    shared: &Shared,
+    shared: &AdminView,
 ) -> serde_json::Map<String, serde_json::Value> {
     let accounts = shared.accounts.current();
     accounts
@@ -566,7 +585,7 @@ fn customer_stats(
 /// a busy port, `slots`), then [`live::serve`]'s answer as the port's body.
 async fn serve_live(
     request: Request<hyper::body::Incoming>,
-    shared: &Arc<Shared>,
+    shared: &Arc<AdminView>,
     proven: &std::sync::atomic::AtomicBool,
 ) -> Response<Full<Bytes>> {
     if let Some(refusal) = refuse_browsers(&request, shared) {

@@ -75,6 +75,8 @@ pub enum StartError {
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// Fleet membership (`--redis`): held here and by the admin port only.
+    fleet: Option<Arc<Fleet>>,
     endpoint: QuicEndpoint,
     listen_addr: SocketAddr,
     tunnel_addr: SocketAddr,
@@ -103,19 +105,26 @@ impl Gateway {
         loaded.accounts = loaded.accounts.with_control(link.clone());
         let bound = bind_ports(&config, &loaded.identity).await?;
         let pin = loaded.identity.pin();
-        let (shared, fleet_tasks) = assemble(config, loaded).await?;
+        let (shared, fleet, fleet_tasks) = assemble(config, loaded).await?;
         let Bound {
             entrances,
             quic,
             tunnel_tcp,
             tcp_tls,
-            admin,
+            admin: admin_listener,
             listen_addr,
             tunnel_addr,
             tunnel_tcp_addr,
             admin_addr,
         } = bound;
-        spawn_tasks(&shared, entrances, &quic, tunnel_tcp, tcp_tls, admin);
+        spawn_tasks(&shared, entrances, &quic, tunnel_tcp, tcp_tls);
+        if let Some(admin) = admin_listener {
+            let view = admin::AdminView {
+                shared: shared.clone(),
+                fleet: fleet.clone(),
+            };
+            shared.tasks.spawn(admin::serve(admin, Arc::new(view)));
+        }
         let h3_addr = customer::masque::start(&shared).map_err(|source| StartError::Bind {
             what: "the MASQUE port (--listen-h3)",
             addr: shared.config.listen_h3.unwrap_or(listen_addr),
@@ -142,6 +151,7 @@ impl Gateway {
         info!(%listen_addr, %tunnel_addr, tunnel_tcp = ?tunnel_tcp_addr, admin = ?admin_addr, %pin, "gateway started");
         Ok(Gateway {
             shared,
+            fleet,
             endpoint: quic,
             listen_addr,
             tunnel_addr,
@@ -224,7 +234,7 @@ impl Gateway {
         // short, and the port is free soon after for a restart in this process.
         self.endpoint
             .close(close_code::SHUTDOWN, b"gateway shutting down");
-        if let Some(fleet) = &self.shared.fleet {
+        if let Some(fleet) = &self.fleet {
             fleet
                 .peers
                 .endpoint()
@@ -400,7 +410,7 @@ type FleetTasks = (
 async fn assemble(
     config: GatewayConfig,
     loaded: Loaded,
-) -> Result<(Arc<Shared>, Option<FleetTasks>), StartError> {
+) -> Result<(Arc<Shared>, Option<Arc<Fleet>>, Option<FleetTasks>), StartError> {
     let Loaded {
         identity,
         exit_key,
@@ -473,7 +483,6 @@ async fn assemble(
     };
     let shared = Arc::new(Shared {
         config,
-        fleet,
         exits,
         pending_handshakes: Default::default(),
         sessions,
@@ -495,17 +504,16 @@ async fn assemble(
         bans,
         agent_tokens: Default::default(),
     });
-    Ok((shared, fleet_tasks))
+    Ok((shared, fleet, fleet_tasks))
 }
 
-/// The customer, tunnel, admin and housekeeping tasks.
+/// The customer, tunnel and housekeeping tasks.
 fn spawn_tasks(
     shared: &Arc<Shared>,
     entrances: Vec<customer::Entrance>,
     quic: &QuicEndpoint,
     tunnel_tcp: Option<TcpListener>,
     tcp_tls: Arc<rustls::ServerConfig>,
-    admin: Option<TcpListener>,
 ) {
     shared
         .tasks
@@ -520,9 +528,6 @@ fn spawn_tasks(
         shared
             .tasks
             .spawn(tcp::serve(listener, tcp_tls, shared.clone()));
-    }
-    if let Some(admin) = admin {
-        shared.tasks.spawn(admin::serve(admin, shared.clone()));
     }
     shared
         .tasks

@@ -11,7 +11,6 @@ use crate::directory::places::PlacesCache;
 use crate::directory::{Agent, Location, Outcome};
 use crate::entry_ports::LiveEntryPorts;
 use crate::error::ProxyError;
-use crate::fleet::Fleet;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::sessions::SessionStore;
@@ -29,8 +28,6 @@ use tracing::info;
 pub struct Shared {
     /// The configuration it was started with.
     pub config: GatewayConfig,
-    /// Fleet membership (`--redis`); `None` for a gateway on its own.
-    pub fleet: Option<Arc<Fleet>>,
     /// The exits: who is connected, where, with what load, and the one way
     /// to open a stream to any of them.
     pub exits: Exits,

@@ -31,7 +31,7 @@ mod samples;
 mod sessions;
 mod views;
 
-use crate::shared::Shared;
+use crate::admin::AdminView;
 use bytes::Bytes;
 use exitpool_protocol::local_http::is_own_host;
 use exitpool_protocol::Secret;
@@ -123,7 +123,7 @@ const SIGN_IN_HTML: &str = include_str!("../../assets/dashboard/signin.html");
 
 /// The dashboard of one admin port: its sessions and traffic samples.
 pub struct Dashboard {
-    shared: Arc<Shared>,
+    shared: Arc<AdminView>,
     sessions: sessions::Sessions,
     samples: samples::Samples,
     /// Whether the admin port speaks TLS (the cookie is then `Secure`).
@@ -142,7 +142,7 @@ pub enum Front {
 impl Dashboard {
     /// The dashboard for `shared`'s admin port; starts its sampler, which
     /// stops with the gateway. `tls`: whether the admin port speaks TLS.
-    pub fn start(shared: &Arc<Shared>, tls: bool) -> Arc<Dashboard> {
+    pub fn start(shared: &Arc<AdminView>, tls: bool) -> Arc<Dashboard> {
         let dashboard = Arc::new(Dashboard {
             shared: shared.clone(),
             sessions: sessions::Sessions::default(),

@@ -13,7 +13,7 @@
 
 use crate::bans::{Ban, BanError};
 use crate::directory::Agent;
-use crate::shared::Shared;
+use crate::admin::AdminView;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use exitpool_control::Error;
@@ -136,7 +136,7 @@ fn unix(time: SystemTime) -> u64 {
         .as_secs()
 }
 
-fn exit(agent: &Agent, shared: &Shared, now: std::time::Instant) -> Exit {
+fn exit(agent: &Agent, shared: &AdminView, now: std::time::Instant) -> Exit {
     let health = agent.health.view(now, &shared.config.health);
     Exit {
         id: agent.exit_id.clone(),
@@ -182,7 +182,7 @@ fn exit_id(id: &str) -> Result<String, Error> {
 #[utoipa::path(get, path = "/api/v1/exits", tag = "exits", params(ExitsQuery),
     responses((status = 200, body = ExitList), (status = 400, body = exitpool_control::error::ErrorBody)))]
 pub(super) async fn list_exits(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminView>>,
     params: Result<Query<ExitsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ExitList>, Error> {
     let Query(params) = params.map_err(|rejection| Error::BadRequest {
@@ -250,7 +250,7 @@ async fn store_bound<T>(
 /// Puts the store's exit bans (the control link's last snapshot) in force
 /// and disconnects the banned exits whose tunnel this gateway holds: a ban
 /// made through any gateway of the fleet. Called with each new snapshot.
-pub(crate) fn enforce_store_bans(shared: &Shared) {
+pub(crate) fn enforce_store_bans(shared: &crate::shared::Shared) {
     let Some(bans) = shared.accounts.control().and_then(|link| link.exit_bans()) else {
         return;
     };
@@ -278,7 +278,7 @@ pub(crate) fn enforce_store_bans(shared: &Shared) {
     params(("id" = String, Path, description = "The exit's id")),
     responses((status = 200, body = BanOutcome), (status = 422, body = exitpool_control::error::ErrorBody)))]
 pub(super) async fn ban_exit(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminView>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<BanOutcome>, Error> {
@@ -344,7 +344,7 @@ pub(super) async fn ban_exit(
     params(("id" = String, Path, description = "The exit's id")),
     responses((status = 200, body = BanOutcome), (status = 422, body = exitpool_control::error::ErrorBody)))]
 pub(super) async fn unban_exit(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminView>>,
     Path(id): Path<String>,
 ) -> Result<Json<BanOutcome>, Error> {
     let id = exit_id(&id)?;

@@ -20,7 +20,7 @@
 
 use super::exits;
 use crate::live::Live;
-use crate::shared::Shared;
+use crate::admin::AdminView;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -52,7 +52,7 @@ pub fn owns(path: &str) -> bool {
         || (rest.starts_with("/exits/") && !rest.ends_with("/usage"))
 }
 
-fn split() -> (axum::Router<Arc<Shared>>, utoipa::openapi::OpenApi) {
+fn split() -> (axum::Router<Arc<AdminView>>, utoipa::openapi::OpenApi) {
     OpenApiRouter::new()
         .routes(routes!(list_connections, close_connections))
         .routes(routes!(close_connection))
@@ -90,7 +90,7 @@ pub(super) enum Access {
 /// asking.
 pub(super) async fn serve(
     request: hyper::Request<hyper::body::Incoming>,
-    shared: &Arc<Shared>,
+    shared: &Arc<AdminView>,
     access: Access,
 ) -> Response {
     let reads = matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD);
@@ -108,7 +108,7 @@ pub(super) async fn serve(
 /// Whether `authorization` carries the read-only token. The control plane's
 /// router alone holds it: it is asked whether the token may read its
 /// OpenAPI document (no database query), as a `GET` of ours would be.
-pub(super) async fn read_only(shared: &Shared, authorization: Option<&str>) -> bool {
+pub(super) async fn read_only(shared: &AdminView, authorization: Option<&str>) -> bool {
     let (Some(router), Some(authorization)) = (
         shared
             .accounts
@@ -134,7 +134,7 @@ pub(super) async fn read_only(shared: &Shared, authorization: Option<&str>) -> b
 const READ_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The answer to an authorized request for one of [`owns`]'s paths.
-async fn answer(request: hyper::Request<hyper::body::Incoming>, shared: &Arc<Shared>) -> Response {
+async fn answer(request: hyper::Request<hyper::body::Incoming>, shared: &Arc<AdminView>) -> Response {
     if request.uri().path() == "/api/v1/openapi.json" {
         let doc = full_openapi().to_json().unwrap_or_else(|_| "{}".into());
         (
@@ -298,7 +298,7 @@ pub(super) struct Closed {
 const SCOPE: &str = "this gateway's connections; in a fleet, ask each gateway's admin port";
 
 /// This gateway's fleet id, when it is in a fleet.
-fn this_gateway(shared: &Shared) -> Option<String> {
+fn this_gateway(shared: &AdminView) -> Option<String> {
     shared.fleet.as_ref().map(|fleet| fleet.id.to_string())
 }
 
@@ -335,7 +335,7 @@ fn customer_name(name: &str) -> Result<&str, Error> {
     responses((status = 200, body = ConnectionList), (status = 400, body = exitpool_control::error::ErrorBody),
         (status = 422, body = exitpool_control::error::ErrorBody)))]
 pub(super) async fn list_connections(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminView>>,
     params: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ConnectionList>, Error> {
     let params = query(params)?;
@@ -364,7 +364,7 @@ pub(super) async fn list_connections(
     responses((status = 200, body = Closed), (status = 404, body = exitpool_control::error::ErrorBody),
         (status = 409, body = exitpool_control::error::ErrorBody)))]
 pub(super) async fn close_connection(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminView>>,
     id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
     params: Result<Query<CloseOneQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Closed>, Error> {
@@ -401,7 +401,7 @@ pub(super) async fn close_connection(
 #[utoipa::path(delete, path = "/api/v1/connections", tag = "connections", params(CloseQuery),
     responses((status = 200, body = Closed), (status = 422, body = exitpool_control::error::ErrorBody)))]
 pub(super) async fn close_connections(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<AdminView>>,
     params: Result<Query<CloseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Closed>, Error> {
     let params = query(params)?;

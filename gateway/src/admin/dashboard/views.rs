@@ -5,7 +5,7 @@
 
 use super::samples::{Sample, Samples};
 use crate::directory::Agent;
-use crate::shared::Shared;
+use crate::admin::AdminView;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -16,13 +16,13 @@ use std::time::{Instant, SystemTime};
 pub const MAX_EXITS_PAGE: usize = 500;
 
 /// The health band of an exit, as the `exits_by_health` metric counts them.
-fn band(agent: &Agent, now: Instant, shared: &Shared) -> (&'static str, f64) {
+fn band(agent: &Agent, now: Instant, shared: &AdminView) -> (&'static str, f64) {
     let view = agent.health.view(now, &shared.config.health);
     (view.band(), view.success_rate)
 }
 
 /// `GET /dashboard/api/overview`.
-pub fn overview(shared: &Shared, samples: &Samples) -> Value {
+pub fn overview(shared: &AdminView, samples: &Samples) -> Value {
     let agents = shared.exits.directory().agents();
     let now = Instant::now();
     let mut bands = BTreeMap::from([
@@ -81,7 +81,7 @@ pub fn overview(shared: &Shared, samples: &Samples) -> Value {
 }
 
 /// The traffic counters as they are now.
-pub fn sample_now(shared: &Shared) -> Sample {
+pub fn sample_now(shared: &AdminView) -> Sample {
     let live_streams = shared
         .exits
         .directory()
@@ -93,7 +93,7 @@ pub fn sample_now(shared: &Shared) -> Sample {
 }
 
 /// The counters now, with `live_streams` already summed.
-fn counters(shared: &Shared, live_streams: u64) -> Sample {
+fn counters(shared: &AdminView, live_streams: u64) -> Sample {
     Sample {
         at: unix_now(),
         bytes_up: shared.metrics.bytes_up.get(),
@@ -183,7 +183,7 @@ impl ExitQuery {
 }
 
 /// `GET /dashboard/api/exits`: one page of the exits that match, busiest first.
-pub fn exits(shared: &Shared, query: &ExitQuery) -> Value {
+pub fn exits(shared: &AdminView, query: &ExitQuery) -> Value {
     let now = Instant::now();
     let mut rows: Vec<(Arc<Agent>, &'static str, f64, Option<&'static str>)> = shared
         .exits
