@@ -407,7 +407,9 @@ async fn headless_chromium_fetches_48_urls_from_8_sites_over_one_http2_connectio
     let policy = ExitPolicy::new()
         .allow_private(true)
         .with_denied_ports([PortRange::single(80), PortRange::single(443)]);
-    let _agent = net.spawn(net.agent_builder("127.0.0.2").policy(policy)).await;
+    let _agent = net
+        .spawn(net.agent_builder("127.0.0.2").policy(policy))
+        .await;
 
     let gathered = Arc::new(tokio::sync::watch::channel(0usize).0);
     let mut sites = Vec::new();

@@ -11,9 +11,9 @@
 //! another gateway holds stays there, and is refused here when it next joins
 //! this gateway.
 
+use crate::admin::AdminView;
 use crate::bans::{Ban, BanError};
 use crate::directory::Agent;
-use crate::admin::AdminView;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use exitpool_control::Error;

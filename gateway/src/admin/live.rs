@@ -19,8 +19,8 @@
 //! document with these paths merged in.
 
 use super::exits;
-use crate::live::Live;
 use crate::admin::AdminView;
+use crate::live::Live;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -134,7 +134,10 @@ pub(super) async fn read_only(shared: &AdminView, authorization: Option<&str>) -
 const READ_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The answer to an authorized request for one of [`owns`]'s paths.
-async fn answer(request: hyper::Request<hyper::body::Incoming>, shared: &Arc<AdminView>) -> Response {
+async fn answer(
+    request: hyper::Request<hyper::body::Incoming>,
+    shared: &Arc<AdminView>,
+) -> Response {
     if request.uri().path() == "/api/v1/openapi.json" {
         let doc = full_openapi().to_json().unwrap_or_else(|_| "{}".into());
         (

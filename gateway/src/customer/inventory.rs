@@ -56,7 +56,7 @@ pub(crate) async fn inventory(
     if request.uri().path() == USAGE_PATH {
         return usage(&grant.user, shared).await;
     }
-    let counts = shared.places.counts(&*shared.exits.directory());
+    let counts = shared.places.counts(shared.exits.directory());
     let limits = &grant.customer.limits;
     let countries: serde_json::Map<String, serde_json::Value> = counts
         .iter()

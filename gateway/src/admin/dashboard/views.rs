@@ -4,8 +4,8 @@
 //! here for the same reason.
 
 use super::samples::{Sample, Samples};
-use crate::directory::Agent;
 use crate::admin::AdminView;
+use crate::directory::Agent;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
