@@ -15,14 +15,18 @@
 //! connection costs beyond the protocol it speaks is a figure of its own.
 
 pub mod datagrams;
+mod hop;
+
+pub use hop::BareExit;
+use hop::{client_config, connect, provider, start_hop, transport, ALPN, READY, SERVER_NAME};
 
 use crate::client::{head_end, join_all, Route, STEP};
 use anyhow::{bail, Context, Result};
-use exitpool_launcher::{Launch, Process};
+use exitpool_launcher::Process;
 use exitpool_transport::relay::{relay, LiveCounters, Unlimited};
 use exitpool_transport::udp;
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::PrivatePkcs8KeyDer;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,18 +34,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const ALPN: &[u8] = b"bare-relay";
 const IDLE: Duration = Duration::from_secs(60);
-/// The name the exit's certificate is issued for.
-const SERVER_NAME: &str = "localhost";
 /// The bare relay's path name in the scenarios.
 pub const NAME: &str = "bare relay";
 /// What the bare relay's column means, for the report's notes.
 pub const NOTE: &str = "bare QUIC = a bare two-hop QUIC relay (entry and exit processes, the same byte path, transport settings and one-thread runtimes as the gateway and agent; no authentication, routing, Open/Opened exchange, accounting or limits): the floor for two QUIC hops on this machine";
 /// What the CONNECT variant's rows mean, for the report's notes.
 pub const CONNECT_NOTE: &str = "the same two hops, doing the least a CONNECT proxy must and nothing more: the entry reads the CONNECT head and sends the target's address on the stream, the exit dials it and answers one byte, and the entry then answers 200: exitpool's protocol without authentication, routing, accounting, limits or logs";
-/// What a hop prints on stdout once it serves, followed by its address.
-const READY: &str = "ready ";
 /// The bare relay speaking CONNECT, in the rate scenario's rows.
 pub const CONNECT_NAME: &str = "bare relay with CONNECT";
 /// The exit's answer to an Open: dialled, or not.
@@ -104,19 +103,6 @@ pub fn run_hop(args: &HopArgs) -> ExitCode {
         eprintln!("loadtest bare relay hop: {error:#}");
     }
     ExitCode::FAILURE
-}
-
-/// The shared transport settings, letting the peer open `streams` at once.
-fn transport(streams: u32) -> quinn::TransportConfig {
-    let mut transport = udp::base_transport();
-    transport
-        .max_concurrent_bidi_streams(streams.into())
-        .keep_alive_interval(Some(exitpool_protocol::KEEP_ALIVE_INTERVAL));
-    transport
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Relays one TCP connection over one QUIC stream until both ends are done.
@@ -242,38 +228,6 @@ async fn exit(target: SocketAddr, streams: u32, args: &HopArgs) -> Result<()> {
     Ok(())
 }
 
-/// A QUIC client that trusts only the exit's certificate (hex DER).
-fn client_config(cert_hex: &str) -> Result<quinn::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(
-        hex::decode(cert_hex).context("the exit's certificate is not hex")?,
-    ))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    // The exit never opens streams.
-    client.transport_config(Arc::new(transport(0)));
-    Ok(client)
-}
-
-/// One QUIC endpoint on `bind`, connected to the exit at `exit`.
-async fn connect(
-    exit: SocketAddr,
-    client: quinn::ClientConfig,
-    bind: IpAddr,
-) -> Result<(quinn::Endpoint, quinn::Connection)> {
-    let local = SocketAddr::new(bind, 0);
-    let mut endpoint = udp::endpoint(local, quinn::EndpointConfig::default(), None)?;
-    endpoint.set_default_client_config(client);
-    let connection = tokio::time::timeout(STEP, endpoint.connect(exit, SERVER_NAME)?)
-        .await
-        .context("QUIC handshake with the exit timed out")??;
-    Ok((endpoint, connection))
-}
-
 /// `n` idle QUIC connections to the exit at `exit`, each from its own
 /// endpoint on `bind(i)`, keeping alive every `keep_alive`, as agents hold
 /// them to a gateway.
@@ -321,52 +275,6 @@ async fn entry(exit: SocketAddr, cert_hex: &str, speak_connect: bool) -> Result<
                 carry(tcp, send, recv).await;
             }
         });
-    }
-}
-
-/// Starts this program as a hop with `args`; returns it once it prints its
-/// ready line, with the rest of that line.
-async fn start_hop(args: &[&str]) -> Result<(Process, String)> {
-    let mut process = Launch::new(std::env::current_exe()?).args(args).spawn()?;
-    let line = process.line_with(READY, STEP).await?;
-    let rest = line
-        .trim()
-        .strip_prefix(READY.trim_end())
-        .with_context(|| format!("unexpected ready line {line:?}"))?;
-    Ok((process, rest.trim().to_owned()))
-}
-
-/// The bare relay's exit hop: this program run with `--bare-exit`.
-pub struct BareExit {
-    process: Process,
-    pub addr: SocketAddr,
-    pub cert_hex: String,
-}
-
-impl BareExit {
-    /// Starts the exit hop towards `target`, letting each connection open
-    /// `streams` streams at once.
-    pub async fn start(target: SocketAddr, streams: u32) -> Result<BareExit> {
-        Self::start_with(target, streams, &[]).await
-    }
-
-    async fn start_with(target: SocketAddr, streams: u32, extra: &[&str]) -> Result<BareExit> {
-        let (target, streams) = (target.to_string(), streams.to_string());
-        let mut args = vec!["--bare-exit", &target, "--bare-streams", &streams];
-        args.extend_from_slice(extra);
-        let (process, ready) = start_hop(&args).await.context("bare relay exit hop")?;
-        let (addr, cert_hex) = ready
-            .split_once(' ')
-            .context("the exit hop's ready line lacks its certificate")?;
-        Ok(BareExit {
-            process,
-            addr: addr.parse().context("the exit hop's address")?,
-            cert_hex: cert_hex.to_owned(),
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
     }
 }
 

@@ -37,8 +37,8 @@ pub mod dashboard;
 pub(crate) mod exits;
 pub mod live;
 mod slots;
+mod view;
 
-use crate::shared::Shared;
 use bytes::Bytes;
 use exitpool_protocol::local_http::{from_a_web_page, is_own_host};
 use http_body_util::Full;
@@ -53,6 +53,7 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 pub use slots::{MAX_ADMIN_CONNECTIONS, PER_SOURCE as MAX_ADMIN_CONNECTIONS_PER_SOURCE};
+pub use view::AdminView;
 
 /// How long a connection may take to send a request head: an operator's
 /// client sends it at once.
@@ -60,25 +61,6 @@ pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Longest an admin connection lives.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-
-/// What the admin port answers from: the gateway's shared state and, in a
-/// fleet, the fleet itself (its records, Redis, peer links). Only start-up and
-/// this port hold the fleet; everything else reaches it through the interfaces
-/// it stands behind (exits, session pins, limits).
-pub struct AdminView {
-    /// The gateway's shared state.
-    pub shared: Arc<Shared>,
-    /// Fleet membership (`--redis`); `None` for a gateway on its own.
-    pub fleet: Option<Arc<crate::fleet::Fleet>>,
-}
-
-impl std::ops::Deref for AdminView {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.shared
-    }
-}
 
 /// Serves the admin API until shutdown.
 pub async fn serve(listener: TcpListener, shared: Arc<AdminView>) {

@@ -10,7 +10,8 @@
 //! counted and printed when the hop ends; quinn itself drops the oldest
 //! queued datagram when its send buffer is full, uncounted.
 
-use super::{connect, start_hop, BareExit, READY, STEP};
+use super::hop::{client_config, connect, start_hop, BareExit, READY};
+use crate::client::STEP;
 use anyhow::{Context, Result};
 use exitpool_launcher::Process;
 use std::net::{IpAddr, SocketAddr};
@@ -63,7 +64,7 @@ pub(super) async fn exit_connection(connection: quinn::Connection, target: Socke
 /// ways until the connection or the socket fails.
 pub(super) async fn entry(exit: SocketAddr, cert_hex: &str) -> Result<()> {
     let local = IpAddr::from([127, 0, 0, 1]);
-    let client = super::client_config(cert_hex)?;
+    let client = client_config(cert_hex)?;
     let (_endpoint, connection) = connect(exit, client, local).await?;
     let socket = Arc::new(UdpSocket::bind(SocketAddr::new(local, 0)).await?);
     println!("{READY}{}", socket.local_addr()?);

@@ -31,7 +31,7 @@ mod samples;
 mod sessions;
 mod views;
 
-use crate::admin::AdminView;
+use crate::admin::view::AdminView;
 use bytes::Bytes;
 use exitpool_protocol::local_http::is_own_host;
 use exitpool_protocol::Secret;

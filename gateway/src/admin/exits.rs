@@ -11,7 +11,7 @@
 //! another gateway holds stays there, and is refused here when it next joins
 //! this gateway.
 
-use crate::admin::AdminView;
+use crate::admin::view::AdminView;
 use crate::bans::{Ban, BanError};
 use crate::directory::Agent;
 use axum::extract::{Path, Query, State};

@@ -19,7 +19,7 @@
 //! document with these paths merged in.
 
 use super::exits;
-use crate::admin::AdminView;
+use crate::admin::view::AdminView;
 use crate::live::Live;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

@@ -4,7 +4,7 @@
 //! here for the same reason.
 
 use super::samples::{Sample, Samples};
-use crate::admin::AdminView;
+use crate::admin::view::AdminView;
 use crate::directory::Agent;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
