@@ -28,6 +28,11 @@ use std::time::{Duration, Instant};
 /// Descriptors this process keeps besides the agents' (runtime, pipes to the
 /// children, stdio).
 const HEADROOM: u64 = 500;
+/// What one bare QUIC client costs the load test at least (KiB), measured at
+/// 3,000 and 10,000: a first batch alone can look cheaper when it reuses the
+/// heap earlier phases freed, and 10,000 held on that estimate met the OOM
+/// killer.
+const CLIENT_KIB: f64 = 2048.0;
 /// A process this close to its RLIMIT_NOFILE is counted as at it.
 const NEAR_LIMIT: u64 = 64;
 
@@ -604,14 +609,14 @@ async fn bare_quic_floor(
         idle_clients(exit.addr, &exit.cert_hex, n, bind, every)
     };
     // The clients live in this process and cost far more here than an agent
-    // (about 2 MiB each, measured: quinn's receive buffers per endpoint);
+    // (1-2 MiB each, measured; quinn's per-endpoint buffers, not yet traced);
     // hold as many as 70 % of the free memory fits, from a first batch.
-    // A later floor's first batch reuses the heap an earlier one freed and
-    // looks cheap, so the dearest cost seen so far counts.
+    // A first batch that reuses freed heap looks cheap, so the dearest cost
+    // seen so far, and at least [`CLIENT_KIB`], counts.
     let probe = n.min(200);
     let mut clients = connect(probe, 0).await.context("bare QUIC clients")?;
     let measured = status_kib(None, "VmRSS")?.saturating_sub(self0) as f64 / probe as f64;
-    *client_kib = client_kib.max(measured);
+    *client_kib = client_kib.max(measured).max(CLIENT_KIB);
     let here = *client_kib;
     let available = meminfo_kib("MemAvailable").unwrap_or(u64::MAX / 4) as f64;
     let held = n.min(((available * 0.7) / here.max(1.0)) as usize + probe);
