@@ -6,7 +6,8 @@
 //! `CONNECT`, plain HTTP and SOCKS5, for customers and their sub-users, within
 //! a second of the API's answer. Clients bind distinct loopback addresses to
 //! be different sources; the blocked name is `localhost`, so nothing leaves the
-//! machine even if a refusal were missed.
+//! machine even if a refusal were missed. SOCKS5 UDP destinations are checked
+//! per flow, by name.
 
 mod common;
 
@@ -286,4 +287,57 @@ async fn blocked_domains_are_refused_before_an_exit_within_a_second() {
     .await;
     let took = until(ALLOWED, proxy, &by_name, "bob", "200").await;
     assert!(took <= CHANGE_BOUND, "{took:?}");
+}
+
+/// The `domain_blocked` errors the gateway has counted, from `/metrics`.
+async fn domain_blocked_count(admin: SocketAddr) -> u64 {
+    let request = reqwest::Client::new()
+        .get(format!("http://{admin}/metrics"))
+        .bearer_auth(ADMIN);
+    let answer = within("GET /metrics", request.send()).await.unwrap();
+    let text = within("metrics body", answer.text()).await.unwrap();
+    text.lines()
+        .find(|line| line.starts_with("exitpool_errors_total{code=\"domain_blocked\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0, |count| count.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_domains_hold_for_each_socks5_udp_destination() {
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(state.path()).await;
+    let _agent = agent(&gw).await;
+    let (proxy, admin) = (gw.banner.listen, gw.admin);
+    let tcp_target = targets::http_target("127.0.0.1").await.to_string();
+    let (echo, received) = common::udp::udp_echo().await;
+    post(
+        admin,
+        "/customers",
+        json!({"name": "carol", "password": "pw1", "limits": {"blocked_domains": ["localhost"]}}),
+    )
+    .await;
+    until(ALLOWED, proxy, &tcp_target, "carol", "200").await;
+    let (_control, relay) = common::udp::associate_as(proxy, "carol", "pw1").await;
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // By address the destination is no name: carried.
+    assert!(common::udp::echoes_within(&client, relay, echo, b"by address", WAIT).await);
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // By a blocked name: refused before the exit is asked, counted.
+    let before = domain_blocked_count(admin).await;
+    let mut by_name = vec![0, 0, 0, 3, b"localhost".len() as u8];
+    by_name.extend_from_slice(b"localhost");
+    by_name.extend_from_slice(&echo.port().to_be_bytes());
+    by_name.extend_from_slice(b"by name");
+    client.send_to(&by_name, relay).await.unwrap();
+    within("the blocked destination is counted", async {
+        while domain_blocked_count(admin).await <= before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "nothing reached the echo by name"
+    );
 }

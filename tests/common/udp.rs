@@ -29,6 +29,15 @@ pub async fn udp_echo() -> (SocketAddr, Arc<AtomicU64>) {
 /// A SOCKS5 UDP association on `proxy`: the control connection (the
 /// association ends when it is dropped) and the relay address answered.
 pub async fn associate(proxy: SocketAddr) -> (TcpStream, SocketAddr) {
+    associate_as(proxy, USER, PASSWORD).await
+}
+
+/// [`associate`] with the account `user` and its `password`.
+pub async fn associate_as(
+    proxy: SocketAddr,
+    user: &str,
+    password: &str,
+) -> (TcpStream, SocketAddr) {
     let mut control = within("connect", TcpStream::connect(proxy)).await.unwrap();
     control.write_all(&[5, 1, 2]).await.unwrap();
     let mut method = [0u8; 2];
@@ -36,10 +45,10 @@ pub async fn associate(proxy: SocketAddr) -> (TcpStream, SocketAddr) {
         .await
         .unwrap();
     assert_eq!(method, [5, 2]);
-    let mut auth = vec![1, USER.len() as u8];
-    auth.extend_from_slice(USER.as_bytes());
-    auth.push(PASSWORD.len() as u8);
-    auth.extend_from_slice(PASSWORD.as_bytes());
+    let mut auth = vec![1, user.len() as u8];
+    auth.extend_from_slice(user.as_bytes());
+    auth.push(password.len() as u8);
+    auth.extend_from_slice(password.as_bytes());
     control.write_all(&auth).await.unwrap();
     let mut status = [0u8; 2];
     within("auth", control.read_exact(&mut status))

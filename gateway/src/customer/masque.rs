@@ -504,7 +504,7 @@ async fn open(
         return Err(error.into());
     };
     let (agent, load, slot) = session::choose_for_flows(&grant, shared).await?;
-    let flow = open_flow(agent.key, host, port, shared)
+    let flow = open_flow(agent.key, host, port, &grant.user, shared)
         .await
         .map_err(|error| Refusal::from(error).tried(1))?;
     let opened = RequestFlow {

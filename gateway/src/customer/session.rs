@@ -482,6 +482,22 @@ fn within_limits(
     Ok((customer, slot))
 }
 
+/// Refuses `host` when it is among the blocked domains of `user`'s account
+/// as it is now: for each UDP flow's destination (a connection's target is
+/// checked in [`open`]). The refusal is counted against the account.
+pub(crate) fn target_allowed(
+    user: &str,
+    host: &TargetHost,
+    shared: &Shared,
+) -> Result<(), ProxyError> {
+    let accounts = shared.accounts.current();
+    let allowed = match accounts.users.get(user) {
+        Some(customer) => customer.limits.admits_target(host),
+        None => Err(ProxyError::AuthRequired),
+    };
+    allowed.inspect_err(|error| shared.record_error(Some(user), None, error))
+}
+
 /// A stream opened through `agent`: the session pinned (only once the exit
 /// has answered, so refused targets leave no pins), and the connection
 /// counted.

@@ -127,6 +127,7 @@ pub(super) async fn serve(
     let mut transfer = Transfer::start_flows(agent.clone(), load, slot, context, &shared);
     let client = Client::new(arrival.peer.ip(), declared);
     let association = Association {
+        user: grant.user.clone(),
         socket: Arc::new(socket),
         client,
         tunnel: agent.key,
@@ -300,6 +301,8 @@ enum Flow {
 
 /// One association's state.
 struct Association {
+    /// The account whose flows these are (its blocked domains apply).
+    user: String,
     socket: Arc<UdpSocket>,
     client: Client,
     tunnel: u64,
@@ -359,6 +362,7 @@ impl Association {
                         }
                         let (queue, queued) = mpsc::channel(FLOW_QUEUE);
                         let flow = FlowTask {
+                            user: self.user.clone(),
                             key: key.clone(),
                             host,
                             port,
@@ -398,6 +402,7 @@ impl Association {
 
 /// One flow: open it on the exit's tunnel, then datagrams both ways.
 struct FlowTask {
+    user: String,
     key: String,
     host: TargetHost,
     port: u16,
@@ -411,7 +416,8 @@ struct FlowTask {
 
 impl FlowTask {
     async fn run(self, mut queued: mpsc::Receiver<Bytes>) {
-        let opened = open_flow(self.tunnel, self.host.clone(), self.port, &self.shared).await;
+        let (host, port) = (self.host.clone(), self.port);
+        let opened = open_flow(self.tunnel, host, port, &self.user, &self.shared).await;
         let flow = match opened {
             Ok(flow) => flow,
             Err(_) => {

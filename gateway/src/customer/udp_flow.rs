@@ -309,15 +309,19 @@ pub(super) struct OpenFlow {
     route: Option<(FrameRoute, mpsc::Receiver<Bytes>)>,
 }
 
-/// Opens a UDP flow to `host:port` on the exit's tunnel `tunnel`, waiting for
-/// the exit's answer (at most `open_timeout`). A refusal (exit policy, DNS,
-/// the exit's flow cap) is counted as a failed connection is.
+/// Opens a UDP flow of `user`'s to `host:port` on the exit's tunnel
+/// `tunnel`, waiting for the exit's answer (at most `open_timeout`). A name
+/// among the account's blocked domains is refused here, before the exit; a
+/// refusal (that, exit policy, DNS, the exit's flow cap) is counted as a
+/// failed connection is.
 pub(super) async fn open_flow(
     tunnel: u64,
     host: TargetHost,
     port: u16,
+    user: &str,
     shared: &Arc<Shared>,
 ) -> Result<OpenFlow, ProxyError> {
+    super::session::target_allowed(user, &host, shared)?;
     let flow = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
     // Frames when the exit's tunnel carries them (QUIC), routed before the
     // exit answers, so no early frame finds no flow.
