@@ -2,7 +2,7 @@
 //! CPU measured on their own, next to a bare QUIC server holding as many idle
 //! connections; then the gateway restarts (SIGTERM, then SIGKILL) and the time
 //! for all agents to come back is measured. The same pool follows on the
-//! TLS/TCP tunnel, and, when asked ([`SwarmArgs`]), at further keep-alive
+//! TLS/TCP tunnel, and, when asked ([`crate::cli::SwarmArgs`]), at further keep-alive
 //! periods (idle CPU, each beside the bare server at the same period), and the
 //! dashboard's API under the QUIC pool with customer connections held open
 //! ([`dashboard`]). Each phase starts once the previous one's descriptors are
@@ -35,26 +35,6 @@ const HEADROOM: u64 = 500;
 const CLIENT_KIB: f64 = 2048.0;
 /// A process this close to its RLIMIT_NOFILE is counted as at it.
 const NEAR_LIMIT: u64 = 64;
-
-/// The swarm scenario's own flags.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct SwarmArgs {
-    /// swarm: further agent keep-alive periods in seconds (comma-separated),
-    /// each measured with as many idle QUIC agents on a fresh gateway and a
-    /// bare quinn server at the same period; the main phase keeps the SDK's
-    /// 15 s.
-    #[arg(long, value_delimiter = ',')]
-    pub swarm_keep_alive: Vec<f64>,
-    /// swarm: seconds each idle CPU figure is measured over (default 16, 5
-    /// under 1,000 agents).
-    #[arg(long)]
-    pub swarm_idle_secs: Option<f64>,
-    /// swarm: hold this many customer connections through the QUIC pool and
-    /// time the dashboard's API calls, with the gateway's CPU while each page
-    /// polls against the same window without (0: leave it out).
-    #[arg(long, default_value_t = 0)]
-    pub swarm_dashboard: usize,
-}
 
 /// The address of the `i`th in-process agent: 127.1.0.1, 127.1.0.2, ...
 pub(crate) fn swarm_ip(i: usize) -> IpAddr {

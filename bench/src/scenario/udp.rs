@@ -40,11 +40,11 @@ const PAYLOAD: usize = 64;
 /// Round trips one at a time, for the latency figures.
 pub const PINGS: usize = 2_000;
 /// Datagrams in flight in the rate phase.
-pub const WINDOW: usize = 32;
+pub const WINDOW: usize = crate::cli::UDP_WINDOW;
 /// How long a datagram in flight may go unanswered before it counts as lost.
 pub const STALL: Duration = Duration::from_millis(200);
 /// Datagrams sent at once in the overload phase.
-pub const BURST: u64 = 50_000;
+pub const BURST: u64 = crate::cli::UDP_BURST;
 /// The agent's per-flow datagram budget in this scenario: out of the way.
 const AGENT_PACKETS_PER_SECOND: &str = "10000000";
 

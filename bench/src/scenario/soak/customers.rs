@@ -4,11 +4,11 @@
 //! downloads through every fault. Both tally what they saw.
 
 use super::drivers::{connect_head, echo, http_get, io_kind, reset, socks5, Failure, Moved};
-use super::targets::{refused_target, start_http_target, start_tunnel_target, Counted};
-use super::{
+use super::settings::{
     CUT_DOWNLOAD, CUT_LOOPS, CUT_PASSWORD, CUT_USER, LOOPS_PER_PROTOCOL, MAX_EXCHANGE,
     REQUEST_BOUND,
 };
+use super::targets::{refused_target, start_http_target, start_tunnel_target, Counted};
 use crate::client::{basic, start_target};
 use crate::launch::{PASSWORD, USER};
 use anyhow::Result;

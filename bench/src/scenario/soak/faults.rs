@@ -6,7 +6,8 @@
 use super::customers::Customers;
 use super::rig::{panics_in, Rig};
 use super::sampling::{read_all, Reading};
-use super::{Run, Window, CHURN_EVERY, CHURN_SLOTS, REDIS, REQUEST_BOUND, SETTLE_BOUND};
+use super::schedule::{Run, Window};
+use super::settings::{CHURN_EVERY, CHURN_SLOTS, REDIS, REQUEST_BOUND, SETTLE_BOUND};
 use crate::client::STEP;
 use crate::launch::{wait_until, USER};
 use anyhow::{Context, Result};

@@ -36,87 +36,28 @@
 //! client side of each protocol), [`customers`] (the two customers' loops),
 //! [`rig`] (the processes), [`faults`] (restarts, churn, quiet points),
 //! [`sampling`] (what is read from /proc, and the statistics), [`verdict`]
-//! (the checks and the report); this file runs the schedule.
+//! (the checks and the report), [`settings`] (sizes, bounds and names) and
+//! [`schedule`] (the run in progress); this file runs the schedule.
 
 mod customers;
 mod drivers;
 mod faults;
 mod rig;
 mod sampling;
+mod schedule;
+mod settings;
 mod targets;
 mod verdict;
 
 use crate::cli::Bench;
-use crate::measure::MIB;
 use crate::report::Report;
 use anyhow::{bail, Context, Result};
 use customers::Customers;
 use rig::Rig;
 use sampling::{Reading, Sampler};
-use std::sync::Arc;
+use schedule::{Run, Window};
+use settings::*;
 use std::time::{Duration, Instant};
-
-const SCENARIO: &str = "soak";
-/// Most a process's memory, descriptors or threads may grow over its window,
-/// in percent.
-const GROWTH_LIMIT: f64 = 5.0;
-/// Agent processes that run from start to end (measured).
-const STABLE_AGENTS: usize = 4;
-/// Agent processes that join and leave.
-const CHURN_SLOTS: usize = 4;
-/// How often one churn slot changes (joins or leaves).
-const CHURN_EVERY: Duration = Duration::from_secs(3);
-/// Every this many leaves is a SIGKILL rather than a SIGTERM.
-const KILL_EVERY: usize = 3;
-/// Accounted customer loops per protocol.
-const LOOPS_PER_PROTOCOL: usize = 2;
-/// Customer loops of the `cut` customer.
-const CUT_LOOPS: usize = 2;
-/// The customer whose transfers faults cut.
-const CUT_USER: &str = "cut";
-const CUT_PASSWORD: &str = "cutpass";
-/// Each cut-customer transfer.
-const CUT_DOWNLOAD: u64 = 4 * MIB;
-/// Largest accounted exchange, each way.
-const MAX_EXCHANGE: u64 = 64 * 1024;
-/// Longest one customer request may take: a SIGKILLed QUIC agent is only
-/// found out when an open sent to it times out, then the open is retried.
-const REQUEST_BOUND: Duration = Duration::from_secs(45);
-/// Longest the quiet points and faults wait for what they wait on.
-const SETTLE_BOUND: Duration = Duration::from_secs(90);
-/// The Redis server's name in the readings.
-const REDIS: &str = "redis-server";
-/// What a gateway's state directory shares with its fleet (as in `fleet`).
-const SHARED_STATE: [&str; 3] = ["gateway-cert.der", "gateway-key.der", "exit-id.key"];
-
-/// One process's growth window: its quiet-point readings at both ends (the
-/// memory samples between them are in the sampler's).
-pub struct Window {
-    pub label: String,
-    pub start: Reading,
-    pub end: Reading,
-}
-
-/// `bench`'s usage (up, down) before and after a gateway restart.
-pub type UsageKept = ((u64, u64), (u64, u64));
-
-/// The run in progress: the rig, the customers, and the schedule's state.
-pub struct Run<'a> {
-    rig: &'a mut Rig,
-    customers: Arc<Customers>,
-    sampler: Sampler,
-    t0: Instant,
-    duration: Duration,
-    warmup: Duration,
-    churned: usize,
-    next_churn: Duration,
-    usage_kept: Vec<UsageKept>,
-    /// Growth windows opened (label, starting reading) and closed.
-    open: Vec<(String, Reading)>,
-    windows: Vec<Window>,
-    /// Restarted processes waiting for their own warm-up (when, process, label).
-    rewarm: Vec<(Duration, String, String)>,
-}
 
 pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let fleet = bench.sizes.soak_fleet;

@@ -3,7 +3,7 @@
 //! and leave, and what the gateways say about them (agents listed, streams
 //! open, usage counted).
 
-use super::{
+use super::settings::{
     CHURN_SLOTS, CUT_PASSWORD, CUT_USER, KILL_EVERY, REDIS, SETTLE_BOUND, SHARED_STATE,
     STABLE_AGENTS,
 };

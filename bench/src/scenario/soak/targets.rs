@@ -3,7 +3,7 @@
 //! where nothing listens. Each counts every byte it reads and writes, which is
 //! what the gateways' usage is compared against.
 
-use super::REQUEST_BOUND;
+use super::settings::REQUEST_BOUND;
 use crate::client::head_end;
 use anyhow::Result;
 use std::net::SocketAddr;

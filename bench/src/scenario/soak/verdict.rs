@@ -20,9 +20,10 @@ use super::customers::{Customers, Protocol};
 use super::faults::settle_usage;
 use super::rig::{panics_in, Rig};
 use super::sampling::{trend, Reading, Sample, Samples, Trend};
-use super::{
-    Run, UsageKept, Window, CHURN_EVERY, CHURN_SLOTS, CUT_DOWNLOAD, CUT_LOOPS, CUT_USER,
-    GROWTH_LIMIT, KILL_EVERY, LOOPS_PER_PROTOCOL, MAX_EXCHANGE, SCENARIO, STABLE_AGENTS,
+use super::schedule::{Run, UsageKept, Window};
+use super::settings::{
+    CHURN_EVERY, CHURN_SLOTS, CUT_DOWNLOAD, CUT_LOOPS, CUT_USER, GROWTH_LIMIT, KILL_EVERY,
+    LOOPS_PER_PROTOCOL, MAX_EXCHANGE, SCENARIO, STABLE_AGENTS,
 };
 use crate::cli::Bench;
 use crate::client::STEP;
