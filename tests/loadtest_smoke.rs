@@ -360,7 +360,10 @@ async fn a_short_soak_counts_every_byte_and_reports_growth() {
     for process in processes {
         // Memory: sampled through the window, judged on medians and trend.
         let rss = format!("{process}: RSS");
-        assert!(figure(&format!("{rss} samples in the window")) > 0.0, "{rss}");
+        assert!(
+            figure(&format!("{rss} samples in the window")) > 0.0,
+            "{rss}"
+        );
         for what in [
             "at warm-up (median of the first fifth)",
             "at end (median of the last fifth)",
