@@ -8,11 +8,11 @@
 
 mod common;
 
+use common::udp::{datagram, udp_echo};
 use common::*;
 use exitpool::agent::TransportChoice;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -20,22 +20,6 @@ use tokio::process::Command;
 
 /// The drop counter the gateway exports, by cause.
 const DROPPED: &str = "exitpool_udp_datagrams_dropped_total";
-
-/// A UDP echo on 127.0.0.1 that counts what it received.
-async fn udp_echo() -> (SocketAddr, Arc<AtomicU64>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let received = Arc::new(AtomicU64::new(0));
-    let counted = received.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_536];
-        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let _ = socket.send_to(&buf[..len], from).await;
-        }
-    });
-    (addr, received)
-}
 
 /// A DNS responder on 127.0.0.1 answering every A query with 192.0.2.53
 /// (RFC 1035 §4: the query's header and question, then one answer pointing
@@ -173,18 +157,6 @@ async fn associate(proxy: SocketAddr) -> (TcpStream, SocketAddr) {
     let ip = IpAddr::from([reply[4], reply[5], reply[6], reply[7]]);
     let port = u16::from_be_bytes([reply[8], reply[9]]);
     (control, SocketAddr::new(ip, port))
-}
-
-/// A SOCKS5 UDP datagram for `target`.
-fn datagram(target: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let IpAddr::V4(ip) = target.ip() else {
-        panic!("IPv4 targets only")
-    };
-    let mut out = vec![0, 0, 0, 1];
-    out.extend_from_slice(&ip.octets());
-    out.extend_from_slice(&target.port().to_be_bytes());
-    out.extend_from_slice(payload);
-    out
 }
 
 /// Sends `payload` to `target` through the relay and waits for its echo.
