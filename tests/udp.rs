@@ -8,14 +8,13 @@
 
 mod common;
 
-use common::udp::{datagram, udp_echo};
+use common::udp::{associate, datagram, udp_echo};
 use common::*;
 use exitpool::agent::TransportChoice;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::process::Command;
 
 /// The drop counter the gateway exports, by cause.
@@ -121,42 +120,6 @@ over_both_transports! {
             _ => assert_eq!((frames, streamed), (0, 8)),
         }
     }
-}
-
-/// A SOCKS5 UDP association opened by hand: the control connection and the
-/// relay address the gateway answered.
-async fn associate(proxy: SocketAddr) -> (TcpStream, SocketAddr) {
-    let mut control = within("connect", TcpStream::connect(proxy)).await.unwrap();
-    let mut auth = vec![5, 1, 2, 1, USER.len() as u8];
-    auth.extend_from_slice(USER.as_bytes());
-    auth.push(PASSWORD.len() as u8);
-    auth.extend_from_slice(PASSWORD.as_bytes());
-    // Greeting, credentials, then UDP ASSOCIATE from an unknown address.
-    let (greeting, rest) = auth.split_at(3);
-    control.write_all(greeting).await.unwrap();
-    let mut method = [0u8; 2];
-    within("method", control.read_exact(&mut method))
-        .await
-        .unwrap();
-    assert_eq!(method, [5, 2]);
-    control.write_all(rest).await.unwrap();
-    let mut status = [0u8; 2];
-    within("auth", control.read_exact(&mut status))
-        .await
-        .unwrap();
-    assert_eq!(status, [1, 0]);
-    control
-        .write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
-        .await
-        .unwrap();
-    let mut reply = [0u8; 10];
-    within("reply", control.read_exact(&mut reply))
-        .await
-        .unwrap();
-    assert_eq!(reply[..4], [5, 0, 0, 1], "association refused: {reply:?}");
-    let ip = IpAddr::from([reply[4], reply[5], reply[6], reply[7]]);
-    let port = u16::from_be_bytes([reply[8], reply[9]]);
-    (control, SocketAddr::new(ip, port))
 }
 
 /// Sends `payload` to `target` through the relay and waits for its echo.
