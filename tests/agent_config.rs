@@ -121,27 +121,16 @@ async fn an_agent_runs_from_its_file_with_flags_overriding_it() {
     let net = TestGateway::start().await;
     let dir = tempfile::tempdir().unwrap();
     let status = exitpool_launcher::ports::free_port().unwrap();
-    let text = format!(
-        "gateway = \"{gateway}\"\n\
-         pin = \"{pin}\"\n\
-         token = \"{TOKEN}\"\n\
-         consent = true\n\
-         bind = \"127.0.0.2\"\n\
-         allow_private = true\n\
-         transport = \"{transport}\"\n\
-         state_dir = \"{state}\"\n\
-         status_listen = \"{status}\"\n\
-         max_rate = \"1MB/s\"\n\
+    let text = net.agent_toml(
+        dir.path(),
+        status,
+        "max_rate = \"1MB/s\"\n\
          [schedule]\n\
          timezone = \"UTC\"\n\
          [[schedule.window]]\n\
          name = \"always\"\n\
          start = \"00:00\"\n\
          end = \"24:00\"\n",
-        gateway = net.gateway.tunnel_addr(),
-        pin = net.gateway.pin(),
-        transport = net.transport_flag(),
-        state = dir.path().join("state").display(),
     );
     let file = write(dir.path(), "agent.toml", &text, 0o600);
     let mut agent = Launch::new(AGENT)

@@ -22,23 +22,10 @@ async fn the_files_udp_flow_cap_and_idle_timeout_take_effect() {
     let net = TestGateway::start().await;
     let dir = tempfile::tempdir().unwrap();
     let status = exitpool_launcher::ports::free_port().unwrap();
-    let text = format!(
-        "gateway = \"{gateway}\"\n\
-         pin = \"{pin}\"\n\
-         token = \"{TOKEN}\"\n\
-         consent = true\n\
-         bind = \"127.0.0.2\"\n\
-         allow_private = true\n\
-         transport = \"{transport}\"\n\
-         state_dir = \"{state}\"\n\
-         status_listen = \"{status}\"\n\
-         udp_max_flows = 1\n\
-         udp_packets_per_second = 500\n\
-         udp_idle_timeout = \"1s\"\n",
-        gateway = net.gateway.tunnel_addr(),
-        pin = net.gateway.pin(),
-        transport = net.transport_flag(),
-        state = dir.path().join("state").display(),
+    let text = net.agent_toml(
+        dir.path(),
+        status,
+        "udp_max_flows = 1\nudp_packets_per_second = 500\nudp_idle_timeout = \"1s\"\n",
     );
     let file = dir.path().join("agent.toml");
     std::fs::write(&file, text).unwrap();

@@ -244,6 +244,28 @@ impl TestGateway {
             .expect("agent binary starts")
     }
 
+    /// An agent.toml for this gateway: the agent on 127.0.0.2 with consent,
+    /// loopback targets allowed, its state under `dir` and its status port
+    /// `status`, then the file's own `extra` lines.
+    pub fn agent_toml(&self, dir: &std::path::Path, status: SocketAddr, extra: &str) -> String {
+        format!(
+            "gateway = \"{gateway}\"\n\
+             pin = \"{pin}\"\n\
+             token = \"{TOKEN}\"\n\
+             consent = true\n\
+             bind = \"127.0.0.2\"\n\
+             allow_private = true\n\
+             transport = \"{transport}\"\n\
+             state_dir = \"{state}\"\n\
+             status_listen = \"{status}\"\n\
+             {extra}",
+            gateway = self.gateway.tunnel_addr(),
+            pin = self.gateway.pin(),
+            transport = self.transport_flag(),
+            state = dir.join("state").display(),
+        )
+    }
+
     /// Starts an agent on `ip` with the default (strict) exit policy.
     pub async fn strict_agent(&self, ip: &str) -> AgentHandle {
         self.spawn(self.agent_builder(ip).allow_private(false))
