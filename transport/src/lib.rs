@@ -12,6 +12,8 @@
 //!   both ends share;
 //! - [`endpoint`]: a QUIC server endpoint and its settings, as the layers above
 //!   hold them without naming quinn;
+//! - [`h3_endpoint`]: an HTTP/3 server port's QUIC side (the gateway's
+//!   MASQUE listener), as h3 runs on it;
 //! - [`leave`]: ending a tunnel so the peer always hears of it;
 //! - [`pin`]: trusting a peer by the SHA-256 pin of its certificate;
 //! - [`state_dir`]: the owner-only state directory both ends keep on disk.
@@ -22,6 +24,7 @@
 pub mod any;
 pub mod endpoint;
 pub mod flows;
+pub mod h3_endpoint;
 pub mod leave;
 pub mod pin;
 pub mod quic;
