@@ -2,7 +2,8 @@
 //! temporary directory) and a real PostgreSQL (a throwaway cluster): accounts
 //! and their rules, all-or-nothing changes, sub-users within their customer,
 //! tokens, usage history and its retention, quota periods, the snapshot and
-//! revision a gateway reads, and a schema newer than the build.
+//! revision a gateway reads, the change signal and PostgreSQL's notices that
+//! push a change to every gateway, and a schema newer than the build.
 
 mod common;
 
@@ -74,7 +75,57 @@ async fn suite(fresh: &mut Fresh) {
     retention(fresh).await;
     snapshot_and_revision(fresh.store().await).await;
     exit_bans(fresh.store().await).await;
+    change_signals(fresh).await;
     newer_schema_refused(fresh).await;
+}
+
+/// A committed change marks the store's own signal at once (a gateway's own
+/// API writes); on PostgreSQL another store on the same database (another
+/// gateway) hears of it through `NOTIFY`. A refused change commits nothing
+/// and marks nothing.
+async fn change_signals(fresh: &mut Fresh) {
+    let bound = std::time::Duration::from_secs(10);
+    let location = fresh.location().await;
+    let one = Store::open(&location, Retention::default()).await.unwrap();
+    let two = Store::open(&location, Retention::default()).await.unwrap();
+    let mut mine = one.changes();
+    let mut theirs = two.changes();
+    let mut notices = two.change_notices().await.unwrap();
+    assert_eq!(
+        notices.is_some(),
+        one.backend() == exitpool_control::Backend::Postgres
+    );
+    one.create(None, new("carol")).await.unwrap();
+    tokio::time::timeout(bound, mine.changed())
+        .await
+        .expect("the store's own signal")
+        .unwrap();
+    if let Some(notices) = notices.as_mut() {
+        let started = std::time::Instant::now();
+        let heard = tokio::time::timeout(bound, notices.next())
+            .await
+            .expect("the other store hears the change")
+            .unwrap();
+        assert!(heard, "a notice, not a lost connection");
+        eprintln!(
+            "NOTIFY reached the other store {:?} after the commit's answer",
+            started.elapsed()
+        );
+    }
+    // The other store's own signal is for its own writes only.
+    assert!(!theirs.has_changed().unwrap());
+    one.create(None, new("carol")).await.unwrap_err();
+    assert!(
+        !mine.has_changed().unwrap(),
+        "a refused change marked the signal"
+    );
+    two.ban_exit("e7", "signal test", 1).await.unwrap();
+    tokio::time::timeout(bound, theirs.changed())
+        .await
+        .expect("a ban marks the signal too")
+        .unwrap();
+    one.close().await;
+    two.close().await;
 }
 
 /// A ban and an unban move the revision and travel in the snapshot; a

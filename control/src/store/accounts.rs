@@ -233,7 +233,7 @@ impl Store {
             },
         };
         let account = self.load(&mut tx, who).await?.account;
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         Ok(Created {
             account,
             password: generated,
@@ -360,7 +360,7 @@ impl Store {
         .await?;
         bump_revision(&mut tx).await?;
         let account = self.load(&mut tx, who).await?.account;
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         Ok(account)
     }
 
@@ -385,7 +385,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         bump_revision(&mut tx).await?;
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         Ok(())
     }
 
@@ -402,7 +402,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         bump_revision(&mut tx).await?;
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         Ok(NewPassword {
             name: current.account.name,
             password,

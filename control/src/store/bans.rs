@@ -62,7 +62,7 @@ impl Store {
             });
         }
         bump_revision(&mut tx).await?;
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         Ok(true)
     }
 
@@ -77,7 +77,7 @@ impl Store {
             return Ok(false);
         }
         bump_revision(&mut tx).await?;
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         Ok(true)
     }
 

@@ -102,12 +102,22 @@ impl Default for Retention {
     }
 }
 
-/// The control plane's database. Cheap to clone (a pool).
+/// The PostgreSQL channel every committed change to accounts, tokens or exit
+/// bans is announced on (`NOTIFY`, delivered at commit), so that every
+/// gateway of a fleet reloads at once instead of at its next poll.
+pub const CHANGES_CHANNEL: &str = "exitpool_changes";
+
+/// The control plane's database. Cheap to clone (a pool); clones share the
+/// change signal ([`Store::changes`]).
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
     retention: Retention,
+    /// The location's URL, for [`Store::change_notices`]' own connection.
+    url: std::sync::Arc<str>,
+    /// Marked after each change this process commits.
+    changed: std::sync::Arc<tokio::sync::watch::Sender<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -202,6 +212,8 @@ impl Store {
             pool,
             backend,
             retention,
+            url: url.into(),
+            changed: std::sync::Arc::new(tokio::sync::watch::Sender::new(())),
         };
         store.migrate().await?;
         Ok(store)
@@ -272,6 +284,34 @@ impl Store {
         )
     }
 
+    /// Marked (`changed()` returns) after each change to accounts, tokens or
+    /// exit bans committed through this store or a clone of it: a gateway
+    /// applies its own API's writes at once, whatever the backend.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// On PostgreSQL, a listener on [`CHANGES_CHANNEL`] of its own (one more
+    /// connection): changes committed by any process, other gateways
+    /// included. `None` for SQLite, whose file belongs to one gateway (its
+    /// changes are in [`Store::changes`]).
+    pub async fn change_notices(&self) -> Result<Option<ChangeNotices>> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(Some(ChangeNotices(listener)))
+    }
+
+    /// Commits a change's transaction (which bumped the revision), then marks
+    /// [`Store::changes`].
+    async fn commit_change(&self, tx: Transaction<'static, Any>) -> Result<()> {
+        tx.commit().await?;
+        self.changed.send_replace(());
+        Ok(())
+    }
+
     /// Closes the pool, waiting for connections in use.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -291,11 +331,42 @@ impl Store {
     }
 }
 
-/// Marks a change to accounts or tokens, inside the change's transaction.
+/// PostgreSQL's notices on [`CHANGES_CHANNEL`] ([`Store::change_notices`]).
+/// sqlx buffers what arrives (unbounded, so [`ChangeNotices::next`] should
+/// be awaited in a loop: each call drains what is buffered) and reconnects
+/// after a lost connection.
+pub struct ChangeNotices(sqlx::postgres::PgListener);
+
+impl std::fmt::Debug for ChangeNotices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeNotices").finish_non_exhaustive()
+    }
+}
+
+impl ChangeNotices {
+    /// Waits for the next notice, then takes any others already buffered
+    /// (one reload covers them all). `Ok(false)`: the connection was lost, so
+    /// notices may have been missed (the caller should check the revision
+    /// now); the next call reconnects.
+    pub async fn next(&mut self) -> Result<bool> {
+        let notice = self.0.try_recv().await?;
+        while self.0.next_buffered().is_some() {}
+        Ok(notice.is_some())
+    }
+}
+
+/// Marks a change to accounts, tokens or bans, inside the change's
+/// transaction; on PostgreSQL it also announces it on [`CHANGES_CHANNEL`]
+/// (PostgreSQL sends the notice at commit, and never for a rollback).
 async fn bump_revision(tx: &mut Transaction<'static, Any>) -> Result<()> {
     sqlx::query("UPDATE revision SET value = value + 1 WHERE id = 1")
         .execute(&mut **tx)
         .await?;
+    if tx.backend_name() == "PostgreSQL" {
+        sqlx::query(&format!("NOTIFY {CHANGES_CHANNEL}"))
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 

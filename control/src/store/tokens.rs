@@ -82,7 +82,7 @@ impl Store {
             .bind(&id)
             .fetch_one(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         Ok(CreatedToken {
             token: token(&row)?,
             secret,
@@ -129,7 +129,7 @@ impl Store {
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         token(&row)
     }
 
