@@ -332,7 +332,7 @@ async fn an_expired_session_is_swept_and_pinned_afresh() {
     let target = http_target("127.0.0.1").await;
     let (first, _) = exit_ip(net.proxy(), target, "-session-e1-sesstime-1").await;
     assert_eq!(first.header("x-exitpool-session"), Some("new"));
-    let sessions = &net.gateway.shared().sessions;
+    let sessions = &net.gateway.shared().routing.sessions;
     assert_eq!(sessions.sweep(Instant::now()), 0, "a live pin is not swept");
     // One minute later (sesstime-1) the pin has lapsed.
     assert_eq!(sessions.sweep(Instant::now() + Duration::from_secs(61)), 1);

@@ -641,7 +641,7 @@ async fn idle_tunnel_connections_cannot_keep_agents_out() {
             }));
         }
     }
-    let pending = &net.gateway.shared().pending_handshakes;
+    let pending = &net.gateway.shared().walls.pending_handshakes;
     let full = exitpool::gateway::tunnel::pending::MAX_PENDING_HANDSHAKES;
     // Polled: the table has no event to wait on, and spinning would starve
     // the flood and the gateway of this runtime's two threads.

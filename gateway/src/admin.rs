@@ -70,7 +70,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<AdminView>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shared.shutdown.cancelled() => break,
+            () = shared.lifecycle.shutdown.cancelled() => break,
         };
         let Ok((stream, peer)) = accepted else {
             continue;
@@ -80,7 +80,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<AdminView>) {
         };
         let shared = shared.clone();
         let dashboard = dashboard.clone();
-        shared.tasks.clone().spawn(async move {
+        shared.lifecycle.tasks.clone().spawn(async move {
             let proven = slot.proven.clone();
             let service = hyper::service::service_fn(|request| {
                 let shared = shared.clone();
@@ -212,7 +212,9 @@ fn route(
             None => text(
                 StatusCode::OK,
                 "text/plain",
-                crate::control_link::ready_text(shared.accounts.control().map(|link| &**link)),
+                crate::control_link::ready_text(
+                    shared.accounting.accounts.control().map(|link| &**link),
+                ),
             ),
             Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
         },
@@ -225,12 +227,12 @@ fn route(
             StatusCode::OK,
             crate::metrics::CONTENT_TYPE,
             crate::control_link::add_metrics(
-                shared.accounts.control().map(|link| &**link),
-                shared.metrics.render(
-                    shared.exits.directory(),
-                    shared.sessions.len(),
+                shared.accounting.accounts.control().map(|link| &**link),
+                shared.accounting.metrics.render(
+                    shared.routing.exits.directory(),
+                    shared.routing.sessions.len(),
                     &shared.config.health,
-                    shared.exits.tunnels().count_by_transport(),
+                    shared.routing.exits.tunnels().count_by_transport(),
                 ),
             ),
         ),
@@ -276,11 +278,12 @@ async fn api(
         return refusal;
     }
     let Some(router) = shared
+        .accounting
         .accounts
         .control()
         .and_then(|link| link.router().cloned())
     else {
-        let why = match shared.accounts.control() {
+        let why = match shared.accounting.accounts.control() {
             None => "this gateway has no control-plane store (--database); with --users FILE or --redis it starts without one",
             Some(_) => "the API needs --admin-token (EXITPOOL_ADMIN_TOKEN)",
         };
@@ -324,7 +327,7 @@ fn reset_usage(query: &str, shared: &AdminView) -> Response<Full<Bytes>> {
             )
         }
     };
-    let found = shared.usage.reset(&scope);
+    let found = shared.accounting.usage.reset(&scope);
     tracing::info!(?scope, found, "usage reset by the operator");
     if let Some(fleet) = &shared.fleet {
         // The fleet's totals in Redis too; the other gateways' own figures
@@ -332,6 +335,7 @@ fn reset_usage(query: &str, shared: &AdminView) -> Response<Full<Bytes>> {
         let agent_id = match &scope {
             ResetScope::Agent(id) => Some(
                 shared
+                    .routing
                     .exits
                     .directory()
                     .agents()
@@ -343,7 +347,7 @@ fn reset_usage(query: &str, shared: &AdminView) -> Response<Full<Bytes>> {
         };
         let fleet = fleet.clone();
         let scope = scope.clone();
-        shared.tasks.spawn(async move {
+        shared.lifecycle.tasks.spawn(async move {
             if let Err(error) = fleet.reset_usage(&scope, agent_id.as_deref()).await {
                 tracing::warn!(%error, "the fleet's usage totals were not reset");
             }
@@ -426,7 +430,7 @@ fn fleet_stats(
 
 /// The `/stats` document.
 pub fn stats(shared: &AdminView) -> serde_json::Value {
-    let agents = shared.exits.directory().agents();
+    let agents = shared.routing.exits.directory().agents();
     let live_streams: u64 = agents
         .iter()
         .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
@@ -436,17 +440,17 @@ pub fn stats(shared: &AdminView) -> serde_json::Value {
         .iter()
         .map(|agent| exit_stats(agent, now, shared))
         .collect();
-    let (quic_agents, tcp_agents) = shared.exits.tunnels().count_by_transport();
-    let usage = shared.usage.snapshot();
+    let (quic_agents, tcp_agents) = shared.routing.exits.tunnels().count_by_transport();
+    let usage = shared.accounting.usage.snapshot();
     let bytes_up: u64 = usage.customers.values().map(|t| t.bytes_up).sum();
     let bytes_down: u64 = usage.customers.values().map(|t| t.bytes_down).sum();
     serde_json::json!({
         "agents": agents.len(),
-        "countries": shared.exits.directory().countries(),
+        "countries": shared.routing.exits.directory().countries(),
         "transports": {"quic": quic_agents, "tcp": tcp_agents},
         "live_streams": live_streams,
-        "sessions": shared.sessions.len(),
-        "uptime_secs": shared.started.elapsed().as_secs(),
+        "sessions": shared.routing.sessions.len(),
+        "uptime_secs": shared.lifecycle.started.elapsed().as_secs(),
         "fleet": shared.fleet.as_ref().map(|fleet| fleet_stats(fleet, &agents)),
         "per_agent": per_agent,
         "bytes_up": bytes_up,
@@ -489,7 +493,7 @@ fn exit_stats(
         "observed_addr": agent.home.is_none().then(|| agent.observed.to_string()),
         "gateway": agent.home.as_deref().or(shared.fleet.as_ref().map(|fleet| &*fleet.id)),
         "software": agent.software,
-        "transport": shared.exits.tunnels().transport(agent.key).map(|t| t.as_str()),
+        "transport": shared.routing.exits.tunnels().transport(agent.key).map(|t| t.as_str()),
         "accepting": agent.is_accepting(),
         "max_streams": agent.max_streams.load(Ordering::Relaxed),
         "live_streams": agent.active_streams.load(Ordering::Relaxed),
@@ -525,7 +529,7 @@ fn customer_stats(
     usage: &std::collections::BTreeMap<String, crate::usage::Totals>,
     shared: &AdminView,
 ) -> serde_json::Map<String, serde_json::Value> {
-    let accounts = shared.accounts.current();
+    let accounts = shared.accounting.accounts.current();
     accounts
         .users
         .iter()
@@ -545,17 +549,17 @@ fn customer_stats(
                 "connections": totals.connections,
                 "errors": totals.errors,
                 "errors_by_code": totals.errors_by_code,
-                "live_connections": shared.limits.live(&name),
+                "live_connections": shared.accounting.limits.live(&name),
                 "fleet": shared.fleet.as_ref().map(|fleet| {
                     let elsewhere = fleet.elsewhere(&name);
                     serde_json::json!({
-                        "bytes": shared.customer_bytes(&name),
+                        "bytes": shared.accounting.customer_bytes(&name),
                         "connections_elsewhere": elsewhere.connections,
                         "requests_per_second_elsewhere": elsewhere.requests_per_second,
                     })
                 }),
                 "quota_bytes": quota,
-                "quota_remaining": quota.map(|quota| quota.saturating_sub(shared.customer_bytes(&name))),
+                "quota_remaining": quota.map(|quota| quota.saturating_sub(shared.accounting.customer_bytes(&name))),
             });
             (name, entry)
         })

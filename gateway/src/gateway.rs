@@ -13,7 +13,7 @@ use crate::fleet::{self, Fleet};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::sessions::{MemorySessions, SessionStore};
-use crate::shared::Shared;
+use crate::shared::{Accounting, Lifecycle, Routing, Shared, Walls};
 use crate::tunnel::{self, tcp, Exits, Liveness};
 use crate::usage::{self, MemoryUsage};
 use crate::{admin, customer, housekeeping, state, tls};
@@ -123,7 +123,10 @@ impl Gateway {
                 shared: shared.clone(),
                 fleet: fleet.clone(),
             };
-            shared.tasks.spawn(admin::serve(admin, Arc::new(view)));
+            shared
+                .lifecycle
+                .tasks
+                .spawn(admin::serve(admin, Arc::new(view)));
         }
         let h3_addr = customer::masque::start(&shared).map_err(|source| StartError::Bind {
             what: "the MASQUE port (--listen-h3)",
@@ -132,12 +135,12 @@ impl Gateway {
         })?;
         if let Some(link) = link {
             let accounts = shared.clone();
-            shared.tasks.spawn(crate::control_link::run(
+            shared.lifecycle.tasks.spawn(crate::control_link::run(
                 link,
-                shared.tasks.clone(),
-                shared.shutdown.clone(),
+                shared.lifecycle.tasks.clone(),
+                shared.lifecycle.shutdown.clone(),
                 move || {
-                    accounts.accounts.store_changed();
+                    accounts.accounting.accounts.store_changed();
                     crate::admin::exits::enforce_store_bans(&accounts);
                 },
             ));
@@ -194,7 +197,7 @@ impl Gateway {
 
     /// The agent directory.
     pub fn directory(&self) -> &dyn AgentDirectory {
-        self.shared.exits.directory()
+        self.shared.routing.exits.directory()
     }
 
     /// Shared state, for the stats document and tests.
@@ -211,20 +214,22 @@ impl Gateway {
     /// Stops accepting, gives live connections the configured grace period, then
     /// closes every tunnel and writes usage to the state directory.
     pub async fn shutdown(self) {
-        self.shared.shutdown.cancel();
-        self.shared.tasks.close();
+        self.shared.lifecycle.shutdown.cancel();
+        self.shared.lifecycle.tasks.close();
         let grace = self.shared.config.shutdown_grace;
-        if tokio::time::timeout(grace, self.shared.tasks.wait())
+        if tokio::time::timeout(grace, self.shared.lifecycle.tasks.wait())
             .await
             .is_err()
         {
             info!(?grace, "grace period over; closing what is left");
         }
-        self.shared.access_log.flush(grace).await;
-        for agent in self.shared.exits.directory().agents() {
-            self.shared
-                .exits
-                .disconnect(agent.key, close_code::SHUTDOWN, b"gateway shutting down");
+        self.shared.accounting.access_log.flush(grace).await;
+        for agent in self.shared.routing.exits.directory().agents() {
+            self.shared.routing.exits.disconnect(
+                agent.key,
+                close_code::SHUTDOWN,
+                b"gateway shutting down",
+            );
         }
         // Joined agents have had their finished control stream (see
         // `tunnel::join::serve_agent`); this closes what is left, such as handshakes.
@@ -251,14 +256,15 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Relays cut short by the close fold their last bytes in as they end.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.tasks.wait()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.lifecycle.tasks.wait()).await;
         let saver = self.shared.clone();
         match tokio::task::spawn_blocking(move || saver.save_usage()).await {
             Ok(Ok(())) => info!("usage written"),
             Ok(Err(error)) => tracing::error!(%error, "writing usage at shutdown failed"),
             Err(error) => tracing::error!(%error, "usage writer panicked"),
         }
-        if let Some(link) = self.shared.accounts.control() {
+        if let Some(link) = self.shared.accounting.accounts.control() {
             match link.flush(exitpool_control::period::now()).await {
                 Ok(()) => info!("usage history written"),
                 Err(error) => tracing::error!(%error, "writing usage history at shutdown failed"),
@@ -483,26 +489,34 @@ async fn assemble(
     };
     let shared = Arc::new(Shared {
         config,
-        exits,
-        pending_handshakes: Default::default(),
-        sessions,
-        auth_failures: AuthFailures::default(),
-        tls_handshakes,
-        password_checks,
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        started: Instant::now(),
-        accounts,
-        limits,
-        usage,
-        metrics,
-        customer_tls,
-        entry_ports,
-        places: Default::default(),
-        access_log: AccessLog::start().map_err(StartError::AccessLog)?,
-        live: Default::default(),
-        bans,
-        agent_tokens: Default::default(),
+        routing: Routing {
+            exits,
+            sessions,
+            entry_ports,
+            places: Default::default(),
+            bans,
+        },
+        accounting: Accounting {
+            accounts,
+            agent_tokens: Default::default(),
+            limits,
+            usage,
+            metrics,
+            access_log: AccessLog::start().map_err(StartError::AccessLog)?,
+            live: Default::default(),
+        },
+        walls: Walls {
+            auth_failures: AuthFailures::default(),
+            tls_handshakes,
+            password_checks,
+            pending_handshakes: Default::default(),
+            customer_tls,
+        },
+        lifecycle: Lifecycle {
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            started: Instant::now(),
+        },
     });
     Ok((shared, fleet, fleet_tasks))
 }
@@ -516,23 +530,29 @@ fn spawn_tasks(
     tcp_tls: Arc<rustls::ServerConfig>,
 ) {
     shared
+        .lifecycle
         .tasks
         .spawn(customer::serve(entrances, shared.clone()));
     shared
+        .lifecycle
         .tasks
         .spawn(crate::tunnel::revocations::run(shared.clone()));
     shared
+        .lifecycle
         .tasks
         .spawn(tunnel::quic::serve(quic.quinn().clone(), shared.clone()));
     if let Some(listener) = tunnel_tcp {
         shared
+            .lifecycle
             .tasks
             .spawn(tcp::serve(listener, tcp_tls, shared.clone()));
     }
     shared
+        .lifecycle
         .tasks
         .spawn(housekeeping::sweep_sessions(shared.clone()));
     shared
+        .lifecycle
         .tasks
         .spawn(housekeeping::flush_usage(shared.clone()));
 }
@@ -551,15 +571,17 @@ fn spawn_fleet_tasks(
     } = joined;
     info!(gateway_id = %fleet.id, peer = %fleet.advertise, "fleet mode: sharing the pool through redis");
     shared
+        .lifecycle
         .tasks
         .spawn(fleet::replica::run(shared.clone(), fleet.clone(), feed));
-    shared.tasks.spawn(fleet::serve::serve(
+    shared.lifecycle.tasks.spawn(fleet::serve::serve(
         shared.clone(),
         fleet.clone(),
         peer_tcp,
         peer_tls,
     ));
     shared
+        .lifecycle
         .tasks
         .spawn(fleet::usage::run(shared.clone(), fleet, journal));
 }

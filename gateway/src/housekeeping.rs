@@ -22,7 +22,7 @@ pub(crate) async fn flush_usage(shared: Arc<Shared>) {
                     Err(error) => tracing::warn!(%error, "usage writer panicked"),
                 }
             }
-            () = shared.shutdown.cancelled() => break,
+            () = shared.lifecycle.shutdown.cancelled() => break,
         }
     }
 }
@@ -33,14 +33,14 @@ pub(crate) async fn sweep_sessions(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = timer.tick() => {
-                shared.auth_failures.sweep();
-                shared.tls_handshakes.sweep();
-                let swept = shared.sessions.sweep(Instant::now());
+                shared.walls.auth_failures.sweep();
+                shared.walls.tls_handshakes.sweep();
+                let swept = shared.routing.sessions.sweep(Instant::now());
                 if swept > 0 {
                     tracing::debug!(swept, "expired sessions swept");
                 }
             }
-            () = shared.shutdown.cancelled() => break,
+            () = shared.lifecycle.shutdown.cancelled() => break,
         }
     }
 }

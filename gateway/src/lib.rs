@@ -3,7 +3,7 @@
 //! Running it:
 //! - [`config`]: what the operator configures ([`GatewayConfig`]);
 //! - [`gateway`]: binding the ports, starting the tasks, stopping ([`Gateway`]);
-//! - [`shared`]: the state every task shares ([`Shared`]);
+//! - [`shared`]: the state every task shares ([`Shared`]) and its views by concern;
 //! - [`housekeeping`]: periodic usage writes and session sweeps;
 //! - [`state`]: the state directory; [`tls`]: the certificate and the pin agents check;
 //!   [`customer_tls`]: the customer ports' own certificate (an HTTPS proxy).
@@ -73,4 +73,4 @@ pub use config::{GatewayConfig, TunnelTcp};
 pub use directory::AgentDirectory;
 pub use error::ProxyError;
 pub use gateway::{Gateway, StartError};
-pub use shared::Shared;
+pub use shared::{Accounting, Lifecycle, Routing, Shared, Walls};

@@ -1,6 +1,9 @@
-//! State every task of a running gateway shares, and the few operations on it that
-//! more than one room needs: locating an agent, accounting a transfer or a
-//! failure, reloading accounts, writing usage.
+//! State every task of a running gateway shares ([`Shared`], the assembly
+//! start-up builds) and its views by concern: [`Routing`] (where a stream
+//! goes), [`Accounting`] (who may, what they used), [`Walls`] (the ports'
+//! gates) and [`Lifecycle`] (tasks and stop). A room that works with one
+//! concern takes that view; the few operations that span views (locating an
+//! agent, scoring an exit, reloading, writing usage) stay on [`Shared`].
 
 use crate::abuse::{AuthFailures, PasswordChecks, TlsHandshakes};
 use crate::access::AccessLog;
@@ -24,58 +27,86 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-/// State every task of a running gateway shares.
+/// State every task of a running gateway shares: the configuration and four
+/// views, one per concern, so a room takes the view it works with (`&Routing`,
+/// `&Accounting`) and a reader knows where each piece lives.
 pub struct Shared {
     /// The configuration it was started with.
     pub config: GatewayConfig,
+    /// Where a customer's stream goes: exits, pins, entry ports, bans.
+    pub routing: Routing,
+    /// Who may use the gateway and what they used: accounts, limits, usage,
+    /// metrics, the access log and the transfers carried now.
+    pub accounting: Accounting,
+    /// What the gates of the customer and tunnel ports spend and refuse.
+    pub walls: Walls,
+    /// Start, tasks and stop.
+    pub lifecycle: Lifecycle,
+}
+
+/// Where a customer's stream goes: the exits and what chooses among them.
+pub struct Routing {
     /// The exits: who is connected, where, with what load, and the one way
     /// to open a stream to any of them.
     pub exits: Exits,
-    /// Agent handshakes in progress on both tunnel transports.
-    pub pending_handshakes: std::sync::Arc<crate::tunnel::pending::PendingHandshakes>,
     /// Sticky-session pins.
     pub sessions: Box<dyn SessionStore>,
-    /// Failed authentications per source address.
-    pub auth_failures: AuthFailures,
-    /// Per-address budget of TLS handshakes on the customer ports.
-    pub tls_handshakes: TlsHandshakes,
-    /// Where Argon2 runs: off the runtime, bounded.
-    pub password_checks: PasswordChecks,
-    /// Fires when the gateway stops.
-    pub shutdown: CancellationToken,
-    /// Every spawned task, so shutdown can wait for them.
-    pub tasks: TaskTracker,
-    /// When the gateway started.
-    pub started: Instant,
+    /// What each entry port selects (reloadable).
+    pub entry_ports: LiveEntryPorts,
+    /// The pool as `GET /inventory` shows it, counted at most every few seconds.
+    pub places: PlacesCache,
+    /// Exits refused at join until unbanned.
+    pub bans: crate::bans::Bans,
+}
+
+/// Who may use the gateway and what they used.
+pub struct Accounting {
     /// Customers and agent tokens in force (reloadable).
     pub accounts: Accounts,
+    /// Agent tokens from the control plane's store, as last looked up.
+    pub agent_tokens: crate::agent_tokens::StoreTokens,
     /// Per-customer limit state.
     pub limits: Limiter,
     /// Usage per customer and per agent.
     pub usage: Box<dyn UsageSink>,
     /// Prometheus metrics.
     pub metrics: Metrics,
-    /// What each entry port selects (reloadable).
-    pub entry_ports: LiveEntryPorts,
-    /// The customer ports' certificate, when they speak TLS too.
-    pub customer_tls: Option<CustomerTls>,
-    /// The pool as `GET /inventory` shows it, counted at most every few seconds.
-    pub places: PlacesCache,
     /// One line per transfer, written off the runtime.
     pub access_log: AccessLog,
     /// The customer transfers carried now, to list and close.
     pub live: crate::live::LiveConnections,
-    /// Exits refused at join until unbanned.
-    pub bans: crate::bans::Bans,
-    /// Agent tokens from the control plane's store, as last looked up.
-    pub agent_tokens: crate::agent_tokens::StoreTokens,
+}
+
+/// The gates of the customer and tunnel ports: what each costs and how much
+/// of it one address may spend.
+pub struct Walls {
+    /// Failed authentications per source address.
+    pub auth_failures: AuthFailures,
+    /// Per-address budget of TLS handshakes on the customer ports.
+    pub tls_handshakes: TlsHandshakes,
+    /// Where Argon2 runs: off the runtime, bounded.
+    pub password_checks: PasswordChecks,
+    /// Agent handshakes in progress on both tunnel transports.
+    pub pending_handshakes: Arc<crate::tunnel::pending::PendingHandshakes>,
+    /// The customer ports' certificate, when they speak TLS too (reloadable).
+    pub customer_tls: Option<CustomerTls>,
+}
+
+/// Start, tasks and stop.
+pub struct Lifecycle {
+    /// Fires when the gateway stops.
+    pub shutdown: CancellationToken,
+    /// Every spawned task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// When the gateway started.
+    pub started: Instant,
 }
 
 /// How long a listener rests after a failed accept (out of descriptors,
 /// usually) before trying again, rather than spinning.
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
-impl Shared {
+impl Lifecycle {
     /// The next connection on `listener` (the `what` port, for the log), or
     /// `None` once the gateway stops. A failed accept is logged and retried
     /// after a pause; the listener stays up.
@@ -98,7 +129,9 @@ impl Shared {
             }
         }
     }
+}
 
+impl Shared {
     /// Where an agent at `ip` is.
     pub fn locate(&self, ip: IpAddr) -> Location {
         let found = self.config.geoip.lookup(ip);
@@ -116,8 +149,14 @@ impl Shared {
     /// Records how an open or relay through `agent` went (its health), counting
     /// a cooling it causes.
     pub fn report_outcome(&self, agent: &Arc<Agent>, outcome: Outcome) {
-        if self.exits.directory().report(agent, outcome).is_some() {
-            self.metrics.exit_coolings.inc();
+        if self
+            .routing
+            .exits
+            .directory()
+            .report(agent, outcome)
+            .is_some()
+        {
+            self.accounting.metrics.exit_coolings.inc();
         }
     }
 
@@ -130,13 +169,77 @@ impl Shared {
             return;
         }
         if error.kind() == std::io::ErrorKind::NotConnected
-            || !self.exits.tunnels().is_open(agent.key)
+            || !self.routing.exits.tunnels().is_open(agent.key)
         {
             tracing::debug!(exit = %agent.exit_id, %error, "relay lost with the exit's tunnel");
             self.report_outcome(agent, Outcome::ExitFailed);
         }
     }
 
+    /// Re-reads the accounts files, the customer ports' certificate and the
+    /// entry ports file; on error the running ones stay and the error is
+    /// logged. (The accounts' error is returned; the others are logged only.)
+    pub fn reload(&self) -> Result<(), AccountsError> {
+        match self.routing.entry_ports.reload() {
+            Ok(None) => {}
+            Ok(Some(ports)) => info!(ports, "entry ports reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "entry ports reload failed; keeping the running ones")
+            }
+        }
+        if let Some(tls) = &self.walls.customer_tls {
+            match tls.reload() {
+                Ok(()) => info!("customer TLS certificate reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "customer TLS reload failed; keeping the running certificate")
+                }
+            }
+        }
+        match self.accounting.accounts.reload() {
+            Ok(set) => {
+                info!(
+                    customers = set.users.len(),
+                    agent_tokens = set.agent_tokens.len(),
+                    "accounts reloaded"
+                );
+                // A revoked token takes its agents out at once; they hear why
+                // when they try to come back (a Reject with BadToken).
+                // Agents of other fleet gateways are theirs to check.
+                for agent in self.routing.exits.directory().agents() {
+                    if agent.is_local()
+                        && !set.agent_tokens.accepts(agent.token.expose())
+                        && !self
+                            .accounting
+                            .agent_tokens
+                            .from_store(agent.token.expose())
+                    {
+                        info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
+                        self.routing.exits.disconnect(
+                            agent.key,
+                            close_code::REJECTED,
+                            b"agent token revoked",
+                        );
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "accounts reload failed; keeping the running accounts");
+                Err(error)
+            }
+        }
+    }
+
+    /// Writes usage to the state directory.
+    pub fn save_usage(&self) -> std::io::Result<()> {
+        crate::usage::save(
+            &crate::usage::path_in(&self.config.state_dir),
+            &self.accounting.usage.snapshot(),
+        )
+    }
+}
+
+impl Accounting {
     /// Accounts bytes moved for `customer` through `agent`: usage (quotas, billing,
     /// payouts) and metrics. Called by the customer transfer about once a second
     /// and when it ends, with the bytes since the last call. (It does not touch
@@ -161,7 +264,7 @@ impl Shared {
     /// period quotas the control plane counted ([`crate::control_link`]: the
     /// least any daily, monthly or lifetime period of the account or its
     /// customer has left, as bytes this gateway may count), else the accounts
-    /// file's lifetime `quota_bytes`. Read with [`Shared::used_by`].
+    /// file's lifetime `quota_bytes`. Read with [`Accounting::used_by`].
     pub fn quota_of(&self, user: &str) -> Option<u64> {
         if let Some(period) = self
             .accounts
@@ -177,7 +280,7 @@ impl Shared {
             .and_then(|customer| customer.limits.quota_bytes)
     }
 
-    /// What counts against [`Shared::quota_of`]: for period quotas the bytes this
+    /// What counts against [`Accounting::quota_of`]: for period quotas the bytes this
     /// gateway counted for `user` since it started (the store's count is in the
     /// quota already), else the account's usage total.
     pub fn used_by(&self, user: &str) -> u64 {
@@ -193,69 +296,10 @@ impl Shared {
         self.record_error_code(customer, agent, error.presentation().code);
     }
 
-    /// Like [`Shared::record_error`], for failures that are not a [`ProxyError`]
+    /// Like [`Accounting::record_error`], for failures that are not a [`ProxyError`]
     /// (e.g. `relay_failed` for a relay that ended abnormally).
     pub fn record_error_code(&self, customer: Option<&str>, agent: Option<&Agent>, code: &str) {
         self.usage.record_error(customer, agent, code);
         self.metrics.error(code);
-    }
-
-    /// Re-reads the accounts files, the customer ports' certificate and the
-    /// entry ports file; on error the running ones stay and the error is
-    /// logged. (The accounts' error is returned; the others are logged only.)
-    pub fn reload(&self) -> Result<(), AccountsError> {
-        match self.entry_ports.reload() {
-            Ok(None) => {}
-            Ok(Some(ports)) => info!(ports, "entry ports reloaded"),
-            Err(error) => {
-                tracing::error!(%error, "entry ports reload failed; keeping the running ones")
-            }
-        }
-        if let Some(tls) = &self.customer_tls {
-            match tls.reload() {
-                Ok(()) => info!("customer TLS certificate reloaded"),
-                Err(error) => {
-                    tracing::error!(%error, "customer TLS reload failed; keeping the running certificate")
-                }
-            }
-        }
-        match self.accounts.reload() {
-            Ok(set) => {
-                info!(
-                    customers = set.users.len(),
-                    agent_tokens = set.agent_tokens.len(),
-                    "accounts reloaded"
-                );
-                // A revoked token takes its agents out at once; they hear why
-                // when they try to come back (a Reject with BadToken).
-                // Agents of other fleet gateways are theirs to check.
-                for agent in self.exits.directory().agents() {
-                    if agent.is_local()
-                        && !set.agent_tokens.accepts(agent.token.expose())
-                        && !self.agent_tokens.from_store(agent.token.expose())
-                    {
-                        info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
-                        self.exits.disconnect(
-                            agent.key,
-                            close_code::REJECTED,
-                            b"agent token revoked",
-                        );
-                    }
-                }
-                Ok(())
-            }
-            Err(error) => {
-                tracing::error!(%error, "accounts reload failed; keeping the running accounts");
-                Err(error)
-            }
-        }
-    }
-
-    /// Writes usage to the state directory.
-    pub fn save_usage(&self) -> std::io::Result<()> {
-        crate::usage::save(
-            &crate::usage::path_in(&self.config.state_dir),
-            &self.usage.snapshot(),
-        )
     }
 }

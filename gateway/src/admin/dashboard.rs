@@ -150,8 +150,8 @@ impl Dashboard {
             tls,
         });
         let weak = Arc::downgrade(&dashboard);
-        let shutdown = shared.shutdown.clone();
-        shared.tasks.spawn(async move {
+        let shutdown = shared.lifecycle.shutdown.clone();
+        shared.lifecycle.tasks.spawn(async move {
             let mut every = tokio::time::interval(samples::PERIOD);
             loop {
                 tokio::select! {
@@ -381,6 +381,7 @@ impl Dashboard {
         }
         let router = self
             .shared
+            .accounting
             .accounts
             .control()
             .and_then(|link| link.router().cloned())?;

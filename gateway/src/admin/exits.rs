@@ -145,6 +145,7 @@ fn exit(agent: &Agent, shared: &AdminView, now: std::time::Instant) -> Exit {
         city: agent.location.city.clone(),
         asn: agent.location.asn,
         transport: shared
+            .routing
             .exits
             .tunnels()
             .transport(agent.key)
@@ -161,7 +162,7 @@ fn exit(agent: &Agent, shared: &AdminView, now: std::time::Instant) -> Exit {
             suspect: health.suspect,
         },
         connected_since: unix(agent.connected_at),
-        banned: shared.bans.is_banned(&agent.exit_id),
+        banned: shared.routing.bans.is_banned(&agent.exit_id),
     }
 }
 
@@ -188,9 +189,10 @@ pub(super) async fn list_exits(
     let Query(params) = params.map_err(|rejection| Error::BadRequest {
         message: rejection.body_text(),
     })?;
-    let agents = shared.exits.directory().agents();
+    let agents = shared.routing.exits.directory().agents();
     if params.banned == Some(true) {
         let banned = shared
+            .routing
             .bans
             .list()
             .into_iter()
@@ -251,7 +253,12 @@ async fn store_bound<T>(
 /// and disconnects the banned exits whose tunnel this gateway holds: a ban
 /// made through any gateway of the fleet. Called with each new snapshot.
 pub(crate) fn enforce_store_bans(shared: &crate::shared::Shared) {
-    let Some(bans) = shared.accounts.control().and_then(|link| link.exit_bans()) else {
+    let Some(bans) = shared
+        .accounting
+        .accounts
+        .control()
+        .and_then(|link| link.exit_bans())
+    else {
         return;
     };
     let list = bans
@@ -262,12 +269,14 @@ pub(crate) fn enforce_store_bans(shared: &crate::shared::Shared) {
             (ban.exit_id.clone(), Ban { since, reason })
         })
         .collect();
-    shared.bans.adopt_store(list);
-    for agent in shared.exits.directory().agents() {
-        if agent.is_local() && shared.bans.is_banned(&agent.exit_id) {
-            shared
-                .exits
-                .disconnect(agent.key, close_code::REJECTED, b"banned by the operator");
+    shared.routing.bans.adopt_store(list);
+    for agent in shared.routing.exits.directory().agents() {
+        if agent.is_local() && shared.routing.bans.is_banned(&agent.exit_id) {
+            shared.routing.exits.disconnect(
+                agent.key,
+                close_code::REJECTED,
+                b"banned by the operator",
+            );
             tracing::info!(exit = %agent.exit_id, "banned exit disconnected (a ban in the store)");
         }
     }
@@ -293,7 +302,7 @@ pub(super) async fn ban_exit(
             )
         })?
     };
-    let changed = match shared.accounts.control() {
+    let changed = match shared.accounting.accounts.control() {
         Some(link) => {
             let since = exitpool_control::period::now();
             let banned = link.store().ban_exit(&id, &request.reason, since);
@@ -302,13 +311,13 @@ pub(super) async fn ban_exit(
                 since: u64::try_from(since).unwrap_or(0),
                 reason: request.reason,
             };
-            shared.bans.store_changed(&id, Some(ban));
+            shared.routing.bans.store_changed(&id, Some(ban));
             changed
         }
         None => {
             let shared = shared.clone();
             let id = id.clone();
-            tokio::task::spawn_blocking(move || shared.bans.ban(&id, &request.reason))
+            tokio::task::spawn_blocking(move || shared.routing.bans.ban(&id, &request.reason))
                 .await
                 .map_err(|error| Error::Internal(error.to_string()))?
                 .map_err(ban_failed)?
@@ -316,14 +325,16 @@ pub(super) async fn ban_exit(
     };
     let mut disconnected = false;
     let mut held_by = None;
-    for agent in shared.exits.directory().agents() {
+    for agent in shared.routing.exits.directory().agents() {
         if agent.exit_id != id {
             continue;
         }
         if agent.is_local() {
-            shared
-                .exits
-                .disconnect(agent.key, close_code::REJECTED, b"banned by the operator");
+            shared.routing.exits.disconnect(
+                agent.key,
+                close_code::REJECTED,
+                b"banned by the operator",
+            );
             disconnected = true;
         } else {
             held_by = agent.home.as_deref().map(str::to_owned);
@@ -348,16 +359,16 @@ pub(super) async fn unban_exit(
     Path(id): Path<String>,
 ) -> Result<Json<BanOutcome>, Error> {
     let id = exit_id(&id)?;
-    let changed = match shared.accounts.control() {
+    let changed = match shared.accounting.accounts.control() {
         Some(link) => {
             let changed = store_bound(link.store().unban_exit(&id)).await?;
-            shared.bans.store_changed(&id, None);
+            shared.routing.bans.store_changed(&id, None);
             changed
         }
         None => {
             let shared = shared.clone();
             let id = id.clone();
-            tokio::task::spawn_blocking(move || shared.bans.unban(&id))
+            tokio::task::spawn_blocking(move || shared.routing.bans.unban(&id))
                 .await
                 .map_err(|error| Error::Internal(error.to_string()))?
                 .map_err(ban_failed)?

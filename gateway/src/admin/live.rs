@@ -111,6 +111,7 @@ pub(super) async fn serve(
 pub(super) async fn read_only(shared: &AdminView, authorization: Option<&str>) -> bool {
     let (Some(router), Some(authorization)) = (
         shared
+            .accounting
             .accounts
             .control()
             .and_then(|link| link.router().cloned()),
@@ -348,7 +349,7 @@ pub(super) async fn list_connections(
         Some(limit @ 1..=MAX_LIST) => limit,
         Some(_) => return Err(Error::invalid("limit", format!("1 to {MAX_LIST}"))),
     };
-    let (found, total) = shared.live.list(customer, limit);
+    let (found, total) = shared.accounting.live.list(customer, limit);
     let gateway = this_gateway(&shared);
     Ok(Json(ConnectionList {
         items: found
@@ -384,7 +385,7 @@ pub(super) async fn close_connection(
             ),
         });
     }
-    if !shared.live.close(id) {
+    if !shared.accounting.live.close(id) {
         let scope = match &here {
             Some(here) => format!(
                 "on this gateway ({here}): it ended, or it is another gateway's (each listed connection's `gateway` names the one that holds it)"
@@ -415,7 +416,7 @@ pub(super) async fn close_connections(
         ));
     };
     let customer = customer_name(customer)?;
-    let closed = shared.live.close_customer(customer);
+    let closed = shared.accounting.live.close_customer(customer);
     tracing::info!(
         customer,
         closed,

@@ -112,6 +112,7 @@ where
     };
     let span = tracing::info_span!("forward", exit = %exit_id, %target);
     shared
+        .lifecycle
         .tasks
         .spawn(drive(connection, exchange).instrument(span));
 
@@ -120,7 +121,7 @@ where
         // Cut off mid-request by the quota: say so, not "the target failed".
         Err(error) => {
             lost.score(&error, shared);
-            return Err(refused(match exhausted_quota(&user, shared) {
+            return Err(refused(match exhausted_quota(&user, &shared.accounting) {
                 Some(quota) => ProxyError::QuotaExhausted(quota),
                 None => target_failed(error),
             }));
@@ -393,7 +394,7 @@ where
         transfer.finish_unlogged(&result, &shared);
         return;
     };
-    transfer.finish(&result, Some((&method, status)), &shared);
+    transfer.finish(&result, Some((&method, status)), &shared.accounting);
 }
 
 #[cfg(test)]

@@ -108,7 +108,7 @@ pub(crate) async fn serve<S: CustomerStream>(
             }
         }
         () = first_head_deadline => debug!("no request head by the deadline; closing"),
-        () = shared.shutdown.cancelled() => {
+        () = shared.lifecycle.shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(shared.config.shutdown_grace, connection).await;
         }

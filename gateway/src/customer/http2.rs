@@ -170,7 +170,7 @@ pub(crate) async fn serve(
         tokio::select! {
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
-                    shared.metrics.customer_h2_streams.inc();
+                    shared.accounting.metrics.customer_h2_streams.inc();
                     let id = u32::from(respond.stream_id());
                     let span = info_span!("h2", stream = id, user = tracing::field::Empty);
                     let task = serve_stream(
@@ -182,7 +182,7 @@ pub(crate) async fn serve(
                         shared.clone(),
                     );
                     shared
-                        .tasks
+                        .lifecycle.tasks
                         .spawn(streams.live.track_future(task.instrument(span)));
                 }
                 Some(Err(error)) => return debug!(%error, "HTTP/2 connection ended with an error"),
@@ -207,7 +207,7 @@ pub(crate) async fn serve(
                 connection.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 closing = Some(tokio::time::Instant::now() + shared.config.shutdown_grace);
             }
-            () = shared.shutdown.cancelled(), if closing.is_none() => {
+            () = shared.lifecycle.shutdown.cancelled(), if closing.is_none() => {
                 connection.graceful_shutdown();
                 closing = Some(tokio::time::Instant::now() + shared.config.shutdown_grace);
             }

@@ -152,7 +152,7 @@ pub(crate) async fn connect<S: CustomerStream>(
         started,
         protocol: "connect",
     };
-    shared.tasks.clone().spawn(
+    shared.lifecycle.tasks.clone().spawn(
         async move {
             match upgrade.await {
                 Ok(upgraded) => {

@@ -14,7 +14,7 @@ use super::response::{self, Body};
 use super::session::{self, Arrival};
 use crate::abuse::AddressSlot;
 use crate::error::ProxyError;
-use crate::shared::Shared;
+use crate::shared::{Accounting, Shared};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
@@ -54,9 +54,12 @@ pub(crate) async fn inventory(
         .map(|(user, password)| (user.as_str(), password.as_str()));
     let grant = session::authenticate_either(credentials, arrival, pending, shared).await?;
     if request.uri().path() == USAGE_PATH {
-        return usage(&grant.user, shared).await;
+        return usage(&grant.user, &shared.accounting).await;
     }
-    let counts = shared.places.counts(shared.exits.directory());
+    let counts = shared
+        .routing
+        .places
+        .counts(shared.routing.exits.directory());
     let limits = &grant.customer.limits;
     let countries: serde_json::Map<String, serde_json::Value> = counts
         .iter()
@@ -120,11 +123,11 @@ fn json_answer_cached(
 /// history is not in the figures. One store query, bounded by
 /// [`crate::control_link::DB_TIMEOUT`]: this is the customer's own
 /// question, not a proxied connection.
-async fn usage(user: &str, shared: &Shared) -> Result<Response<Body>, ProxyError> {
+async fn usage(user: &str, accounting: &Accounting) -> Result<Response<Body>, ProxyError> {
     use exitpool_control::period::{day_start, next_month_start, now, rfc3339, DAY};
     use exitpool_control::AccountRef;
     use hyper::StatusCode;
-    let Some(link) = shared.accounts.control() else {
+    let Some(link) = accounting.accounts.control() else {
         return Ok(json_answer(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": "no_history", "message": "this gateway keeps no usage history (it has no control-plane store)"}),
@@ -196,7 +199,7 @@ async fn usage(user: &str, shared: &Shared) -> Result<Response<Body>, ProxyError
             }));
         }
     }
-    let elsewhere = shared.limits.elsewhere(user).connections;
+    let elsewhere = accounting.limits.elsewhere(user).connections;
     let body = serde_json::json!({
         "account": user,
         "today": own.today,
@@ -204,7 +207,7 @@ async fn usage(user: &str, shared: &Shared) -> Result<Response<Body>, ProxyError
         "lifetime": own.lifetime,
         "bytes": "up plus down; UTC calendar periods; the last second or so is not counted yet",
         "quotas": quotas,
-        "live_connections": u64::from(shared.limits.live(user)) + u64::from(elsewhere),
+        "live_connections": u64::from(accounting.limits.live(user)) + u64::from(elsewhere),
     });
     Ok(json_answer(StatusCode::OK, &body))
 }

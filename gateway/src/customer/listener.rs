@@ -73,20 +73,20 @@ async fn accept(
     let refuse_bounded = |stream: TcpStream, error: ProxyError| {
         // Beyond the bound the stream is dropped here: closed without an answer.
         if let Ok(permit) = refusals.clone().try_acquire_owned() {
-            shared.tasks.spawn(async move {
+            shared.lifecycle.tasks.spawn(async move {
                 refuse(stream, error).await;
                 drop(permit);
             });
         }
     };
-    while let Some((stream, peer)) = shared.accept(&listener, "customer").await {
+    while let Some((stream, peer)) = shared.lifecycle.accept(&listener, "customer").await {
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             refuse_bounded(stream, ProxyError::GatewayBusy);
             continue;
         };
         let deadline = Instant::now() + shared.config.head_timeout;
         // Looked up per connection, so a reload applies to the next one.
-        let entry = entry_port.and_then(|port| shared.entry_ports.targeting(port));
+        let entry = entry_port.and_then(|port| shared.routing.entry_ports.targeting(port));
         if is_trusted(&shared.config.proxy_protocol_from, peer) {
             // The balancer's own address is not capped: the header names the
             // customer, whose address the caps then count.
@@ -98,7 +98,7 @@ async fn accept(
                 user = tracing::field::Empty
             );
             let (bounds, shared) = (bounds.clone(), shared.clone());
-            shared.tasks.clone().spawn(
+            shared.lifecycle.tasks.clone().spawn(
                 async move {
                     Box::pin(proxied(stream, entry, deadline, &bounds, shared)).await;
                     drop(permit);
@@ -121,7 +121,7 @@ async fn accept(
         let places = connections.clone();
         // Boxed: a connection's future holds every protocol's state (several
         // KiB), and each wrapper on the way into the task would copy it whole.
-        shared.tasks.clone().spawn(
+        shared.lifecycle.tasks.clone().spawn(
             async move {
                 let slot = Arc::new(slot);
                 Box::pin(handle(stream, arrival, slot, deadline, places, shared)).await;
@@ -213,20 +213,24 @@ async fn handle(
             drop(first);
             socks::serve(stream, arrival, slot, deadline, shared).await
         }
-        Ok(Ok(1..)) if first[0] == TLS_HANDSHAKE && shared.customer_tls.is_some() => {
+        Ok(Ok(1..)) if first[0] == TLS_HANDSHAKE && shared.walls.customer_tls.is_some() => {
             drop(first);
-            let Some(tls) = &shared.customer_tls else {
+            let Some(tls) = &shared.walls.customer_tls else {
                 return;
             };
-            if !shared.tls_handshakes.allow(arrival.peer.ip()) {
-                shared.metrics.customer_tls_handshakes_refused.inc();
+            if !shared.walls.tls_handshakes.allow(arrival.peer.ip()) {
+                shared
+                    .accounting
+                    .metrics
+                    .customer_tls_handshakes_refused
+                    .inc();
                 refuse_handshake(stream).await;
                 return;
             }
             // The handshake shares the head's deadline, counted from accept.
             match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
                 Ok(Ok(stream)) => {
-                    shared.metrics.customer_tls_connections.inc();
+                    shared.accounting.metrics.customer_tls_connections.inc();
                     if http2::negotiated(&stream) {
                         http2::serve(stream, arrival, slot, deadline, places, shared).await
                     } else {

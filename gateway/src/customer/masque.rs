@@ -104,7 +104,7 @@ pub(crate) fn start(shared: &Arc<Shared>) -> std::io::Result<Option<SocketAddr>>
     let Some(addr) = shared.config.listen_h3 else {
         return Ok(None);
     };
-    if shared.customer_tls.is_none() {
+    if shared.walls.customer_tls.is_none() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "--listen-h3 needs --tls-cert and --tls-key",
@@ -122,7 +122,10 @@ pub(crate) fn start(shared: &Arc<Shared>) -> std::io::Result<Option<SocketAddr>>
     let endpoint =
         exitpool_transport::udp::endpoint(addr, quinn::EndpointConfig::default(), Some(first))?;
     let bound = endpoint.local_addr()?;
-    shared.tasks.spawn(serve(endpoint, configs, shared.clone()));
+    shared
+        .lifecycle
+        .tasks
+        .spawn(serve(endpoint, configs, shared.clone()));
     info!(%bound, "MASQUE CONNECT-UDP over HTTP/3");
     Ok(Some(bound))
 }
@@ -135,7 +138,13 @@ struct ServerConfigs {
 
 impl ServerConfigs {
     fn get(&mut self, shared: &Shared) -> Option<quinn::ServerConfig> {
-        let tls = shared.customer_tls.as_ref()?.acceptor().config().clone();
+        let tls = shared
+            .walls
+            .customer_tls
+            .as_ref()?
+            .acceptor()
+            .config()
+            .clone();
         if let Some((seen, config)) = &self.current {
             if Arc::ptr_eq(seen, &tls) {
                 return Some(config.clone());
@@ -187,12 +196,16 @@ async fn serve(endpoint: quinn::Endpoint, mut configs: ServerConfigs, shared: Ar
                 Some(incoming) => incoming,
                 None => break,
             },
-            () = shared.shutdown.cancelled() => break,
+            () = shared.lifecycle.shutdown.cancelled() => break,
         };
         let peer = incoming.remote_address();
         // Cheap checks first: no cryptography for a source over its budget.
-        if !shared.tls_handshakes.allow(peer.ip()) {
-            shared.metrics.customer_tls_handshakes_refused.inc();
+        if !shared.walls.tls_handshakes.allow(peer.ip()) {
+            shared
+                .accounting
+                .metrics
+                .customer_tls_handshakes_refused
+                .inc();
             incoming.refuse();
             continue;
         }
@@ -220,14 +233,14 @@ async fn serve(endpoint: quinn::Endpoint, mut configs: ServerConfigs, shared: Ar
         let deadline = tokio::time::Instant::now() + shared.config.head_timeout;
         let span = info_span!("h3", %peer);
         let task_shared = shared.clone();
-        shared.tasks.spawn(
+        shared.lifecycle.tasks.spawn(
             async move {
                 let connection = match tokio::time::timeout_at(deadline, connecting).await {
                     Ok(Ok(connection)) => connection,
                     Ok(Err(error)) => return debug!(%error, "HTTP/3 handshake failed"),
                     Err(_) => return debug!("HTTP/3 handshake past the head timeout"),
                 };
-                task_shared.metrics.customer_h3_connections.inc();
+                task_shared.accounting.metrics.customer_h3_connections.inc();
                 let arrival = Arrival { peer, entry: None };
                 serve_connection(connection, arrival, Arc::new(slot), deadline, task_shared).await;
                 drop(permit);
@@ -281,7 +294,7 @@ async fn serve_connection(
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    shared.metrics.customer_masque_requests.inc();
+                    shared.accounting.metrics.customer_masque_requests.inc();
                     let task = serve_request(
                         resolver,
                         connection.clone(),
@@ -292,7 +305,7 @@ async fn serve_connection(
                     );
                     // A span per request: each authenticates on its own.
                     let span = info_span!("request", user = tracing::field::Empty);
-                    shared.tasks.spawn(live.track_future(task.instrument(span)));
+                    shared.lifecycle.tasks.spawn(live.track_future(task.instrument(span)));
                 }
                 Ok(None) => break debug!("HTTP/3 connection closed"),
                 Err(error) => break debug!(%error, "HTTP/3 connection ended"),
@@ -310,7 +323,7 @@ async fn serve_connection(
                     idle_check = quiet_since + idle_after;
                 }
             }
-            () = shared.shutdown.cancelled(), if closing.is_none() => {
+            () = shared.lifecycle.shutdown.cancelled(), if closing.is_none() => {
                 let _ = h3.shutdown(0).await;
                 closing = Some(tokio::time::Instant::now() + shared.config.shutdown_grace);
             }
@@ -344,11 +357,11 @@ async fn route_datagrams(
         let stream = datagram.stream_id().into_inner();
         let mut payload = datagram.payload().clone();
         let Ok(context) = VarInt::decode(&mut payload) else {
-            Drop::Malformed.count(1, &shared);
+            Drop::Malformed.count(1, &shared.accounting);
             continue;
         };
         if context.into_inner() != UDP_CONTEXT {
-            Drop::UnknownContext.count(1, &shared);
+            Drop::UnknownContext.count(1, &shared.accounting);
             continue;
         }
         let routed = routes
@@ -358,8 +371,8 @@ async fn route_datagrams(
             .map(|queue| queue.try_send(payload.copy_to_bytes(payload.remaining())));
         match routed {
             Some(Ok(())) => {}
-            Some(Err(_)) => Drop::QueueFull.count(1, &shared),
-            None => Drop::UnknownFlow.count(1, &shared),
+            Some(Err(_)) => Drop::QueueFull.count(1, &shared.accounting),
+            None => Drop::UnknownFlow.count(1, &shared.accounting),
         }
     }
 }
@@ -418,7 +431,8 @@ async fn serve_request(
         started,
         protocol: "masque",
     };
-    let mut transfer = Transfer::start_flows(agent.clone(), load, slot, context, &shared);
+    let mut transfer =
+        Transfer::start_flows(agent.clone(), load, slot, context, &shared.accounting);
     let counters = transfer.counters().clone();
     let prefix = datagram_prefix(id);
     let deliver = |payload: Bytes| {
@@ -428,7 +442,7 @@ async fn serve_request(
         let sent = match connection.send_datagram(datagram.freeze()) {
             Ok(()) => true,
             Err(quinn::SendDatagramError::TooLarge) => {
-                Drop::TooLarge.count(1, &shared);
+                Drop::TooLarge.count(1, &shared.accounting);
                 false
             }
             Err(_) => false,
@@ -436,7 +450,7 @@ async fn serve_request(
         std::future::ready(sent)
     };
     let work = async {
-        let relay = flow.relay(queued, deliver, &counters, &shared);
+        let relay = flow.relay(queued, deliver, &counters, &shared.accounting);
         let closed = async {
             // The client's end of the request stream is the flow's end;
             // capsules on it are read and ignored (RFC 9297 §3.2).
@@ -467,7 +481,7 @@ async fn serve_request(
         bytes = transfer.total(),
         "MASQUE CONNECT-UDP request ended"
     );
-    transfer.finish(&result, None, &shared);
+    transfer.finish(&result, None, &shared.accounting);
     drop(place);
 }
 
@@ -500,7 +514,9 @@ async fn open(
     let grant = session::authenticate_either(credentials, arrival, pending, shared).await?;
     let Some(place) = Place::take(&grant.user, arrival.peer.ip()) else {
         let error = ProxyError::TooManyConnections(super::udp_flow::MAX_PER_CUSTOMER);
-        shared.record_error(Some(&grant.user), None, &error);
+        shared
+            .accounting
+            .record_error(Some(&grant.user), None, &error);
         return Err(error.into());
     };
     let (agent, load, slot) = session::choose_for_flows(&grant, shared).await?;

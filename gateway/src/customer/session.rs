@@ -15,7 +15,7 @@ use crate::error::ProxyError;
 use crate::limits::Slot;
 use crate::metrics::CauseLabel;
 use crate::sessions::{Pinned, SessionKey, Settle};
-use crate::shared::Shared;
+use crate::shared::{Accounting, Routing, Shared};
 use crate::tunnel::ExitStream;
 use exitpool_protocol::TargetHost;
 use std::net::{IpAddr, SocketAddr};
@@ -138,10 +138,11 @@ pub async fn authenticate(
 ) -> Result<Grant, ProxyError> {
     let bases = credentials::bases(user, password);
     let ip = pending.ip();
-    shared.auth_failures.check(ip).inspect_err(|error| {
-        shared.record_error(None, None, error);
+    shared.walls.auth_failures.check(ip).inspect_err(|error| {
+        shared.accounting.record_error(None, None, error);
     })?;
     let checked = shared
+        .accounting
         .accounts
         .current()
         .users
@@ -149,19 +150,22 @@ pub async fn authenticate(
     let verified = match checked {
         Checked::Done(verified) => verified,
         Checked::NeedsHash(check) => {
-            shared.metrics.password_hashes.inc();
+            shared.accounting.metrics.password_hashes.inc();
             shared
+                .walls
                 .password_checks
                 .run(check)
                 .await
                 .inspect_err(|error| {
-                    shared.record_error(None, None, error);
+                    shared.accounting.record_error(None, None, error);
                 })?
         }
     };
     let Some(customer) = verified else {
-        shared.auth_failures.record_failure(ip);
-        shared.record_error(None, None, &ProxyError::AuthRequired);
+        shared.walls.auth_failures.record_failure(ip);
+        shared
+            .accounting
+            .record_error(None, None, &ProxyError::AuthRequired);
         return Err(ProxyError::AuthRequired);
     };
     tracing::Span::current().record("user", customer.name.as_str());
@@ -179,7 +183,9 @@ pub async fn authenticate(
             customer,
         }),
         Err(error) => {
-            shared.record_error(Some(&customer.name), None, &error);
+            shared
+                .accounting
+                .record_error(Some(&customer.name), None, &error);
             Err(error)
         }
     }
@@ -197,7 +203,7 @@ pub(crate) async fn authenticate_either(
 ) -> Result<Grant, ProxyError> {
     let mut grant = match credentials {
         Some((user, password)) => authenticate(user, password, pending, shared).await?,
-        None => authenticate_source(arrival.peer.ip(), pending, shared)?,
+        None => authenticate_source(arrival.peer.ip(), pending, &shared.accounting)?,
     };
     if let Some(entry) = &arrival.entry {
         let targeting = std::mem::take(&mut grant.targeting);
@@ -207,7 +213,11 @@ pub(crate) async fn authenticate_either(
                 message: e.message,
             })
             .and_then(|targeting| allowed_country(targeting, &grant.customer))
-            .inspect_err(|error| shared.record_error(Some(&grant.user), None, error))?;
+            .inspect_err(|error| {
+                shared
+                    .accounting
+                    .record_error(Some(&grant.user), None, error)
+            })?;
     }
     // Where the account may connect from (the control plane's `allow_ips`).
     grant
@@ -215,7 +225,11 @@ pub(crate) async fn authenticate_either(
         .limits
         .admits_source(arrival.peer.ip())
         .and_then(|()| servable(&grant.targeting, &shared.config.geoip))
-        .inspect_err(|error| shared.record_error(Some(&grant.user), None, error))?;
+        .inspect_err(|error| {
+            shared
+                .accounting
+                .record_error(Some(&grant.user), None, error)
+        })?;
     Ok(grant)
 }
 
@@ -289,9 +303,9 @@ fn allowed_country(targeting: Targeting, customer: &Customer) -> Result<Targetin
 pub fn authenticate_source(
     source: IpAddr,
     pending: &AddressSlot,
-    shared: &Shared,
+    accounting: &Accounting,
 ) -> Result<Grant, ProxyError> {
-    let accounts = shared.accounts.current();
+    let accounts = accounting.accounts.current();
     let Some(customer) = accounts.users.by_source(source) else {
         return Err(ProxyError::AuthRequired);
     };
@@ -324,10 +338,13 @@ pub async fn open(
 ) -> Result<Authorized, Refusal> {
     let started = Instant::now();
     let fail = |agent: Option<&Agent>, error: ProxyError| {
-        shared.record_error(Some(&grant.user), agent, &error);
+        shared
+            .accounting
+            .record_error(Some(&grant.user), agent, &error);
         Refusal::from(error)
     };
-    let (customer, slot) = within_limits(grant, Some(&host), shared).map_err(|e| fail(None, e))?;
+    let (customer, slot) =
+        within_limits(grant, Some(&host), &shared.accounting).map_err(|e| fail(None, e))?;
     let config = &shared.config;
     let deadline = started + config.connect_deadline;
     let strict = grant
@@ -343,8 +360,8 @@ pub async fn open(
     let failover_until = deadline.min(started + FAILOVER_WAIT);
     loop {
         // Subscribed before choosing, so a join in between is not missed.
-        let mut pool_changed = shared.exits.directory().census();
-        let chosen = choose_exit_or_wait(grant, &customer.limits, shared, &avoid).await;
+        let mut pool_changed = shared.routing.exits.directory().census();
+        let chosen = choose_exit_or_wait(grant, &customer.limits, &shared.routing, &avoid).await;
         let (agent, mut session, mut pin) = match (chosen, last_failure.take()) {
             (Ok(chosen), failure) => {
                 last_failure = failure;
@@ -368,7 +385,7 @@ pub async fn open(
         if let Some((key, pinned)) = &mut pin {
             if settles < 2 {
                 settles += 1;
-                match shared.sessions.settle(key, pinned).await {
+                match shared.routing.sessions.settle(key, pinned).await {
                     Settle::Ours => {}
                     // Another gateway pinned it to this very exit first.
                     Settle::Found => session = Some(SessionOutcome::Kept),
@@ -384,7 +401,11 @@ pub async fn open(
             .min(deadline.saturating_duration_since(attempt_started));
         let load = StreamGuard::new(agent.clone());
         let waiting = agent.health.open_started(attempt_started);
-        let opened = shared.exits.open(&agent, host.clone(), port, timeout).await;
+        let opened = shared
+            .routing
+            .exits
+            .open(&agent, host.clone(), port, timeout)
+            .await;
         drop(waiting);
         let error = match opened {
             Ok(stream) => {
@@ -427,12 +448,14 @@ pub(crate) async fn choose_for_flows(
 ) -> Result<(Arc<Agent>, StreamGuard, Slot), Refusal> {
     let started = Instant::now();
     let fail = |error: ProxyError| {
-        shared.record_error(Some(&grant.user), None, &error);
+        shared
+            .accounting
+            .record_error(Some(&grant.user), None, &error);
         Refusal::from(error)
     };
-    let (customer, slot) = within_limits(grant, None, shared).map_err(fail)?;
+    let (customer, slot) = within_limits(grant, None, &shared.accounting).map_err(fail)?;
     let (agent, _session, pin) =
-        choose_exit_or_wait(grant, &customer.limits, shared, &Avoid::default())
+        choose_exit_or_wait(grant, &customer.limits, &shared.routing, &Avoid::default())
             .await
             .map_err(fail)?;
     if agent.home.is_some() {
@@ -451,9 +474,9 @@ pub(crate) async fn choose_for_flows(
 fn within_limits(
     grant: &Grant,
     target: Option<&TargetHost>,
-    shared: &Shared,
+    accounting: &Accounting,
 ) -> Result<(Arc<Customer>, Slot), ProxyError> {
-    let customer = shared
+    let customer = accounting
         .accounts
         .current()
         .users
@@ -465,20 +488,20 @@ fn within_limits(
     }
     // A spent quota period is refused here, saying which and when it resets,
     // rather than found at the first byte.
-    if let Some(period) = shared
+    if let Some(period) = accounting
         .accounts
         .control()
         .and_then(|link| link.period_quota(&grant.user))
     {
-        if shared.used_by(&grant.user) >= period.effective() {
+        if accounting.used_by(&grant.user) >= period.effective() {
             return Err(ProxyError::QuotaPeriodExhausted {
                 period: period.period,
                 resets_at: period.resets_at,
             });
         }
     }
-    let used = shared.customer_bytes(&grant.user);
-    let slot = shared.limits.admit(&customer, used)?;
+    let used = accounting.customer_bytes(&grant.user);
+    let slot = accounting.limits.admit(&customer, used)?;
     Ok((customer, slot))
 }
 
@@ -488,14 +511,14 @@ fn within_limits(
 pub(crate) fn target_allowed(
     user: &str,
     host: &TargetHost,
-    shared: &Shared,
+    accounting: &Accounting,
 ) -> Result<(), ProxyError> {
-    let accounts = shared.accounts.current();
+    let accounts = accounting.accounts.current();
     let allowed = match accounts.users.get(user) {
         Some(customer) => customer.limits.admits_target(host),
         None => Err(ProxyError::AuthRequired),
     };
-    allowed.inspect_err(|error| shared.record_error(Some(user), None, error))
+    allowed.inspect_err(|error| accounting.record_error(Some(user), None, error))
 }
 
 /// A stream opened through `agent`: the session pinned (only once the exit
@@ -513,15 +536,20 @@ fn record_opened(
         // Room was checked before opening; losing a race for the last
         // places leaves this connection served, unpinned.
         let _ = shared
+            .routing
             .sessions
             .put(key, pinned, customer.limits.session_limit());
     }
     shared
+        .accounting
         .metrics
         .connect_seconds
         .observe(started.elapsed().as_secs_f64());
-    shared.metrics.connections.inc();
-    shared.usage.record_connection(Some(&grant.user), agent);
+    shared.accounting.metrics.connections.inc();
+    shared
+        .accounting
+        .usage
+        .record_connection(Some(&grant.user), agent);
 }
 
 /// After `agent` failed to open: `Ok` with the failure when the request
@@ -554,6 +582,7 @@ fn next_exit(
     }
     tracing::debug!(exit = %agent.exit_id, cause, "open failed at the exit; trying another");
     shared
+        .accounting
         .metrics
         .open_retries
         .get_or_create(&CauseLabel {
@@ -583,16 +612,16 @@ async fn pool_changes(
 async fn choose_exit_or_wait(
     grant: &Grant,
     limits: &Limits,
-    shared: &Shared,
+    routing: &Routing,
     avoid: &Avoid,
 ) -> Result<Chosen, ProxyError> {
     let deadline = tokio::time::Instant::now() + EXITS_BUSY_GRACE;
     loop {
         // Registered before the pick, so a slot freed in between is not missed.
-        let freed = shared.exits.directory().slot_freed().notified();
+        let freed = routing.exits.directory().slot_freed().notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
-        match choose_exit(grant, limits, shared, avoid) {
+        match choose_exit(grant, limits, routing, avoid) {
             Err(ProxyError::ExitsBusy(described)) => {
                 if tokio::time::timeout_at(deadline, freed).await.is_err() {
                     return Err(ProxyError::ExitsBusy(described));
@@ -611,13 +640,13 @@ async fn choose_exit_or_wait(
 fn choose_exit(
     grant: &Grant,
     limits: &Limits,
-    shared: &Shared,
+    routing: &Routing,
     avoid: &Avoid,
 ) -> Result<Chosen, ProxyError> {
     let targeting = &grant.targeting;
     let (list, described) = match (targeting.countries.as_slice(), &limits.countries) {
-        ([], None) => return choose_in(grant, None, limits, shared, avoid),
-        ([one], _) => return choose_in(grant, Some(one.clone()), limits, shared, avoid),
+        ([], None) => return choose_in(grant, None, limits, routing, avoid),
+        ([one], _) => return choose_in(grant, Some(one.clone()), limits, routing, avoid),
         ([], Some(allowed)) => (
             allowed.as_slice(),
             format!("in the account's countries ({})", allowed.join(", ")),
@@ -633,7 +662,7 @@ fn choose_exit(
     let mut order: Vec<&String> = list.iter().collect();
     match &grant.targeting.session {
         Some(session) => order.sort_by_key(|country| {
-            shared
+            routing
                 .exits
                 .directory()
                 .ring_point(&format!("{}\0{}\0{country}", grant.user, session.id))
@@ -643,7 +672,7 @@ fn choose_exit(
     let mut busy = false;
     let mut cooling = false;
     for country in order {
-        match choose_in(grant, Some(country.clone()), limits, shared, avoid) {
+        match choose_in(grant, Some(country.clone()), limits, routing, avoid) {
             Err(ProxyError::NoExit(_)) => {}
             Err(ProxyError::ExitsBusy(_)) => busy = true,
             Err(ProxyError::ExitsCooling(_)) => cooling = true,
@@ -671,7 +700,7 @@ fn choose_in(
     grant: &Grant,
     country: Option<String>,
     limits: &Limits,
-    shared: &Shared,
+    routing: &Routing,
     avoid: &Avoid,
 ) -> Result<Chosen, ProxyError> {
     let targeting = &grant.targeting;
@@ -681,7 +710,7 @@ fn choose_in(
         city: targeting.city.clone(),
         region: targeting.region.clone(),
     };
-    let directory = &shared.exits.directory();
+    let directory = &routing.exits.directory();
     let Some(session) = &targeting.session else {
         let agent = directory.pick(&filter, avoid).map_err(unavailable)?;
         return Ok((agent, None, None));
@@ -692,7 +721,7 @@ fn choose_in(
     };
     let now = Instant::now();
     let point = directory.ring_point(&format!("{}\0{}", key.customer, key.session));
-    let pin = shared.sessions.get(&key, now);
+    let pin = routing.sessions.get(&key, now);
     let fresh = pin.is_none();
     let (expires_at, outcome) = match pin {
         None => (now + session.lifetime, SessionOutcome::New),
@@ -729,7 +758,7 @@ fn choose_in(
         },
     };
     if fresh {
-        shared
+        routing
             .sessions
             .has_room(&key.customer, limits.session_limit())
             .map_err(|full| ProxyError::TooManySessions(full.to_string()))?;

@@ -183,7 +183,7 @@ pub(crate) async fn serve(
     let head_timeout = shared.config.head_timeout;
     let negotiated = tokio::select! {
         negotiated = tokio::time::timeout_at(deadline, negotiate(&mut stream, &arrival, &pending, &shared)) => negotiated,
-        () = shared.shutdown.cancelled() => return,
+        () = shared.lifecycle.shutdown.cancelled() => return,
     };
     let (grant, target) = match negotiated {
         Ok(Ok(negotiated)) => negotiated,

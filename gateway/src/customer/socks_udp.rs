@@ -124,7 +124,8 @@ pub(super) async fn serve(
         protocol: "socks5-udp",
     };
     let (agent, load, slot) = chosen;
-    let mut transfer = Transfer::start_flows(agent.clone(), load, slot, context, &shared);
+    let mut transfer =
+        Transfer::start_flows(agent.clone(), load, slot, context, &shared.accounting);
     let client = Client::new(arrival.peer.ip(), declared);
     let association = Association {
         user: grant.user.clone(),
@@ -162,7 +163,7 @@ pub(super) async fn serve(
         dropped_by_cause = ?drops.by_cause(),
         "SOCKS5 UDP association ended"
     );
-    transfer.finish(&result, None, &shared);
+    transfer.finish(&result, None, &shared.accounting);
     drop(place);
 }
 
@@ -317,7 +318,7 @@ impl Association {
     }
 
     fn drop_many(&mut self, cause: Drop, count: u64) {
-        self.drops.add(cause, count, &self.shared);
+        self.drops.add(cause, count, &self.shared.accounting);
     }
 
     /// Relays until the control connection closes (the association's end) or
@@ -330,7 +331,7 @@ impl Association {
         let mut control_buf = [0u8; 512];
         let mut buf = vec![0u8; MAX_DATAGRAM_LEN + 512];
         // Zero on purpose: the metric family shows every cause from the start.
-        Drop::show_all(&self.shared);
+        Drop::show_all(&self.shared.accounting);
         loop {
             tokio::select! {
                 read = control.read(&mut control_buf) => match read {
@@ -440,7 +441,7 @@ impl FlowTask {
         let deliver = |payload: Bytes| async move {
             socket.send_to(&wrap(peer, &payload), client).await.is_ok()
         };
-        flow.relay(queued, deliver, &self.counters, &self.shared)
+        flow.relay(queued, deliver, &self.counters, &self.shared.accounting)
             .await;
         let _ = self.events.send(FlowEvent::Ended { key: self.key }).await;
     }

@@ -15,7 +15,7 @@ use crate::access::{AccessLog, AccessRecord};
 use crate::directory::{Agent, Outcome, StreamGuard};
 use crate::limits::Slot;
 use crate::quota::Lease;
-use crate::shared::Shared;
+use crate::shared::{Accounting, Shared};
 use crate::tunnel::ExitStream;
 use bytes::Bytes;
 use exitpool_transport::relay::{relay, Direction, LiveCounters, RelayError, Throttle};
@@ -150,7 +150,7 @@ async fn watch_exit(agent: &Agent, counters: &LiveCounters, shared: &Shared) {
         if !expecting || changed.elapsed() < check_after {
             continue;
         }
-        if !shared.exits.check_alive(agent).await {
+        if !shared.routing.exits.check_alive(agent).await {
             return;
         }
         changed = Instant::now();
@@ -208,7 +208,7 @@ impl Transfer {
             session: _,
             attempts: _,
         } = authorized;
-        let transfer = Transfer::start_flows(agent, load, slot, context, shared);
+        let transfer = Transfer::start_flows(agent, load, slot, context, &shared.accounting);
         (transfer, stream)
     }
 
@@ -221,13 +221,13 @@ impl Transfer {
         load: StreamGuard,
         slot: Slot,
         context: AccessContext,
-        shared: &Shared,
+        accounting: &Accounting,
     ) -> Transfer {
-        let quota = shared.quota_of(&context.user);
-        let lease =
-            quota.map(|quota| Arc::new(shared.limits.quota_leases().open(&context.user, quota)));
+        let quota = accounting.quota_of(&context.user);
+        let lease = quota
+            .map(|quota| Arc::new(accounting.limits.quota_leases().open(&context.user, quota)));
         let counters: Arc<LiveCounters> = Arc::default();
-        let live = shared.live.register(
+        let live = accounting.live.register(
             crate::live::NewLive {
                 user: context.user.clone(),
                 peer: context.peer,
@@ -319,8 +319,8 @@ impl Transfer {
                     break Err(TransferEnd::ExitDead.into());
                 }
                 _ = fold_timer.tick() => {
-                    self.fold(shared);
-                    if exhausted_quota(&self.context.user, shared).is_some() {
+                    self.fold(&shared.accounting);
+                    if exhausted_quota(&self.context.user, &shared.accounting).is_some() {
                         break Err(TransferEnd::QuotaCut.into());
                     }
                 }
@@ -330,15 +330,15 @@ impl Transfer {
 
     /// Records the bytes counted since the last fold (and settles them
     /// against the quota lease, now that usage counts them).
-    fn fold(&mut self, shared: &Shared) {
+    fn fold(&mut self, accounting: &Accounting) {
         let up = self.counters.to_tunnel.load(Ordering::Relaxed);
         let down = self.counters.from_tunnel.load(Ordering::Relaxed);
         let (new_up, new_down) = (
             up.saturating_sub(self.folded_up),
             down.saturating_sub(self.folded_down),
         );
-        shared.record_transfer(Some(&self.context.user), &self.agent, new_up, new_down);
-        if let Some(link) = shared.accounts.control() {
+        accounting.record_transfer(Some(&self.context.user), &self.agent, new_up, new_down);
+        if let Some(link) = accounting.accounts.control() {
             let context = &self.context;
             link.history.transfer(
                 &context.user,
@@ -363,15 +363,15 @@ impl Transfer {
         mut self,
         result: &Result<(), E>,
         exchange: Option<(&hyper::Method, u16)>,
-        shared: &Shared,
+        accounting: &Accounting,
     ) {
         let end = ended(result);
-        let (up, down) = self.account(end.as_ref(), shared);
+        let (up, down) = self.account(end.as_ref(), accounting);
         if !AccessLog::enabled() {
             return;
         }
         let context = self.context;
-        shared.access_log.write(AccessRecord {
+        accounting.access_log.write(AccessRecord {
             user: context.user,
             peer: context.peer,
             method: exchange.map(|(method, _)| method.clone()),
@@ -391,20 +391,20 @@ impl Transfer {
         result: &Result<(), E>,
         shared: &Shared,
     ) {
-        self.account(ended(result).as_ref(), shared);
+        self.account(ended(result).as_ref(), &shared.accounting);
     }
 
     /// Folds the last bytes, adds them to the exit's live figures and counts an
     /// abnormal `end`; returns the bytes up and down.
-    fn account(&mut self, end: Option<&TransferEnd>, shared: &Shared) -> (u64, u64) {
-        self.fold(shared);
+    fn account(&mut self, end: Option<&TransferEnd>, accounting: &Accounting) -> (u64, u64) {
+        self.fold(accounting);
         let up = self.counters.to_tunnel.load(Ordering::Relaxed);
         let down = self.counters.from_tunnel.load(Ordering::Relaxed);
         self.agent.bytes_up.fetch_add(up, Ordering::Relaxed);
         self.agent.bytes_down.fetch_add(down, Ordering::Relaxed);
         if end.is_some_and(TransferEnd::is_failure) {
             let user = Some(self.context.user.as_str());
-            shared.record_error_code(user, Some(&self.agent), TransferEnd::ERROR_CODE);
+            accounting.record_error_code(user, Some(&self.agent), TransferEnd::ERROR_CODE);
         }
         (up, down)
     }
@@ -429,16 +429,16 @@ impl Throttle for QuotaGate<'_> {
         let Some((lease, user)) = &self.lease else {
             return;
         };
-        if !lease.take(bytes as u64, || self.shared.used_by(user)) {
+        if !lease.take(bytes as u64, || self.shared.accounting.used_by(user)) {
             std::future::pending::<()>().await;
         }
     }
 }
 
 /// The account's quota, if `user` has used it up (as the accounts stand now).
-pub(crate) fn exhausted_quota(user: &str, shared: &Shared) -> Option<u64> {
-    let quota = shared.quota_of(user)?;
-    (shared.used_by(user) >= quota).then_some(quota)
+pub(crate) fn exhausted_quota(user: &str, accounting: &Accounting) -> Option<u64> {
+    let quota = accounting.quota_of(user)?;
+    (accounting.used_by(user) >= quota).then_some(quota)
 }
 
 /// A customer's connection: plain TCP, or TLS over TCP on an HTTPS proxy port.
@@ -579,7 +579,7 @@ where
                 .map_err(TransferEnd::from)
         }
     };
-    transfer.finish(&result, None, shared);
+    transfer.finish(&result, None, &shared.accounting);
     result
 }
 
@@ -611,7 +611,7 @@ impl<T> MeteredIo<T> {
         match &self.lease {
             None => bytes,
             Some((lease, user, shared)) => {
-                lease.take_up_to(bytes as u64, || shared.used_by(user)) as usize
+                lease.take_up_to(bytes as u64, || shared.accounting.used_by(user)) as usize
             }
         }
     }

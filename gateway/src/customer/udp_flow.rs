@@ -16,7 +16,7 @@
 //!   `exitpool_udp_datagrams_dropped_total`.
 
 use crate::error::ProxyError;
-use crate::shared::Shared;
+use crate::shared::{Accounting, Shared};
 use crate::tunnel::ExitStream;
 use bytes::{BufMut, Bytes, BytesMut};
 use exitpool_protocol::udp::{
@@ -88,8 +88,8 @@ impl Drop {
     }
 
     /// Counts `count` drops in the gateway's metrics.
-    pub(super) fn count(self, count: u64, shared: &Shared) {
-        shared
+    pub(super) fn count(self, count: u64, accounting: &Accounting) {
+        accounting
             .metrics
             .udp_dropped
             .get_or_create(&crate::metrics::CauseLabel {
@@ -99,9 +99,9 @@ impl Drop {
     }
 
     /// Shows every cause in the metric family from the start, at zero.
-    pub(super) fn show_all(shared: &Shared) {
+    pub(super) fn show_all(accounting: &Accounting) {
         for cause in Drop::ALL {
-            cause.count(0, shared);
+            cause.count(0, accounting);
         }
     }
 }
@@ -113,12 +113,12 @@ pub(super) struct Drops(HashMap<&'static str, u64>);
 
 impl Drops {
     /// Counts `count` drops for `cause` here and in the metrics.
-    pub(super) fn add(&mut self, cause: Drop, count: u64, shared: &Shared) {
+    pub(super) fn add(&mut self, cause: Drop, count: u64, accounting: &Accounting) {
         if count == 0 {
             return;
         }
         *self.0.entry(cause.as_str()).or_insert(0) += count;
-        cause.count(count, shared);
+        cause.count(count, accounting);
     }
 
     /// All drops so far.
@@ -162,7 +162,7 @@ impl TunnelFrames {
         flow: u32,
         shared: &Arc<Shared>,
     ) -> Option<(FrameRoute, mpsc::Receiver<Bytes>)> {
-        let tunnel = shared.exits.tunnels().get(key)?;
+        let tunnel = shared.routing.exits.tunnels().get(key)?;
         tunnel.max_datagram_size()?;
         let id = (Arc::as_ptr(shared) as usize, key);
         let mut tunnels = framed_tunnels().lock().unwrap_or_else(|e| e.into_inner());
@@ -199,8 +199,8 @@ impl TunnelFrames {
             });
             match routed {
                 Some(Ok(())) => {}
-                Some(Err(_)) => Drop::QueueFull.count(1, &shared),
-                None => Drop::UnknownFlow.count(1, &shared),
+                Some(Err(_)) => Drop::QueueFull.count(1, &shared.accounting),
+                None => Drop::UnknownFlow.count(1, &shared.accounting),
             }
         }
         let mut tunnels = framed_tunnels().lock().unwrap_or_else(|e| e.into_inner());
@@ -321,7 +321,7 @@ pub(super) async fn open_flow(
     user: &str,
     shared: &Arc<Shared>,
 ) -> Result<OpenFlow, ProxyError> {
-    super::session::target_allowed(user, &host, shared)?;
+    super::session::target_allowed(user, &host, &shared.accounting)?;
     let flow = NEXT_FLOW.fetch_add(1, Ordering::Relaxed);
     // Frames when the exit's tunnel carries them (QUIC), routed before the
     // exit answers, so no early frame finds no flow.
@@ -333,7 +333,13 @@ pub(super) async fn open_flow(
         datagrams: route.is_some(),
     };
     let timeout = shared.config.open_timeout;
-    match shared.exits.tunnels().open_udp(tunnel, open, timeout).await {
+    match shared
+        .routing
+        .exits
+        .tunnels()
+        .open_udp(tunnel, open, timeout)
+        .await
+    {
         Ok(stream) => Ok(OpenFlow {
             flow,
             stream,
@@ -341,7 +347,7 @@ pub(super) async fn open_flow(
         }),
         Err(error) => {
             debug!(flow, %error, "UDP flow refused");
-            shared.record_error(None, None, &error);
+            shared.accounting.record_error(None, None, &error);
             Err(error)
         }
     }
@@ -363,7 +369,7 @@ impl OpenFlow {
         mut queued: mpsc::Receiver<Bytes>,
         deliver: F,
         counters: &LiveCounters,
-        shared: &Shared,
+        accounting: &Accounting,
     ) where
         F: Fn(Bytes) -> Fut,
         Fut: Future<Output = bool>,
@@ -381,18 +387,18 @@ impl OpenFlow {
                 match route.as_ref().map(|route| route.send(&payload)) {
                     Some(Ok(true)) => {
                         counters.to_tunnel.fetch_add(len, Ordering::Relaxed);
-                        shared.metrics.udp_frames.inc();
+                        accounting.metrics.udp_frames.inc();
                         continue;
                     }
                     Some(Err(())) => {
-                        Drop::QueueFull.count(1, shared);
+                        Drop::QueueFull.count(1, accounting);
                         continue;
                     }
                     // Too large for a frame, or no frames: on the stream.
                     Some(Ok(false)) | None => {}
                 }
                 let Ok(header) = datagram_header(payload.len()) else {
-                    Drop::TooLarge.count(1, shared);
+                    Drop::TooLarge.count(1, accounting);
                     continue;
                 };
                 let mut framed = BytesMut::with_capacity(payload.len() + 2);
@@ -402,7 +408,7 @@ impl OpenFlow {
                     return;
                 }
                 counters.to_tunnel.fetch_add(len, Ordering::Relaxed);
-                shared.metrics.udp_stream_datagrams.inc();
+                accounting.metrics.udp_stream_datagrams.inc();
             }
         };
         let deliver = &deliver;
@@ -413,7 +419,7 @@ impl OpenFlow {
             }
         };
         let to_client = &to_client;
-        let metrics = &shared.metrics;
+        let metrics = &accounting.metrics;
         let down = async {
             let mut buf = Vec::with_capacity(2048);
             while let Ok(true) = read_datagram(&mut recv, &mut buf).await {

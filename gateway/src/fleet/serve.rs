@@ -60,7 +60,7 @@ async fn serve_quic(shared: Arc<Shared>, fleet: Arc<Fleet>, handshakes: Arc<Pend
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
-            () = shared.shutdown.cancelled() => break,
+            () = shared.lifecycle.shutdown.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };
         let Some(permit) = handshakes.try_admit(incoming.remote_address().ip()) else {
@@ -81,7 +81,7 @@ async fn serve_tcp(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let settings = super::peer::tcp_settings(fleet.config.gateway_timeout, true);
-    while let Some((stream, remote)) = shared.accept(&listener, "tcp peer").await {
+    while let Some((stream, remote)) = shared.lifecycle.accept(&listener, "tcp peer").await {
         let Some(permit) = handshakes.try_admit(remote.ip()) else {
             continue;
         };
@@ -108,7 +108,7 @@ fn spawn_link(
 ) {
     let shared = shared.clone();
     let fleet = fleet.clone();
-    shared.tasks.clone().spawn(async move {
+    shared.lifecycle.tasks.clone().spawn(async move {
         let deadline = shared.config.handshake_timeout;
         let admitted =
             tokio::time::timeout(deadline, async { admit(connected.await?, &fleet).await }).await;
@@ -175,11 +175,14 @@ async fn serve_link(link: Tunnel, peer: String, shared: Arc<Shared>, fleet: Arc<
     loop {
         let stream = tokio::select! {
             stream = link.accept_stream() => stream,
-            () = shared.shutdown.cancelled() => break,
+            () = shared.lifecycle.shutdown.cancelled() => break,
         };
         let Ok((send, recv)) = stream else { break };
         fleet.counters.peer_streams_in.inc();
-        shared.tasks.spawn(serve_stream(send, recv, shared.clone()));
+        shared
+            .lifecycle
+            .tasks
+            .spawn(serve_stream(send, recv, shared.clone()));
     }
     tracing::info!(%peer, "peer link closed");
 }
@@ -196,6 +199,7 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
         return;
     };
     let agent = shared
+        .routing
         .exits
         .directory()
         .by_agent_id(&request.agent_id)
@@ -212,6 +216,7 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
     let load = StreamGuard::new(agent.clone());
     let started = Instant::now();
     let opened = shared
+        .routing
         .exits
         .tunnels()
         .open(
@@ -230,7 +235,7 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
             if error.exit_fault().is_some() {
                 shared.report_outcome(&agent, Outcome::ExitFailed);
             }
-            shared.record_error(None, Some(&agent), &error);
+            shared.accounting.record_error(None, Some(&agent), &error);
             let reply = match error {
                 ProxyError::Exit { code, detail } => OpenReply::Failed { code, detail },
                 other => OpenReply::Failed {
@@ -249,7 +254,7 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
     {
         return;
     }
-    shared.usage.record_connection(None, &agent);
+    shared.accounting.usage.record_connection(None, &agent);
     let counters = LiveCounters::default();
     let (moved, _) = relay_streams(
         send,
@@ -260,6 +265,8 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
         &counters,
     )
     .await;
-    shared.record_transfer(None, &agent, moved.to_tunnel, moved.from_tunnel);
+    shared
+        .accounting
+        .record_transfer(None, &agent, moved.to_tunnel, moved.from_tunnel);
     drop(load);
 }

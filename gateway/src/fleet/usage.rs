@@ -16,7 +16,7 @@
 
 use super::{keys, Fleet, FleetError};
 use crate::limits::Elsewhere;
-use crate::shared::Shared;
+use crate::shared::{Accounting, Shared};
 use crate::usage::{Totals, UsageSink, UsageSnapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -187,7 +187,7 @@ pub async fn run(shared: Arc<Shared>, fleet: Arc<Fleet>, mut journal: Journal) {
     loop {
         let stopping = tokio::select! {
             _ = heartbeat.tick() => false,
-            () = shared.shutdown.cancelled() => true,
+            () = shared.lifecycle.shutdown.cancelled() => true,
         };
         flush(&fleet, &mut journal, &path).await;
         if stopping {
@@ -199,7 +199,7 @@ pub async fn run(shared: Arc<Shared>, fleet: Arc<Fleet>, mut journal: Journal) {
             }
             break;
         }
-        if let Err(error) = trade_load(&shared, &fleet, &journal).await {
+        if let Err(error) = trade_load(&shared.accounting, &fleet, &journal).await {
             tracing::debug!(%error, "live load not traded this heartbeat");
         }
     }
@@ -303,8 +303,12 @@ impl Fleet {
 
 /// Publishes this gateway's live load per customer and reads the others' and
 /// the fleet's bytes per customer, in one round trip.
-async fn trade_load(shared: &Shared, fleet: &Fleet, journal: &Journal) -> Result<(), FleetError> {
-    let busy = shared.limits.drain_admitted();
+async fn trade_load(
+    accounting: &Accounting,
+    fleet: &Fleet,
+    journal: &Journal,
+) -> Result<(), FleetError> {
+    let busy = accounting.limits.drain_admitted();
     let period = fleet.config.heartbeat.as_secs_f64().max(0.001);
     let own = keys::live(&fleet.id);
     let others: Vec<String> = fleet
@@ -365,7 +369,10 @@ async fn trade_load(shared: &Shared, fleet: &Fleet, journal: &Journal) -> Result
         // This gateway's bytes already in `total`: all it counted, less what
         // has not landed yet.
         let pending = journal.customer_bytes(&name) + fleet.unflushed.customer_bytes(&name);
-        let landed_here = shared.usage.customer_bytes(&name).saturating_sub(pending);
+        let landed_here = accounting
+            .usage
+            .customer_bytes(&name)
+            .saturating_sub(pending);
         fleet.quota_bytes.insert(name, (total, landed_here));
     }
     Ok(())

@@ -48,13 +48,13 @@ pub(crate) fn spawn_agent<F>(
     // even the handshake's unstarted state (a QUIC `Incoming`) would size the
     // task for as long as the agent stays.
     let handshake = Box::pin(handshake);
-    shared.tasks.clone().spawn(
+    shared.lifecycle.tasks.clone().spawn(
         async move {
             let started = std::time::Instant::now();
             let handshake = tokio::select! {
                 result = handshake => result,
                 // Not yet an agent: `Gateway::shutdown`'s endpoint close tells it.
-                () = shared.shutdown.cancelled() => return,
+                () = shared.lifecycle.shutdown.cancelled() => return,
                 // Another source's handshake took this place (see `pending`).
                 () = slot.evicted.cancelled() => {
                     debug!("handshake gave its place to one from a network holding fewer");
@@ -64,6 +64,7 @@ pub(crate) fn spawn_agent<F>(
             let joined = match handshake {
                 Ok(joined) => {
                     shared
+                        .accounting
                         .metrics
                         .tunnel_handshake_seconds
                         .observe(started.elapsed().as_secs_f64());
@@ -118,7 +119,7 @@ pub(crate) async fn join(
 ) -> Result<AdmittedAgent, HandshakeError> {
     let (mut control_send, control_recv, body) = read_hello(&connection, shared).await?;
     // A token from the control plane's store is looked up (cached) first.
-    let from_store = crate::tunnel::revocations::verdict_for_hello(&body, shared).await;
+    let from_store = crate::tunnel::revocations::verdict_for_hello(&body, &shared.accounting).await;
     let hello = match check_hello_body(&body, &connection, shared, from_store.as_ref())? {
         Ok(hello) => hello,
         Err(refusal) => return Err(refuse(&connection, &mut control_send, refusal, shared).await),
@@ -132,7 +133,7 @@ pub(crate) async fn join(
         exit_id: agent.exit_id.clone(),
     };
     if let Err(error) = write_frame(&mut control_send, &welcome).await {
-        shared.exits.forget(agent.key);
+        shared.routing.exits.forget(agent.key);
         return Err(error.into());
     }
     Ok(AdmittedAgent {
@@ -249,7 +250,7 @@ fn enter_directory(connection: &Tunnel, hello: CheckedHello, shared: &Shared) ->
         accepting,
     } = hello;
     let location = shared.locate(connection.remote_address().ip());
-    let (agent, replaced) = shared.exits.admit(
+    let (agent, replaced) = shared.routing.exits.admit(
         connection,
         Joining {
             agent_id,
@@ -266,8 +267,8 @@ fn enter_directory(connection: &Tunnel, hello: CheckedHello, shared: &Shared) ->
         // An agent moving from TLS/TCP back to QUIC keeps its old tunnel until
         // the customers on it are done, then leaves it itself; the directory
         // already routes to the new one. Same transport: a stale tunnel.
-        if shared.exits.tunnels().transport(old.key) == Some(connection.transport()) {
-            shared.exits.tunnels().close(
+        if shared.routing.exits.tunnels().transport(old.key) == Some(connection.transport()) {
+            shared.routing.exits.tunnels().close(
                 old.key,
                 close_code::REPLACED,
                 b"replaced by a newer connection",
@@ -308,6 +309,7 @@ fn check_hello(
     let accepted = match from_store {
         // No lookup: the flags or file hold it, or there is no store.
         None => shared
+            .accounting
             .accounts
             .current()
             .agent_tokens
@@ -344,13 +346,13 @@ fn check_hello(
                 .map_err(|error| error.to_string())
         })
         .map_err(|error| {
-            shared.metrics.agent_identity_refusals.inc();
+            shared.accounting.metrics.agent_identity_refusals.inc();
             (RejectReason::BadAgentId, error)
         })?;
     // A banned device (crate::bans) is told so; the agent logs the message
     // and stops. (The protocol has no reason of its own for it.)
-    let exit_id = shared.exits.directory().exit_id(&agent_id);
-    if shared.bans.is_banned(&exit_id) {
+    let exit_id = shared.routing.exits.directory().exit_id(&agent_id);
+    if shared.routing.bans.is_banned(&exit_id) {
         return Err((
             RejectReason::BadAgentId,
             format!("this device (exit {exit_id}) is banned by the gateway's operator; it may not join until unbanned"),
@@ -358,7 +360,7 @@ fn check_hello(
     }
     match over_agent_caps(&agent_id, token.expose(), connection, shared, from_store) {
         Some(message) => {
-            shared.metrics.agents_turned_away.inc();
+            shared.accounting.metrics.agents_turned_away.inc();
             Err((RejectReason::TooManyAgents, message))
         }
         None => Ok(agent_id),
@@ -385,12 +387,18 @@ fn over_agent_caps(
     shared: &Shared,
     from_store: Option<&Verdict>,
 ) -> Option<String> {
-    if shared.exits.directory().by_agent_id(agent_id).is_some() {
+    if shared
+        .routing
+        .exits
+        .directory()
+        .by_agent_id(agent_id)
+        .is_some()
+    {
         return None;
     }
     let per_address = shared.config.max_agents_per_address;
     let network = source_network(connection.remote_address().ip());
-    if shared.exits.directory().agents_from(network) >= per_address {
+    if shared.routing.exits.directory().agents_from(network) >= per_address {
         return Some(format!(
             "{per_address} agents are already connected from this network; this agent will try again later"
         ));
@@ -399,6 +407,7 @@ fn over_agent_caps(
         Some(Verdict::Accepted { max_agents, .. }) => (*max_agents)?,
         _ => u64::from(
             shared
+                .accounting
                 .accounts
                 .current()
                 .agent_tokens
@@ -406,7 +415,7 @@ fn over_agent_caps(
                 .max_agents?,
         ),
     };
-    (shared.exits.directory().agents_with_token(token) >= max as usize).then(|| {
+    (shared.routing.exits.directory().agents_with_token(token) >= max as usize).then(|| {
         format!("this enrolment token's {max} agents are all connected; this agent will try again later")
     })
 }
@@ -432,9 +441,9 @@ async fn serve_agent(admitted: AdmittedAgent, shared: Arc<Shared>) {
     let reason = loop {
         let message = tokio::select! {
             message = read_frame::<AgentMessage, _>(&mut control_recv) => message,
-            () = shared.shutdown.cancelled() => {
+            () = shared.lifecycle.shutdown.cancelled() => {
                 // No new customers reach this agent from here on.
-                shared.exits.directory().set_accepting(agent.key, false);
+                shared.routing.exits.directory().set_accepting(agent.key, false);
                 // Boxed for the same reason as the handshake: it runs once, at the end.
                 let code = close_code::SHUTDOWN;
                 Box::pin(leave(&connection, &mut control_send, code, b"gateway shutting down")).await;
@@ -443,11 +452,19 @@ async fn serve_agent(admitted: AdmittedAgent, shared: Arc<Shared>) {
         };
         match message {
             Ok(AgentMessage::Load { accepting, .. }) => {
-                shared.exits.directory().set_accepting(agent.key, accepting);
+                shared
+                    .routing
+                    .exits
+                    .directory()
+                    .set_accepting(agent.key, accepting);
             }
             Ok(AgentMessage::Draining) => {
                 debug!("agent draining");
-                shared.exits.directory().set_accepting(agent.key, false);
+                shared
+                    .routing
+                    .exits
+                    .directory()
+                    .set_accepting(agent.key, false);
             }
             Ok(AgentMessage::Hello { .. }) => {
                 connection.close(close_code::PROTOCOL, b"duplicate hello");
@@ -468,6 +485,6 @@ async fn serve_agent(admitted: AdmittedAgent, shared: Arc<Shared>) {
             }
         }
     };
-    shared.exits.forget(agent.key);
+    shared.routing.exits.forget(agent.key);
     info!(exit = %agent.exit_id, %reason, "agent left");
 }

@@ -63,11 +63,11 @@ pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
 
 /// Accepts agent connections until `shared.shutdown` fires.
 pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
-    let pending = shared.pending_handshakes.clone();
+    let pending = shared.walls.pending_handshakes.clone();
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
-            () = shared.shutdown.cancelled() => break,
+            () = shared.lifecycle.shutdown.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };
         // Under handshake pressure an unproven source address gets a stateless
@@ -76,7 +76,7 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             && !incoming.remote_address_validated()
             && incoming.may_retry()
         {
-            shared.metrics.tunnel_retries.inc();
+            shared.accounting.metrics.tunnel_retries.inc();
             if let Err(error) = incoming.retry() {
                 error.into_incoming().refuse();
             }

@@ -7,7 +7,7 @@
 //! [`crate::agent_tokens::StoreTokens`].
 
 use crate::agent_tokens::{lookup, Verdict, LOOKUP_TIMEOUT, ROUND};
-use crate::shared::Shared;
+use crate::shared::{Accounting, Shared};
 use exitpool_protocol::close_code;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,13 +16,13 @@ use tracing::{info, warn};
 /// What the store says of the token in a `Hello`'s `body`, when the flags
 /// and file do not hold it and the gateway has a store; `None` otherwise (and
 /// for a body that is no `Hello`, which the join refuses on its own).
-pub async fn verdict_for_hello(body: &[u8], shared: &Shared) -> Option<Verdict> {
+pub async fn verdict_for_hello(body: &[u8], accounting: &Accounting) -> Option<Verdict> {
     let Ok(exitpool_protocol::AgentMessage::Hello { token, .. }) =
         exitpool_protocol::decode_body::<exitpool_protocol::AgentMessage>(body)
     else {
         return None;
     };
-    if shared
+    if accounting
         .accounts
         .current()
         .agent_tokens
@@ -30,13 +30,13 @@ pub async fn verdict_for_hello(body: &[u8], shared: &Shared) -> Option<Verdict> 
     {
         return None;
     }
-    let link = shared.accounts.control().map(|link| &**link);
-    shared.agent_tokens.check(link, token.expose()).await
+    let link = accounting.accounts.control().map(|link| &**link);
+    accounting.agent_tokens.check(link, token.expose()).await
 }
 
 /// Every [`ROUND`] until shutdown, for a gateway with a store: [`round`].
 pub async fn run(shared: Arc<Shared>) {
-    if shared.accounts.control().is_none() {
+    if shared.accounting.accounts.control().is_none() {
         return;
     }
     let mut tick = tokio::time::interval(ROUND);
@@ -44,7 +44,7 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = tick.tick() => round(&shared).await,
-            () = shared.shutdown.cancelled() => return,
+            () = shared.lifecycle.shutdown.cancelled() => return,
         }
     }
 }
@@ -52,10 +52,10 @@ pub async fn run(shared: Arc<Shared>) {
 /// One round: marks the tokens used since the last one, and disconnects
 /// the local agents whose store token is revoked now.
 async fn round(shared: &Shared) {
-    let Some(link) = shared.accounts.control() else {
+    let Some(link) = shared.accounting.accounts.control() else {
         return;
     };
-    let used = shared.agent_tokens.take_used();
+    let used = shared.accounting.agent_tokens.take_used();
     if !used.is_empty() {
         let now = exitpool_control::period::now();
         let marked =
@@ -67,9 +67,9 @@ async fn round(shared: &Shared) {
         }
     }
     // The store tokens connected agents hold, each looked up once.
-    let accounts = shared.accounts.current();
+    let accounts = shared.accounting.accounts.current();
     let mut holders: HashMap<String, Vec<Arc<crate::directory::Agent>>> = HashMap::new();
-    for agent in shared.exits.directory().agents() {
+    for agent in shared.routing.exits.directory().agents() {
         let secret = agent.token.expose();
         if agent.is_local() && !accounts.agent_tokens.accepts(secret) {
             holders.entry(secret.to_owned()).or_default().push(agent);
@@ -81,15 +81,20 @@ async fn round(shared: &Shared) {
         if matches!(verdict, Verdict::Unavailable(_)) {
             continue;
         }
-        shared.agent_tokens.remember(&secret, verdict.clone());
+        shared
+            .accounting
+            .agent_tokens
+            .remember(&secret, verdict.clone());
         if matches!(verdict, Verdict::Accepted { .. }) {
             continue;
         }
         for agent in agents {
             info!(exit = %agent.exit_id, "agent token revoked; disconnecting");
-            shared
-                .exits
-                .disconnect(agent.key, close_code::REJECTED, b"agent token revoked");
+            shared.routing.exits.disconnect(
+                agent.key,
+                close_code::REJECTED,
+                b"agent token revoked",
+            );
         }
     }
 }

@@ -20,8 +20,8 @@ use tracing::info_span;
 /// Accepts agents' TCP tunnels until `shared.shutdown` fires.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
     let acceptor = TlsAcceptor::from(tls);
-    let pending = shared.pending_handshakes.clone();
-    while let Some((stream, remote)) = shared.accept(&listener, "tcp tunnel").await {
+    let pending = shared.walls.pending_handshakes.clone();
+    while let Some((stream, remote)) = shared.lifecycle.accept(&listener, "tcp tunnel").await {
         let Some(slot) = pending.admit(remote.ip()) else {
             drop(stream);
             continue;

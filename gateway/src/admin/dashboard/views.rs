@@ -23,7 +23,7 @@ fn band(agent: &Agent, now: Instant, shared: &AdminView) -> (&'static str, f64) 
 
 /// `GET /dashboard/api/overview`.
 pub fn overview(shared: &AdminView, samples: &Samples) -> Value {
-    let agents = shared.exits.directory().agents();
+    let agents = shared.routing.exits.directory().agents();
     let now = Instant::now();
     let mut bands = BTreeMap::from([
         ("healthy", 0u64),
@@ -34,14 +34,19 @@ pub fn overview(shared: &AdminView, samples: &Samples) -> Value {
     for agent in &agents {
         *bands.entry(band(agent, now, shared).0).or_default() += 1;
     }
-    let mut countries: Vec<(String, usize)> =
-        shared.exits.directory().countries().into_iter().collect();
+    let mut countries: Vec<(String, usize)> = shared
+        .routing
+        .exits
+        .directory()
+        .countries()
+        .into_iter()
+        .collect();
     countries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let live_streams: u64 = agents
         .iter()
         .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
         .sum();
-    let usage = shared.usage.snapshot();
+    let usage = shared.accounting.usage.snapshot();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for totals in usage.customers.values() {
         for (code, count) in &totals.errors_by_code {
@@ -50,7 +55,7 @@ pub fn overview(shared: &AdminView, samples: &Samples) -> Value {
     }
     let mut errors: Vec<(String, u64)> = errors.into_iter().collect();
     errors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let (quic, tcp) = shared.exits.tunnels().count_by_transport();
+    let (quic, tcp) = shared.routing.exits.tunnels().count_by_transport();
     json!({
         "now": unix_now(),
         "agents": agents.len(),
@@ -59,16 +64,16 @@ pub fn overview(shared: &AdminView, samples: &Samples) -> Value {
         "transports": {"quic": quic, "tcp": tcp},
         "health": bands,
         "live_streams": live_streams,
-        "live_connections": shared.limits.live_total(),
-        "sessions": shared.sessions.len(),
-        "uptime_secs": shared.started.elapsed().as_secs(),
-        "bytes_up": shared.metrics.bytes_up.get(),
-        "bytes_down": shared.metrics.bytes_down.get(),
-        "connections": shared.metrics.connections.get(),
+        "live_connections": shared.accounting.limits.live_total(),
+        "sessions": shared.routing.sessions.len(),
+        "uptime_secs": shared.lifecycle.started.elapsed().as_secs(),
+        "bytes_up": shared.accounting.metrics.bytes_up.get(),
+        "bytes_down": shared.accounting.metrics.bytes_down.get(),
+        "connections": shared.accounting.metrics.connections.get(),
         "errors": errors,
         "rates": samples.rates(counters(shared, live_streams)),
         "ready": shared.fleet.as_ref().and_then(|fleet| fleet.not_ready()),
-        "database": shared.accounts.control().map(|link| json!({
+        "database": shared.accounting.accounts.control().map(|link| json!({
             "backend": match link.store().backend() {
                 exitpool_control::Backend::Sqlite => "SQLite",
                 exitpool_control::Backend::Postgres => "PostgreSQL",
@@ -83,6 +88,7 @@ pub fn overview(shared: &AdminView, samples: &Samples) -> Value {
 /// The traffic counters as they are now.
 pub fn sample_now(shared: &AdminView) -> Sample {
     let live_streams = shared
+        .routing
         .exits
         .directory()
         .agents()
@@ -96,9 +102,9 @@ pub fn sample_now(shared: &AdminView) -> Sample {
 fn counters(shared: &AdminView, live_streams: u64) -> Sample {
     Sample {
         at: unix_now(),
-        bytes_up: shared.metrics.bytes_up.get(),
-        bytes_down: shared.metrics.bytes_down.get(),
-        connections: shared.metrics.connections.get(),
+        bytes_up: shared.accounting.metrics.bytes_up.get(),
+        bytes_down: shared.accounting.metrics.bytes_down.get(),
+        connections: shared.accounting.metrics.connections.get(),
         live_streams,
     }
 }
@@ -186,6 +192,7 @@ impl ExitQuery {
 pub fn exits(shared: &AdminView, query: &ExitQuery) -> Value {
     let now = Instant::now();
     let mut rows: Vec<(Arc<Agent>, &'static str, f64, Option<&'static str>)> = shared
+        .routing
         .exits
         .directory()
         .agents()
@@ -193,6 +200,7 @@ pub fn exits(shared: &AdminView, query: &ExitQuery) -> Value {
         .filter_map(|agent| {
             let (band, rate) = band(&agent, now, shared);
             let transport = shared
+                .routing
                 .exits
                 .tunnels()
                 .transport(agent.key)

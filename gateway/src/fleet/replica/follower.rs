@@ -48,7 +48,7 @@ impl Follower {
 
     pub(super) async fn run(mut self) {
         let heartbeat = self.fleet.config.heartbeat;
-        let shutdown = self.shared.shutdown.clone();
+        let shutdown = self.shared.lifecycle.shutdown.clone();
         let mut reachable = false;
         let mut checked: Option<Instant> = None;
         while !shutdown.is_cancelled() {
@@ -140,7 +140,7 @@ impl Follower {
             Event::Join { id, agent } => self.upsert(gateway, &id, &agent).await,
             Event::Leave { id } => self.remove(gateway, &id),
             Event::Load { id, streams } => {
-                if let Some(agent) = self.shared.exits.directory().by_agent_id(&id) {
+                if let Some(agent) = self.shared.routing.exits.directory().by_agent_id(&id) {
                     if agent.home.as_deref() == Some(gateway) {
                         agent.reported_streams.store(streams, Ordering::Relaxed);
                     }
@@ -161,7 +161,7 @@ impl Follower {
 
     /// Adds or updates an agent of `gateway`.
     async fn upsert(&mut self, gateway: &str, agent_id: &str, record: &AgentRecord) {
-        let directory = self.shared.exits.directory();
+        let directory = self.shared.routing.exits.directory();
         if let Some(current) = directory.by_agent_id(agent_id) {
             match current.home.as_deref() {
                 Some(home) if home == gateway => {
@@ -184,6 +184,7 @@ impl Follower {
                     // end); if not, the device has moved there.
                     if self
                         .shared
+                        .routing
                         .exits
                         .tunnels()
                         .is_alive(current.key, self.shared.config.liveness_timeout)
@@ -191,7 +192,7 @@ impl Follower {
                     {
                         return;
                     }
-                    self.shared.exits.disconnect(
+                    self.shared.routing.exits.disconnect(
                         current.key,
                         exitpool_protocol::close_code::REPLACED,
                         b"the agent joined another gateway of the fleet",
@@ -200,7 +201,7 @@ impl Follower {
             }
         }
         let home = self.home(gateway);
-        self.shared.exits.admit_remote(Joining {
+        self.shared.routing.exits.admit_remote(Joining {
             agent_id: agent_id.to_owned(),
             token: Secret(String::new()),
             location: Location {
@@ -219,21 +220,21 @@ impl Follower {
 
     /// Removes `gateway`'s agent `agent_id`, if it is still listed as there.
     fn remove(&self, gateway: &str, agent_id: &str) {
-        let directory = self.shared.exits.directory();
+        let directory = self.shared.routing.exits.directory();
         if let Some(current) = directory.by_agent_id(agent_id) {
             if current.home.as_deref() == Some(gateway) {
-                self.shared.exits.forget(current.key);
+                self.shared.routing.exits.forget(current.key);
             }
         }
     }
 
     /// Takes every agent of `gateway` out: it stopped or stopped answering.
     fn drop_gateway(&mut self, gateway: &str) {
-        let directory = self.shared.exits.directory();
+        let directory = self.shared.routing.exits.directory();
         let mut dropped = 0;
         for agent in directory.agents() {
             if agent.home.as_deref() == Some(gateway) {
-                self.shared.exits.forget(agent.key);
+                self.shared.routing.exits.forget(agent.key);
                 dropped += 1;
             }
         }
@@ -279,9 +280,9 @@ impl Follower {
                 Err(error) => tracing::warn!(%gateway, %error, "unreadable agent record; skipped"),
             }
         }
-        for agent in self.shared.exits.directory().agents() {
+        for agent in self.shared.routing.exits.directory().agents() {
             if agent.home.as_deref() == Some(gateway) && !present.contains(&agent.agent_id) {
-                self.shared.exits.forget(agent.key);
+                self.shared.routing.exits.forget(agent.key);
             }
         }
         let known = self.known.entry(gateway.to_owned()).or_default();
@@ -389,6 +390,7 @@ impl Follower {
 
     fn has_agents_of(&self, gateway: &str) -> bool {
         self.shared
+            .routing
             .exits
             .directory()
             .agents()

@@ -64,7 +64,7 @@ impl Publisher {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    whole_needed |= self.shared.exits.directory().take_feed_lost();
+                    whole_needed |= self.shared.routing.exits.directory().take_feed_lost();
                     // The record (with the peer address) first, so a follower
                     // that learns of the agents can already reach them.
                     let beat = self.heartbeat().await;
@@ -78,7 +78,7 @@ impl Publisher {
                         whole_needed = true;
                     }
                 }
-                () = self.shared.shutdown.cancelled() => break,
+                () = self.shared.lifecycle.shutdown.cancelled() => break,
             }
         }
         self.leave().await;
@@ -128,6 +128,7 @@ impl Publisher {
                     // A device that reconnected here at once is still here.
                     if self
                         .shared
+                        .routing
                         .exits
                         .directory()
                         .by_agent_id(&agent.agent_id)
@@ -226,7 +227,7 @@ impl Publisher {
 
     /// The agents whose tunnels this gateway holds.
     fn local_agents(&self) -> Vec<Arc<crate::directory::Agent>> {
-        let mut agents = self.shared.exits.directory().agents();
+        let mut agents = self.shared.routing.exits.directory().agents();
         agents.retain(|agent| agent.is_local());
         agents
     }
@@ -244,9 +245,9 @@ impl Publisher {
                 .iter()
                 .map(|agent| u64::from(agent.active_streams.load(Ordering::Relaxed)))
                 .sum(),
-            connections: u64::from(self.shared.limits.live_total()),
-            bytes_up: self.shared.metrics.bytes_up.get(),
-            bytes_down: self.shared.metrics.bytes_down.get(),
+            connections: u64::from(self.shared.accounting.limits.live_total()),
+            bytes_up: self.shared.accounting.metrics.bytes_up.get(),
+            bytes_down: self.shared.accounting.metrics.bytes_down.get(),
         };
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
