@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[path = "shared/malloc_trim.rs"]
+mod malloc_trim;
+
 /// Log lines queued for the logging thread: the agent writes a few a minute
 /// (the queue drops when full), and the library's default would cost 8 MiB,
 /// most of an idle agent's memory.
@@ -144,6 +147,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(error) = malloc_trim::start() {
+        eprintln!("agent: {error:#}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     exitpool::cli::run("agent", threads, run(builder))
 }
 
