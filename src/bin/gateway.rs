@@ -15,6 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod config_file;
 #[path = "gateway/flags.rs"]
 mod flags;
+#[path = "shared/malloc_trim.rs"]
+mod malloc_trim;
 #[path = "gateway/operators/mod.rs"]
 mod operators;
 
@@ -41,6 +43,10 @@ fn main() -> ExitCode {
         },
         &args.admin.log_filter,
     );
+    if let Err(error) = malloc_trim::start() {
+        eprintln!("gateway: {error:#}");
+        return ExitCode::FAILURE;
+    }
     exitpool::cli::run(
         "gateway",
         args.runtime.threads,
