@@ -2,8 +2,9 @@
 //! file. A gateway started from a file serves a customer through an agent,
 //! with a flag overriding a key of the file; `check-config` lists every error
 //! with file, line and key and exits non-zero, and the gateway refuses to
-//! start with the same lines; SIGHUP applies a changed log filter and names a
-//! changed restart-only key with its old and new value; a secret in the file
+//! start with the same lines; SIGHUP applies the live keys (a log filter, and
+//! keys of [customers], [limits] and [admin] each seen in force by a real
+//! client) and names a changed restart-only key with its old and new value; a secret in the file
 //! never appears in any output; and the shipped example passes `check-config`
 //! and has a key for every flag of `gateway --help`, in its heading's section.
 
@@ -221,7 +222,7 @@ async fn a_secret_of_the_wrong_shape_or_in_a_rule_is_never_echoed() {
 }
 
 #[tokio::test]
-async fn sighup_applies_the_log_filter_and_names_keys_that_need_a_restart() {
+async fn sighup_applies_live_keys_and_names_keys_that_need_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let file = write(
@@ -247,8 +248,8 @@ async fn sighup_applies_the_log_filter_and_names_keys_that_need_a_restart() {
         .line_with("config file refused; running on as before", WAIT)
         .await
         .unwrap();
-    // The live key (warn -> info) and a restart-only key (open_timeout), and
-    // a changed secret.
+    // Two live keys (the filter, warn -> info; open_timeout), and a changed
+    // secret, which needs a restart.
     write(
         dir.path(),
         "gateway.toml",
@@ -278,7 +279,7 @@ async fn sighup_applies_the_log_filter_and_names_keys_that_need_a_restart() {
     };
     let open_timeout = line_of("routing.open_timeout");
     assert!(
-        open_timeout.contains("next restart")
+        open_timeout.contains("applied")
             && open_timeout.contains("15s")
             && open_timeout.contains("20s"),
         "{open_timeout}"
@@ -296,6 +297,138 @@ async fn sighup_applies_the_log_filter_and_names_keys_that_need_a_restart() {
     for output in [process.stdout(), process.stderr()] {
         assert_no_secret(&output);
         assert!(!output.contains("another-secret-value-9c1e"), "{output}");
+    }
+}
+
+/// The file of [`sighup_makes_keys_of_several_sections_live_for_real_clients`]:
+/// `users` under [customers], `idle` and `max_connections` under [limits],
+/// `hosts` under [admin].
+fn live_file(state: &Path, users: &str, idle: &str, max_connections: u32, hosts: &str) -> String {
+    let text = good_file(state, "", "info")
+        .replace(
+            &format!("user = [\"{USER}:{PASSWORD}\"]\n"),
+            &format!("user = [{users}]\n"),
+        )
+        .replace("[admin]\n", &format!("[admin]\nadmin_host = [{hosts}]\n"));
+    format!("{text}[limits]\nidle_timeout = \"{idle}\"\nmax_connections = {max_connections}\n")
+}
+
+/// `GET /healthz` on the admin port naming `host`: its status.
+async fn admin_status(admin: std::net::SocketAddr, host: &str) -> u16 {
+    let answer = reqwest::Client::new()
+        .get(format!("http://{admin}/healthz"))
+        .header("host", host)
+        .bearer_auth(ADMIN_SECRET)
+        .send();
+    within("GET /healthz", answer)
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn sighup_makes_keys_of_several_sections_live_for_real_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let me = format!("\"{USER}:{PASSWORD}\"");
+    let file = write(
+        dir.path(),
+        "gateway.toml",
+        &live_file(&state, &me, "300s", 1000, ""),
+    );
+    let mut process = gateway()
+        .arg("--config")
+        .arg(&file)
+        .start(Ready::line(GATEWAY_READY), WAIT)
+        .await
+        .expect("the gateway starts from its file");
+    let banner = banner(&process);
+    let agent = exitpool::agent::Agent::builder(
+        banner.tunnel.to_string(),
+        banner.pin.parse().unwrap(),
+        TOKEN,
+    )
+    .bind("127.0.0.2".parse().unwrap())
+    .allow_private(true)
+    .spawn()
+    .unwrap();
+    within("the agent joins", agent.connected()).await;
+    let target = common::targets::http_target("127.0.0.1").await;
+    let stats_line = process
+        .line_with("gateway: stats on http://", WAIT)
+        .await
+        .unwrap();
+    let admin: std::net::SocketAddr = stats_line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.trim_end_matches("/stats").parse().ok())
+        .unwrap_or_else(|| panic!("admin address in {stats_line:?}"));
+    // Before: carol is no customer, gw.example is no admin host.
+    let (head, _) = connect(banner.listen, &target.to_string(), Some(("carol", "pw2"))).await;
+    assert_eq!(head.status, 407, "{head:?}");
+    assert_eq!(admin_status(admin, "gw.example").await, 421);
+
+    let both = format!("{me}, \"carol:pw2\"");
+    write(
+        dir.path(),
+        "gateway.toml",
+        &live_file(&state, &both, "1s", 2000, "\"gw.example\""),
+    );
+    process.signal(Signal::Hup).unwrap();
+    process
+        .line_with("config file re-read", WAIT)
+        .await
+        .expect("the file is re-read");
+
+    // [customers] user: carol gets through at once.
+    let (head, _) = connect(banner.listen, &target.to_string(), Some(("carol", "pw2"))).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    // [admin] admin_host: the name reaches the admin port.
+    assert_eq!(admin_status(admin, "gw.example").await, 200);
+    // [limits] idle_timeout: a silent tunnel is closed after 1 s, not 300.
+    let (head, mut tunnel) =
+        connect(banner.listen, &target.to_string(), Some((USER, PASSWORD))).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    let opened = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = within("the idle tunnel is closed", async {
+        use tokio::io::AsyncReadExt;
+        tunnel.read(&mut buf).await
+    })
+    .await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    eprintln!(
+        "an idle tunnel was closed {:?} after it opened (idle_timeout 1s after SIGHUP; 300s before)",
+        opened.elapsed()
+    );
+
+    let stderr = process.stderr();
+    let line_of = |key: &str| {
+        stderr
+            .lines()
+            .find(|line| {
+                line.contains(&format!("key=\"{key}\"")) || line.contains(&format!("key={key}"))
+            })
+            .unwrap_or_else(|| panic!("no line names {key}: {stderr}"))
+            .to_owned()
+    };
+    for key in ["customers.user", "limits.idle_timeout", "admin.admin_host"] {
+        assert!(
+            line_of(key).contains("config key applied"),
+            "{key}: {stderr}"
+        );
+    }
+    let restart = line_of("limits.max_connections");
+    assert!(
+        restart.contains("next restart") && restart.contains("1000") && restart.contains("2000"),
+        "{restart}"
+    );
+    // The accounts' values are secret: named, never shown.
+    assert!(!stderr.contains("carol:pw2"), "{stderr}");
+    process.stop(WAIT).await.unwrap();
+    for output in [process.stdout(), process.stderr()] {
+        assert_no_secret(&output);
     }
 }
 

@@ -358,7 +358,9 @@ impl Sources {
 
 /// The live account set and where it comes from.
 pub struct Accounts {
-    sources: Sources,
+    /// Where the set comes from; a re-read config file may change it
+    /// ([`Accounts::replace_sources`]).
+    sources: ArcSwap<Sources>,
     current: ArcSwap<AccountSet>,
     /// The control plane's store, when the gateway has one: it adds its
     /// customers to the set (unless a `--users` file owns the accounts).
@@ -370,7 +372,7 @@ impl Accounts {
     pub fn load(sources: Sources) -> Result<Accounts, AccountsError> {
         let set = sources.load()?;
         Ok(Accounts {
-            sources,
+            sources: ArcSwap::from_pointee(sources),
             current: ArcSwap::from_pointee(set),
             control: None,
         })
@@ -420,7 +422,7 @@ impl Accounts {
         }
         let current = self.current.load_full();
         let users = self
-            .with_store(self.sources.users.clone())
+            .with_store(self.sources.load().users.clone())
             .with_cache_of(&current.users);
         self.current.store(Arc::new(AccountSet {
             users,
@@ -431,7 +433,21 @@ impl Accounts {
     /// Re-reads the files. On success the new set replaces the old one (keeping
     /// cached password verifications); on error nothing changes.
     pub fn reload(&self) -> Result<Arc<AccountSet>, AccountsError> {
-        let mut set = self.sources.load()?;
+        self.load_from(&self.sources.load())
+    }
+
+    /// Takes `sources` (the accounts and tokens given directly, the files'
+    /// paths: a re-read config file) and loads the set from them; on error
+    /// the old sources and set stay.
+    pub fn replace_sources(&self, sources: Sources) -> Result<Arc<AccountSet>, AccountsError> {
+        let set = self.load_from(&sources)?;
+        self.sources.store(Arc::new(sources));
+        Ok(set)
+    }
+
+    /// Loads the set from `sources` and puts it in force.
+    fn load_from(&self, sources: &Sources) -> Result<Arc<AccountSet>, AccountsError> {
+        let mut set = sources.load()?;
         set.users = self
             .with_store(set.users)
             .with_cache_of(&self.current.load().users);

@@ -139,7 +139,7 @@ pub fn authorized(token: Option<&exitpool_protocol::Secret>, authorization: Opti
 fn refuse_browsers<B>(request: &Request<B>, shared: &AdminView) -> Option<Response<Full<Bytes>>> {
     let headers = request.headers();
     let host = headers.get(HOST).and_then(|value| value.to_str().ok());
-    if !host.is_some_and(|host| is_own_host(host, &shared.config.admin_hosts)) {
+    if !host.is_some_and(|host| is_own_host(host, &shared.settings().admin_hosts)) {
         return Some(text(
             StatusCode::MISDIRECTED_REQUEST,
             "text/plain",

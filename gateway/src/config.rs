@@ -164,6 +164,41 @@ pub struct GatewayConfig {
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
+/// The settings a running gateway reads per connection or per request, so
+/// that a re-read config file (SIGHUP) changes them for the next one
+/// ([`crate::Gateway::apply_live`]); [`GatewayConfig`] keeps the values the
+/// gateway started with. Each field is the [`GatewayConfig`] field of the
+/// same name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSettings {
+    /// [`GatewayConfig::idle_timeout`].
+    pub idle_timeout: Duration,
+    /// [`GatewayConfig::open_timeout`].
+    pub open_timeout: Duration,
+    /// [`GatewayConfig::open_attempts`].
+    pub open_attempts: u32,
+    /// [`GatewayConfig::connect_deadline`].
+    pub connect_deadline: Duration,
+    /// [`GatewayConfig::socks_udp_max_flows`].
+    pub socks_udp_max_flows: u32,
+    /// [`GatewayConfig::admin_hosts`].
+    pub admin_hosts: Vec<String>,
+}
+
+impl LiveSettings {
+    /// `config`'s live settings.
+    pub fn of(config: &GatewayConfig) -> LiveSettings {
+        LiveSettings {
+            idle_timeout: config.idle_timeout,
+            open_timeout: config.open_timeout,
+            open_attempts: config.open_attempts,
+            connect_deadline: config.connect_deadline,
+            socks_udp_max_flows: config.socks_udp_max_flows,
+            admin_hosts: config.admin_hosts.clone(),
+        }
+    }
+}
+
 /// Default for [`FleetConfig::heartbeat`].
 pub const DEFAULT_FLEET_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Default for [`FleetConfig::gateway_timeout`]: three missed heartbeats.

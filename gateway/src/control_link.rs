@@ -4,11 +4,18 @@
 //! mounts.
 //!
 //! Nothing here is on a connection's path. One task ([`run`]) does, once a
-//! second: poll [`Store::revision`] and, when it moved, load
-//! [`Store::snapshot`] and swap the customers whole into
+//! second and at once when told of a change: poll [`Store::revision`] and,
+//! when it moved, load [`Store::snapshot`] and swap the customers whole into
 //! [`crate::accounts::Accounts`]; drain the usage counted since the last
 //! tick ([`History`]) into one [`Store::record_batch`]; and refresh the
-//! period quotas of the accounts that moved bytes ([`crate::quota`]). Every
+//! period quotas of the accounts that moved bytes ([`crate::quota`]).
+//!
+//! Changes are pushed, the poll is the fallback: a write through this
+//! gateway's API marks [`Store::changes`], and on PostgreSQL every write of
+//! any gateway is announced with `NOTIFY` ([`Store::change_notices`], one
+//! listening connection kept by [`follow_notices`]), so a change is in force
+//! fleet-wide as soon as each gateway has read the snapshot. A notice lost
+//! (the listening connection dropped) costs at most one [`TICK`]. Every
 //! database call has a timeout; a database that stalls or is unreachable
 //! leaves the last view in force (logged, counted in
 //! `exitpool_control_failures_total`, named on `/readyz`), and the usage it
@@ -215,6 +222,26 @@ impl ControlLink {
             "control plane store open"
         );
         Ok(Some(Arc::new(link)))
+    }
+
+    /// Whether threshold notices are sent (`--webhook-url` at start).
+    pub fn has_webhook(&self) -> bool {
+        self.webhooks.is_some()
+    }
+
+    /// Sends later threshold notices to `config`'s URL, signed with its
+    /// secret (a re-read config file); an error when the gateway started
+    /// without a webhook (its queue is made at start) or `config` is unusable.
+    pub async fn set_webhook(&self, config: crate::webhooks::WebhookConfig) -> Result<(), String> {
+        let Some(webhooks) = &self.webhooks else {
+            return Err("the gateway started without --webhook-url".into());
+        };
+        let destination =
+            tokio::task::spawn_blocking(move || crate::webhooks::Destination::new(config))
+                .await
+                .map_err(|e| format!("--webhook-url: {e}"))??;
+        webhooks.set_destination(destination);
+        Ok(())
     }
 
     /// Whether the store owns the accounts (no `--users` file).
@@ -565,7 +592,8 @@ fn customer_of(entry: &AccountEntry, all: &HashMap<String, AccountEntry>) -> Opt
 }
 
 /// The link's task: poll, swap, write usage, refresh quotas, once a
-/// [`TICK`], until `shutdown`; then one last write of the usage counted.
+/// [`TICK`] and at once on a change ([`Store::changes`], the store's
+/// notices), until `shutdown`; then one last write of the usage counted.
 /// `accounts_changed` tells the gateway that a new snapshot (accounts and
 /// exit bans) is in; the webhooks' sender runs in `tasks`. (The link is handed these
 /// rather than the gateway's shared state, which holds the link.)
@@ -578,7 +606,7 @@ pub async fn run(
     if let Some(webhooks) = &link.webhooks {
         if let Some(notices) = webhooks.take_receiver() {
             tasks.spawn(crate::webhooks::send_all(
-                webhooks.destination().clone(),
+                webhooks.destination(),
                 notices,
                 shutdown.clone(),
             ));
@@ -588,12 +616,25 @@ pub async fn run(
         // The snapshot loaded at start (its exit bans) reaches the gateway.
         accounts_changed();
     }
+    // Changes this gateway's own API commits, and (PostgreSQL) every
+    // gateway's through the store's notices.
+    let mut own_changes = link.store.changes();
+    let noticed = Arc::new(tokio::sync::Notify::new());
+    if link.store.backend() == Backend::Postgres {
+        tasks.spawn(follow_notices(
+            link.store.clone(),
+            noticed.clone(),
+            shutdown.clone(),
+        ));
+    }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = None::<Instant>;
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
+            Ok(()) = own_changes.changed() => false,
+            () = noticed.notified() => false,
             () = shutdown.cancelled() => true,
         };
         let now = exitpool_control::period::now();
@@ -607,6 +648,59 @@ pub async fn run(
             if let Err(error) = bounded("pruning the history", link.store.prune(now)).await {
                 warn!(%error, "pruning usage history failed; will retry in an hour");
             }
+        }
+    }
+}
+
+/// Keeps a listening connection on the store's change notices (PostgreSQL)
+/// and wakes [`run`] on each, until `shutdown`. A lost or failed connection
+/// is made again after a [`TICK`] (the poll covers the gap), and [`run`] is
+/// woken then too, for a notice the gap may have swallowed.
+async fn follow_notices(
+    store: Store,
+    noticed: Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        let connected = tokio::select! {
+            connected = bounded("listening for changes", store.change_notices()) => connected,
+            () = shutdown.cancelled() => return,
+        };
+        match connected {
+            Ok(Some(mut notices)) => {
+                if failing {
+                    info!("listening for the store's change notices again");
+                }
+                noticed.notify_one();
+                loop {
+                    let next = tokio::select! {
+                        next = notices.next() => next,
+                        () = shutdown.cancelled() => return,
+                    };
+                    match next {
+                        // A lost connection (false) may have swallowed a
+                        // notice: look now; the next call reconnects.
+                        Ok(_) => noticed.notify_one(),
+                        Err(error) => {
+                            warn!(%error, "the store's change notices stopped; the revision poll covers until they are back");
+                            failing = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(error) => {
+                if !failing {
+                    warn!(%error, "cannot listen for the store's change notices; the revision poll covers until it can");
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = shutdown.cancelled() => return,
         }
     }
 }

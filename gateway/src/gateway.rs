@@ -205,6 +205,24 @@ impl Gateway {
         &self.shared
     }
 
+    /// Puts in force what a re-read config file (SIGHUP with `--config`)
+    /// may change live: the per-connection settings
+    /// ([`crate::config::LiveSettings`]) for the next connection, and the
+    /// accounts and agent tokens given directly and the accounts files'
+    /// paths, loaded at once (on error the accounts stay as they were).
+    pub fn apply_live(&self, config: &GatewayConfig) -> Result<(), AccountsError> {
+        let settings = crate::config::LiveSettings::of(config);
+        self.shared.settings.store(Arc::new(settings));
+        let sources = crate::accounts::Sources {
+            users: config.users.clone(),
+            agent_tokens: config.agent_tokens.clone(),
+            users_file: config.users_file.clone(),
+            agent_tokens_file: config.agent_tokens_file.clone(),
+        };
+        self.shared.accounting.accounts.replace_sources(sources)?;
+        Ok(())
+    }
+
     /// Re-reads the accounts files (what SIGHUP does); on error the running set
     /// stays.
     pub fn reload(&self) -> Result<(), AccountsError> {
@@ -488,6 +506,7 @@ async fn assemble(
         None => Box::new(MemorySessions::default()),
     };
     let shared = Arc::new(Shared {
+        settings: arc_swap::ArcSwap::from_pointee(crate::config::LiveSettings::of(&config)),
         config,
         routing: Routing {
             exits,

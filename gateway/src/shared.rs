@@ -33,6 +33,9 @@ use tracing::info;
 pub struct Shared {
     /// The configuration it was started with.
     pub config: GatewayConfig,
+    /// The settings read per connection, as SIGHUP last left them
+    /// ([`Shared::settings`]).
+    pub settings: arc_swap::ArcSwap<crate::config::LiveSettings>,
     /// Where a customer's stream goes: exits, pins, entry ports, bans.
     pub routing: Routing,
     /// Who may use the gateway and what they used: accounts, limits, usage,
@@ -132,6 +135,12 @@ impl Lifecycle {
 }
 
 impl Shared {
+    /// The settings in force now (a re-read config file may have changed
+    /// them since start): read once per connection or request.
+    pub fn settings(&self) -> Arc<crate::config::LiveSettings> {
+        self.settings.load_full()
+    }
+
     /// Where an agent at `ip` is.
     pub fn locate(&self, ip: IpAddr) -> Location {
         let found = self.config.geoip.lookup(ip);

@@ -14,6 +14,7 @@
 //! with `--webhook-ca FILE`, only against the PEM certificates in that file
 //! (a private CA); the roots are read once, at start, off the runtime.
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use exitpool_control::store::{AccountEntry, PeriodUsage};
 use hmac::{Hmac, Mac};
@@ -165,7 +166,8 @@ pub struct Notice {
 
 /// The notices due and the queue to the sender.
 pub struct Webhooks {
-    destination: Destination,
+    /// Where notices go; SIGHUP may change it ([`Webhooks::set_destination`]).
+    destination: Arc<ArcSwap<Destination>>,
     /// (account, period, threshold, period start) already queued.
     sent: Mutex<HashSet<(String, &'static str, u64, i64)>>,
     queue: mpsc::Sender<Notice>,
@@ -177,7 +179,7 @@ impl Webhooks {
     pub fn new(destination: Destination) -> Webhooks {
         let (queue, receiver) = mpsc::channel(QUEUE);
         Webhooks {
-            destination,
+            destination: Arc::new(ArcSwap::from_pointee(destination)),
             sent: Mutex::new(HashSet::new()),
             queue,
             receiver: Mutex::new(Some(receiver)),
@@ -192,9 +194,15 @@ impl Webhooks {
             .take()
     }
 
-    /// Where notices go.
-    pub fn destination(&self) -> &Destination {
-        &self.destination
+    /// Where notices go, as [`send_all`] reads it before each post.
+    pub fn destination(&self) -> Arc<ArcSwap<Destination>> {
+        self.destination.clone()
+    }
+
+    /// Sends later notices (and the next attempt of one being retried) to
+    /// `destination` (a re-read config file's URL, secret or roots).
+    pub fn set_destination(&self, destination: Destination) {
+        self.destination.store(Arc::new(destination));
     }
 
     /// Queues the notices `entry` (and its customer `parent`) are due, given
@@ -268,7 +276,7 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
 
 /// Posts every queued notice, retrying each with backoff, until `stop`.
 pub async fn send_all(
-    destination: Destination,
+    destination: Arc<ArcSwap<Destination>>,
     mut notices: mpsc::Receiver<Notice>,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -280,7 +288,8 @@ pub async fn send_all(
         let body = serde_json::to_vec(&notice).unwrap_or_default();
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
-            match tokio::time::timeout(POST_TIMEOUT, post(&destination, &body)).await {
+            let to = destination.load_full();
+            match tokio::time::timeout(POST_TIMEOUT, post(&to, &body)).await {
                 Ok(Ok(())) => {
                     info!(account = %notice.account, period = notice.period, threshold = notice.threshold_percent, "quota threshold notice sent");
                     break;

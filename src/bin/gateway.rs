@@ -156,6 +156,7 @@ async fn run(
         Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
         None => None,
     };
+    let config_file = config_file.map(|file| file.with_demo(demo.clone()));
     wait_for_shutdown(&gateway, logs, config_file, stop, hangup).await;
     tracing::info!("shutting down");
     gateway.shutdown().await;
@@ -447,7 +448,7 @@ async fn wait_for_shutdown(
                 () = &mut stop => break,
                 _ = hangup.recv() => {
                     if let Some(file) = &mut config_file {
-                        file.reload(logs).await;
+                        file.reload(logs, gateway).await;
                     }
                     // Success and failure are both logged by reload itself.
                     let _ = gateway.reload();

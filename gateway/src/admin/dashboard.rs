@@ -279,7 +279,7 @@ impl Dashboard {
     fn refuse_other_pages<B>(&self, request: &Request<B>) -> Option<Response<Full<Bytes>>> {
         let headers = request.headers();
         let host = headers.get(HOST).and_then(|value| value.to_str().ok());
-        let Some(host) = host.filter(|host| is_own_host(host, &self.shared.config.admin_hosts))
+        let Some(host) = host.filter(|host| is_own_host(host, &self.shared.settings().admin_hosts))
         else {
             return Some(json_error(
                 StatusCode::MISDIRECTED_REQUEST,

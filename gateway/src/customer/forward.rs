@@ -106,7 +106,7 @@ where
         transfer,
         status: status_rx,
         method: request.method().clone(),
-        idle_timeout: shared.config.idle_timeout,
+        idle_timeout: shared.settings().idle_timeout,
         lost: lost.clone(),
         shared: shared.clone(),
     };

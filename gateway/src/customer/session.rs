@@ -345,7 +345,7 @@ pub async fn open(
     };
     let (customer, slot) =
         within_limits(grant, Some(&host), &shared.accounting).map_err(|e| fail(None, e))?;
-    let config = &shared.config;
+    let config = shared.settings();
     let deadline = started + config.connect_deadline;
     let strict = grant
         .targeting

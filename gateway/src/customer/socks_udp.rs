@@ -324,7 +324,7 @@ impl Association {
     /// Relays until the control connection closes (the association's end) or
     /// the relay socket fails.
     async fn run(&mut self, control: &mut TcpStream) -> Result<(), String> {
-        let max_flows = self.shared.config.socks_udp_max_flows as usize;
+        let max_flows = self.shared.settings().socks_udp_max_flows as usize;
         let mut flows: HashMap<String, Flow> = HashMap::new();
         let mut tasks = JoinSet::new();
         let (events, mut event_rx) = mpsc::channel::<FlowEvent>(max_flows.max(1));

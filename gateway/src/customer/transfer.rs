@@ -563,7 +563,7 @@ where
                     write,
                     send,
                     recv,
-                    shared.config.idle_timeout,
+                    shared.settings().idle_timeout,
                     &counters,
                     &gate,
                 )

@@ -332,7 +332,7 @@ pub(super) async fn open_flow(
         flow,
         datagrams: route.is_some(),
     };
-    let timeout = shared.config.open_timeout;
+    let timeout = shared.settings().open_timeout;
     match shared
         .routing
         .exits

@@ -223,7 +223,7 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
             agent.key,
             request.host,
             request.port,
-            shared.config.open_timeout,
+            shared.settings().open_timeout,
         )
         .await;
     let stream = match opened {
@@ -261,7 +261,7 @@ async fn serve_stream(mut send: StreamSend, mut recv: StreamRecv, shared: Arc<Sh
         recv,
         stream.send,
         stream.recv,
-        shared.config.idle_timeout,
+        shared.settings().idle_timeout,
         &counters,
     )
     .await;
