@@ -1,12 +1,15 @@
 //! MASQUE CONNECT-UDP (RFC 9298) over HTTP/3 on `--listen-h3`, a UDP port
 //! with the customer ports' certificate (ALPN `h3`): UDP, and so QUIC and
-//! HTTP/3, through an exit.
+//! HTTP/3, through an exit. The port's QUIC side (settings, endpoint,
+//! connections) is [`exitpool_transport::h3_endpoint`]; h3 serves HTTP/3 on
+//! it.
 //!
 //! One request is one UDP flow to one target through one exit:
 //!
 //! 1. an extended CONNECT (RFC 9220; the gateway's SETTINGS enable it and
 //!    HTTP Datagrams) with `:protocol connect-udp` and the path
-//!    `/.well-known/masque/udp/{target_host}/{target_port}/`;
+//!    `/.well-known/masque/udp/{target_host}/{target_port}/`, read once
+//!    the request has one of its connection's [`MAX_REQUESTS`] places;
 //! 2. `Proxy-Authorization` on the request ([`session::authenticate_either`]:
 //!    the credentials' targeting and sessions, as for HTTP CONNECT), a place
 //!    under the UDP caps ([`Place`]), an exit ([`session::choose_for_flows`]),
@@ -32,7 +35,7 @@
 //! | QUIC connections open | `--max-connections` (this port's own count) |
 //! | connections that have not authenticated | `--max-unauthenticated-per-ip` and `--max-unauthenticated` |
 //! | handshake and first request | the head timeout from accept; a connection with no request for that long is closed |
-//! | requests at once on one connection | [`MAX_REQUESTS`] (QUIC's bidirectional stream limit) |
+//! | requests served at once on one connection | [`MAX_REQUESTS`]; a request past them waits (its head unread) until one ends; QUIC lets a client open [`quic_streams_for`]`(MAX_REQUESTS)` streams, an eighth more, so that quinn's batched stream credit never holds a client below `MAX_REQUESTS` |
 //! | requests at once per customer and per source network | [`super::udp_flow::MAX_PER_CUSTOMER`], [`super::udp_flow::MAX_PER_NETWORK`] (with SOCKS5 associations); each also holds one of the account's `max_connections` |
 //! | request head | [`http::MAX_HEAD_BYTES`] (`SETTINGS_MAX_FIELD_SECTION_SIZE`) |
 //! | bytes in flight from the client | [`STREAM_WINDOW`] per stream, [`CONNECTION_WINDOW`] per connection, [`DATAGRAM_BUFFER`] of datagrams |
@@ -44,6 +47,7 @@
 //! (`too_large`; RFC 9298 forbids fragmenting them).
 //!
 //! [`http::MAX_HEAD_BYTES`]: super::http::MAX_HEAD_BYTES
+//! [`quic_streams_for`]: exitpool_transport::h3_endpoint::quic_streams_for
 
 use super::response::{self, basic_credentials, exit_headers};
 use super::session::{self, Arrival, Refusal};
@@ -52,14 +56,17 @@ use super::transfer::{AccessContext, Transfer};
 use super::udp_flow::{open_flow, Drop, OpenFlow, Place, FLOW_QUEUE};
 use crate::abuse::{AddressSlot, AddressSlots};
 use crate::error::ProxyError;
-use crate::shared::Shared;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use crate::shared::{Accounting, Shared};
+use bytes::{BufMut, Bytes, BytesMut};
 use exitpool_protocol::TargetHost;
-use h3_datagram::datagram_handler::HandleDatagramsExt;
+use exitpool_transport::endpoint::ServerSettings;
+use exitpool_transport::h3_endpoint::{
+    datagram_prefix, h3_server_settings, take_varint, DatagramRefused, H3Bidi, H3DatagramsIn,
+    H3Endpoint, H3Limits, H3Link, H3Quic,
+};
+use h3_datagram::datagram_handler::{DatagramReader, HandleDatagramsExt};
 use http_body_util::BodyExt;
 use hyper::header::HeaderValue;
-use quinn_proto::coding::Codec;
-use quinn_proto::VarInt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -67,11 +74,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, info_span, Instrument};
 
-/// The ALPN protocol id of HTTP/3 (RFC 9114 §3.1).
-pub const ALPN_H3: &[u8] = b"h3";
+pub use exitpool_transport::h3_endpoint::ALPN_H3;
 /// The URI template's path prefix (RFC 9298 §3, the default template).
 pub const PATH_PREFIX: &str = "/.well-known/masque/udp/";
-/// CONNECT-UDP requests open at once on one QUIC connection.
+/// CONNECT-UDP requests served at once on one QUIC connection.
 pub const MAX_REQUESTS: u32 = 16;
 /// Bytes a client may send on one request stream before the gateway read
 /// them (capsules, which are read and ignored).
@@ -90,13 +96,31 @@ pub const INITIAL_MTU: u16 = 1452;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The context id of UDP payloads (RFC 9298 §4).
 const UDP_CONTEXT: u64 = 0;
+/// HTTP/3's "no error" (RFC 9114 §8.1): a connection closed on purpose.
+const H3_NO_ERROR: u64 = 0x100;
 
 /// The h3 connection type served here.
-type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type H3Connection = h3::server::Connection<H3Quic, Bytes>;
+/// A request before its head is read.
+type Resolver = h3::server::RequestResolver<H3Quic, Bytes>;
 /// A request stream's type.
-type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type RequestStream = h3::server::RequestStream<H3Bidi, Bytes>;
 /// The open requests of one connection, by stream id: where their datagrams go.
 type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Bytes>>>>;
+
+/// The port's limits on one client connection.
+fn limits() -> H3Limits {
+    H3Limits {
+        requests: MAX_REQUESTS,
+        // The client's control and QPACK streams, and a grease stream.
+        uni_streams: 8,
+        stream_window: STREAM_WINDOW,
+        connection_window: CONNECTION_WINDOW,
+        datagram_buffer: DATAGRAM_BUFFER,
+        initial_mtu: INITIAL_MTU,
+        idle_timeout: IDLE_TIMEOUT,
+    }
+}
 
 /// Binds `--listen-h3` and serves it until shutdown; `None` when it is not
 /// configured. Needs the customer ports' TLS.
@@ -110,8 +134,8 @@ pub(crate) fn start(shared: &Arc<Shared>) -> std::io::Result<Option<SocketAddr>>
             "--listen-h3 needs --tls-cert and --tls-key",
         ));
     }
-    // quinn ignores Initials on an endpoint without server settings; each
-    // connection is then accepted with the certificate in force.
+    // The endpoint starts with the certificate in force now; each
+    // connection is accepted with the one in force then.
     let mut configs = ServerConfigs { current: None };
     let first = configs.get(shared).ok_or_else(|| {
         std::io::Error::new(
@@ -119,8 +143,7 @@ pub(crate) fn start(shared: &Arc<Shared>) -> std::io::Result<Option<SocketAddr>>
             "the customer certificate cannot serve QUIC (TLS 1.3)",
         )
     })?;
-    let endpoint =
-        exitpool_transport::udp::endpoint(addr, quinn::EndpointConfig::default(), Some(first))?;
+    let endpoint = H3Endpoint::serve(addr, first)?;
     let bound = endpoint.local_addr()?;
     shared
         .lifecycle
@@ -133,11 +156,11 @@ pub(crate) fn start(shared: &Arc<Shared>) -> std::io::Result<Option<SocketAddr>>
 /// The listener's QUIC server settings for the customer certificate in force,
 /// rebuilt only when a reload changed it.
 struct ServerConfigs {
-    current: Option<(Arc<rustls::ServerConfig>, quinn::ServerConfig)>,
+    current: Option<(Arc<rustls::ServerConfig>, ServerSettings)>,
 }
 
 impl ServerConfigs {
-    fn get(&mut self, shared: &Shared) -> Option<quinn::ServerConfig> {
+    fn get(&mut self, shared: &Shared) -> Option<ServerSettings> {
         let tls = shared
             .walls
             .customer_tls
@@ -150,41 +173,20 @@ impl ServerConfigs {
                 return Some(config.clone());
             }
         }
-        let mut crypto = (*tls).clone();
-        crypto.alpn_protocols = vec![ALPN_H3.to_vec()];
-        let crypto = match quinn::crypto::rustls::QuicServerConfig::try_from(crypto) {
-            Ok(crypto) => crypto,
+        let config = match h3_server_settings(&tls, &limits()) {
+            Ok(config) => config,
             Err(error) => {
                 tracing::error!(%error, "the customer certificate cannot serve QUIC");
                 return None;
             }
         };
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config()));
         self.current = Some((tls, config.clone()));
         Some(config)
     }
 }
 
-/// Bounded windows and buffers, few streams, HTTP Datagrams on.
-fn transport_config() -> quinn::TransportConfig {
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_concurrent_bidi_streams(MAX_REQUESTS.into())
-        // The client's control and QPACK streams, and a grease stream.
-        .max_concurrent_uni_streams(8u32.into())
-        .stream_receive_window(STREAM_WINDOW.into())
-        .receive_window(CONNECTION_WINDOW.into())
-        .send_window(u64::from(CONNECTION_WINDOW))
-        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
-        .datagram_send_buffer_size(DATAGRAM_BUFFER)
-        .initial_mtu(INITIAL_MTU)
-        .max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
-    transport
-}
-
 /// Accepts QUIC connections until shutdown.
-async fn serve(endpoint: quinn::Endpoint, mut configs: ServerConfigs, shared: Arc<Shared>) {
+async fn serve(endpoint: H3Endpoint, mut configs: ServerConfigs, shared: Arc<Shared>) {
     let connections = Arc::new(Semaphore::new(shared.config.max_connections));
     let pending = AddressSlots::with_total(
         shared.config.max_unauthenticated_per_ip,
@@ -223,7 +225,7 @@ async fn serve(endpoint: quinn::Endpoint, mut configs: ServerConfigs, shared: Ar
             incoming.refuse();
             continue;
         };
-        let connecting = match incoming.accept_with(Arc::new(config)) {
+        let connecting = match incoming.accept_with(config) {
             Ok(connecting) => connecting,
             Err(error) => {
                 debug!(%peer, %error, "HTTP/3 handshake failed");
@@ -235,28 +237,40 @@ async fn serve(endpoint: quinn::Endpoint, mut configs: ServerConfigs, shared: Ar
         let task_shared = shared.clone();
         shared.lifecycle.tasks.spawn(
             async move {
-                let connection = match tokio::time::timeout_at(deadline, connecting).await {
-                    Ok(Ok(connection)) => connection,
+                let link = match tokio::time::timeout_at(deadline, connecting.done()).await {
+                    Ok(Ok(link)) => link,
                     Ok(Err(error)) => return debug!(%error, "HTTP/3 handshake failed"),
                     Err(_) => return debug!("HTTP/3 handshake past the head timeout"),
                 };
                 task_shared.accounting.metrics.customer_h3_connections.inc();
                 let arrival = Arrival { peer, entry: None };
-                serve_connection(connection, arrival, Arc::new(slot), deadline, task_shared).await;
+                serve_connection(link, arrival, Arc::new(slot), deadline, task_shared).await;
                 drop(permit);
             }
             .instrument(span),
         );
     }
-    endpoint.close(0u32.into(), b"gateway shutting down");
+    endpoint.close(0, b"gateway shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// What every request of one connection shares.
+struct OnConnection {
+    link: H3Link,
+    routes: Routes,
+    arrival: Arrival,
+    pending: Arc<AddressSlot>,
+    /// [`MAX_REQUESTS`] places; closed when the connection ends, which ends
+    /// the requests still waiting for one.
+    places: Arc<Semaphore>,
+    shared: Arc<Shared>,
 }
 
 /// Serves one HTTP/3 connection: its requests, each in a task, and its
 /// datagrams, routed to them; closed when idle, at shutdown (after the
 /// grace period), or when the client leaves.
 async fn serve_connection(
-    connection: quinn::Connection,
+    link: H3Link,
     arrival: Arrival,
     pending: Arc<AddressSlot>,
     deadline: tokio::time::Instant,
@@ -268,15 +282,22 @@ async fn serve_connection(
         .enable_datagram(true)
         .send_grease(false)
         .max_field_section_size(super::http::MAX_HEAD_BYTES as u64)
-        .build(h3_quinn::Connection::new(connection.clone()));
+        .build(link.h3());
     let mut h3: H3Connection = match tokio::time::timeout_at(deadline, built).await {
         Ok(Ok(h3)) => h3,
         Ok(Err(error)) => return debug!(%error, "HTTP/3 setup failed"),
         Err(_) => return debug!("no HTTP/3 SETTINGS within the head timeout"),
     };
-    let routes: Routes = Arc::default();
+    let on = Arc::new(OnConnection {
+        link,
+        routes: Arc::default(),
+        arrival,
+        pending,
+        places: Arc::new(Semaphore::new(MAX_REQUESTS as usize)),
+        shared: shared.clone(),
+    });
     let reader = h3.get_datagram_reader();
-    let datagrams = route_datagrams(reader, routes.clone(), shared.clone());
+    let datagrams = route_datagrams(reader, on.routes.clone(), shared.clone());
     tokio::pin!(datagrams);
     let live = tokio_util::task::TaskTracker::new();
     let idle_after = shared.config.head_timeout;
@@ -295,14 +316,7 @@ async fn serve_connection(
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     shared.accounting.metrics.customer_masque_requests.inc();
-                    let task = serve_request(
-                        resolver,
-                        connection.clone(),
-                        routes.clone(),
-                        arrival.clone(),
-                        pending.clone(),
-                        shared.clone(),
-                    );
+                    let task = serve_request(resolver, on.clone());
                     // A span per request: each authenticates on its own.
                     let span = info_span!("request", user = tracing::field::Empty);
                     shared.lifecycle.tasks.spawn(live.track_future(task.instrument(span)));
@@ -318,7 +332,7 @@ async fn serve_connection(
                     idle_check = now + idle_after / 4;
                 } else if quiet_since + idle_after <= now {
                     debug!("HTTP/3 connection without requests; closing");
-                    break connection.close(h3_code(H3_NO_ERROR), b"idle");
+                    break on.link.close(H3_NO_ERROR, b"idle");
                 } else {
                     idle_check = quiet_since + idle_after;
                 }
@@ -328,39 +342,32 @@ async fn serve_connection(
                 closing = Some(tokio::time::Instant::now() + shared.config.shutdown_grace);
             }
             () = cut_off => {
-                break connection.close(h3_code(H3_NO_ERROR), b"gateway shutting down");
+                break on.link.close(H3_NO_ERROR, b"gateway shutting down");
             }
         }
     }
+    // Requests still waiting for a place end now; the others end with the
+    // connection: wait for their access lines.
+    on.places.close();
     live.close();
-    // The requests end with the connection; wait for their access lines.
     let _ = tokio::time::timeout(shared.config.shutdown_grace, live.wait()).await;
-}
-
-/// HTTP/3's "no error" (RFC 9114 §8.1): a connection closed on purpose.
-const H3_NO_ERROR: u64 = 0x100;
-
-fn h3_code(code: u64) -> quinn::VarInt {
-    quinn::VarInt::from_u64(code).unwrap_or_default()
 }
 
 /// Routes the connection's HTTP Datagrams to their requests' flows until the
 /// connection ends; drops (and counts) what no flow takes.
 async fn route_datagrams(
-    mut reader: h3_datagram::datagram_handler::DatagramReader<
-        h3_quinn::datagram::RecvDatagramHandler,
-    >,
+    mut reader: DatagramReader<H3DatagramsIn>,
     routes: Routes,
     shared: Arc<Shared>,
 ) {
     while let Ok(datagram) = reader.read_datagram().await {
         let stream = datagram.stream_id().into_inner();
         let mut payload = datagram.payload().clone();
-        let Ok(context) = VarInt::decode(&mut payload) else {
+        let Some(context) = take_varint(&mut payload) else {
             Drop::Malformed.count(1, &shared.accounting);
             continue;
         };
-        if context.into_inner() != UDP_CONTEXT {
+        if context != UDP_CONTEXT {
             Drop::UnknownContext.count(1, &shared.accounting);
             continue;
         }
@@ -368,7 +375,7 @@ async fn route_datagrams(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&stream)
-            .map(|queue| queue.try_send(payload.copy_to_bytes(payload.remaining())));
+            .map(|queue| queue.try_send(payload));
         match routed {
             Some(Ok(())) => {}
             Some(Err(_)) => Drop::QueueFull.count(1, &shared.accounting),
@@ -377,56 +384,99 @@ async fn route_datagrams(
     }
 }
 
-/// One CONNECT-UDP request: its head, then the refusal or the flow.
-async fn serve_request(
-    resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
-    connection: quinn::Connection,
-    routes: Routes,
-    arrival: Arrival,
-    pending: Arc<AddressSlot>,
-    shared: Arc<Shared>,
-) {
+/// One CONNECT-UDP request: a place among its connection's, its head,
+/// then the refusal or the flow.
+async fn serve_request(resolver: Resolver, on: Arc<OnConnection>) {
+    // Waits while the connection has MAX_REQUESTS requests open.
+    let Ok(turn) = on.places.clone().acquire_owned().await else {
+        return debug!("HTTP/3 connection ended before the request's turn");
+    };
     let started = Instant::now();
-    let head_timeout = shared.config.head_timeout;
-    let (request, mut stream) =
-        match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
-            Ok(Ok(resolved)) => resolved,
-            Ok(Err(error)) => return debug!(%error, "HTTP/3 request unreadable"),
-            Err(_) => return debug!("HTTP/3 request head past the head timeout"),
-        };
+    let head_timeout = on.shared.config.head_timeout;
+    let Some((request, mut stream)) = read_head(resolver, head_timeout).await else {
+        return;
+    };
     let path = request.uri().path().to_owned();
-    let opened = open(&request, &arrival, &pending, &shared).await;
-    let (request_flow, user, target) = match opened {
-        Ok(opened) => opened,
+    match open(&request, &on.arrival, &on.pending, &on.shared).await {
+        Ok(accepted) => {
+            if answer_accepted(&mut stream, &accepted.flow.agent, head_timeout).await {
+                carry(stream, accepted, started, &on).await;
+            }
+        }
         Err(refusal) => {
             response::log_refusal(&path, &refusal, started);
-            return answer_refusal(&mut stream, &refusal, head_timeout).await;
+            answer_refusal(&mut stream, &refusal, head_timeout).await;
         }
-    };
+    }
+    drop(turn);
+}
+
+/// The request's head and its stream, or `None` (logged) if the head does
+/// not come whole within `limit`.
+async fn read_head(
+    resolver: Resolver,
+    limit: Duration,
+) -> Option<(http::Request<()>, RequestStream)> {
+    match tokio::time::timeout(limit, resolver.resolve_request()).await {
+        Ok(Ok(resolved)) => Some(resolved),
+        Ok(Err(error)) => {
+            debug!(%error, "HTTP/3 request unreadable");
+            None
+        }
+        Err(_) => {
+            debug!("HTTP/3 request head past the head timeout");
+            None
+        }
+    }
+}
+
+/// Sends `200` with the exit's headers and `Capsule-Protocol: ?1`; whether
+/// it went.
+async fn answer_accepted(
+    stream: &mut RequestStream,
+    agent: &crate::directory::Agent,
+    limit: Duration,
+) -> bool {
+    let mut head = http::Response::new(());
+    head.headers_mut().extend(exit_headers(agent, None, 1));
+    head.headers_mut()
+        .insert("capsule-protocol", HeaderValue::from_static("?1"));
+    let sent = matches!(
+        tokio::time::timeout(limit, stream.send_response(head)).await,
+        Ok(Ok(()))
+    );
+    if !sent {
+        debug!("client gone before the CONNECT-UDP answer");
+    }
+    sent
+}
+
+/// Relays the accepted request's flow until the client closes the stream or
+/// the exit ends the flow; then ends the stream, logs the request's line
+/// and accounts for it.
+async fn carry(mut stream: RequestStream, accepted: Accepted, started: Instant, on: &OnConnection) {
+    let Accepted {
+        flow,
+        user,
+        target,
+        place,
+    } = accepted;
     let RequestFlow {
         flow,
         agent,
         load,
         slot,
-        place,
-    } = request_flow;
-    let mut head = http::Response::new(());
-    head.headers_mut().extend(exit_headers(&agent, None, 1));
-    head.headers_mut()
-        .insert("capsule-protocol", HeaderValue::from_static("?1"));
-    match tokio::time::timeout(head_timeout, stream.send_response(head)).await {
-        Ok(Ok(())) => {}
-        _ => return debug!("client gone before the CONNECT-UDP answer"),
-    }
+    } = flow;
+    let shared = &on.shared;
     let id = stream.id().into_inner();
     let (queue, queued) = mpsc::channel(FLOW_QUEUE);
-    routes
+    on.routes
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(id, queue);
     let context = AccessContext {
         user: user.clone(),
-        peer: arrival.peer,
+        peer: on.arrival.peer,
         target: target.clone(),
         started,
         protocol: "masque",
@@ -434,49 +484,33 @@ async fn serve_request(
     let mut transfer =
         Transfer::start_flows(agent.clone(), load, slot, context, &shared.accounting);
     let counters = transfer.counters().clone();
-    let prefix = datagram_prefix(id);
-    let deliver = |payload: Bytes| {
-        let mut datagram = BytesMut::with_capacity(prefix.len() + payload.len());
-        datagram.put_slice(&prefix);
-        datagram.put_slice(&payload);
-        let sent = match connection.send_datagram(datagram.freeze()) {
-            Ok(()) => true,
-            Err(quinn::SendDatagramError::TooLarge) => {
-                Drop::TooLarge.count(1, &shared.accounting);
-                false
-            }
-            Err(_) => false,
-        };
-        std::future::ready(sent)
-    };
+    let deliver = deliverer(
+        &on.link,
+        datagram_prefix(id, UDP_CONTEXT),
+        &shared.accounting,
+    );
     let work = async {
-        let relay = flow.relay(queued, deliver, &counters, &shared.accounting);
-        let closed = async {
-            // The client's end of the request stream is the flow's end;
-            // capsules on it are read and ignored (RFC 9297 §3.2).
-            while let Ok(Some(_)) = stream.recv_data().await {}
-            // The last sender goes: the relay ends once its queue is empty.
-            routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            std::future::pending::<()>().await
-        };
         tokio::select! {
-            () = relay => {}
-            () = closed => {}
+            () = flow.relay(queued, deliver, &counters, &shared.accounting) => {}
+            () = until_closed(&mut stream, &on.routes, id) => {}
         }
         Ok::<(), String>(())
     };
     let span = info_span!("masque", exit = %agent.exit_id, %target);
-    let result = transfer.supervise(work.instrument(span), &shared).await;
-    routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    let result = transfer.supervise(work.instrument(span), shared).await;
+    on.routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
     match &result {
         Ok(()) => {
-            let _ = tokio::time::timeout(head_timeout, stream.finish()).await;
+            let _ = tokio::time::timeout(shared.config.head_timeout, stream.finish()).await;
         }
         Err(_) => stream.stop_stream(h3::error::Code::H3_CONNECT_ERROR),
     }
     info!(
         %user,
-        peer = %arrival.peer,
+        peer = %on.arrival.peer,
         %target,
         bytes = transfer.total(),
         "MASQUE CONNECT-UDP request ended"
@@ -485,23 +519,65 @@ async fn serve_request(
     drop(place);
 }
 
+/// Sends each UDP payload from the exit to the client as an HTTP Datagram
+/// behind `prefix`; whether it went. One too large for the client's path
+/// is dropped and counted.
+fn deliverer<'a>(
+    link: &'a H3Link,
+    prefix: Bytes,
+    accounting: &'a Accounting,
+) -> impl Fn(Bytes) -> std::future::Ready<bool> + 'a {
+    move |payload: Bytes| {
+        let mut datagram = BytesMut::with_capacity(prefix.len() + payload.len());
+        datagram.put_slice(&prefix);
+        datagram.put_slice(&payload);
+        let sent = match link.send_datagram(datagram.freeze()) {
+            Ok(()) => true,
+            Err(DatagramRefused::TooLarge) => {
+                Drop::TooLarge.count(1, accounting);
+                false
+            }
+            Err(DatagramRefused::Closed) => false,
+        };
+        std::future::ready(sent)
+    }
+}
+
+/// Resolves never; reads (and ignores, RFC 9297 §3.2) the capsules on the
+/// request stream until the client ends it, then takes the request's route
+/// away, so its relay ends once its queue is empty.
+async fn until_closed(stream: &mut RequestStream, routes: &Routes, id: u64) {
+    while let Ok(Some(_)) = stream.recv_data().await {}
+    routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    std::future::pending::<()>().await
+}
+
 /// What an accepted request holds while its flow lasts.
+struct Accepted {
+    flow: RequestFlow,
+    /// The customer, as authenticated.
+    user: String,
+    /// The target as `host:port`.
+    target: String,
+    place: Place,
+}
+
+/// The flow on the exit and what it holds there.
 struct RequestFlow {
     flow: OpenFlow,
     agent: Arc<crate::directory::Agent>,
     load: crate::directory::StreamGuard,
     slot: crate::limits::Slot,
-    place: Place,
 }
 
 /// The request checked, its customer authenticated, an exit chosen and the
-/// flow opened on it; with the user and the target as `host:port`.
+/// flow opened on it.
 async fn open(
     request: &http::Request<()>,
     arrival: &Arrival,
     pending: &AddressSlot,
     shared: &Arc<Shared>,
-) -> Result<(RequestFlow, String, String), Refusal> {
+) -> Result<Accepted, Refusal> {
     let (host, port) = connect_udp_target(request)?;
     let target = match &host {
         TargetHost::Ip(ip) => SocketAddr::new(*ip, port).to_string(),
@@ -523,14 +599,18 @@ async fn open(
     let flow = open_flow(agent.key, host, port, &grant.user, shared)
         .await
         .map_err(|error| Refusal::from(error).tried(1))?;
-    let opened = RequestFlow {
+    let flow = RequestFlow {
         flow,
         agent,
         load,
         slot,
-        place,
     };
-    Ok((opened, grant.user, target))
+    Ok(Accepted {
+        flow,
+        user: grant.user,
+        target,
+        place,
+    })
 }
 
 /// The target of a CONNECT-UDP request (RFC 9298 §3), or why it is not one.
@@ -582,16 +662,6 @@ fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// The bytes before every UDP payload sent for request stream `id`: its
-/// quarter stream id (RFC 9297 §2.1) and context id 0.
-fn datagram_prefix(id: u64) -> Bytes {
-    let mut prefix = BytesMut::with_capacity(9);
-    let quarter = VarInt::from_u64(id / 4).unwrap_or_default();
-    quarter.encode(&mut prefix);
-    VarInt::from_u32(UDP_CONTEXT as u32).encode(&mut prefix);
-    prefix.freeze()
 }
 
 /// Sends the refusal's status and headers (less HTTP/1.1's connection-level
@@ -652,13 +722,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn the_prefix_is_the_quarter_stream_id_then_context_zero() {
-        assert_eq!(&datagram_prefix(0)[..], &[0, 0]);
-        assert_eq!(&datagram_prefix(8)[..], &[2, 0]);
-        // 400 / 4 = 100: a two-byte varint.
-        assert_eq!(&datagram_prefix(400)[..], &[0x40, 100, 0]);
     }
 }
