@@ -220,7 +220,7 @@ impl MasqueClient {
             stream,
             id,
             connection: self.connection.clone(),
-            arriving,
+            arriving: tokio::sync::Mutex::new(arriving),
             _route: Route {
                 id,
                 routes: self.routes.clone(),
@@ -300,7 +300,8 @@ pub struct UdpTunnel {
     stream: RequestStream,
     id: u64,
     connection: quinn::Connection,
-    arriving: mpsc::Receiver<Bytes>,
+    /// Behind a lock so one task can wait for datagrams while another sends.
+    arriving: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
     _route: Route,
     timeout: Duration,
 }
@@ -326,9 +327,11 @@ impl UdpTunnel {
     }
 
     /// The next UDP payload from the target, or `None` at the timeout or
-    /// once the connection is gone.
-    pub async fn recv(&mut self) -> Option<Bytes> {
-        tokio::time::timeout(self.timeout, self.arriving.recv())
+    /// once the connection is gone. Cancel safe: a payload is taken only
+    /// when it is returned.
+    pub async fn recv(&self) -> Option<Bytes> {
+        let next = async { self.arriving.lock().await.recv().await };
+        tokio::time::timeout(self.timeout, next)
             .await
             .ok()
             .flatten()
@@ -359,7 +362,7 @@ impl UdpTunnel {
         Arc::new(MasqueSocket {
             target,
             local,
-            arriving: Mutex::new(self.arriving),
+            arriving: Mutex::new(self.arriving.into_inner()),
             connection: self.connection,
             id: self.id,
             _stream: Mutex::new(self.stream),

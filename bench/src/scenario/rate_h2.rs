@@ -51,15 +51,16 @@ impl Run {
     }
 }
 
-/// The gateway's TLS settings and a client trusting its certificate.
-struct Tls {
+/// The gateway's TLS settings and a client trusting its certificate (also
+/// the udp scenario's, for MASQUE).
+pub(crate) struct Tls {
     _dir: tempfile::TempDir,
-    cert: String,
-    key: String,
-    roots: rustls::RootCertStore,
+    pub(crate) cert: String,
+    pub(crate) key: String,
+    pub(crate) roots: rustls::RootCertStore,
 }
 
-fn certificate() -> Result<Tls> {
+pub(crate) fn certificate() -> Result<Tls> {
     let dir = tempfile::tempdir()?;
     let pair = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
     let cert = dir.path().join("cert.pem");

@@ -1,8 +1,9 @@
-//! udp: datagrams to a local UDP echo through SOCKS5 UDP ASSOCIATE (the
-//! gateway and one agent process, QUIC tunnel, datagrams as DATAGRAM frames),
-//! against the echo directly and the bare two-hop relay of datagrams over
-//! quinn ([`crate::bare_relay::datagrams`], the floor), in one run. Each path
-//! is measured three ways, one path after the other:
+//! udp: datagrams to a local UDP echo through SOCKS5 UDP ASSOCIATE and
+//! through MASQUE CONNECT-UDP over HTTP/3 (the same gateway and agent
+//! process, QUIC tunnel, datagrams as DATAGRAM frames), against the echo
+//! directly and the bare two-hop relay of datagrams over quinn
+//! ([`crate::bare_relay::datagrams`], the floor), in one run. Each path is
+//! measured three ways, one path after the other:
 //!
 //! - latency: [`PINGS`] round trips one at a time, p50 and p99;
 //! - rate: [`WINDOW`] datagrams in flight for the scenario's time, round
@@ -16,8 +17,10 @@
 //!   /proc/net/snmp, machine-wide).
 //!
 //! The agent runs with `--udp-packets-per-second` lifted, so the path is
-//! measured and not the per-flow cap (2,000 by default). MASQUE CONNECT-UDP
-//! (`--listen-h3`) is a [`Way`] still to add: see the note on [`Way`].
+//! measured and not the per-flow cap (2,000 by default). The MASQUE client
+//! is the launcher's ([`exitpool_launcher::masque`], the one the end-to-end
+//! tests use): one QUIC connection to `--listen-h3`, one CONNECT-UDP request,
+//! HTTP Datagrams both ways.
 
 use crate::bare_relay::datagrams::BareUdpRelay;
 use crate::cli::Bench;
@@ -25,7 +28,10 @@ use crate::client::STEP;
 use crate::launch::{pin_of, GatewayProcess, PASSWORD, TOKEN, USER};
 use crate::measure::{cpu_of, percentile};
 use crate::report::Report;
+use crate::scenario::rate_h2::{certificate, Tls};
 use anyhow::{bail, ensure, Context, Result};
+use exitpool_launcher::masque::{MasqueClient, UdpTunnel};
+use exitpool_launcher::ports::TunnelPort;
 use exitpool_launcher::{Launch, Process};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -64,9 +70,7 @@ async fn start_echo() -> Result<(SocketAddr, Arc<AtomicU64>)> {
     Ok((addr, received))
 }
 
-/// How the client reaches the echo. MASQUE CONNECT-UDP belongs here as a
-/// third way (the launcher's MASQUE client, `UdpTunnel::send`/`recv`, on a
-/// gateway with `--listen-h3`), measured by the same three phases.
+/// How the client reaches the echo.
 enum Way {
     /// Datagrams as they are: to the echo itself, or to the bare relay's entry.
     Plain { socket: UdpSocket, to: SocketAddr },
@@ -79,6 +83,15 @@ enum Way {
         header: Vec<u8>,
         _control: TcpStream,
     },
+    /// MASQUE: a CONNECT-UDP request to the echo on the gateway's HTTP/3
+    /// port, each payload an HTTP Datagram.
+    Masque(Box<Masque>),
+}
+
+/// A CONNECT-UDP tunnel and the client whose connection carries it.
+struct Masque {
+    tunnel: UdpTunnel,
+    client: MasqueClient,
 }
 
 impl Way {
@@ -124,6 +137,32 @@ impl Way {
         })
     }
 
+    /// A CONNECT-UDP request to the IPv4 `echo` on the gateway's HTTP/3
+    /// port `h3`, whose certificate `tls` holds.
+    async fn masque(h3: SocketAddr, tls: &Tls, echo: SocketAddr) -> Result<Way> {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(tls.roots.clone())
+        .with_no_client_auth();
+        let client = MasqueClient::connect(h3, "127.0.0.1", config, STEP).await?;
+        let credentials = Some((USER, PASSWORD));
+        let tunnel = client
+            .connect_udp(&echo.ip().to_string(), echo.port(), credentials)
+            .await?;
+        Ok(Way::Masque(Box::new(Masque { tunnel, client })))
+    }
+
+    /// Ends the way: for MASQUE the request stream's end (the flow's end at
+    /// the gateway), then the connection; for SOCKS5 the control connection.
+    async fn end(self) {
+        if let Way::Masque(masque) = self {
+            masque.tunnel.close().await;
+            masque.client.close().await;
+        }
+    }
+
     async fn send(&self, payload: &[u8]) -> Result<()> {
         match self {
             Way::Plain { socket, to } => socket.send_to(payload, to).await?,
@@ -138,6 +177,10 @@ impl Way {
                 datagram.extend_from_slice(payload);
                 socket.send_to(&datagram, relay).await?
             }
+            Way::Masque(masque) => {
+                masque.tunnel.send(payload)?;
+                payload.len()
+            }
         };
         Ok(())
     }
@@ -151,6 +194,14 @@ impl Way {
                 ensure!(len >= header.len(), "a SOCKS5 datagram of {len} bytes");
                 buf.copy_within(header.len()..len, 0);
                 Ok(len - header.len())
+            }
+            Way::Masque(masque) => {
+                let Some(payload) = masque.tunnel.recv().await else {
+                    bail!("the MASQUE tunnel ended, or was silent for {STEP:?}");
+                };
+                let len = payload.len().min(buf.len());
+                buf[..len].copy_from_slice(&payload[..len]);
+                Ok(len)
             }
         }
     }
@@ -320,18 +371,23 @@ async fn gateway_drops(admin: SocketAddr) -> Result<BTreeMap<String, u64>> {
         .collect())
 }
 
-/// The datagrams the agent's flows dropped, from their `UDP flow done` lines.
-fn agent_drops(agent: &Process) -> u64 {
-    agent
-        .lines()
+/// The agent's `UDP flow done` lines so far, and the datagrams those flows
+/// dropped.
+fn agent_flows(agent: &Process) -> (usize, u64) {
+    let lines = agent.lines();
+    let done: Vec<_> = lines
         .iter()
         .filter(|line| line.contains("UDP flow done"))
+        .collect();
+    let dropped = done
+        .iter()
         .filter_map(|line| {
             let rest = &line[line.find("dropped=")? + "dropped=".len()..];
             let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
             digits.parse::<u64>().ok()
         })
-        .sum()
+        .sum();
+    (done.len(), dropped)
 }
 
 /// Runs the three phases over `way`.
@@ -359,15 +415,30 @@ async fn measure(
     Ok(run)
 }
 
-/// The gateway (SOCKS5 on its customer port) and one agent process over
-/// QUIC, the agent's per-flow budget lifted and its flow lines logged.
-async fn start_exitpool(bench: &Bench) -> Result<(GatewayProcess, Process, tempfile::TempDir)> {
+/// The gateway (SOCKS5 on its customer port, MASQUE on `h3`, with `tls`'s
+/// certificate) and one agent process over QUIC, the agent's per-flow
+/// budget lifted and its flow lines logged.
+async fn start_exitpool(
+    bench: &Bench,
+    tls: &Tls,
+    h3: SocketAddr,
+) -> Result<(GatewayProcess, Process, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("gateway");
     std::fs::create_dir_all(&state)?;
     let pin = pin_of(&bench.bins.gateway, &state).await?;
     let threads = bench.runs.gateway_threads;
-    let gateway = GatewayProcess::start_with(&bench.bins.gateway, &state, 64, threads, &[]).await?;
+    let h3 = h3.to_string();
+    let extra = [
+        "--tls-cert",
+        tls.cert.as_str(),
+        "--tls-key",
+        tls.key.as_str(),
+        "--listen-h3",
+        h3.as_str(),
+    ];
+    let gateway =
+        GatewayProcess::start_with(&bench.bins.gateway, &state, 64, threads, &extra).await?;
     let agent = Launch::new(&bench.bins.agent)
         .args(["--gateway", &gateway.tunnel().to_string(), "--pin", &pin])
         .args([
@@ -385,6 +456,40 @@ async fn start_exitpool(bench: &Bench) -> Result<(GatewayProcess, Process, tempf
         .spawn()?;
     gateway.wait_agents(1, STEP).await?;
     Ok((gateway, agent, dir))
+}
+
+/// Measures `way` through the gateway and the agent, then ends it and adds
+/// where the overload's drops were counted: the gateway's causes (what they
+/// counted during this way), and the agent's flow once its line is logged.
+async fn measure_exitpool(
+    way: Way,
+    gateway: &GatewayProcess,
+    agent: &Process,
+    echoed: &AtomicU64,
+    time: Duration,
+    pings: usize,
+) -> Result<Run> {
+    let before = gateway_drops(gateway.admin()).await?;
+    let (flows_before, agent_before) = agent_flows(agent);
+    let pids = [gateway.pid(), agent.pid()];
+    let mut run = measure(&way, &pids, echoed, time, pings).await?;
+    // The way's end ends its flow at the agent, which then logs the flow's
+    // counts.
+    way.end().await;
+    let flow_done = crate::launch::wait_until(STEP, "the agent's flow line", || async {
+        agent_flows(agent).0 > flows_before
+    })
+    .await;
+    let after = gateway_drops(gateway.admin()).await?;
+    for (cause, count) in after {
+        let count = count - before.get(&cause).copied().unwrap_or(0);
+        run.drops.insert(format!("gateway: {cause}"), count);
+    }
+    if flow_done.is_ok() {
+        let dropped = agent_flows(agent).1 - agent_before;
+        run.drops.insert("agent: flow".into(), dropped);
+    }
+    Ok(run)
 }
 
 /// Runs the paths one after the other and adds their rows to `report`.
@@ -406,51 +511,41 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let bare = measure(&way, &relay.pids(), &echoed, time, pings).await?;
     drop(relay);
 
+    let tls = certificate()?;
+    // A port number free on UDP for --listen-h3.
+    let h3 = TunnelPort::hold()?.release();
+    let (mut gateway, agent, _dir) = start_exitpool(bench, &tls, h3).await?;
     eprintln!("   SOCKS5 UDP through the gateway and an agent (QUIC)");
-    let (mut gateway, agent, _dir) = start_exitpool(bench).await?;
-    let before = gateway_drops(gateway.admin()).await?;
     let crate::client::Route::Proxy { addr: proxy, .. } = gateway.path() else {
         bail!("the gateway's path is a proxy route");
     };
     let way = Way::socks(proxy, echo).await?;
-    let pids = [gateway.pid(), agent.pid()];
-    let mut socks = measure(&way, &pids, &echoed, time, pings).await?;
-    // The association's end ends its flow at the agent, which then logs
-    // the flow's counts.
-    drop(way);
-    let flows_done = crate::launch::wait_until(STEP, "the agent's flow line", || async {
-        agent
-            .lines()
-            .iter()
-            .any(|line| line.contains("UDP flow done"))
-    })
-    .await;
-    let after = gateway_drops(gateway.admin()).await?;
-    for (cause, count) in after {
-        let count = count - before.get(&cause).copied().unwrap_or(0);
-        socks.drops.insert(format!("gateway: {cause}"), count);
-    }
-    match flows_done {
-        Ok(_) => socks
-            .drops
-            .insert("agent: flow".into(), agent_drops(&agent)),
-        Err(_) => None,
-    };
+    let socks = measure_exitpool(way, &gateway, &agent, &echoed, time, pings).await?;
+    eprintln!("   MASQUE CONNECT-UDP through the same gateway and agent");
+    let way = Way::masque(h3, &tls, echo).await?;
+    let masque = measure_exitpool(way, &gateway, &agent, &echoed, time, pings).await?;
     drop(agent);
     let _ = gateway.stop(Duration::from_secs(10)).await;
 
-    add_rows(report, &direct, &socks, &bare, time, pings);
+    let paths = Paths {
+        direct: &direct,
+        socks: &socks,
+        masque: &masque,
+        bare: &bare,
+    };
+    add_rows(report, &paths, time, pings);
     Ok(())
 }
 
-fn add_rows(
-    report: &mut Report,
-    direct: &Run,
-    socks: &Run,
-    bare: &Run,
-    time: Duration,
-    pings: usize,
-) {
+/// The runs a report is made of.
+struct Paths<'a> {
+    direct: &'a Run,
+    socks: &'a Run,
+    masque: &'a Run,
+    bare: &'a Run,
+}
+
+fn add_rows(report: &mut Report, paths: &Paths, time: Duration, pings: usize) {
     type Figure = (&'static str, &'static str, fn(&Run) -> Option<f64>);
     let figures: [Figure; 10] = [
         ("round trip, p50", "ms", |r| Some(percentile(&r.rtts, 0.5))),
@@ -478,30 +573,38 @@ fn add_rows(
             Some(100.0 * (1.0 - r.returned as f64 / r.sent.max(1) as f64))
         }),
     ];
+    let ways = [("SOCKS5 UDP", paths.socks), ("MASQUE", paths.masque)];
+    // Each figure's two ways side by side, each against the same direct
+    // and bare relay runs.
     for (metric, unit, figure) in figures {
-        report.row("udp", metric, unit, figure(direct), figure(socks), None);
-        report.with_bare_relay(figure(bare));
+        for (way, run) in ways {
+            let metric = format!("{way}: {metric}");
+            report.row("udp", metric, unit, figure(paths.direct), figure(run), None);
+            report.with_bare_relay(figure(paths.bare));
+        }
     }
     // The causes that counted nothing are left out (the agent's never).
     let counted = |(place, count): &(&String, &u64)| **count > 0 || place.starts_with("agent");
-    for (place, count) in socks.drops.iter().filter(counted) {
-        report.row(
-            "udp",
-            format!("overload drops, {place}"),
-            "count",
-            None,
-            Some(*count as f64),
-            None,
-        );
+    for (way, run) in ways {
+        for (place, count) in run.drops.iter().filter(counted) {
+            report.row(
+                "udp",
+                format!("{way}: overload drops, {place}"),
+                "count",
+                None,
+                Some(*count as f64),
+                None,
+            );
+        }
     }
-    for (name, run) in [("direct", direct), ("bare relay", bare)] {
+    for (name, run) in [("direct", paths.direct), ("bare relay", paths.bare)] {
         let kernel = run.drops.values().sum::<u64>();
         report.notes.push(format!(
             "udp, {name}: the kernel counted {kernel} UDP receive-buffer drops during its overload"
         ));
     }
     report.notes.push(format!(
-        "udp: a {PAYLOAD}-byte payload each way; exitpool = SOCKS5 UDP ASSOCIATE on the gateway's customer port, one agent process over QUIC (DATAGRAM frames), the agent's --udp-packets-per-second {AGENT_PACKETS_PER_SECOND}; bare relay = {}; {pings} pings one at a time (lost after {STALL:?}); {WINDOW} in flight for {:.1} s; overload = {BURST} sent without waiting; kernel drops are machine-wide (RcvbufErrors), gateway causes that counted nothing are left out; quinn drops the oldest DATAGRAM frame when its send buffer is full, uncounted; MASQUE CONNECT-UDP not measured yet",
+        "udp: a {PAYLOAD}-byte payload each way; exitpool = one gateway and one agent process over QUIC (DATAGRAM frames), the agent's --udp-packets-per-second {AGENT_PACKETS_PER_SECOND}, reached two ways one after the other: SOCKS5 UDP ASSOCIATE on the customer port, and MASQUE CONNECT-UDP over HTTP/3 on --listen-h3 (the launcher's client: one QUIC connection, one request, HTTP Datagrams); bare relay = {}; {pings} pings one at a time (lost after {STALL:?}); {WINDOW} in flight for {:.1} s; overload = {BURST} sent without waiting; kernel drops are machine-wide (RcvbufErrors), gateway causes that counted nothing are left out; quinn drops the oldest DATAGRAM frame when its send buffer is full, uncounted (for MASQUE, in the client's QUIC connection too)",
         crate::bare_relay::datagrams::NOTE,
         time.as_secs_f64(),
     ));
