@@ -101,12 +101,9 @@ async fn open_peer_stream(
     agent_id: &str,
     target: std::net::SocketAddr,
 ) -> Result<(), ProxyError> {
-    let endpoint = exitpool::transport::udp::endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        quinn::EndpointConfig::default(),
-        None,
-    )
-    .unwrap();
+    let endpoint =
+        exitpool::transport::endpoint::QuicEndpoint::client("127.0.0.1:0".parse().unwrap())
+            .unwrap();
     let timeout = std::time::Duration::from_secs(5);
     let peers = Peers::new(
         endpoint,

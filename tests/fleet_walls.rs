@@ -249,12 +249,9 @@ async fn dial_peer(
     agent_id: &str,
     target: SocketAddr,
 ) -> Result<(), ProxyError> {
-    let endpoint = exitpool::transport::udp::endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        quinn::EndpointConfig::default(),
-        None,
-    )
-    .unwrap();
+    let endpoint =
+        exitpool::transport::endpoint::QuicEndpoint::client("127.0.0.1:0".parse().unwrap())
+            .unwrap();
     let timeout = Duration::from_secs(5);
     let peers = Peers::new(
         endpoint,

@@ -261,7 +261,7 @@ impl Gateway {
             fleet
                 .peers
                 .endpoint()
-                .close(close_code::SHUTDOWN.into(), b"gateway shutting down");
+                .close(close_code::SHUTDOWN, b"gateway shutting down");
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         drop(self.endpoint);
@@ -659,7 +659,7 @@ async fn join_fleet(
         )));
     }
     let peers = fleet::peer::Peers::new(
-        endpoint.into_quinn(),
+        endpoint,
         fleet_config.peer_transport,
         id.clone(),
         &fleet::peer::fleet_key(identity),

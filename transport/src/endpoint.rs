@@ -1,11 +1,16 @@
-//! A QUIC server endpoint as the layers above the transport interface hold
-//! it (the gateway's tunnel port and the fleet's peer port): bound on
+//! A QUIC endpoint as the layers above the transport interface hold it (the
+//! gateway's tunnel port and the fleet's peer port): bound on
 //! [`crate::udp::bind`]'s socket with server settings made from a TLS 1.3
-//! configuration, with its address, its close and its drain. Only the QUIC
-//! listener takes the quinn endpoint out ([`QuicEndpoint::quinn`]).
+//! configuration, with its address, its close and its drain; and, for the
+//! fleet's peer links, the connections it answers ([`QuicIncoming`]) and the
+//! ones it dials from the same port ([`QuicEndpoint::connect`]), each handed
+//! up as a [`Tunnel`]. Only the gateway's agent-tunnel listener takes the
+//! quinn endpoint out ([`QuicEndpoint::quinn`]).
 
+use crate::Tunnel;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// QUIC transport settings: windows, stream limits, keep-alive, idle timeout
 /// ([`crate::udp::base_transport`] and each side's additions).
@@ -17,6 +22,9 @@ pub type EndpointSettings = quinn::EndpointConfig;
 /// What a QUIC server answers handshakes with: TLS and transport settings.
 pub type ServerSettings = quinn::ServerConfig;
 
+/// What a QUIC client dials with: TLS and transport settings.
+pub type ClientSettings = quinn::ClientConfig;
+
 /// Server settings from a TLS 1.3 server configuration (with its ALPN) and
 /// `transport`; the error is the TLS configuration's unsuitability for QUIC.
 pub fn server_settings(
@@ -27,6 +35,20 @@ pub fn server_settings(
         .map_err(|error| error.to_string())?;
     let mut config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
     config.transport_config(std::sync::Arc::new(transport));
+    Ok(config)
+}
+
+/// Client settings from a TLS 1.3 client configuration (with its ALPN and
+/// the check of the server's certificate) and `transport`, shared by every
+/// dial; the error is the TLS configuration's unsuitability for QUIC.
+pub fn client_settings(
+    tls: rustls::ClientConfig,
+    transport: Arc<TransportSettings>,
+) -> Result<ClientSettings, String> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|error| error.to_string())?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
     Ok(config)
 }
 
@@ -42,6 +64,11 @@ impl QuicEndpoint {
         server: ServerSettings,
     ) -> io::Result<QuicEndpoint> {
         crate::udp::endpoint(addr, endpoint, Some(server)).map(QuicEndpoint)
+    }
+
+    /// An endpoint on `addr` that only dials (it answers no handshakes).
+    pub fn client(addr: SocketAddr) -> io::Result<QuicEndpoint> {
+        crate::udp::endpoint(addr, EndpointSettings::default(), None).map(QuicEndpoint)
     }
 
     /// The address it is bound to (the port drawn for port 0).
@@ -61,14 +88,55 @@ impl QuicEndpoint {
         self.0.wait_idle().await;
     }
 
-    /// The quinn endpoint, for the QUIC listener's accept loop.
+    /// The next connection attempt, or `None` once the endpoint is closed.
+    /// Cancel safe.
+    pub async fn accept(&self) -> Option<QuicIncoming> {
+        self.0.accept().await.map(QuicIncoming)
+    }
+
+    /// Dials `addr` from this endpoint's port, expecting a certificate for
+    /// `server_name` as `settings` check it; the error says why the dial or
+    /// its handshake failed. The caller bounds the wait.
+    pub async fn connect(
+        &self,
+        settings: ClientSettings,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Tunnel, String> {
+        let connecting = self
+            .0
+            .connect_with(settings, addr, server_name)
+            .map_err(|error| error.to_string())?;
+        let connection = connecting.await.map_err(|error| error.to_string())?;
+        Ok(connection.into())
+    }
+
+    /// The quinn endpoint, for the gateway's agent-tunnel listener.
     pub fn quinn(&self) -> &quinn::Endpoint {
         &self.0
     }
+}
 
-    /// The quinn endpoint itself, for the fleet's peer links (which dial
-    /// from the same port they answer on).
-    pub fn into_quinn(self) -> quinn::Endpoint {
-        self.0
+/// A connection attempt on a [`QuicEndpoint`], before its handshake: cheap to
+/// refuse, so the accept loop decides before spending a handshake on it.
+#[derive(Debug)]
+pub struct QuicIncoming(quinn::Incoming);
+
+impl QuicIncoming {
+    /// Where it comes from.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+
+    /// Turns it away at once, without a handshake.
+    pub fn refuse(self) {
+        self.0.refuse();
+    }
+
+    /// Completes its handshake with the endpoint's server settings; the error
+    /// says why it failed. The caller bounds the wait.
+    pub async fn connected(self) -> Result<Tunnel, String> {
+        let connection = self.0.await.map_err(|error| error.to_string())?;
+        Ok(connection.into())
     }
 }

@@ -27,6 +27,7 @@ use exitpool_protocol::peer::{
     PEER_TCP_ALPN, PEER_VERSION,
 };
 use exitpool_protocol::{read_frame, write_frame, TargetHost};
+use exitpool_transport::endpoint::{client_settings, QuicEndpoint, TransportSettings};
 use exitpool_transport::pin::{Pin, PinVerifier};
 use exitpool_transport::tcp::{self, TcpSettings};
 use exitpool_transport::{Tunnel, TunnelConnection};
@@ -69,7 +70,7 @@ type LinkSlot = Arc<tokio::sync::Mutex<Option<Tunnel>>>;
 
 /// This gateway's peer endpoint and its links to the others.
 pub struct Peers {
-    endpoint: quinn::Endpoint,
+    endpoint: QuicEndpoint,
     /// The transport of the links this gateway dials.
     transport_choice: PeerTransport,
     own_id: Arc<str>,
@@ -87,7 +88,7 @@ pub struct Peers {
     /// Keep-alive and idle timeout of peer links.
     idle: Duration,
     /// QUIC settings of the links dialled over QUIC.
-    transport: Arc<quinn::TransportConfig>,
+    transport: Arc<TransportSettings>,
 }
 
 /// The fleet key that peer links prove membership with: derived from the
@@ -104,7 +105,7 @@ const MIN_PEER_IDLE: Duration = Duration::from_millis(300);
 /// side takes one stream and a small connection window until the link has
 /// proved itself, then many streams (one per customer connection) and the
 /// full window ([`open_to_streams`]); the dialling side takes none.
-pub fn transport_config(idle: Duration, answering: bool) -> quinn::TransportConfig {
+pub fn transport_config(idle: Duration, answering: bool) -> TransportSettings {
     let idle = idle.max(MIN_PEER_IDLE);
     let mut transport = exitpool_transport::udp::base_transport();
     transport
@@ -169,7 +170,7 @@ impl Peers {
     /// links this gateway dials go over `transport_choice` where the other end
     /// takes it.
     pub fn new(
-        endpoint: quinn::Endpoint,
+        endpoint: QuicEndpoint,
         transport_choice: PeerTransport,
         own_id: Arc<str>,
         fleet_key: &[u8; 32],
@@ -192,7 +193,7 @@ impl Peers {
     }
 
     /// The peer endpoint (to accept on, and to close at shutdown).
-    pub fn endpoint(&self) -> &quinn::Endpoint {
+    pub fn endpoint(&self) -> &QuicEndpoint {
         &self.endpoint
     }
 
@@ -355,16 +356,10 @@ impl Peers {
             let tls = verifier
                 .client_config(PEER_ALPN)
                 .map_err(|e| e.to_string())?;
-            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-                .map_err(|e| e.to_string())?;
-            let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-            config.transport_config(self.transport.clone());
+            let settings = client_settings(tls, self.transport.clone())?;
             self.endpoint
-                .connect_with(config, address.addr, "exitpool-gateway")
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())?
-                .into()
+                .connect(settings, address.addr, "exitpool-gateway")
+                .await?
         };
         let proved = self.prove_membership(&link).await;
         if let Err(reason) = &proved {

@@ -67,8 +67,7 @@ async fn serve_quic(shared: Arc<Shared>, fleet: Arc<Fleet>, handshakes: Arc<Pend
             incoming.refuse();
             continue;
         };
-        let connected = async move { incoming.await.map(Tunnel::from).map_err(|e| e.to_string()) };
-        spawn_link(&shared, &fleet, permit, connected);
+        spawn_link(&shared, &fleet, permit, incoming.connected());
     }
 }
 
