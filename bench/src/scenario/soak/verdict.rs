@@ -523,3 +523,53 @@ async fn redis_usage(url: &str) -> Result<(u64, u64)> {
         .await?;
     Ok((up.unwrap_or(0), down.unwrap_or(0)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trend(start: f64, end: f64, slope_growth: f64) -> Trend {
+        Trend {
+            samples: 60,
+            start,
+            end,
+            growth: (end - start) / start * 100.0,
+            slope: slope_growth * start / 100.0,
+            slope_growth,
+        }
+    }
+
+    fn judged(figure: &str, t: Trend) -> Report {
+        let mut report = Report::default();
+        let window = (Duration::from_secs(120), Duration::from_secs(240));
+        memory("gateway", figure, window, &t, &mut report);
+        report
+    }
+
+    #[test]
+    fn rss_fails_on_growth_alone_and_a_flat_trend_is_named_not_passed() {
+        // Grew 10 % with a flat trend: memory held, still a failure.
+        let held = judged("RSS", trend(1000.0, 1100.0, 0.0));
+        assert_eq!(held.failures.len(), 1, "{:?}", held.failures);
+        assert!(
+            held.failures[0].contains("taken and held"),
+            "{:?}",
+            held.failures
+        );
+        // Grew 10 % and still growing.
+        let growing = judged("RSS", trend(1000.0, 1100.0, 20.0));
+        assert!(
+            growing.failures[0].contains("still growing"),
+            "{:?}",
+            growing.failures
+        );
+        // Inside the limit, a steep trend is shown, not judged.
+        assert!(judged("RSS", trend(1000.0, 1040.0, 30.0))
+            .failures
+            .is_empty());
+        // Anonymous memory is shown, never judged.
+        assert!(judged("anon", trend(1000.0, 2000.0, 50.0))
+            .failures
+            .is_empty());
+    }
+}
