@@ -430,6 +430,30 @@ type FleetTasks = (
     tokio::sync::mpsc::Receiver<crate::directory::Change>,
 );
 
+/// Where usage is counted: this gateway's count (from the last run's
+/// `used`), teed into the fleet's journal in a fleet, and into the control
+/// plane's history when there is a store.
+fn usage_sink(
+    used: &usage::UsageSnapshot,
+    fleet: Option<&FleetMembership>,
+    accounts: &crate::accounts::Accounts,
+) -> Box<dyn usage::UsageSink> {
+    let usage: Box<dyn usage::UsageSink> = match fleet {
+        Some(joined) => Box::new(usage::Tee {
+            own: MemoryUsage::from_snapshot(used),
+            unflushed: joined.fleet.unflushed.clone(),
+        }),
+        None => Box::new(MemoryUsage::from_snapshot(used)),
+    };
+    match accounts.control() {
+        Some(link) => Box::new(usage::WithHistory {
+            inner: usage,
+            history: link.history.clone(),
+        }),
+        None => usage,
+    }
+}
+
 /// The state every task shares, with the fleet joined when configured.
 async fn assemble(
     config: GatewayConfig,
@@ -453,20 +477,7 @@ async fn assemble(
         None => None,
     };
     let mut fleet_tasks = None;
-    let usage: Box<dyn usage::UsageSink> = match &fleet {
-        Some(joined) => Box::new(usage::Tee {
-            own: MemoryUsage::from_snapshot(&used),
-            unflushed: joined.fleet.unflushed.clone(),
-        }),
-        None => Box::new(MemoryUsage::from_snapshot(&used)),
-    };
-    let usage: Box<dyn usage::UsageSink> = match accounts.control() {
-        Some(link) => Box::new(usage::WithHistory {
-            inner: usage,
-            history: link.history.clone(),
-        }),
-        None => usage,
-    };
+    let usage = usage_sink(&used, fleet.as_ref(), &accounts);
     let fleet = match fleet {
         Some(joined) => {
             let (changes, feed) = tokio::sync::mpsc::channel(fleet::replica::FEED_CAPACITY);

@@ -356,7 +356,7 @@ pub async fn open(
     // The exit failure that sent this request to another exit.
     let mut last_failure: Option<(Arc<Agent>, ProxyError)> = None;
     // Pins settled for this request (a new pin, then perhaps a move).
-    let mut settles = 0;
+    let mut settles = 0u8;
     let failover_until = deadline.min(started + FAILOVER_WAIT);
     loop {
         // Subscribed before choosing, so a join in between is not missed.
@@ -382,18 +382,8 @@ pub async fn open(
                 continue;
             }
         };
-        if let Some((key, pinned)) = &mut pin {
-            if settles < 2 {
-                settles += 1;
-                match shared.routing.sessions.settle(key, pinned).await {
-                    Settle::Ours => {}
-                    // Another gateway pinned it to this very exit first.
-                    Settle::Found => session = Some(SessionOutcome::Kept),
-                    // It was pinned elsewhere: route again with that pin,
-                    // now held here too.
-                    Settle::Elsewhere => continue,
-                }
-            }
+        if settle_pin(&mut pin, &mut settles, &mut session, &shared.routing).await {
+            continue;
         }
         let attempt_started = Instant::now();
         let timeout = config
@@ -433,6 +423,33 @@ pub async fn open(
             Ok(failure) => last_failure = Some((agent, failure)),
             Err((error, tried)) => return Err(fail(Some(&agent), error).tried(tried)),
         }
+    }
+}
+
+/// Settles a new pin with the session store, at most twice a request (a
+/// new pin, then perhaps a move); `true` when the session was pinned
+/// elsewhere and the request routes again with that pin, now held here too.
+async fn settle_pin(
+    pin: &mut Option<(SessionKey, Pinned)>,
+    settles: &mut u8,
+    session: &mut Option<SessionOutcome>,
+    routing: &Routing,
+) -> bool {
+    let Some((key, pinned)) = pin else {
+        return false;
+    };
+    if *settles >= 2 {
+        return false;
+    }
+    *settles += 1;
+    match routing.sessions.settle(key, pinned).await {
+        Settle::Ours => false,
+        // Another gateway pinned it to this very exit first.
+        Settle::Found => {
+            *session = Some(SessionOutcome::Kept);
+            false
+        }
+        Settle::Elsewhere => true,
     }
 }
 

@@ -44,7 +44,9 @@ use super::session::{self, Arrival, Grant};
 use super::socks_wire::{domain, reply, send, ATYP_DOMAIN, ATYP_IPV4, ATYP_IPV6};
 use super::transfer::{AccessContext, Transfer};
 use super::udp_flow::{open_flow, Drop, Drops, Place, FLOW_QUEUE};
+use crate::directory::{Agent, StreamGuard};
 use crate::error::socks_reply;
+use crate::limits::Slot;
 use crate::shared::Shared;
 use bytes::{BufMut, Bytes, BytesMut};
 use exitpool_protocol::udp::MAX_DATAGRAM_LEN;
@@ -69,53 +71,15 @@ pub(super) async fn serve(
     started: Instant,
     shared: Arc<Shared>,
 ) {
-    let head_timeout = shared.config.head_timeout;
-    let refuse = |code: u8, why: String| {
-        info!(user = %grant.user, peer = %arrival.peer, "SOCKS5 UDP ASSOCIATE refused: {why}");
-        reply(code, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
-    };
-    let Some(place) = Place::take(&grant.user, arrival.peer.ip()) else {
-        let answer = refuse(
-            socks_reply::NOT_ALLOWED,
-            "too many UDP associations for this customer or source network".into(),
-        );
-        let _ = send(&mut control, &answer, head_timeout).await;
+    let Some(relay) = open_relay(&mut control, &grant, &arrival, &shared).await else {
         return;
     };
-    let chosen = match session::choose_for_flows(&grant, &shared).await {
-        Ok(chosen) => chosen,
-        Err(refusal) => {
-            let code = refusal.error.presentation().socks_reply;
-            let answer = refuse(code, refusal.error.to_string());
-            let _ = send(&mut control, &answer, head_timeout).await;
-            return;
-        }
-    };
-    let local = match control.local_addr() {
-        Ok(local) => local.ip(),
-        Err(_) => return,
-    };
-    let socket = match bind_relay(local, shared.config.socks_udp_ports.clone()).await {
-        Ok(socket) => socket,
-        Err(error) => {
-            let answer = refuse(
-                socks_reply::GENERAL_FAILURE,
-                format!("no UDP relay port: {error}"),
-            );
-            let _ = send(&mut control, &answer, head_timeout).await;
-            return;
-        }
-    };
-    let bound = match socket.local_addr() {
-        Ok(bound) => bound,
-        Err(_) => return,
-    };
-    if send(&mut control, &reply(0x00, bound), head_timeout)
-        .await
-        .is_err()
-    {
-        return;
-    }
+    let OpenRelay {
+        place,
+        chosen,
+        socket,
+        bound,
+    } = relay;
     let context = AccessContext {
         user: grant.user.clone(),
         peer: arrival.peer,
@@ -165,6 +129,73 @@ pub(super) async fn serve(
     );
     transfer.finish(&result, None, &shared.accounting);
     drop(place);
+}
+
+/// What [`open_relay`] sets up for an association.
+struct OpenRelay {
+    /// The customer's and source network's place among associations.
+    place: Place,
+    /// The exit the association's flows go through.
+    chosen: (Arc<Agent>, StreamGuard, Slot),
+    /// The relay socket the client sends its datagrams to.
+    socket: UdpSocket,
+    /// Its address, as answered to the client.
+    bound: SocketAddr,
+}
+
+/// The association's first steps: a place for it, an exit, a relay socket,
+/// and the answer naming that socket. A refusal is answered (and logged)
+/// here; `None` means the association ends.
+async fn open_relay(
+    control: &mut TcpStream,
+    grant: &Grant,
+    arrival: &Arrival,
+    shared: &Shared,
+) -> Option<OpenRelay> {
+    let head_timeout = shared.config.head_timeout;
+    let refuse = |code: u8, why: String| {
+        info!(user = %grant.user, peer = %arrival.peer, "SOCKS5 UDP ASSOCIATE refused: {why}");
+        reply(code, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+    };
+    let Some(place) = Place::take(&grant.user, arrival.peer.ip()) else {
+        let answer = refuse(
+            socks_reply::NOT_ALLOWED,
+            "too many UDP associations for this customer or source network".into(),
+        );
+        let _ = send(control, &answer, head_timeout).await;
+        return None;
+    };
+    let chosen = match session::choose_for_flows(grant, shared).await {
+        Ok(chosen) => chosen,
+        Err(refusal) => {
+            let code = refusal.error.presentation().socks_reply;
+            let answer = refuse(code, refusal.error.to_string());
+            let _ = send(control, &answer, head_timeout).await;
+            return None;
+        }
+    };
+    let local = control.local_addr().ok()?.ip();
+    let socket = match bind_relay(local, shared.config.socks_udp_ports.clone()).await {
+        Ok(socket) => socket,
+        Err(error) => {
+            let answer = refuse(
+                socks_reply::GENERAL_FAILURE,
+                format!("no UDP relay port: {error}"),
+            );
+            let _ = send(control, &answer, head_timeout).await;
+            return None;
+        }
+    };
+    let bound = socket.local_addr().ok()?;
+    send(control, &reply(0x00, bound), head_timeout)
+        .await
+        .ok()?;
+    Some(OpenRelay {
+        place,
+        chosen,
+        socket,
+        bound,
+    })
 }
 
 /// A UDP socket on `ip`, on the first free port of `ports` (tried from a random
