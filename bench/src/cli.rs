@@ -116,7 +116,7 @@ pub enum Scenario {
     Swarm,
     Footprint,
     Fleet,
-    /// UDP through SOCKS5 against the echo directly and a bare relay.
+    /// UDP through SOCKS5 and MASQUE against the echo directly and a bare relay.
     Udp,
     /// Not part of `all`: it runs for minutes.
     Soak,
