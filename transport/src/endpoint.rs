@@ -52,6 +52,15 @@ pub fn client_settings(
     Ok(config)
 }
 
+/// Lets the other end of `link` open up to `streams` streams at once, over
+/// QUIC (what an answering side's settings held back until the link proved
+/// itself); a TLS/TCP link's answering end lifts its own limit on admission.
+pub fn allow_incoming_streams(link: &Tunnel, streams: u32) {
+    if let Tunnel::Quic(connection) = link {
+        connection.set_max_concurrent_bi_streams(streams.into());
+    }
+}
+
 /// A bound QUIC endpoint that answers handshakes.
 #[derive(Debug, Clone)]
 pub struct QuicEndpoint(quinn::Endpoint);

@@ -27,7 +27,9 @@ use exitpool_protocol::peer::{
     PEER_TCP_ALPN, PEER_VERSION,
 };
 use exitpool_protocol::{read_frame, write_frame, TargetHost};
-use exitpool_transport::endpoint::{client_settings, QuicEndpoint, TransportSettings};
+use exitpool_transport::endpoint::{
+    allow_incoming_streams, client_settings, QuicEndpoint, TransportSettings,
+};
 use exitpool_transport::pin::{Pin, PinVerifier};
 use exitpool_transport::tcp::{self, TcpSettings};
 use exitpool_transport::{Tunnel, TunnelConnection};
@@ -159,9 +161,7 @@ const PRE_PROOF_WINDOW: u32 = 64 * 1024;
 /// answering end stops refusing streams beyond the first by itself).
 pub fn open_to_streams(link: &Tunnel) {
     link.admitted();
-    if let Tunnel::Quic(connection) = link {
-        connection.set_max_concurrent_bi_streams(MAX_PEER_STREAMS.into());
-    }
+    allow_incoming_streams(link, MAX_PEER_STREAMS);
 }
 
 impl Peers {
