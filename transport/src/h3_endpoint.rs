@@ -224,7 +224,9 @@ pub fn datagram_prefix(stream_id: u64, context: u64) -> Bytes {
 /// Takes one QUIC variable-length integer off the front of `buf` (an HTTP
 /// Datagram's context id); `None` if `buf` ends inside it.
 pub fn take_varint(buf: &mut Bytes) -> Option<u64> {
-    quinn_proto::VarInt::decode(buf).ok().map(|value| value.into_inner())
+    quinn_proto::VarInt::decode(buf)
+        .ok()
+        .map(|value| value.into_inner())
 }
 
 #[cfg(test)]
@@ -243,7 +245,10 @@ mod tests {
             let streams = quic_streams_for(requests);
             assert!(streams - streams / 8 >= requests, "{requests}");
             let fewer = streams - 1;
-            assert!(fewer - fewer / 8 < requests || fewer < requests, "{requests}");
+            assert!(
+                fewer - fewer / 8 < requests || fewer < requests,
+                "{requests}"
+            );
         }
     }
 
