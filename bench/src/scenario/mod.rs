@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod footprint;
 pub mod rate;
 pub mod rate_h2;
+mod rate_history;
 pub mod soak;
 pub mod swarm;
 pub mod udp;

@@ -9,6 +9,8 @@
 //! alike: the table shows each path's totals over the rounds, and each round's
 //! exitpool-to-floor ratios are listed too (median, lowest, highest).
 //! Failed connections are counted by kind (an `exits_busy` answer, a reset, …).
+//! Two more gateways take turns in the same rounds for the history rows
+//! (`rate_history.rs`).
 
 use crate::bare_relay::{self, BareRelay};
 use crate::cli::{Bench, Sizes};
@@ -23,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Bytes each way per connection.
-const EXCHANGE: u64 = 1024;
+pub(super) const EXCHANGE: u64 = 1024;
 /// Sequential exchanges before the clock starts, to warm caches and windows.
 const WARM_UP: usize = 20;
 
@@ -31,9 +33,9 @@ const WARM_UP: usize = 20;
 type RunFigure = fn(&RateRun) -> Option<f64>;
 
 /// One path driven for the scenario's time.
-struct RateRun {
+pub(super) struct RateRun {
     /// Connections that completed their exchange.
-    done: usize,
+    pub(super) done: usize,
     secs: f64,
     /// Each completed connection's time, sorted.
     times: Vec<Duration>,
@@ -44,7 +46,7 @@ struct RateRun {
 }
 
 impl RateRun {
-    fn per_second(&self) -> f64 {
+    pub(super) fn per_second(&self) -> f64 {
         self.done as f64 / self.secs
     }
 
@@ -55,7 +57,7 @@ impl RateRun {
     }
 
     /// Every proxy process together.
-    fn proxy_micros(&self) -> Option<f64> {
+    pub(super) fn proxy_micros(&self) -> Option<f64> {
         self.micros(1..self.cpu.len())
     }
 
@@ -73,7 +75,7 @@ impl RateRun {
     }
 
     /// One path's rounds as one run: their connections, time and CPU added up.
-    fn total(rounds: &[RateRun]) -> RateRun {
+    pub(super) fn total(rounds: &[RateRun]) -> RateRun {
         let mut total = RateRun {
             done: 0,
             secs: 0.0,
@@ -147,7 +149,7 @@ async fn one_exchange(route: &Route, target: SocketAddr) -> Result<Duration, Str
 
 /// Drives `route` with the scenario's client loops for its time; `pids` are the
 /// proxy's processes.
-async fn drive(
+pub(super) async fn drive(
     name: &str,
     route: &Route,
     pids: &[u32],
@@ -225,6 +227,7 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
     let tiny = Tinyproxy::start_if_installed(bench.tinyproxy.as_deref()).await?;
     let bare = BareRelay::start(target).await?;
     let bare_connect = BareRelay::speaking_connect(target).await?;
+    let mut history = super::rate_history::HistoryPair::start(bench).await?;
     // Every path's processes stay up for all rounds; an idle one costs nothing
     // measurable next to the path being driven.
     let (mut directs, mut ourses, mut theirses, mut floors, mut connect_floors) =
@@ -248,7 +251,9 @@ pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {
         floors.push(drive(bare_relay::NAME, &bare.path(), &bare.pids(), target, sizes).await?);
         let (name, path) = (bare_relay::CONNECT_NAME, bare_connect.path());
         connect_floors.push(drive(name, &path, &bare_connect.pids(), target, sizes).await?);
+        history.round(target, sizes).await?;
     }
+    history.finish(report).await?;
     processes.stop().await;
     drop((tiny, bare, bare_connect));
     let direct = RateRun::total(&directs);
