@@ -732,12 +732,7 @@ const MAX_FN_LINES: usize = 100;
 
 /// Files and functions (`path` or `path::fn`) still over the sizes, to be
 /// split; the list only shrinks (an entry of a readable size fails the test).
-const OVERSIZED_ALLOWED: &[&str] = &[
-    // The gateway binary's config file (issue 32's live reload), landed as
-    // this test did: to be split by its owner.
-    "src/bin/gateway/config_file.rs",
-    "src/bin/gateway/config_file.rs::reload",
-];
+const OVERSIZED_ALLOWED: &[&str] = &[];
 
 /// Every product `.rs` file under [`PRODUCT_SOURCES`], relative to the
 /// workspace, with its text.

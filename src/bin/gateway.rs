@@ -1,7 +1,8 @@
 //! The `gateway` binary: flags, logging, `gateway pin`, `gateway hash-password`,
 //! `--demo`, and signals (SIGTERM/Ctrl-C stop, SIGHUP reloads the accounts files
 //! and the `--config` file); the flags themselves are in `gateway/flags.rs`,
-//! the config file that gives them in `gateway/config_file.rs`.
+//! the config file that gives them in `gateway/config_file.rs`, and what SIGHUP
+//! does with that file in `gateway/reload.rs`.
 
 use anyhow::{bail, Context};
 use exitpool::gateway::{Gateway, GatewayConfig};
@@ -19,6 +20,8 @@ mod flags;
 mod malloc_trim;
 #[path = "gateway/operators/mod.rs"]
 mod operators;
+#[path = "gateway/reload.rs"]
+mod reload;
 
 use flags::{Args, Command, LogFormat, TokenAction};
 
@@ -107,7 +110,7 @@ fn hash_password() -> anyhow::Result<()> {
 async fn run(
     args: Args,
     logs: &exitpool::logs::LogGuard,
-    config_file: Option<config_file::Reloader>,
+    config_file: Option<config_file::FileSource>,
 ) -> anyhow::Result<()> {
     if let Some(command) = &args.command {
         return run_command(command, &args).await;
@@ -156,7 +159,7 @@ async fn run(
         Some((password, token)) => Some(start_demo(&gateway, password, token).await?),
         None => None,
     };
-    let config_file = config_file.map(|file| file.with_demo(demo.clone()));
+    let config_file = config_file.map(|file| reload::Reloader::new(file, demo.clone()));
     wait_for_shutdown(&gateway, logs, config_file, stop, hangup).await;
     tracing::info!("shutting down");
     gateway.shutdown().await;
@@ -432,7 +435,7 @@ async fn self_test(
 async fn wait_for_shutdown(
     gateway: &Gateway,
     logs: &exitpool::logs::LogGuard,
-    mut config_file: Option<config_file::Reloader>,
+    mut config_file: Option<reload::Reloader>,
     stop: impl std::future::Future<Output = ()>,
     #[cfg(unix)] hangup: Option<tokio::signal::unix::Signal>,
     #[cfg(not(unix))] hangup: Option<()>,

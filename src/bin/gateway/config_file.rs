@@ -29,9 +29,6 @@ use clap::builder::StyledStr;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, Parser};
-use exitpool::gateway::config::GatewayConfig;
-use exitpool::gateway::webhooks::WebhookConfig;
-use exitpool::gateway::Gateway;
 use exitpool_config::{sorted, ConfigError, ConfigErrors, Lines, MAX_ERRORS};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -220,10 +217,25 @@ fn overridden(command: &Command, first: &ArgMatches) -> BTreeSet<String> {
         .collect()
 }
 
+/// What reading the `--config` file again needs (SIGHUP: reload.rs).
+pub(crate) struct FileSource {
+    /// The flags' description, built.
+    pub(crate) command: Command,
+    /// The file as it was read.
+    pub(crate) file: FileArgs,
+    /// Flags given on the command line or in the environment: they win over
+    /// the file, now and after a reload.
+    pub(crate) overridden: BTreeSet<String>,
+    /// The command line, laid over each new reading of the file.
+    pub(crate) argv: Vec<OsString>,
+}
+
 /// The flags from `argv` with the `--config` file laid under them, and what
 /// SIGHUP needs to re-read that file; or every error of the file. Help,
 /// version and command-line mistakes end the process as clap does.
-pub(crate) fn args_with_file(argv: &[OsString]) -> Result<(Args, Option<Reloader>), ConfigErrors> {
+pub(crate) fn args_with_file(
+    argv: &[OsString],
+) -> Result<(Args, Option<FileSource>), ConfigErrors> {
     let mut command = Args::command();
     command.build();
     // The command line alone, leniently: which file, and which flags it gives.
@@ -242,253 +254,17 @@ pub(crate) fn args_with_file(argv: &[OsString]) -> Result<(Args, Option<Reloader
     let overridden = overridden(&command, first);
     Ok((
         args,
-        Some(Reloader {
+        Some(FileSource {
             command,
-            current: file,
+            file,
             overridden,
             argv: argv.to_vec(),
-            demo: None,
         }),
     ))
 }
 
-/// The keys SIGHUP applies to the running gateway (beside the files the
-/// gateway re-reads itself: accounts, agent tokens, certificates, entry
-/// ports): each is read per connection or per request
-/// ([`exitpool::gateway::config::LiveSettings`], the accounts' sources, the
-/// webhook's destination), so a change is in force for the next one. Every
-/// other changed key is logged, by name, as needing a restart.
-pub(crate) const LIVE_KEYS: [&str; 14] = [
-    "logging.log_filter",
-    "customers.user",
-    "customers.users",
-    "tunnel.agent_token",
-    "tunnel.agent_tokens",
-    "limits.idle_timeout",
-    "limits.socks_udp_max_flows",
-    "routing.open_timeout",
-    "routing.open_attempts",
-    "routing.connect_deadline",
-    "admin.admin_host",
-    "database.webhook_url",
-    "database.webhook_secret",
-    "database.webhook_ca",
-];
-
-/// The config file of a running gateway, re-read on SIGHUP.
-pub(crate) struct Reloader {
-    command: Command,
-    current: FileArgs,
-    /// Flags given on the command line or in the environment: they win over
-    /// the file, now and after a reload.
-    overridden: BTreeSet<String>,
-    /// The command line, laid over each new reading of the file.
-    argv: Vec<OsString>,
-    /// The demo's user password and agent token, when the gateway is the demo.
-    demo: Option<(String, String)>,
-}
-
-/// Why a live key's change waits for a restart after all, or `None` when it
-/// can be applied: the users file may change its path but not appear or go
-/// (that moves the accounts between the file and the store), and a webhook's
-/// destination may change but not appear or go (its queue is made at start).
-fn held_back(key: &str, running: &GatewayConfig, next: &GatewayConfig, next_hook: bool) -> bool {
-    match key {
-        "customers.users" => running.users_file.is_some() != next.users_file.is_some(),
-        "database.webhook_url" | "database.webhook_secret" | "database.webhook_ca" => !next_hook,
-        _ => false,
-    }
-}
-
-impl Reloader {
-    /// Keeps the demo's account and token through reloads.
-    pub(crate) fn with_demo(mut self, demo: Option<(String, String)>) -> Reloader {
-        self.demo = demo;
-        self
-    }
-
-    /// Re-reads the file: a file with errors changes nothing (each error is
-    /// logged); otherwise each changed key is applied if it is live and
-    /// logged by name (with old and new value, unless secret) either way.
-    pub(crate) async fn reload(&mut self, logs: &exitpool::logs::LogGuard, gateway: &Gateway) {
-        let path = self.current.path.clone();
-        // Reading a file blocks; not on the runtime's threads.
-        let (command, file) = (self.command.clone(), path.clone());
-        let read = tokio::task::spawn_blocking(move || load(&command, &file)).await;
-        let new = match read {
-            Ok(Ok(new)) => new,
-            Err(error) => {
-                tracing::error!(%error, "config file reader failed; running on as before");
-                return;
-            }
-            Ok(Err(errors)) => {
-                for error in errors.to_string().lines() {
-                    tracing::error!(error, "config file refused; running on as before");
-                }
-                return;
-            }
-        };
-        let changed = changes(&self.current, &new);
-        let live_changed = changed
-            .iter()
-            .any(|(key, _, _, id)| LIVE_KEYS.contains(key) && !self.overridden.contains(*id));
-        // The whole configuration as a start would build it from this file.
-        let next = if live_changed {
-            let rebuild = Rebuild {
-                command: self.command.clone(),
-                argv: self.argv.clone(),
-                demo: self.demo.clone(),
-                state_dir: gateway.shared().config.state_dir.clone(),
-                file: new.clone(),
-            };
-            match tokio::task::spawn_blocking(move || configuration(rebuild)).await {
-                Ok(Ok(next)) => Some(next),
-                Ok(Err(error)) => {
-                    tracing::error!(error, "config file refused; running on as before");
-                    return;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "config file reader failed; running on as before");
-                    return;
-                }
-            }
-        } else {
-            None
-        };
-        let running = &gateway.shared().config;
-        let mut applied = Vec::new();
-        for (key, old, value, id) in &changed {
-            let live = LIVE_KEYS.contains(key);
-            if self.overridden.contains(*id) {
-                tracing::info!(
-                    key,
-                    old,
-                    new = value,
-                    "config key changed, but a flag or the environment sets it; unchanged"
-                );
-            } else if let (true, Some((config, hook))) = (live, &next) {
-                if held_back(
-                    key,
-                    running,
-                    config,
-                    gateway_has_hook(gateway) && hook.is_some(),
-                ) {
-                    tracing::warn!(
-                        key,
-                        old,
-                        new = value,
-                        "config key changed; it takes effect at the next restart (it moves what owns the accounts, or adds or removes the webhook)"
-                    );
-                } else {
-                    applied.push((*key, *old, *value));
-                }
-            } else {
-                tracing::warn!(
-                    key,
-                    old,
-                    new = value,
-                    "config key changed; it takes effect at the next restart"
-                );
-            }
-        }
-        if let Some((mut config, hook)) = next {
-            let keys: Vec<&str> = applied.iter().map(|(key, _, _)| *key).collect();
-            if keys.contains(&"logging.log_filter") {
-                let filter = new
-                    .entries
-                    .iter()
-                    .find(|entry| entry.path == "logging.log_filter")
-                    .map_or(exitpool::logs::DEFAULT_FILTER, |entry| entry.shown.as_str());
-                if let Err(error) = logs.set_filter(filter) {
-                    tracing::error!(key = "logging.log_filter", %error, "config key not applied");
-                    applied.retain(|(key, _, _)| *key != "logging.log_filter");
-                }
-            }
-            if !keys.contains(&"customers.users") {
-                // A held-back change leaves the file (or the store) in charge.
-                config.users_file = running.users_file.clone();
-            }
-            if let Err(error) = gateway.apply_live(&config) {
-                // The settings are in force; the accounts stay as they were.
-                tracing::error!(%error, "accounts not changed");
-                let accounts = [
-                    "customers.user",
-                    "customers.users",
-                    "tunnel.agent_token",
-                    "tunnel.agent_tokens",
-                ];
-                applied.retain(|(key, _, _)| !accounts.contains(key));
-            }
-            let hook_keys = [
-                "database.webhook_url",
-                "database.webhook_secret",
-                "database.webhook_ca",
-            ];
-            if let (Some(hook), true) = (hook, keys.iter().any(|key| hook_keys.contains(key))) {
-                let link = gateway.shared().accounting.accounts.control().cloned();
-                let set = match link {
-                    Some(link) => link.set_webhook(hook).await,
-                    None => Err("no control-plane store".to_owned()),
-                };
-                if let Err(error) = set {
-                    tracing::error!(%error, "webhook destination not changed");
-                    applied.retain(|(key, _, _)| !hook_keys.contains(key));
-                }
-            }
-        }
-        for (key, old, value) in &applied {
-            tracing::info!(key, old, new = value, "config key applied");
-        }
-        tracing::info!(path = %path.display(), changed = changed.len(), "config file re-read");
-        self.current = new;
-    }
-}
-
-/// What [`configuration`] needs, owned, to run off the runtime.
-struct Rebuild {
-    command: Command,
-    argv: Vec<OsString>,
-    demo: Option<(String, String)>,
-    state_dir: PathBuf,
-    file: FileArgs,
-}
-
-/// The gateway's configuration and webhook as a start with the file under
-/// the command line would make them; an error says why (secrets hidden).
-/// Blocking: `--geoip` files are opened.
-fn configuration(rebuild: Rebuild) -> Result<(GatewayConfig, Option<WebhookConfig>), String> {
-    let Rebuild {
-        command,
-        argv,
-        demo,
-        state_dir,
-        file,
-    } = rebuild;
-    let hide = |message: String| hide_secrets(message, &file.entries);
-    let first = command
-        .ignore_errors(true)
-        .try_get_matches_from(&argv)
-        .map_err(|error| hide(first_line(&error.render())))?;
-    let args = Args::try_parse_from(merged_argv(&argv, &file, &first))
-        .map_err(|error| hide(clap_rule(&error, &file.entries)))?;
-    let config = crate::gateway_config(&args, state_dir, demo.as_ref())
-        .map_err(|error| hide(format!("{error:#}")))?;
-    let hook = args.database.options(&config).webhook;
-    Ok((config, hook))
-}
-
-/// Whether the running gateway sends threshold notices.
-fn gateway_has_hook(gateway: &Gateway) -> bool {
-    gateway
-        .shared()
-        .accounting
-        .accounts
-        .control()
-        .is_some_and(|link| link.has_webhook())
-}
-
 /// `message` with every secret value of `entries` replaced by [`HIDDEN`].
-fn hide_secrets(mut message: String, entries: &[Entry]) -> String {
+pub(crate) fn hide_secrets(mut message: String, entries: &[Entry]) -> String {
     for entry in entries.iter().filter(|entry| entry.secret) {
         for word in entry.words.iter().filter_map(|w| w.to_str()) {
             let value = word.split_once('=').map_or("", |(_, value)| value);
@@ -786,7 +562,7 @@ fn invalid(error: &clap::Error, arg: &Arg, written: &str) -> String {
 
 /// A rule between flags that clap refused, in the file's words: the flags
 /// named as keys, any secret value scrubbed.
-fn clap_rule(error: &clap::Error, entries: &[Entry]) -> String {
+pub(crate) fn clap_rule(error: &clap::Error, entries: &[Entry]) -> String {
     // clap's first paragraph (what is wrong, and the flags it names); a
     // flag or environment variable at start-up may settle it.
     let rendered = error.render().to_string();
@@ -802,7 +578,7 @@ fn clap_rule(error: &clap::Error, entries: &[Entry]) -> String {
     format!("{message} (unless a flag or an environment variable gives it at start-up)")
 }
 
-fn first_line(text: &StyledStr) -> String {
+pub(crate) fn first_line(text: &StyledStr) -> String {
     text.to_string()
         .lines()
         .next()
@@ -814,7 +590,10 @@ fn first_line(text: &StyledStr) -> String {
 /// What changed between two readings of the file, key by key: (key, old
 /// value as shown, new value as shown, the flag's id); a key left out is
 /// "unset", a secret [`HIDDEN`].
-fn changes<'a>(old: &'a FileArgs, new: &'a FileArgs) -> Vec<(&'a str, &'a str, &'a str, &'a str)> {
+pub(crate) fn changes<'a>(
+    old: &'a FileArgs,
+    new: &'a FileArgs,
+) -> Vec<(&'a str, &'a str, &'a str, &'a str)> {
     let index = |file: &'a FileArgs| -> BTreeMap<&'a str, &'a Entry> {
         file.entries.iter().map(|e| (e.path.as_str(), e)).collect()
     };
@@ -862,14 +641,6 @@ mod tests {
         let mut seen = BTreeSet::new();
         for key in &keys {
             assert!(seen.insert(key.name.clone()), "{} twice", key.name);
-        }
-    }
-
-    #[test]
-    fn every_live_key_is_a_key() {
-        let keys: Vec<String> = keys(&command()).iter().map(Key::path).collect();
-        for live in LIVE_KEYS {
-            assert!(keys.iter().any(|key| key == live), "{live} is no key");
         }
     }
 
