@@ -9,6 +9,7 @@ pub mod footprint;
 pub mod rate;
 pub mod rate_h2;
 mod rate_history;
+mod rate_run;
 pub mod soak;
 pub mod swarm;
 pub mod udp;

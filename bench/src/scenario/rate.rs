@@ -10,95 +10,20 @@
 //! exitpool-to-floor ratios are listed too (median, lowest, highest).
 //! Failed connections are counted by kind (an `exits_busy` answer, a reset, …).
 //! Two more gateways take turns in the same rounds for the history rows
-//! (`rate_history.rs`).
+//! (`rate_history.rs`); one path's drive is in `rate_run.rs`.
 
+use super::rate_run::{drive, RateRun, EXCHANGE};
 use crate::bare_relay::{self, BareRelay};
-use crate::cli::{Bench, Sizes};
-use crate::client::{exchange, join_all, open, start_target, Route, STEP};
+use crate::cli::Bench;
+use crate::client::{start_target, Route};
 use crate::launch::Processes;
-use crate::measure::{cpu_of, median, percentile};
+use crate::measure::{median, percentile};
 use crate::report::{Figure, Report};
 use crate::tinyproxy::Tinyproxy;
-use anyhow::{bail, Result};
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
-
-/// Bytes each way per connection.
-pub(super) const EXCHANGE: u64 = 1024;
-/// Sequential exchanges before the clock starts, to warm caches and windows.
-const WARM_UP: usize = 20;
+use anyhow::Result;
 
 /// One figure of a run, where the path has it.
 type RunFigure = fn(&RateRun) -> Option<f64>;
-
-/// One path driven for the scenario's time.
-pub(super) struct RateRun {
-    /// Connections that completed their exchange.
-    pub(super) done: usize,
-    secs: f64,
-    /// Each completed connection's time, sorted.
-    times: Vec<Duration>,
-    /// CPU seconds of this process (client and target), then of each proxy process.
-    cpu: Vec<f64>,
-    /// Failed connections by kind.
-    errors: BTreeMap<String, usize>,
-}
-
-impl RateRun {
-    pub(super) fn per_second(&self) -> f64 {
-        self.done as f64 / self.secs
-    }
-
-    /// CPU-µs per completed connection of the CPU figures `cpu[range]`.
-    fn micros(&self, range: std::ops::Range<usize>) -> Option<f64> {
-        let cpu = self.cpu.get(range)?;
-        (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / self.done as f64 * 1e6)
-    }
-
-    /// Every proxy process together.
-    pub(super) fn proxy_micros(&self) -> Option<f64> {
-        self.micros(1..self.cpu.len())
-    }
-
-    /// Proxy process `i` of a two-process path (0: the gateway or the bare
-    /// entry hop; 1: the agent or the bare exit hop); `None` for other paths.
-    fn process_micros(&self, i: usize) -> Option<f64> {
-        if self.cpu.len() != 3 {
-            return None;
-        }
-        self.micros(i + 1..i + 2)
-    }
-
-    fn error_count(&self) -> usize {
-        self.errors.values().sum()
-    }
-
-    /// One path's rounds as one run: their connections, time and CPU added up.
-    pub(super) fn total(rounds: &[RateRun]) -> RateRun {
-        let mut total = RateRun {
-            done: 0,
-            secs: 0.0,
-            times: Vec::new(),
-            cpu: Vec::new(),
-            errors: BTreeMap::new(),
-        };
-        for round in rounds {
-            total.done += round.done;
-            total.secs += round.secs;
-            total.times.extend(&round.times);
-            total.cpu.resize(round.cpu.len(), 0.0);
-            for (sum, cpu) in total.cpu.iter_mut().zip(&round.cpu) {
-                *sum += cpu;
-            }
-            for (kind, n) in &round.errors {
-                *total.errors.entry(kind.clone()).or_default() += n;
-            }
-        }
-        total.times.sort();
-        total
-    }
-}
 
 /// Rows of exitpool's ratio to the floor `floor_name` in `metric`, round by
 /// round: the median, lowest and highest round.
@@ -134,80 +59,6 @@ fn round_ratio_rows(
             None,
         );
     }
-}
-
-/// One fresh connection and exchange; its time, or the kind of its failure.
-async fn one_exchange(route: &Route, target: SocketAddr) -> Result<Duration, String> {
-    let t0 = Instant::now();
-    let mut stream = open(route, target).await.map_err(|e| e.kind())?;
-    match tokio::time::timeout(STEP, exchange(&mut stream, EXCHANGE)).await {
-        Ok(Ok(())) => Ok(t0.elapsed()),
-        Ok(Err(error)) => Err(format!("exchange: {}", error.kind())),
-        Err(_) => Err("exchange timeout".into()),
-    }
-}
-
-/// Drives `route` with the scenario's client loops for its time; `pids` are the
-/// proxy's processes.
-pub(super) async fn drive(
-    name: &str,
-    route: &Route,
-    pids: &[u32],
-    target: SocketAddr,
-    sizes: &Sizes,
-) -> Result<RateRun> {
-    for _ in 0..WARM_UP {
-        if let Err(kind) = one_exchange(route, target).await {
-            bail!("{name} warm-up: {kind}");
-        }
-    }
-    let cpu0 = cpu_of(pids)?;
-    let t0 = Instant::now();
-    let deadline = t0 + sizes.rate_time;
-    let loops = (0..sizes.rate_clients).map(|i| {
-        // Clients from 127.0.3.1-250, as customers come from many addresses.
-        let route = route.with_source(IpAddr::V4(Ipv4Addr::new(127, 0, 3, (i % 250 + 1) as u8)));
-        async move {
-            let mut times = Vec::new();
-            let mut errors = BTreeMap::<String, usize>::new();
-            while Instant::now() < deadline {
-                match one_exchange(&route, target).await {
-                    Ok(time) => times.push(time),
-                    Err(kind) => *errors.entry(kind).or_default() += 1,
-                }
-            }
-            (times, errors)
-        }
-    });
-    let mut run = RateRun {
-        done: 0,
-        secs: 0.0,
-        times: Vec::new(),
-        cpu: Vec::new(),
-        errors: BTreeMap::new(),
-    };
-    for (times, errors) in join_all(loops).await {
-        run.times.extend(times);
-        for (kind, n) in errors {
-            *run.errors.entry(kind).or_default() += n;
-        }
-    }
-    run.secs = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_of(pids)?;
-    run.cpu = cpu1.iter().zip(&cpu0).map(|(a, b)| a - b).collect();
-    run.done = run.times.len();
-    run.times.sort();
-    eprintln!(
-        "   {name:<10} {:.0} conn/s, {:?} CPU-µs per connection in the proxy, {} errors {:?}",
-        run.per_second(),
-        run.proxy_micros(),
-        run.error_count(),
-        run.errors
-    );
-    if run.done == 0 {
-        bail!("{name}: no connection completed; errors: {:?}", run.errors);
-    }
-    Ok(run)
 }
 
 pub async fn run(bench: &Bench, report: &mut Report) -> Result<()> {

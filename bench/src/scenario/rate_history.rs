@@ -6,7 +6,7 @@
 //! customer comes from flags). Their ratio, round by round, says whether
 //! history costs the hot path (issue 32: no worse than without).
 
-use super::rate::{drive, RateRun, EXCHANGE};
+use super::rate_run::{drive, RateRun, EXCHANGE};
 use crate::cli::{Bench, Sizes};
 use crate::launch::{wait_until, Processes, PASSWORD, USER};
 use crate::report::Report;
