@@ -215,7 +215,9 @@ async fn allow_ips_refuse_other_sources_on_every_protocol() {
     )
     .await;
     let took = until(OTHER, proxy, &to, "ops.alice", "200").await;
-    eprintln!("lifting the customer's allow_ips freed its sub-user {took:?} after the PATCH's answer");
+    eprintln!(
+        "lifting the customer's allow_ips freed its sub-user {took:?} after the PATCH's answer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
