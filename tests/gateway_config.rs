@@ -88,6 +88,22 @@ fn banner(process: &Process) -> GatewayBanner {
         .expect("the ready line")
 }
 
+/// An agent at 127.0.0.2 joined to the gateway of `banner` with the files'
+/// [`TOKEN`].
+async fn join_agent(banner: &GatewayBanner) -> exitpool::agent::AgentHandle {
+    let agent = exitpool::agent::Agent::builder(
+        banner.tunnel.to_string(),
+        banner.pin.parse().unwrap(),
+        TOKEN,
+    )
+    .bind("127.0.0.2".parse().unwrap())
+    .allow_private(true)
+    .spawn()
+    .unwrap();
+    within("the agent joins", agent.connected()).await;
+    agent
+}
+
 fn assert_no_secret(output: &str) {
     assert!(
         !output.contains(ADMIN_SECRET),
@@ -118,16 +134,7 @@ async fn a_gateway_from_its_file_serves_a_customer_and_a_flag_wins_over_the_file
     assert_ne!(banner.listen, taken.local_addr().unwrap(), "the flag wins");
     // An agent joins with the file's token; a customer of the file's gets
     // through it.
-    let agent = exitpool::agent::Agent::builder(
-        banner.tunnel.to_string(),
-        banner.pin.parse().unwrap(),
-        TOKEN,
-    )
-    .bind("127.0.0.2".parse().unwrap())
-    .allow_private(true)
-    .spawn()
-    .unwrap();
-    within("the agent joins", agent.connected()).await;
+    let _agent = join_agent(&banner).await;
     let target = common::targets::http_target("127.0.0.1").await;
     let (head, ip) = exit_ip(banner.listen, target, "").await;
     assert_eq!(head.status, 200, "{head:?}");
@@ -344,16 +351,7 @@ async fn sighup_makes_keys_of_several_sections_live_for_real_clients() {
         .await
         .expect("the gateway starts from its file");
     let banner = banner(&process);
-    let agent = exitpool::agent::Agent::builder(
-        banner.tunnel.to_string(),
-        banner.pin.parse().unwrap(),
-        TOKEN,
-    )
-    .bind("127.0.0.2".parse().unwrap())
-    .allow_private(true)
-    .spawn()
-    .unwrap();
-    within("the agent joins", agent.connected()).await;
+    let _agent = join_agent(&banner).await;
     let target = common::targets::http_target("127.0.0.1").await;
     let stats_line = process
         .line_with("gateway: stats on http://", WAIT)
