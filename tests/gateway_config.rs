@@ -104,6 +104,17 @@ async fn join_agent(banner: &GatewayBanner) -> exitpool::agent::AgentHandle {
     agent
 }
 
+/// The first line of the gateway's `stderr` that names config key `key`.
+fn line_naming_key(stderr: &str, key: &str) -> String {
+    stderr
+        .lines()
+        .find(|line| {
+            line.contains(&format!("key=\"{key}\"")) || line.contains(&format!("key={key}"))
+        })
+        .unwrap_or_else(|| panic!("no line names {key}: {stderr}"))
+        .to_owned()
+}
+
 fn assert_no_secret(output: &str) {
     assert!(
         !output.contains(ADMIN_SECRET),
@@ -275,15 +286,7 @@ async fn sighup_applies_live_keys_and_names_keys_that_need_a_restart() {
         !before_reload.contains("gateway started"),
         "at `warn`, the start's info line is not written: {stderr}"
     );
-    let line_of = |key: &str| {
-        stderr
-            .lines()
-            .find(|line| {
-                line.contains(&format!("key=\"{key}\"")) || line.contains(&format!("key={key}"))
-            })
-            .unwrap_or_else(|| panic!("no line names {key}: {stderr}"))
-            .to_owned()
-    };
+    let line_of = |key: &str| line_naming_key(&stderr, key);
     let open_timeout = line_of("routing.open_timeout");
     assert!(
         open_timeout.contains("applied")
@@ -402,15 +405,7 @@ async fn sighup_makes_keys_of_several_sections_live_for_real_clients() {
     );
 
     let stderr = process.stderr();
-    let line_of = |key: &str| {
-        stderr
-            .lines()
-            .find(|line| {
-                line.contains(&format!("key=\"{key}\"")) || line.contains(&format!("key={key}"))
-            })
-            .unwrap_or_else(|| panic!("no line names {key}: {stderr}"))
-            .to_owned()
-    };
+    let line_of = |key: &str| line_naming_key(&stderr, key);
     for key in ["customers.user", "limits.idle_timeout", "admin.admin_host"] {
         assert!(
             line_of(key).contains("config key applied"),
