@@ -226,3 +226,27 @@ async fn every_flag_has_a_key_in_the_example_and_the_manual() {
     }
     assert!(flags >= 18, "read {flags} flags from --help");
 }
+
+/// A period for handing freed memory back that is not one stops the agent at
+/// start with the variable named (78, as for any configuration it cannot
+/// start with), instead of running with a guess.
+#[tokio::test]
+async fn a_bad_malloc_trim_period_refuses_the_start() {
+    let state = tempfile::tempdir().unwrap();
+    for bad in ["often", "-1", "7200"] {
+        let result = Launch::new(AGENT)
+            .env("EXITPOOL_MALLOC_TRIM_SECS", bad)
+            .args(["--gateway", "127.0.0.1:9", "--pin", PIN])
+            .args(["--token", "0123456789abcdef0123456789abcdef"])
+            .arg("--state-dir")
+            .arg(state.path())
+            .run(WAIT)
+            .await
+            .unwrap();
+        assert_eq!(result.status.code(), Some(78), "{bad}: {result:?}");
+        assert!(
+            result.stderr.contains("EXITPOOL_MALLOC_TRIM_SECS"),
+            "{bad}: {result:?}"
+        );
+    }
+}
