@@ -6,7 +6,10 @@
 //! in one transaction, so the hash and the stream never disagree. Its record
 //! (`exitpool:gateway:<id>`, renewed every heartbeat, expiring after the
 //! gateway timeout) says it is alive and carries its peer address, its pin and
-//! the sequence number of its last change.
+//! the sequence number of its last change. The heartbeat also reads the
+//! hash's sequence number back: when it is gone or not the one last written
+//! (Redis restarted empty or from an older snapshot, was flushed), the list is
+//! published whole again, whether or not a command of this gateway failed.
 //!
 //! **Signatures.** Every value a gateway publishes here (its record, each
 //! agent entry, the list's sequence number, each change on the stream) is

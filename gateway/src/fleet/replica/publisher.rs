@@ -68,6 +68,16 @@ impl Publisher {
                     // The record (with the peer address) first, so a follower
                     // that learns of the agents can already reach them.
                     let beat = self.heartbeat().await;
+                    if matches!(beat, Ok(false)) && !whole_needed {
+                        // Redis lost or replaced the list although none of
+                        // this publisher's commands failed: it restarted (the
+                        // command that met the dropped connection may have
+                        // been another task's), was flushed or failed over.
+                        tracing::warn!(
+                            "this gateway's agent list in Redis is gone or not the one it last published (Redis restarted, was flushed or failed over, or another gateway runs with this gateway id); publishing it whole"
+                        );
+                        whole_needed = true;
+                    }
                     if whole_needed {
                         whole_needed = self.publish_whole().await.is_err();
                     }
@@ -232,7 +242,11 @@ impl Publisher {
         agents
     }
 
-    async fn heartbeat(&self) -> Result<(), FleetError> {
+    /// Renews this gateway's record, and says whether Redis still holds the
+    /// agent list this publisher last wrote (its signed sequence number is
+    /// the one last published): the only way to tell that Redis lost its
+    /// data when no command of this publisher failed.
+    async fn heartbeat(&self) -> Result<bool, FleetError> {
         let local = self.local_agents();
         let record = GatewayRecord {
             id: self.fleet.id.to_string(),
@@ -260,7 +274,9 @@ impl Publisher {
             .arg(self.fleet.config.gateway_timeout.as_millis() as u64)
             .ignore();
         pipe.sadd(keys::GATEWAYS, &*self.fleet.id).ignore();
-        self.fleet.query_pipe::<()>("heartbeat", &pipe).await
+        pipe.hget(keys::agents(&self.fleet.id), keys::SEQ_FIELD);
+        let (stored,): (Option<String>,) = self.fleet.query_pipe("heartbeat", &pipe).await?;
+        Ok(stored.is_some_and(|stored| stored == self.sealed_seq()))
     }
 
     /// Takes this gateway and its agents out of the fleet (a clean stop).
