@@ -31,7 +31,7 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::format::{debug_fn, Writer};
 use tracing_subscriber::fmt::writer::MakeWriterExt;
-use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
@@ -157,7 +157,8 @@ fn install(
     throttle.summarise_every(WINDOW);
     tracing_subscriber::registry()
         .with(filter)
-        .with(lines.with_filter(throttle))
+        .with(throttle)
+        .with(lines)
         .init();
     LogGuard {
         _access: access_guard,
@@ -254,12 +255,12 @@ impl Throttle {
     }
 }
 
-impl<S: Subscriber> Filter<S> for Throttle {
-    fn enabled(&self, _meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
-        true
-    }
-
-    fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
+/// A layer of its own rather than a per-layer filter on the lines: the lines
+/// are the only output, so holding an event back globally is the same, and a
+/// per-layer filter would add its bookkeeping to every span entered and left
+/// (several per connection, on the hot path).
+impl<S: Subscriber> Layer<S> for Throttle {
+    fn event_enabled(&self, event: &Event<'_>, _cx: Context<'_, S>) -> bool {
         self.admit(event.metadata())
     }
 }

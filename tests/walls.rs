@@ -247,6 +247,61 @@ async fn tunnel_port_flood(one_frame: Vec<u8>) {
     agent.shutdown().await.unwrap();
 }
 
+/// Item 1's rule for every call site, through the binary's own logging: a
+/// stranger's 60 refused requests (no credentials, `407`) write at most
+/// `BURST` lines of the refusal's call site per window, the rest counted for
+/// the window's summary. Two windows at most can share the burst, so the bound
+/// is twice `BURST`; without the throttle all 60 are written.
+#[tokio::test]
+async fn a_strangers_refusals_write_a_bounded_number_of_lines() {
+    const REFUSALS: usize = 60;
+    let burst = exitpool::logs::BURST as usize;
+    let state = tempfile::tempdir().unwrap();
+    let args = ["--user".to_owned(), format!("{USER}:{PASSWORD}")];
+    let mut gateway = GatewayProcess::start(state.path(), &args).await;
+    let proxy = gateway.banner.listen;
+    let refused = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|line| line.contains("refused: ") && !line.contains("too long"))
+            .count()
+    };
+    let before = refused(&gateway.process.lines());
+    for _ in 0..REFUSALS {
+        let (head, _) = connect(proxy, "127.0.0.1:9", None).await;
+        assert_eq!(head.status, 407, "{head:?}");
+    }
+    // The first refusal's line shows the call site logs at all; a 414's line
+    // from another call site, after every refusal was answered, shows the
+    // logging queue has passed them all.
+    gateway
+        .process
+        .line_with("refused: ", WAIT)
+        .await
+        .expect("a refusal is logged");
+    let too_long = format!(
+        "GET http://127.0.0.1:9/{} HTTP/1.1\r\nHost: 127.0.0.1:9\r\nProxy-Authorization: {}\r\n\r\n",
+        "a".repeat(9 * 1024),
+        basic(USER, PASSWORD)
+    );
+    let mut stream = within("connect to proxy", TcpStream::connect(proxy))
+        .await
+        .unwrap();
+    stream.write_all(too_long.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 414, "{head:?}");
+    gateway
+        .process
+        .line_with("request line too long", WAIT)
+        .await
+        .expect("the 414 is logged");
+    let written = refused(&gateway.process.lines()) - before;
+    assert!(
+        (1..=2 * burst).contains(&written),
+        "{REFUSALS} refusals wrote {written} lines of their call site (burst {burst})"
+    );
+}
+
 /// Item 4: with a hashed account loaded (a users file) beside a plaintext one
 /// (a `--user`), a wrong password for the plaintext account runs Argon2 as
 /// every other refusal does, so its answer is not the fast one that told the
