@@ -13,9 +13,8 @@
 //! bounded by the client's timeout.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use exitpool_transport::h3_endpoint::{datagram_prefix, take_varint};
 use quinn::udp::{RecvMeta, Transmit};
-use quinn_proto::coding::Codec;
-use quinn_proto::VarInt;
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
@@ -256,15 +255,15 @@ fn basic(user: &str, password: &str) -> String {
 /// (context id 0) to its tunnel; others are dropped.
 async fn route_datagrams(connection: quinn::Connection, routes: Routes) {
     while let Ok(mut datagram) = connection.read_datagram().await {
-        let (Ok(quarter), Ok(context)) =
-            (VarInt::decode(&mut datagram), VarInt::decode(&mut datagram))
+        let (Some(quarter), Some(context)) =
+            (take_varint(&mut datagram), take_varint(&mut datagram))
         else {
             continue;
         };
-        if context.into_inner() != 0 {
+        if context != 0 {
             continue;
         }
-        let id = quarter.into_inner() * 4;
+        let id = quarter * 4;
         if let Some(queue) = routes.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
             let _ = queue.try_send(datagram);
         }
@@ -378,13 +377,9 @@ fn send_datagram(
     context: u64,
     payload: &[u8],
 ) -> Result<(), quinn::SendDatagramError> {
-    let mut datagram = BytesMut::with_capacity(payload.len() + 16);
-    VarInt::from_u64(id / 4)
-        .unwrap_or_default()
-        .encode(&mut datagram);
-    VarInt::from_u64(context)
-        .unwrap_or_default()
-        .encode(&mut datagram);
+    let prefix = datagram_prefix(id, context);
+    let mut datagram = BytesMut::with_capacity(prefix.len() + payload.len());
+    datagram.put_slice(&prefix);
     datagram.put_slice(payload);
     connection.send_datagram(datagram.freeze())
 }
