@@ -62,6 +62,22 @@ fn redis_pid(socket: &Path) -> Option<u32> {
         })
 }
 
+/// What a gateway's `/stats` lists: "N listed (M held by gw-a, ...)", a fleet
+/// gateway's own agents under its own id.
+fn listed_by_holder(stats: &serde_json::Value) -> String {
+    let mut holders: BTreeMap<String, usize> = BTreeMap::new();
+    let agents = stats["per_agent"].as_array().map_or(&[][..], Vec::as_slice);
+    for agent in agents {
+        let holder = agent["gateway"].as_str().unwrap_or("this gateway");
+        *holders.entry(holder.to_owned()).or_default() += 1;
+    }
+    let held: Vec<String> = holders
+        .iter()
+        .map(|(holder, n)| format!("{n} held by {holder}"))
+        .collect();
+    format!("{} listed ({})", agents.len(), held.join(", "))
+}
+
 /// Lines of a process's output that report a panic.
 pub fn panics_in(lines: &[String]) -> usize {
     lines
@@ -206,14 +222,26 @@ impl Rig {
     /// SIGKILLed agent started again replaces its old tunnel).
     pub async fn wait_agents(&self) -> Result<()> {
         let want = self.running_agents();
-        for gateway in &self.gateways {
-            wait_until(
+        for (i, gateway) in self.gateways.iter().enumerate() {
+            let listed = wait_until(
                 SETTLE_BOUND,
                 "every gateway lists the running agents",
                 || async { gateway.agents().await.ok() == Some(want) },
             )
-            .await
-            .with_context(|| format!("{want} agents expected; gateway log: {}", gateway.tail()))?;
+            .await;
+            if let Err(error) = listed {
+                // Which agents it lists, by the gateway holding each, says
+                // whose directory view fell short.
+                let listed = match gateway.stats().await {
+                    Ok(stats) => listed_by_holder(&stats),
+                    Err(error) => format!("/stats unreadable: {error:#}"),
+                };
+                return Err(error.context(format!(
+                    "{}: {want} agents expected, {listed}; its log: {}",
+                    self.gateway_name(i),
+                    gateway.tail()
+                )));
+            }
         }
         Ok(())
     }
@@ -393,4 +421,26 @@ async fn start_gateways(
         states.push(state);
     }
     Ok((gateways, states, tls_roots))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listed_by_holder;
+
+    #[test]
+    fn a_short_listing_names_who_holds_what() {
+        let stats = serde_json::json!({"per_agent": [
+            {"gateway": "gw-b"}, {"gateway": "gw-a"}, {"gateway": "gw-b"}
+        ]});
+        assert_eq!(
+            listed_by_holder(&stats),
+            "3 listed (1 held by gw-a, 2 held by gw-b)"
+        );
+        let alone = serde_json::json!({"per_agent": [{"gateway": null}]});
+        assert_eq!(
+            listed_by_holder(&alone),
+            "1 listed (1 held by this gateway)"
+        );
+        assert_eq!(listed_by_holder(&serde_json::json!({})), "0 listed ()");
+    }
 }
