@@ -91,14 +91,15 @@ impl Lease {
     /// refilling from the quota when the lease runs short; `used` reads the
     /// customer's counted usage. `false` when the quota has nothing left: the
     /// chunk must not move, and [`Lease::cut`] has fired. The last chunk that
-    /// moves may pass the quota by less than its own size.
+    /// moves may pass the quota by less than its own size; the cut waits for
+    /// the next take, so that chunk is moved and counted, not dropped.
     pub fn take(&self, bytes: u64, used: impl Fn() -> u64) -> bool {
         self.take_up_to(bytes, used) > 0 || bytes == 0
     }
 
     /// Takes up to `bytes` for bytes that can be cut short (a plain-HTTP read
     /// or write): how many may move, never past the quota; 0 once it is spent
-    /// (and [`Lease::cut`] has fired).
+    /// (and [`Lease::cut`] has fired: only then, never with bytes granted).
     pub fn take_up_to(&self, bytes: u64, used: impl Fn() -> u64) -> u64 {
         if self.cut.is_cancelled() {
             return 0;
@@ -122,7 +123,15 @@ impl Lease {
                 .quota
                 .saturating_sub(used().saturating_add(outstanding));
             if left == 0 {
-                self.cut.cancel();
+                // The cut fires only on a take that lets nothing through:
+                // it ends the transfer at once, so bytes let through here
+                // would be leased, perhaps half sent, and never counted,
+                // leaving the store's count short of the quota the cut
+                // enforced. Their direction's next take (after they are
+                // counted) fires it.
+                if from_held == 0 {
+                    self.cut.cancel();
+                }
                 return from_held;
             }
             // Whatever is left, even short of what is needed: a chunk that
@@ -218,6 +227,33 @@ mod tests {
         );
         assert!(lease.is_cut());
         assert!(!lease.take(1, || 0), "stays cut");
+    }
+
+    /// The cut ends a transfer at once (`Transfer::supervise` drops its
+    /// relay), so it must not fire on a take that let a chunk through: that
+    /// chunk would be dropped uncounted, and the usage the store counts
+    /// would stay short of the quota the cut enforced (issue 32's flaky
+    /// `a_daily_quota_cuts_a_transfer`).
+    #[test]
+    fn the_cut_waits_for_the_chunk_it_let_through() {
+        let ledger = Arc::new(QuotaLedger::default());
+        let quota = 1_000;
+        let lease = ledger.open("alice", quota);
+        assert!(lease.take(600, || 0));
+        // 400 bytes left in the lease: the chunk moves, 200 past the quota,
+        // and the transfer goes on until it is counted.
+        assert!(lease.take(600, || 0));
+        assert!(!lease.is_cut(), "cut with a chunk let through in flight");
+        // That direction's next chunk finds nothing left: now the cut.
+        assert!(!lease.take(600, || 0));
+        assert!(lease.is_cut());
+        // Likewise for bytes that can be cut short.
+        let lease = ledger.open("bob", quota);
+        assert_eq!(lease.take_up_to(600, || 0), 600);
+        assert_eq!(lease.take_up_to(600, || 0), 400);
+        assert!(!lease.is_cut(), "cut with bytes let through in flight");
+        assert_eq!(lease.take_up_to(600, || 0), 0);
+        assert!(lease.is_cut());
     }
 
     #[test]
