@@ -4,8 +4,9 @@
 //! leaving; and the wait for usage to settle before bytes are compared.
 
 use super::customers::Customers;
+use super::rest::read_at_rest;
 use super::rig::{panics_in, Rig};
-use super::sampling::{read_all, Reading};
+use super::sampling::Reading;
 use super::schedule::{Run, Window};
 use super::settings::{CHURN_EVERY, CHURN_SLOTS, REDIS, REQUEST_BOUND, SETTLE_BOUND};
 use crate::client::STEP;
@@ -40,8 +41,9 @@ async fn pause(customers: &Customers, all: bool) -> Result<Quiet> {
     })
 }
 
-/// Traffic paused, every churn slot up and joined, no stream open: the state
-/// the descriptor and thread readings are taken in.
+/// Traffic paused, every churn slot up and joined, no stream open, and then
+/// each measured process at rest ([`read_at_rest`]): the state every growth
+/// window's readings are taken in.
 pub async fn quiet_point(rig: &mut Rig, customers: &Customers) -> Result<(Quiet, Vec<Reading>)> {
     let quiet = pause(customers, true).await?;
     for i in 0..CHURN_SLOTS {
@@ -54,7 +56,7 @@ pub async fn quiet_point(rig: &mut Rig, customers: &Customers) -> Result<(Quiet,
         rig.live_streams().await.ok() == Some(0)
     })
     .await?;
-    let readings = read_all(&rig.measured()?)?;
+    let readings = read_at_rest(rig.measured_runtimes()?).await?;
     Ok((quiet, readings))
 }
 

@@ -22,19 +22,21 @@
 //! through and Redis, from the end of the warm-up (the first fifth) to the
 //! end; a restarted process (the gateway, and Redis in a fleet) has two, the
 //! first process's until its restart and the new one's from one warm-up after
-//! its restart to the end. Descriptors and threads (`/proc/PID/fd`, `task`) are
-//! read at both ends of a window at a quiet point (traffic paused, every churn
-//! slot up, no stream open); the gateway exposes no live task count of its
-//! own, so threads are what is counted. Memory is sampled through the whole
-//! run (every 2 s at the default 600 s), traffic flowing ([`sampling`]); a
-//! window's start and end are the medians of its first and last fifth's
-//! samples, and its trend is the least-squares slope over its second half.
-//! Each figure may grow by at most [`GROWTH_LIMIT`] percent ([`verdict`] says
-//! how memory is judged).
+//! its restart to the end. Both ends of a window are quiet points (traffic
+//! paused, every churn slot up, no stream open) at which each process is read
+//! once it is at rest ([`rest`]): its RSS no longer falling a trim period
+//! after traffic stopped, and its blocking pool's idle threads retired. RSS,
+//! descriptors and threads (`/proc/PID/fd`, `task`) read there may each grow
+//! by at most [`GROWTH_LIMIT`] percent; the gateway exposes no live task count
+//! of its own, so threads are what is counted. Memory is also sampled through
+//! the whole run (every 2 s at the default 600 s), traffic flowing
+//! ([`sampling`]): the medians of each window's first and last fifth and the
+//! trend over its second half are shown, not judged ([`verdict`]).
 //!
 //! The files: [`targets`] (the servers, counting bytes), [`drivers`] (the
 //! client side of each protocol), [`customers`] (the two customers' loops),
 //! [`rig`] (the processes), [`faults`] (restarts, churn, quiet points),
+//! [`rest`] (a quiet point's wait for each process at rest and its readings),
 //! [`sampling`] (what is read from /proc, and the statistics), [`verdict`]
 //! (the checks and the report), [`settings`] (sizes, bounds and names) and
 //! [`schedule`] (the run in progress); this file runs the schedule.
@@ -42,6 +44,7 @@
 mod customers;
 mod drivers;
 mod faults;
+mod rest;
 mod rig;
 mod sampling;
 mod schedule;

@@ -3,6 +3,7 @@
 //! and leave, and what the gateways say about them (agents listed, streams
 //! open, usage counted).
 
+use super::rest::Measured;
 use super::settings::{
     CHURN_SLOTS, CUT_PASSWORD, CUT_USER, KILL_EVERY, REDIS, SETTLE_BOUND, SHARED_STATE,
     STABLE_AGENTS,
@@ -104,6 +105,8 @@ pub struct Rig {
     pub events: BTreeMap<&'static str, u64>,
     /// Churn leaves so far (every KILL_EVERY-th is a SIGKILL).
     leaves: usize,
+    /// A gateway's runtime workers, named like tokio's blocking pool.
+    gateway_workers: u64,
 }
 
 impl Rig {
@@ -143,6 +146,7 @@ impl Rig {
             panics: BTreeMap::new(),
             events: BTreeMap::new(),
             leaves: 0,
+            gateway_workers: runtime_workers(bench.runs.gateway_threads),
         };
         if fleet {
             rig.wait_fleet().await?;
@@ -316,20 +320,43 @@ impl Rig {
     /// Every measured process (gateways, the stable agents, Redis) by name
     /// and pid.
     pub fn measured(&self) -> Result<Vec<(String, u32)>> {
+        Ok(self
+            .measured_runtimes()?
+            .into_iter()
+            .map(|m| (m.name, m.pid))
+            .collect())
+    }
+
+    /// Every measured process with its runtime workers named like tokio's
+    /// blocking pool: a gateway's at more than one thread; none in an agent
+    /// (a current-thread runtime: the soak gives it no `--threads`) or Redis.
+    pub fn measured_runtimes(&self) -> Result<Vec<Measured>> {
         let mut out = Vec::new();
         for (i, gateway) in self.gateways.iter().enumerate() {
-            out.push((self.gateway_name(i), gateway.pid()));
+            out.push(Measured {
+                name: self.gateway_name(i),
+                pid: gateway.pid(),
+                workers: self.gateway_workers,
+            });
         }
         for slot in &self.stable {
             let process = slot
                 .process
                 .as_ref()
                 .context("a stable agent is not running")?;
-            out.push((slot.name.clone(), process.pid()));
+            out.push(Measured {
+                name: slot.name.clone(),
+                pid: process.pid(),
+                workers: 0,
+            });
         }
         if let Some(redis) = &self.redis {
             let pid = redis_pid(&redis.socket()).context("redis-server's pid not found")?;
-            out.push((REDIS.to_owned(), pid));
+            out.push(Measured {
+                name: REDIS.to_owned(),
+                pid,
+                workers: 0,
+            });
         }
         Ok(out)
     }
@@ -348,6 +375,16 @@ impl Rig {
         if let Some(redis) = &mut self.redis {
             let _ = redis.stop(Duration::from_secs(10)).await;
         }
+    }
+}
+
+/// The workers of a runtime started with `--threads threads` (`src/cli.rs`):
+/// 1 is a current-thread runtime (the main thread works), 0 one per core.
+fn runtime_workers(threads: usize) -> u64 {
+    match threads {
+        1 => 0,
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        n => n as u64,
     }
 }
 

@@ -1,7 +1,8 @@
-//! What the soak reads from /proc: each measured process's descriptors and
-//! threads at the quiet points, and its memory sampled all through the run by
-//! a thread of its own, with the statistics the memory verdict is made of
-//! (medians at both ends of a window and the trend over its second half).
+//! What the soak reads from /proc: the figures of a quiet point ([`Reading`],
+//! taken by [`super::rest`]), and each measured process's memory sampled all
+//! through the run by a thread of its own, traffic flowing, with the
+//! statistics shown beside the verdict (medians at both ends of a window and
+//! the trend over its second half; shown, not judged).
 //!
 //! Memory is read from `/proc/PID/smaps_rollup`: `Rss`, and `Anonymous`, the
 //! pages of the heap, the stacks and other private mappings, which is what a
@@ -12,7 +13,7 @@
 //! the approximate counters of `/proc/PID/status`) and needs nothing from the
 //! binaries.
 
-use crate::measure::{fd_kinds, median, proc_entries, sockets};
+use crate::measure::median;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -28,7 +29,8 @@ const MIN_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// The share of a window whose samples' median is its start (and its end).
 const END_SHARE: f64 = 0.2;
 
-/// One process's figures at one quiet point.
+/// One process's figures at one quiet point, read once it was at rest
+/// ([`super::rest`]).
 #[derive(Debug, Clone)]
 pub struct Reading {
     pub name: String,
@@ -40,28 +42,21 @@ pub struct Reading {
     /// Its sockets by inode, described.
     pub sockets: BTreeMap<u64, String>,
     pub threads: u64,
-}
-
-/// The quiet-point figures of every `(name, pid)`.
-pub fn read_all(measured: &[(String, u32)]) -> Result<Vec<Reading>> {
-    measured
-        .iter()
-        .map(|(name, pid)| {
-            Ok(Reading {
-                name: name.clone(),
-                at: Instant::now(),
-                pid: *pid,
-                fds: proc_entries(*pid, "fd")?,
-                fd_kinds: fd_kinds(*pid)?,
-                sockets: sockets(*pid),
-                threads: proc_entries(*pid, "task")?,
-            })
-        })
-        .collect()
+    /// The threads by name (`/proc/PID/task/*/comm`), shown when their number changed.
+    pub thread_kinds: BTreeMap<String, u64>,
+    /// Of `threads`, tokio's blocking pool's (its runtime workers left out).
+    pub pool: u64,
+    pub rss_kib: u64,
+    pub anon_kib: u64,
+    /// How long after the quiet point began its memory was at rest; `None`
+    /// when it was not within the bound (the last reading is the one taken).
+    pub memory_rest: Option<Duration>,
+    /// The same for its blocking pool's idle threads having retired.
+    pub threads_rest: Option<Duration>,
 }
 
 /// `Rss` and `Anonymous` of a process, in KiB.
-fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+pub(super) fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     let path = format!("/proc/{pid}/smaps_rollup");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let field = |key: &str| {
