@@ -155,6 +155,14 @@ impl Lease {
         }
     }
 
+    /// Gives back `bytes` that [`Lease::take_up_to`] granted and that did
+    /// not move after all (a write that took fewer, or none yet: it is tried
+    /// again and takes again), so the lease holds them for the next take
+    /// instead of losing them to the quota uncounted.
+    pub fn give_back(&self, bytes: u64) {
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Records that `folded` more bytes of this transfer are now in the
     /// customer's counted usage, so the ledger stops holding them twice.
     pub fn settle(&self, folded: u64) {
@@ -254,6 +262,31 @@ mod tests {
         assert!(!lease.is_cut(), "cut with bytes let through in flight");
         assert_eq!(lease.take_up_to(600, || 0), 0);
         assert!(lease.is_cut());
+    }
+
+    /// A write that moved fewer bytes than it took (or none: it waits and
+    /// is tried again) gives the rest back: the quota's bytes all move, and
+    /// no retry spends it twice.
+    #[test]
+    fn bytes_given_back_are_taken_again_not_lost() {
+        let ledger = Arc::new(QuotaLedger::default());
+        let quota = 1_000;
+        let lease = ledger.open("alice", quota);
+        // A write that took 600 and wrote none, then its retry that wrote 250.
+        assert_eq!(lease.take_up_to(600, || 0), 600);
+        lease.give_back(600);
+        assert_eq!(lease.take_up_to(600, || 0), 600);
+        lease.give_back(350);
+        let mut moved = 250;
+        loop {
+            let granted = lease.take_up_to(300, || 0);
+            if granted == 0 {
+                break;
+            }
+            moved += granted;
+        }
+        assert_eq!(moved, quota);
+        assert_eq!(ledger.outstanding("alice"), quota);
     }
 
     #[test]

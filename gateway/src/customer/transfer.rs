@@ -663,10 +663,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
             },
         };
         let polled = Pin::new(&mut self.inner).poll_write(cx, &buf[..allowed]);
-        if let Poll::Ready(Ok(written)) = polled {
-            self.counters
-                .to_tunnel
-                .fetch_add(written as u64, Ordering::Relaxed);
+        let written = match polled {
+            Poll::Ready(Ok(written)) => written,
+            _ => 0,
+        };
+        self.counters
+            .to_tunnel
+            .fetch_add(written as u64, Ordering::Relaxed);
+        // What did not move is written again later, and taken again: the
+        // lease keeps it, or the quota would be spent on bytes never sent.
+        if written < allowed {
+            if let Some((lease, _, _)) = &self.lease {
+                lease.give_back((allowed - written) as u64);
+            }
         }
         polled
     }
