@@ -1,11 +1,13 @@
 //! The control plane wired into the gateway (docs/control.md), end to end with
 //! real `gateway` processes, real SQLite files and a throwaway PostgreSQL
 //! cluster: accounts made through `/api/v1` work through the proxy as soon as
-//! their change is pushed (how soon is printed) and stop when disabled, the usage history holds
-//! exactly the bytes a client moved, a daily quota cuts a transfer, a SQLite
-//! store survives `kill -9`, two gateways on one PostgreSQL see each other's
-//! changes, the refusals (`--redis` with SQLite, writes beside `--users`), the
-//! read-only token, and the threshold webhooks.
+//! their change is pushed (how soon is printed) and stop when disabled, the
+//! usage history holds exactly the bytes a client moved, a daily quota cuts a
+//! transfer and the store then counts the whole quota (a slow client's
+//! download and a plain-HTTP upload too), a SQLite store survives `kill -9`,
+//! two gateways on one PostgreSQL see each other's changes, the refusals
+//! (`--redis` with SQLite, writes beside `--users`), the read-only token, and
+//! the threshold webhooks.
 
 mod common;
 
@@ -112,6 +114,20 @@ async fn until_status(
     }
 }
 
+/// How a client reads an answer: `bytes` a read, at most one read every
+/// `every` (`None`: as fast as it can).
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    bytes: usize,
+    every: Option<Duration>,
+}
+
+/// As fast as the client can, 64 KiB a read.
+const FAST: Reading = Reading {
+    bytes: 64 * 1024,
+    every: None,
+};
+
 /// `GET /bytes/N` on `target` through a `CONNECT` tunnel as `user`: the
 /// bytes the client sent and received (the whole answer), and how the
 /// connection ended.
@@ -121,6 +137,18 @@ async fn tunnel_get(
     user: &str,
     password: &str,
     bytes: usize,
+) -> (u64, u64, std::io::Result<()>) {
+    tunnel_get_reading(proxy, target, user, password, bytes, FAST).await
+}
+
+/// [`tunnel_get`], reading the answer as `reading` says.
+async fn tunnel_get_reading(
+    proxy: SocketAddr,
+    target: SocketAddr,
+    user: &str,
+    password: &str,
+    bytes: usize,
+    reading: Reading,
 ) -> (u64, u64, std::io::Result<()>) {
     let (head, mut stream) = connect(proxy, &target.to_string(), Some((user, password))).await;
     // A spent quota refuses the tunnel before it opens: nothing moves.
@@ -135,8 +163,16 @@ async fn tunnel_get(
         .await
         .unwrap();
     let mut received = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; reading.bytes];
+    let mut pace = reading.every.map(|every| {
+        let mut pace = tokio::time::interval(every);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pace
+    });
     let end = loop {
+        if let Some(pace) = &mut pace {
+            pace.tick().await;
+        }
         match within("read the answer", stream.read(&mut buf)).await {
             Ok(0) => break Ok(()),
             Ok(n) => received += n as u64,
@@ -147,17 +183,22 @@ async fn tunnel_get(
 }
 
 /// Waits (polling every 200 ms, within [`WAIT`]) until the store says
-/// `name`'s daily quota ran out; the store's `exhausted` answer.
+/// `name`'s daily quota ran out; the store's `exhausted` answer. Fails with
+/// the last answer it saw (the usage the store counted).
 async fn daily_exhausted(admin: SocketAddr, name: &str) -> serde_json::Value {
     let path = format!("/customers/{name}/quota");
     let start = Instant::now();
     loop {
         let (status, body) = api(admin, ADMIN, reqwest::Method::GET, &path, None).await;
-        assert_eq!(status, 200, "{body}");
+        assert_eq!(status, 200, "GET {path}: {body}");
         if body["exhausted"]["period"] == "daily" {
             return body["exhausted"].clone();
         }
-        assert!(start.elapsed() < WAIT, "{body}");
+        assert!(
+            start.elapsed() < WAIT,
+            "the store did not report {name}'s daily quota exhausted within {WAIT:?}; \
+             its last answer to GET {path}: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -310,6 +351,78 @@ async fn a_daily_quota_cuts_a_transfer() {
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("no Retry-After: {head:?}"));
     assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+}
+
+/// A client slower than its exit (a customer on a slow link) keeps the
+/// gateway's writes to it waiting. Its transfer is still cut at the quota,
+/// and the store then counts the whole quota: the cut never drops,
+/// uncounted, a chunk the quota lease let through (issue 32: such a chunk
+/// left the store's count short of the quota, never `exhausted`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_cut_at_its_quota_has_the_whole_quota_counted() {
+    // Well above what the socket buffers between the gateway and the
+    // client hold on loopback (some 4 MB), so the gateway's writes wait on
+    // the client when the quota runs out.
+    const QUOTA: u64 = 12_000_000;
+    // 4 MB/s at most: slower than the exit, and the quota spent in about
+    // two seconds.
+    const SLOW: Reading = Reading {
+        bytes: 8 * 1024,
+        every: Some(Duration::from_millis(2)),
+    };
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(state.path(), &[]).await;
+    let _agent = agent(&gw, "127.0.0.2").await;
+    let target = targets::http_target("127.0.0.1").await;
+    let proxy = gw.banner.listen;
+    create(gw.admin, "dave", "pw3", json!({"quota_daily": QUOTA})).await;
+    until_status(proxy, target, "dave", "pw3", 200).await;
+    let (_, received, end) =
+        tunnel_get_reading(proxy, target, "dave", "pw3", 20_000_000, SLOW).await;
+    let error = end.expect_err("a cut, not the whole 20 MB");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    eprintln!("a slow client read {received} bytes of its {QUOTA}-byte daily quota before the cut");
+    let exhausted = daily_exhausted(gw.admin, "dave").await;
+    let used = exhausted["used"].as_u64().expect("bytes used");
+    eprintln!("the store counted {used} bytes against the {QUOTA}-byte quota");
+    // The gateway moved the quota and one relay read past it at most.
+    assert!(used <= QUOTA + 2 * 64 * 1024, "{exhausted}");
+}
+
+/// A plain-HTTP upload (an absolute-form `POST`, its body echoed back) is
+/// cut at its quota, and the store then counts the quota to the byte: what
+/// the gateway cut is what the store says ran out (issue 32).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_upload_cut_at_its_quota_has_the_quota_counted() {
+    const QUOTA: u64 = 4_000_000;
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(state.path(), &[]).await;
+    let _agent = agent(&gw, "127.0.0.2").await;
+    let target = targets::http_target("127.0.0.1").await;
+    let proxy = gw.banner.listen;
+    create(gw.admin, "erin", "pw9", json!({"quota_daily": QUOTA})).await;
+    until_status(proxy, target, "erin", "pw9", 200).await;
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://erin:pw9@{proxy}")).unwrap())
+        .build()
+        .unwrap();
+    let upload = async {
+        let answer = client
+            .post(format!("http://{target}/echo"))
+            .body(vec![7u8; 4 * QUOTA as usize])
+            .send()
+            .await?;
+        answer.bytes().await
+    };
+    let echoed = within("a plain-HTTP upload", upload).await;
+    assert!(echoed.is_err(), "a cut, not the whole echo: {echoed:?}");
+    let exhausted = daily_exhausted(gw.admin, "erin").await;
+    eprintln!(
+        "the store counted {} bytes against the {QUOTA}-byte quota",
+        exhausted["used"]
+    );
+    // Plain-HTTP bytes can be cut short, so not one passes the quota.
+    assert_eq!(exhausted["used"], QUOTA, "{exhausted}");
 }
 
 /// Accounts written to the SQLite store survive `kill -9` of the gateway.
