@@ -15,9 +15,13 @@
 //! name, [`POOL_THREAD`], as do a multi-thread runtime's workers. An idle pool
 //! thread does not run until it retires, so the threads are at rest once every
 //! thread of that name, less the runtime's own workers, has run since the quiet
-//! point began (a periodic chore, such as the gateway's usage write every 5 s,
-//! keeps its thread) and the count held over two polls; at most
-//! [`THREADS_BOUND`], past tokio's 10 s keep-alive. Both are polled, with a
+//! point began and the count held over two polls; at most [`THREADS_BOUND`],
+//! past tokio's 10 s keep-alive. A periodic chore keeps threads: the gateway
+//! and the agents write usage every 5 s on the pool, and tokio wakes its idle
+//! threads in turn, so two threads made by one moment of two calls at once
+//! may both live on, each woken every 10 s, right at the keep-alive. A pool
+//! thread that neither ran nor retired within the bound is held by a call
+//! that does not return ([`Reading::stuck`]). Both waits are polled, with a
 //! bound, never slept out.
 
 use super::sampling::{memory_kib, Reading};
@@ -35,8 +39,8 @@ const MEMORY_TOLERANCE: f64 = 0.01;
 /// Longest the wait for memory at rest; its last reading is taken after it.
 const MEMORY_BOUND: Duration = Duration::from_secs(10);
 /// Longest the wait for the idle pool threads to retire: tokio's keep-alive
-/// (10 s) and a margin.
-const THREADS_BOUND: Duration = Duration::from_secs(12);
+/// (10 s), two polls, and a margin for a loaded machine's late wake-ups.
+const THREADS_BOUND: Duration = Duration::from_secs(13);
 /// The binaries' trim period variable and its default (`src/bin/shared/malloc_trim.rs`).
 const TRIM_ENV: &str = "EXITPOOL_MALLOC_TRIM_SECS";
 const TRIM_DEFAULT: Duration = Duration::from_secs(2);
@@ -54,7 +58,7 @@ pub struct Measured {
 /// passed: [`Reading::memory_rest`] and [`Reading::threads_rest`] say which).
 pub async fn read_at_rest(measured: Vec<Measured>) -> Result<Vec<Reading>> {
     // /proc is read in a loop with pauses: on a blocking thread, off the runtime.
-    tokio::task::spawn_blocking(move || wait_for_rest(&measured, POOL_THREAD))
+    tokio::task::spawn_blocking(move || wait_for_rest(&measured, POOL_THREAD, THREADS_BOUND))
         .await
         .context("the quiet-point reader ended")?
 }
@@ -72,9 +76,17 @@ struct Watch {
     last_count: Option<u64>,
     settled_polls: u32,
     threads_rest: Option<Duration>,
+    /// Pool threads (beyond the runtime's workers) idle at the last poll.
+    idle: u64,
 }
 
-fn wait_for_rest(measured: &[Measured], pool_name: &str) -> Result<Vec<Reading>> {
+/// Polls until every process is at rest or its bounds passed; the pool's
+/// threads are those named `pool_name`, waited for at most `threads_bound`.
+fn wait_for_rest(
+    measured: &[Measured],
+    pool_name: &str,
+    threads_bound: Duration,
+) -> Result<Vec<Reading>> {
     let began = Instant::now();
     let mut watches = Vec::new();
     for process in measured {
@@ -87,6 +99,7 @@ fn wait_for_rest(measured: &[Measured], pool_name: &str) -> Result<Vec<Reading>>
             last_count: None,
             settled_polls: 0,
             threads_rest: None,
+            idle: 0,
         });
     }
     let mut readings: Vec<Option<Reading>> = vec![None; measured.len()];
@@ -108,6 +121,7 @@ fn wait_for_rest(measured: &[Measured], pool_name: &str) -> Result<Vec<Reading>>
                 let current = pool_switches(process.pid, pool_name)?;
                 let idle = idle_pool_threads(&watch.baseline, &current);
                 let count = current.len() as u64;
+                watch.idle = idle.saturating_sub(process.workers);
                 if idle <= process.workers && watch.last_count == Some(count) {
                     watch.settled_polls += 1;
                 } else {
@@ -121,7 +135,7 @@ fn wait_for_rest(measured: &[Measured], pool_name: &str) -> Result<Vec<Reading>>
                 }
             }
             let memory_done = watch.memory_rest.is_some() || now >= MEMORY_BOUND;
-            let threads_done = watch.threads_rest.is_some() || now >= THREADS_BOUND;
+            let threads_done = watch.threads_rest.is_some() || now >= threads_bound;
             if memory_done && threads_done {
                 *reading = Some(read_one(process, pool_name, watch)?);
             }
@@ -238,6 +252,11 @@ fn read_one(process: &Measured, pool_name: &str, watch: &Watch) -> Result<Readin
         anon_kib,
         memory_rest: watch.memory_rest,
         threads_rest: watch.threads_rest,
+        stuck: if watch.threads_rest.is_some() {
+            0
+        } else {
+            watch.idle
+        },
     })
 }
 
@@ -328,10 +347,10 @@ mod tests {
             workers: 0,
         };
         let started = Instant::now();
-        let reading = wait_for_rest(std::slice::from_ref(&me), name)
+        let reading = wait_for_rest(std::slice::from_ref(&me), name, THREADS_BOUND)
             .unwrap()
             .remove(0);
-        assert_eq!(reading.pool, 0, "{reading:?}");
+        assert_eq!((reading.pool, reading.stuck), (0, 0), "{reading:?}");
         let rested = reading.threads_rest.expect("threads at rest");
         assert!(rested >= Duration::from_millis(500), "{rested:?}");
         assert!(started.elapsed() < THREADS_BOUND, "{:?}", started.elapsed());
@@ -346,14 +365,50 @@ mod tests {
                 }
             })
         };
-        let reading = wait_for_rest(std::slice::from_ref(&me), name)
+        let reading = wait_for_rest(std::slice::from_ref(&me), name, THREADS_BOUND)
             .unwrap()
             .remove(0);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         chore.join().unwrap();
-        assert_eq!(reading.pool, 1, "{reading:?}");
+        assert_eq!((reading.pool, reading.stuck), (1, 0), "{reading:?}");
         assert!(
             reading.threads_rest.expect("at rest") < Duration::from_secs(2),
+            "{reading:?}"
+        );
+    }
+
+    /// A pool thread held by a call that does not return neither runs nor
+    /// retires: the wait ends at its bound and names it stuck.
+    #[test]
+    fn a_pool_thread_held_by_a_call_is_stuck() {
+        let name = "soak-stuck-test";
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .thread_name(name)
+            .thread_keep_alive(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let call = runtime.spawn_blocking(move || held.recv_timeout(Duration::from_secs(30)));
+        let me = Measured {
+            name: "test".into(),
+            pid: std::process::id(),
+            workers: 0,
+        };
+        // The thread exists once the call runs on it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count_named(name) == 0 {
+            assert!(Instant::now() < deadline, "the pool thread did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let bound = Duration::from_secs(2);
+        let reading = wait_for_rest(std::slice::from_ref(&me), name, bound)
+            .unwrap()
+            .remove(0);
+        release.send(()).unwrap();
+        runtime.block_on(call).unwrap().unwrap();
+        assert_eq!(
+            (reading.pool, reading.stuck, reading.threads_rest),
+            (1, 1, None),
             "{reading:?}"
         );
     }

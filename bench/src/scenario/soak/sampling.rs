@@ -53,6 +53,9 @@ pub struct Reading {
     pub memory_rest: Option<Duration>,
     /// The same for its blocking pool's idle threads having retired.
     pub threads_rest: Option<Duration>,
+    /// Pool threads that neither ran nor retired within the bound: held by a
+    /// blocking call that does not return (0 when the threads were at rest).
+    pub stuck: u64,
 }
 
 /// `Rss` and `Anonymous` of a process, in KiB.

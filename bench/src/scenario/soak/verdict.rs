@@ -7,8 +7,12 @@
 //! at its start: RSS, open descriptors and threads, all read at the quiet
 //! points once the process was at rest ([`super::rest`]: its memory no
 //! longer falling after a trim, its blocking pool's idle threads retired).
-//! Shown beside them, not judged: anonymous memory at the same points (a
-//! TLS/TCP agent has about 1 MiB of it), the blocking pool's threads, and the
+//! The threads judged are all but tokio's blocking pool: its threads at rest
+//! are one or two by how tokio wakes them in turn (see `rest`), not by what
+//! the process holds, so they are shown beside, and fail only when one
+//! neither ran nor retired (a blocking call that does not return). Shown
+//! beside them, not judged: anonymous memory at the same points (a TLS/TCP
+//! agent has about 1 MiB of it), the blocking pool's threads, and the
 //! memory sampled all through the run with traffic flowing: the medians of
 //! the window's first and last fifth and the least-squares trend over its
 //! second half in KiB a minute (also carried over the whole window as a
@@ -118,7 +122,7 @@ fn growth(
 ) {
     println!();
     println!(
-        "soak: every process over its window. Judged (growth at most {GROWTH_LIMIT} %): RSS, open fds and threads at the quiet points, each process at rest. Shown: anon(ymous memory) there, the blocking pool's threads, and memory sampled every {:.1} s with traffic flowing ('run': medians of the first and last fifth, trend = least-squares slope over the second half)",
+        "soak: every process over its window. Judged (growth at most {GROWTH_LIMIT} %): RSS, open fds and threads (all but tokio's blocking pool) at the quiet points, each process at rest. Shown: anon(ymous memory) there, the blocking pool's threads (FAIL only if one is held by a call that never returns), and memory sampled every {:.1} s with traffic flowing ('run': medians of the first and last fifth, trend = least-squares slope over the second half)",
         every.as_secs_f64()
     );
     println!(
@@ -161,9 +165,12 @@ fn growth(
                 )),
             }
         }
+        // The process's own threads: the blocking pool's, shown below, come
+        // and go with tokio's wake-ups (see `rest`).
+        let own = |r: &Reading| r.threads.saturating_sub(r.pool);
         for (figure, a, b) in [
             ("open fds", start.fds, end.fds),
-            ("threads", start.threads, end.threads),
+            ("threads", own(start), own(end)),
         ] {
             counts(label, figure, (from, to), (a, b), report);
             if figure == "open fds" && a != b {
@@ -173,7 +180,7 @@ fn growth(
                 thread_change(label, start, end, (from, to), report);
             }
         }
-        pool(label, (from, to), (start.pool, end.pool), report);
+        pool(label, (from, to), (start, end), report);
     }
 }
 
@@ -348,23 +355,47 @@ fn counts(
     }
 }
 
-/// The blocking pool's threads at the two quiet points: shown.
-fn pool(label: &str, (from, to): (Duration, Duration), (a, b): (u64, u64), report: &mut Report) {
+/// The blocking pool's threads at the two quiet points, shown, and judged
+/// only on threads held by a call that never returned (`Reading::stuck`).
+fn pool(
+    label: &str,
+    (from, to): (Duration, Duration),
+    (start, end): (&Reading, &Reading),
+    report: &mut Report,
+) {
+    let stuck = start.stuck + end.stuck;
     println!(
-        "   {label:<34} {:<9} {:>7.0} {:>7.0} {a:>10} {b:>10}",
+        "   {label:<34} {:<9} {:>7.0} {:>7.0} {:>10} {:>10} {:>9} {:>11} {:>8} {}",
         "pool",
         from.as_secs_f64(),
         to.as_secs_f64(),
+        start.pool,
+        end.pool,
+        "",
+        "",
+        "",
+        if stuck == 0 { "" } else { "FAIL" }
     );
-    for (what, value) in [("at warm-up", a), ("at end", b)] {
-        report.row(
-            SCENARIO,
-            format!("{label}: blocking-pool threads {what} (of the threads; shown, not judged)"),
-            "count",
-            None,
-            Some(value as f64),
-            None,
-        );
+    for (when, reading) in [("at warm-up", start), ("at end", end)] {
+        for (what, value) in [
+            ("blocking-pool threads", reading.pool),
+            ("threads in all", reading.threads),
+        ] {
+            report.row(
+                SCENARIO,
+                format!("{label}: {what} {when} (shown, not judged)"),
+                "count",
+                None,
+                Some(value as f64),
+                None,
+            );
+        }
+        if reading.stuck > 0 {
+            report.failures.push(format!(
+                "soak: threads: {label}: {} blocking-pool thread(s) {when} neither ran nor retired while traffic was paused, past tokio's 10 s keep-alive: held by a call that does not return",
+                reading.stuck
+            ));
+        }
     }
 }
 
@@ -602,7 +633,7 @@ fn tally(customers: &Customers, cut_counted: (u64, u64), report: &mut Report) {
 fn note(rig: &Rig, bench: &Bench, wall: Duration, every: Duration, report: &mut Report) {
     let fleet = rig.redis.is_some();
     report.notes.push(format!(
-        "soak: {:.0} s{}; {} gateway process(es) (--threads {}), {STABLE_AGENTS} agent processes throughout (QUIC and TLS/TCP), {CHURN_SLOTS} more joining and leaving in turn every {} s (every {KILL_EVERY}rd leave a SIGKILL), one graceful gateway restart{}; customer `bench`: {LOOPS_PER_PROTOCOL} loops on each of HTTP CONNECT, plain HTTP, SOCKS5 and CONNECT over TLS (HTTPS proxy), echoes of 1 B to {} KiB, a tenth to a refused port, on tunnels a tenth to a target that resets after half; its connections take turns with the faults, so its bytes are compared exactly: the targets' reads and writes against the gateways' /stats (usage survives a restart in the state directory's usage.json); customer `cut`: {CUT_LOOPS} loops of {} MiB downloads cut by the faults, shown not compared; growth windows from the end of the first fifth (the warm-up) to the end, a restarted process's first one until its restart and its new one from one warm-up after the restart; judged at both ends of a window, at quiet points (traffic paused, every agent joined, no stream open) with each process at rest: RSS (Rss of /proc/PID/smaps_rollup) once it held within 1 % over a malloc_trim period and a poll (at most 10 s), open descriptors, and threads (/proc/PID/task; the gateway exposes no task count) once every thread of tokio's blocking pool (named tokio-rt-worker) had run since traffic stopped, idle ones having retired (at most 12 s; tokio's keep-alive is 10 s); shown, not judged: Anonymous memory at those points, the blocking pool's threads, and memory sampled every {:.1} s with traffic flowing (medians of each window's first and last fifth, least-squares trend of its second half)",
+        "soak: {:.0} s{}; {} gateway process(es) (--threads {}), {STABLE_AGENTS} agent processes throughout (QUIC and TLS/TCP), {CHURN_SLOTS} more joining and leaving in turn every {} s (every {KILL_EVERY}rd leave a SIGKILL), one graceful gateway restart{}; customer `bench`: {LOOPS_PER_PROTOCOL} loops on each of HTTP CONNECT, plain HTTP, SOCKS5 and CONNECT over TLS (HTTPS proxy), echoes of 1 B to {} KiB, a tenth to a refused port, on tunnels a tenth to a target that resets after half; its connections take turns with the faults, so its bytes are compared exactly: the targets' reads and writes against the gateways' /stats (usage survives a restart in the state directory's usage.json); customer `cut`: {CUT_LOOPS} loops of {} MiB downloads cut by the faults, shown not compared; growth windows from the end of the first fifth (the warm-up) to the end, a restarted process's first one until its restart and its new one from one warm-up after the restart; judged at both ends of a window, at quiet points (traffic paused, every agent joined, no stream open) with each process at rest: RSS (Rss of /proc/PID/smaps_rollup) once it held within 1 % over a malloc_trim period and a poll (at most 10 s), open descriptors, and threads (/proc/PID/task; the gateway exposes no task count) but tokio's blocking pool (named tokio-rt-worker, less a multi-thread runtime's workers), read once every pool thread had run since traffic stopped, idle ones having retired (at most 13 s; tokio's keep-alive is 10 s); shown, not judged: Anonymous memory at those points, the blocking pool's threads (a pool thread that neither ran nor retired in that time fails: a call that does not return), and memory sampled every {:.1} s with traffic flowing (medians of each window's first and last fifth, least-squares trend of its second half)",
         wall.as_secs_f64(),
         if fleet { ", fleet: two gateways on one redis-server" } else { "" },
         rig.gateways.len(),
@@ -667,5 +698,49 @@ mod tests {
         let window = (Duration::from_secs(120), Duration::from_secs(240));
         memory("agent 1 (quic)", "RSS", window, &t, &mut report);
         assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+
+    fn reading(threads: u64, pool: u64, stuck: u64) -> Reading {
+        Reading {
+            name: "agent 1 (quic)".into(),
+            at: Instant::now(),
+            pid: 7,
+            fds: 12,
+            fd_kinds: Default::default(),
+            sockets: Default::default(),
+            threads,
+            thread_kinds: Default::default(),
+            pool,
+            rss_kib: 8000,
+            anon_kib: 1000,
+            memory_rest: Some(Duration::from_secs(3)),
+            threads_rest: (stuck == 0).then_some(Duration::from_secs(5)),
+            stuck,
+        }
+    }
+
+    #[test]
+    fn the_pool_is_shown_apart_and_fails_only_on_a_stuck_thread() {
+        let window = (Duration::from_secs(120), Duration::from_secs(600));
+        // 6 -> 7 threads, the seventh a pool thread at rest: shown, no failure.
+        let (start, end) = (reading(6, 1, 0), reading(7, 2, 0));
+        let mut report = Report::default();
+        pool("agent 1 (quic)", window, (&start, &end), &mut report);
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        // One held by a call that did not return: a failure.
+        let mut report = Report::default();
+        pool(
+            "agent 1 (quic)",
+            window,
+            (&start, &reading(7, 2, 1)),
+            &mut report,
+        );
+        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+        assert!(
+            report.failures[0]
+                .starts_with("soak: threads: agent 1 (quic): 1 blocking-pool thread(s) at end"),
+            "{:?}",
+            report.failures
+        );
     }
 }
