@@ -667,9 +667,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
             Poll::Ready(Ok(written)) => written,
             _ => 0,
         };
-        self.counters
-            .to_tunnel
-            .fetch_add(written as u64, Ordering::Relaxed);
+        if written > 0 {
+            self.counters
+                .to_tunnel
+                .fetch_add(written as u64, Ordering::Relaxed);
+        }
         // What did not move is written again later, and taken again: the
         // lease keeps it, or the quota would be spent on bytes never sent.
         if written < allowed {
